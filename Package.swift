@@ -1,0 +1,83 @@
+// swift-tools-version: 6.1
+import PackageDescription
+import Foundation
+
+// The io_uring backend needs liburing (Debian: liburing-dev). P2PQ_IO_URING=1 forces it in
+// (the build fails if liburing is missing), P2PQ_IO_URING=0 leaves it out; unset, the manifest
+// looks for the header. SwiftPM caches evaluated manifests keyed by the environment, not the
+// file system, so after installing liburing-dev either set P2PQ_IO_URING=1 once or build with
+// `--manifest-cache none`.
+let environment = ProcessInfo.processInfo.environment
+let withIOUring: Bool = {
+    switch environment["P2PQ_IO_URING"] {
+    case "1": return true
+    case "0": return false
+    default:
+        return ["/usr/include/liburing.h", "/usr/local/include/liburing.h"]
+            .contains { FileManager.default.fileExists(atPath: $0) }
+    }
+}()
+
+var reactorDependencies: [Target.Dependency] = [
+    "CP2PQSystem",
+    .product(name: "DequeModule", package: "swift-collections"),
+]
+var reactorSettings: [SwiftSetting] = []
+var extraTargets: [Target] = []
+if withIOUring {
+    reactorDependencies.append("CP2PQLiburing")
+    reactorSettings.append(.define("P2PQ_IO_URING"))
+    extraTargets.append(
+        .systemLibrary(
+            name: "CP2PQLiburing",
+            path: "Sources/CP2PQLiburing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        )
+    )
+}
+
+let package = Package(
+    name: "p2pqueue-swift",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "P2PQReactor", targets: ["P2PQReactor"]),
+        .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
+        .executable(name: "p2pq", targets: ["p2pq"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+    ],
+    targets: extraTargets + [
+        // C declarations Glibc does not import into Swift: epoll, eventfd, timerfd, mmsghdr.
+        .target(name: "CP2PQSystem", path: "Sources/CP2PQSystem"),
+        // The single-threaded event loop, its two backends (epoll, io_uring) and its sockets.
+        .target(
+            name: "P2PQReactor",
+            dependencies: reactorDependencies,
+            path: "Sources/P2PQReactor",
+            swiftSettings: reactorSettings
+        ),
+        // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
+        .target(
+            name: "P2PQWorkloads",
+            dependencies: ["P2PQReactor"],
+            path: "Sources/P2PQWorkloads"
+        ),
+        .executableTarget(
+            name: "p2pq",
+            dependencies: [
+                "P2PQReactor",
+                "P2PQWorkloads",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/p2pq"
+        ),
+        .testTarget(
+            name: "P2PQReactorTests",
+            dependencies: ["P2PQReactor"],
+            path: "Tests/P2PQReactorTests"
+        ),
+    ]
+)

@@ -1,0 +1,418 @@
+import CP2PQSystem
+import DequeModule
+import Dispatch
+import Glibc
+import Synchronization
+
+/// A single-threaded event loop: one thread owns every socket, timer and handler registered on
+/// it.
+///
+/// Other threads reach the loop only through ``execute(_:)`` (or ``submit(_:)``), which queue a
+/// closure and wake the loop at most once per burst. Everything else (timers, listeners,
+/// connections, UDP sockets) must be used on the loop thread; debug builds assert it.
+///
+/// One turn of the loop: wait for I/O (or the next timer, or a wake-up), dispatch what
+/// arrived to handlers, run due timers, run submitted closures, then flush every connection
+/// that wrote during the turn with one gather write (epoll) or one batched submission
+/// (io_uring).
+public final class Reactor: @unchecked Sendable {
+    // @unchecked: the mutable state below is touched only on the loop thread (asserted); the
+    // cross-thread parts are `inbox` (a Mutex) and `wakePending` (an atomic).
+
+    public let configuration: ReactorConfiguration
+    /// The backend this reactor runs on.
+    public private(set) var backendKind: ReactorBackendKind = .epoll
+
+    private struct Inbox {
+        var tasks: [@Sendable () -> Void] = []
+        var stopRequested = false
+        var stopped = false
+    }
+
+    private let inbox = Mutex(Inbox())
+    /// Set by the first submitter after the loop last drained the inbox: later submitters skip
+    /// the eventfd write, so a burst costs one wake-up.
+    private let wakePending = Atomic<Bool>(false)
+    private let started = DispatchSemaphore(value: 0)
+    private var startError: ReactorError?
+    private var thread: pthread_t?
+    private var loopThread: pthread_t?
+
+    // Loop-thread state.
+    var backend: (any ReactorBackend)!
+    private var timers = TimerHeap()
+    private var running = true
+    private var draining: [@Sendable () -> Void] = []
+    /// Channels by slot; a token names a slot plus its generation, so stale events are ignored.
+    private var channels: [RegisteredChannel?] = []
+    private var generations: [UInt32] = []
+    private var freeSlots: [Int] = []
+    /// Connections that wrote during this turn and flush at its end.
+    var flushQueue: [TCPConnection] = []
+    /// UDP sockets with datagrams queued during this turn.
+    var datagramFlushQueue: [UDPSocket] = []
+    private var datagramAreaStorage: DatagramArea?
+    let chunkPool: ChunkPool
+
+    /// Counters for tests and metrics: loop turns and wake-ups written.
+    public private(set) var turns: UInt64 = 0
+    private let wakeupsWritten = Atomic<UInt64>(0)
+
+    /// Starts a reactor on a new thread and returns once its backend is ready.
+    public init(configuration: ReactorConfiguration = ReactorConfiguration()) throws(ReactorError) {
+        self.configuration = configuration
+        self.chunkPool = ChunkPool(
+            chunkSize: configuration.outboundChunkSize,
+            cacheLimit: configuration.outboundChunkCacheLimit
+        )
+        let box = Unmanaged.passRetained(self)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, &attributes, { raw in
+            let reactor = Unmanaged<Reactor>.fromOpaque(raw!).takeRetainedValue()
+            reactor.threadMain()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            throw .system(call: "pthread_create", errno: rc)
+        }
+        thread = tid
+        started.wait()
+        if let error = startError {
+            pthread_join(tid, nil)
+            thread = nil
+            throw error
+        }
+    }
+
+    deinit {
+        chunkPool.releaseAll()
+    }
+
+    /// Convenience: a reactor on the given backend.
+    public convenience init(backend: ReactorBackendChoice) throws(ReactorError) {
+        var configuration = ReactorConfiguration()
+        configuration.backend = backend
+        try self.init(configuration: configuration)
+    }
+
+    /// True when called on this reactor's loop thread.
+    public var inReactorThread: Bool {
+        guard let loopThread else { return false }
+        return pthread_equal(loopThread, pthread_self()) != 0
+    }
+
+    /// Traps in debug builds when called off the loop thread.
+    @inline(__always)
+    public func assertInReactorThread(file: StaticString = #fileID, line: UInt = #line) {
+        assert(inReactorThread, "must be called on the reactor thread", file: file, line: line)
+    }
+
+    // MARK: Cross-thread submission
+
+    /// Queues `task` to run on the loop thread. Safe from any thread; a burst of calls costs
+    /// one wake-up. Returns false, without running it, when the reactor has stopped.
+    @discardableResult
+    public func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let accepted = inbox.withLock { inbox -> Bool in
+            if inbox.stopped { return false }
+            inbox.tasks.append(task)
+            return true
+        }
+        guard accepted else { return false }
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            wakeupsWritten.add(1, ordering: .relaxed)
+            backend.wakeup()
+        }
+        return true
+    }
+
+    /// Runs `body` on the loop thread and returns its result.
+    public func submit<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let accepted = execute {
+                continuation.resume(with: Result { try body() })
+            }
+            if !accepted { continuation.resume(throwing: ReactorError.reactorStopped) }
+        }
+    }
+
+    /// How many eventfd wake-ups submitters have written (coalescing makes this far smaller
+    /// than the number of submissions under load).
+    public var wakeupCount: UInt64 { wakeupsWritten.load(ordering: .relaxed) }
+
+    // MARK: Timers
+
+    /// Runs `action` on the loop thread at `deadline`. Loop thread only.
+    @discardableResult
+    public func schedule(at deadline: MonotonicTime, _ action: @escaping () -> Void) -> TimerID {
+        assertInReactorThread()
+        return timers.schedule(deadline: deadline.nanoseconds, action)
+    }
+
+    /// Runs `action` on the loop thread after `delay`. Loop thread only.
+    @discardableResult
+    public func schedule(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
+        schedule(at: MonotonicTime.now() + delay, action)
+    }
+
+    /// Cancels a pending timer; false if it already ran or was cancelled. Loop thread only.
+    @discardableResult
+    public func cancel(_ timer: TimerID) -> Bool {
+        assertInReactorThread()
+        return timers.cancel(timer)
+    }
+
+    /// Timers waiting to fire.
+    public var pendingTimerCount: Int {
+        assertInReactorThread()
+        return timers.count
+    }
+
+    // MARK: Stop
+
+    /// Stops the loop: runs work already submitted, closes every socket it owns (handlers see
+    /// `.reactorStopped`), releases the backend and joins the thread. Idempotent. Must not be
+    /// called on the loop thread itself (use ``requestStop()`` there).
+    public func stop() {
+        precondition(!inReactorThread, "stop() would join its own thread; use requestStop()")
+        requestStop()
+        let joinable: pthread_t? = inbox.withLock { _ in
+            let t = thread
+            thread = nil
+            return t
+        }
+        if let joinable { pthread_join(joinable, nil) }
+    }
+
+    /// Asks the loop to stop after the current turn, from any thread, without waiting.
+    public func requestStop() {
+        let first = inbox.withLock { inbox -> Bool in
+            defer { inbox.stopRequested = true }
+            return !inbox.stopRequested
+        }
+        if first, !wakePending.exchange(true, ordering: .acquiringAndReleasing), let backend {
+            backend.wakeup()
+        }
+    }
+
+    // MARK: The loop
+
+    private func threadMain() {
+        loopThread = pthread_self()
+        _ = configuration.threadName.withCString { p2pq_set_thread_name($0) }
+        do {
+            let (backend, kind) = try makeBackend()
+            self.backend = backend
+            self.backendKind = kind
+        } catch {
+            startError = error
+            inbox.withLock { $0.stopped = true }
+            started.signal()
+            return
+        }
+        started.signal()
+        run()
+        shutdown()
+    }
+
+    private func makeBackend() throws(ReactorError) -> (any ReactorBackend, ReactorBackendKind) {
+        switch configuration.backend {
+        case .exactly(.epoll):
+            return (try EpollBackend(reactor: self), .epoll)
+        case .exactly(.ioUring):
+            return (try makeURingBackend(), .ioUring)
+        case .automatic:
+            if ReactorBackendKind.ioUring.isCompiledIn, let uring = try? makeURingBackend() {
+                return (uring, .ioUring)
+            }
+            return (try EpollBackend(reactor: self), .epoll)
+        }
+    }
+
+    private func makeURingBackend() throws(ReactorError) -> any ReactorBackend {
+        #if P2PQ_IO_URING
+        return try URingBackend(reactor: self)
+        #else
+        throw .backendUnavailable(
+            .ioUring,
+            reason: "this build has no io_uring support; install liburing-dev (apt-get install liburing-dev) and rebuild with P2PQ_IO_URING=1"
+        )
+        #endif
+    }
+
+    private func run() {
+        while running {
+            turns &+= 1
+            backend.poll(timeoutNanoseconds: nextTimeout())
+            runTimers()
+            runInbox()
+            flushWrites()
+        }
+    }
+
+    /// Nanoseconds to wait: 0 when work is ready, nil (forever) with no timers.
+    private func nextTimeout() -> Int64? {
+        if wakePending.load(ordering: .acquiring) || !flushQueue.isEmpty || !datagramFlushQueue.isEmpty || backend.hasPendingWork { return 0 }
+        guard let deadline = timers.earliestDeadline else { return nil }
+        let now = MonotonicTime.now().nanoseconds
+        return deadline > now ? Int64(clamping: deadline - now) : 0
+    }
+
+    private func runTimers() {
+        guard !timers.isEmpty else { return }
+        let now = MonotonicTime.now().nanoseconds
+        // Timers that a timer schedules for "now" run in the next turn, so a zero-delay
+        // rescheduling loop cannot starve I/O.
+        var budget = timers.count
+        while budget > 0, let action = timers.popExpired(now: now) {
+            action()
+            budget -= 1
+        }
+    }
+
+    private func runInbox() {
+        // Submitters (and requestStop) set the flag after queueing, so a clear flag means an
+        // empty inbox and the lock can be skipped.
+        guard wakePending.load(ordering: .acquiring) else { return }
+        wakePending.store(false, ordering: .releasing)
+        let stop = inbox.withLock { inbox -> Bool in
+            swap(&inbox.tasks, &draining)
+            return inbox.stopRequested
+        }
+        for task in draining { task() }
+        draining.removeAll(keepingCapacity: true)
+        if stop { running = false }
+    }
+
+    func flushWrites() {
+        if !datagramFlushQueue.isEmpty {
+            let sockets = datagramFlushQueue
+            datagramFlushQueue.removeAll(keepingCapacity: true)
+            for socket in sockets where !socket.isClosed { socket.flushQueue() }
+        }
+        guard !flushQueue.isEmpty else { return }
+        // A flush can close a connection whose handler then writes elsewhere: iterate a copy.
+        var queue: [TCPConnection] = []
+        swap(&queue, &flushQueue)
+        for connection in queue {
+            connection.inFlushQueue = false
+            if connection.state != .closed { backend.flush(connection) }
+        }
+        if flushQueue.isEmpty {
+            swap(&queue, &flushQueue)
+            flushQueue.removeAll(keepingCapacity: true)
+        }
+    }
+
+    private func shutdown() {
+        // Work submitted before the stop runs; later submissions are refused.
+        while true {
+            let tasks = inbox.withLock { inbox -> [@Sendable () -> Void] in
+                let t = inbox.tasks
+                inbox.tasks = []
+                if t.isEmpty { inbox.stopped = true }
+                return t
+            }
+            if tasks.isEmpty { break }
+            for task in tasks { task() }
+        }
+        flushWrites()
+        for case let channel? in channels {
+            channel.close(reason: .reactorStopped)
+        }
+        timers.removeAll()
+        backend.shutdown()
+        channels.removeAll()
+        flushQueue.removeAll()
+        datagramFlushQueue.removeAll()
+        datagramAreaStorage = nil
+        backend = nil
+    }
+
+    // MARK: Channel registry (loop thread)
+
+    func register(_ channel: RegisteredChannel) -> UInt64 {
+        let slot: Int
+        if let reused = freeSlots.popLast() {
+            slot = reused
+            channels[slot] = channel
+        } else {
+            slot = channels.count
+            channels.append(channel)
+            generations.append(0)
+        }
+        return ChannelToken.make(slot: slot, generation: generations[slot])
+    }
+
+    /// The live channel a token names, or nil if it was released since.
+    @inline(__always)
+    func channel(for token: UInt64) -> RegisteredChannel? {
+        let slot = ChannelToken.slot(token)
+        guard slot < channels.count, generations[slot] == ChannelToken.generation(token) else { return nil }
+        return channels[slot]
+    }
+
+    /// Frees a channel's slot once the backend no longer references it.
+    func release(token: UInt64) {
+        let slot = ChannelToken.slot(token)
+        guard slot < channels.count, generations[slot] == ChannelToken.generation(token) else { return }
+        channels[slot] = nil
+        generations[slot] = (generations[slot] &+ 1) & 0xFF_FFFF
+        freeSlots.append(slot)
+    }
+
+    /// Open channels (for leak tests).
+    public var openChannelCount: Int {
+        assertInReactorThread()
+        return channels.lazy.filter { $0 != nil }.count
+    }
+
+    /// Receive memory for UDP, made on first use and shared by all of this reactor's sockets.
+    func datagramArea(slotSize: Int) -> DatagramArea {
+        if let area = datagramAreaStorage, area.slotSize >= slotSize { return area }
+        let area = DatagramArea(count: 16, slotSize: max(slotSize, 2048))
+        datagramAreaStorage = area
+        return area
+    }
+
+    func enqueueFlush(_ connection: TCPConnection) {
+        guard !connection.inFlushQueue else { return }
+        connection.inFlushQueue = true
+        flushQueue.append(connection)
+    }
+}
+
+/// A channel token packs a registry slot and its generation; io_uring adds an operation code
+/// in the low byte of its user_data.
+enum ChannelToken {
+    @inline(__always) static func make(slot: Int, generation: UInt32) -> UInt64 {
+        (UInt64(generation & 0xFF_FFFF) << 40) | (UInt64(slot) << 8)
+    }
+    @inline(__always) static func slot(_ token: UInt64) -> Int { Int((token >> 8) & 0xFFFF_FFFF) }
+    @inline(__always) static func generation(_ token: UInt64) -> UInt32 { UInt32(token >> 40) & 0xFF_FFFF }
+}
+
+/// A value that may cross threads but is only usable on its reactor's thread.
+///
+/// Use it to keep a loop-confined object (a connection, a listener) in a Sendable place, and to
+/// hand it back to closures submitted to the same reactor.
+public struct ReactorBound<Value>: @unchecked Sendable {
+    private let _value: Value
+    public let reactor: Reactor
+
+    public init(_ value: Value, reactor: Reactor) {
+        reactor.assertInReactorThread()
+        self._value = value
+        self.reactor = reactor
+    }
+
+    /// The value; traps off the reactor thread.
+    public var value: Value {
+        precondition(reactor.inReactorThread, "ReactorBound value used off its reactor thread")
+        return _value
+    }
+}

@@ -1,0 +1,76 @@
+import Glibc
+
+/// The two ways the reactor can wait for I/O. Nothing above the backend can tell them apart.
+public enum ReactorBackendKind: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Readiness-based: epoll, edge-triggered, with an eventfd for wake-ups.
+    case epoll
+    /// Completion-based: io_uring with multishot accept and receive, provided buffers and
+    /// batched sends. Needs liburing at build time.
+    case ioUring = "io_uring"
+
+    public var description: String { rawValue }
+
+    /// True when this backend was compiled in. The kernel may still refuse io_uring at run time.
+    public var isCompiledIn: Bool {
+        switch self {
+        case .epoll: return true
+        case .ioUring:
+            #if P2PQ_IO_URING
+            return true
+            #else
+            return false
+            #endif
+        }
+    }
+}
+
+/// Which backend a reactor should use.
+public enum ReactorBackendChoice: Sendable, Equatable, CustomStringConvertible {
+    /// The faster backend available (see docs/benchmarks.md): io_uring when compiled in and
+    /// accepted by the kernel, else epoll.
+    case automatic
+    /// Exactly this backend; creating the reactor fails if it is unavailable.
+    case exactly(ReactorBackendKind)
+
+    /// Reads `P2PQ_BACKEND` (`epoll`, `io_uring` or `auto`); anything else, or unset, is automatic.
+    public static var fromEnvironment: ReactorBackendChoice {
+        guard let raw = getenv("P2PQ_BACKEND") else { return .automatic }
+        let value = String(cString: raw).lowercased()
+        if value == "iouring" || value == "uring" { return .exactly(.ioUring) }
+        if let kind = ReactorBackendKind(rawValue: value) { return .exactly(kind) }
+        return .automatic
+    }
+
+    public var description: String {
+        switch self {
+        case .automatic: return "auto"
+        case .exactly(let k): return k.rawValue
+        }
+    }
+}
+
+/// Settings of one reactor.
+public struct ReactorConfiguration: Sendable {
+    /// The backend; by default whatever `P2PQ_BACKEND` says, else automatic.
+    public var backend: ReactorBackendChoice = .fromEnvironment
+    /// The loop thread's name (at most 15 characters are kept).
+    public var threadName: String = "p2pq-reactor"
+    /// Bytes read per `read(2)` by the epoll backend (one buffer shared by all connections).
+    public var readBufferSize: Int = 256 * 1024
+    /// io_uring: submission queue entries.
+    public var ringEntries: UInt32 = 4096
+    /// io_uring: size of each provided receive buffer.
+    public var receiveBufferSize: Int = 64 * 1024
+    /// io_uring: number of provided receive buffers (a power of two).
+    public var receiveBufferCount: Int = 128
+    /// Size of the chunks that queued outbound bytes are copied into.
+    public var outboundChunkSize: Int = 64 * 1024
+    /// How many free outbound chunks the reactor keeps for reuse.
+    public var outboundChunkCacheLimit: Int = 256
+
+    public init() {}
+
+    public init(backend: ReactorBackendChoice) {
+        self.backend = backend
+    }
+}
