@@ -117,17 +117,17 @@ public final class Reactor: @unchecked Sendable {
     /// one wake-up. Returns false, without running it, when the reactor has stopped.
     @discardableResult
     public func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
-        let accepted = inbox.withLock { inbox -> Bool in
+        inbox.withLock { inbox -> Bool in
             if inbox.stopped { return false }
             inbox.tasks.append(task)
+            // Woken under the lock: the loop marks the inbox stopped under the same lock before
+            // it closes the eventfd, so a wake-up can never hit a closed (or reused) descriptor.
+            if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+                wakeupsWritten.add(1, ordering: .relaxed)
+                backend.wakeup()
+            }
             return true
         }
-        guard accepted else { return false }
-        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
-            wakeupsWritten.add(1, ordering: .relaxed)
-            backend.wakeup()
-        }
-        return true
     }
 
     /// Runs `body` on the loop thread and returns its result.
@@ -190,12 +190,10 @@ public final class Reactor: @unchecked Sendable {
 
     /// Asks the loop to stop after the current turn, from any thread, without waiting.
     public func requestStop() {
-        let first = inbox.withLock { inbox -> Bool in
-            defer { inbox.stopRequested = true }
-            return !inbox.stopRequested
-        }
-        if first, !wakePending.exchange(true, ordering: .acquiringAndReleasing), let backend {
-            backend.wakeup()
+        inbox.withLock { inbox in
+            guard !inbox.stopRequested, !inbox.stopped else { return }
+            inbox.stopRequested = true
+            if !wakePending.exchange(true, ordering: .acquiringAndReleasing) { backend.wakeup() }
         }
     }
 
