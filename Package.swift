@@ -42,12 +42,14 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "P2PQReactor", targets: ["P2PQReactor"]),
+        .library(name: "P2PQNoise", targets: ["P2PQNoise"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
     ],
     targets: extraTargets + [
         // C declarations Glibc does not import into Swift: epoll, eventfd, timerfd, mmsghdr.
@@ -58,6 +60,13 @@ let package = Package(
             dependencies: reactorDependencies,
             path: "Sources/P2PQReactor",
             swiftSettings: reactorSettings
+        ),
+        // The Noise protocol framework (handshake patterns, PSK modifiers, transport ciphers) as
+        // plain values on swift-crypto; the peer links run Noise_XXpsk0_25519_ChaChaPoly_SHA256.
+        .target(
+            name: "P2PQNoise",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/P2PQNoise"
         ),
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
@@ -78,6 +87,11 @@ let package = Package(
             name: "P2PQReactorTests",
             dependencies: ["P2PQReactor"],
             path: "Tests/P2PQReactorTests"
+        ),
+        .testTarget(
+            name: "P2PQNoiseTests",
+            dependencies: ["P2PQNoise"],
+            path: "Tests/P2PQNoiseTests"
         ),
     ]
 )

@@ -49,6 +49,9 @@ public final class Reactor: @unchecked Sendable {
     private var freeSlots: [Int] = []
     /// Connections that wrote during this turn and flush at its end.
     var flushQueue: [TCPConnection] = []
+    /// Actions deferred to the end of this turn, before the flush (see `deferToEndOfTurn`).
+    private var endOfTurn: [() -> Void] = []
+    private var endOfTurnSpare: [() -> Void] = []
     /// UDP sockets with datagrams queued during this turn.
     var datagramFlushQueue: [UDPSocket] = []
     private var datagramAreaStorage: DatagramArea?
@@ -248,13 +251,14 @@ public final class Reactor: @unchecked Sendable {
             backend.poll(timeoutNanoseconds: nextTimeout())
             runTimers()
             runInbox()
+            runEndOfTurn()
             flushWrites()
         }
     }
 
     /// Nanoseconds to wait: 0 when work is ready, nil (forever) with no timers.
     private func nextTimeout() -> Int64? {
-        if wakePending.load(ordering: .acquiring) || !flushQueue.isEmpty || !datagramFlushQueue.isEmpty || backend.hasPendingWork { return 0 }
+        if wakePending.load(ordering: .acquiring) || !endOfTurn.isEmpty || !flushQueue.isEmpty || !datagramFlushQueue.isEmpty || backend.hasPendingWork { return 0 }
         guard let deadline = timers.earliestDeadline else { return nil }
         let now = MonotonicTime.now().nanoseconds
         return deadline > now ? Int64(clamping: deadline - now) : 0
@@ -284,6 +288,26 @@ public final class Reactor: @unchecked Sendable {
         for task in draining { task() }
         draining.removeAll(keepingCapacity: true)
         if stop { running = false }
+    }
+
+    /// Runs `action` once at the end of the current turn, after handlers, timers and submitted
+    /// work, just before connections flush. Layers that batch (sealing many messages into one
+    /// encrypted record, say) use it to do their work once per turn. Loop thread only.
+    public func deferToEndOfTurn(_ action: @escaping () -> Void) {
+        assertInReactorThread()
+        endOfTurn.append(action)
+    }
+
+    private func runEndOfTurn() {
+        // An action may defer another; bounded rounds keep a self-rescheduling action from
+        // starving I/O (it runs again next turn).
+        var rounds = 0
+        while !endOfTurn.isEmpty && rounds < 4 {
+            swap(&endOfTurn, &endOfTurnSpare)
+            for action in endOfTurnSpare { action() }
+            endOfTurnSpare.removeAll(keepingCapacity: true)
+            rounds += 1
+        }
     }
 
     func flushWrites() {
@@ -318,6 +342,7 @@ public final class Reactor: @unchecked Sendable {
             if tasks.isEmpty { break }
             for task in tasks { task() }
         }
+        runEndOfTurn()
         flushWrites()
         for case let channel? in channels {
             channel.close(reason: .reactorStopped)

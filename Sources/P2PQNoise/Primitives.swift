@@ -1,0 +1,257 @@
+import Crypto
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// MARK: - Primitive selectors
+
+/// The Diffie-Hellman function of a Noise protocol name.
+///
+/// Only `25519` exists in swift-crypto; `448` parses but is reported as
+/// ``NoiseError/unsupportedPrimitive(_:)``.
+public enum NoiseDHFunction: String, Sendable, Hashable {
+    /// X25519 (RFC 7748).
+    case curve25519 = "25519"
+
+    /// `DHLEN`: length of public keys and DH outputs in bytes.
+    public var dhLength: Int { 32 }
+}
+
+/// The AEAD cipher of a Noise protocol name.
+public enum NoiseCipherFunction: String, Sendable, Hashable {
+    /// ChaCha20-Poly1305 (RFC 8439), little-endian nonce counter.
+    case chaChaPoly = "ChaChaPoly"
+    /// AES-256-GCM, big-endian nonce counter.
+    case aesGCM = "AESGCM"
+}
+
+/// The hash function of a Noise protocol name.
+///
+/// `BLAKE2s`/`BLAKE2b` parse but are reported as ``NoiseError/unsupportedPrimitive(_:)``
+/// because swift-crypto has no BLAKE2.
+public enum NoiseHashFunction: String, Sendable, Hashable {
+    /// SHA-256, HASHLEN 32.
+    case sha256 = "SHA256"
+    /// SHA-512, HASHLEN 64 (keys are truncated to 32 bytes).
+    case sha512 = "SHA512"
+
+    /// `HASHLEN` in bytes.
+    public var hashLength: Int {
+        switch self {
+        case .sha256: 32
+        case .sha512: 64
+        }
+    }
+}
+
+// MARK: - Sendable wrappers
+
+/// swift-crypto releases before 4.x carry no `Sendable` annotations. `SymmetricKey` is an
+/// immutable value (its storage is never mutated after creation), so sharing it is safe;
+/// the wrapper lets our value types be `Sendable` with either major version, warning-free.
+struct SendableSymmetricKey: @unchecked Sendable {
+    let key: SymmetricKey
+
+    init(_ bytes: some ContiguousBytes) {
+        key = SymmetricKey(data: bytes)
+    }
+}
+
+/// A Curve25519 key pair for use as a Noise static (`s`) or ephemeral (`e`) key.
+///
+/// Wraps swift-crypto's private key so the secret stays in its zeroing storage; the
+/// public half is cached as bytes because every handshake hashes or transmits it.
+public struct NoiseKeyPair: @unchecked Sendable {
+    // @unchecked: swift-crypto < 4 lacks Sendable annotations; the key is immutable.
+    let privateKey: Curve25519.KeyAgreement.PrivateKey
+
+    /// The 32-byte raw public key.
+    public let publicKey: [UInt8]
+
+    /// Wraps an existing swift-crypto private key.
+    public init(_ privateKey: Curve25519.KeyAgreement.PrivateKey) {
+        self.privateKey = privateKey
+        self.publicKey = Array(privateKey.publicKey.rawRepresentation)
+    }
+
+    /// Builds a key pair from a 32-byte raw private key (as stored on disk or in test vectors).
+    public init(privateKey bytes: [UInt8]) throws(NoiseError) {
+        guard bytes.count == 32 else {
+            throw .invalidKeyLength(.localStatic, expected: 32, actual: bytes.count)
+        }
+        do {
+            self.init(try Curve25519.KeyAgreement.PrivateKey(rawRepresentation: bytes))
+        } catch {
+            throw .cryptoFailure("invalid Curve25519 private key: \(error)")
+        }
+    }
+
+    /// Generates a fresh random key pair.
+    public static func generate() -> NoiseKeyPair {
+        NoiseKeyPair(Curve25519.KeyAgreement.PrivateKey())
+    }
+
+    /// The raw private key, for persisting a static identity. Handle with care.
+    public var privateKeyBytes: [UInt8] { Array(privateKey.rawRepresentation) }
+}
+
+// MARK: - DH
+
+extension NoiseDHFunction {
+    /// DH(key_pair, public_key). Rejects an all-zero result: the spec (§12.1) allows it, and a
+    /// low-order peer key contributes nothing secret, so refusing it fails the handshake early.
+    func agree(_ keyPair: NoiseKeyPair, _ publicKey: [UInt8], role: NoiseKeyRole) throws(NoiseError) -> [UInt8] {
+        guard publicKey.count == dhLength else {
+            throw .invalidKeyLength(role, expected: dhLength, actual: publicKey.count)
+        }
+        let shared: [UInt8]
+        do {
+            let peer = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: publicKey)
+            let secret = try keyPair.privateKey.sharedSecretFromKeyAgreement(with: peer)
+            shared = secret.withUnsafeBytes { Array($0) }
+        } catch {
+            throw .invalidPublicKey(role)
+        }
+        // Constant-time OR so the check does not leak where a non-zero byte is.
+        guard shared.reduce(0, { $0 | $1 }) != 0 else { throw .invalidPublicKey(role) }
+        return shared
+    }
+}
+
+// MARK: - AEAD
+
+extension NoiseCipherFunction {
+    /// Authentication tag length for both supported AEADs.
+    static let tagLength = 16
+
+    /// ENCRYPT(k, n, ad, plaintext) writing `plaintext.count + 16` bytes to `output`.
+    ///
+    /// swift-crypto only offers allocating seal/open, so this costs one internal buffer;
+    /// callers still avoid allocating the result.
+    func seal(
+        key: SymmetricKey, nonce: UInt64,
+        ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) throws(NoiseError) {
+        precondition(output.count >= plaintext.count + Self.tagLength)
+        do {
+            switch self {
+            case .chaChaPoly:
+                let box = try withNonceBytes(nonce) { bytes in
+                    try ChaChaPoly.seal(plaintext, using: key, nonce: ChaChaPoly.Nonce(data: bytes), authenticating: ad)
+                }
+                copy(box.ciphertext, box.tag, into: output)
+            case .aesGCM:
+                let box = try withNonceBytes(nonce) { bytes in
+                    try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(data: bytes), authenticating: ad)
+                }
+                copy(box.ciphertext, box.tag, into: output)
+            }
+        } catch {
+            throw .cryptoFailure("AEAD seal failed: \(error)")
+        }
+    }
+
+    /// DECRYPT(k, n, ad, ciphertext||tag) writing `ciphertext.count - 16` bytes to `output`.
+    func open(
+        key: SymmetricKey, nonce: UInt64,
+        ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) throws(NoiseError) {
+        let bodyLength = ciphertext.count - Self.tagLength
+        precondition(bodyLength >= 0 && output.count >= bodyLength)
+        let body = UnsafeRawBufferPointer(rebasing: ciphertext[..<bodyLength])
+        let tag = UnsafeRawBufferPointer(rebasing: ciphertext[bodyLength...])
+        let plaintext: Data
+        do {
+            switch self {
+            case .chaChaPoly:
+                plaintext = try withNonceBytes(nonce) { bytes in
+                    let box = try ChaChaPoly.SealedBox(nonce: ChaChaPoly.Nonce(data: bytes), ciphertext: body, tag: tag)
+                    return try ChaChaPoly.open(box, using: key, authenticating: ad)
+                }
+            case .aesGCM:
+                plaintext = try withNonceBytes(nonce) { bytes in
+                    let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: bytes), ciphertext: body, tag: tag)
+                    return try AES.GCM.open(box, using: key, authenticating: ad)
+                }
+            }
+        } catch {
+            // Any failure here means the tag did not verify; callers treat it as hostile input.
+            throw .authenticationFailed
+        }
+        _ = plaintext.copyBytes(to: output)
+    }
+
+    /// Builds the 96-bit nonce on the stack: 32 zero bits then the counter, little-endian for
+    /// ChaChaPoly and big-endian for AESGCM (spec §12.3, §12.4).
+    private func withNonceBytes<R>(_ n: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let low = UInt32(truncatingIfNeeded: n)
+        let high = UInt32(truncatingIfNeeded: n >> 32)
+        var words: (UInt32, UInt32, UInt32)
+        switch self {
+        case .chaChaPoly: words = (0, low.littleEndian, high.littleEndian)
+        case .aesGCM: words = (0, high.bigEndian, low.bigEndian)
+        }
+        return try withUnsafeBytes(of: &words) { try body($0) }
+    }
+
+    private func copy(_ ciphertext: Data, _ tag: Data, into output: UnsafeMutableRawBufferPointer) {
+        let written = ciphertext.copyBytes(to: output)
+        _ = tag.copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: output[written...]))
+    }
+}
+
+// MARK: - Hash, HMAC, HKDF
+
+extension NoiseHashFunction {
+    /// HASH(a || b) without concatenating: MixHash runs on every token.
+    func hash(_ a: [UInt8], _ b: UnsafeRawBufferPointer) -> [UInt8] {
+        switch self {
+        case .sha256: Self.digest(SHA256.self, a, b)
+        case .sha512: Self.digest(SHA512.self, a, b)
+        }
+    }
+
+    func hash(_ data: [UInt8]) -> [UInt8] {
+        data.withUnsafeBytes { hash([], $0) }
+    }
+
+    private static func digest<H: HashFunction>(_: H.Type, _ a: [UInt8], _ b: UnsafeRawBufferPointer) -> [UInt8] {
+        var hasher = H()
+        hasher.update(data: a)
+        hasher.update(bufferPointer: b)
+        return Array(hasher.finalize())
+    }
+
+    /// HMAC-HASH(key, a || b).
+    func hmac(key: [UInt8], _ a: [UInt8], _ b: [UInt8] = []) -> [UInt8] {
+        switch self {
+        case .sha256: Self.mac(SHA256.self, key, a, b)
+        case .sha512: Self.mac(SHA512.self, key, a, b)
+        }
+    }
+
+    private static func mac<H: HashFunction>(_: H.Type, _ key: [UInt8], _ a: [UInt8], _ b: [UInt8]) -> [UInt8] {
+        var mac = HMAC<H>(key: SymmetricKey(data: key))
+        mac.update(data: a)
+        mac.update(data: b)
+        return Array(mac.finalize())
+    }
+
+    /// Noise HKDF (spec §4.3): two or three HASHLEN outputs chained from `chainingKey`.
+    func hkdf(chainingKey: [UInt8], input: [UInt8], outputs: Int) -> [[UInt8]] {
+        precondition(outputs == 2 || outputs == 3)
+        let tempKey = hmac(key: chainingKey, input)
+        var result: [[UInt8]] = []
+        var previous: [UInt8] = []
+        for index in 1...outputs {
+            previous = hmac(key: tempKey, previous, [UInt8(index)])
+            result.append(previous)
+        }
+        return result
+    }
+}
