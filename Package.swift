@@ -43,6 +43,9 @@ let package = Package(
     products: [
         .library(name: "P2PQReactor", targets: ["P2PQReactor"]),
         .library(name: "P2PQNoise", targets: ["P2PQNoise"]),
+        .library(name: "P2PQWire", targets: ["P2PQWire"]),
+        .library(name: "P2PQLink", targets: ["P2PQLink"]),
+        .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
@@ -50,6 +53,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
     ],
     targets: extraTargets + [
         // C declarations Glibc does not import into Swift: epoll, eventfd, timerfd, mmsghdr.
@@ -68,6 +72,39 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             path: "Sources/P2PQNoise"
         ),
+        // The sans-I/O wire codec: records, messages, link-level message bodies. Standard
+        // library only, so every layer can use it.
+        .target(name: "P2PQWire", path: "Sources/P2PQWire"),
+        // libFuzzer entry for the wire decoders; without -DP2PQ_FUZZ it replays corpus files,
+        // so a plain build always links. See Fuzz/run-wire-fuzz.sh.
+        .executableTarget(
+            name: "P2PQWireFuzz",
+            dependencies: ["P2PQWire"],
+            path: "Sources/P2PQWireFuzz"
+        ),
+        // Peer links as plain values: identity and keys, the Noise handshake over records,
+        // record encryption and rekeying.
+        .target(
+            name: "P2PQLink",
+            dependencies: [
+                "P2PQWire", "P2PQNoise",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Sources/P2PQLink"
+        ),
+        // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
+        // keepalives, peer exchange, max peers.
+        .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
+        // The node shell: connects the link sessions and the connection manager to the reactor,
+        // behind a Sendable async API.
+        .target(
+            name: "P2PQNode",
+            dependencies: [
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/P2PQNode"
+        ),
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
@@ -79,6 +116,9 @@ let package = Package(
             dependencies: [
                 "P2PQReactor",
                 "P2PQWorkloads",
+                "P2PQNode",
+                "P2PQLink",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/p2pq"
@@ -87,6 +127,26 @@ let package = Package(
             name: "P2PQReactorTests",
             dependencies: ["P2PQReactor"],
             path: "Tests/P2PQReactorTests"
+        ),
+        .testTarget(
+            name: "P2PQWireTests",
+            dependencies: ["P2PQWire"],
+            path: "Tests/P2PQWireTests"
+        ),
+        .testTarget(
+            name: "P2PQLinkTests",
+            dependencies: ["P2PQLink", "P2PQWire", "P2PQNoise"],
+            path: "Tests/P2PQLinkTests"
+        ),
+        .testTarget(
+            name: "P2PQConnectionManagerTests",
+            dependencies: ["P2PQConnectionManager"],
+            path: "Tests/P2PQConnectionManagerTests"
+        ),
+        .testTarget(
+            name: "P2PQNodeTests",
+            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
+            path: "Tests/P2PQNodeTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

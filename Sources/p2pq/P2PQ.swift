@@ -3,11 +3,11 @@ import P2PQReactor
 import P2PQWorkloads
 
 @main
-struct P2PQ: ParsableCommand {
+struct P2PQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
-        subcommands: [Bench.self]
+        subcommands: [NodeCommand.self, KeygenCommand.self, Bench.self]
     )
 }
 

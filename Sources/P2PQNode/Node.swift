@@ -1,0 +1,175 @@
+import Logging
+import P2PQLink
+import P2PQReactor
+import P2PQWire
+import Synchronization
+
+/// A p2pq node: a reactor thread, a listener, and authenticated links to its peers.
+///
+/// `start()` listens and dials the bootstrap addresses; peers exchange what they know, so a
+/// node bootstrapped to one member meets all of them. `stop()` says goodbye to every peer,
+/// closes the links and joins the reactor thread. Every method may be called from any task.
+public final class Node: Sendable {
+    public let configuration: NodeConfiguration
+    /// The node's identity; its PeerID is the hash of its static key.
+    public let identity: NodeIdentity
+    /// Link events: peers connecting and leaving, connections refused. Bounded: when nobody
+    /// reads, the oldest events are dropped.
+    public let events: AsyncStream<NodeEvent>
+    private let eventSink: AsyncStream<NodeEvent>.Continuation
+
+    private enum Lifecycle {
+        case idle
+        case running(Reactor, ReactorBound<NodeCore>)
+        case stopped
+    }
+    private let lifecycle = Mutex<Lifecycle>(.idle)
+
+    /// Validates the configuration and loads (or creates) the identity. Nothing runs yet.
+    public init(configuration: NodeConfiguration = NodeConfiguration()) throws(NodeError) {
+        guard configuration.maxPeers > 0 else { throw .invalidConfiguration("maxPeers must be positive") }
+        guard WireProtocol.maxFrameSizeRange.contains(configuration.maxFrameSize) else {
+            throw .invalidConfiguration("maxFrameSize must be within \(WireProtocol.maxFrameSizeRange)")
+        }
+        guard configuration.lowWatermark <= configuration.highWatermark else {
+            throw .invalidConfiguration("lowWatermark exceeds highWatermark")
+        }
+        guard configuration.keepaliveInterval < configuration.keepaliveTimeout else {
+            throw .invalidConfiguration("keepaliveInterval must be shorter than keepaliveTimeout")
+        }
+        guard configuration.baseBackoff <= configuration.maxBackoff else {
+            throw .invalidConfiguration("baseBackoff exceeds maxBackoff")
+        }
+        if configuration.insecure && configuration.clusterKey != nil {
+            throw .invalidConfiguration("insecure mode and a cluster key exclude each other")
+        }
+        self.configuration = configuration
+        if let identity = configuration.identity {
+            self.identity = identity
+        } else if let path = configuration.identityFile {
+            do {
+                self.identity = try NodeIdentity.loadOrCreate(path: path)
+            } catch {
+                throw .identity(error)
+            }
+        } else {
+            self.identity = NodeIdentity.generate()
+        }
+        (events, eventSink) = AsyncStream.makeStream(of: NodeEvent.self, bufferingPolicy: .bufferingNewest(4096))
+    }
+
+    /// This node's PeerID.
+    public var peerID: PeerID { identity.peerID }
+
+    /// Starts the reactor, listens and dials the bootstrap addresses. Returns once listening.
+    ///
+    /// - Throws: ``NodeError/notLoopback(_:)`` when asked to listen off loopback without a
+    ///   cluster key (or in insecure mode); ``NodeError/invalidConfiguration(_:)`` for bad
+    ///   addresses; ``NodeError/reactor(_:)`` when the port is taken or the backend refused.
+    @discardableResult
+    public func start() async throws(NodeError) -> NodeInfo {
+        let listen: SocketAddress
+        let bootstrap: [SocketAddress]
+        do {
+            listen = try SocketAddress(host: configuration.listenHost, port: configuration.listenPort)
+            bootstrap = try configuration.bootstrap.map { (text) throws(ReactorError) in try SocketAddress(text) }
+        } catch {
+            throw .invalidConfiguration("\(error)")
+        }
+        if !listen.isLoopback && (configuration.clusterKey == nil || configuration.insecure) {
+            throw .notLoopback(configuration.insecure
+                ? "insecure mode is loopback only; refusing to listen on \(listen)"
+                : "without a cluster key a node listens on loopback only; refusing \(listen) (give it a key file)")
+        }
+        let claimed = lifecycle.withLock { state -> Bool in
+            if case .idle = state { state = .stopped; return true }
+            return false
+        }
+        guard claimed else { throw .alreadyStarted }
+        let reactor: Reactor
+        do {
+            reactor = try Reactor(configuration: configuration.reactor)
+        } catch {
+            lifecycle.withLock { $0 = .idle }
+            throw .reactor(error)
+        }
+        let configuration = self.configuration
+        let identity = self.identity
+        let sink = eventSink
+        let result: Result<(ReactorBound<NodeCore>, SocketAddress), NodeError>
+        do {
+            result = try await reactor.submit {
+                let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
+                                    listen: listen, events: sink)
+                do throws(NodeError) {
+                    let bound = try core.start(listen: listen, bootstrap: bootstrap)
+                    return .success((ReactorBound(core, reactor: reactor), bound))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            reactor.stop()
+            lifecycle.withLock { $0 = .idle }
+            throw .reactor(.reactorStopped)
+        }
+        switch result {
+        case .success(let (core, bound)):
+            lifecycle.withLock { $0 = .running(reactor, core) }
+            return NodeInfo(peerID: identity.peerID, listenAddress: bound, backend: reactor.backendKind)
+        case .failure(let error):
+            reactor.stop()
+            lifecycle.withLock { $0 = .idle }
+            throw error
+        }
+    }
+
+    /// Says goodbye to every peer, waits (up to `drainTimeout`) for the goodbyes to leave,
+    /// closes everything and joins the reactor thread. Idempotent.
+    public func stop() async {
+        let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
+            guard case .running(let reactor, let core) = state else { return nil }
+            state = .stopped
+            return (reactor, core)
+        }
+        guard let (reactor, core) = running else { return }
+        _ = try? await reactor.submit { core.value.stop() }
+        let deadline = MonotonicTime.now() + configuration.drainTimeout
+        while MonotonicTime.now() < deadline {
+            let open = (try? await reactor.submit { core.value.openLinkCount }) ?? 0
+            if open == 0 { break }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        reactor.stop()
+        eventSink.finish()
+    }
+
+    /// The peers this node knows: connected, being dialed, backing off or given up.
+    public func peers() async -> [PeerStatus] {
+        await onCore({ $0.peerStatuses }) ?? []
+    }
+
+    /// The peers with a live link.
+    public func connectedPeers() async -> Set<PeerID> {
+        await onCore({ $0.connectedPeers }) ?? []
+    }
+
+    /// Open connections, links still handshaking included (for tests).
+    func linkCount() async -> Int {
+        await onCore({ $0.openLinkCount }) ?? 0
+    }
+
+    /// Runs `body` on the reactor thread with the node's core (for tests).
+    func onCoreForTesting(_ body: @escaping @Sendable (NodeCore) -> Void) async {
+        _ = await onCore(body)
+    }
+
+    private func onCore<T: Sendable>(_ body: @escaping @Sendable (NodeCore) -> T) async -> T? {
+        let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
+            guard case .running(let reactor, let core) = state else { return nil }
+            return (reactor, core)
+        }
+        guard let (reactor, core) = running else { return nil }
+        return try? await reactor.submit { body(core.value) }
+    }
+}

@@ -1,0 +1,106 @@
+import Logging
+import P2PQLink
+import P2PQReactor
+import P2PQWire
+
+/// Everything a node needs to start.
+public struct NodeConfiguration: Sendable {
+    /// The address to listen on. Loopback by default; anything else needs a cluster key.
+    public var listenHost: String = "127.0.0.1"
+    /// 0 picks a free port (see ``NodeInfo/listenAddress``).
+    public var listenPort: Int = 0
+    /// The host peers should dial back (default: `listenHost`; with a wildcard listen host,
+    /// peers use the address they see the connection come from).
+    public var advertisedHost: String?
+    /// `host:port` addresses to dial at start.
+    public var bootstrap: [String] = []
+    /// The cluster's shared key. Without one the node speaks Noise with a fixed development
+    /// key and refuses anything but loopback.
+    public var clusterKey: ClusterKey?
+    /// Plaintext links without authentication, for loopback benchmarks only. Off by default.
+    public var insecure = false
+    /// The node's identity; generated when nil (see ``identityFile``).
+    public var identity: NodeIdentity?
+    /// Load the identity from this file, creating it (mode 0600) on first start.
+    public var identityFile: String?
+    /// Most peers linked at once.
+    public var maxPeers = 64
+    /// Largest message a peer may send.
+    public var maxFrameSize = WireProtocol.defaultMaxFrameSize
+    /// Per-link outbound buffering: above `highWatermark` queued bytes the link is unwritable.
+    public var highWatermark = 4 << 20
+    public var lowWatermark = 1 << 20
+    /// A connection that has not finished the handshake and hello by then is closed.
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// A link silent this long is pinged.
+    public var keepaliveInterval: Duration = .seconds(1)
+    /// A link silent this long is closed.
+    public var keepaliveTimeout: Duration = .seconds(3)
+    /// First redial delay after a lost link; doubles per failure up to `maxBackoff`, jittered.
+    public var baseBackoff: Duration = .milliseconds(100)
+    public var maxBackoff: Duration = .seconds(10)
+    /// How long `stop()` waits for goodbyes and queued bytes to drain.
+    public var drainTimeout: Duration = .seconds(2)
+    /// The reactor's settings (backend, buffers).
+    public var reactor = ReactorConfiguration()
+    /// Where the node logs; the PeerID is added to its metadata.
+    public var logger = Logger(label: "p2pq.node")
+
+    public init() {}
+}
+
+/// Why a node could not start or act.
+public enum NodeError: Error, Sendable, CustomStringConvertible {
+    case invalidConfiguration(String)
+    /// Listening or dialing off loopback without a cluster key (or in insecure mode).
+    case notLoopback(String)
+    case reactor(ReactorError)
+    case identity(IdentityError)
+    case alreadyStarted
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let why): return "invalid configuration: \(why)"
+        case .notLoopback(let why): return why
+        case .reactor(let error): return "\(error)"
+        case .identity(let error): return "\(error)"
+        case .alreadyStarted: return "the node is already started"
+        case .stopped: return "the node is stopped"
+        }
+    }
+}
+
+/// What `start()` reports.
+public struct NodeInfo: Sendable, CustomStringConvertible {
+    public let peerID: PeerID
+    /// The bound address (with the real port when 0 was asked).
+    public let listenAddress: SocketAddress
+    public let backend: ReactorBackendKind
+
+    public var description: String { "node \(peerID.short) listening on \(listenAddress) (\(backend))" }
+}
+
+/// A node's view of one peer, for status output.
+public struct PeerStatus: Sendable, Equatable {
+    public enum State: String, Sendable { case connected, connecting, backoff, failed }
+    public var peerID: PeerID?
+    public var address: SocketAddress?
+    public var state: State
+    /// Seconds since the peer was last heard from; nil if never.
+    public var secondsSinceHeard: Double?
+    public var inbound: Bool?
+}
+
+/// Link-level happenings that upper layers and tests observe.
+public enum NodeEvent: Sendable, Equatable {
+    case peerConnected(PeerID)
+    case peerDisconnected(PeerID, left: Bool)
+    /// A connection was refused or closed before it became a link, with the logged reason.
+    case linkRejected(remote: SocketAddress, reason: String)
+}
+
+extension LinkSecurity {
+    /// The key of a node started without one: loopback-only development clusters share it.
+    static let developmentKey = ClusterKey(bytes: Array("p2pq loopback development key!!!".utf8))!
+}

@@ -1,0 +1,283 @@
+import Glibc
+import Logging
+import P2PQConnectionManager
+import P2PQLink
+import P2PQReactor
+import P2PQWire
+
+/// The node on its reactor thread: owns the listener, the links and the connection manager,
+/// and performs the manager's actions. Everything here runs on the reactor thread.
+final class NodeCore {
+    typealias Manager = ConnectionManager<PeerID, SocketAddress>
+    typealias Action = ConnectionAction<PeerID, SocketAddress>
+
+    let reactor: Reactor
+    let configuration: NodeConfiguration
+    let identity: NodeIdentity
+    let security: LinkSecurity
+    var logger: Logger
+    /// Distinguishes restarts of the same identity (wall-clock nanoseconds at start).
+    let incarnation: UInt64
+    /// What peers should dial to reach us.
+    private(set) var advertised: SocketAddress
+    private var manager: Manager
+    private var listener: TCPListener?
+    private var links: [LinkID: PeerLink] = [:]
+    private var nextLinkID: UInt64 = 1
+    private var timer: TimerID?
+    private var timerDeadline: UInt64 = 0
+    private let events: AsyncStream<NodeEvent>.Continuation
+    private(set) var isStopped = false
+    /// Upper layers' message sink (membership, queue, calls register here later).
+    var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
+
+    init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
+         events: AsyncStream<NodeEvent>.Continuation) {
+        self.reactor = reactor
+        self.configuration = configuration
+        self.identity = identity
+        if configuration.insecure {
+            security = .insecure
+        } else {
+            security = .noise(configuration.clusterKey ?? LinkSecurity.developmentKey)
+        }
+        var logger = configuration.logger
+        logger[metadataKey: "peer"] = "\(identity.peerID.short)"
+        self.logger = logger
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        incarnation = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        advertised = listen
+        self.events = events
+        let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
+        manager = Manager(
+            localPeerID: identity.peerID, advertisedAddress: listen,
+            configuration: ConnectionManagerConfiguration(
+                baseBackoff: nanos(configuration.baseBackoff), maxBackoff: nanos(configuration.maxBackoff),
+                keepaliveInterval: nanos(configuration.keepaliveInterval),
+                keepaliveTimeout: nanos(configuration.keepaliveTimeout),
+                maxPeers: configuration.maxPeers
+            )
+        )
+    }
+
+    var now: UInt64 { MonotonicTime.now().nanoseconds }
+
+    func emit(_ event: NodeEvent) { events.yield(event) }
+
+    /// Listens and dials the bootstrap addresses.
+    func start(listen: SocketAddress, bootstrap: [SocketAddress]) throws(NodeError) -> SocketAddress {
+        var options = TCPOptions()
+        options.highWatermark = configuration.highWatermark
+        options.lowWatermark = configuration.lowWatermark
+        do {
+            listener = try reactor.listen(on: listen, options: options) { [unowned self] connection in
+                self.accept(connection)
+            }
+        } catch {
+            throw .reactor(error)
+        }
+        let bound = listener!.localAddress
+        let advertisedHost = configuration.advertisedHost ?? bound.host
+        advertised = (try? SocketAddress(host: advertisedHost, port: bound.port)) ?? bound
+        manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
+                          configuration: manager.configuration)
+        logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
+        perform(manager.start(bootstrap: bootstrap, now: now))
+        return bound
+    }
+
+    private var securityDescription: String {
+        switch security {
+        case .insecure: return "INSECURE plaintext links"
+        case .noise: return configuration.clusterKey == nil ? "Noise, development key" : "Noise, cluster key"
+        }
+    }
+
+    /// Whether this node may talk to `address` at all: without a cluster key only loopback.
+    func mayReach(_ address: SocketAddress) -> Bool {
+        address.isLoopback || (configuration.clusterKey != nil && !configuration.insecure)
+    }
+
+    // MARK: Manager actions
+
+    func perform(_ actions: [Action]) {
+        for action in actions {
+            switch action {
+            case .dial(let address): dial(address)
+            case .closeLink(let id, let reason):
+                guard let link = links[id] else { continue }
+                switch reason {
+                case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
+                case .leaving: link.leave(.leaving, detail: "node stopping")
+                case .selfConnection: link.leave(.protocolError, detail: "self connection")
+                case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
+                case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
+                }
+            case .sendPing(let id):
+                links[id]?.send(.ping(nonce: UInt64.random(in: 0...UInt64.max), sentAt: now))
+            case .sendPeerList(let id, let entries):
+                let peers = entries.compactMap { entry -> PeerAddress? in
+                    guard entry.address.port > 0 else { return nil }
+                    return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
+                }
+                if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
+            case .armTimer(let at): arm(at)
+            case .cancelTimer:
+                if let timer { reactor.cancel(timer) }
+                timer = nil
+            case .peerConnected(let peer, let link):
+                logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
+                emit(.peerConnected(peer))
+            case .peerLinkChanged(let peer, _, _):
+                logger.debug("peer \(peer.short) moved to its surviving link")
+            case .peerDisconnected(let peer, let reason):
+                logger.info("peer \(peer.short) disconnected: \(reason)")
+                emit(.peerDisconnected(peer, left: reason == .peerLeft))
+            }
+        }
+    }
+
+    private func arm(_ deadline: UInt64) {
+        if let timer {
+            if timerDeadline == deadline { return }
+            reactor.cancel(timer)
+        }
+        timerDeadline = deadline
+        timer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
+            self.timer = nil
+            self.perform(self.manager.tick(now: self.now))
+        }
+    }
+
+    private func dial(_ address: SocketAddress) {
+        guard !isStopped else { return }
+        guard mayReach(address) else {
+            logger.warning("not dialing \(address): off loopback without a cluster key")
+            perform(manager.dialFailed(address: address, now: now))
+            return
+        }
+        let link = makeLink(direction: .outbound, dialed: address)
+        do {
+            var options = TCPOptions()
+            options.highWatermark = configuration.highWatermark
+            options.lowWatermark = configuration.lowWatermark
+            link.connection = try reactor.connect(to: address, timeout: configuration.handshakeTimeout,
+                                                  options: options, handler: link)
+            links[link.id] = link
+            link.armHandshakeTimer(configuration.handshakeTimeout)
+        } catch {
+            logger.warning("dial \(address) failed: \(error)")
+            perform(manager.dialFailed(address: address, now: now))
+        }
+    }
+
+    private func accept(_ connection: TCPConnection) {
+        guard !isStopped else { return }
+        guard mayReach(connection.remoteAddress) else {
+            logger.warning("refusing \(connection.remoteAddress): off loopback without a cluster key")
+            return  // no handler: the listener closes it
+        }
+        let handshaking = links.values.lazy.filter { $0.stage == .handshaking || $0.stage == .awaitingHello }.count
+        guard handshaking < 2 * configuration.maxPeers + 16 else {
+            logger.warning("refusing \(connection.remoteAddress): too many handshakes in progress")
+            return
+        }
+        let link = makeLink(direction: .inbound, dialed: nil)
+        link.connection = connection
+        connection.handler = link
+        links[link.id] = link
+        link.armHandshakeTimer(configuration.handshakeTimeout)
+    }
+
+    private func makeLink(direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {
+        let id = LinkID(nextLinkID)
+        nextLinkID += 1
+        // The configuration was validated at start, so the session cannot fail to build.
+        let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
+                                       security: security, identity: identity,
+                                       maxFrameSize: configuration.maxFrameSize)
+        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
+    }
+
+    // MARK: Link callbacks
+
+    func linkReady(_ link: PeerLink) {
+        guard let peer = link.remotePeerID else { return }
+        perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
+                               peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
+    }
+
+    func linkClosed(_ link: PeerLink, wasReady: Bool, reason: String) {
+        links[link.id] = nil
+        guard !isStopped else { return }
+        if wasReady {
+            perform(manager.linkDown(link: link.id, now: now, peerLeft: link.peerLeft))
+        } else if link.direction == .outbound, let address = link.dialedAddress {
+            perform(manager.dialFailed(address: address, now: now))
+        }
+    }
+
+    func heard(_ link: PeerLink) {
+        manager.heard(link: link.id, now: now)
+    }
+
+    func peersReceived(_ link: PeerLink, _ entries: [PeerAddress]) {
+        let list = entries.compactMap { entry -> PeerListEntry<PeerID, SocketAddress>? in
+            guard let address = try? SocketAddress(host: entry.host, port: Int(entry.port)) else { return nil }
+            return PeerListEntry(peer: entry.peerID, address: address)
+        }
+        perform(manager.peerListReceived(from: link.id, entries: list, now: now))
+    }
+
+    func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from link: PeerLink) {
+        guard let peer = link.remotePeerID else { return }
+        messageHandler?(type, body, peer)
+    }
+
+    func linkWritabilityChanged(_ link: PeerLink, isWritable: Bool) {}
+
+    // MARK: Queries and stop
+
+    var openLinkCount: Int { links.count }
+
+    var connectedPeers: Set<PeerID> {
+        Set(links.values.compactMap { link in
+            link.stage == .ready && manager.link(to: link.remotePeerID!) == link.id ? link.remotePeerID : nil
+        })
+    }
+
+    var peerStatuses: [PeerStatus] {
+        let current = now
+        return manager.peers.map { record in
+            let state: PeerStatus.State
+            switch record.state {
+            case .connected: state = .connected
+            case .connecting: state = .connecting
+            case .backoff: state = .backoff
+            case .failed: state = .failed
+            }
+            return PeerStatus(
+                peerID: record.peer, address: record.address, state: state,
+                secondsSinceHeard: record.lastSeen == 0 ? nil : Double(current &- record.lastSeen) / 1e9,
+                inbound: record.direction.map { $0 == .inbound }
+            )
+        }
+    }
+
+    /// Says goodbye to every peer and stops accepting. Links close as their goodbyes flush.
+    func stop() {
+        guard !isStopped else { return }
+        let actions = manager.stop(now: now)
+        perform(actions)
+        isStopped = true
+        listener?.close()
+        listener = nil
+        if let timer { reactor.cancel(timer) }
+        timer = nil
+        // Links still handshaking (and dials in flight) have no goodbye to say.
+        for link in links.values where link.stage != .ready {
+            link.fail("node stopping")
+        }
+    }
+}

@@ -1,0 +1,241 @@
+import Logging
+import P2PQConnectionManager
+import P2PQLink
+import P2PQReactor
+import P2PQWire
+
+extension TCPConnection: LinkOutput {}
+
+/// The shell around one peer connection: feeds socket bytes to its `LinkSession`, turns link
+/// events into node inputs, and seals outgoing messages once per loop turn.
+final class PeerLink: TCPConnectionHandler {
+    enum Stage { case handshaking, awaitingHello, ready, closed }
+
+    let id: LinkID
+    let direction: LinkDirection
+    /// For outbound links, the address dialed (reported back to the connection manager).
+    let dialedAddress: SocketAddress?
+    unowned let node: NodeCore
+    var connection: TCPConnection!
+    var session: LinkSession
+    private(set) var stage: Stage = .handshaking
+    private(set) var remotePeerID: PeerID?
+    /// The address the peer advertised in its hello.
+    private(set) var advertisedAddress: SocketAddress?
+    /// The peer said goodbye: it is leaving, not failing.
+    private(set) var peerLeft = false
+    /// Plaintext messages waiting to be sealed at the end of the turn.
+    private var staging: [UInt8] = []
+    private var sealScheduled = false
+    /// A goodbye is staged: close once it is sealed into the outbound queue.
+    private var closeAfterSeal = false
+    private var handshakeTimer: TimerID?
+    private var closeReason: String?
+
+    init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession) {
+        self.id = id
+        self.direction = direction
+        self.dialedAddress = dialedAddress
+        self.node = node
+        self.session = session
+    }
+
+    var logger: Logger { node.logger }
+
+    func armHandshakeTimer(_ timeout: Duration) {
+        handshakeTimer = node.reactor.schedule(after: timeout) { [weak self] in
+            guard let self, self.stage == .handshaking || self.stage == .awaitingHello else { return }
+            self.handshakeTimer = nil
+            self.fail("no handshake within \(timeout)")
+        }
+    }
+
+    // MARK: Sending
+
+    /// Queues a link message; it is sealed with everything else queued this turn.
+    func send(_ message: LinkMessage) {
+        guard stage == .awaitingHello || stage == .ready else { return }
+        do {
+            try message.encode(into: &staging, maxFrameSize: node.configuration.maxFrameSize)
+        } catch {
+            logger.error("dropping an unencodable \(message.messageType) message: \(error)")
+            return
+        }
+        scheduleSeal()
+    }
+
+    private func scheduleSeal() {
+        guard !sealScheduled else { return }
+        sealScheduled = true
+        node.reactor.deferToEndOfTurn { [weak self] in self?.sealNow() }
+    }
+
+    /// Encrypts the staged messages into records in the connection's outbound queue.
+    func sealNow() {
+        sealScheduled = false
+        guard !staging.isEmpty, stage != .closed, connection.state == .active else {
+            staging.removeAll(keepingCapacity: true)
+            if closeAfterSeal { connection.close(afterFlush: true) }
+            return
+        }
+        var output: TCPConnection = connection
+        do {
+            try staging.withUnsafeBytes { try session.seal($0, into: &output) }
+        } catch {
+            staging.removeAll(keepingCapacity: true)
+            fail("sealing failed: \(error)")
+            return
+        }
+        // Keep a modest buffer for the next turn; give back a large one.
+        if staging.capacity > 1 << 20 { staging = [] } else { staging.removeAll(keepingCapacity: true) }
+        if closeAfterSeal { connection.close(afterFlush: true) }
+    }
+
+    /// Says goodbye, then closes once the goodbye is written.
+    ///
+    /// The goodbye is sealed at the end of the turn like any message: this may run inside
+    /// `session.receive` (a duplicate found while a hello is processed), where the session
+    /// must not be touched again.
+    func leave(_ reason: GoodbyeReason, detail: String) {
+        guard stage != .closed else { return }
+        closeReason = "goodbye (\(reason)): \(detail)"
+        if stage == .ready || stage == .awaitingHello {
+            send(.goodbye(reason: reason, detail: detail))
+            closeAfterSeal = true
+        } else {
+            connection.close(afterFlush: true)
+        }
+    }
+
+    /// Closes the link because of an error, logging why.
+    func fail(_ reason: String) {
+        guard stage != .closed else { return }
+        closeReason = reason
+        logger.notice("closing link to \(remoteDescription): \(reason)")
+        if stage == .handshaking {
+            node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
+        }
+        connection.close()
+    }
+
+    var remoteDescription: String {
+        if let remotePeerID { return "\(remotePeerID.short) (\(connection.remoteAddress))" }
+        return "\(connection.remoteAddress)"
+    }
+
+    // MARK: TCPConnectionHandler
+
+    func connectionDidBecomeActive(_ connection: TCPConnection) {
+        guard direction == .outbound else { return }
+        var output: TCPConnection = connection
+        do {
+            try session.start(output: &output)
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    func connection(_ connection: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
+        guard stage != .closed else { return }
+        var output: TCPConnection = connection
+        do {
+            try session.receive(bytes, output: &output) { event in
+                guard self.stage != .closed else { return }
+                switch event {
+                case .established(let remote, _): self.established(remote)
+                case .message(let type, let body): self.received(type, body)
+                }
+            }
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    func connectionDidReadEOF(_ connection: TCPConnection) {
+        connection.close(afterFlush: true, reason: .peerClosed)
+    }
+
+    func connection(_ connection: TCPConnection, writabilityChanged isWritable: Bool) {
+        node.linkWritabilityChanged(self, isWritable: isWritable)
+    }
+
+    func connection(_ connection: TCPConnection, didCloseWith reason: TCPCloseReason) {
+        let previous = stage
+        stage = .closed
+        if let timer = handshakeTimer {
+            node.reactor.cancel(timer)
+            handshakeTimer = nil
+        }
+        if previous == .handshaking, closeReason == nil {
+            let why: String
+            if case .connectFailed(let error) = reason { why = "\(error)" } else { why = "closed during handshake: \(reason)" }
+            logger.debug("link to \(remoteDescription) ended before the handshake: \(why)")
+        }
+        node.linkClosed(self, wasReady: previous == .ready, reason: closeReason ?? "\(reason)")
+    }
+
+    // MARK: Link events
+
+    private func established(_ remote: PeerID) {
+        remotePeerID = remote
+        stage = .awaitingHello
+        let listen = node.advertised
+        send(.hello(Hello(peerID: node.identity.peerID, listenPort: UInt16(listen.port),
+                          listenHost: listen.host, incarnation: node.incarnation)))
+    }
+
+    private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {
+        if stage == .awaitingHello {
+            guard type == .hello else {
+                fail("expected hello, got \(type)")
+                return
+            }
+            let message: LinkMessage
+            do {
+                message = try LinkMessage.decode(type: type, body: body)
+            } catch {
+                fail("bad hello: \(error)")
+                return
+            }
+            guard case .hello(let hello) = message else { return }
+            guard hello.peerID == remotePeerID else {
+                fail("claimed PeerID \(hello.peerID.short) does not match its static key (\(remotePeerID?.short ?? "?"))")
+                return
+            }
+            if hello.listenPort != 0 {
+                let host = hello.listenHost.isEmpty ? connection.remoteAddress.host : hello.listenHost
+                advertisedAddress = try? SocketAddress(host: host, port: Int(hello.listenPort))
+            }
+            if let timer = handshakeTimer {
+                node.reactor.cancel(timer)
+                handshakeTimer = nil
+            }
+            stage = .ready
+            node.linkReady(self)
+            return
+        }
+        node.heard(self)
+        // Link messages are 0x01-0x0F; everything above belongs to upper layers.
+        guard type.rawValue < 0x10 else {
+            node.deliver(type, body, from: self)
+            return
+        }
+        let message: LinkMessage
+        do {
+            message = try LinkMessage.decode(type: type, body: body)
+        } catch {
+            fail("bad \(type) message: \(error)")
+            return
+        }
+        switch message {
+        case .ping(let nonce, let sentAt): send(.pong(nonce: nonce, sentAt: sentAt))
+        case .pong: break
+        case .goodbye(let reason, let detail):
+            peerLeft = reason == .leaving || reason == .shuttingDown
+            closeReason = "peer said goodbye (\(reason)): \(detail)"
+            connection.close(afterFlush: true, reason: .peerClosed)
+        case .peers(let entries): node.peersReceived(self, entries)
+        case .hello: fail("a second hello")
+        }
+    }
+}

@@ -1,0 +1,65 @@
+/// The type byte of a message.
+///
+/// The type space is split into ranges, one per protocol layer, so a layer can be added
+/// without renumbering another:
+///
+/// | range       | layer                                    |
+/// |-------------|------------------------------------------|
+/// | `0x01–0x0F` | link (this module): hello, ping, …       |
+/// | `0x10–0x1F` | membership (SWIM), reserved              |
+/// | `0x20–0x3F` | queue, reserved                          |
+/// | `0x40–0x5F` | remote calls, reserved                   |
+/// | `0xF0–0xFF` | experimental, reserved                   |
+///
+/// `0x00` and every other value are unassigned. Only the cases below decode today; any other
+/// byte, reserved or not, is ``WireError/unknownMessageType(_:)`` and closes the link.
+public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// First message on a link after the handshake, sent by both sides.
+    case hello = 0x01
+    /// Liveness probe; answered with ``pong``.
+    case ping = 0x02
+    /// Answer to a ``ping``, echoing its fields.
+    case pong = 0x03
+    /// Last message before a side closes the link.
+    case goodbye = 0x04
+    /// Peer exchange: addresses of other peers.
+    case peers = 0x05
+
+    /// Link-level messages (this module).
+    public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
+    /// Reserved for membership (SWIM).
+    public static let membershipRange: ClosedRange<UInt8> = 0x10...0x1F
+    /// Reserved for the work queue.
+    public static let queueRange: ClosedRange<UInt8> = 0x20...0x3F
+    /// Reserved for remote calls.
+    public static let remoteCallRange: ClosedRange<UInt8> = 0x40...0x5F
+    /// Reserved for experiments; never used by a release.
+    public static let experimentalRange: ClosedRange<UInt8> = 0xF0...0xFF
+
+    /// Which layer a raw type byte belongs to, whether or not it is decodable yet.
+    public static func family(of raw: UInt8) -> MessageFamily {
+        switch raw {
+        case linkRange: return .link
+        case membershipRange: return .membership
+        case queueRange: return .queue
+        case remoteCallRange: return .remoteCall
+        case experimentalRange: return .experimental
+        default: return .unassigned
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .hello: return "hello"
+        case .ping: return "ping"
+        case .pong: return "pong"
+        case .goodbye: return "goodbye"
+        case .peers: return "peers"
+        }
+    }
+}
+
+/// The layer a message type range is assigned to (see ``MessageType``).
+public enum MessageFamily: Sendable, Equatable {
+    case link, membership, queue, remoteCall, experimental, unassigned
+}

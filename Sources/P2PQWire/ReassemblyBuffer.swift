@@ -1,0 +1,45 @@
+/// The bytes of one frame body that arrived split across chunks.
+///
+/// It grows with the bytes that actually arrive, never to the declared length up front, so
+/// a peer cannot make us allocate a megabyte by sending a five-byte header: memory held is
+/// at most about twice what the peer has sent, and never more than the frame it declared.
+struct ReassemblyBuffer: Sendable {
+    private(set) var bytes: [UInt8] = []
+    /// After a frame completes, capacity above this is freed, so one large message does not
+    /// pin memory for the life of an idle connection.
+    let retainedCapacity: Int
+
+    private static let initialCapacity = 1024
+
+    init(retainedCapacity: Int) {
+        self.retainedCapacity = retainedCapacity
+    }
+
+    var count: Int { bytes.count }
+    var capacity: Int { bytes.capacity }
+
+    /// Appends `chunk`; `frameLength` is the full body length, the most this buffer may hold.
+    mutating func append(_ chunk: UnsafeRawBufferPointer, frameLength: Int) {
+        let needed = bytes.count + chunk.count
+        if needed > bytes.capacity {
+            // Doubling keeps appends amortised O(1); the cap keeps us within the frame.
+            let grown = Swift.max(needed, bytes.capacity * 2, Self.initialCapacity)
+            bytes.reserveCapacity(Swift.min(grown, frameLength))
+        }
+        bytes.append(contentsOf: chunk)
+    }
+
+    /// Empties the buffer after a frame was delivered.
+    mutating func reset() {
+        if bytes.capacity > retainedCapacity {
+            bytes = []
+        } else {
+            bytes.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Frees everything (the decoder failed; nothing more will arrive).
+    mutating func release() {
+        bytes = []
+    }
+}

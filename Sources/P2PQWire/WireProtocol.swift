@@ -1,0 +1,37 @@
+/// Constants of the wire protocol, shared by encoders, decoders and docs/protocol-framing.md.
+public enum WireProtocol {
+    /// The protocol version this implementation sends in its hello.
+    public static let version: UInt16 = 1
+    /// The versions this implementation accepts in a peer's hello.
+    public static let supportedVersions: ClosedRange<UInt16> = 1...1
+
+    /// Largest record body: the u16 length field, and also the largest Noise message.
+    public static let maxRecordBodySize = 65535
+    /// Bytes of the record header (u16 length).
+    public static let recordHeaderSize = 2
+    /// Bytes of the message header (u32 length + u8 type).
+    public static let messageHeaderSize = 5
+
+    /// Default limit on a message's length field (type + body): 1 MiB.
+    public static let defaultMaxFrameSize = 1 << 20
+    /// The hard ceiling no configuration may exceed: 64 MiB.
+    public static let maxFrameSizeCeiling = 64 << 20
+    /// The smallest allowed limit: every hello (at most 312 bytes) and goodbye must fit.
+    public static let minimumMaxFrameSize = 512
+    /// Allowed values for a configured maximum frame size.
+    public static let maxFrameSizeRange = minimumMaxFrameSize...maxFrameSizeCeiling
+
+    /// Bytes of a peer ID (SHA-256 of the peer's Noise static public key).
+    public static let peerIDSize = 32
+    /// Longest host string, in UTF-8 bytes (in hello and in peers entries).
+    public static let maxHostLength = 255
+    /// Longest goodbye detail string, in UTF-8 bytes.
+    public static let maxGoodbyeDetailLength = 256
+    /// Most entries in one peers message.
+    public static let maxPeersPerMessage = 1024
+
+    /// Checks a configured maximum frame size.
+    public static func validateMaxFrameSize(_ size: Int) throws(WireError) {
+        guard maxFrameSizeRange.contains(size) else { throw .invalidMaxFrameSize(size) }
+    }
+}

@@ -1,0 +1,132 @@
+/// A growable byte sink a ``WireWriter`` appends to: `[UInt8]`, ``UnsafeWireBuffer`` (a fixed
+/// buffer such as the reactor's reserved outbound capacity), or a caller's own buffer type.
+public protocol WireOutput {
+    /// Appends `bytes` at the end.
+    mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer)
+    /// Makes room for `additional` more bytes, if the output can grow. A hint only.
+    mutating func reserveWireCapacity(_ additional: Int)
+}
+
+extension WireOutput {
+    public mutating func reserveWireCapacity(_ additional: Int) {}
+}
+
+extension Array: WireOutput where Element == UInt8 {
+    public mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer) {
+        append(contentsOf: bytes)
+    }
+
+    public mutating func reserveWireCapacity(_ additional: Int) {
+        // Array.reserveCapacity reserves exactly, so reserving per message would copy the
+        // whole array each time; grow geometrically instead.
+        let needed = count + additional
+        if needed > capacity { reserveCapacity(Swift.max(needed, capacity * 2)) }
+    }
+}
+
+/// A fixed, caller-owned buffer as a ``WireOutput``, for encoding straight into memory the
+/// caller reserved (e.g. `TCPConnection.write(reservingCapacity:)`).
+///
+/// Writing past the end is a programming error (the encoders check the size first, from
+/// their exact `encodedSize`), so it traps rather than throws.
+public struct UnsafeWireBuffer: WireOutput {
+    /// The whole buffer.
+    public let buffer: UnsafeMutableRawBufferPointer
+    /// Bytes written so far, from the start of ``buffer``.
+    public private(set) var count = 0
+
+    public init(_ buffer: UnsafeMutableRawBufferPointer) {
+        self.buffer = buffer
+    }
+
+    /// Bytes left.
+    public var remaining: Int { buffer.count - count }
+
+    public mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count <= remaining, "UnsafeWireBuffer: wrote past the end of the buffer")
+        guard let source = bytes.baseAddress, let base = buffer.baseAddress else { return }
+        (base + count).copyMemory(from: source, byteCount: bytes.count)
+        count += bytes.count
+    }
+}
+
+/// Appends wire-format values to a ``WireOutput``: fixed-width big-endian integers, IEEE-754
+/// doubles, and length-prefixed byte strings and UTF-8 strings.
+///
+/// The writer owns its output while it works; take it back from ``output`` afterwards, or use
+/// `[UInt8].withWireWriter(_:)`, which moves the array in and out without copying.
+public struct WireWriter<Output: WireOutput> {
+    /// Everything written so far, after whatever the output already held.
+    public var output: Output
+
+    public init(output: Output) {
+        self.output = output
+    }
+
+    /// Appends one byte.
+    public mutating func writeU8(_ value: UInt8) {
+        withUnsafeBytes(of: value) { output.appendWireBytes($0) }
+    }
+
+    /// Appends a big-endian u16.
+    public mutating func writeU16(_ value: UInt16) {
+        withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
+    }
+
+    /// Appends a big-endian u32.
+    public mutating func writeU32(_ value: UInt32) {
+        withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
+    }
+
+    /// Appends a big-endian u64.
+    public mutating func writeU64(_ value: UInt64) {
+        withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
+    }
+
+    /// Appends the IEEE-754 binary64 bit pattern as a big-endian u64 (NaN payloads survive).
+    public mutating func writeFloat64(_ value: Double) {
+        writeU64(value.bitPattern)
+    }
+
+    /// Appends `bytes` as they are, with no length (for fixed-size fields).
+    public mutating func writeRaw(_ bytes: UnsafeRawBufferPointer) {
+        output.appendWireBytes(bytes)
+    }
+
+    /// Appends `bytes` as they are, with no length (for fixed-size fields).
+    public mutating func writeRaw(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { output.appendWireBytes($0) }
+    }
+
+    /// Appends a byte string: u32 length, then the bytes.
+    public mutating func writeByteString(_ bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count <= Int(UInt32.max), "byte string longer than a u32 length")
+        writeU32(UInt32(bytes.count))
+        output.appendWireBytes(bytes)
+    }
+
+    /// Appends a byte string: u32 length, then the bytes.
+    public mutating func writeByteString(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { writeByteString($0) }
+    }
+
+    /// Appends a string as a byte string of its UTF-8.
+    public mutating func writeString(_ string: String) {
+        // Native strings are contiguous UTF-8 already; bridged ones are copied once.
+        let done: Void? = string.utf8.withContiguousStorageIfAvailable { writeByteString(UnsafeRawBufferPointer($0)) }
+        if done == nil { writeByteString(Array(string.utf8)) }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Runs `body` with a writer appending to this array, moving the array into the writer
+    /// and back so nothing is copied.
+    public mutating func withWireWriter<R, E: Error>(
+        _ body: (inout WireWriter<[UInt8]>) throws(E) -> R
+    ) throws(E) -> R {
+        var writer = WireWriter(output: self)
+        self = []  // drop our reference so the writer's array is uniquely owned
+        defer { self = writer.output }
+        return try body(&writer)
+    }
+}

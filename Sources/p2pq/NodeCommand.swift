@@ -1,0 +1,128 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import Logging
+import P2PQLink
+import P2PQNode
+import P2PQReactor
+
+/// `p2pq node`: a long-running node until SIGINT or SIGTERM, then a graceful leave.
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run a node until SIGINT or SIGTERM, then leave gracefully and exit 0."
+    )
+
+    @Option(help: "Address to listen on (host:port). Off loopback a cluster key is required.")
+    var listen: String = "127.0.0.1:0"
+
+    @Option(help: "Address of a node to join (host:port). Repeatable.")
+    var bootstrap: [String] = []
+
+    @Option(help: "Cluster key file (see `p2pq keygen`). Without one: loopback only, development key.")
+    var keyFile: String?
+
+    @Option(help: "Identity file: loaded, or created (mode 0600) on first start.")
+    var identityFile: String?
+
+    @Option(help: "Host that peers should dial back (default: the listen host).")
+    var advertise: String?
+
+    @Option(help: "Reactor backend: auto, epoll or io_uring.")
+    var backend: String = "auto"
+
+    @Option(help: "Most peers linked at once.")
+    var maxPeers: Int = 64
+
+    @Flag(help: "Plaintext, unauthenticated links (loopback benchmarks only).")
+    var insecure = false
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
+            throw ValidationError("unknown log level '\(logLevel)'")
+        }
+        var configuration = NodeConfiguration()
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(listen)
+        } catch {
+            throw ValidationError("--listen: \(error)")
+        }
+        configuration.listenHost = address.host
+        configuration.listenPort = address.port
+        configuration.bootstrap = bootstrap
+        configuration.advertisedHost = advertise
+        configuration.insecure = insecure
+        configuration.maxPeers = maxPeers
+        configuration.identityFile = identityFile
+        configuration.reactor.backend = try parseBackend(backend)
+        if let keyFile {
+            do {
+                configuration.clusterKey = try ClusterKey.load(path: keyFile)
+            } catch {
+                throw ValidationError("--key-file: \(error)")
+            }
+        }
+        var logger = Logger(label: "p2pq")
+        logger.logLevel = level
+        configuration.logger = logger
+
+        // Signals are taken by a dispatch source, not the default handler, so the node can
+        // say goodbye before the process exits.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let (stopRequests, requestStop) = AsyncStream.makeStream(of: Int32.self)
+        let sources = [SIGINT, SIGTERM].map { signo in
+            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+            source.setEventHandler { requestStop.yield(signo) }
+            source.resume()
+            return source
+        }
+
+        let node = try Node(configuration: configuration)
+        let info = try await node.start()
+        // One machine-readable line for scripts and tests, then logs on stderr.
+        print("listening \(info.listenAddress) \(info.peerID)")
+        fflush(nil)
+        for await signo in stopRequests {
+            logger.info("signal \(signo): leaving")
+            break
+        }
+        await node.stop()
+        sources.forEach { $0.cancel() }
+        logger.info("stopped")
+    }
+}
+
+/// `p2pq keygen`: writes a new cluster key file readable by its owner only.
+struct KeygenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keygen",
+        abstract: "Write a new cluster key file (mode 0600). Refuses to overwrite."
+    )
+
+    @Argument(help: "Path of the key file to create.")
+    var path: String
+
+    func run() throws {
+        let key = ClusterKey.generate()
+        do {
+            try key.save(path: path)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        print("wrote \(path) (cluster id \(key.clusterID))")
+    }
+}
+
+func parseBackend(_ text: String) throws -> ReactorBackendChoice {
+    switch text.lowercased() {
+    case "auto": return .automatic
+    case "epoll": return .exactly(.epoll)
+    case "io_uring", "iouring", "uring": return .exactly(.ioUring)
+    default: throw ValidationError("unknown backend '\(text)': use auto, epoll or io_uring")
+    }
+}

@@ -1,0 +1,123 @@
+import Foundation
+import Glibc
+import P2PQLink
+@testable import P2PQNode
+import P2PQWire
+import Testing
+
+/// A `p2pq node` child process.
+final class ChildNode {
+    let process = Process()
+    let peerID: PeerID
+    let address: String
+    private let output = Pipe()
+
+    /// The `p2pq` binary built next to the test bundle.
+    static var binary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("p2pq")
+    }
+
+    init(arguments: [String]) throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary.path) else {
+            throw TimedOut(description: "no p2pq binary at \(Self.binary.path): build it with `swift build`")
+        }
+        process.executableURL = Self.binary
+        process.arguments = ["node", "--log-level", "error"] + arguments
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // The first line is "listening <address> <peer id>".
+        // Raw reads: the child's signals interrupt reads (EINTR), which FileHandle turns into a trap.
+        var line: [UInt8] = []
+        let fd = output.fileHandleForReading.fileDescriptor
+        var byte: UInt8 = 0
+        while line.last != UInt8(ascii: "\n") {
+            let n = read(fd, &byte, 1)
+            if n == 1 {
+                line.append(byte)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        let words = String(decoding: line, as: UTF8.self).split(separator: " ").map(String.init)
+        guard words.count == 3, words[0] == "listening",
+              let peer = PeerID(bytes: Self.hexBytes(words[2].trimmingCharacters(in: .whitespacesAndNewlines))) else {
+            process.terminate()
+            throw TimedOut(description: "unexpected first line from p2pq node: \(String(decoding: line, as: UTF8.self))")
+        }
+        address = words[1]
+        peerID = peer
+    }
+
+    static func hexBytes(_ text: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var index = text.startIndex
+        while index < text.endIndex, let next = text.index(index, offsetBy: 2, limitedBy: text.endIndex) {
+            guard let byte = UInt8(text[index..<next], radix: 16) else { return [] }
+            bytes.append(byte)
+            index = next
+        }
+        return bytes
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+@Suite("Nodes as child processes", .serialized)
+struct ChildProcessTests {
+    func keyFile() throws -> (ClusterKey, String) {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
+        let key = ClusterKey.generate()
+        try key.save(path: path)
+        return (key, path)
+    }
+
+    @Test("A peer killed with SIGKILL is seen as disconnected within 1 s")
+    func sigkill() async throws {
+        let (key, path) = try keyFile()
+        let node = try Node(configuration: testConfiguration(key: key))
+        let info = try await node.start()
+        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
+        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        let clock = ContinuousClock()
+        let killedAt = clock.now
+        kill(child.process.processIdentifier, SIGKILL)
+        var seen: Duration?
+        for await event in node.events {
+            if case .peerDisconnected(let peer, let left) = event, peer == child.peerID {
+                seen = clock.now - killedAt
+                #expect(!left, "a killed peer did not leave gracefully")
+                break
+            }
+        }
+        let elapsed = try #require(seen)
+        #expect(elapsed < .seconds(1), "took \(elapsed)")
+        await node.stop()
+    }
+
+    @Test("SIGTERM makes a node leave gracefully and exit 0")
+    func sigterm() async throws {
+        let (key, path) = try keyFile()
+        let node = try Node(configuration: testConfiguration(key: key))
+        let info = try await node.start()
+        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
+        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        kill(child.process.processIdentifier, SIGTERM)
+        var left: Bool?
+        for await event in node.events {
+            if case .peerDisconnected(let peer, let didLeave) = event, peer == child.peerID {
+                left = didLeave
+                break
+            }
+        }
+        #expect(left == true)
+        child.process.waitUntilExit()
+        #expect(child.process.terminationReason == .exit)
+        #expect(child.process.terminationStatus == 0)
+        await node.stop()
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import Glibc
+import Logging
+import P2PQLink
+@testable import P2PQNode
+import P2PQReactor
+import P2PQWire
+import Testing
+
+/// A configuration for test nodes: loopback, quick timers, quiet logs.
+func testConfiguration(key: ClusterKey?, bootstrap: [String] = [], port: Int = 0) -> NodeConfiguration {
+    var configuration = NodeConfiguration()
+    configuration.clusterKey = key
+    configuration.bootstrap = bootstrap
+    configuration.listenPort = port
+    configuration.handshakeTimeout = .milliseconds(800)
+    configuration.keepaliveInterval = .milliseconds(200)
+    configuration.keepaliveTimeout = .seconds(2)
+    configuration.baseBackoff = .milliseconds(50)
+    configuration.maxBackoff = .milliseconds(500)
+    configuration.drainTimeout = .milliseconds(500)
+    var logger = Logger(label: "p2pq.test")
+    logger.logLevel = ProcessInfo.processInfo.environment["P2PQ_TEST_LOG"] != nil ? .debug : .critical
+    configuration.logger = logger
+    return configuration
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+func eventually(
+    _ what: String, timeout: Duration = .seconds(10),
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () async -> Bool
+) async throws {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if await condition() { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    Issue.record("timed out after \(timeout) waiting for \(what)", sourceLocation: sourceLocation)
+    throw TimedOut(description: what)
+}
+
+/// Free loopback ports, found by binding and releasing (for tests that need ports up front).
+func freePorts(_ count: Int) -> [Int] {
+    var sockets: [Int32] = []
+    var ports: [Int] = []
+    for _ in 0..<count {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+        sockets.append(fd)
+    }
+    for fd in sockets { close(fd) }
+    return ports
+}
+
+/// A blocking loopback client socket for speaking raw bytes at a node.
+final class RawClient {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var tv = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { throw TimedOut(description: "connect failed: errno \(errno)") }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    /// Reads what arrives within 100 ms: nil once the peer closed (EOF or reset).
+    func receive() -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n > 0 { return Array(buffer.prefix(n)) }
+        if n == 0 { return nil }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return [] }
+        return nil
+    }
+
+    /// Waits until the node closes the connection; the time it took, or nil on timeout.
+    func waitForClose(timeout: Duration) -> Duration? {
+        let clock = ContinuousClock()
+        let start = clock.now
+        while clock.now - start < timeout {
+            if receive() == nil { return clock.now - start }
+        }
+        return nil
+    }
+}
