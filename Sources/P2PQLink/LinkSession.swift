@@ -87,6 +87,9 @@ public struct LinkSession: Sendable {
     static let insecureMagic = Array("P2PQ-INSECURE".utf8)
     /// Records between rekeys in each direction.
     public static let defaultRekeyInterval: UInt64 = 1 << 20
+    /// Plaintext bytes per sealed record: small enough that a record fits the reactor's
+    /// 64 KiB outbound chunks without splitting them, large enough that per-record costs vanish.
+    public static let defaultRecordPlaintextSize = 16 * 1024
 
     public let role: Role
     public private(set) var phase: Phase = .handshaking
@@ -101,6 +104,7 @@ public struct LinkSession: Sendable {
     private var records = RecordDecoder()
     private var messages: MessageDecoder
     private let rekeyInterval: UInt64
+    private let recordPlaintextSize: Int
     /// Decrypted record plaintext (one record at a time).
     private var plaintext: [UInt8] = []
     /// A failure raised inside a decoder callback, which can only throw `WireError`.
@@ -115,12 +119,14 @@ public struct LinkSession: Sendable {
         security: LinkSecurity,
         identity: NodeIdentity,
         maxFrameSize: Int = WireProtocol.defaultMaxFrameSize,
-        rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval
+        rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval,
+        recordPlaintextSize: Int = LinkSession.defaultRecordPlaintextSize
     ) throws(LinkError) {
         self.role = role
         self.security = security
         self.localPeerID = identity.peerID
         self.rekeyInterval = max(1, rekeyInterval)
+        self.recordPlaintextSize = min(max(1, recordPlaintextSize), CipherState.maxPlaintextLength)
         do {
             messages = try MessageDecoder(maxFrameSize: maxFrameSize)
         } catch {
@@ -361,12 +367,12 @@ public struct LinkSession: Sendable {
     }
 
     /// Seals `plaintext` (encoded messages) into records written to `output`: encrypted in
-    /// place in the output buffer, at most 65519 plaintext bytes per record.
+    /// place in the output buffer, `recordPlaintextSize` plaintext bytes per record at most.
     public mutating func seal(_ plaintext: UnsafeRawBufferPointer, into output: inout some LinkOutput) throws(LinkError) {
         guard phase == .established else { throw .notEstablished }
         var rest = plaintext
         let tag = sender == nil ? 0 : CipherState.tagLength
-        let maxChunk = WireProtocol.maxRecordBodySize - tag
+        let maxChunk = min(recordPlaintextSize, WireProtocol.maxRecordBodySize - tag)
         while !rest.isEmpty {
             let chunk = UnsafeRawBufferPointer(rebasing: rest.prefix(maxChunk))
             rest = UnsafeRawBufferPointer(rebasing: rest.dropFirst(chunk.count))

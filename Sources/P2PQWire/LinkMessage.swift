@@ -89,6 +89,9 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
         var reader = WireReader(body)
         let message: LinkMessage
         switch type {
+        case .benchmark:
+            // Not a link message: its body is opaque to this layer.
+            throw .unknownMessageType(type.rawValue)
         case .hello:
             // The version comes first and is checked first: the rest of the layout is v1's.
             let version = try reader.readU16(field: "hello.protocolVersion")

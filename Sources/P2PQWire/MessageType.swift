@@ -9,7 +9,7 @@
 /// | `0x10–0x1F` | membership (SWIM), reserved              |
 /// | `0x20–0x3F` | queue, reserved                          |
 /// | `0x40–0x5F` | remote calls, reserved                   |
-/// | `0xF0–0xFF` | experimental, reserved                   |
+/// | `0xF0–0xFF` | experimental: `0xF0` benchmark payload   |
 ///
 /// `0x00` and every other value are unassigned. Only the cases below decode today; any other
 /// byte, reserved or not, is ``WireError/unknownMessageType(_:)`` and closes the link.
@@ -24,6 +24,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case goodbye = 0x04
     /// Peer exchange: addresses of other peers.
     case peers = 0x05
+    /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
+    case benchmark = 0xF0
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
@@ -55,6 +57,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .pong: return "pong"
         case .goodbye: return "goodbye"
         case .peers: return "peers"
+        case .benchmark: return "benchmark"
         }
     }
 }

@@ -9,6 +9,7 @@ import Synchronization
 /// writable; the receiver walks the frame boundaries of every chunk it reads. The figure is
 /// frames per second at the receiver from its first byte to its last frame.
 public struct ReactorStreamResult: Sendable {
+    public var workload = "reactor-stream"
     public var backend: ReactorBackendKind
     public var payloadSize: Int
     public var frames: Int
@@ -21,7 +22,7 @@ public struct ReactorStreamResult: Sendable {
     /// One JSON object on one line.
     public var json: String {
         func f(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
-        return #"{"workload":"reactor-stream","backend":"\#(backend)","payload_bytes":\#(payloadSize),"#
+        return #"{"workload":"\#(workload)","backend":"\#(backend)","payload_bytes":\#(payloadSize),"#
             + #""frames":\#(frames),"seconds":\#(f(seconds)),"frames_per_sec":\#(Int(framesPerSecond)),"#
             + #""mb_per_sec":\#(f(megabytesPerSecond)),"cpu_seconds":\#(f(cpuSeconds))}"#
     }

@@ -14,21 +14,17 @@ struct P2PQ: AsyncParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self],
+        subcommands: [ReactorBench.self, LinkBench.self],
         defaultSubcommand: ReactorBench.self
     )
 }
 
-struct ReactorBench: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "reactor",
-        abstract: "Stream length-prefixed frames over loopback TCP between two reactors."
-    )
-
+/// Options shared by the stream benchmarks.
+struct StreamOptions: ParsableArguments {
     @Option(help: "Backend: epoll, io_uring or all (each compiled-in backend).")
     var backend: String = "all"
 
-    @Option(help: "Payload bytes per frame (a 4-byte length prefix is added). Repeatable.")
+    @Option(help: "Payload bytes per frame. Repeatable.")
     var payload: [Int] = [64, 1024]
 
     @Option(help: "Frames per run (default: 20,000,000 for payloads up to 256 bytes, else 4,000,000).")
@@ -47,20 +43,53 @@ struct ReactorBench: ParsableCommand {
         }
     }
 
-    func run() throws {
-        let backends: [ReactorBackendKind]
+    func backends() throws -> [ReactorBackendKind] {
         switch backend.lowercased() {
-        case "all": backends = ReactorBackendKind.allCases.filter(\.isCompiledIn)
-        case "epoll": backends = [.epoll]
-        case "io_uring", "iouring", "uring": backends = [.ioUring]
+        case "all": return ReactorBackendKind.allCases.filter(\.isCompiledIn)
+        case "epoll": return [.epoll]
+        case "io_uring", "iouring", "uring": return [.ioUring]
         default: throw ValidationError("unknown backend '\(backend)': use epoll, io_uring or all")
         }
-        for size in payload {
-            for kind in backends {
-                for _ in 0..<runs {
-                    let count = frames ?? (size <= 256 ? 20_000_000 : 4_000_000)
-                    let result = try ReactorStream.run(backend: kind, payloadSize: size, frames: count)
-                    print(result.json)
+    }
+
+    func frameCount(_ payload: Int) -> Int { frames ?? (payload <= 256 ? 20_000_000 : 4_000_000) }
+}
+
+struct LinkBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "link",
+        abstract: "The reactor stream carried over peer links: raw, insecure link, Noise link, side by side."
+    )
+
+    @OptionGroup var options: StreamOptions
+
+    func run() throws {
+        for size in options.payload {
+            for kind in try options.backends() {
+                for _ in 0..<options.runs {
+                    let count = options.frameCount(size)
+                    print(try ReactorStream.run(backend: kind, payloadSize: size, frames: count).json)
+                    print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: false).json)
+                    print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: true).json)
+                }
+            }
+        }
+    }
+}
+
+struct ReactorBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reactor",
+        abstract: "Stream length-prefixed frames over loopback TCP between two reactors."
+    )
+
+    @OptionGroup var options: StreamOptions
+
+    func run() throws {
+        for size in options.payload {
+            for kind in try options.backends() {
+                for _ in 0..<options.runs {
+                    print(try ReactorStream.run(backend: kind, payloadSize: size, frames: options.frameCount(size)).json)
                 }
             }
         }

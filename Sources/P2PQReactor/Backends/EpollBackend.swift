@@ -96,12 +96,11 @@ final class EpollBackend: ReactorBackend {
             connection.handleConnectResult(errno: code)
             guard connection.state == .active else { return }
         }
-        if bits & (P2PQ_EPOLLIN | P2PQ_EPOLLRDHUP | P2PQ_EPOLLHUP | P2PQ_EPOLLERR) != 0 {
-            if connection.isReadingPaused {
-                connection.io.readPending = true
-            } else {
-                read(connection)
-            }
+        // While paused the edge is simply dropped: resuming always tries a read.
+        if bits & (P2PQ_EPOLLIN | P2PQ_EPOLLRDHUP | P2PQ_EPOLLHUP | P2PQ_EPOLLERR) != 0 && !connection.isReadingPaused {
+            // After a half-close or hang-up no further edge comes: read until EOF, not just
+            // until a short read.
+            read(connection, untilEOF: bits & (P2PQ_EPOLLRDHUP | P2PQ_EPOLLHUP | P2PQ_EPOLLERR) != 0)
         }
         guard connection.state == .active else { return }
         if bits & P2PQ_EPOLLOUT != 0 && connection.io.waitingForWritable {
@@ -110,7 +109,7 @@ final class EpollBackend: ReactorBackend {
         }
     }
 
-    private func read(_ connection: TCPConnection) {
+    private func read(_ connection: TCPConnection, untilEOF: Bool = false) {
         var budget = readBudget
         let base = readBuffer.baseAddress!
         let size = readBuffer.count
@@ -118,19 +117,13 @@ final class EpollBackend: ReactorBackend {
             let n = Glibc.read(connection.fd, base, size)
             if n > 0 {
                 connection.handleRead(UnsafeRawBufferPointer(start: base, count: n))
-                guard connection.state == .active else { return }
-                if connection.isReadingPaused {
-                    connection.io.readPending = true
-                    return
-                }
-                // A short read drained the socket: the next arrival raises a new edge.
-                if n < size { return }
+                guard connection.state == .active, !connection.isReadingPaused else { return }
+                // A short read drained the socket: the next arrival raises a new edge (unless
+                // the peer already hung up, when EOF is still to be read).
+                if n < size && !untilEOF { return }
                 budget -= 1
                 if budget == 0 {
-                    if !connection.io.readPending {
-                        connection.io.readPending = true
-                        pendingReads.append(connection)
-                    }
+                    scheduleRead(connection)
                     return
                 }
             } else if n == 0 {
@@ -146,12 +139,20 @@ final class EpollBackend: ReactorBackend {
         }
     }
 
+    /// Reads `connection` again next turn, without waiting for an edge.
+    private func scheduleRead(_ connection: TCPConnection) {
+        guard !connection.io.readPending else { return }
+        connection.io.readPending = true
+        pendingReads.append(connection)
+    }
+
     private func runPendingReads() {
         swap(&pendingReads, &pendingReadsSpare)
         for connection in pendingReadsSpare {
             connection.io.readPending = false
             if connection.state == .active && !connection.isReadingPaused && !connection.isInputClosed {
-                read(connection)
+                // Read until EAGAIN or EOF: whatever edge brought us here has been consumed.
+                read(connection, untilEOF: true)
             }
         }
         pendingReadsSpare.removeAll(keepingCapacity: true)
@@ -182,12 +183,9 @@ final class EpollBackend: ReactorBackend {
     }
 
     func readInterestChanged(_ connection: TCPConnection) {
-        // Edge-triggered: nothing to re-arm. On resume, data may already wait without a new
-        // edge coming, so try a read next turn.
-        if !connection.isReadingPaused && !connection.io.readPending {
-            connection.io.readPending = true
-            pendingReads.append(connection)
-        }
+        // Edge-triggered: nothing to re-arm. On resume, data (or EOF) may already wait with no
+        // new edge coming, so try a read next turn.
+        if !connection.isReadingPaused { scheduleRead(connection) }
     }
 
     func flush(_ connection: TCPConnection) {

@@ -188,7 +188,9 @@ final class URingBackend: ReactorBackend {
         let token = data & ~0xFF
         let more = flags & P2PQ_CQE_F_MORE != 0
         guard let channel = reactor.channel(for: token) else {
+            // The channel is gone: give back what the completion carries.
             if flags & P2PQ_CQE_F_BUFFER != 0 { returnBuffer(Int(flags >> P2PQ_CQE_BUFFER_SHIFT)) }
+            if op == .accept && res >= 0 { Glibc.close(res) }
             return
         }
         switch channel {

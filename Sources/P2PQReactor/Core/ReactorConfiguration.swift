@@ -35,10 +35,20 @@ public enum ReactorBackendChoice: Sendable, Equatable, CustomStringConvertible {
     /// Reads `P2PQ_BACKEND` (`epoll`, `io_uring` or `auto`); anything else, or unset, is automatic.
     public static var fromEnvironment: ReactorBackendChoice {
         guard let raw = getenv("P2PQ_BACKEND") else { return .automatic }
-        let value = String(cString: raw).lowercased()
-        if value == "iouring" || value == "uring" { return .exactly(.ioUring) }
-        if let kind = ReactorBackendKind(rawValue: value) { return .exactly(kind) }
-        return .automatic
+        return ReactorBackendChoice(environmentValue: String(cString: raw))
+    }
+
+    /// Parses a `P2PQ_BACKEND` value: `epoll`, `io_uring` (or `iouring`, `uring`), `auto`;
+    /// anything else means automatic.
+    public init(environmentValue: String) {
+        let value = environmentValue.lowercased()
+        if value == "iouring" || value == "uring" {
+            self = .exactly(.ioUring)
+        } else if let kind = ReactorBackendKind(rawValue: value) {
+            self = .exactly(kind)
+        } else {
+            self = .automatic
+        }
     }
 
     public var description: String {

@@ -313,7 +313,7 @@ struct ConnectionIOState {
     var registered = false
     /// The socket buffer was full; wait for EPOLLOUT before writing again.
     var waitingForWritable = false
-    /// Reads stopped on the per-turn budget with data possibly left (edge-triggered).
+    /// Queued to read next turn (budget exhausted, or reads resumed) without waiting for an edge.
     var readPending = false
     // io_uring
     var recvArmed = false
