@@ -227,9 +227,8 @@ public final class Reactor: @unchecked Sendable {
         case .exactly(.ioUring):
             return (try makeURingBackend(), .ioUring)
         case .automatic:
-            if ReactorBackendKind.ioUring.isCompiledIn, let uring = try? makeURingBackend() {
-                return (uring, .ioUring)
-            }
+            // docs/benchmarks.md: on the stream workloads epoll is as fast as io_uring or
+            // faster on this machine kind, so automatic means epoll; io_uring is opt-in.
             return (try EpollBackend(reactor: self), .epoll)
         }
     }

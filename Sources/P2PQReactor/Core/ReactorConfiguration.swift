@@ -26,8 +26,8 @@ public enum ReactorBackendKind: String, Sendable, CaseIterable, CustomStringConv
 
 /// Which backend a reactor should use.
 public enum ReactorBackendChoice: Sendable, Equatable, CustomStringConvertible {
-    /// The faster backend available (see docs/benchmarks.md): io_uring when compiled in and
-    /// accepted by the kernel, else epoll.
+    /// The backend the benchmarks show faster on Linux (docs/benchmarks.md): epoll, which
+    /// matched or beat io_uring on every stream workload measured here.
     case automatic
     /// Exactly this backend; creating the reactor fails if it is unavailable.
     case exactly(ReactorBackendKind)
