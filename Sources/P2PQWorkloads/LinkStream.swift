@@ -1,9 +1,7 @@
-import Glibc
 import P2PQLink
 import P2PQNode  // TCPConnection: LinkOutput
 import P2PQReactor
 import P2PQWire
-import Synchronization
 
 /// The reactor stream carried over a peer link: the same frames (here: `benchmark` messages
 /// of `payloadSize` bytes, framed by the message layer) sealed into Noise records by the sender
@@ -12,53 +10,20 @@ import Synchronization
 public enum LinkStream {
     public static func run(backend: ReactorBackendKind, payloadSize: Int, frames: Int, secure: Bool,
                            timeout: Duration = .seconds(120)) throws -> ReactorStreamResult {
-        let receiverReactor = try Reactor(configuration: ReactorStream.configuration(backend, name: "p2pq-recv"))
-        let senderReactor = try Reactor(configuration: ReactorStream.configuration(backend, name: "p2pq-send"))
-        defer {
-            senderReactor.stop()
-            receiverReactor.stop()
-        }
-        let key = ClusterKey.generate()
-        let security: LinkSecurity = secure ? .noise(key) : .insecure
-        let outcome = Outcome()
-        let cpuStart = processCPUSeconds()
-        let portBox = Mutex<Result<Int, ReactorError>?>(nil)
-        receiverReactor.execute {
-            do throws(ReactorError) {
-                let listener = try receiverReactor.listen(on: try SocketAddress(host: "127.0.0.1", port: 0)) { connection in
-                    let session = try! LinkSession(role: .responder, security: security, identity: .generate())
-                    connection.handler = LinkFrameCounter(session: session, expected: frames, outcome: outcome)
-                }
-                portBox.withLock { $0 = .success(listener.localAddress.port) }
-            } catch {
-                portBox.withLock { $0 = .failure(error) }
-            }
-        }
-        var bound: Int?
-        while bound == nil {
-            if let result = portBox.withLock({ $0 }) { bound = try result.get() } else { usleep(1000) }
-        }
-        let port = bound!
-        senderReactor.execute {
-            do {
+        let security: LinkSecurity = secure ? .noise(ClusterKey.generate()) : .insecure
+        return try ReactorStream.runPair(
+            workload: secure ? "link-stream-noise" : "link-stream-insecure",
+            backend: backend, payloadSize: payloadSize, frames: frames, timeout: timeout,
+            receiver: { outcome in
+                // A fresh identity cannot fail to make a session.
+                let session = try! LinkSession(role: .responder, security: security, identity: .generate())
+                return LinkFrameCounter(session: session, expected: frames, outcome: outcome)
+            },
+            sender: { outcome in
                 let session = try LinkSession(role: .initiator, security: security, identity: .generate())
-                let handler = LinkFrameSender(session: session, payloadSize: payloadSize, frames: frames, outcome: outcome)
-                _ = try senderReactor.connect(to: try SocketAddress(host: "127.0.0.1", port: port), handler: handler)
-            } catch {
-                outcome.fail("\(error)")
+                return LinkFrameSender(session: session, payloadSize: payloadSize, frames: frames, outcome: outcome)
             }
-        }
-        let result = outcome.wait(timeout: timeout)
-        let cpu = processCPUSeconds() - cpuStart
-        switch result {
-        case .success(let seconds):
-            var stream = ReactorStreamResult(backend: backend, payloadSize: payloadSize, frames: frames,
-                                             seconds: seconds, cpuSeconds: cpu)
-            stream.workload = secure ? "link-stream-noise" : "link-stream-insecure"
-            return stream
-        case .failure(let error):
-            throw error
-        }
+        )
     }
 }
 

@@ -44,6 +44,21 @@ public enum ReactorStream {
     /// Runs the workload once on two fresh reactors of `backend`.
     public static func run(backend: ReactorBackendKind, payloadSize: Int, frames: Int,
                            timeout: Duration = .seconds(120)) throws -> ReactorStreamResult {
+        try runPair(
+            workload: "reactor-stream", backend: backend, payloadSize: payloadSize, frames: frames, timeout: timeout,
+            receiver: { outcome in FrameCounter(expected: frames, outcome: outcome) },
+            sender: { outcome in FrameSender(payloadSize: payloadSize, frames: frames, outcome: outcome) }
+        )
+    }
+
+    /// The harness every stream workload shares: a receiving reactor with a listener whose
+    /// connections get `receiver`'s handler, a sending reactor that connects with `sender`'s,
+    /// and the receiver's report of the elapsed time. Handlers are made on their loop thread.
+    static func runPair(
+        workload: String, backend: ReactorBackendKind, payloadSize: Int, frames: Int, timeout: Duration,
+        receiver: @escaping @Sendable (Outcome) -> any TCPConnectionHandler,
+        sender: @escaping @Sendable (Outcome) throws -> any TCPConnectionHandler
+    ) throws -> ReactorStreamResult {
         let receiverReactor = try Reactor(configuration: configuration(backend, name: "p2pq-recv"))
         let senderReactor = try Reactor(configuration: configuration(backend, name: "p2pq-send"))
         defer {
@@ -56,7 +71,7 @@ public enum ReactorStream {
         receiverReactor.execute {
             do throws(ReactorError) {
                 let listener = try receiverReactor.listen(on: try SocketAddress(host: "127.0.0.1", port: 0)) { connection in
-                    connection.handler = FrameCounter(expected: frames, outcome: outcome)
+                    connection.handler = receiver(outcome)
                 }
                 portBox.withLock { $0 = .success(listener.localAddress.port) }
             } catch {
@@ -66,8 +81,7 @@ public enum ReactorStream {
         let port = try waitFor(portBox).get()
         senderReactor.execute {
             do {
-                let handler = FrameSender(payloadSize: payloadSize, frames: frames, outcome: outcome)
-                _ = try senderReactor.connect(to: try SocketAddress(host: "127.0.0.1", port: port), handler: handler)
+                _ = try senderReactor.connect(to: try SocketAddress(host: "127.0.0.1", port: port), handler: try sender(outcome))
             } catch {
                 outcome.fail("\(error)")
             }
@@ -76,8 +90,10 @@ public enum ReactorStream {
         let cpu = processCPUSeconds() - cpuStart
         switch result {
         case .success(let seconds):
-            return ReactorStreamResult(backend: backend, payloadSize: payloadSize, frames: frames,
-                                       seconds: seconds, cpuSeconds: cpu)
+            var stream = ReactorStreamResult(backend: backend, payloadSize: payloadSize, frames: frames,
+                                             seconds: seconds, cpuSeconds: cpu)
+            stream.workload = workload
+            return stream
         case .failure(let error):
             throw error
         }
