@@ -79,8 +79,16 @@ let package = Package(
         // so a plain build always links. See Fuzz/run-wire-fuzz.sh.
         .executableTarget(
             name: "P2PQWireFuzz",
-            dependencies: ["P2PQWire"],
+            dependencies: ["P2PQWire", "P2PQFuzzSupport"],
             path: "Sources/P2PQWireFuzz"
+        ),
+        // The main program the fuzz targets share (libFuzzer driver, or corpus replay).
+        .target(name: "P2PQFuzzSupport", path: "Sources/P2PQFuzzSupport"),
+        // libFuzzer entry for the link handshake and record layer.
+        .executableTarget(
+            name: "P2PQLinkFuzz",
+            dependencies: ["P2PQLink", "P2PQWire", "P2PQFuzzSupport"],
+            path: "Sources/P2PQLinkFuzz"
         ),
         // Peer links as plain values: identity and keys, the Noise handshake over records,
         // record encryption and rekeying.

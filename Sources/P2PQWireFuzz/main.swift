@@ -1,8 +1,7 @@
 // Fuzz target for the P2PQWire decoders.
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
-// replays the files (or directories of files) named on the command line through the same entry
-// point, so the target always builds and the corpus doubles as a regression suite.
+// replays the files named on the command line (P2PQFuzzSupport.fuzzMain).
 //
 // The first input byte picks the chunking and the frame limit; the rest is the stream. Besides
 // "no crash", the target checks three properties any correct decoder has:
@@ -11,6 +10,7 @@
 //  - decoding is canonical: a body that decodes re-encodes to exactly the same bytes;
 //  - encodedSize is exact.
 
+import P2PQFuzzSupport
 import P2PQWire
 
 #if canImport(Glibc)
@@ -165,65 +165,4 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-#if P2PQ_FUZZ
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
-) -> Int32
-
-var argc = CommandLine.argc
-var argv = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv, fuzz))
-
-#else
-
-/// Reads a whole file, or nil if it cannot be read.
-func readFile(_ path: String) -> [UInt8]? {
-    guard let file = fopen(path, "rb") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 64 << 10)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n > 0 { bytes.append(contentsOf: buffer[0..<n]) }
-        if n < buffer.count { break }
-    }
-    return ferror(file) == 0 ? bytes : nil
-}
-
-/// The regular files in `path` if it is a directory, else `[path]`.
-func inputs(at path: String) -> [String] {
-    guard let directory = opendir(path) else { return [path] }
-    defer { closedir(directory) }
-    var files: [String] = []
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        if name == "." || name == ".." { continue }
-        files.append(path + "/" + name)
-    }
-    return files.sorted()
-}
-
-var replayed = 0
-var unreadable = 0
-for argument in CommandLine.arguments.dropFirst() where !argument.hasPrefix("-") {
-    for path in inputs(at: argument) {
-        guard let bytes = readFile(path) else {
-            unreadable += 1
-            continue
-        }
-        // An empty input has no base address to pass; the target ignores it anyway.
-        bytes.withUnsafeBufferPointer { buffer in
-            if let base = buffer.baseAddress, !buffer.isEmpty { _ = fuzz(base, buffer.count) }
-        }
-        replayed += 1
-    }
-}
-print("P2PQWireFuzz: replayed \(replayed) inputs (\(unreadable) unreadable); build with -DP2PQ_FUZZ and -sanitize=fuzzer to fuzz")
-
-#endif
+fuzzMain(name: "P2PQWireFuzz", fuzz)
