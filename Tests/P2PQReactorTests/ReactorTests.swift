@@ -81,13 +81,16 @@ struct ReactorTCPTests {
             let count = 1_000
             let finished = Locked(0)
             let mismatches = Locked(0)
+            let failures = Locked<[String]>([])
             let allDone = Promise<Bool>()
             final class Pinger: TCPConnectionHandler {
                 let payload: [UInt8]
                 var received: [UInt8] = []
                 let report: (Bool) -> Void
-                init(seed: UInt64, report: @escaping (Bool) -> Void) {
+                let failures: Locked<[String]>
+                init(seed: UInt64, failures: Locked<[String]>, report: @escaping (Bool) -> Void) {
                     payload = patternBytes(count: 1024, seed: seed)
+                    self.failures = failures
                     self.report = report
                 }
                 func connectionDidBecomeActive(_ connection: TCPConnection) { connection.write(payload) }
@@ -99,13 +102,16 @@ struct ReactorTCPTests {
                     }
                 }
                 func connection(_ connection: TCPConnection, didCloseWith reason: TCPCloseReason) {
-                    if received.count < payload.count { report(false) }
+                    if received.count < payload.count {
+                        failures.withLock { $0.append("closed after \(received.count) bytes: \(reason)") }
+                        report(false)
+                    }
                 }
             }
             try await onLoop(client) {
                 let address = try SocketAddress(host: "127.0.0.1", port: port)
                 for i in 0..<count {
-                    let handler = Pinger(seed: UInt64(i)) { ok in
+                    let handler = Pinger(seed: UInt64(i), failures: failures) { ok in
                         if !ok { mismatches.withLock { $0 += 1 } }
                         if finished.withLock({ $0 += 1; return $0 }) == count { allDone.fulfill(true) }
                     }
@@ -113,7 +119,7 @@ struct ReactorTCPTests {
                 }
             }
             _ = try await allDone.value(within: .seconds(60), "1,000 exchanges")
-            #expect(mismatches.value == 0)
+            #expect(mismatches.value == 0, "\(failures.value.prefix(5))")
             #expect(finished.value == count)
         }
     }

@@ -234,6 +234,10 @@ final class URingBackend: ReactorBackend {
     }
 
     private func finalize(_ channel: RegisteredChannel, token: UInt64) {
+        // Idempotent: a completion handler can close its channel (remove() finalizes at once
+        // when nothing is in flight) and then reach the "closed and idle" check after it. A
+        // second close(2) would hit a descriptor number the kernel may already have reused.
+        guard reactor.channel(for: token) != nil else { return }
         closing[token] = nil
         switch channel {
         case .connection(let c):
