@@ -76,7 +76,7 @@ let package = Package(
         // library only, so every layer can use it.
         .target(name: "P2PQWire", path: "Sources/P2PQWire"),
         // libFuzzer entry for the wire decoders; without -DP2PQ_FUZZ it replays corpus files,
-        // so a plain build always links. See Fuzz/run-wire-fuzz.sh.
+        // so a plain build always links. See Fuzz/run-fuzz.sh.
         .executableTarget(
             name: "P2PQWireFuzz",
             dependencies: ["P2PQWire", "P2PQFuzzSupport"],
