@@ -237,6 +237,14 @@ final class NodeCore {
 
     func linkWritabilityChanged(_ link: PeerLink, isWritable: Bool) {}
 
+    /// Sends an upper-layer message to `peer` over its current link. Returns false when the
+    /// peer has no ready link (the caller keeps what it tried to send).
+    @discardableResult
+    func send(_ message: some WireMessage, to peer: PeerID) -> Bool {
+        guard let id = manager.link(to: peer), let link = links[id], link.stage == .ready else { return false }
+        return link.sendMessage(message)
+    }
+
     // MARK: Queries and stop
 
     var openLinkCount: Int { links.count }

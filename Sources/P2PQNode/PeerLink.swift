@@ -54,15 +54,26 @@ final class PeerLink: TCPConnectionHandler {
 
     /// Queues a link message; it is sealed with everything else queued this turn.
     func send(_ message: LinkMessage) {
-        guard stage == .awaitingHello || stage == .ready else { return }
+        sendMessage(message)
+    }
+
+    /// Queues any framed message (upper layers' messages implement `WireMessage`). Returns
+    /// false, logging why, if the link is not open or the message cannot be encoded.
+    @discardableResult
+    func sendMessage(_ message: some WireMessage) -> Bool {
+        guard stage == .awaitingHello || stage == .ready else { return false }
         do {
-            try message.encode(into: &staging, maxFrameSize: node.configuration.maxFrameSize)
+            try MessageEncoder.encode(message, into: &staging, maxFrameSize: node.configuration.maxFrameSize)
         } catch {
             logger.error("dropping an unencodable \(message.messageType) message: \(error)")
-            return
+            return false
         }
         scheduleSeal()
+        return true
     }
+
+    /// Bytes staged for sealing this turn (upper layers use it to bound a turn's output).
+    var stagedBytes: Int { staging.count }
 
     private func scheduleSeal() {
         guard !sealScheduled else { return }
