@@ -45,6 +45,8 @@ public final class Reactor: @unchecked Sendable {
     private var draining: [@Sendable () -> Void] = []
     /// Channels by slot; a token names a slot plus its generation, so stale events are ignored.
     private var channels: [RegisteredChannel?] = []
+    /// Set while `shutdown` closes the channels: opening a socket then throws `.reactorStopped`.
+    private(set) var isShuttingDown = false
     private var generations: [UInt32] = []
     private var freeSlots: [Int] = []
     /// Connections that wrote during this turn and flush at its end.
@@ -330,19 +332,21 @@ public final class Reactor: @unchecked Sendable {
     }
 
     private func shutdown() {
-        // Work submitted before the stop runs; later submissions are refused.
-        while true {
-            let tasks = inbox.withLock { inbox -> [@Sendable () -> Void] in
-                let t = inbox.tasks
-                inbox.tasks = []
-                if t.isEmpty { inbox.stopped = true }
-                return t
-            }
-            if tasks.isEmpty { break }
-            for task in tasks { task() }
+        // Work submitted before the stop runs once; later submissions are refused. Taking the
+        // tasks and closing the inbox in one locked step bounds the drain: threads that keep
+        // submitting cannot hold `stop()` up.
+        let tasks = inbox.withLock { inbox -> [@Sendable () -> Void] in
+            let t = inbox.tasks
+            inbox.tasks = []
+            inbox.stopped = true
+            return t
         }
+        for task in tasks { task() }
         runEndOfTurn()
         flushWrites()
+        // From here on, a close handler that opens a socket (a reconnect) gets `.reactorStopped`
+        // instead of a channel nobody would ever close.
+        isShuttingDown = true
         for case let channel? in channels {
             channel.close(reason: .reactorStopped)
         }

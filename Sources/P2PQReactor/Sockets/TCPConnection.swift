@@ -205,9 +205,10 @@ public final class TCPConnection {
     public func close(afterFlush: Bool, reason: TCPCloseReason = .closedLocally) {
         reactor.assertInReactorThread()
         guard state != .closed else { return }
-        if afterFlush && !outbound.isEmpty && state == .active {
+        if afterFlush && !outbound.isEmpty {
             closeWhenFlushed = reason
-            reactor.enqueueFlush(self)
+            // While connecting, the flush that follows the connect applies the close.
+            if state == .active { reactor.enqueueFlush(self) }
         } else {
             close(reason: reason)
         }
@@ -245,7 +246,7 @@ public final class TCPConnection {
             state = .active
             reactor.backend.addConnection(self)
             handler?.connectionDidBecomeActive(self)
-            if state == .active && (!outbound.isEmpty || shutdownOutputWhenFlushed) { reactor.enqueueFlush(self) }
+            if state == .active && (!outbound.isEmpty || hasPendingOutputAction) { reactor.enqueueFlush(self) }
         } else if code == ECONNREFUSED {
             close(reason: .connectFailed(.connectionRefused(remoteAddress)))
         } else if code == ETIMEDOUT {

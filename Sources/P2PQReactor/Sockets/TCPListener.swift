@@ -106,6 +106,7 @@ extension Reactor {
         onAccept: @escaping (TCPConnection) -> Void
     ) throws(ReactorError) -> TCPListener {
         assertInReactorThread()
+        guard !isShuttingDown else { throw .reactorStopped }
         let fd = p2pq_socket(address.family, P2PQ_SOCK_STREAM, 0)
         guard fd >= 0 else { throw .lastError("socket") }
         if reuseAddress { _ = p2pq_setsockopt_int(fd, SOL_SOCKET, SO_REUSEADDR, 1) }
@@ -144,6 +145,7 @@ extension Reactor {
         handler: any TCPConnectionHandler
     ) throws(ReactorError) -> TCPConnection {
         assertInReactorThread()
+        guard !isShuttingDown else { throw .reactorStopped }
         let fd = p2pq_socket(address.family, P2PQ_SOCK_STREAM, 0)
         guard fd >= 0 else { throw .lastError("socket") }
         let connection = TCPConnection(reactor: self, fd: fd, remoteAddress: address,

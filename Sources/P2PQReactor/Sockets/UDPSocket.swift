@@ -137,7 +137,9 @@ public final class UDPSocket {
             if n <= 0 { return }
             for i in 0..<Int(n) {
                 let header = area.headers[i]
-                if header.msg_hdr.msg_flags & P2PQ_MSG_TRUNC != 0 {
+                // The shared receive slots can be larger than this socket's limit, so MSG_TRUNC
+                // alone does not enforce it.
+                if header.msg_hdr.msg_flags & P2PQ_MSG_TRUNC != 0 || Int(header.msg_len) > maxDatagramSize {
                     truncatedCount += 1
                     continue
                 }
@@ -270,6 +272,7 @@ extension Reactor {
         onReceive: @escaping (UnsafeRawBufferPointer, SocketAddress) -> Void
     ) throws(ReactorError) -> UDPSocket {
         assertInReactorThread()
+        guard !isShuttingDown else { throw .reactorStopped }
         let fd = p2pq_socket(address.family, P2PQ_SOCK_DGRAM, 0)
         guard fd >= 0 else { throw .lastError("socket") }
         if reuseAddress { _ = p2pq_setsockopt_int(fd, SOL_SOCKET, SO_REUSEADDR, 1) }
