@@ -54,6 +54,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin.git", from: "1.4.0"),
     ],
     targets: extraTargets + [
         // C declarations Glibc does not import into Swift: epoll, eventfd, timerfd, mmsghdr.
@@ -110,6 +114,9 @@ let package = Package(
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/P2PQNode"
         ),
@@ -153,7 +160,11 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeTests",
-            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
+            dependencies: [
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             path: "Tests/P2PQNodeTests"
         ),
         .testTarget(

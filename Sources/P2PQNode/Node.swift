@@ -58,6 +58,14 @@ public final class Node: Sendable {
         (events, eventSink) = AsyncStream.makeStream(of: NodeEvent.self, bufferingPolicy: .bufferingNewest(4096))
     }
 
+    /// Not started yet (and not stopped).
+    var isIdle: Bool {
+        lifecycle.withLock { state in
+            if case .idle = state { return true }
+            return false
+        }
+    }
+
     /// This node's PeerID.
     public var peerID: PeerID { identity.peerID }
 
@@ -96,14 +104,14 @@ public final class Node: Sendable {
         let configuration = self.configuration
         let identity = self.identity
         let sink = eventSink
-        let result: Result<(ReactorBound<NodeCore>, SocketAddress), NodeError>
+        let result: Result<(ReactorBound<NodeCore>, SocketAddress, SocketAddress?), NodeError>
         do {
             result = try await reactor.submit {
                 let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
                                     listen: listen, events: sink)
                 do throws(NodeError) {
                     let bound = try core.start(listen: listen, bootstrap: bootstrap)
-                    return .success((ReactorBound(core, reactor: reactor), bound))
+                    return .success((ReactorBound(core, reactor: reactor), bound, core.operationsBound))
                 } catch {
                     return .failure(error)
                 }
@@ -114,9 +122,10 @@ public final class Node: Sendable {
             throw .reactor(.reactorStopped)
         }
         switch result {
-        case .success(let (core, bound)):
+        case .success(let (core, bound, operations)):
             lifecycle.withLock { $0 = .running(reactor, core) }
-            return NodeInfo(peerID: identity.peerID, listenAddress: bound, backend: reactor.backendKind)
+            return NodeInfo(peerID: identity.peerID, listenAddress: bound, backend: reactor.backendKind,
+                            operationsAddress: operations)
         case .failure(let error):
             reactor.stop()
             lifecycle.withLock { $0 = .idle }
@@ -147,6 +156,11 @@ public final class Node: Sendable {
     /// The peers this node knows: connected, being dialed, backing off or given up.
     public func peers() async -> [PeerStatus] {
         await onCore({ $0.peerStatuses }) ?? []
+    }
+
+    /// A snapshot of the node: peers, counters, queues (what `p2pq status` prints).
+    public func status() async -> NodeStatus? {
+        await onCore({ $0.status() })
     }
 
     /// The peers with a live link.

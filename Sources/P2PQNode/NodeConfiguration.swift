@@ -41,6 +41,12 @@ public struct NodeConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(10)
     /// How long `stop()` waits for goodbyes and queued bytes to drain.
     public var drainTimeout: Duration = .seconds(2)
+    /// Where the node's metrics go (see ``NodeMetricsBackend``).
+    public var metrics: NodeMetricsBackend = .global
+    /// `host:port` of the operations HTTP endpoint (`/metrics` with a Prometheus backend,
+    /// `/status`, and the local queue routes); nil serves nothing. Loopback only unless a
+    /// cluster key is set.
+    public var operationsAddress: String?
     /// The reactor's settings (backend, buffers).
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.
@@ -77,6 +83,8 @@ public struct NodeInfo: Sendable, CustomStringConvertible {
     /// The bound address (with the real port when 0 was asked).
     public let listenAddress: SocketAddress
     public let backend: ReactorBackendKind
+    /// The operations endpoint's bound address, if one was asked for.
+    public var operationsAddress: SocketAddress?
 
     public var description: String { "node \(peerID.short) listening on \(listenAddress) (\(backend))" }
 }

@@ -28,6 +28,12 @@ final class NodeCore {
     private var timerDeadline: UInt64 = 0
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
+    /// Counters for swift-metrics, published once a second.
+    let metrics: NodeMetrics
+    var metricsTimer: TimerID?
+    /// The operations HTTP endpoint, when configured.
+    var operations: OperationsServer?
+    var operationsBound: SocketAddress?
     /// Upper layers' message sink (membership, queue, calls register here later).
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
 
@@ -49,6 +55,7 @@ final class NodeCore {
         incarnation = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
         advertised = listen
         self.events = events
+        metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
         manager = Manager(
             localPeerID: identity.peerID, advertisedAddress: listen,
@@ -83,6 +90,7 @@ final class NodeCore {
         manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
                           configuration: manager.configuration)
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
+        try startOperations()
         perform(manager.start(bootstrap: bootstrap, now: now))
         return bound
     }
@@ -249,6 +257,11 @@ final class NodeCore {
 
     var openLinkCount: Int { links.count }
 
+    /// Links past the handshake and hello.
+    var readyLinks: [PeerLink] {
+        links.values.filter { $0.stage == .ready && $0.remotePeerID != nil }
+    }
+
     var connectedPeers: Set<PeerID> {
         Set(links.values.compactMap { link in
             link.stage == .ready && manager.link(to: link.remotePeerID!) == link.id ? link.remotePeerID : nil
@@ -283,6 +296,7 @@ final class NodeCore {
         listener = nil
         if let timer { reactor.cancel(timer) }
         timer = nil
+        stopOperations()
         // Links still handshaking (and dials in flight) have no goodbye to say.
         for link in links.values where link.stage != .ready {
             link.fail("node stopping")

@@ -31,6 +31,9 @@ final class PeerLink: TCPConnectionHandler {
     private var closeAfterSeal = false
     private var handshakeTimer: TimerID?
     private var closeReason: String?
+    /// Bytes read from and queued to the socket (records, framing and handshake included).
+    private(set) var bytesIn = 0
+    private(set) var bytesOut = 0
 
     init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession) {
         self.id = id
@@ -90,6 +93,8 @@ final class PeerLink: TCPConnectionHandler {
             return
         }
         var output: TCPConnection = connection
+        let queuedBefore = connection.queuedByteCount
+        defer { bytesOut &+= max(0, connection.queuedByteCount - queuedBefore) }
         do {
             try staging.withUnsafeBytes { try session.seal($0, into: &output) }
         } catch {
@@ -148,6 +153,7 @@ final class PeerLink: TCPConnectionHandler {
 
     func connection(_ connection: TCPConnection, didRead bytes: UnsafeRawBufferPointer) {
         guard stage != .closed else { return }
+        bytesIn &+= bytes.count
         var output: TCPConnection = connection
         do {
             try session.receive(bytes, output: &output) { event in

@@ -63,6 +63,7 @@ final class EpollBackend: ReactorBackend {
     func poll(timeoutNanoseconds: Int64?) {
         let timeout = pendingReads.isEmpty ? (timeoutNanoseconds ?? -1) : 0
         let n = p2pq_epoll_wait(epfd, events, Int32(eventCapacity), timeout)
+        reactor.waitEnded()
         if n > 0 {
             for i in 0..<Int(n) {
                 dispatch(events[i])

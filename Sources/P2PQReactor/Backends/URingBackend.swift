@@ -141,6 +141,7 @@ final class URingBackend: ReactorBackend {
         } else {
             _ = io_uring_submit_and_wait(ring, 1)
         }
+        reactor.waitEnded()
         drainCompletions()
     }
 

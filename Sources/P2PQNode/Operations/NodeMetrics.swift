@@ -1,0 +1,115 @@
+import CoreMetrics
+import P2PQReactor
+import P2PQWire
+import Prometheus
+
+/// Where a node reports its metrics.
+public enum NodeMetricsBackend: Sendable {
+    /// Whatever `MetricsSystem.bootstrap` installed (a no-op until an application bootstraps).
+    case global
+    /// A factory of the application's choosing.
+    case factory(any MetricsFactory)
+    /// A Prometheus registry of the node's own; the operations endpoint serves it at `/metrics`.
+    case prometheus(PrometheusCollectorRegistry)
+}
+
+/// The node's counters, reported through swift-metrics.
+///
+/// Hot paths never touch a metrics handler per item: layers count into plain integers on the
+/// reactor thread and ``NodeMetrics/publish(reactor:peers:)`` hands the deltas over once per
+/// sampling interval (one second), so a million items cost one `increment(by:)`.
+final class NodeMetrics {
+    let factory: any MetricsFactory
+    let registry: PrometheusCollectorRegistry?
+    private let node: String
+
+    // Totals counted by the layers (reactor thread only).
+    var itemsPushed = 0
+    var itemsPopped = 0
+    var itemsTransferred = 0
+    var callsMade = 0
+    var callsExecuted = 0
+    var retries = 0
+    var duplicates = 0
+
+    private var published = [Int](repeating: 0, count: 7)
+    private let counters: [CoreMetrics.Counter]
+    private var peerCounters: [PeerID: (bytesIn: CoreMetrics.Counter, bytesOut: CoreMetrics.Counter, publishedIn: Int, publishedOut: Int)] = [:]
+    private let turnTime: CoreMetrics.Timer
+    private let turns: CoreMetrics.Counter
+    private var peerGauges: [String: CoreMetrics.Gauge] = [:]
+    private var lastTurns: UInt64 = 0
+    private var lastBusy: UInt64 = 0
+
+    static let counterNames = [
+        "p2pq_items_pushed_total", "p2pq_items_popped_total", "p2pq_items_transferred_total",
+        "p2pq_calls_made_total", "p2pq_calls_executed_total", "p2pq_call_retries_total",
+        "p2pq_duplicates_total",
+    ]
+
+    init(backend: NodeMetricsBackend, node: PeerID) {
+        switch backend {
+        case .global:
+            factory = MetricsSystem.factory
+            registry = nil
+        case .factory(let factory):
+            self.factory = factory
+            registry = nil
+        case .prometheus(let registry):
+            factory = PrometheusMetricsFactory(registry: registry)
+            self.registry = registry
+        }
+        self.node = node.short
+        let dimensions = [("node", node.short)]
+        let factory = self.factory
+        counters = Self.counterNames.map { CoreMetrics.Counter(label: $0, dimensions: dimensions, factory: factory) }
+        turnTime = CoreMetrics.Timer(label: "p2pq_loop_turn_seconds", dimensions: dimensions, factory: factory)
+        turns = CoreMetrics.Counter(label: "p2pq_loop_turns_total", dimensions: dimensions, factory: factory)
+    }
+
+    /// Totals as the status endpoint reports them.
+    var totals: [String: Int] {
+        let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
+        return Dictionary(uniqueKeysWithValues: zip(Self.counterNames, values))
+    }
+
+    /// Hands the deltas since the last call to the metrics handlers.
+    func publish(reactor: Reactor, peers: [PeerStatus], links: [(PeerID, bytesIn: Int, bytesOut: Int)]) {
+        let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
+        for i in values.indices where values[i] != published[i] {
+            counters[i].increment(by: Int64(values[i] - published[i]))
+            published[i] = values[i]
+        }
+        for (peer, bytesIn, bytesOut) in links {
+            var entry = peerCounters[peer] ?? {
+                let dimensions = [("node", node), ("peer", peer.short)]
+                return (CoreMetrics.Counter(label: "p2pq_peer_bytes_in_total", dimensions: dimensions, factory: factory),
+                        CoreMetrics.Counter(label: "p2pq_peer_bytes_out_total", dimensions: dimensions, factory: factory), 0, 0)
+            }()
+            // A new link to the same peer restarts its byte counts from zero.
+            if bytesIn < entry.publishedIn { entry.publishedIn = 0 }
+            if bytesOut < entry.publishedOut { entry.publishedOut = 0 }
+            if bytesIn > entry.publishedIn { entry.bytesIn.increment(by: Int64(bytesIn - entry.publishedIn)) }
+            if bytesOut > entry.publishedOut { entry.bytesOut.increment(by: Int64(bytesOut - entry.publishedOut)) }
+            entry.publishedIn = bytesIn
+            entry.publishedOut = bytesOut
+            peerCounters[peer] = entry
+        }
+        let turnCount = reactor.turns &- lastTurns
+        let busy = reactor.busyNanoseconds &- lastBusy
+        lastTurns = reactor.turns
+        lastBusy = reactor.busyNanoseconds
+        if turnCount > 0 {
+            turns.increment(by: Int64(clamping: turnCount))
+            turnTime.recordNanoseconds(Int64(clamping: busy / turnCount))
+        }
+        var byState: [String: Int] = [:]
+        for state in ["connected", "connecting", "backoff", "failed"] { byState[state] = 0 }
+        for peer in peers { byState[peer.state.rawValue, default: 0] += 1 }
+        for (state, count) in byState {
+            let gauge = peerGauges[state] ?? CoreMetrics.Gauge(label: "p2pq_peers", dimensions: [("node", node), ("state", state)], factory: factory)
+            peerGauges[state] = gauge
+            gauge.record(count)
+        }
+    }
+}
