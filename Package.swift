@@ -135,6 +135,7 @@ let package = Package(
                 "P2PQLink",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/p2pq"
         ),

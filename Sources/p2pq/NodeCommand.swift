@@ -5,6 +5,7 @@ import Logging
 import P2PQLink
 import P2PQNode
 import P2PQReactor
+import Prometheus
 
 /// `p2pq node`: a long-running node until SIGINT or SIGTERM, then a graceful leave.
 struct NodeCommand: AsyncParsableCommand {
@@ -37,6 +38,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Plaintext, unauthenticated links (loopback benchmarks only).")
     var insecure = false
 
+    @Option(help: "Serve /metrics (Prometheus text), /status and the local queue routes over HTTP on this address (host:port; loopback unless a key is given).")
+    var metrics: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -66,6 +70,10 @@ struct NodeCommand: AsyncParsableCommand {
                 throw ValidationError("--key-file: \(error)")
             }
         }
+        if let metrics {
+            configuration.metrics = .prometheus(PrometheusCollectorRegistry())
+            configuration.operationsAddress = metrics
+        }
         var logger = Logger(label: "p2pq")
         logger.logLevel = level
         configuration.logger = logger
@@ -86,6 +94,7 @@ struct NodeCommand: AsyncParsableCommand {
         let info = try await node.start()
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")
+        if let operations = info.operationsAddress { print("operations http://\(operations)") }
         fflush(nil)
         for await signo in stopRequests {
             logger.info("signal \(signo): leaving")

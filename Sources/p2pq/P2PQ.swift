@@ -7,7 +7,7 @@ struct P2PQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
-        subcommands: [NodeCommand.self, KeygenCommand.self, Bench.self]
+        subcommands: [NodeCommand.self, KeygenCommand.self, StatusCommand.self, Bench.self]
     )
 }
 

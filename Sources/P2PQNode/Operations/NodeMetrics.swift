@@ -56,7 +56,13 @@ final class NodeMetrics {
             self.factory = factory
             registry = nil
         case .prometheus(let registry):
-            factory = PrometheusMetricsFactory(registry: registry)
+            var prometheus = PrometheusMetricsFactory(registry: registry)
+            // Loop turns take microseconds; the default buckets start at 5 ms.
+            prometheus.durationHistogramBuckets["p2pq_loop_turn_seconds"] = [
+                .microseconds(1), .microseconds(5), .microseconds(10), .microseconds(50), .microseconds(100),
+                .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50),
+            ]
+            factory = prometheus
             self.registry = registry
         }
         self.node = node.short

@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import P2PQNode
+
+/// `p2pq status`: asks a running node (its `--metrics` address) for its state.
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show a running node's peers, queues and counters (needs the node's --metrics address)."
+    )
+
+    @Argument(help: "The node's operations address (host:port or http://host:port), as `p2pq node --metrics` printed it.")
+    var address: String
+
+    @Flag(help: "Print the raw JSON.")
+    var json = false
+
+    func run() async throws {
+        let base = address.hasPrefix("http://") ? address : "http://\(address)"
+        guard let url = URL(string: base + "/status") else { throw ValidationError("bad address '\(address)'") }
+        let data: Data
+        do {
+            let (body, response) = try await URLSession.shared.data(from: url)
+            let code = (response as? HTTPURLResponse)?.statusCode ?? 0
+            guard code == 200 else { throw ValidationError("\(url) answered \(code): \(String(decoding: body, as: UTF8.self))") }
+            data = body
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw ValidationError("cannot reach \(url): \(error.localizedDescription)")
+        }
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        let status = try JSONDecoder().decode(NodeStatus.self, from: data)
+        print("node \(status.peerID)  \(status.listenAddress)  backend \(status.backend)")
+        print("")
+        let peerRows = status.peers.map { peer in
+            [peer.peerID.map { String($0.prefix(16)) } ?? "?", peer.address ?? "?", peer.state,
+             peer.secondsSinceHeard.map { String(format: "%.1fs", $0) } ?? "-",
+             peer.bytesIn.map(String.init) ?? "-", peer.bytesOut.map(String.init) ?? "-"]
+        }
+        print(table(["peer", "address", "state", "heard", "bytes in", "bytes out"], peerRows))
+        if !status.queues.isEmpty {
+            print("")
+            let rows = status.queues.map { [$0.name, "\($0.localCount)", "\($0.clusterEstimate)", "\($0.waitingConsumers)"] }
+            print(table(["queue", "local", "cluster (est.)", "waiting pops"], rows))
+        }
+        print("")
+        let counters = status.counters.sorted { $0.key < $1.key }.map { [$0.key, "\($0.value)"] }
+        print(table(["counter", "value"], counters + [["loop turns", "\(status.loopTurns)"],
+                                                       ["loop busy", String(format: "%.3fs", status.loopBusySeconds)]]))
+    }
+}
+
+/// A plain left-aligned text table.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { column in all.map { $0.indices.contains(column) ? $0[column].count : 0 }.max() ?? 0 }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }
+    return ([line(header), line(widths.map { String(repeating: "-", count: $0) })] + rows.map(line)).joined(separator: "\n")
+}
