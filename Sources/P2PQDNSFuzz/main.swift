@@ -27,23 +27,31 @@ let configuration = MDNSConfiguration(
     peerID: "00", clusterIdentifier: "c", protocolVersion: "1"
 )
 
+/// A started agent, copied for each input (a value: the copy shares storage until written).
+let startedAgent: MDNSAgent = {
+    var agent = MDNSAgent(configuration: configuration, randomNumberGenerator: FixedRandom(state: 1))
+    _ = agent.start(now: 1)
+    return agent
+}()
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let packet = Array(UnsafeBufferPointer(start: data, count: size))
-    if case .success(let message) = Result(catching: { () throws(DNSError) in try DNSMessage.decode(packet) }) {
-        for compress in [true, false] {
-            let bytes: [UInt8]
-            do throws(DNSError) {
-                bytes = try message.encoded(compress: compress)
-            } catch {
-                fatalError("a decoded message does not encode: \(error)")
-            }
-            guard let again = try? DNSMessage.decode(bytes) else { fatalError("re-encoded message does not decode") }
-            precondition(again == message, "round trip changed the message")
-        }
+    guard case .success(let message) = Result(catching: { () throws(DNSError) in try DNSMessage.decode(packet) }) else {
+        return 0
     }
-    var agent = MDNSAgent(configuration: configuration, randomNumberGenerator: FixedRandom(state: 1))
-    _ = agent.start(now: 1)
+    for compress in [true, false] {
+        let bytes: [UInt8]
+        do throws(DNSError) {
+            bytes = try message.encoded(compress: compress)
+        } catch {
+            fatalError("a decoded message does not encode: \(error)")
+        }
+        guard let again = try? DNSMessage.decode(bytes) else { fatalError("re-encoded message does not decode") }
+        precondition(again == message, "round trip changed the message")
+    }
+    // The agent drops what does not decode before looking at it: only decodable packets reach it.
+    var agent = startedAgent
     _ = agent.receive(packet, from: MDNSAddress(bytes: [127, 0, 0, 1], port: 5353), now: 2)
     _ = agent.receive(packet, from: MDNSAddress(bytes: [127, 0, 0, 2], port: 4000), now: 3)
     _ = agent.tick(now: 4_000_000_000)

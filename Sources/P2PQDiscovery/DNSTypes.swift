@@ -46,8 +46,6 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
         }.joined(separator: ".") + "."
     }
 
-    private var folded: [[UInt8]] { labels.map { $0.map(Self.lower) } }
-
     private static func lower(_ byte: UInt8) -> UInt8 {
         (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 : byte
     }
@@ -61,7 +59,12 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(folded)
+        // Byte by byte: no lowercased copy to allocate (names are hashed often while encoding).
+        hasher.combine(labels.count)
+        for label in labels {
+            hasher.combine(label.count)
+            for byte in label { hasher.combine(Self.lower(byte)) }
+        }
     }
 }
 

@@ -335,7 +335,7 @@ public struct MDNSAgent: Sendable {
                 record.ttl = UInt32((entry.expiresAt - now) / Self.second)
                 known.append(record)
             }
-            known.sort { "\($0.data)" < "\($1.data)" }
+            known.sort { $0.data.ptrTarget.description < $1.data.ptrTarget.description }
         }
         while true {
             let message = DNSMessage(questions: questions, answers: known)
@@ -513,6 +513,14 @@ public struct MDNSAgent: Sendable {
         guard let deadline = nextDeadline, deadline != armedDeadline else { return }
         armedDeadline = deadline
         actions.append(.armTimer(at: deadline))
+    }
+}
+
+extension DNSRecordData {
+    /// The target of a PTR, else the root name.
+    var ptrTarget: DNSName {
+        if case .ptr(let target) = self { return target }
+        return DNSName(labels: [])
     }
 }
 

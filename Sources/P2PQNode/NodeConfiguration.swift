@@ -41,6 +41,8 @@ public struct NodeConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(10)
     /// How long `stop()` waits for goodbyes and queued bytes to drain.
     public var drainTimeout: Duration = .seconds(2)
+    /// mDNS / DNS-SD discovery: on by default, on loopback port 5353 (see docs/discovery.md).
+    public var discovery = DiscoveryConfiguration()
     /// The reactor's settings (backend, buffers).
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.

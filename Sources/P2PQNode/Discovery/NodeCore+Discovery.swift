@@ -1,0 +1,24 @@
+import P2PQReactor
+import P2PQWire
+import P2PQLink
+
+extension NodeCore {
+    /// Starts mDNS discovery; what it finds goes to the connection manager as dial hints.
+    func startDiscovery() throws(NodeError) -> MDNSDiscovery {
+        let key = configuration.clusterKey ?? LinkSecurity.developmentKey
+        let discovery = try MDNSDiscovery(
+            reactor: reactor, configuration: configuration.discovery, peerID: identity.peerID, advertised: advertised,
+            clusterIdentifier: key.clusterID, logger: logger
+        ) { [unowned self] peer, address in
+            self.discovered(peer, at: address)
+        }
+        try discovery.start()
+        return discovery
+    }
+
+    /// An mDNS hint: dialed like a peer-list entry (the handshake checks who answers).
+    func discovered(_ peer: PeerID, at address: SocketAddress) {
+        guard !isStopped else { return }
+        perform(manager.discovered(peer: peer, address: address, now: now))
+    }
+}
