@@ -14,6 +14,7 @@
 /// - ``linkDown(link:now:peerLeft:)`` when any link closes, including ones the manager closed.
 /// - ``heard(link:now:)`` for every received message (O(1), emits nothing).
 /// - ``peerListReceived(from:entries:now:)`` for a peer list message.
+/// - ``discovered(peer:address:now:)`` for a peer found on the local network (mDNS).
 /// - ``tick(now:)`` when the timer armed by `.armTimer(at:)` fires.
 ///
 /// ## One link per pair

@@ -462,9 +462,8 @@ public struct MDNSAgent: Sendable {
     /// The peer an instance describes, if its records are complete and it belongs here.
     private func hint(for instance: DNSName) -> MDNSPeerHint? {
         guard cache[CacheKey(name: configuration.serviceType, data: .ptr(instance))] != nil,
-              let srv = cache.values.first(where: { $0.record.name == instance && $0.record.type == .srv }),
-              case .srv(_, _, let port, let target) = srv.record.data,
-              let txt = cache.values.first(where: { $0.record.name == instance && $0.record.type == .txt })
+              let srv = newest(instance, .srv), case .srv(_, _, let port, let target) = srv.record.data,
+              let txt = newest(instance, .txt)
         else { return nil }
         let pairs = parseTXT(txt.record.data)
         guard pairs["cluster"] == configuration.clusterIdentifier,
@@ -476,6 +475,20 @@ public struct MDNSAgent: Sendable {
         guard !addresses.isEmpty else { return nil }
         return MDNSPeerHint(peerID: peerID, instance: instance, host: target, addresses: addresses, port: port,
                             protocolVersion: pairs["v"] ?? "")
+    }
+
+    /// The most recently received record of a name and type (while a cache-flush replacement
+    /// and the record it replaces coexist, the replacement wins).
+    private func newest(_ name: DNSName, _ type: DNSRecordType) -> CacheEntry? {
+        var best: CacheEntry?
+        for entry in cache.values where entry.record.name == name && entry.record.type == type {
+            if let current = best {
+                let newer = (entry.receivedAt, entry.record.data.tieBreak) > (current.receivedAt, current.record.data.tieBreak)
+                if !newer { continue }
+            }
+            best = entry
+        }
+        return best
     }
 
     /// Compares what the cache says now with what was reported, and reports the difference.
@@ -517,6 +530,15 @@ public struct MDNSAgent: Sendable {
 }
 
 extension DNSRecordData {
+    /// A deterministic order among records received at the same moment.
+    var tieBreak: String {
+        switch self {
+        case .srv(let priority, let weight, let port, let target): "\(priority) \(weight) \(port) \(target)"
+        case .txt(let strings): strings.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\u{0}")
+        default: ""
+        }
+    }
+
     /// The target of a PTR, else the root name.
     var ptrTarget: DNSName {
         if case .ptr(let target) = self { return target }

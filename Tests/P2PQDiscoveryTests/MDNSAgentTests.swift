@@ -229,6 +229,19 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         #expect(a.discovered.isEmpty)
     }
 
+    /// A restarted peer announces a new port with a cache-flush SRV: the peer is reported again
+    /// with its new port at once, and the old SRV goes one second later (§10.2).
+    @Test func cacheFlushReplacesARestartedPeersAddress() throws {
+        var a = agent(1)
+        _ = a.start(now: 0)
+        #expect(a.receive(announcement(of: 2), from: local, now: second).discovered.map(\.port) == [7002])
+        let restarted = a.receive(announcement(of: 2) { $0.servicePort = 9999 }, from: local, now: 5 * second)
+        #expect(restarted.discovered.map(\.port) == [9999])
+        let after = a.tick(now: 6 * second)
+        #expect(after.discovered.isEmpty && after.expired.isEmpty)
+        #expect(a.discovered.values.map(\.port) == [9999])
+    }
+
     @Test func refreshesAt80PercentThenExpiresAtTheTTL() throws {
         var a = agent(1) { $0.initialQueryInterval = 10_000 * second; $0.maxQueryInterval = 10_000 * second }
         _ = a.start(now: 0)

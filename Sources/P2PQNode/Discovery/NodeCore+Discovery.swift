@@ -6,9 +6,11 @@ extension NodeCore {
     /// Starts mDNS discovery; what it finds goes to the connection manager as dial hints.
     func startDiscovery() throws(NodeError) -> MDNSDiscovery {
         let key = configuration.clusterKey ?? LinkSecurity.developmentKey
+        // Insecure nodes cannot talk to Noise nodes: a cluster of their own keeps them apart.
+        let clusterIdentifier = configuration.insecure ? "insecure" : key.clusterID
         let discovery = try MDNSDiscovery(
             reactor: reactor, configuration: configuration.discovery, peerID: identity.peerID, advertised: advertised,
-            clusterIdentifier: key.clusterID, logger: logger
+            clusterIdentifier: clusterIdentifier, logger: logger
         ) { [unowned self] peer, address in
             self.discovered(peer, at: address)
         }
