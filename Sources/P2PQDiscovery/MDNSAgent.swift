@@ -17,7 +17,8 @@
 /// with the cache-flush bit). It announces them `announcements` times (1 s apart, doubling),
 /// answers only the questions asked (no additional records), leaves out what the query lists as
 /// known answers with at least half the TTL left (§7.1), never multicasts a record twice within
-/// a second (§6), replies by unicast to a QU question whose records were multicast within a
+/// a second (§6), multicasts unique records at once and shared ones after a random 20–120 ms
+/// (dropping those another responder multicast meanwhile, §7.4), replies by unicast to a QU question whose records were multicast within a
 /// quarter of their TTL (§5.4), and answers legacy queries (source port other than the mDNS
 /// port) by unicast with the query's ID and questions, TTLs of at most 10 s and at most
 /// `legacyReplyLimit` bytes (§6.7). Names carry the PeerID, so they are unique without probing.
@@ -51,6 +52,8 @@ public struct MDNSAgent: Sendable {
     private var cache: [CacheKey: CacheEntry] = [:]
     private var resolving: [QuestionKey: Retry] = [:]
     private var armedDeadline: UInt64?
+    /// Shared records (PTRs) waiting for their random 20–120 ms answer delay (§6).
+    private var delayedAnswers: (due: UInt64, indices: Set<Int>)?
 
     static let second: UInt64 = 1_000_000_000
     /// Refresh queries at these per mille of the TTL (RFC 6762 §5.2).
@@ -151,6 +154,7 @@ public struct MDNSAgent: Sendable {
                 statistics.ignoredResponses += 1
                 return []
             }
+            suppressDuplicates(message.answers)
             learn(message.answers + message.additionals, now: now, into: &actions)
             planResolution(now: now)
         } else {
@@ -166,6 +170,16 @@ public struct MDNSAgent: Sendable {
         if let armed = armedDeadline, armed <= now { armedDeadline = nil }
         var actions: [MDNSAction] = []
         if let due = nextAnnouncement, due <= now { announce(now: now, into: &actions) }
+        if let delayed = delayedAnswers, delayed.due <= now {
+            delayedAnswers = nil
+            // The rate limit holds at sending time.
+            let due = delayed.indices.sorted().filter { index in
+                if mayMulticast(index, now: now) { return true }
+                statistics.rateLimited += 1
+                return false
+            }
+            multicastResponse(due, now: now, into: &actions)
+        }
 
         var questions: [DNSQuestion] = []
         var asked = Set<QuestionKey>()
@@ -211,6 +225,7 @@ public struct MDNSAgent: Sendable {
     public mutating func stop(now: UInt64) -> [MDNSAction] {
         guard !isStopped else { return [] }
         isStopped = true
+        delayedAnswers = nil
         guard isStarted else { return [] }
         let goodbyes = own.map { record -> DNSResourceRecord in
             var record = record
@@ -286,7 +301,14 @@ public struct MDNSAgent: Sendable {
             }
             if answeredThis { answeredQuestions.append(question) }
         }
-        multicastResponse(multicast, now: now, into: &actions)
+        // Unique records are answered at once; shared ones (several nodes may hold the same
+        // PTR) after a random 20–120 ms, so that answers from many nodes do not collide (§6).
+        multicastResponse(multicast.filter { own[$0].cacheFlush }, now: now, into: &actions)
+        let shared = multicast.filter { !own[$0].cacheFlush }
+        if !shared.isEmpty {
+            let due = delayedAnswers?.due ?? now + 20_000_000 + UInt64.random(in: 0...100_000_000, using: &random)
+            delayedAnswers = (due, (delayedAnswers?.indices ?? []).union(shared))
+        }
         guard !unicast.isEmpty else { return }
         if legacy {
             legacyReply(to: query, questions: answeredQuestions, records: unicast.map { own[$0] }, source: source, into: &actions)
@@ -320,6 +342,20 @@ public struct MDNSAgent: Sendable {
             answers.removeLast()
             flags |= DNSMessage.truncatedFlag
         }
+    }
+
+    /// Duplicate-answer suppression (§7.4): another responder just multicast a record we were
+    /// about to send, with at least half our TTL, so ours would add nothing.
+    private mutating func suppressDuplicates(_ answers: [DNSResourceRecord]) {
+        guard var delayed = delayedAnswers else { return }
+        for index in delayed.indices {
+            let record = own[index]
+            if answers.contains(where: { $0.name == record.name && $0.data == record.data && $0.ttl >= record.ttl / 2 }) {
+                delayed.indices.remove(index)
+                statistics.suppressed += 1
+            }
+        }
+        delayedAnswers = delayed.indices.isEmpty ? nil : delayed
     }
 
     // MARK: Browser
@@ -512,7 +548,7 @@ public struct MDNSAgent: Sendable {
     // MARK: Timer
 
     private var nextDeadline: UInt64? {
-        var deadline = [nextAnnouncement, nextBrowse].compactMap { $0 }.min()
+        var deadline = [nextAnnouncement, nextBrowse, delayedAnswers?.due].compactMap { $0 }.min()
         func consider(_ time: UInt64) { deadline = min(deadline ?? time, time) }
         for entry in cache.values {
             consider(entry.expiresAt)

@@ -32,6 +32,8 @@ extension [MDNSAction] {
     var multicasts: [DNSMessage] {
         compactMap { if case .sendMulticast(let bytes) = $0 { return try? DNSMessage.decode(bytes) } else { return nil } }
     }
+    /// Multicast responses (browse queries left out).
+    var responses: [DNSMessage] { multicasts.filter(\.isResponse) }
     var unicasts: [(DNSMessage, MDNSAddress, Int)] {
         compactMap {
             if case .sendUnicast(let bytes, let to) = $0, let m = try? DNSMessage.decode(bytes) { return (m, to, bytes.count) }
@@ -47,6 +49,19 @@ extension [MDNSAction] {
     var expired: [String] {
         compactMap { if case .expired(let peer, _) = $0 { return peer } else { return nil } }
     }
+}
+
+/// An agent past its announcements (started at 0, ticked at 1 s).
+func started(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSAgent {
+    var a = agent(n, configure)
+    _ = a.start(now: 0)
+    _ = a.tick(now: second)
+    return a
+}
+
+/// A query as the agent answers it: the packet, then the tick after the shared-record delay.
+func respond(_ agent: inout MDNSAgent, _ packet: [UInt8], from source: MDNSAddress = local, now: UInt64) -> [MDNSAction] {
+    agent.receive(packet, from: source, now: now) + agent.tick(now: now + 120 * ms)
 }
 
 func query(_ questions: [DNSQuestion], known: [DNSResourceRecord] = [], id: UInt16 = 0) -> [UInt8] {
@@ -94,81 +109,94 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     }
 
     @Test func answersOnlyTheQuestionAsked() throws {
-        var a = agent(1)
-        _ = a.start(now: 0)
-        let actions = a.receive(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second)
-        let reply = try #require(actions.multicasts.first)
+        var a = started(1)
+        // A shared record: sent after 20–120 ms, not at once.
+        #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
+        #expect(a.tick(now: 5 * second + 19 * ms).responses.isEmpty)
+        let reply = try #require(a.tick(now: 5 * second + 120 * ms).responses.first)
         #expect(reply.answers.map(\.data) == [.ptr(service.prepending("node-1"))])
         #expect(reply.additionals.isEmpty && reply.questions.isEmpty)
         // A question for something else gets nothing.
-        #expect(a.receive(query([DNSQuestion(name: service.prepending("other"), type: .srv)]), from: local, now: 6 * second).multicasts.isEmpty)
+        #expect(a.receive(query([DNSQuestion(name: service.prepending("other"), type: .srv)]), from: local, now: 6 * second).responses.isEmpty)
         // ANY for the instance: SRV and TXT.
         let any = a.receive(query([DNSQuestion(name: service.prepending("node-1"), type: .any)]), from: local, now: 7 * second)
-        #expect(Set(try #require(any.multicasts.first).answers.map(\.type)) == [.srv, .txt])
+        #expect(Set(try #require(any.responses.first).answers.map(\.type)) == [.srv, .txt])
     }
 
     @Test func knownAnswerSuppression() {
-        var a = agent(1)
-        _ = a.start(now: 0)
+        var a = started(1)
         let ptr = DNSResourceRecord(name: service, data: .ptr(service.prepending("node-1")), ttl: 4500)
         var known = ptr
         known.ttl = 2250                       // half the TTL: suppressed
-        #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)], known: [known]), from: local, now: 5 * second).multicasts.isEmpty)
+        #expect(respond(&a, query([DNSQuestion(name: service, type: .ptr)], known: [known]), now: 5 * second).responses.isEmpty)
         #expect(a.statistics.suppressed == 1)
         known.ttl = 2249                       // less than half: answered
-        #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)], known: [known]), from: local, now: 6 * second).multicasts.count == 1)
+        #expect(respond(&a, query([DNSQuestion(name: service, type: .ptr)], known: [known]), now: 6 * second).responses.count == 1)
     }
 
     @Test func sameRecordNotMulticastTwiceInASecond() {
-        var a = agent(1)
-        _ = a.start(now: 0)
-        let q = query([DNSQuestion(name: service, type: .ptr)])
-        #expect(a.receive(q, from: local, now: 5 * second).multicasts.count == 1)
-        #expect(a.receive(q, from: local, now: 5 * second + 999 * ms).multicasts.isEmpty)
+        var a = started(1)
+        // SRV (unique) is answered at once, so the times are exact.
+        let q = query([DNSQuestion(name: service.prepending("node-1"), type: .srv)])
+        #expect(a.receive(q, from: local, now: 5 * second).responses.count == 1)
+        #expect(a.receive(q, from: local, now: 5 * second + 999 * ms).responses.isEmpty)
         #expect(a.statistics.rateLimited == 1)
-        #expect(a.receive(q, from: local, now: 6 * second).multicasts.count == 1)
-        // The announcement at 1 s was itself rate limited against a reply at 0.5 s.
+        #expect(a.receive(q, from: local, now: 6 * second).responses.count == 1)
+        // A delayed shared answer is checked when it is due: a PTR sent at 7.0x s is not
+        // sent again for a query less than a second after.
+        let ptr = query([DNSQuestion(name: service, type: .ptr)])
+        #expect(respond(&a, ptr, now: 7 * second).responses.count == 1)
+        #expect(respond(&a, ptr, now: 7 * second + 800 * ms).responses.isEmpty)
+        #expect(a.statistics.rateLimited == 2)
+        // The announcement at 1 s is itself rate limited against a reply at 0 s.
         var b = agent(2)
         _ = b.start(now: 0)
         let srvQuery = query([DNSQuestion(name: service.prepending("node-2"), type: .srv)])
-        #expect(b.receive(srvQuery, from: local, now: 0).multicasts.isEmpty)
-        #expect(b.receive(srvQuery, from: local, now: second).multicasts.count == 1)
-        #expect(b.tick(now: second).multicasts.first?.answers.contains { $0.type == .srv } == false)
+        #expect(b.receive(srvQuery, from: local, now: 0).responses.isEmpty)
+        #expect(b.receive(srvQuery, from: local, now: second).responses.count == 1)
+        #expect(b.tick(now: second).responses.first?.answers.contains { $0.type == .srv } == false)
+    }
+
+    /// §7.4: another node multicast the same shared record meanwhile; ours is not sent.
+    @Test func duplicateAnswerSuppression() {
+        var a = started(1)
+        let services = DNSName("_services._dns-sd._udp.local")
+        #expect(a.receive(query([DNSQuestion(name: services, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
+        let theirs = DNSResourceRecord(name: services, data: .ptr(service), ttl: 4500)
+        _ = a.receive(response([theirs]), from: MDNSAddress(bytes: [127, 0, 0, 2], port: 5353), now: 5 * second + 10 * ms)
+        #expect(a.tick(now: 5 * second + 120 * ms).responses.isEmpty)
+        #expect(a.statistics.suppressed == 1)
     }
 
     @Test func unicastQuestionGetsUnicastWhenRecentlyMulticast() throws {
-        var a = agent(1)
-        _ = a.start(now: 0)
+        var a = started(1)
         let qu = query([DNSQuestion(name: service, type: .ptr, unicastResponse: true)])
         let actions = a.receive(qu, from: local, now: 2 * second)
         let (reply, to, _) = try #require(actions.unicasts.first)
-        #expect(to == local && reply.answers.count == 1 && actions.multicasts.isEmpty)
+        #expect(to == local && reply.answers.count == 1 && actions.responses.isEmpty)
         // Not multicast within a quarter of the TTL (4500 s / 4): multicast instead.
-        let late = a.receive(qu, from: local, now: 2000 * second)
-        #expect(late.multicasts.count == 1 && late.unicasts.isEmpty)
+        let late = respond(&a, qu, now: 2000 * second)
+        #expect(late.responses.count == 1 && late.unicasts.isEmpty)
     }
 
     @Test func legacyQueryGetsASmallUnicastReply() throws {
         let legacySource = MDNSAddress(bytes: [127, 0, 0, 9], port: 40000)
-        var a = agent(1)
-        _ = a.start(now: 0)
+        var a = started(1)
         let question = DNSQuestion(name: DNSName("node-1.local"), type: .a)
         let (reply, to, _) = try #require(a.receive(query([question], id: 77), from: legacySource, now: 5 * second).unicasts.first)
         #expect(to == legacySource && reply.id == 77 && reply.questions == [question])
         #expect(reply.answers.count == 1 && reply.answers[0].ttl == 10 && !reply.answers[0].cacheFlush)
 
         // Many addresses: the reply stays within 512 bytes and says it is truncated.
-        var big = agent(2) { $0.addresses = (0..<100).map { [10, 0, UInt8($0 / 256), UInt8($0 % 256)] } }
-        _ = big.start(now: 0)
+        var big = started(2) { $0.addresses = (0..<100).map { [10, 0, UInt8($0 / 256), UInt8($0 % 256)] } }
         let q2 = DNSQuestion(name: DNSName("node-2.local"), type: .a)
         let (truncated, _, size) = try #require(big.receive(query([q2], id: 5), from: legacySource, now: 5 * second).unicasts.first)
         #expect(size <= 512 && truncated.isTruncated && truncated.answers.count < 100 && !truncated.answers.isEmpty)
     }
 
     @Test func goodbyeOnStop() throws {
-        var a = agent(1)
-        _ = a.start(now: 0)
-        let goodbye = try #require(a.stop(now: 3 * second).multicasts.first)
+        var a = started(1)
+        let goodbye = try #require(a.stop(now: 3 * second).responses.first)
         #expect(goodbye.answers.count == 5 && goodbye.answers.allSatisfy { $0.ttl == 0 })
         #expect(a.tick(now: 4 * second).isEmpty)
         #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).isEmpty)
@@ -176,8 +204,7 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     }
 
     @Test func offLinkAndMalformedPacketsAreDropped() {
-        var a = agent(1)
-        _ = a.start(now: 0)
+        var a = started(1)
         let q = query([DNSQuestion(name: service, type: .ptr)])
         #expect(a.receive(q, from: MDNSAddress(bytes: [10, 0, 0, 1], port: 5353), now: 5 * second).isEmpty)
         #expect(a.receive(q, from: MDNSAddress(bytes: Array(repeating: 0, count: 15) + [1], port: 5353), now: 5 * second).isEmpty)
@@ -185,10 +212,9 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         #expect(a.receive([1, 2, 3], from: local, now: 5 * second).isEmpty)
         #expect(a.statistics.malformed == 1)
         // The predicate is injectable.
-        var b = agent(2) { $0.isOnLink = { $0.bytes == [192, 168, 1, 7] } }
-        _ = b.start(now: 0)
+        var b = started(2) { $0.isOnLink = { $0.bytes == [192, 168, 1, 7] } }
         #expect(b.receive(q, from: local, now: 5 * second).isEmpty)
-        #expect(b.receive(q, from: MDNSAddress(bytes: [192, 168, 1, 7], port: 5353), now: 5 * second).multicasts.count == 1)
+        #expect(respond(&b, q, from: MDNSAddress(bytes: [192, 168, 1, 7], port: 5353), now: 5 * second).responses.count == 1)
     }
 }
 
