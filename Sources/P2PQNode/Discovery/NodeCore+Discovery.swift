@@ -4,7 +4,10 @@ import P2PQLink
 
 extension NodeCore {
     /// Starts mDNS discovery; what it finds goes to the connection manager as dial hints.
-    func startDiscovery() throws(NodeError) -> MDNSDiscovery {
+    ///
+    /// A bad discovery configuration fails the start. A socket the system refuses (the port
+    /// held by a program that does not share it, say) only costs discovery, not the node.
+    func startDiscovery() throws(NodeError) -> MDNSDiscovery? {
         let key = configuration.clusterKey ?? LinkSecurity.developmentKey
         // Insecure nodes cannot talk to Noise nodes: a cluster of their own keeps them apart.
         let clusterIdentifier = configuration.insecure ? "insecure" : key.clusterID
@@ -14,7 +17,12 @@ extension NodeCore {
         ) { [unowned self] peer, address in
             self.discovered(peer, at: address)
         }
-        try discovery.start()
+        do {
+            try discovery.start()
+        } catch {
+            logger.warning("discovery unavailable: \(error)")
+            return nil
+        }
         return discovery
     }
 
