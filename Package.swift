@@ -86,6 +86,15 @@ let package = Package(
             dependencies: ["P2PQWire", "P2PQFuzzSupport"],
             path: "Sources/P2PQWireFuzz"
         ),
+        // mDNS / DNS-SD discovery as plain values: the DNS codec and the responder and browser
+        // state machine. Standard library only.
+        .target(name: "P2PQDiscovery", path: "Sources/P2PQDiscovery"),
+        // libFuzzer entry for the DNS decoder.
+        .executableTarget(
+            name: "P2PQDNSFuzz",
+            dependencies: ["P2PQDiscovery", "P2PQFuzzSupport"],
+            path: "Sources/P2PQDNSFuzz"
+        ),
         // The main program the fuzz targets share (libFuzzer driver, or corpus replay).
         .target(name: "P2PQFuzzSupport", path: "Sources/P2PQFuzzSupport"),
         // libFuzzer entry for the link handshake and record layer.
@@ -112,7 +121,7 @@ let package = Package(
         .target(
             name: "P2PQNode",
             dependencies: [
-                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager",
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -167,6 +176,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/P2PQNodeTests"
+        ),
+        .testTarget(
+            name: "P2PQDiscoveryTests",
+            dependencies: ["P2PQDiscovery"],
+            path: "Tests/P2PQDiscoveryTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

@@ -14,6 +14,7 @@
 /// - ``linkDown(link:now:peerLeft:)`` when any link closes, including ones the manager closed.
 /// - ``heard(link:now:)`` for every received message (O(1), emits nothing).
 /// - ``peerListReceived(from:entries:now:)`` for a peer list message.
+/// - ``discovered(peer:address:now:)`` for a peer found on the local network (mDNS).
 /// - ``tick(now:)`` when the timer armed by `.armTimer(at:)` fires.
 ///
 /// ## One link per pair
@@ -296,25 +297,19 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         var seenAddresses = Set<Address>()
         for entry in entries {
             guard seenPeers.insert(entry.peer).inserted, seenAddresses.insert(entry.address).inserted else { continue }
-            guard entry.peer != localPeerID, entry.address != advertisedAddress, linkByPeer[entry.peer] == nil else {
-                continue
-            }
-            if let current = dialAddress[entry.peer], addresses[current]?.state.isPending == true { continue }
-            if let known = addresses[entry.address] {
-                if known.state == .own || known.state.isPending { continue }
-                // The address belongs to another peer we are linked to: stale news, and a dial
-                // would only produce a duplicate.
-                if let holder = known.peer, holder != entry.peer, linkByPeer[holder] != nil { continue }
-            }
-            guard hasDialCapacity else { break }
-            learn(entry.address, for: entry.peer, firsthand: false, now: now)
-            // Dial the peer's best address, which may be one it confirmed itself earlier.
-            let target = dialAddress[entry.peer] ?? entry.address
-            // No entry means the table is full of addresses that must be kept: do not dial
-            // what cannot be tracked.
-            guard addresses[target] != nil, shouldDial(target) else { continue }
-            dial(target, now: now, into: &actions)
+            guard consider(entry, now: now, into: &actions) else { break }
         }
+        rearm(&actions)
+        return actions
+    }
+
+    /// A peer was discovered on the local network (an mDNS hint): dialed like a peer-list
+    /// entry, under the same rules (not this node, not linked, not already being dialed, dial
+    /// capacity permitting). The address counts as hearsay until the handshake confirms it.
+    public mutating func discovered(peer: PeerID, address: Address, now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        _ = consider(Entry(peer: peer, address: address), now: now, into: &actions)
         rearm(&actions)
         return actions
     }
@@ -385,6 +380,30 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
             actions.append(.cancelTimer)
         }
         return actions
+    }
+
+    /// Dials a hinted peer unless it is this node, linked, pending, or the address is known to
+    /// be ours or a linked peer's. False when out of dial capacity (the caller stops offering).
+    private mutating func consider(_ entry: Entry, now: UInt64, into actions: inout [Action]) -> Bool {
+        guard entry.peer != localPeerID, entry.address != advertisedAddress, linkByPeer[entry.peer] == nil else {
+            return true
+        }
+        if let current = dialAddress[entry.peer], addresses[current]?.state.isPending == true { return true }
+        if let known = addresses[entry.address] {
+            if known.state == .own || known.state.isPending { return true }
+            // The address belongs to another peer we are linked to: stale news, and a dial
+            // would only produce a duplicate.
+            if let holder = known.peer, holder != entry.peer, linkByPeer[holder] != nil { return true }
+        }
+        guard hasDialCapacity else { return false }
+        learn(entry.address, for: entry.peer, firsthand: false, now: now)
+        // Dial the peer's best address, which may be one it confirmed itself earlier.
+        let target = dialAddress[entry.peer] ?? entry.address
+        // No entry means the table is full of addresses that must be kept: do not dial
+        // what cannot be tracked.
+        guard addresses[target] != nil, shouldDial(target) else { return true }
+        dial(target, now: now, into: &actions)
+        return true
     }
 
     // MARK: Links

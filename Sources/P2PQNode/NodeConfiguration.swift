@@ -47,6 +47,8 @@ public struct NodeConfiguration: Sendable {
     /// `/status`, and the local queue routes); nil serves nothing. Loopback only unless a
     /// cluster key is set.
     public var operationsAddress: String?
+    /// mDNS / DNS-SD discovery: on by default, on loopback port 5353 (see docs/discovery.md).
+    public var discovery = DiscoveryConfiguration()
     /// The reactor's settings (backend, buffers).
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.

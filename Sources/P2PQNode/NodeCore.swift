@@ -20,8 +20,9 @@ final class NodeCore {
     let incarnation: UInt64
     /// What peers should dial to reach us.
     private(set) var advertised: SocketAddress
-    private var manager: Manager
+    var manager: Manager
     private var listener: TCPListener?
+    private var discovery: MDNSDiscovery?
     private var links: [LinkID: PeerLink] = [:]
     private var nextLinkID: UInt64 = 1
     private var timer: TimerID?
@@ -92,6 +93,7 @@ final class NodeCore {
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
         try startOperations()
         perform(manager.start(bootstrap: bootstrap, now: now))
+        if configuration.discovery.enabled { discovery = try startDiscovery() }
         return bound
     }
 
@@ -289,6 +291,8 @@ final class NodeCore {
     /// Says goodbye to every peer and stops accepting. Links close as their goodbyes flush.
     func stop() {
         guard !isStopped else { return }
+        discovery?.stop()  // goodbyes
+        discovery = nil
         let actions = manager.stop(now: now)
         perform(actions)
         isStopped = true

@@ -41,6 +41,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Serve /metrics (Prometheus text), /status and the local queue routes over HTTP on this address (host:port; loopback unless a key is given).")
     var metrics: String?
 
+    @Option(help: "mDNS port for discovery (default 5353; tests use a private one).")
+    var discoveryPort: Int = 5353
+
+    @Flag(help: "Do not announce this node or browse for others with mDNS.")
+    var noDiscovery = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -61,6 +67,8 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.advertisedHost = advertise
         configuration.insecure = insecure
         configuration.maxPeers = maxPeers
+        configuration.discovery.enabled = !noDiscovery
+        configuration.discovery.port = discoveryPort
         configuration.identityFile = identityFile
         configuration.reactor.backend = try parseBackend(backend)
         if let keyFile {

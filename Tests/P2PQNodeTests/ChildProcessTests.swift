@@ -22,7 +22,7 @@ final class ChildNode {
             throw TimedOut(description: "no p2pq binary at \(Self.binary.path): build it with `swift build`")
         }
         process.executableURL = Self.binary
-        process.arguments = ["node", "--log-level", "error"] + arguments
+        process.arguments = ["node", "--log-level", "error", "--no-discovery"] + arguments
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -19,6 +19,8 @@ func testConfiguration(key: ClusterKey?, bootstrap: [String] = [], port: Int = 0
     configuration.baseBackoff = .milliseconds(50)
     configuration.maxBackoff = .milliseconds(500)
     configuration.drainTimeout = .milliseconds(500)
+    // Tests must not find each other (nor other developers' nodes) on the shared mDNS port.
+    configuration.discovery.enabled = false
     var logger = Logger(label: "p2pq.test")
     logger.logLevel = ProcessInfo.processInfo.environment["P2PQ_TEST_LOG"] != nil ? .debug : .critical
     configuration.logger = logger
