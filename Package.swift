@@ -47,6 +47,7 @@ let package = Package(
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
+        .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
     dependencies: [
@@ -155,6 +156,14 @@ let package = Package(
             name: "P2PQNodeTests",
             dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
             path: "Tests/P2PQNodeTests"
+        ),
+        // Compact binary Codable encoding for typed queue items and remote-call arguments
+        // (docs/encoding.md).
+        .target(name: "P2PQCodable", path: "Sources/P2PQCodable"),
+        .testTarget(
+            name: "P2PQCodableTests",
+            dependencies: ["P2PQCodable"],
+            path: "Tests/P2PQCodableTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",
