@@ -17,7 +17,7 @@ public struct CompactDecoder: Sendable {
     /// Passed to `Decoder.userInfo`.
     public var userInfo: [CodingUserInfoKey: any Sendable]
 
-    public init(maxDepth: Int = 64, maxSize: Int = 16 << 20, userInfo: [CodingUserInfoKey: any Sendable] = [:]) {
+    public init(maxDepth: Int = 128, maxSize: Int = 16 << 20, userInfo: [CodingUserInfoKey: any Sendable] = [:]) {
         self.maxDepth = maxDepth
         self.maxSize = maxSize
         self.userInfo = userInfo
@@ -500,6 +500,17 @@ struct CompactKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
             throw CompactCodingError.valueNotFound(path: pathString(path), type: "\(T.self)")
         }
         let value = try decodeValue(type, cursor: cursor, inField: true, path: path, depth: depth)
+        try cursor.finish(path)
+        return value
+    }
+
+    /// Absent or empty is nil; otherwise the entry holds the unwrapped value, so a `T` that is
+    /// itself optional reads its presence byte (the mirror of the encoder's `encodeIfPresent`).
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        guard let entry = table.entry(for: key), entry.end > entry.start else { return nil }
+        let cursor = Cursor(input: table.input, position: entry.start, end: entry.end)
+        let path = codingPath + [key]
+        let value = try decodeValue(type, cursor: cursor, inField: false, path: path, depth: depth)
         try cursor.finish(path)
         return value
     }

@@ -19,7 +19,7 @@ public struct CompactEncoder: Sendable {
     /// Passed to `Encoder.userInfo`.
     public var userInfo: [CodingUserInfoKey: any Sendable]
 
-    public init(maxDepth: Int = 64, maxSize: Int = 16 << 20, userInfo: [CodingUserInfoKey: any Sendable] = [:]) {
+    public init(maxDepth: Int = 128, maxSize: Int = 16 << 20, userInfo: [CodingUserInfoKey: any Sendable] = [:]) {
         self.maxDepth = maxDepth
         self.maxSize = maxSize
         self.userInfo = userInfo
@@ -464,6 +464,13 @@ struct CompactKeyedEncoding<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode(_ value: UInt128, forKey key: Key) throws { put(Primitive.uint128(value), key) }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
         try encodeValue(value, into: slot(for: key), inField: true, path: codingPath + [key], depth: depth, settings: settings)
+    }
+
+    /// The entry holds the unwrapped value, exactly as `encode(Optional(value), forKey:)` would
+    /// write it, so a `T` that is itself optional keeps its presence byte (`.some(nil)` survives).
+    mutating func encodeIfPresent<T: Encodable>(_ value: T?, forKey key: Key) throws {
+        guard let value else { return }
+        try encodeValue(value, into: slot(for: key), inField: false, path: codingPath + [key], depth: depth, settings: settings)
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
