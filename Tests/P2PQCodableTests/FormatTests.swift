@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+@testable import P2PQCodable
+
+/// The examples of docs/encoding.md, byte for byte.
+@Suite("Documented format")
+struct FormatTests {
+    @Test("Examples from docs/encoding.md")
+    func documentedExamples() throws {
+        #expect(try encode(Point(x: 1, y: -1)) == [0x01, 0x02, 0x01, 0x78, 0x01, 0x79, 0x02, 0x00, 0x01, 0x02, 0x02, 0x01, 0x01])
+        #expect(try encode(1) == [0x01, 0x00, 0x02])
+        #expect(try encode(Int?.none) == [0x01, 0x00, 0x00])
+        #expect(try encode(Int?.some(1)) == [0x01, 0x00, 0x01, 0x02])
+        #expect(try encode([UInt8]([0, 255])) == [0x01, 0x00, 0x02, 0x00, 0xFF])
+        #expect(try encode("é") == [0x01, 0x00, 0x02, 0xC3, 0xA9])
+        #expect(try encode([1, 2]) == [0x01, 0x00, 0x02, 0x02, 0x04])
+        #expect(try encode(1.0) == [0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xF0, 0x3F])
+        #expect(try encode([5: "a"] as [Int: String]) == [0x01, 0x00, 0x01, 0x15, 0x02, 0x01, 0x61])
+        // 100 small points: 6 header bytes, 1 count byte, 7 bytes a point.
+        let points = (0..<100).map { Point(x: $0 % 50, y: -($0 % 50)) }
+        #expect(try encode(points).count == 707)
+        #expect(try JSONEncoder().encode(points).count > 1_500)
+    }
+
+    @Test("Varint and zigzag edges")
+    func varints() {
+        func bytes(_ value: UInt64) -> [UInt8] {
+            var out: [UInt8] = []
+            appendVarint(value, to: &out)
+            return out
+        }
+        #expect(bytes(0) == [0x00])
+        #expect(bytes(127) == [0x7F])
+        #expect(bytes(128) == [0x80, 0x01])
+        #expect(bytes(300) == [0xAC, 0x02])
+        #expect(bytes(.max) == [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])
+        for value: UInt64 in [0, 1, 127, 128, 16_383, 16_384, 1 << 63, .max] {
+            #expect(varintSize(value) == bytes(value).count)
+        }
+        #expect(zigzag(0) == 0 && zigzag(-1) == 1 && zigzag(1) == 2 && zigzag(-2) == 3)
+        #expect(zigzag(.max) == .max - 1 && zigzag(.min) == .max)
+        for value: Int64 in [0, -1, 1, .min, .max, 12_345, -12_345] {
+            #expect(unzigzag(zigzag(value)) == value)
+        }
+    }
+
+    @Test("Keyed entries are written sorted, unknown entries skipped")
+    func keyedEntries() throws {
+        struct Reversed: Encodable {
+            func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: AnyKey.self)
+                try container.encode(2, forKey: AnyKey("b"))
+                try container.encode(1, forKey: AnyKey("a"))
+                try container.encode(9, forKey: AnyKey("a"))  // last write wins
+            }
+        }
+        struct AB: Codable, Equatable { var a: Int; var b: Int }
+        let bytes = try encode(Reversed())
+        // Key table in first-use order of the sorted walk: "a" then "b".
+        #expect(bytes == [0x01, 0x02, 0x01, 0x61, 0x01, 0x62, 0x02, 0x00, 0x01, 0x12, 0x02, 0x01, 0x04])
+        #expect(try CompactDecoder().decode(AB.self, from: bytes) == AB(a: 9, b: 2))
+        // A newer writer's extra field is skipped by an older reader.
+        struct ABC: Codable { var a: Int; var b: Int; var c: [String] }
+        #expect(try CompactDecoder().decode(AB.self, from: encode(ABC(a: 1, b: 2, c: ["x"]))) == AB(a: 1, b: 2))
+    }
+}
+
+struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(_ string: String) { stringValue = string }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
