@@ -58,7 +58,6 @@ public struct CompactDecoder: Sendable {
         guard version == CompactFormat.version else { throw .unsupportedVersion(version) }
         let count = try cursor.readCount([], minimumBytesEach: 1)
         let input = cursor.input
-        input.keys.reserveCapacity(count)
         for index in 0..<count {
             let path: [any CodingKey] = [KeyTableKey(index)]
             let length = try cursor.readCount(path, minimumBytesEach: 1)
@@ -67,10 +66,10 @@ public struct CompactDecoder: Sendable {
             guard let key = String(validating: input.bytes[start..<start + length], as: UTF8.self) else {
                 throw .invalidUTF8(path: pathString(path))
             }
-            guard input.keyLookup.updateValue(index, forKey: key) == nil else {
+            guard input.index(ofKey: key) == nil else {
                 throw .duplicateKey(path: pathString(path), key: key)
             }
-            input.keys.append(key)
+            input.appendKey(key)
         }
     }
 }
@@ -88,8 +87,23 @@ final class DecodingInput {
     let bytes: [UInt8]
     let maxDepth: Int
     let userInfo: [CodingUserInfoKey: Any]
-    var keys: [String] = []
-    var keyLookup: [String: Int] = [:]
+    private(set) var keys: [String] = []
+    /// Built only for large tables; small ones are searched linearly (cheaper than hashing).
+    private var keyLookup: [String: Int] = [:]
+    private static let linearLimit = 8
+
+    func index(ofKey key: String) -> Int? {
+        keys.count > Self.linearLimit ? keyLookup[key] : keys.firstIndex(of: key)
+    }
+
+    func appendKey(_ key: String) {
+        keys.append(key)
+        if keys.count == Self.linearLimit + 1 {
+            for (index, key) in keys.enumerated() { keyLookup[key] = index }
+        } else if keys.count > Self.linearLimit + 1 {
+            keyLookup[key] = keys.count - 1
+        }
+    }
 
     init(bytes: [UInt8], maxDepth: Int, userInfo: [CodingUserInfoKey: any Sendable]) {
         self.bytes = bytes
@@ -113,8 +127,8 @@ final class Cursor {
 
     var remaining: Int { end - position }
 
-    func readByte(_ path: [any CodingKey]) throws(CompactCodingError) -> UInt8 {
-        guard position < end else { throw .truncated(path: pathString(path), needed: 1, available: 0) }
+    func readByte(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> UInt8 {
+        guard position < end else { throw .truncated(path: pathString(path()), needed: 1, available: 0) }
         let byte = input.bytes[position]
         position += 1
         return byte
@@ -125,12 +139,12 @@ final class Cursor {
     }
 
     /// An unsigned LEB128 varint of at most `U.bitWidth` bits, in its shortest form.
-    func readVarint<U: FixedWidthInteger & UnsignedInteger>(_ type: U.Type, _ path: [any CodingKey]) throws(CompactCodingError) -> U {
+    func readVarint<U: FixedWidthInteger & UnsignedInteger>(_ type: U.Type, _ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> U {
         let maxBytes = (U.bitWidth + 6) / 7
         var result: U = 0
         for index in 0..<maxBytes {
             guard position < end else {
-                throw .truncated(path: pathString(path), needed: 1, available: 0)
+                throw .truncated(path: pathString(path()), needed: 1, available: 0)
             }
             let byte = input.bytes[position]
             position += 1
@@ -139,66 +153,66 @@ final class Cursor {
                 // The last possible byte carries only the bits left and no continuation.
                 let bitsLeft = U.bitWidth - 7 * index
                 guard byte & 0x80 == 0, group >> bitsLeft == 0 else {
-                    throw .overlongVarint(path: pathString(path))
+                    throw .overlongVarint(path: pathString(path()))
                 }
             }
             result |= group << (7 * index)
             if byte & 0x80 == 0 {
                 // A final zero group after the first byte means a shorter form existed.
-                guard byte != 0 || index == 0 else { throw .overlongVarint(path: pathString(path)) }
+                guard byte != 0 || index == 0 else { throw .overlongVarint(path: pathString(path())) }
                 return result
             }
         }
-        throw .overlongVarint(path: pathString(path))
+        throw .overlongVarint(path: pathString(path()))
     }
 
     /// A count or length, checked against the bytes left (each item needs at least
     /// `minimumBytesEach`) before anyone allocates for it.
-    func readCount(_ path: [any CodingKey], minimumBytesEach: Int) throws(CompactCodingError) -> Int {
-        let count = try readVarint(UInt64.self, path)
+    func readCount(_ path: @autoclosure () -> [any CodingKey], minimumBytesEach: Int) throws(CompactCodingError) -> Int {
+        let count = try readVarint(UInt64.self, path())
         guard count <= UInt64(remaining / minimumBytesEach) else {
-            throw .countExceedsRemaining(path: pathString(path), count: count, remaining: remaining)
+            throw .countExceedsRemaining(path: pathString(path()), count: count, remaining: remaining)
         }
         return Int(count)
     }
 
-    func readBool(_ path: [any CodingKey]) throws(CompactCodingError) -> Bool {
-        let byte = try readByte(path)
+    func readBool(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> Bool {
+        let byte = try readByte(path())
         switch byte {
         case 0: return false
         case 1: return true
-        default: throw .invalidBool(path: pathString(path), byte: byte)
+        default: throw .invalidBool(path: pathString(path()), byte: byte)
         }
     }
 
-    func readSigned<I: FixedWidthInteger & SignedInteger>(_ type: I.Type, _ path: [any CodingKey]) throws(CompactCodingError) -> I {
-        let value = unzigzag(try readVarint(UInt64.self, path))
+    func readSigned<I: FixedWidthInteger & SignedInteger>(_ type: I.Type, _ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> I {
+        let value = unzigzag(try readVarint(UInt64.self, path()))
         guard let result = I(exactly: value) else {
-            throw .valueOutOfRange(path: pathString(path), type: "\(I.self)", value: "\(value)")
+            throw .valueOutOfRange(path: pathString(path()), type: "\(I.self)", value: "\(value)")
         }
         return result
     }
 
-    func readUnsigned<U: FixedWidthInteger & UnsignedInteger>(_ type: U.Type, _ path: [any CodingKey]) throws(CompactCodingError) -> U {
-        let value = try readVarint(UInt64.self, path)
+    func readUnsigned<U: FixedWidthInteger & UnsignedInteger>(_ type: U.Type, _ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> U {
+        let value = try readVarint(UInt64.self, path())
         guard let result = U(exactly: value) else {
-            throw .valueOutOfRange(path: pathString(path), type: "\(U.self)", value: "\(value)")
+            throw .valueOutOfRange(path: pathString(path()), type: "\(U.self)", value: "\(value)")
         }
         return result
     }
 
-    func readInt128(_ path: [any CodingKey]) throws(CompactCodingError) -> Int128 {
-        unzigzag128(try readVarint(UInt128.self, path))
+    func readInt128(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> Int128 {
+        unzigzag128(try readVarint(UInt128.self, path()))
     }
 
-    func readUInt128(_ path: [any CodingKey]) throws(CompactCodingError) -> UInt128 {
-        try readVarint(UInt128.self, path)
+    func readUInt128(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> UInt128 {
+        try readVarint(UInt128.self, path())
     }
 
-    func readLittleEndian<U: FixedWidthInteger>(_ type: U.Type, _ path: [any CodingKey]) throws(CompactCodingError) -> U {
+    func readLittleEndian<U: FixedWidthInteger>(_ type: U.Type, _ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> U {
         let size = U.bitWidth / 8
         guard remaining >= size else {
-            throw .truncated(path: pathString(path), needed: size, available: remaining)
+            throw .truncated(path: pathString(path()), needed: size, available: remaining)
         }
         var result: U = 0
         for index in 0..<size {
@@ -208,33 +222,33 @@ final class Cursor {
         return result
     }
 
-    func readFloat(_ path: [any CodingKey]) throws(CompactCodingError) -> Float {
-        Float(bitPattern: try readLittleEndian(UInt32.self, path))
+    func readFloat(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> Float {
+        Float(bitPattern: try readLittleEndian(UInt32.self, path()))
     }
 
-    func readDouble(_ path: [any CodingKey]) throws(CompactCodingError) -> Double {
-        Double(bitPattern: try readLittleEndian(UInt64.self, path))
+    func readDouble(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> Double {
+        Double(bitPattern: try readLittleEndian(UInt64.self, path()))
     }
 
     /// A length-prefixed byte string, as a range of the input.
-    func readByteString(_ path: [any CodingKey]) throws(CompactCodingError) -> Range<Int> {
-        let length = try readCount(path, minimumBytesEach: 1)
+    func readByteString(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> Range<Int> {
+        let length = try readCount(path(), minimumBytesEach: 1)
         let start = position
         position += length
         return start..<position
     }
 
-    func readString(_ path: [any CodingKey]) throws(CompactCodingError) -> String {
-        let range = try readByteString(path)
+    func readString(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> String {
+        let range = try readByteString(path())
         guard let string = String(validating: input.bytes[range], as: UTF8.self) else {
-            throw .invalidUTF8(path: pathString(path))
+            throw .invalidUTF8(path: pathString(path()))
         }
         return string
     }
 
     /// Nothing may be left of a bounded value.
-    func finish(_ path: [any CodingKey]) throws(CompactCodingError) {
-        guard remaining == 0 else { throw .trailingBytes(path: pathString(path), count: remaining) }
+    func finish(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) {
+        guard remaining == 0 else { throw .trailingBytes(path: pathString(path()), count: remaining) }
     }
 }
 
@@ -243,6 +257,17 @@ final class Cursor {
 /// Decodes a `T` at `cursor`. `inField` is true for a keyed entry's value (non-empty here),
 /// where an optional has no presence byte.
 func decodeValue<T: Decodable>(_ type: T.Type, cursor: Cursor, inField: Bool, path: [any CodingKey], depth: Int) throws -> T {
+    // The common primitives directly: the same bytes their init(from:) would read, without
+    // a decoder and a container per value.
+    if T.self == Int.self { return unsafeBitCast(try cursor.readSigned(Int.self, path), to: T.self) }
+    if T.self == String.self { return unsafeBitCast(try cursor.readString(path), to: T.self) }
+    if T.self == Double.self { return unsafeBitCast(try cursor.readDouble(path), to: T.self) }
+    if T.self == Bool.self { return unsafeBitCast(try cursor.readBool(path), to: T.self) }
+    if T.self == Int64.self { return unsafeBitCast(try cursor.readSigned(Int64.self, path), to: T.self) }
+    if T.self == UInt64.self { return unsafeBitCast(try cursor.readUnsigned(UInt64.self, path), to: T.self) }
+    if T.self == Int32.self { return unsafeBitCast(try cursor.readSigned(Int32.self, path), to: T.self) }
+    if T.self == UInt32.self { return unsafeBitCast(try cursor.readUnsigned(UInt32.self, path), to: T.self) }
+    if T.self == Float.self { return unsafeBitCast(try cursor.readFloat(path), to: T.self) }
     if T.self == [UInt8].self {
         let range = try cursor.readByteString(path)
         return try cast(Array(cursor.input.bytes[range]), path)
@@ -269,9 +294,9 @@ func decodeValue<T: Decodable>(_ type: T.Type, cursor: Cursor, inField: Bool, pa
     return value
 }
 
-private func cast<T>(_ value: Any, _ path: [any CodingKey]) throws(CompactCodingError) -> T {
+private func cast<T>(_ value: Any, _ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) -> T {
     guard let result = value as? T else {
-        throw .typeMismatch(path: pathString(path), expected: "\(T.self)", reason: "internal cast failed")
+        throw .typeMismatch(path: pathString(path()), expected: "\(T.self)", reason: "internal cast failed")
     }
     return result
 }
@@ -404,7 +429,7 @@ final class KeyedTable {
         case .int(let int):
             ref = zigzag(Int64(int)) << 1 | 1
         case .string(let string):
-            guard let index = input.keyLookup[string] else { return nil }
+            guard let index = input.index(ofKey: string) else { return nil }
             ref = UInt64(index) << 1
         }
         if entries.count > Self.linearLimit {
@@ -459,12 +484,11 @@ struct CompactKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     /// Reads a primitive that must fill the entry exactly.
-    private func primitive<T>(_ key: Key, _ read: (Cursor, [any CodingKey]) throws(CompactCodingError) -> T) throws(CompactCodingError) -> T {
+    private func primitive<T>(_ key: Key, _ read: (Cursor, () -> [any CodingKey]) throws(CompactCodingError) -> T) throws(CompactCodingError) -> T {
         let cursor = try cursor(for: key)
-        let path = codingPath + [key]
-        guard cursor.remaining > 0 else { throw .valueNotFound(path: pathString(path), type: "\(T.self)") }
-        let value = try read(cursor, path)
-        try cursor.finish(path)
+        guard cursor.remaining > 0 else { throw .valueNotFound(path: pathString(codingPath, key), type: "\(T.self)") }
+        let value = try read(cursor, { codingPath + [key] })
+        try cursor.finish(codingPath + [key])
         return value
     }
 
@@ -472,22 +496,22 @@ struct CompactKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
         try cursor(for: key).remaining == 0
     }
 
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try primitive(key) { c, p throws(CompactCodingError) in try c.readBool(p) } }
-    func decode(_ type: String.Type, forKey key: Key) throws -> String { try primitive(key) { c, p throws(CompactCodingError) in try c.readString(p) } }
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try primitive(key) { c, p throws(CompactCodingError) in try c.readDouble(p) } }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try primitive(key) { c, p throws(CompactCodingError) in try c.readFloat(p) } }
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int.self, p) } }
-    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int8.self, p) } }
-    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int16.self, p) } }
-    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int32.self, p) } }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int64.self, p) } }
-    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try primitive(key) { c, p throws(CompactCodingError) in try c.readInt128(p) } }
-    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt.self, p) } }
-    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt8.self, p) } }
-    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt16.self, p) } }
-    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt32.self, p) } }
-    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt64.self, p) } }
-    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUInt128(p) } }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try primitive(key) { c, p throws(CompactCodingError) in try c.readBool(p()) } }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String { try primitive(key) { c, p throws(CompactCodingError) in try c.readString(p()) } }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try primitive(key) { c, p throws(CompactCodingError) in try c.readDouble(p()) } }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try primitive(key) { c, p throws(CompactCodingError) in try c.readFloat(p()) } }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int.self, p()) } }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int8.self, p()) } }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int16.self, p()) } }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int32.self, p()) } }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try primitive(key) { c, p throws(CompactCodingError) in try c.readSigned(Int64.self, p()) } }
+    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try primitive(key) { c, p throws(CompactCodingError) in try c.readInt128(p()) } }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt.self, p()) } }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt8.self, p()) } }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt16.self, p()) } }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt32.self, p()) } }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUnsigned(UInt64.self, p()) } }
+    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try primitive(key) { c, p throws(CompactCodingError) in try c.readUInt128(p()) } }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         let cursor = try cursor(for: key)
@@ -515,9 +539,9 @@ struct CompactKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return value
     }
 
-    private func checkDepth(_ path: [any CodingKey]) throws(CompactCodingError) {
+    private func checkDepth(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) {
         let maxDepth = table.input.maxDepth
-        guard depth < maxDepth else { throw .depthLimitExceeded(path: pathString(path), limit: maxDepth) }
+        guard depth < maxDepth else { throw .depthLimitExceeded(path: pathString(path()), limit: maxDepth) }
     }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
@@ -561,16 +585,16 @@ final class UnkeyedState {
 
     init(count: Int) { self.count = count }
 
-    func checkConsumed(_ path: [any CodingKey]) throws(CompactCodingError) {
-        try checkChild(path)
+    func checkConsumed(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) {
+        try checkChild(path())
         guard index == count else {
-            throw .typeMismatch(path: pathString(path), expected: "\(count) elements read", reason: "only \(index) were decoded")
+            throw .typeMismatch(path: pathString(path()), expected: "\(count) elements read", reason: "only \(index) were decoded")
         }
     }
 
-    func checkChild(_ path: [any CodingKey]) throws(CompactCodingError) {
+    func checkChild(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) {
         guard let child = openChild else { return }
-        try child.checkConsumed(path + [IndexKey(index - 1)])
+        try child.checkConsumed(path() + [IndexKey(index - 1)])
         openChild = nil
     }
 }
@@ -586,46 +610,52 @@ struct CompactUnkeyedDecoding: UnkeyedDecodingContainer {
     var currentIndex: Int { state.index }
 
     /// The path of the next element, after checking there is one.
+    @discardableResult
     private func next(_ expected: String) throws(CompactCodingError) -> [any CodingKey] {
-        try state.checkChild(codingPath)
-        let path = codingPath + [IndexKey(state.index)]
-        guard !isAtEnd else {
-            throw .typeMismatch(path: pathString(path), expected: expected, reason: "the unkeyed container holds only \(state.count) elements")
-        }
-        return path
+        try check(expected)
+        return codingPath + [IndexKey(state.index)]
     }
 
-    private mutating func element<T>(_ read: (Cursor, [any CodingKey]) throws(CompactCodingError) -> T) throws(CompactCodingError) -> T {
-        let path = try next("\(T.self)")
-        let value = try read(cursor, path)
+    private func check(_ expected: String) throws(CompactCodingError) {
+        try state.checkChild(codingPath)
+        guard !isAtEnd else {
+            throw .typeMismatch(path: pathString(codingPath, IndexKey(state.index)), expected: expected, reason: "the unkeyed container holds only \(state.count) elements")
+        }
+    }
+
+    /// A primitive element; its path is only built for an error.
+    private mutating func element<T>(_ read: (Cursor, () -> [any CodingKey]) throws(CompactCodingError) -> T) throws(CompactCodingError) -> T {
+        try check("\(T.self)")
+        let index = state.index
+        let value = try read(cursor, { codingPath + [IndexKey(index)] })
         state.index += 1
         return value
     }
 
     mutating func decodeNil() throws -> Bool {
-        _ = try next("nil")
+        try check("nil")
         guard cursor.peekByte() == 0 else { return false }
         cursor.position += 1
         state.index += 1
         return true
     }
 
-    mutating func decode(_ type: Bool.Type) throws -> Bool { try element { c, p throws(CompactCodingError) in try c.readBool(p) } }
-    mutating func decode(_ type: String.Type) throws -> String { try element { c, p throws(CompactCodingError) in try c.readString(p) } }
-    mutating func decode(_ type: Double.Type) throws -> Double { try element { c, p throws(CompactCodingError) in try c.readDouble(p) } }
-    mutating func decode(_ type: Float.Type) throws -> Float { try element { c, p throws(CompactCodingError) in try c.readFloat(p) } }
-    mutating func decode(_ type: Int.Type) throws -> Int { try element { c, p throws(CompactCodingError) in try c.readSigned(Int.self, p) } }
-    mutating func decode(_ type: Int8.Type) throws -> Int8 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int8.self, p) } }
-    mutating func decode(_ type: Int16.Type) throws -> Int16 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int16.self, p) } }
-    mutating func decode(_ type: Int32.Type) throws -> Int32 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int32.self, p) } }
-    mutating func decode(_ type: Int64.Type) throws -> Int64 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int64.self, p) } }
-    mutating func decode(_ type: Int128.Type) throws -> Int128 { try element { c, p throws(CompactCodingError) in try c.readInt128(p) } }
-    mutating func decode(_ type: UInt.Type) throws -> UInt { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt.self, p) } }
-    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt8.self, p) } }
-    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt16.self, p) } }
-    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt32.self, p) } }
-    mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt64.self, p) } }
-    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try element { c, p throws(CompactCodingError) in try c.readUInt128(p) } }
+    mutating func decode(_ type: Bool.Type) throws -> Bool { try element { c, p throws(CompactCodingError) in try c.readBool(p()) } }
+    mutating func decode(_ type: String.Type) throws -> String { try element { c, p throws(CompactCodingError) in try c.readString(p()) } }
+    mutating func decode(_ type: Double.Type) throws -> Double { try element { c, p throws(CompactCodingError) in try c.readDouble(p()) } }
+    mutating func decode(_ type: Float.Type) throws -> Float { try element { c, p throws(CompactCodingError) in try c.readFloat(p()) } }
+    mutating func decode(_ type: Int.Type) throws -> Int { try element { c, p throws(CompactCodingError) in try c.readSigned(Int.self, p()) } }
+    mutating func decode(_ type: Int8.Type) throws -> Int8 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int8.self, p()) } }
+    mutating func decode(_ type: Int16.Type) throws -> Int16 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int16.self, p()) } }
+    mutating func decode(_ type: Int32.Type) throws -> Int32 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int32.self, p()) } }
+    mutating func decode(_ type: Int64.Type) throws -> Int64 { try element { c, p throws(CompactCodingError) in try c.readSigned(Int64.self, p()) } }
+    mutating func decode(_ type: Int128.Type) throws -> Int128 { try element { c, p throws(CompactCodingError) in try c.readInt128(p()) } }
+    mutating func decode(_ type: UInt.Type) throws -> UInt { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt.self, p()) } }
+    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt8.self, p()) } }
+    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt16.self, p()) } }
+    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt32.self, p()) } }
+    mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try element { c, p throws(CompactCodingError) in try c.readUnsigned(UInt64.self, p()) } }
+    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try element { c, p throws(CompactCodingError) in try c.readUInt128(p()) } }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
         let path = try next("\(T.self)")
@@ -634,9 +664,9 @@ struct CompactUnkeyedDecoding: UnkeyedDecodingContainer {
         return value
     }
 
-    private func checkDepth(_ path: [any CodingKey]) throws(CompactCodingError) {
+    private func checkDepth(_ path: @autoclosure () -> [any CodingKey]) throws(CompactCodingError) {
         let maxDepth = cursor.input.maxDepth
-        guard depth < maxDepth else { throw .depthLimitExceeded(path: pathString(path), limit: maxDepth) }
+        guard depth < maxDepth else { throw .depthLimitExceeded(path: pathString(path()), limit: maxDepth) }
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {

@@ -136,9 +136,18 @@ struct Serializer {
         case .int(let int):
             return zigzag(Int64(int)) << 1 | 1
         case .string(let string):
-            if let index = keyIndex[string] { return UInt64(index) << 1 }
-            keyIndex[string] = keys.count
+            // Small tables are searched linearly (cheaper than hashing), large ones hashed.
+            if keys.count <= 8 {
+                if let index = keys.firstIndex(of: string) { return UInt64(index) << 1 }
+            } else if let index = keyIndex[string] {
+                return UInt64(index) << 1
+            }
             keys.append(string)
+            if keys.count == 9 {
+                for (index, key) in keys.enumerated() { keyIndex[key] = index }
+            } else if keys.count > 9 {
+                keyIndex[string] = keys.count - 1
+            }
             return UInt64(keys.count - 1) << 1
         }
     }
@@ -224,8 +233,20 @@ func encodeValue<T: Encodable>(
     _ value: T, into slot: EncodedValue, inField: Bool, path: [any CodingKey], depth: Int,
     settings: EncoderSettings
 ) throws {
+    // The common primitives directly: the same bytes their encode(to:) would write, without
+    // an encoder and a container per value.
+    if T.self == Int.self { slot.content = .bytes(Primitive.signed(Int64(unsafeBitCast(value, to: Int.self)))); return }
+    if T.self == String.self { slot.content = .bytes(Primitive.string(unsafeBitCast(value, to: String.self))); return }
+    if T.self == Double.self { slot.content = .bytes(Primitive.double(unsafeBitCast(value, to: Double.self))); return }
+    if T.self == Bool.self { slot.content = .bytes(Primitive.bool(unsafeBitCast(value, to: Bool.self))); return }
+    if T.self == Int64.self { slot.content = .bytes(Primitive.signed(unsafeBitCast(value, to: Int64.self))); return }
+    if T.self == UInt64.self { slot.content = .bytes(Primitive.unsigned(unsafeBitCast(value, to: UInt64.self))); return }
+    if T.self == Int32.self { slot.content = .bytes(Primitive.signed(Int64(unsafeBitCast(value, to: Int32.self)))); return }
+    if T.self == UInt32.self { slot.content = .bytes(Primitive.unsigned(UInt64(unsafeBitCast(value, to: UInt32.self)))); return }
+    if T.self == Float.self { slot.content = .bytes(Primitive.float(unsafeBitCast(value, to: Float.self))); return }
     // Byte arrays are raw bytes, not arrays of numbers.
-    if let bytes = value as? [UInt8] {
+    if T.self == [UInt8].self {
+        let bytes = unsafeBitCast(value, to: [UInt8].self)
         var out: [UInt8] = []
         out.reserveCapacity(varintSize(UInt64(bytes.count)) + bytes.count)
         appendVarint(UInt64(bytes.count), to: &out)
@@ -233,7 +254,8 @@ func encodeValue<T: Encodable>(
         slot.content = .bytes(out)
         return
     }
-    if let data = value as? Data {
+    if T.self == Data.self {
+        let data = unsafeBitCast(value, to: Data.self)
         var out: [UInt8] = []
         out.reserveCapacity(varintSize(UInt64(data.count)) + data.count)
         appendVarint(UInt64(data.count), to: &out)

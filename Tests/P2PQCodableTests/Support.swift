@@ -214,12 +214,16 @@ func encode<T: Encodable>(_ value: T, _ encoder: CompactEncoder = CompactEncoder
     try encoder.encode(value)
 }
 
-func roundTrip<T: Codable & Equatable>(_ value: T, sourceLocation: SourceLocation = #_sourceLocation) throws {
+/// `canonical: false` for values written in iteration order (Set, Dictionary with keys other
+/// than String and Int), which need not re-encode to the same bytes.
+func roundTrip<T: Codable & Equatable>(_ value: T, canonical: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let bytes = try CompactEncoder().encode(value)
     let decoded = try CompactDecoder().decode(T.self, from: bytes)
     #expect(decoded == value, sourceLocation: sourceLocation)
     // Canonical: what decodes re-encodes to the same bytes.
-    #expect(try CompactEncoder().encode(decoded) == bytes, sourceLocation: sourceLocation)
+    if canonical {
+        #expect(try CompactEncoder().encode(decoded) == bytes, sourceLocation: sourceLocation)
+    }
 }
 
 /// The error decoding `bytes` as a `T`, or nil if it decoded.
