@@ -160,6 +160,12 @@ let package = Package(
         // Compact binary Codable encoding for typed queue items and remote-call arguments
         // (docs/encoding.md).
         .target(name: "P2PQCodable", path: "Sources/P2PQCodable"),
+        // libFuzzer entry for the compact Codable decoder (Fuzz/run-fuzz.sh codable).
+        .executableTarget(
+            name: "P2PQCodableFuzz",
+            dependencies: ["P2PQCodable", "P2PQFuzzSupport"],
+            path: "Sources/P2PQCodableFuzz"
+        ),
         .testTarget(
             name: "P2PQCodableTests",
             dependencies: ["P2PQCodable"],
