@@ -27,6 +27,15 @@ public struct CompactEncoder: Sendable {
 
     /// The encoding of `value`: version byte, key table, then the value.
     public func encode<T: Encodable>(_ value: T) throws(CompactCodingError) -> [UInt8] {
+        var out: [UInt8] = []
+        try encode(value, into: &out)
+        return out
+    }
+
+    /// Appends the encoding of `value` to `out` (for instance after a frame header), and
+    /// returns its size. On error `out` is left as it was.
+    @discardableResult
+    public func encode<T: Encodable>(_ value: T, into out: inout [UInt8]) throws(CompactCodingError) -> Int {
         let root = EncodedValue()
         let settings = EncoderSettings(maxDepth: maxDepth, userInfo: userInfo)
         do {
@@ -40,8 +49,7 @@ public struct CompactEncoder: Sendable {
         for key in serializer.keys { tableSize += varintSize(UInt64(key.utf8.count)) + key.utf8.count }
         let total = 1 + tableSize + bodySize
         guard total <= maxSize else { throw .sizeLimitExceeded(size: total, limit: maxSize) }
-        var out: [UInt8] = []
-        out.reserveCapacity(total)
+        out.reserveCapacity(out.count + total)
         out.append(CompactFormat.version)
         appendVarint(UInt64(serializer.keys.count), to: &out)
         for key in serializer.keys {
@@ -49,7 +57,7 @@ public struct CompactEncoder: Sendable {
             out.append(contentsOf: key.utf8)
         }
         serializer.write(root, into: &out)
-        return out
+        return total
     }
 }
 

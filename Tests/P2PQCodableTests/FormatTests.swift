@@ -72,3 +72,69 @@ struct AnyKey: CodingKey {
     init?(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
 }
+
+@Suite("API details")
+struct APITests {
+    @Test("encode(_:into:) appends after existing bytes and returns the size")
+    func appendInto() throws {
+        var buffer: [UInt8] = [0xAA, 0xBB]
+        let size = try CompactEncoder().encode(Point(x: 1, y: -1), into: &buffer)
+        #expect(size == 13)
+        #expect(Array(buffer[2...]) == (try encode(Point(x: 1, y: -1))))
+        #expect(Array(buffer[..<2]) == [0xAA, 0xBB])
+        // A failure leaves the buffer as it was.
+        let failed = Result { () throws(CompactCodingError) in try CompactEncoder(maxSize: 4).encode(Point(x: 1, y: 2), into: &buffer) }
+        guard case .failure(.sizeLimitExceeded) = failed else {
+            Issue.record("expected sizeLimitExceeded")
+            return
+        }
+        #expect(buffer.count == 15)
+    }
+
+    @Test("userInfo reaches encode(to:) and init(from:)")
+    func userInfo() throws {
+        let key = CodingUserInfoKey(rawValue: "scale")!
+        struct Scaled: Codable, Equatable {
+            var value: Int
+            init(value: Int) { self.value = value }
+            init(from decoder: any Decoder) throws {
+                let scale = decoder.userInfo[CodingUserInfoKey(rawValue: "scale")!] as? Int ?? 1
+                value = try decoder.singleValueContainer().decode(Int.self) / scale
+            }
+            func encode(to encoder: any Encoder) throws {
+                let scale = encoder.userInfo[CodingUserInfoKey(rawValue: "scale")!] as? Int ?? 1
+                var container = encoder.singleValueContainer()
+                try container.encode(value * scale)
+            }
+        }
+        let bytes = try CompactEncoder(userInfo: [key: 10]).encode(Scaled(value: 3))
+        #expect(bytes == [1, 0, 60])
+        #expect(try CompactDecoder(userInfo: [key: 10]).decode(Scaled.self, from: bytes) == Scaled(value: 3))
+    }
+
+    @Test("superEncoder in unkeyed and keyed containers, default key \"super\"")
+    func superCoders() throws {
+        struct Wrapped: Codable, Equatable {
+            var inner: Point
+            var tail: Int
+            init(inner: Point, tail: Int) { self.inner = inner; self.tail = tail }
+            init(from decoder: any Decoder) throws {
+                var list = try decoder.unkeyedContainer()
+                inner = try Point(from: list.superDecoder())
+                let keyed = try list.nestedContainer(keyedBy: AnyKey.self)
+                tail = try keyed.decode(Int.self, forKey: AnyKey("t"))
+                #expect(keyed.contains(AnyKey("super")))
+                let superValue = try Int(from: keyed.superDecoder())
+                #expect(superValue == 99)
+            }
+            func encode(to encoder: any Encoder) throws {
+                var list = encoder.unkeyedContainer()
+                try inner.encode(to: list.superEncoder())
+                var keyed = list.nestedContainer(keyedBy: AnyKey.self)
+                try keyed.encode(tail, forKey: AnyKey("t"))
+                try 99.encode(to: keyed.superEncoder())
+            }
+        }
+        try roundTrip(Wrapped(inner: Point(x: 5, y: 6), tail: -1))
+    }
+}
