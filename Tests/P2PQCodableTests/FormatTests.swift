@@ -138,3 +138,20 @@ struct APITests {
         try roundTrip(Wrapped(inner: Point(x: 5, y: 6), tail: -1))
     }
 }
+
+@Suite("Stack safety")
+struct StackTests {
+    @Test("Values at the default depth limit decode on a pool thread (debug build, no stack overflow)")
+    func defaultDepthOnPoolThread() async throws {
+        let deep = try CompactEncoder(maxDepth: 10_000).encode(Tree.chain(200))
+        let justInside = try encode(Tree.chain(60))
+        let outcome = await Task.detached {
+            (decodeError(Tree.self, deep), decodeError(Tree.self, justInside))
+        }.value
+        guard case .depthLimitExceeded(_, 128)? = outcome.0 else {
+            Issue.record("expected depthLimitExceeded, got \(String(describing: outcome.0))")
+            return
+        }
+        #expect(outcome.1 == nil)
+    }
+}
