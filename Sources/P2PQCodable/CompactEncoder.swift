@@ -113,6 +113,12 @@ final class EncodedValue {
         case empty
         /// Already-encoded bytes (a primitive).
         case bytes([UInt8])
+        /// A varint (integers, booleans), kept unencoded to save an array per value.
+        case varint(UInt64)
+        /// `count` little-endian bytes of `bits` (floats).
+        case fixed(bits: UInt64, count: Int)
+        /// A length-prefixed string, written straight from its UTF-8 view.
+        case string(String)
         /// A nil as a keyed entry's value: written as nothing (the entry's length is 0).
         case fieldNil
         /// A present optional outside a keyed entry: 0x01 then the value.
@@ -165,6 +171,11 @@ struct Serializer {
         switch value.content {
         case .empty: size = 1
         case .bytes(let bytes): size = bytes.count
+        case .varint(let value): size = varintSize(value)
+        case .fixed(_, let count): size = count
+        case .string(let string):
+            let count = string.utf8.count
+            size = varintSize(UInt64(count)) + count
         case .fieldNil: size = 0
         case .some(let inner): size = 1 + measure(inner)
         case .keyed(let store):
@@ -215,6 +226,16 @@ struct Serializer {
         switch value.content {
         case .empty: out.append(0)
         case .bytes(let bytes): out.append(contentsOf: bytes)
+        case .varint(let value): appendVarint(value, to: &out)
+        case .fixed(let bits, let count):
+            var rest = bits
+            for _ in 0..<count {
+                out.append(UInt8(truncatingIfNeeded: rest))
+                rest >>= 8
+            }
+        case .string(let string):
+            appendVarint(UInt64(string.utf8.count), to: &out)
+            out.append(contentsOf: string.utf8)
         case .fieldNil: break
         case .some(let inner):
             out.append(1)
@@ -243,15 +264,15 @@ func encodeValue<T: Encodable>(
 ) throws {
     // The common primitives directly: the same bytes their encode(to:) would write, without
     // an encoder and a container per value.
-    if T.self == Int.self { slot.content = .bytes(Primitive.signed(Int64(unsafeBitCast(value, to: Int.self)))); return }
-    if T.self == String.self { slot.content = .bytes(Primitive.string(unsafeBitCast(value, to: String.self))); return }
-    if T.self == Double.self { slot.content = .bytes(Primitive.double(unsafeBitCast(value, to: Double.self))); return }
-    if T.self == Bool.self { slot.content = .bytes(Primitive.bool(unsafeBitCast(value, to: Bool.self))); return }
-    if T.self == Int64.self { slot.content = .bytes(Primitive.signed(unsafeBitCast(value, to: Int64.self))); return }
-    if T.self == UInt64.self { slot.content = .bytes(Primitive.unsigned(unsafeBitCast(value, to: UInt64.self))); return }
-    if T.self == Int32.self { slot.content = .bytes(Primitive.signed(Int64(unsafeBitCast(value, to: Int32.self)))); return }
-    if T.self == UInt32.self { slot.content = .bytes(Primitive.unsigned(UInt64(unsafeBitCast(value, to: UInt32.self)))); return }
-    if T.self == Float.self { slot.content = .bytes(Primitive.float(unsafeBitCast(value, to: Float.self))); return }
+    if T.self == Int.self { slot.content = (Primitive.signed(Int64(unsafeBitCast(value, to: Int.self)))); return }
+    if T.self == String.self { slot.content = (Primitive.string(unsafeBitCast(value, to: String.self))); return }
+    if T.self == Double.self { slot.content = (Primitive.double(unsafeBitCast(value, to: Double.self))); return }
+    if T.self == Bool.self { slot.content = (Primitive.bool(unsafeBitCast(value, to: Bool.self))); return }
+    if T.self == Int64.self { slot.content = (Primitive.signed(unsafeBitCast(value, to: Int64.self))); return }
+    if T.self == UInt64.self { slot.content = (Primitive.unsigned(unsafeBitCast(value, to: UInt64.self))); return }
+    if T.self == Int32.self { slot.content = (Primitive.signed(Int64(unsafeBitCast(value, to: Int32.self)))); return }
+    if T.self == UInt32.self { slot.content = (Primitive.unsigned(UInt64(unsafeBitCast(value, to: UInt32.self)))); return }
+    if T.self == Float.self { slot.content = (Primitive.float(unsafeBitCast(value, to: Float.self))); return }
     // Byte arrays are raw bytes, not arrays of numbers.
     if T.self == [UInt8].self {
         let bytes = unsafeBitCast(value, to: [UInt8].self)
@@ -273,7 +294,7 @@ func encodeValue<T: Encodable>(
     }
     if let optional = value as? any CompactOptionalEncodable {
         guard let wrapped = optional.compactWrapped else {
-            slot.content = inField ? .fieldNil : .bytes([0])
+            slot.content = inField ? .fieldNil : .varint(0)
             return
         }
         if inField {
@@ -325,47 +346,24 @@ struct CompactEncoderImpl: Encoder {
     }
 }
 
-// Primitive encodings, as bytes for a slot.
+// Primitive encodings, as slot contents.
 enum Primitive {
-    static func bool(_ value: Bool) -> [UInt8] { [value ? 1 : 0] }
-    static func signed(_ value: Int64) -> [UInt8] {
-        var out: [UInt8] = []
-        appendVarint(zigzag(value), to: &out)
-        return out
-    }
-    static func unsigned(_ value: UInt64) -> [UInt8] {
-        var out: [UInt8] = []
-        appendVarint(value, to: &out)
-        return out
-    }
-    static func int128(_ value: Int128) -> [UInt8] {
+    static func bool(_ value: Bool) -> EncodedValue.Content { .varint(value ? 1 : 0) }
+    static func signed(_ value: Int64) -> EncodedValue.Content { .varint(zigzag(value)) }
+    static func unsigned(_ value: UInt64) -> EncodedValue.Content { .varint(value) }
+    static func int128(_ value: Int128) -> EncodedValue.Content {
         var out: [UInt8] = []
         appendVarint(zigzag128(value), to: &out)
-        return out
+        return .bytes(out)
     }
-    static func uint128(_ value: UInt128) -> [UInt8] {
+    static func uint128(_ value: UInt128) -> EncodedValue.Content {
         var out: [UInt8] = []
         appendVarint(value, to: &out)
-        return out
+        return .bytes(out)
     }
-    static func float(_ value: Float) -> [UInt8] {
-        var out: [UInt8] = []
-        appendLittleEndian(value.bitPattern, to: &out)
-        return out
-    }
-    static func double(_ value: Double) -> [UInt8] {
-        var out: [UInt8] = []
-        appendLittleEndian(value.bitPattern, to: &out)
-        return out
-    }
-    static func string(_ value: String) -> [UInt8] {
-        var out: [UInt8] = []
-        let utf8 = value.utf8
-        out.reserveCapacity(varintSize(UInt64(utf8.count)) + utf8.count)
-        appendVarint(UInt64(utf8.count), to: &out)
-        out.append(contentsOf: utf8)
-        return out
-    }
+    static func float(_ value: Float) -> EncodedValue.Content { .fixed(bits: UInt64(value.bitPattern), count: 4) }
+    static func double(_ value: Double) -> EncodedValue.Content { .fixed(bits: value.bitPattern, count: 8) }
+    static func string(_ value: String) -> EncodedValue.Content { .string(value) }
 }
 
 struct CompactSingleValueEncoding: SingleValueEncodingContainer {
@@ -374,23 +372,23 @@ struct CompactSingleValueEncoding: SingleValueEncodingContainer {
     let depth: Int
     let settings: EncoderSettings
 
-    mutating func encodeNil() throws { slot.content = .bytes([0]) }
-    mutating func encode(_ value: Bool) throws { slot.content = .bytes(Primitive.bool(value)) }
-    mutating func encode(_ value: String) throws { slot.content = .bytes(Primitive.string(value)) }
-    mutating func encode(_ value: Double) throws { slot.content = .bytes(Primitive.double(value)) }
-    mutating func encode(_ value: Float) throws { slot.content = .bytes(Primitive.float(value)) }
-    mutating func encode(_ value: Int) throws { slot.content = .bytes(Primitive.signed(Int64(value))) }
-    mutating func encode(_ value: Int8) throws { slot.content = .bytes(Primitive.signed(Int64(value))) }
-    mutating func encode(_ value: Int16) throws { slot.content = .bytes(Primitive.signed(Int64(value))) }
-    mutating func encode(_ value: Int32) throws { slot.content = .bytes(Primitive.signed(Int64(value))) }
-    mutating func encode(_ value: Int64) throws { slot.content = .bytes(Primitive.signed(value)) }
-    mutating func encode(_ value: Int128) throws { slot.content = .bytes(Primitive.int128(value)) }
-    mutating func encode(_ value: UInt) throws { slot.content = .bytes(Primitive.unsigned(UInt64(value))) }
-    mutating func encode(_ value: UInt8) throws { slot.content = .bytes(Primitive.unsigned(UInt64(value))) }
-    mutating func encode(_ value: UInt16) throws { slot.content = .bytes(Primitive.unsigned(UInt64(value))) }
-    mutating func encode(_ value: UInt32) throws { slot.content = .bytes(Primitive.unsigned(UInt64(value))) }
-    mutating func encode(_ value: UInt64) throws { slot.content = .bytes(Primitive.unsigned(value)) }
-    mutating func encode(_ value: UInt128) throws { slot.content = .bytes(Primitive.uint128(value)) }
+    mutating func encodeNil() throws { slot.content = .varint(0) }
+    mutating func encode(_ value: Bool) throws { slot.content = (Primitive.bool(value)) }
+    mutating func encode(_ value: String) throws { slot.content = (Primitive.string(value)) }
+    mutating func encode(_ value: Double) throws { slot.content = (Primitive.double(value)) }
+    mutating func encode(_ value: Float) throws { slot.content = (Primitive.float(value)) }
+    mutating func encode(_ value: Int) throws { slot.content = (Primitive.signed(Int64(value))) }
+    mutating func encode(_ value: Int8) throws { slot.content = (Primitive.signed(Int64(value))) }
+    mutating func encode(_ value: Int16) throws { slot.content = (Primitive.signed(Int64(value))) }
+    mutating func encode(_ value: Int32) throws { slot.content = (Primitive.signed(Int64(value))) }
+    mutating func encode(_ value: Int64) throws { slot.content = (Primitive.signed(value)) }
+    mutating func encode(_ value: Int128) throws { slot.content = (Primitive.int128(value)) }
+    mutating func encode(_ value: UInt) throws { slot.content = (Primitive.unsigned(UInt64(value))) }
+    mutating func encode(_ value: UInt8) throws { slot.content = (Primitive.unsigned(UInt64(value))) }
+    mutating func encode(_ value: UInt16) throws { slot.content = (Primitive.unsigned(UInt64(value))) }
+    mutating func encode(_ value: UInt32) throws { slot.content = (Primitive.unsigned(UInt64(value))) }
+    mutating func encode(_ value: UInt64) throws { slot.content = (Primitive.unsigned(value)) }
+    mutating func encode(_ value: UInt128) throws { slot.content = (Primitive.uint128(value)) }
     mutating func encode<T: Encodable>(_ value: T) throws {
         // The value takes this slot's place: no extra nesting level in the bytes.
         try encodeValue(value, into: slot, inField: false, path: codingPath, depth: depth, settings: settings)
@@ -404,9 +402,9 @@ struct CompactUnkeyedEncoding: UnkeyedEncodingContainer {
     let settings: EncoderSettings
     var count: Int { store.elements.count }
 
-    private func append(_ bytes: [UInt8]) {
+    private func append(_ content: EncodedValue.Content) {
         let slot = EncodedValue()
-        slot.content = .bytes(bytes)
+        slot.content = content
         store.elements.append(slot)
     }
 
@@ -417,7 +415,7 @@ struct CompactUnkeyedEncoding: UnkeyedEncodingContainer {
         return (slot, path)
     }
 
-    mutating func encodeNil() throws { append([0]) }
+    mutating func encodeNil() throws { append(.varint(0)) }
     mutating func encode(_ value: Bool) throws { append(Primitive.bool(value)) }
     mutating func encode(_ value: String) throws { append(Primitive.string(value)) }
     mutating func encode(_ value: Double) throws { append(Primitive.double(value)) }
@@ -461,9 +459,9 @@ struct CompactKeyedEncoding<Key: CodingKey>: KeyedEncodingContainerProtocol {
     let depth: Int
     let settings: EncoderSettings
 
-    private func put(_ bytes: [UInt8], _ key: Key) {
+    private func put(_ content: EncodedValue.Content, _ key: Key) {
         let slot = EncodedValue()
-        slot.content = .bytes(bytes)
+        slot.content = content
         store.entries.append((EncodedKey(key), slot))
     }
 
