@@ -47,6 +47,7 @@ let package = Package(
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
+        .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
     dependencies: [
@@ -176,6 +177,20 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/P2PQNodeTests"
+        ),
+        // Compact binary Codable encoding for typed queue items and remote-call arguments
+        // (docs/encoding.md).
+        .target(name: "P2PQCodable", path: "Sources/P2PQCodable"),
+        // libFuzzer entry for the compact Codable decoder (Fuzz/run-fuzz.sh codable).
+        .executableTarget(
+            name: "P2PQCodableFuzz",
+            dependencies: ["P2PQCodable", "P2PQFuzzSupport"],
+            path: "Sources/P2PQCodableFuzz"
+        ),
+        .testTarget(
+            name: "P2PQCodableTests",
+            dependencies: ["P2PQCodable"],
+            path: "Tests/P2PQCodableTests"
         ),
         .testTarget(
             name: "P2PQDiscoveryTests",
