@@ -45,6 +45,7 @@ let package = Package(
         .library(name: "P2PQNoise", targets: ["P2PQNoise"]),
         .library(name: "P2PQWire", targets: ["P2PQWire"]),
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
+        .library(name: "P2PQMembership", targets: ["P2PQMembership"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
@@ -103,12 +104,15 @@ let package = Package(
         // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
         // keepalives, peer exchange, max peers.
         .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
+        // SWIM membership with Lifeguard's refinements as a plain value: probes, suspicion,
+        // gossip; its messages (types 0x10-0x1F) and their codec.
+        .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
             name: "P2PQNode",
             dependencies: [
-                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager",
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQMembership",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/P2PQNode"
@@ -153,8 +157,13 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeTests",
-            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
+            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership"],
             path: "Tests/P2PQNodeTests"
+        ),
+        .testTarget(
+            name: "P2PQMembershipTests",
+            dependencies: ["P2PQMembership", "P2PQWire"],
+            path: "Tests/P2PQMembershipTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",
