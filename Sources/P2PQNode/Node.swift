@@ -1,5 +1,6 @@
 import Logging
 import P2PQLink
+import P2PQMembership
 import P2PQReactor
 import P2PQWire
 import Synchronization
@@ -39,6 +40,9 @@ public final class Node: Sendable {
         }
         guard configuration.baseBackoff <= configuration.maxBackoff else {
             throw .invalidConfiguration("baseBackoff exceeds maxBackoff")
+        }
+        if let problem = configuration.membership.problem {
+            throw .invalidConfiguration("membership: \(problem)")
         }
         if configuration.insecure && configuration.clusterKey != nil {
             throw .invalidConfiguration("insecure mode and a cluster key exclude each other")
@@ -152,6 +156,11 @@ public final class Node: Sendable {
     /// The peers with a live link.
     public func connectedPeers() async -> Set<PeerID> {
         await onCore({ $0.connectedPeers }) ?? []
+    }
+
+    /// The members this node knows (itself excluded) and their states.
+    public func members() async -> [MemberStatus] {
+        await onCore({ $0.membership?.members ?? [] }) ?? []
     }
 
     /// Open connections, links still handshaking included (for tests).
