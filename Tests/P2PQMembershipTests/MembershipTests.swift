@@ -342,7 +342,7 @@ struct MembershipTests {
         cluster.perform(subject, cluster.nodes[subject]!.membership.received(
             .gossip(updates: [update(.suspect, 7, 100, by: 8)]), from: peer(8), now: cluster.now))
         let mark = cluster.sent.count
-        cluster.run(until: cluster.now + 20 * second)
+        cluster.run(until: cluster.now + 8 * second)
         for observer in cluster.order where observer != subject {
             #expect(cluster.nodes[observer]!.membership.members.first { $0.peer == subject }?.incarnation == 101)
         }
