@@ -73,6 +73,8 @@ public struct Membership {
         var undeliverable = false
         var helpers: Set<PeerID> = []
         var nacks: Set<PeerID> = []
+        /// The deadline was pushed back once because this node's timer fired late.
+        var extended = false
     }
     private var probes: [UInt64: Probe] = [:]
     private var probing: [PeerID: UInt64] = [:]
@@ -173,7 +175,16 @@ public struct Membership {
                 goIndirect(sequence, now: now, &out)
             }
             if let probe = probes[sequence], now >= probe.deadline {
-                probeFailed(sequence, now: now, &out)
+                if !probe.extended && now - probe.deadline > configuration.probeTimeout / 2 {
+                    // The timer fired this late because this node was stalled: the ack may be
+                    // waiting unread. Give it one short grace, and count the stall against
+                    // local health instead of against the target.
+                    probes[sequence]!.extended = true
+                    probes[sequence]!.deadline = now &+ configuration.probeTimeout / 2
+                    localHealth = min(configuration.maxLocalHealth, localHealth + 1)
+                } else {
+                    probeFailed(sequence, now: now, &out)
+                }
             }
         }
         for sequence in relays.keys.sorted() {
@@ -376,6 +387,8 @@ public struct Membership {
     private mutating func goIndirect(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipDirective]) {
         guard var probe = probes[sequence], probe.directDeadline != nil else { return }
         probe.directDeadline = nil
+        // Helpers get their window even when this node goes indirect late (a stall).
+        probe.deadline = max(probe.deadline, now &+ configuration.probeTimeout &* healthMultiplier)
         var candidates = memberTable.keys.sorted().filter {
             $0 != probe.target && memberTable[$0]!.state == .alive
         }

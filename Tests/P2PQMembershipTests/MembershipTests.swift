@@ -131,6 +131,41 @@ struct MembershipTests {
         #expect(node.membership.localHealth == 0)
     }
 
+    @Test("A stalled node does not suspect: late timers give helpers and unread acks a chance")
+    func stallGrace() throws {
+        var node = Driver(members: [1, 2, 3])
+        let config = node.membership.configuration
+        node.advance(to: config.probeInterval)
+        let ping = try #require(node.drainSends().first { if case .ping = $0.0 { true } else { false } })
+        guard case .ping(let sequence, _) = ping.0 else { return }
+        node.autoAck = Set([1, 2, 3].map(peer)).subtracting([ping.1])
+        // The node was stalled for 3 periods; its timer fires long after both deadlines.
+        node.now = 4 * config.probeInterval
+        node.timer = nil
+        node.take(node.membership.tick(now: node.now))
+        #expect(node.drainSends().contains { if case .pingRequest = $0.0 { true } else { false } })
+        #expect(node.events.isEmpty)
+        // The ack that was waiting unread is processed next: no suspicion.
+        node.take(node.membership.received(.ack(sequence: sequence, updates: []), from: ping.1, now: node.now))
+        node.autoAck = Set([1, 2, 3].map(peer))
+        node.advance(to: node.now + config.probeInterval)
+        #expect(node.events.isEmpty)
+
+        // A stall past the final deadline: one short grace, then the verdict.
+        var other = Driver(members: [1, 2, 3])
+        other.advance(to: config.probeInterval)
+        let target = try #require(other.drainSends().first { if case .ping = $0.0 { true } else { false } }).1
+        other.autoAck = Set([1, 2, 3].map(peer)).subtracting([target])
+        other.advance(to: config.probeInterval + config.probeTimeout)
+        #expect(other.drainSends().contains { if case .pingRequest = $0.0 { true } else { false } })
+        other.now = 5 * config.probeInterval
+        other.timer = nil
+        other.take(other.membership.tick(now: other.now))
+        #expect(other.events.isEmpty)
+        other.advance(to: other.now + config.probeTimeout)
+        #expect(other.events == [.suspect(target)])
+    }
+
     @Test("A helper relays the ack, or says nack in time")
     func helperRole() throws {
         var node = Driver(members: [1, 2])
