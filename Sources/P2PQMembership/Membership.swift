@@ -27,6 +27,9 @@ import P2PQWire
 ///   nack in time, and for each refutation; −1 for a probe that got its ack. The probe timeout
 ///   and the probe interval are multiplied by score + 1, so a node too slow to process acks in
 ///   time probes more patiently instead of suspecting healthy members.
+/// - **Stalls.** A probe or suspicion deadline met by a timer that fired much later than due (this
+///   node was not scheduled) is pushed back once by half a probe timeout, so acks and
+///   refutations waiting unread are read first; a stalled probe also counts against local health.
 /// - **Dissemination.** Updates that changed this node's view are queued and piggybacked on
 ///   pings, acks, nacks and ping-reqs (and pushed on their own every gossip interval), fewest
 ///   transmissions first, as many as fit ``MembershipConfiguration/maxPiggybackBytes``. Each is
@@ -60,6 +63,8 @@ public struct Membership {
         var origins: Set<PeerID>
         var expected: Int
         var deadline: UInt64
+        /// Pushed back once because this node's timer fired late.
+        var extended = false
     }
     private var suspicions: [PeerID: Suspicion] = [:]
 
@@ -200,6 +205,12 @@ public struct Membership {
             guard let suspicion = suspicions[peer], now >= suspicion.deadline else { continue }
             guard let member = memberTable[peer], member.state == .suspect else {
                 suspicions[peer] = nil
+                continue
+            }
+            if !suspicion.extended && now - suspicion.deadline > configuration.probeTimeout / 2 {
+                // Stalled: a refutation may be waiting unread; look once more shortly.
+                suspicions[peer]!.extended = true
+                suspicions[peer]!.deadline = now &+ configuration.probeTimeout / 2
                 continue
             }
             apply(MemberUpdate(kind: .dead, member: peer, incarnation: member.incarnation, origin: localPeer), now: now, &out)

@@ -166,6 +166,21 @@ struct MembershipTests {
         #expect(other.events == [.suspect(target)])
     }
 
+    @Test("A stalled node reads a waiting refutation before declaring a suspect dead")
+    func suspicionStallGrace() throws {
+        var node = Driver(members: [1, 2, 3])
+        node.autoAck = Set([1, 2, 3].map(peer))  // acks alone never lift a suspicion
+        node.receive(.gossip(updates: [update(.suspect, 3, 100, by: 1)]), from: 1)
+        let deadline = try #require(node.membership.suspicionDeadline(of: peer(3)))
+        node.now = deadline + 2 * second
+        node.timer = nil
+        node.take(node.membership.tick(now: node.now))
+        #expect(node.membership.state(of: peer(3)) == .suspect)
+        node.receive(.gossip(updates: [update(.alive, 3, 101)]), from: 3)
+        node.advance(to: node.now + second)
+        #expect(node.events == [.suspect(peer(3)), .alive(peer(3))])
+    }
+
     @Test("A helper relays the ack, or says nack in time")
     func helperRole() throws {
         var node = Driver(members: [1, 2])
