@@ -479,3 +479,20 @@ struct MembershipTests {
         #expect(a.sent.map(\.to) == b.sent.map(\.to))
     }
 }
+
+@Suite("Membership configuration")
+struct MembershipConfigurationTests {
+    @Test("The defaults are valid; contradictory settings are named")
+    func validation() {
+        #expect(MembershipConfiguration().problem == nil)
+        var config = MembershipConfiguration()
+        config.probeTimeout = config.probeInterval
+        #expect(config.problem == "the probe timeout must be shorter than the probe interval")
+        config = MembershipConfiguration()
+        config.suspicionMinTimeout = config.suspicionMaxTimeout + 1
+        #expect(config.problem == "the suspicion timeouts must satisfy 0 < min ≤ max")
+        config = MembershipConfiguration()
+        config.maxPiggybackBytes = 10
+        #expect(config.problem == "the piggyback room must hold one update")
+    }
+}
