@@ -143,6 +143,52 @@ struct MembershipNodeTests {
         for (node, _) in rest { await node.stop() }
     }
 
+    @Test("A malformed membership message closes the link that sent it")
+    func malformedMembershipMessage() async throws {
+        let key = ClusterKey.generate()
+        let node = try Node(configuration: testConfiguration(key: key))
+        let info = try await node.start()
+        let log = EventLog(node)
+        let client = try RawClient(port: info.listenAddress.port)
+        let identity = NodeIdentity.generate()
+        var session = try LinkSession(role: .initiator, security: .noise(key), identity: identity)
+        var out = ByteArrayOutput()
+        try session.start(output: &out)
+        client.send(out.bytes)
+        var established = false
+        let deadline = ContinuousClock.now + .seconds(3)
+        while !established && ContinuousClock.now < deadline {
+            guard let bytes = client.receive() else { break }
+            var reply = ByteArrayOutput()
+            try bytes.withUnsafeBytes { try session.receive($0, output: &reply) { event in
+                if case .established = event { established = true }
+            } }
+            client.send(reply.bytes)
+        }
+        try #require(established, "the raw client could not complete a handshake")
+        func send(_ framed: [UInt8]) throws {
+            var sealed = ByteArrayOutput()
+            try framed.withUnsafeBytes { try session.seal($0, into: &sealed) }
+            client.send(sealed.bytes)
+        }
+        try send(try LinkMessage.hello(Hello(peerID: identity.peerID, listenPort: 0, listenHost: "", incarnation: 7)).encoded())
+        // A well-formed gossip is accepted: the raw client becomes a member.
+        try send(try MembershipMessage.gossip(updates: [MemberUpdate(
+            kind: .alive, member: identity.peerID, incarnation: 9, origin: identity.peerID)]).encoded())
+        try await eventually("the raw client is a member") {
+            await node.members().contains { $0.peer == identity.peerID && $0.incarnation == 9 }
+        }
+        // An update of unknown kind 7: the link is closed.
+        var bad = try MembershipMessage.gossip(updates: [MemberUpdate(
+            kind: .alive, member: identity.peerID, incarnation: 10, origin: identity.peerID)]).encoded()
+        bad[6] = 7
+        try send(bad)
+        #expect(client.waitForClose(timeout: .seconds(3)) != nil, "a malformed membership message was not cut off")
+        #expect(await node.members().first { $0.peer == identity.peerID }?.incarnation == 9)
+        #expect(log.contains(.memberJoined(identity.peerID)))
+        await node.stop()
+    }
+
     @Test("5 nodes under full CPU load for 60 s: no suspicion at all")
     func noFalseSuspicionUnderLoad() async throws {
         let key = ClusterKey.generate()
