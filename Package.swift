@@ -80,7 +80,7 @@ let package = Package(
         // so a plain build always links. See Fuzz/run-fuzz.sh.
         .executableTarget(
             name: "P2PQWireFuzz",
-            dependencies: ["P2PQWire", "P2PQFuzzSupport"],
+            dependencies: ["P2PQWire", "P2PQMembership", "P2PQFuzzSupport"],
             path: "Sources/P2PQWireFuzz"
         ),
         // The main program the fuzz targets share (libFuzzer driver, or corpus replay).
