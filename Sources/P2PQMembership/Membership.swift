@@ -297,13 +297,22 @@ public struct Membership {
     }
 
     /// A link to `peer` came up. `incarnation` is the lower bound the peer announced for its
-    /// incarnation (its process start), which tells a restarted member from a reconnect.
+    /// incarnation (its process start), which tells a restarted member from a reconnect: one
+    /// above what this node knows is reported as ``MembershipEvent/joined(_:)`` again.
     public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
         guard !hasLeft, peer != localPeer else { return out }
         if let member = memberTable[peer] {
             if (member.state == .dead || member.state == .left) && incarnation > member.incarnation {
                 apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)
+            } else if incarnation > member.incarnation {
+                // A process never starts below the incarnation it announced, so this is a new
+                // process of the same identity: the one we knew is gone, whatever we thought.
+                memberTable[peer] = Member(state: .alive, incarnation: incarnation, origin: peer)
+                suspicions[peer] = nil
+                if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
+                enqueue(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer))
+                out.append(.event(.joined(peer)))
             }
         } else {
             apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)

@@ -55,7 +55,8 @@ public enum MemberState: String, Sendable, Hashable {
 
 /// What the layers above learn about a member.
 public enum MembershipEvent: Sendable, Hashable {
-    /// A member appeared (first heard of, or back with a new incarnation after dead or left).
+    /// A member appeared: first heard of, back with a new incarnation after dead or left, or
+    /// restarted (a new link announcing a later start than the incarnation known).
     case joined(PeerID)
     /// A member is suspected to have failed.
     case suspect(PeerID)

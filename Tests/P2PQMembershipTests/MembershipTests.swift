@@ -467,6 +467,14 @@ struct MembershipTests {
         node.take(node.membership.linkUp(peer(2), incarnation: 500, now: node.now))
         #expect(node.events.last == .joined(peer(2)))
         #expect(node.membership.state(of: peer(2)) == .alive)
+        // A reconnect of the same process is no news; a restart of a member thought alive is.
+        node.events = []
+        node.take(node.membership.linkUp(peer(2), incarnation: 500, now: node.now))
+        node.take(node.membership.linkUp(peer(1), incarnation: 100, now: node.now))
+        #expect(node.events.isEmpty)
+        node.take(node.membership.linkUp(peer(1), incarnation: 900, now: node.now))
+        #expect(node.events == [.joined(peer(1))])
+        #expect(node.membership.members.first { $0.peer == peer(1) }?.incarnation == 900)
     }
 
     @Test("Equal seeds and inputs give equal runs")
