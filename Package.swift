@@ -45,6 +45,7 @@ let package = Package(
         .library(name: "P2PQNoise", targets: ["P2PQNoise"]),
         .library(name: "P2PQWire", targets: ["P2PQWire"]),
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
+        .library(name: "P2PQMembership", targets: ["P2PQMembership"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
@@ -84,7 +85,7 @@ let package = Package(
         // so a plain build always links. See Fuzz/run-fuzz.sh.
         .executableTarget(
             name: "P2PQWireFuzz",
-            dependencies: ["P2PQWire", "P2PQFuzzSupport"],
+            dependencies: ["P2PQWire", "P2PQMembership", "P2PQFuzzSupport"],
             path: "Sources/P2PQWireFuzz"
         ),
         // mDNS / DNS-SD discovery as plain values: the DNS codec and the responder and browser
@@ -117,12 +118,15 @@ let package = Package(
         // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
         // keepalives, peer exchange, max peers.
         .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
+        // SWIM membership with Lifeguard's refinements as a plain value: probes, suspicion,
+        // gossip; its messages (types 0x10-0x1F) and their codec.
+        .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
             name: "P2PQNode",
             dependencies: [
-                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery",
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -172,7 +176,7 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor",
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -196,6 +200,11 @@ let package = Package(
             name: "P2PQDiscoveryTests",
             dependencies: ["P2PQDiscovery"],
             path: "Tests/P2PQDiscoveryTests"
+        ),
+        .testTarget(
+            name: "P2PQMembershipTests",
+            dependencies: ["P2PQMembership", "P2PQWire"],
+            path: "Tests/P2PQMembershipTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

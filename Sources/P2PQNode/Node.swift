@@ -1,5 +1,6 @@
 import Logging
 import P2PQLink
+import P2PQMembership
 import P2PQReactor
 import P2PQWire
 import Synchronization
@@ -39,6 +40,9 @@ public final class Node: Sendable {
         }
         guard configuration.baseBackoff <= configuration.maxBackoff else {
             throw .invalidConfiguration("baseBackoff exceeds maxBackoff")
+        }
+        if let problem = configuration.membership.problem {
+            throw .invalidConfiguration("membership: \(problem)")
         }
         if configuration.insecure && configuration.clusterKey != nil {
             throw .invalidConfiguration("insecure mode and a cluster key exclude each other")
@@ -113,6 +117,9 @@ public final class Node: Sendable {
                     let bound = try core.start(listen: listen, bootstrap: bootstrap)
                     return .success((ReactorBound(core, reactor: reactor), bound, core.operationsBound))
                 } catch {
+                    // Whatever started before the failure (timers holding unowned references to
+                    // the core, sockets) is undone here, on the loop, before the core goes away.
+                    core.stop()
                     return .failure(error)
                 }
             }
@@ -166,6 +173,11 @@ public final class Node: Sendable {
     /// The peers with a live link.
     public func connectedPeers() async -> Set<PeerID> {
         await onCore({ $0.connectedPeers }) ?? []
+    }
+
+    /// The members this node knows (itself excluded) and their states.
+    public func members() async -> [MemberStatus] {
+        await onCore({ $0.membership?.members ?? [] }) ?? []
     }
 
     /// Open connections, links still handshaking included (for tests).

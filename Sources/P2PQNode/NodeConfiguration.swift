@@ -1,5 +1,6 @@
 import Logging
 import P2PQLink
+import P2PQMembership
 import P2PQReactor
 import P2PQWire
 
@@ -49,6 +50,10 @@ public struct NodeConfiguration: Sendable {
     public var operationsAddress: String?
     /// mDNS / DNS-SD discovery: on by default, on loopback port 5353 (see docs/discovery.md).
     public var discovery = DiscoveryConfiguration()
+    /// SWIM membership timings and limits (nanoseconds; LAN defaults, see docs/protocol.md).
+    public var membership = MembershipConfiguration()
+    /// Seeds the membership's random choices; random when nil (tests fix it to replay a run).
+    public var membershipSeed: UInt64?
     /// The reactor's settings (backend, buffers).
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.
@@ -100,6 +105,8 @@ public struct PeerStatus: Sendable, Equatable {
     /// Seconds since the peer was last heard from; nil if never.
     public var secondsSinceHeard: Double?
     public var inbound: Bool?
+    /// The peer's membership state, if it is a member this node knows.
+    public var membership: MemberState?
 }
 
 /// Link-level happenings that upper layers and tests observe.
@@ -108,6 +115,16 @@ public enum NodeEvent: Sendable, Equatable {
     case peerDisconnected(PeerID, left: Bool)
     /// A connection was refused or closed before it became a link, with the logged reason.
     case linkRejected(remote: SocketAddress, reason: String)
+    /// Membership: a member appeared, or came back with a new incarnation.
+    case memberJoined(PeerID)
+    /// Membership: a member is suspected to have failed.
+    case memberSuspected(PeerID)
+    /// Membership: a suspected member refuted the suspicion.
+    case memberAlive(PeerID)
+    /// Membership: a member was declared dead.
+    case memberDead(PeerID)
+    /// Membership: a member left gracefully.
+    case memberLeft(PeerID)
 }
 
 extension LinkSecurity {

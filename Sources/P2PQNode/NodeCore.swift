@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import P2PQConnectionManager
 import P2PQLink
+import P2PQMembership
 import P2PQReactor
 import P2PQWire
 
@@ -35,6 +36,8 @@ final class NodeCore {
     /// The operations HTTP endpoint, when configured.
     var operations: OperationsServer?
     var operationsBound: SocketAddress?
+    /// SWIM membership (created at start).
+    private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
 
@@ -92,6 +95,9 @@ final class NodeCore {
                           configuration: manager.configuration)
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
         try startOperations()
+        membership = MembershipShell(core: self, configuration: configuration.membership, incarnation: incarnation,
+                                     seed: configuration.membershipSeed ?? UInt64.random(in: 0...UInt64.max))
+        membership?.start()
         perform(manager.start(bootstrap: bootstrap, now: now))
         if configuration.discovery.enabled { discovery = try startDiscovery() }
         return bound
@@ -139,11 +145,13 @@ final class NodeCore {
             case .peerConnected(let peer, let link):
                 logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
                 emit(.peerConnected(peer))
+                membership?.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0)
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
+                if reason != .stopped { membership?.linkDown(peer) }
             }
         }
     }
@@ -242,6 +250,10 @@ final class NodeCore {
 
     func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from link: PeerLink) {
         guard let peer = link.remotePeerID else { return }
+        if MessageType.membershipRange.contains(type.rawValue) {
+            if let error = membership?.received(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            return
+        }
         messageHandler?(type, body, peer)
     }
 
@@ -283,7 +295,8 @@ final class NodeCore {
             return PeerStatus(
                 peerID: record.peer, address: record.address, state: state,
                 secondsSinceHeard: record.lastSeen == 0 ? nil : Double(current &- record.lastSeen) / 1e9,
-                inbound: record.direction.map { $0 == .inbound }
+                inbound: record.direction.map { $0 == .inbound },
+                membership: record.peer.flatMap { membership?.state(of: $0) }
             )
         }
     }
@@ -293,6 +306,8 @@ final class NodeCore {
         guard !isStopped else { return }
         discovery?.stop()  // goodbyes
         discovery = nil
+        // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead.
+        membership?.leave()
         let actions = manager.stop(now: now)
         perform(actions)
         isStopped = true

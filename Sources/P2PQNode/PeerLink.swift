@@ -22,6 +22,8 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var remotePeerID: PeerID?
     /// The address the peer advertised in its hello.
     private(set) var advertisedAddress: SocketAddress?
+    /// The incarnation the peer announced in its hello (its process start).
+    private(set) var remoteIncarnation: UInt64 = 0
     /// The peer said goodbye: it is leaving, not failing.
     private(set) var peerLeft = false
     /// Plaintext messages waiting to be sealed at the end of the turn.
@@ -219,6 +221,7 @@ final class PeerLink: TCPConnectionHandler {
                 fail("claimed PeerID \(hello.peerID.short) does not match its static key (\(remotePeerID?.short ?? "?"))")
                 return
             }
+            remoteIncarnation = hello.incarnation
             if hello.listenPort != 0 {
                 let host = hello.listenHost.isEmpty ? connection.remoteAddress.host : hello.listenHost
                 advertisedAddress = try? SocketAddress(host: host, port: Int(hello.listenPort))

@@ -6,7 +6,7 @@
 /// | range       | layer                                    |
 /// |-------------|------------------------------------------|
 /// | `0x01–0x0F` | link (this module): hello, ping, …       |
-/// | `0x10–0x1F` | membership (SWIM), reserved              |
+/// | `0x10–0x1F` | membership (SWIM, P2PQMembership)        |
 /// | `0x20–0x3F` | queue, reserved                          |
 /// | `0x40–0x5F` | remote calls, reserved                   |
 /// | `0xF0–0xFF` | experimental: `0xF0` benchmark payload   |
@@ -24,12 +24,22 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case goodbye = 0x04
     /// Peer exchange: addresses of other peers.
     case peers = 0x05
+    /// Membership: a SWIM probe (body decoded by P2PQMembership).
+    case membershipPing = 0x10
+    /// Membership: the answer to a probe.
+    case membershipAck = 0x11
+    /// Membership: a request to probe a member on the sender's behalf.
+    case membershipPingRequest = 0x12
+    /// Membership: an indirect probe got no answer in time (Lifeguard).
+    case membershipNack = 0x13
+    /// Membership: updates only (state sync on a new link, leave announcements).
+    case membershipGossip = 0x14
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
-    /// Reserved for membership (SWIM).
+    /// Membership (SWIM); decoded by P2PQMembership, not by ``LinkMessage``.
     public static let membershipRange: ClosedRange<UInt8> = 0x10...0x1F
     /// Reserved for the work queue.
     public static let queueRange: ClosedRange<UInt8> = 0x20...0x3F
@@ -57,6 +67,11 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .pong: return "pong"
         case .goodbye: return "goodbye"
         case .peers: return "peers"
+        case .membershipPing: return "membership ping"
+        case .membershipAck: return "membership ack"
+        case .membershipPingRequest: return "membership ping-req"
+        case .membershipNack: return "membership nack"
+        case .membershipGossip: return "membership gossip"
         case .benchmark: return "benchmark"
         }
     }

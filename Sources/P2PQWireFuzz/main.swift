@@ -11,6 +11,7 @@
 //  - encodedSize is exact.
 
 import P2PQFuzzSupport
+import P2PQMembership
 import P2PQWire
 
 #if canImport(Glibc)
@@ -97,6 +98,7 @@ func feedMessages(_ chunks: [UnsafeRawBufferPointer], maxFrameSize: Int) -> Outc
                 precondition(body.count < maxFrameSize, "body over the frame limit")
                 outcome.units.append([type.rawValue] + Array(body))
                 checkLinkMessage(type: type, body: body)
+                checkMembershipMessage(type: type, body: body)
             }
         }
     } catch {
@@ -117,6 +119,16 @@ func checkLinkMessage(type: MessageType, body: UnsafeRawBufferPointer) {
     }
     let encoded = try! message.encoded()
     precondition(encoded.count == size, "encodedSize \(size) != \(encoded.count)")
+    precondition(encoded.dropFirst(WireProtocol.messageHeaderSize).elementsEqual(body), "re-encoding differs")
+}
+
+/// Decodes a body as a membership message; if it decodes, it must re-encode to the same bytes.
+func checkMembershipMessage(type: MessageType, body: UnsafeRawBufferPointer) {
+    guard MessageType.membershipRange.contains(type.rawValue),
+          let message = try? MembershipMessage.decode(type: type, body: body) else { return }
+    precondition(message.messageType == type)
+    guard let encoded = try? message.encoded() else { fatalError("decoded \(message) does not re-encode") }
+    precondition(encoded.count == WireProtocol.messageHeaderSize + message.bodySize, "bodySize is wrong")
     precondition(encoded.dropFirst(WireProtocol.messageHeaderSize).elementsEqual(body), "re-encoding differs")
 }
 

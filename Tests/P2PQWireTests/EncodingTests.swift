@@ -193,7 +193,7 @@ struct EncodingTests {
         ]
         for (raw, family) in expected { #expect(MessageType.family(of: raw) == family, "0x\(String(raw, radix: 16))") }
         for type in MessageType.allCases where type != .benchmark {
-            #expect(MessageType.family(of: type.rawValue) == .link)
+            #expect(MessageType.family(of: type.rawValue) == (type.rawValue >= 0x10 ? .membership : .link))
         }
         #expect(MessageType.family(of: MessageType.benchmark.rawValue) == .experimental)
     }
