@@ -40,11 +40,11 @@ struct StatusCommand: AsyncParsableCommand {
         print("node \(status.peerID)  \(status.listenAddress)  backend \(status.backend)")
         print("")
         let peerRows = status.peers.map { peer in
-            [peer.peerID.map { String($0.prefix(16)) } ?? "?", peer.address ?? "?", peer.state,
+            [peer.peerID.map { String($0.prefix(16)) } ?? "?", peer.address ?? "?", peer.state, peer.member ?? "-",
              peer.secondsSinceHeard.map { String(format: "%.1fs", $0) } ?? "-",
              peer.bytesIn.map(String.init) ?? "-", peer.bytesOut.map(String.init) ?? "-"]
         }
-        print(table(["peer", "address", "state", "heard", "bytes in", "bytes out"], peerRows))
+        print(table(["peer", "address", "link", "member", "heard", "bytes in", "bytes out"], peerRows))
         if !status.queues.isEmpty {
             print("")
             let rows = status.queues.map { [$0.name, "\($0.localCount)", "\($0.clusterEstimate)", "\($0.waitingConsumers)"] }

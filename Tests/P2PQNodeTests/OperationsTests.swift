@@ -40,6 +40,9 @@ struct OperationsTests {
             #expect(body.contains("\(series)"), "missing \(series)")
         }
         #expect(body.contains("p2pq_peers{node=\"\(node)\",state=\"connected\"} 1"), "peers gauge:\n\(body)")
+        try await eventually("b is an alive member of a") { await a.members().contains { $0.peer == b.peerID && $0.state == .alive } }
+        let (_, again) = try await httpGet(base + "/metrics")
+        #expect(again.contains("p2pq_members{node=\"\(node)\",state=\"alive\"} 1"), "members gauge:\n\(again)")
         // The link's hello and keepalives crossed it: bytes in both directions, labelled by peer.
         let peerLabel = "peer=\"\(b.peerID.short)\""
         let bytesIn = body.split(separator: "\n").first { $0.hasPrefix("p2pq_peer_bytes_in_total") && $0.contains(peerLabel) }

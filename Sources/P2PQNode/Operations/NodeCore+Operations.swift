@@ -9,6 +9,8 @@ public struct NodeStatus: Sendable, Codable, Equatable {
         public var address: String?
         /// Link state: connected, connecting, backoff, failed.
         public var state: String
+        /// SWIM state: alive, suspect, dead, left (nil if not a member yet).
+        public var member: String?
         public var secondsSinceHeard: Double?
         public var inbound: Bool?
         /// Bytes read from and queued to this peer's current link.
@@ -79,7 +81,8 @@ extension NodeCore {
 
     func publishMetrics() {
         let linkBytes = readyLinks.map { ($0.remotePeerID!, bytesIn: $0.bytesIn, bytesOut: $0.bytesOut) }
-        metrics.publish(reactor: reactor, peers: peerStatuses, links: linkBytes)
+        metrics.publish(reactor: reactor, peers: peerStatuses, members: membership?.members.map(\.state) ?? [],
+                        links: linkBytes)
     }
 
     func status() -> NodeStatus {
@@ -89,7 +92,7 @@ extension NodeCore {
             let link = status.peerID.flatMap { byPeer[$0] }
             return NodeStatus.Peer(
                 peerID: status.peerID?.description, address: status.address?.description,
-                state: status.state.rawValue, secondsSinceHeard: status.secondsSinceHeard,
+                state: status.state.rawValue, member: status.membership?.rawValue, secondsSinceHeard: status.secondsSinceHeard,
                 inbound: status.inbound, bytesIn: link?.bytesIn, bytesOut: link?.bytesOut)
         }
         return NodeStatus(

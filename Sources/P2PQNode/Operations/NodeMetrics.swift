@@ -1,4 +1,5 @@
 import CoreMetrics
+import P2PQMembership
 import P2PQReactor
 import P2PQWire
 import Prometheus
@@ -38,6 +39,7 @@ final class NodeMetrics {
     private let turnTime: CoreMetrics.Timer
     private let turns: CoreMetrics.Counter
     private var peerGauges: [String: CoreMetrics.Gauge] = [:]
+    private var memberGauges: [MemberState: CoreMetrics.Gauge] = [:]
     private var lastTurns: UInt64 = 0
     private var lastBusy: UInt64 = 0
 
@@ -80,7 +82,7 @@ final class NodeMetrics {
     }
 
     /// Hands the deltas since the last call to the metrics handlers.
-    func publish(reactor: Reactor, peers: [PeerStatus], links: [(PeerID, bytesIn: Int, bytesOut: Int)]) {
+    func publish(reactor: Reactor, peers: [PeerStatus], members: [MemberState], links: [(PeerID, bytesIn: Int, bytesOut: Int)]) {
         let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
         for i in values.indices where values[i] != published[i] {
             counters[i].increment(by: Int64(values[i] - published[i]))
@@ -115,6 +117,14 @@ final class NodeMetrics {
         for (state, count) in byState {
             let gauge = peerGauges[state] ?? CoreMetrics.Gauge(label: "p2pq_peers", dimensions: [("node", node), ("state", state)], factory: factory)
             peerGauges[state] = gauge
+            gauge.record(count)
+        }
+        var byMemberState: [MemberState: Int] = [.alive: 0, .suspect: 0, .dead: 0, .left: 0]
+        for state in members { byMemberState[state, default: 0] += 1 }
+        for (state, count) in byMemberState {
+            let gauge = memberGauges[state] ?? CoreMetrics.Gauge(
+                label: "p2pq_members", dimensions: [("node", node), ("state", state.rawValue)], factory: factory)
+            memberGauges[state] = gauge
             gauge.record(count)
         }
     }
