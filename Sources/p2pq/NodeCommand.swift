@@ -44,6 +44,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "mDNS port for discovery (default 5353; tests use a private one).")
     var discoveryPort: Int = 5353
 
+    @Option(help: "IPv4 address of the interface discovery multicasts on (default: loopback). Another interface also needs --allow-lan-discovery.")
+    var discoveryInterface: String = "127.0.0.1"
+
+    @Flag(help: "Allow mDNS discovery on an interface other than loopback.")
+    var allowLanDiscovery = false
+
     @Flag(help: "Do not announce this node or browse for others with mDNS.")
     var noDiscovery = false
 
@@ -69,6 +75,8 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.maxPeers = maxPeers
         configuration.discovery.enabled = !noDiscovery
         configuration.discovery.port = discoveryPort
+        configuration.discovery.interfaceAddress = discoveryInterface
+        configuration.discovery.allowNonLoopbackInterface = allowLanDiscovery
         configuration.identityFile = identityFile
         configuration.reactor.backend = try parseBackend(backend)
         if let keyFile {
