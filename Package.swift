@@ -107,6 +107,9 @@ let package = Package(
         // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
         // keepalives, peer exchange, max peers.
         .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
+        // Remote calls as plain values: the call item and messages, the caller's and the
+        // executor's state machines (slots, nested calls, retries, memo caches).
+        .target(name: "P2PQRemoteCall", dependencies: ["P2PQWire"], path: "Sources/P2PQRemoteCall"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
@@ -167,6 +170,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/P2PQNodeTests"
+        ),
+        .testTarget(
+            name: "P2PQRemoteCallTests",
+            dependencies: ["P2PQRemoteCall", "P2PQWire"],
+            path: "Tests/P2PQRemoteCallTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",
