@@ -88,8 +88,11 @@ public enum RemoteCallError: Error, Sendable, Equatable, CustomStringConvertible
     case retriesExhausted(function: String, attempts: Int)
     /// The caller already has `limit` calls outstanding; try again after `.capacityAvailable`.
     case tooManyOutstandingCalls(limit: Int)
-    /// The call cannot be made at all (empty or over-long name, arguments over the limit).
+    /// The call cannot be made at all (empty or over-long name, arguments over the limit, or
+    /// arguments that failed to encode).
     case invalidCall(String)
+    /// The result arrived but did not decode as the expected type (raised by the typed API).
+    case badResult(function: String, description: String)
 
     public var description: String {
         switch self {
@@ -111,6 +114,8 @@ public enum RemoteCallError: Error, Sendable, Equatable, CustomStringConvertible
             return "too many outstanding calls (limit \(limit))"
         case .invalidCall(let reason):
             return "invalid call: \(reason)"
+        case .badResult(let function, let description):
+            return "result of \"\(function)\" did not decode: \(description)"
         }
     }
 

@@ -474,9 +474,12 @@ public struct ExecutorMachine: Sendable {
         var entry = CallResultEntry(sequence: call.sequence, outcome: outcome)
         let limit = configuration.maxMessageBodySize
         if 2 + entry.encodedSize > limit {
-            entry.outcome = .thrownTruncating(
-                typeName: "RemoteCallError.resultTooLarge",
-                description: "the result (\(entry.encodedSize) bytes encoded) exceeds the message limit of \(limit) bytes"
+            // The replacement must fit itself: cut its description to the room left.
+            let typeName = "RemoteCallError.resultTooLarge"
+            let room = max(0, limit - 2 - (8 + 1 + 4 + typeName.utf8.count + 4))
+            entry.outcome = .thrown(
+                typeName: typeName,
+                description: truncateUTF8("the result (\(entry.encodedSize) bytes encoded) exceeds the message limit of \(limit) bytes", to: min(room, RemoteCallLimits.maxDescriptionLength))
             )
         }
         var outbox = outboxes.removeValue(forKey: call.caller) ?? Outbox()

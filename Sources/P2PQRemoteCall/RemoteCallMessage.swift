@@ -119,6 +119,11 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
         return try result.get()
     }
 
+    /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
+    public static func decode(_ message: RawMessage) throws(WireError) -> RemoteCallMessage {
+        try decode(type: message.type, body: message.body)
+    }
+
     private static func readCount(_ reader: inout WireReader, name: String, minimumEntrySize: Int) throws(WireError) -> Int {
         let count = Int(try reader.readU16(field: name + ".count"))
         guard count >= 1 else { throw .malformed(field: name + ".count", reason: "no entries") }
