@@ -307,7 +307,11 @@ public struct ExecutorMachine: Sendable {
                 cancelled.insert(call)
             }
         }
-        outboxes[peer]?.results.removeAll { sequences.contains($0.sequence) }
+        if outboxes[peer]?.results.isEmpty == false {
+            let gone = Set(sequences)
+            outboxes[peer]!.results.removeAll { gone.contains($0.sequence) }
+            outboxes[peer]!.resultBytes = outboxes[peer]!.results.reduce(2) { $0 + $1.encodedSize }
+        }
         fill(&actions)
         return actions
     }

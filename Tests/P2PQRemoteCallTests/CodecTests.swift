@@ -225,3 +225,34 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct DecoderRobustnessTests {
+    /// Random corruptions of valid encodings: every decode either succeeds or throws a
+    /// WireError, and whatever decodes re-encodes to the same bytes.
+    @Test func mutatedInputsNeverCrash() throws {
+        var rng = SplitMix64(seed: 7)
+        let item = try CallItem(id: CallID(caller: peer(5), sequence: 77), attempt: 3, function: "fib", memoize: true, deadline: 123, arguments: [1, 2, 3, 4]).encoded()
+        let bodies = try MessageCodecTests.messages.map { message -> (MessageType, [UInt8]) in
+            (message.messageType, Array(try message.encoded().dropFirst(5)))
+        }
+        for round in 0..<3000 {
+            var bytes = round % 4 == 0 ? item : bodies[round % bodies.count].1
+            let type = round % 4 == 0 ? nil : bodies[round % bodies.count].0
+            for _ in 0...(rng.next() % 4) {
+                guard !bytes.isEmpty else { break }
+                switch rng.next() % 3 {
+                case 0: bytes[Int(rng.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: rng.next())
+                case 1: bytes.removeLast(Int(rng.next() % UInt64(min(bytes.count, 8))) + 1)
+                default: bytes.append(UInt8(truncatingIfNeeded: rng.next()))
+                }
+            }
+            if let type {
+                if let message = try? RemoteCallMessage.decode(type: type, body: bytes) {
+                    #expect(Array(try message.encoded().dropFirst(5)) == bytes)
+                }
+            } else if let decoded = try? CallItem.decode(bytes) {
+                #expect(try decoded.encoded() == bytes)
+            }
+        }
+    }
+}

@@ -397,4 +397,50 @@ func fibonacci(_ n: Int) -> Int { n < 2 ? n : (1..<n).reduce((0, 1)) { pair, _ i
         #expect(sim.executionsByNode[0] + sim.executionsByNode[1] == 0)
         #expect(sim.nodes[0].executor.counters.droppedDeadCaller + sim.nodes[1].executor.counters.droppedDeadCaller == 5)
     }
+
+    @Test("100 concurrent identical memoized calls from each of 3 nodes: one execution per node at most", arguments: 1...3 as ClosedRange<UInt64>)
+    func memoCoalescingInTheCluster(seed: UInt64) throws {
+        var sim = SimCluster(nodeCount: 3, slots: 1, memoize: true, seed: seed)
+        var ids: [CallID] = []
+        for node in 0..<3 { for _ in 0..<100 { ids.append(sim.call("boom", 1, at: node)) } }
+        for node in 0..<3 { for _ in 0..<100 { ids.append(sim.call("fib", 1, at: node)) } }
+        sim.run { sim in ids.allSatisfy { sim.topResults[$0] != nil } }
+        // Each caller pushed one item per distinct call; executors may merge those further.
+        #expect(sim.executionsByNode.reduce(0, +) <= 6)
+        #expect(ids.prefix(300).allSatisfy { sim.topResults[$0] == .failure(.remote(typeName: "SimError", description: "boom 1")) })
+        #expect(ids.suffix(300).allSatisfy { (try? sim.topResults[$0]?.get()).flatMap(SimCluster.decode) == 1 })
+        // The failure was not cached anywhere; the success was.
+        #expect(sim.nodes.allSatisfy { !$0.caller.isCached(function: "boom", arguments: SimCluster.encode(1)) })
+        #expect(sim.nodes.allSatisfy { $0.caller.isCached(function: "fib", arguments: SimCluster.encode(1)) })
+    }
+
+    @Test("Cancelling a running recursive call frees everything in the cluster", arguments: 1...6 as ClosedRange<UInt64>)
+    func cancelRunningTree(seed: UInt64) throws {
+        var sim = SimCluster(nodeCount: 3, slots: 1, memoize: false, seed: seed)
+        let id = sim.call("fib", 14, at: 0)
+        sim.run(maxEvents: 300 + Int(seed) * 50) { $0.topResults[id] != nil }
+        #expect(sim.topResults[id] == nil)
+        sim.apply(sim.nodes[0].caller.cancel(id, now: 0), at: 0)
+        #expect(sim.topResults[id] == .failure(.cancelled(function: "fib")))
+        // Run to quiescence: nothing may be left running, waiting or queued.
+        sim.run { _ in false }
+        #expect(sim.violations.isEmpty)
+        for node in sim.nodes {
+            #expect(node.caller.outstandingCalls == 0)
+            #expect(node.executor.taskCount == 0 && node.executor.slotsInUse == 0 && node.executor.backlogCount == 0)
+            #expect(node.queue.isEmpty && node.tasks.isEmpty)
+        }
+        #expect(sim.executionsByNode.reduce(0, +) < 2 * fibonacci(15) - 1)  // stopped early
+    }
+
+    @Test("Cancelling a queued call removes its item")
+    func cancelQueued() {
+        var sim = SimCluster(nodeCount: 2, slots: 1, memoize: false, seed: 3)
+        for node in 0..<2 { sim.apply(sim.nodes[node].executor.stop(), at: node) }
+        let id = sim.call("fib", 5, at: 0)
+        #expect(sim.nodes[0].queue.count == 1)
+        sim.apply(sim.nodes[0].caller.cancel(id, now: 0), at: 0)
+        #expect(sim.nodes[0].queue.isEmpty)
+        #expect(sim.topResults[id] == .failure(.cancelled(function: "fib")))
+    }
 }
