@@ -76,10 +76,41 @@ public struct CallItem: Sendable, Equatable {
     /// The validated, encoded item.
     public func encoded(maxArgumentSize: Int = Int(UInt32.max)) throws(WireError) -> [UInt8] {
         try validate(maxArgumentSize: maxArgumentSize)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(encodedSize)
-        bytes.withWireWriter { write(into: &$0) }
-        return bytes
+        return unvalidatedBytes(callerBytes: id.caller.bytes)
+    }
+
+    /// The encoded item, written in one pass into exactly sized storage (every call pushes
+    /// one, so this skips the generic writer). Validate first.
+    func unvalidatedBytes(callerBytes: [UInt8]) -> [UInt8] {
+        let size = encodedSize
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            var offset = 0
+            func put<T: FixedWidthInteger>(_ value: T) {
+                raw.storeBytes(of: value.bigEndian, toByteOffset: offset, as: T.self)
+                offset += MemoryLayout<T>.size
+            }
+            func put(_ bytes: UnsafeRawBufferPointer) {
+                if let base = bytes.baseAddress, bytes.count > 0 {
+                    (raw.baseAddress! + offset).copyMemory(from: base, byteCount: bytes.count)
+                }
+                offset += bytes.count
+            }
+            put(RemoteCallLimits.itemVersion)
+            callerBytes.withUnsafeBytes { put($0) }
+            put(id.sequence)
+            put(attempt)
+            put(memoize ? Self.memoizeFlag : UInt8(0))
+            put(deadline)
+            var name = function
+            name.withUTF8 { utf8 in
+                put(UInt32(utf8.count))
+                put(UnsafeRawBufferPointer(utf8))
+            }
+            put(UInt32(arguments.count))
+            arguments.withUnsafeBytes { put($0) }
+            initialized = offset
+        }
     }
 
     /// Decodes an item, checking every field and that no byte is left over.
@@ -88,6 +119,37 @@ public struct CallItem: Sendable, Equatable {
     ///   ``WireError/malformed(field:reason:)`` (unknown version, attempt 0, unknown flag bits,
     ///   empty, over-long or non-UTF-8 name, arguments over `maxArgumentSize`, trailing bytes).
     public static func decode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) throws(WireError) -> CallItem {
+        if let item = fastDecode(raw, maxArgumentSize: maxArgumentSize) { return item }
+        return try preciseDecode(raw, maxArgumentSize: maxArgumentSize)
+    }
+
+    /// The common case in one pass over fixed offsets; nil for anything unusual, which the
+    /// precise decoder then reports field by field. Accepts exactly what it accepts.
+    static func fastDecode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) -> CallItem? {
+        let count = raw.count
+        guard count >= RemoteCallLimits.itemHeaderSize, raw[0] == RemoteCallLimits.itemVersion else { return nil }
+        func u64(_ offset: Int) -> UInt64 { UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
+        func u32(_ offset: Int) -> Int { Int(UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))) }
+        var peerReader = WireReader(UnsafeRawBufferPointer(rebasing: raw[1..<33]))
+        guard let caller = try? peerReader.readPeerID(field: "call.caller") else { return nil }
+        let attempt = raw[41], flags = raw[42]
+        guard attempt >= 1, flags & ~memoizeFlag == 0 else { return nil }
+        let nameLength = u32(51)
+        guard nameLength >= 1, nameLength <= RemoteCallLimits.maxFunctionNameLength,
+              count >= RemoteCallLimits.itemHeaderSize + nameLength else { return nil }
+        let argumentsStart = 55 + nameLength + 4
+        let argumentsLength = u32(55 + nameLength)
+        guard argumentsLength <= maxArgumentSize, argumentsStart + argumentsLength == count,
+              let function = String(validating: UnsafeRawBufferPointer(rebasing: raw[55..<55 + nameLength]), as: UTF8.self)
+        else { return nil }
+        return CallItem(
+            id: CallID(caller: caller, sequence: u64(33)), attempt: attempt, function: function,
+            memoize: flags & memoizeFlag != 0, deadline: u64(43),
+            arguments: Array(UnsafeRawBufferPointer(rebasing: raw[argumentsStart..<count]))
+        )
+    }
+
+    static func preciseDecode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) throws(WireError) -> CallItem {
         var reader = WireReader(raw)
         let id = try readHeader(&reader)
         let attempt = try reader.readU8(field: "call.attempt")

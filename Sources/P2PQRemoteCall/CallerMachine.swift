@@ -111,6 +111,8 @@ public struct CallerMachine: Sendable {
 
     /// This node: the caller of every call made here.
     public let localPeer: PeerID
+    /// `localPeer.bytes`, computed once: every item carries them.
+    private let localPeerBytes: [UInt8]
     public let configuration: CallerConfiguration
     public private(set) var counters = CallerCounters()
 
@@ -122,8 +124,15 @@ public struct CallerMachine: Sendable {
         var attempt: UInt8
         /// The executor named by the current attempt's started notice.
         var executor: PeerID?
-        /// Tickets (calls) waiting for this flight; the first is the flight's own call.
-        var tickets: [UInt64]
+        /// Whether the flight's own call (same sequence) still waits for it.
+        var ownTicket = true
+        /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
+        var joined: [UInt64] = []
+
+        /// Every call waiting for the flight `id` (this flight).
+        func tickets(of id: UInt64) -> [UInt64] {
+            ownTicket ? (joined.isEmpty ? [id] : [id] + joined) : joined
+        }
         /// Monotonic deadline of the flight's item (its first call's), nil = none.
         var deadline: UInt64?
         /// Wall-clock deadline written into the item, 0 = none.
@@ -153,6 +162,7 @@ public struct CallerMachine: Sendable {
         precondition((0...254).contains(configuration.maxRetries), "maxRetries must be in 0...254")
         precondition(configuration.maxOutstandingCalls > 0, "maxOutstandingCalls must be positive")
         self.localPeer = localPeer
+        self.localPeerBytes = localPeer.bytes
         self.configuration = configuration
         self.nextSequence = configuration.firstSequence
         self.memo = LRUCache(maxEntries: configuration.memoCacheEntries, maxBytes: configuration.memoCacheBytes)
@@ -238,7 +248,7 @@ public struct CallerMachine: Sendable {
         if let key, let flightID = memoInFlight[key], var flight = flights[flightID],
            flight.deadline == nil || (deadline != nil && deadline! <= flight.deadline!) {
             counters.coalesced += 1
-            flight.tickets.append(sequence)
+            flight.joined.append(sequence)
             flights[flightID] = flight
             addTicket(sequence, Ticket(flight: flightID, deadline: deadline))
         } else {
@@ -246,7 +256,7 @@ public struct CallerMachine: Sendable {
             if let deadline { wallDeadline = max(1, wallClock &+ (deadline - now)) }
             let flight = Flight(
                 function: function, arguments: arguments, memoKey: key, attempt: 1, executor: nil,
-                tickets: [sequence], deadline: deadline, wallDeadline: wallDeadline
+                deadline: deadline, wallDeadline: wallDeadline
             )
             flights[sequence] = flight
             if let key { memoInFlight[key] = sequence }
@@ -361,11 +371,8 @@ public struct CallerMachine: Sendable {
             function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
             arguments: flight.arguments
         )
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(item.encodedSize)
-        bytes.withWireWriter { item.write(into: &$0) }  // validated in call()
         counters.pushes += 1
-        actions.append(.push(item.id, item: bytes))
+        actions.append(.push(item.id, item: item.unvalidatedBytes(callerBytes: localPeerBytes)))  // validated in call()
     }
 
     private mutating func resultArrived(_ entry: CallResultEntry, into actions: inout [Action]) {
@@ -381,7 +388,7 @@ public struct CallerMachine: Sendable {
         } else {
             result = .failure(RemoteCallError(outcome: entry.outcome, function: flight.function)!)
         }
-        for sequence in flight.tickets where removeTicket(sequence) != nil {
+        for sequence in flight.tickets(of: entry.sequence) where removeTicket(sequence) != nil {
             actions.append(.complete(CallID(caller: localPeer, sequence: sequence), result))
         }
     }
@@ -415,7 +422,7 @@ public struct CallerMachine: Sendable {
             flights[flightID] = nil
             forget(flightID, flight)
             let error = RemoteCallError.retriesExhausted(function: flight.function, attempts: Int(flight.attempt))
-            for sequence in flight.tickets where removeTicket(sequence) != nil {
+            for sequence in flight.tickets(of: flightID) where removeTicket(sequence) != nil {
                 actions.append(.complete(CallID(caller: localPeer, sequence: sequence), .failure(error)))
             }
             return
@@ -438,8 +445,8 @@ public struct CallerMachine: Sendable {
     ) {
         guard let ticket = removeTicket(sequence), var flight = flights[ticket.flight] else { return }
         actions.append(.complete(CallID(caller: localPeer, sequence: sequence), .failure(error(flight.function))))
-        flight.tickets.removeAll { $0 == sequence }
-        guard flight.tickets.isEmpty else {
+        if sequence == ticket.flight { flight.ownTicket = false } else { flight.joined.removeAll { $0 == sequence } }
+        guard !flight.ownTicket && flight.joined.isEmpty else {
             flights[ticket.flight] = flight
             return
         }

@@ -142,8 +142,12 @@ public struct ExecutorMachine: Sendable {
     private struct Task: Sendable {
         var call: CallID
         var memoKey: MemoKey?
-        /// Callers to answer; the task's own call first.
-        var subscribers: [CallID]
+        /// Whether the task's own call still wants the result.
+        var ownSubscribed = true
+        /// Identical memoized calls that joined the task; empty (unallocated) for most.
+        var joined: [CallID] = []
+
+        var hasSubscribers: Bool { ownSubscribed || !joined.isEmpty }
         var state: TaskState
         var cancelled = false
     }
@@ -161,14 +165,9 @@ public struct ExecutorMachine: Sendable {
     private var resumers = FIFO<TaskID>()
     private var cancelled: BoundedSet<CallID>
     private var deadCallers: BoundedSet<PeerID>
-    private var outboxes: [PeerID: Outbox] = [:]
+    private var outboxes = Outboxes()
     private var demand = 0
 
-    private struct Outbox: Sendable {
-        var results: [CallResultEntry] = []
-        var resultBytes = 2
-        var started: [CallStartedEntry] = []
-    }
 
     public init(configuration: ExecutorConfiguration = ExecutorConfiguration()) {
         precondition(configuration.maxConcurrentCalls > 0, "maxConcurrentCalls must be positive")
@@ -261,14 +260,19 @@ public struct ExecutorMachine: Sendable {
         case .awaitingSlot: resumers.removeAll { $0 == task }
         case .suspended: break
         }
-        for subscriber in record.subscribers where taskByCall[subscriber] == task { taskByCall[subscriber] = nil }
+        // One hash per call: remove, and put back in the rare case it names another task.
+        if let other = taskByCall.removeValue(forKey: record.call), other != task { taskByCall[record.call] = other }
+        for subscriber in record.joined {
+            if let other = taskByCall.removeValue(forKey: subscriber), other != task { taskByCall[subscriber] = other }
+        }
         if let key = record.memoKey {
             if taskByMemo[key] == task { taskByMemo[key] = nil }
             if case .success(let bytes) = outcome, !record.cancelled {
                 memo.insert(bytes, for: key, cost: key.byteCount + bytes.count)
             }
         }
-        for subscriber in record.subscribers { queueResult(outcome, for: subscriber, actions: &actions) }
+        if record.ownSubscribed { queueResult(outcome, for: record.call, actions: &actions) }
+        for subscriber in record.joined { queueResult(outcome, for: subscriber, actions: &actions) }
         fill(&actions)
         return actions
     }
@@ -307,10 +311,12 @@ public struct ExecutorMachine: Sendable {
                 cancelled.insert(call)
             }
         }
-        if outboxes[peer]?.results.isEmpty == false {
+        if outboxes.contains(peer) {
             let gone = Set(sequences)
-            outboxes[peer]!.results.removeAll { gone.contains($0.sequence) }
-            outboxes[peer]!.resultBytes = outboxes[peer]!.results.reduce(2) { $0 + $1.encodedSize }
+            outboxes.modify(peer) { outbox in
+                outbox.results.removeAll { gone.contains($0.sequence) }
+                outbox.resultBytes = outbox.results.reduce(2) { $0 + $1.encodedSize }
+            }
         }
         fill(&actions)
         return actions
@@ -337,7 +343,7 @@ public struct ExecutorMachine: Sendable {
     public mutating func flush() -> [Action] {
         var actions: [Action] = []
         guard !outboxes.isEmpty else { return actions }
-        for (peer, outbox) in outboxes.sorted(by: { $0.key < $1.key }) {
+        for (peer, outbox) in outboxes.drain() {
             var started = outbox.started
             if !started.isEmpty && !outbox.results.isEmpty {
                 // A call answered in the same batch needs no started notice.
@@ -352,18 +358,17 @@ public struct ExecutorMachine: Sendable {
             }
             if !outbox.results.isEmpty { actions.append(.send(.results(outbox.results), to: peer)) }
         }
-        outboxes = [:]
         return actions
     }
 
     // MARK: Internals
 
     private mutating func admit(_ item: CallItem, wallClock: UInt64, runs: inout [CallTask], actions: inout [Action]) {
-        if deadCallers.contains(item.id.caller) {
+        if deadCallers.count > 0 && deadCallers.contains(item.id.caller) {
             counters.droppedDeadCaller += 1
             return
         }
-        if cancelled.contains(item.id) {
+        if cancelled.count > 0 && cancelled.contains(item.id) {
             cancelled.remove(item.id)
             counters.droppedCancelled += 1
             return
@@ -392,7 +397,7 @@ public struct ExecutorMachine: Sendable {
             }
             if let task = taskByMemo[key], tasks[task] != nil, !tasks[task]!.cancelled {
                 counters.coalesced += 1
-                tasks[task]!.subscribers.append(item.id)
+                tasks[task]!.joined.append(item.id)
                 taskByCall[item.id] = task
                 queueStarted(item, actions: &actions)
                 return
@@ -407,7 +412,7 @@ public struct ExecutorMachine: Sendable {
         }
         let id = TaskID(nextTask)
         nextTask += 1
-        tasks[id] = Task(call: item.id, memoKey: key, subscribers: [item.id], state: .holding)
+        tasks[id] = Task(call: item.id, memoKey: key, state: .holding)
         taskByCall[item.id] = id
         if let key { taskByMemo[key] = id }
         slotsInUse += 1
@@ -448,8 +453,8 @@ public struct ExecutorMachine: Sendable {
     private mutating func unsubscribe(_ call: CallID, from task: TaskID, actions: inout [Action]) {
         taskByCall[call] = nil
         guard var record = tasks[task] else { return }
-        record.subscribers.removeAll { $0 == call }
-        if record.subscribers.isEmpty && !record.cancelled {
+        if call == record.call { record.ownSubscribed = false } else { record.joined.removeAll { $0 == call } }
+        if !record.hasSubscribers && !record.cancelled {
             record.cancelled = true
             if let key = record.memoKey, taskByMemo[key] == task { taskByMemo[key] = nil }
             actions.append(.cancelTask(task))
@@ -459,7 +464,7 @@ public struct ExecutorMachine: Sendable {
 
     private mutating func callerGone(_ peer: PeerID) -> [Action] {
         deadCallers.insert(peer)
-        outboxes[peer] = nil
+        outboxes.remove(peer)
         var actions: [Action] = []
         let affected = taskByCall.filter { $0.key.caller == peer }.sorted { $0.key < $1.key }
         for (call, task) in affected { unsubscribe(call, from: task, actions: &actions) }
@@ -470,11 +475,11 @@ public struct ExecutorMachine: Sendable {
     }
 
     private mutating func queueStarted(_ item: CallItem, actions: inout [Action]) {
-        outboxes[item.id.caller, default: Outbox()].started.append(CallStartedEntry(sequence: item.id.sequence, attempt: item.attempt))
+        outboxes.modify(item.id.caller) { $0.started.append(CallStartedEntry(sequence: item.id.sequence, attempt: item.attempt)) }
     }
 
     private mutating func queueResult(_ outcome: CallOutcome, for call: CallID, actions: inout [Action]) {
-        guard !deadCallers.contains(call.caller) else { return }
+        guard deadCallers.count == 0 || !deadCallers.contains(call.caller) else { return }
         var entry = CallResultEntry(sequence: call.sequence, outcome: outcome)
         let limit = configuration.maxMessageBodySize
         if 2 + entry.encodedSize > limit {
@@ -486,15 +491,73 @@ public struct ExecutorMachine: Sendable {
                 description: truncateUTF8("the result (\(entry.encodedSize) bytes encoded) exceeds the message limit of \(limit) bytes", to: min(room, RemoteCallLimits.maxDescriptionLength))
             )
         }
-        var outbox = outboxes.removeValue(forKey: call.caller) ?? Outbox()
-        if outbox.resultBytes + entry.encodedSize > limit || outbox.results.count == RemoteCallLimits.maxEntriesPerMessage {
-            actions.append(.send(.results(outbox.results), to: call.caller))
-            outbox.results = []
-            outbox.resultBytes = 2
+        let size = entry.encodedSize
+        let full: [CallResultEntry]? = outboxes.modify(call.caller) { outbox in
+            var full: [CallResultEntry]?
+            if outbox.resultBytes + size > limit || outbox.results.count == RemoteCallLimits.maxEntriesPerMessage {
+                full = outbox.results
+                outbox.results = []
+                outbox.resultBytes = 2
+            }
+            outbox.results.append(entry)
+            outbox.resultBytes += size
+            return full
         }
-        outbox.results.append(entry)
-        outbox.resultBytes += entry.encodedSize
-        outboxes[call.caller] = outbox
+        if let full { actions.append(.send(.results(full), to: call.caller)) }
+    }
+}
+
+/// What an executor has batched for one caller.
+struct Outbox: Sendable {
+    var results: [CallResultEntry] = []
+    var resultBytes = 2
+    var started: [CallStartedEntry] = []
+}
+
+/// Outboxes by caller, with the last one used cached: results mostly go to the same caller
+/// run after run, so most accesses skip hashing a peer ID.
+struct Outboxes: Sendable {
+    private var peers: [PeerID] = []
+    private var boxes: [Outbox] = []
+    private var index: [PeerID: Int] = [:]
+    private var last = -1
+
+    var isEmpty: Bool { peers.isEmpty }
+
+    func contains(_ peer: PeerID) -> Bool { index[peer] != nil }
+
+    mutating func modify<R>(_ peer: PeerID, _ body: (inout Outbox) -> R) -> R {
+        let slot: Int
+        if last >= 0 && peers[last] == peer {
+            slot = last
+        } else if let found = index[peer] {
+            slot = found
+        } else {
+            peers.append(peer)
+            boxes.append(Outbox())
+            slot = peers.count - 1
+            index[peer] = slot
+        }
+        last = slot
+        return body(&boxes[slot])
+    }
+
+    mutating func remove(_ peer: PeerID) {
+        guard let slot = index.removeValue(forKey: peer) else { return }
+        peers.remove(at: slot)
+        boxes.remove(at: slot)
+        for (other, position) in index where position > slot { index[other] = position - 1 }
+        last = -1
+    }
+
+    /// Everything batched, by peer ID, leaving the outboxes empty.
+    mutating func drain() -> [(PeerID, Outbox)] {
+        let all = zip(peers, boxes).sorted { $0.0 < $1.0 }
+        peers.removeAll(keepingCapacity: true)
+        boxes.removeAll(keepingCapacity: true)
+        index.removeAll(keepingCapacity: true)
+        last = -1
+        return all
     }
 }
 

@@ -250,8 +250,11 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
                 if let message = try? RemoteCallMessage.decode(type: type, body: bytes) {
                     #expect(Array(try message.encoded().dropFirst(5)) == bytes)
                 }
-            } else if let decoded = try? CallItem.decode(bytes) {
-                #expect(try decoded.encoded() == bytes)
+            } else {
+                let precise = bytes.withUnsafeBytes { raw in try? CallItem.preciseDecode(raw, maxArgumentSize: 64) }
+                let fast = bytes.withUnsafeBytes { raw in CallItem.fastDecode(raw, maxArgumentSize: 64) }
+                #expect(fast == precise, "the fast path accepts exactly what the precise decoder accepts")
+                if let precise { #expect(try precise.encoded() == bytes) }
             }
         }
     }
