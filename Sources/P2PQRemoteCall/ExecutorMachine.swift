@@ -253,8 +253,23 @@ public struct ExecutorMachine: Sendable {
     /// A task ended (returned, threw, failed to decode its arguments, or stopped after a
     /// `.cancelTask`). Its slot is freed and its result queued for every caller still waiting.
     public mutating func finished(_ task: TaskID, outcome: CallOutcome) -> [Action] {
-        guard let record = tasks.removeValue(forKey: task) else { return [] }
         var actions: [Action] = []
+        finishOne(task, outcome: outcome, actions: &actions)
+        fill(&actions)
+        return actions
+    }
+
+    /// Many tasks ended (the shell hands outcomes back in batches): as ``finished(_:outcome:)``
+    /// for each, with one demand update for the whole batch.
+    public mutating func finished(_ batch: [(TaskID, CallOutcome)]) -> [Action] {
+        var actions: [Action] = []
+        for (task, outcome) in batch { finishOne(task, outcome: outcome, actions: &actions) }
+        fill(&actions)
+        return actions
+    }
+
+    private mutating func finishOne(_ task: TaskID, outcome: CallOutcome, actions: inout [Action]) {
+        guard let record = tasks.removeValue(forKey: task) else { return }
         switch record.state {
         case .holding: slotsInUse -= 1
         case .awaitingSlot: resumers.removeAll { $0 == task }
@@ -273,8 +288,6 @@ public struct ExecutorMachine: Sendable {
         }
         if record.ownSubscribed { queueResult(outcome, for: record.call, actions: &actions) }
         for subscriber in record.joined { queueResult(outcome, for: subscriber, actions: &actions) }
-        fill(&actions)
-        return actions
     }
 
     /// A running task is about to await another call: it gives its slot up.

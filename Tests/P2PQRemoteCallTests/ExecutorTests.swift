@@ -199,6 +199,15 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachi
         if case .thrown(let typeName, _) = entries[2].outcome { #expect(typeName == "RemoteCallError.resultTooLarge") } else { Issue.record("not replaced") }
     }
 
+    @Test func batchOfOutcomesUpdatesDemandOnce() {
+        var e = executor(slots: 4)
+        _ = e.start()
+        let tasks = e.popped((1...4).map { item($0) }, wallClock: 0).runs
+        let actions = e.finished(tasks.map { ($0.id, CallOutcome.success([1])) })
+        #expect(actions.compactMap { if case .setDemand(let n) = $0 { return n } else { return nil } } == [4])
+        #expect(e.flush().messages.map(\.0) == [.results((1...4).map { CallResultEntry(sequence: $0, outcome: .success([1])) })])
+    }
+
     @Test func stopWithdrawsDemand() {
         var e = executor(slots: 3)
         #expect(e.freeSlots == 0)
