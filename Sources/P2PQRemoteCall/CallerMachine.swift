@@ -212,44 +212,83 @@ public struct CallerMachine: Sendable {
         function: String, arguments: [UInt8], memoize: Bool = false, deadline: UInt64? = nil,
         now: UInt64, wallClock: UInt64 = 0
     ) -> (CallID, [Action]) {
+        var actions: [Action] = []
+        let id = callOne(function: function, arguments: arguments, memoize: memoize, deadline: deadline, now: now, wallClock: wallClock, into: &actions)
+        finish(&actions)
+        return (id, actions)
+    }
+
+    /// One call of a batch (see ``call(batch:now:wallClock:)``).
+    public struct Request: Sendable, Equatable {
+        public var function: String
+        public var arguments: [UInt8]
+        public var memoize: Bool
+        public var deadline: UInt64?
+
+        public init(function: String, arguments: [UInt8], memoize: Bool = false, deadline: UInt64? = nil) {
+            self.function = function
+            self.arguments = arguments
+            self.memoize = memoize
+            self.deadline = deadline
+        }
+    }
+
+    /// Makes many calls at once (the API's batch variant): as ``call(function:arguments:memoize:deadline:now:wallClock:)``
+    /// for each, in order, with one action list.
+    public mutating func call(batch: [Request], now: UInt64, wallClock: UInt64 = 0) -> ([CallID], [Action]) {
+        var actions: [Action] = []
+        var ids: [CallID] = []
+        ids.reserveCapacity(batch.count)
+        for request in batch {
+            ids.append(callOne(
+                function: request.function, arguments: request.arguments, memoize: request.memoize,
+                deadline: request.deadline, now: now, wallClock: wallClock, into: &actions
+            ))
+        }
+        finish(&actions)
+        return (ids, actions)
+    }
+
+    private mutating func callOne(
+        function: String, arguments: [UInt8], memoize: Bool, deadline: UInt64?,
+        now: UInt64, wallClock: UInt64, into actions: inout [Action]
+    ) -> CallID {
         let sequence = nextSequence
         nextSequence &+= 1
         let id = CallID(caller: localPeer, sequence: sequence)
         counters.calls += 1
-        var actions: [Action] = []
 
         let nameLength = function.utf8.count
         if nameLength == 0 || nameLength > RemoteCallLimits.maxFunctionNameLength {
             actions.append(.complete(id, .failure(.invalidCall("function name must be 1...\(RemoteCallLimits.maxFunctionNameLength) UTF-8 bytes, not \(nameLength)"))))
-            return (id, actions)
+            return id
         }
         if arguments.count > configuration.maxArgumentSize {
             actions.append(.complete(id, .failure(.invalidCall("arguments of \(arguments.count) bytes exceed the limit of \(configuration.maxArgumentSize)"))))
-            return (id, actions)
+            return id
         }
         let key = memoize ? MemoKey(function: function, arguments: arguments) : nil
         if let key, let value = memo.value(for: key) {
             counters.memoHits += 1
             actions.append(.complete(id, .success(value)))
-            return (id, actions)
+            return id
         }
         if let deadline, deadline <= now {
             counters.timeouts += 1
             actions.append(.complete(id, .failure(.timedOut(function: function))))
-            return (id, actions)
+            return id
         }
         guard tickets.count < configuration.maxOutstandingCalls else {
             counters.refused += 1
             refusedSinceCapacity = true
             actions.append(.complete(id, .failure(.tooManyOutstandingCalls(limit: configuration.maxOutstandingCalls))))
-            return (id, actions)
+            return id
         }
 
-        if let key, let flightID = memoInFlight[key], var flight = flights[flightID],
-           flight.deadline == nil || (deadline != nil && deadline! <= flight.deadline!) {
+        if let key, let flightID = memoInFlight[key], let flightDeadline = flights[flightID].map({ $0.deadline }),
+           flightDeadline == nil || (deadline != nil && deadline! <= flightDeadline!) {
             counters.coalesced += 1
-            flight.joined.append(sequence)
-            flights[flightID] = flight
+            flights[flightID]!.joined.append(sequence)  // in place: no copy of the list
             addTicket(sequence, Ticket(flight: flightID, deadline: deadline))
         } else {
             var wallDeadline: UInt64 = 0
@@ -263,8 +302,7 @@ public struct CallerMachine: Sendable {
             addTicket(sequence, Ticket(flight: sequence, deadline: deadline))
             push(sequence, flight, into: &actions)
         }
-        rearm(&actions)
-        return (id, actions)
+        return id
     }
 
     /// A remote-call message arrived from `peer`.

@@ -228,6 +228,19 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.hasCapacity)
     }
 
+    @Test func batchOfCalls() {
+        var c = CallerMachine(localPeer: me)
+        let (ids, actions) = c.call(batch: [
+            .init(function: "f", arguments: [1]),
+            .init(function: "", arguments: []),
+            .init(function: "f", arguments: [2], deadline: 50),
+        ], now: 0)
+        #expect(ids.map(\.sequence) == [1, 2, 3])
+        #expect(actions.pushes.map(\.arguments) == [[1], [2]])
+        #expect(actions.completions.keys.map(\.sequence) == [2])
+        #expect(actions.filter { if case .armTimer = $0 { return true } else { return false } } == [.armTimer(at: 50)])
+    }
+
     @Test func deadlineHeapStaysBounded() {
         var c = CallerMachine(localPeer: me)
         for round in 0..<2000 {
