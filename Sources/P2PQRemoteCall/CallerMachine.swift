@@ -204,7 +204,8 @@ public struct CallerMachine: Sendable {
     /// - Parameters:
     ///   - deadline: monotonic time (same clock as `now`) at which the call fails with
     ///     ``RemoteCallError/timedOut(function:)``; nil for none.
-    ///   - wallClock: the wall-clock time now (Unix ns), to write the item's deadline.
+    ///   - wallClock: the wall-clock time now (Unix ns), to write the item's deadline as a hint
+    ///     for executors; 0 writes none (the caller still enforces `deadline`).
     /// - Returns: the call's ID and the actions: a `.push` of a new item, or nothing (joined an
     ///   identical memoized call in flight), or an immediate `.complete` (memo cache hit,
     ///   invalid call, deadline already passed, or the outstanding limit reached).
@@ -292,7 +293,8 @@ public struct CallerMachine: Sendable {
             addTicket(sequence, Ticket(flight: flightID, deadline: deadline))
         } else {
             var wallDeadline: UInt64 = 0
-            if let deadline { wallDeadline = max(1, wallClock &+ (deadline - now)) }
+            // No wall clock given (0): no hint in the item, rather than one that looks expired.
+            if let deadline, wallClock > 0 { wallDeadline = wallClock &+ (deadline - now) }
             let flight = Flight(
                 function: function, arguments: arguments, memoKey: key, attempt: 1, executor: nil,
                 deadline: deadline, wallDeadline: wallDeadline
@@ -314,7 +316,7 @@ public struct CallerMachine: Sendable {
             for entry in entries { resultArrived(entry, into: &actions) }
         case .started(let entries):
             for entry in entries {
-                guard var flight = flights[entry.sequence] else {
+                guard let flight = flights[entry.sequence] else {
                     // Nobody waits for it: stop the stray execution.
                     cancels[peer, default: []].append(entry.sequence)
                     continue
@@ -327,8 +329,7 @@ public struct CallerMachine: Sendable {
                     lose(entry.sequence, into: &actions)
                     continue
                 }
-                flight.executor = peer
-                flights[entry.sequence] = flight
+                flights[entry.sequence]!.executor = peer
                 flightsByExecutor[peer, default: []].insert(entry.sequence)
             }
         case .cancel:
@@ -581,9 +582,12 @@ struct DeadlineHeap: Sendable {
 /// A set that forgets its oldest members beyond `capacity`.
 struct BoundedSet<Element: Hashable & Sendable>: Sendable {
     let capacity: Int
-    private var members: Set<Element> = []
-    private var order: [Element] = []
+    /// Each member with the number of its insertion, so a stale entry of `order` (for a member
+    /// removed and inserted again) is recognised and skipped.
+    private var members: [Element: UInt64] = [:]
+    private var order: [(element: Element, insertion: UInt64)] = []
     private var head = 0
+    private var insertions: UInt64 = 0
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -591,21 +595,24 @@ struct BoundedSet<Element: Hashable & Sendable>: Sendable {
 
     var count: Int { members.count }
 
-    func contains(_ element: Element) -> Bool { members.contains(element) }
+    func contains(_ element: Element) -> Bool { members[element] != nil }
 
     mutating func insert(_ element: Element) {
-        guard members.insert(element).inserted else { return }
-        order.append(element)
+        guard members[element] == nil else { return }
+        insertions += 1
+        members[element] = insertions
+        order.append((element, insertions))
         while members.count > capacity, head < order.count {
-            members.remove(order[head])
+            let oldest = order[head]
             head += 1
+            if members[oldest.element] == oldest.insertion { members[oldest.element] = nil }
         }
         compact()
     }
 
     mutating func remove(_ element: Element) {
-        // The stale entry in `order` is skipped when it comes up for eviction.
-        members.remove(element)
+        // Its entry in `order` goes stale and is skipped when it comes up.
+        members[element] = nil
         compact()
     }
 
@@ -615,7 +622,7 @@ struct BoundedSet<Element: Hashable & Sendable>: Sendable {
             head = 0
         }
         if order.count > 2 * capacity + 64 {
-            order = order[head...].filter { members.contains($0) }
+            order = order[head...].filter { members[$0.element] == $0.insertion }
             head = 0
         }
     }

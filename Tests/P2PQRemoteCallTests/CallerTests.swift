@@ -89,6 +89,8 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(t2.contains(.removeFromQueue(a)))
         // A result after the deadline is ignored.
         #expect(c.received(results((a.sequence, .success([]))), from: ex, now: 7 * second).completions.isEmpty)
+        // Without a wall clock the item carries no deadline hint.
+        #expect(c.call(function: "slow", arguments: [2], deadline: 9 * second, now: 7 * second).1.pushes.first?.deadline == 0)
         // A deadline already past fails at once.
         let (late, actions) = c.call(function: "slow", arguments: [], deadline: 1, now: 2)
         #expect(actions == [.complete(late, .failure(.timedOut(function: "slow")))])

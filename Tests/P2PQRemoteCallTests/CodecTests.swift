@@ -213,6 +213,19 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
     }
 }
 
+@Suite struct BoundedSetTests {
+    @Test func forgetsOldestAndSurvivesReinsertion() {
+        var set = BoundedSet<Int>(capacity: 3)
+        for n in 1...3 { set.insert(n) }
+        set.remove(1)
+        set.insert(1)  // now the newest
+        set.insert(4)  // evicts 2 (the stale entry of 1 is skipped)
+        #expect(!set.contains(2) && set.contains(1) && set.contains(3) && set.contains(4))
+        for n in 5...1000 { set.insert(n) }
+        #expect(set.count == 3 && set.contains(1000) && !set.contains(1))
+    }
+}
+
 /// A small seeded generator so simulations replay exactly.
 struct SplitMix64: RandomNumberGenerator, Sendable {
     var state: UInt64
