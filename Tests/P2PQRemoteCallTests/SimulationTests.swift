@@ -443,4 +443,19 @@ func fibonacci(_ n: Int) -> Int { n < 2 ? n : (1..<n).reduce((0, 1)) { pair, _ i
         #expect(sim.nodes[0].queue.isEmpty)
         #expect(sim.topResults[id] == .failure(.cancelled(function: "fib")))
     }
+
+    @Test("Two of four nodes die at random moments: every call still ends, with the right result", arguments: 1...8 as ClosedRange<UInt64>)
+    func twoDeaths(seed: UInt64) throws {
+        var sim = SimCluster(nodeCount: 4, slots: 1, memoize: false, seed: seed &* 31)
+        let calls = [sim.call("fib", 9, at: 0), sim.call("fib", 8, at: 1)]
+        var rng = SplitMix64(seed: seed)
+        let first = 20 + Int(rng.next() % 100)
+        sim.run(killAt: (event: first, node: 2)) { sim in calls.allSatisfy { sim.topResults[$0] != nil } || !sim.nodes[2].alive }
+        sim.run(killAt: (event: Int(rng.next() % 200), node: 3)) { sim in calls.allSatisfy { sim.topResults[$0] != nil } }
+        #expect(sim.violations.isEmpty)
+        #expect(try SimCluster.decode(#require(sim.topResults[calls[0]]).get()) == fibonacci(9))
+        #expect(try SimCluster.decode(#require(sim.topResults[calls[1]]).get()) == fibonacci(8))
+        #expect(sim.nodes[0].caller.outstandingCalls == 0 && sim.nodes[1].caller.outstandingCalls == 0)
+        #expect(!sim.nodes[2].alive && !sim.nodes[3].alive)
+    }
 }
