@@ -62,6 +62,13 @@ public struct CallTask: Sendable, Equatable {
     public var call: CallID
     public var function: String
     public var arguments: [UInt8]
+
+    public init(id: TaskID, call: CallID, function: String, arguments: [UInt8]) {
+        self.id = id
+        self.call = call
+        self.function = function
+        self.arguments = arguments
+    }
 }
 
 /// What the shell must do after an input to ``ExecutorMachine``, in order.
@@ -122,7 +129,8 @@ public struct ExecutorCounters: Hashable, Sendable {
 ///
 /// ## Inputs
 /// ``start()``/``stop()``; ``popped(_:wallClock:)`` for items the queue delivered;
-/// ``finished(_:outcome:)``, ``suspend(_:)``, ``requestResume(_:)`` from running tasks;
+/// ``finished(_:outcome:)`` (or ``finished(_:)`` for a batch), ``suspend(_:)``,
+/// ``requestResume(_:)`` from running tasks;
 /// ``received(_:from:)`` for cancels; ``peerDied(_:)``/``peerLeft(_:)``/``peerJoined(_:)``
 /// from membership; ``flush()`` once per reactor turn to send the batched notices.
 public struct ExecutorMachine: Sendable {
