@@ -121,6 +121,9 @@ let package = Package(
         // SWIM membership with Lifeguard's refinements as a plain value: probes, suspicion,
         // gossip; its messages (types 0x10-0x1F) and their codec.
         .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),
+        // Remote calls as plain values: the call item and messages, the caller's and the
+        // executor's state machines (slots, nested calls, retries, memo caches).
+        .target(name: "P2PQRemoteCall", dependencies: ["P2PQWire"], path: "Sources/P2PQRemoteCall"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
@@ -205,6 +208,11 @@ let package = Package(
             name: "P2PQMembershipTests",
             dependencies: ["P2PQMembership", "P2PQWire"],
             path: "Tests/P2PQMembershipTests"
+        ),
+        .testTarget(
+            name: "P2PQRemoteCallTests",
+            dependencies: ["P2PQRemoteCall", "P2PQWire"],
+            path: "Tests/P2PQRemoteCallTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

@@ -137,6 +137,9 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
                 }
             }
             message = .peers(entries)
+        case .remoteCallResults, .remoteCallStarted, .remoteCallCancel:
+            // Remote-call messages: decoded by P2PQRemoteCall, not by this layer.
+            throw .unknownMessageType(type.rawValue)
         }
         try reader.finish(type: type)
         return message

@@ -36,6 +36,12 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case membershipGossip = 0x14
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
+    /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
+    case remoteCallResults = 0x40
+    /// Remote calls: the executor began running these calls.
+    case remoteCallStarted = 0x41
+    /// Remote calls: the caller cancels these calls, caller to executor.
+    case remoteCallCancel = 0x42
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
@@ -73,6 +79,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .membershipNack: return "membership nack"
         case .membershipGossip: return "membership gossip"
         case .benchmark: return "benchmark"
+        case .remoteCallResults: return "remote call results"
+        case .remoteCallStarted: return "remote call started"
+        case .remoteCallCancel: return "remote call cancel"
         }
     }
 }

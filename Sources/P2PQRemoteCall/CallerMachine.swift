@@ -1,0 +1,629 @@
+import P2PQWire
+
+/// The knobs of a ``CallerMachine``.
+public struct CallerConfiguration: Hashable, Sendable {
+    /// Re-pushes after executor losses before a call fails with
+    /// ``RemoteCallError/retriesExhausted(function:attempts:)``; a call runs at most
+    /// `maxRetries + 1` attempts. At most 254.
+    public var maxRetries: Int
+    /// Calls (including coalesced ones) waiting for a result at once; further calls fail with
+    /// ``RemoteCallError/tooManyOutstandingCalls(limit:)`` until `.capacityAvailable`.
+    public var maxOutstandingCalls: Int
+    /// Entries of the caller's memo cache (0 disables it).
+    public var memoCacheEntries: Int
+    /// Bytes (keys and results) of the caller's memo cache.
+    public var memoCacheBytes: Int
+    /// Largest encoded arguments; keep it so an item fits in one queue transfer.
+    public var maxArgumentSize: Int
+    /// The sequence number of the first call. Seed it differently per process start (e.g. from
+    /// the node's incarnation) so a restarted node never reuses its predecessor's call IDs.
+    public var firstSequence: UInt64
+
+    public init(
+        maxRetries: Int = 3,
+        maxOutstandingCalls: Int = 65536,
+        memoCacheEntries: Int = 1024,
+        memoCacheBytes: Int = 64 << 20,
+        maxArgumentSize: Int = (1 << 20) - 4096,
+        firstSequence: UInt64 = 1
+    ) {
+        self.maxRetries = maxRetries
+        self.maxOutstandingCalls = maxOutstandingCalls
+        self.memoCacheEntries = memoCacheEntries
+        self.memoCacheBytes = memoCacheBytes
+        self.maxArgumentSize = maxArgumentSize
+        self.firstSequence = firstSequence
+    }
+}
+
+/// What the shell must do after an input to ``CallerMachine``, in order.
+public enum CallerAction: Sendable, Equatable {
+    /// Push these item bytes onto the node's call queue (the call `CallID`).
+    case push(CallID, item: [UInt8])
+    /// The call is no longer wanted: remove its item from the local call queue if it is still
+    /// there (best effort; if it moved on, its executor's started notice is answered with a
+    /// cancel).
+    case removeFromQueue(CallID)
+    /// Send this message to the peer (cancels to executors).
+    case send(RemoteCallMessage, to: PeerID)
+    /// The call is over: resume whoever awaits it.
+    case complete(CallID, Result<[UInt8], RemoteCallError>)
+    /// Call ``CallerMachine/tick(now:)`` at this monotonic time (replaces earlier settings; a
+    /// tick with nothing due is harmless).
+    case armTimer(at: UInt64)
+    /// The outstanding calls fell below the limit after a call was refused for it.
+    case capacityAvailable
+}
+
+/// Counters of a ``CallerMachine``, for status and tests.
+public struct CallerCounters: Hashable, Sendable {
+    /// Calls made (each `call`, however it was answered).
+    public var calls = 0
+    /// Items pushed, first attempts and retries.
+    public var pushes = 0
+    /// Calls answered from the caller's memo cache.
+    public var memoHits = 0
+    /// Calls that joined an identical memoized call in flight.
+    public var coalesced = 0
+    /// Re-pushes after an executor died or left.
+    public var retries = 0
+    /// Results for calls no longer outstanding (duplicates, late, or cancelled).
+    public var ignoredResults = 0
+    /// Calls failed by their deadline.
+    public var timeouts = 0
+    /// Calls cancelled by the caller.
+    public var cancellations = 0
+    /// Calls refused at the outstanding limit.
+    public var refused = 0
+
+    public init() {}
+}
+
+/// The caller side of remote calls on one node, as a plain value: turns calls into queue
+/// items, tracks them until their results arrive, retries them when their executor is lost,
+/// fails them at their deadline, and keeps the caller's memo cache.
+///
+/// No I/O, clocks or threads: inputs carry `now` (monotonic nanoseconds; `wallClock`, Unix
+/// nanoseconds, where an item's deadline is written) and return ``CallerAction``s.
+///
+/// ## Nothing lost
+/// - The caller owns each call until a result arrives or it fails. A call's life:
+///   *queued* (pushed, no executor known) → *started* (an executor's started notice names the
+///   peer) → *done*.
+/// - A queued call is protected by the queue's at-least-once delivery: the queue re-queues
+///   items held by a node that dies before it confirms a pop. Once an executor has popped the
+///   item, the executor's started notice hands protection back to the caller: when membership
+///   reports that executor dead or gone (``peerDied(_:now:)``, ``peerLeft(_:now:)``), the
+///   call is pushed again with `attempt + 1`, up to ``CallerConfiguration/maxRetries``.
+/// - Under faults a call may therefore run more than once (a re-pushed call, or an item the
+///   queue delivered twice). The first result wins; later ones are ignored. Functions that
+///   are memoized should be deterministic, since either execution's result may be cached.
+/// - A started notice for a call that is not outstanding (cancelled, already answered, or of a
+///   previous process) is answered with a cancel, so stray executions stop early.
+///
+/// ## Memoization
+/// Memoized calls are keyed by function name and encoded arguments. A success is cached (LRU,
+/// bounded by entries and bytes); failures are not. An identical memoized call made while one
+/// is in flight joins it (one execution, one item) if its deadline is no later than the
+/// flight's, so the flight's item deadline covers it.
+public struct CallerMachine: Sendable {
+    public typealias Action = CallerAction
+
+    /// This node: the caller of every call made here.
+    public let localPeer: PeerID
+    /// `localPeer.bytes`, computed once: every item carries them.
+    private let localPeerBytes: [UInt8]
+    public let configuration: CallerConfiguration
+    public private(set) var counters = CallerCounters()
+
+    /// One pushed item and everybody waiting for it.
+    private struct Flight: Sendable {
+        var function: String
+        var arguments: [UInt8]
+        var memoKey: MemoKey?
+        var attempt: UInt8
+        /// The executor named by the current attempt's started notice.
+        var executor: PeerID?
+        /// Whether the flight's own call (same sequence) still waits for it.
+        var ownTicket = true
+        /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
+        var joined: [UInt64] = []
+
+        /// Every call waiting for the flight `id` (this flight).
+        func tickets(of id: UInt64) -> [UInt64] {
+            ownTicket ? (joined.isEmpty ? [id] : [id] + joined) : joined
+        }
+        /// Monotonic deadline of the flight's item (its first call's), nil = none.
+        var deadline: UInt64?
+        /// Wall-clock deadline written into the item, 0 = none.
+        var wallDeadline: UInt64
+    }
+
+    private struct Ticket: Sendable {
+        var flight: UInt64
+        var deadline: UInt64?
+    }
+
+    private var nextSequence: UInt64
+    private var flights: [UInt64: Flight] = [:]
+    private var tickets: [UInt64: Ticket] = [:]
+    private var ticketsWithDeadline = 0
+    private var flightsByExecutor: [PeerID: Set<UInt64>] = [:]
+    private var memoInFlight: [MemoKey: UInt64] = [:]
+    private var memo: LRUCache<MemoKey, [UInt8]>
+    private var deadlines = DeadlineHeap()
+    private var armedDeadline: UInt64?
+    private var refusedSinceCapacity = false
+    /// Peers membership reported dead or gone, so a late started notice from one counts as a
+    /// loss. Bounded; oldest forgotten first.
+    private var lostPeers = BoundedSet<PeerID>(capacity: 4096)
+
+    public init(localPeer: PeerID, configuration: CallerConfiguration = CallerConfiguration()) {
+        precondition((0...254).contains(configuration.maxRetries), "maxRetries must be in 0...254")
+        precondition(configuration.maxOutstandingCalls > 0, "maxOutstandingCalls must be positive")
+        self.localPeer = localPeer
+        self.localPeerBytes = localPeer.bytes
+        self.configuration = configuration
+        self.nextSequence = configuration.firstSequence
+        self.memo = LRUCache(maxEntries: configuration.memoCacheEntries, maxBytes: configuration.memoCacheBytes)
+    }
+
+    // MARK: Queries
+
+    /// Calls waiting for a result (coalesced ones included).
+    public var outstandingCalls: Int { tickets.count }
+    /// Items in flight (a coalesced group counts once).
+    public var flightCount: Int { flights.count }
+    /// Whether a call now would be accepted rather than refused for the outstanding limit.
+    public var hasCapacity: Bool { tickets.count < configuration.maxOutstandingCalls }
+    /// Entries in the memo cache.
+    public var memoCacheCount: Int { memo.count }
+    /// Whether the memo cache holds a result for this function and these arguments.
+    public func isCached(function: String, arguments: [UInt8]) -> Bool {
+        memo.contains(MemoKey(function: function, arguments: arguments))
+    }
+    /// The executor running the flight of `call`, if a started notice named one.
+    public func executor(of call: CallID) -> PeerID? {
+        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return nil }
+        return flights[ticket.flight]?.executor
+    }
+    /// The attempt number of the flight of `call`.
+    public func attempt(of call: CallID) -> Int? {
+        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return nil }
+        return flights[ticket.flight].map { Int($0.attempt) }
+    }
+    /// Whether `call` is still waiting for its result.
+    public func isOutstanding(_ call: CallID) -> Bool {
+        call.caller == localPeer && tickets[call.sequence] != nil
+    }
+
+    // MARK: Inputs
+
+    /// Makes a call.
+    ///
+    /// - Parameters:
+    ///   - deadline: monotonic time (same clock as `now`) at which the call fails with
+    ///     ``RemoteCallError/timedOut(function:)``; nil for none.
+    ///   - wallClock: the wall-clock time now (Unix ns), to write the item's deadline as a hint
+    ///     for executors; 0 writes none (the caller still enforces `deadline`).
+    /// - Returns: the call's ID and the actions: a `.push` of a new item, or nothing (joined an
+    ///   identical memoized call in flight), or an immediate `.complete` (memo cache hit,
+    ///   invalid call, deadline already passed, or the outstanding limit reached).
+    public mutating func call(
+        function: String, arguments: [UInt8], memoize: Bool = false, deadline: UInt64? = nil,
+        now: UInt64, wallClock: UInt64 = 0
+    ) -> (CallID, [Action]) {
+        var actions: [Action] = []
+        let id = callOne(function: function, arguments: arguments, memoize: memoize, deadline: deadline, now: now, wallClock: wallClock, into: &actions)
+        finish(&actions)
+        return (id, actions)
+    }
+
+    /// One call of a batch (see ``call(batch:now:wallClock:)``).
+    public struct Request: Sendable, Equatable {
+        public var function: String
+        public var arguments: [UInt8]
+        public var memoize: Bool
+        public var deadline: UInt64?
+
+        public init(function: String, arguments: [UInt8], memoize: Bool = false, deadline: UInt64? = nil) {
+            self.function = function
+            self.arguments = arguments
+            self.memoize = memoize
+            self.deadline = deadline
+        }
+    }
+
+    /// Makes many calls at once (the API's batch variant): as ``call(function:arguments:memoize:deadline:now:wallClock:)``
+    /// for each, in order, with one action list.
+    public mutating func call(batch: [Request], now: UInt64, wallClock: UInt64 = 0) -> ([CallID], [Action]) {
+        var actions: [Action] = []
+        var ids: [CallID] = []
+        ids.reserveCapacity(batch.count)
+        for request in batch {
+            ids.append(callOne(
+                function: request.function, arguments: request.arguments, memoize: request.memoize,
+                deadline: request.deadline, now: now, wallClock: wallClock, into: &actions
+            ))
+        }
+        finish(&actions)
+        return (ids, actions)
+    }
+
+    private mutating func callOne(
+        function: String, arguments: [UInt8], memoize: Bool, deadline: UInt64?,
+        now: UInt64, wallClock: UInt64, into actions: inout [Action]
+    ) -> CallID {
+        let sequence = nextSequence
+        nextSequence &+= 1
+        let id = CallID(caller: localPeer, sequence: sequence)
+        counters.calls += 1
+
+        let nameLength = function.utf8.count
+        if nameLength == 0 || nameLength > RemoteCallLimits.maxFunctionNameLength {
+            actions.append(.complete(id, .failure(.invalidCall("function name must be 1...\(RemoteCallLimits.maxFunctionNameLength) UTF-8 bytes, not \(nameLength)"))))
+            return id
+        }
+        if arguments.count > configuration.maxArgumentSize {
+            actions.append(.complete(id, .failure(.invalidCall("arguments of \(arguments.count) bytes exceed the limit of \(configuration.maxArgumentSize)"))))
+            return id
+        }
+        let key = memoize ? MemoKey(function: function, arguments: arguments) : nil
+        if let key, let value = memo.value(for: key) {
+            counters.memoHits += 1
+            actions.append(.complete(id, .success(value)))
+            return id
+        }
+        if let deadline, deadline <= now {
+            counters.timeouts += 1
+            actions.append(.complete(id, .failure(.timedOut(function: function))))
+            return id
+        }
+        guard tickets.count < configuration.maxOutstandingCalls else {
+            counters.refused += 1
+            refusedSinceCapacity = true
+            actions.append(.complete(id, .failure(.tooManyOutstandingCalls(limit: configuration.maxOutstandingCalls))))
+            return id
+        }
+
+        if let key, let flightID = memoInFlight[key], let flightDeadline = flights[flightID].map({ $0.deadline }),
+           flightDeadline == nil || (deadline != nil && deadline! <= flightDeadline!) {
+            counters.coalesced += 1
+            flights[flightID]!.joined.append(sequence)  // in place: no copy of the list
+            addTicket(sequence, Ticket(flight: flightID, deadline: deadline))
+        } else {
+            var wallDeadline: UInt64 = 0
+            // No wall clock given (0): no hint in the item, rather than one that looks expired.
+            if let deadline, wallClock > 0 { wallDeadline = wallClock &+ (deadline - now) }
+            let flight = Flight(
+                function: function, arguments: arguments, memoKey: key, attempt: 1, executor: nil,
+                deadline: deadline, wallDeadline: wallDeadline
+            )
+            flights[sequence] = flight
+            if let key { memoInFlight[key] = sequence }
+            addTicket(sequence, Ticket(flight: sequence, deadline: deadline))
+            push(sequence, flight, into: &actions)
+        }
+        return id
+    }
+
+    /// A remote-call message arrived from `peer`.
+    public mutating func received(_ message: RemoteCallMessage, from peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        var cancels: [PeerID: [UInt64]] = [:]
+        switch message {
+        case .results(let entries):
+            for entry in entries { resultArrived(entry, into: &actions) }
+        case .started(let entries):
+            for entry in entries {
+                guard let flight = flights[entry.sequence] else {
+                    // Nobody waits for it: stop the stray execution.
+                    cancels[peer, default: []].append(entry.sequence)
+                    continue
+                }
+                // Only the current attempt's notice counts; an older attempt may still answer
+                // (its result is accepted) but no longer protects the call.
+                guard entry.attempt == flight.attempt, flight.executor == nil else { continue }
+                if lostPeers.contains(peer) {
+                    // Membership already wrote the executor off: the notice arrived late.
+                    lose(entry.sequence, into: &actions)
+                    continue
+                }
+                flights[entry.sequence]!.executor = peer
+                flightsByExecutor[peer, default: []].insert(entry.sequence)
+            }
+        case .cancel:
+            break  // cancels go to executors
+        }
+        emit(cancels, into: &actions)
+        finish(&actions)
+        return actions
+    }
+
+    /// Membership declared `peer` dead: calls it was running are pushed again (or fail when
+    /// out of retries).
+    public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
+        peerLost(peer)
+    }
+
+    /// `peer` left the cluster gracefully: treated like a death (a leaving node finishes or
+    /// abandons its calls; re-pushing is safe because duplicate results are ignored).
+    public mutating func peerLeft(_ peer: PeerID, now: UInt64) -> [Action] {
+        peerLost(peer)
+    }
+
+    /// `peer` (re)joined: its started notices count again.
+    public mutating func peerJoined(_ peer: PeerID, now: UInt64) -> [Action] {
+        lostPeers.remove(peer)
+        return []
+    }
+
+    /// The caller gave up on `call` (its task was cancelled): it completes with
+    /// ``RemoteCallError/cancelled(function:)``. When nobody else waits for its item, the item
+    /// is removed from the local queue if still there, and its executor told if it started.
+    public mutating func cancel(_ call: CallID, now: UInt64) -> [Action] {
+        guard call.caller == localPeer, tickets[call.sequence] != nil else { return [] }
+        var actions: [Action] = []
+        var cancels: [PeerID: [UInt64]] = [:]
+        counters.cancellations += 1
+        detach(call.sequence, failing: { .cancelled(function: $0) }, cancels: &cancels, into: &actions)
+        emit(cancels, into: &actions)
+        finish(&actions)
+        return actions
+    }
+
+    /// The timer fired: calls whose deadline passed fail with ``RemoteCallError/timedOut(function:)``.
+    public mutating func tick(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        var cancels: [PeerID: [UInt64]] = [:]
+        armedDeadline = nil
+        while let top = deadlines.top, top.deadline <= now {
+            deadlines.removeTop()
+            guard let ticket = tickets[top.ticket], ticket.deadline == top.deadline else { continue }
+            counters.timeouts += 1
+            detach(top.ticket, failing: { .timedOut(function: $0) }, cancels: &cancels, into: &actions)
+        }
+        emit(cancels, into: &actions)
+        finish(&actions)
+        return actions
+    }
+
+    // MARK: Internals
+
+    private mutating func addTicket(_ sequence: UInt64, _ ticket: Ticket) {
+        tickets[sequence] = ticket
+        if let deadline = ticket.deadline {
+            ticketsWithDeadline += 1
+            deadlines.insert(deadline: deadline, ticket: sequence)
+        }
+    }
+
+    private mutating func removeTicket(_ sequence: UInt64) -> Ticket? {
+        guard let ticket = tickets.removeValue(forKey: sequence) else { return nil }
+        if ticket.deadline != nil { ticketsWithDeadline -= 1 }
+        return ticket
+    }
+
+    private mutating func push(_ flightID: UInt64, _ flight: Flight, into actions: inout [Action]) {
+        let item = CallItem(
+            id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
+            function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
+            arguments: flight.arguments
+        )
+        counters.pushes += 1
+        actions.append(.push(item.id, item: item.unvalidatedBytes(callerBytes: localPeerBytes)))  // validated in call()
+    }
+
+    private mutating func resultArrived(_ entry: CallResultEntry, into actions: inout [Action]) {
+        guard let flight = flights.removeValue(forKey: entry.sequence) else {
+            counters.ignoredResults += 1
+            return
+        }
+        forget(entry.sequence, flight)
+        let result: Result<[UInt8], RemoteCallError>
+        if case .success(let bytes) = entry.outcome {
+            result = .success(bytes)
+            if let key = flight.memoKey { memo.insert(bytes, for: key, cost: key.byteCount + bytes.count) }
+        } else {
+            result = .failure(RemoteCallError(outcome: entry.outcome, function: flight.function)!)
+        }
+        for sequence in flight.tickets(of: entry.sequence) where removeTicket(sequence) != nil {
+            actions.append(.complete(CallID(caller: localPeer, sequence: sequence), result))
+        }
+    }
+
+    /// Drops a finished or abandoned flight from the indexes.
+    private mutating func forget(_ flightID: UInt64, _ flight: Flight) {
+        if let executor = flight.executor {
+            flightsByExecutor[executor]?.remove(flightID)
+            if flightsByExecutor[executor]?.isEmpty == true { flightsByExecutor[executor] = nil }
+        }
+        if let key = flight.memoKey, memoInFlight[key] == flightID { memoInFlight[key] = nil }
+    }
+
+    private mutating func peerLost(_ peer: PeerID) -> [Action] {
+        lostPeers.insert(peer)
+        var actions: [Action] = []
+        if let lost = flightsByExecutor.removeValue(forKey: peer) {
+            for flightID in lost.sorted() {
+                flights[flightID]?.executor = nil
+                lose(flightID, into: &actions)
+            }
+        }
+        finish(&actions)
+        return actions
+    }
+
+    /// The flight's executor is gone: push it again, or fail it when out of retries.
+    private mutating func lose(_ flightID: UInt64, into actions: inout [Action]) {
+        guard var flight = flights[flightID] else { return }
+        if Int(flight.attempt) > configuration.maxRetries {
+            flights[flightID] = nil
+            forget(flightID, flight)
+            let error = RemoteCallError.retriesExhausted(function: flight.function, attempts: Int(flight.attempt))
+            for sequence in flight.tickets(of: flightID) where removeTicket(sequence) != nil {
+                actions.append(.complete(CallID(caller: localPeer, sequence: sequence), .failure(error)))
+            }
+            return
+        }
+        if let executor = flight.executor {
+            flightsByExecutor[executor]?.remove(flightID)
+            if flightsByExecutor[executor]?.isEmpty == true { flightsByExecutor[executor] = nil }
+        }
+        flight.attempt += 1
+        flight.executor = nil
+        flights[flightID] = flight
+        counters.retries += 1
+        push(flightID, flight, into: &actions)
+    }
+
+    /// Fails one ticket; abandons its flight when nobody else waits for it.
+    private mutating func detach(
+        _ sequence: UInt64, failing error: (String) -> RemoteCallError,
+        cancels: inout [PeerID: [UInt64]], into actions: inout [Action]
+    ) {
+        guard let ticket = removeTicket(sequence), var flight = flights[ticket.flight] else { return }
+        actions.append(.complete(CallID(caller: localPeer, sequence: sequence), .failure(error(flight.function))))
+        if sequence == ticket.flight { flight.ownTicket = false } else { flight.joined.removeAll { $0 == sequence } }
+        guard !flight.ownTicket && flight.joined.isEmpty else {
+            flights[ticket.flight] = flight
+            return
+        }
+        flights[ticket.flight] = nil
+        forget(ticket.flight, flight)
+        if let executor = flight.executor {
+            cancels[executor, default: []].append(ticket.flight)
+        } else {
+            actions.append(.removeFromQueue(CallID(caller: localPeer, sequence: ticket.flight)))
+        }
+    }
+
+    private func emit(_ cancels: [PeerID: [UInt64]], into actions: inout [Action]) {
+        for (peer, sequences) in cancels.sorted(by: { $0.key < $1.key }) {
+            var start = 0
+            while start < sequences.count {
+                let end = min(sequences.count, start + RemoteCallLimits.maxEntriesPerMessage)
+                actions.append(.send(.cancel(Array(sequences[start..<end])), to: peer))
+                start = end
+            }
+        }
+    }
+
+    /// Common tail of every input: capacity signal and timer.
+    private mutating func finish(_ actions: inout [Action]) {
+        if refusedSinceCapacity && tickets.count < configuration.maxOutstandingCalls {
+            refusedSinceCapacity = false
+            actions.append(.capacityAvailable)
+        }
+        rearm(&actions)
+    }
+
+    private mutating func rearm(_ actions: inout [Action]) {
+        // Drop stale heap tops (answered or cancelled calls), and rebuild the heap when stale
+        // entries dominate, so it stays proportional to the calls that have deadlines.
+        while let top = deadlines.top, tickets[top.ticket]?.deadline != top.deadline { deadlines.removeTop() }
+        if deadlines.count > 2 * ticketsWithDeadline + 64 {
+            deadlines = DeadlineHeap()
+            for (sequence, ticket) in tickets { if let deadline = ticket.deadline { deadlines.insert(deadline: deadline, ticket: sequence) } }
+        }
+        guard let next = deadlines.top?.deadline else { return }
+        if armedDeadline == nil || next < armedDeadline! {
+            armedDeadline = next
+            actions.append(.armTimer(at: next))
+        }
+    }
+}
+
+/// A binary min-heap of (deadline, ticket), with lazy deletion by the owner.
+struct DeadlineHeap: Sendable {
+    struct Entry: Sendable {
+        var deadline: UInt64
+        var ticket: UInt64
+    }
+
+    private var entries: [Entry] = []
+
+    var count: Int { entries.count }
+    var top: Entry? { entries.first }
+
+    private static func before(_ a: Entry, _ b: Entry) -> Bool {
+        (a.deadline, a.ticket) < (b.deadline, b.ticket)
+    }
+
+    mutating func insert(deadline: UInt64, ticket: UInt64) {
+        entries.append(Entry(deadline: deadline, ticket: ticket))
+        var child = entries.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard Self.before(entries[child], entries[parent]) else { break }
+            entries.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func removeTop() {
+        guard !entries.isEmpty else { return }
+        entries.swapAt(0, entries.count - 1)
+        entries.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < entries.count && Self.before(entries[left], entries[smallest]) { smallest = left }
+            if right < entries.count && Self.before(entries[right], entries[smallest]) { smallest = right }
+            guard smallest != parent else { break }
+            entries.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}
+
+/// A set that forgets its oldest members beyond `capacity`.
+struct BoundedSet<Element: Hashable & Sendable>: Sendable {
+    let capacity: Int
+    /// Each member with the number of its insertion, so a stale entry of `order` (for a member
+    /// removed and inserted again) is recognised and skipped.
+    private var members: [Element: UInt64] = [:]
+    private var order: [(element: Element, insertion: UInt64)] = []
+    private var head = 0
+    private var insertions: UInt64 = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    var count: Int { members.count }
+
+    func contains(_ element: Element) -> Bool { members[element] != nil }
+
+    mutating func insert(_ element: Element) {
+        guard members[element] == nil else { return }
+        insertions += 1
+        members[element] = insertions
+        order.append((element, insertions))
+        while members.count > capacity, head < order.count {
+            let oldest = order[head]
+            head += 1
+            if members[oldest.element] == oldest.insertion { members[oldest.element] = nil }
+        }
+        compact()
+    }
+
+    mutating func remove(_ element: Element) {
+        // Its entry in `order` goes stale and is skipped when it comes up.
+        members[element] = nil
+        compact()
+    }
+
+    private mutating func compact() {
+        if head > 64 && head * 2 > order.count {
+            order.removeFirst(head)
+            head = 0
+        }
+        if order.count > 2 * capacity + 64 {
+            order = order[head...].filter { members[$0.element] == $0.insertion }
+            head = 0
+        }
+    }
+}

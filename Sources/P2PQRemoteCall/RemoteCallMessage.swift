@@ -1,0 +1,268 @@
+import P2PQWire
+
+/// One result in a results message: the caller's sequence number and the outcome.
+public struct CallResultEntry: Sendable, Equatable {
+    public var sequence: UInt64
+    public var outcome: CallOutcome
+
+    public init(sequence: UInt64, outcome: CallOutcome) {
+        self.sequence = sequence
+        self.outcome = outcome
+    }
+
+    /// Exact encoded size.
+    public var encodedSize: Int {
+        switch outcome {
+        case .success(let bytes): return 8 + 1 + 4 + bytes.count
+        case .thrown(let typeName, let description): return 8 + 1 + 4 + typeName.utf8.count + 4 + description.utf8.count
+        case .unknownFunction: return 8 + 1
+        case .badArguments(let reason), .malformedCall(let reason): return 8 + 1 + 4 + reason.utf8.count
+        }
+    }
+}
+
+/// One started notice: the executor runs attempt `attempt` of the caller's call `sequence`.
+public struct CallStartedEntry: Sendable, Equatable, Hashable {
+    public var sequence: UInt64
+    public var attempt: UInt8
+
+    public init(sequence: UInt64, attempt: UInt8) {
+        self.sequence = sequence
+        self.attempt = attempt
+    }
+}
+
+/// A remote-call message (types `0x40–0x5F`), always a batch addressed to one peer.
+///
+/// Results and started notices go from an executor to a caller; cancels from a caller to an
+/// executor. Entries name calls by the caller's sequence number only: the caller is the
+/// recipient (results, started) or the sender (cancel).
+public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
+    /// `0x40`: results of calls, 1...65535 entries.
+    case results([CallResultEntry])
+    /// `0x41`: the sender began executing these calls, 1...65535 entries.
+    case started([CallStartedEntry])
+    /// `0x42`: the caller no longer wants these calls, 1...65535 sequence numbers.
+    case cancel([UInt64])
+
+    /// The message types this module decodes.
+    public static let messageTypes: [MessageType] = [.remoteCallResults, .remoteCallStarted, .remoteCallCancel]
+
+    public var messageType: MessageType {
+        switch self {
+        case .results: return .remoteCallResults
+        case .started: return .remoteCallStarted
+        case .cancel: return .remoteCallCancel
+        }
+    }
+
+    private enum OutcomeKind: UInt8 {
+        case success = 0, thrown = 1, unknownFunction = 2, badArguments = 3, malformedCall = 4
+    }
+
+    // MARK: Decoding
+
+    /// Decodes the body of a message of `type`, checking every limit and that no byte is left.
+    ///
+    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer,
+    ///   ``WireError/truncated(field:needed:available:)`` naming the short field (with the
+    ///   entry index, e.g. `results[3].description`), ``WireError/malformed(field:reason:)``
+    ///   (count 0, unknown outcome kind, attempt 0, a string over its limit or not UTF-8),
+    ///   ``WireError/trailingBytes(type:count:)``.
+    public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> RemoteCallMessage {
+        var reader = WireReader(body)
+        let message: RemoteCallMessage
+        switch type {
+        case .remoteCallResults:
+            let count = try readCount(&reader, name: "results", minimumEntrySize: 9)
+            var entries: [CallResultEntry] = []
+            entries.reserveCapacity(Swift.min(count, reader.remaining / 9))
+            for index in 0..<count {
+                do throws(WireError) {
+                    entries.append(try readResult(&reader))
+                } catch {
+                    throw error.prefixed("results[\(index)]")
+                }
+            }
+            message = .results(entries)
+        case .remoteCallStarted:
+            let count = try readCount(&reader, name: "started", minimumEntrySize: 9)
+            var entries: [CallStartedEntry] = []
+            entries.reserveCapacity(Swift.min(count, reader.remaining / 9))
+            for index in 0..<count {
+                let sequence = try reader.readU64(field: "started[\(index)].sequence")
+                let attempt = try reader.readU8(field: "started[\(index)].attempt")
+                guard attempt >= 1 else { throw .malformed(field: "started[\(index)].attempt", reason: "attempt 0") }
+                entries.append(CallStartedEntry(sequence: sequence, attempt: attempt))
+            }
+            message = .started(entries)
+        case .remoteCallCancel:
+            let count = try readCount(&reader, name: "cancel", minimumEntrySize: 8)
+            var sequences: [UInt64] = []
+            sequences.reserveCapacity(Swift.min(count, reader.remaining / 8))
+            for index in 0..<count {
+                sequences.append(try reader.readU64(field: "cancel[\(index)].sequence"))
+            }
+            message = .cancel(sequences)
+        default:
+            throw .unknownMessageType(type.rawValue)
+        }
+        try reader.finish(type: type)
+        return message
+    }
+
+    /// Decodes the body of a message of `type`.
+    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> RemoteCallMessage {
+        let result: Result<RemoteCallMessage, WireError> = body.withUnsafeBytes { raw in
+            Result { () throws(WireError) in try decode(type: type, body: raw) }
+        }
+        return try result.get()
+    }
+
+    /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
+    public static func decode(_ message: RawMessage) throws(WireError) -> RemoteCallMessage {
+        try decode(type: message.type, body: message.body)
+    }
+
+    private static func readCount(_ reader: inout WireReader, name: String, minimumEntrySize: Int) throws(WireError) -> Int {
+        let count = Int(try reader.readU16(field: name + ".count"))
+        guard count >= 1 else { throw .malformed(field: name + ".count", reason: "no entries") }
+        return count
+    }
+
+    private static func readResult(_ reader: inout WireReader) throws(WireError) -> CallResultEntry {
+        let sequence = try reader.readU64(field: "sequence")
+        let raw = try reader.readU8(field: "kind")
+        guard let kind = OutcomeKind(rawValue: raw) else {
+            throw .malformed(field: "kind", reason: "unknown outcome kind \(raw)")
+        }
+        let outcome: CallOutcome
+        switch kind {
+        case .success:
+            outcome = .success(Array(try reader.readByteString(field: "value", maxLength: Int(UInt32.max))))
+        case .thrown:
+            let typeName = try reader.readString(field: "typeName", maxLength: RemoteCallLimits.maxTypeNameLength)
+            let description = try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength)
+            outcome = .thrown(typeName: typeName, description: description)
+        case .unknownFunction:
+            outcome = .unknownFunction
+        case .badArguments:
+            outcome = .badArguments(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
+        case .malformedCall:
+            outcome = .malformedCall(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
+        }
+        return CallResultEntry(sequence: sequence, outcome: outcome)
+    }
+
+    // MARK: Encoding
+
+    public func validate() throws(WireError) {
+        switch self {
+        case .results(let entries):
+            try Self.checkCount(entries.count, name: "results")
+            for (index, entry) in entries.enumerated() {
+                switch entry.outcome {
+                case .success, .unknownFunction:
+                    break
+                case .thrown(let typeName, let description):
+                    try Self.checkLength(typeName, field: "results[\(index)].typeName", limit: RemoteCallLimits.maxTypeNameLength)
+                    try Self.checkLength(description, field: "results[\(index)].description", limit: RemoteCallLimits.maxDescriptionLength)
+                case .badArguments(let reason), .malformedCall(let reason):
+                    try Self.checkLength(reason, field: "results[\(index)].description", limit: RemoteCallLimits.maxDescriptionLength)
+                }
+            }
+        case .started(let entries):
+            try Self.checkCount(entries.count, name: "started")
+            if let index = entries.firstIndex(where: { $0.attempt == 0 }) {
+                throw .malformed(field: "started[\(index)].attempt", reason: "attempt 0")
+            }
+        case .cancel(let sequences):
+            try Self.checkCount(sequences.count, name: "cancel")
+        }
+    }
+
+    private static func checkCount(_ count: Int, name: String) throws(WireError) {
+        guard count >= 1 else { throw .malformed(field: name + ".count", reason: "no entries") }
+        guard count <= RemoteCallLimits.maxEntriesPerMessage else {
+            throw .malformed(field: name + ".count", reason: "\(count) exceeds the limit of \(RemoteCallLimits.maxEntriesPerMessage)")
+        }
+    }
+
+    private static func checkLength(_ string: String, field: String, limit: Int) throws(WireError) {
+        let length = string.utf8.count
+        guard length <= limit else {
+            throw .malformed(field: field, reason: "length \(length) exceeds the limit of \(limit) bytes")
+        }
+    }
+
+    public var bodySize: Int {
+        switch self {
+        case .results(let entries): return entries.reduce(2) { $0 + $1.encodedSize }
+        case .started(let entries): return 2 + entries.count * 9
+        case .cancel(let sequences): return 2 + sequences.count * 8
+        }
+    }
+
+    public func writeBody<Output: WireOutput>(into writer: inout WireWriter<Output>) {
+        switch self {
+        case .results(let entries):
+            writer.writeU16(UInt16(entries.count))
+            for entry in entries {
+                writer.writeU64(entry.sequence)
+                switch entry.outcome {
+                case .success(let bytes):
+                    writer.writeU8(OutcomeKind.success.rawValue)
+                    writer.writeByteString(bytes)
+                case .thrown(let typeName, let description):
+                    writer.writeU8(OutcomeKind.thrown.rawValue)
+                    writer.writeString(typeName)
+                    writer.writeString(description)
+                case .unknownFunction:
+                    writer.writeU8(OutcomeKind.unknownFunction.rawValue)
+                case .badArguments(let reason):
+                    writer.writeU8(OutcomeKind.badArguments.rawValue)
+                    writer.writeString(reason)
+                case .malformedCall(let reason):
+                    writer.writeU8(OutcomeKind.malformedCall.rawValue)
+                    writer.writeString(reason)
+                }
+            }
+        case .started(let entries):
+            writer.writeU16(UInt16(entries.count))
+            for entry in entries {
+                writer.writeU64(entry.sequence)
+                writer.writeU8(entry.attempt)
+            }
+        case .cancel(let sequences):
+            writer.writeU16(UInt16(sequences.count))
+            for sequence in sequences { writer.writeU64(sequence) }
+        }
+    }
+
+    /// Validates the message and appends it framed (`[u32 L][type][body]`) to `bytes`.
+    public func encode(into bytes: inout [UInt8], maxFrameSize: Int = WireProtocol.defaultMaxFrameSize) throws(WireError) {
+        try MessageEncoder.encode(self, into: &bytes, maxFrameSize: maxFrameSize)
+    }
+
+    /// The framed message (`[u32 L][type][body]`).
+    public func encoded(maxFrameSize: Int = WireProtocol.defaultMaxFrameSize) throws(WireError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        try encode(into: &bytes, maxFrameSize: maxFrameSize)
+        return bytes
+    }
+}
+
+extension WireError {
+    /// The error with `prefix` put before its field name (WireError's own helper is internal to
+    /// P2PQWire).
+    func prefixed(_ prefix: String) -> WireError {
+        switch self {
+        case .truncated(let field, let needed, let available):
+            return .truncated(field: prefix + "." + field, needed: needed, available: available)
+        case .malformed(let field, let reason):
+            return .malformed(field: prefix + "." + field, reason: reason)
+        default:
+            return self
+        }
+    }
+}

@@ -1,0 +1,217 @@
+import Testing
+import P2PQWire
+@testable import P2PQRemoteCall
+
+let caller = peer(1)
+let caller2 = peer(4)
+
+func item(_ sequence: UInt64, _ function: String = "f", args: [UInt8] = [], memoize: Bool = false, attempt: UInt8 = 1, deadline: UInt64 = 0, from: PeerID = caller) -> [UInt8] {
+    try! CallItem(id: CallID(caller: from, sequence: sequence), attempt: attempt, function: function, memoize: memoize, deadline: deadline, arguments: args).encoded()
+}
+
+extension Array where Element == ExecutorAction {
+    var runs: [CallTask] { flatMap { if case .run(let t) = $0 { return t } else { return [] } } }
+    var resumed: [TaskID] { flatMap { if case .resume(let t) = $0 { return t } else { return [] } } }
+    var demand: Int? { compactMap { if case .setDemand(let n) = $0 { return n } else { return nil } }.last }
+    var cancelled: [TaskID] { compactMap { if case .cancelTask(let t) = $0 { return t } else { return nil } } }
+    var messages: [(RemoteCallMessage, PeerID)] { compactMap { if case .send(let m, let p) = $0 { return (m, p) } else { return nil } } }
+}
+
+func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachine {
+    var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: slots))
+    for f in functions { e.register(f) }
+    return e
+}
+
+@Suite struct ExecutorTests {
+    @Test func runsAndAnswersInOneBatch() {
+        var e = executor(slots: 4)
+        #expect(e.start().demand == 4)
+        let a = e.popped([item(1, args: [5]), item(2)], wallClock: 0)
+        #expect(a.runs.map(\.call.sequence) == [1, 2])
+        #expect(a.runs.first?.arguments == [5])
+        #expect(a.demand == 2)
+        let t1 = a.runs[0].id, t2 = a.runs[1].id
+        _ = e.finished(t1, outcome: .success([10]))
+        // Call 1 is answered in this batch, so only call 2 gets a started notice.
+        let flushed = e.flush()
+        #expect(flushed.messages.count == 2)
+        #expect(flushed.messages[0].0 == started(2) && flushed.messages[0].1 == caller)
+        #expect(flushed.messages[1].0 == results((1, .success([10]))))
+        _ = e.finished(t2, outcome: .thrown(typeName: "E", description: "d"))
+        #expect(e.flush().messages.map(\.0) == [results((2, .thrown(typeName: "E", description: "d")))])
+        #expect(e.flush().isEmpty)
+        #expect(e.freeSlots == 4)
+    }
+
+    @Test func unknownFunctionMalformedAndGarbage() {
+        var e = executor()
+        _ = e.start()
+        var bad = item(3)
+        bad[41] = 0  // attempt 0
+        let a = e.popped([item(1, "nope"), bad, [9, 9, 9]], wallClock: 0)
+        #expect(a.runs.isEmpty)
+        #expect(a.contains(.discard(.truncated(field: "call.version", needed: 1, available: 0))) == false)
+        #expect(a.contains(.discard(.malformed(field: "call.version", reason: "unknown version 9"))))
+        #expect(e.flush().messages.map(\.0) == [results((1, .unknownFunction), (3, .malformedCall("malformed call.attempt: attempt 0")))])
+        #expect(e.freeSlots == 1)
+    }
+
+    @Test func slotsAreNeverExceededAndBacklogRunsInOrder() {
+        var e = executor(slots: 2)
+        _ = e.start()
+        let a = e.popped((1...5).map { item($0) }, wallClock: 0)
+        #expect(a.runs.count == 2 && e.slotsInUse == 2 && e.backlogCount == 3 && e.freeSlots == 0)
+        let b = e.finished(a.runs[0].id, outcome: .success([]))
+        #expect(b.runs.map(\.call.sequence) == [3])
+        #expect(e.slotsInUse == 2)
+    }
+
+    @Test func nestedCallGivesUpItsSlotAndResumesFirst() {
+        var e = executor(slots: 1)
+        _ = e.start()
+        let parent = e.popped([item(1)], wallClock: 0).runs[0].id
+        #expect(e.freeSlots == 0)
+        let s = e.suspend(parent)
+        #expect(s.demand == 1 && e.slotsInUse == 0)
+        let child = e.popped([item(2)], wallClock: 0).runs[0].id
+        // The parent's awaited call is done, but the child holds the only slot.
+        #expect(e.requestResume(parent).resumed.isEmpty)
+        #expect(e.waitingResumers == 1)
+        // An item arriving now waits behind the resumer.
+        #expect(e.popped([item(3)], wallClock: 0).runs.isEmpty)
+        let f = e.finished(child, outcome: .success([]))
+        #expect(f.resumed == [parent] && f.runs.isEmpty)
+        #expect(e.slotsInUse == 1 && e.backlogCount == 1)
+        #expect(e.finished(parent, outcome: .success([])).runs.map(\.call.sequence) == [3])
+        #expect(e.counters.peakSlotsInUse == 1)
+    }
+
+    @Test func resumeIsImmediateWhenASlotIsFree() {
+        var e = executor(slots: 2)
+        _ = e.start()
+        let t = e.popped([item(1)], wallClock: 0).runs[0].id
+        _ = e.suspend(t)
+        #expect(e.freeSlots == 2)
+        let r = e.requestResume(t)
+        #expect(r.resumed == [t] && r.demand == 1)
+    }
+
+    @Test func cancelRunningQueuedAndUnseen() {
+        var e = executor(slots: 1)
+        _ = e.start()
+        let t = e.popped([item(1), item(2)], wallClock: 0).runs[0].id
+        _ = e.flush()
+        let c = e.received(.cancel([1, 2, 3]), from: caller)
+        #expect(c.cancelled == [t])
+        #expect(e.slotsInUse == 1)  // held until the task stops
+        let f = e.finished(t, outcome: .thrown(typeName: "CancellationError", description: ""))
+        #expect(f.runs.isEmpty)  // item 2 was cancelled in the backlog
+        #expect(e.flush().messages.isEmpty)  // nobody to answer
+        #expect(e.popped([item(3)], wallClock: 0).runs.isEmpty)  // cancel arrived before the item
+        #expect(e.counters.droppedCancelled == 2)
+        #expect(e.freeSlots == 1)
+    }
+
+    @Test func deadCallersCallsAreDropped() {
+        var e = executor(slots: 2)
+        _ = e.start()
+        let t = e.popped([item(1), item(2, from: caller2)], wallClock: 0).runs
+        let d = e.peerDied(caller)
+        #expect(d.cancelled == [t[0].id])
+        #expect(e.popped([item(3)], wallClock: 0).runs.isEmpty)
+        #expect(e.counters.droppedDeadCaller == 1)
+        _ = e.finished(t[0].id, outcome: .success([1]))
+        _ = e.finished(t[1].id, outcome: .success([2]))
+        let sent = e.flush().messages
+        #expect(sent.count == 1 && sent[0].1 == caller2)
+        _ = e.peerJoined(caller)
+        #expect(e.popped([item(4)], wallClock: 0).runs.count == 1)
+    }
+
+    @Test func expiredItemsAreSkippedAfterTheGrace() {
+        var e = executor(slots: 2)
+        _ = e.start()
+        #expect(e.popped([item(1, deadline: 10 * second)], wallClock: 10 * second + second).runs.count == 1)
+        #expect(e.popped([item(2, deadline: 10 * second)], wallClock: 10 * second + second + 1).runs.isEmpty)
+        #expect(e.counters.droppedExpired == 1)
+    }
+
+    @Test func memoCoalescingHundredItemsOneExecution() {
+        var e = executor(slots: 1)
+        _ = e.start()
+        let first = e.popped([item(0, "m", args: [7], memoize: true)], wallClock: 0).runs
+        #expect(first.count == 1)
+        let others = e.popped((1..<100).map { item($0, "m", args: [7], memoize: true, from: $0 % 2 == 0 ? caller : caller2) }, wallClock: 0)
+        #expect(others.runs.isEmpty && e.backlogCount == 0)
+        _ = e.finished(first[0].id, outcome: .success([42]))
+        let sent = e.flush().messages
+        let answered = sent.reduce(0) { count, pair in
+            if case .results(let entries) = pair.0 { return count + entries.filter { $0.outcome == .success([42]) }.count }
+            return count
+        }
+        #expect(answered == 100)
+        #expect(e.counters.executed == 1 && e.counters.coalesced == 99)
+        // Now cached: answered without running.
+        #expect(e.popped([item(200, "m", args: [7], memoize: true)], wallClock: 0).runs.isEmpty)
+        #expect(e.counters.memoHits == 1)
+    }
+
+    @Test func executorFailuresAreNotCachedAndCacheIsBounded() {
+        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 1, memoCacheEntries: 2))
+        e.register("m")
+        _ = e.start()
+        let t = e.popped([item(1, "m", args: [1], memoize: true)], wallClock: 0).runs[0].id
+        _ = e.finished(t, outcome: .thrown(typeName: "E", description: ""))
+        #expect(e.memoCacheCount == 0)
+        for n: UInt8 in 2...4 {
+            let task = e.popped([item(UInt64(n), "m", args: [n], memoize: true)], wallClock: 0).runs[0].id
+            _ = e.finished(task, outcome: .success([n]))
+        }
+        #expect(e.memoCacheCount == 2)
+    }
+
+    @Test func duplicateDeliveryIsNotRunTwice() {
+        var e = executor(slots: 2)
+        _ = e.start()
+        #expect(e.popped([item(1)], wallClock: 0).runs.count == 1)
+        _ = e.flush()
+        #expect(e.popped([item(1, attempt: 2)], wallClock: 0).runs.isEmpty)
+        #expect(e.flush().messages.map(\.0) == [started(1, attempt: 2)])
+        #expect(e.counters.duplicates == 1)
+    }
+
+    @Test func bigResultsAreSplitAndOversizedOnesReplaced() {
+        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 8, maxMessageBodySize: 100))
+        e.register("f")
+        _ = e.start()
+        let tasks = e.popped((1...3).map { item($0) }, wallClock: 0).runs
+        var sent: [(RemoteCallMessage, PeerID)] = []
+        sent += e.finished(tasks[0].id, outcome: .success([UInt8](repeating: 1, count: 40))).messages
+        sent += e.finished(tasks[1].id, outcome: .success([UInt8](repeating: 2, count: 40))).messages
+        sent += e.finished(tasks[2].id, outcome: .success([UInt8](repeating: 3, count: 400))).messages
+        sent += e.flush().messages
+        let entries = sent.flatMap { pair -> [CallResultEntry] in
+            if case .results(let list) = pair.0 { return list } else { return [] }
+        }
+        #expect(entries.map(\.sequence) == [1, 2, 3])
+        #expect(sent.allSatisfy { $0.0.bodySize <= 100 })
+        if case .thrown(let typeName, _) = entries[2].outcome { #expect(typeName == "RemoteCallError.resultTooLarge") } else { Issue.record("not replaced") }
+    }
+
+    @Test func batchOfOutcomesUpdatesDemandOnce() {
+        var e = executor(slots: 4)
+        _ = e.start()
+        let tasks = e.popped((1...4).map { item($0) }, wallClock: 0).runs
+        let actions = e.finished(tasks.map { ($0.id, CallOutcome.success([1])) })
+        #expect(actions.compactMap { if case .setDemand(let n) = $0 { return n } else { return nil } } == [4])
+        #expect(e.flush().messages.map(\.0) == [.results((1...4).map { CallResultEntry(sequence: $0, outcome: .success([1])) })])
+    }
+
+    @Test func stopWithdrawsDemand() {
+        var e = executor(slots: 3)
+        #expect(e.freeSlots == 0)
+        _ = e.start()
+        #expect(e.stop().demand == 0)
+    }
+}
