@@ -46,6 +46,7 @@ let package = Package(
         .library(name: "P2PQWire", targets: ["P2PQWire"]),
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
+        .library(name: "P2PQQueue", targets: ["P2PQQueue"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
@@ -103,6 +104,13 @@ let package = Package(
         // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
         // keepalives, peer exchange, max peers.
         .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
+        // The distributed queue as plain values: the local FIFO, transfers, ownership records,
+        // the balancer, and the queue's wire messages.
+        .target(
+            name: "P2PQQueue",
+            dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
+            path: "Sources/P2PQQueue"
+        ),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
@@ -155,6 +163,11 @@ let package = Package(
             name: "P2PQNodeTests",
             dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
             path: "Tests/P2PQNodeTests"
+        ),
+        .testTarget(
+            name: "P2PQQueueTests",
+            dependencies: ["P2PQQueue", "P2PQWire"],
+            path: "Tests/P2PQQueueTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

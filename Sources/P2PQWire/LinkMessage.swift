@@ -89,8 +89,8 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
         var reader = WireReader(body)
         let message: LinkMessage
         switch type {
-        case .benchmark:
-            // Not a link message: its body is opaque to this layer.
+        case .benchmark, .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate:
+            // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:
             // The version comes first and is checked first: the rest of the layout is v1's.

@@ -24,6 +24,18 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case goodbye = 0x04
     /// Peer exchange: addresses of other peers.
     case peers = 0x05
+    /// Queue (P2PQQueue): a node's load report for one named queue.
+    case queueStats = 0x20
+    /// Queue: a node with idle consumers asks a peer for a batch of items.
+    case queueStealRequest = 0x21
+    /// Queue: the answer to a steal request when the peer has nothing to give.
+    case queueStealEmpty = 0x22
+    /// Queue: a batch of items handed from one node to another.
+    case queueTransfer = 0x23
+    /// Queue: the receiver of a transfer accepts or refuses it.
+    case queueTransferAck = 0x24
+    /// Queue: pop confirmations and custody changes, sent to an item's owner in batches.
+    case queueOwnerUpdate = 0x25
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
 
@@ -57,6 +69,12 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .pong: return "pong"
         case .goodbye: return "goodbye"
         case .peers: return "peers"
+        case .queueStats: return "queue stats"
+        case .queueStealRequest: return "queue steal request"
+        case .queueStealEmpty: return "queue steal empty"
+        case .queueTransfer: return "queue transfer"
+        case .queueTransferAck: return "queue transfer ack"
+        case .queueOwnerUpdate: return "queue owner update"
         case .benchmark: return "benchmark"
         }
     }
