@@ -77,6 +77,10 @@ public struct QueueMachine: Sendable {
     private var lastSampleAt: UInt64 = 0
     private var lastConsumerActivity: UInt64?
     private var lastTransferReceivedAt: UInt64?
+    private var lastBroadcastLength = 0
+    private var lastBroadcastAt: UInt64?
+    /// Rate assumed for a consumer node not measured yet (see `effectiveRate`).
+    private var priorRate: Double
     private var random: SplitMix64
 
     private var pushBlocked = false
@@ -124,9 +128,17 @@ public struct QueueMachine: Sendable {
         var hasReport = false
         var lastSequence: UInt64 = 0
         var receivedAt: UInt64 = 0
-        /// Adjusted locally for what this node sent since the report.
-        var length: Double = 0
-        var waiting = 0
+        /// The last report's length, plus what this node's acknowledged transfers added since.
+        var reportedLength: Double = 0
+        var reportedWaiting = 0
+        /// Items on this node's unacknowledged transfers to the peer. Links are FIFO, so a
+        /// report sent before the peer got them arrives before their ack: report plus in-flight
+        /// never counts an item twice.
+        var inFlight = 0
+        /// The peer's load as far as this node knows.
+        var length: Double { reportedLength + Double(inFlight) }
+        /// Idle consumers not yet covered by what this node sent.
+        var waiting: Int { Swift.max(0, reportedWaiting - inFlight) }
         var rate: Double = 0
         var finishTime: Double = 0
         var hasConsumers = false
@@ -153,6 +165,7 @@ public struct QueueMachine: Sendable {
         self.maxItemSize = configuration.maxItemSize(queueNameLength: name.utf8.count)
         precondition(maxItemSize > 0, "maxFrameSize too small for the queue name")
         self.dedup = DedupSet(capacity: max(1, configuration.dedupCapacity))
+        self.priorRate = configuration.minimumRate
         self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
     }
 
@@ -247,6 +260,7 @@ public struct QueueMachine: Sendable {
         counters.pushed += payloads.count
         serveWaiters(&actions, now: now)
         dispatchToIdlePeers(&actions, now: now)
+        announceGrowth(&actions, now: now)
         finish(&actions, now: now)
         return (.accepted, actions)
     }
@@ -369,7 +383,7 @@ public struct QueueMachine: Sendable {
             if let steal, steal.peer == peer, steal.requestID == requestID {
                 self.steal = nil
                 counters.stealsEmpty += 1
-                peers[peer]?.length = 0
+                peers[peer]?.reportedLength = 0
                 maybeSteal(&actions, now: now)
             }
         case .transfer(_, let transferID, let kind, let requestID, let items):
@@ -411,12 +425,13 @@ public struct QueueMachine: Sendable {
         peers[peer]!.hasReport = true
         peers[peer]!.lastSequence = stats.sequence
         peers[peer]!.receivedAt = now
-        peers[peer]!.length = Double(stats.length)
-        peers[peer]!.waiting = Int(stats.waiting)
+        peers[peer]!.reportedLength = Double(stats.length)
+        peers[peer]!.reportedWaiting = Int(stats.waiting)
         peers[peer]!.rate = stats.serviceRate
         peers[peer]!.finishTime = stats.finishTime
         peers[peer]!.hasConsumers = stats.hasConsumers
         peers[peer]!.accepting = stats.accepting
+        updatePriorRate()
         return .accepted
     }
 
@@ -429,7 +444,7 @@ public struct QueueMachine: Sendable {
         case .stealRequest(_, let requestID, _, _):
             if let steal, steal.requestID == requestID {
                 self.steal = nil
-                peers[peer]?.length = 0
+                peers[peer]?.reportedLength = 0
                 peers[peer]?.connected = false
                 maybeSteal(&actions, now: now)
             }
@@ -466,7 +481,7 @@ public struct QueueMachine: Sendable {
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
         if let steal, steal.deadline <= now {
             self.steal = nil
-            peers[steal.peer]?.length = 0
+            peers[steal.peer]?.reportedLength = 0
         }
         if isClosed { handOff(&actions, now: now) }
         maybeSteal(&actions, now: now)
@@ -678,8 +693,7 @@ public struct QueueMachine: Sendable {
         nextTransferID += 1
         transfers[id] = Transfer(peer: peer, items: kept, bytes: bytes, kind: kind, deadline: now + configuration.transferTimeout)
         if peers[peer] != nil {
-            peers[peer]!.length += Double(kept.count)
-            peers[peer]!.waiting = Swift.max(0, peers[peer]!.waiting - kept.count)
+            peers[peer]!.inFlight += kept.count
         }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID, items: sent), to: peer))
         return kept.count
@@ -699,7 +713,7 @@ public struct QueueMachine: Sendable {
             queue.insert(contentsOf: transfer.items, at: 0)
             counters.returnedFromTransfers += transfer.items.count
             if peers[transfer.peer] != nil {
-                peers[transfer.peer]!.length = Swift.max(0, peers[transfer.peer]!.length - Double(transfer.items.count))
+                peers[transfer.peer]!.inFlight -= transfer.items.count
             }
         }
         serveWaiters(&actions, now: now)
@@ -758,6 +772,12 @@ public struct QueueMachine: Sendable {
             return
         }
         transfers[id] = nil
+        if peers[peer] != nil {
+            // Until its next report, the peer holds them and its idle consumers are busy.
+            peers[peer]!.inFlight -= transfer.items.count
+            peers[peer]!.reportedLength += Double(transfer.items.count)
+            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.items.count)
+        }
         inFlightItems -= transfer.items.count
         inFlightBytes -= transfer.bytes
         counters.transferredOut += transfer.items.count
@@ -786,14 +806,26 @@ public struct QueueMachine: Sendable {
         return now < last || now - last < configuration.consumerIdleTimeout
     }
 
-    /// The rate used for decisions: the measured one, or the minimum for a consumer node
-    /// without a measurement yet; 0 without consumers.
+    /// The rate used for decisions: the measured one or, for a consumer node without a
+    /// measurement yet, the mean measured rate of the cluster (so a newcomer is neither
+    /// starved nor flooded); 0 without consumers.
     private func effectiveRate(now: UInt64) -> Double {
-        hasConsumers(now: now) ? Swift.max(rate, configuration.minimumRate) : 0
+        hasConsumers(now: now) ? (rate > 0 ? rate : priorRate) : 0
     }
 
     private func effectiveRate(of view: PeerView) -> Double {
-        view.hasConsumers ? Swift.max(view.rate, configuration.minimumRate) : 0
+        view.hasConsumers ? (view.rate > 0 ? view.rate : priorRate) : 0
+    }
+
+    /// Recomputes ``priorRate`` from the measured rates known here.
+    private mutating func updatePriorRate() {
+        var sum = rate
+        var count = rate > 0 ? 1 : 0
+        for view in peers.values where view.hasReport && view.rate > 0 {
+            sum += view.rate
+            count += 1
+        }
+        priorRate = count > 0 ? Swift.max(sum / Double(count), configuration.minimumRate) : configuration.minimumRate
     }
 
     private func isFresh(_ view: PeerView, now: UInt64) -> Bool {
@@ -836,6 +868,7 @@ public struct QueueMachine: Sendable {
         }
         if !rate.isFinite || rate < 0 { rate = 0 }
         rate = Swift.min(rate, LoadStats.maxServiceRate)
+        updatePriorRate()
     }
 
     private mutating func currentStats(now: UInt64) -> LoadStats {
@@ -858,25 +891,47 @@ public struct QueueMachine: Sendable {
     private mutating func sendStats(to targets: [PeerID], _ actions: inout [Action], now: UInt64) {
         guard !targets.isEmpty else { return }
         let stats = currentStats(now: now)
+        if targets.count > 1 {
+            lastBroadcastLength = queue.count
+            lastBroadcastAt = now
+        }
         for peer in targets { actions.append(.send(.stats(queue: name, stats), to: peer)) }
     }
 
-    /// Work stealing: consumers wait and the queue is empty, so ask the peer with the most to
-    /// give for a batch sized so both would finish together.
+    /// A queue that grew a lot since the last round tells its peers at once (at most every
+    /// eighth of an interval), so idle nodes can steal without waiting for the next round.
+    private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
+        guard configuration.strategy == .adaptive, queue.count >= 2 * lastBroadcastLength + 8 else { return }
+        if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
+        sendStats(to: connectedPeers(), &actions, now: now)
+    }
+
+    /// Work stealing: consumers wait and the queue is empty, so ask the peer with the largest
+    /// surplus over the balanced finish time (all known items over all consumer rates) for this
+    /// node's share; the victim caps it at the pairwise fair split.
     private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
         guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, queue.isEmpty else { return }
         let mine = effectiveRate(now: now)
-        var best: (peer: PeerID, amount: Double)?
+        var totalLength = 0.0
+        var totalRate = mine
+        for view in peers.values where isFresh(view, now: now) {
+            totalLength += view.length
+            if view.accepting { totalRate += effectiveRate(of: view) }
+        }
+        guard totalLength >= 1 else { return }
+        let balanced = totalLength / totalRate
+        var best: (peer: PeerID, surplus: Double)?
         for (peer, view) in peers where isFresh(view, now: now) && view.length >= 1 {
-            let theirs = effectiveRate(of: view)
-            let amount = theirs == 0 ? view.length : view.length * mine / (mine + theirs)
-            if best == nil || amount > best!.amount || (amount == best!.amount && peer < best!.peer) {
-                best = (peer, amount)
+            let rate = view.accepting ? effectiveRate(of: view) : 0
+            let surplus = Swift.max(view.length - balanced * rate, view.waiting == 0 ? Swift.min(1, view.length) : 0)
+            if best == nil || surplus > best!.surplus || (surplus == best!.surplus && peer < best!.peer) {
+                best = (peer, surplus)
             }
         }
-        guard let best else { return }
+        guard let best, best.surplus > 0 else { return }
+        let share = Swift.max(balanced * mine, Double(waiters.count))
         let room = configuration.maxItems - heldItems
-        let wanted = Swift.min(Swift.max(Int(best.amount.rounded(.up)), waiters.count), configuration.maxTransferItems, room)
+        let wanted = Swift.min(Int(Swift.min(share, best.surplus).rounded(.up)), configuration.maxTransferItems, room)
         guard wanted >= 1 else { return }
         let id = nextRequestID
         nextRequestID += 1
@@ -890,9 +945,21 @@ public struct QueueMachine: Sendable {
     ) {
         let length = queue.count
         let mine = isClosed ? 0 : effectiveRate(now: now)
-        let theirs = Swift.max(thiefRate.isFinite ? thiefRate : 0, configuration.minimumRate)
+        let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
         var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
         give = Swift.min(give, maxItems, length)
+        // What this node already sent the thief (still in flight, or pushed to balance on the
+        // same gossip) counts toward its share: no double filling, nothing to steal back later.
+        if let view = peers[thief], isFresh(view, now: now), view.length >= 1, mine > 0 {
+            var totalLength = Double(length)
+            var totalRate = mine
+            for other in peers.values where isFresh(other, now: now) {
+                totalLength += other.length
+                if other.accepting { totalRate += effectiveRate(of: other) }
+            }
+            let deficit = totalLength / totalRate * theirs - view.length
+            give = Swift.min(give, Swift.max(0, Int(deficit.rounded(.up))))
+        }
         let sent = give > 0 ? sendTransfer(to: thief, count: give, kind: .steal, requestID: requestID, &actions, now: now) : 0
         if sent == 0 {
             actions.append(.send(.stealEmpty(queue: name, requestID: requestID), to: thief))
@@ -908,44 +975,55 @@ public struct QueueMachine: Sendable {
             isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
         }.keys.sorted()
         guard !idle.isEmpty else { return }
-        let total = Double(queue.count)
-        let rates = idle.map { effectiveRate(of: peers[$0]!) }
-        let sum = rates.reduce(effectiveRate(now: now), +)
-        for (index, peer) in idle.enumerated() where !queue.isEmpty {
-            let share = Int((total * rates[index] / sum).rounded(.up))
-            let give = Swift.min(queue.count, Swift.max(peers[peer]!.waiting, share))
-            sendTransfer(to: peer, count: give, kind: .dispatch, &actions, now: now)
+        // Only what the idle consumers can start now: a larger share is the thief's to ask for
+        // (one outstanding steal per node), so several senders never pile onto one peer.
+        for peer in idle where !queue.isEmpty {
+            sendTransfer(to: peer, count: Swift.min(queue.count, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
         }
     }
 
     /// Push to balance: when this node's finish time is well above the balanced one (all items
-    /// over all rates), send the surplus to the peers furthest below it.
+    /// over all consumer rates), it sends its surplus to the peers furthest below it. Each node
+    /// with surplus sends only its proportional part of every deficit, so nodes deciding on the
+    /// same gossip do not all pile onto the same peer.
     private mutating func pushToBalance(_ actions: inout [Action], now: UInt64) {
         guard !isClosed, waiters.isEmpty, !queue.isEmpty else { return }
         if let last = lastTransferReceivedAt, now &- last < configuration.rebalanceCooldown { return }
-        let targets = peers.filter { _, view in isFresh(view, now: now) && view.accepting && view.hasConsumers }
-        guard !targets.isEmpty else { return }
+        let fresh = peers.filter { _, view in isFresh(view, now: now) }
         let mine = effectiveRate(now: now)
         let length = Double(queue.count)
-        let totalRate = targets.values.reduce(mine) { $0 + effectiveRate(of: $1) }
-        let totalLength = targets.values.reduce(length) { $0 + $1.length }
-        guard totalRate > 0 else { return }
+        var totalLength = length
+        var totalRate = mine
+        for view in fresh.values {
+            totalLength += view.length
+            if view.accepting { totalRate += effectiveRate(of: view) }
+        }
+        guard totalRate > mine else { return }  // nobody else consumes
         let balanced = totalLength / totalRate
         if mine > 0 {
             let finish = length / mine
             guard finish > balanced * (1 + configuration.balanceThreshold),
                   finish - balanced > configuration.minimumImbalance else { return }
         }
-        let keep: Double = balanced * mine
-        var surplus = Int((length - keep).rounded(.down))
+        let mySurplus = length - balanced * mine
+        var totalSurplus = mySurplus
         var deficits: [(peer: PeerID, deficit: Double)] = []
-        for (peer, view) in targets {
-            let deficit: Double = balanced * effectiveRate(of: view) - view.length
-            if deficit >= 1 { deficits.append((peer, deficit)) }
+        for (peer, view) in fresh {
+            let rate = view.accepting ? effectiveRate(of: view) : 0
+            let excess = view.length - balanced * rate
+            if excess > 0 {
+                totalSurplus += excess
+            } else if -excess >= 1 && view.waiting == 0 {
+                // Peers with idle consumers are served by dispatch and their own steals.
+                deficits.append((peer, -excess))
+            }
         }
+        guard mySurplus >= 1, totalSurplus > 0 else { return }
+        let fraction = mySurplus / totalSurplus
+        var surplus = Int(mySurplus.rounded(.down))
         deficits.sort { $0.deficit > $1.deficit || ($0.deficit == $1.deficit && $0.peer < $1.peer) }
         for (peer, deficit) in deficits where surplus > 0 {
-            var due = Swift.min(surplus, Int(deficit.rounded(.down)))
+            var due = Swift.min(surplus, Int((deficit * fraction).rounded()))
             while due > 0 {
                 let sent = sendTransfer(to: peer, count: due, kind: .balance, &actions, now: now)
                 if sent == 0 { break }

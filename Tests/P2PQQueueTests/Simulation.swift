@@ -77,6 +77,18 @@ struct Simulation {
     var killed: Set<PeerID> = []
     /// Messages of these types are dropped instead of delivered.
     var dropTypes: Set<MessageType> = []
+    var debug = false
+
+    func debugLog(_ message: QueueMessage, from: PeerID, to: PeerID) {
+        let f = order.firstIndex(of: from)!, t = order.firstIndex(of: to)!
+        switch message {
+        case .transfer(_, _, let kind, _, let items): print("\(now / 1_000_000)ms \(f)->\(t) transfer \(kind) \(items.count)")
+        case .stealRequest(_, _, let max, let rate): print("\(now / 1_000_000)ms \(f)->\(t) steal \(max) rate \(rate)")
+        case .stealEmpty: print("\(now / 1_000_000)ms \(f)->\(t) empty")
+        case .stats(_, let s): print("\(now / 1_000_000)ms \(f)->\(t) stats len \(s.length) wait \(s.waiting) rate \(s.serviceRate)")
+        default: break
+        }
+    }
 
     private var events: [Event] = []
     private var nextOrder: UInt64 = 0
@@ -286,9 +298,10 @@ struct Simulation {
             do {
                 message = try QueueMessage.decode(type: type, body: body)
             } catch {
-                decodeErrors.append(error as! WireError)
+                decodeErrors.append(error)
                 return
             }
+            if debug { debugLog(message, from: from, to: to) }
             if case .transfer(_, _, _, _, let items) = message {
                 for item in items { paths[number(item.payload), default: []].append(to) }
             }
