@@ -116,7 +116,7 @@ let package = Package(
         .target(
             name: "P2PQNode",
             dependencies: [
-                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager",
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQQueue",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/P2PQNode"
@@ -161,7 +161,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeTests",
-            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor"],
+            dependencies: ["P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQQueue"],
             path: "Tests/P2PQNodeTests"
         ),
         .testTarget(

@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import P2PQConnectionManager
 import P2PQLink
+import P2PQQueue
 import P2PQReactor
 import P2PQWire
 
@@ -30,6 +31,8 @@ final class NodeCore {
     private(set) var isStopped = false
     /// Upper layers' message sink (membership, queue, calls register here later).
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
+    /// The named queues (P2PQQueue machines) of this node.
+    private(set) lazy var queues = QueueShell(core: self)
 
     init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
          events: AsyncStream<NodeEvent>.Continuation) {
@@ -129,11 +132,13 @@ final class NodeCore {
             case .peerConnected(let peer, let link):
                 logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
                 emit(.peerConnected(peer))
+                queues.peerConnected(peer)
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
+                queues.peerDisconnected(peer)
             }
         }
     }
@@ -232,6 +237,10 @@ final class NodeCore {
 
     func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from link: PeerLink) {
         guard let peer = link.remotePeerID else { return }
+        if MessageType.queueRange.contains(type.rawValue) {
+            if let error = queues.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            return
+        }
         messageHandler?(type, body, peer)
     }
 
@@ -276,6 +285,7 @@ final class NodeCore {
     /// Says goodbye to every peer and stops accepting. Links close as their goodbyes flush.
     func stop() {
         guard !isStopped else { return }
+        queues.stop()
         let actions = manager.stop(now: now)
         perform(actions)
         isStopped = true
