@@ -3,6 +3,7 @@ import P2PQLink
 @testable import P2PQNode
 import P2PQQueue
 import P2PQWire
+import Synchronization
 import Testing
 
 private func number(_ bytes: [UInt8]) -> Int {
@@ -85,20 +86,24 @@ struct QueueNodeTests {
         let nodes = try await cluster(3)
         let queues = nodes.map { $0.queue(named: "jobs") }
         try await queues[0].push(contentsOf: (0..<3000).map(item))
+        let total = Counter()
+        let deadline = ContinuousClock.now + .seconds(30)
         let results = try await withThrowingTaskGroup(of: [Int].self) { group in
             for queue in queues {
                 group.addTask {
                     var got: [Int] = []
-                    while true {
-                        switch await attempt({ () async throws(QueueError) in try await queue.pop(max: 1, timeout: .milliseconds(500)) }) {
+                    // Pop until all 3,000 are out somewhere (bounded by the deadline).
+                    while total.value.withLock({ $0 }) < 3000 && ContinuousClock.now < deadline {
+                        switch await attempt({ () async throws(QueueError) in try await queue.pop(max: 1, timeout: .milliseconds(100)) }) {
                         case .success(let batch):
                             got += batch.map(number)
+                            total.value.withLock { $0 += batch.count }
                             try await Task.sleep(for: .microseconds(200))  // a little work per item
                         case .failure(let error):
-                            if error == .timeout { return got }
-                            throw error
+                            if error != .timeout { throw error }
                         }
                     }
+                    return got
                 }
             }
             var all: [[Int]] = []
@@ -111,6 +116,10 @@ struct QueueNodeTests {
         for got in results { #expect(got.count > 100, "a node popped only \(got.count)") }
         for node in nodes { await node.stop() }
     }
+}
+
+private final class Counter: Sendable {
+    let value = Mutex(0)
 }
 
 private func attempt<T>(_ body: () async throws(QueueError) -> T) async -> Result<T, QueueError> {
