@@ -135,6 +135,7 @@ final class NodeCore {
                 queues.peerConnected(peer)
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
+                queues.peerLinkChanged(peer)
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))

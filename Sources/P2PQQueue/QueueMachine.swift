@@ -859,12 +859,18 @@ public struct QueueMachine: Sendable {
         let seconds = Double(now - lastSampleAt) / 1e9
         let sample = Double(popsSinceSample) / seconds
         let alpha = configuration.rateSmoothing
-        if popsSinceSample > 0 && rate == 0 {
+        // Busy the whole interval (nobody waited, items left): the sample measures capacity.
+        // Starved: idle time would read as a slow consumer, so only an increase counts, and a
+        // first measurement must beat the cluster's prior.
+        let busy = !starvedSinceSample && !queue.isEmpty
+        if busy && popsSinceSample > 0 {
+            rate = rate == 0 ? sample : alpha * sample + (1 - alpha) * rate
+        } else if busy && hasConsumers(now: now) && rate > 0 {
+            rate = (1 - alpha) * rate  // consumers busy with long items: the rate really is lower
+        } else if rate > 0 && sample > rate {
+            rate = alpha * sample + (1 - alpha) * rate
+        } else if rate == 0 && sample > priorRate {
             rate = sample
-        } else if !starvedSinceSample && !queue.isEmpty || sample > rate {
-            // Busy the whole interval: the sample measures capacity. Starved: only an
-            // increase is informative (idle time would read as a slow consumer).
-            if hasConsumers(now: now) || sample > 0 { rate = alpha * sample + (1 - alpha) * rate }
         }
         if !rate.isFinite || rate < 0 { rate = 0 }
         rate = Swift.min(rate, LoadStats.maxServiceRate)
@@ -948,9 +954,10 @@ public struct QueueMachine: Sendable {
         let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
         var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
         give = Swift.min(give, maxItems, length)
-        // What this node already sent the thief (still in flight, or pushed to balance on the
-        // same gossip) counts toward its share: no double filling, nothing to steal back later.
-        if let view = peers[thief], isFresh(view, now: now), view.length >= 1, mine > 0 {
+        // The thief's share of all known items (by rate), less what this node already sent it
+        // (in flight, or pushed to balance on the same gossip): no double filling, and a first
+        // thief does not take half of a cluster's work.
+        if let view = peers[thief], isFresh(view, now: now), mine > 0 {
             var totalLength = Double(length)
             var totalRate = mine
             for other in peers.values where isFresh(other, now: now) {

@@ -66,7 +66,7 @@ public struct QueueConfiguration: Hashable, Sendable {
     public var maxTransfersInFlightPerPeer: Int
     /// An unacknowledged transfer is taken back after this long (its link may have changed).
     public var transferTimeout: UInt64
-    /// A steal request without answer is given up after this long.
+    /// A steal request without answer is given up after this long (default: two stats intervals).
     public var stealTimeout: UInt64
     /// Pop confirmations wait at most this long to be batched.
     public var confirmDelay: UInt64
@@ -100,7 +100,7 @@ public struct QueueConfiguration: Hashable, Sendable {
         maxTransferItems: Int = 4096,
         maxTransfersInFlightPerPeer: Int = 4,
         transferTimeout: UInt64 = 5_000_000_000,
-        stealTimeout: UInt64 = 1_000_000_000,
+        stealTimeout: UInt64? = nil,
         confirmDelay: UInt64 = 10_000_000,
         confirmBatch: Int = 4096,
         maxOwnedItems: Int = 2_000_000,
@@ -127,7 +127,7 @@ public struct QueueConfiguration: Hashable, Sendable {
         self.maxTransferItems = maxTransferItems
         self.maxTransfersInFlightPerPeer = maxTransfersInFlightPerPeer
         self.transferTimeout = transferTimeout
-        self.stealTimeout = stealTimeout
+        self.stealTimeout = stealTimeout ?? 2 * statsInterval
         self.confirmDelay = confirmDelay
         self.confirmBatch = confirmBatch
         self.maxOwnedItems = maxOwnedItems

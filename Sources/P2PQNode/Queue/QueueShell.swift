@@ -202,6 +202,15 @@ final class QueueShell {
         for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDisconnected(peer, now: now)) }
     }
 
+    /// The peer's link was replaced; what was sent on the old one may be lost: take back the
+    /// transfers and steal requests in flight (the peer drops copies it already has).
+    func peerLinkChanged(_ peer: PeerID) {
+        for name in queues.keys.sorted() {
+            perform(name, queues[name]!.machine.peerDisconnected(peer, now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, now: now))
+        }
+    }
+
     /// Membership declared `peer` dead: owners re-queue what it held.
     func peerDied(_ peer: PeerID) {
         for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDied(peer, now: now)) }
