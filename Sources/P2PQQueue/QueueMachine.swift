@@ -578,7 +578,8 @@ public struct QueueMachine: Sendable {
 
     /// Queues a confirmation (`custody == nil`) or custody run for `owner`.
     private mutating func addRun(_ run: SequenceRun, to owner: PeerID, custody: CustodyKey?, now: UInt64) {
-        var entry = notices[owner] ?? Notices(since: now)
+        // Taken out of the dictionary so its arrays are uniquely referenced and grow in place.
+        var entry = notices.removeValue(forKey: owner) ?? Notices(since: now)
         if entry.runs == 0 && entry.items == 0 { entry.since = now }
         if let key = custody {
             if entry.custody[key] == nil { entry.custodyOrder.append(key) }
