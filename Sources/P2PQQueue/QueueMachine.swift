@@ -745,7 +745,7 @@ public struct QueueMachine: Sendable {
         }
         var accepted = 0
         for item in items {
-            guard dedup.insert(DedupKey(id: item.id, attempt: item.attempt, hops: item.hops)) else {
+            guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
                 counters.duplicatesDropped += 1
                 continue
             }
@@ -1118,30 +1118,60 @@ public struct QueueMachine: Sendable {
 
 // MARK: - Support
 
-/// Key of a received item copy: a retransmission repeats all three.
+/// Key of a received item copy: a retransmission repeats origin, sequence, attempt and hops.
+/// The origin is interned to a small number so the key hashes three words.
 struct DedupKey: Hashable, Sendable {
-    var id: ItemID
+    var origin: UInt32
     var attempt: UInt32
     var hops: UInt32
+    var sequence: UInt64
 }
 
-/// The last `capacity` keys, forgetting the oldest first.
+/// The last `capacity` to `2 × capacity` keys, in two generations: when the current one holds
+/// `capacity` keys it becomes the previous one and the old previous one is dropped whole (no
+/// per-key eviction on the hot path).
 struct DedupSet: Sendable {
     let capacity: Int
-    private var keys = Set<DedupKey>()
-    private var order = Deque<DedupKey>()
+    private var current = Set<DedupKey>()
+    private var previous = Set<DedupKey>()
+    private var origins: [PeerID: UInt32] = [:]
+    private var lastOrigin: PeerID?
+    private var lastIndex: UInt32 = 0
 
     init(capacity: Int) {
         self.capacity = capacity
     }
 
-    var count: Int { keys.count }
+    var count: Int { current.count + previous.count }
 
-    /// Inserts `key`; false if it was already there.
-    mutating func insert(_ key: DedupKey) -> Bool {
-        guard keys.insert(key).inserted else { return false }
-        order.append(key)
-        if order.count > capacity, let oldest = order.popFirst() { keys.remove(oldest) }
+    /// Inserts the copy; false if it was seen recently.
+    mutating func insert(_ id: ItemID, attempt: UInt32, hops: UInt32) -> Bool {
+        let origin: UInt32
+        if id.origin == lastOrigin {
+            origin = lastIndex  // items of a transfer mostly share their origin: skip the hash
+        } else if let known = origins[id.origin] {
+            origin = known
+            lastOrigin = id.origin
+            lastIndex = known
+        } else {
+            // Interned origins are bounded too: past 65,536, everything starts over.
+            if origins.count >= 1 << 16 {
+                origins = [:]
+                current = []
+                previous = []
+            }
+            origin = UInt32(origins.count)
+            origins[id.origin] = origin
+            lastOrigin = id.origin
+            lastIndex = origin
+        }
+        let key = DedupKey(origin: origin, attempt: attempt, hops: hops, sequence: id.sequence)
+        if !previous.isEmpty && previous.contains(key) { return false }
+        guard current.insert(key).inserted else { return false }
+        if current.count >= capacity {
+            previous = current
+            current = Set(minimumCapacity: capacity)
+        }
         return true
     }
 }

@@ -452,10 +452,14 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
         var runs: [SequenceRun] = []
         runs.reserveCapacity(count)
         for index in 0..<count {
-            let first = try reader.readU64(field: "\(field)[\(index)].first")
-            let length = try reader.readU32(field: "\(field)[\(index)].count")
-            guard length >= 1 else { throw .malformed(field: "\(field)[\(index)].count", reason: "0") }
-            runs.append(SequenceRun(first: first, count: length))
+            do throws(WireError) {
+                let first = try reader.readU64(field: "first")
+                let length = try reader.readU32(field: "count")
+                guard length >= 1 else { throw .malformed(field: "count", reason: "0") }
+                runs.append(SequenceRun(first: first, count: length))
+            } catch {
+                throw error.prefixed("\(field)[\(index)]")
+            }
         }
         return runs
     }
@@ -485,18 +489,23 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
         var items: [QueueItem] = []
         items.reserveCapacity(count)
         for index in 0..<count {
-            let originIndex = Int(try reader.readU16(field: "transfer.items[\(index)].origin"))
-            guard originIndex < originCount else {
-                throw .malformed(field: "transfer.items[\(index)].origin", reason: "index \(originIndex) of \(originCount) origins")
+            // Field names are built only on the error path: this loop runs once per item.
+            do throws(WireError) {
+                let originIndex = Int(try reader.readU16(field: "origin"))
+                guard originIndex < originCount else {
+                    throw .malformed(field: "origin", reason: "index \(originIndex) of \(originCount) origins")
+                }
+                let sequence = try reader.readU64(field: "sequence")
+                let attempt = try reader.readU32(field: "attempt")
+                let hops = try reader.readU32(field: "hops")
+                let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
+                items.append(QueueItem(
+                    id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
+                    payload: [UInt8](payload)
+                ))
+            } catch {
+                throw error.prefixed("transfer.items[\(index)]")
             }
-            let sequence = try reader.readU64(field: "transfer.items[\(index)].sequence")
-            let attempt = try reader.readU32(field: "transfer.items[\(index)].attempt")
-            let hops = try reader.readU32(field: "transfer.items[\(index)].hops")
-            let payload = try reader.readByteString(field: "transfer.items[\(index)].payload", maxLength: reader.remaining)
-            items.append(QueueItem(
-                id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
-                payload: [UInt8](payload)
-            ))
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
     }
@@ -512,5 +521,19 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
     /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
     public static func decode(_ message: RawMessage) throws(WireError) -> QueueMessage {
         try decode(type: message.type, body: message.body)
+    }
+}
+
+extension WireError {
+    /// The same error with `prefix` put in front of its field name ("transfer.items[3].hops").
+    func prefixed(_ prefix: String) -> WireError {
+        switch self {
+        case .truncated(let field, let needed, let available):
+            return .truncated(field: prefix + "." + field, needed: needed, available: available)
+        case .malformed(let field, let reason):
+            return .malformed(field: prefix + "." + field, reason: reason)
+        default:
+            return self
+        }
     }
 }

@@ -31,7 +31,8 @@ public enum DeliveryMode: Hashable, Sendable {
 ///   ``maxTransferItems`` items and one frame (``maxFrameSize``); counted in the limits above.
 /// - Ownership records: at most ``maxOwnedItems`` items and ``maxOwnedBytes`` bytes (shared with
 ///   the local queue while the item is here); pushes are refused beyond them.
-/// - Duplicate detection: the last ``dedupCapacity`` received item copies.
+/// - Duplicate detection: the last ``dedupCapacity`` to `2 × dedupCapacity` received item
+///   copies (two generations), and up to 65,536 interned origins.
 /// - Pending pop confirmations and custody notices: at most ``maxPendingRunsPerOwner`` runs per
 ///   owner (consecutive sequence numbers share a run); beyond, the oldest are dropped (the owner
 ///   then keeps those records until the holder's death re-queues them: a duplicate, never a loss).
@@ -105,7 +106,7 @@ public struct QueueConfiguration: Hashable, Sendable {
         confirmBatch: Int = 4096,
         maxOwnedItems: Int = 2_000_000,
         maxOwnedBytes: Int = 512 << 20,
-        dedupCapacity: Int = 1 << 17,
+        dedupCapacity: Int = 1 << 16,
         maxPendingRunsPerOwner: Int = 1 << 16,
         maxWaiters: Int = 1 << 16,
         maxTrackedPeers: Int = 1024,

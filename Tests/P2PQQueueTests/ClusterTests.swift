@@ -288,7 +288,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
             let items = (0..<20).map { QueueItem(id: ItemID(origin: b, sequence: UInt64(transfer * 20 + $0)), hops: 1, payload: payload($0)) }
             _ = q.receive(.transfer(queue: "q", transferID: UInt64(transfer + 1), kind: .balance, requestID: 0, items: items), from: b, now: 0)
         }
-        #expect(q.dedupCount == 100)
+        #expect(q.dedupCount <= 200)  // two generations of at most 100
         #expect(q.count == 1000)
 
         // Ownership records: pushes stop when the records are full, even with an empty queue.
