@@ -60,6 +60,11 @@ public struct QueueMachine: Sendable {
     private var owned: [UInt64: OwnedRecord] = [:]
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
+    /// Owner updates sent and not acknowledged yet, by update ID.
+    private var sentUpdates: [UInt64: SentUpdate] = [:]
+    private var nextUpdateID: UInt64 = 1
+    /// Update IDs recently applied, per sender, so a re-sent update is applied once.
+    private var appliedUpdates: [PeerID: RecentIDs] = [:]
 
     private var dedup: DedupSet
     private var peers: [PeerID: PeerView] = [:]
@@ -122,6 +127,28 @@ public struct QueueMachine: Sendable {
         var items = 0
         var since: UInt64
     }
+
+    private struct SentUpdate: Sendable {
+        var owner: PeerID
+        var popped: [SequenceRun]
+        var custody: [CustodyChange]
+    }
+
+    /// The last 1024 IDs, forgetting the oldest.
+    private struct RecentIDs: Sendable {
+        var set = Set<UInt64>()
+        var order = Deque<UInt64>()
+
+        mutating func insert(_ id: UInt64) -> Bool {
+            guard set.insert(id).inserted else { return false }
+            order.append(id)
+            if order.count > 1024, let oldest = order.popFirst() { set.remove(oldest) }
+            return true
+        }
+    }
+
+    /// Most unacknowledged owner updates per owner; more notices wait for acks.
+    static let maxUpdatesInFlight = 8
 
     private struct PeerView: Sendable {
         var connected = false
@@ -190,7 +217,10 @@ public struct QueueMachine: Sendable {
     /// Item copies remembered for duplicate detection.
     public var dedupCount: Int { dedup.count }
     /// Pending confirmation and custody runs, all owners together.
-    public var pendingNoticeRuns: Int { notices.values.reduce(0) { $0 + $1.runs } }
+    public var pendingNoticeRuns: Int {
+        notices.values.reduce(0) { $0 + $1.runs }
+            + sentUpdates.values.reduce(0) { $0 + $1.popped.count + $1.custody.reduce(0) { $0 + $1.runs.count } }
+    }
     /// Peers whose load is tracked.
     public var trackedPeers: Int { peers.count }
     /// The current service-rate estimate, pops per second.
@@ -353,8 +383,9 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         peers[peer] = nil
-        notices[peer] = nil
         linkLost(peer, &actions, now: now)
+        notices[peer] = nil
+        appliedUpdates[peer] = nil
         if deadPeers.insert(peer).inserted {
             deadOrder.append(peer)
             if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
@@ -390,8 +421,16 @@ public struct QueueMachine: Sendable {
             receiveTransfer(items, id: transferID, kind: kind, requestID: requestID, from: peer, &actions, now: now)
         case .transferAck(_, let transferID, let status):
             acknowledge(transferID, status: status, from: peer, &actions, now: now)
-        case .ownerUpdate(_, let popped, let custody):
-            ownerUpdate(popped: popped, custody: custody, &actions, now: now)
+        case .ownerUpdate(_, let updateID, let popped, let custody):
+            actions.append(.send(.ownerUpdateAck(queue: name, updateID: updateID), to: peer))
+            if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
+                ownerUpdate(popped: popped, custody: custody, &actions, now: now)
+            }
+        case .ownerUpdateAck(_, let updateID):
+            if sentUpdates[updateID]?.owner == peer {
+                sentUpdates[updateID] = nil
+                flushNotices(&actions, now: now, force: false, only: peer)
+            }
         }
         finish(&actions, now: now)
         return actions
@@ -448,16 +487,10 @@ public struct QueueMachine: Sendable {
                 peers[peer]?.connected = false
                 maybeSteal(&actions, now: now)
             }
-        case .ownerUpdate(_, let popped, let custody):
+        case .ownerUpdate(_, let updateID, _, _):
             // Kept for when the owner is reachable again (or dropped when it dies).
-            if !deadPeers.contains(peer) {
-                for run in popped { addRun(run, to: peer, custody: nil, now: now) }
-                for group in custody {
-                    let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
-                    for run in group.runs { addRun(run, to: peer, custody: key, now: now) }
-                }
-            }
-        case .stats, .stealEmpty, .transferAck:
+            if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
+        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
             break  // the peer times out or asks again
         }
         finish(&actions, now: now)
@@ -576,6 +609,15 @@ public struct QueueMachine: Sendable {
         requeue(lost.sorted(), &actions, now: now)
     }
 
+    private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
+        guard !deadPeers.contains(update.owner) else { return }
+        for run in update.popped { addRun(run, to: update.owner, custody: nil, now: now) }
+        for group in update.custody {
+            let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
+            for run in group.runs { addRun(run, to: update.owner, custody: key, now: now) }
+        }
+    }
+
     /// Queues a confirmation (`custody == nil`) or custody run for `owner`.
     private mutating func addRun(_ run: SequenceRun, to owner: PeerID, custody: CustodyKey?, now: UInt64) {
         // Taken out of the dictionary so its arrays are uniquely referenced and grow in place.
@@ -617,6 +659,7 @@ public struct QueueMachine: Sendable {
             guard let entry = notices[owner], entry.items > 0 else { continue }
             guard force || entry.items >= configuration.confirmBatch || now >= entry.since + configuration.confirmDelay else { continue }
             guard peers[owner]?.connected == true else { continue }  // kept until the owner is back or dead
+            guard updatesInFlight(to: owner) < Self.maxUpdatesInFlight else { continue }  // acks will flush
             notices[owner] = nil
             // Split into messages that fit one frame.
             let budget = configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4 + 2) - 16
@@ -626,7 +669,10 @@ public struct QueueMachine: Sendable {
             var runs = 0
             func emit() {
                 if popped.isEmpty && custody.isEmpty { return }
-                actions.append(.send(.ownerUpdate(queue: name, popped: popped, custody: custody), to: owner))
+                let id = nextUpdateID
+                nextUpdateID += 1
+                sentUpdates[id] = SentUpdate(owner: owner, popped: popped, custody: custody)
+                actions.append(.send(.ownerUpdate(queue: name, updateID: id, popped: popped, custody: custody), to: owner))
                 popped = []
                 custody = []
                 used = 0
@@ -700,6 +746,10 @@ public struct QueueMachine: Sendable {
         return kept.count
     }
 
+    private func updatesInFlight(to owner: PeerID) -> Int {
+        sentUpdates.values.reduce(0) { $0 + ($1.owner == owner ? 1 : 0) }
+    }
+
     private func transferCount(to peer: PeerID) -> Int {
         transfers.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) }
     }
@@ -721,6 +771,10 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        // Updates the owner may not have got go out again on the next link (applied once).
+        for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
+            requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
+        }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
         if let steal, steal.peer == peer {
@@ -1105,7 +1159,8 @@ public struct QueueMachine: Sendable {
         for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
         if let steal { deadline = Swift.min(deadline, steal.deadline) }
         // Notices for an unreachable owner wait for its reconnection (or death), not the timer.
-        for (owner, entry) in notices where entry.items > 0 && peers[owner]?.connected == true {
+        for (owner, entry) in notices where entry.items > 0 && peers[owner]?.connected == true
+            && updatesInFlight(to: owner) < Self.maxUpdatesInFlight {
             let due = entry.items >= configuration.confirmBatch ? now : entry.since + configuration.confirmDelay
             deadline = Swift.min(deadline, due)
         }

@@ -183,9 +183,10 @@ public enum QueueWire {
 ///   (≥ 1), origins (32 bytes each), item count u32 (≥ 1), items: origin index u16, sequence
 ///   u64, attempt u32, hops u32, payload (u32 length + bytes);
 /// - transfer ack `0x24`: queue str, transfer ID u64, status u8;
-/// - owner update `0x25`: queue str, popped run count u32, runs (first u64, count u32 ≥ 1),
-///   custody group count u16, groups: holder (32 bytes), attempt u32, hops u32, run count u32,
-///   runs.
+/// - owner update `0x25`: queue str, update ID u64, popped run count u32, runs (first u64,
+///   count u32 ≥ 1), custody group count u16, groups: holder (32 bytes), attempt u32, hops u32,
+///   run count u32, runs;
+/// - owner update ack `0x26`: queue str, update ID u64.
 public enum QueueMessage: Sendable, Equatable, WireMessage {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
@@ -193,14 +194,19 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
     /// `requestID` is the steal request answered, 0 for none.
     case transfer(queue: String, transferID: UInt64, kind: TransferKind, requestID: UInt64, items: [QueueItem])
     case transferAck(queue: String, transferID: UInt64, status: TransferStatus)
-    /// Pop confirmations (`popped`) and custody changes for the receiver's own items.
-    case ownerUpdate(queue: String, popped: [SequenceRun], custody: [CustodyChange])
+    /// Pop confirmations (`popped`) and custody changes for the receiver's own items. The
+    /// sender keeps it until the ack and re-sends it after a link failure; the owner applies
+    /// an update ID once.
+    case ownerUpdate(queue: String, updateID: UInt64, popped: [SequenceRun], custody: [CustodyChange])
+    /// The owner got the update.
+    case ownerUpdateAck(queue: String, updateID: UInt64)
 
     /// The queue the message is about.
     public var queue: String {
         switch self {
         case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
-             .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _):
+             .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
+             .ownerUpdateAck(let queue, _):
             return queue
         }
     }
@@ -213,6 +219,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
         case .transfer: return .queueTransfer
         case .transferAck: return .queueTransferAck
         case .ownerUpdate: return .queueOwnerUpdate
+        case .ownerUpdateAck: return .queueOwnerUpdateAck
         }
     }
 
@@ -237,7 +244,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
             guard rate.isFinite, rate >= 0, rate <= LoadStats.maxServiceRate else {
                 throw .malformed(field: "stealRequest.thiefRate", reason: "\(rate) is not a valid rate")
             }
-        case .stealEmpty, .transferAck:
+        case .stealEmpty, .transferAck, .ownerUpdateAck:
             break
         case .transfer(_, _, _, _, let items):
             guard !items.isEmpty else { throw .malformed(field: "transfer.count", reason: "no items") }
@@ -247,7 +254,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
             guard Self.origins(of: items).count <= QueueWire.maxOrigins else {
                 throw .malformed(field: "transfer.origins", reason: "more than \(QueueWire.maxOrigins) origins")
             }
-        case .ownerUpdate(_, let popped, let custody):
+        case .ownerUpdate(_, _, let popped, let custody):
             guard custody.count <= Int(UInt16.max) else {
                 throw .malformed(field: "ownerUpdate.custody", reason: "\(custody.count) groups exceed \(UInt16.max)")
             }
@@ -294,8 +301,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
                 + items.count * QueueWire.itemOverhead + payloads
         case .transferAck:
             return name + 8 + 1
-        case .ownerUpdate(_, let popped, let custody):
-            return name + 4 + popped.count * 12 + 2
+        case .ownerUpdateAck:
+            return name + 8
+        case .ownerUpdate(_, _, let popped, let custody):
+            return name + 8 + 4 + popped.count * 12 + 2
                 + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
         }
     }
@@ -314,7 +323,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
             writer.writeU64(requestID)
             writer.writeU32(maxItems)
             writer.writeFloat64(rate)
-        case .stealEmpty(_, let requestID):
+        case .stealEmpty(_, let requestID), .ownerUpdateAck(_, let requestID):
             writer.writeU64(requestID)
         case .transfer(_, let transferID, let kind, let requestID, let items):
             writer.writeU64(transferID)
@@ -340,7 +349,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
         case .transferAck(_, let transferID, let status):
             writer.writeU64(transferID)
             writer.writeU8(status.rawValue)
-        case .ownerUpdate(_, let popped, let custody):
+        case .ownerUpdate(_, let updateID, let popped, let custody):
+            writer.writeU64(updateID)
             writer.writeU32(UInt32(popped.count))
             for run in popped { Self.write(run, into: &writer) }
             writer.writeU16(UInt16(custody.count))
@@ -414,7 +424,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
                 throw .malformed(field: "transferAck.status", reason: "unknown status \(raw)")
             }
             message = .transferAck(queue: queue, transferID: transferID, status: status)
+        case .queueOwnerUpdateAck:
+            message = .ownerUpdateAck(queue: queue, updateID: try reader.readU64(field: "ownerUpdateAck.updateID"))
         case .queueOwnerUpdate:
+            let updateID = try reader.readU64(field: "ownerUpdate.updateID")
             let popped = try readRuns(&reader, field: "ownerUpdate.popped", countField: "ownerUpdate.popped.count")
             let groups = Int(try reader.readU16(field: "ownerUpdate.custody.count"))
             // A group takes at least 44 bytes: never reserve more than the bytes could hold.
@@ -436,7 +449,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
             guard totalRuns <= QueueWire.maxRunsPerUpdate else {
                 throw .malformed(field: "ownerUpdate", reason: "\(totalRuns) runs exceed \(QueueWire.maxRunsPerUpdate)")
             }
-            message = .ownerUpdate(queue: queue, popped: popped, custody: custody)
+            message = .ownerUpdate(queue: queue, updateID: updateID, popped: popped, custody: custody)
         default:
             throw .unknownMessageType(type.rawValue)
         }

@@ -36,6 +36,8 @@ public enum DeliveryMode: Hashable, Sendable {
 /// - Pending pop confirmations and custody notices: at most ``maxPendingRunsPerOwner`` runs per
 ///   owner (consecutive sequence numbers share a run); beyond, the oldest are dropped (the owner
 ///   then keeps those records until the holder's death re-queues them: a duplicate, never a loss).
+/// - Owner updates awaiting their ack: at most 8 per owner (one frame each); applied update
+///   IDs remembered: 1,024 per peer.
 /// - Peer load views: at most ``maxTrackedPeers``; waiting consumers: at most ``maxWaiters``;
 ///   dead peers remembered: 1024.
 public struct QueueConfiguration: Hashable, Sendable {

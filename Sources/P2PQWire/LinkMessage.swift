@@ -89,7 +89,8 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
         var reader = WireReader(body)
         let message: LinkMessage
         switch type {
-        case .benchmark, .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate:
+        case .benchmark, .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
+             .queueOwnerUpdateAck:
             // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:

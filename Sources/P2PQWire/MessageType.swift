@@ -36,6 +36,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case queueTransferAck = 0x24
     /// Queue: pop confirmations and custody changes, sent to an item's owner in batches.
     case queueOwnerUpdate = 0x25
+    /// Queue: the owner got an owner update (the sender may forget it).
+    case queueOwnerUpdateAck = 0x26
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
 
@@ -75,6 +77,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .queueTransfer: return "queue transfer"
         case .queueTransferAck: return "queue transfer ack"
         case .queueOwnerUpdate: return "queue owner update"
+        case .queueOwnerUpdateAck: return "queue owner update ack"
         case .benchmark: return "benchmark"
         }
     }

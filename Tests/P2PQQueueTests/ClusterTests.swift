@@ -300,7 +300,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(owner.count == 0 && owner.ownedItems == 50)
         #expect(owner.push([payload(99)], now: 3).0 == .full)
         // The confirmations free them.
-        let actions = owner.receive(.ownerUpdate(queue: "q", popped: [SequenceRun(first: 1, count: 10)], custody: []), from: b, now: 4)
+        let actions = owner.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [SequenceRun(first: 1, count: 10)], custody: []), from: b, now: 4)
         #expect(actions.contains(.spaceAvailable))
         #expect(owner.push([payload(99)], now: 5).0 == .accepted)
 
@@ -333,5 +333,49 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(fifth.transfers.isEmpty)
         #expect(fifth.sent.contains { if case .stealEmpty(_, 5) = $0.0 { true } else { false } })
         #expect(sender.transfersInFlight == 4)
+    }
+}
+
+@Suite struct ChaosTests {
+    /// A tiny deterministic generator for fault schedules.
+    struct Rng {
+        var state: UInt64
+        mutating func next(_ bound: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(bound))
+        }
+    }
+
+    @Test("Random link cuts, lost acks and a death: nothing is lost", arguments: [1, 2, 3, 4, 5, 6] as [UInt64])
+    func chaos(seed: UInt64) {
+        var rng = Rng(state: seed)
+        var sim = Simulation(nodes: 4, configuration: QueueConfiguration(transferTimeout: 300 * ms))
+        sim.connectAll()
+        for index in 0..<4 { sim.addConsumers(1, at: sim.node(index), taskTime: 2 * ms) }
+        sim.push(0..<2000, at: sim.node(0))
+        sim.push(2000..<4000, at: sim.node(1))
+        let victim = sim.node(3)
+        for step in 0..<40 {
+            let x = sim.node(rng.next(4)), y = sim.node(rng.next(4))
+            if x != y && !sim.killed.contains(x) && !sim.killed.contains(y) {
+                sim.cut(x, y)
+                sim.run(until: sim.now + UInt64(rng.next(30)) * ms)
+                sim.connect(x, y)
+            }
+            sim.dropTypes = rng.next(4) == 0 ? [.queueTransferAck] : []
+            sim.run(until: sim.now + UInt64(5 + rng.next(20)) * ms)
+            if step == 20 { sim.kill(victim) }
+        }
+        sim.dropTypes = []
+        let settled = sim.run(for: 60 * second) { sim in
+            sim.totalPopped >= 4000 && sim.order.filter { !sim.killed.contains($0) }
+                .allSatisfy { sim.machines[$0]!.heldItems == 0 && sim.machines[$0]!.count == 0 }
+        }
+        #expect(settled)
+        sim.run(until: sim.now + 2 * second)
+        let duplicates = expectNothingLost(sim, 4000)
+        // Duplicates come only from the faults, and the survivors' owners drained their records.
+        #expect(duplicates < 400, "\(duplicates) duplicates")
+        for index in 0..<3 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0, "node \(index)") }
     }
 }

@@ -195,7 +195,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         let actions = b.tick(now: 4 + QueueConfiguration().confirmDelay + 100)
         let sent = actions.sent.filter { if case .ownerUpdate = $0.0 { true } else { false } }
         #expect(sent.count == 1 && sent[0].1 == A)
-        guard case .ownerUpdate(_, let popped, _) = sent[0].0 else { return }
+        guard case .ownerUpdate(_, _, let popped, _) = sent[0].0 else { return }
         #expect(popped == [SequenceRun(first: 1, count: 60)])  // one run for 60 pops
         _ = a.receive(try wireRoundTrip(sent[0].0), from: B, now: 5)
         #expect(a.ownedItems == 40)
@@ -234,7 +234,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
             if case .ownerUpdate = message { to == A } else { false }
         }
         #expect(news.count == 1)
-        guard case .ownerUpdate(_, _, let custody) = news[0].0 else { Issue.record("no owner update"); return }
+        guard case .ownerUpdate(_, _, _, let custody) = news[0].0 else { Issue.record("no owner update"); return }
         #expect(custody == [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 4)])])
         _ = a.receive(try wireRoundTrip(news[0].0), from: B, now: 7)
         // C dies: only the 4 it held come back; B's 2 stay with B.
@@ -244,7 +244,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         var (a2, _, t3) = stolen(2)
         _ = a2.receive(.transferAck(queue: "q", transferID: t3.id, status: .accepted), from: B, now: 3)
         _ = a2.peerDied(C, now: 4)
-        _ = a2.receive(.ownerUpdate(queue: "q", popped: [], custody: [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 2)])]), from: B, now: 5)
+        _ = a2.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 2)])]), from: B, now: 5)
         #expect(popAll(&a2) == [0, 1])
     }
 

@@ -36,9 +36,10 @@ private func statsBody(rate: Double) -> [UInt8] {
             .stealEmpty(queue: "jobs", requestID: 42),
             .transfer(queue: "jobs", transferID: 5, kind: .steal, requestID: 42, items: items),
             .transferAck(queue: "jobs", transferID: 5, status: .full),
-            .ownerUpdate(queue: "jobs", popped: [SequenceRun(first: 1, count: 100), SequenceRun(first: 200, count: 1)],
+            .ownerUpdate(queue: "jobs", updateID: 3, popped: [SequenceRun(first: 1, count: 100), SequenceRun(first: 200, count: 1)],
                          custody: [CustodyChange(holder: peer(3), attempt: 1, hops: 2, runs: [SequenceRun(first: 5, count: 3)])]),
-            .ownerUpdate(queue: "jobs", popped: [], custody: []),
+            .ownerUpdate(queue: "jobs", updateID: 3, popped: [], custody: []),
+            .ownerUpdateAck(queue: "jobs", updateID: 3),
         ]
         for message in messages {
             #expect(try wireRoundTrip(message) == message)
@@ -127,7 +128,7 @@ private func statsBody(rate: Double) -> [UInt8] {
         // Empty run in an owner update.
         #expect(throws: WireError.malformed(field: "ownerUpdate.popped[0].count", reason: "0")) {
             try QueueMessage.decode(type: .queueOwnerUpdate, body: body { w in
-                w.writeString("q"); w.writeU32(1); w.writeU64(5); w.writeU32(0); w.writeU16(0)
+                w.writeString("q"); w.writeU64(9); w.writeU32(1); w.writeU64(5); w.writeU32(0); w.writeU16(0)
             })
         }
         // Steal request for nothing.
