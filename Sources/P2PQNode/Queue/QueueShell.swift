@@ -56,6 +56,8 @@ final class QueueShell {
     unowned let core: NodeCore
     private var queues: [String: Entry] = [:]
     private var nextWaiter: UInt64 = 1
+    /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
+    private var isStopped = false
 
     private struct Entry {
         var machine: QueueMachine
@@ -98,6 +100,7 @@ final class QueueShell {
     // MARK: Callers
 
     func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
+        guard !isStopped else { return continuation.resume(returning: .failure(.nodeStopped)) }
         guard ensure(name) else { return continuation.resume(returning: .failure(.tooManyQueues)) }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
@@ -123,6 +126,10 @@ final class QueueShell {
 
     /// `timeout` nil waits forever; zero does not wait.
     func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
+        guard !isStopped else {
+            continuation.resume(returning: .failure(.nodeStopped))
+            return nil
+        }
         guard ensure(name) else {
             continuation.resume(returning: .failure(.tooManyQueues))
             return nil
@@ -172,7 +179,7 @@ final class QueueShell {
     func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
 
     func close(_ name: String) {
-        guard ensure(name) else { return }
+        guard !isStopped, ensure(name) else { return }
         perform(name, queues[name]!.machine.close(now: now))
         failPushes(name, with: .closed)
     }
@@ -189,7 +196,7 @@ final class QueueShell {
             return error
         }
         let name = message.queue
-        guard ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
+        guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
         perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
         return nil
     }
@@ -218,6 +225,7 @@ final class QueueShell {
 
     /// The node stops: every parked caller fails with `.nodeStopped`.
     func stop() {
+        isStopped = true
         for name in queues.keys.sorted() {
             if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
             queues[name]!.timer = nil
