@@ -530,28 +530,38 @@ public struct QueueMachine: Sendable {
         let n = Swift.min(max, queue.count)
         var payloads: [[UInt8]] = []
         payloads.reserveCapacity(n)
+        let tracked = configuration.delivery == .atLeastOnce
+        // Confirmations for other owners, gathered as runs (a batch is mostly one run).
+        var runOrigin: PeerID?
+        var run = SequenceRun(first: 0, count: 0)
         for _ in 0..<n {
             let item = queue.removeFirst()
             queuedBytes -= item.payload.count
-            consumed(item, now: now)
             payloads.append(item.payload)
+            guard tracked else { continue }
+            if item.id.origin == localPeer {
+                if let record = owned.removeValue(forKey: item.id.sequence) {
+                    ownedBytes -= record.payload.count
+                } else {
+                    counters.duplicatePops += 1
+                }
+            } else if item.id.origin == runOrigin && run.first &+ UInt64(run.count) == item.id.sequence && run.count < UInt32.max {
+                run.count += 1
+            } else {
+                if let owner = runOrigin { confirm(run, to: owner, now: now) }
+                runOrigin = item.id.origin
+                run = SequenceRun(first: item.id.sequence, count: 1)
+            }
         }
+        if let owner = runOrigin { confirm(run, to: owner, now: now) }
         popsSinceSample += n
         counters.popped += n
         return payloads
     }
 
-    private mutating func consumed(_ item: QueueItem, now: UInt64) {
-        guard configuration.delivery == .atLeastOnce else { return }
-        if item.id.origin == localPeer {
-            if let record = owned.removeValue(forKey: item.id.sequence) {
-                ownedBytes -= record.payload.count
-            } else {
-                counters.duplicatePops += 1
-            }
-        } else if !deadPeers.contains(item.id.origin) {
-            addRun(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, custody: nil, now: now)
-        }
+    private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
+        guard !deadPeers.contains(owner) else { return }
+        addRun(run, to: owner, custody: nil, now: now)
     }
 
     private mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
