@@ -193,6 +193,8 @@ public struct QueueMachine: Sendable {
         precondition(maxItemSize > 0, "maxFrameSize too small for the queue name")
         self.dedup = DedupSet(capacity: max(1, configuration.dedupCapacity))
         self.priorRate = configuration.minimumRate
+        self.nextSequence = configuration.firstSequence
+        self.statsSequence = configuration.firstSequence
         self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
     }
 
@@ -360,6 +362,8 @@ public struct QueueMachine: Sendable {
         if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
+        // A new link may lead to a restarted process whose reports count from the start again.
+        peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
         if isClosed { handOff(&actions, now: now) }
         flushNotices(&actions, now: now, force: true, only: peer)
@@ -597,7 +601,7 @@ public struct QueueMachine: Sendable {
             for sequence in run.first..<run.first &+ UInt64(run.count) {
                 if let record = owned.removeValue(forKey: sequence) {
                     ownedBytes -= record.payload.count
-                } else if sequence < nextSequence {
+                } else if sequence >= configuration.firstSequence && sequence < nextSequence {
                     counters.duplicatePops += 1
                 }
             }

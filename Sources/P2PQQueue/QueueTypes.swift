@@ -86,6 +86,10 @@ public struct QueueConfiguration: Hashable, Sendable {
     public var consumerIdleTimeout: UInt64
     /// Seeds the legacy strategy's random peer choice.
     public var seed: UInt64
+    /// The first item sequence number. A node that restarts under the same identity must
+    /// start above every number its previous run used (the shell passes its incarnation, the
+    /// wall-clock nanoseconds at start), so old copies are never taken for new items.
+    public var firstSequence: UInt64
 
     public init(
         strategy: BalanceStrategy = .adaptive,
@@ -113,7 +117,8 @@ public struct QueueConfiguration: Hashable, Sendable {
         maxWaiters: Int = 1 << 16,
         maxTrackedPeers: Int = 1024,
         consumerIdleTimeout: UInt64 = 5_000_000_000,
-        seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+        seed: UInt64 = 0x9E37_79B9_7F4A_7C15,
+        firstSequence: UInt64 = 1
     ) {
         self.strategy = strategy
         self.delivery = delivery
@@ -141,6 +146,7 @@ public struct QueueConfiguration: Hashable, Sendable {
         self.maxTrackedPeers = maxTrackedPeers
         self.consumerIdleTimeout = consumerIdleTimeout
         self.seed = seed
+        self.firstSequence = Swift.max(1, firstSequence)
     }
 
     /// p2pqueue's scheme: the legacy strategy, gossiping and pushing every 2 s.

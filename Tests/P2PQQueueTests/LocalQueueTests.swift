@@ -267,6 +267,24 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(q.acceptStats(make(6), from: B, now: 2) == .accepted)
     }
 
+    @Test("A restarted peer's reports, counting from the start again, are accepted on its new link")
+    func restartedPeer() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        _ = q.peerConnected(B, now: 0)
+        _ = report(&q, from: B, sequence: 100, length: 5, now: 0)
+        #expect(q.peerLength(B, now: 1) == 5)
+        _ = q.peerDisconnected(B, now: 2)
+        _ = q.peerConnected(B, now: 3)
+        _ = report(&q, from: B, sequence: 1, length: 7, now: 4)
+        #expect(q.peerLength(B, now: 5) == 7)
+        // Its items carry sequence numbers above the old run's.
+        var restarted = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration(firstSequence: 1_000_000))
+        _ = restarted.peerConnected(A, now: 0)
+        _ = restarted.push([payload(1)], now: 0)
+        let transfer = restarted.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1), from: A, now: 1).transfers
+        #expect(transfer.first?.items.first?.id.sequence == 1_000_000)
+    }
+
     @Test("A report too old is not used: no dispatch to a peer last heard idle long ago")
     func staleByTime() {
         var q = QueueMachine(name: "q", localPeer: A)

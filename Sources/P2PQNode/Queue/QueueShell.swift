@@ -89,6 +89,7 @@ final class QueueShell {
         guard queues.count < Self.maxQueues, (1...QueueWire.maxQueueNameLength).contains(name.utf8.count) else { return false }
         var configuration = core.configuration.queue
         configuration.maxFrameSize = core.configuration.maxFrameSize
+        configuration.firstSequence = Swift.max(configuration.firstSequence, core.incarnation)
         queues[name] = Entry(machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration))
         perform(name, queues[name]!.machine.start(now: now))
         for peer in core.connectedPeers.sorted() {
