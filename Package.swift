@@ -47,6 +47,7 @@ let package = Package(
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
         .library(name: "P2PQMembership", targets: ["P2PQMembership"]),
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
+        .library(name: "P2PQQueue", targets: ["P2PQQueue"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
@@ -124,12 +125,19 @@ let package = Package(
         // Remote calls as plain values: the call item and messages, the caller's and the
         // executor's state machines (slots, nested calls, retries, memo caches).
         .target(name: "P2PQRemoteCall", dependencies: ["P2PQWire"], path: "Sources/P2PQRemoteCall"),
+        // The distributed queue as plain values: the local FIFO, transfers, ownership records,
+        // the balancer, and the queue's wire messages.
+        .target(
+            name: "P2PQQueue",
+            dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
+            path: "Sources/P2PQQueue"
+        ),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
             name: "P2PQNode",
             dependencies: [
-                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership",
+                "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -179,7 +187,7 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership",
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -213,6 +221,11 @@ let package = Package(
             name: "P2PQRemoteCallTests",
             dependencies: ["P2PQRemoteCall", "P2PQWire"],
             path: "Tests/P2PQRemoteCallTests"
+        ),
+        .testTarget(
+            name: "P2PQQueueTests",
+            dependencies: ["P2PQQueue", "P2PQWire"],
+            path: "Tests/P2PQQueueTests"
         ),
         .testTarget(
             name: "P2PQNoiseTests",

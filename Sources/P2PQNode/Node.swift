@@ -190,6 +190,16 @@ public final class Node: Sendable {
         _ = await onCore(body)
     }
 
+    /// Runs `body` on the reactor thread with the core; false if the node is not running.
+    func executeOnCore(_ body: @escaping @Sendable (NodeCore) -> Void) -> Bool {
+        let running = lifecycle.withLock { state -> ReactorBound<NodeCore>? in
+            guard case .running(_, let core) = state else { return nil }
+            return core
+        }
+        guard let core = running else { return false }
+        return core.reactor.execute { body(core.value) }
+    }
+
     private func onCore<T: Sendable>(_ body: @escaping @Sendable (NodeCore) -> T) async -> T? {
         let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
             guard case .running(let reactor, let core) = state else { return nil }

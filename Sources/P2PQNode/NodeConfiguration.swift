@@ -1,6 +1,7 @@
 import Logging
 import P2PQLink
 import P2PQMembership
+import P2PQQueue
 import P2PQReactor
 import P2PQWire
 
@@ -28,6 +29,9 @@ public struct NodeConfiguration: Sendable {
     public var maxPeers = 64
     /// Largest message a peer may send.
     public var maxFrameSize = WireProtocol.defaultMaxFrameSize
+    /// Limits, delivery mode and balancing of every named queue (its `maxFrameSize` is
+    /// replaced by the node's).
+    public var queue = QueueConfiguration()
     /// Per-link outbound buffering: above `highWatermark` queued bytes the link is unwritable.
     public var highWatermark = 4 << 20
     public var lowWatermark = 1 << 20

@@ -3,6 +3,7 @@ import Logging
 import P2PQConnectionManager
 import P2PQLink
 import P2PQMembership
+import P2PQQueue
 import P2PQReactor
 import P2PQWire
 
@@ -40,6 +41,8 @@ final class NodeCore {
     private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
+    /// The named queues (P2PQQueue machines) of this node.
+    private(set) lazy var queues = QueueShell(core: self)
 
     init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
          events: AsyncStream<NodeEvent>.Continuation) {
@@ -146,12 +149,15 @@ final class NodeCore {
                 logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
                 emit(.peerConnected(peer))
                 membership?.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0)
+                queues.peerConnected(peer)
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
+                queues.peerLinkChanged(peer)
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
                 if reason != .stopped { membership?.linkDown(peer) }
+                queues.peerDisconnected(peer)
             }
         }
     }
@@ -254,6 +260,10 @@ final class NodeCore {
             if let error = membership?.received(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
             return
         }
+        if MessageType.queueRange.contains(type.rawValue) {
+            if let error = queues.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            return
+        }
         messageHandler?(type, body, peer)
     }
 
@@ -306,6 +316,7 @@ final class NodeCore {
         guard !isStopped else { return }
         discovery?.stop()  // goodbyes
         discovery = nil
+        queues.stop()
         // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead.
         membership?.leave()
         let actions = manager.stop(now: now)

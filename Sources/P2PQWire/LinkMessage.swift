@@ -89,8 +89,10 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
         var reader = WireReader(body)
         let message: LinkMessage
         switch type {
-        case .benchmark, .membershipPing, .membershipAck, .membershipPingRequest, .membershipNack, .membershipGossip:
-            // Not a link message: its body belongs to another layer.
+        case .benchmark, .membershipPing, .membershipAck, .membershipPingRequest, .membershipNack, .membershipGossip,
+             .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
+             .queueOwnerUpdateAck:
+            // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:
             // The version comes first and is checked first: the rest of the layout is v1's.

@@ -34,6 +34,20 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case membershipNack = 0x13
     /// Membership: updates only (state sync on a new link, leave announcements).
     case membershipGossip = 0x14
+    /// Queue (P2PQQueue): a node's load report for one named queue.
+    case queueStats = 0x20
+    /// Queue: a node with idle consumers asks a peer for a batch of items.
+    case queueStealRequest = 0x21
+    /// Queue: the answer to a steal request when the peer has nothing to give.
+    case queueStealEmpty = 0x22
+    /// Queue: a batch of items handed from one node to another.
+    case queueTransfer = 0x23
+    /// Queue: the receiver of a transfer accepts or refuses it.
+    case queueTransferAck = 0x24
+    /// Queue: pop confirmations and custody changes, sent to an item's owner in batches.
+    case queueOwnerUpdate = 0x25
+    /// Queue: the owner got an owner update (the sender may forget it).
+    case queueOwnerUpdateAck = 0x26
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
     /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
@@ -78,6 +92,13 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .membershipPingRequest: return "membership ping-req"
         case .membershipNack: return "membership nack"
         case .membershipGossip: return "membership gossip"
+        case .queueStats: return "queue stats"
+        case .queueStealRequest: return "queue steal request"
+        case .queueStealEmpty: return "queue steal empty"
+        case .queueTransfer: return "queue transfer"
+        case .queueTransferAck: return "queue transfer ack"
+        case .queueOwnerUpdate: return "queue owner update"
+        case .queueOwnerUpdateAck: return "queue owner update ack"
         case .benchmark: return "benchmark"
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"

@@ -98,9 +98,14 @@ final class MembershipShell {
         case .dead(let peer):
             core.logger.warning("member \(peer.short) declared dead")
             core.emit(.memberDead(peer))
+            // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
+            core.queues.peerDied(peer)
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
+            // A leaving node hands its items on first; whatever it could not hand on, its owners
+            // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
+            core.queues.peerDied(peer)
         }
     }
 

@@ -1,0 +1,141 @@
+import P2PQQueue
+import Synchronization
+
+extension Node {
+    /// Runs `body` on the reactor thread with the core; nil if the node is not running.
+    func withCore<T: Sendable>(_ body: @escaping @Sendable (NodeCore) -> T) async -> T? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
+            if !executeOnCore({ core in continuation.resume(returning: body(core)) }) {
+                continuation.resume(returning: nil)
+            }
+        }
+    }
+
+    /// The name of the default queue.
+    public static let defaultQueueName = "default"
+
+    /// A handle on the named queue of this node (created on first use; peers' queues of the
+    /// same name form one distributed queue). Handles are cheap values: make as many as needed.
+    public func queue(named name: String = Node.defaultQueueName) -> QueueHandle {
+        QueueHandle(node: self, name: name)
+    }
+}
+
+/// A named queue, usable from any task.
+///
+/// Items leave a node in the order they entered it; across nodes there is no global order.
+/// Delivery is at-least-once (see `QueueConfiguration.delivery`): nothing is lost when a link or
+/// a node fails, and duplicates only follow faults.
+public struct QueueHandle: Sendable {
+    public let node: Node
+    /// The queue's name (1...255 UTF-8 bytes).
+    public let name: String
+
+    /// Appends the items in order; waits while the queue is full (backpressure). Returns once
+    /// they are in the local queue and tracked.
+    ///
+    /// - Throws: ``QueueError/closed``, ``QueueError/itemTooLarge(size:limit:)``,
+    ///   ``QueueError/batchTooLarge``, ``QueueError/nodeStopped``.
+    public func push(_ items: [UInt8]...) async throws(QueueError) {
+        try await push(contentsOf: items)
+    }
+
+    /// Appends the items in order, as one batch; waits while the queue is full.
+    public func push(contentsOf items: [[UInt8]]) async throws(QueueError) {
+        let name = self.name
+        let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+            let running = node.executeOnCore { core in core.queues.push(name, items, wait: true, continuation) }
+            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+        }
+        try result.get()
+    }
+
+    /// Appends the items if there is room now; false if the queue is full.
+    ///
+    /// - Throws: as ``push(contentsOf:)``, never waiting.
+    public func tryPush(_ items: [UInt8]...) async throws(QueueError) -> Bool {
+        let name = self.name
+        let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+            let running = node.executeOnCore { core in core.queues.push(name, items, wait: false, continuation) }
+            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+        }
+        switch result {
+        case .success: return true
+        case .failure(.timeout): return false
+        case .failure(let error): throw error
+        }
+    }
+
+    /// One item; waits up to `timeout` (forever if nil). Waiting pops are served first-in
+    /// first-out.
+    ///
+    /// - Throws: ``QueueError/timeout``, ``QueueError/closed``, ``QueueError/cancelled``,
+    ///   ``QueueError/nodeStopped``.
+    public func pop(timeout: Duration? = nil) async throws(QueueError) -> [UInt8] {
+        try await pop(max: 1, timeout: timeout)[0]
+    }
+
+    /// Up to `max` items (at least one); waits up to `timeout` for the first.
+    public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
+        let name = self.name
+        let node = self.node
+        let waiter = WaiterBox()
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: QueueShell.PopContinuation) in
+                let running = node.executeOnCore { core in
+                    let id = core.queues.pop(name, max: Swift.max(1, max), timeout: timeout, continuation)
+                    if let id, waiter.set(id) { core.queues.cancel(name, id) }
+                }
+                if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+            }
+        } onCancel: {
+            if let id = waiter.cancel() {
+                _ = node.executeOnCore { core in core.queues.cancel(name, id) }
+            }
+        }
+        return try result.get()
+    }
+
+    /// The local count and an estimate of the cluster-wide count.
+    public func size() async -> QueueSize {
+        let name = self.name
+        return await node.withCore { core in core.queues.size(name) } ?? QueueSize(local: 0, cluster: 0)
+    }
+
+    /// Counters of the local queue (pushes, pops, transfers, duplicates), nil before first use.
+    public func counters() async -> QueueCounters? {
+        let name = self.name
+        return await node.withCore { core in core.queues.counters(name) } ?? nil
+    }
+
+    /// Stops accepting pushes on this node, fails its waiting pops with ``QueueError/closed``
+    /// and hands its items to live peers. The node keeps running.
+    public func close() async {
+        let name = self.name
+        _ = await node.withCore { core in core.queues.close(name) }
+    }
+}
+
+/// The waiter ID of a pop, shared between the reactor and a cancellation handler.
+private final class WaiterBox: Sendable {
+    private enum State: Sendable { case pending, waiting(WaiterID), cancelled }
+    private let state = Mutex<State>(.pending)
+
+    /// Records the waiter; true if the pop was already cancelled (the caller cancels it).
+    func set(_ id: WaiterID) -> Bool {
+        state.withLock { state in
+            if case .cancelled = state { return true }
+            state = .waiting(id)
+            return false
+        }
+    }
+
+    /// Marks the pop cancelled; the waiter to cancel, if it is already registered.
+    func cancel() -> WaiterID? {
+        state.withLock { state in
+            defer { state = .cancelled }
+            if case .waiting(let id) = state { return id }
+            return nil
+        }
+    }
+}

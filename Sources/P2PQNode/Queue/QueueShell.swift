@@ -1,0 +1,295 @@
+import P2PQQueue
+import P2PQReactor
+import P2PQWire
+
+/// Why a queue operation failed.
+public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// `pop(timeout:)` found nothing before the timeout.
+    case timeout
+    /// The queue is closed (on this node).
+    case closed
+    /// An item is larger than one frame can carry.
+    case itemTooLarge(size: Int, limit: Int)
+    /// A batch larger than the queue's limits: it could never be accepted whole.
+    case batchTooLarge
+    /// Too many pops are waiting already.
+    case tooManyWaiters
+    /// The node is not running.
+    case nodeStopped
+    /// The waiting task was cancelled.
+    case cancelled
+    /// Too many named queues on this node.
+    case tooManyQueues
+
+    public var description: String {
+        switch self {
+        case .timeout: return "timed out"
+        case .closed: return "the queue is closed"
+        case .itemTooLarge(let size, let limit): return "item of \(size) bytes exceeds the limit of \(limit)"
+        case .batchTooLarge: return "the batch exceeds the queue's limits"
+        case .tooManyWaiters: return "too many waiting pops"
+        case .nodeStopped: return "the node is not running"
+        case .cancelled: return "cancelled"
+        case .tooManyQueues: return "too many named queues"
+        }
+    }
+}
+
+/// A queue's size: the local count, and an estimate for the cluster from gossip.
+public struct QueueSize: Sendable, Equatable {
+    /// Items queued on this node.
+    public var local: Int
+    /// This node's count plus the latest counts its peers reported (fresh reports only).
+    public var cluster: Int
+}
+
+/// Connects the queue state machines (one per named queue) to the node: routes queue messages
+/// to them, performs their actions, runs their timers, and parks the async callers. Reactor
+/// thread only.
+final class QueueShell {
+    typealias PopContinuation = CheckedContinuation<Result<[[UInt8]], QueueError>, Never>
+    typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
+
+    /// Most named queues per node, created locally or by peers' messages.
+    static let maxQueues = 256
+
+    unowned let core: NodeCore
+    private var queues: [String: Entry] = [:]
+    private var nextWaiter: UInt64 = 1
+    /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
+    private var isStopped = false
+
+    private struct Entry {
+        var machine: QueueMachine
+        var timer: TimerID?
+        var pops: [WaiterID: PendingPop] = [:]
+        /// Pushes waiting for room, served in order.
+        var pushes: [PendingPush] = []
+    }
+
+    private struct PendingPop {
+        var continuation: PopContinuation
+        var timer: TimerID?
+    }
+
+    private struct PendingPush {
+        var items: [[UInt8]]
+        var continuation: PushContinuation
+    }
+
+    init(core: NodeCore) {
+        self.core = core
+    }
+
+    private var now: UInt64 { core.now }
+
+    /// The queue named `name`, created (and introduced to the connected peers) on first use.
+    private func ensure(_ name: String) -> Bool {
+        if queues[name] != nil { return true }
+        guard queues.count < Self.maxQueues, (1...QueueWire.maxQueueNameLength).contains(name.utf8.count) else { return false }
+        var configuration = core.configuration.queue
+        configuration.maxFrameSize = core.configuration.maxFrameSize
+        configuration.firstSequence = Swift.max(configuration.firstSequence, core.incarnation)
+        queues[name] = Entry(machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration))
+        perform(name, queues[name]!.machine.start(now: now))
+        for peer in core.connectedPeers.sorted() {
+            perform(name, queues[name]!.machine.peerConnected(peer, now: now))
+        }
+        return true
+    }
+
+    // MARK: Callers
+
+    func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
+        guard !isStopped else { return continuation.resume(returning: .failure(.nodeStopped)) }
+        guard ensure(name) else { return continuation.resume(returning: .failure(.tooManyQueues)) }
+        // Pushers already waiting go first (order across pushers).
+        if !queues[name]!.pushes.isEmpty {
+            guard wait else { return continuation.resume(returning: .failure(.timeout)) }
+            queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
+            return
+        }
+        let (outcome, actions) = queues[name]!.machine.push(items, now: now)
+        switch outcome {
+        case .accepted: continuation.resume(returning: .success(()))
+        case .full:
+            if wait {
+                queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
+            } else {
+                continuation.resume(returning: .failure(.timeout))
+            }
+        case .closed: continuation.resume(returning: .failure(.closed))
+        case .itemTooLarge(let size, let limit): continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
+        case .batchTooLarge: continuation.resume(returning: .failure(.batchTooLarge))
+        }
+        perform(name, actions)
+    }
+
+    /// `timeout` nil waits forever; zero does not wait.
+    func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
+        guard !isStopped else {
+            continuation.resume(returning: .failure(.nodeStopped))
+            return nil
+        }
+        guard ensure(name) else {
+            continuation.resume(returning: .failure(.tooManyQueues))
+            return nil
+        }
+        let waits = timeout.map { $0 > .zero } ?? true
+        let waiter = WaiterID(nextWaiter)
+        nextWaiter += 1
+        let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
+        if !items.isEmpty {
+            continuation.resume(returning: .success(items))
+            perform(name, actions)
+            return nil
+        }
+        if !waits {
+            continuation.resume(returning: .failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            perform(name, actions)
+            return nil
+        }
+        var pending = PendingPop(continuation: continuation)
+        if let timeout {
+            pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
+                self.endWait(name, waiter, with: .timeout)
+            }
+        }
+        queues[name]!.pops[waiter] = pending
+        perform(name, actions)  // may deliver or fail it at once
+        return waiter
+    }
+
+    /// A waiting pop's task was cancelled.
+    func cancel(_ name: String, _ waiter: WaiterID) {
+        endWait(name, waiter, with: .cancelled)
+    }
+
+    private func endWait(_ name: String, _ waiter: WaiterID, with error: QueueError) {
+        guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        pending.continuation.resume(returning: .failure(error))
+        perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+    }
+
+    func size(_ name: String) -> QueueSize {
+        guard let entry = queues[name] else { return QueueSize(local: 0, cluster: 0) }
+        return QueueSize(local: entry.machine.count, cluster: entry.machine.clusterEstimate(now: now))
+    }
+
+    func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
+
+    func close(_ name: String) {
+        guard !isStopped, ensure(name) else { return }
+        perform(name, queues[name]!.machine.close(now: now))
+        failPushes(name, with: .closed)
+    }
+
+    // MARK: Node events
+
+    /// A queue message from `peer`. Returns a description of the error if it is malformed
+    /// (the caller closes the link).
+    func receive(_ type: MessageType, _ body: UnsafeRawBufferPointer, from peer: PeerID) -> WireError? {
+        let message: QueueMessage
+        do throws(WireError) {
+            message = try QueueMessage.decode(type: type, body: body)
+        } catch {
+            return error
+        }
+        let name = message.queue
+        guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
+        perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+        return nil
+    }
+
+    func peerConnected(_ peer: PeerID) {
+        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerConnected(peer, now: now)) }
+    }
+
+    func peerDisconnected(_ peer: PeerID) {
+        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDisconnected(peer, now: now)) }
+    }
+
+    /// The peer's link was replaced; what was sent on the old one may be lost: take back the
+    /// transfers and steal requests in flight (the peer drops copies it already has).
+    func peerLinkChanged(_ peer: PeerID) {
+        for name in queues.keys.sorted() {
+            perform(name, queues[name]!.machine.peerDisconnected(peer, now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, now: now))
+        }
+    }
+
+    /// Membership declared `peer` dead: owners re-queue what it held.
+    func peerDied(_ peer: PeerID) {
+        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDied(peer, now: now)) }
+    }
+
+    /// The node stops: every parked caller fails with `.nodeStopped`.
+    func stop() {
+        isStopped = true
+        for name in queues.keys.sorted() {
+            if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
+            queues[name]!.timer = nil
+            for (_, pending) in queues[name]!.pops {
+                if let timer = pending.timer { core.reactor.cancel(timer) }
+                pending.continuation.resume(returning: .failure(.nodeStopped))
+            }
+            queues[name]!.pops = [:]
+            failPushes(name, with: .nodeStopped)
+        }
+    }
+
+    private func failPushes(_ name: String, with error: QueueError) {
+        let pushes = queues[name]!.pushes
+        queues[name]!.pushes = []
+        for push in pushes { push.continuation.resume(returning: .failure(error)) }
+    }
+
+    // MARK: Actions
+
+    private func perform(_ name: String, _ actions: [QueueAction]) {
+        for action in actions {
+            switch action {
+            case .send(let message, let peer):
+                if !core.send(message, to: peer) {
+                    perform(name, queues[name]!.machine.sendFailed(message, to: peer, now: now))
+                }
+            case .deliver(let waiter, let items):
+                guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
+                if let timer = pending.timer { core.reactor.cancel(timer) }
+                pending.continuation.resume(returning: .success(items))
+            case .fail(let waiter, let failure):
+                guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
+                if let timer = pending.timer { core.reactor.cancel(timer) }
+                pending.continuation.resume(returning: .failure(failure == .closed ? .closed : .tooManyWaiters))
+            case .spaceAvailable:
+                retryPushes(name)
+            case .armTimer(let at):
+                if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
+                queues[name]!.timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
+                    self.queues[name]?.timer = nil
+                    if self.queues[name] != nil { self.perform(name, self.queues[name]!.machine.tick(now: self.now)) }
+                }
+            }
+        }
+    }
+
+    /// Waiting pushers, in order, until one does not fit.
+    private func retryPushes(_ name: String) {
+        while let push = queues[name]!.pushes.first {
+            let (outcome, actions) = queues[name]!.machine.push(push.items, now: now)
+            if outcome == .full {
+                perform(name, actions)
+                return
+            }
+            queues[name]!.pushes.removeFirst()
+            switch outcome {
+            case .accepted: push.continuation.resume(returning: .success(()))
+            case .closed: push.continuation.resume(returning: .failure(.closed))
+            case .itemTooLarge(let size, let limit): push.continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
+            case .batchTooLarge, .full: push.continuation.resume(returning: .failure(.batchTooLarge))
+            }
+            perform(name, actions)
+        }
+    }
+}

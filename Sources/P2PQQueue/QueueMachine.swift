@@ -1,0 +1,1263 @@
+import DequeModule
+import P2PQWire
+
+/// One named queue on one node, as a plain value: the local FIFO, its limits, waiting
+/// consumers, transfers to and from peers, ownership records, and the balancer.
+///
+/// No I/O, clocks or threads: every input carries `now` (monotonic nanoseconds) and returns the
+/// ``QueueAction``s the shell performs, in order. The shell routes the queue messages of this
+/// queue (``QueueMessage/queue``) to ``receive(_:from:now:)``.
+///
+/// ## Order
+/// Items leave a node (popped or transferred) in the order they entered it; items taken back
+/// from a failed transfer return to the front, in their original order. Across nodes there is
+/// no global order.
+///
+/// ## Delivery (at-least-once)
+/// - An item's owner is the node where it was pushed; it keeps a record (and a copy) of each
+///   item until a pop confirmation comes back. Confirmations go to owners in batches.
+/// - A transfer's sender keeps its items until the receiver acknowledges them; the receiver
+///   drops copies it has seen recently (same id, attempt and hop count: a retransmission).
+///   A link that fails, a send that fails, a refusal or a timeout returns the items.
+/// - After an acknowledged transfer the sender tells the owner where its items now are
+///   (custody), so when membership declares a node dead (``peerDied(_:now:)``), its owner
+///   re-queues the items it held that were never confirmed popped.
+/// - Duplicates only follow faults; they are counted (``QueueCounters``).
+///
+/// ## Balancing (``BalanceStrategy/adaptive``)
+/// Every stats interval each node gossips its ``LoadStats``. A node whose consumers wait with an
+/// empty queue steals from the peer with the most to give (one round trip, batch sized from both
+/// rates so both would finish together). New items go straight to a peer known to have idle
+/// consumers. A node whose finish time is well above the balanced one (total items over total
+/// rate) pushes its surplus to the peers furthest below it. A node without consumers reports
+/// itself as such: it gives all its items away and is never sent any.
+public struct QueueMachine: Sendable {
+    public typealias Action = QueueAction
+
+    /// The queue's name, carried by every message.
+    public let name: String
+    /// This node.
+    public let localPeer: PeerID
+    public let configuration: QueueConfiguration
+    /// The largest payload a push accepts (one item must fit in one transfer frame).
+    public let maxItemSize: Int
+    public private(set) var counters = QueueCounters()
+    /// True after ``close(now:)``.
+    public private(set) var isClosed = false
+
+    // Local queue and what is out on transfers.
+    private var queue = Deque<QueueItem>()
+    private var queuedBytes = 0
+    private var inFlightItems = 0
+    private var inFlightBytes = 0
+    private var transfers: [UInt64: Transfer] = [:]
+    private var nextTransferID: UInt64 = 1
+
+    private var waiters = Deque<Waiter>()
+
+    // Ownership.
+    private var nextSequence: UInt64 = 1
+    private var owned: [UInt64: OwnedRecord] = [:]
+    private var ownedBytes = 0
+    private var notices: [PeerID: Notices] = [:]
+    /// Owner updates sent and not acknowledged yet, by update ID.
+    private var sentUpdates: [UInt64: SentUpdate] = [:]
+    private var nextUpdateID: UInt64 = 1
+    /// Update IDs recently applied, per sender, so a re-sent update is applied once.
+    private var appliedUpdates: [PeerID: RecentIDs] = [:]
+
+    private var dedup: DedupSet
+    private var peers: [PeerID: PeerView] = [:]
+    private var deadPeers = Set<PeerID>()
+    private var deadOrder = Deque<PeerID>()
+
+    // Balancer.
+    private var steal: OutstandingSteal?
+    private var nextRequestID: UInt64 = 1
+    private var statsSequence: UInt64 = 0
+    private var nextStatsAt: UInt64?
+    private var rate: Double = 0
+    private var popsSinceSample = 0
+    private var starvedSinceSample = false
+    private var lastSampleAt: UInt64 = 0
+    private var lastConsumerActivity: UInt64?
+    private var lastTransferReceivedAt: UInt64?
+    private var lastBroadcastLength = 0
+    private var lastBroadcastAt: UInt64?
+    /// Rate assumed for a consumer node not measured yet (see `effectiveRate`).
+    private var priorRate: Double
+    private var random: SplitMix64
+
+    private var pushBlocked = false
+    private var armed: UInt64?
+
+    private struct Waiter: Sendable {
+        var id: WaiterID
+        var max: Int
+    }
+
+    private struct Transfer: Sendable {
+        var peer: PeerID
+        var items: [QueueItem]
+        var bytes: Int
+        var kind: TransferKind
+        var deadline: UInt64
+    }
+
+    private struct OwnedRecord: Sendable {
+        var payload: [UInt8]
+        /// nil: the item is here (queued or on an unacknowledged transfer).
+        var holder: PeerID?
+        var attempt: UInt32
+        var hops: UInt32
+    }
+
+    private struct CustodyKey: Hashable, Sendable {
+        var holder: PeerID
+        var attempt: UInt32
+        var hops: UInt32
+    }
+
+    /// Pending pop confirmations and custody news for one owner.
+    private struct Notices: Sendable {
+        var popped: [SequenceRun] = []
+        var custody: [CustodyKey: [SequenceRun]] = [:]
+        var custodyOrder: [CustodyKey] = []
+        var runs = 0
+        var items = 0
+        var since: UInt64
+    }
+
+    private struct SentUpdate: Sendable {
+        var owner: PeerID
+        var popped: [SequenceRun]
+        var custody: [CustodyChange]
+    }
+
+    /// The last 1024 IDs, forgetting the oldest.
+    private struct RecentIDs: Sendable {
+        var set = Set<UInt64>()
+        var order = Deque<UInt64>()
+
+        mutating func insert(_ id: UInt64) -> Bool {
+            guard set.insert(id).inserted else { return false }
+            order.append(id)
+            if order.count > 1024, let oldest = order.popFirst() { set.remove(oldest) }
+            return true
+        }
+    }
+
+    /// Most unacknowledged owner updates per owner; more notices wait for acks.
+    static let maxUpdatesInFlight = 8
+
+    private struct PeerView: Sendable {
+        var connected = false
+        var hasReport = false
+        var lastSequence: UInt64 = 0
+        var receivedAt: UInt64 = 0
+        /// The last report's length, plus what this node's acknowledged transfers added since.
+        var reportedLength: Double = 0
+        var reportedWaiting = 0
+        /// Items on this node's unacknowledged transfers to the peer. Links are FIFO, so a
+        /// report sent before the peer got them arrives before their ack: report plus in-flight
+        /// never counts an item twice.
+        var inFlight = 0
+        /// The peer's load as far as this node knows.
+        var length: Double { reportedLength + Double(inFlight) }
+        /// Idle consumers not yet covered by what this node sent.
+        var waiting: Int { Swift.max(0, reportedWaiting - inFlight) }
+        var rate: Double = 0
+        var finishTime: Double = 0
+        var hasConsumers = false
+        var accepting = true
+    }
+
+    private struct OutstandingSteal: Sendable {
+        var peer: PeerID
+        var requestID: UInt64
+        var deadline: UInt64
+    }
+
+    /// A queue named `name` on node `localPeer`.
+    public init(name: String, localPeer: PeerID, configuration: QueueConfiguration = QueueConfiguration()) {
+        precondition((1...QueueWire.maxQueueNameLength).contains(name.utf8.count), "queue name must be 1...255 UTF-8 bytes")
+        precondition(configuration.maxItems > 0 && configuration.maxBytes > 0, "queue limits must be positive")
+        precondition(configuration.statsInterval > 0, "statsInterval must be positive")
+        precondition(configuration.maxTransferItems > 0 && configuration.maxTransfersInFlightPerPeer > 0)
+        precondition(configuration.rateSmoothing > 0 && configuration.rateSmoothing <= 1)
+        precondition(configuration.minimumRate > 0)
+        self.name = name
+        self.localPeer = localPeer
+        self.configuration = configuration
+        self.maxItemSize = configuration.maxItemSize(queueNameLength: name.utf8.count)
+        precondition(maxItemSize > 0, "maxFrameSize too small for the queue name")
+        self.dedup = DedupSet(capacity: max(1, configuration.dedupCapacity))
+        self.priorRate = configuration.minimumRate
+        self.nextSequence = configuration.firstSequence
+        self.statsSequence = configuration.firstSequence
+        self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
+    }
+
+    // MARK: Queries
+
+    /// Items in the local queue.
+    public var count: Int { queue.count }
+    /// Payload bytes in the local queue.
+    public var byteCount: Int { queuedBytes }
+    /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
+    public var heldItems: Int { queue.count + inFlightItems }
+    /// Payload bytes held against the limits.
+    public var heldBytes: Int { queuedBytes + inFlightBytes }
+    /// Consumers waiting in a pop.
+    public var waitingConsumers: Int { waiters.count }
+    /// Items this node owns that are not confirmed popped yet.
+    public var ownedItems: Int { owned.count }
+    /// Payload bytes of those records.
+    public var ownedByteCount: Int { ownedBytes }
+    /// Outgoing transfers awaiting their acknowledgement.
+    public var transfersInFlight: Int { transfers.count }
+    /// Item copies remembered for duplicate detection.
+    public var dedupCount: Int { dedup.count }
+    /// Pending confirmation and custody runs, all owners together.
+    public var pendingNoticeRuns: Int {
+        notices.values.reduce(0) { $0 + $1.runs }
+            + sentUpdates.values.reduce(0) { $0 + $1.popped.count + $1.custody.reduce(0) { $0 + $1.runs.count } }
+    }
+    /// Peers whose load is tracked.
+    public var trackedPeers: Int { peers.count }
+    /// The current service-rate estimate, pops per second.
+    public var serviceRate: Double { rate }
+    /// The local count plus the last reported lengths of peers with a fresh report.
+    public func clusterEstimate(now: UInt64) -> Int {
+        peers.values.reduce(queue.count) { total, view in
+            isFresh(view, now: now) ? total + Int(max(0, view.length)) : total
+        }
+    }
+    /// What this node last knew of `peer`'s length (adjusted for what it sent since), if fresh.
+    public func peerLength(_ peer: PeerID, now: UInt64) -> Int? {
+        guard let view = peers[peer], isFresh(view, now: now) else { return nil }
+        return Int(view.length)
+    }
+    /// Whether a push of `count` items of `bytes` payload would be accepted now.
+    public func hasRoom(items count: Int, bytes: Int) -> Bool {
+        guard heldItems + count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else { return false }
+        if configuration.delivery == .atLeastOnce {
+            guard owned.count + count <= configuration.maxOwnedItems,
+                  ownedBytes + bytes <= configuration.maxOwnedBytes else { return false }
+        }
+        return true
+    }
+
+    // MARK: Producer and consumer inputs
+
+    /// Arms the first stats round. Optional: any input does it.
+    public mutating func start(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Appends `payloads` to the queue, all or none, in order.
+    ///
+    /// Waiting consumers are served first; with none, new items may go straight to a peer with
+    /// idle consumers.
+    public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
+        var actions: [Action] = []
+        guard !isClosed else { return (.closed, actions) }
+        var bytes = 0
+        for payload in payloads {
+            guard payload.count <= maxItemSize else { return (.itemTooLarge(size: payload.count, limit: maxItemSize), actions) }
+            bytes += payload.count
+        }
+        if payloads.isEmpty { return (.accepted, actions) }
+        guard payloads.count <= configuration.maxItems, bytes <= configuration.maxBytes,
+              configuration.delivery == .atMostOnce
+                || (payloads.count <= configuration.maxOwnedItems && bytes <= configuration.maxOwnedBytes)
+        else { return (.batchTooLarge, actions) }
+        guard hasRoom(items: payloads.count, bytes: bytes) else {
+            pushBlocked = true
+            return (.full, actions)
+        }
+        let tracked = configuration.delivery == .atLeastOnce
+        for payload in payloads {
+            let sequence = nextSequence
+            nextSequence += 1
+            if tracked {
+                owned[sequence] = OwnedRecord(payload: payload, holder: nil, attempt: 0, hops: 0)
+            }
+            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), payload: payload))
+        }
+        if tracked { ownedBytes += bytes }
+        queuedBytes += bytes
+        counters.pushed += payloads.count
+        serveWaiters(&actions, now: now)
+        dispatchToIdlePeers(&actions, now: now)
+        announceGrowth(&actions, now: now)
+        finish(&actions, now: now)
+        return (.accepted, actions)
+    }
+
+    /// A consumer asks for up to `max` items. If items are queued (and nobody waits before it),
+    /// they are delivered at once; otherwise the consumer waits, if `waiter` is given, until
+    /// items arrive (waiters are served first-in first-out), ``cancelWait(_:now:)`` or close.
+    ///
+    /// - Returns: the items delivered now (empty if none), and the actions. A waiter that
+    ///   cannot wait gets a `.fail` action.
+    public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> ([[UInt8]], [Action]) {
+        var actions: [Action] = []
+        lastConsumerActivity = now
+        if waiters.isEmpty && !queue.isEmpty {
+            let items = take(Swift.max(1, max), now: now)
+            finish(&actions, now: now)
+            return (items, actions)
+        }
+        if let waiter {
+            if isClosed {
+                actions.append(.fail(waiter, .closed))
+            } else if waiters.count >= configuration.maxWaiters {
+                actions.append(.fail(waiter, .tooManyWaiters))
+            } else {
+                waiters.append(Waiter(id: waiter, max: Swift.max(1, max)))
+                starvedSinceSample = true
+                maybeSteal(&actions, now: now)
+            }
+        }
+        finish(&actions, now: now)
+        return ([], actions)
+    }
+
+    /// A waiting consumer gave up (its timeout passed, or its task was cancelled). Nothing is
+    /// delivered to it after this; unknown waiters are ignored.
+    public mutating func cancelWait(_ waiter: WaiterID, now: UInt64) -> [Action] {
+        if let index = waiters.firstIndex(where: { $0.id == waiter }) { waiters.remove(at: index) }
+        var actions: [Action] = []
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Stops accepting pushes and transfers, fails the waiting consumers with `.closed`, and
+    /// hands the queued items to live peers (consumers first), in batches, until none are left.
+    /// Ownership records stay: the node keeps running.
+    public mutating func close(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard !isClosed else { return actions }
+        isClosed = true
+        while let waiter = waiters.popFirst() { actions.append(.fail(waiter.id, .closed)) }
+        if pushBlocked {
+            pushBlocked = false
+            actions.append(.spaceAvailable)  // blocked pushers retry and see `.closed`
+        }
+        handOff(&actions, now: now)
+        sendStats(to: connectedPeers(), &actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    // MARK: Peer inputs
+
+    /// A link to `peer` is ready: it gets this node's stats at once.
+    public mutating func peerConnected(_ peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard peer != localPeer else { return actions }
+        if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
+        guard view(peer) != nil else { return actions }
+        peers[peer]!.connected = true
+        // A new link may lead to a restarted process whose reports count from the start again.
+        peers[peer]!.hasReport = false
+        sendStats(to: [peer], &actions, now: now)
+        if isClosed { handOff(&actions, now: now) }
+        flushNotices(&actions, now: now, force: true, only: peer)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// The link to `peer` is gone: transfers to it not acknowledged yet come back to the front
+    /// of the queue, in order.
+    public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        peers[peer]?.connected = false
+        linkLost(peer, &actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Membership declared `peer` dead: as a disconnect, and the items this node owns that
+    /// `peer` held, never confirmed popped, are re-queued at the front (oldest first).
+    public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard peer != localPeer else { return actions }
+        peers[peer] = nil
+        linkLost(peer, &actions, now: now)
+        notices[peer] = nil
+        appliedUpdates[peer] = nil
+        if deadPeers.insert(peer).inserted {
+            deadOrder.append(peer)
+            if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
+        }
+        if configuration.delivery == .atLeastOnce {
+            let lost = owned.filter { $0.value.holder == peer }.keys.sorted()
+            requeue(lost, &actions, now: now)
+        }
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// A queue message from `peer` (its ``QueueMessage/queue`` is this queue's name).
+    public mutating func receive(_ message: QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard peer != localPeer, !deadPeers.contains(peer) else { return actions }
+        switch message {
+        case .stats(_, let stats):
+            if case .accepted = acceptStats(stats, from: peer, now: now) {
+                dispatchToIdlePeers(&actions, now: now)
+                maybeSteal(&actions, now: now)
+            }
+        case .stealRequest(_, let requestID, let maxItems, let thiefRate):
+            answerSteal(from: peer, requestID: requestID, maxItems: Int(maxItems), thiefRate: thiefRate, &actions, now: now)
+        case .stealEmpty(_, let requestID):
+            if let steal, steal.peer == peer, steal.requestID == requestID {
+                self.steal = nil
+                counters.stealsEmpty += 1
+                peers[peer]?.reportedLength = 0
+                maybeSteal(&actions, now: now)
+            }
+        case .transfer(_, let transferID, let kind, let requestID, let items):
+            receiveTransfer(items, id: transferID, kind: kind, requestID: requestID, from: peer, &actions, now: now)
+        case .transferAck(_, let transferID, let status):
+            acknowledge(transferID, status: status, from: peer, &actions, now: now)
+        case .ownerUpdate(_, let updateID, let popped, let custody):
+            actions.append(.send(.ownerUpdateAck(queue: name, updateID: updateID), to: peer))
+            if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
+                ownerUpdate(popped: popped, custody: custody, &actions, now: now)
+            }
+        case .ownerUpdateAck(_, let updateID):
+            if sentUpdates[updateID]?.owner == peer {
+                sentUpdates[updateID] = nil
+                flushNotices(&actions, now: now, force: false, only: peer)
+            }
+        }
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// The outcome of ``acceptStats(_:from:now:)``.
+    public enum StatsVerdict: Equatable, Sendable {
+        case accepted
+        case rejected(StatsRejection)
+    }
+
+    /// Validates a peer's load report and records it. ``receive(_:from:now:)`` calls this for
+    /// stats messages; it is public so tests and simulations can feed reports directly.
+    @discardableResult
+    public mutating func acceptStats(_ stats: LoadStats, from peer: PeerID, now: UInt64) -> StatsVerdict {
+        do throws(WireError) {
+            try stats.validate()
+        } catch {
+            counters.statsRejected += 1
+            return .rejected(.invalid(error))
+        }
+        guard view(peer) != nil else {
+            counters.statsRejected += 1
+            return .rejected(.tooManyPeers)
+        }
+        let last = peers[peer]!.lastSequence
+        guard !peers[peer]!.hasReport || stats.sequence > last else {
+            counters.statsRejected += 1
+            return .rejected(.stale(sequence: stats.sequence, last: last))
+        }
+        peers[peer]!.hasReport = true
+        peers[peer]!.lastSequence = stats.sequence
+        peers[peer]!.receivedAt = now
+        peers[peer]!.reportedLength = Double(stats.length)
+        peers[peer]!.reportedWaiting = Int(stats.waiting)
+        peers[peer]!.rate = stats.serviceRate
+        peers[peer]!.finishTime = stats.finishTime
+        peers[peer]!.hasConsumers = stats.hasConsumers
+        peers[peer]!.accepting = stats.accepting
+        updatePriorRate()
+        return .accepted
+    }
+
+    /// A message this machine asked to send could not be sent (no ready link to `peer`).
+    public mutating func sendFailed(_ message: QueueMessage, to peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        switch message {
+        case .transfer(_, let transferID, _, _, _):
+            if transfers[transferID]?.peer == peer { returnTransfers([transferID], &actions, now: now) }
+        case .stealRequest(_, let requestID, _, _):
+            if let steal, steal.requestID == requestID {
+                self.steal = nil
+                peers[peer]?.reportedLength = 0
+                peers[peer]?.connected = false
+                maybeSteal(&actions, now: now)
+            }
+        case .ownerUpdate(_, let updateID, _, _):
+            // Kept for when the owner is reachable again (or dropped when it dies).
+            if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
+        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
+            break  // the peer times out or asks again
+        }
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// The timer armed by `.armTimer(at:)` fired (early or late calls are harmless).
+    public mutating func tick(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        armed = nil
+        if let at = nextStatsAt, now >= at {
+            nextStatsAt = now + configuration.statsInterval
+            sampleRate(now: now)
+            sendStats(to: connectedPeers(), &actions, now: now)
+            switch configuration.strategy {
+            case .adaptive: pushToBalance(&actions, now: now)
+            case .legacy: legacyPush(&actions, now: now)
+            }
+        }
+        let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
+        if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
+        if let steal, steal.deadline <= now {
+            self.steal = nil
+            peers[steal.peer]?.reportedLength = 0
+        }
+        if isClosed { handOff(&actions, now: now) }
+        maybeSteal(&actions, now: now)
+        flushNotices(&actions, now: now, force: false, only: nil)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    // MARK: Consuming
+
+    /// Takes up to `max` items from the front for a consumer, recording the pops.
+    private mutating func take(_ max: Int, now: UInt64) -> [[UInt8]] {
+        let n = Swift.min(max, queue.count)
+        var payloads: [[UInt8]] = []
+        payloads.reserveCapacity(n)
+        let tracked = configuration.delivery == .atLeastOnce
+        // Confirmations for other owners, gathered as runs (a batch is mostly one run).
+        var runOrigin: PeerID?
+        var run = SequenceRun(first: 0, count: 0)
+        for _ in 0..<n {
+            let item = queue.removeFirst()
+            queuedBytes -= item.payload.count
+            payloads.append(item.payload)
+            guard tracked else { continue }
+            if item.id.origin == localPeer {
+                if let record = owned.removeValue(forKey: item.id.sequence) {
+                    ownedBytes -= record.payload.count
+                } else {
+                    counters.duplicatePops += 1
+                }
+            } else if item.id.origin == runOrigin && run.first &+ UInt64(run.count) == item.id.sequence && run.count < UInt32.max {
+                run.count += 1
+            } else {
+                if let owner = runOrigin { confirm(run, to: owner, now: now) }
+                runOrigin = item.id.origin
+                run = SequenceRun(first: item.id.sequence, count: 1)
+            }
+        }
+        if let owner = runOrigin { confirm(run, to: owner, now: now) }
+        popsSinceSample += n
+        counters.popped += n
+        return payloads
+    }
+
+    private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
+        guard !deadPeers.contains(owner) else { return }
+        addRun(run, to: owner, custody: nil, now: now)
+    }
+
+    private mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
+        while !queue.isEmpty, let waiter = waiters.popFirst() {
+            lastConsumerActivity = now
+            actions.append(.deliver(waiter.id, take(waiter.max, now: now)))
+        }
+    }
+
+    // MARK: Ownership
+
+    private mutating func requeue(_ sequences: [UInt64], _ actions: inout [Action], now: UInt64) {
+        guard !sequences.isEmpty else { return }
+        var items: [QueueItem] = []
+        items.reserveCapacity(sequences.count)
+        for sequence in sequences {
+            guard var record = owned[sequence] else { continue }
+            record.attempt &+= 1
+            record.hops = 0
+            record.holder = nil
+            owned[sequence] = record
+            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: record.attempt, hops: 0, payload: record.payload))
+            queuedBytes += record.payload.count
+        }
+        counters.requeuedAfterDeath += items.count
+        queue.insert(contentsOf: items, at: 0)
+        serveWaiters(&actions, now: now)
+    }
+
+    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], _ actions: inout [Action], now: UInt64) {
+        guard configuration.delivery == .atLeastOnce else { return }
+        for run in popped {
+            for sequence in run.first..<run.first &+ UInt64(run.count) {
+                if let record = owned.removeValue(forKey: sequence) {
+                    ownedBytes -= record.payload.count
+                } else if sequence >= configuration.firstSequence && sequence < nextSequence {
+                    counters.duplicatePops += 1
+                }
+            }
+        }
+        var lost: [UInt64] = []
+        for group in custody {
+            let holderDead = deadPeers.contains(group.holder)
+            for run in group.runs {
+                for sequence in run.first..<run.first &+ UInt64(run.count) {
+                    guard var record = owned[sequence], record.attempt == group.attempt,
+                          record.holder != nil, group.hops > record.hops else { continue }
+                    record.holder = group.holder == localPeer ? nil : group.holder
+                    record.hops = group.hops
+                    owned[sequence] = record
+                    if holderDead { lost.append(sequence) }
+                }
+            }
+        }
+        requeue(lost.sorted(), &actions, now: now)
+    }
+
+    private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
+        guard !deadPeers.contains(update.owner) else { return }
+        for run in update.popped { addRun(run, to: update.owner, custody: nil, now: now) }
+        for group in update.custody {
+            let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
+            for run in group.runs { addRun(run, to: update.owner, custody: key, now: now) }
+        }
+    }
+
+    /// Queues a confirmation (`custody == nil`) or custody run for `owner`.
+    private mutating func addRun(_ run: SequenceRun, to owner: PeerID, custody: CustodyKey?, now: UInt64) {
+        // Taken out of the dictionary so its arrays are uniquely referenced and grow in place.
+        var entry = notices.removeValue(forKey: owner) ?? Notices(since: now)
+        if entry.runs == 0 && entry.items == 0 { entry.since = now }
+        if let key = custody {
+            if entry.custody[key] == nil { entry.custodyOrder.append(key) }
+            if Self.extend(&entry.custody[key, default: []], with: run) { entry.runs += 1 }
+        } else if Self.extend(&entry.popped, with: run) {
+            entry.runs += 1
+        }
+        entry.items += Int(run.count)
+        // Bound the backlog: drop the oldest confirmations first (the owner keeps those
+        // records; at worst a later death re-queues them: a duplicate, never a loss).
+        while entry.runs > configuration.maxPendingRunsPerOwner && !entry.popped.isEmpty {
+            let dropped = entry.popped.removeFirst()
+            entry.runs -= 1
+            entry.items -= Int(dropped.count)
+            counters.noticesDropped += Int(dropped.count)
+        }
+        notices[owner] = entry
+    }
+
+    /// Appends `run` to `runs`, merging with the last run when consecutive. True if a run was added.
+    private static func extend(_ runs: inout [SequenceRun], with run: SequenceRun) -> Bool {
+        if let last = runs.last, last.first &+ UInt64(last.count) == run.first,
+           UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
+            runs[runs.count - 1].count += run.count
+            return false
+        }
+        runs.append(run)
+        return true
+    }
+
+    private mutating func flushNotices(_ actions: inout [Action], now: UInt64, force: Bool, only: PeerID?) {
+        guard !notices.isEmpty else { return }
+        let owners = only.map { [$0] } ?? notices.keys.sorted()
+        for owner in owners {
+            guard let entry = notices[owner], entry.items > 0 else { continue }
+            guard force || entry.items >= configuration.confirmBatch || now >= entry.since + configuration.confirmDelay else { continue }
+            guard peers[owner]?.connected == true else { continue }  // kept until the owner is back or dead
+            guard updatesInFlight(to: owner) < Self.maxUpdatesInFlight else { continue }  // acks will flush
+            notices[owner] = nil
+            // Split into messages that fit one frame.
+            let budget = configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4 + 2) - 16
+            var popped: [SequenceRun] = []
+            var custody: [CustodyChange] = []
+            var used = 0
+            var runs = 0
+            func emit() {
+                if popped.isEmpty && custody.isEmpty { return }
+                let id = nextUpdateID
+                nextUpdateID += 1
+                sentUpdates[id] = SentUpdate(owner: owner, popped: popped, custody: custody)
+                actions.append(.send(.ownerUpdate(queue: name, updateID: id, popped: popped, custody: custody), to: owner))
+                popped = []
+                custody = []
+                used = 0
+                runs = 0
+            }
+            for run in entry.popped {
+                if used + 12 > budget || runs + 1 > QueueWire.maxRunsPerUpdate { emit() }
+                popped.append(run)
+                used += 12
+                runs += 1
+            }
+            for key in entry.custodyOrder {
+                guard let groupRuns = entry.custody[key] else { continue }
+                var index = 0
+                while index < groupRuns.count {
+                    if used + 44 + 12 > budget || runs + 1 > QueueWire.maxRunsPerUpdate || custody.count == Int(UInt16.max) { emit() }
+                    let room = Swift.min((budget - used - 44) / 12, QueueWire.maxRunsPerUpdate - runs, groupRuns.count - index)
+                    custody.append(CustodyChange(holder: key.holder, attempt: key.attempt, hops: key.hops,
+                                                 runs: Array(groupRuns[index..<index + room])))
+                    used += 44 + 12 * room
+                    runs += room
+                    index += room
+                }
+            }
+            emit()
+        }
+    }
+
+    // MARK: Transfers
+
+    /// Sends up to `count` items from the front of the queue to `peer` in one transfer. Returns
+    /// how many went.
+    @discardableResult
+    private mutating func sendTransfer(
+        to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
+    ) -> Int {
+        guard count > 0, !queue.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
+        var origins: [PeerID] = []
+        var kept: [QueueItem] = []
+        var sent: [QueueItem] = []
+        let limit = Swift.min(count, configuration.maxTransferItems, QueueWire.maxTransferItems)
+        kept.reserveCapacity(Swift.min(limit, queue.count))
+        sent.reserveCapacity(Swift.min(limit, queue.count))
+        var bytes = 0
+        while sent.count < limit, let item = queue.first {
+            var cost = QueueWire.itemOverhead + item.payload.count
+            let newOrigin = !origins.contains(item.id.origin)
+            if newOrigin { cost += QueueWire.originSize }
+            guard cost <= budget else { break }
+            budget -= cost
+            if newOrigin { origins.append(item.id.origin) }
+            queue.removeFirst()
+            bytes += item.payload.count
+            var copy = item
+            copy.hops &+= 1
+            sent.append(copy)
+            kept.append(item)
+        }
+        guard !kept.isEmpty else { return 0 }
+        queuedBytes -= bytes
+        inFlightItems += kept.count
+        inFlightBytes += bytes
+        let id = nextTransferID
+        nextTransferID += 1
+        transfers[id] = Transfer(peer: peer, items: kept, bytes: bytes, kind: kind, deadline: now + configuration.transferTimeout)
+        if peers[peer] != nil {
+            peers[peer]!.inFlight += kept.count
+        }
+        actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID, items: sent), to: peer))
+        return kept.count
+    }
+
+    private func updatesInFlight(to owner: PeerID) -> Int {
+        sentUpdates.values.reduce(0) { $0 + ($1.owner == owner ? 1 : 0) }
+    }
+
+    private func transferCount(to peer: PeerID) -> Int {
+        transfers.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) }
+    }
+
+    /// Puts the items of these transfers back at the front, oldest transfer's items first.
+    private mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
+        for id in ids.sorted(by: >) {
+            guard let transfer = transfers.removeValue(forKey: id) else { continue }
+            inFlightItems -= transfer.items.count
+            inFlightBytes -= transfer.bytes
+            queuedBytes += transfer.bytes
+            queue.insert(contentsOf: transfer.items, at: 0)
+            counters.returnedFromTransfers += transfer.items.count
+            if peers[transfer.peer] != nil {
+                peers[transfer.peer]!.inFlight -= transfer.items.count
+            }
+        }
+        serveWaiters(&actions, now: now)
+    }
+
+    private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        // Updates the owner may not have got go out again on the next link (applied once).
+        for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
+            requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
+        }
+        let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
+        returnTransfers(lost, &actions, now: now)
+        if let steal, steal.peer == peer {
+            self.steal = nil
+            maybeSteal(&actions, now: now)
+        }
+    }
+
+    private mutating func receiveTransfer(
+        _ items: [QueueItem], id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
+        _ actions: inout [Action], now: UInt64
+    ) {
+        if requestID != 0, let steal, steal.peer == peer, steal.requestID == requestID { self.steal = nil }
+        guard !isClosed else {
+            actions.append(.send(.transferAck(queue: name, transferID: id, status: .closed), to: peer))
+            return
+        }
+        let bytes = items.reduce(0) { $0 + $1.payload.count }
+        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else {
+            actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
+            return
+        }
+        var accepted = 0
+        for item in items {
+            guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
+                counters.duplicatesDropped += 1
+                continue
+            }
+            if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
+               var record = owned[item.id.sequence], record.attempt == item.attempt, item.hops > record.hops {
+                record.holder = nil
+                record.hops = item.hops
+                owned[item.id.sequence] = record
+            }
+            queue.append(item)
+            queuedBytes += item.payload.count
+            accepted += 1
+        }
+        counters.transferredIn += accepted
+        if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
+        actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
+        serveWaiters(&actions, now: now)
+    }
+
+    private mutating func acknowledge(_ id: UInt64, status: TransferStatus, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let transfer = transfers[id], transfer.peer == peer else { return }
+        guard status == .accepted else {
+            peers[peer]?.accepting = false  // until its next report
+            returnTransfers([id], &actions, now: now)
+            return
+        }
+        transfers[id] = nil
+        if peers[peer] != nil {
+            // Until its next report, the peer holds them and its idle consumers are busy.
+            peers[peer]!.inFlight -= transfer.items.count
+            peers[peer]!.reportedLength += Double(transfer.items.count)
+            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.items.count)
+        }
+        inFlightItems -= transfer.items.count
+        inFlightBytes -= transfer.bytes
+        counters.transferredOut += transfer.items.count
+        counters.transfersByKind[transfer.kind, default: 0] += transfer.items.count
+        guard configuration.delivery == .atLeastOnce else { return }
+        for item in transfer.items {
+            let hops = item.hops &+ 1
+            if item.id.origin == localPeer {
+                if var record = owned[item.id.sequence], record.attempt == item.attempt, hops > record.hops {
+                    record.holder = peer
+                    record.hops = hops
+                    owned[item.id.sequence] = record
+                }
+            } else if item.id.origin != peer, !deadPeers.contains(item.id.origin) {
+                addRun(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin,
+                       custody: CustodyKey(holder: peer, attempt: item.attempt, hops: hops), now: now)
+            }
+        }
+    }
+
+    // MARK: Balancing
+
+    private func hasConsumers(now: UInt64) -> Bool {
+        if !waiters.isEmpty { return true }
+        guard let last = lastConsumerActivity else { return false }
+        return now < last || now - last < configuration.consumerIdleTimeout
+    }
+
+    /// The rate used for decisions: the measured one or, for a consumer node without a
+    /// measurement yet, the mean measured rate of the cluster (so a newcomer is neither
+    /// starved nor flooded); 0 without consumers.
+    private func effectiveRate(now: UInt64) -> Double {
+        hasConsumers(now: now) ? (rate > 0 ? rate : priorRate) : 0
+    }
+
+    private func effectiveRate(of view: PeerView) -> Double {
+        view.hasConsumers ? (view.rate > 0 ? view.rate : priorRate) : 0
+    }
+
+    /// Recomputes ``priorRate`` from the measured rates known here.
+    private mutating func updatePriorRate() {
+        var sum = rate
+        var count = rate > 0 ? 1 : 0
+        for view in peers.values where view.hasReport && view.rate > 0 {
+            sum += view.rate
+            count += 1
+        }
+        priorRate = count > 0 ? Swift.max(sum / Double(count), configuration.minimumRate) : configuration.minimumRate
+    }
+
+    private func isFresh(_ view: PeerView, now: UInt64) -> Bool {
+        view.connected && view.hasReport && now &- view.receivedAt <= configuration.statsMaxAge
+    }
+
+    private func connectedPeers() -> [PeerID] {
+        peers.filter { $0.value.connected }.keys.sorted()
+    }
+
+    /// The view of `peer`, created if there is room.
+    private mutating func view(_ peer: PeerID) -> PeerView? {
+        if let view = peers[peer] { return view }
+        guard peers.count < configuration.maxTrackedPeers else { return nil }
+        peers[peer] = PeerView()
+        return peers[peer]
+    }
+
+    private mutating func forgetDeath(of peer: PeerID) {
+        deadPeers.remove(peer)
+        if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }
+    }
+
+    private mutating func sampleRate(now: UInt64) {
+        defer {
+            lastSampleAt = now
+            popsSinceSample = 0
+            starvedSinceSample = !waiters.isEmpty
+        }
+        guard now > lastSampleAt else { return }
+        let seconds = Double(now - lastSampleAt) / 1e9
+        let sample = Double(popsSinceSample) / seconds
+        let alpha = configuration.rateSmoothing
+        // Busy the whole interval (nobody waited, items left): the sample measures capacity.
+        // Starved: idle time would read as a slow consumer, so only an increase counts, and a
+        // first measurement must beat the cluster's prior.
+        let busy = !starvedSinceSample && !queue.isEmpty
+        if busy && popsSinceSample > 0 {
+            rate = rate == 0 ? sample : alpha * sample + (1 - alpha) * rate
+        } else if busy && hasConsumers(now: now) && rate > 0 {
+            rate = (1 - alpha) * rate  // consumers busy with long items: the rate really is lower
+        } else if rate > 0 && sample > rate {
+            rate = alpha * sample + (1 - alpha) * rate
+        } else if rate == 0 && sample > priorRate {
+            rate = sample
+        }
+        if !rate.isFinite || rate < 0 { rate = 0 }
+        rate = Swift.min(rate, LoadStats.maxServiceRate)
+        updatePriorRate()
+    }
+
+    private mutating func currentStats(now: UInt64) -> LoadStats {
+        statsSequence += 1
+        let consumers = hasConsumers(now: now)
+        let finishTime: Double
+        switch configuration.strategy {
+        case .adaptive:
+            finishTime = consumers ? Double(queue.count) / Swift.max(rate, configuration.minimumRate) : 0
+        case .legacy:
+            finishTime = rate > 0 ? Double(queue.count) / rate : 0  // length × average time between pops
+        }
+        return LoadStats(
+            sequence: statsSequence, length: UInt64(queue.count), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
+            serviceRate: rate, finishTime: Swift.min(finishTime, LoadStats.maxFinishTime),
+            hasConsumers: consumers, accepting: !isClosed
+        )
+    }
+
+    private mutating func sendStats(to targets: [PeerID], _ actions: inout [Action], now: UInt64) {
+        guard !targets.isEmpty else { return }
+        let stats = currentStats(now: now)
+        if targets.count > 1 {
+            lastBroadcastLength = queue.count
+            lastBroadcastAt = now
+        }
+        for peer in targets { actions.append(.send(.stats(queue: name, stats), to: peer)) }
+    }
+
+    /// A queue that grew a lot since the last round tells its peers at once (at most every
+    /// eighth of an interval), so idle nodes can steal without waiting for the next round.
+    private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
+        guard configuration.strategy == .adaptive, queue.count >= 2 * lastBroadcastLength + 8 else { return }
+        if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
+        sendStats(to: connectedPeers(), &actions, now: now)
+    }
+
+    /// Work stealing: consumers wait and the queue is empty, so ask the peer with the largest
+    /// surplus over the balanced finish time (all known items over all consumer rates) for this
+    /// node's share; the victim caps it at the pairwise fair split.
+    private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
+        guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, queue.isEmpty else { return }
+        let mine = effectiveRate(now: now)
+        var totalLength = 0.0
+        var totalRate = mine
+        for view in peers.values where isFresh(view, now: now) {
+            totalLength += view.length
+            if view.accepting { totalRate += effectiveRate(of: view) }
+        }
+        guard totalLength >= 1 else { return }
+        let balanced = totalLength / totalRate
+        var best: (peer: PeerID, surplus: Double)?
+        for (peer, view) in peers where isFresh(view, now: now) && view.length >= 1 {
+            let rate = view.accepting ? effectiveRate(of: view) : 0
+            let surplus = Swift.max(view.length - balanced * rate, view.waiting == 0 ? Swift.min(1, view.length) : 0)
+            if best == nil || surplus > best!.surplus || (surplus == best!.surplus && peer < best!.peer) {
+                best = (peer, surplus)
+            }
+        }
+        guard let best, best.surplus > 0 else { return }
+        let share = Swift.max(balanced * mine, Double(waiters.count))
+        let room = configuration.maxItems - heldItems
+        let wanted = Swift.min(Int(Swift.min(share, best.surplus).rounded(.up)), configuration.maxTransferItems, room)
+        guard wanted >= 1 else { return }
+        let id = nextRequestID
+        nextRequestID += 1
+        steal = OutstandingSteal(peer: best.peer, requestID: id, deadline: now + configuration.stealTimeout)
+        counters.stealsSent += 1
+        actions.append(.send(.stealRequest(queue: name, requestID: id, maxItems: UInt32(wanted), thiefRate: rate), to: best.peer))
+    }
+
+    private mutating func answerSteal(
+        from thief: PeerID, requestID: UInt64, maxItems: Int, thiefRate: Double, _ actions: inout [Action], now: UInt64
+    ) {
+        let length = queue.count
+        let mine = isClosed ? 0 : effectiveRate(now: now)
+        let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
+        var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
+        give = Swift.min(give, maxItems, length)
+        // The thief's share of all known items (by rate), less what this node already sent it
+        // (in flight, or pushed to balance on the same gossip): no double filling, and a first
+        // thief does not take half of a cluster's work.
+        if let view = peers[thief], isFresh(view, now: now), mine > 0 {
+            var totalLength = Double(length)
+            var totalRate = mine
+            for other in peers.values where isFresh(other, now: now) {
+                totalLength += other.length
+                if other.accepting { totalRate += effectiveRate(of: other) }
+            }
+            let deficit = totalLength / totalRate * theirs - view.length
+            give = Swift.min(give, Swift.max(0, Int(deficit.rounded(.up))))
+        }
+        let sent = give > 0 ? sendTransfer(to: thief, count: give, kind: .steal, requestID: requestID, &actions, now: now) : 0
+        if sent == 0 {
+            actions.append(.send(.stealEmpty(queue: name, requestID: requestID), to: thief))
+        } else {
+            counters.stealsAnswered += 1
+        }
+    }
+
+    /// Direct dispatch: peers known to have idle consumers get items now, shared by rate.
+    private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
+        guard configuration.strategy == .adaptive, waiters.isEmpty, !queue.isEmpty else { return }
+        let idle = peers.filter { peer, view in
+            isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
+        }.keys.sorted()
+        guard !idle.isEmpty else { return }
+        // Only what the idle consumers can start now: a larger share is the thief's to ask for
+        // (one outstanding steal per node), so several senders never pile onto one peer.
+        for peer in idle where !queue.isEmpty {
+            sendTransfer(to: peer, count: Swift.min(queue.count, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
+        }
+    }
+
+    /// Push to balance: when this node's finish time is well above the balanced one (all items
+    /// over all consumer rates), it sends its surplus to the peers furthest below it. Each node
+    /// with surplus sends only its proportional part of every deficit, so nodes deciding on the
+    /// same gossip do not all pile onto the same peer.
+    private mutating func pushToBalance(_ actions: inout [Action], now: UInt64) {
+        guard !isClosed, waiters.isEmpty, !queue.isEmpty else { return }
+        if let last = lastTransferReceivedAt, now &- last < configuration.rebalanceCooldown { return }
+        let fresh = peers.filter { _, view in isFresh(view, now: now) }
+        let mine = effectiveRate(now: now)
+        let length = Double(queue.count)
+        var totalLength = length
+        var totalRate = mine
+        for view in fresh.values {
+            totalLength += view.length
+            if view.accepting { totalRate += effectiveRate(of: view) }
+        }
+        guard totalRate > mine else { return }  // nobody else consumes
+        let balanced = totalLength / totalRate
+        if mine > 0 {
+            let finish = length / mine
+            guard finish > balanced * (1 + configuration.balanceThreshold),
+                  finish - balanced > configuration.minimumImbalance else { return }
+        }
+        let mySurplus = length - balanced * mine
+        var totalSurplus = mySurplus
+        var deficits: [(peer: PeerID, deficit: Double)] = []
+        for (peer, view) in fresh {
+            let rate = view.accepting ? effectiveRate(of: view) : 0
+            let excess = view.length - balanced * rate
+            if excess > 0 {
+                totalSurplus += excess
+            } else if -excess >= 1 && view.waiting == 0 {
+                // Peers with idle consumers are served by dispatch and their own steals.
+                deficits.append((peer, -excess))
+            }
+        }
+        guard mySurplus >= 1, totalSurplus > 0 else { return }
+        let fraction = mySurplus / totalSurplus
+        var surplus = Int(mySurplus.rounded(.down))
+        deficits.sort { $0.deficit > $1.deficit || ($0.deficit == $1.deficit && $0.peer < $1.peer) }
+        for (peer, deficit) in deficits where surplus > 0 {
+            var due = Swift.min(surplus, Int((deficit * fraction).rounded()))
+            while due > 0 {
+                let sent = sendTransfer(to: peer, count: due, kind: .balance, &actions, now: now)
+                if sent == 0 { break }
+                due -= sent
+                surplus -= sent
+            }
+        }
+    }
+
+    /// p2pqueue's push: `x = round((F - E) / (popTime + avgPopTime))` items when about 10% above
+    /// the average finish time, split over up to 4 random peers.
+    private mutating func legacyPush(_ actions: inout [Action], now: UInt64) {
+        guard !isClosed, !queue.isEmpty else { return }
+        let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }.keys.sorted()
+        guard !fresh.isEmpty else { return }
+        let popTime = rate > 0 ? 1 / rate : 0
+        let finish = Double(queue.count) * popTime
+        let average = fresh.reduce(finish) { $0 + peers[$1]!.finishTime } / Double(fresh.count + 1)
+        guard finish > average * 1.1 else { return }
+        let avgPopTime = fresh.reduce(0.0) { $0 + (peers[$1]!.rate > 0 ? 1 / peers[$1]!.rate : 0) } / Double(fresh.count)
+        guard popTime + avgPopTime > 0 else { return }
+        let x = Swift.min(queue.count, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
+        guard x > 0 else { return }
+        var chosen = fresh
+        chosen.shuffle(using: &random)
+        chosen = Array(chosen.prefix(4))
+        let each = x / chosen.count
+        var extra = x % chosen.count
+        for peer in chosen {
+            var due = each + (extra > 0 ? 1 : 0)
+            if extra > 0 { extra -= 1 }
+            while due > 0 {
+                let sent = sendTransfer(to: peer, count: due, kind: .legacy, &actions, now: now)
+                if sent == 0 { break }
+                due -= sent
+            }
+        }
+    }
+
+    /// A closed queue gives its items to live peers, consumers first, round robin.
+    private mutating func handOff(_ actions: inout [Action], now: UInt64) {
+        guard isClosed, !queue.isEmpty else { return }
+        let live = connectedPeers().filter { peers[$0]!.accepting || !peers[$0]!.hasReport }
+        let consumers = live.filter { peers[$0]!.hasConsumers }
+        let targets = consumers.isEmpty ? live : consumers
+        guard !targets.isEmpty else { return }
+        var progress = true
+        while !queue.isEmpty && progress {
+            progress = false
+            for peer in targets where !queue.isEmpty {
+                if sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .handoff, &actions, now: now) > 0 {
+                    progress = true
+                }
+            }
+        }
+    }
+
+    // MARK: Timer
+
+    /// Common epilogue: release blocked pushers, and re-arm the timer for the next deadline.
+    private mutating func finish(_ actions: inout [Action], now: UInt64) {
+        if nextStatsAt == nil {
+            nextStatsAt = now + configuration.statsInterval
+            lastSampleAt = now
+        }
+        if pushBlocked && !isClosed && hasRoom(items: 1, bytes: 0) {
+            pushBlocked = false
+            actions.append(.spaceAvailable)
+        }
+        var deadline = nextStatsAt!
+        for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
+        if let steal { deadline = Swift.min(deadline, steal.deadline) }
+        // Notices for an unreachable owner wait for its reconnection (or death), not the timer.
+        for (owner, entry) in notices where entry.items > 0 && peers[owner]?.connected == true
+            && updatesInFlight(to: owner) < Self.maxUpdatesInFlight {
+            let due = entry.items >= configuration.confirmBatch ? now : entry.since + configuration.confirmDelay
+            deadline = Swift.min(deadline, due)
+        }
+        if armed != deadline {
+            armed = deadline
+            actions.append(.armTimer(at: deadline))
+        }
+    }
+}
+
+// MARK: - Support
+
+/// Key of a received item copy: a retransmission repeats origin, sequence, attempt and hops.
+/// The origin is interned to a small number so the key hashes three words.
+struct DedupKey: Hashable, Sendable {
+    var origin: UInt32
+    var attempt: UInt32
+    var hops: UInt32
+    var sequence: UInt64
+}
+
+/// The last `capacity` to `2 × capacity` keys, in two generations: when the current one holds
+/// `capacity` keys it becomes the previous one and the old previous one is dropped whole (no
+/// per-key eviction on the hot path).
+struct DedupSet: Sendable {
+    let capacity: Int
+    private var current = Set<DedupKey>()
+    private var previous = Set<DedupKey>()
+    private var origins: [PeerID: UInt32] = [:]
+    private var lastOrigin: PeerID?
+    private var lastIndex: UInt32 = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    var count: Int { current.count + previous.count }
+
+    /// Inserts the copy; false if it was seen recently.
+    mutating func insert(_ id: ItemID, attempt: UInt32, hops: UInt32) -> Bool {
+        let origin: UInt32
+        if id.origin == lastOrigin {
+            origin = lastIndex  // items of a transfer mostly share their origin: skip the hash
+        } else if let known = origins[id.origin] {
+            origin = known
+            lastOrigin = id.origin
+            lastIndex = known
+        } else {
+            // Interned origins are bounded too: past 65,536, everything starts over.
+            if origins.count >= 1 << 16 {
+                origins = [:]
+                current = []
+                previous = []
+            }
+            origin = UInt32(origins.count)
+            origins[id.origin] = origin
+            lastOrigin = id.origin
+            lastIndex = origin
+        }
+        let key = DedupKey(origin: origin, attempt: attempt, hops: hops, sequence: id.sequence)
+        if !previous.isEmpty && previous.contains(key) { return false }
+        guard current.insert(key).inserted else { return false }
+        if current.count >= capacity {
+            previous = current
+            current = Set(minimumCapacity: capacity)
+        }
+        return true
+    }
+}
+
+/// A small seeded generator (SplitMix64) so runs are reproducible.
+struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    init(seed: UInt64) {
+        state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,552 @@
+import P2PQWire
+
+/// An item's identity: the node it was pushed at (its owner) and that node's sequence number
+/// for the queue. Unique per queue as long as the owner's identity lives.
+public struct ItemID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The node where the item was pushed; it keeps a copy until it learns the item was popped.
+    public var origin: PeerID
+    /// The origin's counter for this queue, from 1.
+    public var sequence: UInt64
+
+    public init(origin: PeerID, sequence: UInt64) {
+        self.origin = origin
+        self.sequence = sequence
+    }
+
+    public static func < (lhs: ItemID, rhs: ItemID) -> Bool {
+        (lhs.origin, lhs.sequence) < (rhs.origin, rhs.sequence)
+    }
+
+    public var description: String { "\(origin.description.prefix(8))#\(sequence)" }
+}
+
+/// One item with its delivery bookkeeping.
+public struct QueueItem: Sendable, Equatable {
+    public var id: ItemID
+    /// How often the owner re-queued the item after a holder died (0 for the original).
+    /// Part of the duplicate-detection key, so a re-queued copy is never mistaken for a
+    /// retransmission of the lost one.
+    public var attempt: UInt32
+    /// Transfers this copy went through since it was (re-)queued by its owner.
+    public var hops: UInt32
+    /// The item's bytes, opaque to the queue.
+    public var payload: [UInt8]
+
+    public init(id: ItemID, attempt: UInt32 = 0, hops: UInt32 = 0, payload: [UInt8]) {
+        self.id = id
+        self.attempt = attempt
+        self.hops = hops
+        self.payload = payload
+    }
+}
+
+/// A node's load report for one queue, gossiped every stats interval.
+public struct LoadStats: Sendable, Equatable {
+    /// Increases with every report of the sender; an older or repeated one is stale.
+    public var sequence: UInt64
+    /// Items in the sender's local queue.
+    public var length: UInt64
+    /// Consumers waiting in a pop at the sender.
+    public var waiting: UInt32
+    /// EWMA of the sender's pops per second while it had work (0 when unknown).
+    public var serviceRate: Double
+    /// Seconds the sender expects to need for its queue at its service rate.
+    public var finishTime: Double
+    /// The sender has consumers (it pops); a node without is a pure source.
+    public var hasConsumers: Bool
+    /// The sender accepts transferred items (false once its queue is closed).
+    public var accepting: Bool
+
+    public init(
+        sequence: UInt64, length: UInt64, waiting: UInt32, serviceRate: Double, finishTime: Double,
+        hasConsumers: Bool, accepting: Bool = true
+    ) {
+        self.sequence = sequence
+        self.length = length
+        self.waiting = waiting
+        self.serviceRate = serviceRate
+        self.finishTime = finishTime
+        self.hasConsumers = hasConsumers
+        self.accepting = accepting
+    }
+
+    /// Largest believable queue length (2^40 items).
+    public static let maxLength: UInt64 = 1 << 40
+    /// Largest believable number of waiting consumers.
+    public static let maxWaiting: UInt32 = 1 << 24
+    /// Largest believable service rate, pops per second.
+    public static let maxServiceRate: Double = 1e9
+    /// Largest believable finish time, seconds (about 115 days).
+    public static let maxFinishTime: Double = 1e7
+
+    /// Checks every field is a plausible, finite, non-negative value.
+    public func validate() throws(WireError) {
+        guard length <= Self.maxLength else {
+            throw .malformed(field: "stats.length", reason: "\(length) exceeds \(Self.maxLength)")
+        }
+        guard waiting <= Self.maxWaiting else {
+            throw .malformed(field: "stats.waiting", reason: "\(waiting) exceeds \(Self.maxWaiting)")
+        }
+        try Self.check(serviceRate, field: "stats.serviceRate", limit: Self.maxServiceRate)
+        try Self.check(finishTime, field: "stats.finishTime", limit: Self.maxFinishTime)
+    }
+
+    private static func check(_ value: Double, field: String, limit: Double) throws(WireError) {
+        if value.isNaN { throw .malformed(field: field, reason: "NaN") }
+        if value.isInfinite { throw .malformed(field: field, reason: "infinite") }
+        if value < 0 { throw .malformed(field: field, reason: "negative (\(value))") }
+        if value > limit { throw .malformed(field: field, reason: "\(value) exceeds \(limit)") }
+    }
+
+    static let flagHasConsumers: UInt8 = 1
+    static let flagAccepting: UInt8 = 2
+}
+
+/// Why items are transferred; the receiver treats them alike, the kind is for stats and logs.
+public enum TransferKind: UInt8, Sendable, CaseIterable {
+    /// Push to balance: the sender's finish time was well above the average.
+    case balance = 0
+    /// The answer to a steal request.
+    case steal = 1
+    /// New items sent straight to a peer with idle consumers.
+    case dispatch = 2
+    /// A closing queue hands its items away.
+    case handoff = 3
+    /// p2pqueue's periodic push (the legacy strategy).
+    case legacy = 4
+}
+
+/// The receiver's answer to a transfer.
+public enum TransferStatus: UInt8, Sendable, CaseIterable {
+    /// The items are in the receiver's queue (duplicates among them were dropped); the sender
+    /// forgets them.
+    case accepted = 0
+    /// The receiver's queue is full; the sender keeps the items.
+    case full = 1
+    /// The receiver's queue is closed; the sender keeps the items.
+    case closed = 2
+}
+
+/// A run of consecutive sequence numbers of one owner: `first ..< first + count`.
+public struct SequenceRun: Hashable, Sendable {
+    public var first: UInt64
+    public var count: UInt32
+
+    public init(first: UInt64, count: UInt32) {
+        self.first = first
+        self.count = count
+    }
+}
+
+/// Custody news for an owner: items of `attempt` that now sit at `holder` after `hops` transfers.
+public struct CustodyChange: Hashable, Sendable {
+    public var holder: PeerID
+    public var attempt: UInt32
+    public var hops: UInt32
+    public var runs: [SequenceRun]
+
+    public init(holder: PeerID, attempt: UInt32, hops: UInt32, runs: [SequenceRun]) {
+        self.holder = holder
+        self.attempt = attempt
+        self.hops = hops
+        self.runs = runs
+    }
+}
+
+/// Limits of the queue messages.
+public enum QueueWire {
+    /// Longest queue name, UTF-8 bytes.
+    public static let maxQueueNameLength = 255
+    /// Most items in one transfer.
+    public static let maxTransferItems = 65_535
+    /// Most distinct origins in one transfer.
+    public static let maxOrigins = 65_535
+    /// Most runs (all groups together) in one owner update.
+    public static let maxRunsPerUpdate = 65_535
+    /// Bytes a transfer body takes besides its items: name (4 + name), transfer ID, kind,
+    /// request ID, origin count, item count.
+    public static func transferOverhead(queueNameLength: Int) -> Int { 4 + queueNameLength + 8 + 1 + 8 + 2 + 4 }
+    /// Bytes one item takes in a transfer besides its payload.
+    public static let itemOverhead = 2 + 8 + 4 + 4 + 4
+    /// Bytes one origin takes in a transfer.
+    public static let originSize = WireProtocol.peerIDSize
+}
+
+/// A message of the queue layer (types `0x20–0x3F`). Every message names its queue.
+///
+/// Layouts (big-endian, `str` = u32 length + UTF-8, 1...255 bytes):
+/// - stats `0x20`: queue str, sequence u64, length u64, waiting u32, flags u8 (bit 0 has
+///   consumers, bit 1 accepting; others 0), service rate f64, finish time f64;
+/// - steal request `0x21`: queue str, request ID u64, max items u32 (≥ 1), thief rate f64;
+/// - steal empty `0x22`: queue str, request ID u64;
+/// - transfer `0x23`: queue str, transfer ID u64, kind u8, request ID u64, origin count u16
+///   (≥ 1), origins (32 bytes each), item count u32 (≥ 1), items: origin index u16, sequence
+///   u64, attempt u32, hops u32, payload (u32 length + bytes);
+/// - transfer ack `0x24`: queue str, transfer ID u64, status u8;
+/// - owner update `0x25`: queue str, update ID u64, popped run count u32, runs (first u64,
+///   count u32 ≥ 1), custody group count u16, groups: holder (32 bytes), attempt u32, hops u32,
+///   run count u32, runs;
+/// - owner update ack `0x26`: queue str, update ID u64.
+public enum QueueMessage: Sendable, Equatable, WireMessage {
+    case stats(queue: String, LoadStats)
+    case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
+    case stealEmpty(queue: String, requestID: UInt64)
+    /// `requestID` is the steal request answered, 0 for none.
+    case transfer(queue: String, transferID: UInt64, kind: TransferKind, requestID: UInt64, items: [QueueItem])
+    case transferAck(queue: String, transferID: UInt64, status: TransferStatus)
+    /// Pop confirmations (`popped`) and custody changes for the receiver's own items. The
+    /// sender keeps it until the ack and re-sends it after a link failure; the owner applies
+    /// an update ID once.
+    case ownerUpdate(queue: String, updateID: UInt64, popped: [SequenceRun], custody: [CustodyChange])
+    /// The owner got the update.
+    case ownerUpdateAck(queue: String, updateID: UInt64)
+
+    /// The queue the message is about.
+    public var queue: String {
+        switch self {
+        case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
+             .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
+             .ownerUpdateAck(let queue, _):
+            return queue
+        }
+    }
+
+    public var messageType: MessageType {
+        switch self {
+        case .stats: return .queueStats
+        case .stealRequest: return .queueStealRequest
+        case .stealEmpty: return .queueStealEmpty
+        case .transfer: return .queueTransfer
+        case .transferAck: return .queueTransferAck
+        case .ownerUpdate: return .queueOwnerUpdate
+        case .ownerUpdateAck: return .queueOwnerUpdateAck
+        }
+    }
+
+    /// Whether a raw type byte is one of this layer's messages.
+    public static func handles(_ type: MessageType) -> Bool {
+        MessageType.queueRange.contains(type.rawValue)
+    }
+
+    // MARK: Encoding
+
+    public func validate() throws(WireError) {
+        let name = queue.utf8.count
+        guard name >= 1 else { throw .malformed(field: "queue", reason: "empty name") }
+        guard name <= QueueWire.maxQueueNameLength else {
+            throw .malformed(field: "queue", reason: "length \(name) exceeds the limit of \(QueueWire.maxQueueNameLength) bytes")
+        }
+        switch self {
+        case .stats(_, let stats):
+            try stats.validate()
+        case .stealRequest(_, _, let maxItems, let rate):
+            guard maxItems >= 1 else { throw .malformed(field: "stealRequest.maxItems", reason: "0") }
+            guard rate.isFinite, rate >= 0, rate <= LoadStats.maxServiceRate else {
+                throw .malformed(field: "stealRequest.thiefRate", reason: "\(rate) is not a valid rate")
+            }
+        case .stealEmpty, .transferAck, .ownerUpdateAck:
+            break
+        case .transfer(_, _, _, _, let items):
+            guard !items.isEmpty else { throw .malformed(field: "transfer.count", reason: "no items") }
+            guard items.count <= QueueWire.maxTransferItems else {
+                throw .malformed(field: "transfer.count", reason: "\(items.count) exceeds \(QueueWire.maxTransferItems)")
+            }
+            guard Self.origins(of: items).count <= QueueWire.maxOrigins else {
+                throw .malformed(field: "transfer.origins", reason: "more than \(QueueWire.maxOrigins) origins")
+            }
+        case .ownerUpdate(_, _, let popped, let custody):
+            guard custody.count <= Int(UInt16.max) else {
+                throw .malformed(field: "ownerUpdate.custody", reason: "\(custody.count) groups exceed \(UInt16.max)")
+            }
+            let runs = custody.reduce(popped.count) { $0 + $1.runs.count }
+            guard runs <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "ownerUpdate", reason: "\(runs) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in popped where run.count == 0 {
+                throw .malformed(field: "ownerUpdate.popped", reason: "empty run at \(run.first)")
+            }
+            for group in custody {
+                for run in group.runs where run.count == 0 {
+                    throw .malformed(field: "ownerUpdate.custody", reason: "empty run at \(run.first)")
+                }
+            }
+        }
+    }
+
+    /// The distinct origins of `items`, in first-seen order. A transfer rarely holds more than
+    /// a handful, so a linear scan beats hashing.
+    static func origins(of items: [QueueItem]) -> [PeerID] {
+        var origins: [PeerID] = []
+        var last: PeerID?
+        for item in items where item.id.origin != last {
+            last = item.id.origin
+            if !origins.contains(item.id.origin) { origins.append(item.id.origin) }
+        }
+        return origins
+    }
+
+    public var bodySize: Int {
+        let name = 4 + queue.utf8.count
+        switch self {
+        case .stats:
+            return name + 8 + 8 + 4 + 1 + 8 + 8
+        case .stealRequest:
+            return name + 8 + 4 + 8
+        case .stealEmpty:
+            return name + 8
+        case .transfer(_, _, _, _, let items):
+            let payloads = items.reduce(0) { $0 + $1.payload.count }
+            return QueueWire.transferOverhead(queueNameLength: queue.utf8.count)
+                + Self.origins(of: items).count * QueueWire.originSize
+                + items.count * QueueWire.itemOverhead + payloads
+        case .transferAck:
+            return name + 8 + 1
+        case .ownerUpdateAck:
+            return name + 8
+        case .ownerUpdate(_, _, let popped, let custody):
+            return name + 8 + 4 + popped.count * 12 + 2
+                + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
+        }
+    }
+
+    public func writeBody<Output: WireOutput>(into writer: inout WireWriter<Output>) {
+        writer.writeString(queue)
+        switch self {
+        case .stats(_, let stats):
+            writer.writeU64(stats.sequence)
+            writer.writeU64(stats.length)
+            writer.writeU32(stats.waiting)
+            writer.writeU8((stats.hasConsumers ? LoadStats.flagHasConsumers : 0) | (stats.accepting ? LoadStats.flagAccepting : 0))
+            writer.writeFloat64(stats.serviceRate)
+            writer.writeFloat64(stats.finishTime)
+        case .stealRequest(_, let requestID, let maxItems, let rate):
+            writer.writeU64(requestID)
+            writer.writeU32(maxItems)
+            writer.writeFloat64(rate)
+        case .stealEmpty(_, let requestID), .ownerUpdateAck(_, let requestID):
+            writer.writeU64(requestID)
+        case .transfer(_, let transferID, let kind, let requestID, let items):
+            writer.writeU64(transferID)
+            writer.writeU8(kind.rawValue)
+            writer.writeU64(requestID)
+            let origins = Self.origins(of: items)
+            writer.writeU16(UInt16(origins.count))
+            for origin in origins { origin.write(into: &writer) }
+            writer.writeU32(UInt32(items.count))
+            var lastOrigin = origins[0]
+            var lastIndex: UInt16 = 0
+            for item in items {
+                if item.id.origin != lastOrigin {
+                    lastOrigin = item.id.origin
+                    lastIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
+                }
+                writer.writeU16(lastIndex)
+                writer.writeU64(item.id.sequence)
+                writer.writeU32(item.attempt)
+                writer.writeU32(item.hops)
+                writer.writeByteString(item.payload)
+            }
+        case .transferAck(_, let transferID, let status):
+            writer.writeU64(transferID)
+            writer.writeU8(status.rawValue)
+        case .ownerUpdate(_, let updateID, let popped, let custody):
+            writer.writeU64(updateID)
+            writer.writeU32(UInt32(popped.count))
+            for run in popped { Self.write(run, into: &writer) }
+            writer.writeU16(UInt16(custody.count))
+            for group in custody {
+                group.holder.write(into: &writer)
+                writer.writeU32(group.attempt)
+                writer.writeU32(group.hops)
+                writer.writeU32(UInt32(group.runs.count))
+                for run in group.runs { Self.write(run, into: &writer) }
+            }
+        }
+    }
+
+    private static func write<Output: WireOutput>(_ run: SequenceRun, into writer: inout WireWriter<Output>) {
+        writer.writeU64(run.first)
+        writer.writeU32(run.count)
+    }
+
+    /// Validates the message and appends it framed (`[u32 L][type][body]`) to `bytes`.
+    public func encode(into bytes: inout [UInt8], maxFrameSize: Int = WireProtocol.defaultMaxFrameSize) throws(WireError) {
+        try MessageEncoder.encode(self, into: &bytes, maxFrameSize: maxFrameSize)
+    }
+
+    // MARK: Decoding
+
+    /// Decodes the body of a queue message of `type`, checking every limit and that no byte is
+    /// left.
+    ///
+    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer;
+    ///   ``WireError/truncated(field:needed:available:)`` naming the short field;
+    ///   ``WireError/malformed(field:reason:)`` for an empty or over-long queue name, bad UTF-8,
+    ///   NaN, infinite, negative or absurd stats, unknown flag bits, kinds or statuses, zero
+    ///   counts, an origin index out of range, or a count the remaining bytes cannot hold;
+    ///   ``WireError/trailingBytes(type:count:)``.
+    public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> QueueMessage {
+        var reader = WireReader(body)
+        let queue = try reader.readString(field: "queue", maxLength: QueueWire.maxQueueNameLength)
+        guard !queue.isEmpty else { throw .malformed(field: "queue", reason: "empty name") }
+        let message: QueueMessage
+        switch type {
+        case .queueStats:
+            let sequence = try reader.readU64(field: "stats.sequence")
+            let length = try reader.readU64(field: "stats.length")
+            let waiting = try reader.readU32(field: "stats.waiting")
+            let flags = try reader.readU8(field: "stats.flags")
+            guard flags & ~(LoadStats.flagHasConsumers | LoadStats.flagAccepting) == 0 else {
+                throw .malformed(field: "stats.flags", reason: "unknown bits 0x\(String(flags, radix: 16))")
+            }
+            let rate = try reader.readFloat64(field: "stats.serviceRate")
+            let finish = try reader.readFloat64(field: "stats.finishTime")
+            let stats = LoadStats(
+                sequence: sequence, length: length, waiting: waiting, serviceRate: rate, finishTime: finish,
+                hasConsumers: flags & LoadStats.flagHasConsumers != 0, accepting: flags & LoadStats.flagAccepting != 0
+            )
+            try stats.validate()
+            message = .stats(queue: queue, stats)
+        case .queueStealRequest:
+            let requestID = try reader.readU64(field: "stealRequest.requestID")
+            let maxItems = try reader.readU32(field: "stealRequest.maxItems")
+            let rate = try reader.readFloat64(field: "stealRequest.thiefRate")
+            message = .stealRequest(queue: queue, requestID: requestID, maxItems: maxItems, thiefRate: rate)
+            try message.validate()
+        case .queueStealEmpty:
+            message = .stealEmpty(queue: queue, requestID: try reader.readU64(field: "stealEmpty.requestID"))
+        case .queueTransfer:
+            message = try decodeTransfer(queue: queue, &reader)
+        case .queueTransferAck:
+            let transferID = try reader.readU64(field: "transferAck.transferID")
+            let raw = try reader.readU8(field: "transferAck.status")
+            guard let status = TransferStatus(rawValue: raw) else {
+                throw .malformed(field: "transferAck.status", reason: "unknown status \(raw)")
+            }
+            message = .transferAck(queue: queue, transferID: transferID, status: status)
+        case .queueOwnerUpdateAck:
+            message = .ownerUpdateAck(queue: queue, updateID: try reader.readU64(field: "ownerUpdateAck.updateID"))
+        case .queueOwnerUpdate:
+            let updateID = try reader.readU64(field: "ownerUpdate.updateID")
+            let popped = try readRuns(&reader, field: "ownerUpdate.popped", countField: "ownerUpdate.popped.count")
+            let groups = Int(try reader.readU16(field: "ownerUpdate.custody.count"))
+            // A group takes at least 44 bytes: never reserve more than the bytes could hold.
+            guard groups <= reader.remaining / 44 else {
+                throw .malformed(field: "ownerUpdate.custody.count", reason: "\(groups) groups cannot fit in \(reader.remaining) bytes")
+            }
+            var custody: [CustodyChange] = []
+            custody.reserveCapacity(groups)
+            var totalRuns = popped.count
+            for index in 0..<groups {
+                let field = "ownerUpdate.custody[\(index)]"
+                let holder = try reader.readPeerID(field: field + ".holder")
+                let attempt = try reader.readU32(field: field + ".attempt")
+                let hops = try reader.readU32(field: field + ".hops")
+                let runs = try readRuns(&reader, field: field + ".runs", countField: field + ".runs.count")
+                totalRuns += runs.count
+                custody.append(CustodyChange(holder: holder, attempt: attempt, hops: hops, runs: runs))
+            }
+            guard totalRuns <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "ownerUpdate", reason: "\(totalRuns) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            message = .ownerUpdate(queue: queue, updateID: updateID, popped: popped, custody: custody)
+        default:
+            throw .unknownMessageType(type.rawValue)
+        }
+        try reader.finish(type: type)
+        return message
+    }
+
+    private static func readRuns(_ reader: inout WireReader, field: String, countField: String) throws(WireError) -> [SequenceRun] {
+        let count = Int(try reader.readU32(field: countField))
+        guard count <= reader.remaining / 12 else {
+            throw .malformed(field: countField, reason: "\(count) runs cannot fit in \(reader.remaining) bytes")
+        }
+        var runs: [SequenceRun] = []
+        runs.reserveCapacity(count)
+        for index in 0..<count {
+            do throws(WireError) {
+                let first = try reader.readU64(field: "first")
+                let length = try reader.readU32(field: "count")
+                guard length >= 1 else { throw .malformed(field: "count", reason: "0") }
+                runs.append(SequenceRun(first: first, count: length))
+            } catch {
+                throw error.prefixed("\(field)[\(index)]")
+            }
+        }
+        return runs
+    }
+
+    private static func decodeTransfer(queue: String, _ reader: inout WireReader) throws(WireError) -> QueueMessage {
+        let transferID = try reader.readU64(field: "transfer.transferID")
+        let rawKind = try reader.readU8(field: "transfer.kind")
+        guard let kind = TransferKind(rawValue: rawKind) else {
+            throw .malformed(field: "transfer.kind", reason: "unknown kind \(rawKind)")
+        }
+        let requestID = try reader.readU64(field: "transfer.requestID")
+        let originCount = Int(try reader.readU16(field: "transfer.origins.count"))
+        guard originCount >= 1 else { throw .malformed(field: "transfer.origins.count", reason: "0") }
+        var origins: [PeerID] = []
+        origins.reserveCapacity(min(originCount, reader.remaining / WireProtocol.peerIDSize))
+        for index in 0..<originCount {
+            origins.append(try reader.readPeerID(field: "transfer.origins[\(index)]"))
+        }
+        let count = Int(try reader.readU32(field: "transfer.count"))
+        guard count >= 1 else { throw .malformed(field: "transfer.count", reason: "no items") }
+        guard count <= QueueWire.maxTransferItems else {
+            throw .malformed(field: "transfer.count", reason: "\(count) exceeds \(QueueWire.maxTransferItems)")
+        }
+        guard count <= reader.remaining / QueueWire.itemOverhead else {
+            throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
+        }
+        var items: [QueueItem] = []
+        items.reserveCapacity(count)
+        for index in 0..<count {
+            // Field names are built only on the error path: this loop runs once per item.
+            do throws(WireError) {
+                let originIndex = Int(try reader.readU16(field: "origin"))
+                guard originIndex < originCount else {
+                    throw .malformed(field: "origin", reason: "index \(originIndex) of \(originCount) origins")
+                }
+                let sequence = try reader.readU64(field: "sequence")
+                let attempt = try reader.readU32(field: "attempt")
+                let hops = try reader.readU32(field: "hops")
+                let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
+                items.append(QueueItem(
+                    id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
+                    payload: [UInt8](payload)
+                ))
+            } catch {
+                throw error.prefixed("transfer.items[\(index)]")
+            }
+        }
+        return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
+    }
+
+    /// Decodes the body of a queue message of `type`.
+    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> QueueMessage {
+        let result: Result<QueueMessage, WireError> = body.withUnsafeBytes { raw in
+            Result { () throws(WireError) in try decode(type: type, body: raw) }
+        }
+        return try result.get()
+    }
+
+    /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
+    public static func decode(_ message: RawMessage) throws(WireError) -> QueueMessage {
+        try decode(type: message.type, body: message.body)
+    }
+}
+
+extension WireError {
+    /// The same error with `prefix` put in front of its field name ("transfer.items[3].hops").
+    func prefixed(_ prefix: String) -> WireError {
+        switch self {
+        case .truncated(let field, let needed, let available):
+            return .truncated(field: prefix + "." + field, needed: needed, available: available)
+        case .malformed(let field, let reason):
+            return .malformed(field: prefix + "." + field, reason: reason)
+        default:
+            return self
+        }
+    }
+}

@@ -1,0 +1,251 @@
+import P2PQWire
+
+/// How a queue balances load between nodes.
+public enum BalanceStrategy: Hashable, Sendable {
+    /// Gossip every stats interval, steal on idle, dispatch new items to idle peers, push
+    /// surplus from nodes whose finish time is well above the balanced one. The default.
+    case adaptive
+    /// p2pqueue's scheme, for comparison: every stats interval (2 s in
+    /// ``QueueConfiguration/legacy``) a node about 10% above the average finish time E sends
+    /// `round((F - E) / (popTime + avgPopTime))` items, split over up to 4 random peers. No
+    /// stealing, no dispatch; producer-only nodes report finish time 0 and attract work.
+    case legacy
+}
+
+/// Whether the owner of an item tracks it until it is popped.
+public enum DeliveryMode: Hashable, Sendable {
+    /// The owner keeps a copy of each item until it hears the item was popped, and re-queues
+    /// the items a dead node held. Duplicates arise only from faults. The default.
+    case atLeastOnce
+    /// No ownership records and no pop confirmations: faster, but items held by a node that
+    /// dies are lost. Transfers are still acknowledged (a failed link loses nothing).
+    case atMostOnce
+}
+
+/// The knobs of a ``QueueMachine``. Durations are monotonic nanoseconds.
+///
+/// ## Memory bounds
+/// - Local queue plus outgoing transfers in flight: ``maxItems`` items and ``maxBytes`` payload
+///   bytes. A push that would exceed them is refused (backpressure); so is a transfer.
+/// - In-flight transfers: at most ``maxTransfersInFlightPerPeer`` per peer, each at most
+///   ``maxTransferItems`` items and one frame (``maxFrameSize``); counted in the limits above.
+/// - Ownership records: at most ``maxOwnedItems`` items and ``maxOwnedBytes`` bytes (shared with
+///   the local queue while the item is here); pushes are refused beyond them.
+/// - Duplicate detection: the last ``dedupCapacity`` to `2 × dedupCapacity` received item
+///   copies (two generations), and up to 65,536 interned origins.
+/// - Pending pop confirmations and custody notices: at most ``maxPendingRunsPerOwner`` runs per
+///   owner (consecutive sequence numbers share a run); beyond, the oldest are dropped (the owner
+///   then keeps those records until the holder's death re-queues them: a duplicate, never a loss).
+/// - Owner updates awaiting their ack: at most 8 per owner (one frame each); applied update
+///   IDs remembered: 1,024 per peer.
+/// - Peer load views: at most ``maxTrackedPeers``; waiting consumers: at most ``maxWaiters``;
+///   dead peers remembered: 1024.
+public struct QueueConfiguration: Hashable, Sendable {
+    public var strategy: BalanceStrategy
+    public var delivery: DeliveryMode
+    /// Most items held (queued plus outgoing in flight).
+    public var maxItems: Int
+    /// Most payload bytes held (queued plus outgoing in flight).
+    public var maxBytes: Int
+    /// The peers' frame limit: a transfer never exceeds it, and an item must fit in one.
+    public var maxFrameSize: Int
+    /// How often load stats are gossiped (and, for the legacy strategy, how often it pushes).
+    public var statsInterval: UInt64
+    /// A peer's report older than this is ignored for decisions.
+    public var statsMaxAge: UInt64
+    /// Weight of the newest sample in the service-rate EWMA, in (0, 1].
+    public var rateSmoothing: Double
+    /// Rate assumed for a node with consumers but no measured rate yet, pops per second.
+    public var minimumRate: Double
+    /// Push to balance only when the finish time exceeds the balanced one by this fraction.
+    public var balanceThreshold: Double
+    /// ... and by at least this many seconds.
+    public var minimumImbalance: Double
+    /// After receiving a transfer, no push to balance for this long (no ping-pong on stale stats).
+    public var rebalanceCooldown: UInt64
+    /// Most items in one transfer.
+    public var maxTransferItems: Int
+    /// Most unacknowledged transfers to one peer.
+    public var maxTransfersInFlightPerPeer: Int
+    /// An unacknowledged transfer is taken back after this long (its link may have changed).
+    public var transferTimeout: UInt64
+    /// A steal request without answer is given up after this long (default: two stats intervals).
+    public var stealTimeout: UInt64
+    /// Pop confirmations wait at most this long to be batched.
+    public var confirmDelay: UInt64
+    /// ... or until this many are pending for one owner.
+    public var confirmBatch: Int
+    public var maxOwnedItems: Int
+    public var maxOwnedBytes: Int
+    public var dedupCapacity: Int
+    public var maxPendingRunsPerOwner: Int
+    public var maxWaiters: Int
+    public var maxTrackedPeers: Int
+    /// A node that has not popped for this long (and has nobody waiting) counts as having no
+    /// consumers: a pure source.
+    public var consumerIdleTimeout: UInt64
+    /// Seeds the legacy strategy's random peer choice.
+    public var seed: UInt64
+    /// The first item sequence number. A node that restarts under the same identity must
+    /// start above every number its previous run used (the shell passes its incarnation, the
+    /// wall-clock nanoseconds at start), so old copies are never taken for new items.
+    public var firstSequence: UInt64
+
+    public init(
+        strategy: BalanceStrategy = .adaptive,
+        delivery: DeliveryMode = .atLeastOnce,
+        maxItems: Int = 1_000_000,
+        maxBytes: Int = 256 << 20,
+        maxFrameSize: Int = WireProtocol.defaultMaxFrameSize,
+        statsInterval: UInt64 = 250_000_000,
+        statsMaxAge: UInt64? = nil,
+        rateSmoothing: Double = 0.3,
+        minimumRate: Double = 1,
+        balanceThreshold: Double = 0.25,
+        minimumImbalance: Double = 0.1,
+        rebalanceCooldown: UInt64? = nil,
+        maxTransferItems: Int = 4096,
+        maxTransfersInFlightPerPeer: Int = 4,
+        transferTimeout: UInt64 = 5_000_000_000,
+        stealTimeout: UInt64? = nil,
+        confirmDelay: UInt64 = 10_000_000,
+        confirmBatch: Int = 4096,
+        maxOwnedItems: Int = 2_000_000,
+        maxOwnedBytes: Int = 512 << 20,
+        dedupCapacity: Int = 1 << 16,
+        maxPendingRunsPerOwner: Int = 1 << 16,
+        maxWaiters: Int = 1 << 16,
+        maxTrackedPeers: Int = 1024,
+        consumerIdleTimeout: UInt64 = 5_000_000_000,
+        seed: UInt64 = 0x9E37_79B9_7F4A_7C15,
+        firstSequence: UInt64 = 1
+    ) {
+        self.strategy = strategy
+        self.delivery = delivery
+        self.maxItems = maxItems
+        self.maxBytes = maxBytes
+        self.maxFrameSize = maxFrameSize
+        self.statsInterval = statsInterval
+        self.statsMaxAge = statsMaxAge ?? 4 * statsInterval
+        self.rateSmoothing = rateSmoothing
+        self.minimumRate = minimumRate
+        self.balanceThreshold = balanceThreshold
+        self.minimumImbalance = minimumImbalance
+        self.rebalanceCooldown = rebalanceCooldown ?? 2 * statsInterval
+        self.maxTransferItems = maxTransferItems
+        self.maxTransfersInFlightPerPeer = maxTransfersInFlightPerPeer
+        self.transferTimeout = transferTimeout
+        self.stealTimeout = stealTimeout ?? 2 * statsInterval
+        self.confirmDelay = confirmDelay
+        self.confirmBatch = confirmBatch
+        self.maxOwnedItems = maxOwnedItems
+        self.maxOwnedBytes = maxOwnedBytes
+        self.dedupCapacity = dedupCapacity
+        self.maxPendingRunsPerOwner = maxPendingRunsPerOwner
+        self.maxWaiters = maxWaiters
+        self.maxTrackedPeers = maxTrackedPeers
+        self.consumerIdleTimeout = consumerIdleTimeout
+        self.seed = seed
+        self.firstSequence = Swift.max(1, firstSequence)
+    }
+
+    /// p2pqueue's scheme: the legacy strategy, gossiping and pushing every 2 s.
+    public static var legacy: QueueConfiguration {
+        QueueConfiguration(strategy: .legacy, statsInterval: 2_000_000_000)
+    }
+
+    /// The largest payload one item may have: it must fit in one transfer frame.
+    public func maxItemSize(queueNameLength: Int) -> Int {
+        maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: queueNameLength)
+            - QueueWire.originSize - QueueWire.itemOverhead
+    }
+}
+
+/// Names a consumer waiting in a pop; allocated by the shell, never reused while it waits.
+public struct WaiterID: Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public var description: String { "waiter \(rawValue)" }
+}
+
+/// What became of a push.
+public enum PushOutcome: Hashable, Sendable {
+    /// The items are in the local queue (or on their way to an idle peer) and tracked.
+    case accepted
+    /// The queue (or its ownership records) is at its limit: try again after `.spaceAvailable`.
+    case full
+    /// The queue is closed.
+    case closed
+    /// An item is larger than one transfer frame can carry (`limit` bytes).
+    case itemTooLarge(size: Int, limit: Int)
+    /// The batch alone exceeds the queue's limits; it could never be accepted whole.
+    case batchTooLarge
+}
+
+/// Why a waiting pop failed.
+public enum PopFailure: Hashable, Sendable {
+    /// The queue was closed.
+    case closed
+    /// Too many consumers are already waiting (``QueueConfiguration/maxWaiters``).
+    case tooManyWaiters
+}
+
+/// What the shell must do after an input to ``QueueMachine``, in order.
+public enum QueueAction: Sendable, Equatable {
+    /// Send the message to the peer. If it cannot be sent (no ready link), report it back with
+    /// ``QueueMachine/sendFailed(_:to:now:)``.
+    case send(QueueMessage, to: PeerID)
+    /// Hand these payloads, in this order, to the waiting consumer.
+    case deliver(WaiterID, [[UInt8]])
+    /// The waiting consumer's pop failed.
+    case fail(WaiterID, PopFailure)
+    /// A push refused as `.full` may now succeed: retry the waiting pushers (in order).
+    case spaceAvailable
+    /// Arm the queue's single timer for this monotonic time, replacing any earlier one; call
+    /// ``QueueMachine/tick(now:)`` when it fires.
+    case armTimer(at: UInt64)
+}
+
+/// Counters of a queue, for stats output and tests.
+public struct QueueCounters: Hashable, Sendable {
+    /// Items pushed here.
+    public var pushed = 0
+    /// Items popped here.
+    public var popped = 0
+    /// Items sent to peers and acknowledged.
+    public var transferredOut = 0
+    /// Items accepted from peers.
+    public var transferredIn = 0
+    /// Transfers by kind, counted when acknowledged.
+    public var transfersByKind: [TransferKind: Int] = [:]
+    /// Received item copies dropped as duplicates of a recent one (a retransmission after a
+    /// lost acknowledgement).
+    public var duplicatesDropped = 0
+    /// Pop confirmations for items this owner had no record of any more: the item was popped
+    /// twice (a duplicate caused by a fault).
+    public var duplicatePops = 0
+    /// Items this owner re-queued because the node holding them died.
+    public var requeuedAfterDeath = 0
+    /// Items taken back from a transfer that failed, timed out or was refused.
+    public var returnedFromTransfers = 0
+    /// Peers' load reports rejected (invalid or stale).
+    public var statsRejected = 0
+    /// Steal requests sent, answered with items, answered empty.
+    public var stealsSent = 0
+    public var stealsAnswered = 0
+    public var stealsEmpty = 0
+    /// Pending confirmations dropped because an owner's backlog was full.
+    public var noticesDropped = 0
+
+    public init() {}
+}
+
+/// Why a peer's load report was rejected.
+public enum StatsRejection: Equatable, Sendable {
+    /// A field was NaN, infinite, negative or absurd.
+    case invalid(WireError)
+    /// Its sequence number was not above the last accepted one.
+    case stale(sequence: UInt64, last: UInt64)
+    /// Too many peers are tracked already.
+    case tooManyPeers
+}

@@ -1,0 +1,141 @@
+import Foundation
+import P2PQLink
+@testable import P2PQNode
+import P2PQQueue
+import P2PQWire
+import Synchronization
+import Testing
+
+private func number(_ bytes: [UInt8]) -> Int {
+    Int(bytes.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+}
+
+private func item(_ n: Int) -> [UInt8] {
+    withUnsafeBytes(of: UInt64(n).bigEndian, Array.init)
+}
+
+@Suite("Queues on real nodes", .serialized)
+struct QueueNodeTests {
+    let key = ClusterKey.generate()
+
+    /// `count` nodes in a full mesh.
+    func cluster(_ count: Int, configure: (inout NodeConfiguration) -> Void = { _ in }) async throws -> [Node] {
+        var nodes: [Node] = []
+        var first: String?
+        for _ in 0..<count {
+            var configuration = testConfiguration(key: key, bootstrap: first.map { [$0] } ?? [])
+            configure(&configuration)
+            let node = try Node(configuration: configuration)
+            let info = try await node.start()
+            if first == nil { first = "\(info.listenAddress)" }
+            nodes.append(node)
+        }
+        try await eventually("a full mesh") {
+            for node in nodes where await node.connectedPeers().count != count - 1 { return false }
+            return true
+        }
+        return nodes
+    }
+
+    @Test("Local push and pop: FIFO, timeout, batch, tryPush and backpressure, close")
+    func local() async throws {
+        let node = try Node(configuration: {
+            var configuration = testConfiguration(key: key)
+            configuration.queue = QueueConfiguration(maxItems: 3)
+            return configuration
+        }())
+        try await node.start()
+        let queue = node.queue(named: "local")
+        try await queue.push(item(1), item(2))
+        #expect(number(try await queue.pop(timeout: .seconds(1))) == 1)
+        #expect(try await queue.pop(max: 10, timeout: .seconds(1)).map(number) == [2])
+        let timedOut = await attempt { () async throws(QueueError) in try await queue.pop(timeout: .milliseconds(50)) }
+        #expect(timedOut.failureValue == .timeout)
+
+        // Backpressure: a full queue makes tryPush false and push wait until a pop.
+        #expect(try await queue.tryPush(item(1), item(2), item(3)))
+        #expect(try await !queue.tryPush(item(4)))
+        let pusher = Task { try await queue.push(item(4)) }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(await queue.size().local == 3)
+        #expect(number(try await queue.pop()) == 1)
+        try await pusher.value
+        #expect(try await queue.pop(max: 10).map(number) == [2, 3, 4])
+
+        // Waiting pops are served first-in first-out.
+        let first = Task { try await queue.pop(timeout: .seconds(5)) }
+        try await Task.sleep(for: .milliseconds(30))
+        let second = Task { try await queue.pop(timeout: .seconds(5)) }
+        try await Task.sleep(for: .milliseconds(30))
+        try await queue.push(item(7), item(8))
+        #expect(number(try await first.value) == 7)
+        #expect(number(try await second.value) == 8)
+
+        // close(): waiting pops fail, pushes are refused.
+        let waiting = Task { await attempt { () async throws(QueueError) in try await queue.pop(timeout: .seconds(5)) } }
+        try await Task.sleep(for: .milliseconds(30))
+        await queue.close()
+        #expect(await waiting.value.failureValue == .closed)
+        let closedPush = await attempt { () async throws(QueueError) in try await queue.push(item(9)) }
+        #expect(closedPush.failureValue == .closed)
+        await node.stop()
+    }
+
+    @Test("3 nodes: 3,000 items pushed at one node are popped exactly once, on every node")
+    func distributed() async throws {
+        let nodes = try await cluster(3)
+        let queues = nodes.map { $0.queue(named: "jobs") }
+        try await queues[0].push(contentsOf: (0..<3000).map(item))
+        let total = Counter()
+        let deadline = ContinuousClock.now + .seconds(30)
+        let results = try await withThrowingTaskGroup(of: [Int].self) { group in
+            for queue in queues {
+                group.addTask {
+                    var got: [Int] = []
+                    // Pop until all 3,000 are out somewhere (bounded by the deadline).
+                    while total.value.withLock({ $0 }) < 3000 && ContinuousClock.now < deadline {
+                        switch await attempt({ () async throws(QueueError) in try await queue.pop(max: 1, timeout: .milliseconds(100)) }) {
+                        case .success(let batch):
+                            got += batch.map(number)
+                            total.value.withLock { $0 += batch.count }
+                            try await Task.sleep(for: .microseconds(200))  // a little work per item
+                        case .failure(let error):
+                            if error != .timeout { throw error }
+                        }
+                    }
+                    return got
+                }
+            }
+            var all: [[Int]] = []
+            for try await got in group { all.append(got) }
+            return all
+        }
+        let popped = results.flatMap { $0 }
+        #expect(popped.count == 3000)
+        #expect(Set(popped) == Set(0..<3000))
+        if results.contains(where: { $0.count <= 100 }) {
+            for queue in queues { print("QDEBUG", await queue.counters().map { "\($0)" } ?? "-") }
+        }
+        for got in results { #expect(got.count > 100, "a node popped only \(got.count) (\(results.map(\.count)))") }
+        for node in nodes { await node.stop() }
+    }
+}
+
+private final class Counter: Sendable {
+    let value = Mutex(0)
+}
+
+private func attempt<T>(_ body: () async throws(QueueError) -> T) async -> Result<T, QueueError> {
+    do {
+        return .success(try await body())
+    } catch {
+        return .failure(error)
+    }
+}
+
+extension Result {
+    var failureValue: Failure? {
+        if case .failure(let error) = self { return error }
+        return nil
+    }
+}

@@ -1,0 +1,303 @@
+import P2PQQueue
+import P2PQWire
+import Testing
+
+private let A = peer(1)
+private let B = peer(2)
+private let C = peer(3)
+
+extension [QueueAction] {
+    var sent: [(QueueMessage, PeerID)] {
+        compactMap { if case .send(let message, let to) = $0 { (message, to) } else { nil } }
+    }
+    var transfers: [(id: UInt64, items: [QueueItem], to: PeerID)] {
+        sent.compactMap { message, to in
+            if case .transfer(_, let id, _, _, let items) = message { (id, items, to) } else { nil }
+        }
+    }
+    var acks: [TransferStatus] {
+        sent.compactMap { if case .transferAck(_, _, let status) = $0.0 { status } else { nil } }
+    }
+    var deliveries: [(WaiterID, [Int])] {
+        compactMap { if case .deliver(let waiter, let items) = $0 { (waiter, items.map(number)) } else { nil } }
+    }
+    var signalsSpace: Bool { contains(.spaceAvailable) }
+}
+
+private func pushNumbers(_ machine: inout QueueMachine, _ numbers: Range<Int>, size: Int = 8, now: UInt64 = 0) -> PushOutcome {
+    machine.push(numbers.map { payload($0, size: size) }, now: now).0
+}
+
+private func popAll(_ machine: inout QueueMachine, now: UInt64 = 0) -> [Int] {
+    machine.pop(max: .max, waiter: nil, now: now).0.map(number)
+}
+
+/// A stats report saying `peer` has idle consumers (or not).
+private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: UInt64, length: UInt64 = 0, waiting: UInt32 = 0,
+                    rate: Double = 10, consumers: Bool = true, now: UInt64 = 0) -> [QueueAction] {
+    let finish = consumers ? Double(length) / max(rate, 1) : 0
+    return machine.receive(.stats(queue: machine.name, LoadStats(
+        sequence: sequence, length: length, waiting: waiting, serviceRate: rate, finishTime: finish, hasConsumers: consumers
+    )), from: peer, now: now)
+}
+
+@Suite struct LocalQueueTests {
+    @Test("Items leave in the order they entered; waiting pops are served first-in first-out")
+    func fifo() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        for start in stride(from: 0, to: 1000, by: 100) { #expect(pushNumbers(&q, start..<start + 100) == .accepted) }
+        var out: [Int] = []
+        for _ in 0..<10 { out += q.pop(max: 77, waiter: nil, now: 0).0.map(number) }
+        out += popAll(&q)
+        #expect(out == Array(0..<1000))
+
+        // Three consumers wait; items go to them in the order they came, batches intact.
+        for waiter in 1...3 { #expect(q.pop(max: 2, waiter: WaiterID(UInt64(waiter)), now: 1).0.isEmpty) }
+        #expect(q.waitingConsumers == 3)
+        let actions = q.push((10..<15).map { payload($0) }, now: 2).1
+        #expect(actions.deliveries.map(\.0) == [WaiterID(1), WaiterID(2), WaiterID(3)])
+        #expect(actions.deliveries.map(\.1) == [[10, 11], [12, 13], [14]])
+        // A cancelled waiter gets nothing.
+        _ = q.pop(max: 1, waiter: WaiterID(4), now: 3)
+        _ = q.pop(max: 1, waiter: WaiterID(5), now: 3)
+        _ = q.cancelWait(WaiterID(4), now: 4)
+        #expect(q.push([payload(99)], now: 5).1.deliveries.map(\.0) == [WaiterID(5)])
+    }
+
+    @Test("Limits: a full queue refuses pushes until a pop makes room, and says so")
+    func backpressure() {
+        var q = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration(maxItems: 10, maxBytes: 1000))
+        #expect(pushNumbers(&q, 0..<10) == .accepted)
+        #expect(pushNumbers(&q, 10..<11) == .full)
+        #expect(!q.hasRoom(items: 1, bytes: 1))
+        let (items, actions) = q.pop(max: 1, waiter: nil, now: 1)
+        #expect(items.map(number) == [0])
+        #expect(actions.signalsSpace)
+        #expect(pushNumbers(&q, 10..<11) == .accepted)
+        #expect(pushNumbers(&q, 11..<12) == .full)
+
+        // Bytes count too.
+        var bytes = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration(maxItems: 100, maxBytes: 1000))
+        #expect(pushNumbers(&bytes, 0..<3, size: 300) == .accepted)
+        #expect(pushNumbers(&bytes, 3..<4, size: 300) == .full)
+        #expect(pushNumbers(&bytes, 3..<4, size: 100) == .accepted)
+        #expect(pushNumbers(&bytes, 0..<11, size: 100) == .batchTooLarge)
+
+        // An item must fit in one frame.
+        var small = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration(maxFrameSize: 512))
+        #expect(small.maxItemSize == 512 - 1 - 28 - 32 - 22)
+        let biggest = QueueItem(id: ItemID(origin: A, sequence: 1), payload: payload(0, size: small.maxItemSize))
+        #expect(throws: Never.self) { try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: [biggest]), maxFrameSize: 512) }
+        #expect(pushNumbers(&small, 0..<1, size: small.maxItemSize) == .accepted)
+        #expect(pushNumbers(&small, 0..<1, size: small.maxItemSize + 1) == .itemTooLarge(size: small.maxItemSize + 1, limit: small.maxItemSize))
+    }
+
+    @Test("close(): pushes refused, waiting pops failed, items handed to live peers")
+    func close() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        _ = q.pop(max: 1, waiter: WaiterID(1), now: 0)
+        _ = q.peerConnected(B, now: 0)
+        _ = q.peerConnected(C, now: 0)
+        let actions = q.close(now: 1)
+        #expect(actions.contains(.fail(WaiterID(1), .closed)))
+        #expect(pushNumbers(&q, 0..<1) == .closed)
+        #expect(q.pop(max: 1, waiter: WaiterID(2), now: 2).1.contains(.fail(WaiterID(2), .closed)))
+        // Closed stats say "not accepting".
+        let stats = actions.sent.compactMap { if case .stats(_, let s) = $0.0 { s } else { nil } }
+        #expect(stats.count == 2 && stats.allSatisfy { !$0.accepting })
+
+        // A closed queue refuses transfers.
+        let item = QueueItem(id: ItemID(origin: B, sequence: 1), hops: 1, payload: payload(1))
+        #expect(q.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: [item]), from: B, now: 3).acks == [.closed])
+    }
+}
+
+@Suite struct TransferTests {
+    /// A has items 0..<n; B asks to steal them all.
+    private func stolen(_ n: Int, configuration: QueueConfiguration = QueueConfiguration()) -> (QueueMachine, QueueMachine, (id: UInt64, items: [QueueItem], to: PeerID)) {
+        var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
+        var b = QueueMachine(name: "q", localPeer: B, configuration: configuration)
+        _ = a.peerConnected(B, now: 0)
+        _ = b.peerConnected(A, now: 0)
+        _ = pushNumbers(&a, 0..<n)
+        let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1)
+        let transfer = actions.transfers[0]
+        return (a, b, transfer)
+    }
+
+    @Test("The sender keeps items until the ack; the receiver drops a retransmitted copy")
+    func ackAndDuplicates() throws {
+        var (a, b, transfer) = stolen(10)
+        #expect(transfer.items.map { number($0.payload) } == Array(0..<10))
+        #expect(transfer.items.allSatisfy { $0.hops == 1 })
+        #expect(a.count == 0 && a.heldItems == 10 && a.transfersInFlight == 1)
+
+        let message = try wireRoundTrip(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items))
+        #expect(b.receive(message, from: A, now: 2).acks == [.accepted])
+        #expect(b.count == 10)
+        // The same copy again (the ack was lost and the sender retried): dropped, still acked.
+        #expect(b.receive(message, from: A, now: 3).acks == [.accepted])
+        #expect(b.count == 10)
+        #expect(b.counters.duplicatesDropped == 10)
+
+        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 4)
+        #expect(a.heldItems == 0 && a.transfersInFlight == 0)
+        #expect(a.counters.transferredOut == 10)
+        #expect(a.ownedItems == 10)  // still owned until popped
+        #expect(popAll(&b) == Array(0..<10))
+    }
+
+    @Test("A link failure before the ack returns the items to the front, in order")
+    func returnOnLinkFailure() {
+        var (a, _, _) = stolen(5)
+        _ = pushNumbers(&a, 5..<8)
+        _ = a.peerDisconnected(B, now: 2)
+        #expect(a.transfersInFlight == 0 && a.counters.returnedFromTransfers == 5)
+        #expect(popAll(&a) == Array(0..<8))
+
+        // A send that fails outright, a refusal and a timeout do the same.
+        var (a2, _, t2) = stolen(4)
+        _ = a2.sendFailed(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 1, items: t2.items), to: B, now: 2)
+        #expect(popAll(&a2) == Array(0..<4))
+        var (a3, _, t3) = stolen(4)
+        _ = a3.receive(.transferAck(queue: "q", transferID: t3.id, status: .full), from: B, now: 2)
+        #expect(popAll(&a3) == Array(0..<4))
+        var (a4, _, _) = stolen(4)
+        _ = a4.tick(now: 1 + QueueConfiguration().transferTimeout)
+        #expect(popAll(&a4) == Array(0..<4))
+        // An ack from the wrong peer, or for an unknown transfer, changes nothing.
+        var (a5, _, t5) = stolen(3)
+        _ = a5.receive(.transferAck(queue: "q", transferID: t5.id, status: .accepted), from: C, now: 2)
+        _ = a5.receive(.transferAck(queue: "q", transferID: 999, status: .accepted), from: B, now: 2)
+        #expect(a5.transfersInFlight == 1)
+    }
+
+    @Test("A full receiver refuses a transfer; the sender takes it back")
+    func receiverFull() {
+        let (_, _, transfer) = stolen(5)
+        var full = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration(maxItems: 3))
+        #expect(full.receive(.transfer(queue: "q", transferID: transfer.id, kind: .balance, requestID: 0, items: transfer.items), from: A, now: 2).acks == [.full])
+        #expect(full.count == 0)
+    }
+
+    @Test("Pop confirmations go back to the owner in batches and clear its records")
+    func confirmations() throws {
+        var (a, b, transfer) = stolen(100)
+        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        #expect(a.ownedItems == 100)
+        var updates: [QueueMessage] = []
+        for index in 0..<60 {
+            let actions = b.pop(max: 1, waiter: nil, now: 4 + UInt64(index))
+            updates += actions.1.sent.map(\.0)
+        }
+        #expect(updates.isEmpty)  // batched: nothing before the delay
+        let actions = b.tick(now: 4 + QueueConfiguration().confirmDelay + 100)
+        let sent = actions.sent.filter { if case .ownerUpdate = $0.0 { true } else { false } }
+        #expect(sent.count == 1 && sent[0].1 == A)
+        guard case .ownerUpdate(_, _, let popped, _) = sent[0].0 else { return }
+        #expect(popped == [SequenceRun(first: 1, count: 60)])  // one run for 60 pops
+        _ = a.receive(try wireRoundTrip(sent[0].0), from: B, now: 5)
+        #expect(a.ownedItems == 40)
+        #expect(a.counters.duplicatePops == 0)
+    }
+
+    @Test("When the holder dies, the owner re-queues the items it never heard were popped")
+    func requeueOnDeath() throws {
+        var (a, b, transfer) = stolen(10)
+        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
+        for action in b.tick(now: 1 * second).sent { _ = a.receive(action.0, from: B, now: 5) }
+        #expect(a.ownedItems == 6)
+        _ = a.peerDied(B, now: 6)
+        #expect(a.counters.requeuedAfterDeath == 6)
+        #expect(popAll(&a) == Array(4..<10))
+        #expect(a.ownedItems == 0)
+    }
+
+    @Test("Custody follows the items: A → B → C, C dies, A re-queues what C held")
+    func custodyChain() throws {
+        var (a, b, t1) = stolen(6)
+        var c = QueueMachine(name: "q", localPeer: C)
+        _ = b.peerConnected(C, now: 0)
+        _ = c.peerConnected(B, now: 0)
+        _ = b.receive(.transfer(queue: "q", transferID: t1.id, kind: .steal, requestID: 1, items: t1.items), from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: t1.id, status: .accepted), from: B, now: 3)
+        // C steals 4 from B.
+        let t2 = b.receive(.stealRequest(queue: "q", requestID: 7, maxItems: 4, thiefRate: 1000), from: C, now: 4).transfers[0]
+        #expect(t2.items.count == 4 && t2.items.allSatisfy { $0.hops == 2 })
+        _ = c.receive(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 7, items: t2.items), from: B, now: 5)
+        let ackActions = b.receive(.transferAck(queue: "q", transferID: t2.id, status: .accepted), from: C, now: 6)
+        #expect(ackActions.sent.isEmpty)  // custody news is batched like confirmations
+        let news = b.tick(now: 1 * second).sent.filter { message, to in
+            if case .ownerUpdate = message { to == A } else { false }
+        }
+        #expect(news.count == 1)
+        guard case .ownerUpdate(_, _, _, let custody) = news[0].0 else { Issue.record("no owner update"); return }
+        #expect(custody == [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 4)])])
+        _ = a.receive(try wireRoundTrip(news[0].0), from: B, now: 7)
+        // C dies: only the 4 it held come back; B's 2 stay with B.
+        _ = a.peerDied(C, now: 8)
+        #expect(popAll(&a) == [0, 1, 2, 3])
+        // Custody news that arrives after the death re-queues at once.
+        var (a2, _, t3) = stolen(2)
+        _ = a2.receive(.transferAck(queue: "q", transferID: t3.id, status: .accepted), from: B, now: 3)
+        _ = a2.peerDied(C, now: 4)
+        _ = a2.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 2)])]), from: B, now: 5)
+        #expect(popAll(&a2) == [0, 1])
+    }
+
+    @Test("Stats: NaN, infinite, negative, absurd and stale reports are rejected")
+    func statsValidation() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        func make(_ sequence: UInt64, rate: Double = 1, finish: Double = 1, length: UInt64 = 1, waiting: UInt32 = 0) -> LoadStats {
+            LoadStats(sequence: sequence, length: length, waiting: waiting, serviceRate: rate, finishTime: finish, hasConsumers: true)
+        }
+        #expect(q.acceptStats(make(1, rate: .nan), from: B, now: 0) == .rejected(.invalid(.malformed(field: "stats.serviceRate", reason: "NaN"))))
+        #expect(q.acceptStats(make(1, finish: .nan), from: B, now: 0) == .rejected(.invalid(.malformed(field: "stats.finishTime", reason: "NaN"))))
+        #expect(q.acceptStats(make(1, rate: -.infinity), from: B, now: 0) == .rejected(.invalid(.malformed(field: "stats.serviceRate", reason: "infinite"))))
+        #expect(q.acceptStats(make(1, finish: -2), from: B, now: 0) == .rejected(.invalid(.malformed(field: "stats.finishTime", reason: "negative (-2.0)"))))
+        #expect(q.acceptStats(make(1, length: 1 << 50), from: B, now: 0) != .accepted)
+        #expect(q.acceptStats(make(1, waiting: .max), from: B, now: 0) != .accepted)
+        #expect(q.acceptStats(make(5), from: B, now: 0) == .accepted)
+        #expect(q.acceptStats(make(5), from: B, now: 1) == .rejected(.stale(sequence: 5, last: 5)))
+        #expect(q.acceptStats(make(4), from: B, now: 1) == .rejected(.stale(sequence: 4, last: 5)))
+        #expect(q.counters.statsRejected == 8)
+        #expect(q.acceptStats(make(6), from: B, now: 2) == .accepted)
+    }
+
+    @Test("A restarted peer's reports, counting from the start again, are accepted on its new link")
+    func restartedPeer() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        _ = q.peerConnected(B, now: 0)
+        _ = report(&q, from: B, sequence: 100, length: 5, now: 0)
+        #expect(q.peerLength(B, now: 1) == 5)
+        _ = q.peerDisconnected(B, now: 2)
+        _ = q.peerConnected(B, now: 3)
+        _ = report(&q, from: B, sequence: 1, length: 7, now: 4)
+        #expect(q.peerLength(B, now: 5) == 7)
+        // Its items carry sequence numbers above the old run's.
+        var restarted = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration(firstSequence: 1_000_000))
+        _ = restarted.peerConnected(A, now: 0)
+        _ = restarted.push([payload(1)], now: 0)
+        let transfer = restarted.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1), from: A, now: 1).transfers
+        #expect(transfer.first?.items.first?.id.sequence == 1_000_000)
+    }
+
+    @Test("A report too old is not used: no dispatch to a peer last heard idle long ago")
+    func staleByTime() {
+        var q = QueueMachine(name: "q", localPeer: A)
+        _ = q.peerConnected(B, now: 0)
+        _ = report(&q, from: B, sequence: 1, waiting: 3, now: 0)
+        let later = QueueConfiguration().statsMaxAge + 1
+        #expect(q.push([payload(1)], now: later).1.transfers.isEmpty)
+        #expect(q.peerLength(B, now: later) == nil)
+        // A fresh idle report: what is queued goes straight there.
+        let transfers = report(&q, from: B, sequence: 2, waiting: 3, now: later).transfers
+        #expect(transfers.count == 1 && transfers[0].to == B && transfers[0].items.map { number($0.payload) } == [1])
+        // So does a new item, while B still has idle consumers by this node's count.
+        let next = q.push([payload(2)], now: later).1.transfers
+        #expect(next.count == 1 && next[0].to == B)
+    }
+}

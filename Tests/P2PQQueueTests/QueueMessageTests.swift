@@ -1,0 +1,157 @@
+import P2PQQueue
+import P2PQWire
+import Testing
+
+private func stats(rate: Double = 10, finish: Double = 1, sequence: UInt64 = 1) -> LoadStats {
+    LoadStats(sequence: sequence, length: 10, waiting: 2, serviceRate: rate, finishTime: finish, hasConsumers: true)
+}
+
+/// Bytes of a stats body with `rate` as the service rate.
+private func statsBody(rate: Double) -> [UInt8] {
+    var bytes: [UInt8] = []
+    bytes.withWireWriter { writer in
+        writer.writeString("q")
+        writer.writeU64(1)
+        writer.writeU64(10)
+        writer.writeU32(0)
+        writer.writeU8(3)
+        writer.writeFloat64(rate)
+        writer.writeFloat64(1)
+    }
+    return bytes
+}
+
+@Suite struct QueueMessageTests {
+    @Test("Every queue message survives the wire")
+    func roundTrips() throws {
+        let items = [
+            QueueItem(id: ItemID(origin: peer(1), sequence: 7), attempt: 0, hops: 1, payload: payload(7)),
+            QueueItem(id: ItemID(origin: peer(2), sequence: 9), attempt: 2, hops: 3, payload: []),
+            QueueItem(id: ItemID(origin: peer(1), sequence: 8), attempt: 0, hops: 1, payload: payload(8, size: 300)),
+        ]
+        let messages: [QueueMessage] = [
+            .stats(queue: "jobs", stats()),
+            .stats(queue: "é", LoadStats(sequence: .max, length: 0, waiting: 0, serviceRate: 0, finishTime: 0, hasConsumers: false, accepting: false)),
+            .stealRequest(queue: "jobs", requestID: 42, maxItems: 17, thiefRate: 3.5),
+            .stealEmpty(queue: "jobs", requestID: 42),
+            .transfer(queue: "jobs", transferID: 5, kind: .steal, requestID: 42, items: items),
+            .transferAck(queue: "jobs", transferID: 5, status: .full),
+            .ownerUpdate(queue: "jobs", updateID: 3, popped: [SequenceRun(first: 1, count: 100), SequenceRun(first: 200, count: 1)],
+                         custody: [CustodyChange(holder: peer(3), attempt: 1, hops: 2, runs: [SequenceRun(first: 5, count: 3)])]),
+            .ownerUpdate(queue: "jobs", updateID: 3, popped: [], custody: []),
+            .ownerUpdateAck(queue: "jobs", updateID: 3),
+        ]
+        for message in messages {
+            #expect(try wireRoundTrip(message) == message)
+            var bytes: [UInt8] = []
+            try message.encode(into: &bytes)
+            #expect(bytes.count == 5 + message.bodySize, "\(message.messageType)")
+            #expect(QueueMessage.handles(message.messageType))
+            #expect(MessageType.family(of: message.messageType.rawValue) == .queue)
+        }
+    }
+
+    @Test("A stats message with NaN, infinity, a negative or absurd value is rejected by the decoder")
+    func badStatsDecode() {
+        #expect(throws: WireError.malformed(field: "stats.serviceRate", reason: "NaN")) {
+            try QueueMessage.decode(type: .queueStats, body: statsBody(rate: .nan))
+        }
+        #expect(throws: WireError.malformed(field: "stats.serviceRate", reason: "infinite")) {
+            try QueueMessage.decode(type: .queueStats, body: statsBody(rate: .infinity))
+        }
+        #expect(throws: WireError.malformed(field: "stats.serviceRate", reason: "negative (-1.0)")) {
+            try QueueMessage.decode(type: .queueStats, body: statsBody(rate: -1))
+        }
+        #expect(throws: WireError.malformed(field: "stats.serviceRate", reason: "1e+300 exceeds 1000000000.0")) {
+            try QueueMessage.decode(type: .queueStats, body: statsBody(rate: 1e300))
+        }
+        // And a sender cannot encode one.
+        #expect(throws: WireError.malformed(field: "stats.finishTime", reason: "NaN")) {
+            try wireRoundTrip(.stats(queue: "q", stats(finish: .nan)))
+        }
+    }
+
+    @Test("Malformed queue messages fail with precise errors")
+    func malformed() throws {
+        func body(_ write: (inout WireWriter<[UInt8]>) -> Void) -> [UInt8] {
+            var bytes: [UInt8] = []
+            bytes.withWireWriter { write(&$0) }
+            return bytes
+        }
+        // Empty queue name.
+        #expect(throws: WireError.malformed(field: "queue", reason: "empty name")) {
+            try QueueMessage.decode(type: .queueStealEmpty, body: body { $0.writeString(""); $0.writeU64(1) })
+        }
+        // Truncated.
+        #expect(throws: WireError.truncated(field: "stealEmpty.requestID", needed: 8, available: 3)) {
+            try QueueMessage.decode(type: .queueStealEmpty, body: body { $0.writeString("q"); $0.writeRaw([1, 2, 3]) })
+        }
+        // Trailing bytes.
+        #expect(throws: WireError.trailingBytes(type: .queueStealEmpty, count: 1)) {
+            try QueueMessage.decode(type: .queueStealEmpty, body: body { $0.writeString("q"); $0.writeU64(1); $0.writeU8(0) })
+        }
+        // Unknown flag bits.
+        var flags = statsBody(rate: 1)
+        flags[4 + 1 + 8 + 8 + 4] = 0x84
+        #expect(throws: WireError.malformed(field: "stats.flags", reason: "unknown bits 0x84")) {
+            try QueueMessage.decode(type: .queueStats, body: flags)
+        }
+        // Unknown ack status and transfer kind.
+        #expect(throws: WireError.malformed(field: "transferAck.status", reason: "unknown status 9")) {
+            try QueueMessage.decode(type: .queueTransferAck, body: body { $0.writeString("q"); $0.writeU64(1); $0.writeU8(9) })
+        }
+        let transferHead = { (kind: UInt8, origins: UInt16) in
+            body { w in
+                w.writeString("q"); w.writeU64(1); w.writeU8(kind); w.writeU64(0); w.writeU16(origins)
+                for index in 0..<Int(origins) { peer(index).write(into: &w) }
+            }
+        }
+        #expect(throws: WireError.malformed(field: "transfer.kind", reason: "unknown kind 7")) {
+            try QueueMessage.decode(type: .queueTransfer, body: transferHead(7, 1))
+        }
+        #expect(throws: WireError.malformed(field: "transfer.origins.count", reason: "0")) {
+            try QueueMessage.decode(type: .queueTransfer, body: transferHead(0, 0))
+        }
+        #expect(throws: WireError.malformed(field: "transfer.count", reason: "no items")) {
+            try QueueMessage.decode(type: .queueTransfer, body: transferHead(0, 1) + [0, 0, 0, 0])
+        }
+        // A count the bytes cannot hold: refused before allocating for it.
+        #expect(throws: WireError.malformed(field: "transfer.count", reason: "1000 items cannot fit in 0 bytes")) {
+            try QueueMessage.decode(type: .queueTransfer, body: transferHead(0, 1) + [0, 0, 0x03, 0xE8])
+        }
+        let badIndex = transferHead(0, 1) + body { w in
+            w.writeU32(1); w.writeU16(1); w.writeU64(1); w.writeU32(0); w.writeU32(0); w.writeByteString([1])
+        }
+        #expect(throws: WireError.malformed(field: "transfer.items[0].origin", reason: "index 1 of 1 origins")) {
+            try QueueMessage.decode(type: .queueTransfer, body: badIndex)
+        }
+        // Empty run in an owner update.
+        #expect(throws: WireError.malformed(field: "ownerUpdate.popped[0].count", reason: "0")) {
+            try QueueMessage.decode(type: .queueOwnerUpdate, body: body { w in
+                w.writeString("q"); w.writeU64(9); w.writeU32(1); w.writeU64(5); w.writeU32(0); w.writeU16(0)
+            })
+        }
+        // Steal request for nothing.
+        #expect(throws: WireError.malformed(field: "stealRequest.maxItems", reason: "0")) {
+            try QueueMessage.decode(type: .queueStealRequest, body: body { w in
+                w.writeString("q"); w.writeU64(1); w.writeU32(0); w.writeFloat64(1)
+            })
+        }
+        // Not a queue type.
+        #expect(throws: WireError.unknownMessageType(0x02)) {
+            try QueueMessage.decode(type: .ping, body: body { $0.writeString("q") })
+        }
+        // Link messages do not decode queue types.
+        #expect(throws: WireError.unknownMessageType(0x23)) {
+            try LinkMessage.decode(type: .queueTransfer, body: [])
+        }
+    }
+
+    @Test("A transfer larger than the frame limit is refused by the encoder")
+    func frameLimit() {
+        let items = [QueueItem(id: ItemID(origin: peer(1), sequence: 1), payload: [UInt8](repeating: 1, count: 600))]
+        #expect(throws: WireError.frameTooLarge(length: 683, limit: 512)) {
+            try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: items), maxFrameSize: 512)
+        }
+    }
+}
