@@ -852,6 +852,10 @@ public struct QueueMachine: Sendable {
         counters.transferredOut += transfer.items.count
         counters.transfersByKind[transfer.kind, default: 0] += transfer.items.count
         guard configuration.delivery == .atLeastOnce else { return }
+        // Custody news for other owners, gathered as runs of one owner, attempt and hop count.
+        var runOwner: PeerID?
+        var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
+        var run = SequenceRun(first: 0, count: 0)
         for item in transfer.items {
             let hops = item.hops &+ 1
             if item.id.origin == localPeer {
@@ -860,11 +864,19 @@ public struct QueueMachine: Sendable {
                     record.hops = hops
                     owned[item.id.sequence] = record
                 }
-            } else if item.id.origin != peer, !deadPeers.contains(item.id.origin) {
-                addRun(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin,
-                       custody: CustodyKey(holder: peer, attempt: item.attempt, hops: hops), now: now)
+            } else if item.id.origin != peer {
+                if item.id.origin == runOwner && runKey.attempt == item.attempt && runKey.hops == hops
+                    && run.first &+ UInt64(run.count) == item.id.sequence && run.count < UInt32.max {
+                    run.count += 1
+                } else {
+                    if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
+                    runOwner = item.id.origin
+                    runKey = CustodyKey(holder: peer, attempt: item.attempt, hops: hops)
+                    run = SequenceRun(first: item.id.sequence, count: 1)
+                }
             }
         }
+        if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
     }
 
     // MARK: Balancing

@@ -258,6 +258,25 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(sim.failures.contains { $0.0 == closing && $0.2 == .closed })
     }
 
+    @Test("W3 in simulation: 4 nodes, 4,000 tasks of 10 ms pushed at one node: makespan within 10% of the bound")
+    func w3() throws {
+        var sim = Simulation(nodes: 4)
+        sim.connectAll()
+        for index in 0..<4 { sim.addConsumers(1, at: sim.node(index), taskTime: 10 * ms) }
+        sim.run(until: 300 * ms)
+        let start = sim.now
+        sim.push(0..<4000, at: sim.node(0))
+        let settled = sim.run(for: 60 * second, until: allPopped(4000))
+        #expect(settled)
+        expectExactlyOnce(sim, 4000)
+        let makespan = Double(sim.lastPopTime + 10 * ms - start) / 1e9
+        #expect(makespan / 10.0 <= 1.10, "makespan \(makespan) s for a 10 s bound")
+        let firstRemote = try #require((1..<4).compactMap { sim.firstPop[sim.node($0)] }.min())
+        #expect(firstRemote - start <= 50 * ms)
+        let moved = sim.machines.values.reduce(0) { $0 + $1.counters.transferredOut }
+        #expect(Double(moved) / 4000 <= 0.9, "moved \(moved)")
+    }
+
     @Test("The legacy strategy (p2pqueue's push every 2 s) also spreads the work, more slowly")
     func legacyComparison() {
         func makespan(_ configuration: QueueConfiguration) -> (Double, Simulation) {
