@@ -138,6 +138,7 @@ let package = Package(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
+                "P2PQCodable",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

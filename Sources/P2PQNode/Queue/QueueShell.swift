@@ -49,6 +49,9 @@ public struct QueueSize: Sendable, Equatable {
 final class QueueShell {
     typealias PopContinuation = CheckedContinuation<Result<[[UInt8]], QueueError>, Never>
     typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
+    /// How a pop's outcome is handed back: a continuation's resume, or an HTTP route's answer.
+    typealias PopCompletion = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PushCompletion = (Result<Void, QueueError>) -> Void
 
     /// Most named queues per node, created locally or by peers' messages.
     static let maxQueues = 256
@@ -65,16 +68,19 @@ final class QueueShell {
         var pops: [WaiterID: PendingPop] = [:]
         /// Pushes waiting for room, served in order.
         var pushes: [PendingPush] = []
+        /// The machine's transfer and duplicate totals already added to the node's metrics.
+        var reportedTransfers = 0
+        var reportedDuplicates = 0
     }
 
     private struct PendingPop {
-        var continuation: PopContinuation
+        var continuation: PopCompletion
         var timer: TimerID?
     }
 
     private struct PendingPush {
         var items: [[UInt8]]
-        var continuation: PushContinuation
+        var continuation: PushCompletion
     }
 
     init(core: NodeCore) {
@@ -101,20 +107,27 @@ final class QueueShell {
     // MARK: Callers
 
     func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
+        push(name, items, wait: wait) { continuation.resume(returning: $0) }
+    }
+
+    func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ complete: @escaping PushCompletion) {
+        let continuation = Completion(complete)
         guard !isStopped else { return continuation.resume(returning: .failure(.nodeStopped)) }
         guard ensure(name) else { return continuation.resume(returning: .failure(.tooManyQueues)) }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
             guard wait else { return continuation.resume(returning: .failure(.timeout)) }
-            queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
+            queues[name]!.pushes.append(PendingPush(items: items, continuation: complete))
             return
         }
         let (outcome, actions) = queues[name]!.machine.push(items, now: now)
         switch outcome {
-        case .accepted: continuation.resume(returning: .success(()))
+        case .accepted:
+            core.metrics.itemsPushed += items.count
+            continuation.resume(returning: .success(()))
         case .full:
             if wait {
-                queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
+                queues[name]!.pushes.append(PendingPush(items: items, continuation: complete))
             } else {
                 continuation.resume(returning: .failure(.timeout))
             }
@@ -127,6 +140,12 @@ final class QueueShell {
 
     /// `timeout` nil waits forever; zero does not wait.
     func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
+        pop(name, max: max, timeout: timeout) { continuation.resume(returning: $0) }
+    }
+
+    @discardableResult
+    func pop(_ name: String, max: Int, timeout: Duration?, _ complete: @escaping PopCompletion) -> WaiterID? {
+        let continuation = Completion(complete)
         guard !isStopped else {
             continuation.resume(returning: .failure(.nodeStopped))
             return nil
@@ -140,6 +159,7 @@ final class QueueShell {
         nextWaiter += 1
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
+            core.metrics.itemsPopped += items.count
             continuation.resume(returning: .success(items))
             perform(name, actions)
             return nil
@@ -149,7 +169,7 @@ final class QueueShell {
             perform(name, actions)
             return nil
         }
-        var pending = PendingPop(continuation: continuation)
+        var pending = PendingPop(continuation: complete)
         if let timeout {
             pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
                 self.endWait(name, waiter, with: .timeout)
@@ -168,7 +188,7 @@ final class QueueShell {
     private func endWait(_ name: String, _ waiter: WaiterID, with error: QueueError) {
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
-        pending.continuation.resume(returning: .failure(error))
+        pending.continuation(.failure(error))
         perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
     }
 
@@ -178,6 +198,30 @@ final class QueueShell {
     }
 
     func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
+
+    /// Every queue's state for `/status`, sorted by name.
+    func statuses() -> [NodeStatus.Queue] {
+        queues.keys.sorted().map { name in
+            syncMetrics(name)
+            let machine = queues[name]!.machine
+            return NodeStatus.Queue(
+                name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
+                waitingConsumers: machine.waitingConsumers)
+        }
+    }
+
+    /// Adds the machine's new transfers and duplicates to the node's counters (once per timer
+    /// tick and status request, not per item).
+    private func syncMetrics(_ name: String) {
+        guard let entry = queues[name] else { return }
+        let counters = entry.machine.counters
+        let transfers = counters.transferredOut
+        let duplicates = counters.duplicatesDropped + counters.duplicatePops
+        core.metrics.itemsTransferred += transfers - entry.reportedTransfers
+        core.metrics.duplicates += duplicates - entry.reportedDuplicates
+        queues[name]!.reportedTransfers = transfers
+        queues[name]!.reportedDuplicates = duplicates
+    }
 
     func close(_ name: String) {
         guard !isStopped, ensure(name) else { return }
@@ -232,7 +276,7 @@ final class QueueShell {
             queues[name]!.timer = nil
             for (_, pending) in queues[name]!.pops {
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .failure(.nodeStopped))
+                pending.continuation(.failure(.nodeStopped))
             }
             queues[name]!.pops = [:]
             failPushes(name, with: .nodeStopped)
@@ -242,7 +286,7 @@ final class QueueShell {
     private func failPushes(_ name: String, with error: QueueError) {
         let pushes = queues[name]!.pushes
         queues[name]!.pushes = []
-        for push in pushes { push.continuation.resume(returning: .failure(error)) }
+        for push in pushes { push.continuation(.failure(error)) }
     }
 
     // MARK: Actions
@@ -257,18 +301,22 @@ final class QueueShell {
             case .deliver(let waiter, let items):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .success(items))
+                core.metrics.itemsPopped += items.count
+                pending.continuation(.success(items))
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .failure(failure == .closed ? .closed : .tooManyWaiters))
+                pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
             case .spaceAvailable:
                 retryPushes(name)
             case .armTimer(let at):
                 if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
                 queues[name]!.timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
                     self.queues[name]?.timer = nil
-                    if self.queues[name] != nil { self.perform(name, self.queues[name]!.machine.tick(now: self.now)) }
+                    if self.queues[name] != nil {
+                        self.perform(name, self.queues[name]!.machine.tick(now: self.now))
+                        self.syncMetrics(name)
+                    }
                 }
             }
         }
@@ -284,12 +332,21 @@ final class QueueShell {
             }
             queues[name]!.pushes.removeFirst()
             switch outcome {
-            case .accepted: push.continuation.resume(returning: .success(()))
-            case .closed: push.continuation.resume(returning: .failure(.closed))
-            case .itemTooLarge(let size, let limit): push.continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
-            case .batchTooLarge, .full: push.continuation.resume(returning: .failure(.batchTooLarge))
+            case .accepted:
+                core.metrics.itemsPushed += push.items.count
+                push.continuation(.success(()))
+            case .closed: push.continuation(.failure(.closed))
+            case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
+            case .batchTooLarge, .full: push.continuation(.failure(.batchTooLarge))
             }
             perform(name, actions)
         }
     }
+}
+
+/// Adapts a completion closure to the `resume(returning:)` spelling the shell uses.
+private struct Completion<Value> {
+    let body: (Value) -> Void
+    init(_ body: @escaping (Value) -> Void) { self.body = body }
+    func resume(returning value: Value) { body(value) }
 }
