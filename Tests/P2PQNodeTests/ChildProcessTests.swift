@@ -51,6 +51,25 @@ final class ChildNode {
         peerID = peer
     }
 
+    /// The child's next line of standard output (without the newline); empty at its end.
+    func nextLine() -> String {
+        var line: [UInt8] = []
+        let fd = output.fileHandleForReading.fileDescriptor
+        var byte: UInt8 = 0
+        while true {
+            let n = read(fd, &byte, 1)
+            if n == 1 {
+                if byte == UInt8(ascii: "\n") { break }
+                line.append(byte)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+
     static func hexBytes(_ text: String) -> [UInt8] {
         var bytes: [UInt8] = []
         var index = text.startIndex
