@@ -257,7 +257,13 @@ struct QueueBalanceBench: AsyncParsableCommand {
         }
         let makespan = ContinuousClock.now - start
         var moved = 0
-        for queue in queues { moved += await queue.counters()?.transferredIn ?? 0 }
+        var kinds: [TransferKind: Int] = [:]
+        for queue in queues {
+            guard let counters = await queue.counters() else { continue }
+            moved += counters.transferredIn
+            kinds.merge(counters.transfersByKind, uniquingKeysWith: +)
+        }
+        let byKind = TransferKind.allCases.map { "\($0):\(kinds[$0] ?? 0)" }.joined(separator: " ")
         for node in nodes { await node.stop() }
         let seconds = Double(makespan.components.seconds) + Double(makespan.components.attoseconds) / 1e18
         let nominal = Double(work.reduce(0, +)) / 1e9
@@ -273,7 +279,7 @@ struct QueueBalanceBench: AsyncParsableCommand {
         var fields: [(String, Any)] = [("bench", "queue-balance"), ("strategy", strategy), ("distribution", distribution)]
         fields += [("nodes", count), ("tasks", total), ("meanTaskMs", taskMs), ("makespanSeconds", seconds)]
         fields += [("lowerBoundSeconds", bound), ("makespanOverBound", ratio), ("makespanOverMeasuredBound", measuredRatio)]
-        fields += [("firstRemotePopMs", remoteMs), ("itemsMovedPerItem", movedPerItem), ("poppedPerNode", popped)]
+        fields += [("firstRemotePopMs", remoteMs), ("itemsMovedPerItem", movedPerItem), ("poppedPerNode", popped), ("movedByKind", byKind)]
         return jsonLine(fields)
     }
 }

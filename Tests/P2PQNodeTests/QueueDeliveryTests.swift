@@ -235,6 +235,32 @@ struct QueueDeliveryTests {
         for node in nodes { await node.stop() }
     }
 
+    @Test("Operations routes: push lines and raw bytes, pop with max and timeout, queues in /status, bad requests")
+    func routes() async throws {
+        var configuration = testConfiguration(key: key)
+        configuration.operationsAddress = "127.0.0.1:0"
+        let node = try Node(configuration: configuration)
+        let info = try await node.start()
+        let base = "http://\(try #require(info.operationsAddress))"
+        #expect(try await httpPost(base + "/queue/r/push", body: Array("a\nb\r\nc\n".utf8)).0 == 200)
+        #expect(try await httpPost(base + "/queue/r/push?format=raw", body: [0, 10, 255]).0 == 200)
+        #expect(await node.queue(named: "r").size().local == 4)
+        let status = try await httpStatus(base)
+        #expect(status.queues.first { $0.name == "r" }?.localCount == 4)
+        #expect(status.counters["p2pq_items_pushed_total"] == 4)
+        #expect(try await httpPop(base, queue: "r", max: 3, timeoutMs: 0) == ["a", "b", "c"])
+        let (code, data) = try await httpPost(base + "/queue/r/pop?encoding=base64", body: [])
+        #expect(code == 200)
+        #expect(try JSONDecoder().decode(QueuePopAnswer.self, from: data).payloads == [[0, 10, 255]])
+        #expect(try await httpPop(base, queue: "r", max: 1, timeoutMs: 50).isEmpty)
+        #expect(try await httpPost(base + "/queue/r/pop?max=0", body: []).0 == 400)
+        #expect(try await httpPost(base + "/queue/r/push", body: []).0 == 400)
+        #expect(try await httpPost(base + "/queue/r/push?format=xml", body: [1]).0 == 400)
+        await node.queue(named: "r").close()
+        #expect(try await httpPost(base + "/queue/r/push", body: Array("x\n".utf8)).0 == 409)
+        await node.stop()
+    }
+
     @Test("Backpressure through NodeConfiguration.maxQueueItems: tryPush false when full, push waits for a pop")
     func backpressure() async throws {
         let node = try Node(configuration: {
@@ -299,6 +325,15 @@ private func httpPop(_ base: String, queue: String, max: Int, timeoutMs: Int) as
     let (data, response) = try await URLSession.shared.data(for: request)
     #expect((response as? HTTPURLResponse)?.statusCode == 200)
     return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items
+}
+
+private func httpPost(_ url: String, body: [UInt8]) async throws -> (Int, Data) {
+    var request = URLRequest(url: URL(string: url)!)
+    request.httpMethod = "POST"
+    request.httpBody = Data(body)
+    request.timeoutInterval = 10
+    let (data, response) = try await URLSession.shared.data(for: request)
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
 }
 
 private func httpStatus(_ base: String) async throws -> NodeStatus {

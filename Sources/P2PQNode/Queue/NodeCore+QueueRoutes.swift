@@ -78,7 +78,7 @@ extension NodeCore {
             var lines = request.body.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map { line in
                 Array(line.last == UInt8(ascii: "\r") ? line.dropLast() : line)
             }
-            if request.body.last == UInt8(ascii: "\n") { lines.removeLast() }
+            if request.body.isEmpty || request.body.last == UInt8(ascii: "\n") { lines.removeLast() }
             items = lines
         case let other:
             respond(.text(400, "unknown format '\(other)': use lines or raw"))
