@@ -29,6 +29,9 @@ struct QueueStreamBench: AsyncParsableCommand {
     @Flag(help: "At-most-once delivery (no ownership records or pop confirmations).")
     var atMostOnce = false
 
+    @Option(help: "Load stats interval of both nodes, milliseconds (default: the node default, 250).")
+    var statsIntervalMs: Int?
+
     func validate() throws {
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be between 1 and 100") }
         guard (1...100_000_000).contains(items) else { throw ValidationError("--items must be between 1 and 100,000,000") }
@@ -62,6 +65,7 @@ struct QueueStreamBench: AsyncParsableCommand {
     private func once(payload: Int) async throws -> (rate: Double, seconds: Double, consumerCPU: Double, producerCPU: Double) {
         var configuration = loopbackNodeConfiguration()
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
+        if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
         let node = try Node(configuration: configuration)
         let info = try await node.start()
         let queue = node.queue(named: "w1")
@@ -84,6 +88,7 @@ struct QueueStreamBench: AsyncParsableCommand {
         var arguments = ["bench", "stream-role", "--bootstrap", "\(info.listenAddress)", "--items", "\(items)",
                          "--payload", "\(payload)", "--batch", "\(batch)"]
         if atMostOnce { arguments.append("--at-most-once") }
+        if let statsIntervalMs { arguments += ["--stats-interval-ms", "\(statsIntervalMs)"] }
         let producer = try SelfProcess(arguments: arguments)
         let result: (first: ContinuousClock.Instant, last: ContinuousClock.Instant, count: Int)
         do {
@@ -94,6 +99,9 @@ struct QueueStreamBench: AsyncParsableCommand {
             throw ClusterError("consumer: \(error)")
         }
         let consumerCPU = cpuSeconds() - cpuBefore
+        if let counters = await queue.counters(), ProcessInfo.processInfo.environment["P2PQ_BENCH_DEBUG"] != nil {
+            FileHandle.standardError.write(Data("consumer counters: \(counters)\n".utf8))
+        }
         producer.send("done")
         let line = try await producer.line(startingWith: "cpu ")
         await producer.wait()
@@ -114,10 +122,12 @@ struct QueueStreamRole: AsyncParsableCommand {
     @Option var payload: Int
     @Option var batch: Int = 4096
     @Flag var atMostOnce = false
+    @Option var statsIntervalMs: Int?
 
     func run() async throws {
         var configuration = loopbackNodeConfiguration(bootstrap: [bootstrap])
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
+        if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
         let node = try Node(configuration: configuration)
         try await node.start()
         try await waitForMesh([node], peers: 1)
@@ -295,4 +305,11 @@ private final class BalanceProgress: Sendable {
         init(_ value: T) { self.value = Mutex(value) }
         func withLock<R>(_ body: (inout T) -> R) -> R { value.withLock { body(&$0) } }
     }
+}
+
+/// The queue configuration with another stats interval (and the intervals derived from it).
+func withStatsInterval(_ base: QueueConfiguration, _ milliseconds: Int) -> QueueConfiguration {
+    QueueConfiguration(
+        strategy: base.strategy, delivery: base.delivery, maxItems: base.maxItems, maxBytes: base.maxBytes,
+        maxFrameSize: base.maxFrameSize, statsInterval: UInt64(max(1, milliseconds)) * 1_000_000)
 }
