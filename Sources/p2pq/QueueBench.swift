@@ -149,6 +149,9 @@ struct QueueStreamRole: AsyncParsableCommand {
             sent += n
         }
         _ = await readStandardInputLine()  // "done": the consumer has everything
+        if let counters = await queue.counters(), ProcessInfo.processInfo.environment["P2PQ_BENCH_DEBUG"] != nil {
+            FileHandle.standardError.write(Data("producer counters: \(counters)\n".utf8))
+        }
         print("cpu \(cpuSeconds())")
         fflush(nil)
         await node.stop()
