@@ -116,7 +116,7 @@ let package = Package(
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
-            dependencies: ["P2PQReactor", "P2PQWire", "P2PQLink", "P2PQNode"],
+            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode"],
             path: "Sources/P2PQWorkloads"
         ),
         .executableTarget(
