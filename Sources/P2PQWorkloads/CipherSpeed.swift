@@ -7,6 +7,7 @@ import Glibc
 /// byte on top of the insecure link's own cost. Times are the thread's CPU time, so other
 /// load on the machine does not inflate them (as long as it leaves the caches alone).
 public struct CipherSpeedResult: Sendable {
+    public var cipher: String
     public var recordSize: Int
     public var records: Int
     public var sealSeconds: Double
@@ -17,15 +18,16 @@ public struct CipherSpeedResult: Sendable {
 
     public var json: String {
         func f(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
-        return #"{"workload":"cipher","cipher":"ChaChaPoly","record_bytes":\#(recordSize),"records":\#(records),"#
+        return #"{"workload":"cipher","cipher":"\#(cipher)","record_bytes":\#(recordSize),"records":\#(records),"#
             + #""seal_mb_per_sec":\#(f(sealBytesPerSecond / 1e6)),"open_mb_per_sec":\#(f(openBytesPerSecond / 1e6))}"#
     }
 }
 
 public enum CipherSpeed {
-    public static func run(recordSize: Int, records: Int) throws -> CipherSpeedResult {
+    /// `cipher` is a Noise cipher name: `ChaChaPoly` (the links') or `AESGCM` (for comparison).
+    public static func run(cipher: String = "ChaChaPoly", recordSize: Int, records: Int) throws -> CipherSpeedResult {
         // NN is the quickest way to a keyed pair of transport ciphers through the public API.
-        let name = "Noise_NN_25519_ChaChaPoly_SHA256"
+        let name = "Noise_NN_25519_\(cipher)_SHA256"
         var initiator = try HandshakeState(protocolName: name, role: .initiator)
         var responder = try HandshakeState(protocolName: name, role: .responder)
         _ = try responder.readMessage(try initiator.writeMessage(payload: []))
@@ -64,7 +66,7 @@ public enum CipherSpeed {
             openTime += t2 - t1
             done += batch
         }
-        return CipherSpeedResult(recordSize: size, records: records,
+        return CipherSpeedResult(cipher: cipher, recordSize: size, records: records,
                                  sealSeconds: Double(sealTime) / 1e9, openSeconds: Double(openTime) / 1e9)
     }
 }
