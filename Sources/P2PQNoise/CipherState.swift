@@ -60,9 +60,9 @@ public struct CipherState: Sendable {
     /// Encrypts `plaintext` with `ad` into `output`, returning the bytes written
     /// (`plaintext.count + 16` with a key, `plaintext.count` without).
     ///
-    /// `output` may alias `plaintext` (in-place encryption) if both start at the same
-    /// address; otherwise they must not overlap. The caller's buffer is never resized or
-    /// retained, and on Linux nothing is allocated.
+    /// `output` may alias `plaintext`: in place (both at the same address) is as fast as
+    /// disjoint buffers; any other overlap takes a slower copying path. The caller's buffer is
+    /// never resized or retained, and on Linux nothing is allocated.
     ///
     /// - Throws: ``NoiseError/nonceExhausted``, ``NoiseError/messageTooLong``,
     ///   ``NoiseError/bufferTooSmall(required:)``.
@@ -89,8 +89,8 @@ public struct CipherState: Sendable {
     }
 
     /// Decrypts `ciphertext` (body followed by the 16-byte tag) with `ad` into `output`,
-    /// returning the plaintext length. `output` may alias `ciphertext` if both start at the
-    /// same address; otherwise they must not overlap.
+    /// returning the plaintext length. `output` may alias `ciphertext` (as for encryption,
+    /// in place is fast, other overlaps copy).
     ///
     /// On failure the nonce is not advanced (spec §5.1), so a forged message does not
     /// desynchronise the channel; the link layer should still treat it as fatal.
