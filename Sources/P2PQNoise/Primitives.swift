@@ -48,7 +48,7 @@ public enum NoiseHashFunction: String, Sendable, Hashable {
     }
 }
 
-// MARK: - Sendable wrappers
+// MARK: - Keys
 
 /// A Curve25519 key pair for use as a Noise static (`s`) or ephemeral (`e`) key.
 ///
