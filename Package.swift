@@ -76,9 +76,12 @@ let package = Package(
         // plain values on swift-crypto; the peer links run Noise_XXpsk0_25519_ChaChaPoly_SHA256.
         .target(
             name: "P2PQNoise",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CP2PQAEAD", .product(name: "Crypto", package: "swift-crypto")],
             path: "Sources/P2PQNoise"
         ),
+        // Seal/open straight into caller memory through the BoringSSL that swift-crypto links
+        // in (weak references: absent, P2PQNoise falls back to swift-crypto's API).
+        .target(name: "CP2PQAEAD", path: "Sources/CP2PQAEAD"),
         // The sans-I/O wire codec: records, messages, link-level message bodies. Standard
         // library only, so every layer can use it.
         .target(name: "P2PQWire", path: "Sources/P2PQWire"),
@@ -148,7 +151,7 @@ let package = Package(
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
-            dependencies: ["P2PQReactor", "P2PQWire", "P2PQLink", "P2PQNode"],
+            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode"],
             path: "Sources/P2PQWorkloads"
         ),
         .executableTarget(
