@@ -73,7 +73,7 @@ public enum LinkError: Error, Sendable, Equatable, CustomStringConvertible {
 /// message (ciphertext plus 16-byte tag) whose plaintexts, concatenated, carry the message
 /// stream. Many messages share a record, and a message may span records.
 ///
-/// Both directions rekey (Noise `REKEY`) every ``rekeyInterval`` records; the nonce counts are
+/// Both directions rekey (Noise `REKEY`) every `rekeyInterval` records (default ``LinkSession/defaultRekeyInterval``); the nonce counts are
 /// identical on both ends, so no signal is needed. A link closes before its nonce could wrap.
 public struct LinkSession: Sendable {
     public enum Role: Sendable { case initiator, responder }

@@ -160,10 +160,10 @@ public enum MembershipMessage: Sendable, Hashable, WireMessage {
     /// Decodes the body of a membership message of `type`, checking every limit and that no
     /// byte is left over.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside membership,
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field,
-    ///   ``WireError/malformed(field:reason:)`` (unknown update kind, an alive or left update
-    ///   not from the member itself), ``WireError/trailingBytes(type:count:)``.
+    /// - Throws: `WireError.unknownMessageType` for a type outside membership,
+    ///   `WireError.truncated` naming the short field,
+    ///   `WireError.malformed` (unknown update kind, an alive or left update
+    ///   not from the member itself), `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> MembershipMessage {
         var reader = WireReader(body)
         let name = name(type)

@@ -379,12 +379,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
     /// Decodes the body of a queue message of `type`, checking every limit and that no byte is
     /// left.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer;
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field;
-    ///   ``WireError/malformed(field:reason:)`` for an empty or over-long queue name, bad UTF-8,
+    /// - Throws: `WireError.unknownMessageType` for a type outside this layer;
+    ///   `WireError.truncated` naming the short field;
+    ///   `WireError.malformed` for an empty or over-long queue name, bad UTF-8,
     ///   NaN, infinite, negative or absurd stats, unknown flag bits, kinds or statuses, zero
     ///   counts, an origin index out of range, or a count the remaining bytes cannot hold;
-    ///   ``WireError/trailingBytes(type:count:)``.
+    ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> QueueMessage {
         var reader = WireReader(body)
         let queue = try reader.readString(field: "queue", maxLength: QueueWire.maxQueueNameLength)

@@ -64,11 +64,11 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
 
     /// Decodes the body of a message of `type`, checking every limit and that no byte is left.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer,
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field (with the
-    ///   entry index, e.g. `results[3].description`), ``WireError/malformed(field:reason:)``
+    /// - Throws: `WireError.unknownMessageType` for a type outside this layer,
+    ///   `WireError.truncated` naming the short field (with the
+    ///   entry index, e.g. `results[3].description`), `WireError.malformed`
     ///   (count 0, unknown outcome kind, attempt 0, a string over its limit or not UTF-8),
-    ///   ``WireError/trailingBytes(type:count:)``.
+    ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> RemoteCallMessage {
         var reader = WireReader(body)
         let message: RemoteCallMessage
