@@ -138,6 +138,7 @@ let package = Package(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
+                "P2PQRemoteCall", "P2PQCodable",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -158,6 +159,7 @@ let package = Package(
                 "P2PQWorkloads",
                 "P2PQNode",
                 "P2PQLink",
+                "P2PQRemoteCall",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -187,7 +189,7 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue",
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
