@@ -141,6 +141,7 @@ let package = Package(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
+                "P2PQRemoteCall", "P2PQCodable",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -161,6 +162,7 @@ let package = Package(
                 "P2PQWorkloads",
                 "P2PQNode",
                 "P2PQLink",
+                "P2PQRemoteCall",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -190,7 +192,7 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue",
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

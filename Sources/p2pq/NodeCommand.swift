@@ -56,6 +56,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Flag(help: ArgumentHelp("Register the example functions (echo, fib, pi-sim, sleep-then-answer) and execute remote calls.", visibility: .hidden))
+    var serveExamples = false
+
+    @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
+    var maxConcurrentCalls: Int = 4
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
             throw ValidationError("unknown log level '\(logLevel)'")
@@ -106,8 +112,14 @@ struct NodeCommand: AsyncParsableCommand {
             return source
         }
 
+        guard maxConcurrentCalls > 0 else { throw ValidationError("--max-concurrent-calls must be positive") }
         let node = try Node(configuration: configuration)
         let info = try await node.start()
+        if serveExamples {
+            let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)
+            ExampleFunctions.register(on: rpc)
+            try await rpc.process()
+        }
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")
         if let operations = info.operationsAddress { print("operations http://\(operations)") }

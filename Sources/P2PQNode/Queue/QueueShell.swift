@@ -67,14 +67,19 @@ final class QueueShell {
         var pushes: [PendingPush] = []
     }
 
+    /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
+    /// module such as remote calls) a callback run on the reactor thread at once.
+    typealias PopSink = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PushSink = (Result<Void, QueueError>) -> Void
+
     private struct PendingPop {
-        var continuation: PopContinuation
+        var continuation: PopSink
         var timer: TimerID?
     }
 
     private struct PendingPush {
         var items: [[UInt8]]
-        var continuation: PushContinuation
+        var continuation: PushSink
     }
 
     init(core: NodeCore) {
@@ -101,38 +106,86 @@ final class QueueShell {
     // MARK: Callers
 
     func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
-        guard !isStopped else { return continuation.resume(returning: .failure(.nodeStopped)) }
-        guard ensure(name) else { return continuation.resume(returning: .failure(.tooManyQueues)) }
+        push(name, items, wait: wait, sink: { continuation.resume(returning: $0) })
+    }
+
+    /// As ``push(_:_:wait:_:)`` with a callback; it runs on the reactor thread, possibly before
+    /// this returns.
+    func push(_ name: String, _ items: [[UInt8]], wait: Bool, sink continuation: @escaping PushSink) {
+        guard !isStopped else { return continuation(.failure(.nodeStopped)) }
+        guard ensure(name) else { return continuation(.failure(.tooManyQueues)) }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
-            guard wait else { return continuation.resume(returning: .failure(.timeout)) }
+            guard wait else { return continuation(.failure(.timeout)) }
             queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
             return
         }
         let (outcome, actions) = queues[name]!.machine.push(items, now: now)
         switch outcome {
-        case .accepted: continuation.resume(returning: .success(()))
+        case .accepted: continuation(.success(()))
         case .full:
             if wait {
                 queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
             } else {
-                continuation.resume(returning: .failure(.timeout))
+                continuation(.failure(.timeout))
             }
-        case .closed: continuation.resume(returning: .failure(.closed))
-        case .itemTooLarge(let size, let limit): continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
-        case .batchTooLarge: continuation.resume(returning: .failure(.batchTooLarge))
+        case .closed: continuation(.failure(.closed))
+        case .itemTooLarge(let size, let limit): continuation(.failure(.itemTooLarge(size: size, limit: limit)))
+        case .batchTooLarge: continuation(.failure(.batchTooLarge))
         }
         perform(name, actions)
     }
 
     /// `timeout` nil waits forever; zero does not wait.
     func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
+        pop(name, max: max, timeout: timeout, sink: { continuation.resume(returning: $0) })
+    }
+
+    /// A new waiter ID, for ``pop(_:max:waiter:sink:)``.
+    func makeWaiterID() -> WaiterID {
+        defer { nextWaiter += 1 }
+        return WaiterID(nextWaiter)
+    }
+
+    /// A waiting pop with a callback and a waiter ID chosen by the caller (so it can tell its
+    /// waiters apart before this returns). The sink runs on the reactor thread, possibly before
+    /// this returns, with the items once they are here (or the failure). Returns whether the
+    /// pop waits (false: the sink already ran).
+    @discardableResult
+    func pop(_ name: String, max: Int, waiter: WaiterID, sink: @escaping PopSink) -> Bool {
         guard !isStopped else {
-            continuation.resume(returning: .failure(.nodeStopped))
+            sink(.failure(.nodeStopped))
+            return false
+        }
+        guard ensure(name) else {
+            sink(.failure(.tooManyQueues))
+            return false
+        }
+        let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
+        if !items.isEmpty {
+            sink(.success(items))
+            perform(name, actions)
+            return false
+        }
+        queues[name]!.pops[waiter] = PendingPop(continuation: sink)
+        perform(name, actions)
+        return queues[name]?.pops[waiter] != nil
+    }
+
+    /// Withdraws a waiting pop made with ``pop(_:max:waiter:sink:)`` without calling its sink.
+    func withdraw(_ name: String, _ waiter: WaiterID) {
+        guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+    }
+
+    private func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
+        guard !isStopped else {
+            continuation(.failure(.nodeStopped))
             return nil
         }
         guard ensure(name) else {
-            continuation.resume(returning: .failure(.tooManyQueues))
+            continuation(.failure(.tooManyQueues))
             return nil
         }
         let waits = timeout.map { $0 > .zero } ?? true
@@ -140,12 +193,12 @@ final class QueueShell {
         nextWaiter += 1
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
-            continuation.resume(returning: .success(items))
+            continuation(.success(items))
             perform(name, actions)
             return nil
         }
         if !waits {
-            continuation.resume(returning: .failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            continuation(.failure(queues[name]!.machine.isClosed ? .closed : .timeout))
             perform(name, actions)
             return nil
         }
@@ -168,7 +221,7 @@ final class QueueShell {
     private func endWait(_ name: String, _ waiter: WaiterID, with error: QueueError) {
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
-        pending.continuation.resume(returning: .failure(error))
+        pending.continuation(.failure(error))
         perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
     }
 
@@ -232,7 +285,7 @@ final class QueueShell {
             queues[name]!.timer = nil
             for (_, pending) in queues[name]!.pops {
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .failure(.nodeStopped))
+                pending.continuation(.failure(.nodeStopped))
             }
             queues[name]!.pops = [:]
             failPushes(name, with: .nodeStopped)
@@ -242,7 +295,7 @@ final class QueueShell {
     private func failPushes(_ name: String, with error: QueueError) {
         let pushes = queues[name]!.pushes
         queues[name]!.pushes = []
-        for push in pushes { push.continuation.resume(returning: .failure(error)) }
+        for push in pushes { push.continuation(.failure(error)) }
     }
 
     // MARK: Actions
@@ -257,11 +310,11 @@ final class QueueShell {
             case .deliver(let waiter, let items):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .success(items))
+                pending.continuation(.success(items))
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation.resume(returning: .failure(failure == .closed ? .closed : .tooManyWaiters))
+                pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
             case .spaceAvailable:
                 retryPushes(name)
             case .armTimer(let at):
@@ -284,10 +337,10 @@ final class QueueShell {
             }
             queues[name]!.pushes.removeFirst()
             switch outcome {
-            case .accepted: push.continuation.resume(returning: .success(()))
-            case .closed: push.continuation.resume(returning: .failure(.closed))
-            case .itemTooLarge(let size, let limit): push.continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
-            case .batchTooLarge, .full: push.continuation.resume(returning: .failure(.batchTooLarge))
+            case .accepted: push.continuation(.success(()))
+            case .closed: push.continuation(.failure(.closed))
+            case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
+            case .batchTooLarge, .full: push.continuation(.failure(.batchTooLarge))
             }
             perform(name, actions)
         }
