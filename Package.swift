@@ -207,6 +207,12 @@ let package = Package(
             dependencies: ["P2PQCodable", "P2PQFuzzSupport"],
             path: "Sources/P2PQCodableFuzz"
         ),
+        // libFuzzer entry for the queue message decoders (Fuzz/run-fuzz.sh queue).
+        .executableTarget(
+            name: "P2PQQueueFuzz",
+            dependencies: ["P2PQQueue", "P2PQWire", "P2PQFuzzSupport"],
+            path: "Sources/P2PQQueueFuzz"
+        ),
         .testTarget(
             name: "P2PQCodableTests",
             dependencies: ["P2PQCodable"],

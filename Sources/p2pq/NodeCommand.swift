@@ -62,6 +62,17 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
     var maxConcurrentCalls: Int = 4
 
+    @Option(help: "Most items per local queue (queued plus in flight); pushes beyond wait.")
+    var maxQueueItems: Int = 1_000_000
+
+    @Option(help: "Most payload bytes per local queue (queued plus in flight).")
+    var maxQueueBytes: Int = 256 << 20
+
+    func validate() throws {
+        guard (1...100_000_000).contains(maxQueueItems) else { throw ValidationError("--max-queue-items must be between 1 and 100,000,000") }
+        guard (1...(64 << 30)).contains(maxQueueBytes) else { throw ValidationError("--max-queue-bytes must be between 1 and 64 GiB") }
+    }
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
             throw ValidationError("unknown log level '\(logLevel)'")
@@ -84,6 +95,8 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.discovery.interfaceAddress = discoveryInterface
         configuration.discovery.allowNonLoopbackInterface = allowLanDiscovery
         configuration.identityFile = identityFile
+        configuration.maxQueueItems = maxQueueItems
+        configuration.maxQueueBytes = maxQueueBytes
         configuration.reactor.backend = try parseBackend(backend)
         if let keyFile {
             do {

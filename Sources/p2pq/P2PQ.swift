@@ -8,14 +8,16 @@ struct P2PQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
-        subcommands: [NodeCommand.self, KeygenCommand.self, StatusCommand.self, FibCommand.self, PiCommand.self, Bench.self]
+        subcommands: [NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
+                      QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self]
     )
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, RPCBench.self],
+        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self,
+                      RPCBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
 }

@@ -137,12 +137,6 @@ struct RPCBench: AsyncParsableCommand {
     }
 }
 
-private func median(_ values: [Double]) -> Double {
-    guard !values.isEmpty else { return .nan }
-    let sorted = values.sorted()
-    return sorted[sorted.count / 2]
-}
-
 private func format(_ value: Double) -> String { String(format: "%.1f", value) }
 
 private func json(_ fields: KeyValuePairs<String, String>) -> String {

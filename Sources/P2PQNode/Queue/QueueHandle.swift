@@ -54,6 +54,11 @@ public struct QueueHandle: Sendable {
     ///
     /// - Throws: as ``push(contentsOf:)``, never waiting.
     public func tryPush(_ items: [UInt8]...) async throws(QueueError) -> Bool {
+        try await tryPush(contentsOf: items)
+    }
+
+    /// Appends the items, as one batch, if there is room for all of them now; false if not.
+    public func tryPush(contentsOf items: [[UInt8]]) async throws(QueueError) -> Bool {
         let name = self.name
         let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
             let running = node.executeOnCore { core in core.queues.push(name, items, wait: false, continuation) }
@@ -109,7 +114,8 @@ public struct QueueHandle: Sendable {
     }
 
     /// Stops accepting pushes on this node, fails its waiting pops with ``QueueError/closed``
-    /// and hands its items to live peers. The node keeps running.
+    /// and hands its items to live peers (those that accept work; with none connected the items
+    /// stay here and peers can still steal them). The node keeps running.
     public func close() async {
         let name = self.name
         _ = await node.withCore { core in core.queues.close(name) }

@@ -49,6 +49,9 @@ public struct QueueSize: Sendable, Equatable {
 final class QueueShell {
     typealias PopContinuation = CheckedContinuation<Result<[[UInt8]], QueueError>, Never>
     typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
+    /// How a pop's outcome is handed back: a continuation's resume, or an HTTP route's answer.
+    typealias PopCompletion = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PushCompletion = (Result<Void, QueueError>) -> Void
 
     /// Most named queues per node, created locally or by peers' messages.
     static let maxQueues = 256
@@ -65,6 +68,9 @@ final class QueueShell {
         var pops: [WaiterID: PendingPop] = [:]
         /// Pushes waiting for room, served in order.
         var pushes: [PendingPush] = []
+        /// The machine's transfer and duplicate totals already added to the node's metrics.
+        var reportedTransfers = 0
+        var reportedDuplicates = 0
     }
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
@@ -122,7 +128,9 @@ final class QueueShell {
         }
         let (outcome, actions) = queues[name]!.machine.push(items, now: now)
         switch outcome {
-        case .accepted: continuation(.success(()))
+        case .accepted:
+            core.metrics.itemsPushed += items.count
+            continuation(.success(()))
         case .full:
             if wait {
                 queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
@@ -163,6 +171,7 @@ final class QueueShell {
         }
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
         if !items.isEmpty {
+            core.metrics.itemsPopped += items.count
             sink(.success(items))
             perform(name, actions)
             return false
@@ -179,7 +188,10 @@ final class QueueShell {
         perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
     }
 
-    private func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
+    /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
+    /// returns). Returns the waiter if the pop waits.
+    @discardableResult
+    func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
         guard !isStopped else {
             continuation(.failure(.nodeStopped))
             return nil
@@ -193,6 +205,7 @@ final class QueueShell {
         nextWaiter += 1
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
+            core.metrics.itemsPopped += items.count
             continuation(.success(items))
             perform(name, actions)
             return nil
@@ -231,6 +244,30 @@ final class QueueShell {
     }
 
     func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
+
+    /// Every queue's state for `/status`, sorted by name.
+    func statuses() -> [NodeStatus.Queue] {
+        queues.keys.sorted().map { name in
+            syncMetrics(name)
+            let machine = queues[name]!.machine
+            return NodeStatus.Queue(
+                name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
+                waitingConsumers: machine.waitingConsumers)
+        }
+    }
+
+    /// Adds the machine's new transfers and duplicates to the node's counters (once per timer
+    /// tick and status request, not per item).
+    private func syncMetrics(_ name: String) {
+        guard let entry = queues[name] else { return }
+        let counters = entry.machine.counters
+        let transfers = counters.transferredOut
+        let duplicates = counters.duplicatesDropped + counters.duplicatePops
+        core.metrics.itemsTransferred += transfers - entry.reportedTransfers
+        core.metrics.duplicates += duplicates - entry.reportedDuplicates
+        queues[name]!.reportedTransfers = transfers
+        queues[name]!.reportedDuplicates = duplicates
+    }
 
     func close(_ name: String) {
         guard !isStopped, ensure(name) else { return }
@@ -310,6 +347,7 @@ final class QueueShell {
             case .deliver(let waiter, let items):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
+                core.metrics.itemsPopped += items.count
                 pending.continuation(.success(items))
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
@@ -321,7 +359,10 @@ final class QueueShell {
                 if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
                 queues[name]!.timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
                     self.queues[name]?.timer = nil
-                    if self.queues[name] != nil { self.perform(name, self.queues[name]!.machine.tick(now: self.now)) }
+                    if self.queues[name] != nil {
+                        self.perform(name, self.queues[name]!.machine.tick(now: self.now))
+                        self.syncMetrics(name)
+                    }
                 }
             }
         }
@@ -337,7 +378,9 @@ final class QueueShell {
             }
             queues[name]!.pushes.removeFirst()
             switch outcome {
-            case .accepted: push.continuation(.success(()))
+            case .accepted:
+                core.metrics.itemsPushed += push.items.count
+                push.continuation(.success(()))
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
             case .batchTooLarge, .full: push.continuation(.failure(.batchTooLarge))

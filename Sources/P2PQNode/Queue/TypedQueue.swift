@@ -1,0 +1,120 @@
+import P2PQCodable
+
+/// Why a typed queue operation failed.
+public enum TypedQueueError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The queue itself failed (timeout, closed, ...).
+    case queue(QueueError)
+    /// An item could not be encoded; nothing was pushed.
+    case encoding(CompactCodingError)
+    /// A popped item did not decode as the queue's type.
+    ///
+    /// The item has left the queue (it was popped and its owner told so); it is not dropped
+    /// silently: `payloads` holds the raw bytes of the whole popped batch, in order, and `index`
+    /// names the first that failed (the items before it decoded). Push them back, log them or
+    /// park them elsewhere.
+    case decoding(CompactCodingError, index: Int, payloads: [[UInt8]])
+
+    public var description: String {
+        switch self {
+        case .queue(let error): return "\(error)"
+        case .encoding(let error): return "item not encodable: \(error)"
+        case .decoding(let error, let index, let payloads):
+            return "item \(index) of \(payloads.count) popped is not decodable: \(error)"
+        }
+    }
+}
+
+extension Node {
+    /// A typed view of the named queue: items are `T` values in the compact encoding
+    /// (docs/encoding.md). Every node using the queue must use the same type.
+    public func queue<T: Codable & Sendable>(named name: String = Node.defaultQueueName, of type: T.Type) -> TypedQueue<T> {
+        TypedQueue(queue(named: name))
+    }
+}
+
+/// A queue of `Codable` values over a ``QueueHandle``, encoded with ``CompactEncoder``.
+///
+/// Same ordering, delivery and limits as the raw handle; the limits count encoded bytes.
+public struct TypedQueue<T: Codable & Sendable>: Sendable {
+    /// The raw queue underneath.
+    public let raw: QueueHandle
+    private let encoder = CompactEncoder()
+    private let decoder = CompactDecoder()
+
+    public init(_ raw: QueueHandle) {
+        self.raw = raw
+    }
+
+    private func encode(_ items: some Sequence<T>) throws(TypedQueueError) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        out.reserveCapacity(items.underestimatedCount)
+        for item in items {
+            do throws(CompactCodingError) {
+                out.append(try encoder.encode(item))
+            } catch {
+                throw .encoding(error)
+            }
+        }
+        return out
+    }
+
+    private func decode(_ payloads: [[UInt8]]) throws(TypedQueueError) -> [T] {
+        var out: [T] = []
+        out.reserveCapacity(payloads.count)
+        for (index, payload) in payloads.enumerated() {
+            do throws(CompactCodingError) {
+                out.append(try decoder.decode(T.self, from: payload))
+            } catch {
+                throw .decoding(error, index: index, payloads: payloads)
+            }
+        }
+        return out
+    }
+
+    /// Appends the items in order; waits while the queue is full.
+    public func push(_ items: T...) async throws(TypedQueueError) {
+        try await push(contentsOf: items)
+    }
+
+    /// Appends the items in order, as one batch; waits while the queue is full.
+    public func push(contentsOf items: some Sequence<T>) async throws(TypedQueueError) {
+        let payloads = try encode(items)
+        do {
+            try await raw.push(contentsOf: payloads)
+        } catch {
+            throw .queue(error)
+        }
+    }
+
+    /// Appends the items if there is room now; false if the queue is full.
+    public func tryPush(_ items: T...) async throws(TypedQueueError) -> Bool {
+        let payloads = try encode(items)
+        do {
+            return try await raw.tryPush(contentsOf: payloads)
+        } catch {
+            throw .queue(error)
+        }
+    }
+
+    /// One item; waits up to `timeout` (forever if nil).
+    public func pop(timeout: Duration? = nil) async throws(TypedQueueError) -> T {
+        try await pop(max: 1, timeout: timeout)[0]
+    }
+
+    /// Up to `max` items; waits up to `timeout` for the first.
+    public func pop(max: Int, timeout: Duration? = nil) async throws(TypedQueueError) -> [T] {
+        let payloads: [[UInt8]]
+        do {
+            payloads = try await raw.pop(max: max, timeout: timeout)
+        } catch {
+            throw .queue(error)
+        }
+        return try decode(payloads)
+    }
+
+    /// The local count and the cluster estimate.
+    public func size() async -> QueueSize { await raw.size() }
+
+    /// Closes the queue on this node (see ``QueueHandle/close()``).
+    public func close() async { await raw.close() }
+}

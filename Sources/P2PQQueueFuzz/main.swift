@@ -1,0 +1,86 @@
+// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x26).
+//
+// Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
+// replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
+// `--write-corpus <dir>`, writes the seed corpus (Fuzz/corpus/queue).
+//
+// The first input byte picks the message type (0x20 + byte % 7); the rest is the body. Besides
+// "no crash", a body that decodes must give a message that validates, whose `bodySize` is
+// exact, and that survives encode → decode unchanged.
+
+import P2PQFuzzSupport
+import P2PQQueue
+import P2PQWire
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+let types: [MessageType] = [
+    .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
+    .queueOwnerUpdateAck,
+]
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    guard size > 0 else { return 0 }
+    let type = types[Int(data[0]) % types.count]
+    let body = UnsafeRawBufferPointer(start: data + 1, count: size - 1)
+    let result = Result { () throws(WireError) in try QueueMessage.decode(type: type, body: body) }
+    guard case .success(let message) = result else { return 0 }
+    precondition(message.messageType == type, "decoded a \(message.messageType) from a \(type) body")
+    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.validate() }) {
+        fatalError("a decoded \(type) does not validate: \(error)")
+    }
+    var frame: [UInt8] = []
+    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.encode(into: &frame, maxFrameSize: 1 << 24) }) {
+        fatalError("a decoded \(type) does not encode: \(error)")
+    }
+    precondition(frame.count == 5 + message.bodySize, "bodySize of a \(type) is not exact")
+    let again = Array(frame.dropFirst(5)).withUnsafeBytes { bytes in
+        Result { () throws(WireError) in try QueueMessage.decode(type: type, body: bytes) }
+    }
+    guard case .success(let decoded) = again else { fatalError("the encoding of a decoded \(type) does not decode") }
+    precondition(decoded == message, "a \(type) changed through encode and decode")
+    return 0
+}
+
+/// The seeds: one valid body per message type.
+func seeds() throws -> [(name: String, bytes: [UInt8])] {
+    let origin = PeerID(bytes: [UInt8](repeating: 7, count: 32))!
+    let holder = PeerID(bytes: [UInt8](repeating: 9, count: 32))!
+    let items = [
+        QueueItem(id: ItemID(origin: origin, sequence: 1), payload: [1, 2, 3]),
+        QueueItem(id: ItemID(origin: holder, sequence: 2), attempt: 1, hops: 2, payload: []),
+    ]
+    let messages: [(String, QueueMessage)] = [
+        ("stats", .stats(queue: "q", LoadStats(sequence: 3, length: 10, waiting: 1, serviceRate: 250, finishTime: 0.04, hasConsumers: true, accepting: true))),
+        ("steal-request", .stealRequest(queue: "jobs", requestID: 5, maxItems: 64, thiefRate: 100)),
+        ("steal-empty", .stealEmpty(queue: "jobs", requestID: 5)),
+        ("transfer", .transfer(queue: "jobs", transferID: 8, kind: .steal, requestID: 5, items: items)),
+        ("transfer-ack", .transferAck(queue: "jobs", transferID: 8, status: .accepted)),
+        ("owner-update", .ownerUpdate(queue: "jobs", updateID: 4, popped: [SequenceRun(first: 1, count: 3)],
+                                      custody: [CustodyChange(holder: holder, attempt: 0, hops: 1, runs: [SequenceRun(first: 9, count: 1)])])),
+        ("owner-update-ack", .ownerUpdateAck(queue: "jobs", updateID: 4)),
+    ]
+    return try messages.map { name, message in
+        var frame: [UInt8] = []
+        try message.encode(into: &frame)
+        return (name, [UInt8(types.firstIndex(of: message.messageType)!)] + frame.dropFirst(5))
+    }
+}
+
+if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--write-corpus" {
+    let directory = CommandLine.arguments[2]
+    for seed in try seeds() {
+        guard let file = fopen(directory + "/" + seed.name, "wb") else { fatalError("cannot write \(directory)/\(seed.name)") }
+        _ = seed.bytes.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) }
+        fclose(file)
+    }
+    print("wrote \(try seeds().count) seeds to \(directory)")
+    exit(0)
+}
+
+fuzzMain(name: "P2PQQueueFuzz", fuzz)

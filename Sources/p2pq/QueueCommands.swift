@@ -1,0 +1,114 @@
+import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import P2PQNode
+
+/// One POST to a node's operations endpoint; the body of a 200 answer.
+func postOperations(_ address: String, path: String, query: [URLQueryItem], body: [UInt8], timeout: TimeInterval) async throws -> Data {
+    let base = address.hasPrefix("http://") ? address : "http://\(address)"
+    guard var components = URLComponents(string: base + path) else { throw ValidationError("bad address '\(address)'") }
+    if !query.isEmpty { components.queryItems = query }
+    guard let url = components.url else { throw ValidationError("bad address '\(address)'") }
+    var request = URLRequest(url: url)
+    request.httpMethod = "POST"
+    request.httpBody = Data(body)
+    request.timeoutInterval = timeout
+    let data: Data
+    let code: Int
+    do {
+        let (answer, response) = try await URLSession.shared.data(for: request)
+        data = answer
+        code = (response as? HTTPURLResponse)?.statusCode ?? 0
+    } catch {
+        throw ValidationError("cannot reach \(url): \(error.localizedDescription)")
+    }
+    guard code == 200 else {
+        throw ValidationError("\(url) answered \(code): \(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+    }
+    return data
+}
+
+/// The path of a queue route, the name percent-encoded.
+func queuePath(_ name: String, _ verb: String) -> String {
+    let escaped = name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? name
+    return "/queue/\(escaped)/\(verb)"
+}
+
+/// `p2pq push`: pushes items into a running node's queue through its operations endpoint.
+struct PushCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push",
+        abstract: "Push items (one per argument, or one per line of standard input) into a running node's queue (needs its --metrics address)."
+    )
+
+    @Argument(help: "The node's operations address (host:port), as `p2pq node --metrics` printed it.")
+    var address: String
+
+    @Option(help: "The queue's name.")
+    var queue: String = Node.defaultQueueName
+
+    @Argument(help: "Items (UTF-8 text, one item each). Without any, each line of standard input is one item.")
+    var items: [String] = []
+
+    func validate() throws {
+        guard items.allSatisfy({ !$0.contains("\n") }) else { throw ValidationError("an item cannot contain a newline") }
+    }
+
+    func run() async throws {
+        var lines = items
+        if lines.isEmpty {
+            while let line = readLine() { lines.append(line) }
+        }
+        guard !lines.isEmpty else { throw ValidationError("no items to push") }
+        let body = Array((lines.joined(separator: "\n") + "\n").utf8)
+        let answer = try await postOperations(
+            address, path: queuePath(queue, "push"), query: [URLQueryItem(name: "format", value: "lines")], body: body, timeout: 40)
+        print(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
+
+/// `p2pq pop`: pops items from a running node's queue and prints one per line.
+struct PopCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pop",
+        abstract: "Pop items from a running node's queue and print them, one per line (needs its --metrics address)."
+    )
+
+    @Argument(help: "The node's operations address (host:port), as `p2pq node --metrics` printed it.")
+    var address: String
+
+    @Option(help: "The queue's name.")
+    var queue: String = Node.defaultQueueName
+
+    @Option(help: "Most items to pop (1...65536).")
+    var max: Int = 1
+
+    @Option(help: "Milliseconds to wait for the first item (0...25000).")
+    var timeout: Int = 0
+
+    @Flag(help: "Print items base64-encoded (for binary items).")
+    var base64 = false
+
+    func validate() throws {
+        guard (1...65_536).contains(max) else { throw ValidationError("--max must be between 1 and 65,536") }
+        guard (0...25_000).contains(timeout) else { throw ValidationError("--timeout must be between 0 and 25,000 ms") }
+    }
+
+    func run() async throws {
+        let data = try await postOperations(
+            address, path: queuePath(queue, "pop"),
+            query: [
+                URLQueryItem(name: "max", value: "\(max)"), URLQueryItem(name: "timeout", value: "\(timeout)"),
+                URLQueryItem(name: "encoding", value: base64 ? "base64" : "utf8"),
+            ],
+            body: [], timeout: Double(timeout) / 1000 + 10)
+        let answer = try JSONDecoder().decode(QueuePopAnswer.self, from: data)
+        for item in answer.items { print(item) }
+        if answer.items.isEmpty {
+            FileHandle.standardError.write(Data("no item within \(timeout) ms\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+}
