@@ -62,6 +62,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
     var maxConcurrentCalls: Int = 4
 
+    @Option(help: ArgumentHelp("Pop this queue in a loop (one consumer), as `p2pq demo` asks its nodes to.", visibility: .hidden))
+    var consume: String?
+
+    @Option(help: ArgumentHelp("Milliseconds of pretend work per item popped with --consume.", visibility: .hidden))
+    var consumeWorkMs: Int = 0
+
     @Option(help: "Most items per local queue (queued plus in flight); pushes beyond wait.")
     var maxQueueItems: Int = 1_000_000
 
@@ -132,6 +138,17 @@ struct NodeCommand: AsyncParsableCommand {
             let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)
             ExampleFunctions.register(on: rpc)
             try await rpc.process()
+        }
+        if let consume {
+            let queue = node.queue(named: consume)
+            let work = consumeWorkMs
+            // One consumer: pops one item at a time so the balancer sees this node's real rate.
+            Task {
+                while true {
+                    guard (try? await queue.pop()) != nil else { return }  // the node stopped
+                    if work > 0 { try? await Task.sleep(for: .milliseconds(work)) }
+                }
+            }
         }
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")

@@ -8,7 +8,7 @@ struct P2PQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
-        subcommands: [NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
+        subcommands: [DemoCommand.self, NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
                       QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self]
     )
 }

@@ -83,7 +83,7 @@ struct ExampleSession {
     let rpc: RemoteCall
     let cluster: LocalCluster?
 
-    static func start(_ options: ClusterOptions) async throws -> ExampleSession {
+    static func start(_ options: ClusterOptions, extraArguments: [String] = []) async throws -> ExampleSession {
         guard options.nodes >= 1, options.nodes <= 64 else { throw ValidationError("--nodes must be 1...64") }
         var cluster: LocalCluster?
         var bootstrap: String
@@ -95,7 +95,8 @@ struct ExampleSession {
             }
         } else {
             let started = try LocalCluster.start(
-                nodes: options.nodes, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(options.maxConcurrentCalls)"])
+                nodes: options.nodes,
+                extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(options.maxConcurrentCalls)"] + extraArguments)
             cluster = started
             bootstrap = started.nodes[0].listenAddress
             key = started.key
@@ -275,11 +276,34 @@ struct PiCommand: AsyncParsableCommand {
         guard samples >= 1, samples <= 100_000_000 else { throw ValidationError("--samples must be 1...100000000") }
         guard inFlight >= 1 else { throw ValidationError("--in-flight must be at least 1") }
         let session = try await ExampleSession.start(cluster)
+        let run = await PiRun.run(session: session, simulations: n, samples: samples, inFlight: inFlight)
+        print(run.summary)
+        if let firstError = run.firstError { print("\(run.failures) calls failed; first: \(firstError)") }
+        await session.printTable()
+        await session.stop()
+        if run.failures > 0 { throw ExitCode.failure }
+    }
+}
+
+/// One Monte Carlo pi run as remote calls (shared by `p2pq pi` and `p2pq demo`).
+struct PiRun {
+    var estimate: Double
+    var simulations: Int
+    var samples: Int
+    var failures: Int
+    var firstError: RemoteCallError?
+    var elapsed: Duration
+
+    var summary: String {
+        "pi ≈ \(estimate)  error \(String(format: "%+.3e", estimate - Double.pi))  \(simulations) simulations of "
+            + "\(samples) points in \(elapsed.formatted(.units(allowed: [.seconds, .milliseconds])))"
+    }
+
+    static func run(session: ExampleSession, simulations n: Int, samples: Int, inFlight: Int) async -> PiRun {
         let sim = session.rpc.function("pi-sim", arguments: PiArguments.self, result: Int.self)
         let clock = ContinuousClock()
         let started = clock.now
         let progress = Progress(label: "pi", total: n)
-        let samples = self.samples
         let total = n
         let (inside, failures, firstError) = await withTaskGroup(of: Result<Int, RemoteCallError>.self) { group in
             var next = 0
@@ -313,13 +337,8 @@ struct PiCommand: AsyncParsableCommand {
             return (inside, failures, firstError)
         }
         progress.end()
-        let elapsed = clock.now - started
         let points = Double(n - failures) * Double(samples)
-        let estimate = points > 0 ? 4 * Double(inside) / points : .nan
-        print("pi ≈ \(estimate)  error \(String(format: "%+.3e", estimate - Double.pi))  \(n) simulations of \(samples) points in \(elapsed.formatted(.units(allowed: [.seconds, .milliseconds])))")
-        if let firstError { print("\(failures) calls failed; first: \(firstError)") }
-        await session.printTable()
-        await session.stop()
-        if failures > 0 { throw ExitCode.failure }
+        return PiRun(estimate: points > 0 ? 4 * Double(inside) / points : .nan, simulations: n, samples: samples,
+                     failures: failures, firstError: firstError, elapsed: clock.now - started)
     }
 }

@@ -129,7 +129,7 @@ final class QueueShell {
         let (outcome, actions) = queues[name]!.machine.push(items, now: now)
         switch outcome {
         case .accepted:
-            core.metrics.itemsPushed += items.count
+            countPushed(name, items.count)
             continuation(.success(()))
         case .full:
             if wait {
@@ -171,7 +171,7 @@ final class QueueShell {
         }
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
         if !items.isEmpty {
-            core.metrics.itemsPopped += items.count
+            countPopped(name, items.count)
             sink(.success(items))
             perform(name, actions)
             return false
@@ -205,7 +205,7 @@ final class QueueShell {
         nextWaiter += 1
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
-            core.metrics.itemsPopped += items.count
+            countPopped(name, items.count)
             continuation(.success(items))
             perform(name, actions)
             return nil
@@ -347,7 +347,7 @@ final class QueueShell {
             case .deliver(let waiter, let items):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                core.metrics.itemsPopped += items.count
+                countPopped(name, items.count)
                 pending.continuation(.success(items))
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
@@ -379,7 +379,7 @@ final class QueueShell {
             queues[name]!.pushes.removeFirst()
             switch outcome {
             case .accepted:
-                core.metrics.itemsPushed += push.items.count
+                countPushed(name, push.items.count)
                 push.continuation(.success(()))
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
@@ -387,5 +387,15 @@ final class QueueShell {
             }
             perform(name, actions)
         }
+    }
+
+    // Items of the node's internal queues (names starting with "p2pq.", e.g. remote calls'
+    // "p2pq.calls") are counted as calls by their layer, not as queue items.
+    private func countPushed(_ name: String, _ count: Int) {
+        if !name.hasPrefix("p2pq.") { core.metrics.itemsPushed += count }
+    }
+
+    private func countPopped(_ name: String, _ count: Int) {
+        if !name.hasPrefix("p2pq.") { core.metrics.itemsPopped += count }
     }
 }
