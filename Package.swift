@@ -169,6 +169,16 @@ let package = Package(
             ],
             path: "Sources/p2pq"
         ),
+        // A service that embeds a node next to its own service (swift-service-lifecycle).
+        .executableTarget(
+            name: "EmbeddedService",
+            dependencies: [
+                "P2PQNode",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/EmbeddedService"
+        ),
         .testTarget(
             name: "P2PQReactorTests",
             dependencies: ["P2PQReactor"],

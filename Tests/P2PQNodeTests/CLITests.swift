@@ -117,4 +117,20 @@ struct CLITests {
             }
         }
     }
+
+    @Test("The embedding example runs a node in a ServiceGroup, uses queue and calls, and exits 0")
+    func embeddedServiceExample() throws {
+        let binary = ChildNode.binary.deletingLastPathComponent().appendingPathComponent("EmbeddedService")
+        try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build it with `swift build`")
+        let process = Process()
+        process.executableURL = binary
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(text.contains("sum of squares 1...100 = 338350 (expected 338350)"), "output: \(text)")
+    }
 }
