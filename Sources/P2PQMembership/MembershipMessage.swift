@@ -61,7 +61,7 @@ public enum MembershipWire {
 ///
 /// where updates = `u8 count` (≤ 255), then `count` × (`u8 kind`, `member[32]`,
 /// `u64 incarnation`, `origin[32]`).
-public enum MembershipMessage: Sendable, Hashable, WireMessage {
+public enum MembershipMessage: Sendable, Hashable, WireMessage, WireDecodable {
     /// Probe: "are you alive?"; answered with an ack carrying the same sequence.
     case ping(sequence: UInt64, updates: [MemberUpdate])
     /// Answer to a ping (or, relayed by a helper, to a ping-req).
@@ -190,13 +190,6 @@ public enum MembershipMessage: Sendable, Hashable, WireMessage {
         return message
     }
 
-    /// Decodes the body of a membership message of `type`.
-    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> MembershipMessage {
-        let result: Result<MembershipMessage, WireError> = body.withUnsafeBytes { raw in
-            Result { () throws(WireError) in try decode(type: type, body: raw) }
-        }
-        return try result.get()
-    }
 
     private static func readUpdates(_ reader: inout WireReader, name: String) throws(WireError) -> [MemberUpdate] {
         let count = Int(try reader.readU8(field: "\(name).updates.count"))
