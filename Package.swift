@@ -76,9 +76,12 @@ let package = Package(
         // plain values on swift-crypto; the peer links run Noise_XXpsk0_25519_ChaChaPoly_SHA256.
         .target(
             name: "P2PQNoise",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CP2PQAEAD", .product(name: "Crypto", package: "swift-crypto")],
             path: "Sources/P2PQNoise"
         ),
+        // Seal/open straight into caller memory through the BoringSSL that swift-crypto links
+        // in (weak references: absent, P2PQNoise falls back to swift-crypto's API).
+        .target(name: "CP2PQAEAD", path: "Sources/CP2PQAEAD"),
         // The sans-I/O wire codec: records, messages, link-level message bodies. Standard
         // library only, so every layer can use it.
         .target(name: "P2PQWire", path: "Sources/P2PQWire"),
@@ -138,7 +141,7 @@ let package = Package(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
-                "P2PQCodable",
+                "P2PQRemoteCall", "P2PQCodable",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -149,7 +152,7 @@ let package = Package(
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
-            dependencies: ["P2PQReactor", "P2PQWire", "P2PQLink", "P2PQNode"],
+            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode"],
             path: "Sources/P2PQWorkloads"
         ),
         .executableTarget(
@@ -159,11 +162,22 @@ let package = Package(
                 "P2PQWorkloads",
                 "P2PQNode",
                 "P2PQLink",
+                "P2PQRemoteCall",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/p2pq"
+        ),
+        // A service that embeds a node next to its own service (swift-service-lifecycle).
+        .executableTarget(
+            name: "EmbeddedService",
+            dependencies: [
+                "P2PQNode",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/EmbeddedService"
         ),
         .testTarget(
             name: "P2PQReactorTests",
@@ -188,7 +202,7 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue",
+                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

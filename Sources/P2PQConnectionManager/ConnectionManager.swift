@@ -98,8 +98,12 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
 
     /// A manager for node `localPeerID`.
     ///
-    /// - Parameter randomNumberGenerator: draws the backoff jitter; pass a seeded generator for
-    ///   reproducible schedules.
+    /// - Parameters:
+    ///   - localPeerID: this node; a link that turns out to lead here is closed.
+    ///   - advertisedAddress: where peers should dial this node (shared in peer lists).
+    ///   - configuration: timings and limits.
+    ///   - randomNumberGenerator: draws the backoff jitter; pass a seeded generator for
+    ///     reproducible schedules.
     public init(
         localPeerID: PeerID,
         advertisedAddress: Address?,
@@ -179,9 +183,13 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
     /// A link finished its handshake and hello.
     ///
     /// - Parameters:
+    ///   - link: the shell's identifier of the connection.
+    ///   - peer: the authenticated PeerID at the other end.
+    ///   - direction: whether this node dialed (outbound) or accepted (inbound).
     ///   - peerAddress: the address the peer advertises for dialing it, if any; shared with
     ///     other peers and used to redial it.
     ///   - dialedAddress: for an outbound link, the address of the `.dial` it answers.
+    ///   - now: the current time (monotonic nanoseconds).
     public mutating func linkUp(
         link: LinkID, peer: PeerID, direction: LinkDirection, peerAddress: Address?,
         dialedAddress: Address? = nil, now: UInt64

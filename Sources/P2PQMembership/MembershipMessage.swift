@@ -61,7 +61,7 @@ public enum MembershipWire {
 ///
 /// where updates = `u8 count` (≤ 255), then `count` × (`u8 kind`, `member[32]`,
 /// `u64 incarnation`, `origin[32]`).
-public enum MembershipMessage: Sendable, Hashable, WireMessage {
+public enum MembershipMessage: Sendable, Hashable, WireMessage, WireDecodable {
     /// Probe: "are you alive?"; answered with an ack carrying the same sequence.
     case ping(sequence: UInt64, updates: [MemberUpdate])
     /// Answer to a ping (or, relayed by a helper, to a ping-req).
@@ -160,10 +160,10 @@ public enum MembershipMessage: Sendable, Hashable, WireMessage {
     /// Decodes the body of a membership message of `type`, checking every limit and that no
     /// byte is left over.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside membership,
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field,
-    ///   ``WireError/malformed(field:reason:)`` (unknown update kind, an alive or left update
-    ///   not from the member itself), ``WireError/trailingBytes(type:count:)``.
+    /// - Throws: `WireError.unknownMessageType` for a type outside membership,
+    ///   `WireError.truncated` naming the short field,
+    ///   `WireError.malformed` (unknown update kind, an alive or left update
+    ///   not from the member itself), `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> MembershipMessage {
         var reader = WireReader(body)
         let name = name(type)
@@ -190,13 +190,6 @@ public enum MembershipMessage: Sendable, Hashable, WireMessage {
         return message
     }
 
-    /// Decodes the body of a membership message of `type`.
-    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> MembershipMessage {
-        let result: Result<MembershipMessage, WireError> = body.withUnsafeBytes { raw in
-            Result { () throws(WireError) in try decode(type: type, body: raw) }
-        }
-        return try result.get()
-    }
 
     private static func readUpdates(_ reader: inout WireReader, name: String) throws(WireError) -> [MemberUpdate] {
         let count = Int(try reader.readU8(field: "\(name).updates.count"))

@@ -43,6 +43,8 @@ final class NodeCore {
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
     /// The named queues (P2PQQueue machines) of this node.
     private(set) lazy var queues = QueueShell(core: self)
+    /// Remote calls, once a `RemoteCall` is attached to the node.
+    var remoteCalls: RemoteCallShell?
 
     init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
          events: AsyncStream<NodeEvent>.Continuation) {
@@ -264,6 +266,11 @@ final class NodeCore {
             if let error = queues.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
             return
         }
+        if MessageType.remoteCallRange.contains(type.rawValue) {
+            guard let remoteCalls else { return }  // nobody calls here: nothing can be addressed to us
+            if let error = remoteCalls.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            return
+        }
         messageHandler?(type, body, peer)
     }
 
@@ -316,6 +323,7 @@ final class NodeCore {
         guard !isStopped else { return }
         discovery?.stop()  // goodbyes
         discovery = nil
+        remoteCalls?.stop()
         queues.stop()
         // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead.
         membership?.leave()

@@ -22,7 +22,7 @@ public struct CipherState: Sendable {
 
     /// The AEAD in use.
     public let cipher: NoiseCipherFunction
-    private var key: SendableSymmetricKey?
+    private var key: AEADKey?
 
     /// The nonce the next encrypt/decrypt will use, which equals the number of messages
     /// processed so far. Exposed so a link layer can rekey or close at a threshold.
@@ -37,26 +37,32 @@ public struct CipherState: Sendable {
 
     /// Testing/internal initializer: sets the key and an arbitrary starting nonce, e.g. near
     /// the limit to exercise exhaustion without 2^64 operations.
-    init(cipher: NoiseCipherFunction, key: [UInt8], nonce: UInt64 = 0) {
+    /// `directAEAD: false` forces swift-crypto's allocating API, which tests use as the
+    /// reference for the direct BoringSSL path.
+    init(cipher: NoiseCipherFunction, key: [UInt8], nonce: UInt64 = 0, directAEAD: Bool = AEADKey.directAvailable) {
         precondition(key.count == 32, "Noise cipher keys are 32 bytes")
         self.cipher = cipher
-        self.key = SendableSymmetricKey(key)
+        self.key = AEADKey(cipher: cipher, bytes: key, direct: directAEAD)
         self.nonce = nonce
     }
 
     /// Whether a key is set. Before the first `MixKey` of a handshake, encryption is the identity.
     public var hasKey: Bool { key != nil }
 
+    /// Whether this state seals and opens through BoringSSL directly (see `AEADKey`).
+    var usesDirectAEAD: Bool { key?.context != nil }
+
     /// How many more messages this state may process before ``NoiseError/nonceExhausted``.
     public var remainingMessages: UInt64 { Self.reservedNonce - nonce }
 
-    // MARK: Buffer-based (allocation-light) API
+    // MARK: Buffer-based (allocation-free) API
 
     /// Encrypts `plaintext` with `ad` into `output`, returning the bytes written
     /// (`plaintext.count + 16` with a key, `plaintext.count` without).
     ///
-    /// `output` may alias `plaintext` (in-place encryption): the input is fully consumed
-    /// before any output is written. The caller's buffer is never resized or retained.
+    /// `output` may alias `plaintext`: in place (both at the same address) is as fast as
+    /// disjoint buffers; any other overlap takes a slower copying path. The caller's buffer is
+    /// never resized or retained, and on Linux nothing is allocated.
     ///
     /// - Throws: ``NoiseError/nonceExhausted``, ``NoiseError/messageTooLong``,
     ///   ``NoiseError/bufferTooSmall(required:)``.
@@ -77,13 +83,14 @@ public struct CipherState: Sendable {
         guard plaintext.count <= Self.maxPlaintextLength else { throw .messageTooLong }
         let required = plaintext.count + Self.tagLength
         guard output.count >= required else { throw .bufferTooSmall(required: required) }
-        try cipher.seal(key: key.key, nonce: nonce, ad: ad, plaintext: plaintext, into: output)
+        try cipher.seal(key: key, nonce: nonce, ad: ad, plaintext: plaintext, into: output)
         nonce += 1
         return required
     }
 
     /// Decrypts `ciphertext` (body followed by the 16-byte tag) with `ad` into `output`,
-    /// returning the plaintext length. `output` may alias `ciphertext`.
+    /// returning the plaintext length. `output` may alias `ciphertext` (as for encryption,
+    /// in place is fast, other overlaps copy).
     ///
     /// On failure the nonce is not advanced (spec §5.1), so a forged message does not
     /// desynchronise the channel; the link layer should still treat it as fatal.
@@ -108,7 +115,7 @@ public struct CipherState: Sendable {
         guard ciphertext.count >= Self.tagLength else { throw .messageTooShort }
         let required = ciphertext.count - Self.tagLength
         guard output.count >= required else { throw .bufferTooSmall(required: required) }
-        try cipher.open(key: key.key, nonce: nonce, ad: ad, ciphertext: ciphertext, into: output)
+        try cipher.open(key: key, nonce: nonce, ad: ad, ciphertext: ciphertext, into: output)
         nonce += 1
         return required
     }
@@ -175,12 +182,12 @@ public struct CipherState: Sendable {
         let result: Result<Void, NoiseError> = zeros.withUnsafeBytes { pt in
             output.withUnsafeMutableBytes { out in
                 Result { () throws(NoiseError) in
-                    try cipher.seal(key: key.key, nonce: Self.reservedNonce, ad: UnsafeRawBufferPointer(start: nil, count: 0), plaintext: pt, into: out)
+                    try cipher.seal(key: key, nonce: Self.reservedNonce, ad: UnsafeRawBufferPointer(start: nil, count: 0), plaintext: pt, into: out)
                 }
             }
         }
         try result.get()
-        self.key = SendableSymmetricKey(output[0..<32])
+        self.key = AEADKey(cipher: cipher, bytes: output[0..<32], direct: key.context != nil)
     }
 }
 

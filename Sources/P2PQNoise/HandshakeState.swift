@@ -66,6 +66,8 @@ public struct HandshakeState: Sendable {
     /// Creates a handshake (spec `Initialize`).
     ///
     /// - Parameters:
+    ///   - noiseProtocol: The pattern, PSK modifiers, DH, cipher and hash to run.
+    ///   - role: Initiator or responder.
     ///   - prologue: Data both sides must agree on; it is hashed, never sent.
     ///   - localStatic: `s`; required when the pattern sends it, uses it in a DH, or
     ///     has it in a pre-message.

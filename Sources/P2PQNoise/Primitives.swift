@@ -1,3 +1,4 @@
+import CP2PQAEAD
 import Crypto
 
 #if canImport(FoundationEssentials)
@@ -47,18 +48,7 @@ public enum NoiseHashFunction: String, Sendable, Hashable {
     }
 }
 
-// MARK: - Sendable wrappers
-
-/// swift-crypto releases before 4.x carry no `Sendable` annotations. `SymmetricKey` is an
-/// immutable value (its storage is never mutated after creation), so sharing it is safe;
-/// the wrapper lets our value types be `Sendable` with either major version, warning-free.
-struct SendableSymmetricKey: @unchecked Sendable {
-    let key: SymmetricKey
-
-    init(_ bytes: some ContiguousBytes) {
-        key = SymmetricKey(data: bytes)
-    }
-}
+// MARK: - Keys
 
 /// A Curve25519 key pair for use as a Noise static (`s`) or ephemeral (`e`) key.
 ///
@@ -123,15 +113,107 @@ extension NoiseDHFunction {
 
 // MARK: - AEAD
 
+/// A transport key: swift-crypto's `SymmetricKey` plus, where BoringSSL is reachable, a
+/// BoringSSL AEAD context initialised once per key (not once per message).
+///
+/// swift-crypto's `seal`/`open` return freshly allocated `Data` and copy the message twice
+/// on the way (once into the sealed box's combined buffer, once out of it); at link speed
+/// that bookkeeping costs as much as the cipher. The context seals and opens straight into
+/// the caller's buffer instead. Both paths produce identical bytes (tests check it).
+final class AEADKey: @unchecked Sendable {
+    // @unchecked: immutable after init; BoringSSL allows concurrent seal/open on one context.
+    let key: SymmetricKey
+    let context: OpaquePointer?
+
+    init(cipher: NoiseCipherFunction, bytes: some ContiguousBytes, direct: Bool = AEADKey.directAvailable) {
+        key = SymmetricKey(data: bytes)
+        context = direct ? bytes.withUnsafeBytes { raw in
+            p2pq_aead_new(cipher.boringSSLCipher, raw.bindMemory(to: UInt8.self).baseAddress!, raw.count)
+        } : nil
+    }
+
+    deinit { p2pq_aead_free(context) }
+
+    /// Whether seal/open go straight to BoringSSL (Linux with swift-crypto's vendored copy).
+    /// `P2PQ_AEAD_SWIFT_CRYPTO=1` in the environment forces swift-crypto's API (an escape
+    /// hatch, and how the benchmarks measure the difference).
+    static let directAvailable = p2pq_aead_available() != 0
+        && ProcessInfo.processInfo.environment["P2PQ_AEAD_SWIFT_CRYPTO"] != "1"
+}
+
 extension NoiseCipherFunction {
     /// Authentication tag length for both supported AEADs.
     static let tagLength = 16
 
+    fileprivate var boringSSLCipher: Int32 {
+        switch self {
+        case .chaChaPoly: Int32(P2PQ_AEAD_CHACHA20_POLY1305)
+        case .aesGCM: Int32(P2PQ_AEAD_AES_256_GCM)
+        }
+    }
+
     /// ENCRYPT(k, n, ad, plaintext) writing `plaintext.count + 16` bytes to `output`.
     ///
-    /// swift-crypto only offers allocating seal/open, so this costs one internal buffer;
-    /// callers still avoid allocating the result.
+    /// `output` may start where `plaintext` starts (in place) or not overlap it at all.
     func seal(
+        key: AEADKey, nonce: UInt64,
+        ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) throws(NoiseError) {
+        precondition(output.count >= plaintext.count + Self.tagLength)
+        if let context = key.context, Self.directSafe(UnsafeRawBufferPointer(output), plaintext) {
+            let ok = withNonceBytes(nonce) { n in
+                withNonNull(plaintext) { pt in
+                    withNonNull(ad) { a in
+                        p2pq_aead_seal(context, output.baseAddress!.assumingMemoryBound(to: UInt8.self), output.count,
+                                       n, pt, plaintext.count, a, ad.count)
+                    }
+                }
+            }
+            guard ok == 1 else { throw .cryptoFailure("AEAD seal failed") }
+            return
+        }
+        try sealWithSwiftCrypto(key: key.key, nonce: nonce, ad: ad, plaintext: plaintext, into: output)
+    }
+
+    /// DECRYPT(k, n, ad, ciphertext||tag) writing `ciphertext.count - 16` bytes to `output`.
+    ///
+    /// `output` may start where `ciphertext` starts (in place) or not overlap it at all.
+    func open(
+        key: AEADKey, nonce: UInt64,
+        ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) throws(NoiseError) {
+        let bodyLength = ciphertext.count - Self.tagLength
+        precondition(bodyLength >= 0 && output.count >= bodyLength)
+        if let context = key.context, Self.directSafe(UnsafeRawBufferPointer(output), ciphertext) {
+            let ok = withNonceBytes(nonce) { n in
+                withNonNull(ad) { a in
+                    withNonNull(UnsafeRawBufferPointer(output)) { out in
+                        p2pq_aead_open(context, UnsafeMutablePointer(mutating: out), output.count, n,
+                                       ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self), ciphertext.count,
+                                       a, ad.count)
+                    }
+                }
+            }
+            // Any failure here means the tag did not verify; callers treat it as hostile input.
+            guard ok == 1 else { throw .authenticationFailed }
+            return
+        }
+        try openWithSwiftCrypto(key: key.key, nonce: nonce, ad: ad, ciphertext: ciphertext, into: output)
+    }
+
+    /// BoringSSL accepts `out == in` or disjoint buffers, nothing in between.
+    private static func directSafe(_ output: UnsafeRawBufferPointer, _ input: UnsafeRawBufferPointer) -> Bool {
+        guard let out = output.baseAddress, let inp = input.baseAddress, !output.isEmpty, !input.isEmpty else {
+            return true
+        }
+        return out == inp || out + output.count <= inp || inp + input.count <= out
+    }
+
+    /// swift-crypto's allocating API: the fallback where BoringSSL is not reachable, and the
+    /// reference the direct path is tested against.
+    func sealWithSwiftCrypto(
         key: SymmetricKey, nonce: UInt64,
         ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
         into output: UnsafeMutableRawBufferPointer
@@ -155,8 +237,7 @@ extension NoiseCipherFunction {
         }
     }
 
-    /// DECRYPT(k, n, ad, ciphertext||tag) writing `ciphertext.count - 16` bytes to `output`.
-    func open(
+    func openWithSwiftCrypto(
         key: SymmetricKey, nonce: UInt64,
         ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
         into output: UnsafeMutableRawBufferPointer
@@ -180,7 +261,6 @@ extension NoiseCipherFunction {
                 }
             }
         } catch {
-            // Any failure here means the tag did not verify; callers treat it as hostile input.
             throw .authenticationFailed
         }
         _ = plaintext.copyBytes(to: output)
@@ -188,7 +268,7 @@ extension NoiseCipherFunction {
 
     /// Builds the 96-bit nonce on the stack: 32 zero bits then the counter, little-endian for
     /// ChaChaPoly and big-endian for AESGCM (spec §12.3, §12.4).
-    private func withNonceBytes<R>(_ n: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    private func withNonceBytes<R>(_ n: UInt64, _ body: (UnsafePointer<UInt8>) throws -> R) rethrows -> R {
         let low = UInt32(truncatingIfNeeded: n)
         let high = UInt32(truncatingIfNeeded: n >> 32)
         var words: (UInt32, UInt32, UInt32)
@@ -196,13 +276,26 @@ extension NoiseCipherFunction {
         case .chaChaPoly: words = (0, low.littleEndian, high.littleEndian)
         case .aesGCM: words = (0, high.bigEndian, low.bigEndian)
         }
-        return try withUnsafeBytes(of: &words) { try body($0) }
+        return try withUnsafeBytes(of: &words) { try body($0.bindMemory(to: UInt8.self).baseAddress!) }
+    }
+
+    private func withNonceBytes<R>(_ n: UInt64, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withNonceBytes(n) { (pointer: UnsafePointer<UInt8>) in try body(UnsafeRawBufferPointer(start: pointer, count: 12)) }
     }
 
     private func copy(_ ciphertext: Data, _ tag: Data, into output: UnsafeMutableRawBufferPointer) {
         let written = ciphertext.copyBytes(to: output)
         _ = tag.copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: output[written...]))
     }
+}
+
+/// A valid pointer for a possibly empty buffer (an empty Swift buffer may have no address;
+/// C wants one anyway).
+@inline(__always)
+private func withNonNull<R>(_ buffer: UnsafeRawBufferPointer, _ body: (UnsafePointer<UInt8>) -> R) -> R {
+    if let base = buffer.baseAddress { return body(base.assumingMemoryBound(to: UInt8.self)) }
+    var byte: UInt8 = 0
+    return withUnsafePointer(to: &byte) { body($0) }
 }
 
 // MARK: - Hash, HMAC, HKDF

@@ -187,7 +187,7 @@ public enum QueueWire {
 ///   count u32 ≥ 1), custody group count u16, groups: holder (32 bytes), attempt u32, hops u32,
 ///   run count u32, runs;
 /// - owner update ack `0x26`: queue str, update ID u64.
-public enum QueueMessage: Sendable, Equatable, WireMessage {
+public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
     case stealEmpty(queue: String, requestID: UInt64)
@@ -379,12 +379,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
     /// Decodes the body of a queue message of `type`, checking every limit and that no byte is
     /// left.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer;
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field;
-    ///   ``WireError/malformed(field:reason:)`` for an empty or over-long queue name, bad UTF-8,
+    /// - Throws: `WireError.unknownMessageType` for a type outside this layer;
+    ///   `WireError.truncated` naming the short field;
+    ///   `WireError.malformed` for an empty or over-long queue name, bad UTF-8,
     ///   NaN, infinite, negative or absurd stats, unknown flag bits, kinds or statuses, zero
     ///   counts, an origin index out of range, or a count the remaining bytes cannot hold;
-    ///   ``WireError/trailingBytes(type:count:)``.
+    ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> QueueMessage {
         var reader = WireReader(body)
         let queue = try reader.readString(field: "queue", maxLength: QueueWire.maxQueueNameLength)
@@ -471,7 +471,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
                 guard length >= 1 else { throw .malformed(field: "count", reason: "0") }
                 runs.append(SequenceRun(first: first, count: length))
             } catch {
-                throw error.prefixed("\(field)[\(index)]")
+                throw error.nested(under: "\(field)[\(index)]")
             }
         }
         return runs
@@ -517,36 +517,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage {
                     payload: [UInt8](payload)
                 ))
             } catch {
-                throw error.prefixed("transfer.items[\(index)]")
+                throw error.nested(under: "transfer.items[\(index)]")
             }
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
     }
 
-    /// Decodes the body of a queue message of `type`.
-    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> QueueMessage {
-        let result: Result<QueueMessage, WireError> = body.withUnsafeBytes { raw in
-            Result { () throws(WireError) in try decode(type: type, body: raw) }
-        }
-        return try result.get()
-    }
 
-    /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
-    public static func decode(_ message: RawMessage) throws(WireError) -> QueueMessage {
-        try decode(type: message.type, body: message.body)
-    }
 }
 
-extension WireError {
-    /// The same error with `prefix` put in front of its field name ("transfer.items[3].hops").
-    func prefixed(_ prefix: String) -> WireError {
-        switch self {
-        case .truncated(let field, let needed, let available):
-            return .truncated(field: prefix + "." + field, needed: needed, available: available)
-        case .malformed(let field, let reason):
-            return .malformed(field: prefix + "." + field, reason: reason)
-        default:
-            return self
-        }
-    }
-}

@@ -47,7 +47,7 @@ public struct CallItem: Sendable, Equatable {
 
     /// Checks the limits a decoder enforces.
     ///
-    /// - Throws: ``WireError/malformed(field:reason:)`` for an attempt of 0, an empty or
+    /// - Throws: `WireError.malformed` for an attempt of 0, an empty or
     ///   over-long function name, or arguments over `maxArgumentSize`.
     public func validate(maxArgumentSize: Int) throws(WireError) {
         guard attempt >= 1 else { throw .malformed(field: "call.attempt", reason: "attempt 0") }
@@ -115,8 +115,8 @@ public struct CallItem: Sendable, Equatable {
 
     /// Decodes an item, checking every field and that no byte is left over.
     ///
-    /// - Throws: ``WireError/truncated(field:needed:available:)`` naming the short field, or
-    ///   ``WireError/malformed(field:reason:)`` (unknown version, attempt 0, unknown flag bits,
+    /// - Throws: `WireError.truncated` naming the short field, or
+    ///   `WireError.malformed` (unknown version, attempt 0, unknown flag bits,
     ///   empty, over-long or non-UTF-8 name, arguments over `maxArgumentSize`, trailing bytes).
     public static func decode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) throws(WireError) -> CallItem {
         if let item = fastDecode(raw, maxArgumentSize: maxArgumentSize) { return item }

@@ -93,6 +93,8 @@ public enum RemoteCallError: Error, Sendable, Equatable, CustomStringConvertible
     case invalidCall(String)
     /// The result arrived but did not decode as the expected type (raised by the typed API).
     case badResult(function: String, description: String)
+    /// The caller's node stopped (or was not running) before the call completed.
+    case nodeStopped
 
     public var description: String {
         switch self {
@@ -116,6 +118,8 @@ public enum RemoteCallError: Error, Sendable, Equatable, CustomStringConvertible
             return "invalid call: \(reason)"
         case .badResult(let function, let description):
             return "result of \"\(function)\" did not decode: \(description)"
+        case .nodeStopped:
+            return "the node is not running"
         }
     }
 

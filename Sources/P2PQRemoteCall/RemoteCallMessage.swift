@@ -37,7 +37,7 @@ public struct CallStartedEntry: Sendable, Equatable, Hashable {
 /// Results and started notices go from an executor to a caller; cancels from a caller to an
 /// executor. Entries name calls by the caller's sequence number only: the caller is the
 /// recipient (results, started) or the sender (cancel).
-public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
+public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// `0x40`: results of calls, 1...65535 entries.
     case results([CallResultEntry])
     /// `0x41`: the sender began executing these calls, 1...65535 entries.
@@ -64,11 +64,11 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
 
     /// Decodes the body of a message of `type`, checking every limit and that no byte is left.
     ///
-    /// - Throws: ``WireError/unknownMessageType(_:)`` for a type outside this layer,
-    ///   ``WireError/truncated(field:needed:available:)`` naming the short field (with the
-    ///   entry index, e.g. `results[3].description`), ``WireError/malformed(field:reason:)``
+    /// - Throws: `WireError.unknownMessageType` for a type outside this layer,
+    ///   `WireError.truncated` naming the short field (with the
+    ///   entry index, e.g. `results[3].description`), `WireError.malformed`
     ///   (count 0, unknown outcome kind, attempt 0, a string over its limit or not UTF-8),
-    ///   ``WireError/trailingBytes(type:count:)``.
+    ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> RemoteCallMessage {
         var reader = WireReader(body)
         let message: RemoteCallMessage
@@ -81,7 +81,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
                 do throws(WireError) {
                     entries.append(try readResult(&reader))
                 } catch {
-                    throw error.prefixed("results[\(index)]")
+                    throw error.nested(under: "results[\(index)]")
                 }
             }
             message = .results(entries)
@@ -111,18 +111,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
         return message
     }
 
-    /// Decodes the body of a message of `type`.
-    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> RemoteCallMessage {
-        let result: Result<RemoteCallMessage, WireError> = body.withUnsafeBytes { raw in
-            Result { () throws(WireError) in try decode(type: type, body: raw) }
-        }
-        return try result.get()
-    }
 
-    /// Decodes a message copied out by `MessageDecoder.decodeAll(_:)`.
-    public static func decode(_ message: RawMessage) throws(WireError) -> RemoteCallMessage {
-        try decode(type: message.type, body: message.body)
-    }
 
     private static func readCount(_ reader: inout WireReader, name: String, minimumEntrySize: Int) throws(WireError) -> Int {
         let count = Int(try reader.readU16(field: name + ".count"))
@@ -252,17 +241,3 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage {
     }
 }
 
-extension WireError {
-    /// The error with `prefix` put before its field name (WireError's own helper is internal to
-    /// P2PQWire).
-    func prefixed(_ prefix: String) -> WireError {
-        switch self {
-        case .truncated(let field, let needed, let available):
-            return .truncated(field: prefix + "." + field, needed: needed, available: available)
-        case .malformed(let field, let reason):
-            return .malformed(field: prefix + "." + field, reason: reason)
-        default:
-            return self
-        }
-    }
-}

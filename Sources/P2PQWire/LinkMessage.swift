@@ -56,7 +56,7 @@ public struct PeerAddress: Sendable, Equatable {
 
 /// A link-level message (types `0x01–0x0F`): the messages two peers exchange about the link
 /// itself, below membership, queue and remote calls.
-public enum LinkMessage: Sendable, Equatable, WireMessage {
+public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case hello(Hello)
     /// `sentAt` is the sender's monotonic clock in ns, opaque to the receiver.
     case ping(nonce: UInt64, sentAt: UInt64)
@@ -156,15 +156,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage {
         return PeerAddress(peerID: peerID, host: host, port: port)
     }
 
-    /// Decodes the body of a message of `type`.
-    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> LinkMessage {
-        try withBytes(body) { (raw) throws(WireError) in try decode(type: type, body: raw) }
-    }
 
-    /// Decodes a message copied out by ``MessageDecoder/decodeAll(_:)``.
-    public static func decode(_ message: RawMessage) throws(WireError) -> LinkMessage {
-        try decode(type: message.type, body: message.body)
-    }
 
     // MARK: Encoding
 

@@ -134,3 +134,22 @@ public enum RecordEncoder {
         }
     }
 }
+
+/// A message body that decodes from the bytes of one frame. Conforming layers write the
+/// raw-buffer decoder; the array and ``RawMessage`` forms come with the protocol.
+public protocol WireDecodable {
+    /// Decodes the body of a message of `type`, rejecting anything malformed with a precise error.
+    static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> Self
+}
+
+extension WireDecodable {
+    /// Decodes the body of a message of `type` held in an array.
+    public static func decode(type: MessageType, body: [UInt8]) throws(WireError) -> Self {
+        try withBytes(body) { (raw) throws(WireError) in try decode(type: type, body: raw) }
+    }
+
+    /// Decodes a message copied out by ``MessageDecoder/decodeAll(_:)``.
+    public static func decode(_ message: RawMessage) throws(WireError) -> Self {
+        try decode(type: message.type, body: message.body)
+    }
+}

@@ -56,7 +56,7 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// The same error with `prefix` put in front of its field name, so an error inside a list
     /// entry says which entry ("peers[3].host"). Built only on the error path.
-    func nested(under prefix: String) -> WireError {
+    public func nested(under prefix: String) -> WireError {
         switch self {
         case .truncated(let field, let needed, let available):
             return .truncated(field: prefix + "." + field, needed: needed, available: available)

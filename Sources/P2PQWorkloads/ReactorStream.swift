@@ -15,6 +15,22 @@ public struct ReactorStreamResult: Sendable {
     public var frames: Int
     public var seconds: Double
     public var cpuSeconds: Double
+    /// CPU time of the sending and the receiving reactor thread (whole run, handshake
+    /// included). Unlike wall time they do not grow when other work shares the cores.
+    public var senderCPUSeconds: Double = 0
+    public var receiverCPUSeconds: Double = 0
+    /// Seconds each reactor thread spent blocked (neither running nor waiting for a core):
+    /// time one side waited for the other. Wall time minus CPU time minus run-queue wait,
+    /// from /proc/thread-self/schedstat over the whole run, so other load does not count.
+    public var senderIdleSeconds: Double = 0
+    public var receiverIdleSeconds: Double = 0
+
+    /// The rate if each side had a core of its own: frames over the busier thread's CPU time.
+    /// A load-independent figure for a busy machine (it assumes the two sides overlap).
+    public var framesPerSecondTwoCores: Double {
+        let busiest = max(senderCPUSeconds, receiverCPUSeconds)
+        return busiest > 0 ? Double(frames) / busiest : 0
+    }
 
     public var framesPerSecond: Double { Double(frames) / seconds }
     public var megabytesPerSecond: Double { Double(frames * (payloadSize + 4)) / seconds / 1e6 }
@@ -24,7 +40,10 @@ public struct ReactorStreamResult: Sendable {
         func f(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
         return #"{"workload":"\#(workload)","backend":"\#(backend)","payload_bytes":\#(payloadSize),"#
             + #""frames":\#(frames),"seconds":\#(f(seconds)),"frames_per_sec":\#(Int(framesPerSecond)),"#
-            + #""mb_per_sec":\#(f(megabytesPerSecond)),"cpu_seconds":\#(f(cpuSeconds))}"#
+            + #""mb_per_sec":\#(f(megabytesPerSecond)),"cpu_seconds":\#(f(cpuSeconds)),"#
+            + #""send_cpu_seconds":\#(f(senderCPUSeconds)),"recv_cpu_seconds":\#(f(receiverCPUSeconds)),"#
+            + #""send_idle_seconds":\#(f(senderIdleSeconds)),"recv_idle_seconds":\#(f(receiverIdleSeconds)),"#
+            + #""frames_per_sec_2core":\#(Int(framesPerSecondTwoCores))}"#
     }
 }
 
@@ -66,6 +85,9 @@ public enum ReactorStream {
             receiverReactor.stop()
         }
         let outcome = Outcome()
+        let senderStart = threadStats(of: senderReactor)
+        let receiverStart = threadStats(of: receiverReactor)
+        let wallStart = MonotonicTime.now()
         let cpuStart = processCPUSeconds()
         let portBox = Mutex<Result<Int, ReactorError>?>(nil)
         receiverReactor.execute {
@@ -93,6 +115,13 @@ public enum ReactorStream {
             var stream = ReactorStreamResult(backend: backend, payloadSize: payloadSize, frames: frames,
                                              seconds: seconds, cpuSeconds: cpu)
             stream.workload = workload
+            let senderEnd = threadStats(of: senderReactor)
+            let receiverEnd = threadStats(of: receiverReactor)
+            let wall = Double((MonotonicTime.now() - wallStart).nanosecondsClamped) / 1e9
+            stream.senderCPUSeconds = senderEnd.cpu
+            stream.receiverCPUSeconds = receiverEnd.cpu
+            stream.senderIdleSeconds = max(0, wall - (senderEnd.cpu - senderStart.cpu) - (senderEnd.waiting - senderStart.waiting))
+            stream.receiverIdleSeconds = max(0, wall - (receiverEnd.cpu - receiverStart.cpu) - (receiverEnd.waiting - receiverStart.waiting))
             return stream
         case .failure(let error):
             throw error
@@ -111,6 +140,49 @@ public enum ReactorStream {
             usleep(1000)
         }
     }
+}
+
+/// CPU time and run-queue wait (seconds) of `reactor`'s loop thread, read on that thread from
+/// /proc/thread-self/schedstat (wait 0 where unreadable). Zeros if the loop does not answer
+/// within a second.
+func threadStats(of reactor: Reactor) -> (cpu: Double, waiting: Double) {
+    let box = Mutex<(cpu: Double, waiting: Double)?>(nil)
+    _ = reactor.execute {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        let cpu = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        var waiting = 0.0
+        if let file = fopen("/proc/thread-self/schedstat", "r") {
+            var running: UInt64 = 0, queued: UInt64 = 0
+            if withUnsafeMutablePointer(to: &running, { r in
+                withUnsafeMutablePointer(to: &queued) { q in readTwo(file, r, q) }
+            }) {
+                // The run time field lags for a running thread; the clock above does not.
+                _ = running
+                waiting = Double(queued) / 1e9
+            }
+            fclose(file)
+        }
+        let result = (cpu: cpu, waiting: waiting)
+        box.withLock { $0 = result }
+    }
+    for _ in 0..<1000 {
+        if let value = box.withLock({ $0 }) { return value }
+        usleep(1000)
+    }
+    return (0, 0)
+}
+
+/// Reads the first two decimal fields of a schedstat line.
+private func readTwo(_ file: UnsafeMutablePointer<FILE>, _ a: UnsafeMutablePointer<UInt64>, _ b: UnsafeMutablePointer<UInt64>) -> Bool {
+    var line = [CChar](repeating: 0, count: 128)
+    guard fgets(&line, Int32(line.count), file) != nil else { return false }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let fields = text.split(separator: " ")
+    guard fields.count >= 2, let x = UInt64(fields[0]), let y = UInt64(fields[1]) else { return false }
+    a.pointee = x
+    b.pointee = y
+    return true
 }
 
 /// CPU time (user + system) of the whole process so far.

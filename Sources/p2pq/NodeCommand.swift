@@ -56,6 +56,18 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Flag(help: ArgumentHelp("Register the example functions (echo, fib, pi-sim, sleep-then-answer) and execute remote calls.", visibility: .hidden))
+    var serveExamples = false
+
+    @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
+    var maxConcurrentCalls: Int = 4
+
+    @Option(help: ArgumentHelp("Pop this queue in a loop (one consumer), as `p2pq demo` asks its nodes to.", visibility: .hidden))
+    var consume: String?
+
+    @Option(help: ArgumentHelp("Milliseconds of pretend work per item popped with --consume.", visibility: .hidden))
+    var consumeWorkMs: Int = 0
+
     @Option(help: "Most items per local queue (queued plus in flight); pushes beyond wait.")
     var maxQueueItems: Int = 1_000_000
 
@@ -119,8 +131,25 @@ struct NodeCommand: AsyncParsableCommand {
             return source
         }
 
+        guard maxConcurrentCalls > 0 else { throw ValidationError("--max-concurrent-calls must be positive") }
         let node = try Node(configuration: configuration)
         let info = try await node.start()
+        if serveExamples {
+            let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)
+            ExampleFunctions.register(on: rpc)
+            try await rpc.process()
+        }
+        if let consume {
+            let queue = node.queue(named: consume)
+            let work = consumeWorkMs
+            // One consumer: pops one item at a time so the balancer sees this node's real rate.
+            Task {
+                while true {
+                    guard (try? await queue.pop()) != nil else { return }  // the node stopped
+                    if work > 0 { try? await Task.sleep(for: .milliseconds(work)) }
+                }
+            }
+        }
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")
         if let operations = info.operationsAddress { print("operations http://\(operations)") }

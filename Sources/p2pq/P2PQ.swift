@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import P2PQReactor
 import P2PQWorkloads
 
@@ -7,14 +8,16 @@ struct P2PQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
-        subcommands: [NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self, QueueExampleCommand.self, Bench.self]
+        subcommands: [DemoCommand.self, NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
+                      QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self]
     )
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self, LinkBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueStreamRole.self],
+        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self,
+                      RPCBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
 }
@@ -63,16 +66,59 @@ struct LinkBench: ParsableCommand {
 
     @OptionGroup var options: StreamOptions
 
+    @Option(help: "Which streams: raw, insecure, noise or all. Repeatable.")
+    var mode: [String] = ["all"]
+
+    func validate() throws {
+        for m in mode where !["raw", "insecure", "noise", "all"].contains(m) {
+            throw ValidationError("unknown --mode '\(m)': use raw, insecure, noise or all")
+        }
+    }
+
     func run() throws {
+        let all = mode.contains("all")
         for size in options.payload {
             for kind in try options.backends() {
                 for _ in 0..<options.runs {
                     let count = options.frameCount(size)
-                    print(try ReactorStream.run(backend: kind, payloadSize: size, frames: count).json)
-                    print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: false).json)
-                    print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: true).json)
+                    if all || mode.contains("raw") {
+                        print(try ReactorStream.run(backend: kind, payloadSize: size, frames: count).json)
+                    }
+                    if all || mode.contains("insecure") {
+                        print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: false).json)
+                    }
+                    if all || mode.contains("noise") {
+                        print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: true).json)
+                    }
+                    fflush(nil)
                 }
             }
+        }
+    }
+}
+
+struct CipherBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cipher",
+        abstract: "The link's transport cipher alone on one core: seal and open speed (thread CPU time)."
+    )
+
+    @Option(help: "Noise cipher: ChaChaPoly (the links') or AESGCM (for comparison).")
+    var cipher: String = "ChaChaPoly"
+
+    @Option(help: "Plaintext bytes per record.")
+    var record: Int = 16 * 1024 - 18
+
+    @Option(help: "Records per run.")
+    var records: Int = 100_000
+
+    @Option(help: "Runs.")
+    var runs: Int = 3
+
+    func run() throws {
+        for _ in 0..<max(1, runs) {
+            print(try CipherSpeed.run(cipher: cipher, recordSize: record, records: max(1, records)).json)
+            fflush(nil)
         }
     }
 }

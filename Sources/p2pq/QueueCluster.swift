@@ -153,8 +153,9 @@ func readStandardInputLine() async -> String? {
     }
 }
 
-/// Median of a non-empty list.
+/// Median of a list (NaN when empty).
 func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return .nan }
     let sorted = values.sorted()
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }

@@ -108,6 +108,77 @@ struct CipherStateTests {
         #expect(throws: NoiseError.messageTooLong) { _ = try state.decrypt([UInt8](repeating: 0, count: 65536)) }
     }
 
+    #if os(Linux)
+    @Test("On Linux, seal/open go straight to swift-crypto's BoringSSL (no silent fallback)")
+    func directPathIsActive() {
+        #expect(AEADKey.directAvailable || ProcessInfo.processInfo.environment["P2PQ_AEAD_SWIFT_CRYPTO"] == "1")
+        #expect(CipherState(cipher: .chaChaPoly, key: Self.key).usesDirectAEAD == AEADKey.directAvailable)
+    }
+    #endif
+
+    @Test("Direct BoringSSL path = swift-crypto's API, byte for byte, across lengths, nonces, AD and rekeys",
+          arguments: [NoiseCipherFunction.chaChaPoly, .aesGCM])
+    func directMatchesSwiftCrypto(cipher: NoiseCipherFunction) throws {
+        var direct = CipherState(cipher: cipher, key: Self.key, nonce: 0xFFFF_FFF0, directAEAD: true)
+        var reference = CipherState(cipher: cipher, key: Self.key, nonce: 0xFFFF_FFF0, directAEAD: false)
+        var directOpen = CipherState(cipher: cipher, key: Self.key, nonce: 0xFFFF_FFF0, directAEAD: true)
+        var referenceOpen = CipherState(cipher: cipher, key: Self.key, nonce: 0xFFFF_FFF0, directAEAD: false)
+        // Crosses the 2^32 boundary of the nonce's halves.
+        for (index, length) in [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4096, 16384, CipherState.maxPlaintextLength].enumerated() {
+            let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) }
+            let ad: [UInt8] = index % 2 == 0 ? [] : [UInt8(index), 7, 9]
+            let sealed = try direct.encrypt(plaintext, ad: ad)
+            #expect(sealed == (try reference.encrypt(plaintext, ad: ad)), "length \(length)")
+            #expect(try directOpen.decrypt(sealed, ad: ad) == plaintext)
+            #expect(try referenceOpen.decrypt(sealed, ad: ad) == plaintext)
+            if index % 4 == 3 {
+                try direct.rekey(); try reference.rekey(); try directOpen.rekey(); try referenceOpen.rekey()
+            }
+        }
+    }
+
+    @Test("Direct path: in-place seal and open, and any flipped bit is rejected without consuming a nonce",
+          arguments: [NoiseCipherFunction.chaChaPoly, .aesGCM])
+    func directInPlaceAndTamper(cipher: NoiseCipherFunction) throws {
+        var sender = CipherState(cipher: cipher, key: Self.key, directAEAD: true)
+        var reference = CipherState(cipher: cipher, key: Self.key, directAEAD: false)
+        var receiver = CipherState(cipher: cipher, key: Self.key, directAEAD: true)
+        let plaintext = (0..<300).map { UInt8(truncatingIfNeeded: $0) }
+        var buffer = plaintext + [UInt8](repeating: 0, count: 16)
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        let written = try buffer.withUnsafeMutableBytes { raw in
+            try sender.encrypt(plaintext: UnsafeRawBufferPointer(rebasing: raw[..<plaintext.count]), ad: none, into: raw)
+        }
+        #expect(written == plaintext.count + 16)
+        #expect(buffer == (try reference.encrypt(plaintext)))
+
+        for position in [0, 150, plaintext.count, plaintext.count + 15] {
+            var forged = buffer
+            forged[position] ^= 0x01
+            #expect(throws: NoiseError.authenticationFailed) { _ = try receiver.decrypt(forged) }
+            #expect(receiver.nonce == 0)
+        }
+        let count = try buffer.withUnsafeMutableBytes { raw in
+            try receiver.decrypt(ciphertext: UnsafeRawBufferPointer(raw), ad: none, into: raw)
+        }
+        #expect(Array(buffer[..<count]) == plaintext)
+        #expect(receiver.nonce == 1)
+    }
+
+    @Test("Partly overlapping buffers still work (through the copying path)")
+    func overlappingBuffers() throws {
+        var sender = CipherState(cipher: .chaChaPoly, key: Self.key, directAEAD: true)
+        var reference = CipherState(cipher: .chaChaPoly, key: Self.key, directAEAD: false)
+        let plaintext = (0..<100).map { UInt8($0) }
+        var buffer = [UInt8](repeating: 0, count: 8) + plaintext + [UInt8](repeating: 0, count: 16)
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        // Output starts 8 bytes before the plaintext: overlapping, not identical.
+        _ = try buffer.withUnsafeMutableBytes { raw in
+            try sender.encrypt(plaintext: UnsafeRawBufferPointer(rebasing: raw[8..<108]), ad: none, into: raw)
+        }
+        #expect(Array(buffer[..<116]) == (try reference.encrypt(plaintext)))
+    }
+
     @Test("Without a key, encryption is the identity and uses no nonce (spec EncryptWithAd)")
     func emptyKey() throws {
         var state = CipherState(cipher: .chaChaPoly)

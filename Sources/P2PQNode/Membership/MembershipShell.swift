@@ -89,6 +89,7 @@ final class MembershipShell {
         case .joined(let peer):
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
+            core.remoteCalls?.peerJoined(peer)
         case .suspect(let peer):
             core.logger.notice("member \(peer.short) suspected (local health \(membership.localHealth))")
             core.emit(.memberSuspected(peer))
@@ -100,12 +101,14 @@ final class MembershipShell {
             core.emit(.memberDead(peer))
             // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
             core.queues.peerDied(peer)
+            core.remoteCalls?.peerDied(peer)
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
             // A leaving node hands its items on first; whatever it could not hand on, its owners
             // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
             core.queues.peerDied(peer)
+            core.remoteCalls?.peerLeft(peer)
         }
     }
 

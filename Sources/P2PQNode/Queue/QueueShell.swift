@@ -73,14 +73,19 @@ final class QueueShell {
         var reportedDuplicates = 0
     }
 
+    /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
+    /// module such as remote calls) a callback run on the reactor thread at once.
+    typealias PopSink = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PushSink = (Result<Void, QueueError>) -> Void
+
     private struct PendingPop {
-        var continuation: PopCompletion
+        var continuation: PopSink
         var timer: TimerID?
     }
 
     private struct PendingPush {
         var items: [[UInt8]]
-        var continuation: PushCompletion
+        var continuation: PushSink
     }
 
     init(core: NodeCore) {
@@ -107,51 +112,92 @@ final class QueueShell {
     // MARK: Callers
 
     func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
-        push(name, items, wait: wait) { continuation.resume(returning: $0) }
+        push(name, items, wait: wait, sink: { continuation.resume(returning: $0) })
     }
 
-    func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ complete: @escaping PushCompletion) {
-        let continuation = Completion(complete)
-        guard !isStopped else { return continuation.resume(returning: .failure(.nodeStopped)) }
-        guard ensure(name) else { return continuation.resume(returning: .failure(.tooManyQueues)) }
+    /// As ``push(_:_:wait:_:)`` with a callback; it runs on the reactor thread, possibly before
+    /// this returns.
+    func push(_ name: String, _ items: [[UInt8]], wait: Bool, sink continuation: @escaping PushSink) {
+        guard !isStopped else { return continuation(.failure(.nodeStopped)) }
+        guard ensure(name) else { return continuation(.failure(.tooManyQueues)) }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
-            guard wait else { return continuation.resume(returning: .failure(.timeout)) }
-            queues[name]!.pushes.append(PendingPush(items: items, continuation: complete))
+            guard wait else { return continuation(.failure(.timeout)) }
+            queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
             return
         }
         let (outcome, actions) = queues[name]!.machine.push(items, now: now)
         switch outcome {
         case .accepted:
-            core.metrics.itemsPushed += items.count
-            continuation.resume(returning: .success(()))
+            countPushed(name, items.count)
+            continuation(.success(()))
         case .full:
             if wait {
-                queues[name]!.pushes.append(PendingPush(items: items, continuation: complete))
+                queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
             } else {
-                continuation.resume(returning: .failure(.timeout))
+                continuation(.failure(.timeout))
             }
-        case .closed: continuation.resume(returning: .failure(.closed))
-        case .itemTooLarge(let size, let limit): continuation.resume(returning: .failure(.itemTooLarge(size: size, limit: limit)))
-        case .batchTooLarge: continuation.resume(returning: .failure(.batchTooLarge))
+        case .closed: continuation(.failure(.closed))
+        case .itemTooLarge(let size, let limit): continuation(.failure(.itemTooLarge(size: size, limit: limit)))
+        case .batchTooLarge: continuation(.failure(.batchTooLarge))
         }
         perform(name, actions)
     }
 
     /// `timeout` nil waits forever; zero does not wait.
     func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
-        pop(name, max: max, timeout: timeout) { continuation.resume(returning: $0) }
+        pop(name, max: max, timeout: timeout, sink: { continuation.resume(returning: $0) })
     }
 
+    /// A new waiter ID, for ``pop(_:max:waiter:sink:)``.
+    func makeWaiterID() -> WaiterID {
+        defer { nextWaiter += 1 }
+        return WaiterID(nextWaiter)
+    }
+
+    /// A waiting pop with a callback and a waiter ID chosen by the caller (so it can tell its
+    /// waiters apart before this returns). The sink runs on the reactor thread, possibly before
+    /// this returns, with the items once they are here (or the failure). Returns whether the
+    /// pop waits (false: the sink already ran).
     @discardableResult
-    func pop(_ name: String, max: Int, timeout: Duration?, _ complete: @escaping PopCompletion) -> WaiterID? {
-        let continuation = Completion(complete)
+    func pop(_ name: String, max: Int, waiter: WaiterID, sink: @escaping PopSink) -> Bool {
         guard !isStopped else {
-            continuation.resume(returning: .failure(.nodeStopped))
+            sink(.failure(.nodeStopped))
+            return false
+        }
+        guard ensure(name) else {
+            sink(.failure(.tooManyQueues))
+            return false
+        }
+        let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
+        if !items.isEmpty {
+            countPopped(name, items.count)
+            sink(.success(items))
+            perform(name, actions)
+            return false
+        }
+        queues[name]!.pops[waiter] = PendingPop(continuation: sink)
+        perform(name, actions)
+        return queues[name]?.pops[waiter] != nil
+    }
+
+    /// Withdraws a waiting pop made with ``pop(_:max:waiter:sink:)`` without calling its sink.
+    func withdraw(_ name: String, _ waiter: WaiterID) {
+        guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+    }
+
+    /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
+    /// returns). Returns the waiter if the pop waits.
+    @discardableResult
+    func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
+        guard !isStopped else {
+            continuation(.failure(.nodeStopped))
             return nil
         }
         guard ensure(name) else {
-            continuation.resume(returning: .failure(.tooManyQueues))
+            continuation(.failure(.tooManyQueues))
             return nil
         }
         let waits = timeout.map { $0 > .zero } ?? true
@@ -159,17 +205,17 @@ final class QueueShell {
         nextWaiter += 1
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
-            core.metrics.itemsPopped += items.count
-            continuation.resume(returning: .success(items))
+            countPopped(name, items.count)
+            continuation(.success(items))
             perform(name, actions)
             return nil
         }
         if !waits {
-            continuation.resume(returning: .failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            continuation(.failure(queues[name]!.machine.isClosed ? .closed : .timeout))
             perform(name, actions)
             return nil
         }
-        var pending = PendingPop(continuation: complete)
+        var pending = PendingPop(continuation: continuation)
         if let timeout {
             pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
                 self.endWait(name, waiter, with: .timeout)
@@ -301,7 +347,7 @@ final class QueueShell {
             case .deliver(let waiter, let items):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
-                core.metrics.itemsPopped += items.count
+                countPopped(name, items.count)
                 pending.continuation(.success(items))
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
@@ -333,7 +379,7 @@ final class QueueShell {
             queues[name]!.pushes.removeFirst()
             switch outcome {
             case .accepted:
-                core.metrics.itemsPushed += push.items.count
+                countPushed(name, push.items.count)
                 push.continuation(.success(()))
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
@@ -342,11 +388,14 @@ final class QueueShell {
             perform(name, actions)
         }
     }
-}
 
-/// Adapts a completion closure to the `resume(returning:)` spelling the shell uses.
-private struct Completion<Value> {
-    let body: (Value) -> Void
-    init(_ body: @escaping (Value) -> Void) { self.body = body }
-    func resume(returning value: Value) { body(value) }
+    // Items of the node's internal queues (names starting with "p2pq.", e.g. remote calls'
+    // "p2pq.calls") are counted as calls by their layer, not as queue items.
+    private func countPushed(_ name: String, _ count: Int) {
+        if !name.hasPrefix("p2pq.") { core.metrics.itemsPushed += count }
+    }
+
+    private func countPopped(_ name: String, _ count: Int) {
+        if !name.hasPrefix("p2pq.") { core.metrics.itemsPopped += count }
+    }
 }

@@ -1,0 +1,230 @@
+import P2PQCodable
+import P2PQRemoteCall
+
+/// The knobs of a node's remote calls.
+public struct RemoteCallConfiguration: Sendable {
+    /// The caller side: retries (default 3), outstanding calls, memo cache size.
+    public var caller: CallerConfiguration
+    /// The executor side: memo cache size, argument limit, deadline grace. Its
+    /// `maxConcurrentCalls` is set from ``RemoteCall/init(node:queueName:maxConcurrentCalls:configuration:)``.
+    public var executor: ExecutorConfiguration
+
+    public init(caller: CallerConfiguration = CallerConfiguration(), executor: ExecutorConfiguration = ExecutorConfiguration()) {
+        self.caller = caller
+        self.executor = executor
+    }
+}
+
+/// Remote calls over a node's call queue: functions registered by name on every node, called
+/// from anywhere, run wherever the queue finds capacity, results back to the caller.
+///
+/// ```swift
+/// let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 4)
+/// let square = rpc.register("square") { (n: Int) async throws -> Int in n * n }
+/// try await rpc.process()           // without it this node only submits calls
+/// let nine = try await square(3)
+/// ```
+///
+/// A call runs at least once while its caller lives and may run more than once under faults
+/// (an executor that dies after running it): memoized functions should be deterministic and
+/// side effects idempotent. Failures are never cached.
+public final class RemoteCall: Sendable {
+    /// The node the calls go through.
+    public let node: Node
+    /// The call queue's name.
+    public var queueName: String { bridge.queueName }
+    /// Calls this node runs at once; nested calls do not hold a slot while they wait.
+    public let maxConcurrentCalls: Int
+    let bridge: RemoteCallBridge
+
+    /// The default call queue.
+    public static let defaultQueueName = "p2pq.calls"
+
+    /// Attaches remote calls to a running node (one `RemoteCall` per node).
+    ///
+    /// - Throws: ``RemoteCallError/nodeStopped`` if the node is not running,
+    ///   ``RemoteCallError/invalidCall(_:)`` for a bad setting or a second `RemoteCall` on the node.
+    public init(
+        node: Node, queueName: String = RemoteCall.defaultQueueName, maxConcurrentCalls: Int = 4,
+        configuration: RemoteCallConfiguration = RemoteCallConfiguration()
+    ) async throws(RemoteCallError) {
+        guard maxConcurrentCalls > 0 else { throw .invalidCall("maxConcurrentCalls must be positive, not \(maxConcurrentCalls)") }
+        guard (1...255).contains(queueName.utf8.count) else { throw .invalidCall("the queue name must be 1...255 UTF-8 bytes") }
+        self.node = node
+        self.maxConcurrentCalls = maxConcurrentCalls
+        let bridge = RemoteCallBridge(node: node, queueName: queueName)
+        self.bridge = bridge
+        var executorConfiguration = configuration.executor
+        executorConfiguration.maxConcurrentCalls = maxConcurrentCalls
+        let executor = executorConfiguration
+        let caller = configuration.caller
+        let attached = await node.withCore { core -> Bool in
+            guard core.remoteCalls == nil, !core.isStopped else { return false }
+            core.remoteCalls = RemoteCallShell(core: core, bridge: bridge, caller: caller, executor: executor)
+            return true
+        }
+        switch attached {
+        case nil: throw .nodeStopped
+        case false?: throw .invalidCall("the node already has remote calls attached")
+        case true?: break
+        }
+    }
+
+    // MARK: Registration
+
+    /// Registers `body` under `name` and returns a handle to call it. Every node registers the
+    /// same names; a node without the name answers calls with ``RemoteCallError/unknownFunction(_:)``.
+    /// Arguments and results are encoded with `CompactEncoder`, so the memo key (name plus
+    /// encoded arguments) is the same for equal values.
+    ///
+    /// - Parameter memoize: identical concurrent calls share one execution and successful
+    ///   results are cached (bounded LRU) at caller and executor.
+    @discardableResult
+    public func register<A: Codable & Sendable, R: Codable & Sendable>(
+        _ name: String, memoize: Bool = false, _ body: @escaping @Sendable (A) async throws -> R
+    ) -> RemoteFunction<A, R> {
+        bridge.register(name, Registration(memoize: memoize, body: { bytes in
+            let arguments: A
+            do { arguments = try CompactDecoder().decode(A.self, from: bytes) } catch { return .badArguments(truncated(error)) }
+            do { return try encodeResult(await body(arguments)) } catch { return outcome(of: error) }
+        }, inlineBody: nil))
+        return function(name, memoize: memoize)
+    }
+
+    /// Registers a short, non-blocking function that runs on the node's reactor thread, with
+    /// no hand-over to a worker task. It must not block or take long: it stalls all I/O of the
+    /// node while it runs. It cannot make nested calls.
+    @discardableResult
+    public func registerInline<A: Codable & Sendable, R: Codable & Sendable>(
+        _ name: String, memoize: Bool = false, _ body: @escaping @Sendable (A) throws -> R
+    ) -> RemoteFunction<A, R> {
+        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
+            let arguments: A
+            do { arguments = try CompactDecoder().decode(A.self, from: bytes) } catch { return .badArguments(truncated(error)) }
+            do { return try encodeResult(body(arguments)) } catch { return outcome(of: error) }
+        }
+        bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: run))
+        return function(name, memoize: memoize)
+    }
+
+    /// Registers a function on raw bytes (no encoding).
+    @discardableResult
+    public func registerRaw(
+        _ name: String, memoize: Bool = false,
+        _ body: @escaping @Sendable ([UInt8]) async throws -> [UInt8]
+    ) -> RawRemoteFunction {
+        bridge.register(name, Registration(memoize: memoize, body: { bytes in
+            do { return .success(try await body(bytes)) } catch { return outcome(of: error) }
+        }, inlineBody: nil))
+        return rawFunction(name, memoize: memoize)
+    }
+
+    /// Registers a short, non-blocking raw function that runs on the reactor thread (see
+    /// ``registerInline(_:memoize:_:)``).
+    @discardableResult
+    public func registerRawInline(
+        _ name: String, memoize: Bool = false, _ body: @escaping @Sendable ([UInt8]) throws -> [UInt8]
+    ) -> RawRemoteFunction {
+        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
+            do { return .success(try body(bytes)) } catch { return outcome(of: error) }
+        }
+        bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: run))
+        return rawFunction(name, memoize: memoize)
+    }
+
+    /// A handle on a function registered elsewhere (or later), for nodes that only call it and
+    /// for recursion inside the function's own body.
+    public func function<A: Codable & Sendable, R: Codable & Sendable>(
+        _ name: String, memoize: Bool = false, arguments: A.Type = A.self, result: R.Type = R.self
+    ) -> RemoteFunction<A, R> {
+        RemoteFunction(bridge: bridge, name: name, memoize: memoize)
+    }
+
+    /// A raw handle on a function registered elsewhere.
+    public func rawFunction(_ name: String, memoize: Bool = false) -> RawRemoteFunction {
+        RawRemoteFunction(bridge: bridge, name: name, memoize: memoize)
+    }
+
+    // MARK: Executing
+
+    /// Starts executing calls on this node, up to ``maxConcurrentCalls`` at once. A node that
+    /// never calls it only submits calls; other nodes run them.
+    public func process() async throws(RemoteCallError) {
+        guard await node.withCore({ _ in true }) != nil else { throw .nodeStopped }
+        bridge.submit(.process(true))
+    }
+
+    /// Stops taking new calls; running calls finish and answer.
+    public func stopProcessing() {
+        bridge.submit(.process(false))
+    }
+
+    /// Counters of both sides (calls, pushes, memo hits, retries; executed, duplicates).
+    public func counters() async -> (caller: CallerCounters, executor: ExecutorCounters)? {
+        await node.withCore { core in core.remoteCalls.map { ($0.counters.caller, $0.counters.executor) } } ?? nil
+    }
+}
+
+/// A typed handle on a registered function; call it like an async function:
+/// `let x = try await fib(30)`.
+public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Sendable {
+    let bridge: RemoteCallBridge
+    /// The function's name.
+    public let name: String
+    /// Whether calls are memoized.
+    public let memoize: Bool
+
+    /// Calls the function somewhere in the cluster and waits for its result. Cancelling the
+    /// calling task cancels the call.
+    ///
+    /// - Parameter timeout: fails the call with ``RemoteCallError/timedOut(function:)`` after this.
+    public func callAsFunction(_ arguments: A, timeout: Duration? = nil) async throws(RemoteCallError) -> R {
+        let bytes: [UInt8]
+        do { bytes = try CompactEncoder().encode(arguments) } catch { throw .invalidCall("arguments of \"\(name)\" did not encode: \(error)") }
+        let result = try await bridge.call(name, bytes, memoize: memoize, timeout: timeout)
+        do { return try CompactDecoder().decode(R.self, from: result) } catch {
+            throw .badResult(function: name, description: String(describing: error))
+        }
+    }
+
+    /// Many calls with one hand-over; results in order.
+    public func call(batch: [A], timeout: Duration? = nil) async -> [Result<R, RemoteCallError>] {
+        await withTaskGroup(of: (Int, Result<R, RemoteCallError>).self) { group in
+            for (index, arguments) in batch.enumerated() {
+                group.addTask {
+                    do throws(RemoteCallError) {
+                        return (index, .success(try await self(arguments, timeout: timeout)))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            var results = [Result<R, RemoteCallError>?](repeating: nil, count: batch.count)
+            for await (index, result) in group { results[index] = result }
+            return results.map { $0! }
+        }
+    }
+}
+
+/// A handle on a function of raw bytes.
+public struct RawRemoteFunction: Sendable {
+    let bridge: RemoteCallBridge
+    public let name: String
+    public let memoize: Bool
+
+    /// Calls the function with `arguments` and returns its result bytes.
+    public func callAsFunction(_ arguments: [UInt8], timeout: Duration? = nil) async throws(RemoteCallError) -> [UInt8] {
+        try await bridge.call(name, arguments, memoize: memoize, timeout: timeout)
+    }
+}
+
+private func encodeResult<R: Encodable>(_ value: R) -> CallOutcome {
+    do { return .success(try CompactEncoder().encode(value)) } catch {
+        return .thrownTruncating(typeName: "RemoteCallError.badResult", description: "the result did not encode: \(error)")
+    }
+}
+
+private func truncated(_ error: any Error) -> String {
+    let text = String(describing: error)
+    return text.utf8.count <= RemoteCallLimits.maxDescriptionLength ? text : String(text.utf8.prefix(RemoteCallLimits.maxDescriptionLength - 3)) ?? "bad arguments"
+}

@@ -1,0 +1,221 @@
+import P2PQRemoteCall
+import Synchronization
+
+/// A call as the async API hands it to the reactor.
+struct CallRequest: Sendable {
+    typealias Continuation = CheckedContinuation<Result<[UInt8], RemoteCallError>, Never>
+    var token: UInt64
+    var function: String
+    var arguments: [UInt8]
+    var memoize: Bool
+    var timeout: Duration?
+    /// The executing task this call is nested in (it gives up its slot while it waits).
+    var nested: TaskID?
+    var continuation: Continuation
+}
+
+/// A registered function as the worker side runs it: bytes in, outcome out.
+struct Registration: Sendable {
+    var memoize: Bool
+    /// Runs off the reactor thread.
+    var body: @Sendable ([UInt8]) async -> CallOutcome
+    /// Set for inline registrations: runs on the reactor thread, must not block.
+    var inlineBody: (@Sendable ([UInt8]) -> CallOutcome)?
+}
+
+/// Work handed from any task to the reactor, in order, drained in one hop per batch.
+enum RemoteCallOp: Sendable {
+    case call(CallRequest)
+    case cancel(token: UInt64)
+    case finished(TaskID, CallOutcome)
+    case register(String, inline: (@Sendable ([UInt8]) -> CallOutcome)?)
+    case process(Bool)
+}
+
+/// What an executing task knows about itself, for nested calls.
+struct ExecutionContext: Sendable {
+    var bridge: ObjectIdentifier
+    var task: TaskID
+}
+
+enum RemoteCallContext {
+    /// Set while a registered function runs, so calls it makes can give up its slot.
+    @TaskLocal static var current: ExecutionContext?
+}
+
+/// The state shared by the async API, the worker tasks and the reactor-side shell. Every
+/// hand-over to the reactor goes through one inbox: the first op of a batch schedules one
+/// reactor task, which drains everything queued by then (calls, cancels, outcomes).
+final class RemoteCallBridge: Sendable {
+    let node: Node
+    let queueName: String
+    private let registry = Mutex<[String: Registration]>([:])
+    private let inbox = Mutex<Inbox>(Inbox())
+    private let running = Mutex<[TaskID: Running]>([:])
+    private let tokens = Atomic<UInt64>(1)
+
+    private struct Inbox: Sendable {
+        var ops: [RemoteCallOp] = []
+        var scheduled = false
+    }
+
+    private enum Running: Sendable {
+        case task(Task<Void, Never>)
+        case cancelledEarly
+        case finishedEarly
+    }
+
+    init(node: Node, queueName: String) {
+        self.node = node
+        self.queueName = queueName
+    }
+
+    var identity: ObjectIdentifier { ObjectIdentifier(self) }
+
+    func nextToken() -> UInt64 { tokens.wrappingAdd(1, ordering: .relaxed).oldValue }
+
+    // MARK: Inbox
+
+    func submit(_ op: RemoteCallOp) {
+        let schedule = inbox.withLock { inbox -> Bool in
+            inbox.ops.append(op)
+            if inbox.scheduled { return false }
+            inbox.scheduled = true
+            return true
+        }
+        guard schedule else { return }
+        let running = node.executeOnCore { core in core.remoteCalls?.drain() }
+        if !running { failQueued() }
+    }
+
+    /// Everything submitted so far (reactor side).
+    func takeOps() -> [RemoteCallOp] {
+        inbox.withLock { inbox in
+            inbox.scheduled = false
+            defer { inbox.ops = [] }
+            return inbox.ops
+        }
+    }
+
+    /// The node is gone: calls waiting in the inbox fail.
+    func failQueued() {
+        for op in takeOps() {
+            if case .call(let request) = op { request.continuation.resume(returning: .failure(.nodeStopped)) }
+        }
+    }
+
+    // MARK: Registry
+
+    func register(_ name: String, _ registration: Registration) {
+        registry.withLock { $0[name] = registration }
+        submit(.register(name, inline: registration.inlineBody))
+    }
+
+    // MARK: Calls
+
+    /// Makes one call; the bytes of its result.
+    func call(_ function: String, _ arguments: [UInt8], memoize: Bool, timeout: Duration?) async throws(RemoteCallError) -> [UInt8] {
+        if Task.isCancelled { throw .cancelled(function: function) }
+        let token = nextToken()
+        let context = RemoteCallContext.current
+        let nested = context?.bridge == identity ? context?.task : nil
+        let gate = CallGate()
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CallRequest.Continuation) in
+                let request = CallRequest(token: token, function: function, arguments: arguments, memoize: memoize,
+                                          timeout: timeout, nested: nested, continuation: continuation)
+                if !gate.submit({ self.submit(.call(request)) }) {
+                    continuation.resume(returning: .failure(.cancelled(function: function)))
+                }
+            }
+        } onCancel: {
+            gate.cancel { self.submit(.cancel(token: token)) }
+        }
+        return try result.get()
+    }
+
+    // MARK: Worker side
+
+    /// Starts a batch of tasks off the reactor: one hop for the batch, one Swift task per call.
+    func run(_ tasks: [CallTask]) {
+        Task.detached { [self] in
+            for task in tasks {
+                let handle = Task { await self.execute(task) }
+                running.withLock { running in
+                    switch running[task.id] {
+                    case .cancelledEarly:
+                        handle.cancel()
+                        running[task.id] = .task(handle)
+                    case .finishedEarly:
+                        running[task.id] = nil
+                    case .task, nil:
+                        running[task.id] = .task(handle)
+                    }
+                }
+            }
+        }
+    }
+
+    private func execute(_ task: CallTask) async {
+        let registration = registry.withLock { $0[task.function] }
+        let outcome: CallOutcome
+        if let registration {
+            outcome = await RemoteCallContext.$current.withValue(ExecutionContext(bridge: identity, task: task.id)) {
+                await registration.body(task.arguments)
+            }
+        } else {
+            outcome = .unknownFunction
+        }
+        running.withLock { running in
+            if case .task = running[task.id] { running[task.id] = nil } else { running[task.id] = .finishedEarly }
+        }
+        submit(.finished(task.id, outcome))
+    }
+
+    /// The executor wants a running task stopped.
+    func cancel(_ task: TaskID) {
+        running.withLock { running in
+            switch running[task] {
+            case .task(let handle): handle.cancel()
+            case .finishedEarly: break
+            case .cancelledEarly, nil: running[task] = .cancelledEarly
+            }
+        }
+    }
+
+    func cancelAll() {
+        running.withLock { running in
+            for case .task(let handle) in running.values { handle.cancel() }
+            running = [:]
+        }
+    }
+}
+
+/// Orders a call's submission against its cancellation, so a cancel never reaches the reactor
+/// before the call it names.
+private final class CallGate: Sendable {
+    private enum State: Sendable { case pending, submitted, cancelled }
+    private let state = Mutex<State>(.pending)
+
+    /// Runs `submit` unless the call was cancelled already; false if it was.
+    func submit(_ body: () -> Void) -> Bool {
+        state.withLock { state in
+            if state == .cancelled { return false }
+            body()
+            state = .submitted
+            return true
+        }
+    }
+
+    func cancel(_ body: () -> Void) {
+        state.withLock { state in
+            if state == .submitted { body() }
+            state = .cancelled
+        }
+    }
+}
+
+/// The worker-side body of a function, with the error reporting of the protocol.
+func outcome(of error: any Error) -> CallOutcome {
+    .thrownTruncating(typeName: String(reflecting: type(of: error)), description: String(describing: error))
+}

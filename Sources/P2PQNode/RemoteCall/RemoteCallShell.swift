@@ -1,0 +1,379 @@
+import Glibc
+import P2PQQueue
+import P2PQReactor
+import P2PQRemoteCall
+import P2PQWire
+
+/// Connects the caller and executor machines of remote calls to the node: takes calls from the
+/// async API, pushes their items on the call queue, keeps the executor's demand as a waiting
+/// pop on that queue, hands tasks to the worker side in batches, routes messages `0x40–0x5F`
+/// and membership verdicts. Reactor thread only.
+final class RemoteCallShell {
+    unowned let core: NodeCore
+    let bridge: RemoteCallBridge
+    let queueName: String
+    private var caller: CallerMachine
+    private var executor: ExecutorMachine
+
+    private struct Pending {
+        var request: CallRequest
+    }
+
+    /// Calls waiting for their result, by sequence.
+    private var pending: [UInt64: Pending] = [:]
+    /// API token → call sequence, for cancellation.
+    private var sequences: [UInt64: UInt64] = [:]
+    /// Calls refused for the outstanding limit; made again on `.capacityAvailable`.
+    private var parked: [CallRequest] = []
+    /// Pushes the call queue refused, by sequence: the call fails with this.
+    private var pushFailures: [UInt64: QueueError] = [:]
+    private var callerTimer: TimerID?
+    private var callerTimerAt: UInt64 = 0
+
+    /// Outstanding nested calls per executing task (`async let` makes several).
+    private var nestedCalls: [TaskID: Int] = [:]
+    /// The last nested call's result, held until the executor gives the task a slot again.
+    private var resuming: [TaskID: (CallRequest.Continuation, Result<[UInt8], RemoteCallError>)] = [:]
+
+    private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
+    private var demand = 0
+    private var waiter: WaiterID?
+    private var waiterMax = 0
+
+    private var executorQueue: [ExecutorAction] = []
+    private var performingExecutor = false
+    private var callerQueue: [CallerAction] = []
+    private var performingCaller = false
+    private var flushScheduled = false
+    private var isStopped = false
+    private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
+
+    init(core: NodeCore, bridge: RemoteCallBridge, caller: CallerConfiguration, executor: ExecutorConfiguration) {
+        self.core = core
+        self.bridge = bridge
+        self.queueName = bridge.queueName
+        var callerConfiguration = caller
+        // Call IDs must not repeat across restarts of the same identity.
+        callerConfiguration.firstSequence = Swift.max(caller.firstSequence, core.incarnation)
+        self.caller = CallerMachine(localPeer: core.identity.peerID, configuration: callerConfiguration)
+        self.executor = ExecutorMachine(configuration: executor)
+    }
+
+    private var now: UInt64 { core.now }
+    private var localPeer: PeerID { core.identity.peerID }
+
+    private var wallClock: UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    // MARK: From the API
+
+    /// Runs what the async API and the workers queued.
+    func drain() {
+        let ops = bridge.takeOps()
+        guard !isStopped else {
+            for op in ops {
+                if case .call(let request) = op { request.continuation.resume(returning: .failure(.nodeStopped)) }
+            }
+            return
+        }
+        var outcomes: [(TaskID, CallOutcome)] = []
+        for op in ops {
+            if case .finished(let task, let outcome) = op {
+                outcomes.append((task, outcome))
+                continue
+            }
+            if !outcomes.isEmpty {
+                finish(outcomes)
+                outcomes.removeAll()
+            }
+            switch op {
+            case .call(let request): call(request)
+            case .cancel(let token):
+                if let sequence = sequences[token] {
+                    performCaller(caller.cancel(CallID(caller: localPeer, sequence: sequence), now: now))
+                }
+            case .register(let name, let inline):
+                inlineBodies[name] = inline
+                executor.register(name)
+            case .process(let on):
+                performExecutor(on ? executor.start() : executor.stop())
+            case .finished: break
+            }
+        }
+        if !outcomes.isEmpty { finish(outcomes) }
+        scheduleFlush()
+    }
+
+    private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
+        performExecutor(executor.finished(outcomes))
+    }
+
+    private func call(_ request: CallRequest) {
+        let deadline = request.timeout.map { now &+ UInt64(Swift.max(0, $0.nanosecondsClamped)) }
+        if let task = request.nested {
+            nestedCalls[task, default: 0] += 1
+            if nestedCalls[task] == 1 { performExecutor(executor.suspend(task)) }
+        }
+        let (id, actions) = caller.call(function: request.function, arguments: request.arguments, memoize: request.memoize,
+                                        deadline: deadline, now: now, wallClock: deadline == nil ? 0 : wallClock)
+        pending[id.sequence] = Pending(request: request)
+        sequences[request.token] = id.sequence
+        performCaller(actions)
+    }
+
+    // MARK: From the node
+
+    func receive(_ type: MessageType, _ body: UnsafeRawBufferPointer, from peer: PeerID) -> WireError? {
+        let message: RemoteCallMessage
+        do throws(WireError) {
+            message = try RemoteCallMessage.decode(type: type, body: body)
+        } catch {
+            return error
+        }
+        guard !isStopped else { return nil }
+        switch message {
+        case .results, .started: performCaller(caller.received(message, from: peer, now: now))
+        case .cancel: performExecutor(executor.received(message, from: peer))
+        }
+        scheduleFlush()
+        return nil
+    }
+
+    func peerDied(_ peer: PeerID) {
+        guard !isStopped else { return }
+        performCaller(caller.peerDied(peer, now: now))
+        performExecutor(executor.peerDied(peer))
+        scheduleFlush()
+    }
+
+    func peerLeft(_ peer: PeerID) {
+        guard !isStopped else { return }
+        performCaller(caller.peerLeft(peer, now: now))
+        performExecutor(executor.peerLeft(peer))
+        scheduleFlush()
+    }
+
+    func peerJoined(_ peer: PeerID) {
+        guard !isStopped else { return }
+        performCaller(caller.peerJoined(peer, now: now))
+        performExecutor(executor.peerJoined(peer))
+    }
+
+    /// The node stops: every waiting call fails with `.nodeStopped`, running tasks are cancelled.
+    func stop() {
+        guard !isStopped else { return }
+        isStopped = true
+        if let callerTimer { core.reactor.cancel(callerTimer) }
+        callerTimer = nil
+        if let waiter { core.queues.withdraw(queueName, waiter) }
+        waiter = nil
+        for (_, entry) in pending { entry.request.continuation.resume(returning: .failure(.nodeStopped)) }
+        pending = [:]
+        sequences = [:]
+        for request in parked { request.continuation.resume(returning: .failure(.nodeStopped)) }
+        parked = []
+        for (_, (continuation, _)) in resuming { continuation.resume(returning: .failure(.nodeStopped)) }
+        resuming = [:]
+        bridge.cancelAll()
+        bridge.failQueued()
+    }
+
+    /// Counts for `/status` and tests.
+    var counters: (caller: CallerCounters, executor: ExecutorCounters) { (caller.counters, executor.counters) }
+
+    // MARK: Caller actions
+
+    private func performCaller(_ actions: [CallerAction]) {
+        callerQueue.append(contentsOf: actions)
+        guard !performingCaller else { return }
+        performingCaller = true
+        var index = 0
+        while index < callerQueue.count {
+            handle(callerQueue[index])
+            index += 1
+        }
+        callerQueue.removeAll(keepingCapacity: true)
+        performingCaller = false
+    }
+
+    private func handle(_ action: CallerAction) {
+        switch action {
+        case .push(let id, let item):
+            core.queues.push(queueName, [item], wait: true, sink: { [unowned self] result in
+                guard case .failure(let error) = result, !self.isStopped else { return }
+                self.pushFailures[id.sequence] = error
+                self.performCaller(self.caller.cancel(id, now: self.now))
+            })
+        case .removeFromQueue:
+            break  // the queue offers no removal: the executor's started notice is answered with a cancel
+        case .send(let message, let peer):
+            send(message, to: peer)
+        case .complete(let id, let result):
+            complete(id, result)
+        case .armTimer(let at):
+            if callerTimer != nil && callerTimerAt == at { return }
+            if let callerTimer { core.reactor.cancel(callerTimer) }
+            callerTimerAt = at
+            callerTimer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
+                self.callerTimer = nil
+                guard !self.isStopped else { return }
+                self.performCaller(self.caller.tick(now: self.now))
+                self.scheduleFlush()
+            }
+        case .capacityAvailable:
+            let retry = parked
+            parked = []
+            for request in retry { call(request) }
+        }
+    }
+
+    private func complete(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>) {
+        guard let entry = pending.removeValue(forKey: id.sequence) else { return }
+        let request = entry.request
+        sequences[request.token] = nil
+        var result = result
+        if case .failure(.tooManyOutstandingCalls) = result {
+            // The typed API waits for room instead of failing.
+            parked.append(request)
+            if let task = request.nested { nestedCalls[task, default: 1] -= 1 }
+            return
+        }
+        if let failure = pushFailures.removeValue(forKey: id.sequence) {
+            result = .failure(failure == .nodeStopped ? .nodeStopped : .invalidCall("the call queue refused the call: \(failure)"))
+        }
+        guard let task = request.nested else {
+            request.continuation.resume(returning: result)
+            return
+        }
+        let left = (nestedCalls[task] ?? 1) - 1
+        if left > 0 {
+            nestedCalls[task] = left
+            request.continuation.resume(returning: result)
+            return
+        }
+        // The last call the task waited for: it continues once it holds a slot again.
+        nestedCalls[task] = nil
+        resuming[task] = (request.continuation, result)
+        performExecutor(executor.requestResume(task))
+    }
+
+    private func send(_ message: RemoteCallMessage, to peer: PeerID) {
+        if peer == localPeer {
+            switch message {
+            case .results, .started: performCaller(caller.received(message, from: peer, now: now))
+            case .cancel: performExecutor(executor.received(message, from: peer))
+            }
+            return
+        }
+        // A lost result is recovered only through membership (a dead executor is retried) or
+        // the caller's deadline: links are reliable while they last.
+        if !core.send(message, to: peer) {
+            core.logger.debug("remote calls: no link to \(peer.short); \(message.messageType) dropped")
+        }
+    }
+
+    // MARK: Executor actions
+
+    private func performExecutor(_ actions: [ExecutorAction]) {
+        executorQueue.append(contentsOf: actions)
+        guard !performingExecutor else { return }
+        performingExecutor = true
+        repeat {
+            while !executorQueue.isEmpty {
+                let batch = executorQueue
+                executorQueue.removeAll(keepingCapacity: true)
+                for action in batch { handle(action) }
+            }
+            // May deliver at once, which queues more actions.
+            adjustWaiter()
+        } while !executorQueue.isEmpty
+        performingExecutor = false
+    }
+
+    private func handle(_ action: ExecutorAction) {
+        switch action {
+        case .setDemand(let count):
+            demand = count
+        case .run(let tasks):
+            var offReactor: [CallTask] = []
+            var outcomes: [(TaskID, CallOutcome)] = []
+            for task in tasks {
+                if let body = inlineBodies[task.function] {
+                    outcomes.append((task.id, body(task.arguments)))
+                } else {
+                    offReactor.append(task)
+                }
+            }
+            if !offReactor.isEmpty { bridge.run(offReactor) }
+            if !outcomes.isEmpty { executorQueue.append(contentsOf: executor.finished(outcomes)) }
+        case .resume(let tasks):
+            for task in tasks {
+                if let (continuation, result) = resuming.removeValue(forKey: task) {
+                    continuation.resume(returning: result)
+                }
+            }
+        case .cancelTask(let task):
+            bridge.cancel(task)
+        case .send(let message, let peer):
+            send(message, to: peer)
+        case .discard(let error):
+            core.logger.warning("remote calls: dropped a call item that names no caller: \(error)")
+        }
+    }
+
+    /// Keeps one waiting pop on the call queue for exactly the executor's free slots.
+    private func adjustWaiter() {
+        let wanted = isStopped ? 0 : demand
+        if let current = waiter {
+            if waiterMax == wanted { return }
+            core.queues.withdraw(queueName, current)
+            waiter = nil
+        }
+        guard wanted > 0 else { return }
+        let id = core.queues.makeWaiterID()
+        waiter = id
+        waiterMax = wanted
+        core.queues.pop(queueName, max: wanted, waiter: id) { [unowned self] result in
+            self.delivered(id, result)
+        }
+    }
+
+    private func delivered(_ id: WaiterID, _ result: Result<[[UInt8]], QueueError>) {
+        if waiter == id { waiter = nil }
+        guard case .success(let items) = result, !isStopped else { return }
+        let actions = executor.popped(items, wallClock: wallClock)
+        // The started notices go out now, before the queue can confirm these pops to their
+        // owners on the same links (protocol.md §10): one of the two always protects a call.
+        for action in executor.flush() { handle(action) }
+        performExecutor(actions)
+        scheduleFlush()
+    }
+
+    // MARK: Flush
+
+    private func scheduleFlush() {
+        guard !flushScheduled, !isStopped else { return }
+        flushScheduled = true
+        core.reactor.deferToEndOfTurn { [unowned self] in
+            self.flushScheduled = false
+            guard !self.isStopped else { return }
+            self.performExecutor(self.executor.flush())
+            self.publishCounters()
+        }
+    }
+
+    private func publishCounters() {
+        let callerCounters = caller.counters
+        let executorCounters = executor.counters
+        let duplicates = executorCounters.duplicates + callerCounters.ignoredResults
+        let metrics = core.metrics
+        metrics.callsMade += callerCounters.calls - published.calls
+        metrics.callsExecuted += executorCounters.executed - published.executed
+        metrics.retries += callerCounters.retries - published.retries
+        metrics.duplicates += duplicates - published.duplicates
+        published = (callerCounters.calls, executorCounters.executed, callerCounters.retries, duplicates)
+    }
+}

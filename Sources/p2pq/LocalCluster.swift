@@ -1,0 +1,128 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Glibc
+import P2PQLink
+import P2PQNode
+
+/// A throwaway cluster of `p2pq node` child processes on loopback, for the examples and
+/// benchmarks: a shared temporary cluster key, each child serving its operations endpoint.
+///
+/// ```swift
+/// let cluster = try LocalCluster.start(nodes: 4, extraArguments: ["--serve-examples"])
+/// defer { cluster.stop() }
+/// for node in cluster.nodes { print(node.peerID, node.listenAddress, node.operationsURL) }
+/// ```
+/// Only the children it started are ever signalled, by PID.
+final class LocalCluster {
+    /// One child node.
+    struct Member: Sendable {
+        /// The child's process ID.
+        var pid: pid_t
+        /// What peers dial (host:port).
+        var listenAddress: String
+        /// The child's PeerID, as hex.
+        var peerID: String
+        /// Its operations endpoint (`http://127.0.0.1:port`): `/status`, `/metrics`.
+        var operationsURL: String
+    }
+
+    private(set) var nodes: [Member] = []
+    /// The cluster key file every child (and an in-process node) uses.
+    let keyFile: String
+    let key: ClusterKey
+    private var processes: [Process] = []
+
+    private init(keyFile: String, key: ClusterKey) {
+        self.keyFile = keyFile
+        self.key = key
+    }
+
+    /// The `p2pq` executable (this process).
+    static var executable: URL { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath() }
+
+    /// Starts `count` nodes joined to the first one; returns once each printed its addresses.
+    /// `extraArguments` go to every `p2pq node` (for example `--serve-examples`).
+    static func start(nodes count: Int, extraArguments: [String] = [], logLevel: String = "error") throws -> LocalCluster {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cluster-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).key").path
+        let key = ClusterKey.generate()
+        try key.save(path: path)
+        let cluster = LocalCluster(keyFile: path, key: key)
+        do {
+            for index in 0..<count {
+                var arguments = ["node", "--log-level", logLevel, "--no-discovery", "--key-file", path, "--metrics", "127.0.0.1:0"]
+                if index > 0 { arguments += ["--bootstrap", cluster.nodes[0].listenAddress] }
+                try cluster.launch(arguments + extraArguments)
+            }
+        } catch {
+            cluster.stop()
+            throw error
+        }
+        return cluster
+    }
+
+    private func launch(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        processes.append(process)
+        let fd = output.fileHandleForReading.fileDescriptor
+        // "listening <address> <peer id>" then "operations http://...".
+        let first = Self.readLine(fd).split(separator: " ").map(String.init)
+        let second = Self.readLine(fd).split(separator: " ").map(String.init)
+        guard first.count == 3, first[0] == "listening", second.count == 2, second[0] == "operations" else {
+            throw LocalClusterError(description: "p2pq node (pid \(process.processIdentifier)) did not start: \(first) \(second)")
+        }
+        nodes.append(Member(pid: process.processIdentifier, listenAddress: first[1], peerID: first[2], operationsURL: second[1]))
+    }
+
+    private static func readLine(_ fd: Int32) -> String {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            let n = read(fd, &byte, 1)
+            if n == 1 {
+                if byte == UInt8(ascii: "\n") { break }
+                line.append(byte)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    /// A node's `/status`, nil if it does not answer.
+    static func status(of member: Member) async -> NodeStatus? {
+        guard let url = URL(string: member.operationsURL + "/status"),
+              let (data, _) = try? await URLSession.shared.data(from: url) else { return nil }
+        return try? JSONDecoder().decode(NodeStatus.self, from: data)
+    }
+
+    /// Stops every child: SIGTERM, then SIGKILL for those still running after `grace`.
+    func stop(grace: Duration = .seconds(3)) {
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let clock = ContinuousClock()
+        let deadline = clock.now + grace
+        while processes.contains(where: \.isRunning) && clock.now < deadline { usleep(20_000) }
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        for process in processes { process.waitUntilExit() }
+        processes = []
+        unlink(keyFile)
+    }
+
+    deinit {
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        unlink(keyFile)
+    }
+}
+
+struct LocalClusterError: Error, CustomStringConvertible {
+    var description: String
+}

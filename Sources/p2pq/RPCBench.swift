@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import Logging
+import P2PQLink
+import P2PQNode
+import P2PQRemoteCall
+
+/// `p2pq bench rpc`: workload W2 (DESIGN.md). A caller in this process invokes a registered
+/// echo (16-byte argument and result) on a `p2pq node` child: (a) one call in flight, round
+/// trip percentiles; (b) many in flight, calls/s, for off-reactor and inline execution.
+struct RPCBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rpc",
+        abstract: "Remote-call round trips and throughput against a child node (W2); JSON per run."
+    )
+
+    @Option(help: "Calls for the one-in-flight latency run.")
+    var latencyCalls: Int = 100_000
+
+    @Option(help: "Calls for each throughput run.")
+    var throughputCalls: Int = 1_000_000
+
+    @Option(help: "Calls in flight for the throughput runs.")
+    var inFlight: Int = 256
+
+    @Option(help: "Runs of each measurement (the median is reported).")
+    var runs: Int = 3
+
+    @Option(help: "Calls the executing node runs at once.")
+    var maxConcurrentCalls: Int = 256
+
+    func validate() throws {
+        guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
+        guard latencyCalls >= 1, throughputCalls >= 1, inFlight >= 1, maxConcurrentCalls >= 1 else {
+            throw ValidationError("counts must be positive")
+        }
+    }
+
+    func run() async throws {
+        let cluster = try LocalCluster.start(nodes: 1, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)"])
+        var configuration = NodeConfiguration()
+        configuration.listenHost = "127.0.0.1"
+        configuration.listenPort = 0
+        configuration.bootstrap = [cluster.nodes[0].listenAddress]
+        configuration.clusterKey = cluster.key
+        configuration.discovery.enabled = false
+        var logger = Logger(label: "p2pq")
+        logger.logLevel = .error
+        configuration.logger = logger
+        let node = try Node(configuration: configuration)
+        try await node.start()
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(15)
+        while await node.connectedPeers().isEmpty {
+            guard clock.now < deadline else {
+                cluster.stop()
+                throw ValidationError("the child node did not connect within 15 s")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: .milliseconds(500))  // queue gossip: the child waits for calls
+        let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
+        let echo = rpc.rawFunction("echo")
+        let inline = rpc.rawFunction("echo-inline")
+        let argument = [UInt8](repeating: 0xAB, count: 16)
+
+        // Warm up links, caches and the child's waiting pops.
+        for _ in 0..<2000 { _ = try await echo(argument) }
+
+        var p50s: [Double] = []
+        var p99s: [Double] = []
+        for run in 1...runs {
+            var samples = [Double]()
+            samples.reserveCapacity(latencyCalls)
+            for _ in 0..<latencyCalls {
+                let start = clock.now
+                let result = try await echo(argument)
+                let elapsed = clock.now - start
+                guard result.count == 16 else { throw ValidationError("echo returned \(result.count) bytes") }
+                samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
+            }
+            samples.sort()
+            let p50 = samples[samples.count / 2]
+            let p99 = samples[min(samples.count - 1, samples.count * 99 / 100)]
+            p50s.append(p50)
+            p99s.append(p99)
+            print(json(["workload": "\"W2a\"", "run": "\(run)", "calls": "\(latencyCalls)", "inFlight": "1",
+                        "p50_us": format(p50), "p99_us": format(p99)]))
+        }
+
+        var rates: [String: [Double]] = [:]
+        for (label, function) in [("off-reactor", echo), ("inline", inline)] {
+            for run in 1...runs {
+                let rate = try await throughput(function, argument: argument, clock: clock)
+                rates[label, default: []].append(rate)
+                print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "run": "\(run)", "calls": "\(throughputCalls)",
+                            "inFlight": "\(inFlight)", "calls_per_s": format(rate)]))
+            }
+        }
+        print(json([
+            "workload": "\"W2\"", "summary": "true",
+            "p50_us_median": format(median(p50s)), "p99_us_median": format(median(p99s)),
+            "calls_per_s_off_reactor_median": format(median(rates["off-reactor"] ?? [])),
+            "calls_per_s_inline_median": format(median(rates["inline"] ?? [])),
+        ]))
+        fflush(nil)
+        await node.stop()
+        cluster.stop()
+    }
+
+    private func throughput(_ function: RawRemoteFunction, argument: [UInt8], clock: ContinuousClock) async throws -> Double {
+        let total = throughputCalls
+        let workers = min(inFlight, total)
+        let start = clock.now
+        let failures = await withTaskGroup(of: Int.self) { group in
+            for worker in 0..<workers {
+                let share = total / workers + (worker < total % workers ? 1 : 0)
+                group.addTask {
+                    var failed = 0
+                    for _ in 0..<share {
+                        do throws(RemoteCallError) {
+                            _ = try await function(argument)
+                        } catch {
+                            failed += 1
+                        }
+                    }
+                    return failed
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        let elapsed = clock.now - start
+        guard failures == 0 else { throw ValidationError("\(failures) calls failed") }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        return Double(total) / seconds
+    }
+}
+
+private func format(_ value: Double) -> String { String(format: "%.1f", value) }
+
+private func json(_ fields: KeyValuePairs<String, String>) -> String {
+    "{" + fields.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
+}

@@ -1,0 +1,136 @@
+import Foundation
+import Glibc
+import P2PQLink
+@testable import P2PQNode
+import Testing
+
+/// Runs the `p2pq` binary to completion and returns its exit status and standard output.
+func runP2PQ(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = ChildNode.binary
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    let deadline = ContinuousClock.now + timeout
+    while process.isRunning && ContinuousClock.now < deadline { usleep(10_000) }
+    if process.isRunning {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        throw TimedOut(description: "p2pq \(arguments.joined(separator: " ")) ran over \(timeout)")
+    }
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite("The p2pq command", .serialized)
+struct CLITests {
+    /// A `p2pq node` child with its operations address (second stdout line).
+    final class OperatedNode {
+        let process = Process()
+        let listen: String
+        let operations: String
+        let peerID: String
+
+        init(keyFile: String, bootstrap: String?) throws {
+            process.executableURL = ChildNode.binary
+            process.arguments = ["node", "--log-level", "error", "--no-discovery", "--key-file", keyFile,
+                                 "--metrics", "127.0.0.1:0"] + (bootstrap.map { ["--bootstrap", $0] } ?? [])
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let fd = output.fileHandleForReading.fileDescriptor
+            func line() -> [String] {
+                var bytes: [UInt8] = []
+                var byte: UInt8 = 0
+                while bytes.last != UInt8(ascii: "\n") {
+                    let n = read(fd, &byte, 1)
+                    if n == 1 { bytes.append(byte) } else if n < 0 && errno == EINTR { continue } else { break }
+                }
+                return String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isWhitespace).map(String.init)
+            }
+            let first = line(), second = line()
+            guard first.count == 3, first[0] == "listening", second.count == 2, second[0] == "operations" else {
+                kill(process.processIdentifier, SIGKILL)
+                throw TimedOut(description: "unexpected output from p2pq node: \(first) \(second)")
+            }
+            listen = first[1]
+            peerID = first[2]
+            operations = String(second[1].dropFirst("http://".count))
+        }
+
+        deinit {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+    }
+
+    @Test("3 nodes: push through one, pop through another, status, SIGTERM: all exit 0, nothing lost")
+    func threeNodeRoundTrip() async throws {
+        let keyFile = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cli-\(UUID().uuidString).key").path
+        defer { unlink(keyFile) }
+        let keygen = try runP2PQ(["keygen", keyFile])
+        #expect(keygen.status == 0)
+
+        let a = try OperatedNode(keyFile: keyFile, bootstrap: nil)
+        let b = try OperatedNode(keyFile: keyFile, bootstrap: a.listen)
+        let c = try OperatedNode(keyFile: keyFile, bootstrap: a.listen)
+        let nodes = [a, b, c]
+
+        // The mesh forms (peer exchange gives b and c each other).
+        try await eventually("every node links to the two others", timeout: .seconds(15)) {
+            nodes.allSatisfy { node in
+                guard let status = try? runP2PQ(["status", node.operations, "--json"]), status.status == 0,
+                      let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(status.output.utf8)) else { return false }
+                return decoded.peers.filter { $0.state == "connected" && $0.member == "alive" }.count == 2
+            }
+        }
+
+        let items = (0..<200).map { "item-\($0)" }
+        let pushed = try runP2PQ(["push", a.operations, "--queue", "cli"] + items)
+        #expect(pushed.status == 0, "push: \(pushed.output)")
+
+        var popped: [String] = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while popped.count < items.count && ContinuousClock.now < deadline {
+            let answer = try runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500"])
+            popped += answer.output.split(separator: "\n").map(String.init).filter { $0.hasPrefix("item-") }
+        }
+        #expect(popped.count == items.count, "popped \(popped.count) of \(items.count)")
+        #expect(Set(popped) == Set(items), "lost or foreign items")
+
+        // status prints a table with the peers and the counters.
+        let table = try runP2PQ(["status", c.operations])
+        #expect(table.status == 0)
+        #expect(table.output.contains(a.peerID.prefix(16)) && table.output.contains("p2pq_items_popped_total"), "status:\n\(table.output)")
+        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try runP2PQ(["status", b.operations, "--json"]).output.utf8))
+        #expect(bStatus.counters["p2pq_items_popped_total"] == items.count)
+
+        for node in nodes { kill(node.process.processIdentifier, SIGTERM) }
+        for node in nodes {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while node.process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(!node.process.isRunning, "a node did not exit after SIGTERM")
+            if !node.process.isRunning {
+                #expect(node.process.terminationReason == .exit && node.process.terminationStatus == 0)
+            }
+        }
+    }
+
+    @Test("The embedding example runs a node in a ServiceGroup, uses queue and calls, and exits 0")
+    func embeddedServiceExample() throws {
+        let binary = ChildNode.binary.deletingLastPathComponent().appendingPathComponent("EmbeddedService")
+        try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build it with `swift build`")
+        let process = Process()
+        process.executableURL = binary
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(text.contains("sum of squares 1...100 = 338350 (expected 338350)"), "output: \(text)")
+    }
+}

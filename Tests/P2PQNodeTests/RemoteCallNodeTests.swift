@@ -1,0 +1,284 @@
+import Foundation
+import Glibc
+import P2PQLink
+@testable import P2PQNode
+import P2PQRemoteCall
+import P2PQWire
+import Synchronization
+import Testing
+
+private struct Boom: Error, CustomStringConvertible {
+    var code: Int
+    var description: String { "boom \(code)" }
+}
+
+private func result<T>(_ body: () async throws(RemoteCallError) -> T) async -> Result<T, RemoteCallError> {
+    do throws(RemoteCallError) {
+        return .success(try await body())
+    } catch {
+        return .failure(error)
+    }
+}
+
+/// Counts concurrent executions and remembers the peak.
+private final class Gauge: Sendable {
+    private let state = Mutex<(now: Int, peak: Int, total: Int)>((0, 0, 0))
+    func enter() { state.withLock { $0.now += 1; $0.total += 1; $0.peak = max($0.peak, $0.now) } }
+    func leave() { state.withLock { $0.now -= 1 } }
+    var peak: Int { state.withLock { $0.peak } }
+    var total: Int { state.withLock { $0.total } }
+}
+
+private func fibonacci(_ n: Int) -> Int {
+    var (a, b) = (0, 1)
+    for _ in 0..<n { (a, b) = (b, a + b) }
+    return a
+}
+
+@Suite("Remote calls on real nodes", .serialized)
+struct RemoteCallNodeTests {
+    let key = ClusterKey.generate()
+
+    /// `count` nodes in a full mesh with membership settled, and a RemoteCall on each.
+    func cluster(_ count: Int, maxConcurrentCalls: Int = 4) async throws -> [(Node, RemoteCall)] {
+        var nodes: [Node] = []
+        var first: String?
+        for _ in 0..<count {
+            let node = try Node(configuration: testConfiguration(key: key, bootstrap: first.map { [$0] } ?? []))
+            let info = try await node.start()
+            if first == nil { first = "\(info.listenAddress)" }
+            nodes.append(node)
+        }
+        try await eventually("a full mesh") {
+            for node in nodes where await node.connectedPeers().count != count - 1 { return false }
+            return true
+        }
+        var result: [(Node, RemoteCall)] = []
+        for node in nodes {
+            result.append((node, try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)))
+        }
+        return result
+    }
+
+    func stop(_ nodes: [(Node, RemoteCall)]) async {
+        for (node, _) in nodes { await node.stop() }
+    }
+
+    @Test("maxConcurrentCalls is never exceeded (counter inside the function)")
+    func concurrencyLimit() async throws {
+        let nodes = try await cluster(2, maxConcurrentCalls: 3)
+        let gauges = [Gauge(), Gauge()]
+        var handles: [RemoteFunction<Int, Int>] = []
+        for (index, (_, rpc)) in nodes.enumerated() {
+            let gauge = gauges[index]
+            handles.append(rpc.register("slow") { (n: Int) async throws -> Int in
+                gauge.enter()
+                defer { gauge.leave() }
+                try await Task.sleep(for: .milliseconds(5))
+                return n * 2
+            })
+            try await rpc.process()
+        }
+        let results = await handles[0].call(batch: Array(0..<120))
+        #expect(results.map { try? $0.get() } == (0..<120).map { $0 * 2 })
+        #expect(gauges[0].peak <= 3 && gauges[1].peak <= 3, "peaks \(gauges[0].peak), \(gauges[1].peak)")
+        #expect(gauges[0].total + gauges[1].total >= 120)
+        await stop(nodes)
+    }
+
+    @Test("Recursive fib with maxConcurrentCalls = 1 on 3 nodes finishes and is correct")
+    func recursiveFib() async throws {
+        let nodes = try await cluster(3, maxConcurrentCalls: 1)
+        for (_, rpc) in nodes {
+            let fib = rpc.function("fib", memoize: true, arguments: Int.self, result: Int.self)
+            rpc.register("fib", memoize: true) { (n: Int) async throws -> Int in
+                if n < 2 { return n }
+                async let a = fib(n - 1)
+                async let b = fib(n - 2)
+                return try await a + b
+            }
+            try await rpc.process()
+        }
+        let fib = nodes[0].1.function("fib", memoize: true, arguments: Int.self, result: Int.self)
+        let value = try await fib(25, timeout: .seconds(60))
+        #expect(value == fibonacci(25))
+        // Plain sequential recursion too, without memoization.
+        for (_, rpc) in nodes {
+            let plain = rpc.function("plain", arguments: Int.self, result: Int.self)
+            rpc.register("plain") { (n: Int) async throws -> Int in
+                n < 2 ? n : try await plain(n - 1) + plain(n - 2)
+            }
+        }
+        let plain = nodes[1].1.function("plain", arguments: Int.self, result: Int.self)
+        #expect(try await plain(10, timeout: .seconds(60)) == fibonacci(10))
+        await stop(nodes)
+    }
+
+    @Test("Errors: thrown error, unknown function, bad arguments, deadline, cancellation")
+    func errors() async throws {
+        let nodes = try await cluster(2)
+        for (_, rpc) in nodes {
+            rpc.register("fail") { (code: Int) async throws -> Int in throw Boom(code: code) }
+            rpc.register("sleep") { (ms: Int) async throws -> Int in
+                try await Task.sleep(for: .milliseconds(ms))
+                return ms
+            }
+            rpc.register("text") { (s: String) async throws -> String in s }
+        }
+        // Only the second node executes, so every call crosses the link.
+        try await nodes[1].1.process()
+        let rpc = nodes[0].1
+
+        let thrown = await result { () async throws(RemoteCallError) in try await rpc.function("fail", arguments: Int.self, result: Int.self)(7) }
+        guard case .failure(.remote(let typeName, let description)) = thrown else {
+            Issue.record("expected a remote error, got \(thrown)")
+            return
+        }
+        #expect(typeName.hasSuffix("Boom"))
+        #expect(description == "boom 7")
+
+        let unknown = await result { () async throws(RemoteCallError) in try await rpc.function("nothing", arguments: Int.self, result: Int.self)(1) }
+        #expect(unknown == .failure(.unknownFunction("nothing")))
+
+        // An Int where a String is expected.
+        let bad = await result { () async throws(RemoteCallError) in try await rpc.function("text", arguments: Int.self, result: String.self)(5) }
+        guard case .failure(.badArguments(let function, _)) = bad else {
+            Issue.record("expected bad arguments, got \(bad)")
+            return
+        }
+        #expect(function == "text")
+
+        let late = await result { () async throws(RemoteCallError) in
+            try await rpc.function("sleep", arguments: Int.self, result: Int.self)(2000, timeout: .milliseconds(100))
+        }
+        #expect(late == .failure(.timedOut(function: "sleep")))
+
+        let sleeper = rpc.function("sleep", arguments: Int.self, result: Int.self)
+        let task = Task { await result { () async throws(RemoteCallError) in try await sleeper(3000) } }
+        try await Task.sleep(for: .milliseconds(100))
+        task.cancel()
+        #expect(await task.value == .failure(.cancelled(function: "sleep")))
+
+        // The executor survived all of it.
+        let text = rpc.function("text", arguments: String.self, result: String.self)
+        #expect(try await text("still here") == "still here")
+        await stop(nodes)
+    }
+
+    @Test("Memoization: 100 concurrent identical calls run once")
+    func coalescing() async throws {
+        let nodes = try await cluster(2)
+        let gauge = Gauge()
+        for (_, rpc) in nodes {
+            rpc.register("square", memoize: true) { (n: Int) async throws -> Int in
+                gauge.enter()
+                defer { gauge.leave() }
+                try await Task.sleep(for: .milliseconds(50))
+                return n * n
+            }
+            try await rpc.process()
+        }
+        let square = nodes[0].1.function("square", memoize: true, arguments: Int.self, result: Int.self)
+        let results = await withTaskGroup(of: Int?.self) { group in
+            for _ in 0..<100 { group.addTask { try? await square(12) } }
+            var all: [Int?] = []
+            for await value in group { all.append(value) }
+            return all
+        }
+        #expect(results.count == 100 && results.allSatisfy { $0 == 144 })
+        #expect(gauge.total == 1)
+        #expect(try await square(12) == 144)  // cached
+        #expect(gauge.total == 1)
+        await stop(nodes)
+    }
+
+    @Test("Pi over 3 nodes: every node executes some calls")
+    func piSpread() async throws {
+        let nodes = try await cluster(3, maxConcurrentCalls: 2)
+        let gauges = [Gauge(), Gauge(), Gauge()]
+        for (index, (_, rpc)) in nodes.enumerated() {
+            let gauge = gauges[index]
+            rpc.register("pi") { (seed: UInt64) async throws -> Int in
+                gauge.enter()
+                defer { gauge.leave() }
+                var generator = SplitMix(seed: seed)
+                var inside = 0
+                for _ in 0..<20_000 {
+                    let x = Double(generator.next() >> 11) / Double(1 << 53)
+                    let y = Double(generator.next() >> 11) / Double(1 << 53)
+                    if x * x + y * y <= 1 { inside += 1 }
+                }
+                try await Task.sleep(for: .milliseconds(2))
+                return inside
+            }
+            try await rpc.process()
+        }
+        let pi = nodes[0].1.function("pi", arguments: UInt64.self, result: Int.self)
+        let results = await pi.call(batch: (0..<150).map { UInt64($0) })
+        let inside = results.compactMap { try? $0.get() }.reduce(0, +)
+        #expect(results.allSatisfy { (try? $0.get()) != nil })
+        let estimate = 4 * Double(inside) / Double(150 * 20_000)
+        #expect(abs(estimate - Double.pi) < 0.05)
+        #expect(gauges.allSatisfy { $0.total > 0 }, "executed per node: \(gauges.map(\.total))")
+        await stop(nodes)
+    }
+
+    @Test("A submit-only node's calls run elsewhere; stopped nodes fail calls")
+    func submitOnly() async throws {
+        let nodes = try await cluster(2)
+        let echo = nodes[0].1.rawFunction("echo")
+        nodes[1].1.registerRaw("echo") { $0 }
+        nodes[0].1.registerRaw("echo") { _ in [0] }  // never runs: node 0 does not process
+        try await nodes[1].1.process()
+        for round in 0..<20 {
+            #expect(try await echo([UInt8(round), 1, 2]) == [UInt8(round), 1, 2])
+        }
+        let counters = try #require(await nodes[1].1.counters())
+        #expect(counters.executor.executed >= 20)
+        await stop(nodes)
+        let after = await result { () async throws(RemoteCallError) in try await echo([1]) }
+        #expect(after == .failure(.nodeStopped))
+    }
+
+    @Test("Killing the executing node (a child process) with SIGKILL: the call still returns the right result")
+    func executorKilled() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
+        try key.save(path: path)
+        defer { unlink(path) }
+        let node = try Node(configuration: testConfiguration(key: key))
+        let info = try await node.start()
+        let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
+        rpc.register("sleep-then-answer") { (ms: Int) async throws -> Int in
+            try await Task.sleep(for: .milliseconds(ms))
+            return ms + 1
+        }
+        // Only the child executes at first.
+        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
+        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
+        let call = rpc.function("sleep-then-answer", arguments: Int.self, result: Int.self)
+        let pending = Task { await result { () async throws(RemoteCallError) in try await call(1500, timeout: .seconds(30)) } }
+        // Let the child take it and start it, then kill it mid-call.
+        try await Task.sleep(for: .milliseconds(700))
+        try await rpc.process()  // the survivor takes the retry
+        kill(child.process.processIdentifier, SIGKILL)
+        let value = await pending.value
+        #expect(value == .success(1501))
+        let counters = try #require(await rpc.counters())
+        #expect(counters.caller.retries >= 1)
+        await node.stop()
+    }
+}
+
+/// A small deterministic generator for the pi workload.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
