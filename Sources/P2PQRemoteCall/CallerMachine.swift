@@ -202,10 +202,14 @@ public struct CallerMachine: Sendable {
     /// Makes a call.
     ///
     /// - Parameters:
+    ///   - function: the registered name to call.
+    ///   - arguments: the encoded arguments (also the memo key, with the name).
+    ///   - memoize: share one execution among identical calls and cache the result.
     ///   - deadline: monotonic time (same clock as `now`) at which the call fails with
     ///     ``RemoteCallError/timedOut(function:)``; nil for none.
     ///   - wallClock: the wall-clock time now (Unix ns), to write the item's deadline as a hint
     ///     for executors; 0 writes none (the caller still enforces `deadline`).
+    ///   - now: the current monotonic time in ns.
     /// - Returns: the call's ID and the actions: a `.push` of a new item, or nothing (joined an
     ///   identical memoized call in flight), or an immediate `.complete` (memo cache hit,
     ///   invalid call, deadline already passed, or the outstanding limit reached).

@@ -233,7 +233,9 @@ public struct ExecutorMachine: Sendable {
 
     /// The call queue delivered these items.
     ///
-    /// - Parameter wallClock: wall-clock Unix time in ns, to skip items whose deadline passed.
+    /// - Parameters:
+    ///   - items: encoded call items, in the order the queue delivered them.
+    ///   - wallClock: wall-clock Unix time in ns, to skip items whose deadline passed.
     public mutating func popped(_ items: [[UInt8]], wallClock: UInt64) -> [Action] {
         var actions: [Action] = []
         var runs: [CallTask] = []
