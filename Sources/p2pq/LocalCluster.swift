@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQLink
 import P2PQNode
@@ -51,7 +48,7 @@ final class LocalCluster {
         let cluster = LocalCluster(keyFile: path, key: key)
         do {
             for index in 0..<count {
-                var arguments = ["node", "--log-level", logLevel, "--no-discovery", "--key-file", path, "--metrics", "127.0.0.1:0"]
+                var arguments = ["node", "--log-level", logLevel, "--no-discovery", "--exit-with-parent", "--key-file", path, "--metrics", "127.0.0.1:0"]
                 if index > 0 { arguments += ["--bootstrap", cluster.nodes[0].listenAddress] }
                 try cluster.launch(arguments + extraArguments)
             }
@@ -100,9 +97,46 @@ final class LocalCluster {
 
     /// A node's `/status`, nil if it does not answer.
     static func status(of member: Member) async -> NodeStatus? {
-        guard let url = URL(string: member.operationsURL + "/status"),
-              let (data, _) = try? await URLSession.shared.data(from: url) else { return nil }
-        return try? JSONDecoder().decode(NodeStatus.self, from: data)
+        guard let body = httpGet(member.operationsURL, path: "/status") else { return nil }
+        return try? JSONDecoder().decode(NodeStatus.self, from: Data(body))
+    }
+
+    /// A plain blocking HTTP/1.0 GET on a loopback endpoint (`http://127.0.0.1:port`): the
+    /// body, or nil. (URLSession on Linux traps when a request races a cancellation.)
+    static func httpGet(_ base: String, path: String) -> [UInt8]? {
+        let hostPort = base.replacingOccurrences(of: "http://", with: "")
+        guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else { return nil }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr(String(hostPort[..<colon]))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return nil }
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostPort)\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while response.count < 16 << 20 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                response.append(contentsOf: buffer[0..<n])
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        let separator: [UInt8] = [13, 10, 13, 10]
+        guard response.starts(with: Array("HTTP/1.".utf8)), response.count > 12, response[9] == UInt8(ascii: "2"),
+              let end = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<$0 + 4]) == separator }) else { return nil }
+        return Array(response[(end + 4)...])
     }
 
     /// Stops every child: SIGTERM, then SIGKILL for those still running after `grace`.

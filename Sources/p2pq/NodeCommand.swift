@@ -59,6 +59,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: ArgumentHelp("Register the example functions (echo, fib, pi-sim, sleep-then-answer) and execute remote calls.", visibility: .hidden))
     var serveExamples = false
 
+    @Flag(help: ArgumentHelp("Leave and exit when the parent process exits (local clusters of the examples).", visibility: .hidden))
+    var exitWithParent = false
+
     @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
     var maxConcurrentCalls: Int = 4
 
@@ -132,6 +135,14 @@ struct NodeCommand: AsyncParsableCommand {
         }
 
         guard maxConcurrentCalls > 0 else { throw ValidationError("--max-concurrent-calls must be positive") }
+        if exitWithParent {
+            // Orphaned example nodes must not linger on a shared machine.
+            let parent = getppid()
+            Task.detached {
+                while getppid() == parent { try? await Task.sleep(for: .milliseconds(250)) }
+                requestStop.yield(SIGTERM)
+            }
+        }
         let node = try Node(configuration: configuration)
         let info = try await node.start()
         if serveExamples {

@@ -24,6 +24,9 @@ struct RPCBench: AsyncParsableCommand {
     @Option(help: "Calls in flight for the throughput runs.")
     var inFlight: Int = 256
 
+    @Option(help: "Warm-up calls before measuring.")
+    var warmUp: Int = 200
+
     @Option(help: "Runs of each measurement (the median is reported).")
     var runs: Int = 3
 
@@ -66,8 +69,17 @@ struct RPCBench: AsyncParsableCommand {
         let argument = [UInt8](repeating: 0xAB, count: 16)
 
         // Warm up links, caches and the child's waiting pops.
-        for _ in 0..<2000 { _ = try await echo(argument) }
+        stage("warm-up")
+        for i in 0..<warmUp {
+            do { _ = try await echo(argument, timeout: .seconds(2)) } catch {
+                let size = await node.queue(named: "p2pq.calls").size()
+                let counters = await node.queue(named: "p2pq.calls").counters()
+                FileHandle.standardError.write("call \(i): \(error) size \(size) \(String(describing: counters))\n".data(using: .utf8)!)
+                break
+            }
+        }
 
+        stage("latency; caller queue \(String(describing: await node.queue(named: "p2pq.calls").counters()))")
         var p50s: [Double] = []
         var p99s: [Double] = []
         for run in 1...runs {
@@ -75,7 +87,14 @@ struct RPCBench: AsyncParsableCommand {
             samples.reserveCapacity(latencyCalls)
             for _ in 0..<latencyCalls {
                 let start = clock.now
-                let result = try await echo(argument)
+                let result: [UInt8]
+                do { result = try await echo(argument, timeout: .seconds(2)) } catch {
+                    let size = await node.queue(named: "p2pq.calls").size()
+                    let counters = await node.queue(named: "p2pq.calls").counters()
+                    let child = await LocalCluster.status(of: cluster.nodes[0])
+                    FileHandle.standardError.write("latency: \(error) size \(size) \(String(describing: counters)) child \(String(describing: child?.queues))\n".data(using: .utf8)!)
+                    throw error
+                }
                 let elapsed = clock.now - start
                 guard result.count == 16 else { throw ValidationError("echo returned \(result.count) bytes") }
                 samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
@@ -87,6 +106,7 @@ struct RPCBench: AsyncParsableCommand {
             p99s.append(p99)
             print(json(["workload": "\"W2a\"", "run": "\(run)", "calls": "\(latencyCalls)", "inFlight": "1",
                         "p50_us": format(p50), "p99_us": format(p99)]))
+            fflush(nil)
         }
 
         var rates: [String: [Double]] = [:]
@@ -96,6 +116,7 @@ struct RPCBench: AsyncParsableCommand {
                 rates[label, default: []].append(rate)
                 print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "run": "\(run)", "calls": "\(throughputCalls)",
                             "inFlight": "\(inFlight)", "calls_per_s": format(rate)]))
+                fflush(nil)
             }
         }
         print(json([
@@ -141,4 +162,10 @@ private func format(_ value: Double) -> String { String(format: "%.1f", value) }
 
 private func json(_ fields: KeyValuePairs<String, String>) -> String {
     "{" + fields.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
+}
+
+private func stage(_ text: String) {
+    if ProcessInfo.processInfo.environment["P2PQ_BENCH_TRACE"] != nil {
+        FileHandle.standardError.write("\(text)\n".data(using: .utf8)!)
+    }
 }

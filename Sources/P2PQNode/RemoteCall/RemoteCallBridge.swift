@@ -219,3 +219,4 @@ private final class CallGate: Sendable {
 func outcome(of error: any Error) -> CallOutcome {
     .thrownTruncating(typeName: String(reflecting: type(of: error)), description: String(describing: error))
 }
+

@@ -37,8 +37,8 @@ final class RemoteCallShell {
 
     private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
     private var demand = 0
-    private var waiter: WaiterID?
-    private var waiterMax = 0
+    /// The waiting pops on the call queue and how many items each asked for.
+    private var waiters: [WaiterID: Int] = [:]
 
     private var executorQueue: [ExecutorAction] = []
     private var performingExecutor = false
@@ -168,8 +168,8 @@ final class RemoteCallShell {
         isStopped = true
         if let callerTimer { core.reactor.cancel(callerTimer) }
         callerTimer = nil
-        if let waiter { core.queues.withdraw(queueName, waiter) }
-        waiter = nil
+        for id in waiters.keys { core.queues.withdraw(queueName, id) }
+        waiters = [:]
         for (_, entry) in pending { entry.request.continuation.resume(returning: .failure(.nodeStopped)) }
         pending = [:]
         sequences = [:]
@@ -324,25 +324,33 @@ final class RemoteCallShell {
         }
     }
 
-    /// Keeps one waiting pop on the call queue for exactly the executor's free slots.
+    /// Keeps waiting pops on the call queue for exactly the executor's free slots, as two
+    /// waiters when there are two slots or more: the queue serves waiters in order, so while
+    /// the first takes a call the second still shows peers a waiting consumer (peers dispatch
+    /// new calls straight to nodes whose stats report one). Waiters asking for fewer items than
+    /// the free slots are kept and topped up rather than replaced, for the same reason.
     private func adjustWaiter() {
         let wanted = isStopped ? 0 : demand
-        if let current = waiter {
-            if waiterMax == wanted { return }
-            core.queues.withdraw(queueName, current)
-            waiter = nil
+        var total = waiters.values.reduce(0, +)
+        if total > wanted {
+            for id in waiters.keys.sorted(by: { $0.rawValue < $1.rawValue }) { core.queues.withdraw(queueName, id) }
+            waiters = [:]
+            total = 0
         }
-        guard wanted > 0 else { return }
-        let id = core.queues.makeWaiterID()
-        waiter = id
-        waiterMax = wanted
-        core.queues.pop(queueName, max: wanted, waiter: id) { [unowned self] result in
-            self.delivered(id, result)
+        while total < wanted && waiters.count < 2 {
+            let missing = wanted - total
+            let size = waiters.isEmpty && missing >= 2 ? missing - 1 : missing
+            total += size
+            let id = core.queues.makeWaiterID()
+            waiters[id] = size
+            core.queues.pop(queueName, max: size, waiter: id) { [unowned self] result in
+                self.delivered(id, result)
+            }
         }
     }
 
     private func delivered(_ id: WaiterID, _ result: Result<[[UInt8]], QueueError>) {
-        if waiter == id { waiter = nil }
+        waiters[id] = nil
         guard case .success(let items) = result, !isStopped else { return }
         let actions = executor.popped(items, wallClock: wallClock)
         // The started notices go out now, before the queue can confirm these pops to their
