@@ -32,7 +32,7 @@ extension Node {
     }
 }
 
-/// A queue of `Codable` values over a ``QueueHandle``, encoded with ``CompactEncoder``.
+/// A queue of `Codable` values over a ``QueueHandle``, encoded with `CompactEncoder`.
 ///
 /// Same ordering, delivery and limits as the raw handle; the limits count encoded bytes.
 public struct TypedQueue<T: Codable & Sendable>: Sendable {

@@ -42,8 +42,8 @@ public final class RemoteCall: Sendable {
 
     /// Attaches remote calls to a running node (one `RemoteCall` per node).
     ///
-    /// - Throws: ``RemoteCallError/nodeStopped`` if the node is not running,
-    ///   ``RemoteCallError/invalidCall(_:)`` for a bad setting or a second `RemoteCall` on the node.
+    /// - Throws: `RemoteCallError.nodeStopped` if the node is not running,
+    ///   `RemoteCallError.invalidCall` for a bad setting or a second `RemoteCall` on the node.
     public init(
         node: Node, queueName: String = RemoteCall.defaultQueueName, maxConcurrentCalls: Int = 4,
         configuration: RemoteCallConfiguration = RemoteCallConfiguration()
@@ -73,12 +73,16 @@ public final class RemoteCall: Sendable {
     // MARK: Registration
 
     /// Registers `body` under `name` and returns a handle to call it. Every node registers the
-    /// same names; a node without the name answers calls with ``RemoteCallError/unknownFunction(_:)``.
+    /// same names; a node without the name answers calls with `RemoteCallError.unknownFunction`.
     /// Arguments and results are encoded with `CompactEncoder`, so the memo key (name plus
     /// encoded arguments) is the same for equal values.
     ///
-    /// - Parameter memoize: identical concurrent calls share one execution and successful
-    ///   results are cached (bounded LRU) at caller and executor.
+    /// - Parameters:
+    ///   - name: the function's name, the same on every node.
+    ///   - memoize: identical concurrent calls share one execution and successful results are
+    ///     cached (bounded LRU) at caller and executor.
+    ///   - body: the function; it runs off the reactor thread and may await other registered
+    ///     functions (it gives up its slot while it waits).
     @discardableResult
     public func register<A: Codable & Sendable, R: Codable & Sendable>(
         _ name: String, memoize: Bool = false, _ body: @escaping @Sendable (A) async throws -> R
@@ -177,7 +181,9 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
     /// Calls the function somewhere in the cluster and waits for its result. Cancelling the
     /// calling task cancels the call.
     ///
-    /// - Parameter timeout: fails the call with ``RemoteCallError/timedOut(function:)`` after this.
+    /// - Parameters:
+    ///   - arguments: the call's arguments, encoded with `CompactEncoder`.
+    ///   - timeout: fails the call with `RemoteCallError.timedOut` after this.
     public func callAsFunction(_ arguments: A, timeout: Duration? = nil) async throws(RemoteCallError) -> R {
         let bytes: [UInt8]
         do { bytes = try CompactEncoder().encode(arguments) } catch { throw .invalidCall("arguments of \"\(name)\" did not encode: \(error)") }
