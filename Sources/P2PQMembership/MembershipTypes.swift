@@ -12,9 +12,9 @@ public struct MembershipConfiguration: Sendable, Equatable {
     /// Helpers asked to probe a member that did not answer directly.
     public var indirectProbes = 3
     /// The suspicion timeout with every expected confirmation in.
-    public var suspicionMinTimeout: UInt64 = 1_000_000_000
+    public var suspicionMinTimeout: UInt64 = 500_000_000
     /// The suspicion timeout with no confirmation.
-    public var suspicionMaxTimeout: UInt64 = 4_000_000_000
+    public var suspicionMaxTimeout: UInt64 = 3_000_000_000
     /// Independent suspicions that bring the timeout down to the minimum (Lifeguard's K);
     /// fewer when the cluster has fewer other members.
     public var expectedConfirmations = 3
