@@ -36,9 +36,6 @@ final class LocalCluster {
         self.key = key
     }
 
-    /// The `p2pq` executable (this process).
-    static var executable: URL { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath() }
-
     /// Starts `count` nodes joined to the first one; returns once each printed its addresses.
     /// `extraArguments` go to every `p2pq node` (for example `--serve-examples`).
     static func start(nodes count: Int, extraArguments: [String] = [], logLevel: String = "error") throws -> LocalCluster {
@@ -61,7 +58,7 @@ final class LocalCluster {
 
     private func launch(_ arguments: [String]) throws {
         let process = Process()
-        process.executableURL = Self.executable
+        process.executableURL = SelfProcess.executable
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output

@@ -26,43 +26,22 @@ func runP2PQ(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> 
 
 @Suite("The p2pq command", .serialized)
 struct CLITests {
-    /// A `p2pq node` child with its operations address (second stdout line).
-    final class OperatedNode {
-        let process = Process()
-        let listen: String
+    /// A `p2pq node` child with its operations address (its second stdout line).
+    struct OperatedNode {
+        let child: ChildNode
         let operations: String
-        let peerID: String
+        var process: Process { child.process }
+        var listen: String { child.address }
+        var peerID: String { child.peerID.description }
 
         init(keyFile: String, bootstrap: String?) throws {
-            process.executableURL = ChildNode.binary
-            process.arguments = ["node", "--log-level", "error", "--no-discovery", "--key-file", keyFile,
-                                 "--metrics", "127.0.0.1:0"] + (bootstrap.map { ["--bootstrap", $0] } ?? [])
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let fd = output.fileHandleForReading.fileDescriptor
-            func line() -> [String] {
-                var bytes: [UInt8] = []
-                var byte: UInt8 = 0
-                while bytes.last != UInt8(ascii: "\n") {
-                    let n = read(fd, &byte, 1)
-                    if n == 1 { bytes.append(byte) } else if n < 0 && errno == EINTR { continue } else { break }
-                }
-                return String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isWhitespace).map(String.init)
+            child = try ChildNode(arguments: ["--key-file", keyFile, "--metrics", "127.0.0.1:0"]
+                                  + (bootstrap.map { ["--bootstrap", $0] } ?? []))
+            let words = child.nextLine().split(separator: " ")
+            guard words.count == 2, words[0] == "operations", words[1].hasPrefix("http://") else {
+                throw TimedOut(description: "unexpected second line from p2pq node: \(words)")
             }
-            let first = line(), second = line()
-            guard first.count == 3, first[0] == "listening", second.count == 2, second[0] == "operations" else {
-                kill(process.processIdentifier, SIGKILL)
-                throw TimedOut(description: "unexpected output from p2pq node: \(first) \(second)")
-            }
-            listen = first[1]
-            peerID = first[2]
-            operations = String(second[1].dropFirst("http://".count))
-        }
-
-        deinit {
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            operations = String(words[1].dropFirst("http://".count))
         }
     }
 

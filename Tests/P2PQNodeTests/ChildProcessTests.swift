@@ -27,34 +27,24 @@ final class ChildNode {
         process.standardError = FileHandle.nullDevice
         try process.run()
         // The first line is "listening <address> <peer id>".
-        // Raw reads: the child's signals interrupt reads (EINTR), which FileHandle turns into a trap.
-        var line: [UInt8] = []
-        let fd = output.fileHandleForReading.fileDescriptor
-        var byte: UInt8 = 0
-        while line.last != UInt8(ascii: "\n") {
-            let n = read(fd, &byte, 1)
-            if n == 1 {
-                line.append(byte)
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                break
-            }
-        }
-        let words = String(decoding: line, as: UTF8.self).split(separator: " ").map(String.init)
+        let line = Self.readLine(output.fileHandleForReading.fileDescriptor)
+        let words = line.split(separator: " ").map(String.init)
         guard words.count == 3, words[0] == "listening",
               let peer = PeerID(bytes: Self.hexBytes(words[2].trimmingCharacters(in: .whitespacesAndNewlines))) else {
             process.terminate()
-            throw TimedOut(description: "unexpected first line from p2pq node: \(String(decoding: line, as: UTF8.self))")
+            throw TimedOut(description: "unexpected first line from p2pq node: \(line)")
         }
         address = words[1]
         peerID = peer
     }
 
     /// The child's next line of standard output (without the newline); empty at its end.
-    func nextLine() -> String {
+    func nextLine() -> String { Self.readLine(output.fileHandleForReading.fileDescriptor) }
+
+    /// Reads one line from `fd`. Raw reads: the child's signals interrupt reads (EINTR), which
+    /// FileHandle turns into a trap.
+    static func readLine(_ fd: Int32) -> String {
         var line: [UInt8] = []
-        let fd = output.fileHandleForReading.fileDescriptor
         var byte: UInt8 = 0
         while true {
             let n = read(fd, &byte, 1)

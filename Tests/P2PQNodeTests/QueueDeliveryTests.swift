@@ -71,21 +71,7 @@ struct QueueDeliveryTests {
     let key = ClusterKey.generate()
 
     func cluster(_ count: Int, configure: (inout NodeConfiguration) -> Void = { _ in }) async throws -> [Node] {
-        var nodes: [Node] = []
-        var first: String?
-        for _ in 0..<count {
-            var configuration = testConfiguration(key: key, bootstrap: first.map { [$0] } ?? [])
-            configure(&configuration)
-            let node = try Node(configuration: configuration)
-            let info = try await node.start()
-            if first == nil { first = "\(info.listenAddress)" }
-            nodes.append(node)
-        }
-        try await eventually("a full mesh") {
-            for node in nodes where await node.connectedPeers().count != count - 1 { return false }
-            return true
-        }
-        return nodes
+        try await startMesh(count, key: key, configure: configure)
     }
 
     @Test("Exactly once without faults: 4 nodes, 100,000 items pushed at one, popped on all four")

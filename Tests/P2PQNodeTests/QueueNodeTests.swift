@@ -18,23 +18,8 @@ private func item(_ n: Int) -> [UInt8] {
 struct QueueNodeTests {
     let key = ClusterKey.generate()
 
-    /// `count` nodes in a full mesh.
     func cluster(_ count: Int, configure: (inout NodeConfiguration) -> Void = { _ in }) async throws -> [Node] {
-        var nodes: [Node] = []
-        var first: String?
-        for _ in 0..<count {
-            var configuration = testConfiguration(key: key, bootstrap: first.map { [$0] } ?? [])
-            configure(&configuration)
-            let node = try Node(configuration: configuration)
-            let info = try await node.start()
-            if first == nil { first = "\(info.listenAddress)" }
-            nodes.append(node)
-        }
-        try await eventually("a full mesh") {
-            for node in nodes where await node.connectedPeers().count != count - 1 { return false }
-            return true
-        }
-        return nodes
+        try await startMesh(count, key: key, configure: configure)
     }
 
     @Test("Local push and pop: FIFO, timeout, batch, tryPush and backpressure, close")

@@ -41,18 +41,7 @@ struct RemoteCallNodeTests {
 
     /// `count` nodes in a full mesh with membership settled, and a RemoteCall on each.
     func cluster(_ count: Int, maxConcurrentCalls: Int = 4) async throws -> [(Node, RemoteCall)] {
-        var nodes: [Node] = []
-        var first: String?
-        for _ in 0..<count {
-            let node = try Node(configuration: testConfiguration(key: key, bootstrap: first.map { [$0] } ?? []))
-            let info = try await node.start()
-            if first == nil { first = "\(info.listenAddress)" }
-            nodes.append(node)
-        }
-        try await eventually("a full mesh") {
-            for node in nodes where await node.connectedPeers().count != count - 1 { return false }
-            return true
-        }
+        let nodes = try await startMesh(count, key: key)
         var result: [(Node, RemoteCall)] = []
         for node in nodes {
             result.append((node, try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)))

@@ -120,3 +120,25 @@ final class RawClient {
         return nil
     }
 }
+
+/// `count` started test nodes sharing `key`, each bootstrapped to the first, once they form a
+/// full mesh.
+func startMesh(
+    _ count: Int, key: ClusterKey, configure: (inout NodeConfiguration) -> Void = { _ in }
+) async throws -> [Node] {
+    var nodes: [Node] = []
+    var first: String?
+    for _ in 0..<count {
+        var configuration = testConfiguration(key: key, bootstrap: first.map { [$0] } ?? [])
+        configure(&configuration)
+        let node = try Node(configuration: configuration)
+        let info = try await node.start()
+        if first == nil { first = "\(info.listenAddress)" }
+        nodes.append(node)
+    }
+    try await eventually("a full mesh") {
+        for node in nodes where await node.connectedPeers().count != count - 1 { return false }
+        return true
+    }
+    return nodes
+}
