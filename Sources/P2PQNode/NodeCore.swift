@@ -155,11 +155,13 @@ final class NodeCore {
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
                 queues.peerLinkChanged(peer)
+                remoteCalls?.peerDisconnected(peer)
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
                 if reason != .stopped { membership?.linkDown(peer) }
                 queues.peerDisconnected(peer)
+                remoteCalls?.peerDisconnected(peer)
             }
         }
     }

@@ -75,6 +75,9 @@ public struct CallerCounters: Hashable, Sendable {
     public var cancellations = 0
     /// Calls refused at the outstanding limit.
     public var refused = 0
+    /// Items sent straight to an executor on its credit (first attempts and retries), instead
+    /// of pushed on the queue.
+    public var direct = 0
 
     public init() {}
 }
@@ -101,6 +104,15 @@ public struct CallerCounters: Hashable, Sendable {
 /// - A started notice for a call that is not outstanding (cancelled, already answered, or of a
 ///   previous process) is answered with a cancel, so stray executions stop early.
 ///
+/// ## Direct calls
+/// An executor that has run a call of this node grants it credit (``RemoteCallMessage/credit(_:)``)
+/// for as many direct calls as it has free slots. While a peer's credit lasts, a new item goes
+/// straight to it in a ``RemoteCallMessage/direct(_:)`` message (one hop, no queue, no
+/// balancing round) and names it the executor at once; with no credit anywhere the item is
+/// pushed on the queue. A direct call is protected like a started one (the executor's death
+/// re-pushes it) and, since no queue acknowledges it, also by its link: when the link to its
+/// executor goes down (``peerDisconnected(_:now:)``) before the result came, it is pushed again.
+///
 /// ## Memoization
 /// Memoized calls are keyed by function name and encoded arguments. A success is cached (LRU,
 /// bounded by entries and bytes); failures are not. An identical memoized call made while one
@@ -122,8 +134,11 @@ public struct CallerMachine: Sendable {
         var arguments: [UInt8]
         var memoKey: MemoKey?
         var attempt: UInt8
-        /// The executor named by the current attempt's started notice.
+        /// The executor named by the current attempt's started notice, or the peer it was sent
+        /// to directly.
         var executor: PeerID?
+        /// The current attempt went straight to `executor` (no queue holds it).
+        var direct = false
         /// Whether the flight's own call (same sequence) still waits for it.
         var ownTicket = true
         /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
@@ -157,6 +172,12 @@ public struct CallerMachine: Sendable {
     /// Peers membership reported dead or gone, so a late started notice from one counts as a
     /// loss. Bounded; oldest forgotten first.
     private var lostPeers = BoundedSet<PeerID>(capacity: 4096)
+    /// Direct calls each executor still grants this node.
+    private var credits: [PeerID: Int] = [:]
+    /// Direct items of this input, by executor: one message each at the end of the input.
+    private var directOut: [PeerID: [[UInt8]]] = [:]
+    /// Most credit remembered per executor (a misbehaving peer cannot make it grow without end).
+    static let maxCredit = 1 << 20
 
     public init(localPeer: PeerID, configuration: CallerConfiguration = CallerConfiguration()) {
         precondition((0...254).contains(configuration.maxRetries), "maxRetries must be in 0...254")
@@ -191,6 +212,13 @@ public struct CallerMachine: Sendable {
     public func attempt(of call: CallID) -> Int? {
         guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return nil }
         return flights[ticket.flight].map { Int($0.attempt) }
+    }
+    /// Direct calls `peer` still grants this node.
+    public func credit(of peer: PeerID) -> Int { credits[peer] ?? 0 }
+    /// Whether `call` went straight to its executor (rather than through the queue).
+    public func isDirect(_ call: CallID) -> Bool {
+        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return false }
+        return flights[ticket.flight]?.direct ?? false
     }
     /// Whether `call` is still waiting for its result.
     public func isOutstanding(_ call: CallID) -> Bool {
@@ -336,8 +364,13 @@ public struct CallerMachine: Sendable {
                 flights[entry.sequence]!.executor = peer
                 flightsByExecutor[peer, default: []].insert(entry.sequence)
             }
-        case .cancel:
-            break  // cancels go to executors
+        case .credit(let slots):
+            // A lost or departed peer's late credit is not used (its calls would be lost).
+            if !lostPeers.contains(peer) && peer != localPeer {
+                credits[peer] = Swift.min(Self.maxCredit, (credits[peer] ?? 0) + Int(slots))
+            }
+        case .cancel, .direct:
+            break  // these go to executors
         }
         emit(cancels, into: &actions)
         finish(&actions)
@@ -354,6 +387,25 @@ public struct CallerMachine: Sendable {
     /// abandons its calls; re-pushing is safe because duplicate results are ignored).
     public mutating func peerLeft(_ peer: PeerID, now: UInt64) -> [Action] {
         peerLost(peer)
+    }
+
+    /// The link to `peer` went down (or was replaced): its credit is void, and the direct calls
+    /// it was sent and has not answered are pushed again (what was on the link may be lost; a
+    /// call that did arrive may then run twice, and the first result wins).
+    public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
+        credits[peer] = nil
+        var actions: [Action] = []
+        if let flightIDs = flightsByExecutor[peer] {
+            for flightID in flightIDs.sorted() where flights[flightID]?.direct == true {
+                flightsByExecutor[peer]?.remove(flightID)
+                flights[flightID]?.executor = nil
+                flights[flightID]?.direct = false
+                lose(flightID, into: &actions)
+            }
+            if flightsByExecutor[peer]?.isEmpty == true { flightsByExecutor[peer] = nil }
+        }
+        finish(&actions)
+        return actions
     }
 
     /// `peer` (re)joined: its started notices count again.
@@ -408,14 +460,50 @@ public struct CallerMachine: Sendable {
         return ticket
     }
 
+    /// Sends the flight's current attempt: straight to the executor with the most credit, or
+    /// onto the queue when none has any.
     private mutating func push(_ flightID: UInt64, _ flight: Flight, into actions: inout [Action]) {
         let item = CallItem(
             id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
             function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
             arguments: flight.arguments
         )
+        let bytes = item.unvalidatedBytes(callerBytes: localPeerBytes)  // validated in call()
         counters.pushes += 1
-        actions.append(.push(item.id, item: item.unvalidatedBytes(callerBytes: localPeerBytes)))  // validated in call()
+        if let executor = bestCredit() {
+            credits[executor]! -= 1
+            if credits[executor] == 0 { credits[executor] = nil }
+            flights[flightID]?.executor = executor
+            flights[flightID]?.direct = true
+            flightsByExecutor[executor, default: []].insert(flightID)
+            directOut[executor, default: []].append(bytes)
+            counters.direct += 1
+            return
+        }
+        actions.append(.push(item.id, item: bytes))
+    }
+
+    /// The executor with the most credit (lowest ID among equals), if any has some.
+    private func bestCredit() -> PeerID? {
+        var best: (peer: PeerID, credit: Int)?
+        for (peer, credit) in credits where credit > 0 {
+            if best == nil || credit > best!.credit || (credit == best!.credit && peer < best!.peer) { best = (peer, credit) }
+        }
+        return best?.peer
+    }
+
+    /// The direct items of this input, one message per executor (split at the entry limit).
+    private mutating func emitDirect(into actions: inout [Action]) {
+        guard !directOut.isEmpty else { return }
+        for (peer, items) in directOut.sorted(by: { $0.key < $1.key }) {
+            var start = 0
+            while start < items.count {
+                let end = min(items.count, start + RemoteCallLimits.maxEntriesPerMessage)
+                actions.append(.send(.direct(Array(items[start..<end])), to: peer))
+                start = end
+            }
+        }
+        directOut.removeAll(keepingCapacity: true)
     }
 
     private mutating func resultArrived(_ entry: CallResultEntry, into actions: inout [Action]) {
@@ -447,6 +535,7 @@ public struct CallerMachine: Sendable {
 
     private mutating func peerLost(_ peer: PeerID) -> [Action] {
         lostPeers.insert(peer)
+        credits[peer] = nil
         var actions: [Action] = []
         if let lost = flightsByExecutor.removeValue(forKey: peer) {
             for flightID in lost.sorted() {
@@ -476,6 +565,7 @@ public struct CallerMachine: Sendable {
         }
         flight.attempt += 1
         flight.executor = nil
+        flight.direct = false
         flights[flightID] = flight
         counters.retries += 1
         push(flightID, flight, into: &actions)
@@ -513,8 +603,9 @@ public struct CallerMachine: Sendable {
         }
     }
 
-    /// Common tail of every input: capacity signal and timer.
+    /// Common tail of every input: direct items, capacity signal and timer.
     private mutating func finish(_ actions: inout [Action]) {
+        emitDirect(into: &actions)
         if refusedSinceCapacity && tickets.count < configuration.maxOutstandingCalls {
             refusedSinceCapacity = false
             actions.append(.capacityAvailable)

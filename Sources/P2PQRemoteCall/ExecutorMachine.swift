@@ -20,6 +20,12 @@ public struct ExecutorConfiguration: Hashable, Sendable {
     public var rememberedCancels: Int
     /// Callers remembered as dead (their calls are dropped).
     public var rememberedDeadCallers: Int
+    /// Whether free slots are offered to remote callers as credit for direct calls
+    /// (``RemoteCallMessage/credit(_:)``), so their calls come in one hop instead of through
+    /// the queue's balancing. Off, every call comes through the queue.
+    public var grantsCredit: Bool
+    /// Remote callers credited at once (the most recent ones).
+    public var maxCreditedCallers: Int
 
     public init(
         maxConcurrentCalls: Int = 1,
@@ -29,7 +35,9 @@ public struct ExecutorConfiguration: Hashable, Sendable {
         maxMessageBodySize: Int = WireProtocol.defaultMaxFrameSize - 1,
         deadlineGrace: UInt64 = 1_000_000_000,
         rememberedCancels: Int = 4096,
-        rememberedDeadCallers: Int = 4096
+        rememberedDeadCallers: Int = 4096,
+        grantsCredit: Bool = true,
+        maxCreditedCallers: Int = 64
     ) {
         self.maxConcurrentCalls = maxConcurrentCalls
         self.memoCacheEntries = memoCacheEntries
@@ -39,6 +47,8 @@ public struct ExecutorConfiguration: Hashable, Sendable {
         self.deadlineGrace = deadlineGrace
         self.rememberedCancels = rememberedCancels
         self.rememberedDeadCallers = rememberedDeadCallers
+        self.grantsCredit = grantsCredit
+        self.maxCreditedCallers = maxCreditedCallers
     }
 }
 
@@ -108,6 +118,10 @@ public struct ExecutorCounters: Hashable, Sendable {
     /// Items answered unknown function or malformed, or discarded.
     public var unknownFunction = 0
     public var malformed = 0
+    /// Items that came directly from their caller, on credit.
+    public var direct = 0
+    /// Credit granted to callers, in calls.
+    public var creditGranted = 0
     /// Highest number of slots held at once.
     public var peakSlotsInUse = 0
 
@@ -127,8 +141,17 @@ public struct ExecutorCounters: Hashable, Sendable {
 /// the call queue (`.setDemand`), so a node whose tasks all wait keeps executing other calls:
 /// plain recursion never deadlocks, even with one slot per node.
 ///
+/// ## Credit for direct calls
+/// With ``ExecutorConfiguration/grantsCredit``, each remote caller whose call ran here recently
+/// (up to ``ExecutorConfiguration/maxCreditedCallers``) is topped up, at every flush, to as
+/// much credit as there are free slots; it then sends calls straight here
+/// (``direct(_:from:wallClock:)``). Each caller may hold credit for the same slots, so direct
+/// calls can exceed the free slots; the excess waits here in order (no slot is ever
+/// overcommitted). Credit of a caller whose link went down is forgotten on both sides.
+///
 /// ## Inputs
 /// ``start()``/``stop()``; ``popped(_:wallClock:)`` for items the queue delivered;
+/// ``direct(_:from:wallClock:)`` for items a caller sent on credit;
 /// ``finished(_:outcome:)`` (or ``finished(_:)`` for a batch), ``suspend(_:)``,
 /// ``requestResume(_:)`` from running tasks;
 /// ``received(_:from:)`` for cancels; ``peerDied(_:)``/``peerLeft(_:)``/``peerJoined(_:)``
@@ -167,7 +190,13 @@ public struct ExecutorMachine: Sendable {
     private var nextTask: UInt64 = 1
     private var memo: LRUCache<MemoKey, [UInt8]>
     /// Items delivered while no slot was free (only if the shell overshoots its demand).
-    private var backlog = FIFO<CallItem>()
+    private var backlog = FIFO<Backlogged>()
+
+    private struct Backlogged: Sendable {
+        var item: CallItem
+        /// Came on credit: no started notice.
+        var direct: Bool
+    }
     /// Backlogged calls whose caller was already sent a started notice.
     private var backlogNotified: Set<CallID> = []
     private var resumers = FIFO<TaskID>()
@@ -175,9 +204,17 @@ public struct ExecutorMachine: Sendable {
     private var deadCallers: BoundedSet<PeerID>
     private var outboxes = Outboxes()
     private var demand = 0
+    /// This node: its own calls come through the local queue and get no credit.
+    private let localPeer: PeerID?
+    /// Remote callers to credit, least recent first.
+    private var creditedCallers: [PeerID] = []
+    /// Credit each of them still holds, as far as this node knows.
+    private var granted: [PeerID: Int] = [:]
 
 
-    public init(configuration: ExecutorConfiguration = ExecutorConfiguration()) {
+    /// An executor on node `localPeer` (needed for direct calls: a node does not credit itself).
+    public init(configuration: ExecutorConfiguration = ExecutorConfiguration(), localPeer: PeerID? = nil) {
+        self.localPeer = localPeer
         precondition(configuration.maxConcurrentCalls > 0, "maxConcurrentCalls must be positive")
         precondition(configuration.maxMessageBodySize >= 64, "maxMessageBodySize too small")
         self.configuration = configuration
@@ -245,7 +282,7 @@ public struct ExecutorMachine: Sendable {
             }
             switch decoded {
             case .success(let item):
-                admit(item, wallClock: wallClock, runs: &runs, actions: &actions)
+                admit(item, wallClock: wallClock, direct: false, runs: &runs, actions: &actions)
             case .failure(let error):
                 counters.malformed += 1
                 if let id = CallItem.header(of: bytes), !deadCallers.contains(id.caller) {
@@ -258,6 +295,51 @@ public struct ExecutorMachine: Sendable {
         if !runs.isEmpty { actions.append(.run(runs)) }
         fill(&actions)
         return actions
+    }
+
+    /// `peer` sent these call items directly, on the credit this node granted it.
+    ///
+    /// An item must name `peer` as its caller (else it is discarded as malformed). Items run
+    /// as slots allow, in order; they get no started notice (the caller already knows where
+    /// they are).
+    public mutating func direct(_ items: [[UInt8]], from peer: PeerID, wallClock: UInt64) -> [Action] {
+        var actions: [Action] = []
+        var runs: [CallTask] = []
+        if let held = granted[peer] { granted[peer] = Swift.max(0, held - items.count) }
+        for bytes in items {
+            let decoded: Result<CallItem, WireError> = bytes.withUnsafeBytes { raw in
+                Result { () throws(WireError) in try CallItem.decode(raw, maxArgumentSize: configuration.maxArgumentSize) }
+            }
+            switch decoded {
+            case .success(let item) where item.id.caller == peer:
+                counters.direct += 1
+                admit(item, wallClock: wallClock, direct: true, runs: &runs, actions: &actions)
+            case .success(let item):
+                counters.malformed += 1
+                actions.append(.discard(.malformed(field: "direct.caller", reason: "a direct call from \(peer) names caller \(item.id.caller)")))
+            case .failure(let error):
+                counters.malformed += 1
+                if !deadCallers.contains(peer), let id = CallItem.header(of: bytes), id.caller == peer {
+                    queueResult(.malformedCall(truncateUTF8(error.description, to: RemoteCallLimits.maxDescriptionLength)), for: id, actions: &actions)
+                } else {
+                    actions.append(.discard(error))
+                }
+            }
+        }
+        if !runs.isEmpty { actions.append(.run(runs)) }
+        fill(&actions)
+        return actions
+    }
+
+    /// The link to `peer` went down or was replaced: the credit it held is void (it forgets it
+    /// too); it is credited again after its next call runs here.
+    public mutating func peerDisconnected(_ peer: PeerID) {
+        forgetCredit(peer)
+    }
+
+    private mutating func forgetCredit(_ peer: PeerID) {
+        granted[peer] = nil
+        if let index = creditedCallers.firstIndex(of: peer) { creditedCallers.remove(at: index) }
     }
 
     /// A task ended (returned, threw, failed to decode its arguments, or stopped after a
@@ -381,16 +463,43 @@ public struct ExecutorMachine: Sendable {
             }
             if !outbox.results.isEmpty { actions.append(.send(.results(outbox.results), to: peer)) }
         }
+        grantCredit(&actions)
         return actions
+    }
+
+    /// Tops every credited caller up to the free slots.
+    private mutating func grantCredit(_ actions: inout [Action]) {
+        guard configuration.grantsCredit, isProcessing, backlog.isEmpty, resumers.isEmpty else { return }
+        let free = configuration.maxConcurrentCalls - slotsInUse
+        guard free > 0 else { return }
+        for peer in creditedCallers {
+            let held = granted[peer] ?? 0
+            guard free > held else { continue }
+            granted[peer] = free
+            counters.creditGranted += free - held
+            actions.append(.send(.credit(UInt32(clamping: free - held)), to: peer))
+        }
+    }
+
+    /// Notes a remote caller whose call is admitted here, as the most recent one to credit.
+    private mutating func noteCaller(_ caller: PeerID) {
+        guard configuration.grantsCredit, caller != localPeer, creditedCallers.last != caller else { return }
+        if let index = creditedCallers.firstIndex(of: caller) {
+            creditedCallers.remove(at: index)
+        } else if creditedCallers.count >= configuration.maxCreditedCallers {
+            granted[creditedCallers.removeFirst()] = nil  // its credit lapses into overcommit, never loss
+        }
+        creditedCallers.append(caller)
     }
 
     // MARK: Internals
 
-    private mutating func admit(_ item: CallItem, wallClock: UInt64, runs: inout [CallTask], actions: inout [Action]) {
+    private mutating func admit(_ item: CallItem, wallClock: UInt64, direct: Bool, runs: inout [CallTask], actions: inout [Action]) {
         if deadCallers.count > 0 && deadCallers.contains(item.id.caller) {
             counters.droppedDeadCaller += 1
             return
         }
+        noteCaller(item.id.caller)
         if cancelled.count > 0 && cancelled.contains(item.id) {
             cancelled.remove(item.id)
             counters.droppedCancelled += 1
@@ -403,7 +512,7 @@ public struct ExecutorMachine: Sendable {
         if taskByCall[item.id] != nil {
             // Delivered again (queue redelivery, or the caller retried while it runs here).
             counters.duplicates += 1
-            queueStarted(item, actions: &actions)
+            if !direct { queueStarted(item, actions: &actions) }
             return
         }
         guard functions.contains(item.function) else {
@@ -422,15 +531,15 @@ public struct ExecutorMachine: Sendable {
                 counters.coalesced += 1
                 tasks[task]!.joined.append(item.id)
                 taskByCall[item.id] = task
-                queueStarted(item, actions: &actions)
+                if !direct { queueStarted(item, actions: &actions) }
                 return
             }
         }
         guard slotsInUse < configuration.maxConcurrentCalls, resumers.isEmpty else {
             // In this node's custody now (the queue counts it popped): tell the caller, so it
             // retries if this node dies before running it.
-            if backlogNotified.insert(item.id).inserted { queueStarted(item, actions: &actions) }
-            backlog.append(item)
+            if !direct && backlogNotified.insert(item.id).inserted { queueStarted(item, actions: &actions) }
+            backlog.append(Backlogged(item: item, direct: direct))
             return
         }
         let id = TaskID(nextTask)
@@ -441,7 +550,7 @@ public struct ExecutorMachine: Sendable {
         slotsInUse += 1
         counters.peakSlotsInUse = max(counters.peakSlotsInUse, slotsInUse)
         counters.executed += 1
-        queueStarted(item, actions: &actions)
+        if !direct { queueStarted(item, actions: &actions) }
         runs.append(CallTask(id: id, call: item.id, function: item.function, arguments: item.arguments))
     }
 
@@ -456,10 +565,10 @@ public struct ExecutorMachine: Sendable {
                 slotsInUse += 1
                 counters.peakSlotsInUse = max(counters.peakSlotsInUse, slotsInUse)
                 resumed.append(task)
-            } else if let item = backlog.popFirst() {
+            } else if let entry = backlog.popFirst() {
                 // Its started notice may go out twice; the caller ignores the repeat.
-                backlogNotified.remove(item.id)
-                admit(item, wallClock: 0, runs: &runs, actions: &actions)
+                backlogNotified.remove(entry.item.id)
+                admit(entry.item, wallClock: 0, direct: entry.direct, runs: &runs, actions: &actions)
             } else {
                 break
             }
@@ -491,7 +600,8 @@ public struct ExecutorMachine: Sendable {
         var actions: [Action] = []
         let affected = taskByCall.filter { $0.key.caller == peer }.sorted { $0.key < $1.key }
         for (call, task) in affected { unsubscribe(call, from: task, actions: &actions) }
-        backlog.removeAll { $0.id.caller == peer }
+        backlog.removeAll { $0.item.id.caller == peer }
+        forgetCredit(peer)
         backlogNotified = backlogNotified.filter { $0.caller != peer }
         fill(&actions)
         return actions

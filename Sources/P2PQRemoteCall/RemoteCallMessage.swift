@@ -34,9 +34,9 @@ public struct CallStartedEntry: Sendable, Equatable, Hashable {
 
 /// A remote-call message (types `0x40–0x5F`), always a batch addressed to one peer.
 ///
-/// Results and started notices go from an executor to a caller; cancels from a caller to an
-/// executor. Entries name calls by the caller's sequence number only: the caller is the
-/// recipient (results, started) or the sender (cancel).
+/// Results, started notices and credit go from an executor to a caller; cancels and direct
+/// calls from a caller to an executor. Entries name calls by the caller's sequence number
+/// only: the caller is the recipient (results, started) or the sender (cancel, direct).
 public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// `0x40`: results of calls, 1...65535 entries.
     case results([CallResultEntry])
@@ -44,15 +44,24 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case started([CallStartedEntry])
     /// `0x42`: the caller no longer wants these calls, 1...65535 sequence numbers.
     case cancel([UInt64])
+    /// `0x43`: call items (``CallItem`` bytes, 1...65535) sent straight to an executor that
+    /// granted this caller credit for them; each names the sender as its caller.
+    case direct([[UInt8]])
+    /// `0x44`: the executor grants the caller credit for this many more direct calls (>= 1).
+    case credit(UInt32)
 
     /// The message types this module decodes.
-    public static let messageTypes: [MessageType] = [.remoteCallResults, .remoteCallStarted, .remoteCallCancel]
+    public static let messageTypes: [MessageType] = [
+        .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit,
+    ]
 
     public var messageType: MessageType {
         switch self {
         case .results: return .remoteCallResults
         case .started: return .remoteCallStarted
         case .cancel: return .remoteCallCancel
+        case .direct: return .remoteCallDirect
+        case .credit: return .remoteCallCredit
         }
     }
 
@@ -104,6 +113,24 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 sequences.append(try reader.readU64(field: "cancel[\(index)].sequence"))
             }
             message = .cancel(sequences)
+        case .remoteCallDirect:
+            let count = try readCount(&reader, name: "direct", minimumEntrySize: 4)
+            var items: [[UInt8]] = []
+            items.reserveCapacity(Swift.min(count, reader.remaining / (4 + RemoteCallLimits.itemHeaderSize)))
+            for index in 0..<count {
+                // The item itself is decoded by the executor, like a popped one (a malformed
+                // item is answered, not a reason to drop the link).
+                let bytes = try reader.readByteString(field: "direct[\(index)]", maxLength: Int(UInt32.max))
+                guard bytes.count >= RemoteCallLimits.itemHeaderSize else {
+                    throw .malformed(field: "direct[\(index)]", reason: "\(bytes.count) bytes, shorter than a call item header")
+                }
+                items.append(Array(bytes))
+            }
+            message = .direct(items)
+        case .remoteCallCredit:
+            let slots = try reader.readU32(field: "credit.slots")
+            guard slots >= 1 else { throw .malformed(field: "credit.slots", reason: "no credit") }
+            message = .credit(slots)
         default:
             throw .unknownMessageType(type.rawValue)
         }
@@ -167,6 +194,13 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
         case .cancel(let sequences):
             try Self.checkCount(sequences.count, name: "cancel")
+        case .direct(let items):
+            try Self.checkCount(items.count, name: "direct")
+            if let index = items.firstIndex(where: { $0.count < RemoteCallLimits.itemHeaderSize || $0.count > Int(UInt32.max) }) {
+                throw .malformed(field: "direct[\(index)]", reason: "\(items[index].count) bytes is not a call item")
+            }
+        case .credit(let slots):
+            guard slots >= 1 else { throw .malformed(field: "credit.slots", reason: "no credit") }
         }
     }
 
@@ -189,6 +223,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .results(let entries): return entries.reduce(2) { $0 + $1.encodedSize }
         case .started(let entries): return 2 + entries.count * 9
         case .cancel(let sequences): return 2 + sequences.count * 8
+        case .direct(let items): return items.reduce(2) { $0 + 4 + $1.count }
+        case .credit: return 4
         }
     }
 
@@ -225,6 +261,11 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .cancel(let sequences):
             writer.writeU16(UInt16(sequences.count))
             for sequence in sequences { writer.writeU64(sequence) }
+        case .direct(let items):
+            writer.writeU16(UInt16(items.count))
+            for item in items { writer.writeByteString(item) }
+        case .credit(let slots):
+            writer.writeU32(slots)
         }
     }
 

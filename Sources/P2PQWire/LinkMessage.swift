@@ -139,7 +139,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 }
             }
             message = .peers(entries)
-        case .remoteCallResults, .remoteCallStarted, .remoteCallCancel:
+        case .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit:
             // Remote-call messages: decoded by P2PQRemoteCall, not by this layer.
             throw .unknownMessageType(type.rawValue)
         }

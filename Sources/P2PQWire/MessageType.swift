@@ -56,6 +56,11 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case remoteCallStarted = 0x41
     /// Remote calls: the caller cancels these calls, caller to executor.
     case remoteCallCancel = 0x42
+    /// Remote calls: call items sent straight to an executor that granted credit for them,
+    /// caller to executor (one network hop instead of a trip through the queue).
+    case remoteCallDirect = 0x43
+    /// Remote calls: the executor grants the caller credit for more direct calls.
+    case remoteCallCredit = 0x44
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
@@ -103,6 +108,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"
         case .remoteCallCancel: return "remote call cancel"
+        case .remoteCallDirect: return "remote call direct"
+        case .remoteCallCredit: return "remote call credit"
         }
     }
 }

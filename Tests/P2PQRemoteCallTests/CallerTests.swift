@@ -252,4 +252,74 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.outstandingCalls == 0)
         #expect(c.tick(now: 2000 * second).completions.isEmpty)
     }
+
+    // MARK: Direct calls
+
+    @Test func creditSendsCallsStraightToTheExecutor() throws {
+        var c = CallerMachine(localPeer: me)
+        #expect(c.received(.credit(2), from: ex, now: 0).isEmpty)
+        #expect(c.credit(of: ex) == 2)
+        let (a, first) = c.call(function: "echo", arguments: [1], now: 1)
+        #expect(first.pushes.isEmpty)
+        let sent = first.sends
+        #expect(sent.count == 1 && sent[0].1 == ex)
+        guard case .direct(let items) = sent[0].0 else { Issue.record("not direct: \(sent)"); return }
+        #expect(try CallItem.decode(items[0]) == CallItem(id: a, function: "echo", memoize: false, arguments: [1]))
+        #expect(c.executor(of: a) == ex && c.isDirect(a))
+        // A batch made in one input travels in one message.
+        let (_, batch) = c.call(batch: [.init(function: "echo", arguments: [2]), .init(function: "echo", arguments: [3])], now: 2)
+        #expect(batch.pushes.count == 1)  // the credit ran out after one
+        #expect(batch.sends.count == 1)
+        #expect(c.counters.direct == 2)
+        // The result completes it like any other.
+        #expect(c.received(results((a.sequence, .success([7]))), from: ex, now: 3).completions == [a: .success([7])])
+    }
+
+    @Test func theMostCreditWins() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        _ = c.received(.credit(3), from: ex2, now: 0)
+        let (_, actions) = c.call(function: "f", arguments: [], now: 1)
+        #expect(actions.sends.first?.1 == ex2)
+    }
+
+    @Test func aLinkDownPushesUnansweredDirectCallsAgain() throws {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(4), from: ex, now: 0)
+        let (a, _) = c.call(function: "f", arguments: [], now: 1)
+        let (b, _) = c.call(function: "f", arguments: [], now: 1)
+        _ = c.received(results((b.sequence, .success([]))), from: ex, now: 2)
+        let retried = c.peerDisconnected(ex, now: 3)
+        // Only the unanswered one, as attempt 2, and through the queue (the credit is void).
+        #expect(retried.pushes.map(\.id) == [a])
+        #expect(retried.pushes.first?.attempt == 2)
+        #expect(c.credit(of: ex) == 0)
+        #expect(c.counters.retries == 1)
+        // Its late result from the old attempt still completes it.
+        #expect(c.received(results((a.sequence, .success([1]))), from: ex, now: 4).completions == [a: .success([1])])
+    }
+
+    @Test func aDeadExecutorsCreditIsVoidAndItsDirectCallsRetried() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        let (a, _) = c.call(function: "f", arguments: [], now: 1)
+        let retried = c.peerDied(ex, now: 2)
+        #expect(retried.pushes.map(\.id) == [a])
+        // Credit from a peer written off is not used.
+        _ = c.received(.credit(5), from: ex, now: 3)
+        #expect(c.credit(of: ex) == 0)
+        let (_, next) = c.call(function: "f", arguments: [], now: 4)
+        #expect(next.pushes.count == 1)
+    }
+
+    @Test func cancellingADirectCallTellsItsExecutor() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        let (a, _) = c.call(function: "f", arguments: [], now: 1)
+        let cancelled = c.cancel(a, now: 2)
+        #expect(cancelled.completions == [a: .failure(.cancelled(function: "f"))])
+        #expect(cancelled.sends.contains { $0.0 == .cancel([a.sequence]) && $0.1 == ex })
+        #expect(!cancelled.contains { if case .removeFromQueue = $0 { return true } else { return false } })
+    }
 }
+

@@ -94,6 +94,12 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
         ]),
         .started([CallStartedEntry(sequence: 1, attempt: 1), CallStartedEntry(sequence: 99, attempt: 255)]),
         .cancel([1, 2, .max]),
+        .direct([
+            try! CallItem(id: CallID(caller: peer(1), sequence: 7), function: "fib", memoize: true, arguments: [0, 0, 0, 30]).encoded(),
+            try! CallItem(id: CallID(caller: peer(1), sequence: 8), attempt: 2, function: "echo", memoize: false, arguments: []).encoded(),
+        ]),
+        .credit(1),
+        .credit(.max),
     ]
 
     @Test func roundTrips() throws {
@@ -137,6 +143,12 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
             ("cancel count 0", .remoteCallCancel, be16(0), .malformed(field: "cancel.count", reason: "no entries")),
             ("cancel short", .remoteCallCancel, be16(3) + be64(1) + be64(2) + [1], .truncated(field: "cancel[2].sequence", needed: 8, available: 1)),
             ("cancel trailing", .remoteCallCancel, be16(1) + be64(1) + [0], .trailingBytes(type: .remoteCallCancel, count: 1)),
+            ("direct count 0", .remoteCallDirect, be16(0), .malformed(field: "direct.count", reason: "no entries")),
+            ("direct item shorter than a header", .remoteCallDirect, be16(1) + be32(3) + [1, 2, 3], .malformed(field: "direct[0]", reason: "3 bytes, shorter than a call item header")),
+            ("direct item cut", .remoteCallDirect, be16(1) + be32(100) + [1], .truncated(field: "direct[0]", needed: 100, available: 1)),
+            ("credit 0", .remoteCallCredit, be32(0), .malformed(field: "credit.slots", reason: "no credit")),
+            ("credit short", .remoteCallCredit, [0, 1], .truncated(field: "credit.slots", needed: 4, available: 2)),
+            ("credit trailing", .remoteCallCredit, be32(1) + [0], .trailingBytes(type: .remoteCallCredit, count: 1)),
         ]
         for (name, type, body, expected) in cases {
             let result = Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: body) }

@@ -17,8 +17,10 @@ extension Array where Element == ExecutorAction {
     var messages: [(RemoteCallMessage, PeerID)] { compactMap { if case .send(let m, let p) = $0 { return (m, p) } else { return nil } } }
 }
 
-func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachine {
-    var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: slots))
+/// An executor on node `local`; without `credit` it grants none, so the queue path's messages
+/// are seen alone.
+func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = false, local: PeerID = peer(9)) -> ExecutorMachine {
+    var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: slots, grantsCredit: credit), localPeer: local)
     for f in functions { e.register(f) }
     return e
 }
@@ -158,7 +160,7 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachi
     }
 
     @Test func executorFailuresAreNotCachedAndCacheIsBounded() {
-        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 1, memoCacheEntries: 2))
+        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 1, memoCacheEntries: 2, grantsCredit: false))
         e.register("m")
         _ = e.start()
         let t = e.popped([item(1, "m", args: [1], memoize: true)], wallClock: 0).runs[0].id
@@ -182,7 +184,7 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachi
     }
 
     @Test func bigResultsAreSplitAndOversizedOnesReplaced() {
-        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 8, maxMessageBodySize: 100))
+        var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 8, maxMessageBodySize: 100, grantsCredit: false))
         e.register("f")
         _ = e.start()
         let tasks = e.popped((1...3).map { item($0) }, wallClock: 0).runs
@@ -214,4 +216,79 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"]) -> ExecutorMachi
         _ = e.start()
         #expect(e.stop().demand == 0)
     }
+
+    // MARK: Credit for direct calls
+
+    @Test func grantsFreeSlotsToRemoteCallersAndRunsTheirDirectCalls() {
+        var e = executor(slots: 4, credit: true)
+        _ = e.start()
+        // A call of `caller` came through the queue: the caller is credited with the free slots.
+        let a = e.popped([item(1)], wallClock: 0)
+        #expect(a.runs.count == 1)
+        let flushed = e.flush().messages
+        #expect(flushed.contains { $0.0 == .credit(3) && $0.1 == caller })
+        #expect(e.counters.creditGranted == 3)
+        // Direct calls run at once, without a started notice; the credit they used is topped up.
+        let d = e.direct([item(2), item(3)], from: caller, wallClock: 0)
+        #expect(d.runs.map(\.call.sequence) == [2, 3])
+        #expect(e.counters.direct == 2)
+        _ = e.finished(a.runs[0].id, outcome: .success([]))
+        let next = e.flush().messages
+        #expect(!next.contains { if case .started = $0.0 { return true } else { return false } })
+        #expect(next.contains { $0.0 == results((1, .success([]))) })
+        // 2 slots free, the caller holds 1 (3 granted - 2 used): topped up by 1.
+        #expect(next.contains { $0.0 == .credit(1) && $0.1 == caller })
+        // Nothing more to grant while nothing changes.
+        #expect(e.flush().messages.isEmpty)
+    }
+
+    @Test func directCallsBeyondTheFreeSlotsWaitInOrder() {
+        var e = executor(slots: 1, credit: true)
+        _ = e.start()
+        let a = e.direct([item(1), item(2), item(3)], from: caller, wallClock: 0)
+        #expect(a.runs.map(\.call.sequence) == [1])
+        #expect(e.backlogCount == 2)
+        #expect(e.slotsInUse == 1)
+        let b = e.finished(a.runs[0].id, outcome: .success([]))
+        #expect(b.runs.map(\.call.sequence) == [2])
+        #expect(e.slotsInUse == 1)
+        let c = e.finished(b.runs[0].id, outcome: .success([]))
+        #expect(c.runs.map(\.call.sequence) == [3])
+        #expect(e.counters.peakSlotsInUse == 1)
+        // No started notices for direct calls, even those that waited.
+        #expect(!e.flush().messages.contains { if case .started = $0.0 { return true } else { return false } })
+    }
+
+    @Test func directCallNamingAnotherCallerIsDiscarded() {
+        var e = executor(slots: 2, credit: true)
+        _ = e.start()
+        let a = e.direct([item(1, from: caller2), item(2)], from: caller, wallClock: 0)
+        #expect(a.runs.map(\.call.sequence) == [2])
+        #expect(e.counters.malformed == 1)
+        #expect(a.contains { if case .discard = $0 { return true } else { return false } })
+    }
+
+    @Test func noCreditForItselfWhenOffOrWhenDisconnected() {
+        let local = peer(9)
+        var own = executor(slots: 2, credit: true, local: local)
+        _ = own.start()
+        _ = own.popped([item(1, from: local)], wallClock: 0)
+        #expect(!own.flush().messages.contains { if case .credit = $0.0 { return true } else { return false } })
+
+        var off = executor(slots: 2, credit: false)
+        _ = off.start()
+        _ = off.popped([item(1)], wallClock: 0)
+        #expect(!off.flush().messages.contains { if case .credit = $0.0 { return true } else { return false } })
+
+        var e = executor(slots: 2, credit: true)
+        _ = e.start()
+        _ = e.popped([item(1)], wallClock: 0)
+        #expect(e.flush().messages.contains { $0.0 == .credit(1) })
+        e.peerDisconnected(caller)
+        let t = e.popped([item(2, from: caller2)], wallClock: 0).runs
+        #expect(t.count == 1)
+        // Only the caller still linked is credited; the other is again after its next call.
+        #expect(e.flush().messages.allSatisfy { if case .credit = $0.0 { return $0.1 == caller2 } else { return true } })
+    }
 }
+

@@ -49,14 +49,16 @@ struct SimCluster {
     var executionsByNode: [Int] = []
     /// Items the simulated queue re-queued after a death.
     var requeued = 0
+    /// Call items that went straight to an executor on its credit.
+    var directItems = 0
 
-    init(nodeCount: Int, slots: Int, memoize: Bool, seed: UInt64, maxRetries: Int = 3) {
+    init(nodeCount: Int, slots: Int, memoize: Bool, seed: UInt64, maxRetries: Int = 3, directCalls: Bool = true) {
         self.slots = slots
         self.memoize = memoize
         rng = SplitMix64(seed: seed)
         nodes = (0..<nodeCount).map { index in
             let id = peer(UInt8(index + 1))
-            var executor = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: slots))
+            var executor = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: slots, grantsCredit: directCalls), localPeer: id)
             executor.register("fib")
             executor.register("boom")
             return Node(id: id, caller: CallerMachine(localPeer: id, configuration: CallerConfiguration(maxRetries: maxRetries)), executor: executor)
@@ -217,6 +219,11 @@ struct SimCluster {
             apply(nodes[to].caller.received(message, from: sender, now: 0), at: to)
         case .cancel:
             apply(nodes[to].executor.received(message, from: sender), at: to)
+        case .direct(let items):
+            directItems += items.count
+            apply(nodes[to].executor.direct(items, from: sender, wallClock: 0), at: to)
+        case .credit:
+            apply(nodes[to].caller.received(message, from: sender, now: 0), at: to)
         }
     }
 
@@ -324,6 +331,8 @@ func fibonacci(_ n: Int) -> Int { n < 2 ? n : (1..<n).reduce((0, 1)) { pair, _ i
         #expect(sim.nodes.allSatisfy { $0.maxHolding <= 1 })
         // Idle nodes helped.
         #expect(sim.executionsByNode.filter { $0 > 0 }.count >= 2, "\(sim.executionsByNode)")
+        // After the first calls went through the queue, executors credited their callers.
+        #expect(sim.directItems > 0)
     }
 
     @Test("Memoized fib(40) on 3 nodes, one slot each", arguments: 1...3 as ClosedRange<UInt64>)
@@ -340,7 +349,8 @@ func fibonacci(_ n: Int) -> Int { n < 2 ? n : (1..<n).reduce((0, 1)) { pair, _ i
     @Test("maxConcurrentCalls is never exceeded under random interleavings", arguments: 1...8 as ClosedRange<UInt64>)
     func slotLimitUnderRandomInterleavings(seed: UInt64) throws {
         let slots = Int(seed % 3) + 1
-        var sim = SimCluster(nodeCount: 4, slots: slots, memoize: seed % 2 == 0, seed: seed &* 7919)
+        // Half the seeds without direct calls: every call through the queue.
+        var sim = SimCluster(nodeCount: 4, slots: slots, memoize: seed % 2 == 0, seed: seed &* 7919, directCalls: seed % 4 < 2)
         let calls = (0..<6).map { sim.call("fib", 6 + $0, at: $0 % 4) }
         sim.run { sim in calls.allSatisfy { sim.topResults[$0] != nil } }
         #expect(sim.violations.isEmpty, "\(sim.violations.prefix(3))")

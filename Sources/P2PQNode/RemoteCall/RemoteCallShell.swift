@@ -47,6 +47,8 @@ final class RemoteCallShell {
     private var flushScheduled = false
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
+    /// Direct call items of this reactor turn, by executor: one message each at its end.
+    private var directOut: [PeerID: [[UInt8]]] = [:]
 
     init(core: NodeCore, bridge: RemoteCallBridge, caller: CallerConfiguration, executor: ExecutorConfiguration) {
         self.core = core
@@ -56,7 +58,7 @@ final class RemoteCallShell {
         // Call IDs must not repeat across restarts of the same identity.
         callerConfiguration.firstSequence = Swift.max(caller.firstSequence, core.incarnation)
         self.caller = CallerMachine(localPeer: core.identity.peerID, configuration: callerConfiguration)
-        self.executor = ExecutorMachine(configuration: executor)
+        self.executor = ExecutorMachine(configuration: executor, localPeer: core.identity.peerID)
     }
 
     private var now: UInt64 { core.now }
@@ -135,11 +137,22 @@ final class RemoteCallShell {
         }
         guard !isStopped else { return nil }
         switch message {
-        case .results, .started: performCaller(caller.received(message, from: peer, now: now))
+        case .results, .started, .credit: performCaller(caller.received(message, from: peer, now: now))
         case .cancel: performExecutor(executor.received(message, from: peer))
+        case .direct(let items): performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
         }
         scheduleFlush()
         return nil
+    }
+
+    /// The link to `peer` went down or was replaced: direct calls sent on it are pushed again,
+    /// credit on both sides is void.
+    func peerDisconnected(_ peer: PeerID) {
+        guard !isStopped else { return }
+        directOut[peer] = nil
+        performCaller(caller.peerDisconnected(peer, now: now))
+        executor.peerDisconnected(peer)
+        scheduleFlush()
     }
 
     func peerDied(_ peer: PeerID) {
@@ -263,9 +276,16 @@ final class RemoteCallShell {
     private func send(_ message: RemoteCallMessage, to peer: PeerID) {
         if peer == localPeer {
             switch message {
-            case .results, .started: performCaller(caller.received(message, from: peer, now: now))
+            case .results, .started, .credit: performCaller(caller.received(message, from: peer, now: now))
             case .cancel: performExecutor(executor.received(message, from: peer))
+            case .direct(let items): performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
             }
+            return
+        }
+        if case .direct(let items) = message {
+            // Calls made in one turn (by many tasks) travel in one message.
+            directOut[peer, default: []].append(contentsOf: items)
+            scheduleFlush()
             return
         }
         // A lost result is recovered only through membership (a dead executor is retried) or
@@ -368,8 +388,36 @@ final class RemoteCallShell {
         core.reactor.deferToEndOfTurn { [unowned self] in
             self.flushScheduled = false
             guard !self.isStopped else { return }
+            self.sendDirect()
             self.performExecutor(self.executor.flush())
             self.publishCounters()
+        }
+    }
+
+    private func sendDirect() {
+        guard !directOut.isEmpty else { return }
+        let batches = directOut
+        directOut.removeAll(keepingCapacity: true)
+        for (peer, items) in batches.sorted(by: { $0.key < $1.key }) {
+            var start = 0
+            while start < items.count {
+                // Within the entry limit and well within a frame (items are at most ~1 MiB).
+                var end = start
+                var bytes = 2
+                while end < items.count && end - start < RemoteCallLimits.maxEntriesPerMessage
+                    && (end == start || bytes + 4 + items[end].count <= WireProtocol.defaultMaxFrameSize - 64) {
+                    bytes += 4 + items[end].count
+                    end += 1
+                }
+                if !core.send(RemoteCallMessage.direct(Array(items[start..<end])), to: peer) {
+                    // Not sent: as if the link went down (its calls are pushed again, credit void).
+                    core.logger.debug("remote calls: no link to \(peer.short); its direct calls are pushed again")
+                    performCaller(caller.peerDisconnected(peer, now: now))
+                    executor.peerDisconnected(peer)
+                    break
+                }
+                start = end
+            }
         }
     }
 
