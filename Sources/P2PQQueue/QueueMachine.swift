@@ -335,6 +335,39 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// Removes the locally queued items whose payload `matches` (a caller withdrawing work it no
+    /// longer wants), keeping the others in order. A removed item counts as consumed: its owner
+    /// forgets it (a pop confirmation goes to a remote owner). Items on an outgoing transfer or
+    /// on other nodes are not reached.
+    ///
+    /// - Returns: how many items were removed, and the actions.
+    public mutating func remove(where matches: ([UInt8]) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
+        var actions: [Action] = []
+        var kept = Deque<QueueItem>()
+        var removed = 0
+        let tracked = configuration.delivery == .atLeastOnce
+        for item in queue {
+            guard matches(item.payload) else {
+                kept.append(item)
+                continue
+            }
+            removed += 1
+            queuedBytes -= item.payload.count
+            guard tracked else { continue }
+            if item.id.origin == localPeer {
+                if let record = owned.removeValue(forKey: item.id.sequence) { ownedBytes -= record.payload.count }
+            } else {
+                confirm(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, now: now)
+            }
+        }
+        if removed > 0 {
+            queue = kept
+            counters.removed += removed
+        }
+        finish(&actions, now: now)
+        return (removed, actions)
+    }
+
     /// Stops accepting pushes and transfers, fails the waiting consumers with `.closed`, and
     /// hands the queued items to live peers (consumers first), in batches, until none are left.
     /// Ownership records stay: the node keeps running.

@@ -236,6 +236,8 @@ public struct QueueCounters: Hashable, Sendable {
     public var stealsEmpty = 0
     /// Pending confirmations dropped because an owner's backlog was full.
     public var noticesDropped = 0
+    /// Items removed from the local queue by ``QueueMachine/remove(where:now:)``.
+    public var removed = 0
 
     public init() {}
 }

@@ -154,6 +154,37 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
+    @Test("Cancelling a call still queued removes its item from the queue")
+    func cancelRemovesQueuedItem() async throws {
+        let nodes = try await cluster(2)
+        // Nobody processes: the calls wait in the caller's queue.
+        let rpc = nodes[0].1
+        let queue = nodes[0].0.queue(named: rpc.queueName)
+        let echo = rpc.rawFunction("echo")
+        let tasks = (0..<3).map { _ in Task { await result { () async throws(RemoteCallError) in try await echo([1]) } } }
+        var size = 0
+        for _ in 0..<200 where size < 3 {
+            size = await queue.size().local
+            if size < 3 { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        #expect(size == 3)
+        tasks[0].cancel()
+        tasks[2].cancel()
+        #expect(await tasks[0].value == .failure(.cancelled(function: "echo")))
+        #expect(await tasks[2].value == .failure(.cancelled(function: "echo")))
+        for _ in 0..<200 where size > 1 {
+            size = await queue.size().local
+            if size > 1 { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        #expect(size == 1)
+        #expect(await queue.counters()?.removed == 2)
+        // The one left is still wanted: it runs once somebody processes.
+        _ = nodes[1].1.registerRaw("echo") { $0 }
+        try await nodes[1].1.process()
+        #expect(await tasks[1].value == .success([1]))
+        await stop(nodes)
+    }
+
     @Test("Memoization: 100 concurrent identical calls run once")
     func coalescing() async throws {
         let nodes = try await cluster(2)
@@ -216,7 +247,7 @@ struct RemoteCallNodeTests {
     func submitOnly() async throws {
         let nodes = try await cluster(2)
         let echo = nodes[0].1.rawFunction("echo")
-        nodes[1].1.registerRaw("echo") { $0 }
+        _ = nodes[1].1.registerRaw("echo") { $0 }
         nodes[0].1.registerRaw("echo") { _ in [0] }  // never runs: node 0 does not process
         try await nodes[1].1.process()
         for round in 0..<20 {

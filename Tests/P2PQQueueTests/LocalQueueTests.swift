@@ -202,6 +202,32 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(a.counters.duplicatePops == 0)
     }
 
+    @Test("remove(where:) takes matching items out in place: own records forgotten, other owners told as for a pop")
+    func removeWhere() throws {
+        var (a, b, transfer) = stolen(10)
+        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        _ = pushNumbers(&b, 100..<104, now: 3)
+        #expect(b.count == 14 && b.ownedItems == 4)
+        let (removed, _) = b.remove(where: { [3, 5, 101].contains(number($0)) }, now: 4)
+        #expect(removed == 3)
+        #expect(b.count == 11 && b.ownedItems == 3 && b.counters.removed == 3)
+        #expect(b.byteCount == 11 * 8)
+        // A's items 3 and 5 count as consumed: A hears it with the next confirmations.
+        let sent = b.tick(now: 4 + QueueConfiguration().confirmDelay + 1).sent
+        guard let update = sent.first(where: { if case .ownerUpdate = $0.0 { true } else { false } }),
+              case .ownerUpdate(_, _, let popped, _) = update.0 else {
+            Issue.record("no owner update: \(sent)")
+            return
+        }
+        #expect(popped == [SequenceRun(first: 4, count: 1), SequenceRun(first: 6, count: 1)])
+        _ = a.receive(try wireRoundTrip(update.0), from: B, now: 5)
+        #expect(a.ownedItems == 8)
+        // The rest leave in their order.
+        #expect(popAll(&b, now: 6) == [0, 1, 2, 4, 6, 7, 8, 9, 100, 102, 103])
+        #expect(b.remove(where: { _ in true }, now: 7).removed == 0)
+    }
+
     @Test("When the holder dies, the owner re-queues the items it never heard were popped")
     func requeueOnDeath() throws {
         var (a, b, transfer) = stolen(10)

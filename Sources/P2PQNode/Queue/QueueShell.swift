@@ -181,6 +181,16 @@ final class QueueShell {
         return queues[name]?.pops[waiter] != nil
     }
 
+    /// Removes the items of the local queue `name` whose payload `matches` (see
+    /// ``QueueMachine/remove(where:now:)``). Returns how many went.
+    @discardableResult
+    func remove(_ name: String, where matches: ([UInt8]) -> Bool) -> Int {
+        guard !isStopped, queues[name] != nil else { return 0 }
+        let (removed, actions) = queues[name]!.machine.remove(where: matches, now: now)
+        perform(name, actions)
+        return removed
+    }
+
     /// Withdraws a waiting pop made with ``pop(_:max:waiter:sink:)`` without calling its sink.
     func withdraw(_ name: String, _ waiter: WaiterID) {
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }

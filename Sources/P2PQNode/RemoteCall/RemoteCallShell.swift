@@ -49,6 +49,8 @@ final class RemoteCallShell {
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
     /// Direct call items of this reactor turn, by executor: one message each at its end.
     private var directOut: [PeerID: [[UInt8]]] = [:]
+    /// Calls cancelled this turn whose items may still be in the local call queue.
+    private var unwanted: Set<CallID> = []
 
     init(core: NodeCore, bridge: RemoteCallBridge, caller: CallerConfiguration, executor: ExecutorConfiguration) {
         self.core = core
@@ -220,8 +222,12 @@ final class RemoteCallShell {
                 self.pushFailures[id.sequence] = error
                 self.performCaller(self.caller.cancel(id, now: self.now))
             })
-        case .removeFromQueue:
-            break  // the queue offers no removal: the executor's started notice is answered with a cancel
+        case .removeFromQueue(let id):
+            // Batched: one pass over the call queue per turn, however many calls were cancelled.
+            // An item that moved on to another node is stopped by the cancel that answers its
+            // executor's started notice.
+            unwanted.insert(id)
+            scheduleFlush()
         case .send(let message, let peer):
             send(message, to: peer)
         case .complete(let id, let result):
@@ -389,9 +395,17 @@ final class RemoteCallShell {
             self.flushScheduled = false
             guard !self.isStopped else { return }
             self.sendDirect()
+            self.removeUnwanted()
             self.performExecutor(self.executor.flush())
             self.publishCounters()
         }
+    }
+
+    private func removeUnwanted() {
+        guard !unwanted.isEmpty else { return }
+        let gone = unwanted
+        unwanted.removeAll()
+        core.queues.remove(queueName) { item in CallItem.header(of: item).map(gone.contains) ?? false }
     }
 
     private func sendDirect() {
