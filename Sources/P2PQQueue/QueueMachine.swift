@@ -292,6 +292,7 @@ public struct QueueMachine: Sendable {
         counters.pushed += payloads.count
         serveWaiters(&actions, now: now)
         dispatchToIdlePeers(&actions, now: now)
+        feedFromSource(&actions, now: now)
         announceGrowth(&actions, now: now)
         finish(&actions, now: now)
         return (.accepted, actions)
@@ -443,6 +444,7 @@ public struct QueueMachine: Sendable {
         case .stats(_, let stats):
             if case .accepted = acceptStats(stats, from: peer, now: now) {
                 dispatchToIdlePeers(&actions, now: now)
+                feedFromSource(&actions, now: now)
                 maybeSteal(&actions, now: now)
             }
         case .stealRequest(_, let requestID, let maxItems, let thiefRate):
@@ -884,6 +886,8 @@ public struct QueueMachine: Sendable {
         inFlightBytes -= transfer.bytes
         counters.transferredOut += transfer.items.count
         counters.transfersByKind[transfer.kind, default: 0] += transfer.items.count
+        // A pure source sends on as acks free its transfer slots (ack-clocked, no gossip round).
+        defer { feedFromSource(&actions, now: now) }
         guard configuration.delivery == .atLeastOnce else { return }
         // Custody news for other owners, gathered as runs of one owner, attempt and hop count.
         var runOwner: PeerID?
@@ -1100,6 +1104,31 @@ public struct QueueMachine: Sendable {
         // (one outstanding steal per node), so several senders never pile onto one peer.
         for peer in idle where !queue.isEmpty {
             sendTransfer(to: peer, count: Swift.min(queue.count, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
+        }
+    }
+
+    /// A pure source (no consumers here) gives its items away as fast as the consumer peers take
+    /// transfers: each free transfer slot (``QueueConfiguration/maxTransfersInFlightPerPeer``)
+    /// carries a full batch to the consumer peer that would finish its known work first (queue
+    /// plus what is on the way, over its rate). Clocked by pushes and acknowledgements, not by
+    /// gossip rounds; consumers even out among themselves by stealing. A peer that refused a
+    /// transfer (full or closed) gets none until its next report.
+    private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
+        guard configuration.strategy == .adaptive, !isClosed, !queue.isEmpty, !hasConsumers(now: now) else { return }
+        var candidates: [PeerID] = []
+        for (peer, view) in peers where isFresh(view, now: now) && view.hasConsumers && view.accepting {
+            candidates.append(peer)
+        }
+        guard !candidates.isEmpty else { return }
+        candidates.sort()
+        while !queue.isEmpty {
+            var best: (peer: PeerID, finish: Double)?
+            for peer in candidates where transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer {
+                let view = peers[peer]!
+                let finish = view.length / effectiveRate(of: view)
+                if best == nil || finish < best!.finish { best = (peer, finish) }
+            }
+            guard let best, sendTransfer(to: best.peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
         }
     }
 
