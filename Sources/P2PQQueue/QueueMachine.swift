@@ -57,7 +57,7 @@ public struct QueueMachine: Sendable {
 
     // Ownership.
     private var nextSequence: UInt64 = 1
-    private var owned: [UInt64: OwnedRecord] = [:]
+    private var owned = OwnedTable<OwnedRecord>()
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
@@ -283,7 +283,7 @@ public struct QueueMachine: Sendable {
             let sequence = nextSequence
             nextSequence += 1
             if tracked {
-                owned[sequence] = OwnedRecord(payload: payload, holder: nil, attempt: 0, hops: 0)
+                owned.append(sequence, OwnedRecord(payload: payload, holder: nil, attempt: 0, hops: 0))
             }
             queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), payload: payload))
         }
@@ -356,7 +356,7 @@ public struct QueueMachine: Sendable {
             queuedBytes -= item.payload.count
             guard tracked else { continue }
             if item.id.origin == localPeer {
-                if let record = owned.removeValue(forKey: item.id.sequence) { ownedBytes -= record.payload.count }
+                if let record = owned.remove(item.id.sequence) { ownedBytes -= record.payload.count }
             } else {
                 confirm(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, now: now)
             }
@@ -429,7 +429,7 @@ public struct QueueMachine: Sendable {
             if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
         }
         if configuration.delivery == .atLeastOnce {
-            let lost = owned.filter { $0.value.holder == peer }.keys.sorted()
+            let lost = owned.sequences { $0.holder == peer }
             requeue(lost, &actions, now: now)
         }
         finish(&actions, now: now)
@@ -579,7 +579,7 @@ public struct QueueMachine: Sendable {
             payloads.append(item.payload)
             guard tracked else { continue }
             if item.id.origin == localPeer {
-                if let record = owned.removeValue(forKey: item.id.sequence) {
+                if let record = owned.remove(item.id.sequence) {
                     ownedBytes -= record.payload.count
                 } else {
                     counters.duplicatePops += 1
@@ -617,12 +617,14 @@ public struct QueueMachine: Sendable {
         var items: [QueueItem] = []
         items.reserveCapacity(sequences.count)
         for sequence in sequences {
-            guard var record = owned[sequence] else { continue }
-            record.attempt &+= 1
-            record.hops = 0
-            record.holder = nil
-            owned[sequence] = record
-            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: record.attempt, hops: 0, payload: record.payload))
+            var attempt: UInt32 = 0
+            guard owned.modify(sequence, { record in
+                record.attempt &+= 1
+                record.hops = 0
+                record.holder = nil
+                attempt = record.attempt
+            }), let record = owned[sequence] else { continue }
+            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0, payload: record.payload))
             queuedBytes += record.payload.count
         }
         counters.requeuedAfterDeath += items.count
@@ -634,7 +636,7 @@ public struct QueueMachine: Sendable {
         guard configuration.delivery == .atLeastOnce else { return }
         for run in popped {
             for sequence in run.first..<run.first &+ UInt64(run.count) {
-                if let record = owned.removeValue(forKey: sequence) {
+                if let record = owned.remove(sequence) {
                     ownedBytes -= record.payload.count
                 } else if sequence >= configuration.firstSequence && sequence < nextSequence {
                     counters.duplicatePops += 1
@@ -646,12 +648,14 @@ public struct QueueMachine: Sendable {
             let holderDead = deadPeers.contains(group.holder)
             for run in group.runs {
                 for sequence in run.first..<run.first &+ UInt64(run.count) {
-                    guard var record = owned[sequence], record.attempt == group.attempt,
-                          record.holder != nil, group.hops > record.hops else { continue }
-                    record.holder = group.holder == localPeer ? nil : group.holder
-                    record.hops = group.hops
-                    owned[sequence] = record
-                    if holderDead { lost.append(sequence) }
+                    var changed = false
+                    owned.modify(sequence) { record in
+                        guard record.attempt == group.attempt, record.holder != nil, group.hops > record.hops else { return }
+                        record.holder = group.holder == localPeer ? nil : group.holder
+                        record.hops = group.hops
+                        changed = true
+                    }
+                    if changed && holderDead { lost.append(sequence) }
                 }
             }
         }
@@ -853,10 +857,12 @@ public struct QueueMachine: Sendable {
                 continue
             }
             if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
-               var record = owned[item.id.sequence], record.attempt == item.attempt, item.hops > record.hops {
-                record.holder = nil
-                record.hops = item.hops
-                owned[item.id.sequence] = record
+               owned.count > 0 {
+                owned.modify(item.id.sequence) { record in
+                    guard record.attempt == item.attempt, item.hops > record.hops else { return }
+                    record.holder = nil
+                    record.hops = item.hops
+                }
             }
             queue.append(item)
             queuedBytes += item.payload.count
@@ -896,10 +902,10 @@ public struct QueueMachine: Sendable {
         for item in transfer.items {
             let hops = item.hops &+ 1
             if item.id.origin == localPeer {
-                if var record = owned[item.id.sequence], record.attempt == item.attempt, hops > record.hops {
+                owned.modify(item.id.sequence) { record in
+                    guard record.attempt == item.attempt, hops > record.hops else { return }
                     record.holder = peer
                     record.hops = hops
-                    owned[item.id.sequence] = record
                 }
             } else if item.id.origin != peer {
                 if item.id.origin == runOwner && runKey.attempt == item.attempt && runKey.hops == hops

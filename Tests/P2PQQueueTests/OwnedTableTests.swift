@@ -1,0 +1,56 @@
+@testable import P2PQQueue
+import Testing
+
+@Suite struct OwnedTableTests {
+    /// Random appends, updates and removals in and out of order, against a dictionary.
+    @Test("The window table behaves like a dictionary, and its memory follows the records", arguments: [1, 2, 3, 4] as [UInt64])
+    func matchesADictionary(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var table = OwnedTable<Int>()
+        var model: [UInt64: Int] = [:]
+        var next: UInt64 = 1000
+        for step in 0..<6_000 {
+            switch random.next() % 10 {
+            case 0...3:
+                // A batch of fresh sequence numbers, sometimes after a jump (a restart).
+                if random.next() % 500 == 0 { next += 100_000 }
+                for _ in 0..<Int(random.next() % 8 + 1) {
+                    table.append(next, Int(next))
+                    model[next] = Int(next)
+                    next += 1
+                }
+            case 4...6:
+                // Mostly the oldest first, sometimes any.
+                guard let oldest = model.keys.min() else { continue }
+                let key = random.next() % 4 == 0 ? next - 1 - random.next() % 512 : oldest
+                let removed = table.remove(key)
+                if removed != model.removeValue(forKey: key) { Issue.record("remove \(key): \(String(describing: removed))") }
+            case 7:
+                let key = next - 1 - random.next() % 64
+                let changed = table.modify(key) { $0 += 1 }
+                if changed != (model[key] != nil) { Issue.record("modify \(key)") }
+                if model[key] != nil { model[key]! += 1 }
+            default:
+                let key = next &- random.next() % 128
+                if table[key] != model[key] || table.remove(next + 5) != nil { Issue.record("lookup \(key)") }
+            }
+            if table.count != model.count { Issue.record("count \(table.count) != \(model.count) at step \(step)") }
+            if step % 500 == 0 {
+                #expect(table.sequences { $0 % 3 == 0 } == model.filter { $0.value % 3 == 0 }.keys.sorted())
+            }
+        }
+        // A record never confirmed does not keep the window open: push and confirm a lot more.
+        let pinned = next
+        table.append(pinned, 0)
+        next += 1
+        var removedAll = true
+        for _ in 0..<20_000 {
+            table.append(next, 1)
+            removedAll = removedAll && table.remove(next) == 1
+            next += 1
+        }
+        #expect(removedAll)
+        #expect(table[pinned] == 0)
+        #expect(table.windowSlots <= table.count * 2 + 4096 + 1)
+    }
+}
