@@ -1267,22 +1267,46 @@ public struct QueueMachine: Sendable {
 
 // MARK: - Support
 
-/// Key of a received item copy: a retransmission repeats origin, sequence, attempt and hops.
-/// The origin is interned to a small number so the key hashes three words.
-struct DedupKey: Hashable, Sendable {
-    var origin: UInt32
-    var attempt: UInt32
-    var hops: UInt32
-    var sequence: UInt64
-}
-
-/// The last `capacity` to `2 × capacity` keys, in two generations: when the current one holds
-/// `capacity` keys it becomes the previous one and the old previous one is dropped whole (no
-/// per-key eviction on the hot path).
+/// The received item copies seen recently, so a retransmission (same origin, sequence,
+/// attempt and hop count) is dropped.
+///
+/// Per origin, attempt and hop count the copies are kept as sorted runs of sequence numbers:
+/// items of a transfer mostly come from one origin in increasing order, so a copy usually
+/// just extends the last run of the key it shares with the previous copy (no hashing per
+/// item). Two generations: when the current one has seen `capacity` copies it becomes the
+/// previous one and the old previous one is dropped whole, so at least the last `capacity`
+/// copies are remembered, and memory is at most proportional to `2 × capacity`.
 struct DedupSet: Sendable {
     let capacity: Int
-    private var current = Set<DedupKey>()
-    private var previous = Set<DedupKey>()
+
+    private struct Key: Hashable, Sendable {
+        var origin: UInt32
+        var attempt: UInt32
+        var hops: UInt32
+    }
+
+    private struct Generation: Sendable {
+        var runs: [Key: SequenceRuns] = [:]
+        var copies = 0
+        /// The key used last, kept out of `runs` while in use (no hashing per copy).
+        var hotKey: Key?
+        var hot = SequenceRuns()
+
+        mutating func select(_ key: Key) {
+            guard hotKey != key else { return }
+            if let old = hotKey { runs[old] = hot }
+            hotKey = key
+            hot = runs.removeValue(forKey: key) ?? SequenceRuns()
+        }
+
+        func contains(_ key: Key, _ sequence: UInt64) -> Bool {
+            if hotKey == key { return hot.contains(sequence) }
+            return runs[key]?.contains(sequence) ?? false
+        }
+    }
+
+    private var current = Generation()
+    private var previous = Generation()
     private var origins: [PeerID: UInt32] = [:]
     private var lastOrigin: PeerID?
     private var lastIndex: UInt32 = 0
@@ -1291,7 +1315,8 @@ struct DedupSet: Sendable {
         self.capacity = capacity
     }
 
-    var count: Int { current.count + previous.count }
+    /// Copies remembered.
+    var count: Int { current.copies + previous.copies }
 
     /// Inserts the copy; false if it was seen recently.
     mutating func insert(_ id: ItemID, attempt: UInt32, hops: UInt32) -> Bool {
@@ -1306,22 +1331,84 @@ struct DedupSet: Sendable {
             // Interned origins are bounded too: past 65,536, everything starts over.
             if origins.count >= 1 << 16 {
                 origins = [:]
-                current = []
-                previous = []
+                current = Generation()
+                previous = Generation()
             }
             origin = UInt32(origins.count)
             origins[id.origin] = origin
             lastOrigin = id.origin
             lastIndex = origin
         }
-        let key = DedupKey(origin: origin, attempt: attempt, hops: hops, sequence: id.sequence)
-        if !previous.isEmpty && previous.contains(key) { return false }
-        guard current.insert(key).inserted else { return false }
-        if current.count >= capacity {
+        let key = Key(origin: origin, attempt: attempt, hops: hops)
+        if previous.copies > 0 && previous.contains(key, id.sequence) { return false }
+        current.select(key)
+        guard current.hot.insert(id.sequence) else { return false }
+        current.copies += 1
+        if current.copies >= capacity {
             previous = current
-            current = Set(minimumCapacity: capacity)
+            current = Generation()
         }
         return true
+    }
+}
+
+/// Disjoint sorted runs of sequence numbers, for ``DedupSet``; appending the next number of the
+/// last run (the common case) is O(1).
+struct SequenceRuns: Sendable {
+    private var starts: [UInt64] = []
+    private var ends: [UInt64] = []  // exclusive
+
+    func contains(_ sequence: UInt64) -> Bool {
+        guard let lastEnd = ends.last else { return false }
+        if sequence >= lastEnd { return false }
+        if sequence >= starts[starts.count - 1] { return true }
+        let index = runIndex(startingAtOrBefore: sequence)
+        return index >= 0 && sequence < ends[index]
+    }
+
+    /// Adds `sequence`; false if it was there.
+    mutating func insert(_ sequence: UInt64) -> Bool {
+        if let lastEnd = ends.last, sequence >= starts[starts.count - 1] {
+            if sequence < lastEnd { return false }
+            if sequence == lastEnd {
+                ends[ends.count - 1] = lastEnd &+ 1
+                return true
+            }
+        } else if !ends.isEmpty {
+            // Before the last run: find its place (retransmissions and re-queued items).
+            let index = runIndex(startingAtOrBefore: sequence)
+            if index >= 0 && sequence < ends[index] { return false }
+            let joinsLeft = index >= 0 && ends[index] == sequence
+            let joinsRight = index + 1 < starts.count && starts[index + 1] == sequence &+ 1
+            switch (joinsLeft, joinsRight) {
+            case (true, true):
+                ends[index] = ends[index + 1]
+                starts.remove(at: index + 1)
+                ends.remove(at: index + 1)
+            case (true, false):
+                ends[index] = sequence &+ 1
+            case (false, true):
+                starts[index + 1] = sequence
+            case (false, false):
+                starts.insert(sequence, at: index + 1)
+                ends.insert(sequence &+ 1, at: index + 1)
+            }
+            return true
+        }
+        starts.append(sequence)
+        ends.append(sequence &+ 1)
+        return true
+    }
+
+    /// The last run starting at or before `sequence`, or -1.
+    private func runIndex(startingAtOrBefore sequence: UInt64) -> Int {
+        var low = 0
+        var high = starts.count
+        while low < high {
+            let middle = (low + high) / 2
+            if starts[middle] <= sequence { low = middle + 1 } else { high = middle }
+        }
+        return low - 1
     }
 }
 

@@ -1,4 +1,5 @@
 @testable import P2PQQueue
+import P2PQWire
 import Testing
 
 @Suite struct OwnedTableTests {
@@ -52,5 +53,46 @@ import Testing
         #expect(removedAll)
         #expect(table[pinned] == 0)
         #expect(table.windowSlots <= table.count * 2 + 4096 + 1)
+    }
+}
+
+@Suite struct DedupTests {
+    @Test("Sequence runs behave like a set of numbers, in and out of order")
+    func sequenceRunsMatchASet() {
+        var random = SplitMix64(seed: 7)
+        var runs = SequenceRuns()
+        var model = Set<UInt64>()
+        var mismatches = 0
+        for step in 0..<20_000 {
+            // Mostly ascending, sometimes back in the past or a jump ahead.
+            let sequence: UInt64 = switch random.next() % 8 {
+            case 0: random.next() % 2_000
+            case 1: UInt64(step) + 50
+            default: UInt64(step / 2)
+            }
+            if runs.insert(sequence) != model.insert(sequence).inserted { mismatches += 1 }
+            let probe = random.next() % 12_000
+            if runs.contains(probe) != model.contains(probe) { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
+    }
+
+    @Test("A retransmitted copy is dropped; a re-queued one (new attempt) or a further hop is not; old copies are forgotten")
+    func dedupGenerations() {
+        let origin = PeerID(bytes: [UInt8](repeating: 5, count: 32))!
+        var dedup = DedupSet(capacity: 100)
+        for sequence in 1...50 as ClosedRange<UInt64> {
+            do { let inserted = dedup.insert(ItemID(origin: origin, sequence: sequence), attempt: 0, hops: 1); #expect(inserted) }
+        }
+        do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 0, hops: 1); #expect(!inserted) }
+        do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 1, hops: 1); #expect(inserted) }
+        do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 0, hops: 2); #expect(inserted) }
+        // 200 more copies: two rotations later, sequence 7 of hop 1 is forgotten.
+        for sequence in 1_000..<1_200 as Range<UInt64> {
+            do { let inserted = dedup.insert(ItemID(origin: origin, sequence: sequence), attempt: 0, hops: 1); #expect(inserted) }
+        }
+        #expect(dedup.count <= 200)
+        do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 1_150), attempt: 0, hops: 1); #expect(!inserted) }
+        do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 0, hops: 1); #expect(inserted) }
     }
 }
