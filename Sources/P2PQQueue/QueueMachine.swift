@@ -98,6 +98,7 @@ public struct QueueMachine: Sendable {
 
     private struct Transfer: Sendable {
         var peer: PeerID
+        /// The items as sent (hop count already raised): one array shared with the message.
         var items: [QueueItem]
         var bytes: Int
         var kind: TransferKind
@@ -765,38 +766,37 @@ public struct QueueMachine: Sendable {
         guard count > 0, !queue.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
-        var kept: [QueueItem] = []
+        var lastOrigin: PeerID?
         var sent: [QueueItem] = []
         let limit = Swift.min(count, configuration.maxTransferItems, QueueWire.maxTransferItems)
-        kept.reserveCapacity(Swift.min(limit, queue.count))
         sent.reserveCapacity(Swift.min(limit, queue.count))
         var bytes = 0
-        while sent.count < limit, let item = queue.first {
-            var cost = QueueWire.itemOverhead + item.payload.count
-            let newOrigin = !origins.contains(item.id.origin)
+        while sent.count < limit, let first = queue.first {
+            var cost = QueueWire.itemOverhead + first.payload.count
+            // Items of a batch mostly share their origin: compare with the last one first.
+            let newOrigin = first.id.origin != lastOrigin && !origins.contains(first.id.origin)
             if newOrigin { cost += QueueWire.originSize }
             guard cost <= budget else { break }
             budget -= cost
-            if newOrigin { origins.append(item.id.origin) }
-            queue.removeFirst()
+            if newOrigin { origins.append(first.id.origin) }
+            lastOrigin = first.id.origin
+            var item = queue.removeFirst()  // moved out, no copy of the payload reference
             bytes += item.payload.count
-            var copy = item
-            copy.hops &+= 1
-            sent.append(copy)
-            kept.append(item)
+            item.hops &+= 1
+            sent.append(item)
         }
-        guard !kept.isEmpty else { return 0 }
+        guard !sent.isEmpty else { return 0 }
         queuedBytes -= bytes
-        inFlightItems += kept.count
+        inFlightItems += sent.count
         inFlightBytes += bytes
         let id = nextTransferID
         nextTransferID += 1
-        transfers[id] = Transfer(peer: peer, items: kept, bytes: bytes, kind: kind, deadline: now + configuration.transferTimeout)
+        transfers[id] = Transfer(peer: peer, items: sent, bytes: bytes, kind: kind, deadline: now + configuration.transferTimeout)
         if peers[peer] != nil {
-            peers[peer]!.inFlight += kept.count
+            peers[peer]!.inFlight += sent.count
         }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID, items: sent), to: peer))
-        return kept.count
+        return sent.count
     }
 
     private func updatesInFlight(to owner: PeerID) -> Int {
@@ -814,7 +814,12 @@ public struct QueueMachine: Sendable {
             inFlightItems -= transfer.items.count
             inFlightBytes -= transfer.bytes
             queuedBytes += transfer.bytes
-            queue.insert(contentsOf: transfer.items, at: 0)
+            // Back as they were before the transfer (the hop it did not make undone).
+            queue.insert(contentsOf: transfer.items.lazy.map { item in
+                var item = item
+                item.hops &-= 1
+                return item
+            }, at: 0)
             counters.returnedFromTransfers += transfer.items.count
             if peers[transfer.peer] != nil {
                 peers[transfer.peer]!.inFlight -= transfer.items.count
@@ -900,7 +905,7 @@ public struct QueueMachine: Sendable {
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var run = SequenceRun(first: 0, count: 0)
         for item in transfer.items {
-            let hops = item.hops &+ 1
+            let hops = item.hops  // already raised for the transfer
             if item.id.origin == localPeer {
                 owned.modify(item.id.sequence) { record in
                     guard record.attempt == item.attempt, hops > record.hops else { return }
