@@ -335,16 +335,23 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU32(UInt32(items.count))
             var lastOrigin = origins[0]
             var lastIndex: UInt16 = 0
+            // Per item one append for the fixed fields and one for the payload (this loop is
+            // the sender's hot path).
+            var header: (UInt64, UInt64, UInt64) = (0, 0, 0)
             for item in items {
                 if item.id.origin != lastOrigin {
                     lastOrigin = item.id.origin
                     lastIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
                 }
-                writer.writeU16(lastIndex)
-                writer.writeU64(item.id.sequence)
-                writer.writeU32(item.attempt)
-                writer.writeU32(item.hops)
-                writer.writeByteString(item.payload)
+                withUnsafeMutableBytes(of: &header) { raw in
+                    raw.storeBytes(of: lastIndex.bigEndian, toByteOffset: 0, as: UInt16.self)
+                    raw.storeBytes(of: item.id.sequence.bigEndian, toByteOffset: 2, as: UInt64.self)
+                    raw.storeBytes(of: item.attempt.bigEndian, toByteOffset: 10, as: UInt32.self)
+                    raw.storeBytes(of: item.hops.bigEndian, toByteOffset: 14, as: UInt32.self)
+                    raw.storeBytes(of: UInt32(item.payload.count).bigEndian, toByteOffset: 18, as: UInt32.self)
+                    writer.writeRaw(UnsafeRawBufferPointer(rebasing: raw[0..<QueueWire.itemOverhead]))
+                }
+                writer.writeRaw(item.payload)
             }
         case .transferAck(_, let transferID, let status):
             writer.writeU64(transferID)
