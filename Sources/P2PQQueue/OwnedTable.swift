@@ -29,7 +29,7 @@ struct OwnedTable<Record: Sendable>: Sendable {
     }
 
     /// Adds a record for a sequence number above every one added before.
-    mutating func append(_ sequence: UInt64, _ record: Record) {
+    mutating func append(_ sequence: UInt64, _ record: consuming Record) {
         if window.isEmpty {
             base = sequence
         } else if sequence < base &+ UInt64(window.count) {

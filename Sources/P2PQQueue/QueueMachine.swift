@@ -904,23 +904,28 @@ public struct QueueMachine: Sendable {
         var runOwner: PeerID?
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var run = SequenceRun(first: 0, count: 0)
-        for item in transfer.items {
-            let hops = item.hops  // already raised for the transfer
-            if item.id.origin == localPeer {
-                owned.modify(item.id.sequence) { record in
-                    guard record.attempt == item.attempt, hops > record.hops else { return }
-                    record.holder = peer
-                    record.hops = hops
-                }
-            } else if item.id.origin != peer {
-                if item.id.origin == runOwner && runKey.attempt == item.attempt && runKey.hops == hops
-                    && run.first &+ UInt64(run.count) == item.id.sequence && run.count < UInt32.max {
-                    run.count += 1
-                } else {
-                    if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
-                    runOwner = item.id.origin
-                    runKey = CustodyKey(holder: peer, attempt: item.attempt, hops: hops)
-                    run = SequenceRun(first: item.id.sequence, count: 1)
+        // Through the buffer: reading an item's fields does not retain its payload.
+        transfer.items.withUnsafeBufferPointer { items in
+            for index in items.indices {
+                let id = items[index].id
+                let attempt = items[index].attempt
+                let hops = items[index].hops  // already raised for the transfer
+                if id.origin == localPeer {
+                    owned.modify(id.sequence) { record in
+                        guard record.attempt == attempt, hops > record.hops else { return }
+                        record.holder = peer
+                        record.hops = hops
+                    }
+                } else if id.origin != peer {
+                    if id.origin == runOwner && runKey.attempt == attempt && runKey.hops == hops
+                        && run.first &+ UInt64(run.count) == id.sequence && run.count < UInt32.max {
+                        run.count += 1
+                    } else {
+                        if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
+                        runOwner = id.origin
+                        runKey = CustodyKey(holder: peer, attempt: attempt, hops: hops)
+                        run = SequenceRun(first: id.sequence, count: 1)
+                    }
                 }
             }
         }

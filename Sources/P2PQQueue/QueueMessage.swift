@@ -278,11 +278,50 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     static func origins(of items: [QueueItem]) -> [PeerID] {
         var origins: [PeerID] = []
         var last: PeerID?
-        for item in items where item.id.origin != last {
-            last = item.id.origin
-            if !origins.contains(item.id.origin) { origins.append(item.id.origin) }
+        // Through the buffer: reading a field does not retain the item's payload.
+        items.withUnsafeBufferPointer { items in
+            for index in items.indices where items[index].id.origin != last {
+                last = items[index].id.origin
+                if !origins.contains(last!) { origins.append(last!) }
+            }
         }
         return origins
+    }
+
+    /// The items of a transfer as they go on the wire, built in one exactly sized array by
+    /// non-generic code (the sender's hot path: the generic writer would cost a call per field).
+    static func encodeItems(_ items: [QueueItem], origins: [PeerID]) -> [UInt8] {
+        items.withUnsafeBufferPointer { items in
+            var size = 0
+            for index in items.indices { size += QueueWire.itemOverhead + items[index].payload.count }
+            return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+                let raw = UnsafeMutableRawBufferPointer(buffer)
+                var offset = 0
+                var lastOrigin = origins[0]
+                var originIndex: UInt16 = 0
+                for index in items.indices {
+                    let id = items[index].id
+                    if id.origin != lastOrigin {
+                        lastOrigin = id.origin
+                        originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
+                    }
+                    raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
+                    raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
+                    raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 10, as: UInt32.self)
+                    raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                    let count = items[index].payload.count
+                    raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                    offset += QueueWire.itemOverhead
+                    if count > 0 {
+                        items[index].payload.withUnsafeBytes { payload in
+                            (raw.baseAddress! + offset).copyMemory(from: payload.baseAddress!, byteCount: count)
+                        }
+                        offset += count
+                    }
+                }
+                initialized = size
+            }
+        }
     }
 
     public var bodySize: Int {
@@ -295,7 +334,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .stealEmpty:
             return name + 8
         case .transfer(_, _, _, _, let items):
-            let payloads = items.reduce(0) { $0 + $1.payload.count }
+            let payloads = items.withUnsafeBufferPointer { items in
+                items.indices.reduce(0) { $0 + items[$1].payload.count }
+            }
             return QueueWire.transferOverhead(queueNameLength: queue.utf8.count)
                 + Self.origins(of: items).count * QueueWire.originSize
                 + items.count * QueueWire.itemOverhead + payloads
@@ -333,26 +374,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU16(UInt16(origins.count))
             for origin in origins { origin.write(into: &writer) }
             writer.writeU32(UInt32(items.count))
-            var lastOrigin = origins[0]
-            var lastIndex: UInt16 = 0
-            // Per item one append for the fixed fields and one for the payload (this loop is
-            // the sender's hot path).
-            var header: (UInt64, UInt64, UInt64) = (0, 0, 0)
-            for item in items {
-                if item.id.origin != lastOrigin {
-                    lastOrigin = item.id.origin
-                    lastIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
-                }
-                withUnsafeMutableBytes(of: &header) { raw in
-                    raw.storeBytes(of: lastIndex.bigEndian, toByteOffset: 0, as: UInt16.self)
-                    raw.storeBytes(of: item.id.sequence.bigEndian, toByteOffset: 2, as: UInt64.self)
-                    raw.storeBytes(of: item.attempt.bigEndian, toByteOffset: 10, as: UInt32.self)
-                    raw.storeBytes(of: item.hops.bigEndian, toByteOffset: 14, as: UInt32.self)
-                    raw.storeBytes(of: UInt32(item.payload.count).bigEndian, toByteOffset: 18, as: UInt32.self)
-                    writer.writeRaw(UnsafeRawBufferPointer(rebasing: raw[0..<QueueWire.itemOverhead]))
-                }
-                writer.writeRaw(item.payload)
-            }
+            writer.writeRaw(Self.encodeItems(items, origins: origins))
         case .transferAck(_, let transferID, let status):
             writer.writeU64(transferID)
             writer.writeU8(status.rawValue)
