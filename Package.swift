@@ -223,6 +223,13 @@ let package = Package(
             dependencies: ["P2PQQueue", "P2PQWire", "P2PQFuzzSupport"],
             path: "Sources/P2PQQueueFuzz"
         ),
+        // libFuzzer entry for the remote-call decoders: messages 0x40-0x44 and call items
+        // (Fuzz/run-fuzz.sh rpc).
+        .executableTarget(
+            name: "P2PQRemoteCallFuzz",
+            dependencies: ["P2PQRemoteCall", "P2PQWire", "P2PQFuzzSupport"],
+            path: "Sources/P2PQRemoteCallFuzz"
+        ),
         .testTarget(
             name: "P2PQCodableTests",
             dependencies: ["P2PQCodable"],

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Builds a fuzz target (wire: P2PQWireFuzz, link: P2PQLinkFuzz, dns: P2PQDNSFuzz,
-# codable: P2PQCodableFuzz, queue: P2PQQueueFuzz) with libFuzzer + ASan and runs it for [seconds]
+# codable: P2PQCodableFuzz, queue: P2PQQueueFuzz, rpc: P2PQRemoteCallFuzz) with libFuzzer + ASan and runs it for [seconds]
 # (default 60) on a temporary copy of the seed corpus, so the committed seeds stay small.
 # Exits non-zero if the fuzzer finds a crash; the crashing input is saved in Fuzz/artifacts/
 # and can be replayed with a plain build: `swift run <product> Fuzz/artifacts/crash-…`.
 set -euo pipefail
 
-target="${1:?usage: run-fuzz.sh wire|link|dns|codable|queue [seconds]}"
+target="${1:?usage: run-fuzz.sh wire|link|dns|codable|queue|rpc [seconds]}"
 case "$target" in
     wire) product=P2PQWireFuzz ;;
     link) product=P2PQLinkFuzz ;;
     dns) product=P2PQDNSFuzz ;;
     codable) product=P2PQCodableFuzz ;;
     queue) product=P2PQQueueFuzz ;;
-    *) echo "run-fuzz: unknown target $target (wire, link, dns, codable or queue)" >&2; exit 2 ;;
+    rpc) product=P2PQRemoteCallFuzz ;;
+    *) echo "run-fuzz: unknown target $target (wire, link, dns, codable, queue or rpc)" >&2; exit 2 ;;
 esac
 seconds="${2:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"

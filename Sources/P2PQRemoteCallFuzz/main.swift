@@ -1,0 +1,109 @@
+// Fuzz target for the remote-call decoders (P2PQRemoteCall): the messages 0x40–0x44 and the
+// call item (the bytes of a call-queue item and of each entry of a direct message).
+//
+// Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
+// replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
+// `--write-corpus <dir>`, writes the seed corpus (Fuzz/corpus/rpc).
+//
+// The first input byte picks what to decode (byte % 6: the five message types, then a call
+// item); the rest is the body. Besides "no crash", whatever decodes must validate, have an
+// exact `bodySize` or `encodedSize`, and survive encode → decode unchanged; a call item's
+// encoding must be the very bytes it was decoded from (the format has one encoding per value).
+
+import P2PQFuzzSupport
+import P2PQRemoteCall
+import P2PQWire
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+let types: [MessageType] = RemoteCallMessage.messageTypes
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    guard size > 0 else { return 0 }
+    let choice = Int(data[0]) % (types.count + 1)
+    let body = UnsafeRawBufferPointer(start: data + 1, count: size - 1)
+    guard choice < types.count else {
+        fuzzCallItem(body)
+        return 0
+    }
+    let type = types[choice]
+    let result = Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: body) }
+    guard case .success(let message) = result else { return 0 }
+    precondition(message.messageType == type, "decoded a \(message.messageType) from a \(type) body")
+    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.validate() }) {
+        fatalError("a decoded \(type) does not validate: \(error)")
+    }
+    var frame: [UInt8] = []
+    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.encode(into: &frame, maxFrameSize: 1 << 24) }) {
+        fatalError("a decoded \(type) does not encode: \(error)")
+    }
+    precondition(frame.count == 5 + message.bodySize, "bodySize of a \(type) is not exact")
+    let again = Array(frame.dropFirst(5)).withUnsafeBytes { bytes in
+        Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: bytes) }
+    }
+    guard case .success(let decoded) = again else { fatalError("the encoding of a decoded \(type) does not decode") }
+    precondition(decoded == message, "a \(type) changed through encode and decode")
+    if case .direct(let items) = message {
+        for item in items { item.withUnsafeBytes { fuzzCallItem($0) } }
+    }
+    return 0
+}
+
+func fuzzCallItem(_ bytes: UnsafeRawBufferPointer) {
+    let header = CallItem.header(of: Array(bytes))
+    let result = Result { () throws(WireError) in try CallItem.decode(bytes, maxArgumentSize: 1 << 20) }
+    guard case .success(let item) = result else { return }
+    precondition(header == item.id, "header(of:) disagrees with decode")
+    precondition(item.encodedSize == bytes.count, "encodedSize of a call item is not exact")
+    let encoded: [UInt8]
+    switch Result(catching: { () throws(WireError) in try item.encoded() }) {
+    case .success(let value): encoded = value
+    case .failure(let error): fatalError("a decoded call item does not encode: \(error)")
+    }
+    precondition(encoded.elementsEqual(bytes), "a call item has a second encoding")
+}
+
+/// The seeds: one valid body per message type, and a call item.
+func seeds() throws -> [(name: String, bytes: [UInt8])] {
+    let caller = PeerID(bytes: [UInt8](repeating: 7, count: 32))!
+    let item = try CallItem(id: CallID(caller: caller, sequence: 3), attempt: 2, function: "fib", memoize: true,
+                            deadline: 1_700_000_000_000_000_000, arguments: [0, 0, 0, 30]).encoded()
+    let messages: [(String, RemoteCallMessage)] = [
+        ("results", .results([
+            CallResultEntry(sequence: 1, outcome: .success([1, 2])),
+            CallResultEntry(sequence: 2, outcome: .thrown(typeName: "E", description: "d")),
+            CallResultEntry(sequence: 3, outcome: .unknownFunction),
+            CallResultEntry(sequence: 4, outcome: .badArguments("b")),
+            CallResultEntry(sequence: 5, outcome: .malformedCall("m")),
+        ])),
+        ("started", .started([CallStartedEntry(sequence: 9, attempt: 1)])),
+        ("cancel", .cancel([1, 2])),
+        ("direct", .direct([item])),
+        ("credit", .credit(16)),
+    ]
+    var result = try messages.map { name, message in
+        var frame: [UInt8] = []
+        try message.encode(into: &frame)
+        return (name, [UInt8(types.firstIndex(of: message.messageType)!)] + frame.dropFirst(5))
+    }
+    result.append(("call-item", [UInt8(types.count)] + item))
+    return result
+}
+
+if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--write-corpus" {
+    let directory = CommandLine.arguments[2]
+    for seed in try seeds() {
+        guard let file = fopen(directory + "/" + seed.name, "wb") else { fatalError("cannot write \(directory)/\(seed.name)") }
+        _ = seed.bytes.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) }
+        fclose(file)
+    }
+    print("wrote \(try seeds().count) seeds to \(directory)")
+    exit(0)
+}
+
+fuzzMain(name: "P2PQRemoteCallFuzz", fuzz)
