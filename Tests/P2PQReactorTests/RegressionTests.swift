@@ -99,6 +99,32 @@ struct ReactorRegressionTests {
         }
     }
 
+    /// epoll: a write that fails because the peer reset the connection closed it at once,
+    /// dropping the bytes the peer sent just before its reset (a goodbye), still unread in the
+    /// socket. They must be delivered before the reset is reported.
+    @Test("The peer's last bytes before its reset are delivered even when a write sees the reset first", arguments: ReactorBackendKind.allCases)
+    func lastBytesBeforeResetOnWrite(kind: ReactorBackendKind) async throws {
+        try await withReactor(kind) { reactor in
+            let pair = try await regressionConnect(reactor)
+            let payload = patternBytes(count: 100, seed: 9)
+            let connection = pair.connection
+            let blocked = Promise<Bool>()
+            // One loop turn: block (while the peer sends and resets), then write, so the write's
+            // flush at the end of this turn meets the reset before the next poll sees the bytes.
+            #expect(reactor.execute {
+                blocked.fulfill(true)
+                usleep(200_000)
+                connection.value.write(Array("ping".utf8))
+            })
+            _ = try await blocked.value(within: .seconds(10), "the loop to block")
+            #expect(RawSocket.writeAll(pair.peer, payload))
+            RawSocket.setLingerZero(pair.peer)
+            close(pair.peer)
+            _ = try await pair.probe.value.closed.value(within: .seconds(5), "the close after the reset")
+            #expect(pair.probe.value.bytes.value == payload)
+        }
+    }
+
     /// Both the bytes and the EOF that arrive while reads are paused wait for the resume, and
     /// then both come (io_uring stashes them; epoll must re-read after resuming).
     @Test("Bytes and EOF that arrive while paused are delivered on resume", arguments: ReactorBackendKind.allCases)

@@ -217,6 +217,12 @@ final class EpollBackend: ReactorBackend {
                     connection.io.waitingForWritable = true
                     return
                 }
+                // The peer may have sent its last bytes (a goodbye) before resetting: deliver
+                // what the socket still holds before reporting the reset.
+                if !connection.isReadingPaused && !connection.isInputClosed {
+                    read(connection, untilEOF: true)
+                    guard connection.state == .active else { return }
+                }
                 connection.handleError(errno: code, call: "sendmsg")
                 return
             }

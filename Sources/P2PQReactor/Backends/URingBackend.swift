@@ -33,6 +33,8 @@ final class URingBackend: ReactorBackend {
 
     /// Connections whose receive ended for lack of buffers: re-armed once buffers return.
     private var rearmQueue: [TCPConnection] = []
+    /// Sends that failed during this batch of completions, reported after it.
+    private var sendFailures: [(TCPConnection, Int32)] = []
     /// Connections that resumed reading and have stashed input or no receive armed.
     private var resumeQueue: [TCPConnection] = []
     /// Channels closed but with operations still in flight, by token.
@@ -155,6 +157,7 @@ final class URingBackend: ReactorBackend {
             if n < cqeBatch { break }
         }
         publishBuffers()
+        if !sendFailures.isEmpty { reportSendFailures() }
         if !rearmQueue.isEmpty {
             let queue = rearmQueue
             rearmQueue.removeAll(keepingCapacity: true)
@@ -370,7 +373,44 @@ final class URingBackend: ReactorBackend {
         } else if res == -EAGAIN || res == -EINTR || res == 0 {
             reactor.enqueueFlush(connection)
         } else {
-            connection.handleError(errno: -res, call: "sendmsg")
+            // Reported after this batch of completions, once the peer's last bytes (a goodbye
+            // sent just before its reset) have been delivered: see `reportSendFailures`.
+            sendFailures.append((connection, -res))
+        }
+    }
+
+    /// A send failed (typically the peer reset the connection): first deliver what the socket
+    /// still holds, which the multishot recv may not have picked up yet (its completion can
+    /// come after the send's), then report the error.
+    private func reportSendFailures() {
+        let failures = sendFailures
+        sendFailures.removeAll(keepingCapacity: true)
+        for (connection, code) in failures where connection.state == .active {
+            if !connection.isReadingPaused && connection.io.stashedReads.isEmpty && !connection.isInputClosed {
+                drainSocket(connection)
+                guard connection.state == .active else { continue }
+            }
+            connection.handleError(errno: code, call: "sendmsg")
+        }
+    }
+
+    /// Reads the socket directly until it is empty, closed or failing (the connection is
+    /// about to close, so a recv still armed on it no longer matters).
+    private func drainSocket(_ connection: TCPConnection) {
+        var scratch = [UInt8](repeating: 0, count: 64 * 1024)
+        while connection.state == .active && !connection.isReadingPaused {
+            let n = scratch.withUnsafeMutableBytes { Glibc.read(connection.fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                scratch.withUnsafeBytes { connection.handleRead(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            } else if n == 0 {
+                connection.handleEOF()
+                return
+            } else {
+                let code = errno
+                if code == EINTR { continue }
+                if code != EAGAIN && code != EWOULDBLOCK { connection.handleError(errno: code, call: "read") }
+                return
+            }
         }
     }
 
