@@ -102,7 +102,7 @@ let package = Package(
             path: "Sources/P2PQDNSFuzz"
         ),
         // The main program the fuzz targets share (libFuzzer driver, or corpus replay).
-        .target(name: "P2PQFuzzSupport", path: "Sources/P2PQFuzzSupport"),
+        .target(name: "P2PQFuzzSupport", dependencies: ["P2PQWire"], path: "Sources/P2PQFuzzSupport"),
         // libFuzzer entry for the link handshake and record layer.
         .executableTarget(
             name: "P2PQLinkFuzz",

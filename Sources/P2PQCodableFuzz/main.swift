@@ -109,15 +109,6 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
     ]
 }
 
-if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--write-corpus" {
-    let directory = CommandLine.arguments[2]
-    for seed in try seeds() {
-        guard let file = fopen(directory + "/" + seed.name, "wb") else { fatalError("cannot write \(directory)/\(seed.name)") }
-        _ = seed.bytes.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
-    }
-    print("wrote \(try seeds().count) seeds to \(directory)")
-    exit(0)
-}
+try writeCorpusIfAsked(seeds)
 
 fuzzMain(name: "P2PQCodableFuzz", fuzz)

@@ -496,12 +496,7 @@ public struct CallerMachine: Sendable {
     private mutating func emitDirect(into actions: inout [Action]) {
         guard !directOut.isEmpty else { return }
         for (peer, items) in directOut.sorted(by: { $0.key < $1.key }) {
-            var start = 0
-            while start < items.count {
-                let end = min(items.count, start + RemoteCallLimits.maxEntriesPerMessage)
-                actions.append(.send(.direct(Array(items[start..<end])), to: peer))
-                start = end
-            }
+            for chunk in Self.messageChunks(items) { actions.append(.send(.direct(Array(chunk)), to: peer)) }
         }
         directOut.removeAll(keepingCapacity: true)
     }
@@ -594,12 +589,14 @@ public struct CallerMachine: Sendable {
 
     private func emit(_ cancels: [PeerID: [UInt64]], into actions: inout [Action]) {
         for (peer, sequences) in cancels.sorted(by: { $0.key < $1.key }) {
-            var start = 0
-            while start < sequences.count {
-                let end = min(sequences.count, start + RemoteCallLimits.maxEntriesPerMessage)
-                actions.append(.send(.cancel(Array(sequences[start..<end])), to: peer))
-                start = end
-            }
+            for chunk in Self.messageChunks(sequences) { actions.append(.send(.cancel(Array(chunk)), to: peer)) }
+        }
+    }
+
+    /// `elements` in consecutive pieces that fit the entry limit of one message.
+    private static func messageChunks<T>(_ elements: [T]) -> [ArraySlice<T>] {
+        stride(from: 0, to: elements.count, by: RemoteCallLimits.maxEntriesPerMessage).map {
+            elements[$0..<min(elements.count, $0 + RemoteCallLimits.maxEntriesPerMessage)]
         }
     }
 

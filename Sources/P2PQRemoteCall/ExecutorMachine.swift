@@ -274,27 +274,7 @@ public struct ExecutorMachine: Sendable {
     ///   - items: encoded call items, in the order the queue delivered them.
     ///   - wallClock: wall-clock Unix time in ns, to skip items whose deadline passed.
     public mutating func popped(_ items: [[UInt8]], wallClock: UInt64) -> [Action] {
-        var actions: [Action] = []
-        var runs: [CallTask] = []
-        for bytes in items {
-            let decoded: Result<CallItem, WireError> = bytes.withUnsafeBytes { raw in
-                Result { () throws(WireError) in try CallItem.decode(raw, maxArgumentSize: configuration.maxArgumentSize) }
-            }
-            switch decoded {
-            case .success(let item):
-                admit(item, wallClock: wallClock, direct: false, runs: &runs, actions: &actions)
-            case .failure(let error):
-                counters.malformed += 1
-                if let id = CallItem.header(of: bytes), !deadCallers.contains(id.caller) {
-                    queueResult(.malformedCall(truncateUTF8(error.description, to: RemoteCallLimits.maxDescriptionLength)), for: id, actions: &actions)
-                } else {
-                    actions.append(.discard(error))
-                }
-            }
-        }
-        if !runs.isEmpty { actions.append(.run(runs)) }
-        fill(&actions)
-        return actions
+        intake(items, from: nil, wallClock: wallClock)
     }
 
     /// `peer` sent these call items directly, on the credit this node granted it.
@@ -303,23 +283,30 @@ public struct ExecutorMachine: Sendable {
     /// as slots allow, in order; they get no started notice (the caller already knows where
     /// they are).
     public mutating func direct(_ items: [[UInt8]], from peer: PeerID, wallClock: UInt64) -> [Action] {
+        if let held = granted[peer] { granted[peer] = Swift.max(0, held - items.count) }
+        return intake(items, from: peer, wallClock: wallClock)
+    }
+
+    /// Decodes and admits items, popped from the queue (`sender` nil) or sent directly by
+    /// `sender`, which must then be their caller. A malformed item that names a (plausible)
+    /// caller is answered; any other is discarded.
+    private mutating func intake(_ items: [[UInt8]], from sender: PeerID?, wallClock: UInt64) -> [Action] {
         var actions: [Action] = []
         var runs: [CallTask] = []
-        if let held = granted[peer] { granted[peer] = Swift.max(0, held - items.count) }
         for bytes in items {
             let decoded: Result<CallItem, WireError> = bytes.withUnsafeBytes { raw in
                 Result { () throws(WireError) in try CallItem.decode(raw, maxArgumentSize: configuration.maxArgumentSize) }
             }
             switch decoded {
-            case .success(let item) where item.id.caller == peer:
-                counters.direct += 1
-                admit(item, wallClock: wallClock, direct: true, runs: &runs, actions: &actions)
+            case .success(let item) where sender == nil || item.id.caller == sender:
+                if sender != nil { counters.direct += 1 }
+                admit(item, wallClock: wallClock, direct: sender != nil, runs: &runs, actions: &actions)
             case .success(let item):
                 counters.malformed += 1
-                actions.append(.discard(.malformed(field: "direct.caller", reason: "a direct call from \(peer) names caller \(item.id.caller)")))
+                actions.append(.discard(.malformed(field: "direct.caller", reason: "a direct call from \(sender!) names caller \(item.id.caller)")))
             case .failure(let error):
                 counters.malformed += 1
-                if !deadCallers.contains(peer), let id = CallItem.header(of: bytes), id.caller == peer {
+                if let id = CallItem.header(of: bytes), !deadCallers.contains(id.caller), sender == nil || id.caller == sender {
                     queueResult(.malformedCall(truncateUTF8(error.description, to: RemoteCallLimits.maxDescriptionLength)), for: id, actions: &actions)
                 } else {
                     actions.append(.discard(error))

@@ -32,22 +32,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         return 0
     }
     let type = types[choice]
-    let result = Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: body) }
-    guard case .success(let message) = result else { return 0 }
-    precondition(message.messageType == type, "decoded a \(message.messageType) from a \(type) body")
-    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.validate() }) {
-        fatalError("a decoded \(type) does not validate: \(error)")
-    }
-    var frame: [UInt8] = []
-    if case .failure(let error) = Result(catching: { () throws(WireError) in try message.encode(into: &frame, maxFrameSize: 1 << 24) }) {
-        fatalError("a decoded \(type) does not encode: \(error)")
-    }
-    precondition(frame.count == 5 + message.bodySize, "bodySize of a \(type) is not exact")
-    let again = Array(frame.dropFirst(5)).withUnsafeBytes { bytes in
-        Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: bytes) }
-    }
-    guard case .success(let decoded) = again else { fatalError("the encoding of a decoded \(type) does not decode") }
-    precondition(decoded == message, "a \(type) changed through encode and decode")
+    guard let message = checkMessageRoundTrip(RemoteCallMessage.self, type: type, body: body) else { return 0 }
     if case .direct(let items) = message {
         for item in items { item.withUnsafeBytes { fuzzCallItem($0) } }
     }
@@ -95,15 +80,6 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
     return result
 }
 
-if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--write-corpus" {
-    let directory = CommandLine.arguments[2]
-    for seed in try seeds() {
-        guard let file = fopen(directory + "/" + seed.name, "wb") else { fatalError("cannot write \(directory)/\(seed.name)") }
-        _ = seed.bytes.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
-    }
-    print("wrote \(try seeds().count) seeds to \(directory)")
-    exit(0)
-}
+try writeCorpusIfAsked(seeds)
 
 fuzzMain(name: "P2PQRemoteCallFuzz", fuzz)
