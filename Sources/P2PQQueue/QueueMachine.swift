@@ -1128,11 +1128,18 @@ public struct QueueMachine: Sendable {
     /// carries a full batch to the consumer peer that would finish its known work first (queue
     /// plus what is on the way, over its rate). Clocked by pushes and acknowledgements, not by
     /// gossip rounds; consumers even out among themselves by stealing. A peer that refused a
-    /// transfer (full or closed) gets none until its next report.
+    /// transfer (full or closed) gets none until its next report, and a peer already holding
+    /// more than a full window of transfers and more than four stats intervals of work at its
+    /// measured rate gets none until it has worked some off (a slow consumer does not hoard).
     private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
         guard configuration.strategy == .adaptive, !isClosed, !queue.isEmpty, !hasConsumers(now: now) else { return }
+        let window = Double(configuration.maxTransfersInFlightPerPeer * configuration.maxTransferItems)
+        let horizon = 4 * Double(configuration.statsInterval) / 1e9
         var candidates: [PeerID] = []
         for (peer, view) in peers where isFresh(view, now: now) && view.hasConsumers && view.accepting {
+            // Only against a measured rate: a consumer not measured yet is fed (its refusals
+            // still bound what it takes), or a stream would stall until its first sample.
+            if view.rate > 0 && view.length >= window && view.length / view.rate > horizon { continue }
             candidates.append(peer)
         }
         guard !candidates.isEmpty else { return }

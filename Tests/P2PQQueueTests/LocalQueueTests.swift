@@ -228,6 +228,28 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(b.remove(where: { _ in true }, now: 7).removed == 0)
     }
 
+    @Test("A pure source feeds consumer peers on every ack, without waiting for a stats round, but a slow one only a window's worth")
+    func pureSourceFeedsOnAcks() throws {
+        var a = QueueMachine(name: "q", localPeer: A)
+        _ = a.peerConnected(B, now: 0)
+        _ = a.peerConnected(C, now: 0)
+        // B consumes fast, C slowly (10 items/s); A has no consumers.
+        _ = report(&a, from: B, sequence: 1, rate: 1_000_000, now: 1)
+        _ = report(&a, from: C, sequence: 1, rate: 10, now: 1)
+        let pushed = a.push((0..<100_000).map { payload($0) }, now: 2).1
+        // Every transfer slot to both peers filled at once (4 each, full batches).
+        let first = pushed.transfers
+        #expect(first.filter { $0.to == B }.count == 4 && first.filter { $0.to == C }.count == 4)
+        #expect(first.allSatisfy { $0.items.count == 4096 })
+        // Acks free slots: B gets more straight away; C, holding 16,384 items (27 min of work), none.
+        var more: [(id: UInt64, items: [QueueItem], to: PeerID)] = []
+        for transfer in first {
+            more += a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: transfer.to, now: 3).transfers
+        }
+        #expect(more.count == 4 && more.allSatisfy { $0.to == B })
+        #expect(a.counters.transfersByKind[.balance] == 8 * 4096)
+    }
+
     @Test("When the holder dies, the owner re-queues the items it never heard were popped")
     func requeueOnDeath() throws {
         var (a, b, transfer) = stolen(10)
