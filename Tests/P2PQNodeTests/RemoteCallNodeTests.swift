@@ -291,6 +291,40 @@ struct RemoteCallNodeTests {
         #expect(counters.caller.retries + requeued >= 1)
         await node.stop()
     }
+
+    @Test("A direct call (sent on the executor's credit) whose executor is SIGKILLed is retried and returns the right result")
+    func directCallExecutorKilled() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
+        try key.save(path: path)
+        defer { unlink(path) }
+        let node = try Node(configuration: testConfiguration(key: key))
+        let info = try await node.start()
+        let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
+        rpc.register("sleep-then-answer") { (ms: Int) async throws -> Int in
+            try await Task.sleep(for: .milliseconds(ms))
+            return ms + 1
+        }
+        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
+        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
+        let call = rpc.function("sleep-then-answer", arguments: Int.self, result: Int.self)
+        // Warm up through the queue until the child has credited this node.
+        var direct = 0
+        for attempt in 0..<50 where direct == 0 {
+            #expect(try await call(attempt, timeout: .seconds(10)) == attempt + 1)
+            direct = try #require(await rpc.counters()).caller.direct
+        }
+        #expect(direct > 0)
+        let before = try #require(await rpc.counters()).caller
+        let pending = Task { await result { () async throws(RemoteCallError) in try await call(1500, timeout: .seconds(30)) } }
+        try await eventually("the call went direct") { (await rpc.counters()?.caller.direct ?? 0) > before.direct }
+        try await Task.sleep(for: .milliseconds(300))
+        try await rpc.process()  // the survivor takes the retry
+        kill(child.process.processIdentifier, SIGKILL)
+        #expect(await pending.value == .success(1501))
+        #expect(try #require(await rpc.counters()).caller.retries > before.retries)
+        await node.stop()
+    }
 }
 
 /// A small deterministic generator for the pi workload.
