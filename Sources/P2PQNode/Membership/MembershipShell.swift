@@ -102,6 +102,9 @@ final class MembershipShell {
             // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
             core.queues.peerDied(peer)
             core.remoteCalls?.peerDied(peer)
+            // No more redials of its addresses (bootstrap ones excepted); news of it later
+            // (a peer list, mDNS, its own link) is handled as for a stranger.
+            core.perform(core.manager.peerGone(peer, now: core.now))
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
@@ -109,6 +112,7 @@ final class MembershipShell {
             // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
             core.queues.peerDied(peer)
             core.remoteCalls?.peerLeft(peer)
+            core.perform(core.manager.peerGone(peer, now: core.now))
         }
     }
 
