@@ -62,6 +62,9 @@ public struct Membership {
     private var memberTable: [PeerID: Member] = [:]
     /// When each dead or left member is forgotten; exactly the dead and left keys of `memberTable`.
     private var tombstones: [PeerID: UInt64] = [:]
+    /// No tombstone expires before this (it may be early after one was dropped, never late), so
+    /// neither the timer nor a tick scans the tombstones for nothing.
+    private var nextTombstoneExpiry: UInt64 = .max
 
     private struct Suspicion {
         var startedAt: UInt64
@@ -226,7 +229,10 @@ public struct Membership {
             }
             apply(MemberUpdate(kind: .dead, member: peer, incarnation: member.incarnation, origin: localPeer), now: now, &out)
         }
-        for (peer, expiry) in tombstones where now >= expiry { forget(peer) }
+        if now >= nextTombstoneExpiry {
+            for (peer, expiry) in tombstones where now >= expiry { forget(peer) }
+            nextTombstoneExpiry = tombstones.values.min() ?? .max
+        }
         if now >= nextProbeAt {
             nextProbeAt = now &+ configuration.probeInterval &* healthMultiplier
             if let target = nextProbeTarget() { startProbe(target, now: now, &out) }
@@ -548,7 +554,7 @@ public struct Membership {
             // A verdict at a later incarnation is news still spreading: keep the tombstone longer.
             if incarnation > member.incarnation {
                 memberTable[peer]!.incarnation = incarnation
-                tombstones[peer] = now &+ configuration.tombstoneRetention
+                setTombstone(peer, expiry: now &+ configuration.tombstoneRetention)
             }
         }
     }
@@ -559,10 +565,15 @@ public struct Membership {
         let wasTombstone = tombstones[peer] != nil
         memberTable[peer] = member
         if member.state == .dead || member.state == .left {
-            if !wasTombstone { tombstones[peer] = now &+ configuration.tombstoneRetention }
+            if !wasTombstone { setTombstone(peer, expiry: now &+ configuration.tombstoneRetention) }
         } else {
             tombstones[peer] = nil
         }
+    }
+
+    private mutating func setTombstone(_ peer: PeerID, expiry: UInt64) {
+        tombstones[peer] = expiry
+        nextTombstoneExpiry = min(nextTombstoneExpiry, expiry)
     }
 
     /// Makes room for one more member: true if the table is below `maxMembers`, or after
@@ -697,7 +708,7 @@ public struct Membership {
             earliest = min(earliest, relay.nackAt ?? relay.expiresAt, relay.expiresAt)
         }
         for suspicion in suspicions.values { earliest = min(earliest, suspicion.deadline) }
-        for expiry in tombstones.values { earliest = min(earliest, expiry) }
+        earliest = min(earliest, nextTombstoneExpiry)
         guard earliest != .max, earliest != armed else { return }
         armed = earliest
         out.append(.armTimer(at: earliest))
