@@ -15,7 +15,8 @@
 /// - ``heard(link:now:)`` for every received message (O(1), emits nothing).
 /// - ``peerListReceived(from:entries:now:)`` for a peer list message.
 /// - ``discovered(peer:address:now:)`` for a peer found on the local network (mDNS).
-/// - ``peerGone(_:now:)`` when membership declares a peer dead or left.
+/// - ``peerGone(_:now:)`` when membership declares a peer dead or left, ``peerJoined(_:now:)``
+///   when it reports a member (re)joined.
 /// - ``tick(now:)`` when the timer armed by `.armTimer(at:)` fires.
 ///
 /// ## One link per pair
@@ -350,6 +351,15 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         forget(peer, now: now)
         rearm(&actions)
         return actions
+    }
+
+    /// Membership reports `peer` joined (new, restarted, or back after a verdict it refuted):
+    /// undoes a ``peerGone(_:now:)`` whose link is still up, so losing that link is redialed
+    /// as usual again. Addresses already forgotten are relearned from links and peer lists.
+    public mutating func peerJoined(_ peer: PeerID, now: UInt64) -> [Action] {
+        guard !isStopped, let id = linkByPeer[peer] else { return [] }
+        links[id]!.peerGone = false
+        return []
     }
 
     /// The timer fired (or the shell polls): pings silent links, closes dead ones, runs the

@@ -91,6 +91,17 @@ private let quiet = ConnectionManagerConfiguration(keepaliveInterval: 1000 * sec
         _ = try #require(m.backoffDeadline(of: address(2)))
     }
 
+    @Test func aRefutedVerdictOnALinkedPeerIsUndone() throws {
+        var m = makeManager(0, configuration: quiet)
+        _ = m.linkUp(link: LinkID(2), peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
+        _ = m.peerGone(2, now: ms)
+        #expect(m.peerJoined(2, now: 2 * ms).isEmpty)
+        _ = m.linkDown(link: LinkID(2), now: 3 * ms)
+        _ = try #require(m.backoffDeadline(of: address(2)))
+        // Joined news of a peer without a link changes nothing.
+        #expect(m.peerJoined(5, now: 4 * ms).isEmpty)
+    }
+
     @Test func aLinkedPeerClosedForSilenceIsNotRedialed() {
         var m = makeManager(0, configuration: ConnectionManagerConfiguration(keepaliveInterval: second,
                                                                              keepaliveTimeout: 3 * second))

@@ -90,6 +90,8 @@ final class MembershipShell {
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
             core.remoteCalls?.peerJoined(peer)
+            // Back after a verdict while its link stayed up: redial it again if that link drops.
+            core.perform(core.manager.peerJoined(peer, now: core.now))
         case .suspect(let peer):
             core.logger.notice("member \(peer.short) suspected (local health \(membership.localHealth))")
             core.emit(.memberSuspected(peer))
