@@ -15,6 +15,8 @@
 /// - ``heard(link:now:)`` for every received message (O(1), emits nothing).
 /// - ``peerListReceived(from:entries:now:)`` for a peer list message.
 /// - ``discovered(peer:address:now:)`` for a peer found on the local network (mDNS).
+/// - ``peerGone(_:now:)`` when membership declares a peer dead or left, ``peerJoined(_:now:)``
+///   when it reports a member (re)joined.
 /// - ``tick(now:)`` when the timer armed by `.armTimer(at:)` fires.
 ///
 /// ## One link per pair
@@ -61,6 +63,9 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         /// When the last ping went out; a ping counts for the current silence only if it is not
         /// older than `lastHeard`.
         var pingedAt: UInt64?
+        /// Membership declared the peer dead or left while this link was up: when it closes,
+        /// the peer is forgotten instead of redialed (see ``peerGone(_:now:)``).
+        var peerGone = false
     }
 
     private enum DialState: Equatable, Sendable {
@@ -94,6 +99,9 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         var lastChange: UInt64
         /// Insertion order, for deterministic iteration and eviction ties.
         let order: UInt64
+        /// The peer was declared gone while a dial here was in flight: forget the address if
+        /// that dial fails, instead of backing off.
+        var abandoned = false
     }
 
     /// A manager for node `localPeerID`.
@@ -203,6 +211,7 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         let dialed = direction == .outbound ? dialedAddress : nil
         if let dialed, addresses[dialed]?.state == .dialing {
             setState(dialed, .idle, now: now)
+            addresses[dialed]!.abandoned = false
         }
 
         if peer == localPeerID {
@@ -267,6 +276,9 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         if let peer = entry.peer, linkByPeer[peer] != nil {
             // The peer reached us some other way meanwhile.
             setState(address, .idle, now: now)
+        } else if entry.abandoned {
+            setState(address, .idle, now: now)
+            removeAddress(address)
         } else if !entry.isBootstrap && attempts >= configuration.maxDialAttempts {
             setState(address, .failed, now: now)
         } else {
@@ -284,7 +296,8 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         guard !isStopped, let gone = links.removeValue(forKey: link) else { return [] }
         linkByPeer[gone.peer] = nil
         var actions: [Action] = [.peerDisconnected(gone.peer, reason: peerLeft ? .peerLeft : .linkLost)]
-        planRedial(of: gone.peer, lastSeen: gone.lastHeard, peerLeft: peerLeft, now: now)
+        if gone.peerGone { forget(gone.peer, now: now) }
+        planRedial(of: gone.peer, lastSeen: gone.lastHeard, peerLeft: peerLeft || gone.peerGone, now: now)
         rearm(&actions)
         return actions
     }
@@ -322,6 +335,33 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         return actions
     }
 
+    /// Membership declared `peer` dead or left: stop redialing it. Its addresses are forgotten
+    /// (a dial already in flight is let finish; if it fails, its address is forgotten too),
+    /// except bootstrap addresses, which keep being retried as always. If the peer is still
+    /// linked, the link is left alone (it may yet carry a refutation), but once it closes the
+    /// peer is forgotten rather than redialed. Nothing else changes: a later peer list,
+    /// discovery hint or inbound link from the peer is handled as for any stranger.
+    public mutating func peerGone(_ peer: PeerID, now: UInt64) -> [Action] {
+        guard !isStopped, peer != localPeerID else { return [] }
+        if let id = linkByPeer[peer] {
+            links[id]!.peerGone = true
+            return []
+        }
+        var actions: [Action] = []
+        forget(peer, now: now)
+        rearm(&actions)
+        return actions
+    }
+
+    /// Membership reports `peer` joined (new, restarted, or back after a verdict it refuted):
+    /// undoes a ``peerGone(_:now:)`` whose link is still up, so losing that link is redialed
+    /// as usual again. Addresses already forgotten are relearned from links and peer lists.
+    public mutating func peerJoined(_ peer: PeerID, now: UInt64) -> [Action] {
+        guard !isStopped, let id = linkByPeer[peer] else { return [] }
+        links[id]!.peerGone = false
+        return []
+    }
+
     /// The timer fired (or the shell polls): pings silent links, closes dead ones, runs the
     /// redials that are due. Emits `.armTimer` for the next deadline.
     public mutating func tick(now: UInt64) -> [Action] {
@@ -336,7 +376,8 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
                 linkByPeer[link.peer] = nil
                 actions.append(.closeLink(id, reason: .keepaliveTimeout))
                 actions.append(.peerDisconnected(link.peer, reason: .keepaliveTimeout))
-                planRedial(of: link.peer, lastSeen: link.lastHeard, peerLeft: false, now: now)
+                if link.peerGone { forget(link.peer, now: now) }
+                planRedial(of: link.peer, lastSeen: link.lastHeard, peerLeft: link.peerGone, now: now)
             } else if now >= nextPing(link) {
                 links[id]!.pingedAt = now
                 actions.append(.sendPing(id))
@@ -550,6 +591,29 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
         addresses[address] = AddressEntry(lastChange: now, order: nextOrder)
         nextOrder += 1
         return true
+    }
+
+    /// Forgets `peer`'s addresses but its bootstrap ones (which then become its dial address);
+    /// one being dialed is only marked, so its dial's outcome still finds it. O(addresses).
+    private mutating func forget(_ peer: PeerID, now: UInt64) {
+        var bootstrap: (address: Address, order: UInt64)?
+        for (address, entry) in addresses where entry.peer == peer {
+            if entry.isBootstrap {
+                if bootstrap == nil || entry.order < bootstrap!.order { bootstrap = (address, entry.order) }
+            } else if entry.state == .dialing {
+                addresses[address]!.abandoned = true
+            } else {
+                setState(address, .idle, now: now)
+                removeAddress(address)
+            }
+        }
+        if let bootstrap { dialAddress[peer] = bootstrap.address }
+    }
+
+    /// Drops an address that is not being dialed or backing off (the counters stay right).
+    private mutating func removeAddress(_ address: Address) {
+        guard let entry = addresses.removeValue(forKey: address) else { return }
+        if let peer = entry.peer, dialAddress[peer] == address { dialAddress[peer] = nil }
     }
 
     /// Forgets the oldest failed address, else the oldest idle one. O(n), only when full.

@@ -43,11 +43,13 @@ public enum LinkCloseReason: Hashable, Sendable {
 
 /// Why a connected peer is no longer connected (``ConnectionAction/peerDisconnected(_:reason:)``).
 public enum PeerDisconnectReason: Hashable, Sendable {
-    /// The link closed without a goodbye (error, reset, remote close); a redial is scheduled.
+    /// The link closed without a goodbye (error, reset, remote close); a redial is scheduled
+    /// unless membership declared the peer gone (``ConnectionManager/peerGone(_:now:)``).
     case linkLost
     /// The peer said goodbye; it is not redialed (unless it is a bootstrap address).
     case peerLeft
-    /// This node closed the link because the peer went silent; a redial is scheduled.
+    /// This node closed the link because the peer went silent; a redial is scheduled unless
+    /// membership declared the peer gone.
     case keepaliveTimeout
     /// This node stopped.
     case stopped

@@ -36,6 +36,10 @@ import P2PQWire
 ///   sent at most λ·⌈log10(n + 1)⌉ times.
 /// - **Links.** A new link (`linkUp`) makes its peer a member and sends it this node's whole
 ///   view; a closed link (`linkDown`) triggers an immediate probe, never a verdict.
+/// - **Tombstones.** A member declared dead or left is kept for
+///   ``MembershipConfiguration/tombstoneRetention``, so stale alive news at its old incarnation
+///   cannot bring it back, then forgotten on a later tick with everything kept about it. The
+///   table holds at most ``MembershipConfiguration/maxMembers`` members.
 public struct Membership {
     /// This node.
     public let localPeer: PeerID
@@ -56,6 +60,11 @@ public struct Membership {
         var origin: PeerID
     }
     private var memberTable: [PeerID: Member] = [:]
+    /// When each dead or left member is forgotten; exactly the dead and left keys of `memberTable`.
+    private var tombstones: [PeerID: UInt64] = [:]
+    /// No tombstone expires before this (it may be early after one was dropped, never late), so
+    /// neither the timer nor a tick scans the tombstones for nothing.
+    private var nextTombstoneExpiry: UInt64 = .max
 
     private struct Suspicion {
         var startedAt: UInt64
@@ -156,6 +165,11 @@ public struct Membership {
         suspicions[peer]?.deadline
     }
 
+    /// When the dead or left `peer` is forgotten (for tests and status); nil if it is not a tombstone.
+    public func tombstoneExpiry(of peer: PeerID) -> UInt64? {
+        tombstones[peer]
+    }
+
     private var healthMultiplier: UInt64 { UInt64(localHealth + 1) }
 
     // MARK: Inputs
@@ -214,6 +228,10 @@ public struct Membership {
                 continue
             }
             apply(MemberUpdate(kind: .dead, member: peer, incarnation: member.incarnation, origin: localPeer), now: now, &out)
+        }
+        if now >= nextTombstoneExpiry {
+            for (peer, expiry) in tombstones where now >= expiry { forget(peer) }
+            nextTombstoneExpiry = tombstones.values.min() ?? .max
         }
         if now >= nextProbeAt {
             nextProbeAt = now &+ configuration.probeInterval &* healthMultiplier
@@ -308,7 +326,7 @@ public struct Membership {
             } else if incarnation > member.incarnation {
                 // A process never starts below the incarnation it announced, so this is a new
                 // process of the same identity: the one we knew is gone, whatever we thought.
-                memberTable[peer] = Member(state: .alive, incarnation: incarnation, origin: peer)
+                record(peer, Member(state: .alive, incarnation: incarnation, origin: peer), now: now)
                 suspicions[peer] = nil
                 if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
                 enqueue(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer))
@@ -476,14 +494,16 @@ public struct Membership {
         guard let member = memberTable[peer] else {
             switch update.kind {
             case .alive:
-                memberTable[peer] = Member(state: .alive, incarnation: incarnation, origin: peer)
+                guard makeRoom() else { return }
+                record(peer, Member(state: .alive, incarnation: incarnation, origin: peer), now: now)
                 insertIntoProbeOrder(peer)
                 enqueue(update)
                 out.append(.event(.joined(peer)))
             case .dead, .left:
                 // Remembered, so stale alive news of the same incarnation cannot revive it.
-                memberTable[peer] = Member(state: update.kind == .dead ? .dead : .left, incarnation: incarnation,
-                                           origin: update.origin)
+                guard makeRoom() else { return }
+                record(peer, Member(state: update.kind == .dead ? .dead : .left, incarnation: incarnation,
+                                    origin: update.origin), now: now)
             case .suspect:
                 break  // a suspicion of a stranger says nothing useful; its alive will come
             }
@@ -496,25 +516,25 @@ public struct Membership {
             enqueue(update)
         case (.alive, .suspect):
             guard incarnation > member.incarnation else { return }
-            memberTable[peer] = Member(state: .alive, incarnation: incarnation, origin: peer)
+            record(peer, Member(state: .alive, incarnation: incarnation, origin: peer), now: now)
             suspicions[peer] = nil
             enqueue(update)
             out.append(.event(.alive(peer)))
         case (.alive, .dead), (.alive, .left):
             guard incarnation > member.incarnation else { return }
-            memberTable[peer] = Member(state: .alive, incarnation: incarnation, origin: peer)
+            record(peer, Member(state: .alive, incarnation: incarnation, origin: peer), now: now)
             insertIntoProbeOrder(peer)
             enqueue(update)
             out.append(.event(.joined(peer)))
         case (.suspect, .alive):
             guard incarnation >= member.incarnation else { return }
-            memberTable[peer] = Member(state: .suspect, incarnation: incarnation, origin: update.origin)
+            record(peer, Member(state: .suspect, incarnation: incarnation, origin: update.origin), now: now)
             startSuspicion(of: peer, origin: update.origin, now: now)
             enqueue(update)
             out.append(.event(.suspect(peer)))
         case (.suspect, .suspect):
             if incarnation > member.incarnation {
-                memberTable[peer] = Member(state: .suspect, incarnation: incarnation, origin: update.origin)
+                record(peer, Member(state: .suspect, incarnation: incarnation, origin: update.origin), now: now)
                 startSuspicion(of: peer, origin: update.origin, now: now)
                 enqueue(update)
             } else if incarnation == member.incarnation, confirm(peer, origin: update.origin) {
@@ -525,13 +545,57 @@ public struct Membership {
         case (.dead, .alive), (.dead, .suspect), (.left, .alive), (.left, .suspect):
             guard incarnation >= member.incarnation else { return }
             let state: MemberState = update.kind == .dead ? .dead : .left
-            memberTable[peer] = Member(state: state, incarnation: incarnation, origin: update.origin)
+            record(peer, Member(state: state, incarnation: incarnation, origin: update.origin), now: now)
             suspicions[peer] = nil
             if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
             enqueue(update)
             out.append(.event(state == .dead ? .dead(peer) : .left(peer)))
         case (.dead, .dead), (.dead, .left), (.left, .dead), (.left, .left):
-            if incarnation > member.incarnation { memberTable[peer]!.incarnation = incarnation }
+            // A verdict at a later incarnation is news still spreading: keep the tombstone longer.
+            if incarnation > member.incarnation {
+                memberTable[peer]!.incarnation = incarnation
+                setTombstone(peer, expiry: now &+ configuration.tombstoneRetention)
+            }
+        }
+    }
+
+    /// Stores a member's record, keeping `tombstones` in step: a dead or left record gets its
+    /// expiry (a fresh one only on the change into dead or left), any other clears it.
+    private mutating func record(_ peer: PeerID, _ member: Member, now: UInt64) {
+        let wasTombstone = tombstones[peer] != nil
+        memberTable[peer] = member
+        if member.state == .dead || member.state == .left {
+            if !wasTombstone { setTombstone(peer, expiry: now &+ configuration.tombstoneRetention) }
+        } else {
+            tombstones[peer] = nil
+        }
+    }
+
+    private mutating func setTombstone(_ peer: PeerID, expiry: UInt64) {
+        tombstones[peer] = expiry
+        nextTombstoneExpiry = min(nextTombstoneExpiry, expiry)
+    }
+
+    /// Makes room for one more member: true if the table is below `maxMembers`, or after
+    /// forgetting the tombstone closest to its expiry; false when only live members fill it.
+    private mutating func makeRoom() -> Bool {
+        guard memberTable.count >= configuration.maxMembers else { return true }
+        guard let victim = tombstones.min(by: { ($0.value, $0.key) < ($1.value, $1.key) })?.key else { return false }
+        forget(victim)
+        return true
+    }
+
+    /// Forgets a member and everything kept about it. Pending gossip about it goes too: a
+    /// verdict still queued when its tombstone expires has had no one to go to.
+    private mutating func forget(_ peer: PeerID) {
+        memberTable[peer] = nil
+        tombstones[peer] = nil
+        suspicions[peer] = nil
+        if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
+        queue[peer] = nil
+        if let position = probeOrder.firstIndex(of: peer) {
+            probeOrder.remove(at: position)
+            if position < probeIndex { probeIndex -= 1 }
         }
     }
 
@@ -644,6 +708,7 @@ public struct Membership {
             earliest = min(earliest, relay.nackAt ?? relay.expiresAt, relay.expiresAt)
         }
         for suspicion in suspicions.values { earliest = min(earliest, suspicion.deadline) }
+        earliest = min(earliest, nextTombstoneExpiry)
         guard earliest != .max, earliest != armed else { return }
         armed = earliest
         out.append(.armTimer(at: earliest))

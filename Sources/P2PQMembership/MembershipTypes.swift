@@ -28,6 +28,19 @@ public struct MembershipConfiguration: Sendable, Equatable {
     public var gossipInterval: UInt64 = 200_000_000
     /// Members each gossip round goes to (0: piggyback only).
     public var gossipFanout = 3
+    /// How long a member declared dead or left is kept as a tombstone before it is forgotten
+    /// (on a later tick). It must outlast the dissemination of the verdict (about
+    /// `retransmitLimit` gossip rounds, well under a second on a LAN): while the tombstone is
+    /// kept, a stale `alive` at the old incarnation cannot resurrect the member; after it is
+    /// gone, such news would make it join again. A member with a higher incarnation (a
+    /// restart, or a refutation) may rejoin at any time, tombstone or not.
+    public var tombstoneRetention: UInt64 = 60_000_000_000
+    /// Most members remembered (this node excluded, tombstones included), so a cluster with
+    /// churn or a flood of made-up members cannot grow the table without bound. When full,
+    /// the tombstone closest to its expiry makes room; with no tombstone to drop, news of a
+    /// stranger is ignored (it is not tracked and no event is reported) until room frees up.
+    /// Live members are never evicted.
+    public var maxMembers = 4096
 
     public init() {}
 
@@ -44,6 +57,8 @@ public struct MembershipConfiguration: Sendable, Equatable {
         if retransmitMultiplier < 1 { return "the retransmit multiplier must be at least 1" }
         if maxPiggybackBytes < MemberUpdate.encodedSize { return "the piggyback room must hold one update" }
         if gossipInterval == 0 || gossipFanout < 0 { return "gossip interval must be positive and fanout not negative" }
+        if tombstoneRetention == 0 { return "the tombstone retention must be positive" }
+        if maxMembers < 1 { return "max members must be at least 1" }
         return nil
     }
 }

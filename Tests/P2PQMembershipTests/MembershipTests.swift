@@ -502,5 +502,11 @@ struct MembershipConfigurationTests {
         config = MembershipConfiguration()
         config.maxPiggybackBytes = 10
         #expect(config.problem == "the piggyback room must hold one update")
+        config = MembershipConfiguration()
+        config.tombstoneRetention = 0
+        #expect(config.problem == "the tombstone retention must be positive")
+        config = MembershipConfiguration()
+        config.maxMembers = 0
+        #expect(config.problem == "max members must be at least 1")
     }
 }

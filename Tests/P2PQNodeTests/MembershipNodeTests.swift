@@ -99,7 +99,10 @@ struct MembershipNodeTests {
         for (node, log) in nodes {
             #expect(log.contains(.memberSuspected(child.peerID)), "dead only after suspect")
             #expect(log.failures.allSatisfy { $0 == .memberSuspected(child.peerID) || $0 == .memberDead(child.peerID) })
-            #expect(await node.peers().first { $0.peerID == child.peerID }?.membership == .dead)
+            #expect(await node.members().first { $0.peer == child.peerID }?.state == .dead)
+            // Its addresses are no longer redialed (a dial already in flight may still show).
+            let row = await node.peers().first { $0.peerID == child.peerID }
+            #expect(row == nil || row?.state == .connecting)
         }
         for (node, _) in nodes { await node.stop() }
     }

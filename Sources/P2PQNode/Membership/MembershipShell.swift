@@ -90,6 +90,8 @@ final class MembershipShell {
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
             core.remoteCalls?.peerJoined(peer)
+            // Back after a verdict while its link stayed up: redial it again if that link drops.
+            core.perform(core.manager.peerJoined(peer, now: core.now))
         case .suspect(let peer):
             core.logger.notice("member \(peer.short) suspected (local health \(membership.localHealth))")
             core.emit(.memberSuspected(peer))
@@ -102,6 +104,9 @@ final class MembershipShell {
             // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
             core.queues.peerDied(peer)
             core.remoteCalls?.peerDied(peer)
+            // No more redials of its addresses (bootstrap ones excepted); news of it later
+            // (a peer list, mDNS, its own link) is handled as for a stranger.
+            core.perform(core.manager.peerGone(peer, now: core.now))
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
@@ -109,6 +114,7 @@ final class MembershipShell {
             // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
             core.queues.peerDied(peer)
             core.remoteCalls?.peerLeft(peer)
+            core.perform(core.manager.peerGone(peer, now: core.now))
         }
     }
 
