@@ -1370,10 +1370,16 @@ struct DedupSet: Sendable {
 }
 
 /// Disjoint sorted runs of sequence numbers, for ``DedupSet``; appending the next number of the
-/// last run (the common case) is O(1).
+/// last run (the common case) is O(1). At most ``maxRuns`` runs: past that the lowest half is
+/// forgotten, so a sender whose items arrive in a scattered order costs bounded time per item
+/// (at worst a copy it sent long ago is no longer recognised: a counted duplicate, not a loss).
 struct SequenceRuns: Sendable {
+    static let maxRuns = 1024
     private var starts: [UInt64] = []
     private var ends: [UInt64] = []  // exclusive
+
+    /// Runs held (for tests of the bound).
+    var runCount: Int { starts.count }
 
     func contains(_ sequence: UInt64) -> Bool {
         guard let lastEnd = ends.last else { return false }
@@ -1409,12 +1415,20 @@ struct SequenceRuns: Sendable {
             case (false, false):
                 starts.insert(sequence, at: index + 1)
                 ends.insert(sequence &+ 1, at: index + 1)
+                trim()
             }
             return true
         }
         starts.append(sequence)
         ends.append(sequence &+ 1)
+        trim()
         return true
+    }
+
+    private mutating func trim() {
+        guard starts.count > Self.maxRuns else { return }
+        starts.removeFirst(Self.maxRuns / 2)
+        ends.removeFirst(Self.maxRuns / 2)
     }
 
     /// The last run starting at or before `sequence`, or -1.

@@ -66,8 +66,8 @@ import Testing
         for step in 0..<20_000 {
             // Mostly ascending, sometimes back in the past or a jump ahead.
             let sequence: UInt64 = switch random.next() % 8 {
-            case 0: random.next() % 2_000
-            case 1: UInt64(step) + 50
+            case 0: random.next() % 400  // scattered in the past: few enough to stay under maxRuns
+            case 1: UInt64(step / 2) + 50
             default: UInt64(step / 2)
             }
             if runs.insert(sequence) != model.insert(sequence).inserted { mismatches += 1 }
@@ -75,6 +75,18 @@ import Testing
             if runs.contains(probe) != model.contains(probe) { mismatches += 1 }
         }
         #expect(mismatches == 0)
+        #expect(runs.runCount < SequenceRuns.maxRuns)
+    }
+
+    @Test("Scattered sequence numbers keep at most maxRuns runs; the newest are still recognised")
+    func sequenceRunsAreBounded() {
+        var runs = SequenceRuns()
+        // Every other number, descending: each one a run of its own, inserted at the front.
+        for k in stride(from: 10_000, to: 0, by: -1) { _ = runs.insert(UInt64(2 * k)) }
+        #expect(runs.runCount <= SequenceRuns.maxRuns)
+        #expect(runs.contains(2 * 10_000))
+        let again = runs.insert(2 * 10_000)
+        #expect(!again)
     }
 
     @Test("A retransmitted copy is dropped; a re-queued one (new attempt) or a further hop is not; old copies are forgotten")
