@@ -576,21 +576,22 @@ public struct QueueMachine: Sendable {
         var run = SequenceRun(first: 0, count: 0)
         for _ in 0..<n {
             let item = queue.removeFirst()
+            let id = item.id
             queuedBytes -= item.payload.count
-            payloads.append(item.payload)
+            payloads.append(item.payload)  // the item's last use: its reference moves
             guard tracked else { continue }
-            if item.id.origin == localPeer {
-                if let record = owned.remove(item.id.sequence) {
+            if id.origin == localPeer {
+                if let record = owned.remove(id.sequence) {
                     ownedBytes -= record.payload.count
                 } else {
                     counters.duplicatePops += 1
                 }
-            } else if item.id.origin == runOrigin && run.first &+ UInt64(run.count) == item.id.sequence && run.count < UInt32.max {
+            } else if id.origin == runOrigin && run.first &+ UInt64(run.count) == id.sequence && run.count < UInt32.max {
                 run.count += 1
             } else {
                 if let owner = runOrigin { confirm(run, to: owner, now: now) }
-                runOrigin = item.id.origin
-                run = SequenceRun(first: item.id.sequence, count: 1)
+                runOrigin = id.origin
+                run = SequenceRun(first: id.sequence, count: 1)
             }
         }
         if let owner = runOrigin { confirm(run, to: owner, now: now) }
@@ -771,16 +772,20 @@ public struct QueueMachine: Sendable {
         let limit = Swift.min(count, configuration.maxTransferItems, QueueWire.maxTransferItems)
         sent.reserveCapacity(Swift.min(limit, queue.count))
         var bytes = 0
-        while sent.count < limit, let first = queue.first {
-            var cost = QueueWire.itemOverhead + first.payload.count
+        // Items are moved out of the queue (no copy of their payload reference); the one that
+        // does not fit goes back to the front.
+        while sent.count < limit, var item = queue.popFirst() {
+            var cost = QueueWire.itemOverhead + item.payload.count
             // Items of a batch mostly share their origin: compare with the last one first.
-            let newOrigin = first.id.origin != lastOrigin && !origins.contains(first.id.origin)
+            let newOrigin = item.id.origin != lastOrigin && !origins.contains(item.id.origin)
             if newOrigin { cost += QueueWire.originSize }
-            guard cost <= budget else { break }
+            guard cost <= budget else {
+                queue.prepend(item)
+                break
+            }
             budget -= cost
-            if newOrigin { origins.append(first.id.origin) }
-            lastOrigin = first.id.origin
-            var item = queue.removeFirst()  // moved out, no copy of the payload reference
+            if newOrigin { origins.append(item.id.origin) }
+            lastOrigin = item.id.origin
             bytes += item.payload.count
             item.hops &+= 1
             sent.append(item)
