@@ -260,11 +260,12 @@ struct RemoteCallNodeTests {
         #expect(after == .failure(.nodeStopped))
     }
 
-    @Test("Killing the executing node (a child process) with SIGKILL: the call still returns the right result")
-    func executorKilled() async throws {
+    /// A node (not processing calls yet, one slot) and a `p2pq node --serve-examples` child
+    /// process linked to it: at first only the child executes.
+    func nodeWithChildExecutor() async throws -> (Node, RemoteCall, ChildNode) {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
         try key.save(path: path)
-        defer { unlink(path) }
+        defer { unlink(path) }  // the child has read it by the time it prints its first line
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
         let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
@@ -272,10 +273,15 @@ struct RemoteCallNodeTests {
             try await Task.sleep(for: .milliseconds(ms))
             return ms + 1
         }
-        // Only the child executes at first.
         let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
         try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
         try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
+        return (node, rpc, child)
+    }
+
+    @Test("Killing the executing node (a child process) with SIGKILL: the call still returns the right result")
+    func executorKilled() async throws {
+        let (node, rpc, child) = try await nodeWithChildExecutor()
         let call = rpc.function("sleep-then-answer", arguments: Int.self, result: Int.self)
         let pending = Task { await result { () async throws(RemoteCallError) in try await call(1500, timeout: .seconds(30)) } }
         // Let the child take it and start it, then kill it mid-call.
@@ -294,19 +300,7 @@ struct RemoteCallNodeTests {
 
     @Test("A direct call (sent on the executor's credit) whose executor is SIGKILLed is retried and returns the right result")
     func directCallExecutorKilled() async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
-        try key.save(path: path)
-        defer { unlink(path) }
-        let node = try Node(configuration: testConfiguration(key: key))
-        let info = try await node.start()
-        let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
-        rpc.register("sleep-then-answer") { (ms: Int) async throws -> Int in
-            try await Task.sleep(for: .milliseconds(ms))
-            return ms + 1
-        }
-        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
-        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
-        try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
+        let (node, rpc, child) = try await nodeWithChildExecutor()
         let call = rpc.function("sleep-then-answer", arguments: Int.self, result: Int.self)
         // Warm up through the queue until the child has credited this node.
         var direct = 0
