@@ -98,7 +98,7 @@ let package = Package(
         // libFuzzer entry for the DNS decoder.
         .executableTarget(
             name: "P2PQDNSFuzz",
-            dependencies: ["P2PQDiscovery", "P2PQFuzzSupport"],
+            dependencies: ["P2PQDiscovery", "P2PQWire", "P2PQFuzzSupport"],
             path: "Sources/P2PQDNSFuzz"
         ),
         // The main program the fuzz targets share (libFuzzer driver, or corpus replay).

@@ -9,18 +9,8 @@
 
 import P2PQDiscovery
 import P2PQFuzzSupport
+import P2PQWire
 
-/// SplitMix64, seeded, so a crashing input replays exactly.
-struct FixedRandom: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 let configuration = MDNSConfiguration(
     instanceName: "fuzz", hostName: DNSName("fuzz.local"), servicePort: 7000, addresses: [[127, 0, 0, 1]],
@@ -29,7 +19,7 @@ let configuration = MDNSConfiguration(
 
 /// A started agent, copied for each input (a value: the copy shares storage until written).
 let startedAgent: MDNSAgent = {
-    var agent = MDNSAgent(configuration: configuration, randomNumberGenerator: FixedRandom(state: 1))
+    var agent = MDNSAgent(configuration: configuration, randomNumberGenerator: SplitMix64(seed: 1))  // seeded: a crashing input replays exactly
     _ = agent.start(now: 1)
     return agent
 }()

@@ -345,15 +345,15 @@ public struct QueueMachine: Sendable {
     /// - Returns: how many items were removed, and the actions.
     public mutating func remove(where matches: ([UInt8]) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
         var actions: [Action] = []
-        var kept = Deque<QueueItem>()
-        var removed = 0
+        // In place (the others keep their order); the removed ones are settled afterwards.
+        var removed: [QueueItem] = []
+        queue.removeAll { item in
+            guard matches(item.payload) else { return false }
+            removed.append(item)
+            return true
+        }
         let tracked = configuration.delivery == .atLeastOnce
-        for item in queue {
-            guard matches(item.payload) else {
-                kept.append(item)
-                continue
-            }
-            removed += 1
+        for item in removed {
             queuedBytes -= item.payload.count
             guard tracked else { continue }
             if item.id.origin == localPeer {
@@ -362,12 +362,9 @@ public struct QueueMachine: Sendable {
                 confirm(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, now: now)
             }
         }
-        if removed > 0 {
-            queue = kept
-            counters.removed += removed
-        }
+        counters.removed += removed.count
         finish(&actions, now: now)
-        return (removed, actions)
+        return (removed.count, actions)
     }
 
     /// Stops accepting pushes and transfers, fails the waiting consumers with `.closed`, and
@@ -1448,19 +1445,3 @@ struct SequenceRuns: Sendable {
     }
 }
 
-/// A small seeded generator (SplitMix64) so runs are reproducible.
-struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

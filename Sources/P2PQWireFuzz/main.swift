@@ -28,22 +28,16 @@ struct Outcome: Equatable {
 
 /// Chunk sizes for one run, derived from the selector byte so a crashing input replays exactly.
 struct Chunker {
-    private var state: UInt64
+    /// Tiny, and good enough to scatter split points.
+    private var random: SplitMix64
     private let pattern: UInt8
 
     init(selector: UInt8, length: Int) {
         pattern = selector & 0x0F
-        state = UInt64(selector) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(length)
+        random = SplitMix64(seed: UInt64(selector) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(length))
     }
 
-    /// SplitMix64: tiny, and good enough to scatter split points.
-    private mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    private mutating func next() -> UInt64 { random.next() }
 
     mutating func nextChunk(remaining: Int) -> Int {
         let size: Int

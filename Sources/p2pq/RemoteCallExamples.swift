@@ -5,6 +5,7 @@ import Logging
 import P2PQLink
 import P2PQNode
 import P2PQRemoteCall
+import P2PQWire
 import Synchronization
 
 /// Arguments of the `fib` example function: the sleep makes the spread over nodes visible.
@@ -39,14 +40,8 @@ enum ExampleFunctions {
             return x &+ y
         }
         rpc.register("pi-sim") { (arguments: PiArguments) async throws -> Int in
-            var state = arguments.seed &+ 0x9E37_79B9_7F4A_7C15
-            func next() -> UInt64 {
-                state &+= 0x9E37_79B9_7F4A_7C15
-                var z = state
-                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-                return z ^ (z >> 31)
-            }
+            var random = SplitMix64(seed: arguments.seed &+ 0x9E37_79B9_7F4A_7C15)
+            func next() -> UInt64 { random.next() }
             var inside = 0
             for _ in 0..<max(0, arguments.samples) {
                 let x = Double(next() >> 11) * 0x1p-53

@@ -4,18 +4,6 @@ import P2PQNoise
 import P2PQWire
 import Testing
 
-/// Deterministic randomness for chunking and payloads (SplitMix64).
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Encodes one message as the wire does: u32 length (type + body), type, body.
 func frame(_ type: MessageType, _ body: [UInt8]) -> [UInt8] {
     let length = UInt32(body.count + 1)
@@ -87,7 +75,7 @@ struct LinkSessionTests {
 
     @Test("XXpsk0 handshake authenticates both PeerIDs", arguments: [1, 2, 3])
     func handshake(seed: UInt64) throws {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         let a = NodeIdentity.generate(), b = NodeIdentity.generate()
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key),
                             initiatorIdentity: a, responderIdentity: b)
@@ -104,7 +92,7 @@ struct LinkSessionTests {
     func messagesRoundTrip(secure: Bool) throws {
         let security: LinkSecurity = secure ? .noise(key) : .insecure
         let index = secure ? 1 : 0
-        var rng = SplitMix64(state: 42 + UInt64(index))
+        var rng = SplitMix64(seed: 42 + UInt64(index))
         // A rekey every 3 records, so a long exchange crosses many rekeys.
         var pair = try Pair(initiatorSecurity: security, responderSecurity: security, rekeyInterval: 3)
         try pair.handshake(rng: &rng)
@@ -134,7 +122,7 @@ struct LinkSessionTests {
 
     @Test("A peer without the cluster key is refused at the first message")
     func wrongKey() throws {
-        var rng = SplitMix64(state: 7)
+        var rng = SplitMix64(seed: 7)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(.generate()))
         var first = ByteArrayOutput()
         try pair.initiator.start(output: &first)
@@ -147,7 +135,7 @@ struct LinkSessionTests {
 
     @Test("Insecure and secure ends do not connect")
     func securityMismatch() throws {
-        var rng = SplitMix64(state: 9)
+        var rng = SplitMix64(seed: 9)
         var pair = try Pair(initiatorSecurity: .insecure, responderSecurity: .noise(key))
         var first = ByteArrayOutput()
         try pair.initiator.start(output: &first)
@@ -170,7 +158,7 @@ struct LinkSessionTests {
 
     @Test("A tampered transport record is rejected")
     func tampering() throws {
-        var rng = SplitMix64(state: 11)
+        var rng = SplitMix64(seed: 11)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key))
         try pair.handshake(rng: &rng)
         var sealed = ByteArrayOutput()
@@ -191,7 +179,7 @@ struct LinkSessionTests {
         [0x00, 0x00, 0x01],                                           // an empty record
     ])
     func garbage(bytes: [UInt8]) throws {
-        var rng = SplitMix64(state: 13)
+        var rng = SplitMix64(seed: 13)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key))
         #expect(throws: LinkError.self) { _ = try pair.deliver(bytes, toResponder: true, rng: &rng) }
         #expect(pair.responder.phase == .failed)
@@ -199,7 +187,7 @@ struct LinkSessionTests {
 
     @Test("An incomplete record is held, not refused (the node's handshake timeout ends it)")
     func incompleteRecord() throws {
-        var rng = SplitMix64(state: 15)
+        var rng = SplitMix64(seed: 15)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key))
         let reply = try pair.deliver(Array("GET / HTTP/1.1\r\n".utf8), toResponder: true, rng: &rng)
         #expect(reply.isEmpty)
@@ -208,7 +196,7 @@ struct LinkSessionTests {
 
     @Test("An oversized message closes the link with a framing error")
     func oversized() throws {
-        var rng = SplitMix64(state: 17)
+        var rng = SplitMix64(seed: 17)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key), maxFrameSize: 4096)
         try pair.handshake(rng: &rng)
         var sealed = ByteArrayOutput()

@@ -221,7 +221,7 @@ struct RemoteCallNodeTests {
             rpc.register("pi") { (seed: UInt64) async throws -> Int in
                 gauge.enter()
                 defer { gauge.leave() }
-                var generator = SplitMix(seed: seed)
+                var generator = SplitMix64(seed: seed &+ 0x9E37_79B9_7F4A_7C15)
                 var inside = 0
                 for _ in 0..<20_000 {
                     let x = Double(generator.next() >> 11) / Double(1 << 53)
@@ -321,15 +321,3 @@ struct RemoteCallNodeTests {
     }
 }
 
-/// A small deterministic generator for the pi workload.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

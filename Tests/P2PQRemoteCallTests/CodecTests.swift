@@ -238,19 +238,6 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
     }
 }
 
-/// A small seeded generator so simulations replay exactly.
-struct SplitMix64: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite struct DecoderRobustnessTests {
     /// Random corruptions of valid encodings: every decode either succeeds or throws a
     /// WireError, and whatever decodes re-encodes to the same bytes.
