@@ -337,9 +337,15 @@ final class NodeCore {
         if let timer { reactor.cancel(timer) }
         timer = nil
         stopOperations()
-        // Links still handshaking (and dials in flight) have no goodbye to say.
+        // A link past the handshake whose hello has not come yet may already be ready on the
+        // peer's side (it has our hello): it gets a goodbye too, or the peer would take the
+        // close for a failure. Links still handshaking (and dials in flight) have none to say.
         for link in links.values where link.stage != .ready {
-            link.fail("node stopping")
+            if link.stage == .awaitingHello {
+                link.leave(.leaving, detail: "node stopping")
+            } else {
+                link.fail("node stopping")
+            }
         }
     }
 }
