@@ -5,14 +5,14 @@ import P2PQNode
 import Synchronization
 
 /// A node configuration for the queue example and benchmarks: loopback, no mDNS, quiet logs.
-func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level = .error) -> NodeConfiguration {
+func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level = .error, label: String = "p2pq.bench") -> NodeConfiguration {
     var configuration = NodeConfiguration()
     configuration.listenHost = "127.0.0.1"
     configuration.listenPort = 0
     configuration.bootstrap = bootstrap
     // Separate runs must not find each other (nor other developers' nodes) over mDNS.
     configuration.discovery.enabled = false
-    var logger = Logger(label: "p2pq.bench")
+    var logger = Logger(label: label)
     logger.logLevel = logLevel
     configuration.logger = logger
     return configuration

@@ -42,26 +42,15 @@ struct RPCBench: AsyncParsableCommand {
 
     func run() async throws {
         let cluster = try LocalCluster.start(nodes: 1, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)"])
-        var configuration = NodeConfiguration()
-        configuration.listenHost = "127.0.0.1"
-        configuration.listenPort = 0
-        configuration.bootstrap = [cluster.nodes[0].listenAddress]
+        var configuration = loopbackNodeConfiguration(bootstrap: [cluster.nodes[0].listenAddress], label: "p2pq")
         configuration.clusterKey = cluster.key
-        configuration.discovery.enabled = false
-        var logger = Logger(label: "p2pq")
-        logger.logLevel = .error
-        configuration.logger = logger
         let node = try Node(configuration: configuration)
         try await node.start()
-        let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(15)
-        while await node.connectedPeers().isEmpty {
-            guard clock.now < deadline else {
-                cluster.stop()
-                throw ValidationError("the child node did not connect within 15 s")
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        do { try await waitForMesh([node], peers: 1, timeout: .seconds(15)) } catch {
+            cluster.stop()
+            throw ValidationError("the child node did not connect within 15 s")
         }
+        let clock = ContinuousClock()
         try await Task.sleep(for: .milliseconds(500))  // queue gossip: the child waits for calls
         let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
         let echo = rpc.rawFunction("echo")

@@ -96,26 +96,13 @@ struct ExampleSession {
             bootstrap = started.nodes[0].listenAddress
             key = started.key
         }
-        var configuration = NodeConfiguration()
-        configuration.listenHost = "127.0.0.1"
-        configuration.listenPort = 0
-        configuration.bootstrap = [bootstrap]
+        var configuration = loopbackNodeConfiguration(bootstrap: [bootstrap], label: "p2pq")
         configuration.clusterKey = key
-        configuration.discovery.enabled = false
-        var logger = Logger(label: "p2pq")
-        logger.logLevel = .error
-        configuration.logger = logger
         let node = try Node(configuration: configuration)
         try await node.start()
-        let expected = cluster?.nodes.count ?? 1
-        let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(15)
-        while await node.connectedPeers().count < expected {
-            guard clock.now < deadline else {
-                cluster?.stop()
-                throw ValidationError("the cluster did not form within 15 s")
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        do { try await waitForMesh([node], peers: cluster?.nodes.count ?? 1, timeout: .seconds(15)) } catch {
+            cluster?.stop()
+            throw ValidationError("the cluster did not form within 15 s")
         }
         // A moment for the queue gossip to learn which peers wait for calls.
         try await Task.sleep(for: .milliseconds(300))
