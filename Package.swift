@@ -152,7 +152,7 @@ let package = Package(
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
-            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode"],
+            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode", "P2PQQueue"],
             path: "Sources/P2PQWorkloads"
         ),
         .executableTarget(
@@ -160,6 +160,7 @@ let package = Package(
             dependencies: [
                 "P2PQReactor",
                 "P2PQWorkloads",
+                "P2PQQueue",
                 "P2PQNode",
                 "P2PQLink",
                 "P2PQRemoteCall",

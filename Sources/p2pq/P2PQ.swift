@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import P2PQReactor
+import P2PQQueue
 import P2PQWorkloads
 
 @main
@@ -16,7 +17,7 @@ struct P2PQ: AsyncParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self,
+        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self,
                       RPCBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
@@ -119,6 +120,39 @@ struct CipherBench: ParsableCommand {
         for _ in 0..<max(1, runs) {
             print(try CipherSpeed.run(cipher: cipher, recordSize: record, records: max(1, records)).json)
             fflush(nil)
+        }
+    }
+}
+
+struct QueueMachineBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "queue-machine",
+        abstract: "W1's two queue state machines alone, one thread, through the wire encoding: CPU ns per item on each side."
+    )
+
+    @Option(help: "Payload bytes per item. Repeatable.")
+    var payload: [Int] = [64, 1024]
+
+    @Option(help: "Items per run.")
+    var items: Int = 2_000_000
+
+    @Option(help: "Items per push and per pop.")
+    var batch: Int = 4096
+
+    @Option(help: "Runs per payload size.")
+    var runs: Int = 3
+
+    @Flag(help: "At-most-once delivery (no ownership records or pop confirmations).")
+    var atMostOnce = false
+
+    func run() throws {
+        var configuration = QueueConfiguration()
+        if atMostOnce { configuration.delivery = .atMostOnce }
+        for size in payload {
+            for _ in 0..<max(1, runs) {
+                print(try QueueMachineCycle.run(items: max(1, items), payloadSize: max(8, size), batch: max(1, batch), configuration: configuration).json)
+                fflush(nil)
+            }
         }
     }
 }
