@@ -288,39 +288,44 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         return origins
     }
 
-    /// The items of a transfer as they go on the wire, built in one exactly sized array by
-    /// non-generic code (the sender's hot path: the generic writer would cost a call per field).
-    static func encodeItems(_ items: [QueueItem], origins: [PeerID]) -> [UInt8] {
+    /// Bytes the items of a transfer take on the wire.
+    static func encodedItemsSize(_ items: [QueueItem]) -> Int {
         items.withUnsafeBufferPointer { items in
             var size = 0
             for index in items.indices { size += QueueWire.itemOverhead + items[index].payload.count }
-            return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
-                let raw = UnsafeMutableRawBufferPointer(buffer)
-                var offset = 0
-                var lastOrigin = origins[0]
-                var originIndex: UInt16 = 0
-                for index in items.indices {
-                    let id = items[index].id
-                    if id.origin != lastOrigin {
-                        lastOrigin = id.origin
-                        originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
-                    }
-                    raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
-                    raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
-                    raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 10, as: UInt32.self)
-                    raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
-                    let count = items[index].payload.count
-                    raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset + 18, as: UInt32.self)
-                    offset += QueueWire.itemOverhead
-                    if count > 0 {
-                        items[index].payload.withUnsafeBytes { payload in
-                            (raw.baseAddress! + offset).copyMemory(from: payload.baseAddress!, byteCount: count)
-                        }
-                        offset += count
-                    }
+            return size
+        }
+    }
+
+    /// Writes the items' wire form into `raw` (exactly ``encodedItemsSize(_:)`` bytes, in the
+    /// output itself: no intermediate copy of the payloads). Non-generic and through unsafe
+    /// buffers: the generic writer would cost a call per field on the sender's hot path.
+    static func encodeItems(_ items: [QueueItem], origins: [PeerID], into raw: UnsafeMutableRawBufferPointer) {
+        items.withUnsafeBufferPointer { items in
+            var offset = 0
+            var lastOrigin = origins[0]
+            var originIndex: UInt16 = 0
+            for index in items.indices {
+                let id = items[index].id
+                if id.origin != lastOrigin {
+                    lastOrigin = id.origin
+                    originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
                 }
-                initialized = size
+                raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
+                raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
+                raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 10, as: UInt32.self)
+                raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                let count = items[index].payload.count
+                raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                offset += QueueWire.itemOverhead
+                if count > 0 {
+                    items[index].payload.withUnsafeBytes { payload in
+                        (raw.baseAddress! + offset).copyMemory(from: payload.baseAddress!, byteCount: count)
+                    }
+                    offset += count
+                }
             }
+            precondition(offset == raw.count, "encodeItems: buffer size does not match the items")
         }
     }
 
@@ -374,7 +379,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU16(UInt16(origins.count))
             for origin in origins { origin.write(into: &writer) }
             writer.writeU32(UInt32(items.count))
-            writer.writeRaw(Self.encodeItems(items, origins: origins))
+            writer.writeInPlace(count: Self.encodedItemsSize(items)) { raw in
+                Self.encodeItems(items, origins: origins, into: raw)
+            }
         case .transferAck(_, let transferID, let status):
             writer.writeU64(transferID)
             writer.writeU8(status.rawValue)

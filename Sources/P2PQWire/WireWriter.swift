@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 /// A growable byte sink a ``WireWriter`` appends to: `[UInt8]`, ``UnsafeWireBuffer`` (a fixed
 /// buffer such as the reactor's reserved outbound capacity), or a caller's own buffer type.
 public protocol WireOutput {
@@ -5,10 +10,21 @@ public protocol WireOutput {
     mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer)
     /// Makes room for `additional` more bytes, if the output can grow. A hint only.
     mutating func reserveWireCapacity(_ additional: Int)
+    /// Appends `count` bytes that `body` writes in place; it must write all of them. Bulk
+    /// encoders use it to write straight into the output, with no intermediate buffer.
+    mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void)
 }
 
 extension WireOutput {
     public mutating func reserveWireCapacity(_ additional: Int) {}
+
+    public mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            body(UnsafeMutableRawBufferPointer(buffer))
+            initialized = count
+        }
+        bytes.withUnsafeBytes { appendWireBytes($0) }
+    }
 }
 
 extension Array: WireOutput where Element == UInt8 {
@@ -22,7 +38,28 @@ extension Array: WireOutput where Element == UInt8 {
         let needed = count + additional
         if needed > capacity { reserveCapacity(Swift.max(needed, capacity * 2)) }
     }
+
+    public mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        guard count > 0 else { return }
+        let start = self.count
+        // Array cannot grow uninitialized: fill the room from a block of zeros (a memcpy from
+        // memory that stays in cache; appending `repeatElement(0, ...)` is a byte loop), then
+        // write in place.
+        reserveWireCapacity(count)
+        var left = count
+        while left > 0 {
+            let chunk = Swift.min(left, zeroBlock.count)
+            append(contentsOf: UnsafeRawBufferPointer(rebasing: zeroBlock[..<chunk]))
+            left -= chunk
+        }
+        withUnsafeMutableBytes { body(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+    }
 }
+
+/// 16 KiB of zeros, never written: the fill for ``Array/appendWireBytes(count:_:)``.
+nonisolated(unsafe) private let zeroBlock = UnsafeRawBufferPointer(
+    UnsafeMutableRawBufferPointer(start: calloc(16 * 1024, 1), count: 16 * 1024)
+)
 
 /// A fixed, caller-owned buffer as a ``WireOutput``, for encoding straight into memory the
 /// caller reserved (e.g. `TCPConnection.write(reservingCapacity:)`).
@@ -47,6 +84,12 @@ public struct UnsafeWireBuffer: WireOutput {
         guard let source = bytes.baseAddress, let base = buffer.baseAddress else { return }
         (base + count).copyMemory(from: source, byteCount: bytes.count)
         count += bytes.count
+    }
+
+    public mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        precondition(count <= remaining, "UnsafeWireBuffer: wrote past the end of the buffer")
+        body(UnsafeMutableRawBufferPointer(rebasing: buffer[self.count..<self.count + count]))
+        self.count += count
     }
 }
 
@@ -91,6 +134,11 @@ public struct WireWriter<Output: WireOutput> {
     /// Appends `bytes` as they are, with no length (for fixed-size fields).
     public mutating func writeRaw(_ bytes: UnsafeRawBufferPointer) {
         output.appendWireBytes(bytes)
+    }
+
+    /// Appends `count` bytes that `body` writes in place (all of them).
+    public mutating func writeInPlace(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        output.appendWireBytes(count: count, body)
     }
 
     /// Appends `bytes` as they are, with no length (for fixed-size fields).

@@ -155,6 +155,37 @@ struct EncodingTests {
         #expect(exact == (try message.encoded()))
     }
 
+    @Test("Bytes written in place land after what the output held, on every kind of output", arguments: [0, 1, 100, 16 * 1024, 40_000])
+    func writeInPlace(count: Int) throws {
+        let expected = [UInt8](repeating: 0xAB, count: 3) + (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        func fill(_ raw: UnsafeMutableRawBufferPointer) {
+            #expect(raw.count == count)
+            for index in 0..<raw.count { raw[index] = UInt8(truncatingIfNeeded: index &* 7) }
+        }
+        // [UInt8] (grows, fills from its block of zeros in 16 KiB chunks).
+        var array: [UInt8] = [0xAB, 0xAB, 0xAB]
+        array.withWireWriter { writer in writer.writeInPlace(count: count, fill) }
+        #expect(array == expected)
+        // A fixed buffer, written straight into.
+        var fixed = [UInt8](repeating: 0xAB, count: 3 + count)
+        let written = fixed.withUnsafeMutableBytes { raw in
+            var writer = WireWriter(output: UnsafeWireBuffer(raw))
+            writer.writeRaw([0xAB, 0xAB, 0xAB])
+            writer.writeInPlace(count: count, fill)
+            return writer.output.count
+        }
+        #expect(written == 3 + count)
+        #expect(fixed == expected)
+        // An output with only the required append: the protocol's default goes through a copy.
+        struct Sink: WireOutput {
+            var bytes: [UInt8] = []
+            mutating func appendWireBytes(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
+        }
+        var writer = WireWriter(output: Sink(bytes: [0xAB, 0xAB, 0xAB]))
+        writer.writeInPlace(count: count, fill)
+        #expect(writer.output.bytes == expected)
+    }
+
     @Test("Raw message encoding and the frame size limit")
     func rawMessages() throws {
         var bytes: [UInt8] = []
