@@ -52,6 +52,19 @@ struct OwnedTable<Record: Sendable>: Sendable {
         if window.count > 2 * count + Self.slack { compact() }
     }
 
+    /// Adds records for `count` consecutive sequence numbers from `first`, above every one
+    /// added before (a push): no per-record gap test.
+    mutating func append(first: UInt64, count n: Int, _ record: (Int) -> Record) {
+        guard n > 0 else { return }
+        if window.isEmpty || first != base &+ UInt64(window.count) {
+            for index in 0..<n { append(first &+ UInt64(index), record(index)) }
+            return
+        }
+        for index in 0..<n { window.append(record(index)) }
+        count += n
+        if window.count > 2 * count + Self.slack { compact() }
+    }
+
     /// Changes the record in place (no copy of its payload); false if there is none.
     @discardableResult
     mutating func modify(_ sequence: UInt64, _ body: (inout Record) -> Void) -> Bool {
@@ -69,8 +82,8 @@ struct OwnedTable<Record: Sendable>: Sendable {
     @discardableResult
     mutating func remove(_ sequence: UInt64) -> Record? {
         if let index = slot(of: sequence) {
-            guard let record = window[index] else { return nil }
-            window[index] = nil
+            // Moved out (no copy): the caller's use is the payload's last.
+            guard let record = window[index].take() else { return nil }
             count -= 1
             if index == 0 { trimFront() }
             return record

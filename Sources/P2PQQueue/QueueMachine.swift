@@ -279,16 +279,15 @@ public struct QueueMachine: Sendable {
             pushBlocked = true
             return (.full, actions)
         }
-        let tracked = configuration.delivery == .atLeastOnce
-        for payload in payloads {
-            let sequence = nextSequence
-            nextSequence += 1
-            if tracked {
-                owned.append(sequence, OwnedRecord(payload: payload, holder: nil, attempt: 0, hops: 0))
-            }
-            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), payload: payload))
+        let first = nextSequence
+        nextSequence += UInt64(payloads.count)
+        if configuration.delivery == .atLeastOnce {
+            owned.append(first: first, count: payloads.count) { OwnedRecord(payload: payloads[$0], holder: nil, attempt: 0, hops: 0) }
+            ownedBytes += bytes
         }
-        if tracked { ownedBytes += bytes }
+        for (index, payload) in payloads.enumerated() {
+            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: first &+ UInt64(index)), payload: payload))
+        }
         queuedBytes += bytes
         counters.pushed += payloads.count
         serveWaiters(&actions, now: now)
@@ -435,9 +434,20 @@ public struct QueueMachine: Sendable {
     }
 
     /// A queue message from `peer` (its ``QueueMessage/queue`` is this queue's name).
-    public mutating func receive(_ message: QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
+    ///
+    /// Pass the message over (`consuming`): a transfer's items then move into the queue
+    /// without reference counting.
+    public mutating func receive(_ message: consuming QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer, !deadPeers.contains(peer) else { return actions }
+        if case .transfer(_, let transferID, let kind, let requestID, let items) = message {
+            // Drop the message's reference first, so the items array is ours alone and its
+            // items can move into the queue.
+            message = .ownerUpdateAck(queue: name, updateID: 0)
+            receiveTransfer(items, id: transferID, kind: kind, requestID: requestID, from: peer, &actions, now: now)
+            finish(&actions, now: now)
+            return actions
+        }
         switch message {
         case .stats(_, let stats):
             if case .accepted = acceptStats(stats, from: peer, now: now) {
@@ -454,8 +464,8 @@ public struct QueueMachine: Sendable {
                 peers[peer]?.reportedLength = 0
                 maybeSteal(&actions, now: now)
             }
-        case .transfer(_, let transferID, let kind, let requestID, let items):
-            receiveTransfer(items, id: transferID, kind: kind, requestID: requestID, from: peer, &actions, now: now)
+        case .transfer:
+            break  // above
         case .transferAck(_, let transferID, let status):
             acknowledge(transferID, status: status, from: peer, &actions, now: now)
         case .ownerUpdate(_, let updateID, let popped, let custody):
@@ -785,7 +795,7 @@ public struct QueueMachine: Sendable {
             lastOrigin = item.id.origin
             bytes += item.payload.count
             item.hops &+= 1
-            sent.append(item)
+            sent.append(consume item)
         }
         guard !sent.isEmpty else { return 0 }
         queuedBytes -= bytes
@@ -844,7 +854,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func receiveTransfer(
-        _ items: [QueueItem], id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
+        _ items: consuming [QueueItem], id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
         _ actions: inout [Action], now: UInt64
     ) {
         if requestID != 0, let steal, steal.peer == peer, steal.requestID == requestID { self.steal = nil }
@@ -858,22 +868,30 @@ public struct QueueMachine: Sendable {
             return
         }
         var accepted = 0
-        for item in items {
-            guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
-                counters.duplicatesDropped += 1
-                continue
-            }
-            if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
-               owned.count > 0 {
-                owned.modify(item.id.sequence) { record in
-                    guard record.attempt == item.attempt, item.hops > record.hops else { return }
-                    record.holder = nil
-                    record.hops = item.hops
+        var items = items
+        // Each item is swapped out for an empty one (whose payload is the static empty array),
+        // so it moves into the queue and the array's release touches none of the payloads.
+        let empty = QueueItem(id: ItemID(origin: peer, sequence: 0), payload: [])
+        items.withUnsafeMutableBufferPointer { items in
+            for index in items.indices {
+                var item = empty
+                swap(&item, &items[index])
+                guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
+                    counters.duplicatesDropped += 1
+                    continue
                 }
+                if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
+                   owned.count > 0 {
+                    owned.modify(item.id.sequence) { record in
+                        guard record.attempt == item.attempt, item.hops > record.hops else { return }
+                        record.holder = nil
+                        record.hops = item.hops
+                    }
+                }
+                queuedBytes += item.payload.count
+                queue.append(consume item)
+                accepted += 1
             }
-            queue.append(item)
-            queuedBytes += item.payload.count
-            accepted += 1
         }
         counters.transferredIn += accepted
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }

@@ -15,10 +15,19 @@ import Testing
             case 0...3:
                 // A batch of fresh sequence numbers, sometimes after a jump (a restart).
                 if random.next() % 500 == 0 { next += 100_000 }
-                for _ in 0..<Int(random.next() % 8 + 1) {
-                    table.append(next, Int(next))
-                    model[next] = Int(next)
-                    next += 1
+                let n = Int(random.next() % 8 + 1)
+                if random.next() % 2 == 0 {
+                    // A push's bulk append.
+                    let first = next
+                    table.append(first: first, count: n) { Int(first) + $0 }
+                    for k in 0..<n { model[first + UInt64(k)] = Int(first) + k }
+                    next += UInt64(n)
+                } else {
+                    for _ in 0..<n {
+                        table.append(next, Int(next))
+                        model[next] = Int(next)
+                        next += 1
+                    }
                 }
             case 4...6:
                 // Mostly the oldest first, sometimes any.

@@ -298,7 +298,7 @@ final class QueueShell {
         }
         let name = message.queue
         guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
-        perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+        perform(name, queues[name]!.machine.receive(consume message, from: peer, now: now))
         return nil
     }
 
