@@ -8,10 +8,24 @@ public protocol LinkOutput {
     mutating func write(reservingCapacity capacity: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int)
 }
 
+/// The AEAD a Noise link runs. Both ends must use the same one: it is part of the Noise
+/// protocol name, so peers with different ciphers fail the handshake at its first message
+/// (reported as ``LinkError/wrongClusterKey``, which says so).
+public enum LinkCipher: String, Sendable, Hashable, CaseIterable {
+    /// ChaCha20-Poly1305: the default, fast everywhere.
+    case chaChaPoly = "ChaChaPoly"
+    /// AES-256-GCM: several times faster where the CPU has AES and carry-less multiply
+    /// instructions (x86-64 AES-NI/VAES, ARMv8 crypto extensions), slower where it has not.
+    case aesGCM = "AESGCM"
+
+    /// `Noise_XXpsk0_25519_<cipher>_SHA256`.
+    public var noiseProtocolName: String { "Noise_XXpsk0_25519_\(rawValue)_SHA256" }
+}
+
 /// How a link is secured.
 public enum LinkSecurity: Sendable {
-    /// `Noise_XXpsk0_25519_ChaChaPoly_SHA256` with the cluster key as the pre-shared key: the
-    /// default and the only mode allowed off loopback.
+    /// `Noise_XXpsk0_25519_ChaChaPoly_SHA256` (or AESGCM, see ``LinkCipher``) with the cluster
+    /// key as the pre-shared key: the default and the only mode allowed off loopback.
     case noise(ClusterKey)
     /// No handshake cryptography and plaintext records: for loopback benchmarks only. Peers
     /// are not authenticated; the claimed PeerID is taken on trust.
@@ -30,7 +44,8 @@ public enum LinkEvent {
 /// Why a link failed. Every case closes the connection; the shell logs the description.
 public enum LinkError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The first handshake message did not authenticate under our cluster key: the peer has
-    /// another key (or speaks insecure mode). Detected before any Diffie-Hellman.
+    /// another key, or another link cipher (or speaks insecure mode). Detected before any
+    /// Diffie-Hellman.
     case wrongClusterKey
     /// A later handshake message was malformed or failed authentication.
     case handshakeFailed(String)
@@ -50,7 +65,7 @@ public enum LinkError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .wrongClusterKey: return "handshake refused: the peer does not hold our cluster key"
+        case .wrongClusterKey: return "handshake refused: the peer does not hold our cluster key (or runs another link cipher)"
         case .handshakeFailed(let why): return "handshake failed: \(why)"
         case .noCommonVersion(let lo, let hi):
             return "no common protocol version: peer speaks \(lo)...\(hi), we speak \(WireProtocol.supportedVersions.lowerBound)...\(WireProtocol.supportedVersions.upperBound)"
@@ -79,8 +94,8 @@ public struct LinkSession: Sendable {
     public enum Role: Sendable { case initiator, responder }
     public enum Phase: Sendable, Equatable { case handshaking, established, failed }
 
-    /// The Noise protocol every secure link runs.
-    public static let noiseProtocolName = "Noise_XXpsk0_25519_ChaChaPoly_SHA256"
+    /// The Noise protocol a secure link runs by default.
+    public static let noiseProtocolName = LinkCipher.chaChaPoly.noiseProtocolName
     /// Hashed into the handshake: a peer of another protocol cannot complete it.
     static let prologue = Array("p2pq-link/1".utf8)
     static let magic = Array("P2PQ".utf8)
@@ -98,6 +113,8 @@ public struct LinkSession: Sendable {
     public private(set) var remotePeerID: PeerID?
     public private(set) var version: UInt16 = 0
     public let localPeerID: PeerID
+    /// The AEAD of a Noise link (both ends must agree).
+    public let cipher: LinkCipher
 
     private let security: LinkSecurity
     private var handshake: HandshakeState?
@@ -122,9 +139,11 @@ public struct LinkSession: Sendable {
         identity: NodeIdentity,
         maxFrameSize: Int = WireProtocol.defaultMaxFrameSize,
         rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval,
-        recordPlaintextSize: Int = LinkSession.defaultRecordPlaintextSize
+        recordPlaintextSize: Int = LinkSession.defaultRecordPlaintextSize,
+        cipher: LinkCipher = .chaChaPoly
     ) throws(LinkError) {
         self.role = role
+        self.cipher = cipher
         self.security = security
         self.localPeerID = identity.peerID
         self.rekeyInterval = max(1, rekeyInterval)
@@ -137,7 +156,7 @@ public struct LinkSession: Sendable {
         if case .noise(let key) = security {
             do {
                 handshake = try HandshakeState(
-                    protocolName: Self.noiseProtocolName,
+                    protocolName: cipher.noiseProtocolName,
                     role: role == .initiator ? .initiator : .responder,
                     prologue: Self.prologue,
                     localStatic: identity.keyPair,

@@ -21,6 +21,10 @@ public struct NodeConfiguration: Sendable {
     public var clusterKey: ClusterKey?
     /// Plaintext links without authentication, for loopback benchmarks only. Off by default.
     public var insecure = false
+    /// The AEAD of the Noise links: ChaCha20-Poly1305 by default; AES-256-GCM is several times
+    /// faster on CPUs with AES instructions. Every node of a cluster must use the same one
+    /// (a peer with another is refused at the handshake, like one with another key).
+    public var linkCipher: LinkCipher = .chaChaPoly
     /// The node's identity; generated when nil (see ``identityFile``).
     public var identity: NodeIdentity?
     /// Load the identity from this file, creating it (mode 0600) on first start.

@@ -224,7 +224,7 @@ final class NodeCore {
         // The configuration was validated at start, so the session cannot fail to build.
         let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
                                        security: security, identity: identity,
-                                       maxFrameSize: configuration.maxFrameSize)
+                                       maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipher)
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
     }
 

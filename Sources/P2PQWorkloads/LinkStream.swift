@@ -9,18 +9,18 @@ import P2PQWire
 /// runs the insecure mode (plaintext records), which isolates the cost of encryption.
 public enum LinkStream {
     public static func run(backend: ReactorBackendKind, payloadSize: Int, frames: Int, secure: Bool,
-                           timeout: Duration = .seconds(120)) throws -> ReactorStreamResult {
+                           cipher: LinkCipher = .chaChaPoly, timeout: Duration = .seconds(120)) throws -> ReactorStreamResult {
         let security: LinkSecurity = secure ? .noise(ClusterKey.generate()) : .insecure
         return try ReactorStream.runPair(
-            workload: secure ? "link-stream-noise" : "link-stream-insecure",
+            workload: !secure ? "link-stream-insecure" : cipher == .chaChaPoly ? "link-stream-noise" : "link-stream-noise-aesgcm",
             backend: backend, payloadSize: payloadSize, frames: frames, timeout: timeout,
             receiver: { outcome in
                 // A fresh identity cannot fail to make a session.
-                let session = try! LinkSession(role: .responder, security: security, identity: .generate())
+                let session = try! LinkSession(role: .responder, security: security, identity: .generate(), cipher: cipher)
                 return LinkFrameCounter(session: session, expected: frames, outcome: outcome)
             },
             sender: { outcome in
-                let session = try LinkSession(role: .initiator, security: security, identity: .generate())
+                let session = try LinkSession(role: .initiator, security: security, identity: .generate(), cipher: cipher)
                 return LinkFrameSender(session: session, payloadSize: payloadSize, frames: frames, outcome: outcome)
             }
         )

@@ -38,6 +38,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Plaintext, unauthenticated links (loopback benchmarks only).")
     var insecure = false
 
+    @Option(help: "AEAD of the Noise links: chachapoly (default) or aesgcm (faster with AES instructions; every node must use the same).")
+    var linkCipher: LinkCipherOption = .chachapoly
+
     @Option(help: "Serve /metrics (Prometheus text), /status and the local queue routes over HTTP on this address (host:port; loopback unless a key is given).")
     var metrics: String?
 
@@ -98,6 +101,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.bootstrap = bootstrap
         configuration.advertisedHost = advertise
         configuration.insecure = insecure
+        configuration.linkCipher = linkCipher.cipher
         configuration.maxPeers = maxPeers
         configuration.discovery.enabled = !noDiscovery
         configuration.discovery.port = discoveryPort

@@ -67,12 +67,12 @@ struct LinkBench: ParsableCommand {
 
     @OptionGroup var options: StreamOptions
 
-    @Option(help: "Which streams: raw, insecure, noise or all. Repeatable.")
+    @Option(help: "Which streams: raw, insecure, noise, noise-aesgcm or all (all but noise-aesgcm). Repeatable.")
     var mode: [String] = ["all"]
 
     func validate() throws {
-        for m in mode where !["raw", "insecure", "noise", "all"].contains(m) {
-            throw ValidationError("unknown --mode '\(m)': use raw, insecure, noise or all")
+        for m in mode where !["raw", "insecure", "noise", "noise-aesgcm", "all"].contains(m) {
+            throw ValidationError("unknown --mode '\(m)': use raw, insecure, noise, noise-aesgcm or all")
         }
     }
 
@@ -90,6 +90,9 @@ struct LinkBench: ParsableCommand {
                     }
                     if all || mode.contains("noise") {
                         print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: true).json)
+                    }
+                    if mode.contains("noise-aesgcm") {
+                        print(try LinkStream.run(backend: kind, payloadSize: size, frames: count, secure: true, cipher: .aesGCM).json)
                     }
                     fflush(nil)
                 }

@@ -1,12 +1,16 @@
 import Foundation
 import Glibc
+import ArgumentParser
 import Logging
+import P2PQLink
 import P2PQNode
 import Synchronization
 
 /// A node configuration for the queue example and benchmarks: loopback, no mDNS, quiet logs.
-func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level = .error, label: String = "p2pq.bench") -> NodeConfiguration {
+func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level = .error, label: String = "p2pq.bench",
+                               linkCipher: LinkCipher = .chaChaPoly) -> NodeConfiguration {
     var configuration = NodeConfiguration()
+    configuration.linkCipher = linkCipher
     configuration.listenHost = "127.0.0.1"
     configuration.listenPort = 0
     configuration.bootstrap = bootstrap
@@ -173,4 +177,11 @@ func jsonLine(_ fields: [(String, Any)]) -> String {
         return "\"\(key)\":\(text)"
     }
     return "{" + parts.joined(separator: ",") + "}"
+}
+
+/// `--link-cipher` of the CLI.
+enum LinkCipherOption: String, ExpressibleByArgument, CaseIterable {
+    case chachapoly, aesgcm
+
+    var cipher: LinkCipher { self == .aesgcm ? .aesGCM : .chaChaPoly }
 }

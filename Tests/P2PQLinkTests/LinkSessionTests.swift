@@ -21,11 +21,12 @@ struct Pair {
 
     init(initiatorSecurity: LinkSecurity, responderSecurity: LinkSecurity,
          initiatorIdentity: NodeIdentity = .generate(), responderIdentity: NodeIdentity = .generate(),
-         rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval, maxFrameSize: Int = 1 << 20) throws {
+         rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval, maxFrameSize: Int = 1 << 20,
+         initiatorCipher: LinkCipher = .chaChaPoly, responderCipher: LinkCipher = .chaChaPoly) throws {
         initiator = try LinkSession(role: .initiator, security: initiatorSecurity, identity: initiatorIdentity,
-                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval)
+                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: initiatorCipher)
         responder = try LinkSession(role: .responder, security: responderSecurity, identity: responderIdentity,
-                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval)
+                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: responderCipher)
     }
 
     /// Delivers `bytes` to one side in random chunks; returns what that side wrote back.
@@ -131,6 +132,43 @@ struct LinkSessionTests {
         }
         #expect(pair.responder.phase == .failed)
         #expect(pair.responderEvents.isEmpty)
+    }
+
+    @Test("Either cipher: handshake, then messages both ways across rekeys", arguments: LinkCipher.allCases)
+    func cipherRoundTrip(cipher: LinkCipher) throws {
+        var rng = SplitMix64(seed: 11)
+        var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key), rekeyInterval: 2,
+                            initiatorCipher: cipher, responderCipher: cipher)
+        try pair.handshake(rng: &rng)
+        #expect(pair.initiator.phase == .established && pair.responder.phase == .established)
+        let bodies = (0..<20).map { i in [UInt8](repeating: UInt8(i), count: 1 + i * 3_000) }
+        var toResponder = ByteArrayOutput()
+        var toInitiator = ByteArrayOutput()
+        for body in bodies {
+            try frame(.ping, body).withUnsafeBytes { try pair.initiator.seal($0, into: &toResponder) }
+            try frame(.pong, body).withUnsafeBytes { try pair.responder.seal($0, into: &toInitiator) }
+        }
+        _ = try pair.deliver(toResponder.bytes, toResponder: true, rng: &rng)
+        _ = try pair.deliver(toInitiator.bytes, toResponder: false, rng: &rng)
+        #expect(pair.responderMessages == bodies.map { [MessageType.ping.rawValue] + $0 })
+        #expect(pair.initiatorMessages == bodies.map { [MessageType.pong.rawValue] + $0 })
+    }
+
+    @Test("Ends with different link ciphers are refused at the first message, with a reason that names the cipher")
+    func cipherMismatch() throws {
+        for (mine, theirs) in [(LinkCipher.chaChaPoly, LinkCipher.aesGCM), (.aesGCM, .chaChaPoly)] {
+            var rng = SplitMix64(seed: 13)
+            var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key),
+                                initiatorCipher: mine, responderCipher: theirs)
+            var first = ByteArrayOutput()
+            try pair.initiator.start(output: &first)
+            #expect(throws: LinkError.wrongClusterKey) {
+                _ = try pair.deliver(first.bytes, toResponder: true, rng: &rng)
+            }
+            #expect(pair.responder.phase == .failed)
+            #expect(pair.responderEvents.isEmpty)
+        }
+        #expect(LinkError.wrongClusterKey.description.contains("link cipher"))
     }
 
     @Test("Insecure and secure ends do not connect")

@@ -84,6 +84,43 @@ struct NodeTests {
         await good.stop()
     }
 
+    @Test("Nodes on AES-GCM links mesh and carry queue items; a ChaCha20-Poly1305 node is refused by them")
+    func aesGCMLinks() async throws {
+        var aes = testConfiguration(key: key)
+        aes.linkCipher = .aesGCM
+        let a = try Node(configuration: aes)
+        let info = try await a.start()
+        aes.bootstrap = ["\(info.listenAddress)"]
+        let b = try Node(configuration: aes)
+        try await b.start()
+        try await eventually("the AES-GCM nodes link") { await a.connectedPeers() == [b.peerID] }
+        // Items pushed at b reach a consumer at a (through a transfer on the AES-GCM link).
+        let queue = a.queue(named: "aes")
+        async let popped = queue.pop(max: 3, timeout: .seconds(10))
+        try await Task.sleep(for: .milliseconds(100))
+        try await b.queue(named: "aes").push([1], [2], [3])
+        var got = try await popped
+        while got.count < 3 { got += try await queue.pop(max: 3 - got.count, timeout: .seconds(10)) }
+        #expect(got.sorted { $0.lexicographicallyPrecedes($1) } == [[1], [2], [3]])
+
+        // Same key, other cipher: refused at the handshake.
+        let other = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
+        try await other.start()
+        var rejected: String?
+        for await event in a.events {
+            if case .linkRejected(_, let reason) = event {
+                rejected = reason
+                break
+            }
+        }
+        #expect(rejected?.contains("link cipher") == true, "reason: \(rejected ?? "none")")
+        #expect(await a.connectedPeers() == [b.peerID])
+        #expect(await other.connectedPeers().isEmpty)
+        await other.stop()
+        await b.stop()
+        await a.stop()
+    }
+
     @Test("Garbage, a stalled handshake and an oversized frame are cut off; real peers stay")
     func hostileInput() async throws {
         let node = try Node(configuration: testConfiguration(key: key))
