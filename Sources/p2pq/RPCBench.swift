@@ -33,8 +33,12 @@ struct RPCBench: AsyncParsableCommand {
     @Option(help: "Calls the executing node runs at once.")
     var maxConcurrentCalls: Int = 256
 
+    @Option(help: "Also measure throughput with batch calls of this many (the in-flight calls split into batches); 0 skips it.")
+    var batch: Int = 32
+
     func validate() throws {
         guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
+        guard batch >= 0, batch <= inFlight else { throw ValidationError("--batch must be 0...--in-flight") }
         guard latencyCalls >= 1, throughputCalls >= 1, inFlight >= 1, maxConcurrentCalls >= 1 else {
             throw ValidationError("counts must be positive")
         }
@@ -100,39 +104,63 @@ struct RPCBench: AsyncParsableCommand {
 
         var rates: [String: [Double]] = [:]
         for (label, function) in [("off-reactor", echo), ("inline", inline)] {
-            for run in 1...runs {
-                let rate = try await throughput(function, argument: argument, clock: clock)
-                rates[label, default: []].append(rate)
-                print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "run": "\(run)", "calls": "\(throughputCalls)",
-                            "inFlight": "\(inFlight)", "calls_per_s": format(rate)]))
-                fflush(nil)
+            for batchSize in batch > 1 ? [1, batch] : [1] {
+                let key = batchSize == 1 ? label : "\(label)-batch"
+                for run in 1...runs {
+                    let rate = try await throughput(function, argument: argument, batchSize: batchSize, clock: clock)
+                    rates[key, default: []].append(rate)
+                    print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "batch": "\(batchSize)", "run": "\(run)",
+                                "calls": "\(throughputCalls)", "inFlight": "\(inFlight)", "calls_per_s": format(rate)]))
+                    fflush(nil)
+                }
             }
         }
-        print(json([
-            "workload": "\"W2\"", "summary": "true",
-            "p50_us_median": format(median(p50s)), "p99_us_median": format(median(p99s)),
-            "calls_per_s_off_reactor_median": format(median(rates["off-reactor"] ?? [])),
-            "calls_per_s_inline_median": format(median(rates["inline"] ?? [])),
-        ]))
+        var summary: [(String, String)] = [
+            ("workload", "\"W2\""), ("summary", "true"),
+            ("p50_us_median", format(median(p50s))), ("p99_us_median", format(median(p99s))),
+            ("calls_per_s_off_reactor_median", format(median(rates["off-reactor"] ?? []))),
+            ("calls_per_s_inline_median", format(median(rates["inline"] ?? []))),
+        ]
+        if batch > 1 {
+            summary += [
+                ("batch", "\(batch)"),
+                ("calls_per_s_off_reactor_batch_median", format(median(rates["off-reactor-batch"] ?? []))),
+                ("calls_per_s_inline_batch_median", format(median(rates["inline-batch"] ?? []))),
+            ]
+        }
+        print(json(summary))
         fflush(nil)
         await node.stop()
         cluster.stop()
     }
 
-    private func throughput(_ function: RawRemoteFunction, argument: [UInt8], clock: ContinuousClock) async throws -> Double {
+    /// `inFlight` calls kept in flight by `inFlight / batchSize` tasks, each making one call (or
+    /// one batch call of `batchSize`) after another.
+    private func throughput(_ function: RawRemoteFunction, argument: [UInt8], batchSize: Int, clock: ContinuousClock) async throws -> Double {
         let total = throughputCalls
-        let workers = min(inFlight, total)
+        let workers = max(1, min(inFlight / batchSize, (total + batchSize - 1) / batchSize))
         let start = clock.now
         let failures = await withTaskGroup(of: Int.self) { group in
             for worker in 0..<workers {
                 let share = total / workers + (worker < total % workers ? 1 : 0)
                 group.addTask {
                     var failed = 0
-                    for _ in 0..<share {
-                        do throws(RemoteCallError) {
-                            _ = try await function(argument)
-                        } catch {
-                            failed += 1
+                    var left = share
+                    while left > 0 {
+                        let n = min(batchSize, left)
+                        left -= n
+                        if batchSize == 1 {
+                            do throws(RemoteCallError) {
+                                _ = try await function(argument)
+                            } catch {
+                                failed += 1
+                            }
+                        } else {
+                            let results = await function.call(batch: Array(repeating: argument, count: n))
+                            failed += results.reduce(0) { count, result in
+                                if case .success(let bytes) = result, bytes.count == argument.count { return count }
+                                return count + 1
+                            }
                         }
                     }
                     return failed
@@ -150,7 +178,11 @@ struct RPCBench: AsyncParsableCommand {
 private func format(_ value: Double) -> String { String(format: "%.1f", value) }
 
 private func json(_ fields: KeyValuePairs<String, String>) -> String {
-    "{" + fields.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
+    json(fields.map { ($0.key, $0.value) })
+}
+
+private func json(_ fields: [(String, String)]) -> String {
+    "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
 }
 
 private func stage(_ text: String) {

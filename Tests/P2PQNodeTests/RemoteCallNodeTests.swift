@@ -154,6 +154,64 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
+    @Test("A batch call: results in order with per-call errors, nested batches under maxConcurrentCalls = 1, cancellation")
+    func batchCalls() async throws {
+        let nodes = try await cluster(2, maxConcurrentCalls: 1)
+        for (_, rpc) in nodes {
+            let square = rpc.function("square", arguments: Int.self, result: Int.self)
+            rpc.register("square") { (n: Int) async throws -> Int in
+                if n < 0 { throw Boom(code: n) }
+                return n * n
+            }
+            // A function that awaits a batch of other calls: with one slot per node it must give
+            // its slot up while it waits, or the two nodes would deadlock.
+            rpc.register("sumOfSquares") { (n: Int) async throws -> Int in
+                try await square.call(batch: Array(1...n)).reduce(0) { try $0 + $1.get() }
+            }
+            rpc.register("sleep") { (ms: Int) async throws -> Int in
+                try await Task.sleep(for: .milliseconds(ms))
+                return ms
+            }
+            try await rpc.process()
+        }
+        let rpc = nodes[0].1
+        let square = rpc.function("square", arguments: Int.self, result: Int.self)
+        let inputs = Array(-3..<300)
+        let results = await square.call(batch: inputs)
+        #expect(results.count == inputs.count)
+        for (n, result) in zip(inputs, results) {
+            switch result {
+            case .success(let value): #expect(n >= 0 && value == n * n, "\(n) -> \(value)")
+            case .failure(.remote(_, let description)): #expect(n < 0 && description == "boom \(n)")
+            case .failure(let error): Issue.record("\(n): \(error)")
+            }
+        }
+        #expect(await square.call(batch: []).isEmpty)
+
+        // Raw batches too, and nested ones.
+        let raw = rpc.rawFunction("square")
+        let rawResults = await raw.call(batch: [[0x80]])  // a varint cut short
+        guard case .failure(.badArguments(let function, _)) = rawResults[0] else {
+            Issue.record("expected bad arguments, got \(rawResults)")
+            return
+        }
+        #expect(function == "square")
+        let sums = await rpc.function("sumOfSquares", arguments: Int.self, result: Int.self).call(batch: [10, 20, 30], timeout: .seconds(60))
+        #expect(sums.map { try? $0.get() } == [385, 2870, 9455])
+
+        // Cancelling the calling task cancels every call of the batch.
+        let sleeper = rpc.function("sleep", arguments: Int.self, result: Int.self)
+        let clock = ContinuousClock()
+        let started = clock.now
+        let task = Task { await sleeper.call(batch: [3000, 3000, 3000]) }
+        try await Task.sleep(for: .milliseconds(200))
+        task.cancel()
+        let cancelled = await task.value
+        #expect(cancelled == Array(repeating: .failure(.cancelled(function: "sleep")), count: 3))
+        #expect(clock.now - started < .seconds(2.5), "the batch waited for its calls instead of cancelling them")
+        await stop(nodes)
+    }
+
     @Test("Cancelling a call still queued removes its item from the queue")
     func cancelRemovesQueuedItem() async throws {
         let nodes = try await cluster(2)

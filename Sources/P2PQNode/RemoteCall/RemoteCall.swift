@@ -193,22 +193,35 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
         }
     }
 
-    /// Many calls with one hand-over; results in order.
+    /// Many calls, one per element of `batch`, with one hand-over to the reactor and one
+    /// resumption of the calling task: the results in order, each a success or its own error.
+    /// The calls run concurrently, wherever there is capacity, like separate calls. Cancelling
+    /// the calling task cancels them all.
     public func call(batch: [A], timeout: Duration? = nil) async -> [Result<R, RemoteCallError>] {
-        await withTaskGroup(of: (Int, Result<R, RemoteCallError>).self) { group in
-            for (index, arguments) in batch.enumerated() {
-                group.addTask {
-                    do throws(RemoteCallError) {
-                        return (index, .success(try await self(arguments, timeout: timeout)))
-                    } catch {
-                        return (index, .failure(error))
-                    }
+        var results = [Result<R, RemoteCallError>?](repeating: nil, count: batch.count)
+        var encoded: [[UInt8]] = []
+        var positions: [Int] = []
+        encoded.reserveCapacity(batch.count)
+        positions.reserveCapacity(batch.count)
+        let encoder = CompactEncoder()
+        for (index, arguments) in batch.enumerated() {
+            do {
+                encoded.append(try encoder.encode(arguments))
+                positions.append(index)
+            } catch {
+                results[index] = .failure(.invalidCall("arguments of \"\(name)\" did not encode: \(error)"))
+            }
+        }
+        let answers = await bridge.callBatch(name, encoded, memoize: memoize, timeout: timeout)
+        let decoder = CompactDecoder()
+        for (position, answer) in zip(positions, answers) {
+            results[position] = answer.flatMap { bytes in
+                do { return .success(try decoder.decode(R.self, from: bytes)) } catch {
+                    return .failure(.badResult(function: name, description: String(describing: error)))
                 }
             }
-            var results = [Result<R, RemoteCallError>?](repeating: nil, count: batch.count)
-            for await (index, result) in group { results[index] = result }
-            return results.map { $0! }
         }
+        return results.map { $0! }
     }
 }
 
@@ -221,6 +234,12 @@ public struct RawRemoteFunction: Sendable {
     /// Calls the function with `arguments` and returns its result bytes.
     public func callAsFunction(_ arguments: [UInt8], timeout: Duration? = nil) async throws(RemoteCallError) -> [UInt8] {
         try await bridge.call(name, arguments, memoize: memoize, timeout: timeout)
+    }
+
+    /// Many calls with one hand-over to the reactor and one resumption of the calling task:
+    /// the results in order (see ``RemoteFunction/call(batch:timeout:)``).
+    public func call(batch: [[UInt8]], timeout: Duration? = nil) async -> [Result<[UInt8], RemoteCallError>] {
+        await bridge.callBatch(name, batch, memoize: memoize, timeout: timeout)
     }
 }
 

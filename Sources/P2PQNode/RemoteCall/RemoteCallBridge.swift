@@ -11,7 +11,48 @@ struct CallRequest: Sendable {
     var timeout: Duration?
     /// The executing task this call is nested in (it gives up its slot while it waits).
     var nested: TaskID?
-    var continuation: Continuation
+    var completion: CallCompletion
+}
+
+/// Where a call's result goes: the task awaiting it alone, or its place in a batch.
+enum CallCompletion: Sendable {
+    case single(CallRequest.Continuation)
+    case batch(CallBatch, index: Int)
+
+    func resume(_ result: Result<[UInt8], RemoteCallError>) {
+        switch self {
+        case .single(let continuation): continuation.resume(returning: result)
+        case .batch(let batch, let index): batch.complete(index, result)
+        }
+    }
+}
+
+/// The results of a batch of calls: its task is resumed once, when the last one is in.
+final class CallBatch: Sendable {
+    typealias Continuation = CheckedContinuation<[Result<[UInt8], RemoteCallError>], Never>
+    private struct State: Sendable {
+        var results: [Result<[UInt8], RemoteCallError>?]
+        var remaining: Int
+        var continuation: Continuation?
+    }
+    private let state: Mutex<State>
+
+    init(count: Int, continuation: Continuation) {
+        state = Mutex(State(results: Array(repeating: nil, count: count), remaining: count, continuation: continuation))
+    }
+
+    /// Records the result of call `index` (the first result of each call counts).
+    func complete(_ index: Int, _ result: Result<[UInt8], RemoteCallError>) {
+        let done = state.withLock { state -> (Continuation, [Result<[UInt8], RemoteCallError>])? in
+            guard state.results[index] == nil else { return nil }
+            state.results[index] = result
+            state.remaining -= 1
+            guard state.remaining == 0, let continuation = state.continuation else { return nil }
+            state.continuation = nil
+            return (continuation, state.results.map { $0! })
+        }
+        if let (continuation, results) = done { continuation.resume(returning: results) }
+    }
 }
 
 /// A registered function as the worker side runs it: bytes in, outcome out.
@@ -77,8 +118,13 @@ final class RemoteCallBridge: Sendable {
     // MARK: Inbox
 
     func submit(_ op: RemoteCallOp) {
+        submit(contentsOf: CollectionOfOne(op))
+    }
+
+    /// Queues `ops` in order with one lock and at most one reactor hop.
+    func submit(contentsOf ops: some Collection<RemoteCallOp>) {
         let schedule = inbox.withLock { inbox -> Bool in
-            inbox.ops.append(op)
+            inbox.ops.append(contentsOf: ops)
             if inbox.scheduled { return false }
             inbox.scheduled = true
             return true
@@ -100,7 +146,7 @@ final class RemoteCallBridge: Sendable {
     /// The node is gone: calls waiting in the inbox fail.
     func failQueued() {
         for op in takeOps() {
-            if case .call(let request) = op { request.continuation.resume(returning: .failure(.nodeStopped)) }
+            if case .call(let request) = op { request.completion.resume(.failure(.nodeStopped)) }
         }
     }
 
@@ -123,7 +169,7 @@ final class RemoteCallBridge: Sendable {
         let result = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CallRequest.Continuation) in
                 let request = CallRequest(token: token, function: function, arguments: arguments, memoize: memoize,
-                                          timeout: timeout, nested: nested, continuation: continuation)
+                                          timeout: timeout, nested: nested, completion: .single(continuation))
                 if !gate.submit({ self.submit(.call(request)) }) {
                     continuation.resume(returning: .failure(.cancelled(function: function)))
                 }
@@ -132,6 +178,34 @@ final class RemoteCallBridge: Sendable {
             gate.cancel { self.submit(.cancel(token: token)) }
         }
         return try result.get()
+    }
+
+    /// Makes many calls of one function with one hand-over to the reactor and one resumption
+    /// of the calling task: the results, in order. Cancelling the task cancels them all.
+    func callBatch(_ function: String, _ arguments: [[UInt8]], memoize: Bool, timeout: Duration?) async -> [Result<[UInt8], RemoteCallError>] {
+        guard !arguments.isEmpty else { return [] }
+        let cancelled = { arguments.map { _ in Result<[UInt8], RemoteCallError>.failure(.cancelled(function: function)) } }
+        if Task.isCancelled { return cancelled() }
+        let first = tokens.wrappingAdd(UInt64(arguments.count), ordering: .relaxed).oldValue
+        let callTokens = (0..<UInt64(arguments.count)).map { first &+ $0 }
+        let context = RemoteCallContext.current
+        let nested = context?.bridge == identity ? context?.task : nil
+        let gate = CallGate()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CallBatch.Continuation) in
+                let batch = CallBatch(count: arguments.count, continuation: continuation)
+                let ops = arguments.indices.map { index in
+                    RemoteCallOp.call(CallRequest(token: callTokens[index], function: function, arguments: arguments[index],
+                                                  memoize: memoize, timeout: timeout, nested: nested,
+                                                  completion: .batch(batch, index: index)))
+                }
+                if !gate.submit({ self.submit(contentsOf: ops) }) {
+                    continuation.resume(returning: cancelled())
+                }
+            }
+        } onCancel: {
+            gate.cancel { self.submit(contentsOf: callTokens.map { RemoteCallOp.cancel(token: $0) }) }
+        }
     }
 
     // MARK: Worker side

@@ -33,7 +33,7 @@ final class RemoteCallShell {
     /// Outstanding nested calls per executing task (`async let` makes several).
     private var nestedCalls: [TaskID: Int] = [:]
     /// The last nested call's result, held until the executor gives the task a slot again.
-    private var resuming: [TaskID: (CallRequest.Continuation, Result<[UInt8], RemoteCallError>)] = [:]
+    private var resuming: [TaskID: (CallCompletion, Result<[UInt8], RemoteCallError>)] = [:]
 
     private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
     private var demand = 0
@@ -79,12 +79,28 @@ final class RemoteCallShell {
         let ops = bridge.takeOps()
         guard !isStopped else {
             for op in ops {
-                if case .call(let request) = op { request.continuation.resume(returning: .failure(.nodeStopped)) }
+                if case .call(let request) = op { request.completion.resume(.failure(.nodeStopped)) }
             }
             return
         }
+        // Consecutive calls (from any number of tasks) go to the caller machine as one batch, and
+        // consecutive outcomes to the executor: one action list per run. Ops still take effect
+        // in order: a run is flushed before any other op.
         var outcomes: [(TaskID, CallOutcome)] = []
+        var calls: [CallRequest] = []
         for op in ops {
+            if case .call(let request) = op {
+                if !outcomes.isEmpty {
+                    finish(outcomes)
+                    outcomes.removeAll()
+                }
+                calls.append(request)
+                continue
+            }
+            if !calls.isEmpty {
+                call(calls)
+                calls.removeAll()
+            }
             if case .finished(let task, let outcome) = op {
                 outcomes.append((task, outcome))
                 continue
@@ -94,7 +110,7 @@ final class RemoteCallShell {
                 outcomes.removeAll()
             }
             switch op {
-            case .call(let request): call(request)
+            case .call: break  // gathered above
             case .cancel(let token):
                 if let sequence = sequences[token] {
                     performCaller(caller.cancel(CallID(caller: localPeer, sequence: sequence), now: now))
@@ -107,6 +123,7 @@ final class RemoteCallShell {
             case .finished: break
             }
         }
+        if !calls.isEmpty { call(calls) }
         if !outcomes.isEmpty { finish(outcomes) }
         scheduleFlush()
     }
@@ -115,16 +132,27 @@ final class RemoteCallShell {
         performExecutor(executor.finished(outcomes))
     }
 
-    private func call(_ request: CallRequest) {
-        let deadline = request.timeout.map { now &+ UInt64(Swift.max(0, $0.nanosecondsClamped)) }
-        if let task = request.nested {
-            nestedCalls[task, default: 0] += 1
-            if nestedCalls[task] == 1 { performExecutor(executor.suspend(task)) }
+    /// Hands `requests` to the caller machine in one batch.
+    private func call(_ requests: [CallRequest]) {
+        var batch: [CallerMachine.Request] = []
+        batch.reserveCapacity(requests.count)
+        var anyDeadline = false
+        for request in requests {
+            let deadline = request.timeout.map { now &+ UInt64(Swift.max(0, $0.nanosecondsClamped)) }
+            anyDeadline = anyDeadline || deadline != nil
+            if let task = request.nested {
+                nestedCalls[task, default: 0] += 1
+                if nestedCalls[task] == 1 { performExecutor(executor.suspend(task)) }
+            }
+            batch.append(CallerMachine.Request(function: request.function, arguments: request.arguments,
+                                               memoize: request.memoize, deadline: deadline))
         }
-        let (id, actions) = caller.call(function: request.function, arguments: request.arguments, memoize: request.memoize,
-                                        deadline: deadline, now: now, wallClock: deadline == nil ? 0 : wallClock)
-        pending[id.sequence] = Pending(request: request)
-        sequences[request.token] = id.sequence
+        let (ids, actions) = caller.call(batch: batch, now: now, wallClock: anyDeadline ? wallClock : 0)
+        // Every call is registered before the actions run: some complete at once (memo hits).
+        for (id, request) in zip(ids, requests) {
+            pending[id.sequence] = Pending(request: request)
+            sequences[request.token] = id.sequence
+        }
         performCaller(actions)
     }
 
@@ -185,12 +213,12 @@ final class RemoteCallShell {
         callerTimer = nil
         for id in waiters.keys { core.queues.withdraw(queueName, id) }
         waiters = [:]
-        for (_, entry) in pending { entry.request.continuation.resume(returning: .failure(.nodeStopped)) }
+        for (_, entry) in pending { entry.request.completion.resume(.failure(.nodeStopped)) }
         pending = [:]
         sequences = [:]
-        for request in parked { request.continuation.resume(returning: .failure(.nodeStopped)) }
+        for request in parked { request.completion.resume(.failure(.nodeStopped)) }
         parked = []
-        for (_, (continuation, _)) in resuming { continuation.resume(returning: .failure(.nodeStopped)) }
+        for (_, (completion, _)) in resuming { completion.resume(.failure(.nodeStopped)) }
         resuming = [:]
         bridge.cancelAll()
         bridge.failQueued()
@@ -245,7 +273,7 @@ final class RemoteCallShell {
         case .capacityAvailable:
             let retry = parked
             parked = []
-            for request in retry { call(request) }
+            if !retry.isEmpty { call(retry) }
         }
     }
 
@@ -264,18 +292,18 @@ final class RemoteCallShell {
             result = .failure(failure == .nodeStopped ? .nodeStopped : .invalidCall("the call queue refused the call: \(failure)"))
         }
         guard let task = request.nested else {
-            request.continuation.resume(returning: result)
+            request.completion.resume(result)
             return
         }
         let left = (nestedCalls[task] ?? 1) - 1
         if left > 0 {
             nestedCalls[task] = left
-            request.continuation.resume(returning: result)
+            request.completion.resume(result)
             return
         }
         // The last call the task waited for: it continues once it holds a slot again.
         nestedCalls[task] = nil
-        resuming[task] = (request.continuation, result)
+        resuming[task] = (request.completion, result)
         performExecutor(executor.requestResume(task))
     }
 
@@ -337,8 +365,8 @@ final class RemoteCallShell {
             if !outcomes.isEmpty { executorQueue.append(contentsOf: executor.finished(outcomes)) }
         case .resume(let tasks):
             for task in tasks {
-                if let (continuation, result) = resuming.removeValue(forKey: task) {
-                    continuation.resume(returning: result)
+                if let (completion, result) = resuming.removeValue(forKey: task) {
+                    completion.resume(result)
                 }
             }
         case .cancelTask(let task):
