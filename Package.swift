@@ -152,7 +152,7 @@ let package = Package(
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
-            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode", "P2PQQueue"],
+            dependencies: ["P2PQReactor", "P2PQWire", "P2PQNoise", "P2PQLink", "P2PQNode", "P2PQQueue", "P2PQRemoteCall"],
             path: "Sources/P2PQWorkloads"
         ),
         .executableTarget(
@@ -204,6 +204,7 @@ let package = Package(
             name: "P2PQNodeTests",
             dependencies: [
                 "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
+                "P2PQWorkloads",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

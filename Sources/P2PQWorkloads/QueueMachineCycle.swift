@@ -31,12 +31,14 @@ public struct QueueMachineCycleResult: Sendable {
 
 public enum QueueMachineCycleError: Error, CustomStringConvertible {
     case stalled(popped: Int, of: Int)
+    case notExactlyOnce(item: UInt64)
     case pushRefused(PushOutcome)
     case wire(WireError)
 
     public var description: String {
         switch self {
         case .stalled(let popped, let total): "the cycle stalled after \(popped) of \(total) items"
+        case .notExactlyOnce(let item): "item \(item) was popped twice or never"
         case .pushRefused(let outcome): "push refused: \(outcome)"
         case .wire(let error): "wire error: \(error)"
         }
@@ -62,6 +64,25 @@ public enum QueueMachineCycle {
         var sourceTimer: UInt64?
         var consumerTimer: UInt64?
         let waiter = WaiterID(1)
+        // Every item carries its number in its first bytes; each must be popped exactly once
+        // (checked outside the measured time).
+        var seen = [Bool](repeating: false, count: items)
+        var delivered: [[[UInt8]]] = []
+        func check() throws(QueueMachineCycleError) {
+            for batch in delivered {
+                for payload in batch {
+                    var number: UInt64 = 0
+                    for k in 0..<min(8, payload.count) { number = number << 8 | UInt64(payload[k]) }
+                    guard number < UInt64(items), !seen[Int(number)] else { throw .notExactlyOnce(item: number) }
+                    seen[Int(number)] = true
+                }
+            }
+            // Releasing the popped items is the consumer's work, as it was when they were
+            // dropped right after the pop: timed.
+            let t = threadCPUNanoseconds()
+            delivered.removeAll(keepingCapacity: true)
+            consumerTime += threadCPUNanoseconds() - t
+        }
         var waiting = false
         var popped = 0
         var pushed = 0
@@ -79,6 +100,7 @@ public enum QueueMachineCycle {
                     wire.append((frame, fromSource))
                 case .deliver(_, let payloads):
                     popped += payloads.count
+                    delivered.append(payloads)
                     waiting = false
                 case .armTimer(let at):
                     if fromSource { sourceTimer = at } else { consumerTimer = at }
@@ -121,6 +143,7 @@ public enum QueueMachineCycle {
                 waiting = got.isEmpty
                 try perform(actions, fromSource: false)
                 consumerTime += threadCPUNanoseconds() - t
+                delivered.append(got)
                 progressed = progressed || !got.isEmpty
             }
             // The producer pushes a batch when the source has room (its items are built outside
@@ -167,6 +190,7 @@ public enum QueueMachineCycle {
                     }
                 }
             }
+            try check()
             // Timers that are due (stats rounds, confirmation flushes).
             now = monotonicNanoseconds()
             if let at = sourceTimer, at <= now {
@@ -193,6 +217,8 @@ public enum QueueMachineCycle {
                 nanosleep(&pause, nil)
             }
         }
+        try check()
+        if let missing = seen.firstIndex(of: false) { throw .notExactlyOnce(item: UInt64(missing)) }
         return QueueMachineCycleResult(
             items: items, payloadSize: payloadSize,
             sourceSeconds: Double(sourceTime) / 1e9, consumerSeconds: Double(consumerTime) / 1e9,

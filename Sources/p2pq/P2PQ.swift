@@ -17,7 +17,7 @@ struct P2PQ: AsyncParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self,
+        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self, CallMachineBench.self,
                       RPCBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
@@ -154,6 +154,34 @@ struct QueueMachineBench: ParsableCommand {
         for size in payload {
             for _ in 0..<max(1, runs) {
                 print(try QueueMachineCycle.run(items: max(1, items), payloadSize: max(8, size), batch: max(1, batch), configuration: configuration).json)
+                fflush(nil)
+            }
+        }
+    }
+}
+
+struct CallMachineBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "call-machine",
+        abstract: "W2b's caller and executor machines alone, one thread, inline echo, through the wire encoding: CPU ns per call on each side."
+    )
+
+    @Option(help: "Calls per run.")
+    var calls: Int = 1_000_000
+
+    @Option(help: "Calls outstanding at once.")
+    var inFlight: Int = 256
+
+    @Option(help: "Calls per caller input (1: one call at a time, as separate tasks make them). Repeatable.")
+    var batch: [Int] = [1, 32]
+
+    @Option(help: "Runs per batch size.")
+    var runs: Int = 3
+
+    func run() throws {
+        for size in batch {
+            for _ in 0..<max(1, runs) {
+                print(try CallMachineCycle.run(calls: max(1, calls), inFlight: max(1, inFlight), batch: max(1, size)).json)
                 fflush(nil)
             }
         }

@@ -1,0 +1,181 @@
+import Glibc
+import P2PQRemoteCall
+import P2PQWire
+
+/// W2b's two remote-call machines alone, on one thread, without sockets, tasks or queue: a
+/// caller machine keeps `inFlight` calls of a 16-byte echo outstanding (made in batches of
+/// `batch`), an executor machine runs them inline (the echo is the arguments), and every
+/// message between them goes through the wire encoding. The caller's first calls, before it
+/// holds credit, reach the executor as if its call queue had handed them over.
+///
+/// It measures what the machines cost per call, the part of `p2pq bench rpc` that tasks,
+/// hand-overs and the link do not explain. Thread CPU time around each side's calls.
+public struct CallMachineCycleResult: Sendable {
+    public var calls: Int
+    public var inFlight: Int
+    public var batch: Int
+    public var callerSeconds: Double
+    public var executorSeconds: Double
+    public var messages: Int
+
+    public var callerNanosecondsPerCall: Double { callerSeconds * 1e9 / Double(calls) }
+    public var executorNanosecondsPerCall: Double { executorSeconds * 1e9 / Double(calls) }
+
+    public var json: String {
+        func f(_ x: Double) -> String { "\((x * 10).rounded() / 10)" }
+        return #"{"workload":"call-machine","calls":\#(calls),"in_flight":\#(inFlight),"batch":\#(batch),"#
+            + #""caller_ns_per_call":\#(f(callerNanosecondsPerCall)),"executor_ns_per_call":\#(f(executorNanosecondsPerCall)),"#
+            + #""messages":\#(messages)}"#
+    }
+}
+
+public enum CallMachineCycleError: Error, CustomStringConvertible {
+    case stalled(completed: Int, of: Int)
+    case failed(RemoteCallError)
+    case wire(WireError)
+
+    public var description: String {
+        switch self {
+        case .stalled(let done, let total): "the cycle stalled after \(done) of \(total) calls"
+        case .failed(let error): "a call failed: \(error)"
+        case .wire(let error): "wire error: \(error)"
+        }
+    }
+}
+
+public enum CallMachineCycle {
+    public static func run(calls: Int, inFlight: Int = 256, batch: Int = 1) throws(CallMachineCycleError) -> CallMachineCycleResult {
+        let callerID = PeerID(bytes: [UInt8](repeating: 3, count: WireProtocol.peerIDSize))!
+        let executorID = PeerID(bytes: [UInt8](repeating: 4, count: WireProtocol.peerIDSize))!
+        var caller = CallerMachine(localPeer: callerID, configuration: CallerConfiguration(maxOutstandingCalls: max(1024, inFlight)))
+        var executor = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: inFlight), localPeer: executorID)
+        executor.register("echo")
+        let argument = [UInt8](repeating: 0x42, count: 16)
+        let batch = max(1, min(batch, inFlight))
+        var callerTime: UInt64 = 0
+        var executorTime: UInt64 = 0
+        var messages = 0
+        var toExecutor: [[UInt8]] = []  // frames
+        var toCaller: [[UInt8]] = []
+        var queued: [[UInt8]] = []  // pushed items, as the call queue would hand them over
+        var outstanding = 0
+        var made = 0
+        var completed = 0
+        var failure: RemoteCallError?
+        var now: UInt64 = 1_000_000_000
+
+        func encode(_ message: RemoteCallMessage) throws(CallMachineCycleError) -> [UInt8] {
+            var frame: [UInt8] = []
+            do { try message.encode(into: &frame) } catch { throw .wire(error) }
+            messages += 1
+            return frame
+        }
+        func decode(_ frame: [UInt8]) throws(CallMachineCycleError) -> RemoteCallMessage {
+            guard frame.count >= 5, let type = MessageType(rawValue: frame[4]) else {
+                throw .wire(.truncated(field: "frame", needed: 5, available: frame.count))
+            }
+            let result = frame.withUnsafeBytes { raw in
+                Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: UnsafeRawBufferPointer(rebasing: raw[5...])) }
+            }
+            switch result {
+            case .success(let message): return message
+            case .failure(let error): throw .wire(error)
+            }
+        }
+        func performCaller(_ actions: [CallerAction]) throws(CallMachineCycleError) {
+            for action in actions {
+                switch action {
+                case .push(_, let item): queued.append(item)
+                case .send(let message, _): toExecutor.append(try encode(message))
+                case .complete(_, let result):
+                    outstanding -= 1
+                    completed += 1
+                    if case .failure(let error) = result, failure == nil { failure = error }
+                case .removeFromQueue, .armTimer, .capacityAvailable: break
+                }
+            }
+        }
+        func performExecutor(_ actions: [ExecutorAction]) throws(CallMachineCycleError) {
+            var pending = actions
+            while !pending.isEmpty {
+                let current = pending
+                pending = []
+                for action in current {
+                    switch action {
+                    case .run(let tasks):
+                        // Inline: the echo answers with its arguments at once.
+                        pending += executor.finished(tasks.map { ($0.id, CallOutcome.success($0.arguments)) })
+                    case .send(let message, _): toCaller.append(try encode(message))
+                    case .setDemand, .resume, .cancelTask, .discard: break
+                    }
+                }
+            }
+        }
+
+        var t = threadCPUNanoseconds()
+        try performExecutor(executor.start())
+        executorTime += threadCPUNanoseconds() - t
+        var idle = 0
+        while completed < calls {
+            now += 1_000
+            var progressed = false
+            // The caller tops its calls up to `inFlight`, a batch at a time.
+            while outstanding + batch <= inFlight && made < calls {
+                let n = min(batch, calls - made)
+                t = threadCPUNanoseconds()
+                let requests = [CallerMachine.Request](repeating: CallerMachine.Request(function: "echo", arguments: argument), count: n)
+                let (_, actions) = caller.call(batch: requests, now: now)
+                outstanding += n
+                made += n
+                try performCaller(actions)
+                callerTime += threadCPUNanoseconds() - t
+                progressed = true
+            }
+            if !queued.isEmpty {
+                let items = queued
+                queued = []
+                t = threadCPUNanoseconds()
+                try performExecutor(executor.popped(items, wallClock: 0))
+                executorTime += threadCPUNanoseconds() - t
+                progressed = true
+            }
+            for frame in toExecutor {
+                t = threadCPUNanoseconds()
+                let message = try decode(frame)
+                let actions: [ExecutorAction]
+                if case .direct(let items) = message {
+                    actions = executor.direct(items, from: callerID, wallClock: 0)
+                } else {
+                    actions = executor.received(message, from: callerID)
+                }
+                try performExecutor(actions)
+                executorTime += threadCPUNanoseconds() - t
+                progressed = true
+            }
+            toExecutor.removeAll(keepingCapacity: true)
+            // End of the executor's turn: results and credit go out in one message per caller.
+            t = threadCPUNanoseconds()
+            try performExecutor(executor.flush())
+            executorTime += threadCPUNanoseconds() - t
+            for frame in toCaller {
+                t = threadCPUNanoseconds()
+                try performCaller(caller.received(try decode(frame), from: executorID, now: now))
+                callerTime += threadCPUNanoseconds() - t
+                progressed = true
+            }
+            toCaller.removeAll(keepingCapacity: true)
+            if let failure { throw .failed(failure) }
+            progressed = progressed || !toCaller.isEmpty
+            if progressed {
+                idle = 0
+            } else {
+                idle += 1
+                if idle > 3 { throw .stalled(completed: completed, of: calls) }
+            }
+        }
+        return CallMachineCycleResult(
+            calls: calls, inFlight: inFlight, batch: batch,
+            callerSeconds: Double(callerTime) / 1e9, executorSeconds: Double(executorTime) / 1e9, messages: messages
+        )
+    }
+}

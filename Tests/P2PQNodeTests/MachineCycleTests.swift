@@ -1,0 +1,28 @@
+import P2PQQueue
+import P2PQWorkloads
+import Testing
+
+/// The machine-only benchmark drivers (`p2pq bench queue-machine`, `p2pq bench call-machine`)
+/// must run their machines to completion through the wire encoding; they throw if the machines
+/// stall, refuse or fail a call.
+@Suite("Machine benchmark cycles")
+struct MachineCycleTests {
+    @Test("The queue cycle delivers every item, both delivery modes", arguments: [DeliveryMode.atLeastOnce, .atMostOnce])
+    func queueCycle(delivery: DeliveryMode) throws {
+        var configuration = QueueConfiguration()
+        configuration.delivery = delivery
+        let result = try QueueMachineCycle.run(items: 30_000, payloadSize: 64, batch: 1_000, configuration: configuration)
+        #expect(result.items == 30_000)
+        // Transfers carry every item once: at least 30,000 x (64 + 22) bytes crossed the wire.
+        #expect(result.wireBytes >= 30_000 * 86)
+        #expect(result.messages > 0)
+    }
+
+    @Test("The call cycle completes every call, one at a time and in batches", arguments: [1, 16])
+    func callCycle(batch: Int) throws {
+        let result = try CallMachineCycle.run(calls: 20_000, inFlight: 64, batch: batch)
+        #expect(result.calls == 20_000)
+        // After the first calls every call goes direct: far fewer messages than calls in batches.
+        if batch > 1 { #expect(result.messages < 20_000 / 4) }
+    }
+}
