@@ -163,7 +163,6 @@ public struct CallerMachine: Sendable {
     private var flights: [UInt64: Flight] = [:]
     private var tickets: [UInt64: Ticket] = [:]
     private var ticketsWithDeadline = 0
-    private var flightsByExecutor: [PeerID: Set<UInt64>] = [:]
     private var memoInFlight: [MemoKey: UInt64] = [:]
     private var memo: LRUCache<MemoKey, [UInt8]>
     private var deadlines = DeadlineHeap()
@@ -174,8 +173,10 @@ public struct CallerMachine: Sendable {
     private var lostPeers = BoundedSet<PeerID>(capacity: 4096)
     /// Direct calls each executor still grants this node.
     private var credits: [PeerID: Int] = [:]
-    /// Direct items of this input, by executor: one message each at the end of the input.
-    private var directOut: [PeerID: [[UInt8]]] = [:]
+    /// Direct items of this input, by executor: one message each at the end of the input. A
+    /// short list (a caller holds credit of few executors), searched from the most recent: no
+    /// hashing of a 32-byte ID per call.
+    private var directOut: [(peer: PeerID, items: [[UInt8]])] = []
     /// Most credit remembered per executor (a misbehaving peer cannot make it grow without end).
     static let maxCredit = 1 << 20
 
@@ -327,14 +328,14 @@ public struct CallerMachine: Sendable {
             var wallDeadline: UInt64 = 0
             // No wall clock given (0): no hint in the item, rather than one that looks expired.
             if let deadline, wallClock > 0 { wallDeadline = wallClock &+ (deadline - now) }
-            let flight = Flight(
+            var flight = Flight(
                 function: function, arguments: arguments, memoKey: key, attempt: 1, executor: nil,
                 deadline: deadline, wallDeadline: wallDeadline
             )
-            flights[sequence] = flight
+            push(sequence, &flight, into: &actions)
+            flights[sequence] = flight  // once, with its destination
             if let key { memoInFlight[key] = sequence }
             addTicket(sequence, Ticket(flight: sequence, deadline: deadline))
-            push(sequence, flight, into: &actions)
         }
         return id
     }
@@ -362,7 +363,6 @@ public struct CallerMachine: Sendable {
                     continue
                 }
                 flights[entry.sequence]!.executor = peer
-                flightsByExecutor[peer, default: []].insert(entry.sequence)
             }
         case .credit(let slots):
             // A lost or departed peer's late credit is not used (its calls would be lost).
@@ -395,14 +395,10 @@ public struct CallerMachine: Sendable {
     public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
         credits[peer] = nil
         var actions: [Action] = []
-        if let flightIDs = flightsByExecutor[peer] {
-            for flightID in flightIDs.sorted() where flights[flightID]?.direct == true {
-                flightsByExecutor[peer]?.remove(flightID)
-                flights[flightID]?.executor = nil
-                flights[flightID]?.direct = false
-                lose(flightID, into: &actions)
-            }
-            if flightsByExecutor[peer]?.isEmpty == true { flightsByExecutor[peer] = nil }
+        for flightID in flights(on: peer, directOnly: true) {
+            flights[flightID]?.executor = nil
+            flights[flightID]?.direct = false
+            lose(flightID, into: &actions)
         }
         finish(&actions)
         return actions
@@ -462,7 +458,9 @@ public struct CallerMachine: Sendable {
 
     /// Sends the flight's current attempt: straight to the executor with the most credit, or
     /// onto the queue when none has any.
-    private mutating func push(_ flightID: UInt64, _ flight: Flight, into actions: inout [Action]) {
+    /// The flight is not in `flights` meanwhile: its caller stores it afterwards, destination
+    /// included (one dictionary write per call).
+    private mutating func push(_ flightID: UInt64, _ flight: inout Flight, into actions: inout [Action]) {
         let item = CallItem(
             id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
             function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
@@ -470,32 +468,41 @@ public struct CallerMachine: Sendable {
         )
         let bytes = item.unvalidatedBytes(callerBytes: localPeerBytes)  // validated in call()
         counters.pushes += 1
-        if let executor = bestCredit() {
-            credits[executor]! -= 1
-            if credits[executor] == 0 { credits[executor] = nil }
-            flights[flightID]?.executor = executor
-            flights[flightID]?.direct = true
-            flightsByExecutor[executor, default: []].insert(flightID)
-            directOut[executor, default: []].append(bytes)
+        if let index = bestCredit() {
+            let executor = credits.keys[index]
+            if credits.values[index] > 1 { credits.values[index] -= 1 } else { credits.remove(at: index) }
+            flight.executor = executor
+            flight.direct = true
+            if let slot = directOut.lastIndex(where: { $0.peer == executor }) {
+                directOut[slot].items.append(bytes)
+            } else {
+                directOut.append((executor, [bytes]))
+            }
             counters.direct += 1
             return
         }
         actions.append(.push(item.id, item: bytes))
     }
 
-    /// The executor with the most credit (lowest ID among equals), if any has some.
-    private func bestCredit() -> PeerID? {
-        var best: (peer: PeerID, credit: Int)?
-        for (peer, credit) in credits where credit > 0 {
-            if best == nil || credit > best!.credit || (credit == best!.credit && peer < best!.peer) { best = (peer, credit) }
+    /// The executor with the most credit (lowest ID among equals), if any has some: its
+    /// position in `credits`, so taking a credit hashes nothing.
+    private func bestCredit() -> Dictionary<PeerID, Int>.Index? {
+        var best: (index: Dictionary<PeerID, Int>.Index, credit: Int)?
+        var index = credits.startIndex
+        while index != credits.endIndex {
+            let (peer, credit) = credits[index]
+            if credit > 0, best == nil || credit > best!.credit || (credit == best!.credit && peer < credits.keys[best!.index]) {
+                best = (index, credit)
+            }
+            credits.formIndex(after: &index)
         }
-        return best?.peer
+        return best?.index
     }
 
     /// The direct items of this input, one message per executor (split at the entry limit).
     private mutating func emitDirect(into actions: inout [Action]) {
         guard !directOut.isEmpty else { return }
-        for (peer, items) in directOut.sorted(by: { $0.key < $1.key }) {
+        for (peer, items) in directOut.sorted(by: { $0.peer < $1.peer }) {
             for chunk in Self.messageChunks(items) { actions.append(.send(.direct(Array(chunk)), to: peer)) }
         }
         directOut.removeAll(keepingCapacity: true)
@@ -521,22 +528,25 @@ public struct CallerMachine: Sendable {
 
     /// Drops a finished or abandoned flight from the indexes.
     private mutating func forget(_ flightID: UInt64, _ flight: Flight) {
-        if let executor = flight.executor {
-            flightsByExecutor[executor]?.remove(flightID)
-            if flightsByExecutor[executor]?.isEmpty == true { flightsByExecutor[executor] = nil }
-        }
         if let key = flight.memoKey, memoInFlight[key] == flightID { memoInFlight[key] = nil }
+    }
+
+    /// The flights `peer` holds (their current attempt named it), ascending. A scan: it runs
+    /// only when a link drops or a peer is lost, and keeps the per-call path free of a
+    /// per-executor index.
+    private func flights(on peer: PeerID, directOnly: Bool) -> [UInt64] {
+        flights.compactMap { id, flight in
+            flight.executor == peer && (!directOnly || flight.direct) ? id : nil
+        }.sorted()
     }
 
     private mutating func peerLost(_ peer: PeerID) -> [Action] {
         lostPeers.insert(peer)
         credits[peer] = nil
         var actions: [Action] = []
-        if let lost = flightsByExecutor.removeValue(forKey: peer) {
-            for flightID in lost.sorted() {
-                flights[flightID]?.executor = nil
-                lose(flightID, into: &actions)
-            }
+        for flightID in flights(on: peer, directOnly: false) {
+            flights[flightID]?.executor = nil
+            lose(flightID, into: &actions)
         }
         finish(&actions)
         return actions
@@ -554,16 +564,12 @@ public struct CallerMachine: Sendable {
             }
             return
         }
-        if let executor = flight.executor {
-            flightsByExecutor[executor]?.remove(flightID)
-            if flightsByExecutor[executor]?.isEmpty == true { flightsByExecutor[executor] = nil }
-        }
         flight.attempt += 1
         flight.executor = nil
         flight.direct = false
-        flights[flightID] = flight
         counters.retries += 1
-        push(flightID, flight, into: &actions)
+        push(flightID, &flight, into: &actions)
+        flights[flightID] = flight
     }
 
     /// Fails one ticket; abandons its flight when nobody else waits for it.

@@ -184,6 +184,7 @@ public struct ExecutorMachine: Sendable {
     }
 
     private var functions: Set<String> = []
+    private var lastRegistered: String?
     private var tasks: [TaskID: Task] = [:]
     private var taskByCall: [CallID: TaskID] = [:]
     private var taskByMemo: [MemoKey: TaskID] = [:]
@@ -234,6 +235,7 @@ public struct ExecutorMachine: Sendable {
     /// Removes `function`; running tasks of it finish normally.
     public mutating func unregister(_ function: String) {
         functions.remove(function)
+        if lastRegistered == function { lastRegistered = nil }
     }
 
     /// Whether `function` is registered.
@@ -469,6 +471,15 @@ public struct ExecutorMachine: Sendable {
     }
 
     /// Notes a remote caller whose call is admitted here, as the most recent one to credit.
+    /// Whether `function` is registered; the last name found is remembered, so a stream of calls
+    /// of one function compares a short string instead of hashing it for each.
+    private mutating func runsHere(_ function: String) -> Bool {
+        if function == lastRegistered { return true }
+        guard functions.contains(function) else { return false }
+        lastRegistered = function
+        return true
+    }
+
     private mutating func noteCaller(_ caller: PeerID) {
         guard configuration.grantsCredit, caller != localPeer, creditedCallers.last != caller else { return }
         if let index = creditedCallers.firstIndex(of: caller) {
@@ -502,7 +513,7 @@ public struct ExecutorMachine: Sendable {
             if !direct { queueStarted(item, actions: &actions) }
             return
         }
-        guard functions.contains(item.function) else {
+        guard runsHere(item.function) else {
             counters.unknownFunction += 1
             queueResult(.unknownFunction, for: item.id, actions: &actions)
             return
