@@ -71,13 +71,7 @@ public enum CallMachineCycle {
             return frame
         }
         func decode(_ frame: [UInt8]) throws(CallMachineCycleError) -> RemoteCallMessage {
-            guard frame.count >= 5, let type = MessageType(rawValue: frame[4]) else {
-                throw .wire(.truncated(field: "frame", needed: 5, available: frame.count))
-            }
-            let result = frame.withUnsafeBytes { raw in
-                Result { () throws(WireError) in try RemoteCallMessage.decode(type: type, body: UnsafeRawBufferPointer(rebasing: raw[5...])) }
-            }
-            switch result {
+            switch decodeFrame(frame, RemoteCallMessage.decode) {
             case .success(let message): return message
             case .failure(let error): throw .wire(error)
             }

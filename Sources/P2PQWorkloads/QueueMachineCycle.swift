@@ -110,12 +110,7 @@ public enum QueueMachineCycle {
             }
         }
         func decode(_ frame: [UInt8]) throws(QueueMachineCycleError) -> QueueMessage {
-            // [u32 length][type][body]
-            guard frame.count >= 5, let type = MessageType(rawValue: frame[4]) else { throw .wire(.truncated(field: "frame", needed: 5, available: frame.count)) }
-            let result = frame.withUnsafeBytes { raw in
-                Result { () throws(WireError) in try QueueMessage.decode(type: type, body: UnsafeRawBufferPointer(rebasing: raw[5...])) }
-            }
-            switch result {
+            switch decodeFrame(frame, QueueMessage.decode) {
             case .success(let message): return message
             case .failure(let error): throw .wire(error)
             }
@@ -231,4 +226,16 @@ private func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// Decodes one encoded frame (`[u32 length][type][body]`) with a message layer's decoder.
+func decodeFrame<Message>(
+    _ frame: [UInt8], _ decode: (MessageType, UnsafeRawBufferPointer) throws(WireError) -> Message
+) -> Result<Message, WireError> {
+    guard frame.count >= 5, let type = MessageType(rawValue: frame[4]) else {
+        return .failure(.truncated(field: "frame", needed: 5, available: frame.count))
+    }
+    return frame.withUnsafeBytes { raw in
+        Result { () throws(WireError) in try decode(type, UnsafeRawBufferPointer(rebasing: raw[5...])) }
+    }
 }

@@ -121,10 +121,10 @@ struct LinkSessionTests {
         #expect(pair.initiator.recordsSent > 9, "the exchange should cross several rekeys")
     }
 
-    @Test("A peer without the cluster key is refused at the first message")
-    func wrongKey() throws {
-        var rng = SplitMix64(seed: 7)
-        var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(.generate()))
+    /// The responder refuses the initiator's first message as `.wrongClusterKey` and reports
+    /// nothing above the link.
+    func expectRefusedAtFirstMessage(_ pair: inout Pair, seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed)
         var first = ByteArrayOutput()
         try pair.initiator.start(output: &first)
         #expect(throws: LinkError.wrongClusterKey) {
@@ -132,6 +132,12 @@ struct LinkSessionTests {
         }
         #expect(pair.responder.phase == .failed)
         #expect(pair.responderEvents.isEmpty)
+    }
+
+    @Test("A peer without the cluster key is refused at the first message")
+    func wrongKey() throws {
+        var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(.generate()))
+        try expectRefusedAtFirstMessage(&pair, seed: 7)
     }
 
     @Test("Either cipher: handshake, then messages both ways across rekeys", arguments: LinkCipher.allCases)
@@ -157,16 +163,9 @@ struct LinkSessionTests {
     @Test("Ends with different link ciphers are refused at the first message, with a reason that names the cipher")
     func cipherMismatch() throws {
         for (mine, theirs) in [(LinkCipher.chaChaPoly, LinkCipher.aesGCM), (.aesGCM, .chaChaPoly)] {
-            var rng = SplitMix64(seed: 13)
             var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key),
                                 initiatorCipher: mine, responderCipher: theirs)
-            var first = ByteArrayOutput()
-            try pair.initiator.start(output: &first)
-            #expect(throws: LinkError.wrongClusterKey) {
-                _ = try pair.deliver(first.bytes, toResponder: true, rng: &rng)
-            }
-            #expect(pair.responder.phase == .failed)
-            #expect(pair.responderEvents.isEmpty)
+            try expectRefusedAtFirstMessage(&pair, seed: 13)
         }
         #expect(LinkError.wrongClusterKey.description.contains("link cipher"))
     }

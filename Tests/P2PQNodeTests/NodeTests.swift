@@ -10,6 +10,14 @@ import Testing
 struct NodeTests {
     let key = ClusterKey.generate()
 
+    /// The reason of the next link `node` rejects.
+    func firstRejection(seenBy node: Node) async -> String? {
+        for await event in node.events {
+            if case .linkRejected(_, let reason) = event { return reason }
+        }
+        return nil
+    }
+
     @Test("5 nodes, each bootstrapped only to the previous one, end as a full mesh")
     func fullMesh() async throws {
         var nodes: [Node] = []
@@ -68,13 +76,7 @@ struct NodeTests {
         await good.onCoreForTesting { core in core.messageHandler = { _, _, _ in received.increment() } }
         let intruder = try Node(configuration: testConfiguration(key: ClusterKey.generate(), bootstrap: ["\(info.listenAddress)"]))
         try await intruder.start()
-        var rejected: String?
-        for await event in good.events {
-            if case .linkRejected(_, let reason) = event {
-                rejected = reason
-                break
-            }
-        }
+        let rejected = await firstRejection(seenBy: good)
         #expect(rejected?.contains("cluster key") == true, "reason: \(rejected ?? "none")")
         try await Task.sleep(for: .milliseconds(300))
         #expect(await good.connectedPeers().isEmpty)
@@ -106,13 +108,7 @@ struct NodeTests {
         // Same key, other cipher: refused at the handshake.
         let other = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
         try await other.start()
-        var rejected: String?
-        for await event in a.events {
-            if case .linkRejected(_, let reason) = event {
-                rejected = reason
-                break
-            }
-        }
+        let rejected = await firstRejection(seenBy: a)
         #expect(rejected?.contains("link cipher") == true, "reason: \(rejected ?? "none")")
         #expect(await a.connectedPeers() == [b.peerID])
         #expect(await other.connectedPeers().isEmpty)
