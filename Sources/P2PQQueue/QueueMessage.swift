@@ -251,7 +251,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             guard items.count <= QueueWire.maxTransferItems else {
                 throw .malformed(field: "transfer.count", reason: "\(items.count) exceeds \(QueueWire.maxTransferItems)")
             }
-            guard Self.origins(of: items).count <= QueueWire.maxOrigins else {
+            guard Self.summary(of: items).origins.count <= QueueWire.maxOrigins else {
                 throw .malformed(field: "transfer.origins", reason: "more than \(QueueWire.maxOrigins) origins")
             }
         case .ownerUpdate(_, _, let popped, let custody):
@@ -273,31 +273,27 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         }
     }
 
-    /// The distinct origins of `items`, in first-seen order. A transfer rarely holds more than
-    /// a handful, so a linear scan beats hashing.
-    static func origins(of items: [QueueItem]) -> [PeerID] {
+    /// The distinct origins of `items` in first-seen order, and the bytes the items take on
+    /// the wire, in one pass (validation, sizing and encoding each need both). A transfer rarely
+    /// holds more than a handful of origins, so a linear scan beats hashing.
+    static func summary(of items: [QueueItem]) -> (origins: [PeerID], encodedSize: Int) {
         var origins: [PeerID] = []
         var last: PeerID?
+        var size = 0
         // Through the buffer: reading a field does not retain the item's payload.
         items.withUnsafeBufferPointer { items in
-            for index in items.indices where items[index].id.origin != last {
-                last = items[index].id.origin
-                if !origins.contains(last!) { origins.append(last!) }
+            for index in items.indices {
+                size += QueueWire.itemOverhead + items[index].payload.count
+                if items[index].id.origin != last {
+                    last = items[index].id.origin
+                    if !origins.contains(last!) { origins.append(last!) }
+                }
             }
         }
-        return origins
+        return (origins, size)
     }
 
-    /// Bytes the items of a transfer take on the wire.
-    static func encodedItemsSize(_ items: [QueueItem]) -> Int {
-        items.withUnsafeBufferPointer { items in
-            var size = 0
-            for index in items.indices { size += QueueWire.itemOverhead + items[index].payload.count }
-            return size
-        }
-    }
-
-    /// Writes the items' wire form into `raw` (exactly ``encodedItemsSize(_:)`` bytes, in the
+    /// Writes the items' wire form into `raw` (exactly `summary(of:).encodedSize` bytes, in the
     /// output itself: no intermediate copy of the payloads). Non-generic and through unsafe
     /// buffers: the generic writer would cost a call per field on the sender's hot path.
     static func encodeItems(_ items: [QueueItem], origins: [PeerID], into raw: UnsafeMutableRawBufferPointer) {
@@ -339,12 +335,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .stealEmpty:
             return name + 8
         case .transfer(_, _, _, _, let items):
-            let payloads = items.withUnsafeBufferPointer { items in
-                items.indices.reduce(0) { $0 + items[$1].payload.count }
-            }
+            let summary = Self.summary(of: items)
             return QueueWire.transferOverhead(queueNameLength: queue.utf8.count)
-                + Self.origins(of: items).count * QueueWire.originSize
-                + items.count * QueueWire.itemOverhead + payloads
+                + summary.origins.count * QueueWire.originSize + summary.encodedSize
         case .transferAck:
             return name + 8 + 1
         case .ownerUpdateAck:
@@ -375,11 +368,11 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU64(transferID)
             writer.writeU8(kind.rawValue)
             writer.writeU64(requestID)
-            let origins = Self.origins(of: items)
+            let (origins, encodedSize) = Self.summary(of: items)
             writer.writeU16(UInt16(origins.count))
             for origin in origins { origin.write(into: &writer) }
             writer.writeU32(UInt32(items.count))
-            writer.writeInPlace(count: Self.encodedItemsSize(items)) { raw in
+            writer.writeInPlace(count: encodedSize) { raw in
                 Self.encodeItems(items, origins: origins, into: raw)
             }
         case .transferAck(_, let transferID, let status):
