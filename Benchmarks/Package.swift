@@ -26,5 +26,15 @@ let package = Package(
             path: "ReactorStream",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "MachineCycles",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "P2PQQueue", package: root),
+                .product(name: "P2PQWorkloads", package: root),
+            ],
+            path: "MachineCycles",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )
