@@ -144,14 +144,36 @@ public struct CallerMachine: Sendable {
         /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
         var joined: [UInt64] = []
 
-        /// Every call waiting for the flight `id` (this flight).
-        func tickets(of id: UInt64) -> [UInt64] {
-            ownTicket ? (joined.isEmpty ? [id] : [id] + joined) : joined
+        /// Every call waiting for the flight `id` (this flight): a view, so the common case (its
+        /// own call alone) allocates nothing.
+        func tickets(of id: UInt64) -> FlightTickets {
+            FlightTickets(own: ownTicket ? id : nil, joined: joined)
         }
         /// Monotonic deadline of the flight's item (its first call's), nil = none.
         var deadline: UInt64?
         /// Wall-clock deadline written into the item, 0 = none.
         var wallDeadline: UInt64
+    }
+
+    /// The calls waiting for one flight: its own (if still waiting), then the joined ones.
+    struct FlightTickets: Sequence {
+        let own: UInt64?
+        let joined: [UInt64]
+
+        func makeIterator() -> Iterator { Iterator(own: own, joined: joined.makeIterator()) }
+
+        struct Iterator: IteratorProtocol {
+            var own: UInt64?
+            var joined: IndexingIterator<[UInt64]>
+
+            mutating func next() -> UInt64? {
+                if let first = own {
+                    own = nil
+                    return first
+                }
+                return joined.next()
+            }
+        }
     }
 
     private struct Ticket: Sendable {
