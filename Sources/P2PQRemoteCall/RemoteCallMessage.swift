@@ -99,10 +99,14 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var entries: [CallStartedEntry] = []
             entries.reserveCapacity(Swift.min(count, reader.remaining / 9))
             for index in 0..<count {
-                let sequence = try reader.readU64(field: "started[\(index)].sequence")
-                let attempt = try reader.readU8(field: "started[\(index)].attempt")
-                guard attempt >= 1 else { throw .malformed(field: "started[\(index)].attempt", reason: "attempt 0") }
-                entries.append(CallStartedEntry(sequence: sequence, attempt: attempt))
+                do throws(WireError) {
+                    let sequence = try reader.readU64(field: "started.sequence")
+                    let attempt = try reader.readU8(field: "started.attempt")
+                    guard attempt >= 1 else { throw .malformed(field: "started.attempt", reason: "attempt 0") }
+                    entries.append(CallStartedEntry(sequence: sequence, attempt: attempt))
+                } catch {
+                    throw error.indexed(index, of: "started")
+                }
             }
             message = .started(entries)
         case .remoteCallCancel:
@@ -110,7 +114,11 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var sequences: [UInt64] = []
             sequences.reserveCapacity(Swift.min(count, reader.remaining / 8))
             for index in 0..<count {
-                sequences.append(try reader.readU64(field: "cancel[\(index)].sequence"))
+                do throws(WireError) {
+                    sequences.append(try reader.readU64(field: "cancel.sequence"))
+                } catch {
+                    throw error.indexed(index, of: "cancel")
+                }
             }
             message = .cancel(sequences)
         case .remoteCallDirect:
@@ -120,11 +128,15 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             for index in 0..<count {
                 // The item itself is decoded by the executor, like a popped one (a malformed
                 // item is answered, not a reason to drop the link).
-                let bytes = try reader.readByteString(field: "direct[\(index)]", maxLength: Int(UInt32.max))
-                guard bytes.count >= RemoteCallLimits.itemHeaderSize else {
-                    throw .malformed(field: "direct[\(index)]", reason: "\(bytes.count) bytes, shorter than a call item header")
+                do throws(WireError) {
+                    let bytes = try reader.readByteString(field: "direct", maxLength: Int(UInt32.max))
+                    guard bytes.count >= RemoteCallLimits.itemHeaderSize else {
+                        throw .malformed(field: "direct", reason: "\(bytes.count) bytes, shorter than a call item header")
+                    }
+                    items.append(Array(bytes))
+                } catch {
+                    throw error.indexed(index, of: "direct")
                 }
-                items.append(Array(bytes))
             }
             message = .direct(items)
         case .remoteCallCredit:

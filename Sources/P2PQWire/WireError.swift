@@ -56,6 +56,23 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// The same error with `prefix` put in front of its field name, so an error inside a list
     /// entry says which entry ("peers[3].host"). Built only on the error path.
+    /// The error with its field named for entry `index` of list `name`: a field `name...`
+    /// becomes `name[index]...`. Decoders read entries under the bare list name and index the
+    /// name only when something failed, so a list of many entries builds no string per entry.
+    public func indexed(_ index: Int, of name: String) -> WireError {
+        func rename(_ field: String) -> String {
+            field.hasPrefix(name) ? name + "[\(index)]" + field.dropFirst(name.count) : field
+        }
+        switch self {
+        case .truncated(let field, let needed, let available):
+            return .truncated(field: rename(field), needed: needed, available: available)
+        case .malformed(let field, let reason):
+            return .malformed(field: rename(field), reason: reason)
+        default:
+            return self
+        }
+    }
+
     public func nested(under prefix: String) -> WireError {
         switch self {
         case .truncated(let field, let needed, let available):
