@@ -7,7 +7,7 @@ import P2PQNode
 /// benchmarks: a shared temporary cluster key, each child serving its operations endpoint.
 ///
 /// ```swift
-/// let cluster = try LocalCluster.start(nodes: 4, extraArguments: ["--serve-examples"])
+/// let cluster = try await LocalCluster.start(nodes: 4, extraArguments: ["--serve-examples"])
 /// defer { cluster.stop() }
 /// for node in cluster.nodes { print(node.peerID, node.listenAddress, node.operationsURL) }
 /// ```
@@ -29,7 +29,7 @@ final class LocalCluster {
     /// The cluster key file every child (and an in-process node) uses.
     let keyFile: String
     let key: ClusterKey
-    private var processes: [Process] = []
+    private var children: [SelfProcess] = []
 
     private init(keyFile: String, key: ClusterKey) {
         self.keyFile = keyFile
@@ -38,7 +38,7 @@ final class LocalCluster {
 
     /// Starts `count` nodes joined to the first one; returns once each printed its addresses.
     /// `extraArguments` go to every `p2pq node` (for example `--serve-examples`).
-    static func start(nodes count: Int, extraArguments: [String] = [], logLevel: String = "error") throws -> LocalCluster {
+    static func start(nodes count: Int, extraArguments: [String] = [], logLevel: String = "error") async throws -> LocalCluster {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cluster-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).key").path
         let key = ClusterKey.generate()
         try key.save(path: path)
@@ -47,7 +47,7 @@ final class LocalCluster {
             for index in 0..<count {
                 var arguments = ["node", "--log-level", logLevel, "--no-discovery", "--exit-with-parent", "--key-file", path, "--metrics", "127.0.0.1:0"]
                 if index > 0 { arguments += ["--bootstrap", cluster.nodes[0].listenAddress] }
-                try cluster.launch(arguments + extraArguments)
+                try await cluster.launch(arguments + extraArguments)
             }
         } catch {
             cluster.stop()
@@ -56,40 +56,16 @@ final class LocalCluster {
         return cluster
     }
 
-    private func launch(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = SelfProcess.executable
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        processes.append(process)
-        let fd = output.fileHandleForReading.fileDescriptor
+    private func launch(_ arguments: [String]) async throws {
+        let child = try SelfProcess(arguments: arguments, quiet: true)
+        children.append(child)
         // "listening <address> <peer id>" then "operations http://...".
-        let first = Self.readLine(fd).split(separator: " ").map(String.init)
-        let second = Self.readLine(fd).split(separator: " ").map(String.init)
-        guard first.count == 3, first[0] == "listening", second.count == 2, second[0] == "operations" else {
-            throw LocalClusterError(description: "p2pq node (pid \(process.processIdentifier)) did not start: \(first) \(second)")
+        let first = try await child.line(startingWith: "listening ").split(separator: " ").map(String.init)
+        let second = try await child.line(startingWith: "operations ").split(separator: " ").map(String.init)
+        guard first.count == 3, second.count == 2 else {
+            throw LocalClusterError(description: "p2pq node (pid \(child.process.processIdentifier)) did not start: \(first) \(second)")
         }
-        nodes.append(Member(pid: process.processIdentifier, listenAddress: first[1], peerID: first[2], operationsURL: second[1]))
-    }
-
-    private static func readLine(_ fd: Int32) -> String {
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while true {
-            let n = read(fd, &byte, 1)
-            if n == 1 {
-                if byte == UInt8(ascii: "\n") { break }
-                line.append(byte)
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                break
-            }
-        }
-        return String(decoding: line, as: UTF8.self)
+        nodes.append(Member(pid: child.process.processIdentifier, listenAddress: first[1], peerID: first[2], operationsURL: second[1]))
     }
 
     /// A node's `/status`, nil if it does not answer.
@@ -138,18 +114,19 @@ final class LocalCluster {
 
     /// Stops every child: SIGTERM, then SIGKILL for those still running after `grace`.
     func stop(grace: Duration = .seconds(3)) {
+        let processes = children.map(\.process)
         for process in processes where process.isRunning { kill(process.processIdentifier, SIGTERM) }
         let clock = ContinuousClock()
         let deadline = clock.now + grace
         while processes.contains(where: \.isRunning) && clock.now < deadline { usleep(20_000) }
         for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
         for process in processes { process.waitUntilExit() }
-        processes = []
+        children = []
         unlink(keyFile)
     }
 
     deinit {
-        for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        // Each SelfProcess kills its own child if it still runs.
         unlink(keyFile)
     }
 }

@@ -81,12 +81,14 @@ final class SelfProcess: @unchecked Sendable {
         return URL(fileURLWithPath: path)
     }
 
-    init(arguments: [String], onLine: @escaping @Sendable (String) -> Void = { _ in }) throws {
+    /// Starts `p2pq` with `arguments`; its output lines go to `onLine` as they come. `quiet`
+    /// discards its standard error (it goes to ours otherwise).
+    init(arguments: [String], quiet: Bool = false, onLine: @escaping @Sendable (String) -> Void = { _ in }) throws {
         process.executableURL = Self.executable
         process.arguments = arguments
         process.standardOutput = output
         process.standardInput = input
-        process.standardError = FileHandle.standardError
+        process.standardError = quiet ? FileHandle.nullDevice : FileHandle.standardError
         try process.run()
         let fd = output.fileHandleForReading.fileDescriptor
         let thread = Thread { [lines] in

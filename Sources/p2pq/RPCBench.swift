@@ -45,7 +45,7 @@ struct RPCBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let cluster = try LocalCluster.start(nodes: 1, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)"])
+        let cluster = try await LocalCluster.start(nodes: 1, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)"])
         var configuration = loopbackNodeConfiguration(bootstrap: [cluster.nodes[0].listenAddress], label: "p2pq")
         configuration.clusterKey = cluster.key
         let node = try Node(configuration: configuration)

@@ -89,7 +89,7 @@ struct ExampleSession {
                 do { key = try ClusterKey.load(path: path) } catch { throw ValidationError("--key-file: \(error)") }
             }
         } else {
-            let started = try LocalCluster.start(
+            let started = try await LocalCluster.start(
                 nodes: options.nodes,
                 extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(options.maxConcurrentCalls)"] + extraArguments)
             cluster = started
