@@ -313,9 +313,18 @@ struct RemoteCallNodeTests {
         }
         let counters = try #require(await nodes[1].1.counters())
         #expect(counters.executor.executed >= 20)
+        // A batch waiting when its node stops fails whole, and so does one made afterwards.
+        nodes[1].1.registerRaw("hold") { bytes in
+            try await Task.sleep(for: .seconds(10))
+            return bytes
+        }
+        let waiting = Task { await nodes[0].1.rawFunction("hold").call(batch: [[1], [2], [3]]) }
+        try await Task.sleep(for: .milliseconds(200))
         await stop(nodes)
+        #expect(await waiting.value == Array(repeating: .failure(.nodeStopped), count: 3))
         let after = await result { () async throws(RemoteCallError) in try await echo([1]) }
         #expect(after == .failure(.nodeStopped))
+        #expect(await echo.call(batch: [[1], [2]]) == [.failure(.nodeStopped), .failure(.nodeStopped)])
     }
 
     /// A node (not processing calls yet, one slot) and a `p2pq node --serve-examples` child
