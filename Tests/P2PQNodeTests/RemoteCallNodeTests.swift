@@ -307,6 +307,12 @@ struct RemoteCallNodeTests {
         let echo = nodes[0].1.rawFunction("echo")
         _ = nodes[1].1.registerRaw("echo") { $0 }
         nodes[0].1.registerRaw("echo") { _ in [0] }  // never runs: node 0 does not process
+        // Registered before process(), so the calls that succeed below prove it is in place
+        // (a registration takes effect on the node's reactor, after the call returns).
+        nodes[1].1.registerRaw("hold") { bytes in
+            try await Task.sleep(for: .seconds(10))
+            return bytes
+        }
         try await nodes[1].1.process()
         for round in 0..<20 {
             #expect(try await echo([UInt8(round), 1, 2]) == [UInt8(round), 1, 2])
@@ -314,14 +320,11 @@ struct RemoteCallNodeTests {
         let counters = try #require(await nodes[1].1.counters())
         #expect(counters.executor.executed >= 20)
         // A batch waiting when its node stops fails whole, and so does one made afterwards.
-        nodes[1].1.registerRaw("hold") { bytes in
-            try await Task.sleep(for: .seconds(10))
-            return bytes
-        }
         let waiting = Task { await nodes[0].1.rawFunction("hold").call(batch: [[1], [2], [3]]) }
         try await Task.sleep(for: .milliseconds(200))
         await stop(nodes)
-        #expect(await waiting.value == Array(repeating: .failure(.nodeStopped), count: 3))
+        let stopped = await waiting.value
+        #expect(stopped == Array(repeating: .failure(.nodeStopped), count: 3), "\(stopped)")
         let after = await result { () async throws(RemoteCallError) in try await echo([1]) }
         #expect(after == .failure(.nodeStopped))
         #expect(await echo.call(batch: [[1], [2]]) == [.failure(.nodeStopped), .failure(.nodeStopped)])
