@@ -94,8 +94,6 @@ public struct LinkSession: Sendable {
     public enum Role: Sendable { case initiator, responder }
     public enum Phase: Sendable, Equatable { case handshaking, established, failed }
 
-    /// The Noise protocol a secure link runs by default.
-    public static let noiseProtocolName = LinkCipher.chaChaPoly.noiseProtocolName
     /// Hashed into the handshake: a peer of another protocol cannot complete it.
     static let prologue = Array("p2pq-link/1".utf8)
     static let magic = Array("P2PQ".utf8)

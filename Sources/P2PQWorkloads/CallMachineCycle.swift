@@ -106,9 +106,7 @@ public enum CallMachineCycle {
             }
         }
 
-        var t = threadCPUNanoseconds()
-        try performExecutor(executor.start())
-        executorTime += threadCPUNanoseconds() - t
+        try timed(&executorTime) { () throws(CallMachineCycleError) in try performExecutor(executor.start()) }
         var idle = 0
         while completed < calls {
             now += 1_000
@@ -116,50 +114,46 @@ public enum CallMachineCycle {
             // The caller tops its calls up to `inFlight`, a batch at a time.
             while outstanding + batch <= inFlight && made < calls {
                 let n = min(batch, calls - made)
-                t = threadCPUNanoseconds()
-                let requests = [CallerMachine.Request](repeating: CallerMachine.Request(function: "echo", arguments: argument), count: n)
-                let (_, actions) = caller.call(batch: requests, now: now)
-                outstanding += n
-                made += n
-                try performCaller(actions)
-                callerTime += threadCPUNanoseconds() - t
+                try timed(&callerTime) { () throws(CallMachineCycleError) in
+                    let requests = [CallerMachine.Request](repeating: CallerMachine.Request(function: "echo", arguments: argument), count: n)
+                    let (_, actions) = caller.call(batch: requests, now: now)
+                    outstanding += n
+                    made += n
+                    try performCaller(actions)
+                }
                 progressed = true
             }
             if !queued.isEmpty {
                 let items = queued
                 queued = []
-                t = threadCPUNanoseconds()
-                try performExecutor(executor.popped(items, wallClock: 0))
-                executorTime += threadCPUNanoseconds() - t
+                try timed(&executorTime) { () throws(CallMachineCycleError) in
+                    try performExecutor(executor.popped(items, wallClock: 0))
+                }
                 progressed = true
             }
+            // Decoding counts on the receiver's side.
             for frame in toExecutor {
-                t = threadCPUNanoseconds()
-                let message = try decode(frame)
-                let actions: [ExecutorAction]
-                if case .direct(let items) = message {
-                    actions = executor.direct(items, from: callerID, wallClock: 0)
-                } else {
-                    actions = executor.received(message, from: callerID)
+                try timed(&executorTime) { () throws(CallMachineCycleError) in
+                    let message = try decode(frame)
+                    if case .direct(let items) = message {
+                        try performExecutor(executor.direct(items, from: callerID, wallClock: 0))
+                    } else {
+                        try performExecutor(executor.received(message, from: callerID))
+                    }
                 }
-                try performExecutor(actions)
-                executorTime += threadCPUNanoseconds() - t
                 progressed = true
             }
             toExecutor.removeAll(keepingCapacity: true)
             // End of the executor's turn: results and credit go out in one message per caller.
-            t = threadCPUNanoseconds()
-            try performExecutor(executor.flush())
-            executorTime += threadCPUNanoseconds() - t
+            try timed(&executorTime) { () throws(CallMachineCycleError) in try performExecutor(executor.flush()) }
             for frame in toCaller {
-                t = threadCPUNanoseconds()
-                try performCaller(caller.received(try decode(frame), from: executorID, now: now))
-                callerTime += threadCPUNanoseconds() - t
+                try timed(&callerTime) { () throws(CallMachineCycleError) in
+                    try performCaller(caller.received(decode(frame), from: executorID, now: now))
+                }
                 progressed = true
             }
             toCaller.removeAll(keepingCapacity: true)
             if let failure { throw .failed(failure) }
-            progressed = progressed || !toCaller.isEmpty
             if progressed {
                 idle = 0
             } else {

@@ -77,3 +77,11 @@ func threadCPUNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
+
+/// Runs `body` and adds the thread CPU time it took to `total` (the machine cycles charge each
+/// side's work to that side).
+func timed<R, E: Error>(_ total: inout UInt64, _ body: () throws(E) -> R) throws(E) -> R {
+    let start = threadCPUNanoseconds()
+    defer { total &+= threadCPUNanoseconds() &- start }
+    return try body()
+}

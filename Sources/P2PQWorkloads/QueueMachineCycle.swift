@@ -79,9 +79,7 @@ public enum QueueMachineCycle {
             }
             // Releasing the popped items is the consumer's work, as it was when they were
             // dropped right after the pop: timed.
-            let t = threadCPUNanoseconds()
-            delivered.removeAll(keepingCapacity: true)
-            consumerTime += threadCPUNanoseconds() - t
+            timed(&consumerTime) { delivered.removeAll(keepingCapacity: true) }
         }
         var waiting = false
         var popped = 0
@@ -116,14 +114,13 @@ public enum QueueMachineCycle {
             }
         }
 
-        var t = threadCPUNanoseconds()
         var now = monotonicNanoseconds()
-        try perform(source.peerConnected(consumerID, now: now), fromSource: true)
-        let t2 = threadCPUNanoseconds()
-        sourceTime += t2 - t
-        try perform(consumer.peerConnected(sourceID, now: now), fromSource: false)
-        t = threadCPUNanoseconds()
-        consumerTime += t - t2
+        try timed(&sourceTime) { () throws(QueueMachineCycleError) in
+            try perform(source.peerConnected(consumerID, now: now), fromSource: true)
+        }
+        try timed(&consumerTime) { () throws(QueueMachineCycleError) in
+            try perform(consumer.peerConnected(sourceID, now: now), fromSource: false)
+        }
 
         let template = [UInt8](repeating: 0x5A, count: payloadSize)
         var idleRounds = 0
@@ -132,12 +129,13 @@ public enum QueueMachineCycle {
             var progressed = false
             // The consumer asks whenever it has no request outstanding.
             if !waiting {
-                t = threadCPUNanoseconds()
-                let (got, actions) = consumer.pop(max: batch, waiter: waiter, now: now)
-                popped += got.count
-                waiting = got.isEmpty
-                try perform(actions, fromSource: false)
-                consumerTime += threadCPUNanoseconds() - t
+                let got = try timed(&consumerTime) { () throws(QueueMachineCycleError) in
+                    let (got, actions) = consumer.pop(max: batch, waiter: waiter, now: now)
+                    popped += got.count
+                    waiting = got.isEmpty
+                    try perform(actions, fromSource: false)
+                    return got
+                }
                 delivered.append(got)
                 progressed = progressed || !got.isEmpty
             }
@@ -154,10 +152,11 @@ public enum QueueMachineCycle {
                     }
                     payloads.append(payload)
                 }
-                t = threadCPUNanoseconds()
-                let (outcome, actions) = source.push(payloads, now: now)
-                try perform(actions, fromSource: true)
-                sourceTime += threadCPUNanoseconds() - t
+                let outcome = try timed(&sourceTime) { () throws(QueueMachineCycleError) in
+                    let (outcome, actions) = source.push(payloads, now: now)
+                    try perform(actions, fromSource: true)
+                    return outcome
+                }
                 switch outcome {
                 case .accepted:
                     pushed += n
@@ -173,15 +172,16 @@ public enum QueueMachineCycle {
                 let frames = wire
                 wire.removeAll(keepingCapacity: true)
                 progressed = true
+                // Decoding counts on the receiver's side.
                 for (frame, toConsumer) in frames {
-                    t = threadCPUNanoseconds()
-                    let message = try decode(frame)
                     if toConsumer {
-                        try perform(consumer.receive(message, from: sourceID, now: now), fromSource: false)
-                        consumerTime += threadCPUNanoseconds() - t
+                        try timed(&consumerTime) { () throws(QueueMachineCycleError) in
+                            try perform(consumer.receive(decode(frame), from: sourceID, now: now), fromSource: false)
+                        }
                     } else {
-                        try perform(source.receive(message, from: consumerID, now: now), fromSource: true)
-                        sourceTime += threadCPUNanoseconds() - t
+                        try timed(&sourceTime) { () throws(QueueMachineCycleError) in
+                            try perform(source.receive(decode(frame), from: consumerID, now: now), fromSource: true)
+                        }
                     }
                 }
             }
@@ -190,16 +190,12 @@ public enum QueueMachineCycle {
             now = monotonicNanoseconds()
             if let at = sourceTimer, at <= now {
                 sourceTimer = nil
-                t = threadCPUNanoseconds()
-                try perform(source.tick(now: now), fromSource: true)
-                sourceTime += threadCPUNanoseconds() - t
+                try timed(&sourceTime) { () throws(QueueMachineCycleError) in try perform(source.tick(now: now), fromSource: true) }
                 progressed = true
             }
             if let at = consumerTimer, at <= now {
                 consumerTimer = nil
-                t = threadCPUNanoseconds()
-                try perform(consumer.tick(now: now), fromSource: false)
-                consumerTime += threadCPUNanoseconds() - t
+                try timed(&consumerTime) { () throws(QueueMachineCycleError) in try perform(consumer.tick(now: now), fromSource: false) }
                 progressed = true
             }
             if progressed {
