@@ -106,7 +106,7 @@ public struct QueueMachine: Sendable {
     }
 
     private struct OwnedRecord: Sendable {
-        var payload: [UInt8]
+        var payload: ItemPayload
         /// nil: the item is here (queued or on an unacknowledged transfer).
         var holder: PeerID?
         var attempt: UInt32
@@ -263,33 +263,52 @@ public struct QueueMachine: Sendable {
     /// Waiting consumers are served first; with none, new items may go straight to a peer with
     /// idle consumers.
     public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
+        push(count: payloads.count, size: { payloads[$0].count }, payload: { ItemPayload(payloads[$0]) }, now: now)
+    }
+
+    /// Appends `payloads` to the queue, all or none, in order (see ``push(_:now:)-([[UInt8]],_)``).
+    public mutating func push(_ payloads: [ItemPayload], now: UInt64) -> (PushOutcome, [Action]) {
+        push(count: payloads.count, size: { payloads[$0].count }, payload: { payloads[$0] }, now: now)
+    }
+
+    /// Appends the batch's items to the queue, all or none, in order: they share its buffer.
+    public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
+        push(count: batch.count, size: { batch.byteCount(at: $0) }, payload: { batch[$0] }, now: now)
+    }
+
+    /// The pushes' common path. `payload` is asked twice per item (the queue entry and the
+    /// ownership record): two references, with no intermediate array to release.
+    private mutating func push(
+        count n: Int, size: (Int) -> Int, payload: (Int) -> ItemPayload, now: UInt64
+    ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
         guard !isClosed else { return (.closed, actions) }
         var bytes = 0
-        for payload in payloads {
-            guard payload.count <= maxItemSize else { return (.itemTooLarge(size: payload.count, limit: maxItemSize), actions) }
-            bytes += payload.count
+        for index in 0..<n {
+            let itemSize = size(index)
+            guard itemSize <= maxItemSize else { return (.itemTooLarge(size: itemSize, limit: maxItemSize), actions) }
+            bytes += itemSize
         }
-        if payloads.isEmpty { return (.accepted, actions) }
-        guard payloads.count <= configuration.maxItems, bytes <= configuration.maxBytes,
+        if n == 0 { return (.accepted, actions) }
+        guard n <= configuration.maxItems, bytes <= configuration.maxBytes,
               configuration.delivery == .atMostOnce
-                || (payloads.count <= configuration.maxOwnedItems && bytes <= configuration.maxOwnedBytes)
+                || (n <= configuration.maxOwnedItems && bytes <= configuration.maxOwnedBytes)
         else { return (.batchTooLarge, actions) }
-        guard hasRoom(items: payloads.count, bytes: bytes) else {
+        guard hasRoom(items: n, bytes: bytes) else {
             pushBlocked = true
             return (.full, actions)
         }
         let first = nextSequence
-        nextSequence += UInt64(payloads.count)
+        nextSequence += UInt64(n)
         if configuration.delivery == .atLeastOnce {
-            owned.append(first: first, count: payloads.count) { OwnedRecord(payload: payloads[$0], holder: nil, attempt: 0, hops: 0) }
+            owned.append(first: first, count: n) { OwnedRecord(payload: payload($0), holder: nil, attempt: 0, hops: 0) }
             ownedBytes += bytes
         }
-        for (index, payload) in payloads.enumerated() {
-            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: first &+ UInt64(index)), payload: payload))
+        for index in 0..<n {
+            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: first &+ UInt64(index)), payload: payload(index)))
         }
         queuedBytes += bytes
-        counters.pushed += payloads.count
+        counters.pushed += n
         serveWaiters(&actions, now: now)
         dispatchToIdlePeers(&actions, now: now)
         feedFromSource(&actions, now: now)
@@ -304,7 +323,7 @@ public struct QueueMachine: Sendable {
     ///
     /// - Returns: the items delivered now (empty if none), and the actions. A waiter that
     ///   cannot wait gets a `.fail` action.
-    public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> ([[UInt8]], [Action]) {
+    public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> ([ItemPayload], [Action]) {
         var actions: [Action] = []
         lastConsumerActivity = now
         if waiters.isEmpty && !queue.isEmpty {
@@ -342,7 +361,7 @@ public struct QueueMachine: Sendable {
     /// on other nodes are not reached.
     ///
     /// - Returns: how many items were removed, and the actions.
-    public mutating func remove(where matches: ([UInt8]) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
+    public mutating func remove(where matches: (ItemPayload) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
         var actions: [Action] = []
         // In place (the others keep their order); the removed ones are settled afterwards.
         var removed: [QueueItem] = []
@@ -573,19 +592,24 @@ public struct QueueMachine: Sendable {
     // MARK: Consuming
 
     /// Takes up to `max` items from the front for a consumer, recording the pops.
-    private mutating func take(_ max: Int, now: UInt64) -> [[UInt8]] {
+    private mutating func take(_ max: Int, now: UInt64) -> [ItemPayload] {
         let n = Swift.min(max, queue.count)
-        var payloads: [[UInt8]] = []
+        var payloads: [ItemPayload] = []
         payloads.reserveCapacity(n)
         let tracked = configuration.delivery == .atLeastOnce
         // Confirmations for other owners, gathered as runs (a batch is mostly one run).
         var runOrigin: PeerID?
         var run = SequenceRun(first: 0, count: 0)
+        // Payloads are swapped out of the items (a move): copying one and dropping the item
+        // would retain and release its buffer, which the consumer may be releasing on its own
+        // thread right then.
         for _ in 0..<n {
-            let item = queue.removeFirst()
+            var item = queue.removeFirst()
             let id = item.id
             queuedBytes -= item.payload.count
-            payloads.append(item.payload)  // the item's last use: its reference moves
+            var payload = ItemPayload([])
+            swap(&payload, &item.payload)
+            payloads.append(consume payload)
             guard tracked else { continue }
             if id.origin == localPeer {
                 if let record = owned.remove(id.sequence) {
@@ -869,13 +893,15 @@ public struct QueueMachine: Sendable {
         }
         var accepted = 0
         var items = items
-        // Each item is swapped out for an empty one (whose payload is the static empty array),
-        // so it moves into the queue and the array's release touches none of the payloads.
-        let empty = QueueItem(id: ItemID(origin: peer, sequence: 0), payload: [])
+        // Each item is moved out and an empty one (whose payload is the static empty array)
+        // put in its place, so it moves into the queue and the array's release touches none of
+        // the payloads.
+        let empty = QueueItem(id: ItemID(origin: peer, sequence: 0), payload: ItemPayload([]))
         items.withUnsafeMutableBufferPointer { items in
+            let base = items.baseAddress!
             for index in items.indices {
-                var item = empty
-                swap(&item, &items[index])
+                let item = (base + index).move()
+                (base + index).initialize(to: empty)
                 guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
                     counters.duplicatesDropped += 1
                     continue

@@ -30,13 +30,17 @@ public struct QueueItem: Sendable, Equatable {
     /// Transfers this copy went through since it was (re-)queued by its owner.
     public var hops: UInt32
     /// The item's bytes, opaque to the queue.
-    public var payload: [UInt8]
+    public var payload: ItemPayload
 
-    public init(id: ItemID, attempt: UInt32 = 0, hops: UInt32 = 0, payload: [UInt8]) {
+    public init(id: ItemID, attempt: UInt32 = 0, hops: UInt32 = 0, payload: ItemPayload) {
         self.id = id
         self.attempt = attempt
         self.hops = hops
         self.payload = payload
+    }
+
+    public init(id: ItemID, attempt: UInt32 = 0, hops: UInt32 = 0, payload: [UInt8]) {
+        self.init(id: id, attempt: attempt, hops: hops, payload: ItemPayload(payload))
     }
 }
 
@@ -528,26 +532,49 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard count <= reader.remaining / QueueWire.itemOverhead else {
             throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
         }
+        // All payloads are copied into one array (one allocation per transfer, not per item);
+        // the items get their ranges of it once it is complete.
         var items: [QueueItem] = []
         items.reserveCapacity(count)
-        for index in 0..<count {
-            // Field names are built only on the error path: this loop runs once per item.
-            do throws(WireError) {
-                let originIndex = Int(try reader.readU16(field: "origin"))
-                guard originIndex < originCount else {
-                    throw .malformed(field: "origin", reason: "index \(originIndex) of \(originCount) origins")
+        var starts: [UInt32] = []
+        starts.reserveCapacity(count)
+        // Every item takes `itemOverhead` bytes besides its payload, so this bounds the payloads.
+        let payloadBound = reader.remaining - count * QueueWire.itemOverhead
+        var failure: WireError?
+        let buffer = [UInt8](unsafeUninitializedCapacity: payloadBound) { raw, filled in
+            let raw = UnsafeMutableRawBufferPointer(raw)
+            for index in 0..<count {
+                // Field names are built only on the error path: this loop runs once per item.
+                do throws(WireError) {
+                    let originIndex = Int(try reader.readU16(field: "origin"))
+                    guard originIndex < originCount else {
+                        throw .malformed(field: "origin", reason: "index \(originIndex) of \(originCount) origins")
+                    }
+                    let sequence = try reader.readU64(field: "sequence")
+                    let attempt = try reader.readU32(field: "attempt")
+                    let hops = try reader.readU32(field: "hops")
+                    let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
+                    starts.append(UInt32(truncatingIfNeeded: filled))
+                    if !payload.isEmpty {
+                        UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
+                        filled += payload.count
+                    }
+                    items.append(QueueItem(
+                        id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
+                        payload: ItemPayload(base: [], start: 0, count: 0)
+                    ))
+                } catch {
+                    failure = error.nested(under: "transfer.items[\(index)]")
+                    return
                 }
-                let sequence = try reader.readU64(field: "sequence")
-                let attempt = try reader.readU32(field: "attempt")
-                let hops = try reader.readU32(field: "hops")
-                let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
-                items.append(QueueItem(
-                    id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
-                    payload: [UInt8](payload)
-                ))
-            } catch {
-                throw error.nested(under: "transfer.items[\(index)]")
             }
+        }
+        if let failure { throw failure }
+        var end = buffer.count
+        for index in items.indices.reversed() {
+            let start = Int(starts[index])
+            items[index].payload = ItemPayload(base: buffer, start: start, count: end - start)
+            end = start
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
     }

@@ -182,13 +182,15 @@ public struct CallItem: Sendable, Equatable {
     /// The call ID of an item whose version, caller and sequence read, even if the rest is bad:
     /// it tells an executor whom to report a malformed call to.
     public static func header(of bytes: [UInt8]) -> CallID? {
-        let result: Result<CallID, WireError> = bytes.withUnsafeBytes { raw in
-            Result { () throws(WireError) in
-                var reader = WireReader(raw)
-                return try readHeader(&reader)
-            }
+        header(of: ItemPayload(bytes))
+    }
+
+    /// As ``header(of:)-([UInt8])``, for a queue item's bytes in place.
+    public static func header(of bytes: ItemPayload) -> CallID? {
+        bytes.withUnsafeBytes { raw in
+            var reader = WireReader(raw)
+            return try? readHeader(&reader)
         }
-        return try? result.get()
     }
 
     private static func readHeader(_ reader: inout WireReader) throws(WireError) -> CallID {

@@ -276,6 +276,11 @@ public struct ExecutorMachine: Sendable {
     ///   - items: encoded call items, in the order the queue delivered them.
     ///   - wallClock: wall-clock Unix time in ns, to skip items whose deadline passed.
     public mutating func popped(_ items: [[UInt8]], wallClock: UInt64) -> [Action] {
+        intake(items.map(ItemPayload.init), from: nil, wallClock: wallClock)
+    }
+
+    /// As ``popped(_:wallClock:)-([[UInt8]],_)``, for items as the queue hands them over.
+    public mutating func popped(_ items: [ItemPayload], wallClock: UInt64) -> [Action] {
         intake(items, from: nil, wallClock: wallClock)
     }
 
@@ -286,13 +291,13 @@ public struct ExecutorMachine: Sendable {
     /// they are).
     public mutating func direct(_ items: [[UInt8]], from peer: PeerID, wallClock: UInt64) -> [Action] {
         if let held = granted[peer] { granted[peer] = Swift.max(0, held - items.count) }
-        return intake(items, from: peer, wallClock: wallClock)
+        return intake(items.map(ItemPayload.init), from: peer, wallClock: wallClock)
     }
 
     /// Decodes and admits items, popped from the queue (`sender` nil) or sent directly by
     /// `sender`, which must then be their caller. A malformed item that names a (plausible)
     /// caller is answered; any other is discarded.
-    private mutating func intake(_ items: [[UInt8]], from sender: PeerID?, wallClock: UInt64) -> [Action] {
+    private mutating func intake(_ items: [ItemPayload], from sender: PeerID?, wallClock: UInt64) -> [Action] {
         var actions: [Action] = []
         var runs: [CallTask] = []
         for bytes in items {

@@ -57,7 +57,7 @@ public enum CallMachineCycle {
         var messages = 0
         var toExecutor: [[UInt8]] = []  // frames
         var toCaller: [[UInt8]] = []
-        var queued: [[UInt8]] = []  // pushed items, as the call queue would hand them over
+        var queued: [ItemPayload] = []  // pushed items, as the call queue would hand them over
         var outstanding = 0
         var made = 0
         var completed = 0
@@ -79,7 +79,7 @@ public enum CallMachineCycle {
         func performCaller(_ actions: [CallerAction]) throws(CallMachineCycleError) {
             for action in actions {
                 switch action {
-                case .push(_, let item): queued.append(item)
+                case .push(_, let item): queued.append(ItemPayload(item))
                 case .send(let message, _): toExecutor.append(try encode(message))
                 case .complete(_, let result):
                     outstanding -= 1

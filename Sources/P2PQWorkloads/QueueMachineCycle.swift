@@ -67,7 +67,7 @@ public enum QueueMachineCycle {
         // Every item carries its number in its first bytes; each must be popped exactly once
         // (checked outside the measured time).
         var seen = [Bool](repeating: false, count: items)
-        var delivered: [[[UInt8]]] = []
+        var delivered: [[ItemPayload]] = []
         func check() throws(QueueMachineCycleError) {
             for batch in delivered {
                 for payload in batch {
@@ -122,7 +122,6 @@ public enum QueueMachineCycle {
             try perform(consumer.peerConnected(sourceID, now: now), fromSource: false)
         }
 
-        let template = [UInt8](repeating: 0x5A, count: payloadSize)
         var idleRounds = 0
         while popped < items {
             now = monotonicNanoseconds()
@@ -143,17 +142,18 @@ public enum QueueMachineCycle {
             // the measured time, as the application's work).
             if pushed < items {
                 let n = min(batch, items - pushed)
-                var payloads: [[UInt8]] = []
-                payloads.reserveCapacity(n)
+                // One buffer for the batch, as `ItemBatch` gives a pushing application.
+                var batchItems = ItemBatch(capacity: n, bytes: n * payloadSize)
                 for i in 0..<n {
-                    var payload = template
-                    withUnsafeBytes(of: UInt64(pushed + i).bigEndian) { bytes in
-                        for k in 0..<min(8, payloadSize) { payload[k] = bytes[k] }
+                    batchItems.append(count: payloadSize) { payload in
+                        withUnsafeBytes(of: UInt64(pushed + i).bigEndian) { bytes in
+                            for k in 0..<min(8, payloadSize) { payload[k] = bytes[k] }
+                        }
+                        for k in min(8, payloadSize)..<payloadSize { payload[k] = 0x5A }
                     }
-                    payloads.append(payload)
                 }
                 let outcome = try timed(&sourceTime) { () throws(QueueMachineCycleError) in
-                    let (outcome, actions) = source.push(payloads, now: now)
+                    let (outcome, actions) = source.push(batchItems, now: now)
                     try perform(actions, fromSource: true)
                     return outcome
                 }

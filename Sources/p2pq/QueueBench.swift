@@ -3,6 +3,7 @@ import Foundation
 import P2PQLink
 import P2PQNode
 import P2PQQueue
+import P2PQWire
 import Synchronization
 
 /// `p2pq bench stream`: workload W1 through the distributed queue. This process is the
@@ -35,6 +36,12 @@ struct QueueStreamBench: AsyncParsableCommand {
     @Option(help: "Load stats interval of both nodes, milliseconds (default: the node default, 250).")
     var statsIntervalMs: Int?
 
+    @Option(help: "Most items a node's local queue holds (default: the node default).")
+    var maxItems: Int?
+
+    @Option(help: "How the applications hand items over: batch (ItemBatch pushes, popPayloads: one buffer per batch) or arrays ([UInt8] per item).")
+    var api: StreamAPI = .batch
+
     func validate() throws {
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be between 1 and 100") }
         guard (1...100_000_000).contains(items) else { throw ValidationError("--items must be between 1 and 100,000,000") }
@@ -53,7 +60,7 @@ struct QueueStreamBench: AsyncParsableCommand {
                     ("itemsPerSecond", result.rate), ("seconds", result.seconds),
                     ("consumerCPUSeconds", result.consumerCPU), ("producerCPUSeconds", result.producerCPU),
                     ("delivery", atMostOnce ? "atMostOnce" : "atLeastOnce"), ("secure", true),
-                    ("linkCipher", linkCipher.rawValue),
+                    ("linkCipher", linkCipher.rawValue), ("api", api.rawValue),
                 ]))
                 fflush(nil)
             }
@@ -72,6 +79,7 @@ struct QueueStreamBench: AsyncParsableCommand {
         var configuration = loopbackNodeConfiguration(linkCipher: linkCipher.cipher)
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
         if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
+        if let maxItems { configuration.queue.maxItems = maxItems }
         let node = try Node(configuration: configuration)
         let info = try await node.start()
         let queue = node.queue(named: "w1")
@@ -84,9 +92,11 @@ struct QueueStreamBench: AsyncParsableCommand {
             var first: ContinuousClock.Instant?
             var last = ContinuousClock.now
             while count < total {
-                let got = try await queue.pop(max: batch, timeout: .seconds(60))
+                let got = api == .batch
+                    ? try await queue.popPayloads(max: batch, timeout: .seconds(60)).count
+                    : try await queue.pop(max: batch, timeout: .seconds(60)).count
                 if first == nil { first = .now }
-                count += got.count
+                count += got
                 last = .now
             }
             return (first!, last, count)
@@ -96,6 +106,8 @@ struct QueueStreamBench: AsyncParsableCommand {
         if atMostOnce { arguments.append("--at-most-once") }
         arguments += ["--link-cipher", linkCipher.rawValue]
         if let statsIntervalMs { arguments += ["--stats-interval-ms", "\(statsIntervalMs)"] }
+        if let maxItems { arguments += ["--max-items", "\(maxItems)"] }
+        arguments += ["--api", api.rawValue]
         let producer = try SelfProcess(arguments: arguments)
         let result: (first: ContinuousClock.Instant, last: ContinuousClock.Instant, count: Int)
         do {
@@ -120,6 +132,11 @@ struct QueueStreamBench: AsyncParsableCommand {
     }
 }
 
+/// How `p2pq bench stream`'s applications hand items to the queue and take them.
+enum StreamAPI: String, ExpressibleByArgument, CaseIterable {
+    case batch, arrays
+}
+
 /// The producer side of `p2pq bench stream` (run by it, not by hand).
 struct QueueStreamRole: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "stream-role", abstract: "Producer process of `p2pq bench stream`.", shouldDisplay: false)
@@ -131,11 +148,14 @@ struct QueueStreamRole: AsyncParsableCommand {
     @Flag var atMostOnce = false
     @Option var statsIntervalMs: Int?
     @Option var linkCipher: LinkCipherOption = .chachapoly
+    @Option var maxItems: Int?
+    @Option var api: StreamAPI = .batch
 
     func run() async throws {
         var configuration = loopbackNodeConfiguration(bootstrap: [bootstrap], linkCipher: linkCipher.cipher)
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
         if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
+        if let maxItems { configuration.queue.maxItems = maxItems }
         let node = try Node(configuration: configuration)
         try await node.start()
         try await waitForMesh([node], peers: 1)
@@ -144,16 +164,28 @@ struct QueueStreamRole: AsyncParsableCommand {
         var template = [UInt8](repeating: 0x5A, count: payload)
         while sent < items {
             let n = min(batch, items - sent)
-            var chunk: [[UInt8]] = []
-            chunk.reserveCapacity(n)
-            for i in 0..<n {
-                // A distinct sequence number in each item's first 8 bytes.
-                withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
-                    for k in 0..<8 { template[k] = bytes[k] }
+            switch api {
+            case .arrays:
+                var chunk: [[UInt8]] = []
+                chunk.reserveCapacity(n)
+                for i in 0..<n {
+                    // A distinct sequence number in each item's first 8 bytes.
+                    withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
+                        for k in 0..<8 { template[k] = bytes[k] }
+                    }
+                    chunk.append(template)
                 }
-                chunk.append(template)
+                try await queue.push(contentsOf: chunk)
+            case .batch:
+                var chunk = ItemBatch(capacity: n, bytes: n * payload)
+                for i in 0..<n {
+                    withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
+                        for k in 0..<8 { template[k] = bytes[k] }
+                    }
+                    chunk.append(template)
+                }
+                try await queue.push(chunk)
             }
-            try await queue.push(contentsOf: chunk)
             sent += n
         }
         _ = await readStandardInputLine()  // "done": the consumer has everything

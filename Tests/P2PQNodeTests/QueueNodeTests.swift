@@ -56,6 +56,11 @@ struct QueueNodeTests {
         #expect(number(try await first.value) == 7)
         #expect(number(try await second.value) == 8)
 
+        // An ItemBatch is all or nothing too, and pops as its items.
+        #expect(try await queue.tryPush(ItemBatch([item(20), item(21)])))
+        #expect(try await !queue.tryPush(ItemBatch([item(22), item(23)])))
+        #expect(try await queue.popPayloads(max: 10, timeout: .seconds(1)).map { number($0.bytes) } == [20, 21])
+
         // close(): waiting pops fail, pushes are refused.
         let waiting = Task { await attempt { () async throws(QueueError) in try await queue.pop(timeout: .seconds(5)) } }
         try await Task.sleep(for: .milliseconds(30))
@@ -64,6 +69,32 @@ struct QueueNodeTests {
         let closedPush = await attempt { () async throws(QueueError) in try await queue.push(item(9)) }
         #expect(closedPush.failureValue == .closed)
         await node.stop()
+    }
+
+    @Test("An ItemBatch pushed at one node pops elsewhere as the same items, with popPayloads and pop")
+    func batchAcrossNodes() async throws {
+        let nodes = try await cluster(2) { $0.queue.maxItems = 1000 }
+        let source = nodes[0].queue(named: "batch")
+        let sink = nodes[1].queue(named: "batch")
+        var batch = ItemBatch(capacity: 600, bytes: 600 * 40)
+        for n in 0..<600 { batch.append(item(n) + [UInt8](repeating: UInt8(n % 251), count: n % 40)) }
+        try await source.push(batch)
+        var got: [ItemPayload] = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while got.count < 400 && ContinuousClock.now < deadline {
+            got += try await sink.popPayloads(max: 400 - got.count, timeout: .seconds(10))
+        }
+        var rest: [[UInt8]] = []
+        while got.count + rest.count < 600 && ContinuousClock.now < deadline {
+            rest += try await sink.pop(max: 600, timeout: .seconds(10))
+        }
+        let all = got.map(\.bytes) + rest
+        #expect(all.count == 600)
+        #expect(all.map(number) == Array(0..<600), "one producer, one consumer: in push order")
+        for (n, bytes) in all.enumerated() where bytes != item(n) + [UInt8](repeating: UInt8(n % 251), count: n % 40) {
+            Issue.record("item \(n) arrived as \(bytes)")
+        }
+        for node in nodes { await node.stop() }
     }
 
     @Test("3 nodes: 3,000 items pushed at one node are popped exactly once, on every node")

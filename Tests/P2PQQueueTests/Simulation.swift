@@ -19,6 +19,10 @@ func number(_ payload: [UInt8]) -> Int {
     Int(payload.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
 }
 
+func number(_ payload: ItemPayload) -> Int {
+    number(payload.bytes)
+}
+
 /// Every message goes through the real encoder and decoder.
 func wireRoundTrip(_ message: QueueMessage, maxFrameSize: Int = WireProtocol.defaultMaxFrameSize) throws -> QueueMessage {
     var bytes: [UInt8] = []
@@ -179,7 +183,7 @@ struct Simulation {
         perform(node, actions)
     }
 
-    private mutating func got(_ items: [[UInt8]], at node: PeerID, consumer index: Int) {
+    private mutating func got(_ items: [ItemPayload], at node: PeerID, consumer index: Int) {
         for item in items { popped[node]!.append(number(item)) }
         if firstPop[node] == nil { firstPop[node] = now }
         lastPopTime = now

@@ -1,4 +1,5 @@
 import P2PQQueue
+import P2PQWire
 import Synchronization
 
 extension Node {
@@ -42,12 +43,13 @@ public struct QueueHandle: Sendable {
 
     /// Appends the items in order, as one batch; waits while the queue is full.
     public func push(contentsOf items: [[UInt8]]) async throws(QueueError) {
-        let name = self.name
-        let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
-            let running = node.executeOnCore { core in core.queues.push(name, items, wait: true, continuation) }
-            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
-        }
-        try result.get()
+        try await pushResult(.arrays(items), wait: true).get()
+    }
+
+    /// Appends the batch's items in order; waits while the queue is full. The queue keeps the
+    /// batch's one buffer (no allocation per item).
+    public func push(_ batch: ItemBatch) async throws(QueueError) {
+        try await pushResult(.batch(batch), wait: true).get()
     }
 
     /// Appends the items if there is room now; false if the queue is full.
@@ -59,15 +61,29 @@ public struct QueueHandle: Sendable {
 
     /// Appends the items, as one batch, if there is room for all of them now; false if not.
     public func tryPush(contentsOf items: [[UInt8]]) async throws(QueueError) -> Bool {
-        let name = self.name
-        let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
-            let running = node.executeOnCore { core in core.queues.push(name, items, wait: false, continuation) }
-            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
-        }
-        switch result {
+        try await tryPushItems(.arrays(items))
+    }
+
+    /// Appends the batch's items if there is room for all of them now; false if not.
+    public func tryPush(_ batch: ItemBatch) async throws(QueueError) -> Bool {
+        try await tryPushItems(.batch(batch))
+    }
+
+    private func tryPushItems(_ items: PushItems) async throws(QueueError) -> Bool {
+        switch await pushResult(items, wait: false) {
         case .success: return true
         case .failure(.timeout): return false
         case .failure(let error): throw error
+        }
+    }
+
+    private func pushResult(_ items: PushItems, wait: Bool) async -> Result<Void, QueueError> {
+        let name = self.name
+        return await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+            // The payloads are made on the reactor thread: all the per-item reference counting
+            // on a batch's shared buffer stays on one core.
+            let running = node.executeOnCore { core in core.queues.push(name, items, wait: wait, continuation) }
+            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
         }
     }
 
@@ -82,6 +98,14 @@ public struct QueueHandle: Sendable {
 
     /// Up to `max` items (at least one); waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
+        // Each item gets an array of its own here, on the caller's task, not on the reactor.
+        try await popPayloads(max: max, timeout: timeout).map { $0.bytes }
+    }
+
+    /// As ``pop(max:timeout:)``, without copying: the items share the buffers they arrived in
+    /// (one per received transfer, or the pushed ``ItemBatch``), and each keeps its buffer alive
+    /// while it is kept. For consumers that read items and let them go.
+    public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [ItemPayload] {
         let name = self.name
         let node = self.node
         let waiter = WaiterBox()

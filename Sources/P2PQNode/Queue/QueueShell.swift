@@ -43,14 +43,35 @@ public struct QueueSize: Sendable, Equatable {
     public var cluster: Int
 }
 
+/// The items of a push, in the form the caller gave them (each goes to the machine as it is:
+/// no intermediate array of payloads).
+enum PushItems: Sendable {
+    case arrays([[UInt8]])
+    case batch(ItemBatch)
+
+    var count: Int {
+        switch self {
+        case .arrays(let items): items.count
+        case .batch(let batch): batch.count
+        }
+    }
+
+    func push(into machine: inout QueueMachine, now: UInt64) -> (PushOutcome, [QueueAction]) {
+        switch self {
+        case .arrays(let items): machine.push(items, now: now)
+        case .batch(let batch): machine.push(batch, now: now)
+        }
+    }
+}
+
 /// Connects the queue state machines (one per named queue) to the node: routes queue messages
 /// to them, performs their actions, runs their timers, and parks the async callers. Reactor
 /// thread only.
 final class QueueShell {
-    typealias PopContinuation = CheckedContinuation<Result<[[UInt8]], QueueError>, Never>
+    typealias PopContinuation = CheckedContinuation<Result<[ItemPayload], QueueError>, Never>
     typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
     /// How a pop's outcome is handed back: a continuation's resume, or an HTTP route's answer.
-    typealias PopCompletion = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PopCompletion = (Result<[ItemPayload], QueueError>) -> Void
     typealias PushCompletion = (Result<Void, QueueError>) -> Void
 
     /// Most named queues per node, created locally or by peers' messages.
@@ -75,7 +96,7 @@ final class QueueShell {
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
     /// module such as remote calls) a callback run on the reactor thread at once.
-    typealias PopSink = (Result<[[UInt8]], QueueError>) -> Void
+    typealias PopSink = (Result<[ItemPayload], QueueError>) -> Void
     typealias PushSink = (Result<Void, QueueError>) -> Void
 
     private struct PendingPop {
@@ -84,7 +105,7 @@ final class QueueShell {
     }
 
     private struct PendingPush {
-        var items: [[UInt8]]
+        var items: PushItems
         var continuation: PushSink
     }
 
@@ -111,13 +132,17 @@ final class QueueShell {
 
     // MARK: Callers
 
-    func push(_ name: String, _ items: [[UInt8]], wait: Bool, _ continuation: PushContinuation) {
+    func push(_ name: String, _ items: PushItems, wait: Bool, _ continuation: PushContinuation) {
         push(name, items, wait: wait, sink: { continuation.resume(returning: $0) })
+    }
+
+    func push(_ name: String, _ items: [[UInt8]], wait: Bool, sink continuation: @escaping PushSink) {
+        push(name, .arrays(items), wait: wait, sink: continuation)
     }
 
     /// As ``push(_:_:wait:_:)`` with a callback; it runs on the reactor thread, possibly before
     /// this returns.
-    func push(_ name: String, _ items: [[UInt8]], wait: Bool, sink continuation: @escaping PushSink) {
+    func push(_ name: String, _ items: PushItems, wait: Bool, sink continuation: @escaping PushSink) {
         guard !isStopped else { return continuation(.failure(.nodeStopped)) }
         guard ensure(name) else { return continuation(.failure(.tooManyQueues)) }
         // Pushers already waiting go first (order across pushers).
@@ -126,7 +151,7 @@ final class QueueShell {
             queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
             return
         }
-        let (outcome, actions) = queues[name]!.machine.push(items, now: now)
+        let (outcome, actions) = items.push(into: &queues[name]!.machine, now: now)
         switch outcome {
         case .accepted:
             countPushed(name, items.count)
@@ -184,7 +209,7 @@ final class QueueShell {
     /// Removes the items of the local queue `name` whose payload `matches` (see
     /// ``QueueMachine/remove(where:now:)``). Returns how many went.
     @discardableResult
-    func remove(_ name: String, where matches: ([UInt8]) -> Bool) -> Int {
+    func remove(_ name: String, where matches: (ItemPayload) -> Bool) -> Int {
         guard !isStopped, queues[name] != nil else { return 0 }
         let (removed, actions) = queues[name]!.machine.remove(where: matches, now: now)
         perform(name, actions)
@@ -381,7 +406,7 @@ final class QueueShell {
     /// Waiting pushers, in order, until one does not fit.
     private func retryPushes(_ name: String) {
         while let push = queues[name]!.pushes.first {
-            let (outcome, actions) = queues[name]!.machine.push(push.items, now: now)
+            let (outcome, actions) = push.items.push(into: &queues[name]!.machine, now: now)
             if outcome == .full {
                 perform(name, actions)
                 return

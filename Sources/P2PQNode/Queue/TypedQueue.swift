@@ -1,4 +1,5 @@
 import P2PQCodable
+import P2PQWire
 
 /// Why a typed queue operation failed.
 public enum TypedQueueError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -58,14 +59,17 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
         return out
     }
 
-    private func decode(_ payloads: [[UInt8]]) throws(TypedQueueError) -> [T] {
+    /// Decodes the items in place (no array per item).
+    private func decode(_ payloads: [ItemPayload]) throws(TypedQueueError) -> [T] {
         var out: [T] = []
         out.reserveCapacity(payloads.count)
         for (index, payload) in payloads.enumerated() {
             do throws(CompactCodingError) {
-                out.append(try decoder.decode(T.self, from: payload))
+                out.append(try payload.withUnsafeBytes { (raw) throws(CompactCodingError) -> T in
+                    try decoder.decode(T.self, from: raw)
+                })
             } catch {
-                throw .decoding(error, index: index, payloads: payloads)
+                throw .decoding(error, index: index, payloads: payloads.map { $0.bytes })
             }
         }
         return out
@@ -103,9 +107,9 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
 
     /// Up to `max` items; waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(TypedQueueError) -> [T] {
-        let payloads: [[UInt8]]
+        let payloads: [ItemPayload]
         do {
-            payloads = try await raw.pop(max: max, timeout: timeout)
+            payloads = try await raw.popPayloads(max: max, timeout: timeout)
         } catch {
             throw .queue(error)
         }

@@ -403,7 +403,7 @@ final class RemoteCallShell {
         }
     }
 
-    private func delivered(_ id: WaiterID, _ result: Result<[[UInt8]], QueueError>) {
+    private func delivered(_ id: WaiterID, _ result: Result<[ItemPayload], QueueError>) {
         waiters[id] = nil
         guard case .success(let items) = result, !isStopped else { return }
         let actions = executor.popped(items, wallClock: wallClock)

@@ -1,0 +1,90 @@
+import P2PQQueue
+import P2PQWire
+import Testing
+
+/// The start address of each payload's bytes.
+private func addresses(_ payloads: [ItemPayload]) -> [UInt] {
+    payloads.map { payload in payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+}
+
+@Suite("Item payloads and batches")
+struct ItemPayloadTests {
+    @Test("A payload is its range of the array: count, bytes, slice, equality by content")
+    func ranges() {
+        let base: [UInt8] = [1, 2, 3, 4, 5, 6]
+        let middle = ItemPayload(base: base, start: 2, count: 3)
+        #expect(middle.count == 3)
+        #expect(Array(middle) == [3, 4, 5])
+        #expect(middle.bytes == [3, 4, 5])
+        #expect(middle.slice == base[2..<5])
+        #expect(middle == ItemPayload([3, 4, 5]))
+        #expect(middle != ItemPayload(base: base, start: 1, count: 3))
+        #expect(middle.withUnsafeBytes { Array($0) } == [3, 4, 5])
+        #expect(ItemPayload(base: base, start: 6, count: 0).isEmpty)
+        // A whole array comes back as itself (same storage, no copy).
+        let whole = ItemPayload(base)
+        #expect(whole.bytes.withUnsafeBufferPointer { $0.baseAddress } == base.withUnsafeBufferPointer { $0.baseAddress })
+        #expect(middle.bytes.withUnsafeBufferPointer { $0.baseAddress } != base.withUnsafeBufferPointer { $0.baseAddress })
+    }
+
+    @Test("A batch keeps its items back to back in one buffer")
+    func batch() {
+        var batch = ItemBatch(capacity: 3, bytes: 10)
+        batch.append([1, 2, 3])
+        batch.append(count: 4) { $0.storeBytes(of: 0x0A0B_0C0D, as: UInt32.self) }
+        batch.append([UInt8]())
+        batch.append([9])
+        #expect(batch.count == 4 && batch.byteCount == 8)
+        let payloads = batch.payloads
+        #expect(payloads.map(\.bytes) == [[1, 2, 3], [0x0D, 0x0C, 0x0B, 0x0A], [], [9]])
+        #expect(Array(batch) == payloads)
+        let starts = addresses(payloads)
+        #expect(starts[1] == starts[0] + 3 && starts[3] == starts[1] + 4)
+    }
+
+    @Test("A throwing fill adds no item")
+    func throwingFill() {
+        struct Refused: Error {}
+        var batch = ItemBatch([[UInt8](arrayLiteral: 7)])
+        #expect(throws: Refused.self) { try batch.append(count: 5) { _ throws(Refused) in throw Refused() } }
+        #expect(batch.count == 1 && batch.byteCount == 1 && batch.payloads == [[7]])
+    }
+
+    @Test("A pushed batch pops as the same items, in order")
+    func machineRoundTrip() {
+        var machine = QueueMachine(name: "q", localPeer: peer(1), configuration: QueueConfiguration())
+        let batch = ItemBatch((0..<100).map { payload($0, size: 24) })
+        #expect(machine.push(batch.payloads, now: 0).0 == .accepted)
+        let popped = machine.pop(max: 1000, waiter: nil, now: 1).0
+        #expect(popped.map(number) == Array(0..<100))
+        #expect(popped.allSatisfy { $0.count == 24 })
+    }
+
+    @Test("A decoded transfer's payloads share one buffer; a payload longer than the frame is refused")
+    func transferSharesOneBuffer() throws {
+        let items = (0..<50).map { n in
+            QueueItem(id: ItemID(origin: peer(n % 2), sequence: UInt64(n)), payload: payload(n, size: 8 + n % 5))
+        }
+        let message = try wireRoundTrip(.transfer(queue: "q", transferID: 7, kind: .dispatch, requestID: 0, items: items))
+        guard case .transfer(_, _, _, _, let decoded) = message else {
+            Issue.record("not a transfer: \(message)")
+            return
+        }
+        #expect(decoded == items)
+        let payloads = decoded.map(\.payload)
+        let starts = addresses(payloads)
+        for index in 1..<payloads.count {
+            #expect(starts[index] == starts[index - 1] + UInt(payloads[index - 1].count))
+        }
+
+        // One item whose length field claims more bytes than the frame holds.
+        var frame: [UInt8] = []
+        try QueueMessage.transfer(queue: "q", transferID: 1, kind: .dispatch, requestID: 0, items: [items[0]]).encode(into: &frame)
+        let lengthOffset = frame.count - items[0].payload.count - 4
+        frame.replaceSubrange(lengthOffset..<lengthOffset + 4, with: [0, 0, 1, 0])
+        #expect(throws: WireError.self) {
+            let raw = try MessageDecoder.decodeAll(frame, maxFrameSize: WireProtocol.defaultMaxFrameSize)
+            _ = try QueueMessage.decode(raw[0])
+        }
+    }
+}
