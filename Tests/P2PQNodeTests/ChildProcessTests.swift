@@ -22,9 +22,11 @@ final class ChildNode {
             throw TimedOut(description: "no p2pq binary at \(Self.binary.path): build it with `swift build`")
         }
         process.executableURL = Self.binary
-        process.arguments = ["node", "--log-level", "error", "--no-discovery"] + arguments
+        process.arguments = ["node", "--log-level", "info", "--no-discovery"] + arguments
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        // The child's log goes to a file, read back when a test gives up on it.
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
         try process.run()
         // The first line is "listening <address> <peer id>".
         let line = Self.readLine(output.fileHandleForReading.fileDescriptor)
@@ -71,8 +73,27 @@ final class ChildNode {
         return bytes
     }
 
+    private let logPath = FileManager.default.temporaryDirectory
+        .appendingPathComponent("p2pq-child-\(UUID().uuidString).log").path
+
+    /// The last lines of the child's log, and whether it still runs (for failure messages).
+    func diagnostics() -> String {
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "(no log)"
+        let tail = log.split(separator: "\n", omittingEmptySubsequences: false).suffix(30).joined(separator: "\n")
+        return "child \(process.processIdentifier) \(process.isRunning ? "running" : "exited (\(process.terminationStatus))"), log tail:\n\(tail)"
+    }
+
+    /// Waits until `node` has exactly this child as its peer; on a timeout the issue carries the
+    /// child's log and the node's view of its peers.
+    func connected(to node: Node, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        try await eventually("the child connects", sourceLocation: sourceLocation, diagnose: {
+            "node peers: \(await node.peers())\n\(self.diagnostics())"
+        }) { await node.connectedPeers() == [peerID] }
+    }
+
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: logPath)
     }
 }
 
@@ -91,7 +112,7 @@ struct ChildProcessTests {
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
         let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
-        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        try await child.connected(to: node)
         let clock = ContinuousClock()
         let killedAt = clock.now
         kill(child.process.processIdentifier, SIGKILL)
@@ -114,7 +135,7 @@ struct ChildProcessTests {
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
         let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
-        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        try await child.connected(to: node)
         kill(child.process.processIdentifier, SIGTERM)
         var left: Bool?
         for await event in node.events {

@@ -121,10 +121,12 @@ struct OperationsTests {
             seen.cancel()
         }
         // The watcher saw a goodbye (left), not a failure.
-        let sawLeft = await seen.value == true
+        let left = await seen.value
         timeout.cancel()
-        #expect(sawLeft)
-        #expect(await node.status() == nil, "the node still runs after the group ended")
+        let status = await node.status()
+        let watcherPeers = await watcher.peers()
+        #expect(left == true, "watcher saw \(left.map { $0 ? "a leave" : "a failure" } ?? "no disconnect within 5 s"); its peers: \(watcherPeers)")
+        #expect(status == nil, "the node still runs after the group ended: \(status.map { "\($0)" } ?? "")")
     }
 }
 

@@ -150,7 +150,7 @@ struct QueueDeliveryTests {
         let child = try ChildNode(arguments: ["--bootstrap", info, "--key-file", path, "--metrics", "127.0.0.1:0"])
         let operations = child.nextLine().replacingOccurrences(of: "operations ", with: "")
         #expect(operations.hasPrefix("http://"))
-        try await eventually("the child links to both") {
+        try await eventually("the child links to both", diagnose: { child.diagnostics() }) {
             for node in nodes where !(await node.connectedPeers().contains(child.peerID)) { return false }
             return true
         }

@@ -344,7 +344,7 @@ struct RemoteCallNodeTests {
             return ms + 1
         }
         let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
-        try await eventually("the child connects") { await node.connectedPeers() == [child.peerID] }
+        try await child.connected(to: node)
         try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
         return (node, rpc, child)
     }

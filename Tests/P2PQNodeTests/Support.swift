@@ -31,10 +31,12 @@ struct TimedOut: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// Polls `condition` every 10 ms until it holds or `timeout` passes. On a timeout the issue
+/// carries what `diagnose` says (for example a child's log), so a rare failure explains itself.
 func eventually(
     _ what: String, timeout: Duration = .seconds(10),
     sourceLocation: SourceLocation = #_sourceLocation,
+    diagnose: () async -> String = { "" },
     _ condition: () async -> Bool
 ) async throws {
     let clock = ContinuousClock()
@@ -43,7 +45,11 @@ func eventually(
         if await condition() { return }
         try await Task.sleep(for: .milliseconds(10))
     }
-    Issue.record("timed out after \(timeout) waiting for \(what)", sourceLocation: sourceLocation)
+    let details = await diagnose()
+    Issue.record(
+        "timed out after \(timeout) waiting for \(what)\(details.isEmpty ? "" : "\n\(details)")",
+        sourceLocation: sourceLocation
+    )
     throw TimedOut(description: what)
 }
 
