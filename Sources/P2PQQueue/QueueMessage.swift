@@ -172,6 +172,9 @@ public enum QueueWire {
     public static func transferOverhead(queueNameLength: Int) -> Int { 4 + queueNameLength + 8 + 1 + 8 + 2 + 4 }
     /// Bytes one item takes in a transfer besides its payload.
     public static let itemOverhead = 2 + 8 + 4 + 4 + 4
+    /// A received transfer whose payloads average less than this many bytes keeps them in one
+    /// shared array; larger ones get an array each.
+    public static let sharedPayloadLimit = 512
     /// Bytes one origin takes in a transfer.
     public static let originSize = WireProtocol.peerIDSize
 }
@@ -532,37 +535,43 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard count <= reader.remaining / QueueWire.itemOverhead else {
             throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
         }
-        // All payloads are copied into one array (one allocation per transfer, not per item);
-        // the items get their ranges of it once it is complete.
         var items: [QueueItem] = []
         items.reserveCapacity(count)
-        var starts: [UInt32] = []
-        starts.reserveCapacity(count)
         // Every item takes `itemOverhead` bytes besides its payload, so this bounds the payloads.
         let payloadBound = reader.remaining - count * QueueWire.itemOverhead
+        guard payloadBound < count * QueueWire.sharedPayloadLimit else {
+            // Large items get an array each: an allocation is cheap next to their bytes, and
+            // `pop` then hands out those arrays without copying them again.
+            for index in 0..<count {
+                do throws(WireError) {
+                    var item = try decodeItemHeader(&reader, origins: origins)
+                    let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
+                    item.payload = ItemPayload([UInt8](payload))
+                    items.append(item)
+                } catch {
+                    throw error.nested(under: "transfer.items[\(index)]")
+                }
+            }
+            return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
+        }
+        // Small items: all payloads are copied into one array (one allocation per transfer, not
+        // per item); the items get their ranges of it once it is complete.
+        var starts: [UInt32] = []
+        starts.reserveCapacity(count)
         var failure: WireError?
         let buffer = [UInt8](unsafeUninitializedCapacity: payloadBound) { raw, filled in
             let raw = UnsafeMutableRawBufferPointer(raw)
             for index in 0..<count {
                 // Field names are built only on the error path: this loop runs once per item.
                 do throws(WireError) {
-                    let originIndex = Int(try reader.readU16(field: "origin"))
-                    guard originIndex < originCount else {
-                        throw .malformed(field: "origin", reason: "index \(originIndex) of \(originCount) origins")
-                    }
-                    let sequence = try reader.readU64(field: "sequence")
-                    let attempt = try reader.readU32(field: "attempt")
-                    let hops = try reader.readU32(field: "hops")
+                    let item = try decodeItemHeader(&reader, origins: origins)
                     let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
                     starts.append(UInt32(truncatingIfNeeded: filled))
                     if !payload.isEmpty {
                         UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
                         filled += payload.count
                     }
-                    items.append(QueueItem(
-                        id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
-                        payload: ItemPayload(base: [], start: 0, count: 0)
-                    ))
+                    items.append(item)
                 } catch {
                     failure = error.nested(under: "transfer.items[\(index)]")
                     return
@@ -577,6 +586,22 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             end = start
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
+    }
+
+    /// An item's fields before its payload (which is left empty).
+    @inline(__always)
+    private static func decodeItemHeader(_ reader: inout WireReader, origins: [PeerID]) throws(WireError) -> QueueItem {
+        let originIndex = Int(try reader.readU16(field: "origin"))
+        guard originIndex < origins.count else {
+            throw .malformed(field: "origin", reason: "index \(originIndex) of \(origins.count) origins")
+        }
+        let sequence = try reader.readU64(field: "sequence")
+        let attempt = try reader.readU32(field: "attempt")
+        let hops = try reader.readU32(field: "hops")
+        return QueueItem(
+            id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
+            payload: ItemPayload([])
+        )
     }
 
 

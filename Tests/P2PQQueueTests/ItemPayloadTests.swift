@@ -60,7 +60,7 @@ struct ItemPayloadTests {
         #expect(popped.allSatisfy { $0.count == 24 })
     }
 
-    @Test("A decoded transfer's payloads share one buffer; a payload longer than the frame is refused")
+    @Test("A decoded transfer's small payloads share one buffer, large ones get an array each; a payload longer than the frame is refused")
     func transferSharesOneBuffer() throws {
         let items = (0..<50).map { n in
             QueueItem(id: ItemID(origin: peer(n % 2), sequence: UInt64(n)), payload: payload(n, size: 8 + n % 5))
@@ -75,6 +75,20 @@ struct ItemPayloadTests {
         let starts = addresses(payloads)
         for index in 1..<payloads.count {
             #expect(starts[index] == starts[index - 1] + UInt(payloads[index - 1].count))
+        }
+
+        // Large items get an array each, which `bytes` hands out as it is.
+        let large = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 2000)) }
+        guard case .transfer(_, _, _, _, let decodedLarge) = try wireRoundTrip(
+            .transfer(queue: "q", transferID: 8, kind: .dispatch, requestID: 0, items: large)
+        ) else {
+            Issue.record("not a transfer")
+            return
+        }
+        #expect(decodedLarge == large)
+        for item in decodedLarge {
+            let inPlace = item.payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
+            #expect(item.payload.bytes.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } == inPlace)
         }
 
         // One item whose length field claims more bytes than the frame holds.
