@@ -43,7 +43,10 @@ public enum DeliveryMode: Hashable, Sendable {
 public struct QueueConfiguration: Hashable, Sendable {
     public var strategy: BalanceStrategy
     public var delivery: DeliveryMode
-    /// Most items held (queued plus outgoing in flight).
+    /// Most items held (queued plus outgoing in flight). The default, 131,072, is 32 full
+    /// transfers: ample for the pipeline to peers, and a producer that runs ahead waits instead
+    /// of growing a backlog whose memory (about 200 bytes per small item, owner's record
+    /// included) costs more to fault in than the items cost to move.
     public var maxItems: Int
     /// Most payload bytes held (queued plus outgoing in flight).
     public var maxBytes: Int
@@ -94,7 +97,7 @@ public struct QueueConfiguration: Hashable, Sendable {
     public init(
         strategy: BalanceStrategy = .adaptive,
         delivery: DeliveryMode = .atLeastOnce,
-        maxItems: Int = 1_000_000,
+        maxItems: Int = 131_072,
         maxBytes: Int = 256 << 20,
         maxFrameSize: Int = WireProtocol.defaultMaxFrameSize,
         statsInterval: UInt64 = 250_000_000,

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import P2PQLink
 import P2PQNode
+import P2PQQueue
 import P2PQReactor
 import Prometheus
 
@@ -75,7 +76,7 @@ struct NodeCommand: AsyncParsableCommand {
     var consumeWorkMs: Int = 0
 
     @Option(help: "Most items per local queue (queued plus in flight); pushes beyond wait.")
-    var maxQueueItems: Int = 1_000_000
+    var maxQueueItems: Int = QueueConfiguration().maxItems
 
     @Option(help: "Most payload bytes per local queue (queued plus in flight).")
     var maxQueueBytes: Int = 256 << 20
