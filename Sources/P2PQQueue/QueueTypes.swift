@@ -40,6 +40,10 @@ public enum DeliveryMode: Hashable, Sendable {
 ///   IDs remembered: 1,024 per peer.
 /// - Peer load views: at most ``maxTrackedPeers``; waiting consumers: at most ``maxWaiters``;
 ///   dead peers remembered: 1024.
+/// - The byte limits count payload bytes. Items may share a buffer (a received transfer of
+///   small items, a pushed `ItemBatch`), which lives until its last item is gone: a transfer's
+///   when its items have left the queue (in order, so only the head's is partly used), a
+///   batch's when its owner has heard all of its items were popped.
 public struct QueueConfiguration: Hashable, Sendable {
     public var strategy: BalanceStrategy
     public var delivery: DeliveryMode

@@ -103,8 +103,8 @@ public struct QueueHandle: Sendable {
     }
 
     /// As ``pop(max:timeout:)``, without copying: the items share the buffers they arrived in
-    /// (one per received transfer, or the pushed ``ItemBatch``), and each keeps its buffer alive
-    /// while it is kept. For consumers that read items and let them go.
+    /// (one per received transfer of small items, or the pushed ``ItemBatch``), and each keeps
+    /// its buffer alive while it is kept. For consumers that read items and let them go.
     public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [ItemPayload] {
         let name = self.name
         let node = self.node
