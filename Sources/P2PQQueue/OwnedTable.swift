@@ -69,6 +69,16 @@ struct OwnedTable<Record: Sendable>: Sendable {
     @discardableResult
     mutating func modify(_ sequence: UInt64, _ body: (inout Record) -> Void) -> Bool {
         if let index = slot(of: sequence) {
+            // In place through the buffer when the ring is not wrapped: Deque's element
+            // `_modify` moves the element out and copies it back, a retain and a release of the
+            // record's payload each time.
+            if let done = window.withContiguousMutableStorageIfAvailable({ buffer -> Bool in
+                guard buffer[index] != nil else { return false }
+                body(&buffer[index]!)
+                return true
+            }) {
+                return done
+            }
             guard window[index] != nil else { return false }
             body(&window[index]!)
             return true

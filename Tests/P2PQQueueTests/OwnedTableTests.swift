@@ -65,6 +65,39 @@ import Testing
     }
 }
 
+extension OwnedTableTests {
+    /// A window sliding through a fixed-size ring wraps around its end again and again: changes
+    /// in place land on the right record either way.
+    @Test("modify changes the right record while the window slides and wraps")
+    func modifyWhileSliding() {
+        var table = OwnedTable<[Int]>()
+        var first: UInt64 = 1
+        var next: UInt64 = 1
+        for _ in 0..<100 {
+            table.append(next, [Int(next)])
+            next += 1
+        }
+        for _ in 0..<5_000 {
+            for sequence in first..<next where sequence % 3 == 0 {
+                table.modify(sequence) { $0.append(Int(sequence)) }
+            }
+            guard let oldest = table.remove(first) else {
+                Issue.record("record \(first) missing")
+                return
+            }
+            let expected = first % 3 == 0 ? Array(repeating: Int(first), count: 1 + Int(min(first, 100))) : [Int(first)]
+            if oldest.count != expected.count || oldest.contains(where: { $0 != Int(first) }) {
+                Issue.record("record \(first) is \(oldest.prefix(4))… (\(oldest.count)), expected \(expected.count) copies")
+                return
+            }
+            first += 1
+            table.append(next, [Int(next)])
+            next += 1
+        }
+        #expect(table.count == 100)
+    }
+}
+
 @Suite struct DedupTests {
     @Test("Sequence runs behave like a set of numbers, in and out of order")
     func sequenceRunsMatchASet() {
