@@ -1,5 +1,3 @@
-import DequeModule
-
 /// The ownership records of one queue, by sequence number.
 ///
 /// Sequence numbers are handed out in increasing order and mostly confirmed in about that
@@ -11,12 +9,19 @@ import DequeModule
 /// records, whatever the confirmation order.
 struct OwnedTable<Record: Sendable>: Sendable {
     private var base: UInt64 = 0
-    private var window = Deque<Record?>()
+    /// The window is `slots[head...]`: slot `head + i` holds sequence `base + i`. An array with
+    /// a moving head rather than a deque: an array's elements can be changed in place (a
+    /// deque's element accessor moves the element out and copies it back: a retain and a
+    /// release of the record's payload per change), and confirmed slots at the front are dropped
+    /// by moving `head`, the array being shifted down only once the dead prefix is as long as
+    /// the rest (amortized O(1) per slot).
+    private var slots: [Record?] = []
+    private var head = 0
     private var stragglers: [UInt64: Record] = [:]
     /// Records held.
     private(set) var count = 0
     /// Slots of the window (for tests of the memory bound).
-    var windowSlots: Int { window.count }
+    var windowSlots: Int { slots.count - head }
 
     /// Slack before the window is compacted (slots, not records).
     private static var slack: Int { 4096 }
@@ -24,63 +29,54 @@ struct OwnedTable<Record: Sendable>: Sendable {
     init() {}
 
     subscript(sequence: UInt64) -> Record? {
-        if let index = slot(of: sequence) { return window[index] }
+        if let index = slot(of: sequence) { return slots[index] }
         return stragglers.isEmpty ? nil : stragglers[sequence]
     }
 
     /// Adds a record for a sequence number above every one added before.
     mutating func append(_ sequence: UInt64, _ record: consuming Record) {
-        if window.isEmpty {
+        if windowSlots == 0 {
             base = sequence
-        } else if sequence < base &+ UInt64(window.count) {
+        } else if sequence < base &+ UInt64(windowSlots) {
             // Not above the window (never happens for fresh sequence numbers): keep it aside.
             if stragglers.updateValue(record, forKey: sequence) == nil { count += 1 }
             return
         }
-        let gap = Int(sequence - base) - window.count
+        let gap = Int(sequence - base) - windowSlots
         if gap > 0 {
             if gap > Self.slack {
                 // A jump (a restart's new first sequence): start a fresh window.
                 moveWindowToStragglers()
                 base = sequence
             } else {
-                window.append(contentsOf: repeatElement(nil, count: gap))
+                slots.append(contentsOf: repeatElement(nil, count: gap))
             }
         }
-        window.append(record)
+        slots.append(record)
         count += 1
-        if window.count > 2 * count + Self.slack { compact() }
+        if windowSlots > 2 * count + Self.slack { compact() }
     }
 
     /// Adds records for `count` consecutive sequence numbers from `first`, above every one
     /// added before (a push): no per-record gap test.
     mutating func append(first: UInt64, count n: Int, _ record: (Int) -> Record) {
         guard n > 0 else { return }
-        if window.isEmpty || first != base &+ UInt64(window.count) {
+        if windowSlots == 0 || first != base &+ UInt64(windowSlots) {
             for index in 0..<n { append(first &+ UInt64(index), record(index)) }
             return
         }
-        for index in 0..<n { window.append(record(index)) }
+        slots.reserveCapacity(slots.count + n)
+        for index in 0..<n { slots.append(record(index)) }
         count += n
-        if window.count > 2 * count + Self.slack { compact() }
+        if windowSlots > 2 * count + Self.slack { compact() }
     }
 
     /// Changes the record in place (no copy of its payload); false if there is none.
     @discardableResult
     mutating func modify(_ sequence: UInt64, _ body: (inout Record) -> Void) -> Bool {
         if let index = slot(of: sequence) {
-            // In place through the buffer when the ring is not wrapped: Deque's element
-            // `_modify` moves the element out and copies it back, a retain and a release of the
-            // record's payload each time.
-            if let done = window.withContiguousMutableStorageIfAvailable({ buffer -> Bool in
-                guard buffer[index] != nil else { return false }
-                body(&buffer[index]!)
-                return true
-            }) {
-                return done
-            }
-            guard window[index] != nil else { return false }
-            body(&window[index]!)
+            guard !isEmpty(index) else { return false }
+            body(&slots[index]!)
             return true
         }
         guard !stragglers.isEmpty, stragglers[sequence] != nil else { return false }
@@ -93,9 +89,9 @@ struct OwnedTable<Record: Sendable>: Sendable {
     mutating func remove(_ sequence: UInt64) -> Record? {
         if let index = slot(of: sequence) {
             // Moved out (no copy): the caller's use is the payload's last.
-            guard let record = window[index].take() else { return nil }
+            guard let record = slots[index].take() else { return nil }
             count -= 1
-            if index == 0 { trimFront() }
+            if index == head { trimFront() }
             return record
         }
         guard !stragglers.isEmpty, let record = stragglers.removeValue(forKey: sequence) else { return nil }
@@ -108,39 +104,60 @@ struct OwnedTable<Record: Sendable>: Sendable {
         var result: [UInt64] = []
         for (sequence, record) in stragglers where predicate(record) { result.append(sequence) }
         result.sort()
-        for (offset, slot) in window.enumerated() {
-            if let record = slot, predicate(record) { result.append(base &+ UInt64(offset)) }
+        for index in head..<slots.count {
+            if let record = slots[index], predicate(record) { result.append(base &+ UInt64(index - head)) }
         }
         return result
     }
 
+    /// The index in `slots` of `sequence`'s slot, if it is in the window.
     private func slot(of sequence: UInt64) -> Int? {
         guard sequence >= base else { return nil }
         let offset = sequence - base
-        return offset < UInt64(window.count) ? Int(offset) : nil
+        return offset < UInt64(windowSlots) ? head + Int(offset) : nil
     }
 
+    /// Whether the slot holds no record (read in place: no copy of the record).
+    private func isEmpty(_ index: Int) -> Bool {
+        slots.withUnsafeBufferPointer { $0[index] == nil }
+    }
+
+    /// Drops the empty slots at the front of the window.
     private mutating func trimFront() {
-        while let first = window.first, first == nil {
-            window.removeFirst()
+        while head < slots.count && isEmpty(head) {
+            head += 1
             base &+= 1
         }
-        if window.isEmpty { base = 0 }
+        dropDeadPrefix()
+    }
+
+    /// Shifts the window down once the dropped slots before `head` are as many as the rest.
+    private mutating func dropDeadPrefix() {
+        if head == slots.count {
+            slots.removeAll(keepingCapacity: true)
+            head = 0
+            base = 0
+        } else if head >= 1024 && head >= slots.count - head {
+            slots.removeFirst(head)
+            head = 0
+        }
     }
 
     /// Moves the oldest records aside until the window is dense enough again.
     private mutating func compact() {
-        while window.count > count - stragglers.count + Self.slack, let first = window.popFirst() {
-            if let record = first { stragglers[base] = record }
+        while windowSlots > count - stragglers.count + Self.slack {
+            if let record = slots[head].take() { stragglers[base] = record }
+            head += 1
             base &+= 1
         }
         trimFront()
     }
 
     private mutating func moveWindowToStragglers() {
-        for (offset, slot) in window.enumerated() {
-            if let record = slot { stragglers[base &+ UInt64(offset)] = record }
+        for index in head..<slots.count {
+            if let record = slots[index].take() { stragglers[base &+ UInt64(index - head)] = record }
         }
-        window.removeAll()
+        slots.removeAll(keepingCapacity: true)
+        head = 0
     }
 }

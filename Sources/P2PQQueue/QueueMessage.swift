@@ -544,10 +544,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             // `pop` then hands out those arrays without copying them again.
             for index in 0..<count {
                 do throws(WireError) {
-                    var item = try decodeItemHeader(&reader, origins: origins)
+                    let header = try decodeItemHeader(&reader, origins: origins)
                     let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
-                    item.payload = ItemPayload([UInt8](payload))
-                    items.append(item)
+                    items.append(QueueItem(id: header.id, attempt: header.attempt, hops: header.hops, payload: ItemPayload([UInt8](payload))))
                 } catch {
                     throw error.nested(under: "transfer.items[\(index)]")
                 }
@@ -555,7 +554,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
         }
         // Small items: all payloads are copied into one array (one allocation per transfer, not
-        // per item); the items get their ranges of it once it is complete.
+        // per item); the items are made once it is complete, each with its range of it (one
+        // reference each, no placeholder to release).
+        var headers: [ItemHeader] = []
+        headers.reserveCapacity(count)
         var starts: [UInt32] = []
         starts.reserveCapacity(count)
         var failure: WireError?
@@ -564,14 +566,14 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             for index in 0..<count {
                 // Field names are built only on the error path: this loop runs once per item.
                 do throws(WireError) {
-                    let item = try decodeItemHeader(&reader, origins: origins)
+                    let header = try decodeItemHeader(&reader, origins: origins)
                     let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
                     starts.append(UInt32(truncatingIfNeeded: filled))
                     if !payload.isEmpty {
                         UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
                         filled += payload.count
                     }
-                    items.append(item)
+                    headers.append(header)
                 } catch {
                     failure = error.nested(under: "transfer.items[\(index)]")
                     return
@@ -579,18 +581,28 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
         }
         if let failure { throw failure }
-        var end = buffer.count
-        for index in items.indices.reversed() {
-            let start = Int(starts[index])
-            items[index].payload = ItemPayload(base: buffer, start: start, count: end - start)
-            end = start
+        starts.append(UInt32(truncatingIfNeeded: buffer.count))
+        headers.withUnsafeBufferPointer { headers in
+            for index in headers.indices {
+                let start = Int(starts[index])
+                items.append(QueueItem(
+                    id: headers[index].id, attempt: headers[index].attempt, hops: headers[index].hops,
+                    payload: ItemPayload(base: buffer, start: start, count: Int(starts[index + 1]) - start)
+                ))
+            }
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
     }
 
-    /// An item's fields before its payload (which is left empty).
+    /// An item's fields before its payload.
+    private struct ItemHeader {
+        var id: ItemID
+        var attempt: UInt32
+        var hops: UInt32
+    }
+
     @inline(__always)
-    private static func decodeItemHeader(_ reader: inout WireReader, origins: [PeerID]) throws(WireError) -> QueueItem {
+    private static func decodeItemHeader(_ reader: inout WireReader, origins: [PeerID]) throws(WireError) -> ItemHeader {
         let originIndex = Int(try reader.readU16(field: "origin"))
         guard originIndex < origins.count else {
             throw .malformed(field: "origin", reason: "index \(originIndex) of \(origins.count) origins")
@@ -598,10 +610,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         let sequence = try reader.readU64(field: "sequence")
         let attempt = try reader.readU32(field: "attempt")
         let hops = try reader.readU32(field: "hops")
-        return QueueItem(
-            id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops,
-            payload: ItemPayload([])
-        )
+        return ItemHeader(id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops)
     }
 
 
