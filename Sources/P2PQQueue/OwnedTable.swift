@@ -65,7 +65,6 @@ struct OwnedTable<Record: Sendable>: Sendable {
             for index in 0..<n { append(first &+ UInt64(index), record(index)) }
             return
         }
-        slots.reserveCapacity(slots.count + n)
         for index in 0..<n { slots.append(record(index)) }
         count += n
         if windowSlots > 2 * count + Self.slack { compact() }
