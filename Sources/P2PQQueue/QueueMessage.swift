@@ -422,6 +422,16 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     ///   counts, an origin index out of range, or a count the remaining bytes cannot hold;
     ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> QueueMessage {
+        try decode(type: type, body: body, sharesPayloads: { _ in true })
+    }
+
+    /// As ``decode(type:body:)``; `sharesPayloads` says, for the message's queue, whether a
+    /// transfer of small items keeps their payloads in one shared array (for consumers that
+    /// read items in place) or gives each item an array of its own (for consumers that take
+    /// arrays, which would otherwise copy each item out again).
+    public static func decode(
+        type: MessageType, body: UnsafeRawBufferPointer, sharesPayloads: (String) -> Bool
+    ) throws(WireError) -> QueueMessage {
         var reader = WireReader(body)
         let queue = try reader.readString(field: "queue", maxLength: QueueWire.maxQueueNameLength)
         guard !queue.isEmpty else { throw .malformed(field: "queue", reason: "empty name") }
@@ -452,7 +462,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .queueStealEmpty:
             message = .stealEmpty(queue: queue, requestID: try reader.readU64(field: "stealEmpty.requestID"))
         case .queueTransfer:
-            message = try decodeTransfer(queue: queue, &reader)
+            message = try decodeTransfer(queue: queue, &reader, sharing: sharesPayloads(queue))
         case .queueTransferAck:
             let transferID = try reader.readU64(field: "transferAck.transferID")
             let raw = try reader.readU8(field: "transferAck.status")
@@ -513,7 +523,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         return runs
     }
 
-    private static func decodeTransfer(queue: String, _ reader: inout WireReader) throws(WireError) -> QueueMessage {
+    private static func decodeTransfer(queue: String, _ reader: inout WireReader, sharing: Bool) throws(WireError) -> QueueMessage {
         let transferID = try reader.readU64(field: "transfer.transferID")
         let rawKind = try reader.readU8(field: "transfer.kind")
         guard let kind = TransferKind(rawValue: rawKind) else {
@@ -539,9 +549,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         items.reserveCapacity(count)
         // Every item takes `itemOverhead` bytes besides its payload, so this bounds the payloads.
         let payloadBound = reader.remaining - count * QueueWire.itemOverhead
-        guard payloadBound < count * QueueWire.sharedPayloadLimit else {
+        guard sharing && payloadBound < count * QueueWire.sharedPayloadLimit else {
             // Large items get an array each: an allocation is cheap next to their bytes, and
-            // `pop` then hands out those arrays without copying them again.
+            // `pop` then hands out those arrays without copying them again. So do all items
+            // when the queue's consumers take arrays.
             for index in 0..<count {
                 do throws(WireError) {
                     let header = try decodeItemHeader(&reader, origins: origins)

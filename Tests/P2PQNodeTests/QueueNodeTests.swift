@@ -97,6 +97,34 @@ struct QueueNodeTests {
         for node in nodes { await node.stop() }
     }
 
+    @Test("A queue whose consumer pops arrays receives items as arrays; one that pops payloads, in one shared buffer")
+    func decodingFollowsTheConsumer() async throws {
+        let nodes = try await cluster(2)
+        let source = nodes[0].queue(named: "shape")
+        let sink = nodes[1].queue(named: "shape")
+        for takesArrays in [true, false, true] {
+            // The consumer waits first, so the pushed items travel to it in one transfer.
+            let popped = Task { try await sink.popItems(max: 50, timeout: .seconds(10), takesArrays: takesArrays) }
+            try await Task.sleep(for: .milliseconds(100))
+            try await source.push(contentsOf: (0..<50).map(item))
+            var got = try await popped.value
+            while got.count < 50 { got += try await sink.popItems(max: 50 - got.count, timeout: .seconds(10), takesArrays: takesArrays) }
+            #expect(got.map { number($0.bytes) } == Array(0..<50))
+            let starts = got.map { payload in payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+            if takesArrays {
+                // Each item is a whole array: `bytes` is that array, no copy.
+                let copies = zip(got, starts).filter { payload, start in
+                    payload.bytes.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } != start
+                }
+                #expect(copies.count == 0, "items that were ranges of a shared buffer")
+            } else {
+                // Back to back in one buffer (8 bytes each).
+                #expect(zip(starts, starts.dropFirst()).filter { $1 == $0 + 8 }.count >= 40, "\(starts.prefix(5))")
+            }
+        }
+        for node in nodes { await node.stop() }
+    }
+
     @Test("3 nodes: 3,000 items pushed at one node are popped exactly once, on every node")
     func distributed() async throws {
         let nodes = try await cluster(3)

@@ -98,21 +98,26 @@ public struct QueueHandle: Sendable {
 
     /// Up to `max` items (at least one); waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
-        // Each item gets an array of its own here, on the caller's task, not on the reactor.
-        try await popPayloads(max: max, timeout: timeout).map { $0.bytes }
+        // Items arrive as arrays of their own (the node decodes this queue's transfers so when
+        // its consumers pop arrays), which `bytes` hands out without a copy.
+        try await popItems(max: max, timeout: timeout, takesArrays: true).map { $0.bytes }
     }
 
     /// As ``pop(max:timeout:)``, without copying: the items share the buffers they arrived in
     /// (one per received transfer of small items, or the pushed ``ItemBatch``), and each keeps
     /// its buffer alive while it is kept. For consumers that read items and let them go.
     public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [ItemPayload] {
+        try await popItems(max: max, timeout: timeout, takesArrays: false)
+    }
+
+    func popItems(max: Int, timeout: Duration?, takesArrays: Bool) async throws(QueueError) -> [ItemPayload] {
         let name = self.name
         let node = self.node
         let waiter = WaiterBox()
         let result = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: QueueShell.PopContinuation) in
                 let running = node.executeOnCore { core in
-                    let id = core.queues.pop(name, max: Swift.max(1, max), timeout: timeout, continuation)
+                    let id = core.queues.pop(name, max: Swift.max(1, max), timeout: timeout, takesArrays: takesArrays, continuation)
                     if let id, waiter.set(id) { core.queues.cancel(name, id) }
                 }
                 if !running { continuation.resume(returning: .failure(.nodeStopped)) }

@@ -92,6 +92,9 @@ final class QueueShell {
         /// The machine's transfer and duplicate totals already added to the node's metrics.
         var reportedTransfers = 0
         var reportedDuplicates = 0
+        /// Whether the latest pop asked for arrays: then received transfers give each item an
+        /// array of its own instead of a range of one shared buffer (which `pop` would copy).
+        var consumersTakeArrays = false
     }
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
@@ -170,8 +173,9 @@ final class QueueShell {
     }
 
     /// `timeout` nil waits forever; zero does not wait.
-    func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
-        pop(name, max: max, timeout: timeout, sink: { continuation.resume(returning: $0) })
+    /// `takesArrays`: the caller makes an array of each item (see `Entry.consumersTakeArrays`).
+    func pop(_ name: String, max: Int, timeout: Duration?, takesArrays: Bool, _ continuation: PopContinuation) -> WaiterID? {
+        pop(name, max: max, timeout: timeout, takesArrays: takesArrays, sink: { continuation.resume(returning: $0) })
     }
 
     /// A new waiter ID, for ``pop(_:max:waiter:sink:)``.
@@ -226,7 +230,7 @@ final class QueueShell {
     /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
     /// returns). Returns the waiter if the pop waits.
     @discardableResult
-    func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
+    func pop(_ name: String, max: Int, timeout: Duration?, takesArrays: Bool, sink continuation: @escaping PopSink) -> WaiterID? {
         guard !isStopped else {
             continuation(.failure(.nodeStopped))
             return nil
@@ -235,6 +239,7 @@ final class QueueShell {
             continuation(.failure(.tooManyQueues))
             return nil
         }
+        queues[name]!.consumersTakeArrays = takesArrays
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = WaiterID(nextWaiter)
         nextWaiter += 1
@@ -317,7 +322,9 @@ final class QueueShell {
     func receive(_ type: MessageType, _ body: UnsafeRawBufferPointer, from peer: PeerID) -> WireError? {
         let message: QueueMessage
         do throws(WireError) {
-            message = try QueueMessage.decode(type: type, body: body)
+            message = try QueueMessage.decode(type: type, body: body) { [queues] name in
+                !(queues[name]?.consumersTakeArrays ?? false)
+            }
         } catch {
             return error
         }
