@@ -1,10 +1,10 @@
 /// The bytes of one queue item.
 ///
-/// A payload is a range of a byte array that may hold other items' bytes too: the items of one
-/// received transfer share one allocation, and so do the items of one pushed ``ItemBatch``. So
-/// the queue makes no allocation per item on either side of a link. Like an `ArraySlice`, a
-/// payload keeps its whole array alive; ``bytes`` gives an array of its own (no copy when the
-/// payload is a whole array, as for items pushed as `[UInt8]`).
+/// A payload is a range of a byte array that may hold other items' bytes too: the small items
+/// of one received transfer share one allocation (when the queue's consumers read in place),
+/// and so do the items of one pushed ``ItemBatch``; so neither side of a link allocates per
+/// item. Like an `ArraySlice`, a payload keeps its whole array alive; ``bytes`` gives an array
+/// of its own (no copy when the payload is a whole array, as for items pushed as `[UInt8]`).
 public struct ItemPayload: Sendable {
     // 16 bytes: a queue entry stays small, and a range needs no second reference.
     @usableFromInline var base: [UInt8]
