@@ -5,7 +5,11 @@ import P2PQLink
 import Testing
 
 /// Runs the `p2pq` binary to completion and returns its exit status and standard output.
-func runP2PQ(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (status: Int32, output: String) {
+func runP2PQ(_ arguments: [String], timeout: Duration = .seconds(30)) async throws -> (status: Int32, output: String) {
+    try await offPool { try runP2PQBlocking(arguments, timeout: timeout) }
+}
+
+private func runP2PQBlocking(_ arguments: [String], timeout: Duration) throws -> (status: Int32, output: String) {
     let process = Process()
     process.executableURL = ChildNode.binary
     process.arguments = arguments
@@ -34,10 +38,10 @@ struct CLITests {
         var listen: String { child.address }
         var peerID: String { child.peerID.description }
 
-        init(keyFile: String, bootstrap: String?) throws {
-            child = try ChildNode(arguments: ["--key-file", keyFile, "--metrics", "127.0.0.1:0"]
+        init(keyFile: String, bootstrap: String?) async throws {
+            child = try await ChildNode(arguments: ["--key-file", keyFile, "--metrics", "127.0.0.1:0"]
                                   + (bootstrap.map { ["--bootstrap", $0] } ?? []))
-            let words = child.nextLine().split(separator: " ")
+            let words = try await child.nextLine().split(separator: " ")
             guard words.count == 2, words[0] == "operations", words[1].hasPrefix("http://") else {
                 throw TimedOut(description: "unexpected second line from p2pq node: \(words)")
             }
@@ -49,41 +53,43 @@ struct CLITests {
     func threeNodeRoundTrip() async throws {
         let keyFile = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cli-\(UUID().uuidString).key").path
         defer { unlink(keyFile) }
-        let keygen = try runP2PQ(["keygen", keyFile])
+        let keygen = try await runP2PQ(["keygen", keyFile])
         #expect(keygen.status == 0)
 
-        let a = try OperatedNode(keyFile: keyFile, bootstrap: nil)
-        let b = try OperatedNode(keyFile: keyFile, bootstrap: a.listen)
-        let c = try OperatedNode(keyFile: keyFile, bootstrap: a.listen)
+        let a = try await OperatedNode(keyFile: keyFile, bootstrap: nil)
+        let b = try await OperatedNode(keyFile: keyFile, bootstrap: a.listen)
+        let c = try await OperatedNode(keyFile: keyFile, bootstrap: a.listen)
         let nodes = [a, b, c]
 
         // The mesh forms (peer exchange gives b and c each other).
         try await eventually("every node links to the two others", timeout: .seconds(15)) {
-            nodes.allSatisfy { node in
-                guard let status = try? runP2PQ(["status", node.operations, "--json"]), status.status == 0,
-                      let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(status.output.utf8)) else { return false }
-                return decoded.peers.filter { $0.state == "connected" && $0.member == "alive" }.count == 2
+            for node in nodes {
+                guard let status = try? await runP2PQ(["status", node.operations, "--json"]), status.status == 0,
+                      let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(status.output.utf8)),
+                      decoded.peers.filter({ $0.state == "connected" && $0.member == "alive" }).count == 2
+                else { return false }
             }
+            return true
         }
 
         let items = (0..<200).map { "item-\($0)" }
-        let pushed = try runP2PQ(["push", a.operations, "--queue", "cli"] + items)
+        let pushed = try await runP2PQ(["push", a.operations, "--queue", "cli"] + items)
         #expect(pushed.status == 0, "push: \(pushed.output)")
 
         var popped: [String] = []
         let deadline = ContinuousClock.now + .seconds(20)
         while popped.count < items.count && ContinuousClock.now < deadline {
-            let answer = try runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500"])
+            let answer = try await runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500"])
             popped += answer.output.split(separator: "\n").map(String.init).filter { $0.hasPrefix("item-") }
         }
         #expect(popped.count == items.count, "popped \(popped.count) of \(items.count)")
         #expect(Set(popped) == Set(items), "lost or foreign items")
 
         // status prints a table with the peers and the counters.
-        let table = try runP2PQ(["status", c.operations])
+        let table = try await runP2PQ(["status", c.operations])
         #expect(table.status == 0)
         #expect(table.output.contains(a.peerID.prefix(16)) && table.output.contains("p2pq_items_popped_total"), "status:\n\(table.output)")
-        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try runP2PQ(["status", b.operations, "--json"]).output.utf8))
+        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json"]).output.utf8))
         #expect(bStatus.counters["p2pq_items_popped_total"] == items.count)
 
         for node in nodes { kill(node.process.processIdentifier, SIGTERM) }
@@ -98,7 +104,7 @@ struct CLITests {
     }
 
     @Test("The embedding example runs a node in a ServiceGroup, uses queue and calls, and exits 0")
-    func embeddedServiceExample() throws {
+    func embeddedServiceExample() async throws {
         let binary = ChildNode.binary.deletingLastPathComponent().appendingPathComponent("EmbeddedService")
         try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build it with `swift build`")
         let process = Process()
@@ -107,8 +113,11 @@ struct CLITests {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let text = try await offPool {
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return text
+        }
         #expect(process.terminationStatus == 0)
         #expect(text.contains("sum of squares 1...100 = 338350 (expected 338350)"), "output: \(text)")
     }

@@ -17,7 +17,7 @@ final class ChildNode {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("p2pq")
     }
 
-    init(arguments: [String]) throws {
+    init(arguments: [String]) async throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binary.path) else {
             throw TimedOut(description: "no p2pq binary at \(Self.binary.path): build it with `swift build`")
         }
@@ -29,7 +29,8 @@ final class ChildNode {
         process.standardError = FileHandle(forWritingAtPath: logPath)
         try process.run()
         // The first line is "listening <address> <peer id>".
-        let line = Self.readLine(output.fileHandleForReading.fileDescriptor)
+        let fd = output.fileHandleForReading.fileDescriptor
+        let line = try await offPool { Self.readLine(fd) }
         let words = line.split(separator: " ").map(String.init)
         guard words.count == 3, words[0] == "listening",
               let peer = PeerID(bytes: Self.hexBytes(words[2].trimmingCharacters(in: .whitespacesAndNewlines))) else {
@@ -41,7 +42,10 @@ final class ChildNode {
     }
 
     /// The child's next line of standard output (without the newline); empty at its end.
-    func nextLine() -> String { Self.readLine(output.fileHandleForReading.fileDescriptor) }
+    func nextLine() async throws -> String {
+        let fd = output.fileHandleForReading.fileDescriptor
+        return try await offPool { Self.readLine(fd) }
+    }
 
     /// Reads one line from `fd`. Raw reads: the child's signals interrupt reads (EINTR), which
     /// FileHandle turns into a trap.
@@ -111,7 +115,7 @@ struct ChildProcessTests {
         let (key, path) = try keyFile()
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
-        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
+        let child = try await ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
         try await child.connected(to: node)
         let clock = ContinuousClock()
         let killedAt = clock.now
@@ -134,7 +138,7 @@ struct ChildProcessTests {
         let (key, path) = try keyFile()
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
-        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
+        let child = try await ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
         try await child.connected(to: node)
         kill(child.process.processIdentifier, SIGTERM)
         var left: Bool?
@@ -145,7 +149,8 @@ struct ChildProcessTests {
             }
         }
         #expect(left == true)
-        child.process.waitUntilExit()
+        let process = child.process
+        try await offPool { process.waitUntilExit() }
         #expect(child.process.terminationReason == .exit)
         #expect(child.process.terminationStatus == 0)
         await node.stop()

@@ -90,7 +90,7 @@ struct MembershipNodeTests {
     func sigkillDead() async throws {
         let (key, path) = try keyFile()
         let (nodes, bootstrap) = try await cluster(3, key: key)
-        let child = try ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
+        let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
         try await awaitMembers(nodes, Set(nodes.map(\.0.peerID) + [child.peerID]))
         let killedAt = ContinuousClock.now
         kill(child.process.processIdentifier, SIGKILL)
@@ -111,7 +111,7 @@ struct MembershipNodeTests {
     func sigstopDead() async throws {
         let (key, path) = try keyFile()
         let (nodes, bootstrap) = try await cluster(3, key: key)
-        let child = try ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
+        let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
         let pid = child.process.processIdentifier
         defer {
             kill(pid, SIGCONT)
@@ -161,7 +161,7 @@ struct MembershipNodeTests {
         var established = false
         let deadline = ContinuousClock.now + .seconds(3)
         while !established && ContinuousClock.now < deadline {
-            guard let bytes = client.receive() else { break }
+            guard let bytes = await client.receive() else { break }
             var reply = ByteArrayOutput()
             try bytes.withUnsafeBytes { try session.receive($0, output: &reply) { event in
                 if case .established = event { established = true }
@@ -186,7 +186,7 @@ struct MembershipNodeTests {
             kind: .alive, member: identity.peerID, incarnation: 10, origin: identity.peerID)]).encoded()
         bad[6] = 7
         try send(bad)
-        #expect(client.waitForClose(timeout: .seconds(3)) != nil, "a malformed membership message was not cut off")
+        #expect(await client.waitForClose(timeout: .seconds(3)) != nil, "a malformed membership message was not cut off")
         #expect(await node.members().first { $0.peer == identity.peerID }?.incarnation == 9)
         #expect(log.contains(.memberJoined(identity.peerID)))
         await node.stop()

@@ -128,12 +128,12 @@ struct NodeTests {
         // Garbage on the port.
         let garbage = try RawClient(port: info.listenAddress.port)
         garbage.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8) + [UInt8](repeating: 0xFF, count: 300))
-        #expect(garbage.waitForClose(timeout: .seconds(3)) != nil, "garbage was not cut off")
+        #expect(await garbage.waitForClose(timeout: .seconds(3)) != nil, "garbage was not cut off")
 
         // Half a handshake, then silence: the handshake timeout (800 ms here) closes it.
         let staller = try RawClient(port: info.listenAddress.port)
         staller.send([0x00, 0x40, 0x01, 0x02])
-        let stalled = staller.waitForClose(timeout: .seconds(4))
+        let stalled = await staller.waitForClose(timeout: .seconds(4))
         #expect(stalled != nil, "a stalled handshake was not cut off")
         if let stalled { #expect(stalled >= .milliseconds(500), "closed before the handshake timeout: \(stalled)") }
 
@@ -147,7 +147,7 @@ struct NodeTests {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(3)
         while !established && clock.now < deadline {
-            guard let bytes = liar.receive() else { break }
+            guard let bytes = await liar.receive() else { break }
             var reply = ByteArrayOutput()
             try bytes.withUnsafeBytes { try session.receive($0, output: &reply) { event in
                 if case .established = event { established = true }
@@ -160,7 +160,7 @@ struct NodeTests {
         let header: [UInt8] = [0x00, 0x20, 0x00, 0x00, MessageType.ping.rawValue] + [UInt8](repeating: 1, count: 1000)
         try header.withUnsafeBytes { try session.seal($0, into: &attack) }
         liar.send(attack.bytes)
-        #expect(liar.waitForClose(timeout: .seconds(3)) != nil, "an oversized frame was not cut off")
+        #expect(await liar.waitForClose(timeout: .seconds(3)) != nil, "an oversized frame was not cut off")
 
         // The real peer never noticed.
         try await Task.sleep(for: .milliseconds(200))

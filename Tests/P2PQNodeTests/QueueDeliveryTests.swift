@@ -147,8 +147,8 @@ struct QueueDeliveryTests {
         _ = await owner.size()
         _ = await other.size()
         let info = try #require(await nodes[0].withCore { "\($0.advertised)" })
-        let child = try ChildNode(arguments: ["--bootstrap", info, "--key-file", path, "--metrics", "127.0.0.1:0"])
-        let operations = child.nextLine().replacingOccurrences(of: "operations ", with: "")
+        let child = try await ChildNode(arguments: ["--bootstrap", info, "--key-file", path, "--metrics", "127.0.0.1:0"])
+        let operations = try await child.nextLine().replacingOccurrences(of: "operations ", with: "")
         #expect(operations.hasPrefix("http://"))
         try await eventually("the child links to both", diagnose: { child.diagnostics() }) {
             for node in nodes where !(await node.connectedPeers().contains(child.peerID)) { return false }

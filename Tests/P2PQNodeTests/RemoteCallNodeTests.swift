@@ -343,7 +343,7 @@ struct RemoteCallNodeTests {
             try await Task.sleep(for: .milliseconds(ms))
             return ms + 1
         }
-        let child = try ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
+        let child = try await ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path, "--serve-examples"])
         try await child.connected(to: node)
         try await eventually("the child is a member") { await node.members().contains { $0.peer == child.peerID && $0.state == .alive } }
         return (node, rpc, child)

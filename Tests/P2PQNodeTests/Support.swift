@@ -31,6 +31,16 @@ struct TimedOut: Error, CustomStringConvertible {
     let description: String
 }
 
+/// Runs blocking work (reading a child's output, waiting for it to exit) on a thread of its
+/// own. The tests' tasks share a pool of one thread per core: a test blocking one of them
+/// stalls every other test's polling, which then times out while the thing it waits for
+/// has long happened.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
 /// Polls `condition` every 10 ms until it holds or `timeout` passes. On a timeout the issue
 /// carries what `diagnose` says (for example a child's log), so a rare failure explains itself.
 func eventually(
@@ -45,6 +55,9 @@ func eventually(
         if await condition() { return }
         try await Task.sleep(for: .milliseconds(10))
     }
+    // Once more after the deadline: a poller that was not scheduled for a while (every core
+    // busy with other tests) must not report a timeout for a condition that holds.
+    if await condition() { return }
     let details = await diagnose()
     Issue.record(
         "timed out after \(timeout) waiting for \(what)\(details.isEmpty ? "" : "\n\(details)")",
@@ -106,8 +119,14 @@ final class RawClient {
         }
     }
 
-    /// Reads what arrives within 100 ms: nil once the peer closed (EOF or reset).
-    func receive() -> [UInt8]? {
+    /// Reads what arrives within 100 ms: nil once the peer closed (EOF or reset). On a thread
+    /// of its own (see `offPool`).
+    func receive() async -> [UInt8]? {
+        let fd = self.fd
+        return (try? await offPool { Self.receive(fd) }) ?? nil
+    }
+
+    private static func receive(_ fd: Int32) -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: 65536)
         let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         if n > 0 { return Array(buffer.prefix(n)) }
@@ -116,14 +135,18 @@ final class RawClient {
         return nil
     }
 
-    /// Waits until the node closes the connection; the time it took, or nil on timeout.
-    func waitForClose(timeout: Duration) -> Duration? {
-        let clock = ContinuousClock()
-        let start = clock.now
-        while clock.now - start < timeout {
-            if receive() == nil { return clock.now - start }
-        }
-        return nil
+    /// Waits until the node closes the connection; the time it took, or nil on timeout. On a
+    /// thread of its own (see `offPool`).
+    func waitForClose(timeout: Duration) async -> Duration? {
+        let fd = self.fd
+        return (try? await offPool { () -> Duration? in
+            let clock = ContinuousClock()
+            let start = clock.now
+            while clock.now - start < timeout {
+                if Self.receive(fd) == nil { return clock.now - start }
+            }
+            return nil
+        }) ?? nil
     }
 }
 
