@@ -164,28 +164,17 @@ struct QueueStreamRole: AsyncParsableCommand {
         var template = [UInt8](repeating: 0x5A, count: payload)
         while sent < items {
             let n = min(batch, items - sent)
-            switch api {
-            case .arrays:
-                var chunk: [[UInt8]] = []
-                chunk.reserveCapacity(n)
-                for i in 0..<n {
-                    // A distinct sequence number in each item's first 8 bytes.
-                    withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
-                        for k in 0..<8 { template[k] = bytes[k] }
-                    }
-                    chunk.append(template)
+            var arrays: [[UInt8]] = []
+            var chunk = ItemBatch()
+            if api == .arrays { arrays.reserveCapacity(n) } else { chunk = ItemBatch(capacity: n, bytes: n * payload) }
+            for i in 0..<n {
+                // A distinct sequence number in each item's first 8 bytes.
+                withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
+                    for k in 0..<8 { template[k] = bytes[k] }
                 }
-                try await queue.push(contentsOf: chunk)
-            case .batch:
-                var chunk = ItemBatch(capacity: n, bytes: n * payload)
-                for i in 0..<n {
-                    withUnsafeBytes(of: UInt64(sent + i).bigEndian) { bytes in
-                        for k in 0..<8 { template[k] = bytes[k] }
-                    }
-                    chunk.append(template)
-                }
-                try await queue.push(chunk)
+                if api == .arrays { arrays.append(template) } else { chunk.append(template) }
             }
+            if api == .arrays { try await queue.push(contentsOf: arrays) } else { try await queue.push(chunk) }
             sent += n
         }
         _ = await readStandardInputLine()  // "done": the consumer has everything

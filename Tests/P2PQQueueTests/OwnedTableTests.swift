@@ -66,9 +66,9 @@ import Testing
 }
 
 extension OwnedTableTests {
-    /// A window sliding through a fixed-size ring wraps around its end again and again: changes
-    /// in place land on the right record either way.
-    @Test("modify changes the right record while the window slides and wraps")
+    /// A window sliding far past its first slots: the storage drops its dead prefix again and
+    /// again, and changes in place must still land on the right record.
+    @Test("modify changes the right record while the window slides and its storage shifts down")
     func modifyWhileSliding() {
         var table = OwnedTable<[Int]>()
         var first: UInt64 = 1

@@ -98,8 +98,8 @@ public struct QueueHandle: Sendable {
 
     /// Up to `max` items (at least one); waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
-        // Items arrive as arrays of their own (the node decodes this queue's transfers so when
-        // its consumers pop arrays), which `bytes` hands out without a copy.
+        // A queue popped this way has its transfers decoded into an array per item, which
+        // `bytes` hands out without a copy.
         try await popItems(max: max, timeout: timeout, takesArrays: true).map { $0.bytes }
     }
 
