@@ -140,9 +140,36 @@ public final class Node: Sendable {
         }
     }
 
+    /// The node's reactor as a task executor, nil when the node is not running.
+    ///
+    /// A task that prefers it runs on the reactor thread between I/O turns:
+    ///
+    /// ```swift
+    /// await withTaskExecutorPreference(node.taskExecutor) {
+    ///     for try await ... { try await queue.push(batch) }
+    /// }
+    /// ```
+    ///
+    /// Its pushes, pops and calls then reach the node without waking a thread, and the node
+    /// resumes it on the same thread: on a machine with few cores this is the fastest way to
+    /// feed or drain a node (docs/benchmarks.md). Such a task shares the thread with all of the
+    /// node's I/O, so it must not block or compute for long; CPU-heavy work belongs on the
+    /// global executor. After the node stops, preferring tasks run on the global executor.
+    public var taskExecutor: (any TaskExecutor)? {
+        lifecycle.withLock { state -> (any TaskExecutor)? in
+            guard case .running(let reactor, _) = state else { return nil }
+            return reactor
+        }
+    }
+
     /// Says goodbye to every peer, waits (up to `drainTimeout`) for the goodbyes to leave,
-    /// closes everything and joins the reactor thread. Idempotent.
+    /// closes everything and joins the reactor thread. Idempotent. A task running on the
+    /// node's reactor (see ``taskExecutor``) may call it: the stop itself runs elsewhere.
     public func stop() async {
+        await withTaskExecutorPreference(globalConcurrentExecutor) { await self.stopOffLoop() }
+    }
+
+    private func stopOffLoop() async {
         let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
             guard case .running(let reactor, let core) = state else { return nil }
             state = .stopped

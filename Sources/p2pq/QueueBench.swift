@@ -42,6 +42,9 @@ struct QueueStreamBench: AsyncParsableCommand {
     @Option(help: "How the applications hand items over: batch (ItemBatch pushes, popPayloads: one buffer per batch) or arrays ([UInt8] per item).")
     var api: StreamAPI = .batch
 
+    @Option(help: "Where the pushing and popping tasks run: pool (the global executor) or reactor (each node's Node.taskExecutor).")
+    var tasks: StreamTasks = .pool
+
     func validate() throws {
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be between 1 and 100") }
         guard (1...100_000_000).contains(items) else { throw ValidationError("--items must be between 1 and 100,000,000") }
@@ -60,7 +63,7 @@ struct QueueStreamBench: AsyncParsableCommand {
                     ("itemsPerSecond", result.rate), ("seconds", result.seconds),
                     ("consumerCPUSeconds", result.consumerCPU), ("producerCPUSeconds", result.producerCPU),
                     ("delivery", atMostOnce ? "atMostOnce" : "atLeastOnce"), ("secure", true),
-                    ("linkCipher", linkCipher.rawValue), ("api", api.rawValue),
+                    ("linkCipher", linkCipher.rawValue), ("api", api.rawValue), ("tasks", tasks.rawValue),
                 ]))
                 fflush(nil)
             }
@@ -87,7 +90,7 @@ struct QueueStreamBench: AsyncParsableCommand {
         let total = items
         let batch = self.batch
         // The consumer waits before the producer exists: its stats advertise a waiting consumer.
-        let consumer = Task { () throws -> (first: ContinuousClock.Instant, last: ContinuousClock.Instant, count: Int) in
+        let consumer = Task(executorPreference: tasks == .reactor ? node.taskExecutor : nil) { () throws -> (first: ContinuousClock.Instant, last: ContinuousClock.Instant, count: Int) in
             var count = 0
             var first: ContinuousClock.Instant?
             var last = ContinuousClock.now
@@ -107,7 +110,7 @@ struct QueueStreamBench: AsyncParsableCommand {
         arguments += ["--link-cipher", linkCipher.rawValue]
         if let statsIntervalMs { arguments += ["--stats-interval-ms", "\(statsIntervalMs)"] }
         if let maxItems { arguments += ["--max-items", "\(maxItems)"] }
-        arguments += ["--api", api.rawValue]
+        arguments += ["--api", api.rawValue, "--tasks", tasks.rawValue]
         let producer = try SelfProcess(arguments: arguments)
         let result: (first: ContinuousClock.Instant, last: ContinuousClock.Instant, count: Int)
         do {
@@ -137,6 +140,11 @@ enum StreamAPI: String, ExpressibleByArgument, CaseIterable {
     case batch, arrays
 }
 
+/// Where `p2pq bench stream`'s pushing and popping tasks run.
+enum StreamTasks: String, ExpressibleByArgument, CaseIterable {
+    case pool, reactor
+}
+
 /// The producer side of `p2pq bench stream` (run by it, not by hand).
 struct QueueStreamRole: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "stream-role", abstract: "Producer process of `p2pq bench stream`.", shouldDisplay: false)
@@ -150,6 +158,7 @@ struct QueueStreamRole: AsyncParsableCommand {
     @Option var linkCipher: LinkCipherOption = .chachapoly
     @Option var maxItems: Int?
     @Option var api: StreamAPI = .batch
+    @Option var tasks: StreamTasks = .pool
 
     func run() async throws {
         var configuration = loopbackNodeConfiguration(bootstrap: [bootstrap], linkCipher: linkCipher.cipher)
@@ -160,6 +169,19 @@ struct QueueStreamRole: AsyncParsableCommand {
         try await node.start()
         try await waitForMesh([node], peers: 1)
         let queue = node.queue(named: "w1")
+        try await withTaskExecutorPreference(tasks == .reactor ? node.taskExecutor : nil) {
+            try await produce(queue)
+        }
+        _ = await readStandardInputLine()  // "done": the consumer has everything
+        if let counters = await queue.counters(), ProcessInfo.processInfo.environment["P2PQ_BENCH_DEBUG"] != nil {
+            FileHandle.standardError.write(Data("producer counters: \(counters)\n".utf8))
+        }
+        print("cpu \(cpuSeconds())")
+        fflush(nil)
+        await node.stop()
+    }
+
+    private func produce(_ queue: QueueHandle) async throws {
         var sent = 0
         var template = [UInt8](repeating: 0x5A, count: payload)
         while sent < items {
@@ -177,13 +199,6 @@ struct QueueStreamRole: AsyncParsableCommand {
             if api == .arrays { try await queue.push(contentsOf: arrays) } else { try await queue.push(chunk) }
             sent += n
         }
-        _ = await readStandardInputLine()  // "done": the consumer has everything
-        if let counters = await queue.counters(), ProcessInfo.processInfo.environment["P2PQ_BENCH_DEBUG"] != nil {
-            FileHandle.standardError.write(Data("producer counters: \(counters)\n".utf8))
-        }
-        print("cpu \(cpuSeconds())")
-        fflush(nil)
-        await node.stop()
     }
 }
 

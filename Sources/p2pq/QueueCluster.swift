@@ -63,6 +63,18 @@ func cpuSeconds(children: Bool = false) -> Double {
     return seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
+/// CPU seconds (user + system) a process of ours has used so far, from `/proc/<pid>/stat`; nil
+/// when it cannot be read.
+func cpuSeconds(ofProcess pid: Int32) -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return nil }
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+    return (user + system) / ticks
+}
+
 /// This program, spawned again with other arguments; its standard output read line by line.
 final class SelfProcess: @unchecked Sendable {
     let process = Process()

@@ -36,6 +36,16 @@ struct RPCBench: AsyncParsableCommand {
     @Option(help: "Also measure throughput with batch calls of this many (the in-flight calls split into batches); 0 skips it.")
     var batch: Int = 32
 
+    @Option(help: "Which throughput runs: all, off-reactor or inline.")
+    var execution: ExecutionChoice = .all
+
+    enum ExecutionChoice: String, ExpressibleByArgument, CaseIterable {
+        case all, offReactor = "off-reactor", inline
+    }
+
+    @Flag(help: "Run the calling tasks on the caller node's reactor (Node.taskExecutor) instead of the global pool.")
+    var callerOnReactor = false
+
     func validate() throws {
         guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
         guard batch >= 0, batch <= inFlight else { throw ValidationError("--batch must be 0...--in-flight") }
@@ -76,21 +86,27 @@ struct RPCBench: AsyncParsableCommand {
         var p50s: [Double] = []
         var p99s: [Double] = []
         for run in 1...runs {
-            var samples = [Double]()
-            samples.reserveCapacity(latencyCalls)
-            for _ in 0..<latencyCalls {
-                let start = clock.now
-                let result: [UInt8]
-                do { result = try await echo(argument, timeout: .seconds(2)) } catch {
-                    let size = await node.queue(named: "p2pq.calls").size()
-                    let counters = await node.queue(named: "p2pq.calls").counters()
-                    let child = await LocalCluster.status(of: cluster.nodes[0])
-                    FileHandle.standardError.write("latency: \(error) size \(size) \(String(describing: counters)) child \(String(describing: child?.queues))\n".data(using: .utf8)!)
-                    throw error
+            let calls = latencyCalls
+            let outcome = await withTaskExecutorPreference(callerOnReactor ? node.taskExecutor : nil) {
+                () async -> Result<[Double], RemoteCallError> in
+                var samples = [Double]()
+                samples.reserveCapacity(calls)
+                for _ in 0..<calls {
+                    let start = clock.now
+                    let result: [UInt8]
+                    do throws(RemoteCallError) { result = try await echo(argument, timeout: .seconds(2)) } catch { return .failure(error) }
+                    let elapsed = clock.now - start
+                    guard result.count == 16 else { return .failure(.invalidCall("echo returned \(result.count) bytes")) }
+                    samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
                 }
-                let elapsed = clock.now - start
-                guard result.count == 16 else { throw ValidationError("echo returned \(result.count) bytes") }
-                samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
+                return .success(samples)
+            }
+            guard case .success(var samples) = outcome else {
+                let size = await node.queue(named: "p2pq.calls").size()
+                let counters = await node.queue(named: "p2pq.calls").counters()
+                let child = await LocalCluster.status(of: cluster.nodes[0])
+                FileHandle.standardError.write("latency: \(outcome) size \(size) \(String(describing: counters)) child \(String(describing: child?.queues))\n".data(using: .utf8)!)
+                throw ValidationError("a latency call failed")
             }
             samples.sort()
             let p50 = samples[samples.count / 2]
@@ -103,14 +119,24 @@ struct RPCBench: AsyncParsableCommand {
         }
 
         var rates: [String: [Double]] = [:]
-        for (label, function) in [("off-reactor", echo), ("inline", inline)] {
+        let executions = [("off-reactor", echo), ("inline", inline)].filter { execution == .all || $0.0 == execution.rawValue }
+        for (label, function) in executions {
             for batchSize in batch > 1 ? [1, batch] : [1] {
                 let key = batchSize == 1 ? label : "\(label)-batch"
                 for run in 1...runs {
-                    let rate = try await throughput(function, argument: argument, batchSize: batchSize, clock: clock)
+                    let callerBefore = cpuSeconds()
+                    let executorBefore = cpuSeconds(ofProcess: cluster.nodes[0].pid)
+                    let rate = try await throughput(function, argument: argument, batchSize: batchSize, clock: clock,
+                                                executor: callerOnReactor ? node.taskExecutor : nil)
                     rates[key, default: []].append(rate)
+                    // CPU per call in each process: steadier than the rate on a VM whose speed drifts.
+                    let callerCPU = (cpuSeconds() - callerBefore) / Double(throughputCalls) * 1e6
+                    let executorCPU = cpuSeconds(ofProcess: cluster.nodes[0].pid).flatMap { after in
+                        executorBefore.map { (after - $0) / Double(throughputCalls) * 1e6 }
+                    } ?? .nan
                     print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "batch": "\(batchSize)", "run": "\(run)",
-                                "calls": "\(throughputCalls)", "inFlight": "\(inFlight)", "calls_per_s": format(rate)]))
+                                "calls": "\(throughputCalls)", "inFlight": "\(inFlight)", "calls_per_s": format(rate),
+                                "caller_cpu_us_per_call": format(callerCPU), "executor_cpu_us_per_call": format(executorCPU)]))
                     fflush(nil)
                 }
             }
@@ -118,15 +144,13 @@ struct RPCBench: AsyncParsableCommand {
         var summary: [(String, String)] = [
             ("workload", "\"W2\""), ("summary", "true"),
             ("p50_us_median", format(median(p50s))), ("p99_us_median", format(median(p99s))),
-            ("calls_per_s_off_reactor_median", format(median(rates["off-reactor"] ?? []))),
-            ("calls_per_s_inline_median", format(median(rates["inline"] ?? []))),
+            ("caller_tasks", callerOnReactor ? "\"reactor\"" : "\"pool\""),
         ]
-        if batch > 1 {
-            summary += [
-                ("batch", "\(batch)"),
-                ("calls_per_s_off_reactor_batch_median", format(median(rates["off-reactor-batch"] ?? []))),
-                ("calls_per_s_inline_batch_median", format(median(rates["inline-batch"] ?? []))),
-            ]
+        if batch > 1 { summary.append(("batch", "\(batch)")) }
+        // Only the runs measured (see --execution and --batch).
+        for (key, field) in [("off-reactor", "off_reactor"), ("inline", "inline"),
+                             ("off-reactor-batch", "off_reactor_batch"), ("inline-batch", "inline_batch")] {
+            if let values = rates[key] { summary.append(("calls_per_s_\(field)_median", format(median(values)))) }
         }
         print(json(summary))
         fflush(nil)
@@ -136,14 +160,15 @@ struct RPCBench: AsyncParsableCommand {
 
     /// `inFlight` calls kept in flight by `inFlight / batchSize` tasks, each making one call (or
     /// one batch call of `batchSize`) after another.
-    private func throughput(_ function: RawRemoteFunction, argument: [UInt8], batchSize: Int, clock: ContinuousClock) async throws -> Double {
+    private func throughput(_ function: RawRemoteFunction, argument: [UInt8], batchSize: Int, clock: ContinuousClock,
+                            executor: (any TaskExecutor)?) async throws -> Double {
         let total = throughputCalls
         let workers = max(1, min(inFlight / batchSize, (total + batchSize - 1) / batchSize))
         let start = clock.now
         let failures = await withTaskGroup(of: Int.self) { group in
             for worker in 0..<workers {
                 let share = total / workers + (worker < total % workers ? 1 : 0)
-                group.addTask {
+                group.addTask(executorPreference: executor) {
                     var failed = 0
                     var left = share
                     while left > 0 {

@@ -71,6 +71,32 @@ struct QueueNodeTests {
         await node.stop()
     }
 
+    @Test("A task on the node's reactor pushes, pops and stops the node")
+    func taskOnTheReactor() async throws {
+        let node = try Node(configuration: testConfiguration(key: key))
+        #expect(node.taskExecutor == nil)
+        try await node.start()
+        let executor = try #require(node.taskExecutor)
+        let queue = node.queue(named: "on-reactor")
+        let popped = try await withTaskExecutorPreference(executor) { () async throws -> [Int] in
+            var popped: [Int] = []
+            for round in 0..<20 {
+                try await queue.push(contentsOf: (0..<10).map { item(round * 10 + $0) })
+                popped += try await queue.pop(max: 10, timeout: .seconds(5)).map(number)
+            }
+            // Waiting pops resumed by a push from another task.
+            let waiting = Task(executorPreference: executor) { try await queue.pop(timeout: .seconds(5)) }
+            try await Task.sleep(for: .milliseconds(20))
+            try await queue.push(item(999))
+            popped.append(number(try await waiting.value))
+            // Stopping from the reactor's own thread must not join that thread.
+            await node.stop()
+            return popped
+        }
+        #expect(popped == Array(0..<200) + [999])
+        #expect(node.taskExecutor == nil)
+    }
+
     @Test("An ItemBatch pushed at one node pops elsewhere as the same items, with popPayloads and pop")
     func batchAcrossNodes() async throws {
         let nodes = try await cluster(2) { $0.queue.maxItems = 1000 }

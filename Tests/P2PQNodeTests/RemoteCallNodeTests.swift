@@ -243,6 +243,36 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
+    @Test("Calls from tasks on the caller's reactor: all results right, executed on the other node")
+    func callsFromTheReactor() async throws {
+        let nodes = try await cluster(2, maxConcurrentCalls: 8)
+        let gauge = Gauge()
+        for (_, rpc) in nodes {
+            rpc.register("triple") { (n: Int) async throws -> Int in
+                gauge.enter()
+                defer { gauge.leave() }
+                return 3 * n
+            }
+        }
+        try await nodes[1].1.process()
+        let triple = nodes[0].1.function("triple", arguments: Int.self, result: Int.self)
+        let executor = try #require(nodes[0].0.taskExecutor)
+        let sums = await withTaskGroup(of: Int.self) { group in
+            for worker in 0..<16 {
+                group.addTask(executorPreference: executor) {
+                    var sum = 0
+                    for step in 0..<25 { sum += (try? await triple(worker * 100 + step)) ?? -1_000_000 }
+                    return sum
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        let expected = (0..<16).reduce(0) { total, worker in total + (0..<25).reduce(0) { $0 + 3 * (worker * 100 + $1) } }
+        #expect(sums == expected)
+        #expect(gauge.total == 400)
+        await stop(nodes)
+    }
+
     @Test("Memoization: 100 concurrent identical calls run once")
     func coalescing() async throws {
         let nodes = try await cluster(2)

@@ -25,6 +25,8 @@ public final class Reactor: @unchecked Sendable {
 
     private struct Inbox {
         var tasks: [@Sendable () -> Void] = []
+        /// Task jobs enqueued from other threads (see ``enqueue(_:)``).
+        var jobs: [UnownedJob] = []
         var stopRequested = false
         var stopped = false
     }
@@ -43,6 +45,12 @@ public final class Reactor: @unchecked Sendable {
     private var timers = TimerHeap()
     private var running = true
     private var draining: [@Sendable () -> Void] = []
+    /// Task jobs to run this turn, and the array being run (swapped, so jobs that a job
+    /// enqueues wait for the next round).
+    private var jobs: [UnownedJob] = []
+    private var runningJobs: [UnownedJob] = []
+    /// Cleared when the loop thread is done: jobs enqueued after that go to the global executor.
+    private let acceptsLocalJobs = Atomic<Bool>(true)
     /// Channels by slot; a token names a slot plus its generation, so stale events are ignored.
     private var channels: [RegisteredChannel?] = []
     /// Set while `shutdown` closes the channels: opening a socket then throws `.reactorStopped`.
@@ -133,9 +141,16 @@ public final class Reactor: @unchecked Sendable {
     /// one wake-up. Returns false, without running it, when the reactor has stopped.
     @discardableResult
     public func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
-        inbox.withLock { inbox -> Bool in
+        // On the loop thread (a task job running on this reactor, say) no wake-up is written:
+        // the loop looks at `wakePending` before it waits.
+        let onLoop = inReactorThread
+        return inbox.withLock { inbox -> Bool in
             if inbox.stopped { return false }
             inbox.tasks.append(task)
+            if onLoop {
+                wakePending.store(true, ordering: .releasing)
+                return true
+            }
             // Woken under the lock: the loop marks the inbox stopped under the same lock before
             // it closes the eventfd, so a wake-up can never hit a closed (or reused) descriptor.
             if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
@@ -262,7 +277,7 @@ public final class Reactor: @unchecked Sendable {
             turns &+= 1
             backend.poll(timeoutNanoseconds: nextTimeout())
             runTimers()
-            runInbox()
+            runSubmitted()
             runEndOfTurn()
             flushWrites()
             busyNanoseconds &+= MonotonicTime.now().nanoseconds &- turnStarted
@@ -271,7 +286,7 @@ public final class Reactor: @unchecked Sendable {
 
     /// Nanoseconds to wait: 0 when work is ready, nil (forever) with no timers.
     private func nextTimeout() -> Int64? {
-        if wakePending.load(ordering: .acquiring) || !endOfTurn.isEmpty || !flushQueue.isEmpty || !datagramFlushQueue.isEmpty || backend.hasPendingWork { return 0 }
+        if wakePending.load(ordering: .acquiring) || !jobs.isEmpty || !endOfTurn.isEmpty || !flushQueue.isEmpty || !datagramFlushQueue.isEmpty || backend.hasPendingWork { return 0 }
         guard let deadline = timers.earliestDeadline else { return nil }
         let now = MonotonicTime.now().nanoseconds
         return deadline > now ? Int64(clamping: deadline - now) : 0
@@ -289,6 +304,18 @@ public final class Reactor: @unchecked Sendable {
         }
     }
 
+    /// Submitted closures and task jobs, in rounds: a job's hop to the loop (a push, a call)
+    /// runs in the next round of the same turn, and the task it resumes in the round after.
+    /// Bounded, so that tasks that keep each other busy cannot starve I/O.
+    private func runSubmitted() {
+        var rounds = 0
+        repeat {
+            runInbox()
+            runJobs()
+            rounds += 1
+        } while running && rounds < 8 && (!jobs.isEmpty || wakePending.load(ordering: .acquiring))
+    }
+
     private func runInbox() {
         // Submitters (and requestStop) set the flag after queueing, so a clear flag means an
         // empty inbox and the lock can be skipped.
@@ -296,11 +323,23 @@ public final class Reactor: @unchecked Sendable {
         wakePending.store(false, ordering: .releasing)
         let stop = inbox.withLock { inbox -> Bool in
             swap(&inbox.tasks, &draining)
+            if !inbox.jobs.isEmpty {
+                jobs.append(contentsOf: inbox.jobs)
+                inbox.jobs.removeAll(keepingCapacity: true)
+            }
             return inbox.stopRequested
         }
         for task in draining { task() }
         draining.removeAll(keepingCapacity: true)
         if stop { running = false }
+    }
+
+    private func runJobs() {
+        guard !jobs.isEmpty else { return }
+        swap(&jobs, &runningJobs)
+        let executor = asUnownedTaskExecutor()
+        for job in runningJobs { job.runSynchronously(on: executor) }
+        runningJobs.removeAll(keepingCapacity: true)
     }
 
     /// Runs `action` once at the end of the current turn, after handlers, timers and submitted
@@ -351,6 +390,8 @@ public final class Reactor: @unchecked Sendable {
             let t = inbox.tasks
             inbox.tasks = []
             inbox.stopped = true
+            jobs.append(contentsOf: inbox.jobs)
+            inbox.jobs = []
             return t
         }
         for task in tasks { task() }
@@ -369,6 +410,11 @@ public final class Reactor: @unchecked Sendable {
         datagramFlushQueue.removeAll()
         datagramAreaStorage = nil
         backend = nil
+        // Tasks that prefer this reactor go on elsewhere: the jobs queued by now (and any
+        // enqueued from here on) run on the global executor.
+        acceptsLocalJobs.store(false, ordering: .releasing)
+        for job in jobs { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+        jobs = []
     }
 
     // MARK: Channel registry (loop thread)
@@ -421,6 +467,33 @@ public final class Reactor: @unchecked Sendable {
         guard !connection.inFlushQueue else { return }
         connection.inFlushQueue = true
         flushQueue.append(connection)
+    }
+}
+
+// MARK: Task executor
+
+/// A reactor is a task executor: a task that prefers it (`withTaskExecutorPreference`,
+/// `Task(executorPreference:)`, `addTask(executorPreference:)`) runs on the loop thread between
+/// I/O turns. Its hops to the loop then cost no thread wake-up, and a continuation the loop
+/// resumes puts the task back on the same thread instead of the global pool. Such a task must
+/// not block: while it runs, no I/O is served.
+extension Reactor: TaskExecutor {
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if inReactorThread && acceptsLocalJobs.load(ordering: .acquiring) {
+            jobs.append(job)
+            return
+        }
+        let accepted = inbox.withLock { inbox -> Bool in
+            if inbox.stopped { return false }
+            inbox.jobs.append(job)
+            if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+                wakeupsWritten.add(1, ordering: .relaxed)
+                backend.wakeup()
+            }
+            return true
+        }
+        if !accepted { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
 }
 
