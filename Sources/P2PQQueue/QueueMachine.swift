@@ -57,7 +57,7 @@ public struct QueueMachine: Sendable {
 
     // Ownership.
     private var nextSequence: UInt64 = 1
-    private var owned = OwnedTable<OwnedRecord>()
+    private var owned = SequenceTable<OwnedRecord>()
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.

@@ -182,8 +182,10 @@ public struct CallerMachine: Sendable {
     }
 
     private var nextSequence: UInt64
-    private var flights: [UInt64: Flight] = [:]
-    private var tickets: [UInt64: Ticket] = [:]
+    /// Flights by ID (the sequence of their first call) and tickets by call sequence: both in
+    /// windows indexed by sequence number, no hashing per call.
+    private var flights = SequenceTable<Flight>()
+    private var tickets = SequenceTable<Ticket>()
     private var ticketsWithDeadline = 0
     private var memoInFlight: [MemoKey: UInt64] = [:]
     private var memo: LRUCache<MemoKey, [UInt8]>
@@ -344,7 +346,7 @@ public struct CallerMachine: Sendable {
         if let key, let flightID = memoInFlight[key], let flightDeadline = flights[flightID].map({ $0.deadline }),
            flightDeadline == nil || (deadline != nil && deadline! <= flightDeadline!) {
             counters.coalesced += 1
-            flights[flightID]!.joined.append(sequence)  // in place: no copy of the list
+            flights.modify(flightID) { $0.joined.append(sequence) }  // in place: no copy of the list
             addTicket(sequence, Ticket(flight: flightID, deadline: deadline))
         } else {
             var wallDeadline: UInt64 = 0
@@ -355,7 +357,7 @@ public struct CallerMachine: Sendable {
                 deadline: deadline, wallDeadline: wallDeadline
             )
             push(sequence, &flight, into: &actions)
-            flights[sequence] = flight  // once, with its destination
+            flights.append(sequence, flight)  // once, with its destination
             if let key { memoInFlight[key] = sequence }
             addTicket(sequence, Ticket(flight: sequence, deadline: deadline))
         }
@@ -384,7 +386,7 @@ public struct CallerMachine: Sendable {
                     lose(entry.sequence, into: &actions)
                     continue
                 }
-                flights[entry.sequence]!.executor = peer
+                flights.modify(entry.sequence) { $0.executor = peer }
             }
         case .credit(let slots):
             // A lost or departed peer's late credit is not used (its calls would be lost).
@@ -418,8 +420,10 @@ public struct CallerMachine: Sendable {
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: true) {
-            flights[flightID]?.executor = nil
-            flights[flightID]?.direct = false
+            flights.modify(flightID) { flight in
+                flight.executor = nil
+                flight.direct = false
+            }
             lose(flightID, into: &actions)
         }
         finish(&actions)
@@ -465,7 +469,7 @@ public struct CallerMachine: Sendable {
     // MARK: Internals
 
     private mutating func addTicket(_ sequence: UInt64, _ ticket: Ticket) {
-        tickets[sequence] = ticket
+        tickets.append(sequence, ticket)
         if let deadline = ticket.deadline {
             ticketsWithDeadline += 1
             deadlines.insert(deadline: deadline, ticket: sequence)
@@ -473,7 +477,7 @@ public struct CallerMachine: Sendable {
     }
 
     private mutating func removeTicket(_ sequence: UInt64) -> Ticket? {
-        guard let ticket = tickets.removeValue(forKey: sequence) else { return nil }
+        guard let ticket = tickets.remove(sequence) else { return nil }
         if ticket.deadline != nil { ticketsWithDeadline -= 1 }
         return ticket
     }
@@ -531,7 +535,7 @@ public struct CallerMachine: Sendable {
     }
 
     private mutating func resultArrived(_ entry: CallResultEntry, into actions: inout [Action]) {
-        guard let flight = flights.removeValue(forKey: entry.sequence) else {
+        guard let flight = flights.remove(entry.sequence) else {
             counters.ignoredResults += 1
             return
         }
@@ -557,9 +561,7 @@ public struct CallerMachine: Sendable {
     /// only when a link drops or a peer is lost, and keeps the per-call path free of a
     /// per-executor index.
     private func flights(on peer: PeerID, directOnly: Bool) -> [UInt64] {
-        flights.compactMap { id, flight in
-            flight.executor == peer && (!directOnly || flight.direct) ? id : nil
-        }.sorted()
+        flights.sequences { flight in flight.executor == peer && (!directOnly || flight.direct) }
     }
 
     private mutating func peerLost(_ peer: PeerID) -> [Action] {
@@ -567,7 +569,7 @@ public struct CallerMachine: Sendable {
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: false) {
-            flights[flightID]?.executor = nil
+            flights.modify(flightID) { $0.executor = nil }
             lose(flightID, into: &actions)
         }
         finish(&actions)
@@ -578,7 +580,7 @@ public struct CallerMachine: Sendable {
     private mutating func lose(_ flightID: UInt64, into actions: inout [Action]) {
         guard var flight = flights[flightID] else { return }
         if Int(flight.attempt) > configuration.maxRetries {
-            flights[flightID] = nil
+            flights.remove(flightID)
             forget(flightID, flight)
             let error = RemoteCallError.retriesExhausted(function: flight.function, attempts: Int(flight.attempt))
             for sequence in flight.tickets(of: flightID) where removeTicket(sequence) != nil {
@@ -591,7 +593,7 @@ public struct CallerMachine: Sendable {
         flight.direct = false
         counters.retries += 1
         push(flightID, &flight, into: &actions)
-        flights[flightID] = flight
+        flights.modify(flightID) { $0 = flight }
     }
 
     /// Fails one ticket; abandons its flight when nobody else waits for it.
@@ -603,10 +605,10 @@ public struct CallerMachine: Sendable {
         actions.append(.complete(CallID(caller: localPeer, sequence: sequence), .failure(error(flight.function))))
         if sequence == ticket.flight { flight.ownTicket = false } else { flight.joined.removeAll { $0 == sequence } }
         guard !flight.ownTicket && flight.joined.isEmpty else {
-            flights[ticket.flight] = flight
+            flights.modify(ticket.flight) { $0 = flight }
             return
         }
-        flights[ticket.flight] = nil
+        flights.remove(ticket.flight)
         forget(ticket.flight, flight)
         if let executor = flight.executor {
             cancels[executor, default: []].append(ticket.flight)
@@ -644,7 +646,9 @@ public struct CallerMachine: Sendable {
         while let top = deadlines.top, tickets[top.ticket]?.deadline != top.deadline { deadlines.removeTop() }
         if deadlines.count > 2 * ticketsWithDeadline + 64 {
             deadlines = DeadlineHeap()
-            for (sequence, ticket) in tickets { if let deadline = ticket.deadline { deadlines.insert(deadline: deadline, ticket: sequence) } }
+            for sequence in tickets.sequences(where: { $0.deadline != nil }) {
+                if let deadline = tickets[sequence]?.deadline { deadlines.insert(deadline: deadline, ticket: sequence) }
+            }
         }
         guard let next = deadlines.top?.deadline else { return }
         if armedDeadline == nil || next < armedDeadline! {

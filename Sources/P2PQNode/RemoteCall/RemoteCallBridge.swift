@@ -98,6 +98,13 @@ final class RemoteCallBridge: Sendable {
     private struct Inbox: Sendable {
         var ops: [RemoteCallOp] = []
         var scheduled = false
+
+        /// Whether the caller must schedule a drain (the first op since the last one).
+        mutating func schedule() -> Bool {
+            if scheduled { return false }
+            scheduled = true
+            return true
+        }
     }
 
     private enum Running: Sendable {
@@ -118,18 +125,24 @@ final class RemoteCallBridge: Sendable {
     // MARK: Inbox
 
     func submit(_ op: RemoteCallOp) {
-        submit(contentsOf: CollectionOfOne(op))
+        // One op (a call, an outcome) is the common case: appended as it is, no generic copy.
+        let schedule = inbox.withLock { inbox -> Bool in
+            inbox.ops.append(op)
+            return inbox.schedule()
+        }
+        if schedule { scheduleDrain() }
     }
 
     /// Queues `ops` in order with one lock and at most one reactor hop.
-    func submit(contentsOf ops: some Collection<RemoteCallOp>) {
+    func submit(contentsOf ops: [RemoteCallOp]) {
         let schedule = inbox.withLock { inbox -> Bool in
             inbox.ops.append(contentsOf: ops)
-            if inbox.scheduled { return false }
-            inbox.scheduled = true
-            return true
+            return inbox.schedule()
         }
-        guard schedule else { return }
+        if schedule { scheduleDrain() }
+    }
+
+    private func scheduleDrain() {
         let running = node.executeOnCore { core in core.remoteCalls?.drain() }
         if !running { failQueued() }
     }
@@ -138,8 +151,10 @@ final class RemoteCallBridge: Sendable {
     func takeOps() -> [RemoteCallOp] {
         inbox.withLock { inbox in
             inbox.scheduled = false
-            defer { inbox.ops = [] }
-            return inbox.ops
+            // Moved out, not copied: the inbox starts a fresh array.
+            var ops: [RemoteCallOp] = []
+            swap(&ops, &inbox.ops)
+            return ops
         }
     }
 

@@ -15,14 +15,9 @@ final class RemoteCallShell {
     private var caller: CallerMachine
     private var executor: ExecutorMachine
 
-    private struct Pending {
-        var request: CallRequest
-    }
-
-    /// Calls waiting for their result, by sequence.
-    private var pending: [UInt64: Pending] = [:]
-    /// API token → call sequence, for cancellation.
-    private var sequences: [UInt64: UInt64] = [:]
+    /// Calls waiting for their result, by sequence: a window, no hashing per call. A cancel
+    /// names the API's token and finds its call by a scan, once per drain for all its cancels.
+    private var pending = SequenceTable<CallRequest>()
     /// Calls refused for the outstanding limit; made again on `.capacityAvailable`.
     private var parked: [CallRequest] = []
     /// Pushes the call queue refused, by sequence: the call fails with this.
@@ -88,11 +83,16 @@ final class RemoteCallShell {
         // in order: a run is flushed before any other op.
         var outcomes: [(TaskID, CallOutcome)] = []
         var calls: [CallRequest] = []
+        var cancels: Set<UInt64> = []
         for op in ops {
             if case .call(let request) = op {
                 if !outcomes.isEmpty {
                     finish(outcomes)
                     outcomes.removeAll()
+                }
+                if !cancels.isEmpty {
+                    cancel(cancels)
+                    cancels.removeAll()
                 }
                 calls.append(request)
                 continue
@@ -100,6 +100,14 @@ final class RemoteCallShell {
             if !calls.isEmpty {
                 call(calls)
                 calls.removeAll()
+            }
+            if case .cancel(let token) = op {
+                cancels.insert(token)
+                continue
+            }
+            if !cancels.isEmpty {
+                cancel(cancels)
+                cancels.removeAll()
             }
             if case .finished(let task, let outcome) = op {
                 outcomes.append((task, outcome))
@@ -111,10 +119,7 @@ final class RemoteCallShell {
             }
             switch op {
             case .call: break  // gathered above
-            case .cancel(let token):
-                if let sequence = sequences[token] {
-                    performCaller(caller.cancel(CallID(caller: localPeer, sequence: sequence), now: now))
-                }
+            case .cancel: break  // gathered above
             case .register(let name, let inline):
                 inlineBodies[name] = inline
                 executor.register(name)
@@ -124,8 +129,16 @@ final class RemoteCallShell {
             }
         }
         if !calls.isEmpty { call(calls) }
+        if !cancels.isEmpty { cancel(cancels) }
         if !outcomes.isEmpty { finish(outcomes) }
         scheduleFlush()
+    }
+
+    /// Cancels the waiting calls with these API tokens (one scan for all of them).
+    private func cancel(_ tokens: Set<UInt64>) {
+        for sequence in pending.sequences(where: { tokens.contains($0.token) }) {
+            performCaller(caller.cancel(CallID(caller: localPeer, sequence: sequence), now: now))
+        }
     }
 
     private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
@@ -150,8 +163,7 @@ final class RemoteCallShell {
         let (ids, actions) = caller.call(batch: batch, now: now, wallClock: anyDeadline ? wallClock : 0)
         // Every call is registered before the actions run: some complete at once (memo hits).
         for (id, request) in zip(ids, requests) {
-            pending[id.sequence] = Pending(request: request)
-            sequences[request.token] = id.sequence
+            pending.append(id.sequence, request)
         }
         performCaller(actions)
     }
@@ -213,9 +225,9 @@ final class RemoteCallShell {
         callerTimer = nil
         for id in waiters.keys { core.queues.withdraw(queueName, id) }
         waiters = [:]
-        for (_, entry) in pending { entry.request.completion.resume(.failure(.nodeStopped)) }
-        pending = [:]
-        sequences = [:]
+        for sequence in pending.sequences(where: { _ in true }) {
+            pending.remove(sequence)?.completion.resume(.failure(.nodeStopped))
+        }
         for request in parked { request.completion.resume(.failure(.nodeStopped)) }
         parked = []
         for (_, (completion, _)) in resuming { completion.resume(.failure(.nodeStopped)) }
@@ -278,9 +290,7 @@ final class RemoteCallShell {
     }
 
     private func complete(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>) {
-        guard let entry = pending.removeValue(forKey: id.sequence) else { return }
-        let request = entry.request
-        sequences[request.token] = nil
+        guard let request = pending.remove(id.sequence) else { return }
         var result = result
         if case .failure(.tooManyOutstandingCalls) = result {
             // The typed API waits for room instead of failing.

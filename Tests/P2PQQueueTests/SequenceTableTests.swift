@@ -2,12 +2,12 @@
 import P2PQWire
 import Testing
 
-@Suite struct OwnedTableTests {
+@Suite struct SequenceTableTests {
     /// Random appends, updates and removals in and out of order, against a dictionary.
     @Test("The window table behaves like a dictionary, and its memory follows the records", arguments: [1, 2, 3, 4] as [UInt64])
     func matchesADictionary(seed: UInt64) {
         var random = SplitMix64(seed: seed)
-        var table = OwnedTable<Int>()
+        var table = SequenceTable<Int>()
         var model: [UInt64: Int] = [:]
         var next: UInt64 = 1000
         for step in 0..<6_000 {
@@ -65,12 +65,12 @@ import Testing
     }
 }
 
-extension OwnedTableTests {
+extension SequenceTableTests {
     /// A window sliding far past its first slots: the storage drops its dead prefix again and
     /// again, and changes in place must still land on the right record.
     @Test("modify changes the right record while the window slides and its storage shifts down")
     func modifyWhileSliding() {
-        var table = OwnedTable<[Int]>()
+        var table = SequenceTable<[Int]>()
         var first: UInt64 = 1
         var next: UInt64 = 1
         for _ in 0..<100 {

@@ -1,45 +1,46 @@
-/// The ownership records of one queue, by sequence number.
+/// Records by sequence number: a queue's ownership records, a caller's calls in flight.
 ///
-/// Sequence numbers are handed out in increasing order and mostly confirmed in about that
+/// Sequence numbers are handed out in increasing order and mostly retired in about that
 /// order, so the records live in a window indexed by `sequence - base`: lookups, in-place
 /// updates and removals cost no hashing, and confirmed slots at the front are dropped as the
 /// window slides. A record left far behind (an item a slow peer holds for long) would pin the
 /// window open, so when the window is more than twice as long as the records it holds (plus
 /// some slack) the oldest records move to a dictionary: memory stays proportional to the
 /// records, whatever the confirmation order.
-struct OwnedTable<Record: Sendable>: Sendable {
-    private var base: UInt64 = 0
+public struct SequenceTable<Record: Sendable>: Sendable {
+    @usableFromInline var base: UInt64 = 0
     /// The window is `slots[head...]`: slot `head + i` holds sequence `base + i`. An array with
     /// a moving head rather than a deque: an array's elements can be changed in place (a
     /// deque's element accessor moves the element out and copies it back: a retain and a
     /// release of the record's payload per change), and confirmed slots at the front are dropped
     /// by moving `head`, the array being shifted down only once the dead prefix is as long as
     /// the rest (amortized O(1) per slot).
-    private var slots: [Record?] = []
-    private var head = 0
-    private var stragglers: [UInt64: Record] = [:]
+    @usableFromInline var slots: [Record?] = []
+    @usableFromInline var head = 0
+    @usableFromInline var stragglers: [UInt64: Record] = [:]
     /// Records held.
-    private(set) var count = 0
+    @inlinable public var count: Int { held }
+    @usableFromInline var held = 0
     /// Slots of the window (for tests of the memory bound).
-    var windowSlots: Int { slots.count - head }
+    @inlinable public var windowSlots: Int { slots.count - head }
 
     /// Slack before the window is compacted (slots, not records).
-    private static var slack: Int { 4096 }
+    @inlinable static var slack: Int { 4096 }
 
-    init() {}
+    public init() {}
 
-    subscript(sequence: UInt64) -> Record? {
+    @inlinable public subscript(sequence: UInt64) -> Record? {
         if let index = slot(of: sequence) { return slots[index] }
         return stragglers.isEmpty ? nil : stragglers[sequence]
     }
 
     /// Adds a record for a sequence number above every one added before.
-    mutating func append(_ sequence: UInt64, _ record: consuming Record) {
+    @inlinable public mutating func append(_ sequence: UInt64, _ record: consuming Record) {
         if windowSlots == 0 {
             base = sequence
         } else if sequence < base &+ UInt64(windowSlots) {
             // Not above the window (never happens for fresh sequence numbers): keep it aside.
-            if stragglers.updateValue(record, forKey: sequence) == nil { count += 1 }
+            if stragglers.updateValue(record, forKey: sequence) == nil { held += 1 }
             return
         }
         let gap = Int(sequence - base) - windowSlots
@@ -53,26 +54,26 @@ struct OwnedTable<Record: Sendable>: Sendable {
             }
         }
         slots.append(record)
-        count += 1
+        held += 1
         if windowSlots > 2 * count + Self.slack { compact() }
     }
 
     /// Adds records for `count` consecutive sequence numbers from `first`, above every one
     /// added before (a push): no per-record gap test.
-    mutating func append(first: UInt64, count n: Int, _ record: (Int) -> Record) {
+    @inlinable public mutating func append(first: UInt64, count n: Int, _ record: (Int) -> Record) {
         guard n > 0 else { return }
         if windowSlots == 0 || first != base &+ UInt64(windowSlots) {
             for index in 0..<n { append(first &+ UInt64(index), record(index)) }
             return
         }
         for index in 0..<n { slots.append(record(index)) }
-        count += n
+        held += n
         if windowSlots > 2 * count + Self.slack { compact() }
     }
 
     /// Changes the record in place (no copy of its payload); false if there is none.
     @discardableResult
-    mutating func modify(_ sequence: UInt64, _ body: (inout Record) -> Void) -> Bool {
+    @inlinable public mutating func modify(_ sequence: UInt64, _ body: (inout Record) -> Void) -> Bool {
         if let index = slot(of: sequence) {
             guard !isEmpty(index) else { return false }
             body(&slots[index]!)
@@ -85,21 +86,21 @@ struct OwnedTable<Record: Sendable>: Sendable {
 
     /// Removes and returns the record.
     @discardableResult
-    mutating func remove(_ sequence: UInt64) -> Record? {
+    @inlinable public mutating func remove(_ sequence: UInt64) -> Record? {
         if let index = slot(of: sequence) {
             // Moved out (no copy): the caller's use is the payload's last.
             guard let record = slots[index].take() else { return nil }
-            count -= 1
+            held -= 1
             if index == head { trimFront() }
             return record
         }
         guard !stragglers.isEmpty, let record = stragglers.removeValue(forKey: sequence) else { return nil }
-        count -= 1
+        held -= 1
         return record
     }
 
     /// Sequence numbers of the records matching `predicate`, ascending.
-    func sequences(where predicate: (Record) -> Bool) -> [UInt64] {
+    @inlinable public func sequences(where predicate: (Record) -> Bool) -> [UInt64] {
         var result: [UInt64] = []
         for (sequence, record) in stragglers where predicate(record) { result.append(sequence) }
         result.sort()
@@ -110,19 +111,19 @@ struct OwnedTable<Record: Sendable>: Sendable {
     }
 
     /// The index in `slots` of `sequence`'s slot, if it is in the window.
-    private func slot(of sequence: UInt64) -> Int? {
+    @inlinable func slot(of sequence: UInt64) -> Int? {
         guard sequence >= base else { return nil }
         let offset = sequence - base
         return offset < UInt64(windowSlots) ? head + Int(offset) : nil
     }
 
     /// Whether the slot holds no record (read in place: no copy of the record).
-    private func isEmpty(_ index: Int) -> Bool {
+    @inlinable func isEmpty(_ index: Int) -> Bool {
         slots.withUnsafeBufferPointer { $0[index] == nil }
     }
 
     /// Drops the empty slots at the front of the window.
-    private mutating func trimFront() {
+    @inlinable mutating func trimFront() {
         while head < slots.count && isEmpty(head) {
             head += 1
             base &+= 1
@@ -131,7 +132,7 @@ struct OwnedTable<Record: Sendable>: Sendable {
     }
 
     /// Shifts the window down once the dropped slots before `head` are as many as the rest.
-    private mutating func dropDeadPrefix() {
+    @inlinable mutating func dropDeadPrefix() {
         if head == slots.count {
             slots.removeAll(keepingCapacity: true)
             head = 0
@@ -143,7 +144,7 @@ struct OwnedTable<Record: Sendable>: Sendable {
     }
 
     /// Moves the oldest records aside until the window is dense enough again.
-    private mutating func compact() {
+    @inlinable mutating func compact() {
         while windowSlots > count - stragglers.count + Self.slack {
             if let record = slots[head].take() { stragglers[base] = record }
             head += 1
@@ -152,7 +153,7 @@ struct OwnedTable<Record: Sendable>: Sendable {
         trimFront()
     }
 
-    private mutating func moveWindowToStragglers() {
+    @inlinable mutating func moveWindowToStragglers() {
         for index in head..<slots.count {
             if let record = slots[index].take() { stragglers[base &+ UInt64(index - head)] = record }
         }
