@@ -184,7 +184,7 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
     /// - Parameters:
     ///   - arguments: the call's arguments, encoded with `CompactEncoder`.
     ///   - timeout: fails the call with `RemoteCallError.timedOut` after this.
-    public func callAsFunction(_ arguments: A, timeout: Duration? = nil) async throws(RemoteCallError) -> R {
+    nonisolated(nonsending) public func callAsFunction(_ arguments: A, timeout: Duration? = nil) async throws(RemoteCallError) -> R {
         let bytes: [UInt8]
         do { bytes = try CompactEncoder().encode(arguments) } catch { throw .invalidCall("arguments of \"\(name)\" did not encode: \(error)") }
         let result = try await bridge.call(name, bytes, memoize: memoize, timeout: timeout)
@@ -197,7 +197,7 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
     /// resumption of the calling task: the results in order, each a success or its own error.
     /// The calls run concurrently, wherever there is capacity, like separate calls. Cancelling
     /// the calling task cancels them all.
-    public func call(batch: [A], timeout: Duration? = nil) async -> [Result<R, RemoteCallError>] {
+    nonisolated(nonsending) public func call(batch: [A], timeout: Duration? = nil) async -> [Result<R, RemoteCallError>] {
         var results = [Result<R, RemoteCallError>?](repeating: nil, count: batch.count)
         var encoded: [[UInt8]] = []
         var positions: [Int] = []
@@ -232,13 +232,13 @@ public struct RawRemoteFunction: Sendable {
     public let memoize: Bool
 
     /// Calls the function with `arguments` and returns its result bytes.
-    public func callAsFunction(_ arguments: [UInt8], timeout: Duration? = nil) async throws(RemoteCallError) -> [UInt8] {
+    nonisolated(nonsending) public func callAsFunction(_ arguments: [UInt8], timeout: Duration? = nil) async throws(RemoteCallError) -> [UInt8] {
         try await bridge.call(name, arguments, memoize: memoize, timeout: timeout)
     }
 
     /// Many calls with one hand-over to the reactor and one resumption of the calling task:
     /// the results in order (see ``RemoteFunction/call(batch:timeout:)``).
-    public func call(batch: [[UInt8]], timeout: Duration? = nil) async -> [Result<[UInt8], RemoteCallError>] {
+    nonisolated(nonsending) public func call(batch: [[UInt8]], timeout: Duration? = nil) async -> [Result<[UInt8], RemoteCallError>] {
         await bridge.callBatch(name, batch, memoize: memoize, timeout: timeout)
     }
 }

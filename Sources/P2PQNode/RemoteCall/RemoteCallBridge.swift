@@ -175,7 +175,7 @@ final class RemoteCallBridge: Sendable {
     // MARK: Calls
 
     /// Makes one call; the bytes of its result.
-    func call(_ function: String, _ arguments: [UInt8], memoize: Bool, timeout: Duration?) async throws(RemoteCallError) -> [UInt8] {
+    nonisolated(nonsending) func call(_ function: String, _ arguments: [UInt8], memoize: Bool, timeout: Duration?) async throws(RemoteCallError) -> [UInt8] {
         if Task.isCancelled { throw .cancelled(function: function) }
         let token = nextToken()
         let context = RemoteCallContext.current
@@ -197,7 +197,7 @@ final class RemoteCallBridge: Sendable {
 
     /// Makes many calls of one function with one hand-over to the reactor and one resumption
     /// of the calling task: the results, in order. Cancelling the task cancels them all.
-    func callBatch(_ function: String, _ arguments: [[UInt8]], memoize: Bool, timeout: Duration?) async -> [Result<[UInt8], RemoteCallError>] {
+    nonisolated(nonsending) func callBatch(_ function: String, _ arguments: [[UInt8]], memoize: Bool, timeout: Duration?) async -> [Result<[UInt8], RemoteCallError>] {
         guard !arguments.isEmpty else { return [] }
         let cancelled = { arguments.map { _ in Result<[UInt8], RemoteCallError>.failure(.cancelled(function: function)) } }
         if Task.isCancelled { return cancelled() }
