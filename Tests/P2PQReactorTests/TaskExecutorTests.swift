@@ -67,6 +67,39 @@ struct TaskExecutorTests {
         #expect(total == 64 * (49 * 50 / 2) + (63 * 64 / 2))
     }
 
+    @Test("At most maxJobsPerTurn jobs run in one turn; the rest run in the next turns, in order")
+    func jobsPerTurn() async throws {
+        var configuration = ReactorConfiguration()
+        configuration.maxJobsPerTurn = 3
+        let reactor = try Reactor(configuration: configuration)
+        defer { reactor.stop() }
+        // Ten tasks resumed in one go by the loop, each noting the turn it continues in.
+        let state = JobsPerTurnState()
+        let group = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for index in 0..<10 {
+                    group.addTask(executorPreference: reactor) {
+                        await withCheckedContinuation { continuation in state.parked.withLock { $0.append((index, continuation)) } }
+                        let turn = reactor.turns
+                        state.turns.withLock { $0.append((index, turn)) }
+                    }
+                }
+            }
+        }
+        for _ in 0..<10_000 where state.parked.withLock({ $0.count }) < 10 { try await Task.sleep(for: .milliseconds(1)) }
+        let continuations = state.parked.withLock { $0 }
+        try #require(continuations.count == 10)
+        reactor.execute { for (_, continuation) in continuations { continuation.resume() } }
+        await group.value
+        let seen = state.turns.withLock { $0 }
+        #expect(seen.count == 10)
+        let perTurn = Dictionary(grouping: seen, by: \.turn)
+        #expect(perTurn.values.allSatisfy { $0.count <= 3 })
+        #expect(perTurn.count >= 4)
+        // Resumed in one order, they continue in that order, across turns.
+        #expect(seen.map(\.task) == continuations.map(\.0))
+    }
+
     @Test("After the reactor stops, preferring tasks go on on the global executor")
     func afterStop() async throws {
         let reactor = try Reactor()
@@ -98,4 +131,9 @@ struct TaskExecutorTests {
         parkedContinuation.resume()
         #expect(await task.value == false)
     }
+}
+
+private final class JobsPerTurnState: Sendable {
+    let parked = Mutex<[(Int, CheckedContinuation<Void, Never>)]>([])
+    let turns = Mutex<[(task: Int, turn: UInt64)]>([])
 }

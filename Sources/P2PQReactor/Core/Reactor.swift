@@ -309,11 +309,12 @@ public final class Reactor: @unchecked Sendable {
     /// Bounded, so that tasks that keep each other busy cannot starve I/O.
     private func runSubmitted() {
         var rounds = 0
+        var budget = Swift.max(1, configuration.maxJobsPerTurn)
         repeat {
             runInbox()
-            runJobs()
+            runJobs(budget: &budget)
             rounds += 1
-        } while running && rounds < 8 && (!jobs.isEmpty || wakePending.load(ordering: .acquiring))
+        } while running && rounds < 8 && ((!jobs.isEmpty && budget > 0) || wakePending.load(ordering: .acquiring))
     }
 
     private func runInbox() {
@@ -334,11 +335,17 @@ public final class Reactor: @unchecked Sendable {
         if stop { running = false }
     }
 
-    private func runJobs() {
-        guard !jobs.isEmpty else { return }
+    private func runJobs(budget: inout Int) {
+        guard !jobs.isEmpty, budget > 0 else { return }
         swap(&jobs, &runningJobs)
         let executor = asUnownedTaskExecutor()
-        for job in runningJobs { job.runSynchronously(on: executor) }
+        let count = Swift.min(budget, runningJobs.count)
+        for index in 0..<count { runningJobs[index].runSynchronously(on: executor) }
+        budget -= count
+        if count < runningJobs.count {
+            // Over budget: the rest run next turn, ahead of the jobs enqueued since.
+            jobs.insert(contentsOf: runningJobs[count...], at: 0)
+        }
         runningJobs.removeAll(keepingCapacity: true)
     }
 

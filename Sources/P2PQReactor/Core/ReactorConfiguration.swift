@@ -77,6 +77,13 @@ public struct ReactorConfiguration: Sendable {
     public var outboundChunkSize: Int = 64 * 1024
     /// How many free outbound chunks the reactor keeps for reuse.
     public var outboundChunkCacheLimit: Int = 256
+    /// Most jobs of tasks preferring this reactor (see `Reactor` as a `TaskExecutor`) run in
+    /// one turn; the rest run in the next turns. Ending the turn flushes what those jobs sent,
+    /// so a peer can start on it while the loop runs the remaining jobs: with hundreds of
+    /// tasks resumed at once (the results of many calls in one record), an unbounded turn
+    /// sends everything at its end and leaves the peer idle meanwhile. It also bounds how long
+    /// tasks hold off I/O. 128 was the best of 8-256 on W2 (docs/benchmarks.md).
+    public var maxJobsPerTurn: Int = 128
 
     public init() {}
 
