@@ -667,28 +667,28 @@ public struct QueueMachine: Sendable {
 
     private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], _ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
+        // Runs straight through the ownership window: no lookup per sequence.
+        var freedBytes = 0
         for run in popped {
-            for sequence in run.first..<run.first &+ UInt64(run.count) {
-                if let record = owned.remove(sequence) {
-                    ownedBytes -= record.payload.count
-                } else if sequence >= configuration.firstSequence && sequence < nextSequence {
-                    counters.duplicatePops += 1
-                }
+            let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                freedBytes += record.payload.count
             }
+            // The rest of the run's sequences made here were confirmed before: duplicate pops.
+            let low = Swift.max(run.first, configuration.firstSequence)
+            let high = Swift.min(run.first &+ UInt64(run.count), nextSequence)
+            if low < high { counters.duplicatePops += Int(high - low) - removed }
         }
+        ownedBytes -= freedBytes
         var lost: [UInt64] = []
         for group in custody {
             let holderDead = deadPeers.contains(group.holder)
+            let holder = group.holder == localPeer ? nil : group.holder
             for run in group.runs {
-                for sequence in run.first..<run.first &+ UInt64(run.count) {
-                    var changed = false
-                    owned.modify(sequence) { record in
-                        guard record.attempt == group.attempt, record.holder != nil, group.hops > record.hops else { return }
-                        record.holder = group.holder == localPeer ? nil : group.holder
-                        record.hops = group.hops
-                        changed = true
-                    }
-                    if changed && holderDead { lost.append(sequence) }
+                owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
+                    guard record.attempt == group.attempt, record.holder != nil, group.hops > record.hops else { return }
+                    record.holder = holder
+                    record.hops = group.hops
+                    if holderDead { lost.append(sequence) }
                 }
             }
         }
@@ -950,6 +950,16 @@ public struct QueueMachine: Sendable {
         var runOwner: PeerID?
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var run = SequenceRun(first: 0, count: 0)
+        // This node's own items, as runs of consecutive sequences with one attempt and hop count
+        // (a transfer's items mostly are one such run): custody changes a run at a time.
+        var own = (first: UInt64(0), count: 0, attempt: UInt32(0), hops: UInt32(0))
+        func updateOwn(_ own: (first: UInt64, count: Int, attempt: UInt32, hops: UInt32)) {
+            owned.modifyRun(first: own.first, count: own.count) { _, record in
+                guard record.attempt == own.attempt, own.hops > record.hops else { return }
+                record.holder = peer
+                record.hops = own.hops
+            }
+        }
         // Through the buffer: reading an item's fields does not retain its payload.
         transfer.items.withUnsafeBufferPointer { items in
             for index in items.indices {
@@ -957,10 +967,12 @@ public struct QueueMachine: Sendable {
                 let attempt = items[index].attempt
                 let hops = items[index].hops  // already raised for the transfer
                 if id.origin == localPeer {
-                    owned.modify(id.sequence) { record in
-                        guard record.attempt == attempt, hops > record.hops else { return }
-                        record.holder = peer
-                        record.hops = hops
+                    if own.count > 0 && own.attempt == attempt && own.hops == hops
+                        && own.first &+ UInt64(own.count) == id.sequence {
+                        own.count += 1
+                    } else {
+                        updateOwn(own)
+                        own = (id.sequence, 1, attempt, hops)
                     }
                 } else if id.origin != peer {
                     if id.origin == runOwner && runKey.attempt == attempt && runKey.hops == hops
@@ -975,6 +987,7 @@ public struct QueueMachine: Sendable {
                 }
             }
         }
+        updateOwn(own)
         if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
     }
 

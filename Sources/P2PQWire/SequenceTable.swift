@@ -99,6 +99,66 @@ public struct SequenceTable<Record: Sendable>: Sendable {
         return record
     }
 
+    /// Removes the records of sequences `first ..< first + count` (those held), showing each to
+    /// `body` as it goes; how many there were. A run inside the window costs no lookup per
+    /// sequence (pop confirmations arrive as runs).
+    @inlinable @discardableResult
+    public mutating func removeRun(first: UInt64, count: Int, _ body: (borrowing Record) -> Void) -> Int {
+        guard count > 0 else { return 0 }
+        let end = first &+ UInt64(count)
+        let low = Swift.max(first, base)
+        let high = Swift.min(end, base &+ UInt64(windowSlots))
+        var removed = 0
+        if low < high {
+            let from = head + Int(low - base)
+            let to = head + Int(high - base)
+            slots.withUnsafeMutableBufferPointer { slots in
+                for index in from..<to {
+                    if let record = slots[index].take() {
+                        body(record)
+                        removed += 1
+                    }
+                }
+            }
+        }
+        if !stragglers.isEmpty {
+            for sequence in first..<end where !(sequence >= low && sequence < high) {
+                if let record = stragglers.removeValue(forKey: sequence) {
+                    body(record)
+                    removed += 1
+                }
+            }
+        }
+        held -= removed
+        if low < high && low == base { trimFront() }
+        return removed
+    }
+
+    /// Changes, in place, the records held for sequences `first ..< first + count`.
+    @inlinable
+    public mutating func modifyRun(first: UInt64, count: Int, _ body: (UInt64, inout Record) -> Void) {
+        guard count > 0 else { return }
+        let end = first &+ UInt64(count)
+        let low = Swift.max(first, base)
+        let high = Swift.min(end, base &+ UInt64(windowSlots))
+        if low < high {
+            let from = head + Int(low - base)
+            let to = head + Int(high - base)
+            let base = self.base
+            let head = self.head
+            slots.withUnsafeMutableBufferPointer { slots in
+                for index in from..<to where slots[index] != nil {
+                    body(base &+ UInt64(index - head), &slots[index]!)
+                }
+            }
+        }
+        if !stragglers.isEmpty {
+            for sequence in first..<end where !(sequence >= low && sequence < high) && stragglers[sequence] != nil {
+                body(sequence, &stragglers[sequence]!)
+            }
+        }
+    }
+
     /// Sequence numbers of the records matching `predicate`, ascending.
     @inlinable public func sequences(where predicate: (Record) -> Bool) -> [UInt64] {
         var result: [UInt64] = []

@@ -40,6 +40,28 @@ import Testing
                 let changed = table.modify(key) { $0 += 1 }
                 if changed != (model[key] != nil) { Issue.record("modify \(key)") }
                 if model[key] != nil { model[key]! += 1 }
+            case 8 where random.next() % 2 == 0:
+                // A run, mostly at the front (pop confirmations), sometimes anywhere, across
+                // held and missing sequences, stragglers included.
+                let start = random.next() % 3 == 0 ? next &- random.next() % 600 : (model.keys.min() ?? next)
+                let length = Int(random.next() % 40)
+                if random.next() % 2 == 0 {
+                    var seen: [UInt64] = []
+                    table.modifyRun(first: start, count: length) { sequence, value in
+                        seen.append(sequence)
+                        value += 7
+                    }
+                    let expected = (start..<start + UInt64(length)).filter { model[$0] != nil }
+                    if seen.sorted() != expected { Issue.record("modifyRun \(start)+\(length): \(seen.sorted()) != \(expected)") }
+                    for sequence in expected { model[sequence]! += 7 }
+                } else {
+                    var values: [Int] = []
+                    let removed = table.removeRun(first: start, count: length) { values.append($0) }
+                    let expected = (start..<start + UInt64(length)).compactMap { model.removeValue(forKey: $0) }
+                    if removed != expected.count || values.sorted() != expected.sorted() {
+                        Issue.record("removeRun \(start)+\(length): \(removed) \(values.sorted()) != \(expected.sorted())")
+                    }
+                }
             default:
                 let key = next &- random.next() % 128
                 if table[key] != model[key] || table.remove(next + 5) != nil { Issue.record("lookup \(key)") }
