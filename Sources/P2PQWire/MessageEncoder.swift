@@ -51,7 +51,8 @@ public enum MessageEncoder {
     ) throws(WireError) {
         let size = try encodedSize(of: message, maxFrameSize: maxFrameSize)
         bytes.reserveWireCapacity(size)
-        bytes.withWireWriter { writer in write(message, into: &writer) }
+        // The body size is known by now: not computed again (a pass over a transfer's items).
+        bytes.withWireWriter { writer in write(message, bodySize: size - WireProtocol.messageHeaderSize, into: &writer) }
     }
 
     /// Writes the framed message at the start of `buffer`, returning the bytes written.
@@ -64,14 +65,18 @@ public enum MessageEncoder {
         let size = try encodedSize(of: message, maxFrameSize: maxFrameSize)
         guard buffer.count >= size else { throw .bufferTooSmall(required: size, available: buffer.count) }
         var writer = WireWriter(output: UnsafeWireBuffer(buffer))
-        write(message, into: &writer)
+        write(message, bodySize: size - WireProtocol.messageHeaderSize, into: &writer)
         return writer.output.count
     }
 
     /// Appends the framed message through any writer (the caller validated it, and checked
     /// its size against the receiver's limit, e.g. with ``encodedSize(of:maxFrameSize:)``).
     public static func write<Output: WireOutput>(_ message: some WireMessage, into writer: inout WireWriter<Output>) {
-        writer.writeU32(UInt32(1 + message.bodySize))
+        write(message, bodySize: message.bodySize, into: &writer)
+    }
+
+    static func write<Output: WireOutput>(_ message: some WireMessage, bodySize: Int, into writer: inout WireWriter<Output>) {
+        writer.writeU32(UInt32(1 + bodySize))
         writer.writeU8(message.messageType.rawValue)
         message.writeBody(into: &writer)
     }
