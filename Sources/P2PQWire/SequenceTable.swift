@@ -121,12 +121,10 @@ public struct SequenceTable<Record: Sendable>: Sendable {
                 }
             }
         }
-        if !stragglers.isEmpty {
-            for sequence in first..<end where !(sequence >= low && sequence < high) {
-                if let record = stragglers.removeValue(forKey: sequence) {
-                    body(record)
-                    removed += 1
-                }
+        for sequence in stragglerSequences(first: first, end: end, skipping: low..<Swift.max(low, high)) {
+            if let record = stragglers.removeValue(forKey: sequence) {
+                body(record)
+                removed += 1
             }
         }
         held -= removed
@@ -152,11 +150,20 @@ public struct SequenceTable<Record: Sendable>: Sendable {
                 }
             }
         }
-        if !stragglers.isEmpty {
-            for sequence in first..<end where !(sequence >= low && sequence < high) && stragglers[sequence] != nil {
-                body(sequence, &stragglers[sequence]!)
-            }
+        for sequence in stragglerSequences(first: first, end: end, skipping: low..<Swift.max(low, high)) {
+            body(sequence, &stragglers[sequence]!)
         }
+    }
+
+    /// The stragglers' sequences in `first ..< end` outside `window`, ascending. Walks the run or
+    /// the stragglers, whichever is shorter: a run's length comes from a peer's message.
+    @inlinable
+    func stragglerSequences(first: UInt64, end: UInt64, skipping window: Range<UInt64>) -> [UInt64] {
+        guard !stragglers.isEmpty else { return [] }
+        if end - first <= UInt64(stragglers.count) {
+            return (first..<end).filter { !window.contains($0) && stragglers[$0] != nil }
+        }
+        return stragglers.keys.filter { $0 >= first && $0 < end && !window.contains($0) }.sorted()
     }
 
     /// Sequence numbers of the records matching `predicate`, ascending.

@@ -172,3 +172,27 @@ extension SequenceTableTests {
         do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 0, hops: 1); #expect(inserted) }
     }
 }
+
+extension SequenceTableTests {
+    /// A run's length comes from a peer (pop confirmations): a run of four billion sequences
+    /// must cost what the table holds, not what the run spans.
+    @Test("removeRun and modifyRun over a huge run touch only the records held, stragglers included")
+    func hugeRun() {
+        var table = SequenceTable<Int>()
+        table.append(10, 10)
+        // A jump far ahead moves the first window aside: 10 becomes a straggler.
+        table.append(1_000_000, 1)
+        table.append(1_000_001, 2)
+        var seen: [UInt64] = []
+        table.modifyRun(first: 0, count: Int(UInt32.max)) { sequence, value in
+            seen.append(sequence)
+            value += 100
+        }
+        #expect(seen.sorted() == [10, 1_000_000, 1_000_001])
+        var values: [Int] = []
+        let removed = table.removeRun(first: 0, count: Int(UInt32.max)) { values.append($0) }
+        #expect(removed == 3)
+        #expect(values.sorted() == [101, 102, 110])
+        #expect(table.count == 0)
+    }
+}
