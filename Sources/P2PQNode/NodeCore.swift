@@ -286,6 +286,12 @@ final class NodeCore {
         return link.sendMessage(message)
     }
 
+    /// Seals and starts writing what the link to `peer` has staged (see `PeerLink.flushNow`).
+    func flushLink(to peer: PeerID) {
+        guard let id = manager.link(to: peer), let link = links[id] else { return }
+        link.flushNow()
+    }
+
     // MARK: Queries and stop
 
     var openLinkCount: Int { links.count }

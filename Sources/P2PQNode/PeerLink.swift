@@ -77,6 +77,14 @@ final class PeerLink: TCPConnectionHandler {
         return true
     }
 
+    /// Seals what is staged and starts writing it now (see `TCPConnection.flushNow`). Not from
+    /// within this link's receive path: the session is being used there.
+    func flushNow() {
+        guard stage == .ready, connection.state == .active else { return }
+        sealNow()
+        connection.flushNow()
+    }
+
     /// Bytes staged for sealing this turn (upper layers use it to bound a turn's output).
     var stagedBytes: Int { staging.count }
 
