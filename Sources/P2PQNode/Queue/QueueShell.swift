@@ -381,7 +381,7 @@ final class QueueShell {
     /// that produced them: a turn that frees several transfer slots (acks that arrived together)
     /// would otherwise encode them all before the first byte leaves, and the receiver would
     /// idle meanwhile. Later messages to the same peer wait behind a held transfer, so each
-    /// link keeps the machine's order. (W1: +13 % items/s, docs/benchmarks.md.)
+    /// link keeps the machine's order. (W1 figures in docs/benchmarks.md.)
     private func send(_ message: QueueMessage, to peer: PeerID, queue name: String) {
         let holds: Bool
         if case .transfer = message { holds = true } else { holds = outbox.contains { $0.peer == peer } }
