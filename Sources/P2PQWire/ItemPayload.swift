@@ -108,6 +108,7 @@ public struct ItemBatch: Sendable {
     @usableFromInline var storage: [UInt8] = []
     /// Where each item ends in `storage`.
     @usableFromInline var ends: [UInt32] = []
+    @usableFromInline static let zeros = [UInt8](repeating: 0, count: 4096)
 
     /// An empty batch with room for `items` items of `bytes` bytes in all.
     public init(capacity items: Int = 0, bytes: Int = 0) {
@@ -137,7 +138,14 @@ public struct ItemBatch: Sendable {
     public mutating func append<E: Error>(count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> Void) throws(E) {
         precondition(count >= 0 && storage.count + count <= Int(UInt32.max), "ItemBatch: more than 4 GiB")
         let start = storage.count
-        storage.append(contentsOf: repeatElement(0, count: count))
+        // Zeroed by copying from a zero block: appending `repeatElement(0, count:)` went
+        // element by element.
+        var remaining = count
+        while remaining > 0 {
+            let chunk = Swift.min(remaining, ItemBatch.zeros.count)
+            storage.append(contentsOf: ItemBatch.zeros[..<chunk])
+            remaining -= chunk
+        }
         let result: Result<Void, E> = storage.withUnsafeMutableBytes { all in
             Result { () throws(E) in try body(UnsafeMutableRawBufferPointer(rebasing: all[start..<start + count])) }
         }

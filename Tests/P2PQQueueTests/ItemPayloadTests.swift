@@ -42,6 +42,16 @@ struct ItemPayloadTests {
         #expect(starts[1] == starts[0] + 3 && starts[3] == starts[1] + 4)
     }
 
+    @Test("A filled item starts zeroed, also when it is larger than the zero block it is copied from")
+    func zeroedFill() {
+        var batch = ItemBatch()
+        batch.append([0xFF])
+        batch.append(count: 10_000) { $0.storeBytes(of: 0xAB, toByteOffset: 9_999, as: UInt8.self) }
+        #expect(batch.count == 2 && batch.byteCount == 10_001)
+        let item = batch.payloads[1].bytes
+        #expect(item.count == 10_000 && item.last == 0xAB && item.dropLast().allSatisfy { $0 == 0 })
+    }
+
     @Test("A throwing fill adds no item")
     func throwingFill() {
         struct Refused: Error {}
