@@ -154,6 +154,51 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
+    @Test("The executing function sees the caller's cancel and the call's deadline as task cancellation")
+    func executorSideCancellation() async throws {
+        let nodes = try await cluster(2)
+        let running = Gauge()  // total: calls that started
+        let cancelled = Mutex(0)
+        for (_, rpc) in nodes {
+            rpc.register("wait") { (ms: Int) async throws -> Int in
+                running.enter()
+                defer { running.leave() }
+                do {
+                    try await Task.sleep(for: .milliseconds(ms))
+                } catch is CancellationError {
+                    cancelled.withLock { $0 += 1 }
+                    throw CancellationError()
+                }
+                return ms
+            }
+        }
+        try await nodes[1].1.process()
+        let wait = nodes[0].1.function("wait", arguments: Int.self, result: Int.self)
+        /// Polls `condition` for up to 5 s.
+        func eventually(_ condition: () -> Bool) async throws -> Bool {
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(5)
+            while !condition() && clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            return condition()
+        }
+        // A first call teaches the caller's node where calls run (queue gossip), so the next
+        // ones start well within their deadline.
+        #expect(try await wait(1) == 1)
+
+        let late = await result { () async throws(RemoteCallError) in try await wait(20_000, timeout: .seconds(1)) }
+        #expect(late == .failure(.timedOut(function: "wait")))
+        #expect(running.total == 2, "the call did not start before its deadline")
+        #expect(try await eventually { cancelled.withLock { $0 } == 1 }, "the deadline did not cancel the running function")
+
+        let task = Task { await result { () async throws(RemoteCallError) in try await wait(20_000) } }
+        #expect(try await eventually { running.total == 3 }, "the call did not start")
+        task.cancel()
+        #expect(await task.value == .failure(.cancelled(function: "wait")))
+        #expect(try await eventually { cancelled.withLock { $0 } == 2 }, "the caller's cancel did not reach the running function")
+        #expect(try await eventually { running.peak == 1 && running.total == 3 })
+        await stop(nodes)
+    }
+
     @Test("A batch call: results in order with per-call errors, nested batches under maxConcurrentCalls = 1, cancellation")
     func batchCalls() async throws {
         let nodes = try await cluster(2, maxConcurrentCalls: 1)

@@ -30,7 +30,10 @@ final class RemoteCallShell {
     /// The last nested call's result, held until the executor gives the task a slot again.
     private var resuming: [TaskID: (CallCompletion, Result<[UInt8], RemoteCallError>)] = [:]
 
-    private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
+    /// The registered functions (the API submits them; read here only).
+    private var registry: [String: Registration] = [:]
+    /// Tasks running off the reactor, for cancellation; removed when their outcome arrives.
+    private var running: [TaskID: Task<Void, Never>] = [:]
     private var demand = 0
     /// The waiting pops on the call queue and how many items each asked for.
     private var waiters: [WaiterID: Int] = [:]
@@ -120,8 +123,8 @@ final class RemoteCallShell {
             switch op {
             case .call: break  // gathered above
             case .cancel: break  // gathered above
-            case .register(let name, let inline):
-                inlineBodies[name] = inline
+            case .register(let name, let registration):
+                registry[name] = registration
                 executor.register(name)
             case .process(let on):
                 performExecutor(on ? executor.start() : executor.stop())
@@ -142,6 +145,7 @@ final class RemoteCallShell {
     }
 
     private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
+        for (task, _) in outcomes { running[task] = nil }
         performExecutor(executor.finished(outcomes))
     }
 
@@ -232,7 +236,8 @@ final class RemoteCallShell {
         parked = []
         for (_, (completion, _)) in resuming { completion.resume(.failure(.nodeStopped)) }
         resuming = [:]
-        bridge.cancelAll()
+        for task in running.values { task.cancel() }
+        running = [:]
         bridge.failQueued()
     }
 
@@ -362,16 +367,18 @@ final class RemoteCallShell {
         case .setDemand(let count):
             demand = count
         case .run(let tasks):
-            var offReactor: [CallTask] = []
             var outcomes: [(TaskID, CallOutcome)] = []
             for task in tasks {
-                if let body = inlineBodies[task.function] {
-                    outcomes.append((task.id, body(task.arguments)))
+                guard let registration = registry[task.function] else {
+                    outcomes.append((task.id, .unknownFunction))
+                    continue
+                }
+                if let inline = registration.inlineBody {
+                    outcomes.append((task.id, inline(task.arguments)))
                 } else {
-                    offReactor.append(task)
+                    running[task.id] = bridge.start(task, registration.body)
                 }
             }
-            if !offReactor.isEmpty { bridge.run(offReactor) }
             if !outcomes.isEmpty { executorQueue.append(contentsOf: executor.finished(outcomes)) }
         case .resume(let tasks):
             for task in tasks {
@@ -380,7 +387,7 @@ final class RemoteCallShell {
                 }
             }
         case .cancelTask(let task):
-            bridge.cancel(task)
+            running[task]?.cancel()
         case .send(let message, let peer):
             send(message, to: peer)
         case .discard(let error):
