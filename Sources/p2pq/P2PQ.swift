@@ -17,7 +17,7 @@ struct P2PQ: AsyncParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
-        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self, CallMachineBench.self,
+        subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self, CallMachineBench.self, TaskFloorBench.self,
                       RPCBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
@@ -154,6 +154,37 @@ struct QueueMachineBench: ParsableCommand {
         for size in payload {
             for _ in 0..<max(1, runs) {
                 print(try QueueMachineCycle.run(items: max(1, items), payloadSize: max(8, size), batch: max(1, batch), configuration: configuration).json)
+                fflush(nil)
+            }
+        }
+    }
+}
+
+struct TaskFloorBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "task-floor",
+        abstract: "What Swift concurrency alone costs per task started and per task hop, on the global executor and on a reactor: the floor under W2 (JSON per run)."
+    )
+
+    @Option(help: "Units (tasks started, or hops) per measurement.")
+    var units: Int = 1_000_000
+
+    @Option(help: "Units outstanding at once (W2 keeps 256 calls in flight).")
+    var inFlight: Int = 256
+
+    @Option(help: "Runs on each executor.")
+    var runs: Int = 3
+
+    func validate() throws {
+        guard (1...100_000_000).contains(units) else { throw ValidationError("--units must be between 1 and 100,000,000") }
+        guard (1...65_536).contains(inFlight) else { throw ValidationError("--in-flight must be between 1 and 65,536") }
+        guard (1...100).contains(runs) else { throw ValidationError("--runs must be between 1 and 100") }
+    }
+
+    func run() async throws {
+        for onReactor in [false, true] {
+            for _ in 0..<runs {
+                print(try await TaskFloor.run(units: units, inFlight: inFlight, onReactor: onReactor).json)
                 fflush(nil)
             }
         }
