@@ -69,7 +69,7 @@ enum RemoteCallOp: Sendable {
     case call(CallRequest)
     case cancel(token: UInt64)
     case finished(TaskID, CallOutcome)
-    case register(String, Registration)
+    case register(String, inline: (@Sendable ([UInt8]) -> CallOutcome)?)
     case process(Bool)
 }
 
@@ -90,7 +90,9 @@ enum RemoteCallContext {
 final class RemoteCallBridge: Sendable {
     let node: Node
     let queueName: String
+    private let registry = Mutex<[String: Registration]>([:])
     private let inbox = Mutex<Inbox>(Inbox())
+    private let running = Mutex<[TaskID: Running]>([:])
     private let tokens = Atomic<UInt64>(1)
 
     private struct Inbox: Sendable {
@@ -103,6 +105,12 @@ final class RemoteCallBridge: Sendable {
             scheduled = true
             return true
         }
+    }
+
+    private enum Running: Sendable {
+        case task(Task<Void, Never>)
+        case cancelledEarly
+        case finishedEarly
     }
 
     init(node: Node, queueName: String) {
@@ -159,9 +167,9 @@ final class RemoteCallBridge: Sendable {
 
     // MARK: Registry
 
-    /// The shell keeps the registry (reactor thread only): it starts the tasks.
     func register(_ name: String, _ registration: Registration) {
-        submit(.register(name, registration))
+        registry.withLock { $0[name] = registration }
+        submit(.register(name, inline: registration.inlineBody))
     }
 
     // MARK: Calls
@@ -217,14 +225,57 @@ final class RemoteCallBridge: Sendable {
 
     // MARK: Worker side
 
-    /// Starts `task` off the reactor, on the global executor (never on a task executor the
-    /// reactor's current work may prefer); its outcome comes back through the inbox. Called on
-    /// the reactor thread, which keeps the handle for cancellation: no lock, no table here.
-    func start(_ task: CallTask, _ body: @escaping @Sendable ([UInt8]) async -> CallOutcome) -> Task<Void, Never> {
-        let context = ExecutionContext(bridge: identity, task: task.id)
-        return Task(executorPreference: globalConcurrentExecutor) {
-            let outcome = await RemoteCallContext.$current.withValue(context) { await body(task.arguments) }
-            self.submit(.finished(task.id, outcome))
+    /// Starts a batch of tasks off the reactor: one hop for the batch, one Swift task per call.
+    func run(_ tasks: [CallTask]) {
+        Task.detached { [self] in
+            for task in tasks {
+                let handle = Task { await self.execute(task) }
+                running.withLock { running in
+                    switch running[task.id] {
+                    case .cancelledEarly:
+                        handle.cancel()
+                        running[task.id] = .task(handle)
+                    case .finishedEarly:
+                        running[task.id] = nil
+                    case .task, nil:
+                        running[task.id] = .task(handle)
+                    }
+                }
+            }
+        }
+    }
+
+    private func execute(_ task: CallTask) async {
+        let registration = registry.withLock { $0[task.function] }
+        let outcome: CallOutcome
+        if let registration {
+            outcome = await RemoteCallContext.$current.withValue(ExecutionContext(bridge: identity, task: task.id)) {
+                await registration.body(task.arguments)
+            }
+        } else {
+            outcome = .unknownFunction
+        }
+        running.withLock { running in
+            if case .task = running[task.id] { running[task.id] = nil } else { running[task.id] = .finishedEarly }
+        }
+        submit(.finished(task.id, outcome))
+    }
+
+    /// The executor wants a running task stopped.
+    func cancel(_ task: TaskID) {
+        running.withLock { running in
+            switch running[task] {
+            case .task(let handle): handle.cancel()
+            case .finishedEarly: break
+            case .cancelledEarly, nil: running[task] = .cancelledEarly
+            }
+        }
+    }
+
+    func cancelAll() {
+        running.withLock { running in
+            for case .task(let handle) in running.values { handle.cancel() }
+            running = [:]
         }
     }
 }

@@ -30,10 +30,7 @@ final class RemoteCallShell {
     /// The last nested call's result, held until the executor gives the task a slot again.
     private var resuming: [TaskID: (CallCompletion, Result<[UInt8], RemoteCallError>)] = [:]
 
-    /// The registered functions (the API submits them; read here only).
-    private var registry: [String: Registration] = [:]
-    /// Tasks running off the reactor, for cancellation; removed when their outcome arrives.
-    private var running: [TaskID: Task<Void, Never>] = [:]
+    private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
     private var demand = 0
     /// The waiting pops on the call queue and how many items each asked for.
     private var waiters: [WaiterID: Int] = [:]
@@ -123,8 +120,8 @@ final class RemoteCallShell {
             switch op {
             case .call: break  // gathered above
             case .cancel: break  // gathered above
-            case .register(let name, let registration):
-                registry[name] = registration
+            case .register(let name, let inline):
+                inlineBodies[name] = inline
                 executor.register(name)
             case .process(let on):
                 performExecutor(on ? executor.start() : executor.stop())
@@ -145,7 +142,6 @@ final class RemoteCallShell {
     }
 
     private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
-        for (task, _) in outcomes { running[task] = nil }
         performExecutor(executor.finished(outcomes))
     }
 
@@ -236,8 +232,7 @@ final class RemoteCallShell {
         parked = []
         for (_, (completion, _)) in resuming { completion.resume(.failure(.nodeStopped)) }
         resuming = [:]
-        for task in running.values { task.cancel() }
-        running = [:]
+        bridge.cancelAll()
         bridge.failQueued()
     }
 
@@ -367,18 +362,16 @@ final class RemoteCallShell {
         case .setDemand(let count):
             demand = count
         case .run(let tasks):
+            var offReactor: [CallTask] = []
             var outcomes: [(TaskID, CallOutcome)] = []
             for task in tasks {
-                guard let registration = registry[task.function] else {
-                    outcomes.append((task.id, .unknownFunction))
-                    continue
-                }
-                if let inline = registration.inlineBody {
-                    outcomes.append((task.id, inline(task.arguments)))
+                if let body = inlineBodies[task.function] {
+                    outcomes.append((task.id, body(task.arguments)))
                 } else {
-                    running[task.id] = bridge.start(task, registration.body)
+                    offReactor.append(task)
                 }
             }
+            if !offReactor.isEmpty { bridge.run(offReactor) }
             if !outcomes.isEmpty { executorQueue.append(contentsOf: executor.finished(outcomes)) }
         case .resume(let tasks):
             for task in tasks {
@@ -387,7 +380,7 @@ final class RemoteCallShell {
                 }
             }
         case .cancelTask(let task):
-            running[task]?.cancel()
+            bridge.cancel(task)
         case .send(let message, let peer):
             send(message, to: peer)
         case .discard(let error):
