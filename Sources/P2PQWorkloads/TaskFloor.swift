@@ -1,5 +1,6 @@
 import Glibc
 import P2PQReactor
+import Synchronization
 
 /// What Swift concurrency itself costs per unit of work on this machine, with nothing of ours in
 /// it: the floor under W2. A remote call made from an async task needs at least one task hop in
@@ -20,6 +21,9 @@ public struct TaskFloorResult: Sendable {
     public var inFlight: Int
     public var taskMicroseconds: Double
     public var hopMicroseconds: Double
+    /// Tasks that ran and hops that returned (the run checks its own work).
+    public var tasksRun: Int
+    public var hopsDone: Int
 
     public var json: String {
         func f(_ x: Double) -> String { "\((x * 100).rounded() / 100)" }
@@ -42,12 +46,13 @@ public enum TaskFloor {
 
         // The measuring task runs on the same executor, so waiting for a child is no extra hop
         // to another one.
+        let counts = Counts()
         let (taskSeconds, hopSeconds, perTask) = await withTaskExecutorPreference(executor) {
             let taskStart = processCPUSeconds()
             await withTaskGroup(of: Void.self) { group in
                 for index in 0..<units {
                     if index >= inFlight { await group.next() }
-                    group.addTask(executorPreference: executor) {}
+                    group.addTask(executorPreference: executor) { counts.tasks.add(1, ordering: .relaxed) }
                 }
             }
             let taskSeconds = processCPUSeconds() - taskStart
@@ -57,7 +62,10 @@ public enum TaskFloor {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<inFlight {
                     group.addTask(executorPreference: executor) {
-                        for _ in 0..<perTask { await Task.yield() }
+                        for _ in 0..<perTask {
+                            await Task.yield()
+                            counts.hops.add(1, ordering: .relaxed)
+                        }
                     }
                 }
             }
@@ -66,7 +74,13 @@ public enum TaskFloor {
         return TaskFloorResult(
             executor: onReactor ? "reactor" : "global", units: units, inFlight: inFlight,
             taskMicroseconds: taskSeconds * 1e6 / Double(units),
-            hopMicroseconds: hopSeconds * 1e6 / Double(perTask * inFlight)
+            hopMicroseconds: hopSeconds * 1e6 / Double(perTask * inFlight),
+            tasksRun: counts.tasks.load(ordering: .relaxed), hopsDone: counts.hops.load(ordering: .relaxed)
         )
     }
+}
+
+private final class Counts: Sendable {
+    let tasks = Atomic<Int>(0)
+    let hops = Atomic<Int>(0)
 }

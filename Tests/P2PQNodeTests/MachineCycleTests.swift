@@ -25,4 +25,14 @@ struct MachineCycleTests {
         // After the first calls every call goes direct: far fewer messages than calls in batches.
         if batch > 1 { #expect(result.messages < 20_000 / 4) }
     }
+
+    @Test("The task floor runs every task and every hop, on the global executor and on a reactor", arguments: [false, true])
+    func taskFloor(onReactor: Bool) async throws {
+        let result = try await TaskFloor.run(units: 10_000, inFlight: 64, onReactor: onReactor)
+        #expect(result.executor == (onReactor ? "reactor" : "global"))
+        #expect(result.tasksRun == 10_000)
+        #expect(result.hopsDone == 10_000 / 64 * 64)
+        #expect(result.taskMicroseconds.isFinite && result.taskMicroseconds >= 0)
+        #expect(result.hopMicroseconds.isFinite && result.hopMicroseconds >= 0)
+    }
 }
