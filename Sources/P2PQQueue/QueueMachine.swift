@@ -58,6 +58,7 @@ public struct QueueMachine: Sendable {
     // Ownership.
     private var nextSequence: UInt64 = 1
     private var owned = SequenceTable<OwnedRecord>()
+    private var buffers = OwnedBuffers()
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
@@ -105,8 +106,13 @@ public struct QueueMachine: Sendable {
         var deadline: UInt64
     }
 
+    /// An owned item's bytes are a range of one of `buffers`' arrays: a pushed batch's records
+    /// share one entry, so keeping and dropping a copy updates a counter there instead of the
+    /// array's reference count (an atomic operation per item, per push and per confirmation).
     private struct OwnedRecord: Sendable {
-        var payload: ItemPayload
+        var buffer: UInt32
+        var start: UInt32
+        var length: UInt32
         /// nil: the item is here (queued or on an unacknowledged transfer).
         var holder: PeerID?
         var attempt: UInt32
@@ -213,6 +219,8 @@ public struct QueueMachine: Sendable {
     public var waitingConsumers: Int { waiters.count }
     /// Items this node owns that are not confirmed popped yet.
     public var ownedItems: Int { owned.count }
+    /// Arrays this owner keeps for its items' copies: one per pushed batch or array still owned.
+    public var ownedBufferCount: Int { buffers.count }
     /// Payload bytes of those records.
     public var ownedByteCount: Int { ownedBytes }
     /// Outgoing transfers awaiting their acknowledgement.
@@ -263,23 +271,42 @@ public struct QueueMachine: Sendable {
     /// Waiting consumers are served first; with none, new items may go straight to a peer with
     /// idle consumers.
     public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, payload: { ItemPayload(payloads[$0]) }, now: now)
+        push(count: payloads.count, size: { payloads[$0].count }, payload: { ItemPayload(payloads[$0]) }, record: { owned, buffers, first, n in
+            owned.append(first: first, count: n) { index in
+                OwnedRecord(buffer: buffers.hold(payloads[index], records: 1), start: 0, length: UInt32(payloads[index].count),
+                            holder: nil, attempt: 0, hops: 0)
+            }
+        }, now: now)
     }
 
     /// Appends `payloads` to the queue, all or none, in order (see ``push(_:now:)-([[UInt8]],_)``).
     public mutating func push(_ payloads: [ItemPayload], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, payload: { payloads[$0] }, now: now)
+        push(count: payloads.count, size: { payloads[$0].count }, payload: { payloads[$0] }, record: { owned, buffers, first, n in
+            payloads.withUnsafeBufferPointer { payloads in
+                owned.append(first: first, count: n) { index in
+                    OwnedRecord(buffer: buffers.hold(payloads[index]), start: UInt32(payloads[index].storageOffset),
+                                length: UInt32(payloads[index].count), holder: nil, attempt: 0, hops: 0)
+                }
+            }
+        }, now: now)
     }
 
     /// Appends the batch's items to the queue, all or none, in order: they share its buffer.
     public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: batch.count, size: { batch.byteCount(at: $0) }, payload: { batch[$0] }, now: now)
+        push(count: batch.count, size: { batch.byteCount(at: $0) }, payload: { batch[$0] }, record: { owned, buffers, first, n in
+            let buffer = buffers.hold(batch.bytes, records: n)
+            owned.append(first: first, count: n) { index in
+                OwnedRecord(buffer: buffer, start: UInt32(batch.storageOffset(at: index)), length: UInt32(batch.byteCount(at: index)),
+                            holder: nil, attempt: 0, hops: 0)
+            }
+        }, now: now)
     }
 
-    /// The pushes' common path. `payload` is asked twice per item (the queue entry and the
-    /// ownership record): two references, with no intermediate array to release.
+    /// The pushes' common path. `payload` gives each queue entry its reference; `record` makes
+    /// the ownership records (at least once), which share buffers (``OwnedBuffers``).
     private mutating func push(
-        count n: Int, size: (Int) -> Int, payload: (Int) -> ItemPayload, now: UInt64
+        count n: Int, size: (Int) -> Int, payload: (Int) -> ItemPayload,
+        record: (inout SequenceTable<OwnedRecord>, inout OwnedBuffers, _ first: UInt64, _ count: Int) -> Void, now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
         guard !isClosed else { return (.closed, actions) }
@@ -301,7 +328,7 @@ public struct QueueMachine: Sendable {
         let first = nextSequence
         nextSequence += UInt64(n)
         if configuration.delivery == .atLeastOnce {
-            owned.append(first: first, count: n) { OwnedRecord(payload: payload($0), holder: nil, attempt: 0, hops: 0) }
+            record(&owned, &buffers, first, n)
             ownedBytes += bytes
         }
         for index in 0..<n {
@@ -375,7 +402,7 @@ public struct QueueMachine: Sendable {
             queuedBytes -= item.payload.count
             guard tracked else { continue }
             if item.id.origin == localPeer {
-                if let record = owned.remove(item.id.sequence) { ownedBytes -= record.payload.count }
+                if let record = owned.remove(item.id.sequence) { drop(record) }
             } else {
                 confirm(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, now: now)
             }
@@ -613,7 +640,7 @@ public struct QueueMachine: Sendable {
             guard tracked else { continue }
             if id.origin == localPeer {
                 if let record = owned.remove(id.sequence) {
-                    ownedBytes -= record.payload.count
+                    drop(record)
                 } else {
                     counters.duplicatePops += 1
                 }
@@ -629,6 +656,12 @@ public struct QueueMachine: Sendable {
         popsSinceSample += n
         counters.popped += n
         return payloads
+    }
+
+    /// An ownership record is gone: its bytes no longer count, its buffer loses a holder.
+    private mutating func drop(_ record: OwnedRecord) {
+        ownedBytes -= Int(record.length)
+        buffers.release(record.buffer)
     }
 
     private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
@@ -657,8 +690,9 @@ public struct QueueMachine: Sendable {
                 record.holder = nil
                 attempt = record.attempt
             }), let record = owned[sequence] else { continue }
-            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0, payload: record.payload))
-            queuedBytes += record.payload.count
+            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0,
+                                   payload: buffers.payload(record.buffer, start: record.start, length: record.length)))
+            queuedBytes += Int(record.length)
         }
         counters.requeuedAfterDeath += items.count
         queue.insert(contentsOf: items, at: 0)
@@ -671,7 +705,8 @@ public struct QueueMachine: Sendable {
         var freedBytes = 0
         for run in popped {
             let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
-                freedBytes += record.payload.count
+                freedBytes += Int(record.length)
+                buffers.release(record.buffer)
             }
             // The rest of the run's sequences made here were confirmed before: duplicate pops.
             let low = Swift.max(run.first, configuration.firstSequence)
@@ -1352,6 +1387,65 @@ public struct QueueMachine: Sendable {
 /// item). Two generations: when the current one has seen `capacity` copies it becomes the
 /// previous one and the old previous one is dropped whole, so at least the last `capacity`
 /// copies are remembered, and memory is at most proportional to `2 × capacity`.
+/// The arrays owned items' bytes live in, each held once with a count of the records that
+/// point into it (slots are reused; at most one per record). A pushed batch is one entry for all
+/// its items; items pushed one array each are one entry each. Owner's side only.
+struct OwnedBuffers: Sendable {
+    private var arrays: [[UInt8]] = []
+    private var holders: [Int] = []
+    private var freeSlots: [UInt32] = []
+    /// The slot taken last and its array's address: consecutive payloads of one array share it.
+    private var lastSlot = -1
+    private var lastAddress: UInt = 0
+
+    /// Arrays held (for tests of the bound).
+    var count: Int { arrays.count - freeSlots.count }
+
+    /// Holds `array` for `records` records; its slot.
+    mutating func hold(_ array: [UInt8], records: Int) -> UInt32 {
+        let slot: Int
+        if let free = freeSlots.popLast() {
+            slot = Int(free)
+            arrays[slot] = array
+            holders[slot] = records
+        } else {
+            slot = arrays.count
+            arrays.append(array)
+            holders.append(records)
+        }
+        lastSlot = slot
+        lastAddress = Self.address(array.withUnsafeBytes { $0.baseAddress })
+        return UInt32(slot)
+    }
+
+    /// One more record of `payload`'s array: the last slot again when it is the same array
+    /// (no reference count taken), a new one otherwise.
+    mutating func hold(_ payload: ItemPayload) -> UInt32 {
+        if lastSlot >= 0, Self.address(payload.storageAddress) == lastAddress, holders[lastSlot] > 0 {
+            holders[lastSlot] += 1
+            return UInt32(lastSlot)
+        }
+        return hold(payload.storage, records: 1)
+    }
+
+    private static func address(_ pointer: UnsafeRawPointer?) -> UInt { pointer.map { UInt(bitPattern: $0) } ?? 0 }
+
+    /// A record of `slot` is gone; the array is let go with the last.
+    mutating func release(_ slot: UInt32) {
+        let slot = Int(slot)
+        holders[slot] -= 1
+        guard holders[slot] == 0 else { return }
+        arrays[slot] = []
+        freeSlots.append(UInt32(slot))
+        if slot == lastSlot { lastSlot = -1 }
+    }
+
+    /// The bytes of a record (a new reference to its array).
+    func payload(_ slot: UInt32, start: UInt32, length: UInt32) -> ItemPayload {
+        ItemPayload(base: arrays[Int(slot)], start: Int(start), count: Int(length))
+    }
+}
+
 struct DedupSet: Sendable {
     let capacity: Int
 

@@ -56,6 +56,18 @@ public struct ItemPayload: Sendable {
     }
 }
 
+extension ItemPayload {
+    /// The whole array the payload is a range of (shared, not copied).
+    @inlinable public var storage: [UInt8] { base }
+
+    /// Where the payload starts in ``storage``.
+    @inlinable public var storageOffset: Int { Int(start) }
+
+    /// The address of ``storage``'s bytes: payloads with the same address share one array, for
+    /// as long as some payload keeps it alive. Reads no reference count.
+    @inlinable public var storageAddress: UnsafeRawPointer? { base.withUnsafeBytes { $0.baseAddress } }
+}
+
 extension ItemPayload: RandomAccessCollection {
     public typealias Index = Int
     public typealias Indices = Range<Int>
@@ -167,6 +179,15 @@ extension ItemBatch: RandomAccessCollection {
     public func byteCount(at position: Int) -> Int {
         Int(ends[position]) - (position == 0 ? 0 : Int(ends[position - 1]))
     }
+
+    /// Where the item at `position` starts in ``storage``.
+    @inlinable
+    public func storageOffset(at position: Int) -> Int {
+        position == 0 ? 0 : Int(ends[position - 1])
+    }
+
+    /// The buffer holding all the items back to back (shared, not copied).
+    @inlinable public var bytes: [UInt8] { storage }
 
     /// The item at `position`, sharing the batch's buffer.
     @inlinable

@@ -72,6 +72,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         // Confirmations drain the owner's records; nothing stays in flight.
         sim.run(until: sim.now + 1 * second)
         #expect(sim.machines[source]!.ownedItems == 0)
+        #expect(sim.machines[source]!.ownedBufferCount == 0)
         #expect(sim.machines[source]!.ownedByteCount == 0)
         for machine in sim.machines.values {
             #expect(machine.transfersInFlight == 0 && machine.heldItems == 0)
@@ -213,7 +214,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(requeued >= held)
         // Duplicates only from the dead node's unconfirmed pops.
         #expect(duplicates <= requeued - held + 20)
-        for index in 0..<2 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0) }
+        for index in 0..<2 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0 && sim.machines[sim.node(index)]!.ownedBufferCount == 0) }
     }
 
     @Test("Lost acknowledgements and a cut link: every item still popped, retransmissions dropped")
@@ -395,6 +396,9 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         let duplicates = expectNothingLost(sim, 4000)
         // Duplicates come only from the faults, and the survivors' owners drained their records.
         #expect(duplicates < 400, "\(duplicates) duplicates")
-        for index in 0..<3 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0, "node \(index)") }
+        for index in 0..<3 {
+            #expect(sim.machines[sim.node(index)]!.ownedItems == 0, "node \(index)")
+            #expect(sim.machines[sim.node(index)]!.ownedBufferCount == 0, "node \(index)")
+        }
     }
 }

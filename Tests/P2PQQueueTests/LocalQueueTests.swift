@@ -264,6 +264,34 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(a.ownedItems == 0)
     }
 
+    @Test("A pushed batch's copies share one buffer at the owner: kept while any is unconfirmed, re-queued with the right bytes, let go with the last")
+    func batchCopiesShareABuffer() throws {
+        var a = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration())
+        var b = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration())
+        _ = a.peerConnected(B, now: 0)
+        _ = b.peerConnected(A, now: 0)
+        let batch = ItemBatch((0..<10).map { payload($0, size: 12) })
+        #expect(a.push(batch, now: 0).0 == .accepted)
+        #expect(a.push([payload(10), payload(11)], now: 0).0 == .accepted)
+        #expect(a.ownedItems == 12 && a.ownedBufferCount == 3)  // the batch's one, an array each
+        // B takes the batch's items, pops four and confirms them.
+        let transfer = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
+        #expect(transfer.items.map { number($0.payload) } == Array(0..<10))
+        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
+        for action in b.tick(now: 1 * second).sent { _ = a.receive(action.0, from: B, now: 5) }
+        #expect(a.ownedItems == 8 && a.ownedBufferCount == 3)
+        // B dies: A queues the six unconfirmed copies again, from the shared buffer, ahead of
+        // what it still holds.
+        _ = a.peerDied(B, now: 6)
+        let popped = a.pop(max: .max, waiter: nil, now: 7).0
+        #expect(popped.map(number) == Array(4..<12))
+        #expect(popped.map(\.bytes) == (4..<12).map { $0 < 10 ? payload($0, size: 12) : payload($0) })
+        #expect(a.ownedItems == 0 && a.ownedBufferCount == 0)
+        #expect(a.ownedByteCount == 0)
+    }
+
     @Test("Custody follows the items: A → B → C, C dies, A re-queues what C held")
     func custodyChain() throws {
         var (a, b, t1) = stolen(6)
