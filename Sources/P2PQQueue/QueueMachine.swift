@@ -221,6 +221,8 @@ public struct QueueMachine: Sendable {
     public var ownedItems: Int { owned.count }
     /// Arrays this owner keeps for its items' copies: one per pushed batch or array still owned.
     public var ownedBufferCount: Int { buffers.count }
+    /// Slots of those arrays' table, free ones included: back to a few once all are confirmed.
+    public var ownedBufferSlots: Int { buffers.slotCapacity }
     /// Payload bytes of those records.
     public var ownedByteCount: Int { ownedBytes }
     /// Outgoing transfers awaiting their acknowledgement.
@@ -1438,7 +1440,17 @@ struct OwnedBuffers: Sendable {
         arrays[slot] = []
         freeSlots.append(UInt32(slot))
         if slot == lastSlot { lastSlot = -1 }
+        // All let go (the queue's copies are all confirmed): the slot tables give their memory
+        // back, so a burst of single-array pushes does not keep them large.
+        if freeSlots.count == arrays.count && arrays.count > 64 {
+            arrays = []
+            holders = []
+            freeSlots = []
+        }
     }
+
+    /// Slots allocated, free ones included (for tests of the bound).
+    var slotCapacity: Int { arrays.count }
 
     /// The bytes of a record (a new reference to its array).
     func payload(_ slot: UInt32, start: UInt32, length: UInt32) -> ItemPayload {
