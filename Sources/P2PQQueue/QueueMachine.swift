@@ -1380,15 +1380,6 @@ public struct QueueMachine: Sendable {
 
 // MARK: - Support
 
-/// The received item copies seen recently, so a retransmission (same origin, sequence,
-/// attempt and hop count) is dropped.
-///
-/// Per origin, attempt and hop count the copies are kept as sorted runs of sequence numbers:
-/// items of a transfer mostly come from one origin in increasing order, so a copy usually
-/// just extends the last run of the key it shares with the previous copy (no hashing per
-/// item). Two generations: when the current one has seen `capacity` copies it becomes the
-/// previous one and the old previous one is dropped whole, so at least the last `capacity`
-/// copies are remembered, and memory is at most proportional to `2 × capacity`.
 /// The arrays owned items' bytes live in, each held once with a count of the records that
 /// point into it (slots are reused; at most one per record). A pushed batch is one entry for all
 /// its items; items pushed one array each are one entry each. Owner's side only.
@@ -1396,9 +1387,8 @@ struct OwnedBuffers: Sendable {
     private var arrays: [[UInt8]] = []
     private var holders: [Int] = []
     private var freeSlots: [UInt32] = []
-    /// The slot taken last and its array's address: consecutive payloads of one array share it.
+    /// The slot taken last (-1 once let go): consecutive payloads of one array share it.
     private var lastSlot = -1
-    private var lastAddress: UInt = 0
 
     /// Arrays held (for tests of the bound).
     var count: Int { arrays.count - freeSlots.count }
@@ -1416,21 +1406,18 @@ struct OwnedBuffers: Sendable {
             holders.append(records)
         }
         lastSlot = slot
-        lastAddress = Self.address(array.withUnsafeBytes { $0.baseAddress })
         return UInt32(slot)
     }
 
     /// One more record of `payload`'s array: the last slot again when it is the same array
     /// (no reference count taken), a new one otherwise.
     mutating func hold(_ payload: ItemPayload) -> UInt32 {
-        if lastSlot >= 0, Self.address(payload.storageAddress) == lastAddress, holders[lastSlot] > 0 {
+        if lastSlot >= 0, payload.storageAddress == arrays[lastSlot].withUnsafeBytes({ $0.baseAddress }) {
             holders[lastSlot] += 1
             return UInt32(lastSlot)
         }
         return hold(payload.storage, records: 1)
     }
-
-    private static func address(_ pointer: UnsafeRawPointer?) -> UInt { pointer.map { UInt(bitPattern: $0) } ?? 0 }
 
     /// A record of `slot` is gone; the array is let go with the last.
     mutating func release(_ slot: UInt32) {
@@ -1458,6 +1445,15 @@ struct OwnedBuffers: Sendable {
     }
 }
 
+/// The received item copies seen recently, so a retransmission (same origin, sequence,
+/// attempt and hop count) is dropped.
+///
+/// Per origin, attempt and hop count the copies are kept as sorted runs of sequence numbers:
+/// items of a transfer mostly come from one origin in increasing order, so a copy usually
+/// just extends the last run of the key it shares with the previous copy (no hashing per
+/// item). Two generations: when the current one has seen `capacity` copies it becomes the
+/// previous one and the old previous one is dropped whole, so at least the last `capacity`
+/// copies are remembered, and memory is at most proportional to `2 × capacity`.
 struct DedupSet: Sendable {
     let capacity: Int
 

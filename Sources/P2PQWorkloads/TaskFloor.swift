@@ -34,7 +34,7 @@ public struct TaskFloorResult: Sendable {
 }
 
 public enum TaskFloor {
-    /// Runs both measurements on the global executor (`reactor` false) or on a fresh reactor.
+    /// Runs both measurements on the global executor, or on a fresh reactor when `onReactor`.
     public static func run(units: Int, inFlight: Int, onReactor: Bool) async throws(ReactorError) -> TaskFloorResult {
         let units = Swift.max(1, units)
         let inFlight = Swift.max(1, Swift.min(inFlight, units))
