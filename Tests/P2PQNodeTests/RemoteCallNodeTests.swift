@@ -199,6 +199,80 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
+    @Test("Functions that hold their thread: the rest of their batch still runs, and a cancel still reaches them and the calls not started yet",
+          .enabled(if: RemoteCallBridge.runnerWidth >= 2, "a function that holds the only pool thread holds every call"))
+    func threadHoldingFunctions() async throws {
+        let nodes = try await cluster(2, maxConcurrentCalls: 64)
+        let quick = Atomic(0)
+        let started = Gauge()
+        let sawCancel = Atomic(0)
+        let startedCancelled = Atomic(0)
+        /// Holds the thread (never suspends) for up to 5 s, until `done`.
+        @Sendable func hold(until done: () -> Bool) {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !done() && ContinuousClock.now < deadline { usleep(1_000) }
+        }
+        for (_, rpc) in nodes {
+            rpc.register("hold") { (n: Int) async throws -> Int in
+                switch n {
+                case 0:  // holds until the 20 quick calls of its batch are done
+                    hold { quick.load(ordering: .relaxed) == 20 }
+                    return quick.load(ordering: .relaxed)
+                case -1:  // holds until it sees its cancel
+                    started.enter()
+                    hold { Task.isCancelled }
+                    if Task.isCancelled { sawCancel.add(1, ordering: .relaxed) }
+                    throw CancellationError()
+                case -2:  // started after its cancel: sees it at once
+                    if Task.isCancelled { startedCancelled.add(1, ordering: .relaxed) }
+                    throw CancellationError()
+                case 1...20:
+                    quick.add(1, ordering: .relaxed)
+                    return n
+                default:
+                    return n
+                }
+            }
+        }
+        try await nodes[1].1.process()
+        let function = nodes[0].1.function("hold", arguments: Int.self, result: Int.self)
+        /// Polls `condition` for up to 5 s.
+        func eventually(_ condition: () -> Bool) async throws -> Bool {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !condition() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            return condition()
+        }
+        // The test's own tasks run on the calling node's reactor: the executing node's functions
+        // hold every thread of the global pool below.
+        let executor = try #require(nodes[0].0.taskExecutor)
+        try await withTaskExecutorPreference(executor) { () async throws -> Void in
+            #expect(try await function(100) == 100)  // teaches the caller where calls run
+
+            // One batch: the first call holds its thread until the other 20 are done.
+            let results = await function.call(batch: [0] + Array(1...20))
+            #expect(try results.map { try $0.get() } == [20] + Array(1...20), "the quick calls waited for the holding one")
+
+            // A function that never suspends still sees its caller's cancel.
+            let single = Task(executorPreference: executor) { await result { () async throws(RemoteCallError) in try await function(-1) } }
+            #expect(try await eventually { started.total == 1 }, "the call did not start")
+            single.cancel()
+            #expect(await single.value == .failure(.cancelled(function: "hold")))
+            #expect(try await eventually { sawCancel.load(ordering: .relaxed) == 1 }, "the cancel did not reach a function holding its thread")
+
+            // Every runner held (one holding call per core, in one batch with a call behind them):
+            // the cancel of the whole batch reaches the call not started yet, which starts cancelled.
+            let width = RemoteCallBridge.runnerWidth
+            let batch = Task(executorPreference: executor) { await function.call(batch: Array(repeating: -1, count: width) + [-2]) }
+            #expect(try await eventually { started.total == 1 + width }, "the holding calls did not start")
+            batch.cancel()
+            let cancelled = await batch.value
+            #expect(cancelled.allSatisfy { $0 == .failure(.cancelled(function: "hold")) })
+            #expect(try await eventually { sawCancel.load(ordering: .relaxed) == 1 + width })
+            #expect(try await eventually { startedCancelled.load(ordering: .relaxed) == 1 }, "the call cancelled before it started ran as if not cancelled")
+        }
+        await stop(nodes)
+    }
+
     @Test("A batch call: results in order with per-call errors, nested batches under maxConcurrentCalls = 1, cancellation")
     func batchCalls() async throws {
         let nodes = try await cluster(2, maxConcurrentCalls: 1)

@@ -1,3 +1,4 @@
+import Glibc
 import P2PQRemoteCall
 import Synchronization
 
@@ -94,6 +95,8 @@ final class RemoteCallBridge: Sendable {
     private let inbox = Mutex<Inbox>(Inbox())
     private let running = Mutex<[TaskID: Running]>([:])
     private let tokens = Atomic<UInt64>(1)
+    /// Entries of `running` marked `.cancelledEarly`: runners look for one only when this is not 0.
+    private let earlyCancels = Atomic<Int>(0)
 
     private struct Inbox: Sendable {
         var ops: [RemoteCallOp] = []
@@ -108,9 +111,9 @@ final class RemoteCallBridge: Sendable {
     }
 
     private enum Running: Sendable {
-        case task(Task<Void, Never>)
+        case task(RunningTask)
+        /// Cancelled before its task started (or after it ended: see `ended`).
         case cancelledEarly
-        case finishedEarly
     }
 
     init(node: Node, queueName: String) {
@@ -225,39 +228,57 @@ final class RemoteCallBridge: Sendable {
 
     // MARK: Worker side
 
-    /// Starts a batch of tasks off the reactor: one hop for the batch, one Swift task per call.
+    /// Runners started per batch at most: one per core, so CPU-bound functions use every core.
+    static let runnerWidth = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+
+    /// Starts a batch of tasks off the reactor: one hop per runner, not per call. Each runner
+    /// takes the batch's calls in turn and starts each as a task that runs at once on the
+    /// runner's thread (`Task.immediateDetached`), so a function that does not suspend costs no
+    /// enqueue and no thread wake-up. A function that suspends goes on as its own task while its
+    /// runner takes the next call; one that holds the thread holds only its runner, and the
+    /// others take the rest of the batch. Each outcome is handed to the reactor as it is ready
+    /// (the inbox wakes the reactor once per drain, not per outcome).
     func run(_ tasks: [CallTask]) {
-        Task.detached { [self] in
-            for task in tasks {
-                let handle = Task { await self.execute(task) }
-                running.withLock { running in
-                    switch running[task.id] {
-                    case .cancelledEarly:
-                        handle.cancel()
-                        running[task.id] = .task(handle)
-                    case .finishedEarly:
-                        running[task.id] = nil
-                    case .task, nil:
-                        running[task.id] = .task(handle)
-                    }
-                }
-            }
+        let work = CallRun(tasks)
+        for _ in 0..<min(tasks.count, Self.runnerWidth) {
+            Task.detached { [self] in runCalls(work) }
         }
     }
 
-    private func execute(_ task: CallTask) async {
-        let registration = registry.withLock { $0[task.function] }
+    private func runCalls(_ work: CallRun) {
+        var registration: (name: String, value: Registration?)?
+        while let task = work.next() {
+            // The calls of a batch mostly name one function: one registry lookup per run of them.
+            if registration?.name != task.function {
+                registration = (task.function, registry.withLock { $0[task.function] })
+            }
+            let body = registration?.value?.body
+            Task.immediateDetached { [self] in await execute(task, body) }
+        }
+    }
+
+    private func execute(_ task: CallTask, _ body: (@Sendable ([UInt8]) async -> CallOutcome)?) async {
+        // Registered from inside, before the function runs: a function that holds the thread
+        // (so that its runner does not get its handle back) is still reached by a cancel.
+        withUnsafeCurrentTask { current in
+            guard let current else { return }
+            running.withLock { running in
+                if case .cancelledEarly = running[task.id] {
+                    earlyCancels.subtract(1, ordering: .relaxed)
+                    current.cancel()
+                }
+                running[task.id] = .task(RunningTask(task: current))
+            }
+        }
         let outcome: CallOutcome
-        if let registration {
+        if let body {
             outcome = await RemoteCallContext.$current.withValue(ExecutionContext(bridge: identity, task: task.id)) {
-                await registration.body(task.arguments)
+                await body(task.arguments)
             }
         } else {
             outcome = .unknownFunction
         }
-        running.withLock { running in
-            if case .task = running[task.id] { running[task.id] = nil } else { running[task.id] = .finishedEarly }
-        }
+        running.withLock { _ = $0.removeValue(forKey: task.id) }
         submit(.finished(task.id, outcome))
     }
 
@@ -265,19 +286,57 @@ final class RemoteCallBridge: Sendable {
     func cancel(_ task: TaskID) {
         running.withLock { running in
             switch running[task] {
-            case .task(let handle): handle.cancel()
-            case .finishedEarly: break
-            case .cancelledEarly, nil: running[task] = .cancelledEarly
+            case .task(let running): running.task.cancel()
+            case .cancelledEarly: break
+            case nil:
+                running[task] = .cancelledEarly
+                earlyCancels.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// The outcomes of `tasks` reached the reactor: a cancel that crossed one of them (it found no
+    /// running task and was kept for a task not started yet) is forgotten.
+    func ended(_ tasks: [(TaskID, CallOutcome)]) {
+        guard earlyCancels.load(ordering: .relaxed) > 0 else { return }
+        running.withLock { running in
+            for (id, _) in tasks {
+                guard case .cancelledEarly = running[id] else { continue }
+                running[id] = nil
+                earlyCancels.subtract(1, ordering: .relaxed)
             }
         }
     }
 
     func cancelAll() {
         running.withLock { running in
-            for case .task(let handle) in running.values { handle.cancel() }
+            for case .task(let running) in running.values { running.task.cancel() }
             running = [:]
+            earlyCancels.store(0, ordering: .relaxed)
         }
     }
+}
+
+/// The calls of a batch still to start, shared by its runners.
+private final class CallRun: Sendable {
+    private let state: Mutex<(tasks: [CallTask], next: Int)>
+
+    init(_ tasks: [CallTask]) { state = Mutex((tasks, 0)) }
+
+    func next() -> CallTask? {
+        state.withLock { state in
+            guard state.next < state.tasks.count else { return nil }
+            defer { state.next += 1 }
+            return state.tasks[state.next]
+        }
+    }
+}
+
+/// A running call's task, as it registered itself. `UnsafeCurrentTask` is safe here because
+/// the entry holding it is removed, under the table's lock, before the task ends, and because
+/// only `cancel()` (which `Task` has too) is used from another thread.
+private struct RunningTask: @unchecked Sendable {
+    let task: UnsafeCurrentTask
 }
 
 /// Orders a call's submission against its cancellation, so a cancel never reaches the reactor

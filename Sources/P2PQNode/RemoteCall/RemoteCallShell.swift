@@ -142,6 +142,7 @@ final class RemoteCallShell {
     }
 
     private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
+        bridge.ended(outcomes)
         performExecutor(executor.finished(outcomes))
     }
 
