@@ -185,7 +185,8 @@ public struct ExecutorMachine: Sendable {
 
     private var functions: Set<String> = []
     private var lastRegistered: String?
-    private var tasks: [TaskID: Task] = [:]
+    /// By task ID, which this machine hands out in order: a window, no hashing per call.
+    private var tasks = SequenceTable<Task>()
     private var taskByCall: [CallID: TaskID] = [:]
     private var taskByMemo: [MemoKey: TaskID] = [:]
     private var nextTask: UInt64 = 1
@@ -355,7 +356,7 @@ public struct ExecutorMachine: Sendable {
     }
 
     private mutating func finishOne(_ task: TaskID, outcome: CallOutcome, actions: inout [Action]) {
-        guard let record = tasks.removeValue(forKey: task) else { return }
+        guard let record = tasks.remove(task.rawValue) else { return }
         switch record.state {
         case .holding: slotsInUse -= 1
         case .awaitingSlot: resumers.removeAll { $0 == task }
@@ -378,8 +379,8 @@ public struct ExecutorMachine: Sendable {
 
     /// A running task is about to await another call: it gives its slot up.
     public mutating func suspend(_ task: TaskID) -> [Action] {
-        guard tasks[task]?.state == .holding else { return [] }
-        tasks[task]!.state = .suspended
+        guard tasks[task.rawValue]?.state == .holding else { return [] }
+        _ = tasks.modify(task.rawValue) { $0.state = .suspended }
         slotsInUse -= 1
         var actions: [Action] = []
         fill(&actions)
@@ -389,8 +390,8 @@ public struct ExecutorMachine: Sendable {
     /// A suspended task's awaited call is done: it continues after a `.resume` (at once if a
     /// slot is free, else before any new item).
     public mutating func requestResume(_ task: TaskID) -> [Action] {
-        guard tasks[task]?.state == .suspended else { return [] }
-        tasks[task]!.state = .awaitingSlot
+        guard tasks[task.rawValue]?.state == .suspended else { return [] }
+        _ = tasks.modify(task.rawValue) { $0.state = .awaitingSlot }
         resumers.append(task)
         var actions: [Action] = []
         fill(&actions)
@@ -530,9 +531,9 @@ public struct ExecutorMachine: Sendable {
                 queueResult(.success(value), for: item.id, actions: &actions)
                 return
             }
-            if let task = taskByMemo[key], tasks[task] != nil, !tasks[task]!.cancelled {
+            if let task = taskByMemo[key], tasks[task.rawValue].map({ !$0.cancelled }) == true {
                 counters.coalesced += 1
-                tasks[task]!.joined.append(item.id)
+                _ = tasks.modify(task.rawValue) { $0.joined.append(item.id) }
                 taskByCall[item.id] = task
                 if !direct { queueStarted(item, actions: &actions) }
                 return
@@ -547,7 +548,7 @@ public struct ExecutorMachine: Sendable {
         }
         let id = TaskID(nextTask)
         nextTask += 1
-        tasks[id] = Task(call: item.id, memoKey: key, state: .holding)
+        tasks.append(id.rawValue, Task(call: item.id, memoKey: key, state: .holding))
         taskByCall[item.id] = id
         if let key { taskByMemo[key] = id }
         slotsInUse += 1
@@ -563,8 +564,8 @@ public struct ExecutorMachine: Sendable {
         var runs: [CallTask] = []
         while slotsInUse < configuration.maxConcurrentCalls {
             if let task = resumers.popFirst() {
-                guard tasks[task]?.state == .awaitingSlot else { continue }
-                tasks[task]!.state = .holding
+                guard tasks[task.rawValue]?.state == .awaitingSlot else { continue }
+                _ = tasks.modify(task.rawValue) { $0.state = .holding }
                 slotsInUse += 1
                 counters.peakSlotsInUse = max(counters.peakSlotsInUse, slotsInUse)
                 resumed.append(task)
@@ -587,14 +588,14 @@ public struct ExecutorMachine: Sendable {
 
     private mutating func unsubscribe(_ call: CallID, from task: TaskID, actions: inout [Action]) {
         taskByCall[call] = nil
-        guard var record = tasks[task] else { return }
+        guard var record = tasks[task.rawValue] else { return }
         if call == record.call { record.ownSubscribed = false } else { record.joined.removeAll { $0 == call } }
         if !record.hasSubscribers && !record.cancelled {
             record.cancelled = true
             if let key = record.memoKey, taskByMemo[key] == task { taskByMemo[key] = nil }
             actions.append(.cancelTask(task))
         }
-        tasks[task] = record
+        _ = tasks.modify(task.rawValue) { $0 = record }
     }
 
     private mutating func callerGone(_ peer: PeerID) -> [Action] {
