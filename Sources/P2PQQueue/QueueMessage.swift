@@ -355,6 +355,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         }
     }
 
+    // Links encode into an array; the pre-specialized body writes each field with no generic call.
+    @specialized(where Output == [UInt8])
     public func writeBody<Output: WireOutput>(into writer: inout WireWriter<Output>) {
         writer.writeString(queue)
         switch self {

@@ -240,6 +240,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         }
     }
 
+    // Links encode into an array; the pre-specialized body writes each field with no generic call.
+    @specialized(where Output == [UInt8])
     public func writeBody<Output: WireOutput>(into writer: inout WireWriter<Output>) {
         switch self {
         case .results(let entries):

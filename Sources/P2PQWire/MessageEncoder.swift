@@ -27,6 +27,7 @@ public enum MessageEncoder {
     ///
     /// - Throws: the message's validation error, or ``WireError/frameTooLarge(length:limit:)``
     ///   if the receiver's `maxFrameSize` would reject it.
+    @inlinable
     public static func encodedSize(
         of message: some WireMessage, maxFrameSize: Int = WireProtocol.defaultMaxFrameSize
     ) throws(WireError) -> Int {
@@ -45,6 +46,7 @@ public enum MessageEncoder {
     }
 
     /// Appends the framed message to `bytes`.
+    @inlinable
     public static func encode(
         _ message: some WireMessage, into bytes: inout [UInt8],
         maxFrameSize: Int = WireProtocol.defaultMaxFrameSize
@@ -71,10 +73,12 @@ public enum MessageEncoder {
 
     /// Appends the framed message through any writer (the caller validated it, and checked
     /// its size against the receiver's limit, e.g. with ``encodedSize(of:maxFrameSize:)``).
+    @inlinable
     public static func write<Output: WireOutput>(_ message: some WireMessage, into writer: inout WireWriter<Output>) {
         write(message, bodySize: message.bodySize, into: &writer)
     }
 
+    @inlinable
     static func write<Output: WireOutput>(_ message: some WireMessage, bodySize: Int, into writer: inout WireWriter<Output>) {
         writer.writeU32(UInt32(1 + bodySize))
         writer.writeU8(message.messageType.rawValue)

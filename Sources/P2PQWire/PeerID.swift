@@ -4,10 +4,10 @@
 /// Stored as four words so it lives inline (no heap allocation per message) and hashes cheaply.
 public struct PeerID: Sendable, Hashable, Comparable, CustomStringConvertible {
     // Big-endian words: word0 holds bytes 0...7, so comparing words compares bytes.
-    private let word0: UInt64
-    private let word1: UInt64
-    private let word2: UInt64
-    private let word3: UInt64
+    @usableFromInline let word0: UInt64
+    @usableFromInline let word1: UInt64
+    @usableFromInline let word2: UInt64
+    @usableFromInline let word3: UInt64
 
     /// The ID made of exactly 32 `bytes`, or nil for any other count.
     public init?(bytes: some Collection<UInt8>) {
@@ -49,6 +49,7 @@ public struct PeerID: Sendable, Hashable, Comparable, CustomStringConvertible {
     }
 
     /// Writes the 32 bytes.
+    @inlinable
     public func write<Output: WireOutput>(into writer: inout WireWriter<Output>) {
         writer.writeU64(word0)
         writer.writeU64(word1)

@@ -27,11 +27,15 @@ extension WireOutput {
     }
 }
 
+// Inlinable, like the writer: encoders in other modules are specialized for their output and
+// write a field with no call and no generic-metadata lookup.
 extension Array: WireOutput where Element == UInt8 {
+    @inlinable
     public mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer) {
         append(contentsOf: bytes)
     }
 
+    @inlinable
     public mutating func reserveWireCapacity(_ additional: Int) {
         // Array.reserveCapacity reserves exactly, so reserving per message would copy the
         // whole array each time; grow geometrically instead.
@@ -70,26 +74,29 @@ public struct UnsafeWireBuffer: WireOutput {
     /// The whole buffer.
     public let buffer: UnsafeMutableRawBufferPointer
     /// Bytes written so far, from the start of ``buffer``.
-    public private(set) var count = 0
+    @inlinable public var count: Int { written }
+    @usableFromInline var written = 0
 
     public init(_ buffer: UnsafeMutableRawBufferPointer) {
         self.buffer = buffer
     }
 
     /// Bytes left.
-    public var remaining: Int { buffer.count - count }
+    @inlinable public var remaining: Int { buffer.count - written }
 
+    @inlinable
     public mutating func appendWireBytes(_ bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count <= remaining, "UnsafeWireBuffer: wrote past the end of the buffer")
         guard let source = bytes.baseAddress, let base = buffer.baseAddress else { return }
-        (base + count).copyMemory(from: source, byteCount: bytes.count)
-        count += bytes.count
+        (base + written).copyMemory(from: source, byteCount: bytes.count)
+        written += bytes.count
     }
 
+    @inlinable
     public mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
         precondition(count <= remaining, "UnsafeWireBuffer: wrote past the end of the buffer")
-        body(UnsafeMutableRawBufferPointer(rebasing: buffer[self.count..<self.count + count]))
-        self.count += count
+        body(UnsafeMutableRawBufferPointer(rebasing: buffer[written..<written + count]))
+        written += count
     }
 }
 
@@ -102,51 +109,61 @@ public struct WireWriter<Output: WireOutput> {
     /// Everything written so far, after whatever the output already held.
     public var output: Output
 
+    @inlinable
     public init(output: Output) {
         self.output = output
     }
 
     /// Appends one byte.
+    @inlinable
     public mutating func writeU8(_ value: UInt8) {
         withUnsafeBytes(of: value) { output.appendWireBytes($0) }
     }
 
     /// Appends a big-endian u16.
+    @inlinable
     public mutating func writeU16(_ value: UInt16) {
         withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
     }
 
     /// Appends a big-endian u32.
+    @inlinable
     public mutating func writeU32(_ value: UInt32) {
         withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
     }
 
     /// Appends a big-endian u64.
+    @inlinable
     public mutating func writeU64(_ value: UInt64) {
         withUnsafeBytes(of: value.bigEndian) { output.appendWireBytes($0) }
     }
 
     /// Appends the IEEE-754 binary64 bit pattern as a big-endian u64 (NaN payloads survive).
+    @inlinable
     public mutating func writeFloat64(_ value: Double) {
         writeU64(value.bitPattern)
     }
 
     /// Appends `bytes` as they are, with no length (for fixed-size fields).
+    @inlinable
     public mutating func writeRaw(_ bytes: UnsafeRawBufferPointer) {
         output.appendWireBytes(bytes)
     }
 
     /// Appends `count` bytes that `body` writes in place (all of them).
+    @inlinable
     public mutating func writeInPlace(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
         output.appendWireBytes(count: count, body)
     }
 
     /// Appends `bytes` as they are, with no length (for fixed-size fields).
+    @inlinable
     public mutating func writeRaw(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { output.appendWireBytes($0) }
     }
 
     /// Appends a byte string: u32 length, then the bytes.
+    @inlinable
     public mutating func writeByteString(_ bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count <= Int(UInt32.max), "byte string longer than a u32 length")
         writeU32(UInt32(bytes.count))
@@ -154,11 +171,13 @@ public struct WireWriter<Output: WireOutput> {
     }
 
     /// Appends a byte string: u32 length, then the bytes.
+    @inlinable
     public mutating func writeByteString(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { writeByteString($0) }
     }
 
     /// Appends a string as a byte string of its UTF-8.
+    @inlinable
     public mutating func writeString(_ string: String) {
         // Native strings are contiguous UTF-8 already; bridged ones are copied once.
         let done: Void? = string.utf8.withContiguousStorageIfAvailable { writeByteString(UnsafeRawBufferPointer($0)) }
@@ -169,6 +188,7 @@ public struct WireWriter<Output: WireOutput> {
 extension Array where Element == UInt8 {
     /// Runs `body` with a writer appending to this array, moving the array into the writer
     /// and back so nothing is copied.
+    @inlinable
     public mutating func withWireWriter<R, E: Error>(
         _ body: (inout WireWriter<[UInt8]>) throws(E) -> R
     ) throws(E) -> R {
