@@ -119,13 +119,38 @@ public struct CallItem: Sendable, Equatable {
     ///   `WireError.malformed` (unknown version, attempt 0, unknown flag bits,
     ///   empty, over-long or non-UTF-8 name, arguments over `maxArgumentSize`, trailing bytes).
     public static func decode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) throws(WireError) -> CallItem {
-        if let item = fastDecode(raw, maxArgumentSize: maxArgumentSize) { return item }
+        var names = FunctionNames()
+        return try decode(raw, maxArgumentSize: maxArgumentSize, names: &names)
+    }
+
+    /// Decodes an item as ``decode(_:maxArgumentSize:)`` does, taking its function name from
+    /// `names` when it is the one decoded last (items mostly come in runs of one function).
+    public static func decode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int,
+                              names: inout FunctionNames) throws(WireError) -> CallItem {
+        if let item = fastDecode(raw, maxArgumentSize: maxArgumentSize, names: &names) { return item }
         return try preciseDecode(raw, maxArgumentSize: maxArgumentSize)
+    }
+
+    /// The function name decoded last, as bytes and as a string: a name equal to it is reused
+    /// after a byte comparison, without UTF-8 validation.
+    public struct FunctionNames: Sendable {
+        var bytes: [UInt8] = []
+        var name = ""
+
+        public init() {}
+
+        mutating func name(of raw: UnsafeRawBufferPointer) -> String? {
+            if raw.count == bytes.count, bytes.withUnsafeBytes({ $0.elementsEqual(raw) }) { return name }
+            guard let decoded = String(validating: raw, as: UTF8.self) else { return nil }
+            bytes = Array(raw)
+            name = decoded
+            return decoded
+        }
     }
 
     /// The common case in one pass over fixed offsets; nil for anything unusual, which the
     /// precise decoder then reports field by field. Accepts exactly what it accepts.
-    static func fastDecode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int) -> CallItem? {
+    static func fastDecode(_ raw: UnsafeRawBufferPointer, maxArgumentSize: Int, names: inout FunctionNames) -> CallItem? {
         let count = raw.count
         guard count >= RemoteCallLimits.itemHeaderSize, raw[0] == RemoteCallLimits.itemVersion else { return nil }
         func u64(_ offset: Int) -> UInt64 { UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
@@ -140,7 +165,7 @@ public struct CallItem: Sendable, Equatable {
         let argumentsStart = 55 + nameLength + 4
         let argumentsLength = u32(55 + nameLength)
         guard argumentsLength <= maxArgumentSize, argumentsStart + argumentsLength == count,
-              let function = String(validating: UnsafeRawBufferPointer(rebasing: raw[55..<55 + nameLength]), as: UTF8.self)
+              let function = names.name(of: UnsafeRawBufferPointer(rebasing: raw[55..<55 + nameLength]))
         else { return nil }
         return CallItem(
             id: CallID(caller: caller, sequence: u64(33)), attempt: attempt, function: function,

@@ -184,6 +184,8 @@ public struct ExecutorMachine: Sendable {
     }
 
     private var functions: Set<String> = []
+    /// The function name of the last item decoded, reused for the next ones of the same name.
+    private var functionNames = CallItem.FunctionNames()
     private var lastRegistered: String?
     /// By task ID, which this machine hands out in order: a window, no hashing per call.
     private var tasks = SequenceTable<Task>()
@@ -303,7 +305,9 @@ public struct ExecutorMachine: Sendable {
         var runs: [CallTask] = []
         for bytes in items {
             let decoded: Result<CallItem, WireError> = bytes.withUnsafeBytes { raw in
-                Result { () throws(WireError) in try CallItem.decode(raw, maxArgumentSize: configuration.maxArgumentSize) }
+                Result { () throws(WireError) in
+                    try CallItem.decode(raw, maxArgumentSize: configuration.maxArgumentSize, names: &functionNames)
+                }
             }
             switch decoded {
             case .success(let item) where sender == nil || item.id.caller == sender:

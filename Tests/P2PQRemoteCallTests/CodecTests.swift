@@ -24,6 +24,24 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
         }
     }
 
+    /// A run of items through one name cache: the cached name is reused only for the same bytes.
+    @Test func functionNameCache() throws {
+        var names = CallItem.FunctionNames()
+        let head: [UInt8] = [1] + [UInt8](repeating: 7, count: 32) + be64(1) + [1, 0] + be64(0)
+        func decode(_ name: [UInt8]) -> Result<CallItem, WireError> {
+            let bytes = head + be32(UInt32(name.count)) + name + be32(0)
+            return bytes.withUnsafeBytes { raw in
+                Result { () throws(WireError) in try CallItem.decode(raw, maxArgumentSize: 64, names: &names) }
+            }
+        }
+        for name in ["fib", "fib", "fix", "é", "fib", "fib"] {
+            #expect(try decode(Array(name.utf8)).get().function == name)
+        }
+        // Invalid UTF-8 of the cached name's length is still rejected.
+        #expect(throws: WireError.malformed(field: "call.function", reason: "invalid UTF-8")) { try decode([0xC3, 0x28, 0x62]).get() }
+        #expect(try decode(Array("fib".utf8)).get().function == "fib")
+    }
+
     /// The documented layout, byte for byte.
     @Test func layout() throws {
         let item = CallItem(id: CallID(caller: peer(0xAB), sequence: 5), attempt: 2, function: "f", memoize: true, deadline: 9, arguments: [1, 2])
@@ -247,6 +265,8 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
         let bodies = try MessageCodecTests.messages.map { message -> (MessageType, [UInt8]) in
             (message.messageType, Array(try message.encoded().dropFirst(5)))
         }
+        // One name cache for every item: corrupted names must not be served from it.
+        var names = CallItem.FunctionNames()
         for round in 0..<3000 {
             var bytes = round % 4 == 0 ? item : bodies[round % bodies.count].1
             let type = round % 4 == 0 ? nil : bodies[round % bodies.count].0
@@ -264,7 +284,7 @@ func str(_ s: String) -> [UInt8] { be32(UInt32(s.utf8.count)) + Array(s.utf8) }
                 }
             } else {
                 let precise = bytes.withUnsafeBytes { raw in try? CallItem.preciseDecode(raw, maxArgumentSize: 64) }
-                let fast = bytes.withUnsafeBytes { raw in CallItem.fastDecode(raw, maxArgumentSize: 64) }
+                let fast = bytes.withUnsafeBytes { raw in CallItem.fastDecode(raw, maxArgumentSize: 64, names: &names) }
                 #expect(fast == precise, "the fast path accepts exactly what the precise decoder accepts")
                 if let precise { #expect(try precise.encoded() == bytes) }
             }
