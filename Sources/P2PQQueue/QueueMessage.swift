@@ -258,9 +258,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             guard items.count <= QueueWire.maxTransferItems else {
                 throw .malformed(field: "transfer.count", reason: "\(items.count) exceeds \(QueueWire.maxTransferItems)")
             }
-            guard Self.summary(of: items).origins.count <= QueueWire.maxOrigins else {
-                throw .malformed(field: "transfer.origins", reason: "more than \(QueueWire.maxOrigins) origins")
-            }
+            // No pass over the items for their origins: there are at most as many as items, and
+            // the item limit is the origin limit (the encoder sizes and writes the transfer with
+            // a pass each already).
+            assert(QueueWire.maxTransferItems <= QueueWire.maxOrigins)
         case .ownerUpdate(_, _, let popped, let custody):
             guard custody.count <= Int(UInt16.max) else {
                 throw .malformed(field: "ownerUpdate.custody", reason: "\(custody.count) groups exceed \(UInt16.max)")

@@ -120,7 +120,6 @@ public struct ItemBatch: Sendable {
     @usableFromInline var storage: [UInt8] = []
     /// Where each item ends in `storage`.
     @usableFromInline var ends: [UInt32] = []
-    @usableFromInline static let zeros = [UInt8](repeating: 0, count: 4096)
 
     /// An empty batch with room for `items` items of `bytes` bytes in all.
     public init(capacity items: Int = 0, bytes: Int = 0) {
@@ -151,11 +150,11 @@ public struct ItemBatch: Sendable {
         precondition(count >= 0 && storage.count + count <= Int(UInt32.max), "ItemBatch: more than 4 GiB")
         let start = storage.count
         // Zeroed by copying from a zero block: appending `repeatElement(0, count:)` went
-        // element by element.
+        // element by element, and a zero array as the block cost a retain and a release per item.
         var remaining = count
         while remaining > 0 {
-            let chunk = Swift.min(remaining, ItemBatch.zeros.count)
-            storage.append(contentsOf: ItemBatch.zeros[..<chunk])
+            let chunk = Swift.min(remaining, zeroBlock.count)
+            storage.append(contentsOf: UnsafeRawBufferPointer(rebasing: zeroBlock[..<chunk]))
             remaining -= chunk
         }
         let result: Result<Void, E> = storage.withUnsafeMutableBytes { all in

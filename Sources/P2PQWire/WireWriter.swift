@@ -60,8 +60,9 @@ extension Array: WireOutput where Element == UInt8 {
     }
 }
 
-/// 16 KiB of zeros, never written: the fill for ``Array/appendWireBytes(count:_:)``.
-nonisolated(unsafe) private let zeroBlock = UnsafeRawBufferPointer(
+/// 16 KiB of zeros, never written: the fill for ``Array/appendWireBytes(count:_:)`` and
+/// ``ItemBatch/append(count:_:)``. A raw buffer, not an array: no reference count per use.
+@usableFromInline nonisolated(unsafe) let zeroBlock = UnsafeRawBufferPointer(
     UnsafeMutableRawBufferPointer(start: calloc(16 * 1024, 1), count: 16 * 1024)
 )
 

@@ -200,9 +200,15 @@ struct QueueStreamRole: AsyncParsableCommand {
                 try await queue.push(contentsOf: arrays)
             } else {
                 var chunk = ItemBatch(capacity: n, bytes: n * payload)
-                for i in 0..<n {
-                    template.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(sent + i).bigEndian, as: UInt64.self) }
-                    chunk.append(template)
+                // Written in place: passing `template` per item cost a retain, a release and a
+                // uniqueness check (about 8 % of the producer process).
+                template.withUnsafeBytes { template in
+                    for i in 0..<n {
+                        chunk.append(count: payload) { item in
+                            item.copyMemory(from: template)
+                            item.storeBytes(of: UInt64(sent + i).bigEndian, as: UInt64.self)
+                        }
+                    }
                 }
                 try await queue.push(chunk)
             }
