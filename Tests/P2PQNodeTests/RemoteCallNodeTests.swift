@@ -199,7 +199,7 @@ struct RemoteCallNodeTests {
         await stop(nodes)
     }
 
-    @Test("Functions that hold their thread: the rest of their batch still runs, and a cancel still reaches them and the calls not started yet",
+    @Test("Functions that hold their thread: the rest of their batch still runs, a cancel still reaches them and the calls not started yet, and a stopped node starts none of those",
           .enabled(if: RemoteCallBridge.runnerWidth >= 2, "a function that holds the only pool thread holds every call"))
     func threadHoldingFunctions() async throws {
         let nodes = try await cluster(2, maxConcurrentCalls: 64)
@@ -207,6 +207,8 @@ struct RemoteCallNodeTests {
         let started = Gauge()
         let sawCancel = Atomic(0)
         let startedCancelled = Atomic(0)
+        let release = Atomic(false)
+        let ranAfterStop = Atomic(0)
         /// Holds the thread (never suspends) for up to 5 s, until `done`.
         @Sendable func hold(until done: () -> Bool) {
             let deadline = ContinuousClock.now + .seconds(5)
@@ -226,6 +228,13 @@ struct RemoteCallNodeTests {
                 case -2:  // started after its cancel: sees it at once
                     if Task.isCancelled { startedCancelled.add(1, ordering: .relaxed) }
                     throw CancellationError()
+                case -3:  // holds until released
+                    started.enter()
+                    hold { release.load(ordering: .relaxed) }
+                    return n
+                case -4:
+                    ranAfterStop.add(1, ordering: .relaxed)
+                    return n
                 case 1...20:
                     quick.add(1, ordering: .relaxed)
                     return n
@@ -269,6 +278,18 @@ struct RemoteCallNodeTests {
             #expect(cancelled.allSatisfy { $0 == .failure(.cancelled(function: "hold")) })
             #expect(try await eventually { sawCancel.load(ordering: .relaxed) == 1 + width })
             #expect(try await eventually { startedCancelled.load(ordering: .relaxed) == 1 }, "the call cancelled before it started ran as if not cancelled")
+
+            // The executing node's calls are stopped (what its `stop()` does to them, called here
+            // directly: `stop()` itself needs a thread of the pool these functions hold) while
+            // every runner is held: the call behind them never starts.
+            let stopping = Task(executorPreference: executor) { await function.call(batch: Array(repeating: -3, count: width) + [-4]) }
+            #expect(try await eventually { started.total == 1 + 2 * width }, "the holding calls did not start")
+            nodes[1].1.bridge.cancelAll()
+            release.store(true, ordering: .relaxed)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(ranAfterStop.load(ordering: .relaxed) == 0, "a call started on a stopped node")
+            stopping.cancel()
+            _ = await stopping.value
         }
         await stop(nodes)
     }

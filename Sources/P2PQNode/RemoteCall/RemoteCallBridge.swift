@@ -97,6 +97,8 @@ final class RemoteCallBridge: Sendable {
     private let tokens = Atomic<UInt64>(1)
     /// Entries of `running` marked `.cancelledEarly`: runners look for one only when this is not 0.
     private let earlyCancels = Atomic<Int>(0)
+    /// Set when the node stops (`cancelAll`).
+    private let stopped = Atomic<Bool>(false)
 
     private struct Inbox: Sendable {
         var ops: [RemoteCallOp] = []
@@ -247,7 +249,9 @@ final class RemoteCallBridge: Sendable {
 
     private func runCalls(_ work: CallRun) {
         var registration: (name: String, value: Registration?)?
-        while let task = work.next() {
+        // A stopped node starts no more calls: the rest of the batch is dropped (their callers
+        // retry elsewhere once this node is seen dead or gone).
+        while !stopped.load(ordering: .relaxed), let task = work.next() {
             // The calls of a batch mostly name one function: one registry lookup per run of them.
             if registration?.name != task.function {
                 registration = (task.function, registry.withLock { $0[task.function] })
@@ -308,7 +312,9 @@ final class RemoteCallBridge: Sendable {
         }
     }
 
+    /// The node stopped: running functions are cancelled and runners start no more calls.
     func cancelAll() {
+        stopped.store(true, ordering: .relaxed)
         running.withLock { running in
             for case .task(let running) in running.values { running.task.cancel() }
             running = [:]
