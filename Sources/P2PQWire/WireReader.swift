@@ -40,26 +40,29 @@ public struct WireReader {
         .malformed(field: field, reason: "length \(length) exceeds the limit of \(maxLength) bytes")
     }
 
+    // The per-field reads are forced inline: left to the optimizer, a decoder in another module
+    // (a transfer's item headers) called each one, a call per field per item.
+
     /// Reads one byte.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readU8(field: String) throws(WireError) -> UInt8 {
         bytes[try take(1, field: field)]
     }
 
     /// Reads a big-endian u16.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readU16(field: String) throws(WireError) -> UInt16 {
         UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: try take(2, field: field), as: UInt16.self))
     }
 
     /// Reads a big-endian u32.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readU32(field: String) throws(WireError) -> UInt32 {
         UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: try take(4, field: field), as: UInt32.self))
     }
 
     /// Reads a big-endian u64.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readU64(field: String) throws(WireError) -> UInt64 {
         UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: try take(8, field: field), as: UInt64.self))
     }
@@ -71,7 +74,7 @@ public struct WireReader {
     }
 
     /// Reads `count` bytes with no length prefix, as a view into ``bytes``.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readRaw(count: Int, field: String) throws(WireError) -> UnsafeRawBufferPointer {
         let start = try take(count, field: field)
         return UnsafeRawBufferPointer(rebasing: bytes[start..<start + count])
@@ -86,7 +89,7 @@ public struct WireReader {
     ///
     /// The length prefix is reported as field `"<field>.length"`. A length over `maxLength`
     /// is ``WireError/malformed(field:reason:)`` even if the bytes are there.
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func readByteString(field: String, maxLength: Int) throws(WireError) -> UnsafeRawBufferPointer {
         guard remaining >= 4 else { throw Self.truncated(field + ".length", needed: 4, available: remaining) }
         let length = Int(try readU32(field: field))
