@@ -1470,13 +1470,21 @@ struct DedupSet: Sendable {
         var hotKey: Key?
         var hot = SequenceRuns()
 
+        // These run once per received item: the common case (the hot key again) is inline, the
+        // switch to another key out of line. Left as calls they were 5 % of W1's consumer.
+        @inline(__always)
         mutating func select(_ key: Key) {
-            guard hotKey != key else { return }
+            if hotKey != key { switchHot(to: key) }
+        }
+
+        @inline(never)
+        private mutating func switchHot(to key: Key) {
             if let old = hotKey { runs[old] = hot }
             hotKey = key
             hot = runs.removeValue(forKey: key) ?? SequenceRuns()
         }
 
+        @inline(__always)
         func contains(_ key: Key, _ sequence: UInt64) -> Bool {
             if hotKey == key { return hot.contains(sequence) }
             return runs[key]?.contains(sequence) ?? false
@@ -1542,16 +1550,33 @@ struct SequenceRuns: Sendable {
     /// Runs held (for tests of the bound).
     var runCount: Int { starts.count }
 
+    @inline(__always)
     func contains(_ sequence: UInt64) -> Bool {
-        guard let lastEnd = ends.last else { return false }
-        if sequence >= lastEnd { return false }
+        // A new item's number is past the last run (the common case): no search.
+        guard let lastEnd = ends.last, sequence < lastEnd else { return false }
+        return containsBeforeEnd(sequence)
+    }
+
+    @inline(never)
+    private func containsBeforeEnd(_ sequence: UInt64) -> Bool {
         if sequence >= starts[starts.count - 1] { return true }
         let index = runIndex(startingAtOrBefore: sequence)
         return index >= 0 && sequence < ends[index]
     }
 
     /// Adds `sequence`; false if it was there.
+    @inline(__always)
     mutating func insert(_ sequence: UInt64) -> Bool {
+        // The next number of the last run (the common case) extends it in place.
+        if let lastEnd = ends.last, sequence == lastEnd {
+            ends[ends.count - 1] = lastEnd &+ 1
+            return true
+        }
+        return insertElsewhere(sequence)
+    }
+
+    @inline(never)
+    private mutating func insertElsewhere(_ sequence: UInt64) -> Bool {
         if let lastEnd = ends.last, sequence >= starts[starts.count - 1] {
             if sequence < lastEnd { return false }
             if sequence == lastEnd {
