@@ -22,8 +22,11 @@ struct ReassemblyBuffer: Sendable {
     mutating func append(_ chunk: UnsafeRawBufferPointer, frameLength: Int) {
         let needed = bytes.count + chunk.count
         if needed > bytes.capacity {
-            // Doubling keeps appends amortised O(1); the cap keeps us within the frame.
-            let grown = Swift.max(needed, bytes.capacity * 2, Self.initialCapacity)
+            // Four times what has arrived: a queue transfer of a few hundred KiB, arriving in
+            // records of up to 64 KiB, takes two or three allocations rather than nine doublings
+            // from 1 KiB (each a copy of all so far). A peer still makes this node hold at most
+            // four times what it sent; the cap keeps us within the frame.
+            let grown = Swift.max(needed * 4, bytes.capacity * 2, Self.initialCapacity)
             bytes.reserveCapacity(Swift.min(grown, frameLength))
         }
         bytes.append(contentsOf: chunk)
