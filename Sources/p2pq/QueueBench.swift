@@ -200,8 +200,8 @@ struct QueueStreamRole: AsyncParsableCommand {
                 try await queue.push(contentsOf: arrays)
             } else {
                 var chunk = ItemBatch(capacity: n, bytes: n * payload)
-                // Written in place: passing `template` per item cost a retain, a release and a
-                // uniqueness check (about 8 % of the producer process).
+                // Each item written in place from the template: the template itself is not
+                // written per item (each write checked its uniqueness).
                 template.withUnsafeBytes { template in
                     for i in 0..<n {
                         chunk.append(count: payload) { item in

@@ -174,13 +174,6 @@ struct RemoteCallNodeTests {
         }
         try await nodes[1].1.process()
         let wait = nodes[0].1.function("wait", arguments: Int.self, result: Int.self)
-        /// Polls `condition` for up to 5 s.
-        func eventually(_ condition: () -> Bool) async throws -> Bool {
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(5)
-            while !condition() && clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-            return condition()
-        }
         // A first call teaches the caller's node where calls run (queue gossip), so the next
         // ones start well within their deadline.
         #expect(try await wait(1) == 1)
@@ -188,14 +181,14 @@ struct RemoteCallNodeTests {
         let late = await result { () async throws(RemoteCallError) in try await wait(20_000, timeout: .seconds(1)) }
         #expect(late == .failure(.timedOut(function: "wait")))
         #expect(running.total == 2, "the call did not start before its deadline")
-        #expect(try await eventually { cancelled.withLock { $0 } == 1 }, "the deadline did not cancel the running function")
+        try await eventually("the deadline to cancel the running function", timeout: .seconds(5)) { cancelled.withLock { $0 } == 1 }
 
         let task = Task { await result { () async throws(RemoteCallError) in try await wait(20_000) } }
-        #expect(try await eventually { running.total == 3 }, "the call did not start")
+        try await eventually("the call to start", timeout: .seconds(5)) { running.total == 3 }
         task.cancel()
         #expect(await task.value == .failure(.cancelled(function: "wait")))
-        #expect(try await eventually { cancelled.withLock { $0 } == 2 }, "the caller's cancel did not reach the running function")
-        #expect(try await eventually { running.peak == 1 && running.total == 3 })
+        try await eventually("the caller's cancel to reach the running function", timeout: .seconds(5)) { cancelled.withLock { $0 } == 2 }
+        try await eventually("one call at a time, three in all", timeout: .seconds(5)) { running.peak == 1 && running.total == 3 }
         await stop(nodes)
     }
 
@@ -245,12 +238,6 @@ struct RemoteCallNodeTests {
         }
         try await nodes[1].1.process()
         let function = nodes[0].1.function("hold", arguments: Int.self, result: Int.self)
-        /// Polls `condition` for up to 5 s.
-        func eventually(_ condition: () -> Bool) async throws -> Bool {
-            let deadline = ContinuousClock.now + .seconds(5)
-            while !condition() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-            return condition()
-        }
         // The test's own tasks run on the calling node's reactor: the executing node's functions
         // hold every thread of the global pool below.
         let executor = try #require(nodes[0].0.taskExecutor)
@@ -263,27 +250,27 @@ struct RemoteCallNodeTests {
 
             // A function that never suspends still sees its caller's cancel.
             let single = Task(executorPreference: executor) { await result { () async throws(RemoteCallError) in try await function(-1) } }
-            #expect(try await eventually { started.total == 1 }, "the call did not start")
+            try await eventually("the call to start", timeout: .seconds(5)) { started.total == 1 }
             single.cancel()
             #expect(await single.value == .failure(.cancelled(function: "hold")))
-            #expect(try await eventually { sawCancel.load(ordering: .relaxed) == 1 }, "the cancel did not reach a function holding its thread")
+            try await eventually("the cancel to reach a function holding its thread", timeout: .seconds(5)) { sawCancel.load(ordering: .relaxed) == 1 }
 
             // Every runner held (one holding call per core, in one batch with a call behind them):
             // the cancel of the whole batch reaches the call not started yet, which starts cancelled.
             let width = RemoteCallBridge.runnerWidth
             let batch = Task(executorPreference: executor) { await function.call(batch: Array(repeating: -1, count: width) + [-2]) }
-            #expect(try await eventually { started.total == 1 + width }, "the holding calls did not start")
+            try await eventually("the holding calls to start", timeout: .seconds(5)) { started.total == 1 + width }
             batch.cancel()
             let cancelled = await batch.value
             #expect(cancelled.allSatisfy { $0 == .failure(.cancelled(function: "hold")) })
-            #expect(try await eventually { sawCancel.load(ordering: .relaxed) == 1 + width })
-            #expect(try await eventually { startedCancelled.load(ordering: .relaxed) == 1 }, "the call cancelled before it started ran as if not cancelled")
+            try await eventually("the cancel to reach every holding call", timeout: .seconds(5)) { sawCancel.load(ordering: .relaxed) == 1 + width }
+            try await eventually("the call cancelled before it started to start cancelled", timeout: .seconds(5)) { startedCancelled.load(ordering: .relaxed) == 1 }
 
             // The executing node's calls are stopped (what its `stop()` does to them, called here
             // directly: `stop()` itself needs a thread of the pool these functions hold) while
             // every runner is held: the call behind them never starts.
             let stopping = Task(executorPreference: executor) { await function.call(batch: Array(repeating: -3, count: width) + [-4]) }
-            #expect(try await eventually { started.total == 1 + 2 * width }, "the holding calls did not start")
+            try await eventually("the holding calls to start", timeout: .seconds(5)) { started.total == 1 + 2 * width }
             nodes[1].1.bridge.cancelAll()
             release.store(true, ordering: .relaxed)
             try await Task.sleep(for: .milliseconds(300))

@@ -95,7 +95,7 @@ final class RemoteCallBridge: Sendable {
     private let inbox = Mutex<Inbox>(Inbox())
     private let running = Mutex<[TaskID: Running]>([:])
     private let tokens = Atomic<UInt64>(1)
-    /// Entries of `running` marked `.cancelledEarly`: runners look for one only when this is not 0.
+    /// Entries of `running` marked `.cancelledEarly`: `ended` looks for one only when this is not 0.
     private let earlyCancels = Atomic<Int>(0)
     /// Set when the node stops (`cancelAll`).
     private let stopped = Atomic<Bool>(false)
