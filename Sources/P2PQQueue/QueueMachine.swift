@@ -59,6 +59,7 @@ public struct QueueMachine: Sendable {
     private var nextSequence: UInt64 = 1
     private var owned = SequenceTable<OwnedRecord>()
     private var buffers = OwnedBuffers()
+    private var holders = HolderTable()
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
@@ -113,8 +114,10 @@ public struct QueueMachine: Sendable {
         var buffer: UInt32
         var start: UInt32
         var length: UInt32
-        /// nil: the item is here (queued or on an unacknowledged transfer).
-        var holder: PeerID?
+        /// ``HolderTable/here`` while the item is here (queued or on an unacknowledged transfer),
+        /// else the handle of the peer holding it: 4 bytes, not a 33-byte optional peer ID, so a
+        /// record is 24 bytes and the owner's window of them stays in cache.
+        var holder: UInt32
         var attempt: UInt32
         var hops: UInt32
     }
@@ -276,7 +279,7 @@ public struct QueueMachine: Sendable {
         push(count: payloads.count, size: { payloads[$0].count }, payload: { ItemPayload(payloads[$0]) }, record: { owned, buffers, first, n in
             owned.append(first: first, count: n) { index in
                 OwnedRecord(buffer: buffers.hold(payloads[index], records: 1), start: 0, length: UInt32(payloads[index].count),
-                            holder: nil, attempt: 0, hops: 0)
+                            holder: HolderTable.here, attempt: 0, hops: 0)
             }
         }, now: now)
     }
@@ -287,7 +290,7 @@ public struct QueueMachine: Sendable {
             payloads.withUnsafeBufferPointer { payloads in
                 owned.append(first: first, count: n) { index in
                     OwnedRecord(buffer: buffers.hold(payloads[index]), start: UInt32(payloads[index].storageOffset),
-                                length: UInt32(payloads[index].count), holder: nil, attempt: 0, hops: 0)
+                                length: UInt32(payloads[index].count), holder: HolderTable.here, attempt: 0, hops: 0)
                 }
             }
         }, now: now)
@@ -299,7 +302,7 @@ public struct QueueMachine: Sendable {
             let buffer = buffers.hold(batch.bytes, records: n)
             owned.append(first: first, count: n) { index in
                 OwnedRecord(buffer: buffer, start: UInt32(batch.storageOffset(at: index)), length: UInt32(batch.byteCount(at: index)),
-                            holder: nil, attempt: 0, hops: 0)
+                            holder: HolderTable.here, attempt: 0, hops: 0)
             }
         }, now: now)
     }
@@ -474,8 +477,12 @@ public struct QueueMachine: Sendable {
             if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
         }
         if configuration.delivery == .atLeastOnce {
-            let lost = owned.sequences { $0.holder == peer }
-            requeue(lost, &actions, now: now)
+            if let handle = holders.handle(of: peer) {
+                let lost = owned.sequences { $0.holder == handle }
+                requeue(lost, &actions, now: now)
+                // No record names the peer any more (re-queued items are here).
+                holders.forget(peer)
+            }
         }
         finish(&actions, now: now)
         return actions
@@ -689,7 +696,7 @@ public struct QueueMachine: Sendable {
             guard owned.modify(sequence, { record in
                 record.attempt &+= 1
                 record.hops = 0
-                record.holder = nil
+                record.holder = HolderTable.here
                 attempt = record.attempt
             }), let record = owned[sequence] else { continue }
             items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0,
@@ -719,10 +726,11 @@ public struct QueueMachine: Sendable {
         var lost: [UInt64] = []
         for group in custody {
             let holderDead = deadPeers.contains(group.holder)
-            let holder = group.holder == localPeer ? nil : group.holder
+            // A dead holder is not interned: its items are re-queued below, here again.
+            let holder = group.holder == localPeer || holderDead ? HolderTable.here : holders.handle(for: group.holder)
             for run in group.runs {
                 owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
-                    guard record.attempt == group.attempt, record.holder != nil, group.hops > record.hops else { return }
+                    guard record.attempt == group.attempt, record.holder != HolderTable.here, group.hops > record.hops else { return }
                     record.holder = holder
                     record.hops = group.hops
                     if holderDead { lost.append(sequence) }
@@ -947,7 +955,7 @@ public struct QueueMachine: Sendable {
                    owned.count > 0 {
                     owned.modify(item.id.sequence) { record in
                         guard record.attempt == item.attempt, item.hops > record.hops else { return }
-                        record.holder = nil
+                        record.holder = HolderTable.here
                         record.hops = item.hops
                     }
                 }
@@ -990,10 +998,11 @@ public struct QueueMachine: Sendable {
         // This node's own items, as runs of consecutive sequences with one attempt and hop count
         // (a transfer's items mostly are one such run): custody changes a run at a time.
         var own = (first: UInt64(0), count: 0, attempt: UInt32(0), hops: UInt32(0))
+        let holder = holders.handle(for: peer)
         func updateOwn(_ own: (first: UInt64, count: Int, attempt: UInt32, hops: UInt32)) {
             owned.modifyRun(first: own.first, count: own.count) { _, record in
                 guard record.attempt == own.attempt, own.hops > record.hops else { return }
-                record.holder = peer
+                record.holder = holder
                 record.hops = own.hops
             }
         }
@@ -1442,6 +1451,54 @@ struct OwnedBuffers: Sendable {
     /// The bytes of a record (a new reference to its array).
     func payload(_ slot: UInt32, start: UInt32, length: UInt32) -> ItemPayload {
         ItemPayload(base: arrays[Int(slot)], start: Int(start), count: Int(length))
+    }
+}
+
+/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
+/// A peer gets a handle when it first takes custody of an item and gives it back when it is
+/// declared dead (its items are then re-queued, so no record names it): the table holds at most
+/// the peers alive or not yet declared dead.
+struct HolderTable: Sendable {
+    /// The handle of "no peer: the item is here".
+    static let here: UInt32 = 0
+    /// `peers[handle - 1]`; a freed handle's entry is stale until reused.
+    private var peers: [PeerID] = []
+    private var handles: [PeerID: UInt32] = [:]
+    private var freeHandles: [UInt32] = []
+    /// The peer whose handle was asked for last: a transfer's ack asks once, many acks in a row
+    /// name the same peer.
+    private var last: (peer: PeerID, handle: UInt32)?
+
+    /// Peers with a handle (for tests of the bound).
+    var count: Int { handles.count }
+
+    /// `peer`'s handle, given now if it has none.
+    mutating func handle(for peer: PeerID) -> UInt32 {
+        if let last, last.peer == peer { return last.handle }
+        let handle: UInt32
+        if let existing = handles[peer] {
+            handle = existing
+        } else if let free = freeHandles.popLast() {
+            handle = free
+            peers[Int(free) - 1] = peer
+            handles[peer] = free
+        } else {
+            peers.append(peer)
+            handle = UInt32(peers.count)
+            handles[peer] = handle
+        }
+        last = (peer, handle)
+        return handle
+    }
+
+    /// `peer`'s handle if it has one.
+    func handle(of peer: PeerID) -> UInt32? { handles[peer] }
+
+    /// Frees `peer`'s handle: no record may name it any more.
+    mutating func forget(_ peer: PeerID) {
+        guard let handle = handles.removeValue(forKey: peer) else { return }
+        freeHandles.append(handle)
+        if last?.peer == peer { last = nil }
     }
 }
 

@@ -196,3 +196,30 @@ extension SequenceTableTests {
         #expect(table.count == 0)
     }
 }
+
+@Suite struct HolderTableTests {
+    @Test("A holder keeps its handle until forgotten; a freed handle is reused for the next peer, never confused with the old one")
+    func handlesAreReused() {
+        let a = PeerID(bytes: [UInt8](repeating: 1, count: 32))!
+        let b = PeerID(bytes: [UInt8](repeating: 2, count: 32))!
+        let c = PeerID(bytes: [UInt8](repeating: 3, count: 32))!
+        var table = HolderTable()
+        let ha = table.handle(for: a)
+        let hb = table.handle(for: b)
+        #expect(ha != HolderTable.here && hb != HolderTable.here && ha != hb)
+        #expect(table.handle(for: a) == ha)
+        #expect(table.handle(of: b) == hb)
+        #expect(table.count == 2)
+        // a was asked for last: forgetting it must also drop the cached answer.
+        _ = table.handle(for: a)
+        table.forget(a)
+        #expect(table.handle(of: a) == nil)
+        #expect(table.count == 1)
+        let hc = table.handle(for: c)
+        #expect(hc == ha)  // the freed handle, reused
+        let again = table.handle(for: a)
+        #expect(again != hc && again != hb && again != HolderTable.here)
+        #expect(table.handle(of: c) == hc)
+        #expect(table.count == 3)
+    }
+}
