@@ -850,20 +850,31 @@ public struct QueueMachine: Sendable {
         var bytes = 0
         // Items are moved out of the queue (no copy of their payload reference); the one that
         // does not fit goes back to the front.
+        // The last item sent, for the wire's runs (``QueueMessage/continuesRun(_:_:)``).
+        var lastSequence: UInt64 = 0
+        var lastAttempt: UInt32 = 0
+        var lastHops: UInt32 = 0
         while sent.count < limit, var item = queue.popFirst() {
+            item.hops &+= 1
             var cost = QueueWire.itemOverhead + item.payload.count
+            let continuesRun = item.id.sequence == lastSequence &+ 1 && item.attempt == lastAttempt
+                && item.hops == lastHops && item.id.origin == lastOrigin
+            if !continuesRun { cost += QueueWire.runOverhead }
             // Items of a batch mostly share their origin: compare with the last one first.
             let newOrigin = item.id.origin != lastOrigin && !origins.contains(item.id.origin)
             if newOrigin { cost += QueueWire.originSize }
             guard cost <= budget else {
+                item.hops &-= 1
                 queue.prepend(item)
                 break
             }
             budget -= cost
             if newOrigin { origins.append(item.id.origin) }
             lastOrigin = item.id.origin
+            lastSequence = item.id.sequence
+            lastAttempt = item.attempt
+            lastHops = item.hops
             bytes += item.payload.count
-            item.hops &+= 1
             sent.append(consume item)
         }
         guard !sent.isEmpty else { return 0 }

@@ -170,8 +170,12 @@ public enum QueueWire {
     /// Bytes a transfer body takes besides its items: name (4 + name), transfer ID, kind,
     /// request ID, origin count, item count.
     public static func transferOverhead(queueNameLength: Int) -> Int { 4 + queueNameLength + 8 + 1 + 8 + 2 + 4 }
-    /// Bytes one item takes in a transfer besides its payload.
-    public static let itemOverhead = 2 + 8 + 4 + 4 + 4
+    /// Bytes a run of items takes in a transfer besides its items: origin index, first
+    /// sequence, item count, attempt, hops. A run is items of one origin with consecutive
+    /// sequences and the same attempt and hop count, as a pushed batch's items travel.
+    public static let runOverhead = 2 + 8 + 4 + 4 + 4
+    /// Bytes one item takes in a transfer besides its payload and its run's header: its length.
+    public static let itemOverhead = 4
     /// A received transfer whose payloads average less than this many bytes keeps them in one
     /// shared array; larger ones get an array each.
     public static let sharedPayloadLimit = 512
@@ -187,8 +191,9 @@ public enum QueueWire {
 /// - steal request `0x21`: queue str, request ID u64, max items u32 (≥ 1), thief rate f64;
 /// - steal empty `0x22`: queue str, request ID u64;
 /// - transfer `0x23`: queue str, transfer ID u64, kind u8, request ID u64, origin count u16
-///   (≥ 1), origins (32 bytes each), item count u32 (≥ 1), items: origin index u16, sequence
-///   u64, attempt u32, hops u32, payload (u32 length + bytes);
+///   (≥ 1), origins (32 bytes each), item count u32 (≥ 1), then runs until that many items:
+///   origin index u16, first sequence u64, count u32 (≥ 1), attempt u32, hops u32, and the
+///   run's payloads (u32 length + bytes each), sequences `first ..< first + count`;
 /// - transfer ack `0x24`: queue str, transfer ID u64, status u8;
 /// - owner update `0x25`: queue str, update ID u64, popped run count u32, runs (first u64,
 ///   count u32 ≥ 1), custody group count u16, groups: holder (32 bytes), attempt u32, hops u32,
@@ -282,8 +287,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     }
 
     /// The distinct origins of `items` in first-seen order, and the bytes the items take on
-    /// the wire, in one pass (validation, sizing and encoding each need both). A transfer rarely
-    /// holds more than a handful of origins, so a linear scan beats hashing.
+    /// the wire, in one pass (sizing and encoding each need both). A transfer rarely holds more
+    /// than a handful of origins, so a linear scan beats hashing.
     static func summary(of items: [QueueItem]) -> (origins: [PeerID], encodedSize: Int) {
         var origins: [PeerID] = []
         var last: PeerID?
@@ -292,6 +297,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         items.withUnsafeBufferPointer { items in
             for index in items.indices {
                 size += QueueWire.itemOverhead + items[index].payload.count
+                if index == 0 || !continuesRun(items[index - 1], items[index]) { size += QueueWire.runOverhead }
                 if items[index].id.origin != last {
                     last = items[index].id.origin
                     if !origins.contains(last!) { origins.append(last!) }
@@ -299,6 +305,14 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
         }
         return (origins, size)
+    }
+
+    /// Whether `item` extends the run `previous` is in on the wire: same origin, attempt and hop
+    /// count, the next sequence. The queue machine sizes its transfers by the same rule.
+    @inline(__always)
+    public static func continuesRun(_ previous: borrowing QueueItem, _ item: borrowing QueueItem) -> Bool {
+        item.id.sequence == previous.id.sequence &+ 1 && item.attempt == previous.attempt
+            && item.hops == previous.hops && item.id.origin == previous.id.origin
     }
 
     /// Writes the items' wire form into `raw` (exactly `summary(of:).encodedSize` bytes, in the
@@ -309,18 +323,28 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var offset = 0
             var lastOrigin = origins[0]
             var originIndex: UInt16 = 0
+            // The open run's header, whose count is written once the run ends.
+            var runAt = 0
+            var runCount: UInt32 = 0
             for index in items.indices {
-                let id = items[index].id
-                if id.origin != lastOrigin {
-                    lastOrigin = id.origin
-                    originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
+                if index == 0 || !continuesRun(items[index - 1], items[index]) {
+                    if index > 0 { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
+                    let id = items[index].id
+                    if id.origin != lastOrigin {
+                        lastOrigin = id.origin
+                        originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
+                    }
+                    raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
+                    raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
+                    raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                    raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                    runAt = offset
+                    runCount = 0
+                    offset += QueueWire.runOverhead
                 }
-                raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
-                raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
-                raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 10, as: UInt32.self)
-                raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                runCount += 1
                 let count = items[index].payload.count
-                raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset, as: UInt32.self)
                 offset += QueueWire.itemOverhead
                 if count > 0 {
                     items[index].payload.withUnsafeBytes { payload in
@@ -329,6 +353,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                     offset += count
                 }
             }
+            if !items.isEmpty { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
             precondition(offset == raw.count, "encodeItems: buffer size does not match the items")
         }
     }
@@ -545,88 +570,121 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard count <= QueueWire.maxTransferItems else {
             throw .malformed(field: "transfer.count", reason: "\(count) exceeds \(QueueWire.maxTransferItems)")
         }
-        guard count <= reader.remaining / QueueWire.itemOverhead else {
+        // At least one run header, and a length per item: bounds the count before anything is
+        // allocated for it, and the payloads' bytes.
+        let payloadBound = reader.remaining - QueueWire.runOverhead - count * QueueWire.itemOverhead
+        guard payloadBound >= 0 else {
             throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
         }
         var items: [QueueItem] = []
         items.reserveCapacity(count)
-        // Every item takes `itemOverhead` bytes besides its payload, so this bounds the payloads.
-        let payloadBound = reader.remaining - count * QueueWire.itemOverhead
         guard sharing && payloadBound < count * QueueWire.sharedPayloadLimit else {
             // Large items get an array each: an allocation is cheap next to their bytes, and
             // `pop` then hands out those arrays without copying them again. So do all items
             // when the queue's consumers take arrays.
-            for index in 0..<count {
-                do throws(WireError) {
-                    let header = try decodeItemHeader(&reader, origins: origins)
-                    let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
-                    items.append(QueueItem(id: header.id, attempt: header.attempt, hops: header.hops, payload: ItemPayload([UInt8](payload))))
-                } catch {
-                    throw error.nested(under: "transfer.items[\(index)]")
+            var index = 0
+            while index < count {
+                let run = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
+                for offset in 0..<Int(run.count) {
+                    do throws(WireError) {
+                        let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
+                        items.append(QueueItem(id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)),
+                                               attempt: run.attempt, hops: run.hops, payload: ItemPayload([UInt8](payload))))
+                    } catch {
+                        throw error.nested(under: "transfer.items[\(index + offset)]")
+                    }
                 }
+                index += Int(run.count)
             }
             return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
         }
         // Small items: all payloads are copied into one array (one allocation per transfer, not
         // per item); the items are made once it is complete, each with its range of it (one
         // reference each, no placeholder to release).
-        var headers: [ItemHeader] = []
-        headers.reserveCapacity(count)
+        var runs: [RunHeader] = []
         var starts: [UInt32] = []
-        starts.reserveCapacity(count)
+        starts.reserveCapacity(count + 1)
         var failure: WireError?
         let buffer = [UInt8](unsafeUninitializedCapacity: payloadBound) { raw, filled in
             let raw = UnsafeMutableRawBufferPointer(raw)
-            for index in 0..<count {
+            var index = 0
+            while index < count {
                 // Field names are built only on the error path: this loop runs once per item.
                 do throws(WireError) {
-                    let header = try decodeItemHeader(&reader, origins: origins)
-                    let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
-                    starts.append(UInt32(truncatingIfNeeded: filled))
-                    if !payload.isEmpty {
-                        UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
-                        filled += payload.count
+                    let run = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
+                    runs.append(run)
+                    for offset in 0..<Int(run.count) {
+                        do throws(WireError) {
+                            let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
+                            starts.append(UInt32(truncatingIfNeeded: filled))
+                            if !payload.isEmpty {
+                                UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
+                                filled += payload.count
+                            }
+                        } catch {
+                            throw error.nested(under: "transfer.items[\(index + offset)]")
+                        }
                     }
-                    headers.append(header)
+                    index += Int(run.count)
                 } catch {
-                    failure = error.nested(under: "transfer.items[\(index)]")
+                    failure = error
                     return
                 }
             }
         }
         if let failure { throw failure }
         starts.append(UInt32(truncatingIfNeeded: buffer.count))
-        headers.withUnsafeBufferPointer { headers in
-            for index in headers.indices {
-                let start = Int(starts[index])
-                items.append(QueueItem(
-                    id: headers[index].id, attempt: headers[index].attempt, hops: headers[index].hops,
-                    payload: ItemPayload(base: buffer, start: start, count: Int(starts[index + 1]) - start)
-                ))
+        starts.withUnsafeBufferPointer { starts in
+            var index = 0
+            for run in runs {
+                for offset in 0..<Int(run.count) {
+                    let start = Int(starts[index])
+                    items.append(QueueItem(
+                        id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)), attempt: run.attempt, hops: run.hops,
+                        payload: ItemPayload(base: buffer, start: start, count: Int(starts[index + 1]) - start)
+                    ))
+                    index += 1
+                }
             }
         }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
     }
 
-    /// An item's fields before its payload.
-    private struct ItemHeader {
-        var id: ItemID
+    /// A run's fields before its payloads.
+    private struct RunHeader {
+        var origin: PeerID
+        var first: UInt64
+        var count: UInt32
         var attempt: UInt32
         var hops: UInt32
     }
 
+    /// Reads the header of the run starting at item `index`, with `itemsLeft` items still to
+    /// come; errors name that item.
     @inline(__always)
-    private static func decodeItemHeader(_ reader: inout WireReader, origins: [PeerID]) throws(WireError) -> ItemHeader {
-        let originIndex = Int(try reader.readU16(field: "origin"))
-        guard originIndex < origins.count else {
-            throw .malformed(field: "origin", reason: "index \(originIndex) of \(origins.count) origins")
+    private static func decodeRunHeader(
+        _ reader: inout WireReader, origins: [PeerID], itemsLeft: Int, at index: Int
+    ) throws(WireError) -> RunHeader {
+        do throws(WireError) {
+            let originIndex = Int(try reader.readU16(field: "origin"))
+            guard originIndex < origins.count else {
+                throw .malformed(field: "origin", reason: "index \(originIndex) of \(origins.count) origins")
+            }
+            let first = try reader.readU64(field: "sequence")
+            let count = try reader.readU32(field: "runCount")
+            guard count >= 1, Int(count) <= itemsLeft else {
+                throw .malformed(field: "runCount", reason: "\(count) with \(itemsLeft) items left")
+            }
+            guard first <= UInt64.max - UInt64(count - 1) else {
+                throw .malformed(field: "sequence", reason: "a run of \(count) from \(first) overflows")
+            }
+            let attempt = try reader.readU32(field: "attempt")
+            let hops = try reader.readU32(field: "hops")
+            return RunHeader(origin: origins[originIndex], first: first, count: count, attempt: attempt, hops: hops)
+        } catch {
+            throw error.nested(under: "transfer.items[\(index)]")
         }
-        let sequence = try reader.readU64(field: "sequence")
-        let attempt = try reader.readU32(field: "attempt")
-        let hops = try reader.readU32(field: "hops")
-        return ItemHeader(id: ItemID(origin: origins[originIndex], sequence: sequence), attempt: attempt, hops: hops)
     }
-
 
 }
 

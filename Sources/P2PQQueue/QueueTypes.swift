@@ -164,7 +164,7 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// The largest payload one item may have: it must fit in one transfer frame.
     public func maxItemSize(queueNameLength: Int) -> Int {
         maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: queueNameLength)
-            - QueueWire.originSize - QueueWire.itemOverhead
+            - QueueWire.originSize - QueueWire.runOverhead - QueueWire.itemOverhead
     }
 }
 

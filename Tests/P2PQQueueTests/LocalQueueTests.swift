@@ -85,7 +85,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
 
         // An item must fit in one frame.
         var small = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration(maxFrameSize: 512))
-        #expect(small.maxItemSize == 512 - 1 - 28 - 32 - 22)
+        #expect(small.maxItemSize == 512 - 1 - 28 - 32 - 22 - 4)
         let biggest = QueueItem(id: ItemID(origin: A, sequence: 1), payload: payload(0, size: small.maxItemSize))
         #expect(throws: Never.self) { try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: [biggest]), maxFrameSize: 512) }
         #expect(pushNumbers(&small, 0..<1, size: small.maxItemSize) == .accepted)
@@ -123,6 +123,32 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1)
         let transfer = actions.transfers[0]
         return (a, b, transfer)
+    }
+
+    @Test("A transfer fills the receiver's frame: the machine counts runs and origins as the wire does")
+    func transferFillsFrame() throws {
+        // 1000-byte frames: 1 type byte, 28 bytes of transfer header for queue "q", one origin
+        // (32) and one run (22) leave 917 bytes: 76 items of 8 bytes (12 each with the length).
+        let configuration = QueueConfiguration(maxFrameSize: 1000)
+        var (_, _, transfer) = stolen(200, configuration: configuration)
+        #expect(transfer.items.count == 76)
+        var bytes: [UInt8] = []
+        try QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items)
+            .encode(into: &bytes, maxFrameSize: 1000)
+        #expect(bytes.count == 4 + 1 + 28 + 32 + 22 + 76 * 12)
+        // Items out of order (after a re-queue) are runs of their own: fewer fit, all within the frame.
+        var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
+        _ = a.peerConnected(B, now: 0)
+        let scattered = (0..<100).map { QueueItem(id: ItemID(origin: C, sequence: UInt64(2 * $0)), hops: 1, payload: payload($0)) }
+        _ = a.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: scattered), from: C, now: 1)
+        let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 100, thiefRate: 1000), from: B, now: 2)
+        transfer = actions.transfers[0]
+        // 939 bytes after the origin, 34 per item (run header, length, payload): 27 items.
+        #expect(transfer.items.count == 27)
+        bytes = []
+        try QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items)
+            .encode(into: &bytes, maxFrameSize: 1000)
+        #expect(bytes.count == 4 + 1 + 28 + 32 + 27 * 34)
     }
 
     @Test("The sender keeps items until the ack; the receiver drops a retransmitted copy")

@@ -51,6 +51,36 @@ private func statsBody(rate: Double) -> [UInt8] {
         }
     }
 
+    @Test("Transfer items travel as runs: one header per run of consecutive sequences, a length per item")
+    func transferRuns() throws {
+        func item(_ origin: Int, _ sequence: UInt64, attempt: UInt32 = 0, hops: UInt32 = 1, size: Int = 8) -> QueueItem {
+            QueueItem(id: ItemID(origin: peer(origin), sequence: sequence), attempt: attempt, hops: hops, payload: payload(Int(sequence % 1000), size: size))
+        }
+        let head = QueueWire.transferOverhead(queueNameLength: 4)
+        let cases: [(items: [QueueItem], origins: Int, runs: Int)] = [
+            ([item(1, 7), item(1, 8), item(1, 9)], 1, 1),
+            ([item(1, 7), item(1, 9)], 1, 2),                       // a gap
+            ([item(1, 7), item(1, 8, hops: 2)], 1, 2),              // another hop count
+            ([item(1, 7), item(1, 8, attempt: 1)], 1, 2),           // another attempt
+            ([item(1, 7), item(2, 8), item(1, 8)], 2, 3),           // origins interleaved
+            ([item(1, .max - 1), item(1, .max)], 1, 1),             // up to the last sequence
+        ]
+        for (items, origins, runs) in cases {
+            let message = QueueMessage.transfer(queue: "jobs", transferID: 5, kind: .balance, requestID: 0, items: items)
+            let expected = head + origins * QueueWire.originSize + runs * QueueWire.runOverhead
+                + items.count * QueueWire.itemOverhead + items.reduce(0) { $0 + $1.payload.count }
+            #expect(message.bodySize == expected)
+            var bytes: [UInt8] = []
+            try message.encode(into: &bytes)
+            #expect(bytes.count == 5 + expected)
+            #expect(try wireRoundTrip(message) == message)
+            // Large items take the other decoding path (an array each): the same items.
+            let large = QueueMessage.transfer(queue: "jobs", transferID: 5, kind: .balance, requestID: 0,
+                                              items: items.map { item in var item = item; item.payload = ItemPayload(payload(number(item.payload), size: 600)); return item })
+            #expect(try wireRoundTrip(large) == large)
+        }
+    }
+
     @Test("A stats message with NaN, infinity, a negative or absurd value is rejected by the decoder")
     func badStatsDecode() {
         #expect(throws: WireError.malformed(field: "stats.serviceRate", reason: "NaN")) {
@@ -120,10 +150,31 @@ private func statsBody(rate: Double) -> [UInt8] {
             try QueueMessage.decode(type: .queueTransfer, body: transferHead(0, 1) + [0, 0, 0x03, 0xE8])
         }
         let badIndex = transferHead(0, 1) + body { w in
-            w.writeU32(1); w.writeU16(1); w.writeU64(1); w.writeU32(0); w.writeU32(0); w.writeByteString([1])
+            w.writeU32(1); w.writeU16(1); w.writeU64(1); w.writeU32(1); w.writeU32(0); w.writeU32(0); w.writeByteString([1])
         }
         #expect(throws: WireError.malformed(field: "transfer.items[0].origin", reason: "index 1 of 1 origins")) {
             try QueueMessage.decode(type: .queueTransfer, body: badIndex)
+        }
+        // Runs: empty, longer than the items left, or running past the last sequence number.
+        let run = { (count: UInt32, runCount: UInt32, first: UInt64, payloads: Int) in
+            transferHead(0, 1) + body { w in
+                w.writeU32(count); w.writeU16(0); w.writeU64(first); w.writeU32(runCount); w.writeU32(0); w.writeU32(0)
+                for _ in 0..<payloads { w.writeByteString([UInt8](repeating: 1, count: 20)) }
+            }
+        }
+        #expect(throws: WireError.malformed(field: "transfer.items[0].runCount", reason: "0 with 1 items left")) {
+            try QueueMessage.decode(type: .queueTransfer, body: run(1, 0, 1, 1))
+        }
+        #expect(throws: WireError.malformed(field: "transfer.items[0].runCount", reason: "3 with 2 items left")) {
+            try QueueMessage.decode(type: .queueTransfer, body: run(2, 3, 1, 3))
+        }
+        #expect(throws: WireError.malformed(field: "transfer.items[0].sequence", reason: "a run of 2 from \(UInt64.max) overflows")) {
+            try QueueMessage.decode(type: .queueTransfer, body: run(2, 2, .max, 2))
+        }
+        #expect(throws: Never.self) { try QueueMessage.decode(type: .queueTransfer, body: run(2, 2, .max - 1, 2)) }
+        // A run that ends before the item count: the next run's header is cut short.
+        #expect(throws: WireError.truncated(field: "transfer.items[1].runCount", needed: 4, available: 0)) {
+            try QueueMessage.decode(type: .queueTransfer, body: run(2, 1, 1, 1) + [UInt8](repeating: 0, count: 10))
         }
         // Empty run in an owner update.
         #expect(throws: WireError.malformed(field: "ownerUpdate.popped[0].count", reason: "0")) {
@@ -150,7 +201,7 @@ private func statsBody(rate: Double) -> [UInt8] {
     @Test("A transfer larger than the frame limit is refused by the encoder")
     func frameLimit() {
         let items = [QueueItem(id: ItemID(origin: peer(1), sequence: 1), payload: [UInt8](repeating: 1, count: 600))]
-        #expect(throws: WireError.frameTooLarge(length: 683, limit: 512)) {
+        #expect(throws: WireError.frameTooLarge(length: 687, limit: 512)) {
             try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: items), maxFrameSize: 512)
         }
     }
