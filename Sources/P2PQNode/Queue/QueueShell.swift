@@ -102,8 +102,11 @@ final class QueueShell {
     }
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
-    /// module such as remote calls) a callback run on the reactor thread at once.
-    typealias PopSink = (Result<[ItemPayload], QueueError>) -> Void
+    /// module such as remote calls) a callback run on the reactor thread at once. The items are
+    /// handed over (`consuming`): the reactor keeps no reference past the call, so a consumer on
+    /// another thread, not the reactor, releases them once it is done (the last reference's
+    /// release walks every item: one release per item).
+    typealias PopSink = (consuming Result<[ItemPayload], QueueError>) -> Void
     typealias PushSink = (Result<Void, QueueError>) -> Void
 
     private struct PendingPop {
@@ -179,7 +182,7 @@ final class QueueShell {
     /// `timeout` nil waits forever; zero does not wait.
     /// `takesArrays`: the caller makes an array of each item (see `Entry.consumersTakeArrays`).
     func pop(_ name: String, max: Int, timeout: Duration?, takesArrays: Bool, _ continuation: PopContinuation) -> WaiterID? {
-        pop(name, max: max, timeout: timeout, takesArrays: takesArrays, sink: { continuation.resume(returning: $0) })
+        pop(name, max: max, timeout: timeout, takesArrays: takesArrays, sink: { result in continuation.resume(returning: consume result) })
     }
 
     /// A new waiter ID, for ``pop(_:max:waiter:sink:)``.
@@ -205,7 +208,7 @@ final class QueueShell {
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
         if !items.isEmpty {
             countPopped(name, items.count)
-            sink(.success(items))
+            sink(.success(consume items))
             perform(name, actions)
             return false
         }
@@ -250,7 +253,7 @@ final class QueueShell {
         let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
         if !items.isEmpty {
             countPopped(name, items.count)
-            continuation(.success(items))
+            continuation(.success(consume items))
             perform(name, actions)
             return nil
         }
@@ -417,6 +420,14 @@ final class QueueShell {
         return false
     }
 
+    private func deliver(_ name: String, _ action: consuming QueueAction) {
+        guard case .deliver(let waiter, let items) = consume action,
+              let pending = queues[name]!.pops.removeValue(forKey: waiter) else { return }
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        countPopped(name, items.count)
+        pending.continuation(.success(consume items))
+    }
+
     private func failPushes(_ name: String, with error: QueueError) {
         let pushes = queues[name]!.pushes
         queues[name]!.pushes = []
@@ -425,16 +436,21 @@ final class QueueShell {
 
     // MARK: Actions
 
-    private func perform(_ name: String, _ actions: [QueueAction]) {
-        for action in actions {
+    private func perform(_ name: String, _ actions: consuming [QueueAction]) {
+        for index in actions.indices {
+            // Moved out of the array, not copied: a delivery's items must have no reference left
+            // here when they are handed over (see `PopSink`).
+            var action = QueueAction.spaceAvailable
+            swap(&action, &actions[index])
+            if case .deliver = action {
+                deliver(name, consume action)
+                continue
+            }
             switch action {
             case .send(let message, let peer):
                 send(message, to: peer, queue: name)
-            case .deliver(let waiter, let items):
-                guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
-                if let timer = pending.timer { core.reactor.cancel(timer) }
-                countPopped(name, items.count)
-                pending.continuation(.success(items))
+            case .deliver:
+                break
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
