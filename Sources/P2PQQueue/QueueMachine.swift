@@ -850,7 +850,8 @@ public struct QueueMachine: Sendable {
         var bytes = 0
         // Items are moved out of the queue (no copy of their payload reference); the one that
         // does not fit goes back to the front.
-        // The last item sent, for the wire's runs (``QueueMessage/continuesRun(_:_:)``).
+        // The last item sent: an item that does not continue its run (same origin, attempt and
+        // hop count, next sequence) starts a new one on the wire, as `QueueMessage` encodes it.
         var lastSequence: UInt64 = 0
         var lastAttempt: UInt32 = 0
         var lastHops: UInt32 = 0

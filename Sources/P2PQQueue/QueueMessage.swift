@@ -294,25 +294,27 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         var last: PeerID?
         var size = 0
         // Through the buffer: reading a field does not retain the item's payload.
+        // The previous item's run fields, kept in locals: each item's fields are read once.
+        var next: UInt64 = 0
+        var attempt: UInt32 = 0
+        var hops: UInt32 = 0
         items.withUnsafeBufferPointer { items in
             for index in items.indices {
                 size += QueueWire.itemOverhead + items[index].payload.count
-                if index == 0 || !continuesRun(items[index - 1], items[index]) { size += QueueWire.runOverhead }
+                let sequence = items[index].id.sequence
                 if items[index].id.origin != last {
                     last = items[index].id.origin
                     if !origins.contains(last!) { origins.append(last!) }
+                    size += QueueWire.runOverhead
+                } else if sequence != next || items[index].attempt != attempt || items[index].hops != hops {
+                    size += QueueWire.runOverhead
                 }
+                next = sequence &+ 1
+                attempt = items[index].attempt
+                hops = items[index].hops
             }
         }
         return (origins, size)
-    }
-
-    /// Whether `item` extends the run `previous` is in on the wire: same origin, attempt and hop
-    /// count, the next sequence. The queue machine sizes its transfers by the same rule.
-    @inline(__always)
-    public static func continuesRun(_ previous: borrowing QueueItem, _ item: borrowing QueueItem) -> Bool {
-        item.id.sequence == previous.id.sequence &+ 1 && item.attempt == previous.attempt
-            && item.hops == previous.hops && item.id.origin == previous.id.origin
     }
 
     /// Writes the items' wire form into `raw` (exactly `summary(of:).encodedSize` bytes, in the
@@ -323,25 +325,33 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var offset = 0
             var lastOrigin = origins[0]
             var originIndex: UInt16 = 0
-            // The open run's header, whose count is written once the run ends.
+            // The open run: where its header is (its count is written once it ends), and the
+            // fields the next item must have to continue it.
             var runAt = 0
             var runCount: UInt32 = 0
+            var next: UInt64 = 0
+            var attempt: UInt32 = 0
+            var hops: UInt32 = 0
             for index in items.indices {
-                if index == 0 || !continuesRun(items[index - 1], items[index]) {
+                let sequence = items[index].id.sequence
+                let newOrigin = index == 0 || items[index].id.origin != lastOrigin
+                if newOrigin || sequence != next || items[index].attempt != attempt || items[index].hops != hops {
                     if index > 0 { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
-                    let id = items[index].id
-                    if id.origin != lastOrigin {
-                        lastOrigin = id.origin
+                    if newOrigin && items[index].id.origin != lastOrigin {
+                        lastOrigin = items[index].id.origin
                         originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
                     }
+                    attempt = items[index].attempt
+                    hops = items[index].hops
                     raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
-                    raw.storeBytes(of: id.sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
-                    raw.storeBytes(of: items[index].attempt.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
-                    raw.storeBytes(of: items[index].hops.bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                    raw.storeBytes(of: sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
+                    raw.storeBytes(of: attempt.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                    raw.storeBytes(of: hops.bigEndian, toByteOffset: offset + 18, as: UInt32.self)
                     runAt = offset
                     runCount = 0
                     offset += QueueWire.runOverhead
                 }
+                next = sequence &+ 1
                 runCount += 1
                 let count = items[index].payload.count
                 raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset, as: UInt32.self)

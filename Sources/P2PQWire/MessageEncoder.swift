@@ -45,16 +45,31 @@ public enum MessageEncoder {
         return WireProtocol.messageHeaderSize + bodySize
     }
 
-    /// Appends the framed message to `bytes`.
+    /// Appends the framed message to `bytes` (nothing if it throws).
+    ///
+    /// - Throws: the message's validation error, or ``WireError/frameTooLarge(length:limit:)``
+    ///   if the receiver's `maxFrameSize` would reject it.
     @inlinable
     public static func encode(
         _ message: some WireMessage, into bytes: inout [UInt8],
         maxFrameSize: Int = WireProtocol.defaultMaxFrameSize
     ) throws(WireError) {
-        let size = try encodedSize(of: message, maxFrameSize: maxFrameSize)
-        bytes.reserveWireCapacity(size)
-        // The body size is known by now: not computed again (a pass over a transfer's items).
-        bytes.withWireWriter { writer in write(message, bodySize: size - WireProtocol.messageHeaderSize, into: &writer) }
+        try message.validate()
+        try WireProtocol.validateMaxFrameSize(maxFrameSize)
+        // Written first and measured after, the length patched in: asking the body for its size
+        // first would cost a transfer a pass over its items (a bulk body reserves for itself).
+        let start = bytes.count
+        bytes.withWireWriter { writer in
+            writer.writeU32(0)
+            writer.writeU8(message.messageType.rawValue)
+            message.writeBody(into: &writer)
+        }
+        let length = bytes.count - start - 4
+        guard length <= maxFrameSize else {
+            bytes.removeSubrange(start...)
+            throw .frameTooLarge(length: length, limit: maxFrameSize)
+        }
+        bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(length).bigEndian, toByteOffset: start, as: UInt32.self) }
     }
 
     /// Writes the framed message at the start of `buffer`, returning the bytes written.

@@ -131,6 +131,12 @@ struct EncodingTests {
         var bytes: [UInt8] = [9]
         #expect(throws: WireError.self) { try LinkMessage.peers([PeerAddress(peerID: samplePeerID, host: "", port: 1)]).encode(into: &bytes) }
         #expect(bytes == [9])
+        // Nor when the frame turns out too large (it is measured as it is written).
+        #expect(throws: WireError.frameTooLarge(length: 300_035, limit: 4096)) { try big.encode(into: &bytes, maxFrameSize: 4096) }
+        #expect(bytes == [9])
+        try big.encode(into: &bytes)
+        #expect(bytes.count == 1 + 300_039 && bytes[0] == 9)
+        #expect(Array(bytes[1..<5]) == [0x00, 0x04, 0x94, 0x03])  // L = 300035, big-endian
     }
 
     @Test("Encoding into a raw buffer: exact size, and a too-small buffer is refused untouched")
