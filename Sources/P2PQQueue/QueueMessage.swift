@@ -293,11 +293,11 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         var origins: [PeerID] = []
         var last: PeerID?
         var size = 0
-        // Through the buffer: reading a field does not retain the item's payload.
         // The previous item's run fields, kept in locals: each item's fields are read once.
         var next: UInt64 = 0
         var attempt: UInt32 = 0
         var hops: UInt32 = 0
+        // Through the buffer: reading a field does not retain the item's payload.
         items.withUnsafeBufferPointer { items in
             for index in items.indices {
                 size += QueueWire.itemOverhead + items[index].payload.count
