@@ -1473,10 +1473,9 @@ struct OwnedBuffers: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
-    /// `peers[handle - 1]`; a freed handle's entry is stale until reused.
-    private var peers: [PeerID] = []
     private var handles: [PeerID: UInt32] = [:]
     private var freeHandles: [UInt32] = []
+    private var nextHandle: UInt32 = 1
     /// The peer whose handle was asked for last: a transfer's ack asks once, many acks in a row
     /// name the same peer.
     private var last: (peer: PeerID, handle: UInt32)?
@@ -1490,13 +1489,9 @@ struct HolderTable: Sendable {
         let handle: UInt32
         if let existing = handles[peer] {
             handle = existing
-        } else if let free = freeHandles.popLast() {
-            handle = free
-            peers[Int(free) - 1] = peer
-            handles[peer] = free
         } else {
-            peers.append(peer)
-            handle = UInt32(peers.count)
+            handle = freeHandles.popLast() ?? nextHandle
+            if handle == nextHandle { nextHandle += 1 }
             handles[peer] = handle
         }
         last = (peer, handle)

@@ -450,7 +450,7 @@ final class QueueShell {
             case .send(let message, let peer):
                 send(message, to: peer, queue: name)
             case .deliver:
-                break
+                break  // handed over above
             case .fail(let waiter, let failure):
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
