@@ -38,11 +38,15 @@ public struct CipherState: Sendable {
     /// Testing/internal initializer: sets the key and an arbitrary starting nonce, e.g. near
     /// the limit to exercise exhaustion without 2^64 operations.
     /// `directAEAD: false` forces swift-crypto's allocating API, which tests use as the
-    /// reference for the direct BoringSSL path.
-    init(cipher: NoiseCipherFunction, key: [UInt8], nonce: UInt64 = 0, directAEAD: Bool = AEADKey.directAvailable) {
+    /// reference for the direct BoringSSL and OpenSSL paths; `openSSL: false` keeps a direct
+    /// state on BoringSSL.
+    init(
+        cipher: NoiseCipherFunction, key: [UInt8], nonce: UInt64 = 0, directAEAD: Bool = AEADKey.directAvailable,
+        openSSL: Bool = AEADKey.openSSLAvailable
+    ) {
         precondition(key.count == 32, "Noise cipher keys are 32 bytes")
         self.cipher = cipher
-        self.key = AEADKey(cipher: cipher, bytes: key, direct: directAEAD)
+        self.key = AEADKey(cipher: cipher, bytes: key, direct: directAEAD, openSSL: directAEAD && openSSL)
         self.nonce = nonce
     }
 
@@ -51,6 +55,9 @@ public struct CipherState: Sendable {
 
     /// Whether this state seals and opens through BoringSSL directly (see `AEADKey`).
     var usesDirectAEAD: Bool { key?.context != nil }
+
+    /// Whether this state's larger messages go through OpenSSL (see `AEADKey`).
+    var usesOpenSSL: Bool { key?.usesOpenSSL ?? false }
 
     /// How many more messages this state may process before ``NoiseError/nonceExhausted``.
     public var remainingMessages: UInt64 { Self.reservedNonce - nonce }

@@ -1,5 +1,9 @@
 import CP2PQAEAD
 import Crypto
+import Synchronization
+#if P2PQ_OPENSSL
+import CP2PQOpenSSL
+#endif
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -114,25 +118,75 @@ extension NoiseDHFunction {
 // MARK: - AEAD
 
 /// A transport key: swift-crypto's `SymmetricKey` plus, where BoringSSL is reachable, a
-/// BoringSSL AEAD context initialised once per key (not once per message).
+/// BoringSSL AEAD context initialised once per key (not once per message), and for
+/// ChaCha20-Poly1305, where the package is built with OpenSSL (`P2PQ_OPENSSL`), an OpenSSL
+/// context, which takes precedence.
 ///
 /// swift-crypto's `seal`/`open` return freshly allocated `Data` and copy the message twice
 /// on the way (once into the sealed box's combined buffer, once out of it); at link speed
-/// that bookkeeping costs as much as the cipher. The context seals and opens straight into
-/// the caller's buffer instead. Both paths produce identical bytes (tests check it).
+/// that bookkeeping costs as much as the cipher. The contexts seal and open straight into
+/// the caller's buffer instead. All paths produce identical bytes (tests check it).
 final class AEADKey: @unchecked Sendable {
-    // @unchecked: immutable after init; BoringSSL allows concurrent seal/open on one context.
+    // @unchecked: immutable after init; BoringSSL allows concurrent seal/open on one context,
+    // and the OpenSSL context, which keeps per-message state, is used under its mutex.
     let key: SymmetricKey
     let context: OpaquePointer?
+    #if P2PQ_OPENSSL
+    /// OpenSSL's ChaCha20-Poly1305 context, or nil; used only under `openSSLLock`.
+    let openSSL: OpaquePointer?
+    let openSSLLock = Mutex(())
+    #endif
 
-    init(cipher: NoiseCipherFunction, bytes: some ContiguousBytes, direct: Bool = AEADKey.directAvailable) {
+    init(
+        cipher: NoiseCipherFunction, bytes: some ContiguousBytes, direct: Bool = AEADKey.directAvailable,
+        openSSL useOpenSSL: Bool = AEADKey.openSSLAvailable
+    ) {
         key = SymmetricKey(data: bytes)
         context = direct ? bytes.withUnsafeBytes { raw in
             p2pq_aead_new(cipher.boringSSLCipher, raw.bindMemory(to: UInt8.self).baseAddress!, raw.count)
         } : nil
+        #if P2PQ_OPENSSL
+        openSSL = useOpenSSL && cipher == .chaChaPoly ? bytes.withUnsafeBytes { raw -> OpaquePointer? in
+            guard raw.count == 32 else { return nil }
+            return p2pq_ossl_chacha_new(raw.bindMemory(to: UInt8.self).baseAddress!)
+        } : nil
+        #endif
     }
 
-    deinit { p2pq_aead_free(context) }
+    deinit {
+        p2pq_aead_free(context)
+        #if P2PQ_OPENSSL
+        if let openSSL { p2pq_ossl_chacha_free(openSSL) }
+        #endif
+    }
+
+    /// Whether ChaCha20-Poly1305 keys use OpenSSL: the package was built with it, and
+    /// `P2PQ_AEAD_OPENSSL=0` is not set (the benchmarks' way to compare with BoringSSL).
+    static let openSSLAvailable: Bool = {
+        #if P2PQ_OPENSSL
+        ProcessInfo.processInfo.environment["P2PQ_AEAD_OPENSSL"] != "0"
+            && ProcessInfo.processInfo.environment["P2PQ_AEAD_SWIFT_CRYPTO"] != "1"
+        #else
+        false
+        #endif
+    }()
+
+    /// Messages shorter than this go to BoringSSL even when the key has an OpenSSL context:
+    /// OpenSSL's EVP calls cost about a microsecond more per message (`p2pq bench cipher`:
+    /// 79 against 233 MB/s at 100 bytes, 570 against 821 at 1100), and its faster cipher wins
+    /// that back from about 2 KiB (1227 against 1149 MB/s; 1952 against 1477 at 8 KiB). Both
+    /// compute the same function, so each message may take either.
+    static let openSSLMinimum = 2048
+
+    /// Whether this key seals and opens through OpenSSL (messages of ``openSSLMinimum`` bytes
+    /// or more).
+    var usesOpenSSL: Bool {
+        #if P2PQ_OPENSSL
+        openSSL != nil
+        #else
+        false
+        #endif
+    }
 
     /// Whether seal/open go straight to BoringSSL (Linux with swift-crypto's vendored copy).
     /// `P2PQ_AEAD_SWIFT_CRYPTO=1` in the environment forces swift-crypto's API (an escape
@@ -161,6 +215,23 @@ extension NoiseCipherFunction {
         into output: UnsafeMutableRawBufferPointer
     ) throws(NoiseError) {
         precondition(output.count >= plaintext.count + Self.tagLength)
+        #if P2PQ_OPENSSL
+        if let openSSL = key.openSSL, plaintext.count >= AEADKey.openSSLMinimum,
+           Self.directSafe(UnsafeRawBufferPointer(output), plaintext) {
+            let ok = withNonceBytes(nonce) { n in
+                withNonNull(plaintext) { pt in
+                    withNonNull(ad) { a in
+                        key.openSSLLock.withLock { _ in
+                            p2pq_ossl_chacha_seal(openSSL, output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                                  n, pt, plaintext.count, a, ad.count)
+                        }
+                    }
+                }
+            }
+            guard ok == 1 else { throw .cryptoFailure("AEAD seal failed") }
+            return
+        }
+        #endif
         if let context = key.context, Self.directSafe(UnsafeRawBufferPointer(output), plaintext) {
             let ok = withNonceBytes(nonce) { n in
                 withNonNull(plaintext) { pt in
@@ -186,6 +257,25 @@ extension NoiseCipherFunction {
     ) throws(NoiseError) {
         let bodyLength = ciphertext.count - Self.tagLength
         precondition(bodyLength >= 0 && output.count >= bodyLength)
+        #if P2PQ_OPENSSL
+        if let openSSL = key.openSSL, bodyLength >= AEADKey.openSSLMinimum,
+           Self.directSafe(UnsafeRawBufferPointer(output), ciphertext) {
+            let ok = withNonceBytes(nonce) { n in
+                withNonNull(ad) { a in
+                    withNonNull(UnsafeRawBufferPointer(output)) { out in
+                        key.openSSLLock.withLock { _ in
+                            p2pq_ossl_chacha_open(openSSL, UnsafeMutablePointer(mutating: out), n,
+                                                  ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                                  ciphertext.count, a, ad.count)
+                        }
+                    }
+                }
+            }
+            // Any failure here means the tag did not verify; callers treat it as hostile input.
+            guard ok == 1 else { throw .authenticationFailed }
+            return
+        }
+        #endif
         if let context = key.context, Self.directSafe(UnsafeRawBufferPointer(output), ciphertext) {
             let ok = withNonceBytes(nonce) { n in
                 withNonNull(ad) { a in

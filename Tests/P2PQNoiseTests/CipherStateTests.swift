@@ -137,13 +137,42 @@ struct CipherStateTests {
         }
     }
 
+    #if P2PQ_OPENSSL_TESTS
+    @Test("Built with OpenSSL: ChaCha20-Poly1305 keys use it (no silent fallback), AES-GCM keys do not")
+    func openSSLPathIsActive() {
+        let environment = ProcessInfo.processInfo.environment
+        #expect(AEADKey.openSSLAvailable || environment["P2PQ_AEAD_OPENSSL"] == "0" || environment["P2PQ_AEAD_SWIFT_CRYPTO"] == "1")
+        #expect(CipherState(cipher: .chaChaPoly, key: Self.key).usesOpenSSL == AEADKey.openSSLAvailable)
+        #expect(!CipherState(cipher: .aesGCM, key: Self.key).usesOpenSSL)
+        #expect(!CipherState(cipher: .chaChaPoly, key: Self.key, openSSL: false).usesOpenSSL)
+    }
+    #endif
+
+    @Test("OpenSSL and BoringSSL open what the other sealed, on both sides of the size where the choice changes",
+          arguments: [AEADKey.openSSLMinimum - 1, AEADKey.openSSLMinimum, 16_366])
+    func openSSLAndBoringSSLAgree(length: Int) throws {
+        var openSSL = CipherState(cipher: .chaChaPoly, key: Self.key, openSSL: true)
+        var boring = CipherState(cipher: .chaChaPoly, key: Self.key, openSSL: false)
+        var openSSLReceiver = CipherState(cipher: .chaChaPoly, key: Self.key, openSSL: true)
+        var boringReceiver = CipherState(cipher: .chaChaPoly, key: Self.key, openSSL: false)
+        let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let ad: [UInt8] = [9, 8, 7]
+        let a = try openSSL.encrypt(plaintext, ad: ad)
+        let b = try boring.encrypt(plaintext, ad: ad)
+        #expect(a == b)
+        #expect(try boringReceiver.decrypt(a, ad: ad) == plaintext)
+        #expect(try openSSLReceiver.decrypt(b, ad: ad) == plaintext)
+        // Wrong AD: rejected by both.
+        #expect(throws: NoiseError.authenticationFailed) { _ = try openSSLReceiver.decrypt(try openSSL.encrypt(plaintext, ad: ad), ad: []) }
+    }
+
     @Test("Direct path: in-place seal and open, and any flipped bit is rejected without consuming a nonce",
-          arguments: [NoiseCipherFunction.chaChaPoly, .aesGCM])
-    func directInPlaceAndTamper(cipher: NoiseCipherFunction) throws {
+          arguments: [NoiseCipherFunction.chaChaPoly, .aesGCM], [300, 4096])
+    func directInPlaceAndTamper(cipher: NoiseCipherFunction, length: Int) throws {
         var sender = CipherState(cipher: cipher, key: Self.key, directAEAD: true)
         var reference = CipherState(cipher: cipher, key: Self.key, directAEAD: false)
         var receiver = CipherState(cipher: cipher, key: Self.key, directAEAD: true)
-        let plaintext = (0..<300).map { UInt8(truncatingIfNeeded: $0) }
+        let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0) }
         var buffer = plaintext + [UInt8](repeating: 0, count: 16)
         let none = UnsafeRawBufferPointer(start: nil, count: 0)
         let written = try buffer.withUnsafeMutableBytes { raw in
