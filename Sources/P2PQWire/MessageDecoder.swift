@@ -35,8 +35,13 @@ public struct MessageDecoder: Sendable {
     private var pendingType: MessageType?
     private var pendingBodyLength = 0
     // A split body of up to 64 KiB keeps its buffer for the next one (common with records of
-    // that size); anything larger is freed after delivery.
+    // that size). A larger one keeps it too while large bodies keep coming (a stream of queue
+    // transfers), and frees it once `largeBufferIdleLimit` messages in a row did without it, so
+    // one large message does not pin memory for the life of a quiet connection.
     private var body = ReassemblyBuffer(retainedCapacity: 64 << 10)
+    /// Messages delivered since the last one that needed more than the retained capacity.
+    private var sinceLargeBody = 0
+    static let largeBufferIdleLimit = 16
     /// The error that stopped this decoder, if any.
     public private(set) var failure: WireError?
 
@@ -129,6 +134,7 @@ public struct MessageDecoder: Sendable {
                 offset += missing
                 pendingType = nil
                 try onMessage(type, UnsafeRawBufferPointer(rebasing: bytes[start..<offset]))
+                deliveredWithoutLargeBody()
             } else {
                 let take = Swift.min(missing, end - offset)
                 body.append(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + take]), frameLength: pendingBodyLength)
@@ -136,7 +142,9 @@ public struct MessageDecoder: Sendable {
                 guard body.count == pendingBodyLength else { return }
                 pendingType = nil
                 try withBytes(body.bytes) { (raw) throws(WireError) in try onMessage(type, raw) }
-                body.reset()
+                let large = pendingBodyLength > body.retainedCapacity
+                body.reset(keepAll: true)
+                if large { sinceLargeBody = 0 } else { deliveredWithoutLargeBody() }
             }
         }
 
@@ -161,7 +169,16 @@ public struct MessageDecoder: Sendable {
             }
             offset = start + bodyLength
             try onMessage(type, UnsafeRawBufferPointer(rebasing: bytes[start..<offset]))
+            deliveredWithoutLargeBody()
         }
+    }
+
+    /// Counts a message that needed no large buffer; frees the buffer's extra capacity after
+    /// `largeBufferIdleLimit` in a row.
+    @inline(__always)
+    private mutating func deliveredWithoutLargeBody() {
+        sinceLargeBody += 1
+        if sinceLargeBody == Self.largeBufferIdleLimit { body.trim() }
     }
 
     /// Bytes the reassembly buffer has allocated (tests check the bound).

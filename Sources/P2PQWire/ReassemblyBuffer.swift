@@ -5,8 +5,8 @@
 /// at most about twice what the peer has sent, and never more than the frame it declared.
 struct ReassemblyBuffer: Sendable {
     private(set) var bytes: [UInt8] = []
-    /// After a frame completes, capacity above this is freed, so one large message does not
-    /// pin memory for the life of an idle connection.
+    /// Capacity kept for the next frame, unless the owner asks to keep more (``reset(keepAll:)``)
+    /// while large frames keep coming; ``trim()`` frees what is above it.
     let retainedCapacity: Int
 
     private static let initialCapacity = 1024
@@ -32,13 +32,20 @@ struct ReassemblyBuffer: Sendable {
         bytes.append(contentsOf: chunk)
     }
 
-    /// Empties the buffer after a frame was delivered.
-    mutating func reset() {
-        if bytes.capacity > retainedCapacity {
+    /// Empties the buffer after a frame was delivered, keeping its capacity up to
+    /// `retainedCapacity`, or all of it if `keepAll` (the next frame is likely as large: a
+    /// fresh megabyte costs a page fault per 4 KiB the first time it is written).
+    mutating func reset(keepAll: Bool = false) {
+        if bytes.capacity > retainedCapacity && !keepAll {
             bytes = []
         } else {
             bytes.removeAll(keepingCapacity: true)
         }
+    }
+
+    /// Frees capacity above `retainedCapacity` (call between frames).
+    mutating func trim() {
+        if bytes.capacity > retainedCapacity && bytes.isEmpty { bytes = [] }
     }
 
     /// Frees everything (the decoder failed; nothing more will arrive).

@@ -326,8 +326,19 @@ struct MalformedTests {
         let rest = WireProtocol.defaultMaxFrameSize - 1 - received
         let messages = try decoder.decodeAll([UInt8](repeating: 1, count: rest))
         #expect(messages.count == 1 && messages[0].body.count == WireProtocol.defaultMaxFrameSize - 1)
-        // A body above the retained size is freed once delivered.
+        // A body above the retained size keeps its buffer for the next large one, and frees it
+        // once 16 messages in a row did without it.
+        let kept = decoder.bufferedCapacity
+        #expect(kept >= WireProtocol.defaultMaxFrameSize - 1)
+        let ping = be32(1) + [MessageType.ping.rawValue]
+        for _ in 0..<15 { _ = try decoder.decodeAll(ping) }
+        #expect(decoder.bufferedCapacity == kept)
+        _ = try decoder.decodeAll(ping)
         #expect(decoder.bufferedCapacity == 0)
+        // A split body within the retained size keeps its buffer as before.
+        _ = try decoder.decodeAll(be32(1001) + [MessageType.ping.rawValue] + [UInt8](repeating: 0, count: 500))
+        _ = try decoder.decodeAll([UInt8](repeating: 0, count: 500))
+        #expect(decoder.bufferedCapacity > 0 && decoder.bufferedCapacity <= 64 << 10)
 
         // Byte by byte, the header alone allocates nothing either.
         var slow = try MessageDecoder()
