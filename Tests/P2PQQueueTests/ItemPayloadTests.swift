@@ -87,8 +87,19 @@ struct ItemPayloadTests {
             #expect(starts[index] == starts[index - 1] + UInt(payloads[index - 1].count))
         }
 
-        // Large items get an array each, which `bytes` hands out as it is.
-        let large = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 2000)) }
+        // Items of a few KiB share one buffer too (an array each would cost a malloc per item).
+        let medium = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 2000)) }
+        guard case .transfer(_, _, _, _, let decodedMedium) = try wireRoundTrip(
+            .transfer(queue: "q", transferID: 9, kind: .dispatch, requestID: 0, items: medium)
+        ) else {
+            Issue.record("not a transfer")
+            return
+        }
+        #expect(decodedMedium == medium)
+        #expect(Set(decodedMedium.map { $0.payload.storageAddress }).count == 1)
+
+        // Items over 16 KiB get an array each, which `bytes` hands out as it is.
+        let large = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 20_000)) }
         guard case .transfer(_, _, _, _, let decodedLarge) = try wireRoundTrip(
             .transfer(queue: "q", transferID: 8, kind: .dispatch, requestID: 0, items: large)
         ) else {
