@@ -2,68 +2,53 @@
 import PackageDescription
 import Foundation
 
-// The io_uring backend needs liburing (Debian: liburing-dev). P2PQ_IO_URING=1 forces it in
-// (the build fails if liburing is missing), P2PQ_IO_URING=0 leaves it out; unset, the manifest
-// looks for the header. SwiftPM caches evaluated manifests keyed by the environment, not the
-// file system, so after installing liburing-dev either set P2PQ_IO_URING=1 once or build with
-// `--manifest-cache none`.
+/// Whether to build with an optional system library: `variable`=1 forces it in (the build fails
+/// if the library is missing), `variable`=0 leaves it out; unset, whether `header` is installed.
+/// SwiftPM caches evaluated manifests keyed by the environment, not the file system, so after
+/// installing a library either set its variable to 1 once or build with `--manifest-cache none`.
 let environment = ProcessInfo.processInfo.environment
-let withIOUring: Bool = {
-    switch environment["P2PQ_IO_URING"] {
+func buildsWith(_ variable: String, header: String) -> Bool {
+    switch environment[variable] {
     case "1": return true
     case "0": return false
-    default:
-        return ["/usr/include/liburing.h", "/usr/local/include/liburing.h"]
-            .contains { FileManager.default.fileExists(atPath: $0) }
+    default: return ["/usr/include/", "/usr/local/include/"].contains { FileManager.default.fileExists(atPath: $0 + header) }
     }
-}()
+}
 
+// The io_uring backend needs liburing (Debian: liburing-dev).
+let withIOUring = buildsWith("P2PQ_IO_URING", header: "liburing.h")
 // The transport cipher's ChaCha20-Poly1305 comes from the system's OpenSSL 3 (Debian: libssl-dev)
-// when it is there: about 1.8x the speed of swift-crypto's vendored BoringSSL here (AVX-512).
-// P2PQ_OPENSSL=1 forces it in, P2PQ_OPENSSL=0 leaves it out (BoringSSL then); unset, the
-// manifest looks for the header, as for liburing.
-let withOpenSSL: Bool = {
-    switch environment["P2PQ_OPENSSL"] {
-    case "1": return true
-    case "0": return false
-    default:
-        return ["/usr/include/openssl/evp.h", "/usr/local/include/openssl/evp.h"]
-            .contains { FileManager.default.fileExists(atPath: $0) }
-    }
-}()
+// when it is there: 1.4-1.7x the speed of swift-crypto's vendored BoringSSL here (AVX-512).
+// Without it, BoringSSL alone.
+let withOpenSSL = buildsWith("P2PQ_OPENSSL", header: "openssl/evp.h")
+
+var extraTargets: [Target] = []
+/// Adds the system-library module `name` (in `Sources/<name>`) and makes `dependencies` use it,
+/// with `define` set for the code that imports it.
+@MainActor func useSystemLibrary(
+    _ name: String, pkgConfig: String, apt: String, define: String,
+    in dependencies: inout [Target.Dependency], _ settings: inout [SwiftSetting]
+) {
+    dependencies.append(.target(name: name))
+    settings.append(.define(define))
+    extraTargets.append(.systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkgConfig, providers: [.apt([apt])]))
+}
 
 var reactorDependencies: [Target.Dependency] = [
     "CP2PQSystem",
     .product(name: "DequeModule", package: "swift-collections"),
 ]
 var reactorSettings: [SwiftSetting] = []
-var extraTargets: [Target] = []
 if withIOUring {
-    reactorDependencies.append("CP2PQLiburing")
-    reactorSettings.append(.define("P2PQ_IO_URING"))
-    extraTargets.append(
-        .systemLibrary(
-            name: "CP2PQLiburing",
-            path: "Sources/CP2PQLiburing",
-            pkgConfig: "liburing",
-            providers: [.apt(["liburing-dev"])]
-        )
-    )
+    useSystemLibrary("CP2PQLiburing", pkgConfig: "liburing", apt: "liburing-dev", define: "P2PQ_IO_URING",
+                     in: &reactorDependencies, &reactorSettings)
 }
 
 var noiseDependencies: [Target.Dependency] = ["CP2PQAEAD", .product(name: "Crypto", package: "swift-crypto")]
 var noiseSettings: [SwiftSetting] = []
 if withOpenSSL {
-    noiseDependencies.append("CP2PQOpenSSL")
-    noiseSettings.append(.define("P2PQ_OPENSSL"))
-    extraTargets.append(
-        .systemLibrary(
-            name: "CP2PQOpenSSL",
-            path: "Sources/CP2PQOpenSSL",
-            pkgConfig: "libcrypto",
-            providers: [.apt(["libssl-dev"])]
-        )
-    )
+    useSystemLibrary("CP2PQOpenSSL", pkgConfig: "libcrypto", apt: "libssl-dev", define: "P2PQ_OPENSSL",
+                     in: &noiseDependencies, &noiseSettings)
 }
 
 let package = Package(

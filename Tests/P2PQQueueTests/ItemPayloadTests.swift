@@ -72,16 +72,20 @@ struct ItemPayloadTests {
 
     @Test("A decoded transfer's small payloads share one buffer, large ones get an array each; a payload longer than the frame is refused")
     func transferSharesOneBuffer() throws {
+        /// The items of a transfer of `items` after the wire.
+        func decoded(_ items: [QueueItem]) throws -> [QueueItem] {
+            let message = try wireRoundTrip(.transfer(queue: "q", transferID: 7, kind: .dispatch, requestID: 0, items: items))
+            guard case .transfer(_, _, _, _, let decoded) = message else {
+                Issue.record("not a transfer: \(message)")
+                return []
+            }
+            #expect(decoded == items)
+            return decoded
+        }
         let items = (0..<50).map { n in
             QueueItem(id: ItemID(origin: peer(n % 2), sequence: UInt64(n)), payload: payload(n, size: 8 + n % 5))
         }
-        let message = try wireRoundTrip(.transfer(queue: "q", transferID: 7, kind: .dispatch, requestID: 0, items: items))
-        guard case .transfer(_, _, _, _, let decoded) = message else {
-            Issue.record("not a transfer: \(message)")
-            return
-        }
-        #expect(decoded == items)
-        let payloads = decoded.map(\.payload)
+        let payloads = try decoded(items).map(\.payload)
         let starts = addresses(payloads)
         for index in 1..<payloads.count {
             #expect(starts[index] == starts[index - 1] + UInt(payloads[index - 1].count))
@@ -89,25 +93,11 @@ struct ItemPayloadTests {
 
         // Items of a few KiB share one buffer too (an array each would cost a malloc per item).
         let medium = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 2000)) }
-        guard case .transfer(_, _, _, _, let decodedMedium) = try wireRoundTrip(
-            .transfer(queue: "q", transferID: 9, kind: .dispatch, requestID: 0, items: medium)
-        ) else {
-            Issue.record("not a transfer")
-            return
-        }
-        #expect(decodedMedium == medium)
-        #expect(Set(decodedMedium.map { $0.payload.storageAddress }).count == 1)
+        #expect(Set(try decoded(medium).map { $0.payload.storageAddress }).count == 1)
 
         // Items over 16 KiB get an array each, which `bytes` hands out as it is.
         let large = (0..<4).map { n in QueueItem(id: ItemID(origin: peer(1), sequence: UInt64(n)), payload: payload(n, size: 20_000)) }
-        guard case .transfer(_, _, _, _, let decodedLarge) = try wireRoundTrip(
-            .transfer(queue: "q", transferID: 8, kind: .dispatch, requestID: 0, items: large)
-        ) else {
-            Issue.record("not a transfer")
-            return
-        }
-        #expect(decodedLarge == large)
-        for item in decodedLarge {
+        for item in try decoded(large) {
             let inPlace = item.payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
             #expect(item.payload.bytes.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } == inPlace)
         }
