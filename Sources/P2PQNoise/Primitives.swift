@@ -171,12 +171,16 @@ final class AEADKey: @unchecked Sendable {
         #endif
     }()
 
-    /// Messages shorter than this go to BoringSSL even when the key has an OpenSSL context:
-    /// OpenSSL's EVP calls cost about a microsecond more per message (`p2pq bench cipher`:
-    /// 79 against 233 MB/s at 100 bytes, 570 against 821 at 1100), and its faster cipher wins
-    /// that back from about 2 KiB (1227 against 1149 MB/s; 1952 against 1477 at 8 KiB). Both
-    /// compute the same function, so each message may take either.
-    static let openSSLMinimum = 2048
+    /// Messages shorter than this go to BoringSSL even when the key has an OpenSSL context, so
+    /// only full link records (16,366 bytes of plaintext) and larger use OpenSSL. OpenSSL's EVP
+    /// calls cost about a microsecond more per message (`p2pq bench cipher`: 79 against
+    /// 233 MB/s at 100 bytes, 570 against 821 at 1100). In a tight loop its faster cipher wins
+    /// that back from about 2 KiB (1227 against 1149 MB/s; 1952 against 1477 at 8 KiB). But
+    /// with that 2 KiB threshold, W2's records of a few KiB (many calls per record) made the
+    /// remote-call bench 10-15 % slower than on BoringSSL, and 8 KiB still cost about 8 %.
+    /// Full records, a W1 stream's, gain in both places. Both libraries compute the same function,
+    /// so each message may take either.
+    static let openSSLMinimum = 16_000
 
     /// Whether this key seals and opens through OpenSSL (messages of ``openSSLMinimum`` bytes
     /// or more).
