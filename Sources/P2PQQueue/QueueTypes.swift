@@ -39,7 +39,8 @@ public enum DeliveryMode: Hashable, Sendable {
 /// - Owner updates awaiting their ack: at most 8 per owner (one frame each); applied update
 ///   IDs remembered: 1,024 per peer.
 /// - Peer load views: at most ``maxTrackedPeers``; waiting consumers: at most ``maxWaiters``;
-///   dead peers remembered: 1024.
+///   dead peers remembered: 1024; holder handles of the ownership records: one per peer that
+///   took custody of an item and has not been declared dead since.
 /// - The byte limits count payload bytes. Items may share a buffer (a received transfer of
 ///   small items, a pushed `ItemBatch`), which lives until its last item is gone: a transfer's
 ///   when its items have left the queue (in order, so only the head's is partly used), a
