@@ -56,7 +56,7 @@ public struct CipherState: Sendable {
     /// Whether this state seals and opens through BoringSSL directly (see `AEADKey`).
     var usesDirectAEAD: Bool { key?.context != nil }
 
-    /// Whether this state's larger messages go through OpenSSL (see `AEADKey`).
+    /// Whether this state's full-record messages go through OpenSSL (see `AEADKey`).
     var usesOpenSSL: Bool { key?.usesOpenSSL ?? false }
 
     /// How many more messages this state may process before ``NoiseError/nonceExhausted``.

@@ -336,10 +336,11 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var hops: UInt32 = 0
             for index in items.indices {
                 let sequence = items[index].id.sequence
-                let newOrigin = index == 0 || items[index].id.origin != lastOrigin
-                if newOrigin || sequence != next || items[index].attempt != attempt || items[index].hops != hops {
+                // `lastOrigin` starts as the first item's (origins are in first-seen order).
+                let newOrigin = items[index].id.origin != lastOrigin
+                if index == 0 || newOrigin || sequence != next || items[index].attempt != attempt || items[index].hops != hops {
                     if index > 0 { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
-                    if newOrigin && items[index].id.origin != lastOrigin {
+                    if newOrigin {
                         lastOrigin = items[index].id.origin
                         originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
                     }

@@ -149,14 +149,7 @@ public struct ItemBatch: Sendable {
     public mutating func append<E: Error>(count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> Void) throws(E) {
         precondition(count >= 0 && storage.count + count <= Int(UInt32.max), "ItemBatch: more than 4 GiB")
         let start = storage.count
-        // Zeroed by copying from a zero block: appending `repeatElement(0, count:)` went
-        // element by element, and a zero array as the block cost a retain and a release per item.
-        var remaining = count
-        while remaining > 0 {
-            let chunk = Swift.min(remaining, zeroBlock.count)
-            storage.append(contentsOf: UnsafeRawBufferPointer(rebasing: zeroBlock[..<chunk]))
-            remaining -= chunk
-        }
+        storage.appendZeros(count)
         let result: Result<Void, E> = storage.withUnsafeMutableBytes { all in
             Result { () throws(E) in try body(UnsafeMutableRawBufferPointer(rebasing: all[start..<start + count])) }
         }

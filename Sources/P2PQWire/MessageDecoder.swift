@@ -143,7 +143,7 @@ public struct MessageDecoder: Sendable {
                 pendingType = nil
                 try withBytes(body.bytes) { (raw) throws(WireError) in try onMessage(type, raw) }
                 let large = pendingBodyLength > body.retainedCapacity
-                body.reset(keepAll: true)
+                body.reset()
                 if large { sinceLargeBody = 0 } else { deliveredWithoutLargeBody() }
             }
         }

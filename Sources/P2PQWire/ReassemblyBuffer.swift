@@ -2,11 +2,11 @@
 ///
 /// It grows with the bytes that actually arrive, never to the declared length up front, so
 /// a peer cannot make us allocate a megabyte by sending a five-byte header: memory held is
-/// at most about twice what the peer has sent, and never more than the frame it declared.
+/// at most about four times what the peer has sent, and never more than the frame it declared.
+/// After a frame, the capacity is kept for the next one until the owner calls ``trim()``.
 struct ReassemblyBuffer: Sendable {
     private(set) var bytes: [UInt8] = []
-    /// Capacity kept for the next frame, unless the owner asks to keep more (``reset(keepAll:)``)
-    /// while large frames keep coming; ``trim()`` frees what is above it.
+    /// Capacity ``trim()`` leaves in place.
     let retainedCapacity: Int
 
     private static let initialCapacity = 1024
@@ -32,15 +32,10 @@ struct ReassemblyBuffer: Sendable {
         bytes.append(contentsOf: chunk)
     }
 
-    /// Empties the buffer after a frame was delivered, keeping its capacity up to
-    /// `retainedCapacity`, or all of it if `keepAll` (the next frame is likely as large: a
-    /// fresh megabyte costs a page fault per 4 KiB the first time it is written).
-    mutating func reset(keepAll: Bool = false) {
-        if bytes.capacity > retainedCapacity && !keepAll {
-            bytes = []
-        } else {
-            bytes.removeAll(keepingCapacity: true)
-        }
+    /// Empties the buffer after a frame was delivered, keeping its capacity: the next frame is
+    /// likely as large, and a fresh megabyte costs a page fault per 4 KiB when first written.
+    mutating func reset() {
+        bytes.removeAll(keepingCapacity: true)
     }
 
     /// Frees capacity above `retainedCapacity` (call between frames).

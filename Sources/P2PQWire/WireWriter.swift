@@ -46,17 +46,23 @@ extension Array: WireOutput where Element == UInt8 {
     public mutating func appendWireBytes(count: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
         guard count > 0 else { return }
         let start = self.count
-        // Array cannot grow uninitialized: fill the room from a block of zeros (a memcpy from
-        // memory that stays in cache; appending `repeatElement(0, ...)` is a byte loop), then
-        // write in place.
+        // Array cannot grow uninitialized: zero the room, then write in place.
         reserveWireCapacity(count)
+        appendZeros(count)
+        withUnsafeMutableBytes { body(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+    }
+
+    /// Appends `count` zero bytes, copied from ``zeroBlock``: a memcpy from memory that stays in
+    /// cache, where appending `repeatElement(0, ...)` goes byte by byte (and a zero array as
+    /// the source would cost a retain and a release per call).
+    @inlinable
+    mutating func appendZeros(_ count: Int) {
         var left = count
         while left > 0 {
             let chunk = Swift.min(left, zeroBlock.count)
             append(contentsOf: UnsafeRawBufferPointer(rebasing: zeroBlock[..<chunk]))
             left -= chunk
         }
-        withUnsafeMutableBytes { body(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
     }
 }
 
