@@ -46,7 +46,7 @@ public struct QueueMachine: Sendable {
     public private(set) var isClosed = false
 
     // Local queue and what is out on transfers.
-    private var queue = Deque<QueueItem>()
+    private var queue = Deque<QueueEntry>()
     private var queuedBytes = 0
     private var inFlightItems = 0
     private var inFlightBytes = 0
@@ -58,7 +58,8 @@ public struct QueueMachine: Sendable {
     // Ownership.
     private var nextSequence: UInt64 = 1
     private var owned = SequenceTable<OwnedRecord>()
-    private var buffers = OwnedBuffers()
+    /// The arrays every queued, in-flight and owned item's bytes are ranges of.
+    private var store = PayloadStore()
     private var holders = HolderTable()
     private var ownedBytes = 0
     private var notices: [PeerID: Notices] = [:]
@@ -100,20 +101,18 @@ public struct QueueMachine: Sendable {
 
     private struct Transfer: Sendable {
         var peer: PeerID
-        /// The items as sent (hop count already raised): one array shared with the message.
-        var items: [QueueItem]
+        /// The items as sent (hop count already raised); their arrays are held in `store`.
+        var items: [QueueEntry]
         var bytes: Int
         var kind: TransferKind
         var deadline: UInt64
     }
 
-    /// An owned item's bytes are a range of one of `buffers`' arrays: a pushed batch's records
+    /// An owned item's bytes are a range of one of `store`'s arrays: a pushed batch's records
     /// share one entry, so keeping and dropping a copy updates a counter there instead of the
     /// array's reference count (an atomic operation per item, per push and per confirmation).
     private struct OwnedRecord: Sendable {
-        var buffer: UInt32
-        var start: UInt32
-        var length: UInt32
+        var extent: PayloadExtent
         /// ``HolderTable/here`` while the item is here (queued or on an unacknowledged transfer),
         /// else the handle of the peer holding it: 4 bytes, not a 33-byte optional peer ID, so a
         /// record is 24 bytes and the owner's window of them stays in cache.
@@ -222,10 +221,11 @@ public struct QueueMachine: Sendable {
     public var waitingConsumers: Int { waiters.count }
     /// Items this node owns that are not confirmed popped yet.
     public var ownedItems: Int { owned.count }
-    /// Arrays this owner keeps for its items' copies: one per pushed batch or array still owned.
-    public var ownedBufferCount: Int { buffers.count }
+    /// Arrays this node keeps for the items it queues, has in flight or owns: one per pushed
+    /// batch or array, or received transfer, that some item still points into.
+    public var heldBufferCount: Int { store.count }
     /// Slots of those arrays' table, free ones included: back to a few once all are confirmed.
-    public var ownedBufferSlots: Int { buffers.slotCapacity }
+    public var heldBufferSlots: Int { store.slotCapacity }
     /// Payload bytes of those records.
     public var ownedByteCount: Int { ownedBytes }
     /// Outgoing transfers awaiting their acknowledgement.
@@ -276,42 +276,35 @@ public struct QueueMachine: Sendable {
     /// Waiting consumers are served first; with none, new items may go straight to a peer with
     /// idle consumers.
     public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, payload: { ItemPayload(payloads[$0]) }, record: { owned, buffers, first, n in
-            owned.append(first: first, count: n) { index in
-                OwnedRecord(buffer: buffers.hold(payloads[index], records: 1), start: 0, length: UInt32(payloads[index].count),
-                            holder: HolderTable.here, attempt: 0, hops: 0)
+        push(count: payloads.count, size: { payloads[$0].count }, extents: { store, holds in
+            payloads.map { array in
+                PayloadExtent(buffer: store.hold(array, holders: holds), start: 0, length: UInt32(array.count))
             }
         }, now: now)
     }
 
     /// Appends `payloads` to the queue, all or none, in order (see ``push(_:now:)-([[UInt8]],_)``).
     public mutating func push(_ payloads: [ItemPayload], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, payload: { payloads[$0] }, record: { owned, buffers, first, n in
-            payloads.withUnsafeBufferPointer { payloads in
-                owned.append(first: first, count: n) { index in
-                    OwnedRecord(buffer: buffers.hold(payloads[index]), start: UInt32(payloads[index].storageOffset),
-                                length: UInt32(payloads[index].count), holder: HolderTable.here, attempt: 0, hops: 0)
-                }
-            }
+        push(count: payloads.count, size: { payloads[$0].count }, extents: { store, holds in
+            payloads.map { store.hold($0, holders: holds) }
         }, now: now)
     }
 
     /// Appends the batch's items to the queue, all or none, in order: they share its buffer.
     public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: batch.count, size: { batch.byteCount(at: $0) }, payload: { batch[$0] }, record: { owned, buffers, first, n in
-            let buffer = buffers.hold(batch.bytes, records: n)
-            owned.append(first: first, count: n) { index in
-                OwnedRecord(buffer: buffer, start: UInt32(batch.storageOffset(at: index)), length: UInt32(batch.byteCount(at: index)),
-                            holder: HolderTable.here, attempt: 0, hops: 0)
+        push(count: batch.count, size: { batch.byteCount(at: $0) }, extents: { store, holds in
+            let slot = store.hold(batch.bytes, holders: batch.count * holds)
+            return (0..<batch.count).map { index in
+                PayloadExtent(buffer: slot, start: UInt32(batch.storageOffset(at: index)), length: UInt32(batch.byteCount(at: index)))
             }
         }, now: now)
     }
 
-    /// The pushes' common path. `payload` gives each queue entry its reference; `record` makes
-    /// the ownership records (at least once), which share buffers (``OwnedBuffers``).
+    /// The pushes' common path. `extents` holds the items' arrays in `store`, `holds` times
+    /// for each item (its queue entry, and its ownership record when at least once), and says
+    /// where each item's bytes are.
     private mutating func push(
-        count n: Int, size: (Int) -> Int, payload: (Int) -> ItemPayload,
-        record: (inout SequenceTable<OwnedRecord>, inout OwnedBuffers, _ first: UInt64, _ count: Int) -> Void, now: UInt64
+        count n: Int, size: (Int) -> Int, extents: (inout PayloadStore, _ holds: Int) -> [PayloadExtent], now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
         guard !isClosed else { return (.closed, actions) }
@@ -332,13 +325,18 @@ public struct QueueMachine: Sendable {
         }
         let first = nextSequence
         nextSequence += UInt64(n)
-        if configuration.delivery == .atLeastOnce {
-            record(&owned, &buffers, first, n)
+        let tracked = configuration.delivery == .atLeastOnce
+        let extents = extents(&store, tracked ? 2 : 1)
+        if tracked {
+            owned.append(first: first, count: n) { index in
+                OwnedRecord(extent: extents[index], holder: HolderTable.here, attempt: 0, hops: 0)
+            }
             ownedBytes += bytes
         }
-        for index in 0..<n {
-            queue.append(QueueItem(id: ItemID(origin: localPeer, sequence: first &+ UInt64(index)), payload: payload(index)))
-        }
+        let origin = localPeer
+        queue.append(contentsOf: extents.indices.lazy.map { index in
+            QueueEntry(id: ItemID(origin: origin, sequence: first &+ UInt64(index)), attempt: 0, hops: 0, extent: extents[index])
+        })
         queuedBytes += bytes
         counters.pushed += n
         serveWaiters(&actions, now: now)
@@ -355,7 +353,7 @@ public struct QueueMachine: Sendable {
     ///
     /// - Returns: the items delivered now (empty if none), and the actions. A waiter that
     ///   cannot wait gets a `.fail` action.
-    public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> ([ItemPayload], [Action]) {
+    public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> (ItemPayloads, [Action]) {
         var actions: [Action] = []
         lastConsumerActivity = now
         if waiters.isEmpty && !queue.isEmpty {
@@ -396,15 +394,20 @@ public struct QueueMachine: Sendable {
     public mutating func remove(where matches: (ItemPayload) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
         var actions: [Action] = []
         // In place (the others keep their order); the removed ones are settled afterwards.
-        var removed: [QueueItem] = []
-        queue.removeAll { item in
-            guard matches(item.payload) else { return false }
-            removed.append(item)
-            return true
+        var removed: [QueueEntry] = []
+        do {
+            // A copy to read through while the queue changes, gone before the store does.
+            let store = self.store
+            queue.removeAll { item in
+                guard matches(store.payload(item.extent)) else { return false }
+                removed.append(item)
+                return true
+            }
         }
         let tracked = configuration.delivery == .atLeastOnce
         for item in removed {
-            queuedBytes -= item.payload.count
+            queuedBytes -= Int(item.extent.length)
+            self.store.release(item.extent.buffer)
             guard tracked else { continue }
             if item.id.origin == localPeer {
                 if let record = owned.remove(item.id.sequence) { drop(record) }
@@ -628,24 +631,27 @@ public struct QueueMachine: Sendable {
     // MARK: Consuming
 
     /// Takes up to `max` items from the front for a consumer, recording the pops.
-    private mutating func take(_ max: Int, now: UInt64) -> [ItemPayload] {
+    private mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
         let n = Swift.min(max, queue.count)
-        var payloads: [ItemPayload] = []
-        payloads.reserveCapacity(n)
+        var payloads = ItemPayloads()
+        payloads.reserveCapacity(items: n, arrays: 1)
+        var numbering = ArrayNumbering()
         let tracked = configuration.delivery == .atLeastOnce
         // Confirmations for other owners, gathered as runs (a batch is mostly one run).
         var runOrigin: PeerID?
         var run = SequenceRun(first: 0, count: 0)
-        // Payloads are swapped out of the items (a move): copying one and dropping the item
-        // would retain and release its buffer, which the consumer may be releasing on its own
-        // thread right then.
+        // The batch holds each array once (the consumer lets it go on its own thread); the
+        // store's counts are plain integers: no reference-count operation per item.
         for _ in 0..<n {
-            var item = queue.removeFirst()
+            let item = queue.removeFirst()
             let id = item.id
-            queuedBytes -= item.payload.count
-            var payload = ItemPayload([])
-            swap(&payload, &item.payload)
-            payloads.append(consume payload)
+            var extent = item.extent
+            queuedBytes -= Int(extent.length)
+            let (index, isNew) = numbering.number(of: extent.buffer)
+            if isNew { _ = payloads.appendArray(store.array(extent.buffer)) }
+            store.release(extent.buffer)
+            extent.buffer = index
+            payloads.append(extent)
             guard tracked else { continue }
             if id.origin == localPeer {
                 if let record = owned.remove(id.sequence) {
@@ -669,8 +675,8 @@ public struct QueueMachine: Sendable {
 
     /// An ownership record is gone: its bytes no longer count, its buffer loses a holder.
     private mutating func drop(_ record: OwnedRecord) {
-        ownedBytes -= Int(record.length)
-        buffers.release(record.buffer)
+        ownedBytes -= Int(record.extent.length)
+        store.release(record.extent.buffer)
     }
 
     private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
@@ -689,7 +695,7 @@ public struct QueueMachine: Sendable {
 
     private mutating func requeue(_ sequences: [UInt64], _ actions: inout [Action], now: UInt64) {
         guard !sequences.isEmpty else { return }
-        var items: [QueueItem] = []
+        var items: [QueueEntry] = []
         items.reserveCapacity(sequences.count)
         for sequence in sequences {
             var attempt: UInt32 = 0
@@ -699,9 +705,10 @@ public struct QueueMachine: Sendable {
                 record.holder = HolderTable.here
                 attempt = record.attempt
             }), let record = owned[sequence] else { continue }
-            items.append(QueueItem(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0,
-                                   payload: buffers.payload(record.buffer, start: record.start, length: record.length)))
-            queuedBytes += Int(record.length)
+            store.retain(record.extent.buffer)
+            items.append(QueueEntry(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0,
+                                    extent: record.extent))
+            queuedBytes += Int(record.extent.length)
         }
         counters.requeuedAfterDeath += items.count
         queue.insert(contentsOf: items, at: 0)
@@ -714,8 +721,8 @@ public struct QueueMachine: Sendable {
         var freedBytes = 0
         for run in popped {
             let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
-                freedBytes += Int(record.length)
-                buffers.release(record.buffer)
+                freedBytes += Int(record.extent.length)
+                store.release(record.extent.buffer)
             }
             // The rest of the run's sequences made here were confirmed before: duplicate pops.
             let low = Swift.max(run.first, configuration.firstSequence)
@@ -844,7 +851,7 @@ public struct QueueMachine: Sendable {
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
         var lastOrigin: PeerID?
-        var sent: [QueueItem] = []
+        var sent: [QueueEntry] = []
         let limit = Swift.min(count, configuration.maxTransferItems, QueueWire.maxTransferItems)
         sent.reserveCapacity(Swift.min(limit, queue.count))
         var bytes = 0
@@ -857,7 +864,7 @@ public struct QueueMachine: Sendable {
         var lastHops: UInt32 = 0
         while sent.count < limit, var item = queue.popFirst() {
             item.hops &+= 1
-            var cost = QueueWire.itemOverhead + item.payload.count
+            var cost = QueueWire.itemOverhead + Int(item.extent.length)
             let continuesRun = item.id.sequence == lastSequence &+ 1 && item.attempt == lastAttempt
                 && item.hops == lastHops && item.id.origin == lastOrigin
             if !continuesRun { cost += QueueWire.runOverhead }
@@ -875,10 +882,20 @@ public struct QueueMachine: Sendable {
             lastSequence = item.id.sequence
             lastAttempt = item.attempt
             lastHops = item.hops
-            bytes += item.payload.count
-            sent.append(consume item)
+            bytes += Int(item.extent.length)
+            sent.append(item)
         }
         guard !sent.isEmpty else { return 0 }
+        // The message carries each array once, and the items as ranges of them.
+        var buffers: [[UInt8]] = []
+        var numbering = ArrayNumbering()
+        let carried = sent.map { entry in
+            var entry = entry
+            let (index, isNew) = numbering.number(of: entry.extent.buffer)
+            if isNew { buffers.append(store.array(entry.extent.buffer)) }
+            entry.extent.buffer = index
+            return entry
+        }
         queuedBytes -= bytes
         inFlightItems += sent.count
         inFlightBytes += bytes
@@ -888,7 +905,8 @@ public struct QueueMachine: Sendable {
         if peers[peer] != nil {
             peers[peer]!.inFlight += sent.count
         }
-        actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID, items: sent), to: peer))
+        actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
+                                       items: TransferItems(buffers: buffers, entries: carried)), to: peer))
         return sent.count
     }
 
@@ -935,7 +953,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func receiveTransfer(
-        _ items: consuming [QueueItem], id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
+        _ items: TransferItems, id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
         _ actions: inout [Action], now: UInt64
     ) {
         if requestID != 0, let steal, steal.peer == peer, steal.requestID == requestID { self.steal = nil }
@@ -943,38 +961,38 @@ public struct QueueMachine: Sendable {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .closed), to: peer))
             return
         }
-        let bytes = items.reduce(0) { $0 + $1.payload.count }
+        let bytes = items.payloadBytes
         guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
             return
         }
         var accepted = 0
-        var items = items
-        // Each item is moved out and an empty one (whose payload is the static empty array)
-        // put in its place, so it moves into the queue and the array's release touches none of
-        // the payloads.
-        let empty = QueueItem(id: ItemID(origin: peer, sequence: 0), payload: ItemPayload([]))
-        items.withUnsafeMutableBufferPointer { items in
-            let base = items.baseAddress!
-            for index in items.indices {
-                let item = (base + index).move()
-                (base + index).initialize(to: empty)
-                guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
-                    counters.duplicatesDropped += 1
-                    continue
-                }
-                if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
-                   owned.count > 0 {
-                    owned.modify(item.id.sequence) { record in
-                        guard record.attempt == item.attempt, item.hops > record.hops else { return }
-                        record.holder = HolderTable.here
-                        record.hops = item.hops
-                    }
-                }
-                queuedBytes += item.payload.count
-                queue.append(consume item)
-                accepted += 1
+        // Each of the message's arrays gets a slot in the store when its first item is kept.
+        var slots = [UInt32](repeating: .max, count: items.buffers.count)
+        queue.reserveCapacity(queue.count + items.entries.count)
+        for var item in items.entries {
+            guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
+                counters.duplicatesDropped += 1
+                continue
             }
+            if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
+               owned.count > 0 {
+                owned.modify(item.id.sequence) { record in
+                    guard record.attempt == item.attempt, item.hops > record.hops else { return }
+                    record.holder = HolderTable.here
+                    record.hops = item.hops
+                }
+            }
+            let buffer = Int(item.extent.buffer)
+            if slots[buffer] == .max {
+                slots[buffer] = store.hold(items.buffers[buffer], holders: 1)
+            } else {
+                store.retain(slots[buffer])
+            }
+            item.extent.buffer = slots[buffer]
+            queuedBytes += Int(item.extent.length)
+            queue.append(item)
+            accepted += 1
         }
         counters.transferredIn += accepted
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
@@ -990,6 +1008,7 @@ public struct QueueMachine: Sendable {
             return
         }
         transfers[id] = nil
+        store.release(transfer.items)
         if peers[peer] != nil {
             // Until its next report, the peer holds them and its idle consumers are busy.
             peers[peer]!.inFlight -= transfer.items.count
@@ -1401,10 +1420,12 @@ public struct QueueMachine: Sendable {
 
 // MARK: - Support
 
-/// The arrays owned items' bytes live in, each held once with a count of the records that
-/// point into it (slots are reused; at most one per record). A pushed batch is one entry for all
-/// its items; items pushed one array each are one entry each. Owner's side only.
-struct OwnedBuffers: Sendable {
+/// The arrays items' bytes live in, each held once with a count of the queue entries, entries
+/// on unacknowledged transfers and ownership records that point into it (slots are reused; at
+/// most one per entry or record). A pushed batch, or a received transfer of small items, is one
+/// array for all its items, so an item is queued, sent, popped and confirmed with integer
+/// updates here rather than an atomic reference-count operation on its array each time.
+struct PayloadStore: Sendable {
     private var arrays: [[UInt8]] = []
     private var holders: [Int] = []
     private var freeSlots: [UInt32] = []
@@ -1414,42 +1435,51 @@ struct OwnedBuffers: Sendable {
     /// Arrays held (for tests of the bound).
     var count: Int { arrays.count - freeSlots.count }
 
-    /// Holds `array` for `records` records; its slot.
-    mutating func hold(_ array: [UInt8], records: Int) -> UInt32 {
+    /// Holds `array` for `holders` entries and records; its slot.
+    mutating func hold(_ array: [UInt8], holders count: Int) -> UInt32 {
         let slot: Int
         if let free = freeSlots.popLast() {
             slot = Int(free)
             arrays[slot] = array
-            holders[slot] = records
+            holders[slot] = count
         } else {
             slot = arrays.count
             arrays.append(array)
-            holders.append(records)
+            holders.append(count)
         }
         lastSlot = slot
         return UInt32(slot)
     }
 
-    /// One more record of `payload`'s array: the last slot again when it is the same array
-    /// (no reference count taken), a new one otherwise.
-    mutating func hold(_ payload: ItemPayload) -> UInt32 {
+    /// Holds `payload`'s array `count` more times: the last slot again when it is the same
+    /// array (no reference count taken), a new one otherwise. Where the payload is.
+    mutating func hold(_ payload: ItemPayload, holders count: Int) -> PayloadExtent {
+        let slot: UInt32
         if lastSlot >= 0, payload.storageAddress == arrays[lastSlot].withUnsafeBytes({ $0.baseAddress }) {
-            holders[lastSlot] += 1
-            return UInt32(lastSlot)
+            holders[lastSlot] += count
+            slot = UInt32(lastSlot)
+        } else {
+            slot = hold(payload.storage, holders: count)
         }
-        return hold(payload.storage, records: 1)
+        return PayloadExtent(buffer: slot, start: UInt32(payload.storageOffset), length: UInt32(payload.count))
     }
 
-    /// A record of `slot` is gone; the array is let go with the last.
-    mutating func release(_ slot: UInt32) {
+    /// One more holder of `slot`.
+    mutating func retain(_ slot: UInt32) {
+        holders[Int(slot)] += 1
+    }
+
+    /// `count` holders of `slot` are gone; the array is let go with the last.
+    mutating func release(_ slot: UInt32, count: Int = 1) {
         let slot = Int(slot)
-        holders[slot] -= 1
+        holders[slot] -= count
+        assert(holders[slot] >= 0, "PayloadStore: released more than held")
         guard holders[slot] == 0 else { return }
         arrays[slot] = []
         freeSlots.append(UInt32(slot))
         if slot == lastSlot { lastSlot = -1 }
-        // All let go (the queue's copies are all confirmed): the slot tables give their memory
-        // back, so a burst of single-array pushes does not keep them large.
+        // All let go: the slot tables give their memory back, so a burst of single-array
+        // pushes does not keep them large.
         if freeSlots.count == arrays.count && arrays.count > 64 {
             arrays = []
             holders = []
@@ -1457,12 +1487,31 @@ struct OwnedBuffers: Sendable {
         }
     }
 
+    /// Releases the slot of each of `entries`, a run of one slot at a time.
+    mutating func release(_ entries: [QueueEntry]) {
+        var slot: UInt32 = 0
+        var run = 0
+        for entry in entries {
+            if run > 0 && entry.extent.buffer == slot {
+                run += 1
+                continue
+            }
+            if run > 0 { release(slot, count: run) }
+            slot = entry.extent.buffer
+            run = 1
+        }
+        if run > 0 { release(slot, count: run) }
+    }
+
     /// Slots allocated, free ones included (for tests of the bound).
     var slotCapacity: Int { arrays.count }
 
-    /// The bytes of a record (a new reference to its array).
-    func payload(_ slot: UInt32, start: UInt32, length: UInt32) -> ItemPayload {
-        ItemPayload(base: arrays[Int(slot)], start: Int(start), count: Int(length))
+    /// The array of `slot` (a new reference to it).
+    func array(_ slot: UInt32) -> [UInt8] { arrays[Int(slot)] }
+
+    /// The bytes of `extent` (a new reference to its array).
+    func payload(_ extent: PayloadExtent) -> ItemPayload {
+        ItemPayload(base: arrays[Int(extent.buffer)], start: Int(extent.start), count: Int(extent.length))
     }
 }
 

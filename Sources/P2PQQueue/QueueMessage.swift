@@ -206,7 +206,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
     case stealEmpty(queue: String, requestID: UInt64)
     /// `requestID` is the steal request answered, 0 for none.
-    case transfer(queue: String, transferID: UInt64, kind: TransferKind, requestID: UInt64, items: [QueueItem])
+    case transfer(queue: String, transferID: UInt64, kind: TransferKind, requestID: UInt64, items: TransferItems)
     case transferAck(queue: String, transferID: UInt64, status: TransferStatus)
     /// Pop confirmations (`popped`) and custody changes for the receiver's own items. The
     /// sender keeps it until the ack and re-sends it after a link failure; the owner applies
@@ -291,7 +291,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// The distinct origins of `items` in first-seen order, and the bytes the items take on
     /// the wire, in one pass (sizing and encoding each need both). A transfer rarely holds more
     /// than a handful of origins, so a linear scan beats hashing.
-    static func summary(of items: [QueueItem]) -> (origins: [PeerID], encodedSize: Int) {
+    static func summary(of items: TransferItems) -> (origins: [PeerID], encodedSize: Int) {
         var origins: [PeerID] = []
         var last: PeerID?
         var size = 0
@@ -299,10 +299,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         var next: UInt64 = 0
         var attempt: UInt32 = 0
         var hops: UInt32 = 0
-        // Through the buffer: reading a field does not retain the item's payload.
-        items.withUnsafeBufferPointer { items in
+        items.entries.withUnsafeBufferPointer { items in
             for index in items.indices {
-                size += QueueWire.itemOverhead + items[index].payload.count
+                size += QueueWire.itemOverhead + Int(items[index].extent.length)
                 let sequence = items[index].id.sequence
                 if items[index].id.origin != last {
                     last = items[index].id.origin
@@ -322,8 +321,11 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// Writes the items' wire form into `raw` (exactly `summary(of:).encodedSize` bytes, in the
     /// output itself: no intermediate copy of the payloads). Non-generic and through unsafe
     /// buffers: the generic writer would cost a call per field on the sender's hot path.
-    static func encodeItems(_ items: [QueueItem], origins: [PeerID], into raw: UnsafeMutableRawBufferPointer) {
-        items.withUnsafeBufferPointer { items in
+    static func encodeItems(_ transfer: TransferItems, origins: [PeerID], into raw: UnsafeMutableRawBufferPointer) {
+        // Where each of the transfer's arrays starts: they stay alive, unchanged, as long as
+        // `transfer` does, and it outlives this call.
+        let bases = transfer.buffers.map { $0.withUnsafeBytes { $0.baseAddress } }
+        transfer.entries.withUnsafeBufferPointer { items in
             var offset = 0
             var lastOrigin = origins[0]
             var originIndex: UInt16 = 0
@@ -356,13 +358,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 }
                 next = sequence &+ 1
                 runCount += 1
-                let count = items[index].payload.count
-                raw.storeBytes(of: UInt32(count).bigEndian, toByteOffset: offset, as: UInt32.self)
+                let extent = items[index].extent
+                let count = Int(extent.length)
+                raw.storeBytes(of: extent.length.bigEndian, toByteOffset: offset, as: UInt32.self)
                 offset += QueueWire.itemOverhead
                 if count > 0 {
-                    items[index].payload.withUnsafeBytes { payload in
-                        (raw.baseAddress! + offset).copyMemory(from: payload.baseAddress!, byteCount: count)
-                    }
+                    (raw.baseAddress! + offset).copyMemory(from: bases[Int(extent.buffer)]! + Int(extent.start), byteCount: count)
                     offset += count
                 }
             }
@@ -589,31 +590,35 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard payloadBound >= 0 else {
             throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
         }
-        var items: [QueueItem] = []
-        items.reserveCapacity(count)
+        var entries: [QueueEntry] = []
+        entries.reserveCapacity(count)
         guard sharing && payloadBound < count * QueueWire.sharedPayloadLimit else {
             // Large items get an array each: an allocation is cheap next to their bytes. So do
             // all items when the queue's consumers take arrays: `pop` then hands out those
             // arrays without copying them again.
+            var buffers: [[UInt8]] = []
+            buffers.reserveCapacity(count)
             var index = 0
             while index < count {
                 let run = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
                 for offset in 0..<Int(run.count) {
                     do throws(WireError) {
                         let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
-                        items.append(QueueItem(id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)),
-                                               attempt: run.attempt, hops: run.hops, payload: ItemPayload([UInt8](payload))))
+                        entries.append(QueueEntry(id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)),
+                                                  attempt: run.attempt, hops: run.hops, extent: PayloadExtent(
+                                                      buffer: UInt32(buffers.count), start: 0, length: UInt32(payload.count))))
+                        buffers.append([UInt8](payload))
                     } catch {
                         throw error.nested(under: "transfer.items[\(index + offset)]")
                     }
                 }
                 index += Int(run.count)
             }
-            return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
+            return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID,
+                             items: TransferItems(buffers: buffers, entries: entries))
         }
         // Small items: all payloads are copied into one array (one allocation per transfer, not
-        // per item); the items are made once it is complete, each with its range of it (one
-        // reference each, no placeholder to release).
+        // per item); the items are ranges of it, plain values: no reference count per item.
         var runs: [RunHeader] = []
         var starts: [UInt32] = []
         starts.reserveCapacity(count + 1)
@@ -651,16 +656,17 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             var index = 0
             for run in runs {
                 for offset in 0..<Int(run.count) {
-                    let start = Int(starts[index])
-                    items.append(QueueItem(
+                    let start = starts[index]
+                    entries.append(QueueEntry(
                         id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)), attempt: run.attempt, hops: run.hops,
-                        payload: ItemPayload(base: buffer, start: start, count: Int(starts[index + 1]) - start)
+                        extent: PayloadExtent(buffer: 0, start: start, length: starts[index + 1] &- start)
                     ))
                     index += 1
                 }
             }
         }
-        return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID, items: items)
+        return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID,
+                         items: TransferItems(buffers: [buffer], entries: entries))
     }
 
     /// A run's fields before its payloads.

@@ -204,7 +204,7 @@ public enum QueueAction: Sendable, Equatable {
     /// ``QueueMachine/sendFailed(_:to:now:)``.
     case send(QueueMessage, to: PeerID)
     /// Hand these payloads, in this order, to the waiting consumer.
-    case deliver(WaiterID, [ItemPayload])
+    case deliver(WaiterID, ItemPayloads)
     /// The waiting consumer's pop failed.
     case fail(WaiterID, PopFailure)
     /// A push refused as `.full` may now succeed: retry the waiting pushers (in order).

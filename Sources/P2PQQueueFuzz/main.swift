@@ -36,7 +36,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 func seeds() throws -> [(name: String, bytes: [UInt8])] {
     let origin = PeerID(bytes: [UInt8](repeating: 7, count: 32))!
     let holder = PeerID(bytes: [UInt8](repeating: 9, count: 32))!
-    let items = [
+    let items: TransferItems = [
         QueueItem(id: ItemID(origin: origin, sequence: 1), payload: [1, 2, 3]),
         QueueItem(id: ItemID(origin: holder, sequence: 2), attempt: 1, hops: 2, payload: []),
     ]

@@ -200,3 +200,120 @@ extension ItemBatch: RandomAccessCollection {
         return out
     }
 }
+
+/// Where one payload lies: a range of one of a collection's shared arrays. Plain values (no
+/// reference), so lists of them are copied and dropped without touching a reference count.
+public struct PayloadExtent: Sendable, Hashable {
+    /// The array, as an index into the collection's arrays (or a holder's table).
+    public var buffer: UInt32
+    public var start: UInt32
+    public var length: UInt32
+
+    @inlinable
+    public init(buffer: UInt32, start: UInt32, length: UInt32) {
+        self.buffer = buffer
+        self.start = start
+        self.length = length
+    }
+}
+
+/// A batch of item payloads kept as ranges of a few shared arrays: what a pop returns.
+///
+/// The arrays are held once each, however many items point into them, so a batch of thousands
+/// of small items is handed over, and let go, with a reference-count operation per array rather
+/// than per item. An element (``ItemPayload``) takes its own reference when read;
+/// ``withUnsafeBytes(at:_:)`` reads an item in place without one.
+public struct ItemPayloads: Sendable {
+    @usableFromInline var buffers: [[UInt8]] = []
+    @usableFromInline var extents: [PayloadExtent] = []
+
+    /// No items.
+    @inlinable
+    public init() {}
+
+    /// `payloads`, sharing their arrays (consecutive payloads of one array share an entry).
+    public init(_ payloads: some Sequence<ItemPayload>) {
+        var lastAddress: UnsafeRawPointer?
+        for payload in payloads {
+            let address = payload.storageAddress
+            if buffers.isEmpty || address == nil || address != lastAddress {
+                buffers.append(payload.storage)
+                lastAddress = address
+            }
+            extents.append(PayloadExtent(buffer: UInt32(buffers.count - 1), start: payload.start, length: payload.length))
+        }
+    }
+
+    /// Reserves room for `items` items in `arrays` arrays.
+    @inlinable
+    public mutating func reserveCapacity(items: Int, arrays: Int) {
+        extents.reserveCapacity(items)
+        buffers.reserveCapacity(arrays)
+    }
+
+    /// Adds an array for items to point into; its index for ``append(_:)``.
+    @inlinable
+    public mutating func appendArray(_ array: [UInt8]) -> UInt32 {
+        buffers.append(array)
+        return UInt32(truncatingIfNeeded: buffers.count - 1)
+    }
+
+    /// Adds an item: a range of an array added with ``appendArray(_:)``.
+    @inlinable
+    public mutating func append(_ extent: PayloadExtent) {
+        precondition(Int(extent.buffer) < buffers.count
+                     && Int(extent.start) + Int(extent.length) <= buffers[Int(extent.buffer)].count,
+                     "ItemPayloads: range outside its array")
+        extents.append(extent)
+    }
+
+    /// Arrays the items share.
+    public var arrayCount: Int { buffers.count }
+
+    /// Calls `body` with the bytes of the item at `position`, in place, without taking a
+    /// reference to its array.
+    @inlinable
+    public func withUnsafeBytes<R, E: Error>(at position: Int, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        let extent = extents[position]
+        let start = Int(extent.start), count = Int(extent.length)
+        let result: Result<R, E> = buffers[Int(extent.buffer)].withUnsafeBytes { all in
+            Result { () throws(E) -> R in try body(UnsafeRawBufferPointer(rebasing: all[start..<start + count])) }
+        }
+        return try result.get()
+    }
+
+    /// The size of the item at `position`.
+    @inlinable
+    public func byteCount(at position: Int) -> Int { Int(extents[position].length) }
+
+    /// Each item as an array of its own: no copy for an item that is a whole array.
+    public var arrays: [[UInt8]] { map(\.bytes) }
+}
+
+extension ItemPayloads: RandomAccessCollection {
+    public typealias Index = Int
+    public typealias Indices = Range<Int>
+
+    @inlinable public var startIndex: Int { 0 }
+    @inlinable public var endIndex: Int { extents.count }
+
+    /// The item at `position` (a new reference to its array).
+    @inlinable
+    public subscript(position: Int) -> ItemPayload {
+        let extent = extents[position]
+        return ItemPayload(base: buffers[Int(extent.buffer)], start: Int(extent.start), count: Int(extent.length))
+    }
+}
+
+extension ItemPayloads: Equatable {
+    /// The same items with equal bytes, wherever they are stored.
+    public static func == (lhs: ItemPayloads, rhs: ItemPayloads) -> Bool {
+        lhs.count == rhs.count && lhs.indices.allSatisfy { index in
+            lhs.withUnsafeBytes(at: index) { a in rhs.withUnsafeBytes(at: index) { b in a.elementsEqual(b) } }
+        }
+    }
+}
+
+extension ItemPayloads: ExpressibleByArrayLiteral {
+    public init(arrayLiteral elements: ItemPayload...) { self.init(elements) }
+}

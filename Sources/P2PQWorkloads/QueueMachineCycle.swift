@@ -67,7 +67,7 @@ public enum QueueMachineCycle {
         // Every item carries its number in its first bytes; each must be popped exactly once
         // (checked outside the measured time).
         var seen = [Bool](repeating: false, count: items)
-        var delivered: [[ItemPayload]] = []
+        var delivered: [ItemPayloads] = []
         func check() throws(QueueMachineCycleError) {
             for batch in delivered {
                 for payload in batch {

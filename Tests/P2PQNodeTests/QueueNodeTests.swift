@@ -133,7 +133,7 @@ struct QueueNodeTests {
             let popped = Task { try await sink.popItems(max: 50, timeout: .seconds(10), takesArrays: takesArrays) }
             try await Task.sleep(for: .milliseconds(100))
             try await source.push(contentsOf: (0..<50).map(item))
-            var got = try await popped.value
+            var got = Array(try await popped.value)
             while got.count < 50 { got += try await sink.popItems(max: 50 - got.count, timeout: .seconds(10), takesArrays: takesArrays) }
             #expect(got.map { number($0.bytes) } == Array(0..<50))
             let starts = got.map { payload in payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }

@@ -72,12 +72,14 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         // Confirmations drain the owner's records; nothing stays in flight.
         sim.run(until: sim.now + 1 * second)
         #expect(sim.machines[source]!.ownedItems == 0)
-        #expect(sim.machines[source]!.ownedBufferCount == 0)
+        #expect(sim.machines[source]!.heldBufferCount == 0)
         // 100,000 single-array pushes took as many slots; all confirmed, the table shrank.
-        #expect(sim.machines[source]!.ownedBufferSlots <= 64)
+        #expect(sim.machines[source]!.heldBufferSlots <= 64)
         #expect(sim.machines[source]!.ownedByteCount == 0)
         for machine in sim.machines.values {
             #expect(machine.transfersInFlight == 0 && machine.heldItems == 0)
+            // Every array an item pointed into (pushed batches, received transfers) let go.
+            #expect(machine.heldBufferCount == 0 && machine.heldBufferSlots <= 64)
             #expect(machine.counters.duplicatesDropped == 0 && machine.counters.duplicatePops == 0)
             #expect(machine.counters.requeuedAfterDeath == 0 && machine.counters.returnedFromTransfers == 0)
             #expect(machine.pendingNoticeRuns == 0)
@@ -216,7 +218,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(requeued >= held)
         // Duplicates only from the dead node's unconfirmed pops.
         #expect(duplicates <= requeued - held + 20)
-        for index in 0..<2 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0 && sim.machines[sim.node(index)]!.ownedBufferCount == 0) }
+        for index in 0..<2 { #expect(sim.machines[sim.node(index)]!.ownedItems == 0 && sim.machines[sim.node(index)]!.heldBufferCount == 0) }
     }
 
     @Test("Lost acknowledgements and a cut link: every item still popped, retransmissions dropped")
@@ -308,7 +310,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         var q = QueueMachine(name: "q", localPeer: a, configuration: QueueConfiguration(maxItems: 1 << 20, dedupCapacity: 100))
         for transfer in 0..<50 {
             let items = (0..<20).map { QueueItem(id: ItemID(origin: b, sequence: UInt64(transfer * 20 + $0)), hops: 1, payload: payload($0)) }
-            _ = q.receive(.transfer(queue: "q", transferID: UInt64(transfer + 1), kind: .balance, requestID: 0, items: items), from: b, now: 0)
+            _ = q.receive(.transfer(queue: "q", transferID: UInt64(transfer + 1), kind: .balance, requestID: 0, items: TransferItems(items)), from: b, now: 0)
         }
         #expect(q.dedupCount <= 200)  // two generations of at most 100
         #expect(q.count == 1000)
@@ -329,7 +331,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         // Pending confirmations for an unreachable owner stay within their bound.
         var holder = QueueMachine(name: "q", localPeer: a, configuration: QueueConfiguration(maxPendingRunsPerOwner: 10))
         let scattered = (0..<100).map { QueueItem(id: ItemID(origin: b, sequence: UInt64($0 * 2)), hops: 1, payload: payload($0)) }
-        _ = holder.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: scattered), from: b, now: 0)
+        _ = holder.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: b, now: 0)
         _ = holder.pop(max: 100, waiter: nil, now: 1)
         #expect(holder.pendingNoticeRuns == 10)
         #expect(holder.counters.noticesDropped == 90)
@@ -400,7 +402,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         #expect(duplicates < 400, "\(duplicates) duplicates")
         for index in 0..<3 {
             #expect(sim.machines[sim.node(index)]!.ownedItems == 0, "node \(index)")
-            #expect(sim.machines[sim.node(index)]!.ownedBufferCount == 0, "node \(index)")
+            #expect(sim.machines[sim.node(index)]!.heldBufferCount == 0, "node \(index)")
         }
     }
 }

@@ -74,13 +74,13 @@ struct ItemPayloadTests {
     func transferSharesOneBuffer() throws {
         /// The items of a transfer of `items` after the wire.
         func decoded(_ items: [QueueItem]) throws -> [QueueItem] {
-            let message = try wireRoundTrip(.transfer(queue: "q", transferID: 7, kind: .dispatch, requestID: 0, items: items))
+            let message = try wireRoundTrip(.transfer(queue: "q", transferID: 7, kind: .dispatch, requestID: 0, items: TransferItems(items)))
             guard case .transfer(_, _, _, _, let decoded) = message else {
                 Issue.record("not a transfer: \(message)")
                 return []
             }
-            #expect(decoded == items)
-            return decoded
+            #expect(decoded == TransferItems(items))
+            return Array(decoded)
         }
         let items = (0..<50).map { n in
             QueueItem(id: ItemID(origin: peer(n % 2), sequence: UInt64(n)), payload: payload(n, size: 8 + n % 5))
@@ -111,5 +111,62 @@ struct ItemPayloadTests {
             let raw = try MessageDecoder.decodeAll(frame, maxFrameSize: WireProtocol.defaultMaxFrameSize)
             _ = try QueueMessage.decode(raw[0])
         }
+    }
+
+    @Test("A popped batch holds each array once: items read in place or as elements, equal by content")
+    func payloadBatches() {
+        let batch = ItemBatch([[1, 2], [3, 4, 5], []])
+        let single: [UInt8] = [9, 9]
+        let items = ItemPayloads(batch.payloads + [ItemPayload(single)])
+        #expect(items.count == 4 && items.arrayCount == 2)
+        #expect(items.map(\.bytes) == [[1, 2], [3, 4, 5], [], [9, 9]])
+        #expect(items.indices.map { i in items.withUnsafeBytes(at: i) { Array($0) } } == [[1, 2], [3, 4, 5], [], [9, 9]])
+        #expect(items.indices.map(items.byteCount(at:)) == [2, 3, 0, 2])
+        // In place: the batch's buffer itself, no copy.
+        let address = batch.bytes.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
+        #expect(items.withUnsafeBytes(at: 1) { UInt(bitPattern: $0.baseAddress) } == address + 2)
+        // A whole array comes out as itself.
+        #expect(items.arrays[3].withUnsafeBytes { $0.baseAddress } == single.withUnsafeBytes { $0.baseAddress })
+        // Equality is by content, wherever the bytes are.
+        #expect(items == [ItemPayload([1, 2]), ItemPayload([3, 4, 5]), ItemPayload([]), ItemPayload([9, 9])])
+        #expect(items != [ItemPayload([1, 2]), ItemPayload([3, 4, 5]), ItemPayload([]), ItemPayload([9, 8])])
+        #expect(items != [ItemPayload([1, 2])])
+    }
+
+    @Test("Transfer items share their payloads' arrays and read back as the same items")
+    func transferItems() {
+        let batch = ItemBatch((0..<6).map { payload($0, size: 5) })
+        let items = (0..<6).map { QueueItem(id: ItemID(origin: peer(1), sequence: UInt64($0)), attempt: 1, hops: 2, payload: batch[$0]) }
+            + [QueueItem(id: ItemID(origin: peer(2), sequence: 9), payload: [7])]
+        let transfer = TransferItems(items)
+        #expect(Array(transfer) == items)
+        #expect(transfer.payloadBytes == items.reduce(0) { $0 + $1.payload.count })
+        // The batch's six items point into its one buffer: two arrays in all.
+        #expect(Set(transfer.map { $0.payload.storageAddress }).count == 2)
+        var changed = items
+        changed[3].hops = 3
+        #expect(TransferItems(changed) != transfer)
+        changed = items
+        changed[6].payload = [8]
+        #expect(TransferItems(changed) != transfer)
+        #expect(TransferItems(items.map { item in var item = item; item.payload = ItemPayload(item.payload.bytes); return item }) == transfer)
+    }
+
+    @Test("A receiver keeps a transfer's one buffer while any of its items is queued, and lets it go with the last pop")
+    func receivedBufferLifetime() throws {
+        var b = QueueMachine(name: "q", localPeer: peer(2), configuration: QueueConfiguration())
+        _ = b.peerConnected(peer(1), now: 0)
+        let items = (0..<10).map { QueueItem(id: ItemID(origin: peer(1), sequence: UInt64($0 + 1)), hops: 1, payload: payload($0, size: 16)) }
+        let message = try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .steal, requestID: 0, items: TransferItems(items)))
+        _ = b.receive(message, from: peer(1), now: 1)
+        #expect(b.count == 10 && b.heldBufferCount == 1)
+        let first = b.pop(max: 4, waiter: nil, now: 2).0
+        #expect(first.arrayCount == 1 && first.map(number) == [0, 1, 2, 3])
+        #expect(b.heldBufferCount == 1)
+        let rest = b.pop(max: 10, waiter: nil, now: 3).0
+        #expect(rest.arrayCount == 1 && rest.map(number) == Array(4..<10))
+        #expect(b.heldBufferCount == 0 && b.heldBytes == 0)
+        // The popped batches keep the bytes they point into.
+        #expect(first.map(\.bytes) == (0..<4).map { payload($0, size: 16) })
     }
 }

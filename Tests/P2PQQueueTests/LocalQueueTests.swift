@@ -10,7 +10,7 @@ extension [QueueAction] {
     var sent: [(QueueMessage, PeerID)] {
         compactMap { if case .send(let message, let to) = $0 { (message, to) } else { nil } }
     }
-    var transfers: [(id: UInt64, items: [QueueItem], to: PeerID)] {
+    var transfers: [(id: UInt64, items: TransferItems, to: PeerID)] {
         sent.compactMap { message, to in
             if case .transfer(_, let id, _, _, let items) = message { (id, items, to) } else { nil }
         }
@@ -114,7 +114,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
 
 @Suite struct TransferTests {
     /// A has items 0..<n; B asks to steal them all.
-    private func stolen(_ n: Int, configuration: QueueConfiguration = QueueConfiguration()) -> (QueueMachine, QueueMachine, (id: UInt64, items: [QueueItem], to: PeerID)) {
+    private func stolen(_ n: Int, configuration: QueueConfiguration = QueueConfiguration()) -> (QueueMachine, QueueMachine, (id: UInt64, items: TransferItems, to: PeerID)) {
         var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
         var b = QueueMachine(name: "q", localPeer: B, configuration: configuration)
         _ = a.peerConnected(B, now: 0)
@@ -140,7 +140,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
         _ = a.peerConnected(B, now: 0)
         let scattered = (0..<100).map { QueueItem(id: ItemID(origin: C, sequence: UInt64(2 * $0)), hops: 1, payload: payload($0)) }
-        _ = a.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: scattered), from: C, now: 1)
+        _ = a.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: C, now: 1)
         let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 100, thiefRate: 1000), from: B, now: 2)
         transfer = actions.transfers[0]
         // 939 bytes after the origin, 34 per item (run header, length, payload): 27 items.
@@ -268,7 +268,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(first.filter { $0.to == B }.count == 4 && first.filter { $0.to == C }.count == 4)
         #expect(first.allSatisfy { $0.items.count == 4096 })
         // Acks free slots: B gets more straight away; C, holding 16,384 items (27 min of work), none.
-        var more: [(id: UInt64, items: [QueueItem], to: PeerID)] = []
+        var more: [(id: UInt64, items: TransferItems, to: PeerID)] = []
         for transfer in first {
             more += a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: transfer.to, now: 3).transfers
         }
@@ -299,7 +299,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         let batch = ItemBatch((0..<10).map { payload($0, size: 12) })
         #expect(a.push(batch, now: 0).0 == .accepted)
         #expect(a.push([payload(10), payload(11)], now: 0).0 == .accepted)
-        #expect(a.ownedItems == 12 && a.ownedBufferCount == 3)  // the batch's one, an array each
+        #expect(a.ownedItems == 12 && a.heldBufferCount == 3)  // the batch's one, an array each
         // B takes the batch's items, pops four and confirms them.
         let transfer = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
         #expect(transfer.items.map { number($0.payload) } == Array(0..<10))
@@ -307,14 +307,14 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
         #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
         for action in b.tick(now: 1 * second).sent { _ = a.receive(action.0, from: B, now: 5) }
-        #expect(a.ownedItems == 8 && a.ownedBufferCount == 3)
+        #expect(a.ownedItems == 8 && a.heldBufferCount == 3)
         // B dies: A queues the six unconfirmed copies again, from the shared buffer, ahead of
         // what it still holds.
         _ = a.peerDied(B, now: 6)
         let popped = a.pop(max: .max, waiter: nil, now: 7).0
         #expect(popped.map(number) == Array(4..<12))
         #expect(popped.map(\.bytes) == (4..<12).map { $0 < 10 ? payload($0, size: 12) : payload($0) })
-        #expect(a.ownedItems == 0 && a.ownedBufferCount == 0)
+        #expect(a.ownedItems == 0 && a.heldBufferCount == 0)
         #expect(a.ownedByteCount == 0)
     }
 

@@ -34,7 +34,7 @@ private func statsBody(rate: Double) -> [UInt8] {
             .stats(queue: "é", LoadStats(sequence: .max, length: 0, waiting: 0, serviceRate: 0, finishTime: 0, hasConsumers: false, accepting: false)),
             .stealRequest(queue: "jobs", requestID: 42, maxItems: 17, thiefRate: 3.5),
             .stealEmpty(queue: "jobs", requestID: 42),
-            .transfer(queue: "jobs", transferID: 5, kind: .steal, requestID: 42, items: items),
+            .transfer(queue: "jobs", transferID: 5, kind: .steal, requestID: 42, items: TransferItems(items)),
             .transferAck(queue: "jobs", transferID: 5, status: .full),
             .ownerUpdate(queue: "jobs", updateID: 3, popped: [SequenceRun(first: 1, count: 100), SequenceRun(first: 200, count: 1)],
                          custody: [CustodyChange(holder: peer(3), attempt: 1, hops: 2, runs: [SequenceRun(first: 5, count: 3)])]),
@@ -66,7 +66,7 @@ private func statsBody(rate: Double) -> [UInt8] {
             ([item(1, .max - 1), item(1, .max)], 1, 1),             // up to the last sequence
         ]
         for (items, origins, runs) in cases {
-            let message = QueueMessage.transfer(queue: "jobs", transferID: 5, kind: .balance, requestID: 0, items: items)
+            let message = QueueMessage.transfer(queue: "jobs", transferID: 5, kind: .balance, requestID: 0, items: TransferItems(items))
             let expected = head + origins * QueueWire.originSize + runs * QueueWire.runOverhead
                 + items.count * QueueWire.itemOverhead + items.reduce(0) { $0 + $1.payload.count }
             #expect(message.bodySize == expected)
@@ -76,7 +76,7 @@ private func statsBody(rate: Double) -> [UInt8] {
             #expect(try wireRoundTrip(message) == message)
             // Large items take the other decoding path (an array each): the same items.
             let large = QueueMessage.transfer(queue: "jobs", transferID: 5, kind: .balance, requestID: 0,
-                                              items: items.map { item in var item = item; item.payload = ItemPayload(payload(number(item.payload), size: 600)); return item })
+                                              items: TransferItems(items.map { item in var item = item; item.payload = ItemPayload(payload(number(item.payload), size: 600)); return item }))
             #expect(try wireRoundTrip(large) == large)
         }
     }
@@ -202,7 +202,7 @@ private func statsBody(rate: Double) -> [UInt8] {
     func frameLimit() {
         let items = [QueueItem(id: ItemID(origin: peer(1), sequence: 1), payload: [UInt8](repeating: 1, count: 600))]
         #expect(throws: WireError.frameTooLarge(length: 687, limit: 512)) {
-            try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: items), maxFrameSize: 512)
+            try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(items)), maxFrameSize: 512)
         }
     }
 }

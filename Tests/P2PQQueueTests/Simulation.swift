@@ -183,7 +183,7 @@ struct Simulation {
         perform(node, actions)
     }
 
-    private mutating func got(_ items: [ItemPayload], at node: PeerID, consumer index: Int) {
+    private mutating func got(_ items: ItemPayloads, at node: PeerID, consumer index: Int) {
         for item in items { popped[node]!.append(number(item)) }
         if firstPop[node] == nil { firstPop[node] = now }
         lastPopTime = now

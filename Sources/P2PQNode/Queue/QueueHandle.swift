@@ -100,17 +100,19 @@ public struct QueueHandle: Sendable {
     public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
         // A queue popped this way has its transfers decoded into an array per item, which
         // `bytes` hands out without a copy.
-        try await popItems(max: max, timeout: timeout, takesArrays: true).map { $0.bytes }
+        try await popItems(max: max, timeout: timeout, takesArrays: true).arrays
     }
 
     /// As ``pop(max:timeout:)``, without copying: the items share the buffers they arrived in
-    /// (one per received transfer of small items, or the pushed ``ItemBatch``), and each keeps
-    /// its buffer alive while it is kept. For consumers that read items and let them go.
-    public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [ItemPayload] {
+    /// (one per received transfer of small items, or the pushed ``ItemBatch``), and the batch
+    /// holds each buffer once, so it is handed over and let go without a reference-count
+    /// operation per item. Read items in place with ``ItemPayloads/withUnsafeBytes(at:_:)``;
+    /// an element (``ItemPayload``) keeps its buffer alive while it is kept.
+    public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> ItemPayloads {
         try await popItems(max: max, timeout: timeout, takesArrays: false)
     }
 
-    func popItems(max: Int, timeout: Duration?, takesArrays: Bool) async throws(QueueError) -> [ItemPayload] {
+    func popItems(max: Int, timeout: Duration?, takesArrays: Bool) async throws(QueueError) -> ItemPayloads {
         let name = self.name
         let node = self.node
         let waiter = WaiterBox()

@@ -68,10 +68,10 @@ enum PushItems: Sendable {
 /// to them, performs their actions, runs their timers, and parks the async callers. Reactor
 /// thread only.
 final class QueueShell {
-    typealias PopContinuation = CheckedContinuation<Result<[ItemPayload], QueueError>, Never>
+    typealias PopContinuation = CheckedContinuation<Result<ItemPayloads, QueueError>, Never>
     typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
     /// How a pop's outcome is handed back: a continuation's resume, or an HTTP route's answer.
-    typealias PopCompletion = (Result<[ItemPayload], QueueError>) -> Void
+    typealias PopCompletion = (Result<ItemPayloads, QueueError>) -> Void
     typealias PushCompletion = (Result<Void, QueueError>) -> Void
 
     /// Most named queues per node, created locally or by peers' messages.
@@ -104,9 +104,8 @@ final class QueueShell {
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
     /// module such as remote calls) a callback run on the reactor thread at once. The items are
     /// handed over (`consuming`): the reactor keeps no reference past the call, so a consumer on
-    /// another thread, not the reactor, releases them once it is done (the last reference's
-    /// release walks every item: one release per item).
-    typealias PopSink = (consuming Result<[ItemPayload], QueueError>) -> Void
+    /// another thread, not the reactor, lets their arrays go once it is done.
+    typealias PopSink = (consuming Result<ItemPayloads, QueueError>) -> Void
     typealias PushSink = (Result<Void, QueueError>) -> Void
 
     private struct PendingPop {

@@ -60,16 +60,16 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
     }
 
     /// Decodes the items in place (no array per item).
-    private func decode(_ payloads: [ItemPayload]) throws(TypedQueueError) -> [T] {
+    private func decode(_ payloads: ItemPayloads) throws(TypedQueueError) -> [T] {
         var out: [T] = []
         out.reserveCapacity(payloads.count)
-        for (index, payload) in payloads.enumerated() {
+        for index in payloads.indices {
             do throws(CompactCodingError) {
-                out.append(try payload.withUnsafeBytes { (raw) throws(CompactCodingError) -> T in
+                out.append(try payloads.withUnsafeBytes(at: index) { (raw) throws(CompactCodingError) -> T in
                     try decoder.decode(T.self, from: raw)
                 })
             } catch {
-                throw .decoding(error, index: index, payloads: payloads.map { $0.bytes })
+                throw .decoding(error, index: index, payloads: payloads.arrays)
             }
         }
         return out
@@ -107,7 +107,7 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
 
     /// Up to `max` items; waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(TypedQueueError) -> [T] {
-        let payloads: [ItemPayload]
+        let payloads: ItemPayloads
         do {
             payloads = try await raw.popPayloads(max: max, timeout: timeout)
         } catch {

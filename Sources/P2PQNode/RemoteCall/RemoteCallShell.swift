@@ -414,10 +414,10 @@ final class RemoteCallShell {
         }
     }
 
-    private func delivered(_ id: WaiterID, _ result: Result<[ItemPayload], QueueError>) {
+    private func delivered(_ id: WaiterID, _ result: Result<ItemPayloads, QueueError>) {
         waiters[id] = nil
         guard case .success(let items) = result, !isStopped else { return }
-        let actions = executor.popped(items, wallClock: wallClock)
+        let actions = executor.popped(Array(items), wallClock: wallClock)
         // The started notices go out now, before the queue can confirm these pops to their
         // owners on the same links (protocol.md §10): one of the two always protects a call.
         for action in executor.flush() { handle(action) }
