@@ -46,7 +46,9 @@ public struct QueueMachine: Sendable {
     public private(set) var isClosed = false
 
     // Local queue and what is out on transfers.
-    private var queue = Deque<QueueEntry>()
+    /// The local queue, as runs of consecutive items (a pushed batch is one).
+    private var runs = Deque<QueueRun>()
+    private var queuedItems = 0
     private var queuedBytes = 0
     private var inFlightItems = 0
     private var inFlightBytes = 0
@@ -102,7 +104,8 @@ public struct QueueMachine: Sendable {
     private struct Transfer: Sendable {
         var peer: PeerID
         /// The items as sent (hop count already raised); their arrays are held in `store`.
-        var items: [QueueEntry]
+        var runs: [QueueRun]
+        var count: Int
         var bytes: Int
         var kind: TransferKind
         var deadline: UInt64
@@ -210,11 +213,11 @@ public struct QueueMachine: Sendable {
     // MARK: Queries
 
     /// Items in the local queue.
-    public var count: Int { queue.count }
+    public var count: Int { queuedItems }
     /// Payload bytes in the local queue.
     public var byteCount: Int { queuedBytes }
     /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
-    public var heldItems: Int { queue.count + inFlightItems }
+    public var heldItems: Int { queuedItems + inFlightItems }
     /// Payload bytes held against the limits.
     public var heldBytes: Int { queuedBytes + inFlightBytes }
     /// Consumers waiting in a pop.
@@ -243,7 +246,7 @@ public struct QueueMachine: Sendable {
     public var serviceRate: Double { rate }
     /// The local count plus the last reported lengths of peers with a fresh report.
     public func clusterEstimate(now: UInt64) -> Int {
-        peers.values.reduce(queue.count) { total, view in
+        peers.values.reduce(queuedItems) { total, view in
             isFresh(view, now: now) ? total + Int(max(0, view.length)) : total
         }
     }
@@ -276,35 +279,39 @@ public struct QueueMachine: Sendable {
     /// Waiting consumers are served first; with none, new items may go straight to a peer with
     /// idle consumers.
     public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, extents: { store, holds in
-            payloads.map { array in
-                PayloadExtent(buffer: store.hold(array, holders: holds), start: 0, length: UInt32(array.count))
+        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds, first in
+            // An array each: a run of one item each.
+            payloads.indices.map { index in
+                let slot = store.hold(payloads[index], ends: [], holders: holds)
+                return (slot, 0, 0, UInt32(payloads[index].count), 1)
             }
         }, now: now)
     }
 
     /// Appends `payloads` to the queue, all or none, in order (see ``push(_:now:)-([[UInt8]],_)``).
     public mutating func push(_ payloads: [ItemPayload], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, extents: { store, holds in
-            payloads.map { store.hold($0, holders: holds) }
-        }, now: now)
-    }
-
-    /// Appends the batch's items to the queue, all or none, in order: they share its buffer.
-    public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: batch.count, size: { batch.byteCount(at: $0) }, extents: { store, holds in
-            let slot = store.hold(batch.bytes, holders: batch.count * holds)
-            return (0..<batch.count).map { index in
-                PayloadExtent(buffer: slot, start: UInt32(batch.storageOffset(at: index)), length: UInt32(batch.byteCount(at: index)))
+        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds, first in
+            payloads.map { payload in
+                (store.hold(payload, holders: holds), 0, UInt32(payload.storageOffset), UInt32(payload.count), 1)
             }
         }, now: now)
     }
 
-    /// The pushes' common path. `extents` holds the items' arrays in `store`, `holds` times
-    /// for each item (its queue entry, and its ownership record when at least once), and says
-    /// where each item's bytes are.
+    /// Appends the batch's items to the queue, all or none, in order: one run, sharing the
+    /// batch's buffer and its table of item ends.
+    public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
+        push(count: batch.count, size: { batch.byteCount(at: $0) }, hold: { store, holds, first in
+            let slot = store.hold(batch.bytes, ends: batch.itemEnds, holders: batch.count * holds)
+            return [(slot, 0, 0, UInt32(batch.byteCount), UInt32(batch.count))]
+        }, now: now)
+    }
+
+    /// The pushes' common path. `hold` holds the items' arrays in `store`, `holds` times for
+    /// each item (its queue entry, and its ownership record when at least once), and returns
+    /// the runs they make, in order: slot, index into the slot's ends, start, bytes, count.
     private mutating func push(
-        count n: Int, size: (Int) -> Int, extents: (inout PayloadStore, _ holds: Int) -> [PayloadExtent], now: UInt64
+        count n: Int, size: (Int) -> Int,
+        hold: (inout PayloadStore, _ holds: Int, _ first: UInt64) -> [(UInt32, UInt32, UInt32, UInt32, UInt32)], now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
         guard !isClosed else { return (.closed, actions) }
@@ -326,17 +333,24 @@ public struct QueueMachine: Sendable {
         let first = nextSequence
         nextSequence += UInt64(n)
         let tracked = configuration.delivery == .atLeastOnce
-        let extents = extents(&store, tracked ? 2 : 1)
-        if tracked {
-            owned.append(first: first, count: n) { index in
-                OwnedRecord(extent: extents[index], holder: HolderTable.here, attempt: 0, hops: 0)
+        var sequence = first
+        for (slot, index, start, runBytes, count) in hold(&store, tracked ? 2 : 1, first) {
+            let run = QueueRun(origin: localPeer, first: sequence, count: count, attempt: 0, hops: 0,
+                               slot: slot, index: index, start: start, bytes: runBytes)
+            if tracked {
+                store.ends(slot).withUnsafeBufferPointer { ends in
+                    owned.append(first: sequence, count: Int(count)) { i in
+                        let begin = run.itemStart(i, ends)
+                        return OwnedRecord(extent: PayloadExtent(buffer: slot, start: begin, length: run.itemEnd(i, ends) &- begin),
+                                           holder: HolderTable.here, attempt: 0, hops: 0)
+                    }
+                }
             }
-            ownedBytes += bytes
+            runs.append(run)
+            sequence &+= UInt64(count)
         }
-        let origin = localPeer
-        queue.append(contentsOf: extents.indices.lazy.map { index in
-            QueueEntry(id: ItemID(origin: origin, sequence: first &+ UInt64(index)), attempt: 0, hops: 0, extent: extents[index])
-        })
+        if tracked { ownedBytes += bytes }
+        queuedItems += n
         queuedBytes += bytes
         counters.pushed += n
         serveWaiters(&actions, now: now)
@@ -356,7 +370,7 @@ public struct QueueMachine: Sendable {
     public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> (ItemPayloads, [Action]) {
         var actions: [Action] = []
         lastConsumerActivity = now
-        if waiters.isEmpty && !queue.isEmpty {
+        if waiters.isEmpty && !runs.isEmpty {
             let items = take(Swift.max(1, max), now: now)
             finish(&actions, now: now)
             return (items, actions)
@@ -393,26 +407,45 @@ public struct QueueMachine: Sendable {
     /// - Returns: how many items were removed, and the actions.
     public mutating func remove(where matches: (ItemPayload) -> Bool, now: UInt64) -> (removed: Int, actions: [Action]) {
         var actions: [Action] = []
-        // In place (the others keep their order); the removed ones are settled afterwards.
-        var removed: [QueueEntry] = []
-        do {
-            // A copy to read through while the queue changes, gone before the store does.
-            let store = self.store
-            queue.removeAll { item in
-                guard matches(store.payload(item.extent)) else { return false }
-                removed.append(item)
-                return true
+        // The kept items, in order, as runs (a run with removed items splits around them); the
+        // removed ones are settled afterwards.
+        var kept = Deque<QueueRun>()
+        var removed: [(origin: PeerID, sequence: UInt64, slot: UInt32, length: UInt32)] = []
+        for run in runs {
+            let array = store.array(run.slot)
+            store.ends(run.slot).withUnsafeBufferPointer { ends in
+                var keptFrom: Int?
+                func keep(upTo end: Int) {
+                    guard let from = keptFrom else { return }
+                    let begin = run.itemStart(from, ends)
+                    kept.append(QueueRun(origin: run.origin, first: run.first &+ UInt64(from), count: UInt32(end - from),
+                                         attempt: run.attempt, hops: run.hops, slot: run.slot, index: run.index + UInt32(from),
+                                         start: begin, bytes: run.itemEnd(end - 1, ends) &- begin))
+                    keptFrom = nil
+                }
+                for i in 0..<Int(run.count) {
+                    let begin = run.itemStart(i, ends), end = run.itemEnd(i, ends)
+                    if matches(ItemPayload(base: array, start: Int(begin), count: Int(end &- begin))) {
+                        keep(upTo: i)
+                        removed.append((run.origin, run.first &+ UInt64(i), run.slot, end &- begin))
+                    } else if keptFrom == nil {
+                        keptFrom = i
+                    }
+                }
+                keep(upTo: Int(run.count))
             }
         }
+        runs = kept
+        queuedItems -= removed.count
         let tracked = configuration.delivery == .atLeastOnce
         for item in removed {
-            queuedBytes -= Int(item.extent.length)
-            self.store.release(item.extent.buffer)
+            queuedBytes -= Int(item.length)
+            store.release(item.slot)
             guard tracked else { continue }
-            if item.id.origin == localPeer {
-                if let record = owned.remove(item.id.sequence) { drop(record) }
+            if item.origin == localPeer {
+                if let record = owned.remove(item.sequence) { drop(record) }
             } else {
-                confirm(SequenceRun(first: item.id.sequence, count: 1), to: item.id.origin, now: now)
+                confirm(SequenceRun(first: item.sequence, count: 1), to: item.origin, now: now)
             }
         }
         counters.removed += removed.count
@@ -630,44 +663,61 @@ public struct QueueMachine: Sendable {
 
     // MARK: Consuming
 
-    /// Takes up to `max` items from the front for a consumer, recording the pops.
+    /// Takes up to `max` items from the front for a consumer, recording the pops a run at a
+    /// time.
     private mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
-        let n = Swift.min(max, queue.count)
+        let n = Swift.min(max, queuedItems)
         var payloads = ItemPayloads()
         payloads.reserveCapacity(items: n, arrays: 1)
-        var numbering = ArrayNumbering()
-        let tracked = configuration.delivery == .atLeastOnce
-        // Confirmations for other owners, gathered as runs (a batch is mostly one run).
-        var runOrigin: PeerID?
-        var run = SequenceRun(first: 0, count: 0)
         // The batch holds each array once (the consumer lets it go on its own thread); the
         // store's counts are plain integers: no reference-count operation per item.
-        for _ in 0..<n {
-            let item = queue.removeFirst()
-            let id = item.id
-            var extent = item.extent
-            queuedBytes -= Int(extent.length)
-            let (index, isNew) = numbering.number(of: extent.buffer)
-            if isNew { _ = payloads.appendArray(store.array(extent.buffer)) }
-            store.release(extent.buffer)
-            extent.buffer = index
-            payloads.append(extent)
-            guard tracked else { continue }
-            if id.origin == localPeer {
-                if let record = owned.remove(id.sequence) {
-                    drop(record)
-                } else {
-                    counters.duplicatePops += 1
+        store.startNumbering()
+        let tracked = configuration.delivery == .atLeastOnce
+        // Confirmations for other owners, gathered as runs (a batch is mostly one run).
+        var remoteOwner: PeerID?
+        var remote = SequenceRun(first: 0, count: 0)
+        var left = n
+        while left > 0 {
+            var run = runs.removeFirst()
+            let ends = store.ends(run.slot)
+            if Int(run.count) > left {
+                let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: left, $0) }
+                runs.prepend(tail)
+                run = head
+            }
+            left -= Int(run.count)
+            queuedBytes -= Int(run.bytes)
+            let (index, isNew) = store.number(run.slot)
+            if isNew { _ = payloads.appendArray(store.array(run.slot)) }
+            ends.withUnsafeBufferPointer { ends in
+                var begin = run.start
+                for i in 0..<Int(run.count) {
+                    let end = run.itemEnd(i, ends)
+                    payloads.append(PayloadExtent(buffer: index, start: begin, length: end &- begin))
+                    begin = end
                 }
-            } else if id.origin == runOrigin && run.first &+ UInt64(run.count) == id.sequence && run.count < UInt32.max {
-                run.count += 1
+            }
+            store.release(run.slot, count: Int(run.count))
+            guard tracked else { continue }
+            if run.origin == localPeer {
+                var freed = 0
+                let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freed += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+                ownedBytes -= freed
+                counters.duplicatePops += Int(run.count) - removed
+            } else if run.origin == remoteOwner && remote.first &+ UInt64(remote.count) == run.first
+                        && remote.count <= UInt32.max - run.count {
+                remote.count += run.count
             } else {
-                if let owner = runOrigin { confirm(run, to: owner, now: now) }
-                runOrigin = id.origin
-                run = SequenceRun(first: id.sequence, count: 1)
+                if let owner = remoteOwner { confirm(remote, to: owner, now: now) }
+                remoteOwner = run.origin
+                remote = SequenceRun(first: run.first, count: run.count)
             }
         }
-        if let owner = runOrigin { confirm(run, to: owner, now: now) }
+        if let owner = remoteOwner { confirm(remote, to: owner, now: now) }
+        queuedItems -= n
         popsSinceSample += n
         counters.popped += n
         return payloads
@@ -685,7 +735,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
-        while !queue.isEmpty, let waiter = waiters.popFirst() {
+        while !runs.isEmpty, let waiter = waiters.popFirst() {
             lastConsumerActivity = now
             actions.append(.deliver(waiter.id, take(waiter.max, now: now)))
         }
@@ -695,7 +745,8 @@ public struct QueueMachine: Sendable {
 
     private mutating func requeue(_ sequences: [UInt64], _ actions: inout [Action], now: UInt64) {
         guard !sequences.isEmpty else { return }
-        var items: [QueueEntry] = []
+        // A run of one item each: the copies' records say where each item's bytes are.
+        var items: [QueueRun] = []
         items.reserveCapacity(sequences.count)
         for sequence in sequences {
             var attempt: UInt32 = 0
@@ -706,12 +757,13 @@ public struct QueueMachine: Sendable {
                 attempt = record.attempt
             }), let record = owned[sequence] else { continue }
             store.retain(record.extent.buffer)
-            items.append(QueueEntry(id: ItemID(origin: localPeer, sequence: sequence), attempt: attempt, hops: 0,
-                                    extent: record.extent))
+            items.append(QueueRun(origin: localPeer, first: sequence, count: 1, attempt: attempt, hops: 0,
+                                  slot: record.extent.buffer, index: 0, start: record.extent.start, bytes: record.extent.length))
             queuedBytes += Int(record.extent.length)
         }
         counters.requeuedAfterDeath += items.count
-        queue.insert(contentsOf: items, at: 0)
+        queuedItems += items.count
+        runs.insert(contentsOf: items, at: 0)
         serveWaiters(&actions, now: now)
     }
 
@@ -847,67 +899,86 @@ public struct QueueMachine: Sendable {
     private mutating func sendTransfer(
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
-        guard count > 0, !queue.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
-        var lastOrigin: PeerID?
-        var sent: [QueueEntry] = []
+        var sent: [QueueRun] = []
         let limit = Swift.min(count, configuration.maxTransferItems, QueueWire.maxTransferItems)
-        sent.reserveCapacity(Swift.min(limit, queue.count))
+        var items = 0
         var bytes = 0
-        // Items are moved out of the queue (no copy of their payload reference); the one that
-        // does not fit goes back to the front.
-        // The last item sent: an item that does not continue its run (same origin, attempt and
-        // hop count, next sequence) starts a new one on the wire, as `QueueMessage` encodes it.
-        var lastSequence: UInt64 = 0
-        var lastAttempt: UInt32 = 0
-        var lastHops: UInt32 = 0
-        while sent.count < limit, var item = queue.popFirst() {
-            item.hops &+= 1
-            var cost = QueueWire.itemOverhead + Int(item.extent.length)
-            let continuesRun = item.id.sequence == lastSequence &+ 1 && item.attempt == lastAttempt
-                && item.hops == lastHops && item.id.origin == lastOrigin
-            if !continuesRun { cost += QueueWire.runOverhead }
-            // Items of a batch mostly share their origin: compare with the last one first.
-            let newOrigin = item.id.origin != lastOrigin && !origins.contains(item.id.origin)
-            if newOrigin { cost += QueueWire.originSize }
-            guard cost <= budget else {
-                item.hops &-= 1
-                queue.prepend(item)
-                break
+        // Runs are taken from the front whole, or the part of one that fits (the rest stays in
+        // front), sized as `QueueMessage` encodes them: a run header unless the run continues
+        // the one before, the origin once, a length per item and the bytes.
+        while items < limit, var run = runs.first {
+            run.hops &+= 1
+            var fixed = 0
+            if sent.isEmpty || !sent[sent.count - 1].isContinued(by: run) { fixed += QueueWire.runOverhead }
+            let newOrigin = !origins.contains(run.origin)
+            if newOrigin { fixed += QueueWire.originSize }
+            let wanted = Swift.min(Int(run.count), limit - items)
+            let fitting = store.ends(run.slot).withUnsafeBufferPointer { ends -> (Int, QueueRun?) in
+                // The cost of the first `n` items.
+                func cost(_ n: Int) -> Int {
+                    guard n > 0 else { return fixed }
+                    return fixed + n * QueueWire.itemOverhead + Int(run.itemEnd(n - 1, ends) &- run.start)
+                }
+                var n = wanted
+                if cost(n) > budget {
+                    // The largest n that fits (cost grows with n).
+                    var low = 0, high = n - 1
+                    while low < high {
+                        let mid = (low + high + 1) / 2
+                        if cost(mid) <= budget { low = mid } else { high = mid - 1 }
+                    }
+                    n = low
+                    if n > 0 && cost(n) > budget { n = 0 }
+                }
+                guard n > 0 else { return (0, nil) }
+                budget -= cost(n)
+                guard n < Int(run.count) else { return (n, nil) }
+                var (head, tail) = run.split(at: n, ends)
+                tail.hops &-= 1
+                run = head
+                return (n, tail)
             }
-            budget -= cost
-            if newOrigin { origins.append(item.id.origin) }
-            lastOrigin = item.id.origin
-            lastSequence = item.id.sequence
-            lastAttempt = item.attempt
-            lastHops = item.hops
-            bytes += Int(item.extent.length)
-            sent.append(item)
+            guard fitting.0 > 0 else { break }
+            runs.removeFirst()
+            if let rest = fitting.1 { runs.prepend(rest) }
+            if newOrigin { origins.append(run.origin) }
+            items += Int(run.count)
+            bytes += Int(run.bytes)
+            sent.append(run)
         }
         guard !sent.isEmpty else { return 0 }
-        // The message carries each array once, and the items as ranges of them.
-        var buffers: [[UInt8]] = []
-        var numbering = ArrayNumbering()
-        let carried = sent.map { entry in
-            var entry = entry
-            let (index, isNew) = numbering.number(of: entry.extent.buffer)
-            if isNew { buffers.append(store.array(entry.extent.buffer)) }
-            entry.extent.buffer = index
-            return entry
-        }
+        queuedItems -= items
         queuedBytes -= bytes
-        inFlightItems += sent.count
+        inFlightItems += items
         inFlightBytes += bytes
+        // The message carries each array (with its table of ends) once, and the runs pointing
+        // into them.
+        var buffers: [[UInt8]] = []
+        var ends: [[UInt32]] = []
+        store.startNumbering()
+        let carried = sent.map { run in
+            var run = run
+            let (index, isNew) = store.number(run.slot)
+            if isNew {
+                buffers.append(store.array(run.slot))
+                ends.append(store.ends(run.slot))
+            }
+            run.slot = index
+            return run
+        }
         let id = nextTransferID
         nextTransferID += 1
-        transfers[id] = Transfer(peer: peer, items: sent, bytes: bytes, kind: kind, deadline: now + configuration.transferTimeout)
+        transfers[id] = Transfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
+                                 deadline: now + configuration.transferTimeout)
         if peers[peer] != nil {
-            peers[peer]!.inFlight += sent.count
+            peers[peer]!.inFlight += items
         }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
-                                       items: TransferItems(buffers: buffers, entries: carried)), to: peer))
-        return sent.count
+                                       items: TransferItems(buffers: buffers, ends: ends, runs: carried)), to: peer))
+        return items
     }
 
     private func updatesInFlight(to owner: PeerID) -> Int {
@@ -922,18 +993,19 @@ public struct QueueMachine: Sendable {
     private mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         for id in ids.sorted(by: >) {
             guard let transfer = transfers.removeValue(forKey: id) else { continue }
-            inFlightItems -= transfer.items.count
+            inFlightItems -= transfer.count
             inFlightBytes -= transfer.bytes
             queuedBytes += transfer.bytes
+            queuedItems += transfer.count
             // Back as they were before the transfer (the hop it did not make undone).
-            queue.insert(contentsOf: transfer.items.lazy.map { item in
-                var item = item
-                item.hops &-= 1
-                return item
+            runs.insert(contentsOf: transfer.runs.lazy.map { run in
+                var run = run
+                run.hops &-= 1
+                return run
             }, at: 0)
-            counters.returnedFromTransfers += transfer.items.count
+            counters.returnedFromTransfers += transfer.count
             if peers[transfer.peer] != nil {
-                peers[transfer.peer]!.inFlight -= transfer.items.count
+                peers[transfer.peer]!.inFlight -= transfer.count
             }
         }
         serveWaiters(&actions, now: now)
@@ -967,32 +1039,50 @@ public struct QueueMachine: Sendable {
             return
         }
         var accepted = 0
-        // Each of the message's arrays gets a slot in the store when its first item is kept.
+        // Each of the message's arrays (and its table of ends) gets a slot in the store when its
+        // first item is kept.
         var slots = [UInt32](repeating: .max, count: items.buffers.count)
-        queue.reserveCapacity(queue.count + items.entries.count)
-        for var item in items.entries {
-            guard dedup.insert(item.id, attempt: item.attempt, hops: item.hops) else {
-                counters.duplicatesDropped += 1
-                continue
-            }
-            if item.id.origin == localPeer, configuration.delivery == .atLeastOnce,
-               owned.count > 0 {
-                owned.modify(item.id.sequence) { record in
-                    guard record.attempt == item.attempt, item.hops > record.hops else { return }
-                    record.holder = HolderTable.here
-                    record.hops = item.hops
+        let tracksOwn = configuration.delivery == .atLeastOnce && owned.count > 0
+        for run in items.runs {
+            let buffer = Int(run.slot)
+            items.ends[buffer].withUnsafeBufferPointer { ends in
+                // The run's items new here, as runs: a retransmitted copy is dropped.
+                var keptFrom: Int?
+                func keep(upTo end: Int) {
+                    guard let from = keptFrom else { return }
+                    keptFrom = nil
+                    let n = end - from
+                    if slots[buffer] == .max {
+                        slots[buffer] = store.hold(items.buffers[buffer], ends: items.ends[buffer], holders: n)
+                    } else {
+                        store.retain(slots[buffer], count: n)
+                    }
+                    let begin = run.itemStart(from, ends)
+                    let kept = QueueRun(origin: run.origin, first: run.first &+ UInt64(from), count: UInt32(n), attempt: run.attempt,
+                                        hops: run.hops, slot: slots[buffer], index: run.index + UInt32(from), start: begin,
+                                        bytes: run.itemEnd(end - 1, ends) &- begin)
+                    if tracksOwn && run.origin == localPeer {
+                        owned.modifyRun(first: kept.first, count: n) { _, record in
+                            guard record.attempt == kept.attempt, kept.hops > record.hops else { return }
+                            record.holder = HolderTable.here
+                            record.hops = kept.hops
+                        }
+                    }
+                    queuedBytes += Int(kept.bytes)
+                    queuedItems += n
+                    accepted += n
+                    runs.append(kept)
                 }
+                for i in 0..<Int(run.count) {
+                    if dedup.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
+                        if keptFrom == nil { keptFrom = i }
+                    } else {
+                        counters.duplicatesDropped += 1
+                        keep(upTo: i)
+                    }
+                }
+                keep(upTo: Int(run.count))
             }
-            let buffer = Int(item.extent.buffer)
-            if slots[buffer] == .max {
-                slots[buffer] = store.hold(items.buffers[buffer], holders: 1)
-            } else {
-                store.retain(slots[buffer])
-            }
-            item.extent.buffer = slots[buffer]
-            queuedBytes += Int(item.extent.length)
-            queue.append(item)
-            accepted += 1
         }
         counters.transferredIn += accepted
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
@@ -1008,64 +1098,47 @@ public struct QueueMachine: Sendable {
             return
         }
         transfers[id] = nil
-        store.release(transfer.items)
+        for run in transfer.runs { store.release(run.slot, count: Int(run.count)) }
         if peers[peer] != nil {
             // Until its next report, the peer holds them and its idle consumers are busy.
-            peers[peer]!.inFlight -= transfer.items.count
-            peers[peer]!.reportedLength += Double(transfer.items.count)
-            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.items.count)
+            peers[peer]!.inFlight -= transfer.count
+            peers[peer]!.reportedLength += Double(transfer.count)
+            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.count)
         }
-        inFlightItems -= transfer.items.count
+        inFlightItems -= transfer.count
         inFlightBytes -= transfer.bytes
-        counters.transferredOut += transfer.items.count
-        counters.transfersByKind[transfer.kind, default: 0] += transfer.items.count
+        counters.transferredOut += transfer.count
+        counters.transfersByKind[transfer.kind, default: 0] += transfer.count
         // A pure source sends on as acks free its transfer slots (ack-clocked, no gossip round).
         defer { feedFromSource(&actions, now: now) }
         guard configuration.delivery == .atLeastOnce else { return }
-        // Custody news for other owners, gathered as runs of one owner, attempt and hop count.
+        // Custody news, a run at a time: this node's own items in its ownership window, the
+        // others' gathered for their owners (consecutive runs of one owner, attempt and hop
+        // count merge).
+        let holder = holders.handle(for: peer)
         var runOwner: PeerID?
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
-        var run = SequenceRun(first: 0, count: 0)
-        // This node's own items, as runs of consecutive sequences with one attempt and hop count
-        // (a transfer's items mostly are one such run): custody changes a run at a time.
-        var own = (first: UInt64(0), count: 0, attempt: UInt32(0), hops: UInt32(0))
-        let holder = holders.handle(for: peer)
-        func updateOwn(_ own: (first: UInt64, count: Int, attempt: UInt32, hops: UInt32)) {
-            owned.modifyRun(first: own.first, count: own.count) { _, record in
-                guard record.attempt == own.attempt, own.hops > record.hops else { return }
-                record.holder = holder
-                record.hops = own.hops
-            }
-        }
-        // Through the buffer: reading an item's fields does not retain its payload.
-        transfer.items.withUnsafeBufferPointer { items in
-            for index in items.indices {
-                let id = items[index].id
-                let attempt = items[index].attempt
-                let hops = items[index].hops  // already raised for the transfer
-                if id.origin == localPeer {
-                    if own.count > 0 && own.attempt == attempt && own.hops == hops
-                        && own.first &+ UInt64(own.count) == id.sequence {
-                        own.count += 1
-                    } else {
-                        updateOwn(own)
-                        own = (id.sequence, 1, attempt, hops)
-                    }
-                } else if id.origin != peer {
-                    if id.origin == runOwner && runKey.attempt == attempt && runKey.hops == hops
-                        && run.first &+ UInt64(run.count) == id.sequence && run.count < UInt32.max {
-                        run.count += 1
-                    } else {
-                        if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
-                        runOwner = id.origin
-                        runKey = CustodyKey(holder: peer, attempt: attempt, hops: hops)
-                        run = SequenceRun(first: id.sequence, count: 1)
-                    }
+        var pending = SequenceRun(first: 0, count: 0)
+        for run in transfer.runs {  // hop counts already raised for the transfer
+            if run.origin == localPeer {
+                owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                    guard record.attempt == run.attempt, run.hops > record.hops else { return }
+                    record.holder = holder
+                    record.hops = run.hops
+                }
+            } else if run.origin != peer {
+                if run.origin == runOwner && runKey.attempt == run.attempt && runKey.hops == run.hops
+                    && pending.first &+ UInt64(pending.count) == run.first && pending.count <= UInt32.max - run.count {
+                    pending.count += run.count
+                } else {
+                    if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+                    runOwner = run.origin
+                    runKey = CustodyKey(holder: peer, attempt: run.attempt, hops: run.hops)
+                    pending = SequenceRun(first: run.first, count: run.count)
                 }
             }
         }
-        updateOwn(own)
-        if let owner = runOwner, !deadPeers.contains(owner) { addRun(run, to: owner, custody: runKey, now: now) }
+        if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
     }
 
     // MARK: Balancing
@@ -1132,7 +1205,7 @@ public struct QueueMachine: Sendable {
         // Busy the whole interval (nobody waited, items left): the sample measures capacity.
         // Starved: idle time would read as a slow consumer, so only an increase counts, and a
         // first measurement must beat the cluster's prior.
-        let busy = !starvedSinceSample && !queue.isEmpty
+        let busy = !starvedSinceSample && !runs.isEmpty
         if busy && popsSinceSample > 0 {
             rate = rate == 0 ? sample : alpha * sample + (1 - alpha) * rate
         } else if busy && hasConsumers(now: now) && rate > 0 {
@@ -1153,12 +1226,12 @@ public struct QueueMachine: Sendable {
         let finishTime: Double
         switch configuration.strategy {
         case .adaptive:
-            finishTime = consumers ? Double(queue.count) / Swift.max(rate, configuration.minimumRate) : 0
+            finishTime = consumers ? Double(queuedItems) / Swift.max(rate, configuration.minimumRate) : 0
         case .legacy:
-            finishTime = rate > 0 ? Double(queue.count) / rate : 0  // length × average time between pops
+            finishTime = rate > 0 ? Double(queuedItems) / rate : 0  // length × average time between pops
         }
         return LoadStats(
-            sequence: statsSequence, length: UInt64(queue.count), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
+            sequence: statsSequence, length: UInt64(queuedItems), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
             serviceRate: rate, finishTime: Swift.min(finishTime, LoadStats.maxFinishTime),
             hasConsumers: consumers, accepting: !isClosed
         )
@@ -1168,7 +1241,7 @@ public struct QueueMachine: Sendable {
         guard !targets.isEmpty else { return }
         let stats = currentStats(now: now)
         if targets.count > 1 {
-            lastBroadcastLength = queue.count
+            lastBroadcastLength = queuedItems
             lastBroadcastAt = now
         }
         for peer in targets { actions.append(.send(.stats(queue: name, stats), to: peer)) }
@@ -1177,7 +1250,7 @@ public struct QueueMachine: Sendable {
     /// A queue that grew a lot since the last round tells its peers at once (at most every
     /// eighth of an interval), so idle nodes can steal without waiting for the next round.
     private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, queue.count >= 2 * lastBroadcastLength + 8 else { return }
+        guard configuration.strategy == .adaptive, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
         if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
         sendStats(to: connectedPeers(), &actions, now: now)
     }
@@ -1186,7 +1259,7 @@ public struct QueueMachine: Sendable {
     /// surplus over the balanced finish time (all known items over all consumer rates) for this
     /// node's share; the victim caps it at the pairwise fair split.
     private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, queue.isEmpty else { return }
+        guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, runs.isEmpty else { return }
         let mine = effectiveRate(now: now)
         var totalLength = 0.0
         var totalRate = mine
@@ -1219,7 +1292,7 @@ public struct QueueMachine: Sendable {
     private mutating func answerSteal(
         from thief: PeerID, requestID: UInt64, maxItems: Int, thiefRate: Double, _ actions: inout [Action], now: UInt64
     ) {
-        let length = queue.count
+        let length = queuedItems
         let mine = isClosed ? 0 : effectiveRate(now: now)
         let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
         var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
@@ -1247,15 +1320,15 @@ public struct QueueMachine: Sendable {
 
     /// Direct dispatch: peers known to have idle consumers get items now, shared by rate.
     private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, waiters.isEmpty, !queue.isEmpty else { return }
+        guard configuration.strategy == .adaptive, waiters.isEmpty, !runs.isEmpty else { return }
         let idle = peers.filter { peer, view in
             isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
         }.keys.sorted()
         guard !idle.isEmpty else { return }
         // Only what the idle consumers can start now: a larger share is the thief's to ask for
         // (one outstanding steal per node), so several senders never pile onto one peer.
-        for peer in idle where !queue.isEmpty {
-            sendTransfer(to: peer, count: Swift.min(queue.count, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
+        for peer in idle where !runs.isEmpty {
+            sendTransfer(to: peer, count: Swift.min(queuedItems, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
         }
     }
 
@@ -1268,7 +1341,7 @@ public struct QueueMachine: Sendable {
     /// more than a full window of transfers and more than four stats intervals of work at its
     /// measured rate gets none until it has worked some off (a slow consumer does not hoard).
     private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, !queue.isEmpty, !hasConsumers(now: now) else { return }
+        guard configuration.strategy == .adaptive, !isClosed, !runs.isEmpty, !hasConsumers(now: now) else { return }
         let window = Double(configuration.maxTransfersInFlightPerPeer * configuration.maxTransferItems)
         let horizon = 4 * Double(configuration.statsInterval) / 1e9
         var candidates: [PeerID] = []
@@ -1280,7 +1353,7 @@ public struct QueueMachine: Sendable {
         }
         guard !candidates.isEmpty else { return }
         candidates.sort()
-        while !queue.isEmpty {
+        while !runs.isEmpty {
             var best: (peer: PeerID, finish: Double)?
             for peer in candidates where transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer {
                 let view = peers[peer]!
@@ -1296,11 +1369,11 @@ public struct QueueMachine: Sendable {
     /// with surplus sends only its proportional part of every deficit, so nodes deciding on the
     /// same gossip do not all pile onto the same peer.
     private mutating func pushToBalance(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, waiters.isEmpty, !queue.isEmpty else { return }
+        guard !isClosed, waiters.isEmpty, !runs.isEmpty else { return }
         if let last = lastTransferReceivedAt, now &- last < configuration.rebalanceCooldown { return }
         let fresh = peers.filter { _, view in isFresh(view, now: now) }
         let mine = effectiveRate(now: now)
-        let length = Double(queue.count)
+        let length = Double(queuedItems)
         var totalLength = length
         var totalRate = mine
         for view in fresh.values {
@@ -1345,16 +1418,16 @@ public struct QueueMachine: Sendable {
     /// p2pqueue's push: `x = round((F - E) / (popTime + avgPopTime))` items when about 10% above
     /// the average finish time, split over up to 4 random peers.
     private mutating func legacyPush(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, !queue.isEmpty else { return }
+        guard !isClosed, !runs.isEmpty else { return }
         let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }.keys.sorted()
         guard !fresh.isEmpty else { return }
         let popTime = rate > 0 ? 1 / rate : 0
-        let finish = Double(queue.count) * popTime
+        let finish = Double(queuedItems) * popTime
         let average = fresh.reduce(finish) { $0 + peers[$1]!.finishTime } / Double(fresh.count + 1)
         guard finish > average * 1.1 else { return }
         let avgPopTime = fresh.reduce(0.0) { $0 + (peers[$1]!.rate > 0 ? 1 / peers[$1]!.rate : 0) } / Double(fresh.count)
         guard popTime + avgPopTime > 0 else { return }
-        let x = Swift.min(queue.count, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
+        let x = Swift.min(queuedItems, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
         guard x > 0 else { return }
         var chosen = fresh
         chosen.shuffle(using: &random)
@@ -1374,15 +1447,15 @@ public struct QueueMachine: Sendable {
 
     /// A closed queue gives its items to live peers, consumers first, round robin.
     private mutating func handOff(_ actions: inout [Action], now: UInt64) {
-        guard isClosed, !queue.isEmpty else { return }
+        guard isClosed, !runs.isEmpty else { return }
         let live = connectedPeers().filter { peers[$0]!.accepting || !peers[$0]!.hasReport }
         let consumers = live.filter { peers[$0]!.hasConsumers }
         let targets = consumers.isEmpty ? live : consumers
         guard !targets.isEmpty else { return }
         var progress = true
-        while !queue.isEmpty && progress {
+        while !runs.isEmpty && progress {
             progress = false
-            for peer in targets where !queue.isEmpty {
+            for peer in targets where !runs.isEmpty {
                 if sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .handoff, &actions, now: now) > 0 {
                     progress = true
                 }
@@ -1420,98 +1493,112 @@ public struct QueueMachine: Sendable {
 
 // MARK: - Support
 
-/// The arrays items' bytes live in, each held once with a count of the queue entries, entries
-/// on unacknowledged transfers and ownership records that point into it (slots are reused; at
-/// most one per entry or record). A pushed batch, or a received transfer of small items, is one
-/// array for all its items, so an item is queued, sent, popped and confirmed with integer
-/// updates here rather than an atomic reference-count operation on its array each time.
+/// The arrays items' bytes live in, each held once (with its table of item ends, for runs of
+/// more than one item) and a count of the queued, in-flight and owned items pointing into it
+/// (slots are reused; at most one per item). A pushed batch, or a received transfer of small
+/// items, is one array for all its items, so an item is queued, sent, popped and confirmed with
+/// integer updates here rather than an atomic reference-count operation on its array each time.
 struct PayloadStore: Sendable {
-    private var arrays: [[UInt8]] = []
-    private var holders: [Int] = []
+    private struct Slot: Sendable {
+        var array: [UInt8]
+        /// Where the array's items end (empty when only runs of one item point in).
+        var ends: [UInt32]
+        var holders: Int
+        /// The numbering this slot was last given a number in, and that number.
+        var numbering: UInt64 = 0
+        var number: UInt32 = 0
+    }
+
+    private var slots: [Slot] = []
     private var freeSlots: [UInt32] = []
     /// The slot taken last (-1 once let go): consecutive payloads of one array share it.
     private var lastSlot = -1
+    private var numbering: UInt64 = 0
+    private var numbered: UInt32 = 0
 
     /// Arrays held (for tests of the bound).
-    var count: Int { arrays.count - freeSlots.count }
+    var count: Int { slots.count - freeSlots.count }
 
-    /// Holds `array` for `holders` entries and records; its slot.
-    mutating func hold(_ array: [UInt8], holders count: Int) -> UInt32 {
+    /// Holds `array`, whose items end at `ends` (empty for runs of one item), for `holders`
+    /// items; its slot.
+    mutating func hold(_ array: [UInt8], ends: [UInt32], holders count: Int) -> UInt32 {
         let slot: Int
         if let free = freeSlots.popLast() {
             slot = Int(free)
-            arrays[slot] = array
-            holders[slot] = count
+            slots[slot].array = array
+            slots[slot].ends = ends
+            slots[slot].holders = count
         } else {
-            slot = arrays.count
-            arrays.append(array)
-            holders.append(count)
+            slot = slots.count
+            slots.append(Slot(array: array, ends: ends, holders: count))
         }
         lastSlot = slot
         return UInt32(slot)
     }
 
-    /// Holds `payload`'s array `count` more times: the last slot again when it is the same
-    /// array (no reference count taken), a new one otherwise. Where the payload is.
-    mutating func hold(_ payload: ItemPayload, holders count: Int) -> PayloadExtent {
-        let slot: UInt32
-        if lastSlot >= 0, payload.storageAddress == arrays[lastSlot].withUnsafeBytes({ $0.baseAddress }) {
-            holders[lastSlot] += count
-            slot = UInt32(lastSlot)
-        } else {
-            slot = hold(payload.storage, holders: count)
+    /// Holds `payload`'s array `count` more times, for a run of one item: the last slot again
+    /// when it is the same array (no reference count taken), a new one otherwise.
+    mutating func hold(_ payload: ItemPayload, holders count: Int) -> UInt32 {
+        if lastSlot >= 0, payload.storageAddress == slots[lastSlot].array.withUnsafeBytes({ $0.baseAddress }) {
+            slots[lastSlot].holders += count
+            return UInt32(lastSlot)
         }
-        return PayloadExtent(buffer: slot, start: UInt32(payload.storageOffset), length: UInt32(payload.count))
+        return hold(payload.storage, ends: [], holders: count)
     }
 
-    /// One more holder of `slot`.
-    mutating func retain(_ slot: UInt32) {
-        holders[Int(slot)] += 1
+    /// `count` more holders of `slot`.
+    mutating func retain(_ slot: UInt32, count: Int = 1) {
+        slots[Int(slot)].holders += count
     }
 
     /// `count` holders of `slot` are gone; the array is let go with the last.
     mutating func release(_ slot: UInt32, count: Int = 1) {
         let slot = Int(slot)
-        holders[slot] -= count
-        assert(holders[slot] >= 0, "PayloadStore: released more than held")
-        guard holders[slot] == 0 else { return }
-        arrays[slot] = []
+        slots[slot].holders -= count
+        assert(slots[slot].holders >= 0, "PayloadStore: released more than held")
+        guard slots[slot].holders == 0 else { return }
+        slots[slot].array = []
+        slots[slot].ends = []
         freeSlots.append(UInt32(slot))
         if slot == lastSlot { lastSlot = -1 }
-        // All let go: the slot tables give their memory back, so a burst of single-array
-        // pushes does not keep them large.
-        if freeSlots.count == arrays.count && arrays.count > 64 {
-            arrays = []
-            holders = []
+        // All let go: the slot table gives its memory back, so a burst of single-array pushes
+        // does not keep it large.
+        if freeSlots.count == slots.count && slots.count > 64 {
+            slots = []
             freeSlots = []
         }
     }
 
-    /// Releases the slot of each of `entries`, a run of one slot at a time.
-    mutating func release(_ entries: [QueueEntry]) {
-        var slot: UInt32 = 0
-        var run = 0
-        for entry in entries {
-            if run > 0 && entry.extent.buffer == slot {
-                run += 1
-                continue
-            }
-            if run > 0 { release(slot, count: run) }
-            slot = entry.extent.buffer
-            run = 1
-        }
-        if run > 0 { release(slot, count: run) }
-    }
-
     /// Slots allocated, free ones included (for tests of the bound).
-    var slotCapacity: Int { arrays.count }
+    var slotCapacity: Int { slots.count }
 
     /// The array of `slot` (a new reference to it).
-    func array(_ slot: UInt32) -> [UInt8] { arrays[Int(slot)] }
+    func array(_ slot: UInt32) -> [UInt8] { slots[Int(slot)].array }
+
+    /// The table of item ends of `slot`'s array (a new reference to it).
+    func ends(_ slot: UInt32) -> [UInt32] { slots[Int(slot)].ends }
 
     /// The bytes of `extent` (a new reference to its array).
     func payload(_ extent: PayloadExtent) -> ItemPayload {
-        ItemPayload(base: arrays[Int(extent.buffer)], start: Int(extent.start), count: Int(extent.length))
+        ItemPayload(base: slots[Int(extent.buffer)].array, start: Int(extent.start), count: Int(extent.length))
+    }
+
+    /// Starts numbering slots afresh (for a message or a popped batch that lists each array
+    /// once): see ``number(_:)``.
+    mutating func startNumbering() {
+        numbering &+= 1
+        numbered = 0
+    }
+
+    /// `slot`'s number in the current numbering (0, 1, ... in first-seen order), and whether it
+    /// is new: no hashing, however many arrays there are.
+    mutating func number(_ slot: UInt32) -> (index: UInt32, isNew: Bool) {
+        let slot = Int(slot)
+        if slots[slot].numbering == numbering { return (slots[slot].number, false) }
+        slots[slot].numbering = numbering
+        slots[slot].number = numbered
+        numbered += 1
+        return (numbered - 1, true)
     }
 }
 

@@ -177,7 +177,7 @@ public enum QueueWire {
     /// Bytes one item takes in a transfer besides its payload and its run's header: its length.
     public static let itemOverhead = 4
     /// A received transfer whose payloads average less than this many bytes keeps them in one
-    /// shared array (when its queue's consumers read in place); larger ones get an array each.
+    /// shared array (a consumer popping arrays copies each out); larger ones get an array each.
     /// At 1 KiB an array per item cost the W1 consumer a `malloc` and a `free` per item, about
     /// 8 % of its CPU; sharing keeps at most one frame alive per kept item, as for small items.
     public static let sharedPayloadLimit = 16_384
@@ -289,87 +289,71 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     }
 
     /// The distinct origins of `items` in first-seen order, and the bytes the items take on
-    /// the wire, in one pass (sizing and encoding each need both). A transfer rarely holds more
-    /// than a handful of origins, so a linear scan beats hashing.
+    /// the wire, a run at a time (sizing and encoding each need both). A transfer rarely holds
+    /// more than a handful of origins, so a linear scan beats hashing.
     static func summary(of items: TransferItems) -> (origins: [PeerID], encodedSize: Int) {
         var origins: [PeerID] = []
-        var last: PeerID?
         var size = 0
-        // The previous item's run fields, kept in locals: each item's fields are read once.
-        var next: UInt64 = 0
-        var attempt: UInt32 = 0
-        var hops: UInt32 = 0
-        items.entries.withUnsafeBufferPointer { items in
-            for index in items.indices {
-                size += QueueWire.itemOverhead + Int(items[index].extent.length)
-                let sequence = items[index].id.sequence
-                if items[index].id.origin != last {
-                    last = items[index].id.origin
-                    if !origins.contains(last!) { origins.append(last!) }
-                    size += QueueWire.runOverhead
-                } else if sequence != next || items[index].attempt != attempt || items[index].hops != hops {
-                    size += QueueWire.runOverhead
-                }
-                next = sequence &+ 1
-                attempt = items[index].attempt
-                hops = items[index].hops
-            }
+        var previous: QueueRun?
+        for run in items.runs {
+            size += Int(run.count) * QueueWire.itemOverhead + Int(run.bytes)
+            if previous?.origin != run.origin && !origins.contains(run.origin) { origins.append(run.origin) }
+            if previous == nil || !previous!.isContinued(by: run) { size += QueueWire.runOverhead }
+            previous = run
         }
         return (origins, size)
     }
 
     /// Writes the items' wire form into `raw` (exactly `summary(of:).encodedSize` bytes, in the
-    /// output itself: no intermediate copy of the payloads). Non-generic and through unsafe
-    /// buffers: the generic writer would cost a call per field on the sender's hot path.
+    /// output itself: no intermediate copy of the payloads). A run that continues the one before
+    /// (from another array) shares its header. Non-generic and through unsafe buffers: the
+    /// generic writer would cost a call per field on the sender's hot path.
     static func encodeItems(_ transfer: TransferItems, origins: [PeerID], into raw: UnsafeMutableRawBufferPointer) {
-        // Where each of the transfer's arrays starts: they stay alive, unchanged, as long as
-        // `transfer` does, and it outlives this call.
-        let bases = transfer.buffers.map { $0.withUnsafeBytes { $0.baseAddress } }
-        transfer.entries.withUnsafeBufferPointer { items in
-            var offset = 0
-            var lastOrigin = origins[0]
-            var originIndex: UInt16 = 0
-            // The open run: where its header is (its count is written once it ends), and the
-            // fields the next item must have to continue it.
-            var runAt = 0
-            var runCount: UInt32 = 0
-            var next: UInt64 = 0
-            var attempt: UInt32 = 0
-            var hops: UInt32 = 0
-            for index in items.indices {
-                let sequence = items[index].id.sequence
-                // `lastOrigin` starts as the first item's (origins are in first-seen order).
-                let newOrigin = items[index].id.origin != lastOrigin
-                if index == 0 || newOrigin || sequence != next || items[index].attempt != attempt || items[index].hops != hops {
-                    if index > 0 { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
-                    if newOrigin {
-                        lastOrigin = items[index].id.origin
-                        originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
-                    }
-                    attempt = items[index].attempt
-                    hops = items[index].hops
-                    raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
-                    raw.storeBytes(of: sequence.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
-                    raw.storeBytes(of: attempt.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
-                    raw.storeBytes(of: hops.bigEndian, toByteOffset: offset + 18, as: UInt32.self)
-                    runAt = offset
-                    runCount = 0
-                    offset += QueueWire.runOverhead
+        var offset = 0
+        var originIndex: UInt16 = 0
+        var lastOrigin = origins[0]
+        // The open wire run: where its header is (its count is written once it ends).
+        var headerAt = 0
+        var headerCount: UInt32 = 0
+        var previous: QueueRun?
+        for run in transfer.runs {
+            if previous == nil || !previous!.isContinued(by: run) {
+                if previous != nil { raw.storeBytes(of: headerCount.bigEndian, toByteOffset: headerAt + 10, as: UInt32.self) }
+                if run.origin != lastOrigin {
+                    lastOrigin = run.origin
+                    originIndex = UInt16(origins.firstIndex(of: lastOrigin)!)
                 }
-                next = sequence &+ 1
-                runCount += 1
-                let extent = items[index].extent
-                let count = Int(extent.length)
-                raw.storeBytes(of: extent.length.bigEndian, toByteOffset: offset, as: UInt32.self)
-                offset += QueueWire.itemOverhead
-                if count > 0 {
-                    (raw.baseAddress! + offset).copyMemory(from: bases[Int(extent.buffer)]! + Int(extent.start), byteCount: count)
-                    offset += count
+                raw.storeBytes(of: originIndex.bigEndian, toByteOffset: offset, as: UInt16.self)
+                raw.storeBytes(of: run.first.bigEndian, toByteOffset: offset + 2, as: UInt64.self)
+                raw.storeBytes(of: run.attempt.bigEndian, toByteOffset: offset + 14, as: UInt32.self)
+                raw.storeBytes(of: run.hops.bigEndian, toByteOffset: offset + 18, as: UInt32.self)
+                headerAt = offset
+                headerCount = 0
+                offset += QueueWire.runOverhead
+            }
+            headerCount += run.count
+            previous = run
+            transfer.buffers[Int(run.slot)].withUnsafeBytes { bytes in
+                transfer.ends[Int(run.slot)].withUnsafeBufferPointer { ends in
+                    let out = raw.baseAddress!
+                    let source = bytes.baseAddress
+                    var begin = run.start
+                    for i in 0..<Int(run.count) {
+                        let end = run.itemEnd(i, ends)
+                        let length = end &- begin
+                        (out + offset).storeBytes(of: length.bigEndian, as: UInt32.self)
+                        offset += QueueWire.itemOverhead
+                        if length > 0 {
+                            (out + offset).copyMemory(from: source! + Int(begin), byteCount: Int(length))
+                            offset += Int(length)
+                        }
+                        begin = end
+                    }
                 }
             }
-            if !items.isEmpty { raw.storeBytes(of: runCount.bigEndian, toByteOffset: runAt + 10, as: UInt32.self) }
-            precondition(offset == raw.count, "encodeItems: buffer size does not match the items")
         }
+        if previous != nil { raw.storeBytes(of: headerCount.bigEndian, toByteOffset: headerAt + 10, as: UInt32.self) }
+        precondition(offset == raw.count, "encodeItems: buffer size does not match the items")
     }
 
     public var bodySize: Int {
@@ -464,16 +448,6 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     ///   counts, an origin index out of range, or a count the remaining bytes cannot hold;
     ///   `WireError.trailingBytes`.
     public static func decode(type: MessageType, body: UnsafeRawBufferPointer) throws(WireError) -> QueueMessage {
-        try decode(type: type, body: body, sharesPayloads: { _ in true })
-    }
-
-    /// As ``decode(type:body:)``; `sharesPayloads` says, for the message's queue, whether a
-    /// transfer of small items keeps their payloads in one shared array (for consumers that
-    /// read items in place) or gives each item an array of its own (for consumers that take
-    /// arrays, which would otherwise copy each item out again).
-    public static func decode(
-        type: MessageType, body: UnsafeRawBufferPointer, sharesPayloads: (String) -> Bool
-    ) throws(WireError) -> QueueMessage {
         var reader = WireReader(body)
         let queue = try reader.readString(field: "queue", maxLength: QueueWire.maxQueueNameLength)
         guard !queue.isEmpty else { throw .malformed(field: "queue", reason: "empty name") }
@@ -504,7 +478,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .queueStealEmpty:
             message = .stealEmpty(queue: queue, requestID: try reader.readU64(field: "stealEmpty.requestID"))
         case .queueTransfer:
-            message = try decodeTransfer(queue: queue, &reader, sharing: sharesPayloads(queue))
+            message = try decodeTransfer(queue: queue, &reader)
         case .queueTransferAck:
             let transferID = try reader.readU64(field: "transferAck.transferID")
             let raw = try reader.readU8(field: "transferAck.status")
@@ -565,7 +539,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         return runs
     }
 
-    private static func decodeTransfer(queue: String, _ reader: inout WireReader, sharing: Bool) throws(WireError) -> QueueMessage {
+    private static func decodeTransfer(queue: String, _ reader: inout WireReader) throws(WireError) -> QueueMessage {
         let transferID = try reader.readU64(field: "transfer.transferID")
         let rawKind = try reader.readU8(field: "transfer.kind")
         guard let kind = TransferKind(rawValue: rawKind) else {
@@ -590,23 +564,22 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard payloadBound >= 0 else {
             throw .malformed(field: "transfer.count", reason: "\(count) items cannot fit in \(reader.remaining) bytes")
         }
-        var entries: [QueueEntry] = []
-        entries.reserveCapacity(count)
-        guard sharing && payloadBound < count * QueueWire.sharedPayloadLimit else {
-            // Large items get an array each: an allocation is cheap next to their bytes. So do
-            // all items when the queue's consumers take arrays: `pop` then hands out those
-            // arrays without copying them again.
+        var runs: [QueueRun] = []
+        guard payloadBound < count * QueueWire.sharedPayloadLimit else {
+            // Large items get an array each: an allocation is cheap next to their bytes, and
+            // `pop` hands the arrays out without copying them again. Each item is then a run of
+            // its own array.
             var buffers: [[UInt8]] = []
             buffers.reserveCapacity(count)
+            runs.reserveCapacity(count)
             var index = 0
             while index < count {
                 let run = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
                 for offset in 0..<Int(run.count) {
                     do throws(WireError) {
                         let payload = try reader.readByteString(field: "payload", maxLength: reader.remaining)
-                        entries.append(QueueEntry(id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)),
-                                                  attempt: run.attempt, hops: run.hops, extent: PayloadExtent(
-                                                      buffer: UInt32(buffers.count), start: 0, length: UInt32(payload.count))))
+                        runs.append(QueueRun(origin: run.origin, first: run.first &+ UInt64(offset), count: 1, attempt: run.attempt,
+                                             hops: run.hops, slot: UInt32(buffers.count), index: 0, start: 0, bytes: UInt32(payload.count)))
                         buffers.append([UInt8](payload))
                     } catch {
                         throw error.nested(under: "transfer.items[\(index + offset)]")
@@ -615,13 +588,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 index += Int(run.count)
             }
             return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID,
-                             items: TransferItems(buffers: buffers, entries: entries))
+                             items: TransferItems(buffers: buffers, ends: [[UInt32]](repeating: [], count: buffers.count), runs: runs))
         }
         // Small items: all payloads are copied into one array (one allocation per transfer, not
-        // per item); the items are ranges of it, plain values: no reference count per item.
-        var runs: [RunHeader] = []
-        var starts: [UInt32] = []
-        starts.reserveCapacity(count + 1)
+        // per item), with a table of where each item ends; the runs point into both.
+        var ends: [UInt32] = []
+        ends.reserveCapacity(count)
         var failure: WireError?
         let buffer = [UInt8](unsafeUninitializedCapacity: payloadBound) { raw, filled in
             let raw = UnsafeMutableRawBufferPointer(raw)
@@ -629,21 +601,24 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             while index < count {
                 // Field names are built only on the error path: this loop runs once per item.
                 do throws(WireError) {
-                    let run = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
-                    runs.append(run)
-                    for offset in 0..<Int(run.count) {
+                    let header = try decodeRunHeader(&reader, origins: origins, itemsLeft: count - index, at: index)
+                    let start = filled
+                    for offset in 0..<Int(header.count) {
                         do throws(WireError) {
                             let payload = try reader.readByteString(field: "payload", maxLength: payloadBound - filled)
-                            starts.append(UInt32(truncatingIfNeeded: filled))
                             if !payload.isEmpty {
                                 UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + payload.count]).copyMemory(from: payload)
                                 filled += payload.count
                             }
+                            ends.append(UInt32(truncatingIfNeeded: filled))
                         } catch {
                             throw error.nested(under: "transfer.items[\(index + offset)]")
                         }
                     }
-                    index += Int(run.count)
+                    runs.append(QueueRun(origin: header.origin, first: header.first, count: header.count, attempt: header.attempt,
+                                         hops: header.hops, slot: 0, index: UInt32(index), start: UInt32(truncatingIfNeeded: start),
+                                         bytes: UInt32(truncatingIfNeeded: filled - start)))
+                    index += Int(header.count)
                 } catch {
                     failure = error
                     return
@@ -651,22 +626,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
         }
         if let failure { throw failure }
-        starts.append(UInt32(truncatingIfNeeded: buffer.count))
-        starts.withUnsafeBufferPointer { starts in
-            var index = 0
-            for run in runs {
-                for offset in 0..<Int(run.count) {
-                    let start = starts[index]
-                    entries.append(QueueEntry(
-                        id: ItemID(origin: run.origin, sequence: run.first &+ UInt64(offset)), attempt: run.attempt, hops: run.hops,
-                        extent: PayloadExtent(buffer: 0, start: start, length: starts[index + 1] &- start)
-                    ))
-                    index += 1
-                }
-            }
-        }
         return .transfer(queue: queue, transferID: transferID, kind: kind, requestID: requestID,
-                         items: TransferItems(buffers: [buffer], entries: entries))
+                         items: TransferItems(buffers: [buffer], ends: [ends], runs: runs))
     }
 
     /// A run's fields before its payloads.

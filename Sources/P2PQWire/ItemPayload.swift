@@ -181,6 +181,9 @@ extension ItemBatch: RandomAccessCollection {
     /// The buffer holding all the items back to back (shared, not copied).
     @inlinable public var bytes: [UInt8] { storage }
 
+    /// Where each item ends in ``bytes`` (the first starts at 0; shared, not copied).
+    @inlinable public var itemEnds: [UInt32] { ends }
+
     /// The item at `position`, sharing the batch's buffer.
     @inlinable
     public subscript(position: Int) -> ItemPayload {

@@ -123,32 +123,62 @@ struct QueueNodeTests {
         for node in nodes { await node.stop() }
     }
 
-    @Test("A queue whose consumer pops arrays receives items as arrays; one that pops payloads, in one shared buffer")
-    func decodingFollowsTheConsumer() async throws {
+    @Test("Small items travel and pop as ranges of one shared buffer, large ones as an array each; pop(max:) hands out arrays either way")
+    func poppedItemsShareBuffers() async throws {
         let nodes = try await cluster(2)
         let source = nodes[0].queue(named: "shape")
         let sink = nodes[1].queue(named: "shape")
-        for takesArrays in [true, false, true] {
+        for size in [8, 20_000] {
             // The consumer waits first, so the pushed items travel to it in one transfer.
-            let popped = Task { try await sink.popItems(max: 50, timeout: .seconds(10), takesArrays: takesArrays) }
+            let popped = Task { try await sink.popPayloads(max: 20, timeout: .seconds(10)) }
             try await Task.sleep(for: .milliseconds(100))
-            try await source.push(contentsOf: (0..<50).map(item))
+            let items = (0..<20).map { item($0) + [UInt8](repeating: 7, count: size - 8) }
+            try await source.push(contentsOf: items)
             var got = Array(try await popped.value)
-            while got.count < 50 { got += try await sink.popItems(max: 50 - got.count, timeout: .seconds(10), takesArrays: takesArrays) }
-            #expect(got.map { number($0.bytes) } == Array(0..<50))
+            while got.count < 20 { got += try await sink.popPayloads(max: 20 - got.count, timeout: .seconds(10)) }
+            #expect(got.map(\.bytes) == items)
             let starts = got.map { payload in payload.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
-            if takesArrays {
+            if size == 8 {
+                // Back to back in one buffer (8 bytes each).
+                #expect(zip(starts, starts.dropFirst()).filter { $1 == $0 + 8 }.count >= 15, "\(starts.prefix(5))")
+            } else {
                 // Each item is a whole array: `bytes` is that array, no copy.
                 let copies = zip(got, starts).filter { payload, start in
                     payload.bytes.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } != start
                 }
-                #expect(copies.count == 0, "items that were ranges of a shared buffer")
-            } else {
-                // Back to back in one buffer (8 bytes each).
-                #expect(zip(starts, starts.dropFirst()).filter { $1 == $0 + 8 }.count >= 40, "\(starts.prefix(5))")
+                #expect(copies.isEmpty, "items that were ranges of a shared buffer")
             }
         }
+        // Arrays of their own, from the shared buffer.
+        let popped = Task { try await sink.pop(max: 20, timeout: .seconds(10)) }
+        try await Task.sleep(for: .milliseconds(100))
+        try await source.push(contentsOf: (0..<20).map(item))
+        var got = try await popped.value
+        while got.count < 20 { got += try await sink.pop(max: 20 - got.count, timeout: .seconds(10)) }
+        #expect(got == (0..<20).map(item))
         for node in nodes { await node.stop() }
+    }
+
+    @Test("Pushed arrays of small items are packed into one batch; large ones, or a single item, are kept as they are")
+    func smallArraysArePacked() {
+        let small = (0..<100).map { [UInt8](repeating: UInt8($0), count: $0 % 70) }
+        guard case .batch(let batch) = PushItems(small) else {
+            Issue.record("small items not packed")
+            return
+        }
+        #expect(batch.map(\.bytes) == small)
+        let large = (0..<3).map { [UInt8](repeating: UInt8($0), count: PushItems.packedItemLimit + 1) }
+        guard case .arrays(let kept) = PushItems(large) else {
+            Issue.record("large items packed")
+            return
+        }
+        #expect(kept.enumerated().allSatisfy { index, array in
+            array.withUnsafeBytes { $0.baseAddress } == large[index].withUnsafeBytes { $0.baseAddress }
+        })
+        guard case .arrays = PushItems([[1, 2, 3]]) else {
+            Issue.record("a single item packed")
+            return
+        }
     }
 
     @Test("3 nodes: 3,000 items pushed at one node are popped exactly once, on every node")

@@ -110,7 +110,7 @@ extension NodeCore {
             respond(.text(400, "unknown encoding '\(encoding)': use utf8 or base64"))
             return
         }
-        queues.pop(name, max: max, timeout: .milliseconds(timeout), takesArrays: true) { result in
+        queues.pop(name, max: max, timeout: .milliseconds(timeout)) { result in
             let items: [[UInt8]]
             switch result {
             case .success(let popped): items = popped.map { $0.bytes }

@@ -43,7 +43,7 @@ public struct QueueHandle: Sendable {
 
     /// Appends the items in order, as one batch; waits while the queue is full.
     public func push(contentsOf items: [[UInt8]]) async throws(QueueError) {
-        try await pushResult(.arrays(items), wait: true).get()
+        try await pushResult(PushItems(items), wait: true).get()
     }
 
     /// Appends the batch's items in order; waits while the queue is full. The queue keeps the
@@ -61,7 +61,7 @@ public struct QueueHandle: Sendable {
 
     /// Appends the items, as one batch, if there is room for all of them now; false if not.
     public func tryPush(contentsOf items: [[UInt8]]) async throws(QueueError) -> Bool {
-        try await tryPushItems(.arrays(items))
+        try await tryPushItems(PushItems(items))
     }
 
     /// Appends the batch's items if there is room for all of them now; false if not.
@@ -98,9 +98,9 @@ public struct QueueHandle: Sendable {
 
     /// Up to `max` items (at least one); waits up to `timeout` for the first.
     public func pop(max: Int, timeout: Duration? = nil) async throws(QueueError) -> [[UInt8]] {
-        // A queue popped this way has its transfers decoded into an array per item, which
-        // `bytes` hands out without a copy.
-        try await popItems(max: max, timeout: timeout, takesArrays: true).arrays
+        // Each item is copied out of the shared buffers here, on the caller's thread (an item
+        // that is a whole array, as large ones are, is handed out as it is).
+        try await popItems(max: max, timeout: timeout).arrays
     }
 
     /// As ``pop(max:timeout:)``, without copying: the items share the buffers they arrived in
@@ -109,17 +109,17 @@ public struct QueueHandle: Sendable {
     /// operation per item. Read items in place with ``ItemPayloads/withUnsafeBytes(at:_:)``;
     /// an element (``ItemPayload``) keeps its buffer alive while it is kept.
     public func popPayloads(max: Int, timeout: Duration? = nil) async throws(QueueError) -> ItemPayloads {
-        try await popItems(max: max, timeout: timeout, takesArrays: false)
+        try await popItems(max: max, timeout: timeout)
     }
 
-    func popItems(max: Int, timeout: Duration?, takesArrays: Bool) async throws(QueueError) -> ItemPayloads {
+    func popItems(max: Int, timeout: Duration?) async throws(QueueError) -> ItemPayloads {
         let name = self.name
         let node = self.node
         let waiter = WaiterBox()
         let result = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: QueueShell.PopContinuation) in
                 let running = node.executeOnCore { core in
-                    let id = core.queues.pop(name, max: Swift.max(1, max), timeout: timeout, takesArrays: takesArrays, continuation)
+                    let id = core.queues.pop(name, max: Swift.max(1, max), timeout: timeout, continuation)
                     if let id, waiter.set(id) { core.queues.cancel(name, id) }
                 }
                 if !running { continuation.resume(returning: .failure(.nodeStopped)) }

@@ -49,6 +49,24 @@ enum PushItems: Sendable {
     case arrays([[UInt8]])
     case batch(ItemBatch)
 
+    /// Items averaging at most this many bytes are copied into one buffer on the pushing
+    /// task's thread: the queue then keeps, sends and pops them as one run, with a reference
+    /// count per batch instead of per item (a copy costs less than that up to a few KiB).
+    static let packedItemLimit = 4096
+
+    /// `items` as pushed: small ones packed into an ``ItemBatch``, large ones as they are (no
+    /// copy).
+    init(_ items: [[UInt8]]) {
+        let bytes = items.reduce(0) { $0 + $1.count }
+        if items.count > 1 && bytes <= items.count * Self.packedItemLimit && bytes <= Int(UInt32.max) {
+            var batch = ItemBatch(capacity: items.count, bytes: bytes)
+            for item in items { batch.append(item) }
+            self = .batch(batch)
+        } else {
+            self = .arrays(items)
+        }
+    }
+
     var count: Int {
         switch self {
         case .arrays(let items): items.count
@@ -96,9 +114,6 @@ final class QueueShell {
         /// The machine's transfer and duplicate totals already added to the node's metrics.
         var reportedTransfers = 0
         var reportedDuplicates = 0
-        /// Whether the latest pop asked for arrays: then received transfers give each item an
-        /// array of its own instead of a range of one shared buffer (which `pop` would copy).
-        var consumersTakeArrays = false
     }
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
@@ -179,9 +194,8 @@ final class QueueShell {
     }
 
     /// `timeout` nil waits forever; zero does not wait.
-    /// `takesArrays`: the caller makes an array of each item (see `Entry.consumersTakeArrays`).
-    func pop(_ name: String, max: Int, timeout: Duration?, takesArrays: Bool, _ continuation: PopContinuation) -> WaiterID? {
-        pop(name, max: max, timeout: timeout, takesArrays: takesArrays, sink: { result in continuation.resume(returning: consume result) })
+    func pop(_ name: String, max: Int, timeout: Duration?, _ continuation: PopContinuation) -> WaiterID? {
+        pop(name, max: max, timeout: timeout, sink: { result in continuation.resume(returning: consume result) })
     }
 
     /// A new waiter ID, for ``pop(_:max:waiter:sink:)``.
@@ -236,7 +250,7 @@ final class QueueShell {
     /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
     /// returns). Returns the waiter if the pop waits.
     @discardableResult
-    func pop(_ name: String, max: Int, timeout: Duration?, takesArrays: Bool, sink continuation: @escaping PopSink) -> WaiterID? {
+    func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
         guard !isStopped else {
             continuation(.failure(.nodeStopped))
             return nil
@@ -245,7 +259,6 @@ final class QueueShell {
             continuation(.failure(.tooManyQueues))
             return nil
         }
-        queues[name]!.consumersTakeArrays = takesArrays
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = WaiterID(nextWaiter)
         nextWaiter += 1
@@ -328,9 +341,7 @@ final class QueueShell {
     func receive(_ type: MessageType, _ body: UnsafeRawBufferPointer, from peer: PeerID) -> WireError? {
         let message: QueueMessage
         do throws(WireError) {
-            message = try QueueMessage.decode(type: type, body: body) { [queues] name in
-                !(queues[name]?.consumersTakeArrays ?? false)
-            }
+            message = try QueueMessage.decode(type: type, body: body)
         } catch {
             return error
         }
