@@ -149,6 +149,54 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         try QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items)
             .encode(into: &bytes, maxFrameSize: 1000)
         #expect(bytes.count == 4 + 1 + 28 + 32 + 27 * 34)
+
+        // Pushed batches are runs: one cut where the frame is full, the rest sent next, in
+        // order; two batches with consecutive sequences share one header on the wire.
+        for cut in [200, 50] {
+            var source = QueueMachine(name: "q", localPeer: A, configuration: configuration)
+            _ = source.peerConnected(B, now: 0)
+            _ = source.push(ItemBatch((0..<cut).map { payload($0) }), now: 0)
+            if cut < 200 { _ = source.push(ItemBatch((cut..<200).map { payload($0) }), now: 0) }
+            var received: [Int] = []
+            for round in 0..<3 {
+                let sent = source.receive(.stealRequest(queue: "q", requestID: UInt64(round + 1), maxItems: 200, thiefRate: 1000),
+                                          from: B, now: UInt64(round + 1)).transfers
+                guard let transfer = sent.first else { break }
+                #expect(transfer.items.count == min(76, 200 - received.count), "cut \(cut), round \(round)")
+                let message = try wireRoundTrip(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items),
+                                                maxFrameSize: 1000)
+                guard case .transfer(_, _, _, _, let items) = message else { continue }
+                received += items.map { number($0.payload) }
+                #expect(items.map(\.id.sequence) == items.indices.map { UInt64(received.count - items.count + $0 + 1) })
+                _ = source.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: UInt64(round + 1))
+            }
+            #expect(received == Array(0..<200), "cut \(cut)")
+        }
+    }
+
+    @Test("A transfer overlapping items already received keeps only the new ones, in order, as runs around the duplicates")
+    func partialDuplicates() throws {
+        var a = QueueMachine(name: "q", localPeer: A)
+        var b = QueueMachine(name: "q", localPeer: B)
+        _ = a.peerConnected(B, now: 0)
+        _ = b.peerConnected(A, now: 0)
+        _ = a.push(ItemBatch((0..<20).map { payload($0) }), now: 0)
+        let first = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
+        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: first.id, kind: .steal, requestID: 1, items: first.items)),
+                      from: A, now: 2)
+        _ = a.receive(.transferAck(queue: "q", transferID: first.id, status: .accepted), from: B, now: 2)
+        let second = a.receive(.stealRequest(queue: "q", requestID: 2, maxItems: 10, thiefRate: 1000), from: B, now: 3).transfers[0]
+        // Item 15 first, alone; then 5...9 again (as after a lost ack) and 10...19, which holds
+        // 15 again in the middle of its run.
+        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: 98, kind: .steal, requestID: 0,
+                                                  items: [Array(second.items)[5]])), from: A, now: 4)
+        let overlap = Array(first.items)[5...] + Array(second.items)
+        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: 99, kind: .steal, requestID: 0, items: TransferItems(overlap))),
+                      from: A, now: 4)
+        #expect(b.counters.duplicatesDropped == 6)
+        #expect(b.count == 20 && b.byteCount == 20 * 8)
+        #expect(popAll(&b, now: 5) == Array(0..<10) + [15] + Array(10..<15) + Array(16..<20))
+        #expect(b.heldBufferCount == 0)
     }
 
     @Test("The sender keeps items until the ack; the receiver drops a retransmitted copy")

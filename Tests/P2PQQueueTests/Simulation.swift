@@ -77,6 +77,7 @@ struct Simulation {
     var paths: [Int: [PeerID]] = [:]
     var messagesSent: [MessageType: Int] = [:]
     var decodeErrors: [WireError] = []
+    private var pushes = 0
     /// Nodes that stopped (killed): they process nothing.
     var killed: Set<PeerID> = []
     /// Messages of these types are dropped instead of delivered.
@@ -155,8 +156,14 @@ struct Simulation {
     // MARK: Producers and consumers
 
     @discardableResult
+    /// Pushes alternate between one batch (a run of items in one buffer) and an array per item
+    /// (runs of one item), so both shapes travel.
     mutating func push(_ numbers: Range<Int>, at node: PeerID, size: Int = 8) -> PushOutcome {
-        let (outcome, actions) = machines[node]!.push(numbers.map { payload($0, size: size) }, now: now)
+        let payloads = numbers.map { payload($0, size: size) }
+        pushes += 1
+        let (outcome, actions) = pushes % 2 == 0
+            ? machines[node]!.push(ItemBatch(payloads), now: now)
+            : machines[node]!.push(payloads, now: now)
         perform(node, actions)
         return outcome
     }
