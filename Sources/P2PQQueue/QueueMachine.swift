@@ -1578,11 +1578,6 @@ struct PayloadStore: Sendable {
     /// The table of item ends of `slot`'s array (a new reference to it).
     func ends(_ slot: UInt32) -> [UInt32] { slots[Int(slot)].ends }
 
-    /// The bytes of `extent` (a new reference to its array).
-    func payload(_ extent: PayloadExtent) -> ItemPayload {
-        ItemPayload(base: slots[Int(extent.buffer)].array, start: Int(extent.start), count: Int(extent.length))
-    }
-
     /// Starts numbering slots afresh (for a message or a popped batch that lists each array
     /// once): see ``number(_:)``.
     mutating func startNumbering() {

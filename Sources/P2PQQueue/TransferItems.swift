@@ -130,14 +130,6 @@ public struct TransferItems: Sendable {
         }
         return (low, position - runStarts[low])
     }
-
-    /// Calls `body` with the payload of the item at `position`, in place.
-    public func withUnsafePayload<R>(at position: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
-        let (r, i) = locate(position)
-        let run = runs[r]
-        let (start, end) = ends[Int(run.slot)].withUnsafeBufferPointer { (run.itemStart(i, $0), run.itemEnd(i, $0)) }
-        return buffers[Int(run.slot)].withUnsafeBytes { all in body(UnsafeRawBufferPointer(rebasing: all[Int(start)..<Int(end)])) }
-    }
 }
 
 extension TransferItems: RandomAccessCollection {
