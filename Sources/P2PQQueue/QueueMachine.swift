@@ -279,20 +279,20 @@ public struct QueueMachine: Sendable {
     /// Waiting consumers are served first; with none, new items may go straight to a peer with
     /// idle consumers.
     public mutating func push(_ payloads: [[UInt8]], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds, first in
+        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds in
             // An array each: a run of one item each.
-            payloads.indices.map { index in
-                let slot = store.hold(payloads[index], ends: [], holders: holds)
-                return (slot, 0, 0, UInt32(payloads[index].count), 1)
+            payloads.map { array in
+                PushedRun(slot: store.hold(array, ends: [], holders: holds), start: 0, bytes: UInt32(array.count), count: 1)
             }
         }, now: now)
     }
 
     /// Appends `payloads` to the queue, all or none, in order (see ``push(_:now:)-([[UInt8]],_)``).
     public mutating func push(_ payloads: [ItemPayload], now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds, first in
+        push(count: payloads.count, size: { payloads[$0].count }, hold: { store, holds in
             payloads.map { payload in
-                (store.hold(payload, holders: holds), 0, UInt32(payload.storageOffset), UInt32(payload.count), 1)
+                PushedRun(slot: store.hold(payload, holders: holds), start: UInt32(payload.storageOffset),
+                          bytes: UInt32(payload.count), count: 1)
             }
         }, now: now)
     }
@@ -300,18 +300,25 @@ public struct QueueMachine: Sendable {
     /// Appends the batch's items to the queue, all or none, in order: one run, sharing the
     /// batch's buffer and its table of item ends.
     public mutating func push(_ batch: ItemBatch, now: UInt64) -> (PushOutcome, [Action]) {
-        push(count: batch.count, size: { batch.byteCount(at: $0) }, hold: { store, holds, first in
+        push(count: batch.count, size: { batch.byteCount(at: $0) }, hold: { store, holds in
             let slot = store.hold(batch.bytes, ends: batch.itemEnds, holders: batch.count * holds)
-            return [(slot, 0, 0, UInt32(batch.byteCount), UInt32(batch.count))]
+            return [PushedRun(slot: slot, start: 0, bytes: UInt32(batch.byteCount), count: UInt32(batch.count))]
         }, now: now)
+    }
+
+    /// A run a push makes: its items are the first `count` of the slot's array.
+    private struct PushedRun {
+        var slot: UInt32
+        var start: UInt32
+        var bytes: UInt32
+        var count: UInt32
     }
 
     /// The pushes' common path. `hold` holds the items' arrays in `store`, `holds` times for
     /// each item (its queue entry, and its ownership record when at least once), and returns
-    /// the runs they make, in order: slot, index into the slot's ends, start, bytes, count.
+    /// the runs they make, in order.
     private mutating func push(
-        count n: Int, size: (Int) -> Int,
-        hold: (inout PayloadStore, _ holds: Int, _ first: UInt64) -> [(UInt32, UInt32, UInt32, UInt32, UInt32)], now: UInt64
+        count n: Int, size: (Int) -> Int, hold: (inout PayloadStore, _ holds: Int) -> [PushedRun], now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
         guard !isClosed else { return (.closed, actions) }
@@ -334,20 +341,20 @@ public struct QueueMachine: Sendable {
         nextSequence += UInt64(n)
         let tracked = configuration.delivery == .atLeastOnce
         var sequence = first
-        for (slot, index, start, runBytes, count) in hold(&store, tracked ? 2 : 1, first) {
-            let run = QueueRun(origin: localPeer, first: sequence, count: count, attempt: 0, hops: 0,
-                               slot: slot, index: index, start: start, bytes: runBytes)
+        for pushed in hold(&store, tracked ? 2 : 1) {
+            let run = QueueRun(origin: localPeer, first: sequence, count: pushed.count, attempt: 0, hops: 0,
+                               slot: pushed.slot, index: 0, start: pushed.start, bytes: pushed.bytes)
             if tracked {
-                store.ends(slot).withUnsafeBufferPointer { ends in
-                    owned.append(first: sequence, count: Int(count)) { i in
+                store.ends(run.slot).withUnsafeBufferPointer { ends in
+                    owned.append(first: sequence, count: Int(run.count)) { i in
                         let begin = run.itemStart(i, ends)
-                        return OwnedRecord(extent: PayloadExtent(buffer: slot, start: begin, length: run.itemEnd(i, ends) &- begin),
+                        return OwnedRecord(extent: PayloadExtent(buffer: run.slot, start: begin, length: run.itemEnd(i, ends) &- begin),
                                            holder: HolderTable.here, attempt: 0, hops: 0)
                     }
                 }
             }
             runs.append(run)
-            sequence &+= UInt64(count)
+            sequence &+= UInt64(run.count)
         }
         if tracked { ownedBytes += bytes }
         queuedItems += n
