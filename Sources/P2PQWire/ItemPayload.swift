@@ -144,6 +144,21 @@ public struct ItemBatch: Sendable {
         ends.append(UInt32(truncatingIfNeeded: storage.count))
     }
 
+    /// Appends an item that `write` appends to the batch's buffer (for an encoder that writes
+    /// into an array: no array of its own per item). If `write` throws, the batch is as before.
+    @inlinable
+    public mutating func append<E: Error>(writing write: (inout [UInt8]) throws(E) -> Void) throws(E) {
+        let start = storage.count
+        do throws(E) {
+            try write(&storage)
+        } catch {
+            storage.removeSubrange(Swift.min(start, storage.count)...)
+            throw error
+        }
+        precondition(storage.count >= start && storage.count <= Int(UInt32.max), "ItemBatch: the writer removed bytes, or more than 4 GiB")
+        ends.append(UInt32(truncatingIfNeeded: storage.count))
+    }
+
     /// Appends an item of `count` bytes, zeroed, then filled in place by `body`.
     @inlinable
     public mutating func append<E: Error>(count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> Void) throws(E) {

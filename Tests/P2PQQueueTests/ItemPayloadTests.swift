@@ -60,6 +60,22 @@ struct ItemPayloadTests {
         #expect(batch.count == 1 && batch.byteCount == 1 && batch.payloads == [[7]])
     }
 
+    @Test("A writer appends an item to the batch's buffer; one that throws half-way adds nothing")
+    func writtenItems() {
+        struct Refused: Error {}
+        var batch = ItemBatch([[UInt8](arrayLiteral: 7)])
+        batch.append { (bytes: inout [UInt8]) in bytes += [1, 2, 3] }
+        #expect(throws: Refused.self) {
+            try batch.append { (bytes: inout [UInt8]) throws(Refused) in
+                bytes += [9, 9]
+                throw Refused()
+            }
+        }
+        batch.append { (_: inout [UInt8]) in }
+        #expect(batch.payloads.map(\.bytes) == [[7], [1, 2, 3], []])
+        #expect(batch.byteCount == 4 && batch.itemEnds == [1, 4, 4])
+    }
+
     @Test("A pushed batch pops as the same items, in order")
     func machineRoundTrip() {
         var machine = QueueMachine(name: "q", localPeer: peer(1), configuration: QueueConfiguration())

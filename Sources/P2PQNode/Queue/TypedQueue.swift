@@ -46,17 +46,17 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
         self.raw = raw
     }
 
-    private func encode(_ items: some Sequence<T>) throws(TypedQueueError) -> [[UInt8]] {
-        var out: [[UInt8]] = []
-        out.reserveCapacity(items.underestimatedCount)
+    /// The items encoded back to back into one batch (no array per item).
+    private func encode(_ items: some Sequence<T>) throws(TypedQueueError) -> ItemBatch {
+        var batch = ItemBatch(capacity: items.underestimatedCount)
         for item in items {
             do throws(CompactCodingError) {
-                out.append(try encoder.encode(item))
+                try batch.append { (bytes: inout [UInt8]) throws(CompactCodingError) in try encoder.encode(item, into: &bytes) }
             } catch {
                 throw .encoding(error)
             }
         }
-        return out
+        return batch
     }
 
     /// Decodes the items in place (no array per item).
@@ -82,9 +82,9 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
 
     /// Appends the items in order, as one batch; waits while the queue is full.
     public func push(contentsOf items: some Sequence<T>) async throws(TypedQueueError) {
-        let payloads = try encode(items)
+        let batch = try encode(items)
         do {
-            try await raw.push(contentsOf: payloads)
+            try await raw.push(batch)
         } catch {
             throw .queue(error)
         }
@@ -92,9 +92,9 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
 
     /// Appends the items if there is room now; false if the queue is full.
     public func tryPush(_ items: T...) async throws(TypedQueueError) -> Bool {
-        let payloads = try encode(items)
+        let batch = try encode(items)
         do {
-            return try await raw.tryPush(contentsOf: payloads)
+            return try await raw.tryPush(batch)
         } catch {
             throw .queue(error)
         }
