@@ -100,11 +100,13 @@ public struct LinkSession: Sendable {
     static let insecureMagic = Array("P2PQ-INSECURE".utf8)
     /// Records between rekeys in each direction.
     public static let defaultRekeyInterval: UInt64 = 1 << 20
-    /// Plaintext bytes per sealed record: 16 KiB minus the 2-byte length and the 16-byte tag,
-    /// so a record is exactly 16 KiB on the wire and four of them fill one of the reactor's
-    /// 64 KiB outbound chunks (a 16 KiB plaintext left a quarter of every chunk empty).
-    /// Larger records do not help: the cipher is already at full speed at this size.
-    public static let defaultRecordPlaintextSize = 16 * 1024 - 2 - CipherState.tagLength
+    /// Plaintext bytes per sealed record: 64 KiB minus the 2-byte length and the 16-byte tag,
+    /// so a full record is exactly one of the reactor's 64 KiB outbound chunks. A record costs
+    /// a fixed few EVP calls on top of its bytes (about a microsecond with OpenSSL); 16 KiB
+    /// records made that 5-10 % of a 1 KiB W1 stream's CPU and 20-30 % of the Noise link
+    /// bench's (docs/benchmarks.md). Small messages still go out in small records: a record
+    /// holds what is queued when the link flushes.
+    public static let defaultRecordPlaintextSize = 64 * 1024 - 2 - CipherState.tagLength
 
     public let role: Role
     public private(set) var phase: Phase = .handshaking

@@ -172,7 +172,7 @@ final class AEADKey: @unchecked Sendable {
     }()
 
     /// Messages shorter than this go to BoringSSL even when the key has an OpenSSL context, so
-    /// only full link records (16,366 bytes of plaintext) and larger use OpenSSL. OpenSSL's EVP
+    /// only large link records (a full one is 65,518 bytes of plaintext) use OpenSSL. OpenSSL's EVP
     /// calls cost about a microsecond more per message (`p2pq bench cipher`: 79 against
     /// 233 MB/s at 100 bytes, 570 against 821 at 1100). In a tight loop its faster cipher wins
     /// that back from about 2 KiB (1227 against 1149 MB/s; 1952 against 1477 at 8 KiB). But

@@ -110,8 +110,8 @@ struct CipherBench: ParsableCommand {
     @Option(help: "Noise cipher: ChaChaPoly (the links') or AESGCM (for comparison).")
     var cipher: String = "ChaChaPoly"
 
-    @Option(help: "Plaintext bytes per record.")
-    var record: Int = 16 * 1024 - 18
+    @Option(help: "Plaintext bytes per record (default: a full link record).")
+    var record: Int = 64 * 1024 - 18
 
     @Option(help: "Records per run.")
     var records: Int = 100_000

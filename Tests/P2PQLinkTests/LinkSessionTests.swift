@@ -121,6 +121,29 @@ struct LinkSessionTests {
         #expect(pair.initiator.recordsSent > 9, "the exchange should cross several rekeys")
     }
 
+    @Test("A long batch is sealed into full records of exactly 64 KiB on the wire, then the rest")
+    func fullRecords() throws {
+        var rng = SplitMix64(seed: 7)
+        var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key))
+        try pair.handshake(rng: &rng)
+        let stream = frame(.ping, [UInt8](repeating: 1, count: 200_000))
+        var sealed = ByteArrayOutput()
+        try stream.withUnsafeBytes { try pair.initiator.seal($0, into: &sealed) }
+        var lengths: [Int] = []
+        var offset = 0
+        while offset < sealed.bytes.count {
+            let length = Int(sealed.bytes[offset]) << 8 | Int(sealed.bytes[offset + 1])
+            lengths.append(2 + length)
+            offset += 2 + length
+        }
+        let full = LinkSession.defaultRecordPlaintextSize
+        #expect(full + CipherState.tagLength + 2 == 64 * 1024)
+        #expect(lengths.dropLast().allSatisfy { $0 == 64 * 1024 }, "\(lengths)")
+        #expect(lengths.count == (stream.count + full - 1) / full)
+        _ = try pair.deliver(sealed.bytes, toResponder: true, rng: &rng)
+        #expect(pair.responderMessages == [[MessageType.ping.rawValue] + [UInt8](repeating: 1, count: 200_000)])
+    }
+
     /// The responder refuses the initiator's first message as `.wrongClusterKey` and reports
     /// nothing above the link.
     func expectRefusedAtFirstMessage(_ pair: inout Pair, seed: UInt64) throws {
