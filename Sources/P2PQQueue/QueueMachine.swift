@@ -1080,6 +1080,12 @@ public struct QueueMachine: Sendable {
                     accepted += n
                     runs.append(kept)
                 }
+                // A run all new here (the common case) is remembered at once; else item by item.
+                if dedup.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
+                    keptFrom = 0
+                    keep(upTo: Int(run.count))
+                    return
+                }
                 for i in 0..<Int(run.count) {
                     if dedup.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
                         if keptFrom == nil { keptFrom = i }
@@ -1691,6 +1697,12 @@ struct DedupSet: Sendable {
             if hotKey == key { return hot.contains(sequence) }
             return runs[key]?.contains(sequence) ?? false
         }
+
+        /// Whether every copy remembered for `key` is below `sequence`.
+        func isAllAfter(_ key: Key, _ sequence: UInt64) -> Bool {
+            if hotKey == key { return hot.isAllBelow(sequence) }
+            return runs[key]?.isAllBelow(sequence) ?? true
+        }
     }
 
     private var current = Generation()
@@ -1706,28 +1718,23 @@ struct DedupSet: Sendable {
     /// Copies remembered.
     var count: Int { current.copies + previous.copies }
 
+    /// Inserts the copies of sequences `first ..< first + count` at once if none of them was
+    /// seen and all come after every copy remembered for their origin, attempt and hop count (a
+    /// transfer's run, the common case): true then. False changes nothing; the caller then
+    /// inserts them one by one.
+    mutating func insertRun(origin peer: PeerID, first: UInt64, count: Int, attempt: UInt32, hops: UInt32) -> Bool {
+        guard count > 0, current.copies + count < capacity, first <= UInt64.max - UInt64(count) else { return false }
+        let key = Key(origin: intern(peer), attempt: attempt, hops: hops)
+        if previous.copies > 0 && !previous.isAllAfter(key, first) { return false }
+        current.select(key)
+        guard current.hot.appendRun(first: first, count: UInt64(count)) else { return false }
+        current.copies += count
+        return true
+    }
+
     /// Inserts the copy; false if it was seen recently.
     mutating func insert(_ id: ItemID, attempt: UInt32, hops: UInt32) -> Bool {
-        let origin: UInt32
-        if id.origin == lastOrigin {
-            origin = lastIndex  // items of a transfer mostly share their origin: skip the hash
-        } else if let known = origins[id.origin] {
-            origin = known
-            lastOrigin = id.origin
-            lastIndex = known
-        } else {
-            // Interned origins are bounded too: past 65,536, everything starts over.
-            if origins.count >= 1 << 16 {
-                origins = [:]
-                current = Generation()
-                previous = Generation()
-            }
-            origin = UInt32(origins.count)
-            origins[id.origin] = origin
-            lastOrigin = id.origin
-            lastIndex = origin
-        }
-        let key = Key(origin: origin, attempt: attempt, hops: hops)
+        let key = Key(origin: intern(id.origin), attempt: attempt, hops: hops)
         if previous.copies > 0 && previous.contains(key, id.sequence) { return false }
         current.select(key)
         guard current.hot.insert(id.sequence) else { return false }
@@ -1737,6 +1744,31 @@ struct DedupSet: Sendable {
             current = Generation()
         }
         return true
+    }
+
+    /// `peer`'s small number.
+    @inline(__always)
+    private mutating func intern(_ peer: PeerID) -> UInt32 {
+        let origin: UInt32
+        if peer == lastOrigin {
+            origin = lastIndex  // items of a transfer mostly share their origin: skip the hash
+        } else if let known = origins[peer] {
+            origin = known
+            lastOrigin = peer
+            lastIndex = known
+        } else {
+            // Interned origins are bounded too: past 65,536, everything starts over.
+            if origins.count >= 1 << 16 {
+                origins = [:]
+                current = Generation()
+                previous = Generation()
+            }
+            origin = UInt32(origins.count)
+            origins[peer] = origin
+            lastOrigin = peer
+            lastIndex = origin
+        }
+        return origin
     }
 }
 
@@ -1764,6 +1796,29 @@ struct SequenceRuns: Sendable {
         if sequence >= starts[starts.count - 1] { return true }
         let index = runIndex(startingAtOrBefore: sequence)
         return index >= 0 && sequence < ends[index]
+    }
+
+    /// Whether every number held is below `sequence`.
+    func isAllBelow(_ sequence: UInt64) -> Bool {
+        guard let lastEnd = ends.last else { return true }
+        return lastEnd <= sequence
+    }
+
+    /// Adds `first ..< first + count` if all of it comes after every number held (extending
+    /// the last run when it starts where that one ends); false, changing nothing, otherwise.
+    mutating func appendRun(first: UInt64, count: UInt64) -> Bool {
+        guard count > 0, first <= UInt64.max - count else { return false }
+        if let lastEnd = ends.last {
+            guard first >= lastEnd else { return false }
+            if first == lastEnd {
+                ends[ends.count - 1] = first + count
+                return true
+            }
+        }
+        starts.append(first)
+        ends.append(first + count)
+        trim()
+        return true
     }
 
     /// Adds `sequence`; false if it was there.

@@ -171,6 +171,37 @@ extension SequenceTableTests {
         do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 1_150), attempt: 0, hops: 1); #expect(!inserted) }
         do { let inserted = dedup.insert(ItemID(origin: origin, sequence: 7), attempt: 0, hops: 1); #expect(inserted) }
     }
+
+    @Test("A run of new copies is remembered at once; one that overlaps, or would fill the generation, changes nothing")
+    func dedupRuns() {
+        let origin = PeerID(bytes: [UInt8](repeating: 5, count: 32))!
+        var dedup = DedupSet(capacity: 100)
+        func run(_ first: UInt64, _ count: Int, hops: UInt32 = 1) -> Bool {
+            dedup.insertRun(origin: origin, first: first, count: count, attempt: 0, hops: hops)
+        }
+        func one(_ sequence: UInt64, hops: UInt32 = 1) -> Bool {
+            dedup.insert(ItemID(origin: origin, sequence: sequence), attempt: 0, hops: hops)
+        }
+        #expect(run(1, 50))
+        #expect(dedup.count == 50)
+        #expect(!one(7) && !one(50))
+        // Overlapping the remembered ones: refused, nothing recorded.
+        #expect(!run(40, 20))
+        #expect(dedup.count == 50)
+        #expect(one(55))
+        // Past a gap, and for another hop count: accepted.
+        #expect(run(100, 10))
+        #expect(!one(105) && one(99))
+        #expect(run(1, 10, hops: 2))
+        // One that would fill the generation goes item by item instead.
+        let left = 100 - dedup.count
+        #expect(!run(200, left))
+        // After a rotation the previous generation still refuses a run below its copies.
+        for sequence in 1_000..<1_100 as Range<UInt64> { _ = one(sequence, hops: 3) }
+        #expect(!run(5, 3))
+        #expect(!one(5))
+        #expect(run(2_000, 3))
+    }
 }
 
 extension SequenceTableTests {
