@@ -424,10 +424,7 @@ public struct QueueMachine: Sendable {
                 var keptFrom: Int?
                 func keep(upTo end: Int) {
                     guard let from = keptFrom else { return }
-                    let begin = run.itemStart(from, ends)
-                    kept.append(QueueRun(origin: run.origin, first: run.first &+ UInt64(from), count: UInt32(end - from),
-                                         attempt: run.attempt, hops: run.hops, slot: run.slot, index: run.index + UInt32(from),
-                                         start: begin, bytes: run.itemEnd(end - 1, ends) &- begin))
+                    kept.append(run.items(from..<end, ends))
                     keptFrom = nil
                 }
                 for i in 0..<Int(run.count) {
@@ -1064,10 +1061,8 @@ public struct QueueMachine: Sendable {
                     } else {
                         store.retain(slots[buffer], count: n)
                     }
-                    let begin = run.itemStart(from, ends)
-                    let kept = QueueRun(origin: run.origin, first: run.first &+ UInt64(from), count: UInt32(n), attempt: run.attempt,
-                                        hops: run.hops, slot: slots[buffer], index: run.index + UInt32(from), start: begin,
-                                        bytes: run.itemEnd(end - 1, ends) &- begin)
+                    var kept = run.items(from..<end, ends)
+                    kept.slot = slots[buffer]
                     if tracksOwn && run.origin == localPeer {
                         owned.modifyRun(first: kept.first, count: n) { _, record in
                             guard record.attempt == kept.attempt, kept.hops > record.hops else { return }

@@ -41,20 +41,22 @@ struct QueueRun: Sendable, Equatable {
         i == Int(count) - 1 ? start &+ bytes : ends[Int(index) + i]
     }
 
+    /// Items `range` (not empty) as a run of their own.
+    func items(_ range: Range<Int>, _ ends: UnsafeBufferPointer<UInt32>) -> QueueRun {
+        precondition(!range.isEmpty && range.upperBound <= Int(count))
+        var part = self
+        part.first = first &+ UInt64(range.lowerBound)
+        part.count = UInt32(range.count)
+        part.index = index + UInt32(range.lowerBound)
+        part.start = itemStart(range.lowerBound, ends)
+        part.bytes = itemEnd(range.upperBound - 1, ends) &- part.start
+        return part
+    }
+
     /// The first `n` items (`0 < n < count`) as a run, and the rest as another.
     func split(at n: Int, _ ends: UnsafeBufferPointer<UInt32>) -> (QueueRun, QueueRun) {
         precondition(n > 0 && n < Int(count))
-        let middle = ends[Int(index) + n - 1]
-        var head = self
-        head.count = UInt32(n)
-        head.bytes = middle - start
-        var tail = self
-        tail.first = first &+ UInt64(n)
-        tail.count = count - UInt32(n)
-        tail.index = index + UInt32(n)
-        tail.start = middle
-        tail.bytes = start &+ bytes - middle
-        return (head, tail)
+        return (items(0..<n, ends), items(n..<Int(count), ends))
     }
 }
 

@@ -113,7 +113,7 @@ extension NodeCore {
         queues.pop(name, max: max, timeout: .milliseconds(timeout)) { result in
             let items: [[UInt8]]
             switch result {
-            case .success(let popped): items = popped.map { $0.bytes }
+            case .success(let popped): items = popped.arrays
             case .failure(.timeout): items = []
             case .failure(let error):
                 respond(.text(Self.httpStatus(error), "pop failed: \(error)"))
