@@ -1,5 +1,5 @@
 /// A few vectors from the cacophony set (as redistributed with snow) that exercise
-/// primitives and patterns absent from shared/noise-vectors/vectors.json.
+/// primitives and patterns absent from Vectors/vectors.json.
 ///
 /// Their `handshake_hash` fields are left out on purpose: that revision of the file
 /// carries hashes computed under an older convention (they disagree with the newer

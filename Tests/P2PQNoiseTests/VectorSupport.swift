@@ -130,15 +130,7 @@ func runVector(_ vector: NoiseVector, sourceLocation: SourceLocation = #_sourceL
     return mismatches.count == 0 ? .passed : .failed
 }
 
-/// Finds `shared/noise-vectors/vectors.json` beside some ancestor of this source file
-/// (works for /work/noise-dev, /work/main and CI's clone with shared/ beside it).
-func locateSharedVectors(from filePath: String = #filePath) -> URL? {
-    var directory = URL(fileURLWithPath: filePath).deletingLastPathComponent()
-    while directory.path != "/" && !directory.path.isEmpty {
-        let candidate = directory.appendingPathComponent("shared/noise-vectors/vectors.json")
-        if FileManager.default.fileExists(atPath: candidate.path) { return candidate }
-        directory.deleteLastPathComponent()
-    }
-    let root = URL(fileURLWithPath: "/shared/noise-vectors/vectors.json")
-    return FileManager.default.fileExists(atPath: root.path) ? root : nil
+/// `Vectors/vectors.json` beside this source file: the tests read nothing outside the repository.
+func publishedVectorsURL(from filePath: String = #filePath) -> URL {
+    URL(fileURLWithPath: filePath).deletingLastPathComponent().appendingPathComponent("Vectors/vectors.json")
 }
