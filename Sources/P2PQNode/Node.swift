@@ -81,13 +81,27 @@ public final class Node: Sendable {
     @discardableResult
     public func start() async throws(NodeError) -> NodeInfo {
         let listen: SocketAddress
-        let bootstrap: [SocketAddress]
         do {
             listen = try SocketAddress(host: configuration.listenHost, port: configuration.listenPort)
-            bootstrap = try configuration.bootstrap.map { (text) throws(ReactorError) in try SocketAddress(text) }
         } catch {
             throw .invalidConfiguration("\(error)")
         }
+        // Names are resolved here once, so a typo fails start(); the core resolves them again
+        // before each redial, under the address they first had.
+        var dialAtStart: [SocketAddress] = []
+        var bootstrapNames: [SocketAddress: HostAndPort] = [:]
+        for text in configuration.bootstrap {
+            let target = try HostAndPort(text)
+            if let address = target.numeric {
+                dialAtStart.append(address)
+            } else {
+                let address = try configuration.resolveHost(target.host, target.port)
+                dialAtStart.append(address)
+                bootstrapNames[address] = target
+            }
+        }
+        let bootstrap = dialAtStart
+        let names = bootstrapNames
         if !listen.isLoopback && (configuration.clusterKey == nil || configuration.insecure) {
             throw .notLoopback(configuration.insecure
                 ? "insecure mode is loopback only; refusing to listen on \(listen)"
@@ -114,7 +128,7 @@ public final class Node: Sendable {
                 let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
                                     listen: listen, events: sink)
                 do throws(NodeError) {
-                    let bound = try core.start(listen: listen, bootstrap: bootstrap)
+                    let bound = try core.start(listen: listen, bootstrap: bootstrap, names: names)
                     return .success((ReactorBound(core, reactor: reactor), bound, core.operationsBound))
                 } catch {
                     // Whatever started before the failure (timers holding unowned references to
@@ -206,6 +220,33 @@ public final class Node: Sendable {
     /// The peers with a live link.
     public func connectedPeers() async -> Set<PeerID> {
         await onCore({ $0.connectedPeers }) ?? []
+    }
+
+    /// Waits until at least `count` peers have a live link to this node, and returns them.
+    ///
+    /// Use it after ``start()`` before work that needs a cluster: a push made before any peer
+    /// links stays on this node until one does, and a call waits for an executor.
+    ///
+    /// ```swift
+    /// try await node.start()
+    /// let peers = try await node.waitForPeers(count: 2, timeout: .seconds(10))
+    /// ```
+    ///
+    /// - Throws: ``NodeError/timedOut(_:)`` when fewer than `count` peers are linked after
+    ///   `timeout`; ``NodeError/stopped`` when the node is not running (or stops meanwhile) or
+    ///   the waiting task is cancelled.
+    @discardableResult
+    public func waitForPeers(count: Int = 1, timeout: Duration) async throws(NodeError) -> Set<PeerID> {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            guard let peers = await onCore({ $0.connectedPeers }) else { throw .stopped }
+            if peers.count >= count { return peers }
+            guard ContinuousClock.now < deadline else {
+                throw .timedOut("\(peers.count) of \(count) peers linked after \(timeout)")
+            }
+            // Polling is enough here: joining takes milliseconds to seconds, not microseconds.
+            do { try await Task.sleep(for: .milliseconds(10)) } catch { throw .stopped }
+        }
     }
 
     /// The members this node knows (itself excluded) and their states.

@@ -14,7 +14,8 @@ public struct NodeConfiguration: Sendable {
     /// The host peers should dial back (default: `listenHost`; with a wildcard listen host,
     /// peers use the address they see the connection come from).
     public var advertisedHost: String?
-    /// `host:port` addresses to dial at start.
+    /// `host:port` addresses to dial at start; a host may be a name (see ``HostAndPort``):
+    /// resolved by ``Node/start()``, which fails if it cannot be, and again before each redial.
     public var bootstrap: [String] = []
     /// The cluster's shared key. Without one the node speaks Noise with a fixed development
     /// key and refuses anything but loopback.
@@ -66,6 +67,8 @@ public struct NodeConfiguration: Sendable {
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.
     public var logger = Logger(label: "p2pq.node")
+    /// Resolves bootstrap host names (blocking; called off the reactor thread). Tests replace it.
+    var resolveHost: @Sendable (String, Int) throws(NodeError) -> SocketAddress = HostAndPort.systemResolve
 
     public init() {}
 }
@@ -79,6 +82,8 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
     case identity(IdentityError)
     case alreadyStarted
     case stopped
+    /// A wait (``Node/waitForPeers(count:timeout:)``) ran out of time.
+    case timedOut(String)
 
     public var description: String {
         switch self {
@@ -88,6 +93,7 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
         case .identity(let error): return "\(error)"
         case .alreadyStarted: return "the node is already started"
         case .stopped: return "the node is stopped"
+        case .timedOut(let why): return "timed out: \(why)"
         }
     }
 }

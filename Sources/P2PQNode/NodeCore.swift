@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Logging
 import P2PQConnectionManager
@@ -45,6 +46,19 @@ final class NodeCore {
     private(set) lazy var queues = QueueShell(core: self)
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
+    /// Bootstrap addresses that came from host names: the manager dials the address resolved
+    /// at start; each redial resolves the name again.
+    private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
+    private var namesDialed: Set<SocketAddress> = []
+    /// Outbound dials that keep failing, per address: the reason is logged once at info, then
+    /// again only if it changes or after a quiet time that doubles (see `noteDialFailure`).
+    private var dialTrouble: [SocketAddress: DialTrouble] = [:]
+    private struct DialTrouble {
+        var reason: String
+        var failures: Int
+        var nextReport: UInt64
+        var quiet: UInt64
+    }
 
     init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
          events: AsyncStream<NodeEvent>.Continuation) {
@@ -82,7 +96,9 @@ final class NodeCore {
     func emit(_ event: NodeEvent) { events.yield(event) }
 
     /// Listens and dials the bootstrap addresses.
-    func start(listen: SocketAddress, bootstrap: [SocketAddress]) throws(NodeError) -> SocketAddress {
+    func start(listen: SocketAddress, bootstrap: [SocketAddress],
+               names: [SocketAddress: HostAndPort] = [:]) throws(NodeError) -> SocketAddress {
+        bootstrapNames = names
         var options = TCPOptions()
         options.highWatermark = configuration.highWatermark
         options.lowWatermark = configuration.lowWatermark
@@ -180,8 +196,38 @@ final class NodeCore {
 
     private func dial(_ address: SocketAddress) {
         guard !isStopped else { return }
-        guard mayReach(address) else {
-            logger.warning("not dialing \(address): off loopback without a cluster key")
+        if let name = bootstrapNames[address], !namesDialed.insert(address).inserted {
+            redial(address, resolving: name)
+        } else {
+            connect(address, at: address)
+        }
+    }
+
+    /// Resolves `name` again off the reactor thread (resolving blocks), then dials what it
+    /// resolves to; the manager keeps knowing the dial under `address`.
+    private func redial(_ address: SocketAddress, resolving name: HostAndPort) {
+        let resolve = configuration.resolveHost
+        let core = ReactorBound(WeakReference(self), reactor: reactor)
+        let reactor = self.reactor
+        DispatchQueue.global().async {
+            let result = Result { () throws(NodeError) in try resolve(name.host, name.port) }
+            _ = reactor.execute {
+                guard let self = core.value.object, !self.isStopped else { return }
+                switch result {
+                case .success(let target): self.connect(address, at: target)
+                case .failure(let error):
+                    self.noteDialFailure(address, reason: "\(error)")
+                    self.perform(self.manager.dialFailed(address: address, now: self.now))
+                }
+            }
+        }
+    }
+
+    /// Dials `target` for the manager's dial of `address` (the same, unless a name moved).
+    private func connect(_ address: SocketAddress, at target: SocketAddress) {
+        guard !isStopped else { return }
+        guard mayReach(target) else {
+            noteDialFailure(address, reason: "\(target) is off loopback and this node has no cluster key", level: .warning)
             perform(manager.dialFailed(address: address, now: now))
             return
         }
@@ -190,14 +236,36 @@ final class NodeCore {
             var options = TCPOptions()
             options.highWatermark = configuration.highWatermark
             options.lowWatermark = configuration.lowWatermark
-            link.connection = try reactor.connect(to: address, timeout: configuration.handshakeTimeout,
+            link.connection = try reactor.connect(to: target, timeout: configuration.handshakeTimeout,
                                                   options: options, handler: link)
             links[link.id] = link
             link.armHandshakeTimer(configuration.handshakeTimeout)
         } catch {
-            logger.warning("dial \(address) failed: \(error)")
+            noteDialFailure(address, reason: "\(error)")
             perform(manager.dialFailed(address: address, now: now))
         }
+    }
+
+    /// Logs why dialing `address` failed: at `level` the first time and whenever the reason
+    /// changes, else once per quiet time (1 minute, doubling to 1 hour) with the count, so an
+    /// unreachable peer redialed with backoff does not write a line per attempt.
+    private func noteDialFailure(_ address: SocketAddress, reason: String, level: Logger.Level = .info) {
+        let now = self.now
+        if var trouble = dialTrouble[address], trouble.reason == reason {
+            trouble.failures += 1
+            if now >= trouble.nextReport {
+                logger.log(level: level, "still cannot link to \(address) after \(trouble.failures) attempts: \(reason)")
+                trouble.quiet = min(trouble.quiet * 2, 3_600_000_000_000)
+                trouble.nextReport = now + trouble.quiet
+            }
+            dialTrouble[address] = trouble
+            return
+        }
+        // Bounded: the manager dials a bounded set of addresses; forget all if that is exceeded.
+        if dialTrouble.count >= 4 * configuration.maxPeers + 64 { dialTrouble.removeAll() }
+        logger.log(level: level, "cannot link to \(address): \(reason) (retrying with backoff)")
+        dialTrouble[address] = DialTrouble(reason: reason, failures: 1, nextReport: now + 60_000_000_000,
+                                           quiet: 60_000_000_000)
     }
 
     private func accept(_ connection: TCPConnection) {
@@ -232,6 +300,9 @@ final class NodeCore {
 
     func linkReady(_ link: PeerLink) {
         guard let peer = link.remotePeerID else { return }
+        if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
+            logger.info("linked to \(address) after \(trouble.failures) failed attempts")
+        }
         perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }
@@ -242,6 +313,7 @@ final class NodeCore {
         if wasReady {
             perform(manager.linkDown(link: link.id, now: now, peerLeft: link.peerLeft))
         } else if link.direction == .outbound, let address = link.dialedAddress {
+            noteDialFailure(address, reason: reason)
             perform(manager.dialFailed(address: address, now: now))
         }
     }
@@ -354,4 +426,10 @@ final class NodeCore {
             }
         }
     }
+}
+
+/// A weak reference to hand to a closure that must not keep its object alive.
+final class WeakReference<Object: AnyObject> {
+    weak var object: Object?
+    init(_ object: Object) { self.object = object }
 }

@@ -193,12 +193,18 @@ final class PeerLink: TCPConnectionHandler {
             node.reactor.cancel(timer)
             handshakeTimer = nil
         }
+        var why = closeReason ?? "\(reason)"
         if previous == .handshaking, closeReason == nil {
-            let why: String
-            if case .connectFailed(let error) = reason { why = "\(error)" } else { why = "closed during handshake: \(reason)" }
+            switch reason {
+            case .connectFailed(let error): why = "\(error)"
+            case .peerClosed where direction == .outbound, .reset where direction == .outbound:
+                // A responder refuses a wrong key or cipher by closing, without a word.
+                why = "closed by the peer during the handshake (another cluster key or link cipher?)"
+            default: why = "closed during handshake: \(reason)"
+            }
             logger.debug("link to \(remoteDescription) ended before the handshake: \(why)")
         }
-        node.linkClosed(self, wasReady: previous == .ready, reason: closeReason ?? "\(reason)")
+        node.linkClosed(self, wasReady: previous == .ready, reason: why)
     }
 
     // MARK: Link events
