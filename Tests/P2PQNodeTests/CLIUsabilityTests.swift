@@ -278,7 +278,7 @@ struct CLIUsabilityTests {
         #expect(first.count == 1 && first.allSatisfy { $0.hasPrefix("item-") }, "pop printed \(first)")
 
         // More than one transfer's worth (4,096) in one command.
-        let many = try await runCLI(["pop", b.operations, "--queue", "gather", "--max", "9000", "--timeout", "30000"],
+        let many = try await runCLI(["pop", b.operations, "--queue", "gather", "--max", "9000", "--timeout", "25000"],
                                     timeout: .seconds(45))
         #expect(many.status == 0, "exit \(many.status), \(many.stderr)")
         let gathered = many.stdout.split(separator: "\n").map(String.init)
