@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import P2PQLink
 import P2PQMembership
@@ -95,7 +96,7 @@ public final class Node: Sendable {
             if let address = target.numeric {
                 dialAtStart.append(address)
             } else {
-                let address = try configuration.resolveHost(target.host, target.port)
+                let address = try await Self.resolveOffPool(configuration.resolveHost, target)
                 dialAtStart.append(address)
                 bootstrapNames[address] = target
             }
@@ -152,6 +153,18 @@ public final class Node: Sendable {
             lifecycle.withLock { $0 = .idle }
             throw error
         }
+    }
+
+    /// Runs a blocking name resolution on a Dispatch worker, not on the caller's pool thread.
+    private static func resolveOffPool(
+        _ resolve: @escaping @Sendable (String, Int) throws(NodeError) -> SocketAddress, _ target: HostAndPort
+    ) async throws(NodeError) -> SocketAddress {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<SocketAddress, NodeError>, Never>) in
+            DispatchQueue.global().async {
+                continuation.resume(returning: Result { () throws(NodeError) in try resolve(target.host, target.port) })
+            }
+        }
+        return try result.get()
     }
 
     /// The node's reactor as a task executor, nil when the node is not running.
