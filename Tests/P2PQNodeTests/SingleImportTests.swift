@@ -1,6 +1,8 @@
-// Only this import on purpose: an application depends on the one product P2PQNode, and every
-// type of the public API must come with `import P2PQNode` (this file does not compile if one
-// does not).
+// Only this import of the project on purpose: an application depends on the one product
+// P2PQNode, and every type of the public API must come with `import P2PQNode` (this file does
+// not compile if one does not). Foundation is imported to check that nothing P2PQNode brings
+// clashes with it (swift-metrics' Timer would make `Timer` ambiguous).
+import Foundation
 import P2PQNode
 import Testing
 
@@ -43,6 +45,7 @@ struct SingleImportTests {
         let encoded = try CompactEncoder().encode(42)
         #expect(try CompactDecoder().decode(Int.self, from: encoded) == 42)
         let _: any Service = node
+        let _: Timer.Type = Timer.self
         await node.stop()
     }
 }
