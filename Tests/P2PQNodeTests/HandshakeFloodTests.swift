@@ -1,0 +1,45 @@
+import Foundation
+import P2PQLink
+@testable import P2PQNode
+import Testing
+
+@Suite("Peer port under a flood of stalled handshakes")
+struct HandshakeFloodTests {
+    @Test("500 connections that each send one byte and stall: a real node still joins in under a second")
+    func stalledFloodDoesNotBlockJoins() async throws {
+        let key = ClusterKey.generate()
+        // Long handshake deadlines, so only admission control (not a timeout freeing slots)
+        // can let the real node in quickly.
+        var configuration = testConfiguration(key: key)
+        configuration.handshakeTimeout = .seconds(20)
+        configuration.handshakeFirstMessageTimeout = .seconds(20)
+        let node = try Node(configuration: configuration)
+        let info = try await node.start()
+        let port = info.listenAddress.port
+        // Loopback connects complete in the kernel at once: no need to leave this thread.
+        let stallers = try (0..<500).map { _ in
+            let client = try RawClient(port: port)
+            client.send([0x00])
+            return client
+        }
+        // Let the node take them all in.
+        try await Task.sleep(for: .milliseconds(300))
+
+        var joinerConfiguration = testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"])
+        joinerConfiguration.handshakeTimeout = .seconds(20)
+        let joiner = try Node(configuration: joinerConfiguration)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await joiner.start()
+        try await eventually("the real node joins", timeout: .seconds(1)) {
+            await node.connectedPeers() == [joiner.peerID]
+        }
+        let joined = clock.now - start
+        #expect(joined < .seconds(1), "joined after \(joined)")
+        // The stalled connections the node still holds stay within its limits.
+        #expect(await node.linkCount() <= 2 * NodeConfiguration().maxPeers + 16 + 1)
+        withExtendedLifetime(stallers) {}
+        await joiner.stop()
+        await node.stop()
+    }
+}
