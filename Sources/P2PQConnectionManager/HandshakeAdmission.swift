@@ -80,6 +80,8 @@ public struct HandshakeAdmission<Link: Hashable & Sendable, Source: Hashable & S
     private var entries: [Entry] = []
     private var perSource: [Source: Int] = [:]
     private var report = HandshakeAdmissionReport()
+    /// Everything counted since the start (its `sources` and `interval` stay 0).
+    public private(set) var totals = HandshakeAdmissionReport()
     private var reportSources: Set<Source> = []
     private var reportStart: UInt64?
     /// Distinct sources a report tells apart; beyond them it only counts.
@@ -172,6 +174,7 @@ public struct HandshakeAdmission<Link: Hashable & Sendable, Source: Hashable & S
     private mutating func count(_ field: WritableKeyPath<HandshakeAdmissionReport, Int>, _ source: Source, now: UInt64) {
         if reportStart == nil { reportStart = now }
         report[keyPath: field] += 1
+        totals[keyPath: field] += 1
         if reportSources.count < Self.maxReportedSources { reportSources.insert(source) }
     }
 

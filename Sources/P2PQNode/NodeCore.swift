@@ -228,6 +228,9 @@ final class NodeCore {
         link.armHandshakeTimer(configuration.handshakeTimeout)
     }
 
+    /// Inbound handshakes refused, evicted and timed out since the start.
+    var handshakeTotals: HandshakeAdmissionReport { admission.totals }
+
     /// An inbound link's first handshake message arrived: it is no longer stalled.
     func handshakeProgressed(_ link: PeerLink) {
         admission.progressed(link.id)
