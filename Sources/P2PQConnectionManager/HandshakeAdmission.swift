@@ -9,14 +9,17 @@ public struct HandshakeAdmissionConfiguration: Hashable, Sendable {
     public var firstMessageTimeout: UInt64
     /// How often refusals, evictions and timeouts are summarised (one line per interval).
     public var reportInterval: UInt64
+    /// Failed handshakes logged one by one per interval; the rest are only counted.
+    public var failuresLoggedPerInterval: Int
 
     public init(maxHandshakes: Int = 144, maxPerSource: Int = 32, firstMessageTimeout: UInt64 = 1_000_000_000,
-                reportInterval: UInt64 = 10_000_000_000) {
+                reportInterval: UInt64 = 10_000_000_000, failuresLoggedPerInterval: Int = 5) {
         precondition(maxHandshakes > 0 && maxPerSource > 0, "handshake limits must be positive")
         self.maxHandshakes = maxHandshakes
         self.maxPerSource = maxPerSource
         self.firstMessageTimeout = firstMessageTimeout
         self.reportInterval = reportInterval
+        self.failuresLoggedPerInterval = failuresLoggedPerInterval
     }
 }
 
@@ -29,6 +32,9 @@ public struct HandshakeAdmissionReport: Hashable, Sendable {
     public var evicted = 0
     /// Handshakes closed because their first message did not come in time.
     public var timedOut = 0
+    /// Handshakes that failed (wrong key, not a p2pq peer, garbage), reported with
+    /// ``HandshakeAdmission/failed(_:now:)``; the first few of an interval are logged one by one.
+    public var failed = 0
     /// Distinct source addresses among those (at most ``HandshakeAdmission/maxReportedSources``
     /// are told apart).
     public var sources = 0
@@ -38,7 +44,7 @@ public struct HandshakeAdmissionReport: Hashable, Sendable {
     public init() {}
 
     /// Whether anything was counted.
-    public var isEmpty: Bool { refused == 0 && evicted == 0 && timedOut == 0 }
+    public var isEmpty: Bool { refused == 0 && evicted == 0 && timedOut == 0 && failed == 0 }
 }
 
 /// Admission of inbound connections to the handshake, as a plain value: no sockets, no clock.
@@ -54,7 +60,7 @@ public struct HandshakeAdmissionReport: Hashable, Sendable {
 /// - a handshake whose first message has not arrived ``HandshakeAdmissionConfiguration/firstMessageTimeout``
 ///   after admission is closed (``expire(now:)``); one whose first message came
 ///   (``progressed(_:)``) is then bounded only by the shell's handshake timeout;
-/// - refusals, evictions and timeouts are counted and summarised once per
+/// - refusals, evictions, timeouts and failed handshakes are counted and summarised once per
 ///   ``HandshakeAdmissionConfiguration/reportInterval`` (``takeReport(now:)``), so an attack
 ///   costs a log line per interval, not one per connection.
 ///
@@ -128,6 +134,15 @@ public struct HandshakeAdmission<Link: Hashable & Sendable, Source: Hashable & S
         if let index = entries.firstIndex(where: { $0.link == link }) { remove(at: index) }
     }
 
+    /// `link`'s handshake failed (the shell closes it). Returns whether to log it on its own
+    /// line: the first ``HandshakeAdmissionConfiguration/failuresLoggedPerInterval`` of an
+    /// interval are, the rest only go into the report. Works for links not tracked, too.
+    public mutating func failed(_ link: Link, source: Source, now: UInt64) -> Bool {
+        finished(link)
+        count(\.failed, source, now: now)
+        return report.failed <= configuration.failuresLoggedPerInterval
+    }
+
     /// The stalled handshakes whose first message is overdue, oldest first: close them.
     public mutating func expire(now: UInt64) -> [Link] {
         var expired: [Link] = []
@@ -153,8 +168,9 @@ public struct HandshakeAdmission<Link: Hashable & Sendable, Source: Hashable & S
         }
     }
 
-    /// The counts of the interval that ended by `now`, if anything was counted; nil while the
-    /// interval runs (the first event of a quiet spell starts one).
+    /// The counts of the interval that ended by `now`, if anything was counted that was not
+    /// logged on its own line already; nil while the interval runs (the first event of a quiet
+    /// spell starts one).
     public mutating func takeReport(now: UInt64) -> HandshakeAdmissionReport? {
         guard let start = reportStart, now >= start &+ configuration.reportInterval else { return nil }
         var done = report
@@ -163,7 +179,8 @@ public struct HandshakeAdmission<Link: Hashable & Sendable, Source: Hashable & S
         report = HandshakeAdmissionReport()
         reportSources = []
         reportStart = nil
-        return done
+        let unlogged = done.refused + done.evicted + done.timedOut + max(0, done.failed - configuration.failuresLoggedPerInterval)
+        return unlogged > 0 ? done : nil
     }
 
     private mutating func refuse(_ source: Source, now: UInt64) -> Decision {

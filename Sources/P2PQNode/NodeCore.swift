@@ -231,6 +231,13 @@ final class NodeCore {
     /// Inbound handshakes refused, evicted and timed out since the start.
     var handshakeTotals: HandshakeAdmissionReport { admission.totals }
 
+    /// An inbound link failed its handshake. Returns whether to log it on its own line (the
+    /// admission report counts the rest).
+    func handshakeFailed(_ link: PeerLink) -> Bool {
+        defer { rearmAdmission() }
+        return admission.failed(link.id, source: link.connection.remoteAddress.host, now: now)
+    }
+
     /// An inbound link's first handshake message arrived: it is no longer stalled.
     func handshakeProgressed(_ link: PeerLink) {
         admission.progressed(link.id)
@@ -262,7 +269,7 @@ final class NodeCore {
     /// One line per interval for all the refused, evicted and timed-out handshakes in it.
     private func logAdmission(_ report: HandshakeAdmissionReport) {
         let seconds = report.interval / 1_000_000_000
-        logger.warning("inbound handshakes in the last \(seconds) s: \(report.refused) refused, \(report.evicted) stalled ones closed for newer connections, \(report.timedOut) closed without a first message, from \(report.sources) source address(es)")
+        logger.warning("inbound handshakes in the last \(seconds) s: \(report.refused) refused, \(report.evicted) stalled ones closed for newer connections, \(report.timedOut) closed without a first message, \(report.failed) failed, from \(report.sources) source address(es)")
     }
 
     private func makeLink(direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {

@@ -146,7 +146,12 @@ final class PeerLink: TCPConnectionHandler {
     func fail(_ reason: String) {
         guard stage != .closed else { return }
         closeReason = reason
-        logger.notice("closing link to \(remoteDescription): \(reason)")
+        // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
+        if stage == .handshaking && direction == .inbound && !node.handshakeFailed(self) {
+            logger.debug("closing link to \(remoteDescription): \(reason)")
+        } else {
+            logger.notice("closing link to \(remoteDescription): \(reason)")
+        }
         if stage == .handshaking {
             node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
         }

@@ -90,4 +90,23 @@ private typealias Admission = HandshakeAdmission<Int, String>
         a.finished(360)
         #expect(a.nextDeadline == nil)
     }
+
+    @Test("Failed handshakes: the first few of an interval are logged one by one, the rest only summarised")
+    func failuresAreRateLimited() throws {
+        var a = Admission(configuration: HandshakeAdmissionConfiguration(reportInterval: 10 * second, failuresLoggedPerInterval: 5))
+        var logged = 0
+        for link in 0..<361 {
+            _ = a.admit(link, source: "x", now: UInt64(link) * ms)
+            if a.failed(link, source: "x", now: UInt64(link) * ms) { logged += 1 }
+        }
+        #expect(logged == 5 && a.count == 0)
+        let taken = a.takeReport(now: 11 * second)
+        let report = try #require(taken)
+        #expect(report.failed == 361 && a.totals.failed == 361)
+        // A single wrong-key peer: logged on its own line, no summary after it.
+        let single = a.failed(999, source: "y", now: 20 * second)
+        #expect(single)
+        let after = a.takeReport(now: 31 * second)
+        #expect(after == nil)
+    }
 }

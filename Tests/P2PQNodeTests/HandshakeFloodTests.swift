@@ -48,4 +48,33 @@ struct HandshakeFloodTests {
         await node.stop()
         if let failure { throw failure }
     }
+
+    @Test("A connection without its first handshake message is closed at the first-message deadline, long before the handshake timeout")
+    func firstMessageDeadline() async throws {
+        let key = ClusterKey.generate()
+        var configuration = testConfiguration(key: key)
+        configuration.handshakeTimeout = .seconds(20)
+        configuration.handshakeFirstMessageTimeout = .milliseconds(300)
+        let node = try Node(configuration: configuration)
+        let info = try await node.start()
+        let staller = try RawClient(port: info.listenAddress.port)
+        staller.send([0x00])
+        let closed = await staller.waitForClose(timeout: .seconds(5))
+        #expect(closed != nil, "a stalled connection was not closed within 5 s")
+        if let closed { #expect(closed >= .milliseconds(200), "closed before the deadline: \(closed)") }
+        // A real node is not held to it beyond its first message: it joins.
+        var joinerConfiguration = testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"])
+        joinerConfiguration.handshakeTimeout = .seconds(20)
+        let joiner = try Node(configuration: joinerConfiguration)
+        var failure: (any Error)?
+        do {
+            try await joiner.start()
+            try await eventually("the real node joins", timeout: .seconds(5)) { await node.connectedPeers() == [joiner.peerID] }
+        } catch {
+            failure = error
+        }
+        await joiner.stop()
+        await node.stop()
+        if let failure { throw failure }
+    }
 }

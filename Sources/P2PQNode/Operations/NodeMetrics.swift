@@ -152,7 +152,8 @@ extension NodeCore {
                 "call_result": remoteCalls?.refusedResults ?? 0,
                 "membership_update": Int(clamping: membership?.refusedUpdates ?? 0),
             ],
-            handshakes: ["refused": handshakes.refused, "evicted": handshakes.evicted, "timed_out": handshakes.timedOut]
+            handshakes: ["refused": handshakes.refused, "evicted": handshakes.evicted, "timed_out": handshakes.timedOut,
+                         "failed": handshakes.failed]
         )
     }
 }
