@@ -50,6 +50,17 @@ public struct Membership {
     public private(set) var localHealth = 0
     /// Whether ``leave(now:)`` was called; the membership is inert afterwards.
     public private(set) var hasLeft = false
+    /// Received updates refused because their incarnation is absurd (see ``maxIncarnation``):
+    /// a forged or corrupt rumour, counted for the node's metrics.
+    public private(set) var refusedUpdates: UInt64 = 0
+
+    /// The highest incarnation a member may have. Incarnations start at a process's
+    /// wall-clock start in nanoseconds (this ceiling is the year 2262) and grow by one per
+    /// refutation, so anything above is forged. Received updates above it are refused, and
+    /// verdicts (suspect, dead, left) at it too, so a refutation (the verdict's incarnation
+    /// + 1) always stays within it and never wraps: a rumour can no longer pin a member
+    /// where it cannot refute.
+    public static let maxIncarnation = UInt64(Int64.max)
 
     private var rng: SplitMix64
 
@@ -123,7 +134,7 @@ public struct Membership {
     public init(localPeer: PeerID, incarnation: UInt64, configuration: MembershipConfiguration = MembershipConfiguration(),
                 seed: UInt64) {
         self.localPeer = localPeer
-        self.incarnation = incarnation
+        self.incarnation = min(incarnation, Self.maxIncarnation)
         self.configuration = configuration
         rng = SplitMix64(seed: seed)
     }
@@ -249,7 +260,13 @@ public struct Membership {
     public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
         guard !hasLeft else { return out }
-        for update in message.updates { apply(update, now: now, &out) }
+        for update in message.updates {
+            guard Self.isPlausible(update) else {
+                refusedUpdates &+= 1
+                continue
+            }
+            apply(update, now: now, &out)
+        }
         switch message {
         case .ping(let sequence, _):
             out.append(.send(.ack(sequence: sequence, updates: piggyback(for: peer)), to: peer))
@@ -320,6 +337,7 @@ public struct Membership {
     public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
         guard !hasLeft, peer != localPeer else { return out }
+        let incarnation = min(incarnation, Self.maxIncarnation)
         if let member = memberTable[peer] {
             if (member.state == .dead || member.state == .left) && incarnation > member.incarnation {
                 apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)
@@ -599,12 +617,22 @@ public struct Membership {
         }
     }
 
+    /// Whether a received update's incarnation could be real: alive at most
+    /// ``maxIncarnation``, a verdict below it (so its refutation fits).
+    static func isPlausible(_ update: MemberUpdate) -> Bool {
+        switch update.kind {
+        case .alive: return update.incarnation <= maxIncarnation
+        case .suspect, .dead, .left: return update.incarnation < maxIncarnation
+        }
+    }
+
     private mutating func refuteIfNeeded(_ update: MemberUpdate) {
         guard incarnation <= update.incarnation else { return }
         if update.kind == .alive && update.incarnation == incarnation { return }
         // Suspected, declared dead or left at our incarnation (or an alive from a previous
         // life of this identity claims a later one): take a newer incarnation and say so.
-        incarnation = update.incarnation &+ 1
+        // Saturating: received updates are within maxIncarnation (an alive there needs no +1).
+        incarnation = min(update.incarnation, Self.maxIncarnation - 1) + 1
         if update.kind != .alive {
             localHealth = min(configuration.maxLocalHealth, localHealth + 1)
         }

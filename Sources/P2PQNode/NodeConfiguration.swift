@@ -42,6 +42,13 @@ public struct NodeConfiguration: Sendable {
     public var lowWatermark = 1 << 20
     /// A connection that has not finished the handshake and hello by then is closed.
     public var handshakeTimeout: Duration = .seconds(5)
+    /// An inbound connection whose first handshake message has not arrived whole by then is
+    /// closed (a real peer sends it at once; see docs/operations.md, "Trust model").
+    public var handshakeFirstMessageTimeout: Duration = .seconds(1)
+    /// Inbound handshakes in progress at once from one source address; at the limit the
+    /// source's oldest stalled handshake makes room. All sources together may have
+    /// `2 * maxPeers + 16`.
+    public var maxHandshakesPerSource = 32
     /// A link silent this long is pinged.
     public var keepaliveInterval: Duration = .seconds(1)
     /// A link silent this long is closed.

@@ -30,6 +30,10 @@ final class NodeCore {
     private var nextLinkID: UInt64 = 1
     private var timer: TimerID?
     private var timerDeadline: UInt64 = 0
+    /// Which inbound connections may handshake (the decisions); its timer.
+    private var admission: HandshakeAdmission<LinkID, String>
+    private var admissionTimer: TimerID?
+    private var admissionDeadline: UInt64 = 0
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
     /// Counters for swift-metrics, published once a second.
@@ -79,6 +83,11 @@ final class NodeCore {
         advertised = listen
         self.events = events
         metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
+        admission = HandshakeAdmission(configuration: HandshakeAdmissionConfiguration(
+            maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,
+            maxPerSource: max(1, configuration.maxHandshakesPerSource),
+            firstMessageTimeout: UInt64(max(1, configuration.handshakeFirstMessageTimeout.nanosecondsClamped))
+        ))
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
         manager = Manager(
             localPeerID: identity.peerID, advertisedAddress: listen,
@@ -274,16 +283,61 @@ final class NodeCore {
             logger.warning("refusing \(connection.remoteAddress): off loopback without a cluster key")
             return  // no handler: the listener closes it
         }
-        let handshaking = links.values.lazy.filter { $0.stage == .handshaking || $0.stage == .awaitingHello }.count
-        guard handshaking < 2 * configuration.maxPeers + 16 else {
-            logger.warning("refusing \(connection.remoteAddress): too many handshakes in progress")
-            return
+        let decision = admission.admit(LinkID(nextLinkID), source: connection.remoteAddress.host, now: now)
+        defer { rearmAdmission() }
+        guard case .admit(let evicting) = decision else {
+            return  // no handler: the listener closes it; counted in the admission report
         }
+        if let evicting { links[evicting]?.drop("stalled handshake closed for a newer connection") }
         let link = makeLink(direction: .inbound, dialed: nil)
         link.connection = connection
         connection.handler = link
         links[link.id] = link
         link.armHandshakeTimer(configuration.handshakeTimeout)
+    }
+
+    /// Inbound handshakes refused, evicted and timed out since the start.
+    var handshakeTotals: HandshakeAdmissionReport { admission.totals }
+
+    /// An inbound link failed its handshake. Returns whether to log it on its own line (the
+    /// admission report counts the rest).
+    func handshakeFailed(_ link: PeerLink) -> Bool {
+        defer { rearmAdmission() }
+        return admission.failed(link.id, source: link.connection.remoteAddress.host, now: now)
+    }
+
+    /// An inbound link's first handshake message arrived: it is no longer stalled.
+    func handshakeProgressed(_ link: PeerLink) {
+        admission.progressed(link.id)
+        rearmAdmission()
+    }
+
+    private func rearmAdmission() {
+        guard let deadline = admission.nextDeadline, !isStopped else {
+            if let admissionTimer { reactor.cancel(admissionTimer) }
+            admissionTimer = nil
+            return
+        }
+        if let admissionTimer {
+            if admissionDeadline == deadline { return }
+            reactor.cancel(admissionTimer)
+        }
+        admissionDeadline = deadline
+        admissionTimer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
+            self.admissionTimer = nil
+            let current = self.now
+            for id in self.admission.expire(now: current) {
+                self.links[id]?.drop("no first handshake message within \(self.configuration.handshakeFirstMessageTimeout)")
+            }
+            if let report = self.admission.takeReport(now: current) { self.logAdmission(report) }
+            self.rearmAdmission()
+        }
+    }
+
+    /// One line per interval for all the refused, evicted and timed-out handshakes in it.
+    private func logAdmission(_ report: HandshakeAdmissionReport) {
+        let seconds = report.interval / 1_000_000_000
+        logger.warning("inbound handshakes in the last \(seconds) s: \(report.refused) refused, \(report.evicted) stalled ones closed for newer connections, \(report.timedOut) closed without a first message, \(report.failed) failed, from \(report.sources) source address(es)")
     }
 
     private func makeLink(direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {
@@ -299,6 +353,7 @@ final class NodeCore {
     // MARK: Link callbacks
 
     func linkReady(_ link: PeerLink) {
+        if link.direction == .inbound { admission.finished(link.id) }
         guard let peer = link.remotePeerID else { return }
         if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
             logger.info("linked to \(address) after \(trouble.failures) failed attempts")
@@ -309,6 +364,7 @@ final class NodeCore {
 
     func linkClosed(_ link: PeerLink, wasReady: Bool, reason: String) {
         links[link.id] = nil
+        if link.direction == .inbound && !wasReady { admission.finished(link.id) }
         guard !isStopped else { return }
         if wasReady {
             perform(manager.linkDown(link: link.id, now: now, peerLeft: link.peerLeft))
@@ -414,6 +470,8 @@ final class NodeCore {
         listener = nil
         if let timer { reactor.cancel(timer) }
         timer = nil
+        if let admissionTimer { reactor.cancel(admissionTimer) }
+        admissionTimer = nil
         stopOperations()
         // A link past the handshake whose hello has not come yet may already be ready on the
         // peer's side (it has our hello): it gets a goodbye too, or the peer would take the

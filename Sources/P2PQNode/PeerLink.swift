@@ -133,11 +133,25 @@ final class PeerLink: TCPConnectionHandler {
         }
     }
 
+    /// Closes a link still in its handshake that the node's admission control gave up on
+    /// (stalled, or evicted for a newer connection). Quiet: the admission report counts it.
+    func drop(_ reason: String) {
+        guard stage != .closed else { return }
+        closeReason = reason
+        logger.debug("closing link to \(remoteDescription): \(reason)")
+        connection.close()
+    }
+
     /// Closes the link because of an error, logging why.
     func fail(_ reason: String) {
         guard stage != .closed else { return }
         closeReason = reason
-        logger.notice("closing link to \(remoteDescription): \(reason)")
+        // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
+        if stage == .handshaking && direction == .inbound && !node.handshakeFailed(self) {
+            logger.debug("closing link to \(remoteDescription): \(reason)")
+        } else {
+            logger.notice("closing link to \(remoteDescription): \(reason)")
+        }
         if stage == .handshaking {
             node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
         }
@@ -165,6 +179,7 @@ final class PeerLink: TCPConnectionHandler {
         guard stage != .closed else { return }
         bytesIn &+= bytes.count
         var output: TCPConnection = connection
+        let stalled = direction == .inbound && session.handshakeMessagesReceived == 0
         do {
             try session.receive(bytes, output: &output) { event in
                 guard self.stage != .closed else { return }
@@ -175,7 +190,9 @@ final class PeerLink: TCPConnectionHandler {
             }
         } catch {
             fail("\(error)")
+            return
         }
+        if stalled && session.handshakeMessagesReceived > 0 && stage != .closed { node.handshakeProgressed(self) }
     }
 
     func connectionDidReadEOF(_ connection: TCPConnection) {

@@ -70,6 +70,9 @@ public struct QueueMachine: Sendable {
     private var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
     private var appliedUpdates: [PeerID: RecentIDs] = [:]
+    /// Pop confirmations from a peer this owner does not record as the items' holder, held
+    /// until custody news names it (see ``HeldConfirmations``).
+    private var heldConfirmations = HeldConfirmations()
 
     private var dedup: DedupSet
     private var peers: [PeerID: PeerView] = [:]
@@ -566,7 +569,7 @@ public struct QueueMachine: Sendable {
         case .ownerUpdate(_, let updateID, let popped, let custody):
             actions.append(.send(.ownerUpdateAck(queue: name, updateID: updateID), to: peer))
             if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
-                ownerUpdate(popped: popped, custody: custody, &actions, now: now)
+                ownerUpdate(popped: popped, custody: custody, from: peer, &actions, now: now)
             }
         case .ownerUpdateAck(_, let updateID):
             if sentUpdates[updateID]?.owner == peer {
@@ -659,6 +662,7 @@ public struct QueueMachine: Sendable {
             peers[steal.peer]?.reportedLength = 0
         }
         if isClosed { handOff(&actions, now: now) }
+        counters.confirmationsRefused += heldConfirmations.expire(now: now)
         maybeSteal(&actions, now: now)
         flushNotices(&actions, now: now, force: false, only: nil)
         finish(&actions, now: now)
@@ -771,19 +775,44 @@ public struct QueueMachine: Sendable {
         serveWaiters(&actions, now: now)
     }
 
-    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], _ actions: inout [Action], now: UInt64) {
+    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], from peer: PeerID,
+                                      _ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
-        // Runs straight through the ownership window: no lookup per sequence.
+        // Only the recorded holder may confirm: a member cannot make the owner forget items
+        // someone else holds. Others' confirmations wait for the custody news that names them.
+        let sender = holders.handle(of: peer)
         var freedBytes = 0
         for run in popped {
-            let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
-                freedBytes += Int(record.extent.length)
-                store.release(record.extent.buffer)
+            var refused: [UInt64] = []
+            owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
+                if record.holder != sender { refused.append(sequence) }
+            }
+            var removed = 0
+            if refused.isEmpty {
+                // Runs straight through the ownership window: no lookup per sequence.
+                removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freedBytes += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+            } else {
+                // Mixed holders (rare): one at a time, only over the records held.
+                var matched: [UInt64] = []
+                owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
+                    if record.holder == sender { matched.append(sequence) }
+                }
+                for sequence in matched {
+                    guard let record = owned.remove(sequence) else { continue }
+                    freedBytes += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                    removed += 1
+                }
+                counters.confirmationsHeld += refused.count
+                counters.confirmationsRefused += heldConfirmations.hold(refused, from: peer, now: now)
             }
             // The rest of the run's sequences made here were confirmed before: duplicate pops.
             let low = Swift.max(run.first, configuration.firstSequence)
             let high = Swift.min(run.first &+ UInt64(run.count), nextSequence)
-            if low < high { counters.duplicatePops += Int(high - low) - removed }
+            if low < high { counters.duplicatePops += Int(high - low) - removed - refused.count }
         }
         ownedBytes -= freedBytes
         var lost: [UInt64] = []
@@ -801,6 +830,25 @@ public struct QueueMachine: Sendable {
             }
         }
         requeue(lost.sorted(), &actions, now: now)
+        if !custody.isEmpty && !heldConfirmations.isEmpty { applyHeldConfirmations(named: custody, now: now) }
+    }
+
+    /// Custody news arrived: held confirmations from the peers it names are tried again.
+    private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
+        var freedBytes = 0
+        for holder in Set(custody.map(\.holder)) {
+            guard let handle = holders.handle(of: holder) else { continue }
+            heldConfirmations.retry(from: holder) { sequence in
+                guard let record = owned[sequence] else { return true }  // confirmed or re-queued since
+                guard record.holder == handle else { return false }
+                owned.remove(sequence)
+                freedBytes += Int(record.extent.length)
+                store.release(record.extent.buffer)
+                counters.confirmationsApplied += 1
+                return true
+            }
+        }
+        ownedBytes -= freedBytes
     }
 
     private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
@@ -1609,6 +1657,71 @@ struct PayloadStore: Sendable {
 /// A peer gets a handle when it first takes custody of an item and gives it back when it is
 /// declared dead (its items are then re-queued, so no record names it): the table holds at most
 /// the peers alive or not yet declared dead.
+/// Pop confirmations an owner refused for now: the sender is not the recorded holder of
+/// those items. A custody update from the previous holder may still be on its way (it races
+/// the new holder's confirmation), so each is held until custody names the sender, then
+/// applied, or until ``timeout`` passes or the table is full, then dropped (a forgery, or a
+/// confirmation of a duplicate delivery). Bounded by ``capacity`` sequences.
+struct HeldConfirmations: Sendable {
+    static let capacity = 65_536
+    static let timeout: UInt64 = 30_000_000_000
+    private struct Entry: Sendable {
+        var sequence: UInt64
+        var peer: PeerID
+        var since: UInt64
+    }
+    /// Oldest first.
+    private var entries = Deque<Entry>()
+    /// Entries per peer, so custody news from an unrelated holder costs nothing.
+    private var perPeer: [PeerID: Int] = [:]
+
+    var isEmpty: Bool { entries.isEmpty }
+    var count: Int { entries.count }
+
+    /// Holds `sequences` from `peer`; returns how many older ones were dropped for room.
+    mutating func hold(_ sequences: [UInt64], from peer: PeerID, now: UInt64) -> Int {
+        var dropped = 0
+        for sequence in sequences {
+            if entries.count >= Self.capacity, let oldest = entries.popFirst() {
+                release(oldest.peer)
+                dropped += 1
+            }
+            entries.append(Entry(sequence: sequence, peer: peer, since: now))
+            perPeer[peer, default: 0] += 1
+        }
+        return dropped
+    }
+
+    /// Offers `peer`'s held sequences to `apply`; those it settles (returns true for) go.
+    mutating func retry(from peer: PeerID, _ apply: (UInt64) -> Bool) {
+        guard perPeer[peer] != nil else { return }
+        var kept = Deque<Entry>()
+        for entry in entries {
+            if entry.peer == peer && apply(entry.sequence) {
+                release(peer)
+            } else {
+                kept.append(entry)
+            }
+        }
+        entries = kept
+    }
+
+    /// Drops what has waited past the timeout; how many.
+    mutating func expire(now: UInt64) -> Int {
+        var dropped = 0
+        while let oldest = entries.first, now >= oldest.since &+ Self.timeout {
+            entries.removeFirst()
+            release(oldest.peer)
+            dropped += 1
+        }
+        return dropped
+    }
+
+    private mutating func release(_ peer: PeerID) {
+        if let n = perPeer[peer], n > 1 { perPeer[peer] = n - 1 } else { perPeer[peer] = nil }
+    }
+}
+
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0

@@ -247,6 +247,16 @@ public struct QueueCounters: Hashable, Sendable {
     /// Items removed from the local queue by ``QueueMachine/remove(where:now:)``.
     public var removed = 0
 
+    // Trust: what members may not do (docs/operations.md, "Trust model").
+    /// Pop confirmations (items) held because their sender was not the items' recorded
+    /// holder when they arrived; applied if custody news then names the sender.
+    public var confirmationsHeld = 0
+    /// Of those, applied once custody news named their sender (the race, not a forgery).
+    public var confirmationsApplied = 0
+    /// Held pop confirmations dropped: no custody news named their sender in time (a forged
+    /// confirmation, or one of a duplicate delivery). The items stay owned.
+    public var confirmationsRefused = 0
+
     public init() {}
 }
 

@@ -56,6 +56,8 @@ final class MembershipShell {
     }
 
     var members: [MemberStatus] { membership.members }
+    /// Gossiped updates refused for an absurd incarnation.
+    var refusedUpdates: UInt64 { membership.refusedUpdates }
 
     func state(of peer: PeerID) -> MemberState? { membership.state(of: peer) }
 

@@ -22,7 +22,9 @@ public enum NodeMetricsBackend: Sendable {
 final class NodeMetrics {
     let factory: any MetricsFactory
     let registry: PrometheusCollectorRegistry?
-    private let node: String
+    let node: String
+    /// The trust counters (see `publishTrust`).
+    let trust = TrustCounters()
 
     // Totals counted by the layers (reactor thread only).
     var itemsPushed = 0
@@ -127,5 +129,67 @@ final class NodeMetrics {
             memberGauges[state] = gauge
             gauge.record(count)
         }
+    }
+}
+
+// MARK: Trust: refused messages and handshakes (docs/operations.md, "Trust model")
+
+/// What members and outsiders tried and were refused, as counted by the machines.
+struct TrustTotals: Sendable {
+    /// `p2pq_forged_messages_total` by `kind`.
+    var forged: [String: Int] = [:]
+    /// `p2pq_handshakes_dropped_total` by `reason`.
+    var handshakes: [String: Int] = [:]
+}
+
+extension NodeCore {
+    /// Pulled from the machines once per publication and per status request (no per-message cost).
+    var trustTotals: TrustTotals {
+        let handshakes = handshakeTotals
+        return TrustTotals(
+            forged: [
+                "pop_confirmation": queues.confirmationsRefused,
+                "call_result": remoteCalls?.refusedResults ?? 0,
+                "membership_update": Int(clamping: membership?.refusedUpdates ?? 0),
+            ],
+            handshakes: ["refused": handshakes.refused, "evicted": handshakes.evicted, "timed_out": handshakes.timedOut,
+                         "failed": handshakes.failed]
+        )
+    }
+}
+
+extension NodeMetrics {
+    /// The trust counters as `status` shows them.
+    static func statusCounters(_ totals: TrustTotals) -> [String: Int] {
+        var counters: [String: Int] = [:]
+        for (kind, value) in totals.forged { counters["p2pq_forged_messages_total{kind=\"\(kind)\"}"] = value }
+        for (reason, value) in totals.handshakes { counters["p2pq_handshakes_dropped_total{reason=\"\(reason)\"}"] = value }
+        return counters
+    }
+
+    /// Hands the trust counters' growth to the metrics handlers. The machines' totals only grow,
+    /// except when a queue is dropped with its counts: then nothing is subtracted.
+    func publishTrust(_ totals: TrustTotals) {
+        for (kind, value) in totals.forged { trust.advance("p2pq_forged_messages_total", ("kind", kind), to: value, node: node, factory: factory) }
+        for (reason, value) in totals.handshakes {
+            trust.advance("p2pq_handshakes_dropped_total", ("reason", reason), to: value, node: node, factory: factory)
+        }
+    }
+}
+
+/// The trust counters' handlers and what they were last given.
+final class TrustCounters {
+    private var counters: [String: (counter: CoreMetrics.Counter, published: Int)] = [:]
+
+    func advance(_ label: String, _ dimension: (String, String), to value: Int, node: String, factory: any MetricsFactory) {
+        let key = label + "/" + dimension.1
+        var entry = counters[key] ?? (CoreMetrics.Counter(label: label, dimensions: [("node", node), dimension], factory: factory), 0)
+        if value > entry.published {
+            entry.counter.increment(by: Int64(value - entry.published))
+            entry.published = value
+        } else if value < entry.published {
+            entry.published = value  // a dropped queue took its counts along
+        }
+        counters[key] = entry
     }
 }

@@ -97,6 +97,8 @@ final class QueueShell {
 
     unowned let core: NodeCore
     private var queues: [String: Entry] = [:]
+    /// Pop confirmations refused by this node's queues (as owner), all queues together.
+    var confirmationsRefused: Int { queues.values.reduce(0) { $0 + $1.machine.counters.confirmationsRefused } }
     private var nextWaiter: UInt64 = 1
     /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
     private var isStopped = false
