@@ -44,6 +44,8 @@ public struct QueueMachine: Sendable {
     public private(set) var counters = QueueCounters()
     /// True after ``close(now:)``.
     public private(set) var isClosed = false
+    /// True after ``drain(now:)``: the node is stopping and hands everything on.
+    public private(set) var isDraining = false
 
     // Local queue and what is out on transfers.
     /// The local queue, as runs of consecutive items (a pushed batch is one).
@@ -182,6 +184,8 @@ public struct QueueMachine: Sendable {
         var finishTime: Double = 0
         var hasConsumers = false
         var accepting = true
+        /// Its hello announced ``QueueWire/featureOwnershipHandover``.
+        var adoptsOwnership = false
     }
 
     private struct OutstandingSteal: Sendable {
@@ -475,15 +479,75 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// The node is stopping (graceful stop): as ``close(now:)``, and the queued items (and
+    /// those returned by failed transfers) go to live peers in ``TransferKind/drain``
+    /// transfers, so each receiver becomes the owner of the items this node owned; pending pop
+    /// confirmations and custody notices go to their owners at once. ``drainProgress``
+    /// says when everything is acknowledged.
+    public mutating func drain(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard !isDraining else { return actions }
+        isDraining = true
+        actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
+        flushNotices(&actions, now: now, force: true, only: nil)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Where a drain stands (see ``drain(now:)``); meaningful at any time.
+    public var drainProgress: DrainProgress {
+        var pending = 0
+        var unreachable = 0
+        for (owner, entry) in notices {
+            if peers[owner]?.connected == true { pending += entry.items } else { unreachable += entry.items }
+        }
+        for update in sentUpdates.values {
+            pending += update.popped.reduce(0) { $0 + Int($1.count) }
+            for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
+        }
+        let live = peers.values.contains { $0.connected && ($0.accepting || !$0.hasReport) }
+        return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
+                             unreachableNotices: unreachable, hasLivePeer: live)
+    }
+
+    /// Records of items this node owns that peers hold, not yet confirmed popped (a stopping
+    /// node leaves them behind: their owner is gone). Counted by a scan: for reports, not per item.
+    public var ownedHeldElsewhere: Int {
+        owned.sequences { $0.holder != HolderTable.here }.count
+    }
+
+    /// The sequence number the next item pushed here gets: the mark for
+    /// ``itemsHeldOnlyHere(before:)``.
+    public var nextItemSequence: UInt64 { nextSequence }
+
+    /// Items pushed here before `mark` (``nextItemSequence`` at that time) that no peer has
+    /// acknowledged holding and nobody has popped: with at-least-once, those whose ownership
+    /// record says they are here (queued or in a transfer not yet acknowledged); with
+    /// at-most-once, those still queued or in flight. Counted by a scan (for `flush`).
+    public func itemsHeldOnlyHere(before mark: UInt64) -> Int {
+        if configuration.delivery == .atLeastOnce {
+            return owned.sequences { $0.holder == HolderTable.here }.lazy.filter { $0 < mark }.count
+        }
+        func mine(_ run: QueueRun) -> Int {
+            guard run.origin == localPeer, run.first < mark else { return 0 }
+            return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
+        }
+        return runs.reduce(0) { $0 + mine($1) }
+            + transfers.values.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
+    }
+
     // MARK: Peer inputs
 
-    /// A link to `peer` is ready: it gets this node's stats at once.
-    public mutating func peerConnected(_ peer: PeerID, now: UInt64) -> [Action] {
+    /// A link to `peer` is ready: it gets this node's stats at once. `adoptsOwnership`: its
+    /// hello announced ``QueueWire/featureOwnershipHandover`` (a draining node then sends it
+    /// ``TransferKind/drain`` transfers).
+    public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
+        peers[peer]!.adoptsOwnership = adoptsOwnership
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -569,9 +633,11 @@ public struct QueueMachine: Sendable {
                 ownerUpdate(popped: popped, custody: custody, &actions, now: now)
             }
         case .ownerUpdateAck(_, let updateID):
-            if sentUpdates[updateID]?.owner == peer {
+            if let update = sentUpdates[updateID], update.owner == peer {
                 sentUpdates[updateID] = nil
-                flushNotices(&actions, now: now, force: false, only: peer)
+                counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
+                    + update.custody.reduce(0) { total, group in total + group.runs.reduce(0) { $0 + Int($1.count) } }
+                flushNotices(&actions, now: now, force: isDraining, only: peer)
             }
         }
         finish(&actions, now: now)
@@ -660,7 +726,7 @@ public struct QueueMachine: Sendable {
         }
         if isClosed { handOff(&actions, now: now) }
         maybeSteal(&actions, now: now)
-        flushNotices(&actions, now: now, force: false, only: nil)
+        flushNotices(&actions, now: now, force: isDraining, only: nil)
         finish(&actions, now: now)
         return actions
     }
@@ -904,6 +970,8 @@ public struct QueueMachine: Sendable {
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
         guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        // A stopping node's items leave with their ownership, whatever sends them.
+        let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
         var sent: [QueueRun] = []
@@ -1038,7 +1106,11 @@ public struct QueueMachine: Sendable {
             return
         }
         let bytes = items.payloadBytes
-        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else {
+        // A stopping peer's own items become ours (the receiver of a drain owns them).
+        let adopts = kind == .drain && configuration.delivery == .atLeastOnce
+        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes,
+              !adopts || (owned.count + items.count <= configuration.maxOwnedItems
+                          && ownedBytes + bytes <= configuration.maxOwnedBytes) else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
             return
         }
@@ -1063,7 +1135,23 @@ public struct QueueMachine: Sendable {
                     }
                     var kept = run.items(from..<end, ends)
                     kept.slot = slots[buffer]
-                    if tracksOwn && run.origin == localPeer {
+                    if adopts && run.origin == peer {
+                        // Numbered as this node's own items (the dedup above keeps the old ids,
+                        // so a retransmission is still dropped); the records hold the buffer too.
+                        kept.origin = localPeer
+                        kept.first = nextSequence
+                        kept.attempt = 0
+                        kept.hops = 0
+                        nextSequence &+= UInt64(n)
+                        store.retain(kept.slot, count: n)
+                        owned.append(first: kept.first, count: n) { i in
+                            let begin = kept.itemStart(i, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: kept.slot, start: begin, length: kept.itemEnd(i, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(kept.bytes)
+                        counters.ownershipAdopted += n
+                    } else if tracksOwn && run.origin == localPeer {
                         owned.modifyRun(first: kept.first, count: n) { _, record in
                             guard record.attempt == kept.attempt, kept.hops > record.hops else { return }
                             record.holder = HolderTable.here
@@ -1128,7 +1216,15 @@ public struct QueueMachine: Sendable {
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var pending = SequenceRun(first: 0, count: 0)
         for run in transfer.runs {  // hop counts already raised for the transfer
-            if run.origin == localPeer {
+            if run.origin == localPeer && transfer.kind == .drain {
+                // The receiver owns them now (it numbered them as its own).
+                var freed = 0
+                counters.ownershipHandedOver += owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freed += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+                ownedBytes -= freed
+            } else if run.origin == localPeer {
                 owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
                     guard record.attempt == run.attempt, run.hops > record.hops else { return }
                     record.holder = holder

@@ -106,7 +106,8 @@ public struct LoadStats: Sendable, Equatable {
     static let flagAccepting: UInt8 = 2
 }
 
-/// Why items are transferred; the receiver treats them alike, the kind is for stats and logs.
+/// Why items are transferred. The receiver treats them alike, except ``drain`` (it takes over
+/// their ownership); the other kinds are for stats and logs.
 public enum TransferKind: UInt8, Sendable, CaseIterable {
     /// Push to balance: the sender's finish time was well above the average.
     case balance = 0
@@ -118,6 +119,10 @@ public enum TransferKind: UInt8, Sendable, CaseIterable {
     case handoff = 3
     /// p2pqueue's periodic push (the legacy strategy).
     case legacy = 4
+    /// A stopping node hands its items away together with their ownership: the receiver
+    /// becomes the owner of the items the sender owned (it numbers them as its own). Sent only
+    /// to peers whose hello announced ``QueueWire/featureOwnershipHandover``.
+    case drain = 5
 }
 
 /// The receiver's answer to a transfer.
@@ -159,6 +164,9 @@ public struct CustodyChange: Hashable, Sendable {
 
 /// Limits of the queue messages.
 public enum QueueWire {
+    /// The hello feature bit (§5) of a node that understands ``TransferKind/drain``: a peer
+    /// without it gets a stopping node's items as ``TransferKind/handoff`` (ownership stays).
+    public static let featureOwnershipHandover: UInt64 = 1 << 0
     /// Longest queue name, UTF-8 bytes.
     public static let maxQueueNameLength = 255
     /// Most items in one transfer.
