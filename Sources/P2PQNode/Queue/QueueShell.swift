@@ -375,6 +375,13 @@ final class QueueShell {
         return nil
     }
 
+    /// A queue message as if `peer` had sent it (for tests).
+    func receiveForTesting(_ message: QueueMessage, from peer: PeerID) {
+        let name = message.queue
+        guard !isStopped, ensure(name) else { return }
+        perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+    }
+
     func peerConnected(_ peer: PeerID) {
         let adopts = adoptsOwnership(peer)
         for name in queues.keys.sorted() {
