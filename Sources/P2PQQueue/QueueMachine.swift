@@ -186,6 +186,9 @@ public struct QueueMachine: Sendable {
         var accepting = true
         /// Its hello announced ``QueueWire/featureOwnershipHandover``.
         var adoptsOwnership = false
+        /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
+        /// it will not take items again.
+        var closed = false
     }
 
     private struct OutstandingSteal: Sendable {
@@ -505,7 +508,8 @@ public struct QueueMachine: Sendable {
             pending += update.popped.reduce(0) { $0 + Int($1.count) }
             for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
         }
-        let live = peers.values.contains { $0.connected && ($0.accepting || !$0.hasReport) }
+        // A full peer counts: it takes items again as its consumers make room.
+        let live = peers.values.contains { $0.connected && !$0.closed }
         return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
                              unreachableNotices: unreachable, hasLivePeer: live)
     }
@@ -548,6 +552,7 @@ public struct QueueMachine: Sendable {
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
         peers[peer]!.adoptsOwnership = adoptsOwnership
+        peers[peer]!.closed = false  // a restarted process is open again; its report will say
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -678,6 +683,7 @@ public struct QueueMachine: Sendable {
         peers[peer]!.finishTime = stats.finishTime
         peers[peer]!.hasConsumers = stats.hasConsumers
         peers[peer]!.accepting = stats.accepting
+        peers[peer]!.closed = !stats.accepting
         updatePriorRate()
         return .accepted
     }
@@ -1190,6 +1196,7 @@ public struct QueueMachine: Sendable {
         guard let transfer = transfers[id], transfer.peer == peer else { return }
         guard status == .accepted else {
             peers[peer]?.accepting = false  // until its next report
+            if status == .closed { peers[peer]?.closed = true }
             returnTransfers([id], &actions, now: now)
             return
         }

@@ -95,18 +95,25 @@ struct GracefulStopTests {
         for node in nodes[1...] { await node.stop() }
     }
 
-    @Test("A pure producer pushes 20,000 items and stops at once: nothing is lost")
+    @Test("A pure producer fills its consumers, still holds a backlog, and stops: nothing is lost")
     func producerStops() async throws {
-        let nodes = try await cluster(3)
+        // Small queues: full consumers refuse more, so the producer still holds items when it stops.
+        let nodes = try await cluster(3) { $0.maxQueueItems = 4000 }
         let queues = nodes.map { $0.queue(named: "p") }
         for queue in queues { _ = await queue.size() }
-        let total = 20_000
-        let consumers = Task { try await popAll(Array(queues[1...]), total: total) }
+        // The consumer nodes announce consumers (a pop that found nothing), then take nothing yet.
+        for queue in queues[1...] { _ = try? await queue.pop(timeout: .zero) }
+        try await Task.sleep(for: .milliseconds(600))
+        let total = 11_000
         for start in stride(from: 0, to: total, by: 1000) {
             try await queues[0].push(contentsOf: (start..<start + 1000).map(encode))
         }
+        let held = await queues[0].size().local
+        #expect(held > 0)
+        let consumers = Task { try await popAll(Array(queues[1...]), total: total) }
         let report = await nodes[0].stop()
         #expect(report.notHandedOver == 0, "\(report)")
+        print("producer stopped holding \(held) queued items: \(report)")
         let popped = try await consumers.value
         let complete = Set(popped) == Set(0..<total)
         #expect(complete, "missing \(total - Set(popped).count); \(report)")

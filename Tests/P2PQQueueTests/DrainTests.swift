@@ -132,6 +132,33 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         #expect(progress.queued == 7 && !progress.hasLivePeer && progress.isStuck)
     }
 
+    @Test("A full peer still counts as live for the drain (it makes room); a closed one does not")
+    func fullPeerIsLive() throws {
+        var (a, _) = connected(A, B)
+        _ = a.push((0..<10).map { payload($0) }, now: 0)
+        let sent = a.drain(now: 1)
+        guard case .send(.transfer(_, let id, _, _, _), _)? = sent.first(where: { if case .send(.transfer, _) = $0 { true } else { false } }) else {
+            Issue.record("no transfer")
+            return
+        }
+        _ = a.receive(.transferAck(queue: "q", transferID: id, status: .full), from: B, now: 2)
+        #expect(a.drainProgress.queued == 10 && a.drainProgress.hasLivePeer && !a.drainProgress.isStuck)
+        // Its next report says it takes items again: they go out.
+        _ = a.receive(.stats(queue: "q", LoadStats(sequence: 1, length: 0, waiting: 1, serviceRate: 10, finishTime: 0,
+                                                  hasConsumers: true)), from: B, now: 3)
+        _ = a.tick(now: 4)
+        #expect(a.drainProgress.inFlight == 10)
+        let c = QueueMachine(name: "q", localPeer: C)
+        var d = QueueMachine(name: "q", localPeer: A)
+        _ = d.peerConnected(C, now: 0)
+        _ = d.push((0..<3).map { payload($0) }, now: 0)
+        let handed = d.drain(now: 1)
+        for case .send(.transfer(_, let id, _, _, _), _) in handed {
+            _ = d.receive(.transferAck(queue: "q", transferID: id, status: .closed), from: c.localPeer, now: 2)
+        }
+        #expect(!d.drainProgress.hasLivePeer && d.drainProgress.isStuck)
+    }
+
     @Test("itemsHeldOnlyHere: items pushed before the mark count until a peer acks them or they are popped")
     func heldOnlyHere() throws {
         var (a, b) = connected(A, B)
