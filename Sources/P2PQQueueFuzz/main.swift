@@ -45,6 +45,7 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
         ("steal-request", .stealRequest(queue: "jobs", requestID: 5, maxItems: 64, thiefRate: 100)),
         ("steal-empty", .stealEmpty(queue: "jobs", requestID: 5)),
         ("transfer", .transfer(queue: "jobs", transferID: 8, kind: .steal, requestID: 5, items: items)),
+        ("transfer-drain", .transfer(queue: "jobs", transferID: 9, kind: .drain, requestID: 0, items: items)),
         ("transfer-ack", .transferAck(queue: "jobs", transferID: 8, status: .accepted)),
         ("owner-update", .ownerUpdate(queue: "jobs", updateID: 4, popped: [SequenceRun(first: 1, count: 3)],
                                       custody: [CustodyChange(holder: holder, attempt: 0, hops: 1, runs: [SequenceRun(first: 9, count: 1)])])),
