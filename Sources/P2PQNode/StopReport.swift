@@ -11,8 +11,9 @@ public struct StopReport: Sendable, Equatable, CustomStringConvertible {
     /// Items of pop confirmations and custody notices never acknowledged (owner unreachable or
     /// timeout): their owners may deliver those items again.
     public var noticesNotFlushed = 0
-    /// Items this node owned that peers still held, unconfirmed, when it left: they have no
-    /// owner any more, so the death of their holder would lose them (see docs/api.md).
+    /// Records of items this node owned that peers still held, unconfirmed, when it left (not
+    /// taken over by their holder): those items have no owner any more, so the death of the
+    /// node holding them would lose them (see docs/api.md).
     public var ownedHeldElsewhere = 0
     /// A peer that takes transfers was connected when the drain ended.
     public var hadLivePeer = false

@@ -69,6 +69,8 @@ public struct QueueMachine: Sendable {
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
     private var sentUpdates: [UInt64: SentUpdate] = [:]
+    /// Owner changes a draining owner sent (IDs from the update counter), until their ack.
+    private var sentChanges: [UInt64: SentChange] = [:]
     private var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
     private var appliedUpdates: [PeerID: RecentIDs] = [:]
@@ -149,6 +151,12 @@ public struct QueueMachine: Sendable {
     }
 
     /// The last 1024 IDs, forgetting the oldest.
+    private struct SentChange: Sendable {
+        var holder: PeerID
+        var groups: [CustodyChange]
+        var items: Int
+    }
+
     private struct RecentIDs: Sendable {
         var set = Set<UInt64>()
         var order = Deque<UInt64>()
@@ -493,6 +501,7 @@ public struct QueueMachine: Sendable {
         isDraining = true
         actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
         flushNotices(&actions, now: now, force: true, only: nil)
+        grantOwnership(&actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -508,6 +517,7 @@ public struct QueueMachine: Sendable {
             pending += update.popped.reduce(0) { $0 + Int($1.count) }
             for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
         }
+        for change in sentChanges.values { pending += change.items }
         // A full peer counts: it takes items again as its consumers make room.
         let live = peers.values.contains { $0.connected && !$0.closed }
         return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
@@ -637,8 +647,14 @@ public struct QueueMachine: Sendable {
             if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
                 ownerUpdate(popped: popped, custody: custody, &actions, now: now)
             }
+        case .ownerChange(_, let changeID, let groups):
+            actions.append(.send(.ownerUpdateAck(queue: name, updateID: changeID), to: peer))
+            adoptHeld(groups.filter { $0.holder == localPeer }, from: peer)
         case .ownerUpdateAck(_, let updateID):
-            if let update = sentUpdates[updateID], update.owner == peer {
+            if let change = sentChanges[updateID], change.holder == peer {
+                sentChanges[updateID] = nil
+                ownershipGranted(change)
+            } else if let update = sentUpdates[updateID], update.owner == peer {
                 sentUpdates[updateID] = nil
                 counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
                     + update.custody.reduce(0) { total, group in total + group.runs.reduce(0) { $0 + Int($1.count) } }
@@ -704,6 +720,8 @@ public struct QueueMachine: Sendable {
         case .ownerUpdate(_, let updateID, _, _):
             // Kept for when the owner is reachable again (or dropped when it dies).
             if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
+        case .ownerChange(_, let changeID, _):
+            if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
         case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
             break  // the peer times out or asks again
         }
@@ -733,6 +751,7 @@ public struct QueueMachine: Sendable {
         if isClosed { handOff(&actions, now: now) }
         maybeSteal(&actions, now: now)
         flushNotices(&actions, now: now, force: isDraining, only: nil)
+        grantOwnership(&actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -1094,6 +1113,10 @@ public struct QueueMachine: Sendable {
         for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
             requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
         }
+        // Ownership offered to it stays here (and with it the re-queue if it dies).
+        for id in sentChanges.filter({ $0.value.holder == peer }).keys.sorted() {
+            revertGrant(sentChanges.removeValue(forKey: id)!)
+        }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
         if let steal, steal.peer == peer {
@@ -1250,6 +1273,152 @@ public struct QueueMachine: Sendable {
             }
         }
         if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+        if isDraining { grantOwnership(&actions, now: now) }  // the records just pointed at `peer`
+    }
+
+    // MARK: Ownership hand-over (drain)
+
+    /// A draining owner gives its records of items peers hold to those peers in owner changes
+    /// (each takes over the items it holds queued): a holder that passes them on can then
+    /// re-queue them when the next node dies. The records wait, marked, for the ack.
+    private mutating func grantOwnership(_ actions: inout [Action], now: UInt64) {
+        guard isDraining, configuration.delivery == .atLeastOnce, owned.count > ownedHereCount() else { return }
+        // Worst case every run in a group of its own.
+        let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
+                                   (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 8 + 2)) / (44 + 12))
+        for peer in connectedPeers() where peers[peer]!.adoptsOwnership && !peers[peer]!.closed {
+            guard let handle = holders.handle(of: peer) else { continue }
+            let sequences = owned.sequences { $0.holder == handle }
+            guard !sequences.isEmpty else { continue }
+            var groups: [CustodyChange] = []
+            var runs = 0
+            var items = 0
+            func emit() {
+                guard !groups.isEmpty else { return }
+                let id = nextUpdateID
+                nextUpdateID += 1
+                sentChanges[id] = SentChange(holder: peer, groups: groups, items: items)
+                actions.append(.send(.ownerChange(queue: name, changeID: id, groups: groups), to: peer))
+                groups = []
+                runs = 0
+                items = 0
+            }
+            for sequence in sequences {
+                var attempt: UInt32 = 0
+                _ = owned.modify(sequence) { record in
+                    attempt = record.attempt
+                    record.holder = HolderTable.granted
+                }
+                items += 1
+                if let group = groups.last, group.attempt == attempt, let run = group.runs.last,
+                   run.first &+ UInt64(run.count) == sequence, run.count < UInt32.max {
+                    groups[groups.count - 1].runs[group.runs.count - 1].count += 1
+                    continue
+                }
+                if runs == perMessage {
+                    items -= 1
+                    emit()
+                    items = 1
+                }
+                if let group = groups.last, group.attempt == attempt {
+                    groups[groups.count - 1].runs.append(SequenceRun(first: sequence, count: 1))
+                } else {
+                    groups.append(CustodyChange(holder: peer, attempt: attempt, hops: 0, runs: [SequenceRun(first: sequence, count: 1)]))
+                }
+                runs += 1
+            }
+            emit()
+        }
+    }
+
+    /// Records here (not held by a peer): the rest are what ``grantOwnership(_:now:)`` may give.
+    private func ownedHereCount() -> Int {
+        owned.sequences { $0.holder == HolderTable.here }.count
+    }
+
+    /// The holder took the ownership: the records it was offered go.
+    private mutating func ownershipGranted(_ change: SentChange) {
+        for group in change.groups {
+            for run in group.runs {
+                for offset in 0..<UInt64(run.count) {
+                    let sequence = run.first &+ offset
+                    guard owned[sequence]?.holder == HolderTable.granted, let record = owned.remove(sequence) else { continue }
+                    drop(record)
+                    counters.ownershipHandedOver += 1
+                }
+            }
+        }
+    }
+
+    /// An owner change that did not arrive: its records point at the holder again.
+    private mutating func revertGrant(_ change: SentChange) {
+        let handle = holders.handle(for: change.holder)
+        for group in change.groups {
+            for run in group.runs {
+                owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                    if record.holder == HolderTable.granted { record.holder = handle }
+                }
+            }
+        }
+    }
+
+    /// `owner` (stopping) gives this node the ownership of its items in `groups`: those
+    /// queued here with the attempt named are numbered as this node's own, where they are,
+    /// with records. Items already passed on or popped are not affected.
+    private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
+        guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
+        var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
+        for group in groups {
+            for run in group.runs { ranges.append((run.first, run.first &+ UInt64(run.count), group.attempt)) }
+        }
+        ranges.sort { $0.first < $1.first }
+        var rebuilt = Deque<QueueRun>()
+        rebuilt.reserveCapacity(runs.count)
+        for run in runs {
+            guard run.origin == owner else {
+                rebuilt.append(run)
+                continue
+            }
+            let n = Int(run.count)
+            store.ends(run.slot).withUnsafeBufferPointer { ends in
+                var i = 0
+                while i < n {
+                    let sequence = run.first &+ UInt64(i)
+                    if let range = ranges.first(where: { $0.attempt == run.attempt && $0.first <= sequence && sequence < $0.end }) {
+                        let upTo = range.end - run.first >= UInt64(n) ? n : Int(range.end - run.first)
+                        var piece = run.items(i..<upTo, ends)
+                        let count = upTo - i
+                        i = upTo
+                        guard owned.count + count <= configuration.maxOwnedItems else {
+                            rebuilt.append(piece)
+                            continue
+                        }
+                        piece.origin = localPeer
+                        piece.first = nextSequence
+                        piece.attempt = 0
+                        piece.hops = 0
+                        nextSequence &+= UInt64(count)
+                        store.retain(piece.slot, count: count)
+                        owned.append(first: piece.first, count: count) { k in
+                            let begin = piece.itemStart(k, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: piece.slot, start: begin, length: piece.itemEnd(k, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(piece.bytes)
+                        counters.ownershipAdopted += count
+                        rebuilt.append(piece)
+                    } else {
+                        // Kept as it is up to the next range that starts inside the run.
+                        let end = run.first &+ UInt64(n)
+                        let next = ranges.lazy.filter { $0.attempt == run.attempt && $0.first > sequence && $0.first < end }.map(\.first).min()
+                        let upTo = next.map { Int($0 - run.first) } ?? n
+                        rebuilt.append(i == 0 && upTo == n ? run : run.items(i..<upTo, ends))
+                        i = upTo
+                    }
+                }
+            }
+        }
+        runs = rebuilt
     }
 
     // MARK: Balancing
@@ -1715,6 +1884,8 @@ struct PayloadStore: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
+    /// A draining owner offered the record to its holder (owner change not acknowledged yet).
+    static let granted: UInt32 = .max
     private var handles: [PeerID: UInt32] = [:]
     private var freeHandles: [UInt32] = []
     private var nextHandle: UInt32 = 1

@@ -132,6 +132,46 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         #expect(progress.queued == 7 && !progress.hasLivePeer && progress.isStuck)
     }
 
+    @Test("A draining owner gives its records of items a peer holds to that peer, which then re-queues them when their next holder dies")
+    func ownerChange() throws {
+        var (a, b) = connected(A, B)
+        var c = QueueMachine(name: "q", localPeer: C)
+        _ = b.peerConnected(C, now: 0)
+        _ = c.peerConnected(B, now: 0)
+        _ = a.push((0..<40).map { payload($0) }, now: 0)
+        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 40, thiefRate: 100), from: B, now: 1)
+        _ = try deliver(try deliver(stolen, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        #expect(b.count == 40 && a.ownedHeldElsewhere == 40)
+        let drained = a.drain(now: 4)
+        let changes = drained.filter { if case .send(.ownerChange, B) = $0 { true } else { false } }
+        #expect(changes.count == 1)
+        #expect(!a.drainProgress.isComplete)  // until B's ack
+        let acks = try deliver(drained, from: A, to: B, into: &b, now: 5)
+        #expect(b.ownedItems == 40 && b.counters.ownershipAdopted == 40)
+        _ = try deliver(acks, from: B, to: A, into: &a, now: 6)
+        #expect(a.ownedItems == 0 && a.counters.ownershipHandedOver == 40 && a.drainProgress.isComplete)
+        _ = b.peerDied(A, now: 7)
+        // B passes them to C, which dies before popping: B, their owner now, re-queues them.
+        let next = b.receive(.stealRequest(queue: "q", requestID: 2, maxItems: 40, thiefRate: 100), from: C, now: 8)
+        _ = try deliver(try deliver(next, from: B, to: C, into: &c, now: 9), from: C, to: B, into: &b, now: 10)
+        #expect(c.count == 40 && b.count == 0)
+        _ = b.peerDied(C, now: 11)
+        #expect(b.counters.requeuedAfterDeath == 40)
+        #expect(b.pop(max: 100, waiter: nil, now: 12).0.map(number) == Array(0..<40))
+    }
+
+    @Test("An owner change lost with its link leaves the records with the owner: the holder's death re-queues them there")
+    func ownerChangeLost() throws {
+        var (a, b) = connected(A, B)
+        _ = a.push((0..<10).map { payload($0) }, now: 0)
+        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: B, now: 1)
+        _ = try deliver(try deliver(stolen, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        #expect(a.ownedHeldElsewhere == 10)
+        _ = a.drain(now: 4)
+        _ = a.peerDied(B, now: 5)
+        #expect(a.counters.requeuedAfterDeath == 10 && a.count == 10)
+    }
+
     @Test("A full peer still counts as live for the drain (it makes room); a closed one does not")
     func fullPeerIsLive() throws {
         var (a, _) = connected(A, B)
