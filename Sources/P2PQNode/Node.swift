@@ -2,6 +2,7 @@ import Dispatch
 import Logging
 import P2PQLink
 import P2PQMembership
+import P2PQQueue
 import P2PQReactor
 import P2PQWire
 import Synchronization
@@ -195,20 +196,66 @@ public final class Node: Sendable {
         }
     }
 
-    /// Says goodbye to every peer, waits (up to `drainTimeout`) for the goodbyes to leave,
-    /// closes everything and joins the reactor thread. Idempotent. A task running on the
-    /// node's reactor (see ``taskExecutor``) may call it: the stop itself runs elsewhere.
-    public func stop() async {
+    /// Stops the node gracefully, in two steps, each bounded by
+    /// ``NodeConfiguration/drainTimeout``:
+    ///
+    /// 1. **Drain.** Pushes, pops and flushes fail with ``QueueError/nodeStopped`` from now on.
+    ///    Every queue hands its queued items, and those of transfers that fail, to live peers
+    ///    (consumers first) together with their ownership: a receiver becomes the owner of the
+    ///    items this node owned, so the later death of a node they move to loses nothing. Pop
+    ///    confirmations and custody notices go to their owners. The step ends when peers
+    ///    acknowledged all of it, when no peer is left to take what remains, or at the timeout.
+    /// 2. **Leave.** Membership leave, goodbyes to every peer; waits for the goodbyes to be
+    ///    written, closes everything and joins the reactor thread.
+    ///
+    /// What could not be handed over is lost unless another node owns it (it then re-queues it
+    /// once membership reports this node left); the report and a warning in the log say how
+    /// many. Idempotent: a second call returns an empty report. A task running on the node's
+    /// reactor (see ``taskExecutor``) may call it: the stop itself runs elsewhere.
+    @discardableResult
+    public func stop() async -> StopReport {
         await withTaskExecutorPreference(globalConcurrentExecutor) { await self.stopOffLoop() }
     }
 
-    private func stopOffLoop() async {
+    private func stopOffLoop() async -> StopReport {
         let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
             guard case .running(let reactor, let core) = state else { return nil }
             state = .stopped
             return (reactor, core)
         }
-        guard let (reactor, core) = running else { return }
+        guard let (reactor, core) = running else { return StopReport() }
+        let started = MonotonicTime.now()
+        let before = (try? await reactor.submit { core.value.queues.handOverTotals }) ?? (transferredOut: 0, noticesAcknowledged: 0, ownedHeldElsewhere: 0)
+        _ = try? await reactor.submit { core.value.beginDrain() }
+        let drainDeadline = started + configuration.drainTimeout
+        var progress = DrainProgress(queued: 0, inFlight: 0, pendingNotices: 0, unreachableNotices: 0, hasLivePeer: false)
+        var timedOut = false
+        while true {
+            guard let (now, stuck) = try? await reactor.submit({ core.value.queues.drainProgress }) else { break }
+            progress = now
+            if progress.isComplete || stuck { break }
+            if MonotonicTime.now() >= drainDeadline {
+                timedOut = true
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        let after = (try? await reactor.submit { core.value.queues.handOverTotals }) ?? before
+        var report = StopReport()
+        report.handedOver = after.transferredOut - before.transferredOut
+        report.notHandedOver = progress.queued + progress.inFlight
+        report.noticesFlushed = after.noticesAcknowledged - before.noticesAcknowledged
+        report.noticesNotFlushed = progress.pendingNotices + progress.unreachableNotices
+        report.ownedHeldElsewhere = after.ownedHeldElsewhere
+        report.hadLivePeer = progress.hasLivePeer
+        report.timedOut = timedOut
+        let logger = configuration.logger
+        if report.notHandedOver > 0 {
+            logger.warning("stopping: \(report.notHandedOver) items could not be handed over (\(progress.hasLivePeer ? "timed out" : "no live peer"))")
+        }
+        if report.noticesNotFlushed > 0 {
+            logger.warning("stopping: \(report.noticesNotFlushed) pop confirmations and custody notices not acknowledged by their owners")
+        }
         _ = try? await reactor.submit { core.value.stop() }
         let deadline = MonotonicTime.now() + configuration.drainTimeout
         while MonotonicTime.now() < deadline {
@@ -218,6 +265,8 @@ public final class Node: Sendable {
         }
         reactor.stop()
         eventSink.finish()
+        report.duration = MonotonicTime.now() - started
+        return report
     }
 
     /// The peers this node knows: connected, being dialed, backing off or given up.

@@ -56,8 +56,10 @@ public struct NodeConfiguration: Sendable {
     /// First redial delay after a lost link; doubles per failure up to `maxBackoff`, jittered.
     public var baseBackoff: Duration = .milliseconds(100)
     public var maxBackoff: Duration = .seconds(10)
-    /// How long `stop()` waits for goodbyes and queued bytes to drain.
-    public var drainTimeout: Duration = .seconds(2)
+    /// How long `stop()` waits for peers to acknowledge the items and confirmations it hands
+    /// over, and then again for its goodbyes to be written (see ``Node/stop()``). 5 s: a full
+    /// queue at the default limits (256 MiB) takes over 2 s to cross a 1 Gb/s link.
+    public var drainTimeout: Duration = .seconds(5)
     /// Where the node's metrics go (see ``NodeMetricsBackend``).
     public var metrics: NodeMetricsBackend = .global
     /// `host:port` of the operations HTTP endpoint (`/metrics` with a Prometheus backend,

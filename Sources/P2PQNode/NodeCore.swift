@@ -454,6 +454,19 @@ final class NodeCore {
         }
     }
 
+    /// The hello features of the peer's current link (0 without one).
+    func remoteFeatures(of peer: PeerID) -> UInt64 {
+        guard let id = manager.link(to: peer), let link = links[id] else { return 0 }
+        return link.remoteFeatures
+    }
+
+    /// First step of a graceful stop: the queues hand their items and confirmations on while
+    /// the node still serves its peers (``QueueShell/drain()``).
+    func beginDrain() {
+        guard !isStopped else { return }
+        queues.drain()
+    }
+
     /// Says goodbye to every peer and stops accepting. Links close as their goodbyes flush.
     func stop() {
         guard !isStopped else { return }

@@ -24,6 +24,8 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var advertisedAddress: SocketAddress?
     /// The incarnation the peer announced in its hello (its process start).
     private(set) var remoteIncarnation: UInt64 = 0
+    /// The feature bits of the peer's hello (§5).
+    private(set) var remoteFeatures: UInt64 = 0
     /// The peer said goodbye: it is leaving, not failing.
     private(set) var peerLeft = false
     /// Plaintext messages waiting to be sealed at the end of the turn.
@@ -231,7 +233,7 @@ final class PeerLink: TCPConnectionHandler {
         stage = .awaitingHello
         let listen = node.advertised
         send(.hello(Hello(peerID: node.identity.peerID, listenPort: UInt16(listen.port),
-                          listenHost: listen.host, incarnation: node.incarnation)))
+                          listenHost: listen.host, incarnation: node.incarnation, features: QueueShell.helloFeatures)))
     }
 
     private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {
@@ -253,6 +255,7 @@ final class PeerLink: TCPConnectionHandler {
                 return
             }
             remoteIncarnation = hello.incarnation
+            remoteFeatures = hello.features
             if hello.listenPort != 0 {
                 let host = hello.listenHost.isEmpty ? connection.remoteAddress.host : hello.listenHost
                 advertisedAddress = try? SocketAddress(host: host, port: Int(hello.listenPort))

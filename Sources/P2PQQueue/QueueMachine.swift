@@ -44,6 +44,8 @@ public struct QueueMachine: Sendable {
     public private(set) var counters = QueueCounters()
     /// True after ``close(now:)``.
     public private(set) var isClosed = false
+    /// True after ``drain(now:)``: the node is stopping and hands everything on.
+    public private(set) var isDraining = false
 
     // Local queue and what is out on transfers.
     /// The local queue, as runs of consecutive items (a pushed batch is one).
@@ -67,6 +69,8 @@ public struct QueueMachine: Sendable {
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
     private var sentUpdates: [UInt64: SentUpdate] = [:]
+    /// Owner changes a draining owner sent (IDs from the update counter), until their ack.
+    private var sentChanges: [UInt64: SentChange] = [:]
     private var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
     private var appliedUpdates: [PeerID: RecentIDs] = [:]
@@ -150,6 +154,12 @@ public struct QueueMachine: Sendable {
     }
 
     /// The last 1024 IDs, forgetting the oldest.
+    private struct SentChange: Sendable {
+        var holder: PeerID
+        var groups: [CustodyChange]
+        var items: Int
+    }
+
     private struct RecentIDs: Sendable {
         var set = Set<UInt64>()
         var order = Deque<UInt64>()
@@ -185,6 +195,11 @@ public struct QueueMachine: Sendable {
         var finishTime: Double = 0
         var hasConsumers = false
         var accepting = true
+        /// Its hello announced ``QueueWire/featureOwnershipHandover``.
+        var adoptsOwnership = false
+        /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
+        /// it will not take items again.
+        var closed = false
     }
 
     private struct OutstandingSteal: Sendable {
@@ -478,15 +493,79 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// The node is stopping (graceful stop): as ``close(now:)``, and the queued items (and
+    /// those returned by failed transfers) go to live peers in ``TransferKind/drain``
+    /// transfers, so each receiver becomes the owner of the items this node owned; pending pop
+    /// confirmations and custody notices go to their owners at once. ``drainProgress``
+    /// says when everything is acknowledged.
+    public mutating func drain(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard !isDraining else { return actions }
+        isDraining = true
+        actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
+        flushNotices(&actions, now: now, force: true, only: nil)
+        grantOwnership(&actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Where a drain stands (see ``drain(now:)``); meaningful at any time.
+    public var drainProgress: DrainProgress {
+        var pending = 0
+        var unreachable = 0
+        for (owner, entry) in notices {
+            if peers[owner]?.connected == true { pending += entry.items } else { unreachable += entry.items }
+        }
+        for update in sentUpdates.values {
+            pending += update.popped.reduce(0) { $0 + Int($1.count) }
+            for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
+        }
+        for change in sentChanges.values { pending += change.items }
+        // A full peer counts: it takes items again as its consumers make room.
+        let live = peers.values.contains { $0.connected && !$0.closed }
+        return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
+                             unreachableNotices: unreachable, hasLivePeer: live)
+    }
+
+    /// Records of items this node owns that peers hold, not yet confirmed popped (a stopping
+    /// node leaves them behind: their owner is gone). Counted by a scan: for reports, not per item.
+    public var ownedHeldElsewhere: Int {
+        owned.sequences { $0.holder != HolderTable.here }.count
+    }
+
+    /// The sequence number the next item pushed here gets: the mark for
+    /// ``itemsHeldOnlyHere(before:)``.
+    public var nextItemSequence: UInt64 { nextSequence }
+
+    /// Items pushed here before `mark` (``nextItemSequence`` at that time) that no peer has
+    /// acknowledged holding and nobody has popped: with at-least-once, those whose ownership
+    /// record says they are here (queued or in a transfer not yet acknowledged); with
+    /// at-most-once, those still queued or in flight. Counted by a scan (for `flush`).
+    public func itemsHeldOnlyHere(before mark: UInt64) -> Int {
+        if configuration.delivery == .atLeastOnce {
+            return owned.sequences { $0.holder == HolderTable.here }.lazy.filter { $0 < mark }.count
+        }
+        func mine(_ run: QueueRun) -> Int {
+            guard run.origin == localPeer, run.first < mark else { return 0 }
+            return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
+        }
+        return runs.reduce(0) { $0 + mine($1) }
+            + transfers.values.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
+    }
+
     // MARK: Peer inputs
 
-    /// A link to `peer` is ready: it gets this node's stats at once.
-    public mutating func peerConnected(_ peer: PeerID, now: UInt64) -> [Action] {
+    /// A link to `peer` is ready: it gets this node's stats at once. `adoptsOwnership`: its
+    /// hello announced ``QueueWire/featureOwnershipHandover`` (a draining node then sends it
+    /// ``TransferKind/drain`` transfers).
+    public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
+        peers[peer]!.adoptsOwnership = adoptsOwnership
+        peers[peer]!.closed = false  // a restarted process is open again; its report will say
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -571,10 +650,18 @@ public struct QueueMachine: Sendable {
             if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
                 ownerUpdate(popped: popped, custody: custody, from: peer, &actions, now: now)
             }
+        case .ownerChange(_, let changeID, let groups):
+            actions.append(.send(.ownerUpdateAck(queue: name, updateID: changeID), to: peer))
+            adoptHeld(groups.filter { $0.holder == localPeer }, from: peer)
         case .ownerUpdateAck(_, let updateID):
-            if sentUpdates[updateID]?.owner == peer {
+            if let change = sentChanges[updateID], change.holder == peer {
+                sentChanges[updateID] = nil
+                ownershipGranted(change)
+            } else if let update = sentUpdates[updateID], update.owner == peer {
                 sentUpdates[updateID] = nil
-                flushNotices(&actions, now: now, force: false, only: peer)
+                counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
+                    + update.custody.reduce(0) { total, group in total + group.runs.reduce(0) { $0 + Int($1.count) } }
+                flushNotices(&actions, now: now, force: isDraining, only: peer)
             }
         }
         finish(&actions, now: now)
@@ -615,6 +702,7 @@ public struct QueueMachine: Sendable {
         peers[peer]!.finishTime = stats.finishTime
         peers[peer]!.hasConsumers = stats.hasConsumers
         peers[peer]!.accepting = stats.accepting
+        peers[peer]!.closed = !stats.accepting
         updatePriorRate()
         return .accepted
     }
@@ -635,6 +723,8 @@ public struct QueueMachine: Sendable {
         case .ownerUpdate(_, let updateID, _, _):
             // Kept for when the owner is reachable again (or dropped when it dies).
             if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
+        case .ownerChange(_, let changeID, _):
+            if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
         case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
             break  // the peer times out or asks again
         }
@@ -664,7 +754,8 @@ public struct QueueMachine: Sendable {
         if isClosed { handOff(&actions, now: now) }
         counters.confirmationsRefused += heldConfirmations.expire(now: now)
         maybeSteal(&actions, now: now)
-        flushNotices(&actions, now: now, force: false, only: nil)
+        flushNotices(&actions, now: now, force: isDraining, only: nil)
+        grantOwnership(&actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -952,6 +1043,8 @@ public struct QueueMachine: Sendable {
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
         guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        // A stopping node's items leave with their ownership, whatever sends them.
+        let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
         var sent: [QueueRun] = []
@@ -1068,6 +1161,10 @@ public struct QueueMachine: Sendable {
         for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
             requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
         }
+        // Ownership offered to it stays here (and with it the re-queue if it dies).
+        for id in sentChanges.filter({ $0.value.holder == peer }).keys.sorted() {
+            revertGrant(sentChanges.removeValue(forKey: id)!)
+        }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
         if let steal, steal.peer == peer {
@@ -1086,7 +1183,11 @@ public struct QueueMachine: Sendable {
             return
         }
         let bytes = items.payloadBytes
-        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else {
+        // A stopping peer's own items become ours (the receiver of a drain owns them).
+        let adopts = kind == .drain && configuration.delivery == .atLeastOnce
+        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes,
+              !adopts || (owned.count + items.count <= configuration.maxOwnedItems
+                          && ownedBytes + bytes <= configuration.maxOwnedBytes) else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
             return
         }
@@ -1111,7 +1212,23 @@ public struct QueueMachine: Sendable {
                     }
                     var kept = run.items(from..<end, ends)
                     kept.slot = slots[buffer]
-                    if tracksOwn && run.origin == localPeer {
+                    if adopts && run.origin == peer {
+                        // Numbered as this node's own items (the dedup above keeps the old ids,
+                        // so a retransmission is still dropped); the records hold the buffer too.
+                        kept.origin = localPeer
+                        kept.first = nextSequence
+                        kept.attempt = 0
+                        kept.hops = 0
+                        nextSequence &+= UInt64(n)
+                        store.retain(kept.slot, count: n)
+                        owned.append(first: kept.first, count: n) { i in
+                            let begin = kept.itemStart(i, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: kept.slot, start: begin, length: kept.itemEnd(i, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(kept.bytes)
+                        counters.ownershipAdopted += n
+                    } else if tracksOwn && run.origin == localPeer {
                         owned.modifyRun(first: kept.first, count: n) { _, record in
                             guard record.attempt == kept.attempt, kept.hops > record.hops else { return }
                             record.holder = HolderTable.here
@@ -1150,6 +1267,7 @@ public struct QueueMachine: Sendable {
         guard let transfer = transfers[id], transfer.peer == peer else { return }
         guard status == .accepted else {
             peers[peer]?.accepting = false  // until its next report
+            if status == .closed { peers[peer]?.closed = true }
             returnTransfers([id], &actions, now: now)
             return
         }
@@ -1176,7 +1294,15 @@ public struct QueueMachine: Sendable {
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var pending = SequenceRun(first: 0, count: 0)
         for run in transfer.runs {  // hop counts already raised for the transfer
-            if run.origin == localPeer {
+            if run.origin == localPeer && transfer.kind == .drain {
+                // The receiver owns them now (it numbered them as its own).
+                var freed = 0
+                counters.ownershipHandedOver += owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freed += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+                ownedBytes -= freed
+            } else if run.origin == localPeer {
                 owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
                     guard record.attempt == run.attempt, run.hops > record.hops else { return }
                     record.holder = holder
@@ -1195,6 +1321,152 @@ public struct QueueMachine: Sendable {
             }
         }
         if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+        if isDraining { grantOwnership(&actions, now: now) }  // the records just pointed at `peer`
+    }
+
+    // MARK: Ownership hand-over (drain)
+
+    /// A draining owner gives its records of items peers hold to those peers in owner changes
+    /// (each takes over the items it holds queued): a holder that passes them on can then
+    /// re-queue them when the next node dies. The records wait, marked, for the ack.
+    private mutating func grantOwnership(_ actions: inout [Action], now: UInt64) {
+        guard isDraining, configuration.delivery == .atLeastOnce, owned.count > ownedHereCount() else { return }
+        // Worst case every run in a group of its own.
+        let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
+                                   (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 8 + 2)) / (44 + 12))
+        for peer in connectedPeers() where peers[peer]!.adoptsOwnership && !peers[peer]!.closed {
+            guard let handle = holders.handle(of: peer) else { continue }
+            let sequences = owned.sequences { $0.holder == handle }
+            guard !sequences.isEmpty else { continue }
+            var groups: [CustodyChange] = []
+            var runs = 0
+            var items = 0
+            func emit() {
+                guard !groups.isEmpty else { return }
+                let id = nextUpdateID
+                nextUpdateID += 1
+                sentChanges[id] = SentChange(holder: peer, groups: groups, items: items)
+                actions.append(.send(.ownerChange(queue: name, changeID: id, groups: groups), to: peer))
+                groups = []
+                runs = 0
+                items = 0
+            }
+            for sequence in sequences {
+                var attempt: UInt32 = 0
+                _ = owned.modify(sequence) { record in
+                    attempt = record.attempt
+                    record.holder = HolderTable.granted
+                }
+                items += 1
+                if let group = groups.last, group.attempt == attempt, let run = group.runs.last,
+                   run.first &+ UInt64(run.count) == sequence, run.count < UInt32.max {
+                    groups[groups.count - 1].runs[group.runs.count - 1].count += 1
+                    continue
+                }
+                if runs == perMessage {
+                    items -= 1
+                    emit()
+                    items = 1
+                }
+                if let group = groups.last, group.attempt == attempt {
+                    groups[groups.count - 1].runs.append(SequenceRun(first: sequence, count: 1))
+                } else {
+                    groups.append(CustodyChange(holder: peer, attempt: attempt, hops: 0, runs: [SequenceRun(first: sequence, count: 1)]))
+                }
+                runs += 1
+            }
+            emit()
+        }
+    }
+
+    /// Records here (not held by a peer): the rest are what ``grantOwnership(_:now:)`` may give.
+    private func ownedHereCount() -> Int {
+        owned.sequences { $0.holder == HolderTable.here }.count
+    }
+
+    /// The holder took the ownership: the records it was offered go.
+    private mutating func ownershipGranted(_ change: SentChange) {
+        for group in change.groups {
+            for run in group.runs {
+                for offset in 0..<UInt64(run.count) {
+                    let sequence = run.first &+ offset
+                    guard owned[sequence]?.holder == HolderTable.granted, let record = owned.remove(sequence) else { continue }
+                    drop(record)
+                    counters.ownershipHandedOver += 1
+                }
+            }
+        }
+    }
+
+    /// An owner change that did not arrive: its records point at the holder again.
+    private mutating func revertGrant(_ change: SentChange) {
+        let handle = holders.handle(for: change.holder)
+        for group in change.groups {
+            for run in group.runs {
+                owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                    if record.holder == HolderTable.granted { record.holder = handle }
+                }
+            }
+        }
+    }
+
+    /// `owner` (stopping) gives this node the ownership of its items in `groups`: those
+    /// queued here with the attempt named are numbered as this node's own, where they are,
+    /// with records. Items already passed on or popped are not affected.
+    private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
+        guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
+        var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
+        for group in groups {
+            for run in group.runs { ranges.append((run.first, run.first &+ UInt64(run.count), group.attempt)) }
+        }
+        ranges.sort { $0.first < $1.first }
+        var rebuilt = Deque<QueueRun>()
+        rebuilt.reserveCapacity(runs.count)
+        for run in runs {
+            guard run.origin == owner else {
+                rebuilt.append(run)
+                continue
+            }
+            let n = Int(run.count)
+            store.ends(run.slot).withUnsafeBufferPointer { ends in
+                var i = 0
+                while i < n {
+                    let sequence = run.first &+ UInt64(i)
+                    if let range = ranges.first(where: { $0.attempt == run.attempt && $0.first <= sequence && sequence < $0.end }) {
+                        let upTo = range.end - run.first >= UInt64(n) ? n : Int(range.end - run.first)
+                        var piece = run.items(i..<upTo, ends)
+                        let count = upTo - i
+                        i = upTo
+                        guard owned.count + count <= configuration.maxOwnedItems else {
+                            rebuilt.append(piece)
+                            continue
+                        }
+                        piece.origin = localPeer
+                        piece.first = nextSequence
+                        piece.attempt = 0
+                        piece.hops = 0
+                        nextSequence &+= UInt64(count)
+                        store.retain(piece.slot, count: count)
+                        owned.append(first: piece.first, count: count) { k in
+                            let begin = piece.itemStart(k, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: piece.slot, start: begin, length: piece.itemEnd(k, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(piece.bytes)
+                        counters.ownershipAdopted += count
+                        rebuilt.append(piece)
+                    } else {
+                        // Kept as it is up to the next range that starts inside the run.
+                        let end = run.first &+ UInt64(n)
+                        let next = ranges.lazy.filter { $0.attempt == run.attempt && $0.first > sequence && $0.first < end }.map(\.first).min()
+                        let upTo = next.map { Int($0 - run.first) } ?? n
+                        rebuilt.append(i == 0 && upTo == n ? run : run.items(i..<upTo, ends))
+                        i = upTo
+                    }
+                }
+            }
+        }
+        runs = rebuilt
     }
 
     // MARK: Balancing
@@ -1725,6 +1997,8 @@ struct HeldConfirmations: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
+    /// A draining owner offered the record to its holder (owner change not acknowledged yet).
+    static let granted: UInt32 = .max
     private var handles: [PeerID: UInt32] = [:]
     private var freeHandles: [UInt32] = []
     private var nextHandle: UInt32 = 1

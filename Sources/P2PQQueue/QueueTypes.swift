@@ -246,6 +246,13 @@ public struct QueueCounters: Hashable, Sendable {
     public var noticesDropped = 0
     /// Items removed from the local queue by ``QueueMachine/remove(where:now:)``.
     public var removed = 0
+    /// Items this node owned that a peer acknowledged in a ``TransferKind/drain`` transfer: the
+    /// peer owns them now.
+    public var ownershipHandedOver = 0
+    /// Items received in a ``TransferKind/drain`` transfer whose ownership this node took over.
+    public var ownershipAdopted = 0
+    /// Items of pop confirmations and custody notices their owners acknowledged.
+    public var noticesAcknowledged = 0
 
     // Trust: what members may not do (docs/operations.md, "Trust model").
     /// Pop confirmations (items) held because their sender was not the items' recorded
@@ -268,4 +275,31 @@ public enum StatsRejection: Equatable, Sendable {
     case stale(sequence: UInt64, last: UInt64)
     /// Too many peers are tracked already.
     case tooManyPeers
+}
+
+/// Where a queue's graceful stop (``QueueMachine/drain(now:)``) stands.
+public struct DrainProgress: Hashable, Sendable {
+    /// Items still queued here.
+    public var queued: Int
+    /// Items in transfers not acknowledged yet.
+    public var inFlight: Int
+    /// Items of pop confirmations and custody notices for connected owners, not acknowledged yet.
+    public var pendingNotices: Int
+    /// Items of pop confirmations and custody notices whose owner has no link now.
+    public var unreachableNotices: Int
+    /// A connected peer that takes transfers exists.
+    public var hasLivePeer: Bool
+
+    public init(queued: Int, inFlight: Int, pendingNotices: Int, unreachableNotices: Int, hasLivePeer: Bool) {
+        self.queued = queued
+        self.inFlight = inFlight
+        self.pendingNotices = pendingNotices
+        self.unreachableNotices = unreachableNotices
+        self.hasLivePeer = hasLivePeer
+    }
+
+    /// Nothing left to hand over or to confirm to a reachable owner.
+    public var isComplete: Bool { queued == 0 && inFlight == 0 && pendingNotices == 0 }
+    /// Waiting longer cannot help: what is left needs a peer and none is connected.
+    public var isStuck: Bool { !isComplete && inFlight == 0 && pendingNotices == 0 && !hasLivePeer }
 }

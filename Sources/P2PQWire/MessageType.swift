@@ -48,6 +48,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case queueOwnerUpdate = 0x25
     /// Queue: the owner got an owner update (the sender may forget it).
     case queueOwnerUpdateAck = 0x26
+    /// Queue: a stopping owner hands the ownership of items to the node holding them.
+    case queueOwnerChange = 0x27
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
     /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
@@ -104,6 +106,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .queueTransferAck: return "queue transfer ack"
         case .queueOwnerUpdate: return "queue owner update"
         case .queueOwnerUpdateAck: return "queue owner update ack"
+        case .queueOwnerChange: return "queue owner change"
         case .benchmark: return "benchmark"
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"

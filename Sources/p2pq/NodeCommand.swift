@@ -207,9 +207,10 @@ struct NodeCommand: AsyncParsableCommand {
             logger.info("signal \(signo): leaving")
             break
         }
-        await node.stop()
+        // Hands the queues' items and confirmations to live peers first (see Node.stop).
+        let report = await node.stop()
         sources.forEach { $0.cancel() }
-        logger.info("stopped")
+        logger.info("stopped: \(report)")
     }
 }
 

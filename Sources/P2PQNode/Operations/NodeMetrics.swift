@@ -35,6 +35,14 @@ final class NodeMetrics {
     var retries = 0
     var duplicates = 0
 
+    // Queue duplicates, told apart: deliveries an owner saw twice (a second pop confirmation)
+    // and retransmitted copies receivers dropped (harmless).
+    var duplicateDeliveries = 0
+    var droppedRetransmissions = 0
+    static let duplicateCounterNames = ["p2pq_duplicate_deliveries_total", "p2pq_retransmissions_dropped_total"]
+    private var publishedDuplicates = [0, 0]
+    private let duplicateCounters: [CoreMetrics.Counter]
+
     private var published = [Int](repeating: 0, count: 7)
     private let counters: [CoreMetrics.Counter]
     private var peerCounters: [PeerID: (bytesIn: CoreMetrics.Counter, bytesOut: CoreMetrics.Counter, publishedIn: Int, publishedOut: Int)] = [:]
@@ -73,6 +81,7 @@ final class NodeMetrics {
         let dimensions = [("node", node.short)]
         let factory = self.factory
         counters = Self.counterNames.map { CoreMetrics.Counter(label: $0, dimensions: dimensions, factory: factory) }
+        duplicateCounters = Self.duplicateCounterNames.map { CoreMetrics.Counter(label: $0, dimensions: dimensions, factory: factory) }
         turnTime = CoreMetrics.Timer(label: "p2pq_loop_turn_seconds", dimensions: dimensions, factory: factory)
         turns = CoreMetrics.Counter(label: "p2pq_loop_turns_total", dimensions: dimensions, factory: factory)
     }
@@ -81,6 +90,7 @@ final class NodeMetrics {
     var totals: [String: Int] {
         let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
         return Dictionary(uniqueKeysWithValues: zip(Self.counterNames, values))
+            .merging(zip(Self.duplicateCounterNames, [duplicateDeliveries, droppedRetransmissions])) { $1 }
     }
 
     /// Hands the deltas since the last call to the metrics handlers.
@@ -89,6 +99,11 @@ final class NodeMetrics {
         for i in values.indices where values[i] != published[i] {
             counters[i].increment(by: Int64(values[i] - published[i]))
             published[i] = values[i]
+        }
+        let duplicateValues = [duplicateDeliveries, droppedRetransmissions]
+        for i in duplicateValues.indices where duplicateValues[i] != publishedDuplicates[i] {
+            duplicateCounters[i].increment(by: Int64(duplicateValues[i] - publishedDuplicates[i]))
+            publishedDuplicates[i] = duplicateValues[i]
         }
         for (peer, bytesIn, bytesOut) in links {
             var entry = peerCounters[peer] ?? {

@@ -135,7 +135,7 @@ extension NodeCore {
         case .closed: return 409
         case .itemTooLarge, .batchTooLarge: return 413
         case .tooManyWaiters, .tooManyQueues: return 429
-        case .nodeStopped, .cancelled, .timeout: return 503
+        case .nodeStopped, .cancelled, .timeout, .noLivePeer: return 503
         }
     }
 }
