@@ -20,8 +20,11 @@ import P2PQWire
 ///   out. The timer starts at the maximum and shrinks towards the minimum, log-scaled, with each
 ///   independent confirmation (a suspect update for the same incarnation from another origin).
 /// - **Refutation.** A node that hears itself suspected or declared dead at its incarnation
-///   or later bumps its incarnation past it and gossips `alive`. When probing a suspect, the
-///   prober tells it (the buddy system), so the refutation does not wait for gossip.
+///   or later bumps its incarnation past it and gossips `alive` (and sends it straight to the
+///   linked peers it does not believe alive). When probing a suspect, the prober tells it (the
+///   buddy system), so the refutation does not wait for gossip; a linked member believed dead
+///   is told every protocol period, so the halves of a healed partition do not keep each
+///   other dead on working links.
 /// - **Local health** (Lifeguard). A score from 0 to ``MembershipConfiguration/maxLocalHealth``:
 ///   +1 for a probe that failed with no helper to ask, for each helper that sent neither ack nor
 ///   nack in time, and for each refutation; −1 for a probe that got its ack. The probe timeout
