@@ -1020,10 +1020,15 @@ public struct QueueMachine: Sendable {
                 checked.append(CheckedRun(first: run.first, count: run.count, attempt: run.attempt))
             }
         }
-        // More runs than one message holds (a queue fragmented item by item): the first ones
-        // are checked, the rest released with them (a duplicate at worst).
-        actions.append(.send(.custodyCheck(queue: name, checkID: id, runs: Array(checked.prefix(QueueWire.maxRunsPerUpdate))),
+        // More runs than one frame holds (a queue fragmented item by item): the first ones are
+        // checked, the rest released with them (a duplicate at worst).
+        actions.append(.send(.custodyCheck(queue: name, checkID: id, runs: Array(checked.prefix(runsPerFrame(bytes: 16)))),
                              to: owner))
+    }
+
+    /// How many runs of `bytes` each a custody check or verdict may carry: one frame's worth.
+    private func runsPerFrame(bytes: Int) -> Int {
+        Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / bytes)
     }
 
     /// The owner's side of a check: the copies it re-queued at another attempt, or whose
@@ -1031,6 +1036,7 @@ public struct QueueMachine: Sendable {
     private func staleCopies(_ checked: [CheckedRun]) -> [SequenceRun] {
         guard configuration.delivery == .atLeastOnce else { return [] }
         var stale: [SequenceRun] = []
+        let limit = runsPerFrame(bytes: 12)
         // A holder asks about at most what it may hold: a check claiming more gets no further.
         var budget = configuration.maxItems
         for run in checked {
@@ -1039,8 +1045,11 @@ public struct QueueMachine: Sendable {
             guard sequence < end else { continue }
             budget -= Int(end - sequence)
             while sequence < end {
-                if owned[sequence].map({ $0.attempt != run.attempt }) ?? true {
-                    _ = Self.extend(&stale, with: SequenceRun(first: sequence, count: 1))
+                if owned[sequence].map({ $0.attempt != run.attempt }) ?? true,
+                   Self.extend(&stale, with: SequenceRun(first: sequence, count: 1)), stale.count > limit {
+                    // A verdict fits one frame: copies past that are not named (a duplicate at worst).
+                    stale.removeLast()
+                    return stale
                 }
                 sequence += 1
             }

@@ -167,6 +167,19 @@ private func linked(_ ids: PeerID...) -> [PeerID: QueueMachine] {
         #expect(popAll(&b, now: 25) == [0, 1, 2])  // nothing re-queued: all released
     }
 
+    @Test("A verdict names at most one frame's worth of stale runs")
+    func verdictFitsAFrame() throws {
+        let configuration = QueueConfiguration(maxFrameSize: 1000)
+        var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
+        _ = a.push((0..<400).map { payload($0) }, now: 1)
+        // Every other item at an attempt A never made: 200 stale runs that cannot merge.
+        let runs = stride(from: UInt64(1), through: 400, by: 2).map { CheckedRun(first: $0, count: 1, attempt: 1) }
+        let answer = a.receive(.custodyCheck(queue: "q", checkID: 3, runs: runs), from: B, now: 2).sent
+        guard case .custodyVerdict(_, 3, let stale) = answer.first?.0 else { Issue.record("no verdict"); return }
+        #expect(stale.count == (1000 - 1 - 4 - 1 - 8 - 4) / 12)
+        #expect(throws: Never.self) { try wireRoundTrip(answer[0].0, maxFrameSize: 1000) }
+    }
+
     @Test("Custody check and verdict round-trip through the wire codec; empty runs are refused")
     func checkWire() throws {
         let check = QueueMessage.custodyCheck(queue: "q", checkID: 7, runs: [CheckedRun(first: 5, count: 3, attempt: 2)])
