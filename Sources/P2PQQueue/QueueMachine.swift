@@ -82,6 +82,14 @@ public struct QueueMachine: Sendable {
     private var peers: [PeerID: PeerView] = [:]
     private var deadPeers = Set<PeerID>()
     private var deadOrder = Deque<PeerID>()
+    /// When each peer in `deadPeers` was declared dead: the notices kept for it (it may come
+    /// back) go after `deadOwnerRetention`.
+    private var diedAt: [PeerID: UInt64] = [:]
+    /// Other owners' items held back from consumers until the owner names the stale copies.
+    private var heldBack: [PeerID: HeldBack] = [:]
+    private var heldBackItems = 0
+    private var heldBackBytes = 0
+    private var nextCheckID: UInt64 = 1
 
     // Balancer.
     private var steal: OutstandingSteal?
@@ -129,6 +137,16 @@ public struct QueueMachine: Sendable {
         var holder: UInt32
         var attempt: UInt32
         var hops: UInt32
+    }
+
+    /// One owner's items held back (this node may have been declared dead, so the owner may
+    /// have re-queued them): in queue order, with the custody check asked about them.
+    private struct HeldBack: Sendable {
+        var runs: [QueueRun] = []
+        /// The check in flight to the owner; nil until sent (the owner may not be linked yet).
+        var checkID: UInt64?
+        /// With no verdict by then the items go back to consumers (a duplicate at worst).
+        var deadline: UInt64
     }
 
     private struct CustodyKey: Hashable, Sendable {
@@ -235,9 +253,12 @@ public struct QueueMachine: Sendable {
     /// Payload bytes in the local queue.
     public var byteCount: Int { queuedBytes }
     /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
-    public var heldItems: Int { queuedItems + inFlightItems }
+    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + inFlightBytes }
+    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes }
+    /// Items of other owners held back from consumers until their owner names the stale copies
+    /// (see ``declaredDead(now:)``).
+    public var heldBackCount: Int { heldBackItems }
     /// Consumers waiting in a pop.
     public var waitingConsumers: Int { waiters.count }
     /// Items this node owns that are not confirmed popped yet.
@@ -394,6 +415,7 @@ public struct QueueMachine: Sendable {
     ///   cannot wait gets a `.fail` action.
     public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> (ItemPayloads, [Action]) {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         lastConsumerActivity = now
         if waiters.isEmpty && !runs.isEmpty {
             let items = take(Swift.max(1, max), now: now)
@@ -561,11 +583,13 @@ public struct QueueMachine: Sendable {
     public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
+        detectStall(&actions, now: now)
         if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
         peers[peer]!.adoptsOwnership = adoptsOwnership
         peers[peer]!.closed = false  // a restarted process is open again; its report will say
+        sendCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -592,12 +616,21 @@ public struct QueueMachine: Sendable {
         guard peer != localPeer else { return actions }
         peers[peer] = nil
         linkLost(peer, &actions, now: now)
-        notices[peer] = nil
+        // Its notices stay (bounded per owner, for `deadOwnerRetention`): a verdict may be
+        // one-sided (a paused owner, a one-way partition), and an owner that comes back must
+        // learn of pops and custody changes, or a later death of the new holder loses items.
         appliedUpdates[peer] = nil
         if deadPeers.insert(peer).inserted {
             deadOrder.append(peer)
-            if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
+            diedAt[peer] = now
+            if deadOrder.count > 1024, let oldest = deadOrder.popFirst() {
+                deadPeers.remove(oldest)
+                diedAt[oldest] = nil
+                notices[oldest] = nil
+            }
         }
+        // Its items held back here can no longer be checked: consumers get them.
+        release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
         if configuration.delivery == .atLeastOnce {
             if let handle = holders.handle(of: peer) {
                 let lost = owned.sequences { $0.holder == handle }
@@ -610,13 +643,42 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// Membership took `peer` back after a death verdict (it refuted it, or a new process of it
+    /// joined): its messages count again and, if its link is up (`linked`), it is a connected
+    /// peer again at once (stats, and the notices kept for it go out); else when a link comes up.
+    public mutating func peerRejoined(_ peer: PeerID, linked: Bool, now: UInt64) -> [Action] {
+        guard peer != localPeer, deadPeers.contains(peer) else { return [] }
+        forgetDeath(of: peer)
+        guard linked else { return [] }
+        return peerConnected(peer, now: now)
+    }
+
+    /// This node was declared dead by its peers (membership heard the verdict and refuted it):
+    /// owners that believed it re-queued their items it holds. Those items are held back from
+    /// consumers and each owner is asked which copies are stale (a custody check); the verdict
+    /// drops them and returns the rest to the front. The same happens on its own when an
+    /// input arrives more than ``QueueConfiguration/stallThreshold`` after the armed timer.
+    public mutating func declaredDead(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        holdBack(&actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
     /// A queue message from `peer` (its ``QueueMessage/queue`` is this queue's name).
     ///
     /// Pass the message over (`consuming`): a transfer's items then move into the queue
     /// without reference counting.
     public mutating func receive(_ message: consuming QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
-        guard peer != localPeer, !deadPeers.contains(peer) else { return actions }
+        guard peer != localPeer else { return actions }
+        detectStall(&actions, now: now)
+        if case .custodyCheck(_, let checkID, let checked) = message {
+            // Answered even if this node believes the asker dead: that belief is the reason.
+            actions.append(.send(.custodyVerdict(queue: name, checkID: checkID, stale: staleCopies(checked)), to: peer))
+            return actions
+        }
+        guard !deadPeers.contains(peer) else { return actions }
         if case .transfer(_, let transferID, let kind, let requestID, let items) = message {
             // Drop the message's reference first, so the items array is ours alone and its
             // items can move into the queue.
@@ -662,6 +724,13 @@ public struct QueueMachine: Sendable {
                 counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
                     + update.custody.reduce(0) { total, group in total + group.runs.reduce(0) { $0 + Int($1.count) } }
                 flushNotices(&actions, now: now, force: isDraining, only: peer)
+            }
+        case .custodyCheck:
+            break  // above
+        case .custodyVerdict(_, let checkID, let stale):
+            if let held = heldBack[peer], held.checkID == checkID {
+                heldBack[peer] = nil
+                release(held, stale: stale, &actions, now: now)
             }
         }
         finish(&actions, now: now)
@@ -725,7 +794,9 @@ public struct QueueMachine: Sendable {
             if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
         case .ownerChange(_, let changeID, _):
             if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
-        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
+        case .custodyCheck(_, let checkID, _):
+            if heldBack[peer]?.checkID == checkID { heldBack[peer]!.checkID = nil }  // asked again on the next link
+        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck, .custodyVerdict:
             break  // the peer times out or asks again
         }
         finish(&actions, now: now)
@@ -735,7 +806,15 @@ public struct QueueMachine: Sendable {
     /// The timer armed by `.armTimer(at:)` fired (early or late calls are harmless).
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         armed = nil
+        for owner in heldBack.keys.sorted() where heldBack[owner]!.deadline <= now {
+            release(heldBack.removeValue(forKey: owner), stale: [], &actions, now: now)
+        }
+        for (owner, at) in diedAt where now &- at >= configuration.deadOwnerRetention {
+            notices[owner] = nil
+            diedAt[owner] = nil
+        }
         if let at = nextStatsAt, now >= at {
             nextStatsAt = now + configuration.statsInterval
             sampleRate(now: now)
@@ -829,7 +908,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
-        guard !deadPeers.contains(owner) else { return }
+        // Also for an owner believed dead: kept until it is back (or its retention ends).
         addRun(run, to: owner, custody: nil, now: now)
     }
 
@@ -943,7 +1022,6 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
-        guard !deadPeers.contains(update.owner) else { return }
         for run in update.popped { addRun(run, to: update.owner, custody: nil, now: now) }
         for group in update.custody {
             let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
@@ -1032,6 +1110,139 @@ public struct QueueMachine: Sendable {
             }
             emit()
         }
+    }
+
+    // MARK: After a death verdict
+
+    /// A timer this machine armed that is met this late means the process was not running.
+    private mutating func detectStall(_ actions: inout [Action], now: UInt64) {
+        guard let armed, now > armed, now - armed > configuration.stallThreshold else { return }
+        holdBack(&actions, now: now)
+    }
+
+    /// Moves the queued items of other owners aside, out of consumers' reach, and asks each
+    /// owner about them (at once if linked, else on its next link).
+    private mutating func holdBack(_ actions: inout [Action], now: UInt64) {
+        guard configuration.delivery == .atLeastOnce, runs.contains(where: { $0.origin != localPeer }) else { return }
+        var kept = Deque<QueueRun>()
+        var asked: Set<PeerID> = []
+        for run in runs {
+            guard run.origin != localPeer else {
+                kept.append(run)
+                continue
+            }
+            heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.transferTimeout)].runs.append(run)
+            asked.insert(run.origin)
+            heldBackItems += Int(run.count)
+            heldBackBytes += Int(run.bytes)
+            queuedItems -= Int(run.count)
+            queuedBytes -= Int(run.bytes)
+        }
+        runs = kept
+        for owner in asked.sorted() {
+            heldBack[owner]!.checkID = nil  // a check already out did not cover the new items
+            sendCheck(to: owner, &actions, now: now)
+        }
+    }
+
+    private mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let held = heldBack[owner], held.checkID == nil, peers[owner]?.connected == true else { return }
+        let id = nextCheckID
+        nextCheckID += 1
+        heldBack[owner]!.checkID = id
+        var checked: [CheckedRun] = []
+        for run in held.runs {
+            if let last = checked.last, last.attempt == run.attempt, last.first &+ UInt64(last.count) == run.first,
+               UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
+                checked[checked.count - 1].count += run.count
+            } else {
+                checked.append(CheckedRun(first: run.first, count: run.count, attempt: run.attempt))
+            }
+        }
+        // More runs than one frame holds (a queue fragmented item by item): the first ones are
+        // checked, the rest released with them (a duplicate at worst).
+        actions.append(.send(.custodyCheck(queue: name, checkID: id, runs: Array(checked.prefix(runsPerFrame(bytes: 16)))),
+                             to: owner))
+    }
+
+    /// How many runs of `bytes` each a custody check or verdict may carry: one frame's worth.
+    private func runsPerFrame(bytes: Int) -> Int {
+        Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / bytes)
+    }
+
+    /// The owner's side of a check: the copies it re-queued at another attempt, or whose
+    /// record is gone (confirmed popped), as runs. Sequences it never made are left alone.
+    private func staleCopies(_ checked: [CheckedRun]) -> [SequenceRun] {
+        guard configuration.delivery == .atLeastOnce else { return [] }
+        var stale: [SequenceRun] = []
+        let limit = runsPerFrame(bytes: 12)
+        // A holder asks about at most what it may hold: a check claiming more gets no further.
+        var budget = configuration.maxItems
+        for run in checked {
+            var sequence = Swift.max(run.first, configuration.firstSequence)
+            let end = Swift.min(run.first &+ Swift.min(UInt64(run.count), UInt64(budget)), nextSequence)
+            guard sequence < end else { continue }
+            budget -= Int(end - sequence)
+            while sequence < end {
+                if owned[sequence].map({ $0.attempt != run.attempt }) ?? true,
+                   Self.extend(&stale, with: SequenceRun(first: sequence, count: 1)), stale.count > limit {
+                    // A verdict fits one frame: copies past that are not named (a duplicate at worst).
+                    stale.removeLast()
+                    return stale
+                }
+                sequence += 1
+            }
+        }
+        return stale
+    }
+
+    /// Returns held-back items to the front of the queue (in their order), the `stale` ones
+    /// (sorted runs) dropped.
+    private mutating func release(_ held: HeldBack?, stale: [SequenceRun], _ actions: inout [Action], now: UInt64) {
+        guard let held else { return }
+        let stale = stale.sorted { $0.first < $1.first }
+        var back: [QueueRun] = []
+        var dropped = 0
+        for run in held.runs {
+            heldBackItems -= Int(run.count)
+            heldBackBytes -= Int(run.bytes)
+            let ends = store.ends(run.slot)
+            ends.withUnsafeBufferPointer { ends in
+                var from: Int?
+                func keep(upTo end: Int) {
+                    guard let start = from else { return }
+                    from = nil
+                    back.append(start == 0 && end == Int(run.count) ? run : run.items(start..<end, ends))
+                }
+                for i in 0..<Int(run.count) {
+                    if Self.contains(stale, run.first &+ UInt64(i)) {
+                        keep(upTo: i)
+                        dropped += 1
+                        store.release(run.slot)
+                    } else if from == nil {
+                        from = i
+                    }
+                }
+                keep(upTo: Int(run.count))
+            }
+        }
+        counters.staleCopiesDropped += dropped
+        for run in back {
+            queuedItems += Int(run.count)
+            queuedBytes += Int(run.bytes)
+        }
+        runs.insert(contentsOf: back, at: 0)
+        serveWaiters(&actions, now: now)
+    }
+
+    /// Whether sorted, disjoint `runs` contain `sequence` (binary search).
+    private static func contains(_ runs: [SequenceRun], _ sequence: UInt64) -> Bool {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].first &+ UInt64(runs[mid].count) <= sequence { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count && runs[low].first <= sequence
     }
 
     // MARK: Transfers
@@ -1157,6 +1368,8 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        // A check on the lost link may be lost with it: asked again on the next one.
+        if heldBack[peer] != nil { heldBack[peer]!.checkID = nil }
         // Updates the owner may not have got go out again on the next link (applied once).
         for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
             requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
@@ -1313,14 +1526,14 @@ public struct QueueMachine: Sendable {
                     && pending.first &+ UInt64(pending.count) == run.first && pending.count <= UInt32.max - run.count {
                     pending.count += run.count
                 } else {
-                    if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+                    if let owner = runOwner { addRun(pending, to: owner, custody: runKey, now: now) }
                     runOwner = run.origin
                     runKey = CustodyKey(holder: peer, attempt: run.attempt, hops: run.hops)
                     pending = SequenceRun(first: run.first, count: run.count)
                 }
             }
         }
-        if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+        if let owner = runOwner { addRun(pending, to: owner, custody: runKey, now: now) }
         if isDraining { grantOwnership(&actions, now: now) }  // the records just pointed at `peer`
     }
 
@@ -1517,6 +1730,7 @@ public struct QueueMachine: Sendable {
 
     private mutating func forgetDeath(of peer: PeerID) {
         deadPeers.remove(peer)
+        diedAt[peer] = nil
         if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }
     }
 

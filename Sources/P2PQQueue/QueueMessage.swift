@@ -162,6 +162,20 @@ public struct CustodyChange: Hashable, Sendable {
     }
 }
 
+/// A run of a holder's copies named in a custody check: consecutive sequences of the owner's
+/// items, all at one attempt.
+public struct CheckedRun: Sendable, Hashable {
+    public var first: UInt64
+    public var count: UInt32
+    public var attempt: UInt32
+
+    public init(first: UInt64, count: UInt32, attempt: UInt32) {
+        self.first = first
+        self.count = count
+        self.attempt = attempt
+    }
+}
+
 /// Limits of the queue messages.
 public enum QueueWire {
     /// The hello feature bit (§5) of a node that understands ``TransferKind/drain``: a peer
@@ -210,7 +224,11 @@ public enum QueueWire {
 ///   run count u32, runs;
 /// - owner update ack `0x26`: queue str, update ID u64;
 /// - owner change `0x27`: queue str, change ID u64, group count u16, groups as in an owner
-///   update (new owner 32 bytes, attempt u32, hops u32 = 0, run count u32, runs).
+///   update (new owner 32 bytes, attempt u32, hops u32 = 0, run count u32, runs);
+/// - custody check `0x28`: queue str, check ID u64, run count u32, runs (first u64, count u32
+///   ≥ 1, attempt u32);
+/// - custody verdict `0x29`: queue str, check ID u64, stale run count u32, runs (first u64,
+///   count u32 ≥ 1).
 public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
@@ -228,13 +246,20 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// attempt the copies carry) to each group's node, the receiver: it takes over those it
     /// holds queued. Answered with ``ownerUpdateAck(queue:updateID:)`` carrying the change ID.
     case ownerChange(queue: String, changeID: UInt64, groups: [CustodyChange])
+    /// A holder that may have been declared dead asks the owner about its copies of the
+    /// receiver's items (held back from consumers until the verdict).
+    case custodyCheck(queue: String, checkID: UInt64, runs: [CheckedRun])
+    /// The owner's answer: the checked copies that are stale (the item was re-queued at another
+    /// attempt, or confirmed popped); the holder drops them and releases the rest.
+    case custodyVerdict(queue: String, checkID: UInt64, stale: [SequenceRun])
 
     /// The queue the message is about.
     public var queue: String {
         switch self {
         case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
              .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
-             .ownerUpdateAck(let queue, _), .ownerChange(let queue, _, _):
+             .ownerUpdateAck(let queue, _), .ownerChange(let queue, _, _), .custodyCheck(let queue, _, _),
+             .custodyVerdict(let queue, _, _):
             return queue
         }
     }
@@ -249,6 +274,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .ownerUpdate: return .queueOwnerUpdate
         case .ownerUpdateAck: return .queueOwnerUpdateAck
         case .ownerChange: return .queueOwnerChange
+        case .custodyCheck: return .queueCustodyCheck
+        case .custodyVerdict: return .queueCustodyVerdict
         }
     }
 
@@ -313,6 +340,20 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 for run in group.runs where run.count == 0 {
                     throw .malformed(field: "ownerChange.runs", reason: "empty run at \(run.first)")
                 }
+            }
+        case .custodyCheck(_, _, let runs):
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyCheck.runs", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in runs where run.count == 0 {
+                throw .malformed(field: "custodyCheck.runs", reason: "empty run at \(run.first)")
+            }
+        case .custodyVerdict(_, _, let stale):
+            guard stale.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyVerdict.stale", reason: "\(stale.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in stale where run.count == 0 {
+                throw .malformed(field: "custodyVerdict.stale", reason: "empty run at \(run.first)")
             }
         }
     }
@@ -402,6 +443,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return name + 8 + 1
         case .ownerUpdateAck:
             return name + 8
+        case .custodyCheck(_, _, let runs):
+            return name + 8 + 4 + runs.count * 16
+        case .custodyVerdict(_, _, let stale):
+            return name + 8 + 4 + stale.count * 12
         case .ownerUpdate(_, _, let popped, let custody):
             return name + 8 + 4 + popped.count * 12 + 2
                 + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
@@ -450,6 +495,18 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .ownerChange(_, let changeID, let groups):
             writer.writeU64(changeID)
             Self.write(groups, into: &writer)
+        case .custodyCheck(_, let checkID, let runs):
+            writer.writeU64(checkID)
+            writer.writeU32(UInt32(runs.count))
+            for run in runs {
+                writer.writeU64(run.first)
+                writer.writeU32(run.count)
+                writer.writeU32(run.attempt)
+            }
+        case .custodyVerdict(_, let checkID, let stale):
+            writer.writeU64(checkID)
+            writer.writeU32(UInt32(stale.count))
+            for run in stale { Self.write(run, into: &writer) }
         }
     }
 
@@ -540,6 +597,29 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 throw .malformed(field: "ownerUpdate", reason: "\(totalRuns) runs exceed \(QueueWire.maxRunsPerUpdate)")
             }
             message = .ownerUpdate(queue: queue, updateID: updateID, popped: popped, custody: custody)
+        case .queueCustodyCheck:
+            let checkID = try reader.readU64(field: "custodyCheck.checkID")
+            let count = Int(try reader.readU32(field: "custodyCheck.runs.count"))
+            guard count <= reader.remaining / 16, count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyCheck.runs.count", reason: "\(count) runs cannot fit in \(reader.remaining) bytes")
+            }
+            var runs: [CheckedRun] = []
+            runs.reserveCapacity(count)
+            for index in 0..<count {
+                let field = "custodyCheck.runs[\(index)]"
+                let first = try reader.readU64(field: field + ".first")
+                let length = try reader.readU32(field: field + ".count")
+                guard length >= 1 else { throw .malformed(field: field + ".count", reason: "0") }
+                runs.append(CheckedRun(first: first, count: length, attempt: try reader.readU32(field: field + ".attempt")))
+            }
+            message = .custodyCheck(queue: queue, checkID: checkID, runs: runs)
+        case .queueCustodyVerdict:
+            let checkID = try reader.readU64(field: "custodyVerdict.checkID")
+            let stale = try readRuns(&reader, field: "custodyVerdict.stale", countField: "custodyVerdict.stale.count")
+            guard stale.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyVerdict.stale.count", reason: "\(stale.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            message = .custodyVerdict(queue: queue, checkID: checkID, stale: stale)
         default:
             throw .unknownMessageType(type.rawValue)
         }

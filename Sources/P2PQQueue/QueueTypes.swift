@@ -98,6 +98,15 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// start above every number its previous run used (the shell passes its incarnation, the
     /// wall-clock nanoseconds at start), so old copies are never taken for new items.
     public var firstSequence: UInt64
+    /// An input this much later than the timer this machine armed means the process was not
+    /// running (SIGSTOP, a paused VM): owners may have declared it dead and re-queued what it
+    /// holds, so their items are held back until each owner names the stale copies. Below the
+    /// fastest death verdict of a silent node (a failed probe plus the minimum suspicion, about
+    /// 1.25 s with the default membership settings).
+    public var stallThreshold: UInt64 = 1_000_000_000
+    /// Confirmations and custody news for an owner declared dead are kept this long (it may
+    /// have been paused or cut off one way and come back), then dropped.
+    public var deadOwnerRetention: UInt64 = 60_000_000_000
 
     public init(
         strategy: BalanceStrategy = .adaptive,
@@ -263,6 +272,9 @@ public struct QueueCounters: Hashable, Sendable {
     /// Held pop confirmations dropped: no custody news named their sender in time (a forged
     /// confirmation, or one of a duplicate delivery). The items stay owned.
     public var confirmationsRefused = 0
+    /// Copies dropped before any consumer got them because their owner had re-queued the item
+    /// (this node had been declared dead) or had it confirmed popped elsewhere.
+    public var staleCopiesDropped = 0
 
     public init() {}
 }

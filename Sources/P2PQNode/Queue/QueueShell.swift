@@ -500,6 +500,18 @@ final class QueueShell {
         for id in queues[name]!.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
     }
 
+    /// Membership heard this node declared dead (it refuted).
+    func declaredDead() {
+        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.declaredDead(now: now)) }
+    }
+
+    /// Membership took `peer` back (it refuted a verdict, or a new process of it joined).
+    func peerRejoined(_ peer: PeerID, linked: Bool) {
+        for name in queues.keys.sorted() {
+            perform(name, queues[name]!.machine.peerRejoined(peer, linked: linked, now: now))
+        }
+    }
+
     /// The node stops: every parked caller fails with `.nodeStopped`.
     func stop() {
         // Held messages go out ahead of the goodbyes that follow.
