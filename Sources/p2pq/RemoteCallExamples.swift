@@ -231,7 +231,7 @@ struct FibCommand: AsyncParsableCommand {
         }
         await session.printTable()
         await session.stop()
-        if case .failure = outcome { throw ExitCode.failure }
+        if case .failure(let error) = outcome { throw CLIError(.failed, "fib(\(n)) failed: \(error)") }
     }
 }
 
@@ -263,7 +263,7 @@ struct PiCommand: AsyncParsableCommand {
         if let firstError = run.firstError { print("\(run.failures) calls failed; first: \(firstError)") }
         await session.printTable()
         await session.stop()
-        if run.failures > 0 { throw ExitCode.failure }
+        if run.failures > 0 { throw CLIError(.failed, "\(run.failures) of the calls failed") }
     }
 }
 

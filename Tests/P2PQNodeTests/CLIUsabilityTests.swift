@@ -173,6 +173,13 @@ struct CLIUsabilityTests {
         #expect(busy.status == 71, "exit \(busy.status), stderr: \(busy.stderr)")
         #expect(busy.stdout.isEmpty && busy.stderr.hasPrefix("p2pq: the node could not start"), "stderr:\n\(busy.stderr)")
 
+        // A bootstrap name that does not resolve (.invalid never does, RFC 6761).
+        let unresolvable = try await runCLI(["node", "--no-discovery", "--bootstrap", "no-such-host.invalid:7000"],
+                                            timeout: .seconds(60))
+        #expect(unresolvable.status == 71, "exit \(unresolvable.status), stderr: \(unresolvable.stderr)")
+        #expect(unresolvable.stdout.isEmpty && unresolvable.stderr.contains("cannot resolve 'no-such-host.invalid'"),
+                "stderr:\n\(unresolvable.stderr)")
+
         // A malformed key file.
         let bad = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-badkey-\(UUID().uuidString)").path
         _ = FileManager.default.createFile(atPath: bad, contents: Data("not a key\n".utf8), attributes: [.posixPermissions: 0o600])
