@@ -1653,10 +1653,6 @@ struct PayloadStore: Sendable {
     }
 }
 
-/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
-/// A peer gets a handle when it first takes custody of an item and gives it back when it is
-/// declared dead (its items are then re-queued, so no record names it): the table holds at most
-/// the peers alive or not yet declared dead.
 /// Pop confirmations an owner refused for now: the sender is not the recorded holder of
 /// those items. A custody update from the previous holder may still be on its way (it races
 /// the new holder's confirmation), so each is held until custody names the sender, then
@@ -1722,6 +1718,10 @@ struct HeldConfirmations: Sendable {
     }
 }
 
+/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
+/// A peer gets a handle when it first takes custody of an item and gives it back when it is
+/// declared dead (its items are then re-queued, so no record names it): the table holds at most
+/// the peers alive or not yet declared dead.
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
