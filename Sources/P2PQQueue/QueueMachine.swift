@@ -780,15 +780,17 @@ public struct QueueMachine: Sendable {
         guard configuration.delivery == .atLeastOnce else { return }
         // Only the recorded holder may confirm: a member cannot make the owner forget items
         // someone else holds. Others' confirmations wait for the custody news that names them.
-        let sender = holders.handle(of: peer)
+        // No record names an unknown sender: a handle no peer gets (they count up from 1).
+        let sender = holders.handle(of: peer) ?? .max
         var freedBytes = 0
         for run in popped {
-            var refused: [UInt64] = []
-            owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
-                if record.holder != sender { refused.append(sequence) }
+            var others = 0
+            owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                if record.holder != sender { others += 1 }
             }
+            var refused: [UInt64] = []
             var removed = 0
-            if refused.isEmpty {
+            if others == 0 {
                 // Runs straight through the ownership window: no lookup per sequence.
                 removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
                     freedBytes += Int(record.extent.length)
@@ -798,7 +800,7 @@ public struct QueueMachine: Sendable {
                 // Mixed holders (rare): one at a time, only over the records held.
                 var matched: [UInt64] = []
                 owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
-                    if record.holder == sender { matched.append(sequence) }
+                    if record.holder == sender { matched.append(sequence) } else { refused.append(sequence) }
                 }
                 for sequence in matched {
                     guard let record = owned.remove(sequence) else { continue }
