@@ -950,15 +950,17 @@ public struct QueueMachine: Sendable {
         guard configuration.delivery == .atLeastOnce else { return }
         // Only the recorded holder may confirm: a member cannot make the owner forget items
         // someone else holds. Others' confirmations wait for the custody news that names them.
-        let sender = holders.handle(of: peer)
+        // No record names an unknown sender: a handle no peer gets (they count up from 1).
+        let sender = holders.handle(of: peer) ?? .max
         var freedBytes = 0
         for run in popped {
-            var refused: [UInt64] = []
-            owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
-                if record.holder != sender { refused.append(sequence) }
+            var others = 0
+            owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                if record.holder != sender { others += 1 }
             }
+            var refused: [UInt64] = []
             var removed = 0
-            if refused.isEmpty {
+            if others == 0 {
                 // Runs straight through the ownership window: no lookup per sequence.
                 removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
                     freedBytes += Int(record.extent.length)
@@ -968,7 +970,7 @@ public struct QueueMachine: Sendable {
                 // Mixed holders (rare): one at a time, only over the records held.
                 var matched: [UInt64] = []
                 owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
-                    if record.holder == sender { matched.append(sequence) }
+                    if record.holder == sender { matched.append(sequence) } else { refused.append(sequence) }
                 }
                 for sequence in matched {
                     guard let record = owned.remove(sequence) else { continue }
@@ -2139,10 +2141,6 @@ struct PayloadStore: Sendable {
     }
 }
 
-/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
-/// A peer gets a handle when it first takes custody of an item and gives it back when it is
-/// declared dead (its items are then re-queued, so no record names it): the table holds at most
-/// the peers alive or not yet declared dead.
 /// Pop confirmations an owner refused for now: the sender is not the recorded holder of
 /// those items. A custody update from the previous holder may still be on its way (it races
 /// the new holder's confirmation), so each is held until custody names the sender, then
@@ -2208,6 +2206,10 @@ struct HeldConfirmations: Sendable {
     }
 }
 
+/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
+/// A peer gets a handle when it first takes custody of an item and gives it back when it is
+/// declared dead (its items are then re-queued, so no record names it): the table holds at most
+/// the peers alive or not yet declared dead.
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0

@@ -574,7 +574,9 @@ public struct CallerMachine: Sendable {
     }
 
     private mutating func resultArrived(_ entry: CallResultEntry, from peer: PeerID, into actions: inout [Action]) {
-        guard let accepted = flights[entry.sequence].map({ $0.accepts(peer) }) else {
+        var accepted = false
+        // In place: no copy of the flight (its function name and arguments) per result.
+        guard flights.modify(entry.sequence, { accepted = $0.accepts(peer) }) else {
             counters.ignoredResults += 1
             return
         }
