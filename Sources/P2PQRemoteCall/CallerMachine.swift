@@ -147,30 +147,6 @@ public struct CallerMachine: Sendable {
         var executor: PeerID?
         /// The current attempt went straight to `executor` (no queue holds it).
         var direct = false
-        /// Other peers whose results are accepted: executors of earlier attempts, and peers
-        /// that announced a duplicate delivery. Empty, so unallocated, for most flights;
-        /// bounded by ``CallerMachine/maxFormerExecutors``.
-        var formerExecutors: [PeerID] = []
-
-        /// Whether `peer` may deliver this flight's result.
-        func accepts(_ peer: PeerID) -> Bool {
-            executor == peer || formerExecutors.contains(peer)
-        }
-
-        /// Keeps `peer` able to deliver the result without naming it the executor.
-        mutating func remember(_ peer: PeerID) {
-            guard executor != peer, !formerExecutors.contains(peer),
-                  formerExecutors.count < CallerMachine.maxFormerExecutors else { return }
-            formerExecutors.append(peer)
-        }
-
-        /// The current executor is lost or replaced; its result stays acceptable.
-        mutating func retireExecutor() {
-            if let executor {
-                self.executor = nil
-                remember(executor)
-            }
-        }
         /// Whether the flight's own call (same sequence) still waits for it.
         var ownTicket = true
         /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
@@ -235,6 +211,10 @@ public struct CallerMachine: Sendable {
     private var directOut: [(peer: PeerID, items: [[UInt8]])] = []
     /// Most credit remembered per executor (a misbehaving peer cannot make it grow without end).
     static let maxCredit = 1 << 20
+    /// Other peers whose results a flight accepts besides its executor: executors of earlier
+    /// attempts, and peers that announced a duplicate delivery. Kept aside, by flight ID, so a
+    /// flight stays small: empty for almost every flight.
+    private var formerExecutors: [UInt64: [PeerID]] = [:]
     /// Most earlier executors remembered per flight (one per retry, bounded by `maxRetries`,
     /// plus duplicate deliveries).
     static let maxFormerExecutors = 16
@@ -416,12 +396,12 @@ public struct CallerMachine: Sendable {
                 // Only the current attempt's notice counts; an older attempt may still answer
                 // (its result is accepted) but no longer protects the call.
                 guard entry.attempt == flight.attempt, flight.executor == nil else {
-                    if !flight.accepts(peer) { flights.modify(entry.sequence) { $0.remember(peer) } }
+                    remember(peer, for: entry.sequence, executor: flight.executor)
                     continue
                 }
                 if lostPeers.contains(peer) {
                     // Membership already wrote the executor off: the notice arrived late.
-                    flights.modify(entry.sequence) { $0.remember(peer) }
+                    remember(peer, for: entry.sequence, executor: nil)
                     lose(entry.sequence, into: &actions)
                     continue
                 }
@@ -459,10 +439,8 @@ public struct CallerMachine: Sendable {
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: true) {
-            flights.modify(flightID) { flight in
-                flight.retireExecutor()
-                flight.direct = false
-            }
+            retireExecutor(of: flightID)
+            flights.modify(flightID) { $0.direct = false }
             lose(flightID, into: &actions)
         }
         finish(&actions)
@@ -574,17 +552,16 @@ public struct CallerMachine: Sendable {
     }
 
     private mutating func resultArrived(_ entry: CallResultEntry, from peer: PeerID, into actions: inout [Action]) {
-        var accepted = false
-        // In place: no copy of the flight (its function name and arguments) per result.
-        guard flights.modify(entry.sequence, { accepted = $0.accepts(peer) }) else {
+        guard let flight = flights.remove(entry.sequence) else {
             counters.ignoredResults += 1
             return
         }
-        guard accepted else {
+        guard accepts(flight, entry.sequence, from: peer) else {
+            // Rare (a forgery): put it back rather than look it up twice for every result.
             counters.refusedResults += 1
+            flights.append(entry.sequence, flight)
             return
         }
-        guard let flight = flights.remove(entry.sequence) else { return }
         forget(entry.sequence, flight)
         let result: Result<[UInt8], RemoteCallError>
         if case .success(let bytes) = entry.outcome {
@@ -598,8 +575,30 @@ public struct CallerMachine: Sendable {
         }
     }
 
+    /// Whether `peer` may deliver the result of flight `flightID`.
+    private func accepts(_ flight: Flight, _ flightID: UInt64, from peer: PeerID) -> Bool {
+        flight.executor == peer || (!formerExecutors.isEmpty && formerExecutors[flightID]?.contains(peer) == true)
+    }
+
+    /// Keeps `peer` able to deliver flight `flightID`'s result without naming it the executor.
+    private mutating func remember(_ peer: PeerID, for flightID: UInt64, executor: PeerID?) {
+        guard peer != executor else { return }
+        var list = formerExecutors[flightID] ?? []
+        guard !list.contains(peer), list.count < Self.maxFormerExecutors else { return }
+        list.append(peer)
+        formerExecutors[flightID] = list
+    }
+
+    /// The flight's executor is lost or replaced; its result stays acceptable.
+    private mutating func retireExecutor(of flightID: UInt64) {
+        guard let executor = flights[flightID]?.executor else { return }
+        remember(executor, for: flightID, executor: nil)
+        flights.modify(flightID) { $0.executor = nil }
+    }
+
     /// Drops a finished or abandoned flight from the indexes.
     private mutating func forget(_ flightID: UInt64, _ flight: Flight) {
+        if !formerExecutors.isEmpty { formerExecutors[flightID] = nil }
         if let key = flight.memoKey, memoInFlight[key] == flightID { memoInFlight[key] = nil }
     }
 
@@ -615,7 +614,7 @@ public struct CallerMachine: Sendable {
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: false) {
-            flights.modify(flightID) { $0.retireExecutor() }
+            retireExecutor(of: flightID)
             lose(flightID, into: &actions)
         }
         finish(&actions)
@@ -635,7 +634,8 @@ public struct CallerMachine: Sendable {
             return
         }
         flight.attempt += 1
-        flight.retireExecutor()
+        if let executor = flight.executor { remember(executor, for: flightID, executor: nil) }
+        flight.executor = nil
         flight.direct = false
         counters.retries += 1
         push(flightID, &flight, into: &actions)
