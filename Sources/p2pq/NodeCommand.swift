@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import P2PQLink
 import P2PQNode
+import P2PQOperations
 import P2PQQueue
 import P2PQReactor
 import Prometheus
@@ -42,8 +43,20 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "AEAD of the Noise links: chachapoly (default) or aesgcm (faster with AES instructions; every node must use the same).")
     var linkCipher: LinkCipherOption = .chachapoly
 
-    @Option(help: "Serve /metrics (Prometheus text), /status and the local queue routes over HTTP on this address (host:port; loopback unless a key is given).")
+    @Option(help: "Serve the operations endpoint (/metrics, /status, queue routes) over HTTP on this address (host:port). Off loopback it needs a token (--token-file or --key-file).")
     var metrics: String?
+
+    @Option(help: "Bearer token file of the operations endpoint (`p2pq keygen --token`). The token derived from --key-file is accepted too.")
+    var tokenFile: String?
+
+    @Flag(help: "Serve /metrics without a token off loopback too (queue routes and /status still need one).")
+    var metricsOpen = false
+
+    @Option(help: "Origin (scheme://host[:port]) whose browser requests the operations endpoint serves. Repeatable; by default browsers are refused.")
+    var allowOrigin: [String] = []
+
+    @Option(help: "Host name accepted in the operations endpoint's Host header besides its address and localhost ('*' for any). Repeatable.")
+    var allowHost: [String] = []
 
     @Option(help: "mDNS port for discovery (default 5353; tests use a private one).")
     var discoveryPort: Int = 5353
@@ -119,9 +132,12 @@ struct NodeCommand: AsyncParsableCommand {
                 throw ValidationError("--key-file: \(error)")
             }
         }
+        var operations: OperationsConfiguration?
         if let metrics {
             configuration.metrics = .prometheus(PrometheusCollectorRegistry())
-            configuration.operationsAddress = metrics
+            operations = try operationsConfiguration(metrics, clusterKey: configuration.clusterKey)
+        } else if tokenFile != nil || metricsOpen || !allowOrigin.isEmpty || !allowHost.isEmpty {
+            throw ValidationError("--token-file, --metrics-open, --allow-origin and --allow-host need --metrics")
         }
         var logger = Logger(label: "p2pq")
         logger.logLevel = level
@@ -149,7 +165,25 @@ struct NodeCommand: AsyncParsableCommand {
             }
         }
         let node = try Node(configuration: configuration)
+        // Checked before the node starts: a refused endpoint must not leave a node running.
+        let endpoint: OperationsEndpoint?
+        do {
+            endpoint = try operations.map { operations throws(OperationsError) in
+                try OperationsEndpoint(node: node, configuration: operations, logger: logger)
+            }
+        } catch {
+            throw ValidationError("--metrics: \(error)")
+        }
         let info = try await node.start()
+        var operationsAddress: String?
+        if let endpoint {
+            do {
+                operationsAddress = try await endpoint.start()
+            } catch {
+                await node.stop()
+                throw ValidationError("--metrics: \(error)")
+            }
+        }
         if serveExamples {
             let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)
             ExampleFunctions.register(on: rpc)
@@ -168,29 +202,75 @@ struct NodeCommand: AsyncParsableCommand {
         }
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")
-        if let operations = info.operationsAddress { print("operations http://\(operations)") }
+        if let operationsAddress { print("operations http://\(operationsAddress)") }
         fflush(nil)
         for await signo in stopRequests {
             logger.info("signal \(signo): leaving")
             break
         }
+        await endpoint?.stop()
         await node.stop()
         sources.forEach { $0.cancel() }
         logger.info("stopped")
     }
 }
 
-/// `p2pq keygen`: writes a new cluster key file readable by its owner only.
+extension NodeCommand {
+    /// The endpoint's settings. Accepted tokens: the token file's, and the one derived from the
+    /// cluster key; a node without either (development mode) accepts the public development
+    /// token, on loopback only.
+    func operationsConfiguration(_ address: String, clusterKey: ClusterKey?) throws -> OperationsConfiguration {
+        var operations: OperationsConfiguration
+        do {
+            operations = try OperationsConfiguration(address: address)
+        } catch {
+            throw ValidationError("--metrics: \(error)")
+        }
+        if let tokenFile {
+            do {
+                operations.tokens.append(try OperationsToken.load(path: tokenFile))
+            } catch {
+                throw ValidationError("--token-file: \(error)")
+            }
+        }
+        if let clusterKey { operations.tokens.append(.derived(from: clusterKey)) }
+        if operations.tokens.isEmpty && operations.isLoopback { operations.tokens = [.development] }
+        operations.metricsOpen = metricsOpen
+        operations.allowedOrigins = Set(allowOrigin)
+        operations.allowedHosts = Set(allowHost.map { $0.lowercased() })
+        return operations
+    }
+}
+
+/// `p2pq keygen`: writes a new cluster key file, or an operations token file, readable by its
+/// owner only.
 struct KeygenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keygen",
-        abstract: "Write a new cluster key file (mode 0600). Refuses to overwrite."
+        abstract: "Write a new cluster key file, or with --token an operations token file (mode 0600). Refuses to overwrite."
     )
 
     @Argument(help: "Path of the key file to create.")
-    var path: String
+    var path: String?
+
+    @Option(help: "Write a bearer token file for the operations endpoint here instead (see `p2pq node --token-file`).")
+    var token: String?
+
+    func validate() throws {
+        guard (path == nil) != (token == nil) else { throw ValidationError("give either a key file path or --token FILE") }
+    }
 
     func run() throws {
+        if let token {
+            do {
+                try OperationsToken.generate().save(path: token)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            print("wrote \(token)")
+            return
+        }
+        guard let path else { return }
         let key = ClusterKey.generate()
         do {
             try key.save(path: path)

@@ -64,7 +64,7 @@ struct CLITests {
         // The mesh forms (peer exchange gives b and c each other).
         try await eventually("every node links to the two others", timeout: .seconds(15)) {
             for node in nodes {
-                guard let status = try? await runP2PQ(["status", node.operations, "--json"]), status.status == 0,
+                guard let status = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]), status.status == 0,
                       let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(status.output.utf8)),
                       decoded.peers.filter({ $0.state == "connected" && $0.member == "alive" }).count == 2
                 else { return false }
@@ -73,23 +73,23 @@ struct CLITests {
         }
 
         let items = (0..<200).map { "item-\($0)" }
-        let pushed = try await runP2PQ(["push", a.operations, "--queue", "cli"] + items)
+        let pushed = try await runP2PQ(["push", a.operations, "--queue", "cli", "--token-file", keyFile] + items)
         #expect(pushed.status == 0, "push: \(pushed.output)")
 
         var popped: [String] = []
         let deadline = ContinuousClock.now + .seconds(20)
         while popped.count < items.count && ContinuousClock.now < deadline {
-            let answer = try await runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500"])
+            let answer = try await runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500", "--token-file", keyFile])
             popped += answer.output.split(separator: "\n").map(String.init).filter { $0.hasPrefix("item-") }
         }
         #expect(popped.count == items.count, "popped \(popped.count) of \(items.count)")
         #expect(Set(popped) == Set(items), "lost or foreign items")
 
         // status prints a table with the peers and the counters.
-        let table = try await runP2PQ(["status", c.operations])
+        let table = try await runP2PQ(["status", c.operations, "--token-file", keyFile])
         #expect(table.status == 0)
         #expect(table.output.contains(a.peerID.prefix(16)) && table.output.contains("p2pq_items_popped_total"), "status:\n\(table.output)")
-        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json"]).output.utf8))
+        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json", "--token-file", keyFile]).output.utf8))
         #expect(bStatus.counters["p2pq_items_popped_total"] == items.count)
 
         for node in nodes { kill(node.process.processIdentifier, SIGTERM) }
