@@ -103,6 +103,27 @@ struct CLITests {
         }
     }
 
+    @Test("Issue 19.8: a waiting `p2pq pop` that is killed takes no item; the next pop gets the 3 pushed after")
+    func killedPopTakesNothing() async throws {
+        let keyFile = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cli-\(UUID().uuidString).key").path
+        defer { unlink(keyFile) }
+        #expect(try await runP2PQ(["keygen", keyFile]).status == 0)
+        let node = try await OperatedNode(keyFile: keyFile, bootstrap: nil)
+        defer { kill(node.process.processIdentifier, SIGKILL) }
+        // Killed (SIGKILL) after 1 s of its 20 s wait.
+        let killed = try? await runP2PQ(["pop", node.operations, "--queue", "w", "--timeout", "20000", "--token-file", keyFile],
+                                        timeout: .seconds(1))
+        #expect(killed == nil, "the pop returned instead of waiting")
+        try await eventually("the killed pop's waiter is withdrawn", timeout: .seconds(3)) {
+            guard let answer = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]),
+                  let status = try? JSONDecoder().decode(NodeStatus.self, from: Data(answer.output.utf8)) else { return false }
+            return status.queues.first { $0.name == "w" }?.waitingConsumers == 0
+        }
+        #expect(try await runP2PQ(["push", node.operations, "--queue", "w", "--token-file", keyFile, "1", "2", "3"]).status == 0)
+        let popped = try await runP2PQ(["pop", node.operations, "--queue", "w", "--max", "10", "--timeout", "2000", "--token-file", keyFile])
+        #expect(popped.output.split(separator: "\n") == ["1", "2", "3"], "popped: \(popped.output)")
+    }
+
     @Test("The embedding example runs a node in a ServiceGroup, uses queue and calls, and exits 0")
     func embeddedServiceExample() async throws {
         let binary = ChildNode.binary.deletingLastPathComponent().appendingPathComponent("EmbeddedService")
