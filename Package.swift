@@ -60,6 +60,8 @@ let package = Package(
         .library(name: "P2PQWire", targets: ["P2PQWire"]),
         .library(name: "P2PQLink", targets: ["P2PQLink"]),
         .library(name: "P2PQMembership", targets: ["P2PQMembership"]),
+        // The one product an application depends on: `import P2PQNode` brings every type of
+        // its API (docs/api.md). The others are its layers, for tools and experiments.
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
         .library(name: "P2PQOperations", targets: ["P2PQOperations"]),
         .library(name: "P2PQQueue", targets: ["P2PQQueue"]),
@@ -208,15 +210,14 @@ let package = Package(
             ],
             path: "Sources/p2pq"
         ),
-        // A service that embeds a node next to its own service (swift-service-lifecycle).
+        // A service that embeds a node next to its own service (swift-service-lifecycle). It is
+        // also a package of its own (Examples/EmbeddedService/Package.swift, which CI builds)
+        // that depends on the P2PQNode product by path, as an application does; built here
+        // too so that its test runs in every `swift test`.
         .executableTarget(
             name: "EmbeddedService",
-            dependencies: [
-                "P2PQNode",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            path: "Examples/EmbeddedService"
+            dependencies: ["P2PQNode"],
+            path: "Examples/EmbeddedService/Sources/EmbeddedService"
         ),
         .testTarget(
             name: "P2PQReactorTests",

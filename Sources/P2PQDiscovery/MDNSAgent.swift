@@ -21,7 +21,11 @@
 /// (dropping those another responder multicast meanwhile, §7.4), replies by unicast to a QU question whose records were multicast within a
 /// quarter of their TTL (§5.4), and answers legacy queries (source port other than the mDNS
 /// port) by unicast with the query's ID and questions, TTLs of at most 10 s and at most
-/// `legacyReplyLimit` bytes (§6.7). Names carry the PeerID, so they are unique without probing.
+/// `legacyReplyLimit` bytes (§6.7). Legacy replies are rate-limited like multicast answers, so
+/// a flood of queries (perhaps with forged sources) cannot turn the node into an amplifier: a
+/// record goes into a legacy reply at most once per `multicastRateLimit`, and a source address
+/// gets at most one legacy reply per `multicastRateLimit` (tracking at most
+/// `maxLegacySources` sources). Names carry the PeerID, so they are unique without probing.
 ///
 /// ## Browser
 /// Browse queries for the PTR of the service type, after 20–120 ms, then 1 s, 2 s, 4 s ... up
@@ -45,6 +49,10 @@ public struct MDNSAgent: Sendable {
     private let own: [DNSResourceRecord]
     /// When each of `own` was last multicast.
     private var lastMulticast: [UInt64?]
+    /// When each of `own` last went into a legacy (unicast) reply.
+    private var lastLegacyReply: [UInt64?]
+    /// When each source address last got a legacy reply (at most `maxLegacySources`).
+    private var legacySources: [[UInt8]: UInt64] = [:]
     private var announcementsSent = 0
     private var nextAnnouncement: UInt64?
     private var nextBrowse: UInt64?
@@ -114,6 +122,7 @@ public struct MDNSAgent: Sendable {
         }
         own = records
         lastMulticast = Array(repeating: nil, count: records.count)
+        lastLegacyReply = Array(repeating: nil, count: records.count)
     }
 
     /// This node's records, as announced.
@@ -289,7 +298,12 @@ public struct MDNSAgent: Sendable {
                 }
                 chosen.insert(index)
                 if legacy {
-                    unicast.append(index)
+                    if let last = lastLegacyReply[index], now < last + configuration.multicastRateLimit {
+                        statistics.rateLimited += 1
+                        statistics.legacyRateLimited += 1
+                    } else {
+                        unicast.append(index)
+                    }
                 } else if question.unicastResponse, let last = lastMulticast[index],
                           now < last + UInt64(record.ttl) * Self.second / 4 {
                     unicast.append(index)
@@ -311,6 +325,12 @@ public struct MDNSAgent: Sendable {
         }
         guard !unicast.isEmpty else { return }
         if legacy {
+            guard admitLegacyReply(to: source, now: now) else {
+                statistics.rateLimited += unicast.count
+                statistics.legacyRateLimited += unicast.count
+                return
+            }
+            for index in unicast { lastLegacyReply[index] = now }
             legacyReply(to: query, questions: answeredQuestions, records: unicast.map { own[$0] }, source: source, into: &actions)
         } else {
             let message = DNSMessage(flags: DNSMessage.responseFlag | DNSMessage.authoritativeFlag,
@@ -319,6 +339,20 @@ public struct MDNSAgent: Sendable {
                 actions.append(.sendUnicast(bytes, to: source))
             }
         }
+    }
+
+    /// Whether `source` may have a legacy reply now (one per `multicastRateLimit`); records it.
+    /// When the table is full, sources past their interval are forgotten; if none is, the
+    /// reply is refused rather than the table grown.
+    private mutating func admitLegacyReply(to source: MDNSAddress, now: UInt64) -> Bool {
+        let limit = configuration.multicastRateLimit
+        if let last = legacySources[source.bytes], now < last + limit { return false }
+        if legacySources[source.bytes] == nil, legacySources.count >= configuration.maxLegacySources {
+            legacySources = legacySources.filter { now < $0.value + limit }
+            guard legacySources.count < configuration.maxLegacySources else { return false }
+        }
+        legacySources[source.bytes] = now
+        return true
     }
 
     /// A reply a plain DNS resolver understands (§6.7): its ID and questions, short TTLs, no

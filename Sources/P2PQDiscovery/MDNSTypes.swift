@@ -54,6 +54,9 @@ public struct MDNSConfiguration: Sendable {
     public var multicastRateLimit: UInt64 = 1_000_000_000
     /// Largest reply to a legacy unicast query (RFC 6762 §6.7 / RFC 1035 §4.2.1).
     public var legacyReplyLimit = 512
+    /// Most source addresses whose last legacy reply is remembered for the per-source rate
+    /// limit; when all are recent, further legacy queries go unanswered.
+    public var maxLegacySources = 256
     /// Largest multicast or mDNS-unicast packet (RFC 6762 §17).
     public var maxPacketSize = 9000
     /// Most cached records (other nodes' records); more are ignored.
@@ -109,8 +112,10 @@ public struct MDNSStatistics: Hashable, Sendable {
     public var malformed = 0
     /// Responses ignored for coming from a port other than the mDNS port.
     public var ignoredResponses = 0
-    /// Records left out of multicast replies by the once-per-second rule.
+    /// Records left out of replies by the once-per-second rules (multicast and legacy).
     public var rateLimited = 0
+    /// Of those, records left out of legacy (unicast) replies, per record or per source.
+    public var legacyRateLimited = 0
     /// Records left out of replies because the query already listed them (known answers).
     public var suppressed = 0
 }

@@ -132,6 +132,9 @@ public struct LinkSession: Sendable {
     /// Records sealed and opened so far (for tests and metrics).
     public private(set) var recordsSent: UInt64 = 0
     public private(set) var recordsReceived: UInt64 = 0
+    /// Whole handshake messages received and accepted so far. A connection that has sent
+    /// none is stalled (or not a peer): the shell may close it sooner than the handshake timeout.
+    public private(set) var handshakeMessagesReceived = 0
 
     public init(
         role: Role,
@@ -227,10 +230,13 @@ public struct LinkSession: Sendable {
         onEvent: (LinkEvent) -> Void
     ) -> LinkError? {
         if phase == .established { return openRecord(record, onEvent: onEvent) }
+        let error: LinkError?
         switch security {
-        case .insecure: return insecureHandshake(record, output: &output, onEvent: onEvent)
-        case .noise: return noiseHandshake(record, output: &output, onEvent: onEvent)
+        case .insecure: error = insecureHandshake(record, output: &output, onEvent: onEvent)
+        case .noise: error = noiseHandshake(record, output: &output, onEvent: onEvent)
         }
+        if error == nil { handshakeMessagesReceived += 1 }
+        return error
     }
 
     private mutating func noiseHandshake(

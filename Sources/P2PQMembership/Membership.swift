@@ -20,8 +20,11 @@ import P2PQWire
 ///   out. The timer starts at the maximum and shrinks towards the minimum, log-scaled, with each
 ///   independent confirmation (a suspect update for the same incarnation from another origin).
 /// - **Refutation.** A node that hears itself suspected or declared dead at its incarnation
-///   or later bumps its incarnation past it and gossips `alive`. When probing a suspect, the
-///   prober tells it (the buddy system), so the refutation does not wait for gossip.
+///   or later bumps its incarnation past it and gossips `alive` (and sends it straight to the
+///   linked peers it does not believe alive). When probing a suspect, the prober tells it (the
+///   buddy system), so the refutation does not wait for gossip; a linked member believed dead
+///   is told every protocol period, so the halves of a healed partition do not keep each
+///   other dead on working links.
 /// - **Local health** (Lifeguard). A score from 0 to ``MembershipConfiguration/maxLocalHealth``:
 ///   +1 for a probe that failed with no helper to ask, for each helper that sent neither ack nor
 ///   nack in time, and for each refutation; −1 for a probe that got its ack. The probe timeout
@@ -50,6 +53,17 @@ public struct Membership {
     public private(set) var localHealth = 0
     /// Whether ``leave(now:)`` was called; the membership is inert afterwards.
     public private(set) var hasLeft = false
+    /// Received updates refused because their incarnation is absurd (see ``maxIncarnation``):
+    /// a forged or corrupt rumour, counted for the node's metrics.
+    public private(set) var refusedUpdates: UInt64 = 0
+
+    /// The highest incarnation a member may have. Incarnations start at a process's
+    /// wall-clock start in nanoseconds (this ceiling is the year 2262) and grow by one per
+    /// refutation, so anything above is forged. Received updates above it are refused, and
+    /// verdicts (suspect, dead, left) at it too, so a refutation (the verdict's incarnation
+    /// + 1) always stays within it and never wraps: a rumour can no longer pin a member
+    /// where it cannot refute.
+    public static let maxIncarnation = UInt64(Int64.max)
 
     private var rng: SplitMix64
 
@@ -117,13 +131,17 @@ public struct Membership {
 
     private var sequence: UInt64 = 0
     private var armed: UInt64?
+    /// Peers with a link up (``linkUp(_:incarnation:now:)`` minus ``linkDown(_:now:)``): a
+    /// refutation goes to each of them at once, and a linked member believed dead is told so
+    /// every protocol period, because neither side gossips to a member it believes dead.
+    private var linked = Set<PeerID>()
 
     /// A membership of one (this node) at `incarnation`. `seed` drives every random choice
     /// (probe order, helpers, gossip targets), so equal seeds and inputs give equal outputs.
     public init(localPeer: PeerID, incarnation: UInt64, configuration: MembershipConfiguration = MembershipConfiguration(),
                 seed: UInt64) {
         self.localPeer = localPeer
-        self.incarnation = incarnation
+        self.incarnation = min(incarnation, Self.maxIncarnation)
         self.configuration = configuration
         rng = SplitMix64(seed: seed)
     }
@@ -236,6 +254,7 @@ public struct Membership {
         if now >= nextProbeAt {
             nextProbeAt = now &+ configuration.probeInterval &* healthMultiplier
             if let target = nextProbeTarget() { startProbe(target, now: now, &out) }
+            remindLinkedDead(&out)
         }
         if now >= nextGossipAt {
             nextGossipAt = now &+ configuration.gossipInterval
@@ -249,7 +268,13 @@ public struct Membership {
     public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
         guard !hasLeft else { return out }
-        for update in message.updates { apply(update, now: now, &out) }
+        for update in message.updates {
+            guard Self.isPlausible(update) else {
+                refusedUpdates &+= 1
+                continue
+            }
+            apply(update, now: now, &out)
+        }
         switch message {
         case .ping(let sequence, _):
             out.append(.send(.ack(sequence: sequence, updates: piggyback(for: peer)), to: peer))
@@ -320,6 +345,8 @@ public struct Membership {
     public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
         guard !hasLeft, peer != localPeer else { return out }
+        let incarnation = min(incarnation, Self.maxIncarnation)
+        linked.insert(peer)
         if let member = memberTable[peer] {
             if (member.state == .dead || member.state == .left) && incarnation > member.incarnation {
                 apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)
@@ -356,6 +383,7 @@ public struct Membership {
     /// The link to `peer` closed: strong evidence, so probe it now (never a verdict by itself).
     public mutating func linkDown(_ peer: PeerID, now: UInt64) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
+        linked.remove(peer)
         guard !hasLeft, let member = memberTable[peer], member.state == .alive || member.state == .suspect,
               probing[peer] == nil else { return out }
         startProbe(peer, now: now, &out)
@@ -488,7 +516,7 @@ public struct Membership {
         let peer = update.member
         let incarnation = update.incarnation
         if peer == localPeer {
-            refuteIfNeeded(update)
+            refuteIfNeeded(update, &out)
             return
         }
         guard let member = memberTable[peer] else {
@@ -599,16 +627,42 @@ public struct Membership {
         }
     }
 
-    private mutating func refuteIfNeeded(_ update: MemberUpdate) {
+    /// Whether a received update's incarnation could be real: alive at most
+    /// ``maxIncarnation``, a verdict below it (so its refutation fits).
+    static func isPlausible(_ update: MemberUpdate) -> Bool {
+        switch update.kind {
+        case .alive: return update.incarnation <= maxIncarnation
+        case .suspect, .dead, .left: return update.incarnation < maxIncarnation
+        }
+    }
+
+    private mutating func refuteIfNeeded(_ update: MemberUpdate, _ out: inout [MembershipDirective]) {
         guard incarnation <= update.incarnation else { return }
         if update.kind == .alive && update.incarnation == incarnation { return }
         // Suspected, declared dead or left at our incarnation (or an alive from a previous
         // life of this identity claims a later one): take a newer incarnation and say so.
-        incarnation = update.incarnation &+ 1
+        // Saturating: received updates are within maxIncarnation (an alive there needs no +1).
+        incarnation = min(update.incarnation, Self.maxIncarnation - 1) + 1
         if update.kind != .alive {
             localHealth = min(configuration.maxLocalHealth, localHealth + 1)
         }
-        enqueue(MemberUpdate(kind: .alive, member: localPeer, incarnation: incarnation, origin: localPeer))
+        let alive = MemberUpdate(kind: .alive, member: localPeer, incarnation: incarnation, origin: localPeer)
+        enqueue(alive)
+        // Gossip only goes to members believed alive: straight to the linked others too. After
+        // a partition heals they may be all this node has, and may believe it dead in turn.
+        for peer in linked.sorted() where !(memberTable[peer].map { $0.state == .alive || $0.state == .suspect } ?? false) {
+            out.append(.send(.gossip(updates: [alive]), to: peer))
+        }
+        if update.kind == .dead || update.kind == .left { out.append(.event(.refutedDeath)) }
+    }
+
+    /// Tells each linked member believed dead what this node believes (and the queued news), so
+    /// it refutes: neither side probes or gossips to a member it believes dead, so two halves of
+    /// a healed partition would otherwise keep each other dead on a working link.
+    private mutating func remindLinkedDead(_ out: inout [MembershipDirective]) {
+        for peer in linked.sorted() where memberTable[peer]?.state == .dead {
+            out.append(.send(.gossip(updates: piggyback(for: peer)), to: peer))
+        }
     }
 
     private mutating func insertIntoProbeOrder(_ peer: PeerID) {

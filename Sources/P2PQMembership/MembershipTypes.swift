@@ -81,6 +81,9 @@ public enum MembershipEvent: Sendable, Hashable {
     case dead(PeerID)
     /// A member left gracefully.
     case left(PeerID)
+    /// This node heard itself declared dead (or left) and refuted it: members that believed
+    /// the verdict may have taken back what this node holds for them.
+    case refutedDeath
 }
 
 /// What the shell must do after an input to ``Membership``, in order.

@@ -1,6 +1,8 @@
+import Dispatch
 import Logging
 import P2PQLink
 import P2PQMembership
+import P2PQQueue
 import P2PQReactor
 import P2PQWire
 import Synchronization
@@ -81,13 +83,27 @@ public final class Node: Sendable {
     @discardableResult
     public func start() async throws(NodeError) -> NodeInfo {
         let listen: SocketAddress
-        let bootstrap: [SocketAddress]
         do {
             listen = try SocketAddress(host: configuration.listenHost, port: configuration.listenPort)
-            bootstrap = try configuration.bootstrap.map { (text) throws(ReactorError) in try SocketAddress(text) }
         } catch {
             throw .invalidConfiguration("\(error)")
         }
+        // Names are resolved here once, so a typo fails start(); the core resolves them again
+        // before each redial, under the address they first had.
+        var dialAtStart: [SocketAddress] = []
+        var bootstrapNames: [SocketAddress: HostAndPort] = [:]
+        for text in configuration.bootstrap {
+            let target = try HostAndPort(text)
+            if let address = target.numeric {
+                dialAtStart.append(address)
+            } else {
+                let address = try await Self.resolveOffPool(configuration.resolveHost, target)
+                dialAtStart.append(address)
+                bootstrapNames[address] = target
+            }
+        }
+        let bootstrap = dialAtStart
+        let names = bootstrapNames
         if !listen.isLoopback && (configuration.clusterKey == nil || configuration.insecure) {
             throw .notLoopback(configuration.insecure
                 ? "insecure mode is loopback only; refusing to listen on \(listen)"
@@ -114,7 +130,7 @@ public final class Node: Sendable {
                 let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
                                     listen: listen, events: sink)
                 do throws(NodeError) {
-                    let bound = try core.start(listen: listen, bootstrap: bootstrap)
+                    let bound = try core.start(listen: listen, bootstrap: bootstrap, names: names)
                     return .success((ReactorBound(core, reactor: reactor), bound))
                 } catch {
                     // Whatever started before the failure (timers holding unowned references to
@@ -137,6 +153,18 @@ public final class Node: Sendable {
             lifecycle.withLock { $0 = .idle }
             throw error
         }
+    }
+
+    /// Runs a blocking name resolution on a Dispatch worker, not on the caller's pool thread.
+    private static func resolveOffPool(
+        _ resolve: @escaping @Sendable (String, Int) throws(NodeError) -> SocketAddress, _ target: HostAndPort
+    ) async throws(NodeError) -> SocketAddress {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<SocketAddress, NodeError>, Never>) in
+            DispatchQueue.global().async {
+                continuation.resume(returning: Result { () throws(NodeError) in try resolve(target.host, target.port) })
+            }
+        }
+        return try result.get()
     }
 
     /// The node's reactor as a task executor, nil when the node is not running.
@@ -167,20 +195,66 @@ public final class Node: Sendable {
         }
     }
 
-    /// Says goodbye to every peer, waits (up to `drainTimeout`) for the goodbyes to leave,
-    /// closes everything and joins the reactor thread. Idempotent. A task running on the
-    /// node's reactor (see ``taskExecutor``) may call it: the stop itself runs elsewhere.
-    public func stop() async {
+    /// Stops the node gracefully, in two steps, each bounded by
+    /// ``NodeConfiguration/drainTimeout``:
+    ///
+    /// 1. **Drain.** Pushes, pops and flushes fail with ``QueueError/nodeStopped`` from now on.
+    ///    Every queue hands its queued items, and those of transfers that fail, to live peers
+    ///    (consumers first) together with their ownership: a receiver becomes the owner of the
+    ///    items this node owned, so the later death of a node they move to loses nothing. Pop
+    ///    confirmations and custody notices go to their owners. The step ends when peers
+    ///    acknowledged all of it, when no peer is left to take what remains, or at the timeout.
+    /// 2. **Leave.** Membership leave, goodbyes to every peer; waits for the goodbyes to be
+    ///    written, closes everything and joins the reactor thread.
+    ///
+    /// What could not be handed over is lost unless another node owns it (it then re-queues it
+    /// once membership reports this node left); the report and a warning in the log say how
+    /// many. Idempotent: a second call returns an empty report. A task running on the node's
+    /// reactor (see ``taskExecutor``) may call it: the stop itself runs elsewhere.
+    @discardableResult
+    public func stop() async -> StopReport {
         await withTaskExecutorPreference(globalConcurrentExecutor) { await self.stopOffLoop() }
     }
 
-    private func stopOffLoop() async {
+    private func stopOffLoop() async -> StopReport {
         let running = lifecycle.withLock { state -> (Reactor, ReactorBound<NodeCore>)? in
             guard case .running(let reactor, let core) = state else { return nil }
             state = .stopped
             return (reactor, core)
         }
-        guard let (reactor, core) = running else { return }
+        guard let (reactor, core) = running else { return StopReport() }
+        let started = MonotonicTime.now()
+        let before = (try? await reactor.submit { core.value.queues.handOverTotals }) ?? (transferredOut: 0, noticesAcknowledged: 0, ownedHeldElsewhere: 0)
+        _ = try? await reactor.submit { core.value.beginDrain() }
+        let drainDeadline = started + configuration.drainTimeout
+        var progress = DrainProgress(queued: 0, inFlight: 0, pendingNotices: 0, unreachableNotices: 0, hasLivePeer: false)
+        var timedOut = false
+        while true {
+            guard let (now, stuck) = try? await reactor.submit({ core.value.queues.drainProgress }) else { break }
+            progress = now
+            if progress.isComplete || stuck { break }
+            if MonotonicTime.now() >= drainDeadline {
+                timedOut = true
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        let after = (try? await reactor.submit { core.value.queues.handOverTotals }) ?? before
+        var report = StopReport()
+        report.handedOver = after.transferredOut - before.transferredOut
+        report.notHandedOver = progress.queued + progress.inFlight
+        report.noticesFlushed = after.noticesAcknowledged - before.noticesAcknowledged
+        report.noticesNotFlushed = progress.pendingNotices + progress.unreachableNotices
+        report.ownedHeldElsewhere = after.ownedHeldElsewhere
+        report.hadLivePeer = progress.hasLivePeer
+        report.timedOut = timedOut
+        let logger = configuration.logger
+        if report.notHandedOver > 0 {
+            logger.warning("stopping: \(report.notHandedOver) items could not be handed over (\(progress.hasLivePeer ? "timed out" : "no live peer"))")
+        }
+        if report.noticesNotFlushed > 0 {
+            logger.warning("stopping: \(report.noticesNotFlushed) pop confirmations and custody notices not acknowledged by their owners")
+        }
         _ = try? await reactor.submit { core.value.stop() }
         let deadline = MonotonicTime.now() + configuration.drainTimeout
         while MonotonicTime.now() < deadline {
@@ -190,6 +264,8 @@ public final class Node: Sendable {
         }
         reactor.stop()
         eventSink.finish()
+        report.duration = MonotonicTime.now() - started
+        return report
     }
 
     /// The peers this node knows: connected, being dialed, backing off or given up.
@@ -205,6 +281,33 @@ public final class Node: Sendable {
     /// The peers with a live link.
     public func connectedPeers() async -> Set<PeerID> {
         await onCore({ $0.connectedPeers }) ?? []
+    }
+
+    /// Waits until at least `count` peers have a live link to this node, and returns them.
+    ///
+    /// Use it after ``start()`` before work that needs a cluster: a push made before any peer
+    /// links stays on this node until one does, and a call waits for an executor.
+    ///
+    /// ```swift
+    /// try await node.start()
+    /// let peers = try await node.waitForPeers(count: 2, timeout: .seconds(10))
+    /// ```
+    ///
+    /// - Throws: ``NodeError/timedOut(_:)`` when fewer than `count` peers are linked after
+    ///   `timeout`; ``NodeError/stopped`` when the node is not running (or stops meanwhile) or
+    ///   the waiting task is cancelled.
+    @discardableResult
+    public func waitForPeers(count: Int = 1, timeout: Duration) async throws(NodeError) -> Set<PeerID> {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            guard let peers = await onCore({ $0.connectedPeers }) else { throw .stopped }
+            if peers.count >= count { return peers }
+            guard ContinuousClock.now < deadline else {
+                throw .timedOut("\(peers.count) of \(count) peers linked after \(timeout)")
+            }
+            // Polling is enough here: joining takes milliseconds to seconds, not microseconds.
+            do { try await Task.sleep(for: .milliseconds(10)) } catch { throw .stopped }
+        }
     }
 
     /// The members this node knows (itself excluded) and their states.

@@ -14,7 +14,8 @@ public struct NodeConfiguration: Sendable {
     /// The host peers should dial back (default: `listenHost`; with a wildcard listen host,
     /// peers use the address they see the connection come from).
     public var advertisedHost: String?
-    /// `host:port` addresses to dial at start.
+    /// `host:port` addresses to dial at start; a host may be a name (see ``HostAndPort``):
+    /// resolved by ``Node/start()``, which fails if it cannot be, and again before each redial.
     public var bootstrap: [String] = []
     /// The cluster's shared key. Without one the node speaks Noise with a fixed development
     /// key and refuses anything but loopback.
@@ -41,6 +42,13 @@ public struct NodeConfiguration: Sendable {
     public var lowWatermark = 1 << 20
     /// A connection that has not finished the handshake and hello by then is closed.
     public var handshakeTimeout: Duration = .seconds(5)
+    /// An inbound connection whose first handshake message has not arrived whole by then is
+    /// closed (a real peer sends it at once; see docs/operations.md, "Trust model").
+    public var handshakeFirstMessageTimeout: Duration = .seconds(1)
+    /// Inbound handshakes in progress at once from one source address; at the limit the
+    /// source's oldest stalled handshake makes room. All sources together may have
+    /// `2 * maxPeers + 16`.
+    public var maxHandshakesPerSource = 32
     /// A link silent this long is pinged.
     public var keepaliveInterval: Duration = .seconds(1)
     /// A link silent this long is closed.
@@ -48,8 +56,10 @@ public struct NodeConfiguration: Sendable {
     /// First redial delay after a lost link; doubles per failure up to `maxBackoff`, jittered.
     public var baseBackoff: Duration = .milliseconds(100)
     public var maxBackoff: Duration = .seconds(10)
-    /// How long `stop()` waits for goodbyes and queued bytes to drain.
-    public var drainTimeout: Duration = .seconds(2)
+    /// How long `stop()` waits for peers to acknowledge the items and confirmations it hands
+    /// over, and then again for its goodbyes to be written (see ``Node/stop()``). 5 s: a full
+    /// queue at the default limits (256 MiB) takes over 2 s to cross a 1 Gb/s link.
+    public var drainTimeout: Duration = .seconds(5)
     /// Where the node's metrics go (see ``NodeMetricsBackend``).
     public var metrics: NodeMetricsBackend = .global
     /// mDNS / DNS-SD discovery: on by default, on loopback port 5353 (see docs/discovery.md).
@@ -62,6 +72,8 @@ public struct NodeConfiguration: Sendable {
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.
     public var logger = Logger(label: "p2pq.node")
+    /// Resolves bootstrap host names (blocking; called off the reactor thread). Tests replace it.
+    var resolveHost: @Sendable (String, Int) throws(NodeError) -> SocketAddress = HostAndPort.systemResolve
 
     public init() {}
 }
@@ -75,6 +87,8 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
     case identity(IdentityError)
     case alreadyStarted
     case stopped
+    /// A wait (``Node/waitForPeers(count:timeout:)``) ran out of time.
+    case timedOut(String)
 
     public var description: String {
         switch self {
@@ -84,6 +98,7 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
         case .identity(let error): return "\(error)"
         case .alreadyStarted: return "the node is already started"
         case .stopped: return "the node is stopped"
+        case .timedOut(let why): return "timed out: \(why)"
         }
     }
 }

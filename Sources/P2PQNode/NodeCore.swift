@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Logging
 import P2PQConnectionManager
@@ -29,6 +30,10 @@ final class NodeCore {
     private var nextLinkID: UInt64 = 1
     private var timer: TimerID?
     private var timerDeadline: UInt64 = 0
+    /// Which inbound connections may handshake (the decisions); its timer.
+    private var admission: HandshakeAdmission<LinkID, String>
+    private var admissionTimer: TimerID?
+    private var admissionDeadline: UInt64 = 0
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
     /// Counters for swift-metrics, published once a second.
@@ -42,6 +47,19 @@ final class NodeCore {
     private(set) lazy var queues = QueueShell(core: self)
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
+    /// Bootstrap addresses that came from host names: the manager dials the address resolved
+    /// at start; each redial resolves the name again.
+    private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
+    private var namesDialed: Set<SocketAddress> = []
+    /// Outbound dials that keep failing, per address: the reason is logged once at info, then
+    /// again only if it changes or after a quiet time that doubles (see `noteDialFailure`).
+    private var dialTrouble: [SocketAddress: DialTrouble] = [:]
+    private struct DialTrouble {
+        var reason: String
+        var failures: Int
+        var nextReport: UInt64
+        var quiet: UInt64
+    }
 
     init(reactor: Reactor, configuration: NodeConfiguration, identity: NodeIdentity, listen: SocketAddress,
          events: AsyncStream<NodeEvent>.Continuation) {
@@ -62,6 +80,11 @@ final class NodeCore {
         advertised = listen
         self.events = events
         metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
+        admission = HandshakeAdmission(configuration: HandshakeAdmissionConfiguration(
+            maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,
+            maxPerSource: max(1, configuration.maxHandshakesPerSource),
+            firstMessageTimeout: UInt64(max(1, configuration.handshakeFirstMessageTimeout.nanosecondsClamped))
+        ))
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
         manager = Manager(
             localPeerID: identity.peerID, advertisedAddress: listen,
@@ -79,7 +102,9 @@ final class NodeCore {
     func emit(_ event: NodeEvent) { events.yield(event) }
 
     /// Listens and dials the bootstrap addresses.
-    func start(listen: SocketAddress, bootstrap: [SocketAddress]) throws(NodeError) -> SocketAddress {
+    func start(listen: SocketAddress, bootstrap: [SocketAddress],
+               names: [SocketAddress: HostAndPort] = [:]) throws(NodeError) -> SocketAddress {
+        bootstrapNames = names
         var options = TCPOptions()
         options.highWatermark = configuration.highWatermark
         options.lowWatermark = configuration.lowWatermark
@@ -177,8 +202,38 @@ final class NodeCore {
 
     private func dial(_ address: SocketAddress) {
         guard !isStopped else { return }
-        guard mayReach(address) else {
-            logger.warning("not dialing \(address): off loopback without a cluster key")
+        if let name = bootstrapNames[address], !namesDialed.insert(address).inserted {
+            redial(address, resolving: name)
+        } else {
+            connect(address, at: address)
+        }
+    }
+
+    /// Resolves `name` again off the reactor thread (resolving blocks), then dials what it
+    /// resolves to; the manager keeps knowing the dial under `address`.
+    private func redial(_ address: SocketAddress, resolving name: HostAndPort) {
+        let resolve = configuration.resolveHost
+        let core = ReactorBound(WeakReference(self), reactor: reactor)
+        let reactor = self.reactor
+        DispatchQueue.global().async {
+            let result = Result { () throws(NodeError) in try resolve(name.host, name.port) }
+            _ = reactor.execute {
+                guard let self = core.value.object, !self.isStopped else { return }
+                switch result {
+                case .success(let target): self.connect(address, at: target)
+                case .failure(let error):
+                    self.noteDialFailure(address, reason: "\(error)")
+                    self.perform(self.manager.dialFailed(address: address, now: self.now))
+                }
+            }
+        }
+    }
+
+    /// Dials `target` for the manager's dial of `address` (the same, unless a name moved).
+    private func connect(_ address: SocketAddress, at target: SocketAddress) {
+        guard !isStopped else { return }
+        guard mayReach(target) else {
+            noteDialFailure(address, reason: "\(target) is off loopback and this node has no cluster key", level: .warning)
             perform(manager.dialFailed(address: address, now: now))
             return
         }
@@ -187,14 +242,36 @@ final class NodeCore {
             var options = TCPOptions()
             options.highWatermark = configuration.highWatermark
             options.lowWatermark = configuration.lowWatermark
-            link.connection = try reactor.connect(to: address, timeout: configuration.handshakeTimeout,
+            link.connection = try reactor.connect(to: target, timeout: configuration.handshakeTimeout,
                                                   options: options, handler: link)
             links[link.id] = link
             link.armHandshakeTimer(configuration.handshakeTimeout)
         } catch {
-            logger.warning("dial \(address) failed: \(error)")
+            noteDialFailure(address, reason: "\(error)")
             perform(manager.dialFailed(address: address, now: now))
         }
+    }
+
+    /// Logs why dialing `address` failed: at `level` the first time and whenever the reason
+    /// changes, else once per quiet time (1 minute, doubling to 1 hour) with the count, so an
+    /// unreachable peer redialed with backoff does not write a line per attempt.
+    private func noteDialFailure(_ address: SocketAddress, reason: String, level: Logger.Level = .info) {
+        let now = self.now
+        if var trouble = dialTrouble[address], trouble.reason == reason {
+            trouble.failures += 1
+            if now >= trouble.nextReport {
+                logger.log(level: level, "still cannot link to \(address) after \(trouble.failures) attempts: \(reason)")
+                trouble.quiet = min(trouble.quiet * 2, 3_600_000_000_000)
+                trouble.nextReport = now + trouble.quiet
+            }
+            dialTrouble[address] = trouble
+            return
+        }
+        // Bounded: the manager dials a bounded set of addresses; forget all if that is exceeded.
+        if dialTrouble.count >= 4 * configuration.maxPeers + 64 { dialTrouble.removeAll() }
+        logger.log(level: level, "cannot link to \(address): \(reason) (retrying with backoff)")
+        dialTrouble[address] = DialTrouble(reason: reason, failures: 1, nextReport: now + 60_000_000_000,
+                                           quiet: 60_000_000_000)
     }
 
     private func accept(_ connection: TCPConnection) {
@@ -203,16 +280,61 @@ final class NodeCore {
             logger.warning("refusing \(connection.remoteAddress): off loopback without a cluster key")
             return  // no handler: the listener closes it
         }
-        let handshaking = links.values.lazy.filter { $0.stage == .handshaking || $0.stage == .awaitingHello }.count
-        guard handshaking < 2 * configuration.maxPeers + 16 else {
-            logger.warning("refusing \(connection.remoteAddress): too many handshakes in progress")
-            return
+        let decision = admission.admit(LinkID(nextLinkID), source: connection.remoteAddress.host, now: now)
+        defer { rearmAdmission() }
+        guard case .admit(let evicting) = decision else {
+            return  // no handler: the listener closes it; counted in the admission report
         }
+        if let evicting { links[evicting]?.drop("stalled handshake closed for a newer connection") }
         let link = makeLink(direction: .inbound, dialed: nil)
         link.connection = connection
         connection.handler = link
         links[link.id] = link
         link.armHandshakeTimer(configuration.handshakeTimeout)
+    }
+
+    /// Inbound handshakes refused, evicted and timed out since the start.
+    var handshakeTotals: HandshakeAdmissionReport { admission.totals }
+
+    /// An inbound link failed its handshake. Returns whether to log it on its own line (the
+    /// admission report counts the rest).
+    func handshakeFailed(_ link: PeerLink) -> Bool {
+        defer { rearmAdmission() }
+        return admission.failed(link.id, source: link.connection.remoteAddress.host, now: now)
+    }
+
+    /// An inbound link's first handshake message arrived: it is no longer stalled.
+    func handshakeProgressed(_ link: PeerLink) {
+        admission.progressed(link.id)
+        rearmAdmission()
+    }
+
+    private func rearmAdmission() {
+        guard let deadline = admission.nextDeadline, !isStopped else {
+            if let admissionTimer { reactor.cancel(admissionTimer) }
+            admissionTimer = nil
+            return
+        }
+        if let admissionTimer {
+            if admissionDeadline == deadline { return }
+            reactor.cancel(admissionTimer)
+        }
+        admissionDeadline = deadline
+        admissionTimer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
+            self.admissionTimer = nil
+            let current = self.now
+            for id in self.admission.expire(now: current) {
+                self.links[id]?.drop("no first handshake message within \(self.configuration.handshakeFirstMessageTimeout)")
+            }
+            if let report = self.admission.takeReport(now: current) { self.logAdmission(report) }
+            self.rearmAdmission()
+        }
+    }
+
+    /// One line per interval for all the refused, evicted and timed-out handshakes in it.
+    private func logAdmission(_ report: HandshakeAdmissionReport) {
+        let seconds = report.interval / 1_000_000_000
+        logger.warning("inbound handshakes in the last \(seconds) s: \(report.refused) refused, \(report.evicted) stalled ones closed for newer connections, \(report.timedOut) closed without a first message, \(report.failed) failed, from \(report.sources) source address(es)")
     }
 
     private func makeLink(direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {
@@ -228,17 +350,23 @@ final class NodeCore {
     // MARK: Link callbacks
 
     func linkReady(_ link: PeerLink) {
+        if link.direction == .inbound { admission.finished(link.id) }
         guard let peer = link.remotePeerID else { return }
+        if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
+            logger.info("linked to \(address) after \(trouble.failures) failed attempts")
+        }
         perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }
 
     func linkClosed(_ link: PeerLink, wasReady: Bool, reason: String) {
         links[link.id] = nil
+        if link.direction == .inbound && !wasReady { admission.finished(link.id) }
         guard !isStopped else { return }
         if wasReady {
             perform(manager.linkDown(link: link.id, now: now, peerLeft: link.peerLeft))
         } else if link.direction == .outbound, let address = link.dialedAddress {
+            noteDialFailure(address, reason: reason)
             perform(manager.dialFailed(address: address, now: now))
         }
     }
@@ -323,6 +451,19 @@ final class NodeCore {
         }
     }
 
+    /// The hello features of the peer's current link (0 without one).
+    func remoteFeatures(of peer: PeerID) -> UInt64 {
+        guard let id = manager.link(to: peer), let link = links[id] else { return 0 }
+        return link.remoteFeatures
+    }
+
+    /// First step of a graceful stop: the queues hand their items and confirmations on while
+    /// the node still serves its peers (``QueueShell/drain()``).
+    func beginDrain() {
+        guard !isStopped else { return }
+        queues.drain()
+    }
+
     /// Says goodbye to every peer and stops accepting. Links close as their goodbyes flush.
     func stop() {
         guard !isStopped else { return }
@@ -339,6 +480,8 @@ final class NodeCore {
         listener = nil
         if let timer { reactor.cancel(timer) }
         timer = nil
+        if let admissionTimer { reactor.cancel(admissionTimer) }
+        admissionTimer = nil
         stopOperations()
         // A link past the handshake whose hello has not come yet may already be ready on the
         // peer's side (it has our hello): it gets a goodbye too, or the peer would take the
@@ -351,4 +494,10 @@ final class NodeCore {
             }
         }
     }
+}
+
+/// A weak reference to hand to a closure that must not keep its object alive.
+final class WeakReference<Object: AnyObject> {
+    weak var object: Object?
+    init(_ object: Object) { self.object = object }
 }

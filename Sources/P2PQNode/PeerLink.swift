@@ -24,6 +24,8 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var advertisedAddress: SocketAddress?
     /// The incarnation the peer announced in its hello (its process start).
     private(set) var remoteIncarnation: UInt64 = 0
+    /// The feature bits of the peer's hello (§5).
+    private(set) var remoteFeatures: UInt64 = 0
     /// The peer said goodbye: it is leaving, not failing.
     private(set) var peerLeft = false
     /// Plaintext messages waiting to be sealed at the end of the turn.
@@ -133,11 +135,25 @@ final class PeerLink: TCPConnectionHandler {
         }
     }
 
+    /// Closes a link still in its handshake that the node's admission control gave up on
+    /// (stalled, or evicted for a newer connection). Quiet: the admission report counts it.
+    func drop(_ reason: String) {
+        guard stage != .closed else { return }
+        closeReason = reason
+        logger.debug("closing link to \(remoteDescription): \(reason)")
+        connection.close()
+    }
+
     /// Closes the link because of an error, logging why.
     func fail(_ reason: String) {
         guard stage != .closed else { return }
         closeReason = reason
-        logger.notice("closing link to \(remoteDescription): \(reason)")
+        // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
+        if stage == .handshaking && direction == .inbound && !node.handshakeFailed(self) {
+            logger.debug("closing link to \(remoteDescription): \(reason)")
+        } else {
+            logger.notice("closing link to \(remoteDescription): \(reason)")
+        }
         if stage == .handshaking {
             node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
         }
@@ -165,6 +181,7 @@ final class PeerLink: TCPConnectionHandler {
         guard stage != .closed else { return }
         bytesIn &+= bytes.count
         var output: TCPConnection = connection
+        let stalled = direction == .inbound && session.handshakeMessagesReceived == 0
         do {
             try session.receive(bytes, output: &output) { event in
                 guard self.stage != .closed else { return }
@@ -175,7 +192,9 @@ final class PeerLink: TCPConnectionHandler {
             }
         } catch {
             fail("\(error)")
+            return
         }
+        if stalled && session.handshakeMessagesReceived > 0 && stage != .closed { node.handshakeProgressed(self) }
     }
 
     func connectionDidReadEOF(_ connection: TCPConnection) {
@@ -193,12 +212,18 @@ final class PeerLink: TCPConnectionHandler {
             node.reactor.cancel(timer)
             handshakeTimer = nil
         }
+        var why = closeReason ?? "\(reason)"
         if previous == .handshaking, closeReason == nil {
-            let why: String
-            if case .connectFailed(let error) = reason { why = "\(error)" } else { why = "closed during handshake: \(reason)" }
+            switch reason {
+            case .connectFailed(let error): why = "\(error)"
+            case .peerClosed where direction == .outbound, .reset where direction == .outbound:
+                // A responder refuses a wrong key or cipher by closing, without a word.
+                why = "closed by the peer during the handshake (another cluster key or link cipher?)"
+            default: why = "closed during handshake: \(reason)"
+            }
             logger.debug("link to \(remoteDescription) ended before the handshake: \(why)")
         }
-        node.linkClosed(self, wasReady: previous == .ready, reason: closeReason ?? "\(reason)")
+        node.linkClosed(self, wasReady: previous == .ready, reason: why)
     }
 
     // MARK: Link events
@@ -208,7 +233,7 @@ final class PeerLink: TCPConnectionHandler {
         stage = .awaitingHello
         let listen = node.advertised
         send(.hello(Hello(peerID: node.identity.peerID, listenPort: UInt16(listen.port),
-                          listenHost: listen.host, incarnation: node.incarnation)))
+                          listenHost: listen.host, incarnation: node.incarnation, features: QueueShell.helloFeatures)))
     }
 
     private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {
@@ -230,6 +255,7 @@ final class PeerLink: TCPConnectionHandler {
                 return
             }
             remoteIncarnation = hello.incarnation
+            remoteFeatures = hello.features
             if hello.listenPort != 0 {
                 let host = hello.listenHost.isEmpty ? connection.remoteAddress.host : hello.listenHost
                 advertisedAddress = try? SocketAddress(host: host, port: Int(hello.listenPort))

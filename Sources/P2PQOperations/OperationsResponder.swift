@@ -256,7 +256,8 @@ struct OperationsResponder: HTTPResponder {
         case .timeout:
             return Refusal(status: .serviceUnavailable, message: "\(what) failed: the queue stayed full; nothing was pushed, retry later",
                           headers: [.retryAfter: "1"])
-        case .nodeStopped, .cancelled: return Refusal(status: .serviceUnavailable, message: "\(what) failed: \(error)", headers: [.retryAfter: "1"])
+        case .nodeStopped, .cancelled, .noLivePeer:
+            return Refusal(status: .serviceUnavailable, message: "\(what) failed: \(error)", headers: [.retryAfter: "1"])
         }
     }
 }

@@ -44,6 +44,8 @@ public struct QueueMachine: Sendable {
     public private(set) var counters = QueueCounters()
     /// True after ``close(now:)``.
     public private(set) var isClosed = false
+    /// True after ``drain(now:)``: the node is stopping and hands everything on.
+    public private(set) var isDraining = false
 
     // Local queue and what is out on transfers.
     /// The local queue, as runs of consecutive items (a pushed batch is one).
@@ -67,14 +69,27 @@ public struct QueueMachine: Sendable {
     private var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
     private var sentUpdates: [UInt64: SentUpdate] = [:]
+    /// Owner changes a draining owner sent (IDs from the update counter), until their ack.
+    private var sentChanges: [UInt64: SentChange] = [:]
     private var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
     private var appliedUpdates: [PeerID: RecentIDs] = [:]
+    /// Pop confirmations from a peer this owner does not record as the items' holder, held
+    /// until custody news names it (see ``HeldConfirmations``).
+    private var heldConfirmations = HeldConfirmations()
 
     private var dedup: DedupSet
     private var peers: [PeerID: PeerView] = [:]
     private var deadPeers = Set<PeerID>()
     private var deadOrder = Deque<PeerID>()
+    /// When each peer in `deadPeers` was declared dead: the notices kept for it (it may come
+    /// back) go after `deadOwnerRetention`.
+    private var diedAt: [PeerID: UInt64] = [:]
+    /// Other owners' items held back from consumers until the owner names the stale copies.
+    private var heldBack: [PeerID: HeldBack] = [:]
+    private var heldBackItems = 0
+    private var heldBackBytes = 0
+    private var nextCheckID: UInt64 = 1
 
     // Balancer.
     private var steal: OutstandingSteal?
@@ -124,6 +139,16 @@ public struct QueueMachine: Sendable {
         var hops: UInt32
     }
 
+    /// One owner's items held back (this node may have been declared dead, so the owner may
+    /// have re-queued them): in queue order, with the custody check asked about them.
+    private struct HeldBack: Sendable {
+        var runs: [QueueRun] = []
+        /// The check in flight to the owner; nil until sent (the owner may not be linked yet).
+        var checkID: UInt64?
+        /// With no verdict by then the items go back to consumers (a duplicate at worst).
+        var deadline: UInt64
+    }
+
     private struct CustodyKey: Hashable, Sendable {
         var holder: PeerID
         var attempt: UInt32
@@ -147,6 +172,12 @@ public struct QueueMachine: Sendable {
     }
 
     /// The last 1024 IDs, forgetting the oldest.
+    private struct SentChange: Sendable {
+        var holder: PeerID
+        var groups: [CustodyChange]
+        var items: Int
+    }
+
     private struct RecentIDs: Sendable {
         var set = Set<UInt64>()
         var order = Deque<UInt64>()
@@ -182,6 +213,11 @@ public struct QueueMachine: Sendable {
         var finishTime: Double = 0
         var hasConsumers = false
         var accepting = true
+        /// Its hello announced ``QueueWire/featureOwnershipHandover``.
+        var adoptsOwnership = false
+        /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
+        /// it will not take items again.
+        var closed = false
     }
 
     private struct OutstandingSteal: Sendable {
@@ -217,9 +253,12 @@ public struct QueueMachine: Sendable {
     /// Payload bytes in the local queue.
     public var byteCount: Int { queuedBytes }
     /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
-    public var heldItems: Int { queuedItems + inFlightItems }
+    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + inFlightBytes }
+    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes }
+    /// Items of other owners held back from consumers until their owner names the stale copies
+    /// (see ``declaredDead(now:)``).
+    public var heldBackCount: Int { heldBackItems }
     /// Consumers waiting in a pop.
     public var waitingConsumers: Int { waiters.count }
     /// Items this node owns that are not confirmed popped yet.
@@ -376,6 +415,7 @@ public struct QueueMachine: Sendable {
     ///   cannot wait gets a `.fail` action.
     public mutating func pop(max: Int = 1, waiter: WaiterID?, now: UInt64) -> (ItemPayloads, [Action]) {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         lastConsumerActivity = now
         if waiters.isEmpty && !runs.isEmpty {
             let items = take(Swift.max(1, max), now: now)
@@ -475,15 +515,81 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// The node is stopping (graceful stop): as ``close(now:)``, and the queued items (and
+    /// those returned by failed transfers) go to live peers in ``TransferKind/drain``
+    /// transfers, so each receiver becomes the owner of the items this node owned; pending pop
+    /// confirmations and custody notices go to their owners at once. ``drainProgress``
+    /// says when everything is acknowledged.
+    public mutating func drain(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard !isDraining else { return actions }
+        isDraining = true
+        actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
+        flushNotices(&actions, now: now, force: true, only: nil)
+        grantOwnership(&actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Where a drain stands (see ``drain(now:)``); meaningful at any time.
+    public var drainProgress: DrainProgress {
+        var pending = 0
+        var unreachable = 0
+        for (owner, entry) in notices {
+            if peers[owner]?.connected == true { pending += entry.items } else { unreachable += entry.items }
+        }
+        for update in sentUpdates.values {
+            pending += update.popped.reduce(0) { $0 + Int($1.count) }
+            for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
+        }
+        for change in sentChanges.values { pending += change.items }
+        // A full peer counts: it takes items again as its consumers make room.
+        let live = peers.values.contains { $0.connected && !$0.closed }
+        return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
+                             unreachableNotices: unreachable, hasLivePeer: live)
+    }
+
+    /// Records of items this node owns that peers hold, not yet confirmed popped (a stopping
+    /// node leaves them behind: their owner is gone). Counted by a scan: for reports, not per item.
+    public var ownedHeldElsewhere: Int {
+        owned.sequences { $0.holder != HolderTable.here }.count
+    }
+
+    /// The sequence number the next item pushed here gets: the mark for
+    /// ``itemsHeldOnlyHere(before:)``.
+    public var nextItemSequence: UInt64 { nextSequence }
+
+    /// Items pushed here before `mark` (``nextItemSequence`` at that time) that no peer has
+    /// acknowledged holding and nobody has popped: with at-least-once, those whose ownership
+    /// record says they are here (queued or in a transfer not yet acknowledged); with
+    /// at-most-once, those still queued or in flight. Counted by a scan (for `flush`).
+    public func itemsHeldOnlyHere(before mark: UInt64) -> Int {
+        if configuration.delivery == .atLeastOnce {
+            return owned.sequences { $0.holder == HolderTable.here }.lazy.filter { $0 < mark }.count
+        }
+        func mine(_ run: QueueRun) -> Int {
+            guard run.origin == localPeer, run.first < mark else { return 0 }
+            return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
+        }
+        return runs.reduce(0) { $0 + mine($1) }
+            + transfers.values.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
+    }
+
     // MARK: Peer inputs
 
-    /// A link to `peer` is ready: it gets this node's stats at once.
-    public mutating func peerConnected(_ peer: PeerID, now: UInt64) -> [Action] {
+    /// A link to `peer` is ready: it gets this node's stats at once. `adoptsOwnership`: its
+    /// hello announced ``QueueWire/featureOwnershipHandover`` (a draining node then sends it
+    /// ``TransferKind/drain`` transfers).
+    public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
+        detectStall(&actions, now: now)
         if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
         guard view(peer) != nil else { return actions }
         peers[peer]!.connected = true
+        peers[peer]!.adoptsOwnership = adoptsOwnership
+        peers[peer]!.closed = false  // a restarted process is open again; its report will say
+        sendCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -510,12 +616,21 @@ public struct QueueMachine: Sendable {
         guard peer != localPeer else { return actions }
         peers[peer] = nil
         linkLost(peer, &actions, now: now)
-        notices[peer] = nil
+        // Its notices stay (bounded per owner, for `deadOwnerRetention`): a verdict may be
+        // one-sided (a paused owner, a one-way partition), and an owner that comes back must
+        // learn of pops and custody changes, or a later death of the new holder loses items.
         appliedUpdates[peer] = nil
         if deadPeers.insert(peer).inserted {
             deadOrder.append(peer)
-            if deadOrder.count > 1024, let oldest = deadOrder.popFirst() { deadPeers.remove(oldest) }
+            diedAt[peer] = now
+            if deadOrder.count > 1024, let oldest = deadOrder.popFirst() {
+                deadPeers.remove(oldest)
+                diedAt[oldest] = nil
+                notices[oldest] = nil
+            }
         }
+        // Its items held back here can no longer be checked: consumers get them.
+        release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
         if configuration.delivery == .atLeastOnce {
             if let handle = holders.handle(of: peer) {
                 let lost = owned.sequences { $0.holder == handle }
@@ -528,13 +643,42 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// Membership took `peer` back after a death verdict (it refuted it, or a new process of it
+    /// joined): its messages count again and, if its link is up (`linked`), it is a connected
+    /// peer again at once (stats, and the notices kept for it go out); else when a link comes up.
+    public mutating func peerRejoined(_ peer: PeerID, linked: Bool, now: UInt64) -> [Action] {
+        guard peer != localPeer, deadPeers.contains(peer) else { return [] }
+        forgetDeath(of: peer)
+        guard linked else { return [] }
+        return peerConnected(peer, now: now)
+    }
+
+    /// This node was declared dead by its peers (membership heard the verdict and refuted it):
+    /// owners that believed it re-queued their items it holds. Those items are held back from
+    /// consumers and each owner is asked which copies are stale (a custody check); the verdict
+    /// drops them and returns the rest to the front. The same happens on its own when an
+    /// input arrives more than ``QueueConfiguration/stallThreshold`` after the armed timer.
+    public mutating func declaredDead(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        holdBack(&actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
     /// A queue message from `peer` (its ``QueueMessage/queue`` is this queue's name).
     ///
     /// Pass the message over (`consuming`): a transfer's items then move into the queue
     /// without reference counting.
     public mutating func receive(_ message: consuming QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
-        guard peer != localPeer, !deadPeers.contains(peer) else { return actions }
+        guard peer != localPeer else { return actions }
+        detectStall(&actions, now: now)
+        if case .custodyCheck(_, let checkID, let checked) = message {
+            // Answered even if this node believes the asker dead: that belief is the reason.
+            actions.append(.send(.custodyVerdict(queue: name, checkID: checkID, stale: staleCopies(checked)), to: peer))
+            return actions
+        }
+        guard !deadPeers.contains(peer) else { return actions }
         if case .transfer(_, let transferID, let kind, let requestID, let items) = message {
             // Drop the message's reference first, so the items array is ours alone and its
             // items can move into the queue.
@@ -566,12 +710,27 @@ public struct QueueMachine: Sendable {
         case .ownerUpdate(_, let updateID, let popped, let custody):
             actions.append(.send(.ownerUpdateAck(queue: name, updateID: updateID), to: peer))
             if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
-                ownerUpdate(popped: popped, custody: custody, &actions, now: now)
+                ownerUpdate(popped: popped, custody: custody, from: peer, &actions, now: now)
             }
+        case .ownerChange(_, let changeID, let groups):
+            actions.append(.send(.ownerUpdateAck(queue: name, updateID: changeID), to: peer))
+            adoptHeld(groups.filter { $0.holder == localPeer }, from: peer)
         case .ownerUpdateAck(_, let updateID):
-            if sentUpdates[updateID]?.owner == peer {
+            if let change = sentChanges[updateID], change.holder == peer {
+                sentChanges[updateID] = nil
+                ownershipGranted(change)
+            } else if let update = sentUpdates[updateID], update.owner == peer {
                 sentUpdates[updateID] = nil
-                flushNotices(&actions, now: now, force: false, only: peer)
+                counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
+                    + update.custody.reduce(0) { total, group in total + group.runs.reduce(0) { $0 + Int($1.count) } }
+                flushNotices(&actions, now: now, force: isDraining, only: peer)
+            }
+        case .custodyCheck:
+            break  // above
+        case .custodyVerdict(_, let checkID, let stale):
+            if let held = heldBack[peer], held.checkID == checkID {
+                heldBack[peer] = nil
+                release(held, stale: stale, &actions, now: now)
             }
         }
         finish(&actions, now: now)
@@ -612,6 +771,7 @@ public struct QueueMachine: Sendable {
         peers[peer]!.finishTime = stats.finishTime
         peers[peer]!.hasConsumers = stats.hasConsumers
         peers[peer]!.accepting = stats.accepting
+        peers[peer]!.closed = !stats.accepting
         updatePriorRate()
         return .accepted
     }
@@ -632,7 +792,11 @@ public struct QueueMachine: Sendable {
         case .ownerUpdate(_, let updateID, _, _):
             // Kept for when the owner is reachable again (or dropped when it dies).
             if let update = sentUpdates.removeValue(forKey: updateID) { requeueNotices(update, now: now) }
-        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck:
+        case .ownerChange(_, let changeID, _):
+            if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
+        case .custodyCheck(_, let checkID, _):
+            if heldBack[peer]?.checkID == checkID { heldBack[peer]!.checkID = nil }  // asked again on the next link
+        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck, .custodyVerdict:
             break  // the peer times out or asks again
         }
         finish(&actions, now: now)
@@ -642,7 +806,15 @@ public struct QueueMachine: Sendable {
     /// The timer armed by `.armTimer(at:)` fired (early or late calls are harmless).
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         armed = nil
+        for owner in heldBack.keys.sorted() where heldBack[owner]!.deadline <= now {
+            release(heldBack.removeValue(forKey: owner), stale: [], &actions, now: now)
+        }
+        for (owner, at) in diedAt where now &- at >= configuration.deadOwnerRetention {
+            notices[owner] = nil
+            diedAt[owner] = nil
+        }
         if let at = nextStatsAt, now >= at {
             nextStatsAt = now + configuration.statsInterval
             sampleRate(now: now)
@@ -659,8 +831,10 @@ public struct QueueMachine: Sendable {
             peers[steal.peer]?.reportedLength = 0
         }
         if isClosed { handOff(&actions, now: now) }
+        counters.confirmationsRefused += heldConfirmations.expire(now: now)
         maybeSteal(&actions, now: now)
-        flushNotices(&actions, now: now, force: false, only: nil)
+        flushNotices(&actions, now: now, force: isDraining, only: nil)
+        grantOwnership(&actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -734,7 +908,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
-        guard !deadPeers.contains(owner) else { return }
+        // Also for an owner believed dead: kept until it is back (or its retention ends).
         addRun(run, to: owner, custody: nil, now: now)
     }
 
@@ -771,19 +945,46 @@ public struct QueueMachine: Sendable {
         serveWaiters(&actions, now: now)
     }
 
-    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], _ actions: inout [Action], now: UInt64) {
+    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], from peer: PeerID,
+                                      _ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
-        // Runs straight through the ownership window: no lookup per sequence.
+        // Only the recorded holder may confirm: a member cannot make the owner forget items
+        // someone else holds. Others' confirmations wait for the custody news that names them.
+        // No record names an unknown sender: a handle no peer gets (they count up from 1).
+        let sender = holders.handle(of: peer) ?? .max
         var freedBytes = 0
         for run in popped {
-            let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
-                freedBytes += Int(record.extent.length)
-                store.release(record.extent.buffer)
+            var others = 0
+            owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                if record.holder != sender { others += 1 }
+            }
+            var refused: [UInt64] = []
+            var removed = 0
+            if others == 0 {
+                // Runs straight through the ownership window: no lookup per sequence.
+                removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freedBytes += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+            } else {
+                // Mixed holders (rare): one at a time, only over the records held.
+                var matched: [UInt64] = []
+                owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
+                    if record.holder == sender { matched.append(sequence) } else { refused.append(sequence) }
+                }
+                for sequence in matched {
+                    guard let record = owned.remove(sequence) else { continue }
+                    freedBytes += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                    removed += 1
+                }
+                counters.confirmationsHeld += refused.count
+                counters.confirmationsRefused += heldConfirmations.hold(refused, from: peer, now: now)
             }
             // The rest of the run's sequences made here were confirmed before: duplicate pops.
             let low = Swift.max(run.first, configuration.firstSequence)
             let high = Swift.min(run.first &+ UInt64(run.count), nextSequence)
-            if low < high { counters.duplicatePops += Int(high - low) - removed }
+            if low < high { counters.duplicatePops += Int(high - low) - removed - refused.count }
         }
         ownedBytes -= freedBytes
         var lost: [UInt64] = []
@@ -801,10 +1002,28 @@ public struct QueueMachine: Sendable {
             }
         }
         requeue(lost.sorted(), &actions, now: now)
+        if !custody.isEmpty && !heldConfirmations.isEmpty { applyHeldConfirmations(named: custody, now: now) }
+    }
+
+    /// Custody news arrived: held confirmations from the peers it names are tried again.
+    private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
+        var freedBytes = 0
+        for holder in Set(custody.map(\.holder)) {
+            guard let handle = holders.handle(of: holder) else { continue }
+            heldConfirmations.retry(from: holder) { sequence in
+                guard let record = owned[sequence] else { return true }  // confirmed or re-queued since
+                guard record.holder == handle else { return false }
+                owned.remove(sequence)
+                freedBytes += Int(record.extent.length)
+                store.release(record.extent.buffer)
+                counters.confirmationsApplied += 1
+                return true
+            }
+        }
+        ownedBytes -= freedBytes
     }
 
     private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
-        guard !deadPeers.contains(update.owner) else { return }
         for run in update.popped { addRun(run, to: update.owner, custody: nil, now: now) }
         for group in update.custody {
             let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
@@ -895,6 +1114,139 @@ public struct QueueMachine: Sendable {
         }
     }
 
+    // MARK: After a death verdict
+
+    /// A timer this machine armed that is met this late means the process was not running.
+    private mutating func detectStall(_ actions: inout [Action], now: UInt64) {
+        guard let armed, now > armed, now - armed > configuration.stallThreshold else { return }
+        holdBack(&actions, now: now)
+    }
+
+    /// Moves the queued items of other owners aside, out of consumers' reach, and asks each
+    /// owner about them (at once if linked, else on its next link).
+    private mutating func holdBack(_ actions: inout [Action], now: UInt64) {
+        guard configuration.delivery == .atLeastOnce, runs.contains(where: { $0.origin != localPeer }) else { return }
+        var kept = Deque<QueueRun>()
+        var asked: Set<PeerID> = []
+        for run in runs {
+            guard run.origin != localPeer else {
+                kept.append(run)
+                continue
+            }
+            heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.transferTimeout)].runs.append(run)
+            asked.insert(run.origin)
+            heldBackItems += Int(run.count)
+            heldBackBytes += Int(run.bytes)
+            queuedItems -= Int(run.count)
+            queuedBytes -= Int(run.bytes)
+        }
+        runs = kept
+        for owner in asked.sorted() {
+            heldBack[owner]!.checkID = nil  // a check already out did not cover the new items
+            sendCheck(to: owner, &actions, now: now)
+        }
+    }
+
+    private mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let held = heldBack[owner], held.checkID == nil, peers[owner]?.connected == true else { return }
+        let id = nextCheckID
+        nextCheckID += 1
+        heldBack[owner]!.checkID = id
+        var checked: [CheckedRun] = []
+        for run in held.runs {
+            if let last = checked.last, last.attempt == run.attempt, last.first &+ UInt64(last.count) == run.first,
+               UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
+                checked[checked.count - 1].count += run.count
+            } else {
+                checked.append(CheckedRun(first: run.first, count: run.count, attempt: run.attempt))
+            }
+        }
+        // More runs than one frame holds (a queue fragmented item by item): the first ones are
+        // checked, the rest released with them (a duplicate at worst).
+        actions.append(.send(.custodyCheck(queue: name, checkID: id, runs: Array(checked.prefix(runsPerFrame(bytes: 16)))),
+                             to: owner))
+    }
+
+    /// How many runs of `bytes` each a custody check or verdict may carry: one frame's worth.
+    private func runsPerFrame(bytes: Int) -> Int {
+        Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / bytes)
+    }
+
+    /// The owner's side of a check: the copies it re-queued at another attempt, or whose
+    /// record is gone (confirmed popped), as runs. Sequences it never made are left alone.
+    private func staleCopies(_ checked: [CheckedRun]) -> [SequenceRun] {
+        guard configuration.delivery == .atLeastOnce else { return [] }
+        var stale: [SequenceRun] = []
+        let limit = runsPerFrame(bytes: 12)
+        // A holder asks about at most what it may hold: a check claiming more gets no further.
+        var budget = configuration.maxItems
+        for run in checked {
+            var sequence = Swift.max(run.first, configuration.firstSequence)
+            let end = Swift.min(run.first &+ Swift.min(UInt64(run.count), UInt64(budget)), nextSequence)
+            guard sequence < end else { continue }
+            budget -= Int(end - sequence)
+            while sequence < end {
+                if owned[sequence].map({ $0.attempt != run.attempt }) ?? true,
+                   Self.extend(&stale, with: SequenceRun(first: sequence, count: 1)), stale.count > limit {
+                    // A verdict fits one frame: copies past that are not named (a duplicate at worst).
+                    stale.removeLast()
+                    return stale
+                }
+                sequence += 1
+            }
+        }
+        return stale
+    }
+
+    /// Returns held-back items to the front of the queue (in their order), the `stale` ones
+    /// (sorted runs) dropped.
+    private mutating func release(_ held: HeldBack?, stale: [SequenceRun], _ actions: inout [Action], now: UInt64) {
+        guard let held else { return }
+        let stale = stale.sorted { $0.first < $1.first }
+        var back: [QueueRun] = []
+        var dropped = 0
+        for run in held.runs {
+            heldBackItems -= Int(run.count)
+            heldBackBytes -= Int(run.bytes)
+            let ends = store.ends(run.slot)
+            ends.withUnsafeBufferPointer { ends in
+                var from: Int?
+                func keep(upTo end: Int) {
+                    guard let start = from else { return }
+                    from = nil
+                    back.append(start == 0 && end == Int(run.count) ? run : run.items(start..<end, ends))
+                }
+                for i in 0..<Int(run.count) {
+                    if Self.contains(stale, run.first &+ UInt64(i)) {
+                        keep(upTo: i)
+                        dropped += 1
+                        store.release(run.slot)
+                    } else if from == nil {
+                        from = i
+                    }
+                }
+                keep(upTo: Int(run.count))
+            }
+        }
+        counters.staleCopiesDropped += dropped
+        for run in back {
+            queuedItems += Int(run.count)
+            queuedBytes += Int(run.bytes)
+        }
+        runs.insert(contentsOf: back, at: 0)
+        serveWaiters(&actions, now: now)
+    }
+
+    /// Whether sorted, disjoint `runs` contain `sequence` (binary search).
+    private static func contains(_ runs: [SequenceRun], _ sequence: UInt64) -> Bool {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].first &+ UInt64(runs[mid].count) <= sequence { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count && runs[low].first <= sequence
+    }
+
     // MARK: Transfers
 
     /// Sends up to `count` items from the front of the queue to `peer` in one transfer. Returns
@@ -904,6 +1256,8 @@ public struct QueueMachine: Sendable {
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
         guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        // A stopping node's items leave with their ownership, whatever sends them.
+        let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
         var origins: [PeerID] = []
         var sent: [QueueRun] = []
@@ -1016,9 +1370,15 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        // A check on the lost link may be lost with it: asked again on the next one.
+        if heldBack[peer] != nil { heldBack[peer]!.checkID = nil }
         // Updates the owner may not have got go out again on the next link (applied once).
         for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
             requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
+        }
+        // Ownership offered to it stays here (and with it the re-queue if it dies).
+        for id in sentChanges.filter({ $0.value.holder == peer }).keys.sorted() {
+            revertGrant(sentChanges.removeValue(forKey: id)!)
         }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
@@ -1038,7 +1398,11 @@ public struct QueueMachine: Sendable {
             return
         }
         let bytes = items.payloadBytes
-        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else {
+        // A stopping peer's own items become ours (the receiver of a drain owns them).
+        let adopts = kind == .drain && configuration.delivery == .atLeastOnce
+        guard heldItems + items.count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes,
+              !adopts || (owned.count + items.count <= configuration.maxOwnedItems
+                          && ownedBytes + bytes <= configuration.maxOwnedBytes) else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
             return
         }
@@ -1063,7 +1427,23 @@ public struct QueueMachine: Sendable {
                     }
                     var kept = run.items(from..<end, ends)
                     kept.slot = slots[buffer]
-                    if tracksOwn && run.origin == localPeer {
+                    if adopts && run.origin == peer {
+                        // Numbered as this node's own items (the dedup above keeps the old ids,
+                        // so a retransmission is still dropped); the records hold the buffer too.
+                        kept.origin = localPeer
+                        kept.first = nextSequence
+                        kept.attempt = 0
+                        kept.hops = 0
+                        nextSequence &+= UInt64(n)
+                        store.retain(kept.slot, count: n)
+                        owned.append(first: kept.first, count: n) { i in
+                            let begin = kept.itemStart(i, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: kept.slot, start: begin, length: kept.itemEnd(i, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(kept.bytes)
+                        counters.ownershipAdopted += n
+                    } else if tracksOwn && run.origin == localPeer {
                         owned.modifyRun(first: kept.first, count: n) { _, record in
                             guard record.attempt == kept.attempt, kept.hops > record.hops else { return }
                             record.holder = HolderTable.here
@@ -1102,6 +1482,7 @@ public struct QueueMachine: Sendable {
         guard let transfer = transfers[id], transfer.peer == peer else { return }
         guard status == .accepted else {
             peers[peer]?.accepting = false  // until its next report
+            if status == .closed { peers[peer]?.closed = true }
             returnTransfers([id], &actions, now: now)
             return
         }
@@ -1128,7 +1509,15 @@ public struct QueueMachine: Sendable {
         var runKey = CustodyKey(holder: peer, attempt: 0, hops: 0)
         var pending = SequenceRun(first: 0, count: 0)
         for run in transfer.runs {  // hop counts already raised for the transfer
-            if run.origin == localPeer {
+            if run.origin == localPeer && transfer.kind == .drain {
+                // The receiver owns them now (it numbered them as its own).
+                var freed = 0
+                counters.ownershipHandedOver += owned.removeRun(first: run.first, count: Int(run.count)) { record in
+                    freed += Int(record.extent.length)
+                    store.release(record.extent.buffer)
+                }
+                ownedBytes -= freed
+            } else if run.origin == localPeer {
                 owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
                     guard record.attempt == run.attempt, run.hops > record.hops else { return }
                     record.holder = holder
@@ -1139,14 +1528,160 @@ public struct QueueMachine: Sendable {
                     && pending.first &+ UInt64(pending.count) == run.first && pending.count <= UInt32.max - run.count {
                     pending.count += run.count
                 } else {
-                    if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+                    if let owner = runOwner { addRun(pending, to: owner, custody: runKey, now: now) }
                     runOwner = run.origin
                     runKey = CustodyKey(holder: peer, attempt: run.attempt, hops: run.hops)
                     pending = SequenceRun(first: run.first, count: run.count)
                 }
             }
         }
-        if let owner = runOwner, !deadPeers.contains(owner) { addRun(pending, to: owner, custody: runKey, now: now) }
+        if let owner = runOwner { addRun(pending, to: owner, custody: runKey, now: now) }
+        if isDraining { grantOwnership(&actions, now: now) }  // the records just pointed at `peer`
+    }
+
+    // MARK: Ownership hand-over (drain)
+
+    /// A draining owner gives its records of items peers hold to those peers in owner changes
+    /// (each takes over the items it holds queued): a holder that passes them on can then
+    /// re-queue them when the next node dies. The records wait, marked, for the ack.
+    private mutating func grantOwnership(_ actions: inout [Action], now: UInt64) {
+        guard isDraining, configuration.delivery == .atLeastOnce, owned.count > ownedHereCount() else { return }
+        // Worst case every run in a group of its own.
+        let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
+                                   (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 8 + 2)) / (44 + 12))
+        for peer in connectedPeers() where peers[peer]!.adoptsOwnership && !peers[peer]!.closed {
+            guard let handle = holders.handle(of: peer) else { continue }
+            let sequences = owned.sequences { $0.holder == handle }
+            guard !sequences.isEmpty else { continue }
+            var groups: [CustodyChange] = []
+            var runs = 0
+            var items = 0
+            func emit() {
+                guard !groups.isEmpty else { return }
+                let id = nextUpdateID
+                nextUpdateID += 1
+                sentChanges[id] = SentChange(holder: peer, groups: groups, items: items)
+                actions.append(.send(.ownerChange(queue: name, changeID: id, groups: groups), to: peer))
+                groups = []
+                runs = 0
+                items = 0
+            }
+            for sequence in sequences {
+                var attempt: UInt32 = 0
+                _ = owned.modify(sequence) { record in
+                    attempt = record.attempt
+                    record.holder = HolderTable.granted
+                }
+                items += 1
+                if let group = groups.last, group.attempt == attempt, let run = group.runs.last,
+                   run.first &+ UInt64(run.count) == sequence, run.count < UInt32.max {
+                    groups[groups.count - 1].runs[group.runs.count - 1].count += 1
+                    continue
+                }
+                if runs == perMessage {
+                    items -= 1
+                    emit()
+                    items = 1
+                }
+                if let group = groups.last, group.attempt == attempt {
+                    groups[groups.count - 1].runs.append(SequenceRun(first: sequence, count: 1))
+                } else {
+                    groups.append(CustodyChange(holder: peer, attempt: attempt, hops: 0, runs: [SequenceRun(first: sequence, count: 1)]))
+                }
+                runs += 1
+            }
+            emit()
+        }
+    }
+
+    /// Records here (not held by a peer): the rest are what ``grantOwnership(_:now:)`` may give.
+    private func ownedHereCount() -> Int {
+        owned.sequences { $0.holder == HolderTable.here }.count
+    }
+
+    /// The holder took the ownership: the records it was offered go.
+    private mutating func ownershipGranted(_ change: SentChange) {
+        for group in change.groups {
+            for run in group.runs {
+                for offset in 0..<UInt64(run.count) {
+                    let sequence = run.first &+ offset
+                    guard owned[sequence]?.holder == HolderTable.granted, let record = owned.remove(sequence) else { continue }
+                    drop(record)
+                    counters.ownershipHandedOver += 1
+                }
+            }
+        }
+    }
+
+    /// An owner change that did not arrive: its records point at the holder again.
+    private mutating func revertGrant(_ change: SentChange) {
+        let handle = holders.handle(for: change.holder)
+        for group in change.groups {
+            for run in group.runs {
+                owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                    if record.holder == HolderTable.granted { record.holder = handle }
+                }
+            }
+        }
+    }
+
+    /// `owner` (stopping) gives this node the ownership of its items in `groups`: those
+    /// queued here with the attempt named are numbered as this node's own, where they are,
+    /// with records. Items already passed on or popped are not affected.
+    private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
+        guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
+        var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
+        for group in groups {
+            for run in group.runs { ranges.append((run.first, run.first &+ UInt64(run.count), group.attempt)) }
+        }
+        ranges.sort { $0.first < $1.first }
+        var rebuilt = Deque<QueueRun>()
+        rebuilt.reserveCapacity(runs.count)
+        for run in runs {
+            guard run.origin == owner else {
+                rebuilt.append(run)
+                continue
+            }
+            let n = Int(run.count)
+            store.ends(run.slot).withUnsafeBufferPointer { ends in
+                var i = 0
+                while i < n {
+                    let sequence = run.first &+ UInt64(i)
+                    if let range = ranges.first(where: { $0.attempt == run.attempt && $0.first <= sequence && sequence < $0.end }) {
+                        let upTo = range.end - run.first >= UInt64(n) ? n : Int(range.end - run.first)
+                        var piece = run.items(i..<upTo, ends)
+                        let count = upTo - i
+                        i = upTo
+                        guard owned.count + count <= configuration.maxOwnedItems else {
+                            rebuilt.append(piece)
+                            continue
+                        }
+                        piece.origin = localPeer
+                        piece.first = nextSequence
+                        piece.attempt = 0
+                        piece.hops = 0
+                        nextSequence &+= UInt64(count)
+                        store.retain(piece.slot, count: count)
+                        owned.append(first: piece.first, count: count) { k in
+                            let begin = piece.itemStart(k, ends)
+                            return OwnedRecord(extent: PayloadExtent(buffer: piece.slot, start: begin, length: piece.itemEnd(k, ends) &- begin),
+                                               holder: HolderTable.here, attempt: 0, hops: 0)
+                        }
+                        ownedBytes += Int(piece.bytes)
+                        counters.ownershipAdopted += count
+                        rebuilt.append(piece)
+                    } else {
+                        // Kept as it is up to the next range that starts inside the run.
+                        let end = run.first &+ UInt64(n)
+                        let next = ranges.lazy.filter { $0.attempt == run.attempt && $0.first > sequence && $0.first < end }.map(\.first).min()
+                        let upTo = next.map { Int($0 - run.first) } ?? n
+                        rebuilt.append(i == 0 && upTo == n ? run : run.items(i..<upTo, ends))
+                        i = upTo
+                    }
+                }
+            }
+        }
+        runs = rebuilt
     }
 
     // MARK: Balancing
@@ -1197,6 +1732,7 @@ public struct QueueMachine: Sendable {
 
     private mutating func forgetDeath(of peer: PeerID) {
         deadPeers.remove(peer)
+        diedAt[peer] = nil
         if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }
     }
 
@@ -1605,6 +2141,71 @@ struct PayloadStore: Sendable {
     }
 }
 
+/// Pop confirmations an owner refused for now: the sender is not the recorded holder of
+/// those items. A custody update from the previous holder may still be on its way (it races
+/// the new holder's confirmation), so each is held until custody names the sender, then
+/// applied, or until ``timeout`` passes or the table is full, then dropped (a forgery, or a
+/// confirmation of a duplicate delivery). Bounded by ``capacity`` sequences.
+struct HeldConfirmations: Sendable {
+    static let capacity = 65_536
+    static let timeout: UInt64 = 30_000_000_000
+    private struct Entry: Sendable {
+        var sequence: UInt64
+        var peer: PeerID
+        var since: UInt64
+    }
+    /// Oldest first.
+    private var entries = Deque<Entry>()
+    /// Entries per peer, so custody news from an unrelated holder costs nothing.
+    private var perPeer: [PeerID: Int] = [:]
+
+    var isEmpty: Bool { entries.isEmpty }
+    var count: Int { entries.count }
+
+    /// Holds `sequences` from `peer`; returns how many older ones were dropped for room.
+    mutating func hold(_ sequences: [UInt64], from peer: PeerID, now: UInt64) -> Int {
+        var dropped = 0
+        for sequence in sequences {
+            if entries.count >= Self.capacity, let oldest = entries.popFirst() {
+                release(oldest.peer)
+                dropped += 1
+            }
+            entries.append(Entry(sequence: sequence, peer: peer, since: now))
+            perPeer[peer, default: 0] += 1
+        }
+        return dropped
+    }
+
+    /// Offers `peer`'s held sequences to `apply`; those it settles (returns true for) go.
+    mutating func retry(from peer: PeerID, _ apply: (UInt64) -> Bool) {
+        guard perPeer[peer] != nil else { return }
+        var kept = Deque<Entry>()
+        for entry in entries {
+            if entry.peer == peer && apply(entry.sequence) {
+                release(peer)
+            } else {
+                kept.append(entry)
+            }
+        }
+        entries = kept
+    }
+
+    /// Drops what has waited past the timeout; how many.
+    mutating func expire(now: UInt64) -> Int {
+        var dropped = 0
+        while let oldest = entries.first, now >= oldest.since &+ Self.timeout {
+            entries.removeFirst()
+            release(oldest.peer)
+            dropped += 1
+        }
+        return dropped
+    }
+
+    private mutating func release(_ peer: PeerID) {
+        if let n = perPeer[peer], n > 1 { perPeer[peer] = n - 1 } else { perPeer[peer] = nil }
+    }
+}
+
 /// The peers holding owned items, each named in the ownership records by a 4-byte handle.
 /// A peer gets a handle when it first takes custody of an item and gives it back when it is
 /// declared dead (its items are then re-queued, so no record names it): the table holds at most
@@ -1612,6 +2213,8 @@ struct PayloadStore: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
+    /// A draining owner offered the record to its holder (owner change not acknowledged yet).
+    static let granted: UInt32 = .max
     private var handles: [PeerID: UInt32] = [:]
     private var freeHandles: [UInt32] = []
     private var nextHandle: UInt32 = 1

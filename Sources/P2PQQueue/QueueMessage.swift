@@ -106,7 +106,8 @@ public struct LoadStats: Sendable, Equatable {
     static let flagAccepting: UInt8 = 2
 }
 
-/// Why items are transferred; the receiver treats them alike, the kind is for stats and logs.
+/// Why items are transferred. The receiver treats them alike, except ``drain`` (it takes over
+/// their ownership); the other kinds are for stats and logs.
 public enum TransferKind: UInt8, Sendable, CaseIterable {
     /// Push to balance: the sender's finish time was well above the average.
     case balance = 0
@@ -118,6 +119,10 @@ public enum TransferKind: UInt8, Sendable, CaseIterable {
     case handoff = 3
     /// p2pqueue's periodic push (the legacy strategy).
     case legacy = 4
+    /// A stopping node hands its items away together with their ownership: the receiver
+    /// becomes the owner of the items the sender owned (it numbers them as its own). Sent only
+    /// to peers whose hello announced ``QueueWire/featureOwnershipHandover``.
+    case drain = 5
 }
 
 /// The receiver's answer to a transfer.
@@ -157,8 +162,25 @@ public struct CustodyChange: Hashable, Sendable {
     }
 }
 
+/// A run of a holder's copies named in a custody check: consecutive sequences of the owner's
+/// items, all at one attempt.
+public struct CheckedRun: Sendable, Hashable {
+    public var first: UInt64
+    public var count: UInt32
+    public var attempt: UInt32
+
+    public init(first: UInt64, count: UInt32, attempt: UInt32) {
+        self.first = first
+        self.count = count
+        self.attempt = attempt
+    }
+}
+
 /// Limits of the queue messages.
 public enum QueueWire {
+    /// The hello feature bit (§5) of a node that understands ``TransferKind/drain``: a peer
+    /// without it gets a stopping node's items as ``TransferKind/handoff`` (ownership stays).
+    public static let featureOwnershipHandover: UInt64 = 1 << 0
     /// Longest queue name, UTF-8 bytes.
     public static let maxQueueNameLength = 255
     /// Most items in one transfer.
@@ -200,7 +222,13 @@ public enum QueueWire {
 /// - owner update `0x25`: queue str, update ID u64, popped run count u32, runs (first u64,
 ///   count u32 ≥ 1), custody group count u16, groups: holder (32 bytes), attempt u32, hops u32,
 ///   run count u32, runs;
-/// - owner update ack `0x26`: queue str, update ID u64.
+/// - owner update ack `0x26`: queue str, update ID u64;
+/// - owner change `0x27`: queue str, change ID u64, group count u16, groups as in an owner
+///   update (new owner 32 bytes, attempt u32, hops u32 = 0, run count u32, runs);
+/// - custody check `0x28`: queue str, check ID u64, run count u32, runs (first u64, count u32
+///   ≥ 1, attempt u32);
+/// - custody verdict `0x29`: queue str, check ID u64, stale run count u32, runs (first u64,
+///   count u32 ≥ 1).
 public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
@@ -212,15 +240,26 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// sender keeps it until the ack and re-sends it after a link failure; the owner applies
     /// an update ID once.
     case ownerUpdate(queue: String, updateID: UInt64, popped: [SequenceRun], custody: [CustodyChange])
-    /// The owner got the update.
+    /// The owner got the update (also the answer to ``ownerChange(queue:changeID:groups:)``).
     case ownerUpdateAck(queue: String, updateID: UInt64)
+    /// A stopping owner gives the ownership of its items in `groups` (their runs, with the
+    /// attempt the copies carry) to each group's node, the receiver: it takes over those it
+    /// holds queued. Answered with ``ownerUpdateAck(queue:updateID:)`` carrying the change ID.
+    case ownerChange(queue: String, changeID: UInt64, groups: [CustodyChange])
+    /// A holder that may have been declared dead asks the owner about its copies of the
+    /// receiver's items (held back from consumers until the verdict).
+    case custodyCheck(queue: String, checkID: UInt64, runs: [CheckedRun])
+    /// The owner's answer: the checked copies that are stale (the item was re-queued at another
+    /// attempt, or confirmed popped); the holder drops them and releases the rest.
+    case custodyVerdict(queue: String, checkID: UInt64, stale: [SequenceRun])
 
     /// The queue the message is about.
     public var queue: String {
         switch self {
         case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
              .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
-             .ownerUpdateAck(let queue, _):
+             .ownerUpdateAck(let queue, _), .ownerChange(let queue, _, _), .custodyCheck(let queue, _, _),
+             .custodyVerdict(let queue, _, _):
             return queue
         }
     }
@@ -234,6 +273,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .transferAck: return .queueTransferAck
         case .ownerUpdate: return .queueOwnerUpdate
         case .ownerUpdateAck: return .queueOwnerUpdateAck
+        case .ownerChange: return .queueOwnerChange
+        case .custodyCheck: return .queueCustodyCheck
+        case .custodyVerdict: return .queueCustodyVerdict
         }
     }
 
@@ -284,6 +326,34 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 for run in group.runs where run.count == 0 {
                     throw .malformed(field: "ownerUpdate.custody", reason: "empty run at \(run.first)")
                 }
+            }
+        case .ownerChange(_, _, let groups):
+            guard groups.count <= Int(UInt16.max) else {
+                throw .malformed(field: "ownerChange.groups", reason: "\(groups.count) groups exceed \(UInt16.max)")
+            }
+            let runs = groups.reduce(0) { $0 + $1.runs.count }
+            guard runs >= 1, runs <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "ownerChange", reason: "\(runs) runs (1...\(QueueWire.maxRunsPerUpdate))")
+            }
+            for group in groups {
+                guard group.hops == 0 else { throw .malformed(field: "ownerChange.hops", reason: "\(group.hops), not 0") }
+                for run in group.runs where run.count == 0 {
+                    throw .malformed(field: "ownerChange.runs", reason: "empty run at \(run.first)")
+                }
+            }
+        case .custodyCheck(_, _, let runs):
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyCheck.runs", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in runs where run.count == 0 {
+                throw .malformed(field: "custodyCheck.runs", reason: "empty run at \(run.first)")
+            }
+        case .custodyVerdict(_, _, let stale):
+            guard stale.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyVerdict.stale", reason: "\(stale.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in stale where run.count == 0 {
+                throw .malformed(field: "custodyVerdict.stale", reason: "empty run at \(run.first)")
             }
         }
     }
@@ -373,9 +443,15 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return name + 8 + 1
         case .ownerUpdateAck:
             return name + 8
+        case .custodyCheck(_, _, let runs):
+            return name + 8 + 4 + runs.count * 16
+        case .custodyVerdict(_, _, let stale):
+            return name + 8 + 4 + stale.count * 12
         case .ownerUpdate(_, _, let popped, let custody):
             return name + 8 + 4 + popped.count * 12 + 2
                 + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
+        case .ownerChange(_, _, let groups):
+            return name + 8 + 2 + groups.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
         }
     }
 
@@ -415,14 +491,33 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU64(updateID)
             writer.writeU32(UInt32(popped.count))
             for run in popped { Self.write(run, into: &writer) }
-            writer.writeU16(UInt16(custody.count))
-            for group in custody {
-                group.holder.write(into: &writer)
-                writer.writeU32(group.attempt)
-                writer.writeU32(group.hops)
-                writer.writeU32(UInt32(group.runs.count))
-                for run in group.runs { Self.write(run, into: &writer) }
+            Self.write(custody, into: &writer)
+        case .ownerChange(_, let changeID, let groups):
+            writer.writeU64(changeID)
+            Self.write(groups, into: &writer)
+        case .custodyCheck(_, let checkID, let runs):
+            writer.writeU64(checkID)
+            writer.writeU32(UInt32(runs.count))
+            for run in runs {
+                writer.writeU64(run.first)
+                writer.writeU32(run.count)
+                writer.writeU32(run.attempt)
             }
+        case .custodyVerdict(_, let checkID, let stale):
+            writer.writeU64(checkID)
+            writer.writeU32(UInt32(stale.count))
+            for run in stale { Self.write(run, into: &writer) }
+        }
+    }
+
+    private static func write<Output: WireOutput>(_ groups: [CustodyChange], into writer: inout WireWriter<Output>) {
+        writer.writeU16(UInt16(groups.count))
+        for group in groups {
+            group.holder.write(into: &writer)
+            writer.writeU32(group.attempt)
+            writer.writeU32(group.hops)
+            writer.writeU32(UInt32(group.runs.count))
+            for run in group.runs { Self.write(run, into: &writer) }
         }
     }
 
@@ -488,35 +583,69 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             message = .transferAck(queue: queue, transferID: transferID, status: status)
         case .queueOwnerUpdateAck:
             message = .ownerUpdateAck(queue: queue, updateID: try reader.readU64(field: "ownerUpdateAck.updateID"))
+        case .queueOwnerChange:
+            let changeID = try reader.readU64(field: "ownerChange.changeID")
+            let groups = try readGroups(&reader, field: "ownerChange.groups")
+            message = .ownerChange(queue: queue, changeID: changeID, groups: groups)
+            try message.validate()
         case .queueOwnerUpdate:
             let updateID = try reader.readU64(field: "ownerUpdate.updateID")
             let popped = try readRuns(&reader, field: "ownerUpdate.popped", countField: "ownerUpdate.popped.count")
-            let groups = Int(try reader.readU16(field: "ownerUpdate.custody.count"))
-            // A group takes at least 44 bytes: never reserve more than the bytes could hold.
-            guard groups <= reader.remaining / 44 else {
-                throw .malformed(field: "ownerUpdate.custody.count", reason: "\(groups) groups cannot fit in \(reader.remaining) bytes")
-            }
-            var custody: [CustodyChange] = []
-            custody.reserveCapacity(groups)
-            var totalRuns = popped.count
-            for index in 0..<groups {
-                let field = "ownerUpdate.custody[\(index)]"
-                let holder = try reader.readPeerID(field: field + ".holder")
-                let attempt = try reader.readU32(field: field + ".attempt")
-                let hops = try reader.readU32(field: field + ".hops")
-                let runs = try readRuns(&reader, field: field + ".runs", countField: field + ".runs.count")
-                totalRuns += runs.count
-                custody.append(CustodyChange(holder: holder, attempt: attempt, hops: hops, runs: runs))
-            }
+            let custody = try readGroups(&reader, field: "ownerUpdate.custody")
+            let totalRuns = custody.reduce(popped.count) { $0 + $1.runs.count }
             guard totalRuns <= QueueWire.maxRunsPerUpdate else {
                 throw .malformed(field: "ownerUpdate", reason: "\(totalRuns) runs exceed \(QueueWire.maxRunsPerUpdate)")
             }
             message = .ownerUpdate(queue: queue, updateID: updateID, popped: popped, custody: custody)
+        case .queueCustodyCheck:
+            let checkID = try reader.readU64(field: "custodyCheck.checkID")
+            let count = Int(try reader.readU32(field: "custodyCheck.runs.count"))
+            guard count <= reader.remaining / 16, count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyCheck.runs.count", reason: "\(count) runs cannot fit in \(reader.remaining) bytes")
+            }
+            var runs: [CheckedRun] = []
+            runs.reserveCapacity(count)
+            for index in 0..<count {
+                let field = "custodyCheck.runs[\(index)]"
+                let first = try reader.readU64(field: field + ".first")
+                let length = try reader.readU32(field: field + ".count")
+                guard length >= 1 else { throw .malformed(field: field + ".count", reason: "0") }
+                runs.append(CheckedRun(first: first, count: length, attempt: try reader.readU32(field: field + ".attempt")))
+            }
+            message = .custodyCheck(queue: queue, checkID: checkID, runs: runs)
+        case .queueCustodyVerdict:
+            let checkID = try reader.readU64(field: "custodyVerdict.checkID")
+            let stale = try readRuns(&reader, field: "custodyVerdict.stale", countField: "custodyVerdict.stale.count")
+            guard stale.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "custodyVerdict.stale.count", reason: "\(stale.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            message = .custodyVerdict(queue: queue, checkID: checkID, stale: stale)
         default:
             throw .unknownMessageType(type.rawValue)
         }
         try reader.finish(type: type)
         return message
+    }
+
+    /// Groups as owner updates and owner changes carry them: count u16, then (peer, attempt,
+    /// hops, runs) each.
+    private static func readGroups(_ reader: inout WireReader, field: String) throws(WireError) -> [CustodyChange] {
+        let count = Int(try reader.readU16(field: field + ".count"))
+        // A group takes at least 44 bytes: never reserve more than the bytes could hold.
+        guard count <= reader.remaining / 44 else {
+            throw .malformed(field: field + ".count", reason: "\(count) groups cannot fit in \(reader.remaining) bytes")
+        }
+        var groups: [CustodyChange] = []
+        groups.reserveCapacity(count)
+        for index in 0..<count {
+            let field = "\(field)[\(index)]"
+            let holder = try reader.readPeerID(field: field + ".holder")
+            let attempt = try reader.readU32(field: field + ".attempt")
+            let hops = try reader.readU32(field: field + ".hops")
+            let runs = try readRuns(&reader, field: field + ".runs", countField: field + ".runs.count")
+            groups.append(CustodyChange(holder: holder, attempt: attempt, hops: hops, runs: runs))
+        }
+        return groups
     }
 
     private static func readRuns(_ reader: inout WireReader, field: String, countField: String) throws(WireError) -> [SequenceRun] {

@@ -98,6 +98,15 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// start above every number its previous run used (the shell passes its incarnation, the
     /// wall-clock nanoseconds at start), so old copies are never taken for new items.
     public var firstSequence: UInt64
+    /// An input this much later than the timer this machine armed means the process was not
+    /// running (SIGSTOP, a paused VM): owners may have declared it dead and re-queued what it
+    /// holds, so their items are held back until each owner names the stale copies. Below the
+    /// fastest death verdict of a silent node (a failed probe plus the minimum suspicion, about
+    /// 1.25 s with the default membership settings).
+    public var stallThreshold: UInt64 = 1_000_000_000
+    /// Confirmations and custody news for an owner declared dead are kept this long (it may
+    /// have been paused or cut off one way and come back), then dropped.
+    public var deadOwnerRetention: UInt64 = 60_000_000_000
 
     public init(
         strategy: BalanceStrategy = .adaptive,
@@ -246,6 +255,26 @@ public struct QueueCounters: Hashable, Sendable {
     public var noticesDropped = 0
     /// Items removed from the local queue by ``QueueMachine/remove(where:now:)``.
     public var removed = 0
+    /// Items this node owned that a peer acknowledged in a ``TransferKind/drain`` transfer: the
+    /// peer owns them now.
+    public var ownershipHandedOver = 0
+    /// Items received in a ``TransferKind/drain`` transfer whose ownership this node took over.
+    public var ownershipAdopted = 0
+    /// Items of pop confirmations and custody notices their owners acknowledged.
+    public var noticesAcknowledged = 0
+
+    // Trust: what members may not do (docs/operations.md, "Trust model").
+    /// Pop confirmations (items) held because their sender was not the items' recorded
+    /// holder when they arrived; applied if custody news then names the sender.
+    public var confirmationsHeld = 0
+    /// Of those, applied once custody news named their sender (the race, not a forgery).
+    public var confirmationsApplied = 0
+    /// Held pop confirmations dropped: no custody news named their sender in time (a forged
+    /// confirmation, or one of a duplicate delivery). The items stay owned.
+    public var confirmationsRefused = 0
+    /// Copies dropped before any consumer got them because their owner had re-queued the item
+    /// (this node had been declared dead) or had it confirmed popped elsewhere.
+    public var staleCopiesDropped = 0
 
     public init() {}
 }
@@ -258,4 +287,31 @@ public enum StatsRejection: Equatable, Sendable {
     case stale(sequence: UInt64, last: UInt64)
     /// Too many peers are tracked already.
     case tooManyPeers
+}
+
+/// Where a queue's graceful stop (``QueueMachine/drain(now:)``) stands.
+public struct DrainProgress: Hashable, Sendable {
+    /// Items still queued here.
+    public var queued: Int
+    /// Items in transfers not acknowledged yet.
+    public var inFlight: Int
+    /// Items of pop confirmations and custody notices for connected owners, not acknowledged yet.
+    public var pendingNotices: Int
+    /// Items of pop confirmations and custody notices whose owner has no link now.
+    public var unreachableNotices: Int
+    /// A connected peer that takes transfers exists.
+    public var hasLivePeer: Bool
+
+    public init(queued: Int, inFlight: Int, pendingNotices: Int, unreachableNotices: Int, hasLivePeer: Bool) {
+        self.queued = queued
+        self.inFlight = inFlight
+        self.pendingNotices = pendingNotices
+        self.unreachableNotices = unreachableNotices
+        self.hasLivePeer = hasLivePeer
+    }
+
+    /// Nothing left to hand over or to confirm to a reachable owner.
+    public var isComplete: Bool { queued == 0 && inFlight == 0 && pendingNotices == 0 }
+    /// Waiting longer cannot help: what is left needs a peer and none is connected.
+    public var isStuck: Bool { !isComplete && inFlight == 0 && pendingNotices == 0 && !hasLivePeer }
 }

@@ -1,10 +1,10 @@
-// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x26).
+// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x29).
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
 // replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
 // `--write-corpus <dir>`, writes the seed corpus (Fuzz/corpus/queue).
 //
-// The first input byte picks the message type (0x20 + byte % 7); the rest is the body. Besides
+// The first input byte picks the message type (an index into `types`, modulo its count); the rest is the body. Besides
 // "no crash", a body that decodes must give a message that validates, whose `bodySize` is
 // exact, and that survives encode → decode unchanged.
 
@@ -20,7 +20,7 @@ import Darwin
 
 let types: [MessageType] = [
     .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
-    .queueOwnerUpdateAck,
+    .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
 ]
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -45,10 +45,15 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
         ("steal-request", .stealRequest(queue: "jobs", requestID: 5, maxItems: 64, thiefRate: 100)),
         ("steal-empty", .stealEmpty(queue: "jobs", requestID: 5)),
         ("transfer", .transfer(queue: "jobs", transferID: 8, kind: .steal, requestID: 5, items: items)),
+        ("transfer-drain", .transfer(queue: "jobs", transferID: 9, kind: .drain, requestID: 0, items: items)),
         ("transfer-ack", .transferAck(queue: "jobs", transferID: 8, status: .accepted)),
         ("owner-update", .ownerUpdate(queue: "jobs", updateID: 4, popped: [SequenceRun(first: 1, count: 3)],
                                       custody: [CustodyChange(holder: holder, attempt: 0, hops: 1, runs: [SequenceRun(first: 9, count: 1)])])),
         ("owner-update-ack", .ownerUpdateAck(queue: "jobs", updateID: 4)),
+        ("owner-change", .ownerChange(queue: "jobs", changeID: 5, groups: [CustodyChange(holder: holder, attempt: 0, hops: 0,
+                                                                                        runs: [SequenceRun(first: 1, count: 3)])])),
+        ("custody-check", .custodyCheck(queue: "jobs", checkID: 6, runs: [CheckedRun(first: 1, count: 3, attempt: 0)])),
+        ("custody-verdict", .custodyVerdict(queue: "jobs", checkID: 6, stale: [SequenceRun(first: 2, count: 1)])),
     ]
     return try messages.map { name, message in
         var frame: [UInt8] = []

@@ -69,6 +69,10 @@ public struct CallerCounters: Hashable, Sendable {
     public var retries = 0
     /// Results for calls no longer outstanding (duplicates, late, or cancelled).
     public var ignoredResults = 0
+    /// Results refused for an outstanding call because they came from a peer that neither
+    /// was sent the call directly nor sent a started notice for it (forged, or a confused
+    /// member). The call stays outstanding.
+    public var refusedResults = 0
     /// Calls failed by their deadline.
     public var timeouts = 0
     /// Calls cancelled by the caller.
@@ -103,6 +107,10 @@ public struct CallerCounters: Hashable, Sendable {
 ///   are memoized should be deterministic, since either execution's result may be cached.
 /// - A started notice for a call that is not outstanding (cancelled, already answered, or of a
 ///   previous process) is answered with a cancel, so stray executions stop early.
+/// - A result is accepted only from a peer the call was sent to directly or that sent a
+///   started notice for it (any attempt: an earlier attempt's executor may still answer).
+///   Executors always send the notice ahead of the result, so any other sender is refused
+///   and counted (``CallerCounters/refusedResults``): a member cannot answer others' calls.
 ///
 /// ## Direct calls
 /// An executor that has run a call of this node grants it credit (``RemoteCallMessage/credit(_:)``)
@@ -139,6 +147,30 @@ public struct CallerMachine: Sendable {
         var executor: PeerID?
         /// The current attempt went straight to `executor` (no queue holds it).
         var direct = false
+        /// Other peers whose results are accepted: executors of earlier attempts, and peers
+        /// that announced a duplicate delivery. Empty, so unallocated, for most flights;
+        /// bounded by ``CallerMachine/maxFormerExecutors``.
+        var formerExecutors: [PeerID] = []
+
+        /// Whether `peer` may deliver this flight's result.
+        func accepts(_ peer: PeerID) -> Bool {
+            executor == peer || formerExecutors.contains(peer)
+        }
+
+        /// Keeps `peer` able to deliver the result without naming it the executor.
+        mutating func remember(_ peer: PeerID) {
+            guard executor != peer, !formerExecutors.contains(peer),
+                  formerExecutors.count < CallerMachine.maxFormerExecutors else { return }
+            formerExecutors.append(peer)
+        }
+
+        /// The current executor is lost or replaced; its result stays acceptable.
+        mutating func retireExecutor() {
+            if let executor {
+                self.executor = nil
+                remember(executor)
+            }
+        }
         /// Whether the flight's own call (same sequence) still waits for it.
         var ownTicket = true
         /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
@@ -203,6 +235,9 @@ public struct CallerMachine: Sendable {
     private var directOut: [(peer: PeerID, items: [[UInt8]])] = []
     /// Most credit remembered per executor (a misbehaving peer cannot make it grow without end).
     static let maxCredit = 1 << 20
+    /// Most earlier executors remembered per flight (one per retry, bounded by `maxRetries`,
+    /// plus duplicate deliveries).
+    static let maxFormerExecutors = 16
 
     public init(localPeer: PeerID, configuration: CallerConfiguration = CallerConfiguration()) {
         precondition((0...254).contains(configuration.maxRetries), "maxRetries must be in 0...254")
@@ -370,7 +405,7 @@ public struct CallerMachine: Sendable {
         var cancels: [PeerID: [UInt64]] = [:]
         switch message {
         case .results(let entries):
-            for entry in entries { resultArrived(entry, into: &actions) }
+            for entry in entries { resultArrived(entry, from: peer, into: &actions) }
         case .started(let entries):
             for entry in entries {
                 guard let flight = flights[entry.sequence] else {
@@ -380,9 +415,13 @@ public struct CallerMachine: Sendable {
                 }
                 // Only the current attempt's notice counts; an older attempt may still answer
                 // (its result is accepted) but no longer protects the call.
-                guard entry.attempt == flight.attempt, flight.executor == nil else { continue }
+                guard entry.attempt == flight.attempt, flight.executor == nil else {
+                    if !flight.accepts(peer) { flights.modify(entry.sequence) { $0.remember(peer) } }
+                    continue
+                }
                 if lostPeers.contains(peer) {
                     // Membership already wrote the executor off: the notice arrived late.
+                    flights.modify(entry.sequence) { $0.remember(peer) }
                     lose(entry.sequence, into: &actions)
                     continue
                 }
@@ -421,7 +460,7 @@ public struct CallerMachine: Sendable {
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: true) {
             flights.modify(flightID) { flight in
-                flight.executor = nil
+                flight.retireExecutor()
                 flight.direct = false
             }
             lose(flightID, into: &actions)
@@ -534,11 +573,18 @@ public struct CallerMachine: Sendable {
         directOut.removeAll(keepingCapacity: true)
     }
 
-    private mutating func resultArrived(_ entry: CallResultEntry, into actions: inout [Action]) {
-        guard let flight = flights.remove(entry.sequence) else {
+    private mutating func resultArrived(_ entry: CallResultEntry, from peer: PeerID, into actions: inout [Action]) {
+        var accepted = false
+        // In place: no copy of the flight (its function name and arguments) per result.
+        guard flights.modify(entry.sequence, { accepted = $0.accepts(peer) }) else {
             counters.ignoredResults += 1
             return
         }
+        guard accepted else {
+            counters.refusedResults += 1
+            return
+        }
+        guard let flight = flights.remove(entry.sequence) else { return }
         forget(entry.sequence, flight)
         let result: Result<[UInt8], RemoteCallError>
         if case .success(let bytes) = entry.outcome {
@@ -569,7 +615,7 @@ public struct CallerMachine: Sendable {
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: false) {
-            flights.modify(flightID) { $0.executor = nil }
+            flights.modify(flightID) { $0.retireExecutor() }
             lose(flightID, into: &actions)
         }
         finish(&actions)
@@ -589,7 +635,7 @@ public struct CallerMachine: Sendable {
             return
         }
         flight.attempt += 1
-        flight.executor = nil
+        flight.retireExecutor()
         flight.direct = false
         counters.retries += 1
         push(flightID, &flight, into: &actions)

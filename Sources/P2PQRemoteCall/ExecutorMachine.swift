@@ -319,6 +319,10 @@ public struct ExecutorMachine: Sendable {
             case .failure(let error):
                 counters.malformed += 1
                 if let id = CallItem.header(of: bytes), !deadCallers.contains(id.caller), sender == nil || id.caller == sender {
+                    if sender == nil {
+                        // Its attempt is unreadable; the notice only has to name this node.
+                        outboxes.modify(id.caller) { $0.started.append(CallStartedEntry(sequence: id.sequence, attempt: 1)) }
+                    }
                     queueResult(.malformedCall(truncateUTF8(error.description, to: RemoteCallLimits.maxDescriptionLength)), for: id, actions: &actions)
                 } else {
                     actions.append(.discard(error))
@@ -448,22 +452,22 @@ public struct ExecutorMachine: Sendable {
         var actions: [Action] = []
         guard !outboxes.isEmpty else { return actions }
         for (peer, outbox) in outboxes.drain() {
-            var started = outbox.started
-            if !started.isEmpty && !outbox.results.isEmpty {
-                // A call answered in the same batch needs no started notice.
-                let answered = Set(outbox.results.map(\.sequence))
-                started.removeAll { answered.contains($0.sequence) }
-            }
-            var start = 0
-            while start < started.count {
-                let end = min(started.count, start + RemoteCallLimits.maxEntriesPerMessage, start + (configuration.maxMessageBodySize - 2) / 9)
-                actions.append(.send(.started(Array(started[start..<end])), to: peer))
-                start = end
-            }
+            // Every started notice goes, ahead of the results: a caller accepts a result only
+            // from a peer it sent the call to or that announced it (even in the same batch).
+            sendStarted(outbox.started, to: peer, actions: &actions)
             if !outbox.results.isEmpty { actions.append(.send(.results(outbox.results), to: peer)) }
         }
         grantCredit(&actions)
         return actions
+    }
+
+    private func sendStarted(_ started: [CallStartedEntry], to peer: PeerID, actions: inout [Action]) {
+        var start = 0
+        while start < started.count {
+            let end = min(started.count, start + RemoteCallLimits.maxEntriesPerMessage, start + (configuration.maxMessageBodySize - 2) / 9)
+            actions.append(.send(.started(Array(started[start..<end])), to: peer))
+            start = end
+        }
     }
 
     /// Tops every credited caller up to the free slots.
@@ -525,6 +529,7 @@ public struct ExecutorMachine: Sendable {
         }
         guard runsHere(item.function) else {
             counters.unknownFunction += 1
+            if !direct { queueStarted(item, actions: &actions) }
             queueResult(.unknownFunction, for: item.id, actions: &actions)
             return
         }
@@ -532,6 +537,7 @@ public struct ExecutorMachine: Sendable {
         if let key {
             if let value = memo.value(for: key) {
                 counters.memoHits += 1
+                if !direct { queueStarted(item, actions: &actions) }
                 queueResult(.success(value), for: item.id, actions: &actions)
                 return
             }
@@ -633,10 +639,12 @@ public struct ExecutorMachine: Sendable {
             )
         }
         let size = entry.encodedSize
-        let full: [CallResultEntry]? = outboxes.modify(call.caller) { outbox in
-            var full: [CallResultEntry]?
+        let full: (started: [CallStartedEntry], results: [CallResultEntry])? = outboxes.modify(call.caller) { outbox in
+            var full: (started: [CallStartedEntry], results: [CallResultEntry])?
             if outbox.resultBytes + size > limit || outbox.results.count == RemoteCallLimits.maxEntriesPerMessage {
-                full = outbox.results
+                // The notices batched so far go first: they name this node for those results.
+                full = (outbox.started, outbox.results)
+                outbox.started = []
                 outbox.results = []
                 outbox.resultBytes = 2
             }
@@ -644,7 +652,10 @@ public struct ExecutorMachine: Sendable {
             outbox.resultBytes += size
             return full
         }
-        if let full { actions.append(.send(.results(full), to: call.caller)) }
+        if let full {
+            sendStarted(full.started, to: call.caller, actions: &actions)
+            actions.append(.send(.results(full.results), to: call.caller))
+        }
     }
 }
 

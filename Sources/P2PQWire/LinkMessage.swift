@@ -91,7 +91,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
         switch type {
         case .benchmark, .membershipPing, .membershipAck, .membershipPingRequest, .membershipNack, .membershipGossip,
              .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
-             .queueOwnerUpdateAck:
+             .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict:
             // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:

@@ -48,6 +48,13 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case queueOwnerUpdate = 0x25
     /// Queue: the owner got an owner update (the sender may forget it).
     case queueOwnerUpdateAck = 0x26
+    /// Queue: a stopping owner hands the ownership of items to the node holding them.
+    case queueOwnerChange = 0x27
+    /// Queue: a holder that may have been declared dead asks an owner which of its copies are
+    /// stale (re-queued or confirmed meanwhile).
+    case queueCustodyCheck = 0x28
+    /// Queue: the owner's answer to a custody check, the stale copies.
+    case queueCustodyVerdict = 0x29
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
     /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
@@ -104,6 +111,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .queueTransferAck: return "queue transfer ack"
         case .queueOwnerUpdate: return "queue owner update"
         case .queueOwnerUpdateAck: return "queue owner update ack"
+        case .queueOwnerChange: return "queue owner change"
+        case .queueCustodyCheck: return "queue custody check"
+        case .queueCustodyVerdict: return "queue custody verdict"
         case .benchmark: return "benchmark"
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"

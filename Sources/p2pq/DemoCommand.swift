@@ -89,7 +89,9 @@ struct DemoCommand: AsyncParsableCommand {
         }
         print(table(["node", "peer", "calls executed", "items popped", "items moved", "bytes in", "bytes out"], rows))
         await session.stop()
-        if pi.failures > 0 || done < items { throw ExitCode.failure }
+        if pi.failures > 0 || done < items {
+            throw CLIError(.failed, "the demo did not finish: \(pi.failures) calls failed, \(done) of \(items) items popped")
+        }
     }
 
     /// Items popped so far on the cluster's nodes (from their `/status`).

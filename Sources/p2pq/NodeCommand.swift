@@ -13,17 +13,25 @@ import Prometheus
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run a node until SIGINT or SIGTERM, then leave gracefully and exit 0."
+        abstract: "Run a node until SIGINT or SIGTERM, then leave gracefully and exit 0.",
+        discussion: """
+            Prints "listening <address> <peer id>" (and "operations http://<address>" with --metrics) on \
+            standard output once running; logs go to standard error. Every flag is checked before \
+            the node starts. See `p2pq --help` for the exit statuses.
+            """
     )
 
     @Option(help: "Address to listen on (host:port). Off loopback a cluster key is required.")
     var listen: String = "127.0.0.1:0"
 
-    @Option(help: "Address of a node to join (host:port). Repeatable.")
+    @Option(help: "Address of a node to join (host:port; the host may be a name, resolved at start and on every redial). Repeatable.")
     var bootstrap: [String] = []
 
-    @Option(help: "Cluster key file (see `p2pq keygen`). Without one: loopback only, development key.")
+    @Option(help: "Cluster key file (see `p2pq keygen`; must not be readable by group or others). Without one: loopback only, development key.")
     var keyFile: String?
+
+    @Flag(help: "Accept a --key-file that group or others may read (a warning is logged).")
+    var allowInsecureKeyPermissions = false
 
     @Option(help: "Identity file: loaded, or created (mode 0600) on first start.")
     var identityFile: String?
@@ -73,14 +81,14 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    @Flag(help: ArgumentHelp("Register the example functions (echo, fib, pi-sim, sleep-then-answer) and execute remote calls.", visibility: .hidden))
+    @Flag(help: "Register the example functions (echo, fib, pi-sim, sleep-then-answer) and execute remote calls, for `p2pq fib` and `p2pq pi --join`.")
     var serveExamples = false
 
     @Flag(help: ArgumentHelp("Leave and exit when the parent process exits (local clusters of the examples).", visibility: .hidden))
     var exitWithParent = false
 
-    @Option(help: ArgumentHelp("Remote calls run at once with --serve-examples.", visibility: .hidden))
-    var maxConcurrentCalls: Int = 4
+    @Option(help: "Remote calls run at once with --serve-examples (default: the library's, 16 per core, at least 64).")
+    var maxConcurrentCalls: Int?
 
     @Option(help: ArgumentHelp("Pop this queue in a loop (one consumer), as `p2pq demo` asks its nodes to.", visibility: .hidden))
     var consume: String?
@@ -97,26 +105,38 @@ struct NodeCommand: AsyncParsableCommand {
     func validate() throws {
         guard (1...100_000_000).contains(maxQueueItems) else { throw ValidationError("--max-queue-items must be between 1 and 100,000,000") }
         guard (1...(64 << 30)).contains(maxQueueBytes) else { throw ValidationError("--max-queue-bytes must be between 1 and 64 GiB") }
+        _ = try settings()
     }
 
-    func run() async throws {
+    /// Every flag checked and turned into the node's configuration, before anything starts
+    /// (files are read later, in `run`).
+    func settings() throws(ValidationError) -> (NodeConfiguration, Logger.Level) {
         guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
-            throw ValidationError("unknown log level '\(logLevel)'")
+            throw ValidationError("unknown --log-level '\(logLevel)': use trace, debug, info, notice, warning, error or critical")
         }
         var configuration = NodeConfiguration()
         let address: SocketAddress
-        do {
-            address = try SocketAddress(listen)
-        } catch {
-            throw ValidationError("--listen: \(error)")
-        }
+        do { address = try SocketAddress(listen) } catch { throw ValidationError("--listen: \(error)") }
         configuration.listenHost = address.host
         configuration.listenPort = address.port
+        for entry in bootstrap {
+            do { _ = try HostAndPort(entry) } catch { throw ValidationError("--bootstrap: \(error)") }
+        }
         configuration.bootstrap = bootstrap
+        if let advertise {
+            do { _ = try SocketAddress(host: advertise, port: 1) } catch { throw ValidationError("--advertise: \(error)") }
+        }
         configuration.advertisedHost = advertise
         configuration.insecure = insecure
+        if insecure && keyFile != nil { throw ValidationError("--insecure and --key-file exclude each other") }
         configuration.linkCipher = linkCipher.cipher
+        guard (1...65_535).contains(maxPeers) else { throw ValidationError("--max-peers must be between 1 and 65,535") }
         configuration.maxPeers = maxPeers
+        guard (1...65_535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be between 1 and 65,535") }
+        do { _ = try SocketAddress(host: discoveryInterface, port: 1) } catch {
+            throw ValidationError("--discovery-interface: \(error)")
+        }
+        guard !discoveryInterface.contains(":") else { throw ValidationError("--discovery-interface must be an IPv4 address") }
         configuration.discovery.enabled = !noDiscovery
         configuration.discovery.port = discoveryPort
         configuration.discovery.interfaceAddress = discoveryInterface
@@ -124,24 +144,32 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.identityFile = identityFile
         configuration.maxQueueItems = maxQueueItems
         configuration.maxQueueBytes = maxQueueBytes
-        configuration.reactor.backend = try parseBackend(backend)
-        if let keyFile {
-            do {
-                configuration.clusterKey = try ClusterKey.load(path: keyFile)
-            } catch {
-                throw ValidationError("--key-file: \(error)")
-            }
+        do { configuration.reactor.backend = try parseBackend(backend) } catch let error as ValidationError { throw error } catch {
+            throw ValidationError("--backend: \(error)")
         }
-        var operations: OperationsConfiguration?
         if let metrics {
+            // A bare port (9100) or no host (:9100) is refused here, not after the node started.
+            do { _ = try SocketAddress(metrics) } catch { throw ValidationError("--metrics: \(error)") }
+            do { _ = try OperationsConfiguration(address: metrics) } catch { throw ValidationError("--metrics: \(error)") }
             configuration.metrics = .prometheus(PrometheusCollectorRegistry())
-            operations = try operationsConfiguration(metrics, clusterKey: configuration.clusterKey)
         } else if tokenFile != nil || metricsOpen || !allowOrigin.isEmpty || !allowHost.isEmpty {
             throw ValidationError("--token-file, --metrics-open, --allow-origin and --allow-host need --metrics")
         }
+        if let maxConcurrentCalls, maxConcurrentCalls < 1 { throw ValidationError("--max-concurrent-calls must be positive") }
+        guard consumeWorkMs >= 0 else { throw ValidationError("--consume-work-ms must not be negative") }
+        return (configuration, level)
+    }
+
+    func run() async throws {
+        var (configuration, level) = try settings()
         var logger = Logger(label: "p2pq")
         logger.logLevel = level
         configuration.logger = logger
+        if let keyFile {
+            configuration.clusterKey = try loadClusterKey(keyFile, allowInsecurePermissions: allowInsecureKeyPermissions,
+                                                          logger: logger)
+        }
+        let operations = try metrics.map { try operationsConfiguration($0, clusterKey: configuration.clusterKey) }
 
         // Signals are taken by a dispatch source, not the default handler, so the node can
         // say goodbye before the process exits.
@@ -155,7 +183,6 @@ struct NodeCommand: AsyncParsableCommand {
             return source
         }
 
-        guard maxConcurrentCalls > 0 else { throw ValidationError("--max-concurrent-calls must be positive") }
         if exitWithParent {
             // Orphaned example nodes must not linger on a shared machine.
             let parent = getppid()
@@ -164,9 +191,15 @@ struct NodeCommand: AsyncParsableCommand {
                 requestStop.yield(SIGTERM)
             }
         }
-        let node = try Node(configuration: configuration)
-        // Checked before the node starts: a refused endpoint must not leave a node running.
+        let node: Node
+        let info: NodeInfo
         let endpoint: OperationsEndpoint?
+        do {
+            node = try Node(configuration: configuration)
+        } catch {
+            throw CLIError(.cannotStart, "the node could not start: \(error)")
+        }
+        // Checked before the node starts: a refused endpoint must not leave a node running.
         do {
             endpoint = try operations.map { operations throws(OperationsError) in
                 try OperationsEndpoint(node: node, configuration: operations, logger: logger)
@@ -174,18 +207,22 @@ struct NodeCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("--metrics: \(error)")
         }
-        let info = try await node.start()
+        do {
+            info = try await node.start()
+        } catch {
+            throw CLIError(.cannotStart, "the node could not start: \(error)")
+        }
         var operationsAddress: String?
         if let endpoint {
             do {
                 operationsAddress = try await endpoint.start()
             } catch {
                 await node.stop()
-                throw ValidationError("--metrics: \(error)")
+                throw CLIError(.cannotStart, "the operations endpoint could not start: \(error)")
             }
         }
         if serveExamples {
-            let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls)
+            let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls ?? RemoteCall.defaultMaxConcurrentCalls())
             ExampleFunctions.register(on: rpc)
             try await rpc.process()
         }
@@ -209,9 +246,10 @@ struct NodeCommand: AsyncParsableCommand {
             break
         }
         await endpoint?.stop()
-        await node.stop()
+        // Hands the queues' items and confirmations to live peers first (see Node.stop).
+        let report = await node.stop()
         sources.forEach { $0.cancel() }
-        logger.info("stopped")
+        logger.info("stopped: \(report)")
     }
 }
 
@@ -230,7 +268,7 @@ extension NodeCommand {
             do {
                 operations.tokens.append(try OperationsToken.load(path: tokenFile))
             } catch {
-                throw ValidationError("--token-file: \(error)")
+                throw CLIError(.keyRefused, "--token-file: \(error)")
             }
         }
         if let clusterKey { operations.tokens.append(.derived(from: clusterKey)) }
@@ -275,7 +313,7 @@ struct KeygenCommand: ParsableCommand {
         do {
             try key.save(path: path)
         } catch {
-            throw ValidationError("\(error)")
+            throw CLIError(.failed, "keygen: \(error)")
         }
         print("wrote \(path) (cluster id \(key.clusterID))")
     }
@@ -287,5 +325,28 @@ func parseBackend(_ text: String) throws -> ReactorBackendChoice {
     case "epoll": return .exactly(.epoll)
     case "io_uring", "iouring", "uring": return .exactly(.ioUring)
     default: throw ValidationError("unknown backend '\(text)': use auto, epoll or io_uring")
+    }
+}
+
+/// Loads a cluster key file, refusing one that group or others may read or write unless the
+/// operator allowed it: anyone who can read the key can join the cluster.
+func loadClusterKey(_ path: String, allowInsecurePermissions: Bool, logger: Logger?) throws(CLIError) -> ClusterKey {
+    var info = stat()
+    guard stat(path, &info) == 0 else {
+        throw CLIError(.keyRefused, "--key-file \(path): \(String(cString: strerror(errno)))")
+    }
+    let loose = info.st_mode & 0o077
+    if loose != 0 {
+        let mode = String(info.st_mode & 0o777, radix: 8)
+        guard allowInsecurePermissions else {
+            throw CLIError(.keyRefused, "--key-file \(path) has mode \(mode): group or others may read it; "
+                + "run `chmod 600 \(path)`, or pass --allow-insecure-key-permissions")
+        }
+        logger?.warning("key file \(path) has mode \(mode): group or others may read it (allowed by --allow-insecure-key-permissions)")
+    }
+    do {
+        return try ClusterKey.load(path: path)
+    } catch {
+        throw CLIError(.keyRefused, "--key-file: \(error)")
     }
 }

@@ -25,13 +25,13 @@ func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level 
 /// Waits (at most `timeout`) until every node is linked to all the others.
 func waitForMesh(_ nodes: [Node], peers: Int, timeout: Duration = .seconds(10)) async throws {
     let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        var done = true
-        for node in nodes where await node.connectedPeers().count < peers { done = false }
-        if done { return }
-        try await Task.sleep(for: .milliseconds(5))
+    for node in nodes {
+        do {
+            try await node.waitForPeers(count: peers, timeout: max(.zero, deadline - ContinuousClock.now))
+        } catch {
+            throw ClusterError("the nodes did not link up within \(timeout): \(error)")
+        }
     }
-    throw ClusterError("the nodes did not link up within \(timeout)")
 }
 
 /// `count` in-process nodes in a full mesh, each on its own reactor thread.

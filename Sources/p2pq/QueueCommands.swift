@@ -15,7 +15,7 @@ func clientToken(_ tokenFile: String?) throws -> OperationsToken {
     do {
         return try OperationsToken.load(path: path)
     } catch {
-        throw ValidationError("token file: \(error)")
+        throw CLIError(.keyRefused, "token file: \(error)")
     }
 }
 
@@ -37,10 +37,11 @@ func postOperations(_ address: String, path: String, query: [URLQueryItem], body
         data = answer
         code = (response as? HTTPURLResponse)?.statusCode ?? 0
     } catch {
-        throw ValidationError("cannot reach \(url): \(error.localizedDescription)")
+        throw CLIError(.unreachable, "cannot reach \(url): \(error.localizedDescription)")
     }
     guard code == 200 else {
-        throw ValidationError("\(url) answered \(code): \(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+        throw CLIError(CLIError.kind(forHTTPStatus: code),
+                       "\(url) answered \(code): \(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
     }
     return data
 }
@@ -91,7 +92,13 @@ struct PushCommand: AsyncParsableCommand {
 struct PopCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop",
-        abstract: "Pop items from a running node's queue and print them, one per line (needs its --metrics address)."
+        abstract: "Pop items from a running node's queue and print them, one per line (needs its --metrics address).",
+        discussion: """
+            Pop gathers items until it has --max of them or --timeout has passed, whichever comes \
+            first, printing each as it arrives: items queued on other nodes of the cluster move to \
+            this node while it waits. With --timeout 0 it takes only what this node holds at that \
+            moment. Exit status 3 when no item came.
+            """
     )
 
     @Argument(help: "The node's operations address (host:port), as `p2pq node --metrics` printed it.")
@@ -100,11 +107,11 @@ struct PopCommand: AsyncParsableCommand {
     @Option(help: "The queue's name.")
     var queue: String = Node.defaultQueueName
 
-    @Option(help: "Most items to pop (1...65536).")
+    @Option(help: "Most items to pop (1...65536); pop returns once it has this many.")
     var max: Int = 1
 
-    @Option(help: "Milliseconds to wait for the first item (0...25000).")
-    var timeout: Int = 0
+    @Option(help: "Milliseconds to gather items (0...600000); pop returns when they have passed, with what it has.")
+    var timeout: Int = 5000
 
     @Flag(help: "Print items base64-encoded (for binary items).")
     var base64 = false
@@ -114,22 +121,33 @@ struct PopCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...65_536).contains(max) else { throw ValidationError("--max must be between 1 and 65,536") }
-        guard (0...25_000).contains(timeout) else { throw ValidationError("--timeout must be between 0 and 25,000 ms") }
+        guard (0...600_000).contains(timeout) else { throw ValidationError("--timeout must be between 0 and 600,000 ms") }
     }
 
     func run() async throws {
-        let data = try await postOperations(
-            address, path: queuePath(queue, "pop"),
-            query: [
-                URLQueryItem(name: "max", value: "\(max)"), URLQueryItem(name: "timeout", value: "\(timeout)"),
-                URLQueryItem(name: "encoding", value: base64 ? "base64" : "utf8"),
-            ],
-            body: [], timeout: Double(timeout) / 1000 + 10, token: try clientToken(tokenFile))
-        let answer = try JSONDecoder().decode(QueuePopAnswer.self, from: data)
-        for item in answer.items { print(item) }
-        if answer.items.isEmpty {
-            FileHandle.standardError.write(Data("no item within \(timeout) ms\n".utf8))
-            throw ExitCode(3)
-        }
+        // One request pops only what the node holds when the first item is there; more come
+        // from peers while the node's consumers wait, so ask again until --max or the deadline.
+        let token = try clientToken(tokenFile)
+        let deadline = ContinuousClock.now + .milliseconds(timeout)
+        var popped = 0
+        repeat {
+            let left = Swift.max(0, (deadline - ContinuousClock.now) / .milliseconds(1))
+            let wait = Swift.min(Int(left.rounded(.up)), 25_000)  // the route's limit per request
+            let data = try await postOperations(
+                address, path: queuePath(queue, "pop"),
+                query: [
+                    URLQueryItem(name: "max", value: "\(max - popped)"), URLQueryItem(name: "timeout", value: "\(wait)"),
+                    URLQueryItem(name: "encoding", value: base64 ? "base64" : "utf8"),
+                ],
+                body: [], timeout: Double(wait) / 1000 + 10, token: token)
+            let answer: QueuePopAnswer
+            do { answer = try JSONDecoder().decode(QueuePopAnswer.self, from: data) } catch {
+                throw CLIError(.failed, "\(address) answered a pop with something else than its JSON: \(error)")
+            }
+            for item in answer.items { print(item) }
+            fflush(nil)
+            popped += answer.items.count
+        } while popped < max && ContinuousClock.now < deadline
+        if popped == 0 { throw CLIError(.nothingPopped, "no item within \(timeout) ms") }
     }
 }

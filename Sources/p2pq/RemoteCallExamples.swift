@@ -86,7 +86,7 @@ struct ExampleSession {
         if let join = options.join {
             bootstrap = join
             if let path = options.keyFile {
-                do { key = try ClusterKey.load(path: path) } catch { throw ValidationError("--key-file: \(error)") }
+                do { key = try ClusterKey.load(path: path) } catch { throw CLIError(.keyRefused, "--key-file: \(error)") }
             }
         } else {
             let started = try await LocalCluster.start(
@@ -102,7 +102,7 @@ struct ExampleSession {
         try await node.start()
         do { try await waitForMesh([node], peers: cluster?.nodes.count ?? 1, timeout: .seconds(15)) } catch {
             cluster?.stop()
-            throw ValidationError("the cluster did not form within 15 s")
+            throw CLIError(.unreachable, "the cluster did not form within 15 s")
         }
         // A moment for the queue gossip to learn which peers wait for calls.
         try await Task.sleep(for: .milliseconds(300))
@@ -231,7 +231,7 @@ struct FibCommand: AsyncParsableCommand {
         }
         await session.printTable()
         await session.stop()
-        if case .failure = outcome { throw ExitCode.failure }
+        if case .failure(let error) = outcome { throw CLIError(.failed, "fib(\(n)) failed: \(error)") }
     }
 }
 
@@ -263,7 +263,7 @@ struct PiCommand: AsyncParsableCommand {
         if let firstError = run.firstError { print("\(run.failures) calls failed; first: \(firstError)") }
         await session.printTable()
         await session.stop()
-        if run.failures > 0 { throw ExitCode.failure }
+        if run.failures > 0 { throw CLIError(.failed, "\(run.failures) of the calls failed") }
     }
 }
 

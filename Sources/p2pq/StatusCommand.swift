@@ -27,21 +27,28 @@ struct StatusCommand: AsyncParsableCommand {
         var request = URLRequest(url: url)
         request.setValue("Bearer \(try clientToken(tokenFile).text)", forHTTPHeaderField: "Authorization")
         let data: Data
+        let body: Data
+        let code: Int
         do {
-            let (body, response) = try await URLSession.shared.data(for: request)
-            let code = (response as? HTTPURLResponse)?.statusCode ?? 0
-            guard code == 200 else { throw ValidationError("\(url) answered \(code): \(String(decoding: body, as: UTF8.self))") }
-            data = body
-        } catch let error as ValidationError {
-            throw error
+            let (answer, response) = try await URLSession.shared.data(for: request)
+            body = answer
+            code = (response as? HTTPURLResponse)?.statusCode ?? 0
         } catch {
-            throw ValidationError("cannot reach \(url): \(error.localizedDescription)")
+            throw CLIError(.unreachable, "cannot reach \(url): \(error.localizedDescription)")
         }
+        guard code == 200 else {
+            throw CLIError(CLIError.kind(forHTTPStatus: code),
+                           "\(url) answered \(code): \(String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        data = body
         if json {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        let status = try JSONDecoder().decode(NodeStatus.self, from: data)
+        let status: NodeStatus
+        do { status = try JSONDecoder().decode(NodeStatus.self, from: data) } catch {
+            throw CLIError(.failed, "\(url) answered something else than a node's status: \(error)")
+        }
         print("node \(status.peerID)  \(status.listenAddress)  backend \(status.backend)")
         print("")
         let peerRows = status.peers.map { peer in

@@ -194,6 +194,37 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         #expect(size <= 512 && truncated.isTruncated && truncated.answers.count < 100 && !truncated.answers.isEmpty)
     }
 
+    @Test("A flood of legacy queries gets a bounded number of unicast replies (per record and per source)")
+    func legacyQueriesAreRateLimited() throws {
+        var a = started(1)
+        let questions = [DNSQuestion(name: DNSName("node-1.local"), type: .a),
+                         DNSQuestion(name: service, type: .ptr),
+                         DNSQuestion(name: DNSName("node-1._p2pqueue._tcp.local"), type: .srv)]
+        var replies = 0
+        var recordsSent = 0
+        // 20,000 queries over 20 s, from 1,000 (possibly forged) sources on ever-changing ports.
+        for i in 0..<20_000 {
+            let source = MDNSAddress(bytes: [127, 0, UInt8(i % 1000 / 256), UInt8(i % 1000 % 256)],
+                                     port: UInt16(10_000 + i % 50_000))
+            let actions = a.receive(query([questions[i % 3]], id: UInt16(i & 0xFFFF)), from: source,
+                                    now: 5 * second + UInt64(i) * ms)
+            replies += actions.unicasts.count
+            recordsSent += actions.unicasts.reduce(0) { $0 + $1.0.answers.count }
+        }
+        // Each of the three records at most once a second over 20 s: about 60, never 20,000.
+        #expect(replies <= 3 * 21)
+        #expect(recordsSent <= 3 * 21)
+        #expect(replies >= 3)
+        #expect(a.statistics.legacyRateLimited >= 20_000 - 3 * 21)
+        // One source asking fast gets one reply per second.
+        var b = started(2)
+        let asker = MDNSAddress(bytes: [127, 0, 0, 9], port: 40000)
+        let q = [DNSQuestion(name: DNSName("node-2.local"), type: .a), DNSQuestion(name: service, type: .ptr)]
+        #expect(b.receive(query([q[0]], id: 1), from: asker, now: 5 * second).unicasts.count == 1)
+        #expect(b.receive(query([q[1]], id: 2), from: asker, now: 5 * second + 10 * ms).unicasts.isEmpty)
+        #expect(b.receive(query([q[1]], id: 3), from: asker, now: 6 * second + 10 * ms).unicasts.count == 1)
+    }
+
     @Test func goodbyeOnStop() throws {
         var a = started(1)
         let goodbye = try #require(a.stop(now: 3 * second).responses.first)

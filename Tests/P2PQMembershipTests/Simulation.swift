@@ -47,6 +47,8 @@ struct Cluster {
     var slow: [PeerID: UInt64] = [:]
     var inFlight = Heap()
     var serial = 0
+    /// Pairs whose links are cut (a partition): sends between them are undeliverable.
+    var cuts: Set<[PeerID]> = []
     var events: [Event] = []
     /// Every message actually sent, in order.
     var sent: [(from: PeerID, to: PeerID, message: MembershipMessage)] = []
@@ -86,7 +88,7 @@ struct Cluster {
             case .event(let event):
                 events.append(Event(at: now, observer: id, event: event))
             case .send(let message, let to):
-                if killed.contains(to) || killed.contains(id) || nodes[to] == nil {
+                if killed.contains(to) || killed.contains(id) || nodes[to] == nil || cuts.contains([id, to].sorted()) {
                     work += nodes[id]!.membership.undeliverable(message, to: to, now: now)
                     continue
                 }
@@ -129,6 +131,29 @@ struct Cluster {
         inFlight.removeAll { $0.to == id || $0.from == id }
         for other in order where other != id && !killed.contains(other) {
             perform(other, nodes[other]!.membership.linkDown(id, now: now))
+        }
+    }
+
+    /// Cuts every link between `side` and `other` (both ends hear `linkDown`); messages already
+    /// in flight between them are lost.
+    mutating func partition(_ side: [PeerID], from other: [PeerID]) {
+        for a in side {
+            for b in other {
+                cuts.insert([a, b].sorted())
+                inFlight.removeAll { ($0.from == a && $0.to == b) || ($0.from == b && $0.to == a) }
+                perform(a, nodes[a]!.membership.linkDown(b, now: now))
+                perform(b, nodes[b]!.membership.linkDown(a, now: now))
+            }
+        }
+    }
+
+    /// Ends every partition: the cut links come up again from both ends (as redials do).
+    mutating func heal() {
+        let pairs = cuts.sorted { $0[0] < $1[0] || ($0[0] == $1[0] && $0[1] < $1[1]) }
+        cuts = []
+        for pair in pairs {
+            linkUp(pair[0], pair[1])
+            linkUp(pair[1], pair[0])
         }
     }
 

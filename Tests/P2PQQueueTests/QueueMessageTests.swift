@@ -40,6 +40,9 @@ private func statsBody(rate: Double) -> [UInt8] {
                          custody: [CustodyChange(holder: peer(3), attempt: 1, hops: 2, runs: [SequenceRun(first: 5, count: 3)])]),
             .ownerUpdate(queue: "jobs", updateID: 3, popped: [], custody: []),
             .ownerUpdateAck(queue: "jobs", updateID: 3),
+            .transfer(queue: "jobs", transferID: 6, kind: .drain, requestID: 0, items: TransferItems(items)),
+            .ownerChange(queue: "jobs", changeID: 4, groups: [CustodyChange(holder: peer(3), attempt: 1, hops: 0,
+                                                                             runs: [SequenceRun(first: 5, count: 3), SequenceRun(first: 9, count: 1)])]),
         ]
         for message in messages {
             #expect(try wireRoundTrip(message) == message)
@@ -203,6 +206,34 @@ private func statsBody(rate: Double) -> [UInt8] {
         let items = [QueueItem(id: ItemID(origin: peer(1), sequence: 1), payload: [UInt8](repeating: 1, count: 600))]
         #expect(throws: WireError.frameTooLarge(length: 687, limit: 512)) {
             try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(items)), maxFrameSize: 512)
+        }
+    }
+
+    @Test("Owner change: strict validation (no run, an empty run, hops not 0 are malformed)")
+    func ownerChangeValidation() throws {
+        let bad: [QueueMessage] = [
+            .ownerChange(queue: "q", changeID: 1, groups: []),
+            .ownerChange(queue: "q", changeID: 1, groups: [CustodyChange(holder: peer(1), attempt: 0, hops: 0, runs: [])]),
+            .ownerChange(queue: "q", changeID: 1, groups: [CustodyChange(holder: peer(1), attempt: 0, hops: 0,
+                                                                        runs: [SequenceRun(first: 1, count: 0)])]),
+            .ownerChange(queue: "q", changeID: 1, groups: [CustodyChange(holder: peer(1), attempt: 0, hops: 2,
+                                                                        runs: [SequenceRun(first: 1, count: 1)])]),
+        ]
+        for message in bad {
+            #expect(throws: WireError.self) { try message.validate() }
+            // The same bytes, written without validation, are refused by the decoder.
+            var writer = WireWriter<[UInt8]>(output: [])
+            message.writeBody(into: &writer)
+            let body = writer.output
+            let decoded = body.withUnsafeBytes { raw -> Bool in
+                do throws(WireError) {
+                    _ = try QueueMessage.decode(type: .queueOwnerChange, body: raw)
+                    return true
+                } catch {
+                    return false
+                }
+            }
+            #expect(!decoded, "decoded \(message)")
         }
     }
 }

@@ -35,6 +35,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         let (id, actions) = c.call(function: "echo", arguments: [1, 2], now: 0)
         #expect(actions.pushes == [CallItem(id: id, function: "echo", memoize: false, arguments: [1, 2])])
         #expect(c.outstandingCalls == 1)
+        _ = c.received(started(id.sequence), from: ex, now: 1)
         let done = c.received(results((id.sequence, .success([9]))), from: ex, now: 1)
         #expect(done.completions == [id: .success([9])])
         #expect(c.outstandingCalls == 0)
@@ -48,6 +49,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         let (b, _) = c.call(function: "nope", arguments: [], now: 0)
         let (d, _) = c.call(function: "typed", arguments: [0xFF], now: 0)
         let (e, _) = c.call(function: "x", arguments: [], now: 0)
+        _ = c.received(.started([a, b, d, e].map { CallStartedEntry(sequence: $0.sequence, attempt: 1) }), from: ex, now: 1)
         let done = c.received(.results([
             CallResultEntry(sequence: a.sequence, outcome: .thrown(typeName: "MyError", description: "it broke")),
             CallResultEntry(sequence: b.sequence, outcome: .unknownFunction),
@@ -170,6 +172,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         }
         #expect(pushes == 1)
         #expect(c.flightCount == 1 && c.outstandingCalls == 100)
+        _ = c.received(started(ids[0].sequence), from: ex, now: 1)
         let done = c.received(results((ids[0].sequence, .success([1, 2]))), from: ex, now: 1).completions
         #expect(done.count == 100 && done.values.allSatisfy { $0 == .success([1, 2]) })
         let (hit, actions) = c.call(function: "fib", arguments: [30], memoize: true, now: 2)
@@ -200,6 +203,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
     @Test func failuresAreNotCached() {
         var c = CallerMachine(localPeer: me)
         let (a, _) = c.call(function: "m", arguments: [1], memoize: true, now: 0)
+        _ = c.received(started(a.sequence), from: ex, now: 1)
         _ = c.received(results((a.sequence, .thrown(typeName: "E", description: "no"))), from: ex, now: 1)
         #expect(c.memoCacheCount == 0)
         #expect(c.call(function: "m", arguments: [1], memoize: true, now: 2).1.pushes.count == 1)
@@ -209,6 +213,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         var c = CallerMachine(localPeer: me, configuration: CallerConfiguration(memoCacheEntries: 2))
         for n: UInt8 in 1...3 {
             let (id, _) = c.call(function: "m", arguments: [n], memoize: true, now: 0)
+            _ = c.received(started(id.sequence), from: ex, now: 1)
             _ = c.received(results((id.sequence, .success([n]))), from: ex, now: 1)
             if n == 2 { _ = c.call(function: "m", arguments: [1], memoize: true, now: 1) }  // touch 1
         }
@@ -225,6 +230,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         let (refused, actions) = c.call(function: "f", arguments: [], now: 0)
         #expect(actions == [.complete(refused, .failure(.tooManyOutstandingCalls(limit: 2)))])
         #expect(!c.hasCapacity)
+        _ = c.received(started(a.sequence), from: ex, now: 1)
         let done = c.received(results((a.sequence, .success([]))), from: ex, now: 1)
         #expect(done.contains(.capacityAvailable))
         #expect(c.hasCapacity)
@@ -247,6 +253,7 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         var c = CallerMachine(localPeer: me)
         for round in 0..<2000 {
             let (id, _) = c.call(function: "f", arguments: [], deadline: UInt64(round) + 1000 * second, now: UInt64(round))
+            _ = c.received(started(id.sequence), from: ex, now: UInt64(round))
             _ = c.received(results((id.sequence, .success([]))), from: ex, now: UInt64(round))
         }
         #expect(c.outstandingCalls == 0)
@@ -310,6 +317,47 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.credit(of: ex) == 0)
         let (_, next) = c.call(function: "f", arguments: [], now: 4)
         #expect(next.pushes.count == 1)
+    }
+
+    // MARK: Who may answer
+
+    @Test("A result from a peer that neither was sent the call nor announced it is refused and counted")
+    func forgedResultIsRefused() {
+        var c = CallerMachine(localPeer: me)
+        let intruder = peer(7)
+        // A queued call: nobody has announced it yet.
+        let (queued, _) = c.call(function: "f", arguments: [1], now: 0)
+        #expect(c.received(results((queued.sequence, .success([66]))), from: intruder, now: 1).completions.isEmpty)
+        #expect(c.counters.refusedResults == 1 && c.isOutstanding(queued))
+        // Started at ex: still refused from the intruder, accepted from ex.
+        _ = c.received(started(queued.sequence), from: ex, now: 2)
+        #expect(c.received(results((queued.sequence, .success([66]))), from: intruder, now: 3).completions.isEmpty)
+        #expect(c.counters.refusedResults == 2)
+        #expect(c.received(results((queued.sequence, .success([1]))), from: ex, now: 4).completions == [queued: .success([1])])
+        // A direct call: only the executor it was sent to answers.
+        _ = c.received(.credit(1), from: ex2, now: 5)
+        let (direct, _) = c.call(function: "f", arguments: [2], now: 6)
+        #expect(c.isDirect(direct))
+        #expect(c.received(results((direct.sequence, .success([66]))), from: intruder, now: 7).completions.isEmpty)
+        #expect(c.counters.refusedResults == 3)
+        #expect(c.received(results((direct.sequence, .success([2]))), from: ex2, now: 8).completions == [direct: .success([2])])
+        #expect(c.counters.ignoredResults == 0)
+    }
+
+    @Test("Executors of earlier attempts, and a second executor of a duplicate delivery, may still answer")
+    func earlierAttemptsStayAcceptable() {
+        var c = CallerMachine(localPeer: me)
+        let (id, _) = c.call(function: "f", arguments: [], now: 0)
+        _ = c.received(started(id.sequence), from: ex, now: 1)
+        _ = c.peerDied(ex, now: 2)  // attempt 2 is pushed
+        _ = c.received(started(id.sequence, attempt: 2), from: ex2, now: 3)
+        #expect(c.received(results((id.sequence, .success([1]))), from: ex, now: 4).completions == [id: .success([1])])
+        // A duplicate delivery: two executors announce the same attempt; either may answer.
+        let (twice, _) = c.call(function: "f", arguments: [], now: 5)
+        _ = c.received(started(twice.sequence), from: ex, now: 6)
+        _ = c.received(started(twice.sequence), from: ex2, now: 6)
+        #expect(c.received(results((twice.sequence, .success([2]))), from: ex2, now: 7).completions == [twice: .success([2])])
+        #expect(c.counters.refusedResults == 0)
     }
 
     @Test func cancellingADirectCallTellsItsExecutor() {

@@ -35,10 +35,13 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(a.demand == 2)
         let t1 = a.runs[0].id, t2 = a.runs[1].id
         _ = e.finished(t1, outcome: .success([10]))
-        // Call 1 is answered in this batch, so only call 2 gets a started notice.
+        // Both get a started notice, call 1's too although it is answered in this batch: a
+        // caller accepts a result only from a peer that announced the call, and the notices go
+        // ahead of the results.
         let flushed = e.flush()
         #expect(flushed.messages.count == 2)
-        #expect(flushed.messages[0].0 == started(2) && flushed.messages[0].1 == caller)
+        #expect(flushed.messages[0].0 == .started([CallStartedEntry(sequence: 1, attempt: 1), CallStartedEntry(sequence: 2, attempt: 1)])
+                && flushed.messages[0].1 == caller)
         #expect(flushed.messages[1].0 == results((1, .success([10]))))
         _ = e.finished(t2, outcome: .thrown(typeName: "E", description: "d"))
         #expect(e.flush().messages.map(\.0) == [results((2, .thrown(typeName: "E", description: "d")))])
@@ -55,7 +58,10 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(a.runs.isEmpty)
         #expect(a.contains(.discard(.truncated(field: "call.version", needed: 1, available: 0))) == false)
         #expect(a.contains(.discard(.malformed(field: "call.version", reason: "unknown version 9"))))
-        #expect(e.flush().messages.map(\.0) == [results((1, .unknownFunction), (3, .malformedCall("malformed call.attempt: attempt 0")))])
+        #expect(e.flush().messages.map(\.0) == [
+            .started([CallStartedEntry(sequence: 1, attempt: 1), CallStartedEntry(sequence: 3, attempt: 1)]),
+            results((1, .unknownFunction), (3, .malformedCall("malformed call.attempt: attempt 0"))),
+        ])
         #expect(e.freeSlots == 1)
     }
 
@@ -126,7 +132,8 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         _ = e.finished(t[0].id, outcome: .success([1]))
         _ = e.finished(t[1].id, outcome: .success([2]))
         let sent = e.flush().messages
-        #expect(sent.count == 1 && sent[0].1 == caller2)
+        #expect(sent.map(\.0) == [.started([CallStartedEntry(sequence: 2, attempt: 1)]), results((2, .success([2])))])
+        #expect(sent.allSatisfy { $0.1 == caller2 })
         _ = e.peerJoined(caller)
         #expect(e.popped([item(4)], wallClock: 0).runs.count == 1)
     }
@@ -207,7 +214,8 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         let tasks = e.popped((1...4).map { item($0) }, wallClock: 0).runs
         let actions = e.finished(tasks.map { ($0.id, CallOutcome.success([1])) })
         #expect(actions.compactMap { if case .setDemand(let n) = $0 { return n } else { return nil } } == [4])
-        #expect(e.flush().messages.map(\.0) == [.results((1...4).map { CallResultEntry(sequence: $0, outcome: .success([1])) })])
+        #expect(e.flush().messages.map(\.0) == [.started((1...4).map { CallStartedEntry(sequence: $0, attempt: 1) }),
+                                                 .results((1...4).map { CallResultEntry(sequence: $0, outcome: .success([1])) })])
     }
 
     @Test func stopWithdrawsDemand() {

@@ -56,6 +56,8 @@ final class MembershipShell {
     }
 
     var members: [MemberStatus] { membership.members }
+    /// Gossiped updates refused for an absurd incarnation.
+    var refusedUpdates: UInt64 { membership.refusedUpdates }
 
     func state(of peer: PeerID) -> MemberState? { membership.state(of: peer) }
 
@@ -90,6 +92,8 @@ final class MembershipShell {
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
             core.remoteCalls?.peerJoined(peer)
+            // Back after a verdict (refuted or restarted): queues that buried it link it again.
+            core.queues.peerRejoined(peer, linked: core.manager.link(to: peer) != nil)
             // Back after a verdict while its link stayed up: redial it again if that link drops.
             core.perform(core.manager.peerJoined(peer, now: core.now))
         case .suspect(let peer):
@@ -104,9 +108,14 @@ final class MembershipShell {
             // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
             core.queues.peerDied(peer)
             core.remoteCalls?.peerDied(peer)
-            // No more redials of its addresses (bootstrap ones excepted); news of it later
-            // (a peer list, mDNS, its own link) is handled as for a stranger.
-            core.perform(core.manager.peerGone(peer, now: core.now))
+            // Its addresses are still redialed with backoff until the dial attempts run out
+            // (protocol §5 rule 7): a verdict may be one side of a partition, and the redial is
+            // how the halves find each other again when it heals.
+        case .refutedDeath:
+            core.logger.warning("this node was declared dead (refuted at incarnation \(membership.incarnation))")
+            // Owners that believed it re-queued what it holds: hold their items back until
+            // each says which copies are stale (protocol §9).
+            core.queues.declaredDead()
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))

@@ -67,6 +67,7 @@ extension NodeCore {
         let linkBytes = readyLinks.map { ($0.remotePeerID!, bytesIn: $0.bytesIn, bytesOut: $0.bytesOut) }
         metrics.publish(reactor: reactor, peers: peerStatuses, members: membership?.members.map(\.state) ?? [],
                         links: linkBytes)
+        metrics.publishTrust(trustTotals)
     }
 
     /// The node's queues for status output.
@@ -94,7 +95,7 @@ extension NodeCore {
         return NodeStatus(
             peerID: identity.peerID.description, listenAddress: advertised.description,
             backend: "\(reactor.backendKind)", peers: peers, queues: queueStatuses(),
-            counters: metrics.totals, loopTurns: reactor.turns,
+            counters: metrics.totals.merging(NodeMetrics.statusCounters(trustTotals)) { $1 }, loopTurns: reactor.turns,
             loopBusySeconds: Double(reactor.busyNanoseconds) / 1e9)
     }
 }

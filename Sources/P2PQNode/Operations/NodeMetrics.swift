@@ -22,7 +22,9 @@ public enum NodeMetricsBackend: Sendable {
 final class NodeMetrics {
     let factory: any MetricsFactory
     let registry: PrometheusCollectorRegistry?
-    private let node: String
+    let node: String
+    /// The trust counters (see `publishTrust`).
+    let trust = TrustCounters()
 
     // Totals counted by the layers (reactor thread only).
     var itemsPushed = 0
@@ -32,6 +34,14 @@ final class NodeMetrics {
     var callsExecuted = 0
     var retries = 0
     var duplicates = 0
+
+    // Queue duplicates, told apart: deliveries an owner saw twice (a second pop confirmation)
+    // and retransmitted copies receivers dropped (harmless).
+    var duplicateDeliveries = 0
+    var droppedRetransmissions = 0
+    static let duplicateCounterNames = ["p2pq_duplicate_deliveries_total", "p2pq_retransmissions_dropped_total"]
+    private var publishedDuplicates = [0, 0]
+    private let duplicateCounters: [CoreMetrics.Counter]
 
     private var published = [Int](repeating: 0, count: 7)
     private let counters: [CoreMetrics.Counter]
@@ -71,6 +81,7 @@ final class NodeMetrics {
         let dimensions = [("node", node.short)]
         let factory = self.factory
         counters = Self.counterNames.map { CoreMetrics.Counter(label: $0, dimensions: dimensions, factory: factory) }
+        duplicateCounters = Self.duplicateCounterNames.map { CoreMetrics.Counter(label: $0, dimensions: dimensions, factory: factory) }
         turnTime = CoreMetrics.Timer(label: "p2pq_loop_turn_seconds", dimensions: dimensions, factory: factory)
         turns = CoreMetrics.Counter(label: "p2pq_loop_turns_total", dimensions: dimensions, factory: factory)
     }
@@ -79,6 +90,7 @@ final class NodeMetrics {
     var totals: [String: Int] {
         let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
         return Dictionary(uniqueKeysWithValues: zip(Self.counterNames, values))
+            .merging(zip(Self.duplicateCounterNames, [duplicateDeliveries, droppedRetransmissions])) { $1 }
     }
 
     /// Hands the deltas since the last call to the metrics handlers.
@@ -87,6 +99,11 @@ final class NodeMetrics {
         for i in values.indices where values[i] != published[i] {
             counters[i].increment(by: Int64(values[i] - published[i]))
             published[i] = values[i]
+        }
+        let duplicateValues = [duplicateDeliveries, droppedRetransmissions]
+        for i in duplicateValues.indices where duplicateValues[i] != publishedDuplicates[i] {
+            duplicateCounters[i].increment(by: Int64(duplicateValues[i] - publishedDuplicates[i]))
+            publishedDuplicates[i] = duplicateValues[i]
         }
         for (peer, bytesIn, bytesOut) in links {
             var entry = peerCounters[peer] ?? {
@@ -127,5 +144,67 @@ final class NodeMetrics {
             memberGauges[state] = gauge
             gauge.record(count)
         }
+    }
+}
+
+// MARK: Trust: refused messages and handshakes (docs/operations.md, "Trust model")
+
+/// What members and outsiders tried and were refused, as counted by the machines.
+struct TrustTotals: Sendable {
+    /// `p2pq_forged_messages_total` by `kind`.
+    var forged: [String: Int] = [:]
+    /// `p2pq_handshakes_dropped_total` by `reason`.
+    var handshakes: [String: Int] = [:]
+}
+
+extension NodeCore {
+    /// Pulled from the machines once per publication and per status request (no per-message cost).
+    var trustTotals: TrustTotals {
+        let handshakes = handshakeTotals
+        return TrustTotals(
+            forged: [
+                "pop_confirmation": queues.confirmationsRefused,
+                "call_result": remoteCalls?.refusedResults ?? 0,
+                "membership_update": Int(clamping: membership?.refusedUpdates ?? 0),
+            ],
+            handshakes: ["refused": handshakes.refused, "evicted": handshakes.evicted, "timed_out": handshakes.timedOut,
+                         "failed": handshakes.failed]
+        )
+    }
+}
+
+extension NodeMetrics {
+    /// The trust counters as `status` shows them.
+    static func statusCounters(_ totals: TrustTotals) -> [String: Int] {
+        var counters: [String: Int] = [:]
+        for (kind, value) in totals.forged { counters["p2pq_forged_messages_total{kind=\"\(kind)\"}"] = value }
+        for (reason, value) in totals.handshakes { counters["p2pq_handshakes_dropped_total{reason=\"\(reason)\"}"] = value }
+        return counters
+    }
+
+    /// Hands the trust counters' growth to the metrics handlers. The machines' totals only grow,
+    /// except when a queue is dropped with its counts: then nothing is subtracted.
+    func publishTrust(_ totals: TrustTotals) {
+        for (kind, value) in totals.forged { trust.advance("p2pq_forged_messages_total", ("kind", kind), to: value, node: node, factory: factory) }
+        for (reason, value) in totals.handshakes {
+            trust.advance("p2pq_handshakes_dropped_total", ("reason", reason), to: value, node: node, factory: factory)
+        }
+    }
+}
+
+/// The trust counters' handlers and what they were last given.
+final class TrustCounters {
+    private var counters: [String: (counter: CoreMetrics.Counter, published: Int)] = [:]
+
+    func advance(_ label: String, _ dimension: (String, String), to value: Int, node: String, factory: any MetricsFactory) {
+        let key = label + "/" + dimension.1
+        var entry = counters[key] ?? (CoreMetrics.Counter(label: label, dimensions: [("node", node), dimension], factory: factory), 0)
+        if value > entry.published {
+            entry.counter.increment(by: Int64(value - entry.published))
+            entry.published = value
+        } else if value < entry.published {
+            entry.published = value  // a dropped queue took its counts along
+        }
+        counters[key] = entry
     }
 }

@@ -163,6 +163,27 @@ public struct QueueHandle: Sendable {
         return try result.get()
     }
 
+    /// Waits until every item pushed into this queue on this node before the call is safe from
+    /// this node's loss: a peer acknowledged holding it (its transfer's ack), or it was popped.
+    /// It does not move items: a node without consumers gives its items to consumer peers as
+    /// fast as they take them; a node with consumers keeps its items, so its flush waits for
+    /// their pops. With ``DeliveryMode/atMostOnce`` it waits until those items left the local
+    /// queue and their transfers were acknowledged.
+    ///
+    /// - Throws: ``QueueError/timeout`` after `timeout`; ``QueueError/noLivePeer`` when such
+    ///   items are only here and no peer that takes transfers is connected;
+    ///   ``QueueError/nodeStopped``.
+    public func flush(timeout: Duration = .seconds(30)) async throws(QueueError) {
+        let name = self.name
+        let result = await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+            let running = node.executeOnCore { core in
+                core.queues.flush(name, timeout: timeout) { continuation.resume(returning: $0) }
+            }
+            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+        }
+        try result.get()
+    }
+
     /// The local count and an estimate of the cluster-wide count.
     public func size() async -> QueueSize {
         let name = self.name

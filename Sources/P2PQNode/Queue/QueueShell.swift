@@ -20,6 +20,9 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
     case cancelled
     /// Too many named queues on this node.
     case tooManyQueues
+    /// ``QueueHandle/flush(timeout:)``: items are held only here and no peer that takes
+    /// transfers is connected.
+    case noLivePeer
 
     public var description: String {
         switch self {
@@ -31,6 +34,7 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
         case .nodeStopped: return "the node is not running"
         case .cancelled: return "cancelled"
         case .tooManyQueues: return "too many named queues"
+        case .noLivePeer: return "no live peer to hold the items"
         }
     }
 }
@@ -105,9 +109,16 @@ final class QueueShell {
 
     unowned let core: NodeCore
     private var queues: [String: Entry] = [:]
+    /// Pop confirmations refused by this node's queues (as owner), all queues together.
+    var confirmationsRefused: Int { queues.values.reduce(0) { $0 + $1.machine.counters.confirmationsRefused } }
     private var nextWaiter: UInt64 = 1
     /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
     private var isStopped = false
+    /// After ``drain()`` callers fail with `.nodeStopped`, while peers' messages still count.
+    private var isDraining = false
+    private var isServing: Bool { !isStopped && !isDraining }
+    /// The hello features this node announces (§5): it takes over ownership in drain transfers.
+    static let helloFeatures = QueueWire.featureOwnershipHandover
     /// Messages held back to be written one transfer at a time (see `send(_:to:queue:)`), in
     /// order, and whether a run of them is scheduled.
     private var outbox: [(peer: PeerID, queue: String, message: QueueMessage)] = []
@@ -121,8 +132,21 @@ final class QueueShell {
         var pushes: [PendingPush] = []
         /// The machine's transfer and duplicate totals already added to the node's metrics.
         var reportedTransfers = 0
-        var reportedDuplicates = 0
+        var reportedDuplicateDeliveries = 0
+        var reportedDroppedRetransmissions = 0
+        /// Callers of `flush`, by ID.
+        var flushes: [UInt64: PendingFlush] = [:]
     }
+
+    /// A `flush` waiting until the items pushed before `mark` are held elsewhere (or popped).
+    private struct PendingFlush {
+        var mark: UInt64
+        var sink: PushSink
+        var timer: TimerID?
+    }
+    private var nextFlush: UInt64 = 1
+    /// Flushes waiting in all queues (the hot path checks only this).
+    private var waitingFlushes = 0
 
     /// Where a pop's outcome goes: an async caller's continuation, or (for layers inside the
     /// module such as remote calls) a callback run on the reactor thread at once. The items are
@@ -161,7 +185,7 @@ final class QueueShell {
         queues[name] = Entry(machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration))
         perform(name, queues[name]!.machine.start(now: now))
         for peer in core.connectedPeers.sorted() {
-            perform(name, queues[name]!.machine.peerConnected(peer, now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer), now: now))
         }
         return true
     }
@@ -182,7 +206,7 @@ final class QueueShell {
     /// before this returns. A waiting push fails with `.timeout` after `timeout` (nil: never).
     @discardableResult
     func push(_ name: String, _ items: PushItems, wait: Bool, timeout: Duration? = nil, sink continuation: @escaping PushSink) -> UInt64? {
-        guard !isStopped else { continuation(.failure(.nodeStopped)); return nil }
+        guard isServing else { continuation(.failure(.nodeStopped)); return nil }
         guard ensure(name) else { continuation(.failure(.tooManyQueues)); return nil }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
@@ -256,7 +280,7 @@ final class QueueShell {
     /// pop waits (false: the sink already ran).
     @discardableResult
     func pop(_ name: String, max: Int, waiter: WaiterID, sink: @escaping PopSink) -> Bool {
-        guard !isStopped else {
+        guard isServing else {
             sink(.failure(.nodeStopped))
             return false
         }
@@ -280,7 +304,7 @@ final class QueueShell {
     /// ``QueueMachine/remove(where:now:)``). Returns how many went.
     @discardableResult
     func remove(_ name: String, where matches: (ItemPayload) -> Bool) -> Int {
-        guard !isStopped, queues[name] != nil else { return 0 }
+        guard isServing, queues[name] != nil else { return 0 }
         let (removed, actions) = queues[name]!.machine.remove(where: matches, now: now)
         perform(name, actions)
         return removed
@@ -297,7 +321,7 @@ final class QueueShell {
     /// returns). Returns the waiter if the pop waits.
     @discardableResult
     func pop(_ name: String, max: Int, timeout: Duration?, sink continuation: @escaping PopSink) -> WaiterID? {
-        guard !isStopped else {
+        guard isServing else {
             continuation(.failure(.nodeStopped))
             return nil
         }
@@ -368,15 +392,17 @@ final class QueueShell {
         guard let entry = queues[name] else { return }
         let counters = entry.machine.counters
         let transfers = counters.transferredOut
-        let duplicates = counters.duplicatesDropped + counters.duplicatePops
         core.metrics.itemsTransferred += transfers - entry.reportedTransfers
-        core.metrics.duplicates += duplicates - entry.reportedDuplicates
         queues[name]!.reportedTransfers = transfers
-        queues[name]!.reportedDuplicates = duplicates
+        // Second pops the owner saw, apart from retransmitted copies receivers dropped.
+        core.metrics.duplicateDeliveries += counters.duplicatePops - entry.reportedDuplicateDeliveries
+        core.metrics.droppedRetransmissions += counters.duplicatesDropped - entry.reportedDroppedRetransmissions
+        queues[name]!.reportedDuplicateDeliveries = counters.duplicatePops
+        queues[name]!.reportedDroppedRetransmissions = counters.duplicatesDropped
     }
 
     func close(_ name: String) {
-        guard !isStopped, ensure(name) else { return }
+        guard isServing, ensure(name) else { return }
         perform(name, queues[name]!.machine.close(now: now))
         failPushes(name, with: .closed)
     }
@@ -398,8 +424,22 @@ final class QueueShell {
         return nil
     }
 
+    /// A queue message as if `peer` had sent it (for tests).
+    func receiveForTesting(_ message: QueueMessage, from peer: PeerID) {
+        let name = message.queue
+        guard !isStopped, ensure(name) else { return }
+        perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+    }
+
     func peerConnected(_ peer: PeerID) {
-        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerConnected(peer, now: now)) }
+        let adopts = adoptsOwnership(peer)
+        for name in queues.keys.sorted() {
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adopts, now: now))
+        }
+    }
+
+    private func adoptsOwnership(_ peer: PeerID) -> Bool {
+        core.remoteFeatures(of: peer) & QueueWire.featureOwnershipHandover != 0
     }
 
     func peerDisconnected(_ peer: PeerID) {
@@ -411,13 +451,112 @@ final class QueueShell {
     func peerLinkChanged(_ peer: PeerID) {
         for name in queues.keys.sorted() {
             perform(name, queues[name]!.machine.peerDisconnected(peer, now: now))
-            perform(name, queues[name]!.machine.peerConnected(peer, now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer), now: now))
         }
     }
 
     /// Membership declared `peer` dead: owners re-queue what it held.
     func peerDied(_ peer: PeerID) {
         for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDied(peer, now: now)) }
+    }
+
+    // MARK: Graceful stop and flush
+
+    /// The node begins a graceful stop: callers fail with `.nodeStopped`, and every queue
+    /// hands its items (with their ownership) and its pending confirmations on
+    /// (``QueueMachine/drain(now:)``). Peers' messages are still served; ``drainProgress``
+    /// says when it is done.
+    func drain() {
+        guard isServing else { return }
+        isDraining = true
+        for name in queues.keys.sorted() {
+            failParked(name)
+            perform(name, queues[name]!.machine.drain(now: now))
+        }
+    }
+
+    /// Every queue's drain, summed: complete when all are, stuck when each unfinished one is.
+    var drainProgress: (progress: DrainProgress, stuck: Bool) {
+        var total = DrainProgress(queued: 0, inFlight: 0, pendingNotices: 0, unreachableNotices: 0, hasLivePeer: false)
+        var stuck = true
+        for entry in queues.values {
+            let progress = entry.machine.drainProgress
+            total.queued += progress.queued
+            total.inFlight += progress.inFlight
+            total.pendingNotices += progress.pendingNotices
+            total.unreachableNotices += progress.unreachableNotices
+            total.hasLivePeer = total.hasLivePeer || progress.hasLivePeer
+            if !progress.isComplete && !progress.isStuck { stuck = false }
+        }
+        return (total, stuck && !total.isComplete)
+    }
+
+    /// Totals over the queues, for the stop report.
+    var handOverTotals: (transferredOut: Int, noticesAcknowledged: Int, ownedHeldElsewhere: Int) {
+        queues.values.reduce((0, 0, 0)) { total, entry in
+            (total.0 + entry.machine.counters.transferredOut, total.1 + entry.machine.counters.noticesAcknowledged,
+             total.2 + entry.machine.ownedHeldElsewhere)
+        }
+    }
+
+    /// Completes `sink` once every item pushed into `name` before now is acknowledged by a peer
+    /// holding it or popped; fails it on `timeout` or when items wait here and no peer is live.
+    func flush(_ name: String, timeout: Duration, sink: @escaping PushSink) {
+        guard isServing else { return sink(.failure(.nodeStopped)) }
+        guard queues[name] != nil else { return sink(.success(())) }  // nothing pushed
+        let id = nextFlush
+        nextFlush += 1
+        var pending = PendingFlush(mark: queues[name]!.machine.nextItemSequence, sink: sink)
+        pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
+            self.endFlush(name, id, with: .failure(.timeout))
+        }
+        queues[name]!.flushes[id] = pending
+        waitingFlushes += 1
+        checkFlushes(name)
+    }
+
+    private func endFlush(_ name: String, _ id: UInt64, with result: Result<Void, QueueError>) {
+        guard let pending = queues[name]?.flushes.removeValue(forKey: id) else { return }
+        waitingFlushes -= 1
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        pending.sink(result)
+    }
+
+    /// Completes the flushes whose items are safe (a scan of the ownership records: only while
+    /// a flush waits).
+    private func checkFlushes(_ name: String) {
+        guard waitingFlushes > 0, let entry = queues[name], !entry.flushes.isEmpty else { return }
+        let live = entry.machine.drainProgress.hasLivePeer
+        for (id, pending) in entry.flushes.sorted(by: { $0.key < $1.key }) {
+            if entry.machine.itemsHeldOnlyHere(before: pending.mark) == 0 {
+                endFlush(name, id, with: .success(()))
+            } else if !live {
+                endFlush(name, id, with: .failure(.noLivePeer))
+            }
+        }
+    }
+
+    /// Fails the parked pops, pushes and flushes of `name` with `.nodeStopped`.
+    private func failParked(_ name: String) {
+        for (_, pending) in queues[name]!.pops {
+            if let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.failure(.nodeStopped))
+        }
+        queues[name]!.pops = [:]
+        failPushes(name, with: .nodeStopped)
+        for id in queues[name]!.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
+    }
+
+    /// Membership heard this node declared dead (it refuted).
+    func declaredDead() {
+        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.declaredDead(now: now)) }
+    }
+
+    /// Membership took `peer` back (it refuted a verdict, or a new process of it joined).
+    func peerRejoined(_ peer: PeerID, linked: Bool) {
+        for name in queues.keys.sorted() {
+            perform(name, queues[name]!.machine.peerRejoined(peer, linked: linked, now: now))
+        }
     }
 
     /// The node stops: every parked caller fails with `.nodeStopped`.
@@ -428,12 +567,7 @@ final class QueueShell {
         for name in queues.keys.sorted() {
             if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
             queues[name]!.timer = nil
-            for (_, pending) in queues[name]!.pops {
-                if let timer = pending.timer { core.reactor.cancel(timer) }
-                pending.continuation(.failure(.nodeStopped))
-            }
-            queues[name]!.pops = [:]
-            failPushes(name, with: .nodeStopped)
+            failParked(name)
         }
     }
 
@@ -497,6 +631,7 @@ final class QueueShell {
     // MARK: Actions
 
     private func perform(_ name: String, _ actions: consuming [QueueAction]) {
+        defer { checkFlushes(name) }
         for index in actions.indices {
             // Moved out of the array, not copied: a delivery's items must have no reference left
             // here when they are handed over (see `PopSink`).

@@ -1,3 +1,4 @@
+import Foundation
 import P2PQCodable
 import P2PQRemoteCall
 
@@ -19,7 +20,7 @@ public struct RemoteCallConfiguration: Sendable {
 /// from anywhere, run wherever the queue finds capacity, results back to the caller.
 ///
 /// ```swift
-/// let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 4)
+/// let rpc = try await RemoteCall(node: node)
 /// let square = rpc.register("square") { (n: Int) async throws -> Int in n * n }
 /// try await rpc.process()           // without it this node only submits calls
 /// let nine = try await square(3)
@@ -40,12 +41,46 @@ public final class RemoteCall: Sendable {
     /// The default call queue.
     public static let defaultQueueName = "p2pq.calls"
 
+    /// What the registered functions mostly do, for ``defaultMaxConcurrentCalls(for:processorCount:)``.
+    public enum Workload: Sendable {
+        /// `register`/`registerRaw` bodies: run off the reactor; they may compute or wait.
+        case offReactor
+        /// `registerInline`/`registerRawInline` bodies: short, run on the reactor thread.
+        case inline
+    }
+
+    /// The default of `maxConcurrentCalls`: 16 per core for off-reactor functions, at least 64
+    /// and at most 1,024; for inline functions the larger of that and 256.
+    ///
+    /// A slot is held while a call runs, not while it waits for a nested call. Off-reactor
+    /// functions run on the global pool (one runner per core takes each batch), so slots beyond
+    /// the core count let functions that wait (I/O, sleeps) overlap and keep batches large
+    /// enough that the hand-overs stay cheap; CPU-bound ones then just queue on the pool.
+    /// Inline functions finish within the reactor turn, so their slots bound only how many
+    /// calls one turn takes: more means fewer, larger batches. Lower it to bound memory or
+    /// load per node (each running call holds its arguments and its task); see docs/api.md.
+    public static func defaultMaxConcurrentCalls(
+        for workload: Workload = .offReactor,
+        processorCount: Int = ProcessInfo.processInfo.activeProcessorCount
+    ) -> Int {
+        let offReactor = min(1024, max(64, 16 * max(1, processorCount)))
+        switch workload {
+        case .offReactor: return offReactor
+        case .inline: return max(256, offReactor)
+        }
+    }
+
     /// Attaches remote calls to a running node (one `RemoteCall` per node).
+    ///
+    /// `maxConcurrentCalls` defaults to ``defaultMaxConcurrentCalls(for:processorCount:)`` for
+    /// off-reactor functions; a node serving mostly inline functions may pass
+    /// `RemoteCall.defaultMaxConcurrentCalls(for: .inline)`.
     ///
     /// - Throws: `RemoteCallError.nodeStopped` if the node is not running,
     ///   `RemoteCallError.invalidCall` for a bad setting or a second `RemoteCall` on the node.
     public init(
-        node: Node, queueName: String = RemoteCall.defaultQueueName, maxConcurrentCalls: Int = 4,
+        node: Node, queueName: String = RemoteCall.defaultQueueName,
+        maxConcurrentCalls: Int = RemoteCall.defaultMaxConcurrentCalls(),
         configuration: RemoteCallConfiguration = RemoteCallConfiguration()
     ) async throws(RemoteCallError) {
         guard maxConcurrentCalls > 0 else { throw .invalidCall("maxConcurrentCalls must be positive, not \(maxConcurrentCalls)") }

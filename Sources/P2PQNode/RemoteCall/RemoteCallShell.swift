@@ -13,6 +13,8 @@ final class RemoteCallShell {
     let bridge: RemoteCallBridge
     let queueName: String
     private var caller: CallerMachine
+    /// Call results refused: their sender had not been sent or announced the call.
+    var refusedResults: Int { caller.counters.refusedResults }
     private var executor: ExecutorMachine
 
     /// Calls waiting for their result, by sequence: a window, no hashing per call. A cancel

@@ -1,16 +1,19 @@
 // A service that embeds a p2pqueue node: the node runs in a swift-service-lifecycle
 // ServiceGroup next to the application's own service, which uses the queue and remote calls.
 //
+//   cd Examples/EmbeddedService
 //   swift run EmbeddedService                          # one node on its own
 //   swift run EmbeddedService 127.0.0.1:PORT           # join a running node (development key)
+//
+// Its Package.swift depends on the library by path, as an application depends on it by URL:
+// the one product `P2PQNode`, and `import P2PQNode` is the only import (it brings Logger and
+// the swift-service-lifecycle types too).
 //
 // It pushes jobs onto the shared queue, pops them (here or wherever the cluster balances them
 // to), squares each through a remote call, prints the sum, and shuts the group down: the node
 // leaves the cluster cleanly. Everything it starts stops by itself.
 
-import Logging
 import P2PQNode
-import ServiceLifecycle
 
 /// The application's own service: works while the node runs, then ends the group.
 struct JobsService: Service {
@@ -21,7 +24,7 @@ struct JobsService: Service {
         // The node's Service.run starts it; wait until it is up.
         while await node.status() == nil { try await Task.sleep(for: .milliseconds(10)) }
 
-        let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 4)
+        let rpc = try await RemoteCall(node: node)
         let square = rpc.register("square") { (x: Int) async throws -> Int in x * x }
         try await rpc.process()  // this node also executes calls
 
