@@ -63,6 +63,7 @@ let package = Package(
         // The one product an application depends on: `import P2PQNode` brings every type of
         // its API (docs/api.md). The others are its layers, for tools and experiments.
         .library(name: "P2PQNode", targets: ["P2PQNode"]),
+        .library(name: "P2PQOperations", targets: ["P2PQOperations"]),
         .library(name: "P2PQQueue", targets: ["P2PQQueue"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
@@ -77,6 +78,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/swiftlang/swift-docc-plugin.git", from: "1.4.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
     ],
     targets: extraTargets + [
         // C declarations Glibc does not import into Swift: epoll, eventfd, timerfd, mmsghdr.
@@ -166,6 +168,26 @@ let package = Package(
             ],
             path: "Sources/P2PQNode"
         ),
+        // The operations endpoint (/metrics, /status, queue routes) on Hummingbird 2: its own
+        // event loop threads, reaching the node only through its public async API.
+        .target(
+            name: "P2PQOperations",
+            dependencies: [
+                "P2PQNode", "P2PQLink",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/P2PQOperations"
+        ),
+        .testTarget(
+            name: "P2PQOperationsTests",
+            dependencies: [
+                "P2PQOperations", "P2PQNode", "P2PQLink",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            path: "Tests/P2PQOperationsTests"
+        ),
         // Benchmark workloads shared by `p2pq bench` and the ordo-one suite in Benchmarks/.
         .target(
             name: "P2PQWorkloads",
@@ -179,6 +201,7 @@ let package = Package(
                 "P2PQWorkloads",
                 "P2PQQueue",
                 "P2PQNode",
+                "P2PQOperations",
                 "P2PQLink",
                 "P2PQRemoteCall",
                 .product(name: "Logging", package: "swift-log"),
@@ -220,7 +243,7 @@ let package = Package(
             name: "P2PQNodeTests",
             dependencies: [
                 "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
-                "P2PQWorkloads",
+                "P2PQWorkloads", "P2PQOperations",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

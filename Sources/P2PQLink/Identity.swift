@@ -113,7 +113,7 @@ public enum IdentityError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-private func parseKeyFile(_ text: String, header: String, what: String) throws(IdentityError) -> [UInt8] {
+func parseKeyFile(_ text: String, header: String, what: String) throws(IdentityError) -> [UInt8] {
     let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" })
     guard words.count == 2, words[0] == header else {
         throw .malformed(what: what, reason: "expected '\(header) <64 hex digits>'")
@@ -124,7 +124,7 @@ private func parseKeyFile(_ text: String, header: String, what: String) throws(I
     return bytes
 }
 
-private func readSmallFile(_ path: String) throws(IdentityError) -> String {
+func readSmallFile(_ path: String) throws(IdentityError) -> String {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw .cannotRead(path: path, errno: errno) }
     defer { close(fd) }
@@ -134,7 +134,7 @@ private func readSmallFile(_ path: String) throws(IdentityError) -> String {
     return String(decoding: buffer.prefix(n), as: UTF8.self)
 }
 
-private func writeSecretFile(_ path: String, contents: String) throws(IdentityError) {
+func writeSecretFile(_ path: String, contents: String) throws(IdentityError) {
     // O_EXCL: never clobber an existing key; 0600: secrets stay with their owner.
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
     guard fd >= 0 else {

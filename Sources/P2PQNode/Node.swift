@@ -124,14 +124,14 @@ public final class Node: Sendable {
         let configuration = self.configuration
         let identity = self.identity
         let sink = eventSink
-        let result: Result<(ReactorBound<NodeCore>, SocketAddress, SocketAddress?), NodeError>
+        let result: Result<(ReactorBound<NodeCore>, SocketAddress), NodeError>
         do {
             result = try await reactor.submit {
                 let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
                                     listen: listen, events: sink)
                 do throws(NodeError) {
                     let bound = try core.start(listen: listen, bootstrap: bootstrap, names: names)
-                    return .success((ReactorBound(core, reactor: reactor), bound, core.operationsBound))
+                    return .success((ReactorBound(core, reactor: reactor), bound))
                 } catch {
                     // Whatever started before the failure (timers holding unowned references to
                     // the core, sockets) is undone here, on the loop, before the core goes away.
@@ -145,10 +145,9 @@ public final class Node: Sendable {
             throw .reactor(.reactorStopped)
         }
         switch result {
-        case .success(let (core, bound, operations)):
+        case .success(let (core, bound)):
             lifecycle.withLock { $0 = .running(reactor, core) }
-            return NodeInfo(peerID: identity.peerID, listenAddress: bound, backend: reactor.backendKind,
-                            operationsAddress: operations)
+            return NodeInfo(peerID: identity.peerID, listenAddress: bound, backend: reactor.backendKind)
         case .failure(let error):
             reactor.stop()
             lifecycle.withLock { $0 = .idle }

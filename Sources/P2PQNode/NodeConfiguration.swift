@@ -62,10 +62,6 @@ public struct NodeConfiguration: Sendable {
     public var drainTimeout: Duration = .seconds(5)
     /// Where the node's metrics go (see ``NodeMetricsBackend``).
     public var metrics: NodeMetricsBackend = .global
-    /// `host:port` of the operations HTTP endpoint (`/metrics` with a Prometheus backend,
-    /// `/status`, and the local queue routes); nil serves nothing. Loopback only unless a
-    /// cluster key is set.
-    public var operationsAddress: String?
     /// mDNS / DNS-SD discovery: on by default, on loopback port 5353 (see docs/discovery.md).
     public var discovery = DiscoveryConfiguration()
     /// SWIM membership timings and limits (nanoseconds; LAN defaults, see docs/protocol.md).
@@ -113,8 +109,6 @@ public struct NodeInfo: Sendable, CustomStringConvertible {
     /// The bound address (with the real port when 0 was asked).
     public let listenAddress: SocketAddress
     public let backend: ReactorBackendKind
-    /// The operations endpoint's bound address, if one was asked for.
-    public var operationsAddress: SocketAddress?
 
     public var description: String { "node \(peerID.short) listening on \(listenAddress) (\(backend))" }
 }

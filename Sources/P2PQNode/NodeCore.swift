@@ -39,9 +39,6 @@ final class NodeCore {
     /// Counters for swift-metrics, published once a second.
     let metrics: NodeMetrics
     var metricsTimer: TimerID?
-    /// The operations HTTP endpoint, when configured.
-    var operations: OperationsServer?
-    var operationsBound: SocketAddress?
     /// SWIM membership (created at start).
     private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
@@ -124,7 +121,7 @@ final class NodeCore {
         manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
                           configuration: manager.configuration)
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
-        try startOperations()
+        startOperations()
         membership = MembershipShell(core: self, configuration: configuration.membership, incarnation: incarnation,
                                      seed: configuration.membershipSeed ?? UInt64.random(in: 0...UInt64.max))
         membership?.start()

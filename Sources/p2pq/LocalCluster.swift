@@ -23,6 +23,8 @@ final class LocalCluster {
         var peerID: String
         /// Its operations endpoint (`http://127.0.0.1:port`): `/status`, `/metrics`.
         var operationsURL: String
+        /// The endpoint's bearer token (derived from the cluster key).
+        var token: String
     }
 
     private(set) var nodes: [Member] = []
@@ -65,18 +67,19 @@ final class LocalCluster {
         guard first.count == 3, second.count == 2 else {
             throw LocalClusterError(description: "p2pq node (pid \(child.process.processIdentifier)) did not start: \(first) \(second)")
         }
-        nodes.append(Member(pid: child.process.processIdentifier, listenAddress: first[1], peerID: first[2], operationsURL: second[1]))
+        nodes.append(Member(pid: child.process.processIdentifier, listenAddress: first[1], peerID: first[2], operationsURL: second[1],
+                            token: OperationsToken.derived(from: key).text))
     }
 
     /// A node's `/status`, nil if it does not answer.
     static func status(of member: Member) async -> NodeStatus? {
-        guard let body = httpGet(member.operationsURL, path: "/status") else { return nil }
+        guard let body = httpGet(member.operationsURL, path: "/status", token: member.token) else { return nil }
         return try? JSONDecoder().decode(NodeStatus.self, from: Data(body))
     }
 
     /// A plain blocking HTTP/1.0 GET on a loopback endpoint (`http://127.0.0.1:port`): the
     /// body, or nil. (URLSession on Linux traps when a request races a cancellation.)
-    static func httpGet(_ base: String, path: String) -> [UInt8]? {
+    static func httpGet(_ base: String, path: String, token: String? = nil) -> [UInt8]? {
         let hostPort = base.replacingOccurrences(of: "http://", with: "")
         guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else { return nil }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -92,7 +95,8 @@ final class LocalCluster {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard connected == 0 else { return nil }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostPort)\r\n\r\n".utf8)
+        let authorization = token.map { "Authorization: Bearer \($0)\r\n" } ?? ""
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostPort)\r\n\(authorization)\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
         var response: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16384)

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import P2PQLink
 import P2PQNode
+import P2PQOperations
 import P2PQQueue
 import P2PQReactor
 import Prometheus
@@ -50,8 +51,20 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "AEAD of the Noise links: chachapoly (default) or aesgcm (faster with AES instructions; every node must use the same).")
     var linkCipher: LinkCipherOption = .chachapoly
 
-    @Option(help: "Serve /metrics (Prometheus text), /status and the local queue routes over HTTP on this address (host:port; loopback unless a key is given).")
+    @Option(help: "Serve the operations endpoint (/metrics, /status, queue routes) over HTTP on this address (host:port). Off loopback it needs a token (--token-file or --key-file).")
     var metrics: String?
+
+    @Option(help: "Bearer token file of the operations endpoint (`p2pq keygen --token`). The token derived from --key-file is accepted too.")
+    var tokenFile: String?
+
+    @Flag(help: "Serve /metrics without a token off loopback too (queue routes and /status still need one).")
+    var metricsOpen = false
+
+    @Option(help: "Origin (scheme://host[:port]) whose browser requests the operations endpoint serves. Repeatable; by default browsers are refused.")
+    var allowOrigin: [String] = []
+
+    @Option(help: "Host name accepted in the operations endpoint's Host header besides its address and localhost ('*' for any). Repeatable.")
+    var allowHost: [String] = []
 
     @Option(help: "mDNS port for discovery (default 5353; tests use a private one).")
     var discoveryPort: Int = 5353
@@ -137,8 +150,10 @@ struct NodeCommand: AsyncParsableCommand {
         if let metrics {
             // A bare port (9100) or no host (:9100) is refused here, not after the node started.
             do { _ = try SocketAddress(metrics) } catch { throw ValidationError("--metrics: \(error)") }
+            do { _ = try OperationsConfiguration(address: metrics) } catch { throw ValidationError("--metrics: \(error)") }
             configuration.metrics = .prometheus(PrometheusCollectorRegistry())
-            configuration.operationsAddress = metrics
+        } else if tokenFile != nil || metricsOpen || !allowOrigin.isEmpty || !allowHost.isEmpty {
+            throw ValidationError("--token-file, --metrics-open, --allow-origin and --allow-host need --metrics")
         }
         if let maxConcurrentCalls, maxConcurrentCalls < 1 { throw ValidationError("--max-concurrent-calls must be positive") }
         guard consumeWorkMs >= 0 else { throw ValidationError("--consume-work-ms must not be negative") }
@@ -154,6 +169,7 @@ struct NodeCommand: AsyncParsableCommand {
             configuration.clusterKey = try loadClusterKey(keyFile, allowInsecurePermissions: allowInsecureKeyPermissions,
                                                           logger: logger)
         }
+        let operations = try metrics.map { try operationsConfiguration($0, clusterKey: configuration.clusterKey) }
 
         // Signals are taken by a dispatch source, not the default handler, so the node can
         // say goodbye before the process exits.
@@ -177,11 +193,33 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let node: Node
         let info: NodeInfo
+        let endpoint: OperationsEndpoint?
         do {
             node = try Node(configuration: configuration)
+        } catch {
+            throw CLIError(.cannotStart, "the node could not start: \(error)")
+        }
+        // Checked before the node starts: a refused endpoint must not leave a node running.
+        do {
+            endpoint = try operations.map { operations throws(OperationsError) in
+                try OperationsEndpoint(node: node, configuration: operations, logger: logger)
+            }
+        } catch {
+            throw ValidationError("--metrics: \(error)")
+        }
+        do {
             info = try await node.start()
         } catch {
             throw CLIError(.cannotStart, "the node could not start: \(error)")
+        }
+        var operationsAddress: String?
+        if let endpoint {
+            do {
+                operationsAddress = try await endpoint.start()
+            } catch {
+                await node.stop()
+                throw CLIError(.cannotStart, "the operations endpoint could not start: \(error)")
+            }
         }
         if serveExamples {
             let rpc = try await RemoteCall(node: node, maxConcurrentCalls: maxConcurrentCalls ?? RemoteCall.defaultMaxConcurrentCalls())
@@ -201,12 +239,13 @@ struct NodeCommand: AsyncParsableCommand {
         }
         // One machine-readable line for scripts and tests, then logs on stderr.
         print("listening \(info.listenAddress) \(info.peerID)")
-        if let operations = info.operationsAddress { print("operations http://\(operations)") }
+        if let operationsAddress { print("operations http://\(operationsAddress)") }
         fflush(nil)
         for await signo in stopRequests {
             logger.info("signal \(signo): leaving")
             break
         }
+        await endpoint?.stop()
         // Hands the queues' items and confirmations to live peers first (see Node.stop).
         let report = await node.stop()
         sources.forEach { $0.cancel() }
@@ -214,17 +253,62 @@ struct NodeCommand: AsyncParsableCommand {
     }
 }
 
-/// `p2pq keygen`: writes a new cluster key file readable by its owner only.
+extension NodeCommand {
+    /// The endpoint's settings. Accepted tokens: the token file's, and the one derived from the
+    /// cluster key; a node without either (development mode) accepts the public development
+    /// token, on loopback only.
+    func operationsConfiguration(_ address: String, clusterKey: ClusterKey?) throws -> OperationsConfiguration {
+        var operations: OperationsConfiguration
+        do {
+            operations = try OperationsConfiguration(address: address)
+        } catch {
+            throw ValidationError("--metrics: \(error)")
+        }
+        if let tokenFile {
+            do {
+                operations.tokens.append(try OperationsToken.load(path: tokenFile))
+            } catch {
+                throw CLIError(.keyRefused, "--token-file: \(error)")
+            }
+        }
+        if let clusterKey { operations.tokens.append(.derived(from: clusterKey)) }
+        if operations.tokens.isEmpty && operations.isLoopback { operations.tokens = [.development] }
+        operations.metricsOpen = metricsOpen
+        operations.allowedOrigins = Set(allowOrigin)
+        operations.allowedHosts = Set(allowHost.map { $0.lowercased() })
+        return operations
+    }
+}
+
+/// `p2pq keygen`: writes a new cluster key file, or an operations token file, readable by its
+/// owner only.
 struct KeygenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keygen",
-        abstract: "Write a new cluster key file (mode 0600). Refuses to overwrite."
+        abstract: "Write a new cluster key file, or with --token an operations token file (mode 0600). Refuses to overwrite."
     )
 
     @Argument(help: "Path of the key file to create.")
-    var path: String
+    var path: String?
+
+    @Option(help: "Write a bearer token file for the operations endpoint here instead (see `p2pq node --token-file`).")
+    var token: String?
+
+    func validate() throws {
+        guard (path == nil) != (token == nil) else { throw ValidationError("give either a key file path or --token FILE") }
+    }
 
     func run() throws {
+        if let token {
+            do {
+                try OperationsToken.generate().save(path: token)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            print("wrote \(token)")
+            return
+        }
+        guard let path else { return }
         let key = ClusterKey.generate()
         do {
             try key.save(path: path)

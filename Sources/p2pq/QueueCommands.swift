@@ -3,16 +3,31 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import P2PQLink
 import P2PQNode
+import P2PQOperations
+
+/// The bearer token a client sends: from `--token-file` (a token file or a cluster key file),
+/// else from the file `P2PQ_TOKEN_FILE` names, else the development token (what a node
+/// without a key or token accepts on loopback).
+func clientToken(_ tokenFile: String?) throws -> OperationsToken {
+    guard let path = tokenFile ?? ProcessInfo.processInfo.environment["P2PQ_TOKEN_FILE"] else { return .development }
+    do {
+        return try OperationsToken.load(path: path)
+    } catch {
+        throw CLIError(.keyRefused, "token file: \(error)")
+    }
+}
 
 /// One POST to a node's operations endpoint; the body of a 200 answer.
-func postOperations(_ address: String, path: String, query: [URLQueryItem], body: [UInt8], timeout: TimeInterval) async throws -> Data {
+func postOperations(_ address: String, path: String, query: [URLQueryItem], body: [UInt8], timeout: TimeInterval, token: OperationsToken) async throws -> Data {
     let base = address.hasPrefix("http://") ? address : "http://\(address)"
     guard var components = URLComponents(string: base + path) else { throw ValidationError("bad address '\(address)'") }
     if !query.isEmpty { components.queryItems = query }
     guard let url = components.url else { throw ValidationError("bad address '\(address)'") }
     var request = URLRequest(url: url)
     request.httpMethod = "POST"
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
     request.httpBody = Data(body)
     request.timeoutInterval = timeout
     let data: Data
@@ -53,6 +68,9 @@ struct PushCommand: AsyncParsableCommand {
     @Argument(help: "Items (UTF-8 text, one item each). Without any, each line of standard input is one item.")
     var items: [String] = []
 
+    @Option(help: "Bearer token file of the endpoint, or the cluster key file (default: $P2PQ_TOKEN_FILE).")
+    var tokenFile: String?
+
     func validate() throws {
         guard items.allSatisfy({ !$0.contains("\n") }) else { throw ValidationError("an item cannot contain a newline") }
     }
@@ -65,7 +83,7 @@ struct PushCommand: AsyncParsableCommand {
         guard !lines.isEmpty else { throw ValidationError("no items to push") }
         let body = Array((lines.joined(separator: "\n") + "\n").utf8)
         let answer = try await postOperations(
-            address, path: queuePath(queue, "push"), query: [URLQueryItem(name: "format", value: "lines")], body: body, timeout: 40)
+            address, path: queuePath(queue, "push"), query: [URLQueryItem(name: "format", value: "lines")], body: body, timeout: 40, token: try clientToken(tokenFile))
         print(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 }
@@ -98,6 +116,9 @@ struct PopCommand: AsyncParsableCommand {
     @Flag(help: "Print items base64-encoded (for binary items).")
     var base64 = false
 
+    @Option(help: "Bearer token file of the endpoint, or the cluster key file (default: $P2PQ_TOKEN_FILE).")
+    var tokenFile: String?
+
     func validate() throws {
         guard (1...65_536).contains(max) else { throw ValidationError("--max must be between 1 and 65,536") }
         guard (0...600_000).contains(timeout) else { throw ValidationError("--timeout must be between 0 and 600,000 ms") }
@@ -106,6 +127,7 @@ struct PopCommand: AsyncParsableCommand {
     func run() async throws {
         // One request pops only what the node holds when the first item is there; more come
         // from peers while the node's consumers wait, so ask again until --max or the deadline.
+        let token = try clientToken(tokenFile)
         let deadline = ContinuousClock.now + .milliseconds(timeout)
         var popped = 0
         repeat {
@@ -117,7 +139,7 @@ struct PopCommand: AsyncParsableCommand {
                     URLQueryItem(name: "max", value: "\(max - popped)"), URLQueryItem(name: "timeout", value: "\(wait)"),
                     URLQueryItem(name: "encoding", value: base64 ? "base64" : "utf8"),
                 ],
-                body: [], timeout: Double(wait) / 1000 + 10)
+                body: [], timeout: Double(wait) / 1000 + 10, token: token)
             let answer: QueuePopAnswer
             do { answer = try JSONDecoder().decode(QueuePopAnswer.self, from: data) } catch {
                 throw CLIError(.failed, "\(address) answered a pop with something else than its JSON: \(error)")

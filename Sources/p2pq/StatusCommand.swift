@@ -18,14 +18,19 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the raw JSON.")
     var json = false
 
+    @Option(help: "Bearer token file of the endpoint, or the cluster key file (default: $P2PQ_TOKEN_FILE).")
+    var tokenFile: String?
+
     func run() async throws {
         let base = address.hasPrefix("http://") ? address : "http://\(address)"
         guard let url = URL(string: base + "/status") else { throw ValidationError("bad address '\(address)'") }
+        var request = URLRequest(url: url)
+        request.setValue("Bearer \(try clientToken(tokenFile).text)", forHTTPHeaderField: "Authorization")
         let data: Data
         let body: Data
         let code: Int
         do {
-            let (answer, response) = try await URLSession.shared.data(from: url)
+            let (answer, response) = try await URLSession.shared.data(for: request)
             body = answer
             code = (response as? HTTPURLResponse)?.statusCode ?? 0
         } catch {

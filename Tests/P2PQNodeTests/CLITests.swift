@@ -64,7 +64,7 @@ struct CLITests {
         // The mesh forms (peer exchange gives b and c each other).
         try await eventually("every node links to the two others", timeout: .seconds(15)) {
             for node in nodes {
-                guard let status = try? await runP2PQ(["status", node.operations, "--json"]), status.status == 0,
+                guard let status = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]), status.status == 0,
                       let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(status.output.utf8)),
                       decoded.peers.filter({ $0.state == "connected" && $0.member == "alive" }).count == 2
                 else { return false }
@@ -73,23 +73,23 @@ struct CLITests {
         }
 
         let items = (0..<200).map { "item-\($0)" }
-        let pushed = try await runP2PQ(["push", a.operations, "--queue", "cli"] + items)
+        let pushed = try await runP2PQ(["push", a.operations, "--queue", "cli", "--token-file", keyFile] + items)
         #expect(pushed.status == 0, "push: \(pushed.output)")
 
         var popped: [String] = []
         let deadline = ContinuousClock.now + .seconds(20)
         while popped.count < items.count && ContinuousClock.now < deadline {
-            let answer = try await runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500"])
+            let answer = try await runP2PQ(["pop", b.operations, "--queue", "cli", "--max", "64", "--timeout", "500", "--token-file", keyFile])
             popped += answer.output.split(separator: "\n").map(String.init).filter { $0.hasPrefix("item-") }
         }
         #expect(popped.count == items.count, "popped \(popped.count) of \(items.count)")
         #expect(Set(popped) == Set(items), "lost or foreign items")
 
         // status prints a table with the peers and the counters.
-        let table = try await runP2PQ(["status", c.operations])
+        let table = try await runP2PQ(["status", c.operations, "--token-file", keyFile])
         #expect(table.status == 0)
         #expect(table.output.contains(a.peerID.prefix(16)) && table.output.contains("p2pq_items_popped_total"), "status:\n\(table.output)")
-        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json"]).output.utf8))
+        let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json", "--token-file", keyFile]).output.utf8))
         #expect(bStatus.counters["p2pq_items_popped_total"] == items.count)
 
         for node in nodes { kill(node.process.processIdentifier, SIGTERM) }
@@ -101,6 +101,34 @@ struct CLITests {
                 #expect(node.process.terminationReason == .exit && node.process.terminationStatus == 0)
             }
         }
+    }
+
+    @Test("Issue 19.8: a waiting `p2pq pop` that is killed takes no item; the next pop gets the 3 pushed after")
+    func killedPopTakesNothing() async throws {
+        let keyFile = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-cli-\(UUID().uuidString).key").path
+        defer { unlink(keyFile) }
+        #expect(try await runP2PQ(["keygen", keyFile]).status == 0)
+        let node = try await OperatedNode(keyFile: keyFile, bootstrap: nil)
+        defer { kill(node.process.processIdentifier, SIGKILL) }
+        // Killed (SIGKILL) after 1 s of its 20 s wait.
+        let pop = Process()
+        pop.executableURL = ChildNode.binary
+        pop.arguments = ["pop", node.operations, "--queue", "w", "--timeout", "20000", "--token-file", keyFile]
+        pop.standardOutput = FileHandle.nullDevice
+        pop.standardError = FileHandle.nullDevice
+        try pop.run()
+        try await Task.sleep(for: .seconds(1))
+        #expect(pop.isRunning, "the pop returned instead of waiting")
+        kill(pop.processIdentifier, SIGKILL)
+        pop.waitUntilExit()
+        try await eventually("the killed pop's waiter is withdrawn", timeout: .seconds(3)) {
+            guard let answer = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]),
+                  let status = try? JSONDecoder().decode(NodeStatus.self, from: Data(answer.output.utf8)) else { return false }
+            return status.queues.first { $0.name == "w" }?.waitingConsumers == 0
+        }
+        #expect(try await runP2PQ(["push", node.operations, "--queue", "w", "--token-file", keyFile, "1", "2", "3"]).status == 0)
+        let popped = try await runP2PQ(["pop", node.operations, "--queue", "w", "--max", "10", "--timeout", "2000", "--token-file", keyFile])
+        #expect(popped.output.split(separator: "\n") == ["1", "2", "3"], "popped: \(popped.output)")
     }
 
     @Test("The embedding example runs a node in a ServiceGroup, uses queue and calls, and exits 0")

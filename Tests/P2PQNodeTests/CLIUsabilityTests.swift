@@ -158,7 +158,7 @@ struct CLIUsabilityTests {
         let node = try await CLITests.OperatedNode(keyFile: keyFile, bootstrap: nil)
         defer { kill(node.process.processIdentifier, SIGKILL) }
         // A queue name over 255 bytes cannot exist: the route answers 400.
-        let run = try await runCLI(["push", node.operations, "--queue", String(repeating: "q", count: 300), "item"])
+        let run = try await runCLI(["push", node.operations, "--queue", String(repeating: "q", count: 300), "--token-file", keyFile, "item"])
         #expect(run.status == 65, "exit \(run.status), stderr: \(run.stderr)")
         #expect(run.stderr.split(separator: "\n").count == 1 && run.stderr.contains("answered 4"), "stderr:\n\(run.stderr)")
     }
@@ -270,22 +270,22 @@ struct CLIUsabilityTests {
         let b = try await CLITests.OperatedNode(keyFile: keyFile, bootstrap: a.listen)
         defer { kill(b.process.processIdentifier, SIGKILL) }
         try await eventually("a and b link", timeout: .seconds(15)) {
-            guard let run = try? await runCLI(["status", b.operations, "--json"]), run.status == 0,
+            guard let run = try? await runCLI(["status", b.operations, "--json", "--token-file", keyFile]), run.status == 0,
                   let status = try? JSONDecoder().decode(NodeStatus.self, from: Data(run.stdout.utf8)) else { return false }
             return status.peers.contains { $0.state == "connected" && $0.member == "alive" }
         }
         let items = (0..<10_000).map { "item-\($0)" }
-        let pushed = try await runCLI(["push", a.operations, "--queue", "gather"], stdin: items.joined(separator: "\n") + "\n")
+        let pushed = try await runCLI(["push", a.operations, "--queue", "gather", "--token-file", keyFile], stdin: items.joined(separator: "\n") + "\n")
         #expect(pushed.status == 0, "push: \(pushed.stderr)")
 
         // Defaults: the items sit on a; b's pop waits for them to come over.
-        let one = try await runCLI(["pop", b.operations, "--queue", "gather"])
+        let one = try await runCLI(["pop", b.operations, "--queue", "gather", "--token-file", keyFile])
         #expect(one.status == 0, "pop with the defaults: exit \(one.status), \(one.stderr)")
         let first = one.stdout.split(separator: "\n").map(String.init)
         #expect(first.count == 1 && first.allSatisfy { $0.hasPrefix("item-") }, "pop printed \(first)")
 
         // More than one transfer's worth (4,096) in one command.
-        let many = try await runCLI(["pop", b.operations, "--queue", "gather", "--max", "9000", "--timeout", "25000"],
+        let many = try await runCLI(["pop", b.operations, "--queue", "gather", "--max", "9000", "--timeout", "25000", "--token-file", keyFile],
                                     timeout: .seconds(45))
         #expect(many.status == 0, "exit \(many.status), \(many.stderr)")
         let gathered = many.stdout.split(separator: "\n").map(String.init)

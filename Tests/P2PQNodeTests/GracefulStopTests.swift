@@ -6,6 +6,7 @@ import Glibc
 import P2PQLink
 import P2PQMembership
 @testable import P2PQNode
+import P2PQOperations
 import P2PQQueue
 import P2PQWire
 import Synchronization
@@ -51,17 +52,20 @@ private final class SeenNumbers: Sendable {
     func add(_ items: [Int]) { seen.withLock { $0.formUnion(items) } }
 }
 
-private func httpPopNumbers(_ base: String, queue: String, max: Int) async throws -> [Int] {
+private func httpPopNumbers(_ base: String, queue: String, max: Int, token: OperationsToken) async throws -> [Int] {
     var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=200")!)
     request.httpMethod = "POST"
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
     request.timeoutInterval = 10
     let (data, response) = try await URLSession.shared.data(for: request)
     guard (response as? HTTPURLResponse)?.statusCode == 200 else { return [] }
     return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items.compactMap(Int.init)
 }
 
-private func httpLocalCount(_ base: String, queue: String) async throws -> Int {
-    let (data, _) = try await URLSession.shared.data(from: URL(string: "\(base)/status")!)
+private func httpLocalCount(_ base: String, queue: String, token: OperationsToken) async throws -> Int {
+    var request = URLRequest(url: URL(string: "\(base)/status")!)
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    let (data, _) = try await URLSession.shared.data(for: request)
     return try JSONDecoder().decode(NodeStatus.self, from: data).queues.first { $0.name == queue }?.localCount ?? 0
 }
 
@@ -152,9 +156,9 @@ struct GracefulStopTests {
         var childPopped: [Int] = []
         let deadline = ContinuousClock.now + .seconds(20)
         while childPopped.count < 500 && ContinuousClock.now < deadline {
-            childPopped += try await httpPopNumbers(operations, queue: "o", max: 50)
+            childPopped += try await httpPopNumbers(operations, queue: "o", max: 50, token: .derived(from: key))
         }
-        let held = try await httpLocalCount(operations, queue: "o")
+        let held = try await httpLocalCount(operations, queue: "o", token: .derived(from: key))
         kill(child.process.processIdentifier, SIGKILL)
 
         let popped = try await popAll([owner], total: total, already: Set(childPopped), text: true)

@@ -5,20 +5,24 @@ import FoundationNetworking
 import Glibc
 import P2PQLink
 @testable import P2PQNode
+import P2PQOperations
 import P2PQQueue
 import P2PQWire
 import Testing
 
-private func pop(_ base: String, queue: String, max: Int, timeoutMs: Int) async throws -> [String] {
+private func pop(_ base: String, queue: String, max: Int, timeoutMs: Int, token: OperationsToken) async throws -> [String] {
     var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)")!)
     request.httpMethod = "POST"
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
     request.timeoutInterval = 10
     let (data, _) = try await URLSession.shared.data(for: request)
     return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items
 }
 
-private func status(_ base: String) async throws -> NodeStatus {
-    let (data, _) = try await URLSession.shared.data(from: URL(string: "\(base)/status")!)
+private func status(_ base: String, token: OperationsToken) async throws -> NodeStatus {
+    var request = URLRequest(url: URL(string: "\(base)/status")!)
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    let (data, _) = try await URLSession.shared.data(for: request)
     return try JSONDecoder().decode(NodeStatus.self, from: data)
 }
 
@@ -61,8 +65,8 @@ struct HealNodeTests {
         var held = 0
         let until = clock.now + .seconds(20)
         while held < 2000 && clock.now < until {
-            popped += try await pop(operations, queue: "h", max: 100, timeoutMs: 200)
-            held = try await status(operations).queues.first { $0.name == "h" }?.localCount ?? 0
+            popped += try await pop(operations, queue: "h", max: 100, timeoutMs: 200, token: .derived(from: key))
+            held = try await status(operations, token: .derived(from: key)).queues.first { $0.name == "h" }?.localCount ?? 0
         }
         #expect(held >= 2000, "the child held only \(held)")
         try await Task.sleep(for: .milliseconds(100))  // its confirmations reach the owner
@@ -76,7 +80,7 @@ struct HealNodeTests {
         var afterResume: [String] = []
         var converged: Duration?
         while clock.now < resumed + .seconds(2) || (converged == nil && clock.now < resumed + .seconds(10)) {
-            afterResume += try await pop(operations, queue: "h", max: 500, timeoutMs: 100)
+            afterResume += try await pop(operations, queue: "h", max: 500, timeoutMs: 100, token: .derived(from: key))
             if converged == nil {
                 var alive = true
                 for node in nodes where await node.members().first(where: { $0.peer == child.peerID })?.state != .alive {
@@ -98,7 +102,7 @@ struct HealNodeTests {
                     batch += items.map { String(decoding: $0, as: UTF8.self) }
                 }
             }
-            batch += try await pop(operations, queue: "h", max: 1000, timeoutMs: 50)
+            batch += try await pop(operations, queue: "h", max: 1000, timeoutMs: 50, token: .derived(from: key))
             for item in batch where !seen.insert(item).inserted { duplicates += 1 }
         }
         #expect(seen == Set((0..<total).map(String.init)), "missing \(total - seen.count)")
@@ -107,7 +111,7 @@ struct HealNodeTests {
         var fresh: [String] = []
         let freshUntil = clock.now + .seconds(10)
         while fresh.isEmpty && clock.now < freshUntil {
-            fresh += try await pop(operations, queue: "h", max: 100, timeoutMs: 200)
+            fresh += try await pop(operations, queue: "h", max: 100, timeoutMs: 200, token: .derived(from: key))
         }
         #expect(!fresh.isEmpty, "no item reached the resumed child")
         let requeued = await owner.counters()?.requeuedAfterDeath ?? 0

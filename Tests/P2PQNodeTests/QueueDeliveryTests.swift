@@ -7,6 +7,7 @@ import P2PQCodable
 import P2PQLink
 @testable import P2PQNode
 import P2PQQueue
+import P2PQOperations
 import P2PQWire
 import Synchronization
 import Testing
@@ -163,10 +164,10 @@ struct QueueDeliveryTests {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(20)
         while childPopped.count < 2000 && clock.now < deadline {
-            let answer = try await httpPop(operations, queue: "k", max: 100, timeoutMs: 200)
+            let answer = try await httpPop(operations, queue: "k", max: 100, timeoutMs: 200, token: OperationsToken.derived(from: key))
             childPopped += answer
         }
-        let held = try await httpStatus(operations).queues.first { $0.name == "k" }?.localCount ?? 0
+        let held = try await httpStatus(operations, token: OperationsToken.derived(from: key)).queues.first { $0.name == "k" }?.localCount ?? 0
         kill(child.process.processIdentifier, SIGKILL)
 
         let popped = try await drain([owner, other], total: total, seconds: 60, already: childPopped.map { Array($0.utf8) })
@@ -219,32 +220,6 @@ struct QueueDeliveryTests {
         let mismatch = await typedPop(jobs0)
         if case .failure(.decoding) = mismatch {} else { Issue.record("expected a decoding error, got \(mismatch)") }
         for node in nodes { await node.stop() }
-    }
-
-    @Test("Operations routes: push lines and raw bytes, pop with max and timeout, queues in /status, bad requests")
-    func routes() async throws {
-        var configuration = testConfiguration(key: key)
-        configuration.operationsAddress = "127.0.0.1:0"
-        let node = try Node(configuration: configuration)
-        let info = try await node.start()
-        let base = "http://\(try #require(info.operationsAddress))"
-        #expect(try await httpPost(base + "/queue/r/push", body: Array("a\nb\r\nc\n".utf8)).0 == 200)
-        #expect(try await httpPost(base + "/queue/r/push?format=raw", body: [0, 10, 255]).0 == 200)
-        #expect(await node.queue(named: "r").size().local == 4)
-        let status = try await httpStatus(base)
-        #expect(status.queues.first { $0.name == "r" }?.localCount == 4)
-        #expect(status.counters["p2pq_items_pushed_total"] == 4)
-        #expect(try await httpPop(base, queue: "r", max: 3, timeoutMs: 0) == ["a", "b", "c"])
-        let (code, data) = try await httpPost(base + "/queue/r/pop?encoding=base64", body: [])
-        #expect(code == 200)
-        #expect(try JSONDecoder().decode(QueuePopAnswer.self, from: data).payloads == [[0, 10, 255]])
-        #expect(try await httpPop(base, queue: "r", max: 1, timeoutMs: 50).isEmpty)
-        #expect(try await httpPost(base + "/queue/r/pop?max=0", body: []).0 == 400)
-        #expect(try await httpPost(base + "/queue/r/push", body: []).0 == 400)
-        #expect(try await httpPost(base + "/queue/r/push?format=xml", body: [1]).0 == 400)
-        await node.queue(named: "r").close()
-        #expect(try await httpPost(base + "/queue/r/push", body: Array("x\n".utf8)).0 == 409)
-        await node.stop()
     }
 
     @Test("Backpressure through NodeConfiguration.maxQueueItems: tryPush false when full, push waits for a pop")
@@ -304,26 +279,20 @@ private func typedPop(_ queue: TypedQueue<Job>) async -> Result<Job, TypedQueueE
     }
 }
 
-private func httpPop(_ base: String, queue: String, max: Int, timeoutMs: Int) async throws -> [String] {
+private func httpPop(_ base: String, queue: String, max: Int, timeoutMs: Int, token: OperationsToken) async throws -> [String] {
     var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)")!)
     request.httpMethod = "POST"
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
     request.timeoutInterval = 10
     let (data, response) = try await URLSession.shared.data(for: request)
     #expect((response as? HTTPURLResponse)?.statusCode == 200)
     return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items
 }
 
-private func httpPost(_ url: String, body: [UInt8]) async throws -> (Int, Data) {
-    var request = URLRequest(url: URL(string: url)!)
-    request.httpMethod = "POST"
-    request.httpBody = Data(body)
-    request.timeoutInterval = 10
-    let (data, response) = try await URLSession.shared.data(for: request)
-    return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
-}
-
-private func httpStatus(_ base: String) async throws -> NodeStatus {
-    let (data, _) = try await URLSession.shared.data(from: URL(string: "\(base)/status")!)
+private func httpStatus(_ base: String, token: OperationsToken) async throws -> NodeStatus {
+    var request = URLRequest(url: URL(string: "\(base)/status")!)
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    let (data, _) = try await URLSession.shared.data(for: request)
     return try JSONDecoder().decode(NodeStatus.self, from: data)
 }
 

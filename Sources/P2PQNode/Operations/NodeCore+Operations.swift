@@ -1,4 +1,5 @@
 import Foundation
+import P2PQLink
 import P2PQReactor
 import P2PQWire
 
@@ -23,6 +24,9 @@ public struct NodeStatus: Sendable, Codable, Equatable {
         public var localCount: Int
         public var clusterEstimate: Int
         public var waitingConsumers: Int
+        /// Pushes waiting for room, and the payload bytes they hold (nil from older nodes).
+        public var waitingPushes: Int?
+        public var waitingPushBytes: Int?
     }
 
     public var peerID: String
@@ -39,33 +43,13 @@ public struct NodeStatus: Sendable, Codable, Equatable {
 extension NodeCore {
     static let metricsInterval: Duration = .seconds(1)
 
-    func startOperations() throws(NodeError) {
+    /// Starts the once-a-second metrics publication. (The operations HTTP endpoint is not the
+    /// node's: it lives in the P2PQOperations module and uses the public API.)
+    func startOperations() {
         scheduleMetrics()
-        guard let text = configuration.operationsAddress else { return }
-        let address: SocketAddress
-        do {
-            address = try SocketAddress(text)
-        } catch {
-            throw .invalidConfiguration("operations address '\(text)': \(error)")
-        }
-        guard address.isLoopback || configuration.clusterKey != nil else {
-            throw .notLoopback("without a cluster key the operations endpoint listens on loopback only; refusing \(address)")
-        }
-        let server = OperationsServer(reactor: reactor) { [unowned self] request, respond in
-            self.route(request, respond)
-        }
-        do {
-            operationsBound = try server.start(on: address)
-        } catch {
-            throw .reactor(error)
-        }
-        operations = server
-        logger.info("operations endpoint on http://\(operationsBound!) (/status\(metrics.registry == nil ? "" : ", /metrics"))")
     }
 
     func stopOperations() {
-        operations?.stop()
-        operations = nil
         if let metricsTimer { reactor.cancel(metricsTimer) }
         metricsTimer = nil
         publishMetrics()
@@ -86,6 +70,18 @@ extension NodeCore {
         metrics.publishTrust(trustTotals)
     }
 
+    /// The node's queues for status output.
+    func queueStatuses() -> [NodeStatus.Queue] { queues.statuses() }
+
+    /// The Prometheus text of the node's own registry, fresh; nil without one.
+    func metricsText() -> [UInt8]? {
+        guard let registry = metrics.registry else { return nil }
+        publishMetrics()
+        var body: [UInt8] = []
+        registry.emit(into: &body)
+        return body
+    }
+
     func status() -> NodeStatus {
         var byPeer: [PeerID: PeerLink] = [:]
         for link in readyLinks { byPeer[link.remotePeerID!] = link }
@@ -102,33 +98,19 @@ extension NodeCore {
             counters: metrics.totals.merging(NodeMetrics.statusCounters(trustTotals)) { $1 }, loopTurns: reactor.turns,
             loopBusySeconds: Double(reactor.busyNanoseconds) / 1e9)
     }
+}
 
-    /// The operations routes. Everything runs on the reactor thread.
-    func route(_ request: HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) {
-        switch (request.method, request.path) {
-        case ("GET", "/metrics"):
-            guard let registry = metrics.registry else {
-                respond(.text(404, "this node reports metrics through the application's metrics factory"))
-                return
-            }
-            publishMetrics()
-            var body: [UInt8] = []
-            registry.emit(into: &body)
-            respond(HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body))
-        case ("GET", "/status"):
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            guard let data = try? encoder.encode(status()) else {
-                respond(.text(503, "status could not be encoded"))
-                return
-            }
-            respond(.json(Array(data)))
-        case (_, "/metrics"), (_, "/status"):
-            respond(.text(405, "use GET"))
-        default:
-            if !routeQueue(request, respond) {
-                respond(.text(404, "no route \(request.method) \(request.path)"))
-            }
-        }
+extension Node {
+    /// The node's metrics in Prometheus text format (what an operations endpoint serves at
+    /// `/metrics`), published afresh; nil when the node reports to the application's metrics
+    /// factory (``NodeMetricsBackend/global``) or is not running.
+    public func metricsText() async -> [UInt8]? {
+        await withCore { core in core.metricsText() } ?? nil
     }
+}
+
+extension OperationsToken {
+    /// The token derived from the development key that nodes without a cluster key use
+    /// (loopback only). It is public knowledge: it keeps browsers and typos out, not people.
+    public static var development: OperationsToken { .derived(from: LinkSecurity.developmentKey) }
 }

@@ -35,21 +35,27 @@ public struct QueueHandle: Sendable {
     /// Appends the items in order; waits while the queue is full (backpressure). Returns once
     /// they are in the local queue and tracked.
     ///
+    /// A waiting push is withdrawn, and none of its items enters the queue, when its task is
+    /// cancelled (``QueueError/cancelled``) or its `timeout` passes (``QueueError/timeout``;
+    /// nil waits as long as it takes).
+    ///
     /// - Throws: ``QueueError/closed``, ``QueueError/itemTooLarge(size:limit:)``,
-    ///   ``QueueError/batchTooLarge``, ``QueueError/nodeStopped``.
-    public func push(_ items: [UInt8]...) async throws(QueueError) {
-        try await push(contentsOf: items)
+    ///   ``QueueError/batchTooLarge``, ``QueueError/nodeStopped``, ``QueueError/cancelled``,
+    ///   ``QueueError/timeout``.
+    public func push(_ items: [UInt8]..., timeout: Duration? = nil) async throws(QueueError) {
+        try await push(contentsOf: items, timeout: timeout)
     }
 
-    /// Appends the items in order, as one batch; waits while the queue is full.
-    public func push(contentsOf items: [[UInt8]]) async throws(QueueError) {
-        try await pushResult(PushItems(items), wait: true).get()
+    /// Appends the items in order, as one batch; waits while the queue is full, up to
+    /// `timeout` (as the variadic `push(_:timeout:)`).
+    public func push(contentsOf items: [[UInt8]], timeout: Duration? = nil) async throws(QueueError) {
+        try await pushResult(PushItems(items), wait: true, timeout: timeout).get()
     }
 
-    /// Appends the batch's items in order; waits while the queue is full. The queue keeps the
-    /// batch's one buffer (no allocation per item).
-    public func push(_ batch: ItemBatch) async throws(QueueError) {
-        try await pushResult(.batch(batch), wait: true).get()
+    /// Appends the batch's items in order; waits while the queue is full, up to `timeout`. The
+    /// queue keeps the batch's one buffer (no allocation per item).
+    public func push(_ batch: ItemBatch, timeout: Duration? = nil) async throws(QueueError) {
+        try await pushResult(.batch(batch), wait: true, timeout: timeout).get()
     }
 
     /// Appends the items if there is room now; false if the queue is full.
@@ -77,14 +83,39 @@ public struct QueueHandle: Sendable {
         }
     }
 
-    private func pushResult(_ items: PushItems, wait: Bool) async -> Result<Void, QueueError> {
+    private func pushResult(_ items: PushItems, wait: Bool, timeout: Duration? = nil) async -> Result<Void, QueueError> {
         let name = self.name
-        return await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
-            // The payloads are made on the reactor thread: all the per-item reference counting
-            // on a batch's shared buffer stays on one core.
-            let running = node.executeOnCore { core in core.queues.push(name, items, wait: wait, continuation) }
-            if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+        let node = self.node
+        guard wait else {
+            return await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+                // The payloads are made on the reactor thread: all the per-item reference
+                // counting on a batch's shared buffer stays on one core.
+                let running = node.executeOnCore { core in core.queues.push(name, items, wait: false, continuation) }
+                if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+            }
         }
+        // A waiting push must leave the queue's books when its task is cancelled: otherwise it
+        // holds its items' memory and pushes them later for a caller that has gone.
+        let waiter = WaiterBox()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: QueueShell.PushContinuation) in
+                let running = node.executeOnCore { core in
+                    let id = core.queues.push(name, items, wait: true, timeout: timeout, continuation)
+                    if let id, waiter.set(WaiterID(id)) { core.queues.withdrawPush(name, id, with: .cancelled) }
+                }
+                if !running { continuation.resume(returning: .failure(.nodeStopped)) }
+            }
+        } onCancel: {
+            if let id = waiter.cancel() {
+                _ = node.executeOnCore { core in core.queues.withdrawPush(name, id.rawValue, with: .cancelled) }
+            }
+        }
+    }
+
+    /// Pushes waiting for room in this queue on this node, and the bytes they hold.
+    public func waitingPushes() async -> (count: Int, bytes: Int) {
+        let name = self.name
+        return await node.withCore { core in core.queues.waitingPushes(name) } ?? (0, 0)
     }
 
     /// One item; waits up to `timeout` (forever if nil). Waiting pops are served first-in

@@ -78,6 +78,14 @@ enum PushItems: Sendable {
         }
     }
 
+    /// Payload bytes (for the status of waiting pushes).
+    var byteCount: Int {
+        switch self {
+        case .arrays(let items): items.reduce(0) { $0 + $1.count }
+        case .batch(let batch): batch.byteCount
+        }
+    }
+
     func push(into machine: inout QueueMachine, now: UInt64) -> (PushOutcome, [QueueAction]) {
         switch self {
         case .arrays(let items): machine.push(items, now: now)
@@ -152,9 +160,13 @@ final class QueueShell {
         var timer: TimerID?
     }
 
+    /// A push waiting for room. Its ID lets a cancelled task or a deadline withdraw it, so that
+    /// an abandoned push neither holds memory nor enters the queue later.
     private struct PendingPush {
+        var id: UInt64
         var items: PushItems
         var continuation: PushSink
+        var timer: TimerID?
     }
 
     init(core: NodeCore) {
@@ -180,33 +192,36 @@ final class QueueShell {
 
     // MARK: Callers
 
-    func push(_ name: String, _ items: PushItems, wait: Bool, _ continuation: PushContinuation) {
-        push(name, items, wait: wait, sink: { continuation.resume(returning: $0) })
+    /// Returns the push's ID while it waits for room (see ``withdrawPush(_:_:with:)``).
+    @discardableResult
+    func push(_ name: String, _ items: PushItems, wait: Bool, timeout: Duration? = nil, _ continuation: PushContinuation) -> UInt64? {
+        push(name, items, wait: wait, timeout: timeout, sink: { continuation.resume(returning: $0) })
     }
 
     func push(_ name: String, _ items: [[UInt8]], wait: Bool, sink continuation: @escaping PushSink) {
         push(name, .arrays(items), wait: wait, sink: continuation)
     }
 
-    /// As ``push(_:_:wait:_:)`` with a callback; it runs on the reactor thread, possibly before
-    /// this returns.
-    func push(_ name: String, _ items: PushItems, wait: Bool, sink continuation: @escaping PushSink) {
-        guard isServing else { return continuation(.failure(.nodeStopped)) }
-        guard ensure(name) else { return continuation(.failure(.tooManyQueues)) }
+    /// As ``push(_:_:wait:timeout:_:)`` with a callback; it runs on the reactor thread, possibly
+    /// before this returns. A waiting push fails with `.timeout` after `timeout` (nil: never).
+    @discardableResult
+    func push(_ name: String, _ items: PushItems, wait: Bool, timeout: Duration? = nil, sink continuation: @escaping PushSink) -> UInt64? {
+        guard isServing else { continuation(.failure(.nodeStopped)); return nil }
+        guard ensure(name) else { continuation(.failure(.tooManyQueues)); return nil }
         // Pushers already waiting go first (order across pushers).
         if !queues[name]!.pushes.isEmpty {
-            guard wait else { return continuation(.failure(.timeout)) }
-            queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
-            return
+            guard wait else { continuation(.failure(.timeout)); return nil }
+            return park(name, items, timeout: timeout, continuation)
         }
         let (outcome, actions) = items.push(into: &queues[name]!.machine, now: now)
+        var parked: UInt64?
         switch outcome {
         case .accepted:
             countPushed(name, items.count)
             continuation(.success(()))
         case .full:
             if wait {
-                queues[name]!.pushes.append(PendingPush(items: items, continuation: continuation))
+                parked = park(name, items, timeout: timeout, continuation)
             } else {
                 continuation(.failure(.timeout))
             }
@@ -215,6 +230,37 @@ final class QueueShell {
         case .batchTooLarge: continuation(.failure(.batchTooLarge))
         }
         perform(name, actions)
+        return parked
+    }
+
+    private func park(_ name: String, _ items: PushItems, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64 {
+        let id = nextWaiter
+        nextWaiter += 1
+        var pending = PendingPush(id: id, items: items, continuation: continuation)
+        if let timeout {
+            pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
+                self.withdrawPush(name, id, with: .timeout, timerFired: true)
+            }
+        }
+        queues[name]!.pushes.append(pending)
+        return id
+    }
+
+    /// Removes a waiting push (its task was cancelled, or its deadline passed) and fails it
+    /// with `error`; nothing if it already ended.
+    func withdrawPush(_ name: String, _ id: UInt64, with error: QueueError, timerFired: Bool = false) {
+        guard let index = queues[name]?.pushes.firstIndex(where: { $0.id == id }) else { return }
+        let pending = queues[name]!.pushes.remove(at: index)
+        if !timerFired, let timer = pending.timer { core.reactor.cancel(timer) }
+        pending.continuation(.failure(error))
+        // The pushes behind the first may fit where it did not.
+        if index == 0 { retryPushes(name) }
+    }
+
+    /// Pushes waiting for room on `name`, and their payload bytes.
+    func waitingPushes(_ name: String) -> (count: Int, bytes: Int) {
+        guard let pushes = queues[name]?.pushes else { return (0, 0) }
+        return (pushes.count, pushes.reduce(0) { $0 + $1.items.byteCount })
     }
 
     /// `timeout` nil waits forever; zero does not wait.
@@ -333,9 +379,10 @@ final class QueueShell {
         queues.keys.sorted().map { name in
             syncMetrics(name)
             let machine = queues[name]!.machine
+            let pushes = waitingPushes(name)
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
-                waitingConsumers: machine.waitingConsumers)
+                waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes)
         }
     }
 
@@ -575,7 +622,10 @@ final class QueueShell {
     private func failPushes(_ name: String, with error: QueueError) {
         let pushes = queues[name]!.pushes
         queues[name]!.pushes = []
-        for push in pushes { push.continuation(.failure(error)) }
+        for push in pushes {
+            if let timer = push.timer { core.reactor.cancel(timer) }
+            push.continuation(.failure(error))
+        }
     }
 
     // MARK: Actions
@@ -624,6 +674,7 @@ final class QueueShell {
                 return
             }
             queues[name]!.pushes.removeFirst()
+            if let timer = push.timer { core.reactor.cancel(timer) }
             switch outcome {
             case .accepted:
                 countPushed(name, push.items.count)

@@ -1,0 +1,152 @@
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import P2PQLink
+import P2PQNode
+import Synchronization
+
+/// A node's operations endpoint over HTTP/1.1: `/metrics` (Prometheus text), `/status` (JSON)
+/// and the queue routes `POST /queue/<name>/push` and `POST /queue/<name>/pop` (see
+/// docs/operations.md).
+///
+/// It runs on Hummingbird's event loop threads, not on the node's reactor, and reaches the node
+/// only through its public async API; start it after ``Node/start()`` and stop it before
+/// ``Node/stop()``:
+///
+/// ```swift
+/// let endpoint = try OperationsEndpoint(node: node, configuration: .init(address: "127.0.0.1:9100", tokens: [token]))
+/// let address = try await endpoint.start()
+/// ...
+/// await endpoint.stop()
+/// ```
+public final class OperationsEndpoint: Sendable {
+    public let node: Node
+    public let configuration: OperationsConfiguration
+    let logger: Logger
+    let refusals: RefusalLog
+
+    private enum State: Sendable {
+        case idle
+        case running(Task<Void, Never>)
+        case stopped
+    }
+    private let state = Mutex<State>(.idle)
+
+    /// Checks the configuration; nothing listens before ``start()``.
+    ///
+    /// - Throws: ``OperationsError/tokenRequired(_:)`` off loopback without a token,
+    ///   ``OperationsError/invalidConfiguration(_:)`` for limits out of range.
+    public init(node: Node, configuration: OperationsConfiguration, logger: Logger = Logger(label: "p2pq.operations")) throws(OperationsError) {
+        guard configuration.isLoopback || !configuration.tokens.isEmpty else {
+            throw .tokenRequired("the operations endpoint on \(configuration.host) (off loopback) needs a bearer token: "
+                + "pass a token file (p2pq keygen --token) or a cluster key")
+        }
+        guard configuration.maxConnections > 0, configuration.maxHeaderBytes >= 1024, configuration.maxBodyBytes > 0,
+              configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero else {
+            throw .invalidConfiguration("operations limits must be positive (and headers at least 1 KiB)")
+        }
+        self.node = node
+        self.configuration = configuration
+        self.logger = logger
+        self.refusals = RefusalLog(logger: logger)
+    }
+
+    /// Binds and starts serving; returns the bound address (`host:port`, the real port when 0
+    /// was asked).
+    public func start() async throws(OperationsError) -> String {
+        let configuration = self.configuration
+        let responder = OperationsResponder(endpoint: self)
+        let (bound, reportBound) = AsyncStream.makeStream(of: Result<Int, OperationsError>.self)
+        let decoder = HTTP1Channel.Configuration.DecoderConfiguration(
+            maxHeaderFieldSize: configuration.maxHeaderBytes, maxHeaderListSize: configuration.maxHeaderBytes,
+            maxHeaderFieldCount: 100)
+        let app = Application(
+            responder: responder,
+            server: .http1(configuration: .init(idleTimeout: .nanoseconds(configuration.idleTimeout.nanoseconds),
+                                                httpDecoderConfiguration: decoder)),
+            configuration: ApplicationConfiguration(
+                address: .hostname(configuration.host, port: configuration.port),
+                availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)),
+            onServerRunning: { channel in
+                reportBound.yield(.success(channel.localAddress?.port ?? configuration.port))
+            },
+            logger: logger)
+        let shouldStart = state.withLock { state -> Bool in
+            guard case .idle = state else { return false }
+            state = .running(Task {
+                do {
+                    try await app.run()
+                } catch {
+                    reportBound.yield(.failure(.cannotBind("operations endpoint on \(configuration.host):\(configuration.port): \(error)")))
+                }
+                reportBound.finish()
+            })
+            return true
+        }
+        guard shouldStart else { throw .alreadyStarted }
+        for await result in bound {
+            switch result {
+            case .success(let port):
+                let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+                logger.info("operations endpoint on http://\(host):\(port)")
+                return "\(host):\(port)"
+            case .failure(let error):
+                await stop()
+                throw error
+            }
+        }
+        throw .cannotBind("operations endpoint on \(configuration.host):\(configuration.port) stopped before it listened")
+    }
+
+    /// Stops listening and closes every connection (waiting requests end); idempotent.
+    public func stop() async {
+        let task = state.withLock { state -> Task<Void, Never>? in
+            defer { state = .stopped }
+            if case .running(let task) = state { return task }
+            return nil
+        }
+        guard let task else { return }
+        task.cancel()
+        await task.value
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+/// Warnings for refused requests, at most one per interval with the count of those it
+/// summarises, so that a flood of bad requests cannot flood the log.
+final class RefusalLog: Sendable {
+    private struct State {
+        var lastLogged: ContinuousClock.Instant?
+        var suppressed = 0
+    }
+    private let state = Mutex(State())
+    private let logger: Logger
+    static let interval: Duration = .seconds(10)
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func refused(_ status: Int, _ why: String) {
+        let now = ContinuousClock.now
+        let line = state.withLock { state -> String? in
+            if let last = state.lastLogged, now - last < Self.interval {
+                state.suppressed += 1
+                return nil
+            }
+            defer {
+                state.lastLogged = now
+                state.suppressed = 0
+            }
+            return state.suppressed == 0 ? "\(status): \(why)" : "\(status): \(why) (and \(state.suppressed) more refused in the last \(Self.interval))"
+        }
+        if let line { logger.warning("operations endpoint refused a request: \(line)") }
+    }
+}

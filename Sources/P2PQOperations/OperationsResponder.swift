@@ -1,0 +1,263 @@
+import Foundation
+import Hummingbird
+import P2PQLink
+import P2PQNode
+
+/// What `POST /queue/<name>/pop` answers (JSON).
+public struct QueuePopAnswer: Sendable, Codable, Equatable {
+    /// The queue popped from.
+    public var queue: String
+    /// `utf8` (each item as text, invalid sequences replaced) or `base64`.
+    public var encoding: String
+    /// The items, in the order they left the queue; empty when the timeout passed first.
+    public var items: [String]
+
+    public init(queue: String, encoding: String, items: [String]) {
+        self.queue = queue
+        self.encoding = encoding
+        self.items = items
+    }
+
+    /// The items' bytes.
+    public var payloads: [[UInt8]]? {
+        if encoding == "base64" {
+            var out: [[UInt8]] = []
+            for item in items {
+                guard let data = Data(base64Encoded: item) else { return nil }
+                out.append(Array(data))
+            }
+            return out
+        }
+        return items.map { Array($0.utf8) }
+    }
+}
+
+/// An answer the checks or a route decided on; thrown to leave a route early.
+struct Refusal: Error {
+    var status: HTTPResponse.Status
+    var message: String
+    var headers: HTTPFields = [:]
+    /// Close the connection after the answer (the request may not have been read whole).
+    var close = false
+}
+
+/// The endpoint's routes and checks. Runs on Hummingbird's threads; the node is reached only
+/// through its public API.
+struct OperationsResponder: HTTPResponder {
+    typealias Context = BasicRequestContext
+    let endpoint: OperationsEndpoint
+
+    var configuration: OperationsConfiguration { endpoint.configuration }
+
+    func respond(to request: Request, context: Context) async throws -> Response {
+        do {
+            return try await route(request)
+        } catch let refusal as Refusal {
+            if refusal.status.code != 404 { endpoint.refusals.refused(refusal.status.code, refusal.message) }
+            var headers = refusal.headers
+            headers[.contentType] = "text/plain; charset=utf-8"
+            if refusal.close { headers[.connection] = "close" }
+            return Response(status: refusal.status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: refusal.message + "\n")))
+        }
+    }
+
+    private func route(_ request: Request) async throws -> Response {
+        try checkBrowserAndHost(request)
+        let path = request.uri.path
+        switch path {
+        case "/metrics":
+            guard request.method == .get else { throw Refusal(status: .methodNotAllowed, message: "use GET") }
+            if !(configuration.isLoopback || configuration.metricsOpen) { try authorize(request) }
+            guard let text = await endpoint.node.metricsText() else {
+                throw Refusal(status: .notFound, message: "this node reports metrics through the application's metrics factory")
+            }
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: text)))
+        case "/status":
+            guard request.method == .get else { throw Refusal(status: .methodNotAllowed, message: "use GET") }
+            try authorize(request)
+            guard let status = await endpoint.node.status() else {
+                throw Refusal(status: .serviceUnavailable, message: "the node is not running")
+            }
+            return try json(status)
+        default:
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+            // "", "queue", name, verb
+            guard parts.count == 4, parts[0].isEmpty, parts[1] == "queue", parts[3] == "push" || parts[3] == "pop" else {
+                throw Refusal(status: .notFound, message: "no route \(request.method) \(path)")
+            }
+            guard request.method == .post else { throw Refusal(status: .methodNotAllowed, message: "use POST") }
+            try authorize(request)
+            guard let name = String(parts[2]).removingPercentEncoding, (1...255).contains(name.utf8.count) else {
+                throw Refusal(status: .badRequest, message: "a queue name has 1 to 255 UTF-8 bytes")
+            }
+            return parts[3] == "push" ? try await push(name, request) : try await pop(name, request)
+        }
+    }
+
+    // MARK: Checks
+
+    /// Browsers are not served unless an origin is allowed (a page must not drive the queue of
+    /// a node on its visitor's machine), and the Host must name this endpoint (DNS rebinding).
+    private func checkBrowserAndHost(_ request: Request) throws {
+        if let origin = request.headers[.origin], !configuration.allowedOrigins.contains(origin) {
+            throw Refusal(status: .forbidden, message: "requests from browsers are refused (origin \(origin.prefix(100)) not allowed)")
+        }
+        guard let authority = request.head.authority else { return }  // HTTP/1.0 without Host
+        // DNS rebinding points a name the attacker owns at this address; an IP literal or
+        // localhost in Host cannot come from that, a foreign name can.
+        let host = Self.hostName(authority)
+        let allowed = configuration.allowedHosts
+        guard host == "localhost" || host == configuration.host.lowercased() || Self.isIPLiteral(host)
+              || allowed.contains("*") || allowed.contains(host) else {
+            throw Refusal(status: .forbidden, message: "Host \(authority.prefix(100)) is not this endpoint's address")
+        }
+    }
+
+    /// The host of a Host header, lower case, without port and IPv6 brackets.
+    static func hostName(_ authority: String) -> String {
+        var host = Substring(authority.lowercased())
+        if host.hasPrefix("[") {
+            if let close = host.firstIndex(of: "]") { host = host[host.index(after: host.startIndex)..<close] }
+        } else if let colon = host.lastIndex(of: ":") {
+            host = host[..<colon]
+        }
+        return String(host)
+    }
+
+    static func isIPLiteral(_ host: String) -> Bool {
+        if host.contains(":") { return host.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." } }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts.allSatisfy { part in part.count <= 3 && UInt8(part) != nil }
+    }
+
+    private func authorize(_ request: Request) throws {
+        let unauthorized = Refusal(status: .unauthorized, message: "this route needs Authorization: Bearer <token>",
+                                   headers: [.wwwAuthenticate: "Bearer"])
+        guard let header = request.headers[.authorization] else { throw unauthorized }
+        let bytes = Array(header.utf8)
+        let prefix = Array("bearer ".utf8)
+        guard bytes.count > prefix.count, bytes.prefix(prefix.count).map({ $0 | 0x20 }) == prefix else { throw unauthorized }
+        let presented = bytes.dropFirst(prefix.count)
+        // Every configured token is compared in full (no early exit on the first match).
+        var matched = false
+        for token in configuration.tokens where token.matches(presented) { matched = true }
+        guard matched else { throw unauthorized }
+    }
+
+    // MARK: Queue routes
+
+    /// The request body, within the size and time limits.
+    private func body(of request: Request, _ stream: RequestBody) async throws -> [UInt8] {
+        let limit = configuration.maxBodyBytes
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
+            throw Refusal(status: .contentTooLarge, message: "body over \(limit) bytes", close: true)
+        }
+        let deadline = configuration.bodyTimeout
+        return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+            group.addTask {
+                var bytes: [UInt8] = []
+                for try await var chunk in stream {
+                    guard bytes.count + chunk.readableBytes <= limit else {
+                        throw Refusal(status: .contentTooLarge, message: "body over \(limit) bytes", close: true)
+                    }
+                    bytes += chunk.readBytes(length: chunk.readableBytes) ?? []
+                }
+                return bytes
+            }
+            group.addTask {
+                try await Task.sleep(for: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let bytes = first else {
+                throw Refusal(status: .requestTimeout, message: "the body did not arrive within \(deadline)", close: true)
+            }
+            return bytes
+        }
+    }
+
+    /// `POST /queue/<name>/push[?format=lines|raw]`. A push into a full queue waits up to
+    /// `pushTimeout`, then is withdrawn and answered 503 with Retry-After; a client that leaves
+    /// while it waits withdraws it too.
+    private func push(_ name: String, _ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        let format = query["format"].map(String.init) ?? "lines"
+        guard format == "lines" || format == "raw" else {
+            throw Refusal(status: .badRequest, message: "unknown format '\(format.prefix(100))': use lines or raw")
+        }
+        let queue = endpoint.node.queue(named: name)
+        let timeout = configuration.pushTimeout
+        return try await request.body.consumeWithCancellationOnInboundClose { stream in
+            let body = try await self.body(of: request, stream)
+            let items: [[UInt8]]
+            if format == "raw" {
+                items = [body]
+            } else {
+                var lines = body.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map { line in
+                    Array(line.last == UInt8(ascii: "\r") ? line.dropLast() : line)
+                }
+                if body.isEmpty || body.last == UInt8(ascii: "\n") { lines.removeLast() }
+                items = lines
+            }
+            guard !items.isEmpty else { throw Refusal(status: .badRequest, message: "no items in the body") }
+            do throws(QueueError) {
+                try await queue.push(contentsOf: items, timeout: timeout)
+            } catch {
+                throw Self.refusal(error, "push")
+            }
+            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: "pushed \(items.count)\n")))
+        }
+    }
+
+    /// `POST /queue/<name>/pop?max=N&timeout=ms[&encoding=utf8|base64]`. A waiting pop whose
+    /// client closes the connection is withdrawn at once: its items go to the next consumer.
+    private func pop(_ name: String, _ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        guard let max = Int(query["max"] ?? "1"), (1...OperationsConfiguration.maxPopItems).contains(max) else {
+            throw Refusal(status: .badRequest, message: "max must be between 1 and \(OperationsConfiguration.maxPopItems)")
+        }
+        guard let timeout = Int(query["timeout"] ?? "0"), (0...OperationsConfiguration.maxPopTimeoutMilliseconds).contains(timeout) else {
+            throw Refusal(status: .badRequest, message: "timeout must be between 0 and \(OperationsConfiguration.maxPopTimeoutMilliseconds) ms")
+        }
+        let encoding = query["encoding"].map(String.init) ?? "utf8"
+        guard encoding == "utf8" || encoding == "base64" else {
+            throw Refusal(status: .badRequest, message: "unknown encoding '\(encoding.prefix(100))': use utf8 or base64")
+        }
+        let queue = endpoint.node.queue(named: name)
+        // Hummingbird does not cancel a handler whose client went away; this does, and the
+        // cancelled pop withdraws its waiter before any item is handed to it.
+        let items: [[UInt8]] = try await request.body.consumeWithCancellationOnInboundClose { _ in
+            do throws(QueueError) {
+                return try await queue.pop(max: max, timeout: .milliseconds(timeout))
+            } catch .timeout {
+                return []
+            } catch {
+                throw Self.refusal(error, "pop")
+            }
+        }
+        let texts = items.map { encoding == "base64" ? Data($0).base64EncodedString() : String(decoding: $0, as: UTF8.self) }
+        return try json(QueuePopAnswer(queue: name, encoding: encoding, items: texts))
+    }
+
+    private func json(_ value: some Encodable) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = try encoder.encode(value)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func refusal(_ error: QueueError, _ what: String) -> Refusal {
+        switch error {
+        case .closed: return Refusal(status: .conflict, message: "\(what) failed: \(error)")
+        case .itemTooLarge, .batchTooLarge: return Refusal(status: .contentTooLarge, message: "\(what) failed: \(error)")
+        case .tooManyWaiters, .tooManyQueues: return Refusal(status: .tooManyRequests, message: "\(what) failed: \(error)", headers: [.retryAfter: "1"])
+        case .timeout:
+            return Refusal(status: .serviceUnavailable, message: "\(what) failed: the queue stayed full; nothing was pushed, retry later",
+                          headers: [.retryAfter: "1"])
+        case .nodeStopped, .cancelled, .noLivePeer:
+            return Refusal(status: .serviceUnavailable, message: "\(what) failed: \(error)", headers: [.retryAfter: "1"])
+        }
+    }
+}
