@@ -374,6 +374,9 @@ final class QueueShell {
 
     func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
 
+    /// Items of `name` this node owns and no confirmation has released yet (for tests).
+    func ownedItems(_ name: String) -> Int { queues[name]?.machine.ownedItems ?? 0 }
+
     /// Every queue's state for `/status`, sorted by name.
     func statuses() -> [NodeStatus.Queue] {
         queues.keys.sorted().map { name in
