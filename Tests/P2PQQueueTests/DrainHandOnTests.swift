@@ -142,4 +142,38 @@ private func newOwnerRequeues(_ t: inout QueueMachine, now: UInt64) throws {
         _ = try deliver(settled, from: H, to: O, into: &o, now: 8)
         #expect(o.ownedItems == 0 && o.drainProgress.isComplete)
     }
+
+    @Test("The custody news goes before the ack even when the holder already has 8 owner updates unacknowledged")
+    func pastUpdateCap() throws {
+        var eager = QueueConfiguration()
+        eager.confirmDelay = 0
+        eager.confirmBatch = 1
+        var o = QueueMachine(name: "q", localPeer: O)
+        var h = QueueMachine(name: "q", localPeer: H, configuration: eager)
+        var t = QueueMachine(name: "q", localPeer: T)
+        _ = o.peerConnected(H, now: 0)
+        _ = o.peerConnected(T, now: 0)
+        _ = h.peerConnected(O, now: 0)
+        _ = h.peerConnected(T, now: 0)
+        _ = t.peerConnected(O, now: 0)
+        _ = t.peerConnected(H, now: 0)
+        _ = o.push((0..<40).map { payload($0) }, now: 0)
+        let (_, acks) = try steal(40, from: &o, by: &h, id: 1, now: 1)
+        _ = try deliver(acks, from: H, to: O, into: &o, now: 2)
+        // Eight confirmations of one pop each, their acks not back yet.
+        for i in 0..<8 {
+            #expect(h.pop(max: 1, waiter: nil, now: 3).0.count == 1)
+            let flushed = h.tick(now: 4 + UInt64(i))
+            #expect(sent(flushed, to: O) == ["update"])
+            _ = try deliver(flushed, from: H, to: O, into: &o, now: 4 + UInt64(i))  // O's acks are not delivered
+        }
+        let (_, stealAcks) = try steal(32, from: &h, by: &t, id: 2, now: 20)
+        #expect(sent(try deliver(stealAcks, from: T, to: H, into: &h, now: 21) + h.tick(now: 22), to: O).isEmpty)  // capped
+        let answer = try deliver(o.drain(now: 23), from: O, to: H, into: &h, now: 24)
+        #expect(sent(answer, to: O) == ["update", "ack"])
+        let regrant = try deliver(answer, from: H, to: O, into: &o, now: 25)
+        #expect(sent(regrant, to: T) == ["change"] && o.ownedItems == 32)
+        _ = try deliver(try deliver(regrant, from: O, to: T, into: &t, now: 26), from: T, to: O, into: &o, now: 27)
+        #expect(t.ownedItems == 32 && o.ownedItems == 0 && o.drainProgress.isComplete)
+    }
 }
