@@ -71,6 +71,9 @@ public struct QueueMachine: Sendable {
     private var sentUpdates: [UInt64: SentUpdate] = [:]
     /// Owner changes a draining owner sent (IDs from the update counter), until their ack.
     private var sentChanges: [UInt64: SentChange] = [:]
+    /// Owner changes received whose ack waits for this node's transfers that carried the
+    /// owner's items when the change came (see ``PendingChange``).
+    private var pendingChanges: [PendingChange] = []
     private var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
     private var appliedUpdates: [PeerID: RecentIDs] = [:]
@@ -176,6 +179,17 @@ public struct QueueMachine: Sendable {
         var holder: PeerID
         var groups: [CustodyChange]
         var items: Int
+    }
+
+    /// An owner change from a stopping owner, not acknowledged yet: the owner drops the records
+    /// it offered on the ack, so the ack waits until the transfers in flight with the owner's
+    /// items are settled (their custody news, or the returned items adopted) and goes out
+    /// right after that custody news: the owner then offers those records to their new holder.
+    private struct PendingChange: Sendable {
+        var owner: PeerID
+        var changeID: UInt64
+        var groups: [CustodyChange]
+        var transfers: Set<UInt64>
     }
 
     private struct RecentIDs: Sendable {
@@ -711,10 +725,11 @@ public struct QueueMachine: Sendable {
             actions.append(.send(.ownerUpdateAck(queue: name, updateID: updateID), to: peer))
             if appliedUpdates[peer, default: RecentIDs()].insert(updateID) {
                 ownerUpdate(popped: popped, custody: custody, from: peer, &actions, now: now)
+                // Custody news may have moved offered records on: offer them to the new holder.
+                if isDraining && !custody.isEmpty { grantOwnership(&actions, now: now) }
             }
         case .ownerChange(_, let changeID, let groups):
-            actions.append(.send(.ownerUpdateAck(queue: name, updateID: changeID), to: peer))
-            adoptHeld(groups.filter { $0.holder == localPeer }, from: peer)
+            receiveOwnerChange(changeID, groups: groups.filter { $0.holder == localPeer }, from: peer, &actions, now: now)
         case .ownerUpdateAck(_, let updateID):
             if let change = sentChanges[updateID], change.holder == peer {
                 sentChanges[updateID] = nil
@@ -1065,14 +1080,16 @@ public struct QueueMachine: Sendable {
         return true
     }
 
-    private mutating func flushNotices(_ actions: inout [Action], now: UInt64, force: Bool, only: PeerID?) {
+    /// `uncapped`: also past ``maxUpdatesInFlight`` (before an owner change's ack, which must
+    /// follow every custody notice for that owner).
+    private mutating func flushNotices(_ actions: inout [Action], now: UInt64, force: Bool, only: PeerID?, uncapped: Bool = false) {
         guard !notices.isEmpty else { return }
         let owners = only.map { [$0] } ?? notices.keys.sorted()
         for owner in owners {
             guard let entry = notices[owner], entry.items > 0 else { continue }
             guard force || entry.items >= configuration.confirmBatch || now >= entry.since + configuration.confirmDelay else { continue }
             guard peers[owner]?.connected == true else { continue }  // kept until the owner is back or dead
-            guard updatesInFlight(to: owner) < Self.maxUpdatesInFlight else { continue }  // acks will flush
+            guard uncapped || updatesInFlight(to: owner) < Self.maxUpdatesInFlight else { continue }  // acks will flush
             notices[owner] = nil
             // Split into messages that fit one frame.
             let budget = configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4 + 2) - 16
@@ -1366,6 +1383,7 @@ public struct QueueMachine: Sendable {
                 peers[transfer.peer]!.inFlight -= transfer.count
             }
         }
+        if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
         serveWaiters(&actions, now: now)
     }
 
@@ -1380,6 +1398,9 @@ public struct QueueMachine: Sendable {
         for id in sentChanges.filter({ $0.value.holder == peer }).keys.sorted() {
             revertGrant(sentChanges.removeValue(forKey: id)!)
         }
+        // Its owner changes cannot be acknowledged on this link: it keeps the records (and
+        // offers them again on the next one).
+        pendingChanges.removeAll { $0.owner == peer }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
         if let steal, steal.peer == peer {
@@ -1536,6 +1557,7 @@ public struct QueueMachine: Sendable {
             }
         }
         if let owner = runOwner { addRun(pending, to: owner, custody: runKey, now: now) }
+        if !pendingChanges.isEmpty { settlePendingChanges([id], returned: false, &actions, now: now) }
         if isDraining { grantOwnership(&actions, now: now) }  // the records just pointed at `peer`
     }
 
@@ -1570,7 +1592,7 @@ public struct QueueMachine: Sendable {
                 var attempt: UInt32 = 0
                 _ = owned.modify(sequence) { record in
                     attempt = record.attempt
-                    record.holder = HolderTable.granted
+                    record.holder = HolderTable.granted(to: handle)
                 }
                 items += 1
                 if let group = groups.last, group.attempt == attempt, let run = group.runs.last,
@@ -1599,13 +1621,16 @@ public struct QueueMachine: Sendable {
         owned.sequences { $0.holder == HolderTable.here }.count
     }
 
-    /// The holder took the ownership: the records it was offered go.
+    /// The holder took the ownership: the records it was offered go (not those that custody
+    /// news it sent first moved on to a later holder).
     private mutating func ownershipGranted(_ change: SentChange) {
+        guard let handle = holders.handle(of: change.holder) else { return }
+        let granted = HolderTable.granted(to: handle)
         for group in change.groups {
             for run in group.runs {
                 for offset in 0..<UInt64(run.count) {
                     let sequence = run.first &+ offset
-                    guard owned[sequence]?.holder == HolderTable.granted, let record = owned.remove(sequence) else { continue }
+                    guard owned[sequence]?.holder == granted, let record = owned.remove(sequence) else { continue }
                     drop(record)
                     counters.ownershipHandedOver += 1
                 }
@@ -1619,7 +1644,7 @@ public struct QueueMachine: Sendable {
         for group in change.groups {
             for run in group.runs {
                 owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
-                    if record.holder == HolderTable.granted { record.holder = handle }
+                    if record.holder == HolderTable.granted(to: handle) { record.holder = handle }
                 }
             }
         }
@@ -1682,6 +1707,51 @@ public struct QueueMachine: Sendable {
             }
         }
         runs = rebuilt
+    }
+
+    /// A stopping `owner` offers this node its items in `groups`. Those queued here are adopted
+    /// at once. The ack waits for the transfers now in flight with the owner's items: an
+    /// acknowledged one yields custody news (sent before the ack, so the owner offers those
+    /// records to the node that holds the items now), a returned one's items are adopted.
+    private mutating func receiveOwnerChange(_ changeID: UInt64, groups: [CustodyChange], from owner: PeerID,
+                                             _ actions: inout [Action], now: UInt64) {
+        adoptHeld(groups, from: owner)
+        let carrying = transfers.filter { $0.value.runs.contains { $0.origin == owner } }.keys
+        let change = PendingChange(owner: owner, changeID: changeID, groups: groups, transfers: Set(carrying))
+        if change.transfers.isEmpty || configuration.delivery != .atLeastOnce {
+            answerOwnerChange(change, &actions, now: now)
+        } else {
+            pendingChanges.append(change)
+        }
+    }
+
+    /// Transfers `ids` were acknowledged or `returned`: owner changes waiting for them are
+    /// answered once none is left.
+    private mutating func settlePendingChanges(_ ids: [UInt64], returned: Bool, _ actions: inout [Action], now: UInt64) {
+        var index = 0
+        while index < pendingChanges.count {
+            var change = pendingChanges[index]
+            guard !change.transfers.isDisjoint(with: ids) else {
+                index += 1
+                continue
+            }
+            change.transfers.subtract(ids)
+            if returned { adoptHeld(change.groups, from: change.owner) }
+            if change.transfers.isEmpty {
+                pendingChanges.remove(at: index)
+                answerOwnerChange(change, &actions, now: now)
+            } else {
+                pendingChanges[index] = change
+                index += 1
+            }
+        }
+    }
+
+    /// Every pending notice for the owner first (FIFO link: the owner applies the custody news
+    /// before the ack), then the ack.
+    private mutating func answerOwnerChange(_ change: PendingChange, _ actions: inout [Action], now: UInt64) {
+        flushNotices(&actions, now: now, force: true, only: change.owner, uncapped: true)
+        actions.append(.send(.ownerUpdateAck(queue: name, updateID: change.changeID), to: change.owner))
     }
 
     // MARK: Balancing
@@ -2213,8 +2283,11 @@ struct HeldConfirmations: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
-    /// A draining owner offered the record to its holder (owner change not acknowledged yet).
-    static let granted: UInt32 = .max
+    /// A draining owner offered the record to the holder with handle `handle` (owner change
+    /// not acknowledged yet). Per holder: custody news may move a record offered to one holder
+    /// on to the next, and the first holder's ack must not drop the second offer.
+    static func granted(to handle: UInt32) -> UInt32 { handle | grantedBit }
+    private static let grantedBit: UInt32 = 1 << 31
     private var handles: [PeerID: UInt32] = [:]
     private var freeHandles: [UInt32] = []
     private var nextHandle: UInt32 = 1
@@ -2233,7 +2306,10 @@ struct HolderTable: Sendable {
             handle = existing
         } else {
             handle = freeHandles.popLast() ?? nextHandle
-            if handle == nextHandle { nextHandle += 1 }
+            if handle == nextHandle {
+                precondition(nextHandle < Self.grantedBit, "holder handles exhausted")  // peers alive, far fewer
+                nextHandle += 1
+            }
             handles[peer] = handle
         }
         last = (peer, handle)

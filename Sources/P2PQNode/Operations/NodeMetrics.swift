@@ -35,12 +35,16 @@ final class NodeMetrics {
     var retries = 0
     var duplicates = 0
 
-    // Queue duplicates, told apart: deliveries an owner saw twice (a second pop confirmation)
-    // and retransmitted copies receivers dropped (harmless).
+    // Queue duplicates, told apart: deliveries an owner saw twice (a second pop confirmation),
+    // retransmitted copies receivers dropped (harmless), and copies a node dropped after a
+    // death verdict because their owner had re-queued them (duplicates avoided).
     var duplicateDeliveries = 0
     var droppedRetransmissions = 0
-    static let duplicateCounterNames = ["p2pq_duplicate_deliveries_total", "p2pq_retransmissions_dropped_total"]
-    private var publishedDuplicates = [0, 0]
+    var staleCopiesDropped = 0
+    static let duplicateCounterNames = [
+        "p2pq_duplicate_deliveries_total", "p2pq_retransmissions_dropped_total", "p2pq_stale_copies_dropped_total",
+    ]
+    private var publishedDuplicates = [0, 0, 0]
     private let duplicateCounters: [CoreMetrics.Counter]
 
     private var published = [Int](repeating: 0, count: 7)
@@ -90,7 +94,7 @@ final class NodeMetrics {
     var totals: [String: Int] {
         let values = [itemsPushed, itemsPopped, itemsTransferred, callsMade, callsExecuted, retries, duplicates]
         return Dictionary(uniqueKeysWithValues: zip(Self.counterNames, values))
-            .merging(zip(Self.duplicateCounterNames, [duplicateDeliveries, droppedRetransmissions])) { $1 }
+            .merging(zip(Self.duplicateCounterNames, [duplicateDeliveries, droppedRetransmissions, staleCopiesDropped])) { $1 }
     }
 
     /// Hands the deltas since the last call to the metrics handlers.
@@ -100,7 +104,7 @@ final class NodeMetrics {
             counters[i].increment(by: Int64(values[i] - published[i]))
             published[i] = values[i]
         }
-        let duplicateValues = [duplicateDeliveries, droppedRetransmissions]
+        let duplicateValues = [duplicateDeliveries, droppedRetransmissions, staleCopiesDropped]
         for i in duplicateValues.indices where duplicateValues[i] != publishedDuplicates[i] {
             duplicateCounters[i].increment(by: Int64(duplicateValues[i] - publishedDuplicates[i]))
             publishedDuplicates[i] = duplicateValues[i]

@@ -134,6 +134,7 @@ final class QueueShell {
         var reportedTransfers = 0
         var reportedDuplicateDeliveries = 0
         var reportedDroppedRetransmissions = 0
+        var reportedStaleCopies = 0
         /// Callers of `flush`, by ID.
         var flushes: [UInt64: PendingFlush] = [:]
     }
@@ -402,6 +403,8 @@ final class QueueShell {
         core.metrics.droppedRetransmissions += counters.duplicatesDropped - entry.reportedDroppedRetransmissions
         queues[name]!.reportedDuplicateDeliveries = counters.duplicatePops
         queues[name]!.reportedDroppedRetransmissions = counters.duplicatesDropped
+        core.metrics.staleCopiesDropped += counters.staleCopiesDropped - entry.reportedStaleCopies
+        queues[name]!.reportedStaleCopies = counters.staleCopiesDropped
     }
 
     func close(_ name: String) {
