@@ -5,7 +5,12 @@ import Testing
 
 @Suite("Peer port under a flood of stalled handshakes")
 struct HandshakeFloodTests {
-    @Test("500 connections that each send one byte and stall: a real node still joins in under a second")
+    /// Run alone (`P2PQ_LOAD_TESTS=1`, as .ci/run does) the bound is the 1 s. Beside
+    /// the rest of the suite on 2 cores, the join took up to 1.4 s, so there the bound is 5 s:
+    /// still far below the 20 s handshake deadline the old code had to wait for.
+    static let joinBound: Duration = ProcessInfo.processInfo.environment["P2PQ_LOAD_TESTS"] == "1" ? .seconds(1) : .seconds(5)
+
+    @Test("500 connections that each send one byte and stall: a real node still joins in under a second (run alone)")
     func stalledFloodDoesNotBlockJoins() async throws {
         let key = ClusterKey.generate()
         // Long handshake deadlines, so only admission control (not a timeout freeing slots)
@@ -33,11 +38,12 @@ struct HandshakeFloodTests {
         var failure: (any Error)?
         do {
             try await joiner.start()
-            try await eventually("the real node joins", timeout: .seconds(1)) {
+            try await eventually("the real node joins", timeout: Self.joinBound) {
                 await node.connectedPeers() == [joiner.peerID]
             }
             let joined = clock.now - start
-            #expect(joined < .seconds(1), "joined after \(joined)")
+            print("joined through 500 stalled handshakes after \(joined)")
+            #expect(joined < Self.joinBound, "joined after \(joined)")
             // The stalled connections the node still holds stay within its per-source limit.
             #expect(await node.linkCount() <= configuration.maxHandshakesPerSource + 1)
         } catch {
