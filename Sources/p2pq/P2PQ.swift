@@ -10,7 +10,8 @@ struct P2PQ: AsyncParsableCommand {
         commandName: "p2pq",
         abstract: "A peer-to-peer work queue and remote-call engine on its own epoll/io_uring reactor.",
         subcommands: [DemoCommand.self, NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
-                      QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self]
+                      QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self,
+                      WorkloadCommand.self, CheckCommand.self]
     )
 }
 
