@@ -48,8 +48,9 @@ public struct FaultCheck: Sendable {
         public var faults: [Fault] = []
         public var measures: [Measure] = []
 
-        /// Whether nothing was lost: no lost item or call, nothing unexpected.
-        public var passed: Bool { lost == 0 && callsLost == 0 && unexpected == 0 && callsWrong == 0 }
+        /// Whether something was acknowledged and nothing was lost: no lost item or call,
+        /// nothing unexpected. (Logs with no acknowledged push and no call prove nothing.)
+        public var passed: Bool { (pushed > 0 || calls > 0) && lost == 0 && callsLost == 0 && unexpected == 0 && callsWrong == 0 }
 
         public var duplicatePercent: Double { popped == 0 ? 0 : 100 * Double(duplicates) / Double(popped) }
 
@@ -64,6 +65,8 @@ public struct FaultCheck: Sendable {
         /// Seconds from the fault until pops ran at half their rate of the 5 s before it again
         /// (over 1 s windows); with no pops before it, until the first pop; nil if never.
         public var recoverySeconds: Double?
+        /// Pops after the fault (0: nothing was left to pop, or nothing came out again).
+        public var popsAfter: Int
     }
 
     /// A figure the harness measured itself.
@@ -170,7 +173,8 @@ public struct FaultCheck: Sendable {
         let times = popTimes.sorted()
         report.faults = faults.sorted { $0.time < $1.time }.map { fault in
             Fault(time: fault.time, kind: fault.kind, target: fault.target,
-                  recoverySeconds: Self.recovery(after: fault.time, pops: times))
+                  recoverySeconds: Self.recovery(after: fault.time, pops: times),
+                  popsAfter: times.count - Self.firstIndex(atOrAfter: fault.time, in: times))
         }
         report.measures = measures
         return report
@@ -178,15 +182,17 @@ public struct FaultCheck: Sendable {
 
     /// Seconds from `fault` until the pops' rate over a 1 s window is back at half the rate of
     /// the 5 s before the fault; with no pops before, until the first pop after it.
-    static func recovery(after fault: Double, pops: [Double]) -> Double? {
-        func firstIndex(atOrAfter time: Double) -> Int {
-            var low = 0, high = pops.count
-            while low < high {
-                let mid = (low + high) / 2
-                if pops[mid] < time { low = mid + 1 } else { high = mid }
-            }
-            return low
+    static func firstIndex(atOrAfter time: Double, in pops: [Double]) -> Int {
+        var low = 0, high = pops.count
+        while low < high {
+            let mid = (low + high) / 2
+            if pops[mid] < time { low = mid + 1 } else { high = mid }
         }
+        return low
+    }
+
+    static func recovery(after fault: Double, pops: [Double]) -> Double? {
+        func firstIndex(atOrAfter time: Double) -> Int { Self.firstIndex(atOrAfter: time, in: pops) }
         let before = firstIndex(atOrAfter: fault) - firstIndex(atOrAfter: fault - 5)
         let after = firstIndex(atOrAfter: fault)
         guard after < pops.count else { return nil }
@@ -231,14 +237,21 @@ extension FaultCheck.Report {
             lines.append("calls: \(calls) made, \(callsReturned) returned, \(callsFailed) failed, \(callsWrong) wrong answers, \(callsLost) lost")
         }
         for fault in faults {
-            let recovery = fault.recoverySeconds.map { String(format: "%.2f s", $0) } ?? "never"
-            lines.append("fault \(fault.kind) \(fault.target) at \(String(format: "%.3f", fault.time)): pops recovered after \(recovery)")
+            let recovery = fault.recoverySeconds.map { "pops recovered after " + String(format: "%.2f s", $0) }
+                ?? (fault.popsAfter == 0 ? "no pop after it" : "pops never recovered half their rate")
+            lines.append("fault \(fault.kind) \(fault.target) at \(String(format: "%.3f", fault.time)): \(recovery) (\(fault.popsAfter) pops after)")
         }
         for measure in measures { lines.append("\(measure.name): \(String(format: "%.3f", measure.value))") }
         if malformedLines > 0 { lines.append("malformed log lines: \(malformedLines)") }
         if !lostSample.isEmpty { lines.append("lost, first: \(lostSample.joined(separator: " "))") }
         if !duplicateSample.isEmpty { lines.append("duplicated, first: \(duplicateSample.joined(separator: " "))") }
-        lines.append(passed ? "PASS: nothing lost" : "FAIL: \(lost) items and \(callsLost) calls lost, \(unexpected) unexpected, \(callsWrong) wrong answers")
+        if passed {
+            lines.append("PASS: nothing lost")
+        } else if pushed == 0 && calls == 0 {
+            lines.append("FAIL: the logs hold no acknowledged push and no call")
+        } else {
+            lines.append("FAIL: \(lost) items and \(callsLost) calls lost, \(unexpected) unexpected, \(callsWrong) wrong answers")
+        }
         return lines.joined(separator: "\n")
     }
 }

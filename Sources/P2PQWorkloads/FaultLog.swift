@@ -74,7 +74,7 @@ public final class OperationLog: Sendable {
             line += "," + FaultLogValue.quoted(key) + ":"
             fields[key]!.encode(into: &line)
         }
-        line += "\n"
+        line += "}\n"
         var bytes = Array(line.utf8)
         let count = bytes.count
         bytes.withUnsafeMutableBytes { buffer in

@@ -5,6 +5,7 @@ import Logging
 import P2PQLink
 import P2PQNode
 import P2PQQueue
+import P2PQReactor
 import P2PQWire
 import P2PQWorkloads
 import Prometheus
@@ -80,6 +81,9 @@ struct WorkloadCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds of pretend work after each pop (a slow consumer).")
     var consumeWorkMs: Int = 1
 
+    @Option(help: "Seconds before the consumer's first pop (items stay with their owner until then).")
+    var consumeAfter: Double = 0
+
     @Flag(help: "Register the example functions and execute remote calls.")
     var serve = false
 
@@ -109,7 +113,7 @@ struct WorkloadCommand: AsyncParsableCommand {
         guard runFor > 0, runFor <= 86_400, produceFor >= 0, callFor >= 0 else {
             throw ValidationError("--run-for must be 0...86,400 s, --produce-for and --call-for not negative")
         }
-        guard consumeWorkMs >= 0, callWorkMs >= 0, produceCount >= 0 else { throw ValidationError("negative count or time") }
+        guard consumeWorkMs >= 0, consumeAfter >= 0, callWorkMs >= 0, produceCount >= 0 else { throw ValidationError("negative count or time") }
         guard (1...100_000_000).contains(maxQueueItems), (1...(64 << 30)).contains(maxQueueBytes) else {
             throw ValidationError("--max-queue-items must be 1...100,000,000 and --max-queue-bytes 1...64 GiB")
         }
@@ -247,6 +251,7 @@ struct WorkloadCommand: AsyncParsableCommand {
 
     /// Pops in a loop; each pop is logged before its pretend work.
     private func consumeLoop(_ handle: QueueHandle, _ opLog: OperationLog) async {
+        if consumeAfter > 0 { try? await Task.sleep(for: .seconds(consumeAfter)) }
         while !Task.isCancelled {
             let items: [[UInt8]]
             do throws(QueueError) {

@@ -114,6 +114,16 @@ struct FaultCheckTests {
         #expect(report.measures == [FaultCheck.Measure(name: "merge_s", value: 1.5)])
     }
 
+    @Test("Logs with nothing acknowledged fail: they prove nothing")
+    func emptyRun() {
+        var check = FaultCheck()
+        check.read(#"{"t":1,"node":"p","op":"start"}"#)
+        let report = check.report()
+        #expect(report.lost == 0)
+        #expect(!report.passed)
+        #expect(report.summary.contains("no acknowledged push"))
+    }
+
     @Test("Malformed lines are counted, not fatal")
     func malformed() {
         var check = FaultCheck()

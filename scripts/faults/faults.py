@@ -88,7 +88,8 @@ class Node:
     def command(self, bootstrap):
         listen = f"{self.ip}:{PORT}" if self.cluster.netns else "127.0.0.1:0"
         cmd = [self.cluster.p2pq, "workload", "--name", self.name, "--log", self.log, "--listen", listen,
-               "--metrics", "127.0.0.1:0", "--run-for", str(self.cluster.bound), "--log-level", "notice"]
+               "--metrics", "127.0.0.1:0", "--run-for", str(self.cluster.bound), "--log-level", "notice",
+               "--key-file", self.cluster.key]
         for address in bootstrap:
             cmd += ["--bootstrap", address]
         cmd += self.args
@@ -143,6 +144,10 @@ class Cluster:
         self.nodes = []
         self.harness_log = open(os.path.join(out, "harness.jsonl"), "a")
         self.rules = []  # (namespace, iptables args) added, to remove on heal
+        # Off loopback a node needs a cluster key: one per run.
+        self.key = os.path.join(out, "cluster.key")
+        if not os.path.exists(self.key):
+            sh(p2pq, "keygen", self.key)
 
     def log(self, op, **fields):
         fields.update({"t": round(time.time(), 6), "node": "harness", "op": op})
@@ -244,21 +249,36 @@ class Cluster:
                    check=False, quiet=True)
         self.rules = []
 
+    def tail_lines(self, node, size=65536):
+        try:
+            with open(node.log, "rb") as f:
+                f.seek(max(0, os.path.getsize(node.log) - size))
+                return f.read().splitlines()
+        except OSError:
+            return []
+
     def last_pop_time(self):
         latest = 0.0
         for node in self.nodes:
-            try:
-                with open(node.log, "rb") as f:
-                    f.seek(max(0, os.path.getsize(node.log) - 65536))
-                    for line in f.read().splitlines():
-                        if b'"op":"pop"' in line:
-                            latest = max(latest, json.loads(line)["t"])
-            except (OSError, ValueError, KeyError):
-                pass
+            for line in self.tail_lines(node):
+                if b'"op":"pop"' in line:
+                    try:
+                        latest = max(latest, json.loads(line)["t"])
+                    except (ValueError, KeyError):
+                        pass  # the first, partial line of the tail
         return latest
 
+    def producing(self):
+        """Live producers that have not logged the end of their production yet."""
+        return [n for n in self.live() if "--produce-rate" in n.args
+                and not any(b'"op":"produced"' in line for line in self.tail_lines(n, 4096))]
+
     def drain(self, quiet=4.0, limit=40.0):
-        """Waits until no pop for `quiet` seconds (or `limit`): whatever is still owed is lost."""
+        """Waits for the producers to finish, then until no pop for `quiet` seconds (or
+        `limit`): whatever is still owed then is lost."""
+        deadline = time.time() + self.bound / 2
+        while self.producing() and time.time() < deadline:
+            time.sleep(0.5)
         start = time.time()
         while time.time() - start < limit:
             last = self.last_pop_time()
@@ -310,8 +330,8 @@ def producer(rate, seconds, batch=50, extra=()):
     return ["--produce-rate", str(rate), "--produce-for", str(seconds), "--produce-batch", str(batch), *extra]
 
 
-def consumer(batch=16, work_ms=1):
-    return ["--consume", "--consume-batch", str(batch), "--consume-work-ms", str(work_ms)]
+def consumer(batch=16, work_ms=1, after=0):
+    return ["--consume", "--consume-batch", str(batch), "--consume-work-ms", str(work_ms), "--consume-after", str(after)]
 
 
 class Scenario:
@@ -323,28 +343,29 @@ class Scenario:
 
 
 def s_kill_holder(c, o):
-    c.add("n1", producer(2000, o.seconds))
+    c.add("n1", producer(1500, o.seconds))
     for i in (2, 3, 4):
-        c.add(f"n{i}", consumer(work_ms=2 if i == 3 else 1))
+        c.add(f"n{i}", consumer(batch=1, work_ms=10 if i == 3 else 2))
     c.start_all()
     time.sleep(o.seconds / 3)
     c.kill("n3")
 
 
 def s_kill_owner(c, o):
-    # n1 pushes faster than the consumers pop, so that it owns and holds a backlog when killed.
-    c.add("n1", producer(6000, o.seconds, batch=200))
+    # n1 pushes 5,000 items while nobody pops (they stay with their owner), and is killed
+    # before the consumers start.
+    c.add("n1", producer(100_000, 1, batch=500, extra=["--produce-count", "5000"]))
     for i in (2, 3, 4):
-        c.add(f"n{i}", consumer(work_ms=4))
+        c.add(f"n{i}", consumer(batch=16, work_ms=1, after=8))
     c.start_all()
-    time.sleep(o.seconds / 3)
+    time.sleep(2)
     c.kill("n1")
 
 
 def s_kill_owner_then_holder(c, o):
     c.add("n1", producer(6000, o.seconds, batch=200))
     for i in (2, 3, 4):
-        c.add(f"n{i}", consumer(work_ms=4 if i == 3 else 2))
+        c.add(f"n{i}", consumer(batch=1, work_ms=5 if i == 3 else 2))
     c.start_all()
     time.sleep(o.seconds / 3)
     c.kill("n1")
@@ -377,9 +398,10 @@ def s_kill_repeated(c, o):
 
 def s_term_holder(c, o):
     # n4 pushes 10,000 items in a burst and holds most of them (slow consumers elsewhere).
-    c.add("n1", consumer(work_ms=5))
-    c.add("n2", consumer(work_ms=5))
-    c.add("n3", consumer(work_ms=5))
+    # Nobody pops until after the SIGTERM: n4 still holds all 10,000 when it leaves.
+    c.add("n1", consumer(batch=16, work_ms=1, after=8))
+    c.add("n2", consumer(batch=16, work_ms=1, after=8))
+    c.add("n3", consumer(batch=16, work_ms=1, after=8))
     c.add("n4", producer(100_000, 1, batch=1000, extra=["--produce-count", "10000"]))
     c.start_all()
     time.sleep(2)
@@ -387,9 +409,10 @@ def s_term_holder(c, o):
 
 
 def s_term_producer(c, o):
-    c.add("n1", producer(20_000, o.seconds, batch=500))
+    # Faster than the consumers pop: the producer holds a backlog when it leaves.
+    c.add("n1", producer(50_000, o.seconds, batch=500))
     for i in (2, 3, 4):
-        c.add(f"n{i}", consumer(work_ms=1))
+        c.add(f"n{i}", consumer(batch=16, work_ms=1))
     c.start_all()
     time.sleep(o.seconds / 3)
     c.kill("n1", signal.SIGTERM, "sigterm")
@@ -730,7 +753,7 @@ def main():
     options.kills = 2 if options.short else 5
     options.partition = 10
     options.merge_bound = 20 if options.short else 60
-    options.drain = 20 if options.short else 40
+    options.drain = 60 if options.short else 120  # a safety: a drain ends when pops stop for 4 s
     # No workload process outlives this, whatever happens to the harness.
     options.bound = 300 if "soak" not in options.scenarios else int(options.soak_minutes * 60) + 120
 
