@@ -273,18 +273,31 @@ class Cluster:
         return [n for n in self.live() if "--produce-rate" in n.args
                 and not any(b'"op":"produced"' in line for line in self.tail_lines(n, 4096))]
 
-    def drain(self, quiet=4.0, limit=40.0):
-        """Waits for the producers to finish, then until no pop for `quiet` seconds (or
-        `limit`): whatever is still owed then is lost."""
+    def queued(self):
+        """Items the live nodes report queued locally (None if a node does not answer)."""
+        total = 0
+        for node in self.live():
+            status = node.status()
+            if status is None:
+                return None
+            total += sum(q.get("localCount", 0) for q in status.get("queues", []) if q.get("name") == "faults")
+        return total
+
+    def drain(self, quiet=6.0, limit=60.0):
+        """Waits for the producers to finish, then until no node holds an item and nothing was
+        popped for `quiet` seconds (bounded by `limit`): whatever is still owed then is lost."""
         deadline = time.time() + self.bound / 2
         while self.producing() and time.time() < deadline:
             time.sleep(0.5)
         start = time.time()
         while time.time() - start < limit:
             last = self.last_pop_time()
-            if time.time() - max(last, start) >= quiet:
+            if time.time() - max(last, start) >= quiet and self.queued() == 0:
                 return
-            time.sleep(0.5)
+            time.sleep(1)
+        left = self.queued()
+        print(f"  drain: still {left} items queued after {limit} s", file=sys.stderr)
+        self.log("measure", name="queued_at_end", value=left if left is not None else -1)
 
     def stop_all(self):
         for node in self.nodes:
@@ -343,11 +356,12 @@ class Scenario:
 
 
 def s_kill_holder(c, o):
-    c.add("n1", producer(1500, o.seconds))
+    # As in the pauses: n3 holds thousands of n1's items when it is killed.
+    c.add("n1", producer(100_000, 1, batch=500, extra=["--produce-count", str(o.burst)]))
     for i in (2, 3, 4):
-        c.add(f"n{i}", consumer(batch=1, work_ms=10 if i == 3 else 2))
+        c.add(f"n{i}", consumer(batch=1, work_ms=2))
     c.start_all()
-    time.sleep(o.seconds / 3)
+    time.sleep(2)
     c.kill("n3")
 
 
@@ -429,11 +443,13 @@ def s_term_consumer(c, o):
 
 def sigstop(seconds):
     def run(c, o):
-        c.add("n1", producer(2000, max(o.seconds, seconds + 10)))
+        # A burst that the balancer spreads over three slow consumers: n3 holds thousands of
+        # n1's items when it is paused (issue 19's case 6).
+        c.add("n1", producer(100_000, 1, batch=500, extra=["--produce-count", str(o.burst)]))
         for i in (2, 3, 4):
-            c.add(f"n{i}", consumer(work_ms=2))
+            c.add(f"n{i}", consumer(batch=1, work_ms=2))
         c.start_all()
-        time.sleep(o.seconds / 3)
+        time.sleep(2)
         c.kill("n3", signal.SIGSTOP, f"sigstop-{seconds}s")
         time.sleep(seconds)
         c.fault(f"sigcont-after-{seconds}s", "n3")
@@ -443,9 +459,10 @@ def sigstop(seconds):
 
 def partition(shape):
     def run(c, o):
-        c.add("n1", producer(2000, o.seconds + o.partition + 20))
+        load = o.seconds / 3 + o.partition + 8
+        c.add("n1", producer(2000, load))
         c.add("n2", consumer(work_ms=2))
-        c.add("n3", producer(1000, o.seconds + o.partition + 20) + consumer(work_ms=2))
+        c.add("n3", producer(1000, load) + consumer(work_ms=2))
         c.add("n4", consumer(work_ms=3))
         c.start_all()
         time.sleep(o.seconds / 3)
@@ -751,9 +768,10 @@ def main():
     options.out = options.out or tempfile.mkdtemp(prefix="p2pq-faults-")
     options.seconds = options.seconds or (9 if options.short else 20)
     options.kills = 2 if options.short else 5
+    options.burst = 12_000 if options.short else 20_000
     options.partition = 10
     options.merge_bound = 20 if options.short else 60
-    options.drain = 60 if options.short else 120  # a safety: a drain ends when pops stop for 4 s
+    options.drain = 30 if options.short else 60  # a bound: a drain ends once nothing is queued
     # No workload process outlives this, whatever happens to the harness.
     options.bound = 300 if "soak" not in options.scenarios else int(options.soak_minutes * 60) + 120
 
