@@ -501,7 +501,7 @@ def s_loss(c, o):
     for node in c.nodes:
         c.iptables(node, "-A", "OUTPUT", "-o", f"pf{node.index}n", "-m", "statistic", "--mode", "random",
                    "--probability", "0.05", "-j", "DROP")
-    time.sleep(o.seconds)
+    time.sleep(o.seconds * 2 / 3)
     c.heal()
     c.fault("heal", "loss")
 
@@ -515,7 +515,7 @@ def s_bandwidth(c, o):
     for node in c.nodes:
         sh("ip", "netns", "exec", node.ns, "tc", "qdisc", "add", "dev", f"pf{node.index}n", "root", "tbf",
            "rate", "8mbit", "burst", "32kb", "latency", "100ms")
-    time.sleep(o.seconds)
+    time.sleep(o.seconds * 2 / 3)
     c.heal()
     c.fault("heal", "bandwidth")
 
@@ -544,6 +544,8 @@ def s_slow_consumer(c, o):
     limits = ["--max-queue-items", str(items), "--payload", str(payload)]
     c.add("n1", producer(50_000, o.seconds, batch=500, extra=limits))
     c.add("n2", consumer(batch=1, work_ms=5) + ["--max-queue-items", str(items)])
+    # After the load, a fast consumer drains what is left, so that the count is complete.
+    c.add("n3", consumer(batch=256, work_ms=0, after=o.seconds + 2) + ["--max-queue-items", str(items)])
     c.start_all()
     base = {n.name: rss_kib(n.proc.pid) or 0 for n in c.nodes}
     # Each node queues at most `items` items of `payload` bytes (queued plus in flight): allow
