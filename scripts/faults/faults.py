@@ -144,6 +144,7 @@ class Cluster:
         self.nodes = []
         self.harness_log = open(os.path.join(out, "harness.jsonl"), "a")
         self.rules = []  # (namespace, iptables args) added, to remove on heal
+        self.helpers = []  # processes of the harness's own (delay proxies), ended on teardown
         # Off loopback a node needs a cluster key: one per run.
         self.key = os.path.join(out, "cluster.key")
         if not os.path.exists(self.key):
@@ -315,7 +316,14 @@ class Cluster:
                 node.proc.kill()
                 node.proc.wait()
 
+    def ensure_network(self):
+        """Nothing: the first call (through _LazyNetwork) sets the namespaces up."""
+
     def teardown(self):
+        for p in self.helpers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for node in self.nodes:
             if node.alive():
                 node.proc.kill()
@@ -520,6 +528,28 @@ def s_bandwidth(c, o):
     c.fault("heal", "bandwidth")
 
 
+def s_delay(c, o):
+    # Every connection a node dials goes through a delaying proxy in its namespace: 50 +- 20 ms
+    # each way. Set up before the nodes start: a redirect only catches new connections.
+    c.add("n1", producer(2000, o.seconds))
+    c.add("n2", producer(1000, o.seconds) + consumer())
+    for i in (3, 4):
+        c.add(f"n{i}", consumer(work_ms=2))
+    c.ensure_network()
+    proxy = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay_proxy.py")
+    for node in c.nodes:
+        p = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, proxy, "7400", "50", "20", "36",
+                              str(c.bound)], stdout=subprocess.PIPE, text=True)
+        c.helpers.append(p)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("the delay proxy did not start")
+        c.iptables(node, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", str(PORT), "-m", "mark", "!",
+                   "--mark", "36", "-j", "REDIRECT", "--to-ports", "7400")
+    c.fault("delay-50ms-20ms", "all")
+    c.start_all()
+    time.sleep(o.seconds)
+
+
 def s_caller_death(c, o):
     c.add("n1", ["--serve"])
     c.add("n2", ["--serve"])
@@ -679,6 +709,7 @@ SCENARIOS = {s.name: s for s in [
     Scenario("partition-oneway", True, partition("oneway"), "one node's packets to another dropped for 10 s, healed; then killed"),
     Scenario("loss-5", True, s_loss, "5 % random packet loss on every link"),
     Scenario("bandwidth", True, s_bandwidth, "8 Mbit/s per node (tbf), 1 KiB items"),
+    Scenario("delay", True, s_delay, "50 +- 20 ms delay each way on every link (a delaying proxy)"),
     Scenario("caller-death", False, s_caller_death, "SIGKILL of a caller with calls in flight; the other caller loses nothing"),
     Scenario("slow-consumer", False, s_slow_consumer, "a slow consumer: RSS under the bound, producers held back"),
     Scenario("soak", False, s_soak, "steady load with a fault every 30 s: nothing lost, RSS flat"),
@@ -689,7 +720,7 @@ GROUPS = {
     "sigterm": ["term-holder", "term-producer", "term-consumer"],
     "sigstop": ["stop-1", "stop-2", "stop-2.5", "stop-5", "stop-30"],
     "partition": ["partition-one", "partition-halves", "partition-oneway"],
-    "degraded": ["loss-5", "bandwidth"],
+    "degraded": ["loss-5", "bandwidth", "delay"],
     "calls": ["caller-death"],
     "memory": ["slow-consumer"],
 }
@@ -743,7 +774,7 @@ class _LazyNetwork:
 
     def __getattr__(self, name):
         c = self.__dict__["_c"]
-        if name in ("start_all", "start") and not self.__dict__["_ready"]:
+        if name in ("start_all", "start", "ensure_network") and not self.__dict__["_ready"]:
             c.setup_network()
             self.__dict__["_ready"] = True
         return getattr(c, name)
