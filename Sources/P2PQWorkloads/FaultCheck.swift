@@ -73,6 +73,11 @@ public struct FaultCheck: Sendable {
     public struct Measure: Sendable, Codable, Equatable {
         public var name: String
         public var value: Double
+
+        public init(name: String, value: Double) {
+            self.name = name
+            self.value = value
+        }
     }
 
     private var pushed: [String: Double] = [:]

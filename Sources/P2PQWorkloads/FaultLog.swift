@@ -49,6 +49,7 @@ public final class OperationLog: Sendable {
     private let fd: Int32
     private let node: String
 
+    /// The log file could not be opened.
     public struct OpenError: Error, CustomStringConvertible {
         public let path: String
         public let errno: Int32
