@@ -490,6 +490,7 @@ def partition(shape):
         c.fault("heal", shape)
         merged = c.wait_connected(timeout=o.merge_bound)
         c.log("measure", name="merge_s", value=merged if merged is not None else -1)
+        c.merge_ok = merged is not None  # the promise includes convergence
         print(f"  membership merged after {merged if merged is not None else 'never (bound ' + str(o.merge_bound) + ' s)'}"
               + (" s" if merged is not None else ""))
         # Failure detection must work again: the death of the formerly cut-off node is noticed
@@ -754,6 +755,9 @@ def run_scenario(scenario, options, netns_ok, results):
     report, code = cluster.check(scenario.expect_dups)
     if (getattr(cluster, "memory_ok", True) is False or getattr(cluster, "soak_ok", True) is False) and code == 0:
         code = 4
+    if getattr(cluster, "merge_ok", True) is False and code == 0:
+        print("FAIL: membership did not converge after the heal")
+        code = 5
     verdict = "pass" if code == 0 and error is None else ("harness-error" if error else "FAIL")
     entry = {"scenario": scenario.name, "result": verdict, "exit": code, "seconds": round(time.time() - started, 1),
              "network": "namespaces" if cluster.netns else "loopback", "error": error,
