@@ -287,7 +287,8 @@ class Cluster:
     def drain(self, quiet=6.0, limit=60.0):
         """Waits for the producers to finish, then until no node holds an item and nothing was
         popped for `quiet` seconds (bounded by `limit`): whatever is still owed then is lost."""
-        deadline = time.time() + self.bound / 2
+        # A producer held back by a queue that no longer drains never finishes: bounded.
+        deadline = time.time() + limit
         while self.producing() and time.time() < deadline:
             time.sleep(0.5)
         start = time.time()
