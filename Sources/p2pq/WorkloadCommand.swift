@@ -209,8 +209,10 @@ struct WorkloadCommand: AsyncParsableCommand {
         }
         opLog.write(["op": .string("stopping"), "reason": .string(reason)])
         tasks.forEach { $0.cancel() }
-        for task in tasks { await task.value }
+        // Stop before awaiting the tasks: a push waiting for room has no cancellation handler
+        // (issue 19, case 9), and the stop fails it with nodeStopped instead of leaving it hanging.
         await node.stop()
+        for task in tasks { await task.value }
         sources.forEach { $0.cancel() }
         opLog.write(["op": .string("stopped")])
     }
