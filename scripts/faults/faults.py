@@ -14,6 +14,7 @@ Standard library only. Run as root: `scripts/faults/faults.py --help`.
 
 import argparse
 import atexit
+import fcntl
 import json
 import os
 import random
@@ -828,7 +829,15 @@ def main():
     if not netns_ok:
         print(f"\n!!!!!!!!!! network namespaces unavailable ({why}): signal scenarios run on loopback, "
               f"partition and degraded-link scenarios are SKIPPED !!!!!!!!!!\n", flush=True)
-    atexit.register(remove_namespaces)
+    else:
+        # One run with namespaces at a time: the names are fixed, and a run removes leftovers.
+        lock = open(os.path.join(tempfile.gettempdir(), "p2pq-faults.lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            sys.exit("another fault-injection run with namespaces is in progress (p2pq-faults.lock)")
+        options.lock = lock
+        atexit.register(remove_namespaces)
     for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, lambda s, f: sys.exit(128 + s))
 
