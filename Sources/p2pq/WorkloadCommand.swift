@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import P2PQLink
 import P2PQNode
+import P2PQOperations
 import P2PQQueue
 import P2PQReactor
 import P2PQWire
@@ -152,9 +153,17 @@ struct WorkloadCommand: AsyncParsableCommand {
                 throw ValidationError("--key-file: \(error)")
             }
         }
+        var operations: OperationsConfiguration?
         if let metrics {
             configuration.metrics = .prometheus(PrometheusCollectorRegistry())
-            configuration.operationsAddress = metrics
+            do {
+                var settings = try OperationsConfiguration(address: metrics)
+                // The harness's status polls send the token derived from the cluster key.
+                settings.tokens = configuration.clusterKey.map { [.derived(from: $0)] } ?? [.development]
+                operations = settings
+            } catch {
+                throw ValidationError("--metrics: \(error)")
+            }
         }
         var logger = Logger(label: "p2pq-workload")
         logger.logLevel = level
@@ -176,10 +185,12 @@ struct WorkloadCommand: AsyncParsableCommand {
         }
 
         let node = try Node(configuration: configuration)
+        let endpoint = try operations.map { try OperationsEndpoint(node: node, configuration: $0, logger: logger) }
         let info = try await node.start()
+        let operationsAddress = try await endpoint?.start()
         opLog.write(["op": .string("start"), "listen": .string("\(info.listenAddress)"), "peer": .string("\(info.peerID)")])
         print("listening \(info.listenAddress) \(info.peerID)")
-        if let operations = info.operationsAddress { print("operations http://\(operations)") }
+        if let operationsAddress { print("operations http://\(operationsAddress)") }
         fflush(nil)
 
         var rpc: RemoteCall?
@@ -209,9 +220,10 @@ struct WorkloadCommand: AsyncParsableCommand {
         }
         opLog.write(["op": .string("stopping"), "reason": .string(reason)])
         tasks.forEach { $0.cancel() }
-        // Stop before awaiting the tasks: a push waiting for room has no cancellation handler
-        // (issue 19, case 9), and the stop fails it with nodeStopped instead of leaving it hanging.
-        await node.stop()
+        await endpoint?.stop()
+        // A cancelled task's waiting push or pop is withdrawn; the stop then drains the queue.
+        let report = await node.stop()
+        opLog.write(["op": .string("stop-report"), "report": .string("\(report)")])
         for task in tasks { await task.value }
         sources.forEach { $0.cancel() }
         opLog.write(["op": .string("stopped")])

@@ -125,7 +125,7 @@ class Node:
         """The node's /status, or None."""
         if not self.alive():
             return None
-        cmd = [self.cluster.p2pq, "status", "--json", self.operations]
+        cmd = [self.cluster.p2pq, "status", "--json", "--token-file", self.cluster.key, self.operations]
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns] + cmd
         try:
