@@ -24,6 +24,10 @@ public struct OperationsConfiguration: Sendable {
     public var bodyTimeout: Duration = .seconds(30)
     /// Most connections open at once; beyond, new ones wait in the listen backlog.
     public var maxConnections = 512
+    /// Most connections open at once from one source address (a quarter of
+    /// ``maxConnections`` by default): one client's idle or slow connections cannot take them
+    /// all; a connection over it is closed at once.
+    public var maxConnectionsPerSource = 128
     /// Most bytes of request headers (answered 400 and closed beyond).
     public var maxHeaderBytes = 16 << 10
     /// Most bytes of a request body (413 beyond).

@@ -42,7 +42,7 @@ public final class OperationsEndpoint: Sendable {
             throw .tokenRequired("the operations endpoint on \(configuration.host) (off loopback) needs a bearer token: "
                 + "pass a token file (p2pq keygen --token) or a cluster key")
         }
-        guard configuration.maxConnections > 0, configuration.maxHeaderBytes >= 1024, configuration.maxBodyBytes > 0,
+        guard configuration.maxConnections > 0, configuration.maxConnectionsPerSource > 0, configuration.maxHeaderBytes >= 1024, configuration.maxBodyBytes > 0,
               configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero else {
             throw .invalidConfiguration("operations limits must be positive (and headers at least 1 KiB)")
         }
@@ -61,10 +61,14 @@ public final class OperationsEndpoint: Sendable {
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(
             maxHeaderFieldSize: configuration.maxHeaderBytes, maxHeaderListSize: configuration.maxHeaderBytes,
             maxHeaderFieldCount: 100)
+        let counts = SourceConnectionCounts(limit: configuration.maxConnectionsPerSource)
+        let refusals = self.refusals
         let app = Application(
             responder: responder,
-            server: .http1(configuration: .init(idleTimeout: .nanoseconds(configuration.idleTimeout.nanoseconds),
-                                                httpDecoderConfiguration: decoder)),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [SourceLimitHandler(counts: counts, refusals: refusals)],
+                idleTimeout: .nanoseconds(configuration.idleTimeout.nanoseconds),
+                httpDecoderConfiguration: decoder)),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port),
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)),
@@ -135,6 +139,11 @@ final class RefusalLog: Sendable {
     }
 
     func refused(_ status: Int, _ why: String) {
+        note("refused a request: \(status): \(why)")
+    }
+
+    /// Logs `what` unless a line was logged within the interval (then it is counted).
+    func note(_ what: String) {
         let now = ContinuousClock.now
         let line = state.withLock { state -> String? in
             if let last = state.lastLogged, now - last < Self.interval {
@@ -145,8 +154,8 @@ final class RefusalLog: Sendable {
                 state.lastLogged = now
                 state.suppressed = 0
             }
-            return state.suppressed == 0 ? "\(status): \(why)" : "\(status): \(why) (and \(state.suppressed) more refused in the last \(Self.interval))"
+            return state.suppressed == 0 ? what : "\(what) (and \(state.suppressed) more refusals in the last \(Self.interval))"
         }
-        if let line { logger.warning("operations endpoint refused a request: \(line)") }
+        if let line { logger.warning("operations endpoint \(line)") }
     }
 }

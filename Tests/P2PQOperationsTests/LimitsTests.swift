@@ -30,6 +30,31 @@ struct LimitsTests {
         }
     }
 
+    @Test("600 idle connections from one address keep only their share; a client from another address is served at once")
+    func connectionsPerSource() async throws {
+        try await withNode { node in
+            // A long idle timeout: only the per-source limit can keep room for the real client.
+            let (endpoint, port) = try await startEndpoint(node, tokens: [.development]) {
+                $0.idleTimeout = .seconds(60)
+                $0.maxConnections = 256
+                $0.maxConnectionsPerSource = 64
+            }
+            var idle: [RawConnection] = []
+            defer { idle.forEach { $0.close() } }
+            for _ in 0..<600 { idle.append(try RawConnection(port: port, receiveTimeout: 1, source: "127.0.0.2")) }
+            let started = ContinuousClock.now
+            let answer = try await request(port, "GET", "/status", token: .development)
+            #expect(answer?.status == 200)
+            #expect(ContinuousClock.now - started < .seconds(5), "the real client waited \(ContinuousClock.now - started)")
+            // The server closed what was over the share and kept the share open.
+            try await Task.sleep(for: .milliseconds(200))
+            let open = idle.filter { $0.isOpen() }.count
+            #expect(open == 64, "\(open) of 600 connections from one address are open, not its share of 64")
+            #expect(idle.prefix(64).allSatisfy { $0.isOpen() }, "the first 64 were not the ones kept")
+            await endpoint.stop()
+        }
+    }
+
     @Test("Size and time limits: body over the limit 413, oversized headers refused, a body that stalls 408")
     func sizeAndTimeLimits() async throws {
         try await withNode { node in

@@ -59,11 +59,24 @@ struct RawAnswer {
 final class RawConnection: @unchecked Sendable {
     let fd: Int32
 
-    init(port: UInt16, receiveTimeout: Int = 5) throws {
+    /// `source`: the loopback address to connect from (another client, as the server sees it).
+    init(port: UInt16, receiveTimeout: Int = 5, source: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EMFILE) }
         var timeout = timeval(tv_sec: receiveTimeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else {
+                Glibc.close(fd)
+                throw POSIXError(.EADDRNOTAVAIL)
+            }
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
@@ -115,6 +128,13 @@ final class RawConnection: @unchecked Sendable {
     }
 
     func close() { Glibc.close(fd) }
+
+    /// Whether the server still holds the connection open (it sent nothing and did not close).
+    func isOpen() -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+    }
 
     static func parse(_ bytes: [UInt8]) -> RawAnswer? {
         let separator: [UInt8] = [13, 10, 13, 10]
