@@ -42,6 +42,8 @@ struct DemoCommand: AsyncParsableCommand {
         for (index, member) in cluster.nodes.enumerated() {
             print("  node \(index + 1): \(member.peerID.prefix(16)) on \(member.listenAddress)  (\(member.operationsURL))")
         }
+        // The endpoints take the token derived from the demo's temporary cluster key.
+        print("  while it runs: p2pq status --token-file \(cluster.keyFile) <address>")
 
         // 1. Monte Carlo pi, as remote calls that run wherever there is capacity.
         print("\n== Monte Carlo pi: \(simulations) simulations of \(samples) points as remote calls")
