@@ -50,7 +50,6 @@ struct LimitsTests {
             try await Task.sleep(for: .milliseconds(200))
             let open = idle.filter { $0.isOpen() }.count
             #expect(open == 64, "\(open) of 600 connections from one address are open, not its share of 64")
-            #expect(idle.prefix(64).allSatisfy { $0.isOpen() }, "the first 64 were not the ones kept")
             await endpoint.stop()
         }
     }
