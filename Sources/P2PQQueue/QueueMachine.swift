@@ -1449,21 +1449,8 @@ public struct QueueMachine: Sendable {
                     var kept = run.items(from..<end, ends)
                     kept.slot = slots[buffer]
                     if adopts && run.origin == peer {
-                        // Numbered as this node's own items (the dedup above keeps the old ids,
-                        // so a retransmission is still dropped); the records hold the buffer too.
-                        kept.origin = localPeer
-                        kept.first = nextSequence
-                        kept.attempt = 0
-                        kept.hops = 0
-                        nextSequence &+= UInt64(n)
-                        store.retain(kept.slot, count: n)
-                        owned.append(first: kept.first, count: n) { i in
-                            let begin = kept.itemStart(i, ends)
-                            return OwnedRecord(extent: PayloadExtent(buffer: kept.slot, start: begin, length: kept.itemEnd(i, ends) &- begin),
-                                               holder: HolderTable.here, attempt: 0, hops: 0)
-                        }
-                        ownedBytes += Int(kept.bytes)
-                        counters.ownershipAdopted += n
+                        // The dedup above keeps the old ids, so a retransmission is still dropped.
+                        adoptAsOwn(&kept, count: n, ends)
                     } else if tracksOwn && run.origin == localPeer {
                         owned.modifyRun(first: kept.first, count: n) { _, record in
                             guard record.attempt == kept.attempt, kept.hops > record.hops else { return }
@@ -1562,6 +1549,25 @@ public struct QueueMachine: Sendable {
     }
 
     // MARK: Ownership hand-over (drain)
+
+    /// Takes the `count` items of `run` over as this node's own: numbered anew (origin here,
+    /// attempt and hops 0), with ownership records that hold the run's buffer too.
+    private mutating func adoptAsOwn(_ run: inout QueueRun, count: Int, _ ends: UnsafeBufferPointer<UInt32>) {
+        run.origin = localPeer
+        run.first = nextSequence
+        run.attempt = 0
+        run.hops = 0
+        nextSequence &+= UInt64(count)
+        store.retain(run.slot, count: count)
+        let adopted = run
+        owned.append(first: adopted.first, count: count) { k in
+            let begin = adopted.itemStart(k, ends)
+            return OwnedRecord(extent: PayloadExtent(buffer: adopted.slot, start: begin, length: adopted.itemEnd(k, ends) &- begin),
+                               holder: HolderTable.here, attempt: 0, hops: 0)
+        }
+        ownedBytes += Int(run.bytes)
+        counters.ownershipAdopted += count
+    }
 
     /// A draining owner gives its records of items peers hold to those peers in owner changes
     /// (each takes over the items it holds queued): a holder that passes them on can then
@@ -1681,19 +1687,7 @@ public struct QueueMachine: Sendable {
                             rebuilt.append(piece)
                             continue
                         }
-                        piece.origin = localPeer
-                        piece.first = nextSequence
-                        piece.attempt = 0
-                        piece.hops = 0
-                        nextSequence &+= UInt64(count)
-                        store.retain(piece.slot, count: count)
-                        owned.append(first: piece.first, count: count) { k in
-                            let begin = piece.itemStart(k, ends)
-                            return OwnedRecord(extent: PayloadExtent(buffer: piece.slot, start: begin, length: piece.itemEnd(k, ends) &- begin),
-                                               holder: HolderTable.here, attempt: 0, hops: 0)
-                        }
-                        ownedBytes += Int(piece.bytes)
-                        counters.ownershipAdopted += count
+                        adoptAsOwn(&piece, count: count, ends)
                         rebuilt.append(piece)
                     } else {
                         // Kept as it is up to the next range that starts inside the run.
