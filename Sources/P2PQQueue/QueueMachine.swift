@@ -1150,7 +1150,7 @@ public struct QueueMachine: Sendable {
                 kept.append(run)
                 continue
             }
-            heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.transferTimeout)].runs.append(run)
+            heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.custodyCheckTimeout)].runs.append(run)
             asked.insert(run.origin)
             heldBackItems += Int(run.count)
             heldBackBytes += Int(run.bytes)

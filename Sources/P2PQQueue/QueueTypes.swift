@@ -104,6 +104,11 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// fastest death verdict of a silent node (a failed probe plus the minimum suspicion, about
     /// 1.25 s with the default membership settings).
     public var stallThreshold: UInt64 = 1_000_000_000
+    /// Items held back after a stall or a death verdict wait this long for their owner's
+    /// custody verdict, then are released unchecked (a duplicate at worst). Long enough for a
+    /// link to come back after a long pause (the redial backoff reaches 10 s); an owner this
+    /// node declares dead releases them at once.
+    public var custodyCheckTimeout: UInt64 = 30_000_000_000
     /// Confirmations and custody news for an owner declared dead are kept this long (it may
     /// have been paused or cut off one way and come back), then dropped.
     public var deadOwnerRetention: UInt64 = 60_000_000_000
