@@ -856,7 +856,11 @@ def main():
         extra += "".join(f", {m['name']} {m['value']:.2f}" for m in (r.get("measures") or []))
         print(f"{r['scenario']:24} {r['result']:14} {r.get('pushed') or 0:>8} {r.get('popped') or 0:>8} "
               f"{r.get('lost') or 0:>6} {r.get('duplicates') or 0:>6}  {extra}")
-    sys.exit(0 if all(r["result"] in ("pass", "skipped") for r in results) else 1)
+    passed = sum(r["result"] == "pass" for r in results)
+    skipped = sum(r["result"] == "skipped" for r in results)
+    failed = len(results) - passed - skipped
+    print(f"faults: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    sys.exit(0 if failed == 0 else 1)
 
 
 if __name__ == "__main__":
