@@ -110,10 +110,15 @@ struct ChildProcessTests {
         return (key, path)
     }
 
-    @Test("A peer killed with SIGKILL is seen as disconnected within 1 s")
+    /// The closed socket tells at once (milliseconds here); the keepalive timeout is set far
+    /// out so that only that can explain a disconnect within the bound, which leaves room for a
+    /// loaded 2-core machine (1.17 s was seen beside the whole suite).
+    @Test("A peer killed with SIGKILL is seen as disconnected at once, not at the keepalive timeout")
     func sigkill() async throws {
         let (key, path) = try keyFile()
-        let node = try Node(configuration: testConfiguration(key: key))
+        var configuration = testConfiguration(key: key)
+        configuration.keepaliveTimeout = .seconds(30)
+        let node = try Node(configuration: configuration)
         let info = try await node.start()
         let child = try await ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])
         try await child.connected(to: node)
@@ -129,7 +134,7 @@ struct ChildProcessTests {
             }
         }
         let elapsed = try #require(seen)
-        #expect(elapsed < .seconds(1), "took \(elapsed)")
+        #expect(elapsed < .seconds(5), "took \(elapsed)")
         await node.stop()
     }
 
