@@ -206,7 +206,7 @@ public struct QueueHandle: Sendable {
 }
 
 /// The waiter ID of a pop, shared between the reactor and a cancellation handler.
-private final class WaiterBox: Sendable {
+final class WaiterBox: Sendable {
     private enum State: Sendable { case pending, waiting(WaiterID), cancelled }
     private let state = Mutex<State>(.pending)
 
