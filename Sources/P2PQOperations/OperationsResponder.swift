@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import P2PQLink
 import P2PQNode
+import NIOCore
 import Synchronization
 
 /// What `POST /queue/<name>/pop` answers (JSON).
@@ -51,14 +52,14 @@ struct Refusal: Error {
 /// The endpoint's routes and checks. Runs on Hummingbird's threads; the node is reached only
 /// through its public API.
 struct OperationsResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
+    typealias Context = OperationsContext
     let endpoint: OperationsEndpoint
 
     var configuration: OperationsConfiguration { endpoint.configuration }
 
     func respond(to request: Request, context: Context) async throws -> Response {
         do {
-            return try await route(request)
+            return try await route(request, context)
         } catch let refusal as Refusal {
             if refusal.status.code != 404 { endpoint.refusals.refused(refusal.status.code, refusal.message) }
             var headers = refusal.headers
@@ -68,7 +69,7 @@ struct OperationsResponder: HTTPResponder {
         }
     }
 
-    private func route(_ request: Request) async throws -> Response {
+    private func route(_ request: Request, _ context: Context) async throws -> Response {
         try checkBrowserAndHost(request)
         let path = request.uri.path
         switch path {
@@ -100,7 +101,7 @@ struct OperationsResponder: HTTPResponder {
             }
             switch parts[3] {
             case "push": return try await push(name, request)
-            case "pop": return try await pop(name, request)
+            case "pop": return try await pop(name, request, context)
             default: return try await settle(name, request, ack: parts[3] == "ack")
             }
         }
@@ -227,7 +228,7 @@ struct OperationsResponder: HTTPResponder {
     /// consumer. With `lease` the items are leased (tokens and delivery counts in the answer;
     /// `ack` or `nack` them); without, they are taken under an internal lease that is acked
     /// once the answer is written, and nacked (the items go back) if the client is gone first.
-    private func pop(_ name: String, _ request: Request) async throws -> Response {
+    private func pop(_ name: String, _ request: Request, _ context: Context) async throws -> Response {
         let query = request.uri.queryParameters
         guard let max = Int(query["max"] ?? "1"), (1...OperationsConfiguration.maxPopItems).contains(max) else {
             throw Refusal(status: .badRequest, message: "max must be between 1 and \(OperationsConfiguration.maxPopItems)")
@@ -280,6 +281,7 @@ struct OperationsResponder: HTTPResponder {
         }
         // The plain pop's items are consumed only once the answer is written.
         let data = try jsonData(QueuePopAnswer(queue: name, encoding: encoding, items: texts))
+        let channel = context.channel
         return Response(status: .ok, headers: [.contentType: "application/json", .contentLength: String(data.count)],
                         body: ResponseBody(contentLength: data.count) { writer in
             do {
@@ -289,7 +291,11 @@ struct OperationsResponder: HTTPResponder {
                 await settlement.nack()
                 throw error
             }
-            await settlement.ack()
+            // The writer returns once the answer is queued on the channel; a task on the
+            // channel's loop runs after its write was tried: a connection the client reset
+            // (or closed) is no longer active by then.
+            let written = (try? await channel.eventLoop.submit { channel.isActive }.get()) ?? false
+            if written { await settlement.ack() } else { await settlement.nack() }
         })
     }
 
@@ -346,6 +352,18 @@ struct OperationsResponder: HTTPResponder {
         case .unknownLease: return Refusal(status: .gone, message: "\(what) failed: \(error)")
         case .invalidLease: return Refusal(status: .badRequest, message: "\(what) failed: \(error)")
         }
+    }
+}
+
+/// Hummingbird's basic context plus the connection, so that a pop can tell whether its answer
+/// reached the socket.
+struct OperationsContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
     }
 }
 

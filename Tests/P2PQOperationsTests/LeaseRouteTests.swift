@@ -77,10 +77,11 @@ struct LeaseRouteTests {
             let (endpoint, port) = try await startEndpoint(node, tokens: [token])
             let queue = node.queue(named: "r")
             let rounds = 40
+            var left: [String] = []
             for round in 0..<rounds {
                 let client = try RawConnection(port: port)
                 client.send("POST /queue/r/pop?max=10&timeout=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(token.text)\r\nContent-Length: 0\r\n\r\n")
-                try await eventually("the pop waits") { await waitingConsumers(node, "r") == 1 }
+                try await eventually("the pop of round \(round) waits") { await waitingConsumers(node, "r") == 1 }
                 // An abortive close (RST): whatever the server writes after it cannot arrive.
                 var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
                 setsockopt(client.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
@@ -91,10 +92,10 @@ struct LeaseRouteTests {
                     let leased = await leasedCount(node, "r")
                     return waiting == 0 && leased == 0
                 }
-            }
-            var left: [String] = []
-            while let items = try? await queue.pop(max: 1000, timeout: .zero) {
-                left += items.map { String(decoding: $0, as: UTF8.self) }
+                // The item is back (or was never taken): take it out, so the next pop waits.
+                while let items = try? await queue.pop(max: 1000, timeout: .zero) {
+                    left += items.map { String(decoding: $0, as: UTF8.self) }
+                }
             }
             #expect(Set(left) == Set((0..<rounds).map(String.init)), "lost \(rounds - left.count) of \(rounds)")
             await endpoint.stop()
