@@ -83,14 +83,16 @@ struct LeaseNodeTests {
         let consumer = nodes[1].queue(named: "s")
         _ = await consumer.size()
         let total = 300
-        try await owner.push(contentsOf: (0..<total).map { Array("\($0)".utf8) })
-        // The consumer leases what it can get within a few seconds (items move to it by stealing).
+        // Half the items are the consumer node's own (it is their owner), half another node's.
+        try await consumer.push(contentsOf: (0..<total / 2).map { Array("\($0)".utf8) })
+        try await owner.push(contentsOf: (total / 2..<total).map { Array("\($0)".utf8) })
+        // The consumer leases its own items and what it gets from the other node by stealing.
         var leased: [LeasedItem] = []
         let deadline = ContinuousClock.now + .seconds(10)
-        while leased.count < 100 && ContinuousClock.now < deadline {
+        while leased.count < 200 && ContinuousClock.now < deadline {
             leased += (try? await consumer.pop(max: 64, lease: .seconds(600), timeout: .milliseconds(200))) ?? []
         }
-        #expect(leased.count >= 100, "the consumer leased only \(leased.count)")
+        #expect(leased.count >= 200, "the consumer leased only \(leased.count)")
         // It acks a few: those are done.
         let acked = Array(leased.prefix(10))
         try await consumer.ack(acked)
