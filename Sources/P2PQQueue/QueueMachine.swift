@@ -308,7 +308,8 @@ public struct QueueMachine: Sendable {
     public var count: Int { queuedItems }
     /// Payload bytes in the local queue.
     public var byteCount: Int { queuedBytes }
-    /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
+    /// Items held against the limits: queued, on unacknowledged outgoing transfers, held back,
+    /// and leased.
     public var heldItems: Int { queuedItems + inFlightItems + heldBackItems + leasedItems }
     /// Payload bytes held against the limits.
     public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes + leasedBytes }
@@ -2151,7 +2152,6 @@ public struct QueueMachine: Sendable {
         }
     }
 }
-
 
 // MARK: - Leases
 

@@ -25,8 +25,10 @@ public enum DeliveryMode: Hashable, Sendable {
 /// The knobs of a ``QueueMachine``. Durations are monotonic nanoseconds.
 ///
 /// ## Memory bounds
-/// - Local queue plus outgoing transfers in flight: ``maxItems`` items and ``maxBytes`` payload
-///   bytes. A push that would exceed them is refused (backpressure); so is a transfer.
+/// - Local queue plus outgoing transfers in flight plus leased items not acked yet: ``maxItems``
+///   items and ``maxBytes`` payload bytes. A push that would exceed them is refused
+///   (backpressure); so is a transfer. Delivery counts of items leased here: at most
+///   ``maxItems`` entries (beyond, an arbitrary one is forgotten: that item counts lower).
 /// - In-flight transfers: at most ``maxTransfersInFlightPerPeer`` per peer, each at most
 ///   ``maxTransferItems`` items and one frame (``maxFrameSize``); counted in the limits above.
 /// - Ownership records: at most ``maxOwnedItems`` items and ``maxOwnedBytes`` bytes (shared with
