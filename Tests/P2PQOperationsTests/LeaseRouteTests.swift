@@ -35,6 +35,7 @@ struct LeaseRouteTests {
             let tokens = try #require(first.tokens)
             #expect(tokens.count == 2)
             #expect(await leasedCount(node, "l") == 2)
+            #expect(await node.status()?.queues.first { $0.name == "l" }?.leased == 2)
 
             // Needs the bearer token like the other queue routes.
             #expect(try await request(port, "POST", "/queue/l/ack", body: Array(tokens[0].utf8))?.status == 401)

@@ -496,7 +496,8 @@ final class QueueShell {
             let pushes = waitingPushes(name)
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
-                waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes)
+                waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes,
+                leased: machine.leasedCount)
         }
     }
 
