@@ -180,3 +180,79 @@ private func heldByB(_ n: Int, configuration: QueueConfiguration = QueueConfigur
         #expect(again.map(\.deliveryCount) == [2, 2, 2])
     }
 }
+
+/// A small seeded generator, so a failing run can be replayed.
+private struct Seeded {
+    var state: UInt64
+    mutating func next(_ bound: Int) -> Int {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Int((z ^ (z >> 31)) % UInt64(bound))
+    }
+}
+
+extension LeaseTests {
+    @Test("Random pushes, plain and leased pops, acks, nacks, dead letters and lease ends: every item is consumed exactly once", arguments: [1, 2, 3, 4])
+    func randomOperations(seed: Int) {
+        var random = Seeded(state: UInt64(seed))
+        var configuration = QueueConfiguration(maxItems: 64)
+        configuration.deadLetter = DeadLetterPolicy(maxDeliveries: 3, queue: "dlq")
+        var q = QueueMachine(name: "q", localPeer: A, configuration: configuration)
+        var now: UInt64 = 0
+        var next = 0
+        var consumed: [Int] = []
+        var deadLettered: [Int] = []
+        var held: [LeasedPayload] = []
+        func apply(_ actions: [QueueAction]) {
+            for case .deadLetter(let token, let payload, "dlq") in actions where random.next(3) > 0 {
+                deadLettered.append(number(payload))  // else the dead-letter queue was full: retried later
+                _ = q.deadLettered(token, now: now)
+            }
+        }
+        for _ in 0..<3000 {
+            now += UInt64(random.next(200)) * ms
+            switch random.next(7) {
+            case 0:
+                let n = 1 + random.next(8)
+                let (outcome, actions) = q.push((next..<next + n).map { payload($0) }, now: now)
+                if outcome == .accepted { next += n }
+                apply(actions)
+            case 1:
+                let (items, actions) = q.pop(max: 1 + random.next(4), waiter: nil, now: now)
+                consumed += items.map(number)
+                apply(actions)
+            case 2:
+                let (items, actions) = q.popLeased(max: 1 + random.next(4), lease: UInt64(1 + random.next(3)) * second, waiter: nil, now: now)
+                held += items
+                apply(actions)
+            case 3, 4:
+                guard !held.isEmpty else { continue }
+                let item = held.remove(at: random.next(held.count))
+                let (acked, _, actions) = q.ack([item.token], now: now)
+                if acked == 1 { consumed.append(number(item.payload)) }
+                apply(actions)
+            case 5:
+                guard !held.isEmpty else { continue }
+                let item = held.remove(at: random.next(held.count))
+                apply(q.nack([item.token], now: now).actions)
+            default:
+                apply(q.tick(now: now))
+            }
+            #expect(q.heldItems == q.count + q.leasedCount)
+            #expect(q.heldItems <= 64)
+        }
+        // Drain: leases end, everything is popped plainly.
+        for _ in 0..<20 {
+            now += 4 * second
+            apply(q.tick(now: now))
+            consumed += q.pop(max: .max, waiter: nil, now: now).0.map(number)
+            if q.heldItems == 0 { break }
+        }
+        #expect(q.heldItems == 0)
+        #expect((consumed + deadLettered).sorted() == Array(0..<next), "seed \(seed)")
+        #expect(q.ownedItems == 0)
+        #expect(q.counters.deadLettered == deadLettered.count)
+    }
+}
