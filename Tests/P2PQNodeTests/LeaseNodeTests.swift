@@ -55,6 +55,32 @@ struct LeaseNodeTests {
         for node in nodes { await node.stop() }
     }
 
+    @Test("Typed queue: leased values are acked or nacked; an undecodable batch is nacked whole and reported")
+    func typed() async throws {
+        let nodes = try await startMesh(1, key: key)
+        let typed = nodes[0].queue(named: "t", of: Int.self)
+        try await typed.push(1, 2)
+        let got = try await typed.pop(max: 2, lease: .seconds(30), timeout: .seconds(1))
+        #expect(got.map(\.value) == [1, 2])
+        try await typed.ack([got[0].item])
+        try await typed.nack([got[1].item])
+        let again = try await typed.pop(max: 2, lease: .seconds(30), timeout: .seconds(1))
+        #expect(again.map(\.value) == [2] && again[0].item.deliveryCount == 2)
+        try await typed.ack(again.map(\.item))
+        try await typed.raw.push([0xFF, 0xFF, 0xFF])  // not a compact Int
+        do {
+            _ = try await typed.pop(max: 1, lease: .seconds(30), timeout: .seconds(1))
+            Issue.record("an undecodable item decoded")
+        } catch {
+            guard case .decoding(_, let index, let payloads) = error else { throw error }
+            #expect(index == 0 && payloads == [[0xFF, 0xFF, 0xFF]])
+        }
+        // Nacked: back in the queue, not lost.
+        #expect(await typed.raw.leasedCount() == 0)
+        #expect(await typed.size().local == 1)
+        for node in nodes { await node.stop() }
+    }
+
     @Test("After the maximum of deliveries an item is pushed into the dead-letter queue and confirmed")
     func deadLetterQueue() async throws {
         let nodes = try await startMesh(1, key: key) { configuration in
