@@ -40,6 +40,11 @@ public struct OperationsConfiguration: Sendable {
     public static let maxPopTimeoutMilliseconds = 25_000
     /// The most items one pop may ask for.
     public static let maxPopItems = 65_536
+    /// The longest lease `POST /queue/<name>/pop?lease=ms` may ask for (12 hours).
+    public static let maxLeaseMilliseconds = 12 * 3600 * 1000
+    /// The lease under which a plain HTTP pop takes its items until its answer is written (or
+    /// found unwritable): it ends only if the endpoint neither acks nor nacks them.
+    static let internalLeaseMilliseconds = 60_000
 
     public init(host: String = "127.0.0.1", port: Int = 0, tokens: [OperationsToken] = []) {
         self.host = host

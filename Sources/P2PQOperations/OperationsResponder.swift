@@ -2,6 +2,8 @@ import Foundation
 import Hummingbird
 import P2PQLink
 import P2PQNode
+import NIOCore
+import Synchronization
 
 /// What `POST /queue/<name>/pop` answers (JSON).
 public struct QueuePopAnswer: Sendable, Codable, Equatable {
@@ -11,11 +13,17 @@ public struct QueuePopAnswer: Sendable, Codable, Equatable {
     public var encoding: String
     /// The items, in the order they left the queue; empty when the timeout passed first.
     public var items: [String]
+    /// With `lease`: each item's lease token (decimal text), for `POST /queue/<name>/ack` or `nack`.
+    public var tokens: [String]?
+    /// With `lease`: how many times each item has been handed out, this time included.
+    public var deliveryCounts: [Int]?
 
-    public init(queue: String, encoding: String, items: [String]) {
+    public init(queue: String, encoding: String, items: [String], tokens: [String]? = nil, deliveryCounts: [Int]? = nil) {
         self.queue = queue
         self.encoding = encoding
         self.items = items
+        self.tokens = tokens
+        self.deliveryCounts = deliveryCounts
     }
 
     /// The items' bytes.
@@ -44,14 +52,14 @@ struct Refusal: Error {
 /// The endpoint's routes and checks. Runs on Hummingbird's threads; the node is reached only
 /// through its public API.
 struct OperationsResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
+    typealias Context = OperationsContext
     let endpoint: OperationsEndpoint
 
     var configuration: OperationsConfiguration { endpoint.configuration }
 
     func respond(to request: Request, context: Context) async throws -> Response {
         do {
-            return try await route(request)
+            return try await route(request, context)
         } catch let refusal as Refusal {
             if refusal.status.code != 404 { endpoint.refusals.refused(refusal.status.code, refusal.message) }
             var headers = refusal.headers
@@ -61,7 +69,7 @@ struct OperationsResponder: HTTPResponder {
         }
     }
 
-    private func route(_ request: Request) async throws -> Response {
+    private func route(_ request: Request, _ context: Context) async throws -> Response {
         try checkBrowserAndHost(request)
         let path = request.uri.path
         switch path {
@@ -83,7 +91,7 @@ struct OperationsResponder: HTTPResponder {
         default:
             let parts = path.split(separator: "/", omittingEmptySubsequences: false)
             // "", "queue", name, verb
-            guard parts.count == 4, parts[0].isEmpty, parts[1] == "queue", parts[3] == "push" || parts[3] == "pop" else {
+            guard parts.count == 4, parts[0].isEmpty, parts[1] == "queue", ["push", "pop", "ack", "nack"].contains(parts[3]) else {
                 throw Refusal(status: .notFound, message: "no route \(request.method) \(path)")
             }
             guard request.method == .post else { throw Refusal(status: .methodNotAllowed, message: "use POST") }
@@ -91,7 +99,11 @@ struct OperationsResponder: HTTPResponder {
             guard let name = String(parts[2]).removingPercentEncoding, (1...255).contains(name.utf8.count) else {
                 throw Refusal(status: .badRequest, message: "a queue name has 1 to 255 UTF-8 bytes")
             }
-            return parts[3] == "push" ? try await push(name, request) : try await pop(name, request)
+            switch parts[3] {
+            case "push": return try await push(name, request)
+            case "pop": return try await pop(name, request, context)
+            default: return try await settle(name, request, ack: parts[3] == "ack")
+            }
         }
     }
 
@@ -211,9 +223,12 @@ struct OperationsResponder: HTTPResponder {
         }
     }
 
-    /// `POST /queue/<name>/pop?max=N&timeout=ms[&encoding=utf8|base64]`. A waiting pop whose
-    /// client closes the connection is withdrawn at once: its items go to the next consumer.
-    private func pop(_ name: String, _ request: Request) async throws -> Response {
+    /// `POST /queue/<name>/pop?max=N&timeout=ms[&encoding=utf8|base64][&lease=ms]`. A waiting
+    /// pop whose client closes the connection is withdrawn at once: its items go to the next
+    /// consumer. With `lease` the items are leased (tokens and delivery counts in the answer;
+    /// `ack` or `nack` them); without, they are taken under an internal lease that is acked
+    /// once the answer is written, and nacked (the items go back) if the client is gone first.
+    private func pop(_ name: String, _ request: Request, _ context: Context) async throws -> Response {
         let query = request.uri.queryParameters
         guard let max = Int(query["max"] ?? "1"), (1...OperationsConfiguration.maxPopItems).contains(max) else {
             throw Refusal(status: .badRequest, message: "max must be between 1 and \(OperationsConfiguration.maxPopItems)")
@@ -225,27 +240,103 @@ struct OperationsResponder: HTTPResponder {
         guard encoding == "utf8" || encoding == "base64" else {
             throw Refusal(status: .badRequest, message: "unknown encoding '\(encoding.prefix(100))': use utf8 or base64")
         }
-        let queue = endpoint.node.queue(named: name)
-        // Hummingbird does not cancel a handler whose client went away; this does, and the
-        // cancelled pop withdraws its waiter before any item is handed to it.
-        let items: [[UInt8]] = try await request.body.consumeWithCancellationOnInboundClose { _ in
-            do throws(QueueError) {
-                return try await queue.pop(max: max, timeout: .milliseconds(timeout))
-            } catch .timeout {
-                return []
-            } catch {
-                throw Self.refusal(error, "pop")
+        var lease: Int?
+        if let text = query["lease"] {
+            guard let value = Int(text), (1...OperationsConfiguration.maxLeaseMilliseconds).contains(value) else {
+                throw Refusal(status: .badRequest, message: "lease must be between 1 and \(OperationsConfiguration.maxLeaseMilliseconds) ms")
             }
+            lease = value
         }
-        let texts = items.map { encoding == "base64" ? Data($0).base64EncodedString() : String(decoding: $0, as: UTF8.self) }
-        return try json(QueuePopAnswer(queue: name, encoding: encoding, items: texts))
+        let queue = endpoint.node.queue(named: name)
+        // The tokens of what the pop took, so that they go back if no answer carries them.
+        let settlement = LeaseSettlement(queue: queue)
+        let items: [LeasedItem]
+        do {
+            // Hummingbird does not cancel a handler whose client went away; this does, and the
+            // cancelled pop withdraws its waiter before any item is handed to it. Items that
+            // arrive as the client leaves are nacked below (the value may be dropped then).
+            items = try await request.body.consumeWithCancellationOnInboundClose { _ in
+                let items: [LeasedItem]
+                do throws(QueueError) {
+                    items = try await queue.pop(max: max, lease: .milliseconds(lease ?? OperationsConfiguration.internalLeaseMilliseconds),
+                                                timeout: .milliseconds(timeout))
+                } catch .timeout {
+                    return []
+                } catch {
+                    throw Self.refusal(error, "pop")
+                }
+                settlement.hold(items.map(\.token))
+                try Task.checkCancellation()
+                return items
+            }
+        } catch {
+            await settlement.nack()
+            throw error
+        }
+        let texts = items.map { encoding == "base64" ? Data($0.bytes).base64EncodedString() : String(decoding: $0.bytes, as: UTF8.self) }
+        if lease != nil {
+            settlement.handedOver()
+            return try json(QueuePopAnswer(queue: name, encoding: encoding, items: texts, tokens: items.map(\.token.description),
+                                           deliveryCounts: items.map(\.deliveryCount)))
+        }
+        // The plain pop's items are consumed only once the answer is written.
+        let data = try jsonData(QueuePopAnswer(queue: name, encoding: encoding, items: texts))
+        let channel = context.channel
+        return Response(status: .ok, headers: [.contentType: "application/json", .contentLength: String(data.count)],
+                        body: ResponseBody(contentLength: data.count) { writer in
+            do {
+                try await writer.write(ByteBuffer(bytes: data))
+                try await writer.finish(nil)
+            } catch {
+                await settlement.nack()
+                throw error
+            }
+            // The writer returns once the answer is queued on the channel; a task on the
+            // channel's loop runs after its write was tried: a connection the client reset
+            // (or closed) is no longer active by then.
+            let written = (try? await channel.eventLoop.submit { channel.isActive }.get()) ?? false
+            if written { await settlement.ack() } else { await settlement.nack() }
+        })
+    }
+
+    /// `POST /queue/<name>/ack` and `/nack`: the body holds lease tokens (decimal), separated
+    /// by white space or commas. Unknown tokens (the lease ended, acked already) are answered
+    /// 410 naming them; the others are applied all the same.
+    private func settle(_ name: String, _ request: Request, ack: Bool) async throws -> Response {
+        let what = ack ? "ack" : "nack"
+        let queue = endpoint.node.queue(named: name)
+        return try await request.body.consumeWithCancellationOnInboundClose { stream in
+            let body = try await self.body(of: request, stream)
+            var tokens: [LeaseToken] = []
+            for word in body.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: "\n")
+                                                     || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }) {
+                guard word.count <= 20, let value = UInt64(String(decoding: word, as: UTF8.self)) else {
+                    throw Refusal(status: .badRequest, message: "a lease token is a decimal number, not '\(String(decoding: word.prefix(40), as: UTF8.self))'")
+                }
+                tokens.append(LeaseToken(value))
+            }
+            guard !tokens.isEmpty else { throw Refusal(status: .badRequest, message: "no lease tokens in the body") }
+            do throws(QueueError) {
+                if ack { try await queue.ack(tokens: tokens) } else { try await queue.nack(tokens: tokens) }
+            } catch .unknownLease(let unknown) {
+                throw Refusal(status: .gone, message: "\(what): \(QueueError.unknownLease(unknown)); the other \(tokens.count - unknown.count) applied")
+            } catch {
+                throw Self.refusal(error, what)
+            }
+            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: "\(ack ? "acked" : "nacked") \(tokens.count)\n")))
+        }
     }
 
     private func json(_ value: some Encodable) throws -> Response {
+        let data = try jsonData(value)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    private func jsonData(_ value: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        let data = try encoder.encode(value)
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return try encoder.encode(value)
     }
 
     static func refusal(_ error: QueueError, _ what: String) -> Refusal {
@@ -258,6 +349,70 @@ struct OperationsResponder: HTTPResponder {
                           headers: [.retryAfter: "1"])
         case .nodeStopped, .cancelled, .noLivePeer:
             return Refusal(status: .serviceUnavailable, message: "\(what) failed: \(error)", headers: [.retryAfter: "1"])
+        case .unknownLease: return Refusal(status: .gone, message: "\(what) failed: \(error)")
+        case .invalidLease: return Refusal(status: .badRequest, message: "\(what) failed: \(error)")
         }
+    }
+}
+
+/// Hummingbird's basic context plus the connection, so that a pop can tell whether its answer
+/// reached the socket.
+struct OperationsContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// The leased items of one HTTP pop until their answer is settled: acked once written, nacked
+/// if it cannot be (the client is gone). Whatever is still held when it goes away (the server
+/// dropped the answer unwritten) is nacked then, so an item waits for no lease to end.
+final class LeaseSettlement: Sendable {
+    private enum State: Sendable {
+        case open([LeaseToken])
+        case settled
+    }
+    private let state = Mutex<State>(.open([]))
+    let queue: QueueHandle
+
+    init(queue: QueueHandle) {
+        self.queue = queue
+    }
+
+    func hold(_ tokens: [LeaseToken]) {
+        state.withLock { state in
+            if case .open(let held) = state { state = .open(held + tokens) }
+        }
+    }
+
+    /// The tokens went to the client (a leased pop): theirs to settle.
+    func handedOver() { _ = take() }
+
+    func ack() async {
+        let tokens = take()
+        if !tokens.isEmpty { try? await queue.ack(tokens: tokens) }
+    }
+
+    func nack() async {
+        let tokens = take()
+        if !tokens.isEmpty { try? await queue.nack(tokens: tokens) }
+    }
+
+    private func take() -> [LeaseToken] {
+        state.withLock { state in
+            defer { state = .settled }
+            if case .open(let held) = state { return held }
+            return []
+        }
+    }
+
+    deinit {
+        let tokens = take()
+        guard !tokens.isEmpty else { return }
+        let queue = self.queue
+        Task { try? await queue.nack(tokens: tokens) }
     }
 }

@@ -59,6 +59,17 @@ public struct QueueMachine: Sendable {
 
     private var waiters = Deque<Waiter>()
 
+    // Leases: items handed out and held here until acked (see `popLeased`).
+    private var leases: [LeaseToken: Lease] = [:]
+    private var leasedItems = 0
+    private var leasedBytes = 0
+    private var nextLeaseToken: UInt64 = 1
+    /// No lease ends (or dead-letter retry falls due) before this; may be early (a tick then
+    /// finds nothing due and recomputes it).
+    private var nextLeaseDeadline: UInt64?
+    /// Deliveries of items on this node, for their delivery count (bounded by `maxItems`).
+    private var localDeliveries: [LeaseKey: UInt32] = [:]
+
     // Ownership.
     private var nextSequence: UInt64 = 1
     private var owned = SequenceTable<OwnedRecord>()
@@ -117,6 +128,36 @@ public struct QueueMachine: Sendable {
     private struct Waiter: Sendable {
         var id: WaiterID
         var max: Int
+        /// A leased pop's lease duration; nil for a plain pop.
+        var lease: UInt64? = nil
+    }
+
+    /// One leased item: its run of one (its array's hold passes from the queue to the lease
+    /// and back).
+    private struct Lease: Sendable {
+        var run: QueueRun
+        var deliveries: Int
+        var state: LeaseState
+    }
+
+    private enum LeaseState: Sendable {
+        /// With the consumer until `until`.
+        case held(until: UInt64)
+        /// Delivered too often: waiting for the shell to push it into the dead-letter queue;
+        /// asked again at `retryAt`.
+        case deadLettering(retryAt: UInt64)
+
+        var deadline: UInt64 {
+            switch self {
+            case .held(let until): until
+            case .deadLettering(let retryAt): retryAt
+            }
+        }
+    }
+
+    private struct LeaseKey: Hashable, Sendable {
+        var origin: PeerID
+        var sequence: UInt64
     }
 
     private struct Transfer: Sendable {
@@ -257,6 +298,7 @@ public struct QueueMachine: Sendable {
         self.priorRate = configuration.minimumRate
         self.nextSequence = configuration.firstSequence
         self.statsSequence = configuration.firstSequence
+        self.nextLeaseToken = configuration.firstSequence
         self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
     }
 
@@ -266,10 +308,13 @@ public struct QueueMachine: Sendable {
     public var count: Int { queuedItems }
     /// Payload bytes in the local queue.
     public var byteCount: Int { queuedBytes }
-    /// Items held against the limits: queued plus on unacknowledged outgoing transfers.
-    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems }
+    /// Items held against the limits: queued, on unacknowledged outgoing transfers, held back,
+    /// and leased.
+    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems + leasedItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes }
+    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes + leasedBytes }
+    /// Items handed out under a lease and not acked yet (held here, counted in ``heldItems``).
+    public var leasedCount: Int { leasedItems }
     /// Items of other owners held back from consumers until their owner names the stale copies
     /// (see ``declaredDead(now:)``).
     public var heldBackCount: Int { heldBackItems }
@@ -538,6 +583,9 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         guard !isDraining else { return actions }
         isDraining = true
+        // Un-acked leased items go with the queued ones, unconfirmed: their consumer's ack can
+        // no longer be taken.
+        returnAllLeases(now: now)
         actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
         flushNotices(&actions, now: now, force: true, only: nil)
         grantOwnership(&actions, now: now)
@@ -841,6 +889,7 @@ public struct QueueMachine: Sendable {
         }
         let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
+        if let at = nextLeaseDeadline, at <= now { expireLeases(&actions, now: now) }
         if let steal, steal.deadline <= now {
             self.steal = nil
             peers[steal.peer]?.reportedLength = 0
@@ -930,7 +979,11 @@ public struct QueueMachine: Sendable {
     private mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
         while !runs.isEmpty, let waiter = waiters.popFirst() {
             lastConsumerActivity = now
-            actions.append(.deliver(waiter.id, take(waiter.max, now: now)))
+            if let duration = waiter.lease {
+                actions.append(.deliverLeased(waiter.id, takeLeased(waiter.max, for: duration, now: now)))
+            } else {
+                actions.append(.deliver(waiter.id, take(waiter.max, now: now)))
+            }
         }
     }
 
@@ -2086,6 +2139,7 @@ public struct QueueMachine: Sendable {
         var deadline = nextStatsAt!
         for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
         if let steal { deadline = Swift.min(deadline, steal.deadline) }
+        if let at = nextLeaseDeadline { deadline = Swift.min(deadline, at) }
         // Notices for an unreachable owner wait for its reconnection (or death), not the timer.
         for (owner, entry) in notices where entry.items > 0 && peers[owner]?.connected == true
             && updatesInFlight(to: owner) < Self.maxUpdatesInFlight {
@@ -2096,6 +2150,224 @@ public struct QueueMachine: Sendable {
             armed = deadline
             actions.append(.armTimer(at: deadline))
         }
+    }
+}
+
+// MARK: - Leases
+
+extension QueueMachine {
+    /// A consumer asks for up to `max` items under a lease of `duration` nanoseconds (more than
+    /// 0). As ``pop(max:waiter:now:)``, but each item stays held here (counted against the
+    /// limits) with a ``LeaseToken``: ``ack(_:now:)`` confirms it to its owner, ``nack(_:now:)``
+    /// or the lease's end puts it back at the front of the local queue, to be delivered again
+    /// with a higher delivery count (or dead-lettered, see ``QueueConfiguration/deadLetter``).
+    /// A waiter is served with a `.deliverLeased` action.
+    public mutating func popLeased(max: Int = 1, lease duration: UInt64, waiter: WaiterID?, now: UInt64) -> ([LeasedPayload], [Action]) {
+        precondition(duration > 0, "a lease lasts more than 0 ns")
+        var actions: [Action] = []
+        detectStall(&actions, now: now)
+        lastConsumerActivity = now
+        if waiters.isEmpty && !runs.isEmpty {
+            let items = takeLeased(Swift.max(1, max), for: duration, now: now)
+            finish(&actions, now: now)
+            return (items, actions)
+        }
+        if let waiter {
+            if isClosed {
+                actions.append(.fail(waiter, .closed))
+            } else if waiters.count >= configuration.maxWaiters {
+                actions.append(.fail(waiter, .tooManyWaiters))
+            } else {
+                waiters.append(Waiter(id: waiter, max: Swift.max(1, max), lease: duration))
+                starvedSinceSample = true
+                maybeSteal(&actions, now: now)
+            }
+        }
+        finish(&actions, now: now)
+        return ([], actions)
+    }
+
+    /// The consumer is done with these leased items: each is consumed (its owner hears it was
+    /// popped, as after a plain pop). Tokens not leased here (acked already, lease ended, or
+    /// never issued) are returned as `unknown`; the others are acknowledged all the same.
+    public mutating func ack(_ tokens: [LeaseToken], now: UInt64) -> (acknowledged: Int, unknown: [LeaseToken], actions: [Action]) {
+        var actions: [Action] = []
+        var unknown: [LeaseToken] = []
+        var count = 0
+        for token in tokens {
+            guard let lease = leases.removeValue(forKey: token) else {
+                unknown.append(token)
+                continue
+            }
+            consumeLeased(lease, now: now)
+            count += 1
+        }
+        counters.acknowledged += count
+        counters.popped += count
+        finish(&actions, now: now)
+        return (count, unknown, actions)
+    }
+
+    /// The consumer gives these leased items back undone: each goes to the front of the local
+    /// queue (in the order they were leased), or to the dead-letter queue after too many
+    /// deliveries. Unknown tokens are returned as in ``ack(_:now:)``.
+    public mutating func nack(_ tokens: [LeaseToken], now: UInt64) -> (returned: Int, unknown: [LeaseToken], actions: [Action]) {
+        var actions: [Action] = []
+        var unknown: [LeaseToken] = []
+        var back: [(LeaseToken, Lease)] = []
+        for token in tokens {
+            guard let lease = leases[token], case .held = lease.state else {
+                unknown.append(token)
+                continue
+            }
+            back.append((token, lease))
+        }
+        counters.nacked += back.count
+        returnLeases(back, &actions, now: now)
+        finish(&actions, now: now)
+        return (back.count, unknown, actions)
+    }
+
+    /// The shell pushed the item of a `.deadLetter` action into the dead-letter queue: it is
+    /// consumed here (confirmed to its owner). Unknown tokens are ignored.
+    public mutating func deadLettered(_ token: LeaseToken, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        if let lease = leases.removeValue(forKey: token) {
+            consumeLeased(lease, now: now)
+            counters.deadLettered += 1
+        }
+        finish(&actions, now: now)
+        return actions
+    }
+
+    /// Takes up to `max` items from the front under a lease: each becomes a run of one whose
+    /// array hold passes from the queue to the lease.
+    private mutating func takeLeased(_ max: Int, for duration: UInt64, now: UInt64) -> [LeasedPayload] {
+        let n = Swift.min(max, queuedItems)
+        var out: [LeasedPayload] = []
+        out.reserveCapacity(n)
+        let until = now &+ duration
+        var left = n
+        while left > 0 {
+            var run = runs.removeFirst()
+            let ends = store.ends(run.slot)
+            if Int(run.count) > left {
+                let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: left, $0) }
+                runs.prepend(tail)
+                run = head
+            }
+            left -= Int(run.count)
+            queuedBytes -= Int(run.bytes)
+            leasedBytes += Int(run.bytes)
+            let array = store.array(run.slot)
+            ends.withUnsafeBufferPointer { ends in
+                for i in 0..<Int(run.count) {
+                    let item = run.items(i..<(i + 1), ends)
+                    let key = LeaseKey(origin: item.origin, sequence: item.first)
+                    let here = (localDeliveries[key] ?? 0) &+ 1
+                    if localDeliveries[key] == nil, localDeliveries.count >= configuration.maxItems {
+                        // Bounded: forgetting one only lowers that item's count.
+                        localDeliveries.remove(at: localDeliveries.startIndex)
+                    }
+                    localDeliveries[key] = here
+                    let token = LeaseToken(nextLeaseToken)
+                    nextLeaseToken &+= 1
+                    let deliveries = Int(item.attempt) + Int(here)
+                    leases[token] = Lease(run: item, deliveries: deliveries, state: .held(until: until))
+                    out.append(LeasedPayload(token: token, payload: ItemPayload(base: array, start: Int(item.start), count: Int(item.bytes)),
+                                             deliveryCount: deliveries))
+                }
+            }
+        }
+        queuedItems -= n
+        leasedItems += n
+        popsSinceSample += n
+        counters.leased += n
+        if n > 0 { nextLeaseDeadline = Swift.min(nextLeaseDeadline ?? until, until) }
+        return out
+    }
+
+    /// A leased item is done with (acked, or dead-lettered): as a pop of it.
+    private mutating func consumeLeased(_ lease: Lease, now: UInt64) {
+        let run = lease.run
+        leasedItems -= 1
+        leasedBytes -= Int(run.bytes)
+        store.release(run.slot)
+        localDeliveries[LeaseKey(origin: run.origin, sequence: run.first)] = nil
+        guard configuration.delivery == .atLeastOnce else { return }
+        if run.origin == localPeer {
+            if let record = owned.remove(run.first) { drop(record) } else { counters.duplicatePops += 1 }
+        } else {
+            confirm(SequenceRun(first: run.first, count: 1), to: run.origin, now: now)
+        }
+    }
+
+    /// Puts leased items back at the front of the local queue, in lease order, except those
+    /// delivered too often: those go to the dead-letter queue (see `.deadLetter`).
+    private mutating func returnLeases(_ back: [(LeaseToken, Lease)], _ actions: inout [Action], now: UInt64) {
+        var items: [QueueRun] = []
+        for (token, lease) in back.sorted(by: { $0.0 < $1.0 }) {
+            if let policy = configuration.deadLetter, policy.queue != name, lease.deliveries >= policy.maxDeliveries {
+                let retryAt = now &+ configuration.deadLetterRetry
+                leases[token]!.state = .deadLettering(retryAt: retryAt)
+                nextLeaseDeadline = Swift.min(nextLeaseDeadline ?? retryAt, retryAt)
+                actions.append(.deadLetter(token, payload(of: lease.run), queue: policy.queue))
+                continue
+            }
+            leases[token] = nil
+            items.append(lease.run)
+        }
+        requeueLeased(items)
+        serveWaiters(&actions, now: now)
+    }
+
+    /// Lease runs back to the front of the queue, their holds with them.
+    private mutating func requeueLeased(_ items: [QueueRun]) {
+        guard !items.isEmpty else { return }
+        let bytes = items.reduce(0) { $0 + Int($1.bytes) }
+        leasedItems -= items.count
+        leasedBytes -= bytes
+        queuedItems += items.count
+        queuedBytes += bytes
+        runs.insert(contentsOf: items, at: 0)
+    }
+
+    private func payload(of run: QueueRun) -> ItemPayload {
+        ItemPayload(base: store.array(run.slot), start: Int(run.start), count: Int(run.bytes))
+    }
+
+    /// The timer reached a lease deadline: ended leases go back (or to the dead-letter queue),
+    /// due dead-letter retries are asked again.
+    private mutating func expireLeases(_ actions: inout [Action], now: UInt64) {
+        nextLeaseDeadline = nil
+        var ended: [(LeaseToken, Lease)] = []
+        for token in leases.keys.sorted() {
+            let lease = leases[token]!
+            switch lease.state {
+            case .held(let until) where until <= now:
+                ended.append((token, lease))
+            case .deadLettering(let retryAt) where retryAt <= now:
+                let next = now &+ configuration.deadLetterRetry
+                leases[token]!.state = .deadLettering(retryAt: next)
+                actions.append(.deadLetter(token, payload(of: lease.run), queue: configuration.deadLetter?.queue ?? name))
+            case .held, .deadLettering:
+                break
+            }
+        }
+        counters.leasesExpired += ended.count
+        returnLeases(ended, &actions, now: now)
+        for lease in leases.values {
+            nextLeaseDeadline = Swift.min(nextLeaseDeadline ?? lease.state.deadline, lease.state.deadline)
+        }
+    }
+
+    /// Every lease back to the front of the queue, unconfirmed and without serving waiters
+    /// (a stopping node hands them on with the queued items).
+    private mutating func returnAllLeases(now: UInt64) {
+        let items = leases.sorted { $0.key < $1.key }.map(\.value.run)
+        leases = [:]
+        nextLeaseDeadline = nil
+        requeueLeased(items)
     }
 }
 

@@ -25,8 +25,10 @@ public enum DeliveryMode: Hashable, Sendable {
 /// The knobs of a ``QueueMachine``. Durations are monotonic nanoseconds.
 ///
 /// ## Memory bounds
-/// - Local queue plus outgoing transfers in flight: ``maxItems`` items and ``maxBytes`` payload
-///   bytes. A push that would exceed them is refused (backpressure); so is a transfer.
+/// - Local queue plus outgoing transfers in flight plus leased items not acked yet: ``maxItems``
+///   items and ``maxBytes`` payload bytes. A push that would exceed them is refused
+///   (backpressure); so is a transfer. Delivery counts of items leased here: at most
+///   ``maxItems`` entries (beyond, an arbitrary one is forgotten: that item counts lower).
 /// - In-flight transfers: at most ``maxTransfersInFlightPerPeer`` per peer, each at most
 ///   ``maxTransferItems`` items and one frame (``maxFrameSize``); counted in the limits above.
 /// - Ownership records: at most ``maxOwnedItems`` items and ``maxOwnedBytes`` bytes (shared with
@@ -112,6 +114,12 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// Confirmations and custody news for an owner declared dead are kept this long (it may
     /// have been paused or cut off one way and come back), then dropped.
     public var deadOwnerRetention: UInt64 = 60_000_000_000
+    /// Leased items delivered this often without an ack go to a dead-letter queue on this node
+    /// (then count as consumed); nil: they are delivered again as often as it takes.
+    public var deadLetter: DeadLetterPolicy? = nil
+    /// A dead-lettered item the dead-letter queue could not take (full) is tried again this
+    /// much later; it stays held here meanwhile.
+    public var deadLetterRetry: UInt64 = 1_000_000_000
 
     public init(
         strategy: BalanceStrategy = .adaptive,
@@ -219,6 +227,12 @@ public enum QueueAction: Sendable, Equatable {
     case send(QueueMessage, to: PeerID)
     /// Hand these payloads, in this order, to the waiting consumer.
     case deliver(WaiterID, ItemPayloads)
+    /// Hand these leased items, in this order, to the waiting consumer of a leased pop.
+    case deliverLeased(WaiterID, [LeasedPayload])
+    /// Push the item into the dead-letter queue `queue` on this node, then report it with
+    /// ``QueueMachine/deadLettered(_:now:)``; if the push fails, do nothing: the machine
+    /// asks again after ``QueueConfiguration/deadLetterRetry``.
+    case deadLetter(LeaseToken, ItemPayload, queue: String)
     /// The waiting consumer's pop failed.
     case fail(WaiterID, PopFailure)
     /// A push refused as `.full` may now succeed: retry the waiting pushers (in order).
@@ -267,6 +281,18 @@ public struct QueueCounters: Hashable, Sendable {
     public var ownershipAdopted = 0
     /// Items of pop confirmations and custody notices their owners acknowledged.
     public var noticesAcknowledged = 0
+
+    // Leases.
+    /// Items handed out under a lease (each delivery counts).
+    public var leased = 0
+    /// Leased items acknowledged (also counted in ``popped``).
+    public var acknowledged = 0
+    /// Leased items nacked, and leases that ended without an ack: the items went back to the
+    /// front of the local queue (or to the dead-letter queue).
+    public var nacked = 0
+    public var leasesExpired = 0
+    /// Items pushed into the dead-letter queue after too many deliveries.
+    public var deadLettered = 0
 
     // Trust: what members may not do (docs/operations.md, "Trust model").
     /// Pop confirmations (items) held because their sender was not the items' recorded
@@ -319,4 +345,48 @@ public struct DrainProgress: Hashable, Sendable {
     public var isComplete: Bool { queued == 0 && inFlight == 0 && pendingNotices == 0 }
     /// Waiting longer cannot help: what is left needs a peer and none is connected.
     public var isStuck: Bool { !isComplete && inFlight == 0 && pendingNotices == 0 && !hasLivePeer }
+}
+
+// MARK: Leases (consumer acknowledgements)
+
+/// Names one leased item on the node that leased it (see ``QueueMachine/popLeased(max:lease:waiter:now:)``).
+/// Numbered from the queue's first sequence (the node's start time), so a token from an
+/// earlier run of the node is not taken for a new lease.
+public struct LeaseToken: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (lhs: LeaseToken, rhs: LeaseToken) -> Bool { lhs.rawValue < rhs.rawValue }
+    public var description: String { String(rawValue) }
+}
+
+/// An item handed out under a lease: it stays held on this node until ``QueueMachine/ack(_:now:)``
+/// (then its owner hears it was popped), ``QueueMachine/nack(_:now:)`` or the lease's end (then
+/// it goes back to the front of the local queue).
+public struct LeasedPayload: Sendable, Equatable {
+    public var token: LeaseToken
+    public var payload: ItemPayload
+    /// How many times the item has been handed out, this time included: deliveries on this node
+    /// plus the times its owner re-queued it after the node holding it died.
+    public var deliveryCount: Int
+
+    public init(token: LeaseToken, payload: ItemPayload, deliveryCount: Int) {
+        self.token = token
+        self.payload = payload
+        self.deliveryCount = deliveryCount
+    }
+}
+
+/// Where items go that were delivered too often without an ack (``QueueConfiguration/deadLetter``).
+public struct DeadLetterPolicy: Hashable, Sendable {
+    /// An item whose lease ends or is nacked after this many deliveries (at least 1) goes to ``queue``.
+    public var maxDeliveries: Int
+    /// The dead-letter queue, on the same node. Its own items are never dead-lettered.
+    public var queue: String
+
+    public init(maxDeliveries: Int, queue: String) {
+        precondition(maxDeliveries >= 1, "maxDeliveries must be at least 1")
+        precondition((1...QueueWire.maxQueueNameLength).contains(queue.utf8.count), "queue name must be 1...255 UTF-8 bytes")
+        self.maxDeliveries = maxDeliveries
+        self.queue = queue
+    }
 }

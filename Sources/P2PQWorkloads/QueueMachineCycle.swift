@@ -102,7 +102,7 @@ public enum QueueMachineCycle {
                     waiting = false
                 case .armTimer(let at):
                     if fromSource { sourceTimer = at } else { consumerTimer = at }
-                case .fail, .spaceAvailable:
+                case .fail, .spaceAvailable, .deliverLeased, .deadLetter:
                     break
                 }
             }

@@ -102,6 +102,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Most payload bytes per local queue (queued plus in flight).")
     var maxQueueBytes: Int = 256 << 20
 
+    @Option(help: "Dead-letter queue: leased items delivered --max-deliveries times without an ack go there (on this node). Needs --max-deliveries.")
+    var deadLetterQueue: String?
+
+    @Option(help: "Deliveries of a leased item before it goes to --dead-letter-queue.")
+    var maxDeliveries: Int?
+
     func validate() throws {
         guard (1...100_000_000).contains(maxQueueItems) else { throw ValidationError("--max-queue-items must be between 1 and 100,000,000") }
         guard (1...(64 << 30)).contains(maxQueueBytes) else { throw ValidationError("--max-queue-bytes must be between 1 and 64 GiB") }
@@ -144,6 +150,15 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.identityFile = identityFile
         configuration.maxQueueItems = maxQueueItems
         configuration.maxQueueBytes = maxQueueBytes
+        switch (deadLetterQueue, maxDeliveries) {
+        case (nil, nil): break
+        case (let queue?, let deliveries?):
+            guard (1...255).contains(queue.utf8.count) else { throw ValidationError("--dead-letter-queue must have 1 to 255 UTF-8 bytes") }
+            guard (1...1_000_000).contains(deliveries) else { throw ValidationError("--max-deliveries must be between 1 and 1,000,000") }
+            configuration.queue.deadLetter = DeadLetterPolicy(maxDeliveries: deliveries, queue: queue)
+        default:
+            throw ValidationError("--dead-letter-queue and --max-deliveries go together")
+        }
         do { configuration.reactor.backend = try parseBackend(backend) } catch let error as ValidationError { throw error } catch {
             throw ValidationError("--backend: \(error)")
         }

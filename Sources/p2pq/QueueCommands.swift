@@ -98,6 +98,10 @@ struct PopCommand: AsyncParsableCommand {
             first, printing each as it arrives: items queued on other nodes of the cluster move to \
             this node while it waits. With --timeout 0 it takes only what this node holds at that \
             moment. Exit status 3 when no item came.
+
+            With --lease each item is leased, not consumed: it is printed as its lease token, a \
+            tab, and the item. Acknowledge it with `p2pq ack` before the lease ends, or it is \
+            delivered again (`p2pq nack` gives it back at once).
             """
     )
 
@@ -116,18 +120,23 @@ struct PopCommand: AsyncParsableCommand {
     @Flag(help: "Print items base64-encoded (for binary items).")
     var base64 = false
 
+    @Option(help: "Lease the items for this long (e.g. 30s, 500ms, 5m; at most 12h) and print each one's token before it.")
+    var lease: String?
+
     @Option(help: "Bearer token file of the endpoint, or the cluster key file (default: $P2PQ_TOKEN_FILE).")
     var tokenFile: String?
 
     func validate() throws {
         guard (1...65_536).contains(max) else { throw ValidationError("--max must be between 1 and 65,536") }
         guard (0...600_000).contains(timeout) else { throw ValidationError("--timeout must be between 0 and 600,000 ms") }
+        if let lease { _ = try leaseMilliseconds(lease) }
     }
 
     func run() async throws {
         // One request pops only what the node holds when the first item is there; more come
         // from peers while the node's consumers wait, so ask again until --max or the deadline.
         let token = try clientToken(tokenFile)
+        let leaseQuery = try lease.map { [URLQueryItem(name: "lease", value: "\(try leaseMilliseconds($0))")] } ?? []
         let deadline = ContinuousClock.now + .milliseconds(timeout)
         var popped = 0
         repeat {
@@ -138,16 +147,96 @@ struct PopCommand: AsyncParsableCommand {
                 query: [
                     URLQueryItem(name: "max", value: "\(max - popped)"), URLQueryItem(name: "timeout", value: "\(wait)"),
                     URLQueryItem(name: "encoding", value: base64 ? "base64" : "utf8"),
-                ],
+                ] + leaseQuery,
                 body: [], timeout: Double(wait) / 1000 + 10, token: token)
             let answer: QueuePopAnswer
             do { answer = try JSONDecoder().decode(QueuePopAnswer.self, from: data) } catch {
                 throw CLIError(.failed, "\(address) answered a pop with something else than its JSON: \(error)")
             }
-            for item in answer.items { print(item) }
+            if lease != nil {
+                guard let tokens = answer.tokens, tokens.count == answer.items.count else {
+                    throw CLIError(.failed, "\(address) answered a leased pop without lease tokens (an older node?)")
+                }
+                for (token, item) in zip(tokens, answer.items) { print("\(token)\t\(item)") }
+            } else {
+                for item in answer.items { print(item) }
+            }
             fflush(nil)
             popped += answer.items.count
         } while popped < max && ContinuousClock.now < deadline
         if popped == 0 { throw CLIError(.nothingPopped, "no item within \(timeout) ms") }
     }
+}
+
+/// Milliseconds of a duration written as a number and a unit (`ms`, `s`, `m`, `h`; a bare
+/// number is seconds), 1 ms ... 12 h.
+func leaseMilliseconds(_ text: String) throws -> Int {
+    let units: [(String, Int)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+    var number = Substring(text)
+    var scale = 1000
+    for (suffix, value) in units where text.hasSuffix(suffix) {
+        number = text.dropLast(suffix.count)
+        scale = value
+        break
+    }
+    guard let amount = Int(number), amount > 0, amount <= OperationsConfiguration.maxLeaseMilliseconds / scale else {
+        throw ValidationError("--lease takes a duration from 1ms to 12h, such as 30s, 500ms or 5m (not '\(text)')")
+    }
+    return amount * scale
+}
+
+/// `p2pq ack` and `p2pq nack`: what they share.
+struct LeaseTokens: ParsableArguments {
+    @Argument(help: "The node's operations address (host:port): the node the items were popped from.")
+    var address: String
+
+    @Argument(help: "Lease tokens, as `p2pq pop --lease` printed them. Without any, standard input is read: one per line (the first field of each line, so pop's output can be piped in).")
+    var tokens: [String] = []
+
+    @Option(help: "The queue's name.")
+    var queue: String = Node.defaultQueueName
+
+    @Option(help: "Bearer token file of the endpoint, or the cluster key file (default: $P2PQ_TOKEN_FILE).")
+    var tokenFile: String?
+
+    func validate() throws {
+        guard tokens.allSatisfy({ UInt64($0) != nil }) else { throw ValidationError("a lease token is a decimal number") }
+    }
+
+    func post(_ verb: String) async throws {
+        var list = tokens
+        if list.isEmpty {
+            while let line = readLine() {
+                guard let field = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).first else { continue }
+                guard UInt64(field) != nil else { throw ValidationError("not a lease token: '\(field.prefix(40))'") }
+                list.append(String(field))
+            }
+        }
+        guard !list.isEmpty else { throw ValidationError("no lease tokens") }
+        let answer = try await postOperations(address, path: queuePath(queue, verb), query: [], body: Array(list.joined(separator: "\n").utf8),
+                                              timeout: 30, token: try clientToken(tokenFile))
+        print(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
+
+/// `p2pq ack`: acknowledges leased items (they are consumed).
+struct AckCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ack",
+        abstract: "Acknowledge items popped with `p2pq pop --lease`: they are done (exit 65 if a lease had ended; the others are acknowledged).")
+
+    @OptionGroup var options: LeaseTokens
+
+    func run() async throws { try await options.post("ack") }
+}
+
+/// `p2pq nack`: gives leased items back to the queue.
+struct NackCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nack",
+        abstract: "Give items popped with `p2pq pop --lease` back: they go to the front of the queue and are delivered again.")
+
+    @OptionGroup var options: LeaseTokens
+
+    func run() async throws { try await options.post("nack") }
 }

@@ -59,8 +59,10 @@ struct StatusCommand: AsyncParsableCommand {
         print(table(["peer", "address", "link", "member", "heard", "bytes in", "bytes out"], peerRows))
         if !status.queues.isEmpty {
             print("")
-            let rows = status.queues.map { [$0.name, "\($0.localCount)", "\($0.clusterEstimate)", "\($0.waitingConsumers)"] }
-            print(table(["queue", "local", "cluster (est.)", "waiting pops"], rows))
+            let rows = status.queues.map {
+                [$0.name, "\($0.localCount)", "\($0.clusterEstimate)", "\($0.waitingConsumers)", $0.leased.map(String.init) ?? "-"]
+            }
+            print(table(["queue", "local", "cluster (est.)", "waiting pops", "leased"], rows))
         }
         print("")
         let counters = status.counters.sorted { $0.key < $1.key }.map { [$0.key, "\($0.value)"] }

@@ -230,6 +230,8 @@ struct Simulation {
                 failures.append((node, waiter, failure))
             case .spaceAvailable:
                 spaceSignals[node, default: 0] += 1
+            case .deliverLeased, .deadLetter:
+                break  // the simulation's consumers use plain pops
             case .armTimer(let at):
                 armed[node] = at
                 schedule(at, .timer(node, at: at))

@@ -27,6 +27,8 @@ public struct NodeStatus: Sendable, Codable, Equatable {
         /// Pushes waiting for room, and the payload bytes they hold (nil from older nodes).
         public var waitingPushes: Int?
         public var waitingPushBytes: Int?
+        /// Items leased here and not acked yet (nil from older nodes).
+        public var leased: Int?
     }
 
     public var peerID: String

@@ -27,6 +27,8 @@ extension Node {
 /// Items leave a node in the order they entered it; across nodes there is no global order.
 /// Delivery is at-least-once (see `QueueConfiguration.delivery`): nothing is lost when a link or
 /// a node fails, and duplicates only follow faults.
+/// A plain pop consumes its items when it returns; ``pop(max:lease:timeout:)`` leases them
+/// until the application acks them, so work a crashed consumer had popped is delivered again.
 public struct QueueHandle: Sendable {
     public let node: Node
     /// The queue's name (1...255 UTF-8 bytes).
@@ -206,7 +208,7 @@ public struct QueueHandle: Sendable {
 }
 
 /// The waiter ID of a pop, shared between the reactor and a cancellation handler.
-private final class WaiterBox: Sendable {
+final class WaiterBox: Sendable {
     private enum State: Sendable { case pending, waiting(WaiterID), cancelled }
     private let state = Mutex<State>(.pending)
 

@@ -23,6 +23,12 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
     /// ``QueueHandle/flush(timeout:)``: items are held only here and no peer that takes
     /// transfers is connected.
     case noLivePeer
+    /// ``QueueHandle/ack(_:)`` or ``QueueHandle/nack(_:)``: these tokens name no item leased on
+    /// this node (the lease ended and the item went back to the queue, it was acked already, or
+    /// the token is from another node or an earlier run). The other tokens were applied.
+    case unknownLease([LeaseToken])
+    /// A lease must last more than 0 and at most 12 hours.
+    case invalidLease
 
     public var description: String {
         switch self {
@@ -35,6 +41,10 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
         case .cancelled: return "cancelled"
         case .tooManyQueues: return "too many named queues"
         case .noLivePeer: return "no live peer to hold the items"
+        case .unknownLease(let tokens):
+            return "no item is leased under \(tokens.count == 1 ? "token" : "tokens") \(tokens.prefix(8).map(\.description).joined(separator: ", "))"
+                + (tokens.count > 8 ? " (and \(tokens.count - 8) more)" : "") + " (the lease ended, or it was acked)"
+        case .invalidLease: return "a lease lasts more than 0 and at most 12 hours"
         }
     }
 }
@@ -112,6 +122,8 @@ final class QueueShell {
     /// Pop confirmations refused by this node's queues (as owner), all queues together.
     var confirmationsRefused: Int { queues.values.reduce(0) { $0 + $1.machine.counters.confirmationsRefused } }
     private var nextWaiter: UInt64 = 1
+    /// Dead-letter pushes refused (a full dead-letter queue), for the rate-limited warning.
+    private var deadLetterRefusals = 0
     /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
     private var isStopped = false
     /// After ``drain()`` callers fail with `.nodeStopped`, while peers' messages still count.
@@ -128,6 +140,7 @@ final class QueueShell {
         var machine: QueueMachine
         var timer: TimerID?
         var pops: [WaiterID: PendingPop] = [:]
+        var leasedPops: [WaiterID: PendingLeasedPop] = [:]
         /// Pushes waiting for room, served in order.
         var pushes: [PendingPush] = []
         /// The machine's transfer and duplicate totals already added to the node's metrics.
@@ -158,6 +171,14 @@ final class QueueShell {
 
     private struct PendingPop {
         var continuation: PopSink
+        var timer: TimerID?
+    }
+
+    /// Where a leased pop's items go (on the reactor thread).
+    typealias LeasedSink = (Result<[LeasedPayload], QueueError>) -> Void
+
+    private struct PendingLeasedPop {
+        var continuation: LeasedSink
         var timer: TimerID?
     }
 
@@ -362,10 +383,99 @@ final class QueueShell {
     }
 
     private func endWait(_ name: String, _ waiter: WaiterID, with error: QueueError) {
+        if let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) {
+            if let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.failure(error))
+            perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+            return
+        }
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
         pending.continuation(.failure(error))
         perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+    }
+
+    // MARK: Leases
+
+    /// A leased pop (``QueueMachine/popLeased(max:lease:waiter:now:)``) with a timeout (nil:
+    /// forever; zero: no wait) and a callback run on the reactor thread, possibly before this
+    /// returns. Returns the waiter if the pop waits (``cancel(_:_:)`` withdraws it).
+    @discardableResult
+    func popLeased(_ name: String, max: Int, lease: UInt64, timeout: Duration?, sink: @escaping LeasedSink) -> WaiterID? {
+        guard isServing else { sink(.failure(.nodeStopped)); return nil }
+        guard ensure(name) else { sink(.failure(.tooManyQueues)); return nil }
+        let waits = timeout.map { $0 > .zero } ?? true
+        let waiter = makeWaiterID()
+        let (items, actions) = queues[name]!.machine.popLeased(max: max, lease: lease, waiter: waits ? waiter : nil, now: now)
+        if !items.isEmpty {
+            sink(.success(items))
+            perform(name, actions)
+            return nil
+        }
+        if !waits {
+            sink(.failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            perform(name, actions)
+            return nil
+        }
+        var pending = PendingLeasedPop(continuation: sink)
+        if let timeout {
+            pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
+                self.endWait(name, waiter, with: .timeout)
+            }
+        }
+        queues[name]!.leasedPops[waiter] = pending
+        perform(name, actions)
+        return waiter
+    }
+
+    /// Acknowledges leased items (``QueueMachine/ack(_:now:)``); fails with `.unknownLease`
+    /// naming the tokens not leased here (the others are acknowledged).
+    func ack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
+        guard !isStopped else { return .failure(.nodeStopped) }
+        guard queues[name] != nil else { return .failure(.unknownLease(tokens)) }
+        let (count, unknown, actions) = queues[name]!.machine.ack(tokens, now: now)
+        countPopped(name, count)
+        perform(name, actions)
+        return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
+    }
+
+    /// Gives leased items back (``QueueMachine/nack(_:now:)``); errors as ``ack(_:_:)``.
+    func nack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
+        guard !isStopped else { return .failure(.nodeStopped) }
+        guard queues[name] != nil else { return .failure(.unknownLease(tokens)) }
+        let (count, unknown, actions) = queues[name]!.machine.nack(tokens, now: now)
+        perform(name, actions)
+        return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
+    }
+
+    /// Leased items of `name` not acked yet (for tests).
+    func leasedItems(_ name: String) -> Int { queues[name]?.machine.leasedCount ?? 0 }
+
+    private func deliverLeased(_ name: String, _ waiter: WaiterID, _ items: [LeasedPayload]) {
+        guard let pending = queues[name]!.leasedPops.removeValue(forKey: waiter) else {
+            // Nobody takes them: straight back to the queue rather than waiting out the lease.
+            perform(name, queues[name]!.machine.nack(items.map(\.token), now: now).actions)
+            return
+        }
+        if let timer = pending.timer { core.reactor.cancel(timer) }
+        pending.continuation(.success(items))
+    }
+
+    /// Pushes a dead-lettered item into the dead-letter queue on this node, then lets the
+    /// machine confirm it; a failed push is left for the machine to retry.
+    private func deadLetter(_ name: String, _ token: LeaseToken, _ payload: ItemPayload, into target: String) {
+        guard !isStopped, target != name, ensure(target) else { return }
+        let (outcome, actions) = queues[target]!.machine.push([payload], now: now)
+        perform(target, actions)
+        guard outcome == .accepted else {
+            deadLetterRefusals += 1
+            if deadLetterRefusals == 1 || deadLetterRefusals.isMultiple(of: 1000) {
+                core.logger.warning("dead-letter queue \(target) refused an item of \(name) (\(outcome)); it stays held and is retried (\(deadLetterRefusals) refusals)")
+            }
+            return
+        }
+        countPushed(target, 1)
+        perform(name, queues[name]!.machine.deadLettered(token, now: now))
     }
 
     func size(_ name: String) -> QueueSize {
@@ -386,7 +496,8 @@ final class QueueShell {
             let pushes = waitingPushes(name)
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
-                waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes)
+                waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes,
+                leased: machine.leasedCount)
         }
     }
 
@@ -549,6 +660,11 @@ final class QueueShell {
             pending.continuation(.failure(.nodeStopped))
         }
         queues[name]!.pops = [:]
+        for (_, pending) in queues[name]!.leasedPops {
+            if let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.failure(.nodeStopped))
+        }
+        queues[name]!.leasedPops = [:]
         failPushes(name, with: .nodeStopped)
         for id in queues[name]!.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
     }
@@ -652,7 +768,16 @@ final class QueueShell {
                 send(message, to: peer, queue: name)
             case .deliver:
                 break  // handed over above
+            case .deliverLeased(let waiter, let items):
+                deliverLeased(name, waiter, items)
+            case .deadLetter(let token, let payload, let target):
+                deadLetter(name, token, payload, into: target)
             case .fail(let waiter, let failure):
+                if let pending = queues[name]!.leasedPops.removeValue(forKey: waiter) {
+                    if let timer = pending.timer { core.reactor.cancel(timer) }
+                    pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
+                    continue
+                }
                 guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
                 if let timer = pending.timer { core.reactor.cancel(timer) }
                 pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))

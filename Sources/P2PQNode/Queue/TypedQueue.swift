@@ -116,6 +116,42 @@ public struct TypedQueue<T: Codable & Sendable>: Sendable {
         return try decode(payloads)
     }
 
+    /// Up to `max` items under a lease (see ``QueueHandle/pop(max:lease:timeout:)``): each value
+    /// with its ``LeasedItem`` to ack or nack. If an item does not decode, the whole batch is
+    /// nacked (each delivery counts towards the dead-letter bound) and `.decoding` is thrown.
+    public func pop(max: Int, lease: Duration, timeout: Duration? = nil) async throws(TypedQueueError) -> [(value: T, item: LeasedItem)] {
+        let items: [LeasedItem]
+        do {
+            items = try await raw.pop(max: max, lease: lease, timeout: timeout)
+        } catch {
+            throw .queue(error)
+        }
+        var out: [(value: T, item: LeasedItem)] = []
+        out.reserveCapacity(items.count)
+        for (index, item) in items.enumerated() {
+            do throws(CompactCodingError) {
+                let value = try ItemPayload(item.bytes).withUnsafeBytes { (bytes) throws(CompactCodingError) -> T in
+                    try decoder.decode(T.self, from: bytes)
+                }
+                out.append((value, item))
+            } catch {
+                try? await raw.nack(items)
+                throw .decoding(error, index: index, payloads: items.map(\.bytes))
+            }
+        }
+        return out
+    }
+
+    /// Acknowledges leased items (see ``QueueHandle/ack(_:)``).
+    public func ack(_ items: [LeasedItem]) async throws(TypedQueueError) {
+        do { try await raw.ack(items) } catch { throw .queue(error) }
+    }
+
+    /// Gives leased items back (see ``QueueHandle/nack(_:)``).
+    public func nack(_ items: [LeasedItem]) async throws(TypedQueueError) {
+        do { try await raw.nack(items) } catch { throw .queue(error) }
+    }
+
     /// The local count and the cluster estimate.
     public func size() async -> QueueSize { await raw.size() }
 
