@@ -232,7 +232,8 @@ final class PeerLink: TCPConnectionHandler {
         remotePeerID = remote
         stage = .awaitingHello
         let listen = node.advertised
-        send(.hello(Hello(peerID: node.identity.peerID, listenPort: UInt16(listen.port),
+        // The version the handshake settled: a version 1 peer refuses a hello with a higher one.
+        send(.hello(Hello(protocolVersion: session.version, peerID: node.identity.peerID, listenPort: UInt16(listen.port),
                           listenHost: listen.host, incarnation: node.incarnation, features: QueueShell.helloFeatures)))
     }
 
@@ -250,6 +251,11 @@ final class PeerLink: TCPConnectionHandler {
                 return
             }
             guard case .hello(let hello) = message else { return }
+            // As a version 1 peer would refuse a higher one, whatever the versions we speak.
+            guard hello.protocolVersion == session.version else {
+                fail("hello of protocol version \(hello.protocolVersion) on a version \(session.version) link")
+                return
+            }
             guard hello.peerID == remotePeerID else {
                 fail("claimed PeerID \(hello.peerID.short) does not match its static key (\(remotePeerID?.short ?? "?"))")
                 return
