@@ -1,3 +1,4 @@
+import Foundation
 import P2PQLink
 import P2PQWire
 import Testing
@@ -234,5 +235,36 @@ struct CipherNegotiationTests {
         _ = try pair.deliver(toInitiator.bytes, toResponder: false, rng: &rng)
         #expect(pair.responderMessages.last == [MessageType.ping.rawValue, 1, 2, 3])
         #expect(pair.initiatorMessages.last == [MessageType.pong.rawValue, 4, 5])
+    }
+}
+
+@Suite("Link fuzz corpus")
+struct LinkCorpusTests {
+    @Test("The link fuzz seeds reach the cipher offers: responders answer one with theirs, initiators answer one with theirs")
+    func seedsReachOffers() throws {
+        // The fuzz target's fixed keys (Sources/P2PQLinkFuzz/main.swift).
+        let key = ClusterKey(bytes: Array(repeating: 0x42, count: 32))!
+        let identity = try NodeIdentity(fileContents: "p2pq-identity-v1 " + String(repeating: "11", count: 32))
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../Fuzz/corpus/link").standardized
+        var responders = 0, initiators = 0
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path) {
+            let data = try [UInt8](Data(contentsOf: directory.appendingPathComponent(name)))
+            guard data.count > 3, data[0] & 2 == 0 else { continue }
+            let role: LinkSession.Role = data[0] & 1 == 0 ? .responder : .initiator
+            var session = try LinkSession(role: role, security: .noise(key), identity: identity, maxFrameSize: 4096,
+                                          cipher: .automatic(aesInstructions: data[0] & 4 != 0))
+            var output = ByteArrayOutput()
+            if role == .initiator { try session.start(output: &output) }
+            let sentBefore = records(output.bytes).filter(isOffer).count
+            // Only the first record: what answers it is what the seed is for.
+            let length = Int(data[1]) << 8 | Int(data[2])
+            guard data.count >= 3 + length else { continue }
+            try? Array(data[1..<(3 + length)]).withUnsafeBytes { try session.receive($0, output: &output) { _ in } }
+            guard records(output.bytes).filter(isOffer).count > sentBefore else { continue }
+            if role == .responder { responders += 1 } else { initiators += 1 }
+        }
+        #expect(responders >= 3, "seeds whose version 2 first message a responder answers with its offer")
+        #expect(initiators >= 3, "seeds whose offer an initiator answers with its own")
     }
 }
