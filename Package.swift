@@ -161,7 +161,7 @@ let package = Package(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
-                "P2PQRemoteCall", "P2PQCodable",
+                "P2PQRemoteCall", "P2PQCodable", "CP2PQSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -128,3 +128,23 @@ int p2pq_set_thread_name(const char *name) {
     buf[15] = 0;
     return pthread_setname_np(pthread_self(), buf);
 }
+
+// CPUID leaf 1 (ECX) on x86-64, the kernel's hardware capabilities on ARMv8: the same sources
+// OpenSSL consults to pick its AES-GCM code, and neither needs a file or a parser.
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+int p2pq_cpu_has_aes_gcm(void) {
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    return (ecx & bit_AES) && (ecx & bit_PCLMUL);
+}
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#include <asm/hwcap.h>
+int p2pq_cpu_has_aes_gcm(void) {
+    unsigned long caps = getauxval(AT_HWCAP);
+    return (caps & HWCAP_AES) && (caps & HWCAP_PMULL);
+}
+#else
+int p2pq_cpu_has_aes_gcm(void) { return 0; }
+#endif

@@ -1,10 +1,12 @@
 // Fuzz target for the link handshake and record layer (P2PQLink).
 //
-// The first input byte picks the role, the security mode and the chunking; the rest is what
+// The first input byte picks the role, the security mode and the chunking (its bit 2 also says
+// whether this end reports AES instructions, which orders its cipher offer); the rest is what
 // the peer sends. An initiator first emits its own first handshake message, as it would. The
 // target checks that arbitrary peer bytes never crash a session, and that a failed session
 // stays failed. (Completing a real handshake from random bytes is hopeless; the seeds hold
-// valid first messages so the fuzzer explores around them.)
+// valid first messages, and cipher offers, which are cleartext, so the fuzzer explores around
+// them.)
 
 import P2PQFuzzSupport
 import P2PQLink
@@ -22,7 +24,9 @@ public func fuzzLink(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let role: LinkSession.Role = selector & 1 == 0 ? .responder : .initiator
     let security: LinkSecurity = selector & 2 == 0 ? .noise(clusterKey) : .insecure
     let chunk = selector >> 2 == 0 ? Int.max : Int(selector >> 2)
-    guard var session = try? LinkSession(role: role, security: security, identity: identity, maxFrameSize: 4096) else {
+    let cipher = LinkCipherChoice.automatic(aesInstructions: selector & 4 != 0)
+    guard var session = try? LinkSession(role: role, security: security, identity: identity, maxFrameSize: 4096,
+                                         cipher: cipher) else {
         return 0
     }
     var output = ByteArrayOutput()

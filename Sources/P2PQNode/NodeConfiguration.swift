@@ -22,10 +22,19 @@ public struct NodeConfiguration: Sendable {
     public var clusterKey: ClusterKey?
     /// Plaintext links without authentication, for loopback benchmarks only. Off by default.
     public var insecure = false
-    /// The AEAD of the Noise links: ChaCha20-Poly1305 by default; AES-256-GCM is several times
-    /// faster on CPUs with AES instructions. Every node of a cluster must use the same one
-    /// (a peer with another is refused at the handshake, like one with another key).
-    public var linkCipher: LinkCipher = .chaChaPoly
+    /// The AEAD of the Noise links. nil (the default) lets each link choose: AES-256-GCM when
+    /// both ends have AES instructions (see ``aesInstructions``), ChaCha20-Poly1305 otherwise;
+    /// links to protocol version 1 peers run ChaCha20-Poly1305. A cipher set here is the only
+    /// one the node runs, with every peer: a peer that cannot run it is refused at the
+    /// handshake (`--link-cipher`, docs/operations.md).
+    public var linkCipher: LinkCipher?
+    /// Whether this CPU has the AES and carry-less multiply instructions that make AES-256-GCM
+    /// the faster cipher; detected when the configuration is made. Tests set it to act as
+    /// another machine.
+    public var aesInstructions: Bool = CPUFeatures.hasAESGCMInstructions
+    /// The peer protocol versions the node speaks; `1...1` makes it a version 1 node (no
+    /// cipher offer), for interoperability tests.
+    public var protocolVersions: ClosedRange<UInt16> = WireProtocol.supportedVersions
     /// The node's identity; generated when nil (see ``identityFile``).
     public var identity: NodeIdentity?
     /// Load the identity from this file, creating it (mode 0600) on first start.
@@ -147,4 +156,11 @@ public enum NodeEvent: Sendable, Equatable {
 extension LinkSecurity {
     /// The key of a node started without one: loopback-only development clusters share it.
     static let developmentKey = ClusterKey(bytes: Array("p2pq loopback development key!!!".utf8))!
+}
+
+extension NodeConfiguration {
+    /// What the node's links offer (``linkCipher``, else by ``aesInstructions``).
+    var linkCipherChoice: LinkCipherChoice {
+        linkCipher.map { .forced($0) } ?? .automatic(aesInstructions: aesInstructions)
+    }
 }

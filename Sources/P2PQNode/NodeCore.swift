@@ -343,7 +343,8 @@ final class NodeCore {
         // The configuration was validated at start, so the session cannot fail to build.
         let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
                                        security: security, identity: identity,
-                                       maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipher)
+                                       maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
+                                       versions: configuration.protocolVersions)
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
     }
 

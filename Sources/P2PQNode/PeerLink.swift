@@ -18,6 +18,8 @@ final class PeerLink: TCPConnectionHandler {
     unowned let node: NodeCore
     var connection: TCPConnection!
     var session: LinkSession
+    /// The protocol version the handshake chose (read while `session` is busy receiving).
+    private var linkVersion: UInt16 = 0
     private(set) var stage: Stage = .handshaking
     private(set) var remotePeerID: PeerID?
     /// The address the peer advertised in its hello.
@@ -186,7 +188,7 @@ final class PeerLink: TCPConnectionHandler {
             try session.receive(bytes, output: &output) { event in
                 guard self.stage != .closed else { return }
                 switch event {
-                case .established(let remote, _): self.established(remote)
+                case .established(let remote, let version): self.established(remote, version: version)
                 case .message(let type, let body): self.received(type, body)
                 }
             }
@@ -228,11 +230,13 @@ final class PeerLink: TCPConnectionHandler {
 
     // MARK: Link events
 
-    private func established(_ remote: PeerID) {
+    private func established(_ remote: PeerID, version: UInt16) {
         remotePeerID = remote
+        linkVersion = version
         stage = .awaitingHello
         let listen = node.advertised
-        send(.hello(Hello(peerID: node.identity.peerID, listenPort: UInt16(listen.port),
+        // The version the handshake settled: a version 1 peer refuses a hello with a higher one.
+        send(.hello(Hello(protocolVersion: version, peerID: node.identity.peerID, listenPort: UInt16(listen.port),
                           listenHost: listen.host, incarnation: node.incarnation, features: QueueShell.helloFeatures)))
     }
 
@@ -250,6 +254,11 @@ final class PeerLink: TCPConnectionHandler {
                 return
             }
             guard case .hello(let hello) = message else { return }
+            // As a version 1 peer would refuse a higher one, whatever the versions we speak.
+            guard hello.protocolVersion == linkVersion else {
+                fail("hello of protocol version \(hello.protocolVersion) on a version \(linkVersion) link")
+                return
+            }
             guard hello.peerID == remotePeerID else {
                 fail("claimed PeerID \(hello.peerID.short) does not match its static key (\(remotePeerID?.short ?? "?"))")
                 return

@@ -1,6 +1,7 @@
 /// The hello each side sends as its first message after the handshake.
 public struct Hello: Sendable, Equatable {
-    /// The highest protocol version the sender speaks (see ``WireProtocol/supportedVersions``).
+    /// The protocol version of the link: the one its handshake settled (see
+    /// ``WireProtocol/supportedVersions``).
     public var protocolVersion: UInt16
     /// SHA-256 of the sender's Noise static public key.
     public var peerID: PeerID

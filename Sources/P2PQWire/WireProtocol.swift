@@ -1,9 +1,11 @@
 /// Constants of the wire protocol, shared by encoders, decoders and docs/protocol-framing.md.
 public enum WireProtocol {
-    /// The protocol version this implementation sends in its hello.
-    public static let version: UInt16 = 1
-    /// The versions this implementation accepts in a peer's hello.
-    public static let supportedVersions: ClosedRange<UInt16> = 1...1
+    /// The highest protocol version this implementation speaks. Version 2 adds the cipher
+    /// offer to the handshake (docs/protocol.md §2); its messages are version 1's.
+    public static let version: UInt16 = 2
+    /// The versions this implementation speaks; a link runs the highest both ends speak, and
+    /// its hello carries that one.
+    public static let supportedVersions: ClosedRange<UInt16> = 1...2
 
     /// Largest record body: the u16 length field, and also the largest Noise message.
     public static let maxRecordBodySize = 65535

@@ -16,11 +16,11 @@ public enum LinkStream {
             backend: backend, payloadSize: payloadSize, frames: frames, timeout: timeout,
             receiver: { outcome in
                 // A fresh identity cannot fail to make a session.
-                let session = try! LinkSession(role: .responder, security: security, identity: .generate(), cipher: cipher)
+                let session = try! LinkSession(role: .responder, security: security, identity: .generate(), cipher: .forced(cipher))
                 return LinkFrameCounter(session: session, expected: frames, outcome: outcome)
             },
             sender: { outcome in
-                let session = try LinkSession(role: .initiator, security: security, identity: .generate(), cipher: cipher)
+                let session = try LinkSession(role: .initiator, security: security, identity: .generate(), cipher: .forced(cipher))
                 return LinkFrameSender(session: session, payloadSize: payloadSize, frames: frames, outcome: outcome)
             }
         )

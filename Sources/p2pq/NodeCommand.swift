@@ -48,8 +48,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Plaintext, unauthenticated links (loopback benchmarks only).")
     var insecure = false
 
-    @Option(help: "AEAD of the Noise links: chachapoly (default) or aesgcm (faster with AES instructions; every node must use the same).")
-    var linkCipher: LinkCipherOption = .chachapoly
+    @Option(help: "AEAD of the Noise links: auto (default: aesgcm with peers that also have AES instructions, else chachapoly), or chachapoly or aesgcm only (a peer that cannot run it is refused).")
+    var linkCipher: LinkCipherOption = .auto
 
     @Option(help: "Serve the operations endpoint (/metrics, /status, queue routes) over HTTP on this address (host:port). Off loopback it needs a token (--token-file or --key-file).")
     var metrics: String?

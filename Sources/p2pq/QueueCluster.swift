@@ -8,7 +8,7 @@ import Synchronization
 
 /// A node configuration for the queue example and benchmarks: loopback, no mDNS, quiet logs.
 func loopbackNodeConfiguration(bootstrap: [String] = [], logLevel: Logger.Level = .error, label: String = "p2pq.bench",
-                               linkCipher: LinkCipher = .chaChaPoly) -> NodeConfiguration {
+                               linkCipher: LinkCipher? = nil) -> NodeConfiguration {
     var configuration = NodeConfiguration()
     configuration.linkCipher = linkCipher
     configuration.listenHost = "127.0.0.1"
@@ -195,7 +195,14 @@ func jsonLine(_ fields: [(String, Any)]) -> String {
 
 /// `--link-cipher` of the CLI.
 enum LinkCipherOption: String, ExpressibleByArgument, CaseIterable {
-    case chachapoly, aesgcm
+    /// Negotiated per link (AES-256-GCM when both ends have AES instructions).
+    case auto, chachapoly, aesgcm
 
-    var cipher: LinkCipher { self == .aesgcm ? .aesGCM : .chaChaPoly }
+    var cipher: LinkCipher? {
+        switch self {
+        case .auto: nil
+        case .chachapoly: .chaChaPoly
+        case .aesgcm: .aesGCM
+        }
+    }
 }

@@ -22,11 +22,16 @@ struct Pair {
     init(initiatorSecurity: LinkSecurity, responderSecurity: LinkSecurity,
          initiatorIdentity: NodeIdentity = .generate(), responderIdentity: NodeIdentity = .generate(),
          rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval, maxFrameSize: Int = 1 << 20,
-         initiatorCipher: LinkCipher = .chaChaPoly, responderCipher: LinkCipher = .chaChaPoly) throws {
+         initiatorCipher: LinkCipherChoice = .automatic(aesInstructions: false),
+         responderCipher: LinkCipherChoice = .automatic(aesInstructions: false),
+         initiatorVersions: ClosedRange<UInt16> = WireProtocol.supportedVersions,
+         responderVersions: ClosedRange<UInt16> = WireProtocol.supportedVersions) throws {
         initiator = try LinkSession(role: .initiator, security: initiatorSecurity, identity: initiatorIdentity,
-                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: initiatorCipher)
+                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: initiatorCipher,
+                                    versions: initiatorVersions)
         responder = try LinkSession(role: .responder, security: responderSecurity, identity: responderIdentity,
-                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: responderCipher)
+                                    maxFrameSize: maxFrameSize, rekeyInterval: rekeyInterval, cipher: responderCipher,
+                                    versions: responderVersions)
     }
 
     /// Delivers `bytes` to one side in random chunks; returns what that side wrote back.
@@ -59,14 +64,20 @@ struct Pair {
         }
     }
 
-    /// Runs the handshake to completion.
-    mutating func handshake(rng: inout SplitMix64) throws {
+    /// Runs the handshake to completion, passing each side's bytes through `rewrite` (a
+    /// man in the middle: `toResponder`, bytes) on the way.
+    mutating func handshake(rng: inout SplitMix64, rewrite: (Bool, [UInt8]) -> [UInt8] = { $1 }) throws {
         var first = ByteArrayOutput()
         try initiator.start(output: &first)
-        let second = try deliver(first.bytes, toResponder: true, rng: &rng)
-        let third = try deliver(second, toResponder: false, rng: &rng)
-        let nothing = try deliver(third, toResponder: true, rng: &rng)
-        precondition(nothing.isEmpty, "the responder replied to the last handshake message")
+        var bytes = first.bytes
+        var toResponder = true
+        // Version 1: three messages; version 2: five records in four flights.
+        for _ in 0..<6 where !bytes.isEmpty {
+            bytes = try deliver(rewrite(toResponder, bytes), toResponder: toResponder, rng: &rng)
+            toResponder.toggle()
+        }
+        precondition(bytes.isEmpty, "the handshake did not end")
+        precondition(initiator.phase == .established && responder.phase == .established, "the handshake did not finish")
     }
 }
 
@@ -85,8 +96,8 @@ struct LinkSessionTests {
         #expect(pair.responder.phase == .established)
         #expect(pair.initiator.remotePeerID == b.peerID)
         #expect(pair.responder.remotePeerID == a.peerID)
-        #expect(pair.initiatorEvents == ["established \(b.peerID) v1"])
-        #expect(pair.responderEvents == ["established \(a.peerID) v1"])
+        #expect(pair.initiatorEvents == ["established \(b.peerID) v2"])
+        #expect(pair.responderEvents == ["established \(a.peerID) v2"])
     }
 
     @Test("Messages survive sealing, random chunking and rekeying", arguments: [false, true])
@@ -167,9 +178,10 @@ struct LinkSessionTests {
     func cipherRoundTrip(cipher: LinkCipher) throws {
         var rng = SplitMix64(seed: 11)
         var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key), rekeyInterval: 2,
-                            initiatorCipher: cipher, responderCipher: cipher)
+                            initiatorCipher: .forced(cipher), responderCipher: .forced(cipher))
         try pair.handshake(rng: &rng)
         #expect(pair.initiator.phase == .established && pair.responder.phase == .established)
+        #expect(pair.initiator.cipher == cipher && pair.responder.cipher == cipher)
         let bodies = (0..<20).map { i in [UInt8](repeating: UInt8(i), count: 1 + i * 3_000) }
         var toResponder = ByteArrayOutput()
         var toInitiator = ByteArrayOutput()
@@ -183,11 +195,12 @@ struct LinkSessionTests {
         #expect(pair.initiatorMessages == bodies.map { [MessageType.pong.rawValue] + $0 })
     }
 
-    @Test("Ends with different link ciphers are refused at the first message, with a reason that names the cipher")
+    @Test("Version 1 ends with different link ciphers are refused at the first message, with a reason that names the cipher")
     func cipherMismatch() throws {
         for (mine, theirs) in [(LinkCipher.chaChaPoly, LinkCipher.aesGCM), (.aesGCM, .chaChaPoly)] {
             var pair = try Pair(initiatorSecurity: .noise(key), responderSecurity: .noise(key),
-                                initiatorCipher: mine, responderCipher: theirs)
+                                initiatorCipher: .forced(mine), responderCipher: .forced(theirs),
+                                initiatorVersions: 1...1, responderVersions: 1...1)
             try expectRefusedAtFirstMessage(&pair, seed: 13)
         }
         #expect(LinkError.wrongClusterKey.description.contains("link cipher"))

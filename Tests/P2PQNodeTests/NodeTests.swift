@@ -86,7 +86,7 @@ struct NodeTests {
         await good.stop()
     }
 
-    @Test("Nodes on AES-GCM links mesh and carry queue items; a ChaCha20-Poly1305 node is refused by them")
+    @Test("Nodes forcing AES-GCM mesh and carry queue items; a node forcing ChaCha20-Poly1305 is refused by them")
     func aesGCMLinks() async throws {
         var aes = testConfiguration(key: key)
         aes.linkCipher = .aesGCM
@@ -105,11 +105,13 @@ struct NodeTests {
         while got.count < 3 { got += try await queue.pop(max: 3 - got.count, timeout: .seconds(10)) }
         #expect(got.sorted { $0.lexicographicallyPrecedes($1) } == [[1], [2], [3]])
 
-        // Same key, other cipher: refused at the handshake.
-        let other = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
+        // Same key, the other cipher forced: refused at the handshake, and both ends say why.
+        var chacha = testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"])
+        chacha.linkCipher = .chaChaPoly
+        let other = try Node(configuration: chacha)
         try await other.start()
-        let rejected = await firstRejection(seenBy: a)
-        #expect(rejected?.contains("link cipher") == true, "reason: \(rejected ?? "none")")
+        let rejected = await firstRejection(seenBy: other)
+        #expect(rejected?.contains("no common link cipher") == true, "reason: \(rejected ?? "none")")
         #expect(await a.connectedPeers() == [b.peerID])
         #expect(await other.connectedPeers().isEmpty)
         await other.stop()

@@ -97,7 +97,7 @@ struct EncodingTests {
         #expect(try peers.encoded() == frame(0x05, be16(1) + otherPeerID.bytes + lengthPrefixed("::1") + be16(443)))
         #expect(try LinkMessage.peers([]).encoded() == frame(0x05, be16(0)))
         let hello = LinkMessage.hello(Hello(peerID: samplePeerID, listenPort: 0, listenHost: "", incarnation: .max, features: 1 << 63))
-        #expect(try hello.encoded() == frame(0x01, be16(1) + samplePeerID.bytes + be16(0) + lengthPrefixed("") + be64(.max) + be64(1 << 63)))
+        #expect(try hello.encoded() == frame(0x01, be16(2) + samplePeerID.bytes + be16(0) + lengthPrefixed("") + be64(.max) + be64(1 << 63)))
     }
 
     @Test("Encoding refuses what the receiver would reject")

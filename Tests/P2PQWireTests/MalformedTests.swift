@@ -194,9 +194,9 @@ struct MalformedTests {
             BodyCase(name: "peers[1].port 0", type: .peers, body: peersBody(count: 2, entries: [(Array("a".utf8), 1), (Array("b".utf8), 0)]), expected: .malformed(field: "peers[1].port", reason: "port 0")),
             BodyCase(name: "goodbye.reason 4", type: .goodbye, body: [4] + lengthPrefixed([]), expected: .malformed(field: "goodbye.reason", reason: "unknown reason 4")),
             BodyCase(name: "goodbye.reason 255", type: .goodbye, body: [255] + lengthPrefixed([]), expected: .malformed(field: "goodbye.reason", reason: "unknown reason 255")),
-            BodyCase(name: "hello version 0", type: .hello, body: helloBody(version: 0, host: []), expected: .unsupportedVersion(received: 0, supported: 1...1)),
-            BodyCase(name: "hello version 2", type: .hello, body: helloBody(version: 2, host: []), expected: .unsupportedVersion(received: 2, supported: 1...1)),
-            BodyCase(name: "hello version 0xFFFF, rest missing", type: .hello, body: be16(0xFFFF), expected: .unsupportedVersion(received: 0xFFFF, supported: 1...1)),
+            BodyCase(name: "hello version 0", type: .hello, body: helloBody(version: 0, host: []), expected: .unsupportedVersion(received: 0, supported: 1...2)),
+            BodyCase(name: "hello version 3", type: .hello, body: helloBody(version: 3, host: []), expected: .unsupportedVersion(received: 3, supported: 1...2)),
+            BodyCase(name: "hello version 0xFFFF, rest missing", type: .hello, body: be16(0xFFFF), expected: .unsupportedVersion(received: 0xFFFF, supported: 1...2)),
         ]
         return cases
     }()

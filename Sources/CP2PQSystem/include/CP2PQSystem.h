@@ -72,4 +72,8 @@ static const int P2PQ_SHUT_RDWR = SHUT_RDWR;
 int p2pq_gettid(void);
 int p2pq_set_thread_name(const char *name);
 
+/// 1 when the CPU has AES and carry-less multiply instructions (x86-64 AES-NI and PCLMULQDQ,
+/// ARMv8 AES and PMULL), which make AES-256-GCM faster than ChaCha20-Poly1305; else 0.
+int p2pq_cpu_has_aes_gcm(void);
+
 #endif
