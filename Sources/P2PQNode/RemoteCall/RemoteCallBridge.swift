@@ -152,6 +152,9 @@ final class RemoteCallBridge: Sendable {
         if !running { failQueued() }
     }
 
+    /// Whether ops wait in the inbox (reactor side).
+    var hasOps: Bool { inbox.withLock { !$0.ops.isEmpty } }
+
     /// Everything submitted so far (reactor side).
     func takeOps() -> [RemoteCallOp] {
         inbox.withLock { inbox in

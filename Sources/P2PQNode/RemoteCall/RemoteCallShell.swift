@@ -184,7 +184,12 @@ final class RemoteCallShell {
         switch message {
         case .results, .started, .credit: performCaller(caller.received(message, from: peer, now: now))
         case .cancel: performExecutor(executor.received(message, from: peer))
-        case .direct(let items): performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
+        case .direct(let items):
+            // A function registered before this call was made may still be on its way to this
+            // thread (registration is handed over like every API op): take those ops first, or
+            // the call would be answered "unknown function".
+            if bridge.hasOps { drain() }
+            performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
         }
         scheduleFlush()
         return nil
@@ -325,7 +330,12 @@ final class RemoteCallShell {
             switch message {
             case .results, .started, .credit: performCaller(caller.received(message, from: peer, now: now))
             case .cancel: performExecutor(executor.received(message, from: peer))
-            case .direct(let items): performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
+            case .direct(let items):
+            // A function registered before this call was made may still be on its way to this
+            // thread (registration is handed over like every API op): take those ops first, or
+            // the call would be answered "unknown function".
+            if bridge.hasOps { drain() }
+            performExecutor(executor.direct(items, from: peer, wallClock: wallClock))
             }
             return
         }
