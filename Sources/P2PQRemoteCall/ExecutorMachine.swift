@@ -473,10 +473,16 @@ public struct ExecutorMachine: Sendable {
     }
 
     /// Sends the started notices and results batched since the last flush, one message of
-    /// each kind per caller (more if a batch exceeds the message size).
+    /// each kind per caller (more if a batch exceeds the message size), then the credit
+    /// top-ups.
     public mutating func flush() -> [Action] {
         var actions: [Action] = []
-        guard !outboxes.isEmpty else { return actions }
+        // Credit goes out even with nothing else to send: offers to callers that have not
+        // called yet are made here.
+        guard !outboxes.isEmpty else {
+            grantCredit(&actions)
+            return actions
+        }
         for (peer, outbox) in outboxes.drain() {
             // Every started notice goes, ahead of the results: a caller accepts a result only
             // from a peer it sent the call to or that announced it (even in the same batch).

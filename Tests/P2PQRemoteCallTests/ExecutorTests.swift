@@ -235,7 +235,7 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(a.runs.count == 1)
         let flushed = e.flush().messages
         #expect(flushed.contains { $0.0 == .credit(3) && $0.1 == caller })
-        #expect(e.counters.creditGranted == 3)
+        #expect(e.counters.creditGranted == 3 + 3)  // and as much to its own node (peer(9))
         // Direct calls run at once, without a started notice; the credit they used is topped up.
         let d = e.direct([item(2), item(3)], from: caller, wallClock: 0)
         #expect(d.runs.map(\.call.sequence) == [2, 3])
