@@ -47,6 +47,10 @@ final class NodeCore {
     private(set) lazy var queues = QueueShell(core: self)
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
+    /// Credit for direct calls that peers' executors granted before a `RemoteCall` was
+    /// attached here (they offer it as soon as a link comes up), handed to it when it is; at
+    /// most one count per linked peer, forgotten with the link.
+    var earlyCredit: [PeerID: Int] = [:]
     /// Bootstrap addresses that came from host names: the manager dials the address resolved
     /// at start; each redial resolves the name again.
     private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
@@ -174,15 +178,19 @@ final class NodeCore {
                 emit(.peerConnected(peer))
                 membership?.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0)
                 queues.peerConnected(peer)
+                remoteCalls?.peerConnected(peer)
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
                 queues.peerLinkChanged(peer)
+                earlyCredit[peer] = nil
                 remoteCalls?.peerDisconnected(peer)
+                remoteCalls?.peerConnected(peer)
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
                 if reason != .stopped { membership?.linkDown(peer) }
                 queues.peerDisconnected(peer)
+                earlyCredit[peer] = nil
                 remoteCalls?.peerDisconnected(peer)
             }
         }
@@ -395,7 +403,15 @@ final class NodeCore {
             return
         }
         if MessageType.remoteCallRange.contains(type.rawValue) {
-            guard let remoteCalls else { return }  // nobody calls here: nothing can be addressed to us
+            guard let remoteCalls else {
+                // Nobody calls here yet: only credit is addressed to us, kept for when a
+                // RemoteCall is attached.
+                if type == .remoteCallCredit, body.count == 4 {
+                    let slots = Int(UInt32(bigEndian: body.loadUnaligned(as: UInt32.self)))
+                    if slots > 0 { earlyCredit[peer] = Swift.min(1 << 20, (earlyCredit[peer] ?? 0) + slots) }
+                }
+                return
+            }
             if let error = remoteCalls.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
             return
         }

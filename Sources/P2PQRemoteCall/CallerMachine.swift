@@ -18,6 +18,10 @@ public struct CallerConfiguration: Hashable, Sendable {
     /// The sequence number of the first call. Seed it differently per process start (e.g. from
     /// the node's incarnation) so a restarted node never reuses its predecessor's call IDs.
     public var firstSequence: UInt64
+    /// How long calls wait here for credit (see *Direct calls* in ``CallerMachine``) while
+    /// no executor that granted credit sends more, in ns; after that they are pushed on the
+    /// queue, so an executor that stopped granting credit cannot hold them back.
+    public var creditWait: UInt64
 
     public init(
         maxRetries: Int = 3,
@@ -25,7 +29,8 @@ public struct CallerConfiguration: Hashable, Sendable {
         memoCacheEntries: Int = 1024,
         memoCacheBytes: Int = 64 << 20,
         maxArgumentSize: Int = (1 << 20) - 4096,
-        firstSequence: UInt64 = 1
+        firstSequence: UInt64 = 1,
+        creditWait: UInt64 = 500_000_000
     ) {
         self.maxRetries = maxRetries
         self.maxOutstandingCalls = maxOutstandingCalls
@@ -33,6 +38,7 @@ public struct CallerConfiguration: Hashable, Sendable {
         self.memoCacheBytes = memoCacheBytes
         self.maxArgumentSize = maxArgumentSize
         self.firstSequence = firstSequence
+        self.creditWait = creditWait
     }
 }
 
@@ -82,6 +88,12 @@ public struct CallerCounters: Hashable, Sendable {
     /// Items sent straight to an executor on its credit (first attempts and retries), instead
     /// of pushed on the queue.
     public var direct = 0
+    /// Calls that waited here for credit because every executor that granted some had none
+    /// left (sent on later credit, or pushed after ``CallerConfiguration/creditWait``).
+    public var heldForCredit = 0
+    /// Waiting calls pushed on the queue because no credit came within
+    /// ``CallerConfiguration/creditWait`` or the last executor granting credit was lost.
+    public var creditWaitsExpired = 0
 
     public init() {}
 }
@@ -113,13 +125,23 @@ public struct CallerCounters: Hashable, Sendable {
 ///   and counted (``CallerCounters/refusedResults``): a member cannot answer others' calls.
 ///
 /// ## Direct calls
-/// An executor that has run a call of this node grants it credit (``RemoteCallMessage/credit(_:)``)
-/// for as many direct calls as it has free slots. While a peer's credit lasts, a new item goes
-/// straight to it in a ``RemoteCallMessage/direct(_:)`` message (one hop, no queue, no
-/// balancing round) and names it the executor at once; with no credit anywhere the item is
-/// pushed on the queue. A direct call is protected like a started one (the executor's death
-/// re-pushes it) and, since no queue acknowledges it, also by its link: when the link to its
-/// executor goes down (``peerDisconnected(_:now:)``) before the result came, it is pushed again.
+/// Executors grant this node credit (``RemoteCallMessage/credit(_:)``) for as many direct
+/// calls as they have free slots: every linked node as soon as they process, and again as
+/// their slots free up (this node's own executor too). While credit lasts, a new item goes
+/// straight to the executor with the most (lowest ID among equals) in a
+/// ``RemoteCallMessage/direct(_:)`` message (one hop, no queue, no balancing round) and names it
+/// the executor at once. So a burst spreads over every executor by its free slots, and the
+/// rest by how fast each returns credit (its service rate):
+/// - When every executor that granted credit has none left, new calls wait here, in order,
+///   and go out as credit arrives. Only when none arrives within
+///   ``CallerConfiguration/creditWait``, or no executor granting credit is left, are they
+///   pushed on the queue; with no credit ever granted, calls are pushed at once.
+/// - A waiting call is this node's alone (no queue holds it); its deadline and cancellation
+///   apply as to any call.
+///
+/// A direct call is protected like a started one (the executor's death re-pushes it) and,
+/// since no queue acknowledges it, also by its link: when the link to its executor goes down
+/// (``peerDisconnected(_:now:)``) before the result came, it is pushed again.
 ///
 /// ## Memoization
 /// Memoized calls are keyed by function name and encoded arguments. A success is cached (LRU,
@@ -147,6 +169,8 @@ public struct CallerMachine: Sendable {
         var executor: PeerID?
         /// The current attempt went straight to `executor` (no queue holds it).
         var direct = false
+        /// The current attempt waits here for credit (in `waiting`; no executor, no queue).
+        var held = false
         /// Whether the flight's own call (same sequence) still waits for it.
         var ownTicket = true
         /// Calls that joined the flight (memo coalescing); empty, so unallocated, for most.
@@ -203,8 +227,17 @@ public struct CallerMachine: Sendable {
     /// Peers membership reported dead or gone, so a late started notice from one counts as a
     /// loss. Bounded; oldest forgotten first.
     private var lostPeers = BoundedSet<PeerID>(capacity: 4096)
-    /// Direct calls each executor still grants this node.
+    /// Direct calls each executor still grants this node; an executor stays at 0 once its
+    /// credit is spent, as a source of more, until its link drops or it is lost.
     private var credits: [PeerID: Int] = [:]
+    /// Flights waiting for credit, oldest first (entries of flights since answered, cancelled
+    /// or sent are skipped), and how many of them still wait.
+    private var waiting = FIFO<UInt64>()
+    private var waitingCount = 0
+    /// Since when the waiting calls have seen no credit arrive.
+    private var waitingSince: UInt64 = 0
+    /// The `now` of the current input.
+    private var now: UInt64 = 0
     /// Direct items of this input, by executor: one message each at the end of the input. A
     /// short list (a caller holds credit of few executors), searched from the most recent: no
     /// hashing of a 32-byte ID per call.
@@ -255,6 +288,13 @@ public struct CallerMachine: Sendable {
     }
     /// Direct calls `peer` still grants this node.
     public func credit(of peer: PeerID) -> Int { credits[peer] ?? 0 }
+    /// Calls waiting here for credit.
+    public var callsWaitingForCredit: Int { waitingCount }
+    /// Whether `call` waits here for credit.
+    public func isWaitingForCredit(_ call: CallID) -> Bool {
+        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return false }
+        return flights[ticket.flight]?.held ?? false
+    }
     /// Whether `call` went straight to its executor (rather than through the queue).
     public func isDirect(_ call: CallID) -> Bool {
         guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return false }
@@ -285,6 +325,7 @@ public struct CallerMachine: Sendable {
         function: String, arguments: [UInt8], memoize: Bool = false, deadline: UInt64? = nil,
         now: UInt64, wallClock: UInt64 = 0
     ) -> (CallID, [Action]) {
+        self.now = now
         var actions: [Action] = []
         let id = callOne(function: function, arguments: arguments, memoize: memoize, deadline: deadline, now: now, wallClock: wallClock, into: &actions)
         finish(&actions)
@@ -309,6 +350,7 @@ public struct CallerMachine: Sendable {
     /// Makes many calls at once (the API's batch variant): as ``call(function:arguments:memoize:deadline:now:wallClock:)``
     /// for each, in order, with one action list.
     public mutating func call(batch: [Request], now: UInt64, wallClock: UInt64 = 0) -> ([CallID], [Action]) {
+        self.now = now
         var actions: [Action] = []
         var ids: [CallID] = []
         ids.reserveCapacity(batch.count)
@@ -381,6 +423,7 @@ public struct CallerMachine: Sendable {
 
     /// A remote-call message arrived from `peer`.
     public mutating func received(_ message: RemoteCallMessage, from peer: PeerID, now: UInt64) -> [Action] {
+        self.now = now
         var actions: [Action] = []
         var cancels: [PeerID: [UInt64]] = [:]
         switch message {
@@ -395,7 +438,7 @@ public struct CallerMachine: Sendable {
                 }
                 // Only the current attempt's notice counts; an older attempt may still answer
                 // (its result is accepted) but no longer protects the call.
-                guard entry.attempt == flight.attempt, flight.executor == nil else {
+                guard entry.attempt == flight.attempt, flight.executor == nil, !flight.held else {
                     remember(peer, for: entry.sequence, executor: flight.executor)
                     continue
                 }
@@ -409,8 +452,10 @@ public struct CallerMachine: Sendable {
             }
         case .credit(let slots):
             // A lost or departed peer's late credit is not used (its calls would be lost).
-            if !lostPeers.contains(peer) && peer != localPeer {
+            if !lostPeers.contains(peer) {
                 credits[peer] = Swift.min(Self.maxCredit, (credits[peer] ?? 0) + Int(slots))
+                waitingSince = now
+                sendWaiting(into: &actions)
             }
         case .cancel, .direct:
             break  // these go to executors
@@ -423,19 +468,22 @@ public struct CallerMachine: Sendable {
     /// Membership declared `peer` dead: calls it was running are pushed again (or fail when
     /// out of retries).
     public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
-        peerLost(peer)
+        self.now = now
+        return peerLost(peer)
     }
 
     /// `peer` left the cluster gracefully: treated like a death (a leaving node finishes or
     /// abandons its calls; re-pushing is safe because duplicate results are ignored).
     public mutating func peerLeft(_ peer: PeerID, now: UInt64) -> [Action] {
-        peerLost(peer)
+        self.now = now
+        return peerLost(peer)
     }
 
     /// The link to `peer` went down (or was replaced): its credit is void, and the direct calls
     /// it was sent and has not answered are pushed again (what was on the link may be lost; a
     /// call that did arrive may then run twice, and the first result wins).
     public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
+        self.now = now
         credits[peer] = nil
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: true) {
@@ -443,6 +491,18 @@ public struct CallerMachine: Sendable {
             flights.modify(flightID) { $0.direct = false }
             lose(flightID, into: &actions)
         }
+        if credits.isEmpty { pushWaiting(into: &actions) }
+        finish(&actions)
+        return actions
+    }
+
+    /// The executor of `peer` (in practice this node's own) stopped processing: its credit is
+    /// void and it is no longer waited for. Calls it was sent directly still run there.
+    public mutating func executorStopped(_ peer: PeerID, now: UInt64) -> [Action] {
+        self.now = now
+        guard credits.removeValue(forKey: peer) != nil else { return [] }
+        var actions: [Action] = []
+        if credits.isEmpty { pushWaiting(into: &actions) }
         finish(&actions)
         return actions
     }
@@ -457,6 +517,7 @@ public struct CallerMachine: Sendable {
     /// ``RemoteCallError/cancelled(function:)``. When nobody else waits for its item, the item
     /// is removed from the local queue if still there, and its executor told if it started.
     public mutating func cancel(_ call: CallID, now: UInt64) -> [Action] {
+        self.now = now
         guard call.caller == localPeer, tickets[call.sequence] != nil else { return [] }
         var actions: [Action] = []
         var cancels: [PeerID: [UInt64]] = [:]
@@ -469,6 +530,7 @@ public struct CallerMachine: Sendable {
 
     /// The timer fired: calls whose deadline passed fail with ``RemoteCallError/timedOut(function:)``.
     public mutating func tick(now: UInt64) -> [Action] {
+        self.now = now
         var actions: [Action] = []
         var cancels: [PeerID: [UInt64]] = [:]
         armedDeadline = nil
@@ -477,6 +539,12 @@ public struct CallerMachine: Sendable {
             guard let ticket = tickets[top.ticket], ticket.deadline == top.deadline else { continue }
             counters.timeouts += 1
             detach(top.ticket, failing: { .timedOut(function: $0) }, cancels: &cancels, into: &actions)
+        }
+        if waitingCount > 0 && now &- waitingSince >= configuration.creditWait {
+            // Every executor that granted credit is silent: they are no longer waited for
+            // (until they grant again), so later calls do not wait either.
+            credits.removeAll()
+            pushWaiting(into: &actions)
         }
         emit(cancels, into: &actions)
         finish(&actions)
@@ -499,11 +567,22 @@ public struct CallerMachine: Sendable {
         return ticket
     }
 
-    /// Sends the flight's current attempt: straight to the executor with the most credit, or
-    /// onto the queue when none has any.
+    /// Sends the flight's current attempt: straight to the executor with the most credit; or,
+    /// when executors granted credit but none has any left, keeps it waiting for credit; or
+    /// else (or with `toQueue`) pushes it on the queue.
     /// The flight is not in `flights` meanwhile: its caller stores it afterwards, destination
-    /// included (one dictionary write per call).
-    private mutating func push(_ flightID: UInt64, _ flight: inout Flight, into actions: inout [Action]) {
+    /// included (one table write per call).
+    private mutating func push(_ flightID: UInt64, _ flight: inout Flight, toQueue: Bool = false, into actions: inout [Action]) {
+        let best = toQueue ? nil : bestCredit()
+        if best == nil && !toQueue && !credits.isEmpty {
+            if waitingCount == 0 { waitingSince = now }
+            flight.held = true
+            waiting.append(flightID)
+            waitingCount += 1
+            counters.heldForCredit += 1
+            return
+        }
+        flight.held = false
         let item = CallItem(
             id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
             function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
@@ -511,9 +590,9 @@ public struct CallerMachine: Sendable {
         )
         let bytes = item.unvalidatedBytes(callerBytes: localPeerBytes)  // validated in call()
         counters.pushes += 1
-        if let index = bestCredit() {
+        if let index = best {
             let executor = credits.keys[index]
-            if credits.values[index] > 1 { credits.values[index] -= 1 } else { credits.remove(at: index) }
+            credits.values[index] -= 1
             flight.executor = executor
             flight.direct = true
             if let slot = directOut.lastIndex(where: { $0.peer == executor }) {
@@ -540,6 +619,37 @@ public struct CallerMachine: Sendable {
             credits.formIndex(after: &index)
         }
         return best?.index
+    }
+
+    /// Sends waiting flights, oldest first, while credit lasts.
+    private mutating func sendWaiting(into actions: inout [Action]) {
+        while waitingCount > 0, bestCredit() != nil, let flightID = waiting.popFirst() {
+            guard var flight = flights[flightID], flight.held else { continue }
+            waitingCount -= 1
+            push(flightID, &flight, into: &actions)
+            flights.modify(flightID) { $0 = flight }
+        }
+    }
+
+    /// Pushes every waiting flight on the queue: credit stopped coming.
+    private mutating func pushWaiting(into actions: inout [Action]) {
+        while waitingCount > 0, let flightID = waiting.popFirst() {
+            guard var flight = flights[flightID], flight.held else { continue }
+            waitingCount -= 1
+            counters.creditWaitsExpired += 1
+            push(flightID, &flight, toQueue: true, into: &actions)
+            flights.modify(flightID) { $0 = flight }
+        }
+        if waitingCount == 0 { waiting = FIFO() }
+    }
+
+    /// A waiting flight is over (answered, failed or abandoned): its entry in `waiting` goes
+    /// stale; rebuild the list when stale entries dominate.
+    private mutating func unwait() {
+        waitingCount -= 1
+        if waiting.count > 2 * waitingCount + 64 {
+            waiting.removeAll { flights[$0]?.held != true }
+        }
     }
 
     /// The direct items of this input, one message per executor (split at the entry limit).
@@ -598,6 +708,7 @@ public struct CallerMachine: Sendable {
 
     /// Drops a finished or abandoned flight from the indexes.
     private mutating func forget(_ flightID: UInt64, _ flight: Flight) {
+        if flight.held { unwait() }
         if !formerExecutors.isEmpty { formerExecutors[flightID] = nil }
         if let key = flight.memoKey, memoInFlight[key] == flightID { memoInFlight[key] = nil }
     }
@@ -617,6 +728,7 @@ public struct CallerMachine: Sendable {
             retireExecutor(of: flightID)
             lose(flightID, into: &actions)
         }
+        if credits.isEmpty { pushWaiting(into: &actions) }
         finish(&actions)
         return actions
     }
@@ -658,7 +770,7 @@ public struct CallerMachine: Sendable {
         forget(ticket.flight, flight)
         if let executor = flight.executor {
             cancels[executor, default: []].append(ticket.flight)
-        } else {
+        } else if !flight.held {
             actions.append(.removeFromQueue(CallID(caller: localPeer, sequence: ticket.flight)))
         }
     }
@@ -696,7 +808,12 @@ public struct CallerMachine: Sendable {
                 if let deadline = tickets[sequence]?.deadline { deadlines.insert(deadline: deadline, ticket: sequence) }
             }
         }
-        guard let next = deadlines.top?.deadline else { return }
+        var next = deadlines.top?.deadline
+        if waitingCount > 0 {
+            let expiry = waitingSince &+ configuration.creditWait
+            next = Swift.min(next ?? expiry, expiry)
+        }
+        guard let next else { return }
         if armedDeadline == nil || next < armedDeadline! {
             armedDeadline = next
             actions.append(.armTimer(at: next))

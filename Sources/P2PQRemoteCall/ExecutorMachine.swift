@@ -20,11 +20,12 @@ public struct ExecutorConfiguration: Hashable, Sendable {
     public var rememberedCancels: Int
     /// Callers remembered as dead (their calls are dropped).
     public var rememberedDeadCallers: Int
-    /// Whether free slots are offered to remote callers as credit for direct calls
+    /// Whether free slots are offered to callers as credit for direct calls
     /// (``RemoteCallMessage/credit(_:)``), so their calls come in one hop instead of through
     /// the queue's balancing. Off, every call comes through the queue.
     public var grantsCredit: Bool
-    /// Remote callers credited at once (the most recent ones).
+    /// Callers credited at once: the most recent ones, and linked nodes that have not called
+    /// yet while there is room.
     public var maxCreditedCallers: Int
 
     public init(
@@ -142,12 +143,16 @@ public struct ExecutorCounters: Hashable, Sendable {
 /// plain recursion never deadlocks, even with one slot per node.
 ///
 /// ## Credit for direct calls
-/// With ``ExecutorConfiguration/grantsCredit``, each remote caller whose call ran here recently
-/// (up to ``ExecutorConfiguration/maxCreditedCallers``) is topped up, at every flush, to as
-/// much credit as there are free slots; it then sends calls straight here
-/// (``direct(_:from:wallClock:)``). Each caller may hold credit for the same slots, so direct
-/// calls can exceed the free slots; the excess waits here in order (no slot is ever
-/// overcommitted). Credit of a caller whose link went down is forgotten on both sides.
+/// With ``ExecutorConfiguration/grantsCredit``, callers are topped up, at every flush while
+/// this node processes, to as much credit as there are free slots; they then send calls
+/// straight here (``direct(_:from:wallClock:)``). Credited (up to
+/// ``ExecutorConfiguration/maxCreditedCallers``): this node itself, every caller whose call
+/// ran here recently, and every linked node (``peerConnected(_:)``) while there is room, so
+/// an idle executor is offered to callers before their first call and a burst of calls
+/// spreads over all executors instead of going to the first that ran one. Each caller may
+/// hold credit for the same slots, so direct calls can exceed the free slots; the excess
+/// waits here in order (no slot is ever overcommitted). Credit of a caller whose link went
+/// down is forgotten on both sides.
 ///
 /// ## Inputs
 /// ``start()``/``stop()``; ``popped(_:wallClock:)`` for items the queue delivered;
@@ -208,9 +213,9 @@ public struct ExecutorMachine: Sendable {
     private var deadCallers: BoundedSet<PeerID>
     private var outboxes = Outboxes()
     private var demand = 0
-    /// This node: its own calls come through the local queue and get no credit.
+    /// This node: credited like any caller, so its own calls spread over the local executor too.
     private let localPeer: PeerID?
-    /// Remote callers to credit, least recent first.
+    /// Callers to credit, least recent first (linked nodes that have not called yet first).
     private var creditedCallers: [PeerID] = []
     /// Credit each of them still holds, as far as this node knows.
     private var granted: [PeerID: Int] = [:]
@@ -257,17 +262,21 @@ public struct ExecutorMachine: Sendable {
 
     // MARK: Inputs
 
-    /// Starts executing: offers every free slot to the call queue.
+    /// Starts executing: offers every free slot to the call queue, and as credit to callers
+    /// at the next ``flush()``.
     public mutating func start() -> [Action] {
         isProcessing = true
+        if let localPeer { offerCredit(to: localPeer) }
         var actions: [Action] = []
         fill(&actions)
         return actions
     }
 
-    /// Stops taking new items (running tasks go on; their results are still sent).
+    /// Stops taking new items (running tasks go on; their results are still sent). This
+    /// node's own caller forgets the credit it held (``CallerMachine/executorStopped(_:now:)``).
     public mutating func stop() -> [Action] {
         isProcessing = false
+        if let localPeer { forgetCredit(localPeer) }
         var actions: [Action] = []
         fill(&actions)
         return actions
@@ -335,9 +344,26 @@ public struct ExecutorMachine: Sendable {
     }
 
     /// The link to `peer` went down or was replaced: the credit it held is void (it forgets it
-    /// too); it is credited again after its next call runs here.
+    /// too); it is credited again when a link comes up (``peerConnected(_:)``) or after its
+    /// next call runs here.
     public mutating func peerDisconnected(_ peer: PeerID) {
         forgetCredit(peer)
+    }
+
+    /// A link to `peer` came up: it is offered credit at the next ``flush()`` (if there is room
+    /// among the credited callers), so its calls can come straight here before any of them
+    /// ran here.
+    public mutating func peerConnected(_ peer: PeerID) {
+        guard !deadCallers.contains(peer) else { return }
+        offerCredit(to: peer)
+    }
+
+    /// Adds `caller` as the least recent caller to credit, unless it is credited already or
+    /// there is no room (callers whose calls ran here keep their place).
+    private mutating func offerCredit(to caller: PeerID) {
+        guard configuration.grantsCredit, !creditedCallers.contains(caller),
+              creditedCallers.count < configuration.maxCreditedCallers else { return }
+        creditedCallers.insert(caller, at: 0)
     }
 
     private mutating func forgetCredit(_ peer: PeerID) {
@@ -447,10 +473,16 @@ public struct ExecutorMachine: Sendable {
     }
 
     /// Sends the started notices and results batched since the last flush, one message of
-    /// each kind per caller (more if a batch exceeds the message size).
+    /// each kind per caller (more if a batch exceeds the message size), then the credit
+    /// top-ups.
     public mutating func flush() -> [Action] {
         var actions: [Action] = []
-        guard !outboxes.isEmpty else { return actions }
+        // Credit goes out even with nothing else to send: offers to callers that have not
+        // called yet are made here.
+        guard !outboxes.isEmpty else {
+            grantCredit(&actions)
+            return actions
+        }
         for (peer, outbox) in outboxes.drain() {
             // Every started notice goes, ahead of the results: a caller accepts a result only
             // from a peer it sent the call to or that announced it (even in the same batch).
@@ -470,7 +502,8 @@ public struct ExecutorMachine: Sendable {
         }
     }
 
-    /// Tops every credited caller up to the free slots.
+    /// Tops every credited caller up to the free slots (this node's own caller included: it
+    /// gets its credit through the shell like a peer).
     private mutating func grantCredit(_ actions: inout [Action]) {
         guard configuration.grantsCredit, isProcessing, backlog.isEmpty, resumers.isEmpty else { return }
         let free = configuration.maxConcurrentCalls - slotsInUse
@@ -495,7 +528,7 @@ public struct ExecutorMachine: Sendable {
     }
 
     private mutating func noteCaller(_ caller: PeerID) {
-        guard configuration.grantsCredit, caller != localPeer, creditedCallers.last != caller else { return }
+        guard configuration.grantsCredit, creditedCallers.last != caller else { return }
         if let index = creditedCallers.firstIndex(of: caller) {
             creditedCallers.remove(at: index)
         } else if creditedCallers.count >= configuration.maxCreditedCallers {

@@ -86,18 +86,18 @@ struct RemoteCallNodeTests {
                 async let b = fib(n - 2)
                 return try await a + b
             }
+            // Plain sequential recursion too, without memoization. Registered before process()
+            // (docs/api.md): executors offer credit up front, so a call can reach a node as
+            // soon as it processes.
+            let plain = rpc.function("plain", arguments: Int.self, result: Int.self)
+            rpc.register("plain") { (n: Int) async throws -> Int in
+                n < 2 ? n : try await plain(n - 1) + plain(n - 2)
+            }
             try await rpc.process()
         }
         let fib = nodes[0].1.function("fib", memoize: true, arguments: Int.self, result: Int.self)
         let value = try await fib(25, timeout: .seconds(60))
         #expect(value == fibonacci(25))
-        // Plain sequential recursion too, without memoization.
-        for (_, rpc) in nodes {
-            let plain = rpc.function("plain", arguments: Int.self, result: Int.self)
-            rpc.register("plain") { (n: Int) async throws -> Int in
-                n < 2 ? n : try await plain(n - 1) + plain(n - 2)
-            }
-        }
         let plain = nodes[1].1.function("plain", arguments: Int.self, result: Int.self)
         #expect(try await plain(10, timeout: .seconds(60)) == fibonacci(10))
         await stop(nodes)

@@ -275,7 +275,8 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.executor(of: a) == ex && c.isDirect(a))
         // A batch made in one input travels in one message.
         let (_, batch) = c.call(batch: [.init(function: "echo", arguments: [2]), .init(function: "echo", arguments: [3])], now: 2)
-        #expect(batch.pushes.count == 1)  // the credit ran out after one
+        #expect(batch.pushes.isEmpty)  // the credit ran out after one: the other waits for more
+        #expect(c.callsWaitingForCredit == 1)
         #expect(batch.sends.count == 1)
         #expect(c.counters.direct == 2)
         // The result completes it like any other.
@@ -358,6 +359,97 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         _ = c.received(started(twice.sequence), from: ex2, now: 6)
         #expect(c.received(results((twice.sequence, .success([2]))), from: ex2, now: 7).completions == [twice: .success([2])])
         #expect(c.counters.refusedResults == 0)
+    }
+
+    // MARK: Waiting for credit
+
+    @Test("With every granting executor out of credit, calls wait here and go out as credit comes")
+    func callsWaitForCreditAndGoOutAsItComes() throws {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        _ = c.received(.credit(1), from: ex2, now: 0)
+        let (ids, first) = c.call(batch: (0..<5).map { .init(function: "f", arguments: [UInt8($0)]) }, now: 1)
+        #expect(first.pushes.isEmpty)
+        #expect(Set(first.sends.map(\.1)) == [ex, ex2])
+        #expect(c.callsWaitingForCredit == 3 && c.isWaitingForCredit(ids[2]) && c.counters.heldForCredit == 3)
+        // Credit of 2 from ex sends the two oldest there, in order, in one message.
+        let more = c.received(.credit(2), from: ex, now: 2)
+        guard case .direct(let items)? = more.sends.first?.0, more.sends.count == 1, more.sends[0].1 == ex else {
+            Issue.record("expected one direct message to ex: \(more)"); return
+        }
+        #expect(try items.map { try CallItem.decode($0).id } == [ids[2], ids[3]])
+        #expect(c.executor(of: ids[2]) == ex && c.isDirect(ids[3]) && c.callsWaitingForCredit == 1)
+        // The last waits; it goes when ex2 answers with credit.
+        #expect(c.received(.credit(1), from: ex2, now: 3).sends.first?.1 == ex2)
+        #expect(c.callsWaitingForCredit == 0 && c.counters.direct == 5 && c.counters.pushes == 5)
+    }
+
+    @Test("Waiting calls are pushed on the queue when no credit comes within creditWait, and later calls do not wait")
+    func waitingCallsArePushedWhenCreditStops() {
+        var c = CallerMachine(localPeer: me, configuration: CallerConfiguration(creditWait: 100))
+        _ = c.received(.credit(1), from: ex, now: 0)
+        _ = c.call(function: "f", arguments: [0], now: 10)
+        let (held, actions) = c.call(function: "f", arguments: [1], now: 20)
+        #expect(actions.pushes.isEmpty && c.isWaitingForCredit(held))
+        #expect(actions.contains(.armTimer(at: 120)))
+        #expect(c.tick(now: 119).pushes.isEmpty)
+        let expired = c.tick(now: 120)
+        #expect(expired.pushes.map(\.id) == [held])
+        #expect(c.counters.creditWaitsExpired == 1 && !c.isWaitingForCredit(held))
+        // The silent executor is no longer waited for, until it grants again.
+        #expect(c.call(function: "f", arguments: [2], now: 130).1.pushes.count == 1)
+        _ = c.received(.credit(1), from: ex, now: 140)
+        #expect(c.call(function: "f", arguments: [3], now: 150).1.sends.first?.1 == ex)
+    }
+
+    @Test("Losing the last executor that granted credit pushes the waiting calls on the queue")
+    func losingTheLastCreditSourcePushesWaitingCalls() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        let (direct, _) = c.call(function: "f", arguments: [0], now: 1)
+        let (held, _) = c.call(function: "f", arguments: [1], now: 1)
+        let lost = c.peerDisconnected(ex, now: 2)
+        #expect(Set(lost.pushes.map(\.id)) == [direct, held])
+        #expect(lost.pushes.first { $0.id == held }?.attempt == 1)
+        #expect(c.callsWaitingForCredit == 0)
+        // This node's own executor stopping: the same for its credit.
+        var own = CallerMachine(localPeer: me)
+        _ = own.received(.credit(1), from: me, now: 0)
+        _ = own.call(function: "f", arguments: [0], now: 1)
+        let (waiting, _) = own.call(function: "f", arguments: [1], now: 1)
+        #expect(own.executorStopped(me, now: 2).pushes.map(\.id) == [waiting])
+    }
+
+    @Test("A waiting call keeps its deadline and can be cancelled; neither is sent later")
+    func waitingCallsTimeOutAndCancel() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        _ = c.call(function: "f", arguments: [0], now: 1)
+        let (late, _) = c.call(function: "f", arguments: [1], deadline: 50, now: 1)
+        let (unwanted, _) = c.call(function: "f", arguments: [2], now: 1)
+        let cancelled = c.cancel(unwanted, now: 2)
+        #expect(cancelled.completions == [unwanted: .failure(.cancelled(function: "f"))])
+        #expect(!cancelled.contains { if case .removeFromQueue = $0 { return true } else { return false } })
+        #expect(cancelled.sends.isEmpty)
+        #expect(c.tick(now: 50).completions == [late: .failure(.timedOut(function: "f"))])
+        #expect(c.callsWaitingForCredit == 0)
+        // Credit now sends nothing: both are gone.
+        #expect(c.received(.credit(5), from: ex, now: 60).sends.isEmpty)
+        #expect(c.outstandingCalls == 1)
+    }
+
+    @Test("A direct call retried after its executor died waits for credit of the others when they have none left")
+    func retriedCallWaitsForCredit() {
+        var c = CallerMachine(localPeer: me)
+        _ = c.received(.credit(1), from: ex, now: 0)
+        _ = c.received(.credit(1), from: ex2, now: 0)
+        let (a, first) = c.call(function: "f", arguments: [0], now: 1)
+        let (b, _) = c.call(function: "f", arguments: [1], now: 1)
+        #expect(first.sends.first?.1 == ex && c.executor(of: b) == ex2)
+        #expect(c.peerDied(ex, now: 2).pushes.isEmpty)
+        #expect(c.isWaitingForCredit(a) && c.attempt(of: a) == 2)
+        let sent = c.received(.credit(1), from: ex2, now: 3)
+        #expect(sent.sends.first?.1 == ex2 && c.executor(of: a) == ex2)
     }
 
     @Test func cancellingADirectCallTellsItsExecutor() {

@@ -235,7 +235,7 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(a.runs.count == 1)
         let flushed = e.flush().messages
         #expect(flushed.contains { $0.0 == .credit(3) && $0.1 == caller })
-        #expect(e.counters.creditGranted == 3)
+        #expect(e.counters.creditGranted == 3 + 3)  // and as much to its own node (peer(9))
         // Direct calls run at once, without a started notice; the credit they used is topped up.
         let d = e.direct([item(2), item(3)], from: caller, wallClock: 0)
         #expect(d.runs.map(\.call.sequence) == [2, 3])
@@ -276,12 +276,26 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(a.contains { if case .discard = $0 { return true } else { return false } })
     }
 
-    @Test func noCreditForItselfWhenOffOrWhenDisconnected() {
+    @Test("A processing executor credits its own node and every linked node before any call ran here")
+    func creditsItselfAndLinkedNodesUpFront() {
         let local = peer(9)
-        var own = executor(slots: 2, credit: true, local: local)
-        _ = own.start()
-        _ = own.popped([item(1, from: local)], wallClock: 0)
-        #expect(!own.flush().messages.contains { if case .credit = $0.0 { return true } else { return false } })
+        var e = executor(slots: 3, credit: true, local: local)
+        e.peerConnected(caller)
+        #expect(e.flush().messages.isEmpty)  // not processing yet
+        _ = e.start()
+        e.peerConnected(caller2)
+        let granted = e.flush().messages
+        #expect(Set(granted.map(\.1)) == [local, caller, caller2])
+        #expect(granted.allSatisfy { $0.0 == .credit(3) })
+        // Its own node's direct calls run here like any caller's.
+        #expect(e.direct([item(1, from: local)], from: local, wallClock: 0).runs.count == 1)
+        // Stopped: its own node's credit is forgotten (its caller forgets it too).
+        _ = e.stop()
+        _ = e.start()
+        #expect(e.flush().messages.contains { $0.0 == .credit(2) && $0.1 == local })
+    }
+
+    @Test func noCreditWhenOffOrWhenDisconnected() {
 
         var off = executor(slots: 2, credit: false)
         _ = off.start()

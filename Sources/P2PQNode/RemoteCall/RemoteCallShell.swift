@@ -58,6 +58,14 @@ final class RemoteCallShell {
         callerConfiguration.firstSequence = Swift.max(caller.firstSequence, core.incarnation)
         self.caller = CallerMachine(localPeer: core.identity.peerID, configuration: callerConfiguration)
         self.executor = ExecutorMachine(configuration: executor, localPeer: core.identity.peerID)
+        // Peers linked before this was attached: their executors' credit already came, and
+        // they are offered this node's once it processes.
+        for peer in core.connectedPeers.sorted() { self.executor.peerConnected(peer) }
+        let early = core.earlyCredit
+        core.earlyCredit = [:]
+        for (peer, slots) in early.sorted(by: { $0.key < $1.key }) {
+            _ = self.caller.received(.credit(UInt32(clamping: slots)), from: peer, now: core.now)  // no calls yet: no actions
+        }
     }
 
     private var now: UInt64 { core.now }
@@ -127,6 +135,7 @@ final class RemoteCallShell {
                 executor.register(name)
             case .process(let on):
                 performExecutor(on ? executor.start() : executor.stop())
+                if !on { performCaller(caller.executorStopped(localPeer, now: now)) }
             case .finished: break
             }
         }
@@ -202,6 +211,13 @@ final class RemoteCallShell {
         directOut[peer] = nil
         performCaller(caller.peerDisconnected(peer, now: now))
         executor.peerDisconnected(peer)
+        scheduleFlush()
+    }
+
+    /// A link to `peer` came up: it is offered credit for direct calls here.
+    func peerConnected(_ peer: PeerID) {
+        guard !isStopped else { return }
+        executor.peerConnected(peer)
         scheduleFlush()
     }
 
