@@ -112,7 +112,13 @@ struct GracefulStopTests {
         for start in stride(from: 0, to: total, by: 1000) {
             try await queues[0].push(contentsOf: (start..<start + 1000).map(encode))
         }
-        let held = await queues[0].size().local
+        // The backlog may be out on a transfer that a full consumer is about to refuse (on a
+        // loaded machine that round trip is long): look again until it is back.
+        var held = await queues[0].size().local
+        for _ in 0..<100 where held == 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            held = await queues[0].size().local
+        }
         #expect(held > 0)
         let consumers = Task { try await popAll(Array(queues[1...]), total: total) }
         let report = await nodes[0].stop()
