@@ -377,15 +377,7 @@ public struct LinkSession: Sendable {
                     return .noCommonVersion(peerMinimum: low, peerMaximum: high)
                 }
                 version = chosen
-                var reply: [UInt8] = []
-                appendU16(&reply, chosen)
-                do {
-                    writeRecord(try handshake.writeMessage(payload: reply), to: &output)
-                } catch {
-                    return .handshakeFailed("\(error)")
-                }
-                stage = .running(handshake, version2: version2)
-                return nil
+                return answerVersion(chosen, handshake, version2: version2, output: &output)
             case (.initiator, 1):
                 // <- e, ee, s, es: the version the responder chose (2 or more after offers).
                 guard payload.count == 2 else { return .handshakeFailed("bad second handshake payload") }
@@ -443,15 +435,7 @@ public struct LinkSession: Sendable {
             }
             version = chosen
             cipher = candidate
-            var reply: [UInt8] = []
-            appendU16(&reply, chosen)
-            do {
-                writeRecord(try handshake.writeMessage(payload: reply), to: &output)
-            } catch {
-                return .handshakeFailed("\(error)")
-            }
-            stage = .running(handshake, version2: false)
-            return nil
+            return answerVersion(chosen, handshake, version2: false, output: &output)
         }
         return .wrongClusterKey
     }
@@ -749,6 +733,22 @@ public struct LinkSession: Sendable {
         phase = .failed
         pendingError = error
         return error
+    }
+
+    /// The responder's second message carries the version it chose; the handshake then runs on.
+    private mutating func answerVersion(
+        _ chosen: UInt16, _ handshake: HandshakeState, version2: Bool, output: inout some LinkOutput
+    ) -> LinkError? {
+        var handshake = handshake
+        var reply: [UInt8] = []
+        appendU16(&reply, chosen)
+        do {
+            writeRecord(try handshake.writeMessage(payload: reply), to: &output)
+        } catch {
+            return .handshakeFailed("\(error)")
+        }
+        stage = .running(handshake, version2: version2)
+        return nil
     }
 
     private func writeRecord(_ body: [UInt8], to output: inout some LinkOutput) {

@@ -905,6 +905,19 @@ public struct QueueMachine: Sendable {
 
     // MARK: Consuming
 
+    /// Removes the local queue's first run, or its first `count` items when it holds more:
+    /// the run taken and its array's table of item ends.
+    private mutating func takeFront(upTo count: Int) -> (QueueRun, [UInt32]) {
+        var run = runs.removeFirst()
+        let ends = store.ends(run.slot)
+        if Int(run.count) > count {
+            let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: count, $0) }
+            runs.prepend(tail)
+            run = head
+        }
+        return (run, ends)
+    }
+
     /// Takes up to `max` items from the front for a consumer, recording the pops a run at a
     /// time.
     private mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
@@ -920,13 +933,7 @@ public struct QueueMachine: Sendable {
         var remote = SequenceRun(first: 0, count: 0)
         var left = n
         while left > 0 {
-            var run = runs.removeFirst()
-            let ends = store.ends(run.slot)
-            if Int(run.count) > left {
-                let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: left, $0) }
-                runs.prepend(tail)
-                run = head
-            }
+            let (run, ends) = takeFront(upTo: left)
             left -= Int(run.count)
             queuedBytes -= Int(run.bytes)
             let (index, isNew) = store.number(run.slot)
@@ -2249,13 +2256,7 @@ extension QueueMachine {
         let until = now &+ duration
         var left = n
         while left > 0 {
-            var run = runs.removeFirst()
-            let ends = store.ends(run.slot)
-            if Int(run.count) > left {
-                let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: left, $0) }
-                runs.prepend(tail)
-                run = head
-            }
+            let (run, ends) = takeFront(upTo: left)
             left -= Int(run.count)
             queuedBytes -= Int(run.bytes)
             leasedBytes += Int(run.bytes)
