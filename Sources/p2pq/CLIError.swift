@@ -70,6 +70,7 @@ enum CLIMain {
         // swift-log's default handler writes to standard output, where `p2pq node` prints
         // its machine-readable lines and `p2pq pop` its items.
         LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        ParentWatch.startIfRequested()
         do {
             var command = try P2PQ.parseAsRoot()
             if var command = command as? any AsyncParsableCommand {

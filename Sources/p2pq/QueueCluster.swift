@@ -98,6 +98,7 @@ final class SelfProcess: @unchecked Sendable {
     init(arguments: [String], quiet: Bool = false, onLine: @escaping @Sendable (String) -> Void = { _ in }) throws {
         process.executableURL = Self.executable
         process.arguments = arguments
+        process.environment = ParentWatch.childEnvironment
         process.standardOutput = output
         process.standardInput = input
         process.standardError = quiet ? FileHandle.nullDevice : FileHandle.standardError

@@ -12,6 +12,7 @@ func runP2PQ(_ arguments: [String], timeout: Duration = .seconds(30)) async thro
 private func runP2PQBlocking(_ arguments: [String], timeout: Duration) throws -> (status: Int32, output: String) {
     let process = Process()
     process.executableURL = ChildNode.binary
+    process.environment = ChildNode.environment
     process.arguments = arguments
     let output = Pipe()
     process.standardOutput = output
@@ -113,6 +114,7 @@ struct CLITests {
         // Killed (SIGKILL) after 1 s of its 20 s wait.
         let pop = Process()
         pop.executableURL = ChildNode.binary
+        pop.environment = ChildNode.environment
         pop.arguments = ["pop", node.operations, "--queue", "w", "--timeout", "20000", "--token-file", keyFile]
         pop.standardOutput = FileHandle.nullDevice
         pop.standardError = FileHandle.nullDevice

@@ -26,6 +26,7 @@ func runCLI(_ arguments: [String], stdin: String? = nil, timeout: Duration = .se
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let process = Process()
         process.executableURL = ChildNode.binary
+        process.environment = ChildNode.environment
         process.arguments = arguments
         process.standardOutput = FileHandle(forWritingAtPath: outPath)
         process.standardError = FileHandle(forWritingAtPath: errPath)
@@ -106,6 +107,7 @@ struct CLIUsabilityTests {
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let process = Process()
         process.executableURL = ChildNode.binary
+        process.environment = ChildNode.environment
         process.arguments = ["node", "--no-discovery", "--log-level", "info", "--metrics", "127.0.0.1:0"]
         process.standardOutput = FileHandle(forWritingAtPath: outPath)
         process.standardError = FileHandle(forWritingAtPath: errPath)

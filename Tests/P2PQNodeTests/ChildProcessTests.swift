@@ -12,6 +12,14 @@ final class ChildNode {
     let address: String
     private let output = Pipe()
 
+    /// The environment of every `p2pq` child a test starts: the test's own, with
+    /// `P2PQ_EXIT_WITH_PARENT=1`, so that a crashed or killed test process leaves no node behind.
+    static var environment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["P2PQ_EXIT_WITH_PARENT"] = "1"
+        return environment
+    }
+
     /// The `p2pq` binary built next to the test bundle.
     static var binary: URL {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("p2pq")
@@ -22,6 +30,7 @@ final class ChildNode {
             throw TimedOut(description: "no p2pq binary at \(Self.binary.path): build it with `swift build`")
         }
         process.executableURL = Self.binary
+        process.environment = ChildNode.environment
         process.arguments = ["node", "--log-level", "info", "--no-discovery"] + arguments
         process.standardOutput = output
         // The child's log goes to a file, read back when a test gives up on it.
@@ -103,6 +112,44 @@ final class ChildNode {
 
 @Suite("Nodes as child processes", .serialized)
 struct ChildProcessTests {
+    /// A shell starts `p2pq node` in the background and exits: the node, re-parented, must stop
+    /// by itself (with the variable) and must keep running without it (so the test can fail).
+    @Test("With P2PQ_EXIT_WITH_PARENT=1 a node stops when its parent is gone; without it, it runs on",
+          arguments: [true, false])
+    func exitsWithParent(watch: Bool) async throws {
+        let shell = Process()
+        // Foundation sees its child end when a descriptor it gave the child closes: the node
+        // must not inherit it, or the shell would never look finished.
+        let closeInherited = (3...63).map { "\($0)>&-" }.joined(separator: " ")
+        shell.executableURL = URL(fileURLWithPath: "/bin/bash")
+        shell.arguments = ["-c", "\"$0\" node --no-discovery --listen 127.0.0.1:0 >/dev/null 2>&1 \(closeInherited) & echo $!; sleep 1",
+                           ChildNode.binary.path]
+        var environment = ChildNode.environment
+        if !watch { environment["P2PQ_EXIT_WITH_PARENT"] = nil }
+        shell.environment = environment
+        let output = Pipe()
+        shell.standardOutput = output
+        try shell.run()
+        let line = try await offPool { ChildNode.readLine(output.fileHandleForReading.fileDescriptor) }
+        let pid = try #require(pid_t(line.trimmingCharacters(in: .whitespaces)), "no pid from the shell: \(line)")
+        defer { kill(pid, SIGKILL) }
+        // Gone, or a zombie waiting for its new parent to reap it.
+        func running() -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            return !stat[stat.index(after: close)...].hasPrefix(" Z")
+        }
+        #expect(running(), "the node did not start")
+        // The shell exits 1 s after starting the node (Foundation reaps it).
+        try await eventually("the shell exits") { !shell.isRunning }
+        if watch {
+            try await eventually("the orphaned node stops", timeout: .seconds(10)) { !running() }
+        } else {
+            try await Task.sleep(for: .seconds(2))
+            #expect(running(), "without the variable the node stopped by itself")
+        }
+    }
+
     func keyFile() throws -> (ClusterKey, String) {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
         let key = ClusterKey.generate()
