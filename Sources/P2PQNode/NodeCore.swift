@@ -39,6 +39,8 @@ final class NodeCore {
     /// Counters for swift-metrics, published once a second.
     let metrics: NodeMetrics
     var metricsTimer: TimerID?
+    /// The dashboard's rings, sampled with the metrics (once a second).
+    lazy var dashboard = DashboardHistory(local: identity.peerID, start: now)
     /// SWIM membership (created at start).
     private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
@@ -103,7 +105,10 @@ final class NodeCore {
 
     var now: UInt64 { MonotonicTime.now().nanoseconds }
 
-    func emit(_ event: NodeEvent) { events.yield(event) }
+    func emit(_ event: NodeEvent) {
+        noteForDashboard(event)
+        events.yield(event)
+    }
 
     /// Listens and dials the bootstrap addresses.
     func start(listen: SocketAddress, bootstrap: [SocketAddress],

@@ -36,6 +36,14 @@ public struct OperationsConfiguration: Sendable {
     /// 503 with `Retry-After`.
     public var pushTimeout: Duration = .seconds(30)
 
+    /// How often the dashboard's live stream (`/dashboard/stream`) sends a snapshot; at least
+    /// 100 ms (the node samples once a second, so less only helps tests).
+    public var dashboardInterval: Duration = .seconds(1)
+    /// Most dashboard streams open at once (`429` beyond).
+    public var maxDashboardStreams = 16
+    /// A dashboard stream ends after this long; the browser reconnects by itself.
+    public var dashboardStreamLifetime: Duration = .seconds(300)
+
     /// The longest wait a pop may ask for (`timeout` query parameter, milliseconds).
     public static let maxPopTimeoutMilliseconds = 25_000
     /// The most items one pop may ask for.

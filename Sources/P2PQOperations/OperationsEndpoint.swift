@@ -25,6 +25,11 @@ public final class OperationsEndpoint: Sendable {
     public let configuration: OperationsConfiguration
     let logger: Logger
     let refusals: RefusalLog
+    /// The dashboard's cookie value: a browser that presented a valid token gets it (valid
+    /// until the endpoint restarts).
+    let dashboardSession = OperationsToken.generate()
+    /// Dashboard streams open now.
+    let dashboardStreams = Mutex(0)
 
     private enum State: Sendable {
         case idle
@@ -43,8 +48,12 @@ public final class OperationsEndpoint: Sendable {
                 + "pass a token file (p2pq keygen --token) or a cluster key")
         }
         guard configuration.maxConnections > 0, configuration.maxConnectionsPerSource > 0, configuration.maxHeaderBytes >= 1024, configuration.maxBodyBytes > 0,
-              configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero else {
+              configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero,
+              configuration.maxDashboardStreams > 0, configuration.dashboardStreamLifetime > .zero else {
             throw .invalidConfiguration("operations limits must be positive (and headers at least 1 KiB)")
+        }
+        guard configuration.dashboardInterval >= .milliseconds(100) else {
+            throw .invalidConfiguration("the dashboard's stream interval must be at least 100 ms")
         }
         self.node = node
         self.configuration = configuration
@@ -101,6 +110,14 @@ public final class OperationsEndpoint: Sendable {
             }
         }
         throw .cannotBind("operations endpoint on \(configuration.host):\(configuration.port) stopped before it listened")
+    }
+
+    /// Whether it serves (started and not stopped): live streams end when it stops.
+    var isRunning: Bool {
+        state.withLock { state in
+            if case .running = state { return true }
+            return false
+        }
     }
 
     /// Stops listening and closes every connection (waiting requests end); idempotent.

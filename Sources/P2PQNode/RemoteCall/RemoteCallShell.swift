@@ -502,6 +502,9 @@ final class RemoteCallShell {
         }
     }
 
+    /// Calls made here and not answered yet (for the dashboard).
+    var callsInFlight: Int { pending.count + parked.count }
+
     private func publishCounters() {
         let callerCounters = caller.counters
         let executorCounters = executor.counters

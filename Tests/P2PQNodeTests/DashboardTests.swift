@@ -1,0 +1,252 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Glibc
+import P2PQLink
+@testable import P2PQNode
+import P2PQOperations
+import P2PQWire
+import Testing
+
+@Suite("Dashboard history: rates from totals, bounded rings (sans-I/O)")
+struct DashboardHistoryTests {
+    let a = PeerID(bytes: [UInt8](repeating: 1, count: 32))!
+    let b = PeerID(bytes: [UInt8](repeating: 2, count: 32))!
+
+    func input(_ second: Int, queues: [String: DashboardInput.Queue]) -> DashboardInput {
+        DashboardInput(now: UInt64(second) * 1_000_000_000, wall: 1_000_000 + Double(second), queues: queues,
+                       callsMade: second * 6, callsExecuted: second * 3, callsInFlight: 2)
+    }
+
+    func queue(_ second: Int, requeued: Int = 0) -> DashboardInput.Queue {
+        DashboardInput.Queue(length: 100 - second, popped: second * 10, requeued: requeued, duplicates: 0,
+                             peers: [(b, 40, 5, 8)], transferredOut: [b: second * 4], transferredIn: [:])
+    }
+
+    @Test("Rates are the totals' growth per second; every series keeps the last N samples; finish time is length over rate")
+    func ratesAndRing() {
+        var history = DashboardHistory(local: a, start: 0, capacity: 5)
+        for second in 0..<8 { history.sample(input(second, queues: ["jobs": queue(second)])) }
+        let snapshot = history.snapshot(members: [], interval: 1)
+        #expect(snapshot.times == (3..<8).map { 1_000_000 + Double($0) })
+        let local = try! #require(snapshot.queues.first { $0.peerID == a.description && $0.queue == "jobs" })
+        #expect(local.lengths == [97, 96, 95, 94, 93])
+        #expect(local.popsPerSecond == 10)
+        #expect(local.finishSeconds == 9.3)
+        let peer = try! #require(snapshot.queues.first { $0.peerID == b.description })
+        #expect(peer.length == 40 && peer.popsPerSecond == 5 && peer.finishSeconds == 8)
+        #expect(snapshot.flows.count == 1)
+        #expect(snapshot.flows.first?.from == a.description && snapshot.flows.first?.to == b.description)
+        #expect(snapshot.flows.first?.itemsPerSecond == 4)
+        #expect(snapshot.flows.first?.series.count == 5)
+        #expect(snapshot.calls.first?.executedPerSecond == 3 && snapshot.calls.first?.madePerSecond == 6)
+        #expect(snapshot.calls.first?.inFlight == 2)
+    }
+
+    @Test("Re-queued items become an event; events, queues per node and samples are bounded")
+    func bounded() {
+        var history = DashboardHistory(local: a, start: 0, capacity: 3)
+        history.sample(input(0, queues: ["jobs": queue(0)]))
+        history.sample(input(1, queues: ["jobs": queue(1, requeued: 7)]))
+        #expect(history.snapshot(members: [], interval: 1).events.map(\.kind) == ["requeued"])
+        for i in 0..<(DashboardHistory.eventCapacity + 50) { history.note("dead", peer: b, "event \(i)", wall: Double(i)) }
+        let events = history.snapshot(members: [], interval: 1).events
+        #expect(events.count == DashboardHistory.eventCapacity)
+        #expect(events.last?.detail == "event \(DashboardHistory.eventCapacity + 49)")
+        var many: [String: DashboardInput.Queue] = [:]
+        for i in 0..<(DashboardHistory.maxQueues + 10) { many["q\(i)"] = queue(2) }
+        for second in 2..<10 { history.sample(input(second, queues: many)) }
+        let snapshot = history.snapshot(members: [], interval: 1)
+        #expect(Set(snapshot.queues.map(\.queue)).count == DashboardHistory.maxQueues)
+        #expect(snapshot.times.count == 3)
+        #expect(snapshot.queues.allSatisfy { $0.lengths.count == 3 && $0.pops.count == 3 })
+    }
+}
+
+/// GET `path` on an operations endpoint with the bearer token; the body and status.
+func httpGet(_ port: Int, _ path: String, token: OperationsToken) async throws -> (Int, Data) {
+    var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    request.timeoutInterval = 10
+    return try await withCheckedThrowingContinuation { continuation in
+        URLSession.shared.dataTask(with: request) { data, response, error in
+            if let error { return continuation.resume(throwing: error) }
+            continuation.resume(returning: ((response as? HTTPURLResponse)?.statusCode ?? 0, data ?? Data()))
+        }.resume()
+    }
+}
+
+@Suite("Dashboard of a live cluster: the JSON endpoint, a death, the page in headless Chromium", .serialized)
+struct DashboardClusterTests {
+    /// Three in-process nodes bootstrapped to the first, the first with an operations endpoint.
+    /// `streamLifetime`: headless Chromium's virtual time stands still while a request is open,
+    /// so its test ends streams early (the page reconnects, and the budget runs out).
+    func cluster(key: ClusterKey, streamLifetime: Duration = .seconds(300)) async throws
+        -> (nodes: [Node], endpoint: OperationsEndpoint, port: Int, bootstrap: String) {
+        let first = try Node(configuration: testConfiguration(key: key))
+        let info = try await first.start()
+        var nodes = [first]
+        for _ in 0..<2 {
+            let node = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
+            try await node.start()
+            nodes.append(node)
+        }
+        var configuration = OperationsConfiguration(tokens: [.derived(from: key)])
+        configuration.dashboardInterval = .milliseconds(500)
+        configuration.dashboardStreamLifetime = streamLifetime
+        let endpoint = try OperationsEndpoint(node: first, configuration: configuration)
+        let address = try await endpoint.start()
+        return (nodes, endpoint, Int(address.split(separator: ":").last!)!, "\(info.listenAddress)")
+    }
+
+    /// Runs `body` with a cluster, and stops the endpoint and the nodes afterwards, also when
+    /// `body` throws (a node left running past its test would outlive what its timers use).
+    func withCluster(key: ClusterKey, streamLifetime: Duration = .seconds(300),
+                     _ body: ([Node], Int, String) async throws -> Void) async throws {
+        let (nodes, endpoint, port, bootstrap) = try await cluster(key: key, streamLifetime: streamLifetime)
+        do {
+            try await body(nodes, port, bootstrap)
+        } catch {
+            await endpoint.stop()
+            for node in nodes { await node.stop() }
+            throw error
+        }
+        await endpoint.stop()
+        for node in nodes { await node.stop() }
+    }
+
+    /// Items pushed at the first node, popped slowly on the other two: the queue drains over
+    /// seconds and items flow from the first to the others.
+    func startWork(_ nodes: [Node], items: Int) async throws -> Task<Void, Never> {
+        let jobs = nodes[0].queue(named: "jobs")
+        try await jobs.push(contentsOf: (0..<items).map { withUnsafeBytes(of: UInt32($0), Array.init) })
+        let consumers = Array(nodes.dropFirst())
+        return Task {
+            await withTaskGroup(of: Void.self) { group in
+                for node in consumers {
+                    group.addTask {
+                        let queue = node.queue(named: "jobs")
+                        while !Task.isCancelled {
+                            _ = try? await queue.pop(max: 5, timeout: .milliseconds(200))
+                            try? await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func snapshot(_ port: Int, _ key: ClusterKey) async throws -> DashboardSnapshot {
+        let (status, data) = try await httpGet(port, "/dashboard.json", token: .derived(from: key))
+        guard status == 200 else { throw TimedOut(description: "/dashboard.json answered \(status)") }
+        return try JSONDecoder().decode(DashboardSnapshot.self, from: data)
+    }
+
+    @Test("/dashboard.json: members with incarnations and links, queue lengths per node, flows, then a SIGKILLed member as dead with its event")
+    func jsonOfClusterAndDeath() async throws {
+        let (key, path) = try ChildProcessTests().keyFile()
+        try await withCluster(key: key) { nodes, port, bootstrap in
+        let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
+        let work = try await startWork(nodes, items: 3000)
+        defer { work.cancel() }
+        let ids = Set(nodes.map(\.peerID.description) + [child.peerID.description])
+        var last: DashboardSnapshot?
+        try await eventually("the dashboard shows four members alive, the queue per node and a flow", timeout: .seconds(20),
+                             diagnose: { "\(String(describing: last))" }) {
+            guard let snapshot = try? await snapshot(port, key) else { return false }
+            last = snapshot
+            let members = Set(snapshot.members.filter { $0.state == "alive" || $0.state == "self" }.map(\.peerID))
+            let linked = snapshot.members.filter { $0.state == "alive" }.allSatisfy { $0.link == "connected" && $0.incarnation != nil }
+            // The consumers' lengths come from their load reports; the first node's own line
+            // is there too (its items left at once).
+            let queued = snapshot.queues.contains { $0.queue == "jobs" && $0.peerID != nodes[0].peerID.description && ($0.length ?? 0) > 0 }
+            let own = snapshot.queues.contains { $0.queue == "jobs" && $0.peerID == nodes[0].peerID.description }
+            let flowing = snapshot.flows.contains { $0.from == nodes[0].peerID.description && $0.series.contains { ($0 ?? 0) > 0 } }
+            return members == ids && linked && queued && own && flowing
+        }
+        let first = try #require(last)
+        #expect(first.members.first?.peerID == nodes[0].peerID.description && first.members.first?.state == "self")
+        #expect(first.times.count == first.queues.first!.lengths.count)
+
+        kill(child.process.processIdentifier, SIGKILL)
+        try await eventually("the dashboard lists the killed member as dead, with a death event", timeout: .seconds(10),
+                             diagnose: { "\(String(describing: last))" }) {
+            guard let snapshot = try? await snapshot(port, key) else { return false }
+            last = snapshot
+            return snapshot.members.first { $0.peerID == child.peerID.description }?.state == "dead"
+                && snapshot.events.contains { $0.kind == "dead" && $0.peerID == child.peerID.description }
+        }
+        work.cancel()
+        }
+    }
+
+    /// Chromium, if installed: `P2PQ_CHROMIUM`, else the Debian package's names.
+    static var chromium: String? {
+        let candidates = [ProcessInfo.processInfo.environment["P2PQ_CHROMIUM"], "/usr/bin/chromium", "/usr/bin/chromium-browser",
+                          "/usr/bin/google-chrome"].compactMap { $0 }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Runs Chromium headless on `url` with `arguments`; its standard output.
+    func runChromium(_ binary: String, _ arguments: [String], url: String, profile: String) async throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                             "--user-data-dir=\(profile)", "--window-size=1400,1000", "--virtual-time-budget=4000"] + arguments + [url]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        let fd = output.fileHandleForReading
+        let pid = process.processIdentifier
+        // Bounded: a Chromium that hangs is killed after 60 s.
+        let watchdog = Task {
+            try? await Task.sleep(for: .seconds(60))
+            kill(pid, SIGKILL)
+        }
+        defer { watchdog.cancel() }
+        let data = try await offPool { fd.readDataToEndOfFile() }
+        _ = try await offPool {
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    @Test("The page in headless Chromium shows the members, a queue's length and a flow between two nodes; a screenshot is saved")
+    func pageInChromium() async throws {
+        guard let chromium = Self.chromium else {
+            let message = "DASHBOARD BROWSER TEST SKIPPED: Chromium is not installed (apt-get install chromium, or set P2PQ_CHROMIUM)"
+            FileHandle.standardError.write(Data("\n*** \(message) ***\n\n".utf8))
+            if ProcessInfo.processInfo.environment["P2PQ_REQUIRE_CHROMIUM"] == "1" { Issue.record("P2PQ_REQUIRE_CHROMIUM=1 but \(message)") }
+            return
+        }
+        let key = ClusterKey.generate()
+        try await withCluster(key: key, streamLifetime: .milliseconds(1500)) { nodes, port, _ in
+        let work = try await startWork(nodes, items: 3000)
+        defer { work.cancel() }
+        let ids = nodes.map(\.peerID.description)
+        try await eventually("three members, the queue and a flow in /dashboard.json", timeout: .seconds(20)) {
+            guard let snapshot = try? await snapshot(port, key) else { return false }
+            return Set(snapshot.members.map(\.peerID)) == Set(ids) && snapshot.queues.contains { $0.queue == "jobs" && ($0.length ?? 0) > 0 }
+                && snapshot.flows.contains { $0.itemsPerSecond > 0 }
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-dashboard-\(getpid())-\(port)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let url = "http://127.0.0.1:\(port)/?token=\(OperationsToken.derived(from: key).text)"
+        let dom = try await runChromium(chromium, ["--dump-dom"], url: url, profile: directory.appendingPathComponent("profile").path)
+        #expect(dom.contains("data-live=\"1\""), "the page did not render live data:\n\(dom.prefix(2000))")
+        for id in ids { #expect(dom.contains("data-peer=\"\(id)\""), "member \(id.prefix(8)) missing from the page") }
+        #expect(dom.contains("data-queue=\"jobs\""), "the queue is missing from the page")
+        #expect(dom.range(of: #"data-length="[1-9][0-9]*""#, options: .regularExpression) != nil, "no queue length in the page")
+        #expect(dom.range(of: #"data-flow="[0-9a-f]{64}(&gt;|>)[0-9a-f]{64}"[^>]*>[^<]*[1-9]"#, options: .regularExpression) != nil,
+                "no flow between two nodes in the page")
+        let screenshot = directory.appendingPathComponent("dashboard.png")
+        _ = try await runChromium(chromium, ["--screenshot=\(screenshot.path)"], url: url, profile: directory.appendingPathComponent("profile2").path)
+        #expect(FileManager.default.fileExists(atPath: screenshot.path))
+        print("dashboard screenshot: \(screenshot.path)")
+        work.cancel()
+        }
+    }
+}
