@@ -41,6 +41,8 @@ final class NodeCore {
     var metricsTimer: TimerID?
     /// The dashboard's rings, sampled with the metrics (once a second).
     lazy var dashboard = DashboardHistory(local: identity.peerID, start: now)
+    /// This node's operations endpoint, as told to peers (``Node/advertiseOperations(host:port:)``).
+    var operationsAddress: (host: String, port: UInt16)?
     /// SWIM membership (created at start).
     private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
@@ -369,6 +371,7 @@ final class NodeCore {
         if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
             logger.info("linked to \(address) after \(trouble.failures) failed attempts")
         }
+        sendOperationsAddress(on: link)
         perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }

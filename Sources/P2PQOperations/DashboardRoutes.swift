@@ -84,7 +84,7 @@ extension OperationsResponder {
         case .json:
             guard request.method == .get else { throw Refusal(status: .methodNotAllowed, message: "use GET") }
             try authorizeDashboard(request)
-            guard let snapshot = await endpoint.node.dashboard() else {
+            guard let snapshot = await endpoint.dashboard() else {
                 throw Refusal(status: .serviceUnavailable, message: "the node is not running")
             }
             return try json(snapshot)
@@ -129,7 +129,7 @@ extension OperationsResponder {
             let end = clock.now + configuration.dashboardStreamLifetime
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             while endpoint.isRunning && clock.now < end && !Task.isCancelled {
-                guard let snapshot = await endpoint.node.dashboard() else { break }
+                guard let snapshot = await endpoint.dashboard() else { break }
                 var event = ByteBuffer(string: "event: snapshot\ndata: ")
                 event.writeBytes(try encoder.encode(snapshot))
                 event.writeString("\n\n")

@@ -30,6 +30,8 @@ public final class OperationsEndpoint: Sendable {
     let dashboardSession = OperationsToken.generate()
     /// Dashboard streams open now.
     let dashboardStreams = Mutex(0)
+    /// With ``OperationsConfiguration/dashboardPull``.
+    let puller: DashboardPuller?
 
     private enum State: Sendable {
         case idle
@@ -59,6 +61,15 @@ public final class OperationsEndpoint: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.refusals = RefusalLog(logger: logger)
+        puller = configuration.dashboardPull
+            ? DashboardPuller(interval: max(configuration.dashboardPullInterval, .milliseconds(500)), token: configuration.dashboardPullToken ?? configuration.tokens.first)
+            : nil
+    }
+
+    /// The node's dashboard, with what was pulled from its members.
+    func dashboard() async -> DashboardSnapshot? {
+        guard let own = await node.dashboard() else { return nil }
+        return puller?.merged(own) ?? own
     }
 
     /// Binds and starts serving; returns the bound address (`host:port`, the real port when 0
@@ -103,6 +114,9 @@ public final class OperationsEndpoint: Sendable {
             case .success(let port):
                 let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
                 logger.info("operations endpoint on http://\(host):\(port)")
+                // Peers' dashboards may pull from here (an unspecified host: the links' address).
+                await node.advertiseOperations(host: configuration.host, port: UInt16(clamping: port))
+                puller?.start(node: node)
                 return "\(host):\(port)"
             case .failure(let error):
                 await stop()
@@ -127,6 +141,7 @@ public final class OperationsEndpoint: Sendable {
             if case .running(let task) = state { return task }
             return nil
         }
+        await puller?.stop()
         guard let task else { return }
         task.cancel()
         await task.value

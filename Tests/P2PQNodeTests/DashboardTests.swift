@@ -3,6 +3,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import Glibc
+import Logging
 import P2PQLink
 @testable import P2PQNode
 import P2PQOperations
@@ -248,5 +249,67 @@ struct DashboardClusterTests {
         print("dashboard screenshot: \(screenshot.path)")
         work.cancel()
         }
+    }
+}
+
+@Suite("Operations addresses travel to peers; the dashboard pulls members' own dashboards", .serialized)
+struct DashboardPullTests {
+    @Test("Each endpoint's address reaches its peers (hello bit 2, message 0x06); with dashboardPull the first node's JSON holds the others' own lines and calls")
+    func addressesAndPull() async throws {
+        let key = ClusterKey.generate()
+        let token = OperationsToken.derived(from: key)
+        var nodes: [Node] = []
+        var endpoints: [OperationsEndpoint] = []
+        var ports: [Int] = []
+        func stopAll() async {
+            for endpoint in endpoints { await endpoint.stop() }
+            for node in nodes { await node.stop() }
+        }
+        do {
+            // The first listens; the others join it.
+            nodes.append(try Node(configuration: testConfiguration(key: key)))
+            let info = try await nodes[0].start()
+            for _ in 1..<3 {
+                let node = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
+                nodes.append(node)
+                try await node.start()
+            }
+            for (i, node) in nodes.enumerated() {
+                var configuration = OperationsConfiguration(tokens: [token])
+                configuration.dashboardPull = i == 0
+                configuration.dashboardPullInterval = .milliseconds(500)
+                var logger = Logger(label: "p2pq.test.operations")
+                logger.logLevel = .critical
+                let endpoint = try OperationsEndpoint(node: node, configuration: configuration, logger: logger)
+                ports.append(Int(try await endpoint.start().split(separator: ":").last!)!)
+                endpoints.append(endpoint)
+            }
+            let expected = Dictionary(uniqueKeysWithValues: zip(nodes.map(\.peerID.description), ports.map { "127.0.0.1:\($0)" }))
+            try await eventually("every node knows every member's operations address") {
+                for node in nodes {
+                    guard let snapshot = await node.dashboard() else { return false }
+                    let known = Dictionary(snapshot.members.compactMap { m in m.operations.map { (m.peerID, $0) } }) { a, _ in a }
+                    if known != expected { return false }
+                }
+                return true
+            }
+            let others = Set(nodes.dropFirst().map(\.peerID.description))
+            var last: DashboardSnapshot?
+            try await eventually("the first node's dashboard holds what it pulled", diagnose: { "\(String(describing: last))" }) {
+                guard let (status, data) = try? await httpGet(ports[0], "/dashboard.json", token: token), status == 200,
+                      let snapshot = try? JSONDecoder().decode(DashboardSnapshot.self, from: data) else { return false }
+                last = snapshot
+                return Set(snapshot.pulled ?? []) == others && Set(snapshot.calls.map(\.peerID)) == others.union([nodes[0].peerID.description])
+                    && snapshot.calls.allSatisfy { $0.executed.count == snapshot.times.count }
+            }
+            // Without pulling, only the node's own calls.
+            let (_, data) = try await httpGet(ports[1], "/dashboard.json", token: token)
+            let plain = try JSONDecoder().decode(DashboardSnapshot.self, from: data)
+            #expect(plain.pulled == nil && plain.calls.map(\.peerID) == [nodes[1].peerID.description])
+        } catch {
+            await stopAll()
+            throw error
+        }
+        await stopAll()
     }
 }

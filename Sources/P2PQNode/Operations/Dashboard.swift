@@ -22,6 +22,8 @@ public struct DashboardSnapshot: Sendable, Codable, Equatable {
         public var link: String
         /// Seconds since its link last carried anything.
         public var secondsSinceHeard: Double?
+        /// Its operations endpoint (`host:port`), when it told this node.
+        public var operations: String?
     }
 
     /// One queue on one node.
@@ -80,6 +82,9 @@ public struct DashboardSnapshot: Sendable, Codable, Equatable {
     public var calls: [Calls]
     /// The most recent last.
     public var events: [Event]
+    /// The members whose own dashboards were pulled into this one (their queue lines, flows
+    /// from them and calls are as they measured them); nil without pulling.
+    public var pulled: [String]?
 
     public init(peerID: String, times: [Double], sampleInterval: Double, members: [Member], queues: [QueueSeries],
                 flows: [Flow], calls: [Calls], events: [Event]) {
@@ -304,30 +309,52 @@ extension NodeCore {
         }
     }
 
+    /// Tells the peer on `link` where this node's operations endpoint listens, if it has one
+    /// and the peer's hello says it understands (feature bit 2).
+    func sendOperationsAddress(on link: PeerLink) {
+        guard let (host, port) = operationsAddress, link.remoteFeatures & WireProtocol.featureOperationsAddress != 0 else { return }
+        link.send(.operations(host: host, port: port))
+    }
+
     /// The dashboard's snapshot: the history plus the members as they are now.
     func dashboardSnapshot() -> DashboardSnapshot {
         var links: [PeerID: PeerStatus] = [:]
         for status in peerStatuses { if let peer = status.peerID { links[peer] = status } }
+        var operations: [PeerID: String] = [:]
+        for link in readyLinks { if let address = link.remoteOperations { operations[link.remotePeerID!] = address } }
+        let own = operationsAddress.map { $0.host.contains(":") ? "[\($0.host)]:\($0.port)" : "\($0.host):\($0.port)" }
         var members = [DashboardSnapshot.Member(
             peerID: identity.peerID.description, address: advertised.description, state: "self", incarnation: incarnation,
-            link: "self", secondsSinceHeard: nil)]
+            link: "self", secondsSinceHeard: nil, operations: own)]
         var listed: Set<PeerID> = [identity.peerID]
         for member in membership?.members ?? [] where listed.insert(member.peer).inserted {
             let link = links[member.peer]
             members.append(DashboardSnapshot.Member(
                 peerID: member.peer.description, address: link?.address?.description, state: member.state.rawValue,
-                incarnation: member.incarnation, link: link?.state.rawValue ?? "none", secondsSinceHeard: link?.secondsSinceHeard))
+                incarnation: member.incarnation, link: link?.state.rawValue ?? "none", secondsSinceHeard: link?.secondsSinceHeard,
+                operations: operations[member.peer]))
         }
         for (peer, link) in links.sorted(by: { $0.key < $1.key }) where listed.insert(peer).inserted {
             members.append(DashboardSnapshot.Member(
                 peerID: peer.description, address: link.address?.description, state: link.membership?.rawValue ?? "unknown",
-                incarnation: nil, link: link.state.rawValue, secondsSinceHeard: link.secondsSinceHeard))
+                incarnation: nil, link: link.state.rawValue, secondsSinceHeard: link.secondsSinceHeard, operations: operations[peer]))
         }
         return dashboard.snapshot(members: members, interval: Double(Self.metricsInterval.components.seconds))
     }
 }
 
 extension Node {
+    /// Tells peers where this node's operations endpoint listens (an empty or unspecified
+    /// host means "the address my links come from"), so that their dashboards can pull from
+    /// it. Sent to peers whose hello has feature bit 2 (``OperationsEndpoint`` calls it when it
+    /// starts).
+    public func advertiseOperations(host: String, port: UInt16) async {
+        _ = await withCore { core in
+            core.operationsAddress = (host, port)
+            for link in core.readyLinks { core.sendOperationsAddress(on: link) }
+        }
+    }
+
     /// The cluster as this node sees it over the last few minutes (members, queue lengths and
     /// pop rates per node, flows, calls, recent events); nil when the node is not running.
     /// Sampled once a second; what `/dashboard.json` serves.
