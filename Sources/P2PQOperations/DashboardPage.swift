@@ -100,7 +100,9 @@ enum DashboardPage {
       const cb=document.querySelector("#calls tbody");cb.replaceChildren();
       for(const c of d.calls){const sp=chart([{color:color(c.peerID),values:c.executed}],d.times,240,50);
         cb.append(el("tr",{"data-peer":c.peerID},el("td",{},node(c.peerID,self)),el("td",{class:"num"},c.inFlight),el("td",{class:"num"},fmt(c.madePerSecond)),
-          el("td",{class:"num"},fmt(c.executedPerSecond)),el("td",{},sp)));}
+          el("td",{class:"num"},fmt(c.executedPerSecond)),el("td",{},sp)));
+        for(const f of c.functions||[])cb.append(el("tr",{"data-function":f.function},el("td",{class:"muted"},"  "+f.function),
+          el("td",{class:"num",colspan:4},f.count+" calls; p50 "+fmt(f.p50Milliseconds,1)+" ms, p90 "+fmt(f.p90Milliseconds,1)+" ms, p99 "+fmt(f.p99Milliseconds,1)+" ms")));}
       const ev=document.getElementById("events");ev.replaceChildren();
       for(const e of d.events.slice().reverse()){ev.append(el("li",{"data-kind":e.kind},el("span",{class:"t"},new Date(e.at*1000).toLocaleTimeString()),
         el("span",{class:e.kind==="dead"?"dead":e.kind==="suspect"?"suspect":""},e.kind),": "+e.detail));}

@@ -313,3 +313,50 @@ struct DashboardPullTests {
         await stopAll()
     }
 }
+
+@Suite("Call latencies: a power-of-two histogram per function")
+struct CallLatencyTests {
+    func task(_ id: UInt64, _ function: String) -> CallTask {
+        CallTask(id: TaskID(id), call: CallID(caller: PeerID(bytes: [UInt8](repeating: 3, count: 32))!, sequence: id), function: function, arguments: [])
+    }
+
+    @Test("Percentiles are the upper bounds of the buckets the calls fall in; unknown tasks and functions past the limit are not counted")
+    func histogram() {
+        var latencies = CallLatencies()
+        latencies.started([task(1, "a"), task(2, "a"), task(3, "a"), task(4, "b")], now: 0)
+        latencies.ended([(TaskID(1), .success([])), (TaskID(99), .success([]))], now: 1_500_000)
+        latencies.ended([(TaskID(2), .success([]))], now: 3_000_000)
+        latencies.ended([(TaskID(3), .success([]))], now: 100_000_000)
+        let summary = latencies.summary()
+        #expect(summary.count == 1, "b has no ended call yet")
+        #expect(summary.first?.function == "a" && summary.first?.count == 3)
+        #expect(summary.first?.p50 == 4.096 && summary.first?.p90 == 131.072 && summary.first?.p99 == 131.072)
+        #expect(latencies.runningCount == 1)
+        for i in 0..<(CallLatencies.maxFunctions + 10) { latencies.started([task(UInt64(10 + i), "f\(i)")], now: 0) }
+        #expect(latencies.names.count == CallLatencies.maxFunctions)
+    }
+
+    @Test("A node's dashboard lists the functions it executed with their latencies")
+    func nodeListsFunctions() async throws {
+        let node = try Node(configuration: testConfiguration(key: ClusterKey.generate()))
+        _ = try await node.start()
+        do {
+            let rpc = try await RemoteCall(node: node)
+            rpc.register("nap") { (ms: Int) async throws -> Int in
+                try await Task.sleep(for: .milliseconds(ms))
+                return ms
+            }
+            try await rpc.process()
+            let nap = rpc.function("nap", arguments: Int.self, result: Int.self)
+            for _ in 0..<5 { #expect(try await nap(5) == 5) }
+            let functions = try #require(await node.dashboard()?.calls.first?.functions)
+            #expect(functions.map(\.function) == ["nap"])
+            #expect(functions.first?.count == 5)
+            #expect((functions.first?.p50Milliseconds ?? 0) >= 4.096, "a 5 ms call falls in the bucket up to 8.192 ms or above")
+        } catch {
+            await node.stop()
+            throw error
+        }
+        await node.stop()
+    }
+}

@@ -58,6 +58,18 @@ public struct DashboardSnapshot: Sendable, Codable, Equatable {
         public var madePerSecond: Double
         public var executedPerSecond: Double
         public var executed: [Double?]
+        /// Calls executed here since start, per function, and how long they took.
+        public var functions: [FunctionLatency]?
+    }
+
+    /// Latency percentiles of one function's calls executed on a node, from a histogram of
+    /// powers of two: each value is the upper bound of its bucket (so within a factor of 2).
+    public struct FunctionLatency: Sendable, Codable, Equatable {
+        public var function: String
+        public var count: UInt64
+        public var p50Milliseconds: Double
+        public var p90Milliseconds: Double
+        public var p99Milliseconds: Double
     }
 
     /// Something that happened: `joined`, `suspect`, `dead`, `refuted`, `left`, `refused`
@@ -339,7 +351,14 @@ extension NodeCore {
                 peerID: peer.description, address: link.address?.description, state: link.membership?.rawValue ?? "unknown",
                 incarnation: nil, link: link.state.rawValue, secondsSinceHeard: link.secondsSinceHeard, operations: operations[peer]))
         }
-        return dashboard.snapshot(members: members, interval: Double(Self.metricsInterval.components.seconds))
+        var snapshot = dashboard.snapshot(members: members, interval: Double(Self.metricsInterval.components.seconds))
+        if let latencies = remoteCalls?.latencies.summary(), !snapshot.calls.isEmpty {
+            snapshot.calls[0].functions = latencies.map {
+                DashboardSnapshot.FunctionLatency(function: $0.function, count: $0.count, p50Milliseconds: $0.p50,
+                                                  p90Milliseconds: $0.p90, p99Milliseconds: $0.p99)
+            }
+        }
+        return snapshot
     }
 }
 
