@@ -360,3 +360,57 @@ struct CallLatencyTests {
         await node.stop()
     }
 }
+
+@Suite("p2pq demo and the dashboard", .serialized)
+struct DemoDashboardTests {
+    static let small = ["demo", "--nodes", "2", "--simulations", "4", "--samples", "1000", "--items", "40", "--work-ms", "0"]
+
+    @Test("p2pq demo --exit prints the dashboard's address and exits by itself")
+    func demoExits() async throws {
+        let (status, output) = try await runP2PQ(Self.small + ["--exit"], timeout: .seconds(90))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("dashboard: http://127.0.0.1:"))
+        #expect(!output.contains("Ctrl-C"))
+    }
+
+    @Test("p2pq demo keeps the cluster up with its dashboard serving until SIGINT, then exits 0")
+    func demoStaysUp() async throws {
+        let process = Process()
+        process.executableURL = ChildNode.binary
+        process.arguments = Self.small
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let pid = process.processIdentifier
+        defer { if process.isRunning { kill(pid, SIGKILL) } }
+        let fd = output.fileHandleForReading.fileDescriptor
+        var address: String?
+        var lines: [String] = []
+        // Bounded: the demo prints its last line within seconds; EOF ends the loop too.
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ContinuousClock.now < deadline {
+            let line = try await offPool { ChildNode.readLine(fd) }
+            lines.append(line)
+            if line.hasPrefix("The cluster stays up for the dashboard: ") {
+                address = String(line.dropFirst("The cluster stays up for the dashboard: ".count))
+            }
+            if line.hasPrefix("Ctrl-C stops it") || (line.isEmpty && !process.isRunning) { break }
+        }
+        let url = try #require(address.flatMap { URL(string: $0) }, "no dashboard address in:\n\(lines.joined(separator: "\n"))")
+        let token = try #require(OperationsToken(text: String(url.query?.dropFirst("token=".count) ?? "")))
+        let port = try #require(url.port)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(process.isRunning, "the demo exited without Ctrl-C")
+        let (status, data) = try await httpGet(port, "/dashboard.json", token: token)
+        #expect(status == 200)
+        let snapshot = try JSONDecoder().decode(DashboardSnapshot.self, from: data)
+        #expect(snapshot.members.count == 3, "two demo nodes and the demo's own: \(snapshot.members.map(\.state))")
+        kill(pid, SIGINT)
+        let exited = try await offPool { () -> Int32 in
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        #expect(exited == 0)
+    }
+}
