@@ -27,10 +27,10 @@ enum DashboardPage {
     body{font:14px system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}
     header{background:#1d232b;color:#fff;padding:.6em 1em;display:flex;gap:1.5em;align-items:baseline}
     header h1{font-size:1.1em;margin:0}#conn{color:#9fd39f}#conn.off{color:#f0a0a0}
-    main{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:1em;padding:1em}
+    main{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1em;padding:1em}
     section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:.6em .9em;overflow:auto}
     h2{font-size:1em;margin:.2em 0 .6em}table{border-collapse:collapse;width:100%}
-    td,th{padding:.2em .5em;text-align:left;border-bottom:1px solid #eef0f3;white-space:nowrap}
+    td,th{padding:.2em .4em;text-align:left;border-bottom:1px solid #eef0f3;white-space:nowrap}
     th{font-weight:600;color:#5a6470}.num{text-align:right;font-variant-numeric:tabular-nums}
     .alive,.self{color:#1a7f37}.suspect{color:#b35900}.dead{color:#c62828}.left{color:#6b7280}
     .dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.4em;vertical-align:-1px}
@@ -41,7 +41,7 @@ enum DashboardPage {
     <header><h1>p2pq dashboard</h1><span id="self"></span><span id="conn">connecting…</span></header>
     <main>
     <section><h2>Members</h2><table id="members"><thead><tr><th>node</th><th>state</th><th class="num">incarnation</th>
-    <th>link</th><th>address</th></tr></thead><tbody></tbody></table></section>
+    <th>link</th><th>address</th><th>operations</th></tr></thead><tbody></tbody></table></section>
     <section><h2>Queues: length per node</h2><div id="queues"><p class="muted">no queue yet</p></div></section>
     <section><h2>Flows: items per second between nodes</h2><div id="flows"><p class="muted">no transfer yet</p></div></section>
     <section><h2>Remote calls</h2><table id="calls"><thead><tr><th>node</th><th class="num">in flight</th>
@@ -78,7 +78,7 @@ enum DashboardPage {
       const self=d.peerID;document.getElementById("self").textContent="node "+short(self)+" · "+d.members.length+" members";
       const mb=document.querySelector("#members tbody");mb.replaceChildren();
       for(const m of d.members){mb.append(el("tr",{"data-peer":m.peerID,"data-state":m.state},el("td",{},node(m.peerID,self)),
-        el("td",{class:m.state},m.state),el("td",{class:"num"},m.incarnation==null?"–":m.incarnation),el("td",{},m.link),el("td",{},m.address||"–")));}
+        el("td",{class:m.state},m.state),el("td",{class:"num"},m.incarnation==null?"–":m.incarnation),el("td",{},m.link),el("td",{},m.address||"–"),el("td",{},m.operations||"–")));}
       const qd=document.getElementById("queues");const byName=new Map();
       for(const q of d.queues){if(!byName.has(q.queue))byName.set(q.queue,[]);byName.get(q.queue).push(q);}
       if(byName.size)qd.replaceChildren();
@@ -96,7 +96,7 @@ enum DashboardPage {
           for(const b of ids){const f=rate.get(a+">"+b);const peak=f?Math.max(0,...f.series.filter(v=>v!=null)):0;
             r.append(el("td",{class:"num","data-flow":a+">"+b,title:f?"peak "+fmt(peak)+"/s":""},f?fmt(f.itemsPerSecond)+(peak>0?" (peak "+fmt(peak,0)+")":""):""));}
           t.append(r);}
-        fd.replaceChildren(t,el("p",{class:"muted"},"acknowledged transfers, as this node sees them"));}
+        fd.replaceChildren(t,el("p",{class:"muted"},"acknowledged transfers"+(d.pulled?", as each node measured them":", to and from this node")));}
       const cb=document.querySelector("#calls tbody");cb.replaceChildren();
       for(const c of d.calls){const sp=chart([{color:color(c.peerID),values:c.executed}],d.times,240,50);
         cb.append(el("tr",{"data-peer":c.peerID},el("td",{},node(c.peerID,self)),el("td",{class:"num"},c.inFlight),el("td",{class:"num"},fmt(c.madePerSecond)),

@@ -82,7 +82,7 @@ final class DashboardPuller: Sendable {
         return data.flatMap { try? JSONDecoder().decode(DashboardSnapshot.self, from: $0) }
     }
 
-    /// `own` with each pulled member's queue lines, flows from it and calls, as it measured
+    /// `own` with each pulled member's queue lines, flows to and from it and calls, as it measured
     /// them (aligned to `own`'s sample times, to the nearest second).
     func merged(_ own: DashboardSnapshot) -> DashboardSnapshot {
         let pulled = self.pulled.withLock { $0 }
@@ -103,7 +103,9 @@ final class DashboardPuller: Sendable {
                 line.pops = align(queue.pops, theirs.times)
                 out.queues.append(line)
             }
-            for flow in theirs.flows where flow.from == peer {
+            // Its transfers both ways: a node without an endpoint (a producer embedded in an
+            // application) is seen through the members it sent to.
+            for flow in theirs.flows where flow.from == peer || flow.to == peer {
                 out.flows.removeAll { $0.from == flow.from && $0.to == flow.to }
                 var aligned = flow
                 aligned.series = align(flow.series, theirs.times)

@@ -40,7 +40,7 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         let options = try ClusterOptions.parse(["--nodes", "\(nodes)"])
         print("starting \(nodes) nodes on loopback ...")
-        let session = try await ExampleSession.start(options, extraArguments: ["--consume", "demo", "--consume-work-ms", "\(workMs)"])
+        let session = try await ExampleSession.start(options, extraArguments: ["--consume", "demo", "--consume-work-ms", "\(workMs)", "--dashboard-pull"])
         guard let cluster = session.cluster else { return }
         for (index, member) in cluster.nodes.enumerated() {
             print("  node \(index + 1): \(member.peerID.prefix(16)) on \(member.listenAddress)  (\(member.operationsURL))")
