@@ -74,7 +74,12 @@ extension OperationsResponder {
             ], body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
         case .login:
             guard request.method == .post else { throw Refusal(status: .methodNotAllowed, message: "use POST") }
-            let body = try await request.body.collect(upTo: 4096)
+            let body: ByteBuffer
+            do {
+                body = try await request.body.collect(upTo: 4096)
+            } catch {
+                throw Refusal(status: .contentTooLarge, message: "a sign-in form is at most 4 KiB", close: true)
+            }
             let form = String(buffer: body)
             for pair in form.split(separator: "&") {
                 let parts = pair.split(separator: "=", maxSplits: 1)

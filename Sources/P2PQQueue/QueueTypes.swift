@@ -253,7 +253,8 @@ public struct QueueCounters: Hashable, Sendable {
     /// Items accepted from peers.
     public var transferredIn = 0
     /// ``transferredOut`` and ``transferredIn`` by peer (counted per transfer, not per item),
-    /// for the dashboard's flows.
+    /// for the dashboard's flows. Past 1,024 peers, those the machine no longer tracks are
+    /// dropped.
     public var transferredOutByPeer: [PeerID: Int] = [:]
     public var transferredInByPeer: [PeerID: Int] = [:]
     /// Transfers by kind, counted when acknowledged.

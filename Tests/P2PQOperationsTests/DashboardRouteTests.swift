@@ -48,6 +48,7 @@ struct DashboardRouteTests {
             #expect(form.status == 303)
             #expect(cookie(form) == session)
             #expect(try await request(port, "POST", "/login", body: Array("token=\(OperationsToken.generate().text)".utf8))?.status == 401)
+            #expect(try await request(port, "POST", "/login", body: [UInt8](repeating: 0x61, count: 5000))?.status == 413)
 
             // The JSON: cookie or bearer; nothing without.
             #expect(try await request(port, "GET", "/dashboard.json")?.status == 401)

@@ -166,7 +166,7 @@ struct DashboardHistory {
     /// Events kept.
     static let eventCapacity = 100
     /// Queues followed per node (by name); beyond, a queue is left off the dashboard.
-    static let maxQueues = 32
+    static let maxQueues = 16
 
     struct QueuePoint: Equatable {
         var length: Int
