@@ -240,7 +240,7 @@ final class PeerLink: TCPConnectionHandler {
         // The version the handshake settled: a version 1 peer refuses a hello with a higher one.
         send(.hello(Hello(protocolVersion: version, peerID: node.identity.peerID, listenPort: UInt16(listen.port),
                           listenHost: listen.host, incarnation: node.incarnation,
-                          features: QueueShell.helloFeatures | WireProtocol.featureOperationsAddress)))
+                          features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & node.configuration.helloFeatureMask)))
     }
 
     private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {

@@ -414,3 +414,44 @@ struct DemoDashboardTests {
         #expect(exited == 0)
     }
 }
+
+@Suite("Operations addresses and older peers")
+struct OperationsAddressCompatibilityTests {
+    @Test("A peer whose hello lacks bit 2 is sent no operations message (the link stays up); its older decoder would have nothing to refuse")
+    func olderPeerGetsNothing() async throws {
+        let key = ClusterKey.generate()
+        let token = OperationsToken.derived(from: key)
+        let current = try Node(configuration: testConfiguration(key: key))
+        let info = try await current.start()
+        var olderConfiguration = testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"])
+        olderConfiguration.helloFeatureMask = ~WireProtocol.featureOperationsAddress
+        let older = try Node(configuration: olderConfiguration)
+        var endpoints: [OperationsEndpoint] = []
+        do {
+            try await older.start()
+            for node in [current, older] {
+                var logger = Logger(label: "p2pq.test.operations")
+                logger.logLevel = .critical
+                let endpoint = try OperationsEndpoint(node: node, configuration: OperationsConfiguration(tokens: [token]), logger: logger)
+                _ = try await endpoint.start()
+                endpoints.append(endpoint)
+            }
+            // The older node's address reaches the current one (which set bit 2) ...
+            try await eventually("the current node knows the older one's operations address") {
+                await current.dashboard()?.members.first { $0.peerID == older.peerID.description }?.operations != nil
+            }
+            // ... and nothing goes the other way, over a link that stays up.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(await older.dashboard()?.members.first { $0.peerID == current.peerID.description }?.operations == nil)
+            #expect(await older.connectedPeers() == [current.peerID])
+        } catch {
+            for endpoint in endpoints { await endpoint.stop() }
+            await older.stop()
+            await current.stop()
+            throw error
+        }
+        for endpoint in endpoints { await endpoint.stop() }
+        await older.stop()
+        await current.stop()
+    }
+}
