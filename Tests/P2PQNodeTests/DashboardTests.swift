@@ -455,3 +455,25 @@ struct OperationsAddressCompatibilityTests {
         await current.stop()
     }
 }
+
+@Suite("Dashboard events from the node")
+struct DashboardEventTests {
+    @Test("A connection refused in its handshake (another cluster key) becomes a recent event")
+    func refusedAndJoined() async throws {
+        let node = try Node(configuration: testConfiguration(key: ClusterKey.generate()))
+        let info = try await node.start()
+        let stranger = try Node(configuration: testConfiguration(key: ClusterKey.generate(), bootstrap: ["\(info.listenAddress)"]))
+        do {
+            try await stranger.start()
+            try await eventually("the refused connection is a recent event") {
+                await node.dashboard()?.events.contains { $0.kind == "refused" && $0.detail.contains("refused a connection from 127.0.0.1") } ?? false
+            }
+        } catch {
+            await stranger.stop()
+            await node.stop()
+            throw error
+        }
+        await stranger.stop()
+        await node.stop()
+    }
+}
