@@ -112,7 +112,7 @@ public struct DashboardSnapshot: Sendable, Codable, Equatable {
 }
 
 /// A bounded ring: the newest `capacity` values, oldest first.
-struct Ring<Element> {
+struct Ring<Element: Sendable>: Sendable {
     let capacity: Int
     private var storage: [Element] = []
     private var head = 0
@@ -160,7 +160,7 @@ struct DashboardInput {
 
 /// The dashboard's history: a ring of samples per node and events, fed once a second by the
 /// shell (sans-I/O: times come in, nothing is read here).
-struct DashboardHistory {
+struct DashboardHistory: Sendable {
     /// Samples kept (five minutes at one a second).
     static let defaultCapacity = 300
     /// Events kept.
@@ -168,12 +168,12 @@ struct DashboardHistory {
     /// Queues followed per node (by name); beyond, a queue is left off the dashboard.
     static let maxQueues = 16
 
-    struct QueuePoint: Equatable {
+    struct QueuePoint: Equatable, Sendable {
         var length: Int
         var pops: Double
         var finish: Double?
     }
-    struct Frame {
+    struct Frame: Sendable {
         var wall: Double
         /// Queue name, then node.
         var queues: [String: [PeerID: QueuePoint]] = [:]
@@ -182,11 +182,11 @@ struct DashboardHistory {
         var callsMade: Double = 0
         var callsInFlight = 0
     }
-    struct Pair: Hashable {
+    struct Pair: Hashable, Sendable {
         var from: PeerID
         var to: PeerID
     }
-    struct Totals {
+    struct Totals: Sendable {
         var now: UInt64
         var popped: [String: Int] = [:]
         var requeued: [String: Int] = [:]
@@ -328,8 +328,10 @@ extension NodeCore {
         link.send(.operations(host: host, port: port))
     }
 
-    /// The dashboard's snapshot: the history plus the members as they are now.
-    func dashboardSnapshot() -> DashboardSnapshot {
+    /// What a dashboard snapshot is built from, taken on the reactor: the history (a copy
+    /// of its rings shares their storage until the next sample), the members and the call
+    /// latencies. The series are built by ``DashboardParts/build()`` off the reactor.
+    func dashboardParts() -> DashboardParts {
         var links: [PeerID: PeerStatus] = [:]
         for status in peerStatuses { if let peer = status.peerID { links[peer] = status } }
         var operations: [PeerID: String] = [:]
@@ -351,13 +353,26 @@ extension NodeCore {
                 peerID: peer.description, address: link.address?.description, state: link.membership?.rawValue ?? "unknown",
                 incarnation: nil, link: link.state.rawValue, secondsSinceHeard: link.secondsSinceHeard, operations: operations[peer]))
         }
-        var snapshot = dashboard.snapshot(members: members, interval: Double(Self.metricsInterval.components.seconds))
-        if let latencies = remoteCalls?.latencies.summary(), !snapshot.calls.isEmpty {
-            snapshot.calls[0].functions = latencies.map {
-                DashboardSnapshot.FunctionLatency(function: $0.function, count: $0.count, p50Milliseconds: $0.p50,
-                                                  p90Milliseconds: $0.p90, p99Milliseconds: $0.p99)
-            }
+        // The summary is small (at most 64 functions of 40 buckets); the history is shared.
+        let latencies = remoteCalls?.latencies.summary().map {
+            DashboardSnapshot.FunctionLatency(function: $0.function, count: $0.count, p50Milliseconds: $0.p50,
+                                              p90Milliseconds: $0.p90, p99Milliseconds: $0.p99)
         }
+        return DashboardParts(history: dashboard, members: members, latencies: latencies,
+                              interval: Double(Self.metricsInterval.components.seconds))
+    }
+}
+
+/// See ``NodeCore/dashboardParts()``.
+struct DashboardParts: Sendable {
+    var history: DashboardHistory
+    var members: [DashboardSnapshot.Member]
+    var latencies: [DashboardSnapshot.FunctionLatency]?
+    var interval: Double
+
+    func build() -> DashboardSnapshot {
+        var snapshot = history.snapshot(members: members, interval: interval)
+        if let latencies, !snapshot.calls.isEmpty { snapshot.calls[0].functions = latencies }
         return snapshot
     }
 }
@@ -378,6 +393,7 @@ extension Node {
     /// pop rates per node, flows, calls, recent events); nil when the node is not running.
     /// Sampled once a second; what `/dashboard.json` serves.
     public func dashboard() async -> DashboardSnapshot? {
-        await withCore { $0.dashboardSnapshot() }
+        // The series are built on the caller's thread: the reactor only copies the rings.
+        await withCore { $0.dashboardParts() }?.build()
     }
 }

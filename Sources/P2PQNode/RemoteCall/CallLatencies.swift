@@ -5,7 +5,7 @@ import P2PQWire
 /// (microseconds), for the dashboard's percentiles. The shell notes each batch of tasks handed
 /// to the runners and each batch of results with one clock reading per batch; per call it
 /// costs a slot in a window (no hashing) and a counter increment. A plain value.
-struct CallLatencies {
+struct CallLatencies: Sendable {
     /// Bucket `k` counts calls that took less than 2^k µs (and at least 2^(k-1)); the last
     /// one everything longer (over 2^38 µs, about 3 days).
     static let bucketCount = 40
