@@ -96,7 +96,9 @@ struct DashboardClusterTests {
         var configuration = OperationsConfiguration(tokens: [.derived(from: key)])
         configuration.dashboardInterval = .milliseconds(500)
         configuration.dashboardStreamLifetime = streamLifetime
-        let endpoint = try OperationsEndpoint(node: first, configuration: configuration)
+        var logger = Logger(label: "p2pq.test.operations")
+        logger.logLevel = .critical
+        let endpoint = try OperationsEndpoint(node: first, configuration: configuration, logger: logger)
         let address = try await endpoint.start()
         return (nodes, endpoint, Int(address.split(separator: ":").last!)!, "\(info.listenAddress)")
     }
