@@ -248,6 +248,8 @@ struct DashboardClusterTests {
         let screenshot = directory.appendingPathComponent("dashboard.png")
         _ = try await runChromium(chromium, ["--screenshot=\(screenshot.path)"], url: url, profile: directory.appendingPathComponent("profile2").path)
         #expect(FileManager.default.fileExists(atPath: screenshot.path))
+        // The screenshot stays (a test artifact); Chromium's profiles go.
+        for profile in ["profile", "profile2"] { try? FileManager.default.removeItem(at: directory.appendingPathComponent(profile)) }
         print("dashboard screenshot: \(screenshot.path)")
         work.cancel()
         }
