@@ -22,6 +22,9 @@ public struct NodeConfiguration: Sendable {
     public var clusterKey: ClusterKey?
     /// Plaintext links without authentication, for loopback benchmarks only. Off by default.
     public var insecure = false
+    /// Hello feature bits this node announces, masked (tests: a node that announces fewer, as
+    /// an older one does).
+    var helloFeatureMask: UInt64 = .max
     /// The AEAD of the Noise links. nil (the default) lets each link choose: AES-256-GCM when
     /// both ends have AES instructions (see ``aesInstructions``), ChaCha20-Poly1305 otherwise;
     /// links to protocol version 1 peers run ChaCha20-Poly1305. A cipher set here is the only

@@ -39,6 +39,10 @@ final class NodeCore {
     /// Counters for swift-metrics, published once a second.
     let metrics: NodeMetrics
     var metricsTimer: TimerID?
+    /// The dashboard's rings, sampled with the metrics (once a second).
+    lazy var dashboard = DashboardHistory(local: identity.peerID, start: now)
+    /// This node's operations endpoint, as told to peers (``Node/advertiseOperations(host:port:)``).
+    var operationsAddress: (host: String, port: UInt16)?
     /// SWIM membership (created at start).
     private(set) var membership: MembershipShell?
     /// Upper layers' message sink (membership, queue, calls register here later).
@@ -103,7 +107,10 @@ final class NodeCore {
 
     var now: UInt64 { MonotonicTime.now().nanoseconds }
 
-    func emit(_ event: NodeEvent) { events.yield(event) }
+    func emit(_ event: NodeEvent) {
+        noteForDashboard(event)
+        events.yield(event)
+    }
 
     /// Listens and dials the bootstrap addresses.
     func start(listen: SocketAddress, bootstrap: [SocketAddress],
@@ -364,6 +371,7 @@ final class NodeCore {
         if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
             logger.info("linked to \(address) after \(trouble.failures) failed attempts")
         }
+        sendOperationsAddress(on: link)
         perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }

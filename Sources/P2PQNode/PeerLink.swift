@@ -28,6 +28,8 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var remoteIncarnation: UInt64 = 0
     /// The feature bits of the peer's hello (§5).
     private(set) var remoteFeatures: UInt64 = 0
+    /// The peer's operations endpoint (`host:port`), if it sent one on this link.
+    private(set) var remoteOperations: String?
     /// The peer said goodbye: it is leaving, not failing.
     private(set) var peerLeft = false
     /// Plaintext messages waiting to be sealed at the end of the turn.
@@ -237,7 +239,8 @@ final class PeerLink: TCPConnectionHandler {
         let listen = node.advertised
         // The version the handshake settled: a version 1 peer refuses a hello with a higher one.
         send(.hello(Hello(protocolVersion: version, peerID: node.identity.peerID, listenPort: UInt16(listen.port),
-                          listenHost: listen.host, incarnation: node.incarnation, features: QueueShell.helloFeatures)))
+                          listenHost: listen.host, incarnation: node.incarnation,
+                          features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & node.configuration.helloFeatureMask)))
     }
 
     private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {
@@ -298,6 +301,17 @@ final class PeerLink: TCPConnectionHandler {
             closeReason = "peer said goodbye (\(reason)): \(detail)"
             connection.close(afterFlush: true, reason: .peerClosed)
         case .peers(let entries): node.peersReceived(self, entries)
+        case .operations(let host, let port):
+            // An unspecified or empty host means the address this link came from.
+            let usable = !(host.isEmpty || host == "0.0.0.0" || host == "::" || host == "[::]")
+            let name = usable ? host : connection.remoteAddress.host
+            // A host name or an IP literal only: it becomes part of a URL.
+            guard name.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber
+                                                       || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ":")) }) else {
+                node.logger.debug("ignored an operations address with unusable characters from \(remoteDescription)")
+                return
+            }
+            remoteOperations = name.contains(":") && !name.hasPrefix("[") ? "[\(name)]:\(port)" : "\(name):\(port)"
         case .hello: fail("a second hello")
         }
     }

@@ -36,6 +36,22 @@ public struct OperationsConfiguration: Sendable {
     /// 503 with `Retry-After`.
     public var pushTimeout: Duration = .seconds(30)
 
+    /// How often the dashboard's live stream (`/dashboard/stream`) sends a snapshot; at least
+    /// 100 ms (the node samples once a second, so less only helps tests).
+    public var dashboardInterval: Duration = .seconds(1)
+    /// Pull each member's own `/dashboard.json` (members tell each other their operations
+    /// address) so that this dashboard shows their queues, flows and calls as they measure
+    /// them; off by default (`p2pq node --dashboard-pull`). Uses the first of ``tokens``.
+    public var dashboardPull = false
+    /// The token the pull sends (the first of ``tokens`` when nil).
+    public var dashboardPullToken: OperationsToken?
+    /// How often the pull asks each member.
+    public var dashboardPullInterval: Duration = .seconds(2)
+    /// Most dashboard streams open at once (`429` beyond).
+    public var maxDashboardStreams = 16
+    /// A dashboard stream ends after this long; the browser reconnects by itself.
+    public var dashboardStreamLifetime: Duration = .seconds(300)
+
     /// The longest wait a pop may ask for (`timeout` query parameter, milliseconds).
     public static let maxPopTimeoutMilliseconds = 25_000
     /// The most items one pop may ask for.

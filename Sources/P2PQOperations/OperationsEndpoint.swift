@@ -25,6 +25,13 @@ public final class OperationsEndpoint: Sendable {
     public let configuration: OperationsConfiguration
     let logger: Logger
     let refusals: RefusalLog
+    /// The dashboard's cookie value: a browser that presented a valid token gets it (valid
+    /// until the endpoint restarts).
+    let dashboardSession = OperationsToken.generate()
+    /// Dashboard streams open now.
+    let dashboardStreams = Mutex(0)
+    /// With ``OperationsConfiguration/dashboardPull``.
+    let puller: DashboardPuller?
 
     private enum State: Sendable {
         case idle
@@ -43,13 +50,26 @@ public final class OperationsEndpoint: Sendable {
                 + "pass a token file (p2pq keygen --token) or a cluster key")
         }
         guard configuration.maxConnections > 0, configuration.maxConnectionsPerSource > 0, configuration.maxHeaderBytes >= 1024, configuration.maxBodyBytes > 0,
-              configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero else {
+              configuration.idleTimeout > .zero, configuration.bodyTimeout > .zero, configuration.pushTimeout > .zero,
+              configuration.maxDashboardStreams > 0, configuration.dashboardStreamLifetime > .zero else {
             throw .invalidConfiguration("operations limits must be positive (and headers at least 1 KiB)")
+        }
+        guard configuration.dashboardInterval >= .milliseconds(100) else {
+            throw .invalidConfiguration("the dashboard's stream interval must be at least 100 ms")
         }
         self.node = node
         self.configuration = configuration
         self.logger = logger
         self.refusals = RefusalLog(logger: logger)
+        puller = configuration.dashboardPull
+            ? DashboardPuller(interval: max(configuration.dashboardPullInterval, .milliseconds(500)), token: configuration.dashboardPullToken ?? configuration.tokens.first)
+            : nil
+    }
+
+    /// The node's dashboard, with what was pulled from its members.
+    func dashboard() async -> DashboardSnapshot? {
+        guard let own = await node.dashboard() else { return nil }
+        return puller?.merged(own) ?? own
     }
 
     /// Binds and starts serving; returns the bound address (`host:port`, the real port when 0
@@ -94,6 +114,9 @@ public final class OperationsEndpoint: Sendable {
             case .success(let port):
                 let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
                 logger.info("operations endpoint on http://\(host):\(port)")
+                // Peers' dashboards may pull from here (an unspecified host: the links' address).
+                await node.advertiseOperations(host: configuration.host, port: UInt16(clamping: port))
+                puller?.start(node: node)
                 return "\(host):\(port)"
             case .failure(let error):
                 await stop()
@@ -103,6 +126,14 @@ public final class OperationsEndpoint: Sendable {
         throw .cannotBind("operations endpoint on \(configuration.host):\(configuration.port) stopped before it listened")
     }
 
+    /// Whether it serves (started and not stopped): live streams end when it stops.
+    var isRunning: Bool {
+        state.withLock { state in
+            if case .running = state { return true }
+            return false
+        }
+    }
+
     /// Stops listening and closes every connection (waiting requests end); idempotent.
     public func stop() async {
         let task = state.withLock { state -> Task<Void, Never>? in
@@ -110,6 +141,7 @@ public final class OperationsEndpoint: Sendable {
             if case .running(let task) = state { return task }
             return nil
         }
+        await puller?.stop()
         guard let task else { return }
         task.cancel()
         await task.value

@@ -70,8 +70,14 @@ struct OperationsResponder: HTTPResponder {
     }
 
     private func route(_ request: Request, _ context: Context) async throws -> Response {
-        try checkBrowserAndHost(request)
         let path = request.uri.path
+        if let dashboard = DashboardRoute(rawValue: path) {
+            // The dashboard is for browsers: same-origin requests are served, others refused.
+            try checkHost(request)
+            try checkSameOrigin(request)
+            return try await serveDashboard(dashboard, request)
+        }
+        try checkBrowserAndHost(request)
         switch path {
         case "/metrics":
             guard request.method == .get else { throw Refusal(status: .methodNotAllowed, message: "use GET") }
@@ -115,6 +121,11 @@ struct OperationsResponder: HTTPResponder {
         if let origin = request.headers[.origin], !configuration.allowedOrigins.contains(origin) {
             throw Refusal(status: .forbidden, message: "requests from browsers are refused (origin \(origin.prefix(100)) not allowed)")
         }
+        try checkHost(request)
+    }
+
+    /// The Host must name this endpoint (DNS rebinding).
+    func checkHost(_ request: Request) throws {
         guard let authority = request.head.authority else { return }  // HTTP/1.0 without Host
         // DNS rebinding points a name the attacker owns at this address; an IP literal or
         // localhost in Host cannot come from that, a foreign name can.
@@ -143,7 +154,7 @@ struct OperationsResponder: HTTPResponder {
         return parts.count == 4 && parts.allSatisfy { part in part.count <= 3 && UInt8(part) != nil }
     }
 
-    private func authorize(_ request: Request) throws {
+    func authorize(_ request: Request) throws {
         let unauthorized = Refusal(status: .unauthorized, message: "this route needs Authorization: Bearer <token>",
                                    headers: [.wwwAuthenticate: "Bearer"])
         guard let header = request.headers[.authorization] else { throw unauthorized }
@@ -328,12 +339,12 @@ struct OperationsResponder: HTTPResponder {
         }
     }
 
-    private func json(_ value: some Encodable) throws -> Response {
+    func json(_ value: some Encodable) throws -> Response {
         let data = try jsonData(value)
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    private func jsonData(_ value: some Encodable) throws -> Data {
+    func jsonData(_ value: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return try encoder.encode(value)

@@ -353,6 +353,14 @@ public struct QueueMachine: Sendable {
         guard let view = peers[peer], isFresh(view, now: now) else { return nil }
         return Int(view.length)
     }
+    /// Most peers with per-peer transfer counts (``QueueCounters/transferredOutByPeer``).
+    static let maxCountedPeers = 1024
+
+    /// The peers with a fresh load report: the length this node knows (as ``peerLength(_:now:)``)
+    /// and the pops per second and finish time (seconds) they reported.
+    public func peerLoads(now: UInt64) -> [(peer: PeerID, length: Int, rate: Double, finishTime: Double)] {
+        peers.filter { isFresh($0.value, now: now) }.map { ($0.key, Int(max(0, $0.value.length)), $0.value.rate, $0.value.finishTime) }
+    }
     /// Whether a push of `count` items of `bytes` payload would be accepted now.
     public func hasRoom(items count: Int, bytes: Int) -> Bool {
         guard heldItems + count <= configuration.maxItems, heldBytes + bytes <= configuration.maxBytes else { return false }
@@ -1541,6 +1549,12 @@ public struct QueueMachine: Sendable {
             }
         }
         counters.transferredIn += accepted
+        if accepted > 0 {
+            counters.transferredInByPeer[peer, default: 0] += accepted
+            if counters.transferredInByPeer.count > Self.maxCountedPeers {
+                counters.transferredInByPeer = counters.transferredInByPeer.filter { peers[$0.key] != nil }
+            }
+        }
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
         actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
         serveWaiters(&actions, now: now)
@@ -1565,6 +1579,11 @@ public struct QueueMachine: Sendable {
         inFlightItems -= transfer.count
         inFlightBytes -= transfer.bytes
         counters.transferredOut += transfer.count
+        counters.transferredOutByPeer[peer, default: 0] += transfer.count
+        if counters.transferredOutByPeer.count > Self.maxCountedPeers {
+            // Peers this machine no longer tracks (dead, new identities): their counts go.
+            counters.transferredOutByPeer = counters.transferredOutByPeer.filter { peers[$0.key] != nil }
+        }
         counters.transfersByKind[transfer.kind, default: 0] += transfer.count
         // A pure source sends on as acks free its transfer slots (ack-clocked, no gossip round).
         defer { feedFromSource(&actions, now: now) }

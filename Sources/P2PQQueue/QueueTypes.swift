@@ -252,6 +252,11 @@ public struct QueueCounters: Hashable, Sendable {
     public var transferredOut = 0
     /// Items accepted from peers.
     public var transferredIn = 0
+    /// ``transferredOut`` and ``transferredIn`` by peer (counted per transfer, not per item),
+    /// for the dashboard's flows. Past 1,024 peers, those the machine no longer tracks are
+    /// dropped.
+    public var transferredOutByPeer: [PeerID: Int] = [:]
+    public var transferredInByPeer: [PeerID: Int] = [:]
     /// Transfers by kind, counted when acknowledged.
     public var transfersByKind: [TransferKind: Int] = [:]
     /// Received item copies dropped as duplicates of a recent one (a retransmission after a

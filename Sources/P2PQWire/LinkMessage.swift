@@ -67,6 +67,10 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case goodbye(reason: GoodbyeReason, detail: String)
     /// At most 1024 entries.
     case peers([PeerAddress])
+    /// Where the sender's operations endpoint listens (host at most 255 UTF-8 bytes; empty
+    /// means "the address this link came from"; port nonzero). Only to peers whose hello set
+    /// ``WireProtocol/featureOperationsAddress``.
+    case operations(host: String, port: UInt16)
 
     public var messageType: MessageType {
         switch self {
@@ -75,6 +79,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .pong: return .pong
         case .goodbye: return .goodbye
         case .peers: return .peers
+        case .operations: return .operations
         }
     }
 
@@ -140,6 +145,11 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 }
             }
             message = .peers(entries)
+        case .operations:
+            let host = try reader.readString(field: "operations.host", maxLength: WireProtocol.maxHostLength)
+            let port = try reader.readU16(field: "operations.port")
+            guard port != 0 else { throw .malformed(field: "operations.port", reason: "port 0") }
+            message = .operations(host: host, port: port)
         case .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit:
             // Remote-call messages: decoded by P2PQRemoteCall, not by this layer.
             throw .unknownMessageType(type.rawValue)
@@ -167,6 +177,9 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
             try Self.checkLength(hello.listenHost, field: "hello.listenHost", limit: WireProtocol.maxHostLength)
         case .ping, .pong:
             break
+        case .operations(let host, let port):
+            try Self.checkLength(host, field: "operations.host", limit: WireProtocol.maxHostLength)
+            guard port != 0 else { throw .malformed(field: "operations.port", reason: "port 0") }
         case .goodbye(_, let detail):
             try Self.checkLength(detail, field: "goodbye.detail", limit: WireProtocol.maxGoodbyeDetailLength)
         case .peers(let entries):
@@ -202,6 +215,8 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return 1 + 4 + detail.utf8.count
         case .peers(let entries):
             return entries.reduce(2) { $0 + WireProtocol.peerIDSize + 4 + $1.host.utf8.count + 2 }
+        case .operations(let host, _):
+            return 4 + host.utf8.count + 2
         }
     }
 
@@ -227,6 +242,9 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 writer.writeString(entry.host)
                 writer.writeU16(entry.port)
             }
+        case .operations(let host, let port):
+            writer.writeString(host)
+            writer.writeU16(port)
         }
     }
 

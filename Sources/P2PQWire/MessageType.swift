@@ -24,6 +24,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case goodbye = 0x04
     /// Peer exchange: addresses of other peers.
     case peers = 0x05
+    /// The sender's operations endpoint address (sent only to peers whose hello has
+    /// ``WireProtocol/featureOperationsAddress``).
+    case operations = 0x06
     /// Membership: a SWIM probe (body decoded by P2PQMembership).
     case membershipPing = 0x10
     /// Membership: the answer to a probe.
@@ -99,6 +102,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .pong: return "pong"
         case .goodbye: return "goodbye"
         case .peers: return "peers"
+        case .operations: return "operations"
         case .membershipPing: return "membership ping"
         case .membershipAck: return "membership ack"
         case .membershipPingRequest: return "membership ping-req"

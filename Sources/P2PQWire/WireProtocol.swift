@@ -27,6 +27,10 @@ public enum WireProtocol {
     public static let peerIDSize = 32
     /// Longest host string, in UTF-8 bytes (in hello and in peers entries).
     public static let maxHostLength = 255
+    /// Hello feature bit 2: the node understands the link message `operations` (0x06) and
+    /// sends its operations endpoint's address in one when it has one. (Bit 0 is the queue's
+    /// ownership handover; bit 1 is reserved.)
+    public static let featureOperationsAddress: UInt64 = 1 << 2
     /// Longest goodbye detail string, in UTF-8 bytes.
     public static let maxGoodbyeDetailLength = 256
     /// Most entries in one peers message.

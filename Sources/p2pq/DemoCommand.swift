@@ -26,6 +26,9 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds of pretend work per queue item on the consuming nodes.")
     var workMs: Int = 2
 
+    @Flag(help: "Stop the cluster and exit once the demo has run (for scripts); without it the cluster stays up for the dashboard until Ctrl-C.")
+    var exit = false
+
     func validate() throws {
         guard (1...16).contains(nodes) else { throw ValidationError("--nodes must be 1...16") }
         guard (1...1_000_000).contains(simulations) else { throw ValidationError("--simulations must be 1...1000000") }
@@ -37,13 +40,15 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         let options = try ClusterOptions.parse(["--nodes", "\(nodes)"])
         print("starting \(nodes) nodes on loopback ...")
-        let session = try await ExampleSession.start(options, extraArguments: ["--consume", "demo", "--consume-work-ms", "\(workMs)"])
+        let session = try await ExampleSession.start(options, extraArguments: ["--consume", "demo", "--consume-work-ms", "\(workMs)", "--dashboard-pull"])
         guard let cluster = session.cluster else { return }
         for (index, member) in cluster.nodes.enumerated() {
             print("  node \(index + 1): \(member.peerID.prefix(16)) on \(member.listenAddress)  (\(member.operationsURL))")
         }
         // The endpoints take the token derived from the demo's temporary cluster key.
         print("  while it runs: p2pq status --token-file \(cluster.keyFile) <address>")
+        // Node 1's dashboard; the token in the address is exchanged for a cookie at once.
+        print("  dashboard: \(cluster.nodes[0].operationsURL)/?token=\(cluster.nodes[0].token)")
 
         // 1. Monte Carlo pi, as remote calls that run wherever there is capacity.
         print("\n== Monte Carlo pi: \(simulations) simulations of \(samples) points as remote calls")
@@ -90,10 +95,32 @@ struct DemoCommand: AsyncParsableCommand {
             ])
         }
         print(table(["node", "peer", "calls executed", "items popped", "items moved", "bytes in", "bytes out"], rows))
+        if !exit {
+            print("\nThe cluster stays up for the dashboard: \(cluster.nodes[0].operationsURL)/?token=\(cluster.nodes[0].token)")
+            print("Ctrl-C stops it (--exit stops at once).")
+            fflush(nil)
+            await Self.waitForInterrupt()
+        }
         await session.stop()
         if pi.failures > 0 || done < items {
             throw CLIError(.failed, "the demo did not finish: \(pi.failures) calls failed, \(done) of \(items) items popped")
         }
+    }
+
+    /// Returns on SIGINT or SIGTERM (taken from the default handlers, so the cluster is
+    /// stopped in order).
+    static func waitForInterrupt() async {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let (signals, report) = AsyncStream.makeStream(of: Int32.self)
+        let sources = [SIGINT, SIGTERM].map { signo in
+            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+            source.setEventHandler { report.yield(signo) }
+            source.resume()
+            return source
+        }
+        for await _ in signals { break }
+        sources.forEach { $0.cancel() }
     }
 
     /// Items popped so far on the cluster's nodes (from their `/status`).

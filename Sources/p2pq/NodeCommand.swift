@@ -66,6 +66,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Host name accepted in the operations endpoint's Host header besides its address and localhost ('*' for any). Repeatable.")
     var allowHost: [String] = []
 
+    @Flag(help: "Let the dashboard pull each member's own /dashboard.json (with the token derived from the cluster key) to show their queues, flows and calls as they measure them.")
+    var dashboardPull = false
+
     @Option(help: "mDNS port for discovery (default 5353; tests use a private one).")
     var discoveryPort: Int = 5353
 
@@ -167,8 +170,8 @@ struct NodeCommand: AsyncParsableCommand {
             do { _ = try SocketAddress(metrics) } catch { throw ValidationError("--metrics: \(error)") }
             do { _ = try OperationsConfiguration(address: metrics) } catch { throw ValidationError("--metrics: \(error)") }
             configuration.metrics = .prometheus(PrometheusCollectorRegistry())
-        } else if tokenFile != nil || metricsOpen || !allowOrigin.isEmpty || !allowHost.isEmpty {
-            throw ValidationError("--token-file, --metrics-open, --allow-origin and --allow-host need --metrics")
+        } else if tokenFile != nil || metricsOpen || !allowOrigin.isEmpty || !allowHost.isEmpty || dashboardPull {
+            throw ValidationError("--token-file, --metrics-open, --allow-origin, --allow-host and --dashboard-pull need --metrics")
         }
         if let maxConcurrentCalls, maxConcurrentCalls < 1 { throw ValidationError("--max-concurrent-calls must be positive") }
         guard consumeWorkMs >= 0 else { throw ValidationError("--consume-work-ms must not be negative") }
@@ -291,6 +294,9 @@ extension NodeCommand {
         operations.metricsOpen = metricsOpen
         operations.allowedOrigins = Set(allowOrigin)
         operations.allowedHosts = Set(allowHost.map { $0.lowercased() })
+        operations.dashboardPull = dashboardPull
+        // The members' endpoints take the token derived from the shared cluster key.
+        operations.dashboardPullToken = clusterKey.map { .derived(from: $0) } ?? .development
         return operations
     }
 }

@@ -57,6 +57,8 @@ struct CorpusTests {
             ("bad-peers-count", [0x30] + frame(0x05, be16(1025))),
             ("bad-trailing-bytes", [0x30] + frame(0x02, be64(1) + be64(2) + [0xFF])),
             ("bad-empty-record", [0x30] + [0, 3, 0, 0, 0, 0, 0]),
+            ("operations", [0x31] + (try LinkMessage.operations(host: "10.0.0.7", port: 9100).encoded())),
+            ("bad-operations-port-0", [0x30] + frame(0x06, lengthPrefixed("10.0.0.7") + be16(0))),
         ]
     }
 
@@ -76,7 +78,7 @@ struct CorpusTests {
             #expect(data.map(Array.init) == seed.bytes, "\(seed.name) is stale")
             #expect(seed.bytes.count < 2048, "\(seed.name) is too large for a seed")
         }
-        #expect((10...20).contains(seeds.count))
+        #expect((10...24).contains(seeds.count))
     }
 
     @Test("Valid seeds decode; each bad seed fails the way its name says")

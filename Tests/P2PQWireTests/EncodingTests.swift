@@ -257,3 +257,27 @@ struct EncodingTests {
         #expect(WireError.invalidMaxFrameSize(0).description == "invalid max frame size 0: must be in 512...67108864")
     }
 }
+
+@Suite("The operations address message (0x06, hello feature bit 2)")
+struct OperationsMessageTests {
+    @Test("Encoded as host string then port; decoded back; port 0, an overlong host and trailing bytes refused")
+    func operationsMessage() throws {
+        let message = LinkMessage.operations(host: "10.0.0.7", port: 9100)
+        let bytes = try message.encoded()
+        #expect(bytes == frame(0x06, lengthPrefixed("10.0.0.7") + be16(9100)))
+        let decoded = try Array(bytes.dropFirst(5)).withUnsafeBytes { try LinkMessage.decode(type: .operations, body: $0) }
+        #expect(decoded == message)
+        let empty = try Array(LinkMessage.operations(host: "", port: 1).encoded().dropFirst(5))
+            .withUnsafeBytes { try LinkMessage.decode(type: .operations, body: $0) }
+        #expect(empty == .operations(host: "", port: 1))
+        #expect(throws: WireError.self) {
+            try (lengthPrefixed("h") + be16(0)).withUnsafeBytes { try LinkMessage.decode(type: .operations, body: $0) }
+        }
+        #expect(throws: WireError.self) {
+            try (lengthPrefixed("h") + be16(1) + [0]).withUnsafeBytes { try LinkMessage.decode(type: .operations, body: $0) }
+        }
+        #expect(throws: WireError.self) { try LinkMessage.operations(host: String(repeating: "a", count: 256), port: 1).encoded() }
+        #expect(throws: WireError.self) { try LinkMessage.operations(host: "h", port: 0).encoded() }
+        #expect(WireProtocol.featureOperationsAddress == 4)
+    }
+}

@@ -27,7 +27,7 @@ struct MalformedTests {
             StreamCase(name: "oversized after a valid ping", bytes: frame(0x02, [UInt8](repeating: 7, count: 16)) + [0xFF, 0xFF, 0xFF, 0xFF], expected: .frameTooLarge(length: 0xFFFF_FFFF, limit: limit), failsAfter: 25),
         ]
         // Unassigned bytes and every reserved range's edges: none decode yet.
-        for type: UInt8 in [0x00, 0x06, 0x0F, 0x15, 0x1F, 0x30, 0x3F, 0x50, 0x5F, 0x60, 0xEF, 0xF1, 0xFF] {
+        for type: UInt8 in [0x00, 0x07, 0x0F, 0x15, 0x1F, 0x30, 0x3F, 0x50, 0x5F, 0x60, 0xEF, 0xF1, 0xFF] {
             cases.append(StreamCase(name: "unknown type 0x\(String(type, radix: 16))", bytes: be32(17) + [type] + [UInt8](repeating: 0, count: 16), expected: .unknownMessageType(type), failsAfter: 5))
         }
         return cases

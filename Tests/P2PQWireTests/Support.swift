@@ -31,7 +31,7 @@ extension SplitMix64 {
     }
 
     mutating func linkMessage() -> LinkMessage {
-        switch int(0...4) {
+        switch int(0...5) {
         case 0:
             return .hello(Hello(
                 protocolVersion: WireProtocol.version, peerID: peerID(), listenPort: UInt16(truncatingIfNeeded: next()),
@@ -39,6 +39,7 @@ extension SplitMix64 {
             ))
         case 1: return .ping(nonce: u64(), sentAt: u64())
         case 2: return .pong(nonce: u64(), sentAt: u64())
+        case 5: return .operations(host: string(maxBytes: WireProtocol.maxHostLength), port: UInt16(int(1...65535)))
         case 3:
             return .goodbye(
                 reason: GoodbyeReason.allCases[int(0...GoodbyeReason.allCases.count - 1)],

@@ -48,6 +48,7 @@ extension NodeCore {
     /// Starts the once-a-second metrics publication. (The operations HTTP endpoint is not the
     /// node's: it lives in the P2PQOperations module and uses the public API.)
     func startOperations() {
+        dashboard = DashboardHistory(local: identity.peerID, start: now)
         scheduleMetrics()
     }
 
@@ -61,6 +62,7 @@ extension NodeCore {
         metricsTimer = reactor.schedule(after: Self.metricsInterval) { [unowned self] in
             self.metricsTimer = nil
             self.publishMetrics()
+            self.sampleDashboard()
             if !self.isStopped { self.scheduleMetrics() }
         }
     }

@@ -501,6 +501,22 @@ final class QueueShell {
         }
     }
 
+    /// The queues' totals for the dashboard's sample (once a second; internal `p2pq.` queues
+    /// left out).
+    func dashboardInput() -> [String: DashboardInput.Queue] {
+        let now = self.now
+        var out: [String: DashboardInput.Queue] = [:]
+        for (name, entry) in queues where !name.hasPrefix("p2pq.") {
+            let machine = entry.machine
+            let counters = machine.counters
+            out[name] = DashboardInput.Queue(
+                length: machine.count, popped: counters.popped, requeued: counters.requeuedAfterDeath,
+                duplicates: counters.duplicatePops, peers: machine.peerLoads(now: now),
+                transferredOut: counters.transferredOutByPeer, transferredIn: counters.transferredInByPeer)
+        }
+        return out
+    }
+
     /// Adds the machine's new transfers and duplicates to the node's counters (once per timer
     /// tick and status request, not per item).
     private func syncMetrics(_ name: String) {

@@ -153,6 +153,7 @@ final class RemoteCallShell {
     }
 
     private func finish(_ outcomes: [(TaskID, CallOutcome)]) {
+        latencies.ended(outcomes, now: now)
         bridge.ended(outcomes)
         performExecutor(executor.finished(outcomes))
     }
@@ -391,6 +392,7 @@ final class RemoteCallShell {
         case .setDemand(let count):
             demand = count
         case .run(let tasks):
+            latencies.started(tasks, now: now)
             var offReactor: [CallTask] = []
             var outcomes: [(TaskID, CallOutcome)] = []
             for task in tasks {
@@ -401,7 +403,10 @@ final class RemoteCallShell {
                 }
             }
             if !offReactor.isEmpty { bridge.run(offReactor) }
-            if !outcomes.isEmpty { executorQueue.append(contentsOf: executor.finished(outcomes)) }
+            if !outcomes.isEmpty {
+                latencies.ended(outcomes, now: now)
+                executorQueue.append(contentsOf: executor.finished(outcomes))
+            }
         case .resume(let tasks):
             for task in tasks {
                 if let (completion, result) = resuming.removeValue(forKey: task) {
@@ -501,6 +506,12 @@ final class RemoteCallShell {
             }
         }
     }
+
+    /// How long executed calls took, per function (for the dashboard).
+    private(set) var latencies = CallLatencies()
+
+    /// Calls made here and not answered yet (for the dashboard).
+    var callsInFlight: Int { pending.count + parked.count }
 
     private func publishCounters() {
         let callerCounters = caller.counters
