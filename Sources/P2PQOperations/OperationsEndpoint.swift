@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import ServiceLifecycle
 import HummingbirdCore
 import Logging
 import P2PQLink
@@ -35,7 +36,7 @@ public final class OperationsEndpoint: Sendable {
 
     private enum State: Sendable {
         case idle
-        case running(Task<Void, Never>)
+        case running(Task<Void, Never>, ServiceGroup)
         case stopped
     }
     private let state = Mutex<State>(.idle)
@@ -96,16 +97,21 @@ public final class OperationsEndpoint: Sendable {
                 reportBound.yield(.success(channel.localAddress?.port ?? configuration.port))
             },
             logger: logger)
+        // Run in a group of its own (no signal handlers: the node's owner handles signals) so
+        // that stop() can shut the server down gracefully: it stops accepting first. Cancelling
+        // the serving task alone can drop a connection accepted but not yet served, and NIO
+        // traps on that ("Deinited NIOAsyncWriter without calling finish()").
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
         let shouldStart = state.withLock { state -> Bool in
             guard case .idle = state else { return false }
             state = .running(Task {
                 do {
-                    try await app.run()
+                    try await group.run()
                 } catch {
                     reportBound.yield(.failure(.cannotBind("operations endpoint on \(configuration.host):\(configuration.port): \(error)")))
                 }
                 reportBound.finish()
-            })
+            }, group)
             return true
         }
         guard shouldStart else { throw .alreadyStarted }
@@ -136,16 +142,27 @@ public final class OperationsEndpoint: Sendable {
 
     /// Stops listening and closes every connection (waiting requests end); idempotent.
     public func stop() async {
-        let task = state.withLock { state -> Task<Void, Never>? in
+        let running = state.withLock { state -> (Task<Void, Never>, ServiceGroup)? in
             defer { state = .stopped }
-            if case .running(let task) = state { return task }
+            if case .running(let task, let group) = state { return (task, group) }
             return nil
         }
         await puller?.stop()
-        guard let task else { return }
-        task.cancel()
-        await task.value
+        guard let (task, group) = running else { return }
+        // Graceful first (no new connections; requests in progress may finish), then cancelled
+        // after a grace period: waiting pops and dashboard streams would hold it much longer.
+        await group.triggerGracefulShutdown()
+        await withTaskGroup(of: Void.self) { waits in
+            waits.addTask { await task.value }
+            waits.addTask { try? await Task.sleep(for: Self.stopGrace) }
+            await waits.next()
+            task.cancel()
+            waits.cancelAll()
+        }
     }
+
+    /// How long ``stop()`` lets requests in progress finish before it closes their connections.
+    static let stopGrace: Duration = .milliseconds(500)
 }
 
 extension Duration {
