@@ -302,10 +302,16 @@ struct OperationsResponder: HTTPResponder {
                 await settlement.nack()
                 throw error
             }
-            // The writer returns once the answer is queued on the channel; a task on the
-            // channel's loop runs after its write was tried: a connection the client reset
-            // (or closed) is no longer active by then.
-            let written = (try? await channel.eventLoop.submit { channel.isActive }.get()) ?? false
+            // The writer returns once the answer is queued on the channel, maybe before the loop
+            // wrote it or saw the client's reset. The kernel knows: a connection that is not
+            // ESTABLISHED any more (reset: CLOSE; closed by the client: CLOSE_WAIT) cannot
+            // deliver the answer, so its items go back (a half-closing client that did read
+            // them gets them again: a duplicate, never a loss).
+            let written = (try? await channel.eventLoop.flatSubmit { () -> EventLoopFuture<Bool> in
+                guard channel.isActive else { return channel.eventLoop.makeSucceededFuture(false) }
+                guard let socket = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(true) }
+                return socket.getTCPInfo().map { $0.tcpi_state == 1 }  // TCP_ESTABLISHED
+            }.get()) ?? false
             if written { await settlement.ack() } else { await settlement.nack() }
         })
     }

@@ -118,30 +118,35 @@ struct ChildProcessTests {
           arguments: [true, false])
     func exitsWithParent(watch: Bool) async throws {
         let shell = Process()
-        // Foundation sees its child end when a descriptor it gave the child closes: the node
-        // must not inherit it, or the shell would never look finished.
-        let closeInherited = (3...63).map { "\($0)>&-" }.joined(separator: " ")
-        shell.executableURL = URL(fileURLWithPath: "/bin/bash")
-        shell.arguments = ["-c", "\"$0\" node --no-discovery --listen 127.0.0.1:0 >/dev/null 2>&1 \(closeInherited) & echo $!; sleep 1",
+        // The shell starts the node and waits for a line on its standard input, then exits.
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "\"$0\" node --no-discovery --listen 127.0.0.1:0 >/dev/null 2>&1 </dev/null & echo $!; read line",
                            ChildNode.binary.path]
         var environment = ChildNode.environment
         if !watch { environment["P2PQ_EXIT_WITH_PARENT"] = nil }
         shell.environment = environment
         let output = Pipe()
+        let input = Pipe()
         shell.standardOutput = output
+        shell.standardInput = input
         try shell.run()
         let line = try await offPool { ChildNode.readLine(output.fileHandleForReading.fileDescriptor) }
         let pid = try #require(pid_t(line.trimmingCharacters(in: .whitespaces)), "no pid from the shell: \(line)")
         defer { kill(pid, SIGKILL) }
-        // Gone, or a zombie waiting for its new parent to reap it.
+        // Neither gone nor a zombie waiting to be reaped (state after the command's ")").
         func running() -> Bool {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
-            return !stat[stat.index(after: close)...].hasPrefix(" Z")
+            let fd = open("/proc/\(pid)/stat", O_RDONLY)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let n = read(fd, &buffer, buffer.count)
+            guard n > 0, let close = buffer[..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return false }
+            return buffer[close + 2] != UInt8(ascii: "Z")
         }
-        #expect(running(), "the node did not start")
-        // The shell exits 1 s after starting the node (Foundation reaps it).
-        try await eventually("the shell exits") { !shell.isRunning }
+        // Long enough for the node to start its watch with the shell as its parent.
+        try await Task.sleep(for: .seconds(1))
+        #expect(running(), "the node did not start or stopped while its parent lived")
+        input.fileHandleForWriting.write(Data("go\n".utf8))
         if watch {
             try await eventually("the orphaned node stops", timeout: .seconds(10)) { !running() }
         } else {
