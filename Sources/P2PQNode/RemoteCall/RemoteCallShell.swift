@@ -123,6 +123,10 @@ final class RemoteCallShell {
                 outcomes.append((task, outcome))
                 continue
             }
+            if case .finishedRun(let run) = op {
+                outcomes.append(contentsOf: run)
+                continue
+            }
             if !outcomes.isEmpty {
                 finish(outcomes)
                 outcomes.removeAll()
@@ -136,7 +140,7 @@ final class RemoteCallShell {
             case .process(let on):
                 performExecutor(on ? executor.start() : executor.stop())
                 if !on { performCaller(caller.executorStopped(localPeer, now: now)) }
-            case .finished: break
+            case .finished, .finishedRun: break
             }
         }
         if !calls.isEmpty { call(calls) }
