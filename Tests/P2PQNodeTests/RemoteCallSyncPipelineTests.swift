@@ -212,6 +212,10 @@ struct RemoteCallSyncPipelineTests {
         for await _ in square.results(for: [Int]()) { none += 1 }
         #expect(none == 0)
         await stop(nodes)
+        // A stopped node fails each call at once.
+        var stopped: [Int: Result<Int, RemoteCallError>] = [:]
+        for await (index, answer) in square.results(for: [1, 2, 3], window: 2) { stopped[index] = answer }
+        #expect(stopped == [0: .failure(.nodeStopped), 1: .failure(.nodeStopped), 2: .failure(.nodeStopped)])
     }
 
     @Test("Pipelined calls are bounded by the window: calls started never exceed results taken plus the window")

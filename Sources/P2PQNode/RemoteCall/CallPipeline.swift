@@ -24,6 +24,10 @@ final class CallPipeline: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Held while calls or their cancels are handed to the bridge, so a cancel never reaches the
+    /// reactor before a call it names. Not `state`'s lock: a stopped node fails the calls at
+    /// once, and their completions take that one.
+    private let handOver = Mutex<Void>(())
     let window: Int
     /// Credits the producer waits for before it submits again, so calls go out in chunks (one
     /// hand-over each) rather than one per result taken.
@@ -81,12 +85,18 @@ final class CallPipeline: Sendable {
                 failed.append((call.index, .failure(error)))
             }
         }
+        handOver.withLock { _ in
+            let submit = state.withLock { state -> Bool in
+                state.credits += unused
+                guard !state.cancelled else { return false }
+                for op in ops { if case .call(let request) = op { state.outstanding.insert(request.token) } }
+                return true
+            }
+            if submit && !ops.isEmpty { bridge.submit(contentsOf: ops) }
+        }
+        guard !failed.isEmpty else { return }
         let consumer = state.withLock { state -> (CheckedContinuation<Element?, Never>, Element)? in
-            state.credits += unused
             guard !state.cancelled else { return nil }
-            for op in ops { if case .call(let request) = op { state.outstanding.insert(request.token) } }
-            // Under the lock: a cancel that follows finds these tokens and reaches the reactor after them.
-            if !ops.isEmpty { bridge.submit(contentsOf: ops) }
             state.ready.append(contentsOf: failed)
             return takeForConsumer(&state)
         }
@@ -108,10 +118,29 @@ final class CallPipeline: Sendable {
 
     /// The result of the call at `index` (reactor side, or any thread when the node stops).
     func complete(_ index: Int, token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        let consumer = state.withLock { state -> (CheckedContinuation<Element?, Never>, Element?)? in
-            guard state.outstanding.remove(token) != nil, !state.cancelled else { return nil }
+        deliver(index, token: token, result)
+        wake()
+    }
+
+    /// Records the result of the call at `index` without waking the consumer: the reactor
+    /// delivers a turn's results first and then wakes each stream once (``wake()``), so a
+    /// consumer faster than the link is not resumed once per result.
+    func deliver(_ index: Int, token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
+        state.withLock { state in
+            guard state.outstanding.remove(token) != nil, !state.cancelled else { return }
             state.ready.append((index, result))
+        }
+    }
+
+    /// Resumes the waiting consumer with the next ready result, if both are there.
+    func wake() {
+        let consumer = state.withLock { state -> (CheckedContinuation<Element?, Never>, Element?)? in
             if let taken = takeForConsumer(&state) { return (taken.0, taken.1) }
+            // The last result may have been dropped (cancelled): a waiting consumer ends.
+            if state.finished, let consumer = state.consumer {
+                state.consumer = nil
+                return (consumer, nil)
+            }
             return nil
         }
         if let (continuation, element) = consumer { continuation.resume(returning: element) }
@@ -164,6 +193,10 @@ final class CallPipeline: Sendable {
     /// Cancels every call still outstanding and ends the stream (the consumer's task was
     /// cancelled or its iterator dropped).
     func cancel() {
+        handOver.withLock { _ in cancelHoldingHandOver() }
+    }
+
+    private func cancelHoldingHandOver() {
         let (tokens, consumer, producer) = state.withLock { state in
             guard !state.cancelled else { return ([UInt64](), CheckedContinuation<Element?, Never>?.none, CheckedContinuation<Int, Never>?.none) }
             state.cancelled = true

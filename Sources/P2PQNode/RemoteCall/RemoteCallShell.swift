@@ -41,6 +41,8 @@ final class RemoteCallShell {
     private var performingExecutor = false
     private var callerQueue: [CallerAction] = []
     private var performingCaller = false
+    /// Pipelined streams given results while caller actions run: each is woken once at the end.
+    private var streamsToWake: [CallPipeline] = []
     private var flushScheduled = false
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
@@ -280,6 +282,11 @@ final class RemoteCallShell {
         }
         callerQueue.removeAll(keepingCapacity: true)
         performingCaller = false
+        if !streamsToWake.isEmpty {
+            let streams = streamsToWake
+            streamsToWake.removeAll(keepingCapacity: true)
+            for stream in streams { stream.wake() }
+        }
     }
 
     private func handle(_ action: CallerAction) {
@@ -330,7 +337,12 @@ final class RemoteCallShell {
             result = .failure(failure == .nodeStopped ? .nodeStopped : .invalidCall("the call queue refused the call: \(failure)"))
         }
         guard let task = request.nested else {
-            request.completion.resume(result)
+            if case .stream(let stream, let index, let token) = request.completion {
+                stream.deliver(index, token: token, result)
+                if streamsToWake.last !== stream { streamsToWake.append(stream) }
+            } else {
+                request.completion.resume(result)
+            }
             return
         }
         let left = (nestedCalls[task] ?? 1) - 1
