@@ -17,7 +17,7 @@ final class CallPipeline: Sendable {
         var outstanding: Set<UInt64> = []
         var submittedAll = false
         var cancelled = false
-        var consumer: CheckedContinuation<Element?, Never>?
+        var consumer: CheckedContinuation<[Element]?, Never>?
         var producer: CheckedContinuation<Int, Never>?
 
         var finished: Bool { cancelled || (submittedAll && outstanding.isEmpty && head == ready.count) }
@@ -29,6 +29,8 @@ final class CallPipeline: Sendable {
     /// once, and their completions take that one.
     private let handOver = Mutex<Void>(())
     let window: Int
+    /// Most results the consumer takes at once (its iterator hands them out without a lock).
+    private let maxTake: Int
     /// Credits the producer waits for before it submits again, so calls go out in chunks (one
     /// hand-over each) rather than one per result taken.
     private let chunk: Int
@@ -44,6 +46,7 @@ final class CallPipeline: Sendable {
         self.timeout = timeout
         self.window = window
         chunk = max(1, window / 8)
+        maxTake = max(1, window / 4)
         state = Mutex(State(credits: window))
     }
 
@@ -95,17 +98,17 @@ final class CallPipeline: Sendable {
             if submit && !ops.isEmpty { bridge.submit(contentsOf: ops) }
         }
         guard !failed.isEmpty else { return }
-        let consumer = state.withLock { state -> (CheckedContinuation<Element?, Never>, Element)? in
+        let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element])? in
             guard !state.cancelled else { return nil }
             state.ready.append(contentsOf: failed)
             return takeForConsumer(&state)
         }
-        if let (continuation, element) = consumer { continuation.resume(returning: element) }
+        if let (continuation, batch) = consumer { continuation.resume(returning: batch) }
     }
 
     /// The producer has submitted every argument.
     func finishSubmitting() {
-        let consumer = state.withLock { state -> CheckedContinuation<Element?, Never>? in
+        let consumer = state.withLock { state -> CheckedContinuation<[Element]?, Never>? in
             state.submittedAll = true
             guard state.finished, let consumer = state.consumer else { return nil }
             state.consumer = nil
@@ -116,73 +119,72 @@ final class CallPipeline: Sendable {
 
     // MARK: Reactor
 
-    /// The result of the call at `index` (reactor side, or any thread when the node stops).
+    /// The result of the call at `index` (any thread: a stopped node fails its calls).
     func complete(_ index: Int, token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        deliver(index, token: token, result)
-        wake()
+        deliver([(index, token, result)])
     }
 
-    /// Records the result of the call at `index` without waking the consumer: the reactor
-    /// delivers a turn's results first and then wakes each stream once (``wake()``), so a
+    /// Records a reactor turn's results for this stream and wakes its consumer once, so a
     /// consumer faster than the link is not resumed once per result.
-    func deliver(_ index: Int, token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        state.withLock { state in
-            guard state.outstanding.remove(token) != nil, !state.cancelled else { return }
-            state.ready.append((index, result))
-        }
-    }
-
-    /// Resumes the waiting consumer with the next ready result, if both are there.
-    func wake() {
-        let consumer = state.withLock { state -> (CheckedContinuation<Element?, Never>, Element?)? in
-            if let taken = takeForConsumer(&state) { return (taken.0, taken.1) }
-            // The last result may have been dropped (cancelled): a waiting consumer ends.
-            if state.finished, let consumer = state.consumer {
-                state.consumer = nil
-                return (consumer, nil)
+    func deliver(_ results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)]) {
+        let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element]?)? in
+            guard !state.cancelled else { return nil }
+            for (index, token, result) in results where state.outstanding.remove(token) != nil {
+                state.ready.append((index, result))
             }
+            if let taken = takeForConsumer(&state) { return (taken.0, taken.1) }
             return nil
         }
-        if let (continuation, element) = consumer { continuation.resume(returning: element) }
+        if let (continuation, batch) = consumer { continuation.resume(returning: batch) }
     }
 
-    /// The waiting consumer and the next ready result, which it takes (its slot is freed).
-    private func takeForConsumer(_ state: inout State) -> (CheckedContinuation<Element?, Never>, Element)? {
+    /// The waiting consumer and the results it takes.
+    private func takeForConsumer(_ state: inout State) -> (CheckedContinuation<[Element]?, Never>, [Element])? {
         guard let consumer = state.consumer, state.head < state.ready.count else { return nil }
         state.consumer = nil
         return (consumer, take(&state))
     }
 
-    private func take(_ state: inout State) -> Element {
-        let element = state.ready[state.head]
-        state.head += 1
+    /// Up to `maxTake` ready results; their window slots are freed when the consumer has
+    /// handed them all out (``next(consumed:)``).
+    private func take(_ state: inout State) -> [Element] {
+        let end = min(state.ready.count, state.head + maxTake)
+        let batch = Array(state.ready[state.head..<end])
+        state.head = end
         if state.head == state.ready.count {
             state.ready.removeAll(keepingCapacity: true)
             state.head = 0
         }
-        state.credits += 1
-        if state.credits >= chunk, let producer = state.producer {
-            state.producer = nil
-            let credits = state.credits
-            state.credits = 0
-            // Resumed outside the caller's lock would be tidier, but resuming only enqueues.
-            producer.resume(returning: credits)
-        }
-        return element
+        return batch
+    }
+
+    /// Frees `count` window slots and wakes the producer when a chunk is free.
+    private func release(_ count: Int, _ state: inout State) -> CheckedContinuation<Int, Never>? {
+        state.credits += count
+        guard state.credits >= chunk, let producer = state.producer else { return nil }
+        state.producer = nil
+        return producer
     }
 
     // MARK: Consumer
 
-    /// The next result in completion order; nil when every call is answered or the stream was cancelled.
-    func next() async -> Element? {
+    /// The next results in completion order, after the consumer handed out `consumed` (their
+    /// slots are freed); nil when every call is answered or the stream was cancelled.
+    func next(consumed: Int) async -> [Element]? {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Element?, Never>) in
-                let answer = state.withLock { state -> Element?? in
-                    if state.head < state.ready.count && !state.cancelled { return .some(take(&state)) }
-                    if state.finished { return .some(nil) }
+            await withCheckedContinuation { (continuation: CheckedContinuation<[Element]?, Never>) in
+                let (answer, producer) = state.withLock { state -> ([Element]??, (CheckedContinuation<Int, Never>, Int)?) in
+                    var producer: (CheckedContinuation<Int, Never>, Int)?
+                    if !state.cancelled, let waiting = release(consumed, &state) {
+                        producer = (waiting, state.credits)
+                        state.credits = 0
+                    }
+                    if state.head < state.ready.count && !state.cancelled { return (.some(take(&state)), producer) }
+                    if state.finished { return (.some(nil), producer) }
                     state.consumer = continuation
-                    return nil
+                    return (nil, producer)
                 }
+                if let (waiting, credits) = producer { waiting.resume(returning: credits) }
                 if let answer { continuation.resume(returning: answer) }
             }
         } onCancel: {
@@ -198,7 +200,7 @@ final class CallPipeline: Sendable {
 
     private func cancelHoldingHandOver() {
         let (tokens, consumer, producer) = state.withLock { state in
-            guard !state.cancelled else { return ([UInt64](), CheckedContinuation<Element?, Never>?.none, CheckedContinuation<Int, Never>?.none) }
+            guard !state.cancelled else { return ([UInt64](), CheckedContinuation<[Element]?, Never>?.none, CheckedContinuation<Int, Never>?.none) }
             state.cancelled = true
             let tokens = Array(state.outstanding)
             state.outstanding = []

@@ -358,9 +358,27 @@ public struct RemoteCallResults<R: Sendable>: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         let lifetime: CallPipelineLifetime
         let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
+        /// Results taken from the stream at once, handed out one by one without a lock.
+        private var taken: [CallPipeline.Element] = []
+        private var position = 0
+
+        init(lifetime: CallPipelineLifetime, decode: @escaping @Sendable ([UInt8]) -> Result<R, RemoteCallError>) {
+            self.lifetime = lifetime
+            self.decode = decode
+        }
 
         public mutating func next() async -> Element? {
-            guard let (index, result) = await lifetime.pipeline.next() else { return nil }
+            if position == taken.count {
+                guard let batch = await lifetime.pipeline.next(consumed: taken.count) else {
+                    taken = []
+                    position = 0
+                    return nil
+                }
+                taken = batch
+                position = 0
+            }
+            let (index, result) = taken[position]
+            position += 1
             return (index, result.flatMap(decode))
         }
     }

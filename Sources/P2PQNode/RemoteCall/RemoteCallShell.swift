@@ -42,7 +42,7 @@ final class RemoteCallShell {
     private var callerQueue: [CallerAction] = []
     private var performingCaller = false
     /// Pipelined streams given results while caller actions run: each is woken once at the end.
-    private var streamsToWake: [CallPipeline] = []
+    private var streamResults: [(stream: CallPipeline, results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)])] = []
     private var flushScheduled = false
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
@@ -282,10 +282,10 @@ final class RemoteCallShell {
         }
         callerQueue.removeAll(keepingCapacity: true)
         performingCaller = false
-        if !streamsToWake.isEmpty {
-            let streams = streamsToWake
-            streamsToWake.removeAll(keepingCapacity: true)
-            for stream in streams { stream.wake() }
+        if !streamResults.isEmpty {
+            let streams = streamResults
+            streamResults.removeAll(keepingCapacity: true)
+            for (stream, results) in streams { stream.deliver(results) }
         }
     }
 
@@ -338,8 +338,13 @@ final class RemoteCallShell {
         }
         guard let task = request.nested else {
             if case .stream(let stream, let index, let token) = request.completion {
-                stream.deliver(index, token: token, result)
-                if streamsToWake.last !== stream { streamsToWake.append(stream) }
+                if let last = streamResults.indices.last, streamResults[last].stream === stream {
+                    streamResults[last].results.append((index, token, result))
+                } else if let at = streamResults.firstIndex(where: { $0.stream === stream }) {
+                    streamResults[at].results.append((index, token, result))
+                } else {
+                    streamResults.append((stream, [(index, token, result)]))
+                }
             } else {
                 request.completion.resume(result)
             }
