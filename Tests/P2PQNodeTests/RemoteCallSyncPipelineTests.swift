@@ -19,8 +19,10 @@ private func result<T>(_ body: () async throws(RemoteCallError) -> T) async -> R
     }
 }
 
+/// The kernel's name of the calling thread.
 private func threadName() -> String {
-    let name = Thread.current.name ?? ""
+    let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?
+        .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
     return name.isEmpty ? "unnamed" : name
 }
 

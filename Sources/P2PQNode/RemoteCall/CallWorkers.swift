@@ -1,3 +1,4 @@
+import CP2PQSystem
 import Foundation
 import Glibc
 
@@ -60,7 +61,9 @@ final class CallWorkers: @unchecked Sendable {
     }
 
     private func work(_ index: Int) {
-        Thread.current.name = "p2pq-sync-\(index)"
+        // The kernel's name (seen by perf, top and /proc): otherwise a thread started from the
+        // reactor inherits "p2pq-reactor".
+        _ = "p2pq-sync-\(index)".withCString { p2pq_set_thread_name($0) }
         condition.lock()
         while true {
             while head == jobs.count && !stopped {
