@@ -36,11 +36,14 @@ struct RPCBench: AsyncParsableCommand {
     @Option(help: "Also measure throughput with batch calls of this many (the in-flight calls split into batches); 0 skips it.")
     var batch: Int = 32
 
-    @Option(help: "Which throughput runs: all, off-reactor or inline.")
+    @Option(help: "Also measure throughput with pipelined calls (RemoteFunction.results(for:window:)) with this window; 0 skips it.")
+    var pipeline: Int = 256
+
+    @Option(help: "Which throughput runs: all, off-reactor (a task per call), sync (registerRawSync: worker threads) or inline.")
     var execution: ExecutionChoice = .all
 
     enum ExecutionChoice: String, ExpressibleByArgument, CaseIterable {
-        case all, offReactor = "off-reactor", inline
+        case all, offReactor = "off-reactor", sync, inline
     }
 
     @Flag(help: "Run the calling tasks on the caller node's reactor (Node.taskExecutor) instead of the global pool.")
@@ -49,6 +52,7 @@ struct RPCBench: AsyncParsableCommand {
     func validate() throws {
         guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
         guard batch >= 0, batch <= inFlight else { throw ValidationError("--batch must be 0...--in-flight") }
+        guard (0...65535).contains(pipeline) else { throw ValidationError("--pipeline must be 0...65535") }
         guard latencyCalls >= 1, throughputCalls >= 1, inFlight >= 1, maxConcurrentCalls >= 1 else {
             throw ValidationError("counts must be positive")
         }
@@ -69,6 +73,7 @@ struct RPCBench: AsyncParsableCommand {
         let rpc = try await RemoteCall(node: node, maxConcurrentCalls: 1)
         let echo = rpc.rawFunction("echo")
         let inline = rpc.rawFunction("echo-inline")
+        let sync = rpc.rawFunction("echo-sync")
         let argument = [UInt8](repeating: 0xAB, count: 16)
 
         // Warm up links, caches and the child's waiting pops.
@@ -119,23 +124,27 @@ struct RPCBench: AsyncParsableCommand {
         }
 
         var rates: [String: [Double]] = [:]
-        let executions = [("off-reactor", echo), ("inline", inline)].filter { execution == .all || $0.0 == execution.rawValue }
+        let executions = [("off-reactor", echo), ("sync", sync), ("inline", inline)].filter { execution == .all || $0.0 == execution.rawValue }
         for (label, function) in executions {
-            for batchSize in batch > 1 ? [1, batch] : [1] {
-                let key = batchSize == 1 ? label : "\(label)-batch"
+            // 0: one call per task; -1: pipelined; else batch calls of that size.
+            for batchSize in (batch > 1 ? [1, batch] : [1]) + (pipeline > 0 ? [-1] : []) {
+                let key = batchSize == 1 ? label : batchSize == -1 ? "\(label)-pipeline" : "\(label)-batch"
                 for run in 1...runs {
                     let callerBefore = cpuSeconds()
                     let executorBefore = cpuSeconds(ofProcess: cluster.nodes[0].pid)
-                    let rate = try await throughput(function, argument: argument, batchSize: batchSize, clock: clock,
-                                                executor: callerOnReactor ? node.taskExecutor : nil)
+                    let rate = batchSize == -1
+                        ? try await pipelined(function, argument: argument, clock: clock, executor: callerOnReactor ? node.taskExecutor : nil)
+                        : try await throughput(function, argument: argument, batchSize: batchSize, clock: clock,
+                                               executor: callerOnReactor ? node.taskExecutor : nil)
                     rates[key, default: []].append(rate)
                     // CPU per call in each process: steadier than the rate on a VM whose speed drifts.
                     let callerCPU = (cpuSeconds() - callerBefore) / Double(throughputCalls) * 1e6
                     let executorCPU = cpuSeconds(ofProcess: cluster.nodes[0].pid).flatMap { after in
                         executorBefore.map { (after - $0) / Double(throughputCalls) * 1e6 }
                     } ?? .nan
-                    print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "batch": "\(batchSize)", "run": "\(run)",
-                                "calls": "\(throughputCalls)", "inFlight": "\(inFlight)", "calls_per_s": format(rate),
+                    print(json(["workload": "\"W2b\"", "execution": "\"\(label)\"", "batch": "\(max(batchSize, 0))",
+                                "pipeline": "\(batchSize == -1 ? pipeline : 0)", "run": "\(run)",
+                                "calls": "\(throughputCalls)", "inFlight": "\(batchSize == -1 ? pipeline : inFlight)", "calls_per_s": format(rate),
                                 "caller_cpu_us_per_call": format(callerCPU), "executor_cpu_us_per_call": format(executorCPU)]))
                     fflush(nil)
                 }
@@ -147,15 +156,42 @@ struct RPCBench: AsyncParsableCommand {
             ("caller_tasks", callerOnReactor ? "\"reactor\"" : "\"pool\""),
         ]
         if batch > 1 { summary.append(("batch", "\(batch)")) }
-        // Only the runs measured (see --execution and --batch).
-        for (key, field) in [("off-reactor", "off_reactor"), ("inline", "inline"),
-                             ("off-reactor-batch", "off_reactor_batch"), ("inline-batch", "inline_batch")] {
-            if let values = rates[key] { summary.append(("calls_per_s_\(field)_median", format(median(values)))) }
+        if pipeline > 0 { summary.append(("pipeline", "\(pipeline)")) }
+        // Only the runs measured (see --execution, --batch and --pipeline).
+        for label in ["off-reactor", "sync", "inline"] {
+            for suffix in ["", "-batch", "-pipeline"] {
+                let key = label + suffix
+                let field = key.replacingOccurrences(of: "-", with: "_")
+                if let values = rates[key] { summary.append(("calls_per_s_\(field)_median", format(median(values)))) }
+            }
         }
         print(json(summary))
         fflush(nil)
         await node.stop()
         cluster.stop()
+    }
+
+    /// `throughputCalls` pipelined calls from one task, `pipeline` in flight.
+    private func pipelined(_ function: RawRemoteFunction, argument: [UInt8], clock: ContinuousClock,
+                           executor: (any TaskExecutor)?) async throws -> Double {
+        let total = throughputCalls
+        let window = pipeline
+        let start = clock.now
+        let task = Task(executorPreference: executor) { () async -> (failed: Int, received: Int) in
+            var failed = 0
+            var received = 0
+            for await (_, result) in function.results(for: repeatElement(argument, count: total), window: window) {
+                received += 1
+                if case .success(let bytes) = result, bytes.count == argument.count { continue }
+                failed += 1
+            }
+            return (failed, received)
+        }
+        let (failed, received) = await task.value
+        let elapsed = clock.now - start
+        guard failed == 0, received == total else { throw ValidationError("\(failed) pipelined calls failed, \(total - received) missing") }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        return Double(total) / seconds
     }
 
     /// `inFlight` calls kept in flight by `inFlight / batchSize` tasks, each making one call (or

@@ -25,6 +25,7 @@ enum ExampleFunctions {
     static func register(on rpc: RemoteCall) {
         rpc.registerRaw("echo") { $0 }
         rpc.registerRawInline("echo-inline") { $0 }
+        rpc.registerRawSync("echo-sync") { $0 }
         let fib = rpc.function("fib", memoize: true, arguments: FibArguments.self, result: Int.self)
         rpc.register("fib", memoize: true) { (arguments: FibArguments) async throws -> Int in
             if arguments.sleepMilliseconds > 0 { try await Task.sleep(for: .milliseconds(arguments.sleepMilliseconds)) }

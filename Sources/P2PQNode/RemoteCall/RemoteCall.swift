@@ -9,10 +9,16 @@ public struct RemoteCallConfiguration: Sendable {
     /// The executor side: memo cache size, argument limit, deadline grace. Its
     /// `maxConcurrentCalls` is set from ``RemoteCall/init(node:queueName:maxConcurrentCalls:configuration:)``.
     public var executor: ExecutorConfiguration
+    /// Threads that run synchronous functions (``RemoteCall/registerSync(_:memoize:_:)``);
+    /// `nil` means the smaller of `maxConcurrentCalls` and the core count. They are started on
+    /// the first synchronous call and end when the node stops.
+    public var syncThreads: Int?
 
-    public init(caller: CallerConfiguration = CallerConfiguration(), executor: ExecutorConfiguration = ExecutorConfiguration()) {
+    public init(caller: CallerConfiguration = CallerConfiguration(), executor: ExecutorConfiguration = ExecutorConfiguration(),
+                syncThreads: Int? = nil) {
         self.caller = caller
         self.executor = executor
+        self.syncThreads = syncThreads
     }
 }
 
@@ -85,9 +91,13 @@ public final class RemoteCall: Sendable {
     ) async throws(RemoteCallError) {
         guard maxConcurrentCalls > 0 else { throw .invalidCall("maxConcurrentCalls must be positive, not \(maxConcurrentCalls)") }
         guard (1...255).contains(queueName.utf8.count) else { throw .invalidCall("the queue name must be 1...255 UTF-8 bytes") }
+        if let threads = configuration.syncThreads, !(1...1024).contains(threads) {
+            throw .invalidCall("syncThreads must be 1...1024, not \(threads)")
+        }
         self.node = node
         self.maxConcurrentCalls = maxConcurrentCalls
-        let bridge = RemoteCallBridge(node: node, queueName: queueName)
+        let threads = configuration.syncThreads ?? min(maxConcurrentCalls, ProcessInfo.processInfo.activeProcessorCount)
+        let bridge = RemoteCallBridge(node: node, queueName: queueName, workerThreads: threads)
         self.bridge = bridge
         var executorConfiguration = configuration.executor
         executorConfiguration.maxConcurrentCalls = maxConcurrentCalls
@@ -144,6 +154,38 @@ public final class RemoteCall: Sendable {
         }
         bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: run))
         return function(name, memoize: memoize)
+    }
+
+    /// Registers a synchronous function: its calls run on the node's call worker threads (see
+    /// ``RemoteCallConfiguration/syncThreads``), a run of calls at a time in a loop, with no
+    /// task per call and one hand-over to the reactor per run. For functions that compute and
+    /// return without waiting; a function that blocks holds a worker thread (and the calls
+    /// queued behind it). It cannot make nested calls. A cancel that arrives before the call
+    /// starts skips it; one that arrives while it runs drops its result (the caller has failed
+    /// the call already).
+    @discardableResult
+    public func registerSync<A: Codable & Sendable, R: Codable & Sendable>(
+        _ name: String, memoize: Bool = false, _ body: @escaping @Sendable (A) throws -> R
+    ) -> RemoteFunction<A, R> {
+        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
+            let arguments: A
+            do { arguments = try CompactDecoder().decode(A.self, from: bytes) } catch { return .badArguments(truncated(error)) }
+            do { return try encodeResult(body(arguments)) } catch { return outcome(of: error) }
+        }
+        bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: nil, syncBody: run))
+        return function(name, memoize: memoize)
+    }
+
+    /// Registers a synchronous function on raw bytes (see ``registerSync(_:memoize:_:)``).
+    @discardableResult
+    public func registerRawSync(
+        _ name: String, memoize: Bool = false, _ body: @escaping @Sendable ([UInt8]) throws -> [UInt8]
+    ) -> RawRemoteFunction {
+        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
+            do { return .success(try body(bytes)) } catch { return outcome(of: error) }
+        }
+        bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: nil, syncBody: run))
+        return rawFunction(name, memoize: memoize)
     }
 
     /// Registers a function on raw bytes (no encoding).
@@ -260,6 +302,132 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
     }
 }
 
+extension RemoteFunction {
+    /// Pipelined calls, one per element of `arguments`, with at most `window` calls in flight
+    /// or answered but not yet taken: the results as they complete, each tagged with the index
+    /// of its argument. Calls go to the reactor in chunks (one hand-over per chunk) and are
+    /// made again each time the sequence is iterated. Ending the iteration early (or cancelling
+    /// the iterating task) cancels the calls still outstanding.
+    ///
+    /// ```swift
+    /// for await (index, result) in square.results(for: 0..<1_000_000) { … }
+    /// ```
+    public func results<S: Sequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<R>
+    where S.Element == A {
+        let name = name
+        return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                                 decode: { decodeResult(R.self, $0, function: name) }) { pipeline in
+            await produce(arguments, into: pipeline) { encodeArguments($0, function: name) }
+        }
+    }
+
+    /// Pipelined calls over an async sequence of arguments (see ``results(for:window:timeout:)-(S,_,_)``):
+    /// each argument is submitted as it arrives, while the window has room.
+    public func results<S: AsyncSequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<R>
+    where S.Element == A, S.Failure == Never {
+        let name = name
+        return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                                 decode: { decodeResult(R.self, $0, function: name) }) { pipeline in
+            await produce(arguments, into: pipeline) { encodeArguments($0, function: name) }
+        }
+    }
+}
+
+/// The results of pipelined calls (``RemoteFunction/results(for:window:timeout:)-(S,_,_)``), in the
+/// order they complete, each with the index of its argument. Iterating makes the calls.
+public struct RemoteCallResults<R: Sendable>: AsyncSequence, Sendable {
+    public typealias Element = (index: Int, result: Result<R, RemoteCallError>)
+    public typealias Failure = Never
+
+    let bridge: RemoteCallBridge
+    let function: String
+    let memoize: Bool
+    let timeout: Duration?
+    let window: Int
+    let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
+    let produce: @Sendable (CallPipeline) async -> Void
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        let pipeline = CallPipeline(bridge: bridge, function: function, memoize: memoize, timeout: timeout,
+                                    window: Swift.min(Swift.max(1, window), RemoteCallLimits.maxEntriesPerMessage))
+        let produce = produce
+        let producer = Task { await produce(pipeline) }
+        return AsyncIterator(lifetime: CallPipelineLifetime(pipeline: pipeline, producer: producer), decode: decode)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let lifetime: CallPipelineLifetime
+        let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
+        /// Results taken from the stream at once, handed out one by one without a lock.
+        private var taken: [CallPipeline.Element] = []
+        private var position = 0
+
+        init(lifetime: CallPipelineLifetime, decode: @escaping @Sendable ([UInt8]) -> Result<R, RemoteCallError>) {
+            self.lifetime = lifetime
+            self.decode = decode
+        }
+
+        public mutating func next() async -> Element? {
+            if position == taken.count {
+                guard let batch = await lifetime.pipeline.next(consumed: taken.count) else {
+                    taken = []
+                    position = 0
+                    return nil
+                }
+                taken = batch
+                position = 0
+            }
+            let (index, result) = taken[position]
+            position += 1
+            return (index, result.flatMap(decode))
+        }
+    }
+}
+
+/// Submits `arguments` into `pipeline` in chunks as the window frees up.
+private func produce<S: Sequence>(_ arguments: S, into pipeline: CallPipeline,
+                                  encode: (S.Element) -> Result<[UInt8], RemoteCallError>) async {
+    var iterator = arguments.makeIterator()
+    var index = 0
+    while true {
+        let credits = await pipeline.acquire()
+        if credits == 0 { return }
+        var calls: [(index: Int, arguments: Result<[UInt8], RemoteCallError>)] = []
+        calls.reserveCapacity(credits)
+        while calls.count < credits, let element = iterator.next() {
+            calls.append((index, encode(element)))
+            index += 1
+        }
+        let exhausted = calls.count < credits
+        pipeline.submit(calls, unused: credits - calls.count)
+        if exhausted {
+            pipeline.finishSubmitting()
+            return
+        }
+    }
+}
+
+/// Submits `arguments` into `pipeline` one by one as they arrive and the window has room.
+private func produce<S: AsyncSequence>(_ arguments: S, into pipeline: CallPipeline,
+                                       encode: (S.Element) -> Result<[UInt8], RemoteCallError>) async where S.Failure == Never {
+    var iterator = arguments.makeAsyncIterator()
+    var index = 0
+    while true {
+        let credits = await pipeline.acquire()
+        if credits == 0 { return }
+        for used in 0..<credits {
+            // A slow source does not hold back calls already taken from it.
+            guard let element = await iterator.next(isolation: nil), !pipeline.isCancelled else {
+                pipeline.submit([], unused: credits - used)
+                pipeline.finishSubmitting()
+                return
+            }
+            pipeline.submit([(index, encode(element))], unused: 0)
+            index += 1
+        }
+    }
+}
+
 /// A handle on a function of raw bytes.
 public struct RawRemoteFunction: Sendable {
     let bridge: RemoteCallBridge
@@ -275,6 +443,36 @@ public struct RawRemoteFunction: Sendable {
     /// the results in order (see ``RemoteFunction/call(batch:timeout:)``).
     nonisolated(nonsending) public func call(batch: [[UInt8]], timeout: Duration? = nil) async -> [Result<[UInt8], RemoteCallError>] {
         await bridge.callBatch(name, batch, memoize: memoize, timeout: timeout)
+    }
+
+    /// Pipelined calls (see ``RemoteFunction/results(for:window:timeout:)-(S,_,_)``).
+    public func results<S: Sequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<[UInt8]>
+    where S.Element == [UInt8] {
+        RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                          decode: { .success($0) }) { pipeline in
+            await produce(arguments, into: pipeline) { .success($0) }
+        }
+    }
+
+    /// Pipelined calls over an async sequence of arguments.
+    public func results<S: AsyncSequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<[UInt8]>
+    where S.Element == [UInt8], S.Failure == Never {
+        RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                          decode: { .success($0) }) { pipeline in
+            await produce(arguments, into: pipeline) { .success($0) }
+        }
+    }
+}
+
+private func encodeArguments<A: Encodable>(_ arguments: A, function: String) -> Result<[UInt8], RemoteCallError> {
+    do { return .success(try CompactEncoder().encode(arguments)) } catch {
+        return .failure(.invalidCall("arguments of \"\(function)\" did not encode: \(error)"))
+    }
+}
+
+private func decodeResult<R: Decodable>(_ type: R.Type, _ bytes: [UInt8], function: String) -> Result<R, RemoteCallError> {
+    do { return .success(try CompactDecoder().decode(R.self, from: bytes)) } catch {
+        return .failure(.badResult(function: function, description: String(describing: error)))
     }
 }
 

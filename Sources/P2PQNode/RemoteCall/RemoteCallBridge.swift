@@ -19,11 +19,13 @@ struct CallRequest: Sendable {
 enum CallCompletion: Sendable {
     case single(CallRequest.Continuation)
     case batch(CallBatch, index: Int)
+    case stream(CallPipeline, index: Int, token: UInt64)
 
     func resume(_ result: Result<[UInt8], RemoteCallError>) {
         switch self {
         case .single(let continuation): continuation.resume(returning: result)
         case .batch(let batch, let index): batch.complete(index, result)
+        case .stream(let pipeline, let index, let token): pipeline.complete(index, token: token, result)
         }
     }
 }
@@ -63,6 +65,8 @@ struct Registration: Sendable {
     var body: @Sendable ([UInt8]) async -> CallOutcome
     /// Set for inline registrations: runs on the reactor thread, must not block.
     var inlineBody: (@Sendable ([UInt8]) -> CallOutcome)?
+    /// Set for synchronous registrations: runs on a call worker thread, a run of calls at a time.
+    var syncBody: (@Sendable ([UInt8]) -> CallOutcome)? = nil
 }
 
 /// Work handed from any task to the reactor, in order, drained in one hop per batch.
@@ -70,6 +74,8 @@ enum RemoteCallOp: Sendable {
     case call(CallRequest)
     case cancel(token: UInt64)
     case finished(TaskID, CallOutcome)
+    /// The outcomes of a run of synchronous calls, handed over at once.
+    case finishedRun([(TaskID, CallOutcome)])
     case register(String, inline: (@Sendable ([UInt8]) -> CallOutcome)?)
     case process(Bool)
 }
@@ -99,6 +105,8 @@ final class RemoteCallBridge: Sendable {
     private let earlyCancels = Atomic<Int>(0)
     /// Set when the node stops (`cancelAll`).
     private let stopped = Atomic<Bool>(false)
+    /// The threads that run synchronous functions.
+    let workers: CallWorkers
 
     private struct Inbox: Sendable {
         var ops: [RemoteCallOp] = []
@@ -118,14 +126,18 @@ final class RemoteCallBridge: Sendable {
         case cancelledEarly
     }
 
-    init(node: Node, queueName: String) {
+    init(node: Node, queueName: String, workerThreads: Int) {
         self.node = node
         self.queueName = queueName
+        self.workers = CallWorkers(threads: workerThreads)
     }
 
     var identity: ObjectIdentifier { ObjectIdentifier(self) }
 
     func nextToken() -> UInt64 { tokens.wrappingAdd(1, ordering: .relaxed).oldValue }
+
+    /// The first of `count` consecutive fresh tokens.
+    func reserveTokens(_ count: Int) -> UInt64 { tokens.wrappingAdd(UInt64(count), ordering: .relaxed).oldValue }
 
     // MARK: Inbox
 
@@ -243,10 +255,70 @@ final class RemoteCallBridge: Sendable {
     /// runner takes the next call; one that holds the thread holds only its runner, and the
     /// others take the rest of the batch. Each outcome is handed to the reactor as it is ready
     /// (the inbox wakes the reactor once per drain, not per outcome).
+    ///
+    /// Calls of synchronous functions (`registerSync`) start no task: they go to the worker
+    /// threads as runs (``runSync(_:)``).
     func run(_ tasks: [CallTask]) {
-        let work = CallRun(tasks)
-        for _ in 0..<min(tasks.count, Self.runnerWidth) {
+        var asynchronous: [CallTask] = []
+        var synchronous: [SyncCall] = []
+        var registration: (name: String, value: Registration?)?
+        for task in tasks {
+            if registration?.name != task.function {
+                registration = (task.function, registry.withLock { $0[task.function] })
+            }
+            if let body = registration?.value?.syncBody {
+                synchronous.append(SyncCall(task: task.id, arguments: task.arguments, body: body))
+            } else {
+                asynchronous.append(task)
+            }
+        }
+        if !synchronous.isEmpty { runSync(synchronous) }
+        guard !asynchronous.isEmpty else { return }
+        let work = CallRun(asynchronous)
+        for _ in 0..<min(asynchronous.count, Self.runnerWidth) {
             Task.detached { [self] in runCalls(work) }
+        }
+    }
+
+    /// Hands synchronous calls to the worker threads: split in at most one run per thread, each
+    /// run worked in a loop by one thread and its outcomes handed to the reactor at once.
+    func runSync(_ calls: [SyncCall]) {
+        let parts = min(calls.count, workers.threadCount)
+        var runs: [ArraySlice<SyncCall>] = []
+        runs.reserveCapacity(parts)
+        var start = 0
+        for part in 0..<parts {
+            let size = calls.count / parts + (part < calls.count % parts ? 1 : 0)
+            runs.append(calls[start..<start + size])
+            start += size
+        }
+        workers.enqueue(runs) { [self] run in execute(run) }
+    }
+
+    /// Runs one run of synchronous calls on a worker thread.
+    private func execute(_ run: ArraySlice<SyncCall>) {
+        var outcomes: [(TaskID, CallOutcome)] = []
+        outcomes.reserveCapacity(run.count)
+        for call in run {
+            // A stopped node starts no more calls; the outcomes so far are dropped with it.
+            if stopped.load(ordering: .relaxed) { return }
+            if earlyCancels.load(ordering: .relaxed) > 0 && takeEarlyCancel(call.task) {
+                // Nobody waits for it: not run, and its slot is freed like a cancelled task's.
+                outcomes.append((call.task, .thrown(typeName: "Swift.CancellationError", description: "CancellationError()")))
+                continue
+            }
+            outcomes.append((call.task, call.body(call.arguments)))
+        }
+        submit(.finishedRun(outcomes))
+    }
+
+    /// Whether `task` was cancelled before it started (the mark is consumed).
+    private func takeEarlyCancel(_ task: TaskID) -> Bool {
+        running.withLock { running in
+            guard case .cancelledEarly = running[task] else { return false }
+            running[task] = nil
+            earlyCancels.subtract(1, ordering: .relaxed)
+            return true
         }
     }
 
@@ -318,12 +390,20 @@ final class RemoteCallBridge: Sendable {
     /// The node stopped: running functions are cancelled and runners start no more calls.
     func cancelAll() {
         stopped.store(true, ordering: .relaxed)
+        workers.stop()
         running.withLock { running in
             for case .task(let running) in running.values { running.task.cancel() }
             running = [:]
             earlyCancels.store(0, ordering: .relaxed)
         }
     }
+}
+
+/// A call of a synchronous function, as a worker thread runs it.
+struct SyncCall: Sendable {
+    var task: TaskID
+    var arguments: [UInt8]
+    var body: @Sendable ([UInt8]) -> CallOutcome
 }
 
 /// The calls of a batch still to start, shared by its runners.

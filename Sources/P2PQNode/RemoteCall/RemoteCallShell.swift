@@ -41,6 +41,8 @@ final class RemoteCallShell {
     private var performingExecutor = false
     private var callerQueue: [CallerAction] = []
     private var performingCaller = false
+    /// Pipelined streams given results while caller actions run: each is woken once at the end.
+    private var streamResults: [(stream: CallPipeline, results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)])] = []
     private var flushScheduled = false
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
@@ -123,6 +125,10 @@ final class RemoteCallShell {
                 outcomes.append((task, outcome))
                 continue
             }
+            if case .finishedRun(let run) = op {
+                outcomes.append(contentsOf: run)
+                continue
+            }
             if !outcomes.isEmpty {
                 finish(outcomes)
                 outcomes.removeAll()
@@ -136,7 +142,7 @@ final class RemoteCallShell {
             case .process(let on):
                 performExecutor(on ? executor.start() : executor.stop())
                 if !on { performCaller(caller.executorStopped(localPeer, now: now)) }
-            case .finished: break
+            case .finished, .finishedRun: break
             }
         }
         if !calls.isEmpty { call(calls) }
@@ -277,6 +283,11 @@ final class RemoteCallShell {
         }
         callerQueue.removeAll(keepingCapacity: true)
         performingCaller = false
+        if !streamResults.isEmpty {
+            let streams = streamResults
+            streamResults.removeAll(keepingCapacity: true)
+            for (stream, results) in streams { stream.deliver(results) }
+        }
     }
 
     private func handle(_ action: CallerAction) {
@@ -327,7 +338,17 @@ final class RemoteCallShell {
             result = .failure(failure == .nodeStopped ? .nodeStopped : .invalidCall("the call queue refused the call: \(failure)"))
         }
         guard let task = request.nested else {
-            request.completion.resume(result)
+            if case .stream(let stream, let index, let token) = request.completion {
+                if let last = streamResults.indices.last, streamResults[last].stream === stream {
+                    streamResults[last].results.append((index, token, result))
+                } else if let at = streamResults.firstIndex(where: { $0.stream === stream }) {
+                    streamResults[at].results.append((index, token, result))
+                } else {
+                    streamResults.append((stream, [(index, token, result)]))
+                }
+            } else {
+                request.completion.resume(result)
+            }
             return
         }
         let left = (nestedCalls[task] ?? 1) - 1
