@@ -1,4 +1,4 @@
-// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x29).
+// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x2A).
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
 // replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
@@ -21,6 +21,7 @@ import Darwin
 let types: [MessageType] = [
     .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
     .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
+    .queueReplicaRelease,
 ]
 
 @_cdecl("LLVMFuzzerTestOneInput")
