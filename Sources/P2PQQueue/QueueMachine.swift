@@ -694,8 +694,16 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         detectStall(&actions, now: now)
-        if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
+        if deadPeers.contains(peer) {  // a restart under the same identity
+            forgetDeath(of: peer)
+            if keepsReplicas { releaseAll(to: peer, &actions) }
+        }
         guard view(peer) != nil else { return actions }
+        // Items pushed while no peer kept replicas completed unreplicated: the first such peer
+        // gets them now (the owner's death no longer loses them).
+        if keepsReplicas && replicates && !peers.values.contains(where: { $0.connected && $0.keepsReplicas && !$0.closed }) {
+            replicateUnreplicated()
+        }
         peers[peer]!.connected = true
         peers[peer]!.adoptsOwnership = adoptsOwnership
         peers[peer]!.keepsReplicas = keepsReplicas
@@ -773,8 +781,10 @@ public struct QueueMachine: Sendable {
     public mutating func peerRejoined(_ peer: PeerID, linked: Bool, keepsReplicas: Bool = false, now: UInt64) -> [Action] {
         guard peer != localPeer, deadPeers.contains(peer) else { return [] }
         forgetDeath(of: peer)
-        guard linked else { return [] }
-        return peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
+        var actions: [Action] = []
+        if keepsReplicas { releaseAll(to: peer, &actions) }
+        guard linked else { return actions }
+        return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
     }
 
     /// This node was declared dead by its peers (membership heard the verdict and refuted it):
@@ -2705,6 +2715,44 @@ extension QueueMachine {
                 any = true
             }
             if any { insertBacklog(SequenceRun(first: run.first, count: run.count)) }
+        }
+    }
+
+    /// Puts every own item here with no replica (and none on the way) in the backlog.
+    mutating func replicateUnreplicated() {
+        let sequences = owned.sequences { $0.holder == HolderTable.here && $0.replica == HolderTable.here }
+        var pending: SequenceRun?
+        for sequence in sequences {
+            if let run = pending, run.first &+ UInt64(run.count) == sequence, run.count < UInt32.max {
+                pending!.count += 1
+                continue
+            }
+            if let run = pending { insertBacklog(run) }
+            pending = SequenceRun(first: sequence, count: 1)
+        }
+        if let run = pending { insertBacklog(run) }
+    }
+
+    /// `peer` is back after a death verdict: the replicas it may still keep for this node were
+    /// sent to another peer meanwhile, so all it keeps is released (on the FIFO link, ahead of
+    /// any replica sent to it from now on). Sent unbatched; if there is no link yet, kept for it.
+    mutating func releaseAll(to peer: PeerID, _ actions: inout [Action]) {
+        guard configuration.delivery == .atLeastOnce else { return }
+        var runs: [SequenceRun] = []
+        var first = configuration.firstSequence
+        while first < nextSequence {
+            let count = UInt32(Swift.min(UInt64(UInt32.max), nextSequence - first))
+            runs.append(SequenceRun(first: first, count: count))
+            first &+= UInt64(count)
+        }
+        guard !runs.isEmpty else { return }
+        let perMessage = Swift.max(1, Swift.min(QueueWire.maxRunsPerUpdate,
+                                                (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4)) / 12))
+        var index = 0
+        while index < runs.count {
+            let end = Swift.min(runs.count, index + perMessage)
+            actions.append(.send(.replicaRelease(queue: name, runs: Array(runs[index..<end])), to: peer))
+            index = end
         }
     }
 

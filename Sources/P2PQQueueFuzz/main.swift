@@ -55,6 +55,8 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
                                                                                         runs: [SequenceRun(first: 1, count: 3)])])),
         ("custody-check", .custodyCheck(queue: "jobs", checkID: 6, runs: [CheckedRun(first: 1, count: 3, attempt: 0)])),
         ("custody-verdict", .custodyVerdict(queue: "jobs", checkID: 6, stale: [SequenceRun(first: 2, count: 1)])),
+        ("transfer-replica", .transfer(queue: "jobs", transferID: 10, kind: .replica, requestID: 0, items: items)),
+        ("replica-release", .replicaRelease(queue: "jobs", runs: [SequenceRun(first: 1, count: 3)])),
     ]
     return try messages.map { name, message in
         var frame: [UInt8] = []

@@ -248,6 +248,9 @@ struct QueueBalanceBench: AsyncParsableCommand {
     @Option(help: "adaptive, legacy or both.")
     var strategy: String = "both"
 
+    @Option(help: "Replication of the nodes' queues: replicated (the default) or local.")
+    var replication: ReplicationOption = .replicated
+
     @Option(help: "Runs per configuration.")
     var runs: Int = 1
 
@@ -291,6 +294,7 @@ struct QueueBalanceBench: AsyncParsableCommand {
         let work = durations(distribution, seed: 42 + UInt64(run))
         let nodes = try await startLocalMesh(count) { configuration in
             if strategy == "legacy" { configuration.queue = .legacy }
+            configuration.queue.replication = replication.value
         }
         let queues = nodes.map { $0.queue(named: "w3") }
         for queue in queues { _ = await queue.size() }

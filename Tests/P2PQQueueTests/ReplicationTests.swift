@@ -282,4 +282,34 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = b.peerDied(A, now: 4)
         #expect(b.count == 10)
     }
+
+    @Test("A replica holder declared dead and back: the owner releases all it kept (they were replicated elsewhere), ahead of new replicas")
+    func rejoinedHolderReleasesAll() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        #expect(replicas(a.peerDied(B, now: 5)).map(\.0) == [C])
+        let back = a.peerRejoined(B, linked: true, keepsReplicas: true, now: 6)
+        #expect(released(back, to: B) >= 10)
+        _ = try deliver(back, from: A, to: B, into: &b, now: 7)
+        #expect(b.shelvedItems == 0)
+        _ = b.peerDied(A, now: 8)
+        #expect(b.count == 0)  // nothing stale re-queued
+    }
+
+    @Test("Items pushed while no peer kept replicas are replicated when the first such peer connects")
+    func lateReplication() throws {
+        var a = QueueMachine(name: "q", localPeer: A)
+        var b = QueueMachine(name: "q", localPeer: B)
+        let (_, alone) = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(replicas(alone).isEmpty && !a.awaitsReplica(before: a.nextItemSequence))
+        _ = a.pop(max: 3, waiter: nil, now: 2)
+        let linked = a.peerConnected(B, keepsReplicas: true, now: 3)
+        #expect(replicas(linked).map(\.1) == [7])
+        _ = b.peerConnected(A, keepsReplicas: true, now: 3)
+        _ = try deliver(try deliver(linked, from: A, to: B, into: &b, now: 4), from: B, to: A, into: &a, now: 5)
+        _ = b.peerDied(A, now: 6)
+        #expect(b.pop(max: 100, waiter: nil, now: 7).0.map(number) == Array(3..<10))
+    }
 }
