@@ -885,9 +885,8 @@ final class QueueShell {
             case .accepted:
                 countPushed(name, push.items.count)
                 // Waits for its replica under the same ID, without its timer (it had its turn).
-                if let id = complete(name, timeout: nil, push.continuation) {
+                if complete(name, timeout: nil, push.continuation) != nil {
                     queues[name]!.replicating[queues[name]!.replicating.count - 1].id = push.id
-                    _ = id
                 }
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
