@@ -125,6 +125,20 @@ public struct QueueMachine: Sendable {
     private var pushBlocked = false
     private var armed: UInt64?
 
+    // Replication, owner side: own items here that need a replica (ascending, may hold
+    // sequences popped since: skipped when sent), replica transfers awaiting their ack, and
+    // releases for replica holders not sent yet.
+    private var replicaBacklog = Deque<SequenceRun>()
+    private var replicaSends: [UInt64: ReplicaSend] = [:]
+    private var releases: [PeerID: PendingReleases] = [:]
+    // The peer replicas go to while it takes them (one holder for consecutive pushes).
+    private var replicaPeer: PeerID?
+    // Replication, holder side: other owners' replicas, per owner sorted by sequence, held in
+    // the store but not queued.
+    private var shelves: [PeerID: Deque<QueueRun>] = [:]
+    private var shelfItems = 0
+    private var shelfBytes = 0
+
     private struct Waiter: Sendable {
         var id: WaiterID
         var max: Int
@@ -160,6 +174,19 @@ public struct QueueMachine: Sendable {
         var sequence: UInt64
     }
 
+    private struct ReplicaSend: Sendable {
+        var peer: PeerID
+        var runs: [SequenceRun]
+        var count: Int
+        var deadline: UInt64
+    }
+
+    private struct PendingReleases: Sendable {
+        var runs: [SequenceRun] = []
+        var items = 0
+        var since: UInt64
+    }
+
     private struct Transfer: Sendable {
         var peer: PeerID
         /// The items as sent (hop count already raised); their arrays are held in `store`.
@@ -168,6 +195,9 @@ public struct QueueMachine: Sendable {
         var bytes: Int
         var kind: TransferKind
         var deadline: UInt64
+        /// The lowest own sequence it carries that has no replica: its ack is that item's
+        /// second copy (a push waits for it as for a replica's).
+        var unreplicatedFrom: UInt64? = nil
     }
 
     /// An owned item's bytes are a range of one of `store`'s arrays: a pushed batch's records
@@ -181,6 +211,8 @@ public struct QueueMachine: Sendable {
         var holder: UInt32
         var attempt: UInt32
         var hops: UInt32
+        /// The holder handle of the peer keeping this item's replica; `HolderTable.here`: none.
+        var replica: UInt32 = HolderTable.here
     }
 
     /// One owner's items held back (this node may have been declared dead, so the owner may
@@ -270,6 +302,10 @@ public struct QueueMachine: Sendable {
         var accepting = true
         /// Its hello announced ``QueueWire/featureOwnershipHandover``.
         var adoptsOwnership = false
+        /// Its hello announced ``QueueWire/featureReplicas``.
+        var keepsReplicas = false
+        /// It refused a replica (full or closed): not asked again before this time.
+        var replicaRefusedUntil: UInt64 = 0
         /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
         /// it will not take items again.
         var closed = false
@@ -466,6 +502,7 @@ public struct QueueMachine: Sendable {
         queuedItems += n
         queuedBytes += bytes
         counters.pushed += n
+        if replicates { needReplicas(first: first, count: n, &actions, now: now) }
         serveWaiters(&actions, now: now)
         dispatchToIdlePeers(&actions, now: now)
         feedFromSource(&actions, now: now)
@@ -554,7 +591,7 @@ public struct QueueMachine: Sendable {
             store.release(item.slot)
             guard tracked else { continue }
             if item.origin == localPeer {
-                if let record = owned.remove(item.sequence) { drop(record) }
+                if let record = owned.remove(item.sequence) { drop(record, item.sequence, now: now) }
             } else {
                 confirm(SequenceRun(first: item.sequence, count: 1), to: item.origin, now: now)
             }
@@ -594,8 +631,11 @@ public struct QueueMachine: Sendable {
         // Un-acked leased items go with the queued ones, unconfirmed: their consumer's ack can
         // no longer be taken.
         returnAllLeases(now: now)
+        // The drain transfers carry the items with their ownership: no replicas any more.
+        replicaBacklog.removeAll()
         actions = close(now: now)  // hands off (as drain transfers now) and arms the timer
         flushNotices(&actions, now: now, force: true, only: nil)
+        flushReleases(&actions, now: now, force: true)
         grantOwnership(&actions, now: now)
         finish(&actions, now: now)
         return actions
@@ -613,9 +653,15 @@ public struct QueueMachine: Sendable {
             for group in update.custody { pending += group.runs.reduce(0) { $0 + Int($1.count) } }
         }
         for change in sentChanges.values { pending += change.items }
+        // Releases not sent yet: a holder that missed them would re-queue those replicas when
+        // this node leaves (duplicates).
+        for (holder, entry) in releases {
+            if peers[holder]?.connected == true { pending += entry.items } else { unreachable += entry.items }
+        }
+        let replicating = replicaSends.values.reduce(0) { $0 + $1.count }
         // A full peer counts: it takes items again as its consumers make room.
         let live = peers.values.contains { $0.connected && !$0.closed }
-        return DrainProgress(queued: queuedItems, inFlight: inFlightItems, pendingNotices: pending,
+        return DrainProgress(queued: queuedItems, inFlight: inFlightItems + replicating, pendingNotices: pending,
                              unreachableNotices: unreachable, hasLivePeer: live)
     }
 
@@ -649,15 +695,27 @@ public struct QueueMachine: Sendable {
 
     /// A link to `peer` is ready: it gets this node's stats at once. `adoptsOwnership`: its
     /// hello announced ``QueueWire/featureOwnershipHandover`` (a draining node then sends it
-    /// ``TransferKind/drain`` transfers).
-    public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, now: UInt64) -> [Action] {
+    /// ``TransferKind/drain`` transfers). `keepsReplicas`: its hello announced
+    /// ``QueueWire/featureReplicas`` (it may be sent replicas).
+    public mutating func peerConnected(_ peer: PeerID, adoptsOwnership: Bool = true, keepsReplicas: Bool = false,
+                                       now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         detectStall(&actions, now: now)
-        if deadPeers.contains(peer) { forgetDeath(of: peer) }  // a restart under the same identity
+        if deadPeers.contains(peer) {  // a restart under the same identity
+            forgetDeath(of: peer)
+            if keepsReplicas { releaseAll(to: peer, &actions) }
+        }
         guard view(peer) != nil else { return actions }
+        // Items pushed while no peer kept replicas completed unreplicated: the first such peer
+        // gets them now (the owner's death no longer loses them).
+        if keepsReplicas && replicates && !peers.values.contains(where: { $0.connected && $0.keepsReplicas && !$0.closed }) {
+            replicateUnreplicated()
+        }
         peers[peer]!.connected = true
         peers[peer]!.adoptsOwnership = adoptsOwnership
+        peers[peer]!.keepsReplicas = keepsReplicas
+        peers[peer]!.replicaRefusedUntil = 0
         peers[peer]!.closed = false  // a restarted process is open again; its report will say
         sendCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
@@ -665,6 +723,8 @@ public struct QueueMachine: Sendable {
         sendStats(to: [peer], &actions, now: now)
         if isClosed { handOff(&actions, now: now) }
         flushNotices(&actions, now: now, force: true, only: peer)
+        flushReleases(&actions, now: now, force: true)
+        sendReplicas(&actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -701,8 +761,18 @@ public struct QueueMachine: Sendable {
         }
         // Its items held back here can no longer be checked: consumers get them.
         release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
+        // The replicas it asked this node to keep are the only copies now: queued here.
+        requeueShelf(of: peer, &actions, now: now)
+        releases[peer] = nil
+        if replicaPeer == peer { replicaPeer = nil }
         if configuration.delivery == .atLeastOnce {
             if let handle = holders.handle(of: peer) {
+                // The items it kept replicas of are here alone: replicated again elsewhere.
+                let unreplicated = owned.sequences { $0.replica == handle }
+                for sequence in unreplicated {
+                    _ = owned.modify(sequence) { $0.replica = HolderTable.here }
+                    if replicates { needReplicas(first: sequence, count: 1, &actions, now: now) }
+                }
                 let lost = owned.sequences { $0.holder == handle }
                 requeue(lost, &actions, now: now)
                 // No record names the peer any more (re-queued items are here).
@@ -716,11 +786,13 @@ public struct QueueMachine: Sendable {
     /// Membership took `peer` back after a death verdict (it refuted it, or a new process of it
     /// joined): its messages count again and, if its link is up (`linked`), it is a connected
     /// peer again at once (stats, and the notices kept for it go out); else when a link comes up.
-    public mutating func peerRejoined(_ peer: PeerID, linked: Bool, now: UInt64) -> [Action] {
+    public mutating func peerRejoined(_ peer: PeerID, linked: Bool, keepsReplicas: Bool = false, now: UInt64) -> [Action] {
         guard peer != localPeer, deadPeers.contains(peer) else { return [] }
         forgetDeath(of: peer)
-        guard linked else { return [] }
-        return peerConnected(peer, now: now)
+        var actions: [Action] = []
+        if keepsReplicas { releaseAll(to: peer, &actions) }
+        guard linked else { return actions }
+        return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
     }
 
     /// This node was declared dead by its peers (membership heard the verdict and refuted it):
@@ -789,7 +861,7 @@ public struct QueueMachine: Sendable {
         case .ownerUpdateAck(_, let updateID):
             if let change = sentChanges[updateID], change.holder == peer {
                 sentChanges[updateID] = nil
-                ownershipGranted(change)
+                ownershipGranted(change, now: now)
             } else if let update = sentUpdates[updateID], update.owner == peer {
                 sentUpdates[updateID] = nil
                 counters.noticesAcknowledged += update.popped.reduce(0) { $0 + Int($1.count) }
@@ -803,6 +875,8 @@ public struct QueueMachine: Sendable {
                 heldBack[peer] = nil
                 release(held, stale: stale, &actions, now: now)
             }
+        case .replicaRelease(_, let runs):
+            for run in runs { unshelve(run, of: peer) }
         }
         finish(&actions, now: now)
         return actions
@@ -853,6 +927,7 @@ public struct QueueMachine: Sendable {
         switch message {
         case .transfer(_, let transferID, _, _, _):
             if transfers[transferID]?.peer == peer { returnTransfers([transferID], &actions, now: now) }
+            if replicaSends[transferID]?.peer == peer { replicaAcknowledged(transferID, status: nil, now: now, &actions) }
         case .stealRequest(_, let requestID, _, _):
             if let steal, steal.requestID == requestID {
                 self.steal = nil
@@ -867,6 +942,9 @@ public struct QueueMachine: Sendable {
             if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
         case .custodyCheck(_, let checkID, _):
             if heldBack[peer]?.checkID == checkID { heldBack[peer]!.checkID = nil }  // asked again on the next link
+        case .replicaRelease(_, let runs):
+            // Kept for the next link (or dropped when the holder dies).
+            for run in runs { release(run, to: peer, now: now) }
         case .stats, .stealEmpty, .transferAck, .ownerUpdateAck, .custodyVerdict:
             break  // the peer times out or asks again
         }
@@ -897,6 +975,11 @@ public struct QueueMachine: Sendable {
         }
         let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
+        for id in replicaSends.filter({ $0.value.deadline <= now }).keys.sorted() {
+            replicaAcknowledged(id, status: .full, now: now, &actions)  // as a refusal: another peer is tried
+        }
+        flushReleases(&actions, now: now, force: isDraining)
+        sendReplicas(&actions, now: now)
         if let at = nextLeaseDeadline, at <= now { expireLeases(&actions, now: now) }
         if let steal, steal.deadline <= now {
             self.steal = nil
@@ -958,12 +1041,15 @@ public struct QueueMachine: Sendable {
             guard tracked else { continue }
             if run.origin == localPeer {
                 var freed = 0
+                var replicas = ReplicaHandles()
                 let removed = owned.removeRun(first: run.first, count: Int(run.count)) { record in
                     freed += Int(record.extent.length)
                     store.release(record.extent.buffer)
+                    replicas.note(record.replica)
                 }
                 ownedBytes -= freed
                 counters.duplicatePops += Int(run.count) - removed
+                releaseReplicas(replicas, SequenceRun(first: run.first, count: run.count), now: now)
             } else if run.origin == remoteOwner && remote.first &+ UInt64(remote.count) == run.first
                         && remote.count <= UInt32.max - run.count {
                 remote.count += run.count
@@ -981,9 +1067,12 @@ public struct QueueMachine: Sendable {
     }
 
     /// An ownership record is gone: its bytes no longer count, its buffer loses a holder.
-    private mutating func drop(_ record: OwnedRecord) {
+    private mutating func drop(_ record: OwnedRecord, _ sequence: UInt64, now: UInt64) {
         ownedBytes -= Int(record.extent.length)
         store.release(record.extent.buffer)
+        if record.replica != HolderTable.here && record.replica != HolderTable.inTransit {
+            release(SequenceRun(first: sequence, count: 1), replica: record.replica, now: now)
+        }
     }
 
     private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
@@ -1015,6 +1104,7 @@ public struct QueueMachine: Sendable {
                 record.attempt &+= 1
                 record.hops = 0
                 record.holder = HolderTable.here
+                if record.replica == HolderTable.inTransit { record.replica = HolderTable.here }
                 attempt = record.attempt
             }), let record = owned[sequence] else { continue }
             store.retain(record.extent.buffer)
@@ -1025,6 +1115,10 @@ public struct QueueMachine: Sendable {
         counters.requeuedAfterDeath += items.count
         queuedItems += items.count
         runs.insert(contentsOf: items, at: 0)
+        // Here alone again: a second copy is made as for a push.
+        if replicates {
+            for item in items { needReplicas(first: item.first, count: 1, &actions, now: now) }
+        }
         serveWaiters(&actions, now: now)
     }
 
@@ -1415,7 +1509,8 @@ public struct QueueMachine: Sendable {
         let id = nextTransferID
         nextTransferID += 1
         transfers[id] = Transfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
-                                 deadline: now + configuration.transferTimeout)
+                                 deadline: now + configuration.transferTimeout,
+                                 unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil)
         if peers[peer] != nil {
             peers[peer]!.inFlight += items
         }
@@ -1450,6 +1545,7 @@ public struct QueueMachine: Sendable {
             if peers[transfer.peer] != nil {
                 peers[transfer.peer]!.inFlight -= transfer.count
             }
+            if transfer.unreplicatedFrom != nil { returnedFromTransit(transfer.runs) }
         }
         if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
         serveWaiters(&actions, now: now)
@@ -1471,6 +1567,10 @@ public struct QueueMachine: Sendable {
         pendingChanges.removeAll { $0.owner == peer }
         let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
         returnTransfers(lost, &actions, now: now)
+        // Replicas sent on the lost link go to the backlog (sent again, maybe elsewhere).
+        for id in replicaSends.filter({ $0.value.peer == peer }).keys.sorted() {
+            replicaAcknowledged(id, status: nil, now: now, &actions)
+        }
         if let steal, steal.peer == peer {
             self.steal = nil
             maybeSteal(&actions, now: now)
@@ -1482,6 +1582,10 @@ public struct QueueMachine: Sendable {
         _ actions: inout [Action], now: UInt64
     ) {
         if requestID != 0, let steal, steal.peer == peer, steal.requestID == requestID { self.steal = nil }
+        if kind == .replica {
+            shelve(items, id: id, from: peer, &actions, now: now)
+            return
+        }
         guard !isClosed else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .closed), to: peer))
             return
@@ -1525,6 +1629,8 @@ public struct QueueMachine: Sendable {
                             record.holder = HolderTable.here
                             record.hops = kept.hops
                         }
+                        // Back here alone (the holder that passed them on forgets them).
+                        if replicates { needReplicas(first: kept.first, count: n, &actions, now: now) }
                     }
                     queuedBytes += Int(kept.bytes)
                     queuedItems += n
@@ -1561,6 +1667,10 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func acknowledge(_ id: UInt64, status: TransferStatus, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        if replicaSends[id]?.peer == peer {
+            replicaAcknowledged(id, status: status, now: now, &actions)
+            return
+        }
         guard let transfer = transfers[id], transfer.peer == peer else { return }
         guard status == .accepted else {
             peers[peer]?.accepting = false  // until its next report
@@ -1599,17 +1709,25 @@ public struct QueueMachine: Sendable {
             if run.origin == localPeer && transfer.kind == .drain {
                 // The receiver owns them now (it numbered them as its own).
                 var freed = 0
+                var replicas = ReplicaHandles()
                 counters.ownershipHandedOver += owned.removeRun(first: run.first, count: Int(run.count)) { record in
                     freed += Int(record.extent.length)
                     store.release(record.extent.buffer)
+                    replicas.note(record.replica)
                 }
                 ownedBytes -= freed
+                releaseReplicas(replicas, SequenceRun(first: run.first, count: run.count), now: now)
             } else if run.origin == localPeer {
+                // The holder's copy and this record are the two copies now: the replica goes.
+                var replicas = ReplicaHandles()
                 owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
                     guard record.attempt == run.attempt, run.hops > record.hops else { return }
                     record.holder = holder
                     record.hops = run.hops
+                    replicas.note(record.replica)
+                    record.replica = HolderTable.here
                 }
+                releaseReplicas(replicas, SequenceRun(first: run.first, count: run.count), now: now)
             } else if run.origin != peer {
                 if run.origin == runOwner && runKey.attempt == run.attempt && runKey.hops == run.hops
                     && pending.first &+ UInt64(pending.count) == run.first && pending.count <= UInt32.max - run.count {
@@ -1646,6 +1764,7 @@ public struct QueueMachine: Sendable {
         }
         ownedBytes += Int(run.bytes)
         counters.ownershipAdopted += count
+        if replicates { insertBacklog(SequenceRun(first: adopted.first, count: UInt32(count))) }
     }
 
     /// A draining owner gives its records of items peers hold to those peers in owner changes
@@ -1708,7 +1827,7 @@ public struct QueueMachine: Sendable {
 
     /// The holder took the ownership: the records it was offered go (not those that custody
     /// news it sent first moved on to a later holder).
-    private mutating func ownershipGranted(_ change: SentChange) {
+    private mutating func ownershipGranted(_ change: SentChange, now: UInt64) {
         guard let handle = holders.handle(of: change.holder) else { return }
         let granted = HolderTable.granted(to: handle)
         for group in change.groups {
@@ -1716,7 +1835,7 @@ public struct QueueMachine: Sendable {
                 for offset in 0..<UInt64(run.count) {
                     let sequence = run.first &+ offset
                     guard owned[sequence]?.holder == granted, let record = owned.remove(sequence) else { continue }
-                    drop(record)
+                    drop(record, sequence, now: now)
                     counters.ownershipHandedOver += 1
                 }
             }
@@ -2164,6 +2283,11 @@ public struct QueueMachine: Sendable {
         }
         var deadline = nextStatsAt!
         for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
+        if !replicaSends.isEmpty || !releases.isEmpty || !replicaBacklog.isEmpty {
+            sendReplicas(&actions, now: now)
+            flushReleases(&actions, now: now, force: isDraining)
+            replicaDeadline(&deadline, now: now)
+        }
         if let steal { deadline = Swift.min(deadline, steal.deadline) }
         if let at = nextLeaseDeadline { deadline = Swift.min(deadline, at) }
         // Notices for an unreachable owner wait for its reconnection (or death), not the timer.
@@ -2316,7 +2440,7 @@ extension QueueMachine {
         localDeliveries[LeaseKey(origin: run.origin, sequence: run.first)] = nil
         guard configuration.delivery == .atLeastOnce else { return }
         if run.origin == localPeer {
-            if let record = owned.remove(run.first) { drop(record) } else { counters.duplicatePops += 1 }
+            if let record = owned.remove(run.first) { drop(record, run.first, now: now) } else { counters.duplicatePops += 1 }
         } else {
             confirm(SequenceRun(first: run.first, count: 1), to: run.origin, now: now)
         }
@@ -2398,6 +2522,423 @@ extension QueueMachine {
 /// (slots are reused; at most one per item). A pushed batch, or a received transfer of small
 /// items, is one array for all its items, so an item is queued, sent, popped and confirmed with
 /// integer updates here rather than an atomic reference-count operation on its array each time.
+// MARK: - Replication
+
+extension QueueMachine {
+    /// Whether pushed items get a replica (at least once, replicated).
+    var replicates: Bool { configuration.delivery == .atLeastOnce && configuration.replication == .replicated }
+
+    /// Whether an item pushed before `mark` (a value of ``nextItemSequence``) still waits for
+    /// its replica to be acknowledged: its push has not completed yet. False when no peer
+    /// keeps replicas (the push completes unreplicated).
+    public func awaitsReplica(before mark: UInt64) -> Bool {
+        if let first = replicaBacklog.first, first.first < mark { return true }
+        if transfers.values.contains(where: { ($0.unreplicatedFrom ?? .max) < mark }) { return true }
+        return replicaSends.values.contains { send in send.runs.contains { $0.first < mark } }
+    }
+
+    /// Replicas kept here for other owners (not queued), and their payload bytes.
+    public var shelvedItems: Int { shelfItems }
+    public var shelvedBytes: Int { shelfBytes }
+    /// Items on replica transfers awaiting their ack.
+    public var replicasInFlight: Int { replicaSends.values.reduce(0) { $0 + $1.count } }
+    /// Items whose release is not sent yet, all replica holders together.
+    public var pendingReleases: Int { releases.values.reduce(0) { $0 + $1.items } }
+
+    /// Distinct replica holders of the records of a run (mostly one, or none).
+    struct ReplicaHandles {
+        var first = HolderTable.here
+        var others: [UInt32] = []
+
+        @inline(__always)
+        mutating func note(_ handle: UInt32) {
+            guard handle != HolderTable.here, handle != HolderTable.inTransit, handle != first else { return }
+            if first == HolderTable.here { first = handle } else if !others.contains(handle) { others.append(handle) }
+        }
+    }
+
+    /// Own items `first ..< first + count`, here, need a replica (sent from `finish`).
+    mutating func needReplicas(first: UInt64, count: Int, _ actions: inout [Action], now: UInt64) {
+        guard count > 0 else { return }
+        insertBacklog(SequenceRun(first: first, count: UInt32(count)))
+    }
+
+    mutating func insertBacklog(_ run: SequenceRun) {
+        if let last = replicaBacklog.last {
+            let end = last.first &+ UInt64(last.count)
+            if end == run.first && last.count <= UInt32.max - run.count {
+                replicaBacklog[replicaBacklog.count - 1].count += run.count
+                return
+            }
+            if end > run.first {
+                // Older items (a holder died, a replica was refused): in order, for the pushes' mark.
+                var low = 0, high = replicaBacklog.count
+                while low < high {
+                    let mid = (low + high) / 2
+                    if replicaBacklog[mid].first < run.first { low = mid + 1 } else { high = mid }
+                }
+                replicaBacklog.insert(run, at: low)
+                return
+            }
+        }
+        replicaBacklog.append(run)
+    }
+
+    /// Sends the backlog's items as replica transfers to the replica peer (a live peer that
+    /// keeps replicas and has not refused lately), while it has transfer slots free. With no
+    /// live peer that keeps replicas, the backlog is dropped: the items stay unreplicated.
+    mutating func sendReplicas(_ actions: inout [Action], now: UInt64) {
+        guard !replicaBacklog.isEmpty, !isDraining else { return }
+        let capable = peers.filter { $0.value.connected && $0.value.keepsReplicas && !$0.value.closed }.keys.sorted()
+        guard replicates, !capable.isEmpty else {
+            replicaBacklog.removeAll()
+            return
+        }
+        while !replicaBacklog.isEmpty {
+            func ready(_ peer: PeerID) -> Bool {
+                peers[peer]!.replicaRefusedUntil <= now
+                    && replicaSends.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) } < configuration.maxTransfersInFlightPerPeer
+            }
+            let peer: PeerID
+            if let current = replicaPeer, capable.contains(current), peers[current]!.replicaRefusedUntil <= now {
+                // Consecutive items go to one holder; a busy one is waited for (its acks send more).
+                guard ready(current) else { return }
+                peer = current
+            } else if let next = capable.first(where: ready) {
+                peer = next
+            } else {
+                return  // every peer refused lately: retried when the first may take again
+            }
+            replicaPeer = peer
+            sendReplica(to: peer, &actions, now: now)
+        }
+    }
+
+    /// One replica transfer to `peer`, from the front of the backlog (items popped or moved on
+    /// since are skipped).
+    private mutating func sendReplica(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        let limit = Swift.min(configuration.maxTransferItems, QueueWire.maxTransferItems)
+        var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
+            - QueueWire.originSize
+        var buffer: [UInt8] = []
+        var ends: [UInt32] = []
+        var wireRuns: [QueueRun] = []
+        var sent: [SequenceRun] = []
+        var count = 0
+        var cachedSlot = UInt32.max
+        var cached: [UInt8] = []
+        var full = false
+        while !full, count < limit, let front = replicaBacklog.first {
+            var consumed: UInt32 = 0
+            while consumed < front.count {
+                let sequence = front.first &+ UInt64(consumed)
+                guard let record = owned[sequence], record.holder == HolderTable.here, record.replica == HolderTable.here else {
+                    consumed += 1
+                    continue
+                }
+                let length = Int(record.extent.length)
+                let continues = wireRuns.last.map { $0.first &+ UInt64($0.count) == sequence } ?? false
+                let cost = length + QueueWire.itemOverhead + (continues ? 0 : QueueWire.runOverhead)
+                guard count < limit, cost <= budget else {
+                    full = true
+                    break
+                }
+                budget -= cost
+                if record.extent.buffer != cachedSlot {
+                    cachedSlot = record.extent.buffer
+                    cached = store.array(cachedSlot)
+                }
+                let start = Int(record.extent.start)
+                buffer.append(contentsOf: cached[start..<start + length])
+                ends.append(UInt32(buffer.count))
+                if continues {
+                    wireRuns[wireRuns.count - 1].count += 1
+                    wireRuns[wireRuns.count - 1].bytes += UInt32(length)
+                    sent[sent.count - 1].count += 1
+                } else {
+                    wireRuns.append(QueueRun(origin: localPeer, first: sequence, count: 1, attempt: 0, hops: 0, slot: 0,
+                                             index: UInt32(ends.count - 1), start: UInt32(buffer.count - length),
+                                             bytes: UInt32(length)))
+                    sent.append(SequenceRun(first: sequence, count: 1))
+                }
+                count += 1
+                consumed += 1
+            }
+            if consumed == front.count {
+                replicaBacklog.removeFirst()
+            } else {
+                replicaBacklog[0] = SequenceRun(first: front.first &+ UInt64(consumed), count: front.count - consumed)
+            }
+        }
+        guard count > 0 else { return }
+        let id = nextTransferID
+        nextTransferID += 1
+        replicaSends[id] = ReplicaSend(peer: peer, runs: sent, count: count, deadline: now + configuration.transferTimeout)
+        let items = TransferItems(buffers: [buffer], ends: [ends], runs: wireRuns)
+        actions.append(.send(.transfer(queue: name, transferID: id, kind: .replica, requestID: 0, items: items), to: peer))
+    }
+
+    /// The answer to a replica transfer (`nil`: it could not be sent). Accepted: each item
+    /// still here names its replica holder, and the holder is told at once to drop the copies
+    /// of items that left meanwhile. Refused: the items go back to the backlog and the peer is
+    /// not asked for a stats interval.
+    mutating func replicaAcknowledged(_ id: UInt64, status: TransferStatus?, now: UInt64, _ actions: inout [Action]) {
+        guard let send = replicaSends.removeValue(forKey: id) else { return }
+        guard status == .accepted else {
+            if status != nil {
+                peers[send.peer]?.replicaRefusedUntil = now + configuration.statsInterval
+                counters.replicasRefused += send.count
+            }
+            if replicaPeer == send.peer { replicaPeer = nil }
+            for run in send.runs { insertBacklog(run) }
+            return
+        }
+        let handle = holders.handle(for: send.peer)
+        counters.replicated += send.count
+        for run in send.runs {
+            for offset in 0..<UInt64(run.count) {
+                let sequence = run.first &+ offset
+                var kept = false
+                _ = owned.modify(sequence) { record in
+                    guard record.holder == HolderTable.here, record.replica == HolderTable.here else { return }
+                    record.replica = handle
+                    kept = true
+                }
+                if !kept { release(SequenceRun(first: sequence, count: 1), to: send.peer, now: now) }
+            }
+        }
+    }
+
+    /// Marks the records of own items without a replica in these runs (a transfer's) as in
+    /// transit: no replica is sent for them unless the transfer comes back. Returns the
+    /// lowest such sequence.
+    mutating func markInTransit(_ sent: [QueueRun]) -> UInt64? {
+        var lowest: UInt64?
+        for run in sent where run.origin == localPeer {
+            owned.modifyRun(first: run.first, count: Int(run.count)) { sequence, record in
+                guard record.replica == HolderTable.here, record.holder == HolderTable.here else { return }
+                record.replica = HolderTable.inTransit
+                if lowest == nil || sequence < lowest! { lowest = sequence }
+            }
+        }
+        return lowest
+    }
+
+    /// A transfer came back: its own items marked in transit need a replica again.
+    mutating func returnedFromTransit(_ sent: [QueueRun]) {
+        for run in sent where run.origin == localPeer {
+            var any = false
+            owned.modifyRun(first: run.first, count: Int(run.count)) { _, record in
+                guard record.replica == HolderTable.inTransit else { return }
+                record.replica = HolderTable.here
+                any = true
+            }
+            if any { insertBacklog(SequenceRun(first: run.first, count: run.count)) }
+        }
+    }
+
+    /// Puts every own item here with no replica (and none on the way) in the backlog.
+    mutating func replicateUnreplicated() {
+        let sequences = owned.sequences { $0.holder == HolderTable.here && $0.replica == HolderTable.here }
+        var pending: SequenceRun?
+        for sequence in sequences {
+            if let run = pending, run.first &+ UInt64(run.count) == sequence, run.count < UInt32.max {
+                pending!.count += 1
+                continue
+            }
+            if let run = pending { insertBacklog(run) }
+            pending = SequenceRun(first: sequence, count: 1)
+        }
+        if let run = pending { insertBacklog(run) }
+    }
+
+    /// `peer` is back after a death verdict: the replicas it may still keep for this node were
+    /// sent to another peer meanwhile, so all it keeps is released (on the FIFO link, ahead of
+    /// any replica sent to it from now on). Sent unbatched; if there is no link yet, kept for it.
+    mutating func releaseAll(to peer: PeerID, _ actions: inout [Action]) {
+        guard configuration.delivery == .atLeastOnce else { return }
+        var runs: [SequenceRun] = []
+        var first = configuration.firstSequence
+        while first < nextSequence {
+            let count = UInt32(Swift.min(UInt64(UInt32.max), nextSequence - first))
+            runs.append(SequenceRun(first: first, count: count))
+            first &+= UInt64(count)
+        }
+        guard !runs.isEmpty else { return }
+        let perMessage = Swift.max(1, Swift.min(QueueWire.maxRunsPerUpdate,
+                                                (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4)) / 12))
+        var index = 0
+        while index < runs.count {
+            let end = Swift.min(runs.count, index + perMessage)
+            actions.append(.send(.replicaRelease(queue: name, runs: Array(runs[index..<end])), to: peer))
+            index = end
+        }
+    }
+
+    /// The replicas of `run` at the holders `handles` are no longer needed.
+    mutating func releaseReplicas(_ handles: ReplicaHandles, _ run: SequenceRun, now: UInt64) {
+        guard handles.first != HolderTable.here else { return }
+        release(run, replica: handles.first, now: now)
+        for handle in handles.others { release(run, replica: handle, now: now) }
+    }
+
+    mutating func release(_ run: SequenceRun, replica handle: UInt32, now: UInt64) {
+        guard let peer = holders.peer(of: handle) else { return }
+        release(run, to: peer, now: now)
+    }
+
+    /// Queues a release for `peer` (sent in batches, like pop confirmations).
+    mutating func release(_ run: SequenceRun, to peer: PeerID, now: UInt64) {
+        var entry = releases.removeValue(forKey: peer) ?? PendingReleases(since: now)
+        if let last = entry.runs.last, last.first &+ UInt64(last.count) == run.first, last.count <= UInt32.max - run.count {
+            entry.runs[entry.runs.count - 1].count += run.count
+        } else {
+            entry.runs.append(run)
+        }
+        entry.items += Int(run.count)
+        releases[peer] = entry
+    }
+
+    /// Sends the releases that are due (a full batch, older than `confirmDelay`, or `force`)
+    /// to holders that are connected.
+    mutating func flushReleases(_ actions: inout [Action], now: UInt64, force: Bool) {
+        guard !releases.isEmpty else { return }
+        let perMessage = Swift.max(1, Swift.min(QueueWire.maxRunsPerUpdate,
+                                                (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 4)) / 12))
+        for peer in releases.keys.sorted() {
+            guard let entry = releases[peer], peers[peer]?.connected == true,
+                  force || entry.items >= configuration.confirmBatch || now >= entry.since + configuration.confirmDelay
+            else { continue }
+            releases[peer] = nil
+            var index = 0
+            while index < entry.runs.count {
+                let end = Swift.min(entry.runs.count, index + perMessage)
+                actions.append(.send(.replicaRelease(queue: name, runs: Array(entry.runs[index..<end])), to: peer))
+                index = end
+            }
+        }
+    }
+
+    /// The earliest time replication needs the timer: a replica transfer's timeout, a release
+    /// batch's delay, the end of a refusal while items wait.
+    func replicaDeadline(_ deadline: inout UInt64, now: UInt64) {
+        for send in replicaSends.values { deadline = Swift.min(deadline, send.deadline) }
+        for (peer, entry) in releases where peers[peer]?.connected == true {
+            deadline = Swift.min(deadline, entry.since + configuration.confirmDelay)
+        }
+        if !replicaBacklog.isEmpty {
+            for view in peers.values where view.connected && view.keepsReplicas && view.replicaRefusedUntil > now {
+                deadline = Swift.min(deadline, view.replicaRefusedUntil)
+            }
+        }
+    }
+
+    // MARK: Holder side
+
+    /// A replica transfer from `peer`: its items are kept on the shelf (bounded by the queue's
+    /// limits, apart from them), not queued.
+    mutating func shelve(_ items: TransferItems, id: UInt64, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard !isClosed else {
+            actions.append(.send(.transferAck(queue: name, transferID: id, status: .closed), to: peer))
+            return
+        }
+        let bytes = items.payloadBytes
+        guard shelfItems + items.count <= configuration.maxItems, shelfBytes + bytes <= configuration.maxBytes else {
+            actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
+            return
+        }
+        var shelf = shelves.removeValue(forKey: peer) ?? Deque()
+        var slots = [UInt32](repeating: .max, count: items.buffers.count)
+        for run in items.runs {
+            // A copy sent again (after a timeout) replaces the one kept.
+            unshelve(SequenceRun(first: run.first, count: run.count), in: &shelf)
+            let buffer = Int(run.slot)
+            if slots[buffer] == .max {
+                slots[buffer] = store.hold(items.buffers[buffer], ends: items.ends[buffer], holders: Int(run.count))
+            } else {
+                store.retain(slots[buffer], count: Int(run.count))
+            }
+            var kept = run
+            kept.slot = slots[buffer]
+            var low = shelf.count
+            if let last = shelf.last, last.first > kept.first {
+                low = 0
+                var high = shelf.count
+                while low < high {
+                    let mid = (low + high) / 2
+                    if shelf[mid].first < kept.first { low = mid + 1 } else { high = mid }
+                }
+            }
+            shelf.insert(kept, at: low)
+            shelfItems += Int(run.count)
+            shelfBytes += Int(run.bytes)
+        }
+        shelves[peer] = shelf
+        counters.replicasKept += items.count
+        actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
+    }
+
+    /// Drops `owner`'s replicas of `run` (those kept).
+    mutating func unshelve(_ run: SequenceRun, of owner: PeerID) {
+        guard var shelf = shelves.removeValue(forKey: owner) else { return }
+        unshelve(run, in: &shelf)
+        if !shelf.isEmpty { shelves[owner] = shelf }
+    }
+
+    private mutating func unshelve(_ run: SequenceRun, in shelf: inout Deque<QueueRun>) {
+        let end = run.first &+ UInt64(run.count)
+        // The first kept run that ends after `run.first` (kept runs do not overlap).
+        var low = 0, high = shelf.count
+        while low < high {
+            let mid = (low + high) / 2
+            if shelf[mid].first &+ UInt64(shelf[mid].count) <= run.first { low = mid + 1 } else { high = mid }
+        }
+        var index = low
+        while index < shelf.count, shelf[index].first < end {
+            let kept = shelf[index]
+            let keptEnd = kept.first &+ UInt64(kept.count)
+            let from = Int(Swift.max(kept.first, run.first) - kept.first)
+            let to = Int(Swift.min(keptEnd, end) - kept.first)
+            var pieces: [QueueRun] = []
+            store.ends(kept.slot).withUnsafeBufferPointer { ends in
+                if from > 0 { pieces.append(kept.items(0..<from, ends)) }
+                if to < Int(kept.count) { pieces.append(kept.items(to..<Int(kept.count), ends)) }
+            }
+            let removed = to - from
+            store.release(kept.slot, count: removed)
+            shelfItems -= removed
+            shelfBytes -= Int(kept.bytes) - pieces.reduce(0) { $0 + Int($1.bytes) }
+            shelf.replaceSubrange(index..<index + 1, with: pieces)
+            index += pieces.count
+        }
+    }
+
+    /// `owner` died: its replicas kept here, never released, are queued at the front as this
+    /// node's own items (and replicated again from here).
+    mutating func requeueShelf(of owner: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let shelf = shelves.removeValue(forKey: owner), !shelf.isEmpty else { return }
+        var back: [QueueRun] = []
+        back.reserveCapacity(shelf.count)
+        var count = 0
+        for var run in shelf {
+            let n = Int(run.count)
+            shelfItems -= n
+            shelfBytes -= Int(run.bytes)
+            if configuration.delivery == .atLeastOnce {
+                // Numbered as its own, and replicated again from here.
+                store.ends(run.slot).withUnsafeBufferPointer { ends in adoptAsOwn(&run, count: n, ends) }
+            }
+            queuedItems += n
+            queuedBytes += Int(run.bytes)
+            count += n
+            back.append(run)
+        }
+        runs.insert(contentsOf: back, at: 0)
+        counters.replicasRequeued += count
+        serveWaiters(&actions, now: now)
+    }
+}
+
 struct PayloadStore: Sendable {
     private struct Slot: Sendable {
         var array: [UInt8]
@@ -2569,12 +3110,16 @@ struct HeldConfirmations: Sendable {
 struct HolderTable: Sendable {
     /// The handle of "no peer: the item is here".
     static let here: UInt32 = 0
+    /// An ownership record's replica field while the item, with no replica, is on a transfer
+    /// not acknowledged yet (the transfer's ack makes the second copy).
+    static let inTransit: UInt32 = .max
     /// A draining owner offered the record to the holder with handle `handle` (owner change
     /// not acknowledged yet). Per holder: custody news may move a record offered to one holder
     /// on to the next, and the first holder's ack must not drop the second offer.
     static func granted(to handle: UInt32) -> UInt32 { handle | grantedBit }
     private static let grantedBit: UInt32 = 1 << 31
     private var handles: [PeerID: UInt32] = [:]
+    private var peersByHandle: [UInt32: PeerID] = [:]
     private var freeHandles: [UInt32] = []
     private var nextHandle: UInt32 = 1
     /// The peer whose handle was asked for last: a transfer's ack asks once, many acks in a row
@@ -2597,6 +3142,7 @@ struct HolderTable: Sendable {
                 nextHandle += 1
             }
             handles[peer] = handle
+            peersByHandle[handle] = peer
         }
         last = (peer, handle)
         return handle
@@ -2605,9 +3151,13 @@ struct HolderTable: Sendable {
     /// `peer`'s handle if it has one.
     func handle(of peer: PeerID) -> UInt32? { handles[peer] }
 
+    /// The peer with handle `handle` (granted bit cleared), if any.
+    func peer(of handle: UInt32) -> PeerID? { peersByHandle[handle & ~Self.grantedBit] }
+
     /// Frees `peer`'s handle: no record may name it any more.
     mutating func forget(_ peer: PeerID) {
         guard let handle = handles.removeValue(forKey: peer) else { return }
+        peersByHandle[handle] = nil
         freeHandles.append(handle)
         if last?.peer == peer { last = nil }
     }

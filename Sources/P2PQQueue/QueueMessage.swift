@@ -123,6 +123,11 @@ public enum TransferKind: UInt8, Sendable, CaseIterable {
     /// becomes the owner of the items the sender owned (it numbers them as its own). Sent only
     /// to peers whose hello announced ``QueueWire/featureOwnershipHandover``.
     case drain = 5
+    /// An owner's copies of items it keeps queued itself (replication): the receiver keeps them
+    /// aside, not in its queue, until the owner releases them (``QueueMessage/replicaRelease``)
+    /// or dies (then it queues them as its own). Sent only to peers whose hello announced
+    /// ``QueueWire/featureReplicas``.
+    case replica = 6
 }
 
 /// The receiver's answer to a transfer.
@@ -181,6 +186,9 @@ public enum QueueWire {
     /// The hello feature bit (§5) of a node that understands ``TransferKind/drain``: a peer
     /// without it gets a stopping node's items as ``TransferKind/handoff`` (ownership stays).
     public static let featureOwnershipHandover: UInt64 = 1 << 0
+    /// The hello feature bit (§5) of a node that keeps replicas (``TransferKind/replica``) and
+    /// understands ``QueueMessage/replicaRelease``: only such peers are sent replicas.
+    public static let featureReplicas: UInt64 = 1 << 1
     /// Longest queue name, UTF-8 bytes.
     public static let maxQueueNameLength = 255
     /// Most items in one transfer.
@@ -228,7 +236,8 @@ public enum QueueWire {
 /// - custody check `0x28`: queue str, check ID u64, run count u32, runs (first u64, count u32
 ///   ≥ 1, attempt u32);
 /// - custody verdict `0x29`: queue str, check ID u64, stale run count u32, runs (first u64,
-///   count u32 ≥ 1).
+///   count u32 ≥ 1);
+/// - replica release `0x2A`: queue str, run count u32, runs (first u64, count u32 ≥ 1).
 public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
@@ -252,6 +261,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// The owner's answer: the checked copies that are stale (the item was re-queued at another
     /// attempt, or confirmed popped); the holder drops them and releases the rest.
     case custodyVerdict(queue: String, checkID: UInt64, stale: [SequenceRun])
+    /// The owner no longer needs the replicas of these items (popped, or held by a peer that
+    /// acknowledged a transfer): the replica holder drops them.
+    case replicaRelease(queue: String, runs: [SequenceRun])
 
     /// The queue the message is about.
     public var queue: String {
@@ -259,7 +271,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
              .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
              .ownerUpdateAck(let queue, _), .ownerChange(let queue, _, _), .custodyCheck(let queue, _, _),
-             .custodyVerdict(let queue, _, _):
+             .custodyVerdict(let queue, _, _), .replicaRelease(let queue, _):
             return queue
         }
     }
@@ -276,6 +288,7 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .ownerChange: return .queueOwnerChange
         case .custodyCheck: return .queueCustodyCheck
         case .custodyVerdict: return .queueCustodyVerdict
+        case .replicaRelease: return .queueReplicaRelease
         }
     }
 
@@ -354,6 +367,13 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
             for run in stale where run.count == 0 {
                 throw .malformed(field: "custodyVerdict.stale", reason: "empty run at \(run.first)")
+            }
+        case .replicaRelease(_, let runs):
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "replicaRelease.runs", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in runs where run.count == 0 {
+                throw .malformed(field: "replicaRelease.runs", reason: "empty run at \(run.first)")
             }
         }
     }
@@ -447,6 +467,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return name + 8 + 4 + runs.count * 16
         case .custodyVerdict(_, _, let stale):
             return name + 8 + 4 + stale.count * 12
+        case .replicaRelease(_, let runs):
+            return name + 4 + runs.count * 12
         case .ownerUpdate(_, _, let popped, let custody):
             return name + 8 + 4 + popped.count * 12 + 2
                 + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
@@ -507,6 +529,9 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU64(checkID)
             writer.writeU32(UInt32(stale.count))
             for run in stale { Self.write(run, into: &writer) }
+        case .replicaRelease(_, let runs):
+            writer.writeU32(UInt32(runs.count))
+            for run in runs { Self.write(run, into: &writer) }
         }
     }
 
@@ -620,6 +645,12 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 throw .malformed(field: "custodyVerdict.stale.count", reason: "\(stale.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
             }
             message = .custodyVerdict(queue: queue, checkID: checkID, stale: stale)
+        case .queueReplicaRelease:
+            let runs = try readRuns(&reader, field: "replicaRelease.runs", countField: "replicaRelease.runs.count")
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: "replicaRelease.runs.count", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            message = .replicaRelease(queue: queue, runs: runs)
         default:
             throw .unknownMessageType(type.rawValue)
         }

@@ -22,6 +22,21 @@ public enum DeliveryMode: Hashable, Sendable {
     case atMostOnce
 }
 
+/// Whether an owner keeps a second copy of the items it queues itself on a peer
+/// (``DeliveryMode/atLeastOnce`` only; ``DeliveryMode/atMostOnce`` never replicates).
+public enum Replication: Hashable, Sendable {
+    /// Each pushed item is copied to one live peer that keeps replicas
+    /// (``QueueWire/featureReplicas``) and the push completes when that peer acknowledges the
+    /// copy. The peer re-queues the copies of an owner declared dead that were not released
+    /// (popped, or acknowledged by a holder). Only the death of both the owner and the replica
+    /// holder before the item moves can lose it. With no such peer alive, a push completes at
+    /// once, unreplicated (as ``local``). The default.
+    case replicated
+    /// No replicas: a push completes as soon as the item is queued here; the items an owner
+    /// still queues itself are lost if it dies (SIGKILL, power loss). Faster.
+    case local
+}
+
 /// The knobs of a ``QueueMachine``. Durations are monotonic nanoseconds.
 ///
 /// ## Memory bounds
@@ -38,6 +53,9 @@ public enum DeliveryMode: Hashable, Sendable {
 /// - Pending pop confirmations and custody notices: at most ``maxPendingRunsPerOwner`` runs per
 ///   owner (consecutive sequence numbers share a run); beyond, the oldest are dropped (the owner
 ///   then keeps those records until the holder's death re-queues them: a duplicate, never a loss).
+/// - Replicas kept for peers (the shelf): at most ``maxItems`` items and ``maxBytes`` bytes,
+///   besides the limits above; a replica beyond them is refused (the owner tries another peer).
+///   Runs this node re-queued from a dead owner's replicas: the last 1,024.
 /// - Owner updates awaiting their ack: at most 8 per owner (one frame each); applied update
 ///   IDs remembered: 1,024 per peer.
 /// - Peer load views: at most ``maxTrackedPeers``; waiting consumers: at most ``maxWaiters``;
@@ -50,6 +68,8 @@ public enum DeliveryMode: Hashable, Sendable {
 public struct QueueConfiguration: Hashable, Sendable {
     public var strategy: BalanceStrategy
     public var delivery: DeliveryMode
+    /// Whether pushed items are replicated on a peer (``Replication``); at least once only.
+    public var replication: Replication = .replicated
     /// Most items held (queued plus outgoing in flight). The default, 131,072, is 32 full
     /// transfers: ample for the pipeline to peers, and a producer that runs ahead waits instead
     /// of growing a backlog whose memory (about 200 bytes per small item, owner's record
@@ -311,6 +331,14 @@ public struct QueueCounters: Hashable, Sendable {
     /// Copies dropped before any consumer got them because their owner had re-queued the item
     /// (this node had been declared dead) or had it confirmed popped elsewhere.
     public var staleCopiesDropped = 0
+    /// Own items whose replica a peer acknowledged.
+    public var replicated = 0
+    /// Own items whose replica a peer refused (full or closed) or did not acknowledge in time.
+    public var replicasRefused = 0
+    /// Replicas kept here for other owners.
+    public var replicasKept = 0
+    /// Replicas of a dead owner queued here as this node's own items.
+    public var replicasRequeued = 0
 
     public init() {}
 }

@@ -1,4 +1,4 @@
-// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x29).
+// Fuzz target for the queue message decoders (P2PQQueue, types 0x20–0x2A).
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
 // replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
@@ -21,6 +21,7 @@ import Darwin
 let types: [MessageType] = [
     .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
     .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
+    .queueReplicaRelease,
 ]
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -54,6 +55,8 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
                                                                                         runs: [SequenceRun(first: 1, count: 3)])])),
         ("custody-check", .custodyCheck(queue: "jobs", checkID: 6, runs: [CheckedRun(first: 1, count: 3, attempt: 0)])),
         ("custody-verdict", .custodyVerdict(queue: "jobs", checkID: 6, stale: [SequenceRun(first: 2, count: 1)])),
+        ("transfer-replica", .transfer(queue: "jobs", transferID: 10, kind: .replica, requestID: 0, items: items)),
+        ("replica-release", .replicaRelease(queue: "jobs", runs: [SequenceRun(first: 1, count: 3)])),
     ]
     return try messages.map { name, message in
         var frame: [UInt8] = []

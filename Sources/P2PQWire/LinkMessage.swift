@@ -97,7 +97,8 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
         switch type {
         case .benchmark, .membershipPing, .membershipAck, .membershipPingRequest, .membershipNack, .membershipGossip,
              .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
-             .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict:
+             .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
+             .queueReplicaRelease:
             // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:

@@ -58,6 +58,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case queueCustodyCheck = 0x28
     /// Queue: the owner's answer to a custody check, the stale copies.
     case queueCustodyVerdict = 0x29
+    /// Queue: an owner tells the holder of its replicas which of them it no longer needs.
+    case queueReplicaRelease = 0x2A
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
     /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
@@ -118,6 +120,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .queueOwnerChange: return "queue owner change"
         case .queueCustodyCheck: return "queue custody check"
         case .queueCustodyVerdict: return "queue custody verdict"
+        case .queueReplicaRelease: return "queue replica release"
         case .benchmark: return "benchmark"
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"

@@ -27,6 +27,12 @@ public struct FaultCheck: Sendable {
         public var deliveries = 0
         /// Acknowledged items never popped: must be 0.
         public var lost = 0
+        /// Acknowledged items never popped whose owner (the node that pushed them) was SIGKILLed
+        /// and, after their push, another node too: both copies an item has while its owner
+        /// still queues it (the owner's and its replica holder's, or its holder's and the
+        /// owner's record) may have died with them, which replication does not cover. Not
+        /// counted in ``lost``.
+        public var lostBothHoldersDied = 0
         /// Extra deliveries (`deliveries - popped`).
         public var duplicates = 0
         /// Items delivered more than once.
@@ -163,7 +169,16 @@ public struct FaultCheck: Sendable {
         let repeated = pops.filter { $0.value > 1 }.keys.sorted(by: Self.idOrder)
         report.duplicatedItems = repeated.count
         report.duplicateSample = Array(repeated.prefix(10))
-        let lost = pushed.keys.filter { pops[$0] == nil }.sorted(by: Self.idOrder)
+        let missing = pushed.keys.filter { pops[$0] == nil }.sorted(by: Self.idOrder)
+        // SIGKILLs by target: an item whose owner and some other node were killed after its push.
+        let kills = faults.filter { $0.kind == "sigkill" }
+        let lost = missing.filter { id in
+            let owner = String(Self.split(id).0)
+            guard let at = pushed[id], kills.contains(where: { $0.target == owner && $0.time >= at }),
+                  kills.contains(where: { $0.target != owner && $0.time >= at }) else { return true }
+            return false
+        }
+        report.lostBothHoldersDied = missing.count - lost.count
         report.lost = lost.count
         report.unexpected = pops.keys.filter { !started.contains($0) && pushed[$0] == nil }.count
         report.calls = callsMade.count
@@ -235,6 +250,9 @@ extension FaultCheck.Report {
         var lines: [String] = []
         lines.append("items: \(pushed) pushed (acknowledged), \(popped) popped, \(lost) lost, \(duplicates) duplicate deliveries "
             + "(\(duplicatedItems) items, \(String(format: "%.2f", duplicatePercent)) %), \(unexpected) unexpected")
+        if lostBothHoldersDied > 0 {
+            lines.append("not popped, owner and another node SIGKILLed after the push (both copies may have died): \(lostBothHoldersDied)")
+        }
         if pushedUnacknowledged > 0 || pushFailed > 0 {
             lines.append("pushes not acknowledged: \(pushedUnacknowledged) cut by their process's death, \(pushFailed) failed")
         }

@@ -105,6 +105,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Most payload bytes per local queue (queued plus in flight).")
     var maxQueueBytes: Int = 256 << 20
 
+    @Option(help: "replicated (default: a push completes once a peer holds a copy of its items; an owner's death loses nothing unless the copy's holder dies too) or local (a push completes at once; the items the node still queues die with it).")
+    var replication: ReplicationOption = .replicated
+
     @Option(help: "Dead-letter queue: leased items delivered --max-deliveries times without an ack go there (on this node). Needs --max-deliveries.")
     var deadLetterQueue: String?
 
@@ -124,6 +127,7 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError("unknown --log-level '\(logLevel)': use trace, debug, info, notice, warning, error or critical")
         }
         var configuration = NodeConfiguration()
+        configuration.queue.replication = replication.value
         let address: SocketAddress
         do { address = try SocketAddress(listen) } catch { throw ValidationError("--listen: \(error)") }
         configuration.listenHost = address.host
@@ -370,4 +374,11 @@ func loadClusterKey(_ path: String, allowInsecurePermissions: Bool, logger: Logg
     } catch {
         throw CLIError(.keyRefused, "--key-file: \(error)")
     }
+}
+
+/// `--replication` of `p2pq node` and `p2pq bench stream`.
+enum ReplicationOption: String, ExpressibleByArgument, CaseIterable {
+    case replicated, local
+
+    var value: Replication { self == .replicated ? .replicated : .local }
 }

@@ -33,6 +33,9 @@ struct QueueStreamBench: AsyncParsableCommand {
     @Option(help: "AEAD of the Noise link: auto (default: aesgcm when the CPU has AES instructions, else chachapoly), chachapoly or aesgcm.")
     var linkCipher: LinkCipherOption = .auto
 
+    @Option(help: "Replication of both nodes: replicated (default: each push waits for a replica on the consumer's node, or for the transfer there) or local.")
+    var replication: ReplicationOption = .replicated
+
     @Option(help: "Load stats interval of both nodes, milliseconds (default: the node default, 250).")
     var statsIntervalMs: Int?
 
@@ -62,7 +65,7 @@ struct QueueStreamBench: AsyncParsableCommand {
                     ("bench", "queue-stream"), ("payload", size), ("items", items), ("run", run + 1),
                     ("itemsPerSecond", result.rate), ("seconds", result.seconds),
                     ("consumerCPUSeconds", result.consumerCPU), ("producerCPUSeconds", result.producerCPU),
-                    ("delivery", atMostOnce ? "atMostOnce" : "atLeastOnce"), ("secure", true),
+                    ("delivery", atMostOnce ? "atMostOnce" : "atLeastOnce"), ("replication", replication.rawValue), ("secure", true),
                     ("linkCipher", linkCipher.rawValue), ("api", api.rawValue), ("tasks", tasks.rawValue),
                 ]))
                 fflush(nil)
@@ -80,6 +83,7 @@ struct QueueStreamBench: AsyncParsableCommand {
 
     private func once(payload: Int) async throws -> (rate: Double, seconds: Double, consumerCPU: Double, producerCPU: Double) {
         var configuration = loopbackNodeConfiguration(linkCipher: linkCipher.cipher)
+        configuration.queue.replication = replication.value
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
         if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
         if let maxItems { configuration.queue.maxItems = maxItems }
@@ -107,7 +111,7 @@ struct QueueStreamBench: AsyncParsableCommand {
         var arguments = ["bench", "stream-role", "--bootstrap", "\(info.listenAddress)", "--items", "\(items)",
                          "--payload", "\(payload)", "--batch", "\(batch)"]
         if atMostOnce { arguments.append("--at-most-once") }
-        arguments += ["--link-cipher", linkCipher.rawValue]
+        arguments += ["--link-cipher", linkCipher.rawValue, "--replication", replication.rawValue]
         if let statsIntervalMs { arguments += ["--stats-interval-ms", "\(statsIntervalMs)"] }
         if let maxItems { arguments += ["--max-items", "\(maxItems)"] }
         arguments += ["--api", api.rawValue, "--tasks", tasks.rawValue]
@@ -156,12 +160,14 @@ struct QueueStreamRole: AsyncParsableCommand {
     @Flag var atMostOnce = false
     @Option var statsIntervalMs: Int?
     @Option var linkCipher: LinkCipherOption = .auto
+    @Option var replication: ReplicationOption = .replicated
     @Option var maxItems: Int?
     @Option var api: StreamAPI = .batch
     @Option var tasks: StreamTasks = .pool
 
     func run() async throws {
         var configuration = loopbackNodeConfiguration(bootstrap: [bootstrap], linkCipher: linkCipher.cipher)
+        configuration.queue.replication = replication.value
         if atMostOnce { configuration.queue.delivery = .atMostOnce }
         if let statsIntervalMs { configuration.queue = withStatsInterval(configuration.queue, statsIntervalMs) }
         if let maxItems { configuration.queue.maxItems = maxItems }
@@ -242,6 +248,9 @@ struct QueueBalanceBench: AsyncParsableCommand {
     @Option(help: "adaptive, legacy or both.")
     var strategy: String = "both"
 
+    @Option(help: "Replication of the nodes' queues: replicated (the default) or local.")
+    var replication: ReplicationOption = .replicated
+
     @Option(help: "Runs per configuration.")
     var runs: Int = 1
 
@@ -285,6 +294,7 @@ struct QueueBalanceBench: AsyncParsableCommand {
         let work = durations(distribution, seed: 42 + UInt64(run))
         let nodes = try await startLocalMesh(count) { configuration in
             if strategy == "legacy" { configuration.queue = .legacy }
+            configuration.queue.replication = replication.value
         }
         let queues = nodes.map { $0.queue(named: "w3") }
         for queue in queues { _ = await queue.size() }
@@ -371,7 +381,9 @@ private final class BalanceProgress: Sendable {
 
 /// The queue configuration with another stats interval (and the intervals derived from it).
 func withStatsInterval(_ base: QueueConfiguration, _ milliseconds: Int) -> QueueConfiguration {
-    QueueConfiguration(
+    var configuration = QueueConfiguration(
         strategy: base.strategy, delivery: base.delivery, maxItems: base.maxItems, maxBytes: base.maxBytes,
         maxFrameSize: base.maxFrameSize, statsInterval: UInt64(max(1, milliseconds)) * 1_000_000)
+    configuration.replication = base.replication
+    return configuration
 }

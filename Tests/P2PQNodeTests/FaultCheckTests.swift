@@ -65,6 +65,29 @@ struct FaultCheckTests {
         #expect(abs(report.duplicatePercent - 100.0 * 2 / 6) < 1e-9)
     }
 
+    @Test("An item lost after its owner and another node were SIGKILLed is its own class, not a loss; with only the owner killed it is lost")
+    func bothHoldersDied() {
+        // p:4 and p:5 never come out; p is killed, then c2.
+        let consumers = Self.consumers.replacingOccurrences(of: #"{"t":100.7,"node":"c1","op":"pop","ids":["p:4","p:5"]}"#, with: "")
+        var check = FaultCheck()
+        check.read(Self.producer)
+        check.read(consumers)
+        check.read(#"{"t":100.8,"node":"harness","op":"fault","kind":"sigkill","target":"p"}"#)
+        let ownerOnly = check.report()
+        #expect(ownerOnly.lost == 2 && ownerOnly.lostBothHoldersDied == 0 && !ownerOnly.passed)
+        check.read(#"{"t":102.0,"node":"harness","op":"fault","kind":"sigkill","target":"c2"}"#)
+        let both = check.report()
+        #expect(both.lost == 0 && both.lostBothHoldersDied == 2 && both.passed)
+        #expect(both.summary.contains("(both copies may have died): 2"))
+        // A kill before the push does not count: those items were pushed after it.
+        var early = FaultCheck()
+        early.read(#"{"t":99.0,"node":"harness","op":"fault","kind":"sigkill","target":"c2"}"#)
+        early.read(Self.producer)
+        early.read(consumers)
+        early.read(#"{"t":100.8,"node":"harness","op":"fault","kind":"sigkill","target":"p"}"#)
+        #expect(early.report().lost == 2)
+    }
+
     @Test("A push that never returned is not owed; an item nobody pushed is unexpected")
     func unacknowledgedAndUnexpected() {
         var check = FaultCheck()

@@ -728,11 +728,10 @@ GROUPS = {
     "memory": ["slow-consumer"],
 }
 GROUPS["all"] = [s for g in ("sigkill", "sigterm", "sigstop", "partition", "degraded", "calls", "memory") for s in GROUPS[g]]
-# The owner's death with its own items still queued loses them until items are replicated
-# (issue 19, case 3): these fail today, and run on request, not in CI.
+# The owner's death with its own items still queued: covered by replication.
 GROUPS["replication"] = ["kill-owner", "kill-owner-then-holder"]
-# CI's short suite (about 4 minutes): every scenario short, but those waiting for replication.
-GROUPS["ci"] = ["kill-holder", "term-holder", "term-producer", "term-consumer",
+# CI's short suite (about 5 minutes): every scenario short.
+GROUPS["ci"] = ["kill-holder", "kill-owner", "kill-owner-then-holder", "term-holder", "term-producer", "term-consumer",
                 "stop-2.5", "partition-one", "partition-oneway", "loss-5", "caller-death", "slow-consumer"]
 
 

@@ -130,7 +130,7 @@ final class QueueShell {
     private var isDraining = false
     private var isServing: Bool { !isStopped && !isDraining }
     /// The hello features this node announces (§5): it takes over ownership in drain transfers.
-    static let helloFeatures = QueueWire.featureOwnershipHandover
+    static let helloFeatures = QueueWire.featureOwnershipHandover | QueueWire.featureReplicas
     /// Messages held back to be written one transfer at a time (see `send(_:to:queue:)`), in
     /// order, and whether a run of them is scheduled.
     private var outbox: [(peer: PeerID, queue: String, message: QueueMessage)] = []
@@ -150,6 +150,17 @@ final class QueueShell {
         var reportedStaleCopies = 0
         /// Callers of `flush`, by ID.
         var flushes: [UInt64: PendingFlush] = [:]
+        /// Pushes whose items are queued and wait for their replica's ack, in push order.
+        var replicating: [ReplicatingPush] = []
+    }
+
+    /// A push accepted by the machine whose items wait for a peer to acknowledge their replica
+    /// (``Replication/replicated``): it completes when no item pushed before `mark` waits.
+    private struct ReplicatingPush {
+        var id: UInt64
+        var mark: UInt64
+        var continuation: PushSink
+        var timer: TimerID?
     }
 
     /// A `flush` waiting until the items pushed before `mark` are held elsewhere (or popped).
@@ -204,10 +215,13 @@ final class QueueShell {
         var configuration = core.configuration.queue
         configuration.maxFrameSize = core.configuration.maxFrameSize
         configuration.firstSequence = Swift.max(configuration.firstSequence, core.incarnation)
+        // The node's internal queues (remote calls) have their own retries: no replicas.
+        if name.hasPrefix("p2pq.") { configuration.replication = .local }
         queues[name] = Entry(machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration))
         perform(name, queues[name]!.machine.start(now: now))
         for peer in core.connectedPeers.sorted() {
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer), now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
+                                                              keepsReplicas: keepsReplicas(peer), now: now))
         }
         return true
     }
@@ -240,7 +254,7 @@ final class QueueShell {
         switch outcome {
         case .accepted:
             countPushed(name, items.count)
-            continuation(.success(()))
+            parked = complete(name, timeout: timeout, continuation)
         case .full:
             if wait {
                 parked = park(name, items, timeout: timeout, continuation)
@@ -253,6 +267,42 @@ final class QueueShell {
         }
         perform(name, actions)
         return parked
+    }
+
+    /// Completes an accepted push, or parks it until its items' replica is acknowledged;
+    /// returns its ID while it waits (it can be withdrawn as a push waiting for room can).
+    private func complete(_ name: String, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64? {
+        let mark = queues[name]!.machine.nextItemSequence
+        guard queues[name]!.machine.awaitsReplica(before: mark) else {
+            continuation(.success(()))
+            return nil
+        }
+        let id = nextWaiter
+        nextWaiter += 1
+        var pending = ReplicatingPush(id: id, mark: mark, continuation: continuation)
+        if let timeout {
+            pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
+                self.withdrawPush(name, id, with: .timeout, timerFired: true)
+            }
+        }
+        queues[name]!.replicating.append(pending)
+        return id
+    }
+
+    /// Completes the pushes whose items' replicas are all acknowledged (or that need none any
+    /// more: no peer keeps replicas).
+    private func checkReplicated(_ name: String) {
+        guard let entry = queues[name], !entry.replicating.isEmpty else { return }
+        var done: [ReplicatingPush] = []
+        queues[name]!.replicating.removeAll { pending in
+            guard !entry.machine.awaitsReplica(before: pending.mark) else { return false }
+            done.append(pending)
+            return true
+        }
+        for pending in done {
+            if let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.success(()))
+        }
     }
 
     private func park(_ name: String, _ items: PushItems, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64 {
@@ -271,6 +321,14 @@ final class QueueShell {
     /// Removes a waiting push (its task was cancelled, or its deadline passed) and fails it
     /// with `error`; nothing if it already ended.
     func withdrawPush(_ name: String, _ id: UInt64, with error: QueueError, timerFired: Bool = false) {
+        if let index = queues[name]?.replicating.firstIndex(where: { $0.id == id }) {
+            // Its items stay queued (unreplicated until a peer takes the replica): the caller
+            // hears it was not confirmed.
+            let pending = queues[name]!.replicating.remove(at: index)
+            if !timerFired, let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.failure(error))
+            return
+        }
         guard let index = queues[name]?.pushes.firstIndex(where: { $0.id == id }) else { return }
         let pending = queues[name]!.pushes.remove(at: index)
         if !timerFired, let timer = pending.timer { core.reactor.cancel(timer) }
@@ -566,13 +624,18 @@ final class QueueShell {
 
     func peerConnected(_ peer: PeerID) {
         let adopts = adoptsOwnership(peer)
+        let keeps = keepsReplicas(peer)
         for name in queues.keys.sorted() {
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adopts, now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now))
         }
     }
 
     private func adoptsOwnership(_ peer: PeerID) -> Bool {
         core.remoteFeatures(of: peer) & QueueWire.featureOwnershipHandover != 0
+    }
+
+    private func keepsReplicas(_ peer: PeerID) -> Bool {
+        core.remoteFeatures(of: peer) & QueueWire.featureReplicas != 0
     }
 
     func peerDisconnected(_ peer: PeerID) {
@@ -584,7 +647,8 @@ final class QueueShell {
     func peerLinkChanged(_ peer: PeerID) {
         for name in queues.keys.sorted() {
             perform(name, queues[name]!.machine.peerDisconnected(peer, now: now))
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer), now: now))
+            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
+                                                              keepsReplicas: keepsReplicas(peer), now: now))
         }
     }
 
@@ -693,7 +757,7 @@ final class QueueShell {
     /// Membership took `peer` back (it refuted a verdict, or a new process of it joined).
     func peerRejoined(_ peer: PeerID, linked: Bool) {
         for name in queues.keys.sorted() {
-            perform(name, queues[name]!.machine.peerRejoined(peer, linked: linked, now: now))
+            perform(name, queues[name]!.machine.peerRejoined(peer, linked: linked, keepsReplicas: keepsReplicas(peer), now: now))
         }
     }
 
@@ -706,6 +770,14 @@ final class QueueShell {
             if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
             queues[name]!.timer = nil
             failParked(name)
+            // Pushes still waiting for a replica (a drain completes them: its transfers carry
+            // the items with their ownership).
+            let replicating = queues[name]!.replicating
+            queues[name]!.replicating = []
+            for pending in replicating {
+                if let timer = pending.timer { core.reactor.cancel(timer) }
+                pending.continuation(.failure(.nodeStopped))
+            }
         }
     }
 
@@ -769,7 +841,10 @@ final class QueueShell {
     // MARK: Actions
 
     private func perform(_ name: String, _ actions: consuming [QueueAction]) {
-        defer { checkFlushes(name) }
+        defer {
+            checkFlushes(name)
+            checkReplicated(name)
+        }
         for index in actions.indices {
             // Moved out of the array, not copied: a delivery's items must have no reference left
             // here when they are handed over (see `PopSink`).
@@ -825,7 +900,10 @@ final class QueueShell {
             switch outcome {
             case .accepted:
                 countPushed(name, push.items.count)
-                push.continuation(.success(()))
+                // Waits for its replica under the same ID, without its timer (it had its turn).
+                if complete(name, timeout: nil, push.continuation) != nil {
+                    queues[name]!.replicating[queues[name]!.replicating.count - 1].id = push.id
+                }
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
             case .batchTooLarge, .full: push.continuation(.failure(.batchTooLarge))

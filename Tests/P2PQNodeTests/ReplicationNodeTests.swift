@@ -1,0 +1,80 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Glibc
+import P2PQLink
+@testable import P2PQNode
+import P2PQOperations
+import P2PQQueue
+import P2PQWire
+import Testing
+
+/// Pushes `lines` (one item each) through a node's operations endpoint; true on 200.
+private func httpPush(_ base: String, queue: String, _ lines: [String], token: OperationsToken) async throws -> Bool {
+    var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/push")!)
+    request.httpMethod = "POST"
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    request.httpBody = Data(lines.joined(separator: "\n").utf8 + [UInt8(ascii: "\n")])
+    request.timeoutInterval = 20
+    let (_, response) = try await URLSession.shared.data(for: request)
+    return (response as? HTTPURLResponse)?.statusCode == 200
+}
+
+@Suite("Replication on real nodes", .serialized)
+struct ReplicationNodeTests {
+    let key = ClusterKey.generate()
+
+    /// The owner is a `p2pq node` child: it takes pushes, nobody consumes, it is SIGKILLed with
+    /// all of them still queued. With replication its peers pop every item; with `local` they
+    /// pop none (what the mode documents it loses).
+    func killOwner(replication: ReplicationMode) async throws -> (popped: Set<String>, total: Int) {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
+        try key.save(path: path)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let nodes = try await startMesh(2, key: key) { $0.queue.replication = replication == .replicated ? .replicated : .local }
+        let queues = nodes.map { $0.queue(named: "r") }
+        for queue in queues { _ = await queue.size() }
+        let info = try #require(await nodes[0].withCore { "\($0.advertised)" })
+        let child = try await ChildNode(arguments: ["--bootstrap", info, "--key-file", path, "--metrics", "127.0.0.1:0",
+                                                    "--replication", replication.rawValue])
+        defer { if child.process.isRunning { kill(child.process.processIdentifier, SIGKILL) } }
+        let operations = try await child.nextLine().replacingOccurrences(of: "operations ", with: "")
+        try await eventually("the child links to both", diagnose: { child.diagnostics() }) {
+            for node in nodes where !(await node.connectedPeers().contains(child.peerID)) { return false }
+            return true
+        }
+        let total = 5000
+        let token = OperationsToken.derived(from: key)
+        for start in stride(from: 0, to: total, by: 500) {
+            #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+        }
+        // Every push returned: kill the owner before anything moves.
+        kill(child.process.processIdentifier, SIGKILL)
+        var popped = Set<String>()
+        let deadline = ContinuousClock.now + .seconds(replication == .replicated ? 30 : 6)
+        while popped.count < total && ContinuousClock.now < deadline {
+            for queue in queues {
+                if let items = try? await queue.pop(max: 1000, timeout: .milliseconds(100)) {
+                    popped.formUnion(items.map { String(decoding: $0, as: UTF8.self) })
+                }
+            }
+        }
+        for node in nodes { await node.stop() }
+        return (popped, total)
+    }
+
+    enum ReplicationMode: String { case replicated, local }
+
+    @Test("Replicated: an owner SIGKILLed with its 5,000 pushed items still queued loses none; its replica holder re-queues them")
+    func killOwnerReplicated() async throws {
+        let (popped, total) = try await killOwner(replication: .replicated)
+        #expect(popped == Set((0..<total).map(String.init)), "missing \(total - popped.count)")
+    }
+
+    @Test("Local: the same kill loses the owner's queued items (the documented cost of the mode)")
+    func killOwnerLocal() async throws {
+        let (popped, total) = try await killOwner(replication: .local)
+        #expect(popped.count < total)
+    }
+}

@@ -1,0 +1,315 @@
+import P2PQQueue
+import P2PQWire
+import Testing
+
+private let A = peer(1)
+private let B = peer(2)
+private let C = peer(3)
+
+/// Delivers every message `from` sends to `to` (through the real codec), returning the
+/// receiver's actions.
+private func deliver(_ actions: [QueueAction], from: PeerID, to: PeerID, into machine: inout QueueMachine, now: UInt64) throws -> [QueueAction] {
+    var out: [QueueAction] = []
+    for case .send(let message, let target) in actions where target == to {
+        out += machine.receive(try wireRoundTrip(message), from: from, now: now)
+    }
+    return out
+}
+
+/// The replica transfers among `actions`, as (receiver, item count).
+private func replicas(_ actions: [QueueAction]) -> [(PeerID, Int)] {
+    actions.compactMap {
+        if case .send(.transfer(_, _, .replica, _, let items), let target) = $0 { (target, items.count) } else { nil }
+    }
+}
+
+/// The items named by the replica releases among `actions` sent to `holder`.
+private func released(_ actions: [QueueAction], to holder: PeerID) -> Int {
+    actions.reduce(0) { total, action in
+        guard case .send(.replicaRelease(_, let runs), let target) = action, target == holder else { return total }
+        return total + runs.reduce(0) { $0 + Int($1.count) }
+    }
+}
+
+/// Machines for `peers`, each linked to the others as peers that keep replicas.
+private func mesh(_ ids: [PeerID], configuration: QueueConfiguration = QueueConfiguration()) -> [QueueMachine] {
+    ids.map { id in
+        var machine = QueueMachine(name: "q", localPeer: id, configuration: configuration)
+        for other in ids where other != id { _ = machine.peerConnected(other, keepsReplicas: true, now: 0) }
+        return machine
+    }
+}
+
+/// A pushes `n` items and B keeps their replica (acknowledged): returns A's push actions.
+@discardableResult
+private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: Int, now: UInt64 = 1) throws -> [QueueAction] {
+    let (outcome, actions) = a.push((0..<n).map { payload($0) }, now: now)
+    #expect(outcome == .accepted)
+    let acks = try deliver(actions, from: A, to: B, into: &b, now: now + 1)
+    _ = try deliver(acks, from: B, to: A, into: &a, now: now + 2)
+    return actions
+}
+
+@Suite struct ReplicationTests {
+    @Test("A push's items go as one replica transfer to one peer; the push waits until that peer's ack")
+    func pushWaitsForReplicaAck() throws {
+        var m = mesh([A, B, C])
+        let (outcome, actions) = m[0].push((0..<10).map { payload($0) }, now: 1)
+        #expect(outcome == .accepted)
+        let sent = replicas(actions)
+        #expect(sent.count == 1 && sent[0].1 == 10)
+        let holder = sent[0].0
+        let mark = m[0].nextItemSequence
+        #expect(m[0].awaitsReplica(before: mark))
+        #expect(m[0].drainProgress.inFlight == 10)
+        let index = holder == B ? 1 : 2
+        let acks = try deliver(actions, from: A, to: holder, into: &m[index], now: 2)
+        // Kept aside, not queued: nobody pops a replica.
+        #expect(m[index].shelvedItems == 10 && m[index].count == 0)
+        #expect(m[index].pop(max: 100, waiter: nil, now: 3).0.isEmpty)
+        _ = try deliver(acks, from: holder, to: A, into: &m[0], now: 4)
+        #expect(!m[0].awaitsReplica(before: mark))
+        #expect(m[0].counters.replicated == 10)
+    }
+
+    @Test("Popped here, the items' replicas are released in one batched message; the holder drops them")
+    func releaseAfterPop() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        let popped = a.pop(max: 4, waiter: nil, now: 10)
+        #expect(popped.0.map(number) == [0, 1, 2, 3])
+        #expect(released(popped.1, to: B) == 0)  // batched
+        #expect(a.drainProgress.pendingNotices == 4)  // counted until sent
+        let flushed = a.tick(now: 10 + 20 * ms)
+        #expect(released(flushed, to: B) == 4)
+        _ = try deliver(flushed, from: A, to: B, into: &b, now: 11 + 20 * ms)
+        #expect(b.shelvedItems == 6)
+        #expect(a.drainProgress.pendingNotices == 0)
+    }
+
+    @Test("The owner dies: the holder queues the replicas not released, as its own, in order")
+    func ownerDeathRequeuesUnreleased() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        let popped = a.pop(max: 4, waiter: nil, now: 10)
+        #expect(popped.0.count == 4)
+        _ = try deliver(a.tick(now: 10 + 20 * ms), from: A, to: B, into: &b, now: 11 + 20 * ms)
+        _ = b.peerDied(A, now: 12 * second)
+        #expect(b.counters.replicasRequeued == 6 && b.shelvedItems == 0)
+        #expect(b.ownedItems == 6)
+        #expect(b.pop(max: 100, waiter: nil, now: 13 * second).0.map(number) == [4, 5, 6, 7, 8, 9])
+    }
+
+    @Test("A disconnect is not a death: the replicas stay kept")
+    func disconnectKeepsShelf() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        _ = b.peerDisconnected(A, now: 5)
+        #expect(b.shelvedItems == 10 && b.count == 0)
+    }
+
+    @Test("Items acknowledged by a transfer's receiver release their replica (the receiver and the record are the two copies)")
+    func releaseAfterTransferAck() throws {
+        var m = mesh([A, B, C])
+        var (a, b, c) = (m[0], m[1], m[2])
+        m = []
+        try replicated(&a, &b, 10)
+        #expect(b.shelvedItems == 10)
+        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: C, now: 5)
+        let acks = try deliver(stolen, from: A, to: C, into: &c, now: 6)
+        #expect(c.count == 10)
+        let ackActions = try deliver(acks, from: C, to: A, into: &a, now: 7)
+        let flushed = ackActions + a.tick(now: 7 + 20 * ms)
+        #expect(released(flushed, to: B) == 10)
+        _ = try deliver(flushed, from: A, to: B, into: &b, now: 8 + 20 * ms)
+        #expect(b.shelvedItems == 0)
+        // C dies: the owner re-queues them (its records), and replicates them again.
+        let died = a.peerDied(C, now: 9 * second)
+        #expect(a.count == 10)
+        #expect(replicas(died).map(\.1) == [10])
+    }
+
+    @Test("A leased item keeps its replica until its ack, then releases it")
+    func leaseAckReleases() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 5)
+        let (leased, _) = a.popLeased(max: 5, lease: 10 * second, waiter: nil, now: 10)
+        #expect(leased.count == 5)
+        #expect(released(a.tick(now: 10 + 50 * ms), to: B) == 0)
+        let acked = a.ack(leased.map(\.token), now: 20)
+        #expect(acked.acknowledged == 5)
+        #expect(released(acked.actions + a.tick(now: 20 + 20 * ms), to: B) == 5)
+    }
+
+    @Test("A full shelf refuses; the owner tries another peer that keeps replicas")
+    func shelfBoundRefuses() throws {
+        var small = QueueConfiguration()
+        small.maxItems = 5
+        var a = QueueMachine(name: "q", localPeer: A)
+        var b = QueueMachine(name: "q", localPeer: B, configuration: small)
+        var c = QueueMachine(name: "q", localPeer: C)
+        _ = a.peerConnected(B, keepsReplicas: true, now: 0)
+        _ = a.peerConnected(C, keepsReplicas: true, now: 0)
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(replicas(actions).map(\.0) == [B])
+        let refusal = try deliver(actions, from: A, to: B, into: &b, now: 2)
+        #expect(b.shelvedItems == 0)
+        let retry = try deliver(refusal, from: B, to: A, into: &a, now: 3)
+        #expect(a.counters.replicasRefused == 10)
+        #expect(a.awaitsReplica(before: a.nextItemSequence))
+        #expect(replicas(retry).map(\.0) == [C])
+        let acks = try deliver(retry, from: A, to: C, into: &c, now: 4)
+        _ = try deliver(acks, from: C, to: A, into: &a, now: 5)
+        #expect(c.shelvedItems == 10 && !a.awaitsReplica(before: a.nextItemSequence))
+    }
+
+    @Test("Every peer refuses: the push keeps waiting (as under backpressure) and the replica is tried again later")
+    func allRefuseWaits() throws {
+        var small = QueueConfiguration()
+        small.maxItems = 5
+        var a = QueueMachine(name: "q", localPeer: A)
+        var b = QueueMachine(name: "q", localPeer: B, configuration: small)
+        _ = a.peerConnected(B, keepsReplicas: true, now: 0)
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        let retry = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        #expect(replicas(retry).isEmpty)
+        #expect(a.awaitsReplica(before: a.nextItemSequence))
+        // After the refusal's pause (a stats interval) it is sent again.
+        #expect(replicas(a.tick(now: 3 + a.configuration.statsInterval)).map(\.1) == [10])
+    }
+
+    @Test("The replica holder dies: the owner sends the replicas to another peer")
+    func holderDeathReplicatesAgain() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        let died = a.peerDied(B, now: 5)
+        #expect(replicas(died).map(\.0) == [C])
+        #expect(replicas(died).map(\.1) == [10])
+    }
+
+    @Test("The last peer that keeps replicas dies: a waiting push completes unreplicated")
+    func lastPeerDiesCompletesLocally() throws {
+        var m = mesh([A, B])
+        var a = m[0]
+        m = []
+        _ = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(a.awaitsReplica(before: a.nextItemSequence))
+        _ = a.peerDied(B, now: 2)
+        #expect(!a.awaitsReplica(before: a.nextItemSequence))
+        #expect(a.count == 10)
+    }
+
+    @Test("A drain sends the releases at once and counts replicas in flight; the holder then re-queues nothing when the owner leaves")
+    func drainSendsReleases() throws {
+        var slow = QueueConfiguration()
+        slow.confirmDelay = 3600 * second
+        slow.confirmBatch = 1 << 30
+        var m = mesh([A, B], configuration: slow)
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        let drained = a.drain(now: 10)
+        #expect(!a.drainProgress.isComplete)
+        let acks = try deliver(drained, from: A, to: B, into: &b, now: 11)
+        #expect(b.count == 10 && b.ownedItems == 10)
+        let ackActions = try deliver(acks, from: B, to: A, into: &a, now: 12)
+        #expect(released(ackActions, to: B) == 10)  // not held for the batch delay
+        #expect(a.drainProgress.isComplete)
+        _ = try deliver(ackActions, from: A, to: B, into: &b, now: 13)
+        #expect(b.shelvedItems == 0)
+        _ = b.peerDied(A, now: 14)  // A left
+        #expect(b.count == 10 && b.counters.replicasRequeued == 0)
+    }
+
+    @Test("A replica transfer not acknowledged yet keeps the drain incomplete")
+    func drainWaitsForReplicaInFlight() {
+        var m = mesh([A, B])
+        var a = m[0]
+        m = []
+        _ = a.push((0..<10).map { payload($0) }, now: 1)
+        _ = a.drain(now: 2)
+        #expect(a.drainProgress.inFlight >= 10 && !a.drainProgress.isComplete)
+    }
+
+    @Test("Local replication sends no replica; a push completes at once")
+    func localSendsNone() {
+        var local = QueueConfiguration()
+        local.replication = .local
+        var m = mesh([A, B], configuration: local)
+        let (outcome, actions) = m[0].push((0..<10).map { payload($0) }, now: 1)
+        #expect(outcome == .accepted && replicas(actions).isEmpty)
+        #expect(!m[0].awaitsReplica(before: m[0].nextItemSequence))
+    }
+
+    @Test("At-most-once sends no replica")
+    func atMostOnceSendsNone() {
+        var config = QueueConfiguration()
+        config.delivery = .atMostOnce
+        var m = mesh([A, B], configuration: config)
+        let (_, actions) = m[0].push((0..<10).map { payload($0) }, now: 1)
+        #expect(replicas(actions).isEmpty)
+        #expect(!m[0].awaitsReplica(before: m[0].nextItemSequence))
+    }
+
+    @Test("A peer whose hello lacks the feature bit gets no replica; the push completes unreplicated")
+    func oldPeerGetsNone() {
+        var a = QueueMachine(name: "q", localPeer: A)
+        _ = a.peerConnected(B, now: 0)
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(replicas(actions).isEmpty)
+        #expect(!a.awaitsReplica(before: a.nextItemSequence))
+    }
+
+    @Test("A replica sent again (its ack was lost) is kept once")
+    func retransmittedReplicaKeptOnce() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        _ = try deliver(actions, from: A, to: B, into: &b, now: 2)
+        _ = try deliver(actions, from: A, to: B, into: &b, now: 3)
+        #expect(b.shelvedItems == 10)
+        _ = b.peerDied(A, now: 4)
+        #expect(b.count == 10)
+    }
+
+    @Test("A replica holder declared dead and back: the owner releases all it kept (they were replicated elsewhere), ahead of new replicas")
+    func rejoinedHolderReleasesAll() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        #expect(replicas(a.peerDied(B, now: 5)).map(\.0) == [C])
+        let back = a.peerRejoined(B, linked: true, keepsReplicas: true, now: 6)
+        #expect(released(back, to: B) >= 10)
+        _ = try deliver(back, from: A, to: B, into: &b, now: 7)
+        #expect(b.shelvedItems == 0)
+        _ = b.peerDied(A, now: 8)
+        #expect(b.count == 0)  // nothing stale re-queued
+    }
+
+    @Test("Items pushed while no peer kept replicas are replicated when the first such peer connects")
+    func lateReplication() throws {
+        var a = QueueMachine(name: "q", localPeer: A)
+        var b = QueueMachine(name: "q", localPeer: B)
+        let (_, alone) = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(replicas(alone).isEmpty && !a.awaitsReplica(before: a.nextItemSequence))
+        _ = a.pop(max: 3, waiter: nil, now: 2)
+        let linked = a.peerConnected(B, keepsReplicas: true, now: 3)
+        #expect(replicas(linked).map(\.1) == [7])
+        _ = b.peerConnected(A, keepsReplicas: true, now: 3)
+        _ = try deliver(try deliver(linked, from: A, to: B, into: &b, now: 4), from: B, to: A, into: &a, now: 5)
+        _ = b.peerDied(A, now: 6)
+        #expect(b.pop(max: 100, waiter: nil, now: 7).0.map(number) == Array(3..<10))
+    }
+}
