@@ -138,6 +138,10 @@ public struct QueueMachine: Sendable {
     private var shelves: [PeerID: Deque<QueueRun>] = [:]
     private var shelfItems = 0
     private var shelfBytes = 0
+    // Owners declared dead (or gone) while their link was still up: their shelf is re-queued
+    // when the link goes or at this deadline, so releases already on the link (a graceful
+    // leave sends them before its goodbye, but the verdict may come first by gossip) count.
+    private var shelfGrace: [PeerID: UInt64] = [:]
 
     private struct Waiter: Sendable {
         var id: WaiterID
@@ -734,6 +738,7 @@ public struct QueueMachine: Sendable {
     public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
         peers[peer]?.connected = false
+        if shelfGrace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
         linkLost(peer, &actions, now: now)
         finish(&actions, now: now)
         return actions
@@ -744,6 +749,7 @@ public struct QueueMachine: Sendable {
     public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
+        let linked = peers[peer]?.connected == true
         peers[peer] = nil
         linkLost(peer, &actions, now: now)
         // Its notices stay (bounded per owner, for `deadOwnerRetention`): a verdict may be
@@ -761,8 +767,13 @@ public struct QueueMachine: Sendable {
         }
         // Its items held back here can no longer be checked: consumers get them.
         release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
-        // The replicas it asked this node to keep are the only copies now: queued here.
-        requeueShelf(of: peer, &actions, now: now)
+        // The replicas it asked this node to keep are the only copies now: queued here (once its
+        // link is gone: what it sent before leaving counts).
+        if linked && shelves[peer] != nil {
+            shelfGrace[peer] = now + configuration.stallThreshold
+        } else {
+            requeueShelf(of: peer, &actions, now: now)
+        }
         releases[peer] = nil
         if replicaPeer == peer { replicaPeer = nil }
         if configuration.delivery == .atLeastOnce {
@@ -818,6 +829,10 @@ public struct QueueMachine: Sendable {
         if case .custodyCheck(_, let checkID, let checked) = message {
             // Answered even if this node believes the asker dead: that belief is the reason.
             actions.append(.send(.custodyVerdict(queue: name, checkID: checkID, stale: staleCopies(checked)), to: peer))
+            return actions
+        }
+        if case .replicaRelease(_, let runs) = message, shelfGrace[peer] != nil {
+            for run in runs { unshelve(run, of: peer) }  // a leaving owner's last releases
             return actions
         }
         guard !deadPeers.contains(peer) else { return actions }
@@ -975,6 +990,10 @@ public struct QueueMachine: Sendable {
         }
         let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
+        for owner in shelfGrace.filter({ $0.value <= now }).keys.sorted() {
+            shelfGrace[owner] = nil
+            requeueShelf(of: owner, &actions, now: now)
+        }
         for id in replicaSends.filter({ $0.value.deadline <= now }).keys.sorted() {
             replicaAcknowledged(id, status: .full, now: now, &actions)  // as a refusal: another peer is tried
         }
@@ -1993,6 +2012,7 @@ public struct QueueMachine: Sendable {
     }
 
     private mutating func forgetDeath(of peer: PeerID) {
+        shelfGrace[peer] = nil  // back: it still counts on the replicas
         deadPeers.remove(peer)
         diedAt[peer] = nil
         if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }
@@ -2283,6 +2303,7 @@ public struct QueueMachine: Sendable {
         }
         var deadline = nextStatsAt!
         for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
+        for at in shelfGrace.values { deadline = Swift.min(deadline, at) }
         if !replicaSends.isEmpty || !releases.isEmpty || !replicaBacklog.isEmpty {
             sendReplicas(&actions, now: now)
             flushReleases(&actions, now: now, force: isDraining)

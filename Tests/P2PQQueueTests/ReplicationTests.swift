@@ -98,6 +98,7 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         let popped = a.pop(max: 4, waiter: nil, now: 10)
         #expect(popped.0.count == 4)
         _ = try deliver(a.tick(now: 10 + 20 * ms), from: A, to: B, into: &b, now: 11 + 20 * ms)
+        _ = b.peerDisconnected(A, now: 12 * second)  // killed: its link goes with it
         _ = b.peerDied(A, now: 12 * second)
         #expect(b.counters.replicasRequeued == 6 && b.shelvedItems == 0)
         #expect(b.ownedItems == 6)
@@ -279,6 +280,7 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = try deliver(actions, from: A, to: B, into: &b, now: 2)
         _ = try deliver(actions, from: A, to: B, into: &b, now: 3)
         #expect(b.shelvedItems == 10)
+        _ = b.peerDisconnected(A, now: 4)
         _ = b.peerDied(A, now: 4)
         #expect(b.count == 10)
     }
@@ -309,7 +311,37 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(replicas(linked).map(\.1) == [7])
         _ = b.peerConnected(A, keepsReplicas: true, now: 3)
         _ = try deliver(try deliver(linked, from: A, to: B, into: &b, now: 4), from: B, to: A, into: &a, now: 5)
+        _ = b.peerDisconnected(A, now: 6)
         _ = b.peerDied(A, now: 6)
         #expect(b.pop(max: 100, waiter: nil, now: 7).0.map(number) == Array(3..<10))
+    }
+
+    @Test("The owner's departure is heard (by gossip) before its last releases on its still open link: they count, then the rest is re-queued when the link goes")
+    func verdictBeforeLastReleases() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        _ = a.pop(max: 4, waiter: nil, now: 10)
+        let releases = a.tick(now: 10 + 20 * ms)
+        #expect(released(releases, to: B) == 4)
+        _ = b.peerDied(A, now: 11 + 20 * ms)  // left, heard from another member first
+        #expect(b.count == 0 && b.shelvedItems == 10)
+        _ = try deliver(releases, from: A, to: B, into: &b, now: 12 + 20 * ms)
+        #expect(b.shelvedItems == 6)
+        _ = b.peerDisconnected(A, now: 13 + 20 * ms)
+        #expect(b.counters.replicasRequeued == 6 && b.pop(max: 100, waiter: nil, now: 14 * second).0.map(number) == Array(4..<10))
+    }
+
+    @Test("A dead owner whose link stays up (paused): its replicas are re-queued after the grace")
+    func graceEnds() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        _ = b.peerDied(A, now: 5)
+        #expect(b.count == 0)
+        _ = b.tick(now: 5 + b.configuration.stallThreshold)
+        #expect(b.count == 10 && b.counters.replicasRequeued == 10)
     }
 }
