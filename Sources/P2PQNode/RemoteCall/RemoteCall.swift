@@ -181,9 +181,7 @@ public final class RemoteCall: Sendable {
     public func registerRawSync(
         _ name: String, memoize: Bool = false, _ body: @escaping @Sendable ([UInt8]) throws -> [UInt8]
     ) -> RawRemoteFunction {
-        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
-            do { return .success(try body(bytes)) } catch { return outcome(of: error) }
-        }
+        let run = rawOutcome(body)
         bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: nil, syncBody: run))
         return rawFunction(name, memoize: memoize)
     }
@@ -206,9 +204,7 @@ public final class RemoteCall: Sendable {
     public func registerRawInline(
         _ name: String, memoize: Bool = false, _ body: @escaping @Sendable ([UInt8]) throws -> [UInt8]
     ) -> RawRemoteFunction {
-        let run: @Sendable ([UInt8]) -> CallOutcome = { bytes in
-            do { return .success(try body(bytes)) } catch { return outcome(of: error) }
-        }
+        let run = rawOutcome(body)
         bridge.register(name, Registration(memoize: memoize, body: { run($0) }, inlineBody: run))
         return rawFunction(name, memoize: memoize)
     }
@@ -485,4 +481,11 @@ private func encodeResult<R: Encodable>(_ value: R) -> CallOutcome {
 private func truncated(_ error: any Error) -> String {
     let text = String(describing: error)
     return text.utf8.count <= RemoteCallLimits.maxDescriptionLength ? text : String(text.utf8.prefix(RemoteCallLimits.maxDescriptionLength - 3)) ?? "bad arguments"
+}
+
+/// A synchronous raw body as the executor runs it: its bytes, or the error it threw.
+private func rawOutcome(_ body: @escaping @Sendable ([UInt8]) throws -> [UInt8]) -> @Sendable ([UInt8]) -> CallOutcome {
+    { bytes in
+        do { return .success(try body(bytes)) } catch { return outcome(of: error) }
+    }
 }
