@@ -381,6 +381,7 @@ struct DemoDashboardTests {
     func demoStaysUp() async throws {
         let process = Process()
         process.executableURL = ChildNode.binary
+        process.environment = ChildNode.environment
         process.arguments = Self.small
         let output = Pipe()
         process.standardOutput = output

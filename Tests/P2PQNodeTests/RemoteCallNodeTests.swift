@@ -7,12 +7,14 @@ import P2PQWire
 import Synchronization
 import Testing
 
-private struct Boom: Error, CustomStringConvertible {
+/// An error a registered function throws (shared by the remote-call node tests).
+struct Boom: Error, CustomStringConvertible {
     var code: Int
     var description: String { "boom \(code)" }
 }
 
-private func result<T>(_ body: () async throws(RemoteCallError) -> T) async -> Result<T, RemoteCallError> {
+/// The outcome of a call as a value (shared by the remote-call node tests).
+func result<T>(_ body: () async throws(RemoteCallError) -> T) async -> Result<T, RemoteCallError> {
     do throws(RemoteCallError) {
         return .success(try await body())
     } catch {

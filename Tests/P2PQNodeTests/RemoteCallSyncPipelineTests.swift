@@ -6,18 +6,6 @@ import P2PQRemoteCall
 import Synchronization
 import Testing
 
-private struct Boom: Error, CustomStringConvertible {
-    var code: Int
-    var description: String { "boom \(code)" }
-}
-
-private func result<T>(_ body: () async throws(RemoteCallError) -> T) async -> Result<T, RemoteCallError> {
-    do throws(RemoteCallError) {
-        return .success(try await body())
-    } catch {
-        return .failure(error)
-    }
-}
 
 /// The kernel's name of the calling thread.
 private func threadName() -> String {
