@@ -101,6 +101,9 @@ public struct QueueMachine: Sendable {
     private var diedAt: [PeerID: UInt64] = [:]
     /// Other owners' items held back from consumers until the owner names the stale copies.
     private var heldBack: [PeerID: HeldBack] = [:]
+    /// Own items held back the same way, per peer keeping their replicas, until that peer names
+    /// the ones it re-queued as its own (it believed this node dead).
+    private var heldOwn: [PeerID: HeldBack] = [:]
     private var heldBackItems = 0
     private var heldBackBytes = 0
     private var nextCheckID: UInt64 = 1
@@ -142,6 +145,10 @@ public struct QueueMachine: Sendable {
     // when the link goes or at this deadline, so releases already on the link (a graceful
     // leave sends them before its goodbye, but the verdict may come first by gossip) count.
     private var shelfGrace: [PeerID: UInt64] = [:]
+    // Owners whose shelf was re-queued here: their sequences that were (in their numbering),
+    // kept for `deadOwnerRetention` so that an owner that was only paused learns which of its
+    // originals are stale (a replica check).
+    private var requeuedReplicas: [PeerID: RequeuedReplicas] = [:]
 
     private struct Waiter: Sendable {
         var id: WaiterID
@@ -176,6 +183,12 @@ public struct QueueMachine: Sendable {
     private struct LeaseKey: Hashable, Sendable {
         var origin: PeerID
         var sequence: UInt64
+    }
+
+    private struct RequeuedReplicas: Sendable {
+        /// Sorted, disjoint, merged where adjacent; at most `maxRequeuedRuns`.
+        var runs: [SequenceRun] = []
+        var at: UInt64
     }
 
     private struct ReplicaSend: Sendable {
@@ -722,6 +735,7 @@ public struct QueueMachine: Sendable {
         peers[peer]!.replicaRefusedUntil = 0
         peers[peer]!.closed = false  // a restarted process is open again; its report will say
         sendCheck(to: peer, &actions, now: now)
+        sendReplicaCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
         peers[peer]!.hasReport = false
         sendStats(to: [peer], &actions, now: now)
@@ -767,6 +781,8 @@ public struct QueueMachine: Sendable {
         }
         // Its items held back here can no longer be checked: consumers get them.
         release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
+        // Nor can it name the replicas it re-queued: none, as far as this node can tell.
+        release(heldOwn.removeValue(forKey: peer), stale: [], &actions, now: now)
         // The replicas it asked this node to keep are the only copies now: queued here (once its
         // link is gone: what it sent before leaving counts).
         if linked && shelves[peer] != nil {
@@ -831,6 +847,12 @@ public struct QueueMachine: Sendable {
             actions.append(.send(.custodyVerdict(queue: name, checkID: checkID, stale: staleCopies(checked)), to: peer))
             return actions
         }
+        if case .replicaCheck(_, let checkID, let checked) = message {
+            // Answered even if this node believes the owner dead: that belief is the reason.
+            answerReplicaCheck(checkID, checked, from: peer, &actions, now: now)
+            finish(&actions, now: now)
+            return actions
+        }
         if case .replicaRelease(_, let runs) = message, shelfGrace[peer] != nil {
             for run in runs { unshelve(run, of: peer) }  // a leaving owner's last releases
             return actions
@@ -892,6 +914,13 @@ public struct QueueMachine: Sendable {
             }
         case .replicaRelease(_, let runs):
             for run in runs { unshelve(run, of: peer) }
+        case .replicaCheck:
+            break  // above
+        case .replicaVerdict(_, let checkID, let requeued):
+            if let held = heldOwn[peer], held.checkID == checkID {
+                heldOwn[peer] = nil
+                release(held, stale: requeued, &actions, now: now)
+            }
         }
         finish(&actions, now: now)
         return actions
@@ -957,10 +986,12 @@ public struct QueueMachine: Sendable {
             if let change = sentChanges.removeValue(forKey: changeID) { revertGrant(change) }
         case .custodyCheck(_, let checkID, _):
             if heldBack[peer]?.checkID == checkID { heldBack[peer]!.checkID = nil }  // asked again on the next link
+        case .replicaCheck(_, let checkID, _):
+            if heldOwn[peer]?.checkID == checkID { heldOwn[peer]!.checkID = nil }
         case .replicaRelease(_, let runs):
             // Kept for the next link (or dropped when the holder dies).
             for run in runs { release(run, to: peer, now: now) }
-        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck, .custodyVerdict:
+        case .stats, .stealEmpty, .transferAck, .ownerUpdateAck, .custodyVerdict, .replicaVerdict:
             break  // the peer times out or asks again
         }
         finish(&actions, now: now)
@@ -974,6 +1005,13 @@ public struct QueueMachine: Sendable {
         armed = nil
         for owner in heldBack.keys.sorted() where heldBack[owner]!.deadline <= now {
             release(heldBack.removeValue(forKey: owner), stale: [], &actions, now: now)
+        }
+        for holder in heldOwn.keys.sorted() where heldOwn[holder]!.deadline <= now {
+            release(heldOwn.removeValue(forKey: holder), stale: [], &actions, now: now)
+        }
+        for owner in requeuedReplicas.keys.sorted()
+        where now &- requeuedReplicas[owner]!.at >= configuration.deadOwnerRetention {
+            requeuedReplicas[owner] = nil
         }
         for (owner, at) in diedAt where now &- at >= configuration.deadOwnerRetention {
             notices[owner] = nil
@@ -1323,7 +1361,9 @@ public struct QueueMachine: Sendable {
     /// Moves the queued items of other owners aside, out of consumers' reach, and asks each
     /// owner about them (at once if linked, else on its next link).
     private mutating func holdBack(_ actions: inout [Action], now: UInt64) {
-        guard configuration.delivery == .atLeastOnce, runs.contains(where: { $0.origin != localPeer }) else { return }
+        guard configuration.delivery == .atLeastOnce else { return }
+        holdBackReplicated(&actions, now: now)
+        guard runs.contains(where: { $0.origin != localPeer }) else { return }
         var kept = Deque<QueueRun>()
         var asked: Set<PeerID> = []
         for run in runs {
@@ -1415,10 +1455,16 @@ public struct QueueMachine: Sendable {
                     back.append(start == 0 && end == Int(run.count) ? run : run.items(start..<end, ends))
                 }
                 for i in 0..<Int(run.count) {
-                    if Self.contains(stale, run.first &+ UInt64(i)) {
+                    let sequence = run.first &+ UInt64(i)
+                    if Self.contains(stale, sequence) {
                         keep(upTo: i)
                         dropped += 1
                         store.release(run.slot)
+                        // An own item its replica holder re-queued: that copy is the item now.
+                        if run.origin == localPeer, let record = owned.remove(sequence) {
+                            ownedBytes -= Int(record.extent.length)
+                            store.release(record.extent.buffer)
+                        }
                     } else if from == nil {
                         from = i
                     }
@@ -1573,6 +1619,7 @@ public struct QueueMachine: Sendable {
     private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
         // A check on the lost link may be lost with it: asked again on the next one.
         if heldBack[peer] != nil { heldBack[peer]!.checkID = nil }
+        if heldOwn[peer] != nil { heldOwn[peer]!.checkID = nil }
         // Updates the owner may not have got go out again on the next link (applied once).
         for id in sentUpdates.filter({ $0.value.owner == peer }).keys.sorted() {
             requeueNotices(sentUpdates.removeValue(forKey: id)!, now: now)
@@ -2941,8 +2988,11 @@ extension QueueMachine {
         var back: [QueueRun] = []
         back.reserveCapacity(shelf.count)
         var count = 0
+        var requeued = requeuedReplicas.removeValue(forKey: owner) ?? RequeuedReplicas(at: now)
+        requeued.at = now
         for var run in shelf {
             let n = Int(run.count)
+            Self.insert(SequenceRun(first: run.first, count: run.count), into: &requeued.runs)
             shelfItems -= n
             shelfBytes -= Int(run.bytes)
             if configuration.delivery == .atLeastOnce {
@@ -2954,9 +3004,131 @@ extension QueueMachine {
             count += n
             back.append(run)
         }
+        if requeued.runs.count > Self.maxRequeuedRuns {
+            // Remembered in part (a shelf fragmented item by item): the owner delivers the
+            // rest as well (a duplicate at worst).
+            requeued.runs.removeFirst(requeued.runs.count - Self.maxRequeuedRuns)
+        }
+        requeuedReplicas[owner] = requeued
         runs.insert(contentsOf: back, at: 0)
         counters.replicasRequeued += count
         serveWaiters(&actions, now: now)
+    }
+
+    /// How many runs of re-queued replicas are remembered per owner.
+    static var maxRequeuedRuns: Int { 4096 }
+
+    /// Inserts `run` into sorted, disjoint `runs`, merging with an adjacent neighbour.
+    static func insert(_ run: SequenceRun, into runs: inout [SequenceRun]) {
+        if runs.isEmpty || runs[runs.count - 1].first < run.first {
+            if let last = runs.last, last.first &+ UInt64(last.count) == run.first,
+               UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
+                runs[runs.count - 1].count += run.count
+            } else {
+                runs.append(run)
+            }
+            return
+        }
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].first < run.first { low = mid + 1 } else { high = mid }
+        }
+        runs.insert(run, at: low)
+    }
+
+    /// The holder's side of a replica check from `owner`: the checked items whose replicas
+    /// were re-queued here. An owner still within its grace (declared dead, link up) is
+    /// alive enough to ask: its shelf is re-queued now, so that the answer stays true.
+    mutating func answerReplicaCheck(_ checkID: UInt64, _ checked: [SequenceRun], from owner: PeerID,
+                                     _ actions: inout [Action], now: UInt64) {
+        if shelfGrace.removeValue(forKey: owner) != nil { requeueShelf(of: owner, &actions, now: now) }
+        var requeued: [SequenceRun] = []
+        if let known = requeuedReplicas[owner]?.runs {
+            let limit = Swift.min(QueueWire.maxRunsPerUpdate,
+                                  (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / 12)
+            // Both lists are sorted and disjoint: one merge walk.
+            var k = 0
+            outer: for run in checked.sorted(by: { $0.first < $1.first }) {
+                let end = run.first &+ UInt64(run.count)
+                while k < known.count, known[k].first &+ UInt64(known[k].count) <= run.first { k += 1 }
+                var j = k
+                while j < known.count, known[j].first < end {
+                    let from = Swift.max(known[j].first, run.first)
+                    let to = Swift.min(known[j].first &+ UInt64(known[j].count), end)
+                    if from < to {
+                        guard requeued.count < limit else { break outer }  // the rest: a duplicate at worst
+                        _ = Self.extend(&requeued, with: SequenceRun(first: from, count: UInt32(to - from)))
+                    }
+                    j += 1
+                }
+            }
+        }
+        actions.append(.send(.replicaVerdict(queue: name, checkID: checkID, requeued: requeued), to: owner))
+    }
+
+    /// This node may have been declared dead: its own queued items whose replica a peer keeps
+    /// may have been re-queued there as that peer's own. They are held back from consumers and
+    /// that peer is asked which (its verdict drops those here); items with no replica stay.
+    mutating func holdBackReplicated(_ actions: inout [Action], now: UInt64) {
+        guard configuration.delivery == .atLeastOnce, runs.contains(where: { $0.origin == localPeer }) else { return }
+        var kept = Deque<QueueRun>()
+        var asked: [UInt32] = []
+        for run in runs {
+            guard run.origin == localPeer else {
+                kept.append(run)
+                continue
+            }
+            // Split the run where the replica holder changes.
+            store.ends(run.slot).withUnsafeBufferPointer { ends in
+                var start = 0
+                var current = owned[run.first]?.replica ?? HolderTable.here
+                func flush(upTo end: Int) {
+                    guard end > start else { return }
+                    let piece = start == 0 && end == Int(run.count) ? run : run.items(start..<end, ends)
+                    if current == HolderTable.here || current == HolderTable.inTransit || holders.peer(of: current) == nil {
+                        kept.append(piece)
+                        return
+                    }
+                    let holder = holders.peer(of: current)!
+                    heldOwn[holder, default: HeldBack(deadline: now &+ configuration.custodyCheckTimeout)].runs.append(piece)
+                    if !asked.contains(current) { asked.append(current) }
+                    heldBackItems += end - start
+                    heldBackBytes += Int(piece.bytes)
+                    queuedItems -= end - start
+                    queuedBytes -= Int(piece.bytes)
+                }
+                for i in 1..<Swift.max(1, Int(run.count)) {
+                    let replica = owned[run.first &+ UInt64(i)]?.replica ?? HolderTable.here
+                    if replica != current {
+                        flush(upTo: i)
+                        start = i
+                        current = replica
+                    }
+                }
+                flush(upTo: Int(run.count))
+            }
+        }
+        runs = kept
+        for holder in asked.compactMap({ holders.peer(of: $0) }).sorted() {
+            heldOwn[holder]!.checkID = nil  // a check already out did not cover the new items
+            sendReplicaCheck(to: holder, &actions, now: now)
+        }
+    }
+
+    mutating func sendReplicaCheck(to holder: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let held = heldOwn[holder], held.checkID == nil, peers[holder]?.connected == true else { return }
+        let id = nextCheckID
+        nextCheckID += 1
+        heldOwn[holder]!.checkID = id
+        var checked: [SequenceRun] = []
+        for run in held.runs.sorted(by: { $0.first < $1.first }) {
+            _ = Self.extend(&checked, with: SequenceRun(first: run.first, count: run.count))
+        }
+        // More runs than one frame holds: the first ones are checked, the rest released with
+        // them (a duplicate at worst).
+        let limit = Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / 12)
+        actions.append(.send(.replicaCheck(queue: name, checkID: id, runs: Array(checked.prefix(limit))), to: holder))
     }
 }
 

@@ -237,7 +237,10 @@ public enum QueueWire {
 ///   ≥ 1, attempt u32);
 /// - custody verdict `0x29`: queue str, check ID u64, stale run count u32, runs (first u64,
 ///   count u32 ≥ 1);
-/// - replica release `0x2A`: queue str, run count u32, runs (first u64, count u32 ≥ 1).
+/// - replica release `0x2A`: queue str, run count u32, runs (first u64, count u32 ≥ 1);
+/// - replica check `0x2B`: queue str, check ID u64, run count u32, runs (first u64, count u32 ≥ 1);
+/// - replica verdict `0x2C`: queue str, check ID u64, re-queued run count u32, runs (first u64,
+///   count u32 ≥ 1).
 public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case stats(queue: String, LoadStats)
     case stealRequest(queue: String, requestID: UInt64, maxItems: UInt32, thiefRate: Double)
@@ -264,6 +267,13 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// The owner no longer needs the replicas of these items (popped, or held by a peer that
     /// acknowledged a transfer): the replica holder drops them.
     case replicaRelease(queue: String, runs: [SequenceRun])
+    /// An owner that may have been declared dead (it stalled, or heard the verdict) asks the
+    /// holder of its replicas about its own queued items in `runs` (held back from consumers
+    /// until the verdict).
+    case replicaCheck(queue: String, checkID: UInt64, runs: [SequenceRun])
+    /// The holder's answer: the checked items whose replicas it re-queued as its own when it
+    /// believed the owner dead. The owner drops its originals of those and releases the rest.
+    case replicaVerdict(queue: String, checkID: UInt64, requeued: [SequenceRun])
 
     /// The queue the message is about.
     public var queue: String {
@@ -271,7 +281,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .stats(let queue, _), .stealRequest(let queue, _, _, _), .stealEmpty(let queue, _),
              .transfer(let queue, _, _, _, _), .transferAck(let queue, _, _), .ownerUpdate(let queue, _, _, _),
              .ownerUpdateAck(let queue, _), .ownerChange(let queue, _, _), .custodyCheck(let queue, _, _),
-             .custodyVerdict(let queue, _, _), .replicaRelease(let queue, _):
+             .custodyVerdict(let queue, _, _), .replicaRelease(let queue, _), .replicaCheck(let queue, _, _),
+             .replicaVerdict(let queue, _, _):
             return queue
         }
     }
@@ -289,6 +300,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .custodyCheck: return .queueCustodyCheck
         case .custodyVerdict: return .queueCustodyVerdict
         case .replicaRelease: return .queueReplicaRelease
+        case .replicaCheck: return .queueReplicaCheck
+        case .replicaVerdict: return .queueReplicaVerdict
         }
     }
 
@@ -374,6 +387,14 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
             for run in runs where run.count == 0 {
                 throw .malformed(field: "replicaRelease.runs", reason: "empty run at \(run.first)")
+            }
+        case .replicaCheck(_, _, let runs), .replicaVerdict(_, _, let runs):
+            let field = if case .replicaCheck = self { "replicaCheck.runs" } else { "replicaVerdict.requeued" }
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: field, reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            for run in runs where run.count == 0 {
+                throw .malformed(field: field, reason: "empty run at \(run.first)")
             }
         }
     }
@@ -469,6 +490,8 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             return name + 8 + 4 + stale.count * 12
         case .replicaRelease(_, let runs):
             return name + 4 + runs.count * 12
+        case .replicaCheck(_, _, let runs), .replicaVerdict(_, _, let runs):
+            return name + 8 + 4 + runs.count * 12
         case .ownerUpdate(_, _, let popped, let custody):
             return name + 8 + 4 + popped.count * 12 + 2
                 + custody.reduce(0) { $0 + WireProtocol.peerIDSize + 4 + 4 + 4 + $1.runs.count * 12 }
@@ -530,6 +553,10 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU32(UInt32(stale.count))
             for run in stale { Self.write(run, into: &writer) }
         case .replicaRelease(_, let runs):
+            writer.writeU32(UInt32(runs.count))
+            for run in runs { Self.write(run, into: &writer) }
+        case .replicaCheck(_, let checkID, let runs), .replicaVerdict(_, let checkID, let runs):
+            writer.writeU64(checkID)
             writer.writeU32(UInt32(runs.count))
             for run in runs { Self.write(run, into: &writer) }
         }
@@ -651,6 +678,17 @@ public enum QueueMessage: Sendable, Equatable, WireMessage, WireDecodable {
                 throw .malformed(field: "replicaRelease.runs.count", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
             }
             message = .replicaRelease(queue: queue, runs: runs)
+        case .queueReplicaCheck, .queueReplicaVerdict:
+            let check = type == .queueReplicaCheck
+            let name = check ? "replicaCheck" : "replicaVerdict"
+            let checkID = try reader.readU64(field: name + ".checkID")
+            let field = check ? "replicaCheck.runs" : "replicaVerdict.requeued"
+            let runs = try readRuns(&reader, field: field, countField: field + ".count")
+            guard runs.count <= QueueWire.maxRunsPerUpdate else {
+                throw .malformed(field: field + ".count", reason: "\(runs.count) runs exceed \(QueueWire.maxRunsPerUpdate)")
+            }
+            message = check ? .replicaCheck(queue: queue, checkID: checkID, runs: runs)
+                : .replicaVerdict(queue: queue, checkID: checkID, requeued: runs)
         default:
             throw .unknownMessageType(type.rawValue)
         }

@@ -21,7 +21,7 @@ import Darwin
 let types: [MessageType] = [
     .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
     .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
-    .queueReplicaRelease,
+    .queueReplicaRelease, .queueReplicaCheck, .queueReplicaVerdict,
 ]
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -57,6 +57,8 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
         ("custody-verdict", .custodyVerdict(queue: "jobs", checkID: 6, stale: [SequenceRun(first: 2, count: 1)])),
         ("transfer-replica", .transfer(queue: "jobs", transferID: 10, kind: .replica, requestID: 0, items: items)),
         ("replica-release", .replicaRelease(queue: "jobs", runs: [SequenceRun(first: 1, count: 3)])),
+        ("replica-check", .replicaCheck(queue: "jobs", checkID: 7, runs: [SequenceRun(first: 1, count: 3)])),
+        ("replica-verdict", .replicaVerdict(queue: "jobs", checkID: 7, requeued: [SequenceRun(first: 2, count: 1)])),
     ]
     return try messages.map { name, message in
         var frame: [UInt8] = []

@@ -98,7 +98,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .benchmark, .membershipPing, .membershipAck, .membershipPingRequest, .membershipNack, .membershipGossip,
              .queueStats, .queueStealRequest, .queueStealEmpty, .queueTransfer, .queueTransferAck, .queueOwnerUpdate,
              .queueOwnerUpdateAck, .queueOwnerChange, .queueCustodyCheck, .queueCustodyVerdict,
-             .queueReplicaRelease:
+             .queueReplicaRelease, .queueReplicaCheck, .queueReplicaVerdict:
             // Not a link message (benchmark payload, upper layers): not this layer's to decode.
             throw .unknownMessageType(type.rawValue)
         case .hello:

@@ -60,6 +60,11 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case queueCustodyVerdict = 0x29
     /// Queue: an owner tells the holder of its replicas which of them it no longer needs.
     case queueReplicaRelease = 0x2A
+    /// Queue: an owner that may have been declared dead asks the holder of its replicas which
+    /// of them it re-queued as its own (the owner drops those originals).
+    case queueReplicaCheck = 0x2B
+    /// Queue: the replica holder's answer to a replica check, the replicas it re-queued.
+    case queueReplicaVerdict = 0x2C
     /// Opaque payload of the link benchmark (`p2pq bench link`); never sent by a node.
     case benchmark = 0xF0
     /// Remote calls (P2PQRemoteCall): a batch of call results, executor to caller.
@@ -121,6 +126,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .queueCustodyCheck: return "queue custody check"
         case .queueCustodyVerdict: return "queue custody verdict"
         case .queueReplicaRelease: return "queue replica release"
+        case .queueReplicaCheck: return "queue replica check"
+        case .queueReplicaVerdict: return "queue replica verdict"
         case .benchmark: return "benchmark"
         case .remoteCallResults: return "remote call results"
         case .remoteCallStarted: return "remote call started"

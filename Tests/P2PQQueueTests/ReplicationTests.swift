@@ -344,4 +344,92 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = b.tick(now: 5 + b.configuration.stallThreshold)
         #expect(b.count == 10 && b.counters.replicasRequeued == 10)
     }
+
+    @Test("A paused owner whose holder re-queued its replicas drops those originals before any consumer gets them")
+    func pausedOwnerDropsRequeuedOriginals() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        #expect(a.pop(max: 2, waiter: nil, now: 10).0.map(number) == [0, 1])
+        _ = try deliver(a.tick(now: 10 + 20 * ms), from: A, to: B, into: &b, now: 11 + 20 * ms)
+        // A is paused: B's membership declares it dead, its link goes, B re-queues the 8.
+        _ = b.peerDisconnected(A, now: 3 * second)
+        _ = b.peerDied(A, now: 3 * second)
+        #expect(b.counters.replicasRequeued == 8)
+        // A resumes and hears the verdict: its 8 originals are held back and B is asked.
+        let check = a.declaredDead(now: 10 * second)
+        #expect(a.count == 0 && a.heldBackCount == 8)
+        #expect(a.pop(max: 100, waiter: nil, now: 10 * second).0.isEmpty)
+        let verdict = try deliver(check, from: A, to: B, into: &b, now: 10 * second + 1)
+        _ = try deliver(verdict, from: B, to: A, into: &a, now: 10 * second + 2)
+        #expect(a.heldBackCount == 0 && a.count == 0 && a.ownedItems == 0)
+        #expect(a.counters.staleCopiesDropped == 8)
+        // The only copies are B's own now: every item delivered once.
+        #expect(b.pop(max: 100, waiter: nil, now: 11 * second).0.map(number) == Array(2..<10))
+    }
+
+    @Test("A stalled owner asks a holder still in its grace: the holder re-queues at once and names them all")
+    func stalledOwnerAsksDuringGrace() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        _ = b.peerDied(A, now: 3 * second)  // the link is still up: grace
+        #expect(b.count == 0)
+        // A's first input after the pause meets its timer far too late: a stall.
+        let check = a.tick(now: 10 * second)
+        #expect(a.heldBackCount == 10)
+        let verdict = try deliver(check, from: A, to: B, into: &b, now: 10 * second + 1)
+        #expect(b.count == 10 && b.shelvedItems == 0)
+        _ = try deliver(verdict, from: B, to: A, into: &a, now: 10 * second + 2)
+        #expect(a.count == 0 && a.heldBackCount == 0 && a.ownedItems == 0)
+    }
+
+    @Test("A holder that never believed the owner dead names nothing: the owner's items come back in order, replicas kept")
+    func holderThatKeptTheShelfNamesNothing() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        let check = a.tick(now: 10 * second)
+        #expect(a.heldBackCount == 10)
+        let verdict = try deliver(check, from: A, to: B, into: &b, now: 10 * second + 1)
+        _ = try deliver(verdict, from: B, to: A, into: &a, now: 10 * second + 2)
+        #expect(a.heldBackCount == 0 && b.shelvedItems == 10 && b.count == 0)
+        let popped = a.pop(max: 100, waiter: nil, now: 10 * second + 3)
+        #expect(popped.0.map(number) == Array(0..<10))
+        // Popped: their replicas are released as usual.
+        #expect(released(a.tick(now: 11 * second), to: B) == 10)
+    }
+
+    @Test("The holder asked dies before answering: the owner's held items come back and are replicated again")
+    func holderDiesBeforeVerdict() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        let (outcome, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        #expect(outcome == .accepted)
+        let holder = replicas(actions)[0].0
+        if holder == B {
+            _ = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        } else {
+            _ = try deliver(try deliver(actions, from: A, to: C, into: &m[2], now: 2), from: C, to: A, into: &a, now: 3)
+        }
+        _ = a.tick(now: 10 * second)
+        #expect(a.heldBackCount == 10)
+        _ = a.peerDisconnected(holder, now: 11 * second)
+        let died = a.peerDied(holder, now: 11 * second)
+        #expect(a.heldBackCount == 0 && a.count == 10)
+        #expect(replicas(died).map(\.1).reduce(0, +) == 10)
+    }
+
+    @Test("Own items without a replica yet are not held back after a stall")
+    func unreplicatedItemsStay() throws {
+        var m = mesh([A, B])
+        var a = m[0]
+        m = []
+        _ = a.push((0..<5).map { payload($0) }, now: 1)  // the replica transfer is never acknowledged
+        _ = a.tick(now: 10 * second)
+        #expect(a.heldBackCount == 0 && a.count == 5)
+    }
 }

@@ -467,6 +467,21 @@ def sigstop(seconds):
     return run
 
 
+def s_stop_owner(c, o):
+    # n1 pushes 5,000 items while nobody pops (they stay with their owner, replicated to one
+    # peer) and is paused for 10 s. The consumers start during the pause and pop the copies
+    # the replica holder re-queued; resumed, n1 must not deliver its originals as well.
+    c.add("n1", producer(100_000, 1, batch=500, extra=["--produce-count", "5000"]))
+    for i in (2, 3, 4):
+        c.add(f"n{i}", consumer(batch=16, work_ms=1, after=6))
+    c.start_all()
+    time.sleep(2)
+    c.kill("n1", signal.SIGSTOP, "sigstop-owner-10s")
+    time.sleep(10)
+    c.fault("sigcont-owner-after-10s", "n1")
+    c.node("n1").signal(signal.SIGCONT)
+
+
 def partition(shape):
     def run(c, o):
         load = o.seconds / 3 + o.partition + 8
@@ -707,6 +722,7 @@ SCENARIOS = {s.name: s for s in [
     Scenario("stop-2.5", False, sigstop(2.5), "SIGSTOP of a holder for 2.5 s, then SIGCONT", 1.0),
     Scenario("stop-5", False, sigstop(5), "SIGSTOP of a holder for 5 s, then SIGCONT", 1.0),
     Scenario("stop-30", False, sigstop(30), "SIGSTOP of a holder for 30 s, then SIGCONT", 1.0),
+    Scenario("stop-owner", False, s_stop_owner, "SIGSTOP of an owner with 5,000 queued items for 10 s, then SIGCONT", 1.0),
     Scenario("partition-one", True, partition("one"), "one node cut off for 10 s, healed; then killed"),
     Scenario("partition-halves", True, partition("halves"), "the cluster split in halves for 10 s, healed; then a node killed"),
     Scenario("partition-oneway", True, partition("oneway"), "one node's packets to another dropped for 10 s, healed; then killed"),
@@ -721,7 +737,7 @@ SCENARIOS = {s.name: s for s in [
 GROUPS = {
     "sigkill": ["kill-holder", "kill-owner", "kill-owner-then-holder", "kill-repeated"],
     "sigterm": ["term-holder", "term-producer", "term-consumer"],
-    "sigstop": ["stop-1", "stop-2", "stop-2.5", "stop-5", "stop-30"],
+    "sigstop": ["stop-1", "stop-2", "stop-2.5", "stop-5", "stop-30", "stop-owner"],
     "partition": ["partition-one", "partition-halves", "partition-oneway"],
     "degraded": ["loss-5", "bandwidth", "delay"],
     "calls": ["caller-death"],
@@ -729,10 +745,10 @@ GROUPS = {
 }
 GROUPS["all"] = [s for g in ("sigkill", "sigterm", "sigstop", "partition", "degraded", "calls", "memory") for s in GROUPS[g]]
 # The owner's death with its own items still queued: covered by replication.
-GROUPS["replication"] = ["kill-owner", "kill-owner-then-holder"]
+GROUPS["replication"] = ["kill-owner", "kill-owner-then-holder", "stop-owner"]
 # CI's short suite (about 5 minutes): every scenario short.
 GROUPS["ci"] = ["kill-holder", "kill-owner", "kill-owner-then-holder", "term-holder", "term-producer", "term-consumer",
-                "stop-2.5", "partition-one", "partition-oneway", "loss-5", "caller-death", "slow-consumer"]
+                "stop-2.5", "stop-owner", "partition-one", "partition-oneway", "loss-5", "caller-death", "slow-consumer"]
 
 
 def run_scenario(scenario, options, netns_ok, results):
