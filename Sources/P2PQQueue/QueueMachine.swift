@@ -1033,6 +1033,12 @@ public struct QueueMachine: Sendable {
             requeueShelf(of: owner, &actions, now: now)
         }
         for id in replicaSends.filter({ $0.value.deadline <= now }).keys.sorted() {
+            // The peer may still keep them (its ack late or lost): released at once, so the
+            // release travels ahead of any copy sent again on the same link.
+            if let send = replicaSends[id], peers[send.peer]?.connected == true {
+                actions.append(.send(.replicaRelease(queue: name, runs: Array(send.runs.prefix(QueueWire.maxRunsPerUpdate))),
+                                     to: send.peer))
+            }
             replicaAcknowledged(id, status: .full, now: now, &actions)  // as a refusal: another peer is tried
         }
         flushReleases(&actions, now: now, force: isDraining)

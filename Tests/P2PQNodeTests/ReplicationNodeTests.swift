@@ -72,6 +72,53 @@ struct ReplicationNodeTests {
         #expect(popped == Set((0..<total).map(String.init)), "missing \(total - popped.count)")
     }
 
+    @Test("A paused owner (SIGSTOP) whose replica holder re-queued its 5,000 items does not deliver its originals after SIGCONT")
+    func pausedOwnerDeliversNoOriginals() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("p2pq-key-\(UUID().uuidString)").path
+        try key.save(path: path)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let nodes = try await startMesh(2, key: key)
+        let queues = nodes.map { $0.queue(named: "r") }
+        for queue in queues { _ = await queue.size() }
+        let info = try #require(await nodes[0].withCore { "\($0.advertised)" })
+        let child = try await ChildNode(arguments: ["--bootstrap", info, "--key-file", path, "--metrics", "127.0.0.1:0"])
+        defer {
+            kill(child.process.processIdentifier, SIGCONT)
+            if child.process.isRunning { kill(child.process.processIdentifier, SIGKILL) }
+        }
+        let operations = try await child.nextLine().replacingOccurrences(of: "operations ", with: "")
+        try await eventually("the child links to both", diagnose: { child.diagnostics() }) {
+            for node in nodes where !(await node.connectedPeers().contains(child.peerID)) { return false }
+            return true
+        }
+        let total = 5000
+        let token = OperationsToken.derived(from: key)
+        for start in stride(from: 0, to: total, by: 500) {
+            #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+        }
+        kill(child.process.processIdentifier, SIGSTOP)
+        // Paused: declared dead; its replica holder re-queues the copies and they are popped here.
+        var deliveries: [String: Int] = [:]
+        func popRound() async {
+            for queue in queues {
+                if let items = try? await queue.pop(max: 1000, timeout: .milliseconds(100)) {
+                    for item in items { deliveries[String(decoding: item, as: UTF8.self), default: 0] += 1 }
+                }
+            }
+        }
+        let pausedUntil = ContinuousClock.now + .seconds(20)
+        while deliveries.count < total && ContinuousClock.now < pausedUntil { await popRound() }
+        #expect(deliveries.count == total, "popped \(deliveries.count) of \(total) while the owner was paused")
+        // Resumed: it must learn that its originals are stale before a consumer gets them.
+        kill(child.process.processIdentifier, SIGCONT)
+        let after = ContinuousClock.now + .seconds(6)
+        while ContinuousClock.now < after { await popRound() }
+        let duplicates = deliveries.values.reduce(0) { $0 + $1 - 1 }
+        #expect(duplicates * 100 < total, "\(duplicates) duplicate deliveries of \(total)")
+        kill(child.process.processIdentifier, SIGTERM)
+        for node in nodes { await node.stop() }
+    }
+
     @Test("Local: the same kill loses the owner's queued items (the documented cost of the mode)")
     func killOwnerLocal() async throws {
         let (popped, total) = try await killOwner(replication: .local)

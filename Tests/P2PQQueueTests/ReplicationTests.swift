@@ -432,4 +432,25 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = a.tick(now: 10 * second)
         #expect(a.heldBackCount == 0 && a.count == 5)
     }
+
+    @Test("A replica transfer whose ack is late is released at that peer, ahead of the copy sent again: the holder keeps exactly one")
+    func lateReplicaAckLeavesNoStrayCopy() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        let (_, pushed) = a.push((0..<10).map { payload($0) }, now: 1)
+        let timeout = a.configuration.transferTimeout
+        let timedOut = a.tick(now: 2 + timeout)
+        #expect(released(timedOut, to: B) == 10)
+        // The first copy arrives late, then the release: nothing kept.
+        _ = try deliver(pushed, from: A, to: B, into: &b, now: 3 + timeout)
+        _ = try deliver(timedOut, from: A, to: B, into: &b, now: 4 + timeout)
+        #expect(b.shelvedItems == 0)
+        // Sent again once B may be asked again; acknowledged, it is the one copy kept.
+        let again = a.tick(now: 5 + timeout + a.configuration.statsInterval)
+        #expect(replicas(again).map(\.1).reduce(0, +) == 10)
+        _ = try deliver(try deliver(again, from: A, to: B, into: &b, now: 6 + timeout + a.configuration.statsInterval),
+                        from: B, to: A, into: &a, now: 7 + timeout + a.configuration.statsInterval)
+        #expect(b.shelvedItems == 10 && a.counters.replicated == 10)
+    }
 }
