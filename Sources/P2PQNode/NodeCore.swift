@@ -4,6 +4,7 @@ import Logging
 import P2PQConnectionManager
 import P2PQLink
 import P2PQMembership
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQWire
@@ -183,22 +184,41 @@ final class NodeCore {
             case .peerConnected(let peer, let link):
                 logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
                 emit(.peerConnected(peer))
-                membership?.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0)
-                queues.peerConnected(peer)
-                remoteCalls?.peerConnected(peer)
+                route(.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0))
             case .peerLinkChanged(let peer, _, _):
                 logger.debug("peer \(peer.short) moved to its surviving link")
-                queues.peerLinkChanged(peer)
-                earlyCredit[peer] = nil
-                remoteCalls?.peerDisconnected(peer)
-                remoteCalls?.peerConnected(peer)
+                route(.linkReplaced(peer))
             case .peerDisconnected(let peer, let reason):
                 logger.info("peer \(peer.short) disconnected: \(reason)")
                 emit(.peerDisconnected(peer, left: reason == .peerLeft))
-                if reason != .stopped { membership?.linkDown(peer) }
-                queues.peerDisconnected(peer)
-                earlyCredit[peer] = nil
-                remoteCalls?.peerDisconnected(peer)
+                route(.linkDown(peer, nodeStopping: reason == .stopped))
+            }
+        }
+    }
+
+    // MARK: Peer events
+
+    /// Hands a peer event (from the manager's actions or membership's events) to every layer
+    /// that hears it; ``PeerEventRouting`` decides which, in what order.
+    func route(_ event: PeerEvent) {
+        for delivery in PeerEventRouting.route(event) {
+            switch delivery {
+            case .membership(.linkUp(let peer, let incarnation)):
+                membership?.linkUp(peer, incarnation: incarnation)
+            case .membership(.linkDown(let peer)):
+                membership?.linkDown(peer)
+            case .queues(let input):
+                queues.peerEvent(input)
+            case .calls(let input):
+                switch input {
+                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit[peer] = nil  // granted on the old link
+                case .connected, .joined, .died, .left: break
+                }
+                remoteCalls?.peerEvent(input)
+            case .manager(.joined(let peer)):
+                perform(manager.peerJoined(peer, now: now))
+            case .manager(.gone(let peer)):
+                perform(manager.peerGone(peer, now: now))
             }
         }
     }

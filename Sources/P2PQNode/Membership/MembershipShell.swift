@@ -1,4 +1,5 @@
 import P2PQMembership
+import P2PQNodeMachine
 import P2PQReactor
 import P2PQWire
 
@@ -86,16 +87,14 @@ final class MembershipShell {
         pending.removeAll(keepingCapacity: true)
     }
 
+    /// Logs and emits a membership event; the verdicts go to the layers through
+    /// ``NodeCore/route(_:)``.
     private func report(_ event: MembershipEvent) {
         switch event {
         case .joined(let peer):
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
-            core.remoteCalls?.peerJoined(peer)
-            // Back after a verdict (refuted or restarted): queues that buried it link it again.
-            core.queues.peerRejoined(peer, linked: core.manager.link(to: peer) != nil)
-            // Back after a verdict while its link stayed up: redial it again if that link drops.
-            core.perform(core.manager.peerJoined(peer, now: core.now))
+            core.route(.joined(peer, linked: core.manager.link(to: peer) != nil))
         case .suspect(let peer):
             core.logger.notice("member \(peer.short) suspected (local health \(membership.localHealth))")
             core.emit(.memberSuspected(peer))
@@ -105,25 +104,14 @@ final class MembershipShell {
         case .dead(let peer):
             core.logger.warning("member \(peer.short) declared dead")
             core.emit(.memberDead(peer))
-            // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
-            core.queues.peerDied(peer)
-            core.remoteCalls?.peerDied(peer)
-            // Its addresses are still redialed with backoff until the dial attempts run out
-            // (protocol §5 rule 7): a verdict may be one side of a partition, and the redial is
-            // how the halves find each other again when it heals.
+            core.route(.dead(peer))
         case .refutedDeath:
             core.logger.warning("this node was declared dead (refuted at incarnation \(membership.incarnation))")
-            // Owners that believed it re-queued what it holds: hold their items back until
-            // each says which copies are stale (protocol §9).
-            core.queues.declaredDead()
+            core.route(.refuted)
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
-            // A leaving node hands its items on first; whatever it could not hand on, its owners
-            // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
-            core.queues.peerDied(peer)
-            core.remoteCalls?.peerLeft(peer)
-            core.perform(core.manager.peerGone(peer, now: core.now))
+            core.route(.left(peer))
         }
     }
 

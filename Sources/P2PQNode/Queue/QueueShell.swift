@@ -1,3 +1,4 @@
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQWire
@@ -620,6 +621,18 @@ final class QueueShell {
         let name = message.queue
         guard !isStopped, ensure(name) else { return }
         perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+    }
+
+    /// A peer event, as ``PeerEventRouting`` routes it to the queues.
+    func peerEvent(_ input: QueuesPeerInput) {
+        switch input {
+        case .connected(let peer): peerConnected(peer)
+        case .linkReplaced(let peer): peerLinkChanged(peer)
+        case .disconnected(let peer): peerDisconnected(peer)
+        case .died(let peer): peerDied(peer)
+        case .rejoined(let peer, let linked): peerRejoined(peer, linked: linked)
+        case .declaredDead: declaredDead()
+        }
     }
 
     func peerConnected(_ peer: PeerID) {

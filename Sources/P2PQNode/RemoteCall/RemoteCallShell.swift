@@ -1,4 +1,5 @@
 import Glibc
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQRemoteCall
@@ -209,6 +210,20 @@ final class RemoteCallShell {
         }
         scheduleFlush()
         return nil
+    }
+
+    /// A peer event, as ``PeerEventRouting`` routes it to remote calls.
+    func peerEvent(_ input: CallsPeerInput) {
+        switch input {
+        case .connected(let peer): peerConnected(peer)
+        case .linkReplaced(let peer):
+            peerDisconnected(peer)
+            peerConnected(peer)
+        case .disconnected(let peer): peerDisconnected(peer)
+        case .joined(let peer): peerJoined(peer)
+        case .died(let peer): peerDied(peer)
+        case .left(let peer): peerLeft(peer)
+        }
     }
 
     /// The link to `peer` went down or was replaced: direct calls sent on it are pushed again,
