@@ -165,6 +165,7 @@ let package = Package(
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
                 "P2PQRemoteCall", "P2PQCodable", "P2PQNodeMachine", "CP2PQSystem",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

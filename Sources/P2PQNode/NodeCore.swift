@@ -29,12 +29,14 @@ final class NodeCore {
     private var discovery: MDNSDiscovery?
     private var links: [LinkID: PeerLink] = [:]
     private var nextLinkID: UInt64 = 1
-    private var timer: TimerID?
-    private var timerDeadline: UInt64 = 0
+    /// Performs the manager's actions; the manager's timer.
+    private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) })
+    private lazy var timer = ShellTimer(reactor: reactor) { [unowned self] in
+        self.perform(self.manager.tick(now: self.now))
+    }
     /// Which inbound connections may handshake (the decisions); its timer.
     private var admission: HandshakeAdmission<LinkID, String>
-    private var admissionTimer: TimerID?
-    private var admissionDeadline: UInt64 = 0
+    private lazy var admissionTimer = ShellTimer(reactor: reactor) { [unowned self] in self.admissionTimerFired() }
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
     /// Counters for swift-metrics, published once a second.
@@ -157,42 +159,42 @@ final class NodeCore {
     // MARK: Manager actions
 
     func perform(_ actions: [Action]) {
-        for action in actions {
-            switch action {
-            case .dial(let address): dial(address)
-            case .closeLink(let id, let reason):
-                guard let link = links[id] else { continue }
-                switch reason {
-                case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
-                case .leaving: link.leave(.leaving, detail: "node stopping")
-                case .selfConnection: link.leave(.protocolError, detail: "self connection")
-                case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
-                case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
-                }
-            case .sendPing(let id):
-                links[id]?.send(.ping(nonce: UInt64.random(in: 0...UInt64.max), sentAt: now))
-            case .sendPeerList(let id, let entries):
-                let peers = entries.compactMap { entry -> PeerAddress? in
-                    guard entry.address.port > 0 else { return nil }
-                    return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
-                }
-                if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
-            case .armTimer(let at): arm(at)
-            case .cancelTimer:
-                if let timer { reactor.cancel(timer) }
-                timer = nil
-            case .peerConnected(let peer, let link):
-                logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
-                emit(.peerConnected(peer))
-                route(.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0))
-            case .peerLinkChanged(let peer, _, _):
-                logger.debug("peer \(peer.short) moved to its surviving link")
-                route(.linkReplaced(peer))
-            case .peerDisconnected(let peer, let reason):
-                logger.info("peer \(peer.short) disconnected: \(reason)")
-                emit(.peerDisconnected(peer, left: reason == .peerLeft))
-                route(.linkDown(peer, nodeStopping: reason == .stopped))
+        driver.perform(actions)
+    }
+
+    private func handle(_ action: Action) {
+        switch action {
+        case .dial(let address): dial(address)
+        case .closeLink(let id, let reason):
+            guard let link = links[id] else { return }
+            switch reason {
+            case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
+            case .leaving: link.leave(.leaving, detail: "node stopping")
+            case .selfConnection: link.leave(.protocolError, detail: "self connection")
+            case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
+            case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
             }
+        case .sendPing(let id):
+            links[id]?.send(.ping(nonce: UInt64.random(in: 0...UInt64.max), sentAt: now))
+        case .sendPeerList(let id, let entries):
+            let peers = entries.compactMap { entry -> PeerAddress? in
+                guard entry.address.port > 0 else { return nil }
+                return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
+            }
+            if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
+        case .armTimer(let at): timer.arm(at: at)
+        case .cancelTimer: timer.cancel()
+        case .peerConnected(let peer, let link):
+            logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
+            emit(.peerConnected(peer))
+            route(.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0))
+        case .peerLinkChanged(let peer, _, _):
+            logger.debug("peer \(peer.short) moved to its surviving link")
+            route(.linkReplaced(peer))
+        case .peerDisconnected(let peer, let reason):
+            logger.info("peer \(peer.short) disconnected: \(reason)")
+            emit(.peerDisconnected(peer, left: reason == .peerLeft))
+            route(.linkDown(peer, nodeStopping: reason == .stopped))
         }
     }
 
@@ -220,18 +222,6 @@ final class NodeCore {
             case .manager(.gone(let peer)):
                 perform(manager.peerGone(peer, now: now))
             }
-        }
-    }
-
-    private func arm(_ deadline: UInt64) {
-        if let timer {
-            if timerDeadline == deadline { return }
-            reactor.cancel(timer)
-        }
-        timerDeadline = deadline
-        timer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.timer = nil
-            self.perform(self.manager.tick(now: self.now))
         }
     }
 
@@ -346,24 +336,19 @@ final class NodeCore {
 
     private func rearmAdmission() {
         guard let deadline = admission.nextDeadline, !isStopped else {
-            if let admissionTimer { reactor.cancel(admissionTimer) }
-            admissionTimer = nil
+            admissionTimer.cancel()
             return
         }
-        if let admissionTimer {
-            if admissionDeadline == deadline { return }
-            reactor.cancel(admissionTimer)
+        admissionTimer.arm(at: deadline)
+    }
+
+    private func admissionTimerFired() {
+        let current = now
+        for id in admission.expire(now: current) {
+            links[id]?.drop("no first handshake message within \(configuration.handshakeFirstMessageTimeout)")
         }
-        admissionDeadline = deadline
-        admissionTimer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.admissionTimer = nil
-            let current = self.now
-            for id in self.admission.expire(now: current) {
-                self.links[id]?.drop("no first handshake message within \(self.configuration.handshakeFirstMessageTimeout)")
-            }
-            if let report = self.admission.takeReport(now: current) { self.logAdmission(report) }
-            self.rearmAdmission()
-        }
+        if let report = admission.takeReport(now: current) { logAdmission(report) }
+        rearmAdmission()
     }
 
     /// One line per interval for all the refused, evicted and timed-out handshakes in it.
@@ -523,10 +508,8 @@ final class NodeCore {
         isStopped = true
         listener?.close()
         listener = nil
-        if let timer { reactor.cancel(timer) }
-        timer = nil
-        if let admissionTimer { reactor.cancel(admissionTimer) }
-        admissionTimer = nil
+        timer.cancel()
+        admissionTimer.cancel()
         stopOperations()
         // A link past the handshake whose hello has not come yet may already be ready on the
         // peer's side (it has our hello): it gets a goodbye too, or the peer would take the

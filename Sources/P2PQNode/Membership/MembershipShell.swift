@@ -9,12 +9,12 @@ import P2PQWire
 final class MembershipShell {
     private unowned let core: NodeCore
     private var membership: Membership
-    private var timer: TimerID?
-    private var timerDeadline: UInt64 = 0
     /// Directives are carried out one at a time; inputs that arrive meanwhile (a send that
     /// fails and is reported back) queue behind them.
-    private var pending: [MembershipDirective] = []
-    private var performing = false
+    private lazy var driver = ShellDriver<MembershipDirective>(handle: { [unowned self] in self.handle($0) })
+    private lazy var timer = ShellTimer(reactor: core.reactor) { [unowned self] in
+        self.perform(self.membership.tick(now: self.core.now))
+    }
 
     init(core: NodeCore, configuration: MembershipConfiguration, incarnation: UInt64, seed: UInt64) {
         self.core = core
@@ -52,8 +52,7 @@ final class MembershipShell {
     /// the announcement travels ahead of the goodbye on each link.
     func leave() {
         perform(membership.leave(now: core.now))
-        if let timer { core.reactor.cancel(timer) }
-        timer = nil
+        timer.cancel()
     }
 
     var members: [MemberStatus] { membership.members }
@@ -65,26 +64,20 @@ final class MembershipShell {
     var localHealth: Int { membership.localHealth }
 
     private func perform(_ directives: [MembershipDirective]) {
-        pending += directives
-        guard !performing else { return }
-        performing = true
-        defer { performing = false }
-        var index = 0
-        while index < pending.count {
-            let directive = pending[index]
-            index += 1
-            switch directive {
-            case .send(let message, let peer):
-                if !core.send(message, to: peer) {
-                    pending += membership.undeliverable(message, to: peer, now: core.now)
-                }
-            case .event(let event):
-                report(event)
-            case .armTimer(let at):
-                arm(at)
+        driver.perform(directives)
+    }
+
+    private func handle(_ directive: MembershipDirective) {
+        switch directive {
+        case .send(let message, let peer):
+            if !core.send(message, to: peer) {
+                perform(membership.undeliverable(message, to: peer, now: core.now))
             }
+        case .event(let event):
+            report(event)
+        case .armTimer(let at):
+            timer.arm(at: at)
         }
-        pending.removeAll(keepingCapacity: true)
     }
 
     /// Logs and emits a membership event; the verdicts go to the layers through
@@ -112,18 +105,6 @@ final class MembershipShell {
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
             core.route(.left(peer))
-        }
-    }
-
-    private func arm(_ deadline: UInt64) {
-        if let timer {
-            if timerDeadline == deadline { return }
-            core.reactor.cancel(timer)
-        }
-        timerDeadline = deadline
-        timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.timer = nil
-            self.perform(self.membership.tick(now: self.core.now))
         }
     }
 }
