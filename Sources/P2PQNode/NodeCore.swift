@@ -20,8 +20,16 @@ final class NodeCore {
     let identity: NodeIdentity
     let security: LinkSecurity
     var logger: Logger
-    /// Distinguishes restarts of the same identity (wall-clock nanoseconds at start).
-    let incarnation: UInt64
+    /// The clocks, seed, incarnation and handshake keys (``NodeEnvironment``).
+    let environment: NodeEnvironment
+    /// Distinguishes restarts of the same identity (``NodeEnvironment/incarnation``).
+    var incarnation: UInt64 { environment.incarnation }
+    /// The node's random choices: a generator of its own for each machine.
+    private var random: NodeEnvironment.Random
+    /// Ping nonces.
+    private var pingNonces: SplitMix64
+    /// Split into one source per link.
+    private var handshakeKeys: HandshakeKeySource
     /// What peers should dial to reach us.
     private(set) var advertised: SocketAddress
     var manager: Manager
@@ -85,9 +93,11 @@ final class NodeCore {
         var logger = configuration.logger
         logger[metadataKey: "peer"] = "\(identity.peerID.short)"
         self.logger = logger
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        incarnation = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        let environment = configuration.environment ?? .system()
+        self.environment = environment
+        var random = NodeEnvironment.Random(seed: environment.seed)
+        pingNonces = random.split()
+        handshakeKeys = environment.handshakeKeys
         advertised = listen
         self.events = events
         metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
@@ -104,11 +114,16 @@ final class NodeCore {
                 keepaliveInterval: nanos(configuration.keepaliveInterval),
                 keepaliveTimeout: nanos(configuration.keepaliveTimeout),
                 maxPeers: configuration.maxPeers
-            )
+            ),
+            randomNumberGenerator: random.split()
         )
+        self.random = random
     }
 
-    var now: UInt64 { MonotonicTime.now().nanoseconds }
+    var now: UInt64 { environment.monotonicNanoseconds() }
+
+    /// A generator of its own for one more machine (split from the environment's seed).
+    func splitRandom() -> SplitMix64 { random.split() }
 
     func emit(_ event: NodeEvent) {
         noteForDashboard(event)
@@ -133,11 +148,11 @@ final class NodeCore {
         let advertisedHost = configuration.advertisedHost ?? bound.host
         advertised = (try? SocketAddress(host: advertisedHost, port: bound.port)) ?? bound
         manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
-                          configuration: manager.configuration)
+                          configuration: manager.configuration, randomNumberGenerator: random.split())
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
         startOperations()
         membership = MembershipShell(core: self, configuration: configuration.membership, incarnation: incarnation,
-                                     seed: configuration.membershipSeed ?? UInt64.random(in: 0...UInt64.max))
+                                     seed: configuration.membershipSeed ?? random.seed())
         membership?.start()
         perform(manager.start(bootstrap: bootstrap, now: now))
         if configuration.discovery.enabled { discovery = try startDiscovery() }
@@ -175,7 +190,7 @@ final class NodeCore {
             case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
             }
         case .sendPing(let id):
-            links[id]?.send(.ping(nonce: UInt64.random(in: 0...UInt64.max), sentAt: now))
+            links[id]?.send(.ping(nonce: pingNonces.next(), sentAt: now))
         case .sendPeerList(let id, let entries):
             let peers = entries.compactMap { entry -> PeerAddress? in
                 guard entry.address.port > 0 else { return nil }
@@ -364,7 +379,7 @@ final class NodeCore {
         let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
                                        security: security, identity: identity,
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
-                                       versions: configuration.protocolVersions)
+                                       versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
     }
 

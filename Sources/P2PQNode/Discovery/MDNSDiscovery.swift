@@ -43,14 +43,17 @@ final class MDNSDiscovery {
     }
     private let groupAddress: SocketAddress
     private let logger: Logger
+    private let clock: @Sendable () -> UInt64
     private let onHint: (PeerID, SocketAddress) -> Void
 
     /// - Parameters:
     ///   - advertised: the address peers dial (its host is announced when it is a specific
     ///     IPv4 address, else the interface address).
     ///   - clusterIdentifier: the public identifier of the cluster key.
+    ///   - clock: monotonic nanoseconds; `random`: the agent's generator.
     init(reactor: Reactor, configuration: DiscoveryConfiguration, peerID: PeerID, advertised: SocketAddress,
-         clusterIdentifier: String, logger: Logger, onHint: @escaping (PeerID, SocketAddress) -> Void) throws(NodeError) {
+         clusterIdentifier: String, logger: Logger, clock: @escaping @Sendable () -> UInt64, random: SplitMix64,
+         onHint: @escaping (PeerID, SocketAddress) -> Void) throws(NodeError) {
         guard (1...65535).contains(configuration.port) else {
             throw .invalidConfiguration("discovery port \(configuration.port) is out of range")
         }
@@ -64,6 +67,7 @@ final class MDNSDiscovery {
         self.reactor = reactor
         self.configuration = configuration
         self.logger = logger
+        self.clock = clock
         self.onHint = onHint
         do {
             groupAddress = try SocketAddress(host: Self.group, port: configuration.port)
@@ -84,10 +88,10 @@ final class MDNSDiscovery {
             let prefix = Array(interface.prefix(3))
             mdns.isOnLink = { $0.bytes.count == 4 && Array($0.bytes.prefix(3)) == prefix }
         }
-        agent = MDNSAgent(configuration: mdns)
+        agent = MDNSAgent(configuration: mdns, randomNumberGenerator: random)
     }
 
-    var now: UInt64 { MonotonicTime.now().nanoseconds }
+    var now: UInt64 { clock() }
 
     /// Binds the shared mDNS port, joins the group and announces.
     func start() throws(NodeError) {

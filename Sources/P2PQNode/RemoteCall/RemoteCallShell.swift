@@ -1,4 +1,3 @@
-import Glibc
 import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
@@ -81,11 +80,7 @@ final class RemoteCallShell {
     private var now: UInt64 { core.now }
     private var localPeer: PeerID { core.identity.peerID }
 
-    private var wallClock: UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
+    private var wallClock: UInt64 { core.environment.wallNanoseconds() }
 
     // MARK: From the API
 
