@@ -25,6 +25,7 @@ public struct NodeEnvironment: Sendable {
     /// for any node whose links carry real traffic.
     public var handshakeKeys: HandshakeKeySource
 
+    /// An environment of the given parts (see each property).
     public init(monotonicNanoseconds: @escaping @Sendable () -> UInt64, wallNanoseconds: @escaping @Sendable () -> UInt64,
                 seed: UInt64, incarnation: UInt64, handshakeKeys: HandshakeKeySource) {
         self.monotonicNanoseconds = monotonicNanoseconds

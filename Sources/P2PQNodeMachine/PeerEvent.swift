@@ -26,18 +26,23 @@ public enum PeerEvent: Sendable, Hashable {
 
 /// What membership hears of a peer event.
 public enum MembershipPeerInput: Sendable, Hashable {
+    /// A link to the peer is up; `incarnation` is from its hello.
     case linkUp(PeerID, incarnation: UInt64)
+    /// The link to the peer is down: probe it.
     case linkDown(PeerID)
 }
 
 /// What every queue machine hears of a peer event.
 public enum QueuesPeerInput: Sendable, Hashable {
+    /// The peer can be sent to.
     case connected(PeerID)
     /// Disconnected, then connected again, queue by queue.
     case linkReplaced(PeerID)
+    /// The peer cannot be sent to: take back what is in flight to it.
     case disconnected(PeerID)
     /// Owners re-queue what the peer held.
     case died(PeerID)
+    /// Membership took the peer back; `linked`: a link to it is kept.
     case rejoined(PeerID, linked: Bool)
     /// This node was declared dead (and refuted).
     case declaredDead
@@ -46,12 +51,17 @@ public enum QueuesPeerInput: Sendable, Hashable {
 /// What remote calls (caller and executor) hear of a peer event. `disconnected` and
 /// `linkReplaced` also void the direct-call credit the peer granted on the old link.
 public enum CallsPeerInput: Sendable, Hashable {
+    /// The peer is linked: offer it credit for direct calls.
     case connected(PeerID)
     /// Disconnected, then connected again.
     case linkReplaced(PeerID)
+    /// Direct calls sent on the lost link are pushed again.
     case disconnected(PeerID)
+    /// The peer's started notices count again.
     case joined(PeerID)
+    /// Calls the peer was running are pushed again (or fail when out of retries).
     case died(PeerID)
+    /// As `died`, for a peer that left.
     case left(PeerID)
 }
 
@@ -65,9 +75,13 @@ public enum ManagerPeerInput: Sendable, Hashable {
 
 /// One layer's input from a peer event.
 public enum PeerEventDelivery: Sendable, Hashable {
+    /// To membership.
     case membership(MembershipPeerInput)
+    /// To every queue machine.
     case queues(QueuesPeerInput)
+    /// To the caller and executor machines of remote calls.
     case calls(CallsPeerInput)
+    /// To the connection manager.
     case manager(ManagerPeerInput)
 }
 

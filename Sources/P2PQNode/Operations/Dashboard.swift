@@ -1,4 +1,3 @@
-import Glibc
 import P2PQMembership
 import P2PQWire
 
