@@ -155,13 +155,17 @@ let package = Package(
             dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
             path: "Sources/P2PQQueue"
         ),
+        // The node's own decisions as plain values (the routing of peer events to its layers).
+        // Standard library only.
+        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire"], path: "Sources/P2PQNodeMachine"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
             name: "P2PQNode",
             dependencies: [
                 "P2PQReactor", "P2PQWire", "P2PQLink", "P2PQConnectionManager", "P2PQDiscovery", "P2PQMembership", "P2PQQueue",
-                "P2PQRemoteCall", "P2PQCodable", "CP2PQSystem",
+                "P2PQRemoteCall", "P2PQCodable", "P2PQNodeMachine", "CP2PQSystem",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -245,8 +249,8 @@ let package = Package(
         .testTarget(
             name: "P2PQNodeTests",
             dependencies: [
-                "P2PQNode", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
-                "P2PQWorkloads", "P2PQOperations",
+                "P2PQNode", "P2PQNodeMachine", "P2PQLink", "P2PQWire", "P2PQReactor", "P2PQMembership", "P2PQQueue",
+                "P2PQRemoteCall", "P2PQWorkloads", "P2PQOperations",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

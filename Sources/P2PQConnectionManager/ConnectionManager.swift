@@ -110,13 +110,13 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
     ///   - localPeerID: this node; a link that turns out to lead here is closed.
     ///   - advertisedAddress: where peers should dial this node (shared in peer lists).
     ///   - configuration: timings and limits.
-    ///   - randomNumberGenerator: draws the backoff jitter; pass a seeded generator for
-    ///     reproducible schedules.
+    ///   - randomNumberGenerator: draws the backoff jitter (the manager's only randomness); a
+    ///     seeded generator replays the same schedule.
     public init(
         localPeerID: PeerID,
         advertisedAddress: Address?,
         configuration: ConnectionManagerConfiguration = ConnectionManagerConfiguration(),
-        randomNumberGenerator: any RandomNumberGenerator & Sendable = SystemRandomNumberGenerator()
+        randomNumberGenerator: any RandomNumberGenerator & Sendable
     ) {
         precondition(configuration.maxPeers > 0, "maxPeers must be positive")
         precondition(configuration.maxKnownAddresses > 0, "maxKnownAddresses must be positive")

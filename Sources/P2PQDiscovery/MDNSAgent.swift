@@ -94,8 +94,10 @@ public struct MDNSAgent: Sendable {
         var interval: UInt64
     }
 
+    /// An agent announcing and browsing as `configuration` says; `randomNumberGenerator` draws
+    /// its answer delays and query jitter (its only randomness: a seeded one replays a run).
     public init(configuration: MDNSConfiguration,
-                randomNumberGenerator: any RandomNumberGenerator & Sendable = SystemRandomNumberGenerator()) {
+                randomNumberGenerator: any RandomNumberGenerator & Sendable) {
         precondition(configuration.announcements >= 1, "announcements must be positive")
         precondition(configuration.initialQueryInterval > 0 && configuration.initialQueryInterval <= configuration.maxQueryInterval,
                      "query intervals must be positive and ordered")

@@ -213,6 +213,7 @@ public struct LinkSession: Sendable {
 
     private let security: LinkSecurity
     private let identity: NodeIdentity
+    private var handshakeKeys: HandshakeKeySource
     private var stage: NoiseStage
     private var sender: CipherState?
     private var receiver: CipherState?
@@ -236,6 +237,8 @@ public struct LinkSession: Sendable {
     ///   - cipher: Which ciphers to offer (``LinkCipherChoice``); the caller detects AES
     ///     instructions.
     ///   - versions: The protocol versions to speak; clamped to ``WireProtocol/supportedVersions``.
+    ///   - handshakeKeys: Where the handshakes' ephemeral keys come from (the system's secure
+    ///     random source unless a test or simulation replays a handshake from a seed).
     public init(
         role: Role,
         security: LinkSecurity,
@@ -244,9 +247,11 @@ public struct LinkSession: Sendable {
         rekeyInterval: UInt64 = LinkSession.defaultRekeyInterval,
         recordPlaintextSize: Int = LinkSession.defaultRecordPlaintextSize,
         cipher: LinkCipherChoice = .automatic(aesInstructions: false),
-        versions: ClosedRange<UInt16> = WireProtocol.supportedVersions
+        versions: ClosedRange<UInt16> = WireProtocol.supportedVersions,
+        handshakeKeys: HandshakeKeySource = .system
     ) throws(LinkError) {
         self.role = role
+        self.handshakeKeys = handshakeKeys
         self.cipherChoice = cipher
         self.versions = versions.clamped(to: WireProtocol.supportedVersions)
         self.security = security
@@ -264,7 +269,7 @@ public struct LinkSession: Sendable {
         case .noise: stage = role == .initiator ? .idle : .awaitingFirst
         }
         // Fail now rather than mid-handshake if the key or identity cannot make a handshake.
-        if case .noise = security { _ = try makeHandshake(cipher.version1Cipher, prologue: Self.prologue) }
+        if case .noise = security { _ = try makeHandshake(cipher.version1Cipher, prologue: Self.prologue, drawingKey: false) }
     }
 
     // MARK: Handshake
@@ -540,7 +545,9 @@ public struct LinkSession: Sendable {
         return nil
     }
 
-    private func makeHandshake(_ cipher: LinkCipher, prologue: [UInt8]) throws(LinkError) -> HandshakeState {
+    /// A handshake under `cipher`; its ephemeral key comes from ``handshakeKeys`` (not drawn
+    /// for one only built to check the configuration).
+    private mutating func makeHandshake(_ cipher: LinkCipher, prologue: [UInt8], drawingKey: Bool = true) throws(LinkError) -> HandshakeState {
         guard case .noise(let key) = security else { preconditionFailure("no handshake on an insecure link") }
         do {
             return try HandshakeState(
@@ -548,6 +555,7 @@ public struct LinkSession: Sendable {
                 role: role == .initiator ? .initiator : .responder,
                 prologue: prologue,
                 localStatic: identity.keyPair,
+                localEphemeral: drawingKey ? handshakeKeys.next() : nil,
                 psks: [key.bytes]
             )
         } catch {

@@ -78,8 +78,12 @@ public struct NodeConfiguration: Sendable {
     public var discovery = DiscoveryConfiguration()
     /// SWIM membership timings and limits (nanoseconds; LAN defaults, see docs/protocol.md).
     public var membership = MembershipConfiguration()
-    /// Seeds the membership's random choices; random when nil (tests fix it to replay a run).
+    /// Seeds the membership's random choices; split from the environment's seed when nil
+    /// (tests fix it to replay a run).
     public var membershipSeed: UInt64?
+    /// The node's clocks, random seed, incarnation and handshake keys; nil:
+    /// ``NodeEnvironment/system()`` at start. Tests and simulations pass their own.
+    public var environment: NodeEnvironment?
     /// The reactor's settings (backend, buffers).
     public var reactor = ReactorConfiguration()
     /// Where the node logs; the PeerID is added to its metadata.

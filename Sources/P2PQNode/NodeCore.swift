@@ -1,9 +1,9 @@
 import Dispatch
-import Glibc
 import Logging
 import P2PQConnectionManager
 import P2PQLink
 import P2PQMembership
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQWire
@@ -19,8 +19,16 @@ final class NodeCore {
     let identity: NodeIdentity
     let security: LinkSecurity
     var logger: Logger
-    /// Distinguishes restarts of the same identity (wall-clock nanoseconds at start).
-    let incarnation: UInt64
+    /// The clocks, seed, incarnation and handshake keys (``NodeEnvironment``).
+    let environment: NodeEnvironment
+    /// Distinguishes restarts of the same identity (``NodeEnvironment/incarnation``).
+    var incarnation: UInt64 { environment.incarnation }
+    /// The node's random choices: a generator of its own for each machine.
+    private var random: NodeEnvironment.Random
+    /// Ping nonces.
+    private var pingNonces: SplitMix64
+    /// Split into one source per link.
+    private var handshakeKeys: HandshakeKeySource
     /// What peers should dial to reach us.
     private(set) var advertised: SocketAddress
     var manager: Manager
@@ -28,12 +36,14 @@ final class NodeCore {
     private var discovery: MDNSDiscovery?
     private var links: [LinkID: PeerLink] = [:]
     private var nextLinkID: UInt64 = 1
-    private var timer: TimerID?
-    private var timerDeadline: UInt64 = 0
+    /// Performs the manager's actions; the manager's timer.
+    private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) })
+    private lazy var timer = ShellTimer(reactor: reactor) { [unowned self] in
+        self.perform(self.manager.tick(now: self.now))
+    }
     /// Which inbound connections may handshake (the decisions); its timer.
     private var admission: HandshakeAdmission<LinkID, String>
-    private var admissionTimer: TimerID?
-    private var admissionDeadline: UInt64 = 0
+    private lazy var admissionTimer = ShellTimer(reactor: reactor) { [unowned self] in self.admissionTimerFired() }
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
     /// Counters for swift-metrics, published once a second.
@@ -82,9 +92,11 @@ final class NodeCore {
         var logger = configuration.logger
         logger[metadataKey: "peer"] = "\(identity.peerID.short)"
         self.logger = logger
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        incarnation = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        let environment = configuration.environment ?? .system()
+        self.environment = environment
+        var random = NodeEnvironment.Random(seed: environment.seed)
+        pingNonces = random.split()
+        handshakeKeys = environment.handshakeKeys
         advertised = listen
         self.events = events
         metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
@@ -101,11 +113,16 @@ final class NodeCore {
                 keepaliveInterval: nanos(configuration.keepaliveInterval),
                 keepaliveTimeout: nanos(configuration.keepaliveTimeout),
                 maxPeers: configuration.maxPeers
-            )
+            ),
+            randomNumberGenerator: random.split()
         )
+        self.random = random
     }
 
-    var now: UInt64 { MonotonicTime.now().nanoseconds }
+    var now: UInt64 { environment.monotonicNanoseconds() }
+
+    /// A generator of its own for one more machine (split from the environment's seed).
+    func splitRandom() -> SplitMix64 { random.split() }
 
     func emit(_ event: NodeEvent) {
         noteForDashboard(event)
@@ -130,11 +147,11 @@ final class NodeCore {
         let advertisedHost = configuration.advertisedHost ?? bound.host
         advertised = (try? SocketAddress(host: advertisedHost, port: bound.port)) ?? bound
         manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
-                          configuration: manager.configuration)
+                          configuration: manager.configuration, randomNumberGenerator: random.split())
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
         startOperations()
         membership = MembershipShell(core: self, configuration: configuration.membership, incarnation: incarnation,
-                                     seed: configuration.membershipSeed ?? UInt64.random(in: 0...UInt64.max))
+                                     seed: configuration.membershipSeed ?? random.seed())
         membership?.start()
         perform(manager.start(bootstrap: bootstrap, now: now))
         if configuration.discovery.enabled { discovery = try startDiscovery() }
@@ -156,62 +173,69 @@ final class NodeCore {
     // MARK: Manager actions
 
     func perform(_ actions: [Action]) {
-        for action in actions {
-            switch action {
-            case .dial(let address): dial(address)
-            case .closeLink(let id, let reason):
-                guard let link = links[id] else { continue }
-                switch reason {
-                case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
-                case .leaving: link.leave(.leaving, detail: "node stopping")
-                case .selfConnection: link.leave(.protocolError, detail: "self connection")
-                case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
-                case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
-                }
-            case .sendPing(let id):
-                links[id]?.send(.ping(nonce: UInt64.random(in: 0...UInt64.max), sentAt: now))
-            case .sendPeerList(let id, let entries):
-                let peers = entries.compactMap { entry -> PeerAddress? in
-                    guard entry.address.port > 0 else { return nil }
-                    return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
-                }
-                if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
-            case .armTimer(let at): arm(at)
-            case .cancelTimer:
-                if let timer { reactor.cancel(timer) }
-                timer = nil
-            case .peerConnected(let peer, let link):
-                logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
-                emit(.peerConnected(peer))
-                membership?.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0)
-                queues.peerConnected(peer)
-                remoteCalls?.peerConnected(peer)
-            case .peerLinkChanged(let peer, _, _):
-                logger.debug("peer \(peer.short) moved to its surviving link")
-                queues.peerLinkChanged(peer)
-                earlyCredit[peer] = nil
-                remoteCalls?.peerDisconnected(peer)
-                remoteCalls?.peerConnected(peer)
-            case .peerDisconnected(let peer, let reason):
-                logger.info("peer \(peer.short) disconnected: \(reason)")
-                emit(.peerDisconnected(peer, left: reason == .peerLeft))
-                if reason != .stopped { membership?.linkDown(peer) }
-                queues.peerDisconnected(peer)
-                earlyCredit[peer] = nil
-                remoteCalls?.peerDisconnected(peer)
+        driver.perform(actions)
+    }
+
+    private func handle(_ action: Action) {
+        switch action {
+        case .dial(let address): dial(address)
+        case .closeLink(let id, let reason):
+            guard let link = links[id] else { return }
+            switch reason {
+            case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
+            case .leaving: link.leave(.leaving, detail: "node stopping")
+            case .selfConnection: link.leave(.protocolError, detail: "self connection")
+            case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
+            case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
             }
+        case .sendPing(let id):
+            links[id]?.send(.ping(nonce: pingNonces.next(), sentAt: now))
+        case .sendPeerList(let id, let entries):
+            let peers = entries.compactMap { entry -> PeerAddress? in
+                guard entry.address.port > 0 else { return nil }
+                return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
+            }
+            if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
+        case .armTimer(let at): timer.arm(at: at)
+        case .cancelTimer: timer.cancel()
+        case .peerConnected(let peer, let link):
+            logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
+            emit(.peerConnected(peer))
+            route(.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0))
+        case .peerLinkChanged(let peer, _, _):
+            logger.debug("peer \(peer.short) moved to its surviving link")
+            route(.linkReplaced(peer))
+        case .peerDisconnected(let peer, let reason):
+            logger.info("peer \(peer.short) disconnected: \(reason)")
+            emit(.peerDisconnected(peer, left: reason == .peerLeft))
+            route(.linkDown(peer, nodeStopping: reason == .stopped))
         }
     }
 
-    private func arm(_ deadline: UInt64) {
-        if let timer {
-            if timerDeadline == deadline { return }
-            reactor.cancel(timer)
-        }
-        timerDeadline = deadline
-        timer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.timer = nil
-            self.perform(self.manager.tick(now: self.now))
+    // MARK: Peer events
+
+    /// Hands a peer event (from the manager's actions or membership's events) to every layer
+    /// that hears it; ``PeerEventRouting`` decides which, in what order.
+    func route(_ event: PeerEvent) {
+        for delivery in PeerEventRouting.route(event) {
+            switch delivery {
+            case .membership(.linkUp(let peer, let incarnation)):
+                membership?.linkUp(peer, incarnation: incarnation)
+            case .membership(.linkDown(let peer)):
+                membership?.linkDown(peer)
+            case .queues(let input):
+                queues.peerEvent(input)
+            case .calls(let input):
+                switch input {
+                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit[peer] = nil  // granted on the old link
+                case .connected, .joined, .died, .left: break
+                }
+                remoteCalls?.peerEvent(input)
+            case .manager(.joined(let peer)):
+                perform(manager.peerJoined(peer, now: now))
+            case .manager(.gone(let peer)):
+                perform(manager.peerGone(peer, now: now))
+            }
         }
     }
 
@@ -326,24 +350,19 @@ final class NodeCore {
 
     private func rearmAdmission() {
         guard let deadline = admission.nextDeadline, !isStopped else {
-            if let admissionTimer { reactor.cancel(admissionTimer) }
-            admissionTimer = nil
+            admissionTimer.cancel()
             return
         }
-        if let admissionTimer {
-            if admissionDeadline == deadline { return }
-            reactor.cancel(admissionTimer)
+        admissionTimer.arm(at: deadline)
+    }
+
+    private func admissionTimerFired() {
+        let current = now
+        for id in admission.expire(now: current) {
+            links[id]?.drop("no first handshake message within \(configuration.handshakeFirstMessageTimeout)")
         }
-        admissionDeadline = deadline
-        admissionTimer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.admissionTimer = nil
-            let current = self.now
-            for id in self.admission.expire(now: current) {
-                self.links[id]?.drop("no first handshake message within \(self.configuration.handshakeFirstMessageTimeout)")
-            }
-            if let report = self.admission.takeReport(now: current) { self.logAdmission(report) }
-            self.rearmAdmission()
-        }
+        if let report = admission.takeReport(now: current) { logAdmission(report) }
+        rearmAdmission()
     }
 
     /// One line per interval for all the refused, evicted and timed-out handshakes in it.
@@ -359,7 +378,7 @@ final class NodeCore {
         let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
                                        security: security, identity: identity,
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
-                                       versions: configuration.protocolVersions)
+                                       versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
     }
 
@@ -503,10 +522,8 @@ final class NodeCore {
         isStopped = true
         listener?.close()
         listener = nil
-        if let timer { reactor.cancel(timer) }
-        timer = nil
-        if let admissionTimer { reactor.cancel(admissionTimer) }
-        admissionTimer = nil
+        timer.cancel()
+        admissionTimer.cancel()
         stopOperations()
         // A link past the handshake whose hello has not come yet may already be ready on the
         // peer's side (it has our hello): it gets a goodbye too, or the peer would take the

@@ -37,18 +37,23 @@ final class MDNSDiscovery {
     let configuration: DiscoveryConfiguration
     private var agent: MDNSAgent
     private var socket: UDPSocket?
-    private var timer: TimerID?
-    private var timerDeadline: UInt64 = 0
+    private lazy var driver = ShellDriver<MDNSAction>(handle: { [unowned self] in self.handle($0) })
+    private lazy var timer = ShellTimer(reactor: reactor) { [unowned self] in
+        self.perform(self.agent.tick(now: self.now))
+    }
     private let groupAddress: SocketAddress
     private let logger: Logger
+    private let clock: @Sendable () -> UInt64
     private let onHint: (PeerID, SocketAddress) -> Void
 
     /// - Parameters:
     ///   - advertised: the address peers dial (its host is announced when it is a specific
     ///     IPv4 address, else the interface address).
     ///   - clusterIdentifier: the public identifier of the cluster key.
+    ///   - clock: monotonic nanoseconds; `random`: the agent's generator.
     init(reactor: Reactor, configuration: DiscoveryConfiguration, peerID: PeerID, advertised: SocketAddress,
-         clusterIdentifier: String, logger: Logger, onHint: @escaping (PeerID, SocketAddress) -> Void) throws(NodeError) {
+         clusterIdentifier: String, logger: Logger, clock: @escaping @Sendable () -> UInt64, random: SplitMix64,
+         onHint: @escaping (PeerID, SocketAddress) -> Void) throws(NodeError) {
         guard (1...65535).contains(configuration.port) else {
             throw .invalidConfiguration("discovery port \(configuration.port) is out of range")
         }
@@ -62,6 +67,7 @@ final class MDNSDiscovery {
         self.reactor = reactor
         self.configuration = configuration
         self.logger = logger
+        self.clock = clock
         self.onHint = onHint
         do {
             groupAddress = try SocketAddress(host: Self.group, port: configuration.port)
@@ -82,10 +88,10 @@ final class MDNSDiscovery {
             let prefix = Array(interface.prefix(3))
             mdns.isOnLink = { $0.bytes.count == 4 && Array($0.bytes.prefix(3)) == prefix }
         }
-        agent = MDNSAgent(configuration: mdns)
+        agent = MDNSAgent(configuration: mdns, randomNumberGenerator: random)
     }
 
-    var now: UInt64 { MonotonicTime.now().nanoseconds }
+    var now: UInt64 { clock() }
 
     /// Binds the shared mDNS port, joins the group and announces.
     func start() throws(NodeError) {
@@ -114,8 +120,7 @@ final class MDNSDiscovery {
 
     /// Sends goodbyes and closes the socket once they have left.
     func stop() {
-        if let timer { reactor.cancel(timer) }
-        timer = nil
+        timer.cancel()
         perform(agent.stop(now: now))
         guard let socket else { return }
         self.socket = nil
@@ -130,41 +135,31 @@ final class MDNSDiscovery {
     }
 
     private func perform(_ actions: [MDNSAction]) {
-        for action in actions {
-            switch action {
-            case .sendMulticast(let bytes):
-                socket?.send(bytes, to: groupAddress)
-            case .sendUnicast(let bytes, let to):
-                guard to.bytes.count == 4,
-                      let address = try? SocketAddress(host: to.bytes.map { String($0) }.joined(separator: "."), port: Int(to.port))
-                else { continue }
-                socket?.send(bytes, to: address)
-            case .armTimer(let at):
-                arm(at)
-            case .discovered(let hint):
-                guard let peer = Self.peerID(hex: hint.peerID), let first = hint.addresses.first,
-                      let address = try? SocketAddress(host: first.map { String($0) }.joined(separator: "."), port: Int(hint.port))
-                else {
-                    logger.debug("discovery: unusable announcement \(hint.instance)")
-                    continue
-                }
-                logger.debug("discovered \(peer.short) at \(address)")
-                onHint(peer, address)
-            case .expired(let peer, _):
-                logger.debug("discovery: \(peer.prefix(12)) expired")
-            }
-        }
+        driver.perform(actions)
     }
 
-    private func arm(_ deadline: UInt64) {
-        if let timer {
-            if timerDeadline == deadline { return }
-            reactor.cancel(timer)
-        }
-        timerDeadline = deadline
-        timer = reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.timer = nil
-            self.perform(self.agent.tick(now: self.now))
+    private func handle(_ action: MDNSAction) {
+        switch action {
+        case .sendMulticast(let bytes):
+            socket?.send(bytes, to: groupAddress)
+        case .sendUnicast(let bytes, let to):
+            guard to.bytes.count == 4,
+                  let address = try? SocketAddress(host: to.bytes.map { String($0) }.joined(separator: "."), port: Int(to.port))
+            else { return }
+            socket?.send(bytes, to: address)
+        case .armTimer(let at):
+            timer.arm(at: at)
+        case .discovered(let hint):
+            guard let peer = Self.peerID(hex: hint.peerID), let first = hint.addresses.first,
+                  let address = try? SocketAddress(host: first.map { String($0) }.joined(separator: "."), port: Int(hint.port))
+            else {
+                logger.debug("discovery: unusable announcement \(hint.instance)")
+                return
+            }
+            logger.debug("discovered \(peer.short) at \(address)")
+            onHint(peer, address)
+        case .expired(let peer, _):
+            logger.debug("discovery: \(peer.prefix(12)) expired")
         }
     }
 

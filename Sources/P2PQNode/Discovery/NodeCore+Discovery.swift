@@ -13,7 +13,8 @@ extension NodeCore {
         let clusterIdentifier = configuration.insecure ? "insecure" : key.clusterID
         let discovery = try MDNSDiscovery(
             reactor: reactor, configuration: configuration.discovery, peerID: identity.peerID, advertised: advertised,
-            clusterIdentifier: clusterIdentifier, logger: logger
+            clusterIdentifier: clusterIdentifier, logger: logger, clock: environment.monotonicNanoseconds,
+            random: splitRandom()
         ) { [unowned self] peer, address in
             self.discovered(peer, at: address)
         }

@@ -1,4 +1,5 @@
 import P2PQMembership
+import P2PQNodeMachine
 import P2PQReactor
 import P2PQWire
 
@@ -8,12 +9,12 @@ import P2PQWire
 final class MembershipShell {
     private unowned let core: NodeCore
     private var membership: Membership
-    private var timer: TimerID?
-    private var timerDeadline: UInt64 = 0
     /// Directives are carried out one at a time; inputs that arrive meanwhile (a send that
     /// fails and is reported back) queue behind them.
-    private var pending: [MembershipDirective] = []
-    private var performing = false
+    private lazy var driver = ShellDriver<MembershipDirective>(handle: { [unowned self] in self.handle($0) })
+    private lazy var timer = ShellTimer(reactor: core.reactor) { [unowned self] in
+        self.perform(self.membership.tick(now: self.core.now))
+    }
 
     init(core: NodeCore, configuration: MembershipConfiguration, incarnation: UInt64, seed: UInt64) {
         self.core = core
@@ -51,8 +52,7 @@ final class MembershipShell {
     /// the announcement travels ahead of the goodbye on each link.
     func leave() {
         perform(membership.leave(now: core.now))
-        if let timer { core.reactor.cancel(timer) }
-        timer = nil
+        timer.cancel()
     }
 
     var members: [MemberStatus] { membership.members }
@@ -64,38 +64,30 @@ final class MembershipShell {
     var localHealth: Int { membership.localHealth }
 
     private func perform(_ directives: [MembershipDirective]) {
-        pending += directives
-        guard !performing else { return }
-        performing = true
-        defer { performing = false }
-        var index = 0
-        while index < pending.count {
-            let directive = pending[index]
-            index += 1
-            switch directive {
-            case .send(let message, let peer):
-                if !core.send(message, to: peer) {
-                    pending += membership.undeliverable(message, to: peer, now: core.now)
-                }
-            case .event(let event):
-                report(event)
-            case .armTimer(let at):
-                arm(at)
-            }
-        }
-        pending.removeAll(keepingCapacity: true)
+        driver.perform(directives)
     }
 
+    private func handle(_ directive: MembershipDirective) {
+        switch directive {
+        case .send(let message, let peer):
+            if !core.send(message, to: peer) {
+                perform(membership.undeliverable(message, to: peer, now: core.now))
+            }
+        case .event(let event):
+            report(event)
+        case .armTimer(let at):
+            timer.arm(at: at)
+        }
+    }
+
+    /// Logs and emits a membership event; the verdicts go to the layers through
+    /// ``NodeCore/route(_:)``.
     private func report(_ event: MembershipEvent) {
         switch event {
         case .joined(let peer):
             core.logger.info("member \(peer.short) joined")
             core.emit(.memberJoined(peer))
-            core.remoteCalls?.peerJoined(peer)
-            // Back after a verdict (refuted or restarted): queues that buried it link it again.
-            core.queues.peerRejoined(peer, linked: core.manager.link(to: peer) != nil)
-            // Back after a verdict while its link stayed up: redial it again if that link drops.
-            core.perform(core.manager.peerJoined(peer, now: core.now))
+            core.route(.joined(peer, linked: core.manager.link(to: peer) != nil))
         case .suspect(let peer):
             core.logger.notice("member \(peer.short) suspected (local health \(membership.localHealth))")
             core.emit(.memberSuspected(peer))
@@ -105,37 +97,14 @@ final class MembershipShell {
         case .dead(let peer):
             core.logger.warning("member \(peer.short) declared dead")
             core.emit(.memberDead(peer))
-            // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held.
-            core.queues.peerDied(peer)
-            core.remoteCalls?.peerDied(peer)
-            // Its addresses are still redialed with backoff until the dial attempts run out
-            // (protocol §5 rule 7): a verdict may be one side of a partition, and the redial is
-            // how the halves find each other again when it heals.
+            core.route(.dead(peer))
         case .refutedDeath:
             core.logger.warning("this node was declared dead (refuted at incarnation \(membership.incarnation))")
-            // Owners that believed it re-queued what it holds: hold their items back until
-            // each says which copies are stale (protocol §9).
-            core.queues.declaredDead()
+            core.route(.refuted)
         case .left(let peer):
             core.logger.info("member \(peer.short) left")
             core.emit(.memberLeft(peer))
-            // A leaving node hands its items on first; whatever it could not hand on, its owners
-            // take back (at-least-once: a copy that did arrive elsewhere is a counted duplicate).
-            core.queues.peerDied(peer)
-            core.remoteCalls?.peerLeft(peer)
-            core.perform(core.manager.peerGone(peer, now: core.now))
-        }
-    }
-
-    private func arm(_ deadline: UInt64) {
-        if let timer {
-            if timerDeadline == deadline { return }
-            core.reactor.cancel(timer)
-        }
-        timerDeadline = deadline
-        timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: deadline)) { [unowned self] in
-            self.timer = nil
-            self.perform(self.membership.tick(now: self.core.now))
+            core.route(.left(peer))
         }
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import P2PQMembership
 import P2PQWire
 
@@ -292,11 +291,7 @@ struct DashboardHistory: Sendable {
 
 extension NodeCore {
     /// Unix time in seconds (for the dashboard's times; the machines use the monotonic clock).
-    var wallSeconds: Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    var wallSeconds: Double { Double(environment.wallNanoseconds()) / 1e9 }
 
     /// One dashboard sample: the machines' totals, read once a second by the metrics timer.
     func sampleDashboard() {

@@ -1,3 +1,4 @@
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQWire
@@ -138,7 +139,9 @@ final class QueueShell {
 
     private struct Entry {
         var machine: QueueMachine
-        var timer: TimerID?
+        /// Performs the machine's actions; the machine's timer.
+        let driver: ShellDriver<QueueAction>
+        let timer: ShellTimer
         var pops: [WaiterID: PendingPop] = [:]
         var leasedPops: [WaiterID: PendingLeasedPop] = [:]
         /// Pushes waiting for room, served in order.
@@ -152,6 +155,9 @@ final class QueueShell {
         var flushes: [UInt64: PendingFlush] = [:]
         /// Pushes whose items are queued and wait for their replica's ack, in push order.
         var replicating: [ReplicatingPush] = []
+
+        /// Runs `body` on this entry in place (`queues[name]?.update`: no copy of its machine).
+        mutating func update<Result>(_ body: (inout Entry) -> Result) -> Result { body(&self) }
     }
 
     /// A push accepted by the machine whose items wait for a peer to acknowledge their replica
@@ -217,10 +223,13 @@ final class QueueShell {
         configuration.firstSequence = Swift.max(configuration.firstSequence, core.incarnation)
         // The node's internal queues (remote calls) have their own retries: no replicas.
         if name.hasPrefix("p2pq.") { configuration.replication = .local }
-        queues[name] = Entry(machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration))
-        perform(name, queues[name]!.machine.start(now: now))
+        queues[name] = Entry(
+            machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration),
+            driver: ShellDriver(handle: { [unowned self] in self.handle(name, $0) }),
+            timer: ShellTimer(reactor: core.reactor) { [unowned self] in self.timerFired(name) })
+        perform(name, queues[name]?.machine.start(now: now))
         for peer in core.connectedPeers.sorted() {
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
+            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
                                                               keepsReplicas: keepsReplicas(peer), now: now))
         }
         return true
@@ -245,11 +254,15 @@ final class QueueShell {
         guard isServing else { continuation(.failure(.nodeStopped)); return nil }
         guard ensure(name) else { continuation(.failure(.tooManyQueues)); return nil }
         // Pushers already waiting go first (order across pushers).
-        if !queues[name]!.pushes.isEmpty {
+        if queues[name]?.pushes.isEmpty == false {
             guard wait else { continuation(.failure(.timeout)); return nil }
             return park(name, items, timeout: timeout, continuation)
         }
-        let (outcome, actions) = items.push(into: &queues[name]!.machine, now: now)
+        let now = self.now
+        guard case let (outcome, actions)? = queues[name]?.update({ items.push(into: &$0.machine, now: now) }) else {
+            continuation(.failure(.tooManyQueues))
+            return nil
+        }
         var parked: UInt64?
         switch outcome {
         case .accepted:
@@ -272,8 +285,8 @@ final class QueueShell {
     /// Completes an accepted push, or parks it until its items' replica is acknowledged;
     /// returns its ID while it waits (it can be withdrawn as a push waiting for room can).
     private func complete(_ name: String, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64? {
-        let mark = queues[name]!.machine.nextItemSequence
-        guard queues[name]!.machine.awaitsReplica(before: mark) else {
+        guard let mark = queues[name]?.machine.nextItemSequence,
+              queues[name]?.machine.awaitsReplica(before: mark) == true else {
             continuation(.success(()))
             return nil
         }
@@ -285,7 +298,7 @@ final class QueueShell {
                 self.withdrawPush(name, id, with: .timeout, timerFired: true)
             }
         }
-        queues[name]!.replicating.append(pending)
+        queues[name]?.replicating.append(pending)
         return id
     }
 
@@ -294,7 +307,7 @@ final class QueueShell {
     private func checkReplicated(_ name: String) {
         guard let entry = queues[name], !entry.replicating.isEmpty else { return }
         var done: [ReplicatingPush] = []
-        queues[name]!.replicating.removeAll { pending in
+        queues[name]?.replicating.removeAll { pending in
             guard !entry.machine.awaitsReplica(before: pending.mark) else { return false }
             done.append(pending)
             return true
@@ -314,7 +327,7 @@ final class QueueShell {
                 self.withdrawPush(name, id, with: .timeout, timerFired: true)
             }
         }
-        queues[name]!.pushes.append(pending)
+        queues[name]?.pushes.append(pending)
         return id
     }
 
@@ -324,13 +337,13 @@ final class QueueShell {
         if let index = queues[name]?.replicating.firstIndex(where: { $0.id == id }) {
             // Its items stay queued (unreplicated until a peer takes the replica): the caller
             // hears it was not confirmed.
-            let pending = queues[name]!.replicating.remove(at: index)
+            guard let pending = queues[name]?.replicating.remove(at: index) else { return }
             if !timerFired, let timer = pending.timer { core.reactor.cancel(timer) }
             pending.continuation(.failure(error))
             return
         }
         guard let index = queues[name]?.pushes.firstIndex(where: { $0.id == id }) else { return }
-        let pending = queues[name]!.pushes.remove(at: index)
+        guard let pending = queues[name]?.pushes.remove(at: index) else { return }
         if !timerFired, let timer = pending.timer { core.reactor.cancel(timer) }
         pending.continuation(.failure(error))
         // The pushes behind the first may fit where it did not.
@@ -368,14 +381,17 @@ final class QueueShell {
             sink(.failure(.tooManyQueues))
             return false
         }
-        let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waiter, now: now)
+        guard case let (items, actions)? = queues[name]?.machine.pop(max: max, waiter: waiter, now: now) else {
+            sink(.failure(.tooManyQueues))
+            return false
+        }
         if !items.isEmpty {
             countPopped(name, items.count)
             sink(.success(consume items))
             perform(name, actions)
             return false
         }
-        queues[name]!.pops[waiter] = PendingPop(continuation: sink)
+        queues[name]?.pops[waiter] = PendingPop(continuation: sink)
         perform(name, actions)
         return queues[name]?.pops[waiter] != nil
     }
@@ -384,8 +400,7 @@ final class QueueShell {
     /// ``QueueMachine/remove(where:now:)``). Returns how many went.
     @discardableResult
     func remove(_ name: String, where matches: (ItemPayload) -> Bool) -> Int {
-        guard isServing, queues[name] != nil else { return 0 }
-        let (removed, actions) = queues[name]!.machine.remove(where: matches, now: now)
+        guard isServing, case let (removed, actions)? = queues[name]?.machine.remove(where: matches, now: now) else { return 0 }
         perform(name, actions)
         return removed
     }
@@ -394,7 +409,7 @@ final class QueueShell {
     func withdraw(_ name: String, _ waiter: WaiterID) {
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
-        perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+        perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
     }
 
     /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
@@ -412,7 +427,10 @@ final class QueueShell {
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = WaiterID(nextWaiter)
         nextWaiter += 1
-        let (items, actions) = queues[name]!.machine.pop(max: max, waiter: waits ? waiter : nil, now: now)
+        guard case let (items, actions)? = queues[name]?.machine.pop(max: max, waiter: waits ? waiter : nil, now: now) else {
+            continuation(.failure(.tooManyQueues))
+            return nil
+        }
         if !items.isEmpty {
             countPopped(name, items.count)
             continuation(.success(consume items))
@@ -420,7 +438,7 @@ final class QueueShell {
             return nil
         }
         if !waits {
-            continuation(.failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            continuation(.failure(queues[name]?.machine.isClosed == true ? .closed : .timeout))
             perform(name, actions)
             return nil
         }
@@ -430,7 +448,7 @@ final class QueueShell {
                 self.endWait(name, waiter, with: .timeout)
             }
         }
-        queues[name]!.pops[waiter] = pending
+        queues[name]?.pops[waiter] = pending
         perform(name, actions)  // may deliver or fail it at once
         return waiter
     }
@@ -444,13 +462,13 @@ final class QueueShell {
         if let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) {
             if let timer = pending.timer { core.reactor.cancel(timer) }
             pending.continuation(.failure(error))
-            perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+            perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
             return
         }
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
         pending.continuation(.failure(error))
-        perform(name, queues[name]!.machine.cancelWait(waiter, now: now))
+        perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
     }
 
     // MARK: Leases
@@ -464,14 +482,17 @@ final class QueueShell {
         guard ensure(name) else { sink(.failure(.tooManyQueues)); return nil }
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = makeWaiterID()
-        let (items, actions) = queues[name]!.machine.popLeased(max: max, lease: lease, waiter: waits ? waiter : nil, now: now)
+        guard case let (items, actions)? = queues[name]?.machine.popLeased(max: max, lease: lease, waiter: waits ? waiter : nil, now: now) else {
+            sink(.failure(.tooManyQueues))
+            return nil
+        }
         if !items.isEmpty {
             sink(.success(items))
             perform(name, actions)
             return nil
         }
         if !waits {
-            sink(.failure(queues[name]!.machine.isClosed ? .closed : .timeout))
+            sink(.failure(queues[name]?.machine.isClosed == true ? .closed : .timeout))
             perform(name, actions)
             return nil
         }
@@ -481,7 +502,7 @@ final class QueueShell {
                 self.endWait(name, waiter, with: .timeout)
             }
         }
-        queues[name]!.leasedPops[waiter] = pending
+        queues[name]?.leasedPops[waiter] = pending
         perform(name, actions)
         return waiter
     }
@@ -490,8 +511,9 @@ final class QueueShell {
     /// naming the tokens not leased here (the others are acknowledged).
     func ack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
         guard !isStopped else { return .failure(.nodeStopped) }
-        guard queues[name] != nil else { return .failure(.unknownLease(tokens)) }
-        let (count, unknown, actions) = queues[name]!.machine.ack(tokens, now: now)
+        guard case let (count, unknown, actions)? = queues[name]?.machine.ack(tokens, now: now) else {
+            return .failure(.unknownLease(tokens))
+        }
         countPopped(name, count)
         perform(name, actions)
         return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
@@ -500,8 +522,9 @@ final class QueueShell {
     /// Gives leased items back (``QueueMachine/nack(_:now:)``); errors as ``ack(_:_:)``.
     func nack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
         guard !isStopped else { return .failure(.nodeStopped) }
-        guard queues[name] != nil else { return .failure(.unknownLease(tokens)) }
-        let (count, unknown, actions) = queues[name]!.machine.nack(tokens, now: now)
+        guard case let (count, unknown, actions)? = queues[name]?.machine.nack(tokens, now: now) else {
+            return .failure(.unknownLease(tokens))
+        }
         perform(name, actions)
         return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
     }
@@ -510,9 +533,9 @@ final class QueueShell {
     func leasedItems(_ name: String) -> Int { queues[name]?.machine.leasedCount ?? 0 }
 
     private func deliverLeased(_ name: String, _ waiter: WaiterID, _ items: [LeasedPayload]) {
-        guard let pending = queues[name]!.leasedPops.removeValue(forKey: waiter) else {
+        guard let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) else {
             // Nobody takes them: straight back to the queue rather than waiting out the lease.
-            perform(name, queues[name]!.machine.nack(items.map(\.token), now: now).actions)
+            perform(name, queues[name]?.machine.nack(items.map(\.token), now: now).actions)
             return
         }
         if let timer = pending.timer { core.reactor.cancel(timer) }
@@ -523,7 +546,7 @@ final class QueueShell {
     /// machine confirm it; a failed push is left for the machine to retry.
     private func deadLetter(_ name: String, _ token: LeaseToken, _ payload: ItemPayload, into target: String) {
         guard !isStopped, target != name, ensure(target) else { return }
-        let (outcome, actions) = queues[target]!.machine.push([payload], now: now)
+        guard case let (outcome, actions)? = queues[target]?.machine.push([payload], now: now) else { return }
         perform(target, actions)
         guard outcome == .accepted else {
             deadLetterRefusals += 1
@@ -533,7 +556,7 @@ final class QueueShell {
             return
         }
         countPushed(target, 1)
-        perform(name, queues[name]!.machine.deadLettered(token, now: now))
+        perform(name, queues[name]?.machine.deadLettered(token, now: now))
     }
 
     func size(_ name: String) -> QueueSize {
@@ -548,9 +571,9 @@ final class QueueShell {
 
     /// Every queue's state for `/status`, sorted by name.
     func statuses() -> [NodeStatus.Queue] {
-        queues.keys.sorted().map { name in
+        queues.keys.sorted().compactMap { name in
             syncMetrics(name)
-            let machine = queues[name]!.machine
+            guard let machine = queues[name]?.machine else { return nil }
             let pushes = waitingPushes(name)
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
@@ -582,19 +605,19 @@ final class QueueShell {
         let counters = entry.machine.counters
         let transfers = counters.transferredOut
         core.metrics.itemsTransferred += transfers - entry.reportedTransfers
-        queues[name]!.reportedTransfers = transfers
+        queues[name]?.reportedTransfers = transfers
         // Second pops the owner saw, apart from retransmitted copies receivers dropped.
         core.metrics.duplicateDeliveries += counters.duplicatePops - entry.reportedDuplicateDeliveries
         core.metrics.droppedRetransmissions += counters.duplicatesDropped - entry.reportedDroppedRetransmissions
-        queues[name]!.reportedDuplicateDeliveries = counters.duplicatePops
-        queues[name]!.reportedDroppedRetransmissions = counters.duplicatesDropped
+        queues[name]?.reportedDuplicateDeliveries = counters.duplicatePops
+        queues[name]?.reportedDroppedRetransmissions = counters.duplicatesDropped
         core.metrics.staleCopiesDropped += counters.staleCopiesDropped - entry.reportedStaleCopies
-        queues[name]!.reportedStaleCopies = counters.staleCopiesDropped
+        queues[name]?.reportedStaleCopies = counters.staleCopiesDropped
     }
 
     func close(_ name: String) {
         guard isServing, ensure(name) else { return }
-        perform(name, queues[name]!.machine.close(now: now))
+        perform(name, queues[name]?.machine.close(now: now))
         failPushes(name, with: .closed)
     }
 
@@ -611,7 +634,7 @@ final class QueueShell {
         }
         let name = message.queue
         guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
-        perform(name, queues[name]!.machine.receive(consume message, from: peer, now: now))
+        perform(name, queues[name]?.machine.receive(consume message, from: peer, now: now))
         return nil
     }
 
@@ -619,14 +642,26 @@ final class QueueShell {
     func receiveForTesting(_ message: QueueMessage, from peer: PeerID) {
         let name = message.queue
         guard !isStopped, ensure(name) else { return }
-        perform(name, queues[name]!.machine.receive(message, from: peer, now: now))
+        perform(name, queues[name]?.machine.receive(message, from: peer, now: now))
+    }
+
+    /// A peer event, as ``PeerEventRouting`` routes it to the queues.
+    func peerEvent(_ input: QueuesPeerInput) {
+        switch input {
+        case .connected(let peer): peerConnected(peer)
+        case .linkReplaced(let peer): peerLinkChanged(peer)
+        case .disconnected(let peer): peerDisconnected(peer)
+        case .died(let peer): peerDied(peer)
+        case .rejoined(let peer, let linked): peerRejoined(peer, linked: linked)
+        case .declaredDead: declaredDead()
+        }
     }
 
     func peerConnected(_ peer: PeerID) {
         let adopts = adoptsOwnership(peer)
         let keeps = keepsReplicas(peer)
         for name in queues.keys.sorted() {
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now))
+            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now))
         }
     }
 
@@ -639,22 +674,22 @@ final class QueueShell {
     }
 
     func peerDisconnected(_ peer: PeerID) {
-        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDisconnected(peer, now: now)) }
+        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.peerDisconnected(peer, now: now)) }
     }
 
     /// The peer's link was replaced; what was sent on the old one may be lost: take back the
     /// transfers and steal requests in flight (the peer drops copies it already has).
     func peerLinkChanged(_ peer: PeerID) {
         for name in queues.keys.sorted() {
-            perform(name, queues[name]!.machine.peerDisconnected(peer, now: now))
-            perform(name, queues[name]!.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
+            perform(name, queues[name]?.machine.peerDisconnected(peer, now: now))
+            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
                                                               keepsReplicas: keepsReplicas(peer), now: now))
         }
     }
 
     /// Membership declared `peer` dead: owners re-queue what it held.
     func peerDied(_ peer: PeerID) {
-        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.peerDied(peer, now: now)) }
+        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.peerDied(peer, now: now)) }
     }
 
     // MARK: Graceful stop and flush
@@ -668,7 +703,7 @@ final class QueueShell {
         isDraining = true
         for name in queues.keys.sorted() {
             failParked(name)
-            perform(name, queues[name]!.machine.drain(now: now))
+            perform(name, queues[name]?.machine.drain(now: now))
         }
     }
 
@@ -700,14 +735,14 @@ final class QueueShell {
     /// holding it or popped; fails it on `timeout` or when items wait here and no peer is live.
     func flush(_ name: String, timeout: Duration, sink: @escaping PushSink) {
         guard isServing else { return sink(.failure(.nodeStopped)) }
-        guard queues[name] != nil else { return sink(.success(())) }  // nothing pushed
+        guard let mark = queues[name]?.machine.nextItemSequence else { return sink(.success(())) }  // nothing pushed
         let id = nextFlush
         nextFlush += 1
-        var pending = PendingFlush(mark: queues[name]!.machine.nextItemSequence, sink: sink)
+        var pending = PendingFlush(mark: mark, sink: sink)
         pending.timer = core.reactor.schedule(after: timeout) { [unowned self] in
             self.endFlush(name, id, with: .failure(.timeout))
         }
-        queues[name]!.flushes[id] = pending
+        queues[name]?.flushes[id] = pending
         waitingFlushes += 1
         checkFlushes(name)
     }
@@ -735,29 +770,30 @@ final class QueueShell {
 
     /// Fails the parked pops, pushes and flushes of `name` with `.nodeStopped`.
     private func failParked(_ name: String) {
-        for (_, pending) in queues[name]!.pops {
+        guard let entry = queues[name] else { return }
+        for (_, pending) in entry.pops {
             if let timer = pending.timer { core.reactor.cancel(timer) }
             pending.continuation(.failure(.nodeStopped))
         }
-        queues[name]!.pops = [:]
-        for (_, pending) in queues[name]!.leasedPops {
+        queues[name]?.pops = [:]
+        for (_, pending) in entry.leasedPops {
             if let timer = pending.timer { core.reactor.cancel(timer) }
             pending.continuation(.failure(.nodeStopped))
         }
-        queues[name]!.leasedPops = [:]
+        queues[name]?.leasedPops = [:]
         failPushes(name, with: .nodeStopped)
-        for id in queues[name]!.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
+        for id in entry.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
     }
 
     /// Membership heard this node declared dead (it refuted).
     func declaredDead() {
-        for name in queues.keys.sorted() { perform(name, queues[name]!.machine.declaredDead(now: now)) }
+        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.declaredDead(now: now)) }
     }
 
     /// Membership took `peer` back (it refuted a verdict, or a new process of it joined).
     func peerRejoined(_ peer: PeerID, linked: Bool) {
         for name in queues.keys.sorted() {
-            perform(name, queues[name]!.machine.peerRejoined(peer, linked: linked, keepsReplicas: keepsReplicas(peer), now: now))
+            perform(name, queues[name]?.machine.peerRejoined(peer, linked: linked, keepsReplicas: keepsReplicas(peer), now: now))
         }
     }
 
@@ -767,13 +803,12 @@ final class QueueShell {
         if !outbox.isEmpty { drainOutbox() }
         isStopped = true
         for name in queues.keys.sorted() {
-            if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
-            queues[name]!.timer = nil
+            queues[name]?.timer.cancel()
             failParked(name)
             // Pushes still waiting for a replica (a drain completes them: its transfers carry
             // the items with their ownership).
-            let replicating = queues[name]!.replicating
-            queues[name]!.replicating = []
+            let replicating = queues[name]?.replicating ?? []
+            queues[name]?.replicating = []
             for pending in replicating {
                 if let timer = pending.timer { core.reactor.cancel(timer) }
                 pending.continuation(.failure(.nodeStopped))
@@ -816,22 +851,22 @@ final class QueueShell {
         if core.send(message, to: peer) { return true }
         // Not sent (no link, or it went down meanwhile): the machine takes it back.
         if !isStopped, queues[name] != nil {
-            perform(name, queues[name]!.machine.sendFailed(message, to: peer, now: now))
+            perform(name, queues[name]?.machine.sendFailed(message, to: peer, now: now))
         }
         return false
     }
 
     private func deliver(_ name: String, _ action: consuming QueueAction) {
         guard case .deliver(let waiter, let items) = consume action,
-              let pending = queues[name]!.pops.removeValue(forKey: waiter) else { return }
+              let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
         countPopped(name, items.count)
         pending.continuation(.success(consume items))
     }
 
     private func failPushes(_ name: String, with error: QueueError) {
-        let pushes = queues[name]!.pushes
-        queues[name]!.pushes = []
+        let pushes = queues[name]?.pushes ?? []
+        queues[name]?.pushes = []
         for push in pushes {
             if let timer = push.timer { core.reactor.cancel(timer) }
             push.continuation(.failure(error))
@@ -840,69 +875,70 @@ final class QueueShell {
 
     // MARK: Actions
 
-    private func perform(_ name: String, _ actions: consuming [QueueAction]) {
-        defer {
-            checkFlushes(name)
-            checkReplicated(name)
+    /// Performs the actions the machine of `name` answered (nil: no such queue) through its
+    /// driver: from inside one of its actions, after that action.
+    private func perform(_ name: String, _ actions: consuming [QueueAction]?) {
+        guard let actions = consume actions, let driver = queues[name]?.driver else { return }
+        driver.perform(consume actions)
+        checkFlushes(name)
+        checkReplicated(name)
+    }
+
+    private func handle(_ name: String, _ action: consuming QueueAction) {
+        // Moved, not copied: a delivery's items must have no reference left here when they
+        // are handed over (see `PopSink`).
+        if case .deliver = action {
+            deliver(name, consume action)
+            return
         }
-        for index in actions.indices {
-            // Moved out of the array, not copied: a delivery's items must have no reference left
-            // here when they are handed over (see `PopSink`).
-            var action = QueueAction.spaceAvailable
-            swap(&action, &actions[index])
-            if case .deliver = action {
-                deliver(name, consume action)
-                continue
-            }
-            switch action {
-            case .send(let message, let peer):
-                send(message, to: peer, queue: name)
-            case .deliver:
-                break  // handed over above
-            case .deliverLeased(let waiter, let items):
-                deliverLeased(name, waiter, items)
-            case .deadLetter(let token, let payload, let target):
-                deadLetter(name, token, payload, into: target)
-            case .fail(let waiter, let failure):
-                if let pending = queues[name]!.leasedPops.removeValue(forKey: waiter) {
-                    if let timer = pending.timer { core.reactor.cancel(timer) }
-                    pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
-                    continue
-                }
-                guard let pending = queues[name]!.pops.removeValue(forKey: waiter) else { continue }
+        switch action {
+        case .send(let message, let peer):
+            send(message, to: peer, queue: name)
+        case .deliver:
+            break  // handed over above
+        case .deliverLeased(let waiter, let items):
+            deliverLeased(name, waiter, items)
+        case .deadLetter(let token, let payload, let target):
+            deadLetter(name, token, payload, into: target)
+        case .fail(let waiter, let failure):
+            if let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) {
                 if let timer = pending.timer { core.reactor.cancel(timer) }
                 pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
-            case .spaceAvailable:
-                retryPushes(name)
-            case .armTimer(let at):
-                if let timer = queues[name]!.timer { core.reactor.cancel(timer) }
-                queues[name]!.timer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
-                    self.queues[name]?.timer = nil
-                    if self.queues[name] != nil {
-                        self.perform(name, self.queues[name]!.machine.tick(now: self.now))
-                        self.syncMetrics(name)
-                    }
-                }
+                return
             }
+            guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
+            if let timer = pending.timer { core.reactor.cancel(timer) }
+            pending.continuation(.failure(failure == .closed ? .closed : .tooManyWaiters))
+        case .spaceAvailable:
+            retryPushes(name)
+        case .armTimer(let at):
+            queues[name]?.timer.arm(at: at)
         }
+    }
+
+    private func timerFired(_ name: String) {
+        perform(name, queues[name]?.machine.tick(now: now))
+        syncMetrics(name)
     }
 
     /// Waiting pushers, in order, until one does not fit.
     private func retryPushes(_ name: String) {
-        while let push = queues[name]!.pushes.first {
-            let (outcome, actions) = push.items.push(into: &queues[name]!.machine, now: now)
+        let now = self.now
+        while let push = queues[name]?.pushes.first,
+              case let (outcome, actions)? = queues[name]?.update({ push.items.push(into: &$0.machine, now: now) }) {
             if outcome == .full {
                 perform(name, actions)
                 return
             }
-            queues[name]!.pushes.removeFirst()
+            queues[name]?.pushes.removeFirst()
             if let timer = push.timer { core.reactor.cancel(timer) }
             switch outcome {
             case .accepted:
                 countPushed(name, push.items.count)
                 // Waits for its replica under the same ID, without its timer (it had its turn).
-                if complete(name, timeout: nil, push.continuation) != nil {
-                    queues[name]!.replicating[queues[name]!.replicating.count - 1].id = push.id
+                if complete(name, timeout: nil, push.continuation) != nil,
+                   let last = queues[name]?.replicating.indices.last {
+                    queues[name]?.replicating[last].id = push.id
                 }
             case .closed: push.continuation(.failure(.closed))
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))

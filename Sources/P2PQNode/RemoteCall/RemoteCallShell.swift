@@ -1,4 +1,4 @@
-import Glibc
+import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
 import P2PQRemoteCall
@@ -24,8 +24,11 @@ final class RemoteCallShell {
     private var parked: [CallRequest] = []
     /// Pushes the call queue refused, by sequence: the call fails with this.
     private var pushFailures: [UInt64: QueueError] = [:]
-    private var callerTimer: TimerID?
-    private var callerTimerAt: UInt64 = 0
+    private lazy var callerTimer = ShellTimer(reactor: core.reactor) { [unowned self] in
+        guard !self.isStopped else { return }
+        self.performCaller(self.caller.tick(now: self.now))
+        self.scheduleFlush()
+    }
 
     /// Outstanding nested calls per executing task (`async let` makes several).
     private var nestedCalls: [TaskID: Int] = [:]
@@ -37,10 +40,14 @@ final class RemoteCallShell {
     /// The waiting pops on the call queue and how many items each asked for.
     private var waiters: [WaiterID: Int] = [:]
 
-    private var executorQueue: [ExecutorAction] = []
-    private var performingExecutor = false
-    private var callerQueue: [CallerAction] = []
-    private var performingCaller = false
+    /// The executor's actions; each time they run out, the waiting pops on the call queue
+    /// are adjusted to its demand (which may deliver at once, and so act again).
+    private lazy var executorDriver = ShellDriver<ExecutorAction>(
+        handle: { [unowned self] in self.handle($0) }, whenDrained: { [unowned self] in self.adjustWaiter() })
+    /// The caller's actions; each time they run out, the pipelined streams given results are
+    /// woken, once each.
+    private lazy var callerDriver = ShellDriver<CallerAction>(
+        handle: { [unowned self] in self.handle($0) }, whenDrained: { [unowned self] in self.wakeStreams() })
     /// Pipelined streams given results while caller actions run: each is woken once at the end.
     private var streamResults: [(stream: CallPipeline, results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)])] = []
     private var flushScheduled = false
@@ -73,11 +80,7 @@ final class RemoteCallShell {
     private var now: UInt64 { core.now }
     private var localPeer: PeerID { core.identity.peerID }
 
-    private var wallClock: UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
+    private var wallClock: UInt64 { core.environment.wallNanoseconds() }
 
     // MARK: From the API
 
@@ -211,6 +214,20 @@ final class RemoteCallShell {
         return nil
     }
 
+    /// A peer event, as ``PeerEventRouting`` routes it to remote calls.
+    func peerEvent(_ input: CallsPeerInput) {
+        switch input {
+        case .connected(let peer): peerConnected(peer)
+        case .linkReplaced(let peer):
+            peerDisconnected(peer)
+            peerConnected(peer)
+        case .disconnected(let peer): peerDisconnected(peer)
+        case .joined(let peer): peerJoined(peer)
+        case .died(let peer): peerDied(peer)
+        case .left(let peer): peerLeft(peer)
+        }
+    }
+
     /// The link to `peer` went down or was replaced: direct calls sent on it are pushed again,
     /// credit on both sides is void.
     func peerDisconnected(_ peer: PeerID) {
@@ -252,8 +269,7 @@ final class RemoteCallShell {
     func stop() {
         guard !isStopped else { return }
         isStopped = true
-        if let callerTimer { core.reactor.cancel(callerTimer) }
-        callerTimer = nil
+        callerTimer.cancel()
         for id in waiters.keys { core.queues.withdraw(queueName, id) }
         waiters = [:]
         for sequence in pending.sequences(where: { _ in true }) {
@@ -273,21 +289,14 @@ final class RemoteCallShell {
     // MARK: Caller actions
 
     private func performCaller(_ actions: [CallerAction]) {
-        callerQueue.append(contentsOf: actions)
-        guard !performingCaller else { return }
-        performingCaller = true
-        var index = 0
-        while index < callerQueue.count {
-            handle(callerQueue[index])
-            index += 1
-        }
-        callerQueue.removeAll(keepingCapacity: true)
-        performingCaller = false
-        if !streamResults.isEmpty {
-            let streams = streamResults
-            streamResults.removeAll(keepingCapacity: true)
-            for (stream, results) in streams { stream.deliver(results) }
-        }
+        callerDriver.perform(actions)
+    }
+
+    private func wakeStreams() {
+        guard !streamResults.isEmpty else { return }
+        let streams = streamResults
+        streamResults.removeAll(keepingCapacity: true)
+        for (stream, results) in streams { stream.deliver(results) }
     }
 
     private func handle(_ action: CallerAction) {
@@ -309,15 +318,7 @@ final class RemoteCallShell {
         case .complete(let id, let result):
             complete(id, result)
         case .armTimer(let at):
-            if callerTimer != nil && callerTimerAt == at { return }
-            if let callerTimer { core.reactor.cancel(callerTimer) }
-            callerTimerAt = at
-            callerTimer = core.reactor.schedule(at: MonotonicTime(nanoseconds: at)) { [unowned self] in
-                self.callerTimer = nil
-                guard !self.isStopped else { return }
-                self.performCaller(self.caller.tick(now: self.now))
-                self.scheduleFlush()
-            }
+            callerTimer.arm(at: at)
         case .capacityAvailable:
             let retry = parked
             parked = []
@@ -393,19 +394,7 @@ final class RemoteCallShell {
     // MARK: Executor actions
 
     private func performExecutor(_ actions: [ExecutorAction]) {
-        executorQueue.append(contentsOf: actions)
-        guard !performingExecutor else { return }
-        performingExecutor = true
-        repeat {
-            while !executorQueue.isEmpty {
-                let batch = executorQueue
-                executorQueue.removeAll(keepingCapacity: true)
-                for action in batch { handle(action) }
-            }
-            // May deliver at once, which queues more actions.
-            adjustWaiter()
-        } while !executorQueue.isEmpty
-        performingExecutor = false
+        executorDriver.perform(actions)
     }
 
     private func handle(_ action: ExecutorAction) {
@@ -426,7 +415,7 @@ final class RemoteCallShell {
             if !offReactor.isEmpty { bridge.run(offReactor) }
             if !outcomes.isEmpty {
                 latencies.ended(outcomes, now: now)
-                executorQueue.append(contentsOf: executor.finished(outcomes))
+                performExecutor(executor.finished(outcomes))  // after this action (the driver's rule)
             }
         case .resume(let tasks):
             for task in tasks {
@@ -474,6 +463,7 @@ final class RemoteCallShell {
         let actions = executor.popped(Array(items), wallClock: wallClock)
         // The started notices go out now, before the queue can confirm these pops to their
         // owners on the same links (protocol.md §10): one of the two always protects a call.
+        // Deliberately past the driver, even inside one of its actions.
         for action in executor.flush() { handle(action) }
         performExecutor(actions)
         scheduleFlush()
