@@ -28,6 +28,20 @@ public final class Node: Sendable {
     }
     private let lifecycle = Mutex<Lifecycle>(.idle)
 
+    /// A running node whose last reference goes without ``stop()``: its loop is asked to stop
+    /// (no drain, no goodbye: its peers see the link close) rather than run on, unreachable.
+    deinit {
+        let reactor = lifecycle.withLock { state -> Reactor? in
+            guard case .running(let reactor, _) = state else { return nil }
+            state = .stopped
+            return reactor
+        }
+        if let reactor {
+            configuration.logger.warning("a running node was released without stop(): its loop stops without a drain")
+            reactor.requestStop()
+        }
+    }
+
     /// Validates the configuration and loads (or creates) the identity. Nothing runs yet.
     public init(configuration: NodeConfiguration = NodeConfiguration()) throws(NodeError) {
         guard configuration.maxPeers > 0 else { throw .invalidConfiguration("maxPeers must be positive") }
@@ -129,6 +143,8 @@ public final class Node: Sendable {
             result = try await reactor.submit {
                 let core = NodeCore(reactor: reactor, configuration: configuration, identity: identity,
                                     listen: listen, events: sink)
+                // Its links, shells and timers point at it unowned: it lives as long as the loop.
+                reactor.keepAlive(core)
                 do throws(NodeError) {
                     let bound = try core.start(listen: listen, bootstrap: bootstrap, names: names)
                     return .success((ReactorBound(core, reactor: reactor), bound))

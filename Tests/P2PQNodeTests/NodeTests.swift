@@ -45,6 +45,23 @@ struct NodeTests {
         nodes.removeAll()
     }
 
+    @Test("A running node released without stop() stops its loop: no crash, its peer sees the link close")
+    func releasedWithoutStop() async throws {
+        let a = try Node(configuration: testConfiguration(key: key))
+        let info = try await a.start()
+        var b: Node? = try Node(configuration: testConfiguration(key: key, bootstrap: ["\(info.listenAddress)"]))
+        _ = try await b?.start()
+        let bID = try #require(b?.peerID)
+        try await eventually("linked") { await a.connectedPeers() == [bID] }
+        // Queue and timer traffic in flight while the last reference goes.
+        try await b?.queue(named: "q").push([1, 2, 3])
+        b = nil
+        try await eventually("a sees the link close") { await a.connectedPeers().isEmpty }
+        // Events for the released node's sockets and timers would have crashed by now.
+        try await Task.sleep(for: .milliseconds(500))
+        await a.stop()
+    }
+
     @Test("Two nodes that dial each other at the same moment end with one link")
     func simultaneousDial() async throws {
         for _ in 0..<3 {

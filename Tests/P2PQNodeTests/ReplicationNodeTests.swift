@@ -21,6 +21,24 @@ private func httpPush(_ base: String, queue: String, _ lines: [String], token: O
     return (response as? HTTPURLResponse)?.statusCode == 200
 }
 
+/// What the nodes' queue `name` and the child's endpoint say, for a failed push.
+private func describe(_ nodes: [Node], _ child: ChildNode, _ operations: String, token: OperationsToken) async -> String {
+    var lines: [String] = []
+    for node in nodes {
+        let counters = await node.withCore { core -> String in
+            "\(core.queues.counters("r").map { "\($0)" } ?? "no queue r") connected \(core.connectedPeers.map(\.short))"
+        }
+        lines.append("node \(node.peerID.short): \(counters ?? "not running")")
+    }
+    var request = URLRequest(url: URL(string: "\(operations)/metrics")!)
+    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    if let (data, _) = try? await URLSession.shared.data(for: request) {
+        lines.append(String(decoding: data, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
+    }
+    lines.append(child.diagnostics())
+    return lines.joined(separator: "\n")
+}
+
 @Suite("Replication on real nodes", .serialized)
 struct ReplicationNodeTests {
     let key = ClusterKey.generate()
@@ -46,8 +64,17 @@ struct ReplicationNodeTests {
         }
         let total = 5000
         let token = OperationsToken.derived(from: key)
-        for start in stride(from: 0, to: total, by: 500) {
-            #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+        var took: [Duration] = []
+        do {
+            for start in stride(from: 0, to: total, by: 500) {
+                let began = ContinuousClock.now
+                defer { took.append(ContinuousClock.now - began) }
+                #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+            }
+        } catch {
+            Issue.record("push to the child failed: \(error) (pushes took \(took))\n\(await describe(nodes, child, operations, token: token))")
+            for node in nodes { await node.stop() }
+            return (Set((0..<total).map(String.init)), total)
         }
         // Every push returned: kill the owner before anything moves.
         kill(child.process.processIdentifier, SIGKILL)
@@ -93,8 +120,17 @@ struct ReplicationNodeTests {
         }
         let total = 5000
         let token = OperationsToken.derived(from: key)
-        for start in stride(from: 0, to: total, by: 500) {
-            #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+        var took: [Duration] = []
+        do {
+            for start in stride(from: 0, to: total, by: 500) {
+                let began = ContinuousClock.now
+                defer { took.append(ContinuousClock.now - began) }
+                #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+            }
+        } catch {
+            Issue.record("push to the child failed: \(error) (pushes took \(took))\n\(await describe(nodes, child, operations, token: token))")
+            for node in nodes { await node.stop() }
+            return
         }
         kill(child.process.processIdentifier, SIGSTOP)
         // Paused: declared dead; its replica holder re-queues the copies and they are popped here.

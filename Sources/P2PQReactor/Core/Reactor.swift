@@ -114,6 +114,8 @@ public final class Reactor: @unchecked Sendable {
 
     deinit {
         chunkPool.releaseAll()
+        // Stopped by `requestStop()` and never joined: the thread's resources go when it ends.
+        if let thread { pthread_detach(thread) }
     }
 
     /// Convenience: a reactor on the given backend.
@@ -201,6 +203,17 @@ public final class Reactor: @unchecked Sendable {
     public var pendingTimerCount: Int {
         assertInReactorThread()
         return timers.count
+    }
+
+    /// Objects the loop keeps alive until it has stopped (see ``keepAlive(_:)``).
+    private var keptAlive: [AnyObject] = []
+
+    /// Keeps `object` alive until the loop has stopped and every handler has heard
+    /// `.reactorStopped`: handlers and timers may then hold it `unowned`, even if its other
+    /// owners let go of it while the loop still runs. Call on the loop thread.
+    public func keepAlive(_ object: AnyObject) {
+        assertInReactorThread()
+        keptAlive.append(object)
     }
 
     // MARK: Stop
@@ -413,6 +426,8 @@ public final class Reactor: @unchecked Sendable {
         timers.removeAll()
         backend.shutdown()
         channels.removeAll()
+        // The handlers just heard `.reactorStopped`: what they point at may go now.
+        keptAlive.removeAll()
         flushQueue.removeAll()
         datagramFlushQueue.removeAll()
         datagramAreaStorage = nil
