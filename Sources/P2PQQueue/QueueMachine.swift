@@ -69,6 +69,9 @@ public struct QueueMachine: Sendable {
     private var nextLeaseDeadline: UInt64?
     /// Deliveries of items on this node, for their delivery count (bounded by `maxItems`).
     private var localDeliveries: [LeaseKey: UInt32] = [:]
+    /// Their keys in first-delivery order (some forgotten since): the oldest goes for room, not
+    /// the first in dictionary order, which differs from process to process.
+    private var deliveryOrder = Deque<LeaseKey>()
 
     // Ownership.
     private var nextSequence: UInt64 = 1
@@ -93,7 +96,7 @@ public struct QueueMachine: Sendable {
     private var heldConfirmations = HeldConfirmations()
 
     private var dedup: DedupSet
-    private var peers: [PeerID: PeerView] = [:]
+    private var peers = PeerViews()
     private var deadPeers = Set<PeerID>()
     private var deadOrder = Deque<PeerID>()
     /// When each peer in `deadPeers` was declared dead: the notices kept for it (it may come
@@ -284,37 +287,6 @@ public struct QueueMachine: Sendable {
     /// Most unacknowledged owner updates per owner; more notices wait for acks.
     static let maxUpdatesInFlight = 8
 
-    private struct PeerView: Sendable {
-        var connected = false
-        var hasReport = false
-        var lastSequence: UInt64 = 0
-        var receivedAt: UInt64 = 0
-        /// The last report's length, plus what this node's acknowledged transfers added since.
-        var reportedLength: Double = 0
-        var reportedWaiting = 0
-        /// Items on this node's unacknowledged transfers to the peer. Links are FIFO, so a
-        /// report sent before the peer got them arrives before their ack: report plus in-flight
-        /// never counts an item twice.
-        var inFlight = 0
-        /// The peer's load as far as this node knows.
-        var length: Double { reportedLength + Double(inFlight) }
-        /// Idle consumers not yet covered by what this node sent.
-        var waiting: Int { Swift.max(0, reportedWaiting - inFlight) }
-        var rate: Double = 0
-        var finishTime: Double = 0
-        var hasConsumers = false
-        var accepting = true
-        /// Its hello announced ``QueueWire/featureOwnershipHandover``.
-        var adoptsOwnership = false
-        /// Its hello announced ``QueueWire/featureReplicas``.
-        var keepsReplicas = false
-        /// It refused a replica (full or closed): not asked again before this time.
-        var replicaRefusedUntil: UInt64 = 0
-        /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
-        /// it will not take items again.
-        var closed = false
-    }
-
     private struct OutstandingSteal: Sendable {
         var peer: PeerID
         var requestID: UInt64
@@ -397,7 +369,7 @@ public struct QueueMachine: Sendable {
     static let maxCountedPeers = 1024
 
     /// The peers with a fresh load report: the length this node knows (as ``peerLength(_:now:)``)
-    /// and the pops per second and finish time (seconds) they reported.
+    /// and the pops per second and finish time (seconds) they reported; in ascending peer order.
     public func peerLoads(now: UInt64) -> [(peer: PeerID, length: Int, rate: Double, finishTime: Double)] {
         peers.filter { isFresh($0.value, now: now) }.map { ($0.key, Int(max(0, $0.value.length)), $0.value.rate, $0.value.finishTime) }
     }
@@ -716,14 +688,16 @@ public struct QueueMachine: Sendable {
         if keepsReplicas && replicates && !peers.values.contains(where: { $0.connected && $0.keepsReplicas && !$0.closed }) {
             replicateUnreplicated()
         }
-        peers[peer]!.connected = true
-        peers[peer]!.adoptsOwnership = adoptsOwnership
-        peers[peer]!.keepsReplicas = keepsReplicas
-        peers[peer]!.replicaRefusedUntil = 0
-        peers[peer]!.closed = false  // a restarted process is open again; its report will say
+        peers.update(peer) { view in
+            view.connected = true
+            view.adoptsOwnership = adoptsOwnership
+            view.keepsReplicas = keepsReplicas
+            view.replicaRefusedUntil = 0
+            view.closed = false  // a restarted process is open again; its report will say
+        }
         sendCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
-        peers[peer]!.hasReport = false
+        peers.update(peer) { $0.hasReport = false }
         sendStats(to: [peer], &actions, now: now)
         if isClosed { handOff(&actions, now: now) }
         flushNotices(&actions, now: now, force: true, only: peer)
@@ -913,25 +887,27 @@ public struct QueueMachine: Sendable {
             counters.statsRejected += 1
             return .rejected(.invalid(error))
         }
-        guard view(peer) != nil else {
+        guard let known = view(peer) else {
             counters.statsRejected += 1
             return .rejected(.tooManyPeers)
         }
-        let last = peers[peer]!.lastSequence
-        guard !peers[peer]!.hasReport || stats.sequence > last else {
+        let last = known.lastSequence
+        guard !known.hasReport || stats.sequence > last else {
             counters.statsRejected += 1
             return .rejected(.stale(sequence: stats.sequence, last: last))
         }
-        peers[peer]!.hasReport = true
-        peers[peer]!.lastSequence = stats.sequence
-        peers[peer]!.receivedAt = now
-        peers[peer]!.reportedLength = Double(stats.length)
-        peers[peer]!.reportedWaiting = Int(stats.waiting)
-        peers[peer]!.rate = stats.serviceRate
-        peers[peer]!.finishTime = stats.finishTime
-        peers[peer]!.hasConsumers = stats.hasConsumers
-        peers[peer]!.accepting = stats.accepting
-        peers[peer]!.closed = !stats.accepting
+        peers.update(peer) { view in
+            view.hasReport = true
+            view.lastSequence = stats.sequence
+            view.receivedAt = now
+            view.reportedLength = Double(stats.length)
+            view.reportedWaiting = Int(stats.waiting)
+            view.rate = stats.serviceRate
+            view.finishTime = stats.finishTime
+            view.hasConsumers = stats.hasConsumers
+            view.accepting = stats.accepting
+            view.closed = !stats.accepting
+        }
         updatePriorRate()
         return .accepted
     }
@@ -972,7 +948,7 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         detectStall(&actions, now: now)
         armed = nil
-        for owner in heldBack.keys.sorted() where heldBack[owner]!.deadline <= now {
+        for owner in heldBack.keys.sorted() where heldBack[owner].map({ $0.deadline <= now }) == true {
             release(heldBack.removeValue(forKey: owner), stale: [], &actions, now: now)
         }
         for (owner, at) in diedAt where now &- at >= configuration.deadOwnerRetention {
@@ -1530,9 +1506,7 @@ public struct QueueMachine: Sendable {
         transfers[id] = Transfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
                                  deadline: now + configuration.transferTimeout,
                                  unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil)
-        if peers[peer] != nil {
-            peers[peer]!.inFlight += items
-        }
+        peers.update(peer) { $0.inFlight += items }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
                                        items: TransferItems(buffers: buffers, ends: ends, runs: carried)), to: peer))
         return items
@@ -1561,9 +1535,7 @@ public struct QueueMachine: Sendable {
                 return run
             }, at: 0)
             counters.returnedFromTransfers += transfer.count
-            if peers[transfer.peer] != nil {
-                peers[transfer.peer]!.inFlight -= transfer.count
-            }
+            peers.update(transfer.peer) { $0.inFlight -= transfer.count }
             if transfer.unreplicatedFrom != nil { returnedFromTransit(transfer.runs) }
         }
         if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
@@ -1699,11 +1671,11 @@ public struct QueueMachine: Sendable {
         }
         transfers[id] = nil
         for run in transfer.runs { store.release(run.slot, count: Int(run.count)) }
-        if peers[peer] != nil {
+        peers.update(peer) { view in
             // Until its next report, the peer holds them and its idle consumers are busy.
-            peers[peer]!.inFlight -= transfer.count
-            peers[peer]!.reportedLength += Double(transfer.count)
-            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.count)
+            view.inFlight -= transfer.count
+            view.reportedLength += Double(transfer.count)
+            view.reportedWaiting = Swift.max(0, view.reportedWaiting - transfer.count)
         }
         inFlightItems -= transfer.count
         inFlightBytes -= transfer.bytes
@@ -1794,7 +1766,7 @@ public struct QueueMachine: Sendable {
         // Worst case every run in a group of its own.
         let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
                                    (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 8 + 2)) / (44 + 12))
-        for peer in connectedPeers() where peers[peer]!.adoptsOwnership && !peers[peer]!.closed {
+        for (peer, view) in peers where view.connected && view.adoptsOwnership && !view.closed {
             guard let handle = holders.handle(of: peer) else { continue }
             let sequences = owned.sequences { $0.holder == handle }
             guard !sequences.isEmpty else { continue }
@@ -1999,16 +1971,18 @@ public struct QueueMachine: Sendable {
         view.connected && view.hasReport && now &- view.receivedAt <= configuration.statsMaxAge
     }
 
+    /// The linked peers, ascending.
     private func connectedPeers() -> [PeerID] {
-        peers.filter { $0.value.connected }.keys.sorted()
+        Array(peers.filter { $0.value.connected }.keys)
     }
 
     /// The view of `peer`, created if there is room.
     private mutating func view(_ peer: PeerID) -> PeerView? {
         if let view = peers[peer] { return view }
         guard peers.count < configuration.maxTrackedPeers else { return nil }
-        peers[peer] = PeerView()
-        return peers[peer]
+        let view = PeerView()
+        peers[peer] = view
+        return view
     }
 
     private mutating func forgetDeath(of peer: PeerID) {
@@ -2147,14 +2121,14 @@ public struct QueueMachine: Sendable {
     /// Direct dispatch: peers known to have idle consumers get items now, shared by rate.
     private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
         guard configuration.strategy == .adaptive, waiters.isEmpty, !runs.isEmpty else { return }
-        let idle = peers.filter { peer, view in
+        let idle = peers.filter { _, view in
             isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
-        }.keys.sorted()
+        }
         guard !idle.isEmpty else { return }
         // Only what the idle consumers can start now: a larger share is the thief's to ask for
         // (one outstanding steal per node), so several senders never pile onto one peer.
-        for peer in idle where !runs.isEmpty {
-            sendTransfer(to: peer, count: Swift.min(queuedItems, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
+        for (peer, view) in idle where !runs.isEmpty {
+            sendTransfer(to: peer, count: Swift.min(queuedItems, view.waiting), kind: .dispatch, &actions, now: now)
         }
     }
 
@@ -2178,11 +2152,10 @@ public struct QueueMachine: Sendable {
             candidates.append(peer)
         }
         guard !candidates.isEmpty else { return }
-        candidates.sort()
         while !runs.isEmpty {
             var best: (peer: PeerID, finish: Double)?
             for peer in candidates where transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer {
-                let view = peers[peer]!
+                guard let view = peers[peer] else { continue }
                 let finish = view.length / effectiveRate(of: view)
                 if best == nil || finish < best!.finish { best = (peer, finish) }
             }
@@ -2245,17 +2218,17 @@ public struct QueueMachine: Sendable {
     /// the average finish time, split over up to 4 random peers.
     private mutating func legacyPush(_ actions: inout [Action], now: UInt64) {
         guard !isClosed, !runs.isEmpty else { return }
-        let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }.keys.sorted()
+        let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }
         guard !fresh.isEmpty else { return }
         let popTime = rate > 0 ? 1 / rate : 0
         let finish = Double(queuedItems) * popTime
-        let average = fresh.reduce(finish) { $0 + peers[$1]!.finishTime } / Double(fresh.count + 1)
+        let average = fresh.values.reduce(finish) { $0 + $1.finishTime } / Double(fresh.count + 1)
         guard finish > average * 1.1 else { return }
-        let avgPopTime = fresh.reduce(0.0) { $0 + (peers[$1]!.rate > 0 ? 1 / peers[$1]!.rate : 0) } / Double(fresh.count)
+        let avgPopTime = fresh.values.reduce(0.0) { $0 + ($1.rate > 0 ? 1 / $1.rate : 0) } / Double(fresh.count)
         guard popTime + avgPopTime > 0 else { return }
         let x = Swift.min(queuedItems, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
         guard x > 0 else { return }
-        var chosen = fresh
+        var chosen = Array(fresh.keys)
         chosen.shuffle(using: &random)
         chosen = Array(chosen.prefix(4))
         let each = x / chosen.count
@@ -2274,9 +2247,9 @@ public struct QueueMachine: Sendable {
     /// A closed queue gives its items to live peers, consumers first, round robin.
     private mutating func handOff(_ actions: inout [Action], now: UInt64) {
         guard isClosed, !runs.isEmpty else { return }
-        let live = connectedPeers().filter { peers[$0]!.accepting || !peers[$0]!.hasReport }
-        let consumers = live.filter { peers[$0]!.hasConsumers }
-        let targets = consumers.isEmpty ? live : consumers
+        let live = peers.filter { $0.value.connected && ($0.value.accepting || !$0.value.hasReport) }
+        let consumers = live.filter { $0.value.hasConsumers }
+        let targets = Array((consumers.isEmpty ? live : consumers).keys)
         guard !targets.isEmpty else { return }
         var progress = true
         while !runs.isEmpty && progress {
@@ -2430,10 +2403,7 @@ extension QueueMachine {
                     let item = run.items(i..<(i + 1), ends)
                     let key = LeaseKey(origin: item.origin, sequence: item.first)
                     let here = (localDeliveries[key] ?? 0) &+ 1
-                    if localDeliveries[key] == nil, localDeliveries.count >= configuration.maxItems {
-                        // Bounded: forgetting one only lowers that item's count.
-                        localDeliveries.remove(at: localDeliveries.startIndex)
-                    }
+                    if here == 1 { rememberDelivery(key) }
                     localDeliveries[key] = here
                     let token = LeaseToken(nextLeaseToken)
                     nextLeaseToken &+= 1
@@ -2450,6 +2420,20 @@ extension QueueMachine {
         counters.leased += n
         if n > 0 { nextLeaseDeadline = Swift.min(nextLeaseDeadline ?? until, until) }
         return out
+    }
+
+    /// Makes room for `key`'s first delivery here: past `maxItems` keys, the oldest still
+    /// remembered is forgotten (that only lowers its item's delivery count).
+    private mutating func rememberDelivery(_ key: LeaseKey) {
+        if localDeliveries.count >= configuration.maxItems {
+            while let oldest = deliveryOrder.popFirst(), localDeliveries.removeValue(forKey: oldest) == nil {}
+        }
+        deliveryOrder.append(key)
+        // Keys forgotten by acks pile up in the order: dropped once they outnumber the others.
+        if deliveryOrder.count > 2 * localDeliveries.count + 64 {
+            var seen = Set<LeaseKey>()
+            deliveryOrder = Deque(deliveryOrder.filter { localDeliveries[$0] != nil && seen.insert($0).inserted } + [key])
+        }
     }
 
     /// A leased item is done with (acked, or dead-lettered): as a pop of it.
