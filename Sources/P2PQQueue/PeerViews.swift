@@ -92,3 +92,16 @@ struct PeerViews: Sendable, RandomAccessCollection {
         return low
     }
 }
+
+extension PeerView {
+    /// Linked, and its last report is at most `maxAge` old.
+    func isFresh(now: UInt64, maxAge: UInt64) -> Bool {
+        connected && hasReport && now &- receivedAt <= maxAge
+    }
+
+    /// The rate decisions count for it: the one it reported or, a consumer node not measured
+    /// yet, `prior`; 0 without consumers.
+    func effectiveRate(prior: Double) -> Double {
+        hasConsumers ? (rate > 0 ? rate : prior) : 0
+    }
+}

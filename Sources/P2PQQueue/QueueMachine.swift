@@ -121,9 +121,10 @@ public struct QueueMachine: Sendable {
     private var lastTransferReceivedAt: UInt64?
     private var lastBroadcastLength = 0
     private var lastBroadcastAt: UInt64?
-    /// Rate assumed for a consumer node not measured yet (see `effectiveRate`).
+    /// Rate assumed for a consumer node not measured yet (see ``LocalLoad/effectiveRate``).
     private var priorRate: Double
-    private var random: SplitMix64
+    /// The configured strategy's decisions.
+    private var balancer: QueueBalancer
 
     private var pushBlocked = false
     private var armed: UInt64?
@@ -311,7 +312,7 @@ public struct QueueMachine: Sendable {
         self.nextSequence = configuration.firstSequence
         self.statsSequence = configuration.firstSequence
         self.nextLeaseToken = configuration.firstSequence
-        self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
+        self.balancer = QueueBalancer(configuration: configuration, localPeer: localPeer)
     }
 
     // MARK: Queries
@@ -959,10 +960,8 @@ public struct QueueMachine: Sendable {
             nextStatsAt = now + configuration.statsInterval
             sampleRate(now: now)
             sendStats(to: connectedPeers(), &actions, now: now)
-            switch configuration.strategy {
-            case .adaptive: pushToBalance(&actions, now: now)
-            case .legacy: legacyPush(&actions, now: now)
-            }
+            let load = load(now: now)
+            if let plan = balancer.rebalance(load, peers: peers) { carryOut(plan, &actions, now: now) }
         }
         let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
@@ -1945,15 +1944,10 @@ public struct QueueMachine: Sendable {
         return now < last || now - last < configuration.consumerIdleTimeout
     }
 
-    /// The rate used for decisions: the measured one or, for a consumer node without a
-    /// measurement yet, the mean measured rate of the cluster (so a newcomer is neither
-    /// starved nor flooded); 0 without consumers.
-    private func effectiveRate(now: UInt64) -> Double {
-        hasConsumers(now: now) ? (rate > 0 ? rate : priorRate) : 0
-    }
-
-    private func effectiveRate(of view: PeerView) -> Double {
-        view.hasConsumers ? (view.rate > 0 ? view.rate : priorRate) : 0
+    /// This node's load, for the balancer.
+    private func load(now: UInt64) -> LocalLoad {
+        LocalLoad(now: now, queued: queuedItems, held: heldItems, waiters: waiters.count, rate: rate, priorRate: priorRate,
+                  hasConsumers: hasConsumers(now: now), isClosed: isClosed, lastTransferReceivedAt: lastTransferReceivedAt)
     }
 
     /// Recomputes ``priorRate`` from the measured rates known here.
@@ -1968,7 +1962,7 @@ public struct QueueMachine: Sendable {
     }
 
     private func isFresh(_ view: PeerView, now: UInt64) -> Bool {
-        view.connected && view.hasReport && now &- view.receivedAt <= configuration.statsMaxAge
+        view.isFresh(now: now, maxAge: configuration.statsMaxAge)
     }
 
     /// The linked peers, ascending.
@@ -2022,14 +2016,9 @@ public struct QueueMachine: Sendable {
 
     private mutating func currentStats(now: UInt64) -> LoadStats {
         statsSequence += 1
-        let consumers = hasConsumers(now: now)
-        let finishTime: Double
-        switch configuration.strategy {
-        case .adaptive:
-            finishTime = consumers ? Double(queuedItems) / Swift.max(rate, configuration.minimumRate) : 0
-        case .legacy:
-            finishTime = rate > 0 ? Double(queuedItems) / rate : 0  // length × average time between pops
-        }
+        let load = load(now: now)
+        let consumers = load.hasConsumers
+        let finishTime = balancer.finishTime(load)
         return LoadStats(
             sequence: statsSequence, length: UInt64(queuedItems), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
             serviceRate: rate, finishTime: Swift.min(finishTime, LoadStats.maxFinishTime),
@@ -2050,66 +2039,27 @@ public struct QueueMachine: Sendable {
     /// A queue that grew a lot since the last round tells its peers at once (at most every
     /// eighth of an interval), so idle nodes can steal without waiting for the next round.
     private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
+        guard balancer.announcesGrowth, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
         if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
         sendStats(to: connectedPeers(), &actions, now: now)
     }
 
-    /// Work stealing: consumers wait and the queue is empty, so ask the peer with the largest
-    /// surplus over the balanced finish time (all known items over all consumer rates) for this
-    /// node's share; the victim caps it at the pairwise fair split.
+    /// Asks the peer the balancer picks for items, when consumers wait here (one steal out at
+    /// a time).
     private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, runs.isEmpty else { return }
-        let mine = effectiveRate(now: now)
-        var totalLength = 0.0
-        var totalRate = mine
-        for view in peers.values where isFresh(view, now: now) {
-            totalLength += view.length
-            if view.accepting { totalRate += effectiveRate(of: view) }
-        }
-        guard totalLength >= 1 else { return }
-        let balanced = totalLength / totalRate
-        var best: (peer: PeerID, surplus: Double)?
-        for (peer, view) in peers where isFresh(view, now: now) && view.length >= 1 {
-            let rate = view.accepting ? effectiveRate(of: view) : 0
-            let surplus = Swift.max(view.length - balanced * rate, view.waiting == 0 ? Swift.min(1, view.length) : 0)
-            if best == nil || surplus > best!.surplus || (surplus == best!.surplus && peer < best!.peer) {
-                best = (peer, surplus)
-            }
-        }
-        guard let best, best.surplus > 0 else { return }
-        let share = Swift.max(balanced * mine, Double(waiters.count))
-        let room = configuration.maxItems - heldItems
-        let wanted = Swift.min(Int(Swift.min(share, best.surplus).rounded(.up)), configuration.maxTransferItems, room)
-        guard wanted >= 1 else { return }
+        guard steal == nil, let decision = balancer.steal(load(now: now), peers: peers) else { return }
         let id = nextRequestID
         nextRequestID += 1
-        steal = OutstandingSteal(peer: best.peer, requestID: id, deadline: now + configuration.stealTimeout)
+        steal = OutstandingSteal(peer: decision.peer, requestID: id, deadline: now + configuration.stealTimeout)
         counters.stealsSent += 1
-        actions.append(.send(.stealRequest(queue: name, requestID: id, maxItems: UInt32(wanted), thiefRate: rate), to: best.peer))
+        actions.append(.send(.stealRequest(queue: name, requestID: id, maxItems: UInt32(decision.count), thiefRate: rate),
+                             to: decision.peer))
     }
 
     private mutating func answerSteal(
         from thief: PeerID, requestID: UInt64, maxItems: Int, thiefRate: Double, _ actions: inout [Action], now: UInt64
     ) {
-        let length = queuedItems
-        let mine = isClosed ? 0 : effectiveRate(now: now)
-        let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
-        var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
-        give = Swift.min(give, maxItems, length)
-        // The thief's share of all known items (by rate), less what this node already sent it
-        // (in flight, or pushed to balance on the same gossip): no double filling, and a first
-        // thief does not take half of a cluster's work.
-        if let view = peers[thief], isFresh(view, now: now), mine > 0 {
-            var totalLength = Double(length)
-            var totalRate = mine
-            for other in peers.values where isFresh(other, now: now) {
-                totalLength += other.length
-                if other.accepting { totalRate += effectiveRate(of: other) }
-            }
-            let deficit = totalLength / totalRate * theirs - view.length
-            give = Swift.min(give, Swift.max(0, Int(deficit.rounded(.up))))
-        }
+        let give = balancer.stealAnswer(load(now: now), thief: thief, maxItems: maxItems, thiefRate: thiefRate, peers: peers)
         let sent = give > 0 ? sendTransfer(to: thief, count: give, kind: .steal, requestID: requestID, &actions, now: now) : 0
         if sent == 0 {
             actions.append(.send(.stealEmpty(queue: name, requestID: requestID), to: thief))
@@ -2118,128 +2068,33 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    /// Direct dispatch: peers known to have idle consumers get items now, shared by rate.
+    /// New items for peers with idle consumers, as the balancer decides.
     private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, waiters.isEmpty, !runs.isEmpty else { return }
-        let idle = peers.filter { _, view in
-            isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
-        }
-        guard !idle.isEmpty else { return }
-        // Only what the idle consumers can start now: a larger share is the thief's to ask for
-        // (one outstanding steal per node), so several senders never pile onto one peer.
-        for (peer, view) in idle where !runs.isEmpty {
-            sendTransfer(to: peer, count: Swift.min(queuedItems, view.waiting), kind: .dispatch, &actions, now: now)
-        }
+        guard let plan = balancer.dispatch(load(now: now), peers: peers) else { return }
+        carryOut(plan, &actions, now: now)
     }
 
-    /// A pure source (no consumers here) gives its items away as fast as the consumer peers take
-    /// transfers: each free transfer slot (``QueueConfiguration/maxTransfersInFlightPerPeer``)
-    /// carries a full batch to the consumer peer that would finish its known work first (queue
-    /// plus what is on the way, over its rate). Clocked by pushes and acknowledgements, not by
-    /// gossip rounds; consumers even out among themselves by stealing. A peer that refused a
-    /// transfer (full or closed) gets none until its next report, and a peer already holding
-    /// more than a full window of transfers and more than four stats intervals of work at its
-    /// measured rate gets none until it has worked some off (a slow consumer does not hoard).
+    /// A pure source feeds consumer peers, a full batch per free transfer slot, to the peer the
+    /// balancer's feed picks each time (the views change with every transfer).
     private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, !runs.isEmpty, !hasConsumers(now: now) else { return }
-        let window = Double(configuration.maxTransfersInFlightPerPeer * configuration.maxTransferItems)
-        let horizon = 4 * Double(configuration.statsInterval) / 1e9
-        var candidates: [PeerID] = []
-        for (peer, view) in peers where isFresh(view, now: now) && view.hasConsumers && view.accepting {
-            // Only against a measured rate: a consumer not measured yet is fed (its refusals
-            // still bound what it takes), or a stream would stall until its first sample.
-            if view.rate > 0 && view.length >= window && view.length / view.rate > horizon { continue }
-            candidates.append(peer)
-        }
-        guard !candidates.isEmpty else { return }
+        guard let feed = balancer.feed(load(now: now), peers: peers) else { return }
         while !runs.isEmpty {
-            var best: (peer: PeerID, finish: Double)?
-            for peer in candidates where transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer {
-                guard let view = peers[peer] else { continue }
-                let finish = view.length / effectiveRate(of: view)
-                if best == nil || finish < best!.finish { best = (peer, finish) }
-            }
-            guard let best, sendTransfer(to: best.peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
+            guard let peer = feed.next(peers: peers, hasSlot: { transferCount(to: $0) < configuration.maxTransfersInFlightPerPeer }),
+                  sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
         }
     }
 
-    /// Push to balance: when this node's finish time is well above the balanced one (all items
-    /// over all consumer rates), it sends its surplus to the peers furthest below it. Each node
-    /// with surplus sends only its proportional part of every deficit, so nodes deciding on the
-    /// same gossip do not all pile onto the same peer.
-    private mutating func pushToBalance(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, waiters.isEmpty, !runs.isEmpty else { return }
-        if let last = lastTransferReceivedAt, now &- last < configuration.rebalanceCooldown { return }
-        let fresh = peers.filter { _, view in isFresh(view, now: now) }
-        let mine = effectiveRate(now: now)
-        let length = Double(queuedItems)
-        var totalLength = length
-        var totalRate = mine
-        for view in fresh.values {
-            totalLength += view.length
-            if view.accepting { totalRate += effectiveRate(of: view) }
-        }
-        guard totalRate > mine else { return }  // nobody else consumes
-        let balanced = totalLength / totalRate
-        if mine > 0 {
-            let finish = length / mine
-            guard finish > balanced * (1 + configuration.balanceThreshold),
-                  finish - balanced > configuration.minimumImbalance else { return }
-        }
-        let mySurplus = length - balanced * mine
-        var totalSurplus = mySurplus
-        var deficits: [(peer: PeerID, deficit: Double)] = []
-        for (peer, view) in fresh {
-            let rate = view.accepting ? effectiveRate(of: view) : 0
-            let excess = view.length - balanced * rate
-            if excess > 0 {
-                totalSurplus += excess
-            } else if -excess >= 1 && view.waiting == 0 {
-                // Peers with idle consumers are served by dispatch and their own steals.
-                deficits.append((peer, -excess))
-            }
-        }
-        guard mySurplus >= 1, totalSurplus > 0 else { return }
-        let fraction = mySurplus / totalSurplus
-        var surplus = Int(mySurplus.rounded(.down))
-        deficits.sort { $0.deficit > $1.deficit || ($0.deficit == $1.deficit && $0.peer < $1.peer) }
-        for (peer, deficit) in deficits where surplus > 0 {
-            var due = Swift.min(surplus, Int((deficit * fraction).rounded()))
+    /// Carries a balancer's plan out: its sends in order, within its limit, each in one
+    /// transfer or until its count is sent (a send that moves nothing ends that send).
+    private mutating func carryOut(_ plan: TransferPlan, _ actions: inout [Action], now: UInt64) {
+        var left = plan.limit
+        for send in plan.sends where left > 0 && !runs.isEmpty {
+            var due = Swift.min(left, send.count)
             while due > 0 {
-                let sent = sendTransfer(to: peer, count: due, kind: .balance, &actions, now: now)
-                if sent == 0 { break }
+                let sent = sendTransfer(to: send.peer, count: due, kind: plan.kind, &actions, now: now)
                 due -= sent
-                surplus -= sent
-            }
-        }
-    }
-
-    /// p2pqueue's push: `x = round((F - E) / (popTime + avgPopTime))` items when about 10% above
-    /// the average finish time, split over up to 4 random peers.
-    private mutating func legacyPush(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, !runs.isEmpty else { return }
-        let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }
-        guard !fresh.isEmpty else { return }
-        let popTime = rate > 0 ? 1 / rate : 0
-        let finish = Double(queuedItems) * popTime
-        let average = fresh.values.reduce(finish) { $0 + $1.finishTime } / Double(fresh.count + 1)
-        guard finish > average * 1.1 else { return }
-        let avgPopTime = fresh.values.reduce(0.0) { $0 + ($1.rate > 0 ? 1 / $1.rate : 0) } / Double(fresh.count)
-        guard popTime + avgPopTime > 0 else { return }
-        let x = Swift.min(queuedItems, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
-        guard x > 0 else { return }
-        var chosen = Array(fresh.keys)
-        chosen.shuffle(using: &random)
-        chosen = Array(chosen.prefix(4))
-        let each = x / chosen.count
-        var extra = x % chosen.count
-        for peer in chosen {
-            var due = each + (extra > 0 ? 1 : 0)
-            if extra > 0 { extra -= 1 }
-            while due > 0 {
-                let sent = sendTransfer(to: peer, count: due, kind: .legacy, &actions, now: now)
-                if sent == 0 { break }
-                due -= sent
+                left -= sent
+                if sent == 0 || !plan.untilSent { break }
             }
         }
     }
