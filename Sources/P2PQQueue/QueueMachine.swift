@@ -52,10 +52,8 @@ public struct QueueMachine: Sendable {
     private var runs = Deque<QueueRun>()
     private var queuedItems = 0
     private var queuedBytes = 0
-    private var inFlightItems = 0
-    private var inFlightBytes = 0
-    private var transfers: [UInt64: Transfer] = [:]
-    private var nextTransferID: UInt64 = 1
+    /// Outgoing transfers awaiting their ack, and the copies received lately.
+    private var transfers: TransferLedger
 
     private var waiters = Deque<Waiter>()
 
@@ -95,7 +93,6 @@ public struct QueueMachine: Sendable {
     /// until custody news names it (see ``HeldConfirmations``).
     private var heldConfirmations = HeldConfirmations()
 
-    private var dedup: DedupSet
     private var peers = PeerViews()
     private var deadPeers = Set<PeerID>()
     private var deadOrder = Deque<PeerID>()
@@ -193,19 +190,6 @@ public struct QueueMachine: Sendable {
         var runs: [SequenceRun] = []
         var items = 0
         var since: UInt64
-    }
-
-    private struct Transfer: Sendable {
-        var peer: PeerID
-        /// The items as sent (hop count already raised); their arrays are held in `store`.
-        var runs: [QueueRun]
-        var count: Int
-        var bytes: Int
-        var kind: TransferKind
-        var deadline: UInt64
-        /// The lowest own sequence it carries that has no replica: its ack is that item's
-        /// second copy (a push waits for it as for a replica's).
-        var unreplicatedFrom: UInt64? = nil
     }
 
     /// An owned item's bytes are a range of one of `store`'s arrays: a pushed batch's records
@@ -307,7 +291,7 @@ public struct QueueMachine: Sendable {
         self.configuration = configuration
         self.maxItemSize = configuration.maxItemSize(queueNameLength: name.utf8.count)
         precondition(maxItemSize > 0, "maxFrameSize too small for the queue name")
-        self.dedup = DedupSet(capacity: max(1, configuration.dedupCapacity))
+        self.transfers = TransferLedger(dedupCapacity: max(1, configuration.dedupCapacity))
         self.priorRate = configuration.minimumRate
         self.nextSequence = configuration.firstSequence
         self.statsSequence = configuration.firstSequence
@@ -323,9 +307,9 @@ public struct QueueMachine: Sendable {
     public var byteCount: Int { queuedBytes }
     /// Items held against the limits: queued, on unacknowledged outgoing transfers, held back,
     /// and leased.
-    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems + leasedItems }
+    public var heldItems: Int { queuedItems + transfers.items + heldBackItems + leasedItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes + leasedBytes }
+    public var heldBytes: Int { queuedBytes + transfers.bytes + heldBackBytes + leasedBytes }
     /// Items handed out under a lease and not acked yet (held here, counted in ``heldItems``).
     public var leasedCount: Int { leasedItems }
     /// Items of other owners held back from consumers until their owner names the stale copies
@@ -345,7 +329,7 @@ public struct QueueMachine: Sendable {
     /// Outgoing transfers awaiting their acknowledgement.
     public var transfersInFlight: Int { transfers.count }
     /// Item copies remembered for duplicate detection.
-    public var dedupCount: Int { dedup.count }
+    public var dedupCount: Int { transfers.seen.count }
     /// Pending confirmation and custody runs, all owners together.
     public var pendingNoticeRuns: Int {
         notices.values.reduce(0) { $0 + $1.runs }
@@ -638,7 +622,7 @@ public struct QueueMachine: Sendable {
         let replicating = replicaSends.values.reduce(0) { $0 + $1.count }
         // A full peer counts: it takes items again as its consumers make room.
         let live = peers.values.contains { $0.connected && !$0.closed }
-        return DrainProgress(queued: queuedItems, inFlight: inFlightItems + replicating, pendingNotices: pending,
+        return DrainProgress(queued: queuedItems, inFlight: transfers.items + replicating, pendingNotices: pending,
                              unreachableNotices: unreachable, hasLivePeer: live)
     }
 
@@ -665,7 +649,7 @@ public struct QueueMachine: Sendable {
             return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
         }
         return runs.reduce(0) { $0 + mine($1) }
-            + transfers.values.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
+            + transfers.all.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
     }
 
     // MARK: Peer inputs
@@ -963,7 +947,7 @@ public struct QueueMachine: Sendable {
             let load = load(now: now)
             if let plan = balancer.rebalance(load, peers: peers) { carryOut(plan, &actions, now: now) }
         }
-        let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
+        let expired = transfers.ids { $0.deadline <= now }
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
         for owner in shelfGrace.filter({ $0.value <= now }).keys.sorted() {
             shelfGrace[owner] = nil
@@ -1428,7 +1412,7 @@ public struct QueueMachine: Sendable {
     private mutating func sendTransfer(
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
-        guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        guard count > 0, !runs.isEmpty, transfers.count(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
         // A stopping node's items leave with their ownership, whatever sends them.
         let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
@@ -1483,8 +1467,6 @@ public struct QueueMachine: Sendable {
         guard !sent.isEmpty else { return 0 }
         queuedItems -= items
         queuedBytes -= bytes
-        inFlightItems += items
-        inFlightBytes += bytes
         // The message carries each array (with its table of ends) once, and the runs pointing
         // into them.
         var buffers: [[UInt8]] = []
@@ -1500,11 +1482,10 @@ public struct QueueMachine: Sendable {
             run.slot = index
             return run
         }
-        let id = nextTransferID
-        nextTransferID += 1
-        transfers[id] = Transfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
-                                 deadline: now + configuration.transferTimeout,
-                                 unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil)
+        let id = transfers.takeID()
+        transfers.record(OutgoingTransfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
+                                          deadline: now + configuration.transferTimeout,
+                                          unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil), id: id)
         peers.update(peer) { $0.inFlight += items }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
                                        items: TransferItems(buffers: buffers, ends: ends, runs: carried)), to: peer))
@@ -1515,16 +1496,10 @@ public struct QueueMachine: Sendable {
         sentUpdates.values.reduce(0) { $0 + ($1.owner == owner ? 1 : 0) }
     }
 
-    private func transferCount(to peer: PeerID) -> Int {
-        transfers.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) }
-    }
-
     /// Puts the items of these transfers back at the front, oldest transfer's items first.
     private mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         for id in ids.sorted(by: >) {
-            guard let transfer = transfers.removeValue(forKey: id) else { continue }
-            inFlightItems -= transfer.count
-            inFlightBytes -= transfer.bytes
+            guard let transfer = transfers.remove(id) else { continue }
             queuedBytes += transfer.bytes
             queuedItems += transfer.count
             // Back as they were before the transfer (the hop it did not make undone).
@@ -1555,7 +1530,7 @@ public struct QueueMachine: Sendable {
         // Its owner changes cannot be acknowledged on this link: it keeps the records (and
         // offers them again on the next one).
         pendingChanges.removeAll { $0.owner == peer }
-        let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
+        let lost = transfers.ids { $0.peer == peer }
         returnTransfers(lost, &actions, now: now)
         // Replicas sent on the lost link go to the backlog (sent again, maybe elsewhere).
         for id in replicaSends.filter({ $0.value.peer == peer }).keys.sorted() {
@@ -1628,13 +1603,13 @@ public struct QueueMachine: Sendable {
                     runs.append(kept)
                 }
                 // A run all new here (the common case) is remembered at once; else item by item.
-                if dedup.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
+                if transfers.seen.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
                     keptFrom = 0
                     keep(upTo: Int(run.count))
                     return
                 }
                 for i in 0..<Int(run.count) {
-                    if dedup.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
+                    if transfers.seen.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
                         if keptFrom == nil { keptFrom = i }
                     } else {
                         counters.duplicatesDropped += 1
@@ -1668,7 +1643,7 @@ public struct QueueMachine: Sendable {
             returnTransfers([id], &actions, now: now)
             return
         }
-        transfers[id] = nil
+        _ = transfers.remove(id)
         for run in transfer.runs { store.release(run.slot, count: Int(run.count)) }
         peers.update(peer) { view in
             // Until its next report, the peer holds them and its idle consumers are busy.
@@ -1676,8 +1651,6 @@ public struct QueueMachine: Sendable {
             view.reportedLength += Double(transfer.count)
             view.reportedWaiting = Swift.max(0, view.reportedWaiting - transfer.count)
         }
-        inFlightItems -= transfer.count
-        inFlightBytes -= transfer.bytes
         counters.transferredOut += transfer.count
         counters.transferredOutByPeer[peer, default: 0] += transfer.count
         if counters.transferredOutByPeer.count > Self.maxCountedPeers {
@@ -1898,7 +1871,7 @@ public struct QueueMachine: Sendable {
     private mutating func receiveOwnerChange(_ changeID: UInt64, groups: [CustodyChange], from owner: PeerID,
                                              _ actions: inout [Action], now: UInt64) {
         adoptHeld(groups, from: owner)
-        let carrying = transfers.filter { $0.value.runs.contains { $0.origin == owner } }.keys
+        let carrying = transfers.ids { $0.runs.contains { $0.origin == owner } }
         let change = PendingChange(owner: owner, changeID: changeID, groups: groups, transfers: Set(carrying))
         if change.transfers.isEmpty || configuration.delivery != .atLeastOnce {
             answerOwnerChange(change, &actions, now: now)
@@ -2079,7 +2052,7 @@ public struct QueueMachine: Sendable {
     private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
         guard let feed = balancer.feed(load(now: now), peers: peers) else { return }
         while !runs.isEmpty {
-            guard let peer = feed.next(peers: peers, hasSlot: { transferCount(to: $0) < configuration.maxTransfersInFlightPerPeer }),
+            guard let peer = feed.next(peers: peers, hasSlot: { transfers.count(to: $0) < configuration.maxTransfersInFlightPerPeer }),
                   sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
         }
     }
@@ -2130,7 +2103,7 @@ public struct QueueMachine: Sendable {
             actions.append(.spaceAvailable)
         }
         var deadline = nextStatsAt!
-        for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
+        for transfer in transfers.all { deadline = Swift.min(deadline, transfer.deadline) }
         for at in shelfGrace.values { deadline = Swift.min(deadline, at) }
         if !replicaSends.isEmpty || !releases.isEmpty || !replicaBacklog.isEmpty {
             sendReplicas(&actions, now: now)
@@ -2386,7 +2359,7 @@ extension QueueMachine {
     /// keeps replicas (the push completes unreplicated).
     public func awaitsReplica(before mark: UInt64) -> Bool {
         if let first = replicaBacklog.first, first.first < mark { return true }
-        if transfers.values.contains(where: { ($0.unreplicatedFrom ?? .max) < mark }) { return true }
+        if transfers.all.contains(where: { ($0.unreplicatedFrom ?? .max) < mark }) { return true }
         return replicaSends.values.contains { send in send.runs.contains { $0.first < mark } }
     }
 
@@ -2524,8 +2497,7 @@ extension QueueMachine {
             }
         }
         guard count > 0 else { return }
-        let id = nextTransferID
-        nextTransferID += 1
+        let id = transfers.takeID()
         replicaSends[id] = ReplicaSend(peer: peer, runs: sent, count: count, deadline: now + configuration.transferTimeout)
         let items = TransferItems(buffers: [buffer], ends: [ends], runs: wireRuns)
         actions.append(.send(.transfer(queue: name, transferID: id, kind: .replica, requestID: 0, items: items), to: peer))
