@@ -1163,7 +1163,9 @@ public struct QueueMachine: Sendable {
     /// Custody news arrived: held confirmations from the peers it names are tried again.
     private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
         var freedBytes = 0
-        for holder in Set(custody.map(\.holder)) {
+        // In ID order: two holders may hold a confirmation of one sequence, and the first
+        // settles it.
+        for holder in Set(custody.map(\.holder)).sorted() {
             guard let handle = holders.handle(of: holder) else { continue }
             heldConfirmations.retry(from: holder) { sequence in
                 guard let record = owned[sequence] else { return true }  // confirmed or re-queued since
@@ -2422,11 +2424,11 @@ extension QueueMachine {
         }
         while !replicaBacklog.isEmpty {
             func ready(_ peer: PeerID) -> Bool {
-                peers[peer]!.replicaRefusedUntil <= now
+                (peers[peer]?.replicaRefusedUntil ?? .max) <= now
                     && replicaSends.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) } < configuration.maxTransfersInFlightPerPeer
             }
             let peer: PeerID
-            if let current = replicaPeer, capable.contains(current), peers[current]!.replicaRefusedUntil <= now {
+            if let current = replicaPeer, capable.contains(current), (peers[current]?.replicaRefusedUntil ?? .max) <= now {
                 // Consecutive items go to one holder; a busy one is waited for (its acks send more).
                 guard ready(current) else { return }
                 peer = current
