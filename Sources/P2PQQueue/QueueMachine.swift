@@ -52,10 +52,8 @@ public struct QueueMachine: Sendable {
     private var runs = Deque<QueueRun>()
     private var queuedItems = 0
     private var queuedBytes = 0
-    private var inFlightItems = 0
-    private var inFlightBytes = 0
-    private var transfers: [UInt64: Transfer] = [:]
-    private var nextTransferID: UInt64 = 1
+    /// Outgoing transfers awaiting their ack, and the copies received lately.
+    private var transfers: TransferLedger
 
     private var waiters = Deque<Waiter>()
 
@@ -69,6 +67,9 @@ public struct QueueMachine: Sendable {
     private var nextLeaseDeadline: UInt64?
     /// Deliveries of items on this node, for their delivery count (bounded by `maxItems`).
     private var localDeliveries: [LeaseKey: UInt32] = [:]
+    /// Their keys in first-delivery order (some forgotten since): the oldest goes for room, not
+    /// the first in dictionary order, which differs from process to process.
+    private var deliveryOrder = Deque<LeaseKey>()
 
     // Ownership.
     private var nextSequence: UInt64 = 1
@@ -92,8 +93,7 @@ public struct QueueMachine: Sendable {
     /// until custody news names it (see ``HeldConfirmations``).
     private var heldConfirmations = HeldConfirmations()
 
-    private var dedup: DedupSet
-    private var peers: [PeerID: PeerView] = [:]
+    private var peers = PeerViews()
     private var deadPeers = Set<PeerID>()
     private var deadOrder = Deque<PeerID>()
     /// When each peer in `deadPeers` was declared dead: the notices kept for it (it may come
@@ -121,9 +121,10 @@ public struct QueueMachine: Sendable {
     private var lastTransferReceivedAt: UInt64?
     private var lastBroadcastLength = 0
     private var lastBroadcastAt: UInt64?
-    /// Rate assumed for a consumer node not measured yet (see `effectiveRate`).
+    /// Rate assumed for a consumer node not measured yet (see ``LocalLoad/effectiveRate``).
     private var priorRate: Double
-    private var random: SplitMix64
+    /// The configured strategy's decisions.
+    private var balancer: QueueBalancer
 
     private var pushBlocked = false
     private var armed: UInt64?
@@ -202,19 +203,6 @@ public struct QueueMachine: Sendable {
         var runs: [SequenceRun] = []
         var items = 0
         var since: UInt64
-    }
-
-    private struct Transfer: Sendable {
-        var peer: PeerID
-        /// The items as sent (hop count already raised); their arrays are held in `store`.
-        var runs: [QueueRun]
-        var count: Int
-        var bytes: Int
-        var kind: TransferKind
-        var deadline: UInt64
-        /// The lowest own sequence it carries that has no replica: its ack is that item's
-        /// second copy (a push waits for it as for a replica's).
-        var unreplicatedFrom: UInt64? = nil
     }
 
     /// An owned item's bytes are a range of one of `store`'s arrays: a pushed batch's records
@@ -297,37 +285,6 @@ public struct QueueMachine: Sendable {
     /// Most unacknowledged owner updates per owner; more notices wait for acks.
     static let maxUpdatesInFlight = 8
 
-    private struct PeerView: Sendable {
-        var connected = false
-        var hasReport = false
-        var lastSequence: UInt64 = 0
-        var receivedAt: UInt64 = 0
-        /// The last report's length, plus what this node's acknowledged transfers added since.
-        var reportedLength: Double = 0
-        var reportedWaiting = 0
-        /// Items on this node's unacknowledged transfers to the peer. Links are FIFO, so a
-        /// report sent before the peer got them arrives before their ack: report plus in-flight
-        /// never counts an item twice.
-        var inFlight = 0
-        /// The peer's load as far as this node knows.
-        var length: Double { reportedLength + Double(inFlight) }
-        /// Idle consumers not yet covered by what this node sent.
-        var waiting: Int { Swift.max(0, reportedWaiting - inFlight) }
-        var rate: Double = 0
-        var finishTime: Double = 0
-        var hasConsumers = false
-        var accepting = true
-        /// Its hello announced ``QueueWire/featureOwnershipHandover``.
-        var adoptsOwnership = false
-        /// Its hello announced ``QueueWire/featureReplicas``.
-        var keepsReplicas = false
-        /// It refused a replica (full or closed): not asked again before this time.
-        var replicaRefusedUntil: UInt64 = 0
-        /// Its queue is closed (its report or a `closed` refusal said so): unlike a full one,
-        /// it will not take items again.
-        var closed = false
-    }
-
     private struct OutstandingSteal: Sendable {
         var peer: PeerID
         var requestID: UInt64
@@ -347,12 +304,12 @@ public struct QueueMachine: Sendable {
         self.configuration = configuration
         self.maxItemSize = configuration.maxItemSize(queueNameLength: name.utf8.count)
         precondition(maxItemSize > 0, "maxFrameSize too small for the queue name")
-        self.dedup = DedupSet(capacity: max(1, configuration.dedupCapacity))
+        self.transfers = TransferLedger(dedupCapacity: max(1, configuration.dedupCapacity))
         self.priorRate = configuration.minimumRate
         self.nextSequence = configuration.firstSequence
         self.statsSequence = configuration.firstSequence
         self.nextLeaseToken = configuration.firstSequence
-        self.random = SplitMix64(seed: localPeer.bytes.prefix(8).reduce(configuration.seed) { $0 << 8 ^ UInt64($1) })
+        self.balancer = QueueBalancer(configuration: configuration, localPeer: localPeer)
     }
 
     // MARK: Queries
@@ -363,9 +320,9 @@ public struct QueueMachine: Sendable {
     public var byteCount: Int { queuedBytes }
     /// Items held against the limits: queued, on unacknowledged outgoing transfers, held back,
     /// and leased.
-    public var heldItems: Int { queuedItems + inFlightItems + heldBackItems + leasedItems }
+    public var heldItems: Int { queuedItems + transfers.items + heldBackItems + leasedItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + inFlightBytes + heldBackBytes + leasedBytes }
+    public var heldBytes: Int { queuedBytes + transfers.bytes + heldBackBytes + leasedBytes }
     /// Items handed out under a lease and not acked yet (held here, counted in ``heldItems``).
     public var leasedCount: Int { leasedItems }
     /// Items of other owners held back from consumers until their owner names the stale copies
@@ -385,7 +342,7 @@ public struct QueueMachine: Sendable {
     /// Outgoing transfers awaiting their acknowledgement.
     public var transfersInFlight: Int { transfers.count }
     /// Item copies remembered for duplicate detection.
-    public var dedupCount: Int { dedup.count }
+    public var dedupCount: Int { transfers.seen.count }
     /// Pending confirmation and custody runs, all owners together.
     public var pendingNoticeRuns: Int {
         notices.values.reduce(0) { $0 + $1.runs }
@@ -410,7 +367,7 @@ public struct QueueMachine: Sendable {
     static let maxCountedPeers = 1024
 
     /// The peers with a fresh load report: the length this node knows (as ``peerLength(_:now:)``)
-    /// and the pops per second and finish time (seconds) they reported.
+    /// and the pops per second and finish time (seconds) they reported; in ascending peer order.
     public func peerLoads(now: UInt64) -> [(peer: PeerID, length: Int, rate: Double, finishTime: Double)] {
         peers.filter { isFresh($0.value, now: now) }.map { ($0.key, Int(max(0, $0.value.length)), $0.value.rate, $0.value.finishTime) }
     }
@@ -678,7 +635,7 @@ public struct QueueMachine: Sendable {
         let replicating = replicaSends.values.reduce(0) { $0 + $1.count }
         // A full peer counts: it takes items again as its consumers make room.
         let live = peers.values.contains { $0.connected && !$0.closed }
-        return DrainProgress(queued: queuedItems, inFlight: inFlightItems + replicating, pendingNotices: pending,
+        return DrainProgress(queued: queuedItems, inFlight: transfers.items + replicating, pendingNotices: pending,
                              unreachableNotices: unreachable, hasLivePeer: live)
     }
 
@@ -705,7 +662,7 @@ public struct QueueMachine: Sendable {
             return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
         }
         return runs.reduce(0) { $0 + mine($1) }
-            + transfers.values.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
+            + transfers.all.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
     }
 
     // MARK: Peer inputs
@@ -729,15 +686,17 @@ public struct QueueMachine: Sendable {
         if keepsReplicas && replicates && !peers.values.contains(where: { $0.connected && $0.keepsReplicas && !$0.closed }) {
             replicateUnreplicated()
         }
-        peers[peer]!.connected = true
-        peers[peer]!.adoptsOwnership = adoptsOwnership
-        peers[peer]!.keepsReplicas = keepsReplicas
-        peers[peer]!.replicaRefusedUntil = 0
-        peers[peer]!.closed = false  // a restarted process is open again; its report will say
+        peers.update(peer) { view in
+            view.connected = true
+            view.adoptsOwnership = adoptsOwnership
+            view.keepsReplicas = keepsReplicas
+            view.replicaRefusedUntil = 0
+            view.closed = false  // a restarted process is open again; its report will say
+        }
         sendCheck(to: peer, &actions, now: now)
         sendReplicaCheck(to: peer, &actions, now: now)
         // A new link may lead to a restarted process whose reports count from the start again.
-        peers[peer]!.hasReport = false
+        peers.update(peer) { $0.hasReport = false }
         sendStats(to: [peer], &actions, now: now)
         if isClosed { handOff(&actions, now: now) }
         flushNotices(&actions, now: now, force: true, only: peer)
@@ -942,25 +901,27 @@ public struct QueueMachine: Sendable {
             counters.statsRejected += 1
             return .rejected(.invalid(error))
         }
-        guard view(peer) != nil else {
+        guard let known = view(peer) else {
             counters.statsRejected += 1
             return .rejected(.tooManyPeers)
         }
-        let last = peers[peer]!.lastSequence
-        guard !peers[peer]!.hasReport || stats.sequence > last else {
+        let last = known.lastSequence
+        guard !known.hasReport || stats.sequence > last else {
             counters.statsRejected += 1
             return .rejected(.stale(sequence: stats.sequence, last: last))
         }
-        peers[peer]!.hasReport = true
-        peers[peer]!.lastSequence = stats.sequence
-        peers[peer]!.receivedAt = now
-        peers[peer]!.reportedLength = Double(stats.length)
-        peers[peer]!.reportedWaiting = Int(stats.waiting)
-        peers[peer]!.rate = stats.serviceRate
-        peers[peer]!.finishTime = stats.finishTime
-        peers[peer]!.hasConsumers = stats.hasConsumers
-        peers[peer]!.accepting = stats.accepting
-        peers[peer]!.closed = !stats.accepting
+        peers.update(peer) { view in
+            view.hasReport = true
+            view.lastSequence = stats.sequence
+            view.receivedAt = now
+            view.reportedLength = Double(stats.length)
+            view.reportedWaiting = Int(stats.waiting)
+            view.rate = stats.serviceRate
+            view.finishTime = stats.finishTime
+            view.hasConsumers = stats.hasConsumers
+            view.accepting = stats.accepting
+            view.closed = !stats.accepting
+        }
         updatePriorRate()
         return .accepted
     }
@@ -1003,7 +964,7 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         detectStall(&actions, now: now)
         armed = nil
-        for owner in heldBack.keys.sorted() where heldBack[owner]!.deadline <= now {
+        for owner in heldBack.keys.sorted() where heldBack[owner].map({ $0.deadline <= now }) == true {
             release(heldBack.removeValue(forKey: owner), stale: [], &actions, now: now)
         }
         for holder in heldOwn.keys.sorted() where heldOwn[holder]!.deadline <= now {
@@ -1021,12 +982,10 @@ public struct QueueMachine: Sendable {
             nextStatsAt = now + configuration.statsInterval
             sampleRate(now: now)
             sendStats(to: connectedPeers(), &actions, now: now)
-            switch configuration.strategy {
-            case .adaptive: pushToBalance(&actions, now: now)
-            case .legacy: legacyPush(&actions, now: now)
-            }
+            let load = load(now: now)
+            if let plan = balancer.rebalance(load, peers: peers) { carryOut(plan, &actions, now: now) }
         }
-        let expired = transfers.filter { $0.value.deadline <= now }.keys.sorted()
+        let expired = transfers.ids { $0.deadline <= now }
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
         for owner in shelfGrace.filter({ $0.value <= now }).keys.sorted() {
             shelfGrace[owner] = nil
@@ -1248,7 +1207,9 @@ public struct QueueMachine: Sendable {
     /// Custody news arrived: held confirmations from the peers it names are tried again.
     private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
         var freedBytes = 0
-        for holder in Set(custody.map(\.holder)) {
+        // In ID order: two holders may hold a confirmation of one sequence, and the first
+        // settles it.
+        for holder in Set(custody.map(\.holder)).sorted() {
             guard let handle = holders.handle(of: holder) else { continue }
             heldConfirmations.retry(from: holder) { sequence in
                 guard let record = owned[sequence] else { return true }  // confirmed or re-queued since
@@ -1505,7 +1466,7 @@ public struct QueueMachine: Sendable {
     private mutating func sendTransfer(
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
-        guard count > 0, !runs.isEmpty, transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        guard count > 0, !runs.isEmpty, transfers.count(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
         // A stopping node's items leave with their ownership, whatever sends them.
         let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
@@ -1560,8 +1521,6 @@ public struct QueueMachine: Sendable {
         guard !sent.isEmpty else { return 0 }
         queuedItems -= items
         queuedBytes -= bytes
-        inFlightItems += items
-        inFlightBytes += bytes
         // The message carries each array (with its table of ends) once, and the runs pointing
         // into them.
         var buffers: [[UInt8]] = []
@@ -1577,14 +1536,11 @@ public struct QueueMachine: Sendable {
             run.slot = index
             return run
         }
-        let id = nextTransferID
-        nextTransferID += 1
-        transfers[id] = Transfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
-                                 deadline: now + configuration.transferTimeout,
-                                 unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil)
-        if peers[peer] != nil {
-            peers[peer]!.inFlight += items
-        }
+        let id = transfers.takeID()
+        transfers.record(OutgoingTransfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
+                                          deadline: now + configuration.transferTimeout,
+                                          unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil), id: id)
+        peers.update(peer) { $0.inFlight += items }
         actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
                                        items: TransferItems(buffers: buffers, ends: ends, runs: carried)), to: peer))
         return items
@@ -1594,16 +1550,10 @@ public struct QueueMachine: Sendable {
         sentUpdates.values.reduce(0) { $0 + ($1.owner == owner ? 1 : 0) }
     }
 
-    private func transferCount(to peer: PeerID) -> Int {
-        transfers.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) }
-    }
-
     /// Puts the items of these transfers back at the front, oldest transfer's items first.
     private mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         for id in ids.sorted(by: >) {
-            guard let transfer = transfers.removeValue(forKey: id) else { continue }
-            inFlightItems -= transfer.count
-            inFlightBytes -= transfer.bytes
+            guard let transfer = transfers.remove(id) else { continue }
             queuedBytes += transfer.bytes
             queuedItems += transfer.count
             // Back as they were before the transfer (the hop it did not make undone).
@@ -1613,9 +1563,7 @@ public struct QueueMachine: Sendable {
                 return run
             }, at: 0)
             counters.returnedFromTransfers += transfer.count
-            if peers[transfer.peer] != nil {
-                peers[transfer.peer]!.inFlight -= transfer.count
-            }
+            peers.update(transfer.peer) { $0.inFlight -= transfer.count }
             if transfer.unreplicatedFrom != nil { returnedFromTransit(transfer.runs) }
         }
         if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
@@ -1637,7 +1585,7 @@ public struct QueueMachine: Sendable {
         // Its owner changes cannot be acknowledged on this link: it keeps the records (and
         // offers them again on the next one).
         pendingChanges.removeAll { $0.owner == peer }
-        let lost = transfers.filter { $0.value.peer == peer }.keys.sorted()
+        let lost = transfers.ids { $0.peer == peer }
         returnTransfers(lost, &actions, now: now)
         // Replicas sent on the lost link go to the backlog (sent again, maybe elsewhere).
         for id in replicaSends.filter({ $0.value.peer == peer }).keys.sorted() {
@@ -1710,13 +1658,13 @@ public struct QueueMachine: Sendable {
                     runs.append(kept)
                 }
                 // A run all new here (the common case) is remembered at once; else item by item.
-                if dedup.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
+                if transfers.seen.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
                     keptFrom = 0
                     keep(upTo: Int(run.count))
                     return
                 }
                 for i in 0..<Int(run.count) {
-                    if dedup.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
+                    if transfers.seen.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
                         if keptFrom == nil { keptFrom = i }
                     } else {
                         counters.duplicatesDropped += 1
@@ -1750,16 +1698,14 @@ public struct QueueMachine: Sendable {
             returnTransfers([id], &actions, now: now)
             return
         }
-        transfers[id] = nil
+        _ = transfers.remove(id)
         for run in transfer.runs { store.release(run.slot, count: Int(run.count)) }
-        if peers[peer] != nil {
+        peers.update(peer) { view in
             // Until its next report, the peer holds them and its idle consumers are busy.
-            peers[peer]!.inFlight -= transfer.count
-            peers[peer]!.reportedLength += Double(transfer.count)
-            peers[peer]!.reportedWaiting = Swift.max(0, peers[peer]!.reportedWaiting - transfer.count)
+            view.inFlight -= transfer.count
+            view.reportedLength += Double(transfer.count)
+            view.reportedWaiting = Swift.max(0, view.reportedWaiting - transfer.count)
         }
-        inFlightItems -= transfer.count
-        inFlightBytes -= transfer.bytes
         counters.transferredOut += transfer.count
         counters.transferredOutByPeer[peer, default: 0] += transfer.count
         if counters.transferredOutByPeer.count > Self.maxCountedPeers {
@@ -1847,7 +1793,7 @@ public struct QueueMachine: Sendable {
         // Worst case every run in a group of its own.
         let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
                                    (configuration.maxFrameSize - 1 - (4 + name.utf8.count + 8 + 2)) / (44 + 12))
-        for peer in connectedPeers() where peers[peer]!.adoptsOwnership && !peers[peer]!.closed {
+        for (peer, view) in peers where view.connected && view.adoptsOwnership && !view.closed {
             guard let handle = holders.handle(of: peer) else { continue }
             let sequences = owned.sequences { $0.holder == handle }
             guard !sequences.isEmpty else { continue }
@@ -1980,7 +1926,7 @@ public struct QueueMachine: Sendable {
     private mutating func receiveOwnerChange(_ changeID: UInt64, groups: [CustodyChange], from owner: PeerID,
                                              _ actions: inout [Action], now: UInt64) {
         adoptHeld(groups, from: owner)
-        let carrying = transfers.filter { $0.value.runs.contains { $0.origin == owner } }.keys
+        let carrying = transfers.ids { $0.runs.contains { $0.origin == owner } }
         let change = PendingChange(owner: owner, changeID: changeID, groups: groups, transfers: Set(carrying))
         if change.transfers.isEmpty || configuration.delivery != .atLeastOnce {
             answerOwnerChange(change, &actions, now: now)
@@ -2026,15 +1972,10 @@ public struct QueueMachine: Sendable {
         return now < last || now - last < configuration.consumerIdleTimeout
     }
 
-    /// The rate used for decisions: the measured one or, for a consumer node without a
-    /// measurement yet, the mean measured rate of the cluster (so a newcomer is neither
-    /// starved nor flooded); 0 without consumers.
-    private func effectiveRate(now: UInt64) -> Double {
-        hasConsumers(now: now) ? (rate > 0 ? rate : priorRate) : 0
-    }
-
-    private func effectiveRate(of view: PeerView) -> Double {
-        view.hasConsumers ? (view.rate > 0 ? view.rate : priorRate) : 0
+    /// This node's load, for the balancer.
+    private func load(now: UInt64) -> LocalLoad {
+        LocalLoad(now: now, queued: queuedItems, held: heldItems, waiters: waiters.count, rate: rate, priorRate: priorRate,
+                  hasConsumers: hasConsumers(now: now), isClosed: isClosed, lastTransferReceivedAt: lastTransferReceivedAt)
     }
 
     /// Recomputes ``priorRate`` from the measured rates known here.
@@ -2049,19 +1990,21 @@ public struct QueueMachine: Sendable {
     }
 
     private func isFresh(_ view: PeerView, now: UInt64) -> Bool {
-        view.connected && view.hasReport && now &- view.receivedAt <= configuration.statsMaxAge
+        view.isFresh(now: now, maxAge: configuration.statsMaxAge)
     }
 
+    /// The linked peers, ascending.
     private func connectedPeers() -> [PeerID] {
-        peers.filter { $0.value.connected }.keys.sorted()
+        Array(peers.filter { $0.value.connected }.keys)
     }
 
     /// The view of `peer`, created if there is room.
     private mutating func view(_ peer: PeerID) -> PeerView? {
         if let view = peers[peer] { return view }
         guard peers.count < configuration.maxTrackedPeers else { return nil }
-        peers[peer] = PeerView()
-        return peers[peer]
+        let view = PeerView()
+        peers[peer] = view
+        return view
     }
 
     private mutating func forgetDeath(of peer: PeerID) {
@@ -2101,14 +2044,9 @@ public struct QueueMachine: Sendable {
 
     private mutating func currentStats(now: UInt64) -> LoadStats {
         statsSequence += 1
-        let consumers = hasConsumers(now: now)
-        let finishTime: Double
-        switch configuration.strategy {
-        case .adaptive:
-            finishTime = consumers ? Double(queuedItems) / Swift.max(rate, configuration.minimumRate) : 0
-        case .legacy:
-            finishTime = rate > 0 ? Double(queuedItems) / rate : 0  // length × average time between pops
-        }
+        let load = load(now: now)
+        let consumers = load.hasConsumers
+        let finishTime = balancer.finishTime(load)
         return LoadStats(
             sequence: statsSequence, length: UInt64(queuedItems), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
             serviceRate: rate, finishTime: Swift.min(finishTime, LoadStats.maxFinishTime),
@@ -2129,66 +2067,27 @@ public struct QueueMachine: Sendable {
     /// A queue that grew a lot since the last round tells its peers at once (at most every
     /// eighth of an interval), so idle nodes can steal without waiting for the next round.
     private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
+        guard balancer.announcesGrowth, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
         if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
         sendStats(to: connectedPeers(), &actions, now: now)
     }
 
-    /// Work stealing: consumers wait and the queue is empty, so ask the peer with the largest
-    /// surplus over the balanced finish time (all known items over all consumer rates) for this
-    /// node's share; the victim caps it at the pairwise fair split.
+    /// Asks the peer the balancer picks for items, when consumers wait here (one steal out at
+    /// a time).
     private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, steal == nil, !waiters.isEmpty, runs.isEmpty else { return }
-        let mine = effectiveRate(now: now)
-        var totalLength = 0.0
-        var totalRate = mine
-        for view in peers.values where isFresh(view, now: now) {
-            totalLength += view.length
-            if view.accepting { totalRate += effectiveRate(of: view) }
-        }
-        guard totalLength >= 1 else { return }
-        let balanced = totalLength / totalRate
-        var best: (peer: PeerID, surplus: Double)?
-        for (peer, view) in peers where isFresh(view, now: now) && view.length >= 1 {
-            let rate = view.accepting ? effectiveRate(of: view) : 0
-            let surplus = Swift.max(view.length - balanced * rate, view.waiting == 0 ? Swift.min(1, view.length) : 0)
-            if best == nil || surplus > best!.surplus || (surplus == best!.surplus && peer < best!.peer) {
-                best = (peer, surplus)
-            }
-        }
-        guard let best, best.surplus > 0 else { return }
-        let share = Swift.max(balanced * mine, Double(waiters.count))
-        let room = configuration.maxItems - heldItems
-        let wanted = Swift.min(Int(Swift.min(share, best.surplus).rounded(.up)), configuration.maxTransferItems, room)
-        guard wanted >= 1 else { return }
+        guard steal == nil, let decision = balancer.steal(load(now: now), peers: peers) else { return }
         let id = nextRequestID
         nextRequestID += 1
-        steal = OutstandingSteal(peer: best.peer, requestID: id, deadline: now + configuration.stealTimeout)
+        steal = OutstandingSteal(peer: decision.peer, requestID: id, deadline: now + configuration.stealTimeout)
         counters.stealsSent += 1
-        actions.append(.send(.stealRequest(queue: name, requestID: id, maxItems: UInt32(wanted), thiefRate: rate), to: best.peer))
+        actions.append(.send(.stealRequest(queue: name, requestID: id, maxItems: UInt32(decision.count), thiefRate: rate),
+                             to: decision.peer))
     }
 
     private mutating func answerSteal(
         from thief: PeerID, requestID: UInt64, maxItems: Int, thiefRate: Double, _ actions: inout [Action], now: UInt64
     ) {
-        let length = queuedItems
-        let mine = isClosed ? 0 : effectiveRate(now: now)
-        let theirs = thiefRate.isFinite && thiefRate > 0 ? thiefRate : priorRate
-        var give = mine == 0 ? length : Int((Double(length) * theirs / (theirs + mine)).rounded(.up))
-        give = Swift.min(give, maxItems, length)
-        // The thief's share of all known items (by rate), less what this node already sent it
-        // (in flight, or pushed to balance on the same gossip): no double filling, and a first
-        // thief does not take half of a cluster's work.
-        if let view = peers[thief], isFresh(view, now: now), mine > 0 {
-            var totalLength = Double(length)
-            var totalRate = mine
-            for other in peers.values where isFresh(other, now: now) {
-                totalLength += other.length
-                if other.accepting { totalRate += effectiveRate(of: other) }
-            }
-            let deficit = totalLength / totalRate * theirs - view.length
-            give = Swift.min(give, Swift.max(0, Int(deficit.rounded(.up))))
-        }
+        let give = balancer.stealAnswer(load(now: now), thief: thief, maxItems: maxItems, thiefRate: thiefRate, peers: peers)
         let sent = give > 0 ? sendTransfer(to: thief, count: give, kind: .steal, requestID: requestID, &actions, now: now) : 0
         if sent == 0 {
             actions.append(.send(.stealEmpty(queue: name, requestID: requestID), to: thief))
@@ -2197,129 +2096,33 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    /// Direct dispatch: peers known to have idle consumers get items now, shared by rate.
+    /// New items for peers with idle consumers, as the balancer decides.
     private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, waiters.isEmpty, !runs.isEmpty else { return }
-        let idle = peers.filter { peer, view in
-            isFresh(view, now: now) && view.accepting && view.hasConsumers && view.waiting > 0
-        }.keys.sorted()
-        guard !idle.isEmpty else { return }
-        // Only what the idle consumers can start now: a larger share is the thief's to ask for
-        // (one outstanding steal per node), so several senders never pile onto one peer.
-        for peer in idle where !runs.isEmpty {
-            sendTransfer(to: peer, count: Swift.min(queuedItems, peers[peer]!.waiting), kind: .dispatch, &actions, now: now)
-        }
+        guard let plan = balancer.dispatch(load(now: now), peers: peers) else { return }
+        carryOut(plan, &actions, now: now)
     }
 
-    /// A pure source (no consumers here) gives its items away as fast as the consumer peers take
-    /// transfers: each free transfer slot (``QueueConfiguration/maxTransfersInFlightPerPeer``)
-    /// carries a full batch to the consumer peer that would finish its known work first (queue
-    /// plus what is on the way, over its rate). Clocked by pushes and acknowledgements, not by
-    /// gossip rounds; consumers even out among themselves by stealing. A peer that refused a
-    /// transfer (full or closed) gets none until its next report, and a peer already holding
-    /// more than a full window of transfers and more than four stats intervals of work at its
-    /// measured rate gets none until it has worked some off (a slow consumer does not hoard).
+    /// A pure source feeds consumer peers, a full batch per free transfer slot, to the peer the
+    /// balancer's feed picks each time (the views change with every transfer).
     private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
-        guard configuration.strategy == .adaptive, !isClosed, !runs.isEmpty, !hasConsumers(now: now) else { return }
-        let window = Double(configuration.maxTransfersInFlightPerPeer * configuration.maxTransferItems)
-        let horizon = 4 * Double(configuration.statsInterval) / 1e9
-        var candidates: [PeerID] = []
-        for (peer, view) in peers where isFresh(view, now: now) && view.hasConsumers && view.accepting {
-            // Only against a measured rate: a consumer not measured yet is fed (its refusals
-            // still bound what it takes), or a stream would stall until its first sample.
-            if view.rate > 0 && view.length >= window && view.length / view.rate > horizon { continue }
-            candidates.append(peer)
-        }
-        guard !candidates.isEmpty else { return }
-        candidates.sort()
+        guard let feed = balancer.feed(load(now: now), peers: peers) else { return }
         while !runs.isEmpty {
-            var best: (peer: PeerID, finish: Double)?
-            for peer in candidates where transferCount(to: peer) < configuration.maxTransfersInFlightPerPeer {
-                let view = peers[peer]!
-                let finish = view.length / effectiveRate(of: view)
-                if best == nil || finish < best!.finish { best = (peer, finish) }
-            }
-            guard let best, sendTransfer(to: best.peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
+            guard let peer = feed.next(peers: peers, hasSlot: { transfers.count(to: $0) < configuration.maxTransfersInFlightPerPeer }),
+                  sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
         }
     }
 
-    /// Push to balance: when this node's finish time is well above the balanced one (all items
-    /// over all consumer rates), it sends its surplus to the peers furthest below it. Each node
-    /// with surplus sends only its proportional part of every deficit, so nodes deciding on the
-    /// same gossip do not all pile onto the same peer.
-    private mutating func pushToBalance(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, waiters.isEmpty, !runs.isEmpty else { return }
-        if let last = lastTransferReceivedAt, now &- last < configuration.rebalanceCooldown { return }
-        let fresh = peers.filter { _, view in isFresh(view, now: now) }
-        let mine = effectiveRate(now: now)
-        let length = Double(queuedItems)
-        var totalLength = length
-        var totalRate = mine
-        for view in fresh.values {
-            totalLength += view.length
-            if view.accepting { totalRate += effectiveRate(of: view) }
-        }
-        guard totalRate > mine else { return }  // nobody else consumes
-        let balanced = totalLength / totalRate
-        if mine > 0 {
-            let finish = length / mine
-            guard finish > balanced * (1 + configuration.balanceThreshold),
-                  finish - balanced > configuration.minimumImbalance else { return }
-        }
-        let mySurplus = length - balanced * mine
-        var totalSurplus = mySurplus
-        var deficits: [(peer: PeerID, deficit: Double)] = []
-        for (peer, view) in fresh {
-            let rate = view.accepting ? effectiveRate(of: view) : 0
-            let excess = view.length - balanced * rate
-            if excess > 0 {
-                totalSurplus += excess
-            } else if -excess >= 1 && view.waiting == 0 {
-                // Peers with idle consumers are served by dispatch and their own steals.
-                deficits.append((peer, -excess))
-            }
-        }
-        guard mySurplus >= 1, totalSurplus > 0 else { return }
-        let fraction = mySurplus / totalSurplus
-        var surplus = Int(mySurplus.rounded(.down))
-        deficits.sort { $0.deficit > $1.deficit || ($0.deficit == $1.deficit && $0.peer < $1.peer) }
-        for (peer, deficit) in deficits where surplus > 0 {
-            var due = Swift.min(surplus, Int((deficit * fraction).rounded()))
+    /// Carries a balancer's plan out: its sends in order, within its limit, each in one
+    /// transfer or until its count is sent (a send that moves nothing ends that send).
+    private mutating func carryOut(_ plan: TransferPlan, _ actions: inout [Action], now: UInt64) {
+        var left = plan.limit
+        for send in plan.sends where left > 0 && !runs.isEmpty {
+            var due = Swift.min(left, send.count)
             while due > 0 {
-                let sent = sendTransfer(to: peer, count: due, kind: .balance, &actions, now: now)
-                if sent == 0 { break }
+                let sent = sendTransfer(to: send.peer, count: due, kind: plan.kind, &actions, now: now)
                 due -= sent
-                surplus -= sent
-            }
-        }
-    }
-
-    /// p2pqueue's push: `x = round((F - E) / (popTime + avgPopTime))` items when about 10% above
-    /// the average finish time, split over up to 4 random peers.
-    private mutating func legacyPush(_ actions: inout [Action], now: UInt64) {
-        guard !isClosed, !runs.isEmpty else { return }
-        let fresh = peers.filter { isFresh($0.value, now: now) && $0.value.accepting }.keys.sorted()
-        guard !fresh.isEmpty else { return }
-        let popTime = rate > 0 ? 1 / rate : 0
-        let finish = Double(queuedItems) * popTime
-        let average = fresh.reduce(finish) { $0 + peers[$1]!.finishTime } / Double(fresh.count + 1)
-        guard finish > average * 1.1 else { return }
-        let avgPopTime = fresh.reduce(0.0) { $0 + (peers[$1]!.rate > 0 ? 1 / peers[$1]!.rate : 0) } / Double(fresh.count)
-        guard popTime + avgPopTime > 0 else { return }
-        let x = Swift.min(queuedItems, Int(((finish - average) / (popTime + avgPopTime)).rounded()))
-        guard x > 0 else { return }
-        var chosen = fresh
-        chosen.shuffle(using: &random)
-        chosen = Array(chosen.prefix(4))
-        let each = x / chosen.count
-        var extra = x % chosen.count
-        for peer in chosen {
-            var due = each + (extra > 0 ? 1 : 0)
-            if extra > 0 { extra -= 1 }
-            while due > 0 {
-                let sent = sendTransfer(to: peer, count: due, kind: .legacy, &actions, now: now)
-                if sent == 0 { break }
-                due -= sent
+                left -= sent
+                if sent == 0 || !plan.untilSent { break }
             }
         }
     }
@@ -2327,9 +2130,9 @@ public struct QueueMachine: Sendable {
     /// A closed queue gives its items to live peers, consumers first, round robin.
     private mutating func handOff(_ actions: inout [Action], now: UInt64) {
         guard isClosed, !runs.isEmpty else { return }
-        let live = connectedPeers().filter { peers[$0]!.accepting || !peers[$0]!.hasReport }
-        let consumers = live.filter { peers[$0]!.hasConsumers }
-        let targets = consumers.isEmpty ? live : consumers
+        let live = peers.filter { $0.value.connected && ($0.value.accepting || !$0.value.hasReport) }
+        let consumers = live.filter { $0.value.hasConsumers }
+        let targets = Array((consumers.isEmpty ? live : consumers).keys)
         guard !targets.isEmpty else { return }
         var progress = true
         while !runs.isEmpty && progress {
@@ -2355,7 +2158,7 @@ public struct QueueMachine: Sendable {
             actions.append(.spaceAvailable)
         }
         var deadline = nextStatsAt!
-        for transfer in transfers.values { deadline = Swift.min(deadline, transfer.deadline) }
+        for transfer in transfers.all { deadline = Swift.min(deadline, transfer.deadline) }
         for at in shelfGrace.values { deadline = Swift.min(deadline, at) }
         if !replicaSends.isEmpty || !releases.isEmpty || !replicaBacklog.isEmpty {
             sendReplicas(&actions, now: now)
@@ -2483,10 +2286,7 @@ extension QueueMachine {
                     let item = run.items(i..<(i + 1), ends)
                     let key = LeaseKey(origin: item.origin, sequence: item.first)
                     let here = (localDeliveries[key] ?? 0) &+ 1
-                    if localDeliveries[key] == nil, localDeliveries.count >= configuration.maxItems {
-                        // Bounded: forgetting one only lowers that item's count.
-                        localDeliveries.remove(at: localDeliveries.startIndex)
-                    }
+                    if here == 1 { rememberDelivery(key) }
                     localDeliveries[key] = here
                     let token = LeaseToken(nextLeaseToken)
                     nextLeaseToken &+= 1
@@ -2503,6 +2303,20 @@ extension QueueMachine {
         counters.leased += n
         if n > 0 { nextLeaseDeadline = Swift.min(nextLeaseDeadline ?? until, until) }
         return out
+    }
+
+    /// Makes room for `key`'s first delivery here: past `maxItems` keys, the oldest still
+    /// remembered is forgotten (that only lowers its item's delivery count).
+    private mutating func rememberDelivery(_ key: LeaseKey) {
+        if localDeliveries.count >= configuration.maxItems {
+            while let oldest = deliveryOrder.popFirst(), localDeliveries.removeValue(forKey: oldest) == nil {}
+        }
+        deliveryOrder.append(key)
+        // Keys forgotten by acks pile up in the order: dropped once they outnumber the others.
+        if deliveryOrder.count > 2 * localDeliveries.count + 64 {
+            var seen = Set<LeaseKey>()
+            deliveryOrder = Deque(deliveryOrder.filter { localDeliveries[$0] != nil && seen.insert($0).inserted } + [key])
+        }
     }
 
     /// A leased item is done with (acked, or dead-lettered): as a pop of it.
@@ -2589,13 +2403,6 @@ extension QueueMachine {
     }
 }
 
-// MARK: - Support
-
-/// The arrays items' bytes live in, each held once (with its table of item ends, for runs of
-/// more than one item) and a count of the queued, in-flight and owned items pointing into it
-/// (slots are reused; at most one per item). A pushed batch, or a received transfer of small
-/// items, is one array for all its items, so an item is queued, sent, popped and confirmed with
-/// integer updates here rather than an atomic reference-count operation on its array each time.
 // MARK: - Replication
 
 extension QueueMachine {
@@ -2607,7 +2414,7 @@ extension QueueMachine {
     /// keeps replicas (the push completes unreplicated).
     public func awaitsReplica(before mark: UInt64) -> Bool {
         if let first = replicaBacklog.first, first.first < mark { return true }
-        if transfers.values.contains(where: { ($0.unreplicatedFrom ?? .max) < mark }) { return true }
+        if transfers.all.contains(where: { ($0.unreplicatedFrom ?? .max) < mark }) { return true }
         return replicaSends.values.contains { send in send.runs.contains { $0.first < mark } }
     }
 
@@ -2670,11 +2477,11 @@ extension QueueMachine {
         }
         while !replicaBacklog.isEmpty {
             func ready(_ peer: PeerID) -> Bool {
-                peers[peer]!.replicaRefusedUntil <= now
+                (peers[peer]?.replicaRefusedUntil ?? .max) <= now
                     && replicaSends.values.reduce(0) { $0 + ($1.peer == peer ? 1 : 0) } < configuration.maxTransfersInFlightPerPeer
             }
             let peer: PeerID
-            if let current = replicaPeer, capable.contains(current), peers[current]!.replicaRefusedUntil <= now {
+            if let current = replicaPeer, capable.contains(current), (peers[current]?.replicaRefusedUntil ?? .max) <= now {
                 // Consecutive items go to one holder; a busy one is waited for (its acks send more).
                 guard ready(current) else { return }
                 peer = current
@@ -2745,8 +2552,7 @@ extension QueueMachine {
             }
         }
         guard count > 0 else { return }
-        let id = nextTransferID
-        nextTransferID += 1
+        let id = transfers.takeID()
         replicaSends[id] = ReplicaSend(peer: peer, runs: sent, count: count, deadline: now + configuration.transferTimeout)
         let items = TransferItems(buffers: [buffer], ends: [ends], runs: wireRuns)
         actions.append(.send(.transfer(queue: name, transferID: id, kind: .replica, requestID: 0, items: items), to: peer))
@@ -3137,461 +2943,3 @@ extension QueueMachine {
         actions.append(.send(.replicaCheck(queue: name, checkID: id, runs: Array(checked.prefix(limit))), to: holder))
     }
 }
-
-struct PayloadStore: Sendable {
-    private struct Slot: Sendable {
-        var array: [UInt8]
-        /// Where the array's items end (empty when only runs of one item point in).
-        var ends: [UInt32]
-        var holders: Int
-        /// The numbering this slot was last given a number in, and that number.
-        var numbering: UInt64 = 0
-        var number: UInt32 = 0
-    }
-
-    private var slots: [Slot] = []
-    private var freeSlots: [UInt32] = []
-    /// The slot taken last (-1 once let go): consecutive payloads of one array share it.
-    private var lastSlot = -1
-    private var numbering: UInt64 = 0
-    private var numbered: UInt32 = 0
-
-    /// Arrays held (for tests of the bound).
-    var count: Int { slots.count - freeSlots.count }
-
-    /// Holds `array`, whose items end at `ends` (empty for runs of one item), for `holders`
-    /// items; its slot.
-    mutating func hold(_ array: [UInt8], ends: [UInt32], holders count: Int) -> UInt32 {
-        let slot: Int
-        if let free = freeSlots.popLast() {
-            slot = Int(free)
-            slots[slot].array = array
-            slots[slot].ends = ends
-            slots[slot].holders = count
-        } else {
-            slot = slots.count
-            slots.append(Slot(array: array, ends: ends, holders: count))
-        }
-        lastSlot = slot
-        return UInt32(slot)
-    }
-
-    /// Holds `payload`'s array `count` more times, for a run of one item: the last slot again
-    /// when it is the same array (no reference count taken), a new one otherwise.
-    mutating func hold(_ payload: ItemPayload, holders count: Int) -> UInt32 {
-        if lastSlot >= 0, payload.storageAddress == slots[lastSlot].array.withUnsafeBytes({ $0.baseAddress }) {
-            slots[lastSlot].holders += count
-            return UInt32(lastSlot)
-        }
-        return hold(payload.storage, ends: [], holders: count)
-    }
-
-    /// `count` more holders of `slot`.
-    mutating func retain(_ slot: UInt32, count: Int = 1) {
-        slots[Int(slot)].holders += count
-    }
-
-    /// `count` holders of `slot` are gone; the array is let go with the last.
-    mutating func release(_ slot: UInt32, count: Int = 1) {
-        let slot = Int(slot)
-        slots[slot].holders -= count
-        assert(slots[slot].holders >= 0, "PayloadStore: released more than held")
-        guard slots[slot].holders == 0 else { return }
-        slots[slot].array = []
-        slots[slot].ends = []
-        freeSlots.append(UInt32(slot))
-        if slot == lastSlot { lastSlot = -1 }
-        // All let go: the slot table gives its memory back, so a burst of single-array pushes
-        // does not keep it large.
-        if freeSlots.count == slots.count && slots.count > 64 {
-            slots = []
-            freeSlots = []
-        }
-    }
-
-    /// Slots allocated, free ones included (for tests of the bound).
-    var slotCapacity: Int { slots.count }
-
-    /// The array of `slot` (a new reference to it).
-    func array(_ slot: UInt32) -> [UInt8] { slots[Int(slot)].array }
-
-    /// The table of item ends of `slot`'s array (a new reference to it).
-    func ends(_ slot: UInt32) -> [UInt32] { slots[Int(slot)].ends }
-
-    /// Starts numbering slots afresh (for a message or a popped batch that lists each array
-    /// once): see ``number(_:)``.
-    mutating func startNumbering() {
-        numbering &+= 1
-        numbered = 0
-    }
-
-    /// `slot`'s number in the current numbering (0, 1, ... in first-seen order), and whether it
-    /// is new: no hashing, however many arrays there are.
-    mutating func number(_ slot: UInt32) -> (index: UInt32, isNew: Bool) {
-        let slot = Int(slot)
-        if slots[slot].numbering == numbering { return (slots[slot].number, false) }
-        slots[slot].numbering = numbering
-        slots[slot].number = numbered
-        numbered += 1
-        return (numbered - 1, true)
-    }
-}
-
-/// Pop confirmations an owner refused for now: the sender is not the recorded holder of
-/// those items. A custody update from the previous holder may still be on its way (it races
-/// the new holder's confirmation), so each is held until custody names the sender, then
-/// applied, or until ``timeout`` passes or the table is full, then dropped (a forgery, or a
-/// confirmation of a duplicate delivery). Bounded by ``capacity`` sequences.
-struct HeldConfirmations: Sendable {
-    static let capacity = 65_536
-    static let timeout: UInt64 = 30_000_000_000
-    private struct Entry: Sendable {
-        var sequence: UInt64
-        var peer: PeerID
-        var since: UInt64
-    }
-    /// Oldest first.
-    private var entries = Deque<Entry>()
-    /// Entries per peer, so custody news from an unrelated holder costs nothing.
-    private var perPeer: [PeerID: Int] = [:]
-
-    var isEmpty: Bool { entries.isEmpty }
-    var count: Int { entries.count }
-
-    /// Holds `sequences` from `peer`; returns how many older ones were dropped for room.
-    mutating func hold(_ sequences: [UInt64], from peer: PeerID, now: UInt64) -> Int {
-        var dropped = 0
-        for sequence in sequences {
-            if entries.count >= Self.capacity, let oldest = entries.popFirst() {
-                release(oldest.peer)
-                dropped += 1
-            }
-            entries.append(Entry(sequence: sequence, peer: peer, since: now))
-            perPeer[peer, default: 0] += 1
-        }
-        return dropped
-    }
-
-    /// Offers `peer`'s held sequences to `apply`; those it settles (returns true for) go.
-    mutating func retry(from peer: PeerID, _ apply: (UInt64) -> Bool) {
-        guard perPeer[peer] != nil else { return }
-        var kept = Deque<Entry>()
-        for entry in entries {
-            if entry.peer == peer && apply(entry.sequence) {
-                release(peer)
-            } else {
-                kept.append(entry)
-            }
-        }
-        entries = kept
-    }
-
-    /// Drops what has waited past the timeout; how many.
-    mutating func expire(now: UInt64) -> Int {
-        var dropped = 0
-        while let oldest = entries.first, now >= oldest.since &+ Self.timeout {
-            entries.removeFirst()
-            release(oldest.peer)
-            dropped += 1
-        }
-        return dropped
-    }
-
-    private mutating func release(_ peer: PeerID) {
-        if let n = perPeer[peer], n > 1 { perPeer[peer] = n - 1 } else { perPeer[peer] = nil }
-    }
-}
-
-/// The peers holding owned items, each named in the ownership records by a 4-byte handle.
-/// A peer gets a handle when it first takes custody of an item and gives it back when it is
-/// declared dead (its items are then re-queued, so no record names it): the table holds at most
-/// the peers alive or not yet declared dead.
-struct HolderTable: Sendable {
-    /// The handle of "no peer: the item is here".
-    static let here: UInt32 = 0
-    /// An ownership record's replica field while the item, with no replica, is on a transfer
-    /// not acknowledged yet (the transfer's ack makes the second copy).
-    static let inTransit: UInt32 = .max
-    /// A draining owner offered the record to the holder with handle `handle` (owner change
-    /// not acknowledged yet). Per holder: custody news may move a record offered to one holder
-    /// on to the next, and the first holder's ack must not drop the second offer.
-    static func granted(to handle: UInt32) -> UInt32 { handle | grantedBit }
-    private static let grantedBit: UInt32 = 1 << 31
-    private var handles: [PeerID: UInt32] = [:]
-    private var peersByHandle: [UInt32: PeerID] = [:]
-    private var freeHandles: [UInt32] = []
-    private var nextHandle: UInt32 = 1
-    /// The peer whose handle was asked for last: a transfer's ack asks once, many acks in a row
-    /// name the same peer.
-    private var last: (peer: PeerID, handle: UInt32)?
-
-    /// Peers with a handle (for tests of the bound).
-    var count: Int { handles.count }
-
-    /// `peer`'s handle, given now if it has none.
-    mutating func handle(for peer: PeerID) -> UInt32 {
-        if let last, last.peer == peer { return last.handle }
-        let handle: UInt32
-        if let existing = handles[peer] {
-            handle = existing
-        } else {
-            handle = freeHandles.popLast() ?? nextHandle
-            if handle == nextHandle {
-                precondition(nextHandle < Self.grantedBit, "holder handles exhausted")  // peers alive, far fewer
-                nextHandle += 1
-            }
-            handles[peer] = handle
-            peersByHandle[handle] = peer
-        }
-        last = (peer, handle)
-        return handle
-    }
-
-    /// `peer`'s handle if it has one.
-    func handle(of peer: PeerID) -> UInt32? { handles[peer] }
-
-    /// The peer with handle `handle` (granted bit cleared), if any.
-    func peer(of handle: UInt32) -> PeerID? { peersByHandle[handle & ~Self.grantedBit] }
-
-    /// Frees `peer`'s handle: no record may name it any more.
-    mutating func forget(_ peer: PeerID) {
-        guard let handle = handles.removeValue(forKey: peer) else { return }
-        peersByHandle[handle] = nil
-        freeHandles.append(handle)
-        if last?.peer == peer { last = nil }
-    }
-}
-
-/// The received item copies seen recently, so a retransmission (same origin, sequence,
-/// attempt and hop count) is dropped.
-///
-/// Per origin, attempt and hop count the copies are kept as sorted runs of sequence numbers:
-/// items of a transfer mostly come from one origin in increasing order, so a copy usually
-/// just extends the last run of the key it shares with the previous copy (no hashing per
-/// item). Two generations: when the current one has seen `capacity` copies it becomes the
-/// previous one and the old previous one is dropped whole, so at least the last `capacity`
-/// copies are remembered, and memory is at most proportional to `2 × capacity`.
-struct DedupSet: Sendable {
-    let capacity: Int
-
-    private struct Key: Hashable, Sendable {
-        var origin: UInt32
-        var attempt: UInt32
-        var hops: UInt32
-    }
-
-    private struct Generation: Sendable {
-        var runs: [Key: SequenceRuns] = [:]
-        var copies = 0
-        /// The key used last, kept out of `runs` while in use (no hashing per copy).
-        var hotKey: Key?
-        var hot = SequenceRuns()
-
-        // These run once per received item: the common case (the hot key again) is inline, the
-        // switch to another key out of line. Left as calls they were 5 % of W1's consumer.
-        @inline(__always)
-        mutating func select(_ key: Key) {
-            if hotKey != key { switchHot(to: key) }
-        }
-
-        @inline(never)
-        private mutating func switchHot(to key: Key) {
-            if let old = hotKey { runs[old] = hot }
-            hotKey = key
-            hot = runs.removeValue(forKey: key) ?? SequenceRuns()
-        }
-
-        @inline(__always)
-        func contains(_ key: Key, _ sequence: UInt64) -> Bool {
-            if hotKey == key { return hot.contains(sequence) }
-            return runs[key]?.contains(sequence) ?? false
-        }
-
-        /// Whether every copy remembered for `key` is below `sequence`.
-        func isAllAfter(_ key: Key, _ sequence: UInt64) -> Bool {
-            if hotKey == key { return hot.isAllBelow(sequence) }
-            return runs[key]?.isAllBelow(sequence) ?? true
-        }
-    }
-
-    private var current = Generation()
-    private var previous = Generation()
-    private var origins: [PeerID: UInt32] = [:]
-    private var lastOrigin: PeerID?
-    private var lastIndex: UInt32 = 0
-
-    init(capacity: Int) {
-        self.capacity = capacity
-    }
-
-    /// Copies remembered.
-    var count: Int { current.copies + previous.copies }
-
-    /// Inserts the copies of sequences `first ..< first + count` at once if none of them was
-    /// seen and all come after every copy remembered for their origin, attempt and hop count (a
-    /// transfer's run, the common case): true then. False changes nothing; the caller then
-    /// inserts them one by one.
-    mutating func insertRun(origin peer: PeerID, first: UInt64, count: Int, attempt: UInt32, hops: UInt32) -> Bool {
-        guard count > 0, current.copies + count < capacity, first <= UInt64.max - UInt64(count) else { return false }
-        let key = Key(origin: intern(peer), attempt: attempt, hops: hops)
-        if previous.copies > 0 && !previous.isAllAfter(key, first) { return false }
-        current.select(key)
-        guard current.hot.appendRun(first: first, count: UInt64(count)) else { return false }
-        current.copies += count
-        return true
-    }
-
-    /// Inserts the copy; false if it was seen recently.
-    mutating func insert(_ id: ItemID, attempt: UInt32, hops: UInt32) -> Bool {
-        let key = Key(origin: intern(id.origin), attempt: attempt, hops: hops)
-        if previous.copies > 0 && previous.contains(key, id.sequence) { return false }
-        current.select(key)
-        guard current.hot.insert(id.sequence) else { return false }
-        current.copies += 1
-        if current.copies >= capacity {
-            previous = current
-            current = Generation()
-        }
-        return true
-    }
-
-    /// `peer`'s small number.
-    @inline(__always)
-    private mutating func intern(_ peer: PeerID) -> UInt32 {
-        let origin: UInt32
-        if peer == lastOrigin {
-            origin = lastIndex  // items of a transfer mostly share their origin: skip the hash
-        } else if let known = origins[peer] {
-            origin = known
-            lastOrigin = peer
-            lastIndex = known
-        } else {
-            // Interned origins are bounded too: past 65,536, everything starts over.
-            if origins.count >= 1 << 16 {
-                origins = [:]
-                current = Generation()
-                previous = Generation()
-            }
-            origin = UInt32(origins.count)
-            origins[peer] = origin
-            lastOrigin = peer
-            lastIndex = origin
-        }
-        return origin
-    }
-}
-
-/// Disjoint sorted runs of sequence numbers, for ``DedupSet``; appending the next number of the
-/// last run (the common case) is O(1). At most ``maxRuns`` runs: past that the lowest half is
-/// forgotten, so a sender whose items arrive in a scattered order costs bounded time per item
-/// (at worst a copy it sent long ago is no longer recognised: a counted duplicate, not a loss).
-struct SequenceRuns: Sendable {
-    static let maxRuns = 1024
-    private var starts: [UInt64] = []
-    private var ends: [UInt64] = []  // exclusive
-
-    /// Runs held (for tests of the bound).
-    var runCount: Int { starts.count }
-
-    @inline(__always)
-    func contains(_ sequence: UInt64) -> Bool {
-        // A new item's number is past the last run (the common case): no search.
-        guard let lastEnd = ends.last, sequence < lastEnd else { return false }
-        return containsBeforeEnd(sequence)
-    }
-
-    @inline(never)
-    private func containsBeforeEnd(_ sequence: UInt64) -> Bool {
-        if sequence >= starts[starts.count - 1] { return true }
-        let index = runIndex(startingAtOrBefore: sequence)
-        return index >= 0 && sequence < ends[index]
-    }
-
-    /// Whether every number held is below `sequence`.
-    func isAllBelow(_ sequence: UInt64) -> Bool {
-        guard let lastEnd = ends.last else { return true }
-        return lastEnd <= sequence
-    }
-
-    /// Adds `first ..< first + count` if all of it comes after every number held (extending
-    /// the last run when it starts where that one ends); false, changing nothing, otherwise.
-    mutating func appendRun(first: UInt64, count: UInt64) -> Bool {
-        guard count > 0, first <= UInt64.max - count else { return false }
-        if let lastEnd = ends.last {
-            guard first >= lastEnd else { return false }
-            if first == lastEnd {
-                ends[ends.count - 1] = first + count
-                return true
-            }
-        }
-        starts.append(first)
-        ends.append(first + count)
-        trim()
-        return true
-    }
-
-    /// Adds `sequence`; false if it was there.
-    @inline(__always)
-    mutating func insert(_ sequence: UInt64) -> Bool {
-        // The next number of the last run (the common case) extends it in place.
-        if let lastEnd = ends.last, sequence == lastEnd {
-            ends[ends.count - 1] = lastEnd &+ 1
-            return true
-        }
-        return insertElsewhere(sequence)
-    }
-
-    @inline(never)
-    private mutating func insertElsewhere(_ sequence: UInt64) -> Bool {
-        if let lastEnd = ends.last, sequence >= starts[starts.count - 1] {
-            if sequence < lastEnd { return false }
-            if sequence == lastEnd {
-                ends[ends.count - 1] = lastEnd &+ 1
-                return true
-            }
-        } else if !ends.isEmpty {
-            // Before the last run: find its place (retransmissions and re-queued items).
-            let index = runIndex(startingAtOrBefore: sequence)
-            if index >= 0 && sequence < ends[index] { return false }
-            let joinsLeft = index >= 0 && ends[index] == sequence
-            let joinsRight = index + 1 < starts.count && starts[index + 1] == sequence &+ 1
-            switch (joinsLeft, joinsRight) {
-            case (true, true):
-                ends[index] = ends[index + 1]
-                starts.remove(at: index + 1)
-                ends.remove(at: index + 1)
-            case (true, false):
-                ends[index] = sequence &+ 1
-            case (false, true):
-                starts[index + 1] = sequence
-            case (false, false):
-                starts.insert(sequence, at: index + 1)
-                ends.insert(sequence &+ 1, at: index + 1)
-                trim()
-            }
-            return true
-        }
-        starts.append(sequence)
-        ends.append(sequence &+ 1)
-        trim()
-        return true
-    }
-
-    private mutating func trim() {
-        guard starts.count > Self.maxRuns else { return }
-        starts.removeFirst(Self.maxRuns / 2)
-        ends.removeFirst(Self.maxRuns / 2)
-    }
-
-    /// The last run starting at or before `sequence`, or -1.
-    private func runIndex(startingAtOrBefore sequence: UInt64) -> Int {
-        var low = 0
-        var high = starts.count
-        while low < high {
-            let middle = (low + high) / 2
-            if starts[middle] <= sequence { low = middle + 1 } else { high = middle }
-        }
-        return low - 1
-    }
-}
-

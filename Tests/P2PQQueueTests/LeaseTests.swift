@@ -55,6 +55,23 @@ private func heldByB(_ n: Int, configuration: QueueConfiguration = QueueConfigur
         #expect(q.heldItems == 0 && q.ownedItems == 0)
     }
 
+    @Test("Past maxItems remembered deliveries, the oldest is forgotten (not the first in dictionary order)")
+    func deliveryCountsForgetTheOldest() {
+        var q = QueueMachine(name: "q", localPeer: A, configuration: QueueConfiguration(maxItems: 3))
+        _ = q.push((0..<3).map { payload($0) }, now: 0)
+        let (one, _) = q.popLeased(max: 3, lease: 60 * second, waiter: nil, now: 1)
+        _ = q.nack(one.map(\.token), now: 2)
+        // Item 0 leaves by a plain pop: its delivery stays remembered, the oldest of three.
+        #expect(q.pop(max: 1, waiter: nil, now: 3).0.map(number) == [0])
+        _ = q.push([payload(3)], now: 4)
+        // Item 3's first delivery needs room: item 0's entry goes, not item 1's or 2's.
+        let (two, _) = q.popLeased(max: 3, lease: 60 * second, waiter: nil, now: 5)
+        #expect(numbers(two) == [1, 2, 3] && two.map(\.deliveryCount) == [2, 2, 1])
+        _ = q.nack(two.map(\.token), now: 6)
+        let (three, _) = q.popLeased(max: 3, lease: 60 * second, waiter: nil, now: 7)
+        #expect(numbers(three) == [1, 2, 3] && three.map(\.deliveryCount) == [3, 3, 2])
+    }
+
     @Test("A leased item's pop is confirmed to its owner only on ack")
     func ackConfirmsToOwner() {
         var (a, b) = heldByB(4)
