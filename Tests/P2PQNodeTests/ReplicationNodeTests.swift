@@ -15,6 +15,9 @@ private func httpPush(_ base: String, queue: String, _ lines: [String], token: O
     var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/push")!)
     request.httpMethod = "POST"
     request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
+    // A connection per push: URLSession on Linux sometimes sent a request on a reused
+    // connection that never reached the server (the server's idle timeout closed it 10 s later).
+    request.setValue("close", forHTTPHeaderField: "Connection")
     request.httpBody = Data(lines.joined(separator: "\n").utf8 + [UInt8(ascii: "\n")])
     request.timeoutInterval = 20
     let (_, response) = try await URLSession.shared.data(for: request)
