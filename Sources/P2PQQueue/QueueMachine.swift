@@ -740,8 +740,9 @@ public struct QueueMachine: Sendable {
         }
         // Its items held back here can no longer be checked: consumers get them.
         release(heldBack.removeValue(forKey: peer), stale: [], &actions, now: now)
-        // Nor can it name the replicas it re-queued: none, as far as this node can tell.
-        release(heldOwn.removeValue(forKey: peer), stale: [], &actions, now: now)
+        // Own items held back for its verdict stay held (until the check's deadline, or its
+        // answer if it comes back): right after this node's own stall, this verdict is the
+        // suspect one, and the peer may well have re-queued them.
         // The replicas it asked this node to keep are the only copies now: queued here (once its
         // link is gone: what it sent before leaving counts).
         if linked && shelves[peer] != nil {
@@ -1431,6 +1432,10 @@ public struct QueueMachine: Sendable {
                         if run.origin == localPeer, let record = owned.remove(sequence) {
                             ownedBytes -= Int(record.extent.length)
                             store.release(record.extent.buffer)
+                            // A replica sent elsewhere meanwhile is not needed either.
+                            if record.replica != HolderTable.here && record.replica != HolderTable.inTransit {
+                                release(SequenceRun(first: sequence, count: 1), replica: record.replica, now: now)
+                            }
                         }
                     } else if from == nil {
                         from = i
