@@ -155,7 +155,8 @@ let package = Package(
             dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
             path: "Sources/P2PQQueue"
         ),
-        // The node's own decisions as plain values (the routing of peer events to its layers).
+        // The node's own decisions as plain values (the routing of peer events to its layers,
+        // the link stages after the handshake).
         // Standard library only.
         .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire"], path: "Sources/P2PQNodeMachine"),
         // The node shell: connects the link sessions and the connection manager to the reactor,

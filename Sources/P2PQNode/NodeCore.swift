@@ -189,7 +189,7 @@ final class NodeCore {
             case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
             }
         case .sendPing(let id):
-            links[id]?.send(.ping(nonce: pingNonces.next(), sentAt: now))
+            links[id]?.ping(nonce: pingNonces.next())
         case .sendPeerList(let id, let entries):
             let peers = entries.compactMap { entry -> PeerAddress? in
                 guard entry.address.port > 0 else { return nil }
@@ -284,7 +284,7 @@ final class NodeCore {
             link.connection = try reactor.connect(to: target, timeout: configuration.handshakeTimeout,
                                                   options: options, handler: link)
             links[link.id] = link
-            link.armHandshakeTimer(configuration.handshakeTimeout)
+            link.opened()
         } catch {
             noteDialFailure(address, reason: "\(error)")
             perform(manager.dialFailed(address: address, now: now))
@@ -329,7 +329,7 @@ final class NodeCore {
         link.connection = connection
         connection.handler = link
         links[link.id] = link
-        link.armHandshakeTimer(configuration.handshakeTimeout)
+        link.opened()
     }
 
     /// Inbound handshakes refused, evicted and timed out since the start.
@@ -379,7 +379,13 @@ final class NodeCore {
                                        security: security, identity: identity,
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
                                        versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
-        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
+        let listen = advertised
+        let hello = LinkProtocol.LocalHello(
+            peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
+            features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & configuration.helloFeatureMask)
+        let stages = LinkProtocol(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
+                                  timeoutDescription: "\(configuration.handshakeTimeout)")
+        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session, link: stages)
     }
 
     // MARK: Link callbacks
@@ -407,7 +413,7 @@ final class NodeCore {
         }
     }
 
-    func heard(_ link: PeerLink) {
+    func heard(_ link: PeerLink, now: UInt64) {
         manager.heard(link: link.id, now: now)
     }
 
