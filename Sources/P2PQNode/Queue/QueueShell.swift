@@ -133,9 +133,9 @@ final class QueueShell {
     /// The hello features this node announces (§5): it takes over ownership in drain transfers.
     static let helloFeatures = QueueWire.featureOwnershipHandover | QueueWire.featureReplicas
     /// Messages held back to be written one transfer at a time (see `send(_:to:queue:)`), in
-    /// order, and whether a run of them is scheduled.
+    /// order, and their run later in the turn.
     private var outbox: [(peer: PeerID, queue: String, message: QueueMessage)] = []
-    private var outboxScheduled = false
+    private lazy var outboxRun = LaterInTurn(reactor: core.reactor) { [weak self] in self?.drainOutbox() }
 
     private struct Entry {
         var machine: QueueMachine
@@ -800,7 +800,7 @@ final class QueueShell {
     /// The node stops: every parked caller fails with `.nodeStopped`.
     func stop() {
         // Held messages go out ahead of the goodbyes that follow.
-        if !outbox.isEmpty { drainOutbox() }
+        if !outbox.isEmpty { outboxRun.runNow() }
         isStopped = true
         for name in queues.keys.sorted() {
             queues[name]?.timer.cancel()
@@ -829,15 +829,11 @@ final class QueueShell {
             return
         }
         outbox.append((peer, name, message))
-        guard !outboxScheduled else { return }
-        outboxScheduled = true
-        // Runs after this turn's handlers, in the loop's submitted-work step of the same turn.
-        let bound = ReactorBound(self, reactor: core.reactor)
-        core.reactor.execute { bound.value.drainOutbox() }
+        // After the handlers still to come this turn, before the links seal their output.
+        outboxRun.schedule()
     }
 
     private func drainOutbox() {
-        outboxScheduled = false
         var pending: [(peer: PeerID, queue: String, message: QueueMessage)] = []
         swap(&pending, &outbox)
         for (peer, name, message) in pending {
