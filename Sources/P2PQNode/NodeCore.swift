@@ -180,14 +180,7 @@ final class NodeCore {
         switch action {
         case .dial(let address): dial(address)
         case .closeLink(let id, let reason):
-            guard let link = links[id] else { return }
-            switch reason {
-            case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
-            case .leaving: link.leave(.leaving, detail: "node stopping")
-            case .selfConnection: link.leave(.protocolError, detail: "self connection")
-            case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
-            case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
-            }
+            links[id]?.close(reason)
         case .sendPing(let id):
             links[id]?.ping(nonce: pingNonces.next())
         case .sendPeerList(let id, let entries):
@@ -384,7 +377,8 @@ final class NodeCore {
             peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
             features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & configuration.helloFeatureMask)
         let stages = LinkProtocol(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
-                                  timeoutDescription: "\(configuration.handshakeTimeout)")
+                                  timeoutDescription: "\(configuration.handshakeTimeout)",
+                                  keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)")
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session, link: stages)
     }
 
@@ -531,16 +525,8 @@ final class NodeCore {
         timer.cancel()
         admissionTimer.cancel()
         stopOperations()
-        // A link past the handshake whose hello has not come yet may already be ready on the
-        // peer's side (it has our hello): it gets a goodbye too, or the peer would take the
-        // close for a failure. Links still handshaking (and dials in flight) have none to say.
-        for link in links.values where link.stage != .ready {
-            if link.stage == .awaitingHello {
-                link.leave(.leaving, detail: "node stopping")
-            } else {
-                link.fail("node stopping")
-            }
-        }
+        // Links the manager does not hold (not ready yet) end as their stage says.
+        for link in links.values where link.stage != .ready { link.nodeStopping() }
     }
 }
 

@@ -198,6 +198,16 @@ final class PeerLink: TCPConnectionHandler {
         perform(link.fail(reason))
     }
 
+    /// The connection manager closes the link (``LinkProtocol/close(_:)``).
+    func close(_ reason: LinkCloseReason) {
+        perform(link.close(reason))
+    }
+
+    /// The node stops (``LinkProtocol/nodeStopping()``).
+    func nodeStopping() {
+        perform(link.nodeStopping())
+    }
+
     var remoteDescription: String {
         if let remotePeerID { return "\(remotePeerID.short) (\(connection.remoteAddress))" }
         return "\(connection.remoteAddress)"
@@ -254,20 +264,18 @@ final class PeerLink: TCPConnectionHandler {
     }
 
     func connection(_ connection: TCPConnection, didCloseWith reason: TCPCloseReason) {
-        let decided = link.closeReason
-        let previous = link.closed()
-        timer.cancel()
-        var why = decided ?? "\(reason)"
-        if previous == .handshaking, decided == nil {
-            switch reason {
-            case .connectFailed(let error): why = "\(error)"
-            case .peerClosed where direction == .outbound, .reset where direction == .outbound:
-                // A responder refuses a wrong key or cipher by closing, without a word.
-                why = "closed by the peer during the handshake (another cluster key or link cipher?)"
-            default: why = "closed during handshake: \(reason)"
-            }
-            logger.debug("link to \(remoteDescription) ended before the handshake: \(why)")
+        let end: LinkProtocol.ConnectionEnd
+        switch reason {
+        case .connectFailed(let error): end = .connectFailed(error: "\(error)")
+        case .peerClosed: end = .peerClosed
+        case .reset: end = .reset
+        case .closedLocally, .error, .reactorStopped: end = .other
         }
-        node.linkClosed(self, wasReady: previous == .ready, reason: why)
+        let ended = link.closed(end, description: "\(reason)", outbound: direction == .outbound)
+        timer.cancel()
+        if ended.beforeHandshake {
+            logger.debug("link to \(remoteDescription) ended before the handshake: \(ended.reason)")
+        }
+        node.linkClosed(self, wasReady: ended.previous == .ready, reason: ended.reason)
     }
 }

@@ -1,3 +1,4 @@
+import P2PQConnectionManager
 import P2PQWire
 
 /// The link stages after the Noise handshake, as a plain value: the hello each side sends
@@ -91,8 +92,9 @@ public struct LinkProtocol: Sendable {
     private var lastPingNonce: UInt64?
     private let local: LocalHello
     private let handshakeTimeout: UInt64
-    /// How the timeout is told in the close reason (the shell's rendering of the duration).
+    /// How the timeouts are told in close reasons (the shell's rendering of the durations).
     private let handshakeTimeoutDescription: String
+    private let keepaliveTimeoutDescription: String
     /// The host this link's connection is with.
     private var remoteHost = ""
     /// The protocol version the handshake settled.
@@ -102,10 +104,12 @@ public struct LinkProtocol: Sendable {
     ///   - local: this node's hello.
     ///   - handshakeTimeout: ns from ``opened(now:)`` by which both hellos must be through.
     ///   - timeoutDescription: the timeout as the close reason tells it.
-    public init(local: LocalHello, handshakeTimeout: UInt64, timeoutDescription: String) {
+    ///   - keepaliveTimeoutDescription: the connection manager's keepalive timeout, likewise.
+    public init(local: LocalHello, handshakeTimeout: UInt64, timeoutDescription: String, keepaliveTimeoutDescription: String = "") {
         self.local = local
         self.handshakeTimeout = handshakeTimeout
         handshakeTimeoutDescription = timeoutDescription
+        self.keepaliveTimeoutDescription = keepaliveTimeoutDescription
     }
 
     /// Whether messages may be sent (our hello is out and the link is not closed).
@@ -189,11 +193,75 @@ public struct LinkProtocol: Sendable {
         return [.close(.dropped)]
     }
 
-    /// The connection closed. Returns the stage it was in.
-    public mutating func closed() -> Stage {
+    /// The connection manager closes the link: with a goodbye that says why, or, for a silent
+    /// peer, as a failure.
+    public mutating func close(_ reason: LinkCloseReason) -> [LinkProtocolAction] {
+        switch reason {
+        case .duplicate: return leave(.duplicateLink, detail: "duplicate link")
+        case .leaving: return leave(.leaving, detail: "node stopping")
+        case .selfConnection: return leave(.protocolError, detail: "self connection")
+        case .tooManyPeers: return leave(.protocolError, detail: "too many peers")
+        case .keepaliveTimeout: return fail("silent for \(keepaliveTimeoutDescription)")
+        }
+    }
+
+    /// This node stops. A ready link is the connection manager's to close; one past the
+    /// handshake whose hello has not come may already be ready on the peer's side (it has our
+    /// hello), so it gets a goodbye too, or the peer would take the close for a failure; one
+    /// still handshaking has none to say.
+    public mutating func nodeStopping() -> [LinkProtocolAction] {
+        switch stage {
+        case .ready, .closed: return []
+        case .awaitingHello: return leave(.leaving, detail: "node stopping")
+        case .handshaking: return fail("node stopping")
+        }
+    }
+
+    /// How the connection under a link ended, as the socket layer tells it.
+    public enum ConnectionEnd: Sendable, Hashable {
+        /// The dial failed (`error` describes why).
+        case connectFailed(error: String)
+        /// The peer closed it.
+        case peerClosed
+        /// The peer reset it.
+        case reset
+        /// Anything else (closed here, a socket error, the reactor stopping).
+        case other
+    }
+
+    /// What ``closed(_:description:outbound:)`` reports.
+    public struct Ended: Sendable, Hashable {
+        /// The stage the link was in.
+        public var previous: Stage
+        /// Why it ended: the reason a close was decided for, else what the end suggests.
+        public var reason: String
+        /// It ended in the handshake with no close decided here (worth a debug line).
+        public var beforeHandshake: Bool
+
+        public init(previous: Stage, reason: String, beforeHandshake: Bool) {
+            self.previous = previous
+            self.reason = reason
+            self.beforeHandshake = beforeHandshake
+        }
+    }
+
+    /// The connection closed: `end` and its `description` as the socket layer tells them;
+    /// `outbound` when this side dialed.
+    public mutating func closed(_ end: ConnectionEnd, description: String, outbound: Bool) -> Ended {
         let previous = stage
         stage = .closed
-        return previous
+        guard previous == .handshaking, closeReason == nil else {
+            return Ended(previous: previous, reason: closeReason ?? description, beforeHandshake: false)
+        }
+        let reason: String
+        switch end {
+        case .connectFailed(let error): reason = error
+        case .peerClosed where outbound, .reset where outbound:
+            // A responder refuses a wrong key or cipher by closing, without a word.
+            reason = "closed by the peer during the handshake (another cluster key or link cipher?)"
+        default: reason = "closed during handshake: \(description)"
+        }
+        return Ended(previous: previous, reason: reason, beforeHandshake: true)
     }
 
     // MARK: Receiving

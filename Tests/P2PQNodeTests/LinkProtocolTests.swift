@@ -1,3 +1,4 @@
+import P2PQConnectionManager
 import P2PQNodeMachine
 import P2PQWire
 import Testing
@@ -11,7 +12,7 @@ import Testing
 
     func makeLink() -> LinkProtocol {
         LinkProtocol(local: .init(peerID: me, listenHost: "10.0.0.1", listenPort: 7000, incarnation: 11, features: 6),
-                     handshakeTimeout: timeout, timeoutDescription: "5 seconds")
+                     handshakeTimeout: timeout, timeoutDescription: "5 seconds", keepaliveTimeoutDescription: "30 seconds")
     }
 
     /// Feeds a link message the way the session hands it over: its type and body.
@@ -141,7 +142,7 @@ import Testing
         var handshaking = makeLink()
         #expect(handshaking.leave(.leaving, detail: "x") == [.close(.afterFlush)])
 
-        #expect(ready.closed() == .ready)
+        #expect(ready.closed(.other, description: "closed locally", outbound: true).previous == .ready)
         #expect(ready.leave(.leaving, detail: "again").isEmpty)
         #expect(ready.fail("late").isEmpty)
         #expect(ready.closeReason == "goodbye (leaving): node stopping")
@@ -157,5 +158,45 @@ import Testing
             .heard, .note("ignored an operations address with unusable characters"),
         ]))
         #expect(link.operationsAddress == "[fe80::1]:9001")
+    }
+
+    @Test func theManagersClosesSayGoodbyeExceptToASilentPeer() {
+        var duplicate = readyLink()
+        #expect(duplicate.close(.duplicate) == [.send(.goodbye(reason: .duplicateLink, detail: "duplicate link")), .close(.afterGoodbye)])
+        var full = readyLink()
+        #expect(full.close(.tooManyPeers) == [.send(.goodbye(reason: .protocolError, detail: "too many peers")), .close(.afterGoodbye)])
+        var silent = readyLink()
+        #expect(silent.close(.keepaliveTimeout) == [.close(.failed(duringHandshake: false))])
+        #expect(silent.closeReason == "silent for 30 seconds")
+    }
+
+    @Test func aStoppingNodeEndsEachStageItsOwnWay() {
+        var ready = readyLink()
+        #expect(ready.nodeStopping().isEmpty)  // the connection manager's to close
+        var waiting = makeLink()
+        _ = waiting.established(peer: peer, version: WireProtocol.version, remoteHost: "h", now: 1)
+        #expect(waiting.nodeStopping() == [.send(.goodbye(reason: .leaving, detail: "node stopping")), .close(.afterGoodbye)])
+        var handshaking = makeLink()
+        #expect(handshaking.nodeStopping() == [.close(.failed(duringHandshake: true))])
+    }
+
+    @Test func aCloseInTheHandshakeIsExplained() {
+        var refused = makeLink()
+        #expect(refused.closed(.peerClosed, description: "closed by peer", outbound: true) == .init(
+            previous: .handshaking, reason: "closed by the peer during the handshake (another cluster key or link cipher?)",
+            beforeHandshake: true))
+        var inbound = makeLink()
+        #expect(inbound.closed(.peerClosed, description: "closed by peer", outbound: false).reason == "closed during handshake: closed by peer")
+        var dial = makeLink()
+        #expect(dial.closed(.connectFailed(error: "refused"), description: "connect failed: refused", outbound: true).reason == "refused")
+        // A close decided here keeps its reason.
+        var decided = makeLink()
+        _ = decided.fail("bad record")
+        #expect(decided.closed(.other, description: "closed locally", outbound: true) == .init(
+            previous: .handshaking, reason: "bad record", beforeHandshake: false))
+        var ready = readyLink()
+        #expect(ready.closed(.reset, description: "reset by peer", outbound: true) == .init(
+            previous: .ready, reason: "reset by peer", beforeHandshake: false))
+        #expect(ready.stage == .closed)
     }
 }
