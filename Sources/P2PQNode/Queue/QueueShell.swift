@@ -132,9 +132,9 @@ final class QueueShell {
     private var isServing: Bool { !isStopped && !isDraining }
     /// The hello features this node announces (§5): it takes over ownership in drain transfers.
     static let helloFeatures = QueueWire.featureOwnershipHandover | QueueWire.featureReplicas
-    /// Messages held back to be written one transfer at a time (see `send(_:to:queue:)`), in
-    /// order, and their run later in the turn.
-    private var outbox: [(peer: PeerID, queue: String, message: QueueMessage)] = []
+    /// Messages held back to be written one transfer at a time (``QueueOutbox``), and their
+    /// run later in the turn.
+    private var outbox = QueueOutbox()
     private lazy var outboxRun = LaterInTurn(reactor: core.reactor) { [weak self] in self?.drainOutbox() }
 
     private struct Entry {
@@ -816,29 +816,20 @@ final class QueueShell {
         }
     }
 
-    /// Transfers are written one at a time as soon as each is encoded, outside the handler
-    /// that produced them: a turn that frees several transfer slots (acks that arrived together)
-    /// would otherwise encode them all before the first byte leaves, and the receiver would
-    /// idle meanwhile. Later messages to the same peer wait behind a held transfer, so each
-    /// link keeps the machine's order. (W1 figures in docs/benchmarks.md.)
+    /// Writes `message` now, or holds it for later in the turn, as ``QueueOutbox`` says.
     private func send(_ message: QueueMessage, to peer: PeerID, queue name: String) {
-        let holds: Bool
-        if case .transfer = message { holds = true } else { holds = outbox.contains { $0.peer == peer } }
-        guard holds else {
-            write(message, to: peer, queue: name)
+        guard let ready = outbox.send(message, to: peer, queue: name) else {
+            // After the handlers still to come this turn, before the links seal their output.
+            outboxRun.schedule()
             return
         }
-        outbox.append((peer, name, message))
-        // After the handlers still to come this turn, before the links seal their output.
-        outboxRun.schedule()
+        write(ready, to: peer, queue: name)
     }
 
     private func drainOutbox() {
-        var pending: [(peer: PeerID, queue: String, message: QueueMessage)] = []
-        swap(&pending, &outbox)
-        for (peer, name, message) in pending {
-            guard write(message, to: peer, queue: name), case .transfer = message else { continue }
-            core.flushLink(to: peer)
+        for held in outbox.takeHeld() {
+            guard write(held.message, to: held.peer, queue: held.queue), held.flushAfter else { continue }
+            core.flushLink(to: held.peer)
         }
     }
 
