@@ -6,6 +6,7 @@ import P2PQMembership
 import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
+import P2PQRemoteCall
 import P2PQWire
 
 /// The node on its reactor thread: owns the listener, the links and the connection manager,
@@ -62,9 +63,8 @@ final class NodeCore {
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
     /// Credit for direct calls that peers' executors granted before a `RemoteCall` was
-    /// attached here (they offer it as soon as a link comes up), handed to it when it is; at
-    /// most one count per linked peer, forgotten with the link.
-    var earlyCredit: [PeerID: Int] = [:]
+    /// attached here, handed to it when it is.
+    var earlyCredit = EarlyCredit()
     /// Bootstrap addresses that came from host names: the manager dials the address resolved
     /// at start; each redial resolves the name again.
     private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
@@ -220,7 +220,7 @@ final class NodeCore {
                 queues.peerEvent(input)
             case .calls(let input):
                 switch input {
-                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit[peer] = nil  // granted on the old link
+                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
                 case .connected, .joined, .died, .left: break
                 }
                 remoteCalls?.peerEvent(input)
@@ -431,12 +431,7 @@ final class NodeCore {
         }
         if MessageType.remoteCallRange.contains(type.rawValue) {
             guard let remoteCalls else {
-                // Nobody calls here yet: only credit is addressed to us, kept for when a
-                // RemoteCall is attached.
-                if type == .remoteCallCredit, body.count == 4 {
-                    let slots = Int(UInt32(bigEndian: body.loadUnaligned(as: UInt32.self)))
-                    if slots > 0 { earlyCredit[peer] = Swift.min(1 << 20, (earlyCredit[peer] ?? 0) + slots) }
-                }
+                earlyCredit.received(type, body, from: peer)  // nobody calls here yet
                 return
             }
             if let error = remoteCalls.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }

@@ -64,3 +64,27 @@ import P2PQWire
         #expect(RemoteCallMessage.directMessageEnd(huge, from: 0) == 1)
     }
 }
+
+/// ``EarlyCredit``: credit granted before the node can call, kept per link.
+@Suite struct EarlyCreditTests {
+    func feed(_ credit: inout EarlyCredit, _ type: MessageType, _ body: [UInt8], from sender: PeerID) {
+        body.withUnsafeBytes { credit.received(type, $0, from: sender) }
+    }
+
+    @Test func onlyWellFormedCreditIsKeptAndALostLinkVoidsIt() {
+        var credit = EarlyCredit()
+        feed(&credit, .remoteCallCredit, [0, 0, 0, 3], from: peer(2))
+        feed(&credit, .remoteCallCredit, [0, 0, 0, 2], from: peer(2))
+        feed(&credit, .remoteCallCredit, [0, 0, 0, 5], from: peer(1))
+        feed(&credit, .remoteCallCredit, [0, 0, 0, 0], from: peer(3))  // no credit: malformed
+        feed(&credit, .remoteCallCredit, [0, 0, 5], from: peer(3))  // truncated
+        feed(&credit, .remoteCallCancel, [0, 0, 0, 1], from: peer(3))  // not addressed to a non-caller
+        feed(&credit, .remoteCallCredit, [0xFF, 0xFF, 0xFF, 0xFF], from: peer(4))
+        credit.linkLost(peer(4))
+        let taken = credit.take()
+        #expect(taken.map(\.peer) == [peer(1), peer(2)] && taken.map(\.slots) == [5, 5])
+        #expect(credit.slots.isEmpty)
+        feed(&credit, .remoteCallCredit, [0xFF, 0xFF, 0xFF, 0xFF], from: peer(4))
+        #expect(credit.slots[peer(4)] == EarlyCredit.maxPerPeer)
+    }
+}

@@ -68,9 +68,7 @@ final class RemoteCallShell {
         // Peers linked before this was attached: their executors' credit already came, and
         // they are offered this node's once it processes.
         for peer in core.connectedPeers.sorted() { self.executor.peerConnected(peer) }
-        let early = core.earlyCredit
-        core.earlyCredit = [:]
-        for (peer, slots) in early.sorted(by: { $0.key < $1.key }) {
+        for (peer, slots) in core.earlyCredit.take() {
             _ = self.caller.received(.credit(UInt32(clamping: slots)), from: peer, now: core.now)  // no calls yet: no actions
         }
     }
