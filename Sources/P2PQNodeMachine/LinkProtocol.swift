@@ -20,11 +20,15 @@ public struct LinkProtocol: Sendable {
 
     /// What this node says in its hello (the version is the one the handshake settles).
     public struct LocalHello: Sendable, Hashable {
+        /// This node's peer id.
         public var peerID: PeerID
-        /// The host and port peers should dial back (port 0: this node accepts no links).
+        /// The host peers should dial back.
         public var listenHost: String
+        /// The port peers should dial back (0: this node accepts no links).
         public var listenPort: UInt16
+        /// This process's incarnation.
         public var incarnation: UInt64
+        /// The feature bits this node announces (§5).
         public var features: UInt64
 
         public init(peerID: PeerID, listenHost: String, listenPort: UInt16, incarnation: UInt64, features: UInt64) {
@@ -38,6 +42,7 @@ public struct LinkProtocol: Sendable {
 
     /// What the peer's hello told, once the link is ready.
     public struct RemoteHello: Sendable, Hashable {
+        /// The peer's id (the one its handshake authenticated).
         public var peerID: PeerID
         /// The protocol version of the link.
         public var version: UInt16
@@ -46,8 +51,9 @@ public struct LinkProtocol: Sendable {
         /// The hello's feature bits (§5).
         public var features: UInt64
         /// Where the peer accepts links: the host it advertised (or, when it sent none, the
-        /// host this connection is with) and its port; port 0 when it accepts none.
+        /// host this connection is with).
         public var listenHost: String
+        /// The port the peer accepts links on; 0 when it accepts none.
         public var listenPort: UInt16
 
         public init(peerID: PeerID, version: UInt16, incarnation: UInt64, features: UInt64, listenHost: String, listenPort: UInt16) {

@@ -11,8 +11,11 @@ import P2PQWire
 public struct QueueOutbox: Sendable {
     /// A held message: for `peer`, from the queue named `queue`.
     public struct Held: Sendable {
+        /// The peer it goes to.
         public var peer: PeerID
+        /// The queue whose machine sent it (it takes the message back if it cannot go).
         public var queue: String
+        /// The message.
         public var message: QueueMessage
         /// Flush the link once this is written (a transfer).
         public var flushAfter: Bool { if case .transfer = message { return true } else { return false } }

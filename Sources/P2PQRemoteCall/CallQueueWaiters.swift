@@ -12,8 +12,9 @@ public struct CallQueueWaiters: Sendable {
         /// Pops to withdraw first, in order (all of them when the demand fell below what
         /// they ask for).
         public var withdraw: [UInt64] = []
-        /// New pops to open, in order, with how many items each asks for.
+        /// The first new pop to open (its waiter id and how many items it asks for), if any.
         public var first: (id: UInt64, size: Int)?
+        /// The second new pop, opened after the first, if any.
         public var second: (id: UInt64, size: Int)?
 
         public init(withdraw: [UInt64] = [], first: (id: UInt64, size: Int)? = nil, second: (id: UInt64, size: Int)? = nil) {
