@@ -155,9 +155,10 @@ let package = Package(
             dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
             path: "Sources/P2PQQueue"
         ),
-        // The node's own decisions as plain values (the routing of peer events to its layers).
+        // The node's own decisions as plain values (the routing of peer events to its layers,
+        // the link stages after the handshake).
         // Standard library only.
-        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire"], path: "Sources/P2PQNodeMachine"),
+        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire", "P2PQConnectionManager"], path: "Sources/P2PQNodeMachine"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(

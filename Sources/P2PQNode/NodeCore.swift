@@ -6,6 +6,7 @@ import P2PQMembership
 import P2PQNodeMachine
 import P2PQQueue
 import P2PQReactor
+import P2PQRemoteCall
 import P2PQWire
 
 /// The node on its reactor thread: owns the listener, the links and the connection manager,
@@ -62,9 +63,8 @@ final class NodeCore {
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
     /// Credit for direct calls that peers' executors granted before a `RemoteCall` was
-    /// attached here (they offer it as soon as a link comes up), handed to it when it is; at
-    /// most one count per linked peer, forgotten with the link.
-    var earlyCredit: [PeerID: Int] = [:]
+    /// attached here, handed to it when it is.
+    var earlyCredit = EarlyCredit()
     /// Bootstrap addresses that came from host names: the manager dials the address resolved
     /// at start; each redial resolves the name again.
     private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
@@ -180,16 +180,9 @@ final class NodeCore {
         switch action {
         case .dial(let address): dial(address)
         case .closeLink(let id, let reason):
-            guard let link = links[id] else { return }
-            switch reason {
-            case .duplicate: link.leave(.duplicateLink, detail: "duplicate link")
-            case .leaving: link.leave(.leaving, detail: "node stopping")
-            case .selfConnection: link.leave(.protocolError, detail: "self connection")
-            case .tooManyPeers: link.leave(.protocolError, detail: "too many peers")
-            case .keepaliveTimeout: link.fail("silent for \(configuration.keepaliveTimeout)")
-            }
+            links[id]?.close(reason)
         case .sendPing(let id):
-            links[id]?.send(.ping(nonce: pingNonces.next(), sentAt: now))
+            links[id]?.ping(nonce: pingNonces.next())
         case .sendPeerList(let id, let entries):
             let peers = entries.compactMap { entry -> PeerAddress? in
                 guard entry.address.port > 0 else { return nil }
@@ -227,7 +220,7 @@ final class NodeCore {
                 queues.peerEvent(input)
             case .calls(let input):
                 switch input {
-                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit[peer] = nil  // granted on the old link
+                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
                 case .connected, .joined, .died, .left: break
                 }
                 remoteCalls?.peerEvent(input)
@@ -284,7 +277,7 @@ final class NodeCore {
             link.connection = try reactor.connect(to: target, timeout: configuration.handshakeTimeout,
                                                   options: options, handler: link)
             links[link.id] = link
-            link.armHandshakeTimer(configuration.handshakeTimeout)
+            link.opened()
         } catch {
             noteDialFailure(address, reason: "\(error)")
             perform(manager.dialFailed(address: address, now: now))
@@ -329,7 +322,7 @@ final class NodeCore {
         link.connection = connection
         connection.handler = link
         links[link.id] = link
-        link.armHandshakeTimer(configuration.handshakeTimeout)
+        link.opened()
     }
 
     /// Inbound handshakes refused, evicted and timed out since the start.
@@ -379,7 +372,14 @@ final class NodeCore {
                                        security: security, identity: identity,
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
                                        versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
-        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session)
+        let listen = advertised
+        let hello = LinkProtocol.LocalHello(
+            peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
+            features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & configuration.helloFeatureMask)
+        let stages = LinkProtocol(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
+                                  timeoutDescription: "\(configuration.handshakeTimeout)",
+                                  keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)")
+        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session, link: stages)
     }
 
     // MARK: Link callbacks
@@ -407,7 +407,7 @@ final class NodeCore {
         }
     }
 
-    func heard(_ link: PeerLink) {
+    func heard(_ link: PeerLink, now: UInt64) {
         manager.heard(link: link.id, now: now)
     }
 
@@ -431,12 +431,7 @@ final class NodeCore {
         }
         if MessageType.remoteCallRange.contains(type.rawValue) {
             guard let remoteCalls else {
-                // Nobody calls here yet: only credit is addressed to us, kept for when a
-                // RemoteCall is attached.
-                if type == .remoteCallCredit, body.count == 4 {
-                    let slots = Int(UInt32(bigEndian: body.loadUnaligned(as: UInt32.self)))
-                    if slots > 0 { earlyCredit[peer] = Swift.min(1 << 20, (earlyCredit[peer] ?? 0) + slots) }
-                }
+                earlyCredit.received(type, body, from: peer)  // nobody calls here yet
                 return
             }
             if let error = remoteCalls.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
@@ -525,16 +520,8 @@ final class NodeCore {
         timer.cancel()
         admissionTimer.cancel()
         stopOperations()
-        // A link past the handshake whose hello has not come yet may already be ready on the
-        // peer's side (it has our hello): it gets a goodbye too, or the peer would take the
-        // close for a failure. Links still handshaking (and dials in flight) have none to say.
-        for link in links.values where link.stage != .ready {
-            if link.stage == .awaitingHello {
-                link.leave(.leaving, detail: "node stopping")
-            } else {
-                link.fail("node stopping")
-            }
-        }
+        // Links the manager does not hold (not ready yet) end as their stage says.
+        for link in links.values where link.stage != .ready { link.nodeStopping() }
     }
 }
 

@@ -1,15 +1,17 @@
 import Logging
 import P2PQConnectionManager
 import P2PQLink
+import P2PQNodeMachine
 import P2PQReactor
 import P2PQWire
 
 extension TCPConnection: LinkOutput {}
 
-/// The shell around one peer connection: feeds socket bytes to its `LinkSession`, turns link
-/// events into node inputs, and seals outgoing messages once per loop turn.
+/// The shell around one peer connection: feeds socket bytes to its `LinkSession` and the
+/// session's events to its ``LinkProtocol``, performs what that answers, and seals outgoing
+/// messages once per loop turn.
 final class PeerLink: TCPConnectionHandler {
-    enum Stage { case handshaking, awaitingHello, ready, closed }
+    typealias Stage = LinkProtocol.Stage
 
     let id: LinkID
     let direction: LinkDirection
@@ -18,46 +20,98 @@ final class PeerLink: TCPConnectionHandler {
     unowned let node: NodeCore
     var connection: TCPConnection!
     var session: LinkSession
-    /// The protocol version the handshake chose (read while `session` is busy receiving).
-    private var linkVersion: UInt16 = 0
-    private(set) var stage: Stage = .handshaking
-    private(set) var remotePeerID: PeerID?
+    /// The hello, ping and goodbye stages (every decision about the link past the handshake).
+    private var link: LinkProtocol
+    private lazy var timer = ShellTimer(reactor: node.reactor) { [unowned self] in
+        self.perform(self.link.timerFired(now: self.node.now))
+    }
+    var stage: Stage { link.stage }
+    /// The peer id the handshake authenticated.
+    var remotePeerID: PeerID? { link.handshakePeerID }
     /// The address the peer advertised in its hello.
     private(set) var advertisedAddress: SocketAddress?
     /// The incarnation the peer announced in its hello (its process start).
-    private(set) var remoteIncarnation: UInt64 = 0
+    var remoteIncarnation: UInt64 { link.remote?.incarnation ?? 0 }
     /// The feature bits of the peer's hello (§5).
-    private(set) var remoteFeatures: UInt64 = 0
+    var remoteFeatures: UInt64 { link.remote?.features ?? 0 }
     /// The peer's operations endpoint (`host:port`), if it sent one on this link.
-    private(set) var remoteOperations: String?
+    var remoteOperations: String? { link.operationsAddress }
     /// The peer said goodbye: it is leaving, not failing.
-    private(set) var peerLeft = false
+    var peerLeft: Bool { link.peerLeft }
     /// Plaintext messages waiting to be sealed at the end of the turn.
     private var staging: [UInt8] = []
     private var sealScheduled = false
     /// A goodbye is staged: close once it is sealed into the outbound queue.
     private var closeAfterSeal = false
-    private var handshakeTimer: TimerID?
-    private var closeReason: String?
     /// Bytes read from and queued to the socket (records, framing and handshake included).
     private(set) var bytesIn = 0
     private(set) var bytesOut = 0
 
-    init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession) {
+    init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession,
+         link: LinkProtocol) {
         self.id = id
         self.direction = direction
         self.dialedAddress = dialedAddress
         self.node = node
         self.session = session
+        self.link = link
     }
 
     var logger: Logger { node.logger }
 
-    func armHandshakeTimer(_ timeout: Duration) {
-        handshakeTimer = node.reactor.schedule(after: timeout) { [weak self] in
-            guard let self, self.stage == .handshaking || self.stage == .awaitingHello else { return }
-            self.handshakeTimer = nil
-            self.fail("no handshake within \(timeout)")
+    /// The connection exists: the handshake deadline starts.
+    func opened() {
+        perform(link.opened(now: node.now))
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [LinkProtocolAction]) {
+        for action in actions { perform(action) }
+    }
+
+    private func perform(_ action: LinkProtocolAction) {
+        switch action {
+        case .send(let message): sendMessage(message)
+        case .armTimer(let at): timer.arm(at: at)
+        case .cancelTimer: timer.cancel()
+        case .up(let hello):
+            if hello.listenPort != 0 {
+                advertisedAddress = try? SocketAddress(host: hello.listenHost, port: Int(hello.listenPort))
+            }
+            node.linkReady(self)
+        case .heard: node.heard(self, now: node.now)
+        case .peersReceived(let entries): node.peersReceived(self, entries)
+        case .note(let text): logger.debug("\(text) from \(remoteDescription)")
+        case .close(let closing): close(closing)
+        }
+    }
+
+    private func close(_ closing: LinkProtocol.Closing) {
+        let reason = link.closeReason ?? ""
+        switch closing {
+        case .failed(let duringHandshake):
+            // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
+            if duringHandshake && direction == .inbound && !node.handshakeFailed(self) {
+                logger.debug("closing link to \(remoteDescription): \(reason)")
+            } else {
+                logger.notice("closing link to \(remoteDescription): \(reason)")
+            }
+            if duringHandshake {
+                node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
+            }
+            connection.close()
+        case .afterGoodbye:
+            // Sealed at the end of the turn like any message: this may run inside
+            // `session.receive`, where the session must not be touched again.
+            closeAfterSeal = true
+        case .afterFlush:
+            connection.close(afterFlush: true)
+        case .peerSaidGoodbye:
+            connection.close(afterFlush: true, reason: .peerClosed)
+        case .dropped:
+            logger.debug("closing link to \(remoteDescription): \(reason)")
+            connection.close()
         }
     }
 
@@ -68,11 +122,16 @@ final class PeerLink: TCPConnectionHandler {
         sendMessage(message)
     }
 
+    /// Sends a keepalive ping with `nonce`.
+    func ping(nonce: UInt64) {
+        perform(link.ping(nonce: nonce, now: node.now))
+    }
+
     /// Queues any framed message (upper layers' messages implement `WireMessage`). Returns
     /// false, logging why, if the link is not open or the message cannot be encoded.
     @discardableResult
     func sendMessage(_ message: some WireMessage) -> Bool {
-        guard stage == .awaitingHello || stage == .ready else { return false }
+        guard link.canSend else { return false }
         do {
             try MessageEncoder.encode(message, into: &staging, maxFrameSize: node.configuration.maxFrameSize)
         } catch {
@@ -123,45 +182,30 @@ final class PeerLink: TCPConnectionHandler {
         if closeAfterSeal { connection.close(afterFlush: true) }
     }
 
-    /// Says goodbye, then closes once the goodbye is written.
-    ///
-    /// The goodbye is sealed at the end of the turn like any message: this may run inside
-    /// `session.receive` (a duplicate found while a hello is processed), where the session
-    /// must not be touched again.
+    /// Says goodbye, then closes once the goodbye is written (``LinkProtocol/leave(_:detail:)``).
     func leave(_ reason: GoodbyeReason, detail: String) {
-        guard stage != .closed else { return }
-        closeReason = "goodbye (\(reason)): \(detail)"
-        if stage == .ready || stage == .awaitingHello {
-            send(.goodbye(reason: reason, detail: detail))
-            closeAfterSeal = true
-        } else {
-            connection.close(afterFlush: true)
-        }
+        perform(link.leave(reason, detail: detail))
     }
 
     /// Closes a link still in its handshake that the node's admission control gave up on
     /// (stalled, or evicted for a newer connection). Quiet: the admission report counts it.
     func drop(_ reason: String) {
-        guard stage != .closed else { return }
-        closeReason = reason
-        logger.debug("closing link to \(remoteDescription): \(reason)")
-        connection.close()
+        perform(link.drop(reason))
     }
 
     /// Closes the link because of an error, logging why.
     func fail(_ reason: String) {
-        guard stage != .closed else { return }
-        closeReason = reason
-        // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
-        if stage == .handshaking && direction == .inbound && !node.handshakeFailed(self) {
-            logger.debug("closing link to \(remoteDescription): \(reason)")
-        } else {
-            logger.notice("closing link to \(remoteDescription): \(reason)")
-        }
-        if stage == .handshaking {
-            node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
-        }
-        connection.close()
+        perform(link.fail(reason))
+    }
+
+    /// The connection manager closes the link (``LinkProtocol/close(_:)``).
+    func close(_ reason: LinkCloseReason) {
+        perform(link.close(reason))
+    }
+
+    /// The node stops (``LinkProtocol/nodeStopping()``).
+    func nodeStopping() {
+        perform(link.nodeStopping())
     }
 
     var remoteDescription: String {
@@ -188,10 +232,20 @@ final class PeerLink: TCPConnectionHandler {
         let stalled = direction == .inbound && session.handshakeMessagesReceived == 0
         do {
             try session.receive(bytes, output: &output) { event in
-                guard self.stage != .closed else { return }
                 switch event {
-                case .established(let remote, let version): self.established(remote, version: version)
-                case .message(let type, let body): self.received(type, body)
+                case .established(let remote, let version):
+                    self.perform(self.link.established(peer: remote, version: version,
+                                                       remoteHost: connection.remoteAddress.host, now: self.node.now))
+                case .message(let type, let body):
+                    // One clock read per message: this is every message's path.
+                    let now = self.node.now
+                    switch self.link.received(type, body, now: now) {
+                    case .deliver:
+                        self.node.heard(self, now: now)
+                        self.node.deliver(type, body, from: self)
+                    case .handled(let actions):
+                        self.perform(actions)
+                    }
                 }
             }
         } catch {
@@ -210,109 +264,18 @@ final class PeerLink: TCPConnectionHandler {
     }
 
     func connection(_ connection: TCPConnection, didCloseWith reason: TCPCloseReason) {
-        let previous = stage
-        stage = .closed
-        if let timer = handshakeTimer {
-            node.reactor.cancel(timer)
-            handshakeTimer = nil
+        let end: LinkProtocol.ConnectionEnd
+        switch reason {
+        case .connectFailed(let error): end = .connectFailed(error: "\(error)")
+        case .peerClosed: end = .peerClosed
+        case .reset: end = .reset
+        case .closedLocally, .error, .reactorStopped: end = .other
         }
-        var why = closeReason ?? "\(reason)"
-        if previous == .handshaking, closeReason == nil {
-            switch reason {
-            case .connectFailed(let error): why = "\(error)"
-            case .peerClosed where direction == .outbound, .reset where direction == .outbound:
-                // A responder refuses a wrong key or cipher by closing, without a word.
-                why = "closed by the peer during the handshake (another cluster key or link cipher?)"
-            default: why = "closed during handshake: \(reason)"
-            }
-            logger.debug("link to \(remoteDescription) ended before the handshake: \(why)")
+        let ended = link.closed(end, description: "\(reason)", outbound: direction == .outbound)
+        timer.cancel()
+        if ended.beforeHandshake {
+            logger.debug("link to \(remoteDescription) ended before the handshake: \(ended.reason)")
         }
-        node.linkClosed(self, wasReady: previous == .ready, reason: why)
-    }
-
-    // MARK: Link events
-
-    private func established(_ remote: PeerID, version: UInt16) {
-        remotePeerID = remote
-        linkVersion = version
-        stage = .awaitingHello
-        let listen = node.advertised
-        // The version the handshake settled: a version 1 peer refuses a hello with a higher one.
-        send(.hello(Hello(protocolVersion: version, peerID: node.identity.peerID, listenPort: UInt16(listen.port),
-                          listenHost: listen.host, incarnation: node.incarnation,
-                          features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & node.configuration.helloFeatureMask)))
-    }
-
-    private func received(_ type: MessageType, _ body: UnsafeRawBufferPointer) {
-        if stage == .awaitingHello {
-            guard type == .hello else {
-                fail("expected hello, got \(type)")
-                return
-            }
-            let message: LinkMessage
-            do {
-                message = try LinkMessage.decode(type: type, body: body)
-            } catch {
-                fail("bad hello: \(error)")
-                return
-            }
-            guard case .hello(let hello) = message else { return }
-            // As a version 1 peer would refuse a higher one, whatever the versions we speak.
-            guard hello.protocolVersion == linkVersion else {
-                fail("hello of protocol version \(hello.protocolVersion) on a version \(linkVersion) link")
-                return
-            }
-            guard hello.peerID == remotePeerID else {
-                fail("claimed PeerID \(hello.peerID.short) does not match its static key (\(remotePeerID?.short ?? "?"))")
-                return
-            }
-            remoteIncarnation = hello.incarnation
-            remoteFeatures = hello.features
-            if hello.listenPort != 0 {
-                let host = hello.listenHost.isEmpty ? connection.remoteAddress.host : hello.listenHost
-                advertisedAddress = try? SocketAddress(host: host, port: Int(hello.listenPort))
-            }
-            if let timer = handshakeTimer {
-                node.reactor.cancel(timer)
-                handshakeTimer = nil
-            }
-            stage = .ready
-            node.linkReady(self)
-            return
-        }
-        node.heard(self)
-        // Link messages are 0x01-0x0F; everything above belongs to upper layers.
-        guard type.rawValue < 0x10 else {
-            node.deliver(type, body, from: self)
-            return
-        }
-        let message: LinkMessage
-        do {
-            message = try LinkMessage.decode(type: type, body: body)
-        } catch {
-            fail("bad \(type) message: \(error)")
-            return
-        }
-        switch message {
-        case .ping(let nonce, let sentAt): send(.pong(nonce: nonce, sentAt: sentAt))
-        case .pong: break
-        case .goodbye(let reason, let detail):
-            peerLeft = reason == .leaving || reason == .shuttingDown
-            closeReason = "peer said goodbye (\(reason)): \(detail)"
-            connection.close(afterFlush: true, reason: .peerClosed)
-        case .peers(let entries): node.peersReceived(self, entries)
-        case .operations(let host, let port):
-            // An unspecified or empty host means the address this link came from.
-            let usable = !(host.isEmpty || host == "0.0.0.0" || host == "::" || host == "[::]")
-            let name = usable ? host : connection.remoteAddress.host
-            // A host name or an IP literal only: it becomes part of a URL.
-            guard name.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber
-                                                       || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ":")) }) else {
-                node.logger.debug("ignored an operations address with unusable characters from \(remoteDescription)")
-                return
-            }
-            remoteOperations = name.contains(":") && !name.hasPrefix("[") ? "[\(name)]:\(port)" : "\(name):\(port)"
-        case .hello: fail("a second hello")
-        }
+        node.linkClosed(self, wasReady: ended.previous == .ready, reason: ended.reason)
     }
 }

@@ -41,6 +41,43 @@ final class ShellDriver<Action> {
     }
 }
 
+/// A shell's "later in this turn": ``schedule()`` runs `body` once, after the handlers of the
+/// current loop turn that are still to come and before the turn's end-of-turn step (where
+/// links seal what they staged), however often it is scheduled meanwhile. It rides the
+/// reactor's submitted-work step: scheduled from an I/O or timer handler, it runs in this
+/// turn's step; from a closure or task job of that step, in its next round (at most eight a
+/// turn); from the end-of-turn step, in the next turn. Only on the reactor thread.
+final class LaterInTurn {
+    private let reactor: Reactor
+    private let body: () -> Void
+    /// A run is scheduled and has not happened yet.
+    private(set) var isScheduled = false
+
+    init(reactor: Reactor, body: @escaping () -> Void) {
+        self.reactor = reactor
+        self.body = body
+    }
+
+    /// Runs `body` later in this turn, unless a run is already scheduled.
+    func schedule() {
+        guard !isScheduled else { return }
+        isScheduled = true
+        let bound = ReactorBound(self, reactor: reactor)
+        reactor.execute { bound.value.runScheduled() }
+    }
+
+    /// Runs `body` now; a scheduled run still to come then does nothing (unless scheduled again).
+    func runNow() {
+        isScheduled = false
+        body()
+    }
+
+    private func runScheduled() {
+        guard isScheduled else { return }
+        runNow()
+    }
+}
+
 /// A machine's one timer on the reactor: ``arm(at:)`` replaces the previous deadline (arming
 /// the same deadline again keeps the timer). The timer is disarmed before `fire` runs, so
 /// `fire` may arm it again.

@@ -103,6 +103,15 @@ public enum ExecutorAction: Sendable, Equatable {
 }
 
 /// Counters of an ``ExecutorMachine``, for status and tests.
+/// When a task that made calls of its own gets a call's result
+/// (``ExecutorMachine/nestedCallCompleted(by:)``).
+public enum NestedCallCompletion: Sendable, Equatable {
+    /// Hand the result over now: the task still awaits other calls.
+    case deliverNow
+    /// Hold the result until a `.resume` names the task; perform these actions.
+    case deliverOnResume([ExecutorAction])
+}
+
 public struct ExecutorCounters: Hashable, Sendable {
     /// Tasks handed to the shell to run.
     public var executed = 0
@@ -219,6 +228,8 @@ public struct ExecutorMachine: Sendable {
     private var creditedCallers: [PeerID] = []
     /// Credit each of them still holds, as far as this node knows.
     private var granted: [PeerID: Int] = [:]
+    /// Calls outstanding per task that made calls of its own (`async let` makes several).
+    private var nestedCalls: [TaskID: Int] = [:]
 
 
     /// An executor on node `localPeer` (needed for direct calls: a node does not credit itself).
@@ -430,6 +441,32 @@ public struct ExecutorMachine: Sendable {
         var actions: [Action] = []
         fill(&actions)
         return actions
+    }
+
+    /// Running task `task` made a call of its own and awaits it (`async let` makes several):
+    /// its first outstanding call gives its slot up (``suspend(_:)``).
+    public mutating func nestedCallMade(by task: TaskID) -> [Action] {
+        nestedCalls[task, default: 0] += 1
+        return nestedCalls[task] == 1 ? suspend(task) : []
+    }
+
+    /// A call `task` made was refused for the caller's outstanding-call limit and parked: it
+    /// counts again when it is made again.
+    public mutating func nestedCallParked(by task: TaskID) {
+        nestedCalls[task, default: 1] -= 1
+    }
+
+    /// A call `task` made completed. While others are outstanding the task has its result at
+    /// once (it still awaits them, holding no slot); the last one's result waits for the
+    /// task's `.resume`: it continues only once it holds a slot again.
+    public mutating func nestedCallCompleted(by task: TaskID) -> NestedCallCompletion {
+        let left = (nestedCalls[task] ?? 1) - 1
+        if left > 0 {
+            nestedCalls[task] = left
+            return .deliverNow
+        }
+        nestedCalls[task] = nil
+        return .deliverOnResume(requestResume(task))
     }
 
     /// A remote-call message arrived from `peer` (cancels from callers).

@@ -296,3 +296,19 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     }
 }
 
+
+extension RemoteCallMessage {
+    /// Where a direct message taking `items` from `start` on ends (exclusive): within the
+    /// entry limit and well within a frame (items are at most ~1 MiB); at least one item.
+    /// Direct calls to one executor in one turn go out as the fewest such messages.
+    public static func directMessageEnd(_ items: [[UInt8]], from start: Int) -> Int {
+        var end = start
+        var bytes = 2
+        while end < items.count && end - start < RemoteCallLimits.maxEntriesPerMessage
+            && (end == start || bytes + 4 + items[end].count <= WireProtocol.defaultMaxFrameSize - 64) {
+            bytes += 4 + items[end].count
+            end += 1
+        }
+        return end
+    }
+}

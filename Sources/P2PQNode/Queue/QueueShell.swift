@@ -132,10 +132,10 @@ final class QueueShell {
     private var isServing: Bool { !isStopped && !isDraining }
     /// The hello features this node announces (§5): it takes over ownership in drain transfers.
     static let helloFeatures = QueueWire.featureOwnershipHandover | QueueWire.featureReplicas
-    /// Messages held back to be written one transfer at a time (see `send(_:to:queue:)`), in
-    /// order, and whether a run of them is scheduled.
-    private var outbox: [(peer: PeerID, queue: String, message: QueueMessage)] = []
-    private var outboxScheduled = false
+    /// Messages held back to be written one transfer at a time (``QueueOutbox``), and their
+    /// run later in the turn.
+    private var outbox = QueueOutbox()
+    private lazy var outboxRun = LaterInTurn(reactor: core.reactor) { [weak self] in self?.drainOutbox() }
 
     private struct Entry {
         var machine: QueueMachine
@@ -800,7 +800,7 @@ final class QueueShell {
     /// The node stops: every parked caller fails with `.nodeStopped`.
     func stop() {
         // Held messages go out ahead of the goodbyes that follow.
-        if !outbox.isEmpty { drainOutbox() }
+        if !outbox.isEmpty { outboxRun.runNow() }
         isStopped = true
         for name in queues.keys.sorted() {
             queues[name]?.timer.cancel()
@@ -816,33 +816,20 @@ final class QueueShell {
         }
     }
 
-    /// Transfers are written one at a time as soon as each is encoded, outside the handler
-    /// that produced them: a turn that frees several transfer slots (acks that arrived together)
-    /// would otherwise encode them all before the first byte leaves, and the receiver would
-    /// idle meanwhile. Later messages to the same peer wait behind a held transfer, so each
-    /// link keeps the machine's order. (W1 figures in docs/benchmarks.md.)
+    /// Writes `message` now, or holds it for later in the turn, as ``QueueOutbox`` says.
     private func send(_ message: QueueMessage, to peer: PeerID, queue name: String) {
-        let holds: Bool
-        if case .transfer = message { holds = true } else { holds = outbox.contains { $0.peer == peer } }
-        guard holds else {
-            write(message, to: peer, queue: name)
+        guard let ready = outbox.send(message, to: peer, queue: name) else {
+            // After the handlers still to come this turn, before the links seal their output.
+            outboxRun.schedule()
             return
         }
-        outbox.append((peer, name, message))
-        guard !outboxScheduled else { return }
-        outboxScheduled = true
-        // Runs after this turn's handlers, in the loop's submitted-work step of the same turn.
-        let bound = ReactorBound(self, reactor: core.reactor)
-        core.reactor.execute { bound.value.drainOutbox() }
+        write(ready, to: peer, queue: name)
     }
 
     private func drainOutbox() {
-        outboxScheduled = false
-        var pending: [(peer: PeerID, queue: String, message: QueueMessage)] = []
-        swap(&pending, &outbox)
-        for (peer, name, message) in pending {
-            guard write(message, to: peer, queue: name), case .transfer = message else { continue }
-            core.flushLink(to: peer)
+        for held in outbox.takeHeld() {
+            guard write(held.message, to: held.peer, queue: held.queue), held.flushAfter else { continue }
+            core.flushLink(to: held.peer)
         }
     }
 

@@ -30,15 +30,13 @@ final class RemoteCallShell {
         self.scheduleFlush()
     }
 
-    /// Outstanding nested calls per executing task (`async let` makes several).
-    private var nestedCalls: [TaskID: Int] = [:]
     /// The last nested call's result, held until the executor gives the task a slot again.
     private var resuming: [TaskID: (CallCompletion, Result<[UInt8], RemoteCallError>)] = [:]
 
     private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
     private var demand = 0
-    /// The waiting pops on the call queue and how many items each asked for.
-    private var waiters: [WaiterID: Int] = [:]
+    /// The waiting pops on the call queue (the plan for the executor's demand).
+    private var waiters = CallQueueWaiters()
 
     /// The executor's actions; each time they run out, the waiting pops on the call queue
     /// are adjusted to its demand (which may deliver at once, and so act again).
@@ -70,9 +68,7 @@ final class RemoteCallShell {
         // Peers linked before this was attached: their executors' credit already came, and
         // they are offered this node's once it processes.
         for peer in core.connectedPeers.sorted() { self.executor.peerConnected(peer) }
-        let early = core.earlyCredit
-        core.earlyCredit = [:]
-        for (peer, slots) in early.sorted(by: { $0.key < $1.key }) {
+        for (peer, slots) in core.earlyCredit.take() {
             _ = self.caller.received(.credit(UInt32(clamping: slots)), from: peer, now: core.now)  // no calls yet: no actions
         }
     }
@@ -175,10 +171,7 @@ final class RemoteCallShell {
         for request in requests {
             let deadline = request.timeout.map { now &+ UInt64(Swift.max(0, $0.nanosecondsClamped)) }
             anyDeadline = anyDeadline || deadline != nil
-            if let task = request.nested {
-                nestedCalls[task, default: 0] += 1
-                if nestedCalls[task] == 1 { performExecutor(executor.suspend(task)) }
-            }
+            if let task = request.nested { performExecutor(executor.nestedCallMade(by: task)) }
             batch.append(CallerMachine.Request(function: request.function, arguments: request.arguments,
                                                memoize: request.memoize, deadline: deadline))
         }
@@ -270,8 +263,8 @@ final class RemoteCallShell {
         guard !isStopped else { return }
         isStopped = true
         callerTimer.cancel()
-        for id in waiters.keys { core.queues.withdraw(queueName, id) }
-        waiters = [:]
+        for id in waiters.sizes.keys.sorted() { core.queues.withdraw(queueName, WaiterID(id)) }
+        waiters = CallQueueWaiters()
         for sequence in pending.sequences(where: { _ in true }) {
             pending.remove(sequence)?.completion.resume(.failure(.nodeStopped))
         }
@@ -332,7 +325,7 @@ final class RemoteCallShell {
         if case .failure(.tooManyOutstandingCalls) = result {
             // The typed API waits for room instead of failing.
             parked.append(request)
-            if let task = request.nested { nestedCalls[task, default: 1] -= 1 }
+            if let task = request.nested { executor.nestedCallParked(by: task) }
             return
         }
         if let failure = pushFailures.removeValue(forKey: id.sequence) {
@@ -352,16 +345,13 @@ final class RemoteCallShell {
             }
             return
         }
-        let left = (nestedCalls[task] ?? 1) - 1
-        if left > 0 {
-            nestedCalls[task] = left
+        switch executor.nestedCallCompleted(by: task) {
+        case .deliverNow:
             request.completion.resume(result)
-            return
+        case .deliverOnResume(let actions):
+            resuming[task] = (request.completion, result)
+            performExecutor(actions)
         }
-        // The last call the task waited for: it continues once it holds a slot again.
-        nestedCalls[task] = nil
-        resuming[task] = (request.completion, result)
-        performExecutor(executor.requestResume(task))
     }
 
     private func send(_ message: RemoteCallMessage, to peer: PeerID) {
@@ -432,33 +422,23 @@ final class RemoteCallShell {
         }
     }
 
-    /// Keeps waiting pops on the call queue for exactly the executor's free slots, as two
-    /// waiters when there are two slots or more: the queue serves waiters in order, so while
-    /// the first takes a call the second still shows peers a waiting consumer (peers dispatch
-    /// new calls straight to nodes whose stats report one). Waiters asking for fewer items than
-    /// the free slots are kept and topped up rather than replaced, for the same reason.
+    /// Performs the plan of waiting pops on the call queue for the executor's free slots
+    /// (``CallQueueWaiters``).
     private func adjustWaiter() {
-        let wanted = isStopped ? 0 : demand
-        var total = waiters.values.reduce(0, +)
-        if total > wanted {
-            for id in waiters.keys.sorted(by: { $0.rawValue < $1.rawValue }) { core.queues.withdraw(queueName, id) }
-            waiters = [:]
-            total = 0
-        }
-        while total < wanted && waiters.count < 2 {
-            let missing = wanted - total
-            let size = waiters.isEmpty && missing >= 2 ? missing - 1 : missing
-            total += size
-            let id = core.queues.makeWaiterID()
-            waiters[id] = size
-            core.queues.pop(queueName, max: size, waiter: id) { [unowned self] result in
-                self.delivered(id, result)
-            }
+        let plan = waiters.adjust(to: isStopped ? 0 : demand) { core.queues.makeWaiterID().rawValue }
+        for id in plan.withdraw { core.queues.withdraw(queueName, WaiterID(id)) }
+        if let first = plan.first { pop(WaiterID(first.id), first.size) }
+        if let second = plan.second { pop(WaiterID(second.id), second.size) }
+    }
+
+    private func pop(_ id: WaiterID, _ size: Int) {
+        core.queues.pop(queueName, max: size, waiter: id) { [unowned self] result in
+            self.delivered(id, result)
         }
     }
 
     private func delivered(_ id: WaiterID, _ result: Result<ItemPayloads, QueueError>) {
-        waiters[id] = nil
+        waiters.answered(id.rawValue)
         guard case .success(let items) = result, !isStopped else { return }
         let actions = executor.popped(Array(items), wallClock: wallClock)
         // The started notices go out now, before the queue can confirm these pops to their
@@ -498,14 +478,7 @@ final class RemoteCallShell {
         for (peer, items) in batches.sorted(by: { $0.key < $1.key }) {
             var start = 0
             while start < items.count {
-                // Within the entry limit and well within a frame (items are at most ~1 MiB).
-                var end = start
-                var bytes = 2
-                while end < items.count && end - start < RemoteCallLimits.maxEntriesPerMessage
-                    && (end == start || bytes + 4 + items[end].count <= WireProtocol.defaultMaxFrameSize - 64) {
-                    bytes += 4 + items[end].count
-                    end += 1
-                }
+                let end = RemoteCallMessage.directMessageEnd(items, from: start)
                 if !core.send(RemoteCallMessage.direct(Array(items[start..<end])), to: peer) {
                     // Not sent: as if the link went down (its calls are pushed again, credit void).
                     core.logger.debug("remote calls: no link to \(peer.short); its direct calls are pushed again")
