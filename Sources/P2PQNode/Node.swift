@@ -341,6 +341,15 @@ public final class Node: Sendable {
         _ = await onCore(body)
     }
 
+    /// Runs `body` on the reactor thread with the core; nil if the node is not running.
+    func withCore<T: Sendable>(_ body: @escaping @Sendable (NodeCore) -> T) async -> T? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
+            if !executeOnCore({ core in continuation.resume(returning: body(core)) }) {
+                continuation.resume(returning: nil)
+            }
+        }
+    }
+
     /// Runs `body` on the reactor thread with the core; false if the node is not running.
     func executeOnCore(_ body: @escaping @Sendable (NodeCore) -> Void) -> Bool {
         let running = lifecycle.withLock { state -> ReactorBound<NodeCore>? in

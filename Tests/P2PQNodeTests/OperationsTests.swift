@@ -22,7 +22,9 @@ struct OperationsTests {
         logger.logLevel = .critical
         let group = ServiceGroup(services: [node], gracefulShutdownSignals: [], logger: logger)
         let running = Task { try await group.run() }
-        try await eventually("the service's node links to the watcher") { await watcher.connectedPeers().count == 1 }
+        try await eventually("the service's node links to the watcher", diagnose: {
+            "watcher's peers: \(await watcher.peers()); the node's: \(await node.peers())"
+        }) { await watcher.connectedPeers().count == 1 }
         let stream = watcher.events
         let nodeID = node.peerID
         let seen = Task { () -> Bool? in

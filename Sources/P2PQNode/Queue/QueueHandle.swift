@@ -3,15 +3,6 @@ import P2PQWire
 import Synchronization
 
 extension Node {
-    /// Runs `body` on the reactor thread with the core; nil if the node is not running.
-    func withCore<T: Sendable>(_ body: @escaping @Sendable (NodeCore) -> T) async -> T? {
-        await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
-            if !executeOnCore({ core in continuation.resume(returning: body(core)) }) {
-                continuation.resume(returning: nil)
-            }
-        }
-    }
-
     /// The name of the default queue.
     public static let defaultQueueName = "default"
 
