@@ -437,6 +437,7 @@ public struct QueueMachine: Sendable {
         count n: Int, size: (Int) -> Int, hold: (inout PayloadStore, _ holds: Int) -> [PushedRun], now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         guard !isClosed else { return (.closed, actions) }
         var bytes = 0
         for index in 0..<n {
@@ -518,8 +519,9 @@ public struct QueueMachine: Sendable {
     /// A waiting consumer gave up (its timeout passed, or its task was cancelled). Nothing is
     /// delivered to it after this; unknown waiters are ignored.
     public mutating func cancelWait(_ waiter: WaiterID, now: UInt64) -> [Action] {
-        if let index = waiters.firstIndex(where: { $0.id == waiter }) { waiters.remove(at: index) }
         var actions: [Action] = []
+        detectStall(&actions, now: now)
+        if let index = waiters.firstIndex(where: { $0.id == waiter }) { waiters.remove(at: index) }
         finish(&actions, now: now)
         return actions
     }
@@ -580,6 +582,7 @@ public struct QueueMachine: Sendable {
     /// Ownership records stay: the node keeps running.
     public mutating func close(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         guard !isClosed else { return actions }
         isClosed = true
         while let waiter = waiters.popFirst() { actions.append(.fail(waiter.id, .closed)) }
@@ -600,6 +603,7 @@ public struct QueueMachine: Sendable {
     /// says when everything is acknowledged.
     public mutating func drain(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         guard !isDraining else { return actions }
         isDraining = true
         // Un-acked leased items go with the queued ones, unconfirmed: their consumer's ack can
@@ -710,6 +714,9 @@ public struct QueueMachine: Sendable {
     /// of the queue, in order.
     public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
+        // Every input looks for a stall first: links dropped by a resumed process's own
+        // keepalive timeout are often its first input, and `finish` re-arms the timer.
+        detectStall(&actions, now: now)
         peers[peer]?.connected = false
         if shelfGrace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
         linkLost(peer, &actions, now: now)
@@ -721,6 +728,7 @@ public struct QueueMachine: Sendable {
     /// `peer` held, never confirmed popped, are re-queued at the front (oldest first).
     public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         guard peer != localPeer else { return actions }
         let linked = peers[peer]?.connected == true
         peers[peer] = nil
@@ -774,9 +782,10 @@ public struct QueueMachine: Sendable {
     /// joined): its messages count again and, if its link is up (`linked`), it is a connected
     /// peer again at once (stats, and the notices kept for it go out); else when a link comes up.
     public mutating func peerRejoined(_ peer: PeerID, linked: Bool, keepsReplicas: Bool = false, now: UInt64) -> [Action] {
-        guard peer != localPeer, deadPeers.contains(peer) else { return [] }
-        forgetDeath(of: peer)
         var actions: [Action] = []
+        detectStall(&actions, now: now)
+        guard peer != localPeer, deadPeers.contains(peer) else { return actions }
+        forgetDeath(of: peer)
         if keepsReplicas { releaseAll(to: peer, &actions) }
         guard linked else { return actions }
         return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
@@ -930,6 +939,7 @@ public struct QueueMachine: Sendable {
     /// A message this machine asked to send could not be sent (no ready link to `peer`).
     public mutating func sendFailed(_ message: QueueMessage, to peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         switch message {
         case .transfer(_, let transferID, _, _, _):
             if transfers[transferID]?.peer == peer { returnTransfers([transferID], &actions, now: now) }
@@ -2224,6 +2234,7 @@ extension QueueMachine {
     /// never issued) are returned as `unknown`; the others are acknowledged all the same.
     public mutating func ack(_ tokens: [LeaseToken], now: UInt64) -> (acknowledged: Int, unknown: [LeaseToken], actions: [Action]) {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         var unknown: [LeaseToken] = []
         var count = 0
         for token in tokens {
@@ -2245,6 +2256,7 @@ extension QueueMachine {
     /// deliveries. Unknown tokens are returned as in ``ack(_:now:)``.
     public mutating func nack(_ tokens: [LeaseToken], now: UInt64) -> (returned: Int, unknown: [LeaseToken], actions: [Action]) {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         var unknown: [LeaseToken] = []
         var back: [(LeaseToken, Lease)] = []
         for token in tokens {
@@ -2264,6 +2276,7 @@ extension QueueMachine {
     /// consumed here (confirmed to its owner). Unknown tokens are ignored.
     public mutating func deadLettered(_ token: LeaseToken, now: UInt64) -> [Action] {
         var actions: [Action] = []
+        detectStall(&actions, now: now)
         if let lease = leases.removeValue(forKey: token) {
             consumeLeased(lease, now: now)
             counters.deadLettered += 1

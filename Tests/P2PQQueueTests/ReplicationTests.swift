@@ -455,4 +455,21 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
                         from: B, to: A, into: &a, now: 7 + timeout + a.configuration.statsInterval)
         #expect(b.shelvedItems == 10 && a.counters.replicated == 10)
     }
+
+    @Test("A resumed owner whose first input is a lost link still sees its stall: its replicated items are held back before a peer can take them")
+    func stallSeenOnALostLinkFirst() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        let holder = replicas(actions)[0].0
+        if holder == B {
+            _ = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        } else {
+            _ = try deliver(try deliver(actions, from: A, to: C, into: &m[2], now: 2), from: C, to: A, into: &a, now: 3)
+        }
+        // Resumed 10 s later: its keepalive drops the silent links before anything else.
+        let other = holder == B ? C : B
+        _ = a.peerDisconnected(other, now: 10 * second)
+        #expect(a.heldBackCount == 10 && a.count == 0)
+    }
 }
