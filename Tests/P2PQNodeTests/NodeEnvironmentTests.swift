@@ -19,7 +19,10 @@ import Testing
                 await node.members().first { $0.peer == other.peerID }?.incarnation != nil
             }
             let expected: UInt64 = other === nodes[0] ? 1_001 : 1_002
-            #expect(await node.members().first { $0.peer == other.peerID }?.incarnation == expected)
+            // A refuted suspicion (a loaded machine) raises it by one each time: still near the
+            // given value, nowhere near the wall clock's nanoseconds.
+            let seen = await node.members().first { $0.peer == other.peerID }?.incarnation
+            #expect(seen.map { (expected..<expected + 1_000).contains($0) } == true, "incarnation \(seen.map(String.init) ?? "none")")
         }
         for node in nodes { await node.stop() }
     }
