@@ -188,10 +188,13 @@ let package = Package(
             ],
             path: "Sources/P2PQOperations"
         ),
+        // What the test targets share: the seeded generator (P2PQWire's SplitMix64, re-exported).
+        // A plain target, so only tests link it.
+        .target(name: "P2PQTestSupport", dependencies: ["P2PQWire"], path: "Tests/P2PQTestSupport"),
         .testTarget(
             name: "P2PQOperationsTests",
             dependencies: [
-                "P2PQOperations", "P2PQNode", "P2PQLink",
+                "P2PQOperations", "P2PQNode", "P2PQLink", "P2PQTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Tests/P2PQOperationsTests"
@@ -244,7 +247,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQConnectionManagerTests",
-            dependencies: ["P2PQConnectionManager"],
+            dependencies: ["P2PQConnectionManager", "P2PQTestSupport"],
             path: "Tests/P2PQConnectionManagerTests"
         ),
         .testTarget(
@@ -281,12 +284,12 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQCodableTests",
-            dependencies: ["P2PQCodable"],
+            dependencies: ["P2PQCodable", "P2PQTestSupport"],
             path: "Tests/P2PQCodableTests"
         ),
         .testTarget(
             name: "P2PQDiscoveryTests",
-            dependencies: ["P2PQDiscovery"],
+            dependencies: ["P2PQDiscovery", "P2PQTestSupport"],
             path: "Tests/P2PQDiscoveryTests"
         ),
         .testTarget(
