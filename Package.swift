@@ -188,9 +188,13 @@ let package = Package(
             ],
             path: "Sources/P2PQOperations"
         ),
-        // What the test targets share: the seeded generator (P2PQWire's SplitMix64, re-exported).
-        // A plain target, so only tests link it.
-        .target(name: "P2PQTestSupport", dependencies: ["P2PQWire"], path: "Tests/P2PQTestSupport"),
+        // What the test targets share: the seeded generator (P2PQWire's SplitMix64, re-exported)
+        // and the simulations' event queue. A plain target, so only tests link it.
+        .target(
+            name: "P2PQTestSupport",
+            dependencies: ["P2PQWire", .product(name: "HeapModule", package: "swift-collections")],
+            path: "Tests/P2PQTestSupport"
+        ),
         .testTarget(
             name: "P2PQOperationsTests",
             dependencies: [
@@ -294,7 +298,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQMembershipTests",
-            dependencies: ["P2PQMembership", "P2PQWire"],
+            dependencies: ["P2PQMembership", "P2PQWire", "P2PQTestSupport"],
             path: "Tests/P2PQMembershipTests"
         ),
         .testTarget(
@@ -304,7 +308,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQQueueTests",
-            dependencies: ["P2PQQueue", "P2PQWire"],
+            dependencies: ["P2PQQueue", "P2PQWire", "P2PQTestSupport"],
             path: "Tests/P2PQQueueTests"
         ),
         .testTarget(
