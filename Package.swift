@@ -147,7 +147,11 @@ let package = Package(
         .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),
         // Remote calls as plain values: the call item and messages, the caller's and the
         // executor's state machines (slots, nested calls, retries, memo caches).
-        .target(name: "P2PQRemoteCall", dependencies: ["P2PQWire"], path: "Sources/P2PQRemoteCall"),
+        .target(
+            name: "P2PQRemoteCall",
+            dependencies: ["P2PQWire", .product(name: "HeapModule", package: "swift-collections")],
+            path: "Sources/P2PQRemoteCall"
+        ),
         // The distributed queue as plain values: the local FIFO, transfers, ownership records,
         // the balancer, and the queue's wire messages.
         .target(
