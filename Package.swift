@@ -147,7 +147,11 @@ let package = Package(
         .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),
         // Remote calls as plain values: the call item and messages, the caller's and the
         // executor's state machines (slots, nested calls, retries, memo caches).
-        .target(name: "P2PQRemoteCall", dependencies: ["P2PQWire"], path: "Sources/P2PQRemoteCall"),
+        .target(
+            name: "P2PQRemoteCall",
+            dependencies: ["P2PQWire", .product(name: "HeapModule", package: "swift-collections")],
+            path: "Sources/P2PQRemoteCall"
+        ),
         // The distributed queue as plain values: the local FIFO, transfers, ownership records,
         // the balancer, and the queue's wire messages.
         .target(
@@ -188,10 +192,17 @@ let package = Package(
             ],
             path: "Sources/P2PQOperations"
         ),
+        // What the test targets share: the seeded generator (P2PQWire's SplitMix64, re-exported)
+        // and the simulations' event queue. A plain target, so only tests link it.
+        .target(
+            name: "P2PQTestSupport",
+            dependencies: ["P2PQWire", .product(name: "HeapModule", package: "swift-collections")],
+            path: "Tests/P2PQTestSupport"
+        ),
         .testTarget(
             name: "P2PQOperationsTests",
             dependencies: [
-                "P2PQOperations", "P2PQNode", "P2PQLink",
+                "P2PQOperations", "P2PQNode", "P2PQLink", "P2PQTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Tests/P2PQOperationsTests"
@@ -244,7 +255,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQConnectionManagerTests",
-            dependencies: ["P2PQConnectionManager"],
+            dependencies: ["P2PQConnectionManager", "P2PQTestSupport"],
             path: "Tests/P2PQConnectionManagerTests"
         ),
         .testTarget(
@@ -281,17 +292,17 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQCodableTests",
-            dependencies: ["P2PQCodable"],
+            dependencies: ["P2PQCodable", "P2PQTestSupport"],
             path: "Tests/P2PQCodableTests"
         ),
         .testTarget(
             name: "P2PQDiscoveryTests",
-            dependencies: ["P2PQDiscovery"],
+            dependencies: ["P2PQDiscovery", "P2PQTestSupport"],
             path: "Tests/P2PQDiscoveryTests"
         ),
         .testTarget(
             name: "P2PQMembershipTests",
-            dependencies: ["P2PQMembership", "P2PQWire"],
+            dependencies: ["P2PQMembership", "P2PQWire", "P2PQTestSupport"],
             path: "Tests/P2PQMembershipTests"
         ),
         .testTarget(
@@ -301,7 +312,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQQueueTests",
-            dependencies: ["P2PQQueue", "P2PQWire"],
+            dependencies: ["P2PQQueue", "P2PQWire", "P2PQTestSupport"],
             path: "Tests/P2PQQueueTests"
         ),
         .testTarget(

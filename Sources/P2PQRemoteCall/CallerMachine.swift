@@ -1,3 +1,4 @@
+import HeapModule
 import P2PQWire
 
 /// The knobs of a ``CallerMachine``.
@@ -221,7 +222,9 @@ public struct CallerMachine: Sendable {
     private var ticketsWithDeadline = 0
     private var memoInFlight: [MemoKey: UInt64] = [:]
     private var memo: LRUCache<MemoKey, [UInt8]>
-    private var deadlines = DeadlineHeap()
+    /// Deadlines of calls, earliest first; an answered or cancelled call's entry stays until it
+    /// reaches the top or the heap is rebuilt (lazy deletion, no search per call).
+    private var deadlines = Heap<Deadline>()
     private var armedDeadline: UInt64?
     private var refusedSinceCapacity = false
     /// Peers membership reported dead or gone, so a late started notice from one counts as a
@@ -534,8 +537,8 @@ public struct CallerMachine: Sendable {
         var actions: [Action] = []
         var cancels: [PeerID: [UInt64]] = [:]
         armedDeadline = nil
-        while let top = deadlines.top, top.deadline <= now {
-            deadlines.removeTop()
+        while let top = deadlines.min, top.deadline <= now {
+            deadlines.removeMin()
             guard let ticket = tickets[top.ticket], ticket.deadline == top.deadline else { continue }
             counters.timeouts += 1
             detach(top.ticket, failing: { .timedOut(function: $0) }, cancels: &cancels, into: &actions)
@@ -557,7 +560,7 @@ public struct CallerMachine: Sendable {
         tickets.append(sequence, ticket)
         if let deadline = ticket.deadline {
             ticketsWithDeadline += 1
-            deadlines.insert(deadline: deadline, ticket: sequence)
+            deadlines.insert(Deadline(deadline: deadline, ticket: sequence))
         }
     }
 
@@ -801,14 +804,13 @@ public struct CallerMachine: Sendable {
     private mutating func rearm(_ actions: inout [Action]) {
         // Drop stale heap tops (answered or cancelled calls), and rebuild the heap when stale
         // entries dominate, so it stays proportional to the calls that have deadlines.
-        while let top = deadlines.top, tickets[top.ticket]?.deadline != top.deadline { deadlines.removeTop() }
+        while let top = deadlines.min, tickets[top.ticket]?.deadline != top.deadline { deadlines.removeMin() }
         if deadlines.count > 2 * ticketsWithDeadline + 64 {
-            deadlines = DeadlineHeap()
-            for sequence in tickets.sequences(where: { $0.deadline != nil }) {
-                if let deadline = tickets[sequence]?.deadline { deadlines.insert(deadline: deadline, ticket: sequence) }
-            }
+            deadlines = Heap(tickets.sequences(where: { $0.deadline != nil }).compactMap { sequence in
+                tickets[sequence]?.deadline.map { Deadline(deadline: $0, ticket: sequence) }
+            })
         }
-        var next = deadlines.top?.deadline
+        var next = deadlines.min?.deadline
         if waitingCount > 0 {
             let expiry = waitingSince &+ configuration.creditWait
             next = Swift.min(next ?? expiry, expiry)
@@ -821,49 +823,12 @@ public struct CallerMachine: Sendable {
     }
 }
 
-/// A binary min-heap of (deadline, ticket), with lazy deletion by the owner.
-struct DeadlineHeap: Sendable {
-    struct Entry: Sendable {
-        var deadline: UInt64
-        var ticket: UInt64
-    }
+/// A call's deadline in the caller's deadline heap, ordered by time, then by call sequence.
+struct Deadline: Comparable, Sendable {
+    var deadline: UInt64
+    var ticket: UInt64
 
-    private var entries: [Entry] = []
-
-    var count: Int { entries.count }
-    var top: Entry? { entries.first }
-
-    private static func before(_ a: Entry, _ b: Entry) -> Bool {
-        (a.deadline, a.ticket) < (b.deadline, b.ticket)
-    }
-
-    mutating func insert(deadline: UInt64, ticket: UInt64) {
-        entries.append(Entry(deadline: deadline, ticket: ticket))
-        var child = entries.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.before(entries[child], entries[parent]) else { break }
-            entries.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func removeTop() {
-        guard !entries.isEmpty else { return }
-        entries.swapAt(0, entries.count - 1)
-        entries.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < entries.count && Self.before(entries[left], entries[smallest]) { smallest = left }
-            if right < entries.count && Self.before(entries[right], entries[smallest]) { smallest = right }
-            guard smallest != parent else { break }
-            entries.swapAt(parent, smallest)
-            parent = smallest
-        }
-    }
+    static func < (a: Deadline, b: Deadline) -> Bool { (a.deadline, a.ticket) < (b.deadline, b.ticket) }
 }
 
 /// A set that forgets its oldest members beyond `capacity`.

@@ -1,17 +1,18 @@
 import Foundation
 import Testing
 @testable import P2PQCodable
+import P2PQTestSupport
 
 @Suite("Properties, size, random input")
 struct PropertyTests {
-    nonisolated(unsafe) static var fixedGenerator = SeededGenerator(seed: 42)
+    nonisolated(unsafe) static var fixedGenerator = SplitMix64(seed: 42)
 
-    static func randomString(using rng: inout SeededGenerator) -> String {
+    static func randomString(using rng: inout SplitMix64) -> String {
         let alphabet: [Character] = ["a", "b", "z", "é", "日", "👍", " ", "\u{0}", "\n"]
         return String((0..<Int.random(in: 0...12, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! })
     }
 
-    static func randomCommand(using rng: inout SeededGenerator, depth: Int = 0) -> Command {
+    static func randomCommand(using rng: inout SplitMix64, depth: Int = 0) -> Command {
         switch Int.random(in: 0...4, using: &rng) {
         case 0: return .push(queue: randomString(using: &rng), items: (0..<Int.random(in: 0...5, using: &rng)).map { _ in Int.random(in: .min ... .max, using: &rng) })
         case 1: return .pop(max: Bool.random(using: &rng) ? Int.random(in: 0...100, using: &rng) : nil, timeout: Bool.random(using: &rng) ? Double.random(in: 0...10, using: &rng) : nil)
@@ -21,7 +22,7 @@ struct PropertyTests {
         }
     }
 
-    static func randomEverything(using rng: inout SeededGenerator) -> Everything {
+    static func randomEverything(using rng: inout SplitMix64) -> Everything {
         func pick<T: FixedWidthInteger>(_ type: T.Type) -> T {
             switch Int.random(in: 0...3, using: &rng) {
             case 0: return .min
@@ -63,7 +64,7 @@ struct PropertyTests {
 
     @Test("Random values round-trip and re-encode to the same bytes")
     func randomRoundTrips() throws {
-        var rng = SeededGenerator(seed: 0xC0DAB1E)
+        var rng = SplitMix64(seed: 0xC0DAB1E)
         for _ in 0..<500 {
             try roundTrip(Self.randomEverything(using: &rng))
         }
@@ -79,7 +80,7 @@ struct PropertyTests {
             var deadline: Double?
             var tags: [String]
         }
-        var rng = SeededGenerator(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let jobs = (0..<100).map { index in
             Job(id: UInt64(index) * 7919, queue: "default", priority: Int.random(in: -3...3, using: &rng),
                 payload: (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) },
@@ -98,7 +99,7 @@ struct PropertyTests {
 
     @Test("Random bytes only ever produce errors or values, never a crash")
     func randomBytes() throws {
-        var rng = SeededGenerator(seed: 99)
+        var rng = SplitMix64(seed: 99)
         var decoded = 0
         for round in 0..<20_000 {
             var bytes = (0..<Int.random(in: 0...48, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
@@ -116,7 +117,7 @@ struct PropertyTests {
 
     @Test("Mutated valid encodings only ever produce errors or values, never a crash")
     func mutations() throws {
-        var rng = SeededGenerator(seed: 1234)
+        var rng = SplitMix64(seed: 1234)
         var survivors = 0
         for _ in 0..<300 {
             let value = Self.randomEverything(using: &rng)

@@ -1,23 +1,9 @@
 import P2PQConnectionManager
+import P2PQTestSupport
 
 typealias TestManager = ConnectionManager<Int, String>
 typealias Action = ConnectionAction<Int, String>
 typealias Entry = PeerListEntry<Int, String>
-
-/// SplitMix64: a tiny seeded generator, so backoff jitter is reproducible.
-struct SplitMix64: RandomNumberGenerator, Sendable {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 let ms: UInt64 = 1_000_000
 let second: UInt64 = 1_000_000_000

@@ -1,21 +1,11 @@
 import Testing
 import P2PQDiscovery
+import P2PQTestSupport
 
 let second: UInt64 = 1_000_000_000
 let ms: UInt64 = 1_000_000
 let local = MDNSAddress(bytes: [127, 0, 0, 1], port: 5353)
 let service = DNSName("_p2pqueue._tcp.local")
-
-struct SeededRandom: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func configuration(_ n: Int, cluster: String = "c0ffee", port: UInt16 = 7000) -> MDNSConfiguration {
     MDNSConfiguration(instanceName: "node-\(n)", hostName: DNSName("node-\(n).local"), servicePort: port + UInt16(n),
@@ -25,7 +15,7 @@ func configuration(_ n: Int, cluster: String = "c0ffee", port: UInt16 = 7000) ->
 func agent(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSAgent {
     var config = configuration(n)
     configure(&config)
-    return MDNSAgent(configuration: config, randomNumberGenerator: SeededRandom(state: UInt64(n)))
+    return MDNSAgent(configuration: config, randomNumberGenerator: SplitMix64(seed: UInt64(n)))
 }
 
 extension [MDNSAction] {

@@ -1,4 +1,5 @@
 import P2PQDiscovery
+import P2PQTestSupport
 import Testing
 
 @Suite struct MDNSSeedTests {
@@ -6,7 +7,7 @@ import Testing
     /// seed gives the same actions, another seed other ones.
     @Test func theSameSeedGivesTheSameActions() {
         func run(seed: UInt64) -> [MDNSAction] {
-            var a = MDNSAgent(configuration: configuration(1), randomNumberGenerator: SeededRandom(state: seed))
+            var a = MDNSAgent(configuration: configuration(1), randomNumberGenerator: SplitMix64(seed: seed))
             var all = a.start(now: 0)
             var now: UInt64 = 0
             for _ in 0..<8 {

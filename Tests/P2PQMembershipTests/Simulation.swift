@@ -1,4 +1,5 @@
 import P2PQMembership
+import P2PQTestSupport
 import P2PQWire
 import Testing
 
@@ -25,8 +26,6 @@ struct Cluster {
     }
 
     struct InFlight {
-        var at: UInt64
-        var serial: Int
         var from: PeerID
         var to: PeerID
         var message: MembershipMessage
@@ -45,8 +44,8 @@ struct Cluster {
     var killed: Set<PeerID> = []
     var stopped: Set<PeerID> = []
     var slow: [PeerID: UInt64] = [:]
-    var inFlight = Heap()
-    var serial = 0
+    /// Messages in flight, by delivery time then send order.
+    var inFlight = EventQueue<InFlight>()
     /// Pairs whose links are cut (a partition): sends between them are undeliverable.
     var cuts: Set<[PeerID]> = []
     var events: [Event] = []
@@ -93,9 +92,7 @@ struct Cluster {
                     continue
                 }
                 sent.append((id, to, message))
-                serial += 1
-                inFlight.push(InFlight(at: now + latency + (slow[to] ?? 0), serial: serial, from: id, to: to,
-                                         message: message))
+                inFlight.schedule(InFlight(from: id, to: to, message: message), at: now + latency + (slow[to] ?? 0))
             }
         }
     }
@@ -109,12 +106,12 @@ struct Cluster {
             for id in order where !stopped.contains(id) && !killed.contains(id) {
                 if let at = nodes[id]!.timer, nextTimer == nil || at < nextTimer!.0 { nextTimer = (at, id) }
             }
-            let messageAt = inFlight.first?.at ?? .max
+            let messageAt = inFlight.nextTime ?? .max
             let timerAt = nextTimer?.0 ?? .max
             let at = min(messageAt, timerAt)
             guard at <= end else { break }
             now = max(now, at)
-            if messageAt <= timerAt, let flight = inFlight.pop() {
+            if messageAt <= timerAt, let flight = inFlight.pop()?.event {
                 guard !stopped.contains(flight.to), !killed.contains(flight.to) else { continue }
                 perform(flight.to, nodes[flight.to]!.membership.received(flight.message, from: flight.from, now: now))
             } else if let (_, id) = nextTimer {
@@ -167,51 +164,5 @@ struct Cluster {
 
     func events(at observer: PeerID) -> [MembershipEvent] {
         events.filter { $0.observer == observer }.map(\.event)
-    }
-}
-
-/// A binary min-heap of messages in flight, by delivery time then send order.
-struct Heap {
-    private var items: [Cluster.InFlight] = []
-
-    var first: Cluster.InFlight? { items.first }
-
-    private static func less(_ a: Cluster.InFlight, _ b: Cluster.InFlight) -> Bool {
-        (a.at, a.serial) < (b.at, b.serial)
-    }
-
-    mutating func push(_ item: Cluster.InFlight) {
-        items.append(item)
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.less(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Cluster.InFlight? {
-        guard !items.isEmpty else { return nil }
-        items.swapAt(0, items.count - 1)
-        let top = items.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < items.count && Self.less(items[left], items[smallest]) { smallest = left }
-            if right < items.count && Self.less(items[right], items[smallest]) { smallest = right }
-            guard smallest != parent else { break }
-            items.swapAt(parent, smallest)
-            parent = smallest
-        }
-        return top
-    }
-
-    mutating func removeAll(where shouldRemove: (Cluster.InFlight) -> Bool) {
-        let kept = items.filter { !shouldRemove($0) }
-        items = []
-        for item in kept { push(item) }
     }
 }

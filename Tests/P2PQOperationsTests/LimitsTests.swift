@@ -3,6 +3,7 @@ import Glibc
 import P2PQLink
 import P2PQNode
 @testable import P2PQOperations
+import P2PQTestSupport
 import Testing
 
 @Suite("Operations endpoint: limits, abandoned waiters, hostile requests", .serialized)
@@ -171,7 +172,7 @@ struct LimitsTests {
                 $0.bodyTimeout = .seconds(1)
                 $0.maxBodyBytes = 4096
             }
-            var generator = SplitMix(seed: 20_01)
+            var generator = SplitMix64(seed: 20_01)
             let methods = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "G\u{0}T", "", "POST POST", "\u{FF}"]
             let paths = ["/metrics", "/status", "/queue/q/push", "/queue/q/pop", "/queue//pop", "/queue/%FF%FE/push", "/queue/a/b/pop",
                          "*", "http://evil/queue/q/pop", "/../../etc/passwd", "/queue/\(String(repeating: "n", count: 300))/pop", ""]
@@ -221,15 +222,8 @@ private func waitingConsumers(_ node: Node, _ name: String) async -> Int {
     await node.status()?.queues.first { $0.name == name }?.waitingConsumers ?? -1
 }
 
-/// A small seeded generator, so a failing run can be replayed.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next(_ bound: Int) -> Int {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Int((z ^ (z >> 31)) % UInt64(max(1, bound)))
-    }
+private extension SplitMix64 {
+    /// A number below `bound` (0 for a bound under 1), by remainder: the requests need no
+    /// uniformity, only a replay from the seed.
+    mutating func next(_ bound: Int) -> Int { Int(next() % UInt64(max(1, bound))) }
 }

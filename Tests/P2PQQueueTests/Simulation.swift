@@ -1,4 +1,5 @@
 import P2PQQueue
+import P2PQTestSupport
 import P2PQWire
 
 let ms: UInt64 = 1_000_000
@@ -49,12 +50,6 @@ struct Simulation {
         case consumerFree(PeerID, Int)
     }
 
-    private struct Event {
-        var time: UInt64
-        var order: UInt64
-        var kind: EventKind
-    }
-
     private struct Pair: Hashable {
         var a: PeerID
         var b: PeerID
@@ -95,8 +90,8 @@ struct Simulation {
         }
     }
 
-    private var events: [Event] = []
-    private var nextOrder: UInt64 = 0
+    /// Pending events, by time then scheduling order.
+    private var events = EventQueue<EventKind>()
     private var links: [Pair: Int] = [:]  // link epoch while up
     private var epochs: [Pair: Int] = [:]
     private var armed: [PeerID: UInt64] = [:]
@@ -240,38 +235,7 @@ struct Simulation {
     }
 
     private mutating func schedule(_ time: UInt64, _ kind: EventKind) {
-        events.append(Event(time: time, order: nextOrder, kind: kind))
-        nextOrder += 1
-        // Sift up (min-heap on time, then order).
-        var child = events.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.before(events[child], events[parent]) else { break }
-            events.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    private static func before(_ x: Event, _ y: Event) -> Bool {
-        (x.time, x.order) < (y.time, y.order)
-    }
-
-    private mutating func popEvent() -> Event? {
-        guard !events.isEmpty else { return nil }
-        events.swapAt(0, events.count - 1)
-        let event = events.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < events.count && Self.before(events[left], events[smallest]) { smallest = left }
-            if right < events.count && Self.before(events[right], events[smallest]) { smallest = right }
-            if smallest == parent { break }
-            events.swapAt(parent, smallest)
-            parent = smallest
-        }
-        return event
+        events.schedule(kind, at: time)
     }
 
     // MARK: Running
@@ -279,11 +243,11 @@ struct Simulation {
     /// Runs events up to `time` (bounded in count), then sets the clock to `time`.
     mutating func run(until time: UInt64, maxEvents: Int = 5_000_000) {
         var processed = 0
-        while processed < maxEvents, let first = events.first, first.time <= time {
+        while processed < maxEvents, let next = events.nextTime, next <= time {
             processed += 1
-            let event = popEvent()!
-            now = Swift.max(now, event.time)
-            handle(event.kind)
+            let (at, kind) = events.pop()!
+            now = Swift.max(now, at)
+            handle(kind)
         }
         precondition(processed < maxEvents, "simulation did not settle")
         now = Swift.max(now, time)
@@ -293,12 +257,12 @@ struct Simulation {
     mutating func run(for limit: UInt64, until done: (Simulation) -> Bool) -> Bool {
         let end = now + limit
         var processed = 0
-        while processed < 20_000_000, let first = events.first, first.time <= end {
+        while processed < 20_000_000, let next = events.nextTime, next <= end {
             if done(self) { return true }
             processed += 1
-            let event = popEvent()!
-            now = Swift.max(now, event.time)
-            handle(event.kind)
+            let (at, kind) = events.pop()!
+            now = Swift.max(now, at)
+            handle(kind)
         }
         return done(self)
     }

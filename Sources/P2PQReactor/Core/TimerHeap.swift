@@ -9,7 +9,8 @@ public struct TimerID: Hashable, Sendable {
 /// Timers live in a slab of slots that remember their heap position, so a cancelled timer is
 /// removed at once instead of lingering until its deadline: memory stays proportional to the
 /// timers actually pending, even under heavy arm/cancel churn (per-call deadlines).
-/// Equal deadlines fire in the order they were scheduled.
+/// Equal deadlines fire in the order they were scheduled. Hand-written, not HeapModule's `Heap`,
+/// which cannot remove an element from the middle.
 struct TimerHeap {
     private struct Slot {
         var deadline: UInt64 = 0
