@@ -2875,8 +2875,7 @@ extension QueueMachine {
         if shelfGrace.removeValue(forKey: owner) != nil { requeueShelf(of: owner, &actions, now: now) }
         var requeued: [SequenceRun] = []
         if let known = requeuedReplicas[owner]?.runs {
-            let limit = Swift.min(QueueWire.maxRunsPerUpdate,
-                                  (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / 12)
+            let limit = runsPerFrame(bytes: 12)
             // Both lists are sorted and disjoint: one merge walk.
             var k = 0
             outer: for run in checked.sorted(by: { $0.first < $1.first }) {
@@ -2957,7 +2956,7 @@ extension QueueMachine {
         }
         // More runs than one frame holds: the first ones are checked, the rest released with
         // them (a duplicate at worst).
-        let limit = Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / 12)
+        let limit = runsPerFrame(bytes: 12)
         actions.append(.send(.replicaCheck(queue: name, checkID: id, runs: Array(checked.prefix(limit))), to: holder))
     }
 }

@@ -42,6 +42,24 @@ private func describe(_ nodes: [Node], _ child: ChildNode, _ operations: String,
     return lines.joined(separator: "\n")
 }
 
+/// Pushes items "0" ..< "total" to the child in pushes of 500; on a failed push, records the
+/// nodes' and the child's state, stops the nodes and returns false.
+private func pushAll(_ total: Int, to operations: String, token: OperationsToken, nodes: [Node], child: ChildNode) async -> Bool {
+    var took: [Duration] = []
+    do {
+        for start in stride(from: 0, to: total, by: 500) {
+            let began = ContinuousClock.now
+            defer { took.append(ContinuousClock.now - began) }
+            #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
+        }
+        return true
+    } catch {
+        Issue.record("push to the child failed: \(error) (pushes took \(took))\n\(await describe(nodes, child, operations, token: token))")
+        for node in nodes { await node.stop() }
+        return false
+    }
+}
+
 @Suite("Replication on real nodes", .serialized)
 struct ReplicationNodeTests {
     let key = ClusterKey.generate()
@@ -67,16 +85,7 @@ struct ReplicationNodeTests {
         }
         let total = 5000
         let token = OperationsToken.derived(from: key)
-        var took: [Duration] = []
-        do {
-            for start in stride(from: 0, to: total, by: 500) {
-                let began = ContinuousClock.now
-                defer { took.append(ContinuousClock.now - began) }
-                #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
-            }
-        } catch {
-            Issue.record("push to the child failed: \(error) (pushes took \(took))\n\(await describe(nodes, child, operations, token: token))")
-            for node in nodes { await node.stop() }
+        guard await pushAll(total, to: operations, token: token, nodes: nodes, child: child) else {
             return (Set((0..<total).map(String.init)), total)
         }
         // Every push returned: kill the owner before anything moves.
@@ -123,18 +132,7 @@ struct ReplicationNodeTests {
         }
         let total = 5000
         let token = OperationsToken.derived(from: key)
-        var took: [Duration] = []
-        do {
-            for start in stride(from: 0, to: total, by: 500) {
-                let began = ContinuousClock.now
-                defer { took.append(ContinuousClock.now - began) }
-                #expect(try await httpPush(operations, queue: "r", (start..<start + 500).map(String.init), token: token))
-            }
-        } catch {
-            Issue.record("push to the child failed: \(error) (pushes took \(took))\n\(await describe(nodes, child, operations, token: token))")
-            for node in nodes { await node.stop() }
-            return
-        }
+        guard await pushAll(total, to: operations, token: token, nodes: nodes, child: child) else { return }
         kill(child.process.processIdentifier, SIGSTOP)
         // Paused: declared dead; its replica holder re-queues the copies and they are popped here.
         var deliveries: [String: Int] = [:]
