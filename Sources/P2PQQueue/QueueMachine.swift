@@ -128,6 +128,9 @@ public struct QueueMachine: Sendable {
 
     private var pushBlocked = false
     private var armed: UInt64?
+    /// The `now` of the latest input: the timer is always armed (stats), so a healthy node
+    /// sees an input at least every `statsInterval`.
+    private var lastInputAt: UInt64?
 
     // Replication, owner side: own items here that need a replica (ascending, may hold
     // sequences popped since: skipped when sent), replica transfers awaiting their ack, and
@@ -1332,7 +1335,11 @@ public struct QueueMachine: Sendable {
 
     /// A timer this machine armed that is met this late means the process was not running.
     private mutating func detectStall(_ actions: inout [Action], now: UInt64) {
-        guard let armed, now > armed, now - armed > configuration.stallThreshold else { return }
+        // Measured from the latest input, not from the timer's deadline: that deadline may lie
+        // up to a stats interval after the process stopped, which hid pauses just long enough
+        // for a death verdict.
+        defer { lastInputAt = Swift.max(lastInputAt ?? now, now) }
+        guard let lastInputAt, now > lastInputAt, now - lastInputAt > configuration.stallThreshold else { return }
         holdBack(&actions, now: now)
     }
 

@@ -120,11 +120,12 @@ public struct QueueConfiguration: Hashable, Sendable {
     /// start above every number its previous run used (the shell passes its incarnation, the
     /// wall-clock nanoseconds at start), so old copies are never taken for new items.
     public var firstSequence: UInt64
-    /// An input this much later than the timer this machine armed means the process was not
-    /// running (SIGSTOP, a paused VM): owners may have declared it dead and re-queued what it
-    /// holds, so their items are held back until each owner names the stale copies. Below the
-    /// fastest death verdict of a silent node (a failed probe plus the minimum suspicion, about
-    /// 1.25 s with the default membership settings).
+    /// An input this much later than the one before means the process was not running
+    /// (SIGSTOP, a paused VM; the stats timer brings an input every ``statsInterval``): owners
+    /// may have declared it dead and re-queued what it holds, so their items are held back until
+    /// each owner names the stale copies. Below the fastest death verdict of a silent node (a
+    /// failed probe plus the minimum suspicion, about 1.25 s with the default membership
+    /// settings) and well above ``statsInterval``.
     public var stallThreshold: UInt64 = 1_000_000_000
     /// Items held back after a stall or a death verdict wait this long for their owner's
     /// custody verdict, then are released unchecked (a duplicate at worst). Long enough for a

@@ -472,4 +472,24 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = a.peerDisconnected(other, now: 10 * second)
         #expect(a.heldBackCount == 10 && a.count == 0)
     }
+
+    @Test("A pause just past the threshold is a stall though the timer was armed late in it; ticks on time never are")
+    func stallMeasuredFromTheLastInput() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        // Ticks on time for 10 s: no stall, nothing held.
+        var now = 10 * ms
+        while now < 10 * second {
+            now += a.configuration.statsInterval
+            _ = a.tick(now: now)
+            #expect(a.heldBackCount == 0)
+        }
+        // Stopped right after an input, which armed the timer a stats interval ahead; resumed
+        // 1.1 s later, only 0.85 s after that deadline, but long enough for a death verdict.
+        _ = a.tick(now: now)
+        _ = a.tick(now: now + a.configuration.stallThreshold + 100 * ms)
+        #expect(a.heldBackCount == 10 && a.count == 0)
+    }
 }
