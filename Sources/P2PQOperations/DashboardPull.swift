@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import P2PQLink
 import P2PQNode
 import Synchronization
@@ -67,19 +64,12 @@ final class DashboardPuller: Sendable {
     }
 
     private func fetch(_ address: String) async -> DashboardSnapshot? {
-        guard let url = URL(string: "http://\(address)/dashboard.json") else { return nil }
-        var request = URLRequest(url: url)
-        request.timeoutInterval = max(1, Double(interval.components.seconds))
-        if let token { request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization") }
-        let data: Data? = await withCheckedContinuation { continuation in
-            URLSession.shared.dataTask(with: request) { data, response, _ in
-                guard (response as? HTTPURLResponse)?.statusCode == 200, let data, data.count <= Self.maxBody else {
-                    return continuation.resume(returning: nil)
-                }
-                continuation.resume(returning: data)
-            }.resume()
-        }
-        return data.flatMap { try? JSONDecoder().decode(DashboardSnapshot.self, from: $0) }
+        let headers = token.map { [("Authorization", "Bearer \($0.text)")] } ?? []
+        guard let response = try? await OperationsClient.send("http://\(address)/dashboard.json", headers: headers,
+                                                              timeout: max(.seconds(1), interval), maxResponseBytes: Self.maxBody),
+              response.status == 200 else { return nil }
+        let data = Data(response.body)
+        return try? JSONDecoder().decode(DashboardSnapshot.self, from: data)
     }
 
     /// `own` with each pulled member's queue lines, flows to and from it and calls, as it measured

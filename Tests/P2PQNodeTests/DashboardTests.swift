@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import Logging
 import P2PQLink
@@ -62,19 +59,6 @@ struct DashboardHistoryTests {
         #expect(Set(snapshot.queues.map(\.queue)).count == DashboardHistory.maxQueues)
         #expect(snapshot.times.count == 3)
         #expect(snapshot.queues.allSatisfy { $0.lengths.count == 3 && $0.pops.count == 3 })
-    }
-}
-
-/// GET `path` on an operations endpoint with the bearer token; the body and status.
-func httpGet(_ port: Int, _ path: String, token: OperationsToken) async throws -> (Int, Data) {
-    var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    request.timeoutInterval = 10
-    return try await withCheckedThrowingContinuation { continuation in
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            if let error { return continuation.resume(throwing: error) }
-            continuation.resume(returning: ((response as? HTTPURLResponse)?.statusCode ?? 0, data ?? Data()))
-        }.resume()
     }
 }
 

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQLink
 import P2PQMembership
@@ -53,20 +50,14 @@ private final class SeenNumbers: Sendable {
 }
 
 private func httpPopNumbers(_ base: String, queue: String, max: Int, token: OperationsToken) async throws -> [Int] {
-    var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=200")!)
-    request.httpMethod = "POST"
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    request.timeoutInterval = 10
-    let (data, response) = try await URLSession.shared.data(for: request)
-    guard (response as? HTTPURLResponse)?.statusCode == 200 else { return [] }
-    return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items.compactMap(Int.init)
+    let response = try await operationsRequest(base, "/queue/\(queue)/pop?max=\(max)&timeout=200", method: "POST", token: token)
+    guard response.status == 200 else { return [] }
+    return try JSONDecoder().decode(QueuePopAnswer.self, from: Data(response.body)).items.compactMap(Int.init)
 }
 
 private func httpLocalCount(_ base: String, queue: String, token: OperationsToken) async throws -> Int {
-    var request = URLRequest(url: URL(string: "\(base)/status")!)
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    let (data, _) = try await URLSession.shared.data(for: request)
-    return try JSONDecoder().decode(NodeStatus.self, from: data).queues.first { $0.name == queue }?.localCount ?? 0
+    let response = try await operationsRequest(base, "/status", token: token)
+    return try JSONDecoder().decode(NodeStatus.self, from: Data(response.body)).queues.first { $0.name == queue }?.localCount ?? 0
 }
 
 @Suite("Graceful stop and flush on real nodes", .serialized)

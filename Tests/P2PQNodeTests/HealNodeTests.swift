@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQLink
 @testable import P2PQNode
@@ -11,19 +8,13 @@ import P2PQWire
 import Testing
 
 private func pop(_ base: String, queue: String, max: Int, timeoutMs: Int, token: OperationsToken) async throws -> [String] {
-    var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)")!)
-    request.httpMethod = "POST"
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    request.timeoutInterval = 10
-    let (data, _) = try await URLSession.shared.data(for: request)
-    return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items
+    let response = try await operationsRequest(base, "/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)", method: "POST", token: token)
+    return try JSONDecoder().decode(QueuePopAnswer.self, from: Data(response.body)).items
 }
 
 private func status(_ base: String, token: OperationsToken) async throws -> NodeStatus {
-    var request = URLRequest(url: URL(string: "\(base)/status")!)
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    let (data, _) = try await URLSession.shared.data(for: request)
-    return try JSONDecoder().decode(NodeStatus.self, from: data)
+    let response = try await operationsRequest(base, "/status", token: token)
+    return try JSONDecoder().decode(NodeStatus.self, from: Data(response.body))
 }
 
 /// Run alone (`P2PQ_LOAD_TESTS=1 swift test --filter HealNodeTests`, as .ci/run does): beside

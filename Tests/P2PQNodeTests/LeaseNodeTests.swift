@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQLink
 @testable import P2PQNode
@@ -155,12 +152,8 @@ struct LeaseNodeTests {
         var leased = 0
         let deadline = ContinuousClock.now + .seconds(20)
         while leased < 500 && ContinuousClock.now < deadline {
-            var request = URLRequest(url: URL(string: "\(operations)/queue/k/pop?max=100&timeout=200&lease=600000")!)
-            request.httpMethod = "POST"
-            request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-            request.timeoutInterval = 10
-            let (data, _) = try await URLSession.shared.data(for: request)
-            leased += try JSONDecoder().decode(QueuePopAnswer.self, from: data).items.count
+            let response = try await operationsRequest(operations, "/queue/k/pop?max=100&timeout=200&lease=600000", method: "POST", token: token)
+            leased += try JSONDecoder().decode(QueuePopAnswer.self, from: Data(response.body)).items.count
         }
         #expect(leased >= 500, "the child leased only \(leased)")
         kill(child.process.processIdentifier, SIGKILL)

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import P2PQLink
 @testable import P2PQNode
 import Prometheus

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQCodable
 import P2PQLink
@@ -280,20 +277,14 @@ private func typedPop(_ queue: TypedQueue<Job>) async -> Result<Job, TypedQueueE
 }
 
 private func httpPop(_ base: String, queue: String, max: Int, timeoutMs: Int, token: OperationsToken) async throws -> [String] {
-    var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)")!)
-    request.httpMethod = "POST"
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    request.timeoutInterval = 10
-    let (data, response) = try await URLSession.shared.data(for: request)
-    #expect((response as? HTTPURLResponse)?.statusCode == 200)
-    return try JSONDecoder().decode(QueuePopAnswer.self, from: data).items
+    let response = try await operationsRequest(base, "/queue/\(queue)/pop?max=\(max)&timeout=\(timeoutMs)", method: "POST", token: token)
+    #expect(response.status == 200)
+    return try JSONDecoder().decode(QueuePopAnswer.self, from: Data(response.body)).items
 }
 
 private func httpStatus(_ base: String, token: OperationsToken) async throws -> NodeStatus {
-    var request = URLRequest(url: URL(string: "\(base)/status")!)
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    let (data, _) = try await URLSession.shared.data(for: request)
-    return try JSONDecoder().decode(NodeStatus.self, from: data)
+    let response = try await operationsRequest(base, "/status", token: token)
+    return try JSONDecoder().decode(NodeStatus.self, from: Data(response.body))
 }
 
 extension Array {

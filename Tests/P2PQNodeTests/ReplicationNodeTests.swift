@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Glibc
 import P2PQLink
 @testable import P2PQNode
@@ -12,16 +9,8 @@ import Testing
 
 /// Pushes `lines` (one item each) through a node's operations endpoint; true on 200.
 private func httpPush(_ base: String, queue: String, _ lines: [String], token: OperationsToken) async throws -> Bool {
-    var request = URLRequest(url: URL(string: "\(base)/queue/\(queue)/push")!)
-    request.httpMethod = "POST"
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    // A connection per push: URLSession on Linux sometimes sent a request on a reused
-    // connection that never reached the server (the server's idle timeout closed it 10 s later).
-    request.setValue("close", forHTTPHeaderField: "Connection")
-    request.httpBody = Data(lines.joined(separator: "\n").utf8 + [UInt8(ascii: "\n")])
-    request.timeoutInterval = 20
-    let (_, response) = try await URLSession.shared.data(for: request)
-    return (response as? HTTPURLResponse)?.statusCode == 200
+    let body = Array(lines.joined(separator: "\n").utf8) + [UInt8(ascii: "\n")]
+    return try await operationsRequest(base, "/queue/\(queue)/push", method: "POST", token: token, body: body, timeout: .seconds(20)).status == 200
 }
 
 /// What the nodes' queue `name` and the child's endpoint say, for a failed push.
@@ -33,10 +22,8 @@ private func describe(_ nodes: [Node], _ child: ChildNode, _ operations: String,
         }
         lines.append("node \(node.peerID.short): \(counters ?? "not running")")
     }
-    var request = URLRequest(url: URL(string: "\(operations)/metrics")!)
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    if let (data, _) = try? await URLSession.shared.data(for: request) {
-        lines.append(String(decoding: data, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
+    if let response = try? await operationsRequest(operations, "/metrics", token: token) {
+        lines.append(response.text.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
     }
     lines.append(child.diagnostics())
     return lines.joined(separator: "\n")

@@ -1,8 +1,5 @@
 import ArgumentParser
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import P2PQLink
 import P2PQNode
 import P2PQOperations
@@ -24,26 +21,19 @@ func postOperations(_ address: String, path: String, query: [URLQueryItem], body
     let base = address.hasPrefix("http://") ? address : "http://\(address)"
     guard var components = URLComponents(string: base + path) else { throw ValidationError("bad address '\(address)'") }
     if !query.isEmpty { components.queryItems = query }
-    guard let url = components.url else { throw ValidationError("bad address '\(address)'") }
-    var request = URLRequest(url: url)
-    request.httpMethod = "POST"
-    request.setValue("Bearer \(token.text)", forHTTPHeaderField: "Authorization")
-    request.httpBody = Data(body)
-    request.timeoutInterval = timeout
-    let data: Data
-    let code: Int
+    guard let url = components.url?.absoluteString else { throw ValidationError("bad address '\(address)'") }
+    let response: OperationsClient.Response
     do {
-        let (answer, response) = try await URLSession.shared.data(for: request)
-        data = answer
-        code = (response as? HTTPURLResponse)?.statusCode ?? 0
+        response = try await OperationsClient.send(url, method: "POST", headers: [("Authorization", "Bearer \(token.text)")],
+                                                   body: body, timeout: .milliseconds(Int64(timeout * 1000)))
     } catch {
-        throw CLIError(.unreachable, "cannot reach \(url): \(error.localizedDescription)")
+        throw CLIError(.unreachable, "cannot reach \(url): \(error)")
     }
-    guard code == 200 else {
-        throw CLIError(CLIError.kind(forHTTPStatus: code),
-                       "\(url) answered \(code): \(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+    guard response.status == 200 else {
+        throw CLIError(CLIError.kind(forHTTPStatus: response.status),
+                       "\(url) answered \(response.status): \(response.text.trimmingCharacters(in: .whitespacesAndNewlines))")
     }
-    return data
+    return Data(response.body)
 }
 
 /// The path of a queue route, the name percent-encoded.

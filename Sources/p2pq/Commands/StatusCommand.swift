@@ -1,9 +1,7 @@
 import ArgumentParser
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import P2PQNode
+import P2PQOperations
 
 /// `p2pq status`: asks a running node (its `--metrics` address) for its state.
 struct StatusCommand: AsyncParsableCommand {
@@ -23,24 +21,20 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let base = address.hasPrefix("http://") ? address : "http://\(address)"
-        guard let url = URL(string: base + "/status") else { throw ValidationError("bad address '\(address)'") }
-        var request = URLRequest(url: url)
-        request.setValue("Bearer \(try clientToken(tokenFile).text)", forHTTPHeaderField: "Authorization")
-        let data: Data
-        let body: Data
-        let code: Int
+        let url = base + "/status"
+        let token = try clientToken(tokenFile)
+        let response: OperationsClient.Response
         do {
-            let (answer, response) = try await URLSession.shared.data(for: request)
-            body = answer
-            code = (response as? HTTPURLResponse)?.statusCode ?? 0
+            response = try await OperationsClient.send(url, headers: [("Authorization", "Bearer \(token.text)")], timeout: .seconds(30))
         } catch {
-            throw CLIError(.unreachable, "cannot reach \(url): \(error.localizedDescription)")
+            if case .badURL = error { throw ValidationError("bad address '\(address)'") }
+            throw CLIError(.unreachable, "cannot reach \(url): \(error)")
         }
-        guard code == 200 else {
-            throw CLIError(CLIError.kind(forHTTPStatus: code),
-                           "\(url) answered \(code): \(String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+        guard response.status == 200 else {
+            throw CLIError(CLIError.kind(forHTTPStatus: response.status),
+                           "\(url) answered \(response.status): \(response.text.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
-        data = body
+        let data = Data(response.body)
         if json {
             print(String(decoding: data, as: UTF8.self))
             return

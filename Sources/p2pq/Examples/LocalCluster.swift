@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import P2PQLink
 import P2PQNode
+import P2PQOperations
 
 /// A throwaway cluster of `p2pq node` child processes on loopback, for the examples and
 /// benchmarks: a shared temporary cluster key, each child serving its operations endpoint.
@@ -71,49 +72,12 @@ final class LocalCluster {
                             token: OperationsToken.derived(from: key).text))
     }
 
-    /// A node's `/status`, nil if it does not answer.
+    /// A node's `/status`, nil if it does not answer within 2 s.
     static func status(of member: Member) async -> NodeStatus? {
-        guard let body = httpGet(member.operationsURL, path: "/status", token: member.token) else { return nil }
-        return try? JSONDecoder().decode(NodeStatus.self, from: Data(body))
-    }
-
-    /// A plain blocking HTTP/1.0 GET on a loopback endpoint (`http://127.0.0.1:port`): the
-    /// body, or nil. (URLSession on Linux traps when a request races a cancellation.)
-    static func httpGet(_ base: String, path: String, token: String? = nil) -> [UInt8]? {
-        let hostPort = base.replacingOccurrences(of: "http://", with: "")
-        guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else { return nil }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr(String(hostPort[..<colon]))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { return nil }
-        let authorization = token.map { "Authorization: Bearer \($0)\r\n" } ?? ""
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostPort)\r\n\(authorization)\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        while response.count < 16 << 20 {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n > 0 {
-                response.append(contentsOf: buffer[0..<n])
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                break
-            }
-        }
-        let separator: [UInt8] = [13, 10, 13, 10]
-        guard response.starts(with: Array("HTTP/1.".utf8)), response.count > 12, response[9] == UInt8(ascii: "2"),
-              let end = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<$0 + 4]) == separator }) else { return nil }
-        return Array(response[(end + 4)...])
+        guard let response = try? await OperationsClient.send(member.operationsURL + "/status", headers: [("Authorization", "Bearer \(member.token)")],
+                                                              timeout: .seconds(2)),
+              response.status == 200 else { return nil }
+        return try? JSONDecoder().decode(NodeStatus.self, from: Data(response.body))
     }
 
     /// Stops every child: SIGTERM, then SIGKILL for those still running after `grace`.
