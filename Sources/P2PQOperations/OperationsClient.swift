@@ -116,14 +116,15 @@ extension TimeAmount {
     }
 }
 
-/// Collects one answer into `promise`; fails it on a deadline, an early close or an error, and
-/// closes the connection when done.
+/// Collects one answer into `promise`; fails it on a deadline, an early close or an error
+/// (closing the connection), and after a complete answer leaves the close to the server.
 private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
 
     private let promise: EventLoopPromise<OperationsClient.Response>
     private let timeout: TimeAmount
     private let limit: Int
+    private static let lingerBeforeClose = TimeAmount.seconds(2)
     private var response = OperationsClient.Response(status: 0, headers: [], body: [])
     private var done = false
     private var deadline: Scheduled<Void>?
@@ -157,7 +158,13 @@ private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHa
             }
             response.body.append(contentsOf: buffer.readableBytesView)
         case .end:
-            finish(context, .success(response))
+            // The server closes (the request said `Connection: close`); closing here at once
+            // would race its check that the answer got through (a plain pop's items go back
+            // when the client has closed before that check: a duplicate). A server that keeps
+            // the connection is left after `lingerBeforeClose`.
+            finish(context, .success(response), close: false)
+            let linger = context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerBeforeClose) { context.close(promise: nil) }
+            deadline = linger
         }
     }
 
@@ -174,11 +181,12 @@ private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHa
         finish(context, .failure(OperationsClient.Failure.failed("\(error)")))
     }
 
-    private func finish(_ context: ChannelHandlerContext, _ result: Result<OperationsClient.Response, Error>) {
+    private func finish(_ context: ChannelHandlerContext, _ result: Result<OperationsClient.Response, Error>, close: Bool = true) {
         guard !done else { return }
         done = true
         deadline?.cancel()
+        deadline = nil
         promise.completeWith(result)
-        context.close(promise: nil)
+        if close { context.close(promise: nil) }
     }
 }

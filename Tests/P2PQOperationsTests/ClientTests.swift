@@ -3,6 +3,7 @@ import Glibc
 import P2PQLink
 import P2PQNode
 import P2PQOperations
+import Synchronization
 import Testing
 
 /// A loopback listener that answers each connection with `reply` (after reading the request
@@ -12,6 +13,8 @@ private final class ScriptedServer: @unchecked Sendable {
     let fd: Int32
     let port: UInt16
     private let reply: [UInt8]?
+    /// Connections whose client had closed 200 ms after the answer was sent.
+    let closedByClient = Atomic<Int>(0)
 
     init(reply: [UInt8]?) throws {
         self.reply = reply
@@ -49,6 +52,9 @@ private final class ScriptedServer: @unchecked Sendable {
                 if n <= 0 { break }
                 offset += n
             }
+            usleep(200_000)
+            var byte: UInt8 = 0
+            if recv(client, &byte, 1, Int32(MSG_DONTWAIT)) == 0 { closedByClient.add(1, ordering: .relaxed) }
             Glibc.close(client)
         }
         // Closed here, not in close(): a number closed there could be reused by another
@@ -148,5 +154,14 @@ struct ClientTests {
                 guard case .badURL = error else { Issue.record("\(url): expected badURL, got \(error)"); continue }
             }
         }
+    }
+
+    @Test("After a complete answer the client leaves the close to the server (a plain pop's check that its answer got through must not see the client gone)")
+    func serverCloses() async throws {
+        let server = try ScriptedServer(reply: Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        defer { server.close() }
+        #expect(try await OperationsClient.send("http://127.0.0.1:\(server.port)/").text == "ok")
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(server.closedByClient.load(ordering: .relaxed) == 0)
     }
 }
