@@ -26,7 +26,7 @@
 /// peer), the newer link wins: a peer that restarted and redialed must replace its dead link.
 /// Upper layers never hear about a losing link; if the loser was announced first (it came up
 /// first), they hear `.peerLinkChanged` instead of a disconnect.
-public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Address: Hashable & Sendable>: Sendable {
+public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Address: Hashable & Sendable>: Sendable {
     public typealias Action = ConnectionAction<PeerID, Address>
     public typealias Record = PeerRecord<PeerID, Address>
     public typealias Entry = PeerListEntry<PeerID, Address>
@@ -35,7 +35,7 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
     public let localPeerID: PeerID
     /// The address peers should dial to reach this node (never dialed by it), if it accepts links.
     public let advertisedAddress: Address?
-    public let configuration: ConnectionManagerConfiguration
+    public let configuration: ConnectionConfiguration
     /// True after ``stop(now:)``; every input then returns no actions.
     public private(set) var isStopped = false
 
@@ -115,7 +115,7 @@ public struct ConnectionManager<PeerID: Hashable & Comparable & Sendable, Addres
     public init(
         localPeerID: PeerID,
         advertisedAddress: Address?,
-        configuration: ConnectionManagerConfiguration = ConnectionManagerConfiguration(),
+        configuration: ConnectionConfiguration = ConnectionConfiguration(),
         randomNumberGenerator: any RandomNumberGenerator & Sendable
     ) {
         precondition(configuration.maxPeers > 0, "maxPeers must be positive")

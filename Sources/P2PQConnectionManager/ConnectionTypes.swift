@@ -28,7 +28,7 @@ public enum LinkDirection: Hashable, Sendable {
 
 /// Why the manager asks the shell to close a link.
 public enum LinkCloseReason: Hashable, Sendable {
-    /// A second link to an already-linked peer; the other link is kept (see ``ConnectionManager``).
+    /// A second link to an already-linked peer; the other link is kept (see ``ConnectionMachine``).
     case duplicate
     /// The link leads back to this node.
     case selfConnection
@@ -44,7 +44,7 @@ public enum LinkCloseReason: Hashable, Sendable {
 /// Why a connected peer is no longer connected (``ConnectionAction/peerDisconnected(_:reason:)``).
 public enum PeerDisconnectReason: Hashable, Sendable {
     /// The link closed without a goodbye (error, reset, remote close); a redial is scheduled
-    /// unless membership declared the peer gone (``ConnectionManager/peerGone(_:now:)``).
+    /// unless membership declared the peer gone (``ConnectionMachine/peerGone(_:now:)``).
     case linkLost
     /// The peer said goodbye; it is not redialed (unless it is a bootstrap address).
     case peerLeft
@@ -66,7 +66,7 @@ public struct PeerListEntry<PeerID: Hashable & Sendable, Address: Hashable & Sen
     }
 }
 
-/// What the node shell must do after an input to ``ConnectionManager``, in order.
+/// What the node shell must do after an input to ``ConnectionMachine``, in order.
 public enum ConnectionAction<PeerID: Hashable & Comparable & Sendable, Address: Hashable & Sendable>: Hashable, Sendable {
     /// Open a TCP connection to the address and run the handshake. Answer with exactly one of
     /// `linkUp(direction: .outbound, dialedAddress: address)` or `dialFailed(address:)`.
@@ -131,8 +131,8 @@ public struct PeerRecord<PeerID: Hashable & Sendable, Address: Hashable & Sendab
     }
 }
 
-/// The knobs of a ``ConnectionManager``. Durations are in nanoseconds.
-public struct ConnectionManagerConfiguration: Hashable, Sendable {
+/// The knobs of a ``ConnectionMachine``. Durations are in nanoseconds.
+public struct ConnectionConfiguration: Hashable, Sendable {
     /// Delay before the first redial after a link is lost; doubles with each failed dial.
     public var baseBackoff: UInt64
     /// Cap of the redial delay (before jitter).

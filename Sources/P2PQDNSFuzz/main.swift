@@ -18,8 +18,8 @@ let configuration = MDNSConfiguration(
 )
 
 /// A started agent, copied for each input (a value: the copy shares storage until written).
-let startedAgent: MDNSAgent = {
-    var agent = MDNSAgent(configuration: configuration, randomNumberGenerator: SplitMix64(seed: 1))  // seeded: a crashing input replays exactly
+let startedAgent: MDNSMachine = {
+    var agent = MDNSMachine(configuration: configuration, randomNumberGenerator: SplitMix64(seed: 1))  // seeded: a crashing input replays exactly
     _ = agent.start(now: 1)
     return agent
 }()
@@ -42,8 +42,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     }
     // The agent drops what does not decode before looking at it: only decodable packets reach it.
     var agent = startedAgent
-    _ = agent.receive(packet, from: MDNSAddress(bytes: [127, 0, 0, 1], port: 5353), now: 2)
-    _ = agent.receive(packet, from: MDNSAddress(bytes: [127, 0, 0, 2], port: 4000), now: 3)
+    _ = agent.received(packet, from: MDNSAddress(bytes: [127, 0, 0, 1], port: 5353), now: 2)
+    _ = agent.received(packet, from: MDNSAddress(bytes: [127, 0, 0, 2], port: 4000), now: 3)
     _ = agent.tick(now: 4_000_000_000)
     _ = agent.stop(now: 5_000_000_000)
     return 0

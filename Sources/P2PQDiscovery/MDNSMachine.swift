@@ -6,7 +6,7 @@
 ///
 /// ## Inputs
 /// - ``start(now:)`` announces this node's records and starts browsing.
-/// - ``receive(_:from:now:)`` for every datagram. Sources that fail the on-link predicate
+/// - ``received(_:from:now:)`` for every datagram. Sources that fail the on-link predicate
 ///   are dropped before decoding; malformed packets are counted and dropped.
 /// - ``tick(now:)`` when the timer armed by `.armTimer(at:)` fires.
 /// - ``stop(now:)`` sends goodbyes (TTL 0); then every input returns nothing.
@@ -37,7 +37,7 @@
 /// with its PTR, SRV, TXT and an A record, this cluster's identifier and another PeerID is
 /// reported once as `.discovered` (again when its address changes) and as `.expired` when a
 /// record it needs goes.
-public struct MDNSAgent: Sendable {
+public struct MDNSMachine: Sendable {
     public let configuration: MDNSConfiguration
     public private(set) var statistics = MDNSStatistics()
     public private(set) var isStarted = false
@@ -144,7 +144,7 @@ public struct MDNSAgent: Sendable {
     }
 
     /// A datagram arrived from `source`.
-    public mutating func receive(_ packet: [UInt8], from source: MDNSAddress, now: UInt64) -> [MDNSAction] {
+    public mutating func received(_ packet: [UInt8], from source: MDNSAddress, now: UInt64) -> [MDNSAction] {
         guard isStarted, !isStopped else { return [] }
         guard configuration.isOnLink(source) else {
             statistics.droppedOffLink += 1

@@ -98,7 +98,7 @@ public enum MDNSAction: Hashable, Sendable {
     case sendMulticast([UInt8])
     /// Send to one address (a unicast or legacy reply).
     case sendUnicast([UInt8], to: MDNSAddress)
-    /// Call ``MDNSAgent/tick(now:)`` at this time (replaces any earlier arming).
+    /// Call ``MDNSMachine/tick(now:)`` at this time (replaces any earlier arming).
     case armTimer(at: UInt64)
     /// A peer was found, or its address or port changed.
     case discovered(MDNSPeerHint)

@@ -8,7 +8,7 @@ import P2PQWire
 /// SWIM membership and failure detection with Lifeguard's refinements, as a plain value.
 ///
 /// Inputs carry the current monotonic time (`now`, nanoseconds); each returns the
-/// ``MembershipDirective``s the shell must carry out, in order. Nothing here does I/O.
+/// ``MembershipAction``s the shell must carry out, in order. Nothing here does I/O.
 ///
 /// - **Probing.** Every protocol period (``MembershipConfiguration/probeInterval``) the next
 ///   member in a shuffled round-robin order gets a `ping`. Without an ack within the probe
@@ -43,7 +43,7 @@ import P2PQWire
 ///   ``MembershipConfiguration/tombstoneRetention``, so stale alive news at its old incarnation
 ///   cannot bring it back, then forgotten on a later tick with everything kept about it. The
 ///   table holds at most ``MembershipConfiguration/maxMembers`` members.
-public struct Membership {
+public struct MembershipMachine {
     /// This node.
     public let localPeer: PeerID
     /// This node's incarnation: bumped past any suspicion of it.
@@ -193,8 +193,8 @@ public struct Membership {
     // MARK: Inputs
 
     /// Starts probing and announces this node.
-    public mutating func start(now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func start(now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         nextProbeAt = now &+ configuration.probeInterval
         enqueue(MemberUpdate(kind: .alive, member: localPeer, incarnation: incarnation, origin: localPeer))
         rearm(now: now, &out)
@@ -202,8 +202,8 @@ public struct Membership {
     }
 
     /// The timer fired (or any time): runs everything that is due.
-    public mutating func tick(now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func tick(now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         guard !hasLeft else { return out }
         armed = nil  // the shell's timer has fired: always say when the next one is due
         for sequence in probes.keys.sorted() {
@@ -265,8 +265,8 @@ public struct Membership {
     }
 
     /// A membership message arrived from `peer`.
-    public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         guard !hasLeft else { return out }
         for update in message.updates {
             guard Self.isPlausible(update) else {
@@ -311,8 +311,8 @@ public struct Membership {
     }
 
     /// A `.send` directive could not be carried out (no ready link to `peer`).
-    public mutating func undeliverable(_ message: MembershipMessage, to peer: PeerID, now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func undeliverable(_ message: MembershipMessage, to peer: PeerID, now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         guard !hasLeft else { return out }
         switch message {
         case .ping(let sequence, _):
@@ -342,8 +342,8 @@ public struct Membership {
     /// A link to `peer` came up. `incarnation` is the lower bound the peer announced for its
     /// incarnation (its process start), which tells a restarted member from a reconnect: one
     /// above what this node knows is reported as ``MembershipEvent/joined(_:)`` again.
-    public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         guard !hasLeft, peer != localPeer else { return out }
         let incarnation = min(incarnation, Self.maxIncarnation)
         linked.insert(peer)
@@ -381,8 +381,8 @@ public struct Membership {
     }
 
     /// The link to `peer` closed: strong evidence, so probe it now (never a verdict by itself).
-    public mutating func linkDown(_ peer: PeerID, now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func linkDown(_ peer: PeerID, now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         linked.remove(peer)
         guard !hasLeft, let member = memberTable[peer], member.state == .alive || member.state == .suspect,
               probing[peer] == nil else { return out }
@@ -393,8 +393,8 @@ public struct Membership {
 
     /// This node leaves: every live member is told directly, so it records *left*, not dead.
     /// The membership does nothing afterwards.
-    public mutating func leave(now: UInt64) -> [MembershipDirective] {
-        var out: [MembershipDirective] = []
+    public mutating func leave(now: UInt64) -> [MembershipAction] {
+        var out: [MembershipAction] = []
         guard !hasLeft else { return out }
         hasLeft = true
         let update = MemberUpdate(kind: .left, member: localPeer, incarnation: incarnation, origin: localPeer)
@@ -439,7 +439,7 @@ public struct Membership {
         return nil
     }
 
-    private mutating func startProbe(_ target: PeerID, now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func startProbe(_ target: PeerID, now: UInt64, _ out: inout [MembershipAction]) {
         let sequence = nextSequence()
         probes[sequence] = Probe(
             target: target,
@@ -450,7 +450,7 @@ public struct Membership {
         out.append(.send(.ping(sequence: sequence, updates: piggyback(for: target)), to: target))
     }
 
-    private mutating func goIndirect(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func goIndirect(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipAction]) {
         guard var probe = probes[sequence], probe.directDeadline != nil else { return }
         probe.directDeadline = nil
         // Helpers get their window even when this node goes indirect late (a stall).
@@ -470,7 +470,7 @@ public struct Membership {
 
     /// Ends a probe early when nothing can answer any more: the ping was never sent and every
     /// helper either could not be asked or said nack.
-    private mutating func concludeIfHopeless(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func concludeIfHopeless(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipAction]) {
         guard let probe = probes[sequence], probe.directDeadline == nil, probe.undeliverable,
               probe.helpers.isSubset(of: probe.nacks) else { return }
         probeFailed(sequence, now: now, &out)
@@ -482,7 +482,7 @@ public struct Membership {
         localHealth = max(0, localHealth - 1)
     }
 
-    private mutating func probeFailed(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func probeFailed(_ sequence: UInt64, now: UInt64, _ out: inout [MembershipAction]) {
         guard let probe = probes.removeValue(forKey: sequence) else { return }
         probing[probe.target] = nil
         // Lifeguard: helpers that said nothing point at this node being slow, not the target.
@@ -512,7 +512,7 @@ public struct Membership {
 
     /// Applies one update under SWIM's ordering rules; updates that change the view are
     /// queued for gossip and reported as events.
-    private mutating func apply(_ update: MemberUpdate, now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func apply(_ update: MemberUpdate, now: UInt64, _ out: inout [MembershipAction]) {
         let peer = update.member
         let incarnation = update.incarnation
         if peer == localPeer {
@@ -636,7 +636,7 @@ public struct Membership {
         }
     }
 
-    private mutating func refuteIfNeeded(_ update: MemberUpdate, _ out: inout [MembershipDirective]) {
+    private mutating func refuteIfNeeded(_ update: MemberUpdate, _ out: inout [MembershipAction]) {
         guard incarnation <= update.incarnation else { return }
         if update.kind == .alive && update.incarnation == incarnation { return }
         // Suspected, declared dead or left at our incarnation (or an alive from a previous
@@ -659,7 +659,7 @@ public struct Membership {
     /// Tells each linked member believed dead what this node believes (and the queued news), so
     /// it refutes: neither side probes or gossips to a member it believes dead, so two halves of
     /// a healed partition would otherwise keep each other dead on a working link.
-    private mutating func remindLinkedDead(_ out: inout [MembershipDirective]) {
+    private mutating func remindLinkedDead(_ out: inout [MembershipAction]) {
         for peer in linked.sorted() where memberTable[peer]?.state == .dead {
             out.append(.send(.gossip(updates: piggyback(for: peer)), to: peer))
         }
@@ -734,7 +734,7 @@ public struct Membership {
         return updates
     }
 
-    private mutating func gossipRound(_ out: inout [MembershipDirective]) {
+    private mutating func gossipRound(_ out: inout [MembershipAction]) {
         guard !queue.isEmpty, configuration.gossipFanout > 0 else { return }
         var targets = memberTable.keys.sorted().filter { memberTable[$0]!.state == .alive || memberTable[$0]!.state == .suspect }
         targets.shuffle(using: &rng)
@@ -746,7 +746,7 @@ public struct Membership {
 
     // MARK: Timer
 
-    private mutating func rearm(now: UInt64, _ out: inout [MembershipDirective]) {
+    private mutating func rearm(now: UInt64, _ out: inout [MembershipAction]) {
         guard !hasLeft else { return }
         var earliest = nextProbeAt
         if !queue.isEmpty {

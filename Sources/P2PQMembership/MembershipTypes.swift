@@ -86,19 +86,19 @@ public enum MembershipEvent: Sendable, Hashable {
     case refutedDeath
 }
 
-/// What the shell must do after an input to ``Membership``, in order.
-public enum MembershipDirective: Sendable, Hashable {
+/// What the shell must do after an input to ``MembershipMachine``, in order.
+public enum MembershipAction: Sendable, Hashable {
     /// Send the message to the member over its link. If it cannot be sent (no ready link),
-    /// tell the membership with ``Membership/undeliverable(_:to:now:)``.
+    /// tell the membership with ``MembershipMachine/undeliverable(_:to:now:)``.
     case send(MembershipMessage, to: PeerID)
     /// Report the event to the layers above.
     case event(MembershipEvent)
     /// Arm the single membership timer for this monotonic time, replacing any earlier one;
-    /// call ``Membership/tick(now:)`` when it fires.
+    /// call ``MembershipMachine/tick(now:)`` when it fires.
     case armTimer(at: UInt64)
 }
 
-/// One member as ``Membership/members`` reports it.
+/// One member as ``MembershipMachine/members`` reports it.
 public struct MemberStatus: Sendable, Hashable {
     public var peer: PeerID
     public var state: MemberState

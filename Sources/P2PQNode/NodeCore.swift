@@ -12,7 +12,7 @@ import P2PQWire
 /// The node on its reactor thread: owns the listener, the links and the connection manager,
 /// and performs the manager's actions. Everything here runs on the reactor thread.
 final class NodeCore {
-    typealias Manager = ConnectionManager<PeerID, SocketAddress>
+    typealias Manager = ConnectionMachine<PeerID, SocketAddress>
     typealias Action = ConnectionAction<PeerID, SocketAddress>
 
     let reactor: Reactor
@@ -108,7 +108,7 @@ final class NodeCore {
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
         manager = Manager(
             localPeerID: identity.peerID, advertisedAddress: listen,
-            configuration: ConnectionManagerConfiguration(
+            configuration: ConnectionConfiguration(
                 baseBackoff: nanos(configuration.baseBackoff), maxBackoff: nanos(configuration.maxBackoff),
                 keepaliveInterval: nanos(configuration.keepaliveInterval),
                 keepaliveTimeout: nanos(configuration.keepaliveTimeout),
@@ -373,10 +373,10 @@ final class NodeCore {
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
                                        versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
         let listen = advertised
-        let hello = LinkProtocol.LocalHello(
+        let hello = LinkMachine.LocalHello(
             peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
             features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & configuration.helloFeatureMask)
-        let stages = LinkProtocol(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
+        let stages = LinkMachine(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
                                   timeoutDescription: "\(configuration.handshakeTimeout)",
                                   keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)")
         return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session, link: stages)

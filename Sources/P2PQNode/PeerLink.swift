@@ -8,10 +8,10 @@ import P2PQWire
 extension TCPConnection: LinkOutput {}
 
 /// The shell around one peer connection: feeds socket bytes to its `LinkSession` and the
-/// session's events to its ``LinkProtocol``, performs what that answers, and seals outgoing
+/// session's events to its ``LinkMachine``, performs what that answers, and seals outgoing
 /// messages once per loop turn.
 final class PeerLink: TCPConnectionHandler {
-    typealias Stage = LinkProtocol.Stage
+    typealias Stage = LinkMachine.Stage
 
     let id: LinkID
     let direction: LinkDirection
@@ -21,9 +21,9 @@ final class PeerLink: TCPConnectionHandler {
     var connection: TCPConnection!
     var session: LinkSession
     /// The hello, ping and goodbye stages (every decision about the link past the handshake).
-    private var link: LinkProtocol
+    private var link: LinkMachine
     private lazy var timer = ShellTimer(reactor: node.reactor) { [unowned self] in
-        self.perform(self.link.timerFired(now: self.node.now))
+        self.perform(self.link.tick(now: self.node.now))
     }
     var stage: Stage { link.stage }
     /// The peer id the handshake authenticated.
@@ -48,7 +48,7 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var bytesOut = 0
 
     init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession,
-         link: LinkProtocol) {
+         link: LinkMachine) {
         self.id = id
         self.direction = direction
         self.dialedAddress = dialedAddress
@@ -66,11 +66,11 @@ final class PeerLink: TCPConnectionHandler {
 
     // MARK: Actions
 
-    private func perform(_ actions: [LinkProtocolAction]) {
+    private func perform(_ actions: [LinkAction]) {
         for action in actions { perform(action) }
     }
 
-    private func perform(_ action: LinkProtocolAction) {
+    private func perform(_ action: LinkAction) {
         switch action {
         case .send(let message): sendMessage(message)
         case .armTimer(let at): timer.arm(at: at)
@@ -87,7 +87,7 @@ final class PeerLink: TCPConnectionHandler {
         }
     }
 
-    private func close(_ closing: LinkProtocol.Closing) {
+    private func close(_ closing: LinkMachine.Closing) {
         let reason = link.closeReason ?? ""
         switch closing {
         case .failed(let duringHandshake):
@@ -182,7 +182,7 @@ final class PeerLink: TCPConnectionHandler {
         if closeAfterSeal { connection.close(afterFlush: true) }
     }
 
-    /// Says goodbye, then closes once the goodbye is written (``LinkProtocol/leave(_:detail:)``).
+    /// Says goodbye, then closes once the goodbye is written (``LinkMachine/leave(_:detail:)``).
     func leave(_ reason: GoodbyeReason, detail: String) {
         perform(link.leave(reason, detail: detail))
     }
@@ -198,12 +198,12 @@ final class PeerLink: TCPConnectionHandler {
         perform(link.fail(reason))
     }
 
-    /// The connection manager closes the link (``LinkProtocol/close(_:)``).
+    /// The connection manager closes the link (``LinkMachine/close(_:)``).
     func close(_ reason: LinkCloseReason) {
         perform(link.close(reason))
     }
 
-    /// The node stops (``LinkProtocol/nodeStopping()``).
+    /// The node stops (``LinkMachine/nodeStopping()``).
     func nodeStopping() {
         perform(link.nodeStopping())
     }
@@ -264,7 +264,7 @@ final class PeerLink: TCPConnectionHandler {
     }
 
     func connection(_ connection: TCPConnection, didCloseWith reason: TCPCloseReason) {
-        let end: LinkProtocol.ConnectionEnd
+        let end: LinkMachine.ConnectionEnd
         switch reason {
         case .connectFailed(let error): end = .connectFailed(error: "\(error)")
         case .peerClosed: end = .peerClosed

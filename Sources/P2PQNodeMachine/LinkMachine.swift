@@ -4,8 +4,8 @@ import P2PQWire
 /// The link stages after the Noise handshake, as a plain value: the hello each side sends
 /// first, the check that the hello's peer id is the handshake's, pings answered with pongs,
 /// goodbyes, and the handshake deadline. The shell feeds it the session's events with `now`
-/// and performs the ``LinkProtocolAction``s it answers; it never decides on its own.
-public struct LinkProtocol: Sendable {
+/// and performs the ``LinkAction``s it answers; it never decides on its own.
+public struct LinkMachine: Sendable {
     /// Where a link is.
     public enum Stage: Sendable, Hashable {
         /// The Noise handshake is running.
@@ -125,12 +125,12 @@ public struct LinkProtocol: Sendable {
 
     /// The connection was made (or is being dialed): the handshake and the hellos have until
     /// `now` + the handshake timeout.
-    public mutating func opened(now: UInt64) -> [LinkProtocolAction] {
+    public mutating func opened(now: UInt64) -> [LinkAction] {
         [.armTimer(at: now &+ handshakeTimeout)]
     }
 
     /// The handshake deadline passed.
-    public mutating func timerFired(now: UInt64) -> [LinkProtocolAction] {
+    public mutating func tick(now: UInt64) -> [LinkAction] {
         guard stage == .handshaking || stage == .awaitingHello else { return [] }
         return fail("no handshake within \(handshakeTimeoutDescription)")
     }
@@ -138,7 +138,7 @@ public struct LinkProtocol: Sendable {
     /// The Noise handshake authenticated `peer` and settled `version`; `remoteHost` is the
     /// host the connection is with. Sends our hello, in the version the handshake settled (a
     /// version 1 peer refuses a hello with a higher one).
-    public mutating func established(peer: PeerID, version: UInt16, remoteHost: String, now: UInt64) -> [LinkProtocolAction] {
+    public mutating func established(peer: PeerID, version: UInt16, remoteHost: String, now: UInt64) -> [LinkAction] {
         guard stage == .handshaking else { return [] }
         handshakePeerID = peer
         self.remoteHost = remoteHost
@@ -169,7 +169,7 @@ public struct LinkProtocol: Sendable {
     }
 
     /// The node asks for a keepalive ping, with `nonce`.
-    public mutating func ping(nonce: UInt64, now: UInt64) -> [LinkProtocolAction] {
+    public mutating func ping(nonce: UInt64, now: UInt64) -> [LinkAction] {
         guard canSend else { return [] }
         lastPingNonce = nonce
         return [.send(.ping(nonce: nonce, sentAt: now))]
@@ -177,7 +177,7 @@ public struct LinkProtocol: Sendable {
 
     /// The node ends the link with a goodbye (`reason`, `detail`); before our hello is out
     /// there is no session to say it, and the link just closes once its output is written.
-    public mutating func leave(_ reason: GoodbyeReason, detail: String) -> [LinkProtocolAction] {
+    public mutating func leave(_ reason: GoodbyeReason, detail: String) -> [LinkAction] {
         guard stage != .closed else { return [] }
         closeReason = "goodbye (\(reason)): \(detail)"
         guard canSend else { return [.close(.afterFlush)] }
@@ -185,7 +185,7 @@ public struct LinkProtocol: Sendable {
     }
 
     /// The link must close because of `reason` (an error the shell or another layer found).
-    public mutating func fail(_ reason: String) -> [LinkProtocolAction] {
+    public mutating func fail(_ reason: String) -> [LinkAction] {
         guard stage != .closed else { return [] }
         closeReason = reason
         return [.close(.failed(duringHandshake: stage == .handshaking))]
@@ -193,7 +193,7 @@ public struct LinkProtocol: Sendable {
 
     /// The node's admission control closes a link still in its handshake (stalled, or
     /// evicted for a newer connection) because of `reason`.
-    public mutating func drop(_ reason: String) -> [LinkProtocolAction] {
+    public mutating func drop(_ reason: String) -> [LinkAction] {
         guard stage != .closed else { return [] }
         closeReason = reason
         return [.close(.dropped)]
@@ -201,7 +201,7 @@ public struct LinkProtocol: Sendable {
 
     /// The connection manager closes the link: with a goodbye that says why, or, for a silent
     /// peer, as a failure.
-    public mutating func close(_ reason: LinkCloseReason) -> [LinkProtocolAction] {
+    public mutating func close(_ reason: LinkCloseReason) -> [LinkAction] {
         switch reason {
         case .duplicate: return leave(.duplicateLink, detail: "duplicate link")
         case .leaving: return leave(.leaving, detail: "node stopping")
@@ -215,7 +215,7 @@ public struct LinkProtocol: Sendable {
     /// handshake whose hello has not come may already be ready on the peer's side (it has our
     /// hello), so it gets a goodbye too, or the peer would take the close for a failure; one
     /// still handshaking has none to say.
-    public mutating func nodeStopping() -> [LinkProtocolAction] {
+    public mutating func nodeStopping() -> [LinkAction] {
         switch stage {
         case .ready, .closed: return []
         case .awaitingHello: return leave(.leaving, detail: "node stopping")
@@ -272,7 +272,7 @@ public struct LinkProtocol: Sendable {
 
     // MARK: Receiving
 
-    private mutating func receivedHello(_ type: MessageType, _ body: UnsafeRawBufferPointer) -> [LinkProtocolAction] {
+    private mutating func receivedHello(_ type: MessageType, _ body: UnsafeRawBufferPointer) -> [LinkAction] {
         guard type == .hello else { return fail("expected hello, got \(type)") }
         let message: LinkMessage
         do {
@@ -299,7 +299,7 @@ public struct LinkProtocol: Sendable {
         return [.cancelTimer, .up(facts)]
     }
 
-    private mutating func receivedLinkMessage(_ message: LinkMessage, now: UInt64) -> [LinkProtocolAction] {
+    private mutating func receivedLinkMessage(_ message: LinkMessage, now: UInt64) -> [LinkAction] {
         switch message {
         case .ping(let nonce, let sentAt):
             return [.send(.pong(nonce: nonce, sentAt: sentAt))]
@@ -336,31 +336,31 @@ public struct LinkProtocol: Sendable {
     }
 }
 
-/// What ``LinkProtocol`` answers to a received message.
+/// What ``LinkMachine`` answers to a received message.
 public enum LinkReceipt: Sendable, Equatable {
     /// A message of the layers above (type 0x10 and up) on a ready link: the peer was heard;
     /// hand the body on. (No array here: this is every message's path.)
     case deliver
     /// A link message (or one before the link is ready), handled by these actions.
-    case handled([LinkProtocolAction])
+    case handled([LinkAction])
 }
 
-/// What the shell does for ``LinkProtocol``.
-public enum LinkProtocolAction: Sendable, Equatable {
+/// What the shell does for ``LinkMachine``.
+public enum LinkAction: Sendable, Equatable {
     /// Queue a link message (sealed with the rest of the turn's output).
     case send(LinkMessage)
-    /// Arm the link's one timer at `at` (monotonic ns); it fires ``LinkProtocol/timerFired(now:)``.
+    /// Arm the link's one timer at `at` (monotonic ns); it fires ``LinkMachine/tick(now:)``.
     case armTimer(at: UInt64)
     /// Disarm the link's timer.
     case cancelTimer
     /// The peer's hello checked out: the link is ready.
-    case up(LinkProtocol.RemoteHello)
+    case up(LinkMachine.RemoteHello)
     /// The peer was heard from (keepalive accounting).
     case heard
     /// The peer sent addresses of other peers.
     case peersReceived([PeerAddress])
-    /// Close the link as `Closing` says; ``LinkProtocol/closeReason`` says why.
-    case close(LinkProtocol.Closing)
+    /// Close the link as `Closing` says; ``LinkMachine/closeReason`` says why.
+    case close(LinkMachine.Closing)
     /// Something worth a debug line, nothing to do.
     case note(String)
 }

@@ -6,7 +6,7 @@ import P2PQWire
 ///
 /// No I/O, clocks or threads: every input carries `now` (monotonic nanoseconds) and returns the
 /// ``QueueAction``s the shell performs, in order. The shell routes the queue messages of this
-/// queue (``QueueMessage/queue``) to ``receive(_:from:now:)``.
+/// queue (``QueueMessage/queue``) to ``received(_:from:now:)``.
 ///
 /// ## Order
 /// Items leave a node (popped or transferred) in the order they entered it; items taken back
@@ -810,7 +810,7 @@ public struct QueueMachine: Sendable {
     ///
     /// Pass the message over (`consuming`): a transfer's items then move into the queue
     /// without reference counting.
-    public mutating func receive(_ message: consuming QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
+    public mutating func received(_ message: consuming QueueMessage, from peer: PeerID, now: UInt64) -> [Action] {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         detectStall(&actions, now: now)
@@ -904,7 +904,7 @@ public struct QueueMachine: Sendable {
         case rejected(StatsRejection)
     }
 
-    /// Validates a peer's load report and records it. ``receive(_:from:now:)`` calls this for
+    /// Validates a peer's load report and records it. ``received(_:from:now:)`` calls this for
     /// stats messages; it is public so tests and simulations can feed reports directly.
     @discardableResult
     public mutating func acceptStats(_ stats: LoadStats, from peer: PeerID, now: UInt64) -> StatsVerdict {

@@ -176,11 +176,11 @@ public enum QueueMachineCycle {
                 for (frame, toConsumer) in frames {
                     if toConsumer {
                         try timed(&consumerTime) { () throws(QueueMachineCycleError) in
-                            try perform(consumer.receive(decode(frame), from: sourceID, now: now), fromSource: false)
+                            try perform(consumer.received(decode(frame), from: sourceID, now: now), fromSource: false)
                         }
                     } else {
                         try timed(&sourceTime) { () throws(QueueMachineCycleError) in
-                            try perform(source.receive(decode(frame), from: consumerID, now: now), fromSource: true)
+                            try perform(source.received(decode(frame), from: consumerID, now: now), fromSource: true)
                         }
                     }
                 }

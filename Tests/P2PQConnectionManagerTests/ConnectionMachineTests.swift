@@ -6,7 +6,7 @@ private let L2 = LinkID(2)
 private let L3 = LinkID(3)
 
 /// Keepalive far away, so only redial deadlines drive the timer.
-private let quiet = ConnectionManagerConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
+private let quiet = ConnectionConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
 
 private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 = 10 * second) -> ClosedRange<UInt64> {
     let delay = failures >= 63 ? cap : min(cap, base << UInt64(failures))
@@ -162,7 +162,7 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
     }
 
     @Test func maxPeers() throws {
-        var m = makeManager(0, configuration: ConnectionManagerConfiguration(maxPeers: 2))
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 2))
         _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
         _ = m.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
         #expect(m.linkUp(link: L3, peer: 3, direction: .inbound, peerAddress: address(3), now: 0)
@@ -267,7 +267,7 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
 
 @Suite struct PeerTableTests {
     @Test func statesAndLastSeen() throws {
-        var m = makeManager(0, configuration: ConnectionManagerConfiguration(maxDialAttempts: 1))
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxDialAttempts: 1))
         _ = m.start(bootstrap: ["seed"], now: 0)
         _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 5)
         _ = m.peerListReceived(from: L1, entries: [
@@ -289,7 +289,7 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
     /// pending or belong to a linked peer are kept, and when only those are left nothing new
     /// is dialed.
     @Test func addressTableIsBounded() {
-        var m = makeManager(0, configuration: ConnectionManagerConfiguration(maxDialAttempts: 1, maxKnownAddresses: 3))
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxDialAttempts: 1, maxKnownAddresses: 3))
         _ = m.linkUp(link: L1, peer: 9, direction: .inbound, peerAddress: address(9), now: 0)
         #expect(m.peerListReceived(from: L1, entries: [Entry(peer: 1, address: "a"), Entry(peer: 2, address: "b")],
                                    now: 0).dials == ["a", "b"])

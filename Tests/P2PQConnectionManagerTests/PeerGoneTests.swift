@@ -2,7 +2,7 @@ import P2PQConnectionManager
 import Testing
 
 /// Keepalive far away, so only redial deadlines drive the timer.
-private let quiet = ConnectionManagerConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
+private let quiet = ConnectionConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
 
 /// Membership's verdict (dead or left) stops the redials of a peer.
 @Suite struct PeerGoneTests {
@@ -103,7 +103,7 @@ private let quiet = ConnectionManagerConfiguration(keepaliveInterval: 1000 * sec
     }
 
     @Test func aLinkedPeerClosedForSilenceIsNotRedialed() {
-        var m = makeManager(0, configuration: ConnectionManagerConfiguration(keepaliveInterval: second,
+        var m = makeManager(0, configuration: ConnectionConfiguration(keepaliveInterval: second,
                                                                              keepaliveTimeout: 3 * second))
         _ = m.linkUp(link: LinkID(2), peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
         _ = m.peerGone(2, now: ms)

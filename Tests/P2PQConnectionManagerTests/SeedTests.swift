@@ -1,7 +1,7 @@
 import P2PQConnectionManager
 import Testing
 
-private let quiet = ConnectionManagerConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
+private let quiet = ConnectionConfiguration(keepaliveInterval: 1000 * second, keepaliveTimeout: 3000 * second)
 private let L1 = LinkID(1)
 
 @Suite struct SeedTests {

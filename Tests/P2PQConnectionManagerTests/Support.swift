@@ -1,7 +1,7 @@
 import P2PQConnectionManager
 import P2PQTestSupport
 
-typealias TestManager = ConnectionManager<Int, String>
+typealias TestManager = ConnectionMachine<Int, String>
 typealias Action = ConnectionAction<Int, String>
 typealias Entry = PeerListEntry<Int, String>
 
@@ -11,7 +11,7 @@ let second: UInt64 = 1_000_000_000
 func address(_ node: Int) -> String { "node-\(node)" }
 
 func makeManager(
-    _ id: Int, configuration: ConnectionManagerConfiguration = ConnectionManagerConfiguration(), seed: UInt64 = 1
+    _ id: Int, configuration: ConnectionConfiguration = ConnectionConfiguration(), seed: UInt64 = 1
 ) -> TestManager {
     TestManager(
         localPeerID: id, advertisedAddress: address(id), configuration: configuration,
@@ -82,7 +82,7 @@ struct Simulator {
     private(set) var remote: [Endpoint: Endpoint] = [:]
     private var nextLink: UInt64 = 1
 
-    init(nodes: Int, seed: UInt64, maxLatency: UInt64, configuration: ConnectionManagerConfiguration = .init()) {
+    init(nodes: Int, seed: UInt64, maxLatency: UInt64, configuration: ConnectionConfiguration = .init()) {
         managers = (0..<nodes).map { makeManager($0, configuration: configuration, seed: seed &* 31 &+ UInt64($0)) }
         timers = Array(repeating: nil, count: nodes)
         alive = Array(repeating: true, count: nodes)

@@ -12,10 +12,10 @@ func configuration(_ n: Int, cluster: String = "c0ffee", port: UInt16 = 7000) ->
                       addresses: [[127, 0, 0, UInt8(n)]], peerID: "peer\(n)", clusterIdentifier: cluster, protocolVersion: "1")
 }
 
-func agent(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSAgent {
+func agent(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSMachine {
     var config = configuration(n)
     configure(&config)
-    return MDNSAgent(configuration: config, randomNumberGenerator: SplitMix64(seed: UInt64(n)))
+    return MDNSMachine(configuration: config, randomNumberGenerator: SplitMix64(seed: UInt64(n)))
 }
 
 extension [MDNSAction] {
@@ -42,7 +42,7 @@ extension [MDNSAction] {
 }
 
 /// An agent past its announcements (started at 0, ticked at 1 s).
-func started(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSAgent {
+func started(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }) -> MDNSMachine {
     var a = agent(n, configure)
     _ = a.start(now: 0)
     _ = a.tick(now: second)
@@ -50,8 +50,8 @@ func started(_ n: Int, _ configure: (inout MDNSConfiguration) -> Void = { _ in }
 }
 
 /// A query as the agent answers it: the packet, then the tick after the shared-record delay.
-func respond(_ agent: inout MDNSAgent, _ packet: [UInt8], from source: MDNSAddress = local, now: UInt64) -> [MDNSAction] {
-    agent.receive(packet, from: source, now: now) + agent.tick(now: now + 120 * ms)
+func respond(_ agent: inout MDNSMachine, _ packet: [UInt8], from source: MDNSAddress = local, now: UInt64) -> [MDNSAction] {
+    agent.received(packet, from: source, now: now) + agent.tick(now: now + 120 * ms)
 }
 
 func query(_ questions: [DNSQuestion], known: [DNSResourceRecord] = [], id: UInt16 = 0) -> [UInt8] {
@@ -101,15 +101,15 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func answersOnlyTheQuestionAsked() throws {
         var a = started(1)
         // A shared record: sent after 20–120 ms, not at once.
-        #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
+        #expect(a.received(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
         #expect(a.tick(now: 5 * second + 19 * ms).responses.isEmpty)
         let reply = try #require(a.tick(now: 5 * second + 120 * ms).responses.first)
         #expect(reply.answers.map(\.data) == [.ptr(service.prepending("node-1"))])
         #expect(reply.additionals.isEmpty && reply.questions.isEmpty)
         // A question for something else gets nothing.
-        #expect(a.receive(query([DNSQuestion(name: service.prepending("other"), type: .srv)]), from: local, now: 6 * second).responses.isEmpty)
+        #expect(a.received(query([DNSQuestion(name: service.prepending("other"), type: .srv)]), from: local, now: 6 * second).responses.isEmpty)
         // ANY for the instance: SRV and TXT.
-        let any = a.receive(query([DNSQuestion(name: service.prepending("node-1"), type: .any)]), from: local, now: 7 * second)
+        let any = a.received(query([DNSQuestion(name: service.prepending("node-1"), type: .any)]), from: local, now: 7 * second)
         #expect(Set(try #require(any.responses.first).answers.map(\.type)) == [.srv, .txt])
     }
 
@@ -128,10 +128,10 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         var a = started(1)
         // SRV (unique) is answered at once, so the times are exact.
         let q = query([DNSQuestion(name: service.prepending("node-1"), type: .srv)])
-        #expect(a.receive(q, from: local, now: 5 * second).responses.count == 1)
-        #expect(a.receive(q, from: local, now: 5 * second + 999 * ms).responses.isEmpty)
+        #expect(a.received(q, from: local, now: 5 * second).responses.count == 1)
+        #expect(a.received(q, from: local, now: 5 * second + 999 * ms).responses.isEmpty)
         #expect(a.statistics.rateLimited == 1)
-        #expect(a.receive(q, from: local, now: 6 * second).responses.count == 1)
+        #expect(a.received(q, from: local, now: 6 * second).responses.count == 1)
         // A delayed shared answer is checked when it is due: a PTR sent at 7.0x s is not
         // sent again for a query less than a second after.
         let ptr = query([DNSQuestion(name: service, type: .ptr)])
@@ -142,8 +142,8 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         var b = agent(2)
         _ = b.start(now: 0)
         let srvQuery = query([DNSQuestion(name: service.prepending("node-2"), type: .srv)])
-        #expect(b.receive(srvQuery, from: local, now: 0).responses.isEmpty)
-        #expect(b.receive(srvQuery, from: local, now: second).responses.count == 1)
+        #expect(b.received(srvQuery, from: local, now: 0).responses.isEmpty)
+        #expect(b.received(srvQuery, from: local, now: second).responses.count == 1)
         #expect(b.tick(now: second).responses.first?.answers.contains { $0.type == .srv } == false)
     }
 
@@ -151,9 +151,9 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func duplicateAnswerSuppression() {
         var a = started(1)
         let services = DNSName("_services._dns-sd._udp.local")
-        #expect(a.receive(query([DNSQuestion(name: services, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
+        #expect(a.received(query([DNSQuestion(name: services, type: .ptr)]), from: local, now: 5 * second).responses.isEmpty)
         let theirs = DNSResourceRecord(name: services, data: .ptr(service), ttl: 4500)
-        _ = a.receive(response([theirs]), from: MDNSAddress(bytes: [127, 0, 0, 2], port: 5353), now: 5 * second + 10 * ms)
+        _ = a.received(response([theirs]), from: MDNSAddress(bytes: [127, 0, 0, 2], port: 5353), now: 5 * second + 10 * ms)
         #expect(a.tick(now: 5 * second + 120 * ms).responses.isEmpty)
         #expect(a.statistics.suppressed == 1)
     }
@@ -161,7 +161,7 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func unicastQuestionGetsUnicastWhenRecentlyMulticast() throws {
         var a = started(1)
         let qu = query([DNSQuestion(name: service, type: .ptr, unicastResponse: true)])
-        let actions = a.receive(qu, from: local, now: 2 * second)
+        let actions = a.received(qu, from: local, now: 2 * second)
         let (reply, to, _) = try #require(actions.unicasts.first)
         #expect(to == local && reply.answers.count == 1 && actions.responses.isEmpty)
         // Not multicast within a quarter of the TTL (4500 s / 4): multicast instead.
@@ -173,14 +173,14 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         let legacySource = MDNSAddress(bytes: [127, 0, 0, 9], port: 40000)
         var a = started(1)
         let question = DNSQuestion(name: DNSName("node-1.local"), type: .a)
-        let (reply, to, _) = try #require(a.receive(query([question], id: 77), from: legacySource, now: 5 * second).unicasts.first)
+        let (reply, to, _) = try #require(a.received(query([question], id: 77), from: legacySource, now: 5 * second).unicasts.first)
         #expect(to == legacySource && reply.id == 77 && reply.questions == [question])
         #expect(reply.answers.count == 1 && reply.answers[0].ttl == 10 && !reply.answers[0].cacheFlush)
 
         // Many addresses: the reply stays within 512 bytes and says it is truncated.
         var big = started(2) { $0.addresses = (0..<100).map { [10, 0, UInt8($0 / 256), UInt8($0 % 256)] } }
         let q2 = DNSQuestion(name: DNSName("node-2.local"), type: .a)
-        let (truncated, _, size) = try #require(big.receive(query([q2], id: 5), from: legacySource, now: 5 * second).unicasts.first)
+        let (truncated, _, size) = try #require(big.received(query([q2], id: 5), from: legacySource, now: 5 * second).unicasts.first)
         #expect(size <= 512 && truncated.isTruncated && truncated.answers.count < 100 && !truncated.answers.isEmpty)
     }
 
@@ -196,7 +196,7 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         for i in 0..<20_000 {
             let source = MDNSAddress(bytes: [127, 0, UInt8(i % 1000 / 256), UInt8(i % 1000 % 256)],
                                      port: UInt16(10_000 + i % 50_000))
-            let actions = a.receive(query([questions[i % 3]], id: UInt16(i & 0xFFFF)), from: source,
+            let actions = a.received(query([questions[i % 3]], id: UInt16(i & 0xFFFF)), from: source,
                                     now: 5 * second + UInt64(i) * ms)
             replies += actions.unicasts.count
             recordsSent += actions.unicasts.reduce(0) { $0 + $1.0.answers.count }
@@ -210,9 +210,9 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         var b = started(2)
         let asker = MDNSAddress(bytes: [127, 0, 0, 9], port: 40000)
         let q = [DNSQuestion(name: DNSName("node-2.local"), type: .a), DNSQuestion(name: service, type: .ptr)]
-        #expect(b.receive(query([q[0]], id: 1), from: asker, now: 5 * second).unicasts.count == 1)
-        #expect(b.receive(query([q[1]], id: 2), from: asker, now: 5 * second + 10 * ms).unicasts.isEmpty)
-        #expect(b.receive(query([q[1]], id: 3), from: asker, now: 6 * second + 10 * ms).unicasts.count == 1)
+        #expect(b.received(query([q[0]], id: 1), from: asker, now: 5 * second).unicasts.count == 1)
+        #expect(b.received(query([q[1]], id: 2), from: asker, now: 5 * second + 10 * ms).unicasts.isEmpty)
+        #expect(b.received(query([q[1]], id: 3), from: asker, now: 6 * second + 10 * ms).unicasts.count == 1)
     }
 
     @Test func goodbyeOnStop() throws {
@@ -220,21 +220,21 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         let goodbye = try #require(a.stop(now: 3 * second).responses.first)
         #expect(goodbye.answers.count == 5 && goodbye.answers.allSatisfy { $0.ttl == 0 })
         #expect(a.tick(now: 4 * second).isEmpty)
-        #expect(a.receive(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).isEmpty)
+        #expect(a.received(query([DNSQuestion(name: service, type: .ptr)]), from: local, now: 5 * second).isEmpty)
         #expect(a.stop(now: 6 * second).isEmpty)
     }
 
     @Test func offLinkAndMalformedPacketsAreDropped() {
         var a = started(1)
         let q = query([DNSQuestion(name: service, type: .ptr)])
-        #expect(a.receive(q, from: MDNSAddress(bytes: [10, 0, 0, 1], port: 5353), now: 5 * second).isEmpty)
-        #expect(a.receive(q, from: MDNSAddress(bytes: Array(repeating: 0, count: 15) + [1], port: 5353), now: 5 * second).isEmpty)
+        #expect(a.received(q, from: MDNSAddress(bytes: [10, 0, 0, 1], port: 5353), now: 5 * second).isEmpty)
+        #expect(a.received(q, from: MDNSAddress(bytes: Array(repeating: 0, count: 15) + [1], port: 5353), now: 5 * second).isEmpty)
         #expect(a.statistics.droppedOffLink == 2)
-        #expect(a.receive([1, 2, 3], from: local, now: 5 * second).isEmpty)
+        #expect(a.received([1, 2, 3], from: local, now: 5 * second).isEmpty)
         #expect(a.statistics.malformed == 1)
         // The predicate is injectable.
         var b = started(2) { $0.isOnLink = { $0.bytes == [192, 168, 1, 7] } }
-        #expect(b.receive(q, from: local, now: 5 * second).isEmpty)
+        #expect(b.received(q, from: local, now: 5 * second).isEmpty)
         #expect(respond(&b, q, from: MDNSAddress(bytes: [192, 168, 1, 7], port: 5353), now: 5 * second).responses.count == 1)
     }
 }
@@ -243,21 +243,21 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func discoversAPeerFromItsAnnouncement() throws {
         var a = agent(1)
         _ = a.start(now: 0)
-        let actions = a.receive(announcement(of: 2), from: local, now: second)
+        let actions = a.received(announcement(of: 2), from: local, now: second)
         let hint = try #require(actions.discovered.first)
         #expect(hint.peerID == "peer2" && hint.port == 7002 && hint.addresses == [[127, 0, 0, 2]] && hint.protocolVersion == "1")
         // Hearing it again changes nothing.
-        #expect(a.receive(announcement(of: 2), from: local, now: 2 * second).discovered.isEmpty)
+        #expect(a.received(announcement(of: 2), from: local, now: 2 * second).discovered.isEmpty)
         #expect(a.discovered.count == 1)
     }
 
     @Test func ignoresOtherClustersItselfAndNonMDNSPorts() {
         var a = agent(1)
         _ = a.start(now: 0)
-        #expect(a.receive(announcement(of: 2) { $0.clusterIdentifier = "other" }, from: local, now: second).discovered.isEmpty)
-        #expect(a.receive(announcement(of: 3) { $0.peerID = "peer1" }, from: local, now: second).discovered.isEmpty)
-        #expect(a.receive(announcement(of: 1), from: local, now: second).discovered.isEmpty)
-        #expect(a.receive(announcement(of: 4), from: MDNSAddress(bytes: [127, 0, 0, 1], port: 999), now: second).discovered.isEmpty)
+        #expect(a.received(announcement(of: 2) { $0.clusterIdentifier = "other" }, from: local, now: second).discovered.isEmpty)
+        #expect(a.received(announcement(of: 3) { $0.peerID = "peer1" }, from: local, now: second).discovered.isEmpty)
+        #expect(a.received(announcement(of: 1), from: local, now: second).discovered.isEmpty)
+        #expect(a.received(announcement(of: 4), from: MDNSAddress(bytes: [127, 0, 0, 1], port: 999), now: second).discovered.isEmpty)
         #expect(a.statistics.ignoredResponses == 1)
         #expect(a.discovered.isEmpty)
     }
@@ -265,11 +265,11 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func goodbyeExpiresThePeerAfterOneSecond() throws {
         var a = agent(1)
         _ = a.start(now: 0)
-        _ = a.receive(announcement(of: 2), from: local, now: second)
+        _ = a.received(announcement(of: 2), from: local, now: second)
         var b = agent(2)
         _ = b.start(now: 0)
         guard case .sendMulticast(let goodbye) = b.stop(now: 0).first else { throw Failure("no goodbye") }
-        let actions = a.receive(goodbye, from: local, now: 2 * second)
+        let actions = a.received(goodbye, from: local, now: 2 * second)
         #expect(actions.expired.isEmpty)
         #expect(a.tick(now: 2 * second + 999 * ms).expired.isEmpty)
         #expect(a.tick(now: 3 * second).expired == ["peer2"])
@@ -281,8 +281,8 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func cacheFlushReplacesARestartedPeersAddress() throws {
         var a = agent(1)
         _ = a.start(now: 0)
-        #expect(a.receive(announcement(of: 2), from: local, now: second).discovered.map(\.port) == [7002])
-        let restarted = a.receive(announcement(of: 2) { $0.servicePort = 9999 }, from: local, now: 5 * second)
+        #expect(a.received(announcement(of: 2), from: local, now: second).discovered.map(\.port) == [7002])
+        let restarted = a.received(announcement(of: 2) { $0.servicePort = 9999 }, from: local, now: 5 * second)
         #expect(restarted.discovered.map(\.port) == [9999])
         let after = a.tick(now: 6 * second)
         #expect(after.discovered.isEmpty && after.expired.isEmpty)
@@ -294,7 +294,7 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         _ = a.start(now: 0)
         _ = a.tick(now: 200 * ms)  // the first browse query
         let t0 = second
-        _ = a.receive(announcement(of: 2), from: local, now: t0)
+        _ = a.received(announcement(of: 2), from: local, now: t0)
         // Follow the timer; record refresh queries for the SRV (TTL 120 s) until it expires.
         var refreshes: [UInt64] = []
         var expiredAt: UInt64?
@@ -337,7 +337,7 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
     @Test func browseQueryCarriesKnownAnswers() throws {
         var a = agent(1)
         let first = a.start(now: 0)
-        _ = a.receive(announcement(of: 2), from: local, now: 10 * ms)
+        _ = a.received(announcement(of: 2), from: local, now: 10 * ms)
         let query = try #require(a.tick(now: first.timer!).multicasts.first { !$0.isResponse })
         #expect(query.questions.map(\.type) == [.ptr])
         #expect(query.answers.map(\.data) == [.ptr(service.prepending("node-2"))])
@@ -350,18 +350,18 @@ func announcement(of n: Int, _ configure: (inout MDNSConfiguration) -> Void = { 
         let instance = service.prepending("node-5")
         let host = DNSName("node-5.local")
         _ = a.tick(now: 200 * ms)  // the first browse query
-        let first = a.receive(response([DNSResourceRecord(name: service, data: .ptr(instance), ttl: 4500)]), from: local, now: second)
+        let first = a.received(response([DNSResourceRecord(name: service, data: .ptr(instance), ttl: 4500)]), from: local, now: second)
         // Due at once (the timer is already armed for the announcement at 1 s).
         #expect(first.discovered.isEmpty)
         let ask = try #require(a.tick(now: second).multicasts.first { !$0.isResponse })
         #expect(Set(ask.questions.map(\.type)) == [.srv, .txt])
         let txt = DNSResourceRecord(name: instance, data: .txt([Array("id=peer5".utf8), Array("cluster=c0ffee".utf8)]), ttl: 4500)
         let srv = DNSResourceRecord(name: instance, data: .srv(priority: 0, weight: 0, port: 9, target: host), ttl: 120)
-        let second2 = a.receive(response([srv, txt]), from: local, now: 2 * second)
+        let second2 = a.received(response([srv, txt]), from: local, now: 2 * second)
         #expect(second2.discovered.isEmpty)
         let askA = try #require(a.tick(now: 2 * second).multicasts.first { !$0.isResponse })
         #expect(askA.questions.filter { $0.name != service } == [DNSQuestion(name: host, type: .a)])
-        let done = a.receive(response([DNSResourceRecord(name: host, data: .a([127, 0, 0, 5]), ttl: 120)]), from: local, now: 3 * second)
+        let done = a.received(response([DNSResourceRecord(name: host, data: .a([127, 0, 0, 5]), ttl: 120)]), from: local, now: 3 * second)
         #expect(done.discovered.map(\.peerID) == ["peer5"])
     }
 }

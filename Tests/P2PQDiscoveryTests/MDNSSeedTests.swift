@@ -7,7 +7,7 @@ import Testing
     /// seed gives the same actions, another seed other ones.
     @Test func theSameSeedGivesTheSameActions() {
         func run(seed: UInt64) -> [MDNSAction] {
-            var a = MDNSAgent(configuration: configuration(1), randomNumberGenerator: SplitMix64(seed: seed))
+            var a = MDNSMachine(configuration: configuration(1), randomNumberGenerator: SplitMix64(seed: seed))
             var all = a.start(now: 0)
             var now: UInt64 = 0
             for _ in 0..<8 {

@@ -24,7 +24,7 @@ struct IncarnationBoundTests {
 
     @Test("A verdict just below the ceiling is refuted within it, and the refutation brings X back everywhere")
     func refutationSaturates() {
-        let top = Membership.maxIncarnation
+        let top = MembershipMachine.maxIncarnation
         var x = Driver(peer(0), members: [1])
         x.receive(.gossip(updates: [update(.dead, 0, top - 1, by: 1)]), from: 1)
         #expect(x.membership.incarnation == top)
@@ -45,6 +45,6 @@ struct IncarnationBoundTests {
     func helloIncarnationClamped() {
         var node = Driver(peer(0), members: [])
         node.take(node.membership.linkUp(peer(1), incarnation: .max, now: 0))
-        #expect(node.membership.members.first { $0.peer == peer(1) }?.incarnation == Membership.maxIncarnation)
+        #expect(node.membership.members.first { $0.peer == peer(1) }?.incarnation == MembershipMachine.maxIncarnation)
     }
 }

@@ -4,7 +4,7 @@ import Testing
 
 /// Drives one membership by hand; timers are run when asked.
 struct Driver {
-    var membership: Membership
+    var membership: MembershipMachine
     var now: UInt64 = 0
     var timer: UInt64?
     var events: [MembershipEvent] = []
@@ -14,14 +14,14 @@ struct Driver {
 
     init(_ id: PeerID = peer(0), members: [Int], configuration: MembershipConfiguration = MembershipConfiguration(),
          incarnation: UInt64 = 100) {
-        membership = Membership(localPeer: id, incarnation: incarnation, configuration: configuration, seed: 42)
+        membership = MembershipMachine(localPeer: id, incarnation: incarnation, configuration: configuration, seed: 42)
         take(membership.start(now: 0))
         for n in members { take(membership.linkUp(peer(n), incarnation: 100, now: 0)) }
         sends = []
         events = []
     }
 
-    mutating func take(_ directives: [MembershipDirective]) {
+    mutating func take(_ directives: [MembershipAction]) {
         for directive in directives {
             switch directive {
             case .armTimer(let at): timer = at

@@ -21,7 +21,7 @@ func peer(_ n: Int) -> PeerID {
 /// (everything it receives is processed late).
 struct Cluster {
     struct Node {
-        var membership: Membership
+        var membership: MembershipMachine
         var timer: UInt64?
     }
 
@@ -57,7 +57,7 @@ struct Cluster {
         for index in 0..<size {
             let id = peer(index)
             order.append(id)
-            nodes[id] = Node(membership: Membership(localPeer: id, incarnation: 100, configuration: configuration,
+            nodes[id] = Node(membership: MembershipMachine(localPeer: id, incarnation: 100, configuration: configuration,
                                                     seed: seed &+ UInt64(index) &* 7919))
         }
         for id in order {
@@ -75,7 +75,7 @@ struct Cluster {
         perform(a, nodes[a]!.membership.linkUp(b, incarnation: nodes[b]!.membership.incarnation, now: now))
     }
 
-    mutating func perform(_ id: PeerID, _ directives: [MembershipDirective]) {
+    mutating func perform(_ id: PeerID, _ directives: [MembershipAction]) {
         var work = directives
         var index = 0
         while index < work.count {

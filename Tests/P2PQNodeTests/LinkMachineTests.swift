@@ -3,20 +3,20 @@ import P2PQNodeMachine
 import P2PQWire
 import Testing
 
-/// ``LinkProtocol``: the hello, ping and goodbye stages of a link, as a plain value.
+/// ``LinkMachine``: the hello, ping and goodbye stages of a link, as a plain value.
 @Suite struct LinkProtocolTests {
     let me = PeerID(bytes: [UInt8](repeating: 1, count: 32))!
     let peer = PeerID(bytes: [UInt8](repeating: 2, count: 32))!
     let impostor = PeerID(bytes: [UInt8](repeating: 3, count: 32))!
     let timeout: UInt64 = 5_000_000_000
 
-    func makeLink() -> LinkProtocol {
-        LinkProtocol(local: .init(peerID: me, listenHost: "10.0.0.1", listenPort: 7000, incarnation: 11, features: 6),
+    func makeLink() -> LinkMachine {
+        LinkMachine(local: .init(peerID: me, listenHost: "10.0.0.1", listenPort: 7000, incarnation: 11, features: 6),
                      handshakeTimeout: timeout, timeoutDescription: "5 seconds", keepaliveTimeoutDescription: "30 seconds")
     }
 
     /// Feeds a link message the way the session hands it over: its type and body.
-    func receive(_ message: LinkMessage, on link: inout LinkProtocol, now: UInt64) -> LinkReceipt {
+    func receive(_ message: LinkMessage, on link: inout LinkMachine, now: UInt64) -> LinkReceipt {
         var framed: [UInt8] = []
         try! message.encode(into: &framed)
         let body = Array(framed.dropFirst(5))
@@ -28,7 +28,7 @@ import Testing
     }
 
     /// A link past the handshake and both hellos.
-    func readyLink() -> LinkProtocol {
+    func readyLink() -> LinkMachine {
         var link = makeLink()
         _ = link.opened(now: 0)
         _ = link.established(peer: peer, version: WireProtocol.version, remoteHost: "10.0.0.2", now: 1)
@@ -46,7 +46,7 @@ import Testing
         ])
         #expect(link.stage == .awaitingHello && link.canSend)
         // No host in the hello: the peer listens on the host this connection is with.
-        let facts = LinkProtocol.RemoteHello(peerID: peer, version: WireProtocol.version, incarnation: 99, features: 4,
+        let facts = LinkMachine.RemoteHello(peerID: peer, version: WireProtocol.version, incarnation: 99, features: 4,
                                              listenHost: "10.0.0.2", listenPort: 7001)
         #expect(receive(hello(from: peer), on: &link, now: 300) == .handled([.cancelTimer, .up(facts)]))
         #expect(link.stage == .ready && link.remote == facts)
@@ -77,15 +77,15 @@ import Testing
     @Test func theHandshakeDeadlineClosesOnlyALinkNotYetReady() {
         var handshaking = makeLink()
         _ = handshaking.opened(now: 0)
-        #expect(handshaking.timerFired(now: timeout) == [.close(.failed(duringHandshake: true))])
+        #expect(handshaking.tick(now: timeout) == [.close(.failed(duringHandshake: true))])
         #expect(handshaking.closeReason == "no handshake within 5 seconds")
 
         var waiting = makeLink()
         _ = waiting.established(peer: peer, version: WireProtocol.version, remoteHost: "h", now: 1)
-        #expect(waiting.timerFired(now: timeout) == [.close(.failed(duringHandshake: false))])
+        #expect(waiting.tick(now: timeout) == [.close(.failed(duringHandshake: false))])
 
         var ready = readyLink()
-        #expect(ready.timerFired(now: timeout).isEmpty)
+        #expect(ready.tick(now: timeout).isEmpty)
         #expect(ready.closeReason == nil)
     }
 

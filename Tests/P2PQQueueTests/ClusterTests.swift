@@ -310,7 +310,7 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         var q = QueueMachine(name: "q", localPeer: a, configuration: QueueConfiguration(maxItems: 1 << 20, dedupCapacity: 100))
         for transfer in 0..<50 {
             let items = (0..<20).map { QueueItem(id: ItemID(origin: b, sequence: UInt64(transfer * 20 + $0)), hops: 1, payload: payload($0)) }
-            _ = q.receive(.transfer(queue: "q", transferID: UInt64(transfer + 1), kind: .balance, requestID: 0, items: TransferItems(items)), from: b, now: 0)
+            _ = q.received(.transfer(queue: "q", transferID: UInt64(transfer + 1), kind: .balance, requestID: 0, items: TransferItems(items)), from: b, now: 0)
         }
         #expect(q.dedupCount <= 200)  // two generations of at most 100
         #expect(q.count == 1000)
@@ -319,19 +319,19 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         var owner = QueueMachine(name: "q", localPeer: a, configuration: QueueConfiguration(maxOwnedItems: 50))
         _ = owner.peerConnected(b, now: 0)
         #expect(owner.push((0..<50).map { payload($0) }, now: 0).0 == .accepted)
-        let steal = owner.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 50, thiefRate: 1), from: b, now: 1).transfers[0]
-        _ = owner.receive(.transferAck(queue: "q", transferID: steal.id, status: .accepted), from: b, now: 2)
+        let steal = owner.received(.stealRequest(queue: "q", requestID: 1, maxItems: 50, thiefRate: 1), from: b, now: 1).transfers[0]
+        _ = owner.received(.transferAck(queue: "q", transferID: steal.id, status: .accepted), from: b, now: 2)
         #expect(owner.count == 0 && owner.ownedItems == 50)
         #expect(owner.push([payload(99)], now: 3).0 == .full)
         // The confirmations free them.
-        let actions = owner.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [SequenceRun(first: 1, count: 10)], custody: []), from: b, now: 4)
+        let actions = owner.received(.ownerUpdate(queue: "q", updateID: 1, popped: [SequenceRun(first: 1, count: 10)], custody: []), from: b, now: 4)
         #expect(actions.contains(.spaceAvailable))
         #expect(owner.push([payload(99)], now: 5).0 == .accepted)
 
         // Pending confirmations for an unreachable owner stay within their bound.
         var holder = QueueMachine(name: "q", localPeer: a, configuration: QueueConfiguration(maxPendingRunsPerOwner: 10))
         let scattered = (0..<100).map { QueueItem(id: ItemID(origin: b, sequence: UInt64($0 * 2)), hops: 1, payload: payload($0)) }
-        _ = holder.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: b, now: 0)
+        _ = holder.received(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: b, now: 0)
         _ = holder.pop(max: 100, waiter: nil, now: 1)
         #expect(holder.pendingNoticeRuns == 10)
         #expect(holder.counters.noticesDropped == 90)
@@ -351,9 +351,9 @@ private func expectNoPingPong(_ sim: Simulation, origin: PeerID, sourceLocation:
         _ = sender.peerConnected(b, now: 0)
         _ = sender.push((0..<100).map { payload($0) }, now: 0)
         for request in 1...4 {
-            #expect(sender.receive(.stealRequest(queue: "q", requestID: UInt64(request), maxItems: 5, thiefRate: 1), from: b, now: 1).transfers.count == 1)
+            #expect(sender.received(.stealRequest(queue: "q", requestID: UInt64(request), maxItems: 5, thiefRate: 1), from: b, now: 1).transfers.count == 1)
         }
-        let fifth = sender.receive(.stealRequest(queue: "q", requestID: 5, maxItems: 5, thiefRate: 1), from: b, now: 1)
+        let fifth = sender.received(.stealRequest(queue: "q", requestID: 5, maxItems: 5, thiefRate: 1), from: b, now: 1)
         #expect(fifth.transfers.isEmpty)
         #expect(fifth.sent.contains { if case .stealEmpty(_, 5) = $0.0 { true } else { false } })
         #expect(sender.transfersInFlight == 4)

@@ -15,9 +15,9 @@ private func heldByB(_ n: Int) -> (QueueMachine, QueueMachine, (id: UInt64, item
     _ = a.peerConnected(intruder, now: 0)
     _ = b.peerConnected(owner, now: 0)
     _ = a.push((0..<n).map { payload($0) }, now: 0)
-    let transfer = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: holderB, now: 1).transfers[0]
-    _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: owner, now: 2)
-    _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: holderB, now: 3)
+    let transfer = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: holderB, now: 1).transfers[0]
+    _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: owner, now: 2)
+    _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: holderB, now: 3)
     return (a, b, transfer)
 }
 
@@ -31,7 +31,7 @@ private func confirm(_ first: UInt64, _ count: UInt32, id: UInt64) -> QueueMessa
     func forgedConfirmationIsRefused() {
         var (a, _, _) = heldByB(10)
         #expect(a.ownedItems == 10)
-        _ = a.receive(confirm(1, 10, id: 1), from: intruder, now: 4)
+        _ = a.received(confirm(1, 10, id: 1), from: intruder, now: 4)
         #expect(a.ownedItems == 10)
         #expect(a.counters.confirmationsHeld == 10)
         #expect(a.counters.duplicatePops == 0)
@@ -47,7 +47,7 @@ private func confirm(_ first: UInt64, _ count: UInt32, id: UInt64) -> QueueMessa
     func holderConfirms() {
         var (a, _, _) = heldByB(6)
         _ = a.push([payload(6), payload(7)], now: 4)  // sequences 7, 8: here at A
-        _ = a.receive(confirm(1, 8, id: 1), from: holderB, now: 5)
+        _ = a.received(confirm(1, 8, id: 1), from: holderB, now: 5)
         #expect(a.ownedItems == 2)
         #expect(a.counters.confirmationsHeld == 2 && a.counters.duplicatePops == 0)
         #expect(a.pop(max: .max, waiter: nil, now: 6).0.map(number) == [6, 7])
@@ -57,9 +57,9 @@ private func confirm(_ first: UInt64, _ count: UInt32, id: UInt64) -> QueueMessa
     func confirmationRacesCustody() {
         var (a, _, _) = heldByB(4)
         // C got the items from B and popped them; its confirmation reaches A before B's custody news.
-        _ = a.receive(confirm(1, 4, id: 1), from: holderC, now: 5)
+        _ = a.received(confirm(1, 4, id: 1), from: holderC, now: 5)
         #expect(a.ownedItems == 4 && a.counters.confirmationsHeld == 4)
-        _ = a.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [
+        _ = a.received(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [
             CustodyChange(holder: holderC, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 4)]),
         ]), from: holderB, now: 6)
         #expect(a.ownedItems == 0)

@@ -12,7 +12,7 @@ private let U = peer(14)
 private func deliver(_ actions: [QueueAction], from: PeerID, to: PeerID, into machine: inout QueueMachine, now: UInt64) throws -> [QueueAction] {
     var out: [QueueAction] = []
     for case .send(let message, let target) in actions where target == to {
-        out += machine.receive(try wireRoundTrip(message), from: from, now: now)
+        out += machine.received(try wireRoundTrip(message), from: from, now: now)
     }
     return out
 }
@@ -35,7 +35,7 @@ private func sent(_ actions: [QueueAction], to target: PeerID) -> [String] {
 /// `taker` steals `count` items from `giver`; returns the giver's transfer actions and the
 /// taker's acks (not delivered back).
 private func steal(_ count: Int, from giver: inout QueueMachine, by taker: inout QueueMachine, id: UInt64, now: UInt64) throws -> (transfer: [QueueAction], acks: [QueueAction]) {
-    let transfer = giver.receive(.stealRequest(queue: "q", requestID: id, maxItems: UInt32(count), thiefRate: 100), from: taker.localPeer, now: now)
+    let transfer = giver.received(.stealRequest(queue: "q", requestID: id, maxItems: UInt32(count), thiefRate: 100), from: taker.localPeer, now: now)
     let acks = try deliver(transfer, from: giver.localPeer, to: taker.localPeer, into: &taker, now: now + 1)
     return (transfer, acks)
 }
@@ -129,14 +129,14 @@ private func newOwnerRequeues(_ t: inout QueueMachine, now: UInt64) throws {
     @Test("An owner change while the holder's transfer is in flight and then refused: the returned items are adopted before the ack")
     func inFlightReturned() throws {
         var (o, h, _) = try cluster()
-        let transfer = h.receive(.stealRequest(queue: "q", requestID: 2, maxItems: 40, thiefRate: 100), from: T, now: 3)
+        let transfer = h.received(.stealRequest(queue: "q", requestID: 2, maxItems: 40, thiefRate: 100), from: T, now: 3)
         let answer = try deliver(o.drain(now: 5), from: O, to: H, into: &h, now: 6)
         #expect(sent(answer, to: O).isEmpty)
         guard case .send(.transfer(_, let id, _, _, _), _)? = transfer.first(where: { sent([$0], to: T) == ["transfer"] }) else {
             Issue.record("no transfer")
             return
         }
-        let settled = h.receive(.transferAck(queue: "q", transferID: id, status: .full), from: T, now: 7)
+        let settled = h.received(.transferAck(queue: "q", transferID: id, status: .full), from: T, now: 7)
         #expect(sent(settled, to: O).last == "ack")
         #expect(h.ownedItems == 40 && h.count == 40)
         _ = try deliver(settled, from: H, to: O, into: &o, now: 8)

@@ -11,7 +11,7 @@ private let C = peer(3)
 private func deliver(_ actions: [QueueAction], from: PeerID, to: PeerID, into machine: inout QueueMachine, now: UInt64) throws -> [QueueAction] {
     var out: [QueueAction] = []
     for case .send(let message, let target) in actions where target == to {
-        out += machine.receive(try wireRoundTrip(message), from: from, now: now)
+        out += machine.received(try wireRoundTrip(message), from: from, now: now)
     }
     return out
 }
@@ -64,7 +64,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         _ = try deliver(acks, from: B, to: A, into: &a, now: 3)
         _ = b.peerDied(A, now: 4)  // A left
         // C steals everything from B, and B hears the ack: C holds B's items.
-        let stolen = b.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 50, thiefRate: 100), from: C, now: 5)
+        let stolen = b.received(.stealRequest(queue: "q", requestID: 1, maxItems: 50, thiefRate: 100), from: C, now: 5)
         let stealAcks = try deliver(stolen, from: B, to: C, into: &c, now: 6)
         _ = try deliver(stealAcks, from: C, to: B, into: &b, now: 7)
         #expect(b.count == 0 && c.count == 50 && b.ownedItems == 50)
@@ -106,7 +106,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         slow.confirmBatch = 1 << 30
         var (o, c) = connected(A, C, configuration: slow)
         _ = o.push((0..<30).map { payload($0) }, now: 0)
-        let stolen = o.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 30, thiefRate: 100), from: C, now: 1)
+        let stolen = o.received(.stealRequest(queue: "q", requestID: 1, maxItems: 30, thiefRate: 100), from: C, now: 1)
         let acks = try deliver(stolen, from: A, to: C, into: &c, now: 2)
         _ = try deliver(acks, from: C, to: A, into: &o, now: 3)
         #expect(c.pop(max: 100, waiter: nil, now: 4).0.count == 30)
@@ -139,7 +139,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         _ = b.peerConnected(C, now: 0)
         _ = c.peerConnected(B, now: 0)
         _ = a.push((0..<40).map { payload($0) }, now: 0)
-        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 40, thiefRate: 100), from: B, now: 1)
+        let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 40, thiefRate: 100), from: B, now: 1)
         _ = try deliver(try deliver(stolen, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
         #expect(b.count == 40 && a.ownedHeldElsewhere == 40)
         let drained = a.drain(now: 4)
@@ -152,7 +152,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         #expect(a.ownedItems == 0 && a.counters.ownershipHandedOver == 40 && a.drainProgress.isComplete)
         _ = b.peerDied(A, now: 7)
         // B passes them to C, which dies before popping: B, their owner now, re-queues them.
-        let next = b.receive(.stealRequest(queue: "q", requestID: 2, maxItems: 40, thiefRate: 100), from: C, now: 8)
+        let next = b.received(.stealRequest(queue: "q", requestID: 2, maxItems: 40, thiefRate: 100), from: C, now: 8)
         _ = try deliver(try deliver(next, from: B, to: C, into: &c, now: 9), from: C, to: B, into: &b, now: 10)
         #expect(c.count == 40 && b.count == 0)
         _ = b.peerDied(C, now: 11)
@@ -164,7 +164,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
     func ownerChangeLost() throws {
         var (a, b) = connected(A, B)
         _ = a.push((0..<10).map { payload($0) }, now: 0)
-        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: B, now: 1)
+        let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: B, now: 1)
         _ = try deliver(try deliver(stolen, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
         #expect(a.ownedHeldElsewhere == 10)
         _ = a.drain(now: 4)
@@ -181,10 +181,10 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
             Issue.record("no transfer")
             return
         }
-        _ = a.receive(.transferAck(queue: "q", transferID: id, status: .full), from: B, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: id, status: .full), from: B, now: 2)
         #expect(a.drainProgress.queued == 10 && a.drainProgress.hasLivePeer && !a.drainProgress.isStuck)
         // Its next report says it takes items again: they go out.
-        _ = a.receive(.stats(queue: "q", LoadStats(sequence: 1, length: 0, waiting: 1, serviceRate: 10, finishTime: 0,
+        _ = a.received(.stats(queue: "q", LoadStats(sequence: 1, length: 0, waiting: 1, serviceRate: 10, finishTime: 0,
                                                   hasConsumers: true)), from: B, now: 3)
         _ = a.tick(now: 4)
         #expect(a.drainProgress.inFlight == 10)
@@ -194,7 +194,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         _ = d.push((0..<3).map { payload($0) }, now: 0)
         let handed = d.drain(now: 1)
         for case .send(.transfer(_, let id, _, _, _), _) in handed {
-            _ = d.receive(.transferAck(queue: "q", transferID: id, status: .closed), from: c.localPeer, now: 2)
+            _ = d.received(.transferAck(queue: "q", transferID: id, status: .closed), from: c.localPeer, now: 2)
         }
         #expect(!d.drainProgress.hasLivePeer && d.drainProgress.isStuck)
     }
@@ -206,7 +206,7 @@ private func connected(_ x: PeerID, _ y: PeerID, configuration: QueueConfigurati
         let mark = a.nextItemSequence
         _ = a.push((10..<15).map { payload($0) }, now: 0)
         #expect(a.itemsHeldOnlyHere(before: mark) == 10)
-        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 6, thiefRate: 100), from: B, now: 1)
+        let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 6, thiefRate: 100), from: B, now: 1)
         #expect(a.itemsHeldOnlyHere(before: mark) == 10)  // in flight: not acknowledged yet
         let acks = try deliver(stolen, from: A, to: B, into: &b, now: 2)
         _ = try deliver(acks, from: B, to: A, into: &a, now: 3)

@@ -9,18 +9,18 @@ private let C = peer(3)
 /// `from` hands its first `n` queued items to `to` (a steal answered and acknowledged), every
 /// message through the wire codec.
 private func move(_ n: Int, from giver: inout QueueMachine, to taker: inout QueueMachine, now: UInt64) throws {
-    let transfer = giver.receive(.stealRequest(queue: "q", requestID: now, maxItems: UInt32(n), thiefRate: 1000),
+    let transfer = giver.received(.stealRequest(queue: "q", requestID: now, maxItems: UInt32(n), thiefRate: 1000),
                                  from: taker.localPeer, now: now).transfers[0]
-    let acks = taker.receive(try wireRoundTrip(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: now,
+    let acks = taker.received(try wireRoundTrip(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: now,
                                                           items: transfer.items)), from: giver.localPeer, now: now + 1)
-    for (message, _) in acks.sent { _ = giver.receive(try wireRoundTrip(message), from: taker.localPeer, now: now + 2) }
+    for (message, _) in acks.sent { _ = giver.received(try wireRoundTrip(message), from: taker.localPeer, now: now + 2) }
 }
 
 /// Delivers every message in `actions` addressed to `target` (through the wire codec).
 private func deliver(_ actions: [QueueAction], from sender: PeerID, to target: inout QueueMachine, now: UInt64) throws -> [QueueAction] {
     var replies: [QueueAction] = []
     for (message, to) in actions.sent where to == target.localPeer {
-        replies += target.receive(try wireRoundTrip(message), from: sender, now: now)
+        replies += target.received(try wireRoundTrip(message), from: sender, now: now)
     }
     return replies
 }
@@ -44,13 +44,13 @@ private func linked(_ ids: PeerID...) -> [PeerID: QueueMachine] {
         _ = a.peerDied(B, now: 1)
         // While dead to A, B's transfers are ignored (no ack: B takes them back later).
         _ = b.push([payload(0)], now: 2)
-        let transfer = b.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1000), from: A, now: 3).transfers[0]
+        let transfer = b.received(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1000), from: A, now: 3).transfers[0]
         let message = QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items)
-        #expect(a.receive(message, from: B, now: 4).acks.isEmpty)
+        #expect(a.received(message, from: B, now: 4).acks.isEmpty)
         // Membership takes B back (it refuted the verdict); the link never dropped.
         let back = a.peerRejoined(B, linked: true, now: 5)
         #expect(back.sent.contains { if case .stats = $0.0 { $0.1 == B } else { false } })
-        #expect(a.receive(message, from: B, now: 6).acks == [.accepted])
+        #expect(a.received(message, from: B, now: 6).acks == [.accepted])
         #expect(popAll(&a, now: 7) == [0])
     }
 
@@ -174,7 +174,7 @@ private func linked(_ ids: PeerID...) -> [PeerID: QueueMachine] {
         _ = a.push((0..<400).map { payload($0) }, now: 1)
         // Every other item at an attempt A never made: 200 stale runs that cannot merge.
         let runs = stride(from: UInt64(1), through: 400, by: 2).map { CheckedRun(first: $0, count: 1, attempt: 1) }
-        let answer = a.receive(.custodyCheck(queue: "q", checkID: 3, runs: runs), from: B, now: 2).sent
+        let answer = a.received(.custodyCheck(queue: "q", checkID: 3, runs: runs), from: B, now: 2).sent
         guard case .custodyVerdict(_, 3, let stale) = answer.first?.0 else { Issue.record("no verdict"); return }
         #expect(stale.count == (1000 - 1 - 4 - 1 - 8 - 4) / 12)
         #expect(throws: Never.self) { try wireRoundTrip(answer[0].0, maxFrameSize: 1000) }

@@ -174,7 +174,7 @@ struct ItemPayloadTests {
         _ = b.peerConnected(peer(1), now: 0)
         let items = (0..<10).map { QueueItem(id: ItemID(origin: peer(1), sequence: UInt64($0 + 1)), hops: 1, payload: payload($0, size: 16)) }
         let message = try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .steal, requestID: 0, items: TransferItems(items)))
-        _ = b.receive(message, from: peer(1), now: 1)
+        _ = b.received(message, from: peer(1), now: 1)
         #expect(b.count == 10 && b.heldBufferCount == 1)
         let first = b.pop(max: 4, waiter: nil, now: 2).0
         #expect(first.arrayCount == 1 && first.map(number) == [0, 1, 2, 3])

@@ -21,9 +21,9 @@ private func heldByB(_ n: Int, configuration: QueueConfiguration = QueueConfigur
     _ = a.peerConnected(B, now: 0)
     _ = b.peerConnected(A, now: 0)
     _ = a.push((0..<n).map { payload($0) }, now: 0)
-    let transfer = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1).transfers[0]
-    _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
-    _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+    let transfer = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1).transfers[0]
+    _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+    _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
     return (a, b)
 }
 
@@ -84,7 +84,7 @@ private func heldByB(_ n: Int, configuration: QueueConfiguration = QueueConfigur
         #expect(acked.acknowledged == 3 && acked.unknown.isEmpty)
         let flushed = b.tick(now: 2 * second)
         #expect(poppedRuns(flushed, to: A).reduce(0) { $0 + Int($1.count) } == 3)
-        for case .send(let message, let target) in flushed where target == A { _ = a.receive(message, from: B, now: 2 * second) }
+        for case .send(let message, let target) in flushed where target == A { _ = a.received(message, from: B, now: 2 * second) }
         #expect(a.ownedItems == 1)
         #expect(b.counters.acknowledged == 3 && b.counters.popped == 3)
     }

@@ -36,7 +36,7 @@ private func popAll(_ machine: inout QueueMachine, now: UInt64 = 0) -> [Int] {
 private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: UInt64, length: UInt64 = 0, waiting: UInt32 = 0,
                     rate: Double = 10, consumers: Bool = true, now: UInt64 = 0) -> [QueueAction] {
     let finish = consumers ? Double(length) / max(rate, 1) : 0
-    return machine.receive(.stats(queue: machine.name, LoadStats(
+    return machine.received(.stats(queue: machine.name, LoadStats(
         sequence: sequence, length: length, waiting: waiting, serviceRate: rate, finishTime: finish, hasConsumers: consumers
     )), from: peer, now: now)
 }
@@ -108,7 +108,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
 
         // A closed queue refuses transfers.
         let item = QueueItem(id: ItemID(origin: B, sequence: 1), hops: 1, payload: payload(1))
-        #expect(q.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: [item]), from: B, now: 3).acks == [.closed])
+        #expect(q.received(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: [item]), from: B, now: 3).acks == [.closed])
     }
 }
 
@@ -120,7 +120,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         _ = a.peerConnected(B, now: 0)
         _ = b.peerConnected(A, now: 0)
         _ = pushNumbers(&a, 0..<n)
-        let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1)
+        let actions = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: UInt32(n), thiefRate: 1000), from: B, now: 1)
         let transfer = actions.transfers[0]
         return (a, b, transfer)
     }
@@ -140,8 +140,8 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         var a = QueueMachine(name: "q", localPeer: A, configuration: configuration)
         _ = a.peerConnected(B, now: 0)
         let scattered = (0..<100).map { QueueItem(id: ItemID(origin: C, sequence: UInt64(2 * $0)), hops: 1, payload: payload($0)) }
-        _ = a.receive(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: C, now: 1)
-        let actions = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 100, thiefRate: 1000), from: B, now: 2)
+        _ = a.received(.transfer(queue: "q", transferID: 1, kind: .balance, requestID: 0, items: TransferItems(scattered)), from: C, now: 1)
+        let actions = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 100, thiefRate: 1000), from: B, now: 2)
         transfer = actions.transfers[0]
         // 939 bytes after the origin, 34 per item (run header, length, payload): 27 items.
         #expect(transfer.items.count == 27)
@@ -159,7 +159,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
             if cut < 200 { _ = source.push(ItemBatch((cut..<200).map { payload($0) }), now: 0) }
             var received: [Int] = []
             for round in 0..<3 {
-                let sent = source.receive(.stealRequest(queue: "q", requestID: UInt64(round + 1), maxItems: 200, thiefRate: 1000),
+                let sent = source.received(.stealRequest(queue: "q", requestID: UInt64(round + 1), maxItems: 200, thiefRate: 1000),
                                           from: B, now: UInt64(round + 1)).transfers
                 guard let transfer = sent.first else { break }
                 #expect(transfer.items.count == min(76, 200 - received.count), "cut \(cut), round \(round)")
@@ -168,7 +168,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
                 guard case .transfer(_, _, _, _, let items) = message else { continue }
                 received += items.map { number($0.payload) }
                 #expect(items.map(\.id.sequence) == items.indices.map { UInt64(received.count - items.count + $0 + 1) })
-                _ = source.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: UInt64(round + 1))
+                _ = source.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: UInt64(round + 1))
             }
             #expect(received == Array(0..<200), "cut \(cut)")
         }
@@ -181,17 +181,17 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         _ = a.peerConnected(B, now: 0)
         _ = b.peerConnected(A, now: 0)
         _ = a.push(ItemBatch((0..<20).map { payload($0) }), now: 0)
-        let first = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
-        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: first.id, kind: .steal, requestID: 1, items: first.items)),
+        let first = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
+        _ = b.received(try wireRoundTrip(.transfer(queue: "q", transferID: first.id, kind: .steal, requestID: 1, items: first.items)),
                       from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: first.id, status: .accepted), from: B, now: 2)
-        let second = a.receive(.stealRequest(queue: "q", requestID: 2, maxItems: 10, thiefRate: 1000), from: B, now: 3).transfers[0]
+        _ = a.received(.transferAck(queue: "q", transferID: first.id, status: .accepted), from: B, now: 2)
+        let second = a.received(.stealRequest(queue: "q", requestID: 2, maxItems: 10, thiefRate: 1000), from: B, now: 3).transfers[0]
         // Item 15 first, alone; then 5...9 again (as after a lost ack) and 10...19, which holds
         // 15 again in the middle of its run.
-        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: 98, kind: .steal, requestID: 0,
+        _ = b.received(try wireRoundTrip(.transfer(queue: "q", transferID: 98, kind: .steal, requestID: 0,
                                                   items: [Array(second.items)[5]])), from: A, now: 4)
         let overlap = Array(first.items)[5...] + Array(second.items)
-        _ = b.receive(try wireRoundTrip(.transfer(queue: "q", transferID: 99, kind: .steal, requestID: 0, items: TransferItems(overlap))),
+        _ = b.received(try wireRoundTrip(.transfer(queue: "q", transferID: 99, kind: .steal, requestID: 0, items: TransferItems(overlap))),
                       from: A, now: 4)
         #expect(b.counters.duplicatesDropped == 6)
         #expect(b.count == 20 && b.byteCount == 20 * 8)
@@ -207,14 +207,14 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(a.count == 0 && a.heldItems == 10 && a.transfersInFlight == 1)
 
         let message = try wireRoundTrip(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items))
-        #expect(b.receive(message, from: A, now: 2).acks == [.accepted])
+        #expect(b.received(message, from: A, now: 2).acks == [.accepted])
         #expect(b.count == 10)
         // The same copy again (the ack was lost and the sender retried): dropped, still acked.
-        #expect(b.receive(message, from: A, now: 3).acks == [.accepted])
+        #expect(b.received(message, from: A, now: 3).acks == [.accepted])
         #expect(b.count == 10)
         #expect(b.counters.duplicatesDropped == 10)
 
-        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 4)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 4)
         #expect(a.heldItems == 0 && a.transfersInFlight == 0)
         #expect(a.counters.transferredOut == 10)
         #expect(a.ownedItems == 10)  // still owned until popped
@@ -234,15 +234,15 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         _ = a2.sendFailed(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 1, items: t2.items), to: B, now: 2)
         #expect(popAll(&a2) == Array(0..<4))
         var (a3, _, t3) = stolen(4)
-        _ = a3.receive(.transferAck(queue: "q", transferID: t3.id, status: .full), from: B, now: 2)
+        _ = a3.received(.transferAck(queue: "q", transferID: t3.id, status: .full), from: B, now: 2)
         #expect(popAll(&a3) == Array(0..<4))
         var (a4, _, _) = stolen(4)
         _ = a4.tick(now: 1 + QueueConfiguration().transferTimeout)
         #expect(popAll(&a4) == Array(0..<4))
         // An ack from the wrong peer, or for an unknown transfer, changes nothing.
         var (a5, _, t5) = stolen(3)
-        _ = a5.receive(.transferAck(queue: "q", transferID: t5.id, status: .accepted), from: C, now: 2)
-        _ = a5.receive(.transferAck(queue: "q", transferID: 999, status: .accepted), from: B, now: 2)
+        _ = a5.received(.transferAck(queue: "q", transferID: t5.id, status: .accepted), from: C, now: 2)
+        _ = a5.received(.transferAck(queue: "q", transferID: 999, status: .accepted), from: B, now: 2)
         #expect(a5.transfersInFlight == 1)
     }
 
@@ -250,15 +250,15 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
     func receiverFull() {
         let (_, _, transfer) = stolen(5)
         var full = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration(maxItems: 3))
-        #expect(full.receive(.transfer(queue: "q", transferID: transfer.id, kind: .balance, requestID: 0, items: transfer.items), from: A, now: 2).acks == [.full])
+        #expect(full.received(.transfer(queue: "q", transferID: transfer.id, kind: .balance, requestID: 0, items: transfer.items), from: A, now: 2).acks == [.full])
         #expect(full.count == 0)
     }
 
     @Test("Pop confirmations go back to the owner in batches and clear its records")
     func confirmations() throws {
         var (a, b, transfer) = stolen(100)
-        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
         #expect(a.ownedItems == 100)
         var updates: [QueueMessage] = []
         for index in 0..<60 {
@@ -271,7 +271,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(sent.count == 1 && sent[0].1 == A)
         guard case .ownerUpdate(_, _, let popped, _) = sent[0].0 else { return }
         #expect(popped == [SequenceRun(first: 1, count: 60)])  // one run for 60 pops
-        _ = a.receive(try wireRoundTrip(sent[0].0), from: B, now: 5)
+        _ = a.received(try wireRoundTrip(sent[0].0), from: B, now: 5)
         #expect(a.ownedItems == 40)
         #expect(a.counters.duplicatePops == 0)
     }
@@ -279,8 +279,8 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
     @Test("remove(where:) takes matching items out in place: own records forgotten, other owners told as for a pop")
     func removeWhere() throws {
         var (a, b, transfer) = stolen(10)
-        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
         _ = pushNumbers(&b, 100..<104, now: 3)
         #expect(b.count == 14 && b.ownedItems == 4)
         let (removed, _) = b.remove(where: { [3, 5, 101].contains(number($0)) }, now: 4)
@@ -295,7 +295,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
             return
         }
         #expect(popped == [SequenceRun(first: 4, count: 1), SequenceRun(first: 6, count: 1)])
-        _ = a.receive(try wireRoundTrip(update.0), from: B, now: 5)
+        _ = a.received(try wireRoundTrip(update.0), from: B, now: 5)
         #expect(a.ownedItems == 8)
         // The rest leave in their order.
         #expect(popAll(&b, now: 6) == [0, 1, 2, 4, 6, 7, 8, 9, 100, 102, 103])
@@ -318,7 +318,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         // Acks free slots: B gets more straight away; C, holding 16,384 items (27 min of work), none.
         var more: [(id: UInt64, items: TransferItems, to: PeerID)] = []
         for transfer in first {
-            more += a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: transfer.to, now: 3).transfers
+            more += a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: transfer.to, now: 3).transfers
         }
         #expect(more.count == 4 && more.allSatisfy { $0.to == B })
         #expect(a.counters.transfersByKind[.balance] == 8 * 4096)
@@ -327,10 +327,10 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
     @Test("When the holder dies, the owner re-queues the items it never heard were popped")
     func requeueOnDeath() throws {
         var (a, b, transfer) = stolen(10)
-        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
         #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
-        for action in b.tick(now: 1 * second).sent { _ = a.receive(action.0, from: B, now: 5) }
+        for action in b.tick(now: 1 * second).sent { _ = a.received(action.0, from: B, now: 5) }
         #expect(a.ownedItems == 6)
         _ = a.peerDied(B, now: 6)
         #expect(a.counters.requeuedAfterDeath == 6)
@@ -349,12 +349,12 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(a.push([payload(10), payload(11)], now: 0).0 == .accepted)
         #expect(a.ownedItems == 12 && a.heldBufferCount == 3)  // the batch's one, an array each
         // B takes the batch's items, pops four and confirms them.
-        let transfer = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
+        let transfer = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 1000), from: B, now: 1).transfers[0]
         #expect(transfer.items.map { number($0.payload) } == Array(0..<10))
-        _ = b.receive(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
+        _ = b.received(.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items), from: A, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: B, now: 3)
         #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
-        for action in b.tick(now: 1 * second).sent { _ = a.receive(action.0, from: B, now: 5) }
+        for action in b.tick(now: 1 * second).sent { _ = a.received(action.0, from: B, now: 5) }
         #expect(a.ownedItems == 8 && a.heldBufferCount == 3)
         // B dies: A queues the six unconfirmed copies again, from the shared buffer, ahead of
         // what it still holds.
@@ -372,13 +372,13 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         var c = QueueMachine(name: "q", localPeer: C)
         _ = b.peerConnected(C, now: 0)
         _ = c.peerConnected(B, now: 0)
-        _ = b.receive(.transfer(queue: "q", transferID: t1.id, kind: .steal, requestID: 1, items: t1.items), from: A, now: 2)
-        _ = a.receive(.transferAck(queue: "q", transferID: t1.id, status: .accepted), from: B, now: 3)
+        _ = b.received(.transfer(queue: "q", transferID: t1.id, kind: .steal, requestID: 1, items: t1.items), from: A, now: 2)
+        _ = a.received(.transferAck(queue: "q", transferID: t1.id, status: .accepted), from: B, now: 3)
         // C steals 4 from B.
-        let t2 = b.receive(.stealRequest(queue: "q", requestID: 7, maxItems: 4, thiefRate: 1000), from: C, now: 4).transfers[0]
+        let t2 = b.received(.stealRequest(queue: "q", requestID: 7, maxItems: 4, thiefRate: 1000), from: C, now: 4).transfers[0]
         #expect(t2.items.count == 4 && t2.items.allSatisfy { $0.hops == 2 })
-        _ = c.receive(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 7, items: t2.items), from: B, now: 5)
-        let ackActions = b.receive(.transferAck(queue: "q", transferID: t2.id, status: .accepted), from: C, now: 6)
+        _ = c.received(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 7, items: t2.items), from: B, now: 5)
+        let ackActions = b.received(.transferAck(queue: "q", transferID: t2.id, status: .accepted), from: C, now: 6)
         #expect(ackActions.sent.isEmpty)  // custody news is batched like confirmations
         let news = b.tick(now: 1 * second).sent.filter { message, to in
             if case .ownerUpdate = message { to == A } else { false }
@@ -386,15 +386,15 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(news.count == 1)
         guard case .ownerUpdate(_, _, _, let custody) = news[0].0 else { Issue.record("no owner update"); return }
         #expect(custody == [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 4)])])
-        _ = a.receive(try wireRoundTrip(news[0].0), from: B, now: 7)
+        _ = a.received(try wireRoundTrip(news[0].0), from: B, now: 7)
         // C dies: only the 4 it held come back; B's 2 stay with B.
         _ = a.peerDied(C, now: 8)
         #expect(popAll(&a) == [0, 1, 2, 3])
         // Custody news that arrives after the death re-queues at once.
         var (a2, _, t3) = stolen(2)
-        _ = a2.receive(.transferAck(queue: "q", transferID: t3.id, status: .accepted), from: B, now: 3)
+        _ = a2.received(.transferAck(queue: "q", transferID: t3.id, status: .accepted), from: B, now: 3)
         _ = a2.peerDied(C, now: 4)
-        _ = a2.receive(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 2)])]), from: B, now: 5)
+        _ = a2.received(.ownerUpdate(queue: "q", updateID: 1, popped: [], custody: [CustodyChange(holder: C, attempt: 0, hops: 2, runs: [SequenceRun(first: 1, count: 2)])]), from: B, now: 5)
         #expect(popAll(&a2) == [0, 1])
     }
 
@@ -431,7 +431,7 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         var restarted = QueueMachine(name: "q", localPeer: B, configuration: QueueConfiguration(firstSequence: 1_000_000))
         _ = restarted.peerConnected(A, now: 0)
         _ = restarted.push([payload(1)], now: 0)
-        let transfer = restarted.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1), from: A, now: 1).transfers
+        let transfer = restarted.received(.stealRequest(queue: "q", requestID: 1, maxItems: 1, thiefRate: 1), from: A, now: 1).transfers
         #expect(transfer.first?.items.first?.id.sequence == 1_000_000)
     }
 

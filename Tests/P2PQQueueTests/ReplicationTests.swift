@@ -11,7 +11,7 @@ private let C = peer(3)
 private func deliver(_ actions: [QueueAction], from: PeerID, to: PeerID, into machine: inout QueueMachine, now: UInt64) throws -> [QueueAction] {
     var out: [QueueAction] = []
     for case .send(let message, let target) in actions where target == to {
-        out += machine.receive(try wireRoundTrip(message), from: from, now: now)
+        out += machine.received(try wireRoundTrip(message), from: from, now: now)
     }
     return out
 }
@@ -122,7 +122,7 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         m = []
         try replicated(&a, &b, 10)
         #expect(b.shelvedItems == 10)
-        let stolen = a.receive(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: C, now: 5)
+        let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 10, thiefRate: 100), from: C, now: 5)
         let acks = try deliver(stolen, from: A, to: C, into: &c, now: 6)
         #expect(c.count == 10)
         let ackActions = try deliver(acks, from: C, to: A, into: &a, now: 7)

@@ -282,7 +282,7 @@ struct Simulation {
             if case .transfer(_, _, _, _, let items) = message {
                 for item in items { paths[number(item.payload), default: []].append(to) }
             }
-            perform(to, machines[to]!.receive(message, from: from, now: now))
+            perform(to, machines[to]!.received(message, from: from, now: now))
         case .timer(let node, let at):
             guard !killed.contains(node), armed[node] == at else { return }
             armed[node] = nil

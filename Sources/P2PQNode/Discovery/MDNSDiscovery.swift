@@ -28,14 +28,14 @@ public struct DiscoveryConfiguration: Sendable {
 }
 
 /// The mDNS responder and browser on the node's reactor thread: one UDP socket joined to
-/// 224.0.0.251 on the configured interface, one timer, and an ``MDNSAgent`` deciding what to
+/// 224.0.0.251 on the configured interface, one timer, and an ``MDNSMachine`` deciding what to
 /// send. Discovered peers go to `onHint`; the handshake decides who gets in.
 final class MDNSDiscovery {
     static let group = "224.0.0.251"
 
     let reactor: Reactor
     let configuration: DiscoveryConfiguration
-    private var agent: MDNSAgent
+    private var agent: MDNSMachine
     private var socket: UDPSocket?
     private lazy var driver = ShellDriver<MDNSAction>(handle: { [unowned self] in self.handle($0) })
     private lazy var timer = ShellTimer(reactor: reactor) { [unowned self] in
@@ -88,7 +88,7 @@ final class MDNSDiscovery {
             let prefix = Array(interface.prefix(3))
             mdns.isOnLink = { $0.bytes.count == 4 && Array($0.bytes.prefix(3)) == prefix }
         }
-        agent = MDNSAgent(configuration: mdns, randomNumberGenerator: random)
+        agent = MDNSMachine(configuration: mdns, randomNumberGenerator: random)
     }
 
     var now: UInt64 { clock() }
@@ -131,7 +131,7 @@ final class MDNSDiscovery {
     private func received(_ bytes: UnsafeRawBufferPointer, from source: SocketAddress) {
         guard socket != nil else { return }
         let address = MDNSAddress(bytes: Self.ipv4Bytes(source.host) ?? [], port: UInt16(clamping: source.port))
-        perform(agent.receive(Array(bytes), from: address, now: now))
+        perform(agent.received(Array(bytes), from: address, now: now))
     }
 
     private func perform(_ actions: [MDNSAction]) {

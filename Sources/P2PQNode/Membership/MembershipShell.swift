@@ -3,22 +3,22 @@ import P2PQNodeMachine
 import P2PQReactor
 import P2PQWire
 
-/// Runs the node's ``Membership`` on the reactor thread: feeds it link changes, membership
+/// Runs the node's ``MembershipMachine`` on the reactor thread: feeds it link changes, membership
 /// messages and its timer, and carries out its directives (sending over the node's links,
 /// emitting ``NodeEvent``s).
 final class MembershipShell {
     private unowned let core: NodeCore
-    private var membership: Membership
+    private var membership: MembershipMachine
     /// Directives are carried out one at a time; inputs that arrive meanwhile (a send that
     /// fails and is reported back) queue behind them.
-    private lazy var driver = ShellDriver<MembershipDirective>(handle: { [unowned self] in self.handle($0) })
+    private lazy var driver = ShellDriver<MembershipAction>(handle: { [unowned self] in self.handle($0) })
     private lazy var timer = ShellTimer(reactor: core.reactor) { [unowned self] in
         self.perform(self.membership.tick(now: self.core.now))
     }
 
     init(core: NodeCore, configuration: MembershipConfiguration, incarnation: UInt64, seed: UInt64) {
         self.core = core
-        membership = Membership(localPeer: core.identity.peerID, incarnation: incarnation,
+        membership = MembershipMachine(localPeer: core.identity.peerID, incarnation: incarnation,
                                 configuration: configuration, seed: seed)
     }
 
@@ -63,11 +63,11 @@ final class MembershipShell {
 
     var localHealth: Int { membership.localHealth }
 
-    private func perform(_ directives: [MembershipDirective]) {
+    private func perform(_ directives: [MembershipAction]) {
         driver.perform(directives)
     }
 
-    private func handle(_ directive: MembershipDirective) {
+    private func handle(_ directive: MembershipAction) {
         switch directive {
         case .send(let message, let peer):
             if !core.send(message, to: peer) {

@@ -579,7 +579,7 @@ final class QueueShell {
         }
         let name = message.queue
         guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
-        perform(name, queues[name]?.machine.receive(consume message, from: peer, now: now))
+        perform(name, queues[name]?.machine.received(consume message, from: peer, now: now))
         return nil
     }
 
@@ -587,7 +587,7 @@ final class QueueShell {
     func receiveForTesting(_ message: QueueMessage, from peer: PeerID) {
         let name = message.queue
         guard !isStopped, ensure(name) else { return }
-        perform(name, queues[name]?.machine.receive(message, from: peer, now: now))
+        perform(name, queues[name]?.machine.received(message, from: peer, now: now))
     }
 
     /// A peer event, as ``PeerEventRouting`` routes it to the queues.
