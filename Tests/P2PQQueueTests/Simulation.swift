@@ -78,6 +78,10 @@ struct Simulation {
     /// Messages of these types are dropped instead of delivered.
     var dropTypes: Set<MessageType> = []
     var debug = false
+    /// Links tell each side that the other keeps replicas (replication on).
+    var keepsReplicas = false
+    /// Every message (as its wire bytes), delivery and timer, in order.
+    var trace = TraceHash()
 
     func debugLog(_ message: QueueMessage, from: PeerID, to: PeerID) {
         let f = order.firstIndex(of: from)!, t = order.firstIndex(of: to)!
@@ -121,8 +125,8 @@ struct Simulation {
         let epoch = (epochs[pair] ?? 0) + 1
         epochs[pair] = epoch
         links[pair] = epoch
-        perform(x, machines[x]!.peerConnected(y, now: now))
-        perform(y, machines[y]!.peerConnected(x, now: now))
+        perform(x, machines[x]!.peerConnected(y, keepsReplicas: keepsReplicas, now: now))
+        perform(y, machines[y]!.peerConnected(x, keepsReplicas: keepsReplicas, now: now))
     }
 
     mutating func connectAll() {
@@ -186,7 +190,12 @@ struct Simulation {
     }
 
     private mutating func got(_ items: ItemPayloads, at node: PeerID, consumer index: Int) {
-        for item in items { popped[node]!.append(number(item)) }
+        trace.add(now)
+        trace.add(order.firstIndex(of: node) ?? -1)
+        for item in items {
+            popped[node]!.append(number(item))
+            trace.add(bytes: item.bytes)
+        }
         if firstPop[node] == nil { firstPop[node] = now }
         lastPopTime = now
         consumers[node]![index].busy = true
@@ -271,6 +280,11 @@ struct Simulation {
         switch kind {
         case .message(let from, let to, let type, let body, let epoch):
             guard !killed.contains(to), links[Pair(from, to)] == epoch, !dropTypes.contains(type) else { return }
+            trace.add(now)
+            trace.add(order.firstIndex(of: from) ?? -1)
+            trace.add(order.firstIndex(of: to) ?? -1)
+            trace.add(bytes: [type.rawValue])
+            trace.add(bytes: body)
             let message: QueueMessage
             do {
                 message = try QueueMessage.decode(type: type, body: body)
@@ -286,6 +300,8 @@ struct Simulation {
         case .timer(let node, let at):
             guard !killed.contains(node), armed[node] == at else { return }
             armed[node] = nil
+            trace.add(now)
+            trace.add(order.firstIndex(of: node) ?? -1)
             perform(node, machines[node]!.tick(now: now))
         case .consumerFree(let node, let index):
             guard !killed.contains(node) else { return }
