@@ -91,8 +91,9 @@ public enum OperationsClient {
         do {
             channel = try await bootstrap.connect(host: bareHost, port: port).get()
         } catch {
-            promise.fail(Failure.unreachable("\(bareHost):\(port): \(error)"))
-            throw .unreachable("\(bareHost):\(port): \(error)")
+            let reason = "\(bareHost):\(port): \(Self.reason(error))"
+            promise.fail(Failure.unreachable(reason))
+            throw .unreachable(reason)
         }
         var buffer = channel.allocator.buffer(capacity: body.count)
         buffer.writeBytes(body)
@@ -106,6 +107,19 @@ public enum OperationsClient {
         } catch {
             throw .failed("\(error)")
         }
+    }
+}
+
+extension OperationsClient {
+    /// A connect error in a few words ("Connection refused", "cannot resolve the host").
+    fileprivate static func reason(_ error: Error) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)) }
+        if let connection = error as? NIOConnectionError {
+            if let first = connection.connectionErrors.first { return reason(first.error) }
+            if connection.dnsAError != nil || connection.dnsAAAAError != nil { return "cannot resolve the host" }
+        }
+        if case .connectTimeout? = error as? ChannelError { return "connect timed out" }
+        return "\(error)"
     }
 }
 
