@@ -41,120 +41,122 @@ public struct QueueMachine: Sendable {
     public let configuration: QueueConfiguration
     /// The largest payload a push accepts (one item must fit in one transfer frame).
     public let maxItemSize: Int
-    public private(set) var counters = QueueCounters()
+    public internal(set) var counters = QueueCounters()
     /// True after ``close(now:)``.
-    public private(set) var isClosed = false
+    public internal(set) var isClosed = false
     /// True after ``drain(now:)``: the node is stopping and hands everything on.
-    public private(set) var isDraining = false
+    public internal(set) var isDraining = false
 
+    // The state below is module-internal, not private: the concern files (QueueMachine+*.swift)
+    // extend this type and share it. Nothing outside QueueMachine touches it.
     // Local queue and what is out on transfers.
     /// The local queue, as runs of consecutive items (a pushed batch is one).
-    private var runs = Deque<QueueRun>()
-    private var queuedItems = 0
-    private var queuedBytes = 0
+    var runs = Deque<QueueRun>()
+    var queuedItems = 0
+    var queuedBytes = 0
     /// Outgoing transfers awaiting their ack, and the copies received lately.
-    private var transfers: TransferLedger
+    var transfers: TransferLedger
 
-    private var waiters = Deque<Waiter>()
+    var waiters = Deque<Waiter>()
 
     // Leases: items handed out and held here until acked (see `popLeased`).
-    private var leases: [LeaseToken: Lease] = [:]
-    private var leasedItems = 0
-    private var leasedBytes = 0
-    private var nextLeaseToken: UInt64 = 1
+    var leases: [LeaseToken: Lease] = [:]
+    var leasedItems = 0
+    var leasedBytes = 0
+    var nextLeaseToken: UInt64 = 1
     /// No lease ends (or dead-letter retry falls due) before this; may be early (a tick then
     /// finds nothing due and recomputes it).
-    private var nextLeaseDeadline: UInt64?
+    var nextLeaseDeadline: UInt64?
     /// Deliveries of items on this node, for their delivery count (bounded by `maxItems`).
-    private var localDeliveries: [LeaseKey: UInt32] = [:]
+    var localDeliveries: [LeaseKey: UInt32] = [:]
     /// Their keys in first-delivery order (some forgotten since): the oldest goes for room, not
     /// the first in dictionary order, which differs from process to process.
-    private var deliveryOrder = Deque<LeaseKey>()
+    var deliveryOrder = Deque<LeaseKey>()
 
     // Ownership.
-    private var nextSequence: UInt64 = 1
-    private var owned = SequenceTable<OwnedRecord>()
+    var nextSequence: UInt64 = 1
+    var owned = SequenceTable<OwnedRecord>()
     /// The arrays every queued, in-flight and owned item's bytes are ranges of.
-    private var store = PayloadStore()
-    private var holders = HolderTable()
-    private var ownedBytes = 0
-    private var notices: [PeerID: Notices] = [:]
+    var store = PayloadStore()
+    var holders = HolderTable()
+    var ownedBytes = 0
+    var notices: [PeerID: Notices] = [:]
     /// Owner updates sent and not acknowledged yet, by update ID.
-    private var sentUpdates: [UInt64: SentUpdate] = [:]
+    var sentUpdates: [UInt64: SentUpdate] = [:]
     /// Owner changes a draining owner sent (IDs from the update counter), until their ack.
-    private var sentChanges: [UInt64: SentChange] = [:]
+    var sentChanges: [UInt64: SentChange] = [:]
     /// Owner changes received whose ack waits for this node's transfers that carried the
     /// owner's items when the change came (see ``PendingChange``).
-    private var pendingChanges: [PendingChange] = []
-    private var nextUpdateID: UInt64 = 1
+    var pendingChanges: [PendingChange] = []
+    var nextUpdateID: UInt64 = 1
     /// Update IDs recently applied, per sender, so a re-sent update is applied once.
-    private var appliedUpdates: [PeerID: RecentIDs] = [:]
+    var appliedUpdates: [PeerID: RecentIDs] = [:]
     /// Pop confirmations from a peer this owner does not record as the items' holder, held
     /// until custody news names it (see ``HeldConfirmations``).
-    private var heldConfirmations = HeldConfirmations()
+    var heldConfirmations = HeldConfirmations()
 
-    private var peers = PeerViews()
-    private var deadPeers = Set<PeerID>()
-    private var deadOrder = Deque<PeerID>()
+    var peers = PeerViews()
+    var deadPeers = Set<PeerID>()
+    var deadOrder = Deque<PeerID>()
     /// When each peer in `deadPeers` was declared dead: the notices kept for it (it may come
     /// back) go after `deadOwnerRetention`.
-    private var diedAt: [PeerID: UInt64] = [:]
+    var diedAt: [PeerID: UInt64] = [:]
     /// Other owners' items held back from consumers until the owner names the stale copies.
-    private var heldBack: [PeerID: HeldBack] = [:]
+    var heldBack: [PeerID: HeldBack] = [:]
     /// Own items held back the same way, per peer keeping their replicas, until that peer names
     /// the ones it re-queued as its own (it believed this node dead).
-    private var heldOwn: [PeerID: HeldBack] = [:]
-    private var heldBackItems = 0
-    private var heldBackBytes = 0
-    private var nextCheckID: UInt64 = 1
+    var heldOwn: [PeerID: HeldBack] = [:]
+    var heldBackItems = 0
+    var heldBackBytes = 0
+    var nextCheckID: UInt64 = 1
 
     // Balancer.
-    private var steal: OutstandingSteal?
-    private var nextRequestID: UInt64 = 1
-    private var statsSequence: UInt64 = 0
-    private var nextStatsAt: UInt64?
-    private var rate: Double = 0
-    private var popsSinceSample = 0
-    private var starvedSinceSample = false
-    private var lastSampleAt: UInt64 = 0
-    private var lastConsumerActivity: UInt64?
-    private var lastTransferReceivedAt: UInt64?
-    private var lastBroadcastLength = 0
-    private var lastBroadcastAt: UInt64?
+    var steal: OutstandingSteal?
+    var nextRequestID: UInt64 = 1
+    var statsSequence: UInt64 = 0
+    var nextStatsAt: UInt64?
+    var rate: Double = 0
+    var popsSinceSample = 0
+    var starvedSinceSample = false
+    var lastSampleAt: UInt64 = 0
+    var lastConsumerActivity: UInt64?
+    var lastTransferReceivedAt: UInt64?
+    var lastBroadcastLength = 0
+    var lastBroadcastAt: UInt64?
     /// Rate assumed for a consumer node not measured yet (see ``LocalLoad/effectiveRate``).
-    private var priorRate: Double
+    var priorRate: Double
     /// The configured strategy's decisions.
-    private var balancer: QueueBalancer
+    var balancer: QueueBalancer
 
-    private var pushBlocked = false
-    private var armed: UInt64?
+    var pushBlocked = false
+    var armed: UInt64?
     /// The `now` of the latest input: the timer is always armed (stats), so a healthy node
     /// sees an input at least every `statsInterval`.
-    private var lastInputAt: UInt64?
+    var lastInputAt: UInt64?
 
     // Replication, owner side: own items here that need a replica (ascending, may hold
     // sequences popped since: skipped when sent), replica transfers awaiting their ack, and
     // releases for replica holders not sent yet.
-    private var replicaBacklog = Deque<SequenceRun>()
-    private var replicaSends: [UInt64: ReplicaSend] = [:]
-    private var releases: [PeerID: PendingReleases] = [:]
+    var replicaBacklog = Deque<SequenceRun>()
+    var replicaSends: [UInt64: ReplicaSend] = [:]
+    var releases: [PeerID: PendingReleases] = [:]
     // The peer replicas go to while it takes them (one holder for consecutive pushes).
-    private var replicaPeer: PeerID?
+    var replicaPeer: PeerID?
     // Replication, holder side: other owners' replicas, per owner sorted by sequence, held in
     // the store but not queued.
-    private var shelves: [PeerID: Deque<QueueRun>] = [:]
-    private var shelfItems = 0
-    private var shelfBytes = 0
+    var shelves: [PeerID: Deque<QueueRun>] = [:]
+    var shelfItems = 0
+    var shelfBytes = 0
     // Owners declared dead (or gone) while their link was still up: their shelf is re-queued
     // when the link goes or at this deadline, so releases already on the link (a graceful
     // leave sends them before its goodbye, but the verdict may come first by gossip) count.
-    private var shelfGrace: [PeerID: UInt64] = [:]
+    var shelfGrace: [PeerID: UInt64] = [:]
     // Owners whose shelf was re-queued here: their sequences that were (in their numbering),
     // kept for `deadOwnerRetention` so that an owner that was only paused learns which of its
     // originals are stale (a replica check).
-    private var requeuedReplicas: [PeerID: RequeuedReplicas] = [:]
+    var requeuedReplicas: [PeerID: RequeuedReplicas] = [:]
 
-    private struct Waiter: Sendable {
+    struct Waiter: Sendable {
         var id: WaiterID
         var max: Int
         /// A leased pop's lease duration; nil for a plain pop.
@@ -163,13 +165,13 @@ public struct QueueMachine: Sendable {
 
     /// One leased item: its run of one (its array's hold passes from the queue to the lease
     /// and back).
-    private struct Lease: Sendable {
+    struct Lease: Sendable {
         var run: QueueRun
         var deliveries: Int
         var state: LeaseState
     }
 
-    private enum LeaseState: Sendable {
+    enum LeaseState: Sendable {
         /// With the consumer until `until`.
         case held(until: UInt64)
         /// Delivered too often: waiting for the shell to push it into the dead-letter queue;
@@ -184,25 +186,25 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    private struct LeaseKey: Hashable, Sendable {
+    struct LeaseKey: Hashable, Sendable {
         var origin: PeerID
         var sequence: UInt64
     }
 
-    private struct RequeuedReplicas: Sendable {
+    struct RequeuedReplicas: Sendable {
         /// Sorted, disjoint, merged where adjacent; at most `maxRequeuedRuns`.
         var runs: [SequenceRun] = []
         var at: UInt64
     }
 
-    private struct ReplicaSend: Sendable {
+    struct ReplicaSend: Sendable {
         var peer: PeerID
         var runs: [SequenceRun]
         var count: Int
         var deadline: UInt64
     }
 
-    private struct PendingReleases: Sendable {
+    struct PendingReleases: Sendable {
         var runs: [SequenceRun] = []
         var items = 0
         var since: UInt64
@@ -211,7 +213,7 @@ public struct QueueMachine: Sendable {
     /// An owned item's bytes are a range of one of `store`'s arrays: a pushed batch's records
     /// share one entry, so keeping and dropping a copy updates a counter there instead of the
     /// array's reference count (an atomic operation per item, per push and per confirmation).
-    private struct OwnedRecord: Sendable {
+    struct OwnedRecord: Sendable {
         var extent: PayloadExtent
         /// ``HolderTable/here`` while the item is here (queued or on an unacknowledged transfer),
         /// else the handle of the peer holding it: 4 bytes, not a 33-byte optional peer ID, so a
@@ -225,7 +227,7 @@ public struct QueueMachine: Sendable {
 
     /// One owner's items held back (this node may have been declared dead, so the owner may
     /// have re-queued them): in queue order, with the custody check asked about them.
-    private struct HeldBack: Sendable {
+    struct HeldBack: Sendable {
         var runs: [QueueRun] = []
         /// The check in flight to the owner; nil until sent (the owner may not be linked yet).
         var checkID: UInt64?
@@ -233,14 +235,14 @@ public struct QueueMachine: Sendable {
         var deadline: UInt64
     }
 
-    private struct CustodyKey: Hashable, Sendable {
+    struct CustodyKey: Hashable, Sendable {
         var holder: PeerID
         var attempt: UInt32
         var hops: UInt32
     }
 
     /// Pending pop confirmations and custody news for one owner.
-    private struct Notices: Sendable {
+    struct Notices: Sendable {
         var popped: [SequenceRun] = []
         var custody: [CustodyKey: [SequenceRun]] = [:]
         var custodyOrder: [CustodyKey] = []
@@ -249,14 +251,14 @@ public struct QueueMachine: Sendable {
         var since: UInt64
     }
 
-    private struct SentUpdate: Sendable {
+    struct SentUpdate: Sendable {
         var owner: PeerID
         var popped: [SequenceRun]
         var custody: [CustodyChange]
     }
 
     /// The last 1024 IDs, forgetting the oldest.
-    private struct SentChange: Sendable {
+    struct SentChange: Sendable {
         var holder: PeerID
         var groups: [CustodyChange]
         var items: Int
@@ -266,14 +268,14 @@ public struct QueueMachine: Sendable {
     /// it offered on the ack, so the ack waits until the transfers in flight with the owner's
     /// items are settled (their custody news, or the returned items adopted) and goes out
     /// right after that custody news: the owner then offers those records to their new holder.
-    private struct PendingChange: Sendable {
+    struct PendingChange: Sendable {
         var owner: PeerID
         var changeID: UInt64
         var groups: [CustodyChange]
         var transfers: Set<UInt64>
     }
 
-    private struct RecentIDs: Sendable {
+    struct RecentIDs: Sendable {
         var set = Set<UInt64>()
         var order = Deque<UInt64>()
 
@@ -288,7 +290,7 @@ public struct QueueMachine: Sendable {
     /// Most unacknowledged owner updates per owner; more notices wait for acks.
     static let maxUpdatesInFlight = 8
 
-    private struct OutstandingSteal: Sendable {
+    struct OutstandingSteal: Sendable {
         var peer: PeerID
         var requestID: UInt64
         var deadline: UInt64
@@ -426,7 +428,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// A run a push makes: its items are the first `count` of the slot's array.
-    private struct PushedRun {
+    struct PushedRun {
         var slot: UInt32
         var start: UInt32
         var bytes: UInt32
@@ -436,7 +438,7 @@ public struct QueueMachine: Sendable {
     /// The pushes' common path. `hold` holds the items' arrays in `store`, `holds` times for
     /// each item (its queue entry, and its ownership record when at least once), and returns
     /// the runs they make, in order.
-    private mutating func push(
+    mutating func push(
         count n: Int, size: (Int) -> Int, hold: (inout PayloadStore, _ holds: Int) -> [PushedRun], now: UInt64
     ) -> (PushOutcome, [Action]) {
         var actions: [Action] = []
@@ -1034,7 +1036,7 @@ public struct QueueMachine: Sendable {
 
     /// Removes the local queue's first run, or its first `count` items when it holds more:
     /// the run taken and its array's table of item ends.
-    private mutating func takeFront(upTo count: Int) -> (QueueRun, [UInt32]) {
+    mutating func takeFront(upTo count: Int) -> (QueueRun, [UInt32]) {
         var run = runs.removeFirst()
         let ends = store.ends(run.slot)
         if Int(run.count) > count {
@@ -1047,7 +1049,7 @@ public struct QueueMachine: Sendable {
 
     /// Takes up to `max` items from the front for a consumer, recording the pops a run at a
     /// time.
-    private mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
+    mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
         let n = Swift.min(max, queuedItems)
         var payloads = ItemPayloads()
         payloads.reserveCapacity(items: n, arrays: 1)
@@ -1103,7 +1105,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// An ownership record is gone: its bytes no longer count, its buffer loses a holder.
-    private mutating func drop(_ record: OwnedRecord, _ sequence: UInt64, now: UInt64) {
+    mutating func drop(_ record: OwnedRecord, _ sequence: UInt64, now: UInt64) {
         ownedBytes -= Int(record.extent.length)
         store.release(record.extent.buffer)
         if record.replica != HolderTable.here && record.replica != HolderTable.inTransit {
@@ -1111,12 +1113,12 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    private mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
+    mutating func confirm(_ run: SequenceRun, to owner: PeerID, now: UInt64) {
         // Also for an owner believed dead: kept until it is back (or its retention ends).
         addRun(run, to: owner, custody: nil, now: now)
     }
 
-    private mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
+    mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
         while !runs.isEmpty, let waiter = waiters.popFirst() {
             lastConsumerActivity = now
             if let duration = waiter.lease {
@@ -1129,7 +1131,7 @@ public struct QueueMachine: Sendable {
 
     // MARK: Ownership
 
-    private mutating func requeue(_ sequences: [UInt64], _ actions: inout [Action], now: UInt64) {
+    mutating func requeue(_ sequences: [UInt64], _ actions: inout [Action], now: UInt64) {
         guard !sequences.isEmpty else { return }
         // A run of one item each: the copies' records say where each item's bytes are.
         var items: [QueueRun] = []
@@ -1158,7 +1160,7 @@ public struct QueueMachine: Sendable {
         serveWaiters(&actions, now: now)
     }
 
-    private mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], from peer: PeerID,
+    mutating func ownerUpdate(popped: [SequenceRun], custody: [CustodyChange], from peer: PeerID,
                                       _ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
         // Only the recorded holder may confirm: a member cannot make the owner forget items
@@ -1219,7 +1221,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// Custody news arrived: held confirmations from the peers it names are tried again.
-    private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
+    mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
         var freedBytes = 0
         // In ID order: two holders may hold a confirmation of one sequence, and the first
         // settles it.
@@ -1238,7 +1240,7 @@ public struct QueueMachine: Sendable {
         ownedBytes -= freedBytes
     }
 
-    private mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
+    mutating func requeueNotices(_ update: SentUpdate, now: UInt64) {
         for run in update.popped { addRun(run, to: update.owner, custody: nil, now: now) }
         for group in update.custody {
             let key = CustodyKey(holder: group.holder, attempt: group.attempt, hops: group.hops)
@@ -1247,7 +1249,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// Queues a confirmation (`custody == nil`) or custody run for `owner`.
-    private mutating func addRun(_ run: SequenceRun, to owner: PeerID, custody: CustodyKey?, now: UInt64) {
+    mutating func addRun(_ run: SequenceRun, to owner: PeerID, custody: CustodyKey?, now: UInt64) {
         // Taken out of the dictionary so its arrays are uniquely referenced and grow in place.
         var entry = notices.removeValue(forKey: owner) ?? Notices(since: now)
         if entry.runs == 0 && entry.items == 0 { entry.since = now }
@@ -1270,7 +1272,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// Appends `run` to `runs`, merging with the last run when consecutive. True if a run was added.
-    private static func extend(_ runs: inout [SequenceRun], with run: SequenceRun) -> Bool {
+    static func extend(_ runs: inout [SequenceRun], with run: SequenceRun) -> Bool {
         if let last = runs.last, last.first &+ UInt64(last.count) == run.first,
            UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
             runs[runs.count - 1].count += run.count
@@ -1282,7 +1284,7 @@ public struct QueueMachine: Sendable {
 
     /// `uncapped`: also past ``maxUpdatesInFlight`` (before an owner change's ack, which must
     /// follow every custody notice for that owner).
-    private mutating func flushNotices(_ actions: inout [Action], now: UInt64, force: Bool, only: PeerID?, uncapped: Bool = false) {
+    mutating func flushNotices(_ actions: inout [Action], now: UInt64, force: Bool, only: PeerID?, uncapped: Bool = false) {
         guard !notices.isEmpty else { return }
         let owners = only.map { [$0] } ?? notices.keys.sorted()
         for owner in owners {
@@ -1334,7 +1336,7 @@ public struct QueueMachine: Sendable {
     // MARK: After a death verdict
 
     /// A timer this machine armed that is met this late means the process was not running.
-    private mutating func detectStall(_ actions: inout [Action], now: UInt64) {
+    mutating func detectStall(_ actions: inout [Action], now: UInt64) {
         // Measured from the latest input, not from the timer's deadline: that deadline may lie
         // up to a stats interval after the process stopped, which hid pauses just long enough
         // for a death verdict.
@@ -1345,7 +1347,7 @@ public struct QueueMachine: Sendable {
 
     /// Moves the queued items of other owners aside, out of consumers' reach, and asks each
     /// owner about them (at once if linked, else on its next link).
-    private mutating func holdBack(_ actions: inout [Action], now: UInt64) {
+    mutating func holdBack(_ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
         holdBackReplicated(&actions, now: now)
         guard runs.contains(where: { $0.origin != localPeer }) else { return }
@@ -1370,7 +1372,7 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    private mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
+    mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
         guard let held = heldBack[owner], held.checkID == nil, peers[owner]?.connected == true else { return }
         let id = nextCheckID
         nextCheckID += 1
@@ -1391,13 +1393,13 @@ public struct QueueMachine: Sendable {
     }
 
     /// How many runs of `bytes` each a custody check or verdict may carry: one frame's worth.
-    private func runsPerFrame(bytes: Int) -> Int {
+    func runsPerFrame(bytes: Int) -> Int {
         Swift.min(QueueWire.maxRunsPerUpdate, (configuration.maxFrameSize - 1 - 4 - name.utf8.count - 8 - 4) / bytes)
     }
 
     /// The owner's side of a check: the copies it re-queued at another attempt, or whose
     /// record is gone (confirmed popped), as runs. Sequences it never made are left alone.
-    private func staleCopies(_ checked: [CheckedRun]) -> [SequenceRun] {
+    func staleCopies(_ checked: [CheckedRun]) -> [SequenceRun] {
         guard configuration.delivery == .atLeastOnce else { return [] }
         var stale: [SequenceRun] = []
         let limit = runsPerFrame(bytes: 12)
@@ -1423,7 +1425,7 @@ public struct QueueMachine: Sendable {
 
     /// Returns held-back items to the front of the queue (in their order), the `stale` ones
     /// (sorted runs) dropped.
-    private mutating func release(_ held: HeldBack?, stale: [SequenceRun], _ actions: inout [Action], now: UInt64) {
+    mutating func release(_ held: HeldBack?, stale: [SequenceRun], _ actions: inout [Action], now: UInt64) {
         guard let held else { return }
         let stale = stale.sorted { $0.first < $1.first }
         var back: [QueueRun] = []
@@ -1471,7 +1473,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// Whether sorted, disjoint `runs` contain `sequence` (binary search).
-    private static func contains(_ runs: [SequenceRun], _ sequence: UInt64) -> Bool {
+    static func contains(_ runs: [SequenceRun], _ sequence: UInt64) -> Bool {
         var low = 0, high = runs.count
         while low < high {
             let mid = (low + high) / 2
@@ -1485,7 +1487,7 @@ public struct QueueMachine: Sendable {
     /// Sends up to `count` items from the front of the queue to `peer` in one transfer. Returns
     /// how many went.
     @discardableResult
-    private mutating func sendTransfer(
+    mutating func sendTransfer(
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
         guard count > 0, !runs.isEmpty, transfers.count(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
@@ -1568,12 +1570,12 @@ public struct QueueMachine: Sendable {
         return items
     }
 
-    private func updatesInFlight(to owner: PeerID) -> Int {
+    func updatesInFlight(to owner: PeerID) -> Int {
         sentUpdates.values.reduce(0) { $0 + ($1.owner == owner ? 1 : 0) }
     }
 
     /// Puts the items of these transfers back at the front, oldest transfer's items first.
-    private mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
+    mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         for id in ids.sorted(by: >) {
             guard let transfer = transfers.remove(id) else { continue }
             queuedBytes += transfer.bytes
@@ -1592,7 +1594,7 @@ public struct QueueMachine: Sendable {
         serveWaiters(&actions, now: now)
     }
 
-    private mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
         // A check on the lost link may be lost with it: asked again on the next one.
         if heldBack[peer] != nil { heldBack[peer]!.checkID = nil }
         if heldOwn[peer] != nil { heldOwn[peer]!.checkID = nil }
@@ -1619,7 +1621,7 @@ public struct QueueMachine: Sendable {
         }
     }
 
-    private mutating func receiveTransfer(
+    mutating func receiveTransfer(
         _ items: TransferItems, id: UInt64, kind: TransferKind, requestID: UInt64, from peer: PeerID,
         _ actions: inout [Action], now: UInt64
     ) {
@@ -1708,7 +1710,7 @@ public struct QueueMachine: Sendable {
         serveWaiters(&actions, now: now)
     }
 
-    private mutating func acknowledge(_ id: UInt64, status: TransferStatus, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    mutating func acknowledge(_ id: UInt64, status: TransferStatus, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
         if replicaSends[id]?.peer == peer {
             replicaAcknowledged(id, status: status, now: now, &actions)
             return
@@ -1789,7 +1791,7 @@ public struct QueueMachine: Sendable {
 
     /// Takes the `count` items of `run` over as this node's own: numbered anew (origin here,
     /// attempt and hops 0), with ownership records that hold the run's buffer too.
-    private mutating func adoptAsOwn(_ run: inout QueueRun, count: Int, _ ends: UnsafeBufferPointer<UInt32>) {
+    mutating func adoptAsOwn(_ run: inout QueueRun, count: Int, _ ends: UnsafeBufferPointer<UInt32>) {
         run.origin = localPeer
         run.first = nextSequence
         run.attempt = 0
@@ -1810,7 +1812,7 @@ public struct QueueMachine: Sendable {
     /// A draining owner gives its records of items peers hold to those peers in owner changes
     /// (each takes over the items it holds queued): a holder that passes them on can then
     /// re-queue them when the next node dies. The records wait, marked, for the ack.
-    private mutating func grantOwnership(_ actions: inout [Action], now: UInt64) {
+    mutating func grantOwnership(_ actions: inout [Action], now: UInt64) {
         guard isDraining, configuration.delivery == .atLeastOnce, owned.count > ownedHereCount() else { return }
         // Worst case every run in a group of its own.
         let perMessage = Swift.min(QueueWire.maxRunsPerUpdate,
@@ -1861,13 +1863,13 @@ public struct QueueMachine: Sendable {
     }
 
     /// Records here (not held by a peer): the rest are what ``grantOwnership(_:now:)`` may give.
-    private func ownedHereCount() -> Int {
+    func ownedHereCount() -> Int {
         owned.sequences { $0.holder == HolderTable.here }.count
     }
 
     /// The holder took the ownership: the records it was offered go (not those that custody
     /// news it sent first moved on to a later holder).
-    private mutating func ownershipGranted(_ change: SentChange, now: UInt64) {
+    mutating func ownershipGranted(_ change: SentChange, now: UInt64) {
         guard let handle = holders.handle(of: change.holder) else { return }
         let granted = HolderTable.granted(to: handle)
         for group in change.groups {
@@ -1883,7 +1885,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// An owner change that did not arrive: its records point at the holder again.
-    private mutating func revertGrant(_ change: SentChange) {
+    mutating func revertGrant(_ change: SentChange) {
         let handle = holders.handle(for: change.holder)
         for group in change.groups {
             for run in group.runs {
@@ -1897,7 +1899,7 @@ public struct QueueMachine: Sendable {
     /// `owner` (stopping) gives this node the ownership of its items in `groups`: those
     /// queued here with the attempt named are numbered as this node's own, where they are,
     /// with records. Items already passed on or popped are not affected.
-    private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
+    mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
         guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
         var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
         for group in groups {
@@ -1945,7 +1947,7 @@ public struct QueueMachine: Sendable {
     /// at once. The ack waits for the transfers now in flight with the owner's items: an
     /// acknowledged one yields custody news (sent before the ack, so the owner offers those
     /// records to the node that holds the items now), a returned one's items are adopted.
-    private mutating func receiveOwnerChange(_ changeID: UInt64, groups: [CustodyChange], from owner: PeerID,
+    mutating func receiveOwnerChange(_ changeID: UInt64, groups: [CustodyChange], from owner: PeerID,
                                              _ actions: inout [Action], now: UInt64) {
         adoptHeld(groups, from: owner)
         let carrying = transfers.ids { $0.runs.contains { $0.origin == owner } }
@@ -1959,7 +1961,7 @@ public struct QueueMachine: Sendable {
 
     /// Transfers `ids` were acknowledged or `returned`: owner changes waiting for them are
     /// answered once none is left.
-    private mutating func settlePendingChanges(_ ids: [UInt64], returned: Bool, _ actions: inout [Action], now: UInt64) {
+    mutating func settlePendingChanges(_ ids: [UInt64], returned: Bool, _ actions: inout [Action], now: UInt64) {
         var index = 0
         while index < pendingChanges.count {
             var change = pendingChanges[index]
@@ -1981,27 +1983,27 @@ public struct QueueMachine: Sendable {
 
     /// Every pending notice for the owner first (FIFO link: the owner applies the custody news
     /// before the ack), then the ack.
-    private mutating func answerOwnerChange(_ change: PendingChange, _ actions: inout [Action], now: UInt64) {
+    mutating func answerOwnerChange(_ change: PendingChange, _ actions: inout [Action], now: UInt64) {
         flushNotices(&actions, now: now, force: true, only: change.owner, uncapped: true)
         actions.append(.send(.ownerUpdateAck(queue: name, updateID: change.changeID), to: change.owner))
     }
 
     // MARK: Balancing
 
-    private func hasConsumers(now: UInt64) -> Bool {
+    func hasConsumers(now: UInt64) -> Bool {
         if !waiters.isEmpty { return true }
         guard let last = lastConsumerActivity else { return false }
         return now < last || now - last < configuration.consumerIdleTimeout
     }
 
     /// This node's load, for the balancer.
-    private func load(now: UInt64) -> LocalLoad {
+    func load(now: UInt64) -> LocalLoad {
         LocalLoad(now: now, queued: queuedItems, held: heldItems, waiters: waiters.count, rate: rate, priorRate: priorRate,
                   hasConsumers: hasConsumers(now: now), isClosed: isClosed, lastTransferReceivedAt: lastTransferReceivedAt)
     }
 
     /// Recomputes ``priorRate`` from the measured rates known here.
-    private mutating func updatePriorRate() {
+    mutating func updatePriorRate() {
         var sum = rate
         var count = rate > 0 ? 1 : 0
         for view in peers.values where view.hasReport && view.rate > 0 {
@@ -2011,17 +2013,17 @@ public struct QueueMachine: Sendable {
         priorRate = count > 0 ? Swift.max(sum / Double(count), configuration.minimumRate) : configuration.minimumRate
     }
 
-    private func isFresh(_ view: PeerView, now: UInt64) -> Bool {
+    func isFresh(_ view: PeerView, now: UInt64) -> Bool {
         view.isFresh(now: now, maxAge: configuration.statsMaxAge)
     }
 
     /// The linked peers, ascending.
-    private func connectedPeers() -> [PeerID] {
+    func connectedPeers() -> [PeerID] {
         Array(peers.filter { $0.value.connected }.keys)
     }
 
     /// The view of `peer`, created if there is room.
-    private mutating func view(_ peer: PeerID) -> PeerView? {
+    mutating func view(_ peer: PeerID) -> PeerView? {
         if let view = peers[peer] { return view }
         guard peers.count < configuration.maxTrackedPeers else { return nil }
         let view = PeerView()
@@ -2029,14 +2031,14 @@ public struct QueueMachine: Sendable {
         return view
     }
 
-    private mutating func forgetDeath(of peer: PeerID) {
+    mutating func forgetDeath(of peer: PeerID) {
         shelfGrace[peer] = nil  // back: it still counts on the replicas
         deadPeers.remove(peer)
         diedAt[peer] = nil
         if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }
     }
 
-    private mutating func sampleRate(now: UInt64) {
+    mutating func sampleRate(now: UInt64) {
         defer {
             lastSampleAt = now
             popsSinceSample = 0
@@ -2064,7 +2066,7 @@ public struct QueueMachine: Sendable {
         updatePriorRate()
     }
 
-    private mutating func currentStats(now: UInt64) -> LoadStats {
+    mutating func currentStats(now: UInt64) -> LoadStats {
         statsSequence += 1
         let load = load(now: now)
         let consumers = load.hasConsumers
@@ -2076,7 +2078,7 @@ public struct QueueMachine: Sendable {
         )
     }
 
-    private mutating func sendStats(to targets: [PeerID], _ actions: inout [Action], now: UInt64) {
+    mutating func sendStats(to targets: [PeerID], _ actions: inout [Action], now: UInt64) {
         guard !targets.isEmpty else { return }
         let stats = currentStats(now: now)
         if targets.count > 1 {
@@ -2088,7 +2090,7 @@ public struct QueueMachine: Sendable {
 
     /// A queue that grew a lot since the last round tells its peers at once (at most every
     /// eighth of an interval), so idle nodes can steal without waiting for the next round.
-    private mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
+    mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
         guard balancer.announcesGrowth, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
         if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
         sendStats(to: connectedPeers(), &actions, now: now)
@@ -2096,7 +2098,7 @@ public struct QueueMachine: Sendable {
 
     /// Asks the peer the balancer picks for items, when consumers wait here (one steal out at
     /// a time).
-    private mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
+    mutating func maybeSteal(_ actions: inout [Action], now: UInt64) {
         guard steal == nil, let decision = balancer.steal(load(now: now), peers: peers) else { return }
         let id = nextRequestID
         nextRequestID += 1
@@ -2106,7 +2108,7 @@ public struct QueueMachine: Sendable {
                              to: decision.peer))
     }
 
-    private mutating func answerSteal(
+    mutating func answerSteal(
         from thief: PeerID, requestID: UInt64, maxItems: Int, thiefRate: Double, _ actions: inout [Action], now: UInt64
     ) {
         let give = balancer.stealAnswer(load(now: now), thief: thief, maxItems: maxItems, thiefRate: thiefRate, peers: peers)
@@ -2119,14 +2121,14 @@ public struct QueueMachine: Sendable {
     }
 
     /// New items for peers with idle consumers, as the balancer decides.
-    private mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
+    mutating func dispatchToIdlePeers(_ actions: inout [Action], now: UInt64) {
         guard let plan = balancer.dispatch(load(now: now), peers: peers) else { return }
         carryOut(plan, &actions, now: now)
     }
 
     /// A pure source feeds consumer peers, a full batch per free transfer slot, to the peer the
     /// balancer's feed picks each time (the views change with every transfer).
-    private mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
+    mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
         guard let feed = balancer.feed(load(now: now), peers: peers) else { return }
         while !runs.isEmpty {
             guard let peer = feed.next(peers: peers, hasSlot: { transfers.count(to: $0) < configuration.maxTransfersInFlightPerPeer }),
@@ -2136,7 +2138,7 @@ public struct QueueMachine: Sendable {
 
     /// Carries a balancer's plan out: its sends in order, within its limit, each in one
     /// transfer or until its count is sent (a send that moves nothing ends that send).
-    private mutating func carryOut(_ plan: TransferPlan, _ actions: inout [Action], now: UInt64) {
+    mutating func carryOut(_ plan: TransferPlan, _ actions: inout [Action], now: UInt64) {
         var left = plan.limit
         for send in plan.sends where left > 0 && !runs.isEmpty {
             var due = Swift.min(left, send.count)
@@ -2150,7 +2152,7 @@ public struct QueueMachine: Sendable {
     }
 
     /// A closed queue gives its items to live peers, consumers first, round robin.
-    private mutating func handOff(_ actions: inout [Action], now: UInt64) {
+    mutating func handOff(_ actions: inout [Action], now: UInt64) {
         guard isClosed, !runs.isEmpty else { return }
         let live = peers.filter { $0.value.connected && ($0.value.accepting || !$0.value.hasReport) }
         let consumers = live.filter { $0.value.hasConsumers }
@@ -2170,7 +2172,7 @@ public struct QueueMachine: Sendable {
     // MARK: Timer
 
     /// Common epilogue: release blocked pushers, and re-arm the timer for the next deadline.
-    private mutating func finish(_ actions: inout [Action], now: UInt64) {
+    mutating func finish(_ actions: inout [Action], now: UInt64) {
         if nextStatsAt == nil {
             nextStatsAt = now + configuration.statsInterval
             lastSampleAt = now
@@ -2294,7 +2296,7 @@ extension QueueMachine {
 
     /// Takes up to `max` items from the front under a lease: each becomes a run of one whose
     /// array hold passes from the queue to the lease.
-    private mutating func takeLeased(_ max: Int, for duration: UInt64, now: UInt64) -> [LeasedPayload] {
+    mutating func takeLeased(_ max: Int, for duration: UInt64, now: UInt64) -> [LeasedPayload] {
         let n = Swift.min(max, queuedItems)
         var out: [LeasedPayload] = []
         out.reserveCapacity(n)
@@ -2332,7 +2334,7 @@ extension QueueMachine {
 
     /// Makes room for `key`'s first delivery here: past `maxItems` keys, the oldest still
     /// remembered is forgotten (that only lowers its item's delivery count).
-    private mutating func rememberDelivery(_ key: LeaseKey) {
+    mutating func rememberDelivery(_ key: LeaseKey) {
         if localDeliveries.count >= configuration.maxItems {
             while let oldest = deliveryOrder.popFirst(), localDeliveries.removeValue(forKey: oldest) == nil {}
         }
@@ -2345,7 +2347,7 @@ extension QueueMachine {
     }
 
     /// A leased item is done with (acked, or dead-lettered): as a pop of it.
-    private mutating func consumeLeased(_ lease: Lease, now: UInt64) {
+    mutating func consumeLeased(_ lease: Lease, now: UInt64) {
         let run = lease.run
         leasedItems -= 1
         leasedBytes -= Int(run.bytes)
@@ -2361,7 +2363,7 @@ extension QueueMachine {
 
     /// Puts leased items back at the front of the local queue, in lease order, except those
     /// delivered too often: those go to the dead-letter queue (see `.deadLetter`).
-    private mutating func returnLeases(_ back: [(LeaseToken, Lease)], _ actions: inout [Action], now: UInt64) {
+    mutating func returnLeases(_ back: [(LeaseToken, Lease)], _ actions: inout [Action], now: UInt64) {
         var items: [QueueRun] = []
         for (token, lease) in back.sorted(by: { $0.0 < $1.0 }) {
             if let policy = configuration.deadLetter, policy.queue != name, lease.deliveries >= policy.maxDeliveries {
@@ -2379,7 +2381,7 @@ extension QueueMachine {
     }
 
     /// Lease runs back to the front of the queue, their holds with them.
-    private mutating func requeueLeased(_ items: [QueueRun]) {
+    mutating func requeueLeased(_ items: [QueueRun]) {
         guard !items.isEmpty else { return }
         let bytes = items.reduce(0) { $0 + Int($1.bytes) }
         leasedItems -= items.count
@@ -2389,13 +2391,13 @@ extension QueueMachine {
         runs.insert(contentsOf: items, at: 0)
     }
 
-    private func payload(of run: QueueRun) -> ItemPayload {
+    func payload(of run: QueueRun) -> ItemPayload {
         ItemPayload(base: store.array(run.slot), start: Int(run.start), count: Int(run.bytes))
     }
 
     /// The timer reached a lease deadline: ended leases go back (or to the dead-letter queue),
     /// due dead-letter retries are asked again.
-    private mutating func expireLeases(_ actions: inout [Action], now: UInt64) {
+    mutating func expireLeases(_ actions: inout [Action], now: UInt64) {
         nextLeaseDeadline = nil
         var ended: [(LeaseToken, Lease)] = []
         for token in leases.keys.sorted() {
@@ -2420,7 +2422,7 @@ extension QueueMachine {
 
     /// Every lease back to the front of the queue, unconfirmed and without serving waiters
     /// (a stopping node hands them on with the queued items).
-    private mutating func returnAllLeases(now: UInt64) {
+    mutating func returnAllLeases(now: UInt64) {
         let items = leases.sorted { $0.key < $1.key }.map(\.value.run)
         leases = [:]
         nextLeaseDeadline = nil
@@ -2522,7 +2524,7 @@ extension QueueMachine {
 
     /// One replica transfer to `peer`, from the front of the backlog (items popped or moved on
     /// since are skipped).
-    private mutating func sendReplica(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    mutating func sendReplica(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
         let limit = Swift.min(configuration.maxTransferItems, QueueWire.maxTransferItems)
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
             - QueueWire.originSize
@@ -2790,7 +2792,7 @@ extension QueueMachine {
         if !shelf.isEmpty { shelves[owner] = shelf }
     }
 
-    private mutating func unshelve(_ run: SequenceRun, in shelf: inout Deque<QueueRun>) {
+    mutating func unshelve(_ run: SequenceRun, in shelf: inout Deque<QueueRun>) {
         let end = run.first &+ UInt64(run.count)
         // The first kept run that ends after `run.first` (kept runs do not overlap).
         var low = 0, high = shelf.count
