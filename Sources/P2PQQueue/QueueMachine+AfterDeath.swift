@@ -40,8 +40,8 @@ extension QueueMachine {
         // suspect one, and the peer may well have re-queued them.
         // The replicas it asked this node to keep are the only copies now: queued here (once its
         // link is gone: what it sent before leaving counts).
-        if linked && shelves[peer] != nil {
-            shelfGrace[peer] = now + configuration.stallThreshold
+        if linked && shelf.holds(peer) {
+            shelf.grace[peer] = now + configuration.stallThreshold
         } else {
             requeueShelf(of: peer, &actions, now: now)
         }

@@ -95,7 +95,7 @@ extension QueueMachine {
     }
 
     mutating func forgetDeath(of peer: PeerID) {
-        shelfGrace[peer] = nil  // back: it still counts on the replicas
+        shelf.grace[peer] = nil  // back: it still counts on the replicas
         deadPeers.remove(peer)
         diedAt[peer] = nil
         if let index = deadOrder.firstIndex(of: peer) { deadOrder.remove(at: index) }

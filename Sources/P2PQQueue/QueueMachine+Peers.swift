@@ -51,8 +51,8 @@ extension QueueMachine {
             answerReplicaCheck(checkID, checked, from: peer, &actions, now: now)
             return true
         }
-        if case .replicaRelease(_, let runs) = message, shelfGrace[peer] != nil {
-            for run in runs { unshelve(run, of: peer) }  // a leaving owner's last releases
+        if case .replicaRelease(_, let runs) = message, shelf.grace[peer] != nil {
+            for run in runs { shelf.drop(run, of: peer, store: &store) }  // a leaving owner's last releases
             return false
         }
         guard !deadPeers.contains(peer) else { return false }
@@ -110,7 +110,7 @@ extension QueueMachine {
                 release(held, stale: stale, &actions, now: now)
             }
         case .replicaRelease(_, let runs):
-            for run in runs { unshelve(run, of: peer) }
+            for run in runs { shelf.drop(run, of: peer, store: &store) }
         case .replicaCheck:
             break  // above
         case .replicaVerdict(_, let checkID, let requeued):

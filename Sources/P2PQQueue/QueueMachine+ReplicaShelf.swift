@@ -1,15 +1,9 @@
 import DequeModule
 import P2PQWire
 
-// MARK: - Replication, holder side
+// MARK: - Replication, holder side (the shelf itself is a ReplicaShelf)
 
 extension QueueMachine {
-    struct RequeuedReplicas: Sendable {
-        /// Sorted, disjoint, merged where adjacent; at most `maxRequeuedRuns`.
-        var runs: [SequenceRun] = []
-        var at: UInt64
-    }
-
     /// A replica transfer from `peer`: its items are kept on the shelf (bounded by the queue's
     /// limits, apart from them), not queued.
     mutating func shelve(_ items: TransferItems, id: UInt64, from peer: PeerID, _ actions: inout [Action], now: UInt64) {
@@ -18,90 +12,24 @@ extension QueueMachine {
             return
         }
         let bytes = items.payloadBytes
-        guard shelfItems + items.count <= configuration.maxItems, shelfBytes + bytes <= configuration.maxBytes else {
+        guard shelf.items + items.count <= configuration.maxItems, shelf.bytes + bytes <= configuration.maxBytes else {
             actions.append(.send(.transferAck(queue: name, transferID: id, status: .full), to: peer))
             return
         }
-        var shelf = shelves.removeValue(forKey: peer) ?? Deque()
-        var slots = [UInt32](repeating: .max, count: items.buffers.count)
-        for run in items.runs {
-            // A copy sent again (after a timeout) replaces the one kept.
-            unshelve(SequenceRun(first: run.first, count: run.count), in: &shelf)
-            let buffer = Int(run.slot)
-            if slots[buffer] == .max {
-                slots[buffer] = store.hold(items.buffers[buffer], ends: items.ends[buffer], holders: Int(run.count))
-            } else {
-                store.retain(slots[buffer], count: Int(run.count))
-            }
-            var kept = run
-            kept.slot = slots[buffer]
-            var low = shelf.count
-            if let last = shelf.last, last.first > kept.first {
-                low = 0
-                var high = shelf.count
-                while low < high {
-                    let mid = (low + high) / 2
-                    if shelf[mid].first < kept.first { low = mid + 1 } else { high = mid }
-                }
-            }
-            shelf.insert(kept, at: low)
-            shelfItems += Int(run.count)
-            shelfBytes += Int(run.bytes)
-        }
-        shelves[peer] = shelf
+        shelf.keep(items, from: peer, store: &store)
         counters.replicasKept += items.count
         actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
-    }
-
-    /// Drops `owner`'s replicas of `run` (those kept).
-    mutating func unshelve(_ run: SequenceRun, of owner: PeerID) {
-        guard var shelf = shelves.removeValue(forKey: owner) else { return }
-        unshelve(run, in: &shelf)
-        if !shelf.isEmpty { shelves[owner] = shelf }
-    }
-
-    mutating func unshelve(_ run: SequenceRun, in shelf: inout Deque<QueueRun>) {
-        let end = run.first &+ UInt64(run.count)
-        // The first kept run that ends after `run.first` (kept runs do not overlap).
-        var low = 0, high = shelf.count
-        while low < high {
-            let mid = (low + high) / 2
-            if shelf[mid].first &+ UInt64(shelf[mid].count) <= run.first { low = mid + 1 } else { high = mid }
-        }
-        var index = low
-        while index < shelf.count, shelf[index].first < end {
-            let kept = shelf[index]
-            let keptEnd = kept.first &+ UInt64(kept.count)
-            let from = Int(Swift.max(kept.first, run.first) - kept.first)
-            let to = Int(Swift.min(keptEnd, end) - kept.first)
-            var pieces: [QueueRun] = []
-            store.ends(kept.slot).withUnsafeBufferPointer { ends in
-                if from > 0 { pieces.append(kept.items(0..<from, ends)) }
-                if to < Int(kept.count) { pieces.append(kept.items(to..<Int(kept.count), ends)) }
-            }
-            let removed = to - from
-            store.release(kept.slot, count: removed)
-            shelfItems -= removed
-            shelfBytes -= Int(kept.bytes) - pieces.reduce(0) { $0 + Int($1.bytes) }
-            shelf.replaceSubrange(index..<index + 1, with: pieces)
-            index += pieces.count
-        }
     }
 
     /// `owner` died: its replicas kept here, never released, are queued at the front as this
     /// node's own items (and replicated again from here).
     mutating func requeueShelf(of owner: PeerID, _ actions: inout [Action], now: UInt64) {
-        guard let shelf = shelves.removeValue(forKey: owner), !shelf.isEmpty else { return }
+        guard let taken = shelf.takeAll(of: owner, now: now) else { return }
         var back: [QueueRun] = []
-        back.reserveCapacity(shelf.count)
+        back.reserveCapacity(taken.count)
         var count = 0
-        var requeued = requeuedReplicas.removeValue(forKey: owner) ?? RequeuedReplicas(at: now)
-        requeued.at = now
-        for var run in shelf {
+        for var run in taken {
             let n = Int(run.count)
-            Self.insert(SequenceRun(first: run.first, count: run.count), into: &requeued.runs)
-            shelfItems -= n
-            shelfBytes -= Int(run.bytes)
             if configuration.delivery == .atLeastOnce {
                 // Numbered as its own, and replicated again from here.
                 store.ends(run.slot).withUnsafeBufferPointer { ends in adoptAsOwn(&run, count: n, ends) }
@@ -111,37 +39,9 @@ extension QueueMachine {
             count += n
             back.append(run)
         }
-        if requeued.runs.count > Self.maxRequeuedRuns {
-            // Remembered in part (a shelf fragmented item by item): the owner delivers the
-            // rest as well (a duplicate at worst).
-            requeued.runs.removeFirst(requeued.runs.count - Self.maxRequeuedRuns)
-        }
-        requeuedReplicas[owner] = requeued
         runs.insert(contentsOf: back, at: 0)
         counters.replicasRequeued += count
         serveWaiters(&actions, now: now)
-    }
-
-    /// How many runs of re-queued replicas are remembered per owner.
-    static var maxRequeuedRuns: Int { 4096 }
-
-    /// Inserts `run` into sorted, disjoint `runs`, merging with an adjacent neighbour.
-    static func insert(_ run: SequenceRun, into runs: inout [SequenceRun]) {
-        if runs.isEmpty || runs[runs.count - 1].first < run.first {
-            if let last = runs.last, last.first &+ UInt64(last.count) == run.first,
-               UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
-                runs[runs.count - 1].count += run.count
-            } else {
-                runs.append(run)
-            }
-            return
-        }
-        var low = 0, high = runs.count
-        while low < high {
-            let mid = (low + high) / 2
-            if runs[mid].first < run.first { low = mid + 1 } else { high = mid }
-        }
-        runs.insert(run, at: low)
     }
 
     /// The holder's side of a replica check from `owner`: the checked items whose replicas
@@ -149,9 +49,9 @@ extension QueueMachine {
     /// alive enough to ask: its shelf is re-queued now, so that the answer stays true.
     mutating func answerReplicaCheck(_ checkID: UInt64, _ checked: [SequenceRun], from owner: PeerID,
                                      _ actions: inout [Action], now: UInt64) {
-        if shelfGrace.removeValue(forKey: owner) != nil { requeueShelf(of: owner, &actions, now: now) }
+        if shelf.grace.removeValue(forKey: owner) != nil { requeueShelf(of: owner, &actions, now: now) }
         var requeued: [SequenceRun] = []
-        if let known = requeuedReplicas[owner]?.runs {
+        if let known = shelf.requeuedRuns(of: owner) {
             let limit = runsPerFrame(bytes: 12)
             // Both lists are sorted and disjoint: one merge walk.
             var k = 0

@@ -30,8 +30,8 @@ extension QueueMachine {
     }
 
     /// Replicas kept here for other owners (not queued), and their payload bytes.
-    public var shelvedItems: Int { shelfItems }
-    public var shelvedBytes: Int { shelfBytes }
+    public var shelvedItems: Int { shelf.items }
+    public var shelvedBytes: Int { shelf.bytes }
     /// Items on replica transfers awaiting their ack.
     public var replicasInFlight: Int { replicaSends.values.reduce(0) { $0 + $1.count } }
     /// Items whose release is not sent yet, all replica holders together.

@@ -142,19 +142,8 @@ public struct QueueMachine: Sendable {
     var releases: [PeerID: PendingReleases] = [:]
     // The peer replicas go to while it takes them (one holder for consecutive pushes).
     var replicaPeer: PeerID?
-    // Replication, holder side: other owners' replicas, per owner sorted by sequence, held in
-    // the store but not queued.
-    var shelves: [PeerID: Deque<QueueRun>] = [:]
-    var shelfItems = 0
-    var shelfBytes = 0
-    // Owners declared dead (or gone) while their link was still up: their shelf is re-queued
-    // when the link goes or at this deadline, so releases already on the link (a graceful
-    // leave sends them before its goodbye, but the verdict may come first by gossip) count.
-    var shelfGrace: [PeerID: UInt64] = [:]
-    // Owners whose shelf was re-queued here: their sequences that were (in their numbering),
-    // kept for `deadOwnerRetention` so that an owner that was only paused learns which of its
-    // originals are stale (a replica check).
-    var requeuedReplicas: [PeerID: RequeuedReplicas] = [:]
+    // Replication, holder side: other owners' replicas, held in the store but not queued.
+    var shelf = ReplicaShelf()
 
     /// A queue named `name` on node `localPeer`.
     public init(name: String, localPeer: PeerID, configuration: QueueConfiguration = QueueConfiguration()) {
@@ -339,7 +328,7 @@ public struct QueueMachine: Sendable {
         // keepalive timeout are often its first input, and `finish` re-arms the timer.
         detectStall(&actions, now: now)
         peers[peer]?.connected = false
-        if shelfGrace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
+        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
         linkLost(peer, &actions, now: now)
         finish(&actions, now: now)
         return actions
@@ -413,10 +402,7 @@ public struct QueueMachine: Sendable {
         for holder in heldOwn.keys.sorted() where heldOwn[holder]!.deadline <= now {
             release(heldOwn.removeValue(forKey: holder), stale: [], &actions, now: now)
         }
-        for owner in requeuedReplicas.keys.sorted()
-        where now &- requeuedReplicas[owner]!.at >= configuration.deadOwnerRetention {
-            requeuedReplicas[owner] = nil
-        }
+        shelf.forgetRequeued(now: now, retention: configuration.deadOwnerRetention)
         for (owner, at) in diedAt where now &- at >= configuration.deadOwnerRetention {
             notices[owner] = nil
             diedAt[owner] = nil
@@ -430,8 +416,8 @@ public struct QueueMachine: Sendable {
         }
         let expired = transfers.ids { $0.deadline <= now }
         if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
-        for owner in shelfGrace.filter({ $0.value <= now }).keys.sorted() {
-            shelfGrace[owner] = nil
+        for owner in shelf.grace.filter({ $0.value <= now }).keys.sorted() {
+            shelf.grace[owner] = nil
             requeueShelf(of: owner, &actions, now: now)
         }
         for id in replicaSends.filter({ $0.value.deadline <= now }).keys.sorted() {
@@ -473,7 +459,7 @@ public struct QueueMachine: Sendable {
         }
         var deadline = nextStatsAt!
         for transfer in transfers.all { deadline = Swift.min(deadline, transfer.deadline) }
-        for at in shelfGrace.values { deadline = Swift.min(deadline, at) }
+        for at in shelf.grace.values { deadline = Swift.min(deadline, at) }
         if !replicaSends.isEmpty || !releases.isEmpty || !replicaBacklog.isEmpty {
             sendReplicas(&actions, now: now)
             flushReleases(&actions, now: now, force: isDraining)
