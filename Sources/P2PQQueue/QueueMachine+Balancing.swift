@@ -66,7 +66,7 @@ extension QueueMachine {
     }
 
     /// Recomputes ``priorRate`` from the measured rates known here.
-    mutating func updatePriorRate() {
+    private mutating func updatePriorRate() {
         var sum = rate
         var count = rate > 0 ? 1 : 0
         for view in peers.values where view.hasReport && view.rate > 0 {
@@ -129,7 +129,7 @@ extension QueueMachine {
         updatePriorRate()
     }
 
-    mutating func currentStats(now: UInt64) -> LoadStats {
+    private mutating func currentStats(now: UInt64) -> LoadStats {
         statsSequence += 1
         let load = load(now: now)
         let consumers = load.hasConsumers

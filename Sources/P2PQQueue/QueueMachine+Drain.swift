@@ -97,7 +97,7 @@ extension QueueMachine {
     }
 
     /// Records here (not held by a peer): the rest are what ``grantOwnership(_:now:)`` may give.
-    func ownedHereCount() -> Int {
+    private func ownedHereCount() -> Int {
         owned.sequences { $0.holder == HolderTable.here }.count
     }
 
@@ -133,7 +133,7 @@ extension QueueMachine {
     /// `owner` (stopping) gives this node the ownership of its items in `groups`: those
     /// queued here with the attempt named are numbered as this node's own, where they are,
     /// with records. Items already passed on or popped are not affected.
-    mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
+    private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
         guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
         var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
         for group in groups {
@@ -217,7 +217,7 @@ extension QueueMachine {
 
     /// Every pending notice for the owner first (FIFO link: the owner applies the custody news
     /// before the ack), then the ack.
-    mutating func answerOwnerChange(_ change: PendingChange, _ actions: inout [Action], now: UInt64) {
+    private mutating func answerOwnerChange(_ change: PendingChange, _ actions: inout [Action], now: UInt64) {
         flushNotices(&actions, now: now, force: true, only: change.owner, uncapped: true)
         actions.append(.send(.ownerUpdateAck(queue: name, updateID: change.changeID), to: change.owner))
     }

@@ -159,7 +159,7 @@ extension QueueMachine {
 
     /// Makes room for `key`'s first delivery here: past `maxItems` keys, the oldest still
     /// remembered is forgotten (that only lowers its item's delivery count).
-    mutating func rememberDelivery(_ key: LeaseKey) {
+    private mutating func rememberDelivery(_ key: LeaseKey) {
         if localDeliveries.count >= configuration.maxItems {
             while let oldest = deliveryOrder.popFirst(), localDeliveries.removeValue(forKey: oldest) == nil {}
         }
@@ -172,7 +172,7 @@ extension QueueMachine {
     }
 
     /// A leased item is done with (acked, or dead-lettered): as a pop of it.
-    mutating func consumeLeased(_ lease: Lease, now: UInt64) {
+    private mutating func consumeLeased(_ lease: Lease, now: UInt64) {
         let run = lease.run
         leasedItems -= 1
         leasedBytes -= Int(run.bytes)
@@ -188,7 +188,7 @@ extension QueueMachine {
 
     /// Puts leased items back at the front of the local queue, in lease order, except those
     /// delivered too often: those go to the dead-letter queue (see `.deadLetter`).
-    mutating func returnLeases(_ back: [(LeaseToken, Lease)], _ actions: inout [Action], now: UInt64) {
+    private mutating func returnLeases(_ back: [(LeaseToken, Lease)], _ actions: inout [Action], now: UInt64) {
         var items: [QueueRun] = []
         for (token, lease) in back.sorted(by: { $0.0 < $1.0 }) {
             if let policy = configuration.deadLetter, policy.queue != name, lease.deliveries >= policy.maxDeliveries {
@@ -206,7 +206,7 @@ extension QueueMachine {
     }
 
     /// Lease runs back to the front of the queue, their holds with them.
-    mutating func requeueLeased(_ items: [QueueRun]) {
+    private mutating func requeueLeased(_ items: [QueueRun]) {
         guard !items.isEmpty else { return }
         let bytes = items.reduce(0) { $0 + Int($1.bytes) }
         leasedItems -= items.count

@@ -149,7 +149,7 @@ extension QueueMachine {
     }
 
     /// Custody news arrived: held confirmations from the peers it names are tried again.
-    mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
+    private mutating func applyHeldConfirmations(named custody: [CustodyChange], now: UInt64) {
         var freedBytes = 0
         // In ID order: two holders may hold a confirmation of one sequence, and the first
         // settles it.

@@ -108,7 +108,7 @@ extension QueueMachine {
 
     /// One replica transfer to `peer`, from the front of the backlog (items popped or moved on
     /// since are skipped).
-    mutating func sendReplica(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    private mutating func sendReplica(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
         let limit = Swift.min(configuration.maxTransferItems, QueueWire.maxTransferItems)
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
             - QueueWire.originSize

@@ -47,8 +47,10 @@ public struct QueueMachine: Sendable {
     /// True after ``drain(now:)``: the node is stopping and hands everything on.
     public internal(set) var isDraining = false
 
-    // The state below is module-internal, not private: the concern files (QueueMachine+*.swift)
-    // extend this type and share it. Nothing outside QueueMachine touches it.
+    // The state below is module-internal, not private (unless only this file uses it): the
+    // concern files (QueueMachine+*.swift) extend this type and share it. Nothing outside
+    // QueueMachine touches it.
+
     // Local queue and what is out on transfers.
     /// The local queue, as runs of consecutive items (a pushed batch is one).
     var runs = Deque<QueueRun>()
@@ -114,7 +116,7 @@ public struct QueueMachine: Sendable {
     var steal: OutstandingSteal?
     var nextRequestID: UInt64 = 1
     var statsSequence: UInt64 = 0
-    var nextStatsAt: UInt64?
+    private var nextStatsAt: UInt64?
     var rate: Double = 0
     var popsSinceSample = 0
     var starvedSinceSample = false
