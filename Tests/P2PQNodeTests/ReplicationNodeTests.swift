@@ -121,6 +121,7 @@ struct ReplicationNodeTests {
         let token = OperationsToken.derived(from: key)
         guard await pushAll(total, to: operations, token: token, nodes: nodes, child: child) else { return }
         kill(child.process.processIdentifier, SIGSTOP)
+        let stopped = ContinuousClock.now
         // Paused: declared dead; its replica holder re-queues the copies and they are popped here.
         var deliveries: [String: Int] = [:]
         func popRound() async {
@@ -133,6 +134,10 @@ struct ReplicationNodeTests {
         let pausedUntil = ContinuousClock.now + .seconds(20)
         while deliveries.count < total && ContinuousClock.now < pausedUntil { await popRound() }
         #expect(deliveries.count == total, "popped \(deliveries.count) of \(total) while the owner was paused")
+        // Paused past the stall threshold (1 s), as a pause into a death verdict is unless the
+        // owner was already suspected when it stopped (docs/reliability.md, "Which pauses are
+        // seen"): a loaded machine makes that likely.
+        if ContinuousClock.now - stopped < .milliseconds(1500) { try await Task.sleep(until: stopped + .milliseconds(1500)) }
         // Resumed: it must learn that its originals are stale before a consumer gets them.
         kill(child.process.processIdentifier, SIGCONT)
         let after = ContinuousClock.now + .seconds(6)
