@@ -78,28 +78,22 @@ public enum OperationsClient {
 
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let promise = loop.makePromise(of: Response.self)
+        // The request is written by the handler as soon as the connection is up, on the event
+        // loop: a task resumed in between could wait for a busy cooperative pool while the
+        // deadline runs.
+        let request = ResponseCollector.Request(head: head, body: body.isEmpty ? nil : ByteBuffer(bytes: body))
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(TimeAmount(timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(
-                        ResponseCollector(promise: promise, timeout: TimeAmount(timeout), limit: maxResponseBytes))
+                        ResponseCollector(request: request, promise: promise, timeout: TimeAmount(timeout), limit: maxResponseBytes))
                 }
             }
-        let channel: Channel
-        do {
-            channel = try await bootstrap.connect(host: bareHost, port: port).get()
-        } catch {
-            let reason = "\(bareHost):\(port): \(Self.reason(error))"
-            promise.fail(Failure.unreachable(reason))
-            throw .unreachable(reason)
+        bootstrap.connect(host: bareHost, port: port).whenFailure { error in
+            promise.fail(Failure.unreachable("\(bareHost):\(port): \(Self.reason(error))"))
         }
-        var buffer = channel.allocator.buffer(capacity: body.count)
-        buffer.writeBytes(body)
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        if !body.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil) }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         do {
             return try await promise.futureResult.get()
         } catch let failure as Failure {
@@ -134,7 +128,14 @@ extension TimeAmount {
 /// (closing the connection), and after a complete answer leaves the close to the server.
 private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
 
+    struct Request: Sendable {
+        var head: HTTPRequestHead
+        var body: ByteBuffer?
+    }
+
+    private let request: Request
     private let promise: EventLoopPromise<OperationsClient.Response>
     private let timeout: TimeAmount
     private let limit: Int
@@ -143,7 +144,8 @@ private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHa
     private var done = false
     private var deadline: Scheduled<Void>?
 
-    init(promise: EventLoopPromise<OperationsClient.Response>, timeout: TimeAmount, limit: Int) {
+    init(request: Request, promise: EventLoopPromise<OperationsClient.Response>, timeout: TimeAmount, limit: Int) {
+        self.request = request
         self.promise = promise
         self.timeout = timeout
         self.limit = limit
@@ -154,6 +156,13 @@ private final class ResponseCollector: ChannelInboundHandler, RemovableChannelHa
         deadline = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
             finish(context, .failure(OperationsClient.Failure.timedOut(.nanoseconds(timeout.nanoseconds))))
         }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(request.head)), promise: nil)
+        if let body = request.body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
