@@ -202,6 +202,17 @@ extension QueueMachine {
         serveWaiters(&actions, now: now)
     }
 
+    /// Whether sorted, disjoint `runs` share a sequence with `run` (binary search).
+    static func overlaps(_ run: SequenceRun, _ runs: [SequenceRun]) -> Bool {
+        guard run.count > 0 else { return false }
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].first &+ UInt64(runs[mid].count) <= run.first { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count && runs[low].first < run.first &+ UInt64(run.count)
+    }
+
     /// Whether sorted, disjoint `runs` contain `sequence` (binary search).
     static func contains(_ runs: [SequenceRun], _ sequence: UInt64) -> Bool {
         var low = 0, high = runs.count

@@ -203,14 +203,27 @@ extension QueueMachine {
                     accepted += n
                     runs.append(kept)
                 }
+                // Originals of an owner whose replicas this node re-queued as its own (it was
+                // declared dead here, then came back without learning it in time): the
+                // re-queued copies stand for them, so they are dropped and confirmed to it as
+                // consumed here.
+                let requeued = run.origin == localPeer ? nil : shelf.requeuedRuns(of: run.origin)
+                let stale = requeued.map { Self.overlaps(SequenceRun(first: run.first, count: run.count), $0) } ?? false
                 // A run all new here (the common case) is remembered at once; else item by item.
-                if transfers.seen.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
+                if !stale, transfers.seen.insertRun(origin: run.origin, first: run.first, count: Int(run.count), attempt: run.attempt, hops: run.hops) {
                     keptFrom = 0
                     keep(upTo: Int(run.count))
                     return
                 }
                 for i in 0..<Int(run.count) {
-                    if transfers.seen.insert(ItemID(origin: run.origin, sequence: run.first &+ UInt64(i)), attempt: run.attempt, hops: run.hops) {
+                    let sequence = run.first &+ UInt64(i)
+                    if stale, let requeued, Self.contains(requeued, sequence) {
+                        counters.staleCopiesDropped += 1
+                        confirm(SequenceRun(first: sequence, count: 1), to: run.origin, now: now)
+                        keep(upTo: i)
+                        continue
+                    }
+                    if transfers.seen.insert(ItemID(origin: run.origin, sequence: sequence), attempt: run.attempt, hops: run.hops) {
                         if keptFrom == nil { keptFrom = i }
                     } else {
                         counters.duplicatesDropped += 1

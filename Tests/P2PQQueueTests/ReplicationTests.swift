@@ -492,4 +492,36 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         _ = a.tick(now: now + a.configuration.stallThreshold + 100 * ms)
         #expect(a.heldBackCount == 10 && a.count == 0)
     }
+
+    @Test("Originals of an owner whose replicas a node re-queued are dropped when they reach that node, and confirmed to the owner as consumed")
+    func requeuedOriginalsArrivingAreDropped() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        // B declares A dead (A was paused) and re-queues the 10 replicas as its own.
+        _ = b.peerDisconnected(A, now: 3 * second)
+        _ = b.peerDied(A, now: 3 * second)
+        #expect(b.count == 10 && b.counters.replicasRequeued == 10)
+        // A never saw a gap long enough to call a stall (it was suspected before a short
+        // pause): it comes back on a new link without having noticed, and hands its originals
+        // to B.
+        var now = 10 * ms
+        while now < 3 * second {
+            now += 200 * ms
+            _ = a.tick(now: now)
+        }
+        _ = b.peerConnected(A, keepsReplicas: true, now: 3 * second + 1)
+        let handOff = a.close(now: 3 * second + 2)
+        #expect(a.heldBackCount == 0)
+        let acks = try deliver(handOff, from: A, to: B, into: &b, now: 3 * second + 3)
+        #expect(b.count == 10, "B queues \(b.count): the originals came in beside their re-queued copies")
+        #expect(b.counters.staleCopiesDropped == 10)
+        // Acknowledged to A, then confirmed as consumed: A forgets them.
+        _ = try deliver(acks, from: B, to: A, into: &a, now: 3 * second + 4)
+        _ = try deliver(b.tick(now: 4 * second), from: B, to: A, into: &a, now: 4 * second + 1)
+        #expect(a.ownedItems == 0)
+        // Every item reaches a consumer once.
+        #expect(b.pop(max: 100, waiter: nil, now: 5 * second).0.map(number) == Array(0..<10))
+    }
 }
