@@ -471,8 +471,11 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         for other in links.values where other.peer != recipient {
             if let address = other.peerAddress { entries.append(Entry(peer: other.peer, address: address)) }
         }
-        guard !entries.isEmpty else { return }
+        guard !entries.isEmpty, configuration.maxPeerListEntries > 0 else { return }
         entries.sort { $0.peer < $1.peer }
+        if entries.count > configuration.maxPeerListEntries {
+            entries.removeLast(entries.count - configuration.maxPeerListEntries)
+        }
         actions.append(.sendPeerList(link, entries))
     }
 

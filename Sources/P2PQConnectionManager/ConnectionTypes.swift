@@ -147,6 +147,9 @@ public struct ConnectionConfiguration: Hashable, Sendable {
     public var maxPeers: Int
     /// Most addresses remembered; when full, the oldest failed (then idle) one is forgotten.
     public var maxKnownAddresses: Int
+    /// Most entries in one peer list sent (the wire's limit is 1024); the lowest peer IDs are
+    /// kept.
+    public var maxPeerListEntries: Int
 
     public init(
         baseBackoff: UInt64 = 100_000_000,
@@ -155,7 +158,8 @@ public struct ConnectionConfiguration: Hashable, Sendable {
         keepaliveInterval: UInt64 = 1_000_000_000,
         keepaliveTimeout: UInt64 = 3_000_000_000,
         maxPeers: Int = 64,
-        maxKnownAddresses: Int = 1024
+        maxKnownAddresses: Int = 1024,
+        maxPeerListEntries: Int = 1024
     ) {
         self.baseBackoff = baseBackoff
         self.maxBackoff = maxBackoff
@@ -164,5 +168,6 @@ public struct ConnectionConfiguration: Hashable, Sendable {
         self.keepaliveTimeout = keepaliveTimeout
         self.maxPeers = maxPeers
         self.maxKnownAddresses = maxKnownAddresses
+        self.maxPeerListEntries = maxPeerListEntries
     }
 }

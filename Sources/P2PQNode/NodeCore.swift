@@ -188,7 +188,7 @@ final class NodeCore {
                 guard entry.address.port > 0 else { return nil }
                 return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
             }
-            if !peers.isEmpty { links[id]?.send(.peers(Array(peers.prefix(1024)))) }
+            if !peers.isEmpty { links[id]?.send(.peers(peers)) }  // at most maxPeerListEntries (the machine's cap)
         case .armTimer(let at): timer.arm(at: at)
         case .cancelTimer: timer.cancel()
         case .peerConnected(let peer, let link):

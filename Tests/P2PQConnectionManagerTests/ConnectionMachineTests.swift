@@ -237,6 +237,16 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
         ])
     }
 
+    @Test("A new peer's list holds at most maxPeerListEntries entries, the lowest peer IDs")
+    func peerListCapped() {
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeerListEntries: 2))
+        for (n, link) in [(4, L1), (2, L2), (3, L3)] {
+            _ = m.linkUp(link: link, peer: n, direction: .inbound, peerAddress: address(n), now: 0)
+        }
+        let actions = m.linkUp(link: LinkID(9), peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        #expect(actions.contains(.sendPeerList(LinkID(9), [Entry(peer: 2, address: address(2)), Entry(peer: 3, address: address(3))])))
+    }
+
     @Test func peerListDialsOnlyWhatIsNew() {
         var m = makeManager(0)
         _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
