@@ -159,10 +159,11 @@ let package = Package(
             dependencies: ["P2PQWire", .product(name: "DequeModule", package: "swift-collections")],
             path: "Sources/P2PQQueue"
         ),
-        // The node's own decisions as plain values (the routing of peer events to its layers,
-        // the link stages after the handshake).
+        // The node's own decisions as plain values: NodeMachine (connection manager, membership
+        // and the routing of peer events to the layers), the link stages after the handshake.
         // Standard library only.
-        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire", "P2PQConnectionManager"], path: "Sources/P2PQNodeMachine"),
+        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire", "P2PQConnectionManager", "P2PQMembership"],
+                path: "Sources/P2PQNodeMachine"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
         .target(
@@ -259,6 +260,11 @@ let package = Package(
             name: "P2PQConnectionManagerTests",
             dependencies: ["P2PQConnectionManager", "P2PQTestSupport"],
             path: "Tests/P2PQConnectionManagerTests"
+        ),
+        .testTarget(
+            name: "P2PQNodeMachineTests",
+            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQWire", "P2PQTestSupport"],
+            path: "Tests/P2PQNodeMachineTests"
         ),
         .testTarget(
             name: "P2PQNodeTests",

@@ -1,3 +1,5 @@
+// The C library for `log` alone (Lifeguard's suspicion timeout): a pure function, no clock,
+// random source or I/O; the standard library has no logarithm.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -43,7 +45,7 @@ import P2PQWire
 ///   ``MembershipConfiguration/tombstoneRetention``, so stale alive news at its old incarnation
 ///   cannot bring it back, then forgotten on a later tick with everything kept about it. The
 ///   table holds at most ``MembershipConfiguration/maxMembers`` members.
-public struct MembershipMachine {
+public struct MembershipMachine: Sendable {
     /// This node.
     public let localPeer: PeerID
     /// This node's incarnation: bumped past any suspicion of it.

@@ -9,11 +9,12 @@ import P2PQReactor
 import P2PQRemoteCall
 import P2PQWire
 
-/// The node on its reactor thread: owns the listener, the links and the connection manager,
-/// and performs the manager's actions. Everything here runs on the reactor thread.
+/// The node on its reactor thread: owns the listener and the links, feeds the reactor's events
+/// to the ``NodeMachine`` (connection manager, membership, the routing of peer events) and
+/// performs its actions. Everything here runs on the reactor thread.
 final class NodeCore {
-    typealias Manager = ConnectionMachine<PeerID, SocketAddress>
-    typealias Action = ConnectionAction<PeerID, SocketAddress>
+    typealias Machine = NodeMachine<SocketAddress>
+    typealias Action = NodeAction<SocketAddress>
 
     let reactor: Reactor
     let configuration: NodeConfiguration
@@ -26,22 +27,23 @@ final class NodeCore {
     var incarnation: UInt64 { environment.incarnation }
     /// The node's random choices: a generator of its own for each machine.
     private var random: NodeEnvironment.Random
-    /// Ping nonces.
-    private var pingNonces: SplitMix64
     /// Split into one source per link.
     private var handshakeKeys: HandshakeKeySource
     /// What peers should dial to reach us.
     private(set) var advertised: SocketAddress
-    var manager: Manager
+    /// The control plane: connection manager, membership and the routing of peer events.
+    var machine: Machine
+    /// Which links to keep (queries).
+    var manager: Machine.Connections { machine.connections }
     private var listener: TCPListener?
     private var discovery: MDNSDiscovery?
     private var links: [LinkID: PeerLink] = [:]
     private var nextLinkID: UInt64 = 1
-    /// Performs the manager's actions; the manager's timer.
+    /// Performs the machine's actions; its timers.
     private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) })
-    private lazy var timer = ShellTimer(reactor: reactor) { [unowned self] in
-        self.perform(self.manager.tick(now: self.now))
-    }
+    private lazy var timers: [NodeTimer: ShellTimer] = Dictionary(uniqueKeysWithValues: NodeTimer.allCases.map { key in
+        (key, ShellTimer(reactor: reactor) { [unowned self] in self.perform(self.machine.tick(key, now: self.now)) })
+    })
     /// Which inbound connections may handshake (the decisions); its timer.
     private var admission: HandshakeAdmission<LinkID, String>
     private lazy var admissionTimer = ShellTimer(reactor: reactor) { [unowned self] in self.admissionTimerFired() }
@@ -54,8 +56,8 @@ final class NodeCore {
     lazy var dashboard = DashboardHistory(local: identity.peerID, start: now)
     /// This node's operations endpoint, as told to peers (``Node/advertiseOperations(host:port:)``).
     var operationsAddress: (host: String, port: UInt16)?
-    /// SWIM membership (created at start).
-    private(set) var membership: MembershipShell?
+    /// SWIM membership (once started).
+    var membership: MembershipMachine? { machine.isStarted ? machine.membership : nil }
     /// Upper layers' message sink (membership, queue, calls register here later).
     var messageHandler: ((MessageType, UnsafeRawBufferPointer, PeerID) -> Void)?
     /// The named queues (P2PQQueue machines) of this node.
@@ -95,7 +97,6 @@ final class NodeCore {
         let environment = configuration.environment ?? .system()
         self.environment = environment
         var random = NodeEnvironment.Random(seed: environment.seed)
-        pingNonces = random.split()
         handshakeKeys = environment.handshakeKeys
         advertised = listen
         self.events = events
@@ -106,16 +107,17 @@ final class NodeCore {
             firstMessageTimeout: UInt64(max(1, configuration.handshakeFirstMessageTimeout.nanosecondsClamped))
         ))
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
-        manager = Manager(
-            localPeerID: identity.peerID, advertisedAddress: listen,
-            configuration: ConnectionConfiguration(
+        machine = Machine(configuration: NodeMachineConfiguration(
+            localPeer: identity.peerID, incarnation: environment.incarnation, seed: random.seed(),
+            membershipSeed: configuration.membershipSeed,
+            connection: ConnectionConfiguration(
                 baseBackoff: nanos(configuration.baseBackoff), maxBackoff: nanos(configuration.maxBackoff),
                 keepaliveInterval: nanos(configuration.keepaliveInterval),
                 keepaliveTimeout: nanos(configuration.keepaliveTimeout),
                 maxPeers: configuration.maxPeers
             ),
-            randomNumberGenerator: random.split()
-        )
+            membership: configuration.membership
+        ))
         self.random = random
     }
 
@@ -146,14 +148,9 @@ final class NodeCore {
         let bound = listener!.localAddress
         let advertisedHost = configuration.advertisedHost ?? bound.host
         advertised = (try? SocketAddress(host: advertisedHost, port: bound.port)) ?? bound
-        manager = Manager(localPeerID: identity.peerID, advertisedAddress: advertised,
-                          configuration: manager.configuration, randomNumberGenerator: random.split())
         logger.info("listening on \(bound) as \(identity.peerID.short) (\(reactor.backendKind), \(securityDescription))")
         startOperations()
-        membership = MembershipShell(core: self, configuration: configuration.membership, incarnation: incarnation,
-                                     seed: configuration.membershipSeed ?? random.seed())
-        membership?.start()
-        perform(manager.start(bootstrap: bootstrap, now: now))
+        perform(machine.start(advertising: advertised, bootstrap: bootstrap, now: now))
         if configuration.discovery.enabled { discovery = try startDiscovery() }
         return bound
     }
@@ -170,7 +167,7 @@ final class NodeCore {
         address.isLoopback || (configuration.clusterKey != nil && !configuration.insecure)
     }
 
-    // MARK: Manager actions
+    // MARK: Machine actions
 
     func perform(_ actions: [Action]) {
         driver.perform(actions)
@@ -181,54 +178,62 @@ final class NodeCore {
         case .dial(let address): dial(address)
         case .closeLink(let id, let reason):
             links[id]?.close(reason)
-        case .sendPing(let id):
-            links[id]?.ping(nonce: pingNonces.next())
+        case .sendPing(let id, let nonce):
+            links[id]?.ping(nonce: nonce)
         case .sendPeerList(let id, let entries):
             let peers = entries.compactMap { entry -> PeerAddress? in
                 guard entry.address.port > 0 else { return nil }
                 return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
             }
             if !peers.isEmpty { links[id]?.send(.peers(peers)) }  // at most maxPeerListEntries (the machine's cap)
-        case .armTimer(let at): timer.arm(at: at)
-        case .cancelTimer: timer.cancel()
+        case .send(let message, let peer, let id):
+            guard let link = links[id], link.stage == .ready, link.sendMessage(message) else {
+                perform(machine.undeliverable(message, to: peer, now: now))
+                return
+            }
+        case .armTimer(let timer, let at): timers[timer]?.arm(at: at)
+        case .cancelTimer(let timer): timers[timer]?.cancel()
         case .peerConnected(let peer, let link):
             logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
             emit(.peerConnected(peer))
-            route(.linkUp(peer, incarnation: links[link]?.remoteIncarnation ?? 0))
-        case .peerLinkChanged(let peer, _, _):
+        case .peerMovedLink(let peer):
             logger.debug("peer \(peer.short) moved to its surviving link")
-            route(.linkReplaced(peer))
         case .peerDisconnected(let peer, let reason):
             logger.info("peer \(peer.short) disconnected: \(reason)")
             emit(.peerDisconnected(peer, left: reason == .peerLeft))
-            route(.linkDown(peer, nodeStopping: reason == .stopped))
+        case .member(let event):
+            report(event)
+        case .queues(let input):
+            queues.peerEvent(input)
+        case .calls(let input):
+            switch input {
+            case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
+            case .connected, .joined, .died, .left: break
+            }
+            remoteCalls?.peerEvent(input)
         }
     }
 
-    // MARK: Peer events
-
-    /// Hands a peer event (from the manager's actions or membership's events) to every layer
-    /// that hears it; ``PeerEventRouting`` decides which, in what order.
-    func route(_ event: PeerEvent) {
-        for delivery in PeerEventRouting.route(event) {
-            switch delivery {
-            case .membership(.linkUp(let peer, let incarnation)):
-                membership?.linkUp(peer, incarnation: incarnation)
-            case .membership(.linkDown(let peer)):
-                membership?.linkDown(peer)
-            case .queues(let input):
-                queues.peerEvent(input)
-            case .calls(let input):
-                switch input {
-                case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
-                case .connected, .joined, .died, .left: break
-                }
-                remoteCalls?.peerEvent(input)
-            case .manager(.joined(let peer)):
-                perform(manager.peerJoined(peer, now: now))
-            case .manager(.gone(let peer)):
-                perform(manager.peerGone(peer, now: now))
-            }
+    /// Logs and emits membership's news (the machine routes its verdicts).
+    private func report(_ event: MembershipEvent) {
+        switch event {
+        case .joined(let peer):
+            logger.info("member \(peer.short) joined")
+            emit(.memberJoined(peer))
+        case .suspect(let peer):
+            logger.notice("member \(peer.short) suspected (local health \(machine.membership.localHealth))")
+            emit(.memberSuspected(peer))
+        case .alive(let peer):
+            logger.notice("member \(peer.short) refuted its suspicion")
+            emit(.memberAlive(peer))
+        case .dead(let peer):
+            logger.warning("member \(peer.short) declared dead")
+            emit(.memberDead(peer))
+        case .refutedDeath:
+            logger.warning("this node was declared dead (refuted at incarnation \(machine.membership.incarnation))")
+        case .left(let peer):
+            logger.info("member \(peer.short) left")
+            emit(.memberLeft(peer))
         }
     }
 
@@ -255,7 +260,7 @@ final class NodeCore {
                 case .success(let target): self.connect(address, at: target)
                 case .failure(let error):
                     self.noteDialFailure(address, reason: "\(error)")
-                    self.perform(self.manager.dialFailed(address: address, now: self.now))
+                    self.perform(self.machine.dialFailed(address, now: self.now))
                 }
             }
         }
@@ -266,7 +271,7 @@ final class NodeCore {
         guard !isStopped else { return }
         guard mayReach(target) else {
             noteDialFailure(address, reason: "\(target) is off loopback and this node has no cluster key", level: .warning)
-            perform(manager.dialFailed(address: address, now: now))
+            perform(machine.dialFailed(address, now: now))
             return
         }
         let link = makeLink(direction: .outbound, dialed: address)
@@ -280,7 +285,7 @@ final class NodeCore {
             link.opened()
         } catch {
             noteDialFailure(address, reason: "\(error)")
-            perform(manager.dialFailed(address: address, now: now))
+            perform(machine.dialFailed(address, now: now))
         }
     }
 
@@ -391,7 +396,7 @@ final class NodeCore {
             logger.info("linked to \(address) after \(trouble.failures) failed attempts")
         }
         sendOperationsAddress(on: link)
-        perform(manager.linkUp(link: link.id, peer: peer, direction: link.direction,
+        perform(machine.linkUp(link.id, peer: peer, direction: link.direction, incarnation: link.remoteIncarnation,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }
 
@@ -400,15 +405,15 @@ final class NodeCore {
         if link.direction == .inbound && !wasReady { admission.finished(link.id) }
         guard !isStopped else { return }
         if wasReady {
-            perform(manager.linkDown(link: link.id, now: now, peerLeft: link.peerLeft))
+            perform(machine.linkDown(link.id, peerLeft: link.peerLeft, now: now))
         } else if link.direction == .outbound, let address = link.dialedAddress {
             noteDialFailure(address, reason: reason)
-            perform(manager.dialFailed(address: address, now: now))
+            perform(machine.dialFailed(address, now: now))
         }
     }
 
     func heard(_ link: PeerLink, now: UInt64) {
-        manager.heard(link: link.id, now: now)
+        machine.heard(link.id, now: now)
     }
 
     func peersReceived(_ link: PeerLink, _ entries: [PeerAddress]) {
@@ -416,13 +421,18 @@ final class NodeCore {
             guard let address = try? SocketAddress(host: entry.host, port: Int(entry.port)) else { return nil }
             return PeerListEntry(peer: entry.peerID, address: address)
         }
-        perform(manager.peerListReceived(from: link.id, entries: list, now: now))
+        perform(machine.peerListReceived(list, on: link.id, now: now))
     }
 
     func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from link: PeerLink) {
         guard let peer = link.remotePeerID else { return }
         if MessageType.membershipRange.contains(type.rawValue) {
-            if let error = membership?.received(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            do {
+                let message = try MembershipMessage.decode(type: type, body: body)
+                perform(machine.received(message, from: peer, now: now))
+            } catch {
+                link.fail("bad \(type) message: \(error)")
+            }
             return
         }
         if MessageType.queueRange.contains(type.rawValue) {
@@ -446,13 +456,13 @@ final class NodeCore {
     /// peer has no ready link (the caller keeps what it tried to send).
     @discardableResult
     func send(_ message: some WireMessage, to peer: PeerID) -> Bool {
-        guard let id = manager.link(to: peer), let link = links[id], link.stage == .ready else { return false }
+        guard let id = machine.link(to: peer), let link = links[id], link.stage == .ready else { return false }
         return link.sendMessage(message)
     }
 
     /// Seals and starts writing what the link to `peer` has staged (see `PeerLink.flushNow`).
     func flushLink(to peer: PeerID) {
-        guard let id = manager.link(to: peer), let link = links[id] else { return }
+        guard let id = machine.link(to: peer), let link = links[id] else { return }
         link.flushNow()
     }
 
@@ -467,7 +477,7 @@ final class NodeCore {
 
     var connectedPeers: Set<PeerID> {
         Set(links.values.compactMap { link in
-            link.stage == .ready && manager.link(to: link.remotePeerID!) == link.id ? link.remotePeerID : nil
+            link.stage == .ready && machine.link(to: link.remotePeerID!) == link.id ? link.remotePeerID : nil
         })
     }
 
@@ -492,7 +502,7 @@ final class NodeCore {
 
     /// The hello features of the peer's current link (0 without one).
     func remoteFeatures(of peer: PeerID) -> UInt64 {
-        guard let id = manager.link(to: peer), let link = links[id] else { return 0 }
+        guard let id = machine.link(to: peer), let link = links[id] else { return 0 }
         return link.remoteFeatures
     }
 
@@ -511,13 +521,10 @@ final class NodeCore {
         remoteCalls?.stop()
         queues.stop()
         // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead.
-        membership?.leave()
-        let actions = manager.stop(now: now)
-        perform(actions)
+        perform(machine.stop(now: now))
         isStopped = true
         listener?.close()
         listener = nil
-        timer.cancel()
         admissionTimer.cancel()
         stopOperations()
         // Links the manager does not hold (not ready yet) end as their stage says.

@@ -30,6 +30,6 @@ extension NodeCore {
     /// An mDNS hint: dialed like a peer-list entry (the handshake checks who answers).
     func discovered(_ peer: PeerID, at address: SocketAddress) {
         guard !isStopped else { return }
-        perform(manager.discovered(peer: peer, address: address, now: now))
+        perform(machine.discovered(peer, at: address, now: now))
     }
 }

@@ -1,0 +1,291 @@
+import P2PQConnectionManager
+import P2PQMembership
+import P2PQWire
+
+/// How a ``NodeMachine`` is set up: this node, its timings and its non-deterministic inputs
+/// (incarnation and seed), all given from outside.
+public struct NodeMachineConfiguration: Sendable {
+    /// This node.
+    public var localPeer: PeerID
+    /// Distinguishes restarts of the same identity (membership announces it).
+    public var incarnation: UInt64
+    /// Seeds every random choice of the machine: each part gets a generator of its own.
+    public var seed: UInt64
+    /// Seeds membership instead of `seed` (tests that pin membership's choices).
+    public var membershipSeed: UInt64?
+    public var connection: ConnectionConfiguration
+    public var membership: MembershipConfiguration
+
+    public init(localPeer: PeerID, incarnation: UInt64, seed: UInt64, membershipSeed: UInt64? = nil,
+                connection: ConnectionConfiguration = ConnectionConfiguration(),
+                membership: MembershipConfiguration = MembershipConfiguration()) {
+        self.localPeer = localPeer
+        self.incarnation = incarnation
+        self.seed = seed
+        self.membershipSeed = membershipSeed
+        self.connection = connection
+        self.membership = membership
+    }
+}
+
+/// The timers a ``NodeMachine`` arms: one per part that keeps time.
+public enum NodeTimer: Sendable, Hashable, CaseIterable {
+    /// The connection manager's (keepalives, redials).
+    case connections
+    /// Membership's (protocol periods, suspicions).
+    case membership
+}
+
+/// What the shell does for a ``NodeMachine``, in order.
+public enum NodeAction<Address: Hashable & Sendable>: Sendable, Hashable {
+    /// Dial `address`; answer with ``NodeMachine/linkUp(_:peer:direction:incarnation:peerAddress:dialedAddress:now:)``
+    /// or ``NodeMachine/dialFailed(_:now:)``.
+    case dial(Address)
+    /// Close a link (the link's stages say how: ``LinkMachine/close(_:)``).
+    case closeLink(LinkID, reason: LinkCloseReason)
+    /// Send a keepalive ping with `nonce` on a link.
+    case sendPing(LinkID, nonce: UInt64)
+    /// Send these peer addresses on a link.
+    case sendPeerList(LinkID, [PeerListEntry<PeerID, Address>])
+    /// Send a membership message to `peer` on `link`, the link kept for it when the message was
+    /// made (a stop closes links right after the leave is sent); if it cannot go, tell
+    /// ``NodeMachine/undeliverable(_:to:now:)``.
+    case send(MembershipMessage, to: PeerID, on: LinkID)
+    /// Arm `timer` at `at` (monotonic ns), replacing its previous deadline; it fires
+    /// ``NodeMachine/tick(_:now:)``.
+    case armTimer(NodeTimer, at: UInt64)
+    /// Disarm `timer`.
+    case cancelTimer(NodeTimer)
+    /// The manager kept a link to `peer` (for logs and the node's events).
+    case peerConnected(PeerID, LinkID)
+    /// `peer` moved to another link (a duplicate lost the tie-break).
+    case peerMovedLink(PeerID)
+    /// The last link to `peer` closed (for logs and the node's events).
+    case peerDisconnected(PeerID, reason: PeerDisconnectReason)
+    /// Membership's news (for logs and the node's events); verdicts are routed by the machine.
+    case member(MembershipEvent)
+    /// Hand this to every queue machine.
+    case queues(QueuesPeerInput)
+    /// Hand this to the caller and executor machines.
+    case calls(CallsPeerInput)
+}
+
+/// The node's control plane as one plain value: the connection manager and membership, and
+/// the one routing of peer events (``PeerEventRouting``) between them and the layers above.
+///
+/// No I/O, clock, lock or random source: every input carries `now` and returns the
+/// ``NodeAction``s the shell performs in order; every random choice comes from the seed in
+/// the configuration. A peer event is routed where it happens, in this machine, so the
+/// membership verdicts and the manager's link changes reach the queues, the calls and each
+/// other by one rule (``route(_:into:now:)``). The shell feeds inputs in the order the
+/// reactor saw them, and when an action fails (a membership message that cannot be sent)
+/// reports back through another input.
+public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
+    public typealias Action = NodeAction<Address>
+    public typealias Connections = ConnectionMachine<PeerID, Address>
+
+    public let localPeer: PeerID
+    public let configuration: NodeMachineConfiguration
+    /// Which links to keep, dial and ping.
+    public private(set) var connections: Connections
+    /// Who is alive (SWIM).
+    public private(set) var membership: MembershipMachine
+    /// The incarnation each kept link's hello announced (membership learns it with the link).
+    private var incarnations: [LinkID: UInt64] = [:]
+    private var random: SplitMix64
+    private var pingNonces: SplitMix64
+    public private(set) var isStarted = false
+    public private(set) var isStopped = false
+
+    /// A machine for `configuration.localPeer`; it dials and probes nothing until
+    /// ``start(advertising:bootstrap:now:)``.
+    public init(configuration: NodeMachineConfiguration) {
+        localPeer = configuration.localPeer
+        self.configuration = configuration
+        var random = SplitMix64(seed: configuration.seed)
+        pingNonces = SplitMix64(seed: random.next())
+        let membershipSeed = random.next()
+        membership = MembershipMachine(localPeer: configuration.localPeer, incarnation: configuration.incarnation,
+                                       configuration: configuration.membership,
+                                       seed: configuration.membershipSeed ?? membershipSeed)
+        connections = Connections(localPeerID: configuration.localPeer, advertisedAddress: nil,
+                                  configuration: configuration.connection,
+                                  randomNumberGenerator: SplitMix64(seed: random.next()))
+        self.random = random
+    }
+
+    /// The link kept for `peer`, if any.
+    public func link(to peer: PeerID) -> LinkID? { connections.link(to: peer) }
+
+    // MARK: Inputs
+
+    /// The node listens at `advertised` (what peers should dial) and dials `bootstrap`.
+    public mutating func start(advertising advertised: Address?, bootstrap: [Address], now: UInt64) -> [Action] {
+        guard !isStarted else { return [] }
+        isStarted = true
+        connections = Connections(localPeerID: localPeer, advertisedAddress: advertised,
+                                  configuration: configuration.connection,
+                                  randomNumberGenerator: SplitMix64(seed: random.next()))
+        var actions: [Action] = []
+        apply(membership.start(now: now), into: &actions, now: now)
+        apply(connections.start(bootstrap: bootstrap, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// A link passed its handshake and hellos: `incarnation` is from the peer's hello,
+    /// `peerAddress` where the peer accepts links, `dialedAddress` the dial it answers.
+    public mutating func linkUp(_ link: LinkID, peer: PeerID, direction: LinkDirection, incarnation: UInt64,
+                                peerAddress: Address?, dialedAddress: Address?, now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        incarnations[link] = incarnation
+        var actions: [Action] = []
+        apply(connections.linkUp(link: link, peer: peer, direction: direction, peerAddress: peerAddress,
+                                 dialedAddress: dialedAddress, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving.
+    public mutating func linkDown(_ link: LinkID, peerLeft: Bool, now: UInt64) -> [Action] {
+        incarnations[link] = nil
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft), into: &actions, now: now)
+        return actions
+    }
+
+    /// A dial of `address` failed (connect, handshake or hello).
+    public mutating func dialFailed(_ address: Address, now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        apply(connections.dialFailed(address: address, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// Something arrived on `link` (every message: O(1), no actions).
+    public mutating func heard(_ link: LinkID, now: UInt64) {
+        connections.heard(link: link, now: now)
+    }
+
+    /// A peer list arrived on `link`.
+    public mutating func peerListReceived(_ entries: [PeerListEntry<PeerID, Address>], on link: LinkID, now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        apply(connections.peerListReceived(from: link, entries: entries, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// Discovery found `peer` at `address`.
+    public mutating func discovered(_ peer: PeerID, at address: Address, now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        apply(connections.discovered(peer: peer, address: address, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// A membership message arrived from `peer`.
+    public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        apply(membership.received(message, from: peer, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// A membership message to `peer` could not be sent (no ready link).
+    public mutating func undeliverable(_ message: MembershipMessage, to peer: PeerID, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        apply(membership.undeliverable(message, to: peer, now: now), into: &actions, now: now)
+        return actions
+    }
+
+    /// `timer` fired.
+    public mutating func tick(_ timer: NodeTimer, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        switch timer {
+        case .connections: apply(connections.tick(now: now), into: &actions, now: now)
+        case .membership: apply(membership.tick(now: now), into: &actions, now: now)
+        }
+        return actions
+    }
+
+    /// The node stops: membership announces the leave (ahead of the goodbyes, so peers record
+    /// left, not dead), then the manager closes every link. Both timers end.
+    public mutating func stop(now: UInt64) -> [Action] {
+        guard !isStopped else { return [] }
+        var actions: [Action] = []
+        apply(membership.leave(now: now), into: &actions, now: now)
+        actions.append(.cancelTimer(.membership))
+        apply(connections.stop(now: now), into: &actions, now: now)
+        isStopped = true
+        actions.append(.cancelTimer(.connections))
+        return actions
+    }
+
+    // MARK: Routing
+
+    /// Hands `event` to every part that hears it, in the order ``PeerEventRouting`` gives:
+    /// membership and the manager here, the queues and calls as actions.
+    mutating func route(_ event: PeerEvent, into actions: inout [Action], now: UInt64) {
+        for delivery in PeerEventRouting.route(event) {
+            switch delivery {
+            case .membership(.linkUp(let peer, let incarnation)):
+                apply(membership.linkUp(peer, incarnation: incarnation, now: now), into: &actions, now: now)
+            case .membership(.linkDown(let peer)):
+                apply(membership.linkDown(peer, now: now), into: &actions, now: now)
+            case .queues(let input):
+                actions.append(.queues(input))
+            case .calls(let input):
+                actions.append(.calls(input))
+            case .manager(.joined(let peer)):
+                apply(connections.peerJoined(peer, now: now), into: &actions, now: now)
+            case .manager(.gone(let peer)):
+                apply(connections.peerGone(peer, now: now), into: &actions, now: now)
+            }
+        }
+    }
+
+    /// The manager's actions, as the node's: its link changes become peer events.
+    private mutating func apply(_ managerActions: [Connections.Action], into actions: inout [Action], now: UInt64) {
+        for action in managerActions {
+            switch action {
+            case .dial(let address): actions.append(.dial(address))
+            case .closeLink(let link, let reason): actions.append(.closeLink(link, reason: reason))
+            case .sendPing(let link): actions.append(.sendPing(link, nonce: pingNonces.next()))
+            case .sendPeerList(let link, let entries): actions.append(.sendPeerList(link, entries))
+            case .armTimer(let at): actions.append(.armTimer(.connections, at: at))
+            case .cancelTimer: actions.append(.cancelTimer(.connections))
+            case .peerConnected(let peer, let link):
+                actions.append(.peerConnected(peer, link))
+                route(.linkUp(peer, incarnation: incarnations[link] ?? 0), into: &actions, now: now)
+            case .peerLinkChanged(let peer, _, _):
+                actions.append(.peerMovedLink(peer))
+                route(.linkReplaced(peer), into: &actions, now: now)
+            case .peerDisconnected(let peer, let reason):
+                actions.append(.peerDisconnected(peer, reason: reason))
+                route(.linkDown(peer, nodeStopping: reason == .stopped), into: &actions, now: now)
+            }
+        }
+    }
+
+    /// Membership's actions, as the node's: its verdicts become peer events.
+    private mutating func apply(_ membershipActions: [MembershipAction], into actions: inout [Action], now: UInt64) {
+        for action in membershipActions {
+            switch action {
+            case .send(let message, let peer):
+                if let link = connections.link(to: peer) {
+                    actions.append(.send(message, to: peer, on: link))
+                } else {
+                    apply(membership.undeliverable(message, to: peer, now: now), into: &actions, now: now)
+                }
+            case .armTimer(let at): actions.append(.armTimer(.membership, at: at))
+            case .event(let event):
+                actions.append(.member(event))
+                switch event {
+                case .joined(let peer): route(.joined(peer, linked: connections.link(to: peer) != nil), into: &actions, now: now)
+                case .dead(let peer): route(.dead(peer), into: &actions, now: now)
+                case .left(let peer): route(.left(peer), into: &actions, now: now)
+                case .refutedDeath: route(.refuted, into: &actions, now: now)
+                case .suspect, .alive: break
+                }
+            }
+        }
+    }
+}

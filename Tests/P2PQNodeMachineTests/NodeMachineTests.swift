@@ -1,0 +1,115 @@
+import Foundation
+import P2PQConnectionManager
+import P2PQMembership
+import P2PQNodeMachine
+import P2PQTestSupport
+import P2PQWire
+import Testing
+
+/// Three node machines on the in-memory mesh: they link up and join; the third is cut off
+/// until its peers declare it dead, then the cut heals and it is taken back.
+@Suite("NodeMachine: the control plane of whole nodes, composed and deterministic")
+struct NodeMachineTests {
+    static let hashPrefix = "node-machine-determinism-hash: "
+
+    /// Links up (0–4 s), a partition of node 2 (4–14 s), healed (14–30 s).
+    static func scenario(seed: UInt64 = 7) -> Mesh {
+        var mesh = Mesh(size: 3, seed: seed)
+        mesh.run(until: 4 * second)
+        mesh.partition([2])
+        mesh.run(until: 14 * second)
+        mesh.heal()
+        mesh.run(until: 30 * second)
+        return mesh
+    }
+
+    @Test("Nodes bootstrapped from one node link to all and join each other's membership")
+    func linksAndJoins() {
+        var mesh = Mesh(size: 3, seed: 7)
+        mesh.run(until: 4 * second)
+        for n in 0..<3 {
+            let linked = Set(mesh.actions(of: n) { if case .peerConnected = $0 { true } else { false } }.compactMap { action -> PeerID? in
+                if case .peerConnected(let peer, _) = action { return peer }
+                return nil
+            })
+            #expect(linked == Set((0..<3).filter { $0 != n }.map(peer)), "node \(n) linked to \(linked)")
+            let members = mesh.machines[n].membership.members
+            #expect(members.count == 2 && members.allSatisfy { $0.state == .alive }, "node \(n): \(members)")
+            // Each link up reaches the queues and the calls, after membership has heard it.
+            #expect(mesh.actions(of: n) { if case .queues(.connected) = $0 { true } else { false } }.count == 2)
+            #expect(mesh.actions(of: n) { if case .calls(.connected) = $0 { true } else { false } }.count == 2)
+        }
+    }
+
+    @Test("A cut-off node is declared dead by its peers: their queues and calls hear it; healed, it is taken back")
+    func verdictsReachTheLayers() {
+        let mesh = Self.scenario()
+        for n in 0..<2 {
+            let died = mesh.actions(of: n) { $0 == .queues(.died(peer(2))) }
+            let callsDied = mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }
+            #expect(died.count >= 1, "node \(n) never told its queues that node 2 died")
+            #expect(callsDied.count == died.count)
+            let rejoined = mesh.actions(of: n) { if case .queues(.rejoined(peer(2), _)) = $0 { true } else { false } }
+            #expect(rejoined.count >= 1, "node \(n) never took node 2 back")
+            #expect(mesh.machines[n].membership.state(of: peer(2)) == .alive)
+        }
+        // The cut-off node believed its peers dead too (a one-sided view of each side), or
+        // learned it was declared dead and refuted: either way it is back with both.
+        #expect(mesh.machines[2].membership.members.allSatisfy { $0.state == .alive })
+        #expect(mesh.machines[2].link(to: peer(0)) != nil && mesh.machines[2].link(to: peer(1)) != nil)
+        // Verdicts, not lost links, make the layers re-queue: nothing died before the cut, and
+        // the links across it went down (the keepalive) before membership gave its verdict.
+        for n in 0..<2 {
+            let died = mesh.firstTime(of: n) { $0 == .queues(.died(peer(2))) } ?? 0
+            let down = mesh.firstTime(of: n) { $0 == .queues(.disconnected(peer(2))) } ?? .max
+            #expect(died > 4 * second && down < died, "node \(n): link down at \(down), died at \(died)")
+        }
+    }
+
+    @Test("Run twice from one seed in this process: the same actions, in the same order")
+    func sameInThisProcess() {
+        let first = Self.scenario()
+        let second = Self.scenario()
+        #expect(first.trace.count > 1000)
+        #expect(first.traceHash == second.traceHash)
+        #expect(Self.scenario(seed: 8).traceHash != first.traceHash, "the seed changes nothing")
+    }
+
+    @Test("Run in two other processes (their own hash seeds): the same trace as here")
+    func sameAcrossProcesses() throws {
+        guard ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == nil else { return }
+        let here = Self.scenario().traceHash.description
+        for _ in 0..<2 {
+            let lines = try linesFromChildRun(filter: "NodeMachineTests/childPrintsHash",
+                                              environment: ["P2PQ_DETERMINISM_CHILD": "1"], prefix: Self.hashPrefix)
+            #expect(lines == [here], "this process \(here), the child printed \(lines)")
+        }
+    }
+
+    /// What the child processes run.
+    @Test("(child) prints the scenario's hash", .enabled(if: ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == "1"))
+    func childPrintsHash() {
+        print(Self.hashPrefix + Self.scenario().traceHash.description)
+    }
+
+    @Test("A stop says leave before the manager's goodbyes; peers record left, not dead, and stop redialing")
+    func stopLeavesFirst() {
+        var mesh = Mesh(size: 3, seed: 3)
+        mesh.run(until: 4 * second)
+        mesh.stop(2)
+        mesh.run(until: 12 * second)
+        let stopping = mesh.actions(of: 2) { _ in true }.drop { if case .cancelTimer(.membership) = $0 { false } else { true } }
+        // The leave gossip went out before the timer stopped; the links close after it.
+        #expect(mesh.actions(of: 2) { if case .send = $0 { true } else { false } }.count > 0)
+        #expect(stopping.contains { if case .closeLink(_, .leaving) = $0 { true } else { false } })
+        for n in 0..<2 {
+            #expect(mesh.machines[n].membership.state(of: peer(2)) == .left)
+            #expect(mesh.actions(of: n) { $0 == .queues(.died(peer(2))) }.count == 1)
+            #expect(mesh.actions(of: n) { $0 == .calls(.left(peer(2))) }.count == 1)
+            let left = mesh.firstTime(of: n) { $0 == .member(.left(peer(2))) } ?? .max
+            #expect(left < 5 * second, "node \(n) heard of the leave at \(left)")
+            #expect(mesh.trace.allSatisfy { $0.node != n || $0.time <= left || $0.action != .dial(Mesh.address(2)) },
+                    "node \(n) redialed a node that left")
+        }
+    }
+}
