@@ -133,6 +133,9 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     /// The link currently kept for `peer`.
     public func link(to peer: PeerID) -> LinkID? { linkByPeer[peer] }
 
+    /// The peers a link is kept for, in order.
+    public var linkedPeers: [PeerID] { linkByPeer.keys.sorted() }
+
     /// The peer at the other end of a kept link.
     public func peer(on link: LinkID) -> PeerID? { links[link]?.peer }
 

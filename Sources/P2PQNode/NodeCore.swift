@@ -40,10 +40,10 @@ final class NodeCore {
     private var links: [LinkID: PeerLink] = [:]
     private var nextLinkID: UInt64 = 1
     /// Performs the machine's actions; its timers.
-    private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) })
-    private lazy var timers: [NodeTimer: ShellTimer] = Dictionary(uniqueKeysWithValues: NodeTimer.allCases.map { key in
-        (key, ShellTimer(reactor: reactor) { [unowned self] in self.perform(self.machine.tick(key, now: self.now)) })
-    })
+    private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) },
+                                                  whenDrained: { [unowned self] in self.queues.checkWaiting() })
+    /// The machine's timers, made on first arming.
+    private var timers: [NodeTimer: ShellTimer] = [:]
     /// Which inbound connections may handshake (the decisions); its timer.
     private var admission: HandshakeAdmission<LinkID, String>
     private lazy var admissionTimer = ShellTimer(reactor: reactor) { [unowned self] in self.admissionTimerFired() }
@@ -107,6 +107,8 @@ final class NodeCore {
             firstMessageTimeout: UInt64(max(1, configuration.handshakeFirstMessageTimeout.nanosecondsClamped))
         ))
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
+        var queue = configuration.queue
+        queue.maxFrameSize = configuration.maxFrameSize
         machine = Machine(configuration: NodeMachineConfiguration(
             localPeer: identity.peerID, incarnation: environment.incarnation, seed: random.seed(),
             membershipSeed: configuration.membershipSeed,
@@ -116,7 +118,8 @@ final class NodeCore {
                 keepaliveTimeout: nanos(configuration.keepaliveTimeout),
                 maxPeers: configuration.maxPeers
             ),
-            membership: configuration.membership
+            membership: configuration.membership,
+            queue: queue
         ))
         self.random = random
     }
@@ -173,7 +176,13 @@ final class NodeCore {
         driver.perform(actions)
     }
 
-    private func handle(_ action: Action) {
+    private func handle(_ action: consuming Action) {
+        // A queue's action is moved on (a delivery's items keep no reference here).
+        if case .queue = action {
+            guard case .queue(let name, let queueAction) = consume action else { return }
+            queues.handle(name, queueAction)
+            return
+        }
         switch action {
         case .dial(let address): dial(address)
         case .closeLink(let id, let reason):
@@ -191,8 +200,8 @@ final class NodeCore {
                 perform(machine.undeliverable(message, to: peer, now: now))
                 return
             }
-        case .armTimer(let timer, let at): timers[timer]?.arm(at: at)
-        case .cancelTimer(let timer): timers[timer]?.cancel()
+        case .armTimer(let timer, let at): armTimer(timer, at: at)
+        case .cancelTimer(let timer): cancelTimer(timer)
         case .peerConnected(let peer, let link):
             logger.info("peer \(peer.short) connected (\(links[link]?.direction == .outbound ? "outbound" : "inbound"))")
             emit(.peerConnected(peer))
@@ -203,8 +212,10 @@ final class NodeCore {
             emit(.peerDisconnected(peer, left: reason == .peerLeft))
         case .member(let event):
             report(event)
-        case .queues(let input):
-            queues.peerEvent(input)
+        case .queue:
+            break  // handed on above
+        case .deadLettered(let name, let target, let refusals):
+            queues.deadLettered(from: name, into: target, refusals: refusals)
         case .calls(let input):
             switch input {
             case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
@@ -212,6 +223,23 @@ final class NodeCore {
             }
             remoteCalls?.peerEvent(input)
         }
+    }
+
+    /// Arms `timer` at `deadline` (monotonic ns), replacing its earlier deadline.
+    func armTimer(_ timer: NodeTimer, at deadline: UInt64) {
+        if let shellTimer = timers[timer] { return shellTimer.arm(at: deadline) }
+        let shellTimer = ShellTimer(reactor: reactor) { [unowned self] in self.timerFired(timer) }
+        timers[timer] = shellTimer
+        shellTimer.arm(at: deadline)
+    }
+
+    func cancelTimer(_ timer: NodeTimer) {
+        timers[timer]?.cancel()
+    }
+
+    private func timerFired(_ timer: NodeTimer) {
+        perform(machine.tick(timer, now: now))
+        if case .queue(let name) = timer { queues.syncMetrics(name) }
     }
 
     /// Logs and emits membership's news (the machine routes its verdicts).
@@ -397,6 +425,7 @@ final class NodeCore {
         }
         sendOperationsAddress(on: link)
         perform(machine.linkUp(link.id, peer: peer, direction: link.direction, incarnation: link.remoteIncarnation,
+                               features: link.remoteFeatures,
                                peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
     }
 

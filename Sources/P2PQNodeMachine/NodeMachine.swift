@@ -1,5 +1,6 @@
 import P2PQConnectionManager
 import P2PQMembership
+import P2PQQueue
 import P2PQWire
 
 /// How a ``NodeMachine`` is set up: this node, its timings and its non-deterministic inputs
@@ -15,29 +16,38 @@ public struct NodeMachineConfiguration: Sendable {
     public var membershipSeed: UInt64?
     public var connection: ConnectionConfiguration
     public var membership: MembershipConfiguration
+    /// Every named queue's settings (the node's internal `p2pq.` queues keep no replicas).
+    public var queue: QueueConfiguration
+    /// Most named queues, created locally or by peers' messages.
+    public var maxQueues: Int
 
     public init(localPeer: PeerID, incarnation: UInt64, seed: UInt64, membershipSeed: UInt64? = nil,
                 connection: ConnectionConfiguration = ConnectionConfiguration(),
-                membership: MembershipConfiguration = MembershipConfiguration()) {
+                membership: MembershipConfiguration = MembershipConfiguration(),
+                queue: QueueConfiguration = QueueConfiguration(), maxQueues: Int = 256) {
         self.localPeer = localPeer
         self.incarnation = incarnation
         self.seed = seed
         self.membershipSeed = membershipSeed
         self.connection = connection
         self.membership = membership
+        self.queue = queue
+        self.maxQueues = maxQueues
     }
 }
 
 /// The timers a ``NodeMachine`` arms: one per part that keeps time.
-public enum NodeTimer: Sendable, Hashable, CaseIterable {
+public enum NodeTimer: Sendable, Hashable {
     /// The connection manager's (keepalives, redials).
     case connections
     /// Membership's (protocol periods, suspicions).
     case membership
+    /// A named queue's (stats, balancing, leases, timeouts).
+    case queue(String)
 }
 
 /// What the shell does for a ``NodeMachine``, in order.
-public enum NodeAction<Address: Hashable & Sendable>: Sendable, Hashable {
+public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
     /// Dial `address`; answer with ``NodeMachine/linkUp(_:peer:direction:incarnation:peerAddress:dialedAddress:now:)``
     /// or ``NodeMachine/dialFailed(_:now:)``.
     case dial(Address)
@@ -64,8 +74,15 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Hashable {
     case peerDisconnected(PeerID, reason: PeerDisconnectReason)
     /// Membership's news (for logs and the node's events); verdicts are routed by the machine.
     case member(MembershipEvent)
-    /// Hand this to every queue machine.
-    case queues(QueuesPeerInput)
+    /// What the queue named by the string asks for: send a queue message (if it cannot go,
+    /// tell ``NodeMachine/sendFailed(_:to:now:)``), hand items to a waiter or fail it, retry
+    /// the pushes waiting for room, arm its timer (``NodeTimer/queue(_:)``). Dead letters are
+    /// settled inside (``deadLettered(from:into:refusals:)``).
+    case queue(String, QueueAction)
+    /// A dead-lettered item of the first queue went into the second (`refusals` 0), or that
+    /// queue refused it (`refusals` counts the refusals so far; the item stays held and is
+    /// retried).
+    case deadLettered(from: String, into: String, refusals: Int)
     /// Hand this to the caller and executor machines.
     case calls(CallsPeerInput)
 }
@@ -92,6 +109,12 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     public private(set) var membership: MembershipMachine
     /// The incarnation each kept link's hello announced (membership learns it with the link).
     private var incarnations: [LinkID: UInt64] = [:]
+    /// The feature bits each kept link's hello announced (§5).
+    var linkFeatures: [LinkID: UInt64] = [:]
+    /// The named queues.
+    public internal(set) var queues: [String: QueueMachine] = [:]
+    /// Dead letters a full dead-letter queue refused, for the rate of the warning.
+    var deadLetterRefusals = 0
     private var random: SplitMix64
     private var pingNonces: SplitMix64
     public private(set) var isStarted = false
@@ -132,12 +155,14 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         return actions
     }
 
-    /// A link passed its handshake and hellos: `incarnation` is from the peer's hello,
-    /// `peerAddress` where the peer accepts links, `dialedAddress` the dial it answers.
-    public mutating func linkUp(_ link: LinkID, peer: PeerID, direction: LinkDirection, incarnation: UInt64,
+    /// A link passed its handshake and hellos: `incarnation` and `features` are from the
+    /// peer's hello, `peerAddress` where the peer accepts links, `dialedAddress` the dial it
+    /// answers.
+    public mutating func linkUp(_ link: LinkID, peer: PeerID, direction: LinkDirection, incarnation: UInt64, features: UInt64,
                                 peerAddress: Address?, dialedAddress: Address?, now: UInt64) -> [Action] {
         guard !isStopped else { return [] }
         incarnations[link] = incarnation
+        linkFeatures[link] = features
         var actions: [Action] = []
         apply(connections.linkUp(link: link, peer: peer, direction: direction, peerAddress: peerAddress,
                                  dialedAddress: dialedAddress, now: now), into: &actions, now: now)
@@ -147,6 +172,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving.
     public mutating func linkDown(_ link: LinkID, peerLeft: Bool, now: UInt64) -> [Action] {
         incarnations[link] = nil
+        linkFeatures[link] = nil
         guard !isStopped else { return [] }
         var actions: [Action] = []
         apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft), into: &actions, now: now)
@@ -202,6 +228,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         switch timer {
         case .connections: apply(connections.tick(now: now), into: &actions, now: now)
         case .membership: apply(membership.tick(now: now), into: &actions, now: now)
+        case .queue(let name): withQueue(name, into: &actions, now: now) { $0.tick(now: now) }
         }
         return actions
     }
@@ -219,6 +246,13 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         return actions
     }
 
+    /// Routes `event` as if it had happened (tests that stage a verdict without membership).
+    public mutating func routeForTesting(_ event: PeerEvent, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        route(event, into: &actions, now: now)
+        return actions
+    }
+
     // MARK: Routing
 
     /// Hands `event` to every part that hears it, in the order ``PeerEventRouting`` gives:
@@ -231,7 +265,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
             case .membership(.linkDown(let peer)):
                 apply(membership.linkDown(peer, now: now), into: &actions, now: now)
             case .queues(let input):
-                actions.append(.queues(input))
+                queuesHeard(input, into: &actions, now: now)
             case .calls(let input):
                 actions.append(.calls(input))
             case .manager(.joined(let peer)):

@@ -1,6 +1,7 @@
 import P2PQConnectionManager
 import P2PQMembership
 import P2PQNodeMachine
+import P2PQQueue
 import P2PQTestSupport
 import P2PQWire
 
@@ -16,8 +17,8 @@ func peer(_ n: Int) -> PeerID {
 }
 
 /// Node machines on a virtual clock and an in-memory network of links: a dial reaches the
-/// node at the address unless the two are partitioned; membership messages, pings and closes
-/// travel with a fixed latency; a partition drops everything between its sides, so links
+/// node at the address unless the two are partitioned; membership and queue messages, pings
+/// and closes travel with a fixed latency; a partition drops everything between its sides, so links
 /// across it end by their keepalive timeouts, as over a cut cable. Every action each machine
 /// returns is recorded, in order.
 struct Mesh {
@@ -29,6 +30,7 @@ struct Mesh {
         case linkUp(node: Int, link: LinkID, peer: Int, direction: LinkDirection, dialed: String?)
         case dialFailed(node: Int, address: String)
         case message(node: Int, link: LinkID, from: Int, MembershipMessage)
+        case queueMessage(node: Int, link: LinkID, from: Int, QueueMessage)
         case heard(node: Int, link: LinkID)
         case linkDown(node: Int, link: LinkID, peerLeft: Bool)
         case peerList(node: Int, link: LinkID, [PeerListEntry<PeerID, String>])
@@ -106,11 +108,16 @@ struct Mesh {
             ends[node][link] = end
             let actions = machines[node].linkUp(link, peer: peer(other), direction: direction,
                                                 incarnation: machines[other].configuration.incarnation,
+                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas,
                                                 peerAddress: Self.address(other), dialedAddress: dialed, now: now)
             perform(actions, at: node)
         case .dialFailed(let node, let address):
             perform(machines[node].dialFailed(address, now: now), at: node)
         case .message(let node, let link, let from, let message):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+            perform(machines[node].received(message, from: peer(from), now: now), at: node)
+        case .queueMessage(let node, let link, let from, let message):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
             perform(machines[node].received(message, from: peer(from), now: now), at: node)
@@ -172,21 +179,66 @@ struct Mesh {
                 events.schedule(.timer(node: node, timer, at: at), at: max(at, now))
             case .cancelTimer(let timer):
                 deadlines[node][timer] = nil
-            case .peerConnected, .peerMovedLink, .peerDisconnected, .member, .queues, .calls:
+            case .queue(_, .send(let message, let to)):
+                guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up
+                else {
+                    perform(machines[node].sendFailed(message, to: to, now: now), at: node)
+                    continue
+                }
+                guard !isCut(node, other) else { continue }
+                events.schedule(.queueMessage(node: other, link: end.peerLink, from: node, message), at: now + latency)
+            case .queue(let name, .armTimer(let at)):
+                deadlines[node][.queue(name)] = at
+                events.schedule(.timer(node: node, .queue(name), at: at), at: max(at, now))
+            case .queue(let name, .deliver(_, let items)):
+                delivered[node, default: [:]][name, default: []].append(contentsOf: items.map { Array($0.bytes) })
+            case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected, .member, .calls:
                 break  // recorded in the trace
             }
         }
     }
 
-    /// A hash of every action of every node, in order (peers and links as their numbers).
+    /// Items handed to waiting pops, by node and queue, in order.
+    private(set) var delivered: [Int: [String: [[UInt8]]]] = [:]
+
+    /// Node `n` pushes `items` into `queue`.
+    mutating func push(_ items: [[UInt8]], at n: Int, into queue: String) -> PushOutcome? {
+        guard let (outcome, actions) = machines[n].push(items, into: queue, now: now) else { return nil }
+        perform(actions, at: n)
+        return outcome
+    }
+
+    /// Node `n` pops up to `max` items of `queue`, waiting as `waiter` if none is here; returns
+    /// those popped at once (later ones are in ``delivered``).
+    mutating func pop(_ queue: String, at n: Int, max: Int, waiter: UInt64) -> [[UInt8]] {
+        guard let (items, actions) = machines[n].pop(queue, max: max, waiter: WaiterID(waiter), now: now) else { return [] }
+        perform(actions, at: n)
+        return items.map { Array($0.bytes) }
+    }
+
+    /// A hash of every action of every node, in order: queue messages as their wire bytes (a
+    /// description could show a dictionary, whose order differs between processes), the rest
+    /// as described.
     var traceHash: TraceHash {
         var hash = TraceHash()
         for (time, node, action) in trace {
             hash.add(time)
             hash.add(node)
-            hash.add(bytes: Array("\(action)".utf8))
+            if case .queue(let name, .send(let message, let to)) = action, let bytes = try? Self.encoded(message) {
+                hash.add(bytes: Array(name.utf8))
+                hash.add(bytes: Array("\(to)".utf8))
+                hash.add(bytes: bytes)
+            } else {
+                hash.add(bytes: Array("\(action)".utf8))
+            }
         }
         return hash
+    }
+
+    private static func encoded(_ message: QueueMessage) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        try MessageEncoder.encode(message, into: &bytes)
+        return bytes
     }
 
     /// The actions of `node` that `matches` selects.

@@ -6,18 +6,26 @@ import P2PQTestSupport
 import P2PQWire
 import Testing
 
-/// Three node machines on the in-memory mesh: they link up and join; the third is cut off
-/// until its peers declare it dead, then the cut heals and it is taken back.
+/// Three node machines on the in-memory mesh: they link up and join; items pushed at one are
+/// popped at the others; the third is cut off until its peers declare it dead, then the cut
+/// heals and it is taken back.
 @Suite("NodeMachine: the control plane of whole nodes, composed and deterministic")
 struct NodeMachineTests {
     static let hashPrefix = "node-machine-determinism-hash: "
 
-    /// Links up (0–4 s), a partition of node 2 (4–14 s), healed (14–30 s).
+    static let items = (0..<300).map { [UInt8(truncatingIfNeeded: $0), UInt8(truncatingIfNeeded: $0 >> 8)] }
+
+    /// Links up (0–4 s); 300 items pushed at node 0, waiting pops at nodes 1 and 2 (4–6 s); a
+    /// partition of node 2 (6–16 s), healed (16–30 s).
     static func scenario(seed: UInt64 = 7) -> Mesh {
         var mesh = Mesh(size: 3, seed: seed)
         mesh.run(until: 4 * second)
+        _ = mesh.push(items, at: 0, into: "q")
+        _ = mesh.pop("q", at: 1, max: 100, waiter: 1)
+        _ = mesh.pop("q", at: 2, max: 100, waiter: 1)
+        mesh.run(until: 6 * second)
         mesh.partition([2])
-        mesh.run(until: 14 * second)
+        mesh.run(until: 16 * second)
         mesh.heal()
         mesh.run(until: 30 * second)
         return mesh
@@ -35,22 +43,51 @@ struct NodeMachineTests {
             #expect(linked == Set((0..<3).filter { $0 != n }.map(peer)), "node \(n) linked to \(linked)")
             let members = mesh.machines[n].membership.members
             #expect(members.count == 2 && members.allSatisfy { $0.state == .alive }, "node \(n): \(members)")
-            // Each link up reaches the queues and the calls, after membership has heard it.
-            #expect(mesh.actions(of: n) { if case .queues(.connected) = $0 { true } else { false } }.count == 2)
+            // Each link up reaches the calls.
             #expect(mesh.actions(of: n) { if case .calls(.connected) = $0 { true } else { false } }.count == 2)
         }
     }
 
-    @Test("A cut-off node is declared dead by its peers: their queues and calls hear it; healed, it is taken back")
+    @Test("Items pushed at one node reach waiting pops at the other two, each once")
+    func itemsReachWaitingPops() {
+        var mesh = Mesh(size: 3, seed: 7)
+        mesh.run(until: 4 * second)
+        #expect(mesh.push(Self.items, at: 0, into: "q") == .accepted)
+        #expect(mesh.pop("q", at: 1, max: 100, waiter: 1).isEmpty)
+        #expect(mesh.pop("q", at: 2, max: 100, waiter: 1).isEmpty)
+        mesh.run(until: 6 * second)
+        let at1 = mesh.delivered[1]?["q"] ?? [], at2 = mesh.delivered[2]?["q"] ?? []
+        #expect(!at1.isEmpty && !at2.isEmpty, "node 1 got \(at1.count), node 2 got \(at2.count)")
+        #expect(Set(at1).isDisjoint(with: Set(at2)))
+        #expect(Set(at1 + at2).isSubset(of: Set(Self.items)))
+        // What was not popped is still queued somewhere: nothing is lost.
+        let queued = (0..<3).reduce(0) { $0 + (mesh.machines[$1].queues["q"]?.count ?? 0) }
+        #expect(queued + at1.count + at2.count == Self.items.count)
+    }
+
+    @Test("Queue messages from a peer make at most maxQueues queues; pushes past it are refused")
+    func queuesAreBounded() {
+        var mesh = Mesh(size: 2, seed: 5)
+        mesh.run(until: 2 * second)
+        var machine = mesh.machines[0]
+        let limit = machine.configuration.maxQueues
+        for n in 0..<(limit + 50) {
+            _ = machine.received(.stealEmpty(queue: "q\(n)", requestID: 1), from: peer(1), now: mesh.now)
+        }
+        #expect(machine.queues.count == limit)
+        #expect(machine.push([[1]], into: "one-more", now: mesh.now) == nil)
+        #expect(machine.ensureQueue("q7", now: mesh.now).exists)
+        #expect(!machine.ensureQueue("", now: mesh.now).exists)
+    }
+
+    @Test("A cut-off node is declared dead by its peers: their calls hear it; healed, it is taken back")
     func verdictsReachTheLayers() {
         let mesh = Self.scenario()
         for n in 0..<2 {
-            let died = mesh.actions(of: n) { $0 == .queues(.died(peer(2))) }
-            let callsDied = mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }
-            #expect(died.count >= 1, "node \(n) never told its queues that node 2 died")
-            #expect(callsDied.count == died.count)
-            let rejoined = mesh.actions(of: n) { if case .queues(.rejoined(peer(2), _)) = $0 { true } else { false } }
-            #expect(rejoined.count >= 1, "node \(n) never took node 2 back")
+            let died = mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }
+            #expect(died.count >= 1, "node \(n) never told its calls that node 2 died")
+            let rejoined = mesh.actions(of: n) { $0 == .calls(.joined(peer(2))) }
+            #expect(rejoined.count >= 2, "node \(n) never took node 2 back")
             #expect(mesh.machines[n].membership.state(of: peer(2)) == .alive)
         }
         // The cut-off node believed its peers dead too (a one-sided view of each side), or
@@ -60,9 +97,9 @@ struct NodeMachineTests {
         // Verdicts, not lost links, make the layers re-queue: nothing died before the cut, and
         // the links across it went down (the keepalive) before membership gave its verdict.
         for n in 0..<2 {
-            let died = mesh.firstTime(of: n) { $0 == .queues(.died(peer(2))) } ?? 0
-            let down = mesh.firstTime(of: n) { $0 == .queues(.disconnected(peer(2))) } ?? .max
-            #expect(died > 4 * second && down < died, "node \(n): link down at \(down), died at \(died)")
+            let died = mesh.firstTime(of: n) { $0 == .calls(.died(peer(2))) } ?? 0
+            let down = mesh.firstTime(of: n) { $0 == .calls(.disconnected(peer(2))) } ?? .max
+            #expect(died > 6 * second && down < died, "node \(n): link down at \(down), died at \(died)")
         }
     }
 
@@ -104,7 +141,7 @@ struct NodeMachineTests {
         #expect(stopping.contains { if case .closeLink(_, .leaving) = $0 { true } else { false } })
         for n in 0..<2 {
             #expect(mesh.machines[n].membership.state(of: peer(2)) == .left)
-            #expect(mesh.actions(of: n) { $0 == .queues(.died(peer(2))) }.count == 1)
+            #expect(mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }.isEmpty)
             #expect(mesh.actions(of: n) { $0 == .calls(.left(peer(2))) }.count == 1)
             let left = mesh.firstTime(of: n) { $0 == .member(.left(peer(2))) } ?? .max
             #expect(left < 5 * second, "node \(n) heard of the leave at \(left)")

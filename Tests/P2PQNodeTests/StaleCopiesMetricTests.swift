@@ -35,7 +35,7 @@ struct StaleCopiesMetricTests {
             let items = (0..<5).map { QueueItem(id: ItemID(origin: ownerID, sequence: start + UInt64($0)), hops: 1, payload: encode($0)) }
             core.queues.receiveForTesting(.transfer(queue: "s", transferID: 1, kind: .balance, requestID: 0,
                                                     items: TransferItems(items)), from: ownerID)
-            core.queues.declaredDead()
+            core.perform(core.machine.routeForTesting(.refuted, now: core.now))
         }
         var counters: [String: Int] = [:]
         let deadline = ContinuousClock.now + .seconds(10)

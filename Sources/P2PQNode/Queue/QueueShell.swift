@@ -42,17 +42,17 @@ enum PushItems: Sendable {
         }
     }
 
-    func push(into machine: inout QueueMachine, now: UInt64) -> (PushOutcome, [QueueAction]) {
+    func push(into machine: inout NodeCore.Machine, queue name: String, now: UInt64) -> (PushOutcome, [NodeCore.Action])? {
         switch self {
-        case .arrays(let items): machine.push(items, now: now)
-        case .batch(let batch): machine.push(batch, now: now)
+        case .arrays(let items): machine.push(items, into: name, now: now)
+        case .batch(let batch): machine.push(batch, into: name, now: now)
         }
     }
 }
 
-/// Connects the queue state machines (one per named queue) to the node: routes queue messages
-/// to them, performs their actions, runs their timers, and parks the async callers. Reactor
-/// thread only.
+/// Connects the node machine's queues to their callers: feeds it pushes, pops and queue
+/// messages, performs the queues' actions (``NodeAction/queue(_:_:)``), and parks the async
+/// callers until their items, room, replica or flush come. Reactor thread only.
 final class QueueShell {
     typealias PopContinuation = CheckedContinuation<Result<ItemPayloads, QueueError>, Never>
     typealias PushContinuation = CheckedContinuation<Result<Void, QueueError>, Never>
@@ -60,16 +60,16 @@ final class QueueShell {
     typealias PopCompletion = (Result<ItemPayloads, QueueError>) -> Void
     typealias PushCompletion = (Result<Void, QueueError>) -> Void
 
-    /// Most named queues per node, created locally or by peers' messages.
-    static let maxQueues = 256
-
     unowned let core: NodeCore
+    /// The callers waiting on each queue (the queues themselves are the node machine's).
     private var queues: [String: Entry] = [:]
+    /// Queues with pushes waiting for a replica or flushes waiting (checked after each batch of actions).
+    private var watched: Set<String> = []
+    /// The node machine's queues (queries only).
+    private var machines: [String: QueueMachine] { core.machine.queues }
     /// Pop confirmations refused by this node's queues (as owner), all queues together.
-    var confirmationsRefused: Int { queues.values.reduce(0) { $0 + $1.machine.counters.confirmationsRefused } }
+    var confirmationsRefused: Int { machines.values.reduce(0) { $0 + $1.counters.confirmationsRefused } }
     private var nextWaiter: UInt64 = 1
-    /// Dead-letter pushes refused (a full dead-letter queue), for the rate-limited warning.
-    private var deadLetterRefusals = 0
     /// After ``stop()`` every call fails with `.nodeStopped` (the reactor may still run a turn).
     private var isStopped = false
     /// After ``drain()`` callers fail with `.nodeStopped`, while peers' messages still count.
@@ -83,10 +83,6 @@ final class QueueShell {
     private lazy var outboxRun = LaterInTurn(reactor: core.reactor) { [weak self] in self?.drainOutbox() }
 
     private struct Entry {
-        var machine: QueueMachine
-        /// Performs the machine's actions; the machine's timer.
-        let driver: ShellDriver<QueueAction>
-        let timer: ShellTimer
         var pops: [WaiterID: PendingPop] = [:]
         var leasedPops: [WaiterID: PendingLeasedPop] = [:]
         /// Pushes waiting for room, served in order.
@@ -159,24 +155,14 @@ final class QueueShell {
 
     private var now: UInt64 { core.now }
 
-    /// The queue named `name`, created (and introduced to the connected peers) on first use.
+    /// The queue named `name`, made by the node machine (and introduced to the linked peers)
+    /// on first use; false when it cannot be (too many queues, or a bad name).
     private func ensure(_ name: String) -> Bool {
         if queues[name] != nil { return true }
-        guard queues.count < Self.maxQueues, (1...QueueWire.maxQueueNameLength).contains(name.utf8.count) else { return false }
-        var configuration = core.configuration.queue
-        configuration.maxFrameSize = core.configuration.maxFrameSize
-        configuration.firstSequence = Swift.max(configuration.firstSequence, core.incarnation)
-        // The node's internal queues (remote calls) have their own retries: no replicas.
-        if name.hasPrefix("p2pq.") { configuration.replication = .local }
-        queues[name] = Entry(
-            machine: QueueMachine(name: name, localPeer: core.identity.peerID, configuration: configuration),
-            driver: ShellDriver(handle: { [unowned self] in self.handle(name, $0) }),
-            timer: ShellTimer(reactor: core.reactor) { [unowned self] in self.timerFired(name) })
-        perform(name, queues[name]?.machine.start(now: now))
-        for peer in core.connectedPeers.sorted() {
-            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
-                                                              keepsReplicas: keepsReplicas(peer), now: now))
-        }
+        let (exists, actions) = core.machine.ensureQueue(name, now: now)
+        guard exists else { return false }
+        queues[name] = Entry()
+        core.perform(actions)
         return true
     }
 
@@ -203,8 +189,7 @@ final class QueueShell {
             guard wait else { continuation(.failure(.timeout)); return nil }
             return park(name, items, timeout: timeout, continuation)
         }
-        let now = self.now
-        guard case let (outcome, actions)? = queues[name]?.update({ items.push(into: &$0.machine, now: now) }) else {
+        guard case let (outcome, actions)? = items.push(into: &core.machine, queue: name, now: now) else {
             continuation(.failure(.tooManyQueues))
             return nil
         }
@@ -223,15 +208,15 @@ final class QueueShell {
         case .itemTooLarge(let size, let limit): continuation(.failure(.itemTooLarge(size: size, limit: limit)))
         case .batchTooLarge: continuation(.failure(.batchTooLarge))
         }
-        perform(name, actions)
+        core.perform(actions)
         return parked
     }
 
     /// Completes an accepted push, or parks it until its items' replica is acknowledged;
     /// returns its ID while it waits (it can be withdrawn as a push waiting for room can).
     private func complete(_ name: String, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64? {
-        guard let mark = queues[name]?.machine.nextItemSequence,
-              queues[name]?.machine.awaitsReplica(before: mark) == true else {
+        guard let mark = core.machine.queues[name]?.nextItemSequence,
+              core.machine.queues[name]?.awaitsReplica(before: mark) == true else {
             continuation(.success(()))
             return nil
         }
@@ -244,16 +229,17 @@ final class QueueShell {
             }
         }
         queues[name]?.replicating.append(pending)
+        watched.insert(name)
         return id
     }
 
     /// Completes the pushes whose items' replicas are all acknowledged (or that need none any
     /// more: no peer keeps replicas).
     private func checkReplicated(_ name: String) {
-        guard let entry = queues[name], !entry.replicating.isEmpty else { return }
+        guard let entry = queues[name], !entry.replicating.isEmpty, let machine = core.machine.queues[name] else { return }
         var done: [ReplicatingPush] = []
         queues[name]?.replicating.removeAll { pending in
-            guard !entry.machine.awaitsReplica(before: pending.mark) else { return false }
+            guard !machine.awaitsReplica(before: pending.mark) else { return false }
             done.append(pending)
             return true
         }
@@ -326,18 +312,18 @@ final class QueueShell {
             sink(.failure(.tooManyQueues))
             return false
         }
-        guard case let (items, actions)? = queues[name]?.machine.pop(max: max, waiter: waiter, now: now) else {
+        guard case let (items, actions)? = core.machine.pop(name, max: max, waiter: waiter, now: now) else {
             sink(.failure(.tooManyQueues))
             return false
         }
         if !items.isEmpty {
             countPopped(name, items.count)
             sink(.success(consume items))
-            perform(name, actions)
+            core.perform(actions)
             return false
         }
         queues[name]?.pops[waiter] = PendingPop(continuation: sink)
-        perform(name, actions)
+        core.perform(actions)
         return queues[name]?.pops[waiter] != nil
     }
 
@@ -345,8 +331,9 @@ final class QueueShell {
     /// ``QueueMachine/remove(where:now:)``). Returns how many went.
     @discardableResult
     func remove(_ name: String, where matches: (ItemPayload) -> Bool) -> Int {
-        guard isServing, case let (removed, actions)? = queues[name]?.machine.remove(where: matches, now: now) else { return 0 }
-        perform(name, actions)
+        guard isServing else { return 0 }
+        let (removed, actions) = core.machine.remove(from: name, where: matches, now: now)
+        core.perform(actions)
         return removed
     }
 
@@ -354,7 +341,7 @@ final class QueueShell {
     func withdraw(_ name: String, _ waiter: WaiterID) {
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
-        perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
+        core.perform(core.machine.cancelWait(waiter, in: name, now: now))
     }
 
     /// A pop with a timeout and a callback (run on the reactor thread, possibly before this
@@ -372,19 +359,19 @@ final class QueueShell {
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = WaiterID(nextWaiter)
         nextWaiter += 1
-        guard case let (items, actions)? = queues[name]?.machine.pop(max: max, waiter: waits ? waiter : nil, now: now) else {
+        guard case let (items, actions)? = core.machine.pop(name, max: max, waiter: waits ? waiter : nil, now: now) else {
             continuation(.failure(.tooManyQueues))
             return nil
         }
         if !items.isEmpty {
             countPopped(name, items.count)
             continuation(.success(consume items))
-            perform(name, actions)
+            core.perform(actions)
             return nil
         }
         if !waits {
-            continuation(.failure(queues[name]?.machine.isClosed == true ? .closed : .timeout))
-            perform(name, actions)
+            continuation(.failure(core.machine.queues[name]?.isClosed == true ? .closed : .timeout))
+            core.perform(actions)
             return nil
         }
         var pending = PendingPop(continuation: continuation)
@@ -394,7 +381,7 @@ final class QueueShell {
             }
         }
         queues[name]?.pops[waiter] = pending
-        perform(name, actions)  // may deliver or fail it at once
+        core.perform(actions)  // may deliver or fail it at once
         return waiter
     }
 
@@ -407,13 +394,13 @@ final class QueueShell {
         if let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) {
             if let timer = pending.timer { core.reactor.cancel(timer) }
             pending.continuation(.failure(error))
-            perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
+            core.perform(core.machine.cancelWait(waiter, in: name, now: now))
             return
         }
         guard let pending = queues[name]?.pops.removeValue(forKey: waiter) else { return }
         if let timer = pending.timer { core.reactor.cancel(timer) }
         pending.continuation(.failure(error))
-        perform(name, queues[name]?.machine.cancelWait(waiter, now: now))
+        core.perform(core.machine.cancelWait(waiter, in: name, now: now))
     }
 
     // MARK: Leases
@@ -427,18 +414,18 @@ final class QueueShell {
         guard ensure(name) else { sink(.failure(.tooManyQueues)); return nil }
         let waits = timeout.map { $0 > .zero } ?? true
         let waiter = makeWaiterID()
-        guard case let (items, actions)? = queues[name]?.machine.popLeased(max: max, lease: lease, waiter: waits ? waiter : nil, now: now) else {
+        guard case let (items, actions)? = core.machine.popLeased(name, max: max, lease: lease, waiter: waits ? waiter : nil, now: now) else {
             sink(.failure(.tooManyQueues))
             return nil
         }
         if !items.isEmpty {
             sink(.success(items))
-            perform(name, actions)
+            core.perform(actions)
             return nil
         }
         if !waits {
-            sink(.failure(queues[name]?.machine.isClosed == true ? .closed : .timeout))
-            perform(name, actions)
+            sink(.failure(core.machine.queues[name]?.isClosed == true ? .closed : .timeout))
+            core.perform(actions)
             return nil
         }
         var pending = PendingLeasedPop(continuation: sink)
@@ -448,7 +435,7 @@ final class QueueShell {
             }
         }
         queues[name]?.leasedPops[waiter] = pending
-        perform(name, actions)
+        core.perform(actions)
         return waiter
     }
 
@@ -456,69 +443,64 @@ final class QueueShell {
     /// naming the tokens not leased here (the others are acknowledged).
     func ack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
         guard !isStopped else { return .failure(.nodeStopped) }
-        guard case let (count, unknown, actions)? = queues[name]?.machine.ack(tokens, now: now) else {
+        guard case let (count, unknown, actions)? = core.machine.ack(tokens, in: name, now: now) else {
             return .failure(.unknownLease(tokens))
         }
         countPopped(name, count)
-        perform(name, actions)
+        core.perform(actions)
         return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
     }
 
     /// Gives leased items back (``QueueMachine/nack(_:now:)``); errors as ``ack(_:_:)``.
     func nack(_ name: String, _ tokens: [LeaseToken]) -> Result<Int, QueueError> {
         guard !isStopped else { return .failure(.nodeStopped) }
-        guard case let (count, unknown, actions)? = queues[name]?.machine.nack(tokens, now: now) else {
+        guard case let (count, unknown, actions)? = core.machine.nack(tokens, in: name, now: now) else {
             return .failure(.unknownLease(tokens))
         }
-        perform(name, actions)
+        core.perform(actions)
         return unknown.isEmpty ? .success(count) : .failure(.unknownLease(unknown))
     }
 
     /// Leased items of `name` not acked yet (for tests).
-    func leasedItems(_ name: String) -> Int { queues[name]?.machine.leasedCount ?? 0 }
+    func leasedItems(_ name: String) -> Int { core.machine.queues[name]?.leasedCount ?? 0 }
 
     private func deliverLeased(_ name: String, _ waiter: WaiterID, _ items: [LeasedPayload]) {
         guard let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) else {
             // Nobody takes them: straight back to the queue rather than waiting out the lease.
-            perform(name, queues[name]?.machine.nack(items.map(\.token), now: now).actions)
+            if let (_, _, actions) = core.machine.nack(items.map(\.token), in: name, now: now) { core.perform(actions) }
             return
         }
         if let timer = pending.timer { core.reactor.cancel(timer) }
         pending.continuation(.success(items))
     }
 
-    /// Pushes a dead-lettered item into the dead-letter queue on this node, then lets the
-    /// machine confirm it; a failed push is left for the machine to retry.
-    private func deadLetter(_ name: String, _ token: LeaseToken, _ payload: ItemPayload, into target: String) {
-        guard !isStopped, target != name, ensure(target) else { return }
-        guard case let (outcome, actions)? = queues[target]?.machine.push([payload], now: now) else { return }
-        perform(target, actions)
-        guard outcome == .accepted else {
-            deadLetterRefusals += 1
-            if deadLetterRefusals == 1 || deadLetterRefusals.isMultiple(of: 1000) {
-                core.logger.warning("dead-letter queue \(target) refused an item of \(name) (\(outcome)); it stays held and is retried (\(deadLetterRefusals) refusals)")
-            }
+    /// The node machine settled a dead letter of `name`: pushed into `target` (`refusals` 0),
+    /// or refused there (held and retried; warned about at the first and every 1000th).
+    func deadLettered(from name: String, into target: String, refusals: Int) {
+        guard refusals > 0 else {
+            countPushed(target, 1)
             return
         }
-        countPushed(target, 1)
-        perform(name, queues[name]?.machine.deadLettered(token, now: now))
+        if refusals == 1 || refusals.isMultiple(of: 1000) {
+            core.logger.warning("dead-letter queue \(target) refused an item of \(name); it stays held and is retried (\(refusals) refusals)")
+        }
     }
 
     func size(_ name: String) -> QueueSize {
-        guard let entry = queues[name] else { return QueueSize(local: 0, cluster: 0) }
-        return QueueSize(local: entry.machine.count, cluster: entry.machine.clusterEstimate(now: now))
+        guard let machine = core.machine.queues[name] else { return QueueSize(local: 0, cluster: 0) }
+        return QueueSize(local: machine.count, cluster: machine.clusterEstimate(now: now))
     }
 
-    func counters(_ name: String) -> QueueCounters? { queues[name]?.machine.counters }
+    func counters(_ name: String) -> QueueCounters? { core.machine.queues[name]?.counters }
 
     /// Items of `name` this node owns and no confirmation has released yet (for tests).
-    func ownedItems(_ name: String) -> Int { queues[name]?.machine.ownedItems ?? 0 }
+    func ownedItems(_ name: String) -> Int { core.machine.queues[name]?.ownedItems ?? 0 }
 
     /// Every queue's state for `/status`, sorted by name.
     func statuses() -> [NodeStatus.Queue] {
-        queues.keys.sorted().compactMap { name in
+        machines.keys.sorted().compactMap { name in
             syncMetrics(name)
-            guard let machine = queues[name]?.machine else { return nil }
+            guard let machine = core.machine.queues[name] else { return nil }
             let pushes = waitingPushes(name)
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
@@ -532,8 +514,7 @@ final class QueueShell {
     func dashboardInput() -> [String: DashboardInput.Queue] {
         let now = self.now
         var out: [String: DashboardInput.Queue] = [:]
-        for (name, entry) in queues where !name.hasPrefix("p2pq.") {
-            let machine = entry.machine
+        for (name, machine) in machines where !name.hasPrefix("p2pq.") {
             let counters = machine.counters
             out[name] = DashboardInput.Queue(
                 length: machine.count, popped: counters.popped, requeued: counters.requeuedAfterDeath,
@@ -545,9 +526,8 @@ final class QueueShell {
 
     /// Adds the machine's new transfers and duplicates to the node's counters (once per timer
     /// tick and status request, not per item).
-    private func syncMetrics(_ name: String) {
-        guard let entry = queues[name] else { return }
-        let counters = entry.machine.counters
+    func syncMetrics(_ name: String) {
+        guard let entry = queues[name], let counters = core.machine.queues[name]?.counters else { return }
         let transfers = counters.transferredOut
         core.metrics.itemsTransferred += transfers - entry.reportedTransfers
         queues[name]?.reportedTransfers = transfers
@@ -562,7 +542,7 @@ final class QueueShell {
 
     func close(_ name: String) {
         guard isServing, ensure(name) else { return }
-        perform(name, queues[name]?.machine.close(now: now))
+        core.perform(core.machine.close(name, now: now))
         failPushes(name, with: .closed)
     }
 
@@ -577,64 +557,24 @@ final class QueueShell {
         } catch {
             return error
         }
+        guard !isStopped else { return nil }
         let name = message.queue
-        guard !isStopped, ensure(name) else { return nil }  // over the queue limit: ignored, the sender times out
-        perform(name, queues[name]?.machine.received(consume message, from: peer, now: now))
+        core.perform(core.machine.received(consume message, from: peer, now: now))
+        noteQueue(name)
         return nil
+    }
+
+    /// Keeps the callers' entry of a queue a peer's message made (over the limit, the machine
+    /// made none, and there is none here either: a stranger cannot grow this table).
+    private func noteQueue(_ name: String) {
+        if queues[name] == nil, core.machine.queues[name] != nil { queues[name] = Entry() }
     }
 
     /// A queue message as if `peer` had sent it (for tests).
     func receiveForTesting(_ message: QueueMessage, from peer: PeerID) {
-        let name = message.queue
-        guard !isStopped, ensure(name) else { return }
-        perform(name, queues[name]?.machine.received(message, from: peer, now: now))
-    }
-
-    /// A peer event, as ``PeerEventRouting`` routes it to the queues.
-    func peerEvent(_ input: QueuesPeerInput) {
-        switch input {
-        case .connected(let peer): peerConnected(peer)
-        case .linkReplaced(let peer): peerLinkChanged(peer)
-        case .disconnected(let peer): peerDisconnected(peer)
-        case .died(let peer): peerDied(peer)
-        case .rejoined(let peer, let linked): peerRejoined(peer, linked: linked)
-        case .declaredDead: declaredDead()
-        }
-    }
-
-    func peerConnected(_ peer: PeerID) {
-        let adopts = adoptsOwnership(peer)
-        let keeps = keepsReplicas(peer)
-        for name in queues.keys.sorted() {
-            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now))
-        }
-    }
-
-    private func adoptsOwnership(_ peer: PeerID) -> Bool {
-        core.remoteFeatures(of: peer) & QueueWire.featureOwnershipHandover != 0
-    }
-
-    private func keepsReplicas(_ peer: PeerID) -> Bool {
-        core.remoteFeatures(of: peer) & QueueWire.featureReplicas != 0
-    }
-
-    func peerDisconnected(_ peer: PeerID) {
-        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.peerDisconnected(peer, now: now)) }
-    }
-
-    /// The peer's link was replaced; what was sent on the old one may be lost: take back the
-    /// transfers and steal requests in flight (the peer drops copies it already has).
-    func peerLinkChanged(_ peer: PeerID) {
-        for name in queues.keys.sorted() {
-            perform(name, queues[name]?.machine.peerDisconnected(peer, now: now))
-            perform(name, queues[name]?.machine.peerConnected(peer, adoptsOwnership: adoptsOwnership(peer),
-                                                              keepsReplicas: keepsReplicas(peer), now: now))
-        }
-    }
-
-    /// Membership declared `peer` dead: owners re-queue what it held.
-    func peerDied(_ peer: PeerID) {
-        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.peerDied(peer, now: now)) }
+        guard !isStopped else { return }
+        core.perform(core.machine.received(message, from: peer, now: now))
+        noteQueue(message.queue)
     }
 
     // MARK: Graceful stop and flush
@@ -646,18 +586,16 @@ final class QueueShell {
     func drain() {
         guard isServing else { return }
         isDraining = true
-        for name in queues.keys.sorted() {
-            failParked(name)
-            perform(name, queues[name]?.machine.drain(now: now))
-        }
+        for name in queues.keys.sorted() { failParked(name) }
+        core.perform(core.machine.drainQueues(now: now))
     }
 
     /// Every queue's drain, summed: complete when all are, stuck when each unfinished one is.
     var drainProgress: (progress: DrainProgress, stuck: Bool) {
         var total = DrainProgress(queued: 0, inFlight: 0, pendingNotices: 0, unreachableNotices: 0, hasLivePeer: false)
         var stuck = true
-        for entry in queues.values {
-            let progress = entry.machine.drainProgress
+        for machine in machines.values {
+            let progress = machine.drainProgress
             total.queued += progress.queued
             total.inFlight += progress.inFlight
             total.pendingNotices += progress.pendingNotices
@@ -670,9 +608,9 @@ final class QueueShell {
 
     /// Totals over the queues, for the stop report.
     var handOverTotals: (transferredOut: Int, noticesAcknowledged: Int, ownedHeldElsewhere: Int) {
-        queues.values.reduce((0, 0, 0)) { total, entry in
-            (total.0 + entry.machine.counters.transferredOut, total.1 + entry.machine.counters.noticesAcknowledged,
-             total.2 + entry.machine.ownedHeldElsewhere)
+        machines.values.reduce((0, 0, 0)) { total, machine in
+            (total.0 + machine.counters.transferredOut, total.1 + machine.counters.noticesAcknowledged,
+             total.2 + machine.ownedHeldElsewhere)
         }
     }
 
@@ -680,7 +618,7 @@ final class QueueShell {
     /// holding it or popped; fails it on `timeout` or when items wait here and no peer is live.
     func flush(_ name: String, timeout: Duration, sink: @escaping PushSink) {
         guard isServing else { return sink(.failure(.nodeStopped)) }
-        guard let mark = queues[name]?.machine.nextItemSequence else { return sink(.success(())) }  // nothing pushed
+        guard queues[name] != nil, let mark = core.machine.queues[name]?.nextItemSequence else { return sink(.success(())) }  // nothing pushed
         let id = nextFlush
         nextFlush += 1
         var pending = PendingFlush(mark: mark, sink: sink)
@@ -689,6 +627,7 @@ final class QueueShell {
         }
         queues[name]?.flushes[id] = pending
         waitingFlushes += 1
+        watched.insert(name)
         checkFlushes(name)
     }
 
@@ -702,10 +641,11 @@ final class QueueShell {
     /// Completes the flushes whose items are safe (a scan of the ownership records: only while
     /// a flush waits).
     private func checkFlushes(_ name: String) {
-        guard waitingFlushes > 0, let entry = queues[name], !entry.flushes.isEmpty else { return }
-        let live = entry.machine.drainProgress.hasLivePeer
+        guard waitingFlushes > 0, let entry = queues[name], !entry.flushes.isEmpty,
+              let machine = core.machine.queues[name] else { return }
+        let live = machine.drainProgress.hasLivePeer
         for (id, pending) in entry.flushes.sorted(by: { $0.key < $1.key }) {
-            if entry.machine.itemsHeldOnlyHere(before: pending.mark) == 0 {
+            if machine.itemsHeldOnlyHere(before: pending.mark) == 0 {
                 endFlush(name, id, with: .success(()))
             } else if !live {
                 endFlush(name, id, with: .failure(.noLivePeer))
@@ -730,25 +670,13 @@ final class QueueShell {
         for id in entry.flushes.keys.sorted() { endFlush(name, id, with: .failure(.nodeStopped)) }
     }
 
-    /// Membership heard this node declared dead (it refuted).
-    func declaredDead() {
-        for name in queues.keys.sorted() { perform(name, queues[name]?.machine.declaredDead(now: now)) }
-    }
-
-    /// Membership took `peer` back (it refuted a verdict, or a new process of it joined).
-    func peerRejoined(_ peer: PeerID, linked: Bool) {
-        for name in queues.keys.sorted() {
-            perform(name, queues[name]?.machine.peerRejoined(peer, linked: linked, keepsReplicas: keepsReplicas(peer), now: now))
-        }
-    }
-
     /// The node stops: every parked caller fails with `.nodeStopped`.
     func stop() {
         // Held messages go out ahead of the goodbyes that follow.
         if !outbox.isEmpty { outboxRun.runNow() }
         isStopped = true
+        for name in machines.keys.sorted() { core.cancelTimer(.queue(name)) }
         for name in queues.keys.sorted() {
-            queues[name]?.timer.cancel()
             failParked(name)
             // Pushes still waiting for a replica (a drain completes them: its transfers carry
             // the items with their ownership).
@@ -782,9 +710,7 @@ final class QueueShell {
     private func write(_ message: QueueMessage, to peer: PeerID, queue name: String) -> Bool {
         if core.send(message, to: peer) { return true }
         // Not sent (no link, or it went down meanwhile): the machine takes it back.
-        if !isStopped, queues[name] != nil {
-            perform(name, queues[name]?.machine.sendFailed(message, to: peer, now: now))
-        }
+        if !isStopped { core.perform(core.machine.sendFailed(message, to: peer, now: now)) }
         return false
     }
 
@@ -807,16 +733,19 @@ final class QueueShell {
 
     // MARK: Actions
 
-    /// Performs the actions the machine of `name` answered (nil: no such queue) through its
-    /// driver: from inside one of its actions, after that action.
-    private func perform(_ name: String, _ actions: consuming [QueueAction]?) {
-        guard let actions = consume actions, let driver = queues[name]?.driver else { return }
-        driver.perform(consume actions)
-        checkFlushes(name)
-        checkReplicated(name)
+    /// Completes the pushes and flushes that the actions just performed made safe (the node's
+    /// driver runs this each time its actions run out).
+    func checkWaiting() {
+        guard !watched.isEmpty else { return }
+        for name in watched.sorted() {
+            checkFlushes(name)
+            checkReplicated(name)
+            if queues[name].map({ $0.replicating.isEmpty && $0.flushes.isEmpty }) ?? true { watched.remove(name) }
+        }
     }
 
-    private func handle(_ name: String, _ action: consuming QueueAction) {
+    /// Performs one action of queue `name` (``NodeAction/queue(_:_:)``).
+    func handle(_ name: String, _ action: consuming QueueAction) {
         // Moved, not copied: a delivery's items must have no reference left here when they
         // are handed over (see `PopSink`).
         if case .deliver = action {
@@ -830,8 +759,8 @@ final class QueueShell {
             break  // handed over above
         case .deliverLeased(let waiter, let items):
             deliverLeased(name, waiter, items)
-        case .deadLetter(let token, let payload, let target):
-            deadLetter(name, token, payload, into: target)
+        case .deadLetter:
+            break  // settled by the node machine (``NodeAction/deadLettered(from:into:refusals:)``)
         case .fail(let waiter, let failure):
             if let pending = queues[name]?.leasedPops.removeValue(forKey: waiter) {
                 if let timer = pending.timer { core.reactor.cancel(timer) }
@@ -844,22 +773,17 @@ final class QueueShell {
         case .spaceAvailable:
             retryPushes(name)
         case .armTimer(let at):
-            queues[name]?.timer.arm(at: at)
+            core.armTimer(.queue(name), at: at)
         }
-    }
-
-    private func timerFired(_ name: String) {
-        perform(name, queues[name]?.machine.tick(now: now))
-        syncMetrics(name)
     }
 
     /// Waiting pushers, in order, until one does not fit.
     private func retryPushes(_ name: String) {
         let now = self.now
         while let push = queues[name]?.pushes.first,
-              case let (outcome, actions)? = queues[name]?.update({ push.items.push(into: &$0.machine, now: now) }) {
+              case let (outcome, actions)? = push.items.push(into: &core.machine, queue: name, now: now) {
             if outcome == .full {
-                perform(name, actions)
+                core.perform(actions)
                 return
             }
             queues[name]?.pushes.removeFirst()
@@ -876,7 +800,7 @@ final class QueueShell {
             case .itemTooLarge(let size, let limit): push.continuation(.failure(.itemTooLarge(size: size, limit: limit)))
             case .batchTooLarge, .full: push.continuation(.failure(.batchTooLarge))
             }
-            perform(name, actions)
+            core.perform(actions)
         }
     }
 
