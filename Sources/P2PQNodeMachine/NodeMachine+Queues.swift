@@ -62,6 +62,16 @@ extension NodeMachine {
         queueInput(name, now: now) { $0.popLeased(max: max, lease: lease, waiter: waiter, now: now) }
     }
 
+    /// The mark that a push just accepted into `name` waits for until its items' replicas are
+    /// acknowledged (``QueueMachine/awaitsReplica(before:)``); nil when none is awaited.
+    public mutating func replicaMark(in name: String) -> UInt64? {
+        // In place (no copy of the queue's state): this runs after every accepted push.
+        queues[name]?.update { queue -> UInt64? in
+            let mark = queue.nextItemSequence
+            return queue.awaitsReplica(before: mark) ? mark : nil
+        } ?? nil
+    }
+
     /// Withdraws a waiting pop of `name`.
     public mutating func cancelWait(_ waiter: WaiterID, in name: String, now: UInt64) -> [Action] {
         var actions: [Action] = []
@@ -174,6 +184,11 @@ extension NodeMachine {
     private mutating func queueInput<Result>(_ name: String, now: UInt64,
                                              _ input: (inout QueueMachine) -> (Result, [QueueAction])) -> (Result, [Action])? {
         var actions: [Action] = []
+        // One lookup when the queue exists (every call but the first).
+        if let (result, queueActions) = queues[name]?.update(input) {
+            apply(queueActions, of: name, into: &actions, now: now)
+            return (result, actions)
+        }
         guard ensureQueue(name, into: &actions, now: now) else { return nil }
         guard let result = withQueue(name, into: &actions, now: now, input) else { return nil }
         return (result, actions)
@@ -195,6 +210,7 @@ extension NodeMachine {
 
     /// A queue's actions as the node's; dead letters are pushed into their queue here.
     private mutating func apply(_ queueActions: consuming [QueueAction], of name: String, into actions: inout [Action], now: UInt64) {
+        guard !queueActions.isEmpty else { return }
         if actions.isEmpty {
             // The common case: no dead letter, nothing before; one array, no per-action copy.
             guard queueActions.contains(where: { if case .deadLetter = $0 { true } else { false } }) else {

@@ -215,8 +215,7 @@ final class QueueShell {
     /// Completes an accepted push, or parks it until its items' replica is acknowledged;
     /// returns its ID while it waits (it can be withdrawn as a push waiting for room can).
     private func complete(_ name: String, timeout: Duration?, _ continuation: @escaping PushSink) -> UInt64? {
-        guard let mark = core.machine.queues[name]?.nextItemSequence,
-              core.machine.queues[name]?.awaitsReplica(before: mark) == true else {
+        guard let mark = core.machine.replicaMark(in: name) else {
             continuation(.success(()))
             return nil
         }
