@@ -195,11 +195,21 @@ let package = Package(
             ],
             path: "Sources/P2PQOperations"
         ),
-        // What the test targets share: the seeded generator (P2PQWire's SplitMix64, re-exported)
-        // and the simulations' event queue. A plain target, so only tests link it.
+        // Whole node machines (NodeMachine, the type real nodes run) on a virtual clock and an
+        // in-memory network, with crashes, pauses, restarts and partitions, driven by one seed
+        // (docs/simulation.md). `p2pq simulate` runs it.
+        .target(
+            name: "P2PQSimulation",
+            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQWire",
+                           .product(name: "HeapModule", package: "swift-collections")],
+            path: "Sources/P2PQSimulation"
+        ),
+        // What the test targets share: the seeded generator (P2PQWire's SplitMix64), the
+        // simulations' event queue and trace hash (P2PQSimulation's), all re-exported, and the
+        // child-process runner of the determinism tests. A plain target, so only tests link it.
         .target(
             name: "P2PQTestSupport",
-            dependencies: ["P2PQWire", .product(name: "HeapModule", package: "swift-collections")],
+            dependencies: ["P2PQWire", "P2PQSimulation"],
             path: "Tests/P2PQTestSupport"
         ),
         .testTarget(
@@ -263,7 +273,8 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeMachineTests",
-            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQWire", "P2PQTestSupport"],
+            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQWire",
+                           "P2PQSimulation", "P2PQTestSupport"],
             path: "Tests/P2PQNodeMachineTests"
         ),
         .testTarget(

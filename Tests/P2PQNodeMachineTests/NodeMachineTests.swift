@@ -2,9 +2,27 @@ import Foundation
 import P2PQConnectionManager
 import P2PQMembership
 import P2PQNodeMachine
+import P2PQQueue
+import P2PQSimulation
 import P2PQTestSupport
 import P2PQWire
 import Testing
+
+typealias Mesh = ClusterSimulation
+
+let ms = simulatedMillisecond
+let second = simulatedSecond
+
+func peer(_ n: Int) -> PeerID { ClusterSimulation.peer(n) }
+
+extension ClusterSimulation {
+    /// `size` nodes that keep their trace.
+    init(size: Int, seed: UInt64) {
+        var configuration = Configuration(nodes: size, seed: seed)
+        configuration.recordsTrace = true
+        self.init(configuration)
+    }
+}
 
 /// Three node machines on the in-memory mesh: they link up and join; items pushed at one are
 /// popped at the others; the third is cut off until its peers declare it dead, then the cut

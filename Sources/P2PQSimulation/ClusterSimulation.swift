@@ -1,0 +1,384 @@
+import P2PQConnectionManager
+import P2PQMembership
+import P2PQNodeMachine
+import P2PQQueue
+import P2PQWire
+
+/// Nanoseconds in a millisecond and a second, for simulated times.
+public let simulatedMillisecond: UInt64 = 1_000_000
+public let simulatedSecond: UInt64 = 1_000_000_000
+
+/// Node machines (``NodeMachine``, the type real nodes run) on a virtual clock and an in-memory
+/// network of links, driven by one seed.
+///
+/// - A dial reaches the node at the address unless it is crashed, paused or cut off (then it
+///   fails after one latency); the handshake and hellos take a round trip and a half.
+/// - Membership and queue messages, pings, peer lists and closes travel with the latency;
+///   a partition drops everything between its sides, so links across it end by their
+///   keepalive timeouts, as over a cut cable.
+/// - A crashed node processes nothing more; its peers' ends of its links close one latency
+///   later (the kernel's reset) and dials to it fail. A paused node (SIGSTOP) keeps its state and
+///   its links; what is sent to it and its timers wait until it resumes. A restarted node comes
+///   back with the same identity, a new incarnation and empty queues.
+///
+/// Every action of every node goes into a running ``TraceHash`` (and, when asked, a trace), so
+/// two runs of one seed can be compared, here or in another process.
+public struct ClusterSimulation {
+    public typealias Machine = NodeMachine<String>
+    public typealias Action = NodeAction<String>
+
+    /// How the simulated cluster is set up.
+    public struct Configuration: Sendable {
+        public var nodes: Int
+        public var seed: UInt64
+        /// One-way latency of every link.
+        public var latency: UInt64 = 1 * simulatedMillisecond
+        public var connection = ConnectionConfiguration(baseBackoff: 100 * simulatedMillisecond, maxBackoff: simulatedSecond,
+                                                        keepaliveInterval: 300 * simulatedMillisecond,
+                                                        keepaliveTimeout: simulatedSecond, maxPeers: 64)
+        public var membership = MembershipConfiguration()
+        public var queue = QueueConfiguration()
+        /// Keep every action in ``ClusterSimulation/trace`` (memory grows with the run).
+        public var recordsTrace = false
+
+        public init(nodes: Int, seed: UInt64) {
+            self.nodes = nodes
+            self.seed = seed
+        }
+    }
+
+    /// A membership verdict or suspicion as a node reached it.
+    public struct Verdict: Sendable, Hashable {
+        public var time: UInt64
+        public var observer: Int
+        public var subject: Int
+        public var dead: Bool
+    }
+
+    private enum Event {
+        case timer(node: Int, NodeTimer, at: UInt64)
+        case linkUp(node: Int, link: LinkID, peer: Int, direction: LinkDirection, dialed: String?)
+        case dialFailed(node: Int, address: String)
+        case message(node: Int, link: LinkID, from: Int, MembershipMessage)
+        case queueMessage(node: Int, link: LinkID, from: Int, QueueMessage)
+        case heard(node: Int, link: LinkID)
+        case linkDown(node: Int, link: LinkID, peerLeft: Bool)
+        case peerList(node: Int, link: LinkID, [PeerListEntry<PeerID, String>])
+
+        var node: Int {
+            switch self {
+            case .timer(let node, _, _), .linkUp(let node, _, _, _, _), .dialFailed(let node, _),
+                 .message(let node, _, _, _), .queueMessage(let node, _, _, _), .heard(let node, _),
+                 .linkDown(let node, _, _), .peerList(let node, _, _):
+                node
+            }
+        }
+    }
+
+    /// One end of a link: which node and link it leads to, and whether the hellos are through.
+    private struct End {
+        var peer: Int
+        var peerLink: LinkID
+        var up = false
+    }
+
+    public let configuration: Configuration
+    public private(set) var machines: [Machine]
+    public private(set) var now: UInt64 = 0
+    /// Every action, by node, in order (only with ``Configuration/recordsTrace``).
+    public private(set) var trace: [(time: UInt64, node: Int, action: Action)] = []
+    /// A hash of every action of every node, in order.
+    public private(set) var traceHash = TraceHash()
+    /// Every suspicion and death verdict, in order.
+    public private(set) var verdicts: [Verdict] = []
+    /// Items handed to waiting pops, by node and queue, in order.
+    public private(set) var delivered: [Int: [String: [[UInt8]]]] = [:]
+    /// Messages sent (membership, queue, ping, peer list), per node.
+    public private(set) var messagesSent: [Int]
+    /// Inputs processed.
+    public private(set) var eventsProcessed = 0
+    private var events = EventQueue<Event>()
+    private var deadlines: [[NodeTimer: UInt64]]
+    private var ends: [[LinkID: End]]
+    private var nextLink: [UInt64]
+    private var incarnations: [UInt64]
+    private var seeds: SplitMix64
+    /// Pairs (lower index first) that cannot reach each other.
+    private var cut: Set<[Int]> = []
+    public private(set) var crashed: Set<Int> = []
+    public private(set) var paused: Set<Int> = []
+    /// What reached a paused node, in order, to be handled when it resumes.
+    private var held: [Int: [Event]] = [:]
+
+    /// The address of node `n` on the simulated network.
+    public static func address(_ n: Int) -> String { "n\(n)" }
+
+    /// The identity of node `n` (the same across its restarts).
+    public static func peer(_ n: Int) -> PeerID {
+        var bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: n), count: 32)
+        bytes[0] = UInt8(truncatingIfNeeded: n >> 8)
+        bytes[1] = UInt8(truncatingIfNeeded: n >> 16)
+        bytes[31] = 0x5A
+        return PeerID(bytes: bytes)!
+    }
+
+    /// Node `n` of `peer`, if it is one of the simulation's.
+    public func index(of peer: PeerID) -> Int? {
+        let bytes = peer.bytes
+        let n = Int(bytes[2]) | Int(bytes[1]) << 16 | Int(bytes[0]) << 8
+        return n < machines.count && bytes[31] == 0x5A ? n : nil
+    }
+
+    /// Starts every node at time 0: node 0 dials nobody, every other node bootstraps from node 0.
+    public init(_ configuration: Configuration) {
+        self.configuration = configuration
+        seeds = SplitMix64(seed: configuration.seed)
+        let size = configuration.nodes
+        machines = []
+        deadlines = Array(repeating: [:], count: size)
+        ends = Array(repeating: [:], count: size)
+        nextLink = Array(repeating: 1, count: size)
+        incarnations = (0..<size).map { UInt64($0 + 1) * 1000 }
+        messagesSent = Array(repeating: 0, count: size)
+        machines = (0..<size).map { makeMachine($0) }
+        for n in 0..<size { start(n) }
+    }
+
+    private mutating func makeMachine(_ n: Int) -> Machine {
+        Machine(configuration: NodeMachineConfiguration(
+            localPeer: Self.peer(n), incarnation: incarnations[n], seed: seeds.next(),
+            connection: configuration.connection, membership: configuration.membership, queue: configuration.queue))
+    }
+
+    private mutating func start(_ n: Int) {
+        let actions = machines[n].start(advertising: Self.address(n), bootstrap: n == 0 ? [] : [Self.address(0)], now: now)
+        perform(actions, at: n)
+    }
+
+    // MARK: Faults
+
+    /// Cuts every link between `side` and the other nodes.
+    public mutating func partition(_ side: Set<Int>) {
+        for a in side { for b in 0..<machines.count where !side.contains(b) { cut.insert([min(a, b), max(a, b)]) } }
+    }
+
+    /// Removes every cut.
+    public mutating func heal() { cut.removeAll() }
+
+    /// Node `n`'s process dies: it handles nothing more, and its peers' links to it close.
+    public mutating func crash(_ n: Int) {
+        guard !crashed.contains(n) else { return }
+        crashed.insert(n)
+        paused.remove(n)
+        held[n] = nil
+        deadlines[n] = [:]
+        for (_, end) in ends[n].sorted(by: { $0.key < $1.key }) {
+            events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: now + configuration.latency)
+        }
+        ends[n] = [:]
+    }
+
+    /// Node `n` stops processing (SIGSTOP) and keeps its state.
+    public mutating func pause(_ n: Int) {
+        guard !crashed.contains(n) else { return }
+        paused.insert(n)
+    }
+
+    /// Node `n` processes again what reached it meanwhile, in order, then goes on.
+    public mutating func resume(_ n: Int) {
+        guard paused.remove(n) != nil else { return }
+        for event in held.removeValue(forKey: n) ?? [] { events.schedule(event, at: now) }
+    }
+
+    /// A crashed node `n` starts again: the same identity, a new incarnation, empty queues.
+    public mutating func restart(_ n: Int) {
+        guard crashed.remove(n) != nil else { return }
+        incarnations[n] += 1
+        nextLink[n] += 1000  // links of the old process are never mistaken for new ones
+        machines[n] = makeMachine(n)
+        start(n)
+    }
+
+    /// Node `n` stops gracefully (``NodeMachine/stop(now:)``).
+    public mutating func stop(_ n: Int) {
+        perform(machines[n].stop(now: now), at: n)
+    }
+
+    private func isCut(_ a: Int, _ b: Int) -> Bool { cut.contains([min(a, b), max(a, b)]) }
+
+    // MARK: Queues
+
+    /// Node `n` pushes `items` into `queue`.
+    public mutating func push(_ items: [[UInt8]], at n: Int, into queue: String) -> PushOutcome? {
+        guard let (outcome, actions) = machines[n].push(items, into: queue, now: now) else { return nil }
+        perform(actions, at: n)
+        return outcome
+    }
+
+    /// Node `n` pops up to `max` items of `queue`, waiting as `waiter` if none is here; returns
+    /// those popped at once (later ones go to ``delivered``).
+    public mutating func pop(_ queue: String, at n: Int, max: Int, waiter: UInt64) -> [[UInt8]] {
+        guard let (items, actions) = machines[n].pop(queue, max: max, waiter: WaiterID(waiter), now: now) else { return [] }
+        perform(actions, at: n)
+        return items.map { Array($0.bytes) }
+    }
+
+    // MARK: Running
+
+    /// Handles every event due until `end`, then sets the clock to `end`.
+    public mutating func run(until end: UInt64) {
+        while let next = events.nextTime, next <= end, let (time, event) = events.pop() {
+            now = time
+            let node = event.node
+            if crashed.contains(node) { continue }
+            if paused.contains(node) {
+                held[node, default: []].append(event)
+                continue
+            }
+            eventsProcessed += 1
+            handle(event)
+        }
+        now = end
+    }
+
+    private mutating func handle(_ event: Event) {
+        switch event {
+        case .timer(let node, let timer, let at):
+            guard deadlines[node][timer] == at else { return }  // re-armed or cancelled since
+            deadlines[node][timer] = nil
+            perform(machines[node].tick(timer, now: now), at: node)
+        case .linkUp(let node, let link, let other, let direction, let dialed):
+            guard var end = ends[node][link] else { return }
+            end.up = true
+            ends[node][link] = end
+            let actions = machines[node].linkUp(link, peer: Self.peer(other), direction: direction,
+                                                incarnation: incarnations[other],
+                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas,
+                                                peerAddress: Self.address(other), dialedAddress: dialed, now: now)
+            perform(actions, at: node)
+        case .dialFailed(let node, let address):
+            perform(machines[node].dialFailed(address, now: now), at: node)
+        case .message(let node, let link, let from, let message):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+            perform(machines[node].received(message, from: Self.peer(from), now: now), at: node)
+        case .queueMessage(let node, let link, let from, let message):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+            perform(machines[node].received(message, from: Self.peer(from), now: now), at: node)
+        case .heard(let node, let link):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+        case .peerList(let node, let link, let entries):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+            perform(machines[node].peerListReceived(entries, on: link, now: now), at: node)
+        case .linkDown(let node, let link, let peerLeft):
+            guard let end = ends[node].removeValue(forKey: link) else { return }
+            if end.up { perform(machines[node].linkDown(link, peerLeft: peerLeft, now: now), at: node) }
+        }
+    }
+
+    private mutating func perform(_ actions: [Action], at node: Int) {
+        let latency = configuration.latency
+        for action in actions {
+            record(action, at: node)
+            switch action {
+            case .dial(let address):
+                // A paused node answers no handshake: the dial fails, as its timeout would.
+                guard let other = Int(address.dropFirst()), other < machines.count, other != node, !isCut(node, other),
+                      !crashed.contains(other), !paused.contains(other) else {
+                    events.schedule(.dialFailed(node: node, address: address), at: now + latency)
+                    continue
+                }
+                let mine = LinkID(nextLink[node]), theirs = LinkID(nextLink[other])
+                nextLink[node] += 1
+                nextLink[other] += 1
+                ends[node][mine] = End(peer: other, peerLink: theirs)
+                ends[other][theirs] = End(peer: node, peerLink: mine)
+                events.schedule(.linkUp(node: other, link: theirs, peer: node, direction: .inbound, dialed: nil), at: now + 2 * latency)
+                events.schedule(.linkUp(node: node, link: mine, peer: other, direction: .outbound, dialed: address),
+                                at: now + 3 * latency)
+            case .closeLink(let link, let reason):
+                guard let end = ends[node][link] else { continue }
+                events.schedule(.linkDown(node: node, link: link, peerLeft: false), at: now)
+                if !isCut(node, end.peer) {
+                    events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving), at: now + latency)
+                }
+            case .sendPing(let link, _):
+                guard let end = ends[node][link], end.up else { continue }
+                messagesSent[node] += 1
+                guard !isCut(node, end.peer) else { continue }
+                events.schedule(.heard(node: end.peer, link: end.peerLink), at: now + latency)
+                events.schedule(.heard(node: node, link: link), at: now + 2 * latency)  // the pong
+            case .sendPeerList(let link, let entries):
+                guard let end = ends[node][link], end.up else { continue }
+                messagesSent[node] += 1
+                guard !isCut(node, end.peer) else { continue }
+                events.schedule(.peerList(node: end.peer, link: end.peerLink, entries), at: now + latency)
+            case .send(let message, let to, let link):
+                guard let other = index(of: to), let end = ends[node][link], end.up else {
+                    perform(machines[node].undeliverable(message, to: to, now: now), at: node)
+                    continue
+                }
+                messagesSent[node] += 1
+                guard !isCut(node, other) else { continue }
+                events.schedule(.message(node: other, link: end.peerLink, from: node, message), at: now + latency)
+            case .armTimer(let timer, let at):
+                deadlines[node][timer] = at
+                events.schedule(.timer(node: node, timer, at: at), at: max(at, now))
+            case .cancelTimer(let timer):
+                deadlines[node][timer] = nil
+            case .queue(_, .send(let message, let to)):
+                guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up else {
+                    perform(machines[node].sendFailed(message, to: to, now: now), at: node)
+                    continue
+                }
+                messagesSent[node] += 1
+                guard !isCut(node, other) else { continue }
+                events.schedule(.queueMessage(node: other, link: end.peerLink, from: node, message), at: now + latency)
+            case .queue(let name, .armTimer(let at)):
+                deadlines[node][.queue(name)] = at
+                events.schedule(.timer(node: node, .queue(name), at: at), at: max(at, now))
+            case .queue(let name, .deliver(_, let items)):
+                delivered[node, default: [:]][name, default: []].append(contentsOf: items.map { Array($0.bytes) })
+            case .member(let event):
+                switch event {
+                case .suspect(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: false)) }
+                case .dead(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: true)) }
+                case .joined, .alive, .left, .refutedDeath: break
+                }
+            case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected, .calls:
+                break  // in the trace
+            }
+        }
+    }
+
+    /// Adds `action` to the hash (queue messages as their wire bytes: a description could
+    /// show a dictionary, whose order differs between processes) and, if kept, the trace.
+    private mutating func record(_ action: Action, at node: Int) {
+        if configuration.recordsTrace { trace.append((now, node, action)) }
+        traceHash.add(now)
+        traceHash.add(node)
+        if case .queue(let name, .send(let message, let to)) = action {
+            var bytes: [UInt8] = []
+            if (try? MessageEncoder.encode(message, into: &bytes)) != nil {
+                traceHash.add(bytes: name.utf8)
+                traceHash.add(bytes: to.bytes)
+                traceHash.add(bytes: bytes)
+                return
+            }
+        }
+        traceHash.add(bytes: "\(action)".utf8)
+    }
+
+    /// The actions of `node` that `matches` selects (needs ``Configuration/recordsTrace``).
+    public func actions(of node: Int, where matches: (Action) -> Bool) -> [Action] {
+        trace.filter { $0.node == node && matches($0.action) }.map(\.action)
+    }
+
+    /// When `node` first returned an action that `matches` selects (needs the trace).
+    public func firstTime(of node: Int, where matches: (Action) -> Bool) -> UInt64? {
+        trace.first { $0.node == node && matches($0.action) }?.time
+    }
+}
