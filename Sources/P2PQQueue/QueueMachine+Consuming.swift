@@ -210,6 +210,21 @@ extension QueueMachine {
         addRun(run, to: owner, custody: nil, now: now)
     }
 
+    /// A consumer found nothing to take: it waits (for a pop or a leased pop, as `waiter`
+    /// says), or fails at once if the queue is closed or has its most waiters. A new waiter
+    /// means starved consumers: a steal may start.
+    mutating func wait(_ waiter: Waiter, _ actions: inout [Action], now: UInt64) {
+        if isClosed {
+            actions.append(.fail(waiter.id, .closed))
+        } else if waiters.count >= configuration.maxWaiters {
+            actions.append(.fail(waiter.id, .tooManyWaiters))
+        } else {
+            waiters.append(waiter)
+            starvedSinceSample = true
+            maybeSteal(&actions, now: now)
+        }
+    }
+
     mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
         while !runs.isEmpty, let waiter = waiters.popFirst() {
             lastConsumerActivity = now

@@ -48,17 +48,7 @@ extension QueueMachine {
             finish(&actions, now: now)
             return (items, actions)
         }
-        if let waiter {
-            if isClosed {
-                actions.append(.fail(waiter, .closed))
-            } else if waiters.count >= configuration.maxWaiters {
-                actions.append(.fail(waiter, .tooManyWaiters))
-            } else {
-                waiters.append(Waiter(id: waiter, max: Swift.max(1, max), lease: duration))
-                starvedSinceSample = true
-                maybeSteal(&actions, now: now)
-            }
-        }
+        if let waiter { wait(Waiter(id: waiter, max: Swift.max(1, max), lease: duration), &actions, now: now) }
         finish(&actions, now: now)
         return ([], actions)
     }
