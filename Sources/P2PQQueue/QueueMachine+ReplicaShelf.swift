@@ -117,18 +117,17 @@ extension QueueMachine {
         }
         runs = kept
         for holder in asked.compactMap({ holders.peer(of: $0) }).sorted() {
-            heldOwn[holder]!.checkID = nil  // a check already out did not cover the new items
+            heldOwn[holder]?.checkID = nil  // a check already out did not cover the new items
             sendReplicaCheck(to: holder, &actions, now: now)
         }
     }
 
+    /// Asks `holder` which of this node's items held back here it re-queued as its own (a
+    /// replica check).
     mutating func sendReplicaCheck(to holder: PeerID, _ actions: inout [Action], now: UInt64) {
-        guard let held = heldOwn[holder], held.checkID == nil, peers[holder]?.connected == true else { return }
-        let id = nextCheckID
-        nextCheckID += 1
-        heldOwn[holder]!.checkID = id
+        guard let (id, held) = startCheck(of: \.heldOwn, for: holder) else { return }
         var checked: [SequenceRun] = []
-        for run in held.runs.sorted(by: { $0.first < $1.first }) {
+        for run in held.sorted(by: { $0.first < $1.first }) {
             _ = Self.extend(&checked, with: SequenceRun(first: run.first, count: run.count))
         }
         // More runs than one frame holds: the first ones are checked, the rest released with
