@@ -80,22 +80,15 @@ extension QueueMachine {
     mutating func holdBack(_ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
         holdBackReplicated(&actions, now: now)
-        guard runs.contains(where: { $0.origin != localPeer }) else { return }
-        var kept = Deque<QueueRun>()
+        let here = localPeer
+        guard local.runs.contains(where: { $0.origin != here }) else { return }
         var asked: Set<PeerID> = []
-        for run in runs {
-            guard run.origin != localPeer else {
-                kept.append(run)
-                continue
-            }
+        for run in local.removeRuns(where: { $0.origin != here }) {
             heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.custodyCheckTimeout)].runs.append(run)
             asked.insert(run.origin)
             heldBackItems += Int(run.count)
             heldBackBytes += Int(run.bytes)
-            queuedItems -= Int(run.count)
-            queuedBytes -= Int(run.bytes)
         }
-        runs = kept
         for owner in asked.sorted() {
             heldBack[owner]?.checkID = nil  // a check already out did not cover the new items
             sendCheck(to: owner, &actions, now: now)
@@ -204,11 +197,7 @@ extension QueueMachine {
             }
         }
         counters.staleCopiesDropped += dropped
-        for run in back {
-            queuedItems += Int(run.count)
-            queuedBytes += Int(run.bytes)
-        }
-        runs.insert(contentsOf: back, at: 0)
+        local.putBack(back)
         serveWaiters(&actions, now: now)
     }
 
