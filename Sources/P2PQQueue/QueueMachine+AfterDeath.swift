@@ -80,35 +80,38 @@ extension QueueMachine {
     mutating func holdBack(_ actions: inout [Action], now: UInt64) {
         guard configuration.delivery == .atLeastOnce else { return }
         holdBackReplicated(&actions, now: now)
-        guard runs.contains(where: { $0.origin != localPeer }) else { return }
-        var kept = Deque<QueueRun>()
+        let here = localPeer
+        guard local.runs.contains(where: { $0.origin != here }) else { return }
         var asked: Set<PeerID> = []
-        for run in runs {
-            guard run.origin != localPeer else {
-                kept.append(run)
-                continue
-            }
+        for run in local.removeRuns(where: { $0.origin != here }) {
             heldBack[run.origin, default: HeldBack(deadline: now &+ configuration.custodyCheckTimeout)].runs.append(run)
             asked.insert(run.origin)
             heldBackItems += Int(run.count)
             heldBackBytes += Int(run.bytes)
-            queuedItems -= Int(run.count)
-            queuedBytes -= Int(run.bytes)
         }
-        runs = kept
         for owner in asked.sorted() {
-            heldBack[owner]!.checkID = nil  // a check already out did not cover the new items
+            heldBack[owner]?.checkID = nil  // a check already out did not cover the new items
             sendCheck(to: owner, &actions, now: now)
         }
     }
 
-    mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
-        guard let held = heldBack[owner], held.checkID == nil, peers[owner]?.connected == true else { return }
+    /// Starts a check of the items held back for `peer` in `table` (``heldBack`` or
+    /// ``heldOwn``): the new check's ID, which the entry now records, and the runs to ask
+    /// about. Nil while a check is out, or while `peer` is not linked (asked on its next link).
+    mutating func startCheck(of table: WritableKeyPath<QueueMachine, [PeerID: HeldBack]>,
+                             for peer: PeerID) -> (id: UInt64, runs: [QueueRun])? {
+        guard let held = self[keyPath: table][peer], held.checkID == nil, peers[peer]?.connected == true else { return nil }
         let id = nextCheckID
         nextCheckID += 1
-        heldBack[owner]!.checkID = id
+        self[keyPath: table][peer]?.checkID = id
+        return (id, held.runs)
+    }
+
+    /// Asks `owner` which of its items held back here are stale (a custody check).
+    mutating func sendCheck(to owner: PeerID, _ actions: inout [Action], now: UInt64) {
+        guard let (id, held) = startCheck(of: \.heldBack, for: owner) else { return }
         var checked: [CheckedRun] = []
-        for run in held.runs {
+        for run in held {
             if let last = checked.last, last.attempt == run.attempt, last.first &+ UInt64(last.count) == run.first,
                UInt64(last.count) + UInt64(run.count) <= UInt64(UInt32.max) {
                 checked[checked.count - 1].count += run.count
@@ -194,11 +197,7 @@ extension QueueMachine {
             }
         }
         counters.staleCopiesDropped += dropped
-        for run in back {
-            queuedItems += Int(run.count)
-            queuedBytes += Int(run.bytes)
-        }
-        runs.insert(contentsOf: back, at: 0)
+        local.putBack(back)
         serveWaiters(&actions, now: now)
     }
 

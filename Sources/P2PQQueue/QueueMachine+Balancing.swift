@@ -61,7 +61,7 @@ extension QueueMachine {
 
     /// This node's load, for the balancer.
     func load(now: UInt64) -> LocalLoad {
-        LocalLoad(now: now, queued: queuedItems, held: heldItems, waiters: waiters.count, rate: rate, priorRate: priorRate,
+        LocalLoad(now: now, queued: local.items, held: heldItems, waiters: waiters.count, rate: rate, priorRate: priorRate,
                   hasConsumers: hasConsumers(now: now), isClosed: isClosed, lastTransferReceivedAt: lastTransferReceivedAt)
     }
 
@@ -114,7 +114,7 @@ extension QueueMachine {
         // Busy the whole interval (nobody waited, items left): the sample measures capacity.
         // Starved: idle time would read as a slow consumer, so only an increase counts, and a
         // first measurement must beat the cluster's prior.
-        let busy = !starvedSinceSample && !runs.isEmpty
+        let busy = !starvedSinceSample && !local.isEmpty
         if busy && popsSinceSample > 0 {
             rate = rate == 0 ? sample : alpha * sample + (1 - alpha) * rate
         } else if busy && hasConsumers(now: now) && rate > 0 {
@@ -135,7 +135,7 @@ extension QueueMachine {
         let consumers = load.hasConsumers
         let finishTime = balancer.finishTime(load)
         return LoadStats(
-            sequence: statsSequence, length: UInt64(queuedItems), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
+            sequence: statsSequence, length: UInt64(local.items), waiting: UInt32(Swift.min(waiters.count, Int(LoadStats.maxWaiting))),
             serviceRate: rate, finishTime: Swift.min(finishTime, LoadStats.maxFinishTime),
             hasConsumers: consumers, accepting: !isClosed
         )
@@ -145,7 +145,7 @@ extension QueueMachine {
         guard !targets.isEmpty else { return }
         let stats = currentStats(now: now)
         if targets.count > 1 {
-            lastBroadcastLength = queuedItems
+            lastBroadcastLength = local.items
             lastBroadcastAt = now
         }
         for peer in targets { actions.append(.send(.stats(queue: name, stats), to: peer)) }
@@ -154,7 +154,7 @@ extension QueueMachine {
     /// A queue that grew a lot since the last round tells its peers at once (at most every
     /// eighth of an interval), so idle nodes can steal without waiting for the next round.
     mutating func announceGrowth(_ actions: inout [Action], now: UInt64) {
-        guard balancer.announcesGrowth, queuedItems >= 2 * lastBroadcastLength + 8 else { return }
+        guard balancer.announcesGrowth, local.items >= 2 * lastBroadcastLength + 8 else { return }
         if let last = lastBroadcastAt, now &- last < configuration.statsInterval / 8 { return }
         sendStats(to: connectedPeers(), &actions, now: now)
     }
@@ -193,7 +193,7 @@ extension QueueMachine {
     /// balancer's feed picks each time (the views change with every transfer).
     mutating func feedFromSource(_ actions: inout [Action], now: UInt64) {
         guard let feed = balancer.feed(load(now: now), peers: peers) else { return }
-        while !runs.isEmpty {
+        while !local.isEmpty {
             guard let peer = feed.next(peers: peers, hasSlot: { transfers.count(to: $0) < configuration.maxTransfersInFlightPerPeer }),
                   sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .balance, &actions, now: now) > 0 else { return }
         }
@@ -203,7 +203,7 @@ extension QueueMachine {
     /// transfer or until its count is sent (a send that moves nothing ends that send).
     mutating func carryOut(_ plan: TransferPlan, _ actions: inout [Action], now: UInt64) {
         var left = plan.limit
-        for send in plan.sends where left > 0 && !runs.isEmpty {
+        for send in plan.sends where left > 0 && !local.isEmpty {
             var due = Swift.min(left, send.count)
             while due > 0 {
                 let sent = sendTransfer(to: send.peer, count: due, kind: plan.kind, &actions, now: now)
@@ -216,15 +216,15 @@ extension QueueMachine {
 
     /// A closed queue gives its items to live peers, consumers first, round robin.
     mutating func handOff(_ actions: inout [Action], now: UInt64) {
-        guard isClosed, !runs.isEmpty else { return }
+        guard isClosed, !local.isEmpty else { return }
         let live = peers.filter { $0.value.connected && ($0.value.accepting || !$0.value.hasReport) }
         let consumers = live.filter { $0.value.hasConsumers }
         let targets = Array((consumers.isEmpty ? live : consumers).keys)
         guard !targets.isEmpty else { return }
         var progress = true
-        while !runs.isEmpty && progress {
+        while !local.isEmpty && progress {
             progress = false
-            for peer in targets where !runs.isEmpty {
+            for peer in targets where !local.isEmpty {
                 if sendTransfer(to: peer, count: configuration.maxTransferItems, kind: .handoff, &actions, now: now) > 0 {
                     progress = true
                 }

@@ -61,12 +61,10 @@ extension QueueMachine {
                     }
                 }
             }
-            runs.append(run)
+            local.append(run)
             sequence &+= UInt64(run.count)
         }
         if tracked { ownedBytes += bytes }
-        queuedItems += n
-        queuedBytes += bytes
         counters.pushed += n
         if replicates { needReplicas(first: first, count: n, &actions, now: now) }
         serveWaiters(&actions, now: now)
@@ -82,42 +80,16 @@ extension QueueMachine {
     /// Removes the queued items whose payload `matches` (see ``remove(where:now:)``), settling
     /// each as consumed; returns how many.
     mutating func removeQueued(where matches: (ItemPayload) -> Bool, now: UInt64) -> Int {
-        // The kept items, in order, as runs (a run with removed items splits around them); the
-        // removed ones are settled afterwards.
-        var kept = Deque<QueueRun>()
-        var removed: [(origin: PeerID, sequence: UInt64, slot: UInt32, length: UInt32)] = []
-        for run in runs {
-            let array = store.array(run.slot)
-            store.ends(run.slot).withUnsafeBufferPointer { ends in
-                var keptFrom: Int?
-                func keep(upTo end: Int) {
-                    guard let from = keptFrom else { return }
-                    kept.append(run.items(from..<end, ends))
-                    keptFrom = nil
-                }
-                for i in 0..<Int(run.count) {
-                    let begin = run.itemStart(i, ends), end = run.itemEnd(i, ends)
-                    if matches(ItemPayload(base: array, start: Int(begin), count: Int(end &- begin))) {
-                        keep(upTo: i)
-                        removed.append((run.origin, run.first &+ UInt64(i), run.slot, end &- begin))
-                    } else if keptFrom == nil {
-                        keptFrom = i
-                    }
-                }
-                keep(upTo: Int(run.count))
-            }
-        }
-        runs = kept
-        queuedItems -= removed.count
+        // The removed items are runs of one, settled once the queue is rebuilt.
+        let removed = local.removeItems(in: store, where: matches)
         let tracked = configuration.delivery == .atLeastOnce
         for item in removed {
-            queuedBytes -= Int(item.length)
             store.release(item.slot)
             guard tracked else { continue }
             if item.origin == localPeer {
-                if let record = owned.remove(item.sequence) { drop(record, item.sequence, now: now) }
+                if let record = owned.remove(item.first) { drop(record, item.first, now: now) }
             } else {
-                confirm(SequenceRun(first: item.sequence, count: 1), to: item.origin, now: now)
+                confirm(SequenceRun(first: item.first, count: 1), to: item.origin, now: now)
             }
         }
         counters.removed += removed.count
@@ -126,23 +98,10 @@ extension QueueMachine {
 
     // MARK: Consuming
 
-    /// Removes the local queue's first run, or its first `count` items when it holds more:
-    /// the run taken and its array's table of item ends.
-    mutating func takeFront(upTo count: Int) -> (QueueRun, [UInt32]) {
-        var run = runs.removeFirst()
-        let ends = store.ends(run.slot)
-        if Int(run.count) > count {
-            let (head, tail) = ends.withUnsafeBufferPointer { run.split(at: count, $0) }
-            runs.prepend(tail)
-            run = head
-        }
-        return (run, ends)
-    }
-
     /// Takes up to `max` items from the front for a consumer, recording the pops a run at a
     /// time.
     mutating func take(_ max: Int, now: UInt64) -> ItemPayloads {
-        let n = Swift.min(max, queuedItems)
+        let n = Swift.min(max, local.items)
         var payloads = ItemPayloads()
         payloads.reserveCapacity(items: n, arrays: 1)
         // The batch holds each array once (the consumer lets it go on its own thread); the
@@ -154,9 +113,8 @@ extension QueueMachine {
         var remote = SequenceRun(first: 0, count: 0)
         var left = n
         while left > 0 {
-            let (run, ends) = takeFront(upTo: left)
+            let (run, ends) = local.takeFront(upTo: left, in: store)
             left -= Int(run.count)
-            queuedBytes -= Int(run.bytes)
             let (index, isNew) = store.number(run.slot)
             if isNew { _ = payloads.appendArray(store.array(run.slot)) }
             ends.withUnsafeBufferPointer { ends in
@@ -190,7 +148,6 @@ extension QueueMachine {
             }
         }
         if let owner = remoteOwner { confirm(remote, to: owner, now: now) }
-        queuedItems -= n
         popsSinceSample += n
         counters.popped += n
         return payloads
@@ -210,8 +167,23 @@ extension QueueMachine {
         addRun(run, to: owner, custody: nil, now: now)
     }
 
+    /// A consumer found nothing to take: it waits (for a pop or a leased pop, as `waiter`
+    /// says), or fails at once if the queue is closed or has its most waiters. A new waiter
+    /// means starved consumers: a steal may start.
+    mutating func wait(_ waiter: Waiter, _ actions: inout [Action], now: UInt64) {
+        if isClosed {
+            actions.append(.fail(waiter.id, .closed))
+        } else if waiters.count >= configuration.maxWaiters {
+            actions.append(.fail(waiter.id, .tooManyWaiters))
+        } else {
+            waiters.append(waiter)
+            starvedSinceSample = true
+            maybeSteal(&actions, now: now)
+        }
+    }
+
     mutating func serveWaiters(_ actions: inout [Action], now: UInt64) {
-        while !runs.isEmpty, let waiter = waiters.popFirst() {
+        while !local.isEmpty, let waiter = waiters.popFirst() {
             lastConsumerActivity = now
             if let duration = waiter.lease {
                 actions.append(.deliverLeased(waiter.id, takeLeased(waiter.max, for: duration, now: now)))

@@ -134,17 +134,16 @@ extension QueueMachine {
     /// queued here with the attempt named are numbered as this node's own, where they are,
     /// with records. Items already passed on or popped are not affected.
     private mutating func adoptHeld(_ groups: [CustodyChange], from owner: PeerID) {
-        guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !runs.isEmpty else { return }
+        guard configuration.delivery == .atLeastOnce, !groups.isEmpty, !local.isEmpty else { return }
         var ranges: [(first: UInt64, end: UInt64, attempt: UInt32)] = []
         for group in groups {
             for run in group.runs { ranges.append((run.first, run.first &+ UInt64(run.count), group.attempt)) }
         }
         ranges.sort { $0.first < $1.first }
-        var rebuilt = Deque<QueueRun>()
-        rebuilt.reserveCapacity(runs.count)
-        for run in runs {
+        // Every run comes out and goes back in order, the adopted pieces renumbered.
+        for run in local.removeAll() {
             guard run.origin == owner else {
-                rebuilt.append(run)
+                local.append(run)
                 continue
             }
             let n = Int(run.count)
@@ -158,23 +157,22 @@ extension QueueMachine {
                         let count = upTo - i
                         i = upTo
                         guard owned.count + count <= configuration.maxOwnedItems else {
-                            rebuilt.append(piece)
+                            local.append(piece)
                             continue
                         }
                         adoptAsOwn(&piece, count: count, ends)
-                        rebuilt.append(piece)
+                        local.append(piece)
                     } else {
                         // Kept as it is up to the next range that starts inside the run.
                         let end = run.first &+ UInt64(n)
                         let next = ranges.lazy.filter { $0.attempt == run.attempt && $0.first > sequence && $0.first < end }.map(\.first).min()
                         let upTo = next.map { Int($0 - run.first) } ?? n
-                        rebuilt.append(i == 0 && upTo == n ? run : run.items(i..<upTo, ends))
+                        local.append(i == 0 && upTo == n ? run : run.items(i..<upTo, ends))
                         i = upTo
                     }
                 }
             }
         }
-        runs = rebuilt
     }
 
     /// A stopping `owner` offers this node its items in `groups`. Those queued here are adopted

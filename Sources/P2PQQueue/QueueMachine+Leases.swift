@@ -43,22 +43,12 @@ extension QueueMachine {
         var actions: [Action] = []
         detectStall(&actions, now: now)
         lastConsumerActivity = now
-        if waiters.isEmpty && !runs.isEmpty {
+        if waiters.isEmpty && !local.isEmpty {
             let items = takeLeased(Swift.max(1, max), for: duration, now: now)
             finish(&actions, now: now)
             return (items, actions)
         }
-        if let waiter {
-            if isClosed {
-                actions.append(.fail(waiter, .closed))
-            } else if waiters.count >= configuration.maxWaiters {
-                actions.append(.fail(waiter, .tooManyWaiters))
-            } else {
-                waiters.append(Waiter(id: waiter, max: Swift.max(1, max), lease: duration))
-                starvedSinceSample = true
-                maybeSteal(&actions, now: now)
-            }
-        }
+        if let waiter { wait(Waiter(id: waiter, max: Swift.max(1, max), lease: duration), &actions, now: now) }
         finish(&actions, now: now)
         return ([], actions)
     }
@@ -122,15 +112,14 @@ extension QueueMachine {
     /// Takes up to `max` items from the front under a lease: each becomes a run of one whose
     /// array hold passes from the queue to the lease.
     mutating func takeLeased(_ max: Int, for duration: UInt64, now: UInt64) -> [LeasedPayload] {
-        let n = Swift.min(max, queuedItems)
+        let n = Swift.min(max, local.items)
         var out: [LeasedPayload] = []
         out.reserveCapacity(n)
         let until = now &+ duration
         var left = n
         while left > 0 {
-            let (run, ends) = takeFront(upTo: left)
+            let (run, ends) = local.takeFront(upTo: left, in: store)
             left -= Int(run.count)
-            queuedBytes -= Int(run.bytes)
             leasedBytes += Int(run.bytes)
             let array = store.array(run.slot)
             ends.withUnsafeBufferPointer { ends in
@@ -149,7 +138,6 @@ extension QueueMachine {
                 }
             }
         }
-        queuedItems -= n
         leasedItems += n
         popsSinceSample += n
         counters.leased += n
@@ -211,9 +199,7 @@ extension QueueMachine {
         let bytes = items.reduce(0) { $0 + Int($1.bytes) }
         leasedItems -= items.count
         leasedBytes -= bytes
-        queuedItems += items.count
-        queuedBytes += bytes
-        runs.insert(contentsOf: items, at: 0)
+        local.putBack(items)
     }
 
     func payload(of run: QueueRun) -> ItemPayload {

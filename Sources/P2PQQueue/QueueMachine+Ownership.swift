@@ -76,11 +76,9 @@ extension QueueMachine {
             store.retain(record.extent.buffer)
             items.append(QueueRun(origin: localPeer, first: sequence, count: 1, attempt: attempt, hops: 0,
                                   slot: record.extent.buffer, index: 0, start: record.extent.start, bytes: record.extent.length))
-            queuedBytes += Int(record.extent.length)
         }
         counters.requeuedAfterDeath += items.count
-        queuedItems += items.count
-        runs.insert(contentsOf: items, at: 0)
+        local.putBack(items)
         // Here alone again: a second copy is made as for a push.
         if replicates {
             for item in items { needReplicas(first: item.first, count: 1, &actions, now: now) }

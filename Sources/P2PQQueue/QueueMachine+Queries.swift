@@ -7,14 +7,14 @@ extension QueueMachine {
     // MARK: Queries
 
     /// Items in the local queue.
-    public var count: Int { queuedItems }
+    public var count: Int { local.items }
     /// Payload bytes in the local queue.
-    public var byteCount: Int { queuedBytes }
+    public var byteCount: Int { local.bytes }
     /// Items held against the limits: queued, on unacknowledged outgoing transfers, held back,
     /// and leased.
-    public var heldItems: Int { queuedItems + transfers.items + heldBackItems + leasedItems }
+    public var heldItems: Int { local.items + transfers.items + heldBackItems + leasedItems }
     /// Payload bytes held against the limits.
-    public var heldBytes: Int { queuedBytes + transfers.bytes + heldBackBytes + leasedBytes }
+    public var heldBytes: Int { local.bytes + transfers.bytes + heldBackBytes + leasedBytes }
     /// Items handed out under a lease and not acked yet (held here, counted in ``heldItems``).
     public var leasedCount: Int { leasedItems }
     /// Items of other owners held back from consumers until their owner names the stale copies
@@ -46,7 +46,7 @@ extension QueueMachine {
     public var serviceRate: Double { rate }
     /// The local count plus the last reported lengths of peers with a fresh report.
     public func clusterEstimate(now: UInt64) -> Int {
-        peers.values.reduce(queuedItems) { total, view in
+        peers.values.reduce(local.items) { total, view in
             isFresh(view, now: now) ? total + Int(max(0, view.length)) : total
         }
     }
@@ -93,7 +93,7 @@ extension QueueMachine {
         let replicating = replicaSends.values.reduce(0) { $0 + $1.count }
         // A full peer counts: it takes items again as its consumers make room.
         let live = peers.values.contains { $0.connected && !$0.closed }
-        return DrainProgress(queued: queuedItems, inFlight: transfers.items + replicating, pendingNotices: pending,
+        return DrainProgress(queued: local.items, inFlight: transfers.items + replicating, pendingNotices: pending,
                              unreachableNotices: unreachable, hasLivePeer: live)
     }
 
@@ -119,7 +119,7 @@ extension QueueMachine {
             guard run.origin == localPeer, run.first < mark else { return 0 }
             return Int(Swift.min(run.first &+ UInt64(run.count), mark) - run.first)
         }
-        return runs.reduce(0) { $0 + mine($1) }
+        return local.runs.reduce(0) { $0 + mine($1) }
             + transfers.all.reduce(0) { total, transfer in total + transfer.runs.reduce(0) { $0 + mine($1) } }
     }
 }

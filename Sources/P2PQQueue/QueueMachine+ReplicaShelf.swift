@@ -34,12 +34,10 @@ extension QueueMachine {
                 // Numbered as its own, and replicated again from here.
                 store.ends(run.slot).withUnsafeBufferPointer { ends in adoptAsOwn(&run, count: n, ends) }
             }
-            queuedItems += n
-            queuedBytes += Int(run.bytes)
             count += n
             back.append(run)
         }
-        runs.insert(contentsOf: back, at: 0)
+        local.putBack(back)
         counters.replicasRequeued += count
         serveWaiters(&actions, now: now)
     }
@@ -77,12 +75,12 @@ extension QueueMachine {
     /// may have been re-queued there as that peer's own. They are held back from consumers and
     /// that peer is asked which (its verdict drops those here); items with no replica stay.
     mutating func holdBackReplicated(_ actions: inout [Action], now: UInt64) {
-        guard configuration.delivery == .atLeastOnce, runs.contains(where: { $0.origin == localPeer }) else { return }
-        var kept = Deque<QueueRun>()
+        guard configuration.delivery == .atLeastOnce, local.runs.contains(where: { $0.origin == localPeer }) else { return }
         var asked: [UInt32] = []
-        for run in runs {
+        // Every run comes out; the kept ones (and kept pieces) go back in order.
+        for run in local.removeAll() {
             guard run.origin == localPeer else {
-                kept.append(run)
+                local.append(run)
                 continue
             }
             // Split the run where the replica holder changes.
@@ -92,17 +90,14 @@ extension QueueMachine {
                 func flush(upTo end: Int) {
                     guard end > start else { return }
                     let piece = start == 0 && end == Int(run.count) ? run : run.items(start..<end, ends)
-                    if current == HolderTable.here || current == HolderTable.inTransit || holders.peer(of: current) == nil {
-                        kept.append(piece)
+                    guard current != HolderTable.here && current != HolderTable.inTransit, let holder = holders.peer(of: current) else {
+                        local.append(piece)
                         return
                     }
-                    let holder = holders.peer(of: current)!
                     heldOwn[holder, default: HeldBack(deadline: now &+ configuration.custodyCheckTimeout)].runs.append(piece)
                     if !asked.contains(current) { asked.append(current) }
                     heldBackItems += end - start
                     heldBackBytes += Int(piece.bytes)
-                    queuedItems -= end - start
-                    queuedBytes -= Int(piece.bytes)
                 }
                 for i in 1..<Swift.max(1, Int(run.count)) {
                     let replica = owned[run.first &+ UInt64(i)]?.replica ?? HolderTable.here
@@ -115,20 +110,18 @@ extension QueueMachine {
                 flush(upTo: Int(run.count))
             }
         }
-        runs = kept
         for holder in asked.compactMap({ holders.peer(of: $0) }).sorted() {
-            heldOwn[holder]!.checkID = nil  // a check already out did not cover the new items
+            heldOwn[holder]?.checkID = nil  // a check already out did not cover the new items
             sendReplicaCheck(to: holder, &actions, now: now)
         }
     }
 
+    /// Asks `holder` which of this node's items held back here it re-queued as its own (a
+    /// replica check).
     mutating func sendReplicaCheck(to holder: PeerID, _ actions: inout [Action], now: UInt64) {
-        guard let held = heldOwn[holder], held.checkID == nil, peers[holder]?.connected == true else { return }
-        let id = nextCheckID
-        nextCheckID += 1
-        heldOwn[holder]!.checkID = id
+        guard let (id, held) = startCheck(of: \.heldOwn, for: holder) else { return }
         var checked: [SequenceRun] = []
-        for run in held.runs.sorted(by: { $0.first < $1.first }) {
+        for run in held.sorted(by: { $0.first < $1.first }) {
             _ = Self.extend(&checked, with: SequenceRun(first: run.first, count: run.count))
         }
         // More runs than one frame holds: the first ones are checked, the rest released with

@@ -12,7 +12,7 @@ extension QueueMachine {
     mutating func sendTransfer(
         to peer: PeerID, count: Int, kind: TransferKind, requestID: UInt64 = 0, _ actions: inout [Action], now: UInt64
     ) -> Int {
-        guard count > 0, !runs.isEmpty, transfers.count(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
+        guard count > 0, !local.isEmpty, transfers.count(to: peer) < configuration.maxTransfersInFlightPerPeer else { return 0 }
         // A stopping node's items leave with their ownership, whatever sends them.
         let kind = isDraining && peers[peer]?.adoptsOwnership == true ? TransferKind.drain : kind
         var budget = configuration.maxFrameSize - 1 - QueueWire.transferOverhead(queueNameLength: name.utf8.count)
@@ -24,7 +24,7 @@ extension QueueMachine {
         // Runs are taken from the front whole, or the part of one that fits (the rest stays in
         // front), sized as `QueueMessage` encodes them: a run header unless the run continues
         // the one before, the origin once, a length per item and the bytes.
-        while items < limit, var run = runs.first {
+        while items < limit, var run = local.first {
             run.hops &+= 1
             var fixed = 0
             if sent.isEmpty || !sent[sent.count - 1].isContinued(by: run) { fixed += QueueWire.runOverhead }
@@ -57,16 +57,13 @@ extension QueueMachine {
                 return (n, tail)
             }
             guard fitting.0 > 0 else { break }
-            runs.removeFirst()
-            if let rest = fitting.1 { runs.prepend(rest) }
+            local.removeFirst(leaving: fitting.1)
             if newOrigin { origins.append(run.origin) }
             items += Int(run.count)
             bytes += Int(run.bytes)
             sent.append(run)
         }
         guard !sent.isEmpty else { return 0 }
-        queuedItems -= items
-        queuedBytes -= bytes
         // The message carries each array (with its table of ends) once, and the runs pointing
         // into them.
         var buffers: [[UInt8]] = []
@@ -100,14 +97,12 @@ extension QueueMachine {
     mutating func returnTransfers(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         for id in ids.sorted(by: >) {
             guard let transfer = transfers.remove(id) else { continue }
-            queuedBytes += transfer.bytes
-            queuedItems += transfer.count
             // Back as they were before the transfer (the hop it did not make undone).
-            runs.insert(contentsOf: transfer.runs.lazy.map { run in
+            local.putBack(transfer.runs.lazy.map { run in
                 var run = run
                 run.hops &-= 1
                 return run
-            }, at: 0)
+            })
             counters.returnedFromTransfers += transfer.count
             peers.update(transfer.peer) { $0.inFlight -= transfer.count }
             if transfer.unreplicatedFrom != nil { returnedFromTransit(transfer.runs) }
@@ -198,10 +193,8 @@ extension QueueMachine {
                         // Back here alone (the holder that passed them on forgets them).
                         if replicates { needReplicas(first: kept.first, count: n, &actions, now: now) }
                     }
-                    queuedBytes += Int(kept.bytes)
-                    queuedItems += n
                     accepted += n
-                    runs.append(kept)
+                    local.append(kept)
                 }
                 // Originals of an owner whose replicas this node re-queued as its own (it was
                 // declared dead here, then came back without learning it in time): the

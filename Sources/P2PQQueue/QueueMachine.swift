@@ -52,10 +52,8 @@ public struct QueueMachine: Sendable {
     // QueueMachine touches it.
 
     // Local queue and what is out on transfers.
-    /// The local queue, as runs of consecutive items (a pushed batch is one).
-    var runs = Deque<QueueRun>()
-    var queuedItems = 0
-    var queuedBytes = 0
+    /// The local FIFO: runs of consecutive items and their counts.
+    var local = LocalQueue()
     /// Outgoing transfers awaiting their ack, and the copies received lately.
     var transfers: TransferLedger
 
@@ -219,22 +217,12 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         detectStall(&actions, now: now)
         lastConsumerActivity = now
-        if waiters.isEmpty && !runs.isEmpty {
+        if waiters.isEmpty && !local.isEmpty {
             let items = take(Swift.max(1, max), now: now)
             finish(&actions, now: now)
             return (items, actions)
         }
-        if let waiter {
-            if isClosed {
-                actions.append(.fail(waiter, .closed))
-            } else if waiters.count >= configuration.maxWaiters {
-                actions.append(.fail(waiter, .tooManyWaiters))
-            } else {
-                waiters.append(Waiter(id: waiter, max: Swift.max(1, max)))
-                starvedSinceSample = true
-                maybeSteal(&actions, now: now)
-            }
-        }
+        if let waiter { wait(Waiter(id: waiter, max: Swift.max(1, max)), &actions, now: now) }
         finish(&actions, now: now)
         return ([], actions)
     }
