@@ -67,6 +67,7 @@ let package = Package(
         .library(name: "P2PQQueue", targets: ["P2PQQueue"]),
         .library(name: "P2PQWorkloads", targets: ["P2PQWorkloads"]),
         .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
+        .library(name: "P2PQSimulation", targets: ["P2PQSimulation"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
     ],
     dependencies: [
@@ -236,6 +237,7 @@ let package = Package(
                 "P2PQOperations",
                 "P2PQLink",
                 "P2PQRemoteCall",
+                "P2PQSimulation",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

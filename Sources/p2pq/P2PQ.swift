@@ -9,7 +9,7 @@ struct P2PQ: AsyncParsableCommand {
         subcommands: [DemoCommand.self, NodeCommand.self, KeygenCommand.self, StatusCommand.self, PushCommand.self, PopCommand.self,
                       AckCommand.self, NackCommand.self,
                       QueueExampleCommand.self, FibCommand.self, PiCommand.self, Bench.self,
-                      WorkloadCommand.self, CheckCommand.self]
+                      WorkloadCommand.self, CheckCommand.self, SimulateCommand.self]
     )
 
     static func main() async { await CLIMain.run() }
