@@ -372,8 +372,15 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         // The shell's one-shot timer has fired if its deadline passed: make rearm re-emit it.
         if let armed = armedDeadline, armed <= now { armedDeadline = nil }
         var actions: [Action] = []
-        for id in links.keys.sorted() {
-            let link = links[id]!
+        // Only the links due now, in ID order: each link's ping brings a tick of its own, so
+        // sorting every link on every tick would cost O(L² log L) per keepalive interval.
+        var due: [LinkID] = []
+        for (id, link) in links where now >= min(nextPing(link), saturatingAdd(link.lastHeard, configuration.keepaliveTimeout)) {
+            due.append(id)
+        }
+        due.sort()
+        for id in due {
+            guard let link = links[id] else { continue }
             if now >= saturatingAdd(link.lastHeard, configuration.keepaliveTimeout) {
                 links[id] = nil
                 linkByPeer[link.peer] = nil

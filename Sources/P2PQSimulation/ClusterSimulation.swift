@@ -109,6 +109,9 @@ public struct ClusterSimulation {
     public private(set) var paused: Set<Int> = []
     /// What reached a paused node, in order, to be handled when it resumes.
     private var held: [Int: [Event]] = [:]
+    private let indexByPeer: [PeerID: Int]
+    /// Node `n`'s identity, made once.
+    private let peers: [PeerID]
 
     /// The address of node `n` on the simulated network.
     public static func address(_ n: Int) -> String { "n\(n)" }
@@ -123,11 +126,7 @@ public struct ClusterSimulation {
     }
 
     /// Node `n` of `peer`, if it is one of the simulation's.
-    public func index(of peer: PeerID) -> Int? {
-        let bytes = peer.bytes
-        let n = Int(bytes[2]) | Int(bytes[1]) << 16 | Int(bytes[0]) << 8
-        return n < machines.count && bytes[31] == 0x5A ? n : nil
-    }
+    public func index(of peer: PeerID) -> Int? { indexByPeer[peer] }
 
     /// Starts every node at time 0: node 0 dials nobody, every other node bootstraps from node 0.
     public init(_ configuration: Configuration) {
@@ -140,6 +139,8 @@ public struct ClusterSimulation {
         nextLink = Array(repeating: 1, count: size)
         incarnations = (0..<size).map { UInt64($0 + 1) * 1000 }
         messagesSent = Array(repeating: 0, count: size)
+        peers = (0..<size).map { Self.peer($0) }
+        indexByPeer = Dictionary(uniqueKeysWithValues: (0..<size).map { (Self.peer($0), $0) })
         machines = (0..<size).map { makeMachine($0) }
         for n in 0..<size { start(n) }
     }
@@ -251,7 +252,7 @@ public struct ClusterSimulation {
             guard var end = ends[node][link] else { return }
             end.up = true
             ends[node][link] = end
-            let actions = machines[node].linkUp(link, peer: Self.peer(other), direction: direction,
+            let actions = machines[node].linkUp(link, peer: peers[other], direction: direction,
                                                 incarnation: incarnations[other],
                                                 features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas,
                                                 peerAddress: Self.address(other), dialedAddress: dialed, now: now)
@@ -261,11 +262,11 @@ public struct ClusterSimulation {
         case .message(let node, let link, let from, let message):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
-            perform(machines[node].received(message, from: Self.peer(from), now: now), at: node)
+            perform(machines[node].received(message, from: peers[from], now: now), at: node)
         case .queueMessage(let node, let link, let from, let message):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
-            perform(machines[node].received(message, from: Self.peer(from), now: now), at: node)
+            perform(machines[node].received(message, from: peers[from], now: now), at: node)
         case .heard(let node, let link):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
@@ -354,22 +355,72 @@ public struct ClusterSimulation {
         }
     }
 
-    /// Adds `action` to the hash (queue messages as their wire bytes: a description could
-    /// show a dictionary, whose order differs between processes) and, if kept, the trace.
+    /// Adds `action` to the hash and, if kept, the trace. Messages go in as their wire bytes
+    /// (a description could show a dictionary, whose order differs between processes), peers
+    /// as their numbers; only rare actions as their description.
     private mutating func record(_ action: Action, at node: Int) {
         if configuration.recordsTrace { trace.append((now, node, action)) }
         traceHash.add(now)
         traceHash.add(node)
-        if case .queue(let name, .send(let message, let to)) = action {
-            var bytes: [UInt8] = []
-            if (try? MessageEncoder.encode(message, into: &bytes)) != nil {
-                traceHash.add(bytes: name.utf8)
-                traceHash.add(bytes: to.bytes)
-                traceHash.add(bytes: bytes)
-                return
+        switch action {
+        case .dial(let address):
+            traceHash.add(1)
+            traceHash.add(bytes: address.utf8)
+        case .sendPing(let link, let nonce):
+            traceHash.add(3)
+            traceHash.add(link.rawValue)
+            traceHash.add(nonce)
+        case .sendPeerList(let link, let entries):
+            traceHash.add(4)
+            traceHash.add(link.rawValue)
+            for entry in entries {
+                traceHash.add(number(entry.peer))
+                traceHash.add(bytes: entry.address.utf8)
             }
+        case .send(let message, let to, let link):
+            traceHash.add(5)
+            traceHash.add(number(to))
+            traceHash.add(link.rawValue)
+            if let bytes = try? message.encoded() { traceHash.add(bytes: bytes) }
+        case .armTimer(let timer, let at):
+            traceHash.add(6)
+            add(timer)
+            traceHash.add(at)
+        case .cancelTimer(let timer):
+            traceHash.add(7)
+            add(timer)
+        case .peerConnected(let peer, let link):
+            traceHash.add(8)
+            traceHash.add(number(peer))
+            traceHash.add(link.rawValue)
+        case .peerMovedLink(let peer):
+            traceHash.add(9)
+            traceHash.add(number(peer))
+        case .queue(let name, .send(let message, let to)):
+            traceHash.add(12)
+            traceHash.add(bytes: name.utf8)
+            traceHash.add(number(to))
+            var bytes: [UInt8] = []
+            if (try? MessageEncoder.encode(message, into: &bytes)) != nil { traceHash.add(bytes: bytes) }
+        case .queue(let name, .armTimer(let at)):
+            traceHash.add(13)
+            traceHash.add(bytes: name.utf8)
+            traceHash.add(at)
+        case .closeLink, .peerDisconnected, .member, .queue, .deadLettered, .calls:
+            traceHash.add(bytes: "\(action)".utf8)
         }
-        traceHash.add(bytes: "\(action)".utf8)
+    }
+
+    private func number(_ peer: PeerID) -> Int { indexByPeer[peer] ?? -1 }
+
+    private mutating func add(_ timer: NodeTimer) {
+        switch timer {
+        case .connections: traceHash.add(0)
+        case .membership: traceHash.add(1)
+        case .queue(let name):
+            traceHash.add(2)
+            traceHash.add(bytes: name.utf8)
+        }
     }
 
     /// The actions of `node` that `matches` selects (needs ``Configuration/recordsTrace``).
