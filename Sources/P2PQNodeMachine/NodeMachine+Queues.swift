@@ -81,21 +81,20 @@ extension NodeMachine {
 
     /// Acknowledges leased items of `name`: how many, the tokens not leased here; nil without the queue.
     public mutating func ack(_ tokens: [LeaseToken], in name: String, now: UInt64) -> (Int, [LeaseToken], [Action])? {
-        guard queues[name] != nil else { return nil }
-        var actions: [Action] = []
-        let (count, unknown) = withQueue(name, into: &actions, now: now) { queue -> ((Int, [LeaseToken]), [QueueAction]) in
-            let (count, unknown, queueActions) = queue.ack(tokens, now: now)
-            return ((count, unknown), queueActions)
-        } ?? (0, tokens)
-        return (count, unknown, actions)
+        settle(tokens, in: name, now: now) { $0.ack(tokens, now: now) }
     }
 
     /// Gives leased items of `name` back; as ``ack(_:in:now:)``.
     public mutating func nack(_ tokens: [LeaseToken], in name: String, now: UInt64) -> (Int, [LeaseToken], [Action])? {
+        settle(tokens, in: name, now: now) { $0.nack(tokens, now: now) }
+    }
+
+    private mutating func settle(_ tokens: [LeaseToken], in name: String, now: UInt64,
+                                 _ input: (inout QueueMachine) -> (Int, [LeaseToken], [QueueAction])) -> (Int, [LeaseToken], [Action])? {
         guard queues[name] != nil else { return nil }
         var actions: [Action] = []
         let (count, unknown) = withQueue(name, into: &actions, now: now) { queue -> ((Int, [LeaseToken]), [QueueAction]) in
-            let (count, unknown, queueActions) = queue.nack(tokens, now: now)
+            let (count, unknown, queueActions) = input(&queue)
             return ((count, unknown), queueActions)
         } ?? (0, tokens)
         return (count, unknown, actions)
