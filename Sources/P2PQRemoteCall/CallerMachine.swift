@@ -129,10 +129,14 @@ public struct CallerCounters: Hashable, Sendable {
 /// Executors grant this node credit (``RemoteCallMessage/credit(_:)``) for as many direct
 /// calls as they have free slots: every linked node as soon as they process, and again as
 /// their slots free up (this node's own executor too). While credit lasts, a new item goes
-/// straight to the executor with the most (lowest ID among equals) in a
-/// ``RemoteCallMessage/direct(_:)`` message (one hop, no queue, no balancing round) and names it
-/// the executor at once. So a burst spreads over every executor by its free slots, and the
-/// rest by how fast each returns credit (its service rate):
+/// straight to an executor that has some, in a ``RemoteCallMessage/direct(_:)`` message (one
+/// hop, no queue, no balancing round), and names it the executor at once. Which one: the
+/// executor furthest behind its share, shares equal (`CreditSpread`). So calls spread evenly
+/// over every executor with free slots, whether they come in a burst or one at a time, and
+/// however fast each returns its credit: this node's own executor, whose credit comes back
+/// without a round trip, gets no more for it. Executors that have spent their credit are
+/// skipped, so under load each gets calls in proportion to its slots and as fast as it returns
+/// credit (its service rate):
 /// - When every executor that granted credit has none left, new calls wait here, in order,
 ///   and go out as credit arrives. Only when none arrives within
 ///   ``CallerConfiguration/creditWait``, or no executor granting credit is left, are they
@@ -230,9 +234,10 @@ public struct CallerMachine: Sendable {
     /// Peers membership reported dead or gone, so a late started notice from one counts as a
     /// loss. Bounded; oldest forgotten first.
     private var lostPeers = BoundedSet<PeerID>(capacity: 4096)
-    /// Direct calls each executor still grants this node; an executor stays at 0 once its
-    /// credit is spent, as a source of more, until its link drops or it is lost.
-    private var credits: [PeerID: Int] = [:]
+    /// Direct calls each executor still grants this node, and which gets the next; an
+    /// executor stays at 0 once its credit is spent, as a source of more, until its link drops
+    /// or it is lost.
+    private var credits = CreditSpread()
     /// Flights waiting for credit, oldest first (entries of flights since answered, cancelled
     /// or sent are skipped), and how many of them still wait.
     private var waiting = FIFO<UInt64>()
@@ -290,7 +295,7 @@ public struct CallerMachine: Sendable {
         return flights[ticket.flight].map { Int($0.attempt) }
     }
     /// Direct calls `peer` still grants this node.
-    public func credit(of peer: PeerID) -> Int { credits[peer] ?? 0 }
+    public func credit(of peer: PeerID) -> Int { credits.credit(of: peer) }
     /// Calls waiting here for credit.
     public var callsWaitingForCredit: Int { waitingCount }
     /// Whether `call` waits here for credit.
@@ -456,7 +461,7 @@ public struct CallerMachine: Sendable {
         case .credit(let slots):
             // A lost or departed peer's late credit is not used (its calls would be lost).
             if !lostPeers.contains(peer) {
-                credits[peer] = Swift.min(Self.maxCredit, (credits[peer] ?? 0) + Int(slots))
+                credits.grant(Int(slots), from: peer, limit: Self.maxCredit)
                 waitingSince = now
                 sendWaiting(into: &actions)
             }
@@ -487,7 +492,7 @@ public struct CallerMachine: Sendable {
     /// call that did arrive may then run twice, and the first result wins).
     public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
         self.now = now
-        credits[peer] = nil
+        credits.remove(peer)
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: true) {
             retireExecutor(of: flightID)
@@ -503,7 +508,7 @@ public struct CallerMachine: Sendable {
     /// void and it is no longer waited for. Calls it was sent directly still run there.
     public mutating func executorStopped(_ peer: PeerID, now: UInt64) -> [Action] {
         self.now = now
-        guard credits.removeValue(forKey: peer) != nil else { return [] }
+        guard credits.remove(peer) else { return [] }
         var actions: [Action] = []
         if credits.isEmpty { pushWaiting(into: &actions) }
         finish(&actions)
@@ -570,13 +575,13 @@ public struct CallerMachine: Sendable {
         return ticket
     }
 
-    /// Sends the flight's current attempt: straight to the executor with the most credit; or,
+    /// Sends the flight's current attempt: straight to the executor the spread picks; or,
     /// when executors granted credit but none has any left, keeps it waiting for credit; or
     /// else (or with `toQueue`) pushes it on the queue.
     /// The flight is not in `flights` meanwhile: its caller stores it afterwards, destination
     /// included (one table write per call).
     private mutating func push(_ flightID: UInt64, _ flight: inout Flight, toQueue: Bool = false, into actions: inout [Action]) {
-        let best = toQueue ? nil : bestCredit()
+        let best = toQueue ? nil : credits.next()
         if best == nil && !toQueue && !credits.isEmpty {
             if waitingCount == 0 { waitingSince = now }
             flight.held = true
@@ -594,8 +599,7 @@ public struct CallerMachine: Sendable {
         let bytes = item.unvalidatedBytes(callerBytes: localPeerBytes)  // validated in call()
         counters.pushes += 1
         if let index = best {
-            let executor = credits.keys[index]
-            credits.values[index] -= 1
+            let executor = credits.take(index)
             flight.executor = executor
             flight.direct = true
             if let slot = directOut.lastIndex(where: { $0.peer == executor }) {
@@ -609,24 +613,9 @@ public struct CallerMachine: Sendable {
         actions.append(.push(item.id, item: bytes))
     }
 
-    /// The executor with the most credit (lowest ID among equals), if any has some: its
-    /// position in `credits`, so taking a credit hashes nothing.
-    private func bestCredit() -> Dictionary<PeerID, Int>.Index? {
-        var best: (index: Dictionary<PeerID, Int>.Index, credit: Int)?
-        var index = credits.startIndex
-        while index != credits.endIndex {
-            let (peer, credit) = credits[index]
-            if credit > 0, best == nil || credit > best!.credit || (credit == best!.credit && peer < credits.keys[best!.index]) {
-                best = (index, credit)
-            }
-            credits.formIndex(after: &index)
-        }
-        return best?.index
-    }
-
     /// Sends waiting flights, oldest first, while credit lasts.
     private mutating func sendWaiting(into actions: inout [Action]) {
-        while waitingCount > 0, bestCredit() != nil, let flightID = waiting.popFirst() {
+        while waitingCount > 0, credits.totalCredit > 0, let flightID = waiting.popFirst() {
             guard var flight = flights[flightID], flight.held else { continue }
             waitingCount -= 1
             push(flightID, &flight, into: &actions)
@@ -725,7 +714,7 @@ public struct CallerMachine: Sendable {
 
     private mutating func peerLost(_ peer: PeerID) -> [Action] {
         lostPeers.insert(peer)
-        credits[peer] = nil
+        credits.remove(peer)
         var actions: [Action] = []
         for flightID in flights(on: peer, directOnly: false) {
             retireExecutor(of: flightID)

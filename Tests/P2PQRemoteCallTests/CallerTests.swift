@@ -283,12 +283,17 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.received(results((a.sequence, .success([7]))), from: ex, now: 3).completions == [a: .success([7])])
     }
 
-    @Test func theMostCreditWins() {
+    /// Calls spread by equal shares (RoundTripSpreadTests); among executors with equal shares
+    /// so far, the one with the most credit (free slots) goes first. (This test once pinned
+    /// "the most credit always wins", which sent calls made one at a time all to one executor.)
+    @Test func amongEqualSharesTheMostCreditGoesFirst() {
         var c = CallerMachine(localPeer: me)
         _ = c.received(.credit(1), from: ex, now: 0)
         _ = c.received(.credit(3), from: ex2, now: 0)
         let (_, actions) = c.call(function: "f", arguments: [], now: 1)
         #expect(actions.sends.first?.1 == ex2)
+        // ex2 is a call ahead now: the next goes to ex although ex2 still has more credit.
+        #expect(c.call(function: "f", arguments: [], now: 2).1.sends.first?.1 == ex)
     }
 
     @Test func aLinkDownPushesUnansweredDirectCallsAgain() throws {

@@ -1,0 +1,126 @@
+import P2PQWire
+
+/// The executors that granted a caller credit for direct calls, and which of them gets the
+/// next call: a plain value inside ``CallerMachine``.
+///
+/// Calls go to the executor with credit left that has had the fewest so far (its *pass*, one
+/// per call; the most credit, then the lowest ID among equals). So while every executor has
+/// credit, calls spread evenly over them however fast each returns its credit: an executor
+/// whose credit comes back without a round trip (this node's own) gets no more for it. One
+/// with few free slots runs out of credit and is skipped until it returns some, so under load
+/// each gets calls in proportion to its slots and as fast as it returns credit (its service
+/// rate).
+///
+/// Shares are equal rather than weighted by the credit granted: a caller may be granted the
+/// same slots twice (credit crossing a link that is replaced), and a count would double
+/// that executor's share for as long as it runs.
+///
+/// An executor that falls behind (no credit for a while) catches up by one call at most: its
+/// pass is lifted to the current virtual time when it is chosen. Kept ordered by peer, so
+/// nothing depends on hashing order; one scan per call, no allocation.
+struct CreditSpread: Sendable {
+    struct Source: Sendable {
+        let peer: PeerID
+        /// Direct calls it still grants.
+        var credit: Int
+        /// Its virtual time: where its share of the calls stands (one per call).
+        var pass: UInt64
+    }
+
+    /// By peer, ascending.
+    private(set) var sources: [Source] = []
+    /// Credit of all sources together.
+    private(set) var totalCredit = 0
+    /// The pass of the last choice (never decreases).
+    private var virtualTime: UInt64 = 0
+
+    /// No executor grants credit (or is waited for as a source of more).
+    var isEmpty: Bool { sources.isEmpty }
+
+    /// Credit `peer` still grants.
+    func credit(of peer: PeerID) -> Int {
+        guard case .found(let index) = position(of: peer) else { return 0 }
+        return sources[index].credit
+    }
+
+    /// `peer` granted `slots` more, up to `limit` in all. A new executor joins at the current
+    /// virtual time, so it neither owes nor is owed calls.
+    mutating func grant(_ slots: Int, from peer: PeerID, limit: Int) {
+        switch position(of: peer) {
+        case .found(let index):
+            let credit = Swift.min(limit, sources[index].credit + slots)
+            totalCredit += credit - sources[index].credit
+            sources[index].credit = credit
+        case .insert(let index):
+            let credit = Swift.min(limit, slots)
+            totalCredit += credit
+            sources.insert(Source(peer: peer, credit: credit, pass: virtualTime), at: index)
+        }
+    }
+
+    /// Forgets `peer`'s credit; whether it had granted any.
+    @discardableResult
+    mutating func remove(_ peer: PeerID) -> Bool {
+        guard case .found(let index) = position(of: peer) else { return false }
+        totalCredit -= sources.remove(at: index).credit
+        return true
+    }
+
+    mutating func removeAll() {
+        sources.removeAll(keepingCapacity: true)
+        totalCredit = 0
+    }
+
+    /// The executor that should get the next call, if any has credit: its position, for
+    /// ``take(_:)``.
+    func next() -> Int? {
+        var best: Int?
+        var bestPass: UInt64 = 0
+        for index in sources.indices where sources[index].credit > 0 {
+            // A source behind the virtual time counts as at it: falling behind buys one call.
+            let pass = Swift.max(sources[index].pass, virtualTime)
+            guard let current = best else {
+                best = index
+                bestPass = pass
+                continue
+            }
+            // Ties: the most credit (the most free slots), then the lowest ID (the order here).
+            if pass < bestPass || (pass == bestPass && sources[index].credit > sources[current].credit) {
+                best = index
+                bestPass = pass
+            }
+        }
+        return best
+    }
+
+    /// Takes one credit of the source at `index` (from ``next()``) for a call sent to it.
+    mutating func take(_ index: Int) -> PeerID {
+        let start = Swift.max(sources[index].pass, virtualTime)
+        virtualTime = start
+        sources[index].credit -= 1
+        totalCredit -= 1
+        sources[index].pass = start + 1  // 2^64 calls are out of reach
+        return sources[index].peer
+    }
+
+    private enum Position {
+        case found(Int)
+        case insert(Int)
+    }
+
+    /// Binary search by peer.
+    private func position(of peer: PeerID) -> Position {
+        var low = 0
+        var high = sources.count
+        while low < high {
+            let middle = (low + high) / 2
+            if sources[middle].peer < peer {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        if low < sources.count && sources[low].peer == peer { return .found(low) }
+        return .insert(low)
+    }
+}
