@@ -144,7 +144,7 @@ struct ReplicationNodeTests {
         while ContinuousClock.now < after { await popRound() }
         let duplicates = deliveries.values.reduce(0) { $0 + $1 - 1 }
         if duplicates * 100 >= total {
-            Issue.record("\(duplicates) duplicate deliveries of \(total)\n\(await describe(nodes, child, operations, token: token))")
+            Issue.record("\(duplicates) duplicate deliveries of \(total)\n\(await describe(nodes, child, operations, token: token))\n\(child.diagnostics())")
         }
         kill(child.process.processIdentifier, SIGTERM)
         for node in nodes { await node.stop() }
