@@ -181,6 +181,12 @@ extension QueueMachine {
                     }
                     var kept = run.items(from..<end, ends)
                     kept.slot = slots[buffer]
+                    // Replicas of these items kept here: the queued copy stands for them now
+                    // (their owner releases them once it has the ack, but an owner paused or
+                    // killed before that release would have them re-queued here a second time).
+                    if run.origin != localPeer, shelf.holds(run.origin) {
+                        shelf.drop(SequenceRun(first: kept.first, count: UInt32(n)), of: run.origin, store: &store)
+                    }
                     if adopts && run.origin == peer {
                         // The dedup above keeps the old ids, so a retransmission is still dropped.
                         adoptAsOwn(&kept, count: n, ends)

@@ -136,6 +136,24 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(replicas(died).map(\.1) == [10])
     }
 
+    @Test("Items moved to their own replica holder replace the replicas there: an owner that dies before releasing them is not re-queued twice")
+    func transferToHolderDropsItsReplicas() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        try replicated(&a, &b, 10)
+        #expect(b.shelvedItems == 10)
+        // B steals 6 of them; A is paused before its release (batched) goes out.
+        let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 6, thiefRate: 100), from: B, now: 5)
+        _ = try deliver(stolen, from: A, to: B, into: &b, now: 6)
+        #expect(b.count == 6 && b.shelvedItems == 4)
+        _ = b.peerDisconnected(A, now: 12 * second)
+        _ = b.peerDied(A, now: 12 * second)
+        #expect(b.counters.replicasRequeued == 4)
+        let popped = b.pop(max: 100, waiter: nil, now: 13 * second).0.map(number)
+        #expect(popped.sorted() == Array(0..<10), "popped \(popped)")
+    }
+
     @Test("A leased item keeps its replica until its ack, then releases it")
     func leaseAckReleases() throws {
         var m = mesh([A, B])
