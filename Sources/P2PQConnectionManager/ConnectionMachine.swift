@@ -11,7 +11,7 @@
 ///   with `direction: .outbound, dialedAddress: address`. The dialed address rides on `linkUp`
 ///   so no separate "dial succeeded" input (and no half-open state) is needed.
 /// - Inbound links: `linkUp(direction: .inbound)` after handshake and hello.
-/// - ``linkDown(link:now:peerLeft:)`` when any link closes, including ones the manager closed.
+/// - ``linkDown(link:now:peerLeft:peerClosed:)`` when any link closes, including ones the manager closed.
 /// - ``heard(link:now:)`` for every received message (O(1), emits nothing).
 /// - ``peerListReceived(from:entries:now:)`` for a peer list message.
 /// - ``discovered(peer:address:now:)`` for a peer found on the local network (mDNS).
@@ -201,9 +201,16 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     ///     other peers and used to redial it.
     ///   - dialedAddress: for an outbound link, the address of the `.dial` it answers.
     ///   - now: the current time (monotonic nanoseconds).
+    /// Whether this node is short of links (fewer than `minPeers`): its dials ask a full peer
+    /// to make room (the hello's `featureNeedsLinks`).
+    public var needsLinks: Bool { links.count < Swift.min(configuration.minPeers, configuration.maxPeers) }
+
+    /// A link is ready. `peerNeedsLinks`: the peer dialed it short of links, so if this node
+    /// is full it closes one of its other links (chosen at random, HyParView's rule for a
+    /// join) to keep this one; otherwise a full node refuses it, with a peer list.
     public mutating func linkUp(
         link: LinkID, peer: PeerID, direction: LinkDirection, peerAddress: Address?,
-        dialedAddress: Address? = nil, now: UInt64
+        dialedAddress: Address? = nil, peerNeedsLinks: Bool = false, now: UInt64
     ) -> [Action] {
         guard !isStopped else { return [] }
         guard links[link] == nil else {
@@ -246,7 +253,22 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
             // The list sent on the old link may die with it.
             appendPeerList(to: link, recipient: peer, into: &actions)
         } else {
+            if links.count >= configuration.maxPeers, peerNeedsLinks, direction == .inbound, !links.isEmpty {
+                // A newcomer's way in: one random link makes room (its peer keeps the others).
+                let victims = links.keys.sorted()
+                let victim = victims[Int.random(in: 0..<victims.count, using: &random)]
+                if let gone = links.removeValue(forKey: victim) {
+                    linkByPeer[gone.peer] = nil
+                    actions.append(.closeLink(victim, reason: .tooManyPeers))
+                    actions.append(.peerDisconnected(gone.peer, reason: .evicted))
+                    // Not redialed (it is full here); it may dial back once it is short of links.
+                    planRedial(of: gone.peer, lastSeen: gone.lastHeard, peerLeft: true, now: now)
+                }
+            }
             guard links.count < configuration.maxPeers else {
+                // The refused peer learns where else to link (ahead of the goodbye, on the same
+                // link), or a node whose only address is a full one never joins the mesh.
+                appendPeerList(to: link, recipient: peer, into: &actions)
                 actions.append(.closeLink(link, reason: .tooManyPeers))
                 rearm(&actions)
                 return actions
@@ -295,12 +317,14 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     /// redialed (unless reached through a bootstrap address, which is redialed at `maxBackoff`,
     /// since a seed that leaves is usually restarting). Links the manager closed or never kept
     /// are ignored.
-    public mutating func linkDown(link: LinkID, now: UInt64, peerLeft: Bool = false) -> [Action] {
+    /// `peerClosed`: the peer said a goodbye that was not a leave (see ``PeerDisconnectReason/peerClosed``).
+    public mutating func linkDown(link: LinkID, now: UInt64, peerLeft: Bool = false, peerClosed: Bool = false) -> [Action] {
         guard !isStopped, let gone = links.removeValue(forKey: link) else { return [] }
         linkByPeer[gone.peer] = nil
-        var actions: [Action] = [.peerDisconnected(gone.peer, reason: peerLeft ? .peerLeft : .linkLost)]
+        let reason: PeerDisconnectReason = peerLeft ? .peerLeft : peerClosed ? .peerClosed : .linkLost
+        var actions: [Action] = [.peerDisconnected(gone.peer, reason: reason)]
         if gone.peerGone { forget(gone.peer, now: now) }
-        planRedial(of: gone.peer, lastSeen: gone.lastHeard, peerLeft: peerLeft || gone.peerGone, now: now)
+        planRedial(of: gone.peer, lastSeen: gone.lastHeard, peerLeft: peerLeft || gone.peerGone, refused: peerClosed, now: now)
         rearm(&actions)
         return actions
     }
@@ -537,12 +561,17 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         setState(address, .backoff(until: saturatingAdd(now, jittered)), now: now)
     }
 
-    /// After a peer's link is gone: plan a redial of its dial address.
-    private mutating func planRedial(of peer: PeerID, lastSeen: UInt64, peerLeft: Bool, now: UInt64) {
+    /// After a peer's link is gone: plan a redial of its dial address. A peer that closed the
+    /// link itself (`refused`: most often full) is asked again only after `maxBackoff`, and
+    /// news of it does not bring a dial before then: at once, every node short of links
+    /// would redial every full one in a loop.
+    private mutating func planRedial(of peer: PeerID, lastSeen: UInt64, peerLeft: Bool, refused: Bool = false, now: UInt64) {
         guard let address = dialAddress[peer], let entry = addresses[address] else { return }
         addresses[address]!.lastSeen = lastSeen
         guard entry.state == .idle || entry.state == .failed else { return }
-        if !peerLeft {
+        if refused && !peerLeft {
+            scheduleRedial(address, delay: configuration.maxBackoff, now: now)
+        } else if !peerLeft {
             scheduleRedial(address, delay: backoffDelay(failures: entry.attempts), now: now)
         } else if entry.isBootstrap {
             scheduleRedial(address, delay: configuration.maxBackoff, now: now)

@@ -48,6 +48,12 @@ public enum PeerDisconnectReason: Hashable, Sendable {
     case linkLost
     /// The peer said goodbye; it is not redialed (unless it is a bootstrap address).
     case peerLeft
+    /// The peer refused the link with a goodbye (one too many for it, or an error it found): it
+    /// was alive then. Redialed only after `maxBackoff`.
+    case peerClosed
+    /// This node closed the link (with a goodbye) to make room for a newcomer short of links;
+    /// the peer was alive. Not redialed.
+    case evicted
     /// This node closed the link because the peer went silent; a redial is scheduled unless
     /// membership declared the peer gone.
     case keepaliveTimeout
@@ -145,6 +151,9 @@ public struct ConnectionConfiguration: Hashable, Sendable {
     public var keepaliveTimeout: UInt64
     /// Most links at once; in-flight dials count against it too.
     public var maxPeers: Int
+    /// Fewer links than this and the node's dials ask to be let in (``ConnectionMachine/needsLinks``):
+    /// a full peer then makes room instead of refusing. Capped at `maxPeers`.
+    public var minPeers: Int
     /// Most addresses remembered; when full, the oldest failed (then idle) one is forgotten.
     public var maxKnownAddresses: Int
     /// Most entries in one peer list sent (the wire's limit is 1024); the lowest peer IDs are
@@ -158,6 +167,7 @@ public struct ConnectionConfiguration: Hashable, Sendable {
         keepaliveInterval: UInt64 = 1_000_000_000,
         keepaliveTimeout: UInt64 = 3_000_000_000,
         maxPeers: Int = 64,
+        minPeers: Int = 8,
         maxKnownAddresses: Int = 1024,
         maxPeerListEntries: Int = 1024
     ) {
@@ -167,6 +177,7 @@ public struct ConnectionConfiguration: Hashable, Sendable {
         self.keepaliveInterval = keepaliveInterval
         self.keepaliveTimeout = keepaliveTimeout
         self.maxPeers = maxPeers
+        self.minPeers = minPeers
         self.maxKnownAddresses = maxKnownAddresses
         self.maxPeerListEntries = maxPeerListEntries
     }

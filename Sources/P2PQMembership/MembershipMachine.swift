@@ -383,10 +383,15 @@ public struct MembershipMachine: Sendable {
     }
 
     /// The link to `peer` closed: strong evidence, so probe it now (never a verdict by itself).
-    public mutating func linkDown(_ peer: PeerID, now: UInt64) -> [MembershipAction] {
+    /// `probe` false: the peer closed it with a goodbye, so it was alive; without a link it is
+    /// no longer this node's to judge.
+    public mutating func linkDown(_ peer: PeerID, probe: Bool = true, now: UInt64) -> [MembershipAction] {
         var out: [MembershipAction] = []
         linked.remove(peer)
-        guard !hasLeft, let member = memberTable[peer], member.state == .alive || member.state == .suspect,
+        if !probe, let sequence = probing.removeValue(forKey: peer) {
+            probes[sequence] = nil  // it answered by closing: alive
+        }
+        guard probe, !hasLeft, let member = memberTable[peer], member.state == .alive || member.state == .suspect,
               probing[peer] == nil else { return out }
         startProbe(peer, now: now, &out)
         rearm(now: now, &out)
@@ -427,13 +432,17 @@ public struct MembershipMachine: Sendable {
                 let candidate = probeOrder[probeIndex]
                 probeIndex += 1
                 if let member = memberTable[candidate], member.state == .alive || member.state == .suspect,
-                   probing[candidate] == nil {
+                   probing[candidate] == nil, linked.contains(candidate) {
                     return candidate
                 }
             }
             guard pass == 0 else { break }
-            probeOrder = memberTable.keys.sorted().filter {
-                memberTable[$0]!.state == .alive || memberTable[$0]!.state == .suspect
+            // Only members this node has a link to: the others are judged by the nodes that
+            // link to them (a partial mesh above `maxPeers` + 1 nodes), and their verdicts
+            // come by gossip. A ping to an unlinked member could not go, and its helpers,
+            // unlinked as well, would nack a live member into a false verdict.
+            probeOrder = linked.sorted().filter {
+                memberTable[$0].map { $0.state == .alive || $0.state == .suspect } ?? false
             }
             probeOrder.shuffle(using: &rng)
             probeIndex = 0
@@ -457,8 +466,9 @@ public struct MembershipMachine: Sendable {
         probe.directDeadline = nil
         // Helpers get their window even when this node goes indirect late (a stall).
         probe.deadline = max(probe.deadline, now &+ configuration.probeTimeout &* healthMultiplier)
-        var candidates = memberTable.keys.sorted().filter {
-            $0 != probe.target && memberTable[$0]!.state == .alive
+        // Helpers are asked over links, so only linked ones can be.
+        var candidates = linked.sorted().filter {
+            $0 != probe.target && memberTable[$0]?.state == .alive
         }
         candidates.shuffle(using: &rng)
         probe.helpers = Set(candidates.prefix(configuration.indirectProbes))

@@ -408,7 +408,8 @@ final class NodeCore {
         let listen = advertised
         let hello = LinkMachine.LocalHello(
             peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
-            features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress) & configuration.helloFeatureMask)
+            features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress
+                       | (direction == .outbound ? machine.dialFeatures : 0)) & configuration.helloFeatureMask)
         let stages = LinkMachine(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
                                   timeoutDescription: "\(configuration.handshakeTimeout)",
                                   keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)")
@@ -434,7 +435,7 @@ final class NodeCore {
         if link.direction == .inbound && !wasReady { admission.finished(link.id) }
         guard !isStopped else { return }
         if wasReady {
-            perform(machine.linkDown(link.id, peerLeft: link.peerLeft, now: now))
+            perform(machine.linkDown(link.id, peerLeft: link.peerLeft, peerClosed: link.peerClosed, now: now))
         } else if link.direction == .outbound, let address = link.dialedAddress {
             noteDialFailure(address, reason: reason)
             perform(machine.dialFailed(address, now: now))

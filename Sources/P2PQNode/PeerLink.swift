@@ -38,6 +38,7 @@ final class PeerLink: TCPConnectionHandler {
     var remoteOperations: String? { link.operationsAddress }
     /// The peer said goodbye: it is leaving, not failing.
     var peerLeft: Bool { link.peerLeft }
+    var peerClosed: Bool { link.peerClosed }
     /// Plaintext messages waiting to be sealed at the end of the turn.
     private var staging: [UInt8] = []
     private var sealScheduled = false

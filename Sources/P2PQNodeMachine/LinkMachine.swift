@@ -90,6 +90,9 @@ public struct LinkMachine: Sendable {
     public private(set) var closeReason: String?
     /// The peer said goodbye as leaving or shutting down: it left, it did not fail.
     public private(set) var peerLeft = false
+    /// The peer refused the link (a goodbye for a protocol error, such as "too many peers"):
+    /// it was alive. A duplicate's goodbye is not one: the peer keeps the other link.
+    public private(set) var peerClosed = false
     /// The peer's operations endpoint (`host:port`, an IPv6 literal in brackets), if it sent
     /// a usable one.
     public private(set) var operationsAddress: String?
@@ -309,6 +312,7 @@ public struct LinkMachine: Sendable {
             return []
         case .goodbye(let reason, let detail):
             peerLeft = reason == .leaving || reason == .shuttingDown
+            peerClosed = reason == .protocolError
             closeReason = "peer said goodbye (\(reason)): \(detail)"
             return [.close(.peerSaidGoodbye)]
         case .peers(let entries):

@@ -165,17 +165,23 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         linkFeatures[link] = features
         var actions: [Action] = []
         apply(connections.linkUp(link: link, peer: peer, direction: direction, peerAddress: peerAddress,
-                                 dialedAddress: dialedAddress, now: now), into: &actions, now: now)
+                                 dialedAddress: dialedAddress, peerNeedsLinks: features & WireProtocol.featureNeedsLinks != 0,
+                                 now: now), into: &actions, now: now)
         return actions
     }
 
-    /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving.
-    public mutating func linkDown(_ link: LinkID, peerLeft: Bool, now: UInt64) -> [Action] {
+    /// The hello features this node sends on a link it dials now, beyond its fixed ones:
+    /// `featureNeedsLinks` while it is short of links.
+    public var dialFeatures: UInt64 { connections.needsLinks ? WireProtocol.featureNeedsLinks : 0 }
+
+    /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving,
+    /// `peerClosed` when it refused the link with a goodbye (alive, so no evidence).
+    public mutating func linkDown(_ link: LinkID, peerLeft: Bool, peerClosed: Bool = false, now: UInt64) -> [Action] {
         incarnations[link] = nil
         linkFeatures[link] = nil
         guard !isStopped else { return [] }
         var actions: [Action] = []
-        apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft), into: &actions, now: now)
+        apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft, peerClosed: peerClosed), into: &actions, now: now)
         return actions
     }
 
@@ -262,8 +268,8 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
             switch delivery {
             case .membership(.linkUp(let peer, let incarnation)):
                 apply(membership.linkUp(peer, incarnation: incarnation, now: now), into: &actions, now: now)
-            case .membership(.linkDown(let peer)):
-                apply(membership.linkDown(peer, now: now), into: &actions, now: now)
+            case .membership(.linkDown(let peer, let probe)):
+                apply(membership.linkDown(peer, probe: probe, now: now), into: &actions, now: now)
             case .queues(let input):
                 queuesHeard(input, into: &actions, now: now)
             case .calls(let input):
@@ -294,7 +300,8 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
                 route(.linkReplaced(peer), into: &actions, now: now)
             case .peerDisconnected(let peer, let reason):
                 actions.append(.peerDisconnected(peer, reason: reason))
-                route(.linkDown(peer, nodeStopping: reason == .stopped), into: &actions, now: now)
+                route(.linkDown(peer, nodeStopping: reason == .stopped, peerClosed: reason == .peerClosed || reason == .evicted),
+                      into: &actions, now: now)
             }
         }
     }

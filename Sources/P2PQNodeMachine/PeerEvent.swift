@@ -11,8 +11,8 @@ public enum PeerEvent: Sendable, Hashable {
     /// one may be lost.
     case linkReplaced(PeerID)
     /// The link to `peer` closed and no other is kept. `nodeStopping`: this node's own stop
-    /// closed it.
-    case linkDown(PeerID, nodeStopping: Bool)
+    /// closed it; `peerClosed`: the peer closed it with a goodbye (alive, but refusing it).
+    case linkDown(PeerID, nodeStopping: Bool, peerClosed: Bool = false)
     /// Membership took `peer` in: new, back with a new incarnation, or refuting a verdict.
     /// `linked`: a link to it is kept right now.
     case joined(PeerID, linked: Bool)
@@ -28,8 +28,9 @@ public enum PeerEvent: Sendable, Hashable {
 public enum MembershipPeerInput: Sendable, Hashable {
     /// A link to the peer is up; `incarnation` is from its hello.
     case linkUp(PeerID, incarnation: UInt64)
-    /// The link to the peer is down: probe it.
-    case linkDown(PeerID)
+    /// The link to the peer is down: probe it, unless it closed the link itself (`probe`
+    /// false: it was alive, and in a partial mesh unlinked members are others' to judge).
+    case linkDown(PeerID, probe: Bool)
 }
 
 /// What every queue machine hears of a peer event.
@@ -100,12 +101,13 @@ public enum PeerEventRouting {
             // steal requests in flight on the old link; calls re-push direct calls sent on it
             // and void its credit.
             return [.queues(.linkReplaced(peer)), .calls(.linkReplaced(peer))]
-        case .linkDown(let peer, let nodeStopping):
+        case .linkDown(let peer, let nodeStopping, let peerClosed):
             // A link lost is not a verdict: membership probes the peer (unless this node is
-            // stopping, when its verdicts no longer matter); queues and calls only stop sending
-            // and take back what was in flight. Only `dead` or `left` re-queues held items.
+            // stopping, when its verdicts no longer matter, or the peer closed the link itself,
+            // alive); queues and calls only stop sending and take back what was in flight.
+            // Only `dead` or `left` re-queues held items.
             let local: [PeerEventDelivery] = [.queues(.disconnected(peer)), .calls(.disconnected(peer))]
-            return nodeStopping ? local : [.membership(.linkDown(peer))] + local
+            return nodeStopping ? local : [.membership(.linkDown(peer, probe: !peerClosed))] + local
         case .joined(let peer, let linked):
             // Calls count the peer's started notices again; queues that buried it after a
             // verdict link it again; the manager redials it again if its link (possibly kept

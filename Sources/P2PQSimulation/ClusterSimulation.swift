@@ -57,19 +57,19 @@ public struct ClusterSimulation {
 
     private enum Event {
         case timer(node: Int, NodeTimer, at: UInt64)
-        case linkUp(node: Int, link: LinkID, peer: Int, direction: LinkDirection, dialed: String?)
+        case linkUp(node: Int, link: LinkID, peer: Int, direction: LinkDirection, dialed: String?, features: UInt64 = 0)
         case dialFailed(node: Int, address: String)
         case message(node: Int, link: LinkID, from: Int, MembershipMessage)
         case queueMessage(node: Int, link: LinkID, from: Int, QueueMessage)
         case heard(node: Int, link: LinkID)
-        case linkDown(node: Int, link: LinkID, peerLeft: Bool)
+        case linkDown(node: Int, link: LinkID, peerLeft: Bool, peerClosed: Bool = false)
         case peerList(node: Int, link: LinkID, [PeerListEntry<PeerID, String>])
 
         var node: Int {
             switch self {
-            case .timer(let node, _, _), .linkUp(let node, _, _, _, _), .dialFailed(let node, _),
+            case .timer(let node, _, _), .linkUp(let node, _, _, _, _, _), .dialFailed(let node, _),
                  .message(let node, _, _, _), .queueMessage(let node, _, _, _), .heard(let node, _),
-                 .linkDown(let node, _, _), .peerList(let node, _, _):
+                 .linkDown(let node, _, _, _), .peerList(let node, _, _):
                 node
             }
         }
@@ -248,13 +248,13 @@ public struct ClusterSimulation {
             guard deadlines[node][timer] == at else { return }  // re-armed or cancelled since
             deadlines[node][timer] = nil
             perform(machines[node].tick(timer, now: now), at: node)
-        case .linkUp(let node, let link, let other, let direction, let dialed):
+        case .linkUp(let node, let link, let other, let direction, let dialed, let features):
             guard var end = ends[node][link] else { return }
             end.up = true
             ends[node][link] = end
             let actions = machines[node].linkUp(link, peer: peers[other], direction: direction,
                                                 incarnation: incarnations[other],
-                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas,
+                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas | features,
                                                 peerAddress: Self.address(other), dialedAddress: dialed, now: now)
             perform(actions, at: node)
         case .dialFailed(let node, let address):
@@ -274,9 +274,9 @@ public struct ClusterSimulation {
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
             perform(machines[node].peerListReceived(entries, on: link, now: now), at: node)
-        case .linkDown(let node, let link, let peerLeft):
+        case .linkDown(let node, let link, let peerLeft, let peerClosed):
             guard let end = ends[node].removeValue(forKey: link) else { return }
-            if end.up { perform(machines[node].linkDown(link, peerLeft: peerLeft, now: now), at: node) }
+            if end.up { perform(machines[node].linkDown(link, peerLeft: peerLeft, peerClosed: peerClosed, now: now), at: node) }
         }
     }
 
@@ -297,14 +297,18 @@ public struct ClusterSimulation {
                 nextLink[other] += 1
                 ends[node][mine] = End(peer: other, peerLink: theirs)
                 ends[other][theirs] = End(peer: node, peerLink: mine)
-                events.schedule(.linkUp(node: other, link: theirs, peer: node, direction: .inbound, dialed: nil), at: now + 2 * latency)
+                // The dialer's hello says whether it is short of links (as it was when it dialed).
+                events.schedule(.linkUp(node: other, link: theirs, peer: node, direction: .inbound, dialed: nil,
+                                        features: machines[node].dialFeatures), at: now + 2 * latency)
                 events.schedule(.linkUp(node: node, link: mine, peer: other, direction: .outbound, dialed: address),
                                 at: now + 3 * latency)
             case .closeLink(let link, let reason):
                 guard let end = ends[node][link] else { continue }
                 events.schedule(.linkDown(node: node, link: link, peerLeft: false), at: now)
                 if !isCut(node, end.peer) {
-                    events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving), at: now + latency)
+                    // A refusal's goodbye is a protocol error's (``LinkMachine/close(_:)``).
+                    events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving,
+                                              peerClosed: reason == .tooManyPeers || reason == .selfConnection), at: now + latency)
                 }
             case .sendPing(let link, _):
                 guard let end = ends[node][link], end.up else { continue }

@@ -31,6 +31,10 @@ public enum WireProtocol {
     /// sends its operations endpoint's address in one when it has one. (Bit 0 is the queue's
     /// ownership handover; bit 1 is reserved.)
     public static let featureOperationsAddress: UInt64 = 1 << 2
+    /// Hello feature bit 3, set by a dialing node short of links (fewer than the connection
+    /// manager's `minPeers`): a receiver at its `maxPeers` makes room by closing one of its
+    /// other links instead of refusing this one, so a newcomer always joins the mesh.
+    public static let featureNeedsLinks: UInt64 = 1 << 3
     /// Longest goodbye detail string, in UTF-8 bytes.
     public static let maxGoodbyeDetailLength = 256
     /// Most entries in one peers message.

@@ -161,12 +161,56 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
         #expect(m.peers.map(\.state) == [.connected])
     }
 
+    @Test("A full node makes room for a newcomer short of links: one of its links goes (not redialed), the newcomer's is kept")
+    func fullNodeMakesRoomForNewcomer() throws {
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 2, minPeers: 1))
+        _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        _ = m.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
+        #expect(!m.needsLinks)
+        let actions = m.linkUp(link: L3, peer: 3, direction: .inbound, peerAddress: address(3), peerNeedsLinks: true, now: 0)
+        #expect(actions.closes.count == 1 && actions.closes.allSatisfy { $0.1 == .tooManyPeers && $0.0 != L3 })
+        #expect(actions.connects == [3])
+        let evicted = try #require(actions.compactMap { if case .peerDisconnected(let p, .evicted) = $0 { p } else { nil } }.first)
+        #expect(evicted == 1 || evicted == 2)
+        #expect(Set(m.linkedPeers) == Set([1, 2, 3].filter { $0 != evicted }))
+        // Not redialed: it is full here.
+        #expect(m.tick(now: 60 * second).dials.isEmpty)
+    }
+
+    @Test("A peer that closes the link itself (full) is redialed only after maxBackoff, and news of it brings no dial before")
+    func refusedPeerWaitsMaxBackoff() {
+        var m = makeManager(0, configuration: ConnectionConfiguration(baseBackoff: 100 * ms, maxBackoff: 10 * second))
+        _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        _ = m.peerListReceived(from: L1, entries: [Entry(peer: 2, address: address(2))], now: 0)
+        _ = m.linkUp(link: L2, peer: 2, direction: .outbound, peerAddress: address(2), dialedAddress: address(2), now: 1)
+        #expect(m.linkDown(link: L2, now: 2, peerClosed: true).contains(.peerDisconnected(2, reason: .peerClosed)))
+        let deadline = m.backoffDeadline(of: address(2)) ?? 0
+        #expect(deadline >= 2 + 5 * second && deadline <= 2 + 10 * second, "redial at \(deadline)")
+        #expect(m.peerListReceived(from: L1, entries: [Entry(peer: 2, address: address(2))], now: 3).dials.isEmpty)
+        #expect(m.tick(now: deadline).dials == [address(2)])
+    }
+
+    @Test("Short of links below minPeers (capped at maxPeers)")
+    func needsLinksBelowMinPeers() {
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 4, minPeers: 2))
+        #expect(m.needsLinks)
+        _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        #expect(m.needsLinks)
+        _ = m.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
+        #expect(!m.needsLinks)
+        var capped = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 1, minPeers: 8))
+        _ = capped.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        #expect(!capped.needsLinks)
+    }
+
     @Test func maxPeers() throws {
         var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 2))
         _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
         _ = m.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
+        // Refused, with the addresses it may link to instead.
         #expect(m.linkUp(link: L3, peer: 3, direction: .inbound, peerAddress: address(3), now: 0)
-            == [.closeLink(L3, reason: .tooManyPeers)])
+            == [.sendPeerList(L3, [Entry(peer: 1, address: address(1)), Entry(peer: 2, address: address(2))]),
+                .closeLink(L3, reason: .tooManyPeers)])
         #expect(m.peerListReceived(from: L1, entries: [Entry(peer: 4, address: address(4))], now: 1).dials.isEmpty)
         _ = m.linkDown(link: L1, now: 2, peerLeft: true)
         // One free slot, and an in-flight dial takes it.

@@ -452,6 +452,32 @@ struct MembershipTests {
         #expect(node.drainSends().filter { if case .pingRequest = $0.0 { true } else { false } }.count == 2)
     }
 
+    @Test("Only linked members are probed or asked to help: the others (a partial mesh) are judged by the nodes linked to them")
+    func probesLinkedMembersOnly() {
+        var node = Driver(members: [1, 2])
+        // Members 3 and 4 are known by gossip only: no link here.
+        node.receive(.gossip(updates: [update(.alive, 3, 100), update(.alive, 4, 100)]), from: 1)
+        _ = node.drainSends()
+        node.advance(to: 20 * second)
+        let targets = Set(node.drainSends().compactMap { if case .ping = $0.0 { $0.1 } else { nil } })
+        #expect(targets == [peer(1), peer(2)])
+        #expect(node.events.filter { if case .suspect = $0 { true } else { false } }.count == 2)  // 1 and 2 never answer
+        #expect(node.membership.state(of: peer(3)) == .alive && node.membership.state(of: peer(4)) == .alive)
+    }
+
+    @Test("A link the peer closed itself (it refused it, alive) is no evidence: no probe, and a probe in flight ends")
+    func peerClosedLinkIsNoEvidence() {
+        var node = Driver(members: [1, 2, 3])
+        node.advance(to: 500 * ms)  // the first probe goes out
+        let probed = node.drainSends().compactMap { if case .ping = $0.0 { $0.1 } else { nil } }
+        let target = try! #require(probed.first)
+        node.take(node.membership.linkDown(target, probe: false, now: 510 * ms))
+        #expect(node.drainSends().isEmpty)
+        node.advance(to: 995 * ms)
+        #expect(node.events.isEmpty, "\(node.events)")
+        #expect(node.membership.state(of: target) == .alive)
+    }
+
     @Test("A new link tells the newcomer the whole view; a restarted member rejoins")
     func linkUpSync() {
         var node = Driver(members: [1, 2])

@@ -18,7 +18,11 @@ import Testing
 
     @Test func aLinkLostToTheNodesOwnStopIsNotProbed() {
         #expect(PeerEventRouting.route(.linkDown(peer, nodeStopping: false)) == [
-            .membership(.linkDown(peer)), .queues(.disconnected(peer)), .calls(.disconnected(peer)),
+            .membership(.linkDown(peer, probe: true)), .queues(.disconnected(peer)), .calls(.disconnected(peer)),
+        ])
+        // Closed by the peer itself (it refused the link): alive, so membership does not probe.
+        #expect(PeerEventRouting.route(.linkDown(peer, nodeStopping: false, peerClosed: true)) == [
+            .membership(.linkDown(peer, probe: false)), .queues(.disconnected(peer)), .calls(.disconnected(peer)),
         ])
         #expect(PeerEventRouting.route(.linkDown(peer, nodeStopping: true)) == [
             .queues(.disconnected(peer)), .calls(.disconnected(peer)),

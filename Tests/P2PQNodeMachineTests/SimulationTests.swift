@@ -29,6 +29,29 @@ struct SimulationTests {
         #expect(simulation.verdicts.allSatisfy { $0.subject == 7 }, "a live node was suspected: \(simulation.verdicts)")
     }
 
+    @Test("More nodes than maxPeers + 1: every node joins the partial mesh (a full node makes room for a newcomer), no live node is suspected, and a crash is held dead by every live node",
+          arguments: [1, 2] as [UInt64])
+    func partialMesh(seed: UInt64) {
+        // maxPeers 8 for 24 nodes: the shape of 64 for 200, at a debug build's cost.
+        var configuration = ClusterSimulation.Configuration(nodes: 24, seed: seed)
+        configuration.connection.maxPeers = 8
+        configuration.connection.minPeers = 4
+        var simulation = ClusterSimulation(configuration)
+        simulation.run(until: 8 * second)
+        for n in 0..<24 {
+            let links = simulation.machines[n].connections.linkedPeers.count
+            #expect(links >= 4 && links <= 8, "node \(n) keeps \(links) links")
+            #expect(simulation.machines[n].membership.members.filter { $0.state == .alive }.count == 23, "node \(n)")
+        }
+        #expect(simulation.verdicts.isEmpty, "\(simulation.verdicts)")
+        simulation.crash(23)
+        simulation.run(until: 14 * second)
+        for n in 0..<23 {
+            #expect(simulation.machines[n].membership.state(of: peer(23)) == .dead, "node \(n)")
+        }
+        #expect(simulation.verdicts.allSatisfy { $0.subject == 23 }, "a live node was suspected: \(simulation.verdicts)")
+    }
+
     @Test("A node paused past its death verdict refutes it on resuming and is alive everywhere again")
     func pausedNodeComesBack() {
         var simulation = Self.cluster(6, seed: 4)

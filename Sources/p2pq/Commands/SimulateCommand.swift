@@ -30,6 +30,12 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "One-way link latency in milliseconds.")
     var latency: Double = 1
 
+    @Flag(help: "Print every suspicion and death verdict (time, observer, subject) on standard error.")
+    var printVerdicts = false
+
+    @Option(help: "Print every action of this node until --warmup ends, on standard error (a debugging aid).")
+    var traceNode: Int?
+
     /// What one run measured.
     struct Report: Encodable {
         var scenario = "crash"
@@ -65,6 +71,7 @@ struct SimulateCommand: ParsableCommand {
         let started = Date()
         var configuration = ClusterSimulation.Configuration(nodes: nodes, seed: seed)
         configuration.latency = UInt64(latency * 1e6)
+        configuration.recordsTrace = traceNode != nil
         var simulation = ClusterSimulation(configuration)
         let second = simulatedSecond
         let warm = UInt64(warmup * 1e9)
@@ -78,6 +85,18 @@ struct SimulateCommand: ParsableCommand {
         simulation.run(until: warm + UInt64(duration * 1e9))
 
         let live = (0..<nodes).filter { $0 != victim }
+        if let traceNode {
+            for entry in simulation.trace where entry.node == traceNode && entry.time <= warm {
+                FileHandle.standardError.write(Data(String(format: "%.4f s: %@\n", Double(entry.time) / 1e9, "\(entry.action)").utf8))
+            }
+        }
+        if printVerdicts {
+            for verdict in simulation.verdicts {
+                let line = String(format: "%.3f s: node %d %@ node %d\n", Double(verdict.time) / 1e9, verdict.observer,
+                                  verdict.dead ? "declares dead" : "suspects", verdict.subject)
+                FileHandle.standardError.write(Data(line.utf8))
+            }
+        }
         var firstDead: [Int: UInt64] = [:]
         var falsePositives = 0, falseSuspicions = 0
         for verdict in simulation.verdicts {
