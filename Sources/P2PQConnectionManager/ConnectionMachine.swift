@@ -201,9 +201,11 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     ///     other peers and used to redial it.
     ///   - dialedAddress: for an outbound link, the address of the `.dial` it answers.
     ///   - now: the current time (monotonic nanoseconds).
-    /// Whether this node is short of links (fewer than `minPeers`): its dials ask a full peer
-    /// to make room (the hello's `featureNeedsLinks`).
-    public var needsLinks: Bool { links.count < Swift.min(configuration.minPeers, configuration.maxPeers) }
+    /// Whether this node is short of links (fewer than `minPeers`, at most half of `maxPeers`):
+    /// its dials ask a full peer to make room (the hello's `featureNeedsLinks`). The half
+    /// matters: the peer that loses a link for it keeps `maxPeers` − 1, so it never becomes
+    /// short in turn and evicts another (a cascade).
+    public var needsLinks: Bool { links.count < Swift.min(configuration.minPeers, configuration.maxPeers / 2) }
 
     /// A link is ready. `peerNeedsLinks`: the peer dialed it short of links, so if this node
     /// is full it closes one of its other links (chosen at random, HyParView's rule for a

@@ -152,7 +152,7 @@ public struct ConnectionConfiguration: Hashable, Sendable {
     /// Most links at once; in-flight dials count against it too.
     public var maxPeers: Int
     /// Fewer links than this and the node's dials ask to be let in (``ConnectionMachine/needsLinks``):
-    /// a full peer then makes room instead of refusing. Capped at `maxPeers`.
+    /// a full peer then makes room instead of refusing. Capped at half of `maxPeers`.
     public var minPeers: Int
     /// Most addresses remembered; when full, the oldest failed (then idle) one is forgotten.
     public var maxKnownAddresses: Int

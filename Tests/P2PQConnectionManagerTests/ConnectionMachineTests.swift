@@ -190,17 +190,20 @@ private func expectedDelay(failures: Int, base: UInt64 = 100 * ms, cap: UInt64 =
         #expect(m.tick(now: deadline).dials == [address(2)])
     }
 
-    @Test("Short of links below minPeers (capped at maxPeers)")
+    @Test("Short of links below minPeers, capped at half of maxPeers (a node that made room never becomes short)")
     func needsLinksBelowMinPeers() {
-        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 4, minPeers: 2))
+        var m = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 8, minPeers: 2))
         #expect(m.needsLinks)
         _ = m.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
         #expect(m.needsLinks)
         _ = m.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
         #expect(!m.needsLinks)
-        var capped = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 1, minPeers: 8))
+        var capped = makeManager(0, configuration: ConnectionConfiguration(maxPeers: 4, minPeers: 8))
         _ = capped.linkUp(link: L1, peer: 1, direction: .inbound, peerAddress: address(1), now: 0)
+        #expect(capped.needsLinks)
+        _ = capped.linkUp(link: L2, peer: 2, direction: .inbound, peerAddress: address(2), now: 0)
         #expect(!capped.needsLinks)
+        #expect(!makeManager(0, configuration: ConnectionConfiguration(maxPeers: 1)).needsLinks)
     }
 
     @Test func maxPeers() throws {
