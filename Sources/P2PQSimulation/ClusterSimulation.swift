@@ -279,7 +279,10 @@ public struct ClusterSimulation {
     /// A crashed node `n` starts again: the same identity, a new incarnation, empty queues.
     public mutating func restart(_ n: Int) {
         guard crashed.remove(n) != nil else { return }
-        incarnations[n] += 1
+        // A real node's incarnation is its start time in wall-clock nanoseconds, above every
+        // incarnation and item sequence its earlier processes used (queues number items from
+        // it); the simulated wall clock starts at 2^40 ns.
+        incarnations[n] = max(incarnations[n] + 1, 1 << 40 + now)
         nextLink[n] += 1000  // links of the old process are never mistaken for new ones
         machines[n] = makeMachine(n)
         stopped.remove(n)
