@@ -162,6 +162,8 @@ public struct ClusterSimulation {
     /// Links reset whose ends have not heard of it yet, as [node, link]: what the node sends
     /// on one meanwhile vanishes, as on a reset socket.
     private var resetPending: Set<[UInt64]> = []
+    /// Directions of links, as [sender, its link], that lost a message to a cut.
+    private var silenced: Set<[UInt64]> = []
     public private(set) var crashed: Set<Int> = []
     public private(set) var paused: Set<Int> = []
     /// Nodes stopped gracefully (``stop(_:)``).
@@ -257,7 +259,7 @@ public struct ClusterSimulation {
         paused.remove(n)
         held[n] = nil
         deadlines[n] = [:]
-        for (link, end) in ends[n].sorted(by: { $0.key < $1.key }) where !isCut(n, end.peer) {
+        for (link, end) in ends[n].sorted(by: { $0.key < $1.key }) where passes(from: n, on: link) {
             events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: arrival(from: n, on: link))
         }
         ends[n] = [:]
@@ -298,6 +300,17 @@ public struct ClusterSimulation {
 
     /// Whether what `sender` sends cannot reach `receiver`.
     func isCut(_ sender: Int, _ receiver: Int) -> Bool { !cut.isEmpty && cut.contains([sender, receiver]) }
+
+    /// Whether what `node` sends now on `link` gets through. Not across a cut; and a direction
+    /// of a link that lost a message to a cut stays silent for good, since TCP never skips a
+    /// message: its segments are retransmitted until the keepalive at the other end gives up.
+    private mutating func passes(from node: Int, on link: LinkID) -> Bool {
+        let key = [UInt64(node), link.rawValue]
+        if !silenced.isEmpty && silenced.contains(key) { return false }
+        guard let end = ends[node][link], isCut(node, end.peer) else { return true }
+        silenced.insert(key)
+        return false
+    }
 
     // MARK: The network
 
@@ -443,7 +456,7 @@ public struct ClusterSimulation {
         case .ping(let node, let link):
             guard let end = ends[node][link] else { return }
             machines[node].heard(link, now: now)
-            if !isCut(node, end.peer) { events.schedule(.heard(node: end.peer, link: end.peerLink), at: arrival(from: node, on: link)) }
+            if passes(from: node, on: link) { events.schedule(.heard(node: end.peer, link: end.peerLink), at: arrival(from: node, on: link)) }
         case .heard(let node, let link):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
@@ -496,19 +509,19 @@ public struct ClusterSimulation {
             case .closeLink(let link, let reason):
                 guard let end = ends[node][link] else { continue }
                 events.schedule(.linkDown(node: node, link: link, peerLeft: false), at: now)
-                if !isCut(node, end.peer) {
+                if passes(from: node, on: link) {
                     events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving),
                                     at: arrival(from: node, on: link))
                 }
             case .sendPing(let link, _):
                 guard let end = ends[node][link], end.up else { continue }
                 messagesSent[node] += 1
-                guard !isCut(node, end.peer) else { continue }
+                guard passes(from: node, on: link) else { continue }
                 events.schedule(.ping(node: end.peer, link: end.peerLink), at: arrival(from: node, on: link))
             case .sendPeerList(let link, let entries):
                 guard let end = ends[node][link], end.up else { continue }
                 messagesSent[node] += 1
-                guard !isCut(node, end.peer) else { continue }
+                guard passes(from: node, on: link) else { continue }
                 events.schedule(.peerList(node: end.peer, link: end.peerLink, entries), at: arrival(from: node, on: link))
             case .send(let message, let to, let link):
                 if resetPending.contains([UInt64(node), link.rawValue]) { continue }
@@ -517,7 +530,7 @@ public struct ClusterSimulation {
                     continue
                 }
                 messagesSent[node] += 1
-                guard !isCut(node, other) else { continue }
+                guard passes(from: node, on: link) else { continue }
                 let fate = linkFate(of: link, at: node)
                 guard !fate.lost else { continue }
                 let carried = random.chance(network.codecSampleRate)
@@ -536,7 +549,7 @@ public struct ClusterSimulation {
                     continue
                 }
                 messagesSent[node] += 1
-                guard !isCut(node, other) else { continue }
+                guard passes(from: node, on: link) else { continue }
                 let fate = linkFate(of: link, at: node)
                 guard !fate.lost else { continue }
                 let carried = random.chance(network.codecSampleRate)

@@ -192,8 +192,8 @@ struct SimulationFaultTests {
     }
 
     /// Found by seed 16 (and 18 to 20): a node traps in `ReplicaShelf.drop` (a kept replica run
-    /// whose array's table of ends is shorter than the run says) on a replica release. Not yet
-    /// told apart from a simulator artefact; enable once understood.
+    /// whose array's table of ends is shorter than the run says) on a replica release. Not
+    /// root-caused (docs/simulation.md, "Bugs found"); enable once fixed.
     @Test("Seed 16: a replica release traps in ReplicaShelf.drop (open)",
           .disabled("traps the test process: QueueRun.itemStart out of range from ReplicaShelf.drop"))
     func replicaShelfTrap() {
