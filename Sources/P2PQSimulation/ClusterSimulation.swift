@@ -11,15 +11,18 @@ public let simulatedSecond: UInt64 = 1_000_000_000
 /// Node machines (``NodeMachine``, the type real nodes run) on a virtual clock and an in-memory
 /// network of links, driven by one seed.
 ///
-/// - A dial reaches the node at the address unless it is crashed, paused or cut off (then it
-///   fails after one latency); the handshake and hellos take a round trip and a half.
-/// - Membership and queue messages, pings, peer lists and closes travel with the latency;
-///   a partition drops everything between its sides, so links across it end by their
-///   keepalive timeouts, as over a cut cable.
+/// - A dial reaches the node at the address unless it is crashed, paused or cut off either way
+///   (then it fails after one latency); the handshake and hellos take a round trip and a half.
+/// - Membership and queue messages, pings, peer lists and closes travel with a delay drawn
+///   from the link's distribution, in order on each link (``NetworkConfiguration``: stalls,
+///   resets, and resets after delivery stand for what TCP makes of lost packets); a cut drops
+///   everything sent across it in its direction, so links across it end by their keepalive
+///   timeouts, as over a cut cable.
 /// - A crashed node processes nothing more; its peers' ends of its links close one latency
 ///   later (the kernel's reset) and dials to it fail. A paused node (SIGSTOP) keeps its state and
-///   its links; what is sent to it and its timers wait until it resumes. A restarted node comes
-///   back with the same identity, a new incarnation and empty queues.
+///   its links; what is sent to it and its timers wait until it resumes, pings included (its
+///   peers hear no pong). A restarted node comes back with the same identity, a new
+///   incarnation and empty queues.
 ///
 /// Every action of every node goes into a running ``TraceHash`` (and, when asked, a trace), so
 /// two runs of one seed can be compared, here or in another process.
@@ -31,19 +34,40 @@ public struct ClusterSimulation {
     public struct Configuration: Sendable {
         public var nodes: Int
         public var seed: UInt64
-        /// One-way latency of every link.
-        public var latency: UInt64 = 1 * simulatedMillisecond
+        /// Latencies and network faults.
+        public var network = NetworkConfiguration()
+        /// The base one-way latency of every link without its own (``NetworkConfiguration/latency``).
+        public var latency: UInt64 {
+            get { network.latency.base }
+            set { network.latency.base = newValue }
+        }
         public var connection = ConnectionConfiguration(baseBackoff: 100 * simulatedMillisecond, maxBackoff: simulatedSecond,
                                                         keepaliveInterval: 300 * simulatedMillisecond,
                                                         keepaliveTimeout: simulatedSecond, maxPeers: 64)
         public var membership = MembershipConfiguration()
         public var queue = QueueConfiguration()
+        /// Check the membership invariants while running (``InvariantBounds``); nil: do not.
+        public var invariants: InvariantBounds? = nil
         /// Keep every action in ``ClusterSimulation/trace`` (memory grows with the run).
         public var recordsTrace = false
 
         public init(nodes: Int, seed: UInt64) {
             self.nodes = nodes
             self.seed = seed
+        }
+    }
+
+    /// Something a run got wrong (a codec mismatch, a broken invariant), with what replays it:
+    /// the seed, and the trace hash when it was found.
+    public struct Failure: Sendable, Equatable, CustomStringConvertible {
+        public var time: UInt64
+        public var kind: String
+        public var detail: String
+        public var seed: UInt64
+        public var traceHash: TraceHash
+
+        public var description: String {
+            "seed \(seed), trace hash \(traceHash), at \(Double(time) / 1e9) s: \(kind): \(detail)"
         }
     }
 
@@ -55,35 +79,56 @@ public struct ClusterSimulation {
         public var dead: Bool
     }
 
-    private enum Event {
+    enum Event {
         case timer(node: Int, NodeTimer, at: UInt64)
         case linkUp(node: Int, link: LinkID, peer: Int, direction: LinkDirection, dialed: String?, features: UInt64 = 0)
         case dialFailed(node: Int, address: String)
-        case message(node: Int, link: LinkID, from: Int, MembershipMessage)
-        case queueMessage(node: Int, link: LinkID, from: Int, QueueMessage)
+        /// `thenReset`: the link resets once the message is handled.
+        case message(node: Int, link: LinkID, from: Int, MembershipMessage, thenReset: Bool)
+        case queueMessage(node: Int, link: LinkID, from: Int, QueueMessage, thenReset: Bool)
+        /// A ping reaches `node`, which answers it with a pong when it runs.
+        case ping(node: Int, link: LinkID)
         case heard(node: Int, link: LinkID)
         case linkDown(node: Int, link: LinkID, peerLeft: Bool, peerClosed: Bool = false)
+        /// The end of a link that reset reports it (its state is already gone).
+        case linkLost(node: Int, link: LinkID, wasUp: Bool, dialed: String?)
         case peerList(node: Int, link: LinkID, [PeerListEntry<PeerID, String>])
+        /// A producer's next push (it picks its node).
+        case produce(producer: Int)
+        /// A consumer pops (its task is over, or it starts).
+        case consume(node: Int, consumer: Int)
+        /// The periodic membership invariant check.
+        case check
 
-        var node: Int {
+        /// The node that handles the event; nil for the simulation's own.
+        var node: Int? {
             switch self {
+            case .produce, .check:
+                nil
+            case .consume(let node, _):
+                node
             case .timer(let node, _, _), .linkUp(let node, _, _, _, _, _), .dialFailed(let node, _),
-                 .message(let node, _, _, _), .queueMessage(let node, _, _, _), .heard(let node, _),
-                 .linkDown(let node, _, _, _), .peerList(let node, _, _):
+                 .message(let node, _, _, _, _), .queueMessage(let node, _, _, _, _), .ping(let node, _),
+                 .heard(let node, _), .linkDown(let node, _, _, _), .linkLost(let node, _, _, _), .peerList(let node, _, _):
                 node
             }
         }
     }
 
-    /// One end of a link: which node and link it leads to, and whether the hellos are through.
+    /// One end of a link: which node and link it leads to, whether the hellos are through, and
+    /// when the last message sent from this end arrives (the next one may not arrive earlier).
     private struct End {
         var peer: Int
         var peerLink: LinkID
         var up = false
+        var dialed: String? = nil
+        var lastArrival: UInt64 = 0
     }
 
     public let configuration: Configuration
-    public private(set) var machines: [Machine]
+    /// The network's latencies and faults now (``Configuration/network`` at the start).
+    public var network: NetworkConfiguration
+    public internal(set) var machines: [Machine]
     public private(set) var now: UInt64 = 0
     /// Every action, by node, in order (only with ``Configuration/recordsTrace``).
     public private(set) var trace: [(time: UInt64, node: Int, action: Action)] = []
@@ -97,16 +142,35 @@ public struct ClusterSimulation {
     public private(set) var messagesSent: [Int]
     /// Inputs processed.
     public private(set) var eventsProcessed = 0
-    private var events = EventQueue<Event>()
+    var events = EventQueue<Event>()
     private var deadlines: [[NodeTimer: UInt64]]
     private var ends: [[LinkID: End]]
     private var nextLink: [UInt64]
     private var incarnations: [UInt64]
     private var seeds: SplitMix64
-    /// Pairs (lower index first) that cannot reach each other.
+    /// Draws the network's delays and faults, apart from the nodes' seeds.
+    private var random: SplitMix64
+    /// Directions (sender, receiver) in which nothing gets through.
     private var cut: Set<[Int]> = []
+    /// Links reset by ``NetworkConfiguration/resetProbability``,
+    /// ``NetworkConfiguration/resetAfterDeliveryProbability`` or ``resetLink(between:and:)``.
+    public private(set) var linkResets = 0
+    /// Messages sent through the wire codec (``NetworkConfiguration/codecSampleRate``).
+    public private(set) var codecSamples = 0
+    /// What went wrong in the run (a codec mismatch, a broken invariant), in order.
+    public internal(set) var failures: [Failure] = []
+    /// Links reset whose ends have not heard of it yet, as [node, link]: what the node sends
+    /// on one meanwhile vanishes, as on a reset socket.
+    private var resetPending: Set<[UInt64]> = []
+    /// Directions of links, as [sender, its link], that lost a message to a cut.
+    private var silenced: Set<[UInt64]> = []
     public private(set) var crashed: Set<Int> = []
     public private(set) var paused: Set<Int> = []
+    /// Nodes stopped gracefully (``stop(_:)``).
+    public private(set) var stopped: Set<Int> = []
+    var workload = WorkloadState()
+    /// Draws the consumers' task durations.
+    var workloadRandom: SplitMix64
     /// What reached a paused node, in order, to be handled when it resumes.
     private var held: [Int: [Event]] = [:]
     private let indexByPeer: [PeerID: Int]
@@ -132,6 +196,9 @@ public struct ClusterSimulation {
     public init(_ configuration: Configuration) {
         self.configuration = configuration
         seeds = SplitMix64(seed: configuration.seed)
+        random = SplitMix64(seed: configuration.seed ^ 0x6E65_7477_6F72_6B21)
+        workloadRandom = SplitMix64(seed: configuration.seed ^ 0x776F_726B_6C6F_6164)
+        network = configuration.network
         let size = configuration.nodes
         machines = []
         deadlines = Array(repeating: [:], count: size)
@@ -143,6 +210,7 @@ public struct ClusterSimulation {
         indexByPeer = Dictionary(uniqueKeysWithValues: (0..<size).map { (Self.peer($0), $0) })
         machines = (0..<size).map { makeMachine($0) }
         for n in 0..<size { start(n) }
+        if let bounds = configuration.invariants { events.schedule(.check, at: bounds.checkInterval) }
     }
 
     private mutating func makeMachine(_ n: Int) -> Machine {
@@ -158,9 +226,27 @@ public struct ClusterSimulation {
 
     // MARK: Faults
 
-    /// Cuts every link between `side` and the other nodes.
+    /// Cuts every link between `side` and the other nodes, both ways.
     public mutating func partition(_ side: Set<Int>) {
-        for a in side { for b in 0..<machines.count where !side.contains(b) { cut.insert([min(a, b), max(a, b)]) } }
+        for a in side {
+            for b in 0..<machines.count where !side.contains(b) {
+                cut.insert([a, b])
+                cut.insert([b, a])
+            }
+        }
+    }
+
+    /// Cuts one way: nothing `senders` send reaches `receivers`, while the reverse gets through
+    /// (a one-way firewall rule, a broken route).
+    public mutating func cutOneWay(from senders: Set<Int>, to receivers: Set<Int>) {
+        for a in senders { for b in receivers where a != b { cut.insert([a, b]) } }
+    }
+
+    /// The link between `a` and `b`, if there is one, resets: both ends see it drop and what is
+    /// in flight on it vanishes.
+    public mutating func resetLink(between a: Int, and b: Int) {
+        guard let link = ends[a].first(where: { $0.value.peer == b })?.key else { return }
+        reset(link, at: a)
     }
 
     /// Removes every cut.
@@ -173,10 +259,11 @@ public struct ClusterSimulation {
         paused.remove(n)
         held[n] = nil
         deadlines[n] = [:]
-        for (_, end) in ends[n].sorted(by: { $0.key < $1.key }) {
-            events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: now + configuration.latency)
+        for (link, end) in ends[n].sorted(by: { $0.key < $1.key }) where passes(from: n, on: link) {
+            events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: arrival(from: n, on: link))
         }
         ends[n] = [:]
+        workloadCrashed(n)
     }
 
     /// Node `n` stops processing (SIGSTOP) and keeps its state.
@@ -194,18 +281,109 @@ public struct ClusterSimulation {
     /// A crashed node `n` starts again: the same identity, a new incarnation, empty queues.
     public mutating func restart(_ n: Int) {
         guard crashed.remove(n) != nil else { return }
-        incarnations[n] += 1
+        // A real node's incarnation is its start time in wall-clock nanoseconds, above every
+        // incarnation and item sequence its earlier processes used (queues number items from
+        // it); the simulated wall clock starts at 2^40 ns.
+        incarnations[n] = max(incarnations[n] + 1, 1 << 40 + now)
         nextLink[n] += 1000  // links of the old process are never mistaken for new ones
         machines[n] = makeMachine(n)
+        stopped.remove(n)
         start(n)
+        workloadRestarted(n)
     }
 
     /// Node `n` stops gracefully (``NodeMachine/stop(now:)``).
     public mutating func stop(_ n: Int) {
+        stopped.insert(n)
         perform(machines[n].stop(now: now), at: n)
     }
 
-    private func isCut(_ a: Int, _ b: Int) -> Bool { cut.contains([min(a, b), max(a, b)]) }
+    /// Whether what `sender` sends cannot reach `receiver`.
+    func isCut(_ sender: Int, _ receiver: Int) -> Bool { !cut.isEmpty && cut.contains([sender, receiver]) }
+
+    /// Whether what `node` sends now on `link` gets through. Not across a cut; and a direction
+    /// of a link that lost a message to a cut stays silent for good, since TCP never skips a
+    /// message: its segments are retransmitted until the keepalive at the other end gives up.
+    private mutating func passes(from node: Int, on link: LinkID) -> Bool {
+        let key = [UInt64(node), link.rawValue]
+        if !silenced.isEmpty && silenced.contains(key) { return false }
+        guard let end = ends[node][link], isCut(node, end.peer) else { return true }
+        silenced.insert(key)
+        return false
+    }
+
+    // MARK: The network
+
+    /// One delay of the link between `a` and `b`.
+    private mutating func delay(_ a: Int, _ b: Int) -> UInt64 {
+        network.latency(between: a, and: b).sample(&random)
+    }
+
+    /// When a message `node` sends now on `link` arrives: a drawn delay,
+    /// perhaps a retransmission's stall, never before the message sent before it (TCP's order).
+    private mutating func arrival(from node: Int, on link: LinkID) -> UInt64 {
+        guard let end = ends[node][link] else { return now + configuration.latency }
+        var time = now + delay(node, end.peer)
+        if random.chance(network.stallProbability) { time += network.stallDelay }
+        time = max(time, end.lastArrival)
+        ends[node][link]?.lastArrival = time
+        return time
+    }
+
+    /// The link resets (an RST, a dead NAT entry): both ends drop their state at once, so what
+    /// is in flight on it vanishes, and each end hears of it after a delay.
+    private mutating func reset(_ link: LinkID, at node: Int) {
+        guard let mine = ends[node].removeValue(forKey: link) else { return }
+        linkResets += 1
+        resetPending.insert([UInt64(node), link.rawValue])
+        events.schedule(.linkLost(node: node, link: link, wasUp: mine.up, dialed: mine.dialed), at: now + delay(node, mine.peer))
+        if let theirs = ends[mine.peer].removeValue(forKey: mine.peerLink) {
+            resetPending.insert([UInt64(mine.peer), mine.peerLink.rawValue])
+            events.schedule(.linkLost(node: mine.peer, link: mine.peerLink, wasUp: theirs.up, dialed: theirs.dialed),
+                            at: now + delay(node, mine.peer))
+        }
+    }
+
+    /// Whether the message `node` is about to send on `link` is lost with the link (its reset
+    /// is done), and whether the link resets once it has arrived.
+    private mutating func linkFate(of link: LinkID, at node: Int) -> (lost: Bool, thenReset: Bool) {
+        if random.chance(network.resetProbability) {
+            reset(link, at: node)
+            return (true, false)
+        }
+        return (false, random.chance(network.resetAfterDeliveryProbability))
+    }
+
+    /// `message` as the receiver would decode it from its wire bytes; a message that does not
+    /// encode, decode, or encode again to the same bytes is a failure (and passes as a value).
+    private mutating func throughCodec<Message: WireMessage & WireDecodable>(_ message: Message, maxFrameSize: Int) -> Message {
+        codecSamples += 1
+        var bytes: [UInt8] = []
+        do {
+            try MessageEncoder.encode(message, into: &bytes, maxFrameSize: maxFrameSize)
+            let frames = try MessageDecoder.decodeAll(bytes, maxFrameSize: maxFrameSize)
+            guard frames.count == 1 else {
+                fail("codec", "\(Message.self) framed as \(frames.count) messages: \(message)")
+                return message
+            }
+            let decoded = try Message.decode(frames[0])
+            var again: [UInt8] = []
+            try MessageEncoder.encode(decoded, into: &again, maxFrameSize: maxFrameSize)
+            guard again == bytes else {
+                fail("codec", "\(Message.self) decoded to other bytes: \(message) became \(decoded)")
+                return message
+            }
+            return decoded
+        } catch {
+            fail("codec", "\(Message.self) \(bytes.isEmpty ? "did not encode" : "did not decode"): \(error): \(message)")
+            return message
+        }
+    }
+
+    /// Records a failure with the seed and the trace hash so far.
+    mutating func fail(_ kind: String, _ detail: String) {
+        failures.append(Failure(time: now, kind: kind, detail: detail, seed: configuration.seed, traceHash: traceHash))
+    }
 
     // MARK: Queues
 
@@ -219,9 +397,11 @@ public struct ClusterSimulation {
     /// Node `n` pops up to `max` items of `queue`, waiting as `waiter` if none is here; returns
     /// those popped at once (later ones go to ``delivered``).
     public mutating func pop(_ queue: String, at n: Int, max: Int, waiter: UInt64) -> [[UInt8]] {
-        guard let (items, actions) = machines[n].pop(queue, max: max, waiter: WaiterID(waiter), now: now) else { return [] }
+        guard let (payloads, actions) = machines[n].pop(queue, max: max, waiter: WaiterID(waiter), now: now) else { return [] }
+        let items = payloads.map { Array($0.bytes) }
+        if !items.isEmpty && workload.queues.contains(queue) { countPops(items) }
         perform(actions, at: n)
-        return items.map { Array($0.bytes) }
+        return items
     }
 
     // MARK: Running
@@ -230,7 +410,10 @@ public struct ClusterSimulation {
     public mutating func run(until end: UInt64) {
         while let next = events.nextTime, next <= end, let (time, event) = events.pop() {
             now = time
-            let node = event.node
+            guard let node = event.node else {
+                handle(event)
+                continue
+            }
             if crashed.contains(node) { continue }
             if paused.contains(node) {
                 held[node, default: []].append(event)
@@ -238,6 +421,7 @@ public struct ClusterSimulation {
             }
             eventsProcessed += 1
             handle(event)
+            if workload.pending[node] != nil { completePushes(at: node) }
         }
         now = end
     }
@@ -259,14 +443,20 @@ public struct ClusterSimulation {
             perform(actions, at: node)
         case .dialFailed(let node, let address):
             perform(machines[node].dialFailed(address, now: now), at: node)
-        case .message(let node, let link, let from, let message):
+        case .message(let node, let link, let from, let message, let thenReset):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
             perform(machines[node].received(message, from: peers[from], now: now), at: node)
-        case .queueMessage(let node, let link, let from, let message):
+            if thenReset { reset(link, at: node) }
+        case .queueMessage(let node, let link, let from, let message, let thenReset):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
             perform(machines[node].received(message, from: peers[from], now: now), at: node)
+            if thenReset { reset(link, at: node) }
+        case .ping(let node, let link):
+            guard let end = ends[node][link] else { return }
+            machines[node].heard(link, now: now)
+            if passes(from: node, on: link) { events.schedule(.heard(node: end.peer, link: end.peerLink), at: arrival(from: node, on: link)) }
         case .heard(let node, let link):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
@@ -277,76 +467,108 @@ public struct ClusterSimulation {
         case .linkDown(let node, let link, let peerLeft, let peerClosed):
             guard let end = ends[node].removeValue(forKey: link) else { return }
             if end.up { perform(machines[node].linkDown(link, peerLeft: peerLeft, peerClosed: peerClosed, now: now), at: node) }
+        case .produce(let producer):
+            produce(producer)
+        case .consume(_, let consumer):
+            consume(consumer)
+        case .check:
+            if let bounds = configuration.invariants { checkDeadMembers(bounds) }
+        case .linkLost(let node, let link, let wasUp, let dialed):
+            resetPending.remove([UInt64(node), link.rawValue])
+            // A dial whose link reset before its hellos fails, as its handshake would.
+            if wasUp {
+                perform(machines[node].linkDown(link, peerLeft: false, now: now), at: node)
+            } else if let dialed {
+                perform(machines[node].dialFailed(dialed, now: now), at: node)
+            }
         }
     }
 
-    private mutating func perform(_ actions: [Action], at node: Int) {
-        let latency = configuration.latency
+    mutating func perform(_ actions: [Action], at node: Int) {
         for action in actions {
             record(action, at: node)
             switch action {
             case .dial(let address):
                 // A paused node answers no handshake: the dial fails, as its timeout would.
                 guard let other = Int(address.dropFirst()), other < machines.count, other != node, !isCut(node, other),
-                      !crashed.contains(other), !paused.contains(other) else {
-                    events.schedule(.dialFailed(node: node, address: address), at: now + latency)
+                      !isCut(other, node), !crashed.contains(other), !paused.contains(other) else {
+                    events.schedule(.dialFailed(node: node, address: address), at: now + configuration.latency)
                     continue
                 }
                 let mine = LinkID(nextLink[node]), theirs = LinkID(nextLink[other])
                 nextLink[node] += 1
                 nextLink[other] += 1
-                ends[node][mine] = End(peer: other, peerLink: theirs)
-                ends[other][theirs] = End(peer: node, peerLink: mine)
+                // The handshake's round trip, then the dialer's hello, then the acceptor's: each
+                // side's first message comes after the hello it sends on its link.
+                let acceptorUp = now + delay(node, other) + delay(node, other)
+                let dialerUp = acceptorUp + delay(node, other)
+                ends[node][mine] = End(peer: other, peerLink: theirs, dialed: address, lastArrival: acceptorUp)
+                ends[other][theirs] = End(peer: node, peerLink: mine, lastArrival: dialerUp)
                 // The dialer's hello says whether it is short of links (as it was when it dialed).
                 events.schedule(.linkUp(node: other, link: theirs, peer: node, direction: .inbound, dialed: nil,
-                                        features: machines[node].dialFeatures), at: now + 2 * latency)
-                events.schedule(.linkUp(node: node, link: mine, peer: other, direction: .outbound, dialed: address),
-                                at: now + 3 * latency)
+                                        features: machines[node].dialFeatures), at: acceptorUp)
+                events.schedule(.linkUp(node: node, link: mine, peer: other, direction: .outbound, dialed: address), at: dialerUp)
             case .closeLink(let link, let reason):
                 guard let end = ends[node][link] else { continue }
                 events.schedule(.linkDown(node: node, link: link, peerLeft: false), at: now)
-                if !isCut(node, end.peer) {
+                if passes(from: node, on: link) {
                     // A refusal's goodbye is a protocol error's (``LinkMachine/close(_:)``).
                     events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving,
-                                              peerClosed: reason == .tooManyPeers || reason == .selfConnection), at: now + latency)
+                                              peerClosed: reason == .tooManyPeers || reason == .selfConnection),
+                                    at: arrival(from: node, on: link))
                 }
             case .sendPing(let link, _):
                 guard let end = ends[node][link], end.up else { continue }
                 messagesSent[node] += 1
-                guard !isCut(node, end.peer) else { continue }
-                events.schedule(.heard(node: end.peer, link: end.peerLink), at: now + latency)
-                events.schedule(.heard(node: node, link: link), at: now + 2 * latency)  // the pong
+                guard passes(from: node, on: link) else { continue }
+                events.schedule(.ping(node: end.peer, link: end.peerLink), at: arrival(from: node, on: link))
             case .sendPeerList(let link, let entries):
                 guard let end = ends[node][link], end.up else { continue }
                 messagesSent[node] += 1
-                guard !isCut(node, end.peer) else { continue }
-                events.schedule(.peerList(node: end.peer, link: end.peerLink, entries), at: now + latency)
+                guard passes(from: node, on: link) else { continue }
+                events.schedule(.peerList(node: end.peer, link: end.peerLink, entries), at: arrival(from: node, on: link))
             case .send(let message, let to, let link):
+                if resetPending.contains([UInt64(node), link.rawValue]) { continue }
                 guard let other = index(of: to), let end = ends[node][link], end.up else {
                     perform(machines[node].undeliverable(message, to: to, now: now), at: node)
                     continue
                 }
                 messagesSent[node] += 1
-                guard !isCut(node, other) else { continue }
-                events.schedule(.message(node: other, link: end.peerLink, from: node, message), at: now + latency)
+                guard passes(from: node, on: link) else { continue }
+                let fate = linkFate(of: link, at: node)
+                guard !fate.lost else { continue }
+                let carried = random.chance(network.codecSampleRate)
+                    ? throughCodec(message, maxFrameSize: WireProtocol.defaultMaxFrameSize) : message
+                events.schedule(.message(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
+                                at: arrival(from: node, on: link))
             case .armTimer(let timer, let at):
                 deadlines[node][timer] = at
                 events.schedule(.timer(node: node, timer, at: at), at: max(at, now))
             case .cancelTimer(let timer):
                 deadlines[node][timer] = nil
             case .queue(_, .send(let message, let to)):
+                if let link = machines[node].link(to: to), resetPending.contains([UInt64(node), link.rawValue]) { continue }
                 guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up else {
                     perform(machines[node].sendFailed(message, to: to, now: now), at: node)
                     continue
                 }
                 messagesSent[node] += 1
-                guard !isCut(node, other) else { continue }
-                events.schedule(.queueMessage(node: other, link: end.peerLink, from: node, message), at: now + latency)
+                guard passes(from: node, on: link) else { continue }
+                let fate = linkFate(of: link, at: node)
+                guard !fate.lost else { continue }
+                let carried = random.chance(network.codecSampleRate)
+                    ? throughCodec(message, maxFrameSize: configuration.queue.maxFrameSize) : message
+                events.schedule(.queueMessage(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
+                                at: arrival(from: node, on: link))
             case .queue(let name, .armTimer(let at)):
                 deadlines[node][.queue(name)] = at
                 events.schedule(.timer(node: node, .queue(name), at: at), at: max(at, now))
-            case .queue(let name, .deliver(_, let items)):
-                delivered[node, default: [:]][name, default: []].append(contentsOf: items.map { Array($0.bytes) })
+            case .queue(let name, .deliver(let waiter, let payloads)):
+                let items = payloads.map { Array($0.bytes) }
+                delivered[node, default: [:]][name, default: []].append(contentsOf: items)
+                delivered(items, of: name, to: waiter, at: node)
+            case .queue(_, .fail(let waiter, _)):
+                popFailed(waiter, at: node)
             case .member(let event):
                 switch event {
                 case .suspect(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: false)) }

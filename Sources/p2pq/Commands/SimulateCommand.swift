@@ -6,14 +6,29 @@ import P2PQSimulation
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Run N node machines on a simulated clock and network, crash one, and measure failure detection.",
+        abstract: "Run N node machines on a simulated clock and network: failure detection or load balancing.",
         discussion: """
             The nodes are the real NodeMachine (connection manager, membership, queues) on an \
-            in-memory network with one latency. Node 0 is everyone's bootstrap. After --warmup \
-            the last node crashes; the run goes on for --duration. Prints one JSON object, then \
-            a readable summary on standard error. The same seed gives the same run (and trace hash).
+            in-memory network. Node 0 is everyone's bootstrap. --scenario detect: after --warmup \
+            the last node crashes; the run goes on for --duration. --scenario balance: after \
+            --warmup, --items items are pushed at node 0 (--inject one) or at every node in turn \
+            (--inject everywhere); one consumer per node pops them, each task taking --task-ms on \
+            average; the run ends when all are done (or after --duration). Prints one JSON \
+            object, then a readable summary on standard error. The same seed gives the same run \
+            (and trace hash).
             """
     )
+
+    enum Scenario: String, ExpressibleByArgument, CaseIterable {
+        case detect, balance
+    }
+
+    enum Injection: String, ExpressibleByArgument, CaseIterable {
+        case one, everywhere
+    }
+
+    @Option(help: "What to measure: detect (a crash) or balance (work spread to consumers).")
+    var scenario = Scenario.detect
 
     @Option(help: "Number of nodes.")
     var nodes = 10
@@ -27,14 +42,49 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Simulated seconds after the crash.")
     var duration: Double = 20
 
-    @Option(help: "One-way link latency in milliseconds.")
+    @Option(help: "One-way link latency in milliseconds (the base, with --jitter-ms).")
     var latency: Double = 1
 
-    @Flag(help: "Print every suspicion and death verdict (time, observer, subject) on standard error.")
+    @Flag(help: "detect: print every suspicion and death verdict (time, observer, subject) on standard error.")
     var printVerdicts = false
 
-    @Option(help: "Print every action of this node until --warmup ends, on standard error (a debugging aid).")
+    @Option(help: "detect: print every action of this node until --warmup ends, on standard error (a debugging aid).")
     var traceNode: Int?
+
+    @Option(help: "Mean of an exponential jitter added to each message's latency, in milliseconds (order on a link is kept).")
+    var jitterMs: Double = 0
+
+    @Option(help: "balance: where the items are pushed.")
+    var inject = Injection.one
+
+    @Option(help: "balance: items pushed.")
+    var items = 10_000
+
+    @Option(help: "balance: mean task duration in milliseconds (half fixed, half exponential).")
+    var taskMs: Double = 10
+
+    /// What one balance run measured.
+    struct BalanceReport: Encodable {
+        var scenario = "balance"
+        var nodes: Int
+        var seed: UInt64
+        var inject: String
+        var items: Int
+        var traceHash: String
+        /// From the first push to the end of the last task.
+        var makespanSeconds: Double?
+        /// The total work divided by the consumers: a perfect split with free transfers.
+        var lowerBoundSeconds: Double
+        var makespanOverLowerBound: Double?
+        /// From the first push until every node's consumer had taken an item (nil: some never did).
+        var convergeSeconds: Double?
+        var consumersThatWorked: Int
+        var popped: Int
+        var lost: Int
+        var duplicates: Int
+        var eventsProcessed: Int
+        var wallSeconds: Double
+    }
 
     /// What one run measured.
     struct Report: Encodable {
@@ -65,14 +115,69 @@ struct SimulateCommand: ParsableCommand {
         guard nodes >= 2 else { throw ValidationError("--nodes must be at least 2") }
         guard nodes <= 65_536 else { throw ValidationError("--nodes must be at most 65536") }
         guard warmup > 0, duration > 0, latency > 0 else { throw ValidationError("--warmup, --duration and --latency must be positive") }
+        guard jitterMs >= 0, taskMs > 0, items > 0 else { throw ValidationError("--jitter-ms must be at least 0, --task-ms and --items positive") }
     }
 
     func run() throws {
-        let started = Date()
+        switch scenario {
+        case .detect: try detect()
+        case .balance: try balance()
+        }
+    }
+
+    private func configuration() -> ClusterSimulation.Configuration {
         var configuration = ClusterSimulation.Configuration(nodes: nodes, seed: seed)
-        configuration.latency = UInt64(latency * 1e6)
+        configuration.network.latency = DelayDistribution(
+            base: UInt64(latency * 1e6), jitter: jitterMs > 0 ? .exponential(mean: UInt64(jitterMs * 1e6)) : .none)
         configuration.recordsTrace = traceNode != nil
-        var simulation = ClusterSimulation(configuration)
+        return configuration
+    }
+
+    private func balance() throws {
+        let started = Date()
+        var simulation = ClusterSimulation(configuration())
+        let warm = UInt64(warmup * 1e9), end = warm + UInt64(duration * 1e9)
+        simulation.run(until: warm)
+        let half = UInt64(taskMs * 1e6 / 2)
+        for n in 0..<nodes {
+            simulation.add(Consumer(node: n, taskDuration: DelayDistribution(base: half, jitter: .exponential(mean: half))))
+        }
+        simulation.add(Producer(inject == .one ? .node(0) : .spread, items: items, batch: inject == .one ? 100 : 10, interval: 0))
+        while simulation.now < end {
+            simulation.run(until: min(end, simulation.now + simulatedSecond / 10))
+            let ledger = simulation.ledger
+            if simulation.producersDone, ledger.pops.count >= ledger.acknowledged.count, simulation.now >= ledger.lastTaskEnd { break }
+        }
+        let report = simulation.checkDeliveries(faultFree: true)
+        let ledger = simulation.ledger
+        let done = report.popped >= items && simulation.now >= ledger.lastTaskEnd
+        let makespan = done ? Double(ledger.lastTaskEnd - warm) / 1e9 : nil
+        let lowerBound = Double(ledger.totalWork) / Double(nodes) / 1e9
+        let converge = ledger.firstTaskAt.count == nodes ? ledger.firstTaskAt.values.max().map { Double($0 - warm) / 1e9 } : nil
+        let result = BalanceReport(
+            nodes: nodes, seed: seed, inject: inject.rawValue, items: items, traceHash: simulation.traceHash.description,
+            makespanSeconds: makespan, lowerBoundSeconds: lowerBound, makespanOverLowerBound: makespan.map { $0 / lowerBound },
+            convergeSeconds: converge, consumersThatWorked: ledger.firstTaskAt.count, popped: report.popped, lost: report.lost,
+            duplicates: report.duplicates, eventsProcessed: simulation.eventsProcessed, wallSeconds: Date().timeIntervalSince(started))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+        let format = { (value: Double?) in value.map { String(format: "%.2f s", $0) } ?? "never" }
+        let summary = """
+            \(nodes) nodes, seed \(seed), \(items) items injected at \(inject == .one ? "node 0" : "every node"): \
+            makespan \(format(makespan)) over a lower bound of \(format(lowerBound)) \
+            (\(result.makespanOverLowerBound.map { String(format: "%.2f", $0) } ?? "-")x); every consumer busy after \
+            \(format(converge)) (\(ledger.firstTaskAt.count) of \(nodes) worked); \(report.popped) popped, \(report.lost) lost, \
+            \(report.duplicates) duplicates; \(String(format: "%.1f", result.wallSeconds)) s wall; trace \(result.traceHash)
+
+            """
+        FileHandle.standardError.write(Data(summary.utf8))
+        for failure in simulation.failures { FileHandle.standardError.write(Data("failure: \(failure)\n".utf8)) }
+    }
+
+    private func detect() throws {
+        let started = Date()
+        var simulation = ClusterSimulation(configuration())
         let second = simulatedSecond
         let warm = UInt64(warmup * 1e9)
         simulation.run(until: warm / 2)
@@ -85,16 +190,16 @@ struct SimulateCommand: ParsableCommand {
         simulation.run(until: warm + UInt64(duration * 1e9))
 
         let live = (0..<nodes).filter { $0 != victim }
-        if let traceNode {
-            for entry in simulation.trace where entry.node == traceNode && entry.time <= warm {
-                FileHandle.standardError.write(Data(String(format: "%.4f s: %@\n", Double(entry.time) / 1e9, "\(entry.action)").utf8))
-            }
-        }
         if printVerdicts {
             for verdict in simulation.verdicts {
                 let line = String(format: "%.3f s: node %d %@ node %d\n", Double(verdict.time) / 1e9, verdict.observer,
                                   verdict.dead ? "declares dead" : "suspects", verdict.subject)
                 FileHandle.standardError.write(Data(line.utf8))
+            }
+        }
+        if let traceNode {
+            for entry in simulation.trace where entry.node == traceNode && entry.time <= warm {
+                FileHandle.standardError.write(Data(String(format: "%.4f s: %@\n", Double(entry.time) / 1e9, "\(entry.action)").utf8))
             }
         }
         var firstDead: [Int: UInt64] = [:]
