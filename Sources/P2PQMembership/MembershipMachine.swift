@@ -270,12 +270,21 @@ public struct MembershipMachine: Sendable {
     public mutating func received(_ message: MembershipMessage, from peer: PeerID, now: UInt64) -> [MembershipAction] {
         var out: [MembershipAction] = []
         guard !hasLeft else { return out }
+        var missedRefutation = false
         for update in message.updates {
             guard Self.isPlausible(update) else {
                 refusedUpdates &+= 1
                 continue
             }
+            // A verdict about this node older than its incarnation: the sender missed the
+            // refutation (its gossip rounds ran out before reaching it) and would hold this node
+            // dead for good. It hears the current incarnation straight back.
+            if update.member == localPeer, update.kind != .alive, update.incarnation < incarnation { missedRefutation = true }
             apply(update, now: now, &out)
+        }
+        if missedRefutation {
+            out.append(.send(.gossip(updates: [MemberUpdate(kind: .alive, member: localPeer, incarnation: incarnation,
+                                                            origin: localPeer)]), to: peer))
         }
         switch message {
         case .ping(let sequence, _):

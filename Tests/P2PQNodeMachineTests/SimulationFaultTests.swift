@@ -191,29 +191,27 @@ struct SimulationFaultTests {
         #expect(simulation.failures.isEmpty, "\(simulation.failures.map(\.description).joined(separator: "\n"))")
     }
 
-    /// Found by seed 16 (and 18 to 20): a node traps in `ReplicaShelf.drop` (a kept replica run
-    /// whose array's table of ends is shorter than the run says) on a replica release. Not
-    /// root-caused (docs/simulation.md, "Bugs found"); enable once fixed.
-    @Test("Seed 16: a replica release traps in ReplicaShelf.drop (open)",
-          .disabled("traps the test process: QueueRun.itemStart out of range from ReplicaShelf.drop"))
+    /// Found by seed 16 (and 18 to 20): an owner's replica backlog listed items twice (a holder
+    /// died while they waited), one replica transfer carried them twice, and the holder's shelf
+    /// let an array go while a later run still pointed into it: a trap, or another array's
+    /// bytes. The backlog now stays disjoint and the shelf holds arrays before dropping copies.
+    @Test("Seed 16: replicas sent again while still waiting neither trap the holder nor lose items")
     func replicaShelfTrap() {
         var simulation = Self.faultyRun(seed: 16)
         let report = simulation.checkDeliveries(faultFree: false)
         #expect(report.lost == 0 && simulation.failures.isEmpty, "\(simulation.failures)")
     }
 
-    /// Found by seed 14 (the fast workload): node 3, suspected by node 1 while each suspected the other, refuted at
-    /// a new incarnation and gossiped it to the members it believed alive, not to node 1. Node 1
-    /// (and node 4) then declared it dead at the old incarnation and tell it so every second
-    /// over their link, but a member ignores a verdict about itself below its own incarnation,
-    /// so they hold it dead for good (P2PQMembership, `refuteIfNeeded`; not fixed here).
-    @Test("Seed 14: a member whose refutation some nodes missed stays dead to them (known membership bug)")
+    /// Found by seed 14 (the fast workload): node 3, suspected by node 1 while each suspected the
+    /// other, refuted at a new incarnation and gossiped it to the members it believed alive, not
+    /// to node 1. Node 1 (and node 4) then declared it dead at the old incarnation and told it so
+    /// every second over their link, and node 3 ignored a verdict below its own incarnation, so
+    /// they held it dead for good. A member now answers such a verdict with its incarnation.
+    @Test("Seed 14: a member whose refutation some nodes missed answers their stale verdict and is alive to all again")
     func missedRefutation() {
         var simulation = Self.faultyRun(seed: 14, slow: false)
         simulation.checkDeliveries(faultFree: false)
-        withKnownIssue("a verdict about a member below its incarnation is ignored, not answered") {
-            #expect(simulation.failures.isEmpty, "\(simulation.failures.map(\.description).joined(separator: "\n"))")
-        }
+        #expect(simulation.failures.isEmpty, "\(simulation.failures.map(\.description).joined(separator: "\n"))")
     }
 
     @Test("Without replicas a crashed owner loses acknowledged items, and the checker says so with the seed")
