@@ -55,6 +55,7 @@ struct PayloadStore: Sendable {
 
     /// `count` more holders of `slot`.
     mutating func retain(_ slot: UInt32, count: Int = 1) {
+        assert(slots[Int(slot)].holders > 0, "PayloadStore: retained a slot already let go")
         slots[Int(slot)].holders += count
     }
 

@@ -55,7 +55,11 @@ extension QueueMachine {
         insertBacklog(SequenceRun(first: first, count: UInt32(count)))
     }
 
+    /// Adds `run` to the backlog, which stays sorted (for the pushes' mark) and disjoint: an
+    /// item listed twice would go twice in one replica transfer, or in two, and the second
+    /// ack would release the copy the first one kept.
     mutating func insertBacklog(_ run: SequenceRun) {
+        guard run.count > 0 else { return }
         if let last = replicaBacklog.last {
             let end = last.first &+ UInt64(last.count)
             if end == run.first && last.count <= UInt32.max - run.count {
@@ -63,13 +67,27 @@ extension QueueMachine {
                 return
             }
             if end > run.first {
-                // Older items (a holder died, a replica was refused): in order, for the pushes' mark.
-                var low = 0, high = replicaBacklog.count
-                while low < high {
-                    let mid = (low + high) / 2
-                    if replicaBacklog[mid].first < run.first { low = mid + 1 } else { high = mid }
+                // Older items (a holder died, a replica was refused): those not waiting already.
+                var pieces: [SequenceRun] = []
+                var from = run.first
+                let runEnd = run.first &+ UInt64(run.count)
+                for waiting in replicaBacklog {
+                    let waitingEnd = waiting.first &+ UInt64(waiting.count)
+                    if waitingEnd <= from { continue }
+                    if waiting.first >= runEnd { break }
+                    if waiting.first > from { pieces.append(SequenceRun(first: from, count: UInt32(waiting.first - from))) }
+                    from = Swift.max(from, waitingEnd)
+                    if from >= runEnd { break }
                 }
-                replicaBacklog.insert(run, at: low)
+                if from < runEnd { pieces.append(SequenceRun(first: from, count: UInt32(runEnd - from))) }
+                for piece in pieces {
+                    var low = 0, high = replicaBacklog.count
+                    while low < high {
+                        let mid = (low + high) / 2
+                        if replicaBacklog[mid].first < piece.first { low = mid + 1 } else { high = mid }
+                    }
+                    replicaBacklog.insert(piece, at: low)
+                }
                 return
             }
         }

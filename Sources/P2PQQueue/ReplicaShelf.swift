@@ -35,21 +35,22 @@ struct ReplicaShelf: Sendable {
     func holds(_ owner: PeerID) -> Bool { shelves[owner] != nil }
 
     /// Keeps the replicas of a transfer from `owner`, holding their arrays in `store`; a copy
-    /// sent again (after a timeout) replaces the one kept.
+    /// sent again (after a timeout, or twice in this transfer) replaces the one kept.
     mutating func keep(_ transferred: TransferItems, from owner: PeerID, store: inout PayloadStore) {
         var shelf = shelves.removeValue(forKey: owner) ?? Deque()
+        // Each array is held for all its runs before any copy is dropped: a run repeated in
+        // this transfer drops the copy just kept, and with it that array's count, which must
+        // not reach zero while later runs still point into the array.
+        var holders = [Int](repeating: 0, count: transferred.buffers.count)
+        for run in transferred.runs { holders[Int(run.slot)] += Int(run.count) }
         var slots = [UInt32](repeating: .max, count: transferred.buffers.count)
+        for (buffer, count) in holders.enumerated() where count > 0 {
+            slots[buffer] = store.hold(transferred.buffers[buffer], ends: transferred.ends[buffer], holders: count)
+        }
         for run in transferred.runs {
-            // A copy sent again (after a timeout) replaces the one kept.
             drop(SequenceRun(first: run.first, count: run.count), in: &shelf, store: &store)
-            let buffer = Int(run.slot)
-            if slots[buffer] == .max {
-                slots[buffer] = store.hold(transferred.buffers[buffer], ends: transferred.ends[buffer], holders: Int(run.count))
-            } else {
-                store.retain(slots[buffer], count: Int(run.count))
-            }
             var kept = run
-            kept.slot = slots[buffer]
+            kept.slot = slots[Int(run.slot)]
             var low = shelf.count
             if let last = shelf.last, last.first > kept.first {
                 low = 0

@@ -154,6 +154,26 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(popped.sorted() == Array(0..<10), "popped \(popped)")
     }
 
+    @Test("A replica transfer that lists items twice (a faulty or hostile owner) keeps each once, and its arrays stay held for what is kept")
+    func repeatedItemsInOneReplicaTransfer() throws {
+        var m = mesh([A, B])
+        var b = m[1]
+        m = []
+        // Items 0..<4 twice in one array, then 2..<6 (the second copy drops the first and all
+        // its holds on the array; the array must stay for the second).
+        let items = ([0, 1, 2, 3] + [0, 1, 2, 3] + [2, 3, 4, 5]).map {
+            QueueItem(id: ItemID(origin: A, sequence: UInt64($0)), payload: ItemPayload(payload($0)))
+        }
+        let acks = b.received(try wireRoundTrip(.transfer(queue: "q", transferID: 1, kind: .replica, requestID: 0,
+                                                          items: TransferItems(items))), from: A, now: 1)
+        #expect(acks.contains { if case .send(.transferAck(_, 1, .accepted), A) = $0 { true } else { false } })
+        #expect(b.shelvedItems == 6)
+        // The owner dies: each item is queued once, with its own bytes.
+        _ = b.peerDisconnected(A, now: 2 * second)
+        _ = b.peerDied(A, now: 2 * second)
+        #expect(b.pop(max: 100, waiter: nil, now: 3 * second).0.map(number).sorted() == [0, 1, 2, 3, 4, 5])
+    }
+
     @Test("A leased item keeps its replica until its ack, then releases it")
     func leaseAckReleases() throws {
         var m = mesh([A, B])
