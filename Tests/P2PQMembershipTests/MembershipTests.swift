@@ -478,6 +478,21 @@ struct MembershipTests {
         #expect(node.membership.state(of: target) == .alive)
     }
 
+    @Test("A verdict about this node older than its incarnation (its sender missed the refutation) is answered with the current incarnation")
+    func staleVerdictIsAnswered() {
+        var node = Driver(members: [1, 2], incarnation: 100)
+        node.receive(.gossip(updates: [update(.dead, 0, 60, by: 1)]), from: 1)
+        let answers = node.drainSends().filter { $0.1 == peer(1) }
+        #expect(answers.contains { sent in
+            guard case .gossip(let updates) = sent.0 else { return false }
+            return updates.contains(update(.alive, 0, 100))
+        }, "\(answers)")
+        #expect(node.membership.incarnation == 100)
+        // A verdict at the current incarnation is refuted as before (a new incarnation).
+        node.receive(.gossip(updates: [update(.suspect, 0, 100, by: 1)]), from: 1)
+        #expect(node.membership.incarnation == 101)
+    }
+
     @Test("A new link tells the newcomer the whole view; a restarted member rejoins")
     func linkUpSync() {
         var node = Driver(members: [1, 2])
