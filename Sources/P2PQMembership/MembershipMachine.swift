@@ -757,7 +757,9 @@ public struct MembershipMachine: Sendable {
 
     private mutating func gossipRound(_ out: inout [MembershipAction]) {
         guard !queue.isEmpty, configuration.gossipFanout > 0 else { return }
-        var targets = memberTable.keys.sorted().filter { memberTable[$0]!.state == .alive || memberTable[$0]!.state == .suspect }
+        // Linked members only: a send to another could not go, yet would spend the updates'
+        // retransmissions (a partial mesh would hear of deaths late, or never).
+        var targets = linked.sorted().filter { memberTable[$0].map { $0.state == .alive || $0.state == .suspect } ?? false }
         targets.shuffle(using: &rng)
         for target in targets.prefix(configuration.gossipFanout) {
             let updates = piggyback(for: target)

@@ -108,6 +108,57 @@ struct MembershipNodeTests {
         for (node, _) in nodes { await node.stop() }
     }
 
+    @Test("Every node full (maxPeers 3, four nodes): a newcomer gets in all the same, every node sees every member alive, and the newcomer SIGKILLed is declared dead by all")
+    func partialMesh() async throws {
+        let (key, path) = try keyFile()
+        var configuration = testConfiguration(key: key)
+        configuration.maxPeers = 3
+        let first = try Node(configuration: configuration)
+        let firstInfo = try await first.start()
+        let bootstrap = "\(firstInfo.listenAddress)"
+        var nodes = [(first, EventLog(first))]
+        for _ in 1..<4 {
+            var configuration = testConfiguration(key: key, bootstrap: [bootstrap])
+            configuration.maxPeers = 3
+            let node = try Node(configuration: configuration)
+            try await node.start()
+            nodes.append((node, EventLog(node)))
+        }
+        try await eventually("every node is full") {
+            for (node, _) in nodes where await node.connectedPeers().count != 3 { return false }
+            return true
+        }
+        // Every node refuses a fifth link, but this one's hello says it has none: one makes room.
+        let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path, "--max-peers", "3"])
+        defer { if child.process.isRunning { kill(child.process.processIdentifier, SIGKILL) } }
+        do {
+            try await awaitMembers(nodes, Set(nodes.map(\.0.peerID) + [child.peerID]))
+        } catch {
+            var lines = ["child \(child.peerID.short)"]
+            for (node, _) in nodes {
+                let members = await node.members().map { "\($0.peer.short):\($0.state)" }
+                lines.append("\(node.peerID.short): links \(await node.connectedPeers().map(\.short)), members \(members)")
+            }
+            Issue.record("\(lines.joined(separator: "\n"))\n\(child.diagnostics())")
+            throw error
+        }
+        var linkedToChild = 0
+        for (node, _) in nodes {
+            let peers = await node.connectedPeers()
+            #expect(peers.count >= 1 && peers.count <= 3, "node \(node.peerID.short) keeps \(peers.count) links")
+            if peers.contains(child.peerID) { linkedToChild += 1 }
+        }
+        #expect(linkedToChild >= 1)
+        let killedAt = ContinuousClock.now
+        kill(child.process.processIdentifier, SIGKILL)
+        _ = try await awaitEverywhere(nodes, .memberDead(child.peerID), since: killedAt, timeout: .seconds(10))
+        for (_, log) in nodes {
+            #expect(log.failures.allSatisfy { $0 == .memberSuspected(child.peerID) || $0 == .memberDead(child.peerID) },
+                    "a live member was suspected: \(log.failures)")
+        }
+        for (node, _) in nodes { await node.stop() }
+    }
+
     @Test("A peer gone silent (SIGSTOP, no FIN) is declared dead by every other node within 6 s")
     func sigstopDead() async throws {
         let (key, path) = try keyFile()
