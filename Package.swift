@@ -142,8 +142,7 @@ let package = Package(
         ),
         // The peer-link policy as a plain value: one link per pair, reconnect with backoff,
         // keepalives, peer exchange, max peers.
-        .target(name: "P2PQConnectionManager", dependencies: [.product(name: "HeapModule", package: "swift-collections")],
-                path: "Sources/P2PQConnectionManager"),
+        .target(name: "P2PQConnectionManager", path: "Sources/P2PQConnectionManager"),
         // SWIM membership with Lifeguard's refinements as a plain value: probes, suspicion,
         // gossip; its messages (types 0x10-0x1F) and their codec.
         .target(name: "P2PQMembership", dependencies: ["P2PQWire"], path: "Sources/P2PQMembership"),

@@ -1,5 +1,3 @@
-import HeapModule
-
 /// The peer-link policy of a node, as a plain value: which addresses to dial, which links to
 /// keep, when to ping, redial or give up.
 ///
@@ -49,13 +47,8 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     /// The one address to (re)dial for each peer; always a key of `addresses` whose entry names the peer.
     private var dialAddress: [PeerID: Address] = [:]
     private var dialsInFlight = 0
-    /// Number of entries in `.backoff`.
+    /// Number of entries in `.backoff`, so the deadline scan can skip the table when there are none.
     private var backoffCount = 0
-    /// Every link's next deadline, and every pending redial: the timer is the earlier of their
-    /// tops, so a tick or an input costs O(log) per deadline rather than a scan of every link
-    /// and address (the cost that dominated simulations of hundreds of nodes).
-    private var linkDeadlines = Heap<LinkDeadline>()
-    private var redials = Heap<RedialDeadline>()
     /// What the shell's timer is armed for, as far as the manager knows.
     private var armedDeadline: UInt64?
     private var nextOrder: UInt64 = 0
@@ -73,28 +66,6 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         /// Membership declared the peer dead or left while this link was up: when it closes,
         /// the peer is forgotten instead of redialed (see ``peerGone(_:now:)``).
         var peerGone = false
-        /// The deadline of this link's one live entry in ``linkDeadlines``.
-        var scheduled: UInt64 = 0
-    }
-
-    /// A link's deadline (its next ping or its timeout) in ``linkDeadlines``. Entries are not
-    /// removed when a link goes or is heard from: one is live while it matches the link's
-    /// `scheduled`, and a live one whose link was heard since is moved later when it surfaces
-    /// (deadlines only move later), so the heap's top is exact whenever it is read.
-    private struct LinkDeadline: Comparable, Sendable {
-        var at: UInt64
-        var link: LinkID
-        static func < (a: Self, b: Self) -> Bool { (a.at, a.link) < (b.at, b.link) }
-    }
-
-    /// A redial in ``redials``, in the order redials are made (deadline, then address age);
-    /// live while the address is still in backoff until `until`.
-    private struct RedialDeadline: Comparable, Sendable {
-        var until: UInt64
-        var order: UInt64
-        var address: Address
-        static func < (a: Self, b: Self) -> Bool { (a.until, a.order) < (b.until, b.order) }
-        static func == (a: Self, b: Self) -> Bool { a.until == b.until && a.order == b.order }
     }
 
     private enum DialState: Equatable, Sendable {
@@ -278,7 +249,6 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
             }
             links[existingID] = nil
             links[link] = fresh
-            schedule(link)
             linkByPeer[peer] = link
             actions.append(.closeLink(existingID, reason: .duplicate))
             actions.append(.peerLinkChanged(peer, from: existingID, to: link))
@@ -306,7 +276,6 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
                 return actions
             }
             links[link] = fresh
-            schedule(link)
             linkByPeer[peer] = link
             actions.append(.peerConnected(peer, link))
             appendPeerList(to: link, recipient: peer, into: &actions)
@@ -429,12 +398,11 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         // The shell's one-shot timer has fired if its deadline passed: make rearm re-emit it.
         if let armed = armedDeadline, armed <= now { armedDeadline = nil }
         var actions: [Action] = []
-        // Only the links due now, in ID order, taken off the deadline heap.
+        // Only the links due now, in ID order: each link's ping brings a tick of its own, so
+        // sorting every link on every tick would cost O(L² log L) per keepalive interval.
         var due: [LinkID] = []
-        while let top = linkDeadlines.min, top.at <= now {
-            linkDeadlines.removeMin()
-            guard let link = links[top.link], link.scheduled == top.at else { continue }
-            if deadline(of: link) <= now { due.append(top.link) } else { schedule(top.link) }
+        for (id, link) in links where now >= min(nextPing(link), saturatingAdd(link.lastHeard, configuration.keepaliveTimeout)) {
+            due.append(id)
         }
         due.sort()
         for id in due {
@@ -449,20 +417,17 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
             } else if now >= nextPing(link) {
                 links[id]!.pingedAt = now
                 actions.append(.sendPing(id))
-                schedule(id)
-            } else {
-                schedule(id)
             }
         }
         if backoffCount > 0 {
-            var due: [RedialDeadline] = []
-            while let top = redials.min, top.until <= now {
-                redials.removeMin()
-                if case .backoff(let until)? = addresses[top.address]?.state, until == top.until { due.append(top) }
+            var due: [(address: Address, until: UInt64, order: UInt64)] = []
+            for (address, entry) in addresses {
+                if case .backoff(let until) = entry.state, until <= now {
+                    due.append((address, until, entry.order))
+                }
             }
+            due.sort { ($0.until, $0.order) < ($1.until, $1.order) }
             for item in due {
-                // A redial made just before in this loop may have changed another's state.
-                guard case .backoff(let until)? = addresses[item.address]?.state, until == item.until else { continue }
                 if let peer = addresses[item.address]!.peer, linkByPeer[peer] != nil {
                     setState(item.address, .idle, now: now)
                 } else if hasDialCapacity {
@@ -490,8 +455,6 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
             actions.append(.peerDisconnected(link.peer, reason: .stopped))
         }
         links = [:]
-        linkDeadlines = Heap()
-        redials = Heap()
         linkByPeer = [:]
         addresses = [:]
         dialAddress = [:]
@@ -597,22 +560,7 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     /// lost the same peer at the same moment do not redial in lockstep.
     private mutating func scheduleRedial(_ address: Address, delay: UInt64, now: UInt64) {
         let jittered = UInt64.random(in: delay / 2 ... delay, using: &random)
-        let until = saturatingAdd(now, jittered)
-        setState(address, .backoff(until: until), now: now)
-        if let entry = addresses[address] { redials.insert(RedialDeadline(until: until, order: entry.order, address: address)) }
-    }
-
-    /// The link's next deadline: its next ping or its timeout, whichever is first.
-    private func deadline(of link: Link) -> UInt64 {
-        min(nextPing(link), saturatingAdd(link.lastHeard, configuration.keepaliveTimeout))
-    }
-
-    /// Gives `id` one live entry in ``linkDeadlines`` at its current deadline.
-    private mutating func schedule(_ id: LinkID) {
-        guard let link = links[id] else { return }
-        let at = deadline(of: link)
-        links[id]!.scheduled = at
-        linkDeadlines.insert(LinkDeadline(at: at, link: id))
+        setState(address, .backoff(until: saturatingAdd(now, jittered)), now: now)
     }
 
     /// After a peer's link is gone: plan a redial of its dial address. A peer that closed the
@@ -748,31 +696,18 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
 
     // MARK: Timer
 
-    /// Emits `.armTimer` (or `.cancelTimer`) if the earliest deadline changed: the heaps'
-    /// tops, once stale entries are off them.
+    /// Emits `.armTimer` (or `.cancelTimer`) if the earliest deadline changed. O(links), plus
+    /// O(addresses) while any redial is pending.
     private mutating func rearm(_ actions: inout [Action]) {
         var earliest: UInt64?
-        while let top = linkDeadlines.min {
-            guard let link = links[top.link], link.scheduled == top.at else {
-                linkDeadlines.removeMin()
-                continue
-            }
-            guard deadline(of: link) == top.at else {
-                // Heard from since: its deadline moved later.
-                linkDeadlines.removeMin()
-                schedule(top.link)
-                continue
-            }
-            earliest = top.at
-            break
+        for link in links.values {
+            let deadline = min(nextPing(link), saturatingAdd(link.lastHeard, configuration.keepaliveTimeout))
+            earliest = min(earliest ?? deadline, deadline)
         }
-        while let top = redials.min {
-            guard case .backoff(let until)? = addresses[top.address]?.state, until == top.until else {
-                redials.removeMin()
-                continue
+        if backoffCount > 0 {
+            for entry in addresses.values {
+                if case .backoff(let until) = entry.state { earliest = min(earliest ?? until, until) }
             }
-            earliest = min(earliest ?? until, until)
-            break
         }
         guard earliest != armedDeadline else { return }
         armedDeadline = earliest
