@@ -191,7 +191,15 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
         return actions
     }
 
-    /// A link finished its handshake and hello.
+    /// Whether this node is short of links (fewer than `minPeers`, at most half of `maxPeers`):
+    /// its dials ask a full peer to make room (the hello's `featureNeedsLinks`). The half
+    /// matters: the peer that loses a link for it keeps `maxPeers` − 1, so it never becomes
+    /// short in turn and evicts another (a cascade).
+    public var needsLinks: Bool { links.count < Swift.min(configuration.minPeers, configuration.maxPeers / 2) }
+
+    /// A link finished its handshake and hello. A full node refuses it, with a peer list, unless
+    /// the peer dialed it short of links: then it closes one of its other links (chosen at
+    /// random, HyParView's rule for a join) to keep this one.
     ///
     /// - Parameters:
     ///   - link: the shell's identifier of the connection.
@@ -200,16 +208,8 @@ public struct ConnectionMachine<PeerID: Hashable & Comparable & Sendable, Addres
     ///   - peerAddress: the address the peer advertises for dialing it, if any; shared with
     ///     other peers and used to redial it.
     ///   - dialedAddress: for an outbound link, the address of the `.dial` it answers.
+    ///   - peerNeedsLinks: the peer's hello says it is short of links (``needsLinks``).
     ///   - now: the current time (monotonic nanoseconds).
-    /// Whether this node is short of links (fewer than `minPeers`, at most half of `maxPeers`):
-    /// its dials ask a full peer to make room (the hello's `featureNeedsLinks`). The half
-    /// matters: the peer that loses a link for it keeps `maxPeers` − 1, so it never becomes
-    /// short in turn and evicts another (a cascade).
-    public var needsLinks: Bool { links.count < Swift.min(configuration.minPeers, configuration.maxPeers / 2) }
-
-    /// A link is ready. `peerNeedsLinks`: the peer dialed it short of links, so if this node
-    /// is full it closes one of its other links (chosen at random, HyParView's rule for a
-    /// join) to keep this one; otherwise a full node refuses it, with a peer list.
     public mutating func linkUp(
         link: LinkID, peer: PeerID, direction: LinkDirection, peerAddress: Address?,
         dialedAddress: Address? = nil, peerNeedsLinks: Bool = false, now: UInt64
