@@ -48,8 +48,9 @@ public enum PeerDisconnectReason: Hashable, Sendable {
     case linkLost
     /// The peer said goodbye; it is not redialed (unless it is a bootstrap address).
     case peerLeft
-    /// The peer refused the link with a goodbye (one too many for it, or an error it found): it
-    /// was alive then. Redialed only after `maxBackoff`.
+    /// The peer refused the link with a goodbye (one too many for it, or an error it found), or
+    /// closed it as a duplicate of a link it keeps: it was alive then. Redialed only after
+    /// `maxBackoff`.
     case peerClosed
     /// This node closed the link (with a goodbye) to make room for a newcomer short of links;
     /// the peer was alive. Not redialed.

@@ -90,8 +90,8 @@ public struct LinkMachine: Sendable {
     public private(set) var closeReason: String?
     /// The peer said goodbye as leaving or shutting down: it left, it did not fail.
     public private(set) var peerLeft = false
-    /// The peer refused the link (a goodbye for a protocol error, such as "too many peers"):
-    /// it was alive. A duplicate's goodbye is not one: the peer keeps the other link.
+    /// The peer closed the link with a goodbye other than leaving (``closesAlive(_:)``): it was
+    /// alive, so the close is no evidence against it.
     public private(set) var peerClosed = false
     /// The peer's operations endpoint (`host:port`, an IPv6 literal in brackets), if it sent
     /// a usable one.
@@ -205,14 +205,38 @@ public struct LinkMachine: Sendable {
     /// The connection manager closes the link: with a goodbye that says why, or, for a silent
     /// peer, as a failure.
     public mutating func close(_ reason: LinkCloseReason) -> [LinkAction] {
+        let detail: String
         switch reason {
-        case .duplicate: return leave(.duplicateLink, detail: "duplicate link")
-        case .leaving: return leave(.leaving, detail: "node stopping")
-        case .selfConnection: return leave(.protocolError, detail: "self connection")
-        case .tooManyPeers: return leave(.protocolError, detail: "too many peers")
+        case .duplicate: detail = "duplicate link"
+        case .leaving: detail = "node stopping"
+        case .selfConnection: detail = "self connection"
+        case .tooManyPeers: detail = "too many peers"
         case .keepaliveTimeout: return fail("silent for \(keepaliveTimeoutDescription)")
         }
+        return leave(Self.goodbye(for: reason) ?? .protocolError, detail: detail)
     }
+
+    /// The goodbye a link closed by the connection manager for `reason` says; nil for a close
+    /// without one (a silent peer).
+    public static func goodbye(for reason: LinkCloseReason) -> GoodbyeReason? {
+        switch reason {
+        case .duplicate: .duplicateLink
+        case .leaving: .leaving
+        case .selfConnection, .tooManyPeers: .protocolError
+        case .keepaliveTimeout: nil
+        }
+    }
+
+    /// Whether a goodbye for `reason` means the peer left (``peerLeft``).
+    public static func leaves(_ reason: GoodbyeReason) -> Bool { reason == .leaving || reason == .shuttingDown }
+
+    /// Whether a goodbye for `reason` closes a link whose peer stays alive (``peerClosed``): a
+    /// refusal (a protocol error, such as "too many peers") or a duplicate. A duplicate's
+    /// goodbye usually arrives on the link this node drops too, and the manager ignores it; but
+    /// when the link the peer keeps was refused here (two nodes dialed each other while this
+    /// one was full), it closes this node's only link to a live peer, which must not be
+    /// probed: in a partial mesh no helper has a link to it either, and the probe would fail.
+    public static func closesAlive(_ reason: GoodbyeReason) -> Bool { reason == .protocolError || reason == .duplicateLink }
 
     /// This node stops. A ready link is the connection manager's to close; one past the
     /// handshake whose hello has not come may already be ready on the peer's side (it has our
@@ -311,8 +335,8 @@ public struct LinkMachine: Sendable {
             if nonce == lastPingNonce, now >= sentAt { lastRoundTrip = now - sentAt }
             return []
         case .goodbye(let reason, let detail):
-            peerLeft = reason == .leaving || reason == .shuttingDown
-            peerClosed = reason == .protocolError
+            peerLeft = Self.leaves(reason)
+            peerClosed = Self.closesAlive(reason)
             closeReason = "peer said goodbye (\(reason)): \(detail)"
             return [.close(.peerSaidGoodbye)]
         case .peers(let entries):

@@ -175,7 +175,8 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     public var dialFeatures: UInt64 { connections.needsLinks ? WireProtocol.featureNeedsLinks : 0 }
 
     /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving,
-    /// `peerClosed` when it refused the link with a goodbye (alive, so no evidence).
+    /// `peerClosed` when it refused the link or closed it as a duplicate, with a goodbye
+    /// (``LinkMachine/closesAlive(_:)``: alive, so no evidence).
     public mutating func linkDown(_ link: LinkID, peerLeft: Bool, peerClosed: Bool = false, now: UInt64) -> [Action] {
         incarnations[link] = nil
         linkFeatures[link] = nil

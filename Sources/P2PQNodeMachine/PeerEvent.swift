@@ -11,7 +11,8 @@ public enum PeerEvent: Sendable, Hashable {
     /// one may be lost.
     case linkReplaced(PeerID)
     /// The link to `peer` closed and no other is kept. `nodeStopping`: this node's own stop
-    /// closed it; `peerClosed`: the peer closed it with a goodbye (alive, but refusing it).
+    /// closed it; `peerClosed`: the peer closed it with a goodbye (alive, but refusing it or
+    /// keeping another link).
     case linkDown(PeerID, nodeStopping: Bool, peerClosed: Bool = false)
     /// Membership took `peer` in: new, back with a new incarnation, or refuting a verdict.
     /// `linked`: a link to it is kept right now.

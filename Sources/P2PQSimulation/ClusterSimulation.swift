@@ -512,9 +512,10 @@ public struct ClusterSimulation {
                 guard let end = ends[node][link] else { continue }
                 events.schedule(.linkDown(node: node, link: link, peerLeft: false), at: now)
                 if passes(from: node, on: link) {
-                    // A refusal's goodbye is a protocol error's (``LinkMachine/close(_:)``).
-                    events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: reason == .leaving,
-                                              peerClosed: reason == .tooManyPeers || reason == .selfConnection),
+                    // The peer hears the goodbye a real link says (``LinkMachine/close(_:)``).
+                    let goodbye = LinkMachine.goodbye(for: reason)
+                    events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: goodbye.map(LinkMachine.leaves) ?? false,
+                                              peerClosed: goodbye.map(LinkMachine.closesAlive) ?? false),
                                     at: arrival(from: node, on: link))
                 }
             case .sendPing(let link, _):

@@ -167,4 +167,53 @@ struct NodeMachineTests {
                     "node \(n) redialed a node that left")
         }
     }
+
+    @Test("Crossed dials while one node is full: the duplicate's goodbye on its only link to the other is no evidence (no probe)")
+    func duplicateGoodbyeAfterRefusalIsNoEvidence() {
+        // Node 5 (full at maxPeers 2) and node 1 dial each other. Node 5 refuses node 1's link;
+        // node 1 keeps its own (the smaller initiator) and closes node 5's as a duplicate, so
+        // that goodbye ends node 5's only link to a live node 1. Seen at N = 300 and 1,000:
+        // taken for a lost link, it was probed through helpers without a link to node 1, which
+        // nacked it into a suspicion that spread to every node.
+        let configuration = NodeMachineConfiguration(localPeer: peer(5), incarnation: 6000, seed: 1,
+                                                     connection: ConnectionConfiguration(maxPeers: 2, minPeers: 1))
+        var node = NodeMachine<String>(configuration: configuration)
+        #expect(node.start(advertising: "n5", bootstrap: ["n1"], now: 0).contains(.dial("n1")))
+        let (three, four, refused, own) = (LinkID(1), LinkID(2), LinkID(3), LinkID(4))
+        _ = node.linkUp(three, peer: peer(3), direction: .inbound, incarnation: 4000, features: 0, peerAddress: "n3",
+                        dialedAddress: nil, now: 1 * ms)
+        _ = node.linkUp(four, peer: peer(4), direction: .inbound, incarnation: 5000, features: 0, peerAddress: "n4",
+                        dialedAddress: nil, now: 1 * ms)
+        let full = node.linkUp(refused, peer: peer(1), direction: .inbound, incarnation: 2000, features: 0, peerAddress: "n1",
+                               dialedAddress: nil, now: 2 * ms)
+        #expect(full.contains(.closeLink(refused, reason: .tooManyPeers)))
+        // Node 4 drops its link (it made room for a newcomer), so node 5's own dial is kept.
+        _ = node.linkDown(four, peerLeft: false, peerClosed: true, now: 3 * ms)
+        #expect(node.linkUp(own, peer: peer(1), direction: .outbound, incarnation: 2000, features: 0, peerAddress: "n1",
+                            dialedAddress: "n1", now: 4 * ms).contains(.peerConnected(peer(1), own)))
+
+        // Node 1's goodbye for the duplicate arrives on that link, as the link stage reads it.
+        var link = LinkMachine(local: .init(peerID: peer(5), listenHost: "n", listenPort: 5, incarnation: 6000, features: 0),
+                               handshakeTimeout: 5 * second, timeoutDescription: "5 s")
+        _ = link.established(peer: peer(1), version: WireProtocol.version, remoteHost: "n1", now: 0)
+        _ = receive(.hello(Hello(protocolVersion: WireProtocol.version, peerID: peer(1), listenPort: 1, listenHost: "n1",
+                                 incarnation: 2000, features: 0)), on: &link)
+        _ = receive(.goodbye(reason: .duplicateLink, detail: "duplicate link"), on: &link)
+        let down = node.linkDown(own, peerLeft: link.peerLeft, peerClosed: link.peerClosed, now: 5 * ms)
+        #expect(down.contains(.peerDisconnected(peer(1), reason: .peerClosed)))
+        var probes = down
+        for step in 1...300 { probes += node.tick(.membership, now: UInt64(step) * 10 * ms) }
+        // Node 1 is not probed (its ping could not go, and node 3, the only helper, has no link
+        // to it), so it is never suspected.
+        #expect(!probes.contains { if case .send(.pingRequest(_, peer(1), _), _, _) = $0 { true } else { false } })
+        #expect(!probes.contains { if case .send(.ping, peer(1), _) = $0 { true } else { false } })
+        #expect(node.membership.state(of: peer(1)) == .alive)
+    }
+
+    /// Hands `message` to `link` as its session would: type and body.
+    private func receive(_ message: LinkMessage, on link: inout LinkMachine) -> LinkReceipt {
+        var framed: [UInt8] = []
+        try? message.encode(into: &framed)
+        return Array(framed.dropFirst(5)).withUnsafeBytes { link.received(message.messageType, $0, now: 0) }
+    }
 }

@@ -127,9 +127,15 @@ import Testing
         #expect(leaving.peerLeft)
         #expect(leaving.closeReason == "peer said goodbye (shuttingDown): bye")
 
+        #expect(!leaving.peerClosed)
+
+        // A refusal and a duplicate's goodbye: the peer closed the link but is alive.
         var duplicate = readyLink()
         _ = receive(.goodbye(reason: .duplicateLink, detail: "dup"), on: &duplicate, now: 3)
-        #expect(!duplicate.peerLeft)
+        #expect(!duplicate.peerLeft && duplicate.peerClosed)
+        var refused = readyLink()
+        _ = receive(.goodbye(reason: .protocolError, detail: "too many peers"), on: &refused, now: 3)
+        #expect(!refused.peerLeft && refused.peerClosed)
     }
 
     @Test func ourGoodbyeIsSentWhenThereIsASessionToSayIt() {
