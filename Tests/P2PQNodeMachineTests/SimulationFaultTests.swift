@@ -242,8 +242,9 @@ struct SimulationFaultTests {
     func failureReplays() {
         func run() -> ClusterSimulation {
             var configuration = Self.configuration(5, seed: 31)
-            // A bound no real refutation meets: a paused node is held dead past it once it resumes.
-            configuration.invariants = InvariantBounds(deadBound: 10 * ms, checkInterval: 5 * ms)
+            // A bound no real refutation meets (it takes a redial: three latencies at least): a
+            // paused node is held dead past it once it resumes.
+            configuration.invariants = InvariantBounds(deadBound: ms, checkInterval: ms)
             var simulation = ClusterSimulation(configuration)
             simulation.run(until: 5 * second)
             simulation.pause(2)
