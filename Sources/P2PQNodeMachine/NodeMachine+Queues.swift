@@ -157,12 +157,11 @@ extension NodeMachine {
                     $0.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now)
                 }
             case .linkReplaced(let peer):
-                // What was sent on the old link may be lost: take back the transfers and steal
-                // requests in flight (the peer drops copies it already has).
+                // What was sent on the old link may or may not have arrived: transfers in flight
+                // go again on the new one (the peer drops copies it already has), not to others.
                 let adopts = adoptsOwnership(peer), keeps = keepsReplicas(peer)
-                withQueue(name, into: &actions, now: now) { $0.peerDisconnected(peer, now: now) }
                 withQueue(name, into: &actions, now: now) {
-                    $0.peerConnected(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now)
+                    $0.peerLinkReplaced(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now)
                 }
             case .disconnected(let peer):
                 withQueue(name, into: &actions, now: now) { $0.peerDisconnected(peer, now: now) }

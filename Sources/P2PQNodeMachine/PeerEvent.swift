@@ -38,7 +38,8 @@ public enum MembershipPeerInput: Sendable, Hashable {
 public enum QueuesPeerInput: Sendable, Hashable {
     /// The peer can be sent to.
     case connected(PeerID)
-    /// Disconnected, then connected again, queue by queue.
+    /// Disconnected, then connected again, queue by queue, but transfers in flight are sent
+    /// again on the new link rather than taken back.
     case linkReplaced(PeerID)
     /// The peer cannot be sent to: take back what is in flight to it.
     case disconnected(PeerID)

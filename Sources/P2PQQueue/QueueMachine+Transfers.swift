@@ -64,12 +64,23 @@ extension QueueMachine {
             sent.append(run)
         }
         guard !sent.isEmpty else { return 0 }
-        // The message carries each array (with its table of ends) once, and the runs pointing
-        // into them.
+        let carried = transferItems(sent)
+        let id = transfers.takeID()
+        transfers.record(OutgoingTransfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind, requestID: requestID,
+                                          deadline: now + configuration.transferTimeout,
+                                          unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil), id: id)
+        peers.update(peer) { $0.inFlight += items }
+        actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID, items: carried), to: peer))
+        return items
+    }
+
+    /// `runs` (their arrays held in `store`) as a transfer message carries them: each array
+    /// (with its table of ends) once, and the runs pointing into them.
+    mutating func transferItems(_ runs: [QueueRun]) -> TransferItems {
         var buffers: [[UInt8]] = []
         var ends: [[UInt32]] = []
         store.startNumbering()
-        let carried = sent.map { run in
+        let carried = runs.map { run in
             var run = run
             let (index, isNew) = store.number(run.slot)
             if isNew {
@@ -79,14 +90,18 @@ extension QueueMachine {
             run.slot = index
             return run
         }
-        let id = transfers.takeID()
-        transfers.record(OutgoingTransfer(peer: peer, runs: sent, count: items, bytes: bytes, kind: kind,
-                                          deadline: now + configuration.transferTimeout,
-                                          unreplicatedFrom: replicates && kind != .drain ? markInTransit(sent) : nil), id: id)
-        peers.update(peer) { $0.inFlight += items }
-        actions.append(.send(.transfer(queue: name, transferID: id, kind: kind, requestID: requestID,
-                                       items: TransferItems(buffers: buffers, ends: ends, runs: carried)), to: peer))
-        return items
+        return TransferItems(buffers: buffers, ends: ends, runs: carried)
+    }
+
+    /// Sends the transfers to `peer` not acknowledged yet again, as they were (IDs, attempts,
+    /// hop counts): the peer drops the copies it already has and acknowledges each.
+    mutating func sendTransfersAgain(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
+        for id in transfers.ids(where: { $0.peer == peer }) {
+            guard let transfer = transfers.renew(id, deadline: now + configuration.transferTimeout) else { continue }
+            counters.transfersSentAgain += transfer.count
+            actions.append(.send(.transfer(queue: name, transferID: id, kind: transfer.kind, requestID: transfer.requestID,
+                                           items: transferItems(transfer.runs)), to: peer))
+        }
     }
 
     func updatesInFlight(to owner: PeerID) -> Int {
@@ -111,7 +126,9 @@ extension QueueMachine {
         serveWaiters(&actions, now: now)
     }
 
-    mutating func linkLost(_ peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    /// `keepingTransfers`: the link was replaced, and the transfers to `peer` go again on the
+    /// new one (``sendTransfersAgain(to:_:now:)``) instead of coming back.
+    mutating func linkLost(_ peer: PeerID, keepingTransfers: Bool = false, _ actions: inout [Action], now: UInt64) {
         // A check on the lost link may be lost with it: asked again on the next one.
         if heldBack[peer] != nil { heldBack[peer]!.checkID = nil }
         if heldOwn[peer] != nil { heldOwn[peer]!.checkID = nil }
@@ -126,8 +143,7 @@ extension QueueMachine {
         // Its owner changes cannot be acknowledged on this link: it keeps the records (and
         // offers them again on the next one).
         pendingChanges.removeAll { $0.owner == peer }
-        let lost = transfers.ids { $0.peer == peer }
-        returnTransfers(lost, &actions, now: now)
+        if !keepingTransfers { returnTransfers(transfers.ids { $0.peer == peer }, &actions, now: now) }
         // Replicas sent on the lost link go to the backlog (sent again, maybe elsewhere).
         for id in replicaSends.filter({ $0.value.peer == peer }).keys.sorted() {
             replicaAcknowledged(id, status: nil, now: now, &actions)

@@ -324,6 +324,26 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
+    /// The link to `peer` was replaced by another (two nodes that dialed each other keep one
+    /// link): as ``peerDisconnected(_:now:)`` then ``peerConnected(_:adoptsOwnership:keepsReplicas:now:)``,
+    /// except that the transfers to `peer` not acknowledged yet go out again on the new link,
+    /// as they were. They may have arrived on the old one and lost their acks with it: taken
+    /// back, their items could go to another peer while `peer` keeps them (popped twice);
+    /// sent again, `peer` drops the copies it has (same attempts and hop counts) and acks.
+    public mutating func peerLinkReplaced(_ peer: PeerID, adoptsOwnership: Bool = true, keepsReplicas: Bool = false,
+                                          now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        guard peer != localPeer else { return actions }
+        detectStall(&actions, now: now)
+        peers[peer]?.connected = false
+        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
+        linkLost(peer, keepingTransfers: true, &actions, now: now)
+        sendTransfersAgain(to: peer, &actions, now: now)
+        _ = linkReady(peer, adoptsOwnership: adoptsOwnership, keepsReplicas: keepsReplicas, &actions, now: now)
+        finish(&actions, now: now)
+        return actions
+    }
+
     /// Membership declared `peer` dead: as a disconnect, and the items this node owns that
     /// `peer` held, never confirmed popped, are re-queued at the front (oldest first).
     public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {

@@ -290,6 +290,9 @@ public struct QueueCounters: Hashable, Sendable {
     public var requeuedAfterDeath = 0
     /// Items taken back from a transfer that failed, timed out or was refused.
     public var returnedFromTransfers = 0
+    /// Items of unacknowledged transfers sent again on a peer's new link when its link was
+    /// replaced (``QueueMachine/peerLinkReplaced(_:adoptsOwnership:keepsReplicas:now:)``).
+    public var transfersSentAgain = 0
     /// Peers' load reports rejected (invalid or stale).
     public var statsRejected = 0
     /// Steal requests sent, answered with items, answered empty.

@@ -8,6 +8,8 @@ struct OutgoingTransfer: Sendable {
     var count: Int
     var bytes: Int
     var kind: TransferKind
+    /// The steal request it answers (0: none).
+    var requestID: UInt64 = 0
     var deadline: UInt64
     /// The lowest own sequence it carries that has no replica: its ack is that item's
     /// second copy (a push waits for it as for a replica's).
@@ -51,6 +53,12 @@ struct TransferLedger: Sendable {
         outgoing[id] = transfer
         items += transfer.count
         bytes += transfer.bytes
+    }
+
+    /// Transfer `id` went out again: its ack is awaited until `deadline`. The transfer, if known.
+    mutating func renew(_ id: UInt64, deadline: UInt64) -> OutgoingTransfer? {
+        outgoing[id]?.deadline = deadline
+        return outgoing[id]
     }
 
     /// Transfer `id` is settled (acknowledged, or its items taken back): it is forgotten.

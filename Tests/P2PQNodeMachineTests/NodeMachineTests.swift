@@ -83,6 +83,31 @@ struct NodeMachineTests {
         #expect(queued + at1.count + at2.count == Self.items.count)
     }
 
+    /// The queue transfers among `actions`: their IDs and receivers.
+    static func transfers(_ actions: [Mesh.Action]) -> [(id: UInt64, to: PeerID)] {
+        actions.compactMap { action in
+            if case .queue(_, .send(.transfer(_, let id, _, _, _), let to)) = action { (id, to) } else { nil }
+        }
+    }
+
+    @Test("A replaced link: the queue's unacknowledged transfer goes again to the same peer, and no other peer gets its items")
+    func replacedLinkSendsTransfersAgain() {
+        var mesh = Mesh(size: 3, seed: 7)
+        mesh.run(until: 4 * second)
+        var node = mesh.machines[0]
+        let now = mesh.now
+        #expect(node.push(Self.items, into: "q", now: now)?.0 == .accepted)
+        let steal = QueueMessage.stealRequest(queue: "q", requestID: 1, maxItems: 1000, thiefRate: 1000)
+        let sent = Self.transfers(node.received(steal, from: peer(1), now: now + ms))
+        #expect(sent.count == 1 && sent.first?.to == peer(1))
+        // Simultaneous dials: the link the transfer went on is dropped, its ack may be lost.
+        let replaced = Self.transfers(node.routeForTesting(.linkReplaced(peer(1)), now: now + 2 * ms))
+        #expect(replaced.map(\.id) == sent.map(\.id) && replaced.allSatisfy { $0.to == peer(1) })
+        // Node 2 asks for work: the items are still out with node 1, none is given twice.
+        #expect(Self.transfers(node.received(steal, from: peer(2), now: now + 3 * ms)).isEmpty)
+        #expect(node.queues["q"]?.count == 0 && node.queues["q"]?.transfersInFlight == 1)
+    }
+
     @Test("Queue messages from a peer make at most maxQueues queues; pushes past it are refused")
     func queuesAreBounded() {
         var mesh = Mesh(size: 2, seed: 5)
