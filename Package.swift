@@ -163,7 +163,8 @@ let package = Package(
         // The node's own decisions as plain values: NodeMachine (connection manager, membership
         // and the routing of peer events to the layers), the link stages after the handshake.
         // Standard library only.
-        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue"],
+        .target(name: "P2PQNodeMachine", dependencies: ["P2PQWire", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue",
+                                                   "P2PQRemoteCall"],
                 path: "Sources/P2PQNodeMachine"),
         // The node shell: connects the link sessions and the connection manager to the reactor,
         // behind a Sendable async API.
@@ -275,8 +276,8 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeMachineTests",
-            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQWire",
-                           "P2PQSimulation", "P2PQTestSupport"],
+            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
+                           "P2PQWire", "P2PQSimulation", "P2PQTestSupport"],
             path: "Tests/P2PQNodeMachineTests"
         ),
         .testTarget(

@@ -41,7 +41,10 @@ final class NodeCore {
     private var nextLinkID: UInt64 = 1
     /// Performs the machine's actions; its timers.
     private lazy var driver = ShellDriver<Action>(handle: { [unowned self] in self.handle($0) },
-                                                  whenDrained: { [unowned self] in self.queues.checkWaiting() })
+                                                  whenDrained: { [unowned self] in
+                                                      self.queues.checkWaiting()
+                                                      self.remoteCalls?.wakeStreams()
+                                                  })
     /// The machine's timers, made on first arming.
     private var timers: [NodeTimer: ShellTimer] = [:]
     /// Which inbound connections may handshake (the decisions); its timer.
@@ -64,9 +67,6 @@ final class NodeCore {
     private(set) lazy var queues = QueueShell(core: self)
     /// Remote calls, once a `RemoteCall` is attached to the node.
     var remoteCalls: RemoteCallShell?
-    /// Credit for direct calls that peers' executors granted before a `RemoteCall` was
-    /// attached here, handed to it when it is.
-    var earlyCredit = EarlyCredit()
     /// Bootstrap addresses that came from host names: the manager dials the address resolved
     /// at start; each redial resolves the name again.
     private var bootstrapNames: [SocketAddress: HostAndPort] = [:]
@@ -216,12 +216,26 @@ final class NodeCore {
             break  // handed on above
         case .deadLettered(let name, let target, let refusals):
             queues.deadLettered(from: name, into: target, refusals: refusals)
-        case .calls(let input):
-            switch input {
-            case .disconnected(let peer), .linkReplaced(let peer): earlyCredit.linkLost(peer)
-            case .connected, .joined, .died, .left: break
+        case .sendCall(let message, let peer):
+            if !send(message, to: peer) {
+                logger.debug("remote calls: no link to \(peer.short); \(message.messageType) not sent")
+                perform(machine.callMessageUndeliverable(message, to: peer, now: now))
             }
-            remoteCalls?.peerEvent(input)
+        case .completeCall(let token, let result):
+            remoteCalls?.complete(token, result)
+        case .runTasks(let tasks):
+            remoteCalls?.run(tasks)
+        case .cancelTask(let task):
+            remoteCalls?.bridge.cancel(task)
+        case .callItemDiscarded(let error):
+            logger.warning("remote calls: dropped a call item that names no caller: \(error)")
+        case .flushCallsAtEndOfTurn:
+            // After the turn's remaining handlers, before the links seal: pure batching.
+            reactor.deferToEndOfTurn { [unowned self] in
+                guard !self.isStopped else { return }
+                self.perform(self.machine.flushCalls(now: self.now, wallClock: self.environment.wallNanoseconds()))
+                self.remoteCalls?.publishCounters()
+            }
         }
     }
 
@@ -470,11 +484,19 @@ final class NodeCore {
             return
         }
         if MessageType.remoteCallRange.contains(type.rawValue) {
-            guard let remoteCalls else {
-                earlyCredit.received(type, body, from: peer)  // nobody calls here yet
+            let message: RemoteCallMessage
+            do throws(WireError) {
+                message = try RemoteCallMessage.decode(type: type, body: body)
+            } catch {
+                // Before calls are attached, only credit is addressed here: the rest is ignored.
+                if remoteCalls != nil { link.fail("bad \(type) message: \(error)") }
                 return
             }
-            if let error = remoteCalls.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
+            if let remoteCalls {
+                remoteCalls.receive(message, from: peer)
+            } else {
+                perform(machine.received(message, from: peer, now: now, wallClock: environment.wallNanoseconds()))
+            }
             return
         }
         messageHandler?(type, body, peer)

@@ -3,7 +3,8 @@ import P2PQWire
 
 /// The named queues, as parts of the node: created on first use (by this node or a peer's
 /// message) and introduced to the linked peers, fed their messages and timers, told of peer
-/// events in name order, and their dead letters pushed into the dead-letter queue here.
+/// events in name order, and their dead letters pushed into the dead-letter queue here. The
+/// call queue's actions go through the calls first (``applyCallQueue(_:into:now:)``).
 extension NodeMachine {
     /// The hello feature bits of `peer`'s kept link (0 without one).
     public func features(of peer: PeerID) -> UInt64 {
@@ -115,9 +116,11 @@ extension NodeMachine {
         return actions
     }
 
-    /// The node begins a graceful stop: every queue, in name order, hands its items on.
+    /// The node begins a graceful stop: the calls stop using the call queue, then every queue,
+    /// in name order, hands its items on.
     public mutating func drainQueues(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        callsDraining(into: &actions, now: now)
         for name in queues.keys.sorted() { withQueue(name, into: &actions, now: now) { $0.drain(now: now) } }
         return actions
     }
@@ -209,6 +212,10 @@ extension NodeMachine {
     /// A queue's actions as the node's; dead letters are pushed into their queue here.
     private mutating func apply(_ queueActions: consuming [QueueAction], of name: String, into actions: inout [Action], now: UInt64) {
         guard !queueActions.isEmpty else { return }
+        if calls.isAttached, name == calls.queueName {
+            applyCallQueue(queueActions, into: &actions, now: now)
+            return
+        }
         if actions.isEmpty {
             // The common case: no dead letter, nothing before; one array, no per-action copy.
             guard queueActions.contains(where: { if case .deadLetter = $0 { true } else { false } }) else {
@@ -228,7 +235,7 @@ extension NodeMachine {
 
     /// Pushes a dead-lettered item of `name` into `target` on this node, then lets `name`
     /// confirm it; a refused push is left for the machine to retry.
-    private mutating func deadLetter(_ token: LeaseToken, _ payload: ItemPayload, from name: String, into target: String,
+    mutating func deadLetter(_ token: LeaseToken, _ payload: ItemPayload, from name: String, into target: String,
                                      actions: inout [Action], now: UInt64) {
         guard !isStopped, target != name, ensureQueue(target, into: &actions, now: now) else { return }
         let outcome = withQueue(target, into: &actions, now: now) { $0.push([payload], now: now) }

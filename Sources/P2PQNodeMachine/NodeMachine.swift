@@ -1,6 +1,7 @@
 import P2PQConnectionManager
 import P2PQMembership
 import P2PQQueue
+import P2PQRemoteCall
 import P2PQWire
 
 /// How a ``NodeMachine`` is set up: this node, its timings and its non-deterministic inputs
@@ -44,6 +45,8 @@ public enum NodeTimer: Sendable, Hashable {
     case membership
     /// A named queue's (stats, balancing, leases, timeouts).
     case queue(String)
+    /// The caller's (call deadlines, waits for credit).
+    case calls
 }
 
 /// What the shell does for a ``NodeMachine``, in order.
@@ -83,12 +86,28 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
     /// queue refused it (`refusals` counts the refusals so far; the item stays held and is
     /// retried).
     case deadLettered(from: String, into: String, refusals: Int)
-    /// Hand this to the caller and executor machines.
-    case calls(CallsPeerInput)
+    /// Send a remote-call message (`0x40–0x5F`) to `peer`; if it cannot go, tell
+    /// ``NodeMachine/callMessageUndeliverable(_:to:now:)``.
+    case sendCall(RemoteCallMessage, to: PeerID)
+    /// The call the shell named `token` (``NodeCallRequest/token``) ended with `result`. A
+    /// nested call's result comes once its task has a slot again.
+    case completeCall(token: UInt64, Result<[UInt8], RemoteCallError>)
+    /// Run these tasks (on the workers, or inline); report each with
+    /// ``NodeMachine/callsFinished(_:now:)``.
+    case runTasks([CallTask])
+    /// Nobody waits for this task any more: cancel it (it still reports finished).
+    case cancelTask(TaskID)
+    /// A call item too broken to name its caller was dropped (for the log).
+    case callItemDiscarded(WireError)
+    /// Call ``NodeMachine/flushCalls(now:wallClock:)`` once at the end of this reactor turn
+    /// (after every handler of the turn, before the links seal): the direct calls of the turn
+    /// go out packed per executor, results and credit batched per caller.
+    case flushCallsAtEndOfTurn
 }
 
-/// The node's control plane as one plain value: the connection manager and membership, and
-/// the one routing of peer events (``PeerEventRouting``) between them and the layers above.
+/// The node's logic as one plain value: the connection manager, membership, the named queues,
+/// the caller and executor of remote calls, and the one routing of peer events
+/// (``PeerEventRouting``) between them.
 ///
 /// No I/O, clock, lock or random source: every input carries `now` and returns the
 /// ``NodeAction``s the shell performs in order; every random choice comes from the seed in
@@ -115,6 +134,11 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     public internal(set) var queues: [String: QueueMachine] = [:]
     /// Dead letters a full dead-letter queue refused, for the rate of the warning.
     var deadLetterRefusals = 0
+    /// Remote calls: the caller and executor machines and what ties them to the call queue
+    /// (inert until ``attachCalls(queue:caller:executor:now:)``).
+    var calls: NodeCalls
+    /// Direct-call credit peers granted before calls were attached.
+    var earlyCredit = EarlyCredit()
     private var random: SplitMix64
     private var pingNonces: SplitMix64
     public private(set) var isStarted = false
@@ -135,6 +159,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
                                   configuration: configuration.connection,
                                   randomNumberGenerator: SplitMix64(seed: random.next()))
         self.random = random
+        calls = NodeCalls(localPeer: configuration.localPeer)
     }
 
     /// The link kept for `peer`, if any.
@@ -236,6 +261,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         case .connections: apply(connections.tick(now: now), into: &actions, now: now)
         case .membership: apply(membership.tick(now: now), into: &actions, now: now)
         case .queue(let name): withQueue(name, into: &actions, now: now) { $0.tick(now: now) }
+        case .calls: callerTicked(into: &actions, now: now)
         }
         return actions
     }
@@ -263,7 +289,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     // MARK: Routing
 
     /// Hands `event` to every part that hears it, in the order ``PeerEventRouting`` gives:
-    /// membership and the manager here, the queues and calls as actions.
+    /// membership, the manager, the queues and the calls, all parts of this machine.
     mutating func route(_ event: PeerEvent, into actions: inout [Action], now: UInt64) {
         for delivery in PeerEventRouting.route(event) {
             switch delivery {
@@ -274,7 +300,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
             case .queues(let input):
                 queuesHeard(input, into: &actions, now: now)
             case .calls(let input):
-                actions.append(.calls(input))
+                callsHeard(input, into: &actions, now: now)
             case .manager(.joined(let peer)):
                 apply(connections.peerJoined(peer, now: now), into: &actions, now: now)
             case .manager(.gone(let peer)):

@@ -18,6 +18,11 @@ public struct EarlyCredit: Sendable {
         guard type == .remoteCallCredit, case .credit(let granted)? = try? RemoteCallMessage.decode(type: type, body: body) else {
             return
         }
+        self.granted(granted, by: peer)
+    }
+
+    /// `peer` granted `granted` more calls (a decoded credit message).
+    public mutating func granted(_ granted: UInt32, by peer: PeerID) {
         slots[peer] = Swift.min(Self.maxPerPeer, (slots[peer] ?? 0) + Int(granted))
     }
 

@@ -576,8 +576,10 @@ public struct ClusterSimulation {
                 case .dead(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: true)) }
                 case .joined, .alive, .left, .refutedDeath: break
                 }
-            case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected, .calls:
+            case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected:
                 break  // in the trace
+            case .sendCall, .completeCall, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
+                break  // no remote calls are attached here
             }
         }
     }
@@ -633,7 +635,8 @@ public struct ClusterSimulation {
             traceHash.add(13)
             traceHash.add(bytes: name.utf8)
             traceHash.add(at)
-        case .closeLink, .peerDisconnected, .member, .queue, .deadLettered, .calls:
+        case .closeLink, .peerDisconnected, .member, .queue, .deadLettered,
+             .sendCall, .completeCall, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
             traceHash.add(bytes: "\(action)".utf8)
         }
     }
@@ -647,6 +650,7 @@ public struct ClusterSimulation {
         case .queue(let name):
             traceHash.add(2)
             traceHash.add(bytes: name.utf8)
+        case .calls: traceHash.add(3)
         }
     }
 

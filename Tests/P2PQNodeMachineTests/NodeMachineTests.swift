@@ -61,8 +61,6 @@ struct NodeMachineTests {
             #expect(linked == Set((0..<3).filter { $0 != n }.map(peer)), "node \(n) linked to \(linked)")
             let members = mesh.machines[n].membership.members
             #expect(members.count == 2 && members.allSatisfy { $0.state == .alive }, "node \(n): \(members)")
-            // Each link up reaches the calls.
-            #expect(mesh.actions(of: n) { if case .calls(.connected) = $0 { true } else { false } }.count == 2)
         }
     }
 
@@ -123,13 +121,13 @@ struct NodeMachineTests {
         #expect(!machine.ensureQueue("", now: mesh.now).exists)
     }
 
-    @Test("A cut-off node is declared dead by its peers: their calls hear it; healed, it is taken back")
+    @Test("A cut-off node is declared dead by its peers; healed, it is taken back")
     func verdictsReachTheLayers() {
         let mesh = Self.scenario()
         for n in 0..<2 {
-            let died = mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }
-            #expect(died.count >= 1, "node \(n) never told its calls that node 2 died")
-            let rejoined = mesh.actions(of: n) { $0 == .calls(.joined(peer(2))) }
+            let died = mesh.actions(of: n) { $0 == .member(.dead(peer(2))) }
+            #expect(died.count >= 1, "node \(n) never declared node 2 dead")
+            let rejoined = mesh.actions(of: n) { $0 == .member(.joined(peer(2))) }
             #expect(rejoined.count >= 2, "node \(n) never took node 2 back")
             #expect(mesh.machines[n].membership.state(of: peer(2)) == .alive)
         }
@@ -140,8 +138,8 @@ struct NodeMachineTests {
         // Verdicts, not lost links, make the layers re-queue: nothing died before the cut, and
         // the links across it went down (the keepalive) before membership gave its verdict.
         for n in 0..<2 {
-            let died = mesh.firstTime(of: n) { $0 == .calls(.died(peer(2))) } ?? 0
-            let down = mesh.firstTime(of: n) { $0 == .calls(.disconnected(peer(2))) } ?? .max
+            let died = mesh.firstTime(of: n) { $0 == .member(.dead(peer(2))) } ?? 0
+            let down = mesh.firstTime(of: n) { if case .peerDisconnected(peer(2), _) = $0 { true } else { false } } ?? .max
             #expect(died > 6 * second && down < died, "node \(n): link down at \(down), died at \(died)")
         }
     }
@@ -184,8 +182,8 @@ struct NodeMachineTests {
         #expect(stopping.contains { if case .closeLink(_, .leaving) = $0 { true } else { false } })
         for n in 0..<2 {
             #expect(mesh.machines[n].membership.state(of: peer(2)) == .left)
-            #expect(mesh.actions(of: n) { $0 == .calls(.died(peer(2))) }.isEmpty)
-            #expect(mesh.actions(of: n) { $0 == .calls(.left(peer(2))) }.count == 1)
+            #expect(mesh.actions(of: n) { $0 == .member(.dead(peer(2))) }.isEmpty)
+            #expect(mesh.actions(of: n) { $0 == .member(.left(peer(2))) }.count == 1)
             let left = mesh.firstTime(of: n) { $0 == .member(.left(peer(2))) } ?? .max
             #expect(left < 5 * second, "node \(n) heard of the leave at \(left)")
             #expect(mesh.trace.allSatisfy { $0.node != n || $0.time <= left || $0.action != .dial(Mesh.address(2)) },

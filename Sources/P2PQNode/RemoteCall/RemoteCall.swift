@@ -105,7 +105,11 @@ public final class RemoteCall: Sendable {
         let caller = configuration.caller
         let attached = await node.withCore { core -> Bool in
             guard core.remoteCalls == nil, !core.isStopped else { return false }
-            core.remoteCalls = RemoteCallShell(core: core, bridge: bridge, caller: caller, executor: executor)
+            let (attached, actions) = core.machine.attachCalls(queue: bridge.queueName, caller: caller, executor: executor,
+                                                               now: core.now)
+            guard attached else { return false }
+            core.remoteCalls = RemoteCallShell(core: core, bridge: bridge)
+            core.perform(actions)
             return true
         }
         switch attached {
