@@ -491,6 +491,18 @@ extension NodeMachine {
 
     /// Hands `requests` to the caller in one batch; a nested call frees its task's slot first.
     private mutating func makeCalls(_ requests: [NodeCallRequest], into actions: inout [Action], now: UInt64) {
+        if requests.count == 1 {
+            // One call (one task waiting, as in a latency run): no batch array.
+            let request = requests[0]
+            let deadline = request.timeout.map { now &+ $0 }
+            if let task = request.nested { applyExecutor(calls.executor.nestedCallMade(by: task), into: &actions, now: now) }
+            let (id, callerActions) = calls.caller.call(function: request.function, arguments: request.arguments,
+                                                        memoize: request.memoize, deadline: deadline, now: now,
+                                                        wallClock: deadline != nil ? now &+ calls.wallOffset : 0)
+            calls.pending.append(id.sequence, request)
+            applyCaller(callerActions, into: &actions, now: now)
+            return
+        }
         var batch: [CallerMachine.Request] = []
         batch.reserveCapacity(requests.count)
         var anyDeadline = false
