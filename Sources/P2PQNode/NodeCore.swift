@@ -495,7 +495,7 @@ final class NodeCore {
             if let remoteCalls {
                 remoteCalls.receive(message, from: peer)
             } else {
-                perform(machine.received(message, from: peer, now: now, wallClock: environment.wallNanoseconds()))
+                perform(machine.received(message, from: peer, now: now, wallClock: 0))  // only credit is kept
             }
             return
         }

@@ -58,6 +58,8 @@ struct NodeCalls: Sendable {
     var waiters = CallQueueWaiters()
     /// The next waiter ID: the top bit set, so they never meet the shell's pops on the queue.
     var nextWaiter: UInt64 = 1 << 63
+    /// Whether the demand changed or a waiting pop was answered since the pops were planned.
+    var demandChanged = false
     /// Re-entry guard of the waiting-pop plan, and whether items came while it ran.
     var settling = false
     var deliveredWhileSettling = false
@@ -234,14 +236,15 @@ extension NodeMachine {
     // MARK: Inputs from the links
 
     /// A remote-call message (`0x40–0x5F`) arrived from `peer`. Before calls are attached only
-    /// credit is kept (for the caller to come); anything else is ignored.
+    /// credit is kept (for the caller to come); anything else is ignored. `wallClock` is read
+    /// for direct calls (their deadline hints) only: 0 for other messages.
     public mutating func received(_ message: RemoteCallMessage, from peer: PeerID, now: UInt64, wallClock: UInt64) -> [Action] {
         guard calls.isAttached else {
             if case .credit(let slots) = message { earlyCredit.granted(slots, by: peer) }
             return []
         }
         guard !calls.isStopped else { return [] }
-        calls.wallOffset = wallClock &- now
+        if wallClock != 0 { calls.wallOffset = wallClock &- now }
         var actions: [Action] = []
         callMessage(message, from: peer, into: &actions, now: now)
         scheduleCallsFlush(into: &actions)
@@ -320,6 +323,7 @@ extension NodeMachine {
                 callItemsPopped(waiter, items, into: &actions, now: now)
             case .fail(let waiter, _) where NodeCalls.isOurs(waiter):
                 calls.waiters.answered(waiter.rawValue)
+                calls.demandChanged = true
             case .spaceAvailable:
                 actions.append(.queue(name, .spaceAvailable))
                 pushWaitingCallItems(into: &actions, now: now)
@@ -334,6 +338,7 @@ extension NodeMachine {
     /// Items popped for the executor's waiting pop `waiter`.
     private mutating func callItemsPopped(_ waiter: WaiterID, _ items: ItemPayloads, into actions: inout [Action], now: UInt64) {
         calls.waiters.answered(waiter.rawValue)
+        calls.demandChanged = true
         guard !calls.isStopped else { return }
         calls.deliveredWhileSettling = true
         let popped = calls.executor.popped(Array(items), wallClock: now &+ calls.wallOffset)
@@ -353,6 +358,7 @@ extension NodeMachine {
         defer { calls.settling = false }
         repeat {
             calls.deliveredWhileSettling = false
+            calls.demandChanged = false
             var next = calls.nextWaiter
             let plan = calls.waiters.adjust(to: calls.isStopped || calls.isDraining ? 0 : calls.demand) {
                 defer { next &+= 1 }
@@ -374,6 +380,7 @@ extension NodeMachine {
         guard ensureQueue(name, into: &actions, now: now),
               let (items, queueActions) = queues[name]?.update({ $0.pop(max: size, waiter: waiter, now: now) }) else {
             calls.waiters.answered(waiter.rawValue)
+            calls.demandChanged = true
             return
         }
         if !items.isEmpty { callItemsPopped(waiter, items, into: &actions, now: now) }
@@ -469,6 +476,7 @@ extension NodeMachine {
             switch action {
             case .setDemand(let count):
                 calls.demand = count
+                calls.demandChanged = true
             case .run(let tasks):
                 actions.append(.runTasks(tasks))
             case .resume(let tasks):
@@ -486,7 +494,7 @@ extension NodeMachine {
                 actions.append(.callItemDiscarded(error))
             }
         }
-        if settle { settleCallWaiters(into: &actions, now: now) }
+        if settle && calls.demandChanged { settleCallWaiters(into: &actions, now: now) }
     }
 
     /// Hands `requests` to the caller in one batch; a nested call frees its task's slot first.

@@ -139,13 +139,15 @@ final class RemoteCallShell {
 
     /// A remote-call message from `peer`.
     func receive(_ message: RemoteCallMessage, from peer: PeerID) {
-        if case .direct = message, bridge.hasOps {
+        var wall: UInt64 = 0
+        if case .direct = message {
             // A function registered before this call was made may still be on its way to this
             // thread (registration is handed over like every API op): take those ops first, or
             // the call would be answered "unknown function".
-            drain()
+            if bridge.hasOps { drain() }
+            wall = wallClock  // the items' deadline hints; results and credit need no clock read
         }
-        core.perform(core.machine.received(message, from: peer, now: now, wallClock: wallClock))
+        core.perform(core.machine.received(message, from: peer, now: now, wallClock: wall))
     }
 
     /// The node stops: every waiting call fails with `.nodeStopped`, running tasks are cancelled.
