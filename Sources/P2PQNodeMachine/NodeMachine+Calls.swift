@@ -31,47 +31,52 @@ public struct NodeCallRequest: Sendable {
 /// decisions that tie them to the node (the call queue's pushes and waiting pops, calls parked
 /// for the outstanding limit, nested calls' results held for their slot, direct calls packed
 /// per turn).
+///
+/// Its fields and the calls' hot paths (a call, a results or credit message, the end-of-turn
+/// flush) are `@usableFromInline`/`@inlinable`: the shell's module then specializes them for its
+/// address type instead of running generic code per call. The rare paths stay out of line.
+@usableFromInline
 struct NodeCalls: Sendable {
     /// Whether a remote-call API is attached (until then every calls input is ignored).
-    var isAttached = false
-    var isStopped = false
+    @usableFromInline var isAttached = false
+    @usableFromInline var isStopped = false
     /// The node's queues are draining for a stop: no more pushes or pops on the call queue.
     var isDraining = false
     /// The call queue (a named queue of the machine).
     var queueName = ""
-    var caller: CallerMachine
-    var executor: ExecutorMachine
+    @usableFromInline var caller: CallerMachine
+    @usableFromInline var executor: ExecutorMachine
     /// Calls waiting for their result, by sequence: a window, no hashing per call.
-    var pending = SequenceTable<NodeCallRequest>()
+    @usableFromInline var pending = SequenceTable<NodeCallRequest>()
     /// Calls refused for the outstanding limit, made again on `.capacityAvailable` (the API
     /// waits for room rather than failing).
-    var parked: [NodeCallRequest] = []
+    @usableFromInline var parked: [NodeCallRequest] = []
     /// Call items the full call queue refused, in order, pushed again when it has room.
     var waitingPushes: [(id: CallID, item: [UInt8])] = []
     /// What a call whose item the call queue refused fails with, by sequence.
-    var pushFailures: [UInt64: RemoteCallError] = [:]
+    @usableFromInline var pushFailures: [UInt64: RemoteCallError] = [:]
     /// A nested call's result, held until the executor gives its task a slot again.
-    var resuming: [TaskID: (token: UInt64, result: Result<[UInt8], RemoteCallError>)] = [:]
+    @usableFromInline var resuming: [TaskID: (token: UInt64, result: Result<[UInt8], RemoteCallError>)] = [:]
     /// The executor's free slots (its last `.setDemand`).
-    var demand = 0
+    @usableFromInline var demand = 0
     /// The waiting pops on the call queue that serve the demand.
     var waiters = CallQueueWaiters()
     /// The next waiter ID: the top bit set, so they never meet the shell's pops on the queue.
     var nextWaiter: UInt64 = 1 << 63
     /// Whether the demand changed or a waiting pop was answered since the pops were planned.
-    var demandChanged = false
+    @usableFromInline var demandChanged = false
     /// Re-entry guard of the waiting-pop plan, and whether items came while it ran.
     var settling = false
     var deliveredWhileSettling = false
     /// Direct call items of this turn, by executor: one message each (or a few) at its end.
-    var directOut: [PeerID: [[UInt8]]] = [:]
+    @usableFromInline var directOut: [PeerID: [[UInt8]]] = [:]
     /// Calls cancelled this turn whose items may still be in the local call queue.
-    var unwanted: Set<CallID> = []
+    @usableFromInline var unwanted: Set<CallID> = []
     /// Whether ``NodeAction/flushCallsAtEndOfTurn`` is out and not yet answered.
-    var flushScheduled = false
+    @usableFromInline var flushScheduled = false
     /// Wall clock minus monotonic clock, from the last input that carried both (the items'
     /// deadlines are wall-clock hints for executors on other hosts).
-    var wallOffset: UInt64 = 0
+    @usableFromInline var wallOffset: UInt64 = 0
 
     init(localPeer: PeerID) {
         caller = CallerMachine(localPeer: localPeer)
@@ -88,12 +93,12 @@ extension NodeMachine {
     public var callsAttached: Bool { calls.isAttached }
 
     /// The caller's and executor's counters, once attached.
-    public var callCounters: (caller: CallerCounters, executor: ExecutorCounters)? {
+    @inlinable public var callCounters: (caller: CallerCounters, executor: ExecutorCounters)? {
         calls.isAttached ? (calls.caller.counters, calls.executor.counters) : nil
     }
 
     /// Calls made here and not answered yet (waiting or parked for room).
-    public var callsInFlight: Int { calls.pending.count + calls.parked.count }
+    @inlinable public var callsInFlight: Int { calls.pending.count + calls.parked.count }
 
     /// The caller machine (tests and status).
     public var caller: CallerMachine { calls.caller }
@@ -125,6 +130,7 @@ extension NodeMachine {
     }
 
     /// Makes these calls, in order, as one batch.
+    @inlinable
     public mutating func call(_ requests: [NodeCallRequest], now: UInt64, wallClock: UInt64) -> [Action] {
         guard calls.isAttached, !calls.isStopped else {
             return requests.map { .completeCall(token: $0.token, .failure(.nodeStopped)) }
@@ -149,6 +155,7 @@ extension NodeMachine {
     }
 
     /// Tasks of ``NodeAction/runTasks(_:)`` finished.
+    @inlinable
     public mutating func callsFinished(_ outcomes: [(TaskID, CallOutcome)], now: UInt64) -> [Action] {
         guard calls.isAttached, !calls.isStopped else { return [] }
         var actions: [Action] = []
@@ -177,6 +184,7 @@ extension NodeMachine {
     /// turn's direct calls go out, packed per executor (executors in ID order), the calls
     /// cancelled in the turn leave the local call queue in one pass, and the executor sends
     /// its batched results, started notices and credit.
+    @inlinable
     public mutating func flushCalls(now: UInt64, wallClock: UInt64) -> [Action] {
         calls.flushScheduled = false
         guard calls.isAttached, !calls.isStopped else { return [] }
@@ -194,17 +202,21 @@ extension NodeMachine {
                 }
             }
         }
-        if !calls.unwanted.isEmpty {
-            // An item that moved on to another node is stopped by the cancel that answers its
-            // executor's started notice.
-            let gone = calls.unwanted
-            calls.unwanted.removeAll()
-            withQueue(calls.queueName, into: &actions, now: now) { queue -> (Int, [QueueAction]) in
-                queue.remove(where: { CallItem.header(of: $0).map(gone.contains) ?? false }, now: now)
-            }
-        }
+        if !calls.unwanted.isEmpty { removeUnwantedCallItems(into: &actions, now: now) }
         applyExecutor(calls.executor.flush(), into: &actions, now: now)
         return actions
+    }
+
+    /// The calls cancelled in this turn leave the local call queue, in one pass. An item that
+    /// moved on to another node is stopped by the cancel that answers its executor's started
+    /// notice.
+    @usableFromInline
+    mutating func removeUnwantedCallItems(into actions: inout [Action], now: UInt64) {
+        let gone = calls.unwanted
+        calls.unwanted.removeAll()
+        withQueue(calls.queueName, into: &actions, now: now) { queue -> (Int, [QueueAction]) in
+            queue.remove(where: { CallItem.header(of: $0).map(gone.contains) ?? false }, now: now)
+        }
     }
 
     /// The node stops: every waiting call fails with `.nodeStopped`, the waiting pops on the
@@ -238,6 +250,7 @@ extension NodeMachine {
     /// A remote-call message (`0x40–0x5F`) arrived from `peer`. Before calls are attached only
     /// credit is kept (for the caller to come); anything else is ignored. `wallClock` is read
     /// for direct calls (their deadline hints) only: 0 for other messages.
+    @inlinable
     public mutating func received(_ message: RemoteCallMessage, from peer: PeerID, now: UInt64, wallClock: UInt64) -> [Action] {
         guard calls.isAttached else {
             if case .credit(let slots) = message { earlyCredit.granted(slots, by: peer) }
@@ -352,7 +365,8 @@ extension NodeMachine {
     /// Keeps the waiting pops on the call queue at the executor's demand
     /// (``CallQueueWaiters``); items popped at once go to the executor, whose new demand is
     /// planned again, until the plan holds.
-    private mutating func settleCallWaiters(into actions: inout [Action], now: UInt64) {
+    @usableFromInline
+    mutating func settleCallWaiters(into actions: inout [Action], now: UInt64) {
         guard calls.isAttached, !calls.settling else { return }
         calls.settling = true
         defer { calls.settling = false }
@@ -388,7 +402,8 @@ extension NodeMachine {
     }
 
     /// Pushes a call's item on the call queue, behind the items already waiting for room.
-    private mutating func pushCallItem(_ id: CallID, _ item: [UInt8], into actions: inout [Action], now: UInt64) {
+    @usableFromInline
+    mutating func pushCallItem(_ id: CallID, _ item: [UInt8], into actions: inout [Action], now: UInt64) {
         guard calls.waitingPushes.isEmpty else {
             calls.waitingPushes.append((id, item))
             return
@@ -446,7 +461,8 @@ extension NodeMachine {
     // MARK: The machines' actions
 
     /// The caller's actions, as the node's.
-    private mutating func applyCaller(_ callerActions: [CallerAction], into actions: inout [Action], now: UInt64) {
+    @inlinable
+    mutating func applyCaller(_ callerActions: [CallerAction], into actions: inout [Action], now: UInt64) {
         for action in callerActions {
             switch action {
             case .push(let id, let item):
@@ -470,7 +486,8 @@ extension NodeMachine {
     }
 
     /// The executor's actions, as the node's; then the waiting pops follow its demand.
-    private mutating func applyExecutor(_ executorActions: [ExecutorAction], into actions: inout [Action], now: UInt64,
+    @inlinable
+    mutating func applyExecutor(_ executorActions: [ExecutorAction], into actions: inout [Action], now: UInt64,
                                         settle: Bool = true) {
         for action in executorActions {
             switch action {
@@ -498,7 +515,8 @@ extension NodeMachine {
     }
 
     /// Hands `requests` to the caller in one batch; a nested call frees its task's slot first.
-    private mutating func makeCalls(_ requests: [NodeCallRequest], into actions: inout [Action], now: UInt64) {
+    @inlinable
+    mutating func makeCalls(_ requests: [NodeCallRequest], into actions: inout [Action], now: UInt64) {
         if requests.count == 1 {
             // One call (one task waiting, as in a latency run): no batch array.
             let request = requests[0]
@@ -530,7 +548,8 @@ extension NodeMachine {
 
     /// A call ended: parked when refused for the outstanding limit, its result held when its
     /// nested task has no slot yet, else completed.
-    private mutating func completeCall(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>,
+    @inlinable
+    mutating func completeCall(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>,
                                        into actions: inout [Action], now: UInt64) {
         guard let request = calls.pending.remove(id.sequence) else { return }
         var result = result
@@ -558,7 +577,8 @@ extension NodeMachine {
 
     /// A message of the caller or executor to `peer`: one to this node goes to its own
     /// machines at once; direct calls wait for the end of the turn (``flushCalls(now:wallClock:)``).
-    private mutating func sendCall(_ message: RemoteCallMessage, to peer: PeerID, into actions: inout [Action], now: UInt64) {
+    @inlinable
+    mutating func sendCall(_ message: RemoteCallMessage, to peer: PeerID, into actions: inout [Action], now: UInt64) {
         if peer == localPeer {
             callMessage(message, from: peer, into: &actions, now: now)
             return
@@ -572,7 +592,8 @@ extension NodeMachine {
         actions.append(.sendCall(message, to: peer))
     }
 
-    private mutating func callMessage(_ message: RemoteCallMessage, from peer: PeerID, into actions: inout [Action], now: UInt64) {
+    @inlinable
+    mutating func callMessage(_ message: RemoteCallMessage, from peer: PeerID, into actions: inout [Action], now: UInt64) {
         switch message {
         case .results, .started, .credit:
             applyCaller(calls.caller.received(message, from: peer, now: now), into: &actions, now: now)
@@ -584,7 +605,8 @@ extension NodeMachine {
     }
 
     /// Asks the shell for one ``flushCalls(now:wallClock:)`` at the end of the turn.
-    private mutating func scheduleCallsFlush(into actions: inout [Action]) {
+    @inlinable
+    mutating func scheduleCallsFlush(into actions: inout [Action]) {
         guard !calls.flushScheduled, !calls.isStopped else { return }
         calls.flushScheduled = true
         actions.append(.flushCallsAtEndOfTurn)

@@ -136,9 +136,9 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     var deadLetterRefusals = 0
     /// Remote calls: the caller and executor machines and what ties them to the call queue
     /// (inert until ``attachCalls(queue:caller:executor:now:)``).
-    var calls: NodeCalls
+    @usableFromInline var calls: NodeCalls
     /// Direct-call credit peers granted before calls were attached.
-    var earlyCredit = EarlyCredit()
+    @usableFromInline var earlyCredit = EarlyCredit()
     private var random: SplitMix64
     private var pingNonces: SplitMix64
     public private(set) var isStarted = false
