@@ -216,9 +216,15 @@ final class RemoteCallShell {
     /// Calls made here and not answered yet (for the dashboard).
     var callsInFlight: Int { core.machine.callsInFlight }
 
+    /// The machine's call counters, read in place: a getter called on the core's stored
+    /// machine copies the whole machine first (once per flush, every turn with calls).
+    private static func callCounters(in machine: inout NodeCore.Machine) -> (caller: CallerCounters, executor: ExecutorCounters)? {
+        machine.callCounters
+    }
+
     /// Publishes the counters' growth as metrics (once per flush of the calls).
     func publishCounters() {
-        guard let (callerCounters, executorCounters) = core.machine.callCounters else { return }
+        guard let (callerCounters, executorCounters) = Self.callCounters(in: &core.machine) else { return }
         let duplicates = executorCounters.duplicates + callerCounters.ignoredResults
         let metrics = core.metrics
         metrics.callsMade += callerCounters.calls - published.calls
