@@ -221,8 +221,8 @@ final class NodeCore {
                 logger.debug("remote calls: no link to \(peer.short); \(message.messageType) not sent")
                 perform(machine.callMessageUndeliverable(message, to: peer, now: now))
             }
-        case .completeCall(let token, let result):
-            remoteCalls?.complete(token, result)
+        case .completeCalls(let ended):
+            remoteCalls?.complete(ended)
         case .runTasks(let tasks):
             remoteCalls?.run(tasks)
         case .cancelTask(let task):
@@ -231,12 +231,15 @@ final class NodeCore {
             logger.warning("remote calls: dropped a call item that names no caller: \(error)")
         case .flushCallsAtEndOfTurn:
             // After the turn's remaining handlers, before the links seal: pure batching.
-            reactor.deferToEndOfTurn { [unowned self] in
-                guard !self.isStopped else { return }
-                self.perform(self.machine.flushCalls(now: self.now, wallClock: self.environment.wallNanoseconds()))
-                self.remoteCalls?.publishCounters()
-            }
+            reactor.deferToEndOfTurn(flushCalls)
         }
+    }
+
+    /// The end-of-turn flush of the calls, made once (not a closure per turn).
+    private lazy var flushCalls: () -> Void = { [unowned self] in
+        guard !self.isStopped else { return }
+        self.perform(self.machine.flushCalls(now: self.now, wallClock: self.environment.wallNanoseconds()))
+        self.remoteCalls?.publishCounters()
     }
 
     /// Arms `timer` at `deadline` (monotonic ns), replacing its earlier deadline.

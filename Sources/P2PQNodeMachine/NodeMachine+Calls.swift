@@ -13,7 +13,7 @@ public struct NodeCallRequest: Sendable {
     public var timeout: UInt64?
     /// The executing task this call is nested in: it gives up its slot while it waits.
     public var nested: TaskID?
-    /// The shell's name for where the result goes (``NodeAction/completeCall(token:_:)``).
+    /// The shell's name for where the result goes (``NodeAction/completeCalls(_:)``).
     public var token: UInt64
 
     public init(function: String, arguments: [UInt8], memoize: Bool = false, timeout: UInt64? = nil,
@@ -24,6 +24,17 @@ public struct NodeCallRequest: Sendable {
         self.timeout = timeout
         self.nested = nested
         self.token = token
+    }
+}
+
+/// A call that ended: the shell's token for it (``NodeCallRequest/token``) and its result.
+public struct NodeCallResult: Sendable, Equatable {
+    public var token: UInt64
+    public var result: Result<[UInt8], RemoteCallError>
+
+    @inlinable public init(token: UInt64, result: Result<[UInt8], RemoteCallError>) {
+        self.token = token
+        self.result = result
     }
 }
 
@@ -46,8 +57,14 @@ struct NodeCalls: Sendable {
     var queueName = ""
     @usableFromInline var caller: CallerMachine
     @usableFromInline var executor: ExecutorMachine
-    /// Calls waiting for their result, by sequence: a window, no hashing per call.
-    @usableFromInline var pending = SequenceTable<NodeCallRequest>()
+    /// Calls waiting for their result, by sequence: a window of plain records, no hashing and
+    /// no reference counting per call.
+    @usableFromInline var pending = SequenceTable<PendingCall>()
+    /// The requests of the calls being made (``NodeMachine/makeCalls(_:into:now:)``) and the
+    /// sequence of the first: a call the caller refuses for the outstanding limit, which it
+    /// does only while it is made, is parked from here.
+    @usableFromInline var making: [NodeCallRequest] = []
+    @usableFromInline var makingFirst: UInt64 = 0
     /// Calls refused for the outstanding limit, made again on `.capacityAvailable` (the API
     /// waits for room rather than failing).
     @usableFromInline var parked: [NodeCallRequest] = []
@@ -84,6 +101,18 @@ struct NodeCalls: Sendable {
     }
 
     static func isOurs(_ waiter: WaiterID) -> Bool { waiter.rawValue & (1 << 63) != 0 }
+}
+
+/// A call waiting for its result: where the result goes and the task the call is nested in.
+@usableFromInline
+struct PendingCall: Sendable {
+    @usableFromInline var token: UInt64
+    @usableFromInline var nested: TaskID?
+
+    @inlinable init(_ request: NodeCallRequest) {
+        token = request.token
+        nested = request.nested
+    }
 }
 
 extension NodeMachine {
@@ -133,11 +162,22 @@ extension NodeMachine {
     @inlinable
     public mutating func call(_ requests: [NodeCallRequest], now: UInt64, wallClock: UInt64) -> [Action] {
         guard calls.isAttached, !calls.isStopped else {
-            return requests.map { .completeCall(token: $0.token, .failure(.nodeStopped)) }
+            return [.completeCalls(requests.map { NodeCallResult(token: $0.token, result: .failure(.nodeStopped)) })]
         }
         calls.wallOffset = wallClock &- now
         var actions: [Action] = []
         makeCalls(requests, into: &actions, now: now)
+        scheduleCallsFlush(into: &actions)
+        return actions
+    }
+
+    /// Makes one call (a single waiting task: no batch array).
+    @inlinable
+    public mutating func call(_ request: NodeCallRequest, now: UInt64, wallClock: UInt64) -> [Action] {
+        guard calls.isAttached, !calls.isStopped else { return [.completeCalls([NodeCallResult(token: request.token, result: .failure(.nodeStopped))])] }
+        calls.wallOffset = wallClock &- now
+        var actions: [Action] = []
+        makeCall(request, into: &actions, now: now)
         scheduleCallsFlush(into: &actions)
         return actions
     }
@@ -230,14 +270,14 @@ extension NodeMachine {
         }
         calls.waiters = CallQueueWaiters()
         for sequence in calls.pending.sequences(where: { _ in true }) {
-            if let request = calls.pending.remove(sequence) {
-                actions.append(.completeCall(token: request.token, .failure(.nodeStopped)))
+            if let call = calls.pending.remove(sequence) {
+                completed(call.token, .failure(.nodeStopped), into: &actions)
             }
         }
-        for request in calls.parked { actions.append(.completeCall(token: request.token, .failure(.nodeStopped))) }
+        for request in calls.parked { completed(request.token, .failure(.nodeStopped), into: &actions) }
         calls.parked = []
         for (_, held) in calls.resuming.sorted(by: { $0.key < $1.key }) {
-            actions.append(.completeCall(token: held.token, .failure(.nodeStopped)))
+            completed(held.token, .failure(.nodeStopped), into: &actions)
         }
         calls.resuming = [:]
         calls.waitingPushes = []
@@ -500,7 +540,7 @@ extension NodeMachine {
                 // A resumed task's slot is back: the result it waits for is handed over now.
                 for task in tasks {
                     if let held = calls.resuming.removeValue(forKey: task) {
-                        actions.append(.completeCall(token: held.token, held.result))
+                        completed(held.token, held.result, into: &actions)
                     }
                 }
             case .cancelTask(let task):
@@ -517,18 +557,7 @@ extension NodeMachine {
     /// Hands `requests` to the caller in one batch; a nested call frees its task's slot first.
     @inlinable
     mutating func makeCalls(_ requests: [NodeCallRequest], into actions: inout [Action], now: UInt64) {
-        if requests.count == 1 {
-            // One call (one task waiting, as in a latency run): no batch array.
-            let request = requests[0]
-            let deadline = request.timeout.map { now &+ $0 }
-            if let task = request.nested { applyExecutor(calls.executor.nestedCallMade(by: task), into: &actions, now: now) }
-            let (id, callerActions) = calls.caller.call(function: request.function, arguments: request.arguments,
-                                                        memoize: request.memoize, deadline: deadline, now: now,
-                                                        wallClock: deadline != nil ? now &+ calls.wallOffset : 0)
-            calls.pending.append(id.sequence, request)
-            applyCaller(callerActions, into: &actions, now: now)
-            return
-        }
+        if requests.count == 1 { return makeCall(requests[0], into: &actions, now: now) }
         var batch: [CallerMachine.Request] = []
         batch.reserveCapacity(requests.count)
         var anyDeadline = false
@@ -542,8 +571,33 @@ extension NodeMachine {
         let (ids, callerActions) = calls.caller.call(batch: batch, now: now,
                                                      wallClock: anyDeadline ? now &+ calls.wallOffset : 0)
         // Every call is registered before the actions run: some complete at once (memo hits).
-        for (id, request) in zip(ids, requests) { calls.pending.append(id.sequence, request) }
+        for (id, request) in zip(ids, requests) { calls.pending.append(id.sequence, PendingCall(request)) }
+        let outer = (calls.making, calls.makingFirst)  // calls made again on room, inside these actions
+        calls.making = requests
+        calls.makingFirst = ids.first?.sequence ?? 0
         applyCaller(callerActions, into: &actions, now: now)
+        (calls.making, calls.makingFirst) = outer
+    }
+
+    /// One call (one task waiting, as in a latency run): no batch array.
+    @inlinable
+    mutating func makeCall(_ request: NodeCallRequest, into actions: inout [Action], now: UInt64) {
+        let deadline = request.timeout.map { now &+ $0 }
+        if let task = request.nested { applyExecutor(calls.executor.nestedCallMade(by: task), into: &actions, now: now) }
+        let (id, callerActions) = calls.caller.call(function: request.function, arguments: request.arguments,
+                                                    memoize: request.memoize, deadline: deadline, now: now,
+                                                    wallClock: deadline != nil ? now &+ calls.wallOffset : 0)
+        calls.pending.append(id.sequence, PendingCall(request))
+        let ended = callerActions.contains { if case .complete = $0 { true } else { false } }
+        guard ended else {
+            // The common case, a call sent or queued: no request to keep at hand.
+            return applyCaller(callerActions, into: &actions, now: now)
+        }
+        let outer = (calls.making, calls.makingFirst)
+        calls.making = [request]
+        calls.makingFirst = id.sequence
+        applyCaller(callerActions, into: &actions, now: now)
+        (calls.making, calls.makingFirst) = outer
     }
 
     /// A call ended: parked when refused for the outstanding limit, its result held when its
@@ -551,28 +605,44 @@ extension NodeMachine {
     @inlinable
     mutating func completeCall(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>,
                                        into actions: inout [Action], now: UInt64) {
-        guard let request = calls.pending.remove(id.sequence) else { return }
+        guard let call = calls.pending.remove(id.sequence) else { return }
         var result = result
         if case .failure(.tooManyOutstandingCalls) = result {
-            // The API waits for room instead of failing.
-            calls.parked.append(request)
-            if let task = request.nested { calls.executor.nestedCallParked(by: task) }
-            return
+            // The API waits for room instead of failing. The caller refuses a call only while
+            // it is made, so its request is at hand.
+            let index = id.sequence &- calls.makingFirst
+            if index < UInt64(calls.making.count) {
+                calls.parked.append(calls.making[Int(index)])
+                if let task = call.nested { calls.executor.nestedCallParked(by: task) }
+                return
+            }
         }
         if !calls.pushFailures.isEmpty, let failure = calls.pushFailures.removeValue(forKey: id.sequence) {
             result = .failure(failure)
         }
-        guard let task = request.nested else {
-            actions.append(.completeCall(token: request.token, result))
+        guard let task = call.nested else {
+            completed(call.token, result, into: &actions)
             return
         }
         switch calls.executor.nestedCallCompleted(by: task) {
         case .deliverNow:
-            actions.append(.completeCall(token: request.token, result))
+            completed(call.token, result, into: &actions)
         case .deliverOnResume(let executorActions):
-            calls.resuming[task] = (request.token, result)
+            calls.resuming[task] = (call.token, result)
             applyExecutor(executorActions, into: &actions, now: now)
         }
+    }
+
+    /// The call named `token` ended: added to the list of the last action when that is one
+    /// (one action per results message, not per call).
+    @inlinable
+    func completed(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>, into actions: inout [Action]) {
+        let ended = NodeCallResult(token: token, result: result)
+        guard case .completeCalls(var list)? = actions.last else { return actions.append(.completeCalls([ended])) }
+        // The slot lets go of the list first, so it grows in place instead of being copied.
+        actions[actions.count - 1] = .flushCallsAtEndOfTurn
+        list.append(ended)
+        actions[actions.count - 1] = .completeCalls(list)
     }
 
     /// A message of the caller or executor to `peer`: one to this node goes to its own

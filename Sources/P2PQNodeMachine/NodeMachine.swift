@@ -89,9 +89,11 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
     /// Send a remote-call message (`0x40–0x5F`) to `peer`; if it cannot go, tell
     /// ``NodeMachine/callMessageUndeliverable(_:to:now:)``.
     case sendCall(RemoteCallMessage, to: PeerID)
-    /// The call the shell named `token` (``NodeCallRequest/token``) ended with `result`. A
-    /// nested call's result comes once its task has a slot again.
-    case completeCall(token: UInt64, Result<[UInt8], RemoteCallError>)
+    /// Calls ended, in order: each the call the shell named with its token
+    /// (``NodeCallRequest/token``). Results that end in one run of actions travel in one list
+    /// (a results message answers many calls). A nested call's result comes once its task has
+    /// a slot again.
+    case completeCalls([NodeCallResult])
     /// Run these tasks (on the workers, or inline); report each with
     /// ``NodeMachine/callsFinished(_:now:)``.
     case runTasks([CallTask])

@@ -578,7 +578,7 @@ public struct ClusterSimulation {
                 }
             case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected:
                 break  // in the trace
-            case .sendCall, .completeCall, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
+            case .sendCall, .completeCalls, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
                 break  // no remote calls are attached here
             }
         }
@@ -636,7 +636,7 @@ public struct ClusterSimulation {
             traceHash.add(bytes: name.utf8)
             traceHash.add(at)
         case .closeLink, .peerDisconnected, .member, .queue, .deadLettered,
-             .sendCall, .completeCall, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
+             .sendCall, .completeCalls, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
             traceHash.add(bytes: "\(action)".utf8)
         }
     }

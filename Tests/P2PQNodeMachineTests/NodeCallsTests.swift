@@ -210,8 +210,8 @@ struct CallMesh {
                     continue
                 }
                 events.schedule(.call(node: other, link: peerLink, from: node, message), at: now + latency)
-            case .completeCall(let token, let result):
-                completed[node, default: [:]][token] = result
+            case .completeCalls(let ended):
+                for call in ended { completed[node, default: [:]][call.token] = call.result }
             case .runTasks(let tasks):
                 ran[node, default: []].append(contentsOf: tasks)
                 for task in tasks {
@@ -266,10 +266,12 @@ struct CallMesh {
                 hash.add(task.call.sequence)
                 hash.add(bytes: task.arguments)
             }
-        case .completeCall(let token, let result):
+        case .completeCalls(let ended):
             hash.add(6)
-            hash.add(token)
-            hash.add(bytes: "\(result)".utf8)
+            for call in ended {
+                hash.add(call.token)
+                hash.add(bytes: "\(call.result)".utf8)
+            }
         case .peerConnected(let peer, let link):
             hash.add(7)
             hash.add(number(peer) ?? -1)

@@ -121,6 +121,13 @@ final class RemoteCallShell {
 
     /// Hands `requests` to the machine in one batch, each named by a new token.
     private func call(_ requests: [CallRequest]) {
+        if requests.count == 1 {
+            let request = requests[0]
+            let token = nextToken
+            nextToken += 1
+            completions.append(token, request)
+            return core.perform(core.machine.call(nodeRequest(request, token: token), now: now, wallClock: wallClock))
+        }
         var batch: [NodeCallRequest] = []
         batch.reserveCapacity(requests.count)
         for request in requests {
@@ -128,11 +135,15 @@ final class RemoteCallShell {
             nextToken += 1
             // Registered before the machine acts: some calls complete at once (memo hits).
             completions.append(token, request)
-            batch.append(NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
-                                         timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
-                                         nested: request.nested, token: token))
+            batch.append(nodeRequest(request, token: token))
         }
         core.perform(core.machine.call(batch, now: now, wallClock: wallClock))
+    }
+
+    private func nodeRequest(_ request: CallRequest, token: UInt64) -> NodeCallRequest {
+        NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
+                        timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
+                        nested: request.nested, token: token)
     }
 
     // MARK: From the node
@@ -166,8 +177,12 @@ final class RemoteCallShell {
 
     // MARK: The machine's actions
 
-    /// The call named `token` ended (``NodeAction/completeCall(token:_:)``).
-    func complete(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
+    /// These calls ended (``NodeAction/completeCalls(_:)``).
+    func complete(_ ended: [NodeCallResult]) {
+        for call in ended { complete(call.token, call.result) }
+    }
+
+    private func complete(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
         guard let request = completions.remove(token) else { return }
         guard request.nested == nil, case .stream(let stream, let index, let streamToken) = request.completion else {
             request.completion.resume(result)
