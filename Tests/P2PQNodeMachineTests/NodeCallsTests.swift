@@ -50,7 +50,7 @@ struct CallMesh {
     private var ends: [[LinkID: (peer: Int, peerLink: LinkID)]]
     private var nextLink: [UInt64]
 
-    init(size: Int, seed: UInt64, grantsCredit: Bool = true) {
+    init(size: Int, seed: UInt64, grantsCredit: Bool = true, caller: CallerConfiguration = CallerConfiguration()) {
         var seeds = SplitMix64(seed: seed)
         machines = (0..<size).map { n in
             Machine(configuration: NodeMachineConfiguration(
@@ -62,7 +62,7 @@ struct CallMesh {
         ends = Array(repeating: [:], count: size)
         nextLink = Array(repeating: 1, count: size)
         for n in 0..<size {
-            let (attached, actions) = machines[n].attachCalls(queue: "p2pq.calls", caller: CallerConfiguration(),
+            let (attached, actions) = machines[n].attachCalls(queue: "p2pq.calls", caller: caller,
                                                                executor: ExecutorConfiguration(maxConcurrentCalls: 2, grantsCredit: grantsCredit),
                                                                now: now)
             precondition(attached)
@@ -85,6 +85,12 @@ struct CallMesh {
             NodeCallRequest(function: "echo", arguments: bytes, timeout: 10 * second, token: UInt64(index + 1))
         }
         perform(machines[n].call(requests, now: now, wallClock: wallClock), at: n)
+    }
+
+    /// Node `n` calls "echo" once with `arguments`, the call named by `token`.
+    mutating func callEcho(_ arguments: [UInt8], token: UInt64, at n: Int) {
+        let request = NodeCallRequest(function: "echo", arguments: arguments, timeout: 10 * second, token: token)
+        perform(machines[n].call(request, now: now, wallClock: wallClock), at: n)
     }
 
     mutating func push(_ items: [[UInt8]], at n: Int, into queue: String) -> PushOutcome? {
@@ -369,6 +375,29 @@ struct NodeCallsTests {
         #expect(mesh.machines[0].caller.counters.direct == 0)
         // The executor's waiting pops stay inside the machine: no delivery reaches the shell.
         #expect(!mesh.trace.contains { if case .queue("p2pq.calls", .deliver) = $0.action { true } else { false } })
+    }
+
+    @Test("Calls beyond the caller's outstanding limit wait for room and then return, batched or one by one")
+    func parkedForTheOutstandingLimit() {
+        var limited = CallerConfiguration()
+        limited.maxOutstandingCalls = 3
+        var mesh = CallMesh(size: 2, seed: 5, caller: limited)
+        mesh.run(until: 3 * second)
+        mesh.callEcho(Self.arguments, at: 0)  // tokens 1...30, one batch
+        for index in 0..<5 { mesh.callEcho([UInt8(index), 0x5A], token: UInt64(100 + index), at: 0) }
+        #expect(mesh.machines[0].callsInFlight == 35)
+        #expect(mesh.machines[0].caller.counters.refused > 0, "the limit was never reached")
+        mesh.run(until: 20 * second)
+        let results = mesh.completed[0] ?? [:]
+        for (index, bytes) in Self.arguments.enumerated() {
+            #expect(results[UInt64(index + 1)] == .success(bytes), "call \(index + 1): \(String(describing: results[UInt64(index + 1)]))")
+        }
+        for index in 0..<5 {
+            #expect(results[UInt64(100 + index)] == .success([UInt8(index), 0x5A]), "call \(100 + index)")
+        }
+        #expect(results.count == 35)
+        #expect(mesh.machines[0].callsInFlight == 0)
+        #expect(mesh.ran[1]?.count == 35, "each call ran once")
     }
 
     @Test("Run twice from one seed in this process: the same actions, in the same order")
