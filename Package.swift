@@ -202,7 +202,7 @@ let package = Package(
         // (docs/simulation.md). `p2pq simulate` runs it.
         .target(
             name: "P2PQSimulation",
-            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQWire",
+            dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall", "P2PQWire",
                            .product(name: "HeapModule", package: "swift-collections")],
             path: "Sources/P2PQSimulation"
         ),

@@ -2,6 +2,7 @@ import P2PQConnectionManager
 import P2PQMembership
 import P2PQNodeMachine
 import P2PQQueue
+import P2PQRemoteCall
 import P2PQWire
 
 /// Nanoseconds in a millisecond and a second, for simulated times.
@@ -50,6 +51,8 @@ public struct ClusterSimulation {
         public var invariants: InvariantBounds? = nil
         /// Keep every action in ``ClusterSimulation/trace`` (memory grows with the run).
         public var recordsTrace = false
+        /// Remote calls: every node executes, the workload's callers call (nil: no calls).
+        public var calls: CallWorkload? = nil
 
         public init(nodes: Int, seed: UInt64) {
             self.nodes = nodes
@@ -99,17 +102,25 @@ public struct ClusterSimulation {
         case consume(node: Int, consumer: Int)
         /// The periodic membership invariant check.
         case check
+        case callMessage(node: Int, link: LinkID, from: Int, RemoteCallMessage, thenReset: Bool)
+        /// The end of the turn in which the node asked for ``NodeAction/flushCallsAtEndOfTurn``.
+        case flushCalls(node: Int)
+        /// A task of a node's executor ends (dropped when the node restarted since).
+        case taskFinished(node: Int, TaskID, CallOutcome, incarnation: UInt64)
+        /// A caller makes its next call (``CallWorkload``).
+        case makeCall(caller: Int)
 
         /// The node that handles the event; nil for the simulation's own.
         var node: Int? {
             switch self {
-            case .produce, .check:
+            case .produce, .check, .makeCall:
                 nil
             case .consume(let node, _):
                 node
             case .timer(let node, _, _), .linkUp(let node, _, _, _, _, _), .dialFailed(let node, _),
                  .message(let node, _, _, _, _), .queueMessage(let node, _, _, _, _), .ping(let node, _),
-                 .heard(let node, _), .linkDown(let node, _, _, _), .linkLost(let node, _, _, _), .peerList(let node, _, _):
+                 .heard(let node, _), .linkDown(let node, _, _, _), .linkLost(let node, _, _, _), .peerList(let node, _, _),
+                 .callMessage(let node, _, _, _, _), .flushCalls(let node), .taskFinished(let node, _, _, _):
                 node
             }
         }
@@ -146,7 +157,7 @@ public struct ClusterSimulation {
     private var deadlines: [[NodeTimer: UInt64]]
     private var ends: [[LinkID: End]]
     private var nextLink: [UInt64]
-    private var incarnations: [UInt64]
+    private(set) var incarnations: [UInt64]
     private var seeds: SplitMix64
     /// Draws the network's delays and faults, apart from the nodes' seeds.
     private var random: SplitMix64
@@ -169,6 +180,7 @@ public struct ClusterSimulation {
     /// Nodes stopped gracefully (``stop(_:)``).
     public private(set) var stopped: Set<Int> = []
     var workload = WorkloadState()
+    var calls = CallsState()
     /// Draws the consumers' task durations.
     var workloadRandom: SplitMix64
     /// What reached a paused node, in order, to be handled when it resumes.
@@ -210,6 +222,7 @@ public struct ClusterSimulation {
         indexByPeer = Dictionary(uniqueKeysWithValues: (0..<size).map { (Self.peer($0), $0) })
         machines = (0..<size).map { makeMachine($0) }
         for n in 0..<size { start(n) }
+        startCallers()
         if let bounds = configuration.invariants { events.schedule(.check, at: bounds.checkInterval) }
     }
 
@@ -220,6 +233,7 @@ public struct ClusterSimulation {
     }
 
     private mutating func start(_ n: Int) {
+        attachCalls(n)
         let actions = machines[n].start(advertising: Self.address(n), bootstrap: n == 0 ? [] : [Self.address(0)], now: now)
         perform(actions, at: n)
     }
@@ -264,6 +278,7 @@ public struct ClusterSimulation {
         }
         ends[n] = [:]
         workloadCrashed(n)
+        callerCrashed(n)
     }
 
     /// Node `n` stops processing (SIGSTOP) and keeps its state.
@@ -473,6 +488,19 @@ public struct ClusterSimulation {
             consume(consumer)
         case .check:
             if let bounds = configuration.invariants { checkDeadMembers(bounds) }
+        case .callMessage(let node, let link, let from, let message, let thenReset):
+            guard ends[node][link] != nil else { return }
+            machines[node].heard(link, now: now)
+            let wall: UInt64 = if case .direct = message { wallClock } else { 0 }
+            perform(machines[node].received(message, from: peers[from], now: now, wallClock: wall), at: node)
+            if thenReset { reset(link, at: node) }
+        case .flushCalls(let node):
+            perform(machines[node].flushCalls(now: now, wallClock: wallClock), at: node)
+        case .taskFinished(let node, let task, let outcome, let incarnation):
+            guard incarnations[node] == incarnation else { return }
+            perform(machines[node].callsFinished([(task, outcome)], now: now), at: node)
+        case .makeCall(let caller):
+            makeCall(caller)
         case .linkLost(let node, let link, let wasUp, let dialed):
             resetPending.remove([UInt64(node), link.rawValue])
             // A dial whose link reset before its hellos fails, as its handshake would.
@@ -578,8 +606,28 @@ public struct ClusterSimulation {
                 }
             case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected:
                 break  // in the trace
-            case .sendCall, .completeCalls, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
-                break  // no remote calls are attached here
+            case .sendCall(let message, let to):
+                if let link = machines[node].link(to: to), resetPending.contains([UInt64(node), link.rawValue]) { continue }
+                guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up else {
+                    perform(machines[node].callMessageUndeliverable(message, to: to, now: now), at: node)
+                    continue
+                }
+                messagesSent[node] += 1
+                guard passes(from: node, on: link) else { continue }
+                let fate = linkFate(of: link, at: node)
+                guard !fate.lost else { continue }
+                let carried = random.chance(network.codecSampleRate)
+                    ? throughCodec(message, maxFrameSize: WireProtocol.defaultMaxFrameSize) : message
+                events.schedule(.callMessage(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
+                                at: arrival(from: node, on: link))
+            case .flushCallsAtEndOfTurn:
+                events.schedule(.flushCalls(node: node), at: now)  // after the events already due now
+            case .completeCalls(let ended):
+                callsCompleted(ended, at: node)
+            case .runTasks(let tasks):
+                runCallTasks(tasks, at: node)
+            case .cancelTask, .callItemDiscarded:
+                break  // an echo ends anyway; in the trace
             }
         }
     }
@@ -635,8 +683,28 @@ public struct ClusterSimulation {
             traceHash.add(13)
             traceHash.add(bytes: name.utf8)
             traceHash.add(at)
+        case .sendCall(let message, let to):
+            traceHash.add(14)
+            traceHash.add(number(to))
+            if let bytes = try? message.encoded() { traceHash.add(bytes: bytes) }
+        case .completeCalls(let ended):
+            traceHash.add(15)
+            for call in ended {
+                traceHash.add(call.token)
+                switch call.result {
+                case .success(let bytes): traceHash.add(bytes: bytes)
+                case .failure(let error): traceHash.add(bytes: "\(error)".utf8)
+                }
+            }
+        case .runTasks(let tasks):
+            traceHash.add(16)
+            for task in tasks {
+                traceHash.add(task.id.rawValue)
+                traceHash.add(task.call.sequence)
+                traceHash.add(bytes: task.arguments)
+            }
         case .closeLink, .peerDisconnected, .member, .queue, .deadLettered,
-             .sendCall, .completeCalls, .runTasks, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
+             .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
             traceHash.add(bytes: "\(action)".utf8)
         }
     }

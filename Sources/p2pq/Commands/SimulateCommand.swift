@@ -6,28 +6,31 @@ import P2PQSimulation
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Run N node machines on a simulated clock and network: failure detection or load balancing.",
+        abstract: "Run N node machines on a simulated clock and network: failure detection, load balancing or remote calls.",
         discussion: """
             The nodes are the real NodeMachine (connection manager, membership, queues) on an \
             in-memory network. Node 0 is everyone's bootstrap. --scenario detect: after --warmup \
             the last node crashes; the run goes on for --duration. --scenario balance: after \
             --warmup, --items items are pushed at node 0 (--inject one) or at every node in turn \
             (--inject everywhere); one consumer per node pops them, each task taking --task-ms on \
-            average; the run ends when all are done (or after --duration). Prints one JSON \
+            average; the run ends when all are done (or after --duration). --scenario calls: every \
+            node executes "echo" (--max-concurrent-calls at once, each task taking --task-ms on \
+            average); from --warmup on, the first --callers nodes each call it --call-rate times \
+            a second for --duration; the run ends once every call returned. Prints one JSON \
             object, then a readable summary on standard error. The same seed gives the same run \
             (and trace hash).
             """
     )
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
-        case detect, balance
+        case detect, balance, calls
     }
 
     enum Injection: String, ExpressibleByArgument, CaseIterable {
         case one, everywhere
     }
 
-    @Option(help: "What to measure: detect (a crash) or balance (work spread to consumers).")
+    @Option(help: "What to measure: detect (a crash), balance (work spread to consumers) or calls (remote calls).")
     var scenario = Scenario.detect
 
     @Option(help: "Number of nodes.")
@@ -60,8 +63,43 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "balance: items pushed.")
     var items = 10_000
 
-    @Option(help: "balance: mean task duration in milliseconds (half fixed, half exponential).")
+    @Option(help: "balance, calls: mean task duration in milliseconds (half fixed, half exponential).")
     var taskMs: Double = 10
+
+    @Option(help: "calls: how many nodes call (the first ones).")
+    var callers = 1
+
+    @Option(help: "calls: calls per second of each caller.")
+    var callRate: Double = 1000
+
+    @Option(help: "calls: calls each node executes at once.")
+    var maxConcurrentCalls = 16
+
+    /// What one calls run measured.
+    struct CallsReport: Encodable {
+        var scenario = "calls"
+        var nodes: Int
+        var seed: UInt64
+        var callers: Int
+        var traceHash: String
+        var made: Int
+        var succeeded: Int
+        var failed: [String: Int]
+        var lost: Int
+        var wrongResults: Int
+        var duplicateExecutions: Int
+        /// Calls that returned, per simulated second of calling.
+        var callsPerSecond: Double
+        var latencyP50Ms: Double?
+        var latencyP90Ms: Double?
+        var latencyP99Ms: Double?
+        var latencyMaxMs: Double?
+        /// Nodes that executed at least one call.
+        var executors: Int
+        var messagesPerNodePerSecond: Double
+        var eventsProcessed: Int
+        var wallSeconds: Double
+    }
 
     /// What one balance run measured.
     struct BalanceReport: Encodable {
@@ -116,12 +154,16 @@ struct SimulateCommand: ParsableCommand {
         guard nodes <= 65_536 else { throw ValidationError("--nodes must be at most 65536") }
         guard warmup > 0, duration > 0, latency > 0 else { throw ValidationError("--warmup, --duration and --latency must be positive") }
         guard jitterMs >= 0, taskMs > 0, items > 0 else { throw ValidationError("--jitter-ms must be at least 0, --task-ms and --items positive") }
+        guard callers > 0, callRate > 0, callRate <= 1e6, maxConcurrentCalls > 0 else {
+            throw ValidationError("--callers and --max-concurrent-calls must be positive, --call-rate in (0, 1000000]")
+        }
     }
 
     func run() throws {
         switch scenario {
         case .detect: try detect()
         case .balance: try balance()
+        case .calls: try calls()
         }
     }
 
@@ -131,6 +173,54 @@ struct SimulateCommand: ParsableCommand {
             base: UInt64(latency * 1e6), jitter: jitterMs > 0 ? .exponential(mean: UInt64(jitterMs * 1e6)) : .none)
         configuration.recordsTrace = traceNode != nil
         return configuration
+    }
+
+    private func calls() throws {
+        let started = Date()
+        var configuration = configuration()
+        let warm = UInt64(warmup * 1e9), end = warm + UInt64(duration * 1e9)
+        let half = UInt64(taskMs * 1e6 / 2)
+        configuration.calls = CallWorkload(
+            callers: Array(0..<min(callers, nodes)), interval: UInt64(1e9 / callRate),
+            taskDuration: DelayDistribution(base: half, jitter: .exponential(mean: half)),
+            maxConcurrentCalls: maxConcurrentCalls, start: warm, end: end)
+        var simulation = ClusterSimulation(configuration)
+        simulation.run(until: warm)
+        let sentBefore = simulation.messagesSent.reduce(0, +)
+        simulation.run(until: end)
+        let sentAfter = simulation.messagesSent.reduce(0, +)
+        // The calls made last return within their timeout.
+        var report = simulation.checkCalls(faultFree: true)
+        while simulation.now < end + 12 * simulatedSecond, report.succeeded + report.failed.values.reduce(0, +) < report.made {
+            simulation.run(until: simulation.now + simulatedSecond / 10)
+            report = simulation.checkCalls(faultFree: true)
+        }
+        let ms = { (ns: UInt64?) in ns.map { Double($0) / 1e6 } }
+        let result = CallsReport(
+            nodes: nodes, seed: seed, callers: min(callers, nodes), traceHash: simulation.traceHash.description,
+            made: report.made, succeeded: report.succeeded, failed: report.failed, lost: report.lost,
+            wrongResults: report.wrongResults, duplicateExecutions: report.duplicateExecutions,
+            callsPerSecond: Double(report.succeeded) / duration,
+            latencyP50Ms: ms(report.latency(at: 0.5)), latencyP90Ms: ms(report.latency(at: 0.9)),
+            latencyP99Ms: ms(report.latency(at: 0.99)), latencyMaxMs: ms(report.latencies.last),
+            executors: (0..<nodes).filter { simulation.machines[$0].executor.counters.executed > 0 }.count,
+            messagesPerNodePerSecond: Double(sentAfter - sentBefore) / Double(nodes) / duration,
+            eventsProcessed: simulation.eventsProcessed, wallSeconds: Date().timeIntervalSince(started))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+        let format = { (value: Double?) in value.map { String(format: "%.1f ms", $0) } ?? "-" }
+        let summary = """
+            \(nodes) nodes, seed \(seed), \(result.callers) callers at \(callRate) calls/s each: \(report.made) made, \
+            \(report.succeeded) returned (\(String(format: "%.0f", result.callsPerSecond)) calls/s), \
+            \(report.failed.values.reduce(0, +)) failed, \(report.lost) lost, \(report.duplicateExecutions) run twice; \
+            latency p50 \(format(result.latencyP50Ms)), p99 \(format(result.latencyP99Ms)); ran on \(result.executors) nodes; \
+            \(String(format: "%.1f", result.messagesPerNodePerSecond)) messages per node per second; \
+            \(String(format: "%.1f", result.wallSeconds)) s wall; trace \(result.traceHash)
+
+            """
+        FileHandle.standardError.write(Data(summary.utf8))
+        for failure in simulation.failures { FileHandle.standardError.write(Data("failure: \(failure)\n".utf8)) }
     }
 
     private func balance() throws {
