@@ -1,3 +1,4 @@
+import P2PQConnectionManager
 import P2PQQueue
 import P2PQRemoteCall
 import P2PQWire
@@ -290,8 +291,14 @@ extension NodeMachine {
     /// A remote-call message (`0x40–0x5F`) arrived from `peer`. Before calls are attached only
     /// credit is kept (for the caller to come); anything else is ignored. `wallClock` is read
     /// for direct calls (their deadline hints) only: 0 for other messages.
+    ///
+    /// Credit from a peer this node keeps no link to is ignored: it came on a link being closed
+    /// (one this node refused just after its hello), and direct calls sent on the strength of it
+    /// could not be delivered. Each would count as a lost executor, and a call retried onto a
+    /// few such peers in a row ran out of retries with no fault anywhere.
     @inlinable
     public mutating func received(_ message: RemoteCallMessage, from peer: PeerID, now: UInt64, wallClock: UInt64) -> [Action] {
+        if case .credit = message, connections.link(to: peer) == nil { return [] }
         guard calls.isAttached else {
             if case .credit(let slots) = message { earlyCredit.granted(slots, by: peer) }
             return []

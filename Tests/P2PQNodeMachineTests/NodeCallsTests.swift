@@ -93,6 +93,11 @@ struct CallMesh {
         perform(machines[n].call(request, now: now, wallClock: wallClock), at: n)
     }
 
+    /// Node `n` handles a remote-call message from `peer`, whatever links it keeps.
+    mutating func receive(_ message: RemoteCallMessage, from peer: PeerID, at n: Int) {
+        perform(machines[n].received(message, from: peer, now: now, wallClock: wallClock), at: n)
+    }
+
     mutating func push(_ items: [[UInt8]], at n: Int, into queue: String) -> PushOutcome? {
         guard let (outcome, actions) = machines[n].push(items, into: queue, now: now) else { return nil }
         perform(actions, at: n)
@@ -398,6 +403,23 @@ struct NodeCallsTests {
         #expect(results.count == 35)
         #expect(mesh.machines[0].callsInFlight == 0)
         #expect(mesh.ran[1]?.count == 35, "each call ran once")
+    }
+
+    @Test("Credit from a peer with no link (it came on a link being closed) is ignored: no call is sent there")
+    func creditWithoutLink() {
+        var mesh = CallMesh(size: 2, seed: 8)
+        mesh.run(until: 3 * second)
+        let stranger = peer(7)
+        #expect(mesh.machines[0].link(to: stranger) == nil)
+        mesh.receive(.credit(1000), from: stranger, at: 0)
+        mesh.callEcho(Self.arguments, at: 0)
+        mesh.run(until: 6 * second)
+        let toStranger = mesh.trace.filter { entry in
+            if entry.node == 0, case .sendCall(_, let to) = entry.action { to == stranger } else { false }
+        }
+        #expect(toStranger.isEmpty, "\(toStranger.count) messages to a peer with no link")
+        #expect(mesh.machines[0].caller.counters.retries == 0)
+        #expect(mesh.completed[0]?.count == Self.arguments.count)
     }
 
     @Test("Run twice from one seed in this process: the same actions, in the same order")
