@@ -16,6 +16,8 @@ struct DrainHandOnNodeTests {
         let nodes = try await startMesh(3, key: key) { configuration in
             configuration.queue.confirmDelay = 3600 * 1_000_000_000
             configuration.queue.confirmBatch = 1 << 30
+            // The stop waits for the 100 notices' acks: not a race against the suite's load.
+            configuration.drainTimeout = .seconds(10)
         }
         let (owner, holder, third) = (nodes[0], nodes[1], nodes[2])
         let queues = nodes.map { $0.queue(named: "c") }
