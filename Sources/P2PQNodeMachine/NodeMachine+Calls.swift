@@ -222,6 +222,7 @@ extension NodeMachine {
     }
 
     /// The end of the reactor turn that ``NodeAction/flushCallsAtEndOfTurn`` asked for: the
+    /// waiting pops on the call queue follow the executor's demand as the turn left it, the
     /// turn's direct calls go out, packed per executor (executors in ID order), the calls
     /// cancelled in the turn leave the local call queue in one pass, and the executor sends
     /// its batched results, started notices and credit.
@@ -231,6 +232,7 @@ extension NodeMachine {
         guard calls.isAttached, !calls.isStopped else { return [] }
         calls.wallOffset = wallClock &- now
         var actions: [Action] = []
+        if calls.demandChanged { settleCallWaiters(into: &actions, now: now) }
         if !calls.directOut.isEmpty {
             let batches = calls.directOut
             calls.directOut.removeAll(keepingCapacity: true)
@@ -384,6 +386,7 @@ extension NodeMachine {
             case .fail(let waiter, _) where NodeCalls.isOurs(waiter):
                 calls.waiters.answered(waiter.rawValue)
                 calls.demandChanged = true
+                scheduleCallsFlush(into: &actions)
             case .spaceAvailable:
                 actions.append(.queue(name, .spaceAvailable))
                 pushWaitingCallItems(into: &actions, now: now)
@@ -404,7 +407,7 @@ extension NodeMachine {
         let popped = calls.executor.popped(Array(items), wallClock: now &+ calls.wallOffset)
         // The started notices go out first, before the queue can confirm these pops to their
         // owners on the same links (protocol.md §10): one of the two always protects a call.
-        applyExecutor(calls.executor.flush(), into: &actions, now: now, settle: false)
+        applyExecutor(calls.executor.flush(), into: &actions, now: now)
         applyExecutor(popped, into: &actions, now: now)
         scheduleCallsFlush(into: &actions)
     }
@@ -532,10 +535,11 @@ extension NodeMachine {
         }
     }
 
-    /// The executor's actions, as the node's; then the waiting pops follow its demand.
+    /// The executor's actions, as the node's. A new demand is met at the end of the turn
+    /// (``flushCalls(now:wallClock:)``): slots taken and given back within one turn, as by
+    /// calls run inline, then cost no pops withdrawn and opened again on the call queue.
     @inlinable
-    mutating func applyExecutor(_ executorActions: [ExecutorAction], into actions: inout [Action], now: UInt64,
-                                        settle: Bool = true) {
+    mutating func applyExecutor(_ executorActions: [ExecutorAction], into actions: inout [Action], now: UInt64) {
         for action in executorActions {
             switch action {
             case .setDemand(let count):
@@ -558,7 +562,7 @@ extension NodeMachine {
                 actions.append(.callItemDiscarded(error))
             }
         }
-        if settle && calls.demandChanged { settleCallWaiters(into: &actions, now: now) }
+        if calls.demandChanged { scheduleCallsFlush(into: &actions) }
     }
 
     /// Hands `requests` to the caller in one batch; a nested call frees its task's slot first.
