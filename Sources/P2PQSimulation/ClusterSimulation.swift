@@ -395,6 +395,27 @@ public struct ClusterSimulation {
         }
     }
 
+    /// Sends `message` from `node` on `link` the way every message travels: counted, then lost
+    /// to a cut or a reset, or delivered by `arriving(receiver, its end of the link, the
+    /// message as carried, whether the link then resets)` after the link's delay, some through
+    /// the codec. False when there is no ready link to send it on (the sender hears it was
+    /// undeliverable); a link whose reset its end has not heard of yet swallows it silently.
+    private mutating func transmit<Message: WireMessage & WireDecodable>(
+        _ message: Message, from node: Int, on link: LinkID?, maxFrameSize: Int,
+        arriving: (Int, LinkID, Message, Bool) -> Event
+    ) -> Bool {
+        guard let link else { return false }
+        if resetPending.contains([UInt64(node), link.rawValue]) { return true }
+        guard let end = ends[node][link], end.up else { return false }
+        messagesSent[node] += 1
+        guard passes(from: node, on: link) else { return true }
+        let fate = linkFate(of: link, at: node)
+        guard !fate.lost else { return true }
+        let carried = random.chance(network.codecSampleRate) ? throughCodec(message, maxFrameSize: maxFrameSize) : message
+        events.schedule(arriving(end.peer, end.peerLink, carried, fate.thenReset), at: arrival(from: node, on: link))
+        return true
+    }
+
     /// Records a failure with the seed and the trace hash so far.
     mutating func fail(_ kind: String, _ detail: String) {
         failures.append(Failure(time: now, kind: kind, detail: detail, seed: configuration.seed, traceHash: traceHash))
@@ -557,38 +578,20 @@ public struct ClusterSimulation {
                 guard passes(from: node, on: link) else { continue }
                 events.schedule(.peerList(node: end.peer, link: end.peerLink, entries), at: arrival(from: node, on: link))
             case .send(let message, let to, let link):
-                if resetPending.contains([UInt64(node), link.rawValue]) { continue }
-                guard let other = index(of: to), let end = ends[node][link], end.up else {
-                    perform(machines[node].undeliverable(message, to: to, now: now), at: node)
-                    continue
+                let sent = transmit(message, from: node, on: link, maxFrameSize: WireProtocol.defaultMaxFrameSize) {
+                    .message(node: $0, link: $1, from: node, $2, thenReset: $3)
                 }
-                messagesSent[node] += 1
-                guard passes(from: node, on: link) else { continue }
-                let fate = linkFate(of: link, at: node)
-                guard !fate.lost else { continue }
-                let carried = random.chance(network.codecSampleRate)
-                    ? throughCodec(message, maxFrameSize: WireProtocol.defaultMaxFrameSize) : message
-                events.schedule(.message(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
-                                at: arrival(from: node, on: link))
+                if !sent { perform(machines[node].undeliverable(message, to: to, now: now), at: node) }
             case .armTimer(let timer, let at):
                 deadlines[node][timer] = at
                 events.schedule(.timer(node: node, timer, at: at), at: max(at, now))
             case .cancelTimer(let timer):
                 deadlines[node][timer] = nil
             case .queue(_, .send(let message, let to)):
-                if let link = machines[node].link(to: to), resetPending.contains([UInt64(node), link.rawValue]) { continue }
-                guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up else {
-                    perform(machines[node].sendFailed(message, to: to, now: now), at: node)
-                    continue
+                let sent = transmit(message, from: node, on: machines[node].link(to: to), maxFrameSize: configuration.queue.maxFrameSize) {
+                    .queueMessage(node: $0, link: $1, from: node, $2, thenReset: $3)
                 }
-                messagesSent[node] += 1
-                guard passes(from: node, on: link) else { continue }
-                let fate = linkFate(of: link, at: node)
-                guard !fate.lost else { continue }
-                let carried = random.chance(network.codecSampleRate)
-                    ? throughCodec(message, maxFrameSize: configuration.queue.maxFrameSize) : message
-                events.schedule(.queueMessage(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
-                                at: arrival(from: node, on: link))
+                if !sent { perform(machines[node].sendFailed(message, to: to, now: now), at: node) }
             case .queue(let name, .armTimer(let at)):
                 deadlines[node][.queue(name)] = at
                 events.schedule(.timer(node: node, .queue(name), at: at), at: max(at, now))
@@ -607,19 +610,10 @@ public struct ClusterSimulation {
             case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected:
                 break  // in the trace
             case .sendCall(let message, let to):
-                if let link = machines[node].link(to: to), resetPending.contains([UInt64(node), link.rawValue]) { continue }
-                guard let other = index(of: to), let link = machines[node].link(to: to), let end = ends[node][link], end.up else {
-                    perform(machines[node].callMessageUndeliverable(message, to: to, now: now), at: node)
-                    continue
+                let sent = transmit(message, from: node, on: machines[node].link(to: to), maxFrameSize: WireProtocol.defaultMaxFrameSize) {
+                    .callMessage(node: $0, link: $1, from: node, $2, thenReset: $3)
                 }
-                messagesSent[node] += 1
-                guard passes(from: node, on: link) else { continue }
-                let fate = linkFate(of: link, at: node)
-                guard !fate.lost else { continue }
-                let carried = random.chance(network.codecSampleRate)
-                    ? throughCodec(message, maxFrameSize: WireProtocol.defaultMaxFrameSize) : message
-                events.schedule(.callMessage(node: other, link: end.peerLink, from: node, carried, thenReset: fate.thenReset),
-                                at: arrival(from: node, on: link))
+                if !sent { perform(machines[node].callMessageUndeliverable(message, to: to, now: now), at: node) }
             case .flushCallsAtEndOfTurn:
                 events.schedule(.flushCalls(node: node), at: now)  // after the events already due now
             case .completeCalls(let ended):
