@@ -83,8 +83,7 @@ struct NodeCalls: Sendable {
     var nextWaiter: UInt64 = 1 << 63
     /// Whether the demand changed or a waiting pop was answered since the pops were planned.
     @usableFromInline var demandChanged = false
-    /// Re-entry guard of the waiting-pop plan, and whether items came while it ran.
-    var settling = false
+    /// Whether items came for the waiting pops while they were planned.
     var deliveredWhileSettling = false
     /// Direct call items of this turn, by executor: one message each (or a few) at its end.
     @usableFromInline var directOut: [PeerID: [[UInt8]]] = [:]
@@ -417,9 +416,7 @@ extension NodeMachine {
     /// planned again, until the plan holds.
     @usableFromInline
     mutating func settleCallWaiters(into actions: inout [Action], now: UInt64) {
-        guard calls.isAttached, !calls.settling else { return }
-        calls.settling = true
-        defer { calls.settling = false }
+        guard calls.isAttached else { return }
         repeat {
             calls.deliveredWhileSettling = false
             calls.demandChanged = false

@@ -317,9 +317,7 @@ public struct QueueMachine: Sendable {
         // Every input looks for a stall first: links dropped by a resumed process's own
         // keepalive timeout are often its first input, and `finish` re-arms the timer.
         detectStall(&actions, now: now)
-        peers[peer]?.connected = false
-        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
-        linkLost(peer, &actions, now: now)
+        disconnected(peer, keepingTransfers: false, &actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -335,13 +333,18 @@ public struct QueueMachine: Sendable {
         var actions: [Action] = []
         guard peer != localPeer else { return actions }
         detectStall(&actions, now: now)
-        peers[peer]?.connected = false
-        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
-        linkLost(peer, keepingTransfers: true, &actions, now: now)
+        disconnected(peer, keepingTransfers: true, &actions, now: now)
         sendTransfersAgain(to: peer, &actions, now: now)
         _ = linkReady(peer, adoptsOwnership: adoptsOwnership, keepsReplicas: keepsReplicas, &actions, now: now)
         finish(&actions, now: now)
         return actions
+    }
+
+    /// The link to `peer` is gone (``peerDisconnected(_:now:)``, ``peerLinkReplaced(_:adoptsOwnership:keepsReplicas:now:)``).
+    private mutating func disconnected(_ peer: PeerID, keepingTransfers: Bool, _ actions: inout [Action], now: UInt64) {
+        peers[peer]?.connected = false
+        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
+        linkLost(peer, keepingTransfers: keepingTransfers, &actions, now: now)
     }
 
     /// Membership declared `peer` dead: as a disconnect, and the items this node owns that

@@ -23,6 +23,7 @@ public struct CallWorkload: Sendable, Hashable {
 
     public init(callers: [Int], interval: UInt64, taskDuration: DelayDistribution = .fixed(simulatedMillisecond),
                 maxConcurrentCalls: Int = 16, timeout: UInt64 = 10 * simulatedSecond, start: UInt64 = 0, end: UInt64 = .max) {
+        precondition(interval > 0, "a caller's calls need an interval between them")
         self.callers = callers
         self.interval = interval
         self.taskDuration = taskDuration
@@ -62,7 +63,7 @@ public struct CallReport: Sendable, Hashable {
 /// The simulation's book of calls.
 struct CallsState {
     var nextToken: UInt64 = 1
-    /// Calls waiting for their result, by token: who made them, when, in which incarnation.
+    /// Calls waiting for their result, by token: which node made them, and when.
     var waiting: [UInt64: (node: Int, time: UInt64)] = [:]
     /// Executions per call token.
     var executions: [UInt64: Int] = [:]
@@ -155,6 +156,9 @@ extension ClusterSimulation {
         calls.report.abandoned += gone.count
         for token in gone { calls.waiting[token] = nil }
     }
+
+    /// Calls made and not ended, at callers that did not crash.
+    public var callsWaiting: Int { calls.waiting.count }
 
     /// What the calls did so far. A call waiting at a live caller for longer than its timeout
     /// and `grace` is lost (its caller should have failed it by then); with `faultFree`, every

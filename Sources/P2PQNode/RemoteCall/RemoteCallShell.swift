@@ -122,28 +122,20 @@ final class RemoteCallShell {
     /// Hands `requests` to the machine in one batch, each named by a new token.
     private func call(_ requests: [CallRequest]) {
         if requests.count == 1 {
-            let request = requests[0]
-            let token = nextToken
-            nextToken += 1
-            completions.append(token, request)
-            return core.perform(core.machine.call(nodeRequest(request, token: token), now: now, wallClock: wallClock))
+            return core.perform(core.machine.call(register(requests[0]), now: now, wallClock: wallClock))
         }
-        var batch: [NodeCallRequest] = []
-        batch.reserveCapacity(requests.count)
-        for request in requests {
-            let token = nextToken
-            nextToken += 1
-            // Registered before the machine acts: some calls complete at once (memo hits).
-            completions.append(token, request)
-            batch.append(nodeRequest(request, token: token))
-        }
-        core.perform(core.machine.call(batch, now: now, wallClock: wallClock))
+        core.perform(core.machine.call(requests.map(register), now: now, wallClock: wallClock))
     }
 
-    private func nodeRequest(_ request: CallRequest, token: UInt64) -> NodeCallRequest {
-        NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
-                        timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
-                        nested: request.nested, token: token)
+    /// Names `request` by a new token and keeps where its result goes, before the machine acts
+    /// (some calls complete at once: memo hits).
+    private func register(_ request: CallRequest) -> NodeCallRequest {
+        let token = nextToken
+        nextToken += 1
+        completions.append(token, request)
+        return NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
+                               timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
+                               nested: request.nested, token: token)
     }
 
     // MARK: From the node
