@@ -303,15 +303,22 @@ struct OperationsResponder: HTTPResponder {
                 throw error
             }
             // The writer returns once the answer is queued on the channel, maybe before the loop
-            // wrote it or saw the client's reset. The kernel knows: a connection that is not
-            // ESTABLISHED any more (reset: CLOSE; closed by the client: CLOSE_WAIT) cannot
-            // deliver the answer, so its items go back (a half-closing client that did read
-            // them gets them again: a duplicate, never a loss).
-            let written = (try? await channel.eventLoop.flatSubmit { () -> EventLoopFuture<Bool> in
-                guard channel.isActive else { return channel.eventLoop.makeSucceededFuture(false) }
-                guard let socket = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(true) }
-                return socket.getTCPInfo().map { $0.tcpi_state == 1 }  // TCP_ESTABLISHED
-            }.get()) ?? false
+            // wrote it or saw the client leave. The kernel knows whether the client got it
+            // (``AnswerDelivery``); until it does, ask again.
+            var written = false
+            for _ in 0..<AnswerDelivery.maxChecks {
+                let verdict = (try? await channel.eventLoop.flatSubmit { () -> EventLoopFuture<AnswerDelivery> in
+                    guard channel.isActive else { return channel.eventLoop.makeSucceededFuture(.lost) }
+                    guard let socket = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(.delivered) }
+                    return socket.getTCPInfo().map { AnswerDelivery(state: $0.tcpi_state, unackedSegments: $0.tcpi_unacked, probes: $0.tcpi_probes) }
+                }.get()) ?? .lost
+                if verdict == .pending {
+                    try? await Task.sleep(for: AnswerDelivery.checkInterval)
+                    continue
+                }
+                written = verdict == .delivered
+                break
+            }
             if written { await settlement.ack() } else { await settlement.nack() }
         })
     }
@@ -381,6 +388,33 @@ struct OperationsContext: RequestContext {
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel
+    }
+}
+
+/// Whether a plain pop's answer reached its client, read off the server socket's TCP state
+/// after the answer was written. A client that closes its side once it has read the answer (as
+/// curl does) leaves the socket in CLOSE_WAIT: that is delivery when the client acknowledged
+/// every segment sent, not a departure. A reset (CLOSE) or a closed channel means the answer
+/// cannot arrive. Unacknowledged segments in CLOSE_WAIT are pending until acked or reset; if
+/// that takes longer than `maxChecks` × `checkInterval`, the items go back (a duplicate at
+/// worst, never a loss).
+enum AnswerDelivery: Equatable, Sendable {
+    case delivered, lost, pending
+
+    static let maxChecks = 200
+    static let checkInterval = Duration.milliseconds(10)
+
+    /// `state` is Linux's `tcpi_state`; `probes` counts zero-window probes (a client that
+    /// stopped reading, whose unsent bytes are not counted as unacknowledged segments).
+    init(state: UInt8, unackedSegments: UInt32, probes: UInt8) {
+        switch state {
+        case 1:  // ESTABLISHED: the client is there; it may still vanish (docs/reliability.md)
+            self = .delivered
+        case 8:  // CLOSE_WAIT: the client closed its side
+            self = unackedSegments == 0 && probes == 0 ? .delivered : .pending
+        default:  // CLOSE (reset) and everything after a close
+            self = .lost
+        }
     }
 }
 

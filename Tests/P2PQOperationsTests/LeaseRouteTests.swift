@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import P2PQLink
 import P2PQNode
-import P2PQOperations
+@testable import P2PQOperations
 import Testing
 
 private func leasedCount(_ node: Node, _ name: String) async -> Int {
@@ -105,6 +105,45 @@ struct LeaseRouteTests {
             #expect(Set(left) == Set((0..<rounds).map(String.init)), "lost \(rounds - left.count) of \(rounds)")
             await endpoint.stop()
         }
+    }
+
+    @Test("Plain HTTP pops by clients that close their side once they have read the answer (as curl does) deliver each item once")
+    func popByClientsThatCloseAfterReading() async throws {
+        try await withNode { node in
+            let token = OperationsToken.development
+            let (endpoint, port) = try await startEndpoint(node, tokens: [token])
+            let queue = node.queue(named: "c")
+            let count = 200
+            try await queue.push(contentsOf: (0..<count).map { Array("\($0)".utf8) })
+            var delivered: [String] = []
+            for _ in 0..<count {
+                let client = try RawConnection(port: port)
+                // Keep-alive, as curl asks: the server does not close; the client does, with a
+                // FIN, as soon as it has the whole answer.
+                client.send("POST /queue/c/pop?max=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(token.text)\r\nContent-Length: 0\r\n\r\n")
+                let bytes = await client.readAnswer()
+                client.close()
+                delivered += try popAnswer(RawConnection.parse(bytes)).items
+            }
+            try await eventually("every pop is settled") { await leasedCount(node, "c") == 0 }
+            var again: [String] = []
+            while let items = try? await queue.pop(max: 1000, timeout: .zero) {
+                again += items.map { String(decoding: $0, as: UTF8.self) }
+            }
+            #expect(delivered.count == count && Set(delivered).count == count, "\(delivered.count) delivered, \(Set(delivered).count) distinct")
+            #expect(again.isEmpty, "\(again.count) items delivered once came back: \(again.prefix(10))")
+            await endpoint.stop()
+        }
+    }
+
+    @Test("The TCP states an answer can find the connection in")
+    func answerDeliveryStates() {
+        #expect(AnswerDelivery(state: 1, unackedSegments: 3, probes: 0) == .delivered)   // ESTABLISHED
+        #expect(AnswerDelivery(state: 8, unackedSegments: 0, probes: 0) == .delivered)   // CLOSE_WAIT, all acked
+        #expect(AnswerDelivery(state: 8, unackedSegments: 2, probes: 0) == .pending)     // CLOSE_WAIT, in flight
+        #expect(AnswerDelivery(state: 8, unackedSegments: 0, probes: 1) == .pending)     // not reading
+        #expect(AnswerDelivery(state: 7, unackedSegments: 0, probes: 0) == .lost)        // CLOSE: reset
+        #expect(AnswerDelivery(state: 9, unackedSegments: 0, probes: 0) == .lost)        // LAST_ACK
     }
 
     @Test("A plain HTTP pop whose answer is written consumes its items (acked, nothing left leased)")

@@ -127,6 +127,23 @@ final class RawConnection: @unchecked Sendable {
         }
     }
 
+    /// One HTTP answer whose body has a `Content-Length`, read without waiting for a close.
+    func readAnswer() async -> [UInt8] {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                var out: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65_536)
+                while true {
+                    if let answer = RawConnection.parse(out), let length = answer.header("Content-Length").flatMap(Int.init),
+                       answer.body.count >= length { break }
+                    let n = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress, $0.count, 0) }
+                    if n > 0 { out.append(contentsOf: buffer[0..<n]) } else if n < 0 && errno == EINTR { continue } else { break }
+                }
+                continuation.resume(returning: out)
+            }
+        }
+    }
+
     func close() { Glibc.close(fd) }
 
     /// Whether the server still holds the connection open (it sent nothing and did not close).
