@@ -96,6 +96,10 @@ struct SimulateCommand: ParsableCommand {
         var latencyMaxMs: Double?
         /// Nodes that executed at least one call.
         var executors: Int
+        /// Calls executed per node: fewest, most, and the mean over all nodes.
+        var executedMin: Int
+        var executedMax: Int
+        var executedMean: Double
         var messagesPerNodePerSecond: Double
         var eventsProcessed: Int
         var wallSeconds: Double
@@ -195,6 +199,7 @@ struct SimulateCommand: ParsableCommand {
         }
         let report = simulation.checkCalls(faultFree: true)
         let ms = { (ns: UInt64?) in ns.map { Double($0) / 1e6 } }
+        let executed = simulation.machines.map { $0.executor.counters.executed }
         let result = CallsReport(
             nodes: nodes, seed: seed, callers: min(callers, nodes), traceHash: simulation.traceHash.description,
             made: report.made, succeeded: report.succeeded, failed: report.failed, lost: report.lost,
@@ -202,7 +207,9 @@ struct SimulateCommand: ParsableCommand {
             callsPerSecond: Double(report.succeeded) / duration,
             latencyP50Ms: ms(report.latency(at: 0.5)), latencyP90Ms: ms(report.latency(at: 0.9)),
             latencyP99Ms: ms(report.latency(at: 0.99)), latencyMaxMs: ms(report.latencies.last),
-            executors: (0..<nodes).filter { simulation.machines[$0].executor.counters.executed > 0 }.count,
+            executors: executed.filter { $0 > 0 }.count,
+            executedMin: executed.min() ?? 0, executedMax: executed.max() ?? 0,
+            executedMean: Double(executed.reduce(0, +)) / Double(max(1, nodes)),
             messagesPerNodePerSecond: Double(sentAfter - sentBefore) / Double(nodes) / duration,
             eventsProcessed: simulation.eventsProcessed, wallSeconds: Date().timeIntervalSince(started))
         let encoder = JSONEncoder()
@@ -213,7 +220,8 @@ struct SimulateCommand: ParsableCommand {
             \(nodes) nodes, seed \(seed), \(result.callers) callers at \(callRate) calls/s each: \(report.made) made, \
             \(report.succeeded) returned (\(String(format: "%.0f", result.callsPerSecond)) calls/s), \
             \(report.failed.values.reduce(0, +)) failed, \(report.lost) lost, \(report.duplicateExecutions) run twice; \
-            latency p50 \(format(result.latencyP50Ms)), p99 \(format(result.latencyP99Ms)); ran on \(result.executors) nodes; \
+            latency p50 \(format(result.latencyP50Ms)), p99 \(format(result.latencyP99Ms)); ran on \(result.executors) nodes \
+            (\(result.executedMin) to \(result.executedMax) calls each, mean \(String(format: "%.0f", result.executedMean))); \
             \(String(format: "%.1f", result.messagesPerNodePerSecond)) messages per node per second; \
             \(String(format: "%.1f", result.wallSeconds)) s wall; trace \(result.traceHash)
 
