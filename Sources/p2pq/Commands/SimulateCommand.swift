@@ -138,6 +138,8 @@ struct SimulateCommand: ParsableCommand {
         var firstDetectionSeconds: Double?
         /// Seconds from the crash until every live node holds it dead (nil: not all do).
         var fullDisseminationSeconds: Double?
+        /// Live nodes that declared it dead themselves.
+        var verdicts: Int
         var liveNodesHoldingItDead: Int
         /// Death verdicts about nodes that never failed.
         var falsePositives: Int
@@ -284,9 +286,20 @@ struct SimulateCommand: ParsableCommand {
         let victim = nodes - 1
         let crashAt = simulation.now
         simulation.crash(victim)
-        simulation.run(until: warm + UInt64(duration * 1e9))
-
         let live = (0..<nodes).filter { $0 != victim }
+        // When each live node first holds the crashed one dead, by its own verdict or by
+        // gossip (a member first heard of as dead raises no verdict), read every 10 ms; a
+        // verdict's own time is exact.
+        var heldDeadAt: [Int: UInt64] = [:]
+        let end = warm + UInt64(duration * 1e9)
+        while simulation.now < end {
+            simulation.run(until: min(end, simulation.now + second / 100))
+            for node in live where heldDeadAt[node] == nil
+                && simulation.machines[node].membership.state(of: ClusterSimulation.peer(victim)) == .dead {
+                heldDeadAt[node] = simulation.now
+            }
+        }
+
         if printVerdicts {
             for verdict in simulation.verdicts {
                 let line = String(format: "%.3f s: node %d %@ node %d\n", Double(verdict.time) / 1e9, verdict.observer,
@@ -320,7 +333,9 @@ struct SimulateCommand: ParsableCommand {
         let report = Report(
             nodes: nodes, seed: seed, traceHash: simulation.traceHash.description,
             firstDetectionSeconds: firstDead.values.min().map(seconds),
-            fullDisseminationSeconds: firstDead.count == live.count ? firstDead.values.max().map(seconds) : nil,
+            fullDisseminationSeconds: heldDeadAt.count == live.count
+                ? live.map { min(heldDeadAt[$0] ?? .max, firstDead[$0] ?? .max) }.max().map(seconds) : nil,
+            verdicts: firstDead.count,
             liveNodesHoldingItDead: holding, falsePositives: falsePositives, falseSuspicions: falseSuspicions,
             messagesPerNodePerSecond: Double(sentAfter - sentBefore) / Double(nodes) / (warmup / 2),
             meanLinksPerNode: Double(links) / Double(live.count),
@@ -334,7 +349,7 @@ struct SimulateCommand: ParsableCommand {
         let summary = """
             \(nodes) nodes, seed \(seed): node \(victim) crashed at \(String(format: "%.1f", Double(crashAt) / 1e9)) s; \
             first detected after \(format(report.firstDetectionSeconds)), by all \(live.count) live nodes after \
-            \(format(report.fullDisseminationSeconds)) (\(holding) hold it dead); \(falsePositives) false verdicts, \
+            \(format(report.fullDisseminationSeconds)) (\(holding) hold it dead, \(report.verdicts) by a verdict of their own); \(falsePositives) false verdicts, \
             \(falseSuspicions) false suspicions; \(String(format: "%.1f", report.messagesPerNodePerSecond)) messages \
             per node per second, \(String(format: "%.1f", report.meanLinksPerNode)) links per node; \
             \(String(format: "%.1f", wall)) s wall (\(String(format: "%.1f", report.wallMicrosecondsPerNodeSecond)) µs \
