@@ -551,3 +551,56 @@ struct MembershipConfigurationTests {
         #expect(config.problem == "max members must be at least 1")
     }
 }
+
+/// A verdict that changes a node's view goes at once to every linked live member (protocol.md
+/// §8), not only to the gossip round's fanout.
+@Suite("SWIM membership: verdicts flood over the links")
+struct VerdictFloodTests {
+    static func gossips(_ sends: [(MembershipMessage, PeerID)], about member: Int) -> Set<PeerID> {
+        Set(sends.compactMap { message, to -> PeerID? in
+            guard case .gossip(let updates) = message, updates.contains(where: { $0.member == peer(member) && $0.kind == .dead })
+            else { return nil }
+            return to
+        })
+    }
+
+    @Test("A verdict heard from one peer is sent on to every other linked live member at once, once")
+    func heardVerdictFloods() {
+        var configuration = MembershipConfiguration()
+        configuration.gossipFanout = 1
+        var node = Driver(members: [1, 2, 3, 4, 5, 6], configuration: configuration)
+        node.receive(.gossip(updates: [update(.dead, 6, 100, by: 1)]), from: 1)
+        // Not back to the sender, not to the condemned member: to the other four, in the same input.
+        #expect(Self.gossips(node.drainSends(), about: 6) == Set([2, 3, 4, 5].map(peer)))
+        #expect(node.events.contains(.dead(peer(6))))
+        // The same news again changes nothing and is not flooded again.
+        node.receive(.gossip(updates: [update(.dead, 6, 100, by: 2)]), from: 2)
+        #expect(Self.gossips(node.drainSends(), about: 6).isEmpty)
+    }
+
+    @Test("Its own verdict goes to every linked live member when the suspicion ends")
+    func ownVerdictFloods() {
+        var configuration = MembershipConfiguration()
+        configuration.gossipFanout = 1
+        var node = Driver(members: [1, 2, 3, 4, 5], configuration: configuration)
+        node.autoAck = Set([1, 2, 3, 4].map(peer))
+        node.receive(.gossip(updates: [update(.suspect, 5, 100, by: 1)]), from: 1)
+        _ = node.drainSends()
+        node.advance(to: node.now + configuration.suspicionMaxTimeout + configuration.probeTimeout)
+        #expect(node.membership.state(of: peer(5)) == .dead)
+        #expect(Self.gossips(node.drainSends(), about: 5).isSuperset(of: Set([1, 2, 3, 4].map(peer))))
+    }
+
+    @Test("A burst of more verdicts than one message holds is left to the gossip rounds")
+    func burstIsNotFlooded() {
+        var configuration = MembershipConfiguration()
+        configuration.gossipFanout = 1
+        let room = configuration.maxPiggybackBytes / MemberUpdate.encodedSize
+        var node = Driver(members: Array(1...(room + 3)), configuration: configuration)
+        let verdicts = (3...(room + 3)).map { update(.dead, $0, 100, by: 1) }
+        node.receive(.gossip(updates: verdicts), from: 1)
+        #expect(node.events.filter { if case .dead = $0 { return true } else { return false } }.count == verdicts.count)
+        let sends = node.drainSends()
+        #expect(sends.filter { if case .gossip = $0.0 { return true } else { return false } }.count <= 1, "\(sends.count) sends")
+    }
+}
