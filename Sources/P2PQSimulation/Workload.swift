@@ -60,8 +60,9 @@ public struct WorkloadLedger: Sendable {
     public internal(set) var acknowledged: [UInt64: (time: UInt64, node: Int)] = [:]
     /// Items accepted but never acknowledged (their node crashed before the replica's ack).
     public internal(set) var unacknowledged = 0
-    /// Items acknowledged while their node had no link: with no peer to keep a replica the
-    /// push completes at once, unreplicated (docs/api.md, Replication).
+    /// Items acknowledged while their node had no link to a peer its membership holds alive or
+    /// suspect: with no peer to keep a replica the push completes at once, unreplicated
+    /// (docs/api.md, Replication), as does one whose replica peers all died or left meanwhile.
     public internal(set) var acknowledgedAlone: Set<UInt64> = []
     /// Deliveries per item.
     public internal(set) var pops: [UInt64: Int] = [:]
@@ -103,8 +104,8 @@ public struct DeliveryReport: Sendable, Hashable {
     /// their push, and another node too: both copies may have died, which replication does not
     /// cover (the reliability checker's exception, `FaultCheck`). Not in ``lost``.
     public var lostBothHoldersDied = 0
-    /// Acknowledged items never popped that were acknowledged while their owner had no link
-    /// (``WorkloadLedger/acknowledgedAlone``), whose owner crashed after their push: the one
+    /// Acknowledged items never popped that were acknowledged while their owner had no live
+    /// linked peer (``WorkloadLedger/acknowledgedAlone``), whose owner crashed after their push: the one
     /// copy died with it, the documented loss of a push that completes unreplicated. Not in
     /// ``lost``. (Loose: it counts too an item its owner replicated on linking again.)
     public var lostUnreplicated = 0
@@ -224,7 +225,9 @@ extension ClusterSimulation {
 
     /// Pushes of `ids` at `node` complete (answered, as a client would be).
     mutating func acknowledge(_ ids: [UInt64], at node: Int) {
-        let alone = machines[node].connections.linkedPeers.isEmpty
+        // The queue's replica peers are its linked peers that membership has not declared dead.
+        let machine = machines[node]
+        let alone = !machine.connections.linkedPeers.contains { machine.membership.state(of: $0).map { $0 == .alive || $0 == .suspect } ?? false }
         for id in ids {
             workload.ledger.acknowledged[id] = (now, node)
             if alone { workload.ledger.acknowledgedAlone.insert(id) }
