@@ -60,6 +60,10 @@ public struct WorkloadLedger: Sendable {
     public internal(set) var acknowledged: [UInt64: (time: UInt64, node: Int)] = [:]
     /// Items accepted but never acknowledged (their node crashed before the replica's ack).
     public internal(set) var unacknowledged = 0
+    /// Items acknowledged while their node had no link to a peer its membership holds alive or
+    /// suspect: with no peer to keep a replica the push completes at once, unreplicated
+    /// (docs/api.md, Replication), as does one whose replica peers all died or left meanwhile.
+    public internal(set) var acknowledgedAlone: Set<UInt64> = []
     /// Deliveries per item.
     public internal(set) var pops: [UInt64: Int] = [:]
     /// Popped payloads no producer made.
@@ -100,6 +104,11 @@ public struct DeliveryReport: Sendable, Hashable {
     /// their push, and another node too: both copies may have died, which replication does not
     /// cover (the reliability checker's exception, `FaultCheck`). Not in ``lost``.
     public var lostBothHoldersDied = 0
+    /// Acknowledged items never popped that were acknowledged while their owner had no live
+    /// linked peer (``WorkloadLedger/acknowledgedAlone``), whose owner crashed after their push: the one
+    /// copy died with it, the documented loss of a push that completes unreplicated. Not in
+    /// ``lost``. (Loose: it counts too an item its owner replicated on linking again.)
+    public var lostUnreplicated = 0
     public var unexpected = 0
     public var lostSample: [String] = []
 }
@@ -194,7 +203,7 @@ extension ClusterSimulation {
             if let mark = machines[node].replicaMark(in: producer.queue) {
                 workload.pending[node, default: []].append((producer.queue, mark, ids))
             } else {
-                for id in ids { workload.ledger.acknowledged[id] = (now, node) }
+                acknowledge(ids, at: node)
             }
         }
         // Refused (full): the same items again later.
@@ -208,10 +217,21 @@ extension ClusterSimulation {
         guard var pending = workload.pending[node], !pending.isEmpty else { return }
         while let first = pending.first,
               machines[node].queues[first.queue].map({ !$0.awaitsReplica(before: first.mark) }) ?? true {
-            for id in first.ids { workload.ledger.acknowledged[id] = (now, node) }
+            acknowledge(first.ids, at: node)
             pending.removeFirst()
         }
         workload.pending[node] = pending
+    }
+
+    /// Pushes of `ids` at `node` complete (answered, as a client would be).
+    mutating func acknowledge(_ ids: [UInt64], at node: Int) {
+        // The queue's replica peers are its linked peers that membership has not declared dead.
+        let machine = machines[node]
+        let alone = !machine.connections.linkedPeers.contains { machine.membership.state(of: $0).map { $0 == .alive || $0 == .suspect } ?? false }
+        for id in ids {
+            workload.ledger.acknowledged[id] = (now, node)
+            if alone { workload.ledger.acknowledgedAlone.insert(id) }
+        }
     }
 
     mutating func consume(_ index: Int) {
@@ -278,7 +298,8 @@ extension ClusterSimulation {
     // MARK: Invariants
 
     /// Checks what the consumers popped against what was acknowledged: no acknowledged item
-    /// lost (outside the exception of ``DeliveryReport/lostBothHoldersDied``), no payload
+    /// lost (outside the exceptions of ``DeliveryReport/lostBothHoldersDied`` and
+    /// ``DeliveryReport/lostUnreplicated``), no payload
     /// nobody pushed, and, when `faultFree`, no duplicate. Each broken one is a failure.
     @discardableResult
     public mutating func checkDeliveries(faultFree: Bool) -> DeliveryReport {
@@ -295,7 +316,13 @@ extension ClusterSimulation {
         for (id, pushed) in ledger.acknowledged where ledger.pops[id] == nil {
             let ownerDied = ledger.crashes.contains { $0.node == pushed.node && $0.time >= pushed.time }
             let otherDied = ledger.crashes.contains { $0.node != pushed.node && $0.time >= pushed.time }
-            if ownerDied && otherDied { report.lostBothHoldersDied += 1 } else { lost.append(id) }
+            if ownerDied && otherDied {
+                report.lostBothHoldersDied += 1
+            } else if ownerDied && ledger.acknowledgedAlone.contains(id) {
+                report.lostUnreplicated += 1
+            } else {
+                lost.append(id)
+            }
         }
         lost.sort()
         report.lost = lost.count

@@ -6,7 +6,7 @@ import P2PQSimulation
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Run N node machines on a simulated clock and network: failure detection, load balancing or remote calls.",
+        abstract: "Run N node machines on a simulated clock and network: failure detection, load balancing, remote calls or random faults.",
         discussion: """
             The nodes are the real NodeMachine (connection manager, membership, queues) on an \
             in-memory network. Node 0 is everyone's bootstrap. --scenario detect: after --warmup \
@@ -18,12 +18,16 @@ struct SimulateCommand: ParsableCommand {
             average); from --warmup on, the first --callers nodes each call it --call-rate times \
             a second for --duration; the run ends once every call returned. Prints one JSON \
             object, then a readable summary on standard error. The same seed gives the same run \
-            (and trace hash).
+            (and trace hash). --scenario faults: the random-fault run of each of --seeds A-B (3 to \
+            12 nodes, crashes, restarts, pauses, partitions, one-way cuts, link resets and stalls, \
+            producers, consumers and for some seeds remote calls, all drawn from the seed; the \
+            other options do not apply); prints one line per failing seed and a JSON summary, and \
+            exits 1 if any seed failed. Without --seeds it replays --seed with its details.
             """
     )
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
-        case detect, balance, calls
+        case detect, balance, calls, faults
     }
 
     enum Injection: String, ExpressibleByArgument, CaseIterable {
@@ -39,6 +43,9 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "The seed of every random choice.")
     var seed: UInt64 = 1
 
+    @Option(help: "faults: the seeds to run, as A-B (both included) or one number.")
+    var seeds: String?
+
     @Option(help: "Simulated seconds before the crash (the mesh forms).")
     var warmup: Double = 10
 
@@ -48,10 +55,10 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "One-way link latency in milliseconds (the base, with --jitter-ms).")
     var latency: Double = 1
 
-    @Flag(help: "detect: print every suspicion and death verdict (time, observer, subject) on standard error.")
+    @Flag(help: "detect, faults (one seed): print every suspicion and death verdict (time, observer, subject) on standard error.")
     var printVerdicts = false
 
-    @Option(help: "detect: print every action of this node until --warmup ends, on standard error (a debugging aid).")
+    @Option(help: "detect: print every action of this node until --warmup ends; faults (one seed): all its actions; on standard error (a debugging aid).")
     var traceNode: Int?
 
     @Option(help: "Mean of an exponential jitter added to each message's latency, in milliseconds (order on a link is kept).")
@@ -160,6 +167,10 @@ struct SimulateCommand: ParsableCommand {
         guard nodes <= 65_536 else { throw ValidationError("--nodes must be at most 65536") }
         guard warmup > 0, duration > 0, latency > 0 else { throw ValidationError("--warmup, --duration and --latency must be positive") }
         guard jitterMs >= 0, taskMs > 0, items > 0 else { throw ValidationError("--jitter-ms must be at least 0, --task-ms and --items positive") }
+        if let seeds {
+            guard scenario == .faults else { throw ValidationError("--seeds is for --scenario faults") }
+            guard Self.seedRange(seeds) != nil else { throw ValidationError("--seeds must be A-B with A <= B, or one number") }
+        }
         guard callers > 0, callRate > 0, callRate <= 1e6, maxConcurrentCalls > 0 else {
             throw ValidationError("--callers and --max-concurrent-calls must be positive, --call-rate in (0, 1000000]")
         }
@@ -170,6 +181,7 @@ struct SimulateCommand: ParsableCommand {
         case .detect: try detect()
         case .balance: try balance()
         case .calls: try calls()
+        case .faults: try faults()
         }
     }
 
