@@ -79,13 +79,12 @@ public enum NodeReceipt<Address: Hashable & Sendable>: Sendable {
 
 /// Every open link's stages, by link: entries in slots of an array (a message's input
 /// indexes it, and mutates the stages in place), and an index by ``LinkID`` for the rarer
-/// inputs.
-struct LinkTable<Address: Sendable>: Sendable {
+/// inputs. Not generic (the dials links answer are kept beside it), so the message path is
+/// concrete code even where the node machine runs unspecialized.
+struct LinkTable: Sendable {
     struct Entry: Sendable {
         let id: LinkID
         let direction: LinkDirection
-        /// The dial an outbound link answers.
-        let dialed: Address?
         /// The host the connection is with (an inbound link's source, from its accept).
         var remoteHost: String
         var stages: LinkMachine
@@ -257,6 +256,7 @@ extension NodeMachine {
     public mutating func linkClosed(_ link: LinkID, end: LinkMachine.ConnectionEnd, description: String,
                                     now: UInt64) -> [Action] {
         guard var entry = linkTable.remove(link) else { return [] }
+        let dialed = dials.removeValue(forKey: link)
         let ended = entry.stages.closed(end, description: description, outbound: entry.direction == .outbound)
         var actions: [Action] = [.cancelTimer(.link(link))]
         if ended.beforeHandshake { actions.append(.linkNote(link, .debug, "ended before the handshake: \(ended.reason)")) }
@@ -264,7 +264,7 @@ extension NodeMachine {
         guard !isStopped else { return actions }
         if ended.previous == .ready {
             actions += linkDown(link, peerLeft: entry.stages.peerLeft, peerClosed: entry.stages.peerClosed, now: now)
-        } else if entry.direction == .outbound, let address = entry.dialed {
+        } else if entry.direction == .outbound, let address = dialed {
             actions.append(.dialFailedNote(address, reason: ended.reason))
             actions += dialFailed(address, now: now)
         }
@@ -314,7 +314,8 @@ extension NodeMachine {
                                  timeoutDescription: settings.handshakeTimeoutDescription,
                                  keepaliveTimeoutDescription: settings.keepaliveTimeoutDescription)
         let linkActions = stages.opened(now: now)
-        _ = linkTable.insert(.init(id: link, direction: direction, dialed: dialed, remoteHost: remoteHost, stages: stages))
+        _ = linkTable.insert(.init(id: link, direction: direction, remoteHost: remoteHost, stages: stages))
+        dials[link] = dialed
         perform(linkActions, on: link, into: &actions, now: now)
     }
 
@@ -354,7 +355,7 @@ extension NodeMachine {
         sendOperationsAddress(on: link, features: hello.features, into: &actions)
         let peerAddress = hello.listenPort == 0 ? nil : Address(linkHost: hello.listenHost, port: hello.listenPort)
         actions += linkUp(link, peer: hello.peerID, direction: entry.direction, incarnation: hello.incarnation,
-                          features: hello.features, peerAddress: peerAddress, dialedAddress: entry.dialed, now: now)
+                          features: hello.features, peerAddress: peerAddress, dialedAddress: dials[link], now: now)
     }
 
     /// Closes `link` as its stages decided, with the reason they keep. A failed inbound
