@@ -59,7 +59,8 @@ public enum NodeTimer: Sendable, Hashable {
 
 /// What the shell does for a ``NodeMachine``, in order.
 public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
-    /// Dial `address`; answer with ``NodeMachine/linkUp(_:peer:direction:incarnation:peerAddress:dialedAddress:now:)``
+    /// Dial `address`; answer with ``NodeMachine/linkOpened(_:dialing:now:)`` (a driver
+    /// without link stages: ``NodeMachine/linkUp(_:peer:direction:incarnation:features:peerAddress:dialedAddress:now:)``)
     /// or ``NodeMachine/dialFailed(_:now:)``.
     case dial(Address)
     /// Close a link that has no stages here (one a driver reported with
@@ -133,9 +134,10 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
     case flushCallsAtEndOfTurn
 }
 
-/// The node's logic as one plain value: the connection manager, membership, the named queues,
-/// the caller and executor of remote calls, and the one routing of peer events
-/// (``PeerEventRouting``) between them.
+/// The node's logic as one plain value: every link's stages and the admission of inbound
+/// handshakes (``linkAccepted(_:source:now:)`` and the inputs after it), the connection
+/// manager, membership, the named queues, the caller and executor of remote calls, and the
+/// one routing of peer events (``PeerEventRouting``) between them.
 ///
 /// No I/O, clock, lock or random source: every input carries `now` and returns the
 /// ``NodeAction``s the shell performs in order; every random choice comes from the seed in
