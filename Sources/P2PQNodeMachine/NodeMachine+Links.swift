@@ -65,7 +65,7 @@ public struct LinkStagesConfiguration: Sendable {
 /// of the link, so that the message's input indexes an array instead of hashing a key.
 public struct LinkHandle: Hashable, Sendable {
     public let id: LinkID
-    let slot: Int
+    @usableFromInline let slot: Int
 }
 
 /// What ``NodeMachine/received(_:_:on:now:)`` answers.
@@ -81,18 +81,20 @@ public enum NodeReceipt<Address: Hashable & Sendable>: Sendable {
 /// indexes it, and mutates the stages in place), and an index by ``LinkID`` for the rarer
 /// inputs. Not generic (the dials links answer are kept beside it), so the message path is
 /// concrete code even where the node machine runs unspecialized.
+@usableFromInline
 struct LinkTable: Sendable {
+    @usableFromInline
     struct Entry: Sendable {
-        let id: LinkID
+        @usableFromInline let id: LinkID
         let direction: LinkDirection
         /// The host the connection is with (an inbound link's source, from its accept).
         var remoteHost: String
-        var stages: LinkMachine
+        @usableFromInline var stages: LinkMachine
 
         mutating func update<R>(_ body: (inout LinkMachine) -> R) -> R { body(&stages) }
     }
 
-    private var slots: [Entry?] = []
+    @usableFromInline private(set) var slots: [Entry?] = []
     private var free: [Int] = []
     private var index: [LinkID: Int] = [:]
 
@@ -134,14 +136,17 @@ struct LinkTable: Sendable {
     func stage(of link: LinkID) -> LinkMachine.Stage? { index[link].flatMap { slots[$0]?.stages.stage } }
 
     /// Whether `handle` still names its link (a slot is reused once its link closed).
+    @inlinable
     func isCurrent(_ handle: LinkHandle) -> Bool {
         handle.slot < slots.count && slots[handle.slot]?.id == handle.id
     }
 
+    @inlinable
     func stage(of handle: LinkHandle) -> LinkMachine.Stage? {
         isCurrent(handle) ? slots[handle.slot]?.stages.stage : nil
     }
 
+    @inlinable
     func canSend(on handle: LinkHandle) -> Bool {
         isCurrent(handle) && slots[handle.slot]?.stages.canSend == true
     }
@@ -289,10 +294,14 @@ extension NodeMachine {
     /// Where `link`'s stages are kept, while it is open.
     public func handle(of link: LinkID) -> LinkHandle? { linkTable.handle(of: link) }
 
-    /// The stage of the link `handle` names; nil once it closed.
+    /// The stage of the link `handle` names; nil once it closed. Inlinable, like
+    /// ``canSend(on:)``: the shell asks for every message it sends, and an unspecialized call
+    /// would copy the whole machine to pass it.
+    @inlinable
     public func stage(of link: LinkHandle) -> LinkMachine.Stage? { linkTable.stage(of: link) }
 
     /// Whether messages may be sent on the link `handle` names (``LinkMachine/canSend``).
+    @inlinable
     public func canSend(on link: LinkHandle) -> Bool { linkTable.canSend(on: link) }
 
     /// The stages of the link `handle` names (a copy, for queries); nil once it closed.

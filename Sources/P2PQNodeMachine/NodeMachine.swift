@@ -170,7 +170,7 @@ public struct NodeMachine<Address: NodeAddress>: Sendable {
     /// Direct-call credit peers granted before calls were attached.
     @usableFromInline var earlyCredit = EarlyCredit()
     /// Every open link's stages, by link (``LinkTable``).
-    var linkTable = LinkTable()
+    @usableFromInline var linkTable = LinkTable()
     /// The address each open outbound link dialed (the manager hears it back with the link).
     var dials: [LinkID: Address] = [:]
     /// Which inbound connections may handshake.
