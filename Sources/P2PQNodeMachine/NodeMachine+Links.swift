@@ -294,15 +294,15 @@ extension NodeMachine {
     /// Where `link`'s stages are kept, while it is open.
     public func handle(of link: LinkID) -> LinkHandle? { linkTable.handle(of: link) }
 
-    /// The stage of the link `handle` names; nil once it closed. Inlinable, like
-    /// ``canSend(on:)``: the shell asks for every message it sends, and an unspecialized call
-    /// would copy the whole machine to pass it.
+    /// The stage of the link `handle` names; nil once it closed. Mutating (it changes
+    /// nothing), like ``canSend(on:)``: the shell asks for every message it sends and reads,
+    /// and a read of the machine through the shell's class property copies the whole value.
     @inlinable
-    public func stage(of link: LinkHandle) -> LinkMachine.Stage? { linkTable.stage(of: link) }
+    public mutating func stage(of link: LinkHandle) -> LinkMachine.Stage? { linkTable.stage(of: link) }
 
     /// Whether messages may be sent on the link `handle` names (``LinkMachine/canSend``).
     @inlinable
-    public func canSend(on link: LinkHandle) -> Bool { linkTable.canSend(on: link) }
+    public mutating func canSend(on link: LinkHandle) -> Bool { linkTable.canSend(on: link) }
 
     /// The stages of the link `handle` names (a copy, for queries); nil once it closed.
     public func stages(of link: LinkHandle) -> LinkMachine? { linkTable.entry(link)?.stages }
