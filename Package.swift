@@ -276,8 +276,9 @@ let package = Package(
         ),
         .testTarget(
             name: "P2PQNodeMachineTests",
+            // P2PQLink and P2PQNoise: real link sessions under the machines (NodeHandshakeTests).
             dependencies: ["P2PQNodeMachine", "P2PQConnectionManager", "P2PQMembership", "P2PQQueue", "P2PQRemoteCall",
-                           "P2PQWire", "P2PQSimulation", "P2PQTestSupport"],
+                           "P2PQWire", "P2PQSimulation", "P2PQTestSupport", "P2PQLink", "P2PQNoise"],
             path: "Tests/P2PQNodeMachineTests"
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Glibc
+import P2PQNodeMachine
 import P2PQReactor
 
 /// A `host:port` the node dials, where the host may be a name (`--bootstrap db-1:7000`).
@@ -57,5 +58,18 @@ public struct HostAndPort: Sendable, Hashable, CustomStringConvertible {
             entry = current.pointee.ai_next
         }
         throw .invalidConfiguration("cannot resolve '\(host)': no usable address")
+    }
+}
+
+/// The node machine tells socket addresses in hellos and peer lists as host and port.
+extension SocketAddress: NodeAddress {
+    public init?(linkHost host: String, port: UInt16) {
+        guard let address = try? SocketAddress(host: host, port: Int(port)) else { return nil }
+        self = address
+    }
+
+    public var linkHostAndPort: (host: String, port: UInt16)? {
+        guard port > 0, let port = UInt16(exactly: port) else { return nil }
+        return (host, port)
     }
 }

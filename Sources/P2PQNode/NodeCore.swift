@@ -47,9 +47,8 @@ final class NodeCore {
                                                   })
     /// The machine's timers, made on first arming.
     private var timers: [NodeTimer: ShellTimer] = [:]
-    /// Which inbound connections may handshake (the decisions); its timer.
-    private var admission: HandshakeAdmission<LinkID, String>
-    private lazy var admissionTimer = ShellTimer(reactor: reactor) { [unowned self] in self.admissionTimerFired() }
+    /// Inbound connections waiting for the machine's admission (``NodeAction/admitLink(_:)``).
+    private var accepting: [LinkID: TCPConnection] = [:]
     private let events: AsyncStream<NodeEvent>.Continuation
     private(set) var isStopped = false
     /// Counters for swift-metrics, published once a second.
@@ -58,7 +57,7 @@ final class NodeCore {
     /// The dashboard's rings, sampled with the metrics (once a second).
     lazy var dashboard = DashboardHistory(local: identity.peerID, start: now)
     /// This node's operations endpoint, as told to peers (``Node/advertiseOperations(host:port:)``).
-    var operationsAddress: (host: String, port: UInt16)?
+    var operationsAddress: (host: String, port: UInt16)? { machine.operationsAddress }
     /// SWIM membership (once started).
     var membership: MembershipMachine? { machine.isStarted ? machine.membership : nil }
     /// Upper layers' message sink (membership, queue, calls register here later).
@@ -101,11 +100,6 @@ final class NodeCore {
         advertised = listen
         self.events = events
         metrics = NodeMetrics(backend: configuration.metrics, node: identity.peerID)
-        admission = HandshakeAdmission(configuration: HandshakeAdmissionConfiguration(
-            maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,
-            maxPerSource: max(1, configuration.maxHandshakesPerSource),
-            firstMessageTimeout: UInt64(max(1, configuration.handshakeFirstMessageTimeout.nanosecondsClamped))
-        ))
         let nanos = { (d: Duration) in UInt64(max(1, d.nanosecondsClamped)) }
         var queue = configuration.queue
         queue.maxFrameSize = configuration.maxFrameSize
@@ -119,7 +113,20 @@ final class NodeCore {
                 maxPeers: configuration.maxPeers
             ),
             membership: configuration.membership,
-            queue: queue
+            queue: queue,
+            links: LinkStagesConfiguration(
+                handshakeTimeout: nanos(configuration.handshakeTimeout),
+                handshakeTimeoutDescription: "\(configuration.handshakeTimeout)",
+                keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)",
+                firstMessageTimeoutDescription: "\(configuration.handshakeFirstMessageTimeout)",
+                helloFeatures: QueueShell.helloFeatures | WireProtocol.featureOperationsAddress,
+                helloFeatureMask: configuration.helloFeatureMask,
+                admission: HandshakeAdmissionConfiguration(
+                    maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,
+                    maxPerSource: max(1, configuration.maxHandshakesPerSource),
+                    firstMessageTimeout: nanos(configuration.handshakeFirstMessageTimeout)
+                )
+            )
         ))
         self.random = random
     }
@@ -185,16 +192,28 @@ final class NodeCore {
         }
         switch action {
         case .dial(let address): dial(address)
-        case .closeLink(let id, let reason):
-            links[id]?.close(reason)
-        case .sendPing(let id, let nonce):
-            links[id]?.ping(nonce: nonce)
-        case .sendPeerList(let id, let entries):
-            let peers = entries.compactMap { entry -> PeerAddress? in
-                guard entry.address.port > 0 else { return nil }
-                return PeerAddress(peerID: entry.peer, host: entry.address.host, port: UInt16(entry.address.port))
+        case .closeLink, .sendPing, .sendPeerList:
+            break  // only for links without stages in the machine; every link here has them
+        case .admitLink(let id):
+            guard let connection = accepting.removeValue(forKey: id), let handle = machine.handle(of: id) else { return }
+            let link = makeLink(handle, direction: .inbound, dialed: nil)
+            link.connection = connection
+            connection.handler = link
+            links[id] = link
+        case .sendLinkMessage(let id, let message):
+            links[id]?.sendMessage(message)
+        case .closeConnection(let id, let how, let reason, let level):
+            links[id]?.close(how, reason: reason, level: level.map(Self.loggerLevel))
+        case .linkNote(let id, let level, let text):
+            logger.log(level: Self.loggerLevel(level), "link to \(links[id]?.remoteDescription ?? "\(id)"): \(text)")
+        case .linkReady(let id):
+            if let address = links[id]?.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
+                logger.info("linked to \(address) after \(trouble.failures) failed attempts")
             }
-            if !peers.isEmpty { links[id]?.send(.peers(peers)) }  // at most maxPeerListEntries (the machine's cap)
+        case .dialFailedNote(let address, let reason):
+            noteDialFailure(address, reason: reason)
+        case .admissionReport(let report):
+            logAdmission(report)
         case .send(let message, let peer, let id):
             guard let link = links[id], link.stage == .ready, link.sendMessage(message) else {
                 perform(machine.undeliverable(message, to: peer, now: now))
@@ -251,7 +270,17 @@ final class NodeCore {
     }
 
     func cancelTimer(_ timer: NodeTimer) {
-        timers[timer]?.cancel()
+        // A link's timer goes with its link (it is cancelled when the link closes).
+        if case .link = timer { timers.removeValue(forKey: timer)?.cancel() } else { timers[timer]?.cancel() }
+    }
+
+    private static func loggerLevel(_ level: NodeLogLevel) -> Logger.Level {
+        switch level {
+        case .debug: .debug
+        case .info: .info
+        case .notice: .notice
+        case .warning: .warning
+        }
     }
 
     private func timerFired(_ timer: NodeTimer) {
@@ -319,18 +348,22 @@ final class NodeCore {
             perform(machine.dialFailed(address, now: now))
             return
         }
-        let link = makeLink(direction: .outbound, dialed: address)
+        let id = LinkID(nextLinkID)
+        nextLinkID += 1
+        let opened = machine.linkOpened(id, dialing: address, now: now)
+        guard let handle = machine.handle(of: id) else { return }
+        let link = makeLink(handle, direction: .outbound, dialed: address)
         do {
             var options = TCPOptions()
             options.highWatermark = configuration.highWatermark
             options.lowWatermark = configuration.lowWatermark
             link.connection = try reactor.connect(to: target, timeout: configuration.handshakeTimeout,
                                                   options: options, handler: link)
-            links[link.id] = link
-            link.opened()
+            links[id] = link
+            perform(opened)
         } catch {
-            noteDialFailure(address, reason: "\(error)")
-            perform(machine.dialFailed(address, now: now))
+            perform(opened)
+            perform(machine.linkClosed(id, end: .connectFailed(error: "\(error)"), description: "\(error)", now: now))
         }
     }
 
@@ -362,51 +395,16 @@ final class NodeCore {
             logger.warning("refusing \(connection.remoteAddress): off loopback without a cluster key")
             return  // no handler: the listener closes it
         }
-        let decision = admission.admit(LinkID(nextLinkID), source: connection.remoteAddress.host, now: now)
-        defer { rearmAdmission() }
-        guard case .admit(let evicting) = decision else {
-            return  // no handler: the listener closes it; counted in the admission report
-        }
-        if let evicting { links[evicting]?.drop("stalled handshake closed for a newer connection") }
-        let link = makeLink(direction: .inbound, dialed: nil)
-        link.connection = connection
-        connection.handler = link
-        links[link.id] = link
-        link.opened()
+        let id = LinkID(nextLinkID)
+        nextLinkID += 1
+        // A refused connection gets no handler: the listener closes it (the admission report counts it).
+        accepting[id] = connection
+        perform(machine.linkAccepted(id, source: connection.remoteAddress.host, now: now))
+        accepting[id] = nil
     }
 
     /// Inbound handshakes refused, evicted and timed out since the start.
-    var handshakeTotals: HandshakeAdmissionReport { admission.totals }
-
-    /// An inbound link failed its handshake. Returns whether to log it on its own line (the
-    /// admission report counts the rest).
-    func handshakeFailed(_ link: PeerLink) -> Bool {
-        defer { rearmAdmission() }
-        return admission.failed(link.id, source: link.connection.remoteAddress.host, now: now)
-    }
-
-    /// An inbound link's first handshake message arrived: it is no longer stalled.
-    func handshakeProgressed(_ link: PeerLink) {
-        admission.progressed(link.id)
-        rearmAdmission()
-    }
-
-    private func rearmAdmission() {
-        guard let deadline = admission.nextDeadline, !isStopped else {
-            admissionTimer.cancel()
-            return
-        }
-        admissionTimer.arm(at: deadline)
-    }
-
-    private func admissionTimerFired() {
-        let current = now
-        for id in admission.expire(now: current) {
-            links[id]?.drop("no first handshake message within \(configuration.handshakeFirstMessageTimeout)")
-        }
-        if let report = admission.takeReport(now: current) { logAdmission(report) }
-        rearmAdmission()
-    }
+    var handshakeTotals: HandshakeAdmissionReport { machine.handshakeTotals }
 
     /// One line per interval for all the refused, evicted and timed-out handshakes in it.
     private func logAdmission(_ report: HandshakeAdmissionReport) {
@@ -414,74 +412,25 @@ final class NodeCore {
         logger.warning("inbound handshakes in the last \(seconds) s: \(report.refused) refused, \(report.evicted) stalled ones closed for newer connections, \(report.timedOut) closed without a first message, \(report.failed) failed, from \(report.sources) source address(es)")
     }
 
-    private func makeLink(direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {
-        let id = LinkID(nextLinkID)
-        nextLinkID += 1
+    private func makeLink(_ handle: LinkHandle, direction: LinkDirection, dialed: SocketAddress?) -> PeerLink {
         // The configuration was validated at start, so the session cannot fail to build.
         let session = try! LinkSession(role: direction == .outbound ? .initiator : .responder,
                                        security: security, identity: identity,
                                        maxFrameSize: configuration.maxFrameSize, cipher: configuration.linkCipherChoice,
                                        versions: configuration.protocolVersions, handshakeKeys: handshakeKeys.split())
-        let listen = advertised
-        let hello = LinkMachine.LocalHello(
-            peerID: identity.peerID, listenHost: listen.host, listenPort: UInt16(listen.port), incarnation: incarnation,
-            features: (QueueShell.helloFeatures | WireProtocol.featureOperationsAddress
-                       | (direction == .outbound ? machine.dialFeatures : 0)) & configuration.helloFeatureMask)
-        let stages = LinkMachine(local: hello, handshakeTimeout: UInt64(max(1, configuration.handshakeTimeout.nanosecondsClamped)),
-                                  timeoutDescription: "\(configuration.handshakeTimeout)",
-                                  keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)")
-        return PeerLink(id: id, direction: direction, dialedAddress: dialed, node: self, session: session, link: stages)
+        return PeerLink(handle: handle, direction: direction, dialedAddress: dialed, node: self, session: session)
     }
 
     // MARK: Link callbacks
 
-    func linkReady(_ link: PeerLink) {
-        if link.direction == .inbound { admission.finished(link.id) }
-        guard let peer = link.remotePeerID else { return }
-        if let address = link.dialedAddress, let trouble = dialTrouble.removeValue(forKey: address) {
-            logger.info("linked to \(address) after \(trouble.failures) failed attempts")
-        }
-        sendOperationsAddress(on: link)
-        perform(machine.linkUp(link.id, peer: peer, direction: link.direction, incarnation: link.remoteIncarnation,
-                               features: link.remoteFeatures,
-                               peerAddress: link.advertisedAddress, dialedAddress: link.dialedAddress, now: now))
-    }
-
-    func linkClosed(_ link: PeerLink, wasReady: Bool, reason: String) {
+    /// `link`'s connection closed: the machine says what follows (the link is forgotten after).
+    func linkClosed(_ link: PeerLink, end: LinkMachine.ConnectionEnd, description: String) {
+        perform(machine.linkClosed(link.id, end: end, description: description, now: now))
         links[link.id] = nil
-        if link.direction == .inbound && !wasReady { admission.finished(link.id) }
-        guard !isStopped else { return }
-        if wasReady {
-            perform(machine.linkDown(link.id, peerLeft: link.peerLeft, peerClosed: link.peerClosed, now: now))
-        } else if link.direction == .outbound, let address = link.dialedAddress {
-            noteDialFailure(address, reason: reason)
-            perform(machine.dialFailed(address, now: now))
-        }
     }
 
-    func heard(_ link: PeerLink, now: UInt64) {
-        machine.heard(link.id, now: now)
-    }
-
-    func peersReceived(_ link: PeerLink, _ entries: [PeerAddress]) {
-        let list = entries.compactMap { entry -> PeerListEntry<PeerID, SocketAddress>? in
-            guard let address = try? SocketAddress(host: entry.host, port: Int(entry.port)) else { return nil }
-            return PeerListEntry(peer: entry.peerID, address: address)
-        }
-        perform(machine.peerListReceived(list, on: link.id, now: now))
-    }
-
-    func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from link: PeerLink) {
-        guard let peer = link.remotePeerID else { return }
-        if MessageType.membershipRange.contains(type.rawValue) {
-            do {
-                let message = try MembershipMessage.decode(type: type, body: body)
-                perform(machine.received(message, from: peer, now: now))
-            } catch {
-                link.fail("bad \(type) message: \(error)")
-            }
-            return
-        }
+    /// A message for the layers the shell serves (queues, calls, the application) from `peer`.
+    func deliver(_ type: MessageType, _ body: UnsafeRawBufferPointer, from peer: PeerID, on link: PeerLink) {
         if MessageType.queueRange.contains(type.rawValue) {
             if let error = queues.receive(type, body, from: peer) { link.fail("bad \(type) message: \(error)") }
             return
@@ -556,10 +505,7 @@ final class NodeCore {
     }
 
     /// The hello features of the peer's current link (0 without one).
-    func remoteFeatures(of peer: PeerID) -> UInt64 {
-        guard let id = machine.link(to: peer), let link = links[id] else { return 0 }
-        return link.remoteFeatures
-    }
+    func remoteFeatures(of peer: PeerID) -> UInt64 { machine.features(of: peer) }
 
     /// First step of a graceful stop: the queues hand their items and confirmations on while
     /// the node still serves its peers (``QueueShell/drain()``).
@@ -575,15 +521,13 @@ final class NodeCore {
         discovery = nil
         remoteCalls?.stop()
         queues.stop()
-        // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead.
+        // The leave announcement goes out ahead of the goodbyes, so peers record left, not dead;
+        // links not ready yet end as their stage says.
         perform(machine.stop(now: now))
         isStopped = true
         listener?.close()
         listener = nil
-        admissionTimer.cancel()
         stopOperations()
-        // Links the manager does not hold (not ready yet) end as their stage says.
-        for link in links.values where link.stage != .ready { link.nodeStopping() }
     }
 }
 

@@ -7,38 +7,30 @@ import P2PQWire
 
 extension TCPConnection: LinkOutput {}
 
-/// The shell around one peer connection: feeds socket bytes to its `LinkSession` and the
-/// session's events to its ``LinkMachine``, performs what that answers, and seals outgoing
-/// messages once per loop turn.
+/// The I/O of one peer connection: feeds socket bytes to its `LinkSession` (the Noise
+/// handshake and the records; crypto stays in the shell) and the session's events to the
+/// ``NodeMachine``, which keeps the link's stages; performs what the machine decides for the
+/// link (send, close, how), and seals outgoing messages once per loop turn.
 final class PeerLink: TCPConnectionHandler {
     typealias Stage = LinkMachine.Stage
 
     let id: LinkID
+    /// Where the machine keeps this link's stages (every message hands it back).
+    let handle: LinkHandle
     let direction: LinkDirection
-    /// For outbound links, the address dialed (reported back to the connection manager).
+    /// For outbound links, the address dialed (for the log of dial failures).
     let dialedAddress: SocketAddress?
     unowned let node: NodeCore
     var connection: TCPConnection!
     var session: LinkSession
-    /// The hello, ping and goodbye stages (every decision about the link past the handshake).
-    private var link: LinkMachine
-    private lazy var timer = ShellTimer(reactor: node.reactor) { [unowned self] in
-        self.perform(self.link.tick(now: self.node.now))
-    }
-    var stage: Stage { link.stage }
+    /// The stage the machine keeps for this link (`closed` once it forgot it).
+    var stage: Stage { node.machine.stage(of: handle) ?? .closed }
+    /// The link's stages (a copy, for queries).
+    private var stages: LinkMachine? { node.machine.stages(of: handle) }
     /// The peer id the handshake authenticated.
-    var remotePeerID: PeerID? { link.handshakePeerID }
-    /// The address the peer advertised in its hello.
-    private(set) var advertisedAddress: SocketAddress?
-    /// The incarnation the peer announced in its hello (its process start).
-    var remoteIncarnation: UInt64 { link.remote?.incarnation ?? 0 }
-    /// The feature bits of the peer's hello (§5).
-    var remoteFeatures: UInt64 { link.remote?.features ?? 0 }
+    var remotePeerID: PeerID? { stages?.handshakePeerID }
     /// The peer's operations endpoint (`host:port`), if it sent one on this link.
-    var remoteOperations: String? { link.operationsAddress }
-    /// The peer said goodbye: it is leaving, not failing.
-    var peerLeft: Bool { link.peerLeft }
-    var peerClosed: Bool { link.peerClosed }
+    var remoteOperations: String? { stages?.operationsAddress }
     /// Plaintext messages waiting to be sealed at the end of the turn.
     private var staging: [UInt8] = []
     private var sealScheduled = false
@@ -48,56 +40,22 @@ final class PeerLink: TCPConnectionHandler {
     private(set) var bytesIn = 0
     private(set) var bytesOut = 0
 
-    init(id: LinkID, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession,
-         link: LinkMachine) {
-        self.id = id
+    init(handle: LinkHandle, direction: LinkDirection, dialedAddress: SocketAddress?, node: NodeCore, session: LinkSession) {
+        id = handle.id
+        self.handle = handle
         self.direction = direction
         self.dialedAddress = dialedAddress
         self.node = node
         self.session = session
-        self.link = link
     }
 
     var logger: Logger { node.logger }
 
-    /// The connection exists: the handshake deadline starts.
-    func opened() {
-        perform(link.opened(now: node.now))
-    }
-
-    // MARK: Actions
-
-    private func perform(_ actions: [LinkAction]) {
-        for action in actions { perform(action) }
-    }
-
-    private func perform(_ action: LinkAction) {
-        switch action {
-        case .send(let message): sendMessage(message)
-        case .armTimer(let at): timer.arm(at: at)
-        case .cancelTimer: timer.cancel()
-        case .up(let hello):
-            if hello.listenPort != 0 {
-                advertisedAddress = try? SocketAddress(host: hello.listenHost, port: Int(hello.listenPort))
-            }
-            node.linkReady(self)
-        case .heard: node.heard(self, now: node.now)
-        case .peersReceived(let entries): node.peersReceived(self, entries)
-        case .note(let text): logger.debug("\(text) from \(remoteDescription)")
-        case .close(let closing): close(closing)
-        }
-    }
-
-    private func close(_ closing: LinkMachine.Closing) {
-        let reason = link.closeReason ?? ""
+    /// Closes the connection as the machine decided (``NodeAction/closeConnection(_:how:reason:level:)``).
+    func close(_ closing: LinkMachine.Closing, reason: String, level: Logger.Level?) {
+        if let level { logger.log(level: level, "closing link to \(remoteDescription): \(reason)") }
         switch closing {
         case .failed(let duringHandshake):
-            // A flood of failing inbound handshakes costs a few lines and a summary, not a line each.
-            if duringHandshake && direction == .inbound && !node.handshakeFailed(self) {
-                logger.debug("closing link to \(remoteDescription): \(reason)")
-            } else {
-                logger.notice("closing link to \(remoteDescription): \(reason)")
-            }
             if duringHandshake {
                 node.emit(.linkRejected(remote: connection.remoteAddress, reason: reason))
             }
@@ -111,28 +69,17 @@ final class PeerLink: TCPConnectionHandler {
         case .peerSaidGoodbye:
             connection.close(afterFlush: true, reason: .peerClosed)
         case .dropped:
-            logger.debug("closing link to \(remoteDescription): \(reason)")
             connection.close()
         }
     }
 
     // MARK: Sending
 
-    /// Queues a link message; it is sealed with everything else queued this turn.
-    func send(_ message: LinkMessage) {
-        sendMessage(message)
-    }
-
-    /// Sends a keepalive ping with `nonce`.
-    func ping(nonce: UInt64) {
-        perform(link.ping(nonce: nonce, now: node.now))
-    }
-
     /// Queues any framed message (upper layers' messages implement `WireMessage`). Returns
     /// false, logging why, if the link is not open or the message cannot be encoded.
     @discardableResult
     func sendMessage(_ message: some WireMessage) -> Bool {
-        guard link.canSend else { return false }
+        guard node.machine.canSend(on: handle) else { return false }
         do {
             try MessageEncoder.encode(message, into: &staging, maxFrameSize: node.configuration.maxFrameSize)
         } catch {
@@ -183,30 +130,9 @@ final class PeerLink: TCPConnectionHandler {
         if closeAfterSeal { connection.close(afterFlush: true) }
     }
 
-    /// Says goodbye, then closes once the goodbye is written (``LinkMachine/leave(_:detail:)``).
-    func leave(_ reason: GoodbyeReason, detail: String) {
-        perform(link.leave(reason, detail: detail))
-    }
-
-    /// Closes a link still in its handshake that the node's admission control gave up on
-    /// (stalled, or evicted for a newer connection). Quiet: the admission report counts it.
-    func drop(_ reason: String) {
-        perform(link.drop(reason))
-    }
-
-    /// Closes the link because of an error, logging why.
+    /// Closes the link because of an error (the machine decides how, and logs why).
     func fail(_ reason: String) {
-        perform(link.fail(reason))
-    }
-
-    /// The connection manager closes the link (``LinkMachine/close(_:)``).
-    func close(_ reason: LinkCloseReason) {
-        perform(link.close(reason))
-    }
-
-    /// The node stops (``LinkMachine/nodeStopping()``).
-    func nodeStopping() {
-        perform(link.nodeStopping())
+        node.perform(node.machine.linkFailed(id, reason: reason, now: node.now))
     }
 
     var remoteDescription: String {
@@ -235,17 +161,17 @@ final class PeerLink: TCPConnectionHandler {
             try session.receive(bytes, output: &output) { event in
                 switch event {
                 case .established(let remote, let version):
-                    self.perform(self.link.established(peer: remote, version: version,
-                                                       remoteHost: connection.remoteAddress.host, now: self.node.now))
+                    self.node.perform(self.node.machine.linkEstablished(self.id, peer: remote, version: version,
+                                                                        remoteHost: connection.remoteAddress.host,
+                                                                        now: self.node.now))
                 case .message(let type, let body):
                     // One clock read per message: this is every message's path.
                     let now = self.node.now
-                    switch self.link.received(type, body, now: now) {
-                    case .deliver:
-                        self.node.heard(self, now: now)
-                        self.node.deliver(type, body, from: self)
+                    switch self.node.machine.received(type, body, on: self.handle, now: now) {
+                    case .deliver(let peer):
+                        self.node.deliver(type, body, from: peer, on: self)
                     case .handled(let actions):
-                        self.perform(actions)
+                        if !actions.isEmpty { self.node.perform(actions) }
                     }
                 }
             }
@@ -253,7 +179,9 @@ final class PeerLink: TCPConnectionHandler {
             fail("\(error)")
             return
         }
-        if stalled && session.handshakeMessagesReceived > 0 && stage != .closed { node.handshakeProgressed(self) }
+        if stalled && session.handshakeMessagesReceived > 0 && stage != .closed {
+            node.perform(node.machine.handshakeProgressed(id, now: node.now))
+        }
     }
 
     func connectionDidReadEOF(_ connection: TCPConnection) {
@@ -272,11 +200,6 @@ final class PeerLink: TCPConnectionHandler {
         case .reset: end = .reset
         case .closedLocally, .error, .reactorStopped: end = .other
         }
-        let ended = link.closed(end, description: "\(reason)", outbound: direction == .outbound)
-        timer.cancel()
-        if ended.beforeHandshake {
-            logger.debug("link to \(remoteDescription) ended before the handshake: \(ended.reason)")
-        }
-        node.linkClosed(self, wasReady: ended.previous == .ready, reason: ended.reason)
+        node.linkClosed(self, end: end, description: "\(reason)")
     }
 }

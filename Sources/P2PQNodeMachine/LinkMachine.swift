@@ -3,8 +3,8 @@ import P2PQWire
 
 /// The link stages after the Noise handshake, as a plain value: the hello each side sends
 /// first, the check that the hello's peer id is the handshake's, pings answered with pongs,
-/// goodbyes, and the handshake deadline. The shell feeds it the session's events with `now`
-/// and performs the ``LinkAction``s it answers; it never decides on its own.
+/// goodbyes, and the handshake deadline. ``NodeMachine`` keeps one per link, feeds it the
+/// session's events with `now` and turns the ``LinkAction``s it answers into its own.
 public struct LinkMachine: Sendable {
     /// Where a link is.
     public enum Stage: Sendable, Hashable {

@@ -21,11 +21,14 @@ public struct NodeMachineConfiguration: Sendable {
     public var queue: QueueConfiguration
     /// Most named queues, created locally or by peers' messages.
     public var maxQueues: Int
+    /// The links' stages (hello, handshake deadline) and the admission of inbound handshakes.
+    public var links: LinkStagesConfiguration
 
     public init(localPeer: PeerID, incarnation: UInt64, seed: UInt64, membershipSeed: UInt64? = nil,
                 connection: ConnectionConfiguration = ConnectionConfiguration(),
                 membership: MembershipConfiguration = MembershipConfiguration(),
-                queue: QueueConfiguration = QueueConfiguration(), maxQueues: Int = 256) {
+                queue: QueueConfiguration = QueueConfiguration(), maxQueues: Int = 256,
+                links: LinkStagesConfiguration = LinkStagesConfiguration()) {
         self.localPeer = localPeer
         self.incarnation = incarnation
         self.seed = seed
@@ -34,6 +37,7 @@ public struct NodeMachineConfiguration: Sendable {
         self.membership = membership
         self.queue = queue
         self.maxQueues = maxQueues
+        self.links = links
     }
 }
 
@@ -47,19 +51,42 @@ public enum NodeTimer: Sendable, Hashable {
     case queue(String)
     /// The caller's (call deadlines, waits for credit).
     case calls
+    /// A link's stages' (the handshake deadline).
+    case link(LinkID)
+    /// The admission of inbound handshakes' (first-message deadlines, the report).
+    case admission
 }
 
 /// What the shell does for a ``NodeMachine``, in order.
 public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
-    /// Dial `address`; answer with ``NodeMachine/linkUp(_:peer:direction:incarnation:peerAddress:dialedAddress:now:)``
+    /// Dial `address`; answer with ``NodeMachine/linkOpened(_:dialing:now:)`` (a driver
+    /// without link stages: ``NodeMachine/linkUp(_:peer:direction:incarnation:features:peerAddress:dialedAddress:now:)``)
     /// or ``NodeMachine/dialFailed(_:now:)``.
     case dial(Address)
-    /// Close a link (the link's stages say how: ``LinkMachine/close(_:)``).
+    /// Close a link that has no stages here (one a driver reported with
+    /// ``NodeMachine/linkUp(_:peer:direction:incarnation:features:peerAddress:dialedAddress:now:)``);
+    /// a real link says it with ``LinkMachine/close(_:)``'s goodbye.
     case closeLink(LinkID, reason: LinkCloseReason)
-    /// Send a keepalive ping with `nonce` on a link.
+    /// Send a keepalive ping with `nonce` on a link without stages here.
     case sendPing(LinkID, nonce: UInt64)
-    /// Send these peer addresses on a link.
+    /// Send these peer addresses on a link without stages here.
     case sendPeerList(LinkID, [PeerListEntry<PeerID, Address>])
+    /// Start the handshake of the inbound connection ``NodeMachine/linkAccepted(_:source:now:)``
+    /// admitted (a refused one gets no action: close it without a word).
+    case admitLink(LinkID)
+    /// Queue a link message on a link (sealed with the rest of the turn's output).
+    case sendLinkMessage(LinkID, LinkMessage)
+    /// Close a link's connection as `how` says, because of `reason`; log that at `level` (nil:
+    /// no line). ``LinkMachine/Closing/failed(duringHandshake:)`` with `true` is a rejected link.
+    case closeConnection(LinkID, how: LinkMachine.Closing, reason: String, level: NodeLogLevel?)
+    /// A line about a link for the log.
+    case linkNote(LinkID, NodeLogLevel, String)
+    /// A link's hellos are through (the manager hears of it next).
+    case linkReady(LinkID)
+    /// A dial of `address` failed because of `reason` (for the log; the manager already knows).
+    case dialFailedNote(Address, reason: String)
+    /// The admission of inbound handshakes' summary of an interval, for the log.
+    case admissionReport(HandshakeAdmissionReport)
     /// Send a membership message to `peer` on `link`, the link kept for it when the message was
     /// made (a stop closes links right after the leave is sent); if it cannot go, tell
     /// ``NodeMachine/undeliverable(_:to:now:)``.
@@ -107,9 +134,10 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
     case flushCallsAtEndOfTurn
 }
 
-/// The node's logic as one plain value: the connection manager, membership, the named queues,
-/// the caller and executor of remote calls, and the one routing of peer events
-/// (``PeerEventRouting``) between them.
+/// The node's logic as one plain value: every link's stages and the admission of inbound
+/// handshakes (``linkAccepted(_:source:now:)`` and the inputs after it), the connection
+/// manager, membership, the named queues, the caller and executor of remote calls, and the
+/// one routing of peer events (``PeerEventRouting``) between them.
 ///
 /// No I/O, clock, lock or random source: every input carries `now` and returns the
 /// ``NodeAction``s the shell performs in order; every random choice comes from the seed in
@@ -118,16 +146,16 @@ public enum NodeAction<Address: Hashable & Sendable>: Sendable, Equatable {
 /// other by one rule (``route(_:into:now:)``). The shell feeds inputs in the order the
 /// reactor saw them, and when an action fails (a membership message that cannot be sent)
 /// reports back through another input.
-public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
+public struct NodeMachine<Address: NodeAddress>: Sendable {
     public typealias Action = NodeAction<Address>
     public typealias Connections = ConnectionMachine<PeerID, Address>
 
     public let localPeer: PeerID
     public let configuration: NodeMachineConfiguration
     /// Which links to keep, dial and ping.
-    public private(set) var connections: Connections
+    public internal(set) var connections: Connections
     /// Who is alive (SWIM).
-    public private(set) var membership: MembershipMachine
+    public internal(set) var membership: MembershipMachine
     /// The incarnation each kept link's hello announced (membership learns it with the link).
     private var incarnations: [LinkID: UInt64] = [:]
     /// The feature bits each kept link's hello announced (§5).
@@ -141,6 +169,17 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     @usableFromInline var calls: NodeCalls
     /// Direct-call credit peers granted before calls were attached.
     @usableFromInline var earlyCredit = EarlyCredit()
+    /// Every open link's stages, by link (``LinkTable``).
+    @usableFromInline var linkTable = LinkTable()
+    /// The address each open outbound link dialed (the manager hears it back with the link).
+    var dials: [LinkID: Address] = [:]
+    /// Which inbound connections may handshake.
+    var admission: HandshakeAdmission<LinkID, String>
+    /// What peers should dial (the hellos tell it), from ``start(advertising:bootstrap:now:)``.
+    var advertised: Address?
+    /// This node's operations endpoint, as told to peers whose hello has
+    /// ``WireProtocol/featureOperationsAddress`` (``advertiseOperations(host:port:now:)``).
+    public internal(set) var operationsAddress: (host: String, port: UInt16)?
     private var random: SplitMix64
     private var pingNonces: SplitMix64
     public private(set) var isStarted = false
@@ -162,6 +201,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
                                   randomNumberGenerator: SplitMix64(seed: random.next()))
         self.random = random
         calls = NodeCalls(localPeer: configuration.localPeer)
+        admission = HandshakeAdmission(configuration: configuration.links.admission)
     }
 
     /// The link kept for `peer`, if any.
@@ -173,6 +213,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     public mutating func start(advertising advertised: Address?, bootstrap: [Address], now: UInt64) -> [Action] {
         guard !isStarted else { return [] }
         isStarted = true
+        self.advertised = advertised
         connections = Connections(localPeerID: localPeer, advertisedAddress: advertised,
                                   configuration: configuration.connection,
                                   randomNumberGenerator: SplitMix64(seed: random.next()))
@@ -184,7 +225,10 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
 
     /// A link passed its handshake and hellos: `incarnation` and `features` are from the
     /// peer's hello, `peerAddress` where the peer accepts links, `dialedAddress` the dial it
-    /// answers.
+    /// answers. A link opened here (``linkOpened(_:dialing:now:)``, ``linkAccepted(_:source:now:)``)
+    /// gets there through its stages; this input is for a driver that runs none (the
+    /// simulator), whose links then get the manager's link actions as they are
+    /// (``NodeAction/closeLink(_:reason:)``, ``NodeAction/sendPing(_:nonce:)``, ...).
     public mutating func linkUp(_ link: LinkID, peer: PeerID, direction: LinkDirection, incarnation: UInt64, features: UInt64,
                                 peerAddress: Address?, dialedAddress: Address?, now: UInt64) -> [Action] {
         guard !isStopped else { return [] }
@@ -203,7 +247,8 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
 
     /// A link that was up closed; `peerLeft` when the peer said goodbye as leaving,
     /// `peerClosed` when it refused the link or closed it as a duplicate, with a goodbye
-    /// (``LinkMachine/closesAlive(_:)``: alive, so no evidence).
+    /// (``LinkMachine/closesAlive(_:)``: alive, so no evidence). For links without stages
+    /// here, like ``linkUp(_:peer:direction:incarnation:features:peerAddress:dialedAddress:now:)``.
     public mutating func linkDown(_ link: LinkID, peerLeft: Bool, peerClosed: Bool = false, now: UInt64) -> [Action] {
         incarnations[link] = nil
         linkFeatures[link] = nil
@@ -264,6 +309,8 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         case .membership: apply(membership.tick(now: now), into: &actions, now: now)
         case .queue(let name): withQueue(name, into: &actions, now: now) { $0.tick(now: now) }
         case .calls: callerTicked(into: &actions, now: now)
+        case .link(let link): withStages(of: link, into: &actions, now: now) { $0.tick(now: now) }
+        case .admission: admissionTicked(into: &actions, now: now)
         }
         return actions
     }
@@ -278,6 +325,11 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
         apply(connections.stop(now: now), into: &actions, now: now)
         isStopped = true
         actions.append(.cancelTimer(.connections))
+        actions.append(.cancelTimer(.admission))
+        // Links the manager does not hold (not ready yet) end as their stage says.
+        for link in linkTable.ids where linkTable.stage(of: link) != .ready {
+            withStages(of: link, into: &actions, now: now) { $0.nodeStopping() }
+        }
         return actions
     }
 
@@ -312,13 +364,29 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     }
 
     /// The manager's actions, as the node's: its link changes become peer events.
-    private mutating func apply(_ managerActions: [Connections.Action], into actions: inout [Action], now: UInt64) {
+    mutating func apply(_ managerActions: [Connections.Action], into actions: inout [Action], now: UInt64) {
         for action in managerActions {
             switch action {
             case .dial(let address): actions.append(.dial(address))
-            case .closeLink(let link, let reason): actions.append(.closeLink(link, reason: reason))
-            case .sendPing(let link): actions.append(.sendPing(link, nonce: pingNonces.next()))
-            case .sendPeerList(let link, let entries): actions.append(.sendPeerList(link, entries))
+            case .closeLink(let link, let reason):
+                if linkTable.contains(link) {
+                    withStages(of: link, into: &actions, now: now) { $0.close(reason) }
+                } else {
+                    actions.append(.closeLink(link, reason: reason))
+                }
+            case .sendPing(let link):
+                let nonce = pingNonces.next()
+                if linkTable.contains(link) {
+                    withStages(of: link, into: &actions, now: now) { $0.ping(nonce: nonce, now: now) }
+                } else {
+                    actions.append(.sendPing(link, nonce: nonce))
+                }
+            case .sendPeerList(let link, let entries):
+                if linkTable.contains(link) {
+                    sendPeerList(entries, on: link, into: &actions)
+                } else {
+                    actions.append(.sendPeerList(link, entries))
+                }
             case .armTimer(let at): actions.append(.armTimer(.connections, at: at))
             case .cancelTimer: actions.append(.cancelTimer(.connections))
             case .peerConnected(let peer, let link):
@@ -336,7 +404,7 @@ public struct NodeMachine<Address: Hashable & Sendable>: Sendable {
     }
 
     /// Membership's actions, as the node's: its verdicts become peer events.
-    private mutating func apply(_ membershipActions: [MembershipAction], into actions: inout [Action], now: UInt64) {
+    mutating func apply(_ membershipActions: [MembershipAction], into actions: inout [Action], now: UInt64) {
         for action in membershipActions {
             switch action {
             case .send(let message, let peer):

@@ -622,6 +622,8 @@ public struct ClusterSimulation {
                 runCallTasks(tasks, at: node)
             case .cancelTask, .callItemDiscarded:
                 break  // an echo ends anyway; in the trace
+            case .admitLink, .sendLinkMessage, .closeConnection, .linkNote, .linkReady, .dialFailedNote, .admissionReport:
+                break  // the simulated links have no stages in the machine (it hears linkUp and linkDown)
             }
         }
     }
@@ -698,7 +700,8 @@ public struct ClusterSimulation {
                 traceHash.add(bytes: task.arguments)
             }
         case .closeLink, .peerDisconnected, .member, .queue, .deadLettered,
-             .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn:
+             .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn,
+             .admitLink, .sendLinkMessage, .closeConnection, .linkNote, .linkReady, .dialFailedNote, .admissionReport:
             traceHash.add(bytes: "\(action)".utf8)
         }
     }
@@ -713,6 +716,10 @@ public struct ClusterSimulation {
             traceHash.add(2)
             traceHash.add(bytes: name.utf8)
         case .calls: traceHash.add(3)
+        case .link(let link):
+            traceHash.add(4)
+            traceHash.add(link.rawValue)
+        case .admission: traceHash.add(5)
         }
     }
 

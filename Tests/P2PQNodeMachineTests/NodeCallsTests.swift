@@ -235,6 +235,8 @@ struct CallMesh {
             case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected, .member, .cancelTask,
                  .callItemDiscarded:
                 break  // in the trace
+            case .admitLink, .sendLinkMessage, .closeConnection, .linkNote, .linkReady, .dialFailedNote, .admissionReport:
+                break  // these links have no stages in the machine
             }
         }
     }
@@ -316,7 +318,8 @@ struct CallMesh {
             hash.add(bytes: name.utf8)
             hash.add(at)
         case .dial, .closeLink, .sendPing, .cancelTimer, .peerMovedLink, .queue, .deadLettered, .cancelTask,
-             .callItemDiscarded, .flushCallsAtEndOfTurn:
+             .callItemDiscarded, .flushCallsAtEndOfTurn, .admitLink, .sendLinkMessage, .closeConnection, .linkNote,
+             .linkReady, .dialFailedNote, .admissionReport:
             hash.add(bytes: "\(action)".utf8)
         }
     }

@@ -316,13 +316,6 @@ extension NodeCore {
         }
     }
 
-    /// Tells the peer on `link` where this node's operations endpoint listens, if it has one
-    /// and the peer's hello says it understands (feature bit 2).
-    func sendOperationsAddress(on link: PeerLink) {
-        guard let (host, port) = operationsAddress, link.remoteFeatures & WireProtocol.featureOperationsAddress != 0 else { return }
-        link.send(.operations(host: host, port: port))
-    }
-
     /// What a dashboard snapshot is built from, taken on the reactor: the history (a copy
     /// of its rings shares their storage until the next sample), the members and the call
     /// latencies. The series are built by ``DashboardParts/build()`` off the reactor.
@@ -379,8 +372,7 @@ extension Node {
     /// starts).
     public func advertiseOperations(host: String, port: UInt16) async {
         _ = await withCore { core in
-            core.operationsAddress = (host, port)
-            for link in core.readyLinks { core.sendOperationsAddress(on: link) }
+            core.perform(core.machine.advertiseOperations(host: host, port: port, now: core.now))
         }
     }
 
