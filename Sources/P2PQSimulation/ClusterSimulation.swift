@@ -628,100 +628,17 @@ public struct ClusterSimulation {
         }
     }
 
-    /// Adds `action` to the hash and, if kept, the trace. Messages go in as their wire bytes
-    /// (a description could show a dictionary, whose order differs between processes), peers
-    /// as their numbers; only rare actions as their description.
+    /// Adds `action` to the hash (``TraceHash/add(_:number:)``) and, if kept, the trace.
     private mutating func record(_ action: Action, at node: Int) {
         if configuration.recordsTrace { trace.append((now, node, action)) }
         traceHash.add(now)
         traceHash.add(node)
-        switch action {
-        case .dial(let address):
-            traceHash.add(1)
-            traceHash.add(bytes: address.utf8)
-        case .sendPing(let link, let nonce):
-            traceHash.add(3)
-            traceHash.add(link.rawValue)
-            traceHash.add(nonce)
-        case .sendPeerList(let link, let entries):
-            traceHash.add(4)
-            traceHash.add(link.rawValue)
-            for entry in entries {
-                traceHash.add(number(entry.peer))
-                traceHash.add(bytes: entry.address.utf8)
-            }
-        case .send(let message, let to, let link):
-            traceHash.add(5)
-            traceHash.add(number(to))
-            traceHash.add(link.rawValue)
-            if let bytes = try? message.encoded() { traceHash.add(bytes: bytes) }
-        case .armTimer(let timer, let at):
-            traceHash.add(6)
-            add(timer)
-            traceHash.add(at)
-        case .cancelTimer(let timer):
-            traceHash.add(7)
-            add(timer)
-        case .peerConnected(let peer, let link):
-            traceHash.add(8)
-            traceHash.add(number(peer))
-            traceHash.add(link.rawValue)
-        case .peerMovedLink(let peer):
-            traceHash.add(9)
-            traceHash.add(number(peer))
-        case .queue(let name, .send(let message, let to)):
-            traceHash.add(12)
-            traceHash.add(bytes: name.utf8)
-            traceHash.add(number(to))
-            var bytes: [UInt8] = []
-            if (try? MessageEncoder.encode(message, into: &bytes)) != nil { traceHash.add(bytes: bytes) }
-        case .queue(let name, .armTimer(let at)):
-            traceHash.add(13)
-            traceHash.add(bytes: name.utf8)
-            traceHash.add(at)
-        case .sendCall(let message, let to):
-            traceHash.add(14)
-            traceHash.add(number(to))
-            if let bytes = try? message.encoded() { traceHash.add(bytes: bytes) }
-        case .completeCalls(let ended):
-            traceHash.add(15)
-            for call in ended {
-                traceHash.add(call.token)
-                switch call.result {
-                case .success(let bytes): traceHash.add(bytes: bytes)
-                case .failure(let error): traceHash.add(bytes: "\(error)".utf8)
-                }
-            }
-        case .runTasks(let tasks):
-            traceHash.add(16)
-            for task in tasks {
-                traceHash.add(task.id.rawValue)
-                traceHash.add(task.call.sequence)
-                traceHash.add(bytes: task.arguments)
-            }
-        case .closeLink, .peerDisconnected, .member, .queue, .deadLettered,
-             .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn,
-             .admitLink, .sendLinkMessage, .closeConnection, .linkNote, .linkReady, .dialFailedNote, .admissionReport:
-            traceHash.add(bytes: "\(action)".utf8)
-        }
+        let numbers = indexByPeer  // not self: traceHash is being modified
+        traceHash.add(action) { numbers[$0] ?? -1 }
     }
 
     private func number(_ peer: PeerID) -> Int { indexByPeer[peer] ?? -1 }
 
-    private mutating func add(_ timer: NodeTimer) {
-        switch timer {
-        case .connections: traceHash.add(0)
-        case .membership: traceHash.add(1)
-        case .queue(let name):
-            traceHash.add(2)
-            traceHash.add(bytes: name.utf8)
-        case .calls: traceHash.add(3)
-        case .link(let link):
-            traceHash.add(4)
-            traceHash.add(link.rawValue)
-        case .admission: traceHash.add(5)
-        }
-    }
 
     /// The actions of `node` that `matches` selects (needs ``Configuration/recordsTrace``).
     public func actions(of node: Int, where matches: (Action) -> Bool) -> [Action] {

@@ -329,59 +329,14 @@ struct HandshakeMesh {
 
     private func number(_ peer: PeerID) -> Int { peers.firstIndex(of: peer) ?? -1 }
 
-    /// Adds `action` to the trace and the hash. Messages go in as their wire bytes (the records
-    /// are hashed where they are sent); the rest as fields or, for the rarer ones, their
-    /// description, which shows no dictionary.
+    /// Adds `action` to the trace and the hash (as the simulator hashes it; the records on the
+    /// wire are hashed where they are sent).
     private mutating func record(_ action: Action, at node: Int) {
         trace.append((now, node, action))
         hash.add(now)
         hash.add(node)
-        switch action {
-        case .queue(let name, .deliver(let waiter, let items)):
-            hash.add(1)
-            hash.add(bytes: name.utf8)
-            hash.add(waiter.rawValue)
-            for item in items { hash.add(bytes: item.bytes) }
-        case .runTasks(let tasks):
-            hash.add(2)
-            for task in tasks {
-                hash.add(task.id.rawValue)
-                hash.add(task.call.sequence)
-                hash.add(bytes: task.arguments)
-            }
-        case .completeCalls(let ended):
-            hash.add(3)
-            for call in ended {
-                hash.add(call.token)
-                hash.add(bytes: "\(call.result)".utf8)
-            }
-        case .send(_, let to, let link):
-            hash.add(4)
-            hash.add(number(to))
-            hash.add(link.rawValue)
-        case .queue(let name, .send(_, let to)):
-            hash.add(5)
-            hash.add(bytes: name.utf8)
-            hash.add(number(to))
-        case .sendCall(_, let to):
-            hash.add(6)
-            hash.add(number(to))
-        case .sendLinkMessage(let link, _):
-            hash.add(7)
-            hash.add(link.rawValue)
-        case .armTimer(let timer, let at):
-            hash.add(8)
-            hash.add(bytes: "\(timer)".utf8)
-            hash.add(at)
-        case .queue(let name, .armTimer(let at)):
-            hash.add(9)
-            hash.add(bytes: name.utf8)
-            hash.add(at)
-        case .dial, .closeLink, .sendPing, .sendPeerList, .cancelTimer, .peerConnected, .peerMovedLink,
-             .peerDisconnected, .member, .queue, .deadLettered, .cancelTask, .callItemDiscarded, .flushCallsAtEndOfTurn,
-             .admitLink, .closeConnection, .linkNote, .linkReady, .dialFailedNote, .admissionReport:
-            hash.add(bytes: "\(action)".utf8)
-        }
+        let peers = self.peers  // not self: hash is being modified
+        hash.add(action) { peers.firstIndex(of: $0) ?? -1 }
     }
 }
 
