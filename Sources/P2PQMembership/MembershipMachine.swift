@@ -143,6 +143,9 @@ public struct MembershipMachine: Sendable {
     /// refutation goes to each of them at once, and a linked member believed dead is told so
     /// every protocol period, because neither side gossips to a member it believes dead.
     private var linked = Set<PeerID>()
+    /// The start each member's latest link announced in its hello (members only): a later
+    /// one is a new process, even when gossip already told its incarnation.
+    private var processStarts: [PeerID: UInt64] = [:]
 
     /// A membership of one (this node) at `incarnation`. `seed` drives every random choice
     /// (probe order, helpers, gossip targets), so equal seeds and inputs give equal outputs.
@@ -359,12 +362,14 @@ public struct MembershipMachine: Sendable {
 
     /// A link to `peer` came up. `incarnation` is the lower bound the peer announced for its
     /// incarnation (its process start), which tells a restarted member from a reconnect: one
-    /// above what this node knows is reported as ``MembershipEvent/joined(_:)`` again.
+    /// above what this node knows, or above the previous link's hello, is reported as
+    /// ``MembershipEvent/restarted(_:)`` (or ``MembershipEvent/joined(_:)`` after a verdict).
     public mutating func linkUp(_ peer: PeerID, incarnation: UInt64, now: UInt64) -> [MembershipAction] {
         var out: [MembershipAction] = []
         guard !hasLeft, peer != localPeer else { return out }
         let incarnation = min(incarnation, Self.maxIncarnation)
         linked.insert(peer)
+        let previousStart = processStarts[peer]
         if let member = memberTable[peer] {
             if (member.state == .dead || member.state == .left) && incarnation > member.incarnation {
                 apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)
@@ -375,11 +380,16 @@ public struct MembershipMachine: Sendable {
                 suspicions[peer] = nil
                 if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
                 enqueue(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer))
-                out.append(.event(.joined(peer)))
+                out.append(.event(.restarted(peer)))
+            } else if member.state == .alive || member.state == .suspect, let previousStart, incarnation > previousStart {
+                // Gossip brought the new process's incarnation before its link did: the view is
+                // current, but the process this node was linked to is gone all the same.
+                out.append(.event(.restarted(peer)))
             }
         } else {
             apply(MemberUpdate(kind: .alive, member: peer, incarnation: incarnation, origin: peer), now: now, &out)
         }
+        if memberTable[peer] != nil { processStarts[peer] = max(previousStart ?? 0, incarnation) }
         // The newcomer learns this node's whole view at once (and, if it is suspected or
         // declared dead, that too, so it refutes).
         var view = [MemberUpdate(kind: .alive, member: localPeer, incarnation: self.incarnation, origin: localPeer)]
@@ -648,6 +658,7 @@ public struct MembershipMachine: Sendable {
         memberTable[peer] = nil
         tombstones[peer] = nil
         suspicions[peer] = nil
+        processStarts[peer] = nil
         if let sequence = probing.removeValue(forKey: peer) { probes[sequence] = nil }
         queue[peer] = nil
         if let position = probeOrder.firstIndex(of: peer) {

@@ -70,9 +70,12 @@ public enum MemberState: String, Sendable, Hashable {
 
 /// What the layers above learn about a member.
 public enum MembershipEvent: Sendable, Hashable {
-    /// A member appeared: first heard of, back with a new incarnation after dead or left, or
-    /// restarted (a new link announcing a later start than the incarnation known).
+    /// A member appeared: first heard of, or back with a new incarnation after dead or left.
     case joined(PeerID)
+    /// A new process of a member held alive or suspect: its link's hello announced a later
+    /// start than the incarnation known or than its previous link's hello. The process known
+    /// before is gone, with no verdict: what it held or kept is lost as after a death.
+    case restarted(PeerID)
     /// A member is suspected to have failed.
     case suspect(PeerID)
     /// A suspected member refuted the suspicion.

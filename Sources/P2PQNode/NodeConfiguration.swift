@@ -148,7 +148,8 @@ public enum NodeEvent: Sendable, Equatable {
     case peerDisconnected(PeerID, left: Bool)
     /// A connection was refused or closed before it became a link, with the logged reason.
     case linkRejected(remote: SocketAddress, reason: String)
-    /// Membership: a member appeared, or came back with a new incarnation.
+    /// Membership: a member appeared, came back with a new incarnation, or restarted (a new
+    /// process of it linked here; the previous one is gone).
     case memberJoined(PeerID)
     /// Membership: a member is suspected to have failed.
     case memberSuspected(PeerID)

@@ -294,6 +294,9 @@ final class NodeCore {
         case .joined(let peer):
             logger.info("member \(peer.short) joined")
             emit(.memberJoined(peer))
+        case .restarted(let peer):
+            logger.notice("member \(peer.short) restarted (its previous process is gone)")
+            emit(.memberJoined(peer))
         case .suspect(let peer):
             logger.notice("member \(peer.short) suspected (local health \(machine.membership.localHealth))")
             emit(.memberSuspected(peer))

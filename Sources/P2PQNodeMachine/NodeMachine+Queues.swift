@@ -173,6 +173,9 @@ extension NodeMachine {
             case .rejoined(let peer, let linked):
                 let keeps = keepsReplicas(peer)
                 withQueue(name, into: &actions, now: now) { $0.peerRejoined(peer, linked: linked, keepsReplicas: keeps, now: now) }
+            case .restarted(let peer, let linked):
+                let keeps = keepsReplicas(peer)
+                withQueue(name, into: &actions, now: now) { $0.peerRestarted(peer, linked: linked, keepsReplicas: keeps, now: now) }
             case .declaredDead:
                 withQueue(name, into: &actions, now: now) { $0.declaredDead(now: now) }
             }

@@ -418,6 +418,7 @@ public struct NodeMachine<Address: NodeAddress>: Sendable {
                 actions.append(.member(event))
                 switch event {
                 case .joined(let peer): route(.joined(peer, linked: connections.link(to: peer) != nil), into: &actions, now: now)
+                case .restarted(let peer): route(.restarted(peer, linked: connections.link(to: peer) != nil), into: &actions, now: now)
                 case .dead(let peer): route(.dead(peer), into: &actions, now: now)
                 case .left(let peer): route(.left(peer), into: &actions, now: now)
                 case .refutedDeath: route(.refuted, into: &actions, now: now)

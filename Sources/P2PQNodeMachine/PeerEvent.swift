@@ -17,6 +17,9 @@ public enum PeerEvent: Sendable, Hashable {
     /// Membership took `peer` in: new, back with a new incarnation, or refuting a verdict.
     /// `linked`: a link to it is kept right now.
     case joined(PeerID, linked: Bool)
+    /// Membership met a new process of `peer`, held alive or suspect: the old one is gone
+    /// without a verdict. `linked`: a link to it is kept right now.
+    case restarted(PeerID, linked: Bool)
     /// Membership declared `peer` dead.
     case dead(PeerID)
     /// This node was declared dead and refuted it.
@@ -47,6 +50,9 @@ public enum QueuesPeerInput: Sendable, Hashable {
     case died(PeerID)
     /// Membership took the peer back; `linked`: a link to it is kept.
     case rejoined(PeerID, linked: Bool)
+    /// The peer's process was replaced by a new one: owners re-queue what the old one held and
+    /// holders re-queue the replicas it kept with them, at once; then as `rejoined`.
+    case restarted(PeerID, linked: Bool)
     /// This node was declared dead (and refuted).
     case declaredDead
 }
@@ -115,6 +121,11 @@ public enum PeerEventRouting {
             // verdict link it again; the manager redials it again if its link (possibly kept
             // through the verdict) drops. A first join changes nothing for the last two.
             return [.calls(.joined(peer)), .queues(.rejoined(peer, linked: linked)), .manager(.joined(peer))]
+        case .restarted(let peer, let linked):
+            // The old process is dead for certain (no grace for replicas: nothing of it can
+            // still be on the way), and a new one is here: a death, then a join, for queues
+            // and calls alike.
+            return [.queues(.restarted(peer, linked: linked)), .calls(.died(peer)), .calls(.joined(peer)), .manager(.joined(peer))]
         case .dead(let peer):
             // Only a verdict (never a mere disconnect) lets owners re-queue what the peer held
             // and callers retry its calls elsewhere. The manager keeps redialing its addresses

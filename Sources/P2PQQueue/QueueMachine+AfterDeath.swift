@@ -15,8 +15,10 @@ extension QueueMachine {
         var deadline: UInt64
     }
 
-    /// What ``peerDied(_:now:)`` does once the verdict is about another node.
-    mutating func afterDeath(of peer: PeerID, _ actions: inout [Action], now: UInt64) {
+    /// What ``peerDied(_:now:)`` does once the verdict is about another node. `processGone`:
+    /// the peer is known to be a new process (``peerRestarted(_:linked:keepsReplicas:now:)``),
+    /// so no release from the old one can still come.
+    mutating func afterDeath(of peer: PeerID, processGone: Bool = false, _ actions: inout [Action], now: UInt64) {
         let linked = peers[peer]?.connected == true
         peers[peer] = nil
         linkLost(peer, &actions, now: now)
@@ -40,7 +42,7 @@ extension QueueMachine {
         // suspect one, and the peer may well have re-queued them.
         // The replicas it asked this node to keep are the only copies now: queued here (once its
         // link is gone: what it sent before leaving counts).
-        if linked && shelf.holds(peer) {
+        if linked && !processGone && shelf.holds(peer) {
             shelf.grace[peer] = now + configuration.stallThreshold
         } else {
             requeueShelf(of: peer, &actions, now: now)

@@ -371,6 +371,19 @@ public struct QueueMachine: Sendable {
         return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
     }
 
+    /// `peer` was replaced by a new process (same identity, later start) with no verdict on
+    /// the old one: as ``peerDied(_:now:)``, except that the replicas the old process kept
+    /// here are queued at once even with a link up (it can send no release any more), then
+    /// as ``peerRejoined(_:linked:keepsReplicas:now:)`` for the new process.
+    public mutating func peerRestarted(_ peer: PeerID, linked: Bool, keepsReplicas: Bool = false, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        detectStall(&actions, now: now)
+        guard peer != localPeer else { return actions }
+        afterDeath(of: peer, processGone: true, &actions, now: now)
+        finish(&actions, now: now)
+        return actions + peerRejoined(peer, linked: linked, keepsReplicas: keepsReplicas, now: now)
+    }
+
     /// This node was declared dead by its peers (membership heard the verdict and refuted it):
     /// owners that believed it re-queued their items it holds. Those items are held back from
     /// consumers and each owner is asked which copies are stale (a custody check); the verdict

@@ -605,7 +605,7 @@ public struct ClusterSimulation {
                 switch event {
                 case .suspect(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: false)) }
                 case .dead(let peer): if let subject = index(of: peer) { verdicts.append(Verdict(time: now, observer: node, subject: subject, dead: true)) }
-                case .joined, .alive, .left, .refutedDeath: break
+                case .joined, .restarted, .alive, .left, .refutedDeath: break
                 }
             case .queue, .deadLettered, .peerConnected, .peerMovedLink, .peerDisconnected:
                 break  // in the trace

@@ -514,8 +514,31 @@ struct MembershipTests {
         node.take(node.membership.linkUp(peer(1), incarnation: 100, now: node.now))
         #expect(node.events.isEmpty)
         node.take(node.membership.linkUp(peer(1), incarnation: 900, now: node.now))
-        #expect(node.events == [.joined(peer(1))])
+        #expect(node.events == [.restarted(peer(1))])
         #expect(node.membership.members.first { $0.peer == peer(1) }?.incarnation == 900)
+    }
+
+    @Test("A restart is seen on the new link even when gossip told the new incarnation first")
+    func restartAfterGossip() {
+        var node = Driver(members: [1, 2])
+        node.take(node.membership.linkUp(peer(2), incarnation: 100, now: node.now))
+        // Peer 2 restarts; peer 1 links to the new process first and gossips it here. The
+        // view takes the incarnation silently: an alive at a higher incarnation may be a
+        // refutation as well as a restart.
+        node.receive(.gossip(updates: [update(.alive, 2, 700)]), from: 1)
+        #expect(node.events.isEmpty)
+        #expect(node.membership.members.first { $0.peer == peer(2) }?.incarnation == 700)
+        // The new process's own link says it started after the one this node was linked to.
+        node.take(node.membership.linkUp(peer(2), incarnation: 700, now: node.now))
+        #expect(node.events == [.restarted(peer(2))])
+        // Its next link is a reconnect, no news; a refutation (a higher incarnation by gossip,
+        // the same start on the link) is none either.
+        node.events = []
+        node.take(node.membership.linkUp(peer(2), incarnation: 700, now: node.now))
+        node.receive(.gossip(updates: [update(.alive, 2, 701)]), from: 2)
+        node.take(node.membership.linkUp(peer(2), incarnation: 700, now: node.now))
+        #expect(node.events.isEmpty)
+        #expect(node.membership.state(of: peer(2)) == .alive)
     }
 
     @Test("Equal seeds and inputs give equal runs")

@@ -299,7 +299,7 @@ struct CallMesh {
         case .member(let event):
             hash.add(9)
             switch event {
-            case .joined(let peer), .suspect(let peer), .alive(let peer), .dead(let peer), .left(let peer):
+            case .joined(let peer), .restarted(let peer), .suspect(let peer), .alive(let peer), .dead(let peer), .left(let peer):
                 hash.add(bytes: "\(event)".prefix(6).utf8)
                 hash.add(number(peer) ?? -1)
             case .refutedDeath:

@@ -34,6 +34,10 @@ import Testing
             .calls(.joined(peer)), .queues(.rejoined(peer, linked: true)), .manager(.joined(peer)),
         ])
         #expect(PeerEventRouting.route(.dead(peer)) == [.queues(.died(peer)), .calls(.died(peer))])
+        // A new process with no verdict on the old one: a death, then a join.
+        #expect(PeerEventRouting.route(.restarted(peer, linked: true)) == [
+            .queues(.restarted(peer, linked: true)), .calls(.died(peer)), .calls(.joined(peer)), .manager(.joined(peer)),
+        ])
         #expect(PeerEventRouting.route(.refuted) == [.queues(.declaredDead)])
         // A leaver's owners take back what it could not hand on, as after a death.
         #expect(PeerEventRouting.route(.left(peer)) == [.queues(.died(peer)), .calls(.left(peer)), .manager(.gone(peer))])

@@ -160,6 +160,24 @@ struct SimulationFaultTests {
         #expect(simulation.failures.isEmpty, "\(simulation.failures.map(\.description).joined(separator: "\n"))")
     }
 
+    /// Found by seed 1582 (3 nodes, calls): node 1 pushed at 12.0 s, node 0 kept the replicas,
+    /// and node 1 crashed at 12.45 s with one of the items on a stalled link to node 0. Node 1
+    /// restarted at 15 s, before node 0's suspicion of it ran out (one suspecter, the long
+    /// timeout): membership took the new process in, but the queues heard only "joined", a
+    /// no-op for a peer never declared dead, so node 0 kept the old process's replicas for an
+    /// owner that no longer knew them. A new process of a member held alive or suspect is now a
+    /// death of the old one for queues and calls (`MembershipEvent.restarted`).
+    @Test("Seed 1582: an owner that restarts before any verdict is a death of its old process; its replicas come back")
+    func restartBeforeVerdict() {
+        var simulation = FaultRun.drawn(seed: 1582).run()
+        let report = simulation.checkDeliveries(faultFree: false)
+        #expect(simulation.configuration.nodes == 3)
+        #expect(simulation.ledger.crashes.contains { $0.node == 1 })
+        #expect(report.lost == 0 && report.lostBothHoldersDied == 0 && report.lostUnreplicated == 0, "\(report)")
+        #expect(simulation.failures.isEmpty, "\(simulation.failures)")
+        #expect(simulation.machines[0].queues["work"].map { $0.counters.replicasRequeued > 0 } == true)
+    }
+
     @Test("The sweep's runs: 3 to 12 nodes, some with calls, drawn from the seed; a drawn seed with calls passes and replays")
     func drawnRuns() {
         let runs = (1...200).map { FaultRun.drawn(seed: $0) }

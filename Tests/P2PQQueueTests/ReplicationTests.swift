@@ -383,6 +383,28 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(b.count == 10 && b.counters.replicasRequeued == 10)
     }
 
+    @Test("An owner restarted with no verdict: its replicas come back at once (no grace), the new process linked")
+    func restartedOwnerWithoutVerdict() throws {
+        var m = mesh([A, B])
+        var (a, b) = (m[0], m[1])
+        m = []
+        // B's own items, their replicas kept by A.
+        let (outcome, pushed) = b.push((100..<105).map { payload($0) }, now: 1)
+        #expect(outcome == .accepted)
+        _ = try deliver(try deliver(pushed, from: B, to: A, into: &a, now: 2), from: A, to: B, into: &b, now: 3)
+        try replicated(&a, &b, 10, now: 4)
+        #expect(b.shelvedItems == 10)
+        // A's process dies and another starts under its identity before B's membership gave a
+        // verdict: the link B sees is up (the new process's). The old process can release
+        // nothing any more, so there is no grace: the 10 are B's to deliver now.
+        _ = b.peerRestarted(A, linked: true, keepsReplicas: true, now: 10)
+        #expect(b.shelvedItems == 0 && b.counters.replicasRequeued == 10)
+        // The new process is a connected peer again: B sends it stats like anyone linked.
+        let later = b.tick(now: 10 + b.configuration.statsInterval)
+        #expect(later.contains { if case .send(.stats, let to) = $0 { to == A } else { false } })
+        #expect(b.pop(max: 100, waiter: nil, now: 11).0.map(number).sorted() == Array(0..<10) + Array(100..<105))
+    }
+
     @Test("A paused owner whose holder re-queued its replicas drops those originals before any consumer gets them")
     func pausedOwnerDropsRequeuedOriginals() throws {
         var m = mesh([A, B])
