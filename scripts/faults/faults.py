@@ -397,6 +397,27 @@ def s_kill_owner_then_holder(c, o):
     c.kill("n3")
 
 
+def s_restart_owner(c, o):
+    # n1 pushes 5,000 items while nobody pops (their replicas are with the others), is killed,
+    # and a new process with the same identity file starts at once, as a supervisor restarts
+    # a crashed node: it links again before any verdict on the old one. The old process's
+    # replicas are all that is left of the 5,000.
+    identity = os.path.join(c.dir, "n1.identity")
+    c.add("n1", producer(100_000, 1, batch=500, extra=["--produce-count", "5000"]) + ["--identity-file", identity])
+    for i in (2, 3, 4):
+        c.add(f"n{i}", consumer(batch=16, work_ms=1, after=8))
+    c.start_all()
+    time.sleep(2)
+    old = c.node("n1")
+    c.kill("n1")
+    old.proc.wait()
+    # A new name keeps the logs apart; it pushes nothing. Same namespace, same address.
+    fresh = c.add("n1r1", ["--identity-file", identity])
+    fresh.ns, fresh.ip = old.ns, old.ip
+    c.start(fresh)
+    c.log("restarted", target="n1", process=fresh.name, pid=fresh.proc.pid)
+
+
 def s_kill_repeated(c, o):
     c.add("n1", producer(1500, o.seconds + o.kills * 4))
     c.add("n2", producer(1500, o.seconds + o.kills * 4) + consumer())
@@ -714,6 +735,8 @@ SCENARIOS = {s.name: s for s in [
     Scenario("kill-owner", False, s_kill_owner, "SIGKILL of a producer owning queued items: nothing acknowledged is lost"),
     Scenario("kill-owner-then-holder", False, s_kill_owner_then_holder, "SIGKILL of an owner, then of the holder of its items"),
     Scenario("kill-repeated", False, s_kill_repeated, "repeated SIGKILL and restart of consumers while producers run"),
+    Scenario("restart-owner", False, s_restart_owner,
+             "SIGKILL of an owner with 5,000 queued items, restarted at once with its identity (before any verdict)"),
     Scenario("term-holder", False, s_term_holder, "SIGTERM of a node holding 10,000 items it pushed: it hands them over"),
     Scenario("term-producer", False, s_term_producer, "SIGTERM of a pure producer mid-stream: nothing acknowledged is lost"),
     Scenario("term-consumer", False, s_term_consumer, "SIGTERM of a consumer: nothing lost, no duplicate"),
@@ -735,7 +758,7 @@ SCENARIOS = {s.name: s for s in [
 ]}
 
 GROUPS = {
-    "sigkill": ["kill-holder", "kill-owner", "kill-owner-then-holder", "kill-repeated"],
+    "sigkill": ["kill-holder", "kill-owner", "kill-owner-then-holder", "kill-repeated", "restart-owner"],
     "sigterm": ["term-holder", "term-producer", "term-consumer"],
     "sigstop": ["stop-1", "stop-2", "stop-2.5", "stop-5", "stop-30", "stop-owner"],
     "partition": ["partition-one", "partition-halves", "partition-oneway"],
@@ -745,9 +768,9 @@ GROUPS = {
 }
 GROUPS["all"] = [s for g in ("sigkill", "sigterm", "sigstop", "partition", "degraded", "calls", "memory") for s in GROUPS[g]]
 # The owner's death with its own items still queued: covered by replication.
-GROUPS["replication"] = ["kill-owner", "kill-owner-then-holder", "stop-owner"]
+GROUPS["replication"] = ["kill-owner", "kill-owner-then-holder", "restart-owner", "stop-owner"]
 # CI's short suite (about 5 minutes): every scenario short.
-GROUPS["ci"] = ["kill-holder", "kill-owner", "kill-owner-then-holder", "term-holder", "term-producer", "term-consumer",
+GROUPS["ci"] = ["kill-holder", "kill-owner", "kill-owner-then-holder", "restart-owner", "term-holder", "term-producer", "term-consumer",
                 "stop-2.5", "stop-owner", "partition-one", "partition-oneway", "loss-5", "caller-death", "slow-consumer"]
 
 

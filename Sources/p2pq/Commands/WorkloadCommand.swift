@@ -40,6 +40,9 @@ struct WorkloadCommand: AsyncParsableCommand {
     @Option(help: "Cluster key file. Without one: loopback only, development key.")
     var keyFile: String?
 
+    @Option(help: "Identity file: loaded, or created (mode 0600) on first start. The same file across restarts keeps the node's peer ID, as an operator's restarted node does.")
+    var identityFile: String?
+
     @Option(help: "Host that peers should dial back (default: the listen host).")
     var advertise: String?
 
@@ -141,6 +144,7 @@ struct WorkloadCommand: AsyncParsableCommand {
         configuration.listenPort = address.port
         configuration.bootstrap = bootstrap
         configuration.advertisedHost = advertise
+        configuration.identityFile = identityFile
         // The suite's nodes find each other by bootstrap address only: mDNS would cross the
         // namespaces' isolation through nothing, but would make runs depend on the host.
         configuration.discovery.enabled = false
