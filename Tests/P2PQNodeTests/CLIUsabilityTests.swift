@@ -157,6 +157,7 @@ struct CLIUsabilityTests {
     func refusedRequest() async throws {
         let keyFile = try temporaryKeyFile()
         defer { unlink(keyFile) }
+        defer { unlink(keyFile) }
         let node = try await CLITests.OperatedNode(keyFile: keyFile, bootstrap: nil)
         defer { kill(node.process.processIdentifier, SIGKILL) }
         // A queue name over 255 bytes cannot exist: the route answers 400.
@@ -213,6 +214,7 @@ struct CLIUsabilityTests {
     func looseKeyFile() async throws {
         let keyFile = try temporaryKeyFile()
         defer { unlink(keyFile) }
+        defer { unlink(keyFile) }
         chmod(keyFile, 0o644)
         let refused = try await runCLI(["node", "--no-discovery", "--key-file", keyFile], timeout: .seconds(10))
         #expect(refused.status == 77, "exit \(refused.status)")
@@ -266,6 +268,7 @@ struct CLIUsabilityTests {
     @Test("p2pq pop finds items queued on another node, and --max gathers that many within the timeout")
     func popGathersFromTheCluster() async throws {
         let keyFile = try temporaryKeyFile()
+        defer { unlink(keyFile) }
         defer { unlink(keyFile) }
         let a = try await CLITests.OperatedNode(keyFile: keyFile, bootstrap: nil)
         defer { kill(a.process.processIdentifier, SIGKILL) }

@@ -168,6 +168,7 @@ struct ChildProcessTests {
     @Test("A peer killed with SIGKILL is seen as disconnected at once, not at the keepalive timeout")
     func sigkill() async throws {
         let (key, path) = try keyFile()
+        defer { unlink(path) }
         var configuration = testConfiguration(key: key)
         configuration.keepaliveTimeout = .seconds(30)
         let node = try Node(configuration: configuration)
@@ -193,6 +194,7 @@ struct ChildProcessTests {
     @Test("SIGTERM makes a node leave gracefully and exit 0")
     func sigterm() async throws {
         let (key, path) = try keyFile()
+        defer { unlink(path) }
         let node = try Node(configuration: testConfiguration(key: key))
         let info = try await node.start()
         let child = try await ChildNode(arguments: ["--bootstrap", "\(info.listenAddress)", "--key-file", path])

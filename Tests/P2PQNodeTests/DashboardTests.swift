@@ -133,6 +133,7 @@ struct DashboardClusterTests {
     @Test("/dashboard.json: members with incarnations and links, queue lengths per node, flows, then a SIGKILLed member as dead with its event")
     func jsonOfClusterAndDeath() async throws {
         let (key, path) = try ChildProcessTests().keyFile()
+        defer { unlink(path) }
         try await withCluster(key: key) { nodes, port, bootstrap in
         let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
         let work = try await startWork(nodes, items: 3000)

@@ -89,6 +89,7 @@ struct MembershipNodeTests {
     @Test("A peer killed with SIGKILL is declared dead by every other node within 2 s")
     func sigkillDead() async throws {
         let (key, path) = try keyFile()
+        defer { unlink(path) }
         let (nodes, bootstrap) = try await cluster(3, key: key)
         let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
         try await awaitMembers(nodes, Set(nodes.map(\.0.peerID) + [child.peerID]))
@@ -111,6 +112,7 @@ struct MembershipNodeTests {
     @Test("Every node full (maxPeers 3, four nodes): a newcomer gets in all the same, every node sees every member alive, and the newcomer SIGKILLed is declared dead by all")
     func partialMesh() async throws {
         let (key, path) = try keyFile()
+        defer { unlink(path) }
         var configuration = testConfiguration(key: key)
         configuration.maxPeers = 3
         let first = try Node(configuration: configuration)
@@ -162,6 +164,7 @@ struct MembershipNodeTests {
     @Test("A peer gone silent (SIGSTOP, no FIN) is declared dead by every other node within 6 s")
     func sigstopDead() async throws {
         let (key, path) = try keyFile()
+        defer { unlink(path) }
         let (nodes, bootstrap) = try await cluster(3, key: key)
         let child = try await ChildNode(arguments: ["--bootstrap", bootstrap, "--key-file", path])
         let pid = child.process.processIdentifier
