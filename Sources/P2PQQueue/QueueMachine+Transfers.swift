@@ -96,12 +96,30 @@ extension QueueMachine {
     /// Sends the transfers to `peer` not acknowledged yet again, as they were (IDs, attempts,
     /// hop counts): the peer drops the copies it already has and acknowledges each.
     mutating func sendTransfersAgain(to peer: PeerID, _ actions: inout [Action], now: UInt64) {
-        for id in transfers.ids(where: { $0.peer == peer }) {
-            guard let transfer = transfers.renew(id, deadline: now + configuration.transferTimeout) else { continue }
-            counters.transfersSentAgain += transfer.count
-            actions.append(.send(.transfer(queue: name, transferID: id, kind: transfer.kind, requestID: transfer.requestID,
-                                           items: transferItems(transfer.runs)), to: peer))
+        for id in transfers.ids(where: { $0.peer == peer }) { _ = sendAgain(id, &actions, now: now) }
+    }
+
+    /// Sends transfer `id` again as it was, with a new deadline; false if it is not in flight.
+    private mutating func sendAgain(_ id: UInt64, _ actions: inout [Action], now: UInt64) -> Bool {
+        guard let transfer = transfers.renew(id, deadline: now + configuration.transferTimeout) else { return false }
+        counters.transfersSentAgain += transfer.count
+        actions.append(.send(.transfer(queue: name, transferID: id, kind: transfer.kind, requestID: transfer.requestID,
+                                       items: transferItems(transfer.runs)), to: transfer.peer))
+        return true
+    }
+
+    /// Transfers unacknowledged past their deadline. To a peer still linked the transfer goes
+    /// again, as it was: on a live link it is most likely still on its way (a slow or busy
+    /// link), and taken back its items would go to another consumer while the peer pops them
+    /// too; the peer drops copies it already has and acks, so a lost ack costs one resend.
+    /// A link that dies takes them back (``peerDisconnected(_:now:)``), as do these to a peer
+    /// no longer linked.
+    mutating func transfersTimedOut(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
+        let back = ids.filter { id in
+            guard let peer = transfers[id]?.peer, peers[peer]?.connected == true else { return true }
+            return !sendAgain(id, &actions, now: now)
         }
+        if !back.isEmpty { returnTransfers(back, &actions, now: now) }
     }
 
     func updatesInFlight(to owner: PeerID) -> Int {

@@ -441,7 +441,7 @@ public struct QueueMachine: Sendable {
             if let plan = balancer.rebalance(load, peers: peers) { carryOut(plan, &actions, now: now) }
         }
         let expired = transfers.ids { $0.deadline <= now }
-        if !expired.isEmpty { returnTransfers(expired, &actions, now: now) }
+        if !expired.isEmpty { transfersTimedOut(expired, &actions, now: now) }
         for owner in shelf.grace.filter({ $0.value <= now }).keys.sorted() {
             shelf.grace[owner] = nil
             requeueShelf(of: owner, &actions, now: now)

@@ -229,16 +229,31 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(a.transfersInFlight == 0 && a.counters.returnedFromTransfers == 5)
         #expect(popAll(&a) == Array(0..<8))
 
-        // A send that fails outright, a refusal and a timeout do the same.
+        // A send that fails outright and a refusal do the same.
         var (a2, _, t2) = stolen(4)
         _ = a2.sendFailed(.transfer(queue: "q", transferID: t2.id, kind: .steal, requestID: 1, items: t2.items), to: B, now: 2)
         #expect(popAll(&a2) == Array(0..<4))
         var (a3, _, t3) = stolen(4)
         _ = a3.received(.transferAck(queue: "q", transferID: t3.id, status: .full), from: B, now: 2)
         #expect(popAll(&a3) == Array(0..<4))
-        var (a4, _, _) = stolen(4)
-        _ = a4.tick(now: 1 + QueueConfiguration().transferTimeout)
-        #expect(popAll(&a4) == Array(0..<4))
+        // A timeout on a link still up sends the transfer again, as it was (the peer drops the
+        // copies it has and acks): taking it back would let another consumer pop the items the
+        // peer may be popping. The ack settles it; a link that then dies would take it back.
+        var (a4, b4, t4) = stolen(4)
+        let timeout = QueueConfiguration().transferTimeout
+        let again = a4.tick(now: 1 + timeout).transfers
+        #expect(again.count == 1 && again[0].id == t4.id && again[0].to == B && again[0].items.count == 4)
+        #expect(a4.transfersInFlight == 1 && a4.count == 0 && a4.counters.returnedFromTransfers == 0)
+        let first = b4.received(.transfer(queue: "q", transferID: t4.id, kind: .steal, requestID: 1, items: t4.items), from: A, now: 2 + timeout)
+        let second = b4.received(.transfer(queue: "q", transferID: t4.id, kind: .steal, requestID: 1, items: again[0].items), from: A, now: 3 + timeout)
+        #expect(b4.count == 4 && b4.counters.duplicatesDropped == 4, "the copy sent again is dropped")
+        for case .send(.transferAck(_, let id, let status), _) in first + second {
+            #expect(id == t4.id && status == .accepted)
+            _ = a4.received(.transferAck(queue: "q", transferID: id, status: status), from: B, now: 4 + timeout)
+        }
+        #expect(a4.transfersInFlight == 0 && a4.count == 0)
+        _ = a4.tick(now: 10 * timeout)
+        #expect(a4.count == 0 && a4.counters.returnedFromTransfers == 0)
         // An ack from the wrong peer, or for an unknown transfer, changes nothing.
         var (a5, _, t5) = stolen(3)
         _ = a5.received(.transferAck(queue: "q", transferID: t5.id, status: .accepted), from: C, now: 2)
