@@ -156,6 +156,8 @@ public struct ClusterSimulation {
     var events = EventQueue<Event>()
     private var deadlines: [[NodeTimer: UInt64]]
     private var ends: [[LinkID: End]]
+    /// When each node's egress has sent everything queued on it (``NetworkConfiguration/egressBandwidth``).
+    private var egressFreeAt: [UInt64]
     private var nextLink: [UInt64]
     private(set) var incarnations: [UInt64]
     private var seeds: SplitMix64
@@ -215,6 +217,7 @@ public struct ClusterSimulation {
         machines = []
         deadlines = Array(repeating: [:], count: size)
         ends = Array(repeating: [:], count: size)
+        egressFreeAt = Array(repeating: 0, count: size)
         nextLink = Array(repeating: 1, count: size)
         incarnations = (0..<size).map { UInt64($0 + 1) * 1000 }
         messagesSent = Array(repeating: 0, count: size)
@@ -273,6 +276,7 @@ public struct ClusterSimulation {
         paused.remove(n)
         held[n] = nil
         deadlines[n] = [:]
+        egressFreeAt[n] = now  // what it had queued dies with it: the resets go out at once
         for (link, end) in ends[n].sorted(by: { $0.key < $1.key }) where passes(from: n, on: link) {
             events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: arrival(from: n, on: link))
         }
@@ -336,9 +340,15 @@ public struct ClusterSimulation {
 
     /// When a message `node` sends now on `link` arrives: a drawn delay,
     /// perhaps a retransmission's stall, never before the message sent before it (TCP's order).
-    private mutating func arrival(from node: Int, on link: LinkID) -> UInt64 {
+    private mutating func arrival(from node: Int, on link: LinkID, bytes: Int = 0) -> UInt64 {
         guard let end = ends[node][link] else { return now + configuration.latency }
-        var time = now + delay(node, end.peer)
+        var departure = now
+        if let rate = network.egress(of: node), rate > 0 {
+            // Serialized behind what the node sent before, on any link.
+            departure = max(now, egressFreeAt[node]) + UInt64((Double(bytes) * 1e9 / Double(rate)).rounded(.up))
+            egressFreeAt[node] = departure
+        }
+        var time = departure + delay(node, end.peer)
         if random.chance(network.stallProbability) { time += network.stallDelay }
         time = max(time, end.lastArrival)
         ends[node][link]?.lastArrival = time
@@ -412,7 +422,8 @@ public struct ClusterSimulation {
         let fate = linkFate(of: link, at: node)
         guard !fate.lost else { return true }
         let carried = random.chance(network.codecSampleRate) ? throughCodec(message, maxFrameSize: maxFrameSize) : message
-        events.schedule(arriving(end.peer, end.peerLink, carried, fate.thenReset), at: arrival(from: node, on: link))
+        let bytes = network.egress(of: node) == nil ? 0 : WireProtocol.messageHeaderSize + message.bodySize
+        events.schedule(arriving(end.peer, end.peerLink, carried, fate.thenReset), at: arrival(from: node, on: link, bytes: bytes))
         return true
     }
 

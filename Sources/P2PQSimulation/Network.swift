@@ -72,6 +72,9 @@ public struct NodePair: Sendable, Hashable {
 /// - Duplication: TCP delivers once, but a link reset just after a message arrived
 ///   (``resetAfterDeliveryProbability``) loses its answer, so the sender retries on a new
 ///   link: the duplicate an application can see.
+/// - Bandwidth: a node's outgoing bytes share one egress (``egressBandwidth``), as its network
+///   interface: a message leaves once everything the node sent before it has, after its own
+///   frame's bytes at that rate, then takes its link's latency.
 public struct NetworkConfiguration: Sendable {
     /// The one-way delay of every link without its own.
     public var latency = DelayDistribution.fixed(1_000_000)
@@ -85,6 +88,11 @@ public struct NetworkConfiguration: Sendable {
     public var stallProbability = 0.0
     /// How long such a retransmission takes (Linux's minimum retransmission timeout).
     public var stallDelay: UInt64 = 200_000_000
+    /// Every node's egress in bytes per second (nil: unlimited), shared by all its links. Counts
+    /// each membership, queue and call message as its frame (5 bytes and the body).
+    public var egressBandwidth: UInt64?
+    /// Nodes with their own egress.
+    public var nodeEgressBandwidth: [Int: UInt64] = [:]
     /// The fraction of membership and queue messages that go through the real wire encoder and
     /// decoder instead of passing as values (``ClusterSimulation/failures`` gets any mismatch).
     public var codecSampleRate = 0.03
@@ -94,6 +102,11 @@ public struct NetworkConfiguration: Sendable {
     /// The delay distribution between `a` and `b`.
     public func latency(between a: Int, and b: Int) -> DelayDistribution {
         linkLatency[NodePair(a, b)] ?? latency
+    }
+
+    /// The egress of node `n` in bytes per second, nil if unlimited.
+    public func egress(of n: Int) -> UInt64? {
+        nodeEgressBandwidth[n] ?? egressBandwidth
     }
 }
 

@@ -50,6 +50,32 @@ struct SimulationFaultTests {
         }
     }
 
+    @Test("A node's egress bandwidth paces what it sends: the items take at least their bytes' time, none lost")
+    func egressBandwidth() {
+        // Node 0 pushes 2,000 items; only node 1 pops, so every item crosses the link (and is
+        // replicated there first).
+        func run(egress: UInt64?) -> (ClusterSimulation, DeliveryReport) {
+            var configuration = ClusterSimulation.Configuration(nodes: 2, seed: 8)
+            configuration.network.nodeEgressBandwidth = egress.map { [0: $0] } ?? [:]
+            var simulation = ClusterSimulation(configuration)
+            simulation.add(Producer(.node(0), items: 2000, batch: 100, interval: 10 * ms, start: 2 * second))
+            simulation.add(Consumer(node: 1, taskDuration: .fixed(10_000), start: 2 * second))
+            simulation.run(until: 20 * second)
+            let report = simulation.checkDeliveries(faultFree: true)
+            return (simulation, report)
+        }
+        let (free, freeReport) = run(egress: nil)
+        let (paced, pacedReport) = run(egress: 20_000)
+        for report in [freeReport, pacedReport] {
+            #expect(report.acknowledged == 2000 && report.popped == 2000 && report.lost == 0 && report.duplicates == 0, "\(report)")
+        }
+        // 2,000 payloads of 8 bytes alone take 0.8 s at 20,000 B/s.
+        let freeSpan = free.ledger.lastTaskEnd - 2 * second, pacedSpan = paced.ledger.lastTaskEnd - 2 * second
+        #expect(pacedSpan >= 800 * ms, "\(Double(pacedSpan) / 1e9) s")
+        #expect(freeSpan < pacedSpan / 2, "\(Double(freeSpan) / 1e9) s unlimited, \(Double(pacedSpan) / 1e9) s paced")
+        #expect(paced.failures.isEmpty && free.failures.isEmpty, "\(paced.failures) \(free.failures)")
+    }
+
     @Test("A link reset drops both ends at once; the nodes link again and nobody is suspected")
     func linkReset() {
         var configuration = Self.configuration(4, seed: 6)

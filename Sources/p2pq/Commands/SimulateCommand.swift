@@ -58,11 +58,14 @@ struct SimulateCommand: ParsableCommand {
     @Flag(help: "detect, faults (one seed): print every suspicion and death verdict (time, observer, subject) on standard error.")
     var printVerdicts = false
 
-    @Option(help: "detect: print every action of this node until --warmup ends; faults (one seed): all its actions; on standard error (a debugging aid).")
+    @Option(help: "detect: print every action of this node until --warmup ends; balance, faults (one seed): all its actions; on standard error (a debugging aid).")
     var traceNode: Int?
 
     @Option(help: "Mean of an exponential jitter added to each message's latency, in milliseconds (order on a link is kept).")
     var jitterMs: Double = 0
+
+    @Option(help: "Each node's outgoing bandwidth in megabits per second, shared by its links (default: unlimited).")
+    var bandwidthMbit: Double?
 
     @Option(help: "balance: where the items are pushed.")
     var inject = Injection.one
@@ -167,6 +170,7 @@ struct SimulateCommand: ParsableCommand {
         guard nodes <= 65_536 else { throw ValidationError("--nodes must be at most 65536") }
         guard warmup > 0, duration > 0, latency > 0 else { throw ValidationError("--warmup, --duration and --latency must be positive") }
         guard jitterMs >= 0, taskMs > 0, items > 0 else { throw ValidationError("--jitter-ms must be at least 0, --task-ms and --items positive") }
+        if let bandwidthMbit, !(bandwidthMbit > 0 && bandwidthMbit <= 1e6) { throw ValidationError("--bandwidth-mbit must be in (0, 1000000]") }
         if let seeds {
             guard scenario == .faults else { throw ValidationError("--seeds is for --scenario faults") }
             guard Self.seedRange(seeds) != nil else { throw ValidationError("--seeds must be A-B with A <= B, or one number") }
@@ -189,6 +193,7 @@ struct SimulateCommand: ParsableCommand {
         var configuration = ClusterSimulation.Configuration(nodes: nodes, seed: seed)
         configuration.network.latency = DelayDistribution(
             base: UInt64(latency * 1e6), jitter: jitterMs > 0 ? .exponential(mean: UInt64(jitterMs * 1e6)) : .none)
+        configuration.network.egressBandwidth = bandwidthMbit.map { UInt64($0 * 1e6 / 8) }
         configuration.recordsTrace = traceNode != nil
         return configuration
     }
@@ -257,7 +262,9 @@ struct SimulateCommand: ParsableCommand {
         while simulation.now < end {
             simulation.run(until: min(end, simulation.now + simulatedSecond / 10))
             let ledger = simulation.ledger
-            if simulation.producersDone, ledger.pops.count >= ledger.acknowledged.count, simulation.now >= ledger.lastTaskEnd { break }
+            // Every item acknowledged (a push waits for its replica's ack) and popped, every task over.
+            if simulation.producersDone, ledger.acknowledged.count >= items, ledger.pops.count >= items,
+               simulation.now >= ledger.lastTaskEnd { break }
         }
         let report = simulation.checkDeliveries(faultFree: true)
         let ledger = simulation.ledger
@@ -284,6 +291,11 @@ struct SimulateCommand: ParsableCommand {
             """
         FileHandle.standardError.write(Data(summary.utf8))
         for failure in simulation.failures { FileHandle.standardError.write(Data("failure: \(failure)\n".utf8)) }
+        if let traceNode {
+            for entry in simulation.trace where entry.node == traceNode {
+                FileHandle.standardError.write(Data(String(format: "%.4f s: %@\n", Double(entry.time) / 1e9, "\(entry.action)").utf8))
+            }
+        }
     }
 
     private func detect() throws {
