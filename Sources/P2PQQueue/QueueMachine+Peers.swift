@@ -151,4 +151,11 @@ extension QueueMachine {
             break  // the peer times out or asks again
         }
     }
+
+    /// The link to `peer` is gone (``peerDisconnected(_:now:)``, ``peerLinkReplaced(_:adoptsOwnership:keepsReplicas:now:)``).
+    mutating func disconnected(_ peer: PeerID, keepingTransfers: Bool, _ actions: inout [Action], now: UInt64) {
+        peers[peer]?.connected = false
+        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
+        linkLost(peer, keepingTransfers: keepingTransfers, &actions, now: now)
+    }
 }

@@ -340,13 +340,6 @@ public struct QueueMachine: Sendable {
         return actions
     }
 
-    /// The link to `peer` is gone (``peerDisconnected(_:now:)``, ``peerLinkReplaced(_:adoptsOwnership:keepsReplicas:now:)``).
-    private mutating func disconnected(_ peer: PeerID, keepingTransfers: Bool, _ actions: inout [Action], now: UInt64) {
-        peers[peer]?.connected = false
-        if shelf.grace.removeValue(forKey: peer) != nil { requeueShelf(of: peer, &actions, now: now) }
-        linkLost(peer, keepingTransfers: keepingTransfers, &actions, now: now)
-    }
-
     /// Membership declared `peer` dead: as a disconnect, and the items this node owns that
     /// `peer` held, never confirmed popped, are re-queued at the front (oldest first).
     public mutating func peerDied(_ peer: PeerID, now: UInt64) -> [Action] {
@@ -371,10 +364,9 @@ public struct QueueMachine: Sendable {
         return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
     }
 
-    /// `peer` was replaced by a new process (same identity, later start) with no verdict on
-    /// the old one: as ``peerDied(_:now:)``, except that the replicas the old process kept
-    /// here are queued at once even with a link up (it can send no release any more), then
-    /// as ``peerRejoined(_:linked:keepsReplicas:now:)`` for the new process.
+    /// A new process of `peer` (a later start) replaced one never declared dead: as
+    /// ``peerDied(_:now:)`` but with no grace for its replicas (no release can come any more),
+    /// then ``peerRejoined(_:linked:keepsReplicas:now:)``.
     public mutating func peerRestarted(_ peer: PeerID, linked: Bool, keepsReplicas: Bool = false, now: UInt64) -> [Action] {
         var actions: [Action] = []
         detectStall(&actions, now: now)
