@@ -115,8 +115,11 @@ extension QueueMachine {
     /// A link that dies takes them back (``peerDisconnected(_:now:)``), as do these to a peer
     /// no longer linked.
     mutating func transfersTimedOut(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
+        // While this node checks what it holds after a stall (it may have been declared dead),
+        // its items in flight come back to be held and checked with the rest, never sent on.
+        let checking = !heldOwn.isEmpty || !heldBack.isEmpty
         let back = ids.filter { id in
-            guard let peer = transfers[id]?.peer, peers[peer]?.connected == true else { return true }
+            guard !checking, let peer = transfers[id]?.peer, peers[peer]?.connected == true else { return true }
             return !sendAgain(id, &actions, now: now)
         }
         if !back.isEmpty { returnTransfers(back, &actions, now: now) }
@@ -141,6 +144,9 @@ extension QueueMachine {
             if transfer.unreplicatedFrom != nil { returnedFromTransit(transfer.runs) }
         }
         if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
+        // Back during a check after a stall: held and checked like the items that stayed here
+        // (an owner may have re-queued them meanwhile), not handed to consumers.
+        if !heldOwn.isEmpty || !heldBack.isEmpty { holdBack(&actions, now: now) }
         serveWaiters(&actions, now: now)
     }
 
