@@ -120,6 +120,22 @@ struct ReplicationNodeTests {
         let total = 5000
         let token = OperationsToken.derived(from: key)
         guard await pushAll(total, to: operations, token: token, nodes: nodes, child: child) else { return }
+        // Paused only once the replica holders keep exactly what the child still holds: items it
+        // passed on to a node (a balance right after the pushes) must have their replicas
+        // released first. Paused in that window, the holder's verdict re-queues copies of items
+        // another node already holds: duplicates of the documented kind (docs/reliability.md,
+        // "Which pauses are seen"), not the stale originals this test is about.
+        try await eventually("the replicas match the items the child still holds", diagnose: { child.diagnostics() }) {
+            var shelved = 0, queuedElsewhere = 0
+            for node in nodes {
+                let (kept, queued) = await node.withCore { core in
+                    core.machine.queues["r"].map { ($0.shelvedItems, $0.count) } ?? (0, 0)
+                } ?? (0, 0)
+                shelved += kept
+                queuedElsewhere += queued
+            }
+            return shelved + queuedElsewhere == total
+        }
         kill(child.process.processIdentifier, SIGSTOP)
         let stopped = ContinuousClock.now
         // Paused: declared dead; its replica holder re-queues the copies and they are popped here.
