@@ -45,17 +45,15 @@ struct MembershipDeterminismTests {
 
     @Test("Run in two other processes (their own hash seeds): the same trace as here")
     func sameAcrossProcesses() throws {
-        guard ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == nil else { return }
+        guard !DeterminismChild.isChild else { return }
         let here = try Self.scenario().hash.description
-        for _ in 0..<2 {
-            let lines = try linesFromChildRun(filter: "MembershipDeterminismTests/childPrintsHash",
-                                              environment: ["P2PQ_DETERMINISM_CHILD": "1"], prefix: Self.hashPrefix)
+        for lines in try DeterminismChild.hashes(printedBy: "MembershipDeterminismTests/childPrintsHash", prefix: Self.hashPrefix) {
             #expect(lines == [here], "this process \(here), the child printed \(lines)")
         }
     }
 
     /// What the child processes run.
-    @Test("(child) prints the scenario's hash", .enabled(if: ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == "1"))
+    @Test("(child) prints the scenario's hash", .enabled(if: DeterminismChild.isChild))
     func childPrintsHash() throws {
         print(Self.hashPrefix + (try Self.scenario()).hash.description)
     }

@@ -444,16 +444,14 @@ struct NodeHandshakeTests {
 
     @Test("Run in two other processes (their own hash seeds): the same actions and bytes as here")
     func sameAcrossProcesses() throws {
-        guard ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == nil else { return }
+        guard !DeterminismChild.isChild else { return }
         let here = Self.scenario().hash.description
-        for _ in 0..<2 {
-            let lines = try linesFromChildRun(filter: "NodeHandshakeTests/childPrintsHash",
-                                              environment: ["P2PQ_DETERMINISM_CHILD": "1"], prefix: Self.hashPrefix)
+        for lines in try DeterminismChild.hashes(printedBy: "NodeHandshakeTests/childPrintsHash", prefix: Self.hashPrefix) {
             #expect(lines == [here], "this process \(here), the child printed \(lines)")
         }
     }
 
-    @Test("(child) prints the scenario's hash", .enabled(if: ProcessInfo.processInfo.environment["P2PQ_DETERMINISM_CHILD"] == "1"))
+    @Test("(child) prints the scenario's hash", .enabled(if: DeterminismChild.isChild))
     func childPrintsHash() {
         print(Self.hashPrefix + Self.scenario().hash.description)
     }

@@ -24,3 +24,18 @@ public func linesFromChildRun(filter: String, environment: [String: String], pre
     return String(decoding: data, as: UTF8.self).split(separator: "\n")
         .compactMap { $0.hasPrefix(prefix) ? String($0.dropFirst(prefix.count)) : nil }
 }
+
+/// The cross-process determinism check the suites share: each suite's child test is enabled
+/// only in a child run (``isChild``) and prints its hash after a prefix; the parent compares
+/// what ``hashes(printedBy:prefix:runs:)`` returns with its own.
+public enum DeterminismChild {
+    static let variable = "P2PQ_DETERMINISM_CHILD"
+
+    /// True in a child run (the parent's cross-process test then does nothing).
+    public static var isChild: Bool { ProcessInfo.processInfo.environment[variable] != nil }
+
+    /// Runs test `filter` in `runs` child processes; for each, the lines it printed after `prefix`.
+    public static func hashes(printedBy filter: String, prefix: String, runs: Int = 2) throws -> [[String]] {
+        try (0..<runs).map { _ in try linesFromChildRun(filter: filter, environment: [variable: "1"], prefix: prefix) }
+    }
+}
