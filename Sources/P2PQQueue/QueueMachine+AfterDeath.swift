@@ -67,6 +67,10 @@ extension QueueMachine {
 
     // MARK: After a death verdict
 
+    /// Items are held back until an owner or replica holder names the stale copies (this node
+    /// may have been declared dead).
+    var isCheckingAfterStall: Bool { !heldOwn.isEmpty || !heldBack.isEmpty }
+
     /// A timer this machine armed that is met this late means the process was not running.
     mutating func detectStall(_ actions: inout [Action], now: UInt64) {
         // Measured from the latest input, not from the timer's deadline: that deadline may lie

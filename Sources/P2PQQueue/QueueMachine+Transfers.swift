@@ -117,10 +117,11 @@ extension QueueMachine {
     mutating func transfersTimedOut(_ ids: [UInt64], _ actions: inout [Action], now: UInt64) {
         // While this node checks what it holds after a stall (it may have been declared dead),
         // its items in flight come back to be held and checked with the rest, never sent on.
-        let checking = !heldOwn.isEmpty || !heldBack.isEmpty
-        let back = ids.filter { id in
-            guard !checking, let peer = transfers[id]?.peer, peers[peer]?.connected == true else { return true }
-            return !sendAgain(id, &actions, now: now)
+        var back: [UInt64] = []
+        for id in ids {
+            if !isCheckingAfterStall, let peer = transfers[id]?.peer, peers[peer]?.connected == true,
+               sendAgain(id, &actions, now: now) { continue }
+            back.append(id)
         }
         if !back.isEmpty { returnTransfers(back, &actions, now: now) }
     }
@@ -146,7 +147,7 @@ extension QueueMachine {
         if !pendingChanges.isEmpty { settlePendingChanges(ids, returned: true, &actions, now: now) }
         // Back during a check after a stall: held and checked like the items that stayed here
         // (an owner may have re-queued them meanwhile), not handed to consumers.
-        if !heldOwn.isEmpty || !heldBack.isEmpty { holdBack(&actions, now: now) }
+        if isCheckingAfterStall { holdBack(&actions, now: now) }
         serveWaiters(&actions, now: now)
     }
 

@@ -429,6 +429,41 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(b.pop(max: 100, waiter: nil, now: 11 * second).0.map(number) == Array(2..<10))
     }
 
+    @Test("Items that come back from a transfer while a stalled owner checks are held and checked too, not sent again")
+    func transferBackDuringCheck() throws {
+        func stalledWithStealInFlight() throws -> (QueueMachine, QueueMachine, Int) {
+            var m = mesh([A, B])
+            var (a, b) = (m[0], m[1])
+            m = []
+            try replicated(&a, &b, 10)
+            // C keeps no replicas (they all stay with B) and steals some of A's items.
+            _ = a.peerConnected(C, now: 0)
+            let stolen = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 4, thiefRate: 1000), from: C, now: 10)
+                .reduce(0) { if case .send(.transfer(_, _, _, _, let items), C) = $1 { $0 + items.count } else { $0 } }
+            #expect(stolen > 0 && stolen < 10)
+            // A's next input comes after a pause: it holds back what it still has and asks B.
+            _ = a.tick(now: 3 * second)
+            #expect(a.heldBackCount == 10 - stolen && a.count == 0)
+            return (a, b, stolen)
+        }
+        // The link to C fails: the stolen items come back, to be held with the others.
+        var (a, _, _) = try stalledWithStealInFlight()
+        _ = a.peerDisconnected(C, now: 3 * second + 1)
+        #expect(a.heldBackCount == 10 && a.count == 0)
+        #expect(a.pop(max: 100, waiter: nil, now: 3 * second + 2).0.isEmpty)
+        // The transfer times out during the check (C still linked): held, not sent again.
+        var (a2, b2, _) = try stalledWithStealInFlight()
+        let timedOut = a2.tick(now: 3 * second + a2.configuration.transferTimeout)
+        #expect(!timedOut.contains { if case .send(.transfer, C) = $0 { true } else { false } })
+        #expect(a2.heldBackCount == 10 && a2.count == 0)
+        // The check asked again covers them; B re-queued nothing, so its verdict names nothing
+        // and all ten come back, each once.
+        let verdict = try deliver(timedOut, from: A, to: B, into: &b2, now: 20 * second)
+        #expect(verdict.contains { if case .send(.replicaVerdict, A) = $0 { true } else { false } })
+        _ = try deliver(verdict, from: B, to: A, into: &a2, now: 20 * second + 1)
+        #expect(a2.heldBackCount == 0 && a2.pop(max: 100, waiter: nil, now: 20 * second + 2).0.map(number).sorted() == Array(0..<10))
+    }
+
     @Test("A stalled owner asks a holder still in its grace: the holder re-queues at once and names them all")
     func stalledOwnerAsksDuringGrace() throws {
         var m = mesh([A, B])
