@@ -103,6 +103,14 @@ extension QueueMachine {
         owned.sequences { $0.holder != HolderTable.here }.count
     }
 
+    /// Whether the item this node pushed as `sequence` has its only copy here: its ownership
+    /// record says it is queued here (or leased here), and no peer keeps a replica of it. False
+    /// once the record is gone (popped, or handed over with a drain) or a peer holds a copy.
+    public func hasOnlyCopyHere(_ sequence: UInt64) -> Bool {
+        guard let record = owned[sequence] else { return false }
+        return record.holder == HolderTable.here && record.replica == HolderTable.here
+    }
+
     /// The sequence number the next item pushed here gets: the mark for
     /// ``itemsHeldOnlyHere(before:)``.
     public var nextItemSequence: UInt64 { nextSequence }

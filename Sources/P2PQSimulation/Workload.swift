@@ -60,10 +60,16 @@ public struct WorkloadLedger: Sendable {
     public internal(set) var acknowledged: [UInt64: (time: UInt64, node: Int)] = [:]
     /// Items accepted but never acknowledged (their node crashed before the replica's ack).
     public internal(set) var unacknowledged = 0
-    /// Items acknowledged while their node had no link to a peer its membership holds alive or
-    /// suspect: with no peer to keep a replica the push completes at once, unreplicated
-    /// (docs/api.md, Replication), as does one whose replica peers all died or left meanwhile.
+    /// Items whose push completed unreplicated under ``Replication/replicated``: their owner's
+    /// queue says, at the acknowledgement, that it has the only copy (no peer kept a replica:
+    /// none was linked and alive, or the replica peers all died or left meanwhile; docs/api.md,
+    /// Replication).
     public internal(set) var acknowledgedAlone: Set<UInt64> = []
+    /// Of those, the items still with their only copy at their owner when it crashed.
+    public internal(set) var diedUnreplicated: Set<UInt64> = []
+    /// Where each pushed item went: its queue, its sequence number there, and the incarnation
+    /// of the node that numbered it (sequences restart with a new process).
+    var placed: [UInt64: (queue: String, sequence: UInt64, incarnation: UInt64)] = [:]
     /// Deliveries per item.
     public internal(set) var pops: [UInt64: Int] = [:]
     /// Popped payloads no producer made.
@@ -104,10 +110,11 @@ public struct DeliveryReport: Sendable, Hashable {
     /// their push, and another node too: both copies may have died, which replication does not
     /// cover (the reliability checker's exception, `FaultCheck`). Not in ``lost``.
     public var lostBothHoldersDied = 0
-    /// Acknowledged items never popped that were acknowledged while their owner had no live
-    /// linked peer (``WorkloadLedger/acknowledgedAlone``), whose owner crashed after their push: the one
-    /// copy died with it, the documented loss of a push that completes unreplicated. Not in
-    /// ``lost``. (Loose: it counts too an item its owner replicated on linking again.)
+    /// Acknowledged items never popped whose push completed unreplicated
+    /// (``WorkloadLedger/acknowledgedAlone``) and whose owner still had the only copy when it
+    /// crashed (``WorkloadLedger/diedUnreplicated``, by the owner's own records): the
+    /// documented loss of a push that completes unreplicated. Not in ``lost``; an item
+    /// replicated after all, or passed on, before the crash is not in it.
     public var lostUnreplicated = 0
     public var unexpected = 0
     public var lostSample: [String] = []
@@ -199,6 +206,14 @@ extension ClusterSimulation {
         let ids = (first..<first + min(left, producer.batch)).map { WorkloadLedger.id(producer: index, number: $0) }
         let outcome = push(ids.map(WorkloadLedger.payload), at: node, into: producer.queue)
         if outcome == .accepted {
+            // The push numbered its items consecutively, up to the queue's next sequence (the
+            // queue may have been made by this push).
+            if let next = machines[node].queues[producer.queue]?.nextItemSequence {
+                let firstSequence = next &- UInt64(ids.count)
+                for (offset, id) in ids.enumerated() {
+                    workload.ledger.placed[id] = (producer.queue, firstSequence &+ UInt64(offset), incarnations[node])
+                }
+            }
             workload.produced[index] += ids.count
             if let mark = machines[node].replicaMark(in: producer.queue) {
                 workload.pending[node, default: []].append((producer.queue, mark, ids))
@@ -225,13 +240,21 @@ extension ClusterSimulation {
 
     /// Pushes of `ids` at `node` complete (answered, as a client would be).
     mutating func acknowledge(_ ids: [UInt64], at node: Int) {
-        // The queue's replica peers are its linked peers that membership has not declared dead.
-        let machine = machines[node]
-        let alone = !machine.connections.linkedPeers.contains { machine.membership.state(of: $0).map { $0 == .alive || $0 == .suspect } ?? false }
         for id in ids {
             workload.ledger.acknowledged[id] = (now, node)
-            if alone { workload.ledger.acknowledgedAlone.insert(id) }
+            // Under `.local` every push completes unreplicated: a loss there is a loss.
+            if let placed = workload.ledger.placed[id], machines[node].queues[placed.queue]?.configuration.replication == .replicated,
+               hasOnlyCopy(of: id, at: node) {
+                workload.ledger.acknowledgedAlone.insert(id)
+            }
         }
+    }
+
+    /// Whether `node`'s queue holds the only copy of item `id`, by its own ownership records.
+    func hasOnlyCopy(of id: UInt64, at node: Int) -> Bool {
+        guard let placed = workload.ledger.placed[id], placed.incarnation == incarnations[node],
+              let queue = machines[node].queues[placed.queue] else { return false }
+        return queue.hasOnlyCopyHere(placed.sequence)
     }
 
     mutating func consume(_ index: Int) {
@@ -284,6 +307,9 @@ extension ClusterSimulation {
     /// The crash of `node` ends its consumers' waits and its pushes not yet acknowledged.
     mutating func workloadCrashed(_ node: Int) {
         workload.ledger.crashes.append((node, now))
+        for id in workload.ledger.acknowledgedAlone where workload.ledger.pops[id] == nil && hasOnlyCopy(of: id, at: node) {
+            workload.ledger.diedUnreplicated.insert(id)
+        }
         workload.waiting[node] = nil
         workload.ledger.unacknowledged += workload.pending.removeValue(forKey: node)?.reduce(0) { $0 + $1.ids.count } ?? 0
     }
@@ -318,7 +344,7 @@ extension ClusterSimulation {
             let otherDied = ledger.crashes.contains { $0.node != pushed.node && $0.time >= pushed.time }
             if ownerDied && otherDied {
                 report.lostBothHoldersDied += 1
-            } else if ownerDied && ledger.acknowledgedAlone.contains(id) {
+            } else if ownerDied && ledger.diedUnreplicated.contains(id) {
                 report.lostUnreplicated += 1
             } else {
                 lost.append(id)

@@ -237,6 +237,37 @@ struct SimulationFaultTests {
         #expect(simulation.failures.isEmpty, "\(simulation.failures)")
     }
 
+    /// The exception is judged by the owner's own records, not guessed from its links: a push
+    /// that completed unreplicated but was replicated once the owner linked again is covered
+    /// by replication, and its loss would count as a loss.
+    @Test("A push acknowledged alone is exempt only while its owner still holds the only copy: replicated after the heal, it is not")
+    func unreplicatedExemptionIsExact() {
+        func run(crashBeforeHeal: Bool) -> (ClusterSimulation, DeliveryReport) {
+            var simulation = ClusterSimulation(Self.configuration(4, seed: 5))
+            simulation.run(until: 3 * second)
+            simulation.partition([1])
+            simulation.run(until: 12 * second)  // node 1 has lost its links and holds the others dead
+            simulation.add(Producer(.node(1), items: 100, batch: 10, interval: 10 * ms, start: 12 * second))
+            simulation.run(until: 14 * second)
+            if !crashBeforeHeal {
+                simulation.heal()
+                simulation.run(until: 30 * second)  // linked again: the owner replicates what it had alone
+            }
+            simulation.crash(1)
+            simulation.heal()
+            for n in [0, 2, 3] { simulation.add(Consumer(node: n)) }
+            simulation.run(until: 50 * second)
+            return (simulation, simulation.checkDeliveries(faultFree: false))
+        }
+        let (healed, kept) = run(crashBeforeHeal: false)
+        #expect(healed.ledger.acknowledgedAlone.count == 100, "\(kept)")
+        #expect(healed.ledger.diedUnreplicated.isEmpty && kept.lostUnreplicated == 0, "\(kept)")
+        #expect(kept.lost == 0 && kept.popped == 100, "\(kept)")
+        let (cut, lost) = run(crashBeforeHeal: true)
+        #expect(cut.ledger.acknowledgedAlone.count == 100 && cut.ledger.diedUnreplicated.count == 100, "\(lost)")
+        #expect(lost.lost == 0 && lost.lostUnreplicated == 100 && lost.popped == 0, "\(lost)")
+    }
+
     @Test("Without replicas a crashed owner loses acknowledged items, and the checker says so with the seed")
     func lossIsCaught() {
         func run(_ replication: Replication) -> ClusterSimulation {
