@@ -126,14 +126,16 @@ public struct ClusterSimulation {
         }
     }
 
-    /// One end of a link: which node and link it leads to, whether the hellos are through, and
-    /// when the last message sent from this end arrives (the next one may not arrive earlier).
+    /// One end of a link: which node and link it leads to, whether the hellos are through,
+    /// when the last message sent from this end arrives (the next one may not arrive earlier),
+    /// and when its bytes queued for the node's egress have left (``NetworkConfiguration/egressBandwidth``).
     private struct End {
         var peer: Int
         var peerLink: LinkID
         var up = false
         var dialed: String? = nil
         var lastArrival: UInt64 = 0
+        var sentUntil: UInt64 = 0
     }
 
     public let configuration: Configuration
@@ -156,8 +158,6 @@ public struct ClusterSimulation {
     var events = EventQueue<Event>()
     private var deadlines: [[NodeTimer: UInt64]]
     private var ends: [[LinkID: End]]
-    /// When each node's egress has sent everything queued on it (``NetworkConfiguration/egressBandwidth``).
-    private var egressFreeAt: [UInt64]
     private var nextLink: [UInt64]
     private(set) var incarnations: [UInt64]
     private var seeds: SplitMix64
@@ -217,7 +217,6 @@ public struct ClusterSimulation {
         machines = []
         deadlines = Array(repeating: [:], count: size)
         ends = Array(repeating: [:], count: size)
-        egressFreeAt = Array(repeating: 0, count: size)
         nextLink = Array(repeating: 1, count: size)
         incarnations = (0..<size).map { UInt64($0 + 1) * 1000 }
         messagesSent = Array(repeating: 0, count: size)
@@ -276,7 +275,7 @@ public struct ClusterSimulation {
         paused.remove(n)
         held[n] = nil
         deadlines[n] = [:]
-        egressFreeAt[n] = now  // what it had queued dies with it: the resets go out at once
+        for link in ends[n].keys { ends[n][link]?.sentUntil = now }  // what it had queued dies with it: the resets go out at once
         for (link, end) in ends[n].sorted(by: { $0.key < $1.key }) where passes(from: n, on: link) {
             events.schedule(.linkDown(node: end.peer, link: end.peerLink, peerLeft: false), at: arrival(from: n, on: link))
         }
@@ -344,9 +343,12 @@ public struct ClusterSimulation {
         guard let end = ends[node][link] else { return now + configuration.latency }
         var departure = now
         if let rate = network.egress(of: node), rate > 0 {
-            // Serialized behind what the node sent before, on any link.
-            departure = max(now, egressFreeAt[node]) + UInt64((Double(bytes) * 1e9 / Double(rate)).rounded(.up))
-            egressFreeAt[node] = departure
+            // Behind what this link queued before; the links with bytes still queued share the
+            // egress equally, as a fair-queueing qdisc (Linux's default fq_codel) shares it.
+            var sharing = 1
+            for (other, otherEnd) in ends[node] where other != link && otherEnd.sentUntil > now { sharing += 1 }
+            departure = max(now, end.sentUntil) + UInt64((Double(bytes) * Double(sharing) * 1e9 / Double(rate)).rounded(.up))
+            ends[node][link]?.sentUntil = departure
         }
         var time = departure + delay(node, end.peer)
         if random.chance(network.stallProbability) { time += network.stallDelay }

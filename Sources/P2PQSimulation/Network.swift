@@ -73,8 +73,11 @@ public struct NodePair: Sendable, Hashable {
 ///   (``resetAfterDeliveryProbability``) loses its answer, so the sender retries on a new
 ///   link: the duplicate an application can see.
 /// - Bandwidth: a node's outgoing bytes share one egress (``egressBandwidth``), as its network
-///   interface: a message leaves once everything the node sent before it has, after its own
-///   frame's bytes at that rate, then takes its link's latency.
+///   interface. Each link's messages leave in order (one TCP stream each); the links with bytes
+///   still queued share the rate equally, as a fair-queueing qdisc (Linux's default,
+///   fq_codel) shares it between flows: a message leaves once its link's earlier messages have,
+///   after its frame's bytes at the rate divided by the links sharing it when it is sent, then
+///   takes its link's latency.
 public struct NetworkConfiguration: Sendable {
     /// The one-way delay of every link without its own.
     public var latency = DelayDistribution.fixed(1_000_000)

@@ -76,6 +76,26 @@ struct SimulationFaultTests {
         #expect(paced.failures.isEmpty && free.failures.isEmpty, "\(paced.failures) \(free.failures)")
     }
 
+    /// An egress shared first come, first served made a node's pongs to one peer wait behind
+    /// seconds of transfers to the others: at 0.1 Mbit/s keepalives closed links to the pusher,
+    /// a verdict followed and 349 of 4,000 items were popped twice. Links share the egress
+    /// fairly, as separate TCP streams under a fair-queueing qdisc do.
+    @Test("A narrow egress slows the hand-out but closes no link: no verdict, nothing popped twice")
+    func narrowEgressKeepsLinks() {
+        var configuration = ClusterSimulation.Configuration(nodes: 4, seed: 1)
+        configuration.network.egressBandwidth = 12_500  // 0.1 Mbit/s
+        var simulation = ClusterSimulation(configuration)
+        simulation.add(Producer(.node(0), items: 4000, batch: 100, interval: ms, start: 3 * second))
+        for n in 0..<4 { simulation.add(Consumer(node: n, taskDuration: .fixed(ms), start: 3 * second)) }
+        simulation.run(until: 60 * second)
+        let report = simulation.checkDeliveries(faultFree: true)
+        #expect(report.acknowledged == 4000 && report.popped == 4000 && report.duplicates == 0, "\(report)")
+        #expect(!simulation.verdicts.contains { $0.dead }, "\(simulation.verdicts)")
+        #expect(simulation.failures.isEmpty, "\(simulation.failures)")
+        // The pusher's peers did get work over the narrow links.
+        #expect(Set(simulation.ledger.firstTaskAt.keys) == [0, 1, 2, 3])
+    }
+
     @Test("A link reset drops both ends at once; the nodes link again and nobody is suspected")
     func linkReset() {
         var configuration = Self.configuration(4, seed: 6)
