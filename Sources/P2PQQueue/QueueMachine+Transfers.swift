@@ -283,6 +283,11 @@ extension QueueMachine {
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
         actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
         serveWaiters(&actions, now: now)
+        guard accepted > 0 else { return }
+        // Passed on at once, not at the next stats round: beyond the first node's links, work
+        // pushed at one node would otherwise move one hop per round (250 ms).
+        dispatchToIdlePeers(&actions, now: now)
+        announceGrowth(&actions, now: now)
     }
 
     mutating func acknowledge(_ id: UInt64, status: TransferStatus, from peer: PeerID, _ actions: inout [Action], now: UInt64) {

@@ -450,6 +450,25 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(transfer.first?.items.first?.id.sequence == 1_000_000)
     }
 
+    /// Beyond the first node's links, work pushed at one node moved a hop per stats round (250 ms).
+    @Test("Items that arrive in a transfer go on at once to a peer whose consumers wait, and the peers hear the growth")
+    func transferPassedOn() throws {
+        var a = QueueMachine(name: "q", localPeer: A)
+        _ = a.peerConnected(B, now: 0)
+        _ = report(&a, from: B, sequence: 1, waiting: 20, now: 0)
+        let pushed = a.push((1...20).map { payload($0) }, now: 1).1.sent
+        let transfer = try #require(pushed.first { if case .transfer = $0.0 { $0.1 == B } else { false } }).0
+        var b = QueueMachine(name: "q", localPeer: B)
+        _ = b.peerConnected(A, now: 0)
+        _ = b.peerConnected(C, now: 0)
+        _ = report(&b, from: C, sequence: 1, waiting: 3, now: 1)
+        let actions = b.received(transfer, from: A, now: 2)
+        let onward = actions.transfers.filter { $0.to == C }
+        #expect(onward.count == 1 && onward.first?.items.count == 3, "\(actions)")
+        #expect(actions.sent.contains { if case .stats = $0.0 { $0.1 == C } else { false } }, "\(actions)")
+        #expect(b.count == 17)
+    }
+
     @Test("A report too old is not used: no dispatch to a peer last heard idle long ago")
     func staleByTime() {
         var q = QueueMachine(name: "q", localPeer: A)
