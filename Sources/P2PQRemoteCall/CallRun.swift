@@ -89,6 +89,9 @@ public struct CallRun: Sendable, Equatable {
 
     /// Appends the next call (sequence ``nextSequence``).
     public mutating func append(arguments: [UInt8]) {
+        // A run's first call sizes the buffer exactly: a run of one call (a caller making one
+        // call per input) then costs one allocation, as its call item did.
+        if packedArguments.isEmpty { packedArguments.reserveCapacity(4 + arguments.count) }
         let length = UInt32(arguments.count).bigEndian
         withUnsafeBytes(of: length) { packedArguments.append(contentsOf: $0) }
         packedArguments.append(contentsOf: arguments)
