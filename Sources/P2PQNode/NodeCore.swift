@@ -119,7 +119,8 @@ final class NodeCore {
                 handshakeTimeoutDescription: "\(configuration.handshakeTimeout)",
                 keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)",
                 firstMessageTimeoutDescription: "\(configuration.handshakeFirstMessageTimeout)",
-                helloFeatures: QueueShell.helloFeatures | WireProtocol.featureOperationsAddress,
+                helloFeatures: QueueShell.helloFeatures | WireProtocol.featureOperationsAddress
+                    | WireProtocol.featureCallRuns,
                 helloFeatureMask: configuration.helloFeatureMask,
                 admission: HandshakeAdmissionConfiguration(
                     maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,

@@ -85,8 +85,9 @@ struct NodeCalls: Sendable {
     @usableFromInline var demandChanged = false
     /// Whether items came for the waiting pops while they were planned.
     var deliveredWhileSettling = false
-    /// Direct call items of this turn, by executor: one message each (or a few) at its end.
-    @usableFromInline var directOut: [PeerID: [[UInt8]]] = [:]
+    /// Direct calls of this turn, by executor, as runs (consecutive runs merged): one message
+    /// per run at its end, or, to a peer without ``WireProtocol/featureCallRuns``, as items.
+    @usableFromInline var directOut: [PeerID: [CallRun]] = [:]
     /// Calls cancelled this turn whose items may still be in the local call queue.
     @usableFromInline var unwanted: Set<CallID> = []
     /// Whether ``NodeAction/flushCallsAtEndOfTurn`` is out and not yet answered.
@@ -235,7 +236,13 @@ extension NodeMachine {
         if !calls.directOut.isEmpty {
             let batches = calls.directOut
             calls.directOut.removeAll(keepingCapacity: true)
-            for (peer, items) in batches.sorted(by: { $0.key < $1.key }) {
+            for (peer, runs) in batches.sorted(by: { $0.key < $1.key }) {
+                if features(of: peer) & WireProtocol.featureCallRuns != 0 {
+                    for run in runs { actions.append(.sendCall(.directRun(run), to: peer)) }
+                    continue
+                }
+                // A peer that does not know runs gets the calls as items, as few messages as fit.
+                let items = runs.flatMap { $0.encodedItems() }
                 var start = 0
                 while start < items.count {
                     let end = RemoteCallMessage.directMessageEnd(items, from: start)
@@ -316,7 +323,11 @@ extension NodeMachine {
     /// the link went down (they are pushed again, credit on both sides void). Anything else is
     /// recovered through membership (a dead executor is retried) or the caller's deadline.
     public mutating func callMessageUndeliverable(_ message: RemoteCallMessage, to peer: PeerID, now: UInt64) -> [Action] {
-        guard case .direct = message, calls.isAttached, !calls.isStopped else { return [] }
+        switch message {
+        case .direct, .directRun: break
+        case .results, .started, .cancel, .credit: return []
+        }
+        guard calls.isAttached, !calls.isStopped else { return [] }
         var actions: [Action] = []
         applyCaller(calls.caller.peerDisconnected(peer, now: now), into: &actions, now: now)
         calls.executor.peerDisconnected(peer)
@@ -661,9 +672,9 @@ extension NodeMachine {
             callMessage(message, from: peer, into: &actions, now: now)
             return
         }
-        if case .direct(let items) = message {
-            // Calls made in one turn (by many tasks) travel in one message.
-            calls.directOut[peer, default: []].append(contentsOf: items)
+        if case .directRun(let run) = message {
+            // Calls made in one turn (by many tasks) travel together, as few runs as they make.
+            calls.directOut[peer, default: []].appendMerging(run)
             scheduleCallsFlush(into: &actions)
             return
         }
@@ -679,6 +690,8 @@ extension NodeMachine {
             applyExecutor(calls.executor.received(message, from: peer), into: &actions, now: now)
         case .direct(let items):
             applyExecutor(calls.executor.direct(items, from: peer, wallClock: now &+ calls.wallOffset), into: &actions, now: now)
+        case .directRun(let run):
+            applyExecutor(calls.executor.directRun(run, from: peer, wallClock: now &+ calls.wallOffset), into: &actions, now: now)
         }
     }
 

@@ -129,8 +129,10 @@ public struct CallerCounters: Hashable, Sendable {
 /// Executors grant this node credit (``RemoteCallMessage/credit(_:)``) for as many direct
 /// calls as they have free slots: every linked node as soon as they process, and again as
 /// their slots free up (this node's own executor too). While credit lasts, a new item goes
-/// straight to an executor that has some, in a ``RemoteCallMessage/direct(_:)`` message (one
-/// hop, no queue, no balancing round), and names it the executor at once. Which one: the
+/// straight to an executor that has some (one hop, no queue, no balancing round), and names it
+/// the executor at once. The calls of one input to one executor travel as runs
+/// (``RemoteCallMessage/directRun(_:)``): consecutive sequences to one function with the same
+/// attempt, flags and deadline share one header, their arguments one buffer. Which one: the
 /// executor furthest behind its share, shares equal (`CreditSpread`). So calls spread evenly
 /// over every executor with free slots, whether they come in a burst or one at a time, and
 /// however fast each returns its credit: this node's own executor, whose credit comes back
@@ -246,10 +248,10 @@ public struct CallerMachine: Sendable {
     private var waitingSince: UInt64 = 0
     /// The `now` of the current input.
     private var now: UInt64 = 0
-    /// Direct items of this input, by executor: one message each at the end of the input. A
-    /// short list (a caller holds credit of few executors), searched from the most recent: no
-    /// hashing of a 32-byte ID per call.
-    private var directOut: [(peer: PeerID, items: [[UInt8]])] = []
+    /// Direct calls of this input, by executor, as runs: one message per run at the end of the
+    /// input. A short list (a caller holds credit of few executors), searched from the most
+    /// recent: no hashing of a 32-byte ID per call, and no item encoded per call.
+    private var directOut: [(peer: PeerID, runs: [CallRun])] = []
     /// Most credit remembered per executor (a misbehaving peer cannot make it grow without end).
     static let maxCredit = 1 << 20
     /// Other peers whose results a flight accepts besides its executor: executors of earlier
@@ -465,7 +467,7 @@ public struct CallerMachine: Sendable {
                 waitingSince = now
                 sendWaiting(into: &actions)
             }
-        case .cancel, .direct:
+        case .cancel, .direct, .directRun:
             break  // these go to executors
         }
         emit(cancels, into: &actions)
@@ -591,26 +593,50 @@ public struct CallerMachine: Sendable {
             return
         }
         flight.held = false
-        let item = CallItem(
-            id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
-            function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
-            arguments: flight.arguments
-        )
-        let bytes = item.unvalidatedBytes(callerBytes: localPeerBytes)  // validated in call()
         counters.pushes += 1
         if let index = best {
             let executor = credits.take(index)
             flight.executor = executor
             flight.direct = true
-            if let slot = directOut.lastIndex(where: { $0.peer == executor }) {
-                directOut[slot].items.append(bytes)
-            } else {
-                directOut.append((executor, [bytes]))
-            }
+            addDirect(flightID, flight, to: executor)
             counters.direct += 1
             return
         }
-        actions.append(.push(item.id, item: bytes))
+        let item = CallItem(
+            id: CallID(caller: localPeer, sequence: flightID), attempt: flight.attempt,
+            function: flight.function, memoize: flight.memoKey != nil, deadline: flight.wallDeadline,
+            arguments: flight.arguments
+        )
+        actions.append(.push(item.id, item: item.unvalidatedBytes(callerBytes: localPeerBytes)))  // validated in call()
+    }
+
+    /// Adds a direct call to `executor`'s runs of this input: to the last run when it continues
+    /// it (the common case: a batch of calls to one function), else as a new run.
+    private mutating func addDirect(_ sequence: UInt64, _ flight: Flight, to executor: PeerID) {
+        guard let slot = directOut.lastIndex(where: { $0.peer == executor }) else {
+            directOut.append((executor, [newRun(sequence, flight)]))
+            return
+        }
+        let last = directOut[slot].runs.count - 1
+        // No local copy of the run: it would share the buffer, and the append would copy it.
+        if Self.extends(directOut[slot].runs[last], sequence, flight) {
+            directOut[slot].runs[last].append(arguments: flight.arguments)  // in place
+        } else {
+            directOut[slot].runs.append(newRun(sequence, flight))
+        }
+    }
+
+    private static func extends(_ run: CallRun, _ sequence: UInt64, _ flight: Flight) -> Bool {
+        run.continues(sequence: sequence, attempt: flight.attempt, function: flight.function,
+                      memoize: flight.memoKey != nil, deadline: flight.wallDeadline)
+            && run.hasRoom(forArguments: flight.arguments.count)
+    }
+
+    private func newRun(_ sequence: UInt64, _ flight: Flight) -> CallRun {
+        var run = CallRun(caller: localPeer, firstSequence: sequence, attempt: flight.attempt, function: flight.function,
+                          memoize: flight.memoKey != nil, deadline: flight.wallDeadline)
+        run.append(arguments: flight.arguments)
+        return run
     }
 
     /// Sends waiting flights, oldest first, while credit lasts.
@@ -644,11 +670,11 @@ public struct CallerMachine: Sendable {
         }
     }
 
-    /// The direct items of this input, one message per executor (split at the entry limit).
+    /// The direct calls of this input, one message per run (executors in ID order).
     private mutating func emitDirect(into actions: inout [Action]) {
         guard !directOut.isEmpty else { return }
-        for (peer, items) in directOut.sorted(by: { $0.peer < $1.peer }) {
-            for chunk in Self.messageChunks(items) { actions.append(.send(.direct(Array(chunk)), to: peer)) }
+        for (peer, runs) in directOut.sorted(by: { $0.peer < $1.peer }) {
+            for run in runs { actions.append(.send(.directRun(run), to: peer)) }
         }
         directOut.removeAll(keepingCapacity: true)
     }

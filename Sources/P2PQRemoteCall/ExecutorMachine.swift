@@ -165,7 +165,8 @@ public struct ExecutorCounters: Hashable, Sendable {
 ///
 /// ## Inputs
 /// ``start()``/``stop()``; ``popped(_:wallClock:)`` for items the queue delivered;
-/// ``direct(_:from:wallClock:)`` for items a caller sent on credit;
+/// ``direct(_:from:wallClock:)`` and ``directRun(_:from:wallClock:)`` for calls a caller sent
+/// on credit;
 /// ``finished(_:outcome:)`` (or ``finished(_:)`` for a batch), ``suspend(_:)``,
 /// ``requestResume(_:)`` from running tasks;
 /// ``received(_:from:)`` for cancels; ``peerDied(_:)``/``peerLeft(_:)``/``peerJoined(_:)``
@@ -315,6 +316,44 @@ public struct ExecutorMachine: Sendable {
     public mutating func direct(_ items: [[UInt8]], from peer: PeerID, wallClock: UInt64) -> [Action] {
         if let held = granted[peer] { granted[peer] = Swift.max(0, held - items.count) }
         return intake(items.map(ItemPayload.init), from: peer, wallClock: wallClock)
+    }
+
+    /// `peer` sent this run of calls directly, on the credit this node granted it: as
+    /// ``direct(_:from:wallClock:)`` with the run's calls as items, in order, without decoding
+    /// an item per call. A run that does not name `peer` as its caller is discarded whole (one
+    /// `.discard`, every call counted malformed); a call whose arguments exceed
+    /// ``ExecutorConfiguration/maxArgumentSize`` is answered ``CallOutcome/malformedCall(_:)``.
+    public mutating func directRun(_ run: CallRun, from peer: PeerID, wallClock: UInt64) -> [Action] {
+        if let held = granted[peer] { granted[peer] = Swift.max(0, held - run.count) }
+        var actions: [Action] = []
+        guard run.caller == peer else {
+            counters.malformed += run.count
+            actions.append(.discard(.malformed(field: "direct.caller", reason: "a direct run from \(peer) names caller \(run.caller)")))
+            fill(&actions)
+            return actions
+        }
+        var runs: [CallTask] = []
+        let maxArgumentSize = configuration.maxArgumentSize
+        run.forEachCall { (index, arguments) in
+            let id = run.id(at: index)
+            guard arguments.count <= maxArgumentSize else {
+                counters.malformed += 1
+                let error = WireError.malformed(field: "call.arguments", reason: "length \(arguments.count) exceeds the limit of \(maxArgumentSize) bytes")
+                if deadCallers.contains(peer) {
+                    actions.append(.discard(error))
+                } else {
+                    queueResult(.malformedCall(truncateUTF8(error.description, to: RemoteCallLimits.maxDescriptionLength)), for: id, actions: &actions)
+                }
+                return
+            }
+            counters.direct += 1
+            let item = CallItem(id: id, attempt: run.attempt, function: run.function, memoize: run.memoize,
+                                deadline: run.deadline, arguments: Array(arguments))
+            admit(item, wallClock: wallClock, direct: true, runs: &runs, actions: &actions)
+        }
+        if !runs.isEmpty { actions.append(.run(runs)) }
+        fill(&actions)
+        return actions
     }
 
     /// Decodes and admits items, popped from the queue (`sender` nil) or sent directly by

@@ -49,10 +49,14 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     case direct([[UInt8]])
     /// `0x44`: the executor grants the caller credit for this many more direct calls (>= 1).
     case credit(UInt32)
+    /// `0x45`: consecutive direct calls of the sender to one function (1...65535 calls), on
+    /// credit as ``direct(_:)``; only to a peer whose hello has ``WireProtocol/featureCallRuns``.
+    case directRun(CallRun)
 
     /// The message types this module decodes.
     public static let messageTypes: [MessageType] = [
         .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit,
+        .remoteCallDirectRun,
     ]
 
     public var messageType: MessageType {
@@ -62,6 +66,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .cancel: return .remoteCallCancel
         case .direct: return .remoteCallDirect
         case .credit: return .remoteCallCredit
+        case .directRun: return .remoteCallDirectRun
         }
     }
 
@@ -143,6 +148,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             let slots = try reader.readU32(field: "credit.slots")
             guard slots >= 1 else { throw .malformed(field: "credit.slots", reason: "no credit") }
             message = .credit(slots)
+        case .remoteCallDirectRun:
+            message = .directRun(try CallRun.decode(&reader))
         default:
             throw .unknownMessageType(type.rawValue)
         }
@@ -213,6 +220,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             }
         case .credit(let slots):
             guard slots >= 1 else { throw .malformed(field: "credit.slots", reason: "no credit") }
+        case .directRun(let run):
+            try run.validate()
         }
     }
 
@@ -237,6 +246,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .cancel(let sequences): return 2 + sequences.count * 8
         case .direct(let items): return items.reduce(2) { $0 + 4 + $1.count }
         case .credit: return 4
+        case .directRun(let run): return run.bodySize
         }
     }
 
@@ -280,6 +290,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             for item in items { writer.writeByteString(item) }
         case .credit(let slots):
             writer.writeU32(slots)
+        case .directRun(let run):
+            run.write(into: &writer)
         }
     }
 

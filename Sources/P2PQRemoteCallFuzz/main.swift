@@ -1,12 +1,12 @@
-// Fuzz target for the remote-call decoders (P2PQRemoteCall): the messages 0x40–0x44 and the
+// Fuzz target for the remote-call decoders (P2PQRemoteCall): the messages 0x40–0x45 and the
 // call item (the bytes of a call-queue item and of each entry of a direct message).
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
 // replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
 // `--write-corpus <dir>`, writes the seed corpus (Fuzz/corpus/rpc).
 //
-// The first input byte picks what to decode (byte % 6: the five message types, then a call
-// item); the rest is the body. Besides "no crash", whatever decodes must validate, have an
+// The first input byte picks what to decode (byte % 7: the six message types, then a call
+// item); the rest is the body. A decoded run must also agree with its calls as items. Besides "no crash", whatever decodes must validate, have an
 // exact `bodySize` or `encodedSize`, and survive encode → decode unchanged; a call item's
 // encoding must be the very bytes it was decoded from (the format has one encoding per value).
 
@@ -35,6 +35,17 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard let message = checkMessageRoundTrip(RemoteCallMessage.self, type: type, body: body) else { return 0 }
     if case .direct(let items) = message {
         for item in items { item.withUnsafeBytes { fuzzCallItem($0) } }
+    }
+    if case .directRun(let run) = message {
+        let items = run.items()
+        precondition(items.count == run.count, "a run's items are not its count")
+        var rebuilt = CallRun(caller: run.caller, firstSequence: run.firstSequence, attempt: run.attempt,
+                              function: run.function, memoize: run.memoize, deadline: run.deadline)
+        for item in items {
+            precondition(item.id == run.id(at: Int(item.id.sequence &- run.firstSequence)), "a run's item has a stray ID")
+            rebuilt.append(arguments: item.arguments)
+        }
+        precondition(rebuilt == run, "a run rebuilt from its items differs")
     }
     return 0
 }
@@ -70,6 +81,8 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
         ("cancel", .cancel([1, 2])),
         ("direct", .direct([item])),
         ("credit", .credit(16)),
+        ("direct-run", .directRun(CallRun(caller: caller, firstSequence: 3, attempt: 2, function: "fib", memoize: true,
+                                          deadline: 1_700_000_000_000_000_000, arguments: [[0, 0, 0, 30], [], [1]]))),
     ]
     var result = try messages.map { name, message in
         var frame: [UInt8] = []

@@ -525,7 +525,10 @@ public struct ClusterSimulation {
         case .callMessage(let node, let link, let from, let message, let thenReset):
             guard ends[node][link] != nil else { return }
             machines[node].heard(link, now: now)
-            let wall: UInt64 = if case .direct = message { wallClock } else { 0 }
+            let wall: UInt64 = switch message {
+            case .direct, .directRun: wallClock
+            case .results, .started, .cancel, .credit: 0
+            }
             perform(machines[node].received(message, from: peers[from], now: now, wallClock: wall), at: node)
             if thenReset { reset(link, at: node) }
         case .flushCalls(let node):

@@ -151,7 +151,8 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
             let port = try reader.readU16(field: "operations.port")
             guard port != 0 else { throw .malformed(field: "operations.port", reason: "port 0") }
             message = .operations(host: host, port: port)
-        case .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit:
+        case .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit,
+             .remoteCallDirectRun:
             // Remote-call messages: decoded by P2PQRemoteCall, not by this layer.
             throw .unknownMessageType(type.rawValue)
         }

@@ -78,6 +78,10 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case remoteCallDirect = 0x43
     /// Remote calls: the executor grants the caller credit for more direct calls.
     case remoteCallCredit = 0x44
+    /// Remote calls: consecutive direct calls of one caller to one function as one run (one
+    /// header, the arguments in one buffer), caller to executor; only to a peer whose hello
+    /// has ``WireProtocol/featureCallRuns``.
+    case remoteCallDirectRun = 0x45
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
@@ -134,6 +138,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .remoteCallCancel: return "remote call cancel"
         case .remoteCallDirect: return "remote call direct"
         case .remoteCallCredit: return "remote call credit"
+        case .remoteCallDirectRun: return "remote call direct run"
         }
     }
 }

@@ -35,6 +35,10 @@ public enum WireProtocol {
     /// manager's `minPeers`): a receiver at its `maxPeers` makes room by closing one of its
     /// other links instead of refusing this one, so a newcomer always joins the mesh.
     public static let featureNeedsLinks: UInt64 = 1 << 3
+    /// Hello feature bit 4: the node understands remote-call direct runs (`0x45`), so its
+    /// peers send it consecutive direct calls to one function as one run; a peer without the
+    /// bit gets them as single call items (`0x43`).
+    public static let featureCallRuns: UInt64 = 1 << 4
     /// Longest goodbye detail string, in UTF-8 bytes.
     public static let maxGoodbyeDetailLength = 256
     /// Most entries in one peers message.

@@ -137,6 +137,8 @@ public enum CallMachineCycle {
                     let message = try decode(frame)
                     if case .direct(let items) = message {
                         try performExecutor(executor.direct(items, from: callerID, wallClock: 0))
+                    } else if case .directRun(let run) = message {
+                        try performExecutor(executor.directRun(run, from: callerID, wallClock: 0))
                     } else {
                         try performExecutor(executor.received(message, from: callerID))
                     }

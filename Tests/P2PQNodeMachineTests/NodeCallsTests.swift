@@ -49,8 +49,12 @@ struct CallMesh {
     private var deadlines: [[NodeTimer: UInt64]]
     private var ends: [[LinkID: (peer: Int, peerLink: LinkID)]]
     private var nextLink: [UInt64]
+    /// Nodes whose hellos announce remote-call runs (``WireProtocol/featureCallRuns``).
+    private let callRunNodes: Set<Int>
 
-    init(size: Int, seed: UInt64, grantsCredit: Bool = true, caller: CallerConfiguration = CallerConfiguration()) {
+    init(size: Int, seed: UInt64, grantsCredit: Bool = true, caller: CallerConfiguration = CallerConfiguration(),
+         callRunNodes: Set<Int> = []) {
+        self.callRunNodes = callRunNodes
         var seeds = SplitMix64(seed: seed)
         machines = (0..<size).map { n in
             Machine(configuration: NodeMachineConfiguration(
@@ -130,7 +134,9 @@ struct CallMesh {
         case .linkUp(let node, let link, let other, let direction, let dialed):
             guard ends[node][link] != nil else { return }
             perform(machines[node].linkUp(link, peer: peer(other), direction: direction, incarnation: UInt64(other + 1) * 1000,
-                                          features: QueueWire.featureOwnershipHandover, peerAddress: "n\(other)",
+                                          features: QueueWire.featureOwnershipHandover
+                                              | (callRunNodes.contains(other) ? WireProtocol.featureCallRuns : 0),
+                                          peerAddress: "n\(other)",
                                           dialedAddress: dialed, now: now), at: node)
         case .dialFailed(let node, let address):
             perform(machines[node].dialFailed(address, now: now), at: node)
@@ -367,6 +373,30 @@ struct NodeCallsTests {
         let ran = (mesh.ran[1] ?? []) + (mesh.ran[2] ?? [])
         #expect(ran.count == Self.arguments.count)
         #expect(Set(ran.map(\.arguments)) == Set(Self.arguments))
+        #expect(mesh.machines[0].callsInFlight == 0)
+    }
+
+    @Test("Direct calls go as runs to a peer whose hello has the call-runs bit, as single items to one without it")
+    func runsOnlyToPeersThatKnowThem() {
+        var mesh = CallMesh(size: 3, seed: 11, callRunNodes: [1])
+        mesh.run(until: 3 * second)
+        mesh.callEcho(Self.arguments, at: 0)
+        mesh.run(until: 6 * second)
+        var runsTo: [Int: Int] = [:], itemsTo: [Int: Int] = [:]
+        for entry in mesh.trace where entry.node == 0 {
+            guard case .sendCall(let message, let to) = entry.action, let n = (0..<3).first(where: { peer($0) == to }) else { continue }
+            switch message {
+            case .directRun(let run): runsTo[n, default: 0] += run.count
+            case .direct(let items): itemsTo[n, default: 0] += items.count
+            default: break
+            }
+        }
+        #expect(runsTo.keys.sorted() == [1] && itemsTo.keys.sorted() == [2], "runs \(runsTo), items \(itemsTo)")
+        #expect((runsTo[1] ?? 0) + (itemsTo[2] ?? 0) == Self.arguments.count)
+        let results = mesh.completed[0] ?? [:]
+        for (index, bytes) in Self.arguments.enumerated() {
+            #expect(results[UInt64(index + 1)] == .success(bytes), "call \(index + 1)")
+        }
         #expect(mesh.machines[0].callsInFlight == 0)
     }
 

@@ -270,8 +270,8 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(first.pushes.isEmpty)
         let sent = first.sends
         #expect(sent.count == 1 && sent[0].1 == ex)
-        guard case .direct(let items) = sent[0].0 else { Issue.record("not direct: \(sent)"); return }
-        #expect(try CallItem.decode(items[0]) == CallItem(id: a, function: "echo", memoize: false, arguments: [1]))
+        guard case .directRun(let run) = sent[0].0 else { Issue.record("not a direct run: \(sent)"); return }
+        #expect(run.items() == [CallItem(id: a, function: "echo", memoize: false, arguments: [1])])
         #expect(c.executor(of: a) == ex && c.isDirect(a))
         // A batch made in one input travels in one message.
         let (_, batch) = c.call(batch: [.init(function: "echo", arguments: [2]), .init(function: "echo", arguments: [3])], now: 2)
@@ -379,10 +379,10 @@ func started(_ sequence: UInt64, attempt: UInt8 = 1) -> RemoteCallMessage {
         #expect(c.callsWaitingForCredit == 3 && c.isWaitingForCredit(ids[2]) && c.counters.heldForCredit == 3)
         // Credit of 2 from ex sends the two oldest there, in order, in one message.
         let more = c.received(.credit(2), from: ex, now: 2)
-        guard case .direct(let items)? = more.sends.first?.0, more.sends.count == 1, more.sends[0].1 == ex else {
-            Issue.record("expected one direct message to ex: \(more)"); return
+        guard case .directRun(let run)? = more.sends.first?.0, more.sends.count == 1, more.sends[0].1 == ex else {
+            Issue.record("expected one direct run to ex: \(more)"); return
         }
-        #expect(try items.map { try CallItem.decode($0).id } == [ids[2], ids[3]])
+        #expect(run.items().map(\.id) == [ids[2], ids[3]])
         #expect(c.executor(of: ids[2]) == ex && c.isDirect(ids[3]) && c.callsWaitingForCredit == 1)
         // The last waits; it goes when ex2 answers with credit.
         #expect(c.received(.credit(1), from: ex2, now: 3).sends.first?.1 == ex2)

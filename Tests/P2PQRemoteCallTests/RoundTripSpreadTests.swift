@@ -110,6 +110,8 @@ struct RoundTripSim {
             case .toExecutor(let message, let index):
                 if case .direct(let items) = message {
                     apply(executors[index].direct(items, from: ids[0], wallClock: 0), at: index)
+                } else if case .directRun(let run) = message {
+                    apply(executors[index].directRun(run, from: ids[0], wallClock: 0), at: index)
                 } else {
                     apply(executors[index].received(message, from: ids[0]), at: index)
                 }

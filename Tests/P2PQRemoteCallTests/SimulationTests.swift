@@ -222,6 +222,9 @@ struct SimCluster {
         case .direct(let items):
             directItems += items.count
             apply(nodes[to].executor.direct(items, from: sender, wallClock: 0), at: to)
+        case .directRun(let run):
+            directItems += run.count
+            apply(nodes[to].executor.directRun(run, from: sender, wallClock: 0), at: to)
         case .credit:
             apply(nodes[to].caller.received(message, from: sender, now: 0), at: to)
         }

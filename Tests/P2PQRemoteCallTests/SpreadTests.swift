@@ -100,6 +100,9 @@ struct SpreadSim {
                 } else if case .direct(let items) = message {
                     directReceived[to] += items.count
                     apply(executors[to].direct(items, from: callerID, wallClock: 0), at: to)
+                } else if case .directRun(let run) = message {
+                    directReceived[to] += run.count
+                    apply(executors[to].directRun(run, from: callerID, wallClock: 0), at: to)
                 } else {
                     apply(executors[to].received(message, from: callerID), at: to)
                 }

@@ -143,12 +143,15 @@ final class RemoteCallShell {
     /// A remote-call message from `peer`.
     func receive(_ message: RemoteCallMessage, from peer: PeerID) {
         var wall: UInt64 = 0
-        if case .direct = message {
+        switch message {
+        case .direct, .directRun:
             // A function registered before this call was made may still be on its way to this
             // thread (registration is handed over like every API op): take those ops first, or
             // the call would be answered "unknown function".
             if bridge.hasOps { drain() }
-            wall = wallClock  // the items' deadline hints; results and credit need no clock read
+            wall = wallClock  // the calls' deadline hints; results and credit need no clock read
+        case .results, .started, .cancel, .credit:
+            break
         }
         core.perform(core.machine.received(message, from: peer, now: now, wallClock: wall))
     }
