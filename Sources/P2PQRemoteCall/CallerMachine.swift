@@ -362,6 +362,7 @@ public struct CallerMachine: Sendable {
     public mutating func call(batch: [Request], now: UInt64, wallClock: UInt64 = 0) -> ([CallID], [Action]) {
         self.now = now
         var actions: [Action] = []
+        credits.beginInput(calls: batch.count)  // blocks per executor: runs on the wire
         var ids: [CallID] = []
         ids.reserveCapacity(batch.count)
         for request in batch {
@@ -641,6 +642,8 @@ public struct CallerMachine: Sendable {
 
     /// Sends waiting flights, oldest first, while credit lasts.
     private mutating func sendWaiting(into actions: inout [Action]) {
+        credits.beginInput(calls: Swift.min(waitingCount, credits.totalCredit))
+        defer { credits.endInput() }
         while waitingCount > 0, credits.totalCredit > 0, let flightID = waiting.popFirst() {
             guard var flight = flights[flightID], flight.held else { continue }
             waitingCount -= 1
@@ -808,6 +811,7 @@ public struct CallerMachine: Sendable {
 
     /// Common tail of every input: direct items, capacity signal and timer.
     private mutating func finish(_ actions: inout [Action]) {
+        credits.endInput()
         emitDirect(into: &actions)
         if refusedSinceCapacity && tickets.count < configuration.maxOutstandingCalls {
             refusedSinceCapacity = false

@@ -18,6 +18,11 @@ import P2PQWire
 /// An executor that falls behind (no credit for a while) catches up by one call at most: its
 /// pass is lifted to the current virtual time when it is chosen. Kept ordered by peer, so
 /// nothing depends on hashing order; one scan per call, no allocation.
+///
+/// Many calls made at once (``beginInput(calls:)``) go in blocks: the executor chosen keeps
+/// the next calls, up to the input's calls over the executors with credit, so that they have
+/// consecutive sequence numbers and travel as one run (``CallRun``). The input still spreads
+/// evenly; a single call is chosen as above.
 struct CreditSpread: Sendable {
     struct Source: Sendable {
         let peer: PeerID
@@ -33,6 +38,11 @@ struct CreditSpread: Sendable {
     private(set) var totalCredit = 0
     /// The pass of the last choice (never decreases).
     private var virtualTime: UInt64 = 0
+    /// The current input's block: calls in a row to one executor (1 outside a many-call input).
+    private var block = 1
+    /// The executor chosen last in this input, and how many calls in a row it has had.
+    private var streakPeer: PeerID?
+    private var streak = 0
 
     /// No executor grants credit (or is waited for as a source of more).
     var isEmpty: Bool { sources.isEmpty }
@@ -71,9 +81,29 @@ struct CreditSpread: Sendable {
         totalCredit = 0
     }
 
+    /// An input of `calls` calls begins: they go in blocks of `calls` over the executors with
+    /// credit (at least 1).
+    mutating func beginInput(calls: Int) {
+        var withCredit = 0
+        for source in sources where source.credit > 0 { withCredit += 1 }
+        block = Swift.max(1, calls / Swift.max(1, withCredit))
+        streakPeer = nil
+        streak = 0
+    }
+
+    /// The input ends: calls are chosen one at a time again.
+    mutating func endInput() {
+        block = 1
+        streakPeer = nil
+        streak = 0
+    }
+
     /// The executor that should get the next call, if any has credit: its position, for
     /// ``take(_:)``.
     func next() -> Int? {
+        if streak > 0, streak < block, let peer = streakPeer, case .found(let index) = position(of: peer), sources[index].credit > 0 {
+            return index  // the block goes on: the call continues the executor's run
+        }
         var best: Int?
         var bestPass: UInt64 = 0
         for index in sources.indices where sources[index].credit > 0 {
@@ -100,6 +130,12 @@ struct CreditSpread: Sendable {
         sources[index].credit -= 1
         totalCredit -= 1
         sources[index].pass = start + 1  // 2^64 calls are out of reach
+        if sources[index].peer == streakPeer {
+            streak += 1
+        } else {
+            streakPeer = sources[index].peer
+            streak = 1
+        }
         return sources[index].peer
     }
 

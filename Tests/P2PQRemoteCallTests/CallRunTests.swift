@@ -182,6 +182,37 @@ import P2PQWire
         #expect(c.counters.direct == 8)
     }
 
+    /// Spread call by call, a batch over four executors left each a run of one call per call.
+    @Test("A batch over several executors goes in blocks: one run per executor, an even share each")
+    func batchSpreadsInBlocks() {
+        var c = CallerMachine(localPeer: me)
+        let executors = (0..<4).map { peer(UInt8(40 + $0)) }
+        for executor in executors { _ = c.received(.credit(100), from: executor, now: 0) }
+        let (ids, actions) = c.call(batch: (0..<64).map { .init(function: "f", arguments: [UInt8($0)]) }, now: 1)
+        let runs = actions.sends.compactMap { message, to -> (PeerID, CallRun)? in
+            guard case .directRun(let run) = message else { return nil }
+            return (to, run)
+        }
+        #expect(runs.count == 4 && Set(runs.map(\.0)) == Set(executors), "\(runs.map { ($0.0, $0.1.count) })")
+        #expect(runs.allSatisfy { $0.1.count == 16 })
+        #expect(runs.flatMap { $0.1.items() }.map(\.id).sorted { $0.sequence < $1.sequence } == ids)
+        // A single call afterwards is chosen alone again: the executor furthest behind.
+        var shares = Dictionary(uniqueKeysWithValues: executors.map { ($0, 16) })
+        for n in 0..<8 {
+            let (id, _) = c.call(function: "f", arguments: [UInt8(n)], now: 2)
+            shares[c.executor(of: id)!, default: 0] += 1
+        }
+        #expect(shares.values.allSatisfy { $0 == 18 }, "\(shares)")
+        // Credit for fewer calls than the batch: the blocks shrink, nothing waits that could go.
+        var d = CallerMachine(localPeer: me)
+        for executor in executors { _ = d.received(.credit(3), from: executor, now: 0) }
+        let (_, few) = d.call(batch: (0..<12).map { .init(function: "f", arguments: [UInt8($0)]) }, now: 1)
+        let fewRuns = few.sends.compactMap { message, _ -> CallRun? in
+            if case .directRun(let run) = message { run } else { nil }
+        }
+        #expect(fewRuns.map(\.count) == [3, 3, 3, 3], "\(fewRuns.map(\.count))")
+    }
+
     /// The results of a run's calls complete them one by one; a deadline fails only the calls
     /// still open; a cancel names the one call.
     @Test func callerCompletesCancelsAndTimesOutCallsOfARun() {
