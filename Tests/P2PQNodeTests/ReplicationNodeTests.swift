@@ -125,7 +125,10 @@ struct ReplicationNodeTests {
         // released first. Paused in that window, the holder's verdict re-queues copies of items
         // another node already holds: duplicates of the documented kind (docs/reliability.md,
         // "Which pauses are seen"), not the stale originals this test is about.
-        try await eventually("the replicas match the items the child still holds", diagnose: { child.diagnostics() }) {
+        // A transfer still on its way counts nowhere yet (CI once paused the child with 3,500
+        // items in flight to a node: 3,498 duplicates), so the match must hold twice, 300 ms
+        // apart, with nothing arriving in between.
+        func sample() async -> (shelved: Int, queuedElsewhere: Int) {
             var shelved = 0, queuedElsewhere = 0
             for node in nodes {
                 let (kept, queued) = await node.withCore { core in
@@ -134,7 +137,14 @@ struct ReplicationNodeTests {
                 shelved += kept
                 queuedElsewhere += queued
             }
-            return shelved + queuedElsewhere == total
+            return (shelved, queuedElsewhere)
+        }
+        try await eventually("the replicas match the items the child still holds", diagnose: { child.diagnostics() }) {
+            let first = await sample()
+            guard first.shelved + first.queuedElsewhere == total else { return false }
+            try? await Task.sleep(for: .milliseconds(300))
+            let second = await sample()
+            return second == first
         }
         kill(child.process.processIdentifier, SIGSTOP)
         let stopped = ContinuousClock.now
