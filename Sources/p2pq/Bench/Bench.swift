@@ -8,7 +8,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark workload and print one JSON object per run.",
         subcommands: [ReactorBench.self, LinkBench.self, CipherBench.self, QueueStreamBench.self, QueueBalanceBench.self, QueueMachineBench.self, CallMachineBench.self, TaskFloorBench.self,
-                      RPCBench.self, QueueStreamRole.self],
+                      RPCBench.self, PingPongBench.self, QueueStreamRole.self],
         defaultSubcommand: ReactorBench.self
     )
 }

@@ -15,10 +15,10 @@ struct RPCBench: AsyncParsableCommand {
         abstract: "Remote-call round trips and throughput against a child node (W2); JSON per run."
     )
 
-    @Option(help: "Calls for the one-in-flight latency run.")
+    @Option(help: "Calls for each one-in-flight latency run (one per execution measured); 0 skips them.")
     var latencyCalls: Int = 100_000
 
-    @Option(help: "Calls for each throughput run.")
+    @Option(help: "Calls for each throughput run; 0 skips them.")
     var throughputCalls: Int = 1_000_000
 
     @Option(help: "Calls in flight for the throughput runs.")
@@ -53,7 +53,7 @@ struct RPCBench: AsyncParsableCommand {
         guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
         guard batch >= 0, batch <= inFlight else { throw ValidationError("--batch must be 0...--in-flight") }
         guard (0...65535).contains(pipeline) else { throw ValidationError("--pipeline must be 0...65535") }
-        guard latencyCalls >= 1, throughputCalls >= 1, inFlight >= 1, maxConcurrentCalls >= 1 else {
+        guard latencyCalls >= 0, throughputCalls >= 0, inFlight >= 1, maxConcurrentCalls >= 1 else {
             throw ValidationError("counts must be positive")
         }
     }
@@ -88,44 +88,24 @@ struct RPCBench: AsyncParsableCommand {
         }
 
         stage("latency; caller queue \(String(describing: await node.queue(named: "p2pq.calls").counters()))")
-        var p50s: [Double] = []
-        var p99s: [Double] = []
-        for run in 1...runs {
-            let calls = latencyCalls
-            let outcome = await withTaskExecutorPreference(callerOnReactor ? node.taskExecutor : nil) {
-                () async -> Result<[Double], RemoteCallError> in
-                var samples = [Double]()
-                samples.reserveCapacity(calls)
-                for _ in 0..<calls {
-                    let start = clock.now
-                    let result: [UInt8]
-                    do throws(RemoteCallError) { result = try await echo(argument, timeout: .seconds(2)) } catch { return .failure(error) }
-                    let elapsed = clock.now - start
-                    guard result.count == 16 else { return .failure(.invalidCall("echo returned \(result.count) bytes")) }
-                    samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
-                }
-                return .success(samples)
+        let executions = [("off-reactor", echo), ("sync", sync), ("inline", inline)].filter { execution == .all || $0.0 == execution.rawValue }
+        // One call in flight, for each execution measured: off-reactor adds the executor's hop
+        // to a worker and back, sync a hop to a worker thread, inline neither.
+        var p50s: [String: [Double]] = [:]
+        var p99s: [String: [Double]] = [:]
+        for (label, function) in executions where latencyCalls > 0 {
+            for run in 1...runs {
+                let (p50, p99) = try await latency(function, argument: argument, clock: clock, node: node, cluster: cluster)
+                p50s[label, default: []].append(p50)
+                p99s[label, default: []].append(p99)
+                print(json(["workload": "\"W2a\"", "execution": "\"\(label)\"", "run": "\(run)", "calls": "\(latencyCalls)", "inFlight": "1",
+                            "p50_us": format(p50), "p99_us": format(p99)]))
+                fflush(nil)
             }
-            guard case .success(var samples) = outcome else {
-                let size = await node.queue(named: "p2pq.calls").size()
-                let counters = await node.queue(named: "p2pq.calls").counters()
-                let child = await LocalCluster.status(of: cluster.nodes[0])
-                FileHandle.standardError.write("latency: \(outcome) size \(size) \(String(describing: counters)) child \(String(describing: child?.queues))\n".data(using: .utf8)!)
-                throw ValidationError("a latency call failed")
-            }
-            samples.sort()
-            let p50 = samples[samples.count / 2]
-            let p99 = samples[min(samples.count - 1, samples.count * 99 / 100)]
-            p50s.append(p50)
-            p99s.append(p99)
-            print(json(["workload": "\"W2a\"", "run": "\(run)", "calls": "\(latencyCalls)", "inFlight": "1",
-                        "p50_us": format(p50), "p99_us": format(p99)]))
-            fflush(nil)
         }
 
         var rates: [String: [Double]] = [:]
-        let executions = [("off-reactor", echo), ("sync", sync), ("inline", inline)].filter { execution == .all || $0.0 == execution.rawValue }
-        for (label, function) in executions {
+        for (label, function) in executions where throughputCalls > 0 {
             // 0: one call per task; -1: pipelined; else batch calls of that size.
             for batchSize in (batch > 1 ? [1, batch] : [1]) + (pipeline > 0 ? [-1] : []) {
                 let key = batchSize == 1 ? label : batchSize == -1 ? "\(label)-pipeline" : "\(label)-batch"
@@ -152,13 +132,15 @@ struct RPCBench: AsyncParsableCommand {
         }
         var summary: [(String, String)] = [
             ("workload", "\"W2\""), ("summary", "true"),
-            ("p50_us_median", format(median(p50s))), ("p99_us_median", format(median(p99s))),
             ("caller_tasks", callerOnReactor ? "\"reactor\"" : "\"pool\""),
         ]
         if batch > 1 { summary.append(("batch", "\(batch)")) }
         if pipeline > 0 { summary.append(("pipeline", "\(pipeline)")) }
         // Only the runs measured (see --execution, --batch and --pipeline).
         for label in ["off-reactor", "sync", "inline"] {
+            let field = label.replacingOccurrences(of: "-", with: "_")
+            if let values = p50s[label] { summary.append(("p50_us_\(field)_median", format(median(values)))) }
+            if let values = p99s[label] { summary.append(("p99_us_\(field)_median", format(median(values)))) }
             for suffix in ["", "-batch", "-pipeline"] {
                 let key = label + suffix
                 let field = key.replacingOccurrences(of: "-", with: "_")
@@ -171,6 +153,35 @@ struct RPCBench: AsyncParsableCommand {
         cluster.stop()
     }
 
+    /// `latencyCalls` calls one after another from one task: p50 and p99 round trip in µs.
+    private func latency(_ function: RawRemoteFunction, argument: [UInt8], clock: ContinuousClock, node: Node,
+                         cluster: LocalCluster) async throws -> (Double, Double) {
+        let calls = latencyCalls
+        let outcome = await withTaskExecutorPreference(callerOnReactor ? node.taskExecutor : nil) {
+            () async -> Result<[Double], RemoteCallError> in
+            var samples = [Double]()
+            samples.reserveCapacity(calls)
+            for _ in 0..<calls {
+                let start = clock.now
+                let result: [UInt8]
+                do throws(RemoteCallError) { result = try await function(argument, timeout: .seconds(2)) } catch { return .failure(error) }
+                let elapsed = clock.now - start
+                guard result.count == 16 else { return .failure(.invalidCall("echo returned \(result.count) bytes")) }
+                samples.append(Double(elapsed.components.attoseconds) * 1e-12 + Double(elapsed.components.seconds) * 1e6)
+            }
+            return .success(samples)
+        }
+        guard case .success(var samples) = outcome else {
+            let size = await node.queue(named: "p2pq.calls").size()
+            let counters = await node.queue(named: "p2pq.calls").counters()
+            let child = await LocalCluster.status(of: cluster.nodes[0])
+            FileHandle.standardError.write("latency: \(outcome) size \(size) \(String(describing: counters)) child \(String(describing: child?.queues))\n".data(using: .utf8)!)
+            throw ValidationError("a latency call failed")
+        }
+        samples.sort()
+        return (samples[samples.count / 2], samples[min(samples.count - 1, samples.count * 99 / 100)])
+    }
+
     /// `throughputCalls` pipelined calls from one task, `pipeline` in flight.
     private func pipelined(_ function: RawRemoteFunction, argument: [UInt8], clock: ContinuousClock,
                            executor: (any TaskExecutor)?) async throws -> Double {
@@ -180,7 +191,7 @@ struct RPCBench: AsyncParsableCommand {
         let task = Task(executorPreference: executor) { () async -> (failed: Int, received: Int) in
             var failed = 0
             var received = 0
-            for await (_, result) in function.results(for: repeatElement(argument, count: total), window: window) {
+            for await (_, result) in function.results(for: Array(repeating: argument, count: total), window: window) {
                 received += 1
                 if case .success(let bytes) = result, bytes.count == argument.count { continue }
                 failed += 1
