@@ -167,6 +167,7 @@ struct RemoteCallSyncPipelineTests {
                 return n * n
             }
             rpc.registerSync("square-sync") { (n: Int) throws -> Int in n * n }
+            rpc.registerRaw("raw-echo") { $0 }
         }
         let square = nodes[0].1.function("square", arguments: Int.self, result: Int.self)
         var seen = [Bool](repeating: false, count: 1000)
@@ -180,6 +181,15 @@ struct RemoteCallSyncPipelineTests {
             }
         }
         #expect(seen.allSatisfy { $0 })
+
+        // Raw arguments in an array: handed over in slices, every index once with its own echo.
+        let raw = nodes[0].1.rawFunction("raw-echo")
+        var rawSeen = Set<Int>()
+        for await (index, answer) in raw.results(for: (0..<500).map { [UInt8(truncatingIfNeeded: $0), UInt8($0 >> 8)] }, window: 24) {
+            #expect(answer == .success([UInt8(truncatingIfNeeded: index), UInt8(index >> 8)]))
+            #expect(rawSeen.insert(index).inserted, "index \(index) twice")
+        }
+        #expect(rawSeen == Set(0..<500))
 
         let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
         let feeder = Task {

@@ -13,14 +13,15 @@ final class CallPipeline: Sendable {
         var head = 0
         /// Window slots free for new calls.
         var credits: Int
-        /// API tokens of the calls submitted and not yet answered (for cancellation).
-        var outstanding: Set<UInt64> = []
+        /// Calls submitted and not yet answered (the shell keeps where each one's result goes,
+        /// and finds them by stream when the stream is cancelled).
+        var outstanding = 0
         var submittedAll = false
         var cancelled = false
         var consumer: CheckedContinuation<[Element]?, Never>?
         var producer: CheckedContinuation<Int, Never>?
 
-        var finished: Bool { cancelled || (submittedAll && outstanding.isEmpty && head == ready.count) }
+        var finished: Bool { cancelled || (submittedAll && outstanding == 0 && head == ready.count) }
     }
 
     private let state: Mutex<State>
@@ -58,7 +59,7 @@ final class CallPipeline: Sendable {
             let taken = state.withLock { state -> Int? in
                 if state.cancelled { return 0 }
                 // Below a chunk, something is in flight or ready, and taking it frees more.
-                if state.credits >= chunk || (state.credits > 0 && state.outstanding.isEmpty && state.head == state.ready.count) {
+                if state.credits >= chunk || (state.credits > 0 && state.outstanding == 0 && state.head == state.ready.count) {
                     defer { state.credits = 0 }
                     return state.credits
                 }
@@ -69,33 +70,40 @@ final class CallPipeline: Sendable {
         }
     }
 
-    /// Submits `calls` (their stream indices and encoded arguments, or the failure to encode
-    /// them) with one hand-over to the reactor; `unused` credits go back to the window.
-    func submit(_ calls: [(index: Int, arguments: Result<[UInt8], RemoteCallError>)], unused: Int) {
-        let count = calls.reduce(0) { count, call in if case .success = call.arguments { count + 1 } else { count } }
-        let first = bridge.reserveTokens(count)
-        var ops: [RemoteCallOp] = []
-        ops.reserveCapacity(count)
+    /// Submits the calls of stream indices `firstIndex...` (their encoded arguments, or the
+    /// failure to encode them) with one hand-over to the reactor for the chunk: one op per run
+    /// of encoded arguments, not one per call. `unused` credits go back to the window.
+    func submit(firstIndex: Int, _ arguments: [Result<[UInt8], RemoteCallError>], unused: Int) {
+        var runs: [StreamCalls] = []
         var failed: [Element] = []
-        var token = first
-        for call in calls {
-            switch call.arguments {
+        var count = 0
+        var run: [[UInt8]] = []
+        run.reserveCapacity(arguments.count)
+        var runStart = firstIndex
+        for (offset, argument) in arguments.enumerated() {
+            switch argument {
             case .success(let bytes):
-                ops.append(.call(CallRequest(token: token, function: function, arguments: bytes, memoize: memoize,
-                                             timeout: timeout, nested: nil, completion: .stream(self, index: call.index, token: token))))
-                token &+= 1
+                if run.isEmpty { runStart = firstIndex + offset }
+                run.append(bytes)
+                count += 1
             case .failure(let error):
-                failed.append((call.index, .failure(error)))
+                failed.append((firstIndex + offset, .failure(error)))
+                if !run.isEmpty {
+                    runs.append(StreamCalls(stream: self, firstIndex: runStart, arguments: run))
+                    run = []
+                }
             }
         }
+        if !run.isEmpty { runs.append(StreamCalls(stream: self, firstIndex: runStart, arguments: run)) }
         handOver.withLock { _ in
             let submit = state.withLock { state -> Bool in
                 state.credits += unused
                 guard !state.cancelled else { return false }
-                for op in ops { if case .call(let request) = op { state.outstanding.insert(request.token) } }
+                state.outstanding += count
                 return true
             }
-            if submit && !ops.isEmpty { bridge.submit(contentsOf: ops) }
+            guard submit, !runs.isEmpty else { return }
+            if runs.count == 1 { bridge.submit(.stream(runs[0])) } else { bridge.submit(contentsOf: runs.map { .stream($0) }) }
         }
         guard !failed.isEmpty else { return }
         let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element])? in
@@ -119,19 +127,15 @@ final class CallPipeline: Sendable {
 
     // MARK: Reactor
 
-    /// The result of the call at `index` (any thread: a stopped node fails its calls).
-    func complete(_ index: Int, token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        deliver([(index, token, result)])
-    }
-
-    /// Records a reactor turn's results for this stream and wakes its consumer once, so a
-    /// consumer faster than the link is not resumed once per result.
-    func deliver(_ results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)]) {
+    /// Records results of this stream's calls (a reactor turn's, or the failures of calls a
+    /// stopped node never made) and wakes its consumer once, so a consumer faster than the link
+    /// is not resumed once per result. Each call is answered once: the shell forgets where a
+    /// result goes when it hands it over.
+    func deliver(_ results: [Element]) {
         let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element]?)? in
             guard !state.cancelled else { return nil }
-            for (index, token, result) in results where state.outstanding.remove(token) != nil {
-                state.ready.append((index, result))
-            }
+            state.outstanding -= results.count
+            state.ready.append(contentsOf: results)
             if let taken = takeForConsumer(&state) { return (taken.0, taken.1) }
             return nil
         }
@@ -199,25 +203,39 @@ final class CallPipeline: Sendable {
     }
 
     private func cancelHoldingHandOver() {
-        let (tokens, consumer, producer) = state.withLock { state in
-            guard !state.cancelled else { return ([UInt64](), CheckedContinuation<[Element]?, Never>?.none, CheckedContinuation<Int, Never>?.none) }
+        let (anyOutstanding, consumer, producer) = state.withLock { state in
+            guard !state.cancelled else { return (false, CheckedContinuation<[Element]?, Never>?.none, CheckedContinuation<Int, Never>?.none) }
             state.cancelled = true
-            let tokens = Array(state.outstanding)
-            state.outstanding = []
+            let anyOutstanding = state.outstanding > 0
+            state.outstanding = 0
             state.ready = []
             state.head = 0
             defer {
                 state.consumer = nil
                 state.producer = nil
             }
-            return (tokens, state.consumer, state.producer)
+            return (anyOutstanding, state.consumer, state.producer)
         }
-        if !tokens.isEmpty { bridge.submit(contentsOf: tokens.map { RemoteCallOp.cancel(token: $0) }) }
+        // The shell finds the stream's calls still waiting and cancels them.
+        if anyOutstanding { bridge.submit(.cancelStream(self)) }
         consumer?.resume(returning: nil)
         producer?.resume(returning: 0)
     }
 
     var isCancelled: Bool { state.withLock { $0.cancelled } }
+}
+
+/// Calls of one stream handed to the reactor together: consecutive stream indices from
+/// `firstIndex`, one per argument.
+struct StreamCalls: Sendable {
+    let stream: CallPipeline
+    var firstIndex: Int
+    var arguments: [[UInt8]]
+
+    /// Every call fails with `error` (the node stopped before they were made).
+    func fail(_ error: RemoteCallError) {
+        stream.deliver(arguments.indices.map { (firstIndex + $0, .failure(error)) })
+    }
 }
 
 /// Ends its pipeline when the iterator holding it goes away unfinished.

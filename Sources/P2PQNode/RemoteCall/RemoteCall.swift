@@ -392,19 +392,31 @@ private func produce<S: Sequence>(_ arguments: S, into pipeline: CallPipeline,
     while true {
         let credits = await pipeline.acquire()
         if credits == 0 { return }
-        var calls: [(index: Int, arguments: Result<[UInt8], RemoteCallError>)] = []
-        calls.reserveCapacity(credits)
-        while calls.count < credits, let element = iterator.next() {
-            calls.append((index, encode(element)))
-            index += 1
-        }
-        let exhausted = calls.count < credits
-        pipeline.submit(calls, unused: credits - calls.count)
+        var chunk: [Result<[UInt8], RemoteCallError>] = []
+        chunk.reserveCapacity(credits)
+        while chunk.count < credits, let element = iterator.next() { chunk.append(encode(element)) }
+        let exhausted = chunk.count < credits
+        pipeline.submit(firstIndex: index, chunk, unused: credits - chunk.count)
+        index += chunk.count
         if exhausted {
             pipeline.finishSubmitting()
             return
         }
     }
+}
+
+/// Submits raw `arguments` held in an array: as ``produce(_:into:encode:)`` with nothing to
+/// encode and no generic iteration per element.
+private func produce(_ arguments: [[UInt8]], into pipeline: CallPipeline) async {
+    var index = 0
+    while index < arguments.count {
+        let credits = await pipeline.acquire()
+        if credits == 0 { return }
+        let end = Swift.min(arguments.count, index + credits)
+        pipeline.submit(firstIndex: index, arguments[index..<end].map { .success($0) }, unused: credits - (end - index))
+        index = end
+    }
+    pipeline.finishSubmitting()
 }
 
 /// Submits `arguments` into `pipeline` one by one as they arrive and the window has room.
@@ -418,11 +430,11 @@ private func produce<S: AsyncSequence>(_ arguments: S, into pipeline: CallPipeli
         for used in 0..<credits {
             // A slow source does not hold back calls already taken from it.
             guard let element = await iterator.next(isolation: nil), !pipeline.isCancelled else {
-                pipeline.submit([], unused: credits - used)
+                pipeline.submit(firstIndex: index, [], unused: credits - used)
                 pipeline.finishSubmitting()
                 return
             }
-            pipeline.submit([(index, encode(element))], unused: 0)
+            pipeline.submit(firstIndex: index, [encode(element)], unused: 0)
             index += 1
         }
     }
@@ -448,8 +460,15 @@ public struct RawRemoteFunction: Sendable {
     /// Pipelined calls (see ``RemoteFunction/results(for:window:timeout:)-(S,_,_)``).
     public func results<S: Sequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<[UInt8]>
     where S.Element == [UInt8] {
-        RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
-                          decode: { .success($0) }) { pipeline in
+        // An array (the common case) is submitted in slices, with no generic iteration per call.
+        if let array = arguments as? [[UInt8]] {
+            return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                                     decode: { .success($0) }) { pipeline in
+                await produce(array, into: pipeline)
+            }
+        }
+        return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
+                                 decode: { .success($0) }) { pipeline in
             await produce(arguments, into: pipeline) { .success($0) }
         }
     }

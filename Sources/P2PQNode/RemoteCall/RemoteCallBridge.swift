@@ -15,17 +15,16 @@ struct CallRequest: Sendable {
     var completion: CallCompletion
 }
 
-/// Where a call's result goes: the task awaiting it alone, or its place in a batch.
+/// Where a call's result goes: the task awaiting it alone, or its place in a batch. (Calls of
+/// a pipelined stream are handed over as ``StreamCalls``.)
 enum CallCompletion: Sendable {
     case single(CallRequest.Continuation)
     case batch(CallBatch, index: Int)
-    case stream(CallPipeline, index: Int, token: UInt64)
 
     func resume(_ result: Result<[UInt8], RemoteCallError>) {
         switch self {
         case .single(let continuation): continuation.resume(returning: result)
         case .batch(let batch, let index): batch.complete(index, result)
-        case .stream(let pipeline, let index, let token): pipeline.complete(index, token: token, result)
         }
     }
 }
@@ -72,7 +71,11 @@ struct Registration: Sendable {
 /// Work handed from any task to the reactor, in order, drained in one hop per batch.
 enum RemoteCallOp: Sendable {
     case call(CallRequest)
+    /// A chunk of a pipelined stream's calls: one op for all of them.
+    case stream(StreamCalls)
     case cancel(token: UInt64)
+    /// The stream was cancelled: its calls still waiting are cancelled.
+    case cancelStream(CallPipeline)
     case finished(TaskID, CallOutcome)
     /// The outcomes of a run of synchronous calls, handed over at once.
     case finishedRun([(TaskID, CallOutcome)])
@@ -181,7 +184,11 @@ final class RemoteCallBridge: Sendable {
     /// The node is gone: calls waiting in the inbox fail.
     func failQueued() {
         for op in takeOps() {
-            if case .call(let request) = op { request.completion.resume(.failure(.nodeStopped)) }
+            switch op {
+            case .call(let request): request.completion.resume(.failure(.nodeStopped))
+            case .stream(let calls): calls.fail(.nodeStopped)
+            default: break
+            }
         }
     }
 

@@ -15,15 +15,23 @@ final class RemoteCallShell {
     var refusedResults: Int { core.machine.callCounters?.caller.refusedResults ?? 0 }
 
     /// Where each call's result goes, by the token the machine completes it with: a window,
-    /// no hashing per call. A cancel names the API's token and finds its call by a scan, once
-    /// per drain for all its cancels.
-    private var completions = SequenceTable<CallRequest>()
+    /// no hashing per call. A cancel names the API's token (or the stream) and finds its calls
+    /// by a scan, once per drain for all its cancels.
+    private var completions = SequenceTable<Completion>()
+
+    /// Where one call's result goes.
+    private enum Completion {
+        /// A call of `call` or `call(batch:)`, as the API made it.
+        case request(CallRequest)
+        /// The call at `index` of a pipelined stream.
+        case stream(CallPipeline, index: Int)
+    }
     private var nextToken: UInt64 = 1
 
     private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
     /// Pipelined streams given results while the node's actions run: each is woken once when
     /// they run out (``wakeStreams()``).
-    private var streamResults: [(stream: CallPipeline, results: [(index: Int, token: UInt64, result: Result<[UInt8], RemoteCallError>)])] = []
+    private var streamResults: [(stream: CallPipeline, results: [CallPipeline.Element])] = []
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
 
@@ -43,18 +51,23 @@ final class RemoteCallShell {
         let ops = bridge.takeOps()
         guard !isStopped else {
             for op in ops {
-                if case .call(let request) = op { request.completion.resume(.failure(.nodeStopped)) }
+                switch op {
+                case .call(let request): request.completion.resume(.failure(.nodeStopped))
+                case .stream(let calls): calls.fail(.nodeStopped)
+                default: break
+                }
             }
             return
         }
-        // Consecutive calls (from any number of tasks) go to the machine as one batch, and
-        // consecutive outcomes too: one action list per run. Ops still take effect in order: a
-        // run is flushed before any other op.
+        // Consecutive calls (from any number of tasks and streams) go to the machine as one
+        // batch, and consecutive outcomes too: one action list per run. Ops still take effect
+        // in order: a run is flushed before any other op.
         var outcomes: [(TaskID, CallOutcome)] = []
-        var calls: [CallRequest] = []
+        var calls: [NodeCallRequest] = []
         var cancels: Set<UInt64> = []
         for op in ops {
-            if case .call(let request) = op {
+            switch op {
+            case .call, .stream:
                 if !outcomes.isEmpty {
                     finish(outcomes)
                     outcomes.removeAll()
@@ -63,8 +76,14 @@ final class RemoteCallShell {
                     cancel(cancels)
                     cancels.removeAll()
                 }
-                calls.append(request)
+                if case .call(let request) = op {
+                    calls.append(register(request))
+                } else if case .stream(let streamCalls) = op {
+                    register(streamCalls, into: &calls)
+                }
                 continue
+            default:
+                break
             }
             if !calls.isEmpty {
                 call(calls)
@@ -91,14 +110,14 @@ final class RemoteCallShell {
                 outcomes.removeAll()
             }
             switch op {
-            case .call: break  // gathered above
-            case .cancel: break  // gathered above
+            case .call, .stream, .cancel, .finished, .finishedRun: break  // gathered above
+            case .cancelStream(let stream):
+                cancel(stream)
             case .register(let name, let inline):
                 inlineBodies[name] = inline
                 core.machine.registerCallFunction(name)
             case .process(let on):
                 core.perform(core.machine.setCallProcessing(on, now: now))
-            case .finished, .finishedRun: break
             }
         }
         if !calls.isEmpty { call(calls) }
@@ -108,7 +127,18 @@ final class RemoteCallShell {
 
     /// Cancels the waiting calls with these API tokens (one scan for all of them).
     private func cancel(_ tokens: Set<UInt64>) {
-        let named = Set(completions.sequences(where: { tokens.contains($0.token) }))
+        let named = Set(completions.sequences(where: { completion in
+            if case .request(let request) = completion { tokens.contains(request.token) } else { false }
+        }))
+        guard !named.isEmpty else { return }
+        core.perform(core.machine.cancelCalls(named, now: now))
+    }
+
+    /// Cancels the waiting calls of a cancelled stream (one scan).
+    private func cancel(_ stream: CallPipeline) {
+        let named = Set(completions.sequences(where: { completion in
+            if case .stream(let owner, _) = completion { owner === stream } else { false }
+        }))
         guard !named.isEmpty else { return }
         core.perform(core.machine.cancelCalls(named, now: now))
     }
@@ -119,12 +149,26 @@ final class RemoteCallShell {
         core.perform(core.machine.callsFinished(outcomes, now: now))
     }
 
-    /// Hands `requests` to the machine in one batch, each named by a new token.
-    private func call(_ requests: [CallRequest]) {
+    /// Hands `requests` to the machine in one batch.
+    private func call(_ requests: [NodeCallRequest]) {
         if requests.count == 1 {
-            return core.perform(core.machine.call(register(requests[0]), now: now, wallClock: wallClock))
+            return core.perform(core.machine.call(requests[0], now: now, wallClock: wallClock))
         }
-        core.perform(core.machine.call(requests.map(register), now: now, wallClock: wallClock))
+        core.perform(core.machine.call(requests, now: now, wallClock: wallClock))
+    }
+
+    /// Names each call of a stream's chunk by a new token and keeps where its result goes.
+    private func register(_ streamCalls: StreamCalls, into calls: inout [NodeCallRequest]) {
+        let stream = streamCalls.stream
+        let timeout = stream.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) }
+        calls.reserveCapacity(calls.count + streamCalls.arguments.count)
+        for (offset, arguments) in streamCalls.arguments.enumerated() {
+            let token = nextToken
+            nextToken += 1
+            completions.append(token, .stream(stream, index: streamCalls.firstIndex + offset))
+            calls.append(NodeCallRequest(function: stream.function, arguments: arguments, memoize: stream.memoize,
+                                         timeout: timeout, nested: nil, token: token))
+        }
     }
 
     /// Names `request` by a new token and keeps where its result goes, before the machine acts
@@ -132,7 +176,7 @@ final class RemoteCallShell {
     private func register(_ request: CallRequest) -> NodeCallRequest {
         let token = nextToken
         nextToken += 1
-        completions.append(token, request)
+        completions.append(token, .request(request))
         return NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
                                timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
                                nested: request.nested, token: token)
@@ -150,7 +194,7 @@ final class RemoteCallShell {
             // the call would be answered "unknown function".
             if bridge.hasOps { drain() }
             wall = wallClock  // the calls' deadline hints; results and credit need no clock read
-        case .results, .started, .cancel, .credit:
+        case .results, .started, .cancel, .credit, .resultRun:
             break
         }
         core.perform(core.machine.received(message, from: peer, now: now, wallClock: wall))
@@ -178,17 +222,19 @@ final class RemoteCallShell {
     }
 
     private func complete(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        guard let request = completions.remove(token) else { return }
-        guard request.nested == nil, case .stream(let stream, let index, let streamToken) = request.completion else {
+        switch completions.remove(token) {
+        case .request(let request)?:
             request.completion.resume(result)
+        case .stream(let stream, let index)?:
+            if let last = streamResults.indices.last, streamResults[last].stream === stream {
+                streamResults[last].results.append((index, result))
+            } else if let at = streamResults.firstIndex(where: { $0.stream === stream }) {
+                streamResults[at].results.append((index, result))
+            } else {
+                streamResults.append((stream, [(index, result)]))
+            }
+        case nil:
             return
-        }
-        if let last = streamResults.indices.last, streamResults[last].stream === stream {
-            streamResults[last].results.append((index, streamToken, result))
-        } else if let at = streamResults.firstIndex(where: { $0.stream === stream }) {
-            streamResults[at].results.append((index, streamToken, result))
-        } else {
-            streamResults.append((stream, [(index, streamToken, result)]))
         }
     }
 
