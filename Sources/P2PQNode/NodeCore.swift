@@ -120,7 +120,7 @@ final class NodeCore {
                 keepaliveTimeoutDescription: "\(configuration.keepaliveTimeout)",
                 firstMessageTimeoutDescription: "\(configuration.handshakeFirstMessageTimeout)",
                 helloFeatures: QueueShell.helloFeatures | WireProtocol.featureOperationsAddress
-                    | WireProtocol.featureCallRuns,
+                    | WireProtocol.featureCallRuns | WireProtocol.featureResultRuns,
                 helloFeatureMask: configuration.helloFeatureMask,
                 admission: HandshakeAdmissionConfiguration(
                     maxHandshakes: 2 * max(1, configuration.maxPeers) + 16,

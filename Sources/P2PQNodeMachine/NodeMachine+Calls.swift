@@ -325,7 +325,7 @@ extension NodeMachine {
     public mutating func callMessageUndeliverable(_ message: RemoteCallMessage, to peer: PeerID, now: UInt64) -> [Action] {
         switch message {
         case .direct, .directRun: break
-        case .results, .started, .cancel, .credit: return []
+        case .results, .started, .cancel, .credit, .resultRun: return []
         }
         guard calls.isAttached, !calls.isStopped else { return [] }
         var actions: [Action] = []
@@ -678,13 +678,21 @@ extension NodeMachine {
             scheduleCallsFlush(into: &actions)
             return
         }
+        if case .results(let entries) = message, entries.count >= 2,
+           features(of: peer) & WireProtocol.featureResultRuns != 0 {
+            // Results of consecutive calls go back as runs, the rest as entries.
+            let (runs, singles) = ResultRun.split(entries)
+            for run in runs { actions.append(.sendCall(.resultRun(run), to: peer)) }
+            if !singles.isEmpty { actions.append(.sendCall(.results(singles), to: peer)) }
+            return
+        }
         actions.append(.sendCall(message, to: peer))
     }
 
     @inlinable
     mutating func callMessage(_ message: RemoteCallMessage, from peer: PeerID, into actions: inout [Action], now: UInt64) {
         switch message {
-        case .results, .started, .credit:
+        case .results, .started, .credit, .resultRun:
             applyCaller(calls.caller.received(message, from: peer, now: now), into: &actions, now: now)
         case .cancel:
             applyExecutor(calls.executor.received(message, from: peer), into: &actions, now: now)

@@ -440,6 +440,12 @@ public struct CallerMachine: Sendable {
         switch message {
         case .results(let entries):
             for entry in entries { resultArrived(entry, from: peer, into: &actions) }
+        case .resultRun(let run):
+            var sequence = run.firstSequence
+            for outcome in run.outcomes {
+                resultArrived(CallResultEntry(sequence: sequence, outcome: outcome), from: peer, into: &actions)
+                sequence &+= 1
+            }
         case .started(let entries):
             for entry in entries {
                 guard let flight = flights[entry.sequence] else {

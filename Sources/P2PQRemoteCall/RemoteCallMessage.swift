@@ -11,12 +11,83 @@ public struct CallResultEntry: Sendable, Equatable {
     }
 
     /// Exact encoded size.
+    public var encodedSize: Int { 8 + outcome.encodedSize }
+}
+
+extension CallOutcome {
+    /// Exact encoded size: kind, then the kind's fields.
     public var encodedSize: Int {
-        switch outcome {
-        case .success(let bytes): return 8 + 1 + 4 + bytes.count
-        case .thrown(let typeName, let description): return 8 + 1 + 4 + typeName.utf8.count + 4 + description.utf8.count
-        case .unknownFunction: return 8 + 1
-        case .badArguments(let reason), .malformedCall(let reason): return 8 + 1 + 4 + reason.utf8.count
+        switch self {
+        case .success(let bytes): return 1 + 4 + bytes.count
+        case .thrown(let typeName, let description): return 1 + 4 + typeName.utf8.count + 4 + description.utf8.count
+        case .unknownFunction: return 1
+        case .badArguments(let reason), .malformedCall(let reason): return 1 + 4 + reason.utf8.count
+        }
+    }
+
+    private enum Kind: UInt8 {
+        case success = 0, thrown = 1, unknownFunction = 2, badArguments = 3, malformedCall = 4
+    }
+
+    /// Reads an outcome: its kind byte and the kind's fields.
+    static func read(_ reader: inout WireReader) throws(WireError) -> CallOutcome {
+        let raw = try reader.readU8(field: "kind")
+        guard let kind = Kind(rawValue: raw) else {
+            throw .malformed(field: "kind", reason: "unknown outcome kind \(raw)")
+        }
+        switch kind {
+        case .success:
+            return .success(Array(try reader.readByteString(field: "value", maxLength: Int(UInt32.max))))
+        case .thrown:
+            let typeName = try reader.readString(field: "typeName", maxLength: RemoteCallLimits.maxTypeNameLength)
+            let description = try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength)
+            return .thrown(typeName: typeName, description: description)
+        case .unknownFunction:
+            return .unknownFunction
+        case .badArguments:
+            return .badArguments(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
+        case .malformedCall:
+            return .malformedCall(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
+        }
+    }
+
+    /// Checks the string limits the decoder enforces; `field` names the entry in errors.
+    func validate(field: String) throws(WireError) {
+        switch self {
+        case .success, .unknownFunction:
+            break
+        case .thrown(let typeName, let description):
+            try checkLength(typeName, field: field + ".typeName", limit: RemoteCallLimits.maxTypeNameLength)
+            try checkLength(description, field: field + ".description", limit: RemoteCallLimits.maxDescriptionLength)
+        case .badArguments(let reason), .malformedCall(let reason):
+            try checkLength(reason, field: field + ".description", limit: RemoteCallLimits.maxDescriptionLength)
+        }
+    }
+
+    private func checkLength(_ string: String, field: String, limit: Int) throws(WireError) {
+        let length = string.utf8.count
+        guard length <= limit else {
+            throw .malformed(field: field, reason: "length \(length) exceeds the limit of \(limit) bytes")
+        }
+    }
+
+    func write<Output: WireOutput>(into writer: inout WireWriter<Output>) {
+        switch self {
+        case .success(let bytes):
+            writer.writeU8(Kind.success.rawValue)
+            writer.writeByteString(bytes)
+        case .thrown(let typeName, let description):
+            writer.writeU8(Kind.thrown.rawValue)
+            writer.writeString(typeName)
+            writer.writeString(description)
+        case .unknownFunction:
+            writer.writeU8(Kind.unknownFunction.rawValue)
+        case .badArguments(let reason):
+            writer.writeU8(Kind.badArguments.rawValue)
+            writer.writeString(reason)
+        case .malformedCall(let reason):
+            writer.writeU8(Kind.malformedCall.rawValue)
+            writer.writeString(reason)
         }
     }
 }
@@ -52,11 +123,14 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
     /// `0x45`: consecutive direct calls of the sender to one function (1...65535 calls), on
     /// credit as ``direct(_:)``; only to a peer whose hello has ``WireProtocol/featureCallRuns``.
     case directRun(CallRun)
+    /// `0x46`: results of consecutive calls (1...65535), executor to caller; only to a peer
+    /// whose hello has ``WireProtocol/featureResultRuns``.
+    case resultRun(ResultRun)
 
     /// The message types this module decodes.
     public static let messageTypes: [MessageType] = [
         .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit,
-        .remoteCallDirectRun,
+        .remoteCallDirectRun, .remoteCallResultRun,
     ]
 
     public var messageType: MessageType {
@@ -67,11 +141,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .direct: return .remoteCallDirect
         case .credit: return .remoteCallCredit
         case .directRun: return .remoteCallDirectRun
+        case .resultRun: return .remoteCallResultRun
         }
-    }
-
-    private enum OutcomeKind: UInt8 {
-        case success = 0, thrown = 1, unknownFunction = 2, badArguments = 3, malformedCall = 4
     }
 
     // MARK: Decoding
@@ -150,6 +221,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             message = .credit(slots)
         case .remoteCallDirectRun:
             message = .directRun(try CallRun.decode(&reader))
+        case .remoteCallResultRun:
+            message = .resultRun(try ResultRun.decode(&reader))
         default:
             throw .unknownMessageType(type.rawValue)
         }
@@ -167,26 +240,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
 
     private static func readResult(_ reader: inout WireReader) throws(WireError) -> CallResultEntry {
         let sequence = try reader.readU64(field: "sequence")
-        let raw = try reader.readU8(field: "kind")
-        guard let kind = OutcomeKind(rawValue: raw) else {
-            throw .malformed(field: "kind", reason: "unknown outcome kind \(raw)")
-        }
-        let outcome: CallOutcome
-        switch kind {
-        case .success:
-            outcome = .success(Array(try reader.readByteString(field: "value", maxLength: Int(UInt32.max))))
-        case .thrown:
-            let typeName = try reader.readString(field: "typeName", maxLength: RemoteCallLimits.maxTypeNameLength)
-            let description = try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength)
-            outcome = .thrown(typeName: typeName, description: description)
-        case .unknownFunction:
-            outcome = .unknownFunction
-        case .badArguments:
-            outcome = .badArguments(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
-        case .malformedCall:
-            outcome = .malformedCall(try reader.readString(field: "description", maxLength: RemoteCallLimits.maxDescriptionLength))
-        }
-        return CallResultEntry(sequence: sequence, outcome: outcome)
+        return CallResultEntry(sequence: sequence, outcome: try CallOutcome.read(&reader))
     }
 
     // MARK: Encoding
@@ -195,17 +249,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         switch self {
         case .results(let entries):
             try Self.checkCount(entries.count, name: "results")
-            for (index, entry) in entries.enumerated() {
-                switch entry.outcome {
-                case .success, .unknownFunction:
-                    break
-                case .thrown(let typeName, let description):
-                    try Self.checkLength(typeName, field: "results[\(index)].typeName", limit: RemoteCallLimits.maxTypeNameLength)
-                    try Self.checkLength(description, field: "results[\(index)].description", limit: RemoteCallLimits.maxDescriptionLength)
-                case .badArguments(let reason), .malformedCall(let reason):
-                    try Self.checkLength(reason, field: "results[\(index)].description", limit: RemoteCallLimits.maxDescriptionLength)
-                }
-            }
+            for (index, entry) in entries.enumerated() { try entry.outcome.validate(field: "results[\(index)]") }
         case .started(let entries):
             try Self.checkCount(entries.count, name: "started")
             if let index = entries.firstIndex(where: { $0.attempt == 0 }) {
@@ -222,6 +266,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             guard slots >= 1 else { throw .malformed(field: "credit.slots", reason: "no credit") }
         case .directRun(let run):
             try run.validate()
+        case .resultRun(let run):
+            try run.validate()
         }
     }
 
@@ -229,13 +275,6 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         guard count >= 1 else { throw .malformed(field: name + ".count", reason: "no entries") }
         guard count <= RemoteCallLimits.maxEntriesPerMessage else {
             throw .malformed(field: name + ".count", reason: "\(count) exceeds the limit of \(RemoteCallLimits.maxEntriesPerMessage)")
-        }
-    }
-
-    private static func checkLength(_ string: String, field: String, limit: Int) throws(WireError) {
-        let length = string.utf8.count
-        guard length <= limit else {
-            throw .malformed(field: field, reason: "length \(length) exceeds the limit of \(limit) bytes")
         }
     }
 
@@ -247,6 +286,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .direct(let items): return items.reduce(2) { $0 + 4 + $1.count }
         case .credit: return 4
         case .directRun(let run): return run.bodySize
+        case .resultRun(let run): return run.bodySize
         }
     }
 
@@ -258,23 +298,7 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
             writer.writeU16(UInt16(entries.count))
             for entry in entries {
                 writer.writeU64(entry.sequence)
-                switch entry.outcome {
-                case .success(let bytes):
-                    writer.writeU8(OutcomeKind.success.rawValue)
-                    writer.writeByteString(bytes)
-                case .thrown(let typeName, let description):
-                    writer.writeU8(OutcomeKind.thrown.rawValue)
-                    writer.writeString(typeName)
-                    writer.writeString(description)
-                case .unknownFunction:
-                    writer.writeU8(OutcomeKind.unknownFunction.rawValue)
-                case .badArguments(let reason):
-                    writer.writeU8(OutcomeKind.badArguments.rawValue)
-                    writer.writeString(reason)
-                case .malformedCall(let reason):
-                    writer.writeU8(OutcomeKind.malformedCall.rawValue)
-                    writer.writeString(reason)
-                }
+                entry.outcome.write(into: &writer)
             }
         case .started(let entries):
             writer.writeU16(UInt16(entries.count))
@@ -291,6 +315,8 @@ public enum RemoteCallMessage: Sendable, Equatable, WireMessage, WireDecodable {
         case .credit(let slots):
             writer.writeU32(slots)
         case .directRun(let run):
+            run.write(into: &writer)
+        case .resultRun(let run):
             run.write(into: &writer)
         }
     }

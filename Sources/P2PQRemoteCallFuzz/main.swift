@@ -1,12 +1,13 @@
-// Fuzz target for the remote-call decoders (P2PQRemoteCall): the messages 0x40–0x45 and the
+// Fuzz target for the remote-call decoders (P2PQRemoteCall): the messages 0x40–0x46 and the
 // call item (the bytes of a call-queue item and of each entry of a direct message).
 //
 // Built with -sanitize=fuzzer and -DP2PQ_FUZZ it hands control to libFuzzer; built plainly it
 // replays the files named on the command line (P2PQFuzzSupport.fuzzMain), or, given
 // `--write-corpus <dir>`, writes the seed corpus (Fuzz/corpus/rpc).
 //
-// The first input byte picks what to decode (byte % 7: the six message types, then a call
-// item); the rest is the body. A decoded run must also agree with its calls as items. Besides "no crash", whatever decodes must validate, have an
+// The first input byte picks what to decode (byte % 8: the seven message types, then a call
+// item); the rest is the body. A decoded direct run must also agree with its calls as items,
+// and a result run split into runs again must be itself. Besides "no crash", whatever decodes must validate, have an
 // exact `bodySize` or `encodedSize`, and survive encode → decode unchanged; a call item's
 // encoding must be the very bytes it was decoded from (the format has one encoding per value).
 
@@ -35,6 +36,13 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard let message = checkMessageRoundTrip(RemoteCallMessage.self, type: type, body: body) else { return 0 }
     if case .direct(let items) = message {
         for item in items { item.withUnsafeBytes { fuzzCallItem($0) } }
+    }
+    if case .resultRun(let run) = message {
+        let entries = run.entries
+        precondition(entries.count == run.outcomes.count, "a result run's entries are not its outcomes")
+        let (runs, singles) = ResultRun.split(entries)
+        precondition(singles.isEmpty && runs.flatMap(\.entries) == entries || entries.count == 1,
+                     "a result run split again is not itself")
     }
     if case .directRun(let run) = message {
         let items = run.items()
@@ -83,6 +91,10 @@ func seeds() throws -> [(name: String, bytes: [UInt8])] {
         ("credit", .credit(16)),
         ("direct-run", .directRun(CallRun(caller: caller, firstSequence: 3, attempt: 2, function: "fib", memoize: true,
                                           deadline: 1_700_000_000_000_000_000, arguments: [[0, 0, 0, 30], [], [1]]))),
+        ("result-run", .resultRun(ResultRun(firstSequence: 41, outcomes: [
+            .success([1, 2]), .thrown(typeName: "E", description: "d"), .unknownFunction, .badArguments("b"),
+            .malformedCall("m"), .success([]),
+        ]))),
     ]
     var result = try messages.map { name, message in
         var frame: [UInt8] = []

@@ -527,7 +527,7 @@ public struct ClusterSimulation {
             machines[node].heard(link, now: now)
             let wall: UInt64 = switch message {
             case .direct, .directRun: wallClock
-            case .results, .started, .cancel, .credit: 0
+            case .results, .started, .cancel, .credit, .resultRun: 0
             }
             perform(machines[node].received(message, from: peers[from], now: now, wallClock: wall), at: node)
             if thenReset { reset(link, at: node) }

@@ -152,7 +152,7 @@ public enum LinkMessage: Sendable, Equatable, WireMessage, WireDecodable {
             guard port != 0 else { throw .malformed(field: "operations.port", reason: "port 0") }
             message = .operations(host: host, port: port)
         case .remoteCallResults, .remoteCallStarted, .remoteCallCancel, .remoteCallDirect, .remoteCallCredit,
-             .remoteCallDirectRun:
+             .remoteCallDirectRun, .remoteCallResultRun:
             // Remote-call messages: decoded by P2PQRemoteCall, not by this layer.
             throw .unknownMessageType(type.rawValue)
         }

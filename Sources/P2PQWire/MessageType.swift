@@ -82,6 +82,9 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     /// header, the arguments in one buffer), caller to executor; only to a peer whose hello
     /// has ``WireProtocol/featureCallRuns``.
     case remoteCallDirectRun = 0x45
+    /// Remote calls: results of consecutive calls as one run (the first sequence once),
+    /// executor to caller; only to a peer whose hello has ``WireProtocol/featureResultRuns``.
+    case remoteCallResultRun = 0x46
 
     /// Link-level messages (this module).
     public static let linkRange: ClosedRange<UInt8> = 0x01...0x0F
@@ -139,6 +142,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .remoteCallDirect: return "remote call direct"
         case .remoteCallCredit: return "remote call credit"
         case .remoteCallDirectRun: return "remote call direct run"
+        case .remoteCallResultRun: return "remote call result run"
         }
     }
 }

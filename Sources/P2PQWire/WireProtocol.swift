@@ -39,6 +39,10 @@ public enum WireProtocol {
     /// peers send it consecutive direct calls to one function as one run; a peer without the
     /// bit gets them as single call items (`0x43`).
     public static let featureCallRuns: UInt64 = 1 << 4
+    /// Hello feature bit 5: the node understands remote-call result runs (`0x46`), so its
+    /// executors send it the results of consecutive calls as one run; a peer without the bit
+    /// gets them as results entries (`0x40`).
+    public static let featureResultRuns: UInt64 = 1 << 5
     /// Longest goodbye detail string, in UTF-8 bytes.
     public static let maxGoodbyeDetailLength = 256
     /// Most entries in one peers message.

@@ -51,10 +51,13 @@ struct CallMesh {
     private var nextLink: [UInt64]
     /// Nodes whose hellos announce remote-call runs (``WireProtocol/featureCallRuns``).
     private let callRunNodes: Set<Int>
+    /// Nodes whose hellos announce result runs (``WireProtocol/featureResultRuns``).
+    private let resultRunNodes: Set<Int>
 
     init(size: Int, seed: UInt64, grantsCredit: Bool = true, caller: CallerConfiguration = CallerConfiguration(),
-         callRunNodes: Set<Int> = []) {
+         callRunNodes: Set<Int> = [], resultRunNodes: Set<Int> = []) {
         self.callRunNodes = callRunNodes
+        self.resultRunNodes = resultRunNodes
         var seeds = SplitMix64(seed: seed)
         machines = (0..<size).map { n in
             Machine(configuration: NodeMachineConfiguration(
@@ -135,7 +138,8 @@ struct CallMesh {
             guard ends[node][link] != nil else { return }
             perform(machines[node].linkUp(link, peer: peer(other), direction: direction, incarnation: UInt64(other + 1) * 1000,
                                           features: QueueWire.featureOwnershipHandover
-                                              | (callRunNodes.contains(other) ? WireProtocol.featureCallRuns : 0),
+                                              | (callRunNodes.contains(other) ? WireProtocol.featureCallRuns : 0)
+                                              | (resultRunNodes.contains(other) ? WireProtocol.featureResultRuns : 0),
                                           peerAddress: "n\(other)",
                                           dialedAddress: dialed, now: now), at: node)
         case .dialFailed(let node, let address):
@@ -398,6 +402,39 @@ struct NodeCallsTests {
             #expect(results[UInt64(index + 1)] == .success(bytes), "call \(index + 1)")
         }
         #expect(mesh.machines[0].callsInFlight == 0)
+    }
+
+    @Test("Results of consecutive calls go back as result runs to a caller whose hello has the result-runs bit, as entries to one without it")
+    func resultRunsOnlyToCallersThatKnowThem() {
+        for callerKnowsRuns in [true, false] {
+            var mesh = CallMesh(size: 3, seed: 11, callRunNodes: [0, 1, 2], resultRunNodes: callerKnowsRuns ? [0] : [])
+            mesh.run(until: 3 * second)
+            mesh.callEcho(Self.arguments, at: 0)
+            mesh.run(until: 6 * second)
+            var inRuns = 0, asEntries = 0
+            for entry in mesh.trace where entry.node != 0 {
+                guard case .sendCall(let message, let to) = entry.action, to == peer(0) else { continue }
+                switch message {
+                case .resultRun(let run):
+                    inRuns += run.outcomes.count
+                    #expect(run.outcomes.count >= 2, "a run of one result")
+                case .results(let entries): asEntries += entries.count
+                default: break
+                }
+            }
+            if callerKnowsRuns {
+                // Each executor ran one block of consecutive calls: all of their results are runs.
+                #expect(inRuns == Self.arguments.count && asEntries == 0, "runs \(inRuns), entries \(asEntries)")
+            } else {
+                #expect(inRuns == 0 && asEntries == Self.arguments.count, "runs \(inRuns), entries \(asEntries)")
+            }
+            let results = mesh.completed[0] ?? [:]
+            for (index, bytes) in Self.arguments.enumerated() {
+                #expect(results[UInt64(index + 1)] == .success(bytes), "call \(index + 1), caller knows runs: \(callerKnowsRuns)")
+            }
+            #expect(mesh.machines[0].callsInFlight == 0)
+            #expect(mesh.machines[0].caller.counters.refusedResults == 0)
+        }
     }
 
     @Test("Without credit, a call's item goes through the call queue to a peer's waiting executor")

@@ -256,3 +256,102 @@ import P2PQWire
         #expect(more.allSatisfy { d.executor(of: $0) == ex2 })
     }
 }
+
+/// Results as runs (`0x46`): the codec, the split of results entries into runs, and the caller
+/// fed a run.
+@Suite struct ResultRunTests {
+    static let run = ResultRun(firstSequence: 41, outcomes: [
+        .success([1, 2]), .thrown(typeName: "E", description: "d"), .unknownFunction, .badArguments("b"),
+        .malformedCall("m"), .success([]),
+    ])
+
+    @Test func roundTripsWithExactSize() throws {
+        let runs = [
+            Self.run,
+            ResultRun(firstSequence: .max, outcomes: [.success([])]),
+            ResultRun(firstSequence: 0, outcomes: (0..<1000).map { .success([UInt8(truncatingIfNeeded: $0)]) }),
+        ]
+        for run in runs {
+            let message = RemoteCallMessage.resultRun(run)
+            let framed = try message.encoded()
+            #expect(framed.count == 5 + message.bodySize)
+            #expect(framed[4] == 0x46)
+            #expect(try RemoteCallMessage.decode(type: .remoteCallResultRun, body: Array(framed.dropFirst(5))) == message)
+            #expect(run.entries.map(\.sequence) == (0..<run.outcomes.count).map { run.firstSequence &+ UInt64($0) })
+        }
+        #expect(RemoteCallMessage.messageTypes.contains(.remoteCallResultRun))
+    }
+
+    /// The documented layout, byte for byte: 5 bytes per 16-byte result besides its value,
+    /// where a results entry takes 13.
+    @Test func layout() throws {
+        let run = ResultRun(firstSequence: 5, outcomes: [.success([1, 2]), .unknownFunction, .badArguments("x")])
+        let expected: [UInt8] = be64(5) + be16(3) + [0] + be32(2) + [1, 2] + [2] + [3] + str("x")
+        #expect(try Array(RemoteCallMessage.resultRun(run).encoded().dropFirst(5)) == expected)
+        let value = [UInt8](repeating: 7, count: 16)
+        let entries = (1...64).map { CallResultEntry(sequence: UInt64($0), outcome: .success(value)) }
+        #expect(RemoteCallMessage.results(entries).bodySize == 2 + 64 * (13 + 16))
+        #expect(RemoteCallMessage.resultRun(ResultRun(firstSequence: 1, outcomes: entries.map(\.outcome))).bodySize == 10 + 64 * (5 + 16))
+    }
+
+    @Test func malformedRuns() {
+        let cases: [(String, [UInt8], WireError)] = [
+            ("count 0", be64(1) + be16(0), .malformed(field: "resultRun.count", reason: "no entries")),
+            ("fewer outcomes than the count", be64(1) + be16(2) + [2], .truncated(field: "resultRun[1].kind", needed: 1, available: 0)),
+            ("unknown kind", be64(1) + be16(1) + [9], .malformed(field: "resultRun[0].kind", reason: "unknown outcome kind 9")),
+            ("a value longer than what is left", be64(1) + be16(1) + [0] + be32(100) + [1],
+             .truncated(field: "resultRun[0].value", needed: 100, available: 1)),
+            ("a description over the limit", be64(1) + be16(1) + [3] + be32(4097) + [UInt8](repeating: 65, count: 4097),
+             .malformed(field: "resultRun[0].description", reason: "length 4097 exceeds the limit of 4096 bytes")),
+            ("more outcomes than the count", be64(1) + be16(1) + [2] + [2], .trailingBytes(type: .remoteCallResultRun, count: 1)),
+            ("sequences past the last", be64(.max) + be16(2) + [2, 2],
+             .malformed(field: "resultRun.count", reason: "2 results from sequence \(UInt64.max) pass the last sequence")),
+            ("cut in the header", [0, 0, 0], .truncated(field: "resultRun.firstSequence", needed: 8, available: 3)),
+        ]
+        for (name, body, expected) in cases {
+            let result = Result { () throws(WireError) in try RemoteCallMessage.decode(type: .remoteCallResultRun, body: body) }
+            switch result {
+            case .success: Issue.record("\(name): decoded")
+            case .failure(let error): #expect(error == expected, "\(name)")
+            }
+        }
+        #expect(throws: WireError.malformed(field: "resultRun.count", reason: "no entries")) {
+            try RemoteCallMessage.resultRun(ResultRun(firstSequence: 1, outcomes: [])).encoded()
+        }
+        #expect(throws: WireError.malformed(field: "resultRun[0].typeName", reason: "length 256 exceeds the limit of 255 bytes")) {
+            try RemoteCallMessage.resultRun(ResultRun(firstSequence: 1, outcomes: [.thrown(typeName: String(repeating: "t", count: 256), description: "")])).encoded()
+        }
+    }
+
+    @Test func splitKeepsEveryEntryOnce() {
+        func entry(_ sequence: UInt64) -> CallResultEntry { CallResultEntry(sequence: sequence, outcome: .success([UInt8(truncatingIfNeeded: sequence)])) }
+        let entries = [entry(3), entry(4), entry(5), entry(9), entry(11), entry(12), entry(7), entry(UInt64.max), entry(0)]
+        let (runs, singles) = ResultRun.split(entries)
+        #expect(runs.map(\.firstSequence) == [3, 11])
+        #expect(runs.map(\.outcomes.count) == [3, 2])
+        // The last sequence and 0 are not consecutive: no run wraps around.
+        #expect(singles.map(\.sequence) == [9, 7, UInt64.max, 0])
+        #expect((runs.flatMap(\.entries) + singles).sorted { $0.sequence < $1.sequence } == entries.sorted { $0.sequence < $1.sequence })
+        // A run keeps to the entry limit.
+        let many = (1...70_000).map { entry(UInt64($0)) }
+        let (bigRuns, none) = ResultRun.split(many)
+        #expect(none.isEmpty && bigRuns.map(\.outcomes.count) == [65_535, 4_465])
+    }
+
+    @Test func callerTakesARunFromTheExecutorOnly() {
+        var caller = CallerMachine(localPeer: peer(1))
+        _ = caller.received(.credit(8), from: peer(2), now: 0)
+        let (ids, _) = caller.call(batch: (0..<4).map { CallerMachine.Request(function: "f", arguments: [UInt8($0)]) }, now: 1)
+        let run = ResultRun(firstSequence: ids[0].sequence, outcomes: (0..<4).map { .success([UInt8($0), 9]) })
+        // From a peer that was not sent the calls: refused, the calls stay outstanding.
+        #expect(caller.received(.resultRun(run), from: peer(3), now: 2).allSatisfy { if case .complete = $0 { false } else { true } })
+        #expect(caller.counters.refusedResults == 4 && caller.outstandingCalls == 4)
+        let actions = caller.received(.resultRun(run), from: peer(2), now: 3)
+        let completed = actions.compactMap { action -> (UInt64, Result<[UInt8], RemoteCallError>)? in
+            if case .complete(let id, let result) = action { (id.sequence, result) } else { nil }
+        }
+        #expect(completed.map(\.0) == ids.map(\.sequence))
+        #expect(completed.map(\.1) == (0..<4).map { .success([UInt8($0), 9]) })
+        #expect(caller.outstandingCalls == 0)
+    }
+}

@@ -225,6 +225,9 @@ struct SimCluster {
         case .directRun(let run):
             directItems += run.count
             apply(nodes[to].executor.directRun(run, from: sender, wallClock: 0), at: to)
+        case .resultRun(let run):
+            for entry in run.entries { clearCustody(CallID(caller: nodes[to].id, sequence: entry.sequence), node: from) }
+            apply(nodes[to].caller.received(message, from: sender, now: 0), at: to)
         case .credit:
             apply(nodes[to].caller.received(message, from: sender, now: 0), at: to)
         }
