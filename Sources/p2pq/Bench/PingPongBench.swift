@@ -3,9 +3,9 @@ import Foundation
 import Glibc
 
 /// `p2pq bench pingpong`: the floor under W2's one-call latency on this machine at this
-/// moment. Two threads echo a small message over one loopback TCP connection with blocking
-/// sockets (`TCP_NODELAY`, one `write` and one `read` a side per round trip): no reactor, no
-/// cipher, no framing. What a remote call adds to this is what the engine costs.
+/// moment. Two processes, as in W2, echo a small message over one loopback TCP connection with
+/// blocking sockets (`TCP_NODELAY`, one `write` and one `read` a side per round trip): no
+/// reactor, no cipher, no framing. What a remote call adds to this is what the engine costs.
 struct PingPongBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pingpong",
@@ -21,6 +21,9 @@ struct PingPongBench: ParsableCommand {
     @Option(help: "Runs.")
     var runs: Int = 3
 
+    @Option(help: .hidden)
+    var echoPort: Int?
+
     func validate() throws {
         guard (1...10_000_000).contains(roundTrips) else { throw ValidationError("--round-trips must be 1...10,000,000") }
         guard (1...65536).contains(size) else { throw ValidationError("--size must be 1...65536") }
@@ -28,6 +31,7 @@ struct PingPongBench: ParsableCommand {
     }
 
     func run() throws {
+        if let echoPort { return echo(port: echoPort) }
         for run in 1...runs {
             var samples = try roundTripTimes()
             samples.sort()
@@ -54,23 +58,17 @@ struct PingPongBench: ParsableCommand {
                 _ = try check(getsockname(listener, raw, &length), "getsockname")
             }
         }
-        let size = size
-        let echo = Thread {
-            let connection = accept(listener, nil, nil)
-            guard connection >= 0 else { return }
-            defer { close(connection) }
-            noDelay(connection)
-            var buffer = [UInt8](repeating: 0, count: size)
-            while readFully(connection, &buffer), writeFully(connection, buffer) {}
-        }
-        echo.start()
-        let client = try check(socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0), "socket")
+        // The echo side is a child process, as W2's executor is.
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        child.arguments = ["bench", "pingpong", "--size", "\(size)", "--echo-port", "\(UInt16(bigEndian: address.sin_port))"]
+        try child.run()
+        defer { child.waitUntilExit() }
+        // Bounded: a child that never connects fails the run instead of hanging it.
+        var limit = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        let client = try check(accept(listener, nil, nil), "accept")
         defer { close(client) }
-        try withUnsafePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                _ = try check(connect(client, raw, socklen_t(MemoryLayout<sockaddr_in>.size)), "connect")
-            }
-        }
         noDelay(client)
         var buffer = [UInt8](repeating: 0xAB, count: size)
         var samples: [Double] = []
@@ -84,6 +82,28 @@ struct PingPongBench: ParsableCommand {
         }
         return samples
     }
+}
+
+/// The child's side: connects to the parent and echoes until the parent closes.
+private func echoLoop(port: Int, size: Int) {
+    let connection = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard connection >= 0 else { return }
+    defer { close(connection) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    let connected = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(connection, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { return }
+    noDelay(connection)
+    var buffer = [UInt8](repeating: 0, count: size)
+    while readFully(connection, &buffer), writeFully(connection, buffer) {}
+}
+
+extension PingPongBench {
+    fileprivate func echo(port: Int) { echoLoop(port: port, size: size) }
 }
 
 private func check(_ result: Int32, _ call: String) throws -> Int32 {
