@@ -204,7 +204,12 @@ public struct ExecutorMachine: Sendable {
     private var lastRegistered: String?
     /// By task ID, which this machine hands out in order: a window, no hashing per call.
     private var tasks = SequenceTable<Task>()
-    private var taskByCall: [CallID: TaskID] = [:]
+    /// Which task each call held here runs in, per caller by sequence: no hashing per call.
+    private var calls = CallIndex()
+    /// Calls in the books (for tests of the memory bound).
+    var trackedCalls: Int { calls.count }
+    /// Callers with books kept (for tests of the memory bound).
+    var trackedCallers: Int { calls.callers }
     private var taskByMemo: [MemoKey: TaskID] = [:]
     private var nextTask: UInt64 = 1
     private var memo: LRUCache<MemoKey, [UInt8]>
@@ -446,11 +451,10 @@ public struct ExecutorMachine: Sendable {
         case .awaitingSlot: resumers.removeAll { $0 == task }
         case .suspended: break
         }
-        // One hash per call: remove, and put back in the rare case it names another task.
-        if let other = taskByCall.removeValue(forKey: record.call), other != task { taskByCall[record.call] = other }
-        for subscriber in record.joined {
-            if let other = taskByCall.removeValue(forKey: subscriber), other != task { taskByCall[subscriber] = other }
-        }
+        // Only where a call still names this task: once out of the books (cancelled), it may
+        // have been delivered again and run in another.
+        calls.remove(record.call, ifNaming: task)
+        for subscriber in record.joined { calls.remove(subscriber, ifNaming: task) }
         if let key = record.memoKey {
             if taskByMemo[key] == task { taskByMemo[key] = nil }
             if case .success(let bytes) = outcome, !record.cancelled {
@@ -514,7 +518,7 @@ public struct ExecutorMachine: Sendable {
         var actions: [Action] = []
         for sequence in sequences {
             let call = CallID(caller: peer, sequence: sequence)
-            if let task = taskByCall[call] {
+            if let task = calls.task(for: call) {
                 unsubscribe(call, from: task, actions: &actions)
             } else {
                 // The item may still be on its way (or waiting in the backlog): drop it then.
@@ -630,7 +634,7 @@ public struct ExecutorMachine: Sendable {
             counters.droppedExpired += 1
             return
         }
-        if taskByCall[item.id] != nil {
+        if calls.task(for: item.id) != nil {
             // Delivered again (queue redelivery, or the caller retried while it runs here).
             counters.duplicates += 1
             if !direct { queueStarted(item, actions: &actions) }
@@ -653,7 +657,7 @@ public struct ExecutorMachine: Sendable {
             if let task = taskByMemo[key], tasks[task.rawValue].map({ !$0.cancelled }) == true {
                 counters.coalesced += 1
                 _ = tasks.modify(task.rawValue) { $0.joined.append(item.id) }
-                taskByCall[item.id] = task
+                calls.add(item.id, task: task)
                 if !direct { queueStarted(item, actions: &actions) }
                 return
             }
@@ -668,7 +672,7 @@ public struct ExecutorMachine: Sendable {
         let id = TaskID(nextTask)
         nextTask += 1
         tasks.append(id.rawValue, Task(call: item.id, memoKey: key, state: .holding))
-        taskByCall[item.id] = id
+        calls.add(item.id, task: id)
         if let key { taskByMemo[key] = id }
         slotsInUse += 1
         counters.peakSlotsInUse = max(counters.peakSlotsInUse, slotsInUse)
@@ -706,7 +710,13 @@ public struct ExecutorMachine: Sendable {
     }
 
     private mutating func unsubscribe(_ call: CallID, from task: TaskID, actions: inout [Action]) {
-        taskByCall[call] = nil
+        calls.remove(call)
+        detach(call, from: task, actions: &actions)
+    }
+
+    /// `call` no longer waits for `task`'s result (already out of `calls`); the task is cancelled
+    /// if no call does.
+    private mutating func detach(_ call: CallID, from task: TaskID, actions: inout [Action]) {
         guard var record = tasks[task.rawValue] else { return }
         if call == record.call { record.ownSubscribed = false } else { record.joined.removeAll { $0 == call } }
         if !record.hasSubscribers && !record.cancelled {
@@ -721,8 +731,9 @@ public struct ExecutorMachine: Sendable {
         deadCallers.insert(peer)
         outboxes.remove(peer)
         var actions: [Action] = []
-        let affected = taskByCall.filter { $0.key.caller == peer }.sorted { $0.key < $1.key }
-        for (call, task) in affected { unsubscribe(call, from: task, actions: &actions) }
+        for (sequence, task) in calls.removeAll(of: peer) {
+            detach(CallID(caller: peer, sequence: sequence), from: task, actions: &actions)
+        }
         backlog.removeAll { $0.item.id.caller == peer }
         forgetCredit(peer)
         backlogNotified = backlogNotified.filter { $0.caller != peer }

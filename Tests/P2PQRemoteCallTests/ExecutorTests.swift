@@ -190,6 +190,65 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(e.counters.duplicates == 1)
     }
 
+    @Test("Calls are found by sequence whatever their order, and leave no books behind")
+    func booksHoldCallsInAnyOrderAndEmptyBehindThem() {
+        let n: UInt64 = 3000
+        var e = executor(slots: Int(n) + 1)
+        _ = e.start()
+        // The even calls first, then the odd ones below them (calls overtaken on the way).
+        let order = Array(stride(from: 2, through: n, by: 2)) + Array(stride(from: 1, through: n, by: 2))
+        var tasks: [UInt64: TaskID] = [:]
+        for first in stride(from: 0, to: order.count, by: 64) {
+            let chunk = order[first..<min(first + 64, order.count)]
+            for task in e.popped(chunk.map { item($0) }, wallClock: 0).runs { tasks[task.call.sequence] = task.id }
+        }
+        #expect(tasks.count == order.count && e.trackedCalls == order.count)
+        // Every call is found: delivered again, none runs twice; a cancel finds late and early ones.
+        #expect(e.popped(order.map { item($0, attempt: 2) }, wallClock: 0).runs.isEmpty)
+        #expect(e.counters.duplicates == order.count)
+        #expect(Set(e.received(.cancel([1001, 1000]), from: caller).cancelled) == [tasks[1001]!, tasks[1000]!])
+        // A sequence far past the others (a restarted window) is found too.
+        let far = e.popped([item(n + 100_000)], wallClock: 0).runs
+        #expect(far.count == 1)
+        #expect(e.popped([item(n + 100_000, attempt: 2), item(999, attempt: 3)], wallClock: 0).runs.isEmpty)
+        #expect(e.counters.duplicates == order.count + 2)
+        tasks[n + 100_000] = far[0].id
+        // Finished in a scrambled order (3001 is prime: i * 7 mod 3001 visits every index).
+        let all = order + [n + 100_000]
+        let scrambled = (0..<all.count).map { all[$0 * 7 % all.count] }
+        _ = e.finished(scrambled.map { (tasks[$0]!, CallOutcome.success([])) })
+        #expect(e.trackedCalls == 0)
+        #expect(e.trackedCallers <= 1)
+        // Another caller's call drops the first one's empty books.
+        #expect(e.popped([item(1, from: caller2)], wallClock: 0).runs.count == 1)
+        #expect(e.trackedCallers == 1 && e.trackedCalls == 1)
+    }
+
+    @Test func callerGoneLeavesOtherCallersCallsSubscribed() {
+        var e = executor(slots: 8)
+        _ = e.start()
+        // Two callers' calls interleaved; caller2's memoized call 7 joins caller's task for call 5.
+        let runs = e.popped([
+            item(3), item(1, from: caller2), item(1), item(2, from: caller2),
+            item(5, "m", args: [1], memoize: true), item(7, "m", args: [1], memoize: true, from: caller2),
+        ], wallClock: 0).runs
+        #expect(runs.map(\.call) == [
+            CallID(caller: caller, sequence: 3), CallID(caller: caller2, sequence: 1), CallID(caller: caller, sequence: 1),
+            CallID(caller: caller2, sequence: 2), CallID(caller: caller, sequence: 5),
+        ])
+        _ = e.flush()
+        // Caller's own tasks are cancelled by ascending sequence; the one caller2 also waits for runs on.
+        #expect(e.peerDied(caller).cancelled == [runs[2].id, runs[0].id])
+        #expect(e.trackedCalls == 3)
+        // Caller2's calls are still in the books: a cancel finds one.
+        #expect(e.received(.cancel([2]), from: caller2).cancelled == [runs[3].id])
+        _ = e.finished(runs.map { ($0.id, CallOutcome.success([UInt8($0.call.sequence)])) })
+        let sent = e.flush().messages
+        #expect(sent.allSatisfy { $0.1 == caller2 })
+        #expect(sent.map(\.0).contains(results((1, .success([1])), (7, .success([5])))))
+        #expect(e.trackedCalls == 0)
+    }
+
     @Test func bigResultsAreSplitAndOversizedOnesReplaced() {
         var e = ExecutorMachine(configuration: ExecutorConfiguration(maxConcurrentCalls: 8, maxMessageBodySize: 100, grantsCredit: false))
         e.register("f")
