@@ -34,13 +34,20 @@ public struct SequenceTable<Record: Sendable>: Sendable {
         return stragglers.isEmpty ? nil : stragglers[sequence]
     }
 
-    /// Adds a record for a sequence number above every one added before.
+    /// Adds a record, made for sequence numbers above every one added before (the cheap case);
+    /// one that is not lands in its window slot, or aside below the window, and is found
+    /// like any other.
     @inlinable public mutating func append(_ sequence: UInt64, _ record: consuming Record) {
         if windowSlots == 0 {
             base = sequence
         } else if sequence < base &+ UInt64(windowSlots) {
-            // Not above the window (never happens for fresh sequence numbers): keep it aside.
-            if stragglers.updateValue(record, forKey: sequence) == nil { held += 1 }
+            if let index = slot(of: sequence) {
+                // Inside the window: its own slot (lookups read the slot, not the stragglers).
+                if isEmpty(index) { held += 1 }
+                slots[index] = record
+            } else if stragglers.updateValue(record, forKey: sequence) == nil {
+                held += 1  // below the window: aside, where lookups of it go
+            }
             return
         }
         let gap = Int(sequence - base) - windowSlots

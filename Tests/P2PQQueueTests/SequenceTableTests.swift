@@ -90,6 +90,30 @@ import Testing
 extension SequenceTableTests {
     /// A window sliding far past its first slots: the storage drops its dead prefix again and
     /// again, and changes in place must still land on the right record.
+    @Test("A sequence appended below the window's end, inside the window or below it, is found, changed and removed like any other")
+    func outOfOrderAppends() {
+        var table = SequenceTable<Int>()
+        for sequence in stride(from: 100 as UInt64, to: 200, by: 2) { table.append(sequence, Int(sequence)) }
+        // Odd sequences inside the window (their slots are empty), and some below it.
+        for sequence in stride(from: 101 as UInt64, to: 200, by: 2) { table.append(sequence, Int(sequence)) }
+        for sequence in [7, 50, 99] as [UInt64] { table.append(sequence, Int(sequence)) }
+        #expect(table.count == 103)
+        for sequence in (100 as UInt64)..<200 { #expect(table[sequence] == Int(sequence), "sequence \(sequence)") }
+        #expect(table[7] == 7 && table[99] == 99 && table[98] == nil)
+        // Appended again: replaced, not counted twice.
+        table.append(101, -101)
+        table.append(50, -50)
+        #expect(table.count == 103 && table[101] == -101 && table[50] == -50)
+        #expect(table.modify(103) { $0 = -103 } && table[103] == -103)
+        #expect(table.sequences(where: { $0 < 0 }) == [50, 101, 103])
+        var seen: [Int] = []
+        #expect(table.removeRun(first: 95, count: 10) { seen.append($0) } == 6)
+        #expect(seen.sorted() == [-103, -101, 99, 100, 102, 104])
+        for sequence in [7, 50] as [UInt64] { #expect(table.remove(sequence) != nil) }
+        for sequence in (105 as UInt64)..<200 { #expect(table.remove(sequence) == Int(sequence)) }
+        #expect(table.count == 0 && table.windowSlots == 0)
+    }
+
     @Test("modify changes the right record while the window slides and its storage shifts down")
     func modifyWhileSliding() {
         var table = SequenceTable<[Int]>()
