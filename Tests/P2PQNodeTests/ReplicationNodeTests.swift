@@ -139,7 +139,21 @@ struct ReplicationNodeTests {
             }
             return (shelved, queuedElsewhere)
         }
+        // Items the child passed on after the check and before the pause (a steal answered in
+        // between) fall in the documented window too: both they and the holder's copies are
+        // delivered. They are counted where they arrive, before SIGCONT (a stopped child sends
+        // nothing more); anything it passes on after SIGCONT is not excused.
+        let childID = child.peerID
+        func receivedFromChild() async -> Int {
+            var received = 0
+            for node in nodes {
+                received += await node.withCore { $0.queues.counters("r")?.transferredInByPeer[childID] ?? 0 } ?? 0
+            }
+            return received
+        }
+        var receivedAtCheck = 0
         try await eventually("the replicas match the items the child still holds", diagnose: { child.diagnostics() }) {
+            receivedAtCheck = await receivedFromChild()
             let first = await sample()
             guard first.shelved + first.queuedElsewhere == total else { return false }
             try? await Task.sleep(for: .milliseconds(300))
@@ -164,13 +178,16 @@ struct ReplicationNodeTests {
         // owner was already suspected when it stopped (docs/reliability.md, "Which pauses are
         // seen"): a loaded machine makes that likely.
         if ContinuousClock.now - stopped < .milliseconds(1500) { try await Task.sleep(until: stopped + .milliseconds(1500)) }
+        let passedOnBeforePause = await receivedFromChild() - receivedAtCheck
         // Resumed: it must learn that its originals are stale before a consumer gets them.
         kill(child.process.processIdentifier, SIGCONT)
         let after = ContinuousClock.now + .seconds(6)
         while ContinuousClock.now < after { await popRound() }
         let duplicates = deliveries.values.reduce(0) { $0 + $1 - 1 }
-        if duplicates * 100 >= total {
-            Issue.record("\(duplicates) duplicate deliveries of \(total)\n\(await describe(nodes, child, operations, token: token))\n\(child.diagnostics())")
+        // Stale originals delivered after SIGCONT are what this test is about: at most 1 %
+        // beyond the items passed on in the documented window.
+        if (duplicates - passedOnBeforePause) * 100 >= total {
+            Issue.record("\(duplicates) duplicate deliveries of \(total), \(passedOnBeforePause) items passed on by the child between the check and the pause\n\(await describe(nodes, child, operations, token: token))\n\(child.diagnostics())")
         }
         kill(child.process.processIdentifier, SIGTERM)
         for node in nodes { await node.stop() }
