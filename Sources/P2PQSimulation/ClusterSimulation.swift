@@ -487,7 +487,8 @@ public struct ClusterSimulation {
             ends[node][link] = end
             let actions = machines[node].linkUp(link, peer: peers[other], direction: direction,
                                                 incarnation: incarnations[other],
-                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas | features,
+                                                features: QueueWire.featureOwnershipHandover | QueueWire.featureReplicas
+                                                    | WireProtocol.featureCallRuns | WireProtocol.featureResultRuns | features,
                                                 peerAddress: Self.address(other), dialedAddress: dialed, now: now)
             perform(actions, at: node)
         case .dialFailed(let node, let address):
