@@ -139,9 +139,6 @@ final class RemoteCallBridge: Sendable {
 
     func nextToken() -> UInt64 { tokens.wrappingAdd(1, ordering: .relaxed).oldValue }
 
-    /// The first of `count` consecutive fresh tokens.
-    func reserveTokens(_ count: Int) -> UInt64 { tokens.wrappingAdd(UInt64(count), ordering: .relaxed).oldValue }
-
     // MARK: Inbox
 
     func submit(_ op: RemoteCallOp) {
