@@ -568,6 +568,25 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
         #expect(a.heldBackCount == 10 && a.count == 0)
     }
 
+    @Test("A resumed owner whose first input is a steal request that waited during its pause gives none of its replicated items: they are held back first")
+    func stallSeenOnAStealFirst() throws {
+        var m = mesh([A, B, C])
+        var (a, b) = (m[0], m[1])
+        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
+        let holder = replicas(actions)[0].0
+        if holder == B {
+            _ = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
+        } else {
+            _ = try deliver(try deliver(actions, from: A, to: C, into: &m[2], now: 2), from: C, to: A, into: &a, now: 3)
+        }
+        #expect(a.count == 10)
+        // Resumed 10 s later: the steal a peer sent while it was paused is the first input.
+        let thief = holder == B ? C : B
+        let answer = a.received(.stealRequest(queue: "q", requestID: 7, maxItems: 10, thiefRate: 100), from: thief, now: 10 * second)
+        #expect(answer.transfers.isEmpty, "gave \(answer.transfers.map { $0.items.count }) items right after its stall")
+        #expect(a.heldBackCount == 10 && a.count == 0)
+    }
+
     @Test("A pause just past the threshold is a stall though the timer was armed late in it; ticks on time never are")
     func stallMeasuredFromTheLastInput() throws {
         var m = mesh([A, B])
