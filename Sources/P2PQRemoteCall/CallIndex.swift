@@ -12,39 +12,20 @@ import P2PQWire
 struct CallIndex: Sendable {
     private struct Books: Sendable {
         let caller: PeerID
-        /// Calls added in increasing order. `SequenceTable.append` needs each sequence above
-        /// every one added before: a lower one goes to `late`, else its window would hide it.
+        /// Any order: a call below the window's end (a queued call overtaken by direct ones, a
+        /// redelivery) lands in its slot or aside, and is found like the others.
         var window = SequenceTable<TaskID>()
-        /// The highest sequence added to `window` since it was last empty.
-        var highest: UInt64 = 0
-        /// Calls that arrived below `highest` (a queued call overtaken by direct ones, a
-        /// redelivery): few, so a dictionary.
-        var late: [UInt64: TaskID] = [:]
 
-        var count: Int { window.count + late.count }
+        var count: Int { window.count }
 
         init(caller: PeerID) { self.caller = caller }
 
-        func task(_ sequence: UInt64) -> TaskID? {
-            if let task = window[sequence] { return task }
-            return late.isEmpty ? nil : late[sequence]
-        }
+        func task(_ sequence: UInt64) -> TaskID? { window[sequence] }
 
-        mutating func add(_ sequence: UInt64, _ task: TaskID) {
-            if window.count == 0 || sequence > highest {
-                window.append(sequence, task)
-                highest = sequence
-            } else {
-                late[sequence] = task
-            }
-        }
+        mutating func add(_ sequence: UInt64, _ task: TaskID) { window.append(sequence, task) }
 
         mutating func remove(_ sequence: UInt64, ifNaming task: TaskID?) {
-            if let held = window[sequence] {
-                if task == nil || held == task { window.remove(sequence) }
-            } else if !late.isEmpty, let held = late[sequence], task == nil || held == task {
-                late[sequence] = nil
-            }
+            if let held = window[sequence], task == nil || held == task { window.remove(sequence) }
         }
     }
 
@@ -86,14 +67,9 @@ struct CallIndex: Sendable {
     /// Forgets every call of `caller`; its calls and their tasks, by ascending sequence.
     mutating func removeAll(of caller: PeerID) -> [(sequence: UInt64, task: TaskID)] {
         guard let slot = find(caller) else { return [] }
-        let taken = books[slot]
+        let taken = books[slot].window
         drop(slot)
-        var calls = taken.window.sequences { _ in true }.map { ($0, taken.window[$0]!) }
-        if !taken.late.isEmpty {
-            calls += taken.late.map { ($0.key, $0.value) }
-            calls.sort { $0.0 < $1.0 }
-        }
-        return calls.map { (sequence: $0.0, task: $0.1) }
+        return taken.sequences { _ in true }.map { (sequence: $0, task: taken[$0]!) }
     }
 
     /// The slot of `caller`'s books, made the last one used.

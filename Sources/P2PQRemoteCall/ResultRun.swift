@@ -36,8 +36,9 @@ public struct ResultRun: Sendable, Equatable {
         var start = 0
         while start < entries.count {
             var end = start + 1
+            // No run wraps past the last sequence.
             while end < entries.count, end - start < RemoteCallLimits.maxEntriesPerMessage,
-                  entries[end].sequence == entries[end - 1].sequence &+ 1, entries[end].sequence != 0 {
+                  entries[end - 1].sequence != .max, entries[end].sequence == entries[end - 1].sequence + 1 {
                 end += 1
             }
             if end - start >= 2 {

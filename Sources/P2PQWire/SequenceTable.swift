@@ -17,7 +17,10 @@ public struct SequenceTable<Record: Sendable>: Sendable {
     /// the rest (amortized O(1) per slot).
     @usableFromInline var slots: [Record?] = []
     @usableFromInline var head = 0
+    /// Records outside the window (below it: none ever lies inside, so a lookup reads one
+    /// place), and the highest sequence put there since it was last empty.
     @usableFromInline var stragglers: [UInt64: Record] = [:]
+    @usableFromInline var stragglerCeiling: UInt64 = 0
     /// Records held.
     @inlinable public var count: Int { held }
     @usableFromInline var held = 0
@@ -34,21 +37,24 @@ public struct SequenceTable<Record: Sendable>: Sendable {
         return stragglers.isEmpty ? nil : stragglers[sequence]
     }
 
-    /// Adds a record, made for sequence numbers above every one added before (the cheap case);
-    /// one that is not lands in its window slot, or aside below the window, and is found
-    /// like any other.
+    /// Adds (or replaces) a record, made for sequence numbers above every one added before
+    /// (the cheap case); one that is not lands in its window slot, or aside below the window,
+    /// and is found like any other.
     @inlinable public mutating func append(_ sequence: UInt64, _ record: consuming Record) {
+        let grownFrom: UInt64
         if windowSlots == 0 {
             base = sequence
+            grownFrom = sequence
         } else if sequence < base &+ UInt64(windowSlots) {
             if let index = slot(of: sequence) {
-                // Inside the window: its own slot (lookups read the slot, not the stragglers).
                 if isEmpty(index) { held += 1 }
                 slots[index] = record
-            } else if stragglers.updateValue(record, forKey: sequence) == nil {
-                held += 1  // below the window: aside, where lookups of it go
+            } else if putAside(sequence, record) {
+                held += 1
             }
             return
+        } else {
+            grownFrom = base &+ UInt64(windowSlots)
         }
         let gap = Int(sequence - base) - windowSlots
         if gap > 0 {
@@ -62,6 +68,8 @@ public struct SequenceTable<Record: Sendable>: Sendable {
         }
         slots.append(record)
         held += 1
+        // Records put aside when the window lay elsewhere move into the slots it now covers.
+        if !stragglers.isEmpty && stragglerCeiling >= grownFrom { adoptStragglers(from: grownFrom) }
         if windowSlots > 2 * count + Self.slack { compact() }
     }
 
@@ -69,7 +77,7 @@ public struct SequenceTable<Record: Sendable>: Sendable {
     /// added before (a push): no per-record gap test.
     @inlinable public mutating func append(first: UInt64, count n: Int, _ record: (Int) -> Record) {
         guard n > 0 else { return }
-        if windowSlots == 0 || first != base &+ UInt64(windowSlots) {
+        if windowSlots == 0 || first != base &+ UInt64(windowSlots) || (!stragglers.isEmpty && stragglerCeiling >= first) {
             for index in 0..<n { append(first &+ UInt64(index), record(index)) }
             return
         }
@@ -217,10 +225,31 @@ public struct SequenceTable<Record: Sendable>: Sendable {
         }
     }
 
+    /// Puts a record aside (outside the window); whether the sequence was new there.
+    @inlinable mutating func putAside(_ sequence: UInt64, _ record: consuming Record) -> Bool {
+        stragglerCeiling = stragglers.isEmpty ? sequence : Swift.max(stragglerCeiling, sequence)
+        return stragglers.updateValue(record, forKey: sequence) == nil
+    }
+
+    /// Moves the records aside whose sequences the window now covers, from `low` to its end,
+    /// into their slots; one whose slot was just filled by an append is replaced by it.
+    @inlinable mutating func adoptStragglers(from low: UInt64) {
+        let high = base &+ UInt64(windowSlots)
+        guard low < high else { return }
+        let covered = high - low <= UInt64(stragglers.count)
+            ? (low..<high).filter { stragglers[$0] != nil }
+            : stragglers.keys.filter { $0 >= low && $0 < high }
+        for sequence in covered {
+            let record = stragglers.removeValue(forKey: sequence)!
+            let index = head + Int(sequence - base)
+            if isEmpty(index) { slots[index] = record } else { held -= 1 }
+        }
+    }
+
     /// Moves the oldest records aside until the window is dense enough again.
     @inlinable mutating func compact() {
         while windowSlots > count - stragglers.count + Self.slack {
-            if let record = slots[head].take() { stragglers[base] = record }
+            if let record = slots[head].take() { _ = putAside(base, record) }
             head += 1
             base &+= 1
         }
@@ -229,7 +258,7 @@ public struct SequenceTable<Record: Sendable>: Sendable {
 
     @inlinable mutating func moveWindowToStragglers() {
         for index in head..<slots.count {
-            if let record = slots[index].take() { stragglers[base &+ UInt64(index - head)] = record }
+            if let record = slots[index].take() { _ = putAside(base &+ UInt64(index - head), record) }
         }
         slots.removeAll(keepingCapacity: true)
         head = 0

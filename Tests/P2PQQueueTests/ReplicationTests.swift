@@ -40,6 +40,17 @@ private func mesh(_ ids: [PeerID], configuration: QueueConfiguration = QueueConf
     }
 }
 
+/// A, linked to B and C, pushes 10 items whose replicas the holder it picks keeps
+/// (acknowledged): A and the holder.
+private func ownerWithTenReplicated() throws -> (QueueMachine, PeerID) {
+    var m = mesh([A, B, C])
+    let (_, actions) = m[0].push((0..<10).map { payload($0) }, now: 1)
+    let holder = replicas(actions)[0].0
+    var (owner, kept) = (m[0], m[holder == B ? 1 : 2])
+    _ = try deliver(try deliver(actions, from: A, to: holder, into: &kept, now: 2), from: holder, to: A, into: &owner, now: 3)
+    return (owner, holder)
+}
+
 /// A pushes `n` items and B keeps their replica (acknowledged): returns A's push actions.
 @discardableResult
 private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: Int, now: UInt64 = 1) throws -> [QueueAction] {
@@ -553,15 +564,8 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
 
     @Test("A resumed owner whose first input is a lost link still sees its stall: its replicated items are held back before a peer can take them")
     func stallSeenOnALostLinkFirst() throws {
-        var m = mesh([A, B, C])
-        var (a, b) = (m[0], m[1])
-        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
-        let holder = replicas(actions)[0].0
-        if holder == B {
-            _ = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
-        } else {
-            _ = try deliver(try deliver(actions, from: A, to: C, into: &m[2], now: 2), from: C, to: A, into: &a, now: 3)
-        }
+        let (owner, holder) = try ownerWithTenReplicated()
+        var a = owner
         // Resumed 10 s later: its keepalive drops the silent links before anything else.
         let other = holder == B ? C : B
         _ = a.peerDisconnected(other, now: 10 * second)
@@ -570,15 +574,8 @@ private func replicated(_ a: inout QueueMachine, _ b: inout QueueMachine, _ n: I
 
     @Test("A resumed owner whose first input is a steal request that waited during its pause gives none of its replicated items: they are held back first")
     func stallSeenOnAStealFirst() throws {
-        var m = mesh([A, B, C])
-        var (a, b) = (m[0], m[1])
-        let (_, actions) = a.push((0..<10).map { payload($0) }, now: 1)
-        let holder = replicas(actions)[0].0
-        if holder == B {
-            _ = try deliver(try deliver(actions, from: A, to: B, into: &b, now: 2), from: B, to: A, into: &a, now: 3)
-        } else {
-            _ = try deliver(try deliver(actions, from: A, to: C, into: &m[2], now: 2), from: C, to: A, into: &a, now: 3)
-        }
+        let (owner, holder) = try ownerWithTenReplicated()
+        var a = owner
         #expect(a.count == 10)
         // Resumed 10 s later: the steal a peer sent while it was paused is the first input.
         let thief = holder == B ? C : B

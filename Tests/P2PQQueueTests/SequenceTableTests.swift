@@ -114,6 +114,28 @@ extension SequenceTableTests {
         #expect(table.count == 0 && table.windowSlots == 0)
     }
 
+    @Test("A record put aside below the window is found once a later window grows over it")
+    func windowGrowsOverARecordAside() {
+        var table = SequenceTable<Int>()
+        for sequence in (100 as UInt64)..<110 { table.append(sequence, Int(sequence)) }
+        table.append(50, 50)  // below the window: aside
+        for sequence in (100 as UInt64)..<110 { table.remove(sequence) }
+        // The window restarts below the record aside, then grows over it.
+        table.append(40, 40)
+        table.append(60, 60)
+        #expect(table[50] == 50 && table[40] == 40 && table[60] == 60 && table.count == 3)
+        #expect(table.modify(50) { $0 = -50 } && table[50] == -50)
+        #expect(table.sequences(where: { _ in true }) == [40, 50, 60])
+        // Appending a sequence that is aside replaces it.
+        table.append(45, 45)
+        table.remove(45)
+        table.append(30, 30)  // aside again
+        table.append(first: 61, count: 3) { 61 + $0 }
+        table.append(30, -30)
+        #expect(table[30] == -30 && table.count == 7)
+        #expect(table.removeRun(first: 0, count: 100) { _ in } == 7 && table.count == 0)
+    }
+
     @Test("modify changes the right record while the window slides and its storage shifts down")
     func modifyWhileSliding() {
         var table = SequenceTable<[Int]>()

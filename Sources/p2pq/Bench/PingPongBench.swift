@@ -31,7 +31,7 @@ struct PingPongBench: ParsableCommand {
     }
 
     func run() throws {
-        if let echoPort { return echo(port: echoPort) }
+        if let echoPort { return echoLoop(port: echoPort, size: size) }
         for run in 1...runs {
             var samples = try roundTripTimes()
             samples.sort()
@@ -47,9 +47,7 @@ struct PingPongBench: ParsableCommand {
     private func roundTripTimes() throws -> [Double] {
         let listener = try check(socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0), "socket")
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var address = loopback(port: 0)
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         try withUnsafeMutablePointer(to: &address) { pointer in
             try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
@@ -89,10 +87,7 @@ private func echoLoop(port: Int, size: Int) {
     let connection = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard connection >= 0 else { return }
     defer { close(connection) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
+    var address = loopback(port: port)
     let connected = withUnsafePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(connection, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
@@ -102,8 +97,12 @@ private func echoLoop(port: Int, size: Int) {
     while readFully(connection, &buffer), writeFully(connection, buffer) {}
 }
 
-extension PingPongBench {
-    fileprivate func echo(port: Int) { echoLoop(port: port, size: size) }
+private func loopback(port: Int) -> sockaddr_in {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return address
 }
 
 private func check(_ result: Int32, _ call: String) throws -> Int32 {

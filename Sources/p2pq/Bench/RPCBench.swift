@@ -187,11 +187,12 @@ struct RPCBench: AsyncParsableCommand {
                            executor: (any TaskExecutor)?) async throws -> Double {
         let total = throughputCalls
         let window = pipeline
+        let arguments = Array(repeating: argument, count: total)  // built before the clock starts
         let start = clock.now
         let task = Task(executorPreference: executor) { () async -> (failed: Int, received: Int) in
             var failed = 0
             var received = 0
-            for await (_, result) in function.results(for: Array(repeating: argument, count: total), window: window) {
+            for await (_, result) in function.results(for: arguments, window: window) {
                 received += 1
                 if case .success(let bytes) = result, bytes.count == argument.count { continue }
                 failed += 1
