@@ -60,8 +60,9 @@ final class EpollBackend: ReactorBackend {
         pendingReads.removeAll()
     }
 
-    func poll(timeoutNanoseconds: Int64?) {
-        let timeout = pendingReads.isEmpty ? (timeoutNanoseconds ?? -1) : 0
+    func poll(timeoutNanoseconds: Int64?) -> Bool {
+        let hadPendingReads = !pendingReads.isEmpty
+        let timeout = hadPendingReads ? 0 : (timeoutNanoseconds ?? -1)
         let n = p2pq_epoll_wait(epfd, events, Int32(eventCapacity), timeout)
         reactor.waitEnded()
         if n > 0 {
@@ -70,6 +71,7 @@ final class EpollBackend: ReactorBackend {
             }
         }
         if !pendingReads.isEmpty { runPendingReads() }
+        return n > 0 || hadPendingReads
     }
 
     private func dispatch(_ event: p2pq_epoll_event) {

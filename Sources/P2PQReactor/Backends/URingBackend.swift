@@ -130,8 +130,9 @@ final class URingBackend: ReactorBackend {
 
     // MARK: The wait
 
-    func poll(timeoutNanoseconds: Int64?) {
-        if !resumeQueue.isEmpty { runResumed() }
+    func poll(timeoutNanoseconds: Int64?) -> Bool {
+        let resumed = !resumeQueue.isEmpty
+        if resumed { runResumed() }
         let timeout = resumeQueue.isEmpty ? timeoutNanoseconds : 0
         var cqe: UnsafeMutablePointer<io_uring_cqe>?
         // One enter per turn: submits everything prepared since the last turn (sends of every
@@ -144,13 +145,17 @@ final class URingBackend: ReactorBackend {
             _ = io_uring_submit_and_wait(ring, 1)
         }
         reactor.waitEnded()
-        drainCompletions()
+        return drainCompletions() || resumed
     }
 
-    private func drainCompletions() {
+    /// Returns false when no completion was ready.
+    @discardableResult
+    private func drainCompletions() -> Bool {
+        var any = false
         while true {
             let n = Int(io_uring_peek_batch_cqe(ring, cqes, UInt32(cqeBatch)))
             if n == 0 { break }
+            any = true
             for i in 0..<n { complete(cqes[i]!.pointee) }
             io_uring_cq_advance(ring, UInt32(n))
             publishBuffers()
@@ -163,6 +168,7 @@ final class URingBackend: ReactorBackend {
             rearmQueue.removeAll(keepingCapacity: true)
             for connection in queue { armRecvIfNeeded(connection) }
         }
+        return any
     }
 
     @inline(__always)

@@ -6,8 +6,8 @@
 /// backends share.
 protocol ReactorBackend: AnyObject {
     /// Waits up to `timeoutNanoseconds` (nil: until something happens; 0: not at all) and
-    /// dispatches every event or completion that is ready.
-    func poll(timeoutNanoseconds: Int64?)
+    /// dispatches every event or completion that is ready. Returns false when there was none.
+    func poll(timeoutNanoseconds: Int64?) -> Bool
     /// Work left for the next turn (reads that hit their per-turn budget, say): the loop then
     /// polls without sleeping.
     var hasPendingWork: Bool { get }

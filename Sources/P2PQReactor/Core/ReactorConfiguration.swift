@@ -84,6 +84,13 @@ public struct ReactorConfiguration: Sendable {
     /// sends everything at its end and leaves the peer idle meanwhile. It also bounds how long
     /// tasks hold off I/O. 128 was the best of 8-256 on W2 (docs/benchmarks.md).
     public var maxJobsPerTurn: Int = 128
+    /// How long the loop keeps polling without sleeping after its last event (zero: it sleeps
+    /// as soon as nothing is ready). A sleeping loop pays a thread wake-up and runs its next
+    /// turn on cold caches, tens of microseconds on a VM, which is most of a call's round trip
+    /// when one call is in flight; polling for a while after each event keeps a request/reply
+    /// exchange on a warm thread. It costs a core while it polls: use it where latency matters
+    /// more than CPU, and only with a core per busy-polling reactor (docs/benchmarks.md, W2).
+    public var busyPoll: Duration = .zero
 
     public init() {}
 

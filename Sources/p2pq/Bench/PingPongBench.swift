@@ -21,6 +21,9 @@ struct PingPongBench: ParsableCommand {
     @Option(help: "Runs.")
     var runs: Int = 3
 
+    @Flag(help: "Both sides poll with nonblocking reads instead of sleeping in read(2): the floor for busy-polling reactors (--busy-poll-us).")
+    var spin = false
+
     @Option(help: .hidden)
     var echoPort: Int?
 
@@ -31,13 +34,13 @@ struct PingPongBench: ParsableCommand {
     }
 
     func run() throws {
-        if let echoPort { return echoLoop(port: echoPort, size: size) }
+        if let echoPort { return echoLoop(port: echoPort, size: size, spin: spin) }
         for run in 1...runs {
             var samples = try roundTripTimes()
             samples.sort()
             let p50 = samples[samples.count / 2]
             let p99 = samples[min(samples.count - 1, samples.count * 99 / 100)]
-            print("{\"workload\": \"W2-floor\", \"run\": \(run), \"round_trips\": \(roundTrips), \"bytes\": \(size), "
+            print("{\"workload\": \"W2-floor\", \"run\": \(run), \"round_trips\": \(roundTrips), \"bytes\": \(size), \"spin\": \(spin), "
                 + "\"p50_us\": \(String(format: "%.1f", p50)), \"p99_us\": \(String(format: "%.1f", p99))}")
             fflush(nil)
         }
@@ -59,7 +62,7 @@ struct PingPongBench: ParsableCommand {
         // The echo side is a child process, as W2's executor is.
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["bench", "pingpong", "--size", "\(size)", "--echo-port", "\(UInt16(bigEndian: address.sin_port))"]
+        child.arguments = ["bench", "pingpong", "--size", "\(size)", "--echo-port", "\(UInt16(bigEndian: address.sin_port))"] + (spin ? ["--spin"] : [])
         try child.run()
         defer { child.waitUntilExit() }
         // Bounded: a child that never connects fails the run instead of hanging it.
@@ -73,7 +76,7 @@ struct PingPongBench: ParsableCommand {
         samples.reserveCapacity(roundTrips)
         for _ in 0..<roundTrips {
             let start = monotonicNanoseconds()
-            guard writeFully(client, buffer), readFully(client, &buffer) else {
+            guard writeFully(client, buffer), readFully(client, &buffer, spin: spin) else {
                 throw ValidationError("the echo connection closed")
             }
             samples.append(Double(monotonicNanoseconds() - start) / 1000)
@@ -83,7 +86,7 @@ struct PingPongBench: ParsableCommand {
 }
 
 /// The child's side: connects to the parent and echoes until the parent closes.
-private func echoLoop(port: Int, size: Int) {
+private func echoLoop(port: Int, size: Int, spin: Bool) {
     let connection = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard connection >= 0 else { return }
     defer { close(connection) }
@@ -94,7 +97,7 @@ private func echoLoop(port: Int, size: Int) {
     guard connected == 0 else { return }
     noDelay(connection)
     var buffer = [UInt8](repeating: 0, count: size)
-    while readFully(connection, &buffer), writeFully(connection, buffer) {}
+    while readFully(connection, &buffer, spin: spin), writeFully(connection, buffer) {}
 }
 
 private func loopback(port: Int) -> sockaddr_in {
@@ -115,11 +118,15 @@ private func noDelay(_ socket: Int32) {
     _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
 }
 
-private func readFully(_ socket: Int32, _ buffer: inout [UInt8]) -> Bool {
+/// Reads `buffer.count` bytes; with `spin`, polls (nonblocking reads) instead of sleeping. Ends
+/// at the peer's close either way.
+private func readFully(_ socket: Int32, _ buffer: inout [UInt8], spin: Bool) -> Bool {
     var done = 0
     let count = buffer.count
+    let flags = spin ? Int32(MSG_DONTWAIT) : 0
     while done < count {
-        let got = buffer.withUnsafeMutableBytes { read(socket, $0.baseAddress! + done, count - done) }
+        let got = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress! + done, count - done, flags) }
+        if got < 0, spin, errno == EAGAIN { continue }
         if got <= 0 { return false }
         done += got
     }

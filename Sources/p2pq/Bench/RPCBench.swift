@@ -46,11 +46,15 @@ struct RPCBench: AsyncParsableCommand {
         case all, offReactor = "off-reactor", sync, inline
     }
 
+    @Option(help: "Both nodes' reactors poll this many microseconds after their last event before sleeping (ReactorConfiguration.busyPoll; 0: off).")
+    var busyPollUs: Int = 0
+
     @Flag(help: "Run the calling tasks on the caller node's reactor (Node.taskExecutor) instead of the global pool.")
     var callerOnReactor = false
 
     func validate() throws {
         guard runs >= 1 && runs <= 20 else { throw ValidationError("--runs must be 1...20") }
+        guard (0...1_000_000).contains(busyPollUs) else { throw ValidationError("--busy-poll-us must be 0...1000000") }
         guard batch >= 0, batch <= inFlight else { throw ValidationError("--batch must be 0...--in-flight") }
         guard (0...65535).contains(pipeline) else { throw ValidationError("--pipeline must be 0...65535") }
         guard latencyCalls >= 0, throughputCalls >= 0, inFlight >= 1, maxConcurrentCalls >= 1 else {
@@ -59,9 +63,12 @@ struct RPCBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let cluster = try await LocalCluster.start(nodes: 1, extraArguments: ["--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)"])
+        let cluster = try await LocalCluster.start(nodes: 1, extraArguments: [
+            "--serve-examples", "--max-concurrent-calls", "\(maxConcurrentCalls)", "--busy-poll-us", "\(busyPollUs)",
+        ])
         var configuration = loopbackNodeConfiguration(bootstrap: [cluster.nodes[0].listenAddress], label: "p2pq")
         configuration.clusterKey = cluster.key
+        configuration.reactor.busyPoll = .microseconds(busyPollUs)
         let node = try Node(configuration: configuration)
         try await node.start()
         do { try await waitForMesh([node], peers: 1, timeout: .seconds(15)) } catch {
@@ -136,6 +143,7 @@ struct RPCBench: AsyncParsableCommand {
         ]
         if batch > 1 { summary.append(("batch", "\(batch)")) }
         if pipeline > 0 { summary.append(("pipeline", "\(pipeline)")) }
+        if busyPollUs > 0 { summary.append(("busy_poll_us", "\(busyPollUs)")) }
         // Only the runs measured (see --execution, --batch and --pipeline).
         for label in ["off-reactor", "sync", "inline"] {
             let field = label.replacingOccurrences(of: "-", with: "_")

@@ -42,6 +42,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Reactor backend: auto, epoll or io_uring.")
     var backend: String = "auto"
 
+    @Option(help: "Microseconds the reactor keeps polling after its last event instead of sleeping (0: off). Lowers one-call latency; costs a core while it polls.")
+    var busyPollUs: Int = 0
+
     @Option(help: "Most peers linked at once.")
     var maxPeers: Int = 64
 
@@ -166,6 +169,8 @@ struct NodeCommand: AsyncParsableCommand {
         default:
             throw ValidationError("--dead-letter-queue and --max-deliveries go together")
         }
+        guard (0...1_000_000).contains(busyPollUs) else { throw ValidationError("--busy-poll-us must be 0...1000000") }
+        configuration.reactor.busyPoll = .microseconds(busyPollUs)
         do { configuration.reactor.backend = try parseBackend(backend) } catch let error as ValidationError { throw error } catch {
             throw ValidationError("--backend: \(error)")
         }
