@@ -127,6 +127,37 @@ struct CLIUsabilityTests {
         #expect(stderr.contains("listening on") && stderr.contains("stopped"), "the log lines belong on stderr:\n\(stderr)")
     }
 
+    @Test("A node started with --busy-poll-us sleeps when idle: its reactor polls only for the window after each event")
+    func busyPollingNodeSleepsWhenIdle() async throws {
+        let process = Process()
+        process.executableURL = ChildNode.binary
+        process.environment = ChildNode.environment
+        process.arguments = ["node", "--no-discovery", "--log-level", "error", "--busy-poll-us", "1000"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let pid = process.processIdentifier
+        /// User plus system CPU of the node so far, in clock ticks (100 a second).
+        func cpuTicks() throws -> Int {
+            let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+            // Fields after the command name, which ends with the last ')': state is field 3,
+            // utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")
+            return Int(fields[11])! + Int(fields[12])!
+        }
+        try await Task.sleep(for: .seconds(1))  // started, its first timers run
+        let before = try cpuTicks()
+        try await Task.sleep(for: .seconds(2))
+        let used = try cpuTicks() - before
+        // A loop that never slept would take a core: about 200 ticks in 2 s alone, and still a
+        // large share beside a CI build. Idle timers cost a few ticks at most.
+        #expect(used < 40, "an idle busy-polling node used \(used) ticks of CPU in 2 s")
+        kill(pid, SIGTERM)
+        try await offPool { process.waitUntilExit() }
+        #expect(process.terminationStatus == 0)
+    }
+
     // MARK: Help (issue 20.19)
 
     @Test("p2pq node --help shows --serve-examples, which fib and pi point at")
@@ -203,6 +234,7 @@ struct CLIUsabilityTests {
     @Test("A bad --metrics, --bootstrap or --listen fails before anything is printed as listening", arguments: [
         ["--metrics", "9100"], ["--metrics", ":19130"], ["--bootstrap", "no-port"], ["--bootstrap", "host:99999"],
         ["--listen", "127.0.0.1"], ["--discovery-port", "0"], ["--advertise", "a host"],
+        ["--busy-poll-us=-1"], ["--busy-poll-us", "1000001"],
     ])
     func badFlagsFailFirst(_ flags: [String]) async throws {
         let run = try await runCLI(["node", "--no-discovery"] + flags, timeout: .seconds(10))
