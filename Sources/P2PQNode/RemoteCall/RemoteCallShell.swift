@@ -14,30 +14,10 @@ final class RemoteCallShell {
     /// Call results refused: their sender had not been sent or announced the call.
     var refusedResults: Int { core.machine.callCounters?.caller.refusedResults ?? 0 }
 
-    /// Where each call's result goes, by the token the machine completes it with: windows, no
-    /// hashing per call. Calls of `call` and `call(batch:)` keep their request; calls of
-    /// pipelined streams keep a plain value (the stream's slot and the call's index), so the
-    /// window's upkeep copies and destroys no references. Tokens are shared: each table holds
-    /// the tokens of its kind. A cancel names the API's token (or the stream) and finds its
-    /// calls by a scan, once per drain for all its cancels.
-    private var requests = SequenceTable<CallRequest>()
-    private var streamCalls = SequenceTable<StreamCall>()
-    /// Streams with calls waiting here, by slot, and how many each has waiting; a slot is
-    /// reused once its stream has none.
-    private var streams: [(stream: CallPipeline?, waiting: Int)] = []
-    private var freeStreamSlots: [Int32] = []
-
-    /// A pipelined stream's call waiting for its result.
-    private struct StreamCall {
-        var slot: Int32
-        var index: Int
-    }
-    private var nextToken: UInt64 = 1
+    /// Where each call's result goes (``CallRoutes``).
+    private var routes = CallRoutes()
 
     private var inlineBodies: [String: @Sendable ([UInt8]) -> CallOutcome] = [:]
-    /// Pipelined streams given results while the node's actions run: each is woken once when
-    /// they run out (``wakeStreams()``).
-    private var streamResults: [(stream: CallPipeline, results: [CallPipeline.Element])] = []
     private var isStopped = false
     private var published = (calls: 0, executed: 0, retries: 0, duplicates: 0)
 
@@ -82,10 +62,11 @@ final class RemoteCallShell {
                     cancel(cancels)
                     cancels.removeAll()
                 }
+                // Registered before the machine acts: some calls complete at once (memo hits).
                 if case .call(let request) = op {
-                    calls.append(register(request))
+                    calls.append(routes.register(request))
                 } else if case .stream(let streamCalls) = op {
-                    register(streamCalls, into: &calls)
+                    routes.register(streamCalls, into: &calls)
                 }
                 continue
             default:
@@ -133,15 +114,14 @@ final class RemoteCallShell {
 
     /// Cancels the waiting calls with these API tokens (one scan for all of them).
     private func cancel(_ tokens: Set<UInt64>) {
-        let named = Set(requests.sequences(where: { tokens.contains($0.token) }))
+        let named = routes.tokens(ofRequests: tokens)
         guard !named.isEmpty else { return }
         core.perform(core.machine.cancelCalls(named, now: now))
     }
 
     /// Cancels the waiting calls of a cancelled stream (one scan).
     private func cancel(_ stream: CallPipeline) {
-        guard let slot = streams.firstIndex(where: { $0.stream === stream }) else { return }
-        let named = Set(streamCalls.sequences(where: { $0.slot == Int32(slot) }))
+        let named = routes.tokens(of: stream)
         guard !named.isEmpty else { return }
         core.perform(core.machine.cancelCalls(named, now: now))
     }
@@ -158,47 +138,6 @@ final class RemoteCallShell {
             return core.perform(core.machine.call(requests[0], now: now, wallClock: wallClock))
         }
         core.perform(core.machine.call(requests, now: now, wallClock: wallClock))
-    }
-
-    /// The slot of `stream` (a new one if it has no calls waiting), counting `count` more calls
-    /// waiting for it. Few streams are open at once: a short search.
-    private func slot(of stream: CallPipeline, adding count: Int) -> Int32 {
-        if let slot = streams.firstIndex(where: { $0.stream === stream }) {
-            streams[slot].waiting += count
-            return Int32(slot)
-        }
-        if let slot = freeStreamSlots.popLast() {
-            streams[Int(slot)] = (stream, count)
-            return slot
-        }
-        streams.append((stream, count))
-        return Int32(streams.count - 1)
-    }
-
-    /// Names each call of a stream's chunk by a new token and keeps where its result goes.
-    private func register(_ streamCalls: StreamCalls, into calls: inout [NodeCallRequest]) {
-        let stream = streamCalls.stream
-        let timeout = stream.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) }
-        let slot = self.slot(of: stream, adding: streamCalls.arguments.count)
-        calls.reserveCapacity(calls.count + streamCalls.arguments.count)
-        for (offset, arguments) in streamCalls.arguments.enumerated() {
-            let token = nextToken
-            nextToken += 1
-            self.streamCalls.append(token, StreamCall(slot: slot, index: streamCalls.firstIndex + offset))
-            calls.append(NodeCallRequest(function: stream.function, arguments: arguments, memoize: stream.memoize,
-                                         timeout: timeout, nested: nil, token: token))
-        }
-    }
-
-    /// Names `request` by a new token and keeps where its result goes, before the machine acts
-    /// (some calls complete at once: memo hits).
-    private func register(_ request: CallRequest) -> NodeCallRequest {
-        let token = nextToken
-        nextToken += 1
-        requests.append(token, request)
-        return NodeCallRequest(function: request.function, arguments: request.arguments, memoize: request.memoize,
-                               timeout: request.timeout.map { UInt64(Swift.max(0, $0.nanosecondsClamped)) },
-                               nested: request.nested, token: token)
     }
 
     // MARK: From the node
@@ -235,34 +174,14 @@ final class RemoteCallShell {
 
     // MARK: The machine's actions
 
-    /// These calls ended (``NodeAction/completeCalls(_:)``).
+    /// These calls ended (``NodeAction/completeCalls(_:)``): one routing pass for the run.
     func complete(_ ended: [NodeCallResult]) {
-        for call in ended { complete(call.token, call.result) }
-    }
-
-    private func complete(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>) {
-        if let request = requests.remove(token) { return request.completion.resume(result) }
-        guard let call = streamCalls.remove(token), let stream = streams[Int(call.slot)].stream else { return }
-        streams[Int(call.slot)].waiting -= 1
-        if streams[Int(call.slot)].waiting == 0 {
-            streams[Int(call.slot)].stream = nil
-            freeStreamSlots.append(call.slot)
-        }
-        if let last = streamResults.indices.last, streamResults[last].stream === stream {
-            streamResults[last].results.append((call.index, result))
-        } else if let at = streamResults.firstIndex(where: { $0.stream === stream }) {
-            streamResults[at].results.append((call.index, result))
-        } else {
-            streamResults.append((stream, [(call.index, result)]))
-        }
+        routes.complete(ended)
     }
 
     /// Wakes the pipelined streams given results, once each (the node's actions ran out).
     func wakeStreams() {
-        guard !streamResults.isEmpty else { return }
-        let streams = streamResults
-        streamResults.removeAll(keepingCapacity: true)
-        for (stream, results) in streams { stream.deliver(results) }
+        for (stream, results) in routes.takeStreamResults() { stream.deliver(results) }
     }
 
     /// Runs `tasks` (``NodeAction/runTasks(_:)``): inline functions here at once, the others
