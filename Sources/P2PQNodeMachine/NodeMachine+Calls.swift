@@ -518,10 +518,18 @@ extension NodeMachine {
 
     // MARK: The machines' actions
 
-    /// The caller's actions, as the node's.
+    /// The caller's actions, as the node's. A run of completions (a results message) becomes
+    /// one list, gathered apart and added to the actions when the run ends: per result an
+    /// append, not a node action taken apart and put back.
     @inlinable
     mutating func applyCaller(_ callerActions: [CallerAction], into actions: inout [Action], now: UInt64) {
+        var ended: [NodeCallResult] = []
         for action in callerActions {
+            if case .complete(let id, let result) = action {
+                completeCall(id, result, ending: &ended, into: &actions, now: now)
+                continue
+            }
+            if !ended.isEmpty { completed(&ended, into: &actions) }
             switch action {
             case .push(let id, let item):
                 pushCallItem(id, item, into: &actions, now: now)
@@ -531,8 +539,8 @@ extension NodeMachine {
                 scheduleCallsFlush(into: &actions)
             case .send(let message, let peer):
                 sendCall(message, to: peer, into: &actions, now: now)
-            case .complete(let id, let result):
-                completeCall(id, result, into: &actions, now: now)
+            case .complete:
+                break  // gathered above
             case .armTimer(let at):
                 actions.append(.armTimer(.calls, at: at))
             case .capacityAvailable:
@@ -541,6 +549,7 @@ extension NodeMachine {
                 if !retry.isEmpty { makeCalls(retry, into: &actions, now: now) }
             }
         }
+        if !ended.isEmpty { completed(&ended, into: &actions) }
     }
 
     /// The executor's actions, as the node's. A new demand is met at the end of the turn
@@ -620,10 +629,11 @@ extension NodeMachine {
     }
 
     /// A call ended: parked when refused for the outstanding limit, its result held when its
-    /// nested task has no slot yet, else completed.
+    /// nested task has no slot yet, else added to `ended` (which goes into the actions, in
+    /// order, before any action this adds).
     @inlinable
-    mutating func completeCall(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>,
-                                       into actions: inout [Action], now: UInt64) {
+    mutating func completeCall(_ id: CallID, _ result: Result<[UInt8], RemoteCallError>, ending ended: inout [NodeCallResult],
+                               into actions: inout [Action], now: UInt64) {
         guard let call = calls.pending.remove(id.sequence) else { return }
         var result = result
         if case .failure(.tooManyOutstandingCalls) = result {
@@ -640,16 +650,33 @@ extension NodeMachine {
             result = .failure(failure)
         }
         guard let task = call.nested else {
-            completed(call.token, result, into: &actions)
+            ended.append(NodeCallResult(token: call.token, result: result))
             return
         }
         switch calls.executor.nestedCallCompleted(by: task) {
         case .deliverNow:
-            completed(call.token, result, into: &actions)
+            ended.append(NodeCallResult(token: call.token, result: result))
         case .deliverOnResume(let executorActions):
             calls.resuming[task] = (call.token, result)
+            if !ended.isEmpty { completed(&ended, into: &actions) }
             applyExecutor(executorActions, into: &actions, now: now)
         }
+    }
+
+    /// Calls that ended (`ended`, emptied): added to the list of the last action when that is
+    /// one, else as a new action.
+    @inlinable
+    func completed(_ ended: inout [NodeCallResult], into actions: inout [Action]) {
+        guard case .completeCalls(var list)? = actions.last else {
+            actions.append(.completeCalls(ended))
+            ended = []
+            return
+        }
+        // The slot lets go of the list first, so it grows in place instead of being copied.
+        actions[actions.count - 1] = .flushCallsAtEndOfTurn
+        list.append(contentsOf: ended)
+        actions[actions.count - 1] = .completeCalls(list)
+        ended.removeAll(keepingCapacity: true)
     }
 
     /// The call named `token` ended: added to the list of the last action when that is one
