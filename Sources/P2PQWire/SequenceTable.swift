@@ -232,8 +232,10 @@ public struct SequenceTable<Record: Sendable>: Sendable {
     }
 
     /// Moves the records aside whose sequences the window now covers, from `low` to its end,
-    /// into their slots; one whose slot was just filled by an append is replaced by it.
+    /// into their slots; one whose slot was just filled by an append is replaced by it. After a
+    /// jump the window starts above `low`: records aside below its new base stay aside.
     @inlinable mutating func adoptStragglers(from low: UInt64) {
+        let low = Swift.max(low, base)
         let high = base &+ UInt64(windowSlots)
         guard low < high else { return }
         let covered = high - low <= UInt64(stragglers.count)

@@ -300,3 +300,123 @@ extension SequenceTableTests {
         #expect(table.count == 3)
     }
 }
+
+extension SequenceTableTests {
+    /// Appends in any order (records re-added below, inside and above the window, after it was
+    /// compacted or emptied), against a dictionary: every operation agrees with it at every step.
+    @Test("Appends in any order, across compactions and emptied windows, behave like a dictionary", arguments: [5, 6, 7, 8, 9, 10] as [UInt64])
+    func outOfOrderMatchesADictionary(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var table = SequenceTable<Int>()
+        var model: [UInt64: Int] = [:]
+        var next: UInt64 = 20_000  // above every offset subtracted below
+        var value = 0
+        func check(_ what: @autoclosure () -> String, _ step: Int) -> Bool {
+            if table.count != model.count {
+                Issue.record("count \(table.count) != \(model.count) after \(what()) at step \(step)")
+                return false
+            }
+            return true
+        }
+        for step in 0..<40_000 {
+            value += 1
+            switch random.next() % 16 {
+            case 0...5:
+                // Fresh sequences; now and then a jump past the slack.
+                if random.next() % 2_000 == 0 { next += 10_000 }
+                table.append(next, value)
+                model[next] = value
+                next += 1
+            case 6:
+                // An old sequence re-added (an item back with its owner), anywhere below.
+                let key = next &- 1 &- random.next() % 12_000
+                table.append(key, value)
+                model[key] = value
+            case 7:
+                // A bulk append, fresh or not.
+                let n = Int(random.next() % 16 + 1)
+                let first = random.next() % 3 == 0 ? next &- random.next() % 9_000 : next
+                let base = value
+                table.append(first: first, count: n) { base + $0 }
+                for k in 0..<n { model[first + UInt64(k)] = base + k }
+                next = Swift.max(next, first + UInt64(n))
+                value += n
+            case 8...10:
+                // Mostly the oldest, so the window slides while a few records stay behind.
+                let key: UInt64
+                if random.next() % 8 == 0, let any = model.keys.randomElement(using: &random) {
+                    key = any
+                } else if let oldest = model.keys.min(), random.next() % 5 != 0 {
+                    key = oldest
+                } else {
+                    key = next &- 1 &- random.next() % 12_000
+                }
+                let removed = table.remove(key)
+                if removed != model.removeValue(forKey: key) { Issue.record("remove \(key): \(String(describing: removed)) at step \(step)") }
+            case 11:
+                let start = random.next() % 2 == 0 ? (model.keys.min() ?? next) : next &- random.next() % 12_000
+                let length = Int(random.next() % 300)
+                var values: [Int] = []
+                let removed = table.removeRun(first: start, count: length) { values.append($0) }
+                let expected = (start..<start + UInt64(length)).compactMap { model.removeValue(forKey: $0) }
+                if removed != expected.count || values.sorted() != expected.sorted() {
+                    Issue.record("removeRun \(start)+\(length): \(removed) != \(expected.count) at step \(step)")
+                }
+            case 12:
+                let start = next &- random.next() % 12_000
+                let length = Int(random.next() % 300)
+                var seen: [UInt64] = []
+                table.modifyRun(first: start, count: length) { sequence, record in
+                    seen.append(sequence)
+                    record += 1
+                }
+                let expected = (start..<start + UInt64(length)).filter { model[$0] != nil }
+                if seen.sorted() != expected { Issue.record("modifyRun \(start)+\(length) at step \(step)") }
+                for sequence in expected { model[sequence]! += 1 }
+            case 13 where random.next() % 16 == 0:
+                // Everything recent confirmed at once: the window empties while records put
+                // aside stay, and the next appends (old sequences among them) start a new one.
+                let start = next &- 6_000
+                let removed = table.removeRun(first: start, count: 6_000) { _ in }
+                let expected = (start..<next).compactMap { model.removeValue(forKey: $0) }
+                if removed != expected.count { Issue.record("emptying removeRun: \(removed) != \(expected.count) at step \(step)") }
+            case 13:
+                let key = next &- random.next() % 12_000
+                let changed = table.modify(key) { $0 -= 1 }
+                if changed != (model[key] != nil) { Issue.record("modify \(key) at step \(step)") }
+                if model[key] != nil { model[key]! -= 1 }
+            default:
+                for _ in 0..<4 {
+                    let key = next &- random.next() % 12_000
+                    if table[key] != model[key] { Issue.record("lookup \(key): \(String(describing: table[key])) != \(String(describing: model[key])) at step \(step)") }
+                }
+            }
+            guard check("step", step) else { return }
+            if step % 4_000 == 0 {
+                #expect(table.sequences { _ in true } == model.keys.sorted(), "sequences at step \(step)")
+            }
+        }
+        // Every record the model holds is found, and nothing else.
+        for (key, expected) in model where table[key] != expected { Issue.record("final lookup \(key)") }
+        #expect(table.sequences { _ in true } == model.keys.sorted())
+    }
+}
+
+extension SequenceTableTests {
+    /// A window restarted below a record aside, then a jump past the slack: the record lies
+    /// between the old window and the new one and stays aside (adopting it computed a slot
+    /// below the new base: an arithmetic overflow, a trap).
+    @Test("A jump past a record aside above the old window keeps it aside, found")
+    func jumpOverRecordAside() {
+        var table = SequenceTable<Int>()
+        table.append(100, 1)
+        table.append(50, 2)  // below the window: aside
+        #expect(table.remove(100) == 1)  // the window empties; 50 stays aside
+        table.append(10, 3)  // a new window at 10, below the record aside at 50
+        table.append(10 + 4_096 + 100, 4)  // a jump: the window restarts far above
+        #expect(table[50] == 2 && table[10] == 3 && table[4_206] == 4)
+        #expect(table.count == 3)
+        #expect(table.sequences { _ in true } == [10, 50, 4_206])
+        #expect(table.remove(50) == 2 && table.count == 2)
+    }
+}
