@@ -190,8 +190,16 @@ final class RemoteCallShell {
         latencies.started(tasks, now: now)
         var offReactor: [CallTask] = []
         var outcomes: [(TaskID, CallOutcome)] = []
+        outcomes.reserveCapacity(tasks.count)
+        // A run's tasks mostly call one function: its body is looked up once, not hashed per call.
+        var lastFunction: String?
+        var lastBody: (@Sendable ([UInt8]) -> CallOutcome)?
         for task in tasks {
-            if let body = inlineBodies[task.function] {
+            if task.function != lastFunction {
+                lastFunction = task.function
+                lastBody = inlineBodies[task.function]
+            }
+            if let body = lastBody {
                 outcomes.append((task.id, body(task.arguments)))
             } else {
                 offReactor.append(task)
