@@ -34,18 +34,9 @@ struct BusyPollTests {
     @Test("Echo and a timer while both loops busy-poll", arguments: ReactorBackendKind.allCases)
     func echoWhilePolling(kind: ReactorBackendKind) async throws {
         try await withReactors(kind, configure: { $0.busyPoll = .milliseconds(5) }) { server, client in
-            let port = try await onLoop(server) {
-                try server.listen(on: loopbackAny) { $0.handler = EchoHandler() }.localAddress.port
-            }
             let message = patternBytes(count: 100_000, seed: 7)
-            let collector = LoopConfined(Collector(expected: message.count))
-            let done = collector.value.done
-            try await onLoop(client) {
-                let handler = collector.value
-                handler.onActive = { $0.write(message) }
-                _ = try client.connect(to: SocketAddress(host: "127.0.0.1", port: port), handler: handler)
-            }
-            #expect(try await done.value("the echo") == message)
+            let echo = try await echoed(message, server: server, client: client)
+            #expect(echo == message)
             // A timer due after the window has passed fires on a sleeping loop as on a polling one.
             let fired = Promise<Bool>()
             let scheduled = MonotonicTime.now()

@@ -48,6 +48,22 @@ final class Collector: TCPConnectionHandler {
     }
 }
 
+/// What an echo server on `server` sends back to a connection from `client` that writes
+/// `message` once it is up.
+func echoed(_ message: [UInt8], server: Reactor, client: Reactor) async throws -> [UInt8] {
+    let port = try await onLoop(server) {
+        try server.listen(on: loopbackAny) { $0.handler = EchoHandler() }.localAddress.port
+    }
+    let collector = LoopConfined(Collector(expected: message.count))
+    let done = collector.value.done
+    try await onLoop(client) {
+        let handler = collector.value
+        handler.onActive = { $0.write(message) }
+        _ = try client.connect(to: SocketAddress(host: "127.0.0.1", port: port), handler: handler)
+    }
+    return try await done.value("the echo")
+}
+
 // MARK: - TCP
 
 @Suite("Reactor TCP")
@@ -55,19 +71,9 @@ struct ReactorTCPTests {
     @Test("Echo", arguments: ReactorBackendKind.allCases)
     func echo(kind: ReactorBackendKind) async throws {
         try await withReactors(kind) { server, client in
-            let port = try await onLoop(server) {
-                try server.listen(on: loopbackAny) { $0.handler = EchoHandler() }.localAddress.port
-            }
             let message = patternBytes(count: 100_000, seed: 1)
-            let collector = LoopConfined(Collector(expected: message.count))
-            let done = collector.value.done
-            try await onLoop(client) {
-                let handler = collector.value
-                handler.onActive = { $0.write(message) }
-                _ = try client.connect(to: SocketAddress(host: "127.0.0.1", port: port), handler: handler)
-            }
-            let echoed = try await done.value("the echo")
-            #expect(echoed == message)
+            let echo = try await echoed(message, server: server, client: client)
+            #expect(echo == message)
         }
     }
 
