@@ -679,16 +679,12 @@ extension NodeMachine {
         ended.removeAll(keepingCapacity: true)
     }
 
-    /// The call named `token` ended: added to the list of the last action when that is one
-    /// (one action per results message, not per call).
+    /// The call named `token` ended, outside a run of results (the node stops, a nested call's
+    /// task resumes): as ``completed(_:into:)`` for one.
     @inlinable
     func completed(_ token: UInt64, _ result: Result<[UInt8], RemoteCallError>, into actions: inout [Action]) {
-        let ended = NodeCallResult(token: token, result: result)
-        guard case .completeCalls(var list)? = actions.last else { return actions.append(.completeCalls([ended])) }
-        // The slot lets go of the list first, so it grows in place instead of being copied.
-        actions[actions.count - 1] = .flushCallsAtEndOfTurn
-        list.append(ended)
-        actions[actions.count - 1] = .completeCalls(list)
+        var ended = [NodeCallResult(token: token, result: result)]
+        completed(&ended, into: &actions)
     }
 
     /// A message of the caller or executor to `peer`: one to this node goes to its own

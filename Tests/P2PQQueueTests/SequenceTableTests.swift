@@ -46,21 +46,9 @@ import Testing
                 let start = random.next() % 3 == 0 ? next &- random.next() % 600 : (model.keys.min() ?? next)
                 let length = Int(random.next() % 40)
                 if random.next() % 2 == 0 {
-                    var seen: [UInt64] = []
-                    table.modifyRun(first: start, count: length) { sequence, value in
-                        seen.append(sequence)
-                        value += 7
-                    }
-                    let expected = (start..<start + UInt64(length)).filter { model[$0] != nil }
-                    if seen.sorted() != expected { Issue.record("modifyRun \(start)+\(length): \(seen.sorted()) != \(expected)") }
-                    for sequence in expected { model[sequence]! += 7 }
+                    if let failure = Self.modifyRun(&table, &model, first: start, count: length, adding: 7) { Issue.record("\(failure)") }
                 } else {
-                    var values: [Int] = []
-                    let removed = table.removeRun(first: start, count: length) { values.append($0) }
-                    let expected = (start..<start + UInt64(length)).compactMap { model.removeValue(forKey: $0) }
-                    if removed != expected.count || values.sorted() != expected.sorted() {
-                        Issue.record("removeRun \(start)+\(length): \(removed) \(values.sorted()) != \(expected.sorted())")
-                    }
+                    if let failure = Self.removeRun(&table, &model, first: start, count: length) { Issue.record("\(failure)") }
                 }
             default:
                 let key = next &- random.next() % 128
@@ -356,23 +344,13 @@ extension SequenceTableTests {
             case 11:
                 let start = random.next() % 2 == 0 ? (model.keys.min() ?? next) : next &- random.next() % 12_000
                 let length = Int(random.next() % 300)
-                var values: [Int] = []
-                let removed = table.removeRun(first: start, count: length) { values.append($0) }
-                let expected = (start..<start + UInt64(length)).compactMap { model.removeValue(forKey: $0) }
-                if removed != expected.count || values.sorted() != expected.sorted() {
-                    Issue.record("removeRun \(start)+\(length): \(removed) != \(expected.count) at step \(step)")
-                }
+                if let failure = Self.removeRun(&table, &model, first: start, count: length) { Issue.record("\(failure) at step \(step)") }
             case 12:
                 let start = next &- random.next() % 12_000
                 let length = Int(random.next() % 300)
-                var seen: [UInt64] = []
-                table.modifyRun(first: start, count: length) { sequence, record in
-                    seen.append(sequence)
-                    record += 1
+                if let failure = Self.modifyRun(&table, &model, first: start, count: length, adding: 1) {
+                    Issue.record("\(failure) at step \(step)")
                 }
-                let expected = (start..<start + UInt64(length)).filter { model[$0] != nil }
-                if seen.sorted() != expected { Issue.record("modifyRun \(start)+\(length) at step \(step)") }
-                for sequence in expected { model[sequence]! += 1 }
             case 13 where random.next() % 16 == 0:
                 // Everything recent confirmed at once: the window empties while records put
                 // aside stay, and the next appends (old sequences among them) start a new one.
@@ -418,5 +396,29 @@ extension SequenceTableTests {
         #expect(table.count == 3)
         #expect(table.sequences { _ in true } == [10, 50, 4_206])
         #expect(table.remove(50) == 2 && table.count == 2)
+    }
+}
+
+extension SequenceTableTests {
+    /// `modifyRun` on the table and the same change on the model; what differed, if anything.
+    static func modifyRun(_ table: inout SequenceTable<Int>, _ model: inout [UInt64: Int], first: UInt64, count: Int,
+                          adding delta: Int) -> String? {
+        var seen: [UInt64] = []
+        table.modifyRun(first: first, count: count) { sequence, value in
+            seen.append(sequence)
+            value += delta
+        }
+        let expected = (first..<first + UInt64(count)).filter { model[$0] != nil }
+        for sequence in expected { model[sequence]! += delta }
+        return seen.sorted() == expected ? nil : "modifyRun \(first)+\(count): \(seen.sorted()) != \(expected)"
+    }
+
+    /// `removeRun` on the table and on the model; what differed, if anything.
+    static func removeRun(_ table: inout SequenceTable<Int>, _ model: inout [UInt64: Int], first: UInt64, count: Int) -> String? {
+        var values: [Int] = []
+        let removed = table.removeRun(first: first, count: count) { values.append($0) }
+        let expected = (first..<first + UInt64(count)).compactMap { model.removeValue(forKey: $0) }
+        guard removed != expected.count || values.sorted() != expected.sorted() else { return nil }
+        return "removeRun \(first)+\(count): \(removed) \(values.sorted()) != \(expected.sorted())"
     }
 }
