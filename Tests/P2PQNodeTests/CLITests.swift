@@ -111,7 +111,12 @@ struct CLITests {
         #expect(try await runP2PQ(["keygen", keyFile]).status == 0)
         let node = try await OperatedNode(keyFile: keyFile, bootstrap: nil)
         defer { kill(node.process.processIdentifier, SIGKILL) }
-        // Killed (SIGKILL) after 1 s of its 20 s wait.
+        func waiting() async -> Int? {
+            guard let answer = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]),
+                  let status = try? JSONDecoder().decode(NodeStatus.self, from: Data(answer.output.utf8)) else { return nil }
+            return status.queues.first { $0.name == "w" }?.waitingConsumers ?? 0
+        }
+        // Killed (SIGKILL) once the node holds its waiter, long before its 20 s wait ends.
         let pop = Process()
         pop.executableURL = ChildNode.binary
         pop.environment = ChildNode.environment
@@ -119,14 +124,12 @@ struct CLITests {
         pop.standardOutput = FileHandle.nullDevice
         pop.standardError = FileHandle.nullDevice
         try pop.run()
-        try await Task.sleep(for: .seconds(1))
+        try await eventually("the pop's waiter is registered") { await waiting() == 1 }
         #expect(pop.isRunning, "the pop returned instead of waiting")
         kill(pop.processIdentifier, SIGKILL)
         pop.waitUntilExit()
-        try await eventually("the killed pop's waiter is withdrawn", timeout: .seconds(3)) {
-            guard let answer = try? await runP2PQ(["status", node.operations, "--json", "--token-file", keyFile]),
-                  let status = try? JSONDecoder().decode(NodeStatus.self, from: Data(answer.output.utf8)) else { return false }
-            return status.queues.first { $0.name == "w" }?.waitingConsumers == 0
+        try await eventually("the killed pop's waiter is withdrawn", diagnose: { "waiting consumers: \(String(describing: await waiting()))" }) {
+            await waiting() == 0
         }
         #expect(try await runP2PQ(["push", node.operations, "--queue", "w", "--token-file", keyFile, "1", "2", "3"]).status == 0)
         let popped = try await runP2PQ(["pop", node.operations, "--queue", "w", "--max", "10", "--timeout", "2000", "--token-file", keyFile])
