@@ -92,6 +92,12 @@ struct CLITests {
         #expect(table.output.contains(a.peerID.prefix(16)) && table.output.contains("p2pq_items_popped_total"), "status:\n\(table.output)")
         let bStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", b.operations, "--json", "--token-file", keyFile]).output.utf8))
         #expect(bStatus.counters["p2pq_items_popped_total"] == items.count)
+        // The queue's own counters: a pushed them all, b popped them all, none twice.
+        let aStatus = try JSONDecoder().decode(NodeStatus.self, from: Data(try await runP2PQ(["status", a.operations, "--json", "--token-file", keyFile]).output.utf8))
+        let aCounters = aStatus.queues.first { $0.name == "cli" }?.counters ?? [:]
+        let bCounters = bStatus.queues.first { $0.name == "cli" }?.counters ?? [:]
+        #expect(aCounters["pushed"] == items.count && aCounters["duplicatePops"] == 0, "a's counters: \(aCounters)")
+        #expect(bCounters["popped"] == items.count && bCounters["requeuedAfterDeath"] == 0, "b's counters: \(bCounters)")
 
         for node in nodes { kill(node.process.processIdentifier, SIGTERM) }
         for node in nodes {

@@ -89,7 +89,7 @@ class Node:
     def command(self, bootstrap):
         listen = f"{self.ip}:{PORT}" if self.cluster.netns else "127.0.0.1:0"
         cmd = [self.cluster.p2pq, "workload", "--name", self.name, "--log", self.log, "--listen", listen,
-               "--metrics", "127.0.0.1:0", "--run-for", str(self.cluster.bound), "--log-level", "notice",
+               "--metrics", "127.0.0.1:0", "--run-for", str(self.cluster.bound), "--log-level", self.cluster.log_level,
                "--key-file", self.cluster.key]
         for address in bootstrap:
             cmd += ["--bootstrap", address]
@@ -138,8 +138,8 @@ class Node:
 class Cluster:
     """The nodes of one run, their namespaces, and the harness's own log."""
 
-    def __init__(self, p2pq, out, netns, bound):
-        self.p2pq, self.netns, self.bound = p2pq, netns, bound
+    def __init__(self, p2pq, out, netns, bound, log_level="notice"):
+        self.p2pq, self.netns, self.bound, self.log_level = p2pq, netns, bound, log_level
         self.dir = out
         os.makedirs(out, exist_ok=True)
         self.nodes = []
@@ -305,6 +305,13 @@ class Cluster:
     def stop_all(self):
         for node in self.nodes:
             node.signal(signal.SIGCONT)
+        # Each node's counters as it ends (re-queues, stale copies dropped, custody checks...):
+        # what a failed run is read with, beside the logs.
+        for node in self.live():
+            status = node.status()
+            if status is not None:
+                with open(os.path.join(self.dir, f"{node.name}.status.json"), "w") as f:
+                    json.dump(status, f, indent=1, sort_keys=True)
         for node in self.nodes:
             node.signal(signal.SIGTERM)
         deadline = time.time() + 15
@@ -782,7 +789,7 @@ def run_scenario(scenario, options, netns_ok, results):
         return
     out = os.path.join(options.out, scenario.name)
     shutil.rmtree(out, ignore_errors=True)
-    cluster = Cluster(options.p2pq, out, netns_ok and not options.loopback, options.bound)
+    cluster = Cluster(options.p2pq, out, netns_ok and not options.loopback, options.bound, options.node_log_level)
     print(f"== {scenario.name}: {scenario.promise} ({'namespaces' if cluster.netns else 'loopback'})", flush=True)
     started = time.time()
     error = None
@@ -839,6 +846,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=None, help="load seconds per scenario")
     parser.add_argument("--loopback", action="store_true", help="no namespaces: network scenarios are skipped")
     parser.add_argument("--runs", type=int, default=1, help="repeat each scenario")
+    parser.add_argument("--node-log-level", default="notice", choices=["trace", "debug", "info", "notice", "warning", "error"],
+                        help="the nodes' --log-level (their stderr is kept in the run's directory)")
     parser.add_argument("--soak-minutes", type=float, default=10, help="length of the soak (not in CI)")
     options = parser.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

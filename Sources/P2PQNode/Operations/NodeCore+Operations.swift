@@ -29,6 +29,10 @@ public struct NodeStatus: Sendable, Codable, Equatable {
         public var waitingPushBytes: Int?
         /// Items leased here and not acked yet (nil from older nodes).
         public var leased: Int?
+        /// The queue's counters since the node started (``QueueCounters``, by field name:
+        /// `requeuedAfterDeath`, `duplicatePops`, `staleCopiesDropped`, ...; nil from older
+        /// nodes).
+        public var counters: [String: Int]?
     }
 
     public var peerID: String

@@ -504,7 +504,7 @@ final class QueueShell {
             return NodeStatus.Queue(
                 name: name, localCount: machine.count, clusterEstimate: machine.clusterEstimate(now: now),
                 waitingConsumers: machine.waitingConsumers, waitingPushes: pushes.count, waitingPushBytes: pushes.bytes,
-                leased: machine.leasedCount)
+                leased: machine.leasedCount, counters: machine.counters.named)
         }
     }
 
@@ -811,5 +811,24 @@ final class QueueShell {
 
     private func countPopped(_ name: String, _ count: Int) {
         if !name.hasPrefix("p2pq.") { core.metrics.itemsPopped += count }
+    }
+}
+
+extension QueueCounters {
+    /// The scalar counters by field name, for `/status` (the per-peer and per-kind tables are
+    /// left out: the dashboard shows those).
+    var named: [String: Int] {
+        [
+            "pushed": pushed, "popped": popped, "transferredOut": transferredOut, "transferredIn": transferredIn,
+            "duplicatesDropped": duplicatesDropped, "duplicatePops": duplicatePops, "requeuedAfterDeath": requeuedAfterDeath,
+            "returnedFromTransfers": returnedFromTransfers, "transfersSentAgain": transfersSentAgain,
+            "statsRejected": statsRejected, "stealsSent": stealsSent, "stealsAnswered": stealsAnswered, "stealsEmpty": stealsEmpty,
+            "noticesDropped": noticesDropped, "removed": removed, "ownershipHandedOver": ownershipHandedOver,
+            "ownershipAdopted": ownershipAdopted, "noticesAcknowledged": noticesAcknowledged, "leased": leased,
+            "acknowledged": acknowledged, "nacked": nacked, "leasesExpired": leasesExpired, "deadLettered": deadLettered,
+            "confirmationsHeld": confirmationsHeld, "confirmationsApplied": confirmationsApplied,
+            "confirmationsRefused": confirmationsRefused, "staleCopiesDropped": staleCopiesDropped, "replicated": replicated,
+            "replicasRefused": replicasRefused, "replicasKept": replicasKept, "replicasRequeued": replicasRequeued,
+        ]
     }
 }
