@@ -69,6 +69,7 @@ let package = Package(
         .library(name: "P2PQCodable", targets: ["P2PQCodable"]),
         .library(name: "P2PQSimulation", targets: ["P2PQSimulation"]),
         .executable(name: "p2pq", targets: ["p2pq"]),
+        .executable(name: "p2pq-simulate", targets: ["p2pq-simulate"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
@@ -238,13 +239,22 @@ let package = Package(
                 "P2PQOperations",
                 "P2PQLink",
                 "P2PQRemoteCall",
-                "P2PQSimulation",
+                "P2PQSimulationCommand",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/p2pq"
         ),
+        // `p2pq simulate` as a command of its own, and as an executable that needs only the
+        // machines: its release build skips the network stack (NIO, Hummingbird, crypto), a few
+        // minutes instead of the whole p2pq's ten on 2 cores; CI sweeps its seeds with it.
+        .target(
+            name: "P2PQSimulationCommand",
+            dependencies: ["P2PQSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/P2PQSimulationCommand"
+        ),
+        .executableTarget(name: "p2pq-simulate", dependencies: ["P2PQSimulationCommand"], path: "Sources/p2pq-simulate"),
         // A service that embeds a node next to its own service (swift-service-lifecycle). It is
         // also a package of its own (Examples/EmbeddedService/Package.swift, which CI builds)
         // that depends on the P2PQNode product by path, as an application does; built here

@@ -2,9 +2,10 @@ import ArgumentParser
 import Foundation
 import P2PQSimulation
 
-/// `p2pq simulate`: whole node machines on a simulated network (P2PQSimulation), one seed.
-struct SimulateCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `p2pq simulate` (also the `p2pq-simulate` executable, which builds without the network
+/// stack): whole node machines on a simulated network (P2PQSimulation), one seed.
+public struct SimulateCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         commandName: "simulate",
         abstract: "Run N node machines on a simulated clock and network: failure detection, load balancing, remote calls or random faults.",
         discussion: """
@@ -165,7 +166,9 @@ struct SimulateCommand: ParsableCommand {
         var maxResidentMegabytes: Double
     }
 
-    func validate() throws {
+    public init() {}
+
+    public func validate() throws {
         guard nodes >= 2 else { throw ValidationError("--nodes must be at least 2") }
         guard nodes <= 65_536 else { throw ValidationError("--nodes must be at most 65536") }
         guard warmup > 0, duration > 0, latency > 0 else { throw ValidationError("--warmup, --duration and --latency must be positive") }
@@ -180,7 +183,7 @@ struct SimulateCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    public func run() throws {
         switch scenario {
         case .detect: try detect()
         case .balance: try balance()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import P2PQSimulationCommand
 
 @main
 struct P2PQ: AsyncParsableCommand {
