@@ -21,7 +21,11 @@ extension QueueMachine {
     mutating func afterDeath(of peer: PeerID, processGone: Bool = false, _ actions: inout [Action], now: UInt64) {
         let linked = peers[peer]?.connected == true
         peers[peer] = nil
-        linkLost(peer, &actions, now: now)
+        // Transfers to it on a link still up stay in flight: a paused process reads and acks
+        // them when it resumes, and taken back now their items would reach a consumer here
+        // while it pops them too. They come back if the link fails, or if it is still dead at
+        // their deadline; membership taking it back sends them again (it drops what it has).
+        linkLost(peer, keepingTransfers: linked && !processGone, &actions, now: now)
         // Its notices stay (bounded per owner, for `deadOwnerRetention`): a verdict may be
         // one-sided (a paused owner, a one-way partition), and an owner that comes back must
         // learn of pops and custody changes, or a later death of the new holder loses items.

@@ -361,7 +361,11 @@ public struct QueueMachine: Sendable {
         forgetDeath(of: peer)
         if keepsReplicas { releaseAll(to: peer, &actions) }
         guard linked else { return actions }
-        return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
+        actions += peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
+        // Transfers kept in flight through the verdict: their acks, if they came while it was
+        // dead here, were ignored.
+        sendTransfersAgain(to: peer, &actions, now: now)
+        return actions
     }
 
     /// A new process of `peer` (a later start) replaced one never declared dead: as

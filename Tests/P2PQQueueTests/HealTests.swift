@@ -152,6 +152,86 @@ private func linked(_ ids: PeerID...) -> [PeerID: QueueMachine] {
         #expect(now > 29 * second)  // after the custody check timeout (30 s), not before
     }
 
+    @Test("A transfer in flight to a peer declared dead on a link that stays up is not taken back: the paused receiver acks it when it resumes and alone holds the items")
+    func transferToPausedPeerIsKept() throws {
+        let m = linked(A, B)
+        var a = m[A]!, b = m[B]!
+        _ = a.push((0..<5).map { payload($0) }, now: 1)
+        let transfer = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 5, thiefRate: 1000), from: B, now: 10).transfers[0]
+        let message = QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 1, items: transfer.items)
+        // B is paused with the transfer unread; A declares it dead. The items stay in flight.
+        _ = a.peerDied(B, now: 2 * second)
+        #expect(popAll(&a, now: 2 * second + 1).isEmpty)
+        // B resumes, acks and pops the five; the ack reaches A before membership takes B back,
+        // and is ignored.
+        let ack = b.received(try wireRoundTrip(message), from: A, now: 3 * second)
+        #expect(ack.acks == [.accepted])
+        #expect(popAll(&b, now: 3 * second + 1) == Array(0..<5))
+        _ = try deliver(ack, from: B, to: &a, now: 3 * second + 2)
+        // B refutes the verdict: A sends the transfer again at once, B drops its copies and acks.
+        let again = a.peerRejoined(B, linked: true, now: 3 * second + 3)
+        let acks = try deliver(again, from: A, to: &b, now: 3 * second + 4)
+        #expect(b.counters.duplicatesDropped == 5)
+        _ = try deliver(acks, from: B, to: &a, now: 3 * second + 5)
+        #expect(a.counters.transferredOut == 5 && a.counters.returnedFromTransfers == 0)
+        #expect(popAll(&a, now: 3 * second + 6).isEmpty)
+    }
+
+    @Test("A transfer kept through a death verdict comes back when the link fails, or when the peer is still dead at its deadline")
+    func transferToDeadPeerComesBack() throws {
+        for linkFails in [true, false] {
+            let m = linked(A, B)
+            var a = m[A]!
+            _ = a.push((0..<5).map { payload($0) }, now: 1)
+            _ = a.received(.stealRequest(queue: "q", requestID: 1, maxItems: 5, thiefRate: 1000), from: B, now: 10)
+            _ = a.peerDied(B, now: 2 * second)
+            #expect(popAll(&a, now: 2 * second + 1).isEmpty)
+            if linkFails {
+                _ = a.peerDisconnected(B, now: 3 * second)
+            } else {
+                _ = a.tick(now: 4 * second)
+                #expect(popAll(&a, now: 4 * second + 1).isEmpty, "back before the transfer's deadline")
+                _ = a.tick(now: 5 * second + 10)
+            }
+            #expect(popAll(&a, now: 6 * second) == Array(0..<5), linkFails ? "link failed" : "deadline")
+        }
+    }
+
+    @Test("A holder checking what it holds after a stall holds back a transfer's items that reach it during the check too, and asks their owner")
+    func transferDuringCheckIsHeldBack() throws {
+        let m = linked(A, B, C)
+        var a = m[A]!, b = m[B]!, c = m[C]!
+        _ = a.push((0..<10).map { payload($0) }, now: 1)
+        try move(5, from: &a, to: &b, now: 10)
+        try move(5, from: &a, to: &c, now: 20)
+        // C sends its five to B, which is paused before reading them.
+        let transfer = c.received(.stealRequest(queue: "q", requestID: 2, maxItems: 5, thiefRate: 1000), from: B, now: 30).transfers[0]
+        let message = QueueMessage.transfer(queue: "q", transferID: transfer.id, kind: .steal, requestID: 2, items: transfer.items)
+        // A declares B dead and re-queues B's five; C's link to B fails, so C takes its five
+        // back, pops them and confirms them to A.
+        _ = a.peerDied(B, now: 2 * second)
+        _ = c.peerDied(B, now: 2 * second)
+        _ = c.peerDisconnected(B, now: 2 * second + 1)
+        #expect(popAll(&c, now: 2 * second + 2) == Array(5..<10))
+        _ = try deliver(c.tick(now: 2 * second + 100 * ms), from: C, to: &a, now: 2 * second + 101 * ms)
+        #expect(a.ownedItems == 5)
+        // B resumes: its consumer's pop finds the stall and holds A's five back. The old
+        // transfer arrives during the check: its items wait with the rest.
+        let resumed = 12 * second
+        let (first, checks) = b.pop(max: .max, waiter: WaiterID(1), now: resumed)
+        #expect(first.isEmpty && b.heldBackCount == 5)
+        let late = b.received(try wireRoundTrip(message), from: C, now: resumed + 1)
+        #expect(late.deliveries.isEmpty, "delivered unchecked: \(late.deliveries)")
+        #expect(b.heldBackCount == 10)
+        // The latest check covers all ten; A names them all stale (five re-queued, five popped).
+        let verdicts = try deliver(checks + late, from: B, to: &a, now: resumed + 2)
+        let served = try deliver(verdicts, from: A, to: &b, now: resumed + 3)
+        #expect(served.deliveries.isEmpty && b.heldBackCount == 0)
+        #expect(b.counters.staleCopiesDropped == 10)
+        // Nothing lost: A still owns the five it re-queued (the other five were popped at C).
+        #expect(a.ownedItems == 5 && a.counters.requeuedAfterDeath == 5)
+    }
+
     @Test("A check asked on a link that failed is asked again on the next link")
     func checkAskedAgainAfterLinkLoss() throws {
         let m = linked(A, B)

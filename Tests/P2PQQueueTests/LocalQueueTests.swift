@@ -371,8 +371,9 @@ private func report(_ machine: inout QueueMachine, from peer: PeerID, sequence: 
         #expect(b.pop(max: 4, waiter: nil, now: 4).0.map(number) == [0, 1, 2, 3])
         for action in b.tick(now: 1 * second).sent { _ = a.received(action.0, from: B, now: 5) }
         #expect(a.ownedItems == 8 && a.heldBufferCount == 3)
-        // B dies: A queues the six unconfirmed copies again, from the shared buffer, ahead of
-        // what it still holds.
+        // B dies (its link first): A queues the six unconfirmed copies again, from the shared
+        // buffer, ahead of what it still holds.
+        _ = a.peerDisconnected(B, now: 6)
         _ = a.peerDied(B, now: 6)
         let popped = a.pop(max: .max, waiter: nil, now: 7).0
         #expect(popped.map(number) == Array(4..<12))
