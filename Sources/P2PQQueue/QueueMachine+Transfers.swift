@@ -282,9 +282,6 @@ extension QueueMachine {
         }
         if kind != .steal && kind != .dispatch { lastTransferReceivedAt = now }
         actions.append(.send(.transferAck(queue: name, transferID: id, status: .accepted), to: peer))
-        // During a check after a stall, a transfer may be one sent before the pause whose
-        // sender has taken its items back since: held and checked with the rest.
-        if isCheckingAfterStall && accepted > 0 { holdBack(&actions, now: now) }
         serveWaiters(&actions, now: now)
         guard accepted > 0 else { return }
         // Passed on at once, not at the next stats round: beyond the first node's links, work
