@@ -10,7 +10,7 @@ struct BusyPollTests {
             // A submitted closure is work: the window starts when it has run. (Read before:
             // on a loaded machine this task may resume after the window.)
             let start = reactor.emptyPolls
-            try await onLoop(reactor) {}
+            let turnsAtStart = try await onLoop(reactor) { reactor.turns }
             try await Task.sleep(for: .milliseconds(300))
             let afterWindow = reactor.emptyPolls
             // Thousands on an idle core; a loaded CI core still gives the thread some slices.
@@ -18,6 +18,10 @@ struct BusyPollTests {
             // The window has passed and nothing happened since: the loop sleeps, it does not poll.
             try await Task.sleep(for: .milliseconds(200))
             #expect(reactor.emptyPolls == afterWindow, "the loop kept polling after its window")
+            // Empty polls are not turns: only the closures submitted here (and the loop's own
+            // housekeeping, if any) counted.
+            let turnsAfter = try await onLoop(reactor) { reactor.turns }
+            #expect(turnsAfter - turnsAtStart < 10, "\(turnsAfter - turnsAtStart) turns counted beside \(afterWindow - start) empty polls")
         }
     }
 
