@@ -93,6 +93,10 @@ public struct LinkMachine: Sendable {
     /// The peer closed the link with a goodbye other than leaving (``closesAlive(_:)``): it was
     /// alive, so the close is no evidence against it.
     public private(set) var peerClosed = false
+    /// The peer closed the link as a duplicate of another link to this node that it keeps:
+    /// that link comes up here too (if it has not yet), and what was in flight may have
+    /// arrived.
+    public private(set) var peerClosedAsDuplicate = false
     /// The peer's operations endpoint (`host:port`, an IPv6 literal in brackets), if it sent
     /// a usable one.
     public private(set) var operationsAddress: String?
@@ -337,6 +341,7 @@ public struct LinkMachine: Sendable {
         case .goodbye(let reason, let detail):
             peerLeft = Self.leaves(reason)
             peerClosed = Self.closesAlive(reason)
+            peerClosedAsDuplicate = reason == .duplicateLink
             closeReason = "peer said goodbye (\(reason)): \(detail)"
             return [.close(.peerSaidGoodbye)]
         case .peers(let entries):

@@ -268,7 +268,8 @@ extension NodeMachine {
         if entry.direction == .inbound && ended.previous != .ready { admission.finished(link) }
         guard !isStopped else { return actions }
         if ended.previous == .ready {
-            actions += linkDown(link, peerLeft: entry.stages.peerLeft, peerClosed: entry.stages.peerClosed, now: now)
+            actions += linkDown(link, peerLeft: entry.stages.peerLeft, peerClosed: entry.stages.peerClosed,
+                                asDuplicate: entry.stages.peerClosedAsDuplicate, now: now)
         } else if entry.direction == .outbound, let address = dialed {
             actions.append(.dialFailedNote(address, reason: ended.reason))
             actions += dialFailed(address, now: now)

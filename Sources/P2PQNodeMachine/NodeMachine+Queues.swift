@@ -166,8 +166,8 @@ extension NodeMachine {
                 withQueue(name, into: &actions, now: now) {
                     $0.peerLinkReplaced(peer, adoptsOwnership: adopts, keepsReplicas: keeps, now: now)
                 }
-            case .disconnected(let peer):
-                withQueue(name, into: &actions, now: now) { $0.peerDisconnected(peer, now: now) }
+            case .disconnected(let peer, let keeping):
+                withQueue(name, into: &actions, now: now) { $0.peerDisconnected(peer, keepingTransfers: keeping, now: now) }
             case .died(let peer):
                 withQueue(name, into: &actions, now: now) { $0.peerDied(peer, now: now) }
             case .rejoined(let peer, let linked):

@@ -249,12 +249,16 @@ public struct NodeMachine<Address: NodeAddress>: Sendable {
     /// `peerClosed` when it refused the link or closed it as a duplicate, with a goodbye
     /// (``LinkMachine/closesAlive(_:)``: alive, so no evidence). For links without stages
     /// here, like ``linkUp(_:peer:direction:incarnation:features:peerAddress:dialedAddress:now:)``.
-    public mutating func linkDown(_ link: LinkID, peerLeft: Bool, peerClosed: Bool = false, now: UInt64) -> [Action] {
+    /// `asDuplicate`: the peer closed it as a duplicate of a link it keeps (which comes up
+    /// here too, if it has not already).
+    public mutating func linkDown(_ link: LinkID, peerLeft: Bool, peerClosed: Bool = false, asDuplicate: Bool = false,
+                                  now: UInt64) -> [Action] {
         incarnations[link] = nil
         linkFeatures[link] = nil
         guard !isStopped else { return [] }
         var actions: [Action] = []
-        apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft, peerClosed: peerClosed), into: &actions, now: now)
+        apply(connections.linkDown(link: link, now: now, peerLeft: peerLeft, peerClosed: peerClosed), into: &actions, now: now,
+              closedAsDuplicate: asDuplicate)
         return actions
     }
 
@@ -364,7 +368,8 @@ public struct NodeMachine<Address: NodeAddress>: Sendable {
     }
 
     /// The manager's actions, as the node's: its link changes become peer events.
-    mutating func apply(_ managerActions: [Connections.Action], into actions: inout [Action], now: UInt64) {
+    mutating func apply(_ managerActions: [Connections.Action], into actions: inout [Action], now: UInt64,
+                        closedAsDuplicate: Bool = false) {
         for action in managerActions {
             switch action {
             case .dial(let address): actions.append(.dial(address))
@@ -397,7 +402,8 @@ public struct NodeMachine<Address: NodeAddress>: Sendable {
                 route(.linkReplaced(peer), into: &actions, now: now)
             case .peerDisconnected(let peer, let reason):
                 actions.append(.peerDisconnected(peer, reason: reason))
-                route(.linkDown(peer, nodeStopping: reason == .stopped, peerClosed: reason == .peerClosed || reason == .evicted),
+                route(.linkDown(peer, nodeStopping: reason == .stopped, peerClosed: reason == .peerClosed || reason == .evicted,
+                                asDuplicate: closedAsDuplicate && reason == .peerClosed),
                       into: &actions, now: now)
             }
         }

@@ -13,7 +13,7 @@ public enum PeerEvent: Sendable, Hashable {
     /// The link to `peer` closed and no other is kept. `nodeStopping`: this node's own stop
     /// closed it; `peerClosed`: the peer closed it with a goodbye (alive, but refusing it or
     /// keeping another link).
-    case linkDown(PeerID, nodeStopping: Bool, peerClosed: Bool = false)
+    case linkDown(PeerID, nodeStopping: Bool, peerClosed: Bool = false, asDuplicate: Bool = false)
     /// Membership took `peer` in: new, back with a new incarnation, or refuting a verdict.
     /// `linked`: a link to it is kept right now.
     case joined(PeerID, linked: Bool)
@@ -44,8 +44,10 @@ public enum QueuesPeerInput: Sendable, Hashable {
     /// Disconnected, then connected again, queue by queue, but transfers in flight are sent
     /// again on the new link rather than taken back.
     case linkReplaced(PeerID)
-    /// The peer cannot be sent to: take back what is in flight to it.
-    case disconnected(PeerID)
+    /// The peer cannot be sent to: take back what is in flight to it, unless the peer closed
+    /// the link as a duplicate of one it keeps (`keepingTransfers`): that one comes up here
+    /// and they are sent again on it.
+    case disconnected(PeerID, keepingTransfers: Bool = false)
     /// Owners re-queue what the peer held.
     case died(PeerID)
     /// Membership took the peer back; `linked`: a link to it is kept.
@@ -109,12 +111,15 @@ public enum PeerEventRouting {
             // steal requests in flight on the old link; calls re-push direct calls sent on it
             // and void its credit.
             return [.queues(.linkReplaced(peer)), .calls(.linkReplaced(peer))]
-        case .linkDown(let peer, let nodeStopping, let peerClosed):
+        case .linkDown(let peer, let nodeStopping, let peerClosed, let asDuplicate):
             // A link lost is not a verdict: membership probes the peer (unless this node is
             // stopping, when its verdicts no longer matter, or the peer closed the link itself,
             // alive); queues and calls only stop sending and take back what was in flight.
-            // Only `dead` or `left` re-queues held items.
-            let local: [PeerEventDelivery] = [.queues(.disconnected(peer)), .calls(.disconnected(peer))]
+            // Only `dead` or `left` re-queues held items. A link the peer closed as a duplicate
+            // of one it keeps (its announcement here came first; the kept one is still in its
+            // handshake here) is a replacement seen in two steps: queues keep their transfers
+            // in flight for the new link, which the peer may have read on the old one.
+            let local: [PeerEventDelivery] = [.queues(.disconnected(peer, keepingTransfers: asDuplicate)), .calls(.disconnected(peer))]
             return nodeStopping ? local : [.membership(.linkDown(peer, probe: !peerClosed))] + local
         case .joined(let peer, let linked):
             // Calls count the peer's started notices again; queues that buried it after a

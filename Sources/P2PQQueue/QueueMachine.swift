@@ -306,18 +306,24 @@ public struct QueueMachine: Sendable {
         guard linkReady(peer, adoptsOwnership: adoptsOwnership, keepsReplicas: keepsReplicas, &actions, now: now) else {
             return actions
         }
+        // Transfers kept in flight through the last link's loss (a duplicate the peer closed, a
+        // death verdict with the link up) go again on this one; the peer drops what it has.
+        sendTransfersAgain(to: peer, &actions, now: now)
         finish(&actions, now: now)
         return actions
     }
 
     /// The link to `peer` is gone: transfers to it not acknowledged yet come back to the front
-    /// of the queue, in order.
-    public mutating func peerDisconnected(_ peer: PeerID, now: UInt64) -> [Action] {
+    /// of the queue, in order. With `keepingTransfers` (the peer closed this link as a
+    /// duplicate of another it keeps, which will come up here) they stay in flight and go again
+    /// on the next link (``peerConnected(_:adoptsOwnership:keepsReplicas:now:)``); they come
+    /// back if none comes before their deadline, or if the peer dies.
+    public mutating func peerDisconnected(_ peer: PeerID, keepingTransfers: Bool = false, now: UInt64) -> [Action] {
         var actions: [Action] = []
         // Every input looks for a stall first: links dropped by a resumed process's own
         // keepalive timeout are often its first input, and `finish` re-arms the timer.
         detectStall(&actions, now: now)
-        disconnected(peer, keepingTransfers: false, &actions, now: now)
+        disconnected(peer, keepingTransfers: keepingTransfers, &actions, now: now)
         finish(&actions, now: now)
         return actions
     }
@@ -361,11 +367,9 @@ public struct QueueMachine: Sendable {
         forgetDeath(of: peer)
         if keepsReplicas { releaseAll(to: peer, &actions) }
         guard linked else { return actions }
-        actions += peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
-        // Transfers kept in flight through the verdict: their acks, if they came while it was
-        // dead here, were ignored.
-        sendTransfersAgain(to: peer, &actions, now: now)
-        return actions
+        // Transfers kept in flight through the verdict go again (their acks, if they came while
+        // it was dead here, were ignored).
+        return actions + peerConnected(peer, keepsReplicas: keepsReplicas, now: now)
     }
 
     /// A new process of `peer` (a later start) replaced one never declared dead: as

@@ -220,7 +220,10 @@ struct NodeMachineTests {
         _ = receive(.hello(Hello(protocolVersion: WireProtocol.version, peerID: peer(1), listenPort: 1, listenHost: "n1",
                                  incarnation: 2000, features: 0)), on: &link)
         _ = receive(.goodbye(reason: .duplicateLink, detail: "duplicate link"), on: &link)
-        let down = node.linkDown(own, peerLeft: link.peerLeft, peerClosed: link.peerClosed, now: 5 * ms)
+        // (Queues keep their transfers in flight for the link node 1 keeps.)
+        #expect(link.peerClosed && link.peerClosedAsDuplicate)
+        let down = node.linkDown(own, peerLeft: link.peerLeft, peerClosed: link.peerClosed,
+                                 asDuplicate: link.peerClosedAsDuplicate, now: 5 * ms)
         #expect(down.contains(.peerDisconnected(peer(1), reason: .peerClosed)))
         var probes = down
         for step in 1...300 { probes += node.tick(.membership, now: UInt64(step) * 10 * ms) }

@@ -27,6 +27,10 @@ import Testing
         #expect(PeerEventRouting.route(.linkDown(peer, nodeStopping: true)) == [
             .queues(.disconnected(peer)), .calls(.disconnected(peer)),
         ])
+        // Closed by the peer as a duplicate of a link it keeps: queues keep their transfers for it.
+        #expect(PeerEventRouting.route(.linkDown(peer, nodeStopping: false, peerClosed: true, asDuplicate: true)) == [
+            .membership(.linkDown(peer, probe: false)), .queues(.disconnected(peer, keepingTransfers: true)), .calls(.disconnected(peer)),
+        ])
     }
 
     @Test func verdicts() {

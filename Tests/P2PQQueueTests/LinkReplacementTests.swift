@@ -72,6 +72,41 @@ private func stolenByB(_ n: Int) -> (QueueMachine, QueueMachine, (id: UInt64, it
         #expect(a.transfersInFlight == 0 && a.count == 0)
     }
 
+    @Test("A link the peer closed as a duplicate before its kept link came up here: the transfer waits for that link and goes again on it; the peer drops its copy")
+    func duplicateClosedFirstKeepsTheTransfer() {
+        var (a, b, transfer) = stolenByB(6)
+        // B read the transfer on the link it then closed as a duplicate; the ack died with it.
+        _ = b.received(asSent(transfer), from: owner, now: 2)
+        #expect(b.pop(max: 10, waiter: nil, now: 3).0.map(number) == Array(0..<6))
+        _ = a.peerDisconnected(holderB, keepingTransfers: true, now: 4)
+        #expect(a.transfersInFlight == 1 && a.counters.returnedFromTransfers == 0)
+        #expect(a.pop(max: .max, waiter: nil, now: 5).0.isEmpty)
+        // The link B keeps comes up here: the transfer goes again, B drops the copies and acks.
+        let linked = a.peerConnected(holderB, now: 6)
+        #expect(linked.transfers.map(\.id) == [transfer.id])
+        let again = b.received(asSent(linked.transfers[0]), from: owner, now: 7)
+        #expect(again.acks == [.accepted] && b.counters.duplicatesDropped == 6)
+        _ = a.received(.transferAck(queue: "q", transferID: transfer.id, status: .accepted), from: holderB, now: 8)
+        #expect(a.transfersInFlight == 0 && a.pop(max: .max, waiter: nil, now: 9).0.isEmpty)
+    }
+
+    @Test("A transfer kept for a duplicate's replacement comes back if no link comes by its deadline, or if the peer dies")
+    func duplicateClosedWithoutNewLinkReturns() {
+        for dies in [false, true] {
+            var (a, _, _) = stolenByB(4)
+            _ = a.peerDisconnected(holderB, keepingTransfers: true, now: 4)
+            if dies {
+                _ = a.peerDied(holderB, now: 1 * second)
+            } else {
+                _ = a.tick(now: 4 * second)
+                #expect(a.transfersInFlight == 1, "back before its deadline")
+                _ = a.tick(now: 6 * second)
+            }
+            #expect(a.transfersInFlight == 0 && a.counters.returnedFromTransfers == 4)
+            #expect(a.pop(max: .max, waiter: nil, now: 7 * second).0.map(number) == Array(0..<4))
+        }
+    }
+
     @Test("If the new link goes too, the transfer's items come back as after any lost link")
     func newLinkLostReturnsTheItems() {
         var (a, _, _) = stolenByB(5)
