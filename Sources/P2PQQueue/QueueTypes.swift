@@ -347,6 +347,26 @@ public struct QueueCounters: Hashable, Sendable {
     public init() {}
 }
 
+extension QueueCounters {
+    /// The scalar counters by field name, for a node's `/status` (the per-peer and per-kind
+    /// tables are left out: the dashboard shows those). Beside the fields, so that a new
+    /// counter is listed where it is declared.
+    public var named: [String: Int] {
+        [
+            "pushed": pushed, "popped": popped, "transferredOut": transferredOut, "transferredIn": transferredIn,
+            "duplicatesDropped": duplicatesDropped, "duplicatePops": duplicatePops, "requeuedAfterDeath": requeuedAfterDeath,
+            "returnedFromTransfers": returnedFromTransfers, "transfersSentAgain": transfersSentAgain,
+            "statsRejected": statsRejected, "stealsSent": stealsSent, "stealsAnswered": stealsAnswered, "stealsEmpty": stealsEmpty,
+            "noticesDropped": noticesDropped, "removed": removed, "ownershipHandedOver": ownershipHandedOver,
+            "ownershipAdopted": ownershipAdopted, "noticesAcknowledged": noticesAcknowledged, "leased": leased,
+            "acknowledged": acknowledged, "nacked": nacked, "leasesExpired": leasesExpired, "deadLettered": deadLettered,
+            "confirmationsHeld": confirmationsHeld, "confirmationsApplied": confirmationsApplied,
+            "confirmationsRefused": confirmationsRefused, "staleCopiesDropped": staleCopiesDropped, "replicated": replicated,
+            "replicasRefused": replicasRefused, "replicasKept": replicasKept, "replicasRequeued": replicasRequeued,
+        ]
+    }
+}
+
 /// Why a peer's load report was rejected.
 public enum StatsRejection: Equatable, Sendable {
     /// A field was NaN, infinite, negative or absurd.

@@ -220,7 +220,8 @@ struct NodeMachineTests {
         _ = receive(.hello(Hello(protocolVersion: WireProtocol.version, peerID: peer(1), listenPort: 1, listenHost: "n1",
                                  incarnation: 2000, features: 0)), on: &link)
         _ = receive(.goodbye(reason: .duplicateLink, detail: "duplicate link"), on: &link)
-        // (Queues keep their transfers in flight for the link node 1 keeps.)
+        // The link stage tells a duplicate's goodbye apart (queues then keep their transfers for
+        // the link node 1 keeps: PeerEventRoutingTests, LinkReplacementTests).
         #expect(link.peerClosed && link.peerClosedAsDuplicate)
         let down = node.linkDown(own, peerLeft: link.peerLeft, peerClosed: link.peerClosed,
                                  asDuplicate: link.peerClosedAsDuplicate, now: 5 * ms)

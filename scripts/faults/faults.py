@@ -138,7 +138,7 @@ class Node:
 class Cluster:
     """The nodes of one run, their namespaces, and the harness's own log."""
 
-    def __init__(self, p2pq, out, netns, bound, log_level="notice"):
+    def __init__(self, p2pq, out, netns, bound, log_level):
         self.p2pq, self.netns, self.bound, self.log_level = p2pq, netns, bound, log_level
         self.dir = out
         os.makedirs(out, exist_ok=True)

@@ -813,22 +813,3 @@ final class QueueShell {
         if !name.hasPrefix("p2pq.") { core.metrics.itemsPopped += count }
     }
 }
-
-extension QueueCounters {
-    /// The scalar counters by field name, for `/status` (the per-peer and per-kind tables are
-    /// left out: the dashboard shows those).
-    var named: [String: Int] {
-        [
-            "pushed": pushed, "popped": popped, "transferredOut": transferredOut, "transferredIn": transferredIn,
-            "duplicatesDropped": duplicatesDropped, "duplicatePops": duplicatePops, "requeuedAfterDeath": requeuedAfterDeath,
-            "returnedFromTransfers": returnedFromTransfers, "transfersSentAgain": transfersSentAgain,
-            "statsRejected": statsRejected, "stealsSent": stealsSent, "stealsAnswered": stealsAnswered, "stealsEmpty": stealsEmpty,
-            "noticesDropped": noticesDropped, "removed": removed, "ownershipHandedOver": ownershipHandedOver,
-            "ownershipAdopted": ownershipAdopted, "noticesAcknowledged": noticesAcknowledged, "leased": leased,
-            "acknowledged": acknowledged, "nacked": nacked, "leasesExpired": leasesExpired, "deadLettered": deadLettered,
-            "confirmationsHeld": confirmationsHeld, "confirmationsApplied": confirmationsApplied,
-            "confirmationsRefused": confirmationsRefused, "staleCopiesDropped": staleCopiesDropped, "replicated": replicated,
-            "replicasRefused": replicasRefused, "replicasKept": replicasKept, "replicasRequeued": replicasRequeued,
-        ]
-    }
-}
