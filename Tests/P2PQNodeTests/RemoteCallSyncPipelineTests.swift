@@ -218,7 +218,7 @@ struct RemoteCallSyncPipelineTests {
         #expect(stopped == [0: .failure(.nodeStopped), 1: .failure(.nodeStopped), 2: .failure(.nodeStopped)])
     }
 
-    @Test("Pipelined calls are bounded by the window: calls started never exceed results taken plus the window")
+    @Test("Pipelined calls are bounded by the window: a window in flight and a window of results waiting, no more; a waiting result frees its call's slot at once")
     func pipelineBackpressure() async throws {
         let started = Counter()
         let nodes = try await pair(maxConcurrentCalls: 64) { rpc in
@@ -234,15 +234,89 @@ struct RemoteCallSyncPipelineTests {
         for await (index, answer) in count.results(for: Array(0..<200), window: window) {
             #expect(answer == .success(index))
             taken += 1
-            #expect(started.started <= taken + window, "\(started.started) started with \(taken) taken")
+            #expect(started.started <= taken + 2 * window, "\(started.started) started with \(taken) taken")
             if taken == 1 {
-                // A consumer that stops taking: nothing more than the window goes out.
+                // A consumer that stops taking: results delivered while at most a window wait
+                // free their slots (the calls go on without the consumer, past the old bound of
+                // taken + window), then the calls stop at two windows (all answered here), less
+                // the credits below a chunk (a quarter of the window) that stay unused.
+                try await eventually("a window in flight and a window waiting") { started.started >= 2 * window - window / 4 }
+                let paused = started.started
                 try await Task.sleep(for: .milliseconds(300))
-                #expect(started.started <= taken + window, "\(started.started) started while the consumer paused")
+                #expect(started.started == paused && paused <= 2 * window, "\(started.started) started while the consumer paused")
             }
         }
         #expect(taken == 200 && started.started == 200)
         await stop(nodes)
+    }
+
+    @Test("Raw pipelined calls over an array, which the pipeline submits itself as results arrive: bounded like any stream, every index once, cancelled when left, failed once each on a stopped node")
+    func rawArrayPipeline() async throws {
+        let started = Counter()
+        let waiting = Counter()
+        let cancelled = Atomic(0)
+        let nodes = try await pair(maxConcurrentCalls: 64) { rpc in
+            rpc.registerRawSync("count-raw") { bytes in
+                started.enter()
+                started.leave()
+                return bytes
+            }
+            rpc.registerRaw("wait-raw") { bytes in
+                guard bytes != [0] else { return bytes }
+                waiting.enter()
+                do { try await Task.sleep(for: .seconds(20)) } catch {
+                    cancelled.add(1, ordering: .relaxed)
+                    throw error
+                }
+                return bytes
+            }
+        }
+        let count = nodes[0].1.rawFunction("count-raw")
+        let arguments = (0..<300).map { [UInt8(truncatingIfNeeded: $0), UInt8($0 >> 8)] }
+        let window = 8
+        var seen = Set<Int>()
+        for await (index, answer) in count.results(for: arguments, window: window) {
+            #expect(answer == .success(arguments[index]))
+            #expect(seen.insert(index).inserted, "index \(index) twice")
+            #expect(started.started <= seen.count + 2 * window, "\(started.started) started with \(seen.count) taken")
+            if seen.count == 1 {
+                // The consumer pauses: the calls go on until a window waits beyond the window.
+                // (Up to a chunk of credits, a quarter of the window, may stay unused.)
+                try await eventually("a window in flight and a window waiting") { started.started >= 2 * window - window / 4 }
+                let paused = started.started
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(started.started == paused && paused <= 2 * window, "\(started.started) started while the consumer paused")
+            }
+        }
+        #expect(seen == Set(0..<300) && started.started == 300)
+
+        // Leaving the loop after the first result: the calls in flight (the rest of the window,
+        // and the one the first result's slot let out) are cancelled, no more are taken.
+        let wait = nodes[0].1.rawFunction("wait-raw")
+        var first: [UInt8]?
+        for await (_, answer) in wait.results(for: [[0]] + Array(repeating: [1], count: 40), window: 5) {
+            first = try answer.get()
+            break
+        }
+        #expect(first == [0])
+        try await eventually("the calls left behind to be cancelled") {
+            waiting.started >= 4 && cancelled.load(ordering: .relaxed) == waiting.started
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(waiting.started <= 5 && cancelled.load(ordering: .relaxed) == waiting.started, "\(waiting.started) started")
+
+        var none = 0
+        for await _ in count.results(for: [[UInt8]]()) { none += 1 }
+        #expect(none == 0)
+
+        // A stopped node fails every call once, however many the array holds beyond the window.
+        await stop(nodes)
+        var failed = [Int](repeating: 0, count: 1000)
+        for await (index, answer) in count.results(for: Array(repeating: [7], count: 1000), window: 8) {
+            #expect(answer == .failure(.nodeStopped))
+            failed[index] += 1
+        }
+        #expect(failed.allSatisfy { $0 == 1 })
     }
 
     @Test("Cancelling the consuming task, or leaving the loop early, cancels the calls outstanding")

@@ -2,8 +2,20 @@ import P2PQRemoteCall
 import Synchronization
 
 /// The state of one pipelined stream of calls (``RemoteFunction/results(for:window:timeout:)``):
-/// a window of credits bounds the calls in flight plus the results not yet taken; the producer
-/// submits calls in chunks, the reactor delivers results, the consumer takes them.
+/// a window of credits bounds the calls in flight, and the results waiting for the consumer
+/// beyond a window hold their calls' credits; the producer submits calls in chunks, the reactor
+/// delivers results, the consumer takes them.
+///
+/// A delivered result frees its call's credit at once while at most `window` results wait, so
+/// the next calls go out without waiting for the consumer's thread to take the results (a hop
+/// per chunk off the round of a window); past that, a slow consumer holds back the calls.
+/// Invariant, while the producer waits: `outstanding + credits + held == window`, so at most
+/// `2 × window` results wait.
+///
+/// A stream over an array of raw arguments has no producer: the pipeline takes the next
+/// arguments itself as credits free up, on the reactor thread when results arrive (the shell
+/// makes those calls in the same turn: no hop to a producer task and back per chunk), on the
+/// consumer's thread when it frees slots held beyond the window.
 final class CallPipeline: Sendable {
     typealias Element = (index: Int, result: Result<[UInt8], RemoteCallError>)
 
@@ -13,6 +25,12 @@ final class CallPipeline: Sendable {
         var head = 0
         /// Window slots free for new calls.
         var credits: Int
+        /// Results delivered and not yet consumed (``next(consumed:)``), taken or not.
+        var waiting = 0
+        /// Slots held by the results waiting beyond the window: `max(0, waiting − window)`.
+        var held = 0
+        /// The first argument of ``CallPipeline/source`` not submitted yet.
+        var nextArgument = 0
         /// Calls submitted and not yet answered (the shell keeps where each one's result goes,
         /// and finds them by stream when the stream is cancelled).
         var outstanding = 0
@@ -32,34 +50,65 @@ final class CallPipeline: Sendable {
     let window: Int
     /// Most results the consumer takes at once (its iterator hands them out without a lock).
     private let maxTake: Int
-    /// Credits the producer waits for before it submits again, so calls go out in chunks (one
-    /// hand-over each) rather than one per result taken.
+    /// Credits the producer (or an array source's refill) waits for before it submits again,
+    /// so calls go out in chunks (one hand-over, and runs of calls on the wire) rather than one
+    /// per result: a quarter of the window, as an eighth made runs small enough to cost the
+    /// executor more per call once results free slots as they arrive.
     private let chunk: Int
     let bridge: RemoteCallBridge
     let function: String
     let memoize: Bool
     let timeout: Duration?
+    /// The raw arguments of a stream over an array, submitted by the pipeline itself (nil: a
+    /// producer task submits).
+    private let source: [[UInt8]]?
 
-    init(bridge: RemoteCallBridge, function: String, memoize: Bool, timeout: Duration?, window: Int) {
+    init(bridge: RemoteCallBridge, function: String, memoize: Bool, timeout: Duration?, window: Int, source: [[UInt8]]? = nil) {
+        self.source = source
         self.bridge = bridge
         self.function = function
         self.memoize = memoize
         self.timeout = timeout
         self.window = window
-        chunk = max(1, window / 8)
+        chunk = max(1, window / 4)
         maxTake = max(1, window / 4)
         state = Mutex(State(credits: window))
     }
 
     // MARK: Producer
 
+    /// Submits the first window of an array source (its producer task's only step).
+    func start() {
+        handOver.withLock { _ in
+            let calls = state.withLock { state in refill(&state) }
+            if let calls { bridge.submit(.stream(calls)) }
+        }
+        if source?.isEmpty ?? false { finishSubmitting() }
+    }
+
+    /// The next arguments of an array source for the free credits (taken), counted as
+    /// outstanding: when a chunk is free, or the source's rest, or nothing else will free more.
+    private func refill(_ state: inout State) -> StreamCalls? {
+        guard let source, !state.cancelled, !state.submittedAll else { return nil }
+        let left = source.count - state.nextArgument
+        guard state.credits >= Swift.min(chunk, left) || (state.outstanding == 0 && state.held == 0) else { return nil }
+        let count = Swift.min(left, state.credits)
+        let first = state.nextArgument
+        state.nextArgument += count
+        state.credits -= count
+        state.outstanding += count
+        if state.nextArgument == source.count { state.submittedAll = true }
+        guard count > 0 else { return nil }
+        return StreamCalls(stream: self, firstIndex: first, arguments: Array(source[first..<first + count]))
+    }
+
     /// Waits for free window slots and takes them all: the number taken, 0 once cancelled.
     func acquire() async -> Int {
         await withCheckedContinuation { (continuation: CheckedContinuation<Int, Never>) in
             let taken = state.withLock { state -> Int? in
                 if state.cancelled { return 0 }
-                // Below a chunk, something is in flight or ready, and taking it frees more.
-                if state.credits >= chunk || (state.credits > 0 && state.outstanding == 0 && state.head == state.ready.count) {
+                // Below a chunk, calls in flight or results held beyond the window free more.
+                if state.credits >= chunk || (state.credits > 0 && state.outstanding == 0 && state.held == 0) {
                     defer { state.credits = 0 }
                     return state.credits
                 }
@@ -106,11 +155,12 @@ final class CallPipeline: Sendable {
             if runs.count == 1 { bridge.submit(.stream(runs[0])) } else { bridge.submit(contentsOf: runs.map { .stream($0) }) }
         }
         guard !failed.isEmpty else { return }
-        let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element])? in
-            guard !state.cancelled else { return nil }
+        let (consumer, producer) = state.withLock { state -> (Resumption?, Credits?) in
+            guard !state.cancelled else { return (nil, nil) }
             state.ready.append(contentsOf: failed)
-            return takeForConsumer(&state)
+            return (takeForConsumer(&state), arrived(failed.count, &state))
         }
+        if let (continuation, credits) = producer { continuation.resume(returning: credits) }
         if let (continuation, batch) = consumer { continuation.resume(returning: batch) }
     }
 
@@ -131,25 +181,45 @@ final class CallPipeline: Sendable {
     /// stopped node never made) and wakes its consumer once, so a consumer faster than the link
     /// is not resumed once per result. Each call is answered once: the shell forgets where a
     /// result goes when it hands it over.
-    func deliver(_ results: [Element]) {
-        let consumer = state.withLock { state -> (CheckedContinuation<[Element]?, Never>, [Element]?)? in
-            guard !state.cancelled else { return nil }
+    ///
+    /// - Returns: an array source's next calls, for the credits freed; the caller makes them at
+    ///   once (the shell, in this reactor turn, so a cancel submitted meanwhile still finds
+    ///   them) or fails them (a stopped node).
+    @discardableResult
+    func deliver(_ results: [Element]) -> StreamCalls? {
+        let (consumer, producer, more) = state.withLock { state -> (Resumption?, Credits?, StreamCalls?) in
+            guard !state.cancelled else { return (nil, nil, nil) }
             state.outstanding -= results.count
             state.ready.append(contentsOf: results)
-            if let taken = takeForConsumer(&state) { return (taken.0, taken.1) }
-            return nil
+            let producer = arrived(results.count, &state)
+            return (takeForConsumer(&state), producer, refill(&state))
         }
+        if let (continuation, credits) = producer { continuation.resume(returning: credits) }
         if let (continuation, batch) = consumer { continuation.resume(returning: batch) }
+        return more
+    }
+
+    typealias Resumption = (CheckedContinuation<[Element]?, Never>, [Element])
+    typealias Credits = (CheckedContinuation<Int, Never>, Int)
+
+    /// `count` results joined the waiting ones: their credits are freed, but for those beyond
+    /// the window; the producer to wake with the credits it takes, if a chunk is free.
+    private func arrived(_ count: Int, _ state: inout State) -> Credits? {
+        state.waiting += count
+        let held = max(0, state.waiting - window)
+        let freed = count - (held - state.held)
+        state.held = held
+        return release(freed, &state)
     }
 
     /// The waiting consumer and the results it takes.
-    private func takeForConsumer(_ state: inout State) -> (CheckedContinuation<[Element]?, Never>, [Element])? {
+    private func takeForConsumer(_ state: inout State) -> Resumption? {
         guard let consumer = state.consumer, state.head < state.ready.count else { return nil }
         state.consumer = nil
         return (consumer, take(&state))
     }
 
-    /// Up to `maxTake` ready results; their window slots are freed when the consumer has
+    /// Up to `maxTake` ready results; they stop counting as waiting when the consumer has
     /// handed them all out (``next(consumed:)``).
     private func take(_ state: inout State) -> [Element] {
         let end = min(state.ready.count, state.head + maxTake)
@@ -162,34 +232,46 @@ final class CallPipeline: Sendable {
         return batch
     }
 
-    /// Frees `count` window slots and wakes the producer when a chunk is free.
-    private func release(_ count: Int, _ state: inout State) -> CheckedContinuation<Int, Never>? {
+    /// Frees `count` window slots; the producer to wake, with every free slot (taken), when a
+    /// chunk is free.
+    private func release(_ count: Int, _ state: inout State) -> Credits? {
         state.credits += count
         guard state.credits >= chunk, let producer = state.producer else { return nil }
         state.producer = nil
-        return producer
+        defer { state.credits = 0 }
+        return (producer, state.credits)
     }
 
     // MARK: Consumer
 
-    /// The next results in completion order, after the consumer handed out `consumed` (their
-    /// slots are freed); nil when every call is answered or the stream was cancelled.
+    /// The next results in completion order, after the consumer handed out `consumed` (the
+    /// slots they held beyond the window are freed); nil when every call is answered or the
+    /// stream was cancelled.
     func next(consumed: Int) async -> [Element]? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<[Element]?, Never>) in
-                let (answer, producer) = state.withLock { state -> ([Element]??, (CheckedContinuation<Int, Never>, Int)?) in
-                    var producer: (CheckedContinuation<Int, Never>, Int)?
-                    if !state.cancelled, let waiting = release(consumed, &state) {
-                        producer = (waiting, state.credits)
-                        state.credits = 0
+                // Held across the refill's submission, so a cancel cannot overtake the calls.
+                handOver.withLock { _ in
+                    let (answer, producer, more) = state.withLock { state -> ([Element]??, Credits?, StreamCalls?) in
+                        var producer: Credits?
+                        var more: StreamCalls?
+                        if !state.cancelled {
+                            state.waiting -= consumed
+                            let held = max(0, state.waiting - window)
+                            let freed = state.held - held
+                            state.held = held
+                            producer = release(freed, &state)
+                            more = refill(&state)
+                        }
+                        if state.head < state.ready.count && !state.cancelled { return (.some(take(&state)), producer, more) }
+                        if state.finished { return (.some(nil), producer, more) }
+                        state.consumer = continuation
+                        return (nil, producer, more)
                     }
-                    if state.head < state.ready.count && !state.cancelled { return (.some(take(&state)), producer) }
-                    if state.finished { return (.some(nil), producer) }
-                    state.consumer = continuation
-                    return (nil, producer)
+                    if let more { bridge.submit(.stream(more)) }
+                    if let (waiting, credits) = producer { waiting.resume(returning: credits) }
+                    if let answer { continuation.resume(returning: answer) }
                 }
-                if let (waiting, credits) = producer { waiting.resume(returning: credits) }
-                if let answer { continuation.resume(returning: answer) }
             }
         } onCancel: {
             cancel()
@@ -232,9 +314,13 @@ struct StreamCalls: Sendable {
     var firstIndex: Int
     var arguments: [[UInt8]]
 
-    /// Every call fails with `error` (the node stopped before they were made).
+    /// Every call fails with `error` (the node stopped before they were made), and so do the
+    /// calls an array source takes meanwhile, up to the results the consumer lets wait.
     func fail(_ error: RemoteCallError) {
-        stream.deliver(arguments.indices.map { (firstIndex + $0, .failure(error)) })
+        var calls: StreamCalls? = self
+        while let failing = calls {
+            calls = failing.stream.deliver(failing.arguments.indices.map { (failing.firstIndex + $0, .failure(error)) })
+        }
     }
 }
 

@@ -304,8 +304,9 @@ public struct RemoteFunction<A: Codable & Sendable, R: Codable & Sendable>: Send
 
 extension RemoteFunction {
     /// Pipelined calls, one per element of `arguments`, with at most `window` calls in flight
-    /// or answered but not yet taken: the results as they complete, each tagged with the index
-    /// of its argument. Calls go to the reactor in chunks (one hand-over per chunk) and are
+    /// (and at most `2 × window` results waiting to be taken: an answered call frees its slot at
+    /// once while at most `window` wait): the results as they complete, each tagged with the
+    /// index of its argument. Calls go to the reactor in chunks (one hand-over per chunk) and are
     /// made again each time the sequence is iterated. Ending the iteration early (or cancelling
     /// the iterating task) cancels the calls still outstanding.
     ///
@@ -345,11 +346,14 @@ public struct RemoteCallResults<R: Sendable>: AsyncSequence, Sendable {
     let timeout: Duration?
     let window: Int
     let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
+    /// Raw arguments the pipeline submits itself (``CallPipeline``); `produce` then only starts it.
+    var source: [[UInt8]]? = nil
     let produce: @Sendable (CallPipeline) async -> Void
 
     public func makeAsyncIterator() -> AsyncIterator {
         let pipeline = CallPipeline(bridge: bridge, function: function, memoize: memoize, timeout: timeout,
-                                    window: Swift.min(Swift.max(1, window), RemoteCallLimits.maxEntriesPerMessage))
+                                    window: Swift.min(Swift.max(1, window), RemoteCallLimits.maxEntriesPerMessage),
+                                    source: source)
         let produce = produce
         let producer = Task { await produce(pipeline) }
         return AsyncIterator(lifetime: CallPipelineLifetime(pipeline: pipeline, producer: producer), decode: decode)
@@ -405,20 +409,6 @@ private func produce<S: Sequence>(_ arguments: S, into pipeline: CallPipeline,
     }
 }
 
-/// Submits raw `arguments` held in an array: as ``produce(_:into:encode:)`` with nothing to
-/// encode and no generic iteration per element.
-private func produce(_ arguments: [[UInt8]], into pipeline: CallPipeline) async {
-    var index = 0
-    while index < arguments.count {
-        let credits = await pipeline.acquire()
-        if credits == 0 { return }
-        let end = Swift.min(arguments.count, index + credits)
-        pipeline.submit(firstIndex: index, arguments[index..<end].map { .success($0) }, unused: credits - (end - index))
-        index = end
-    }
-    pipeline.finishSubmitting()
-}
-
 /// Submits `arguments` into `pipeline` one by one as they arrive and the window has room.
 private func produce<S: AsyncSequence>(_ arguments: S, into pipeline: CallPipeline,
                                        encode: (S.Element) -> Result<[UInt8], RemoteCallError>) async where S.Failure == Never {
@@ -460,12 +450,11 @@ public struct RawRemoteFunction: Sendable {
     /// Pipelined calls (see ``RemoteFunction/results(for:window:timeout:)-(S,_,_)``).
     public func results<S: Sequence & Sendable>(for arguments: S, window: Int = 256, timeout: Duration? = nil) -> RemoteCallResults<[UInt8]>
     where S.Element == [UInt8] {
-        // An array (the common case) is submitted in slices, with no generic iteration per call.
+        // An array (the common case) is submitted in slices by the pipeline itself, as results
+        // free the window: no producer task, no generic iteration per call.
         if let array = arguments as? [[UInt8]] {
             return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
-                                     decode: { .success($0) }) { pipeline in
-                await produce(array, into: pipeline)
-            }
+                                     decode: { .success($0) }, source: array) { pipeline in pipeline.start() }
         }
         return RemoteCallResults(bridge: bridge, function: name, memoize: memoize, timeout: timeout, window: window,
                                  decode: { .success($0) }) { pipeline in

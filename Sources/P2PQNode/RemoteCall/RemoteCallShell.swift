@@ -179,9 +179,19 @@ final class RemoteCallShell {
         routes.complete(ended)
     }
 
-    /// Wakes the pipelined streams given results, once each (the node's actions ran out).
+    /// Wakes the pipelined streams given results, once each (the node's actions ran out), and
+    /// makes the calls array-backed streams take for the credits freed, in this turn.
     func wakeStreams() {
-        for (stream, results) in routes.takeStreamResults() { stream.deliver(results) }
+        var calls: [NodeCallRequest] = []
+        for (stream, results) in routes.takeStreamResults() {
+            guard let more = stream.deliver(results) else { continue }
+            if isStopped {
+                more.fail(.nodeStopped)
+            } else {
+                routes.register(more, into: &calls)
+            }
+        }
+        if !calls.isEmpty { call(calls) }
     }
 
     /// Runs `tasks` (``NodeAction/runTasks(_:)``): inline functions here at once, the others
