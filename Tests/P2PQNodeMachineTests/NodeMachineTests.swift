@@ -106,6 +106,45 @@ struct NodeMachineTests {
         #expect(node.queues["q"]?.count == 0 && node.queues["q"]?.transfersInFlight == 1)
     }
 
+    @Test("A link the peer closed as a duplicate keeps the queue's transfer on it (sent again on the kept link, to the same peer); any other close takes it back")
+    func duplicateCloseKeepsTransfers() {
+        var mesh = Mesh(size: 3, seed: 7)
+        mesh.run(until: 4 * second)
+        let now = mesh.now
+        let steal = QueueMessage.stealRequest(queue: "q", requestID: 1, maxItems: 1000, thiefRate: 1000)
+        for asDuplicate in [true, false] {
+            var node = mesh.machines[0]
+            #expect(node.push(Self.items, into: "q", now: now)?.0 == .accepted)
+            let sent = Self.transfers(node.received(steal, from: peer(1), now: now + ms))
+            #expect(sent.count == 1 && sent.first?.to == peer(1))
+            guard let link = node.link(to: peer(1)) else {
+                Issue.record("node 0 has no link to node 1")
+                return
+            }
+            let features = node.features(of: peer(1))
+            // Node 1's goodbye, as the link stage reads it (NodeMachine routes the flag to the queues).
+            let down = node.linkDown(link, peerLeft: false, peerClosed: true, asDuplicate: asDuplicate, now: now + 2 * ms)
+            guard asDuplicate else {
+                // Any other close: the transfer is taken back (its items queued here again, or
+                // passed on to another peer that asked), never sent to node 1 again.
+                #expect(node.queues["q"]?.counters.returnedFromTransfers == Self.items.count)
+                #expect(!Self.transfers(down).contains { $0.to == peer(1) })
+                continue
+            }
+            #expect(Self.transfers(down).isEmpty)
+            // Node 1 read the transfer on the duplicate: it stays out, and no other peer gets its items.
+            #expect(node.queues["q"]?.count == 0 && node.queues["q"]?.transfersInFlight == 1)
+            #expect(Self.transfers(node.received(steal, from: peer(2), now: now + 3 * ms)).isEmpty)
+            // The link node 1 keeps comes up here: the transfer goes again on it (node 1 drops its copies).
+            let up = node.linkUp(LinkID(1 << 40), peer: peer(1), direction: .inbound,
+                                 incarnation: mesh.machines[1].configuration.incarnation, features: features,
+                                 peerAddress: Mesh.address(1), dialedAddress: nil, now: now + 4 * ms)
+            let again = Self.transfers(up)
+            #expect(again.map(\.id) == sent.map(\.id) && again.allSatisfy { $0.to == peer(1) }, "sent again: \(again)")
+            #expect(node.queues["q"]?.count == 0 && node.queues["q"]?.transfersInFlight == 1)
+        }
+    }
+
     @Test("Queue messages from a peer make at most maxQueues queues; pushes past it are refused")
     func queuesAreBounded() {
         var mesh = Mesh(size: 2, seed: 5)
