@@ -9,7 +9,8 @@ import Synchronization
 /// A delivered result frees its call's credit at once while at most `window` results wait, so
 /// the next calls go out without waiting for the consumer's thread to take the results (a hop
 /// per chunk off the round of a window); past that, a slow consumer holds back the calls.
-/// Invariant, while the producer waits: `outstanding + credits + held == window`, so at most
+/// Invariant, while the producer waits: `outstanding + credits + held == window`, where `held`
+/// is `max(0, waiting − window)` (the slots of results waiting beyond the window), so at most
 /// `2 × window` results wait.
 ///
 /// A stream over an array of raw arguments has no producer: the pipeline takes the next
@@ -27,8 +28,6 @@ final class CallPipeline: Sendable {
         var credits: Int
         /// Results delivered and not yet consumed (``next(consumed:)``), taken or not.
         var waiting = 0
-        /// Slots held by the results waiting beyond the window: `max(0, waiting − window)`.
-        var held = 0
         /// The first argument of ``CallPipeline/source`` not submitted yet.
         var nextArgument = 0
         /// Calls submitted and not yet answered (the shell keeps where each one's result goes,
@@ -91,7 +90,7 @@ final class CallPipeline: Sendable {
     private func refill(_ state: inout State) -> StreamCalls? {
         guard let source, !state.cancelled, !state.submittedAll else { return nil }
         let left = source.count - state.nextArgument
-        guard state.credits >= Swift.min(chunk, left) || (state.outstanding == 0 && state.held == 0) else { return nil }
+        guard state.credits >= Swift.min(chunk, left) || (state.outstanding == 0 && state.waiting <= window) else { return nil }
         let count = Swift.min(left, state.credits)
         let first = state.nextArgument
         state.nextArgument += count
@@ -108,7 +107,7 @@ final class CallPipeline: Sendable {
             let taken = state.withLock { state -> Int? in
                 if state.cancelled { return 0 }
                 // Below a chunk, calls in flight or results held beyond the window free more.
-                if state.credits >= chunk || (state.credits > 0 && state.outstanding == 0 && state.held == 0) {
+                if state.credits >= chunk || (state.credits > 0 && state.outstanding == 0 && state.waiting <= window) {
                     defer { state.credits = 0 }
                     return state.credits
                 }
@@ -158,7 +157,7 @@ final class CallPipeline: Sendable {
         let (consumer, producer) = state.withLock { state -> (Resumption?, Credits?) in
             guard !state.cancelled else { return (nil, nil) }
             state.ready.append(contentsOf: failed)
-            return (takeForConsumer(&state), arrived(failed.count, &state))
+            return (takeForConsumer(&state), release(settle(delivered: failed.count, &state), &state))
         }
         if let (continuation, credits) = producer { continuation.resume(returning: credits) }
         if let (continuation, batch) = consumer { continuation.resume(returning: batch) }
@@ -191,7 +190,7 @@ final class CallPipeline: Sendable {
             guard !state.cancelled else { return (nil, nil, nil) }
             state.outstanding -= results.count
             state.ready.append(contentsOf: results)
-            let producer = arrived(results.count, &state)
+            let producer = release(settle(delivered: results.count, &state), &state)
             return (takeForConsumer(&state), producer, refill(&state))
         }
         if let (continuation, credits) = producer { continuation.resume(returning: credits) }
@@ -202,14 +201,13 @@ final class CallPipeline: Sendable {
     typealias Resumption = (CheckedContinuation<[Element]?, Never>, [Element])
     typealias Credits = (CheckedContinuation<Int, Never>, Int)
 
-    /// `count` results joined the waiting ones: their credits are freed, but for those beyond
-    /// the window; the producer to wake with the credits it takes, if a chunk is free.
-    private func arrived(_ count: Int, _ state: inout State) -> Credits? {
-        state.waiting += count
-        let held = max(0, state.waiting - window)
-        let freed = count - (held - state.held)
-        state.held = held
-        return release(freed, &state)
+    /// Counts `delivered` results in the waiting ones and `consumed` out: the window slots
+    /// this frees. A delivered result frees its call's slot at once unless it waits beyond the
+    /// window, where it holds the slot until results before it are consumed.
+    private func settle(delivered: Int = 0, consumed: Int = 0, _ state: inout State) -> Int {
+        let heldBefore = max(0, state.waiting - window)
+        state.waiting += delivered - consumed
+        return delivered - (max(0, state.waiting - window) - heldBefore)
     }
 
     /// The waiting consumer and the results it takes.
@@ -256,11 +254,7 @@ final class CallPipeline: Sendable {
                         var producer: Credits?
                         var more: StreamCalls?
                         if !state.cancelled {
-                            state.waiting -= consumed
-                            let held = max(0, state.waiting - window)
-                            let freed = state.held - held
-                            state.held = held
-                            producer = release(freed, &state)
+                            producer = release(settle(consumed: consumed, &state), &state)
                             more = refill(&state)
                         }
                         if state.head < state.ready.count && !state.cancelled { return (.some(take(&state)), producer, more) }
