@@ -262,6 +262,14 @@ final class NodeCore {
         self.remoteCalls?.publishCounters()
     }
 
+    /// Sends the calls, results and credit the machine holds for the end of the turn now, and
+    /// starts writing every link's staged messages. Not from within a link's receive path.
+    func flushCallsNow() {
+        guard !isStopped else { return }
+        perform(machine.flushCalls(now: now, wallClock: environment.wallNanoseconds()))
+        for link in links.values where link.stagedBytes > 0 { link.flushNow() }
+    }
+
     /// Arms `timer` at `deadline` (monotonic ns), replacing its earlier deadline.
     func armTimer(_ timer: NodeTimer, at deadline: UInt64) {
         if let shellTimer = timers[timer] { return shellTimer.arm(at: deadline) }

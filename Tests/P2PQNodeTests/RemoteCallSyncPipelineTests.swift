@@ -319,6 +319,41 @@ struct RemoteCallSyncPipelineTests {
         #expect(failed.allSatisfy { $0 == 1 })
     }
 
+    @Test("A large run of inline calls answers its first calls before the rest run: the caller has results while the executor is still busy with the run")
+    func inlineRunAnswersEarly() async throws {
+        // Set by the caller's consumer on its first result; read by the executor's inline body.
+        let answered = Atomic(false)
+        let sawEarly = Atomic(0)  // 1: the caller had a result while call 250 ran; 2: it had none after 5 s
+        let nodes = try await pair(maxConcurrentCalls: 512) { rpc in
+            rpc.registerRawInline("early") { bytes in
+                let index = Int(bytes[0]) | Int(bytes[1]) << 8
+                if index == 250 {
+                    // Blocks this node's reactor (test only): the results of the calls before it
+                    // can reach the caller only if they were sent before this call ran.
+                    hold { answered.load(ordering: .acquiring) }
+                    // The first run of the call counts (a stalled executor's calls are retried).
+                    _ = sawEarly.compareExchange(expected: 0, desired: answered.load(ordering: .acquiring) ? 1 : 2,
+                                                 ordering: .acquiringAndReleasing)
+                }
+                return bytes
+            }
+        }
+        let function = nodes[0].1.rawFunction("early")
+        // One call first, so the caller holds the executor's credit and sends the 300 calls
+        // below straight to it, in one run.
+        #expect(try await function([7, 7]) == [7, 7])
+        let arguments = (0..<300).map { [UInt8(truncatingIfNeeded: $0), UInt8($0 >> 8)] }
+        var seen = Set<Int>()
+        for await (index, answer) in function.results(for: arguments, window: 300) {
+            answered.store(true, ordering: .releasing)
+            #expect(answer == .success(arguments[index]))
+            seen.insert(index)
+        }
+        #expect(seen == Set(0..<300))
+        #expect(sawEarly.load(ordering: .acquiring) == 1, "the caller had no result while the run's later calls ran")
+        await stop(nodes)
+    }
+
     @Test("Cancelling the consuming task, or leaving the loop early, cancels the calls outstanding")
     func pipelineCancellation() async throws {
         let started = Counter()

@@ -194,13 +194,19 @@ final class RemoteCallShell {
         if !calls.isEmpty { call(calls) }
     }
 
-    /// Runs `tasks` (``NodeAction/runTasks(_:)``): inline functions here at once, the others
-    /// handed to the workers in one batch.
+    /// Runs `tasks` (``NodeAction/runTasks(_:)``): inline functions here, the others handed to
+    /// the workers in one batch. Of a run of more than ``earlyResults`` × 2 inline calls, the
+    /// first ``earlyResults`` run now and the rest later in this turn, once their results are
+    /// on their way (``runDeferredInline()``): the caller works on those while this side runs
+    /// the rest, where the two sides would otherwise take turns over a whole window of calls.
     func run(_ tasks: [CallTask]) {
         latencies.started(tasks, now: now)
         var offReactor: [CallTask] = []
         var outcomes: [(TaskID, CallOutcome)] = []
-        outcomes.reserveCapacity(tasks.count)
+        // Once deferring, every later inline task waits too (one order, one flush).
+        var budget = deferredInline.isEmpty && tasks.count <= 2 * Self.earlyResults ? Int.max : Self.earlyResults
+        if !deferredInline.isEmpty { budget = 0 }
+        outcomes.reserveCapacity(min(tasks.count, budget))
         // A run's tasks mostly call one function: its body is looked up once, not hashed per call.
         var lastFunction: String?
         var lastBody: (@Sendable ([UInt8]) -> CallOutcome)?
@@ -209,17 +215,62 @@ final class RemoteCallShell {
                 lastFunction = task.function
                 lastBody = inlineBodies[task.function]
             }
-            if let body = lastBody {
-                outcomes.append((task.id, body(task.arguments)))
-            } else {
+            guard let body = lastBody else {
                 offReactor.append(task)
+                continue
+            }
+            if budget > 0 {
+                outcomes.append((task.id, body(task.arguments)))
+                budget -= 1
+            } else {
+                deferredInline.append(task)
             }
         }
         if !offReactor.isEmpty { bridge.run(offReactor) }
-        if !outcomes.isEmpty {
-            latencies.ended(outcomes, now: now)
-            core.perform(core.machine.callsFinished(outcomes, now: now))  // after this action (the driver's rule)
+        if !deferredInline.isEmpty { inlineRun.schedule() }
+        if !outcomes.isEmpty { finishInline(outcomes) }
+    }
+
+    /// Inline calls of a large run waiting for ``runDeferredInline()``.
+    private var deferredInline: [CallTask] = []
+    private lazy var inlineRun = LaterInTurn(reactor: core.reactor) { [weak self] in self?.runDeferredInline() }
+    /// How many calls of a large inline run are answered before the rest run. Measured with
+    /// `bench rpc --pipeline 256` (docs/benchmarks.md): 32 fed the caller too little, a
+    /// result sent per 64 calls cost more in system calls than the overlap won.
+    static let earlyResults = 64
+
+    /// Sends what the calls so far produced, then runs the deferred inline calls. A later-in-turn
+    /// step, outside every link's receive path, so the send can start at once.
+    private func runDeferredInline() {
+        guard !deferredInline.isEmpty else { return }
+        var tasks: [CallTask] = []
+        swap(&tasks, &deferredInline)
+        guard !isStopped else { return }
+        core.flushCallsNow()
+        var outcomes: [(TaskID, CallOutcome)] = []
+        outcomes.reserveCapacity(tasks.count)
+        var offReactor: [CallTask] = []
+        var lastFunction: String?
+        var lastBody: (@Sendable ([UInt8]) -> CallOutcome)?
+        for task in tasks {
+            if task.function != lastFunction {
+                lastFunction = task.function
+                lastBody = inlineBodies[task.function]
+            }
+            // Registered again meanwhile without an inline body: the workers run it.
+            guard let body = lastBody else {
+                offReactor.append(task)
+                continue
+            }
+            outcomes.append((task.id, body(task.arguments)))
         }
+        if !offReactor.isEmpty { bridge.run(offReactor) }
+        if !outcomes.isEmpty { finishInline(outcomes) }
+    }
+
+    private func finishInline(_ outcomes: [(TaskID, CallOutcome)]) {
+        latencies.ended(outcomes, now: now)
+        core.perform(core.machine.callsFinished(outcomes, now: now))  // after this action (the driver's rule)
     }
 
     /// How long executed calls took, per function (for the dashboard).

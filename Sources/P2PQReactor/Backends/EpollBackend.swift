@@ -191,6 +191,8 @@ final class EpollBackend: ReactorBackend {
         if !connection.isReadingPaused { scheduleRead(connection) }
     }
 
+    func submitNow() {}  // flush wrote already
+
     func flush(_ connection: TCPConnection) {
         guard !connection.io.waitingForWritable else { return }
         while connection.state == .active {

@@ -367,6 +367,10 @@ final class URingBackend: ReactorBackend {
         connection.io.operationsInFlight += 1
     }
 
+    func submitNow() {
+        _ = io_uring_submit(ring)
+    }
+
     private func sendCompleted(_ connection: TCPConnection, res: Int32) {
         connection.io.sendInFlight = false
         connection.io.operationsInFlight -= 1

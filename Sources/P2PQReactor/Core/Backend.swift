@@ -24,8 +24,12 @@ protocol ReactorBackend: AnyObject {
     func startConnect(_ connection: TCPConnection, to address: SocketAddress)
     /// The connection paused or resumed its reads.
     func readInterestChanged(_ connection: TCPConnection)
-    /// Writes (or submits) what the connection has queued. Called once per turn at most.
+    /// Writes (or prepares the send of) what the connection has queued: at the end of a turn,
+    /// and mid-turn for `TCPConnection.flushNow`.
     func flush(_ connection: TCPConnection)
+    /// Starts the I/O prepared so far now instead of with the next `poll` (io_uring submits
+    /// its queue; epoll wrote in `flush` already).
+    func submitNow()
     /// Starts delivering readiness of a UDP socket.
     func addDatagramSocket(_ socket: UDPSocket) throws(ReactorError)
     /// The UDP socket wants (or no longer wants) to know when it can send.

@@ -195,14 +195,14 @@ public final class TCPConnection {
     }
 
     /// Starts writing the queued bytes now rather than at the end of the turn, so the peer can
-    /// begin on a large message while the loop prepares the next one. Epoll writes at once;
-    /// io_uring queues the send, submitted with the loop's next wait. Loop thread only, and not
-    /// from within this connection's own handler callbacks (a layer above defers it with
-    /// `Reactor.execute`).
+    /// begin on a large message while the loop prepares the next one (epoll writes at once,
+    /// io_uring submits the send at once). Loop thread only, and not from within this
+    /// connection's own handler callbacks (a layer above defers it with `Reactor.execute`).
     public func flushNow() {
         reactor.assertInReactorThread()
         guard state == .active, !outbound.isEmpty else { return }
         reactor.backend.flush(self)
+        reactor.backend.submitNow()
     }
 
     // MARK: Closing
