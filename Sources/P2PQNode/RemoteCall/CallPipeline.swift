@@ -17,8 +17,9 @@ import Synchronization
 /// arguments itself as credits free up, on the reactor thread when results arrive (the shell
 /// makes those calls in the same turn: no hop to a producer task and back per chunk), on the
 /// consumer's thread when it frees slots held beyond the window.
+@usableFromInline
 final class CallPipeline: Sendable {
-    typealias Element = (index: Int, result: Result<[UInt8], RemoteCallError>)
+    @usableFromInline typealias Element = (index: Int, result: Result<[UInt8], RemoteCallError>)
 
     private struct State: Sendable {
         /// Results delivered and not yet taken, first at `head`.
@@ -245,6 +246,7 @@ final class CallPipeline: Sendable {
     /// The next results in completion order, after the consumer handed out `consumed` (the
     /// slots they held beyond the window are freed); nil when every call is answered or the
     /// stream was cancelled.
+    @usableFromInline
     func next(consumed: Int) async -> [Element]? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<[Element]?, Never>) in
@@ -319,8 +321,9 @@ struct StreamCalls: Sendable {
 }
 
 /// Ends its pipeline when the iterator holding it goes away unfinished.
+@usableFromInline
 final class CallPipelineLifetime: Sendable {
-    let pipeline: CallPipeline
+    @usableFromInline let pipeline: CallPipeline
     let producer: Task<Void, Never>
 
     init(pipeline: CallPipeline, producer: Task<Void, Never>) {

@@ -360,17 +360,20 @@ public struct RemoteCallResults<R: Sendable>: AsyncSequence, Sendable {
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        let lifetime: CallPipelineLifetime
-        let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
+        // Visible to inlined code: `next()` is specialized in the caller's module (a generic
+        // call per result cost metadata lookups).
+        @usableFromInline let lifetime: CallPipelineLifetime
+        @usableFromInline let decode: @Sendable ([UInt8]) -> Result<R, RemoteCallError>
         /// Results taken from the stream at once, handed out one by one without a lock.
-        private var taken: [CallPipeline.Element] = []
-        private var position = 0
+        @usableFromInline var taken: [CallPipeline.Element] = []
+        @usableFromInline var position = 0
 
         init(lifetime: CallPipelineLifetime, decode: @escaping @Sendable ([UInt8]) -> Result<R, RemoteCallError>) {
             self.lifetime = lifetime
             self.decode = decode
         }
 
+        @inlinable
         public mutating func next() async -> Element? {
             if position == taken.count {
                 guard let batch = await lifetime.pipeline.next(consumed: taken.count) else {
