@@ -563,13 +563,16 @@ public struct ExecutorMachine: Sendable {
             grantCredit(&actions)
             return actions
         }
+        // Credit ahead of the results: the calls a caller makes as its results arrive (a
+        // pipeline refilling its window) find the slots those results freed already granted,
+        // instead of waiting in the caller for the credit behind them.
+        grantCredit(&actions)
         for (peer, outbox) in outboxes.drain() {
             // Every started notice goes, ahead of the results: a caller accepts a result only
             // from a peer it sent the call to or that announced it (even in the same batch).
             sendStarted(outbox.started, to: peer, actions: &actions)
             if !outbox.results.isEmpty { actions.append(.send(.results(outbox.results), to: peer)) }
         }
-        grantCredit(&actions)
         return actions
     }
 

@@ -309,6 +309,20 @@ func executor(slots: Int = 1, functions: [String] = ["f", "m"], credit: Bool = f
         #expect(e.flush().messages.isEmpty)
     }
 
+    @Test("The credit that finished calls free goes ahead of their results, so calls made as the results arrive are sent at once")
+    func creditGoesAheadOfResults() {
+        var e = executor(slots: 4, credit: true)
+        _ = e.start()
+        _ = e.flush()
+        let d = e.direct([item(2), item(3)], from: caller, wallClock: 0)
+        _ = e.flush()
+        for task in d.runs { _ = e.finished(task.id, outcome: .success([])) }
+        let toCaller = e.flush().messages.filter { $0.1 == caller }.map(\.0)
+        let credit = toCaller.firstIndex { if case .credit = $0 { return true } else { return false } }
+        let answers = toCaller.firstIndex { if case .results = $0 { return true } else { return false } }
+        #expect(credit != nil && answers != nil && credit! < answers!, "\(toCaller)")
+    }
+
     @Test func directCallsBeyondTheFreeSlotsWaitInOrder() {
         var e = executor(slots: 1, credit: true)
         _ = e.start()
