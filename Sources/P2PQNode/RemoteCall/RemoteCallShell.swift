@@ -201,11 +201,17 @@ final class RemoteCallShell {
     /// the rest, where the two sides would otherwise take turns over a whole window of calls.
     func run(_ tasks: [CallTask]) {
         latencies.started(tasks, now: now)
+        // Once deferring, every later inline task waits too (one order, one flush).
+        let budget = !deferredInline.isEmpty ? 0 : tasks.count <= 2 * Self.earlyResults ? Int.max : Self.earlyResults
+        execute(tasks, inlineNow: budget)
+    }
+
+    /// Runs at most `inlineNow` of the inline tasks here (the rest wait for
+    /// ``runDeferredInline()``) and hands the others to the workers in one batch.
+    private func execute(_ tasks: [CallTask], inlineNow: Int) {
+        var budget = inlineNow
         var offReactor: [CallTask] = []
         var outcomes: [(TaskID, CallOutcome)] = []
-        // Once deferring, every later inline task waits too (one order, one flush).
-        var budget = deferredInline.isEmpty && tasks.count <= 2 * Self.earlyResults ? Int.max : Self.earlyResults
-        if !deferredInline.isEmpty { budget = 0 }
         outcomes.reserveCapacity(min(tasks.count, budget))
         // A run's tasks mostly call one function: its body is looked up once, not hashed per call.
         var lastFunction: String?
@@ -215,6 +221,7 @@ final class RemoteCallShell {
                 lastFunction = task.function
                 lastBody = inlineBodies[task.function]
             }
+            // No inline body (also one registered again without it since it was deferred).
             guard let body = lastBody else {
                 offReactor.append(task)
                 continue
@@ -247,25 +254,7 @@ final class RemoteCallShell {
         swap(&tasks, &deferredInline)
         guard !isStopped else { return }
         core.flushCallsNow()
-        var outcomes: [(TaskID, CallOutcome)] = []
-        outcomes.reserveCapacity(tasks.count)
-        var offReactor: [CallTask] = []
-        var lastFunction: String?
-        var lastBody: (@Sendable ([UInt8]) -> CallOutcome)?
-        for task in tasks {
-            if task.function != lastFunction {
-                lastFunction = task.function
-                lastBody = inlineBodies[task.function]
-            }
-            // Registered again meanwhile without an inline body: the workers run it.
-            guard let body = lastBody else {
-                offReactor.append(task)
-                continue
-            }
-            outcomes.append((task.id, body(task.arguments)))
-        }
-        if !offReactor.isEmpty { bridge.run(offReactor) }
-        if !outcomes.isEmpty { finishInline(outcomes) }
+        execute(tasks, inlineNow: Int.max)
     }
 
     private func finishInline(_ outcomes: [(TaskID, CallOutcome)]) {
