@@ -51,23 +51,24 @@ extension CallOutcome {
         }
     }
 
-    /// Checks the string limits the decoder enforces; `field` names the entry in errors.
-    func validate(field: String) throws(WireError) {
+    /// Checks the string limits the decoder enforces; `field` names the entry in errors (made
+    /// only for an error: every result sent passes here).
+    func validate(field: @autoclosure () -> String) throws(WireError) {
         switch self {
         case .success, .unknownFunction:
             break
         case .thrown(let typeName, let description):
-            try checkLength(typeName, field: field + ".typeName", limit: RemoteCallLimits.maxTypeNameLength)
-            try checkLength(description, field: field + ".description", limit: RemoteCallLimits.maxDescriptionLength)
+            try checkLength(typeName, field: field() + ".typeName", limit: RemoteCallLimits.maxTypeNameLength)
+            try checkLength(description, field: field() + ".description", limit: RemoteCallLimits.maxDescriptionLength)
         case .badArguments(let reason), .malformedCall(let reason):
-            try checkLength(reason, field: field + ".description", limit: RemoteCallLimits.maxDescriptionLength)
+            try checkLength(reason, field: field() + ".description", limit: RemoteCallLimits.maxDescriptionLength)
         }
     }
 
-    private func checkLength(_ string: String, field: String, limit: Int) throws(WireError) {
+    private func checkLength(_ string: String, field: @autoclosure () -> String, limit: Int) throws(WireError) {
         let length = string.utf8.count
         guard length <= limit else {
-            throw .malformed(field: field, reason: "length \(length) exceeds the limit of \(limit) bytes")
+            throw .malformed(field: field(), reason: "length \(length) exceeds the limit of \(limit) bytes")
         }
     }
 
