@@ -225,7 +225,8 @@ extension NodeMachine {
     /// waiting pops on the call queue follow the executor's demand as the turn left it, the
     /// turn's direct calls go out, packed per executor (executors in ID order), the calls
     /// cancelled in the turn leave the local call queue in one pass, and the executor sends
-    /// its batched results, started notices and credit.
+    /// its credit, started notices and batched results. The shell may also call it mid-turn,
+    /// to send a large inline run's first results before the rest run.
     @inlinable
     public mutating func flushCalls(now: UInt64, wallClock: UInt64) -> [Action] {
         calls.flushScheduled = false

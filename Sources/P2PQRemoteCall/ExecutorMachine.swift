@@ -552,21 +552,16 @@ public struct ExecutorMachine: Sendable {
         return []
     }
 
-    /// Sends the started notices and results batched since the last flush, one message of
-    /// each kind per caller (more if a batch exceeds the message size), then the credit
-    /// top-ups.
+    /// Sends the credit top-ups, then the started notices and results batched since the last
+    /// flush, one message of each kind per caller (more if a batch exceeds the message size).
     public mutating func flush() -> [Action] {
         var actions: [Action] = []
-        // Credit goes out even with nothing else to send: offers to callers that have not
-        // called yet are made here.
-        guard !outboxes.isEmpty else {
-            grantCredit(&actions)
-            return actions
-        }
-        // Credit ahead of the results: the calls a caller makes as its results arrive (a
-        // pipeline refilling its window) find the slots those results freed already granted,
+        // Credit first, and even with nothing else to send (offers to callers that have not
+        // called yet are made here): the calls a caller makes as its results arrive (a pipeline
+        // refilling its window) then find the slots those results freed already granted,
         // instead of waiting in the caller for the credit behind them.
         grantCredit(&actions)
+        guard !outboxes.isEmpty else { return actions }
         for (peer, outbox) in outboxes.drain() {
             // Every started notice goes, ahead of the results: a caller accepts a result only
             // from a peer it sent the call to or that announced it (even in the same batch).
