@@ -323,6 +323,19 @@ import P2PQWire
         }
     }
 
+    @Test("An outcome over a string limit is refused before it is sent, naming its entry")
+    func outcomeOverLimitNamesItsEntry() {
+        let long = String(repeating: "x", count: RemoteCallLimits.maxTypeNameLength + 1)
+        let outcomes: [CallOutcome] = [.success([1]), .thrown(typeName: long, description: "d")]
+        for (message, field) in [(RemoteCallMessage.resultRun(ResultRun(firstSequence: 1, outcomes: outcomes)), "resultRun[1].typeName"),
+                                 (.results(outcomes.enumerated().map { CallResultEntry(sequence: UInt64($0.offset + 1), outcome: $0.element) }), "results[1].typeName")] {
+            #expect(throws: WireError.malformed(field: field, reason: "length \(long.utf8.count) exceeds the limit of \(RemoteCallLimits.maxTypeNameLength) bytes")) {
+                try message.validate()
+            }
+        }
+        #expect(throws: Never.self) { try RemoteCallMessage.resultRun(ResultRun(firstSequence: 1, outcomes: [.success([1])])).validate() }
+    }
+
     @Test func splitKeepsEveryEntryOnce() {
         func entry(_ sequence: UInt64) -> CallResultEntry { CallResultEntry(sequence: sequence, outcome: .success([UInt8(truncatingIfNeeded: sequence)])) }
         let entries = [entry(3), entry(4), entry(5), entry(9), entry(11), entry(12), entry(7), entry(UInt64.max), entry(0)]
