@@ -98,6 +98,12 @@ public struct CallRun: Sendable, Equatable {
         count += 1
     }
 
+    /// Makes room for `bytes` of packed arguments (4 bytes of length per call included), so a
+    /// run built a call at a time grows its buffer once.
+    public mutating func reserveCapacity(forArguments bytes: Int) {
+        packedArguments.reserveCapacity(Swift.min(bytes, Self.maxBodySize))
+    }
+
     /// Appends the calls of `other` (check ``canAbsorb(_:)`` first).
     public mutating func absorb(_ other: CallRun) {
         packedArguments.append(contentsOf: other.packedArguments)

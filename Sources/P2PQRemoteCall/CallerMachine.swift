@@ -146,6 +146,13 @@ public struct CallerCounters: Hashable, Sendable {
 /// - A waiting call is this node's alone (no queue holds it); its deadline and cancellation
 ///   apply as to any call.
 ///
+/// The calls of a batch that go to one executor in a row (same function and deadline, not
+/// memoized, on credit) are booked as one record for the run (``RunBook``: the run as sent and
+/// a bit per call waiting) rather than a flight and a ticket each; their results clear bits.
+/// Whatever treats one of them apart (a cancel, its deadline, a lost link or executor, a
+/// started notice) first turns the run's waiting calls into flights, so every such path is the
+/// per-call one, and a call behaves the same however it was booked.
+///
 /// A direct call is protected like a started one (the executor's death re-pushes it) and,
 /// since no queue acknowledges it, also by its link: when the link to its executor goes down
 /// (``peerDisconnected(_:now:)``) before the result came, it is pushed again.
@@ -225,6 +232,9 @@ public struct CallerMachine: Sendable {
     /// windows indexed by sequence number, no hashing per call.
     private var flights = SequenceTable<Flight>()
     private var tickets = SequenceTable<Ticket>()
+    /// Calls of a batch sent straight to one executor, as one record per run (see
+    /// ``RunBook``): they have neither flight nor ticket until something treats one apart.
+    private var runs = RunBook()
     private var ticketsWithDeadline = 0
     private var memoInFlight: [MemoKey: UInt64] = [:]
     private var memo: LRUCache<MemoKey, [UInt8]>
@@ -275,11 +285,15 @@ public struct CallerMachine: Sendable {
     // MARK: Queries
 
     /// Calls waiting for a result (coalesced ones included).
-    public var outstandingCalls: Int { tickets.count }
+    public var outstandingCalls: Int { tickets.count + runs.calls }
     /// Items in flight (a coalesced group counts once).
-    public var flightCount: Int { flights.count }
+    public var flightCount: Int { flights.count + runs.calls }
     /// Whether a call now would be accepted rather than refused for the outstanding limit.
-    public var hasCapacity: Bool { tickets.count < configuration.maxOutstandingCalls }
+    public var hasCapacity: Bool { outstandingCalls < configuration.maxOutstandingCalls }
+    /// Runs of direct calls booked as one record each, with calls waiting.
+    public var bookedRuns: Int { runs.runs }
+    /// Run records kept, finished ones not yet dropped included (tests of the memory bound).
+    var runRecordsHeld: Int { runs.recordsHeld }
     /// Entries in the memo cache.
     public var memoCacheCount: Int { memo.count }
     /// Whether the memo cache holds a result for this function and these arguments.
@@ -288,12 +302,16 @@ public struct CallerMachine: Sendable {
     }
     /// The executor running the flight of `call`, if a started notice named one.
     public func executor(of call: CallID) -> PeerID? {
-        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return nil }
+        guard call.caller == localPeer else { return nil }
+        if let index = runs.find(call.sequence) { return runs[index].executor }
+        guard let ticket = tickets[call.sequence] else { return nil }
         return flights[ticket.flight]?.executor
     }
     /// The attempt number of the flight of `call`.
     public func attempt(of call: CallID) -> Int? {
-        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return nil }
+        guard call.caller == localPeer else { return nil }
+        if let index = runs.find(call.sequence) { return runs[index].run.map { Int($0.attempt) } }
+        guard let ticket = tickets[call.sequence] else { return nil }
         return flights[ticket.flight].map { Int($0.attempt) }
     }
     /// Direct calls `peer` still grants this node.
@@ -307,12 +325,14 @@ public struct CallerMachine: Sendable {
     }
     /// Whether `call` went straight to its executor (rather than through the queue).
     public func isDirect(_ call: CallID) -> Bool {
-        guard call.caller == localPeer, let ticket = tickets[call.sequence] else { return false }
+        guard call.caller == localPeer else { return false }
+        if runs.find(call.sequence) != nil { return true }
+        guard let ticket = tickets[call.sequence] else { return false }
         return flights[ticket.flight]?.direct ?? false
     }
     /// Whether `call` is still waiting for its result.
     public func isOutstanding(_ call: CallID) -> Bool {
-        call.caller == localPeer && tickets[call.sequence] != nil
+        call.caller == localPeer && (tickets[call.sequence] != nil || runs.find(call.sequence) != nil)
     }
 
     // MARK: Inputs
@@ -365,14 +385,86 @@ public struct CallerMachine: Sendable {
         credits.beginInput(calls: batch.count)  // blocks per executor: runs on the wire
         var ids: [CallID] = []
         ids.reserveCapacity(batch.count)
-        for request in batch {
+        var next = 0
+        while next < batch.count {
+            let booked = bookRun(batch, from: next, wallClock: wallClock)
+            if booked > 0 {
+                for sequence in nextSequence - UInt64(booked)..<nextSequence { ids.append(CallID(caller: localPeer, sequence: sequence)) }
+                next += booked
+                continue
+            }
+            let request = batch[next]
             ids.append(callOne(
                 function: request.function, arguments: request.arguments, memoize: request.memoize,
                 deadline: request.deadline, now: now, wallClock: wallClock, into: &actions
             ))
+            next += 1
         }
         finish(&actions)
         return (ids, actions)
+    }
+
+    /// Sends the calls of `batch` from `start` on that go to one executor in a row as one
+    /// run booked as one record (``RunBook``): as many as share the first one's function and
+    /// deadline, are valid and not memoized, fit in one run, within the outstanding limit and
+    /// the executor's block of the spread (``CreditSpread/room(at:)``). The number of calls
+    /// sent, 0 when the first one needs the per-call path (invalid, memoized, expired, refused,
+    /// or no credit: it waits or is pushed).
+    private mutating func bookRun(_ batch: [Request], from start: Int, wallClock: UInt64) -> Int {
+        let first = batch[start]
+        let nameLength = first.function.utf8.count
+        guard !first.memoize, !credits.isEmpty, nameLength > 0, nameLength <= RemoteCallLimits.maxFunctionNameLength,
+              first.deadline.map({ $0 > now }) ?? true else { return 0 }
+        let room = configuration.maxOutstandingCalls - outstandingCalls
+        guard room > 0, let index = credits.next() else { return 0 }
+        let limit = Swift.min(room, credits.room(at: index), batch.count - start)
+        var wallDeadline: UInt64 = 0
+        if let deadline = first.deadline, wallClock > 0 { wallDeadline = wallClock &+ (deadline - now) }
+        var run = CallRun(caller: localPeer, firstSequence: nextSequence, function: first.function, deadline: wallDeadline)
+        run.reserveCapacity(forArguments: limit * (4 + first.arguments.count))
+        while run.count < limit {
+            let request = batch[start + run.count]
+            guard !request.memoize, request.deadline == first.deadline, request.function == first.function,
+                  request.arguments.count <= configuration.maxArgumentSize,
+                  run.hasRoom(forArguments: request.arguments.count) else { break }
+            run.append(arguments: request.arguments)
+        }
+        let count = run.count
+        guard count > 0 else { return 0 }
+        let executor = credits.take(index, count: count)
+        nextSequence &+= UInt64(count)
+        counters.calls += count
+        counters.pushes += count
+        counters.direct += count
+        runs.book(run, executor: executor, deadline: first.deadline)
+        if let deadline = first.deadline { deadlines.insert(Deadline(deadline: deadline, ticket: run.firstSequence)) }
+        if let slot = directOut.lastIndex(where: { $0.peer == executor }) {
+            directOut[slot].runs.append(run)
+        } else {
+            directOut.append((executor, [run]))
+        }
+        return count
+    }
+
+    /// Turns the waiting calls of the run booked at `index` into per-call flights (same
+    /// executor, attempt and deadlines), for a path that treats one apart from the others.
+    private mutating func explode(runAt index: Int) {
+        let record = runs.remove(at: index)
+        guard let run = record.run else { return }
+        run.forEachCall { offset, arguments in
+            guard record.isWaiting(offset) else { return }
+            let sequence = record.firstSequence &+ UInt64(offset)
+            flights.append(sequence, Flight(
+                function: run.function, arguments: Array(arguments), memoKey: nil, attempt: run.attempt,
+                executor: record.executor, direct: true, deadline: record.deadline, wallDeadline: run.deadline
+            ))
+            addTicket(sequence, Ticket(flight: sequence, deadline: record.deadline))
+        }
+    }
+
+    /// Explodes the run holding call `sequence`, if one does (see ``explode(runAt:)``).
+    private mutating func explodeRun(holding sequence: UInt64) {
+        if let index = runs.find(sequence) { explode(runAt: index) }
     }
 
     private mutating func callOne(
@@ -404,7 +496,7 @@ public struct CallerMachine: Sendable {
             actions.append(.complete(id, .failure(.timedOut(function: function))))
             return id
         }
-        guard tickets.count < configuration.maxOutstandingCalls else {
+        guard outstandingCalls < configuration.maxOutstandingCalls else {
             counters.refused += 1
             refusedSinceCapacity = true
             actions.append(.complete(id, .failure(.tooManyOutstandingCalls(limit: configuration.maxOutstandingCalls))))
@@ -439,15 +531,16 @@ public struct CallerMachine: Sendable {
         var cancels: [PeerID: [UInt64]] = [:]
         switch message {
         case .results(let entries):
-            for entry in entries { resultArrived(entry, from: peer, into: &actions) }
+            for entry in entries { resultArrived(entry.sequence, entry.outcome, from: peer, into: &actions) }
         case .resultRun(let run):
             var sequence = run.firstSequence
             for outcome in run.outcomes {
-                resultArrived(CallResultEntry(sequence: sequence, outcome: outcome), from: peer, into: &actions)
+                resultArrived(sequence, outcome, from: peer, into: &actions)
                 sequence &+= 1
             }
         case .started(let entries):
             for entry in entries {
+                explodeRun(holding: entry.sequence)  // a direct call gets none: a duplicate delivery
                 guard let flight = flights[entry.sequence] else {
                     // Nobody waits for it: stop the stray execution.
                     cancels[peer, default: []].append(entry.sequence)
@@ -503,6 +596,7 @@ public struct CallerMachine: Sendable {
         self.now = now
         credits.remove(peer)
         var actions: [Action] = []
+        explodeRuns(runningOn: peer)
         for flightID in flights(on: peer, directOnly: true) {
             retireExecutor(of: flightID)
             flights.modify(flightID) { $0.direct = false }
@@ -535,7 +629,9 @@ public struct CallerMachine: Sendable {
     /// is removed from the local queue if still there, and its executor told if it started.
     public mutating func cancel(_ call: CallID, now: UInt64) -> [Action] {
         self.now = now
-        guard call.caller == localPeer, tickets[call.sequence] != nil else { return [] }
+        guard call.caller == localPeer else { return [] }
+        explodeRun(holding: call.sequence)
+        guard tickets[call.sequence] != nil else { return [] }
         var actions: [Action] = []
         var cancels: [PeerID: [UInt64]] = [:]
         counters.cancellations += 1
@@ -553,6 +649,10 @@ public struct CallerMachine: Sendable {
         armedDeadline = nil
         while let top = deadlines.min, top.deadline <= now {
             deadlines.removeMin()
+            if let index = runs.index(startingAt: top.ticket), runs[index].deadline == top.deadline {
+                explode(runAt: index)  // its calls' deadlines, now in the heap, come up next
+                continue
+            }
             guard let ticket = tickets[top.ticket], ticket.deadline == top.deadline else { continue }
             counters.timeouts += 1
             detach(top.ticket, failing: { .timedOut(function: $0) }, cancels: &cancels, into: &actions)
@@ -688,27 +788,43 @@ public struct CallerMachine: Sendable {
         directOut.removeAll(keepingCapacity: true)
     }
 
-    private mutating func resultArrived(_ entry: CallResultEntry, from peer: PeerID, into actions: inout [Action]) {
-        guard let flight = flights.remove(entry.sequence) else {
+    private mutating func resultArrived(_ sequence: UInt64, _ outcome: CallOutcome, from peer: PeerID, into actions: inout [Action]) {
+        if !runs.isEmpty, let index = runs.find(sequence) {
+            // A call of a booked run: its executor alone answers it (never retried as a run).
+            guard runs[index].executor == peer else {
+                counters.refusedResults += 1
+                return
+            }
+            let function = runs.answer(sequence, at: index)
+            let result: Result<[UInt8], RemoteCallError>
+            if case .success(let bytes) = outcome {
+                result = .success(bytes)
+            } else {
+                result = .failure(RemoteCallError(outcome: outcome, function: function)!)
+            }
+            actions.append(.complete(CallID(caller: localPeer, sequence: sequence), result))
+            return
+        }
+        guard let flight = flights.remove(sequence) else {
             counters.ignoredResults += 1
             return
         }
-        guard accepts(flight, entry.sequence, from: peer) else {
+        guard accepts(flight, sequence, from: peer) else {
             // Rare (a forgery): put it back rather than look it up twice for every result.
             counters.refusedResults += 1
-            flights.append(entry.sequence, flight)
+            flights.append(sequence, flight)
             return
         }
-        forget(entry.sequence, flight)
+        forget(sequence, flight)
         let result: Result<[UInt8], RemoteCallError>
-        if case .success(let bytes) = entry.outcome {
+        if case .success(let bytes) = outcome {
             result = .success(bytes)
             if let key = flight.memoKey { memo.insert(bytes, for: key, cost: key.byteCount + bytes.count) }
         } else {
-            result = .failure(RemoteCallError(outcome: entry.outcome, function: flight.function)!)
+            result = .failure(RemoteCallError(outcome: outcome, function: flight.function)!)
         }
-        for sequence in flight.tickets(of: entry.sequence) where removeTicket(sequence) != nil {
-            actions.append(.complete(CallID(caller: localPeer, sequence: sequence), result))
+        for ticket in flight.tickets(of: sequence) where removeTicket(ticket) != nil {
+            actions.append(.complete(CallID(caller: localPeer, sequence: ticket), result))
         }
     }
 
@@ -751,6 +867,7 @@ public struct CallerMachine: Sendable {
         lostPeers.insert(peer)
         credits.remove(peer)
         var actions: [Action] = []
+        explodeRuns(runningOn: peer)
         for flightID in flights(on: peer, directOnly: false) {
             retireExecutor(of: flightID)
             lose(flightID, into: &actions)
@@ -819,21 +936,34 @@ public struct CallerMachine: Sendable {
     private mutating func finish(_ actions: inout [Action]) {
         credits.endInput()
         emitDirect(into: &actions)
-        if refusedSinceCapacity && tickets.count < configuration.maxOutstandingCalls {
+        if refusedSinceCapacity && outstandingCalls < configuration.maxOutstandingCalls {
             refusedSinceCapacity = false
             actions.append(.capacityAvailable)
         }
         rearm(&actions)
     }
 
+    /// The deadline a heap entry for `sequence` stands for: its ticket's, or its run's (a run's
+    /// entry is under its first sequence).
+    private func currentDeadline(_ sequence: UInt64) -> UInt64? {
+        if let ticket = tickets[sequence] { return ticket.deadline }
+        guard let index = runs.index(startingAt: sequence) else { return nil }
+        return runs[index].deadline
+    }
+
+    /// Explodes every run `executor` runs (see ``explode(runAt:)``).
+    private mutating func explodeRuns(runningOn executor: PeerID) {
+        for index in runs.indices(runningOn: executor).reversed() { explode(runAt: index) }
+    }
+
     private mutating func rearm(_ actions: inout [Action]) {
         // Drop stale heap tops (answered or cancelled calls), and rebuild the heap when stale
         // entries dominate, so it stays proportional to the calls that have deadlines.
-        while let top = deadlines.min, tickets[top.ticket]?.deadline != top.deadline { deadlines.removeMin() }
-        if deadlines.count > 2 * ticketsWithDeadline + 64 {
+        while let top = deadlines.min, currentDeadline(top.ticket) != top.deadline { deadlines.removeMin() }
+        if deadlines.count > 2 * (ticketsWithDeadline + runs.runsWithDeadline) + 64 {
             deadlines = Heap(tickets.sequences(where: { $0.deadline != nil }).compactMap { sequence in
                 tickets[sequence]?.deadline.map { Deadline(deadline: $0, ticket: sequence) }
-            })
+            } + runs.deadlines.map { Deadline(deadline: $0.deadline, ticket: $0.sequence) })
         }
         var next = deadlines.min?.deadline
         if waitingCount > 0 {

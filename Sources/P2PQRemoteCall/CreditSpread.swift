@@ -124,17 +124,28 @@ struct CreditSpread: Sendable {
     }
 
     /// Takes one credit of the source at `index` (from ``next()``) for a call sent to it.
-    mutating func take(_ index: Int) -> PeerID {
+    mutating func take(_ index: Int) -> PeerID { take(index, count: 1) }
+
+    /// How many calls in a row the source at `index` (from ``next()``) gets before the spread
+    /// chooses again: the rest of its block, within its credit.
+    func room(at index: Int) -> Int {
+        let inBlock = sources[index].peer == streakPeer && streak > 0 && streak < block ? block - streak : block
+        return Swift.min(inBlock, sources[index].credit)
+    }
+
+    /// Takes `count` credits (at most ``room(at:)``) of the source at `index` for as many calls
+    /// sent to it in a row: as `count` single takes.
+    mutating func take(_ index: Int, count: Int) -> PeerID {
         let start = Swift.max(sources[index].pass, virtualTime)
-        virtualTime = start
-        sources[index].credit -= 1
-        totalCredit -= 1
-        sources[index].pass = start + 1  // 2^64 calls are out of reach
+        virtualTime = start + UInt64(count - 1)
+        sources[index].credit -= count
+        totalCredit -= count
+        sources[index].pass = start + UInt64(count)  // 2^64 calls are out of reach
         if sources[index].peer == streakPeer {
-            streak += 1
+            streak += count
         } else {
             streakPeer = sources[index].peer
-            streak = 1
+            streak = count
         }
         return sources[index].peer
     }
