@@ -136,10 +136,10 @@ struct ClientTests {
 
     @Test("A closed port is unreachable; URLs that are not http://host are refused before connecting")
     func unreachableAndBadURLs() async throws {
-        let server = try ScriptedServer(reply: nil)
-        let port = server.port
-        server.close()
-        try await Task.sleep(for: .milliseconds(100))  // its thread closes the listener
+        // A port bound and not listening refuses connections, and stays ours while the test
+        // runs: a closed listener's port may be taken by another test's listener meanwhile.
+        let (holder, port) = try Self.refusingPort()
+        defer { Glibc.close(holder) }
         do {
             _ = try await OperationsClient.send("http://127.0.0.1:\(port)/", timeout: .seconds(2))
             Issue.record("a closed port answered")
@@ -154,6 +154,23 @@ struct ClientTests {
                 guard case .badURL = error else { Issue.record("\(url): expected badURL, got \(error)"); continue }
             }
         }
+    }
+
+    /// A TCP socket bound to a free loopback port without listening, and that port.
+    private static func refusingPort() throws -> (Int32, UInt16) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(fd, pointer, length) == 0 else { return -1 }
+                return getsockname(fd, pointer, &length)
+            }
+        }
+        guard fd >= 0, bound == 0 else { throw POSIXError(.EADDRNOTAVAIL) }
+        return (fd, UInt16(bigEndian: address.sin_port))
     }
 
     @Test("After a complete answer the client leaves the close to the server (a plain pop's check that its answer got through must not see the client gone)")
