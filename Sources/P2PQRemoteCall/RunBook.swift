@@ -98,15 +98,8 @@ struct RunBook: Sendable {
         } else if last + 1 < records.count, last + 1 >= head, records[last + 1].contains(sequence) {
             index = last + 1
         } else {
-            // The last record starting at or before `sequence`.
-            var low = head
-            var high = records.count
-            while low < high {
-                let middle = (low + high) / 2
-                if records[middle].firstSequence <= sequence { low = middle + 1 } else { high = middle }
-            }
-            guard low > head, records[low - 1].contains(sequence) else { return nil }
-            index = low - 1
+            guard let found = findAny(sequence) else { return nil }
+            index = found
         }
         let record = records[index]
         guard record.waiting > 0, record.isWaiting(Int(sequence &- record.firstSequence)) else { return nil }
@@ -149,7 +142,8 @@ struct RunBook: Sendable {
         return index
     }
 
-    /// The record holding `sequence` whether that call waits or not.
+    /// The record holding `sequence` whether that call waits or not: the last one starting at
+    /// or before it.
     private func findAny(_ sequence: UInt64) -> Int? {
         var low = head
         var high = records.count

@@ -6,6 +6,24 @@ import P2PQOperations
 import Synchronization
 import Testing
 
+/// A TCP socket bound to a free loopback port, listening or not (a bound port that does not
+/// listen refuses connections), and that port.
+private func loopbackSocket(listening: Bool) throws -> (Int32, UInt16) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+            guard bind(fd, pointer, length) == 0, !listening || listen(fd, 8) == 0 else { return -1 }
+            return getsockname(fd, pointer, &length)
+        }
+    }
+    guard fd >= 0, bound == 0 else { throw POSIXError(.EADDRNOTAVAIL) }
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
 /// A loopback listener that answers each connection with `reply` (after reading the request
 /// head, or nothing at all when `readFirst` is false), then closes it; nil keeps it open
 /// without a word until the listener is closed.
@@ -18,20 +36,7 @@ private final class ScriptedServer: @unchecked Sendable {
 
     init(reply: [UInt8]?) throws {
         self.reply = reply
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        self.fd = fd
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-                guard bind(fd, pointer, length) == 0, listen(fd, 8) == 0 else { return -1 }
-                return getsockname(fd, pointer, &length)
-            }
-        }
-        guard fd >= 0, bound == 0 else { throw POSIXError(.EADDRNOTAVAIL) }
-        port = UInt16(bigEndian: address.sin_port)
+        (fd, port) = try loopbackSocket(listening: true)
         Thread.detachNewThread { [self] in serve() }
     }
 
@@ -138,7 +143,7 @@ struct ClientTests {
     func unreachableAndBadURLs() async throws {
         // A port bound and not listening refuses connections, and stays ours while the test
         // runs: a closed listener's port may be taken by another test's listener meanwhile.
-        let (holder, port) = try Self.refusingPort()
+        let (holder, port) = try loopbackSocket(listening: false)
         defer { Glibc.close(holder) }
         do {
             _ = try await OperationsClient.send("http://127.0.0.1:\(port)/", timeout: .seconds(2))
@@ -154,23 +159,6 @@ struct ClientTests {
                 guard case .badURL = error else { Issue.record("\(url): expected badURL, got \(error)"); continue }
             }
         }
-    }
-
-    /// A TCP socket bound to a free loopback port without listening, and that port.
-    private static func refusingPort() throws -> (Int32, UInt16) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-                guard bind(fd, pointer, length) == 0 else { return -1 }
-                return getsockname(fd, pointer, &length)
-            }
-        }
-        guard fd >= 0, bound == 0 else { throw POSIXError(.EADDRNOTAVAIL) }
-        return (fd, UInt16(bigEndian: address.sin_port))
     }
 
     @Test("After a complete answer the client leaves the close to the server (a plain pop's check that its answer got through must not see the client gone)")
