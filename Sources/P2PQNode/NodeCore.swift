@@ -497,6 +497,16 @@ final class NodeCore {
         })
     }
 
+    /// Each link this shell holds: its ID, stage, peer, and whether the machine keeps it as
+    /// that peer's link (test diagnostics: ``connectedPeers`` counts the kept, ready ones).
+    var linkSummary: String {
+        links.values.sorted { "\($0.id)" < "\($1.id)" }.map { link in
+            let peer = link.remotePeerID
+            let kept = peer.map { machine.link(to: $0) == link.id } ?? false
+            return "\(link.id) \(link.stage) \(peer.map { String("\($0)".prefix(8)) } ?? "-") kept=\(kept)"
+        }.joined(separator: "; ")
+    }
+
     var peerStatuses: [PeerStatus] {
         let current = now
         return manager.peers.map { record in

@@ -21,7 +21,8 @@ struct OperationsTests {
         let running = Task { try await group.run() }
         // Generous: a loaded machine (the whole suite, other builds) can delay the first link.
         try await eventually("the service's node links to the watcher", timeout: .seconds(30), diagnose: {
-            "watcher's peers: \(await watcher.peers()); the node's: \(await node.peers())"
+            "watcher's peers: \(await watcher.peers()); the node's: \(await node.peers()); "
+                + "watcher's connected: \(await watcher.connectedPeers()); its links: \(await watcher.withCore { $0.linkSummary } ?? "-")"
         }) { await watcher.connectedPeers().count == 1 }
         let stream = watcher.events
         let nodeID = node.peerID
