@@ -953,7 +953,8 @@ public struct CallerMachine: Sendable {
 
     /// Explodes every run `executor` runs (see ``explode(runAt:)``).
     private mutating func explodeRuns(runningOn executor: PeerID) {
-        for index in runs.indices(runningOn: executor).reversed() { explode(runAt: index) }
+        // Looked up again each time: taking a record out may compact the book.
+        while let index = runs.firstIndex(runningOn: executor) { explode(runAt: index) }
     }
 
     private mutating func rearm(_ actions: inout [Action]) {

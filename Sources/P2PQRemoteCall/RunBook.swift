@@ -129,10 +129,11 @@ struct RunBook: Sendable {
         return record
     }
 
-    /// The positions of the records with calls waiting that `executor` runs.
-    func indices(runningOn executor: PeerID) -> [Int] {
-        guard runs > 0 else { return [] }
-        return (head..<records.count).filter { records[$0].waiting > 0 && records[$0].executor == executor }
+    /// The position of the first record with calls waiting that `executor` runs. A position is
+    /// good until the next change (a record taken out may compact the book).
+    func firstIndex(runningOn executor: PeerID) -> Int? {
+        guard runs > 0 else { return nil }
+        return (head..<records.count).first { records[$0].waiting > 0 && records[$0].executor == executor }
     }
 
     /// The position of the waiting record whose first sequence is `sequence`.

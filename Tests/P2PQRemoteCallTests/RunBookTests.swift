@@ -152,3 +152,31 @@ import P2PQWire
         }.sorted()
     }
 }
+
+/// Runs left waiting far apart, finished ones between them: losing their executor retries every
+/// call still waiting, whatever the book compacts while it turns them into flights.
+@Suite struct RunBookLossTests {
+    @Test("Losing the executor of runs spread through a compacting book retries each waiting call once")
+    func lossAcrossCompaction() {
+        // Waiting runs with finished ones before them (0, 100 and 100 + gap), so that at some
+        // gap the book compacts while the runs are turned into flights one after the other.
+        for gap in 1..<80 {
+            var c = CallerMachine(localPeer: me)
+            _ = c.received(.credit(UInt32(CallerMachine.maxCredit)), from: ex, now: 0)
+            var stuck: [CallID] = []
+            for round in 0...(100 + gap) {
+                let (ids, _) = c.call(batch: (0..<8).map { .init(function: "f", arguments: [UInt8($0)]) }, now: 1)
+                // These runs keep their last call waiting; the others are answered whole.
+                let answered = [0, 100, 100 + gap].contains(round) ? 7 : 8
+                if answered == 7 { stuck.append(ids[7]) }
+                _ = c.received(.resultRun(ResultRun(firstSequence: ids[0].sequence, outcomes: (0..<answered).map { _ in .success([]) })),
+                               from: ex, now: 1)
+            }
+            #expect(c.bookedRuns == 3 && c.outstandingCalls == 3)
+            let retried = c.peerDied(ex, now: 2)
+            #expect(retried.pushes.map(\.id).sorted { $0.sequence < $1.sequence } == stuck, "gap \(gap)")
+            #expect(retried.pushes.allSatisfy { $0.attempt == 2 && $0.arguments == [7] }, "gap \(gap)")
+            #expect(c.bookedRuns == 0 && c.outstandingCalls == 3 && stuck.allSatisfy { c.attempt(of: $0) == 2 }, "gap \(gap)")
+        }
+    }
+}
